@@ -1,0 +1,64 @@
+"""The ``kdata`` command line. Each command lives in its own module with ``register(subparsers)``.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error. Messages go to stderr, data to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import KdataError
+
+# module names under kdata.cli, in the order ``kdata --help`` lists them
+COMMANDS = ["select", "inspect", "demo", "train", "critic", "augment", "dedup", "card", "serve"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: one line, exit 2
+        self.exit(2, f"kdata: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="kdata", description="Curate training data for knowledge distillation.")
+    parser.add_argument("--version", action="version", version=f"kdata {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KdataError as exc:
+        print(f"kdata: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kdata: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: still one line unless KDATA_DEBUG is set
+        if os.environ.get("KDATA_DEBUG"):
+            raise
+        print(f"kdata: error: {type(exc).__name__}: {exc} (set KDATA_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""``kdata select``: score a pool, select under a budget, write curated shards."""
+
+from __future__ import annotations
+
+from .common import add_select_options, config_from_args, emit_json, run_options, summary_lines
+
+
+def register(sub) -> None:
+    p = sub.add_parser("select", help="score a pool with teacher and student, select, write curated shards",
+                       description="Score POOL with TEACHER and STUDENT, select BUDGET rows with METHOD, "
+                                   "write Parquet shards with the teacher's soft labels and a manifest to OUT.")
+    add_select_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..pipeline import run_select
+
+    report = run_select(config_from_args(args), out=args.out, opts=run_options(args))
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print("\n".join(summary_lines(report)))
+    return 0

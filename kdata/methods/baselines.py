@@ -1,0 +1,29 @@
+"""Honest baselines every method is compared with."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import MethodResult, register
+from .view import ScoreView
+
+
+@register("random", doc="uniformly random under the budget (seeded)")
+def random_(view: ScoreView, *, budget: int | None, seed: int, **_) -> MethodResult:
+    rng = np.random.default_rng(seed)
+    return MethodResult(score=rng.random(len(view)))
+
+
+@register("teacher_confidence", doc="highest teacher max-probability first")
+def teacher_confidence(view: ScoreView, *, budget, seed, **_) -> MethodResult:
+    return MethodResult(score=view.col("teacher_conf").astype(np.float64))
+
+
+@register("student_entropy", doc="highest student entropy first (uncertainty sampling)")
+def student_entropy(view: ScoreView, *, budget, seed, **_) -> MethodResult:
+    return MethodResult(score=view.col("student_entropy").astype(np.float64))
+
+
+@register("disagreement", doc="highest KL(teacher || student) first")
+def disagreement(view: ScoreView, *, budget, seed, **_) -> MethodResult:
+    return MethodResult(score=view.col("kl_ts").astype(np.float64))

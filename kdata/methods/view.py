@@ -1,0 +1,69 @@
+"""``ScoreView``: the scores table as numpy columns, plus full probabilities when available."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+
+def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
+    """A fixed-width list column as a 2-D array (rows × width)."""
+    col = table.column(name).combine_chunks()
+    if col.null_count:
+        raise ValueError(f"column '{name}' has nulls")
+    width = len(col[0].as_py()) if len(col) else 0
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    if len(col) and len(values) != width * len(col):
+        raise ValueError(f"column '{name}' has ragged lists")
+    return values.reshape(len(col), width)
+
+
+@dataclass
+class ScoreView:
+    table: pa.Table
+    num_classes: int
+    temperature: float = 1.0
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def col(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            if name not in self.table.column_names:
+                raise KeyError(name)
+            arr = self.table.column(name)
+            t = arr.type
+            if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+                self._cache[name] = list_column(self.table, name)
+            else:
+                self._cache[name] = arr.to_numpy(zero_copy_only=False)
+        return self._cache[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.table.column_names
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return self.col("sample_id")
+
+    def probs(self, who: str) -> np.ndarray:
+        """Full probabilities of ``teacher``/``student`` (from logits, else top-k with the rest spread)."""
+        key = f"_probs_{who}"
+        if key not in self._cache:
+            if self.has(f"{who}_logits"):
+                z = self.col(f"{who}_logits").astype(np.float64) / self.temperature
+                z = z - z.max(1, keepdims=True)
+                p = np.exp(z)
+                p /= p.sum(1, keepdims=True)
+            else:
+                idx = self.col(f"{who}_topk_idx").astype(np.int64)
+                val = self.col(f"{who}_topk_prob").astype(np.float64)
+                rest = np.clip(1 - val.sum(1), 0, None)
+                free = max(self.num_classes - idx.shape[1], 1)
+                p = np.repeat((rest / free)[:, None], self.num_classes, axis=1)
+                np.put_along_axis(p, idx, val, axis=1)
+            self._cache[key] = p
+        return self._cache[key]

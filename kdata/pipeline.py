@@ -1,0 +1,249 @@
+"""The curation pipeline as plain stage functions: score → select → (dedup, HARD) → write.
+
+The CLI and the Prefect flows both call these; neither re-implements pipeline logic.
+``run_select`` chains them for one run and returns a report whose counts add up:
+``n_in == kept + rejected + quarantined``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import __version__
+from .contract import KEPT, QUARANTINED, REJECTED, SCORE_PREFIX, SHARD_SCHEMA, conform
+from .errors import KdataError
+from .models import Model, load_model, pick_device
+from .pools import Pool, open_pool
+from .score import ScoreConfig, check_models, score_pool
+from .selection import Decisions, Selection, check_accounting, parse_budget, parse_methods, select
+from .write import (MANIFEST, Staging, build_manifest, check_output_dir, read_manifest, write_decisions,
+                    write_shards)
+
+DEFAULT_METHOD = "default"
+
+
+@dataclass
+class SelectConfig:
+    """Everything that defines a curation run (hashed into ``config_hash``)."""
+
+    pool: str = "builtin:digits-web"
+    teacher: str = "builtin:digits-teacher"
+    student: str = "builtin:digits-student"
+    method: str = DEFAULT_METHOD
+    budget: str = "0.3"
+    seed: int = 0
+    topk: int = 5
+    temperature: float = 1.0
+    balance: str | None = None
+    dedup: str | None = None
+    dedup_threshold: float | None = None
+    dedup_frac: float | None = None
+    hard: int = 0
+    critic: str | None = None  # path of a fitted critic (methods issue)
+    critic_recall: float | None = None
+    reference: str | None = None  # second model spec for miniplm
+    scores: str | None = None  # precomputed predictions instead of models
+    rows_per_shard: int = 10_000
+    row_group_rows: int = 1_000
+    method_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass
+class RunOptions:
+    """How to run (not hashed): device, decode workers, batch size, caching, progress."""
+
+    device: str = "auto"
+    num_workers: int = 0
+    batch_size: int = 256
+    cache: bool = True
+    progress: object = None  # callable(str) or None
+
+
+@dataclass
+class RunReport:
+    out: str
+    counts: dict
+    files: list[dict]
+    seconds: float
+    status: str = "written"  # or "already complete"
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages
+
+def load_models(cfg: SelectConfig, *, device) -> tuple[Model, Model]:
+    teacher = load_model(cfg.teacher, device=device)
+    student = load_model(cfg.student, device=device)
+    check_models(teacher, student)
+    return teacher, student
+
+
+def resolve_methods(cfg: SelectConfig) -> list[str]:
+    if cfg.method in (None, "", DEFAULT_METHOD):
+        from .recipes import default_recipe
+
+        return default_recipe(cfg)
+    return parse_methods(cfg.method)
+
+
+def check_unique_ids(scores: pa.Table, quarantined: list[tuple[str, str]], *, pool: str) -> None:
+    ids = pc.unique(pa.concat_arrays([scores.column("sample_id").combine_chunks(),
+                                      pa.array([q[0] for q in quarantined], pa.string())]))
+    n = scores.num_rows + len(quarantined)
+    if len(ids) != n:
+        vc = pc.value_counts(pa.concat_arrays([scores.column("sample_id").combine_chunks(),
+                                               pa.array([q[0] for q in quarantined], pa.string())]))
+        dup = next(v["values"] for v in vc.to_pylist() if v["counts"] > 1)
+        raise KdataError(f"{pool}: sample_id '{dup}' occurs more than once; sample ids must be unique")
+
+
+def decisions_table(scores: pa.Table, sel: Selection, quarantined: list[tuple[str, str]]) -> pa.Table:
+    """One row per input sample: the scored rows with their decision, then the quarantined."""
+    n = scores.num_rows
+    cols = {
+        "sample_id": scores.column("sample_id"),
+        "decision": pa.array(np.where(sel.kept, KEPT, REJECTED).tolist(), pa.string()),
+        "reason": pa.array(sel.reason.tolist(), pa.string()),
+        "stage": pa.array(sel.stage.tolist(), pa.string()),
+        "error": pa.nulls(n, pa.string()),
+    }
+    for name in ("label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts"):
+        cols[name] = scores.column(name)
+    for name, arr in sel.scores.items():
+        cols[name] = pa.array(arr, pa.float32())
+    scored = pa.table(cols)
+    q = len(quarantined)
+    qt = pa.table({"sample_id": pa.array([s for s, _ in quarantined], pa.string()),
+                   "decision": pa.array([QUARANTINED] * q, pa.string()),
+                   "reason": pa.array(["unreadable"] * q, pa.string()),
+                   "stage": pa.array(["score"] * q, pa.string()),
+                   "error": pa.array([e for _, e in quarantined], pa.string())})
+    return pa.concat_tables([scored, qt], promote_options="default")
+
+
+def curated_table(pool: Pool, scores: pa.Table, sel: Selection, *, class_names: list[str]) -> pa.Table:
+    """Kept rows: pool payload + provenance + teacher soft labels + student prediction + scores, best first."""
+    keep_idx = np.flatnonzero(sel.kept)
+    kept_scores = scores.take(pa.array(keep_idx))
+    extra = {name: pa.array(arr[keep_idx], pa.float32()) for name, arr in sel.scores.items()}
+    kept_scores = kept_scores.append_column("rank", pa.array(sel.rank[keep_idx], pa.int32()))
+    for name, arr in extra.items():
+        kept_scores = kept_scores.append_column(name, arr)
+    kept_scores = kept_scores.sort_by("rank")
+    wanted = kept_scores.column("sample_id").combine_chunks()
+    parts = []
+    for unit in pool.units:
+        t = unit.read()
+        parts.append(t.filter(pc.is_in(t.column("sample_id"), value_set=wanted)))
+    payload = pa.concat_tables(parts)
+    # line payload rows up with the (rank-ordered) scores; pyarrow's join has no list columns
+    pos = pc.index_in(payload.column("sample_id"), value_set=wanted).to_numpy(zero_copy_only=False)
+    payload = payload.take(pa.array(np.argsort(pos, kind="stable")))
+    joined = kept_scores
+    for name in payload.column_names:
+        if name not in joined.column_names:
+            joined = joined.append_column(name, payload.column(name))
+    kind = joined.column("kind")
+    if kind.null_count:
+        joined = joined.set_column(joined.schema.get_field_index("kind"), "kind",
+                                   pc.fill_null(kind, "original"))
+    return conform(joined, SHARD_SCHEMA)
+
+
+# ------------------------------------------------------------------------------------------------
+# One run
+
+def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) -> RunReport:
+    """Score, select and write a curated dataset to ``out``. Idempotent for the same config."""
+    t0 = time.perf_counter()
+    config_hash = cfg.hash()
+    if check_output_dir(out, config_hash=config_hash) == "done":
+        m = read_manifest(out)
+        return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
+    methods = resolve_methods(cfg)
+    pool = open_pool(cfg.pool)
+    if not pool.units:
+        raise KdataError(f"{cfg.pool}: the pool is empty")
+    device = pick_device(opts.device)
+    teacher, student = load_models(cfg, device=device)
+    if pool.class_names and set(pool.class_names) - set(teacher.class_names):
+        missing = sorted(set(pool.class_names) - set(teacher.class_names))[:5]
+        raise KdataError(f"{cfg.pool}: pool labels {missing} are not among the teacher's class names")
+    score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
+                            num_workers=opts.num_workers)
+    scores, quarantined, score_info = score_pool(pool, teacher, student, config=score_cfg, device=device,
+                                                 cache=opts.cache, progress=opts.progress)
+    n_in = score_info["n_in"]
+    if n_in == 0:
+        raise KdataError(f"{cfg.pool}: the pool is empty")
+    check_unique_ids(scores, quarantined, pool=cfg.pool)
+    budget = parse_budget(cfg.budget, n_in)
+    sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
+                 temperature=cfg.temperature, balance=cfg.balance,
+                 options=_method_options(cfg, teacher=teacher, student=student, device=device))
+    decisions = decisions_table(scores, sel, quarantined)
+    counts = Decisions(decisions).counts
+    if counts["n_in"] != n_in:
+        raise RuntimeError(f"accounting broken: pool has {n_in} samples, decisions cover {counts['n_in']}")
+    check_accounting(counts)
+    curated = curated_table(pool, scores, sel, class_names=teacher.class_names)
+    if curated.num_rows != counts["kept"]:
+        raise RuntimeError(f"kept {counts['kept']} samples but found {curated.num_rows} in the pool")
+
+    meta = {"schema_version": "1.0", "kdata_version": __version__, "temperature": cfg.temperature,
+            "topk": cfg.topk, "class_names": teacher.class_names, "teacher": teacher.spec,
+            "student": student.spec, "config_hash": config_hash}
+    staging = Staging(out)
+    try:
+        files = write_shards(curated, staging.path, meta=meta, rows_per_shard=cfg.rows_per_shard,
+                             row_group_rows=cfg.row_group_rows)
+        write_decisions(decisions, staging.path / "decisions.parquet")
+        manifest = build_manifest(
+            files=files, config=cfg.to_dict(), config_hash=config_hash,
+            models={"teacher": teacher.describe(), "student": student.describe()}, counts=counts,
+            extra={"methods": methods, "budget_rows": budget, "temperature": cfg.temperature, "topk": cfg.topk,
+                   "class_names": teacher.class_names, "pool": {"spec": cfg.pool, "units": len(pool.units),
+                                                                "description": pool.description},
+                   "method_info": _jsonable(sel.info), "score_cache_hits": score_info["cache_hits"]})
+        _write_manifest(staging.path / MANIFEST, manifest)
+        staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+    return RunReport(out=str(out), counts=counts, files=files, seconds=time.perf_counter() - t0,
+                     info={"methods": methods, "budget_rows": budget, "method_info": _jsonable(sel.info),
+                           "score_cache_hits": score_info["cache_hits"], "units": score_info["units"]})
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    from .atomic import write_json
+
+    write_json(path, manifest)
+
+
+def _method_options(cfg: SelectConfig, **context) -> dict:
+    opts = {k: dict(v) for k, v in (cfg.method_options or {}).items()}
+    return opts
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

@@ -1,0 +1,185 @@
+"""Run a chain of selection methods under a budget and turn the result into decisions.
+
+``--method critic,kd3 --budget 0.3``: filters run first (each drops rows with its own reason),
+the last ranker orders what is left and the top ``budget`` rows are kept; the others are
+rejected as ``<ranker>_over_budget``. Every scored row ends kept or rejected; quarantined rows
+come from scoring. ``balance="class"`` splits the budget evenly over predicted classes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from .contract import KEPT, QUARANTINED, REJECTED
+from .errors import KdataError
+from .methods import get_method
+from .methods.view import ScoreView
+
+
+def parse_budget(text: str | int | float, n: int) -> int:
+    """``200`` → 200 rows; ``0.3``/``30%``/``1.0`` → that fraction of ``n`` (rounded down, ≥ 1)."""
+    s = str(text).strip()
+    try:
+        if s.endswith("%"):
+            frac = float(s[:-1]) / 100.0
+            count = None
+        elif re.fullmatch(r"[+-]?\d+", s):
+            count, frac = int(s), None
+        else:
+            frac, count = float(s), None
+    except ValueError:
+        raise KdataError(f"--budget '{text}': expected a count (200), a fraction (0.3) or a percentage (30%)") from None
+    if count is not None:
+        if count <= 0:
+            raise KdataError(f"--budget {count}: must be positive")
+        if count > n:
+            raise KdataError(f"--budget {count}: larger than the pool ({n} samples)")
+        return count
+    if not (frac > 0) or math.isnan(frac):
+        raise KdataError(f"--budget '{text}': must be positive")
+    if frac > 1.0:
+        raise KdataError(f"--budget '{text}': a fraction must be at most 1.0 (or give a count ≤ {n})")
+    return max(1, int(math.floor(frac * n + 1e-9)))
+
+
+def parse_methods(text: str | list[str]) -> list[str]:
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if not names:
+        raise KdataError("--method: give at least one method name")
+    for name in names:
+        get_method(name)  # raises on unknown
+    return names
+
+
+def top_k(score: np.ndarray, k: int, *, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores; ties broken by a seeded random key, then by index.
+
+    With ``groups``, the budget is split as evenly as possible over the groups present (a group
+    with too few rows gives its share to the others) — class-balanced selection.
+    """
+    n = len(score)
+    k = min(k, n)
+    tie = np.random.default_rng(seed).random(n)
+    s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
+    order = np.lexsort((np.arange(n), tie, -s))  # best first
+    if groups is None:
+        return order[:k]
+    groups = np.asarray(groups)
+    uniq, counts = np.unique(groups, return_counts=True)
+    quota = _even_split(k, counts)
+    go = groups[order]
+    take = np.zeros(n, dtype=bool)
+    for g, q in zip(uniq, quota):
+        take[np.flatnonzero(go == g)[:q]] = True
+    return order[take]  # still best first
+
+
+def _even_split(k: int, capacity: np.ndarray) -> np.ndarray:
+    """Split ``k`` over bins as evenly as capacity allows (water-filling)."""
+    quota = np.zeros(len(capacity), dtype=np.int64)
+    left = k
+    open_ = capacity > 0
+    while left > 0 and open_.any():
+        share = max(1, left // int(open_.sum()))
+        for i in np.flatnonzero(open_):
+            add = min(share, capacity[i] - quota[i], left)
+            quota[i] += add
+            left -= add
+            if quota[i] >= capacity[i]:
+                open_[i] = False
+            if left == 0:
+                break
+    return quota
+
+
+@dataclass
+class Selection:
+    """The outcome over the scored rows, aligned with the scores table."""
+
+    kept: np.ndarray  # bool
+    reason: np.ndarray  # object: None for kept rows
+    stage: np.ndarray  # object
+    rank: np.ndarray  # int32, -1 for rejected
+    scores: dict[str, np.ndarray]  # score_<method> columns
+    info: dict = field(default_factory=dict)
+
+
+def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, num_classes: int,
+           temperature: float = 1.0, balance: str | None = None, options: dict | None = None) -> Selection:
+    """Apply ``methods`` (filters, then the last ranker) to ``scores`` under ``budget``."""
+    view = ScoreView(scores, num_classes=num_classes, temperature=temperature)
+    n = len(view)
+    alive = np.ones(n, dtype=bool)
+    reason = np.full(n, None, dtype=object)
+    stage = np.full(n, None, dtype=object)
+    score_cols: dict[str, np.ndarray] = {}
+    info: dict = {}
+    options = options or {}
+    ranker_score = None
+    ranker_name = methods[-1]
+    for name in methods:
+        m = get_method(name)
+        res = m.fn(view, budget=budget, seed=seed, **options.get(name, {}))
+        sc = np.asarray(res.score, dtype=np.float64)
+        if sc.shape != (n,):
+            raise RuntimeError(f"method {name} returned {sc.shape} scores for {n} rows")
+        score_cols[f"score_{name}"] = sc
+        if res.info:
+            info[name] = res.info
+        if res.keep is not None:  # a filter (or a ranker that also excludes rows)
+            drop = alive & ~np.asarray(res.keep, dtype=bool)
+            r = res.reason if res.reason is not None else f"{name}_reject"
+            reason[drop] = r[drop] if isinstance(r, np.ndarray) else r
+            stage[drop] = name
+            alive &= ~drop
+        if m.kind == "ranker" or name == methods[-1]:
+            ranker_score, ranker_name = sc, name
+    cand = np.flatnonzero(alive)
+    groups = None
+    if balance == "class":
+        groups = view.col("teacher_pred")[cand]
+    elif balance not in (None, "none"):
+        from .balance import groups_for  # cluster / domain balance live with their stage
+        groups = groups_for(balance, view, cand, seed=seed)
+    chosen = cand[top_k(ranker_score[cand], budget, seed=seed, groups=groups)]
+    kept = np.zeros(n, dtype=bool)
+    kept[chosen] = True
+    over = alive & ~kept
+    reason[over] = f"{ranker_name}_over_budget"
+    stage[over] = ranker_name
+    rank = np.full(n, -1, dtype=np.int32)
+    rank[chosen] = np.arange(len(chosen), dtype=np.int32)
+    return Selection(kept=kept, reason=reason, stage=stage, rank=rank, scores=score_cols, info=info)
+
+
+@dataclass
+class Decisions:
+    """Every input sample's end state. ``counts`` checks n_in == kept + rejected + quarantined."""
+
+    table: pa.Table  # decisions schema
+
+    @property
+    def counts(self) -> dict:
+        dec = self.table.column("decision").to_pylist()
+        reasons: dict[str, int] = {}
+        for d, r in zip(dec, self.table.column("reason").to_pylist()):
+            if d == REJECTED:
+                key = r.split(":", 1)[0] if r and r.startswith("duplicate_of:") else r
+                reasons[key] = reasons.get(key, 0) + 1
+        out = {"n_in": len(dec), "kept": dec.count(KEPT), "rejected": dec.count(REJECTED),
+               "quarantined": dec.count(QUARANTINED), "rejected_by_reason": dict(sorted(reasons.items()))}
+        check_accounting(out)
+        return out
+
+
+def check_accounting(counts: dict) -> None:
+    total = counts["kept"] + counts["rejected"] + counts["quarantined"]
+    if total != counts["n_in"]:
+        raise RuntimeError(f"accounting broken: n_in={counts['n_in']} but kept+rejected+quarantined={total}")
+    if sum(counts.get("rejected_by_reason", {}).values()) != counts["rejected"]:
+        raise RuntimeError("accounting broken: rejection reasons do not add up to the rejected count")
