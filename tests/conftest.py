@@ -1,0 +1,34 @@
+"""Shared fixtures. One kdata cache per test session, so the built-in models train once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+if not os.environ.get("KDATA_CACHE"):
+    os.environ["KDATA_CACHE"] = tempfile.mkdtemp(prefix="kdata-test-cache-")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def builtin_models():
+    """(teacher, student) built-in models, trained once per session."""
+    from kdata.models import load_model
+
+    return load_model("builtin:digits-teacher"), load_model("builtin:digits-student")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, builtin_models) -> Path:
+    """A curated dataset written by the pipeline on the embedded default (budget 0.3, kd3)."""
+    from kdata.pipeline import RunOptions, SelectConfig, run_select
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    run_select(SelectConfig(method="kd3", budget="0.3"), out=str(out), opts=RunOptions(device="cpu"))
+    return out
