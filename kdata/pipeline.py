@@ -172,13 +172,21 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection, *, class_names: 
 # ------------------------------------------------------------------------------------------------
 # One run
 
-def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) -> RunReport:
-    """Score, select and write a curated dataset to ``out``. Idempotent for the same config."""
-    t0 = time.perf_counter()
-    config_hash = cfg.hash()
-    if check_output_dir(out, config_hash=config_hash) == "done":
-        m = read_manifest(out)
-        return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
+@dataclass
+class Prepared:
+    """What a run needs before scoring: the pool, the models, the method chain, the scoring config."""
+
+    cfg: SelectConfig
+    pool: Pool
+    teacher: Model
+    student: Model
+    methods: list[str]
+    score_cfg: ScoreConfig
+    device: object
+
+
+def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions()) -> Prepared:
+    """Open the pool and load the models; every bad-input check that needs no scoring happens here."""
     methods = resolve_methods(cfg)
     pool = open_pool(cfg.pool)
     if not pool.units:
@@ -190,8 +198,33 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
         raise KdataError(f"{cfg.pool}: pool labels {missing} are not among the teacher's class names")
     score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
                             num_workers=opts.num_workers)
-    scores, quarantined, score_info = score_pool(pool, teacher, student, config=score_cfg, device=device,
-                                                 cache=opts.cache, progress=opts.progress)
+    return Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods,
+                    score_cfg=score_cfg, device=device)
+
+
+def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) -> RunReport:
+    """Score, select and write a curated dataset to ``out``. Idempotent for the same config."""
+    t0 = time.perf_counter()
+    if check_output_dir(out, config_hash=cfg.hash()) == "done":
+        m = read_manifest(out)
+        return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
+    prep = prepare(cfg, opts=opts)
+    scores, quarantined, score_info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
+                                                 device=prep.device, cache=opts.cache, progress=opts.progress)
+    report = finish(prep, out=out, scores=scores, quarantined=quarantined, score_info=score_info)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tuple[str, str]],
+           score_info: dict) -> RunReport:
+    """Select over the scores and write the curated dataset (shards, decisions, manifest) to ``out``."""
+    t0 = time.perf_counter()
+    cfg, pool, teacher, student, methods = prep.cfg, prep.pool, prep.teacher, prep.student, prep.methods
+    config_hash = cfg.hash()
+    if check_output_dir(out, config_hash=config_hash) == "done":
+        m = read_manifest(out)
+        return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
     n_in = score_info["n_in"]
     if n_in == 0:
         raise KdataError(f"{cfg.pool}: the pool is empty")
@@ -199,7 +232,7 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     budget = parse_budget(cfg.budget, n_in)
     sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
                  temperature=cfg.temperature, balance=cfg.balance,
-                 options=_method_options(cfg, teacher=teacher, student=student, device=device))
+                 options=_method_options(cfg, teacher=teacher, student=student, device=prep.device))
     decisions = decisions_table(scores, sel, quarantined)
     counts = Decisions(decisions).counts
     if counts["n_in"] != n_in:
