@@ -71,7 +71,8 @@ class RunOptions:
     num_workers: int = 0
     batch_size: int = 256
     cache: bool = True
-    progress: object = None  # callable(str) or None
+    progress: object = None  # callable(stage, done=None, total=None) or None (kdata.cli.common.progress_printer)
+    card_dir: str | None = None  # also copy the data card to card_dir/<dataset-name>.md (kdata.card.publish)
 
 
 @dataclass
@@ -154,6 +155,8 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection, *, class_names: 
     for unit in pool.units:
         t = unit.read()
         parts.append(t.filter(pc.is_in(t.column("sample_id"), value_set=wanted)))
+    if not parts:  # --scores without --pool: the curated rows carry no payload
+        return conform(kept_scores.append_column("kind", pa.array(["original"] * kept_scores.num_rows)), SHARD_SCHEMA)
     payload = pa.concat_tables(parts)
     # line payload rows up with the (rank-ordered) scores; pyarrow's join has no list columns
     pos = pc.index_in(payload.column("sample_id"), value_set=wanted).to_numpy(zero_copy_only=False)
@@ -188,11 +191,17 @@ class Prepared:
 def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions()) -> Prepared:
     """Open the pool and load the models; every bad-input check that needs no scoring happens here."""
     methods = resolve_methods(cfg)
+    from .dedup import check_options as check_dedup_options
+
+    check_dedup_options(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
     pool = open_pool(cfg.pool)
     if not pool.units:
         raise KdataError(f"{cfg.pool}: the pool is empty")
     device = pick_device(opts.device)
-    teacher, student = load_models(cfg, device=device)
+    from .model_files import pool_class_names  # zero-shot / sidecar-less models use the pool's classes
+
+    with pool_class_names(pool.class_names):
+        teacher, student = load_models(cfg, device=device)
     if pool.class_names and set(pool.class_names) - set(teacher.class_names):
         missing = sorted(set(pool.class_names) - set(teacher.class_names))[:5]
         raise KdataError(f"{cfg.pool}: pool labels {missing} are not among the teacher's class names")
@@ -207,18 +216,33 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     t0 = time.perf_counter()
     if check_output_dir(out, config_hash=cfg.hash()) == "done":
         m = read_manifest(out)
-        return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
-    prep = prepare(cfg, opts=opts)
-    scores, quarantined, score_info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
-                                                 device=prep.device, cache=opts.cache, progress=opts.progress)
-    report = finish(prep, out=out, scores=scores, quarantined=quarantined, score_info=score_info)
+        report = RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
+        if opts.card_dir:
+            from .card import publish
+
+            report.info["card"] = str(publish(out, opts.card_dir))
+        return report
+    if cfg.scores:  # bring-your-own predictions instead of models (kdata/byo.py)
+        from .byo import prepare_byo
+
+        prep, scores, quarantined, score_info = prepare_byo(cfg, opts=opts)
+    else:
+        prep = prepare(cfg, opts=opts)
+        scores, quarantined, score_info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
+                                                     device=prep.device, cache=opts.cache, progress=opts.progress)
+    report = finish(prep, out=out, scores=scores, quarantined=quarantined, score_info=score_info,
+                    progress=opts.progress)
     report.seconds = time.perf_counter() - t0
+    if opts.card_dir:  # data card copy for a catalogue of cards (kdata.card)
+        from .card import publish
+
+        report.info["card"] = str(publish(out, opts.card_dir))
     return report
 
 
 def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tuple[str, str]],
-           score_info: dict) -> RunReport:
-    """Select over the scores and write the curated dataset (shards, decisions, manifest) to ``out``."""
+           score_info: dict, progress=None) -> RunReport:
+    """Select over the scores and write the curated dataset (shards, decisions, card, manifest) to ``out``."""
     t0 = time.perf_counter()
     cfg, pool, teacher, student, methods = prep.cfg, prep.pool, prep.teacher, prep.student, prep.methods
     config_hash = cfg.hash()
@@ -230,9 +254,18 @@ def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tupl
         raise KdataError(f"{cfg.pool}: the pool is empty")
     check_unique_ids(scores, quarantined, pool=cfg.pool)
     budget = parse_budget(cfg.budget, n_in)
+    from .dedup import pipeline_dedup  # exact/near read payloads per pool unit; semantic uses embeddings
+
+    if cfg.balance == "domain":
+        from .balance import attach_domain
+
+        scores = attach_domain(scores, pool)
+    if progress:
+        progress("selecting")
     sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
                  temperature=cfg.temperature, balance=cfg.balance,
-                 options=_method_options(cfg, teacher=teacher, student=student, device=prep.device))
+                 options=_method_options(cfg, teacher=teacher, student=student, device=prep.device, pool=pool),
+                 dedup=pipeline_dedup(cfg, pool))
     decisions = decisions_table(scores, sel, quarantined)
     counts = Decisions(decisions).counts
     if counts["n_in"] != n_in:
@@ -241,24 +274,47 @@ def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tupl
     curated = curated_table(pool, scores, sel, class_names=teacher.class_names)
     if curated.num_rows != counts["kept"]:
         raise RuntimeError(f"kept {counts['kept']} samples but found {curated.num_rows} in the pool")
+    hard = None
+    if cfg.hard:  # HARD: K generated rows per kept row, critic-filtered, appended (kdata/hard.py)
+        from .hard import pipeline_hard
+
+        curated, hard = pipeline_hard(curated, cfg=cfg, teacher=teacher, student=student, device=prep.device,
+                                      counts=counts)
 
     meta = {"schema_version": "1.0", "kdata_version": __version__, "temperature": cfg.temperature,
             "topk": cfg.topk, "class_names": teacher.class_names, "teacher": teacher.spec,
             "student": student.spec, "config_hash": config_hash}
+    if progress:
+        progress("writing", 0, 3)
     staging = Staging(out)
     try:
         files = write_shards(curated, staging.path, meta=meta, rows_per_shard=cfg.rows_per_shard,
                              row_group_rows=cfg.row_group_rows)
         write_decisions(decisions, staging.path / "decisions.parquet")
+        if hard is not None:
+            from .hard import EXCLUDED_FILE, manifest_section, write_excluded
+
+            write_excluded(hard, staging.path / EXCLUDED_FILE)
         manifest = build_manifest(
             files=files, config=cfg.to_dict(), config_hash=config_hash,
             models={"teacher": teacher.describe(), "student": student.describe()}, counts=counts,
             extra={"methods": methods, "budget_rows": budget, "temperature": cfg.temperature, "topk": cfg.topk,
                    "class_names": teacher.class_names, "pool": {"spec": cfg.pool, "units": len(pool.units),
                                                                 "description": pool.description},
-                   "method_info": _jsonable(sel.info), "score_cache_hits": score_info["cache_hits"]})
+                   "method_info": _jsonable(sel.info), "score_cache_hits": score_info["cache_hits"],
+                   **({"hard": _jsonable(manifest_section(hard))} if hard is not None else {})})
+        if progress:
+            progress("writing", 1, 3)
+        from .card import card_entry, write_card  # README.md data card + PNG plots beside the shards
+
+        manifest["card"] = card_entry(write_card(staging.path, manifest=manifest, name=Path(out).resolve().name,
+                                                 pool=pool))
+        if progress:
+            progress("writing", 2, 3)
         _write_manifest(staging.path / MANIFEST, manifest)
         staging.commit()
+        if progress:
+            progress("writing", 3, 3)
     except BaseException:
         staging.abort()
         raise
@@ -275,6 +331,10 @@ def _write_manifest(path: Path, manifest: dict) -> None:
 
 def _method_options(cfg: SelectConfig, **context) -> dict:
     opts = {k: dict(v) for k, v in (cfg.method_options or {}).items()}
+    from .methods.wiring import method_context  # what each method needs beyond the scores (methods issue)
+
+    for name, extra in method_context(cfg, resolve_methods(cfg), **context).items():
+        opts[name] = {**extra, **opts.get(name, {})}
     return opts
 
 

@@ -91,10 +91,10 @@ def _parquet_unit(path: Path, root: Path | None) -> PoolUnit:
             table = pq.read_table(path)
         except Exception as exc:
             raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
-        validate_pool(table.schema, where=str(path))
-        if "sample_id" not in table.column_names:
+        if "sample_id" not in table.column_names:  # readable, stable ids: <file>:<row>
             ids = pa.array([f"{name}:{i}" for i in range(table.num_rows)])
             table = table.append_column("sample_id", ids)
+        validate_pool(table.schema, where=str(path))
         if "kind" not in table.column_names:
             table = table.append_column("kind", pa.array(["original"] * table.num_rows))
         return conform(table, POOL_SCHEMA, keep_extra_prefix=None)

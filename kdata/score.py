@@ -222,13 +222,13 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
                device="cpu", cache: bool = True, progress=None) -> tuple[pa.Table, list[tuple[str, str]], dict]:
     """Score every unit of ``pool``. Returns (scores, quarantined, info: n_in, units, cache_hits)."""
     tables, quarantined, hits, n_in = [], [], 0, 0
-    for unit in pool.units:
+    for i, unit in enumerate(pool.units):
         path, q, n, hit = score_unit(unit, teacher, student, config=config, device=device, cache=cache)
         tables.append(pq.read_table(path))
         quarantined += q
         hits += hit
         n_in += n
         if progress:
-            progress(unit.name)
+            progress("scoring", i + 1, len(pool.units))
     scores = pa.concat_tables(tables) if tables else SCORES_SCHEMA.empty_table()
     return scores, quarantined, {"units": len(pool.units), "cache_hits": hits, "n_in": n_in}

@@ -110,8 +110,14 @@ class Selection:
 
 
 def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, num_classes: int,
-           temperature: float = 1.0, balance: str | None = None, options: dict | None = None) -> Selection:
-    """Apply ``methods`` (filters, then the last ranker) to ``scores`` under ``budget``."""
+           temperature: float = 1.0, balance: str | None = None, options: dict | None = None,
+           dedup=None) -> Selection:
+    """Apply ``methods`` (filters, then the last ranker) to ``scores`` under ``budget``.
+
+    ``dedup(view, order) -> (dup_of, info)`` (``kdata.dedup.pipeline_dedup``) runs after the
+    filters on the alive rows in ranker order (best first), before the budget: a row with
+    ``dup_of >= 0`` is rejected as ``duplicate_of:<id of order[dup_of]>`` (stage ``dedup``).
+    """
     view = ScoreView(scores, num_classes=num_classes, temperature=temperature)
     n = len(view)
     alive = np.ones(n, dtype=bool)
@@ -124,7 +130,7 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
     ranker_name = methods[-1]
     for name in methods:
         m = get_method(name)
-        res = m.fn(view, budget=budget, seed=seed, **options.get(name, {}))
+        res = m.fn(view, budget=budget, seed=seed, alive=alive.copy(), **options.get(name, {}))
         sc = np.asarray(res.score, dtype=np.float64)
         if sc.shape != (n,):
             raise RuntimeError(f"method {name} returned {sc.shape} scores for {n} rows")
@@ -139,6 +145,15 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
             alive &= ~drop
         if m.kind == "ranker" or name == methods[-1]:
             ranker_score, ranker_name = sc, name
+    if dedup is not None:  # duplicates must not take budget; the better-ranked copy survives
+        cand = np.flatnonzero(alive)
+        order = cand[top_k(ranker_score[cand], len(cand), seed=seed)]
+        dup_of, info["dedup"] = dedup(view, order)
+        hit = np.flatnonzero(dup_of >= 0)
+        ids = view.sample_ids
+        reason[order[hit]] = [f"duplicate_of:{ids[order[d]]}" for d in dup_of[hit]]
+        stage[order[hit]] = "dedup"
+        alive[order[hit]] = False
     cand = np.flatnonzero(alive)
     groups = None
     if balance == "class":

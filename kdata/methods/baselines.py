@@ -1,4 +1,10 @@
-"""Honest baselines every method is compared with."""
+"""Honest baselines every method is compared with.
+
+* ``random`` — a seeded uniform key per ``sample_id`` (invariant to row order);
+* ``teacher_confidence`` — max_k p_T(k), highest first;
+* ``student_entropy`` — H(p_S), highest first (uncertainty sampling);
+* ``disagreement`` — KL(p_T ‖ p_S) at the scoring temperature, highest first.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,7 @@ from .view import ScoreView
 
 @register("random", doc="uniformly random under the budget (seeded)")
 def random_(view: ScoreView, *, budget: int | None, seed: int, **_) -> MethodResult:
-    rng = np.random.default_rng(seed)
-    return MethodResult(score=rng.random(len(view)))
+    return MethodResult(score=view.row_uniform(seed, "random"))  # keyed by sample_id: order-invariant
 
 
 @register("teacher_confidence", doc="highest teacher max-probability first")

@@ -1,13 +1,31 @@
-"""KD³ dynamic instance selection (Tang et al., ICCV 2023, arXiv 2307.11469).
+"""KD³ dynamic instance selection (Tang, Chen, Niu, Sugiyama, Gong, ICCV 2023, arXiv 2307.11469).
 
-KD³ selects webly collected instances by the *combined* prediction of teacher and student:
-p_c = (p_T + p_S) / 2. An instance is useful when the combined prediction is confident (it is
-in-distribution for both networks) and the two networks agree on its class. Score:
+KD³ ("Knowledge Distillation between Different Distributions") distils from webly collected
+images whose distribution differs from the teacher's training data. Its first component selects,
+*dynamically during training*, the web instances on which the **combined prediction of teacher
+and student** is confident: such instances are in-distribution for both networks, and the two
+networks agree on them, so their soft labels are trustworthy. The paper's other two components
+(weighted feature/classifier alignment and the MixDistribution contrastive block) belong to the
+training loss, not to data selection, and are out of scope here.
 
-    s = max_k p_c(k) · 1[argmax p_T = argmax p_S] + max_k p_c(k) · 0.5 · 1[disagree]
+Formula (per instance x, C classes, temperature T of the scores):
 
-so agreeing, confident instances rank first. The selection is *dynamic*: pass the current
-student's predictions (re-score between epochs) and the ranking follows the student.
+    p_c(x) = λ · p_T(x) + (1 − λ) · p_S(x)          combined prediction, λ = 0.5 (equal weight)
+    s(x)   = max_k p_c(x)_k                          confidence of the combined prediction
+    keep   = top-``budget`` instances by s; optionally also s ≥ τ (``threshold``)
+
+Agreement is built in: when teacher and student predict different classes the combined maximum
+is at most ≈ (max p_T + max p_S)/2 spread over two classes, so disagreeing instances fall below
+agreeing ones of the same confidence. Instances whose confidence is below ``threshold`` are
+rejected as ``kd3_low_confidence``; the rest compete for the budget (``kd3_over_budget``).
+
+Dynamic selection: the paper re-selects as the student learns. ``kd3_select`` is a plain
+function over probability arrays that the trainer calls between epochs with the *current*
+student's predictions; the registry method uses the student predictions in the scores table.
+
+Defaults: λ = 0.5 (the paper combines both networks' predictions with equal weight),
+threshold = None (the budget alone decides; the paper's threshold is a confidence cut that the
+budget makes unnecessary), chunked over rows so memory is O(chunk × C).
 """
 
 from __future__ import annotations
@@ -17,14 +35,47 @@ import numpy as np
 from . import MethodResult, register
 from .view import ScoreView
 
-
-def kd3_score(p_teacher: np.ndarray, p_student: np.ndarray) -> np.ndarray:
-    pc = 0.5 * (p_teacher + p_student)
-    conf = pc.max(1)
-    agree = p_teacher.argmax(1) == p_student.argmax(1)
-    return np.where(agree, conf, 0.5 * conf)
+REASON_LOW = "kd3_low_confidence"
 
 
-@register("kd3", doc="KD³: combined teacher+student confidence, agreeing instances first (arXiv 2307.11469)")
-def kd3(view: ScoreView, *, budget, seed, **_) -> MethodResult:
-    return MethodResult(score=kd3_score(view.probs("teacher"), view.probs("student")))
+def kd3_score(p_teacher: np.ndarray, p_student: np.ndarray, *, weight: float = 0.5,
+              chunk: int = 65_536) -> np.ndarray:
+    """Confidence of the combined prediction, max_k (λ p_T + (1 − λ) p_S)_k, per row (chunked)."""
+    p_teacher = np.asarray(p_teacher)
+    p_student = np.asarray(p_student)
+    if p_teacher.shape != p_student.shape:
+        raise ValueError(f"teacher probabilities {p_teacher.shape} vs student {p_student.shape}")
+    out = np.empty(len(p_teacher), dtype=np.float64)
+    for i in range(0, len(p_teacher), chunk):
+        pc = weight * p_teacher[i:i + chunk].astype(np.float64) + (1 - weight) * p_student[i:i + chunk]
+        out[i:i + chunk] = pc.max(1)
+    return out
+
+
+def kd3_select(p_teacher: np.ndarray, p_student: np.ndarray, budget: int, *, weight: float = 0.5,
+               threshold: float | None = None, seed: int = 0) -> np.ndarray:
+    """Indices (best first) of the ``budget`` instances KD³ keeps for the next epoch.
+
+    Call between epochs with the current student's probabilities (rows aligned with the
+    teacher's); ties are broken by a seeded random key. With ``threshold`` fewer rows may return.
+    """
+    from ..selection import top_k
+
+    s = kd3_score(p_teacher, p_student, weight=weight)
+    cand = np.arange(len(s)) if threshold is None else np.flatnonzero(s >= threshold)
+    return cand[top_k(s[cand], int(budget), seed=seed)]
+
+
+@register("kd3", doc="KD³: confidence of the combined teacher+student prediction (arXiv 2307.11469)")
+def kd3(view: ScoreView, *, budget, seed, weight: float = 0.5, threshold: float | None = None,
+        **_) -> MethodResult:
+    s = np.empty(len(view), dtype=np.float64)
+    chunks_t = view.prob_chunks("teacher")
+    chunks_s = view.prob_chunks("student")
+    for (rows, pt), (_, ps) in zip(chunks_t, chunks_s):
+        s[rows] = kd3_score(pt, ps, weight=weight)
+    if threshold is None:
+        return MethodResult(score=s, info={"weight": weight})
+    keep = s >= float(threshold)
+    return MethodResult(score=s, keep=keep, reason=REASON_LOW,
+                        info={"weight": weight, "threshold": float(threshold), "below_threshold": int((~keep).sum())})

@@ -49,6 +49,50 @@ class ScoreView:
     def sample_ids(self) -> np.ndarray:
         return self.col("sample_id")
 
+    def prob_chunks(self, who: str, *, rows: np.ndarray | None = None, chunk: int = 65_536):
+        """Yield (row indices, float64 probabilities) of ``who`` in bounded chunks.
+
+        Memory stays O(chunk × C) whatever N is; the full-matrix ``probs`` is cached only for
+        small views (N × C ≤ 2**24).
+        """
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+        if len(self) * self.num_classes <= 2 ** 24:
+            p = self.probs(who)
+            for i in range(0, len(rows), chunk):
+                r = rows[i:i + chunk]
+                yield r, p[r]
+            return
+        for i in range(0, len(rows), chunk):
+            r = rows[i:i + chunk]
+            yield r, self._probs_rows(who, r)
+
+    def _probs_rows(self, who: str, r: np.ndarray) -> np.ndarray:
+        if self.has(f"{who}_logits"):
+            z = self.col(f"{who}_logits")[r].astype(np.float64) / self.temperature
+            z -= z.max(1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(1, keepdims=True)
+            return p
+        idx = self.col(f"{who}_topk_idx")[r].astype(np.int64)
+        val = self.col(f"{who}_topk_prob")[r].astype(np.float64)
+        rest = np.clip(1 - val.sum(1), 0, None)
+        free = max(self.num_classes - idx.shape[1], 1)
+        p = np.repeat((rest / free)[:, None], self.num_classes, axis=1)
+        np.put_along_axis(p, idx, val, axis=1)
+        return p
+
+    def row_uniform(self, seed: int, salt: str = "") -> np.ndarray:
+        """A uniform [0, 1) number per row derived from (seed, salt, sample_id), not from row position,
+        so seeded randomness is invariant to row order."""
+        import hashlib
+
+        import pandas as pd
+
+        key = hashlib.md5(f"{seed}:{salt}".encode()).hexdigest()[:16]
+        ids = np.asarray(self.sample_ids, dtype=object)
+        h = pd.util.hash_array(ids, hash_key=key, categorize=False)
+        return (h >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+
     def probs(self, who: str) -> np.ndarray:
         """Full probabilities of ``teacher``/``student`` (from logits, else top-k with the rest spread)."""
         key = f"_probs_{who}"

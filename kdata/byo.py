@@ -1,0 +1,263 @@
+"""Bring your own predictions: ``kdata select --scores FILE.parquet`` instead of models.
+
+For text and LLM distillation, or any model kdata cannot run, give the predictions as Parquet,
+one row per sample:
+
+* ``sample_id`` (string, unique), and either
+* ``teacher_logits`` and ``student_logits``: lists of C numbers per row (same C everywhere), or
+* top-k probabilities: ``teacher_topk_idx``/``teacher_topk_prob`` and
+  ``student_topk_idx``/``student_topk_prob`` (lists of k class indices / probabilities; the
+  remaining mass is spread evenly over the other classes; C = the largest index + 1, or the
+  ``num_classes=`` argument), or
+* only ``teacher_logprob`` and ``reference_logprob`` (numbers, or lists = one per token) for
+  MiniPLM on text (class-based methods then refuse to run).
+
+Optional columns ride along to the methods: ``label_idx`` (int, −1 unknown), ``domain`` (DDK),
+``teacher_loss``/``student_loss`` (DDK with LLM losses), ``embedding`` (critic),
+``teacher_logprob``/``reference_logprob`` (MiniPLM).
+
+Bad input — NaN/inf values, ragged lists, mismatched class counts, nulls, duplicate ids — is one
+clear error naming the file, the column and the first bad row. The disagreement statistics are
+computed with the same fused function as model scoring (``kdata.stats.disagreement``), in chunks.
+
+Payload: the curated shards carry the pool's payload (image/text…) when ``--pool`` is given (rows
+matched by ``sample_id``; a kept id missing from the pool is an error); without ``--pool`` the
+shards carry the ids, the teacher's soft labels and the scores only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .contract import SCORES_OPTIONAL, SCORES_SCHEMA, kdata_metadata
+from .errors import KdataError
+
+PASSTHROUGH = {"domain": pa.string(), "teacher_loss": pa.float32(), "student_loss": pa.float32(),
+               "teacher_logprob": None, "reference_logprob": None}
+CHUNK = 65_536
+
+
+@dataclass
+class ByoModel:
+    """What the pipeline needs to know about a model that lives elsewhere."""
+
+    spec: str
+    num_classes: int
+    class_names: list[str]
+    checksum: str
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "checksum": self.checksum, "num_classes": self.num_classes,
+                "source": "bring-your-own predictions", **self.extra}
+
+
+def _fail(where: str, col: str, row: int | None, ids: pa.Array | None, msg: str):
+    at = ""
+    if row is not None:
+        sid = ids[row].as_py() if ids is not None and row < len(ids) else None
+        at = f" row {row}" + (f" (sample_id '{sid}')" if sid is not None else "")
+    raise KdataError(f"{where}: column '{col}'{at}: {msg}")
+
+
+def check_list_column(table: pa.Table, name: str, *, where: str, width: int | None = None,
+                      width_of: str | None = None, integer: bool = False) -> np.ndarray:
+    """A list-of-numbers column as a (rows × width) array, or a one-line error on the first bad row."""
+    ids = table.column("sample_id").combine_chunks()
+    col = table.column(name).combine_chunks()
+    t = col.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        _fail(where, name, None, None, f"expected a list of numbers per row, got {t}")
+    vt = t.value_type
+    if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
+        _fail(where, name, None, None, f"expected numbers in the lists, got {vt}")
+    if col.null_count:
+        _fail(where, name, int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]), ids, "null list")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths):
+        w = int(lengths[0]) if width is None else width
+        bad = np.flatnonzero(lengths != w)
+        if len(bad):
+            r = int(bad[0])
+            if width is None:
+                _fail(where, name, r, ids, f"ragged lists: {lengths[r]} values, but row 0 has {w}")
+            _fail(where, name, r, ids, f"mismatched class counts: {lengths[r]} values, but {width_of} has {w}")
+        if w == 0:
+            _fail(where, name, 0, ids, "empty list")
+    flat = pc.list_flatten(col)
+    if flat.null_count:
+        i = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        _fail(where, name, i // max(int(lengths[0]), 1), ids, "null value inside the list")
+    values = flat.to_numpy(zero_copy_only=False)
+    values = values.astype(np.int64 if integer else np.float32, copy=False)
+    if not integer:
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            _fail(where, name, i // int(lengths[0]), ids, f"non-finite value {values[i]} (NaN/inf)")
+    return values.reshape(len(col), int(lengths[0]) if len(col) else 0)
+
+
+def _topk_probs(idx: np.ndarray, val: np.ndarray, num_classes: int) -> np.ndarray:
+    rest = np.clip(1 - val.sum(1), 0, None)
+    free = max(num_classes - idx.shape[1], 1)
+    p = np.repeat((rest / free)[:, None], num_classes, axis=1)
+    np.put_along_axis(p, idx, val, axis=1)
+    return np.clip(p, 1e-12, None)
+
+
+def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
+                num_classes: int | None = None) -> tuple[pa.Table, int, list[str]]:
+    """Read and validate a bring-your-own predictions file; return (scores table, C, class names)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from .stats import disagreement
+
+    where = str(path)
+    if not Path(path).exists():
+        raise KdataError(f"{where}: no such file")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # not Parquet, truncated…
+        raise KdataError(f"{where}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    names = table.column_names
+    if "sample_id" not in names:
+        raise KdataError(f"{where}: missing required column 'sample_id' (have: {', '.join(names)})")
+    ids = table.column("sample_id").combine_chunks()
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.string())
+        table = table.set_column(names.index("sample_id"), "sample_id", ids)
+    if ids.null_count:
+        _fail(where, "sample_id", int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]), None, "null id")
+    if table.num_rows == 0:
+        raise KdataError(f"{where}: no rows")
+    if len(pc.unique(ids)) != len(ids):
+        vc = pc.value_counts(ids).to_pylist()
+        dup = next(v["values"] for v in vc if v["counts"] > 1)
+        raise KdataError(f"{where}: column 'sample_id': '{dup}' occurs more than once; ids must be unique")
+    meta = kdata_metadata(table.schema)
+    n = table.num_rows
+    if "teacher_logits" in names or "student_logits" in names:
+        for c in ("teacher_logits", "student_logits"):
+            if c not in names:
+                raise KdataError(f"{where}: has {'teacher_logits' if c == 'student_logits' else 'student_logits'} "
+                                 f"but no '{c}'")
+        tl = check_list_column(table, "teacher_logits", where=where)
+        sl = check_list_column(table, "student_logits", where=where, width=tl.shape[1], width_of="teacher_logits")
+        C = tl.shape[1]
+        mode = "logits"
+    elif "teacher_topk_idx" in names:
+        need = ("teacher_topk_idx", "teacher_topk_prob", "student_topk_idx", "student_topk_prob")
+        for c in need:
+            if c not in names:
+                raise KdataError(f"{where}: top-k predictions need columns {', '.join(need)}; '{c}' is missing")
+        ti = check_list_column(table, "teacher_topk_idx", where=where, integer=True)
+        tp = check_list_column(table, "teacher_topk_prob", where=where, width=ti.shape[1], width_of="teacher_topk_idx")
+        si = check_list_column(table, "student_topk_idx", where=where, integer=True)
+        sp = check_list_column(table, "student_topk_prob", where=where, width=si.shape[1], width_of="student_topk_idx")
+        for name, v in (("teacher_topk_prob", tp), ("student_topk_prob", sp)):
+            bad = np.flatnonzero((v < 0).any(1) | (v > 1).any(1) | (v.sum(1) > 1 + 1e-3))
+            if len(bad):
+                _fail(where, name, int(bad[0]), ids, "probabilities must lie in [0, 1] and sum to at most 1")
+        for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
+            bad = np.flatnonzero((v < 0).any(1))
+            if len(bad):
+                _fail(where, name, int(bad[0]), ids, "negative class index")
+        C = int(num_classes or meta.get("num_classes") or max(ti.max(), si.max()) + 1)
+        for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
+            bad = np.flatnonzero((v >= C).any(1))
+            if len(bad):
+                _fail(where, name, int(bad[0]), ids, f"class index ≥ num_classes {C}")
+        mode = "topk"
+    elif "teacher_logprob" in names and "reference_logprob" in names:
+        C, mode = 0, "logprob"
+    else:
+        raise KdataError(f"{where}: needs teacher_logits and student_logits (lists), or teacher_topk_idx/"
+                         "teacher_topk_prob and student_topk_idx/student_topk_prob, or teacher_logprob and "
+                         "reference_logprob")
+    class_names = list(meta.get("class_names") or [str(i) for i in range(C)])
+    if len(class_names) != C:
+        class_names = [str(i) for i in range(C)]
+
+    label = np.full(n, -1, dtype=np.int32)
+    if "label_idx" in names:
+        li = table.column("label_idx").combine_chunks()
+        label = np.array(pc.fill_null(li.cast(pa.int32()), -1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        label[(label < -1) | (label >= max(C, 1))] = -1  # out-of-range labels count as unknown
+    types = {f.name: f.type for f in SCORES_SCHEMA}
+    types.update(SCORES_OPTIONAL)
+    cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
+    if mode == "logprob":
+        for f in SCORES_SCHEMA:
+            if f.name not in cols:
+                cols[f.name] = pa.nulls(n, f.type)
+        cols["teacher_pred"] = pa.array(np.full(n, -1, np.int32))
+        cols["student_pred"] = pa.array(np.full(n, -1, np.int32))
+    else:
+        keep_logits = mode == "logits" and C <= 128
+        parts: dict[str, list] = {}
+        with torch.inference_mode():
+            for i in range(0, n, CHUNK):
+                if mode == "logits":
+                    t = torch.tensor(tl[i:i + CHUNK])
+                    s = torch.tensor(sl[i:i + CHUNK])
+                else:
+                    t = torch.from_numpy(np.log(_topk_probs(ti[i:i + CHUNK], tp[i:i + CHUNK], C))).float()
+                    s = torch.from_numpy(np.log(_topk_probs(si[i:i + CHUNK], sp[i:i + CHUNK], C))).float()
+                    # stored top-k is taken from the given probabilities at T = 1
+                li = torch.tensor(label[i:i + CHUNK])
+                st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li)
+                if keep_logits:
+                    st["teacher_logits"], st["student_logits"] = t, s
+                for k, v in st.items():
+                    parts.setdefault(k, []).append(v.numpy())
+        for k, p in parts.items():
+            arr = np.concatenate(p)
+            if arr.ndim == 2:
+                cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1]).cast(types[k])
+            else:
+                cols[k] = pa.array(arr).cast(types[k])
+    out = pa.table({k: cols[k] for k in [f.name for f in SCORES_SCHEMA] + [k for k in SCORES_OPTIONAL if k in cols]})
+    if "embedding" in names and "embedding" not in out.column_names:
+        emb = check_list_column(table, "embedding", where=where)
+        out = out.append_column("embedding", pa.FixedSizeListArray.from_arrays(
+            pa.array(emb.reshape(-1).astype(np.float16)), emb.shape[1]).cast(SCORES_OPTIONAL["embedding"]))
+    for name, typ in PASSTHROUGH.items():
+        if name in names:
+            col = table.column(name)
+            out = out.append_column(name, col.cast(typ) if typ is not None else col)
+    return out, C, class_names
+
+
+def file_checksum(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare_byo(cfg, *, opts):
+    """The pipeline's ``prepare`` + scoring for ``cfg.scores``: (Prepared, scores, quarantined, info)."""
+    from .pipeline import Prepared, resolve_methods
+    from .pools import Pool, open_pool
+    from .score import ScoreConfig
+
+    methods = resolve_methods(cfg)
+    scores, C, class_names = load_scores(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
+    digest = file_checksum(cfg.scores)
+    teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
+    student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
+    pool = open_pool(cfg.pool) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")
+    score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature)
+    prep = Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, score_cfg=score_cfg,
+                    device="cpu")
+    info = {"n_in": scores.num_rows, "units": 1, "cache_hits": 0}
+    return prep, scores, [], info

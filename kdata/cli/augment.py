@@ -1,0 +1,58 @@
+"""``kdata augment``: add HARD augmentations (critic-filtered) to a curated dataset."""
+
+from __future__ import annotations
+
+from .common import emit_json, summary_lines
+
+
+def register(sub) -> None:
+    p = sub.add_parser("augment", help="generate hard augmentations where teacher and student disagree",
+                       description="Read the curated shards in SHARDS, generate PER_SAMPLE augmented rows per "
+                                   "original row that maximise the teacher-student KL (HARD, arXiv 2305.14890) "
+                                   "while the teacher keeps its class, filter them with a critic, and write the "
+                                   "original rows plus the accepted generated rows to OUT.")
+    p.add_argument("--shards", required=True, metavar="DIR", help="a curated dataset written by kdata select")
+    p.add_argument("--teacher", default="builtin:digits-teacher", help="teacher model spec")
+    p.add_argument("--student", default="builtin:digits-student", help="student model spec")
+    p.add_argument("--per-sample", type=int, default=1, metavar="K", help="generated rows per original row")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for the augmented dataset")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps per batch (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--critic", default=None, metavar="DIR", help="fitted critic (kdata critic fit) instead of "
+                   "the default critic")
+    p.add_argument("--critic-recall", type=float, default=None, help="re-choose the fitted critic's cut for this recall")
+    p.add_argument("--critic-threshold", type=float, default=None,
+                   help="default critic: accept when its score is at least this (default 0.5)")
+    p.add_argument("--random-search", action="store_true", help="gradient-free search even for differentiable models")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=256, help="generated samples per optimisation batch")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import KdataError
+    from ..hard import HardConfig, augment_dataset
+    from ..models import pick_device
+
+    if args.per_sample < 1:
+        raise KdataError(f"--per-sample {args.per_sample}: must be at least 1")
+    if args.steps is not None and args.steps < 0:
+        raise KdataError(f"--steps {args.steps}: must be at least 0")
+    if args.batch_size < 1:
+        raise KdataError(f"--batch-size {args.batch_size}: must be at least 1")
+    opts = {"per_sample": args.per_sample, "seed": args.seed, "batch_size": args.batch_size,
+            "random_search": args.random_search}
+    if args.steps is not None:
+        opts["steps"] = args.steps
+    if args.critic_threshold is not None:
+        opts["critic_threshold"] = args.critic_threshold
+    report = augment_dataset(args.shards, teacher=args.teacher, student=args.student, out=args.out,
+                             config=HardConfig(**opts), critic=args.critic, critic_recall=args.critic_recall,
+                             device=pick_device(args.device))
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print("\n".join(summary_lines(report)))
+    return 0

@@ -1,0 +1,464 @@
+"""Deduplication on faiss: exact, near-exact and semantic (SemDeDup), survivor = the higher ranked.
+
+Three levels, each including the ones before (``--dedup exact|near|semantic``):
+
+* **exact** — sha256 of the *decoded* pixels (mode, size, bytes), so a re-saved identical image
+  matches too; one survivor per group.
+* **near** — copies of the same image: cosine similarity of a pixel embedding made for that job
+  (16×16 grayscale, mean-centred, L2-normalised; imagededup/fastdup style), *not* classifier
+  features, which put distinct digits of one class close together. Default threshold
+  ``NEAR_THRESHOLD``, chosen from measurements on the built-in pool (docs/readme/dedup.md).
+* **semantic** — SemDeDup (Abbas et al. 2023, arXiv 2303.09540): spherical k-means over
+  L2-normalised model embeddings (the scores table's ``embedding`` column, the teacher's
+  penultimate features), then pairwise cosine within each cluster, chunked. A sample is removed
+  when its highest similarity to a better-ranked sample of its cluster exceeds the threshold, or,
+  with ``frac``, the samples with the highest such similarity are removed until that fraction of
+  the candidates is gone.
+
+Inputs are always in *rank order* (best first), so "the survivor is the one the selection ranked
+higher" is simply the lower index. Each level returns ``dup_of``: -1 for survivors, else the
+index of the surviving sample the row duplicates (reason ``duplicate_of:<sample_id>``).
+
+Similarity search (``similar_pairs``): exact ``faiss.IndexFlatIP`` range search up to
+``EXACT_MAX`` rows; above that, cluster-then-compare: spherical k-means (faiss) into ~√N cells,
+each row is compared (one BLAS matrix product per cell, chunked) with the rows whose nearest
+centroid is one of its ``nprobe`` nearest — an IVF range search with dense per-cell products.
+Found pairs always carry their exact cosine, so approximation can only miss pairs, never invent
+them. faiss GPU is used for k-means and centroid search only when a subprocess probe succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import KdataError
+
+LEVELS = ("exact", "near", "semantic")
+PIXEL_SIZE = 16
+# Defaults chosen on builtin:digits-web (see docs/readme/dedup.md for the measurement command).
+NEAR_THRESHOLD = 0.996
+SEMANTIC_THRESHOLD = 0.995
+EXACT_MAX = 20_000  # up to this many rows the pair search is exact (flat index)
+
+
+# ------------------------------------------------------------------------------------------------
+# faiss GPU probe
+
+_PROBE = """
+import numpy as np, faiss
+res = faiss.StandardGpuResources()
+x = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+idx = faiss.GpuIndexFlatIP(res, 8)
+idx.add(x)
+d, i = idx.search(x, 2)
+assert (i[:, 0] == np.arange(64)).all()
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def faiss_gpu_ok() -> bool:
+    """True when faiss GPU works here: probed once in a subprocess (a bad wheel can abort, not raise)."""
+    if os.environ.get("KDATA_FAISS_GPU", "").lower() in ("0", "no", "false"):
+        return False
+    try:
+        import faiss
+
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            return False
+        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=120)
+        return r.returncode == 0
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# Embeddings and hashes
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32, C-contiguous); all-zero rows stay zero."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(norm > 0, norm, 1.0), dtype=np.float32)
+
+
+def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool = True) -> tuple[str, np.ndarray | None]:
+    """(hash of the decoded pixels, near-dup pixel embedding or None) of one image.
+
+    The hash covers mode, size and raw pixels, so the same picture saved twice (different PNG
+    settings or metadata) hashes the same. The embedding is the image as ``size``×``size``
+    grayscale (box filter), mean-centred and L2-normalised, so brightness offsets, light noise and
+    lossy re-encoding barely move it. Undecodable payloads hash their bytes and get a zero vector.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data or b"")) as im:
+            im.load()
+            h = hashlib.sha256(f"{im.mode}:{im.size}:".encode() + im.tobytes()).hexdigest()
+            if not pixels:
+                return h, None
+            small = im.convert("L").resize((size, size), Image.BOX)
+        v = np.asarray(small, dtype=np.float32).reshape(-1)
+        v = v - v.mean()
+        n = float(np.linalg.norm(v))
+        return h, (v / n if n > 0 else v)
+    except Exception:
+        h = hashlib.sha256(b"raw:" + (data or b"")).hexdigest()
+        return h, (np.zeros(size * size, np.float32) if pixels else None)
+
+
+def text_features(text: str | None) -> str:
+    return hashlib.sha256(b"text:" + (text or "").strip().encode()).hexdigest()
+
+
+def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | None]:
+    """Hashes (and pixel embeddings) of a pool/shard table's payloads, row-aligned."""
+    n = table.num_rows
+    images = table.column("image").to_pylist() if "image" in table.column_names else [None] * n
+    texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * n
+    hashes, vecs = [], []
+    for img, txt in zip(images, texts):
+        if img is None:
+            hashes.append(text_features(txt))
+            vecs.append(np.zeros(PIXEL_SIZE * PIXEL_SIZE, np.float32))
+        else:
+            h, v = image_features(img, pixels=pixels)
+            hashes.append(h)
+            vecs.append(v)
+    if not pixels:
+        return hashes, None
+    return hashes, (np.stack(vecs) if vecs else np.zeros((0, PIXEL_SIZE * PIXEL_SIZE), np.float32))
+
+
+def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Hashes and pixel embeddings for ``ids``, streamed unit by unit over the pool (memory: only
+    the small per-sample features are kept, never the payloads of more than one unit)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = np.asarray(ids, dtype=object)
+    pos_of = {s: i for i, s in enumerate(ids.tolist())}
+    hashes = np.full(len(ids), None, dtype=object)
+    vecs = np.zeros((len(ids), PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
+    wanted = pa.array(ids.tolist(), pa.string())
+    for unit in pool.units:
+        t = unit.read()
+        t = t.filter(pc.is_in(t.column("sample_id"), value_set=wanted))
+        if not t.num_rows:
+            continue
+        h, v = payload_features(t, pixels=pixels)
+        where = np.array([pos_of[s] for s in t.column("sample_id").to_pylist()], dtype=np.int64)
+        hashes[where] = h
+        if pixels:
+            vecs[where] = v
+    missing = int(sum(h is None for h in hashes))
+    if missing:
+        raise RuntimeError(f"dedup: {missing} candidates not found in the pool")
+    return hashes, vecs
+
+
+# ------------------------------------------------------------------------------------------------
+# Similarity search
+
+def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
+                     max_points_per_centroid: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (faiss) over L2-normalised rows: (centroids, nearest-centroid index)."""
+    import faiss
+
+    n, d = x.shape
+    k = int(max(1, min(k, n)))
+    if k == 1:
+        c = l2_normalize(x.mean(0, keepdims=True))
+        return c, np.zeros(n, dtype=np.int64)
+    km = faiss.Kmeans(d, k, niter=niter, spherical=True, seed=int(seed) + 1, gpu=faiss_gpu_ok(),
+                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
+    km.train(x)
+    _, a = _centroid_search(km.centroids, x, 1)
+    return km.centroids, a[:, 0]
+
+
+def _centroid_search(centroids: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    if faiss_gpu_ok():
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index.search(x, k)
+
+
+def similar_pairs(x: np.ndarray, *, threshold: float, seed: int = 0, nprobe: int = 2,
+                  exact_max: int = EXACT_MAX, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i < j) of L2-normalised rows with cosine ≥ ``threshold``: (i, j, cosine).
+
+    Exact (faiss ``IndexFlatIP.range_search``) up to ``exact_max`` rows; above, cell-restricted
+    (see the module docstring) — recall ≥ 0.99 of near-duplicate pairs in our benchmark, and
+    every reported pair is real.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    if n < 2:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0, np.float32)
+    if n <= exact_max:
+        return _flat_pairs(x, threshold, chunk=chunk)
+    return _cell_pairs(x, threshold, seed=seed, nprobe=nprobe, chunk=chunk)
+
+
+def _flat_pairs(x, threshold, *, chunk):
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(x), chunk):
+        lims, dist, lab = index.range_search(x[s:s + chunk], float(threshold))
+        qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
+        lab = lab.astype(np.int64)
+        keep = qi < lab
+        out_i.append(qi[keep]), out_j.append(lab[keep]), out_s.append(dist[keep])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s).astype(np.float32)
+
+
+def _cell_pairs(x, threshold, *, seed, nprobe, chunk):
+    n = len(x)
+    k = int(max(2, round(np.sqrt(n))))
+    centroids, _ = spherical_kmeans(x, k, seed=seed, niter=10, max_points_per_centroid=32)
+    _, probe = _centroid_search(centroids, x, nprobe)
+    home = probe[:, 0]
+    order = np.argsort(home, kind="stable")
+    bounds = np.searchsorted(home[order], np.arange(k + 1))
+    xs = x[order]  # rows grouped by home cell: each cell is a contiguous slice
+    flat = probe.ravel()
+    qorder = np.argsort(flat, kind="stable")
+    qbounds = np.searchsorted(flat[qorder], np.arange(k + 1))
+    out_i, out_j, out_s = [], [], []
+    for c in range(k):
+        lo, hi = bounds[c], bounds[c + 1]
+        if hi == lo:
+            continue
+        members = order[lo:hi]
+        queries = qorder[qbounds[c]:qbounds[c + 1]] // nprobe
+        for s in range(0, len(queries), chunk):
+            q = queries[s:s + chunk]
+            sim = x[q] @ xs[lo:hi].T
+            a, b = np.nonzero(sim >= threshold)
+            qi, mj = q[a], members[b]
+            keep = qi != mj
+            # a pair whose rows share a home cell is seen from both sides: keep qi < mj there
+            same = home[qi[keep]] == c
+            ok = ~same | (qi[keep] < mj[keep])
+            i_, j_, s_ = qi[keep][ok], mj[keep][ok], sim[a, b][keep][ok]
+            out_i.append(np.minimum(i_, j_)), out_j.append(np.maximum(i_, j_)), out_s.append(s_)
+    if not out_i:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0, np.float32)
+    i, j, s = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+    # a cross-cell pair can be found from both cells: keep one copy
+    key = i * n + j
+    _, first = np.unique(key, return_index=True)
+    return i[first], j[first], s[first].astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Levels (rows in rank order, best first)
+
+def exact_groups(hashes) -> np.ndarray:
+    """``dup_of`` for exact duplicates: every later row of a hash group points at its first row."""
+    first: dict = {}
+    dup_of = np.full(len(hashes), -1, dtype=np.int64)
+    for i, h in enumerate(hashes):
+        if h in first:
+            dup_of[i] = first[h]
+        else:
+            first[h] = i
+    return dup_of
+
+
+def greedy_survivors(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """``dup_of`` from similar pairs (i < j): walking in rank order, a row is a duplicate of its
+    most similar better-ranked *survivor*; a row whose similar rows were all removed survives.
+
+    So every removed row names a kept row it is similar to (no chains of removals).
+    """
+    dup_of = np.full(n, -1, dtype=np.int64)
+    if not len(i):
+        return dup_of
+    o = np.lexsort((-sim, i, j))  # by j, then i (rank), then similarity
+    i, j = i[o], j[o]
+    sim = sim[o]
+    starts = np.flatnonzero(np.r_[True, j[1:] != j[:-1]])
+    ends = np.r_[starts[1:], len(j)]
+    for s, e in zip(starts, ends):
+        cand = i[s:e]
+        alive = dup_of[cand] < 0
+        if alive.any():
+            k = np.flatnonzero(alive)
+            dup_of[j[s]] = cand[k[np.argmax(sim[s:e][k])]]
+    return dup_of
+
+
+def semdedup_scores(emb: np.ndarray, *, n_clusters: int | None = None, seed: int = 0,
+                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, dict]:
+    """SemDeDup within-cluster scores: for each row its highest cosine to a better-ranked row of
+    its cluster, and that row's index (-1 when it is the best of its cluster).
+
+    Clusters: spherical k-means (faiss) with ``n_clusters`` (default ≈ N/100, SemDeDup keeps
+    clusters of hundreds to thousands). Pairwise cosine per cluster in row chunks (memory
+    ``chunk`` × cluster size).
+    """
+    x = l2_normalize(emb)
+    n = len(x)
+    k = n_clusters or max(1, int(round(n / 100)))
+    _, assign = spherical_kmeans(x, k, seed=seed) if n > 1 else (None, np.zeros(n, np.int64))
+    best = np.full(n, -np.inf, dtype=np.float32)
+    arg = np.full(n, -1, dtype=np.int64)
+    order = np.argsort(assign, kind="stable")  # within a cluster, still in rank order
+    bounds = np.searchsorted(assign[order], np.arange(int(assign.max(initial=0)) + 2))
+    for c in range(len(bounds) - 1):
+        mem = order[bounds[c]:bounds[c + 1]]
+        if len(mem) < 2:
+            continue
+        xm = x[mem]
+        for s in range(0, len(mem), chunk):
+            sim = xm[s:s + chunk] @ xm[: s + chunk].T  # rows s.. vs all earlier
+            r = np.arange(sim.shape[0])
+            sim[np.arange(sim.shape[1])[None, :] >= (s + r)[:, None]] = -np.inf  # only better-ranked
+            a = sim.argmax(1)
+            v = sim[r, a]
+            has = np.isfinite(v)
+            best[mem[s:s + chunk][has]] = v[has]
+            arg[mem[s:s + chunk][has]] = mem[a[has]]
+    return best, arg, {"clusters": int(k)}
+
+
+def semdedup_survivors(best: np.ndarray, arg: np.ndarray, *, threshold: float | None, n_remove: int | None) -> np.ndarray:
+    """``dup_of`` from SemDeDup scores: remove rows above ``threshold`` (or the ``n_remove`` rows
+    with the highest score); each removed row points at the surviving root of its chain."""
+    n = len(best)
+    remove = np.zeros(n, dtype=bool)
+    if n_remove is not None:
+        if n_remove > 0:
+            cand = np.flatnonzero(arg >= 0)
+            top = cand[np.argsort(-best[cand], kind="stable")[:n_remove]]
+            remove[top] = True
+    else:
+        remove = (arg >= 0) & (best >= threshold)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    for r in np.flatnonzero(remove):  # ascending = rank order, so arg's root is already known
+        a = arg[r]
+        dup_of[r] = dup_of[a] if dup_of[a] >= 0 else a
+    return dup_of
+
+
+@dataclass
+class DedupResult:
+    dup_of: np.ndarray  # -1 survivor, else index of the surviving row (same order as the input)
+    level_of: np.ndarray  # object: level that removed the row, None for survivors
+    info: dict = field(default_factory=dict)
+
+
+def check_options(level: str | None, *, threshold: float | None = None, frac: float | None = None) -> str | None:
+    """Validate ``--dedup``/``--dedup-threshold``/``--dedup-frac``; returns the level or None."""
+    if level in (None, "", "none"):
+        if threshold is not None or frac is not None:
+            raise KdataError("--dedup-threshold/--dedup-frac need --dedup exact|near|semantic")
+        return None
+    if level not in LEVELS:
+        raise KdataError(f"--dedup '{level}': expected one of none, {', '.join(LEVELS)}")
+    if threshold is not None and not (-1.0 <= float(threshold) <= 1.0):
+        raise KdataError(f"--dedup-threshold {threshold}: a cosine similarity must lie in [-1, 1]")
+    if frac is not None:
+        if level != "semantic":
+            raise KdataError("--dedup-frac applies to --dedup semantic (near/exact use a threshold)")
+        if not (0.0 <= float(frac) < 1.0):
+            raise KdataError(f"--dedup-frac {frac}: expected a fraction in [0, 1)")
+        if threshold is not None:
+            raise KdataError("give either --dedup-threshold or --dedup-frac, not both")
+    if threshold is not None and level == "exact":
+        raise KdataError("--dedup-threshold does not apply to --dedup exact (hash equality)")
+    return level
+
+
+def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, embeddings: np.ndarray | None = None,
+                 threshold: float | None = None, frac: float | None = None, seed: int = 0,
+                 n_clusters: int | None = None) -> DedupResult:
+    """Deduplicate rows given in rank order (best first) at ``level`` (and the levels before).
+
+    ``hashes`` for exact, plus ``pixels`` (near-dup embeddings) for near, plus ``embeddings``
+    (model features) for semantic. ``threshold`` applies to the deepest level (near or semantic).
+    """
+    level = check_options(level, threshold=threshold, frac=frac)
+    n = len(hashes)
+    dup_of = exact_groups(hashes)
+    level_of = np.where(dup_of >= 0, "exact", None).astype(object)
+    info: dict = {"level": level, "n_in": n, "removed": {"exact": int((dup_of >= 0).sum())}}
+    if level in ("near", "semantic"):
+        alive = np.flatnonzero(dup_of < 0)
+        t = NEAR_THRESHOLD if (threshold is None or level != "near") else float(threshold)
+        i, j, s = similar_pairs(l2_normalize(pixels[alive]), threshold=t, seed=seed)
+        sub = greedy_survivors(len(alive), i, j, s)
+        hit = sub >= 0
+        dup_of[alive[hit]] = alive[sub[hit]]
+        level_of[alive[hit]] = "near"
+        info["removed"]["near"] = int(hit.sum())
+        info["near_threshold"] = t
+    if level == "semantic":
+        if embeddings is None:
+            raise KdataError("--dedup semantic needs model embeddings (the scores table has no 'embedding' column)")
+        alive = np.flatnonzero(dup_of < 0)
+        best, arg, sinfo = semdedup_scores(embeddings[alive], n_clusters=n_clusters, seed=seed)
+        if frac is not None:
+            n_remove = max(0, int(round(float(frac) * n)) - int((dup_of >= 0).sum()))
+            sub = semdedup_survivors(best, arg, threshold=None, n_remove=n_remove)
+            removed = sub >= 0
+            t = float(best[removed].min()) if removed.any() else None
+        else:
+            t = SEMANTIC_THRESHOLD if threshold is None else float(threshold)
+            sub = semdedup_survivors(best, arg, threshold=t, n_remove=None)
+        hit = sub >= 0
+        dup_of[alive[hit]] = alive[sub[hit]]
+        level_of[alive[hit]] = "semantic"
+        info["removed"]["semantic"] = int(hit.sum())
+        info["semantic_threshold"] = t
+        info["semantic_clusters"] = sinfo["clusters"]
+    info["kept"] = int((dup_of < 0).sum())
+    return DedupResult(dup_of=dup_of, level_of=level_of, info=info)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipeline hook
+
+def pipeline_dedup(cfg, pool):
+    """The ``dedup`` callable ``selection.select`` runs on the alive candidates in rank order.
+
+    Exact/near read payloads unit by unit from ``pool`` (hash + 16×16 pixel vector per candidate,
+    ~1 KB each); semantic also takes the scores table's ``embedding`` column.
+    Returns None when ``cfg.dedup`` is off.
+    """
+    level = check_options(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
+    if level is None:
+        return None
+
+    def run(view, order: np.ndarray) -> tuple[np.ndarray, dict]:
+        ids = view.sample_ids[order]
+        hashes, pixels = pool_features(pool, ids, pixels=level != "exact")
+        emb = None
+        if level == "semantic":
+            if not view.has("embedding"):
+                raise KdataError(f"{cfg.pool}: --dedup semantic needs model embeddings, but the teacher "
+                                 "gives no penultimate features (scores have no 'embedding' column)")
+            emb = view.col("embedding")[order]
+        res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb,
+                           threshold=cfg.dedup_threshold, frac=cfg.dedup_frac, seed=cfg.seed)
+        return res.dup_of, res.info
+
+    return run

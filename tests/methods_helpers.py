@@ -1,0 +1,44 @@
+"""Build real scores tables (through a real Parquet file and kdata.byo) for the methods tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_predictions(path, t_logits, s_logits, *, ids=None, label=None, domain=None, extra=None) -> str:
+    t_logits = np.asarray(t_logits, dtype=np.float32)
+    s_logits = np.asarray(s_logits, dtype=np.float32)
+    n = len(t_logits)
+    cols = {"sample_id": pa.array(ids if ids is not None else [f"s{i}" for i in range(n)], pa.string()),
+            "teacher_logits": pa.array(t_logits.tolist(), pa.list_(pa.float32())),
+            "student_logits": pa.array(s_logits.tolist(), pa.list_(pa.float32()))}
+    if label is not None:
+        cols["label_idx"] = pa.array(np.asarray(label, dtype=np.int32))
+    if domain is not None:
+        cols["domain"] = pa.array(list(domain), pa.string())
+    for k, v in (extra or {}).items():
+        cols[k] = v
+    pq.write_table(pa.table(cols), path)
+    return str(path)
+
+
+def scores_from_probs(tmp_path, p_teacher, p_student, name="p.parquet", **kw) -> pa.Table:
+    """A scores table whose probabilities are exactly ``p_teacher``/``p_student`` (logits = log p)."""
+    from kdata.byo import load_scores
+
+    path = write_predictions(tmp_path / name, np.log(np.asarray(p_teacher, dtype=np.float64)),
+                             np.log(np.asarray(p_student, dtype=np.float64)), **kw)
+    return load_scores(path)[0]
+
+
+def random_scores(tmp_path, rng, n, c, *, name="r.parquet", domains=("a", "b", "c")) -> pa.Table:
+    from kdata.byo import load_scores
+
+    t = rng.normal(size=(n, c)) * 3
+    s = t + rng.normal(size=(n, c)) * 2
+    label = rng.integers(-1, c, size=n)
+    dom = [domains[i] for i in rng.integers(0, len(domains), size=n)]
+    path = write_predictions(tmp_path / name, t, s, label=label, domain=dom)
+    return load_scores(path)[0]

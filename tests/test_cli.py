@@ -1,0 +1,128 @@
+"""The kdata CLI: every command, --json, exit codes and one-line errors on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kdata.cli import main
+
+
+def run_cli(*args, env=None):
+    """Run the real console entry point in a subprocess: (exit code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "kdata.cli", *args], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_help_lists_every_command():
+    code, out, err = run_cli("--help")
+    assert code == 0
+    for cmd in ("select", "inspect", "demo"):
+        assert cmd in out
+
+
+def test_select_json_and_inspect(tmp_path, builtin_models, capsys):
+    out = tmp_path / "sel"
+    code = main(["select", "--pool", "builtin:digits-web", "--teacher", "builtin:digits-teacher",
+                 "--student", "builtin:digits-student", "--method", "kd3", "--budget", "200",
+                 "--out", str(out), "--seed", "1", "--device", "cpu", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    c = report["counts"]
+    assert c["kept"] == 200 and c["n_in"] == c["kept"] + c["rejected"] + c["quarantined"]
+    assert main(["inspect", str(out), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["rows"] == 200 and s["integrity"]["ok"]
+    assert sum(s["class_histogram"].values()) == 200
+    assert "score_kd3" in s["score_quantiles"]
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "kept 200" in text
+
+
+def test_demo_end_to_end(tmp_path):
+    code, out, err = run_cli("demo", "--out", str(tmp_path / "demo"))
+    assert code == 0, err
+    assert "kept" in out and "rejected" in out and "quarantined" in out
+    assert (tmp_path / "demo" / "manifest.json").exists()
+    assert str(tmp_path / "demo") in out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--pool", "/no/such/pool"], "/no/such/pool: pool not found"),
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--budget", "0"], "--budget 0: must be positive"),
+    (["--budget", "999999"], "larger than the pool"),
+    (["--budget", "-0.5"], "must be positive"),
+    (["--teacher", "builtin:nope"], "unknown built-in model"),
+    (["--device", "tpu"], "unknown device"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, builtin_models, capsys, args, match):
+    out = tmp_path / "out"
+    code = main(["select", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_out_dir_with_a_different_run_is_refused(tmp_path, builtin_models, capsys):
+    out = tmp_path / "out"
+    assert main(["select", "--out", str(out), "--method", "random", "--budget", "10"]) == 0
+    capsys.readouterr()
+    assert main(["select", "--out", str(out), "--method", "random", "--budget", "11"]) == 2
+    assert "already holds a different run" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["select", "--out", str(tmp_path / "other"), "--budget", "10"]) == 2
+    assert "holds no kdata manifest" in capsys.readouterr().err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_usage_errors_exit_2():
+    code, _, err = run_cli("select")
+    assert code == 2 and "--out" in err
+    code, _, err = run_cli("inspect", "/no/such/dir")
+    assert code == 2 and "/no/such/dir" in err
+
+
+def test_empty_pool_and_bad_parquet(tmp_path, builtin_models, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"sample_id": pa.array([], pa.string()), "image": pa.array([], pa.binary())}), empty)
+    assert main(["select", "--pool", str(empty), "--out", str(tmp_path / "o1"), "--budget", "1"]) == 2
+    assert "empty" in capsys.readouterr().err
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"sample_id": ["a"], "image": [3]}), bad)
+    assert main(["select", "--pool", str(bad), "--out", str(tmp_path / "o2"), "--budget", "1"]) == 2
+    assert f"{bad}: column 'image' has type int64" in capsys.readouterr().err
+
+
+def test_corrupt_images_are_quarantined_and_counted(tmp_path, builtin_models, capsys):
+    import pyarrow.parquet as pq
+
+    from kdata.builtin import digits_web
+
+    pool = digits_web().slice(0, 40)
+    images = pool.column("image").to_pylist()
+    images[3] = b""
+    images[7] = images[7][:20]  # truncated PNG
+    images[9] = b"not an image at all"
+    import pyarrow as pa
+
+    pool = pool.set_column(pool.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pool, path)
+    out = tmp_path / "out"
+    assert main(["select", "--pool", str(path), "--out", str(out), "--budget", "10", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)["counts"]
+    assert c == {**c, "n_in": 40, "kept": 10, "quarantined": 3, "rejected": 27}
+    assert main(["inspect", str(out), "--json"]) == 0
+    q = json.loads(capsys.readouterr().out)["quarantined"]
+    assert {x["sample_id"] for x in q} == {pool.column("sample_id")[i].as_py() for i in (3, 7, 9)}
+    assert all(x["error"] for x in q)

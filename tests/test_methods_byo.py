@@ -1,0 +1,92 @@
+"""``--scores FILE.parquet``: bring-your-own predictions, their errors, and the pipeline without models."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kdata.byo import load_scores
+from kdata.cli import main
+from kdata.errors import KdataError
+from tests.methods_helpers import write_predictions
+
+
+def _table(rows_t, rows_s, t_type=pa.list_(pa.float32()), s_type=pa.list_(pa.float32())):
+    return pa.table({"sample_id": [f"s{i}" for i in range(len(rows_t))],
+                     "teacher_logits": pa.array(rows_t, t_type), "student_logits": pa.array(rows_s, s_type)})
+
+
+@pytest.mark.parametrize("t,s,match", [
+    ([[1, 2, 3], [1, 2, 3], [1, 2, 3]], [[1, 2, 3], [1, 2, 3], [1, float("nan"), 3]],
+     r"column 'student_logits' row 2 \(sample_id 's2'\): non-finite value nan"),
+    ([[1, 2, 3], [1, 2, float("inf")]], [[1, 2, 3], [1, 2, 3]], r"column 'teacher_logits' row 1 .*non-finite value inf"),
+    ([[1, 2, 3], [1, 2], [1, 2, 3]], [[1, 2, 3]] * 3, r"column 'teacher_logits' row 1 .*ragged lists: 2 values, but row 0 has 3"),
+    ([[1, 2, 3]] * 3, [[1, 2, 3, 4]] * 3, r"column 'student_logits' row 0 .*mismatched class counts: 4 values, but teacher_logits has 3"),
+    ([[1, 2, 3], None], [[1, 2, 3]] * 2, r"column 'teacher_logits' row 1 .*null list"),
+])
+def test_bad_predictions_name_column_and_first_bad_row(tmp_path, t, s, match):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(_table(t, s), path)
+    with pytest.raises(KdataError, match=match) as exc:
+        load_scores(str(path))
+    assert str(exc.value).startswith(str(path))
+    assert "\n" not in str(exc.value)
+
+
+def test_other_bad_files(tmp_path):
+    p = tmp_path / "noid.parquet"
+    pq.write_table(pa.table({"teacher_logits": [[1.0, 2.0]], "student_logits": [[1.0, 2.0]]}), p)
+    with pytest.raises(KdataError, match="missing required column 'sample_id'"):
+        load_scores(str(p))
+    p = tmp_path / "dup.parquet"
+    pq.write_table(pa.table({"sample_id": ["a", "a"], "teacher_logits": [[1.0, 2.0]] * 2,
+                             "student_logits": [[1.0, 2.0]] * 2}), p)
+    with pytest.raises(KdataError, match="'a' occurs more than once"):
+        load_scores(str(p))
+    p = tmp_path / "topk.parquet"
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_topk_idx": [[0, 1], [2, 1]],
+                             "teacher_topk_prob": [[0.6, 0.3], [0.9, 0.5]], "student_topk_idx": [[0, 1], [1, 0]],
+                             "student_topk_prob": [[0.5, 0.2], [0.5, 0.2]]}), p)
+    with pytest.raises(KdataError, match=r"column 'teacher_topk_prob' row 1 .*sum to at most 1"):
+        load_scores(str(p))
+    p = tmp_path / "nothing.parquet"
+    pq.write_table(pa.table({"sample_id": ["a"], "x": [1]}), p)
+    with pytest.raises(KdataError, match="needs teacher_logits and student_logits"):
+        load_scores(str(p))
+    p = tmp_path / "text.txt"
+    p.write_text("not parquet")
+    with pytest.raises(KdataError, match="not a readable Parquet"):
+        load_scores(str(p))
+
+
+def test_topk_probabilities_are_accepted(tmp_path):
+    p = tmp_path / "topk.parquet"
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_topk_idx": [[0, 1], [2, 1]],
+                             "teacher_topk_prob": [[0.6, 0.3], [0.7, 0.2]], "student_topk_idx": [[0, 1], [1, 0]],
+                             "student_topk_prob": [[0.5, 0.2], [0.5, 0.2]]}), p)
+    scores, c, _ = load_scores(str(p))
+    assert c == 3
+    assert scores.column("teacher_pred").to_pylist() == [0, 2]
+    np.testing.assert_allclose(scores.column("teacher_conf").to_numpy(), [0.6, 0.7], atol=1e-6)
+
+
+def test_cli_select_with_scores_no_pool_and_bad_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(50, 4)) * 3
+    path = write_predictions(tmp_path / "p.parquet", t, t + rng.normal(size=(50, 4)),
+                             domain=["a"] * 20 + ["b"] * 30)
+    out = tmp_path / "out"
+    assert main(["select", "--scores", path, "--method", "kd3", "--budget", "10", "--out", str(out), "--quiet"]) == 0
+    shard = pq.read_table(next((out / "data").glob("*.parquet")))
+    assert shard.num_rows == 10 and shard.column("image").null_count == 10  # no payload without --pool
+    dec = pq.read_table(out / "decisions.parquet")
+    assert dec.num_rows == 50
+    assert main(["select", "--scores", path, "--method", "ddk", "--budget", "10", "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(_table([[1, 2]] * 2, [[1, 2], [1, float("nan")]]), bad)
+    capsys.readouterr()
+    assert main(["select", "--scores", str(bad), "--budget", "1", "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "student_logits" in err and "row 1" in err
+    assert not (tmp_path / "o3").exists()

@@ -1,0 +1,114 @@
+"""Tiny hand-computed cases per method: the expected selection is written in the test."""
+
+import numpy as np
+import pytest
+
+from kdata.errors import KdataError
+from kdata.methods.ddk import allocate, domain_proportions
+from kdata.methods.kd3 import kd3_score, kd3_select
+from kdata.methods.rad import rad_probabilities, systematic_sample
+from kdata.selection import select
+from tests.methods_helpers import scores_from_probs
+
+# rows s0..s3, two classes
+PT = [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]]
+PS = [[0.8, 0.2], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95]]
+# combined confidence max((pT + pS)/2): s0 .85, s1 .55 (they disagree), s2 .60, s3 .925
+
+
+def kept_ids(scores, sel):
+    ids = np.array(scores.column("sample_id").to_pylist())
+    return sorted(ids[sel.kept].tolist())
+
+
+def test_kd3_score_and_select_by_hand():
+    np.testing.assert_allclose(kd3_score(np.array(PT), np.array(PS)), [0.85, 0.55, 0.60, 0.925])
+    assert kd3_select(np.array(PT), np.array(PS), 2).tolist() == [3, 0]  # best first
+    # dynamic: a student that now agrees on s1 moves it up
+    ps2 = np.array(PS)
+    ps2[1] = [0.99, 0.01]
+    assert kd3_select(np.array(PT), ps2, 2).tolist() == [1, 3]  # s1 now .945 > s3 .925
+
+
+def test_kd3_in_select_with_threshold_names_reasons(tmp_path):
+    scores = scores_from_probs(tmp_path, PT, PS)
+    sel = select(scores, methods=["kd3"], budget=2, seed=0, num_classes=2, options={"kd3": {"threshold": 0.58}})
+    assert kept_ids(scores, sel) == ["s0", "s3"]
+    assert sel.reason.tolist() == [None, "kd3_low_confidence", "kd3_over_budget", None]
+    assert sel.stage.tolist() == [None, "kd3", "kd3", None]
+
+
+def test_rad_probabilities_by_hand():
+    # perfect teacher (k = 0): plain top-b uncertainty sampling
+    p, t = rad_probabilities(np.array([1.0, 0.8, 0.5, 0.1]), 2, mistakes=0.0)
+    np.testing.assert_allclose(p, [1, 1, 0, 0])
+    # k = 0.5 mistakes, b = 1: V = b (m − k) / H_m is best at m = 3 (0.833 > 0.75 > 0.5): p = 1/3 each
+    p, t = rad_probabilities(np.array([1.0, 1.0, 1.0, 0.1]), 1, mistakes=0.5)
+    np.testing.assert_allclose(p, [1 / 3, 1 / 3, 1 / 3, 0], atol=1e-12)
+    assert t == pytest.approx(1 / 3)
+
+
+def test_systematic_sample_exact_size_and_certain_points():
+    p = np.array([1.0, 0.5, 0.5, 0.0, 1.0])
+    for seed in range(20):
+        got = systematic_sample(p, 3, keys=np.arange(5) / 5, seed=seed)
+        assert len(got) == 3 and {0, 4} <= set(got.tolist()) and 3 not in got
+
+
+def test_rad_method_reports_teacher_queries(tmp_path):
+    # student margins: s0 .6, s1 .6, s2 .2, s3 .9 → gains .4 .4 .8 .1; with teacher_error 0 → top-2 gains
+    scores = scores_from_probs(tmp_path, PT, PS)
+    sel = select(scores, methods=["rad"], budget=2, seed=0, num_classes=2, options={"rad": {"teacher_error": 0.0}})
+    assert sel.kept.sum() == 2 and sel.kept[2]  # s2 (the most uncertain) always queried
+    assert sel.info["rad"]["teacher_queries"] == 2
+
+
+def test_miniplm_by_hand(tmp_path):
+    pt = [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]]
+    ps = [[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]
+    # label 0, 0, unknown (→ teacher prediction 1): scores log(.9/.5)=.588, log(.5/.9)=-.588, 0
+    scores = scores_from_probs(tmp_path, pt, ps, label=[0, 0, -1])
+    sel = select(scores, methods=["miniplm"], budget=2, seed=0, num_classes=2)
+    np.testing.assert_allclose(sel.scores["score_miniplm"], [np.log(0.9 / 0.5), np.log(0.5 / 0.9), 0.0], atol=1e-6)
+    assert kept_ids(scores, sel) == ["s0", "s2"]
+
+
+def test_miniplm_per_token_logprob_columns(tmp_path):
+    import pyarrow as pa
+
+    extra = {"teacher_logprob": pa.array([[-1.0, -1.0], [-3.0], [-0.5, -0.5, -0.5]], pa.list_(pa.float32())),
+             "reference_logprob": pa.array([[-2.0, -2.0], [-1.0], [-0.5, -1.5, -0.5]], pa.list_(pa.float32()))}
+    scores = scores_from_probs(tmp_path, PT[:3], PS[:3], extra=extra)
+    sel = select(scores, methods=["miniplm"], budget=1, seed=0, num_classes=2)
+    np.testing.assert_allclose(sel.scores["score_miniplm"], [1.0, -2.0, 1 / 3], atol=1e-6)
+    assert kept_ids(scores, sel) == ["s0"]
+
+
+def test_ddk_allocation_by_hand(tmp_path):
+    np.testing.assert_array_equal(allocate(10, np.array([0.5, 0.3, 0.2]), np.array([2, 10, 10])), [2, 5, 3])
+    np.testing.assert_allclose(domain_proportions(np.array([0.0, 0.0])), [0.5, 0.5])
+    # domain x: student far from teacher (ψ ≈ 7.2), domain y: close (ψ ≈ 1): r ≈ [.75, .25]
+    pt = [[0.8, 0.2]] * 6
+    ps = [[0.2, 0.8], [0.2, 0.8], [0.2, 0.8], [0.8, 0.2], [0.7, 0.3], [0.75, 0.25]]
+    scores = scores_from_probs(tmp_path, pt, ps, domain=["x", "x", "x", "y", "y", "y"])
+    sel = select(scores, methods=["ddk"], budget=4, seed=0, num_classes=2)
+    assert kept_ids(scores, sel) == ["s0", "s1", "s2", "s4"]  # 3 from x, the highest-KL row of y
+    d = sel.info["ddk"]["domains"]
+    assert d["x"]["quota"] == 3 and d["y"]["quota"] == 1
+
+
+def test_ddk_needs_a_domain(tmp_path):
+    scores = scores_from_probs(tmp_path, PT, PS)
+    with pytest.raises(KdataError, match="domain"):
+        select(scores, methods=["ddk"], budget=2, seed=0, num_classes=2)
+
+
+def test_balance_class_spreads_budget_over_predicted_classes(tmp_path):
+    # teacher predicts class 0 for s0..s2 (very confident) and class 1 for s3; top-2 by confidence
+    # alone would take two class-0 rows, balance takes one of each
+    pt = [[0.95, 0.05], [0.9, 0.1], [0.85, 0.15], [0.3, 0.7]]
+    scores = scores_from_probs(tmp_path, pt, PS)
+    plain = select(scores, methods=["teacher_confidence"], budget=2, seed=0, num_classes=2)
+    assert kept_ids(scores, plain) == ["s0", "s1"]
+    bal = select(scores, methods=["teacher_confidence"], budget=2, seed=0, num_classes=2, balance="class")
+    assert bal.kept.sum() == 2 and bal.kept[3]
