@@ -10,7 +10,8 @@ one row per sample:
   remaining mass is spread evenly over the other classes; C = the largest index + 1, or the
   ``num_classes=`` argument), or
 * only ``teacher_logprob`` and ``reference_logprob`` (numbers, or lists = one per token) for
-  MiniPLM on text (class-based methods then refuse to run).
+  MiniPLM on text (then every row gets one trivial pseudo-class, so only ``miniplm`` and
+  ``random`` rank meaningfully).
 
 Optional columns ride along to the methods: ``label_idx`` (int, −1 unknown), ``domain`` (DDK),
 ``teacher_loss``/``student_loss`` (DDK with LLM losses), ``embedding`` (critic),
@@ -177,7 +178,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
                 _fail(where, name, int(bad[0]), ids, f"class index ≥ num_classes {C}")
         mode = "topk"
     elif "teacher_logprob" in names and "reference_logprob" in names:
-        C, mode = 0, "logprob"
+        C, mode = 1, "logprob"  # no classes: one pseudo-class, so class-based code stays well-defined
     else:
         raise KdataError(f"{where}: needs teacher_logits and student_logits (lists), or teacher_topk_idx/"
                          "teacher_topk_prob and student_topk_idx/student_topk_prob, or teacher_logprob and "
@@ -194,12 +195,18 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     types = {f.name: f.type for f in SCORES_SCHEMA}
     types.update(SCORES_OPTIONAL)
     cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
-    if mode == "logprob":
-        for f in SCORES_SCHEMA:
-            if f.name not in cols:
-                cols[f.name] = pa.nulls(n, f.type)
-        cols["teacher_pred"] = pa.array(np.full(n, -1, np.int32))
-        cols["student_pred"] = pa.array(np.full(n, -1, np.int32))
+    if mode == "logprob":  # trivial one-class predictions; only miniplm (and random) say anything here
+        one = {"teacher_conf": 1.0, "student_conf": 1.0, "teacher_margin": 1.0, "student_margin": 1.0,
+               "teacher_entropy": 0.0, "student_entropy": 0.0, "kl_ts": 0.0, "kl_st": 0.0,
+               "teacher_label_prob": float("nan")}
+        for name, v in one.items():
+            cols[name] = pa.array(np.full(n, v, np.float32))
+        cols["teacher_pred"] = cols["student_pred"] = pa.array(np.zeros(n, np.int32))
+        cols["agree"] = pa.array(np.ones(n, bool))
+        for name in ("teacher_topk_idx", "student_topk_idx"):
+            cols[name] = pa.array([[0]] * n, pa.list_(pa.int32()))
+        for name in ("teacher_topk_prob", "student_topk_prob", "teacher_topk_logit"):
+            cols[name] = pa.array([[1.0 if "prob" in name else 0.0]] * n, pa.list_(pa.float32()))
     else:
         keep_logits = mode == "logits" and C <= 128
         parts: dict[str, list] = {}

@@ -5,7 +5,8 @@ the shards), so ``kdata card DIR`` regenerates the same card, byte for byte, tha
 The card holds no absolute paths and no wall-clock time except the manifest's creation time, so a
 dataset directory can be moved or uploaded as-is (``configs``/``data_files`` make ``datasets`` load it).
 
-Plots (matplotlib's Agg canvas, no pyplot and no global backend switch):
+Plots (matplotlib's Agg canvas, no pyplot and no global backend switch; the thumbnail grid is one
+PIL image, ~20× faster than one matplotlib axes per tile):
 
 * ``card-scores.png``        score histograms, kept vs rejected, for every scored row;
 * ``card-class-balance.png`` class shares before (pool) and after (kept) curation;
@@ -25,19 +26,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from . import __version__
 from .atomic import sha256_file
-from .contract import KEPT, REJECTED, SCORE_PREFIX
+from .contract import KEPT, REJECTED
 from .errors import KdataError
 from .inspect import (Run, agreement, class_balance, decision_counts, load_run, pick_rejected, primary_score,
-                      score_columns, score_quantiles)
+                      quarantined_rows, score_columns, score_quantiles)
 
 CARD = "README.md"
 PLOTS = {"scores": "card-scores.png", "balance": "card-class-balance.png", "thumbnails": "card-thumbnails.png"}
 N_THUMBS = 16  # kept and rejected each
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+                   (10 ** 10, "1B<n<10B"), (10 ** 11, "10B<n<100B"), (10 ** 12, "100B<n<1T")]
 
 
 def size_category(n: int) -> str:
@@ -45,7 +46,7 @@ def size_category(n: int) -> str:
     for bound, name in SIZE_CATEGORIES:
         if n < bound:
             return name
-    return "n>1B"
+    return "n>1T"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def front_matter(run: Run, *, name: str) -> dict:
         run.shards.column("text").null_count < run.shards.num_rows
     has_image = run.shards is not None and "image" in run.shards.column_names and \
         run.shards.column("image").null_count < run.shards.num_rows
-    task = "image-classification" if has_image or not has_text else "text-classification"
+    task = "image-classification" if has_image else "text-classification" if has_text else "other"
     pool = (m.get("pool") or {}).get("spec") or cfg.get("pool")
     splits = sorted({Path(f["path"]).name.split("-", 1)[0] for f in m.get("files", [])}) or ["train"]
     fm = {
@@ -211,6 +212,10 @@ def render_card(run: Run, *, name: str, plots: dict[str, str | None], notes: dic
     rows += [["rejected (total)", dc["rejected"]], ["critic-rejected", dc["critic_rejected"]],
              ["generated (HARD, in shards)", dc["generated"]], ["**kept**", kept]]
     L += _table(["stage", "samples"], rows) + [""]
+    quarantined = quarantined_rows(run, limit=10)
+    if quarantined:
+        L += [f"Quarantined samples ({dc['quarantined']}; first {len(quarantined)} shown):", ""]
+        L += [f"- `{q['sample_id']}`: {q['error']}" for q in quarantined] + [""]
     if dc["by_stage"]:
         L += ["Decisions by the stage that made them: " +
               "; ".join(f"`{s}`: " + ", ".join(f"{d} {n}" for d, n in sorted(v.items()))
@@ -245,8 +250,9 @@ def render_card(run: Run, *, name: str, plots: dict[str, str | None], notes: dic
     L += ["## Examples", ""]
     if plots.get("thumbnails"):
         L += [f"![best-ranked kept and most clearly rejected samples]({plots['thumbnails']})", "",
-              "Top row block: the best-ranked kept samples (rank, teacher class, confidence). Bottom block: the most "
-              "clearly rejected samples, spread over the rejection reasons (reason, teacher class, score).", ""]
+              "Blue: the best-ranked kept samples (rank, teacher class `T`, teacher confidence `p`). Red: the most "
+              f"clearly rejected samples (lowest `{primary_score(run) or 'score'}` first), spread over the rejection "
+              "reasons (reason, teacher class `T`, score `s`).", ""]
     if notes.get("thumbnails"):
         L += [notes["thumbnails"], ""]
     L += ["## Biases teacher-based selection can introduce", "",
@@ -332,7 +338,7 @@ def plot_scores(run: Run, path: Path) -> bool:
         ax.set_ylabel("samples", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.1, top=0.9, wspace=0.3)
     _save(fig, path)
     return True
 
@@ -419,7 +425,8 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
 def thumbnail_grid(run: Run, path: Path, *, n: int = N_THUMBS, pool=None) -> tuple[bool, str | None]:
     """Grid of the ``n`` best-ranked kept and ``n`` most clearly rejected images with their reasons.
 
-    Returns (written, note); nothing is written for datasets without image payloads.
+    Drawn with PIL (one image, no per-tile plotting axes: ~50 ms instead of seconds). Returns
+    (written, note); nothing is written for datasets without image payloads.
     """
     kept_rows: list[dict] = []
     if run.shards is not None and "image" in run.shards.column_names:
@@ -437,46 +444,44 @@ def thumbnail_grid(run: Run, path: Path, *, n: int = N_THUMBS, pool=None) -> tup
         for r in rej_rows:
             r["score"] = r.get(col) if col else None
     images, note = fetch_payloads(run, [r["sample_id"] for r in kept_rows + rej_rows], pool=pool)
-    if not any(_decode(images.get(r["sample_id"])) is not None for r in kept_rows + rej_rows):
+    decoded = {i: _decode(b) for i, b in images.items()}
+    if not any(decoded.get(r["sample_id"]) is not None for r in kept_rows + rej_rows):
         return False, "No thumbnails: the curated rows carry no image payload."
-    ncol = 8
-    blocks = [("kept", kept_rows), ("rejected", rej_rows)]
-    nrows = [max(1, -(-len(rows) // ncol)) for _, rows in blocks]
-    fig = _figure(ncol * 1.35, 1.55 * sum(nrows) + 0.6)
-    gs = fig.add_gridspec(sum(nrows), ncol)
-    r0 = 0
-    for (title, rows), nr in zip(blocks, nrows):
-        for i in range(nr * ncol):
-            ax = fig.add_subplot(gs[r0 + i // ncol, i % ncol])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i >= len(rows):
-                ax.axis("off")
-                if i == 0:
-                    ax.text(0.5, 0.5, f"no {title} samples", ha="center", va="center", fontsize=7)
-                continue
-            row = rows[i]
-            img = _decode(images.get(row["sample_id"]))
+    from PIL import Image, ImageDraw, ImageFont
+
+    ncol, tile, cap, pad, head = 8, 96, 30, 6, 26
+    cell_w, cell_h = tile + pad, tile + cap + pad
+    blocks = [("best-ranked kept", kept_rows, (31, 119, 180)), ("most clearly rejected, by reason", rej_rows,
+                                                                 (214, 39, 40))]
+    heights = [head + max(1, -(-len(rows) // ncol)) * cell_h for _, rows, _ in blocks]
+    canvas = Image.new("RGB", (pad + ncol * cell_w, sum(heights) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    font, small = ImageFont.load_default(size=13), ImageFont.load_default(size=10)
+    y0 = pad
+    for (title, rows, color), h in zip(blocks, heights):
+        draw.text((pad, y0 + 4), f"{title} ({len(rows)})" if rows else f"{title}: none", fill=color, font=font)
+        for i, row in enumerate(rows):
+            x = pad + (i % ncol) * cell_w
+            y = y0 + head + (i // ncol) * cell_h
+            img = decoded.get(row["sample_id"])
             if img is not None:
-                ax.imshow(img, cmap="gray", interpolation="nearest")
+                thumb = Image.fromarray(img).resize((tile, tile), Image.NEAREST)
+                canvas.paste(thumb, (x, y))
             else:
-                ax.text(0.5, 0.5, "not\navailable", ha="center", va="center", fontsize=6)
+                draw.text((x + 8, y + tile // 2 - 6), "not available", fill=(90, 90, 90), font=small)
+            draw.rectangle((x - 1, y - 1, x + tile, y + tile), outline=color, width=2)
             cls = run.class_name(row.get("teacher_pred"))
-            if title == "kept":
-                label = f"kept #{row.get('rank', i)}\nT={cls} {_fmt(row.get('teacher_conf'), 2)}"
-                color = "tab:blue"
+            if "rank" in row or "reason" not in row:
+                lines = (f"kept #{row.get('rank', i)}", f"T={cls} p={_fmt(row.get('teacher_conf'), 2)}")
             else:
                 reason = str(row.get("reason") or "?")
-                reason = reason if len(reason) <= 20 else reason[:19] + "…"
-                label = f"{reason}\nT={cls} s={_fmt(row.get('score'), 2)}"
-                color = "tab:red"
-            ax.set_title(label, fontsize=5.5, color=color)
-            for s in ax.spines.values():
-                s.set_edgecolor(color)
-        r0 += nr
-    fig.suptitle("best-ranked kept (blue) · most clearly rejected, by reason (red)", fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
+                lines = (reason if len(reason) <= 18 else reason[:17] + "…", f"T={cls} s={_fmt(row.get('score'), 2)}")
+            for k, line in enumerate(lines):
+                draw.text((x, y + tile + 3 + 12 * k), line, fill=color, font=small)
+        y0 += h
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
     return True, note
 
 

@@ -15,7 +15,8 @@ threshold, target, validation metrics).
 
 Public API: ``fit_critic``, ``Critic.score(features) -> P(accept)``, ``Critic.threshold``,
 ``Critic.accept(features) -> bool mask``, ``Critic.with_target(recall=|precision=)``,
-``Critic.save(dir)``, ``load_critic(dir)``, ``critic_features(view_or_table)``.
+``Critic.save(dir)``, ``load_critic(dir)``, ``critic_features(view_or_table) -> (X, names)``
+(``Critic.score`` also takes the table/view directly).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ FORMAT = "kdata-critic-1"
 
 
 def critic_features(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
+    """(feature matrix float64 rows × features, feature names) from a ScoreView or scores-like table."""
+    return feature_matrix(source, embedding=embedding)
+
+
+def critic_feature_names(source, *, embedding: bool | None = None) -> list[str]:
+    return feature_matrix(source, embedding=embedding)[1]
+
+
+def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
     """Feature matrix (float64, rows × features) and feature names from a ScoreView or Arrow table.
 
     Features: the disagreement statistics, ``agree``, then the ``embedding`` columns when present
@@ -108,7 +118,7 @@ class Critic:
         return any(n.startswith("embedding_") for n in self.feature_names)
 
     def features(self, source) -> np.ndarray:
-        X, names = critic_features(source, embedding=self.uses_embedding)
+        X, names = feature_matrix(source, embedding=self.uses_embedding)
         if names != self.feature_names:
             raise KdataError(f"critic: feature mismatch (fitted on {len(self.feature_names)} features, "
                              f"got {len(names)}); score with the same teacher as at fit time")

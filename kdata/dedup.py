@@ -171,18 +171,23 @@ def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, n
 def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
                      max_points_per_centroid: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means (faiss) over L2-normalised rows: (centroids, nearest-centroid index)."""
-    import faiss
-
-    n, d = x.shape
+    n = len(x)
     k = int(max(1, min(k, n)))
     if k == 1:
         c = l2_normalize(x.mean(0, keepdims=True))
         return c, np.zeros(n, dtype=np.int64)
-    km = faiss.Kmeans(d, k, niter=niter, spherical=True, seed=int(seed) + 1, gpu=faiss_gpu_ok(),
+    centroids = _train_centroids(x, k, seed=seed, niter=niter, max_points_per_centroid=max_points_per_centroid)
+    _, a = _centroid_search(centroids, x, 1)
+    return centroids, a[:, 0]
+
+
+def _train_centroids(x, k, *, seed, niter, max_points_per_centroid):
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, spherical=True, seed=int(seed) + 1, gpu=faiss_gpu_ok(),
                       max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
     km.train(x)
-    _, a = _centroid_search(km.centroids, x, 1)
-    return km.centroids, a[:, 0]
+    return km.centroids
 
 
 def _centroid_search(centroids: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +236,7 @@ def _flat_pairs(x, threshold, *, chunk):
 def _cell_pairs(x, threshold, *, seed, nprobe, chunk):
     n = len(x)
     k = int(max(2, round(np.sqrt(n))))
-    centroids, _ = spherical_kmeans(x, k, seed=seed, niter=10, max_points_per_centroid=32)
+    centroids = _train_centroids(x, k, seed=seed, niter=10, max_points_per_centroid=32)
     _, probe = _centroid_search(centroids, x, nprobe)
     home = probe[:, 0]
     order = np.argsort(home, kind="stable")
@@ -247,8 +252,9 @@ def _cell_pairs(x, threshold, *, seed, nprobe, chunk):
             continue
         members = order[lo:hi]
         queries = qorder[qbounds[c]:qbounds[c + 1]] // nprobe
-        for s in range(0, len(queries), chunk):
-            q = queries[s:s + chunk]
+        step = _rows_per_block(chunk, hi - lo)
+        for s in range(0, len(queries), step):
+            q = queries[s:s + step]
             sim = x[q] @ xs[lo:hi].T
             a, b = np.nonzero(sim >= threshold)
             qi, mj = q[a], members[b]
@@ -266,6 +272,11 @@ def _cell_pairs(x, threshold, *, seed, nprobe, chunk):
     key = i * n + j
     _, first = np.unique(key, return_index=True)
     return i[first], j[first], s[first].astype(np.float32)
+
+
+def _rows_per_block(chunk: int, width: int, *, max_cells: int = 1 << 25) -> int:
+    """Rows per similarity block so a block stays ≤ ``max_cells`` floats (128 MB) however big a cell."""
+    return int(max(16, min(chunk, max_cells // max(1, width))))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,13 +322,13 @@ def semdedup_scores(emb: np.ndarray, *, n_clusters: int | None = None, seed: int
     """SemDeDup within-cluster scores: for each row its highest cosine to a better-ranked row of
     its cluster, and that row's index (-1 when it is the best of its cluster).
 
-    Clusters: spherical k-means (faiss) with ``n_clusters`` (default ≈ N/100, SemDeDup keeps
-    clusters of hundreds to thousands). Pairwise cosine per cluster in row chunks (memory
+    Clusters: spherical k-means (faiss) with ``n_clusters`` (default: clusters of ~max(100, √N)
+    rows, so k-means and the per-cluster products both cost O(N^1.5·d)). Pairwise cosine per cluster in row chunks (memory
     ``chunk`` × cluster size).
     """
     x = l2_normalize(emb)
     n = len(x)
-    k = n_clusters or max(1, int(round(n / 100)))
+    k = n_clusters or max(1, int(round(n / max(100.0, np.sqrt(n)))))
     _, assign = spherical_kmeans(x, k, seed=seed) if n > 1 else (None, np.zeros(n, np.int64))
     best = np.full(n, -np.inf, dtype=np.float32)
     arg = np.full(n, -1, dtype=np.int64)
@@ -328,15 +339,16 @@ def semdedup_scores(emb: np.ndarray, *, n_clusters: int | None = None, seed: int
         if len(mem) < 2:
             continue
         xm = x[mem]
-        for s in range(0, len(mem), chunk):
-            sim = xm[s:s + chunk] @ xm[: s + chunk].T  # rows s.. vs all earlier
+        step = _rows_per_block(chunk, len(mem))
+        for s in range(0, len(mem), step):
+            sim = xm[s:s + step] @ xm[: s + step].T  # rows s.. vs all earlier
             r = np.arange(sim.shape[0])
             sim[np.arange(sim.shape[1])[None, :] >= (s + r)[:, None]] = -np.inf  # only better-ranked
             a = sim.argmax(1)
             v = sim[r, a]
             has = np.isfinite(v)
-            best[mem[s:s + chunk][has]] = v[has]
-            arg[mem[s:s + chunk][has]] = mem[a[has]]
+            best[mem[s:s + step][has]] = v[has]
+            arg[mem[s:s + step][has]] = mem[a[has]]
     return best, arg, {"clusters": int(k)}
 
 
@@ -357,6 +369,18 @@ def semdedup_survivors(best: np.ndarray, arg: np.ndarray, *, threshold: float | 
         a = arg[r]
         dup_of[r] = dup_of[a] if dup_of[a] >= 0 else a
     return dup_of
+
+
+def _point_at_survivors(dup_of: np.ndarray) -> None:
+    """A row removed at one level may be the survivor named by rows removed at an earlier level
+    (an exact copy of a near copy): re-point those rows at the final survivor, in place."""
+    while True:
+        hit = np.flatnonzero(dup_of >= 0)
+        nxt = dup_of[dup_of[hit]]
+        chain = nxt >= 0
+        if not chain.any():
+            return
+        dup_of[hit[chain]] = nxt[chain]
 
 
 @dataclass
@@ -430,6 +454,7 @@ def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, e
         info["removed"]["semantic"] = int(hit.sum())
         info["semantic_threshold"] = t
         info["semantic_clusters"] = sinfo["clusters"]
+    _point_at_survivors(dup_of)
     info["kept"] = int((dup_of < 0).sum())
     return DedupResult(dup_of=dup_of, level_of=level_of, info=info)
 
@@ -462,3 +487,146 @@ def pipeline_dedup(cfg, pool):
         return res.dup_of, res.info
 
     return run
+
+
+# ------------------------------------------------------------------------------------------------
+# Already curated shards (``kdata dedup``)
+
+def embed_images(images: list, model, *, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """Penultimate features of ``model`` for image payloads (for semantic dedup of shards)."""
+    import torch
+
+    from .score import iter_decoded
+
+    key = model.preprocess_key
+    out = np.zeros((len(images), 0), np.float32)
+    parts: dict[int, np.ndarray] = {}
+    with torch.inference_mode():
+        for idx, batch, bad in iter_decoded(images, [key], batch_size=batch_size, num_workers=0):
+            if bad:
+                raise KdataError(f"shards: {len(bad)} images cannot be decoded ({bad[0][1]})")
+            _, feat = model.forward(batch[key].to(device))
+            if feat is None:
+                raise KdataError(f"{model.spec}: the model gives no penultimate features for semantic dedup")
+            for i, f in zip(idx.tolist(), feat.float().cpu().numpy()):
+                parts[i] = f
+    if parts:
+        out = np.stack([parts[i] for i in range(len(images))])
+    return out
+
+
+def dedup_shards(shards: str, *, out: str, level: str, threshold: float | None = None, frac: float | None = None,
+                 seed: int = 0, teacher: str | None = None, device: str = "auto") -> dict:
+    """Deduplicate an already curated dataset ``shards`` into a new curated dataset ``out``.
+
+    Rows are taken in the dataset's rank order (``rank`` column, 0 = best), so the better-ranked
+    copy survives. ``out`` gets its own shards, ``decisions.parquet`` (one row per input row:
+    kept, or rejected ``duplicate_of:<id>`` at stage ``dedup``) and ``manifest.json``. Semantic
+    dedup embeds the images with the source manifest's teacher (or ``teacher``).
+    """
+    import hashlib as _hl
+    import json
+    import time
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from .contract import KEPT, REJECTED, validate_shard
+    from .selection import Decisions
+    from .write import (MANIFEST, Staging, build_manifest, check_output_dir, read_manifest, read_shards, shard_meta,
+                        shard_paths, write_decisions, write_shards)
+
+    t0 = time.perf_counter()
+    level = check_options(level, threshold=threshold, frac=frac)
+    if level is None:
+        raise KdataError("kdata dedup: give --dedup exact, near or semantic")
+    src = Path(shards)
+    if not src.is_dir():
+        raise KdataError(f"{shards}: --shards is not a directory")
+    source = read_manifest(src)
+    if source is None:
+        raise KdataError(f"{shards}: no {MANIFEST}; --shards must be a curated dataset written by kdata")
+    if src.resolve() == Path(out).resolve():
+        raise KdataError(f"{out}: --out must differ from --shards")
+    teacher = teacher or (source.get("config") or {}).get("teacher")
+    cfg = {"command": "dedup", "shards": str(src.resolve()), "source_config_hash": source.get("config_hash"),
+           "dedup": level, "dedup_threshold": threshold, "dedup_frac": frac, "seed": seed,
+           "teacher": teacher if level == "semantic" else None}
+    config_hash = _hl.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    if check_output_dir(out, config_hash=config_hash) == "done":
+        m = read_manifest(out)
+        return {"out": str(out), "status": "already complete", "counts": m["counts"], "files": m["files"],
+                "seconds": 0.0, "info": m.get("dedup", {})}
+    paths = shard_paths(src)
+    for p in paths:
+        if not p.exists():
+            raise KdataError(f"{p}: shard listed in the manifest is missing")
+        import pyarrow.parquet as pq
+
+        validate_shard(pq.read_schema(p), where=str(p))
+    table = read_shards(src)
+    if "rank" in table.column_names and table.column("rank").null_count == 0:
+        table = table.take(pa.array(np.argsort(table.column("rank").to_numpy(), kind="stable")))
+    ids = table.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise KdataError(f"{shards}: sample ids are not unique")
+    hashes, pixels = payload_features(table, pixels=level != "exact")
+    emb = None
+    if level == "semantic":
+        from .models import load_model, pick_device
+
+        if not teacher:
+            raise KdataError(f"{shards}: the manifest names no teacher; pass --teacher SPEC for semantic dedup")
+        if "image" not in table.column_names or table.column("image").null_count:
+            raise KdataError(f"{shards}: semantic dedup of shards needs image payloads")
+        dev = pick_device(device)
+        emb = embed_images(table.column("image").to_pylist(), load_model(teacher, device=dev), device=dev)
+    res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb, threshold=threshold,
+                       frac=frac, seed=seed)
+    dup = res.dup_of >= 0
+    n = table.num_rows
+    dec_cols = {
+        "sample_id": table.column("sample_id"),
+        "decision": pa.array(np.where(dup, REJECTED, KEPT).tolist(), pa.string()),
+        "reason": pa.array([f"duplicate_of:{ids[d]}" if d >= 0 else None for d in res.dup_of], pa.string()),
+        "stage": pa.array(["dedup" if d else None for d in dup], pa.string()),
+        "error": pa.nulls(n, pa.string()),
+    }
+    for name in ("label", "label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts"):
+        if name in table.column_names:
+            dec_cols[name] = table.column(name)
+    decisions = pa.table(dec_cols)
+    counts = Decisions(decisions).counts
+    kept = table.filter(pa.array(~dup))
+    if "rank" in kept.column_names:
+        kept = kept.set_column(kept.schema.get_field_index("rank"), "rank",
+                               pa.array(np.arange(kept.num_rows, dtype=np.int32)))
+    meta = dict(shard_meta(paths[0])) if paths else {}
+    meta["config_hash"] = config_hash
+    rows_per_shard = int((source.get("config") or {}).get("rows_per_shard") or 10_000)
+    staging = Staging(out)
+    try:
+        files = write_shards(kept, staging.path, meta=meta, rows_per_shard=rows_per_shard)
+        write_decisions(decisions, staging.path / "decisions.parquet")
+        manifest = build_manifest(files=files, config=cfg, config_hash=config_hash, models=source.get("models", {}),
+                                  counts=counts, extra={"dedup": _plain(res.info), "source": {
+                                      "path": str(src.resolve()), "config_hash": source.get("config_hash"),
+                                      "counts": source.get("counts")},
+                                      "class_names": source.get("class_names"), "methods": source.get("methods"),
+                                      "pool": source.get("pool"), "budget_rows": source.get("budget_rows"),
+                                      "temperature": source.get("temperature"), "topk": source.get("topk")})
+        from .atomic import write_json
+
+        write_json(staging.path / MANIFEST, manifest)
+        staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+    return {"out": str(out), "status": "written", "counts": counts, "files": files,
+            "seconds": time.perf_counter() - t0, "info": _plain(res.info)}
+
+
+def _plain(obj):
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

@@ -23,13 +23,14 @@ blur whose kernel weights are a differentiable function of σ, contrast ``(x −
 brightness ``x + b`` and a fixed seeded noise pattern times the learned std. Every step is a torch
 op, so gradients flow to θ.
 
-Objective (maximised per sample by Adam on θ, a few steps, whole batches on the device)::
+Objective (maximised per sample by Adam on θ, a few steps, whole batches on the device; parents are
+streamed in chunks of ``batch_size // per_sample``, so memory does not grow with the dataset)::
 
     J(θ) = KL(p_t^T(x') ‖ p_s^T(x')) − λ · max(0, max_{c≠y} z_c(x') − z_y(x') + m)
 
 p^T are temperature-softened softmaxes, z the teacher logits, y the teacher's prediction on the
-parent. The hinge keeps the teacher's class from flipping (the paper keeps the teacher's output
-stable under the augmentation for the same reason). Among all evaluated θ the best is the one
+parent. The hinge keeps the teacher's class from flipping: HARD constrains the augmentation so
+that the sample stays valid, and here "valid" means the teacher still sees the parent's class. Among all evaluated θ the best is the one
 with the highest KL whose teacher prediction did not flip; after generation a hard check re-runs
 the teacher on the written PNG and rejects flipped rows as ``hard_teacher_flip``. Models that are
 not differentiable (``Model.differentiable`` False, e.g. TorchScript run without autograd) get a
@@ -99,8 +100,8 @@ class HardConfig:
     """How HARD generates and filters (all recorded in the manifest)."""
 
     per_sample: int = 1  # generated rows per parent
-    steps: int = 5  # optimiser (or random-search) steps
-    lr: float = 0.5  # Adam step on θ (the pre-tanh parameters)
+    steps: int = 10  # optimiser (or random-search) steps
+    lr: float = 0.25  # Adam step on θ (the pre-tanh parameters)
     temperature: float | None = None  # softening of the KL objective; None: the soft labels' temperature
     flip_weight: float = 2.0  # λ of the teacher-flip hinge
     flip_margin: float = 0.5  # m: teacher logit margin kept for the parent's class
@@ -159,7 +160,8 @@ def _affine(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     s = v[:, idx["scale"]]
     cos, sin, tan = torch.cos(r), torch.sin(r), torch.tan(h)
     # sampling matrix R(r) · [[1, tan h], [0, 1]] / s ; translation in normalised coords (2 × fraction)
-    a = torch.stack([torch.stack([cos, cos * tan - sin], 1), torch.stack([sin, sin * tan + cos], 1)], 1) / s[:, None, None]
+    a = torch.stack([torch.stack([cos, cos * tan - sin], 1),
+                     torch.stack([sin, sin * tan + cos], 1)], 1) / s[:, None, None]
     t = 2 * torch.stack([v[:, idx["translate_x"]], v[:, idx["translate_y"]]], 1)
     theta = torch.cat([a, t[:, :, None]], 2)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -239,6 +241,10 @@ def _evaluate(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfi
     xa = render(x, squash(theta, bounds), noise, max_sigma=bounds["blur_sigma"])
     zt, _ = teacher.forward(to_model(xa, teacher))
     zs, _ = student.forward(to_model(xa, student))
+    if theta.requires_grad:
+        for m, z in ((teacher, zt), (student, zs)):
+            if not z.requires_grad:  # e.g. TorchScript run under inference mode
+                raise RuntimeError(f"{m.spec}: no gradient path from its input to its output")
     zt, zs = zt.float(), zs.float()
     lt = torch.log_softmax(zt / cfg.temperature, -1)
     ls = torch.log_softmax(zs / cfg.temperature, -1)
@@ -314,14 +320,20 @@ def _jitter_values(n: int, gen: torch.Generator) -> torch.Tensor:
     return v
 
 
+def class_centroids(feat: torch.Tensor, pred: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Unit-norm mean teacher feature per predicted class: (classes, centroids)."""
+    f = F.normalize(feat.float(), dim=1)
+    classes = np.unique(pred)
+    cent = torch.stack([f[torch.from_numpy(pred == c)].mean(0) for c in classes])
+    return classes, F.normalize(cent, dim=1)
+
+
 def default_critic_scores(*, gen_pix: torch.Tensor, y: np.ndarray, t_probs: torch.Tensor,
-                          t_feat: torch.Tensor | None, parent_feat: torch.Tensor | None,
-                          parent_pred: np.ndarray, teacher: Model, draws: int, seed: int,
-                          device) -> dict[str, np.ndarray]:
+                          t_feat: torch.Tensor | None, centroids, teacher: Model, draws: int,
+                          gen: torch.Generator, device) -> dict[str, np.ndarray]:
     """conf, consistency, typicality and their geometric mean ``score`` for each generated row."""
     n = len(y)
     conf = t_probs.max(1).values.cpu().numpy().astype(np.float64)
-    gen = torch.Generator().manual_seed(seed + 7919)
     agree = np.zeros(n)
     yt = torch.from_numpy(y).long()
     with torch.no_grad():
@@ -334,11 +346,9 @@ def default_critic_scores(*, gen_pix: torch.Tensor, y: np.ndarray, t_probs: torc
     consistency = agree / max(1, draws)
     parts = [conf, consistency]
     typ = np.ones(n)
-    if t_feat is not None and parent_feat is not None:
-        pf = F.normalize(parent_feat.float(), dim=1)
+    if t_feat is not None and centroids is not None:
+        classes, cent = centroids
         gf = F.normalize(t_feat.float().cpu(), dim=1)
-        classes = np.unique(parent_pred)
-        cent = F.normalize(torch.stack([pf[torch.from_numpy(parent_pred == c)].mean(0) for c in classes]), dim=1)
         dist = (1 - gf @ cent.T).clamp_min(0).numpy()  # (n, classes) cosine distances
         own = np.searchsorted(classes, y)
         d_own = dist[np.arange(n), own]
@@ -384,14 +394,15 @@ def _fixed_list(arr: np.ndarray, typ: pa.DataType) -> pa.Array:
 
 
 def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardConfig = HardConfig(),
-             critic: str | None = None, critic_recall: float | None = None, temperature: float = 1.0, topk: int = 5,
-             device: torch.device | str = "cpu") -> HardResult:
+             critic: str | None = None, critic_recall: float | None = None, temperature: float = 1.0,
+             topk: int = 5, device: torch.device | str = "cpu", existing_ids=None) -> HardResult:
     """Generate ``per_sample`` hard augmentations of every image row of ``parents``, critic-filter them.
 
     ``parents`` is a shard-schema table (curated rows). ``temperature``/``topk`` are those of the
-    stored soft labels. Returns accepted rows (shard schema + HARD_COLUMNS) and excluded rows.
+    stored soft labels. ``existing_ids``: sample ids the new rows must not reuse (the dataset they
+    join). Returns accepted rows (shard schema + HARD_COLUMNS) and excluded rows.
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     device = torch.device(device)
     if config.temperature is None:
         config = replace(config, temperature=temperature)
@@ -401,104 +412,105 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
     if "image" not in parents.column_names or parents.column("image").null_count == parents.num_rows:
         raise KdataError("HARD needs image rows; the curated table has no images")
     images = parents.column("image").to_pylist()
-    has_img = np.array([b is not None and len(b) > 0 for b in images])
-    # parents whose bytes do not decode are skipped (they were readable at scoring; count them anyway)
-    keep_idx, x_parts = [], []
-    for i in np.flatnonzero(has_img):
-        try:
-            x_parts.append(decode_image(images[i], input_size=teacher.input_size, mean=teacher.mean,
-                                        std=teacher.std, interpolation=teacher.interpolation))
-            keep_idx.append(i)
-        except Exception:
-            pass
-    keep_idx = np.array(keep_idx, dtype=np.int64)
-    skipped = int(parents.num_rows - len(keep_idx))
-    par = parents.take(pa.array(keep_idx))
-    k = config.per_sample
-    n_par = len(keep_idx)
+    cand = np.flatnonzero([b is not None and len(b) > 0 for b in images])
+    k, bs = config.per_sample, config.batch_size
     mode = "random_search" if (config.random_search or not (teacher.differentiable and student.differentiable)) \
         else "gradient"
     gen = torch.Generator().manual_seed(config.seed)
-    par_images = [images[i] for i in keep_idx]
+    crit_gen = torch.Generator().manual_seed(config.seed + 7919)
 
-    # parents: teacher prediction, KL before (on the stored image, as scoring sees it), features
+    # pass 1, streamed: the parents' teacher prediction, KL before (on the stored image, decoded as
+    # scoring decodes it) and teacher features (the default critic's class centroids). Parents
+    # whose bytes no longer decode are skipped and counted.
+    keep_idx, kl_parts, pred_parts, feat_parts = [], [], [], []
     with torch.no_grad():
-        xt_par = torch.stack(x_parts).to(device) if x_parts else torch.zeros((0, *teacher.input_size))
-        xs_par = decode_batch(par_images, student).to(device) if n_par else xt_par
-        p_logits, p_feat, s_par = [], [], []
-        for a in range(0, n_par, config.batch_size):
-            zt, ft = teacher.forward(xt_par[a:a + config.batch_size])
-            zs, _ = student.forward(xs_par[a:a + config.batch_size])
-            p_logits.append(zt.float())
-            s_par.append(zs.float())
-            if ft is not None:
-                p_feat.append(ft.float().cpu())
-    if n_par:
-        zt_par, zs_par = torch.cat(p_logits), torch.cat(s_par)
-        kl_parent = disagreement(zt_par, zs_par, temperature=temperature)["kl_ts"].cpu().numpy()
-        parent_pred = zt_par.argmax(1).cpu().numpy()
-    else:
-        kl_parent, parent_pred = np.zeros(0, np.float32), np.zeros(0, np.int64)
-    parent_feat = torch.cat(p_feat) if p_feat and len(p_feat) == -(-n_par // config.batch_size) else None
+        for a in range(0, len(cand), bs):
+            xt, xs, ok = [], [], []
+            for i in cand[a:a + bs]:
+                try:
+                    xt.append(decode_batch([images[i]], teacher)[0])
+                    xs.append(decode_batch([images[i]], student)[0])
+                    ok.append(i)
+                except Exception:
+                    xt, xs = xt[:len(ok)], xs[:len(ok)]
+            if not ok:
+                continue
+            zt, ft = teacher.forward(torch.stack(xt).to(device))
+            zs, _ = student.forward(torch.stack(xs).to(device))
+            keep_idx += ok
+            kl_parts.append(disagreement(zt.float(), zs.float(), temperature=temperature)["kl_ts"].cpu().numpy())
+            pred_parts.append(zt.argmax(1).cpu().numpy())
+            feat_parts.append(None if ft is None else ft.float().cpu())
+    keep_idx = np.array(keep_idx, dtype=np.int64)
+    n_par = len(keep_idx)
+    skipped = int(parents.num_rows - n_par)
+    par = parents.take(pa.array(keep_idx))
+    par_images = [images[i] for i in keep_idx]
+    kl_parent = np.concatenate(kl_parts) if kl_parts else np.zeros(0, np.float32)
+    parent_pred = np.concatenate(pred_parts).astype(np.int64) if pred_parts else np.zeros(0, np.int64)
+    parent_feat = torch.cat(feat_parts) if feat_parts and all(f is not None for f in feat_parts) else None
+    centroids = class_centroids(parent_feat, parent_pred) if parent_feat is not None and n_par else None
 
-    # optimisation, batch by batch over the (parent, copy) pairs
-    pix_par = _to_pixels(xt_par.cpu(), teacher)
+    # pass 2, per chunk of parents (≤ batch_size generated rows): optimise θ, render, write the PNG,
+    # re-run both models on the decoded PNG (exactly what the shards hold), default-critic scores
     src = np.repeat(np.arange(n_par), k)  # generated row → parent position
     copy = np.tile(np.arange(k), n_par)
     n_gen = len(src)
-    theta_all = _init_theta(n_gen, gen)
-    noise_all = torch.randn((n_gen, *pix_par.shape[1:]), generator=gen) if n_gen else torch.zeros(0)
-    best_all = torch.zeros_like(theta_all)
+    per = max(1, bs // k)
+    pngs: list[bytes] = []
+    val_l, zt_l, zs_l, ft_l, crit_l = [], [], [], [], []
     fallback = None
-    t_opt = time.perf_counter()
+    opt_seconds = 0.0
     try:
-        for a in range(0, n_gen, config.batch_size):
-            sl = slice(a, a + config.batch_size)
-            x = pix_par[src[sl]].to(device)
-            y = torch.from_numpy(parent_pred[src[sl]]).long().to(device)
-            th, nz = theta_all[sl].to(device), noise_all[sl].to(device)
+        for a in range(0, n_par, per):
+            pidx = np.arange(a, min(n_par, a + per))
+            rows = np.repeat(np.arange(len(pidx)), k)
+            pix = _to_pixels(decode_batch([par_images[i] for i in pidx], teacher), teacher)[rows].to(device)
+            y_np = parent_pred[pidx][rows]
+            y = torch.from_numpy(y_np).long().to(device)
+            theta = _init_theta(len(rows), gen).to(device)
+            noise = torch.randn(pix.shape, generator=gen).to(device)
+            t_opt = time.perf_counter()
             if mode == "gradient":
                 try:
-                    best = _gradient_ascent(th, x, nz, y, teacher, student, config, bounds)
+                    best = _gradient_ascent(theta, pix, noise, y, teacher, student, config, bounds)
                 except RuntimeError as exc:  # the models have no autograd path after all
                     mode, fallback = "random_search", f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                    best = _random_search(th, x, nz, y, teacher, student, config, bounds, gen)
+                    best = _random_search(theta, pix, noise, y, teacher, student, config, bounds, gen)
             else:
-                best = _random_search(th, x, nz, y, teacher, student, config, bounds, gen)
-            best_all[sl] = best.detach().cpu()
+                best = _random_search(theta, pix, noise, y, teacher, student, config, bounds, gen)
+            opt_seconds += time.perf_counter() - t_opt
+            with torch.no_grad():
+                values = squash(best.detach(), bounds)
+                gen_pix = render(pix, values, noise, max_sigma=bounds["blur_sigma"])
+                chunk = png_bytes(gen_pix)
+                zt, ft = teacher.forward(decode_batch(chunk, teacher).to(device))
+                zs, _ = student.forward(decode_batch(chunk, student).to(device))
+            pngs += chunk
+            val_l.append(values.cpu())
+            zt_l.append(zt.float().cpu())
+            zs_l.append(zs.float().cpu())
+            ft_l.append(None if ft is None else ft.float().cpu())
+            if not critic:
+                crit_l.append(default_critic_scores(
+                    gen_pix=gen_pix, y=y_np, t_probs=torch.softmax(zt.float(), -1), t_feat=ft, centroids=centroids,
+                    teacher=teacher, draws=config.consistency_draws, gen=crit_gen, device=device))
     except RuntimeError as exc:
         raise KdataError(f"HARD: generation failed on {teacher.spec}/{student.spec}: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}", exit_code=1) from None
-    opt_seconds = time.perf_counter() - t_opt
-
-    # render, write PNGs, re-run both models on the decoded PNGs (exactly what the shards hold)
-    with torch.no_grad():
-        values = squash(best_all, bounds)
-        gen_pix = torch.cat([render(pix_par[src[a:a + config.batch_size]], values[a:a + config.batch_size],
-                                    noise_all[a:a + config.batch_size], max_sigma=bounds["blur_sigma"])
-                             for a in range(0, n_gen, config.batch_size)]) if n_gen else pix_par[:0]
-        pngs = png_bytes(gen_pix)
-        zt_l, zs_l, ft_l = [], [], []
-        for a in range(0, n_gen, config.batch_size):
-            chunk = pngs[a:a + config.batch_size]
-            zt, ft = teacher.forward(decode_batch(chunk, teacher).to(device))
-            zs, _ = student.forward(decode_batch(chunk, student).to(device))
-            zt_l.append(zt.float())
-            zs_l.append(zs.float())
-            if ft is not None:
-                ft_l.append(ft.float().cpu())
-        gen_seconds = time.perf_counter() - t0
-        labels = par.column("label") if "label" in par.column_names else pa.nulls(n_par, pa.string())
-        lab_idx = label_indices(labels, teacher.class_names)[src] if n_gen else np.zeros(0, np.int32)
-        if n_gen:
-            zt_g, zs_g = torch.cat(zt_l), torch.cat(zs_l)
-            st = disagreement(zt_g, zs_g, temperature=temperature, topk=topk,
-                              label_idx=torch.from_numpy(lab_idx).to(zt_g.device))
-            st = {kk: v.cpu().numpy() for kk, v in st.items()}
-            probs1 = torch.softmax(zt_g, -1).cpu()
-        y_gen = parent_pred[src]
-        flipped = (st["teacher_pred"].astype(np.int64) != y_gen) if n_gen else np.zeros(0, bool)
-        gen_feat = torch.cat(ft_l) if ft_l and len(ft_l) == -(-n_gen // config.batch_size) else None
+    gen_seconds = time.perf_counter() - t0
+    labels = par.column("label") if "label" in par.column_names else pa.nulls(n_par, pa.string())
+    lab_idx = label_indices(labels, teacher.class_names)[src] if n_gen else np.zeros(0, np.int32)
+    values = torch.cat(val_l) if val_l else torch.zeros(0, len(PARAM_NAMES))
+    y_gen = parent_pred[src]
+    if n_gen:
+        zt_g, zs_g = torch.cat(zt_l), torch.cat(zs_l)
+        st = disagreement(zt_g, zs_g, temperature=temperature, topk=topk, label_idx=torch.from_numpy(lab_idx))
+        st = {kk: v.numpy() for kk, v in st.items()}
+        flipped = st["teacher_pred"].astype(np.int64) != y_gen
+    else:
+        flipped = np.zeros(0, bool)
+    gen_feat = torch.cat(ft_l) if ft_l and all(f is not None for f in ft_l) else None
 
     # critic
     reason = np.where(flipped, FLIP, None).astype(object)
@@ -514,10 +526,7 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
             acc, critic_score, trained_cut = _trained_critic(critic, scores_tbl, recall=critic_recall)
             reason[alive & ~acc] = CRITIC_REJECT
         else:
-            crit_parts = default_critic_scores(gen_pix=gen_pix.to(device), y=y_gen, t_probs=probs1, t_feat=gen_feat,
-                                               parent_feat=parent_feat, parent_pred=parent_pred,
-                                               teacher=teacher, draws=config.consistency_draws,
-                                               seed=config.seed, device=device)
+            crit_parts = {kk: np.concatenate([c[kk] for c in crit_l]) for kk in crit_l[0]}
             critic_score = crit_parts["score"]
             reason[alive & (critic_score < config.critic_threshold)] = CRITIC_REJECT
     accepted_mask = np.array([r is None for r in reason], dtype=bool)
@@ -525,7 +534,7 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
     # assemble rows
     ids = par.column("sample_id").to_pylist()
     cols = {
-        "sample_id": pa.array([f"{ids[p]}#hard{c}" for p, c in zip(src, copy)], pa.string()),
+        "sample_id": pa.array(_new_ids(ids, src, copy, k, taken=existing_ids), pa.string()),
         "image": pa.array(pngs, pa.binary()),
         "parent_id": pa.array([ids[p] for p in src], pa.string()),
         "kind": pa.array(["synthetic"] * n_gen, pa.string()),
@@ -567,7 +576,7 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
         "teacher_flip_rate": float(n_flip / n_gen) if n_gen else None,
         "median_kl_parents": med(kl_parent), "median_kl_generated": med(st["kl_ts"]) if n_gen else None,
         "median_kl_generated_kept": med(st["kl_ts"][accepted_mask]) if n_gen and accepted_mask.any() else None,
-        "seconds": gen_seconds, "optimise_seconds": opt_seconds,
+        "seconds": gen_seconds, "optimise_seconds": opt_seconds, "cpu_seconds": time.process_time() - c0,
         "samples_per_second": float(n_gen / gen_seconds) if gen_seconds > 0 and n_gen else None,
         "excluded_file": EXCLUDED_FILE, "temperature": temperature,
     }
@@ -576,6 +585,19 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
     if crit_parts:
         info["critic_component_medians"] = {kk: med(v[alive]) for kk, v in crit_parts.items()}
     return HardResult(accepted=accepted, excluded=excluded, info=info)
+
+
+def _new_ids(ids: list[str], src: np.ndarray, copy: np.ndarray, k: int, *, taken=None) -> list[str]:
+    """``<parent>#hard<c>``; an id already in ``taken`` (an earlier augmentation) moves to c + k, c + 2k, …"""
+    taken = set(taken or ())
+    out = []
+    for p, c in zip(src, copy):
+        c = int(c)
+        while (name := f"{ids[p]}#hard{c}") in taken:
+            c += k
+        taken.add(name)
+        out.append(name)
+    return out
 
 
 def _scores_like(par, src, st, zt, zs, feat, lab_idx) -> pa.Table:
@@ -626,7 +648,7 @@ def pipeline_hard(curated: pa.Table, *, cfg, teacher, student, device, counts: d
         raise KdataError("--hard needs teacher and student models (it cannot run on --scores predictions)")
     result = generate(curated, teacher, student, config=HardConfig(per_sample=int(cfg.hard), seed=cfg.seed),
                       critic=cfg.critic, critic_recall=cfg.critic_recall, temperature=cfg.temperature,
-                      topk=cfg.topk, device=device)
+                      topk=cfg.topk, device=device, existing_ids=curated.column("sample_id").to_pylist())
     counts.update({k: v for k, v in result.counts.items()})
     return combine(curated, result), result
 
@@ -667,7 +689,8 @@ def augment_dataset(shards: str, *, teacher: str, student: str, out: str, config
     tm, sm = load_model(teacher, device=device), load_model(student, device=device)
     check_models(tm, sm)
     temperature, topk = float(src.get("temperature", 1.0)), int(src.get("topk", 5))
-    source_id = src.get("config_hash") or hashlib.sha256("".join(f["sha256"] for f in src["files"]).encode()).hexdigest()
+    source_id = src.get("config_hash") or hashlib.sha256(
+        "".join(f["sha256"] for f in src["files"]).encode()).hexdigest()
     cfg = {"op": "augment", "source": source_id, "source_files": [f["sha256"] for f in src["files"]],
            "teacher": tm.checksum, "student": sm.checksum, "critic": critic, "critic_recall": critic_recall,
            "hard": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}}
@@ -679,7 +702,8 @@ def augment_dataset(shards: str, *, teacher: str, student: str, out: str, config
     kind = table.column("kind").to_pylist() if "kind" in table.column_names else [None] * table.num_rows
     is_parent = np.array([k != "synthetic" for k in kind], dtype=bool)
     result = generate(table.filter(pa.array(is_parent)), tm, sm, config=config, critic=critic,
-                      critic_recall=critic_recall, temperature=temperature, topk=topk, device=device)
+                      critic_recall=critic_recall, temperature=temperature, topk=topk, device=device,
+                      existing_ids=table.column("sample_id").to_pylist())
     n = table.num_rows
     counts = {"n_in": n, "kept": n, "rejected": 0, "quarantined": 0, "rejected_by_reason": {}, **result.counts}
     combined = combine(table, result)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_path, sha256_file, write_json
+from .atomic import sha256_file, write_json
 from .errors import KdataError
 from .models import Model, load_model, register_loader
 
@@ -296,6 +296,22 @@ def _feature_mode(module: nn.Module) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _atomic_same_suffix(path: Path):
+    """Like ``atomic_path`` but the temporary name keeps the suffix (torch.export.save checks it)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def export_model(module: nn.Module, path, *, input_size, mean, std, class_names, kind="pt2"):
     """Write ``module`` to ``path`` as a ``.pt2`` (torch.export, dynamic batch) or ``.pt``
     (TorchScript) archive plus the sidecar ``<stem>.json``; returns the model path.
@@ -324,7 +340,7 @@ def export_model(module: nn.Module, path, *, input_size, mean, std, class_names,
             raise KdataError(f"{path}: class-count mismatch: the module outputs {tuple(logits.shape)} but "
                              f"{len(sidecar['class_names'])} class_names were given")
         sidecar["outputs"] = ["logits", "features"] if feats is not None else ["logits"]
-        with atomic_path(path) as tmp:
+        with _atomic_same_suffix(path) as tmp:
             if kind == "pt2":
                 batch = torch.export.Dim("batch", min=1, max=1 << 16)
                 ep = torch.export.export(wrapped, (x,), dynamic_shapes=({0: batch},))
@@ -576,9 +592,11 @@ def load_open_clip(spec: str, *, device="cpu") -> Model:
     model = model.to(device)
     weights = class_text_embeddings(model, arch, names, templates=templates, device=device)
     bias = getattr(model, "logit_bias", None)
-    head = ZeroShotCLIP(model.visual, weights, float(model.logit_scale.exp()),
-                        float(bias) if bias is not None else None).eval()
-    del model.transformer  # the text tower is no longer needed
+    head = ZeroShotCLIP(model.visual, weights, float(model.logit_scale.detach().exp()),
+                        float(bias.detach()) if bias is not None else None).eval()
+    for tower in ("transformer", "text"):  # the text tower is no longer needed (CLIP / CustomTextCLIP)
+        if isinstance(getattr(model, tower, None), nn.Module):
+            delattr(model, tower)
     _channels_last(head, device)
     input_size, mean, std, interp = _preprocess(model)
     n_out, fdim = _probe(head.forward_both, input_size, device, where=spec)

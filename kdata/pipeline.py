@@ -194,6 +194,8 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions()) -> Prepared:
     from .dedup import check_options as check_dedup_options
 
     check_dedup_options(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
+    if not cfg.pool:  # only bring-your-own predictions run without a pool (run_select → byo.prepare_byo)
+        raise KdataError("--pool: give a pool to score (precomputed predictions: kdata select --scores FILE)")
     pool = open_pool(cfg.pool)
     if not pool.units:
         raise KdataError(f"{cfg.pool}: the pool is empty")

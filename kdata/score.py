@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,20 +58,46 @@ class ScoreConfig:
 
 def decode_image(data: bytes | None, *, input_size, mean, std, interpolation: str = "bilinear") -> torch.Tensor:
     """Image bytes → normalised float tensor (C, H, W). Raises ValueError on unreadable input."""
+    key = (tuple(input_size), tuple(mean), tuple(std), interpolation)
+    return decode_multi(data, [key])[key]
+
+
+def decode_multi(data: bytes | None, keys: list[tuple]) -> dict[tuple, torch.Tensor]:
+    """Decode once, preprocess once per key ``(input_size, mean, std, interpolation)``.
+
+    JPEGs are decoded at a reduced DCT scale (``Image.draft``) when the largest target is at most
+    half the stored size: libjpeg then skips most of the inverse DCT work; the result is still
+    at least the target size before the (antialiased) resize, and deterministic.
+    """
     if not data:
         raise ValueError("empty image")
-    c, h, w = input_size
+    out = {}
     with Image.open(io.BytesIO(data)) as im:
+        if im.format == "JPEG":
+            mode = "L" if all(k[0][0] == 1 for k in keys) else "RGB"
+            im.draft(mode, (max(k[0][2] for k in keys), max(k[0][1] for k in keys)))
         im.load()
-        im = im.convert("L" if c == 1 else "RGB")
-        if im.size != (w, h):
-            im = im.resize((w, h), _INTERP.get(interpolation, Image.BILINEAR))
-        arr = np.asarray(im, dtype=np.uint8)
-    t = torch.from_numpy(arr.copy()).float().div_(255.0)
-    t = t[None] if c == 1 else t.permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (t - m) / s
+        for key in keys:
+            (c, h, w), mean, std, interpolation = key
+            img = im.convert("L" if c == 1 else "RGB")
+            if img.size != (w, h):
+                img = img.resize((w, h), _INTERP.get(interpolation, Image.BILINEAR))
+            arr = np.asarray(img, dtype=np.uint8)
+            t = torch.from_numpy(arr.copy()).float().div_(255.0)
+            t = t[None] if c == 1 else t.permute(2, 0, 1)
+            m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+            sd = torch.tensor(std, dtype=torch.float32)[:, None, None]
+            out[key] = (t - m) / sd
+    return out
+
+
+_OBJ_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-f]+>")
+
+
+def decode_error(exc: BaseException) -> str:
+    """One stable line for a quarantined sample (no memory addresses)."""
+    msg = _OBJ_REPR.sub("", str(exc).splitlines()[0] if str(exc) else "")
+    return f"{type(exc).__name__}: {msg}".strip().rstrip(":")
 
 
 class _DecodeDataset(Dataset):
@@ -84,13 +111,9 @@ class _DecodeDataset(Dataset):
 
     def __getitem__(self, i):
         try:
-            out = {}
-            for key in self.keys:
-                size, mean, std, interp = key
-                out[key] = decode_image(self.images[i], input_size=size, mean=mean, std=std, interpolation=interp)
-            return i, out
+            return i, decode_multi(self.images[i], self.keys)
         except Exception as exc:  # quarantined with its error, the run goes on
-            return i, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+            return i, decode_error(exc)
 
 
 def _collate(items):
@@ -119,6 +142,9 @@ def check_models(teacher: Model, student: Model) -> None:
     if teacher.num_classes != student.num_classes:
         raise KdataError(f"class-count mismatch: teacher {teacher.spec} has {teacher.num_classes} classes, "
                          f"student {student.spec} has {student.num_classes}")
+    if teacher.class_names != student.class_names and set(teacher.class_names) == set(student.class_names):
+        raise KdataError(f"class order differs: teacher {teacher.spec} and student {student.spec} list the same "
+                         "class names in a different order (logit i must mean the same class in both)")
 
 
 def label_indices(labels: pa.Array, class_names: list[str]) -> np.ndarray:
@@ -222,6 +248,8 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
                device="cpu", cache: bool = True, progress=None) -> tuple[pa.Table, list[tuple[str, str]], dict]:
     """Score every unit of ``pool``. Returns (scores, quarantined, info: n_in, units, cache_hits)."""
     tables, quarantined, hits, n_in = [], [], 0, 0
+    if progress:
+        progress("scoring", 0, len(pool.units))
     for i, unit in enumerate(pool.units):
         path, q, n, hit = score_unit(unit, teacher, student, config=config, device=device, cache=cache)
         tables.append(pq.read_table(path))

@@ -57,7 +57,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    temperature: float = 2.0
+    temperature: float = 1.0
     alpha: float = 0.9
     loss: str = "kd"  # "kd" | "nkd"
     nkd_gamma: float = 1.5

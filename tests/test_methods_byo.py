@@ -90,3 +90,18 @@ def test_cli_select_with_scores_no_pool_and_bad_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "student_logits" in err and "row 1" in err
     assert not (tmp_path / "o3").exists()
+
+
+def test_text_logprob_only_file_runs_miniplm(tmp_path):
+    """Per-token log-probabilities only (LLM distillation): miniplm ranks by the mean difference."""
+    p = tmp_path / "lp.parquet"
+    pq.write_table(pa.table({"sample_id": ["a", "b", "c", "d"],
+                             "teacher_logprob": pa.array([[-1.0, -2.0], [-0.5], [-3.0, -3.0], [-1.0]]),
+                             "reference_logprob": pa.array([[-2.0, -2.0], [-0.4], [-1.0, -1.0], [-2.5]])}), p)
+    out = tmp_path / "out"
+    assert main(["select", "--scores", str(p), "--method", "miniplm", "--budget", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    shard = pq.read_table(next((out / "data").glob("*.parquet"))).to_pandas()
+    # differences: a .5, b −.1, c −2, d 1.5 → keep d then a
+    assert shard.sample_id.tolist() == ["d", "a"]
+    assert shard.score_miniplm.tolist() == [1.5, 0.5]

@@ -112,3 +112,37 @@ def test_balance_class_spreads_budget_over_predicted_classes(tmp_path):
     assert kept_ids(scores, plain) == ["s0", "s1"]
     bal = select(scores, methods=["teacher_confidence"], budget=2, seed=0, num_classes=2, balance="class")
     assert bal.kept.sum() == 2 and bal.kept[3]
+
+
+def test_topk_fast_paths_match_dense_reconstruction(tmp_path):
+    """With only top-k soft labels (C > 64), kd3/miniplm/ddk use O(N·k) paths equal to the dense ones."""
+    from kdata.methods.kd3 import _kd3_dense, kd3_score_topk
+    from kdata.methods.view import ScoreView
+    from tests.methods_helpers import random_scores
+
+    rng = np.random.default_rng(3)
+    full = random_scores(tmp_path, rng, 60, 80)
+    topk_only = full.drop_columns(["teacher_logits", "student_logits"]) if "teacher_logits" in full.column_names \
+        else full
+    view = ScoreView(topk_only, num_classes=80)
+    assert view.topk_dense()
+    np.testing.assert_allclose(kd3_score_topk(view), _kd3_dense(view, 0.5), atol=1e-9)
+    cls = rng.integers(0, 80, size=60)
+    dense = view.probs("student")[np.arange(60), cls]
+    np.testing.assert_allclose(view.prob_at("student", cls), dense, atol=1e-9)
+
+
+def test_fused_logit_stats_match_reference():
+    """kdata.methods.fast (the benchmarked kernel) equals kdata.stats.disagreement."""
+    import torch
+
+    from kdata.methods.fast import logit_stats
+    from kdata.stats import disagreement
+
+    rng = np.random.default_rng(5)
+    t = (rng.standard_normal((300, 17)) * 3).astype(np.float32)
+    s = (t + rng.standard_normal((300, 17))).astype(np.float32)
+    got = logit_stats(t, s, temperature=2.0, compile=False, chunk=64)
+    ref = disagreement(torch.from_numpy(t), torch.from_numpy(s), temperature=2.0)
+    for k, v in got.items():
+        np.testing.assert_allclose(v, ref[k].numpy(), atol=2e-6, err_msg=k)

@@ -16,11 +16,12 @@ def register(sub) -> None:
     p.add_argument("--student", default="builtin:digits-student", help="student model spec")
     p.add_argument("--per-sample", type=int, default=1, metavar="K", help="generated rows per original row")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for the augmented dataset")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps per batch (default 5)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--critic", default=None, metavar="DIR", help="fitted critic (kdata critic fit) instead of "
                    "the default critic")
-    p.add_argument("--critic-recall", type=float, default=None, help="re-choose the fitted critic's cut for this recall")
+    p.add_argument("--critic-recall", type=float, default=None,
+                   help="re-choose the fitted critic's cut for this recall")
     p.add_argument("--critic-threshold", type=float, default=None,
                    help="default critic: accept when its score is at least this (default 0.5)")
     p.add_argument("--random-search", action="store_true", help="gradient-free search even for differentiable models")

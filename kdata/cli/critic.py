@@ -79,7 +79,7 @@ def run_fit(args) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from ..critic import critic_features, fit_critic, read_labels
+    from ..critic import feature_matrix, fit_critic, read_labels
     from ..errors import KdataError
 
     labels = read_labels(args.labels)
@@ -90,7 +90,7 @@ def run_fit(args) -> int:
     if not rows:
         raise KdataError(f"{args.labels}: none of the labelled sample ids are in {args.scores_from}")
     sub = scores.take(pa.array(rows))
-    X, names = critic_features(sub, embedding=False if args.no_embedding else None)
+    X, names = feature_matrix(sub, embedding=False if args.no_embedding else None)
     y = np.array([labels[ids[i]] for i in rows])
     recall = args.recall if args.recall is not None or args.precision is not None else 0.8
     crit = fit_critic(X, y, feature_names=names, recall=recall, precision=args.precision, val_frac=args.val_frac)

@@ -10,6 +10,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--budget", default="0.3")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-train", action="store_true",
+                   help="skip distilling the student on the curated set and on a random set of the same size")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -18,7 +20,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..demo import run_demo
 
-    result = run_demo(out=args.out, budget=args.budget, seed=args.seed, progress=progress_printer(args.quiet))
+    result = run_demo(out=args.out, budget=args.budget, seed=args.seed, progress=progress_printer(args.quiet),
+                      train=not args.no_train)
     if args.json:
         emit_json(result)
         return 0

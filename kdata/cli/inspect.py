@@ -1,4 +1,8 @@
-"""``kdata inspect DIR``: what was kept, what was dropped and why."""
+"""``kdata inspect DIR``: what was kept, what was dropped and why.
+
+Exit 1 when the integrity check fails (a file listed in the manifest is missing, changed or
+unreadable); exit 2 for usage errors (no dataset at DIR, unknown ``--sample-id``).
+"""
 
 from __future__ import annotations
 
@@ -9,39 +13,171 @@ def register(sub) -> None:
     p = sub.add_parser("inspect", help="summarise a curated dataset: counts, reasons, classes, scores, checksums")
     p.add_argument("dir", help="a directory written by kdata select / kdata demo")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--examples", type=int, default=5, help="example rows to show")
+    p.add_argument("--examples", type=int, default=5, help="example rows to show (kept and rejected)")
+    p.add_argument("--sample-id", default=None, metavar="ID", help="show one sample: its decision, reason and scores")
+    p.add_argument("--grid", default=None, metavar="OUT.png",
+                   help="write a thumbnail grid of the best-ranked kept and most clearly rejected images")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..inspect import summarise
+    from ..errors import KdataError
+    from ..inspect import sample, summarise
 
+    if args.sample_id is not None:
+        row = sample(args.dir, args.sample_id)
+        if args.json:
+            emit_json(row)
+        else:
+            _console().print(render_sample(row))
+        return 0
     s = summarise(args.dir, n_examples=args.examples)
+    if args.grid:
+        if not args.grid.lower().endswith(".png"):
+            raise KdataError(f"--grid {args.grid}: expected a .png file name")
+        from pathlib import Path
+
+        from ..card import thumbnail_grid
+        from ..inspect import load_run
+
+        run_ = load_run(args.dir)
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+        ok, note = thumbnail_grid(run_, Path(args.grid))
+        if not ok:
+            raise KdataError(f"{args.dir}: no grid written to {args.grid}: {note}")
+        s["grid"] = {"path": args.grid, "note": note}
     if args.json:
         emit_json(s)
     else:
-        print(render_text(s))
+        render(s, _console())
     return 0 if s["integrity"]["ok"] else 1
 
 
-def render_text(s: dict) -> str:
-    c = s["counts"]
-    out = [f"{s['out']}: {s['rows']} curated rows in {len(s['files'])} shard(s); methods: {s.get('methods')}",
-           f"in {c['n_in']}  kept {c['kept']}  rejected {c['rejected']}  quarantined {c['quarantined']}"]
-    for r, n in c.get("rejected_by_reason", {}).items():
-        out.append(f"  rejected {r}: {n}")
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+# column headings of the example tables (narrow terminals)
+SHORT = {"teacher_pred": "T", "student_pred": "S", "teacher_conf": "T conf", "label_idx": "label",
+         "kl_ts": "KL(T‖S)"}
+
+
+def _f(v, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def render(s: dict, console) -> None:
+    """The terminal summary: a header line, then rich tables."""
+    from rich.table import Table
+
+    c = s["counts"] or {}
+    d = s["decisions"]
+    console.print(f"[bold]{s['out']}[/bold]: {_f(s['rows'])} curated rows in {len(s['files'])} shard(s); "
+                  f"methods {', '.join(s.get('methods') or [])}; pool {s['pool']}; "
+                  f"teacher {s['teacher']} → student {s['student']}")
+    console.print(f"in {c.get('n_in')}  kept {c.get('kept')}  rejected {c.get('rejected')}  "
+                  f"quarantined {c.get('quarantined')}")
+
+    t = Table(title="decisions", title_justify="left")
+    t.add_column("decision / reason")
+    t.add_column("samples", justify="right")
+    t.add_column("share", justify="right")
+    n_in = c.get("n_in") or 0
+    pct = (lambda n: f"{100 * n / n_in:.1f}%" if n_in else "–")
+    t.add_row("[green]kept[/green]", str(c.get("kept")), pct(c.get("kept") or 0))
+    for r, n in (c.get("rejected_by_reason") or {}).items():
+        t.add_row(f"[red]rejected[/red] {r}", str(n), pct(n))
+    t.add_row("[yellow]quarantined[/yellow]", str(c.get("quarantined")), pct(c.get("quarantined") or 0))
+    if d.get("generated"):
+        t.add_row("generated (in shards)", str(d["generated"]), "")
+    console.print(t)
     for q in s["quarantined"][:10]:
-        out.append(f"  quarantined {q['sample_id']}: {q['error']}")
-    out.append("kept by teacher class: " + "  ".join(f"{k}:{v}" for k, v in s["class_histogram"].items()))
-    if s["teacher_student_agreement"] is not None:
-        out.append(f"teacher/student agreement on kept rows: {s['teacher_student_agreement']:.3f}")
-    out.append("score quantiles (min p25 p50 p75 max):")
-    for name, q in s["score_quantiles"].items():
-        out.append(f"  {name:<22}" + " ".join(f"{v:8.4f}" for v in q.values()))
-    out.append("integrity: " + ("ok (sha256 verified)" if s["integrity"]["ok"] else "FAILED"))
-    for p in s["integrity"]["problems"]:
-        out.append(f"  {p}")
-    out.append("examples:")
-    for e in s["examples"]:
-        out.append("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in e.items()))
-    return "\n".join(out)
+        console.print(f"  quarantined {q['sample_id']}: {q['error']}")
+
+    bal = s["class_balance"]
+    if bal:
+        t = Table(title="class balance (teacher prediction; web label where known)", title_justify="left")
+        for col in ("class", "pool label", "pool teacher", "kept", "kept share"):
+            t.add_column(col, justify="right")
+        kept_total = sum(r["kept_teacher"] or 0 for r in bal) or 1
+        for r in bal:
+            t.add_row(r["class"], _f(r["pool_label"]), _f(r["pool_teacher"]), _f(r["kept_teacher"]),
+                      f"{100 * (r['kept_teacher'] or 0) / kept_total:.1f}%")
+        console.print(t)
+
+    t = Table(title="score quantiles (kept | rejected)", title_justify="left")
+    t.add_column("score")
+    t.add_column("rows")
+    for name in ("n", "min", "p05", "p50", "p95", "max"):
+        t.add_column(name, justify="right")
+    for name, by in s["score_quantiles"].items():
+        for dec, q in by.items():
+            if q:
+                t.add_row(name, dec, str(q["n"]), *[_f(q[k], 4) for k in ("min", "p05", "p50", "p95", "max")])
+    console.print(t)
+
+    if s["agreement"]:
+        t = Table(title="agreement (top-1)", title_justify="left")
+        for col in ("rows", "n", "teacher = student", "teacher = web label"):
+            t.add_column(col, justify="right")
+        for name, a in s["agreement"].items():
+            t.add_row(name, str(a["n"]), _f(a["teacher_student"]), _f(a["teacher_label"]))
+        console.print(t)
+
+    integ = s["integrity"]
+    if integ["ok"]:
+        console.print(f"integrity: [green]ok[/green] (sha256 of {integ['files_checked']} shard(s) verified)")
+    else:
+        console.print("integrity: [red]FAILED[/red]")
+        for p in integ["problems"]:
+            console.print(f"  {p}", markup=False, soft_wrap=True)
+    card = s["card"]
+    if card["recorded"]:
+        state = "changed since written: " + ", ".join(card["changed"]) if card["changed"] else "matches the manifest"
+        console.print(f"data card: README.md ({state})")
+    elif not card["present"]:
+        console.print("data card: none (write one with `kdata card DIR`)", markup=False)
+
+    for title, rows in (("kept examples (best ranked)", s["examples"]),
+                        ("rejected examples (by reason)", s["rejected_examples"])):
+        if not rows:
+            continue
+        t = Table(title=title, title_justify="left")
+        cols = list(rows[0].keys())
+        for col in cols:
+            text = col in ("sample_id", "reason", "label")
+            t.add_column(SHORT.get(col, col), justify="left" if text else "right", no_wrap=text)
+        for r in rows:
+            t.add_row(*[_f(r[k]) for k in cols])
+        console.print(t)
+    if s.get("grid"):
+        g = s["grid"]
+        console.print(f"grid: {g['path']}" if g["path"] else "grid: not written", markup=False)
+        if g["note"]:
+            console.print(f"  {g['note']}", markup=False)
+
+
+def render_sample(row: dict):
+    """One sample as a two-column table: decision first, then every score and field."""
+    from rich.table import Table
+
+    t = Table(title=f"sample {row['sample_id']}", title_justify="left", show_header=False)
+    t.add_column("field")
+    t.add_column("value", overflow="fold")
+    t.add_row("decision", row["decision"])
+    t.add_row("reason", _f(row.get("reason")))
+    t.add_row("teacher class", _f(row.get("teacher_class")))
+    merged = {**(row.get("decision_row") or {}), **(row.get("shard_row") or {})}
+    for k, v in merged.items():
+        if k in ("sample_id", "decision", "reason"):
+            continue
+        if isinstance(v, list):
+            v = "[" + ", ".join(_f(x, 4) for x in v) + "]"
+        t.add_row(k, _f(v, 4))
+    return t

@@ -56,7 +56,7 @@ def run(args) -> int:
     log = run_train(shards=args.shards, student=args.student, eval=args.eval, config=cfg, out=args.out,
                     pool=args.pool, teacher=args.teacher, quiet=args.quiet or args.json)
     if args.json:
-        emit_json({k: v for k, v in log.items() if k != "history"} | {"history": log["history"]})
+        emit_json(log)
         return 0
     acc = log["accuracy"]
     before = log["accuracy_before"]

@@ -94,9 +94,7 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     else:
         lt = -np.log(np.maximum(view.col("teacher_conf").astype(np.float64), 1e-12))
         pred = view.col("teacher_pred").astype(np.int64)
-        ls = np.empty(n)
-        for r, ps in view.prob_chunks("student"):
-            ls[r] = -np.log(np.maximum(ps[np.arange(len(r)), pred[r]], 1e-12))
+        ls = -np.log(np.maximum(view.prob_at("student", pred), 1e-12))
     within = view.col("kl_ts").astype(np.float64) if view.has("kl_ts") else ls - lt
     names, inv = np.unique(dom[rows], return_inverse=True)
     cnt = np.bincount(inv, minlength=len(names)).astype(np.float64)
@@ -114,11 +112,11 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     order = np.lexsort((tie, -rank_key))  # best first over all alive rows
     taken = np.zeros(len(names), dtype=np.int64)
     inv_o = inv[order]
-    # position of each row within its domain's ranking
+    # position of each row within its domain's ranking (stable sort by domain keeps the rank order)
+    by_dom = np.argsort(inv_o, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(inv_o, minlength=len(names)))[:-1]])
     pos_in_dom = np.empty(len(order), dtype=np.int64)
-    for d in range(len(names)):
-        m = inv_o == d
-        pos_in_dom[m] = np.arange(int(m.sum()))
+    pos_in_dom[by_dom] = np.arange(len(order)) - starts[inv_o[by_dom]]
     chosen = pos_in_dom < quota[inv_o]
     # chosen rows score in (1, 2] by their within-domain key rank; the rest below 1
     ranks = np.arange(len(order), dtype=np.float64)

@@ -54,10 +54,7 @@ def token_mean(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _label_logprob(view: ScoreView, who: str, y: np.ndarray) -> np.ndarray:
-    out = np.empty(len(view))
-    for rows, p in view.prob_chunks(who):
-        out[rows] = np.log(np.maximum(p[np.arange(len(rows)), y[rows]], FLOOR))
-    return out
+    return np.log(np.maximum(view.prob_at(who, y), FLOOR))
 
 
 def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, temperature: float) -> np.ndarray:
@@ -69,6 +66,13 @@ def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, te
         idx = np.array([pos[s] for s in ids], dtype=np.int64)
     except KeyError as exc:
         raise KdataError(f"miniplm: the reference scores have no row for sample '{exc.args[0]}'") from None
+    if "ref_logits" not in reference.column_names:  # large C: the reference's top-k, rest spread evenly
+        ti = list_column(reference, "ref_topk_idx", dtype=np.int64)[idx]
+        tv = list_column(reference, "ref_topk_prob", dtype=np.float64)[idx]
+        c = int(reference.schema.metadata.get(b"num_classes", b"0")) if reference.schema.metadata else 0
+        rest = np.clip(1 - tv.sum(1), 0, None) / max(c - ti.shape[1], 1)
+        hit = ti == y[:, None]
+        return np.log(np.maximum(np.where(hit.any(1), (tv * hit).sum(1), rest), FLOOR))
     out = np.empty(len(ids))
     logits = list_column(reference, "ref_logits")
     for i in range(0, len(ids), 65_536):
@@ -101,6 +105,11 @@ def reference_scores(pool, model, *, device, batch_size: int = 256, cache: bool 
     """Score ``pool`` with the reference ``model``: a table of sample_id + ref_logits (cached)."""
     from ..score import ScoreConfig, score_pool
 
-    cfg = ScoreConfig(batch_size=batch_size, topk=1, embeddings=False, keep_logits="yes")
+    cfg = ScoreConfig(batch_size=batch_size, topk=20, embeddings=False, keep_logits="auto")
     scores, _, _ = score_pool(pool, model, model, config=cfg, device=device, cache=cache)
-    return pa.table({"sample_id": scores.column("sample_id"), "ref_logits": scores.column("teacher_logits")})
+    if "teacher_logits" in scores.column_names:  # C ≤ 128: exact
+        return pa.table({"sample_id": scores.column("sample_id"), "ref_logits": scores.column("teacher_logits")})
+    # large C: the reference's top-20 (memory N × 20 instead of N × C)
+    t = pa.table({"sample_id": scores.column("sample_id"), "ref_topk_idx": scores.column("teacher_topk_idx"),
+                  "ref_topk_prob": scores.column("teacher_topk_prob")})
+    return t.replace_schema_metadata({"num_classes": str(model.num_classes)})

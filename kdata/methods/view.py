@@ -81,6 +81,28 @@ class ScoreView:
         np.put_along_axis(p, idx, val, axis=1)
         return p
 
+    def prob_at(self, who: str, cls: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:
+        """p_who(cls_i | x_i) per row, O(N·k) from top-k (rest spread evenly) or chunked from logits."""
+        cls = np.asarray(cls, dtype=np.int64)
+        out = np.empty(len(self), dtype=np.float64)
+        if self.has(f"{who}_logits"):
+            z_all = self.col(f"{who}_logits")
+            for i in range(0, len(self), chunk):
+                z = z_all[i:i + chunk].astype(np.float64) / self.temperature
+                m = z.max(1, keepdims=True)
+                lse = np.log(np.exp(z - m).sum(1)) + m[:, 0]
+                out[i:i + chunk] = np.exp(z[np.arange(len(z)), cls[i:i + chunk]] - lse)
+            return out
+        idx = self.col(f"{who}_topk_idx")
+        val = self.col(f"{who}_topk_prob").astype(np.float64)
+        rest = np.clip(1 - val.sum(1), 0, None) / max(self.num_classes - idx.shape[1], 1)
+        hit = idx == cls[:, None]
+        return np.where(hit.any(1), (val * hit).sum(1), rest)
+
+    def topk_dense(self) -> bool:
+        """True when full logits are absent and C is large: use the top-k fast paths."""
+        return not (self.has("teacher_logits") and self.has("student_logits")) and self.num_classes > 64
+
     def row_uniform(self, seed: int, salt: str = "") -> np.ndarray:
         """A uniform [0, 1) number per row derived from (seed, salt, sample_id), not from row position,
         so seeded randomness is invariant to row order."""

@@ -1,0 +1,29 @@
+"""``kdata card DIR``: (re)write the data card of a curated dataset, optionally copy it to a card directory."""
+
+from __future__ import annotations
+
+from .common import emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("card", help="(re)write the data card (README.md + PNG plots) of a curated dataset",
+                       description="Regenerate DIR/README.md (Hugging Face dataset-card front matter, recipe, counts, "
+                                   "class balance, scores, biases, how to load) and its plots from manifest.json, "
+                                   "decisions.parquet and the shards; record their checksums in the manifest.")
+    p.add_argument("dir", help="a directory written by kdata select / kdata demo")
+    p.add_argument("--card-dir", default=None, metavar="DIR", help="also copy the card to DIR/<dataset-name>.md")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..card import regenerate
+
+    result = regenerate(args.dir, card_dir=args.card_dir)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"kdata: card {result['card']} ({len(result['files']) - 1} plot(s))")
+        if result.get("published"):
+            print(f"  copied to {result['published']}")
+    return 0

@@ -1,0 +1,247 @@
+"""Deduplication: pair search vs brute force, levels, survivor = better ranked, pipeline, CLI, balance."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from kdata import dedup as D
+
+
+def planted(n: int, d: int, n_pairs: int, *, seed: int = 0, noise: float = 0.01, centres: int = 200):
+    """Clustered unit vectors (like real embeddings) with ``n_pairs`` planted near-duplicate pairs."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + 0.9 * rng.standard_normal((n, d)).astype(np.float32)
+    x = D.l2_normalize(x)
+    perm = rng.permutation(n)
+    a, b = perm[:n_pairs], perm[n_pairs:2 * n_pairs]
+    x[b] = x[a] + noise * rng.standard_normal((n_pairs, d)).astype(np.float32)
+    return D.l2_normalize(x), a, b
+
+
+def brute_pairs(x, threshold):
+    s = x @ x.T
+    i, j = np.nonzero(np.triu(s >= threshold, 1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+def test_exact_pair_search_equals_brute_force():
+    x, a, b = planted(3000, 64, 150, seed=1)
+    for t in (0.95, 0.7):
+        i, j, s = D.similar_pairs(x, threshold=t)
+        assert set(zip(i.tolist(), j.tolist())) == brute_pairs(x, t)
+        assert np.allclose(s, (x[i] * x[j]).sum(1), atol=1e-5)
+
+
+def test_cell_search_recall_and_precision_at_scale():
+    """The approximate (k-means cell) path at N=20,000, d=256: planted pairs found with recall ≥ 0.99,
+    every reported pair is real, and dedup removes no non-duplicate."""
+    n, n_pairs, t = 20_000, 1000, 0.95
+    x, a, b = planted(n, 256, n_pairs, seed=2)
+    i, j, s = D.similar_pairs(x, threshold=t, exact_max=1000)  # force the cell path
+    assert (s >= t).all() and np.allclose(s, (x[i] * x[j]).sum(1), atol=1e-4)
+    found = set(zip(i.tolist(), j.tolist()))
+    want = {(min(p, q), max(p, q)) for p, q in zip(a.tolist(), b.tolist())}
+    recall = len(found & want) / len(want)
+    assert recall >= 0.99
+    assert len(set(map(tuple, np.c_[i, j].tolist()))) == len(i)  # no pair reported twice
+    dup_of = D.greedy_survivors(n, i, j, s)
+    removed = set(np.flatnonzero(dup_of >= 0).tolist())
+    assert removed <= set(a.tolist()) | set(b.tolist())  # only planted rows are removed
+    assert len(removed) >= 0.99 * n_pairs
+    for r in removed:  # the better-ranked (lower index) of each pair survives
+        assert dup_of[r] < r and dup_of[dup_of[r]] == -1
+
+
+def test_greedy_survivor_rule():
+    # 0~1, 1~2 (0 !~ 2): 1 goes (dup of 0); 2's only similar row was removed, so 2 survives
+    i, j, s = np.array([0, 1]), np.array([1, 2]), np.array([0.99, 0.99], np.float32)
+    assert D.greedy_survivors(3, i, j, s).tolist() == [-1, 0, -1]
+    # 3 is similar to survivors 0 (0.97) and 2 (0.99): it names the most similar survivor
+    i, j, s = np.array([0, 1, 0, 2]), np.array([1, 2, 3, 3]), np.array([.99, .99, .97, .99], np.float32)
+    assert D.greedy_survivors(4, i, j, s).tolist() == [-1, 0, -1, 2]
+
+
+def _png(arr, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="L").save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def test_exact_hash_is_on_decoded_pixels_and_near_embedding_tolerates_noise():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    ring = np.exp(-((np.hypot(yy - 16, xx - 15) - 9) ** 2) / 6.0)  # a smooth "0"
+    arr = (255 * ring).astype(np.uint8)
+    b1, b2 = _png(arr, compress_level=0), _png(arr, compress_level=9)
+    assert b1 != b2
+    (h1, v1), (h2, _) = D.image_features(b1), D.image_features(b2)
+    assert h1 == h2 and v1.shape == (D.PIXEL_SIZE ** 2,)
+    other = arr.copy()
+    other[0, 0] ^= 1
+    assert D.image_features(_png(other))[0] != h1
+    noisy = np.clip(arr + rng.normal(0, 6, arr.shape), 0, 255).astype(np.uint8)
+    _, vn = D.image_features(_png(noisy))
+    assert float(v1 @ vn) >= D.NEAR_THRESHOLD
+    res = D.dedup_ranked(level="exact", hashes=[h1, "x", h2])
+    assert res.dup_of.tolist() == [-1, -1, 0] and res.level_of[2] == "exact"
+
+
+def test_semantic_threshold_and_fraction():
+    x, a, b = planted(2000, 32, 100, seed=3, noise=0.02, centres=20)
+    hashes = [str(k) for k in range(len(x))]
+    pix = np.zeros((len(x), 4), np.float32)  # near level finds nothing
+    res = D.dedup_ranked(level="semantic", hashes=hashes, pixels=pix, embeddings=x.astype(np.float16),
+                         threshold=0.99)
+    removed = np.flatnonzero(res.dup_of >= 0)
+    assert set(removed.tolist()) <= set(a.tolist()) | set(b.tolist())
+    assert len(removed) >= 0.95 * 100 and (res.level_of[removed] == "semantic").all()
+    assert (res.dup_of[removed] < removed).all() and (res.dup_of[res.dup_of[removed]] == -1).all()
+    res = D.dedup_ranked(level="semantic", hashes=hashes, pixels=pix, embeddings=x, frac=0.2)
+    assert int((res.dup_of >= 0).sum()) == 400
+    assert res.info["semantic_threshold"] < 0.99
+
+
+def test_bad_options_are_one_line_errors():
+    from kdata.errors import KdataError
+
+    for level, kw in [("fuzzy", {}), ("near", {"frac": 0.2}), ("semantic", {"frac": 1.5}),
+                      ("exact", {"threshold": 0.9}), ("near", {"threshold": 2.0}), (None, {"threshold": 0.9}),
+                      ("semantic", {"frac": 0.2, "threshold": 0.9})]:
+        with pytest.raises(KdataError):
+            D.check_options(level, **kw)
+
+
+def test_gpu_probe_falls_back_on_cpu():
+    import faiss
+
+    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    assert D.faiss_gpu_ok() in ((True, False) if has_gpu else (False,))
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline on builtin:digits-web
+
+def _truth():
+    from kdata.builtin import digits_web_truth
+
+    t = digits_web_truth().to_pandas()
+    root = {s: (d if isinstance(d, str) else s) for s, d in zip(t.sample_id, t.dup_of)}
+    return dict(zip(t.sample_id, t.truth)), root
+
+
+@pytest.fixture(scope="module")
+def near_run(tmp_path_factory, builtin_models):
+    from kdata.pipeline import RunOptions, SelectConfig, run_select
+
+    out = tmp_path_factory.mktemp("dd") / "near"
+    run_select(SelectConfig(method="kd3", budget="0.5", dedup="near"), out=str(out), opts=RunOptions(device="cpu"))
+    return out
+
+
+def test_near_dedup_on_digits_web(near_run):
+    truth, root = _truth()
+    dec = pq.read_table(near_run / "decisions.parquet").to_pandas()
+    dups = dec[dec.reason.fillna("").str.startswith("duplicate_of:")]
+    assert (dups.stage == "dedup").all() and (dups.decision == "rejected").all()
+    target = dict(zip(dups.sample_id, dups.reason.str.split(":", n=1).str[1]))
+    planted_ids = [s for s, k in truth.items() if k in ("near_dup", "exact_dup")]
+    found = sum(1 for s in planted_ids
+                if (s in target and root[target[s]] == root[s]) or (root[s] in target and target[root[s]] == s))
+    assert found / len(planted_ids) >= 0.95
+    wrong = [s for s, t in target.items() if root[t] != root[s]]
+    clean = [s for s, k in truth.items() if k == "clean"]
+    assert sum(truth[s] == "clean" for s in wrong) <= 0.02 * len(clean)
+    # the survivor is the better ranked: its kd3 score is at least the removed row's
+    score = dict(zip(dec.sample_id, dec.score_kd3))
+    assert all(score[t] >= score[s] for s, t in target.items())
+    # survivors are never themselves removed as duplicates, and duplicates did not take budget
+    assert not set(target.values()) & set(target)
+    import json
+
+    m = json.loads((near_run / "manifest.json").read_text())
+    assert m["counts"]["kept"] == m["budget_rows"]
+    assert m["method_info"]["dedup"]["removed"]["exact"] >= 60
+
+
+def test_kdata_dedup_cli_on_curated_shards(demo_run, tmp_path, capsys):
+    from kdata.cli import main
+    from kdata.write import read_shards, verify
+
+    out = tmp_path / "dd"
+    assert main(["dedup", "--shards", str(demo_run), "--dedup", "near", "--out", str(out), "--json"]) == 0
+    import json
+
+    rep = json.loads(capsys.readouterr().out)
+    assert verify(out) == []
+    src, got = read_shards(demo_run), read_shards(out)
+    dec = pq.read_table(out / "decisions.parquet").to_pandas()
+    assert len(dec) == src.num_rows and rep["counts"]["kept"] == got.num_rows
+    assert rep["counts"]["rejected"] == (dec.decision == "rejected").sum() > 0
+    assert got.column("rank").to_pylist() == list(range(got.num_rows))
+    rank = dict(zip(src.column("sample_id").to_pylist(), src.column("rank").to_pylist()))
+    for s, r in zip(dec.sample_id, dec.reason):
+        if isinstance(r, str):
+            assert r.startswith("duplicate_of:") and rank[r.split(":", 1)[1]] < rank[s]
+    kept_hashes, _ = D.payload_features(got, pixels=False)
+    assert len(set(kept_hashes)) == len(kept_hashes)
+    assert main(["dedup", "--shards", str(demo_run), "--dedup", "near", "--out", str(out)]) == 0  # idempotent
+    assert "already complete" in capsys.readouterr().out
+    assert main(["dedup", "--shards", str(tmp_path / "nope"), "--dedup", "near", "--out", str(tmp_path / "x")]) == 2
+    assert main(["dedup", "--shards", str(demo_run), "--dedup", "near", "--dedup-frac", "0.2",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "--dedup-frac" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_balance_cluster_spreads_the_budget(builtin_models):
+    from kdata.balance import cluster_groups, groups_for
+    from kdata.methods.view import ScoreView
+    from kdata.pipeline import SelectConfig, prepare
+    from kdata.score import score_pool
+    from kdata.selection import select
+
+    prep = prepare(SelectConfig(method="kd3"))
+    scores, _, _ = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg)
+    view = ScoreView(scores, num_classes=10)
+    cand = np.arange(len(view))
+    g = groups_for("cluster", view, cand, seed=0)
+    assert np.array_equal(g, cluster_groups(view.col("embedding"), seed=0))  # seeded: reproducible
+    k = len(np.unique(g))
+    assert k >= 10
+    budget = 200
+    plain = select(scores, methods=["kd3"], budget=budget, num_classes=10)
+    bal = select(scores, methods=["kd3"], budget=budget, num_classes=10, balance="cluster")
+    assert bal.kept.sum() == plain.kept.sum() == budget
+    per_plain = np.bincount(g[plain.kept], minlength=k)
+    per_bal = np.bincount(g[bal.kept], minlength=k)
+    sizes = np.bincount(g, minlength=k)
+    # balanced: every cluster gets min(its size, an even share), so the spread is much flatter
+    assert (per_bal >= np.minimum(sizes, budget // k - 1)).all()
+    assert per_bal.max() < per_plain.max()
+    assert (per_bal > 0).sum() >= (per_plain > 0).sum()
+
+
+def test_select_cli_with_dedup_and_cluster_balance(builtin_models, tmp_path):
+    from kdata.cli import main
+
+    out = tmp_path / "sel"
+    assert main(["select", "--method", "kd3", "--budget", "0.2", "--dedup", "exact", "--balance", "cluster",
+                 "--out", str(out), "--quiet"]) == 0
+    dec = pq.read_table(out / "decisions.parquet").to_pandas()
+    assert (dec.reason.fillna("").str.startswith("duplicate_of:")).sum() >= 60
+    assert main(["select", "--dedup", "near", "--dedup-frac", "0.2", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_semantic_dedup_of_shards_uses_the_manifest_teacher(demo_run, tmp_path):
+    from kdata.write import read_shards, verify
+
+    rep = D.dedup_shards(str(demo_run), out=str(tmp_path / "sem"), level="semantic", frac=0.25)
+    n = read_shards(demo_run).num_rows
+    assert rep["counts"]["n_in"] == n and rep["counts"]["rejected"] == round(0.25 * n)
+    assert rep["info"]["removed"]["semantic"] > 0 and verify(tmp_path / "sem") == []

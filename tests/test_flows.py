@@ -1,0 +1,267 @@
+"""The Prefect flows against a real Prefect server (one session-scoped test harness), a real Dask
+LocalCluster and real subprocesses (a SIGKILLed flow run; ``kdata serve``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kdata.atomic import sha256_file
+from kdata.write import read_manifest, read_shards, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWS = ROOT / "flows"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(FLOWS))
+    try:
+        import serve  # flows/serve.py
+    finally:
+        sys.path.remove(str(FLOWS))
+    return serve.load_flow_module(name, FLOWS) if name != "serve" else serve
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One real Prefect server for the whole session; yields its API URL (for subprocesses)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def curate_mod(prefect_api, builtin_models):
+    return _load("curate")
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory, builtin_models) -> Path:
+    """The built-in web pool as a directory of 4 Parquet units."""
+    from kdata.pools import open_pool
+
+    root = tmp_path_factory.mktemp("flowpool") / "pool"
+    root.mkdir()
+    for u in open_pool("builtin:digits-web").units:
+        shutil.copy(u.path, root / Path(u.path).name)
+    return root
+
+
+def _subproc_env(api: str, **extra) -> dict:
+    env = dict(os.environ, PREFECT_API_URL=api, PYTHONWARNINGS="ignore", **extra)
+    env.pop("PREFECT_PROFILES_PATH", None)
+    return env
+
+
+def _shard_hashes(out) -> list[str]:
+    return [f["sha256"] for f in read_manifest(out)["files"]]
+
+
+def _api(call):
+    """Run one async Prefect client call against the harness server."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def go():
+        async with get_client() as client:
+            return await call(client)
+
+    return asyncio.run(go())
+
+
+def _task_states(flow_run_id, *, name: str = "score-unit", n: int, timeout: float = 30.0) -> list[str]:
+    """State names of the flow run's scoring task runs, read back from the server."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    deadline = time.time() + timeout
+    while True:
+        runs = _api(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                               sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200))
+        mine = [r for r in runs if r.name.startswith(name) and r.state is not None]
+        states = [r.state.name for r in mine]
+        if (len(states) == n and all(r.state.is_final() for r in mine)) or time.time() > deadline:
+            return sorted(states)
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def first_run(curate_mod, pool_dir, tmp_path_factory):
+    """The flow run once from its command line (the options of ``kdata select``)."""
+    out = tmp_path_factory.mktemp("flowruns") / "flow-a"
+    rc = curate_mod.main(["--pool", str(pool_dir), "--out", str(out), "--method", "kd3", "--budget", "0.3", "--json"])
+    assert rc == 0
+    return out
+
+
+def test_curate_flow_matches_kdata_select(first_run, pool_dir, tmp_path):
+    from kdata.cli import main
+
+    sel = tmp_path / "select"
+    assert main(["select", "--pool", str(pool_dir), "--out", str(sel), "--method", "kd3", "--budget", "0.3",
+                 "--quiet"]) == 0
+    assert _shard_hashes(first_run) == _shard_hashes(sel)
+    mf, ms = read_manifest(first_run), read_manifest(sel)
+    assert mf["counts"] == ms["counts"] and mf["config_hash"] == ms["config_hash"]
+    assert mf["counts"]["n_in"] == 1457 and mf["counts"]["kept"] == int(0.3 * 1457)
+    assert read_shards(first_run).equals(read_shards(sel))
+    assert pq.read_table(first_run / "decisions.parquet").equals(pq.read_table(sel / "decisions.parquet"))
+    assert verify(first_run) == []
+
+
+def test_rerun_hits_cache_for_every_unit_and_is_byte_identical(curate_mod, first_run, tmp_path):
+    cfg = read_manifest(first_run)["config"]
+    state = curate_mod.curate(select=cfg, out=str(tmp_path / "again"), run={"device": "cpu"}, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    assert set(result["units"].values()) == {"Cached"} and len(result["units"]) == 4
+    assert _task_states(state.state_details.flow_run_id, n=4) == ["Cached"] * 4
+    assert _shard_hashes(tmp_path / "again") == _shard_hashes(first_run)
+    # the run's artifacts: a Markdown summary and a table of counts/balance/shards
+    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, FlowRunFilterId, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    arts = _api(lambda c: c.read_artifacts(
+        artifact_filter=ArtifactFilter(), task_run_filter=TaskRunFilter(), sort=ArtifactSort.ID_DESC, limit=50,
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))))
+    kinds = {a.type for a in arts}
+    assert {"markdown", "table"} <= kinds
+    table = next(a for a in arts if a.type == "table")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    kept = next(r["count"] for r in rows if r["kind"] == "decision" and r["name"] == "kept")
+    assert kept == result["counts"]["kept"]
+    assert sum(r["count"] for r in rows if r["kind"] == "class_balance") == kept
+    assert any(r["kind"] == "shard" and r["name"].endswith(".parquet") for r in rows)
+
+
+def _unique_shard(pool_dir: Path, n: int = 50) -> pa.Table:
+    """A new unit: ``n`` rows of the pool under fresh sample ids (a per-session nonce keeps its hash new)."""
+    t = pq.read_table(sorted(pool_dir.glob("*.parquet"))[0]).slice(0, n)
+    nonce = uuid.uuid4().hex[:8]
+    ids = pa.array([f"new-{nonce}-{i}" for i in range(n)])
+    return t.set_column(t.schema.get_field_index("sample_id"), "sample_id", ids)
+
+
+def test_new_shard_is_the_only_unit_scored(curate_mod, first_run, pool_dir, tmp_path):
+    grown = tmp_path / "pool"
+    shutil.copytree(pool_dir, grown)
+    pq.write_table(_unique_shard(pool_dir), grown / "part-99999.parquet")
+    cfg = dict(read_manifest(first_run)["config"], pool=str(grown))
+    state = curate_mod.curate(select=cfg, out=str(tmp_path / "grown"), run={"device": "cpu"}, return_state=True)
+    result = state.result()
+    units = result["units"]
+    assert units.pop("part-99999.parquet") == "Completed"
+    assert set(units.values()) == {"Cached"} and len(units) == 4
+    assert _task_states(state.state_details.flow_run_id, n=5) == ["Cached"] * 4 + ["Completed"]
+    assert result["counts"]["n_in"] == 1457 + 50
+
+
+def test_failing_unit_is_quarantined_and_the_flow_finishes(curate_mod, first_run, pool_dir, tmp_path):
+    bad_pool = tmp_path / "pool"
+    shutil.copytree(pool_dir, bad_pool)
+    # readable footer, unusable content (no payload column): every retry fails the same way
+    pq.write_table(pa.table({"sample_id": [f"bad-{i}" for i in range(7)], "foo": list(range(7))}),
+                   bad_pool / "part-bad.parquet")
+    cfg = dict(read_manifest(first_run)["config"], pool=str(bad_pool))
+    state = curate_mod.curate(select=cfg, out=str(tmp_path / "out"), run={"device": "cpu"}, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    assert [f["unit"] for f in result["failed"]] == ["part-bad.parquet"]
+    assert "part-bad.parquet" in result["failed"][0]["error"]
+    c = result["counts"]
+    assert c["quarantined"] == 7 and c["n_in"] == 1457 + 7
+    assert c["n_in"] == c["kept"] + c["rejected"] + c["quarantined"]
+    dec = pq.read_table(tmp_path / "out" / "decisions.parquet").to_pandas()
+    q = dec[dec.decision == "quarantined"]
+    assert sorted(q.sample_id) == sorted(f"bad-{i}" for i in range(7))
+    assert q.error.str.contains("part-bad.parquet").all()
+
+
+def test_flow_killed_mid_write_reruns_to_a_complete_result(curate_mod, prefect_api, first_run, pool_dir, tmp_path):
+    out = tmp_path / "killed"
+    marker = tmp_path / "at-write"
+    cmd = [sys.executable, str(FLOWS / "curate.py"), "--pool", str(pool_dir), "--out", str(out),
+           "--method", "kd3", "--budget", "0.3", "--quiet"]
+    proc = subprocess.Popen(cmd, env=_subproc_env(prefect_api, KDATA_FLOW_PAUSE_AT_WRITE=str(marker)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        deadline = time.time() + 90
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "flow never reached the write step"
+            time.sleep(0.2)
+        staging = list(tmp_path.glob(".killed.kdata-staging-*"))
+        assert staging and list(staging[0].glob("data/*.parquet"))  # shards written, not committed
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()  # nothing a later run would trust
+    cfg = read_manifest(first_run)["config"]
+    state = curate_mod.curate(select=cfg, out=str(out), run={"device": "cpu"}, return_state=True)
+    assert state.is_completed() and state.result()["status"] == "written"
+    assert verify(out) == []
+    assert _shard_hashes(out) == _shard_hashes(first_run)
+    assert not list(tmp_path.glob(".killed.kdata-staging-*"))
+
+
+def test_curate_on_a_two_worker_dask_local_cluster(curate_mod, first_run, tmp_path):
+    cfg = read_manifest(first_run)["config"]
+    result = curate_mod.run_curate(cfg, out=str(tmp_path / "dask"), run={"device": "cpu", "cache": False},
+                                   runner={"kind": "dask", "workers": 2})
+    # cache off: every unit really scored on the workers, same dataset as the local run
+    assert set(result["units"].values()) == {"Completed"} and len(result["units"]) == 4
+    assert _shard_hashes(tmp_path / "dask") == _shard_hashes(first_run)
+
+
+def test_serve_with_schedule_and_run_deployment(prefect_api, first_run, pool_dir, tmp_path):
+    import yaml
+    from prefect.deployments import run_deployment
+
+    cfg = {"select": {"pool": str(pool_dir), "method": "kd3", "budget": "0.3"}, "run": {"device": "cpu"},
+           "curate": {"name": "test", "out": str(tmp_path / "served-{version}"), "cron": "0 2 * * *",
+                      "timezone": "UTC"},
+           "distill": {"name": "test", "data": str(tmp_path / "served-{version}"), "epochs": 1, "cron": "0 4 * * *"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = _subproc_env(prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    proc = subprocess.Popen([sys.executable, "-m", "kdata.cli", "serve", "--config", "config.yaml",
+                             "--flows-dir", str(FLOWS)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        deps = {}
+        while len(deps) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "deployments never registered"
+            for name in ("curate/test", "distill/test"):
+                try:
+                    deps[name] = _api(lambda c: c.read_deployment_by_name(name))
+                except Exception:
+                    pass
+            time.sleep(0.5)
+        crons = {n: [s.schedule.cron for s in d.schedules] for n, d in deps.items()}
+        assert crons == {"curate/test": ["0 2 * * *"], "distill/test": ["0 4 * * *"]}
+        run = run_deployment("curate/test", timeout=120)
+        assert run.state.is_completed(), run.state
+        outs = [p for p in tmp_path.glob("served-*") if (p / "manifest.json").exists()]
+        assert len(outs) == 1 and _shard_hashes(outs[0]) == _shard_hashes(first_run)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,102 @@
+"""The shard dataset streams row group by row group and deals row groups across workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kdata import builtin
+from kdata.contract import SHARD_SCHEMA, conform, with_kdata_metadata
+from kdata.errors import KdataError
+from kdata.shard_dataset import ShardDataset
+
+INPUT = dict(input_size=(1, 32, 32), mean=(0.5,), std=(0.5,))
+
+
+def _shard(path, n: int, *, row_group: int, k: int = 3, seed: int = 0):
+    """A real curated-shard Parquet file of ``n`` digit images in row groups of ``row_group`` rows."""
+    rng = np.random.default_rng(seed)
+    arrs, ys = builtin.split_arrays("test")
+    idx = rng.integers(0, len(ys), n)
+    topk_idx = np.stack([np.roll(np.arange(10), -int(ys[i]))[:k] for i in idx]).astype(np.int32)
+    logits = np.sort(rng.normal(0, 3, (n, k)).astype(np.float32), axis=1)[:, ::-1].copy()
+    probs = np.exp(logits) / (np.exp(logits).sum(1, keepdims=True) + 1.0)
+    t = pa.table({
+        "sample_id": [f"s{i:05d}" for i in range(n)],
+        "image": [builtin.png_bytes(arrs[i]) for i in idx],
+        "label_idx": pa.array([int(ys[i]) if j % 5 else -1 for j, i in enumerate(idx)], pa.int32()),
+        "teacher_topk_idx": pa.array(topk_idx.tolist(), pa.list_(pa.int32())),
+        "teacher_topk_logit": pa.array(logits.tolist(), pa.list_(pa.float32())),
+        "teacher_topk_prob": pa.array(probs.astype(np.float32).tolist(), pa.list_(pa.float32())),
+        "student_pred": pa.array(ys[idx].astype(np.int32)),
+    })
+    t = conform(t, SHARD_SCHEMA)
+    t = t.replace_schema_metadata(with_kdata_metadata(t.schema, {"temperature": 1.0,
+                                                                "class_names": builtin.CLASS_NAMES}).metadata)
+    pq.write_table(t, path, row_group_size=row_group)
+    return t
+
+
+def test_streams_by_row_group_without_reading_everything(tmp_path):
+    _shard(tmp_path / "a.parquet", 400, row_group=10)  # 40 row groups
+    ds = ShardDataset(tmp_path / "a.parquet", shuffle=True, seed=1, **INPUT)
+    assert len(ds.groups) == 40 and len(ds) == 400
+    before = ds.row_groups_read
+    loader = DataLoader(ds, batch_size=8, num_workers=0)
+    it = iter(loader)
+    batches = [next(it) for _ in range(3)]  # 24 rows
+    # three batches of 8 need at most three row groups of 10 rows, not the 40 of the file
+    assert 1 <= ds.row_groups_read - before <= 3
+    x, idx, logit, prob, y = batches[0]
+    assert x.shape == (8, 1, 32, 32) and x.dtype == torch.float32
+    assert idx.shape == (8, 3) and idx.dtype == torch.int64
+    assert logit.shape == prob.shape == (8, 3) and y.dtype == torch.int64
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+
+
+def test_every_row_exactly_once_across_workers_and_epochs_reshuffle(tmp_path):
+    table = _shard(tmp_path / "a.parquet", 90, row_group=7)
+    _shard(tmp_path / "b.parquet", 50, row_group=7, seed=1)
+    ds = ShardDataset([tmp_path / "a.parquet", tmp_path / "b.parquet"], shuffle=True, seed=3, **INPUT)
+    assert len(ds) == 140
+
+    def labels_of(epoch, workers):
+        ds.set_epoch(epoch)
+        ys = [b[4] for b in DataLoader(ds, batch_size=16, num_workers=workers)]
+        return torch.cat(ys).tolist()
+
+    e0 = labels_of(0, 2)
+    assert len(e0) == 140
+    # the same multiset of labels as the files, with two worker processes sharing the row groups
+    b = pq.read_table(tmp_path / "b.parquet")
+    want = sorted(table.column("label_idx").to_pylist() + b.column("label_idx").to_pylist())
+    assert sorted(e0) == want
+    assert labels_of(1, 0) != labels_of(0, 0)  # another epoch, another order
+    assert labels_of(0, 0) == labels_of(0, 0)  # seeded
+
+
+def test_unshuffled_order_matches_the_file(tmp_path):
+    table = _shard(tmp_path / "a.parquet", 30, row_group=4)
+    ds = ShardDataset(tmp_path / "a.parquet", shuffle=False, **INPUT)
+    got = [int(item[4]) for item in ds]
+    assert got == table.column("label_idx").to_pylist()
+    first = next(iter(ds))
+    assert first[1].tolist() == table.column("teacher_topk_idx")[0].as_py()
+
+
+def test_reads_a_curated_dataset_directory(demo_run):
+    ds = ShardDataset(demo_run, shuffle=False, **INPUT)
+    assert len(ds) == 437 and ds.temperature == 1.0 and ds.class_names == builtin.CLASS_NAMES
+    assert ds.topk == 5
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(KdataError, match="not found"):
+        ShardDataset(tmp_path / "missing", **INPUT)
+    pq.write_table(pa.table({"sample_id": ["a"], "image": [b"x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(KdataError, match="bad.parquet: missing required column"):
+        ShardDataset(tmp_path / "bad.parquet", **INPUT)
