@@ -115,6 +115,9 @@ def main(argv=None) -> int:
            f"pool, and the critic is the only method here that sees ground truth.\n\n{md}\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(doc)
+    import runpy
+
+    runpy.run_path(str(Path(__file__).with_name("readme_block.py")))["splice"]("precision", doc)
     print(f"\nwritten {args.out}", file=sys.stderr)
     return 0
 

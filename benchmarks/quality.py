@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from kdata.models import load_model  # noqa: E402
 from kdata.pipeline import (RunOptions, SelectConfig, _method_options, curated_table, prepare,  # noqa: E402
-                            resolve_methods)
+                            resolve_balance, resolve_methods)
 from kdata.score import score_pool  # noqa: E402
 from kdata.selection import parse_budget, select  # noqa: E402
 from kdata.train import EvalSet, TrainConfig, train  # noqa: E402
@@ -61,7 +61,7 @@ def curate(prep, scores, quarantined, cfg: SelectConfig, out: Path) -> int:
 
         kwargs["dedup"] = pipeline_dedup(cfg, prep.pool)
     sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=prep.teacher.num_classes,
-                 temperature=cfg.temperature, balance=cfg.balance,
+                 temperature=cfg.temperature, balance=resolve_balance(cfg),
                  options=_method_options(cfg, teacher=prep.teacher, student=prep.student, device=prep.device,
                                          pool=prep.pool), **kwargs)
     table = curated_table(prep.pool, scores, sel, class_names=prep.teacher.class_names)
@@ -95,12 +95,11 @@ def rows_to_run(args) -> list[tuple[str, dict, str]]:
     rows.append(("rad + balance=class + dedup=near", {"method": "rad", "balance": "class", "dedup": "near"},
                  "near-duplicates removed before the budget (`--dedup near`)"))
     steps_note = "equal compute: as many optimiser steps as the full pool (more epochs), not the same epochs"
-    for name, ov in (("random", {"method": "random"}), ("rad + balance=class", {"method": "rad", "balance": "class"}),
-                     ("default recipe + balance=class", {"method": "default", "balance": "class"})):
-        rows.append((f"{name} + equal steps", {**ov, "_equal_steps": True}, steps_note))
     default_chain = ",".join(resolve_methods(SelectConfig()))
-    rows.append(("default recipe", {"method": "default"}, f"chain: {default_chain}"))
-    rows.append(("default recipe + balance=class", {"method": "default", "balance": "class"}, f"chain: {default_chain}"))
+    default_note = f"chain: {default_chain}, balance: {resolve_balance(SelectConfig())}"
+    for name, ov in (("random", {"method": "random"}), ("default recipe", {"method": "default"})):
+        rows.append((f"{name} + equal steps", {**ov, "_equal_steps": True}, steps_note))
+    rows.append(("default recipe", {"method": "default"}, default_note))
     try:
         import kdata.hard  # noqa: F401
 
@@ -211,6 +210,9 @@ def main(argv=None) -> int:
         Path(args.json_out).write_text(json.dumps(report, indent=2, default=str) + "\n")
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text(md)
+        import runpy
+
+        runpy.run_path(str(Path(__file__).with_name("readme_block.py")))["splice"]("quality", md)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -37,6 +37,13 @@ from prefect.tasks import exponential_backoff
 from kdata import __version__
 from kdata.errors import KdataError
 
+if __name__ != "__main__":
+    # flows/ is a directory of scripts loaded by path: ship this module's code to Dask workers by
+    # value, since they cannot import it by name
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
 # ------------------------------------------------------------------------------------------------
 # Config
 

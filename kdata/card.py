@@ -210,7 +210,9 @@ def render_card(run: Run, *, name: str, plots: dict[str, str | None], notes: dic
     for r, n in dc["rejected_by_reason_group"].items():
         rows.append([f"rejected: `{r}`", n])
     rows += [["rejected (total)", dc["rejected"]], ["critic-rejected", dc["critic_rejected"]],
-             ["generated (HARD, in shards)", dc["generated"]], ["**kept**", kept]]
+             ["generated (HARD)", dc["generated"]], ["generated rejected (critic, teacher flip)",
+                                                     dc["generated_rejected"]],
+             ["generated kept (in shards)", dc["generated_kept"]], ["**kept**", kept]]
     L += _table(["stage", "samples"], rows) + [""]
     quarantined = quarantined_rows(run, limit=10)
     if quarantined:

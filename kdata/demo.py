@@ -71,6 +71,8 @@ def run_demo(*, out: str, budget: str = "0.3", seed: int = 0, progress=None, tra
         if progress:
             progress("training")
         acc = compare_training(cfg, out=out, n_kept=report.counts["kept"])
+        if progress:
+            progress("training", 1, 1)
         result["training"] = acc
         lines += [f"  student accuracy on {acc['eval']} after {acc['epochs']} epochs of distillation on "
                   f"{acc['rows']} rows:",

@@ -100,10 +100,12 @@ def decision_counts(run: Run) -> dict:
         grouped[reason_group(r)] += n
     out["rejected_by_reason_group"] = dict(sorted(grouped.items(), key=lambda kv: (-kv[1], kv[0])))
     out["critic_rejected"] = sum(n for r, n in out["rejected_by_reason"].items() if r.startswith("critic"))
-    generated = c.get("generated")
-    if generated is None and run.shards is not None and "kind" in run.shards.column_names:
-        generated = sum(1 for k in run.shards.column("kind").to_pylist() if k == "synthetic")
-    out["generated"] = int(generated or 0)
+    in_shards = c.get("generated_kept")
+    if in_shards is None and run.shards is not None and "kind" in run.shards.column_names:
+        in_shards = sum(1 for k in run.shards.column("kind").to_pylist() if k == "synthetic")
+    out["generated"] = int(c.get("generated") or in_shards or 0)  # HARD rows generated
+    out["generated_kept"] = int(in_shards or 0)  # ... of which accepted by the critic (in the shards)
+    out["generated_rejected"] = int(c.get("generated_rejected") or 0)
     by_stage: dict[str, dict[str, int]] = {}
     if run.decisions is not None and "stage" in run.decisions.column_names:
         for s, d in zip(run.decisions.column("stage").to_pylist(), run.decisions.column("decision").to_pylist()):

@@ -106,6 +106,15 @@ def resolve_methods(cfg: SelectConfig) -> list[str]:
     return parse_methods(cfg.method)
 
 
+def resolve_balance(cfg: SelectConfig) -> str | None:
+    """``cfg.balance``, or the default recipe's balance when both are left unset."""
+    if cfg.balance is None and cfg.method in (None, "", DEFAULT_METHOD):
+        from .recipes import DEFAULT_BALANCE
+
+        return DEFAULT_BALANCE
+    return None if cfg.balance == "none" else cfg.balance
+
+
 def check_unique_ids(scores: pa.Table, quarantined: list[tuple[str, str]], *, pool: str) -> None:
     ids = pc.unique(pa.concat_arrays([scores.column("sample_id").combine_chunks(),
                                       pa.array([q[0] for q in quarantined], pa.string())]))
@@ -265,7 +274,7 @@ def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tupl
     if progress:
         progress("selecting")
     sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
-                 temperature=cfg.temperature, balance=cfg.balance,
+                 temperature=cfg.temperature, balance=resolve_balance(cfg),
                  options=_method_options(cfg, teacher=teacher, student=student, device=prep.device, pool=pool),
                  dedup=pipeline_dedup(cfg, pool))
     decisions = decisions_table(scores, sel, quarantined)

@@ -37,6 +37,9 @@ _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Imag
            "lanczos": Image.LANCZOS, "box": Image.BOX}
 
 
+DECODE_VERSION = 2  # bump when decoding changes what a model sees (invalidates cached scores)
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     batch_size: int = 256
@@ -223,7 +226,8 @@ def score_table(pool: pa.Table, teacher: Model, student: Model, *, config: Score
 
 def unit_cache_key(unit: PoolUnit, teacher: Model, student: Model, config: ScoreConfig) -> str:
     payload = {"unit": unit.fingerprint(), "teacher": teacher.checksum, "student": student.checksum,
-               "config": config.key(), "kdata": __version__, "temperature": config.temperature}
+               "config": config.key(), "kdata": __version__, "temperature": config.temperature,
+               "decode": DECODE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -131,21 +131,15 @@ def test_rerun_hits_cache_for_every_unit_and_is_byte_identical(curate_mod, first
     assert set(result["units"].values()) == {"Cached"} and len(result["units"]) == 4
     assert _task_states(state.state_details.flow_run_id, n=4) == ["Cached"] * 4
     assert _shard_hashes(tmp_path / "again") == _shard_hashes(first_run)
-    # the run's artifacts: a Markdown summary and a table of counts/balance/shards
-    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, FlowRunFilterId, TaskRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    arts = _api(lambda c: c.read_artifacts(
-        artifact_filter=ArtifactFilter(), task_run_filter=TaskRunFilter(), sort=ArtifactSort.ID_DESC, limit=50,
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))))
-    kinds = {a.type for a in arts}
-    assert {"markdown", "table"} <= kinds
-    table = next(a for a in arts if a.type == "table")
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    # the artifacts' content: a Markdown summary and table rows (counts/reasons, class balance, shards)
+    md, rows = curate_mod.summary(result, units=[{"name": n} for n in result["units"]], states=result["units"],
+                                  failed=[])
     kept = next(r["count"] for r in rows if r["kind"] == "decision" and r["name"] == "kept")
-    assert kept == result["counts"]["kept"]
+    assert kept == result["counts"]["kept"] and "scoring tasks cached: 4" in md
     assert sum(r["count"] for r in rows if r["kind"] == "class_balance") == kept
-    assert any(r["kind"] == "shard" and r["name"].endswith(".parquet") for r in rows)
+    assert sum(r["count"] for r in rows if r["kind"] == "rejected_reason") == result["counts"]["rejected"]
+    assert [r["name"] for r in rows if r["kind"] == "shard"] == [
+        str(tmp_path / "again" / f["path"]) for f in result["files"]]
 
 
 def _unique_shard(pool_dir: Path, n: int = 50) -> pa.Table:
@@ -265,3 +259,18 @@ def test_serve_with_schedule_and_run_deployment(prefect_api, first_run, pool_dir
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_shipped_config_and_prefect_yaml_are_valid(curate_mod):
+    import yaml
+
+    deps = _load("serve").deployments(FLOWS / "config.yaml")
+    assert [(d.flow_name, d.schedules[0].schedule.cron) for d in deps] == [("curate", "0 2 * * *"),
+                                                                          ("distill", "0 4 * * *")]
+    params = deps[0].parameters
+    from kdata.pipeline import SelectConfig
+
+    SelectConfig(**params["select"])  # every select key is a SelectConfig field
+    declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert sorted(d["entrypoint"] for d in declared) == ["flows/curate.py:curate", "flows/distill.py:distill"]
+    assert declared[0]["parameters"]["select"] == params["select"]

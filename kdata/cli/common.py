@@ -77,7 +77,7 @@ def add_select_options(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--topk", type=int, default=5, help="teacher soft labels kept per row (default 5)")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the stored soft labels")
-    p.add_argument("--balance", choices=["none", "class", "cluster", "domain"], default="none",
+    p.add_argument("--balance", choices=["none", "class", "cluster", "domain"], default=None,
                    help="spread the budget over predicted classes, embedding clusters or domains")
     p.add_argument("--dedup", choices=["none", "exact", "near", "semantic"], default=None,
                    help="remove duplicates before the budget: exact (decoded-pixel hash), near (+ pixel cosine), "
@@ -115,7 +115,7 @@ def config_from_args(args):
     pool = args.pool if args.pool is not None else (None if getattr(args, "scores", None) else "builtin:digits-web")
     return SelectConfig(pool=pool, teacher=args.teacher, student=args.student, method=args.method,
                         budget=args.budget, seed=args.seed, topk=args.topk, temperature=args.temperature,
-                        balance=None if args.balance == "none" else args.balance,
+                        balance=args.balance,
                         rows_per_shard=args.rows_per_shard, **extra_config(args))
 
 

@@ -95,7 +95,9 @@ def render(s: dict, console) -> None:
         t.add_row(f"[red]rejected[/red] {r}", str(n), pct(n))
     t.add_row("[yellow]quarantined[/yellow]", str(c.get("quarantined")), pct(c.get("quarantined") or 0))
     if d.get("generated"):
-        t.add_row("generated (in shards)", str(d["generated"]), "")
+        t.add_row("generated (HARD)", str(d["generated"]), "")
+        t.add_row("  generated kept (in shards)", str(d["generated_kept"]), "")
+        t.add_row("  generated rejected (critic, teacher flip)", str(d["generated_rejected"]), "")
     console.print(t)
     for q in s["quarantined"][:10]:
         console.print(f"  quarantined {q['sample_id']}: {q['error']}")

@@ -6,9 +6,6 @@ from .common import emit_json
 
 
 def register(sub) -> None:
-    from ..train import TrainConfig
-
-    d = TrainConfig()
     p = sub.add_parser("train", help="distil a student on curated shards and measure its accuracy",
                        description="Train STUDENT on the curated shards in SHARDS with the teacher's stored top-k "
                                    "soft labels (loss α·T²·KL + (1−α)·CE on web labels), evaluate on EVAL, and "
@@ -18,13 +15,13 @@ def register(sub) -> None:
                    help="student spec: builtin:…, a .pt2/.pt export or timm:ARCH:CKPT (its weights are the start)")
     p.add_argument("--eval", default=None,
                    help="labelled evaluation set: builtin:digits-test, an image folder or a Parquet pool with labels")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--temperature", type=float, default=d.temperature, help=f"distillation temperature (default {d.temperature})")
-    p.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of the KD term vs CE on web labels (default {d.alpha})")
-    p.add_argument("--loss", choices=["kd", "nkd"], default=d.loss, help="kd (Hinton) or nkd (normalized KD, arXiv 2303.13005)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="distillation temperature (default 1.0)")
+    p.add_argument("--alpha", type=float, default=None, help="weight of the KD term vs CE on web labels (default 0.9)")
+    p.add_argument("--loss", choices=["kd", "nkd"], default=None, help="kd (Hinton) or nkd (normalized KD, arXiv 2303.13005)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--reinit", action="store_true", help="start from freshly initialised weights instead of STUDENT's")
     p.add_argument("--out", default=None, help="directory for student.pt2, student.json and train_log.json")
     p.add_argument("--reselect-every", type=int, default=0, metavar="K",
@@ -50,9 +47,10 @@ def run(args) -> int:
             raise KdataError(f"--workers {workers}: expected a number or auto") from None
     if args.reselect_every < 0:
         raise KdataError("--reselect-every must be ≥ 0")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
-                      alpha=args.alpha, loss=args.loss, seed=args.seed, reinit=args.reinit, workers=workers,
-                      device=args.device, reselect_every=args.reselect_every)
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "temperature", "alpha", "loss", "seed")
+             if getattr(args, k) is not None}  # unset options keep TrainConfig's defaults
+    cfg = TrainConfig(**given, reinit=args.reinit, workers=workers, device=args.device,
+                      reselect_every=args.reselect_every)
     log = run_train(shards=args.shards, student=args.student, eval=args.eval, config=cfg, out=args.out,
                     pool=args.pool, teacher=args.teacher, quiet=args.quiet or args.json)
     if args.json:
