@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hard", type=int, default=1, help="HARD samples per kept row for the + HARD row")
     ap.add_argument("--only", default=None, help="comma list of row names to run (for tuning)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write the docs/results files")
-    ap.add_argument("--md", default=str(ROOT / "docs/readme/quality.md"))
+    ap.add_argument("--md", default=None, help="also write the Markdown table to this file (README.md is always updated)")
     ap.add_argument("--json-out", default=str(ROOT / "benchmarks/results/quality.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -208,8 +208,9 @@ def main(argv=None) -> int:
     if not args.no_write:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.md).write_text(md)
+        if args.md:
+            Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.md).write_text(md)
         import runpy
 
         runpy.run_path(str(Path(__file__).with_name("readme_block.py")))["splice"]("quality", md)

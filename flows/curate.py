@@ -236,6 +236,10 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
                   "cache_hits": sum(bool(s["score_cache_hit"]) for s in scored)}
     _pause_hook()
     report = finish(prep, out=out, scores=scores, quarantined=quarantined + unit_q, score_info=score_info)
+    if (run or {}).get("card_dir"):  # the card catalogue copy, as `kdata select --card-dir`
+        from kdata.card import publish
+
+        report.info["card"] = str(publish(out, run["card_dir"]))
     return report.to_dict()
 
 
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--out is required (or --config)")
             params = {"select": config_from_args(args).to_dict(), "out": args.out,
                       "run": {"device": args.device, "batch_size": args.batch_size, "num_workers": args.workers,
-                              "cache": not args.no_cache}}
+                              "cache": not args.no_cache, "card_dir": getattr(args, "card_dir", None)}}
             runner = {}
         if args.runner:
             runner["kind"] = args.runner

@@ -7,7 +7,7 @@ Three levels, each including the ones before (``--dedup exact|near|semantic``):
 * **near** — copies of the same image: cosine similarity of a pixel embedding made for that job
   (16×16 grayscale, mean-centred, L2-normalised; imagededup/fastdup style), *not* classifier
   features, which put distinct digits of one class close together. Default threshold
-  ``NEAR_THRESHOLD``, chosen from measurements on the built-in pool (docs/readme/dedup.md).
+  ``NEAR_THRESHOLD``, chosen from measurements on the built-in pool (README, "Deduplication").
 * **semantic** — SemDeDup (Abbas et al. 2023, arXiv 2303.09540): spherical k-means over
   L2-normalised model embeddings (the scores table's ``embedding`` column, the teacher's
   penultimate features), then pairwise cosine within each cluster, chunked. A sample is removed
@@ -43,7 +43,7 @@ from .errors import KdataError
 
 LEVELS = ("exact", "near", "semantic")
 PIXEL_SIZE = 16
-# Defaults chosen on builtin:digits-web (see docs/readme/dedup.md for the measurement command).
+# Defaults chosen on builtin:digits-web (see the README's dedup section for the measurement command).
 NEAR_THRESHOLD = 0.996
 SEMANTIC_THRESHOLD = 0.995
 EXACT_MAX = 20_000  # up to this many rows the pair search is exact (flat index)

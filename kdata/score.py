@@ -130,11 +130,25 @@ def _collate(items):
     return idx, batch, bad
 
 
+def worker_context(num_workers: int):
+    """Start decode workers from a fork server, not by forking this process.
+
+    Forking a process that runs other threads (a Prefect flow, a served deployment, a Dask
+    worker) can kill or hang the child; a fork server is a clean single-threaded parent.
+    """
+    import multiprocessing as mp
+
+    if not num_workers:
+        return None
+    return mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else None
+
+
 def iter_decoded(images: list, keys: list[tuple], *, batch_size: int, num_workers: int, pin: bool = False):
     """Yield (row indices, {key: batch tensor}, [(row, error)]) over ``images``."""
     loader = DataLoader(_DecodeDataset(images, keys), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=pin,
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                        multiprocessing_context=worker_context(num_workers))
     yield from loader
 
 

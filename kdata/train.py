@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from .atomic import write_json
 from .errors import KdataError
 from .models import Model, load_model, pick_device
-from .score import decode_image, label_indices
+from .score import worker_context, decode_image, label_indices
 from .shard_dataset import ShardDataset
 
 
@@ -317,7 +317,7 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
         ds.set_epoch(epoch)
         workers = _workers(config.workers, len(ds))
         loader = DataLoader(ds, batch_size=config.batch_size, num_workers=workers, pin_memory=pin,
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=4 if workers else None, multiprocessing_context=worker_context(workers))
         net.train()
         seen, loss_sum = 0, 0.0
         for x, idx, logit, prob, y in loader:

@@ -140,6 +140,31 @@ def test_rerun_hits_cache_for_every_unit_and_is_byte_identical(curate_mod, first
     assert sum(r["count"] for r in rows if r["kind"] == "rejected_reason") == result["counts"]["rejected"]
     assert [r["name"] for r in rows if r["kind"] == "shard"] == [
         str(tmp_path / "again" / f["path"]) for f in result["files"]]
+    # ... and both artifacts are stored on the server, attached to this flow run
+    assert {"markdown", "table"} <= set(_artifact_types(state.state_details.flow_run_id))
+
+
+def _artifact_types(flow_run_id) -> list[str]:
+    """Types of the artifacts the server holds for a flow run (the raw filter endpoint)."""
+    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 50, "offset": 0, "sort": "ID_DESC"}
+
+    async def call(client):
+        r = await client._client.post("/artifacts/filter", json=body)
+        r.raise_for_status()
+        return [a["type"] for a in r.json()]
+
+    return _api(call)
+
+
+def test_distill_flow_trains_on_the_newest_version_and_records_accuracy(prefect_api, first_run, tmp_path):
+    distill = _load("distill")
+    state = distill.distill(data=str(first_run), epochs=1, device="cpu", out=str(tmp_path / "student"),
+                            return_state=True)
+    assert state.is_completed()
+    res = state.result()
+    assert res["data"] == str(first_run) and 0.0 <= res["accuracy"] <= 1.0 and res["accuracy_before"] is not None
+    assert (tmp_path / "student" / "student.pt2").exists()
+    assert "markdown" in _artifact_types(state.state_details.flow_run_id)
 
 
 def _unique_shard(pool_dir: Path, n: int = 50) -> pa.Table:

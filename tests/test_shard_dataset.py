@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from kdata import builtin
 from kdata.contract import SHARD_SCHEMA, conform, with_kdata_metadata
 from kdata.errors import KdataError
+from kdata.score import worker_context
 from kdata.shard_dataset import ShardDataset
 
 INPUT = dict(input_size=(1, 32, 32), mean=(0.5,), std=(0.5,))
@@ -66,7 +67,8 @@ def test_every_row_exactly_once_across_workers_and_epochs_reshuffle(tmp_path):
 
     def labels_of(epoch, workers):
         ds.set_epoch(epoch)
-        ys = [b[4] for b in DataLoader(ds, batch_size=16, num_workers=workers)]
+        ys = [b[4] for b in DataLoader(ds, batch_size=16, num_workers=workers,
+                                       multiprocessing_context=worker_context(workers))]
         return torch.cat(ys).tolist()
 
     e0 = labels_of(0, 2)
