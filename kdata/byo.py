@@ -119,6 +119,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     import pyarrow.parquet as pq
     import torch
 
+    from .score import score_columns
     from .stats import disagreement
 
     where = str(path)
@@ -192,8 +193,6 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
         li = table.column("label_idx").combine_chunks()
         label = np.array(pc.fill_null(li.cast(pa.int32()), -1).to_numpy(zero_copy_only=False), dtype=np.int32)
         label[(label < -1) | (label >= max(C, 1))] = -1  # out-of-range labels count as unknown
-    types = {f.name: f.type for f in SCORES_SCHEMA}
-    types.update(SCORES_OPTIONAL)
     cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
     if mode == "logprob":  # trivial one-class predictions; only miniplm (and random) say anything here
         one = {"teacher_conf": 1.0, "student_conf": 1.0, "teacher_margin": 1.0, "student_margin": 1.0,
@@ -225,12 +224,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
                     st["teacher_logits"], st["student_logits"] = t, s
                 for k, v in st.items():
                     parts.setdefault(k, []).append(v.numpy())
-        for k, p in parts.items():
-            arr = np.concatenate(p)
-            if arr.ndim == 2:
-                cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1]).cast(types[k])
-            else:
-                cols[k] = pa.array(arr).cast(types[k])
+        cols.update(score_columns(parts))
     out = pa.table({k: cols[k] for k in [f.name for f in SCORES_SCHEMA] + [k for k in SCORES_OPTIONAL if k in cols]})
     if "embedding" in names and "embedding" not in out.column_names:
         emb = check_list_column(table, "embedding", where=where)

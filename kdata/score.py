@@ -175,6 +175,20 @@ def _autocast(device: torch.device):
     return nullcontext()
 
 
+def score_columns(chunks: dict[str, list[np.ndarray]]) -> dict[str, pa.Array]:
+    """Per-batch numpy results → Arrow columns typed as the scores schema (2-D → fixed-size lists)."""
+    types = {f.name: f.type for f in SCORES_SCHEMA}
+    types.update(SCORES_OPTIONAL)
+    cols = {}
+    for k, parts in chunks.items():
+        arr = np.concatenate(parts)
+        if arr.ndim == 2:
+            cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1]).cast(types[k])
+        else:
+            cols[k] = pa.array(arr).cast(types[k])
+    return cols
+
+
 def score_table(pool: pa.Table, teacher: Model, student: Model, *, config: ScoreConfig = ScoreConfig(),
                 device: torch.device | str = "cpu") -> tuple[pa.Table, list[tuple[str, str]]]:
     """Score one pool-schema table. Returns (scores table, [(sample_id, error)] quarantined)."""
@@ -222,14 +236,7 @@ def score_table(pool: pa.Table, teacher: Model, student: Model, *, config: Score
         "sample_id": pa.array([ids[i] for i in order], pa.string()),
         "label_idx": pa.array(labels[order], pa.int32()),
     }
-    types = {f.name: f.type for f in SCORES_SCHEMA}
-    types.update(SCORES_OPTIONAL)
-    for k, parts in chunks.items():
-        arr = np.concatenate(parts)
-        if arr.ndim == 2:
-            cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1]).cast(types[k])
-        else:
-            cols[k] = pa.array(arr).cast(types[k])
+    cols.update(score_columns(chunks))
     if not len(order):
         table = SCORES_SCHEMA.empty_table()
     else:
