@@ -203,6 +203,8 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions()) -> Prepared:
     from .dedup import check_options as check_dedup_options
 
     check_dedup_options(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
+    if cfg.hard is not None and cfg.hard < 0:
+        raise KdataError(f"--hard {cfg.hard}: must be ≥ 0 (generated rows per kept row)")
     if not cfg.pool:  # only bring-your-own predictions run without a pool (run_select → byo.prepare_byo)
         raise KdataError("--pool: give a pool to score (precomputed predictions: kdata select --scores FILE)")
     pool = open_pool(cfg.pool)

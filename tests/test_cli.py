@@ -59,6 +59,7 @@ def test_demo_end_to_end(tmp_path):
     (["--budget", "-0.5"], "must be positive"),
     (["--teacher", "builtin:nope"], "unknown built-in model"),
     (["--device", "tpu"], "unknown device"),
+    (["--hard", "-1"], "--hard -1: must be ≥ 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, builtin_models, capsys, args, match):
     out = tmp_path / "out"
