@@ -62,7 +62,7 @@ def curate(prep, scores, quarantined, cfg: SelectConfig, out: Path) -> int:
         kwargs["dedup"] = pipeline_dedup(cfg, prep.pool)
     sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=prep.teacher.num_classes,
                  temperature=cfg.temperature, balance=resolve_balance(cfg),
-                 options=_method_options(cfg, teacher=prep.teacher, student=prep.student, device=prep.device,
+                 options=_method_options(cfg, methods, teacher=prep.teacher, student=prep.student, device=prep.device,
                                          pool=prep.pool), **kwargs)
     table = curated_table(prep.pool, scores, sel, class_names=prep.teacher.class_names)
     if cfg.hard:

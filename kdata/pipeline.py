@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__
-from .contract import KEPT, QUARANTINED, REJECTED, SCORE_PREFIX, SHARD_SCHEMA, conform
+from .contract import SCHEMA_VERSION, KEPT, QUARANTINED, REJECTED, SCORE_PREFIX, SHARD_SCHEMA, conform
 from .errors import KdataError
 from .models import Model, load_model, pick_device
 from .pools import Pool, open_pool
@@ -228,13 +228,7 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     """Score, select and write a curated dataset to ``out``. Idempotent for the same config."""
     t0 = time.perf_counter()
     if check_output_dir(out, config_hash=cfg.hash()) == "done":
-        m = read_manifest(out)
-        report = RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
-        if opts.card_dir:
-            from .card import publish
-
-            report.info["card"] = str(publish(out, opts.card_dir))
-        return report
+        return _publish_card(_already_complete(out), opts)
     if cfg.scores:  # bring-your-own predictions instead of models (kdata/byo.py)
         from .byo import prepare_byo
 
@@ -246,10 +240,20 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     report = finish(prep, out=out, scores=scores, quarantined=quarantined, score_info=score_info,
                     progress=opts.progress)
     report.seconds = time.perf_counter() - t0
-    if opts.card_dir:  # data card copy for a catalogue of cards (kdata.card)
+    return _publish_card(report, opts)
+
+
+def _already_complete(out: str) -> RunReport:
+    m = read_manifest(out)
+    return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
+
+
+def _publish_card(report: RunReport, opts: RunOptions) -> RunReport:
+    """Copy the data card to ``opts.card_dir`` (a catalogue of cards, kdata.card) when asked."""
+    if opts.card_dir:
         from .card import publish
 
-        report.info["card"] = str(publish(out, opts.card_dir))
+        report.info["card"] = str(publish(report.out, opts.card_dir))
     return report
 
 
@@ -260,8 +264,7 @@ def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tupl
     cfg, pool, teacher, student, methods = prep.cfg, prep.pool, prep.teacher, prep.student, prep.methods
     config_hash = cfg.hash()
     if check_output_dir(out, config_hash=config_hash) == "done":
-        m = read_manifest(out)
-        return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete")
+        return _already_complete(out)
     n_in = score_info["n_in"]
     if n_in == 0:
         raise KdataError(f"{cfg.pool}: the pool is empty")
@@ -277,7 +280,7 @@ def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tupl
         progress("selecting")
     sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
                  temperature=cfg.temperature, balance=resolve_balance(cfg),
-                 options=_method_options(cfg, teacher=teacher, student=student, device=prep.device, pool=pool),
+                 options=_method_options(cfg, methods, teacher=teacher, student=student, device=prep.device, pool=pool),
                  dedup=pipeline_dedup(cfg, pool))
     decisions = decisions_table(scores, sel, quarantined)
     counts = Decisions(decisions).counts
@@ -294,7 +297,7 @@ def finish(prep: Prepared, *, out: str, scores: pa.Table, quarantined: list[tupl
         curated, hard = pipeline_hard(curated, cfg=cfg, teacher=teacher, student=student, device=prep.device,
                                       counts=counts)
 
-    meta = {"schema_version": "1.0", "kdata_version": __version__, "temperature": cfg.temperature,
+    meta = {"schema_version": SCHEMA_VERSION, "kdata_version": __version__, "temperature": cfg.temperature,
             "topk": cfg.topk, "class_names": teacher.class_names, "teacher": teacher.spec,
             "student": student.spec, "config_hash": config_hash}
     if progress:
@@ -342,11 +345,11 @@ def _write_manifest(path: Path, manifest: dict) -> None:
     write_json(path, manifest)
 
 
-def _method_options(cfg: SelectConfig, **context) -> dict:
+def _method_options(cfg: SelectConfig, methods: list[str], **context) -> dict:
     opts = {k: dict(v) for k, v in (cfg.method_options or {}).items()}
     from .methods.wiring import method_context  # what each method needs beyond the scores (methods issue)
 
-    for name, extra in method_context(cfg, resolve_methods(cfg), **context).items():
+    for name, extra in method_context(cfg, methods, **context).items():
         opts[name] = {**extra, **opts.get(name, {})}
     return opts
 
