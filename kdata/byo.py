@@ -19,7 +19,8 @@ Optional columns ride along to the methods: ``label_idx`` (int, −1 unknown), `
 
 Bad input — NaN/inf values, ragged lists, mismatched class counts, nulls, duplicate ids — is one
 clear error naming the file, the column and the first bad row. The disagreement statistics are
-computed with the same fused function as model scoring (``kdata.stats.disagreement``), in chunks.
+computed with the same function as model scoring (``kdata.stats.disagreement``), streaming the
+logits in batches of 65,536 rows, so memory is O(batch × C + N × k) for any N.
 
 Payload: the curated shards carry the pool's payload (image/text…) when ``--pool`` is given (rows
 matched by ``sample_id``; a kept id missing from the pool is an error); without ``--pool`` the
@@ -29,6 +30,7 @@ shards carry the ids, the teacher's soft labels and the scores only.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from .errors import KdataError
 PASSTHROUGH = {"domain": pa.string(), "teacher_loss": pa.float32(), "student_loss": pa.float32(),
                "teacher_logprob": None, "reference_logprob": None}
 CHUNK = 65_536
+LOGITS = ("teacher_logits", "student_logits")
 
 
 @dataclass
@@ -68,9 +71,14 @@ def _fail(where: str, col: str, row: int | None, ids: pa.Array | None, msg: str)
 
 
 def check_list_column(table: pa.Table, name: str, *, where: str, width: int | None = None,
-                      width_of: str | None = None, integer: bool = False) -> np.ndarray:
-    """A list-of-numbers column as a (rows × width) array, or a one-line error on the first bad row."""
-    ids = table.column("sample_id").combine_chunks()
+                      width_of: str | None = None, integer: bool = False, offset: int = 0,
+                      ids: pa.Array | None = None) -> np.ndarray:
+    """A list-of-numbers column as a (rows × width) array, or a one-line error on the first bad row.
+
+    For a batch of a larger file, ``offset`` is the batch's first row and ``ids`` the file's ids,
+    so that errors name the row in the file; ``width`` without ``width_of`` is row 0's width."""
+    if ids is None:
+        ids = table.column("sample_id").combine_chunks()
     col = table.column(name).combine_chunks()
     t = col.type
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
@@ -79,29 +87,30 @@ def check_list_column(table: pa.Table, name: str, *, where: str, width: int | No
     if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
         _fail(where, name, None, None, f"expected numbers in the lists, got {vt}")
     if col.null_count:
-        _fail(where, name, int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]), ids, "null list")
+        _fail(where, name, offset + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]), ids,
+              "null list")
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     if len(lengths):
         w = int(lengths[0]) if width is None else width
         bad = np.flatnonzero(lengths != w)
         if len(bad):
             r = int(bad[0])
-            if width is None:
-                _fail(where, name, r, ids, f"ragged lists: {lengths[r]} values, but row 0 has {w}")
-            _fail(where, name, r, ids, f"mismatched class counts: {lengths[r]} values, but {width_of} has {w}")
+            if width_of is None:
+                _fail(where, name, offset + r, ids, f"ragged lists: {lengths[r]} values, but row 0 has {w}")
+            _fail(where, name, offset + r, ids, f"mismatched class counts: {lengths[r]} values, but {width_of} has {w}")
         if w == 0:
-            _fail(where, name, 0, ids, "empty list")
+            _fail(where, name, offset, ids, "empty list")
     flat = pc.list_flatten(col)
     if flat.null_count:
         i = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
-        _fail(where, name, i // max(int(lengths[0]), 1), ids, "null value inside the list")
+        _fail(where, name, offset + i // max(int(lengths[0]), 1), ids, "null value inside the list")
     values = flat.to_numpy(zero_copy_only=False)
     values = values.astype(np.int64 if integer else np.float32, copy=False)
     if not integer:
         bad = ~np.isfinite(values)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            _fail(where, name, i // int(lengths[0]), ids, f"non-finite value {values[i]} (NaN/inf)")
+            _fail(where, name, offset + i // int(lengths[0]), ids, f"non-finite value {values[i]} (NaN/inf)")
     return values.reshape(len(col), int(lengths[0]) if len(col) else 0)
 
 
@@ -113,6 +122,34 @@ def _topk_probs(idx: np.ndarray, val: np.ndarray, num_classes: int) -> np.ndarra
     return np.clip(p, 1e-12, None)
 
 
+def _logit_batches(pfile, where: str, ids: pa.Array, C: int):
+    """(first row, teacher, student) float32 tensors, ≤ CHUNK rows at a time, each batch validated:
+    memory stays O(CHUNK × C) however many rows the file has."""
+    import torch
+
+    offset = 0
+    for batch in pfile.iter_batches(batch_size=CHUNK, columns=list(LOGITS)):
+        b = pa.Table.from_batches([batch])
+        tl = check_list_column(b, "teacher_logits", where=where, width=C, offset=offset, ids=ids)
+        sl = check_list_column(b, "student_logits", where=where, width=C, width_of="teacher_logits",
+                               offset=offset, ids=ids)
+        with warnings.catch_warnings():  # read-only Arrow buffers; nothing writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            t, s = torch.from_numpy(tl), torch.from_numpy(sl)
+        yield offset, t, s
+        offset += b.num_rows
+
+
+def _topk_batches(ti, tp, si, sp, C: int):
+    """Dense log-probabilities rebuilt from top-k (the rest spread evenly), CHUNK rows at a time."""
+    import torch
+
+    for i in range(0, len(ti), CHUNK):
+        yield (i, torch.from_numpy(np.log(_topk_probs(ti[i:i + CHUNK], tp[i:i + CHUNK], C))).float(),
+               torch.from_numpy(np.log(_topk_probs(si[i:i + CHUNK], sp[i:i + CHUNK], C))).float())
+        # stored top-k is taken from the given probabilities at T = 1
+
+
 def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
                 num_classes: int | None = None) -> tuple[pa.Table, int, list[str]]:
     """Read and validate a bring-your-own predictions file; return (scores table, C, class names)."""
@@ -120,16 +157,17 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     import torch
 
     from .score import score_columns
-    from .stats import disagreement
+    from .stats import COMPILE_MIN, disagreement
 
     where = str(path)
     if not Path(path).exists():
         raise KdataError(f"{where}: no such file")
-    try:
-        table = pq.read_table(path)
+    try:  # the full logits (N × C, maybe 10M × 1000) are streamed in batches further down
+        pfile = pq.ParquetFile(path)
+        names = pfile.schema_arrow.names
+        table = pfile.read(columns=[c for c in names if c not in LOGITS])
     except Exception as exc:  # not Parquet, truncated…
         raise KdataError(f"{where}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    names = table.column_names
     if "sample_id" not in names:
         raise KdataError(f"{where}: missing required column 'sample_id' (have: {', '.join(names)})")
     ids = table.column("sample_id").combine_chunks()
@@ -151,9 +189,8 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
             if c not in names:
                 raise KdataError(f"{where}: has {'teacher_logits' if c == 'student_logits' else 'student_logits'} "
                                  f"but no '{c}'")
-        tl = check_list_column(table, "teacher_logits", where=where)
-        sl = check_list_column(table, "student_logits", where=where, width=tl.shape[1], width_of="teacher_logits")
-        C = tl.shape[1]
+        first = next(pfile.iter_batches(batch_size=1, columns=["sample_id", "teacher_logits"]))
+        C = len(check_list_column(pa.Table.from_batches([first]), "teacher_logits", where=where)[0])
         mode = "logits"
     elif "teacher_topk_idx" in names:
         need = ("teacher_topk_idx", "teacher_topk_prob", "student_topk_idx", "student_topk_prob")
@@ -208,18 +245,13 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
             cols[name] = pa.array([[1.0 if "prob" in name else 0.0]] * n, pa.list_(pa.float32()))
     else:
         keep_logits = mode == "logits" and C <= 128
+        compile = n * C >= COMPILE_MIN  # the compiled statistics kernel pays off on large files
         parts: dict[str, list] = {}
         with torch.inference_mode():
-            for i in range(0, n, CHUNK):
-                if mode == "logits":
-                    t = torch.tensor(tl[i:i + CHUNK])
-                    s = torch.tensor(sl[i:i + CHUNK])
-                else:
-                    t = torch.from_numpy(np.log(_topk_probs(ti[i:i + CHUNK], tp[i:i + CHUNK], C))).float()
-                    s = torch.from_numpy(np.log(_topk_probs(si[i:i + CHUNK], sp[i:i + CHUNK], C))).float()
-                    # stored top-k is taken from the given probabilities at T = 1
-                li = torch.tensor(label[i:i + CHUNK])
-                st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li)
+            for i, t, s in (_logit_batches(pfile, where, ids, C) if mode == "logits" else
+                            _topk_batches(ti, tp, si, sp, C)):
+                li = torch.tensor(label[i:i + len(t)])
+                st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li, compile=compile)
                 if keep_logits:
                     st["teacher_logits"], st["student_logits"] = t, s
                 for k, v in st.items():

@@ -105,3 +105,50 @@ def test_text_logprob_only_file_runs_miniplm(tmp_path):
     # differences: a .5, b −.1, c −2, d 1.5 → keep d then a
     assert shard.sample_id.tolist() == ["d", "a"]
     assert shard.score_miniplm.tolist() == [1.5, 0.5]
+
+
+@pytest.mark.parametrize("bad_row,match", [
+    (150_000, r"column 'student_logits' row 150000 \(sample_id 's150000'\): non-finite value nan"),
+    (140_001, r"column 'teacher_logits' row 140001 \(sample_id 's140001'\): ragged lists: 3 values, but row 0 has 4"),
+])
+def test_large_file_is_streamed_and_errors_name_the_row_in_the_file(tmp_path, bad_row, match):
+    """Past several row groups and read batches, the first bad row is still named by its place
+    in the file; a good file of the same size scores every row in order."""
+    import kdata.byo as byo
+
+    n, c = 160_000, 4
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((n, c)).astype(np.float32)
+    s = t + rng.standard_normal((n, c)).astype(np.float32)
+
+    def table(t_rows, s_rows):
+        return pa.table({"sample_id": [f"s{i}" for i in range(n)],
+                         "teacher_logits": t_rows, "student_logits": s_rows,
+                         "label_idx": pa.array(np.arange(n) % c, pa.int32())})
+
+    fsl = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), c)  # noqa: E731
+    good = tmp_path / "good.parquet"
+    pq.write_table(table(fsl(t), fsl(s)), good, row_group_size=50_000)
+    scores, C, _ = load_scores(str(good))
+    assert C == c and scores.num_rows == n and n > 2 * byo.CHUNK
+    assert scores.column("sample_id")[n - 1].as_py() == f"s{n - 1}"
+    pred = np.asarray(scores.column("teacher_pred"))
+    np.testing.assert_array_equal(pred, t.argmax(1))
+    lp = np.asarray(scores.column("teacher_label_prob"))
+    z = t - t.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    np.testing.assert_allclose(lp, p[np.arange(n), np.arange(n) % c], atol=1e-6)
+
+    bad = tmp_path / "bad.parquet"
+    t_rows, s_rows = fsl(t), fsl(s)
+    if "nan" in match:
+        s2 = s.copy()
+        s2[bad_row, 1] = np.nan
+        s_rows = fsl(s2)
+    else:
+        lists = t.tolist()
+        lists[bad_row] = lists[bad_row][:3]
+        t_rows = pa.array(lists, pa.list_(pa.float32()))
+    pq.write_table(table(t_rows, s_rows), bad, row_group_size=50_000)
+    with pytest.raises(KdataError, match=match):
+        load_scores(str(bad))

@@ -130,19 +130,3 @@ def test_topk_fast_paths_match_dense_reconstruction(tmp_path):
     cls = rng.integers(0, 80, size=60)
     dense = view.probs("student")[np.arange(60), cls]
     np.testing.assert_allclose(view.prob_at("student", cls), dense, atol=1e-9)
-
-
-def test_fused_logit_stats_match_reference():
-    """kdata.methods.fast (the benchmarked kernel) equals kdata.stats.disagreement."""
-    import torch
-
-    from kdata.methods.fast import logit_stats
-    from kdata.stats import disagreement
-
-    rng = np.random.default_rng(5)
-    t = (rng.standard_normal((300, 17)) * 3).astype(np.float32)
-    s = (t + rng.standard_normal((300, 17))).astype(np.float32)
-    got = logit_stats(t, s, temperature=2.0, compile=False, chunk=64)
-    ref = disagreement(torch.from_numpy(t), torch.from_numpy(s), temperature=2.0)
-    for k, v in got.items():
-        np.testing.assert_allclose(v, ref[k].numpy(), atol=2e-6, err_msg=k)
