@@ -20,7 +20,7 @@ Optional columns ride along to the methods: ``label_idx`` (int, −1 unknown), `
 Bad input — NaN/inf values, ragged lists, mismatched class counts, nulls, duplicate ids — is one
 clear error naming the file, the column and the first bad row. The disagreement statistics are
 computed with the same function as model scoring (``kdata.stats.disagreement``), streaming the
-logits in batches of 65,536 rows, so memory is O(batch × C + N × k) for any N.
+logits in batches of ≈ 2²⁴ / C rows, so memory is O(row group + batch × C + N × k) for any N.
 
 Payload: the curated shards carry the pool's payload (image/text…) when ``--pool`` is given (rows
 matched by ``sample_id``; a kept id missing from the pool is an error); without ``--pool`` the
@@ -123,12 +123,15 @@ def _topk_probs(idx: np.ndarray, val: np.ndarray, num_classes: int) -> np.ndarra
 
 
 def _logit_batches(pfile, where: str, ids: pa.Array, C: int):
-    """(first row, teacher, student) float32 tensors, ≤ CHUNK rows at a time, each batch validated:
-    memory stays O(CHUNK × C) however many rows the file has."""
+    """(first row, teacher, student) float32 tensors, batch by batch (``stats.chunk_rows(C)`` rows,
+    the compiled kernel's chunk), each batch validated: memory stays O(row group + batch × C)
+    however many rows the file has."""
     import torch
 
+    from .stats import chunk_rows
+
     offset = 0
-    for batch in pfile.iter_batches(batch_size=CHUNK, columns=list(LOGITS)):
+    for batch in pfile.iter_batches(batch_size=chunk_rows(C), columns=list(LOGITS)):
         b = pa.Table.from_batches([batch])
         tl = check_list_column(b, "teacher_logits", where=where, width=C, offset=offset, ids=ids)
         sl = check_list_column(b, "student_logits", where=where, width=C, width_of="teacher_logits",
@@ -163,7 +166,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     if not Path(path).exists():
         raise KdataError(f"{where}: no such file")
     try:  # the full logits (N × C, maybe 10M × 1000) are streamed in batches further down
-        pfile = pq.ParquetFile(path)
+        pfile = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group read
         names = pfile.schema_arrow.names
         table = pfile.read(columns=[c for c in names if c not in LOGITS])
     except Exception as exc:  # not Parquet, truncated…
