@@ -7,14 +7,15 @@ z' = z/T − max(z/T), with e = exp(z') and S = Σ e:
     KL(t‖s) = Σ e_t (z'_t − z'_s) / S_t − log S_t + log S_s      (and KL(s‖t) alike)
     conf = 1 / S      margin = (1 − exp(z'_(2))) / S      pred = first index with z' = 0
 
-On a CPU these statistics are bound by ``exp``, not memory (eager torch reaches ≈ 3% of a plain
-``sum``'s bandwidth: every op is a pass over N × C). For large work (rows × classes ≥
-``COMPILE_MIN``) the pass is ``torch.compile``d into one vectorised loop per row, with ``exp``
-computed by Cody–Waite range reduction and a degree-6 Taylor polynomial (relative error < 1e-6,
-Muller, *Elementary Functions*, ch. 11), about 1.4× cheaper than the library ``exp``; rows are
-fed in fixed-size chunks (last one padded) so the kernel compiles once per class count. Small
-work, GPUs and machines where compiling fails use the same formulas eagerly with ``torch.exp``.
-Both paths agree to ≈ 1e-6 (tested); ``benchmarks/select_speed.py`` measures them.
+On a CPU these statistics are bound by ``exp``, not memory: eager torch makes every op a pass
+over N × C (≈ 2% of a plain ``sum``'s bandwidth, even in cache-sized blocks). For large work
+(rows × classes ≥ ``COMPILE_MIN``) ``_row_stats`` is ``torch.compile``d into one loop nest per
+row — the row maxima, then one vectorised pass — with ``exp`` by Cody–Waite range reduction and a
+degree-5 polynomial (relative error ≤ 3e-7; Muller, *Elementary Functions*, ch. 11), cheaper
+than the library ``exp``; rows go in fixed-size chunks (the last one padded) so the kernel
+compiles once per class count. Small work, GPUs and machines where compiling fails use
+``_row_stats_eager`` (library log-softmax and top-2, in 1 MB blocks on a CPU). Both agree with a
+float64 reference to 5e-6 (``tests/test_stats.py``); ``benchmarks/select_speed.py`` measures them.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _use_compiled(device: torch.device, c: int, work: int, compile: bool | None)
 
 
 def row_stats(t: torch.Tensor, s: torch.Tensor, *, temperature: float = 1.0,
-                   compile: bool | None = None) -> tuple[torch.Tensor, ...]:
+              compile: bool | None = None) -> tuple[torch.Tensor, ...]:
     """``_row_stats`` over (N, C) logits, compiled in padded fixed-size chunks when the work is
     large (or ``compile=True``), eagerly otherwise; falls back to eager if compiling fails."""
     n, c = t.shape
