@@ -9,11 +9,12 @@
 1. Synthetic float32 teacher/student logits (N × C).
 2. Baseline, same run: bandwidth of a plain ``sum`` over both arrays (GB/s).
 3. The memory-bound statistics (KL both ways, entropies, confidences, margins, predictions)
-   with ``kdata.stats.logit_stats``: eager on a slice, then ``torch.compile``d on all rows in
-   ``--pairs`` back-to-back pairs with a full ``sum`` pass (a shared machine's load swings hit
-   both sides of a pair alike); the median pair's ratio is the figure (target ≥ 25%).
+   with ``kdata.stats.logit_stats``: the eager backend on a slice; then the default backend
+   (``native`` where it builds) on all rows in ``--pairs`` back-to-back pairs with a full ``sum``
+   pass (a shared machine's load swings hit both sides of a pair alike): the median pair's ratio
+   is the figure (target ≥ 25%); then one pair with the ``compiled`` backend for comparison.
 4. What scoring runs per batch, ``kdata.stats.disagreement`` (the statistics plus top-5 soft
-   labels via ``torch.topk``), over all rows: rows/s.
+   labels), over all rows: rows/s.
 5. Each method's ``select`` on a scores table of N rows (top-5 soft labels, as kdata stores them
    for C > 128), budget 30%: rows/s.
 """
@@ -51,7 +52,7 @@ def make_logits(n, c, seed=0, chunk=50_000):
     return t, s
 
 
-def scores_table(t, s, *, topk=5, chunk=65_536) -> tuple[pa.Table, float]:
+def scores_table(t, s, *, backend, topk=5, chunk=65_536) -> tuple[pa.Table, float]:
     """The scores table kdata builds, from ``kdata.stats.disagreement`` (statistics + top-k soft
     labels, what scoring runs per batch) over chunks; also returns that function's seconds."""
     from kdata.stats import disagreement
@@ -63,7 +64,7 @@ def scores_table(t, s, *, topk=5, chunk=65_536) -> tuple[pa.Table, float]:
         for i in range(0, n, chunk):
             t0 = time.perf_counter()
             st = disagreement(torch.from_numpy(t[i:i + chunk]), torch.from_numpy(s[i:i + chunk]),
-                              topk=topk, compile=True)
+                              topk=topk, backend=backend)
             sec += time.perf_counter() - t0
             for k, v in st.items():
                 parts.setdefault(k, []).append(v.numpy())
@@ -100,10 +101,12 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="random,teacher_confidence,student_entropy,disagreement,kd3,rad,miniplm,ddk,critic")
     ap.add_argument("--pairs", type=int, default=5, help="paired sum/statistics passes")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--skip-compiled", action="store_true", help="skip the torch.compile comparison pair")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from kdata.critic import feature_matrix, fit_critic
-    from kdata.stats import logit_stats
+    from kdata import native
+    from kdata.stats import choose_backend, logit_stats
     from kdata.selection import select
 
     n, c = args.n, args.c
@@ -123,29 +126,36 @@ def main(argv=None) -> int:
           f"{nbytes / best / 1e9:.2f} GB/s best burst  (baseline)")
 
     m = min(args.eager_rows, n)
-    sec = best_of(lambda: logit_stats(t[:m], s[:m], compile=False), reps=2)
+    sec = best_of(lambda: logit_stats(t[:m], s[:m], backend="eager"), reps=2)
     eager = (t[:m].nbytes + s[:m].nbytes) / sec / 1e9
     print(f"KL+entropy+margin eager   ({m:,} rows): {eager:.3f} GB/s = {eager / bw:6.1%} of sum, {m / sec:,.0f} rows/s")
+    backend = choose_backend("cpu", c, n * c)
+    print(native.status())
     t0 = time.perf_counter()
-    logit_stats(t[:4096], s[:4096], compile=True)
-    print(f"torch.compile warm-up: {time.perf_counter() - t0:.1f} s (once per process)")
-    # paired passes: a full sum pass, then a full statistics pass over the same bytes, back to back,
-    # so that a shared machine's load changes hit both sides alike; the median pair is the figure
-    ratios = []
-    for rep in range(args.pairs):
+    logit_stats(t[:4096], s[:4096], backend=backend)
+    print(f"default backend: {backend} (warm-up {time.perf_counter() - t0:.1f} s, once per process)")
+
+    def pair(label, backend):
+        """A full sum pass, then a full statistics pass over the same bytes, back to back, so that a
+        shared machine's load changes hit both sides alike."""
         t0 = time.perf_counter()
         tt.sum(), st_.sum()
         t_sum = time.perf_counter() - t0
         t0 = time.perf_counter()
-        logit_stats(t, s, compile=True)
+        logit_stats(t, s, backend=backend)
         t_kern = time.perf_counter() - t0
-        ratios.append(t_sum / t_kern)
-        print(f"pair {rep + 1}: sum {nbytes / t_sum / 1e9:.2f} GB/s, KL+entropy+margin compiled "
+        print(f"{label}: sum {nbytes / t_sum / 1e9:.2f} GB/s, KL+entropy+margin {backend} "
               f"{nbytes / t_kern / 1e9:.3f} GB/s ({n / t_kern:,.0f} rows/s) = {t_sum / t_kern:6.1%} of sum")
-    print(f"KL+entropy+margin compiled, median of {args.pairs} pairs: {float(np.median(ratios)):6.1%} "
-          f"of the sum's bandwidth  (target ≥ 25%)")
+        return t_sum / t_kern
 
-    scores, sec = scores_table(t, s)
+    ratios = [pair(f"pair {rep + 1}", backend) for rep in range(args.pairs)]
+    print(f"KL+entropy+margin {backend}, median of {args.pairs} pairs: {float(np.median(ratios)):6.1%} "
+          f"of the sum's bandwidth  (target ≥ 25%)")
+    if backend != "compiled" and not args.skip_compiled:
+        logit_stats(t[:4096], s[:4096], backend="compiled")  # compile outside the timing
+        pair("for comparison", "compiled")
+
+    scores, sec = scores_table(t, s, backend=backend)
     print(f"scoring statistics + top-5 soft labels (kdata.stats.disagreement, {n:,} rows): "
           f"{n / sec:,.0f} rows/s = {nbytes / sec / 1e9 / bw:6.1%} of sum")
     del t, s, tt, st_

@@ -160,7 +160,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     import torch
 
     from .score import score_columns
-    from .stats import COMPILE_MIN, disagreement
+    from .stats import choose_backend, disagreement
 
     where = str(path)
     if not Path(path).exists():
@@ -248,13 +248,13 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
             cols[name] = pa.array([[1.0 if "prob" in name else 0.0]] * n, pa.list_(pa.float32()))
     else:
         keep_logits = mode == "logits" and C <= 128
-        compile = n * C >= COMPILE_MIN  # the compiled statistics kernel pays off on large files
+        backend = choose_backend("cpu", C, n * C)  # by the whole file: a compile pays off on large ones
         parts: dict[str, list] = {}
         with torch.inference_mode():
             for i, t, s in (_logit_batches(pfile, where, ids, C) if mode == "logits" else
                             _topk_batches(ti, tp, si, sp, C)):
                 li = torch.tensor(label[i:i + len(t)])
-                st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li, compile=compile)
+                st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li, backend=backend)
                 if keep_logits:
                     st["teacher_logits"], st["student_logits"] = t, s
                 for k, v in st.items():

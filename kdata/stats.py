@@ -7,15 +7,24 @@ z' = z/T − max(z/T), with e = exp(z') and S = Σ e:
     KL(t‖s) = Σ e_t (z'_t − z'_s) / S_t − log S_t + log S_s      (and KL(s‖t) alike)
     conf = 1 / S      margin = (1 − exp(z'_(2))) / S      pred = first index with z' = 0
 
+z' is floored at ``D_FLOOR`` = −10⁴: exact for any finite gap up to that, while −inf logits (masked
+classes, or −3.4e38 as some frameworks mask) add nothing to S instead of making the row NaN.
+
 On a CPU these statistics are bound by ``exp``, not memory: eager torch makes every op a pass
-over N × C (≈ 2% of a plain ``sum``'s bandwidth, even in cache-sized blocks). For large work
-(rows × classes ≥ ``COMPILE_MIN``) ``_row_stats`` is ``torch.compile``d into one loop nest per
-row — the row maxima, then one vectorised pass — with ``exp`` by Cody–Waite range reduction and a
-degree-5 polynomial (relative error ≤ 3e-7; Muller, *Elementary Functions*, ch. 11), cheaper
-than the library ``exp``; rows go in fixed-size chunks (the last one padded) so the kernel
-compiles once per class count. Small work, GPUs and machines where compiling fails use
-``_row_stats_eager`` (library log-softmax and top-2, in 1 MB blocks on a CPU). Both agree with a
-float64 reference to 5e-6 (``tests/test_stats.py``); ``benchmarks/select_speed.py`` measures them.
+over N × C (≈ 2% of a plain ``sum``'s bandwidth, even in cache-sized blocks). Three backends
+(``choose_backend``), all agreeing with a float64 reference to 5e-6 (``tests/test_stats.py``) and
+measured by ``benchmarks/select_speed.py``:
+
+* ``native`` — ``kdata.native``: a hand-written AVX-512 kernel, built on first use with the system
+  C compiler; it also collects the top-k soft labels in the same pass. The default on CPUs where
+  it builds.
+* ``compiled`` — ``_row_stats`` ``torch.compile``d into one loop nest per row (the row maxima, then
+  one vectorised pass) with ``exp`` by Cody–Waite range reduction and a degree-5 polynomial
+  (relative error ≤ 3e-7; Muller, *Elementary Functions*, ch. 11); rows go in fixed-size chunks
+  (the last one padded) so the kernel compiles once per class count. The default on other CPUs
+  once the work (rows × classes ≥ ``COMPILE_MIN``) repays the compile.
+* ``eager`` — ``_row_stats_eager``: library log-softmax and top-2, in 1 MB blocks on a CPU; GPUs
+  and small work elsewhere.
 """
 
 from __future__ import annotations
@@ -26,10 +35,13 @@ import sys
 import numpy as np
 import torch
 
+from . import native
+
 COMPILE_MIN = int(os.environ.get("KDATA_COMPILE_MIN", 500_000_000))  # ≈ compile time × eager speed
 CHUNK_ELEMS = 1 << 24  # rows × classes per compiled call (64 MB per side): amortises the call and the
 #                       threads' barrier; the shape is fixed per class count, so one compile each
 EAGER_BLOCK = 1 << 18  # elements per eager block (1 MB of float32): 5–7× faster than whole batches
+D_FLOOR = -1e4  # floor of the shifted logits z' (module docstring)
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125  # ln 2 split so that n · _LN2_HI is exact in float32 (Cody–Waite)
 _LN2_LO = 1.428606765330187e-06
@@ -65,7 +77,7 @@ def _row_stats(t: torch.Tensor, s: torch.Tensor, inv_temp: float, idx_c: torch.T
     same statistics in few eager passes. ``idx_c`` is ``arange(C) + C`` as float32."""
     zt, zs = t.float() * inv_temp, s.float() * inv_temp
     mt, ms = zt.amax(-1, keepdim=True), zs.amax(-1, keepdim=True)
-    dt, ds = zt - mt, zs - ms
+    dt, ds = (zt - mt).clamp_min(D_FLOOR), (zs - ms).clamp_min(D_FLOOR)
     et, es = _exp_neg(dt), _exp_neg(ds)
     below_t, below_s = dt < 0, ds < 0
     st_, ss = et.sum(-1), es.sum(-1)
@@ -98,6 +110,7 @@ def _row_stats_eager(t: torch.Tensor, s: torch.Tensor, inv_temp: float):
     out = []
     for z in (zt, zs):
         top = torch.topk(z, min(2, z.shape[-1]), dim=-1).values
+        z = torch.maximum(z, top[:, :1] + D_FLOOR)  # as the kernels floor z'
         lse = torch.logsumexp(z, -1)
         p = torch.exp(top - lse[:, None])
         out.append((z.argmax(-1).int(), p[:, 0], p[:, 0] - (p[:, 1] if p.shape[1] > 1 else 0.0),
@@ -132,19 +145,45 @@ def _compiled():
     return _KERNELS["k"]
 
 
-def _use_compiled(device: torch.device, c: int, work: int, compile: bool | None) -> bool:
-    if device.type != "cpu" or _COMPILE_FAILED or c >= 1 << 22:  # index sums exact below 2²⁴
-        return False
-    return work >= COMPILE_MIN if compile is None else compile
+BACKENDS = ("native", "compiled", "eager")
+
+
+def choose_backend(device: torch.device | str, c: int, work: int, backend: str | None = None) -> str:
+    """The statistics backend for (·, C) logits on ``device`` and ``work`` = rows × classes in all:
+    ``backend`` if given (else ``$KDATA_STATS_BACKEND``), otherwise ``native`` on a CPU where
+    ``kdata.native`` builds, ``compiled`` (``torch.compile``) on other CPUs once the work repays the
+    compile, ``eager`` for the rest (and GPUs)."""
+    backend = backend or os.environ.get("KDATA_STATS_BACKEND") or None
+    cpu = torch.device(device).type == "cpu"
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"statistics backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "native" and not (cpu and native.available()):
+            raise RuntimeError(native.status() if cpu else "native statistics run on the CPU only")
+        return backend if cpu else "eager"
+    if cpu and c < 1 << 22 and native.available():
+        return "native"
+    if cpu and not _COMPILE_FAILED and c < 1 << 22 and work >= COMPILE_MIN:  # index sums exact below 2²⁴
+        return "compiled"
+    return "eager"
+
+
+def _native_stats(t: torch.Tensor, s: torch.Tensor, inv: float, k: int = 0):
+    pred, out, top = native.row_stats(t, s, inv_temp=inv, k=k)
+    return (pred[0], pred[1], *out.unbind(0)), top
 
 
 def row_stats(t: torch.Tensor, s: torch.Tensor, *, temperature: float = 1.0,
-              compile: bool | None = None) -> tuple[torch.Tensor, ...]:
-    """``_row_stats`` over (N, C) logits, compiled in padded fixed-size chunks when the work is
-    large (or ``compile=True``), eagerly otherwise; falls back to eager if compiling fails."""
+              backend: str | None = None) -> tuple[torch.Tensor, ...]:
+    """``STAT_NAMES`` plus max z/T and log S of both sides, over (N, C) logits, by ``backend``
+    (default: ``choose_backend`` for this batch); ``compiled`` falls back to eager if compiling
+    fails."""
     n, c = t.shape
     inv = 1.0 / temperature
-    if _use_compiled(t.device, c, n * c, compile):
+    backend = choose_backend(t.device, c, n * c, backend)
+    if backend == "native":
+        return _native_stats(t, s, inv)[0]
+    if backend == "compiled" and not _COMPILE_FAILED:
         try:
             idx_c = torch.arange(c, 2 * c, dtype=torch.float32)
             return _fix_ties(_chunked(_compiled(), t, s, inv, idx_c), t, s)
@@ -180,19 +219,20 @@ def _chunked(kernel, t, s, inv, idx_c):
     return tuple(torch.cat(xs) for xs in zip(*parts))
 
 
-def logit_stats(t_logits, s_logits, *, temperature: float = 1.0, compile: bool | None = None,
+def logit_stats(t_logits, s_logits, *, temperature: float = 1.0, backend: str | None = None,
                 chunk: int = 65_536) -> dict[str, np.ndarray]:
     """Per-row KL both ways, entropies, confidences, margins and predictions of two (N, C) arrays
     (numpy or torch), streamed ``chunk`` rows at a time so memory stays O(chunk × C)."""
     n, c = t_logits.shape
     if tuple(s_logits.shape) != (n, c):
         raise ValueError(f"teacher logits {tuple(t_logits.shape)} vs student {tuple(s_logits.shape)}")
-    compile = (n * c >= COMPILE_MIN) if compile is None else compile
+    device = t_logits.device if isinstance(t_logits, torch.Tensor) else "cpu"
+    backend = choose_backend(device, c, n * c, backend)
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         for i in range(0, n, chunk):
             t, s = torch.as_tensor(t_logits[i:i + chunk]), torch.as_tensor(s_logits[i:i + chunk])
-            for k, v in zip(STAT_NAMES, row_stats(t, s, temperature=temperature, compile=compile)):
+            for k, v in zip(STAT_NAMES, row_stats(t, s, temperature=temperature, backend=backend)):
                 if k not in out:
                     out[k] = np.empty(n, dtype=np.int32 if k.endswith("pred") else np.float32)
                 out[k][i:i + len(t)] = v.cpu().numpy()
@@ -201,26 +241,31 @@ def logit_stats(t_logits, s_logits, *, temperature: float = 1.0, compile: bool |
 
 def disagreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, temperature: float = 1.0,
                  topk: int = 5, label_idx: torch.Tensor | None = None,
-                 compile: bool | None = None) -> dict[str, torch.Tensor]:
+                 backend: str | None = None) -> dict[str, torch.Tensor]:
     """Per-row statistics for one batch (float32 unless noted), plus the teacher's and student's
     top-k indices/probabilities and the teacher's top-k raw logits (the stored soft labels).
-    ``compile`` forces or forbids the compiled kernel (default: by the batch's size)."""
+    ``backend`` forces a statistics backend (default: ``choose_backend`` for this batch); the
+    native one also collects the top-k (k ≤ 16) in its pass, other backends use ``torch.topk``."""
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} vs student {tuple(student_logits.shape)}")
     t, s = teacher_logits.float(), student_logits.float()
-    r = row_stats(t, s, temperature=temperature, compile=compile)
+    n, c = t.shape
+    inv = 1.0 / temperature
+    k = min(topk, c)
+    backend = choose_backend(t.device, c, n * c, backend)
+    if backend == "native" and k <= native.MAX_K:
+        r, (t_idx, t_val, s_idx, s_val) = _native_stats(t, s, inv, k)
+    else:
+        r = row_stats(t, s, temperature=temperature, backend=backend)
+        t_idx, s_idx = torch.topk(t, k, dim=-1).indices, torch.topk(s, k, dim=-1).indices
+        t_val, s_val = torch.gather(t, 1, t_idx), torch.gather(s, 1, s_idx)
     out = dict(zip(STAT_NAMES, r))
     mt, ms, lst, lss = r[len(STAT_NAMES):]
-    inv = 1.0 / temperature
-    k = min(topk, t.shape[-1])
-    t_idx = torch.topk(t, k, dim=-1).indices
-    s_idx = torch.topk(s, k, dim=-1).indices
-    t_val = torch.gather(t, 1, t_idx)
     out["teacher_topk_idx"] = t_idx.int()
     out["teacher_topk_prob"] = torch.exp(t_val * inv - mt[:, None] - lst[:, None])
     out["teacher_topk_logit"] = t_val
     out["student_topk_idx"] = s_idx.int()
-    out["student_topk_prob"] = torch.exp(torch.gather(s, 1, s_idx) * inv - ms[:, None] - lss[:, None])
+    out["student_topk_prob"] = torch.exp(s_val * inv - ms[:, None] - lss[:, None])
     out["agree"] = out["teacher_pred"] == out["student_pred"]
     if label_idx is not None:
         li = label_idx.long().to(t.device)

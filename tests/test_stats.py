@@ -1,4 +1,4 @@
-"""kdata.stats: both paths (eager and the compiled kernel) against a float64 reference."""
+"""kdata.stats: the three backends (eager, compiled, native) against a float64 reference."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import kdata.stats as S
+from kdata import native
 from kdata.stats import chunk_rows, disagreement, logit_stats
 
 
@@ -52,59 +53,129 @@ def test_exp_polynomial_relative_error():
     assert float(S._exp_neg(torch.tensor([-1e4, float("-inf")])).max()) < 1e-37  # clamped, finite
 
 
-# few class counts: the kernel compiles once per class count (≈ 4 s each)
-@pytest.mark.parametrize("compile,n,c,temperature", [
-    (False, 3000, 1000, 1.0), (False, 300, 17, 2.0), (False, 40, 2, 1.0),
-    (True, chunk_rows(17) + 5, 17, 1.0), (True, 300, 17, 2.0), (True, 40, 6, 1.0)])
-def test_statistics_match_float64_reference(compile, n, c, temperature):
+NEEDS_NATIVE = pytest.mark.skipif(not native.available(), reason="needs AVX-512 and a C compiler: " + native.status())
+ALL = ["eager", "compiled", pytest.param("native", marks=NEEDS_NATIVE)]
+
+
+def nat(*args):
+    return pytest.param("native", *args, marks=NEEDS_NATIVE)
+
+
+# few class counts for "compiled": it compiles once per class count (≈ 4 s each)
+@pytest.mark.parametrize("backend,n,c,temperature", [
+    ("eager", 3000, 1000, 1.0), ("eager", 300, 17, 2.0), ("eager", 40, 2, 1.0),
+    ("compiled", chunk_rows(17) + 5, 17, 1.0), ("compiled", 300, 17, 2.0), ("compiled", 40, 6, 1.0),
+    # native: threaded (≥ 2²⁰ elements), vector tails (C mod 16), C < 16, wide rows
+    nat(3000, 1000, 1.0), nat(300, 17, 2.0), nat(40, 2, 1.0), nat(500, 33, 0.5), nat(200, 16, 1.0),
+    nat(20, 20_000, 1.0)])
+def test_statistics_match_float64_reference(backend, n, c, temperature):
     t, s = logits(n, c)
-    got = logit_stats(t, s, temperature=temperature, compile=compile, chunk=3000)
+    got = logit_stats(t, s, temperature=temperature, backend=backend, chunk=3000)
     assert not S._COMPILE_FAILED, S._COMPILE_FAILED  # the compiled path really ran
     assert_matches(got, reference(t, s, temperature))
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_ties_one_class_and_wide_ranges(compile):
+@pytest.mark.parametrize("backend", ALL)
+def test_ties_one_class_and_wide_ranges(backend):
     t, s = logits(8, 6, seed=1)
     t[0, [1, 4]] = t[0].max() + 2.0  # two maxima: first index, margin 0
     s[1, [0, 2, 5]] = s[1].max() + 1.0  # three maxima
-    t[2, 3], s[2, 0] = -500.0, -1e4  # far below the maximum: exp underflows, stays finite
-    got = logit_stats(t, s, compile=compile)
+    t[2, 3], s[2, 0] = -500.0, -5e3  # far below the maximum: exp underflows, KL stays exact
+    got = logit_stats(t, s, backend=backend)
     assert got["teacher_pred"][0] == 1 and got["teacher_margin"][0] == pytest.approx(0.0, abs=1e-6)
     assert got["student_pred"][1] == 0 and got["student_margin"][1] == pytest.approx(0.0, abs=1e-6)
     assert_matches(got, reference(t, s))
-    one = logit_stats(t[:, :1], s[:, :1], compile=compile)
+    one = logit_stats(t[:, :1], s[:, :1], backend=backend)
     np.testing.assert_allclose(one["teacher_margin"], 1.0)
     np.testing.assert_allclose(one["kl_ts"], 0.0, atol=1e-7)
     assert (one["teacher_pred"] == 0).all()
 
 
-def test_compiled_and_eager_agree_and_compiled_is_deterministic():
+@pytest.mark.parametrize("backend", ALL)
+def test_masked_classes_and_nan_rows(backend):
+    """−inf logits (masked classes) give the statistics of the unmasked classes; a NaN logit makes
+    its own row's statistics NaN and leaves the other rows alone."""
+    t, s = logits(6, 40, seed=4)
+    mask = np.zeros(40, bool)
+    mask[[0, 7, 31, 39]] = True
+    tm, sm = t.copy(), s.copy()
+    tm[:, mask] = sm[:, mask] = -np.inf
+    got = logit_stats(tm, sm, backend=backend)
+    want = reference(t[:, ~mask], s[:, ~mask])
+    keep = np.flatnonzero(~mask)
+    want["teacher_pred"], want["student_pred"] = keep[want["teacher_pred"]], keep[want["student_pred"]]
+    assert_matches(got, want)
+    tm[3, 5] = np.nan
+    got = logit_stats(tm, sm, backend=backend)
+    for k in ("teacher_entropy", "kl_ts", "kl_st", "teacher_conf"):
+        assert np.isnan(got[k][3]) and np.isfinite(np.delete(got[k], 3)).all(), k
+
+
+def test_backends_agree_and_are_deterministic():
     t, s = logits(2 * chunk_rows(17) + 17, 17, seed=2)
-    a = logit_stats(t, s, compile=True)
-    b = logit_stats(t, s, compile=True)
-    e = logit_stats(t, s, compile=False)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-        np.testing.assert_allclose(a[k], e[k], atol=5e-6, rtol=1e-5, err_msg=k)
+    backends = ["compiled", "eager"] + (["native"] if native.available() else [])
+    runs = {b: logit_stats(t, s, backend=b) for b in backends}
+    again = {b: logit_stats(t, s, backend=b) for b in ("compiled", "native") if b in runs}
+    for b, r in again.items():
+        for k in r:
+            np.testing.assert_array_equal(r[k], runs[b][k], err_msg=f"{b} {k}")
+    for b in backends[1:]:
+        for k in runs[b]:
+            np.testing.assert_allclose(runs[b][k], runs["compiled"][k], atol=5e-6, rtol=1e-5, err_msg=f"{b} {k}")
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_disagreement_soft_labels(compile):
-    t, s = logits(50, 17, seed=3)
-    labels = torch.tensor([i % 17 if i % 5 else -1 for i in range(50)])
-    out = disagreement(torch.from_numpy(t), torch.from_numpy(s), temperature=2.0, topk=3,
-                       label_idx=labels, compile=compile)
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("topk", [3, 20])  # native collects k ≤ 16 itself; torch.topk above that
+def test_disagreement_soft_labels(backend, topk):
+    t, s = logits(50, 40, seed=3)
+    labels = torch.tensor([i % 40 if i % 5 else -1 for i in range(50)])
+    out = disagreement(torch.from_numpy(t), torch.from_numpy(s), temperature=2.0, topk=topk,
+                       label_idx=labels, backend=backend)
     pt = np.exp(t / 2.0 - np.logaddexp.reduce(t.astype(np.float64) / 2.0, axis=1, keepdims=True))
-    idx = np.argsort(-t, 1)[:, :3]
+    idx = np.argsort(-t, 1, kind="stable")[:, :topk]
     np.testing.assert_array_equal(out["teacher_topk_idx"].numpy(), idx)
     np.testing.assert_allclose(out["teacher_topk_prob"].numpy(), np.take_along_axis(pt, idx, 1), atol=1e-6)
     np.testing.assert_allclose(out["teacher_topk_logit"].numpy(), np.take_along_axis(t, idx, 1))
+    np.testing.assert_array_equal(out["student_topk_idx"].numpy(), np.argsort(-s, 1, kind="stable")[:, :topk])
     lab = labels.numpy()
     want = np.where(lab >= 0, pt[np.arange(50), np.clip(lab, 0, None)], np.nan)
     np.testing.assert_allclose(out["teacher_label_prob"].numpy(), want, atol=1e-6)
     assert (out["agree"].numpy() == (t.argmax(1) == s.argmax(1))).all()
     assert_matches({k: v.numpy() for k, v in out.items()}, reference(t, s, 2.0))
+
+
+@NEEDS_NATIVE
+def test_native_top_k_with_many_equal_values():
+    """Rows where most values tie overflow the kernel's candidate buffer (64): the top-k is still
+    the stable order (lowest index first among equals), as a stable argsort gives."""
+    rng = np.random.default_rng(5)
+    t = np.zeros((4, 1000), np.float32)
+    t[1, rng.choice(1000, 300, replace=False)] = 2.0  # 300 tied maxima
+    t[2] = np.repeat(np.arange(10, dtype=np.float32), 100)  # ascending blocks of ties
+    t[3] = rng.integers(0, 3, 1000).astype(np.float32)
+    s = t[::-1].copy()
+    out = disagreement(torch.from_numpy(t), torch.from_numpy(s), topk=16, backend="native")
+    for z, key in ((t, "teacher_topk_idx"), (s, "student_topk_idx")):
+        np.testing.assert_array_equal(out[key].numpy(), np.argsort(-z, 1, kind="stable")[:, :16])
+    np.testing.assert_array_equal(out["teacher_pred"].numpy(), t.argmax(1))
+    np.testing.assert_allclose(out["teacher_margin"].numpy(), 0.0, atol=1e-7)
+
+
+def test_backend_choice(monkeypatch):
+    assert S.choose_backend("cpu", 10, 10, "eager") == "eager"
+    assert S.choose_backend("meta", 10, 10**12) == "eager"  # not a CPU: eager (the GPU path)
+    with pytest.raises(ValueError, match="expected one of"):
+        S.choose_backend("cpu", 10, 10, "fast")
+    if native.available():
+        assert S.choose_backend("cpu", 10, 10) == "native"
+    monkeypatch.setenv("KDATA_NATIVE", "0")
+    assert "KDATA_NATIVE=0" in native.status()
+    assert S.choose_backend("cpu", 10, 10) == "eager"
+    assert S.choose_backend("cpu", 1000, 10**9) == "compiled"
+    with pytest.raises(RuntimeError, match="native statistics: off"):
+        S.choose_backend("cpu", 10, 10, "native")
+    monkeypatch.setenv("KDATA_STATS_BACKEND", "compiled")
+    assert S.choose_backend("cpu", 10, 10) == "compiled"
 
 
 def test_shape_mismatch_is_a_clear_error():
