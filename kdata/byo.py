@@ -30,7 +30,9 @@ shards carry the ids, the teacher's soft labels and the scores only.
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,10 +274,13 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     return out, C, class_names
 
 
-def file_checksum(path: str) -> str:
+def file_checksum(path: str, *, stop: threading.Event | None = None) -> str:
+    """sha256 of a file, read in 1 MB blocks; "" if ``stop`` is set before it finishes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(block)
     return h.hexdigest()
 
@@ -287,8 +292,16 @@ def prepare_byo(cfg, *, opts):
     from .score import ScoreConfig
 
     methods = resolve_methods(cfg)
-    scores, C, class_names = load_scores(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
-    digest = file_checksum(cfg.scores)
+    # the checksum (5 s for an 8 GB file) runs beside the load: hashlib releases the GIL
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="kdata-sha256") as ex:
+        pending = ex.submit(file_checksum, cfg.scores, stop=stop) if Path(cfg.scores).is_file() else None
+        try:
+            scores, C, class_names = load_scores(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
+        except BaseException:
+            stop.set()  # a bad file fails at once, not after hashing all of it
+            raise
+        digest = pending.result()
     teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
     student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
     pool = open_pool(cfg.pool) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")

@@ -33,6 +33,7 @@ from .inspect import (Run, agreement, class_balance, decision_counts, load_run, 
                       quarantined_rows, score_columns, score_quantiles)
 
 CARD = "README.md"
+MAX_BALANCE_ROWS = 40  # above this many classes the card summarises the balance
 PLOTS = {"scores": "card-scores.png", "balance": "card-class-balance.png", "thumbnails": "card-thumbnails.png"}
 N_THUMBS = 16  # kept and rejected each
 
@@ -228,9 +229,23 @@ def render_card(run: Run, *, name: str, plots: dict[str, str | None], notes: dic
 
     def share(v, c):
         return None if v is None or not tot[c] else f"{v} ({100 * v / tot[c]:.1f}%)"
+
+    shown = bal
+    if len(bal) > MAX_BALANCE_ROWS and tot["pool_teacher"] and tot["kept_teacher"]:
+        # many classes: a summary and the classes whose share moved most, not a table of thousands
+        kept = np.array([r["kept_teacher"] or 0 for r in bal], np.float64) / tot["kept_teacher"]
+        pool = np.array([r["pool_teacher"] or 0 for r in bal], np.float64) / tot["pool_teacher"]
+        order = np.argsort(kept - pool, kind="stable")
+        half = MAX_BALANCE_ROWS // 2
+        pick = sorted(set(order[:half].tolist()) | set(order[-half:].tolist()))
+        shown = [bal[i] for i in pick]
+        L += [f"{len(bal)} classes. Share of kept rows per class (teacher prediction): min "
+              f"{100 * kept.min():.2f}%, median {100 * np.median(kept):.2f}%, max {100 * kept.max():.2f}%; "
+              f"{int((kept == 0).sum())} classes with no kept row (in the pool by teacher prediction: "
+              f"{int((pool == 0).sum())}). The {len(shown)} classes whose share moved most:", ""]
     L += _table(["class", "pool, web label", "pool, teacher prediction", "kept, teacher prediction"],
                 [[r["class"], share(r["pool_label"], "pool_label"), share(r["pool_teacher"], "pool_teacher"),
-                  share(r["kept_teacher"], "kept_teacher")] for r in bal]) + [""]
+                  share(r["kept_teacher"], "kept_teacher")] for r in shown]) + [""]
     if plots.get("balance"):
         L += [f"![class balance before and after]({plots['balance']})", ""]
     L += ["## Score distributions", "",
@@ -352,6 +367,25 @@ def plot_balance(run: Run, path: Path) -> bool:
     series = [("pool, web label", "pool_label", "tab:gray"), ("pool, teacher", "pool_teacher", "tab:orange"),
               ("kept, teacher", "kept_teacher", "tab:blue")]
     series = [s for s in series if any(r[s[1]] is not None for r in bal)]
+    if len(bal) > MAX_BALANCE_ROWS:  # many classes: shares as lines over classes ranked by pool share
+        fig = _figure(8.0, 3.4)
+        ax = fig.add_subplot(1, 1, 1)
+        keys = [k for _, k, _ in series]
+        ref = "pool_teacher" if "pool_teacher" in keys else keys[0]
+        ref_counts = np.array([r[ref] or 0 for r in bal], dtype=np.float64)
+        order = np.argsort(-ref_counts, kind="stable")
+        for label, key, color in series:
+            counts = np.array([r[key] or 0 for r in bal], dtype=np.float64)[order]
+            total = counts.sum()
+            ax.step(np.arange(len(bal)), counts / total if total else counts, where="mid", color=color,
+                    lw=0.9, label=f"{label} (n={int(total)})")
+        ax.set_xlabel(f"class, ranked by {ref.replace('_', ' ')} share ({len(bal)} classes)")
+        ax.set_ylabel("share of rows")
+        ax.set_title("class balance before and after curation", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        _save(fig, path)
+        return True
     fig = _figure(max(5.0, 0.45 * len(bal) * len(series)), 3.4)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(bal))

@@ -214,3 +214,28 @@ def test_card_without_payload_has_no_thumbnails(tmp_path, capsys):
     assert sorted(_links(text)) == ["card-class-balance.png", "card-scores.png"]
     assert main(["inspect", str(out), "--grid", str(tmp_path / "g.png")]) == 2
     assert "no image payload" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
+
+
+def test_card_of_many_classes_summarises_the_balance(tmp_path, capsys):
+    """C = 300 classes: the balance table is a summary plus the classes that moved most, and the plot
+    a fixed-size line plot (a bar per class made a 90,000-pixel-wide PNG at C = 1000)."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(1)
+    n, c = 2000, 300
+    t = rng.normal(size=(n, c)).astype(np.float32) * 3
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(n)], "teacher_logits": list(t),
+                             "student_logits": list(t + rng.normal(size=(n, c)).astype(np.float32))}),
+                   tmp_path / "preds.parquet")
+    out = tmp_path / "many"
+    assert main(["select", "--scores", str(tmp_path / "preds.parquet"), "--method", "rad", "--budget", "0.2",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    text = (out / "README.md").read_text()
+    section = text.split("## Class balance before and after")[1].split("\n## ")[0]
+    assert "300 classes. Share of kept rows per class" in section
+    assert "The 40 classes whose share moved most" in section
+    assert 40 <= sum(1 for line in section.splitlines() if line.startswith("| ") and "%" in line) <= 41
+    with Image.open(out / "card-class-balance.png") as im:
+        assert im.size[0] <= 1000 and im.size[1] <= 400

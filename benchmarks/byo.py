@@ -1,0 +1,102 @@
+"""Bring-your-own predictions at scale: time and peak memory of ``kdata select --scores``.
+
+    python benchmarks/byo.py                      # N = 1,000,000 rows, C = 1,000 (an 8 GB file)
+    python benchmarks/byo.py --n 250000           # smaller
+
+1. Writes a Parquet file of full float32 teacher/student logits (``sample_id``,
+   ``teacher_logits``, ``student_logits`` as lists; row groups of 16,384 rows) in a temporary
+   folder (``--dir``), unless it is already there.
+2. Baseline, in a fresh process: read every logit with pyarrow (``iter_batches``, no
+   pre-buffering) and turn each batch into a float32 array, nothing else.
+3. In a fresh process: ``kdata select --scores FILE --method rad --budget 0.1 --out OUT``, which
+   validates, streams and scores every row, selects and writes the curated shards.
+Prints wall seconds and peak RSS of both, and the ratio of the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# runs a command as its child and reports (wall seconds, peak RSS of that child in MB)
+_MEASURE = ("import resource, subprocess, sys, time\n"
+            "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:]).returncode\n"
+            "print(f'MEASURE {time.perf_counter() - t:.2f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} {rc}')")
+
+_READ = ("import sys, numpy as np, pyarrow.parquet as pq\n"
+         "f = pq.ParquetFile(sys.argv[1], pre_buffer=False); n = 0\n"
+         "for b in f.iter_batches(batch_size=16384, columns=['teacher_logits', 'student_logits']):\n"
+         "    for col in b.columns:\n"
+         "        a = col.flatten().to_numpy(); n += a.size\n"
+         "print('values', n)")
+
+
+def write_file(path: Path, n: int, c: int, *, group: int = 16_384) -> None:
+    rng = np.random.default_rng(0)
+    tmp = path.with_suffix(".tmp")
+    schema = pa.schema([("sample_id", pa.string()), ("teacher_logits", pa.list_(pa.float32())),
+                        ("student_logits", pa.list_(pa.float32()))])
+    with pq.ParquetWriter(tmp, schema, compression="none") as w:
+        for i in range(0, n, group):
+            m = min(group, n - i)
+            t = rng.standard_normal((m, c), dtype=np.float32) * 3
+            s = t + rng.standard_normal((m, c), dtype=np.float32) * 1.5
+            lists = [pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * c, c, dtype=np.int32)),
+                                              pa.array(x.reshape(-1))) for x in (t, s)]
+            w.write_table(pa.table({"sample_id": pa.array([f"r{j}" for j in range(i, i + m)]),
+                                    "teacher_logits": lists[0], "student_logits": lists[1]}, schema=schema))
+    os.replace(tmp, path)
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("MEASURE")), None)
+    if line is None or line.split()[3] != "0":
+        sys.exit(f"failed: {' '.join(cmd)}\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    _, sec, rss, _ = line.split()
+    return float(sec), float(rss)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--c", type=int, default=1000)
+    ap.add_argument("--dir", default=None, help="where the file is written (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the file for the next run")
+    args = ap.parse_args(argv)
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="kdata-bench-byo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"logits-{args.n}x{args.c}.parquet"
+    if not path.exists():
+        t0 = time.perf_counter()
+        write_file(path, args.n, args.c)
+        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s")
+    print(f"# kdata BYO benchmark: N={args.n:,} C={args.c:,} file {path.stat().st_size / 1e9:.2f} GB "
+          f"load={os.getloadavg()[0]:.1f}")
+    base_s, base_rss = measure([sys.executable, "-c", _READ, str(path)])
+    print(f"baseline: pyarrow read of all logits   {base_s:7.1f} s  peak RSS {base_rss:7.0f} MB")
+    out = folder / "curated"
+    shutil.rmtree(out, ignore_errors=True)
+    kdata = [sys.executable, "-m", "kdata.cli", "select", "--scores", str(path), "--method", "rad",
+             "--budget", "0.1", "--out", str(out)]
+    sec, rss = measure(kdata)
+    print(f"kdata select --scores (rad, 10%)       {sec:7.1f} s  peak RSS {rss:7.0f} MB  "
+          f"= {sec / base_s:.2f}x the read, {args.n / sec:,.0f} rows/s")
+    shutil.rmtree(out, ignore_errors=True)
+    if not args.keep and not args.dir:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
