@@ -361,42 +361,35 @@ def plot_scores(run: Run, path: Path) -> bool:
 
 
 def plot_balance(run: Run, path: Path) -> bool:
+    """Class shares per series: grouped bars per class, or, above ``MAX_BALANCE_ROWS`` classes,
+    lines over the classes ranked by pool share (a bar per class does not scale to C = 1000)."""
     bal = class_balance(run)
     if not bal:
         return False
     series = [("pool, web label", "pool_label", "tab:gray"), ("pool, teacher", "pool_teacher", "tab:orange"),
               ("kept, teacher", "kept_teacher", "tab:blue")]
     series = [s for s in series if any(r[s[1]] is not None for r in bal)]
-    if len(bal) > MAX_BALANCE_ROWS:  # many classes: shares as lines over classes ranked by pool share
-        fig = _figure(8.0, 3.4)
-        ax = fig.add_subplot(1, 1, 1)
-        keys = [k for _, k, _ in series]
-        ref = "pool_teacher" if "pool_teacher" in keys else keys[0]
-        ref_counts = np.array([r[ref] or 0 for r in bal], dtype=np.float64)
-        order = np.argsort(-ref_counts, kind="stable")
-        for label, key, color in series:
-            counts = np.array([r[key] or 0 for r in bal], dtype=np.float64)[order]
-            total = counts.sum()
-            ax.step(np.arange(len(bal)), counts / total if total else counts, where="mid", color=color,
-                    lw=0.9, label=f"{label} (n={int(total)})")
-        ax.set_xlabel(f"class, ranked by {ref.replace('_', ' ')} share ({len(bal)} classes)")
-        ax.set_ylabel("share of rows")
-        ax.set_title("class balance before and after curation", fontsize=10)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        _save(fig, path)
-        return True
-    fig = _figure(max(5.0, 0.45 * len(bal) * len(series)), 3.4)
+    many = len(bal) > MAX_BALANCE_ROWS
+    fig = _figure(8.0 if many else max(5.0, 0.45 * len(bal) * len(series)), 3.4)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(bal))
+    keys = [k for _, k, _ in series]
+    ref = "pool_teacher" if "pool_teacher" in keys else keys[0]
+    order = np.argsort(-np.array([r[ref] or 0 for r in bal], dtype=np.float64), kind="stable") if many else x
     w = 0.8 / max(1, len(series))
     for j, (label, key, color) in enumerate(series):
-        counts = np.array([r[key] or 0 for r in bal], dtype=np.float64)
+        counts = np.array([r[key] or 0 for r in bal], dtype=np.float64)[order]
         total = counts.sum()
-        ax.bar(x + (j - (len(series) - 1) / 2) * w, counts / total if total else counts, width=w, color=color,
-               label=f"{label} (n={int(total)})")
-    ax.set_xticks(x)
-    ax.set_xticklabels([r["class"] for r in bal], fontsize=7, rotation=90 if len(bal) > 20 else 0)
+        share, label = (counts / total if total else counts), f"{label} (n={int(total)})"
+        if many:
+            ax.step(x, share, where="mid", color=color, lw=0.9, label=label)
+        else:
+            ax.bar(x + (j - (len(series) - 1) / 2) * w, share, width=w, color=color, label=label)
+    if many:
+        ax.set_xlabel(f"class, ranked by {ref.replace('_', ' ')} share ({len(bal)} classes)")
+    else:
+        ax.set_xticks(x)
+        ax.set_xticklabels([r["class"] for r in bal], fontsize=7, rotation=90 if len(bal) > 20 else 0)
     ax.set_ylabel("share of rows")
     ax.set_title("class balance before and after curation", fontsize=10)
     ax.legend(fontsize=7)
