@@ -1,4 +1,4 @@
-"""The native backend of ``kdata.stats``: ``row_stats.c`` (AVX-512), built on first use.
+"""The native backend of ``kdata.stats``: ``row_stats.c`` (AVX-512 or AVX2), built on first use.
 
 The statistics are bound by ``exp``, and neither eager torch nor ``torch.compile`` reach the
 machine's arithmetic: the hand-written kernel does one pass from memory and one from L1 per row,
@@ -10,8 +10,10 @@ It is compiled once per machine with the system C compiler (``$CC``, else ``cc``
 ``-march=native`` into ``$KDATA_CACHE/native/`` (the file name carries a hash of the source, the
 compiler and the CPU's flags, so a cache shared between machines never loads a foreign build),
 then called through ctypes, which releases the GIL: rows are split over ``torch.get_num_threads()``
-threads. Without a C compiler or AVX-512 (the source refuses to build) ``available()`` is False and
-``kdata.stats`` uses its other backends; ``status()`` says why.
+threads. The source targets AVX-512 where the CPU has it, else AVX2 + FMA (x86-64 since 2013;
+``KDATA_NATIVE_ISA=avx2`` forces that build on an AVX-512 machine). Without a C compiler or either
+instruction set (the source refuses to build) ``available()`` is False and ``kdata.stats`` uses its
+other backends; ``status()`` says why.
 """
 
 from __future__ import annotations
@@ -52,18 +54,26 @@ def _cpu_signature() -> str:
     return sig
 
 
-def _build() -> ctypes.CDLL:
+def _isa(isa: str | None) -> str:
+    isa = (isa or os.environ.get("KDATA_NATIVE_ISA") or "native").lower()
+    if isa not in ("native", "avx2"):
+        raise ValueError(f"KDATA_NATIVE_ISA={isa!r}: expected 'native' (the best the CPU has) or 'avx2'")
+    return isa
+
+
+def _build(isa: str) -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (set $CC)")
+    flags = _FLAGS + (["-mno-avx512f"] if isa == "avx2" else [])
     src = _SOURCE.read_bytes()
-    key = hashlib.sha256(src + cc.encode() + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    key = hashlib.sha256(src + cc.encode() + " ".join(flags).encode() + _cpu_signature().encode()).hexdigest()[:16]
     lib_path = cache_dir("native") / f"row_stats-{key}.so"
     if not lib_path.exists():
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
         os.close(fd)
         try:
-            res = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True)
+            res = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True)
             if res.returncode != 0:
                 err = (res.stderr.strip().splitlines() or ["exit code %d" % res.returncode])
                 msg = next((x for x in err if "#error" in x or "error:" in x), err[0])
@@ -76,36 +86,39 @@ def _build() -> ctypes.CDLL:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.kd_row_stats.argtypes = [p, p, i64, i64, i64, ctypes.c_float, ctypes.c_int, p, i64, p, p, p, p, p]
     lib.kd_row_stats.restype = ctypes.c_int
-    _STATE["path"] = str(lib_path)
+    lib.kd_isa.restype = ctypes.c_char_p
+    _STATE[isa, "path"] = f"{lib.kd_isa().decode()}, {lib_path}"
     return lib
 
 
-def _lib() -> ctypes.CDLL | None:
-    if "lib" not in _STATE:
+def _lib(isa: str | None = None) -> ctypes.CDLL | None:
+    isa = _isa(isa)
+    if (isa, "lib") not in _STATE:
         with _LOCK:
-            if "lib" not in _STATE:
+            if (isa, "lib") not in _STATE:
                 try:
-                    _STATE["lib"] = _build()
-                except Exception as exc:  # no compiler, no AVX-512, not x86…
-                    _STATE["lib"] = None
-                    _STATE["why"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return _STATE["lib"]
+                    _STATE[isa, "lib"] = _build(isa)
+                except Exception as exc:  # no compiler, no AVX2, not x86…
+                    _STATE[isa, "lib"] = None
+                    _STATE[isa, "why"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return _STATE[isa, "lib"]
 
 
-def available() -> bool:
+def available(isa: str | None = None) -> bool:
     """True if the kernel is built (or builds now) and loads on this machine."""
     if os.environ.get("KDATA_NATIVE", "1") == "0":
         return False
-    return _lib() is not None
+    return _lib(isa) is not None
 
 
-def status() -> str:
-    """One line: where the kernel was loaded from, or why it is not used."""
+def status(isa: str | None = None) -> str:
+    """One line: which build is used (instruction set, file), or why none is."""
     if os.environ.get("KDATA_NATIVE", "1") == "0":
         return "native statistics: off (KDATA_NATIVE=0)"
-    if _lib() is None:
-        return f"native statistics: unavailable ({_STATE['why']})"
-    return f"native statistics: {_STATE['path']}"
+    isa = _isa(isa)
+    if _lib(isa) is None:
+        return f"native statistics: unavailable ({_STATE[isa, 'why']})"
+    return f"native statistics: {_STATE[isa, 'path']}"
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -116,12 +129,14 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return pool
 
 
-def row_stats(t: torch.Tensor, s: torch.Tensor, *, inv_temp: float, k: int = 0, threads: int | None = None):
+def row_stats(t: torch.Tensor, s: torch.Tensor, *, inv_temp: float, k: int = 0, threads: int | None = None,
+              isa: str | None = None):
     """(pred (2, N) int32, out (12, N) float32, top-k or None) for (N, C) float32 CPU logits;
-    top-k is (teacher idx, teacher raw values, student idx, student raw values), each (N, k)."""
-    lib = _lib()
+    top-k is (teacher idx, teacher raw values, student idx, student raw values), each (N, k).
+    ``isa="avx2"`` uses the AVX2 build even where AVX-512 is available."""
+    lib = _lib(isa)
     if lib is None:
-        raise RuntimeError(status())
+        raise RuntimeError(status(isa))
     if not 0 <= k <= MAX_K:
         raise ValueError(f"native top-k supports k <= {MAX_K}, got {k}")
     t = t.detach().float().contiguous()

@@ -53,12 +53,26 @@ def test_exp_polynomial_relative_error():
     assert float(S._exp_neg(torch.tensor([-1e4, float("-inf")])).max()) < 1e-37  # clamped, finite
 
 
-NEEDS_NATIVE = pytest.mark.skipif(not native.available(), reason="needs AVX-512 and a C compiler: " + native.status())
-ALL = ["eager", "compiled", pytest.param("native", marks=NEEDS_NATIVE)]
+NEEDS_NATIVE = pytest.mark.skipif(not native.available(), reason="needs a C compiler: " + native.status())
+NEEDS_AVX2 = pytest.mark.skipif(not native.available("avx2"), reason="needs AVX2: " + native.status("avx2"))
+# "native-avx2": the AVX2 build of the same kernel, run on this machine even if it has AVX-512
+ALL = ["eager", "compiled", pytest.param("native", marks=NEEDS_NATIVE),
+       pytest.param("native-avx2", marks=NEEDS_AVX2)]
 
 
-def nat(*args):
-    return pytest.param("native", *args, marks=NEEDS_NATIVE)
+def nat(*args, isa=""):
+    return pytest.param("native" + isa, *args, marks=NEEDS_AVX2 if isa else NEEDS_NATIVE)
+
+
+@pytest.fixture()
+def use(monkeypatch):
+    """The backend name for kdata.stats; "native-avx2" selects the AVX2 build first."""
+    def pick(backend: str) -> str:
+        if backend == "native-avx2":
+            monkeypatch.setenv("KDATA_NATIVE_ISA", "avx2")
+            return "native"
+        return backend
+    return pick
 
 
 # few class counts for "compiled": it compiles once per class count (≈ 4 s each)
@@ -67,16 +81,19 @@ def nat(*args):
     ("compiled", chunk_rows(17) + 5, 17, 1.0), ("compiled", 300, 17, 2.0), ("compiled", 40, 6, 1.0),
     # native: threaded (≥ 2²⁰ elements), vector tails (C mod 16), C < 16, wide rows
     nat(3000, 1000, 1.0), nat(300, 17, 2.0), nat(40, 2, 1.0), nat(500, 33, 0.5), nat(200, 16, 1.0),
-    nat(20, 20_000, 1.0)])
-def test_statistics_match_float64_reference(backend, n, c, temperature):
+    nat(20, 20_000, 1.0),
+    nat(3000, 1000, 1.0, isa="-avx2"), nat(300, 17, 2.0, isa="-avx2"), nat(40, 3, 1.0, isa="-avx2"),
+    nat(500, 33, 0.5, isa="-avx2"), nat(200, 8, 1.0, isa="-avx2")])
+def test_statistics_match_float64_reference(use, backend, n, c, temperature):
     t, s = logits(n, c)
-    got = logit_stats(t, s, temperature=temperature, backend=backend, chunk=3000)
+    got = logit_stats(t, s, temperature=temperature, backend=use(backend), chunk=3000)
     assert not S._COMPILE_FAILED, S._COMPILE_FAILED  # the compiled path really ran
     assert_matches(got, reference(t, s, temperature))
 
 
 @pytest.mark.parametrize("backend", ALL)
-def test_ties_one_class_and_wide_ranges(backend):
+def test_ties_one_class_and_wide_ranges(use, backend):
+    backend = use(backend)
     t, s = logits(8, 6, seed=1)
     t[0, [1, 4]] = t[0].max() + 2.0  # two maxima: first index, margin 0
     s[1, [0, 2, 5]] = s[1].max() + 1.0  # three maxima
@@ -92,9 +109,10 @@ def test_ties_one_class_and_wide_ranges(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
-def test_masked_classes_and_nan_rows(backend):
+def test_masked_classes_and_nan_rows(use, backend):
     """−inf logits (masked classes) give the statistics of the unmasked classes; a NaN logit makes
     its own row's statistics NaN and leaves the other rows alone."""
+    backend = use(backend)
     t, s = logits(6, 40, seed=4)
     mask = np.zeros(40, bool)
     mask[[0, 7, 31, 39]] = True
@@ -111,7 +129,7 @@ def test_masked_classes_and_nan_rows(backend):
         assert np.isnan(got[k][3]) and np.isfinite(np.delete(got[k], 3)).all(), k
 
 
-def test_backends_agree_and_are_deterministic():
+def test_backends_agree_and_are_deterministic(monkeypatch):
     t, s = logits(2 * chunk_rows(17) + 17, 17, seed=2)
     backends = ["compiled", "eager"] + (["native"] if native.available() else [])
     runs = {b: logit_stats(t, s, backend=b) for b in backends}
@@ -119,6 +137,10 @@ def test_backends_agree_and_are_deterministic():
     for b, r in again.items():
         for k in r:
             np.testing.assert_array_equal(r[k], runs[b][k], err_msg=f"{b} {k}")
+    if native.available("avx2"):
+        monkeypatch.setenv("KDATA_NATIVE_ISA", "avx2")
+        runs["native-avx2"] = logit_stats(t, s, backend="native")
+        backends.append("native-avx2")
     for b in backends[1:]:
         for k in runs[b]:
             np.testing.assert_allclose(runs[b][k], runs["compiled"][k], atol=5e-6, rtol=1e-5, err_msg=f"{b} {k}")
@@ -126,7 +148,8 @@ def test_backends_agree_and_are_deterministic():
 
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("topk", [3, 20])  # native collects k ≤ 16 itself; torch.topk above that
-def test_disagreement_soft_labels(backend, topk):
+def test_disagreement_soft_labels(use, backend, topk):
+    backend = use(backend)
     t, s = logits(50, 40, seed=3)
     labels = torch.tensor([i % 40 if i % 5 else -1 for i in range(50)])
     out = disagreement(torch.from_numpy(t), torch.from_numpy(s), temperature=2.0, topk=topk,
@@ -144,10 +167,11 @@ def test_disagreement_soft_labels(backend, topk):
     assert_matches({k: v.numpy() for k, v in out.items()}, reference(t, s, 2.0))
 
 
-@NEEDS_NATIVE
-def test_native_top_k_with_many_equal_values():
+@pytest.mark.parametrize("backend", ALL[2:])
+def test_native_top_k_with_many_equal_values(use, backend):
     """Rows where most values tie overflow the kernel's candidate buffer (64): the top-k is still
     the stable order (lowest index first among equals), as a stable argsort gives."""
+    use(backend)
     rng = np.random.default_rng(5)
     t = np.zeros((4, 1000), np.float32)
     t[1, rng.choice(1000, 300, replace=False)] = 2.0  # 300 tied maxima
