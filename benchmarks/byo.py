@@ -1,11 +1,13 @@
 """Bring-your-own predictions at scale: time and peak memory of ``kdata select --scores``.
 
-    python benchmarks/byo.py                      # N = 1,000,000 rows, C = 1,000 (an 8 GB file)
-    python benchmarks/byo.py --n 250000           # smaller
+    python benchmarks/byo.py                        # N = 1,000,000 rows, C = 1,000 (an 8 GB file)
+    python benchmarks/byo.py --n 250000             # smaller
+    python benchmarks/byo.py --n 10000000 --topk 5  # N = 10M rows as top-5 probabilities (0.6 GB)
 
 1. Writes a Parquet file of full float32 teacher/student logits (``sample_id``,
-   ``teacher_logits``, ``student_logits`` as lists; row groups of 16,384 rows) in a temporary
-   folder (``--dir``), unless it is already there.
+   ``teacher_logits``, ``student_logits`` as lists; row groups of 16,384 rows), or with
+   ``--topk K`` the top-K probabilities (``*_topk_idx``/``*_topk_prob``), in a temporary folder
+   (``--dir``), unless it is already there.
 2. Baseline, in a fresh process: read every logit with pyarrow (``iter_batches``, no
    pre-buffering) and turn each batch into a float32 array, nothing else.
 3. In a fresh process: ``kdata select --scores FILE --method rad --budget 0.1 --out OUT``, which
@@ -35,26 +37,43 @@ _MEASURE = ("import resource, subprocess, sys, time\n"
 
 _READ = ("import sys, numpy as np, pyarrow.parquet as pq\n"
          "f = pq.ParquetFile(sys.argv[1], pre_buffer=False); n = 0\n"
-         "for b in f.iter_batches(batch_size=16384, columns=['teacher_logits', 'student_logits']):\n"
+         "cols = [c for c in f.schema_arrow.names if c != 'sample_id']\n"
+         "for b in f.iter_batches(batch_size=16384, columns=cols):\n"
          "    for col in b.columns:\n"
          "        a = col.flatten().to_numpy(); n += a.size\n"
          "print('values', n)")
 
 
-def write_file(path: Path, n: int, c: int, *, group: int = 16_384) -> None:
+def write_file(path: Path, n: int, c: int, *, topk: int = 0, group: int = 16_384) -> None:
     rng = np.random.default_rng(0)
     tmp = path.with_suffix(".tmp")
-    schema = pa.schema([("sample_id", pa.string()), ("teacher_logits", pa.list_(pa.float32())),
-                        ("student_logits", pa.list_(pa.float32()))])
+    names = [f"{w}_topk_{x}" for w in ("teacher", "student") for x in ("idx", "prob")] if topk else \
+        ["teacher_logits", "student_logits"]
+    types = [pa.list_(pa.int32() if n_.endswith("idx") else pa.float32()) for n_ in names]
+    schema = pa.schema([("sample_id", pa.string()), *zip(names, types)])
+
+    def lists(x: np.ndarray, typ) -> pa.Array:
+        m, w = x.shape
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * w, w, dtype=np.int32)),
+                                        pa.array(x.reshape(-1), typ.value_type))
+
     with pq.ParquetWriter(tmp, schema, compression="none") as w:
         for i in range(0, n, group):
             m = min(group, n - i)
             t = rng.standard_normal((m, c), dtype=np.float32) * 3
             s = t + rng.standard_normal((m, c), dtype=np.float32) * 1.5
-            lists = [pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * c, c, dtype=np.int32)),
-                                              pa.array(x.reshape(-1))) for x in (t, s)]
+            if topk:
+                cols = []
+                for z in (t, s):
+                    idx = np.argpartition(-z, topk, axis=1)[:, :topk].astype(np.int32)
+                    p = np.exp(z - z.max(1, keepdims=True))
+                    p /= p.sum(1, keepdims=True)
+                    cols += [idx, np.take_along_axis(p, idx, 1).astype(np.float32)]
+            else:
+                cols = [t, s]
             w.write_table(pa.table({"sample_id": pa.array([f"r{j}" for j in range(i, i + m)]),
-                                    "teacher_logits": lists[0], "student_logits": lists[1]}, schema=schema))
+                                    **{n_: lists(x, typ) for n_, x, typ in zip(names, cols, types)}},
+                                   schema=schema))
     os.replace(tmp, path)
 
 
@@ -71,20 +90,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--c", type=int, default=1000)
+    ap.add_argument("--topk", type=int, default=0, help="write top-K probabilities instead of full logits")
     ap.add_argument("--dir", default=None, help="where the file is written (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the file for the next run")
     args = ap.parse_args(argv)
     folder = Path(args.dir or tempfile.mkdtemp(prefix="kdata-bench-byo-"))
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"logits-{args.n}x{args.c}.parquet"
+    path = folder / (f"top{args.topk}-{args.n}x{args.c}.parquet" if args.topk else f"logits-{args.n}x{args.c}.parquet")
     if not path.exists():
         t0 = time.perf_counter()
-        write_file(path, args.n, args.c)
+        write_file(path, args.n, args.c, topk=args.topk)
         print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s")
-    print(f"# kdata BYO benchmark: N={args.n:,} C={args.c:,} file {path.stat().st_size / 1e9:.2f} GB "
+    print(f"# kdata BYO benchmark: N={args.n:,} C={args.c:,} {f'top-{args.topk} probabilities' if args.topk else 'logits'}, "
+          f"file {path.stat().st_size / 1e9:.2f} GB "
           f"load={os.getloadavg()[0]:.1f}")
     base_s, base_rss = measure([sys.executable, "-c", _READ, str(path)])
-    print(f"baseline: pyarrow read of all logits   {base_s:7.1f} s  peak RSS {base_rss:7.0f} MB")
+    print(f"baseline: pyarrow read of every column {base_s:7.1f} s  peak RSS {base_rss:7.0f} MB")
     out = folder / "curated"
     shutil.rmtree(out, ignore_errors=True)
     kdata = [sys.executable, "-m", "kdata.cli", "select", "--scores", str(path), "--method", "rad",

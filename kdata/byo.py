@@ -45,7 +45,6 @@ from .errors import KdataError
 
 PASSTHROUGH = {"domain": pa.string(), "teacher_loss": pa.float32(), "student_loss": pa.float32(),
                "teacher_logprob": None, "reference_logprob": None}
-CHUNK = 65_536
 LOGITS = ("teacher_logits", "student_logits")
 
 
@@ -116,12 +115,15 @@ def check_list_column(table: pa.Table, name: str, *, where: str, width: int | No
     return values.reshape(len(col), int(lengths[0]) if len(col) else 0)
 
 
-def _topk_probs(idx: np.ndarray, val: np.ndarray, num_classes: int) -> np.ndarray:
-    rest = np.clip(1 - val.sum(1), 0, None)
-    free = max(num_classes - idx.shape[1], 1)
-    p = np.repeat((rest / free)[:, None], num_classes, axis=1)
-    np.put_along_axis(p, idx, val, axis=1)
-    return np.clip(p, 1e-12, None)
+def _topk_logprobs(idx: np.ndarray, val: np.ndarray, num_classes: int):
+    """Dense float32 log-probabilities from top-k (the rest of the mass spread evenly over the other
+    classes; probabilities floored at 1e-12): one fill and one scatter per batch."""
+    import torch
+
+    v = torch.tensor(val, dtype=torch.float32)  # copies: Arrow's buffers are read-only
+    rest = (1 - v.sum(1, keepdim=True)).clamp_min(0) / max(num_classes - idx.shape[1], 1)
+    out = torch.log(rest.clamp_min(1e-12)).expand(-1, num_classes).contiguous()
+    return out.scatter_(1, torch.tensor(idx, dtype=torch.int64), torch.log(v.clamp_min(1e-12)))
 
 
 def _logit_batches(pfile, where: str, ids: pa.Array, C: int):
@@ -146,12 +148,13 @@ def _logit_batches(pfile, where: str, ids: pa.Array, C: int):
 
 
 def _topk_batches(ti, tp, si, sp, C: int):
-    """Dense log-probabilities rebuilt from top-k (the rest spread evenly), CHUNK rows at a time."""
-    import torch
+    """Dense log-probabilities rebuilt from top-k (the rest spread evenly), batch by batch
+    (``stats.chunk_rows(C)`` rows, as for logits)."""
+    from .stats import chunk_rows
 
-    for i in range(0, len(ti), CHUNK):
-        yield (i, torch.from_numpy(np.log(_topk_probs(ti[i:i + CHUNK], tp[i:i + CHUNK], C))).float(),
-               torch.from_numpy(np.log(_topk_probs(si[i:i + CHUNK], sp[i:i + CHUNK], C))).float())
+    rows = chunk_rows(C)
+    for i in range(0, len(ti), rows):
+        yield (i, _topk_logprobs(ti[i:i + rows], tp[i:i + rows], C), _topk_logprobs(si[i:i + rows], sp[i:i + rows], C))
         # stored top-k is taken from the given probabilities at T = 1
 
 
