@@ -108,9 +108,12 @@ def decision_counts(run: Run) -> dict:
     out["generated_rejected"] = int(c.get("generated_rejected") or 0)
     by_stage: dict[str, dict[str, int]] = {}
     if run.decisions is not None and "stage" in run.decisions.column_names:
-        for s, d in zip(run.decisions.column("stage").to_pylist(), run.decisions.column("decision").to_pylist()):
+        # one group per (stage, decision), in order of first appearance (use_threads=False)
+        g = run.decisions.select(["stage", "decision"]).group_by(["stage", "decision"], use_threads=False)
+        g = g.aggregate([([], "count_all")])
+        for s, d, n in zip(*(g.column(k).to_pylist() for k in ("stage", "decision", "count_all"))):
             key = s if d != KEPT else "kept"
-            by_stage.setdefault(key or "?", Counter())[d] += 1
+            by_stage.setdefault(key or "?", Counter())[d] += n
     out["by_stage"] = {k: dict(v) for k, v in by_stage.items()}
     return out
 
@@ -253,15 +256,21 @@ def primary_score(run: Run) -> str | None:
 def pick_rejected(run: Run, n: int) -> list[int]:
     """Row indices of decisions: rejected rows, round-robin over grouped reasons, most clearly rejected first."""
     dec = run.decisions
-    d = np.array(dec.column("decision").to_pylist(), dtype=object)
-    reasons = np.array([reason_group(r) for r in dec.column("reason").to_pylist()], dtype=object)
+    rows = np.flatnonzero(pc.equal(dec.column("decision"), REJECTED).to_numpy(zero_copy_only=False))
+    if n <= 0 or not len(rows):
+        return []
+    # reason_group, vectorised: "duplicate_of:<id>" → "duplicate_of", null → "none"
+    grouped = pc.fill_null(pc.replace_substring_regex(dec.column("reason").take(pa.array(rows)), pattern=":.*",
+                                                      replacement=""), "none")
+    enc = pc.dictionary_encode(grouped).combine_chunks()
+    codes, names = enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
     col = primary_score(run)
     score = _col(dec, col).astype(np.float64) if col else np.zeros(dec.num_rows)
     score = np.where(np.isnan(score), np.inf, score)
     by_reason = {}
-    for r in sorted(set(reasons[d == REJECTED].tolist())):
-        idx = np.flatnonzero((d == REJECTED) & (reasons == r))
-        by_reason[r] = idx[np.lexsort((idx, score[idx]))].tolist()
+    for name in sorted(names):
+        idx = rows[codes == names.index(name)]
+        by_reason[name] = idx[np.lexsort((idx, score[idx]))][:n].tolist()
     picks: list[int] = []
     while len(picks) < n and any(by_reason.values()):
         for r in list(by_reason):

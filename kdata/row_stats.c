@@ -136,7 +136,8 @@ static float kd_kth(const float* lane, int k, float* top) {
     return nb < k ? -INFINITY : best[k - 1];
 }
 
-/* append the elements of Z flagged in BITS that are still >= TH to the candidates */
+/* append the elements of Z flagged in BITS that are still >= TH to the candidates; once the
+   buffer has been compacted TH is just above the k-th best, since a later equal value cannot enter */
 #define KD_PUSH(BUF, NB, BITS, Z, J, TH, K)                                                  \
     do {                                                                                     \
         unsigned m_ = (BITS);                                                                \
@@ -148,7 +149,10 @@ static float kd_kth(const float* lane, int k, float* top) {
             if (!(zz_[b_] >= (TH))) continue;                                                \
             (BUF)[(NB)].v = zz_[b_];                                                         \
             (BUF)[(NB)++].i = (int32_t)((J) + b_);                                           \
-            if ((NB) == KD_CAP) { (NB) = kd_compact((BUF), (NB), (K)); (TH) = (BUF)[(K) - 1].v; } \
+            if ((NB) == KD_CAP) { /* full: keep the top K; later ties lose to them (index order) */ \
+                (NB) = kd_compact((BUF), (NB), (K));                                         \
+                (TH) = nextafterf((BUF)[(K) - 1].v, INFINITY);                               \
+            }                                                                                \
         }                                                                                    \
     } while (0)
 
