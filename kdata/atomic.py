@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -50,9 +51,13 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, *, row_group_size: i
         pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression)
 
 
-def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
+    """Hex sha256 of a file, read in ``chunk``-byte blocks; "" if ``stop`` is set before it ends
+    (for a hash running beside other work that may fail)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(block)
     return h.hexdigest()

@@ -29,7 +29,6 @@ shards carry the ids, the teacher's soft labels and the scores only.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .atomic import sha256_file
 from .contract import SCORES_OPTIONAL, SCORES_SCHEMA, kdata_metadata
 from .errors import KdataError
 
@@ -277,17 +277,6 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     return out, C, class_names
 
 
-def file_checksum(path: str, *, stop: threading.Event | None = None) -> str:
-    """sha256 of a file, read in 1 MB blocks; "" if ``stop`` is set before it finishes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            if stop is not None and stop.is_set():
-                return ""
-            h.update(block)
-    return h.hexdigest()
-
-
 def prepare_byo(cfg, *, opts):
     """The pipeline's ``prepare`` + scoring for ``cfg.scores``: (Prepared, scores, quarantined, info)."""
     from .pipeline import Prepared, resolve_methods
@@ -298,13 +287,13 @@ def prepare_byo(cfg, *, opts):
     # the checksum (5 s for an 8 GB file) runs beside the load: hashlib releases the GIL
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="kdata-sha256") as ex:
-        pending = ex.submit(file_checksum, cfg.scores, stop=stop) if Path(cfg.scores).is_file() else None
+        pending = ex.submit(sha256_file, cfg.scores, stop=stop) if Path(cfg.scores).is_file() else None
         try:
             scores, C, class_names = load_scores(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
         except BaseException:
             stop.set()  # a bad file fails at once, not after hashing all of it
             raise
-        digest = pending.result()
+        digest = pending.result() if pending else sha256_file(cfg.scores)
     teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
     student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
     pool = open_pool(cfg.pool) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")

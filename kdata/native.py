@@ -161,7 +161,7 @@ def row_stats(t: torch.Tensor, s: torch.Tensor, *, inv_temp: float, k: int = 0, 
     if workers <= 1 or n * c < (1 << 20) or n < 2 * workers:
         run(0, n)
     else:
-        parts = workers * int(os.environ.get("KP", "4"))  # a few blocks per thread: a thread slowed by other load does less
+        parts = workers * 4  # a few blocks per thread: a thread slowed by other load does less
         step = -(-n // parts)
         for f in [_pool(workers).submit(run, i, min(n, i + step)) for i in range(0, n, step)]:
             f.result()

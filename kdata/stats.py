@@ -15,9 +15,9 @@ over N × C (≈ 2% of a plain ``sum``'s bandwidth, even in cache-sized blocks).
 (``choose_backend``), all agreeing with a float64 reference to 5e-6 (``tests/test_stats.py``) and
 measured by ``benchmarks/select_speed.py``:
 
-* ``native`` — ``kdata.native``: a hand-written AVX-512 kernel, built on first use with the system
-  C compiler; it also collects the top-k soft labels in the same pass. The default on CPUs where
-  it builds.
+* ``native`` — ``kdata.native``: a hand-written AVX-512 / AVX2 kernel, built on first use with the
+  system C compiler; it also collects the top-k soft labels in the same pass. The default on CPUs
+  where it builds.
 * ``compiled`` — ``_row_stats`` ``torch.compile``d into one loop nest per row (the row maxima, then
   one vectorised pass) with ``exp`` by Cody–Waite range reduction and a degree-5 polynomial
   (relative error ≤ 3e-7; Muller, *Elementary Functions*, ch. 11); rows go in fixed-size chunks
@@ -161,7 +161,7 @@ def choose_backend(device: torch.device | str, c: int, work: int, backend: str |
         if backend == "native" and not (cpu and native.available()):
             raise RuntimeError(native.status() if cpu else "native statistics run on the CPU only")
         return backend if cpu else "eager"
-    if cpu and c < 1 << 22 and native.available():
+    if cpu and native.available():
         return "native"
     if cpu and not _COMPILE_FAILED and c < 1 << 22 and work >= COMPILE_MIN:  # index sums exact below 2²⁴
         return "compiled"
