@@ -29,11 +29,10 @@ import yaml
 from .atomic import sha256_file
 from .contract import KEPT, REJECTED
 from .errors import KdataError
-from .inspect import (Run, agreement, class_balance, decision_counts, load_run, pick_rejected, primary_score,
-                      quarantined_rows, score_columns, score_quantiles)
+from .inspect import (MAX_BALANCE_ROWS, Run, agreement, balance_highlights, class_balance, decision_counts,
+                      load_run, pick_rejected, primary_score, quarantined_rows, score_columns, score_quantiles)
 
 CARD = "README.md"
-MAX_BALANCE_ROWS = 40  # above this many classes the card summarises the balance
 PLOTS = {"scores": "card-scores.png", "balance": "card-class-balance.png", "thumbnails": "card-thumbnails.png"}
 N_THUMBS = 16  # kept and rejected each
 
@@ -230,19 +229,9 @@ def render_card(run: Run, *, name: str, plots: dict[str, str | None], notes: dic
     def share(v, c):
         return None if v is None or not tot[c] else f"{v} ({100 * v / tot[c]:.1f}%)"
 
-    shown = bal
-    if len(bal) > MAX_BALANCE_ROWS and tot["pool_teacher"] and tot["kept_teacher"]:
-        # many classes: a summary and the classes whose share moved most, not a table of thousands
-        kept = np.array([r["kept_teacher"] or 0 for r in bal], np.float64) / tot["kept_teacher"]
-        pool = np.array([r["pool_teacher"] or 0 for r in bal], np.float64) / tot["pool_teacher"]
-        order = np.argsort(kept - pool, kind="stable")
-        half = MAX_BALANCE_ROWS // 2
-        pick = sorted(set(order[:half].tolist()) | set(order[-half:].tolist()))
-        shown = [bal[i] for i in pick]
-        L += [f"{len(bal)} classes. Share of kept rows per class (teacher prediction): min "
-              f"{100 * kept.min():.2f}%, median {100 * np.median(kept):.2f}%, max {100 * kept.max():.2f}%; "
-              f"{int((kept == 0).sum())} classes with no kept row (in the pool by teacher prediction: "
-              f"{int((pool == 0).sum())}). The {len(shown)} classes whose share moved most:", ""]
+    shown, line = balance_highlights(bal)  # above 40 classes: a summary and the classes that moved most
+    if line:
+        L += [line, ""]
     L += _table(["class", "pool, web label", "pool, teacher prediction", "kept, teacher prediction"],
                 [[r["class"], share(r["pool_label"], "pool_label"), share(r["pool_teacher"], "pool_teacher"),
                   share(r["kept_teacher"], "kept_teacher")] for r in shown]) + [""]

@@ -146,6 +146,28 @@ def class_balance(run: Run) -> list[dict]:
     return rows
 
 
+MAX_BALANCE_ROWS = 40  # above this many classes, summaries show the classes that moved most
+
+
+def balance_highlights(bal: list[dict], *, limit: int = MAX_BALANCE_ROWS) -> tuple[list[dict], str | None]:
+    """The class-balance rows worth printing: all of them up to ``limit`` classes; above that the
+    ``limit`` classes whose share of kept rows moved most against the pool (teacher prediction, in
+    class order) and a one-line summary of the spread. A table of thousands of classes says less."""
+    tot_k = sum(r["kept_teacher"] or 0 for r in bal)
+    tot_p = sum(r["pool_teacher"] or 0 for r in bal)
+    if len(bal) <= limit or not tot_k or not tot_p:
+        return bal, None
+    kept = np.array([r["kept_teacher"] or 0 for r in bal], np.float64) / tot_k
+    pool = np.array([r["pool_teacher"] or 0 for r in bal], np.float64) / tot_p
+    order = np.argsort(kept - pool, kind="stable")
+    shown = [bal[i] for i in sorted(set(order[:limit // 2].tolist()) | set(order[-(limit - limit // 2):].tolist()))]
+    line = (f"{len(bal)} classes. Share of kept rows per class (teacher prediction): min {100 * kept.min():.2f}%, "
+            f"median {100 * np.median(kept):.2f}%, max {100 * kept.max():.2f}%; {int((kept == 0).sum())} classes "
+            f"with no kept row (in the pool by teacher prediction: {int((pool == 0).sum())}). "
+            f"The {len(shown)} classes whose share moved most:")
+    return shown, line
+
+
 def _isnull(t: pa.Table, name: str) -> np.ndarray:
     return t.column(name).is_null().to_numpy(zero_copy_only=False)
 

@@ -239,3 +239,7 @@ def test_card_of_many_classes_summarises_the_balance(tmp_path, capsys):
     assert 40 <= sum(1 for line in section.splitlines() if line.startswith("| ") and "%" in line) <= 41
     with Image.open(out / "card-class-balance.png") as im:
         assert im.size[0] <= 1000 and im.size[1] <= 400
+    assert main(["inspect", str(out)]) == 0  # the terminal table is cut the same way
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "300 classes. Share of kept rows per class" in printed
+    assert "The 40 classes whose share moved most" in printed

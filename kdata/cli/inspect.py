@@ -104,13 +104,18 @@ def render(s: dict, console) -> None:
 
     bal = s["class_balance"]
     if bal:
+        from ..inspect import balance_highlights
+
         t = Table(title="class balance (teacher prediction; web label where known)", title_justify="left")
         for col in ("class", "pool label", "pool teacher", "kept", "kept share"):
             t.add_column(col, justify="right")
         kept_total = sum(r["kept_teacher"] or 0 for r in bal) or 1
-        for r in bal:
+        shown, line = balance_highlights(bal)  # above 40 classes: the ones that moved most (--json has all)
+        for r in shown:
             t.add_row(r["class"], _f(r["pool_label"]), _f(r["pool_teacher"]), _f(r["kept_teacher"]),
                       f"{100 * (r['kept_teacher'] or 0) / kept_total:.1f}%")
+        if line:
+            console.print(line)
         console.print(t)
 
     t = Table(title="score quantiles (kept | rejected)", title_justify="left")
