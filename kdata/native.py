@@ -2,7 +2,8 @@
 
 The statistics are bound by ``exp``, and neither eager torch nor ``torch.compile`` reach the
 machine's arithmetic: the hand-written kernel does one pass from memory and one from L1 per row,
-``exp`` in 9 vector instructions (``vscalefps`` instead of exponent-bit arithmetic), and collects
+``exp`` in about ten vector instructions (2ⁿ by ``vscalefps`` on AVX-512, by exponent bits on
+AVX2), and collects
 the top-k (prediction, margin, soft labels) from the few elements above a bound read off the lane
 maxima, so no ``torch.topk`` pass is needed. ``benchmarks/select_speed.py`` measures it.
 
