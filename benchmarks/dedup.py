@@ -26,7 +26,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 
 import numpy as np  # noqa: E402
 
-from kdata.dedup import greedy_survivors, l2_normalize, similar_pairs  # noqa: E402
+from kdata.dedup.faiss_dedup import greedy_survivors
+from kdata.core.vectors import l2_normalize, similar_pairs  # noqa: E402
 
 THRESHOLD = 0.95
 
@@ -101,11 +102,11 @@ def benchmark(n: int, *, n_pairs: int, sklearn_queries: int | None, seed: int = 
 
 def thresholds() -> None:
     """The measurements behind the default near/semantic thresholds (builtin:digits-web)."""
-    from kdata.builtin import digits_web, digits_web_truth
-    from kdata.dedup import payload_features
-    from kdata.methods.view import ScoreView
-    from kdata.pipeline import SelectConfig, prepare
-    from kdata.score import score_pool
+    from kdata.pools.builtin import digits_web, digits_web_truth
+    from kdata.dedup.faiss_dedup import payload_features
+    from kdata.selection.methods.view import ScoreView
+    from kdata.pipeline.run import SelectConfig, prepare
+    from kdata.scoring.score import score_pool
 
     pool, truth = digits_web(), digits_web_truth().to_pandas()
     tr, lab = truth.truth.to_numpy(), truth.true_label.to_numpy()
@@ -144,13 +145,13 @@ def thresholds() -> None:
 def levels_table() -> None:
     """Each level on builtin:digits-web, candidates in kd3 rank order (what ``kdata select --method kd3``
     dedups): planted copies found and distinct clean digits wrongly removed, against the truth table."""
-    from kdata.builtin import digits_web_truth
-    from kdata.dedup import dedup_ranked, pool_features
-    from kdata.methods import get_method
-    from kdata.methods.view import ScoreView
-    from kdata.pipeline import SelectConfig, prepare
-    from kdata.score import score_pool
-    from kdata.selection import top_k
+    from kdata.pools.builtin import digits_web_truth
+    from kdata.dedup.faiss_dedup import dedup_ranked, pool_features
+    from kdata.selection.methods import get_method
+    from kdata.selection.methods.view import ScoreView
+    from kdata.pipeline.run import SelectConfig, prepare
+    from kdata.scoring.score import score_pool
+    from kdata.selection.ranking import top_k
 
     prep = prepare(SelectConfig(method="kd3"))
     scores, _, _ = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg)

@@ -38,7 +38,7 @@ def build_pool(root: Path, *, n: int, unit_rows: int) -> int:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from kdata.pools import open_pool
+    from kdata.pools.spec import open_pool
 
     base = open_pool("builtin:digits-web").read_all()
     imgs = base.column("image").to_pylist()
@@ -82,8 +82,8 @@ def direct(cfg, *, out: str, batch_size: int) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kdata.pipeline import RunOptions, finish, prepare
-    from kdata.score import score_unit
+    from kdata.pipeline.run import RunOptions, finish, prepare
+    from kdata.scoring.score import score_unit
 
     t0 = time.perf_counter()
     prep = prepare(cfg, opts=RunOptions(device="cpu", batch_size=batch_size))
@@ -113,8 +113,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    from kdata.models import load_model
-    from kdata.pipeline import SelectConfig
+    from kdata.models.spec import load_model
+    from kdata.pipeline.run import SelectConfig
 
     load_model("builtin:digits-teacher"), load_model("builtin:digits-student")  # trained/cached up front
     pool = work / f"pool-{a.n}"
@@ -145,7 +145,7 @@ def main() -> int:
         t_flow = time.perf_counter() - t0
     finally:
         harness.__exit__(None, None, None)
-    from kdata.write import read_manifest
+    from kdata.dataset.writer import read_manifest
 
     same = ([f["sha256"] for f in read_manifest(work / "out-direct")["files"]]
             == [f["sha256"] for f in result["files"]])

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 
 
 def rescore_kl(images, teacher, student) -> np.ndarray:
-    from kdata.hard import decode_batch
-    from kdata.stats import disagreement
+    from kdata.augment.hard import decode_batch
+    from kdata.core.stats import disagreement
 
     with torch.no_grad():
         zt, _ = teacher.forward(decode_batch(images, teacher))
@@ -52,11 +52,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from kdata.builtin import digits_web_truth
-    from kdata.hard import CRITIC_REJECT, FLIP, HardConfig, generate
-    from kdata.models import load_model
-    from kdata.pipeline import RunOptions, SelectConfig, run_select
-    from kdata.write import read_shards
+    from kdata.pools.builtin import digits_web_truth
+    from kdata.augment.hard import CRITIC_REJECT, FLIP, HardConfig, generate
+    from kdata.models.spec import load_model
+    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+    from kdata.dataset.writer import read_shards
 
     teacher, student = load_model("builtin:digits-teacher"), load_model("builtin:digits-student")
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,11 +34,11 @@ def run(seeds=(0, 1, 2), budgets=(0.1, 0.3), methods=METHODS):
     import pyarrow as pa
     import torch
 
-    from kdata.builtin import digits_web, digits_web_truth
-    from kdata.critic import feature_matrix, fit_critic
-    from kdata.models import load_model
-    from kdata.score import ScoreConfig, score_table
-    from kdata.selection import parse_budget, select
+    from kdata.pools.builtin import digits_web, digits_web_truth
+    from kdata.selection.critic_model import feature_matrix, fit_critic
+    from kdata.models.spec import load_model
+    from kdata.scoring.score import ScoreConfig, score_table
+    from kdata.selection.run import parse_budget, select
 
     torch.set_num_threads(1)
     teacher, student = load_model("builtin:digits-teacher"), load_model("builtin:digits-student")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     md = table(rows, seeds)
     print(md)
     base = {}
-    from kdata.builtin import digits_web_truth
+    from kdata.pools.builtin import digits_web_truth
 
     for s in seeds:
         t = digits_web_truth(seed=s).to_pandas().truth

@@ -38,13 +38,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdata.models import load_model  # noqa: E402
-from kdata.pipeline import (RunOptions, SelectConfig, _method_options, curated_table, prepare,  # noqa: E402
-                            resolve_balance, resolve_methods)
-from kdata.score import score_pool  # noqa: E402
-from kdata.selection import parse_budget, select  # noqa: E402
-from kdata.train import EvalSet, TrainConfig, train  # noqa: E402
-from kdata.write import write_shards  # noqa: E402
+from kdata.models.spec import load_model  # noqa: E402
+from kdata.pipeline.run import RunOptions, SelectConfig, _method_options, curated_table, prepare, resolve_balance, resolve_methods
+from kdata.scoring.score import score_pool  # noqa: E402
+from kdata.selection.run import parse_budget, select  # noqa: E402
+from kdata.training.train import EvalSet, TrainConfig, train  # noqa: E402
+from kdata.dataset.writer import write_shards  # noqa: E402
 
 # methods that need inputs the benchmark cannot supply from the built-in pool and models
 NEEDS_EXTRA = {"critic": "needs a fitted critic (kdata critic fit) trained on human accept/reject labels"}
@@ -57,7 +56,7 @@ def curate(prep, scores, quarantined, cfg: SelectConfig, out: Path) -> int:
     methods = resolve_methods(cfg)
     kwargs = {}
     if cfg.dedup:
-        from kdata.dedup import pipeline_dedup
+        from kdata.dedup.faiss_dedup import pipeline_dedup
 
         kwargs["dedup"] = pipeline_dedup(cfg, prep.pool)
     sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=prep.teacher.num_classes,
@@ -66,7 +65,7 @@ def curate(prep, scores, quarantined, cfg: SelectConfig, out: Path) -> int:
                                          pool=prep.pool), **kwargs)
     table = curated_table(prep.pool, scores, sel, class_names=prep.teacher.class_names)
     if cfg.hard:
-        from kdata.hard import pipeline_hard
+        from kdata.augment.hard import pipeline_hard
 
         table, _ = pipeline_hard(table, cfg=cfg, teacher=prep.teacher, student=prep.student, device=prep.device,
                                  counts={})
@@ -78,7 +77,7 @@ def curate(prep, scores, quarantined, cfg: SelectConfig, out: Path) -> int:
 
 def rows_to_run(args) -> list[tuple[str, dict, str]]:
     """(row name, SelectConfig overrides, note)."""
-    from kdata.methods import available
+    from kdata.selection.methods import available
 
     rows = [("random", {"method": "random"}, "")]
     for name, m in available().items():
@@ -101,7 +100,7 @@ def rows_to_run(args) -> list[tuple[str, dict, str]]:
         rows.append((f"{name} + equal steps", {**ov, "_equal_steps": True}, steps_note))
     rows.append(("default recipe", {"method": "default"}, default_note))
     try:
-        import kdata.hard  # noqa: F401
+        import kdata.augment.hard
 
         rows.append((f"default + HARD (K={args.hard})", {"method": "default", "hard": args.hard},
                      "HARD rows are generated per kept row and added to the budget"))

@@ -71,8 +71,8 @@ def make_models(work: Path) -> tuple[str, str]:
     """Write the open_clip config + random weights, and an exported CNN student (.pt2)."""
     import open_clip
 
-    from kdata.builtin_models import DigitsNet
-    from kdata.model_files import export_model
+    from kdata.models.builtin import DigitsNet
+    from kdata.models.files import export_model
 
     torch.manual_seed(0)
     cfg = work / "bench-clip.json"
@@ -91,7 +91,7 @@ def make_models(work: Path) -> tuple[str, str]:
 
 def bare_rate(images: list, teacher, student, *, batch_size: int) -> float:
     """Samples/s of teacher+student forward on tensors decoded before timing."""
-    from kdata.score import decode_multi
+    from kdata.models.images import decode_multi
 
     keys = list(dict.fromkeys([teacher.preprocess_key, student.preprocess_key]))
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def gflops_per_sample(model) -> float:
 
 
 def table_rate(tables: list, teacher, student, *, batch_size: int, workers: int) -> tuple[float, int]:
-    from kdata.score import ScoreConfig, score_table
+    from kdata.scoring.score import ScoreConfig, score_table
 
     cfg = ScoreConfig(batch_size=batch_size, num_workers=workers)
     t0 = time.perf_counter()
@@ -135,8 +135,8 @@ def table_rate(tables: list, teacher, student, *, batch_size: int, workers: int)
 
 
 def case_builtin(*, batch_size: int, workers: int, repeat: int) -> dict:
-    from kdata.models import load_model
-    from kdata.pools import open_pool
+    from kdata.models.spec import load_model
+    from kdata.pools.spec import open_pool
 
     teacher, student = load_model("builtin:digits-teacher"), load_model("builtin:digits-student")
     tables = [u.read() for u in open_pool("builtin:digits-web").units]
@@ -150,10 +150,10 @@ def case_builtin(*, batch_size: int, workers: int, repeat: int) -> dict:
 
 
 def case_real(*, n: int, batch_size: int, workers: int, repeat: int) -> dict:
-    from kdata.model_files import pool_class_names
-    from kdata.models import load_model
-    from kdata.pools import open_pool
-    from kdata.score import ScoreConfig, score_pool
+    from kdata.models.files import pool_class_names
+    from kdata.models.spec import load_model
+    from kdata.pools.spec import open_pool
+    from kdata.scoring.score import ScoreConfig, score_pool
 
     with tempfile.TemporaryDirectory(prefix="kdata-bench-") as tmp:
         work = Path(tmp)

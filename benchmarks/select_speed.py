@@ -55,7 +55,7 @@ def make_logits(n, c, seed=0, chunk=50_000):
 def scores_table(t, s, *, backend, topk=5, chunk=65_536) -> tuple[pa.Table, float]:
     """The scores table kdata builds, from ``kdata.stats.disagreement`` (statistics + top-k soft
     labels, what scoring runs per batch) over chunks; also returns that function's seconds."""
-    from kdata.stats import disagreement
+    from kdata.core.stats import disagreement
 
     n, c = t.shape
     parts: dict[str, list] = {}
@@ -104,10 +104,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-compiled", action="store_true", help="skip the torch.compile comparison pair")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from kdata.critic import feature_matrix, fit_critic
-    from kdata import native
-    from kdata.stats import choose_backend, logit_stats
-    from kdata.selection import select
+    from kdata.selection.critic_model import feature_matrix, fit_critic
+    from kdata.core import native
+    from kdata.core.stats import choose_backend, logit_stats
+    from kdata.selection.run import select
 
     n, c = args.n, args.c
     print(f"# kdata selection benchmark: N={n:,} C={c:,} threads={args.threads} load={os.getloadavg()[0]:.1f}")

@@ -34,8 +34,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from kdata import __version__
-from kdata.errors import KdataError
+from kdata.core.version import __version__
+from kdata.core.errors import KdataError
 
 if __name__ != "__main__":
     # flows/ is a directory of scripts loaded by path: ship this module's code to Dask workers by
@@ -63,7 +63,7 @@ def load_config(path: str | os.PathLike) -> dict:
         raise KdataError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise KdataError(f"{p}: expected a mapping at the top level")
-    from kdata.pipeline import SelectConfig
+    from kdata.pipeline.run import SelectConfig
 
     known = {f.name for f in dataclasses.fields(SelectConfig)}
     bad = sorted(set(data.get("select") or {}) - known)
@@ -85,7 +85,7 @@ _MODELS: dict = {}
 
 
 def _model(spec: str, *, device, checksum: str | None):
-    from kdata.models import load_model
+    from kdata.models.spec import load_model
 
     key = (spec, str(device))
     m = _MODELS.get(key)
@@ -98,13 +98,13 @@ def _model(spec: str, *, device, checksum: str | None):
 
 
 def _select_config(select: dict):
-    from kdata.pipeline import SelectConfig
+    from kdata.pipeline.run import SelectConfig
 
     return SelectConfig(**select)
 
 
 def _run_options(run: dict):
-    from kdata.pipeline import RunOptions
+    from kdata.pipeline.run import RunOptions
 
     return RunOptions(**{k: v for k, v in (run or {}).items() if k in RUN_KEYS})
 
@@ -116,8 +116,8 @@ def _run_options(run: dict):
       retry_condition_fn=lambda task, run, state: _retryable(state))
 def prepare_task(select: dict, out: str, run: dict) -> dict:
     """Check OUT, open the pool, load the models: returns unit names/paths/fingerprints and checksums."""
-    from kdata.pipeline import prepare
-    from kdata.write import check_output_dir, read_manifest
+    from kdata.pipeline.run import prepare
+    from kdata.dataset.writer import check_output_dir, read_manifest
 
     cfg = _select_config(select)
     if check_output_dir(out, config_hash=cfg.hash()) == "done":
@@ -133,7 +133,7 @@ def prepare_task(select: dict, out: str, run: dict) -> dict:
 
 def score_cache_key(context, parameters: dict) -> str:
     """Prefect cache key of a scoring task: unit content, model checksums, scoring config, kdata version."""
-    from kdata.score import ScoreConfig
+    from kdata.scoring.score import ScoreConfig
 
     payload = {"unit": parameters["unit"]["fingerprint"], "models": parameters["checksums"],
                "config": ScoreConfig(**parameters["score_config"]).key(), "kdata": __version__}
@@ -153,7 +153,7 @@ def _retryable(state) -> bool:
 
 def _result_storage() -> Path:
     """Where Prefect keeps scoring results and cache records: beside the score files they name."""
-    from kdata.paths import cache_dir
+    from kdata.core.paths import cache_dir
 
     return cache_dir("prefect-results")
 
@@ -164,8 +164,8 @@ def _result_storage() -> Path:
 def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dict, device: str,
                     cache: bool = True) -> dict:
     """Score one pool unit into the per-unit score cache; returns its path, quarantine list and row count."""
-    from kdata.pools import open_pool
-    from kdata.score import ScoreConfig, score_unit
+    from kdata.pools.spec import open_pool
+    from kdata.scoring.score import ScoreConfig, score_unit
 
     if os.environ.get("KDATA_FLOW_FAIL_UNIT") and unit["name"] == os.environ["KDATA_FLOW_FAIL_UNIT"]:
         raise OSError(f"{unit['name']}: injected failure (KDATA_FLOW_FAIL_UNIT)")
@@ -218,9 +218,9 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kdata.contract import SCORES_SCHEMA
-    from kdata.pipeline import finish, prepare
-    from kdata.pools import Pool
+    from kdata.dataset.schema import SCORES_SCHEMA
+    from kdata.pipeline.run import finish, prepare
+    from kdata.pools.spec import Pool
 
     cfg = _select_config(select)
     prep = prepare(cfg, opts=_run_options(run))
@@ -237,7 +237,7 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
     _pause_hook()
     report = finish(prep, out=out, scores=scores, quarantined=quarantined + unit_q, score_info=score_info)
     if (run or {}).get("card_dir"):  # the card catalogue copy, as `kdata select --card-dir`
-        from kdata.card import publish
+        from kdata.report.card import publish
 
         report.info["card"] = str(publish(out, run["card_dir"]))
     return report.to_dict()
@@ -250,7 +250,7 @@ def _pause_hook() -> None:
     marker = os.environ.get("KDATA_FLOW_PAUSE_AT_WRITE")
     if not marker:
         return
-    import kdata.pipeline as pipeline
+    import kdata.pipeline.run as pipeline
 
     original = pipeline._write_manifest
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from kdata.errors import KdataError
+from kdata.core.errors import KdataError
 
 
 def latest_dataset(data: str) -> str:
@@ -39,7 +39,7 @@ def train_task(shards: str, *, student: str, eval: str | None, epochs: int, seed
                out: str | None) -> dict:
     """Train with the library trainer when it is importable, else through ``kdata train --json``."""
     try:
-        from kdata.train import TrainConfig, run_train
+        from kdata.training.train import TrainConfig, run_train
     except ImportError:
         run_train = None
     if run_train is not None:

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdata.errors import KdataError
+from kdata.core.errors import KdataError
 
 FLOWS_DIR = Path(__file__).resolve().parent
 

@@ -1,3 +1,5 @@
 """kdata: curate training data for knowledge distillation."""
 
-__version__ = "0.1.0"
+from kdata.core.version import __version__
+
+__all__ = ["__version__"]

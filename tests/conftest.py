@@ -19,7 +19,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def builtin_models():
     """(teacher, student) built-in models, trained once per session."""
-    from kdata.models import load_model
+    from kdata.models.spec import load_model
 
     return load_model("builtin:digits-teacher"), load_model("builtin:digits-student")
 
@@ -27,7 +27,7 @@ def builtin_models():
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, builtin_models) -> Path:
     """A curated dataset written by the pipeline on the embedded default (budget 0.3, kd3)."""
-    from kdata.pipeline import RunOptions, SelectConfig, run_select
+    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
 
     out = tmp_path_factory.mktemp("demo") / "out"
     run_select(SelectConfig(method="kd3", budget="0.3"), out=str(out), opts=RunOptions(device="cpu"))

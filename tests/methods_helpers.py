@@ -26,7 +26,7 @@ def write_predictions(path, t_logits, s_logits, *, ids=None, label=None, domain=
 
 def scores_from_probs(tmp_path, p_teacher, p_student, name="p.parquet", **kw) -> pa.Table:
     """A scores table whose probabilities are exactly ``p_teacher``/``p_student`` (logits = log p)."""
-    from kdata.byo import load_scores
+    from kdata.scoring.byo import load_scores
 
     path = write_predictions(tmp_path / name, np.log(np.asarray(p_teacher, dtype=np.float64)),
                              np.log(np.asarray(p_student, dtype=np.float64)), **kw)
@@ -34,7 +34,7 @@ def scores_from_probs(tmp_path, p_teacher, p_student, name="p.parquet", **kw) ->
 
 
 def random_scores(tmp_path, rng, n, c, *, name="r.parquet", domains=("a", "b", "c")) -> pa.Table:
-    from kdata.byo import load_scores
+    from kdata.scoring.byo import load_scores
 
     t = rng.normal(size=(n, c)) * 3
     s = t + rng.normal(size=(n, c)) * 2

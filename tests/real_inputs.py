@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from kdata import builtin
-from kdata.builtin_models import DigitsNet
+from kdata.pools import builtin
+from kdata.models.builtin import DigitsNet
 
 CLASSES = list(builtin.CLASS_NAMES)
 INPUT = (1, 32, 32)
@@ -99,7 +99,7 @@ def workdir() -> Path:
 @functools.cache
 def exported_models() -> dict[str, str]:
     """{'teacher_pt2', 'student_pt2', 'teacher_pt', 'student_pt', 'student4_pt2'} → paths (trained here)."""
-    from kdata.model_files import export_model
+    from kdata.models.files import export_model
 
     root = workdir() / "models"
     root.mkdir(exist_ok=True)

@@ -5,9 +5,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from kdata import builtin
-from kdata.builtin_models import accuracy
-from kdata.contract import validate_pool
+from kdata.pools import builtin
+from kdata.models.builtin import accuracy
+from kdata.dataset.schema import validate_pool
 
 
 def test_digits_web_is_seeded_and_shaped_like_web_data():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from kdata.card import read_front_matter, regenerate, size_category
+from kdata.report.card import read_front_matter, regenerate, size_category
 from kdata.cli import main
 
 
@@ -90,7 +90,7 @@ def test_card_plots_exist_open_as_png_and_are_recorded(demo_run):
     assert card["path"] == "README.md"
     assert card["files"][0]["path"] == "README.md"
     assert sorted(f["path"] for f in card["files"][1:]) == sorted(links)
-    from kdata.atomic import sha256_file
+    from kdata.core.atomic import sha256_file
 
     for f in card["files"]:
         assert sha256_file(demo_run / f["path"]) == f["sha256"]
@@ -174,7 +174,7 @@ def test_size_category(n, cat):
 def test_card_of_a_run_with_quarantined_rows(builtin_models, tmp_path, capsys):
     import pyarrow as pa
 
-    from kdata.pools import open_pool
+    from kdata.pools.spec import open_pool
 
     t = open_pool("builtin:digits-web").units[0].read().slice(0, 60)
     images = t.column("image").to_pylist()

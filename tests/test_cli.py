@@ -107,7 +107,7 @@ def test_empty_pool_and_bad_parquet(tmp_path, builtin_models, capsys):
 def test_corrupt_images_are_quarantined_and_counted(tmp_path, builtin_models, capsys):
     import pyarrow.parquet as pq
 
-    from kdata.builtin import digits_web
+    from kdata.pools.builtin import digits_web
 
     pool = digits_web().slice(0, 40)
     images = pool.column("image").to_pylist()

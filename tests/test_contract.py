@@ -3,9 +3,8 @@
 import pyarrow as pa
 import pytest
 
-from kdata.contract import (POOL_SCHEMA, SHARD_SCHEMA, conform, kdata_metadata, validate_pool, validate_shard,
-                            with_kdata_metadata)
-from kdata.errors import KdataError
+from kdata.dataset.schema import POOL_SCHEMA, SHARD_SCHEMA, conform, kdata_metadata, validate_pool, validate_shard, with_kdata_metadata
+from kdata.core.errors import KdataError
 
 
 def test_pool_validation_names_file_and_column():

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from kdata import dedup as D
+from kdata.core import vectors as V
+from kdata.dedup import faiss_dedup as D
 
 
 def planted(n: int, d: int, n_pairs: int, *, seed: int = 0, noise: float = 0.01, centres: int = 200):
@@ -17,11 +18,11 @@ def planted(n: int, d: int, n_pairs: int, *, seed: int = 0, noise: float = 0.01,
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centres, d)).astype(np.float32)
     x = c[rng.integers(0, centres, n)] + 0.9 * rng.standard_normal((n, d)).astype(np.float32)
-    x = D.l2_normalize(x)
+    x = V.l2_normalize(x)
     perm = rng.permutation(n)
     a, b = perm[:n_pairs], perm[n_pairs:2 * n_pairs]
     x[b] = x[a] + noise * rng.standard_normal((n_pairs, d)).astype(np.float32)
-    return D.l2_normalize(x), a, b
+    return V.l2_normalize(x), a, b
 
 
 def brute_pairs(x, threshold):
@@ -33,7 +34,7 @@ def brute_pairs(x, threshold):
 def test_exact_pair_search_equals_brute_force():
     x, a, b = planted(3000, 64, 150, seed=1)
     for t in (0.95, 0.7):
-        i, j, s = D.similar_pairs(x, threshold=t)
+        i, j, s = V.similar_pairs(x, threshold=t)
         assert set(zip(i.tolist(), j.tolist())) == brute_pairs(x, t)
         assert np.allclose(s, (x[i] * x[j]).sum(1), atol=1e-5)
 
@@ -43,7 +44,7 @@ def test_cell_search_recall_and_precision_at_scale():
     every reported pair is real, and dedup removes no non-duplicate."""
     n, n_pairs, t = 20_000, 1000, 0.95
     x, a, b = planted(n, 256, n_pairs, seed=2)
-    i, j, s = D.similar_pairs(x, threshold=t, exact_max=1000)  # force the cell path
+    i, j, s = V.similar_pairs(x, threshold=t, exact_max=1000)  # force the cell path
     assert (s >= t).all() and np.allclose(s, (x[i] * x[j]).sum(1), atol=1e-4)
     found = set(zip(i.tolist(), j.tolist()))
     want = {(min(p, q), max(p, q)) for p, q in zip(a.tolist(), b.tolist())}
@@ -108,7 +109,7 @@ def test_semantic_threshold_and_fraction():
 
 
 def test_bad_options_are_one_line_errors():
-    from kdata.errors import KdataError
+    from kdata.core.errors import KdataError
 
     for level, kw in [("fuzzy", {}), ("near", {"frac": 0.2}), ("semantic", {"frac": 1.5}),
                       ("exact", {"threshold": 0.9}), ("near", {"threshold": 2.0}), (None, {"threshold": 0.9}),
@@ -121,14 +122,14 @@ def test_gpu_probe_falls_back_on_cpu():
     import faiss
 
     has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    assert D.faiss_gpu_ok() in ((True, False) if has_gpu else (False,))
+    assert V.faiss_gpu_ok() in ((True, False) if has_gpu else (False,))
 
 
 # ------------------------------------------------------------------------------------------------
 # The pipeline on builtin:digits-web
 
 def _truth():
-    from kdata.builtin import digits_web_truth
+    from kdata.pools.builtin import digits_web_truth
 
     t = digits_web_truth().to_pandas()
     root = {s: (d if isinstance(d, str) else s) for s, d in zip(t.sample_id, t.dup_of)}
@@ -137,7 +138,7 @@ def _truth():
 
 @pytest.fixture(scope="module")
 def near_run(tmp_path_factory, builtin_models):
-    from kdata.pipeline import RunOptions, SelectConfig, run_select
+    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
 
     out = tmp_path_factory.mktemp("dd") / "near"
     run_select(SelectConfig(method="kd3", budget="0.5", dedup="near"), out=str(out), opts=RunOptions(device="cpu"))
@@ -171,7 +172,7 @@ def test_near_dedup_on_digits_web(near_run):
 
 def test_kdata_dedup_cli_on_curated_shards(demo_run, tmp_path, capsys):
     from kdata.cli import main
-    from kdata.write import read_shards, verify
+    from kdata.dataset.writer import read_shards, verify
 
     out = tmp_path / "dd"
     assert main(["dedup", "--shards", str(demo_run), "--dedup", "near", "--out", str(out), "--json"]) == 0
@@ -200,11 +201,11 @@ def test_kdata_dedup_cli_on_curated_shards(demo_run, tmp_path, capsys):
 
 
 def test_balance_cluster_spreads_the_budget(builtin_models):
-    from kdata.balance import cluster_groups, groups_for
-    from kdata.methods.view import ScoreView
-    from kdata.pipeline import SelectConfig, prepare
-    from kdata.score import score_pool
-    from kdata.selection import select
+    from kdata.selection.balance import cluster_groups, groups_for
+    from kdata.selection.methods.view import ScoreView
+    from kdata.pipeline.run import SelectConfig, prepare
+    from kdata.scoring.score import score_pool
+    from kdata.selection.run import select
 
     prep = prepare(SelectConfig(method="kd3"))
     scores, _, _ = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg)
@@ -239,7 +240,7 @@ def test_select_cli_with_dedup_and_cluster_balance(builtin_models, tmp_path):
 
 
 def test_semantic_dedup_of_shards_uses_the_manifest_teacher(demo_run, tmp_path):
-    from kdata.write import read_shards, verify
+    from kdata.dataset.writer import read_shards, verify
 
     rep = D.dedup_shards(str(demo_run), out=str(tmp_path / "sem"), level="semantic", frac=0.25)
     n = read_shards(demo_run).num_rows

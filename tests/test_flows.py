@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kdata.atomic import sha256_file
-from kdata.write import read_manifest, read_shards, verify
+from kdata.core.atomic import sha256_file
+from kdata.dataset.writer import read_manifest, read_shards, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = ROOT / "flows"
@@ -51,7 +51,7 @@ def curate_mod(prefect_api, builtin_models):
 @pytest.fixture(scope="module")
 def pool_dir(tmp_path_factory, builtin_models) -> Path:
     """The built-in web pool as a directory of 4 Parquet units."""
-    from kdata.pools import open_pool
+    from kdata.pools.spec import open_pool
 
     root = tmp_path_factory.mktemp("flowpool") / "pool"
     root.mkdir()
@@ -293,7 +293,7 @@ def test_shipped_config_and_prefect_yaml_are_valid(curate_mod):
     assert [(d.flow_name, d.schedules[0].schedule.cron) for d in deps] == [("curate", "0 2 * * *"),
                                                                           ("distill", "0 4 * * *")]
     params = deps[0].parameters
-    from kdata.pipeline import SelectConfig
+    from kdata.pipeline.run import SelectConfig
 
     SelectConfig(**params["select"])  # every select key is a SelectConfig field
     declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]

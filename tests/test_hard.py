@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from kdata.cli import main
-from kdata.hard import (CRITIC_REJECT, EXCLUDED_FILE, FLIP, PARAM_NAMES, HardConfig, generate, param_ranges)
-from kdata.models import Model
-from kdata.pipeline import RunOptions, SelectConfig, run_select
-from kdata.score import decode_image
-from kdata.stats import disagreement
-from kdata.write import read_manifest, read_shards, verify
+from kdata.augment.hard import CRITIC_REJECT, EXCLUDED_FILE, FLIP, PARAM_NAMES, HardConfig, generate, param_ranges
+from kdata.models.spec import Model
+from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+from kdata.models.images import decode_image
+from kdata.core.stats import disagreement
+from kdata.dataset.writer import read_manifest, read_shards, verify
 
 
 def _rescore(images: list[bytes], teacher: Model, student: Model) -> dict[str, np.ndarray]:
@@ -216,9 +216,9 @@ def test_select_with_hard_stage(tmp_path, builtin_models):
 
 
 def test_trained_critic_decides(base, builtin_models, tmp_path):
-    from kdata import critic
-    from kdata.builtin import digits_web
-    from kdata.score import score_table
+    from kdata.selection import critic_model as critic
+    from kdata.pools.builtin import digits_web
+    from kdata.scoring.score import score_table
 
     teacher, student = builtin_models
     parents = read_shards(base).slice(0, 15)

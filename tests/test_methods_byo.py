@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kdata.byo import load_scores
+from kdata.scoring.byo import load_scores
 from kdata.cli import main
-from kdata.errors import KdataError
+from kdata.core.errors import KdataError
 from tests.methods_helpers import write_predictions
 
 
@@ -114,7 +114,7 @@ def test_text_logprob_only_file_runs_miniplm(tmp_path):
 def test_large_file_is_streamed_and_errors_name_the_row_in_the_file(tmp_path, bad_row, match):
     """Past several row groups and read batches, the first bad row is still named by its place
     in the file; a good file of the same size scores every row in order."""
-    from kdata.stats import chunk_rows
+    from kdata.core.stats import chunk_rows
 
     n, c = 160_000, 4
     rng = np.random.default_rng(0)

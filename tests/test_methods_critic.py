@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdata.cli import main
-from kdata.critic import Critic, fit_critic, load_critic, pick_threshold
-from kdata.errors import KdataError
+from kdata.selection.critic_model import Critic, fit_critic, load_critic, pick_threshold
+from kdata.core.errors import KdataError
 
 
 def test_pick_threshold_by_hand():
@@ -54,7 +54,7 @@ def test_bad_critic_inputs(tmp_path):
 
 
 def test_critic_cli_and_chain_on_builtin(tmp_path, builtin_models):
-    from kdata.builtin import digits_web_truth
+    from kdata.pools.builtin import digits_web_truth
 
     truth = digits_web_truth().to_pandas().sample(360, random_state=0)
     lab = tmp_path / "labels.csv"

@@ -4,7 +4,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from kdata.pipeline import RunOptions, SelectConfig, run_select
+from kdata.pipeline.run import RunOptions, SelectConfig, run_select
 
 
 def test_miniplm_reference_ddk_domains_and_rad_queries(tmp_path, builtin_models):

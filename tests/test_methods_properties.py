@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdata.selection import select
+from kdata.selection.run import select
 from tests.methods_helpers import random_scores
 
 RANKERS = ["random", "teacher_confidence", "student_entropy", "disagreement", "kd3", "rad", "miniplm", "ddk"]

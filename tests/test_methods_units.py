@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from kdata.errors import KdataError
-from kdata.methods.ddk import allocate, domain_proportions
-from kdata.methods.kd3 import kd3_score, kd3_select
-from kdata.methods.rad import rad_probabilities, systematic_sample
-from kdata.selection import select
+from kdata.core.errors import KdataError
+from kdata.selection.methods.ddk import allocate, domain_proportions
+from kdata.selection.methods.kd3 import kd3_score, kd3_select
+from kdata.selection.methods.rad import rad_probabilities, systematic_sample
+from kdata.selection.run import select
 from tests.methods_helpers import scores_from_probs
 
 # rows s0..s3, two classes
@@ -116,8 +116,8 @@ def test_balance_class_spreads_budget_over_predicted_classes(tmp_path):
 
 def test_topk_fast_paths_match_dense_reconstruction(tmp_path):
     """With only top-k soft labels (C > 64), kd3/miniplm/ddk use O(N·k) paths equal to the dense ones."""
-    from kdata.methods.kd3 import _kd3_dense, kd3_score_topk
-    from kdata.methods.view import ScoreView
+    from kdata.selection.methods.kd3 import _kd3_dense, kd3_score_topk
+    from kdata.selection.methods.view import ScoreView
     from tests.methods_helpers import random_scores
 
     rng = np.random.default_rng(3)

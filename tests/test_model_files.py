@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from kdata.cli import main
-from kdata.errors import KdataError
-from kdata.model_files import export_model, pool_class_names
-from kdata.models import load_model
+from kdata.core.errors import KdataError
+from kdata.models.files import export_model, pool_class_names
+from kdata.models.spec import load_model
 
 from .real_inputs import CLASSES, INPUT, MEAN, STD, digits, exported_models, make_image_folder
 
@@ -197,7 +197,7 @@ def test_checkpoints_never_unpickle_arbitrary_objects(tmp_path, capsys):
 
 
 def test_class_order_mismatch_is_refused(tmp_path):
-    from kdata.score import check_models
+    from kdata.scoring.score import check_models
 
     m = exported_models()
     rev = export_model(m["_nets"]["student"], tmp_path / "rev.pt2", input_size=INPUT, mean=MEAN, std=STD,

@@ -7,11 +7,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from kdata.atomic import sha256_file
-from kdata.contract import SHARD_SCHEMA, kdata_metadata, validate_decisions, validate_shard
-from kdata.errors import KdataError
-from kdata.pipeline import RunOptions, SelectConfig, run_select
-from kdata.write import verify
+from kdata.core.atomic import sha256_file
+from kdata.dataset.schema import SHARD_SCHEMA, kdata_metadata, validate_decisions, validate_shard
+from kdata.core.errors import KdataError
+from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+from kdata.dataset.writer import verify
 
 
 def test_shards_manifest_and_accounting(demo_run):
@@ -94,7 +94,7 @@ def test_rerun_same_config_is_a_no_op_and_different_config_refused(demo_run):
 
 
 def test_failure_leaves_nothing_half_written(tmp_path, monkeypatch, builtin_models):
-    import kdata.pipeline as pl
+    import kdata.pipeline.run as pl
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdata.cli import main
-from kdata.errors import KdataError
-from kdata.pool_readers import open_image_folder
-from kdata.pools import open_pool
+from kdata.core.errors import KdataError
+from kdata.pools.readers import open_image_folder
+from kdata.pools.spec import open_pool
 
 from .real_inputs import digits, make_image_folder, make_tar, png_bytes
 

@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from kdata.cli import main
-from kdata.errors import KdataError
-from kdata.model_files import TEMPLATES, embedder, pool_class_names
-from kdata.models import load_model
-from kdata.pools import open_pool
-from kdata.score import ScoreConfig, decode_image, score_table
+from kdata.core.errors import KdataError
+from kdata.models.embedder import embedder
+from kdata.models.files import TEMPLATES, pool_class_names
+from kdata.models.spec import load_model
+from kdata.pools.spec import open_pool
+from kdata.models.images import decode_image
+from kdata.scoring.score import ScoreConfig, score_table
 
 from .real_inputs import TINY_CLIP, digits, exported_models, make_image_folder, make_tar, png_bytes, tiny_clip
 
@@ -110,7 +112,7 @@ def test_embedder_matches_teacher_features():
     assert embedder(m["teacher_pt2"]).dim == 32
     with pytest.raises(KdataError, match="exposes no features"):
         lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 2)).eval()
-        from kdata.model_files import export_model
+        from kdata.models.files import export_model
 
         path = export_model(lin, m["teacher_pt2"].replace("teacher_pt2", "linear"), input_size=(1, 32, 32),
                             mean=(0.5,), std=(0.5,), class_names=["a", "b"])
@@ -142,8 +144,8 @@ def test_scores_bit_identical_across_runs_and_workers(tmp_path):
 
 def test_open_clip_teacher_scores_image_folder_via_cli(tmp_path, capsys):
     """Zero-shot teacher over the folder names + an exported student with the same classes."""
-    from kdata.model_files import export_model
-    from kdata.builtin_models import DigitsNet
+    from kdata.models.files import export_model
+    from kdata.models.builtin import DigitsNet
 
     x, y = digits(24)
     root = tmp_path / "pool"

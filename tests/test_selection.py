@@ -4,8 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kdata.errors import KdataError
-from kdata.selection import parse_budget, parse_methods, select, top_k
+from kdata.core.errors import KdataError
+from kdata.selection.run import parse_budget, parse_methods, select
+from kdata.selection.ranking import top_k
 
 
 @pytest.mark.parametrize("text,n,expected", [("200", 1000, 200), ("0.3", 1000, 300), ("30%", 1000, 300),
@@ -45,7 +46,7 @@ def _scores(n=6):
     logits_s = rng.normal(size=(n, 3)).astype(np.float32)
     import torch
 
-    from kdata.stats import disagreement
+    from kdata.core.stats import disagreement
 
     st = disagreement(torch.from_numpy(logits_t), torch.from_numpy(logits_s), topk=3)
     cols = {"sample_id": [f"s{i}" for i in range(n)]}

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kdata import builtin
-from kdata.contract import SHARD_SCHEMA, conform, with_kdata_metadata
-from kdata.errors import KdataError
-from kdata.score import worker_context
-from kdata.shard_dataset import ShardDataset
+from kdata.pools import builtin
+from kdata.dataset.schema import SHARD_SCHEMA, conform, with_kdata_metadata
+from kdata.core.errors import KdataError
+from kdata.models.images import worker_context
+from kdata.training.shard_dataset import ShardDataset
 
 INPUT = dict(input_size=(1, 32, 32), mean=(0.5,), std=(0.5,))
 

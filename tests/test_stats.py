@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import kdata.stats as S
-from kdata import native
-from kdata.stats import chunk_rows, disagreement, logit_stats
+import kdata.core.stats as S
+from kdata.core import native
+from kdata.core.stats import chunk_rows, disagreement, logit_stats
 
 
 def reference(t: np.ndarray, s: np.ndarray, temperature: float = 1.0) -> dict[str, np.ndarray]:

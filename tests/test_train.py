@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kdata.cli import main
-from kdata.models import load_model
-from kdata.train import EvalSet, TrainConfig, kd_loss, nkd_loss, soft_targets, train
+from kdata.models.spec import load_model
+from kdata.training.train import EvalSet, TrainConfig, kd_loss, nkd_loss, soft_targets, train
 
 
 def _softmax(v):
@@ -68,7 +68,7 @@ def test_nkd_loss_equals_hand_computed_value():
 @pytest.fixture(scope="module")
 def balanced_run(tmp_path_factory, builtin_models):
     """A class-balanced random 30% of the built-in pool, written by the real pipeline."""
-    from kdata.pipeline import RunOptions, SelectConfig, run_select
+    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
 
     out = tmp_path_factory.mktemp("balanced") / "out"
     run_select(SelectConfig(method="random", budget="0.3", balance="class"), out=str(out),
@@ -137,8 +137,8 @@ def test_bad_input_one_line_exit_2(demo_run, capsys, argv, msg):
 
 
 def test_demo_compares_curated_random_and_teacher(demo_run):
-    from kdata.demo import compare_training
-    from kdata.pipeline import SelectConfig
+    from kdata.pipeline.demo import compare_training
+    from kdata.pipeline.run import SelectConfig
 
     acc = compare_training(SelectConfig(), out=str(demo_run), n_kept=437, epochs=2)
     assert acc["rows"] == 437 and acc["epochs"] == 2

@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from ..errors import KdataError
+from kdata.core.errors import KdataError
 
 # module names under kdata.cli, in the order ``kdata --help`` lists them
 COMMANDS = ["select", "inspect", "demo", "train", "critic", "augment", "dedup", "card", "serve"]
@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from kdata.core.version import __version__
 
     parser = _Parser(prog="kdata", description="Curate training data for knowledge distillation.")
     parser.add_argument("--version", action="version", version=f"kdata {__version__}")

@@ -1,5 +1,5 @@
 import sys
 
-from . import main
+from kdata.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import emit_json, summary_lines
+from kdata.cli.common import emit_json, summary_lines
 
 
 def register(sub) -> None:
@@ -33,9 +33,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import KdataError
-    from ..hard import HardConfig, augment_dataset
-    from ..models import pick_device
+    from kdata.core.errors import KdataError
+    from kdata.augment.hard import HardConfig, augment_dataset
+    from kdata.models.spec import pick_device
 
     if args.per_sample < 1:
         raise KdataError(f"--per-sample {args.per_sample}: must be at least 1")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import emit_json
+from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..card import regenerate
+    from kdata.report.card import regenerate
 
     result = regenerate(args.dir, card_dir=args.card_dir)
     if args.json:

@@ -110,7 +110,7 @@ def add_select_options(p) -> None:
 
 
 def config_from_args(args):
-    from ..pipeline import SelectConfig
+    from kdata.pipeline.run import SelectConfig
 
     pool = args.pool if args.pool is not None else (None if getattr(args, "scores", None) else "builtin:digits-web")
     return SelectConfig(pool=pool, teacher=args.teacher, student=args.student, method=args.method,
@@ -129,7 +129,7 @@ def extra_config(args) -> dict:
 
 
 def run_options(args):
-    from ..pipeline import RunOptions
+    from kdata.pipeline.run import RunOptions
 
     return RunOptions(device=args.device, num_workers=args.workers, batch_size=args.batch_size,
                       cache=not args.no_cache, progress=progress_printer(args.quiet),

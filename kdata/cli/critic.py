@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import emit_json
+from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
@@ -60,13 +60,13 @@ def load_source(args):
         schema = pq.read_schema(path)
         if "kl_ts" in schema.names:
             return pq.read_table(path)
-        from ..byo import load_scores
+        from kdata.scoring.byo import load_scores
 
         return load_scores(str(path))[0]
-    from ..models import pick_device
-    from ..pipeline import SelectConfig, load_models
-    from ..pools import open_pool
-    from ..score import ScoreConfig, score_pool
+    from kdata.models.spec import pick_device
+    from kdata.pipeline.run import SelectConfig, load_models
+    from kdata.pools.spec import open_pool
+    from kdata.scoring.score import ScoreConfig, score_pool
 
     pool = open_pool(src)
     device = pick_device(args.device)
@@ -79,8 +79,8 @@ def run_fit(args) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from ..critic import feature_matrix, fit_critic, read_labels
-    from ..errors import KdataError
+    from kdata.selection.critic_model import feature_matrix, fit_critic, read_labels
+    from kdata.core.errors import KdataError
 
     labels = read_labels(args.labels)
     scores = load_source(args)
@@ -111,8 +111,8 @@ def run_fit(args) -> int:
 def run_apply(args) -> int:
     import pyarrow as pa
 
-    from ..atomic import write_parquet
-    from ..critic import load_critic
+    from kdata.core.atomic import write_parquet
+    from kdata.selection.critic_model import load_critic
 
     crit = load_critic(args.critic).with_target(recall=args.recall, precision=args.precision)
     scores = load_source(args)
@@ -123,7 +123,7 @@ def run_apply(args) -> int:
     if str(args.out).endswith(".csv"):
         import pyarrow.csv as pcsv
 
-        from ..atomic import atomic_path
+        from kdata.core.atomic import atomic_path
 
         with atomic_path(args.out) as tmp:
             pcsv.write_csv(table, tmp)

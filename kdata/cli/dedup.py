@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import emit_json
+from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..dedup import dedup_shards
+    from kdata.dedup.faiss_dedup import dedup_shards
 
     rep = dedup_shards(args.shards, out=args.out, level=args.dedup, threshold=args.dedup_threshold,
                        frac=args.dedup_frac, seed=args.seed, teacher=args.teacher, device=args.device)

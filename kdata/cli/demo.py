@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import emit_json, progress_printer, summary_lines
+from kdata.cli.common import emit_json, progress_printer, summary_lines
 
 
 def register(sub) -> None:
@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..demo import run_demo
+    from kdata.pipeline.demo import run_demo
 
     result = run_demo(out=args.out, budget=args.budget, seed=args.seed, progress=progress_printer(args.quiet),
                       train=not args.no_train)

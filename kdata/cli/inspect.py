@@ -6,7 +6,7 @@ unreadable); exit 2 for usage errors (no dataset at DIR, unknown ``--sample-id``
 
 from __future__ import annotations
 
-from .common import emit_json
+from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
@@ -21,8 +21,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import KdataError
-    from ..inspect import sample, summarise
+    from kdata.core.errors import KdataError
+    from kdata.report.inspect import sample, summarise
 
     if args.sample_id is not None:
         row = sample(args.dir, args.sample_id)
@@ -37,8 +37,8 @@ def run(args) -> int:
             raise KdataError(f"--grid {args.grid}: expected a .png file name")
         from pathlib import Path
 
-        from ..card import thumbnail_grid
-        from ..inspect import load_run
+        from kdata.report.card import thumbnail_grid
+        from kdata.report.inspect import load_run
 
         run_ = load_run(args.dir)
         Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def render(s: dict, console) -> None:
 
     bal = s["class_balance"]
     if bal:
-        from ..inspect import balance_highlights
+        from kdata.report.inspect import balance_highlights
 
         t = Table(title="class balance (teacher prediction; web label where known)", title_justify="left")
         for col in ("class", "pool label", "pool teacher", "kept", "kept share"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_select_options, config_from_args, emit_json, run_options, summary_lines
+from kdata.cli.common import add_select_options, config_from_args, emit_json, run_options, summary_lines
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..pipeline import run_select
+    from kdata.pipeline.run import run_select
 
     report = run_select(config_from_args(args), out=args.out, opts=run_options(args))
     if args.json:

@@ -6,7 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import KdataError
+from kdata.core.errors import KdataError
 
 
 def _flows_dir(arg: str | None) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import emit_json
+from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
@@ -36,8 +36,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import KdataError
-    from ..train import TrainConfig, run_train
+    from kdata.core.errors import KdataError
+    from kdata.training.train import TrainConfig, run_train
 
     workers = args.workers
     if workers != "auto":

@@ -1,0 +1,485 @@
+"""Deduplication on faiss: exact, near-exact and semantic (SemDeDup), survivor = the higher ranked.
+
+Three levels, each including the ones before (``--dedup exact|near|semantic``):
+
+* **exact** — sha256 of the *decoded* pixels (mode, size, bytes), so a re-saved identical image
+  matches too; one survivor per group.
+* **near** — copies of the same image: cosine similarity of a pixel embedding made for that job
+  (16×16 grayscale, mean-centred, L2-normalised; imagededup/fastdup style), *not* classifier
+  features, which put distinct digits of one class close together. Default threshold
+  ``NEAR_THRESHOLD``, chosen from measurements on the built-in pool (README, "Deduplication").
+* **semantic** — SemDeDup (Abbas et al. 2023, arXiv 2303.09540): spherical k-means over
+  L2-normalised model embeddings (the scores table's ``embedding`` column, the teacher's
+  penultimate features), then pairwise cosine within each cluster, chunked. A sample is removed
+  when its highest similarity to a better-ranked sample of its cluster exceeds the threshold, or,
+  with ``frac``, the samples with the highest such similarity are removed until that fraction of
+  the candidates is gone.
+
+Inputs are always in *rank order* (best first), so "the survivor is the one the selection ranked
+higher" is simply the lower index. Each level returns ``dup_of``: -1 for survivors, else the
+index of the surviving sample the row duplicates (reason ``duplicate_of:<sample_id>``).
+
+Similarity search (``similar_pairs``): exact ``faiss.IndexFlatIP`` range search up to
+``EXACT_MAX`` rows; above that, cluster-then-compare: spherical k-means (faiss) into ~√N cells,
+each row is compared (one BLAS matrix product per cell, chunked) with the rows whose nearest
+centroid is one of its ``nprobe`` nearest — an IVF range search with dense per-cell products.
+Found pairs always carry their exact cosine, so approximation can only miss pairs, never invent
+them. faiss GPU is used for k-means and centroid search only when a subprocess probe succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kdata.core.errors import KdataError
+from kdata.core.vectors import l2_normalize, rows_per_block, similar_pairs, spherical_kmeans
+
+LEVELS = ("exact", "near", "semantic")
+PIXEL_SIZE = 16
+# Defaults chosen on builtin:digits-web (see the README's dedup section for the measurement command).
+NEAR_THRESHOLD = 0.996
+SEMANTIC_THRESHOLD = 0.995
+
+
+# ------------------------------------------------------------------------------------------------
+# faiss GPU probe
+
+
+# ------------------------------------------------------------------------------------------------
+# Embeddings and hashes
+
+
+def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool = True) -> tuple[str, np.ndarray | None]:
+    """(hash of the decoded pixels, near-dup pixel embedding or None) of one image.
+
+    The hash covers mode, size and raw pixels, so the same picture saved twice (different PNG
+    settings or metadata) hashes the same. The embedding is the image as ``size``×``size``
+    grayscale (box filter), mean-centred and L2-normalised, so brightness offsets, light noise and
+    lossy re-encoding barely move it. Undecodable payloads hash their bytes and get a zero vector.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data or b"")) as im:
+            im.load()
+            h = hashlib.sha256(f"{im.mode}:{im.size}:".encode() + im.tobytes()).hexdigest()
+            if not pixels:
+                return h, None
+            small = im.convert("L").resize((size, size), Image.BOX)
+        v = np.asarray(small, dtype=np.float32).reshape(-1)
+        v = v - v.mean()
+        n = float(np.linalg.norm(v))
+        return h, (v / n if n > 0 else v)
+    except Exception:
+        h = hashlib.sha256(b"raw:" + (data or b"")).hexdigest()
+        return h, (np.zeros(size * size, np.float32) if pixels else None)
+
+
+def text_features(text: str | None) -> str:
+    return hashlib.sha256(b"text:" + (text or "").strip().encode()).hexdigest()
+
+
+def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | None]:
+    """Hashes (and pixel embeddings) of a pool/shard table's payloads, row-aligned."""
+    n = table.num_rows
+    images = table.column("image").to_pylist() if "image" in table.column_names else [None] * n
+    texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * n
+    hashes, vecs = [], []
+    for img, txt in zip(images, texts):
+        if img is None:
+            hashes.append(text_features(txt))
+            vecs.append(np.zeros(PIXEL_SIZE * PIXEL_SIZE, np.float32))
+        else:
+            h, v = image_features(img, pixels=pixels)
+            hashes.append(h)
+            vecs.append(v)
+    if not pixels:
+        return hashes, None
+    return hashes, (np.stack(vecs) if vecs else np.zeros((0, PIXEL_SIZE * PIXEL_SIZE), np.float32))
+
+
+def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Hashes and pixel embeddings for ``ids``, streamed unit by unit over the pool (memory: only
+    the small per-sample features are kept, never the payloads of more than one unit)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = np.asarray(ids, dtype=object)
+    pos_of = {s: i for i, s in enumerate(ids.tolist())}
+    hashes = np.full(len(ids), None, dtype=object)
+    vecs = np.zeros((len(ids), PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
+    wanted = pa.array(ids.tolist(), pa.string())
+    for unit in pool.units:
+        t = unit.read()
+        t = t.filter(pc.is_in(t.column("sample_id"), value_set=wanted))
+        if not t.num_rows:
+            continue
+        h, v = payload_features(t, pixels=pixels)
+        where = np.array([pos_of[s] for s in t.column("sample_id").to_pylist()], dtype=np.int64)
+        hashes[where] = h
+        if pixels:
+            vecs[where] = v
+    missing = int(sum(h is None for h in hashes))
+    if missing:
+        raise RuntimeError(f"dedup: {missing} candidates not found in the pool")
+    return hashes, vecs
+
+
+# ------------------------------------------------------------------------------------------------
+# Similarity search
+
+
+# ------------------------------------------------------------------------------------------------
+# Levels (rows in rank order, best first)
+
+def exact_groups(hashes) -> np.ndarray:
+    """``dup_of`` for exact duplicates: every later row of a hash group points at its first row."""
+    first: dict = {}
+    dup_of = np.full(len(hashes), -1, dtype=np.int64)
+    for i, h in enumerate(hashes):
+        if h in first:
+            dup_of[i] = first[h]
+        else:
+            first[h] = i
+    return dup_of
+
+
+def greedy_survivors(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """``dup_of`` from similar pairs (i < j): walking in rank order, a row is a duplicate of its
+    most similar better-ranked *survivor*; a row whose similar rows were all removed survives.
+
+    So every removed row names a kept row it is similar to (no chains of removals).
+    """
+    dup_of = np.full(n, -1, dtype=np.int64)
+    if not len(i):
+        return dup_of
+    o = np.lexsort((-sim, i, j))  # by j, then i (rank), then similarity
+    i, j = i[o], j[o]
+    sim = sim[o]
+    starts = np.flatnonzero(np.r_[True, j[1:] != j[:-1]])
+    ends = np.r_[starts[1:], len(j)]
+    for s, e in zip(starts, ends):
+        cand = i[s:e]
+        alive = dup_of[cand] < 0
+        if alive.any():
+            k = np.flatnonzero(alive)
+            dup_of[j[s]] = cand[k[np.argmax(sim[s:e][k])]]
+    return dup_of
+
+
+def semdedup_scores(emb: np.ndarray, *, n_clusters: int | None = None, seed: int = 0,
+                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, dict]:
+    """SemDeDup within-cluster scores: for each row its highest cosine to a better-ranked row of
+    its cluster, and that row's index (-1 when it is the best of its cluster).
+
+    Clusters: spherical k-means (faiss) with ``n_clusters`` (default: clusters of ~max(100, √N)
+    rows, so k-means and the per-cluster products both cost O(N^1.5·d)). Pairwise cosine per cluster in row chunks (memory
+    ``chunk`` × cluster size).
+    """
+    x = l2_normalize(emb)
+    n = len(x)
+    k = n_clusters or max(1, int(round(n / max(100.0, np.sqrt(n)))))
+    _, assign = spherical_kmeans(x, k, seed=seed) if n > 1 else (None, np.zeros(n, np.int64))
+    best = np.full(n, -np.inf, dtype=np.float32)
+    arg = np.full(n, -1, dtype=np.int64)
+    order = np.argsort(assign, kind="stable")  # within a cluster, still in rank order
+    bounds = np.searchsorted(assign[order], np.arange(int(assign.max(initial=0)) + 2))
+    for c in range(len(bounds) - 1):
+        mem = order[bounds[c]:bounds[c + 1]]
+        if len(mem) < 2:
+            continue
+        xm = x[mem]
+        step = rows_per_block(chunk, len(mem))
+        for s in range(0, len(mem), step):
+            sim = xm[s:s + step] @ xm[: s + step].T  # rows s.. vs all earlier
+            r = np.arange(sim.shape[0])
+            sim[np.arange(sim.shape[1])[None, :] >= (s + r)[:, None]] = -np.inf  # only better-ranked
+            a = sim.argmax(1)
+            v = sim[r, a]
+            has = np.isfinite(v)
+            best[mem[s:s + step][has]] = v[has]
+            arg[mem[s:s + step][has]] = mem[a[has]]
+    return best, arg, {"clusters": int(k)}
+
+
+def semdedup_survivors(best: np.ndarray, arg: np.ndarray, *, threshold: float | None, n_remove: int | None) -> np.ndarray:
+    """``dup_of`` from SemDeDup scores: remove rows above ``threshold`` (or the ``n_remove`` rows
+    with the highest score); each removed row points at the surviving root of its chain."""
+    n = len(best)
+    remove = np.zeros(n, dtype=bool)
+    if n_remove is not None:
+        if n_remove > 0:
+            cand = np.flatnonzero(arg >= 0)
+            top = cand[np.argsort(-best[cand], kind="stable")[:n_remove]]
+            remove[top] = True
+    else:
+        remove = (arg >= 0) & (best >= threshold)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    for r in np.flatnonzero(remove):  # ascending = rank order, so arg's root is already known
+        a = arg[r]
+        dup_of[r] = dup_of[a] if dup_of[a] >= 0 else a
+    return dup_of
+
+
+def _point_at_survivors(dup_of: np.ndarray) -> None:
+    """A row removed at one level may be the survivor named by rows removed at an earlier level
+    (an exact copy of a near copy): re-point those rows at the final survivor, in place."""
+    while True:
+        hit = np.flatnonzero(dup_of >= 0)
+        nxt = dup_of[dup_of[hit]]
+        chain = nxt >= 0
+        if not chain.any():
+            return
+        dup_of[hit[chain]] = nxt[chain]
+
+
+@dataclass
+class DedupResult:
+    dup_of: np.ndarray  # -1 survivor, else index of the surviving row (same order as the input)
+    level_of: np.ndarray  # object: level that removed the row, None for survivors
+    info: dict = field(default_factory=dict)
+
+
+def check_options(level: str | None, *, threshold: float | None = None, frac: float | None = None) -> str | None:
+    """Validate ``--dedup``/``--dedup-threshold``/``--dedup-frac``; returns the level or None."""
+    if level in (None, "", "none"):
+        if threshold is not None or frac is not None:
+            raise KdataError("--dedup-threshold/--dedup-frac need --dedup exact|near|semantic")
+        return None
+    if level not in LEVELS:
+        raise KdataError(f"--dedup '{level}': expected one of none, {', '.join(LEVELS)}")
+    if threshold is not None and not (-1.0 <= float(threshold) <= 1.0):
+        raise KdataError(f"--dedup-threshold {threshold}: a cosine similarity must lie in [-1, 1]")
+    if frac is not None:
+        if level != "semantic":
+            raise KdataError("--dedup-frac applies to --dedup semantic (near/exact use a threshold)")
+        if not (0.0 <= float(frac) < 1.0):
+            raise KdataError(f"--dedup-frac {frac}: expected a fraction in [0, 1)")
+        if threshold is not None:
+            raise KdataError("give either --dedup-threshold or --dedup-frac, not both")
+    if threshold is not None and level == "exact":
+        raise KdataError("--dedup-threshold does not apply to --dedup exact (hash equality)")
+    return level
+
+
+def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, embeddings: np.ndarray | None = None,
+                 threshold: float | None = None, frac: float | None = None, seed: int = 0,
+                 n_clusters: int | None = None) -> DedupResult:
+    """Deduplicate rows given in rank order (best first) at ``level`` (and the levels before).
+
+    ``hashes`` for exact, plus ``pixels`` (near-dup embeddings) for near, plus ``embeddings``
+    (model features) for semantic. ``threshold`` applies to the deepest level (near or semantic).
+    """
+    level = check_options(level, threshold=threshold, frac=frac)
+    n = len(hashes)
+    dup_of = exact_groups(hashes)
+    level_of = np.where(dup_of >= 0, "exact", None).astype(object)
+    info: dict = {"level": level, "n_in": n, "removed": {"exact": int((dup_of >= 0).sum())}}
+    if level in ("near", "semantic"):
+        alive = np.flatnonzero(dup_of < 0)
+        t = NEAR_THRESHOLD if (threshold is None or level != "near") else float(threshold)
+        i, j, s = similar_pairs(l2_normalize(pixels[alive]), threshold=t, seed=seed)
+        sub = greedy_survivors(len(alive), i, j, s)
+        hit = sub >= 0
+        dup_of[alive[hit]] = alive[sub[hit]]
+        level_of[alive[hit]] = "near"
+        info["removed"]["near"] = int(hit.sum())
+        info["near_threshold"] = t
+    if level == "semantic":
+        if embeddings is None:
+            raise KdataError("--dedup semantic needs model embeddings (the scores table has no 'embedding' column)")
+        alive = np.flatnonzero(dup_of < 0)
+        best, arg, sinfo = semdedup_scores(embeddings[alive], n_clusters=n_clusters, seed=seed)
+        if frac is not None:
+            n_remove = max(0, int(round(float(frac) * n)) - int((dup_of >= 0).sum()))
+            sub = semdedup_survivors(best, arg, threshold=None, n_remove=n_remove)
+            removed = sub >= 0
+            t = float(best[removed].min()) if removed.any() else None
+        else:
+            t = SEMANTIC_THRESHOLD if threshold is None else float(threshold)
+            sub = semdedup_survivors(best, arg, threshold=t, n_remove=None)
+        hit = sub >= 0
+        dup_of[alive[hit]] = alive[sub[hit]]
+        level_of[alive[hit]] = "semantic"
+        info["removed"]["semantic"] = int(hit.sum())
+        info["semantic_threshold"] = t
+        info["semantic_clusters"] = sinfo["clusters"]
+    _point_at_survivors(dup_of)
+    info["kept"] = int((dup_of < 0).sum())
+    return DedupResult(dup_of=dup_of, level_of=level_of, info=info)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipeline hook
+
+def pipeline_dedup(cfg, pool):
+    """The ``dedup`` callable ``selection.select`` runs on the alive candidates in rank order.
+
+    Exact/near read payloads unit by unit from ``pool`` (hash + 16×16 pixel vector per candidate,
+    ~1 KB each); semantic also takes the scores table's ``embedding`` column.
+    Returns None when ``cfg.dedup`` is off.
+    """
+    level = check_options(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
+    if level is None:
+        return None
+
+    def run(view, order: np.ndarray) -> tuple[np.ndarray, dict]:
+        ids = view.sample_ids[order]
+        hashes, pixels = pool_features(pool, ids, pixels=level != "exact")
+        emb = None
+        if level == "semantic":
+            if not view.has("embedding"):
+                raise KdataError(f"{cfg.pool}: --dedup semantic needs model embeddings, but the teacher "
+                                 "gives no penultimate features (scores have no 'embedding' column)")
+            emb = view.col("embedding")[order]
+        res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb,
+                           threshold=cfg.dedup_threshold, frac=cfg.dedup_frac, seed=cfg.seed)
+        return res.dup_of, res.info
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+# Already curated shards (``kdata dedup``)
+
+def embed_images(images: list, model, *, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """Penultimate features of ``model`` for image payloads (for semantic dedup of shards)."""
+    import torch
+
+    from kdata.models.images import iter_decoded
+
+    key = model.preprocess_key
+    out = np.zeros((len(images), 0), np.float32)
+    parts: dict[int, np.ndarray] = {}
+    with torch.inference_mode():
+        for idx, batch, bad in iter_decoded(images, [key], batch_size=batch_size, num_workers=0):
+            if bad:
+                raise KdataError(f"shards: {len(bad)} images cannot be decoded ({bad[0][1]})")
+            _, feat = model.forward(batch[key].to(device))
+            if feat is None:
+                raise KdataError(f"{model.spec}: the model gives no penultimate features for semantic dedup")
+            for i, f in zip(idx.tolist(), feat.float().cpu().numpy()):
+                parts[i] = f
+    if parts:
+        out = np.stack([parts[i] for i in range(len(images))])
+    return out
+
+
+def dedup_shards(shards: str, *, out: str, level: str, threshold: float | None = None, frac: float | None = None,
+                 seed: int = 0, teacher: str | None = None, device: str = "auto") -> dict:
+    """Deduplicate an already curated dataset ``shards`` into a new curated dataset ``out``.
+
+    Rows are taken in the dataset's rank order (``rank`` column, 0 = best), so the better-ranked
+    copy survives. ``out`` gets its own shards, ``decisions.parquet`` (one row per input row:
+    kept, or rejected ``duplicate_of:<id>`` at stage ``dedup``) and ``manifest.json``. Semantic
+    dedup embeds the images with the source manifest's teacher (or ``teacher``).
+    """
+    import hashlib as _hl
+    import json
+    import time
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from kdata.dataset.schema import KEPT, REJECTED, validate_shard
+    from kdata.dataset.decisions import Decisions
+    from kdata.dataset.writer import MANIFEST, Staging, build_manifest, check_output_dir, read_manifest, read_shards, shard_meta, shard_paths, write_decisions, write_shards
+
+    t0 = time.perf_counter()
+    level = check_options(level, threshold=threshold, frac=frac)
+    if level is None:
+        raise KdataError("kdata dedup: give --dedup exact, near or semantic")
+    src = Path(shards)
+    if not src.is_dir():
+        raise KdataError(f"{shards}: --shards is not a directory")
+    source = read_manifest(src)
+    if source is None:
+        raise KdataError(f"{shards}: no {MANIFEST}; --shards must be a curated dataset written by kdata")
+    if src.resolve() == Path(out).resolve():
+        raise KdataError(f"{out}: --out must differ from --shards")
+    teacher = teacher or (source.get("config") or {}).get("teacher")
+    cfg = {"command": "dedup", "shards": str(src.resolve()), "source_config_hash": source.get("config_hash"),
+           "dedup": level, "dedup_threshold": threshold, "dedup_frac": frac, "seed": seed,
+           "teacher": teacher if level == "semantic" else None}
+    config_hash = _hl.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    if check_output_dir(out, config_hash=config_hash) == "done":
+        m = read_manifest(out)
+        return {"out": str(out), "status": "already complete", "counts": m["counts"], "files": m["files"],
+                "seconds": 0.0, "info": m.get("dedup", {})}
+    paths = shard_paths(src)
+    for p in paths:
+        if not p.exists():
+            raise KdataError(f"{p}: shard listed in the manifest is missing")
+        import pyarrow.parquet as pq
+
+        validate_shard(pq.read_schema(p), where=str(p))
+    table = read_shards(src)
+    if "rank" in table.column_names and table.column("rank").null_count == 0:
+        table = table.take(pa.array(np.argsort(table.column("rank").to_numpy(), kind="stable")))
+    ids = table.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise KdataError(f"{shards}: sample ids are not unique")
+    hashes, pixels = payload_features(table, pixels=level != "exact")
+    emb = None
+    if level == "semantic":
+        from kdata.models.spec import load_model, pick_device
+
+        if not teacher:
+            raise KdataError(f"{shards}: the manifest names no teacher; pass --teacher SPEC for semantic dedup")
+        if "image" not in table.column_names or table.column("image").null_count:
+            raise KdataError(f"{shards}: semantic dedup of shards needs image payloads")
+        dev = pick_device(device)
+        emb = embed_images(table.column("image").to_pylist(), load_model(teacher, device=dev), device=dev)
+    res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb, threshold=threshold,
+                       frac=frac, seed=seed)
+    dup = res.dup_of >= 0
+    n = table.num_rows
+    dec_cols = {
+        "sample_id": table.column("sample_id"),
+        "decision": pa.array(np.where(dup, REJECTED, KEPT).tolist(), pa.string()),
+        "reason": pa.array([f"duplicate_of:{ids[d]}" if d >= 0 else None for d in res.dup_of], pa.string()),
+        "stage": pa.array(["dedup" if d else None for d in dup], pa.string()),
+        "error": pa.nulls(n, pa.string()),
+    }
+    for name in ("label", "label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts"):
+        if name in table.column_names:
+            dec_cols[name] = table.column(name)
+    decisions = pa.table(dec_cols)
+    counts = Decisions(decisions).counts
+    kept = table.filter(pa.array(~dup))
+    if "rank" in kept.column_names:
+        kept = kept.set_column(kept.schema.get_field_index("rank"), "rank",
+                               pa.array(np.arange(kept.num_rows, dtype=np.int32)))
+    meta = dict(shard_meta(paths[0])) if paths else {}
+    meta["config_hash"] = config_hash
+    rows_per_shard = int((source.get("config") or {}).get("rows_per_shard") or 10_000)
+    staging = Staging(out)
+    try:
+        files = write_shards(kept, staging.path, meta=meta, rows_per_shard=rows_per_shard)
+        write_decisions(decisions, staging.path / "decisions.parquet")
+        manifest = build_manifest(files=files, config=cfg, config_hash=config_hash, models=source.get("models", {}),
+                                  counts=counts, extra={"dedup": _plain(res.info), "source": {
+                                      "path": str(src.resolve()), "config_hash": source.get("config_hash"),
+                                      "counts": source.get("counts")},
+                                      "class_names": source.get("class_names"), "methods": source.get("methods"),
+                                      "pool": source.get("pool"), "budget_rows": source.get("budget_rows"),
+                                      "temperature": source.get("temperature"), "topk": source.get("topk")})
+        from kdata.core.atomic import write_json
+
+        write_json(staging.path / MANIFEST, manifest)
+        staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+    return {"out": str(out), "status": "written", "counts": counts, "files": files,
+            "seconds": time.perf_counter() - t0, "info": _plain(res.info)}
+
+
+def _plain(obj):
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

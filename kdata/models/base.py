@@ -1,0 +1,67 @@
+"""A loaded model with its preprocessing config, the loader registry and the device choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from kdata.core.errors import KdataError
+
+@dataclass
+class Model:
+    spec: str
+    module: torch.nn.Module
+    input_size: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+    checksum: str
+    interpolation: str = "bilinear"
+    # x -> (logits, features or None). Defaults to module(x) with no features.
+    forward_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
+    differentiable: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.forward_fn is not None:
+            return self.forward_fn(x)
+        return self.module(x), None
+
+    @property
+    def preprocess_key(self) -> tuple:
+        return (self.input_size, self.mean, self.std, self.interpolation)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "checksum": self.checksum, "num_classes": self.num_classes,
+                "input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+
+_LOADERS: list[tuple[Callable[[str], bool], Callable[..., Model]]] = []
+
+
+def register_loader(claims: Callable[[str], bool]):
+    """Decorator: ``fn(spec, *, device) -> Model`` loads specs for which ``claims(spec)``."""
+
+    def deco(fn):
+        _LOADERS.append((claims, fn))
+        return fn
+
+    return deco
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise KdataError("--device cuda requested but no CUDA device is available")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise KdataError(f"unknown device '{device}' (auto, cpu, cuda)")
+    return torch.device(device)

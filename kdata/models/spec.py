@@ -1,0 +1,30 @@
+"""Model specs → loaded models with their preprocessing config.
+
+A spec is a string: ``builtin:digits-teacher``, ``path/model.pt2``, ``path/model.pt``,
+``open_clip:ARCH:WEIGHTS``, ``timm:ARCH:CHECKPOINT``. Loaders register a predicate on the spec;
+the first that claims a spec loads it. Every loaded model knows its input size, normalisation,
+class names and a checksum of its weights, which the manifest records.
+"""
+
+from __future__ import annotations
+
+
+import torch
+
+from kdata.core.errors import KdataError
+
+
+from kdata.models.base import _LOADERS, Model, pick_device, register_loader  # noqa: F401  (re-exported)
+from kdata.models import builtin as _builtin  # noqa: F401,E402  (loaders register themselves on import)
+from kdata.models import files as _files  # noqa: F401,E402  (.pt2 / TorchScript / timm / open_clip)
+
+
+def load_model(spec: str, *, device: str | torch.device = "cpu") -> Model:
+    """Load a model spec; raise a one-line KdataError when it is missing or unreadable."""
+    for claims, fn in _LOADERS:
+        if claims(spec):
+            model = fn(spec, device=device)
+            model.module.eval()
+            return model
+    raise KdataError(f"unknown model spec '{spec}' (try builtin:digits-teacher, a .pt2/.pt file, "
+                     "open_clip:ARCH:WEIGHTS or timm:ARCH:CHECKPOINT)")

@@ -1,0 +1,378 @@
+"""Summaries of a curated dataset directory: counts, class balance, score quantiles, examples.
+
+Everything here is read back from what a run wrote — ``manifest.json``, ``decisions.parquet``
+(one row per input sample, with the scores of every scored row) and the curated shards — so the
+same numbers feed ``kdata inspect`` (terminal and ``--json``) and the data card (``kdata.card``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kdata.core.atomic import sha256_file
+from kdata.dataset.schema import KEPT, QUARANTINED, REJECTED, SCORE_PREFIX
+from kdata.core.errors import KdataError
+from kdata.dataset.writer import read_manifest, shard_paths, verify
+
+QUANTILES = (("min", 0.0), ("p05", 0.05), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("p95", 0.95), ("max", 1.0))
+# score columns decisions.parquet holds for every scored row (besides score_<method>)
+DECISION_SCORES = ("teacher_conf", "kl_ts")
+# shard-only statistics (kept rows)
+SHARD_SCORES = ("student_conf", "teacher_margin", "teacher_entropy", "student_entropy")
+
+
+@dataclass
+class Run:
+    """A curated dataset read back: its manifest, decisions (or None) and shards (or None)."""
+
+    out: Path
+    manifest: dict
+    decisions: pa.Table | None
+    shards: pa.Table | None
+    shard_error: str | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest.get("class_names") or [])
+
+    def class_name(self, i) -> str:
+        names = self.class_names
+        if i is None or i < 0:
+            return "?"
+        return names[i] if i < len(names) else str(i)
+
+
+def load_run(out: str | Path, *, manifest: dict | None = None) -> Run:
+    """Read OUT back. Unreadable shards are reported in ``shard_error`` instead of raising."""
+    out = Path(out)
+    if not out.is_dir():
+        raise KdataError(f"{out}: no such directory")
+    if manifest is None:
+        manifest = read_manifest(out)
+        if manifest is None:
+            raise KdataError(f"{out}: not a kdata dataset (no manifest.json)")
+    dec_path = out / manifest.get("decisions_file", "decisions.parquet")
+    decisions = None
+    if dec_path.exists():
+        try:
+            decisions = pq.read_table(dec_path)
+        except (OSError, pa.ArrowException) as exc:
+            raise KdataError(f"{dec_path}: unreadable decisions table ({exc})") from None
+    shards, err = None, None
+    paths = [out / f["path"] for f in manifest.get("files", [])] if manifest.get("files") is not None \
+        else shard_paths(out)
+    try:
+        tables = [pq.read_table(p) for p in paths]
+        shards = pa.concat_tables(tables, promote_options="default") if tables else None
+    except (OSError, pa.ArrowException) as exc:
+        err = f"unreadable shard ({exc})"
+    return Run(out=out, manifest=manifest, decisions=decisions, shards=shards, shard_error=err)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces of the summary
+
+def _col(t: pa.Table, name: str) -> np.ndarray:
+    return t.column(name).to_numpy(zero_copy_only=False)
+
+
+def reason_group(reason: str | None) -> str:
+    """``duplicate_of:<id>`` → ``duplicate_of``: reasons that carry an argument grouped by kind."""
+    if reason is None:
+        return "none"
+    return reason.split(":", 1)[0]
+
+
+def decision_counts(run: Run) -> dict:
+    """Counts by decision, by (grouped) reason and by stage, plus generated and critic-rejected."""
+    c = dict(run.manifest.get("counts") or {})
+    out = {"n_in": c.get("n_in"), "kept": c.get("kept"), "rejected": c.get("rejected"),
+           "quarantined": c.get("quarantined"), "rejected_by_reason": dict(c.get("rejected_by_reason") or {})}
+    grouped: Counter = Counter()
+    for r, n in out["rejected_by_reason"].items():
+        grouped[reason_group(r)] += n
+    out["rejected_by_reason_group"] = dict(sorted(grouped.items(), key=lambda kv: (-kv[1], kv[0])))
+    out["critic_rejected"] = sum(n for r, n in out["rejected_by_reason"].items() if r.startswith("critic"))
+    in_shards = c.get("generated_kept")
+    if in_shards is None and run.shards is not None and "kind" in run.shards.column_names:
+        in_shards = sum(1 for k in run.shards.column("kind").to_pylist() if k == "synthetic")
+    out["generated"] = int(c.get("generated") or in_shards or 0)  # HARD rows generated
+    out["generated_kept"] = int(in_shards or 0)  # ... of which accepted by the critic (in the shards)
+    out["generated_rejected"] = int(c.get("generated_rejected") or 0)
+    by_stage: dict[str, dict[str, int]] = {}
+    if run.decisions is not None and "stage" in run.decisions.column_names:
+        # one group per (stage, decision), in order of first appearance (use_threads=False)
+        g = run.decisions.select(["stage", "decision"]).group_by(["stage", "decision"], use_threads=False)
+        g = g.aggregate([([], "count_all")])
+        for s, d, n in zip(*(g.column(k).to_pylist() for k in ("stage", "decision", "count_all"))):
+            key = s if d != KEPT else "kept"
+            by_stage.setdefault(key or "?", Counter())[d] += n
+    out["by_stage"] = {k: dict(v) for k, v in by_stage.items()}
+    return out
+
+
+def class_balance(run: Run) -> list[dict]:
+    """Per class: web label in the pool, teacher prediction in the pool (scored rows), kept rows."""
+    n_cls = len(run.class_names)
+    pool_label = pool_pred = None
+    if run.decisions is not None:
+        scored = run.decisions.filter(pc.not_equal(run.decisions.column("decision"), QUARANTINED))
+        if "label_idx" in scored.column_names:
+            li = _col(scored, "label_idx")
+            li = li[~_isnull(scored, "label_idx")].astype(np.int64)
+            li = li[li >= 0]
+            pool_label = np.bincount(li, minlength=n_cls) if len(li) else None
+        tp = _col(scored, "teacher_pred")
+        tp = tp[~_isnull(scored, "teacher_pred")].astype(np.int64)
+        pool_pred = np.bincount(tp, minlength=n_cls)
+    kept = None
+    if run.shards is not None:
+        kp = _col(run.shards, "teacher_pred")
+        kp = kp[~_isnull(run.shards, "teacher_pred")].astype(np.int64)
+        kept = np.bincount(kp, minlength=n_cls)
+    n = max([len(x) for x in (pool_label, pool_pred, kept) if x is not None] + [n_cls])
+    rows = []
+    for i in range(n):
+        get = (lambda a: int(a[i]) if a is not None and i < len(a) else None)
+        rows.append({"class": run.class_name(i), "pool_label": get(pool_label), "pool_teacher": get(pool_pred),
+                     "kept_teacher": get(kept)})
+    return rows
+
+
+MAX_BALANCE_ROWS = 40  # above this many classes, summaries show the classes that moved most
+
+
+def balance_highlights(bal: list[dict], *, limit: int = MAX_BALANCE_ROWS) -> tuple[list[dict], str | None]:
+    """The class-balance rows worth printing: all of them up to ``limit`` classes; above that the
+    ``limit`` classes whose share of kept rows moved most against the pool (teacher prediction, in
+    class order) and a one-line summary of the spread. A table of thousands of classes says less."""
+    tot_k = sum(r["kept_teacher"] or 0 for r in bal)
+    tot_p = sum(r["pool_teacher"] or 0 for r in bal)
+    if len(bal) <= limit or not tot_k or not tot_p:
+        return bal, None
+    kept = np.array([r["kept_teacher"] or 0 for r in bal], np.float64) / tot_k
+    pool = np.array([r["pool_teacher"] or 0 for r in bal], np.float64) / tot_p
+    order = np.argsort(kept - pool, kind="stable")
+    shown = [bal[i] for i in sorted(set(order[:limit // 2].tolist()) | set(order[-(limit - limit // 2):].tolist()))]
+    line = (f"{len(bal)} classes. Share of kept rows per class (teacher prediction): min {100 * kept.min():.2f}%, "
+            f"median {100 * np.median(kept):.2f}%, max {100 * kept.max():.2f}%; {int((kept == 0).sum())} classes "
+            f"with no kept row (in the pool by teacher prediction: {int((pool == 0).sum())}). "
+            f"The {len(shown)} classes whose share moved most:")
+    return shown, line
+
+
+def _isnull(t: pa.Table, name: str) -> np.ndarray:
+    return t.column(name).is_null().to_numpy(zero_copy_only=False)
+
+
+def _quantiles(v: np.ndarray) -> dict | None:
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return None
+    return {**{k: float(x) for (k, _), x in zip(QUANTILES, np.quantile(v, [q for _, q in QUANTILES]))},
+            "mean": float(v.mean()), "n": int(len(v))}
+
+
+def score_columns(run: Run) -> list[str]:
+    """Score columns of the decisions table: score_<method> first, then teacher_conf, kl_ts."""
+    if run.decisions is None:
+        return []
+    names = run.decisions.column_names
+    return [c for c in names if c.startswith(SCORE_PREFIX)] + [c for c in DECISION_SCORES if c in names]
+
+
+def score_quantiles(run: Run) -> dict:
+    """Quantiles of every score, for kept and rejected rows (decisions) and kept-only shard stats."""
+    out: dict[str, dict] = {}
+    if run.decisions is not None:
+        dec = np.array(run.decisions.column("decision").to_pylist(), dtype=object)
+        for c in score_columns(run):
+            v = _col(run.decisions, c).astype(np.float64)
+            out[c] = {d: _quantiles(v[dec == d]) for d in (KEPT, REJECTED)}
+    if run.shards is not None:
+        extra = [c for c in run.shards.column_names if c.startswith(SCORE_PREFIX) and c not in out]
+        for c in extra + [c for c in SHARD_SCORES + DECISION_SCORES if c not in out]:
+            if c in run.shards.column_names:
+                out[c] = {KEPT: _quantiles(_col(run.shards, c).astype(np.float64)), REJECTED: None}
+    return out
+
+
+def agreement(run: Run) -> dict:
+    """Teacher/student top-1 agreement (and teacher/web-label agreement) on kept and on all scored rows."""
+    out = {}
+    if run.decisions is not None:
+        d = run.decisions.filter(pc.not_equal(run.decisions.column("decision"), QUARANTINED))
+        dec = np.array(d.column("decision").to_pylist(), dtype=object)
+        tp, sp = _col(d, "teacher_pred"), _col(d, "student_pred")
+        li = _col(d, "label_idx") if "label_idx" in d.column_names else np.full(len(tp), -1)
+        li = np.where(_isnull(d, "label_idx"), -1, li) if "label_idx" in d.column_names else li
+        for name, m in (("all_scored", np.ones(len(dec), bool)), (KEPT, dec == KEPT), (REJECTED, dec == REJECTED)):
+            has_label = m & (li >= 0)
+            out[name] = {"n": int(m.sum()),
+                         "teacher_student": float(np.mean(tp[m] == sp[m])) if m.any() else None,
+                         "teacher_label": float(np.mean(tp[has_label] == li[has_label])) if has_label.any() else None}
+    elif run.shards is not None:
+        a = _col(run.shards, "agree")
+        out[KEPT] = {"n": len(a), "teacher_student": float(np.mean(a)) if len(a) else None, "teacher_label": None}
+    return out
+
+
+def card_status(run: Run) -> dict:
+    """Whether the data card still matches the checksums recorded in the manifest.
+
+    A changed card is reported but is not an integrity failure: cards are meant to be edited.
+    """
+    card = run.manifest.get("card")
+    if not card:
+        return {"present": (run.out / "README.md").exists(), "recorded": False, "changed": []}
+    changed = []
+    for f in card.get("files", []):
+        p = run.out / f["path"]
+        if not p.exists() or sha256_file(p) != f["sha256"]:
+            changed.append(f["path"])
+    return {"present": (run.out / card.get("path", "README.md")).exists(), "recorded": True, "changed": changed}
+
+
+def examples(run: Run, n: int) -> list[dict]:
+    if run.shards is None or n <= 0:
+        return []
+    cols = [c for c in ("sample_id", "label", "teacher_pred", "student_pred", "teacher_conf", "kl_ts", "rank")
+            if c in run.shards.column_names]
+    cols += [c for c in run.shards.column_names if c.startswith(SCORE_PREFIX)]
+    return run.shards.select(cols).slice(0, n).to_pylist()
+
+
+def rejected_examples(run: Run, n: int) -> list[dict]:
+    """Up to ``n`` rejected rows, spread over the rejection reasons (lowest ranker score first)."""
+    if run.decisions is None or n <= 0:
+        return []
+    picks = pick_rejected(run, n)
+    cols = [c for c in ("sample_id", "reason", "label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts")
+            if c in run.decisions.column_names] + [c for c in run.decisions.column_names if c.startswith(SCORE_PREFIX)]
+    rows = run.decisions.select(cols).take(pa.array(picks, pa.int64())).to_pylist() if picks else []
+    out = []
+    for r in rows:  # the web label as a class name, like the shards' ``label``
+        li = r.pop("label_idx", None)
+        out.append({"sample_id": r.pop("sample_id"), "reason": r.pop("reason"),
+                    "label": run.class_name(li) if li is not None and li >= 0 else None, **r})
+    return out
+
+
+def primary_score(run: Run) -> str | None:
+    """The ranker's score column (the last method), else the first score column."""
+    methods = run.manifest.get("methods") or []
+    cols = score_columns(run)
+    for m in reversed(methods):
+        if f"{SCORE_PREFIX}{m}" in cols:
+            return f"{SCORE_PREFIX}{m}"
+    return cols[0] if cols else None
+
+
+def pick_rejected(run: Run, n: int) -> list[int]:
+    """Row indices of decisions: rejected rows, round-robin over grouped reasons, most clearly rejected first."""
+    dec = run.decisions
+    rows = np.flatnonzero(pc.equal(dec.column("decision"), REJECTED).to_numpy(zero_copy_only=False))
+    if n <= 0 or not len(rows):
+        return []
+    # reason_group, vectorised: "duplicate_of:<id>" → "duplicate_of", null → "none"
+    grouped = pc.fill_null(pc.replace_substring_regex(dec.column("reason").take(pa.array(rows)), pattern=":.*",
+                                                      replacement=""), "none")
+    enc = pc.dictionary_encode(grouped).combine_chunks()
+    codes, names = enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+    col = primary_score(run)
+    score = _col(dec, col).astype(np.float64) if col else np.zeros(dec.num_rows)
+    score = np.where(np.isnan(score), np.inf, score)
+    by_reason = {}
+    for name in sorted(names):
+        idx = rows[codes == names.index(name)]
+        by_reason[name] = idx[np.lexsort((idx, score[idx]))][:n].tolist()
+    picks: list[int] = []
+    while len(picks) < n and any(by_reason.values()):
+        for r in list(by_reason):
+            if by_reason[r] and len(picks) < n:
+                picks.append(by_reason[r].pop(0))
+    return picks
+
+
+def quarantined_rows(run: Run, limit: int = 50) -> list[dict]:
+    if run.decisions is None:
+        return []
+    d = run.decisions
+    m = pc.equal(d.column("decision"), QUARANTINED)
+    q = d.filter(m).select(["sample_id", "error"]).slice(0, limit)
+    return q.to_pylist()
+
+
+# ------------------------------------------------------------------------------------------------
+
+def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True) -> dict:
+    """A JSON-able summary of OUT (what ``kdata inspect --json`` prints).
+
+    ``integrity.ok`` is False when a file listed in the manifest is missing, has another size or
+    another sha256, or cannot be read as Parquet.
+    """
+    run = load_run(out)
+    problems = verify(run.out) if check else []
+    if run.shard_error:
+        problems.append(f"{run.out}: {run.shard_error}")
+    m = run.manifest
+    models = m.get("models") or {}
+    balance, agree = class_balance(run), agreement(run)
+    return {
+        "out": str(run.out),
+        "counts": m.get("counts"),
+        "decisions": decision_counts(run),
+        "rows": run.shards.num_rows if run.shards is not None else None,
+        "files": m.get("files", []),
+        "methods": m.get("methods"),
+        "budget_rows": m.get("budget_rows"),
+        "pool": (m.get("pool") or {}).get("spec") or (m.get("config") or {}).get("pool"),
+        "teacher": (models.get("teacher") or {}).get("spec"),
+        "student": (models.get("student") or {}).get("spec"),
+        "config_hash": m.get("config_hash"),
+        "class_balance": balance,
+        "class_histogram": {r["class"]: r["kept_teacher"] for r in balance if r["kept_teacher"]},
+        "score_quantiles": score_quantiles(run),
+        "agreement": agree,
+        "teacher_student_agreement": (agree.get(KEPT) or {}).get("teacher_student"),
+        "quarantined": quarantined_rows(run),
+        "integrity": {"ok": not problems, "problems": problems, "files_checked": len(m.get("files", []))},
+        "card": card_status(run),
+        "examples": examples(run, n_examples),
+        "rejected_examples": rejected_examples(run, n_examples),
+    }
+
+
+def sample(out: str | Path, sample_id: str) -> dict:
+    """One sample's decision, reason and scores (decisions.parquet) and its curated row if kept."""
+    run = load_run(out)
+    found: dict = {"sample_id": sample_id}
+    if run.decisions is not None:
+        m = pc.equal(run.decisions.column("sample_id"), sample_id)
+        rows = run.decisions.filter(m).to_pylist()
+        if rows:
+            found["decision_row"] = rows[0]
+            found["decision"] = rows[0]["decision"]
+            found["reason"] = rows[0].get("reason")
+    if run.shards is not None:
+        m = pc.equal(run.shards.column("sample_id"), sample_id)
+        t = run.shards.filter(m)
+        if t.num_rows:
+            row = t.to_pylist()[0]
+            for k in ("image",):
+                if row.get(k) is not None:
+                    row[k] = f"<{len(row[k])} bytes>"
+            found["shard_row"] = row
+            found.setdefault("decision", KEPT)
+    if "decision" not in found:
+        raise KdataError(f"{run.out}: no sample with id '{sample_id}' in decisions.parquet or the shards")
+    tp = (found.get("shard_row") or found.get("decision_row") or {}).get("teacher_pred")
+    found["teacher_class"] = run.class_name(tp) if tp is not None else None
+    return found

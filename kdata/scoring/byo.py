@@ -1,0 +1,304 @@
+"""Bring your own predictions: ``kdata select --scores FILE.parquet`` instead of models.
+
+For text and LLM distillation, or any model kdata cannot run, give the predictions as Parquet,
+one row per sample:
+
+* ``sample_id`` (string, unique), and either
+* ``teacher_logits`` and ``student_logits``: lists of C numbers per row (same C everywhere), or
+* top-k probabilities: ``teacher_topk_idx``/``teacher_topk_prob`` and
+  ``student_topk_idx``/``student_topk_prob`` (lists of k class indices / probabilities; the
+  remaining mass is spread evenly over the other classes; C = the largest index + 1, or the
+  ``num_classes=`` argument), or
+* only ``teacher_logprob`` and ``reference_logprob`` (numbers, or lists = one per token) for
+  MiniPLM on text (then every row gets one trivial pseudo-class, so only ``miniplm`` and
+  ``random`` rank meaningfully).
+
+Optional columns ride along to the methods: ``label_idx`` (int, −1 unknown), ``domain`` (DDK),
+``teacher_loss``/``student_loss`` (DDK with LLM losses), ``embedding`` (critic),
+``teacher_logprob``/``reference_logprob`` (MiniPLM).
+
+Bad input — NaN/inf values, ragged lists, mismatched class counts, nulls, duplicate ids — is one
+clear error naming the file, the column and the first bad row. The disagreement statistics are
+computed with the same function as model scoring (``kdata.stats.disagreement``), streaming the
+logits in batches of ≈ 2²⁴ / C rows, so memory is O(row group + batch × C + N × k) for any N.
+
+Payload: the curated shards carry the pool's payload (image/text…) when ``--pool`` is given (rows
+matched by ``sample_id``; a kept id missing from the pool is an error); without ``--pool`` the
+shards carry the ids, the teacher's soft labels and the scores only.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kdata.core.atomic import sha256_file
+from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA, kdata_metadata
+from kdata.core.errors import KdataError
+
+PASSTHROUGH = {"domain": pa.string(), "teacher_loss": pa.float32(), "student_loss": pa.float32(),
+               "teacher_logprob": None, "reference_logprob": None}
+LOGITS = ("teacher_logits", "student_logits")
+
+
+@dataclass
+class ByoModel:
+    """What the pipeline needs to know about a model that lives elsewhere."""
+
+    spec: str
+    num_classes: int
+    class_names: list[str]
+    checksum: str
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "checksum": self.checksum, "num_classes": self.num_classes,
+                "source": "bring-your-own predictions", **self.extra}
+
+
+def _fail(where: str, col: str, row: int | None, ids: pa.Array | None, msg: str):
+    at = ""
+    if row is not None:
+        sid = ids[row].as_py() if ids is not None and row < len(ids) else None
+        at = f" row {row}" + (f" (sample_id '{sid}')" if sid is not None else "")
+    raise KdataError(f"{where}: column '{col}'{at}: {msg}")
+
+
+def check_list_column(table: pa.Table, name: str, *, where: str, width: int | None = None,
+                      width_of: str | None = None, integer: bool = False, offset: int = 0,
+                      ids: pa.Array | None = None) -> np.ndarray:
+    """A list-of-numbers column as a (rows × width) array, or a one-line error on the first bad row.
+
+    For a batch of a larger file, ``offset`` is the batch's first row and ``ids`` the file's ids,
+    so that errors name the row in the file; ``width`` without ``width_of`` is row 0's width."""
+    if ids is None:
+        ids = table.column("sample_id").combine_chunks()
+    col = table.column(name).combine_chunks()
+    t = col.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        _fail(where, name, None, None, f"expected a list of numbers per row, got {t}")
+    vt = t.value_type
+    if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
+        _fail(where, name, None, None, f"expected numbers in the lists, got {vt}")
+    if col.null_count:
+        _fail(where, name, offset + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]), ids,
+              "null list")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths):
+        w = int(lengths[0]) if width is None else width
+        bad = np.flatnonzero(lengths != w)
+        if len(bad):
+            r = int(bad[0])
+            if width_of is None:
+                _fail(where, name, offset + r, ids, f"ragged lists: {lengths[r]} values, but row 0 has {w}")
+            _fail(where, name, offset + r, ids, f"mismatched class counts: {lengths[r]} values, but {width_of} has {w}")
+        if w == 0:
+            _fail(where, name, offset, ids, "empty list")
+    flat = pc.list_flatten(col)
+    if flat.null_count:
+        i = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        _fail(where, name, offset + i // max(int(lengths[0]), 1), ids, "null value inside the list")
+    values = flat.to_numpy(zero_copy_only=False)
+    values = values.astype(np.int64 if integer else np.float32, copy=False)
+    if not integer:
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            _fail(where, name, offset + i // int(lengths[0]), ids, f"non-finite value {values[i]} (NaN/inf)")
+    return values.reshape(len(col), int(lengths[0]) if len(col) else 0)
+
+
+def _topk_logprobs(idx: np.ndarray, val: np.ndarray, num_classes: int):
+    """Dense float32 log-probabilities from top-k (the rest of the mass spread evenly over the other
+    classes; probabilities floored at 1e-12): one fill and one scatter per batch."""
+    import torch
+
+    v = torch.tensor(val, dtype=torch.float32)  # copies: Arrow's buffers are read-only
+    rest = (1 - v.sum(1, keepdim=True)).clamp_min(0) / max(num_classes - idx.shape[1], 1)
+    out = torch.log(rest.clamp_min(1e-12)).expand(-1, num_classes).contiguous()
+    return out.scatter_(1, torch.tensor(idx, dtype=torch.int64), torch.log(v.clamp_min(1e-12)))
+
+
+def _logit_batches(pfile, where: str, ids: pa.Array, C: int):
+    """(first row, teacher, student) float32 tensors, batch by batch (``stats.chunk_rows(C)`` rows,
+    the compiled kernel's chunk), each batch validated: memory stays O(row group + batch × C)
+    however many rows the file has."""
+    import torch
+
+    from kdata.core.stats import chunk_rows
+
+    offset = 0
+    for batch in pfile.iter_batches(batch_size=chunk_rows(C), columns=list(LOGITS)):
+        b = pa.Table.from_batches([batch])
+        tl = check_list_column(b, "teacher_logits", where=where, width=C, offset=offset, ids=ids)
+        sl = check_list_column(b, "student_logits", where=where, width=C, width_of="teacher_logits",
+                               offset=offset, ids=ids)
+        with warnings.catch_warnings():  # read-only Arrow buffers; nothing writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            t, s = torch.from_numpy(tl), torch.from_numpy(sl)
+        yield offset, t, s
+        offset += b.num_rows
+
+
+def _topk_batches(ti, tp, si, sp, C: int):
+    """Dense log-probabilities rebuilt from top-k (the rest spread evenly), batch by batch
+    (``stats.chunk_rows(C)`` rows, as for logits)."""
+    from kdata.core.stats import chunk_rows
+
+    rows = chunk_rows(C)
+    for i in range(0, len(ti), rows):
+        yield (i, _topk_logprobs(ti[i:i + rows], tp[i:i + rows], C), _topk_logprobs(si[i:i + rows], sp[i:i + rows], C))
+        # stored top-k is taken from the given probabilities at T = 1
+
+
+def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
+                num_classes: int | None = None) -> tuple[pa.Table, int, list[str]]:
+    """Read and validate a bring-your-own predictions file; return (scores table, C, class names)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from kdata.scoring.score import score_columns
+    from kdata.core.stats import choose_backend, disagreement
+
+    where = str(path)
+    if not Path(path).exists():
+        raise KdataError(f"{where}: no such file")
+    try:  # the full logits (N × C, maybe 10M × 1000) are streamed in batches further down
+        pfile = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group read
+        names = pfile.schema_arrow.names
+        table = pfile.read(columns=[c for c in names if c not in LOGITS])
+    except Exception as exc:  # not Parquet, truncated…
+        raise KdataError(f"{where}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    if "sample_id" not in names:
+        raise KdataError(f"{where}: missing required column 'sample_id' (have: {', '.join(names)})")
+    ids = table.column("sample_id").combine_chunks()
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.string())
+        table = table.set_column(names.index("sample_id"), "sample_id", ids)
+    if ids.null_count:
+        _fail(where, "sample_id", int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]), None, "null id")
+    if table.num_rows == 0:
+        raise KdataError(f"{where}: no rows")
+    if len(pc.unique(ids)) != len(ids):
+        vc = pc.value_counts(ids).to_pylist()
+        dup = next(v["values"] for v in vc if v["counts"] > 1)
+        raise KdataError(f"{where}: column 'sample_id': '{dup}' occurs more than once; ids must be unique")
+    meta = kdata_metadata(table.schema)
+    n = table.num_rows
+    if "teacher_logits" in names or "student_logits" in names:
+        for c in ("teacher_logits", "student_logits"):
+            if c not in names:
+                raise KdataError(f"{where}: has {'teacher_logits' if c == 'student_logits' else 'student_logits'} "
+                                 f"but no '{c}'")
+        first = next(pfile.iter_batches(batch_size=1, columns=["sample_id", "teacher_logits"]))
+        C = len(check_list_column(pa.Table.from_batches([first]), "teacher_logits", where=where)[0])
+        mode = "logits"
+    elif "teacher_topk_idx" in names:
+        need = ("teacher_topk_idx", "teacher_topk_prob", "student_topk_idx", "student_topk_prob")
+        for c in need:
+            if c not in names:
+                raise KdataError(f"{where}: top-k predictions need columns {', '.join(need)}; '{c}' is missing")
+        ti = check_list_column(table, "teacher_topk_idx", where=where, integer=True)
+        tp = check_list_column(table, "teacher_topk_prob", where=where, width=ti.shape[1], width_of="teacher_topk_idx")
+        si = check_list_column(table, "student_topk_idx", where=where, integer=True)
+        sp = check_list_column(table, "student_topk_prob", where=where, width=si.shape[1], width_of="student_topk_idx")
+        for name, v in (("teacher_topk_prob", tp), ("student_topk_prob", sp)):
+            bad = np.flatnonzero((v < 0).any(1) | (v > 1).any(1) | (v.sum(1) > 1 + 1e-3))
+            if len(bad):
+                _fail(where, name, int(bad[0]), ids, "probabilities must lie in [0, 1] and sum to at most 1")
+        for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
+            bad = np.flatnonzero((v < 0).any(1))
+            if len(bad):
+                _fail(where, name, int(bad[0]), ids, "negative class index")
+        C = int(num_classes or meta.get("num_classes") or max(ti.max(), si.max()) + 1)
+        for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
+            bad = np.flatnonzero((v >= C).any(1))
+            if len(bad):
+                _fail(where, name, int(bad[0]), ids, f"class index ≥ num_classes {C}")
+        mode = "topk"
+    elif "teacher_logprob" in names and "reference_logprob" in names:
+        C, mode = 1, "logprob"  # no classes: one pseudo-class, so class-based code stays well-defined
+    else:
+        raise KdataError(f"{where}: needs teacher_logits and student_logits (lists), or teacher_topk_idx/"
+                         "teacher_topk_prob and student_topk_idx/student_topk_prob, or teacher_logprob and "
+                         "reference_logprob")
+    class_names = list(meta.get("class_names") or [str(i) for i in range(C)])
+    if len(class_names) != C:
+        class_names = [str(i) for i in range(C)]
+
+    label = np.full(n, -1, dtype=np.int32)
+    if "label_idx" in names:
+        li = table.column("label_idx").combine_chunks()
+        label = np.array(pc.fill_null(li.cast(pa.int32()), -1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        label[(label < -1) | (label >= max(C, 1))] = -1  # out-of-range labels count as unknown
+    cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
+    if mode == "logprob":  # trivial one-class predictions; only miniplm (and random) say anything here
+        one = {"teacher_conf": 1.0, "student_conf": 1.0, "teacher_margin": 1.0, "student_margin": 1.0,
+               "teacher_entropy": 0.0, "student_entropy": 0.0, "kl_ts": 0.0, "kl_st": 0.0,
+               "teacher_label_prob": float("nan")}
+        for name, v in one.items():
+            cols[name] = pa.array(np.full(n, v, np.float32))
+        cols["teacher_pred"] = cols["student_pred"] = pa.array(np.zeros(n, np.int32))
+        cols["agree"] = pa.array(np.ones(n, bool))
+        for name in ("teacher_topk_idx", "student_topk_idx"):
+            cols[name] = pa.array([[0]] * n, pa.list_(pa.int32()))
+        for name in ("teacher_topk_prob", "student_topk_prob", "teacher_topk_logit"):
+            cols[name] = pa.array([[1.0 if "prob" in name else 0.0]] * n, pa.list_(pa.float32()))
+    else:
+        keep_logits = mode == "logits" and C <= 128
+        backend = choose_backend("cpu", C, n * C)  # by the whole file: a compile pays off on large ones
+        parts: dict[str, list] = {}
+        with torch.inference_mode():
+            for i, t, s in (_logit_batches(pfile, where, ids, C) if mode == "logits" else
+                            _topk_batches(ti, tp, si, sp, C)):
+                li = torch.tensor(label[i:i + len(t)])
+                st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li, backend=backend)
+                if keep_logits:
+                    st["teacher_logits"], st["student_logits"] = t, s
+                for k, v in st.items():
+                    parts.setdefault(k, []).append(v.numpy())
+        cols.update(score_columns(parts))
+    out = pa.table({k: cols[k] for k in [f.name for f in SCORES_SCHEMA] + [k for k in SCORES_OPTIONAL if k in cols]})
+    if "embedding" in names and "embedding" not in out.column_names:
+        emb = check_list_column(table, "embedding", where=where)
+        out = out.append_column("embedding", pa.FixedSizeListArray.from_arrays(
+            pa.array(emb.reshape(-1).astype(np.float16)), emb.shape[1]).cast(SCORES_OPTIONAL["embedding"]))
+    for name, typ in PASSTHROUGH.items():
+        if name in names:
+            col = table.column(name)
+            out = out.append_column(name, col.cast(typ) if typ is not None else col)
+    return out, C, class_names
+
+
+def prepare_byo(cfg, *, opts):
+    """The pipeline's ``prepare`` + scoring for ``cfg.scores``: (Prepared, scores, quarantined, info)."""
+    from kdata.pipeline.run import Prepared, resolve_methods
+    from kdata.pools.spec import Pool, open_pool
+    from kdata.scoring.score import ScoreConfig
+
+    methods = resolve_methods(cfg)
+    # the checksum (5 s for an 8 GB file) runs beside the load: hashlib releases the GIL
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="kdata-sha256") as ex:
+        pending = ex.submit(sha256_file, cfg.scores, stop=stop) if Path(cfg.scores).is_file() else None
+        try:
+            scores, C, class_names = load_scores(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
+        except BaseException:
+            stop.set()  # a bad file fails at once, not after hashing all of it
+            raise
+        digest = pending.result() if pending else sha256_file(cfg.scores)
+    teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
+    student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
+    pool = open_pool(cfg.pool) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")
+    score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature)
+    prep = Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, score_cfg=score_cfg,
+                    device="cpu")
+    info = {"n_in": scores.num_rows, "units": 1, "cache_hits": 0}
+    return prep, scores, [], info

@@ -1,0 +1,239 @@
+"""A small critic that accepts or rejects samples (Symbolic Knowledge Distillation, West et al.,
+arXiv 2110.07178; I2D2, arXiv 2212.09246).
+
+Symbolic KD trains a critic on a small human-labelled accept/reject sample of teacher-generated
+data and keeps only what the critic accepts; the decision threshold trades precision for recall
+(the paper reports cuts at recall 0.5–0.9). kdata's critic is a logistic regression on
+standardised features — the teacher's embedding (the scores table's ``embedding`` column) plus
+the disagreement statistics — fitted with scikit-learn; the threshold is the highest probability
+cut that still reaches the target recall (or the lowest that reaches the target precision) on a
+held-out validation split (stratified, ``val_frac`` = 0.3 by default).
+
+Saved as two plain files, no pickle: ``critic.npz`` (weights, scaler, validation scores and
+labels so the cut can be re-chosen for another target) and ``critic.json`` (feature names,
+threshold, target, validation metrics).
+
+Public API: ``fit_critic``, ``Critic.score(features) -> P(accept)``, ``Critic.threshold``,
+``Critic.accept(features) -> bool mask``, ``Critic.with_target(recall=|precision=)``,
+``Critic.save(dir)``, ``load_critic(dir)``, ``critic_features(view_or_table) -> (X, names)``
+(``Critic.score`` also takes the table/view directly).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from kdata.core.errors import KdataError
+
+STAT_FEATURES = ("teacher_conf", "student_conf", "teacher_margin", "student_margin", "teacher_entropy",
+                 "student_entropy", "kl_ts", "kl_st")
+FORMAT = "kdata-critic-1"
+
+
+def critic_features(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
+    """(feature matrix float64 rows × features, feature names) from a ScoreView or scores-like table."""
+    return feature_matrix(source, embedding=embedding)
+
+
+def critic_feature_names(source, *, embedding: bool | None = None) -> list[str]:
+    return feature_matrix(source, embedding=embedding)[1]
+
+
+def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
+    """Feature matrix (float64, rows × features) and feature names from a ScoreView or Arrow table.
+
+    Features: the disagreement statistics, ``agree``, then the ``embedding`` columns when present
+    (``embedding=False`` leaves them out, ``True`` requires them).
+    """
+    from kdata.selection.methods.view import ScoreView, list_column
+
+    table = source.table if isinstance(source, ScoreView) else source
+    if not isinstance(table, pa.Table):
+        raise TypeError("critic_features needs a ScoreView or a pyarrow Table")
+    names = table.column_names
+    missing = [c for c in STAT_FEATURES if c not in names]
+    if missing:
+        raise KdataError(f"critic: the scores lack column(s) {', '.join(missing)}")
+    cols = [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in STAT_FEATURES]
+    feat_names = list(STAT_FEATURES)
+    if "agree" in names:
+        cols.append(table.column("agree").to_numpy(zero_copy_only=False).astype(np.float64))
+        feat_names.append("agree")
+    X = np.stack(cols, axis=1) if cols else np.zeros((table.num_rows, 0))
+    use_emb = ("embedding" in names) if embedding is None else embedding
+    if use_emb:
+        if "embedding" not in names:
+            raise KdataError("critic: it was fitted with embeddings but these scores have no 'embedding' column")
+        E = list_column(table, "embedding", dtype=np.float32).astype(np.float64)
+        X = np.concatenate([X, E], axis=1)
+        feat_names += [f"embedding_{j}" for j in range(E.shape[1])]
+    return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0), feat_names
+
+
+def pick_threshold(prob: np.ndarray, y: np.ndarray, *, recall: float | None = None,
+                   precision: float | None = None) -> float:
+    """The cut on P(accept): the highest one with recall ≥ target, or the lowest with precision ≥ target."""
+    prob = np.asarray(prob, dtype=np.float64)
+    y = np.asarray(y, dtype=bool)
+    if y.sum() == 0:
+        raise KdataError("critic: the validation split has no accepted samples")
+    order = np.argsort(-prob, kind="stable")
+    ps, ys = prob[order], y[order]
+    tp = np.cumsum(ys)
+    # evaluate only at the last index of each run of equal probabilities (cut = that probability)
+    last = np.r_[ps[1:] != ps[:-1], True]
+    rec = tp / y.sum()
+    prec = tp / np.arange(1, len(ys) + 1)
+    if recall is not None:
+        ok = np.flatnonzero(last & (rec >= recall - 1e-12))
+        return float(ps[ok[0]])  # the first (highest) cut reaching the recall
+    if precision is not None:
+        ok = np.flatnonzero(last & (prec >= precision - 1e-12))
+        if not len(ok):
+            return float(ps[0]) + 1e-12  # unreachable: accept nothing
+        return float(ps[ok[-1]])  # the lowest cut that still has the precision
+    return 0.5
+
+
+@dataclass
+class Critic:
+    coef: np.ndarray
+    intercept: float
+    mean: np.ndarray
+    scale: np.ndarray
+    feature_names: list[str]
+    threshold: float
+    target: dict = field(default_factory=dict)  # {"recall": 0.8} or {"precision": 0.9}
+    val_prob: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    val_label: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def uses_embedding(self) -> bool:
+        return any(n.startswith("embedding_") for n in self.feature_names)
+
+    def features(self, source) -> np.ndarray:
+        X, names = feature_matrix(source, embedding=self.uses_embedding)
+        if names != self.feature_names:
+            raise KdataError(f"critic: feature mismatch (fitted on {len(self.feature_names)} features, "
+                             f"got {len(names)}); score with the same teacher as at fit time")
+        return X
+
+    def score(self, features) -> np.ndarray:
+        """P(accept) per row; ``features`` is a matrix or anything ``critic_features`` accepts."""
+        X = features if isinstance(features, np.ndarray) else self.features(features)
+        if X.shape[1] != len(self.coef):
+            raise KdataError(f"critic: expected {len(self.coef)} features, got {X.shape[1]}")
+        z = ((X - self.mean) / self.scale) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+    def accept(self, features) -> np.ndarray:
+        return self.score(features) >= self.threshold
+
+    def with_target(self, *, recall: float | None = None, precision: float | None = None) -> "Critic":
+        """The same critic with the cut re-chosen on its stored validation split."""
+        if recall is None and precision is None:
+            return self
+        t = pick_threshold(self.val_prob, self.val_label, recall=recall, precision=precision)
+        target = {"recall": recall} if recall is not None else {"precision": precision}
+        return Critic(**{**self.__dict__, "threshold": t, "target": target,
+                         "metrics": _metrics(self.val_prob, self.val_label, t)})
+
+    def save(self, path: str | Path) -> Path:
+        from kdata.core.atomic import write_json
+
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "critic.npz.tmp.npz"
+        np.savez(tmp, coef=self.coef, intercept=np.array([self.intercept]), mean=self.mean, scale=self.scale,
+                 val_prob=self.val_prob, val_label=self.val_label.astype(np.uint8))
+        tmp.replace(d / "critic.npz")
+        write_json(d / "critic.json", {"format": FORMAT, "feature_names": self.feature_names,
+                                       "threshold": self.threshold, "target": self.target, "metrics": self.metrics})
+        return d
+
+
+def _metrics(prob: np.ndarray, y: np.ndarray, t: float) -> dict:
+    acc = prob >= t
+    y = y.astype(bool)
+    tp = int((acc & y).sum())
+    return {"val_n": int(len(y)), "val_accept_rate": float(acc.mean()) if len(y) else 0.0,
+            "val_recall": tp / max(int(y.sum()), 1), "val_precision": tp / max(int(acc.sum()), 1)}
+
+
+def fit_critic(features: np.ndarray, labels: np.ndarray, *, feature_names: list[str], recall: float | None = 0.8,
+               precision: float | None = None, val_frac: float = 0.3, seed: int = 0, c: float = 1.0) -> Critic:
+    """Fit on a stratified train split, pick the cut on the validation split for the target."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    X = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if len(y) < 10 or y.sum() < 2 or (~y).sum() < 2:
+        raise KdataError(f"critic: need at least 10 labelled samples with ≥ 2 accepted and ≥ 2 rejected "
+                         f"(got {len(y)}: {int(y.sum())} accepted)")
+    if precision is not None:
+        recall = None
+    Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=val_frac, random_state=seed, stratify=y)
+    mean = Xtr.mean(0)
+    scale = Xtr.std(0)
+    scale[scale < 1e-12] = 1.0
+    clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
+    clf.fit((Xtr - mean) / scale, ytr)
+    crit = Critic(coef=clf.coef_[0].astype(np.float64), intercept=float(clf.intercept_[0]), mean=mean, scale=scale,
+                  feature_names=list(feature_names), threshold=0.5)
+    vp = crit.score(Xva)
+    crit.val_prob, crit.val_label = vp, yva
+    t = pick_threshold(vp, yva, recall=recall, precision=precision)
+    crit.threshold = t
+    crit.target = {"recall": recall} if recall is not None else ({"precision": precision} if precision else {})
+    crit.metrics = _metrics(vp, yva, t)
+    return crit
+
+
+def load_critic(path: str | Path) -> Critic:
+    d = Path(path)
+    meta_p, arr_p = d / "critic.json", d / "critic.npz"
+    if not meta_p.exists() or not arr_p.exists():
+        raise KdataError(f"{path}: not a critic directory (expected critic.json and critic.npz; "
+                         "fit one with `kdata critic fit`)")
+    try:
+        meta = json.loads(meta_p.read_text())
+        with np.load(arr_p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError) as exc:
+        raise KdataError(f"{path}: unreadable critic ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise KdataError(f"{path}: unknown critic format {meta.get('format')!r}")
+    return Critic(coef=arrays["coef"], intercept=float(arrays["intercept"][0]), mean=arrays["mean"],
+                  scale=arrays["scale"], feature_names=list(meta["feature_names"]), threshold=float(meta["threshold"]),
+                  target=meta.get("target", {}), val_prob=arrays["val_prob"],
+                  val_label=arrays["val_label"].astype(bool), metrics=meta.get("metrics", {}))
+
+
+def read_labels(path: str | Path) -> dict[str, bool]:
+    """A CSV of ``sample_id,accept`` (accept: 1/0, true/false, yes/no, accept/reject)."""
+    import csv
+
+    p = Path(path)
+    if not p.exists():
+        raise KdataError(f"{path}: no such labels file")
+    truthy, falsy = {"1", "true", "yes", "accept", "y", "t"}, {"0", "false", "no", "reject", "n", "f"}
+    out: dict[str, bool] = {}
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "sample_id" not in reader.fieldnames or "accept" not in reader.fieldnames:
+            raise KdataError(f"{path}: expected a header 'sample_id,accept'")
+        for line, row in enumerate(reader, start=2):
+            v = (row["accept"] or "").strip().lower()
+            if v not in truthy | falsy:
+                raise KdataError(f"{path}: line {line}: accept must be 1/0 or true/false, got {row['accept']!r}")
+            out[row["sample_id"]] = v in truthy
+    if not out:
+        raise KdataError(f"{path}: no labelled rows")
+    return out

@@ -1,0 +1,115 @@
+"""MiniPLM difference sampling (Gu et al., arXiv 2410.17215).
+
+MiniPLM refines the pre-training corpus of a student LM offline with the teacher: an instance is
+worth distilling when the *large* teacher finds it much more likely than a *small reference*
+model does — it carries knowledge the teacher has and a small model lacks — while instances
+both find easy (common, trivial) or both find unlikely (noise) are down-sampled:
+
+    score(x) = log p_teacher(x) − log p_reference(x)     (text: mean over the tokens of x)
+
+and the top fraction by score is kept (kdata: the top ``budget`` rows).
+
+Classification (kdata's image case): x's "likelihood" is the probability of its label,
+y = the web label when known (``label_idx ≥ 0``), otherwise the teacher's prediction:
+
+    score_i = log p_T(y_i | x_i) − log p_ref(y_i | x_i)
+
+The reference is any second model spec (``--reference``, SelectConfig.reference); the pipeline
+scores the pool with it (cached like every scoring) and passes its log-probabilities here as
+``reference=`` (a table of ``sample_id`` + ``ref_logits``). Without ``--reference`` the student
+serves as the reference (the paper's reference is a small model of the student's size).
+
+Bring-your-own (text/LLM): a ``--scores`` Parquet with per-token log-probabilities in columns
+``teacher_logprob`` and ``reference_logprob`` (a number per row, or a list per row = one value
+per token) is scored directly with the per-token mean, no class structure needed.
+
+Defaults: label = web label if known else teacher prediction; probabilities floored at 1e-12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from kdata.core.errors import KdataError
+from kdata.selection.methods import MethodResult, register
+from kdata.selection.methods.view import ScoreView
+
+FLOOR = 1e-12
+
+
+def token_mean(table: pa.Table, name: str) -> np.ndarray:
+    """Per-row mean of a number or list-of-numbers column (NaN for empty lists)."""
+    col = table.column(name).combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        sums = np.add.reduceat(flat, starts) if len(flat) else np.zeros(len(lengths))
+        sums = np.where(lengths > 0, sums, np.nan)
+        return sums / np.where(lengths > 0, lengths, 1)
+    return col.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _label_logprob(view: ScoreView, who: str, y: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(view.prob_at(who, y), FLOOR))
+
+
+def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, temperature: float) -> np.ndarray:
+    """log p_ref(y | x) for ``ids`` from a table of sample_id + ref_logits (list<float>)."""
+    from kdata.selection.methods.view import list_column
+
+    pos = {s: i for i, s in enumerate(reference.column("sample_id").to_pylist())}
+    try:
+        idx = np.array([pos[s] for s in ids], dtype=np.int64)
+    except KeyError as exc:
+        raise KdataError(f"miniplm: the reference scores have no row for sample '{exc.args[0]}'") from None
+    if "ref_logits" not in reference.column_names:  # large C: the reference's top-k, rest spread evenly
+        ti = list_column(reference, "ref_topk_idx", dtype=np.int64)[idx]
+        tv = list_column(reference, "ref_topk_prob", dtype=np.float64)[idx]
+        c = int(reference.schema.metadata.get(b"num_classes", b"0")) if reference.schema.metadata else 0
+        rest = np.clip(1 - tv.sum(1), 0, None) / max(c - ti.shape[1], 1)
+        hit = ti == y[:, None]
+        return np.log(np.maximum(np.where(hit.any(1), (tv * hit).sum(1), rest), FLOOR))
+    out = np.empty(len(ids))
+    logits = list_column(reference, "ref_logits")
+    for i in range(0, len(ids), 65_536):
+        z = logits[idx[i:i + 65_536]].astype(np.float64) / temperature
+        z -= z.max(1, keepdims=True)
+        lse = np.log(np.exp(z).sum(1))
+        out[i:i + 65_536] = z[np.arange(len(z)), y[i:i + 65_536]] - lse
+    return out
+
+
+@register("miniplm", doc="MiniPLM: log p_teacher − log p_reference, top fraction (arXiv 2410.17215)")
+def miniplm(view: ScoreView, *, budget, seed, reference: pa.Table | None = None, **_) -> MethodResult:
+    if view.has("teacher_logprob") and view.has("reference_logprob"):
+        s = token_mean(view.table, "teacher_logprob") - token_mean(view.table, "reference_logprob")
+        return MethodResult(score=np.nan_to_num(s, nan=-np.inf), info={"source": "per-token logprob columns"})
+    label = view.col("label_idx").astype(np.int64) if view.has("label_idx") else np.full(len(view), -1)
+    pred = view.col("teacher_pred").astype(np.int64)
+    y = np.where((label >= 0) & (label < view.num_classes), label, pred)
+    lt = _label_logprob(view, "teacher", y)
+    if reference is not None:
+        lr = reference_logprob(reference, view.sample_ids, y, temperature=view.temperature)
+        src = "reference model"
+    else:
+        lr = _label_logprob(view, "student", y)
+        src = "student as reference"
+    return MethodResult(score=lt - lr, info={"reference": src, "label_known": int((label >= 0).sum())})
+
+
+def reference_scores(pool, model, *, device, batch_size: int = 256, cache: bool = True) -> pa.Table:
+    """Score ``pool`` with the reference ``model``: a table of sample_id + ref_logits (cached)."""
+    from kdata.scoring.score import ScoreConfig, score_pool
+
+    cfg = ScoreConfig(batch_size=batch_size, topk=20, embeddings=False, keep_logits="auto")
+    scores, _, _ = score_pool(pool, model, model, config=cfg, device=device, cache=cache)
+    if "teacher_logits" in scores.column_names:  # C ≤ 128: exact
+        return pa.table({"sample_id": scores.column("sample_id"), "ref_logits": scores.column("teacher_logits")})
+    # large C: the reference's top-20 (memory N × 20 instead of N × C)
+    t = pa.table({"sample_id": scores.column("sample_id"), "ref_topk_idx": scores.column("teacher_topk_idx"),
+                  "ref_topk_prob": scores.column("teacher_topk_prob")})
+    return t.replace_schema_metadata({"num_classes": str(model.num_classes)})

@@ -1,0 +1,45 @@
+"""Ranking helpers shared by the selection methods and the chain runner."""
+
+from __future__ import annotations
+
+import numpy as np
+
+def top_k(score: np.ndarray, k: int, *, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores; ties broken by a seeded random key, then by index.
+
+    With ``groups``, the budget is split as evenly as possible over the groups present (a group
+    with too few rows gives its share to the others) — class-balanced selection.
+    """
+    n = len(score)
+    k = min(k, n)
+    tie = np.random.default_rng(seed).random(n)
+    s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
+    order = np.lexsort((np.arange(n), tie, -s))  # best first
+    if groups is None:
+        return order[:k]
+    groups = np.asarray(groups)
+    uniq, counts = np.unique(groups, return_counts=True)
+    quota = even_split(k, counts)
+    go = groups[order]
+    take = np.zeros(n, dtype=bool)
+    for g, q in zip(uniq, quota):
+        take[np.flatnonzero(go == g)[:q]] = True
+    return order[take]  # still best first
+
+
+def even_split(k: int, capacity: np.ndarray) -> np.ndarray:
+    """Split ``k`` over bins as evenly as capacity allows (water-filling)."""
+    quota = np.zeros(len(capacity), dtype=np.int64)
+    left = k
+    open_ = capacity > 0
+    while left > 0 and open_.any():
+        share = max(1, left // int(open_.sum()))
+        for i in np.flatnonzero(open_):
+            add = min(share, capacity[i] - quota[i], left)
+            quota[i] += add
+            left -= add
+            if quota[i] >= capacity[i]:
+                open_[i] = False
+            if left == 0:
+                break
+    return quota

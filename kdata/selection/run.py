@@ -1,0 +1,133 @@
+"""Run a chain of selection methods under a budget and turn the result into decisions.
+
+``--method critic,kd3 --budget 0.3``: filters run first (each drops rows with its own reason),
+the last ranker orders what is left and the top ``budget`` rows are kept; the others are
+rejected as ``<ranker>_over_budget``. Every scored row ends kept or rejected; quarantined rows
+come from scoring. ``balance="class"`` splits the budget evenly over predicted classes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from kdata.core.errors import KdataError
+from kdata.selection.methods import get_method
+from kdata.selection.ranking import top_k
+from kdata.selection.methods.view import ScoreView
+
+
+def parse_budget(text: str | int | float, n: int) -> int:
+    """``200`` → 200 rows; ``0.3``/``30%``/``1.0`` → that fraction of ``n`` (rounded down, ≥ 1)."""
+    s = str(text).strip()
+    try:
+        if s.endswith("%"):
+            frac = float(s[:-1]) / 100.0
+            count = None
+        elif re.fullmatch(r"[+-]?\d+", s):
+            count, frac = int(s), None
+        else:
+            frac, count = float(s), None
+    except ValueError:
+        raise KdataError(f"--budget '{text}': expected a count (200), a fraction (0.3) or a percentage (30%)") from None
+    if count is not None:
+        if count <= 0:
+            raise KdataError(f"--budget {count}: must be positive")
+        if count > n:
+            raise KdataError(f"--budget {count}: larger than the pool ({n} samples)")
+        return count
+    if not (frac > 0) or math.isnan(frac):
+        raise KdataError(f"--budget '{text}': must be positive")
+    if frac > 1.0:
+        raise KdataError(f"--budget '{text}': a fraction must be at most 1.0 (or give a count ≤ {n})")
+    return max(1, int(math.floor(frac * n + 1e-9)))
+
+
+def parse_methods(text: str | list[str]) -> list[str]:
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if not names:
+        raise KdataError("--method: give at least one method name")
+    for name in names:
+        get_method(name)  # raises on unknown
+    return names
+
+
+@dataclass
+class Selection:
+    """The outcome over the scored rows, aligned with the scores table."""
+
+    kept: np.ndarray  # bool
+    reason: np.ndarray  # object: None for kept rows
+    stage: np.ndarray  # object
+    rank: np.ndarray  # int32, -1 for rejected
+    scores: dict[str, np.ndarray]  # score_<method> columns
+    info: dict = field(default_factory=dict)
+
+
+def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, num_classes: int,
+           temperature: float = 1.0, balance: str | None = None, options: dict | None = None,
+           dedup=None) -> Selection:
+    """Apply ``methods`` (filters, then the last ranker) to ``scores`` under ``budget``.
+
+    ``dedup(view, order) -> (dup_of, info)`` (``kdata.dedup.pipeline_dedup``) runs after the
+    filters on the alive rows in ranker order (best first), before the budget: a row with
+    ``dup_of >= 0`` is rejected as ``duplicate_of:<id of order[dup_of]>`` (stage ``dedup``).
+    """
+    view = ScoreView(scores, num_classes=num_classes, temperature=temperature)
+    n = len(view)
+    alive = np.ones(n, dtype=bool)
+    reason = np.full(n, None, dtype=object)
+    stage = np.full(n, None, dtype=object)
+    score_cols: dict[str, np.ndarray] = {}
+    info: dict = {}
+    options = options or {}
+    ranker_score = None
+    ranker_name = methods[-1]
+    for name in methods:
+        m = get_method(name)
+        res = m.fn(view, budget=budget, seed=seed, alive=alive.copy(), **options.get(name, {}))
+        sc = np.asarray(res.score, dtype=np.float64)
+        if sc.shape != (n,):
+            raise RuntimeError(f"method {name} returned {sc.shape} scores for {n} rows")
+        score_cols[f"score_{name}"] = sc
+        if res.info:
+            info[name] = res.info
+        if res.keep is not None:  # a filter (or a ranker that also excludes rows)
+            drop = alive & ~np.asarray(res.keep, dtype=bool)
+            r = res.reason if res.reason is not None else f"{name}_reject"
+            reason[drop] = r[drop] if isinstance(r, np.ndarray) else r
+            stage[drop] = name
+            alive &= ~drop
+        if m.kind == "ranker" or name == methods[-1]:
+            ranker_score, ranker_name = sc, name
+    if dedup is not None:  # duplicates must not take budget; the better-ranked copy survives
+        cand = np.flatnonzero(alive)
+        order = cand[top_k(ranker_score[cand], len(cand), seed=seed)]
+        dup_of, info["dedup"] = dedup(view, order)
+        hit = np.flatnonzero(dup_of >= 0)
+        ids = view.sample_ids
+        reason[order[hit]] = [f"duplicate_of:{ids[order[d]]}" for d in dup_of[hit]]
+        stage[order[hit]] = "dedup"
+        alive[order[hit]] = False
+    cand = np.flatnonzero(alive)
+    groups = None
+    if balance == "class":
+        groups = view.col("teacher_pred")[cand]
+    elif balance not in (None, "none"):
+        from kdata.selection.balance import groups_for  # cluster / domain balance live with their stage
+        groups = groups_for(balance, view, cand, seed=seed)
+    chosen = cand[top_k(ranker_score[cand], budget, seed=seed, groups=groups)]
+    kept = np.zeros(n, dtype=bool)
+    kept[chosen] = True
+    over = alive & ~kept
+    reason[over] = f"{ranker_name}_over_budget"
+    stage[over] = ranker_name
+    rank = np.full(n, -1, dtype=np.int32)
+    rank[chosen] = np.arange(len(chosen), dtype=np.int32)
+    return Selection(kept=kept, reason=reason, stage=stage, rank=rank, scores=score_cols, info=info)
+
+
