@@ -56,6 +56,11 @@ def register_loader(claims: Callable[[str], bool]):
     return deco
 
 
+def loaders() -> list[tuple[Callable[[str], bool], Callable[..., Model]]]:
+    """The registered ``(claims, load)`` pairs, in registration order."""
+    return list(_LOADERS)
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` → CUDA when present, else CPU."""
     if device == "auto":

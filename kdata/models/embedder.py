@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kdata.core.errors import KdataError
-from kdata.models.files import _open_clip_model, _preprocess, _probe, pool_class_names
+from kdata.models.files import open_clip_model, preprocess_of, probe_outputs, pool_class_names
 from kdata.models.images import iter_decoded
 from kdata.models.spec import load_model
 
@@ -54,18 +54,18 @@ def embedder(spec: str, *, device="cpu") -> Embedder:
     """An image embedder from a model spec: open_clip's image tower, or any model with features."""
     device = torch.device(device)
     if spec.startswith("open_clip:"):
-        model, arch, checksum, _ = _open_clip_model(spec)
+        model, arch, checksum, _ = open_clip_model(spec)
         visual = model.visual.to(device).eval()
-        input_size, mean, std, interp = _preprocess(model)
+        input_size, mean, std, interp = preprocess_of(model)
 
         def fn(x):
             return F.normalize(visual(x).float(), dim=-1)
 
-        _, dim = _probe(lambda x: (torch.zeros(x.shape[0], 1), fn(x)), input_size, device, where=spec)
+        _, dim = probe_outputs(lambda x: (torch.zeros(x.shape[0], 1), fn(x)), input_size, device, where=spec)
         return Embedder(spec, input_size, mean, std, interp, checksum, dim, fn, device)
     with pool_class_names(None):
         model = load_model(spec, device=device)
-    _, dim = _probe(model.forward, model.input_size, device, where=spec)
+    _, dim = probe_outputs(model.forward, model.input_size, device, where=spec)
     if dim is None:
         raise KdataError(f"{spec}: model exposes no features to embed with (export it with outputs "
                          "[\"logits\", \"features\"] or use open_clip:ARCH:WEIGHTS)")

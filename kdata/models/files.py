@@ -170,7 +170,7 @@ def _split_outputs(out) -> tuple[torch.Tensor, torch.Tensor | None]:
     return out, None
 
 
-def _probe(fwd: Callable, input_size, device, *, where: str) -> tuple[int, int | None]:
+def probe_outputs(fwd: Callable, input_size, device, *, where: str) -> tuple[int, int | None]:
     """One forward pass on a batch of two zeros → (classes, feature dim or None)."""
     x = torch.zeros((2, *input_size), device=device)
     try:
@@ -250,7 +250,7 @@ def _file_model(spec: str, *, device, kind: str) -> Model:
         logits, feats = _split_outputs(module(x))
         return logits, (feats if with_feats else None)
 
-    n_out, fdim = _probe(fwd, cfg["input_size"], device, where=spec)
+    n_out, fdim = probe_outputs(fwd, cfg["input_size"], device, where=spec)
     if with_feats and fdim is None:
         raise KdataError(f"{sidecar_path(path)}: field 'outputs' declares features but the model returns logits only")
     names = _resolve_class_names(cfg.get("class_names"), n_out, where=spec)
@@ -429,7 +429,7 @@ def load_timm(spec: str, *, device="cpu") -> Model:
     net = net.to(device).eval()
     _channels_last(net, device)
     wrapped = _LogitsAndFeatures(net, "timm")
-    n_out, fdim = _probe(wrapped, cfg["input_size"], device, where=spec)
+    n_out, fdim = probe_outputs(wrapped, cfg["input_size"], device, where=spec)
     names = _resolve_class_names(cfg.get("class_names"), n_out, where=spec)
     checksum = _checksum(sha256_file(ckpt), cfg["_raw"], arch, json.dumps(names))
     return Model(spec=spec, module=net, input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
@@ -483,7 +483,7 @@ def _offline():
                 os.environ[k] = v
 
 
-def _open_clip_model(spec: str):
+def open_clip_model(spec: str):
     """→ (open_clip model, arch name, weights digest, sidecar dict or None)."""
     import logging
 
@@ -549,7 +549,7 @@ def _raw_json(weights: str) -> dict | None:
     return cfg
 
 
-def _preprocess(model) -> tuple[tuple[int, int, int], tuple, tuple, str]:
+def preprocess_of(model) -> tuple[tuple[int, int, int], tuple, tuple, str]:
     import open_clip
 
     pp = open_clip.get_model_preprocess_cfg(model)
@@ -579,7 +579,7 @@ def class_text_embeddings(model, arch: str, class_names: Sequence[str], *, templ
 @register_loader(lambda s: s.startswith("open_clip:"))
 def load_open_clip(spec: str, *, device="cpu") -> Model:
     """Zero-shot classifier over the sidecar's class names, else the pool's (image folders)."""
-    model, arch, checksum, side = _open_clip_model(spec)
+    model, arch, checksum, side = open_clip_model(spec)
     side = side or {}
     names = side.get("class_names") or _POOL_CLASSES.get()
     if not names:
@@ -596,8 +596,8 @@ def load_open_clip(spec: str, *, device="cpu") -> Model:
         if isinstance(getattr(model, tower, None), nn.Module):
             delattr(model, tower)
     _channels_last(head, device)
-    input_size, mean, std, interp = _preprocess(model)
-    n_out, fdim = _probe(head.forward_both, input_size, device, where=spec)
+    input_size, mean, std, interp = preprocess_of(model)
+    n_out, fdim = probe_outputs(head.forward_both, input_size, device, where=spec)
     assert n_out == len(names)
     return Model(spec=spec, module=head, input_size=input_size, mean=mean, std=std, class_names=list(names),
                  checksum=_checksum(checksum, json.dumps(list(names)), json.dumps(templates)),

@@ -14,14 +14,14 @@ import torch
 from kdata.core.errors import KdataError
 
 
-from kdata.models.base import _LOADERS, Model, pick_device, register_loader  # noqa: F401  (re-exported)
+from kdata.models.base import Model, loaders, pick_device, register_loader  # noqa: F401  (re-exported)
 from kdata.models import builtin as _builtin  # noqa: F401,E402  (loaders register themselves on import)
 from kdata.models import files as _files  # noqa: F401,E402  (.pt2 / TorchScript / timm / open_clip)
 
 
 def load_model(spec: str, *, device: str | torch.device = "cpu") -> Model:
     """Load a model spec; raise a one-line KdataError when it is missing or unreadable."""
-    for claims, fn in _LOADERS:
+    for claims, fn in loaders():
         if claims(spec):
             model = fn(spec, device=device)
             model.module.eval()

@@ -43,3 +43,8 @@ def register_reader(claims: Callable[[str], bool]):
         return fn
 
     return deco
+
+
+def readers() -> list[tuple[Callable[[str], bool], Callable[[str], Pool]]]:
+    """The registered ``(claims, open)`` pairs, in registration order."""
+    return list(_READERS)

@@ -23,13 +23,13 @@ from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
 
 
-from kdata.pools.base import _READERS, Pool, PoolUnit, register_reader  # noqa: F401  (re-exported)
+from kdata.pools.base import Pool, PoolUnit, readers, register_reader  # noqa: F401  (re-exported)
 from kdata.pools import readers as _readers  # noqa: F401,E402  (image folders, WebDataset register themselves)
 
 
 def open_pool(spec: str) -> Pool:
     """Open a pool spec; a missing path or unknown format is one clear KdataError."""
-    for claims, fn in _READERS:
+    for claims, fn in readers():
         if claims(spec):
             return fn(spec)
     if not spec.startswith("builtin:") and not os.path.exists(spec):

@@ -8,7 +8,7 @@ from kdata.selection.methods.ddk import allocate, domain_proportions
 from kdata.selection.methods.kd3 import kd3_score, kd3_select
 from kdata.selection.methods.rad import rad_probabilities, systematic_sample
 from kdata.selection.run import select
-from tests.methods_helpers import scores_from_probs
+from tests.helpers.methods import scores_from_probs
 
 # rows s0..s3, two classes
 PT = [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]]
@@ -118,7 +118,7 @@ def test_topk_fast_paths_match_dense_reconstruction(tmp_path):
     """With only top-k soft labels (C > 64), kd3/miniplm/ddk use O(N·k) paths equal to the dense ones."""
     from kdata.selection.methods.kd3 import _kd3_dense, kd3_score_topk
     from kdata.selection.methods.view import ScoreView
-    from tests.methods_helpers import random_scores
+    from tests.helpers.methods import random_scores
 
     rng = np.random.default_rng(3)
     full = random_scores(tmp_path, rng, 60, 80)

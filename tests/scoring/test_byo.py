@@ -8,7 +8,7 @@ import pytest
 from kdata.scoring.byo import load_scores
 from kdata.cli import main
 from kdata.core.errors import KdataError
-from tests.methods_helpers import write_predictions
+from tests.helpers.methods import write_predictions
 
 
 def _table(rows_t, rows_s, t_type=pa.list_(pa.float32()), s_type=pa.list_(pa.float32())):

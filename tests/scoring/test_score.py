@@ -20,7 +20,7 @@ from kdata.pools.spec import open_pool
 from kdata.models.images import decode_image
 from kdata.scoring.score import ScoreConfig, score_table
 
-from .real_inputs import TINY_CLIP, digits, exported_models, make_image_folder, make_tar, png_bytes, tiny_clip
+from tests.helpers.real_inputs import TINY_CLIP, digits, exported_models, make_image_folder, make_tar, png_bytes, tiny_clip
 
 NAMES = ["cat", "dog", "sea_turtle"]
 

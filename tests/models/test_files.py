@@ -13,7 +13,7 @@ from kdata.core.errors import KdataError
 from kdata.models.files import export_model, pool_class_names
 from kdata.models.spec import load_model
 
-from .real_inputs import CLASSES, INPUT, MEAN, STD, digits, exported_models, make_image_folder
+from tests.helpers.real_inputs import CLASSES, INPUT, MEAN, STD, digits, exported_models, make_image_folder
 
 
 def _x(n):

@@ -20,7 +20,7 @@ import pytest
 from kdata.core.atomic import sha256_file
 from kdata.dataset.writer import read_manifest, read_shards, verify
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOWS = ROOT / "flows"
 
 

@@ -12,7 +12,7 @@ from kdata.core.errors import KdataError
 from kdata.pools.readers import open_image_folder
 from kdata.pools.spec import open_pool
 
-from .real_inputs import digits, make_image_folder, make_tar, png_bytes
+from tests.helpers.real_inputs import digits, make_image_folder, make_tar, png_bytes
 
 
 def test_image_folder_ids_labels_and_classes(tmp_path):

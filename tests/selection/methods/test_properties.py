@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdata.selection.run import select
-from tests.methods_helpers import random_scores
+from tests.helpers.methods import random_scores
 
 RANKERS = ["random", "teacher_confidence", "student_entropy", "disagreement", "kd3", "rad", "miniplm", "ddk"]
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
