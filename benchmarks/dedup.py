@@ -105,7 +105,8 @@ def thresholds() -> None:
     from kdata.pools.builtin import digits_web, digits_web_truth
     from kdata.dedup.faiss_dedup import payload_features
     from kdata.selection.methods.view import ScoreView
-    from kdata.pipeline.run import SelectConfig, prepare
+    from kdata.pipeline.config import SelectConfig
+    from kdata.pipeline.prepare import prepare
     from kdata.scoring.score import score_pool
 
     pool, truth = digits_web(), digits_web_truth().to_pandas()
@@ -149,7 +150,8 @@ def levels_table() -> None:
     from kdata.dedup.faiss_dedup import dedup_ranked, pool_features
     from kdata.selection.methods import get_method
     from kdata.selection.methods.view import ScoreView
-    from kdata.pipeline.run import SelectConfig, prepare
+    from kdata.pipeline.config import SelectConfig
+    from kdata.pipeline.prepare import prepare
     from kdata.scoring.score import score_pool
     from kdata.selection.ranking import top_k
 

@@ -82,7 +82,9 @@ def direct(cfg, *, out: str, batch_size: int) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kdata.pipeline.run import RunOptions, finish, prepare
+    from kdata.pipeline.config import RunOptions
+    from kdata.pipeline.curate import Scored, finish
+    from kdata.pipeline.prepare import prepare
     from kdata.scoring.score import score_unit
 
     t0 = time.perf_counter()
@@ -94,8 +96,8 @@ def direct(cfg, *, out: str, batch_size: int) -> float:
         tables.append(pq.read_table(path))
         quarantined += q
         n_in += n
-    finish(prep, out=out, scores=pa.concat_tables(tables), quarantined=quarantined,
-           score_info={"n_in": n_in, "units": len(prep.pool.units), "cache_hits": 0})
+    finish(prep, Scored(scores=pa.concat_tables(tables), quarantined=quarantined,
+                        info={"n_in": n_in, "units": len(prep.pool.units), "cache_hits": 0}), out=out)
     return time.perf_counter() - t0
 
 
@@ -114,7 +116,7 @@ def main() -> int:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     from kdata.models.spec import load_model
-    from kdata.pipeline.run import SelectConfig
+    from kdata.pipeline.config import SelectConfig
 
     load_model("builtin:digits-teacher"), load_model("builtin:digits-student")  # trained/cached up front
     pool = work / f"pool-{a.n}"
@@ -123,10 +125,7 @@ def main() -> int:
     t_build = time.perf_counter() - t0
     cfg = SelectConfig(pool=str(pool), method="kd3", budget="0.3")
 
-    sys.path.insert(0, str(ROOT / "flows"))
-    import serve  # flows/serve.py: loads flows/*.py by path
-
-    curate_mod = serve.load_flow_module("curate")
+    from kdata.flows import curate as curate_mod
     from contextlib import nullcontext
 
     harness = nullcontext()

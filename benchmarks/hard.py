@@ -55,7 +55,8 @@ def main() -> None:
     from kdata.pools.builtin import digits_web_truth
     from kdata.augment.hard import CRITIC_REJECT, FLIP, HardConfig, generate
     from kdata.models.spec import load_model
-    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+    from kdata.pipeline.config import RunOptions, SelectConfig
+    from kdata.pipeline.run import run_select
     from kdata.dataset.writer import read_shards
 
     teacher, student = load_model("builtin:digits-teacher"), load_model("builtin:digits-student")

@@ -2,15 +2,15 @@
 
 On ``builtin:digits-web`` (1,457 web-like rows: clean, label noise, shift, junk, duplicates) and
 for budgets of 10%, 30% and 100% of the pool, distil ``builtin:digits-student`` with
-``kdata.train`` on the rows each selection keeps and measure its accuracy on the clean
+``kdata.training.train`` on the rows each selection keeps and measure its accuracy on the clean
 ``builtin:digits-test`` (mean ± std over seeds; the seed drives the selection tie-breaks / random
 draw and the training). Rows: random, every registered selection method, the default recipe, the
-default recipe + HARD (when ``kdata.hard`` imports) and the full pool; plus the teacher's own
+default recipe + HARD (when ``kdata.augment.hard`` imports) and the full pool; plus the teacher's own
 accuracy. "gap closed" = (acc − random) / (teacher − random) at the same budget.
 
-Scoring runs once (cached per pool unit); every selection goes through ``kdata.selection.select``,
-``kdata.pipeline.curated_table`` and ``kdata.write.write_shards``, so the trainer reads real
-curated shards exactly as ``kdata train`` does.
+Scoring runs once (cached per pool unit); every selection is written by the curation core
+(``kdata.pipeline.curate.finish``, as ``kdata select``), so the trainer reads real curated
+datasets exactly as ``kdata train`` does.
 
     python benchmarks/quality.py            # full: 3 seeds, a few minutes on 2 cores
     python benchmarks/quality.py --quick    # 1 seed, budgets 10% and 30%, fewer epochs
@@ -39,40 +39,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdata.models.spec import load_model  # noqa: E402
-from kdata.pipeline.run import RunOptions, SelectConfig, _method_options, curated_table, prepare, resolve_balance, resolve_methods
+from kdata.pipeline.config import RunOptions, SelectConfig  # noqa: E402
+from kdata.pipeline.curate import Scored, finish  # noqa: E402
+from kdata.pipeline.prepare import prepare, resolve_balance, resolve_methods  # noqa: E402
 from kdata.scoring.score import score_pool  # noqa: E402
-from kdata.selection.run import parse_budget, select  # noqa: E402
 from kdata.training.train import EvalSet, TrainConfig, train  # noqa: E402
-from kdata.dataset.writer import write_shards  # noqa: E402
 
 # methods that need inputs the benchmark cannot supply from the built-in pool and models
 NEEDS_EXTRA = {"critic": "needs a fitted critic (kdata critic fit) trained on human accept/reject labels"}
 
 
 def curate(prep, scores, quarantined, cfg: SelectConfig, out: Path) -> int:
-    """Select with ``cfg`` over the scores and write curated shards into ``out``; returns rows kept."""
-    n_in = scores.num_rows + len(quarantined)
-    budget = parse_budget(cfg.budget, n_in)
-    methods = resolve_methods(cfg)
-    kwargs = {}
-    if cfg.dedup:
-        from kdata.dedup.faiss_dedup import pipeline_dedup
-
-        kwargs["dedup"] = pipeline_dedup(cfg, prep.pool)
-    sel = select(scores, methods=methods, budget=budget, seed=cfg.seed, num_classes=prep.teacher.num_classes,
-                 temperature=cfg.temperature, balance=resolve_balance(cfg),
-                 options=_method_options(cfg, methods, teacher=prep.teacher, student=prep.student, device=prep.device,
-                                         pool=prep.pool), **kwargs)
-    table = curated_table(prep.pool, scores, sel, class_names=prep.teacher.class_names)
-    if cfg.hard:
-        from kdata.augment.hard import pipeline_hard
-
-        table, _ = pipeline_hard(table, cfg=cfg, teacher=prep.teacher, student=prep.student, device=prep.device,
-                                 counts={})
-    meta = {"temperature": cfg.temperature, "topk": cfg.topk, "class_names": prep.teacher.class_names,
-            "teacher": prep.teacher.spec, "student": prep.student.spec}
-    write_shards(table, out, meta=meta, row_group_rows=cfg.row_group_rows)
-    return table.num_rows
+    """Select with ``cfg`` over the scores and write the dataset into ``out`` through the curation core
+    (``kdata.pipeline.curate.finish``, as ``kdata select``); returns the rows written."""
+    run = replace(prep, cfg=cfg, methods=resolve_methods(cfg), balance=resolve_balance(cfg))
+    report = finish(run, Scored(scores=scores, quarantined=quarantined), out=str(out))
+    return report.counts["kept"] + report.counts.get("generated_kept", 0)
 
 
 def rows_to_run(args) -> list[tuple[str, dict, str]]:
@@ -105,7 +87,7 @@ def rows_to_run(args) -> list[tuple[str, dict, str]]:
         rows.append((f"default + HARD (K={args.hard})", {"method": "default", "hard": args.hard},
                      "HARD rows are generated per kept row and added to the budget"))
     except ImportError:
-        rows.append(("default + HARD", None, "skipped: kdata.hard is not available"))
+        rows.append(("default + HARD", None, "skipped: kdata.augment.hard is not available"))
     return rows
 
 
@@ -127,7 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hard", type=int, default=1, help="HARD samples per kept row for the + HARD row")
     ap.add_argument("--only", default=None, help="comma list of row names to run (for tuning)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write the docs/results files")
-    ap.add_argument("--md", default=None, help="also write the Markdown table to this file (README.md is always updated)")
+    ap.add_argument("--md", default=None, help="also write the Markdown table to this file (docs/benchmarks/quality.md is always updated)")
     ap.add_argument("--json-out", default=str(ROOT / "benchmarks/results/quality.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -212,7 +194,7 @@ def main(argv=None) -> int:
             Path(args.md).write_text(md)
         import runpy
 
-        runpy.run_path(str(Path(__file__).with_name("readme_block.py")))["splice"]("quality", md)
+        runpy.run_path(str(Path(__file__).with_name("doc_tables.py")))["splice"]("quality", md)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -4,7 +4,7 @@ Two cases, each printing samples/s and the ratio pipeline / bare (1.0 = the pipe
 beyond the models' own forward passes):
 
 * ``builtin``: ``builtin:digits-web`` (1,457 32×32 PNGs) with the built-in teacher and student,
-  through ``kdata.score.score_table``.
+  through ``kdata.scoring.score.score_table``.
 * ``real``: a temporary ImageFolder of JPEGs cropped from scikit-learn's two sample photos (4
   classes), scored by a small randomly initialised open_clip ViT image tower used as a zero-shot
   teacher over the folder names, and a CNN student exported to ``.pt2`` — decoded by 2 DataLoader

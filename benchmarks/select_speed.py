@@ -9,11 +9,11 @@
 1. Synthetic float32 teacher/student logits (N × C).
 2. Baseline, same run: bandwidth of a plain ``sum`` over both arrays (GB/s).
 3. The memory-bound statistics (KL both ways, entropies, confidences, margins, predictions)
-   with ``kdata.stats.logit_stats``: the eager backend on a slice; then the default backend
+   with ``kdata.core.stats.logit_stats``: the eager backend on a slice; then the default backend
    (``native`` where it builds) on all rows in ``--pairs`` back-to-back pairs with a full ``sum``
    pass (a shared machine's load swings hit both sides of a pair alike): the median pair's ratio
    is the figure (target ≥ 25%); then one pair with the ``compiled`` backend for comparison.
-4. What scoring runs per batch, ``kdata.stats.disagreement`` (the statistics plus top-5 soft
+4. What scoring runs per batch, ``kdata.core.stats.disagreement`` (the statistics plus top-5 soft
    labels), over all rows: rows/s.
 5. Each method's ``select`` on a scores table of N rows (top-5 soft labels, as kdata stores them
    for C > 128), budget 30%: rows/s.
@@ -53,7 +53,7 @@ def make_logits(n, c, seed=0, chunk=50_000):
 
 
 def scores_table(t, s, *, backend, topk=5, chunk=65_536) -> tuple[pa.Table, float]:
-    """The scores table kdata builds, from ``kdata.stats.disagreement`` (statistics + top-k soft
+    """The scores table kdata builds, from ``kdata.core.stats.disagreement`` (statistics + top-k soft
     labels, what scoring runs per batch) over chunks; also returns that function's seconds."""
     from kdata.core.stats import disagreement
 
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         pair("for comparison", "compiled")
 
     scores, sec = scores_table(t, s, backend=backend)
-    print(f"scoring statistics + top-5 soft labels (kdata.stats.disagreement, {n:,} rows): "
+    print(f"scoring statistics + top-5 soft labels (kdata.core.stats.disagreement, {n:,} rows): "
           f"{n / sec:,.0f} rows/s = {nbytes / sec / 1e9 / bw:6.1%} of sum")
     del t, s, tt, st_
     budget = int(0.3 * n)

@@ -27,7 +27,8 @@ def builtin_models():
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, builtin_models) -> Path:
     """A curated dataset written by the pipeline on the embedded default (budget 0.3, kd3)."""
-    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+    from kdata.pipeline.config import RunOptions, SelectConfig
+    from kdata.pipeline.run import run_select
 
     out = tmp_path_factory.mktemp("demo") / "out"
     run_select(SelectConfig(method="kd3", budget="0.3"), out=str(out), opts=RunOptions(device="cpu"))

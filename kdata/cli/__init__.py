@@ -24,7 +24,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from kdata.core.version import __version__
 
-    parser = _Parser(prog="kdata", description="Curate training data for knowledge distillation.")
+    parser = _Parser(prog="kdata", description="Curate training data for knowledge distillation.",
+                     epilog="`kdata COMMAND --help` for a command's options. Docs: docs/index.md in the "
+                            "source tree (docs/cli.md, docs/methods.md, docs/hard.md, ...), or `mkdocs serve` "
+                            "in a checkout.")
     parser.add_argument("--version", action="version", version=f"kdata {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:

@@ -34,7 +34,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from kdata.core.errors import KdataError
-    from kdata.augment.hard import HardConfig, augment_dataset
+    from kdata.augment.hard import HardConfig
+    from kdata.pipeline.derive import augment_dataset
     from kdata.models.spec import pick_device
 
     if args.per_sample < 1:

@@ -64,78 +64,6 @@ class ProgressBars:
             self._progress = None
 
 
-def add_select_options(p) -> None:
-    """The options of ``kdata select`` (also used by ``flows/curate.py``)."""
-    p.add_argument("--pool", default=None,
-                   help="pool: builtin:digits-web (default), Parquet, image folder, .tar; with --scores: "
-                        "where the kept rows' payload comes from (omit for shards without payload)")
-    p.add_argument("--teacher", default="builtin:digits-teacher", help="teacher model spec")
-    p.add_argument("--student", default="builtin:digits-student", help="student model spec")
-    p.add_argument("--method", default="default", help="method or chain, e.g. kd3 or critic,kd3 (default: the default recipe)")
-    p.add_argument("--budget", default="0.3", help="rows to keep: a count (200), fraction (0.3) or percentage (30%%)")
-    p.add_argument("--out", required=True, help="output directory for the curated dataset")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--topk", type=int, default=5, help="teacher soft labels kept per row (default 5)")
-    p.add_argument("--temperature", type=float, default=1.0, help="temperature of the stored soft labels")
-    p.add_argument("--balance", choices=["none", "class", "cluster", "domain"], default=None,
-                   help="spread the budget over predicted classes, embedding clusters or domains")
-    p.add_argument("--dedup", choices=["none", "exact", "near", "semantic"], default=None,
-                   help="remove duplicates before the budget: exact (decoded-pixel hash), near (+ pixel cosine), "
-                        "semantic (+ SemDeDup on teacher embeddings); the better-ranked copy survives")
-    p.add_argument("--dedup-threshold", type=float, default=None,
-                   help="cosine threshold of the deepest dedup level (defaults: near 0.996, semantic 0.995)")
-    p.add_argument("--dedup-frac", type=float, default=None,
-                   help="semantic dedup: remove this fraction of the candidates instead of using a threshold")
-    p.add_argument("--scores", default=None, metavar="FILE.parquet",
-                   help="bring-your-own predictions instead of models: sample_id + teacher_logits/student_logits "
-                        "lists, or top-k probabilities (see docs: methods)")
-    p.add_argument("--reference", default=None, help="reference model spec for --method miniplm")
-    p.add_argument("--critic", default=None, metavar="DIR", help="fitted critic for --method critic,... "
-                   "(from `kdata critic fit`)")
-    p.add_argument("--critic-recall", type=float, default=None,
-                   help="re-choose the critic's cut for this recall on its validation split")
-    p.add_argument("--hard", type=int, default=None, metavar="K",
-                   help="HARD: generate K augmented rows per kept row where teacher and student disagree, "
-                        "critic-filtered (docs: hard)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--workers", type=int, default=0, help="image decode worker processes")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--rows-per-shard", type=int, default=10_000)
-    p.add_argument("--no-cache", action="store_true", help="re-score even when cached scores exist")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--card-dir", default=None, metavar="DIR",
-                   help="also copy the data card (README.md + plots, always written beside the shards) "
-                        "to DIR/<dataset-name>.md")
-
-
-def config_from_args(args):
-    from kdata.pipeline.run import SelectConfig
-
-    pool = args.pool if args.pool is not None else (None if getattr(args, "scores", None) else "builtin:digits-web")
-    return SelectConfig(pool=pool, teacher=args.teacher, student=args.student, method=args.method,
-                        budget=args.budget, seed=args.seed, topk=args.topk, temperature=args.temperature,
-                        balance=args.balance,
-                        rows_per_shard=args.rows_per_shard, **extra_config(args))
-
-
-def extra_config(args) -> dict:
-    """Options other commands' modules add to ``kdata select`` (dedup, HARD, critic...)."""
-    out = {}
-    for name in ("dedup", "dedup_threshold", "dedup_frac", "hard", "critic", "critic_recall", "reference", "scores"):
-        if getattr(args, name, None) is not None:
-            out[name] = getattr(args, name)
-    return out
-
-
-def run_options(args):
-    from kdata.pipeline.run import RunOptions
-
-    return RunOptions(device=args.device, num_workers=args.workers, batch_size=args.batch_size,
-                      cache=not args.no_cache, progress=progress_printer(args.quiet),
-                      card_dir=getattr(args, "card_dir", None))
-
-
 def summary_lines(report) -> list[str]:
     c = report.counts
     lines = [f"kdata: {report.status} {report.out}",
@@ -151,3 +79,12 @@ def summary_lines(report) -> list[str]:
     if report.seconds:
         lines.append(f"  {report.seconds:.1f}s")
     return lines
+
+
+def run_options(args):
+    """The validated RunOptions of a command line, with progress bars unless ``--quiet``."""
+    from kdata.pipeline.arguments import run_options_from_args
+
+    opts = run_options_from_args(args)
+    opts.progress = progress_printer(getattr(args, "quiet", False))
+    return opts

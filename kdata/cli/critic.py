@@ -64,13 +64,14 @@ def load_source(args):
 
         return load_scores(str(path))[0]
     from kdata.models.spec import pick_device
-    from kdata.pipeline.run import SelectConfig, load_models
+    from kdata.models.spec import load_model
     from kdata.pools.spec import open_pool
-    from kdata.scoring.score import ScoreConfig, score_pool
+    from kdata.scoring.score import ScoreConfig, check_models, score_pool
 
     pool = open_pool(src)
     device = pick_device(args.device)
-    teacher, student = load_models(SelectConfig(teacher=args.teacher, student=args.student), device=device)
+    teacher, student = load_model(args.teacher, device=device), load_model(args.student, device=device)
+    check_models(teacher, student)
     scores, _, _ = score_pool(pool, teacher, student, config=ScoreConfig(batch_size=args.batch_size), device=device)
     return scores
 

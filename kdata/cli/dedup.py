@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdata.cli.common import emit_json
+from kdata.cli.common import emit_json, summary_lines
 
 
 def register(sub) -> None:
@@ -26,20 +26,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from kdata.dedup.faiss_dedup import dedup_shards
+    from kdata.pipeline.derive import dedup_dataset
 
-    rep = dedup_shards(args.shards, out=args.out, level=args.dedup, threshold=args.dedup_threshold,
-                       frac=args.dedup_frac, seed=args.seed, teacher=args.teacher, device=args.device)
+    report = dedup_dataset(args.shards, out=args.out, level=args.dedup, threshold=args.dedup_threshold,
+                           frac=args.dedup_frac, seed=args.seed, teacher=args.teacher, device=args.device)
     if args.json:
-        emit_json(rep)
+        emit_json(report.to_dict())
         return 0
-    c = rep["counts"]
-    print(f"kdata: {rep['status']} {rep['out']}")
-    print(f"  in {c['n_in']}  kept {c['kept']}  rejected {c['rejected']}")
-    for reason, n in c.get("rejected_by_reason", {}).items():
-        print(f"    rejected {reason}: {n}")
-    for level, n in (rep["info"].get("removed") or {}).items():
-        print(f"    removed at {level}: {n}")
-    for f in rep["files"]:
-        print(f"  {f['path']}  {f['rows']} rows  {f['bytes']:,} bytes")
+    lines = summary_lines(report)
+    removed = (report.info.get("dedup") or {}).get("removed") or {}
+    lines[2:2] = [f"    removed at {level}: {n}" for level, n in removed.items()]
+    print("\n".join(lines))
     return 0

@@ -74,22 +74,34 @@ def _f(v, nd: int = 3) -> str:
 
 def render(s: dict, console) -> None:
     """The terminal summary: a header line, then rich tables."""
-    from rich.table import Table
+    for part in (_header, _decisions, _class_balance, _score_quantiles, _agreement, _integrity, _card, _examples,
+                 _grid):
+        part(s, console)
 
+
+def _header(s: dict, console) -> None:
     c = s["counts"] or {}
-    d = s["decisions"]
     console.print(f"[bold]{s['out']}[/bold]: {_f(s['rows'])} curated rows in {len(s['files'])} shard(s); "
                   f"methods {', '.join(s.get('methods') or [])}; pool {s['pool']}; "
                   f"teacher {s['teacher']} → student {s['student']}")
     console.print(f"in {c.get('n_in')}  kept {c.get('kept')}  rejected {c.get('rejected')}  "
                   f"quarantined {c.get('quarantined')}")
 
+
+def _decisions(s: dict, console) -> None:
+    from rich.table import Table
+
+    c = s["counts"] or {}
+    d = s["decisions"]
     t = Table(title="decisions", title_justify="left")
     t.add_column("decision / reason")
     t.add_column("samples", justify="right")
     t.add_column("share", justify="right")
     n_in = c.get("n_in") or 0
-    pct = (lambda n: f"{100 * n / n_in:.1f}%" if n_in else "–")
+
+    def pct(n):
+        return f"{100 * n / n_in:.1f}%" if n_in else "–"
+
     t.add_row("[green]kept[/green]", str(c.get("kept")), pct(c.get("kept") or 0))
     for r, n in (c.get("rejected_by_reason") or {}).items():
         t.add_row(f"[red]rejected[/red] {r}", str(n), pct(n))
@@ -102,21 +114,30 @@ def render(s: dict, console) -> None:
     for q in s["quarantined"][:10]:
         console.print(f"  quarantined {q['sample_id']}: {q['error']}")
 
-    bal = s["class_balance"]
-    if bal:
-        from kdata.report.inspect import balance_highlights
 
-        t = Table(title="class balance (teacher prediction; web label where known)", title_justify="left")
-        for col in ("class", "pool label", "pool teacher", "kept", "kept share"):
-            t.add_column(col, justify="right")
-        kept_total = sum(r["kept_teacher"] or 0 for r in bal) or 1
-        shown, line = balance_highlights(bal)  # above 40 classes: the ones that moved most (--json has all)
-        for r in shown:
-            t.add_row(r["class"], _f(r["pool_label"]), _f(r["pool_teacher"]), _f(r["kept_teacher"]),
-                      f"{100 * (r['kept_teacher'] or 0) / kept_total:.1f}%")
-        if line:
-            console.print(line)
-        console.print(t)
+def _class_balance(s: dict, console) -> None:
+    bal = s["class_balance"]
+    if not bal:
+        return
+    from rich.table import Table
+
+    from kdata.report.inspect import balance_highlights
+
+    t = Table(title="class balance (teacher prediction; web label where known)", title_justify="left")
+    for col in ("class", "pool label", "pool teacher", "kept", "kept share"):
+        t.add_column(col, justify="right")
+    kept_total = sum(r["kept_teacher"] or 0 for r in bal) or 1
+    shown, line = balance_highlights(bal)  # above 40 classes: the ones that moved most (--json has all)
+    for r in shown:
+        t.add_row(r["class"], _f(r["pool_label"]), _f(r["pool_teacher"]), _f(r["kept_teacher"]),
+                  f"{100 * (r['kept_teacher'] or 0) / kept_total:.1f}%")
+    if line:
+        console.print(line)
+    console.print(t)
+
+
+def _score_quantiles(s: dict, console) -> None:
+    from rich.table import Table
 
     t = Table(title="score quantiles (kept | rejected)", title_justify="left")
     t.add_column("score")
@@ -129,14 +150,21 @@ def render(s: dict, console) -> None:
                 t.add_row(name, dec, str(q["n"]), *[_f(q[k], 4) for k in ("min", "p05", "p50", "p95", "max")])
     console.print(t)
 
-    if s["agreement"]:
-        t = Table(title="agreement (top-1)", title_justify="left")
-        for col in ("rows", "n", "teacher = student", "teacher = web label"):
-            t.add_column(col, justify="right")
-        for name, a in s["agreement"].items():
-            t.add_row(name, str(a["n"]), _f(a["teacher_student"]), _f(a["teacher_label"]))
-        console.print(t)
 
+def _agreement(s: dict, console) -> None:
+    if not s["agreement"]:
+        return
+    from rich.table import Table
+
+    t = Table(title="agreement (top-1)", title_justify="left")
+    for col in ("rows", "n", "teacher = student", "teacher = web label"):
+        t.add_column(col, justify="right")
+    for name, a in s["agreement"].items():
+        t.add_row(name, str(a["n"]), _f(a["teacher_student"]), _f(a["teacher_label"]))
+    console.print(t)
+
+
+def _integrity(s: dict, console) -> None:
     integ = s["integrity"]
     if integ["ok"]:
         console.print(f"integrity: [green]ok[/green] (sha256 of {integ['files_checked']} shard(s) verified)")
@@ -144,12 +172,19 @@ def render(s: dict, console) -> None:
         console.print("integrity: [red]FAILED[/red]")
         for p in integ["problems"]:
             console.print(f"  {p}", markup=False, soft_wrap=True)
+
+
+def _card(s: dict, console) -> None:
     card = s["card"]
     if card["recorded"]:
         state = "changed since written: " + ", ".join(card["changed"]) if card["changed"] else "matches the manifest"
         console.print(f"data card: README.md ({state})")
     elif not card["present"]:
         console.print("data card: none (write one with `kdata card DIR`)", markup=False)
+
+
+def _examples(s: dict, console) -> None:
+    from rich.table import Table
 
     for title, rows in (("kept examples (best ranked)", s["examples"]),
                         ("rejected examples (by reason)", s["rejected_examples"])):
@@ -163,6 +198,9 @@ def render(s: dict, console) -> None:
         for r in rows:
             t.add_row(*[_f(r[k]) for k in cols])
         console.print(t)
+
+
+def _grid(s: dict, console) -> None:
     if s.get("grid"):
         g = s["grid"]
         console.print(f"grid: {g['path']}" if g["path"] else "grid: not written", markup=False)

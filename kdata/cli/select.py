@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kdata.cli.common import add_select_options, config_from_args, emit_json, run_options, summary_lines
+from kdata.cli.common import emit_json, run_options, summary_lines
+from kdata.pipeline.arguments import add_select_options, config_from_args
 
 
 def register(sub) -> None:

@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--teacher", default=None, help="teacher spec for re-scoring (with --reselect-every)")
     p.add_argument("--workers", default="auto", help="decode worker processes (default auto: 0 for small sets)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking SHARDS against its manifest (checksums and counts) before training")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -37,7 +39,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from kdata.core.errors import KdataError
-    from kdata.training.train import TrainConfig, run_train
+    from kdata.pipeline.distill import train_student
+    from kdata.training.train import TrainConfig
 
     workers = args.workers
     if workers != "auto":
@@ -51,8 +54,9 @@ def run(args) -> int:
              if getattr(args, k) is not None}  # unset options keep TrainConfig's defaults
     cfg = TrainConfig(**given, reinit=args.reinit, workers=workers, device=args.device,
                       reselect_every=args.reselect_every)
-    log = run_train(shards=args.shards, student=args.student, eval=args.eval, config=cfg, out=args.out,
-                    pool=args.pool, teacher=args.teacher, quiet=args.quiet or args.json)
+    log = train_student(shards=args.shards, student=args.student, eval=args.eval, config=cfg, out=args.out,
+                    pool=args.pool, teacher=args.teacher, quiet=args.quiet or args.json,
+                    verify=not args.no_verify)
     if args.json:
         emit_json(log)
         return 0

@@ -1,4 +1,12 @@
-"""Atomic file writes: write to a temporary name in the same directory, fsync, rename."""
+"""Atomic file writes: write to a temporary name in the same directory, fsync, rename.
+
+Race-free by construction: every writer gets its own temporary name (``mkstemp``) and
+``os.replace`` swaps a complete file in, so concurrent writers of one path (two runs filling the
+same score-cache entry) never interleave bytes; a reader sees the old file or one whole new file,
+and the last writer wins. Cache entries are keyed by content, so the writers agree on what they
+write; to avoid computing an entry twice, hold ``kdata.core.lock.exclusive(path, wait=True)``.
+Readers of such an entry use ``read_parquet`` (one open descriptor: one whole file).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,9 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,17 +31,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; finished files get ordinary permissions
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get ordinary permissions
     try:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    """The process umask, read without setting it where /proc allows (setting it races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside directory ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -49,6 +83,14 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, *, row_group_size: i
                   compression: str = "zstd") -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression)
+
+
+def read_parquet(path: str | os.PathLike, *, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file through one open descriptor, so a concurrent ``os.replace`` of ``path``
+    (another writer of the same cache entry) cannot pair one file's footer with another's pages,
+    as ``pq.read_table(path)`` (which may open the path more than once) can."""
+    with pa.OSFile(os.fspath(path)) as fh:
+        return pq.read_table(fh, columns=columns)
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The native backend of ``kdata.stats``: ``row_stats.c`` (AVX-512 or AVX2), built on first use.
+"""The native backend of ``kdata.core.stats``: ``row_stats.c`` (AVX-512 or AVX2), built on first use.
 
 The statistics are bound by ``exp``, and neither eager torch nor ``torch.compile`` reach the
 machine's arithmetic: the hand-written kernel does one pass from memory and one from L1 per row,
@@ -13,7 +13,7 @@ compiler and the CPU's flags, so a cache shared between machines never loads a f
 then called through ctypes, which releases the GIL: rows are split over ``torch.get_num_threads()``
 threads. The source targets AVX-512 where the CPU has it, else AVX2 + FMA (x86-64 since 2013;
 ``KDATA_NATIVE_ISA=avx2`` forces that build on an AVX-512 machine). Without a C compiler or either
-instruction set (the source refuses to build) ``available()`` is False and ``kdata.stats`` uses its
+instruction set (the source refuses to build) ``available()`` is False and ``kdata.core.stats`` uses its
 other backends; ``status()`` says why.
 """
 
@@ -35,7 +35,7 @@ import torch
 from kdata.core.paths import cache_dir
 
 MAX_K = 16  # top-k the kernel collects (KD_MAXK in row_stats.c)
-N_OUT = 12  # float outputs per row, in the order of kdata.stats.STAT_NAMES[2:] + (max t, max s, log S t, log S s)
+N_OUT = 12  # float outputs per row, in the order of kdata.core.stats.STAT_NAMES[2:] + (max t, max s, log S t, log S s)
 _SOURCE = Path(__file__).with_name("row_stats.c")
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 _LOCK = threading.Lock()

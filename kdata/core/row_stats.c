@@ -92,7 +92,7 @@ typedef struct { float v; int32_t i; } kd_cand;
 
 static inline kd_v kd_exp(kd_v x) {
     /* x = n ln2 + r, |r| <= ln2/2; n by the 1.5*2^23 rounding trick; exp(r) by the polynomial of
-       kdata.stats._EXP_POLY (relative error 1e-7); then p * 2^n. */
+       kdata.core.stats._EXP_POLY (relative error 1e-7); then p * 2^n. */
     const kd_v rnd = v_set(12582912.0f);
     const kd_v y = v_fma(x, v_set(1.4426950408889634f), rnd);
     const kd_v n = v_sub(y, rnd);
@@ -264,5 +264,5 @@ int kd_row_stats(const float* T, const float* S, int64_t n, int64_t c, int64_t l
     return 0;
 }
 
-/* which instruction set this build uses, for kdata.native.status() */
+/* which instruction set this build uses, for kdata.core.native.status() */
 const char* kd_isa(void) { return KD_W == 16 ? "AVX-512" : "AVX2"; }

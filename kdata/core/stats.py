@@ -15,7 +15,7 @@ over N × C (≈ 2% of a plain ``sum``'s bandwidth, even in cache-sized blocks).
 (``choose_backend``), all agreeing with a float64 reference to 5e-6 (``tests/test_stats.py``) and
 measured by ``benchmarks/select_speed.py``:
 
-* ``native`` — ``kdata.native``: a hand-written AVX-512 / AVX2 kernel, built on first use with the
+* ``native`` — ``kdata.core.native``: a hand-written AVX-512 / AVX2 kernel, built on first use with the
   system C compiler; it also collects the top-k soft labels in the same pass. The default on CPUs
   where it builds.
 * ``compiled`` — ``_row_stats`` ``torch.compile``d into one loop nest per row (the row maxima, then
@@ -151,7 +151,7 @@ BACKENDS = ("native", "compiled", "eager")
 def choose_backend(device: torch.device | str, c: int, work: int, backend: str | None = None) -> str:
     """The statistics backend for (·, C) logits on ``device`` and ``work`` = rows × classes in all:
     ``backend`` if given (else ``$KDATA_STATS_BACKEND``), otherwise ``native`` on a CPU where
-    ``kdata.native`` builds, ``compiled`` (``torch.compile``) on other CPUs once the work repays the
+    ``kdata.core.native`` builds, ``compiled`` (``torch.compile``) on other CPUs once the work repays the
     compile, ``eager`` for the rest (and GPUs)."""
     backend = backend or os.environ.get("KDATA_STATS_BACKEND") or None
     cpu = torch.device(device).type == "cpu"

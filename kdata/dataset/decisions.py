@@ -36,3 +36,48 @@ def check_accounting(counts: dict) -> None:
         raise RuntimeError(f"accounting broken: n_in={counts['n_in']} but kept+rejected+quarantined={total}")
     if sum(counts.get("rejected_by_reason", {}).values()) != counts["rejected"]:
         raise RuntimeError("accounting broken: rejection reasons do not add up to the rejected count")
+
+
+CARRIED = ("label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts")
+
+
+def build_decisions(rows: pa.Table, *, decision, reason, stage, class_names: list[str] | None = None,
+                    scores: dict | None = None, quarantined: list[tuple[str, str]] = ()) -> pa.Table:
+    """The decisions table of any run: one row per row of ``rows``, then one per quarantined sample.
+
+    ``decision``/``reason``/``stage`` are per-row sequences; the rows' labels and predictions are
+    carried along (``label`` from ``label`` or from ``label_idx`` and ``class_names``), plus
+    per-method ``scores`` as float32 columns. Quarantined samples get ``reason = unreadable`` and
+    their error.
+    """
+    import numpy as np
+
+    n = rows.num_rows
+    cols = {"sample_id": rows.column("sample_id"),
+            "decision": pa.array(list(decision), pa.string()),
+            "reason": pa.array(list(reason), pa.string()),
+            "stage": pa.array(list(stage), pa.string()),
+            "error": pa.nulls(n, pa.string())}
+    if "label" in rows.column_names:
+        cols["label"] = rows.column("label").cast(pa.string())
+    elif "label_idx" in rows.column_names and class_names:
+        idx = rows.column("label_idx").to_numpy(zero_copy_only=False)
+        idx = np.where(np.isnan(idx.astype(float)), -1, idx).astype(np.int64) if idx.dtype.kind == "f" else idx
+        names = np.asarray(list(class_names) + [None], dtype=object)
+        cols["label"] = pa.array(names[np.where((idx >= 0) & (idx < len(class_names)), idx, len(class_names))],
+                                 pa.string())
+    for name in CARRIED:
+        if name in rows.column_names:
+            cols[name] = rows.column(name)
+    for name, arr in (scores or {}).items():
+        cols[name] = pa.array(arr, pa.float32())
+    table = pa.table(cols)
+    if not quarantined:
+        return table
+    q = len(quarantined)
+    qt = pa.table({"sample_id": pa.array([s for s, _ in quarantined], pa.string()),
+                   "decision": pa.array([QUARANTINED] * q, pa.string()),
+                   "reason": pa.array(["unreadable"] * q, pa.string()),
+                   "stage": pa.array(["score"] * q, pa.string()),
+                   "error": pa.array([e for _, e in quarantined], pa.string())})
+    return pa.concat_tables([table, qt], promote_options="default")

@@ -34,6 +34,10 @@ POOL_SCHEMA = pa.schema(
 )
 POOL_REQUIRED = ("sample_id",)
 POOL_PAYLOADS = ("image", "text")
+# Optional column of tables that pool readers return (never stored): why a sample's payload could
+# not be read (a FIFO, a symlink leaving the pool, a file over the size cap…). Scoring quarantines
+# such a row with this text instead of decoding it.
+READ_ERROR = "read_error"
 
 # ---------------------------------------------------------------------------------------------
 # Scores: one row per scored (non-quarantined) pool sample.
@@ -163,6 +167,22 @@ def validate(schema: pa.Schema, expected: pa.Schema, *, where: str, required: tu
 
 def validate_pool(schema: pa.Schema, *, where: str) -> None:
     validate(schema, POOL_SCHEMA, where=where, required=POOL_REQUIRED, need_one_of=POOL_PAYLOADS)
+
+
+def check_pool_ids(table: pa.Table, *, where: str) -> None:
+    """A null ``sample_id`` is one line naming the file and the first such row (not Arrow's error)."""
+    ids = table.column("sample_id")
+    if ids.null_count:
+        row = next(i for i, v in enumerate(ids.is_null().to_pylist()) if v)
+        raise KdataError(f"{where}: column 'sample_id' row {row}: null id ({ids.null_count} null id(s) in all); "
+                         "every sample needs an id")
+
+
+def read_errors(table: pa.Table) -> list[str | None] | None:
+    """Per row, why a reader could not read the payload (None where it could); None without the column."""
+    if READ_ERROR not in table.column_names or table.column(READ_ERROR).null_count == table.num_rows:
+        return None
+    return table.column(READ_ERROR).to_pylist()
 
 
 def validate_scores(schema: pa.Schema, *, where: str) -> None:

@@ -8,24 +8,42 @@ Layout of an output directory::
 
 The whole dataset is first written into a staging directory beside OUT and renamed into place
 at the end, so a crash never leaves a half-written dataset that a later run would trust; the
-manifest is the completion marker. A rerun with the same config finds the manifest and returns.
+manifest is the completion marker. A rerun with the same config finds the manifest, verifies the
+dataset (``verify``: every file's checksum, every count re-derived) and returns.
+
+One writer at a time: a run holds ``kdata.core.lock.exclusive(OUT)`` (the lock file
+``.OUT.kdata-lock`` beside OUT) from its first look at OUT to the commit; a second run fails at
+once naming the holder. Staging directories (``.OUT.kdata-staging-*``) are created and removed
+only under that lock, so any found by a lock holder belong to a dead run and are removed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdata.core.atomic import fsync_dir, write_parquet
+from kdata.core.errors import KdataError, RuntimeFailure
+from kdata.core.lock import Lock, acquire, current, pid_alive
 from kdata.core.version import __version__
-from kdata.core.atomic import sha256_file, write_parquet
-from kdata.dataset.schema import DECISIONS_SCHEMA, SCHEMA_VERSION, SHARD_SCHEMA, conform, kdata_metadata, with_kdata_metadata
-from kdata.core.errors import KdataError
+from kdata.dataset.integrity import DECISIONS_FILE, check_dataset, file_entry
+from kdata.dataset.schema import (
+    DECISIONS_SCHEMA,
+    SCHEMA_VERSION,
+    SHARD_SCHEMA,
+    conform,
+    kdata_metadata,
+    with_kdata_metadata,
+)
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
@@ -41,63 +59,154 @@ def read_manifest(out: str | os.PathLike) -> dict | None:
         raise KdataError(f"{path}: unreadable manifest ({exc})") from None
 
 
-def check_output_dir(out: str | os.PathLike, *, config_hash: str) -> str:
+def check_output_dir(out: str | os.PathLike, *, config_hash: str, check: bool = True) -> str:
     """Decide what to do with OUT: ``"write"`` (absent/empty) or ``"done"`` (same run complete).
 
-    A directory holding a different run, or files kdata did not write, is a usage error.
+    A directory holding a different run, or files kdata did not write, is a usage error. A
+    complete same-config run is verified first (``check=False`` skips it): a damaged one is an
+    error naming the first problem, never silently reported complete nor overwritten. Call it
+    while holding ``exclusive(OUT)``; stale staging directories of OUT are then removed here.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise KdataError(f"{out}: --out exists and is not a directory")
+    if current(out) is not None:
+        remove_stale_staging(out)
     if not out.exists() or not any(out.iterdir()):
         return "write"
     manifest = read_manifest(out)
     if manifest is None:
         raise KdataError(f"{out}: --out is not empty and holds no kdata manifest; choose another directory")
     if manifest.get("config_hash") != config_hash:
-        raise KdataError(f"{out}: --out already holds a different run (config {manifest.get('config_hash', '?')[:12]}, "
+        raise KdataError(f"{out}: --out already holds a different run (config {str(manifest.get('config_hash', '?'))[:12]}, "
                          f"this run {config_hash[:12]}); choose another directory or delete it")
+    problems = check_dataset(out, manifest) if check else []
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise KdataError(f"{out}: --out holds this run but it is damaged: {problems[0]}{more}; "
+                         f"delete {out} and rerun to write it again (kdata inspect {out} lists every problem)")
     return "done"
 
 
-class Staging:
-    """A staging directory beside ``out``; ``commit()`` renames it into place atomically."""
+STAGING_INFIX = ".kdata-staging-"
 
-    def __init__(self, out: str | os.PathLike):
+
+def staging_dirs(out: str | os.PathLike) -> list[Path]:
+    """The staging directories of OUT (``.OUT.kdata-staging-*`` beside it)."""
+    out = Path(out).resolve()
+    return sorted(out.parent.glob(f".{out.name}{STAGING_INFIX}*")) if out.parent.is_dir() else []
+
+
+def remove_stale_staging(out: str | os.PathLike) -> list[Path]:
+    """Remove the staging directories of OUT left by dead runs; the caller must hold OUT's lock.
+
+    Under the lock every other staging directory of OUT is stale: its owner held the lock while
+    writing it and has released it (exited or failed). One whose recorded owner is a live process
+    on this host other than us (a writer that ignored the lock) is left alone.
+    """
+    if current(out) is None:
+        raise RuntimeError(f"{out}: remove_stale_staging needs the lock of OUT held by this process")
+    removed = []
+    for d in staging_dirs(out):
+        if d.is_symlink() or not d.is_dir() or _owner_alive(d):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _owner_alive(staging: Path) -> bool:
+    try:
+        owner = json.loads((staging / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (owner.get("host") == socket.gethostname() and owner.get("pid") != os.getpid()
+            and isinstance(owner.get("pid"), int) and pid_alive(owner["pid"]))
+
+
+OWNER_FILE = ".kdata-owner"
+
+
+class Staging:
+    """A staging directory beside ``out``; ``commit()`` renames it into place atomically.
+
+    Needs OUT's lock: pass the ``Lock`` a run holds (``lock=``), or Staging uses the one this
+    process already holds on OUT, or takes it itself until ``commit``/``abort`` (failing at once
+    when another run holds it). Stale staging directories of dead runs are removed on creation.
+    """
+
+    def __init__(self, out: str | os.PathLike, *, lock: Lock | None = None):
         self.out = Path(out).resolve()
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.path = self.out.parent / f".{self.out.name}.kdata-staging-{os.getpid()}"
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.path.mkdir()
-        # leftovers of crashed runs into the same OUT are removed
-        for old in self.out.parent.glob(f".{self.out.name}.kdata-staging-*"):
-            if old != self.path:
-                shutil.rmtree(old, ignore_errors=True)
+        if lock is not None and not lock.covers(self.out):
+            raise RuntimeError(f"Staging({self.out}): the lock given is not a held lock of this directory")
+        self._own = None
+        if lock is None:
+            lock = current(self.out)
+        if lock is None:
+            lock = self._own = acquire(self.out)
+        self.lock = lock
+        try:
+            remove_stale_staging(self.out)
+            self.path = self.out.parent / f".{self.out.name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.path.mkdir()
+            (self.path / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                            "started_unix": time.time()}))
+        except BaseException:
+            self._release()
+            raise
 
-    def commit(self) -> None:
-        if self.out.exists():
-            if any(self.out.iterdir()):
-                # a same-config complete run may have landed meanwhile; keep the first one
+    def commit(self) -> Path:
+        """Rename the staged dataset to OUT (atomic). Raises, and leaves OUT untouched, when OUT
+        meanwhile holds anything (only a writer ignoring the lock can do that): a result is never
+        reported written when it was dropped."""
+        try:
+            if not self.lock.held:
+                raise RuntimeError(f"{self.out}: the lock was released before commit")
+            (self.path / OWNER_FILE).unlink(missing_ok=True)
+            fsync_dir(self.path)
+            try:
+                os.rename(self.path, self.out)  # replaces an empty OUT; refuses a non-empty one
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
                 shutil.rmtree(self.path, ignore_errors=True)
-                return
-            self.out.rmdir()
-        os.replace(self.path, self.out)
+                raise KdataError(f"{self.out}: something else wrote into it while this run was writing; this run's "
+                                 f"result was discarded and {self.out} left as it is", exit_code=1) from None
+            fsync_dir(self.out.parent)
+            return self.out
+        finally:
+            self._release()
 
     def abort(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._own is not None:
+            self._own.release()
+            self._own = None
 
 
 def shard_name(i: int, n: int, *, split: str = "train") -> str:
     return f"{split}-{i:05d}-of-{n:05d}.parquet"
 
 
+def check_shard_options(*, rows_per_shard, row_group_rows) -> None:
+    """Refuse shard sizes below one row (one line, before any work when called up front)."""
+    for flag, v in (("--rows-per-shard", rows_per_shard), ("--row-group-rows", row_group_rows)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise KdataError(f"{flag} {v!r}: must be a whole number ≥ 1")
+
+
 def write_shards(table: pa.Table, out_dir: str | os.PathLike, *, meta: dict, rows_per_shard: int = 10_000,
                  row_group_rows: int = 1_000, split: str = "train") -> list[dict]:
     """Write ``table`` as ``data/<split>-0000i-of-0000N.parquet`` shards (atomic each).
 
-    Returns the manifest entries: path (relative), rows, bytes, sha256.
+    Returns the manifest entries: path (relative), rows, bytes, sha256. Every row given is
+    written exactly once (checked against the files' footers).
     """
+    check_shard_options(rows_per_shard=rows_per_shard, row_group_rows=row_group_rows)
     out_dir = Path(out_dir)
     n_shards = max(1, -(-table.num_rows // rows_per_shard))
     schema = with_kdata_metadata(table.schema, meta)
@@ -106,15 +215,21 @@ def write_shards(table: pa.Table, out_dir: str | os.PathLike, *, meta: dict, row
     for i in range(n_shards):
         part = table.slice(i * rows_per_shard, rows_per_shard)
         rel = f"{DATA_DIR}/{shard_name(i, n_shards, split=split)}"
-        path = out_dir / rel
-        write_parquet(path, part, row_group_size=row_group_rows)
-        files.append({"path": rel, "rows": part.num_rows, "bytes": path.stat().st_size,
-                      "sha256": sha256_file(path)})
+        write_parquet(out_dir / rel, part, row_group_size=row_group_rows)
+        entry = file_entry(out_dir / rel, rel=rel)
+        if entry["rows"] != part.num_rows:
+            raise RuntimeFailure(f"{out_dir / rel}: wrote {entry['rows']} rows of {part.num_rows}")
+        files.append(entry)
+    written = sum(f["rows"] for f in files)
+    if written != table.num_rows:
+        raise RuntimeFailure(f"{out_dir}: wrote {written} rows in {n_shards} shard(s), given {table.num_rows}")
     return files
 
 
 def build_manifest(*, files: list[dict], config: dict, config_hash: str, models: dict, counts: dict,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, decisions: dict | None = None) -> dict:
+    """The manifest: what was written (``files``; ``decisions``, the entry ``write_decisions``
+    returns, checksums the decisions table), how (config, models, seed) and the counts."""
     return {
         "kdata_version": __version__,
         "schema_version": SCHEMA_VERSION,
@@ -125,27 +240,26 @@ def build_manifest(*, files: list[dict], config: dict, config_hash: str, models:
         "models": models,
         "counts": counts,
         "files": files,
-        "decisions_file": "decisions.parquet",
+        "decisions_file": (decisions or {}).get("path", DECISIONS_FILE),
+        **({"decisions": decisions} if decisions is not None else {}),
         **(extra or {}),
     }
 
 
 def verify(out: str | os.PathLike) -> list[str]:
-    """Check every file in the manifest: exists, size and sha256 match. Returns the problems."""
+    """Every integrity problem of OUT, one line each (empty: intact): each shard and the decisions
+    table present with its recorded size, sha256 and rows, and every count of the manifest
+    re-derived from the decisions table and the shards (``kdata.dataset.integrity``)."""
     out = Path(out)
-    manifest = read_manifest(out)
+    try:
+        manifest = read_manifest(out)
+    except KdataError as exc:
+        return [str(exc)]
     if manifest is None:
         return [f"{out}: no {MANIFEST}"]
-    problems = []
-    for f in manifest["files"]:
-        path = out / f["path"]
-        if not path.exists():
-            problems.append(f"{path}: missing")
-        elif path.stat().st_size != f["bytes"]:
-            problems.append(f"{path}: size {path.stat().st_size} != manifest {f['bytes']}")
-        elif sha256_file(path) != f["sha256"]:
-            problems.append(f"{path}: sha256 mismatch (file changed since it was written)")
-    return problems
+    if not isinstance(manifest, dict):
+        return [f"{out / MANIFEST}: not a JSON object"]
+    return check_dataset(out, manifest)
 
 
 def shard_paths(out: str | os.PathLike) -> list[Path]:
@@ -164,8 +278,16 @@ def read_shards(out: str | os.PathLike) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in paths], promote_options="default")
 
 
-def write_decisions(table: pa.Table, path: str | os.PathLike) -> None:
-    write_parquet(path, conform(table, DECISIONS_SCHEMA, keep_extra_prefix="score_"), row_group_size=8192)
+def write_decisions(table: pa.Table, path: str | os.PathLike, *, rel: str | None = None) -> dict:
+    """Write the decisions table (atomic) and return its manifest entry {path, rows, bytes, sha256}
+    for ``build_manifest(decisions=...)``; ``rel`` is its path inside OUT (default: its name)."""
+    path = Path(path)
+    table = conform(table, DECISIONS_SCHEMA, keep_extra_prefix="score_")
+    write_parquet(path, table, row_group_size=8192)
+    entry = file_entry(path, rel=rel or path.name)
+    if entry["rows"] != table.num_rows:
+        raise RuntimeFailure(f"{path}: wrote {entry['rows']} decisions of {table.num_rows}")
+    return entry
 
 
 def shard_meta(table_or_path) -> dict:

@@ -22,6 +22,8 @@ from kdata.pools import builtin
 from kdata.core.atomic import atomic_path, sha256_file, write_json
 from kdata.core.errors import KdataError
 from kdata.models.base import Model, register_loader
+from kdata.models.safe_load import load_state_file
+from kdata.models.sidecar import first_line
 from kdata.core.paths import cache_dir
 
 MODEL_VERSION = "v1"
@@ -118,13 +120,13 @@ def builtin_checkpoint(name: str) -> str:
 
 
 def load_digits_net(path: str, widths, *, device) -> DigitsNet:
+    """A cached DigitsNet state dict, loaded like any user file (inspected, weights only)."""
+    state = load_state_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         net = DigitsNet(tuple(widths))
         net.load_state_dict(state)
-    except Exception as exc:  # corrupt cache file: one line, not a traceback
-        raise KdataError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                         exit_code=2) from None
+    except Exception as exc:  # corrupt or foreign cache file: one line, not a traceback
+        raise KdataError(f"{path}: cannot load checkpoint ({first_line(exc)})", exit_code=2) from None
     return net.to(device).eval()
 
 

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from kdata.core.errors import KdataError
-from kdata.models.files import open_clip_model, preprocess_of, probe_outputs, pool_class_names
+from kdata.models.clip import open_clip_model, preprocess_of
+from kdata.models.forward import probe_outputs
+from kdata.models.sidecar import pool_class_names
 from kdata.models.images import iter_decoded
 from kdata.models.spec import load_model
 
@@ -54,7 +56,7 @@ def embedder(spec: str, *, device="cpu") -> Embedder:
     """An image embedder from a model spec: open_clip's image tower, or any model with features."""
     device = torch.device(device)
     if spec.startswith("open_clip:"):
-        model, arch, checksum, _ = open_clip_model(spec)
+        model, _arch, checksum, _ = open_clip_model(spec)
         visual = model.visual.to(device).eval()
         input_size, mean, std, interp = preprocess_of(model)
 

@@ -8,25 +8,67 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from kdata.core.errors import KdataError
+
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
            "lanczos": Image.LANCZOS, "box": Image.BOX}
 
 
-def decode_image(data: bytes | None, *, input_size, mean, std, interpolation: str = "bilinear") -> torch.Tensor:
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 × 8000; an RGB decode of that costs ~190 MB before any resize
+
+
+def check_max_pixels(max_pixels) -> int:
+    """``--max-pixels`` as an int ≥ 1, or one line."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise KdataError(f"--max-pixels {max_pixels!r}: must be a whole number of pixels ≥ 1")
+    return max_pixels
+
+
+def _open_capped(data: bytes, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` (which reads only the header) refusing more than ``max_pixels`` pixels.
+
+    The check runs on the header's size, before any pixel is decoded: a valid 13,000² PNG is
+    20 KB on disk and ~500 MB once decoded to RGB. PIL's own decompression-bomb limit is raised
+    to the cap when the cap is higher (never lowered), so it cannot refuse what the cap allows."""
+    if max_pixels is None:
+        return Image.open(io.BytesIO(data))
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    over = f"over the {max_pixels / 1e6:g}-megapixel cap (--max-pixels)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below anyway
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(m.group(1)) / 1e6:.3g} megapixels" if m else "too many pixels"
+        raise ValueError(f"image is {size}, {over}") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ValueError(f"image is {w}×{h} = {w * h / 1e6:.3g} megapixels, {over}")
+    return im
+
+
+def decode_image(data: bytes | None, *, input_size, mean, std, interpolation: str = "bilinear",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Image bytes → normalised float tensor (C, H, W). Raises ValueError on unreadable input."""
     key = (tuple(input_size), tuple(mean), tuple(std), interpolation)
-    return decode_multi(data, [key])[key]
+    return decode_multi(data, [key], max_pixels=max_pixels)[key]
 
 
-def decode_multi(data: bytes | None, keys: list[tuple]) -> dict[tuple, torch.Tensor]:
+def decode_multi(data: bytes | None, keys: list[tuple], *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[tuple, torch.Tensor]:
     """Decode once, preprocess once per key ``(input_size, mean, std, interpolation)``.
 
+    An image over ``max_pixels`` (from its header) is refused before decoding (ValueError).
     JPEGs are decoded at a reduced DCT scale (``Image.draft``) when the largest target is at most
     half the stored size: libjpeg then skips most of the inverse DCT work; the result is still
     at least the target size before the (antialiased) resize, and deterministic.
@@ -34,7 +76,7 @@ def decode_multi(data: bytes | None, keys: list[tuple]) -> dict[tuple, torch.Ten
     if not data:
         raise ValueError("empty image")
     out = {}
-    with Image.open(io.BytesIO(data)) as im:
+    with _open_capped(data, max_pixels) as im:
         if im.format == "JPEG":
             mode = "L" if all(k[0][0] == 1 for k in keys) else "RGB"
             im.draft(mode, (max(k[0][2] for k in keys), max(k[0][1] for k in keys)))
@@ -65,16 +107,19 @@ def decode_error(exc: BaseException) -> str:
 class _DecodeDataset(Dataset):
     """Row i → (i, {preprocess key: tensor}) or (i, error string)."""
 
-    def __init__(self, images: list, keys: list[tuple]):
-        self.images, self.keys = images, keys
+    def __init__(self, images: list, keys: list[tuple], *, errors: list | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.images, self.keys, self.errors, self.max_pixels = images, keys, errors, max_pixels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
+        if self.errors is not None and self.errors[i]:  # the pool reader could not read it: say why
+            return i, self.errors[i]
         try:
-            return i, decode_multi(self.images[i], self.keys)
-        except Exception as exc:  # quarantined with its error, the run goes on
+            return i, decode_multi(self.images[i], self.keys, max_pixels=self.max_pixels)
+        except Exception as exc:  # noqa: BLE001  (quarantined with its error, the run goes on)
             return i, decode_error(exc)
 
 
@@ -102,9 +147,14 @@ def worker_context(num_workers: int):
     return mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else None
 
 
-def iter_decoded(images: list, keys: list[tuple], *, batch_size: int, num_workers: int, pin: bool = False):
-    """Yield (row indices, {key: batch tensor}, [(row, error)]) over ``images``."""
-    loader = DataLoader(_DecodeDataset(images, keys), batch_size=batch_size, shuffle=False,
+def iter_decoded(images: list, keys: list[tuple], *, batch_size: int, num_workers: int, pin: bool = False,
+                 errors: list | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Yield (row indices, {key: batch tensor}, [(row, error)]) over ``images``.
+
+    ``errors[i]`` (a pool reader's ``read_error``), when set, quarantines row i with that text
+    without decoding; an image over ``max_pixels`` is quarantined before it is decoded."""
+    dataset = _DecodeDataset(images, keys, errors=errors, max_pixels=max_pixels)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=pin,
                         persistent_workers=False, prefetch_factor=4 if num_workers else None,
                         multiprocessing_context=worker_context(num_workers))

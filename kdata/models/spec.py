@@ -15,8 +15,9 @@ from kdata.core.errors import KdataError
 
 
 from kdata.models.base import Model, loaders, pick_device, register_loader  # noqa: F401  (re-exported)
-from kdata.models import builtin as _builtin  # noqa: F401,E402  (loaders register themselves on import)
-from kdata.models import files as _files  # noqa: F401,E402  (.pt2 / TorchScript / timm / open_clip)
+from kdata.models import builtin as _builtin  # noqa: F401  (loaders register themselves on import)
+from kdata.models import files as _files  # noqa: F401  (.pt2 / TorchScript / timm)
+from kdata.models import clip as _clip  # noqa: F401  (open_clip)
 
 
 def load_model(spec: str, *, device: str | torch.device = "cpu") -> Model:

@@ -3,30 +3,20 @@ them next to one distilled on a random set of the same size, with the teacher's 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
 
-from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+from kdata.pipeline.config import RunOptions, SelectConfig
+from kdata.pipeline.run import run_select
 
 
 def random_like(cfg: SelectConfig, *, n: int, out: str | Path) -> Path:
-    """Write a uniformly random ``n``-row selection of ``cfg.pool`` as curated shards into ``out``
-    (the same stage functions as ``kdata select --method random``; scores come from the cache)."""
-    from kdata.pipeline.run import curated_table, prepare
-    from kdata.scoring.score import score_pool
-    from kdata.selection.run import select
-    from kdata.dataset.writer import write_shards
-
-    rcfg = SelectConfig(pool=cfg.pool, teacher=cfg.teacher, student=cfg.student, method="random",
-                        budget=str(n), seed=cfg.seed, topk=cfg.topk, temperature=cfg.temperature)
-    prep = prepare(rcfg, opts=RunOptions(device="cpu"))
-    scores, _, _ = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg, device=prep.device)
-    sel = select(scores, methods=["random"], budget=n, seed=cfg.seed, num_classes=prep.teacher.num_classes,
-                 temperature=cfg.temperature)
-    table = curated_table(prep.pool, scores, sel, class_names=prep.teacher.class_names)
-    write_shards(table, out, meta={"temperature": cfg.temperature, "topk": cfg.topk,
-                                   "class_names": prep.teacher.class_names})
+    """``kdata select --method random --budget n`` on ``cfg``'s pool and models, written to ``out``
+    (the same curation core as every run; scores come from the cache)."""
+    rcfg = dataclasses.replace(cfg, method="random", budget=str(n), balance=None, dedup=None, hard=0)
+    run_select(rcfg, out=str(out), opts=RunOptions(device="cpu"))
     return Path(out)
 
 

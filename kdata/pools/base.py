@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pyarrow as pa
 
+from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_SCHEMA
+
+DEFAULT_MAX_FILE_MB = 64.0
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """What a reader agrees to read from a pool on disk (``--follow-symlinks``, ``--max-file-mb``).
+
+    Pools are collected from the web, so a name may be a FIFO, a symlink to ``/dev/zero`` or a
+    file far larger than any image. Readers read regular files only, follow a symlink only when
+    its target stays inside the pool (anywhere with ``follow_symlinks``) and read at most
+    ``max_file_mb`` MiB per file; anything else quarantines the sample with the reason.
+    """
+
+    follow_symlinks: bool = False
+    max_file_mb: float = DEFAULT_MAX_FILE_MB
+
+    def __post_init__(self):
+        if not isinstance(self.follow_symlinks, bool):
+            raise KdataError(f"--follow-symlinks {self.follow_symlinks!r}: expected true or false")
+        mb = self.max_file_mb
+        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb <= 0:
+            raise KdataError(f"--max-file-mb {mb!r}: must be a finite number of MiB > 0")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+    def tag(self) -> str:
+        """A fingerprint suffix: empty at the defaults (fingerprints of ordinary pools do not move)."""
+        return "" if self == DEFAULT_LIMITS else f"+limits(follow={int(self.follow_symlinks)},mb={self.max_file_mb:g})"
+
+
+DEFAULT_LIMITS = PoolLimits()
+
 
 @dataclass
 class PoolUnit:
     name: str  # readable, unique within the pool
-    read: Callable[[], pa.Table]  # -> pool-schema table
+    read: Callable[[], pa.Table]  # -> pool-schema table (plus ``read_error`` where a reader could not read)
     fingerprint: Callable[[], str]  # content hash of the unit
     path: str | None = None
+    labels: Callable[[], set[str]] | None = None  # the distinct web labels, read cheaply (None: unknown)
 
 
 @dataclass
@@ -29,14 +67,45 @@ class Pool:
         tables = [u.read() for u in self.units]
         if not tables:
             return POOL_SCHEMA.empty_table()
-        return pa.concat_tables(tables)
+        return pa.concat_tables(tables, promote_options="default")
+
+    def labels(self) -> list[str] | None:
+        """The distinct web labels of the pool (sorted, nulls ignored); None when a reader cannot tell.
+
+        Folders know them when opened; Parquet pools read only their ``label`` column, WebDataset
+        shards only their ``.cls`` members."""
+        if self.class_names is not None:
+            return list(self.class_names)
+        if not self.units or any(u.labels is None for u in self.units):
+            return None
+        return sorted(set().union(*(u.labels() for u in self.units)))
+
+    def check_labels(self, class_names: list[str]) -> None:
+        """Refuse a pool whose web labels the teacher does not know (each would get ``label_idx`` −1).
+
+        One line naming the first file (or the pool) with an unknown label and up to five labels."""
+        known = set(class_names)
+        if self.class_names is not None or not self.units or any(u.labels is None for u in self.units):
+            missing, where = sorted(set(self.labels() or ()) - known), self.spec
+        else:
+            missing, where = [], self.spec
+            for u in self.units:
+                missing = sorted(u.labels() - known)
+                if missing:
+                    where = u.path or u.name
+                    break
+        if missing:
+            more = f" ({len(missing)} in all)" if len(missing) > 5 else ""
+            raise KdataError(f"{where}: pool labels {missing[:5]}{more} are not among the teacher's class names")
 
 
-_READERS: list[tuple[Callable[[str], bool], Callable[[str], Pool]]] = []
+_READERS: list[tuple[Callable[[str], bool], Callable[..., Pool]]] = []
 
 
 def register_reader(claims: Callable[[str], bool]):
-    """Decorator: ``fn(spec) -> Pool`` opens pool specs for which ``claims(spec)`` is true."""
+    """Decorator: ``fn(spec) -> Pool`` opens pool specs for which ``claims(spec)`` is true.
+
+    A reader that takes a keyword ``limits`` receives the run's ``PoolLimits``."""
 
     def deco(fn):
         _READERS.append((claims, fn))
@@ -45,6 +114,6 @@ def register_reader(claims: Callable[[str], bool]):
     return deco
 
 
-def readers() -> list[tuple[Callable[[str], bool], Callable[[str], Pool]]]:
+def readers() -> list[tuple[Callable[[str], bool], Callable[..., Pool]]]:
     """The registered ``(claims, open)`` pairs, in registration order."""
     return list(_READERS)

@@ -8,6 +8,10 @@ the sha256 of every file's bytes), so the score cache is invalidated exactly whe
 key for tars. Two files with identical bytes stay two samples: duplicates are dedup's business.
 Images are read as raw bytes here and decoded later in DataLoader workers, where a corrupt,
 truncated or empty file is quarantined with its error.
+
+Files are read under ``PoolLimits`` (``kdata.pools.files``): regular files only, symlinks only
+inside the pool, a size cap per file. What a reader refuses (or a name that is not UTF-8) stays
+a row, with ``image`` null and the reason in ``read_error``; scoring quarantines it with that text.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from kdata.dataset.schema import POOL_SCHEMA
 from kdata.core.errors import KdataError
-from kdata.pools.base import Pool, PoolUnit, register_reader
+from kdata.dataset.schema import POOL_SCHEMA, READ_ERROR
+from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
+from kdata.pools.files import check_entry, escaped, is_utf8, over_cap, read_capped
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 UNIT_FILES = 1000  # files per unit of a folder pool: the grain of caching and fan-out
@@ -35,7 +40,9 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
 
 
-def _pool_table(ids: list[str], images: list[bytes | None], labels: list[str | None], *, source: str) -> pa.Table:
+def _pool_table(ids: list[str], images: list[bytes | None], labels: list[str | None], *, source: str,
+                errors: list[str | None] | None = None) -> pa.Table:
+    """A pool-schema table plus the ``read_error`` column (why a payload could not be read, else null)."""
     n = len(ids)
     return pa.table({
         "sample_id": pa.array(ids, pa.string()),
@@ -46,24 +53,31 @@ def _pool_table(ids: list[str], images: list[bytes | None], labels: list[str | N
         "domain": pa.nulls(n, pa.string()),
         "parent_id": pa.nulls(n, pa.string()),
         "kind": pa.array(["original"] * n, pa.string()),
-    }, schema=POOL_SCHEMA)
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    """File bytes, or None when unreadable (the sample is then quarantined at decode)."""
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+        READ_ERROR: pa.array(errors if errors is not None else [None] * n, pa.string()),
+    }, schema=POOL_SCHEMA.append(pa.field(READ_ERROR, pa.string())))
 
 
 # ------------------------------------------------------------------------------------------------
 # Folders: ImageFolder layout (POOL/<label>/<file>) and flat folders with an optional labels.csv
 
-def _list_images(root: Path) -> list[str]:
-    """Relative POSIX paths of the image files under ``root``, sorted; hidden entries skipped."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+BAD_NAME = "file name is not valid UTF-8 (shown with backslash escapes)"
+
+
+def _list_images(root: Path, *, follow_symlinks: bool = False) -> list[str]:
+    """Relative POSIX paths of the image files under ``root``, sorted; hidden entries skipped.
+
+    Names are as the file system gives them (undecodable bytes as surrogate escapes). Directory
+    symlinks are descended only with ``follow_symlinks``, each real directory once (no loops)."""
+    def unlistable(exc: OSError):  # os.walk would skip an unreadable directory silently
+        raise KdataError(f"{escaped(str(exc.filename))}: cannot list the directory ({exc.strerror})")
+
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=follow_symlinks):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(root)
         for f in filenames:
@@ -110,23 +124,33 @@ def _read_labels_csv(path: Path) -> dict[str, str]:
     return labels
 
 
-def _folder_unit(root: Path, files: list[str], labels: list[str | None], *, name: str, source: str) -> PoolUnit:
+def _folder_unit(root: Path, files: list[str], labels: list[str | None], *, name: str, source: str,
+                 limits: PoolLimits) -> PoolUnit:
     memo: dict[str, str] = {}
+    root_real = os.path.realpath(root)
+    ids = [escaped(f) for f in files]  # Arrow strings must be UTF-8: undecodable names are escaped
+
+    def load(f: str) -> tuple[bytes | None, str | None]:
+        if not is_utf8(f):
+            return None, BAD_NAME
+        return read_capped(root / f, root_real=root_real, limits=limits)
 
     def read() -> pa.Table:
-        return _pool_table(files, [_read_bytes(root / f) for f in files], labels, source=source)
+        got = [load(f) for f in files]
+        return _pool_table(ids, [b for b, _ in got], labels, source=source, errors=[e for _, e in got])
 
     def fingerprint() -> str:
         if "fp" not in memo:
             h = hashlib.sha256(b"kdata-folder-unit-v1\0")
-            for f, lab in zip(files, labels):
-                data = _read_bytes(root / f)
-                digest = hashlib.sha256(data).hexdigest() if data is not None else "unreadable"
-                h.update(f"{f}\0{lab}\0{digest}\0".encode())
+            for sid, f, lab in zip(ids, files, labels):
+                data, err = load(f)
+                digest = hashlib.sha256(data).hexdigest() if data is not None else f"unreadable: {err}"
+                h.update(f"{sid}\0{lab}\0{digest}\0".encode())
             memo["fp"] = "sha256:" + h.hexdigest()
         return memo["fp"]
 
-    return PoolUnit(name=name, read=read, fingerprint=fingerprint, path=str(root))
+    present = {lab for lab in labels if lab is not None}
+    return PoolUnit(name=name, read=read, fingerprint=fingerprint, path=str(root), labels=lambda: set(present))
 
 
 def _is_image_folder(spec: str) -> bool:
@@ -134,11 +158,22 @@ def _is_image_folder(spec: str) -> bool:
     return p.is_dir() and _has_images(p) and not any(p.rglob("*.parquet"))
 
 
+def _folder_label(f: str) -> str | None:
+    """ImageFolder: the top folder is the (web) label; none for top-level files or undecodable names."""
+    if "/" not in f:
+        return None
+    top = f.split("/", 1)[0]
+    return top if is_utf8(top) else None
+
+
 @register_reader(_is_image_folder)
-def open_image_folder(spec: str, *, unit_files: int = UNIT_FILES) -> Pool:
-    """An ImageFolder tree (label = top folder name) or a flat folder (labels from ``labels.csv``)."""
+def open_image_folder(spec: str, *, unit_files: int = UNIT_FILES, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
+    """An ImageFolder tree (label = top folder name) or a flat folder (labels from ``labels.csv``).
+
+    Files are read under ``limits`` (regular files, symlinks inside the pool, a size cap); a file
+    refused there, or with a name that is not UTF-8, is quarantined with the reason."""
     root = Path(spec)
-    files = _list_images(root)
+    files = _list_images(root, follow_symlinks=limits.follow_symlinks)
     csv_labels = _read_labels_csv(root / LABELS_CSV) if (root / LABELS_CSV).is_file() else None
     if csv_labels is not None:
         unknown = sorted(set(csv_labels) - set(files))
@@ -147,13 +182,8 @@ def open_image_folder(spec: str, *, unit_files: int = UNIT_FILES) -> Pool:
                              f"e.g. '{unknown[0]}'")
     labels: list[str | None] = []
     for f in files:
-        if csv_labels is not None and f in csv_labels:
-            labels.append(csv_labels[f])
-        elif "/" in f:
-            labels.append(f.split("/", 1)[0])  # ImageFolder: the top folder is the (web) label
-        else:
-            labels.append(None)
-    folders = sorted({f.split("/", 1)[0] for f in files if "/" in f})
+        labels.append(csv_labels[f] if csv_labels is not None and f in csv_labels else _folder_label(f))
+    folders = sorted({lab for f in files if (lab := _folder_label(f)) is not None})
     if csv_labels is not None:
         class_names = sorted({lab for lab in labels if lab is not None})
         layout = "flat folder + labels.csv" if not folders else "folder + labels.csv"
@@ -163,8 +193,8 @@ def open_image_folder(spec: str, *, unit_files: int = UNIT_FILES) -> Pool:
     units = []
     for i in range(0, len(files), unit_files):
         chunk = files[i:i + unit_files]
-        units.append(_folder_unit(root, chunk, labels[i:i + unit_files], name=f"{chunk[0]}..{chunk[-1]}",
-                                  source=root.name))
+        units.append(_folder_unit(root, chunk, labels[i:i + unit_files], name=f"{escaped(chunk[0])}..{escaped(chunk[-1])}",
+                                  source=root.name, limits=limits))
     return Pool(spec=spec, units=units, class_names=class_names,
                 description=f"{layout} at {spec}: {len(files)} images, {len(units)} unit(s)",
                 extra={"layout": layout, "n_files": len(files)})
@@ -215,49 +245,101 @@ def _is_tar_pool(spec: str) -> bool:
 def _split_key(member: str) -> tuple[str, str]:
     """WebDataset convention: the key is everything before the first dot of the basename."""
     d, _, base = member.rpartition("/")
-    stem, dot, ext = base.partition(".")
+    stem, _, ext = base.partition(".")
     return (f"{d}/{stem}" if d else stem), ext.lower()
 
 
-def read_tar(path: Path) -> pa.Table:
-    """One WebDataset shard → pool table, samples in archive order; one-line error when unreadable."""
+def _tar_members(tf: tarfile.TarFile):
+    """(member, key, ext) for the regular, non-hidden members of an open shard, in archive order."""
+    for m in tf:
+        if m.isfile() and not m.name.split("/")[-1].startswith("."):
+            yield (m, *_split_key(m.name))
+
+
+def read_tar(path: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> pa.Table:
+    """One WebDataset shard → pool table, samples in archive order; one-line error when unreadable.
+
+    Only regular members are read (links and devices inside the archive are skipped). A key that
+    appears twice with the same extension stops the run: one of the two would be lost. A member
+    over the size cap, or a key that is not UTF-8, quarantines its sample with the reason."""
     samples: dict[str, dict[str, bytes]] = {}
+    refused: dict[str, str] = {}
     try:
         with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                if not m.isfile() or m.name.split("/")[-1].startswith("."):
+            for m, key, ext in _tar_members(tf):
+                parts = samples.setdefault(key, {})
+                if ext in parts:
+                    raise KdataError(f"{path}: key '{escaped(key)}' occurs twice (two '.{escaped(ext)}' members); "
+                                     "keys must be unique within a shard")
+                if not is_utf8(key):
+                    refused.setdefault(key, BAD_NAME.replace("file name", "key"))
+                if m.size > limits.max_file_bytes:
+                    refused.setdefault(key, f"member {escaped(m.name)}: " + over_cap(m.size, limits))
+                    parts[ext] = b""
                     continue
-                key, ext = _split_key(m.name)
                 fh = tf.extractfile(m)
-                samples.setdefault(key, {})[ext] = fh.read() if fh else b""
+                parts[ext] = fh.read() if fh else b""
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise KdataError(f"{path}: cannot read tar shard ({type(exc).__name__}: {exc})") from None
-    ids, images, labels = [], [], []
+    ids, images, labels, errors = [], [], [], []
     for key, parts in samples.items():
+        bad = refused.get(key)
         img = next((parts[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in parts), None)
         cls = parts.get("cls")
-        ids.append(key)
-        images.append(img)
-        labels.append(cls.decode("utf-8", "replace").strip() if cls is not None else None)
-    return _pool_table(ids, images, labels, source=path.name)
+        ids.append(escaped(key))
+        images.append(None if bad else img)
+        labels.append(cls.decode("utf-8", "replace").strip() if cls is not None and not bad else None)
+        errors.append(bad)
+    return _pool_table(ids, images, labels, source=path.name, errors=errors)
+
+
+def tar_labels(path: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> set[str]:
+    """The distinct ``.cls`` labels of a shard, reading no other member's bytes (an unreadable shard:
+    none; reading it later gives the error)."""
+    out: set[str] = set()
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for m, key, ext in _tar_members(tf):
+                if ext == "cls" and m.size <= min(limits.max_file_bytes, 1 << 16) and is_utf8(key):
+                    fh = tf.extractfile(m)
+                    label = (fh.read() if fh else b"").decode("utf-8", "replace").strip()
+                    if label:
+                        out.add(label)
+    except (OSError, tarfile.TarError, EOFError):
+        pass
+    return out
+
+
+def _check_shards(spec: str, paths: list[Path], *, limits: PoolLimits) -> None:
+    """Every shard a regular file; under a directory spec, symlinks stay inside it (one line otherwise)."""
+    root = Path(spec) if Path(spec).is_dir() else None
+    root_real = os.path.realpath(root) if root is not None else ""
+    for p in paths:
+        if root is None:  # named by the user (a file, a brace or glob pattern): only its type matters
+            reason = check_entry(p, root_real="", limits=PoolLimits(follow_symlinks=True))
+            if reason is not None and not p.exists():
+                reason = "not found"
+        else:
+            reason = check_entry(p, root_real=root_real, limits=limits)
+        if reason is not None:
+            raise KdataError(f"{p}: tar shard {reason}")
 
 
 @register_reader(_is_tar_pool)
-def open_tar(spec: str) -> Pool:
+def open_tar(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     paths = _tar_paths(spec)
     if not paths:
         raise KdataError(f"{spec}: no .tar shards found")
-    for p in paths:
-        if not p.is_file():
-            raise KdataError(f"{p}: tar shard not found")
+    _check_shards(spec, paths, limits=limits)
 
     def unit(p: Path) -> PoolUnit:
         from kdata.core.atomic import sha256_file
 
         # keys are kept as written (the issue's sample_id); a key repeated across shards is
         # reported by the pipeline's unique-id check, never silently renamed
-        return PoolUnit(name=p.name, read=lambda: read_tar(p), fingerprint=lambda: f"sha256:{sha256_file(p)}",
-                        path=str(p))
+        return PoolUnit(name=p.name, read=lambda: read_tar(p, limits=limits),
+                        fingerprint=lambda: f"sha256:{sha256_file(p)}{limits.tag()}", path=str(p),
+                        labels=lambda: tar_labels(p, limits=limits))
 
     return Pool(spec=spec, units=[unit(p) for p in paths],
                 description=f"WebDataset tar pool at {spec} ({len(paths)} shard(s))", extra={"layout": "webdataset"})

@@ -11,26 +11,38 @@ files. Other readers (image folders, WebDataset tars) register with ``register_r
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdata.core.atomic import sha256_file, write_parquet
-from kdata.dataset.schema import POOL_SCHEMA, conform, validate_pool
 from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
+from kdata.dataset.schema import POOL_SCHEMA, check_pool_ids, conform, validate_pool
+from kdata.pools import readers as _readers  # noqa: F401  (image folders, WebDataset register themselves)
+from kdata.pools.base import (
+    DEFAULT_LIMITS,
+    Pool,
+    PoolLimits,
+    PoolUnit,
+    readers,
+    register_reader,
+)
+from kdata.pools.files import check_entry
 
 
-from kdata.pools.base import Pool, PoolUnit, readers, register_reader  # noqa: F401  (re-exported)
-from kdata.pools import readers as _readers  # noqa: F401,E402  (image folders, WebDataset register themselves)
+def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
+    """Open a pool spec; a missing path or unknown format is one clear KdataError.
 
-
-def open_pool(spec: str) -> Pool:
-    """Open a pool spec; a missing path or unknown format is one clear KdataError."""
+    ``limits`` (symlinks, size cap per file) go to every reader that takes them."""
     for claims, fn in readers():
         if claims(spec):
+            if "limits" in inspect.signature(fn).parameters:
+                return fn(spec, limits=limits)
             return fn(spec)
     if not spec.startswith("builtin:") and not os.path.exists(spec):
         raise KdataError(f"{spec}: pool not found (no such file or directory)")
@@ -47,17 +59,35 @@ def _parquet_unit(path: Path, root: Path | None) -> PoolUnit:
     def read() -> pa.Table:
         try:
             table = pq.read_table(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
             raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
         if "sample_id" not in table.column_names:  # readable, stable ids: <file>:<row>
             ids = pa.array([f"{name}:{i}" for i in range(table.num_rows)])
             table = table.append_column("sample_id", ids)
         validate_pool(table.schema, where=str(path))
+        check_pool_ids(table, where=str(path))
         if "kind" not in table.column_names:
             table = table.append_column("kind", pa.array(["original"] * table.num_rows))
         return conform(table, POOL_SCHEMA, keep_extra_prefix=None)
 
-    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file(path), path=str(path))
+    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file(path), path=str(path),
+                    labels=lambda: parquet_labels(path))
+
+
+def parquet_labels(path: Path) -> set[str]:
+    """The distinct non-null values of a Parquet file's ``label`` column, reading only that column
+    (none when it has no such column or cannot be read: reading the unit reports the problem)."""
+    try:
+        if "label" not in pq.read_schema(path).names:
+            return set()
+        col = pq.read_table(path, columns=["label"]).column("label")
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                or pa.types.is_string_view(col.type) or pa.types.is_dictionary(col.type)):
+            return set()  # a wrongly typed label column: validate_pool names it when the unit is read
+        values = pc.unique(col.cast(pa.string())).drop_null().to_pylist()
+    except Exception:  # noqa: BLE001
+        return set()
+    return set(values)
 
 
 def _is_parquet(spec: str) -> bool:
@@ -66,12 +96,21 @@ def _is_parquet(spec: str) -> bool:
 
 
 @register_reader(_is_parquet)
-def open_parquet(spec: str) -> Pool:
+def open_parquet(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
+    """A Parquet file, or every ``*.parquet`` under a directory (sorted; hidden files skipped).
+
+    Under a directory, each file must be a regular file and a symlink must stay inside the
+    directory (anywhere with ``limits.follow_symlinks``): anything else is one line, up front."""
     p = Path(spec)
     if p.is_file():
         units = [_parquet_unit(p, None)]
     else:
         files = sorted(f for f in p.rglob("*.parquet") if not f.name.startswith("."))
+        root_real = os.path.realpath(p)
+        for f in files:
+            reason = check_entry(f, root_real=root_real, limits=limits)
+            if reason is not None:
+                raise KdataError(f"{f}: {reason}")
         units = [_parquet_unit(f, p) for f in files]
     return Pool(spec=spec, units=units, description=f"Parquet pool at {spec} ({len(units)} file(s))")
 

@@ -2,7 +2,7 @@
 
 Everything here is read back from what a run wrote — ``manifest.json``, ``decisions.parquet``
 (one row per input sample, with the scores of every scored row) and the curated shards — so the
-same numbers feed ``kdata inspect`` (terminal and ``--json``) and the data card (``kdata.card``).
+same numbers feed ``kdata inspect`` (terminal and ``--json``) and the data card (``kdata.report.card``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from kdata.core.atomic import sha256_file
 from kdata.dataset.schema import KEPT, QUARANTINED, REJECTED, SCORE_PREFIX
 from kdata.core.errors import KdataError
+from kdata.dataset.integrity import inside
 from kdata.dataset.writer import read_manifest, shard_paths, verify
 
 QUANTILES = (("min", 0.0), ("p05", 0.05), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("p95", 0.95), ("max", 1.0))
@@ -66,8 +67,11 @@ def load_run(out: str | Path, *, manifest: dict | None = None) -> Run:
         except (OSError, pa.ArrowException) as exc:
             raise KdataError(f"{dec_path}: unreadable decisions table ({exc})") from None
     shards, err = None, None
-    paths = [out / f["path"] for f in manifest.get("files", [])] if manifest.get("files") is not None \
-        else shard_paths(out)
+    files = manifest.get("files")
+    if isinstance(files, list):  # entries that are malformed or point outside OUT are left to verify() to report
+        paths = [p for f in files if isinstance(f, dict) and (p := inside(out, f.get("path"))) is not None]
+    else:
+        paths = shard_paths(out) if files is None else []
     try:
         tables = [pq.read_table(p) for p in paths]
         shards = pa.concat_tables(tables, promote_options="default") if tables else None
@@ -315,8 +319,10 @@ def quarantined_rows(run: Run, limit: int = 50) -> list[dict]:
 def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True) -> dict:
     """A JSON-able summary of OUT (what ``kdata inspect --json`` prints).
 
-    ``integrity.ok`` is False when a file listed in the manifest is missing, has another size or
-    another sha256, or cannot be read as Parquet.
+    ``integrity.ok`` is False when a shard or the decisions table is missing, has another size,
+    sha256 or row count than the manifest records, cannot be read as Parquet, or when a count
+    of the manifest differs from the one re-derived from the decisions table and the shards
+    (``kdata.dataset.writer.verify``).
     """
     run = load_run(out)
     problems = verify(run.out) if check else []
@@ -343,7 +349,9 @@ def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True) -> di
         "agreement": agree,
         "teacher_student_agreement": (agree.get(KEPT) or {}).get("teacher_student"),
         "quarantined": quarantined_rows(run),
-        "integrity": {"ok": not problems, "problems": problems, "files_checked": len(m.get("files", []))},
+        "integrity": {"ok": not problems, "problems": problems, "checked": check,
+                      "files_checked": len(m.get("files") or []) if isinstance(m.get("files"), list) else 0,
+                      "decisions_checksum": bool(m.get("decisions"))},
         "card": card_status(run),
         "examples": examples(run, n_examples),
         "rejected_examples": rejected_examples(run, n_examples),

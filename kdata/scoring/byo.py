@@ -19,7 +19,7 @@ Optional columns ride along to the methods: ``label_idx`` (int, −1 unknown), `
 
 Bad input — NaN/inf values, ragged lists, mismatched class counts, nulls, duplicate ids — is one
 clear error naming the file, the column and the first bad row. The disagreement statistics are
-computed with the same function as model scoring (``kdata.stats.disagreement``), streaming the
+computed with the same function as model scoring (``kdata.core.stats.disagreement``), streaming the
 logits in batches of ≈ 2²⁴ / C rows, so memory is O(row group + batch × C + N × k) for any N.
 
 Payload: the curated shards carry the pool's payload (image/text…) when ``--pool`` is given (rows
@@ -115,6 +115,59 @@ def check_list_column(table: pa.Table, name: str, *, where: str, width: int | No
     return values.reshape(len(col), int(lengths[0]) if len(col) else 0)
 
 
+MAX_CLASSES = 2**20  # above every real label set or vocabulary (≈ 262k); a dense row is then 4 MiB
+
+
+def topk_class_count(where: str, ids: pa.Array, idx: dict[str, np.ndarray], *, declared: int | None,
+                     meta: dict) -> int:
+    """The class count C of top-k predictions, checked before anything dense (N × C) is allocated.
+
+    C is declared (``num_classes=``, else the file's ``kdata`` metadata: ``num_classes`` or the
+    length of ``class_names``) or inferred as the largest index + 1. An index ≥ C, or a C above
+    ``MAX_CLASSES`` (an index of 2·10⁹ would otherwise ask for a dense rebuild of 8 GB per row), is
+    one line naming the file, the column and the row."""
+    names = meta.get("class_names")
+    declared = declared or meta.get("num_classes") or (len(names) if isinstance(names, list) and names else None)
+    if declared is not None:
+        if isinstance(declared, bool) or not isinstance(declared, int) or not 1 <= declared <= MAX_CLASSES:
+            raise KdataError(f"{where}: declared num_classes {declared!r} must be a whole number in 1..{MAX_CLASSES:,}")
+        limit, why = declared, f"≥ num_classes {declared}"
+    else:
+        limit, why = MAX_CLASSES, (f"is out of range: with no num_classes in the file's kdata metadata, C would be "
+                                   f"the largest index + 1, above {MAX_CLASSES:,} classes")
+    for name, v in idx.items():
+        bad = np.flatnonzero((v >= limit).any(1))
+        if len(bad):
+            r = int(bad[0])
+            _fail(where, name, r, ids, f"class index {int(v[r].max())} {why}")
+    return int(declared) if declared is not None else int(max(v.max() for v in idx.values()) + 1)
+
+
+def read_topk(table: pa.Table, *, where: str, ids: pa.Array, num_classes: int | None,
+              meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Validated top-k predictions: (teacher idx, teacher prob, student idx, student prob, C)."""
+    names = table.column_names
+    need = ("teacher_topk_idx", "teacher_topk_prob", "student_topk_idx", "student_topk_prob")
+    for c in need:
+        if c not in names:
+            raise KdataError(f"{where}: top-k predictions need columns {', '.join(need)}; '{c}' is missing")
+    ti = check_list_column(table, "teacher_topk_idx", where=where, integer=True)
+    tp = check_list_column(table, "teacher_topk_prob", where=where, width=ti.shape[1], width_of="teacher_topk_idx")
+    si = check_list_column(table, "student_topk_idx", where=where, integer=True)
+    sp = check_list_column(table, "student_topk_prob", where=where, width=si.shape[1], width_of="student_topk_idx")
+    for name, v in (("teacher_topk_prob", tp), ("student_topk_prob", sp)):
+        bad = np.flatnonzero((v < 0).any(1) | (v > 1).any(1) | (v.sum(1) > 1 + 1e-3))
+        if len(bad):
+            _fail(where, name, int(bad[0]), ids, "probabilities must lie in [0, 1] and sum to at most 1")
+    for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
+        bad = np.flatnonzero((v < 0).any(1))
+        if len(bad):
+            _fail(where, name, int(bad[0]), ids, "negative class index")
+    C = topk_class_count(where, ids, {"teacher_topk_idx": ti, "student_topk_idx": si},
+                         declared=num_classes, meta=meta)
+    return ti, tp, si, sp, C
+
+
 def _topk_logprobs(idx: np.ndarray, val: np.ndarray, num_classes: int):
     """Dense float32 log-probabilities from top-k (the rest of the mass spread evenly over the other
     classes; probabilities floored at 1e-12): one fill and one scatter per batch."""
@@ -201,27 +254,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
         C = len(check_list_column(pa.Table.from_batches([first]), "teacher_logits", where=where)[0])
         mode = "logits"
     elif "teacher_topk_idx" in names:
-        need = ("teacher_topk_idx", "teacher_topk_prob", "student_topk_idx", "student_topk_prob")
-        for c in need:
-            if c not in names:
-                raise KdataError(f"{where}: top-k predictions need columns {', '.join(need)}; '{c}' is missing")
-        ti = check_list_column(table, "teacher_topk_idx", where=where, integer=True)
-        tp = check_list_column(table, "teacher_topk_prob", where=where, width=ti.shape[1], width_of="teacher_topk_idx")
-        si = check_list_column(table, "student_topk_idx", where=where, integer=True)
-        sp = check_list_column(table, "student_topk_prob", where=where, width=si.shape[1], width_of="student_topk_idx")
-        for name, v in (("teacher_topk_prob", tp), ("student_topk_prob", sp)):
-            bad = np.flatnonzero((v < 0).any(1) | (v > 1).any(1) | (v.sum(1) > 1 + 1e-3))
-            if len(bad):
-                _fail(where, name, int(bad[0]), ids, "probabilities must lie in [0, 1] and sum to at most 1")
-        for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
-            bad = np.flatnonzero((v < 0).any(1))
-            if len(bad):
-                _fail(where, name, int(bad[0]), ids, "negative class index")
-        C = int(num_classes or meta.get("num_classes") or max(ti.max(), si.max()) + 1)
-        for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
-            bad = np.flatnonzero((v >= C).any(1))
-            if len(bad):
-                _fail(where, name, int(bad[0]), ids, f"class index ≥ num_classes {C}")
+        ti, tp, si, sp, C = read_topk(table, where=where, ids=ids, num_classes=num_classes, meta=meta)
         mode = "topk"
     elif "teacher_logprob" in names and "reference_logprob" in names:
         C, mode = 1, "logprob"  # no classes: one pseudo-class, so class-based code stays well-defined
@@ -277,28 +310,19 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     return out, C, class_names
 
 
-def prepare_byo(cfg, *, opts):
-    """The pipeline's ``prepare`` + scoring for ``cfg.scores``: (Prepared, scores, quarantined, info)."""
-    from kdata.pipeline.run import Prepared, resolve_methods
-    from kdata.pools.spec import Pool, open_pool
-    from kdata.scoring.score import ScoreConfig
+def load_with_checksum(path: str, *, topk: int, temperature: float) -> tuple[pa.Table, int, list[str], str]:
+    """``load_scores`` plus the file's sha256: (scores, C, class_names, digest).
 
-    methods = resolve_methods(cfg)
-    # the checksum (5 s for an 8 GB file) runs beside the load: hashlib releases the GIL
+    The checksum (5 s for an 8 GB file) runs beside the load, since hashlib releases the GIL; a bad
+    file fails at once, not after hashing all of it.
+    """
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="kdata-sha256") as ex:
-        pending = ex.submit(sha256_file, cfg.scores, stop=stop) if Path(cfg.scores).is_file() else None
+        pending = ex.submit(sha256_file, path, stop=stop) if Path(path).is_file() else None
         try:
-            scores, C, class_names = load_scores(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
+            scores, C, class_names = load_scores(path, topk=topk, temperature=temperature)
         except BaseException:
-            stop.set()  # a bad file fails at once, not after hashing all of it
+            stop.set()
             raise
-        digest = pending.result() if pending else sha256_file(cfg.scores)
-    teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
-    student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
-    pool = open_pool(cfg.pool) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")
-    score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature)
-    prep = Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, score_cfg=score_cfg,
-                    device="cpu")
-    info = {"n_in": scores.num_rows, "units": 1, "cache_hits": 0}
-    return prep, scores, [], info
+        digest = pending.result() if pending else sha256_file(path)
+    return scores, C, class_names, digest

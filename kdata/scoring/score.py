@@ -17,18 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from kdata.core.version import __version__
-from kdata.core.atomic import write_json, write_parquet
-from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA
+from kdata.core.atomic import read_parquet, write_json, write_parquet
+from kdata.core.lock import exclusive
+from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA, read_errors
 from kdata.core.errors import KdataError
 from kdata.models.spec import Model
 from kdata.core.paths import cache_dir
 from kdata.pools.spec import Pool, PoolUnit
 from kdata.core.stats import disagreement
-from kdata.models.images import iter_decoded
+from kdata.models.images import DEFAULT_MAX_PIXELS, iter_decoded
 
 DECODE_VERSION = 2  # bump when decoding changes what a model sees (invalidates cached scores)
 
@@ -41,6 +41,7 @@ class ScoreConfig:
     num_workers: int = 0
     embeddings: bool = True  # keep the teacher's penultimate features (float16) for dedup/critic
     keep_logits: str = "auto"  # "auto" (when C ≤ 128), "yes", "no"
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are quarantined before decoding (--max-pixels)
 
     def key(self) -> dict:
         d = asdict(self)
@@ -90,7 +91,8 @@ def score_table(pool: pa.Table, teacher: Model, student: Model, *, config: Score
     device = torch.device(device)
     n = pool.num_rows
     ids = pool.column("sample_id").to_pylist()
-    if n and pool.column("image").null_count == n:
+    errors = read_errors(pool)  # payloads a pool reader refused (FIFO, over the size cap…): quarantined as such
+    if n and pool.column("image").null_count == n and errors is None:
         raise KdataError("pool has no images: image models cannot score text; pass precomputed predictions "
                          "with --scores FILE.parquet")
     images = pool.column("image").to_pylist()
@@ -104,7 +106,8 @@ def score_table(pool: pa.Table, teacher: Model, student: Model, *, config: Score
     pin = device.type == "cuda"
     with torch.inference_mode(), _autocast(device):
         for idx, batch, bad in iter_decoded(images, keys, batch_size=config.batch_size,
-                                            num_workers=config.num_workers, pin=pin):
+                                            num_workers=config.num_workers, pin=pin,
+                                            errors=errors, max_pixels=config.max_pixels):
             quarantined += [(ids[i], err) for i, err in bad]
             if not len(idx):
                 continue
@@ -152,14 +155,15 @@ def score_unit(unit: PoolUnit, teacher: Model, student: Model, *, config: ScoreC
     key = unit_cache_key(unit, teacher, student, config)
     root = cache_dir("scores")
     path, qpath = root / f"{key}.parquet", root / f"{key}.quarantine.json"
-    if cache and path.exists() and qpath.exists():
-        done = json.loads(qpath.read_text())
-        return path, [tuple(x) for x in done["quarantined"]], done["n_in"], True
-    pool = unit.read()
-    table, quarantined = score_table(pool, teacher, student, config=config, device=device)
-    write_parquet(path, table, row_group_size=4096)
-    # written last: its presence marks the unit complete
-    write_json(qpath, {"n_in": pool.num_rows, "quarantined": quarantined, "unit": unit.name})
+    with exclusive(path, wait=True):  # two runs over one unit: the second waits, then reuses the entry
+        if cache and path.exists() and qpath.exists():
+            done = json.loads(qpath.read_text())
+            return path, [tuple(x) for x in done["quarantined"]], done["n_in"], True
+        pool = unit.read()
+        table, quarantined = score_table(pool, teacher, student, config=config, device=device)
+        write_parquet(path, table, row_group_size=4096)
+        # written last: its presence marks the unit complete
+        write_json(qpath, {"n_in": pool.num_rows, "quarantined": quarantined, "unit": unit.name})
     return path, quarantined, pool.num_rows, False
 
 
@@ -171,7 +175,7 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
         progress("scoring", 0, len(pool.units))
     for i, unit in enumerate(pool.units):
         path, q, n, hit = score_unit(unit, teacher, student, config=config, device=device, cache=cache)
-        tables.append(pq.read_table(path))
+        tables.append(read_parquet(path))
         quarantined += q
         hits += hit
         n_in += n

@@ -47,6 +47,11 @@ def parse_budget(text: str | int | float, n: int) -> int:
     return max(1, int(math.floor(frac * n + 1e-9)))
 
 
+def check_budget(text: str | int | float) -> None:
+    """``--budget`` checked before the pool size is known (a count, a fraction in (0, 1] or a percentage)."""
+    parse_budget(text, 2**62)
+
+
 def parse_methods(text: str | list[str]) -> list[str]:
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     if not names:
@@ -73,7 +78,7 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
            dedup=None) -> Selection:
     """Apply ``methods`` (filters, then the last ranker) to ``scores`` under ``budget``.
 
-    ``dedup(view, order) -> (dup_of, info)`` (``kdata.dedup.pipeline_dedup``) runs after the
+    ``dedup(view, order) -> (dup_of, info)`` (``kdata.dedup.faiss_dedup.pipeline_dedup``) runs after the
     filters on the alive rows in ranker order (best first), before the budget: a row with
     ``dup_of >= 0`` is rejected as ``duplicate_of:<id of order[dup_of]>`` (stage ``dedup``).
     """

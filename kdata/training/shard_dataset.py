@@ -3,7 +3,7 @@
 Memory stays bounded by a row group (the writer caps them, 1,000 rows by default), whatever the
 size of the dataset: the shards are never loaded whole. Row groups are the unit of work: each
 epoch they are shuffled with a seeded generator and dealt round-robin to the DataLoader's worker
-processes, which read, decode (``kdata.score.decode_image``) and shuffle within their row group.
+processes, which read, decode (``kdata.models.images.decode_image``) and shuffle within their row group.
 Every row of the dataset is yielded exactly once per epoch across all workers.
 
 Each item is ``(image, topk_idx, topk_logit, topk_prob, label_idx)``: the normalised image
@@ -55,6 +55,37 @@ def shard_files(source: str | os.PathLike | list) -> list[Path]:
     if not files:
         raise KdataError(f"{p}: no curated shards found (no data/*.parquet)")
     return files
+
+
+def dataset_root(source) -> Path | None:
+    """The curated dataset directory (the one holding ``manifest.json``) that ``source`` belongs to:
+    the directory itself, its ``data/`` folder, or one of its shard files; None otherwise."""
+    if isinstance(source, (list, tuple)):
+        return None
+    p = Path(source)
+    cands = [p] if p.is_dir() else []
+    if p.is_file():
+        p = p.parent
+    if p.name == "data":  # OUT/data or a shard inside it
+        cands.append(p.parent)
+    return next((c for c in cands if (c / "manifest.json").is_file()), None)
+
+
+def verify_source(source) -> bool:
+    """Check the curated dataset behind ``source`` against its manifest before training on it
+    (every checksum, every count: ``kdata.dataset.writer.verify``); True when it was checked,
+    False when there is no manifest to check against. A damaged dataset raises ``KdataError``."""
+    root = dataset_root(source)
+    if root is None:
+        return False
+    from kdata.dataset.writer import verify
+
+    problems = verify(root)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise KdataError(f"{root}: integrity check failed, not training on it: {problems[0]}{more}; "
+                         f"kdata inspect {root} lists every problem, --no-verify trains anyway")
+    return True
 
 
 def row_groups(files: list[Path]) -> tuple[list[RowGroup], dict]:

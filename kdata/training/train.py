@@ -27,7 +27,6 @@ would throw away the teacher's "everything else" mass and make the target over-c
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -37,7 +36,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -47,7 +45,7 @@ from kdata.core.errors import KdataError
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.models.images import decode_image, worker_context
 from kdata.scoring.score import label_indices
-from kdata.training.shard_dataset import ShardDataset
+from kdata.training.shard_dataset import ShardDataset, verify_source
 
 
 @dataclass
@@ -380,44 +378,6 @@ def _has_bn1d(net: torch.nn.Module) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Dynamic re-selection (KD³) and saving
 
-def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int = 0, device="cpu",
-                    topk: int = 5, temperature: float = 1.0, method: str = "kd3"):
-    """``fn(student, *, epoch, budget) -> (shard dir, info)``: re-score POOL with the current student and
-    re-select ``budget`` rows with KD³ (arXiv 2307.11469 selects dynamically as the student learns)."""
-    from kdata.selection.methods import available
-    from kdata.pipeline.run import curated_table
-    from kdata.pools.spec import open_pool
-    from kdata.scoring.score import ScoreConfig, check_models, score_table
-    from kdata.selection.run import select
-    from kdata.dataset.writer import write_shards
-
-    if method not in available():
-        raise KdataError(f"--reselect-every needs the '{method}' selection method, which is not available")
-    the_pool = open_pool(pool)
-    table = the_pool.read_all()
-    t_model = load_model(teacher, device=device)
-    work_dir = Path(work_dir)
-    cfg = ScoreConfig(topk=topk, temperature=temperature, embeddings=False)
-
-    def reselect(student: Model, *, epoch: int, budget: int):
-        check_models(t_model, student)
-        was = student.module.training
-        current = dataclasses.replace(student, checksum=f"training:{epoch}")
-        student.module.eval()
-        scores, _ = score_table(table, t_model, current, config=cfg, device=device)
-        student.module.train(was)
-        sel = select(scores, methods=[method], budget=min(budget, scores.num_rows), seed=seed,
-                     num_classes=t_model.num_classes, temperature=temperature)
-        curated = curated_table(the_pool, scores, sel, class_names=t_model.class_names)
-        out = work_dir / f"reselect-epoch{epoch:03d}"
-        meta = {"temperature": temperature, "topk": topk, "class_names": t_model.class_names,
-                "teacher": t_model.spec, "student": f"{student.spec}@epoch{epoch}"}
-        write_shards(curated, out, meta=meta, row_group_rows=1000)
-        agree = float(np.mean(scores.column("agree").to_numpy(zero_copy_only=False)[sel.kept]))
-        return out, {"rows": curated.num_rows, "method": method, "agree_frac_kept": agree}
-
-    return reselect
-
 
 def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
     """Write ``OUT/student.pt2`` (+ sidecar ``student.json``) and ``OUT/train_log.json``."""
@@ -438,19 +398,23 @@ def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
 
 
 def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
-              pool: str | None = None, teacher: str | None = None, quiet: bool = True) -> dict:
-    """Load the student, train on ``shards``, evaluate on ``eval``, save to ``out``. Returns the log."""
+              quiet: bool = True, reselector_for=None, verify: bool = True) -> dict:
+    """Load the student, train on ``shards`` (first checked against its manifest unless ``verify=False``),
+    evaluate on ``eval``, save to ``out``. Returns the log.
+
+    ``reselector_for(model, *, work_dir, device)`` builds the re-selector of ``--reselect-every``
+    (``kdata.pipeline.distill``, which writes each re-selection through the curation core).
+    """
+    verified = verify_source(shards) if verify else False
     device = pick_device(config.device)
     model = load_model(student, device=device)
     eval_set = EvalSet(eval, model=model) if eval else None
     reselector, tmp = None, None
     if config.reselect_every:
-        if not pool or not teacher:
-            raise KdataError("--reselect-every needs --pool and --teacher (the pool to re-select from)")
+        if reselector_for is None:
+            raise KdataError("--reselect-every needs a pool to re-select from (kdata.pipeline.distill.train_student)")
         work = Path(out) / "reselect" if out else Path(tmp := tempfile.mkdtemp(prefix="kdata-reselect-"))
-        reselector = make_reselector(pool=pool, teacher=teacher, work_dir=work, seed=config.seed, device=device,
-                                     temperature=ShardDataset(shards, input_size=model.input_size, mean=model.mean,
-                                                              std=model.std).temperature)
+        reselector = reselector_for(model, work_dir=work, device=device)
     try:
         log = train(model, shards, config=config, eval_set=eval_set, reselector=reselector, quiet=quiet)
     finally:
@@ -458,6 +422,7 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+    log["verified"] = verified
     if out:
         log["files"] = save_student(model, out, log=log)
     return json.loads(json.dumps(log, default=str))

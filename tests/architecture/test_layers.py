@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[2] / "kdata"
 
 # lowest first; packages in one tuple share a layer
 LAYERS = [("core",), ("dataset",), ("pools",), ("models",), ("scoring",), ("selection", "dedup"), ("augment",),
-          ("report", "training"), ("pipeline",), ("cli", "flows")]
+          ("report", "training"), ("pipeline",), ("flows",), ("cli",)]
 LEVEL = {pkg: i for i, group in enumerate(LAYERS) for pkg in group}
 
 

@@ -14,7 +14,8 @@ import torch
 from kdata.cli import main
 from kdata.augment.hard import CRITIC_REJECT, EXCLUDED_FILE, FLIP, PARAM_NAMES, HardConfig, generate, param_ranges
 from kdata.models.spec import Model
-from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+from kdata.pipeline.config import RunOptions, SelectConfig
+from kdata.pipeline.run import run_select
 from kdata.models.images import decode_image
 from kdata.core.stats import disagreement
 from kdata.dataset.writer import read_manifest, read_shards, verify

@@ -1,4 +1,4 @@
-"""kdata.stats: the three backends (eager, compiled, native) against a float64 reference."""
+"""kdata.core.stats: the three backends (eager, compiled, native) against a float64 reference."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def nat(*args, isa=""):
 
 @pytest.fixture()
 def use(monkeypatch):
-    """The backend name for kdata.stats; "native-avx2" selects the AVX2 build first."""
+    """The backend name for kdata.core.stats; "native-avx2" selects the AVX2 build first."""
     def pick(backend: str) -> str:
         if backend == "native-avx2":
             monkeypatch.setenv("KDATA_NATIVE_ISA", "avx2")

@@ -138,7 +138,8 @@ def _truth():
 
 @pytest.fixture(scope="module")
 def near_run(tmp_path_factory, builtin_models):
-    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+    from kdata.pipeline.config import RunOptions, SelectConfig
+    from kdata.pipeline.run import run_select
 
     out = tmp_path_factory.mktemp("dd") / "near"
     run_select(SelectConfig(method="kd3", budget="0.5", dedup="near"), out=str(out), opts=RunOptions(device="cpu"))
@@ -203,7 +204,8 @@ def test_kdata_dedup_cli_on_curated_shards(demo_run, tmp_path, capsys):
 def test_balance_cluster_spreads_the_budget(builtin_models):
     from kdata.selection.balance import cluster_groups, groups_for
     from kdata.selection.methods.view import ScoreView
-    from kdata.pipeline.run import SelectConfig, prepare
+    from kdata.pipeline.config import SelectConfig
+    from kdata.pipeline.prepare import prepare
     from kdata.scoring.score import score_pool
     from kdata.selection.run import select
 
@@ -242,7 +244,9 @@ def test_select_cli_with_dedup_and_cluster_balance(builtin_models, tmp_path):
 def test_semantic_dedup_of_shards_uses_the_manifest_teacher(demo_run, tmp_path):
     from kdata.dataset.writer import read_shards, verify
 
-    rep = D.dedup_shards(str(demo_run), out=str(tmp_path / "sem"), level="semantic", frac=0.25)
+    from kdata.pipeline.derive import dedup_dataset
+
+    rep = dedup_dataset(str(demo_run), out=str(tmp_path / "sem"), level="semantic", frac=0.25)
     n = read_shards(demo_run).num_rows
-    assert rep["counts"]["n_in"] == n and rep["counts"]["rejected"] == round(0.25 * n)
-    assert rep["info"]["removed"]["semantic"] > 0 and verify(tmp_path / "sem") == []
+    assert rep.counts["n_in"] == n and rep.counts["rejected"] == round(0.25 * n)
+    assert rep.info["dedup"]["removed"]["semantic"] > 0 and verify(tmp_path / "sem") == []

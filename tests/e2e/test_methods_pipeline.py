@@ -4,7 +4,8 @@ import json
 
 import pyarrow.parquet as pq
 
-from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+from kdata.pipeline.config import RunOptions, SelectConfig
+from kdata.pipeline.run import run_select
 
 
 def test_miniplm_reference_ddk_domains_and_rad_queries(tmp_path, builtin_models):

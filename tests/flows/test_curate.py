@@ -25,12 +25,9 @@ FLOWS = ROOT / "flows"
 
 
 def _load(name: str):
-    sys.path.insert(0, str(FLOWS))
-    try:
-        import serve  # flows/serve.py
-    finally:
-        sys.path.remove(str(FLOWS))
-    return serve.load_flow_module(name, FLOWS) if name != "serve" else serve
+    import importlib
+
+    return importlib.import_module(f"kdata.flows.{name}")
 
 
 @pytest.fixture(scope="session")
@@ -256,8 +253,7 @@ def test_serve_with_schedule_and_run_deployment(prefect_api, first_run, pool_dir
            "distill": {"name": "test", "data": str(tmp_path / "served-{version}"), "epochs": 1, "cron": "0 4 * * *"}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = _subproc_env(prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    proc = subprocess.Popen([sys.executable, "-m", "kdata.cli", "serve", "--config", "config.yaml",
-                             "--flows-dir", str(FLOWS)], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "kdata.cli", "serve", "--config", "config.yaml"], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60
@@ -293,9 +289,28 @@ def test_shipped_config_and_prefect_yaml_are_valid(curate_mod):
     assert [(d.flow_name, d.schedules[0].schedule.cron) for d in deps] == [("curate", "0 2 * * *"),
                                                                           ("distill", "0 4 * * *")]
     params = deps[0].parameters
-    from kdata.pipeline.run import SelectConfig
+    from kdata.pipeline.config import SelectConfig
 
     SelectConfig(**params["select"])  # every select key is a SelectConfig field
     declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     assert sorted(d["entrypoint"] for d in declared) == ["flows/curate.py:curate", "flows/distill.py:distill"]
     assert declared[0]["parameters"]["select"] == params["select"]
+
+
+def test_flow_with_scores_equals_kdata_select_scores(curate_mod, tmp_path):
+    """Bring-your-own predictions: the flow honours --scores and writes what `kdata select --scores` writes."""
+    import numpy as np
+
+    from kdata.pipeline import SelectConfig, run_select
+    from tests.helpers.methods import write_predictions
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(300, 6)).astype(np.float32)
+    s = t + rng.normal(scale=0.8, size=t.shape).astype(np.float32)
+    path = write_predictions(tmp_path / "preds.parquet", t, s, label=rng.integers(0, 6, 300))
+    select = {"scores": path, "method": "kd3", "budget": "0.3"}
+    result = curate_mod.run_curate(select, out=str(tmp_path / "flow"), run={"device": "cpu"})
+    direct = run_select(SelectConfig(scores=path, pool=None, method="kd3", budget="0.3"), out=str(tmp_path / "cli"))
+    assert result["status"] == "written" and result["counts"] == direct.counts
+    assert _shard_hashes(tmp_path / "flow") == _shard_hashes(tmp_path / "cli")
+    assert read_manifest(tmp_path / "flow")["config"]["scores"] == path

@@ -1,4 +1,4 @@
-"""Build real scores tables (through a real Parquet file and kdata.byo) for the methods tests."""
+"""Build real scores tables (through a real Parquet file and kdata.scoring.byo) for the methods tests."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ import pytest
 from kdata.core.atomic import sha256_file
 from kdata.dataset.schema import SHARD_SCHEMA, kdata_metadata, validate_decisions, validate_shard
 from kdata.core.errors import KdataError
-from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+from kdata.pipeline.config import RunOptions, SelectConfig
+from kdata.pipeline.run import run_select
 from kdata.dataset.writer import verify
 
 
@@ -94,7 +95,7 @@ def test_rerun_same_config_is_a_no_op_and_different_config_refused(demo_run):
 
 
 def test_failure_leaves_nothing_half_written(tmp_path, monkeypatch, builtin_models):
-    import kdata.pipeline.run as pl
+    import kdata.pipeline.output as pl
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -68,7 +68,8 @@ def test_nkd_loss_equals_hand_computed_value():
 @pytest.fixture(scope="module")
 def balanced_run(tmp_path_factory, builtin_models):
     """A class-balanced random 30% of the built-in pool, written by the real pipeline."""
-    from kdata.pipeline.run import RunOptions, SelectConfig, run_select
+    from kdata.pipeline.config import RunOptions, SelectConfig
+    from kdata.pipeline.run import run_select
 
     out = tmp_path_factory.mktemp("balanced") / "out"
     run_select(SelectConfig(method="random", budget="0.3", balance="class"), out=str(out),
@@ -138,7 +139,7 @@ def test_bad_input_one_line_exit_2(demo_run, capsys, argv, msg):
 
 def test_demo_compares_curated_random_and_teacher(demo_run):
     from kdata.pipeline.demo import compare_training
-    from kdata.pipeline.run import SelectConfig
+    from kdata.pipeline.config import SelectConfig
 
     acc = compare_training(SelectConfig(), out=str(demo_run), n_kept=437, epochs=2)
     assert acc["rows"] == 437 and acc["epochs"] == 2

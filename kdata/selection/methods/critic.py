@@ -17,7 +17,7 @@ from kdata.selection.methods.view import ScoreView
 REASON = "critic_reject"
 
 
-@register("critic", kind="filter", doc="critic filter: reject what a fitted accept/reject classifier rejects (arXiv 2110.07178)")
+@register("critic", kind="filter", needs=("critic",), doc="critic filter: reject what a fitted accept/reject classifier rejects (arXiv 2110.07178)")
 def critic(view: ScoreView, *, budget, seed, path: str | None = None, recall: float | None = None,
            precision: float | None = None, **_) -> MethodResult:
     from kdata.selection.critic_model import load_critic

@@ -82,7 +82,7 @@ def _domains(view: ScoreView, domains: pa.Table | None) -> np.ndarray:
     return np.array([NONE_DOMAIN if v is None else str(v) for v in d], dtype=object)
 
 
-@register("ddk", doc="DDK: budget split over domains by softmax of student/teacher loss ratio (arXiv 2407.16154)")
+@register("ddk", needs=("domains",), doc="DDK: budget split over domains by softmax of student/teacher loss ratio (arXiv 2407.16154)")
 def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previous: dict | None = None,
         domains: pa.Table | None = None, **_) -> MethodResult:
     n = len(view)

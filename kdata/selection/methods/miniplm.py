@@ -83,7 +83,7 @@ def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, te
     return out
 
 
-@register("miniplm", doc="MiniPLM: log p_teacher − log p_reference, top fraction (arXiv 2410.17215)")
+@register("miniplm", needs=("reference",), doc="MiniPLM: log p_teacher − log p_reference, top fraction (arXiv 2410.17215)")
 def miniplm(view: ScoreView, *, budget, seed, reference: pa.Table | None = None, **_) -> MethodResult:
     if view.has("teacher_logprob") and view.has("reference_logprob"):
         s = token_mean(view.table, "teacher_logprob") - token_mean(view.table, "reference_logprob")

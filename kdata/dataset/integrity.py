@@ -1,0 +1,208 @@
+"""Integrity of a written dataset: every file a run wrote, checked against its manifest, and every
+count the manifest states re-derived from the files themselves.
+
+What ``check_dataset`` verifies (each failure is one line naming the file and the problem):
+
+- the manifest's counts add up (n_in == kept + rejected + quarantined, reasons == rejected);
+- each shard listed under ``files`` exists inside OUT with its recorded size, sha256 and row
+  count, and the list is not empty unless the counts say nothing was kept;
+- ``decisions.parquet`` exists and matches its checksum entry (``manifest["decisions"]``, written
+  by ``write_decisions``); its counts (n_in, kept, rejected, quarantined, rejected_by_reason) are
+  re-derived and must equal the manifest's;
+- the shards hold exactly the kept samples of the decisions table (same sample ids) plus the
+  HARD-generated rows (``kind == "synthetic"``), whose number the manifest records as
+  ``generated_kept`` (in ``counts`` or ``hard.counts``).
+
+Checksums alone cannot catch a manifest edited by hand (n_in changed) or a decisions table
+rewritten with a fresh checksum; the re-derived counts and ids do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kdata.core.atomic import sha256_file
+from kdata.dataset.schema import DECISIONS, KEPT, QUARANTINED, REJECTED
+
+DECISIONS_FILE = "decisions.parquet"
+SYNTHETIC = "synthetic"
+COUNT_KEYS = ("n_in", "kept", "rejected", "quarantined")
+
+
+def file_entry(path: str | os.PathLike, *, rel: str) -> dict:
+    """The manifest entry of a written Parquet file: path (relative to OUT), rows, bytes, sha256."""
+    path = Path(path)
+    return {"path": rel, "rows": pq.ParquetFile(path).metadata.num_rows, "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def derive_counts(decisions: pa.Table) -> dict:
+    """n_in, kept, rejected, quarantined and rejected_by_reason (``duplicate_of:<id>`` grouped as
+    ``duplicate_of``) of a decisions table, the way ``Decisions.counts`` states them."""
+    dec = decisions.column("decision")
+    by = {v["values"]: v["counts"] for v in pc.value_counts(dec).to_pylist()}
+    rejected = decisions.filter(pc.equal(dec, REJECTED)).column("reason")
+    reason = pc.if_else(pc.fill_null(pc.starts_with(rejected, "duplicate_of:"), False), "duplicate_of", rejected)
+    reasons = {("null" if v["values"] is None else v["values"]): v["counts"]
+               for v in pc.value_counts(reason).to_pylist()} if len(reason) else {}
+    return {"n_in": decisions.num_rows, "kept": by.get(KEPT, 0), "rejected": by.get(REJECTED, 0),
+            "quarantined": by.get(QUARANTINED, 0), "rejected_by_reason": dict(sorted(reasons.items())),
+            "unknown": {k: n for k, n in by.items() if k not in DECISIONS}}
+
+
+def generated_kept(manifest: dict) -> int:
+    """HARD-generated rows in the shards, as the manifest records them (0 when HARD did not run)."""
+    counts = manifest.get("counts") or {}
+    n = counts.get("generated_kept")
+    if n is None:
+        n = ((manifest.get("hard") or {}).get("counts") or {}).get("generated_kept")
+    return int(n or 0)
+
+
+def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
+    """Every integrity problem of the dataset in ``out`` described by ``manifest`` (empty: intact)."""
+    out = Path(out)
+    problems = _check_counts(out, manifest)
+    if problems:
+        return problems
+    counts = manifest["counts"]
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        return [f"{out / 'manifest.json'}: 'files' is not a list of shard entries"]
+    expected_rows = counts["kept"] + generated_kept(manifest)
+    if not files and expected_rows:
+        return [f"{out / 'manifest.json'}: lists no shard files but its counts say {expected_rows} rows were kept"]
+    shard_paths = []
+    for f in files:
+        path, problem = _check_file(out, f, what="shard")
+        problems += [problem] if problem else []
+        shard_paths.append(path)
+    listed = sum(int(f.get("rows", 0) or 0) for f in files if isinstance(f, dict))
+    if not problems and listed != expected_rows:
+        problems.append(f"{out / 'manifest.json'}: its shards hold {listed} rows but its counts say {expected_rows} "
+                        f"(kept {counts['kept']} + generated {expected_rows - counts['kept']})")
+    decisions, dec_problems = _check_decisions(out, manifest)
+    problems += dec_problems
+    if problems or decisions is None:
+        return problems
+    return _check_shard_rows(out, shard_paths, decisions, manifest)
+
+
+def _check_counts(out: Path, manifest: dict) -> list[str]:
+    where = out / "manifest.json"
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict) or any(not isinstance(counts.get(k), int) or counts[k] < 0 for k in COUNT_KEYS):
+        return [f"{where}: 'counts' must give whole numbers ≥ 0 for {', '.join(COUNT_KEYS)}"]
+    total = counts["kept"] + counts["rejected"] + counts["quarantined"]
+    if total != counts["n_in"]:
+        return [f"{where}: counts do not add up: n_in {counts['n_in']} but kept + rejected + quarantined = {total}"]
+    reasons = counts.get("rejected_by_reason") or {}
+    if sum(reasons.values()) != counts["rejected"]:
+        return [f"{where}: rejection reasons add up to {sum(reasons.values())}, not to rejected {counts['rejected']}"]
+    return []
+
+
+def inside(out: Path, rel) -> Path | None:
+    """``out / rel`` when ``rel`` is a relative path that stays inside ``out`` (no .., not absolute)."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
+        return None
+    return out / rel
+
+
+def _check_file(out: Path, entry, *, what: str) -> tuple[Path | None, str | None]:
+    """(path, problem or None) for one manifest file entry: inside OUT, present, size, sha256, rows."""
+    if not isinstance(entry, dict) or not {"path", "bytes", "sha256"} <= set(entry):
+        return None, f"{out / 'manifest.json'}: a {what} entry lacks path, bytes or sha256: {entry!r:.80}"
+    path = inside(out, entry["path"])
+    if path is None:
+        return None, f"{out / 'manifest.json'}: {what} path {entry['path']!r} points outside the dataset"
+    if not path.is_file():
+        return path, f"{path}: missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return path, f"{path}: size {size} != manifest {entry['bytes']}"
+    if sha256_file(path) != entry["sha256"]:
+        return path, f"{path}: sha256 mismatch (file changed since it was written)"
+    if "rows" in entry:
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            return path, f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})"
+        if rows != entry["rows"]:
+            return path, f"{path}: holds {rows} rows, manifest says {entry['rows']}"
+    return path, None
+
+
+def _check_decisions(out: Path, manifest: dict) -> tuple[pa.Table | None, list[str]]:
+    entry = manifest.get("decisions")
+    if entry is not None:
+        path, problem = _check_file(out, entry, what="decisions")
+        if problem:
+            return None, [problem]
+    else:  # written before decisions were checksummed: still required, and its counts still checked
+        path = inside(out, manifest.get("decisions_file", DECISIONS_FILE))
+        if path is None or not path.is_file():
+            return None, [f"{path or out / DECISIONS_FILE}: missing (every kdata dataset has a decisions table)"]
+    try:
+        table = pq.read_table(path, columns=["sample_id", "decision", "reason"])
+    except (OSError, pa.ArrowException, KeyError) as exc:
+        return None, [f"{path}: unreadable decisions table ({str(exc).splitlines()[0]})"]
+    derived = derive_counts(table)
+    stated = manifest["counts"]
+    problems = []
+    if derived["unknown"]:
+        problems.append(f"{path}: unknown decision values {sorted(map(str, derived['unknown']))}")
+    for k in COUNT_KEYS:
+        if derived[k] != stated[k]:
+            problems.append(f"{path}: holds {derived[k]} {'rows (n_in)' if k == 'n_in' else k} but the manifest "
+                            f"says {stated[k]}")
+    if not problems and derived["rejected_by_reason"] != dict(sorted((stated.get("rejected_by_reason") or {}).items())):
+        problems.append(f"{path}: rejection reasons {derived['rejected_by_reason']} differ from the manifest's "
+                        f"{stated.get('rejected_by_reason')}")
+    if pc.count_distinct(table.column("sample_id")).as_py() != table.num_rows or table.column("sample_id").null_count:
+        problems.append(f"{path}: sample ids are not unique")
+    return table, problems
+
+
+def _check_shard_rows(out: Path, paths: list[Path], decisions: pa.Table, manifest: dict) -> list[str]:
+    """The shards hold exactly the kept sample ids of the decisions table, plus the generated rows."""
+    ids, kinds = [], []
+    for p in paths:
+        try:
+            names = pq.ParquetFile(p).schema_arrow.names
+            t = pq.read_table(p, columns=[c for c in ("sample_id", "kind") if c in names])
+        except (OSError, pa.ArrowException) as exc:
+            return [f"{p}: unreadable shard ({str(exc).splitlines()[0]})"]
+        if "sample_id" not in t.column_names:
+            return [f"{p}: shard has no sample_id column"]
+        ids.append(t.column("sample_id").combine_chunks().cast(pa.string()))
+        kinds.append(t.column("kind").combine_chunks() if "kind" in t.column_names else pa.nulls(t.num_rows, pa.string()))
+    shard_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    synthetic = pc.fill_null(pc.equal(pa.concat_arrays(kinds), SYNTHETIC), False) if kinds \
+        else pa.array([], pa.bool_())
+    original = pc.filter(shard_ids, pc.invert(synthetic))
+    n_synth = len(shard_ids) - len(original)
+    where = out / "manifest.json"
+    problems = []
+    if n_synth != generated_kept(manifest):
+        problems.append(f"{where}: the shards hold {n_synth} generated rows, the manifest says {generated_kept(manifest)}")
+    kept_ids = pc.filter(decisions.column("sample_id").cast(pa.string()),
+                         pc.equal(decisions.column("decision"), KEPT))
+    missing = pc.filter(kept_ids, pc.invert(pc.is_in(kept_ids, value_set=original)))
+    extra = pc.filter(original, pc.invert(pc.is_in(original, value_set=kept_ids.combine_chunks())))
+    dec_path = out / (manifest.get("decisions") or {}).get("path", manifest.get("decisions_file", DECISIONS_FILE))
+    if len(missing):
+        problems.append(f"{dec_path}: {len(missing)} kept sample(s) are not in the shards (e.g. "
+                        f"'{missing[0].as_py()}')")
+    if len(extra):
+        problems.append(f"{dec_path}: {len(extra)} shard row(s) are not kept in the decisions table (e.g. "
+                        f"'{extra[0].as_py()}')")
+    if not problems and len(original) != len(kept_ids):
+        problems.append(f"{out}: the shards hold {len(original)} original rows for {len(kept_ids)} kept samples "
+                        f"(a sample id repeats)")
+    return problems

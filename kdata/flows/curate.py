@@ -1,0 +1,389 @@
+"""The ``curate`` Prefect flow: prepare → score (one cached task per pool unit) → finish.
+
+It calls the same stage functions as ``kdata select`` (``kdata.pipeline.prepare.prepare``,
+``kdata.scoring.score.score_unit``, ``kdata.pipeline.curate.finish``); nothing here re-implements
+selection or writing. With ``--scores`` (bring-your-own predictions) there is nothing to score and
+the flow is prepare → finish, exactly as ``kdata select --scores``. Tasks pass unit names, paths and content hashes, never tables or models: each task
+loads the models itself (through a per-process cache keyed by spec + checksum).
+
+Scoring tasks are cached by Prefect on (unit fingerprint, model checksums, scoring config,
+kdata version), so a rerun after a crash, or a nightly run over a pool that only grew, shows
+every unchanged unit as a ``Cached`` task and scores only new units. Prefect's cache records and
+results live under ``$KDATA_CACHE/prefect-results`` next to the score files they point at.
+
+A unit that keeps failing is quarantined with its error (its rows count as ``quarantined``) and
+the flow finishes with the rest. Run once from a shell with the options of ``kdata select``::
+
+    python flows/curate.py --pool builtin:digits-web --out runs/curated-v1 --method kd3
+    python flows/curate.py --config flows/config.yaml
+    python flows/curate.py --pool DIR --out OUT --runner dask --dask-workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.tasks import exponential_backoff
+
+from kdata.core.version import __version__
+from kdata.core.errors import KdataError
+from kdata.core.lock import exclusive
+from kdata.flows.runners import env_runner, task_runner
+from kdata.flows.summary import summary
+
+# ------------------------------------------------------------------------------------------------
+# Config
+
+SECTIONS = ("select", "run", "runner", "curate", "distill")
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a flow config YAML (see ``flows/config.yaml``); its ``select:`` and ``run:`` sections are
+    checked against the options of ``kdata select`` (kdata.pipeline.config) before anything runs."""
+    from kdata.pipeline.config import load_yaml, run_options, select_config
+
+    data = load_yaml(path)
+    bad = sorted(set(data) - set(SECTIONS))
+    if bad:
+        raise KdataError(f"{path}: unknown section(s) {bad}; known: {list(SECTIONS)}")
+    select_config(dict(data.get("select") or {}), where=f"{path}: select")
+    run_options({k: v for k, v in (data.get("run") or {}).items()}, where=f"{path}: run")
+    return data
+
+
+def expand_out(out: str, *, now: datetime | None = None) -> str:
+    """``{version}`` in OUT becomes a UTC timestamp, so each scheduled run writes a new dataset version."""
+    now = now or datetime.now(timezone.utc)
+    return out.replace("{version}", now.strftime("%Y%m%dT%H%M%SZ"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-process caches: models (spec, device, checksum) and the test hook
+
+_MODELS: dict = {}
+
+
+def _model(spec: str, *, device, checksum: str | None = None):
+    from kdata.models.spec import load_model
+
+    key = (spec, str(device))
+    m = _MODELS.get(key)
+    if m is None or (checksum and m.checksum != checksum):
+        m = load_model(spec, device=device)
+        if checksum and m.checksum != checksum:
+            raise KdataError(f"{spec}: model changed while the flow ran (checksum {m.checksum[:12]} != {checksum[:12]})")
+        _MODELS[key] = m
+    return m
+
+
+def _select_config(select: dict):
+    from kdata.pipeline.config import select_config
+
+    return select_config(dict(select), where="flow parameter select")
+
+
+def _run_options(run: dict):
+    from kdata.pipeline.config import run_options
+
+    return run_options({k: v for k, v in (run or {}).items()}, where="flow parameter run")
+
+
+# ------------------------------------------------------------------------------------------------
+# Tasks
+
+@task(name="prepare", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=1),
+      retry_condition_fn=lambda task, run, state: _retryable(state))
+def prepare_task(select: dict, out: str, run: dict) -> dict:
+    """Check OUT, open the pool, load the models: returns unit names/paths/fingerprints and checksums."""
+    from kdata.pipeline.output import already_complete
+    from kdata.pipeline.prepare import prepare
+
+    cfg = _select_config(select)
+    done = already_complete(out, cfg.hash())
+    if done is not None:
+        return {"done": True, "report": done.to_dict()}
+    if cfg.scores:  # bring-your-own predictions: nothing to score, finish loads them
+        return {"done": False, "units": [], "byo": True}
+    prep = prepare(cfg, opts=_run_options(run), load=_model)
+    units = [{"name": u.name, "path": u.path, "fingerprint": u.fingerprint()} for u in prep.pool.units]
+    return {"done": False, "units": units, "device": str(prep.device), "byo": False,
+            "checksums": {"teacher": prep.teacher.checksum, "student": prep.student.checksum},
+            "score_config": dataclasses.asdict(prep.score_cfg), "methods": prep.methods}
+
+
+def score_cache_key(context, parameters: dict) -> str:
+    """Prefect cache key of a scoring task: unit content, model checksums, scoring config, kdata version."""
+    from kdata.scoring.score import ScoreConfig
+
+    payload = {"unit": parameters["unit"]["fingerprint"], "models": parameters["checksums"],
+               "config": ScoreConfig(**parameters["score_config"]).key(), "kdata": __version__}
+    return "kdata-score-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _retryable(state) -> bool:
+    """Retry I/O and unexpected errors, not bad input (``KdataError``): that fails the same way again."""
+    try:
+        state.result()
+    except KdataError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _result_storage() -> Path:
+    """Where Prefect keeps scoring results and cache records: beside the score files they name."""
+    from kdata.core.paths import cache_dir
+
+    return cache_dir("prefect-results")
+
+
+@task(name="score-unit", cache_key_fn=score_cache_key, persist_result=True,
+      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=1),
+      retry_condition_fn=lambda task, run, state: _retryable(state))
+def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dict, device: str,
+                    cache: bool = True) -> dict:
+    """Score one pool unit into the per-unit score cache; returns its path, quarantine list and row count."""
+    from kdata.pipeline.config import pool_limits
+    from kdata.pools.spec import open_pool
+    from kdata.scoring.score import ScoreConfig, score_unit
+
+    if os.environ.get("KDATA_FLOW_FAIL_UNIT") and unit["name"] == os.environ["KDATA_FLOW_FAIL_UNIT"]:
+        raise OSError(f"{unit['name']}: injected failure (KDATA_FLOW_FAIL_UNIT)")
+    cfg = _select_config(select)
+    pool = open_pool(cfg.pool, limits=pool_limits(cfg))
+    found = [u for u in pool.units if u.name == unit["name"]]
+    if not found:
+        raise KdataError(f"{select['pool']}: unit {unit['name']} disappeared while the flow ran")
+    u = found[0]
+    fp = u.fingerprint()
+    if fp != unit["fingerprint"]:
+        raise KdataError(f"{unit['name']}: changed while the flow ran (content hash differs)")
+    u = dataclasses.replace(u, fingerprint=lambda: fp)
+    teacher = _model(select["teacher"], device=device, checksum=checksums["teacher"])
+    student = _model(select["student"], device=device, checksum=checksums["student"])
+    path, quarantined, n_in, hit = score_unit(u, teacher, student, config=ScoreConfig(**score_config),
+                                              device=device, cache=cache)
+    return {"unit": unit["name"], "path": str(path), "quarantined": [list(q) for q in quarantined],
+            "n_in": n_in, "score_cache_hit": hit}
+
+
+def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:
+    """The (sample_id, error) records of a unit that could not be scored.
+
+    Its sample ids when the Parquet file still yields them, else ``<unit>:<row>`` ids from the
+    footer's row count (the ids the Parquet reader gives id-less files), else one record standing
+    for the whole unreadable unit.
+    """
+    import pyarrow.parquet as pq
+
+    msg = f"{unit['name']}: {error}"
+    path = unit.get("path")
+    if path and str(path).endswith(".parquet"):
+        try:
+            f = pq.ParquetFile(path)
+            if "sample_id" in f.schema_arrow.names:
+                ids = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+            else:
+                ids = [f"{unit['name']}:{i}" for i in range(f.metadata.num_rows)]
+            return [(i, msg) for i in ids]
+        except Exception:
+            pass
+    return [(unit["name"], msg)]
+
+
+@task(name="finish", retries=1, retry_delay_seconds=2,
+      retry_condition_fn=lambda task, run, state: _retryable(state))
+def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: list[dict],
+                failed: list[dict]) -> dict:
+    """Select, dedup and write the curated dataset from the per-unit score files (``pipeline.curate.finish``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdata.dataset.schema import SCORES_SCHEMA
+    from kdata.pipeline.curate import Scored, finish
+    from kdata.pipeline.output import publish_card
+    from kdata.pipeline.prepare import prepare
+    from kdata.pipeline.run import score
+
+    cfg, opts = _select_config(select), _run_options(run)
+    prep = prepare(cfg, opts=opts, load=_model)  # models come from this process's cache
+    if prep.byo is not None:
+        result = score(prep, opts=opts)
+    else:
+        ok = {s["unit"] for s in scored} & {u["name"] for u in units}
+        prep.pool = dataclasses.replace(prep.pool, units=[u for u in prep.pool.units if u.name in ok])
+        tables = [pq.read_table(s["path"]) for s in scored]
+        unit_q = [tuple(q) for f in failed for q in f["records"]]
+        result = Scored(scores=pa.concat_tables(tables) if tables else SCORES_SCHEMA.empty_table(),
+                        quarantined=[tuple(q) for s in scored for q in s["quarantined"]] + unit_q,
+                        info={"n_in": sum(s["n_in"] for s in scored) + len(unit_q), "units": len(units),
+                              "cache_hits": sum(bool(s["score_cache_hit"]) for s in scored)})
+    report = finish(prep, result, out=out, before_commit=_pause_hook())
+    return publish_card(report, opts.card_dir).to_dict()
+
+
+def _pause_hook():
+    """Test hook: with ``KDATA_FLOW_PAUSE_AT_WRITE=FILE`` the run touches FILE once the staging
+    directory holds everything, then sleeps before the commit, so a test can SIGKILL it mid-write."""
+    marker = os.environ.get("KDATA_FLOW_PAUSE_AT_WRITE")
+    if not marker:
+        return None
+
+    def pause(staging: Path) -> None:
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(float(os.environ.get("KDATA_FLOW_PAUSE_SECONDS", "120")))
+
+    return pause
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+# ------------------------------------------------------------------------------------------------
+# The flow
+
+@flow(name="curate", log_prints=True)
+def curate(select: dict | None = None, out: str = "runs/curated-{version}", run: dict | None = None,
+           gpu: bool | None = None) -> dict:
+    """Score the pool (one cached task per unit), select, dedup, write shards + manifest + artifacts.
+
+    ``select``: SelectConfig fields (the options of ``kdata select``); ``run``: device, batch_size,
+    num_workers, cache. ``out`` may hold ``{version}`` (a UTC timestamp per run). ``gpu`` asks Dask
+    for a worker with a ``GPU`` resource per scoring task (default: when the device is cuda).
+    """
+    select, run = dict(select or {}), dict(run or {})
+    out = expand_out(out)
+    with exclusive(out):  # the whole run holds OUT; a second run fails at once, naming this one
+        return _curate(select, out, run, gpu)
+
+
+def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
+    logger = get_run_logger()
+    prepared = prepare_task(select, out, run)
+    if prepared["done"]:
+        r = prepared["report"]
+        logger.info("%s already holds this run; nothing to do", out)
+        return {"out": out, "status": r["status"], "counts": r["counts"], "files": r["files"],
+                "units": {}, "failed": []}
+    units, device = prepared["units"], prepared.get("device", "cpu")
+    cache = bool(run.get("cache", True))
+    scorer = score_unit_task.with_options(result_storage=_result_storage(), refresh_cache=not cache)
+    use_gpu = device.startswith("cuda") if gpu is None else gpu
+    args = dict(checksums=prepared.get("checksums"), score_config=prepared.get("score_config"), device=device,
+                cache=cache)
+    if use_gpu:
+        import dask
+
+        with dask.annotate(resources={"GPU": 1}):
+            futures = [scorer.submit(select, u, **args) for u in units]
+    else:
+        futures = [scorer.submit(select, u, **args) for u in units]
+    scored, failed, states = [], [], {}
+    for u, fut in zip(units, futures):
+        fut.wait()
+        state = fut.state
+        states[u["name"]] = state.name
+        if state.is_completed():
+            scored.append(fut.result())
+        else:
+            try:
+                fut.result()
+                error = f"task ended {state.name}"
+            except BaseException as exc:  # the unit's error, kept with its quarantine records
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+            failed.append({"unit": u["name"], "error": error, "records": unit_quarantine(u, error)})
+            logger.warning("quarantined unit %s: %s", u["name"], error)
+    report = finish_task(select, out, run, units, scored, failed)
+    md, rows = summary(report, units=units, states=states, failed=failed)
+    key = "curate-" + hashlib.sha1(str(Path(report["out"]).resolve()).encode()).hexdigest()[:8]
+    create_markdown_artifact(md, key=key + "-summary", description="kdata curate summary")
+    create_table_artifact(rows, key=key + "-counts", description="counts by decision/reason, class balance, shards")
+    print(md)
+    return {"out": report["out"], "status": report["status"], "counts": report["counts"], "files": report["files"],
+            "units": states, "failed": [{"unit": f["unit"], "error": f["error"]} for f in failed]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Task runners
+
+
+def run_curate(select: dict, *, out: str, run: dict | None = None, runner: dict | None = None,
+               return_state: bool = False):
+    """Run the curate flow once with a task runner from ``runner`` ({kind, address, workers})."""
+    runner = dict(runner or {})
+    tr = task_runner(runner.pop("kind", "local"), **runner)
+    fl = curate.with_options(task_runner=tr) if tr is not None else curate
+    return fl(select=select, out=out, run=run or {}, return_state=return_state)
+
+
+if os.environ.get("KDATA_FLOW_RUNNER") and env_runner() is not None:
+    curate = curate.with_options(task_runner=env_runner())
+
+
+def config_params(data: dict) -> dict:
+    """Flow parameters (select, out, run) from a loaded config file."""
+    curate_cfg = data.get("curate") or {}
+    return {"select": dict(data.get("select") or {}), "out": curate_cfg.get("out", "runs/curated-{version}"),
+            "run": dict(data.get("run") or {})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python flows/curate.py``: the options of ``kdata select`` (or ``--config`` with select/run/runner
+    sections), plus the task runner."""
+    from kdata.pipeline.arguments import add_select_options, config_from_args, run_options_from_args
+
+    p = argparse.ArgumentParser(prog="flows/curate.py", description="Run the kdata curate flow once.")
+    add_select_options(p)
+    for a in p._actions:
+        if a.dest == "out":
+            a.required = False
+    p.add_argument("--runner", choices=["local", "dask"], default=None)
+    p.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--dask-workers", type=int, default=None, help="LocalCluster worker processes (--runner dask)")
+    args = p.parse_args(argv)
+    try:
+        data = load_config(args.config) if args.config else {}
+        out = args.out or (data.get("curate") or {}).get("out")
+        if not out:
+            p.error("--out is required (or a curate: out: entry in --config)")
+        opts = run_options_from_args(args)
+        run = {"device": opts.device, "batch_size": opts.batch_size, "num_workers": opts.num_workers,
+               "cache": opts.cache, "card_dir": opts.card_dir}
+        runner = dict(data.get("runner") or {})
+        if args.runner:
+            runner["kind"] = args.runner
+        if args.address:
+            runner["address"] = args.address
+        if args.dask_workers:
+            runner["workers"] = args.dask_workers
+        if runner.get("kind") is None and (args.address or args.dask_workers):
+            runner["kind"] = "dask"
+        result = run_curate(config_from_args(args).to_dict(), out=out, run=run, runner=runner)
+    except KdataError as exc:
+        print(f"curate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        c = result["counts"]
+        print(f"curate: {result['status']} {result['out']}  in {c['n_in']} kept {c['kept']} "
+              f"rejected {c['rejected']} quarantined {c['quarantined']}", file=sys.stderr)
+        for f in result["failed"]:
+            print(f"  quarantined unit {f['unit']}: {f['error']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

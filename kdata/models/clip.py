@@ -1,0 +1,225 @@
+"""``open_clip:ARCH:WEIGHTS``: a zero-shot teacher and an image embedder.
+
+WEIGHTS is a local checkpoint (checked by :mod:`kdata.models.pickle_scan` unless it is
+``.safetensors``, then loaded under :func:`kdata.models.safe_load.untrusted_load`) or an
+open_clip pretrained tag already in the local cache. An optional ``<weights stem>.json`` lists
+``class_names`` and prompt ``templates``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdata.core.atomic import sha256_file
+from kdata.core.errors import KdataError
+from kdata.models.base import Model, register_loader
+from kdata.models.forward import channels_last, model_checksum, probe_outputs
+from kdata.models.pickle_scan import check_checkpoint_file
+from kdata.models.safe_load import untrusted_load
+from kdata.models.sidecar import (INTERPOLATIONS, check_class_names, current_pool_class_names, first_line,
+                                  read_json_file, sidecar_path)
+
+# Prompt templates for zero-shot classification: several phrasings averaged per class, as in
+# CLIP's prompt ensembling (Radford et al. 2021, arXiv 2103.00020, sec. 3.1.4).
+TEMPLATES = (
+    "a photo of a {}.",
+    "a good photo of a {}.",
+    "a close-up photo of the {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a picture of the {}.",
+)
+
+
+def parse_spec(spec: str, prefix: str, what: str) -> tuple[str, str]:
+    """``PREFIXARCH:REST`` → (ARCH, REST), or one line."""
+    rest = spec[len(prefix):]
+    arch, sep, weights = rest.partition(":")
+    if not arch or not sep or not weights:
+        raise KdataError(f"{spec}: expected {prefix}ARCH:{what}")
+    return arch, weights
+
+
+class ZeroShotCLIP(nn.Module):
+    """CLIP image tower + a fixed zero-shot head.
+
+    ``logits = s · (f / ‖f‖) · Wᵀ (+ b)`` where ``f`` is the image embedding, ``W`` holds one row per
+    class — the renormalised mean of the normalised text embeddings of that class's prompts — and
+    ``s = exp(logit_scale)`` (``b``: SigLIP's logit bias, if the model has one). Features returned
+    with the logits are the normalised image embeddings, used for dedup and the critic.
+    """
+
+    def __init__(self, visual: nn.Module, class_embeddings: torch.Tensor, scale: float, bias: float | None):
+        super().__init__()
+        self.visual = visual
+        self.register_buffer("class_embeddings", class_embeddings)
+        self.scale, self.bias = float(scale), bias
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(x).float(), dim=-1)
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        logits = self.scale * f @ self.class_embeddings.t()
+        if self.bias is not None:
+            logits = logits + self.bias
+        return logits, f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_both(x)[0]
+
+
+@contextlib.contextmanager
+def _offline():
+    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _arch_config(spec: str, arch: str) -> tuple[str, bytes]:
+    """A ``.json`` model config registered with open_clip → (arch name, its bytes); else unchanged."""
+    import open_clip
+
+    if not arch.endswith(".json"):
+        return arch, b""
+    if not Path(arch).is_file():
+        raise KdataError(f"{spec}: model config {arch} not found")
+    try:
+        arch_json = Path(arch).read_bytes()
+        json.loads(arch_json)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise KdataError(f"{arch}: cannot read open_clip model config ({first_line(exc)})") from None
+    open_clip.add_model_config(arch)
+    return Path(arch).stem, arch_json
+
+
+def open_clip_model(spec: str):
+    """→ (open_clip model on the CPU, arch name, weights digest, sidecar dict or None)."""
+    import open_clip
+
+    arch, weights = parse_spec(spec, "open_clip:", "WEIGHTS")
+    arch, arch_json = _arch_config(spec, arch)
+    if arch not in open_clip.list_models():
+        raise KdataError(f"{spec}: unknown open_clip architecture '{arch}' (see open_clip.list_models(), or pass "
+                         "a model config .json)")
+    is_file = Path(weights).is_file()
+    if not is_file:
+        looks_like_path = "/" in weights or os.sep in weights or Path(weights).suffix in (
+            ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+        if looks_like_path or weights not in open_clip.list_pretrained_tags_by_model(arch):
+            raise KdataError(f"{spec}: checkpoint {weights} not found (a local file or a cached open_clip "
+                             "pretrained tag)")
+    elif Path(weights).suffix not in (".safetensors", ".npz", ".npy"):
+        check_checkpoint_file(weights, where=f"{spec}: cannot load {weights}")
+    prev = logging.getLogger().level
+    try:
+        logging.getLogger().setLevel(logging.ERROR)
+        with _offline(), warnings.catch_warnings(), untrusted_load(weights):
+            warnings.simplefilter("ignore")
+            model = open_clip.create_model(arch, pretrained=weights, weights_only=True, require_pretrained=True,
+                                           device="cpu")
+    except KdataError:
+        raise
+    except Exception as exc:
+        where = weights if is_file else f"pretrained tag '{weights}'"
+        hint = "" if is_file else " (not cached locally? pass a local checkpoint file)"
+        raise KdataError(f"{spec}: cannot load {where} into open_clip {arch} ({first_line(exc)}){hint}") from None
+    finally:
+        logging.getLogger().setLevel(prev)
+    digest = sha256_file(weights) if is_file else f"tag:{weights}"
+    return model.eval(), arch, model_checksum(digest, arch_json, arch), _clip_sidecar(weights) if is_file else None
+
+
+def _clip_sidecar(weights: str) -> dict | None:
+    """Optional ``<weights stem>.json`` next to an open_clip checkpoint: class_names, templates."""
+    path = sidecar_path(weights)
+    if not path.is_file():
+        return None
+    cfg, _ = read_json_file(path)
+    if not isinstance(cfg, dict):
+        raise KdataError(f"{path}: expected a JSON object")
+
+    def bad(field: str, why: str):
+        raise KdataError(f"{path}: field '{field}' {why}")
+
+    if cfg.get("class_names") is not None:
+        check_class_names(cfg["class_names"], bad=bad)
+    templates = cfg.get("templates")
+    if templates is not None and (not isinstance(templates, list) or not templates
+                                  or not all(isinstance(t, str) and "{}" in t for t in templates)):
+        bad("templates", "must be a non-empty list of strings containing '{}'")
+    return cfg
+
+
+def preprocess_of(model) -> tuple[tuple[int, int, int], tuple, tuple, str]:
+    """(input_size, mean, std, interpolation) from open_clip's preprocessing config."""
+    import open_clip
+
+    pp = open_clip.get_model_preprocess_cfg(model)
+    size = pp.get("size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    interp = pp.get("interpolation", "bicubic")
+    interp = interp if interp in INTERPOLATIONS else "bicubic"
+    return (3, int(h), int(w)), tuple(float(v) for v in pp["mean"]), tuple(float(v) for v in pp["std"]), interp
+
+
+def class_text_embeddings(model, arch: str, class_names: Sequence[str], *, templates: Sequence[str] = TEMPLATES,
+                          device="cpu", chunk: int = 512) -> torch.Tensor:
+    """(K, D) zero-shot weights: per class, the mean of its normalised prompt embeddings, renormalised."""
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(arch)
+    prompts = [t.format(name.replace("_", " ")) for name in class_names for t in templates]
+    embs = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), chunk):
+            tokens = tokenizer(prompts[i:i + chunk]).to(device)
+            embs.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+    e = torch.cat(embs).reshape(len(class_names), len(templates), -1).mean(dim=1)
+    return F.normalize(e, dim=-1)
+
+
+@register_loader(lambda s: s.startswith("open_clip:"))
+def load_open_clip(spec: str, *, device="cpu") -> Model:
+    """Zero-shot classifier over the sidecar's class names, else the pool's (image folders)."""
+    model, arch, checksum, side = open_clip_model(spec)
+    side = side or {}
+    names = side.get("class_names") or current_pool_class_names()
+    if not names:
+        raise KdataError(f"{spec}: a zero-shot teacher needs class names: use a pool that has them (an image "
+                         "folder) or list class_names in the checkpoint's sidecar .json")
+    templates = side.get("templates") or list(TEMPLATES)
+    device = torch.device(device)
+    model = model.to(device)
+    weights = class_text_embeddings(model, arch, names, templates=templates, device=device)
+    bias = getattr(model, "logit_bias", None)
+    head = ZeroShotCLIP(model.visual, weights, float(model.logit_scale.detach().exp()),
+                        float(bias.detach()) if bias is not None else None).eval()
+    for tower in ("transformer", "text"):  # the text tower is no longer needed (CLIP / CustomTextCLIP)
+        if isinstance(getattr(model, tower, None), nn.Module):
+            delattr(model, tower)
+    channels_last(head, device)
+    input_size, mean, std, interp = preprocess_of(model)
+    n_out, fdim = probe_outputs(head.forward_both, input_size, device, where=spec)
+    assert n_out == len(names)
+    return Model(spec=spec, module=head, input_size=input_size, mean=mean, std=std, class_names=list(names),
+                 checksum=model_checksum(checksum, json.dumps(list(names)), json.dumps(templates)),
+                 interpolation=interp, forward_fn=head.forward_both, differentiable=True,
+                 extra={"format": "open_clip", "feature_dim": fdim, "templates": templates})

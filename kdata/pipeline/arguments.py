@@ -1,0 +1,90 @@
+"""Command-line options derived from the config dataclasses (used by ``kdata select`` and ``flows/curate.py``)."""
+
+from __future__ import annotations
+
+def add_config_options(p, cls) -> None:
+    """Add one option per command-line field of the config dataclass ``cls`` (kdata.pipeline.config).
+
+    Defaults stay ``None`` here so that a value given on the command line can be told from one left
+    out (``--config`` files fill the rest); the help shows the dataclass default.
+    """
+    import dataclasses
+
+    from kdata.pipeline.config import cli_fields, flag_of
+
+    for f in cli_fields(cls):
+        kind = f.metadata.get("kind")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "" if default is None else f" (default: {default})"
+        kwargs = {"dest": f.name, "default": None, "help": f.metadata["help"] + shown}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = list(f.metadata["choices"])
+        if f.metadata.get("metavar"):
+            kwargs["metavar"] = f.metadata["metavar"]
+        if kind in (int, float):
+            kwargs["type"] = kind
+        if kind is bool:
+            kwargs.update(action="store_const", const=True, help=f.metadata["help"])
+        p.add_argument(flag_of(f), **kwargs)
+
+
+
+def add_select_options(p) -> None:
+    """The options of ``kdata select``: every field of SelectConfig and RunOptions, plus output options."""
+    from kdata.pipeline.config import RunOptions, SelectConfig
+
+    p.add_argument("--config", default=None, metavar="RUN.yaml",
+                   help="read options from a YAML file (keys: the option names with _, e.g. rows_per_shard; "
+                        "sections select: and run: are also accepted); options given on the command line win")
+    add_config_options(p, SelectConfig)
+    add_config_options(p, RunOptions)
+    p.add_argument("--out", required=True, help="output directory for the curated dataset")
+    p.add_argument("--no-cache", action="store_true", help="re-score even when cached scores exist")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+
+def given_values(args, cls) -> dict:
+    from kdata.pipeline.config import cli_fields
+
+    return {f.name: getattr(args, f.name) for f in cli_fields(cls) if getattr(args, f.name, None) is not None}
+
+
+
+def config_file_values(args) -> tuple[dict, dict, str]:
+    """(select values, run values, where) from ``--config`` (flat, or with select:/run: sections)."""
+    path = getattr(args, "config", None)
+    if not path:
+        return {}, {}, "command line"
+    from kdata.pipeline.config import RunOptions, SelectConfig, load_yaml
+
+    data = load_yaml(path)
+    if set(data) & {"select", "run"}:
+        return dict(data.get("select") or {}), dict(data.get("run") or {}), str(path)
+    sel_names = {f for f in SelectConfig.__dataclass_fields__}
+    run_names = {f for f in RunOptions.__dataclass_fields__}
+    return ({k: v for k, v in data.items() if k not in run_names},
+            {k: v for k, v in data.items() if k in run_names and k not in sel_names}, str(path))
+
+
+
+def config_from_args(args):
+    """The validated SelectConfig of a command line (``--config`` file values, overridden by flags)."""
+    from kdata.pipeline.config import SelectConfig, select_config
+
+    file_values, _, where = config_file_values(args)
+    values = {**file_values, **given_values(args, SelectConfig)}
+    return select_config(values, where=where)
+
+
+
+def run_options_from_args(args):
+    from kdata.pipeline.config import RunOptions
+    from kdata.pipeline.config import run_options as make
+
+    _, file_values, where = config_file_values(args)
+    values = {**file_values, **given_values(args, RunOptions)}
+    if getattr(args, "no_cache", False):
+        values["cache"] = False
+    return make(values, where=where)

@@ -1,0 +1,219 @@
+"""The options of a curation run, defined once.
+
+``SelectConfig`` (what defines a run's output; hashed into ``config_hash``) and ``RunOptions``
+(how to run it) are the single source of the options of ``kdata select``, of ``--config
+run.yaml`` and of the ``curate`` flow's parameters: every field carries its help text, its CLI
+flag and its check. ``validate`` checks every value before any work starts, so a bad option is
+one line and exit 2, never a failure after the pool was scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdata.core.errors import KdataError
+from kdata.models.images import check_max_pixels
+from kdata.pools.base import PoolLimits
+
+DEFAULT_METHOD = "default"
+DEFAULT_POOL = "builtin:digits-web"
+BALANCES = ("none", "class", "cluster", "domain")
+DEDUP_LEVELS = ("none", "exact", "near", "semantic")
+
+
+def opt(default, help: str, *, flag: str | None = None, metavar: str | None = None, choices=None,
+        cli: bool = True, kind=None):
+    """A config field with what the CLI and the config file need to know about it."""
+    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "cli": cli, "kind": kind}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SelectConfig:
+    """Everything that defines a curation run (hashed into ``config_hash``)."""
+
+    pool: str | None = opt(DEFAULT_POOL, "pool: builtin:digits-web, Parquet, image folder, .tar shards; with "
+                           "--scores: where the kept rows' payload comes from (omit for shards without payload)",
+                           kind=str)
+    teacher: str = opt("builtin:digits-teacher", "teacher model spec (.pt2, .pt, open_clip:…, timm:…, builtin:…)",
+                       kind=str)
+    student: str = opt("builtin:digits-student", "student model spec", kind=str)
+    method: str = opt(DEFAULT_METHOD, "method or chain, e.g. kd3 or critic,kd3; `default` is the default recipe",
+                      kind=str)
+    budget: str = opt("0.3", "rows to keep: a count (200), a fraction (0.3) or a percentage (30%%)", kind=str)
+    seed: int = opt(0, "random seed of every randomised choice", kind=int)
+    topk: int = opt(5, "teacher soft labels kept per row", kind=int)
+    temperature: float = opt(1.0, "temperature of the stored soft labels (> 0)", kind=float)
+    balance: str | None = opt(None, "spread the budget over predicted classes, embedding clusters or domains "
+                              "(default: the recipe's choice)", choices=BALANCES, kind=str)
+    dedup: str | None = opt(None, "remove duplicates before the budget: exact (decoded-pixel hash), near "
+                            "(+ pixel cosine), semantic (+ SemDeDup on teacher embeddings)", choices=DEDUP_LEVELS,
+                            kind=str)
+    dedup_threshold: float | None = opt(None, "cosine threshold of the deepest dedup level "
+                                        "(defaults: near 0.996, semantic 0.995)", kind=float)
+    dedup_frac: float | None = opt(None, "semantic dedup: remove this fraction of the candidates instead",
+                                   kind=float)
+    hard: int = opt(0, "HARD: generate K augmented rows per kept row where teacher and student disagree, "
+                    "critic-filtered", metavar="K", kind=int)
+    critic: str | None = opt(None, "fitted critic for --method critic,… (from `kdata critic fit`)", metavar="DIR",
+                             kind=str)
+    critic_recall: float | None = opt(None, "re-choose the critic's cut for this recall on its validation split",
+                                      kind=float)
+    reference: str | None = opt(None, "reference model spec for --method miniplm", kind=str)
+    scores: str | None = opt(None, "bring-your-own predictions instead of models: sample_id + teacher/student "
+                             "logits or top-k probabilities (docs/methods.md)", metavar="FILE.parquet", kind=str)
+    follow_symlinks: bool = opt(False, "follow symlinks that leave the pool directory (devices are never read)",
+                                kind=bool)
+    max_file_mb: float = opt(64.0, "files over this many MiB are quarantined, not read", kind=float)
+    max_pixels: int = opt(64_000_000, "images over this many pixels are quarantined from their header, "
+                          "not decoded", kind=int)
+    rows_per_shard: int = opt(10_000, "rows per Parquet shard", kind=int)
+    row_group_rows: int = opt(1_000, "rows per Parquet row group", kind=int)
+    method_options: dict = opt({}, "per-method options (config file only)", cli=False, kind=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    @property
+    def is_default_recipe(self) -> bool:
+        return self.method in (None, "", DEFAULT_METHOD)
+
+
+@dataclass
+class RunOptions:
+    """How to run (not hashed): device, decode workers, batch size, caching, progress."""
+
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", kind=str)
+    num_workers: int = opt(0, "image decode worker processes", flag="--workers", kind=int)
+    batch_size: int = opt(256, "samples per forward pass", kind=int)
+    cache: bool = opt(True, "reuse cached scores", cli=False, kind=bool)
+    progress: object = opt(None, "callable(stage, done=None, total=None)", cli=False)
+    card_dir: str | None = opt(None, "also copy the data card to DIR/<dataset-name>.md", metavar="DIR", kind=str)
+
+
+def cli_fields(cls) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are command-line options, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def check_types(cls, values: dict, *, where: str) -> dict:
+    """``values`` with every key a field of ``cls`` and every value of the field's kind (ints stay ints)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise KdataError(f"{where}: unknown option(s) {unknown}; known: {sorted(fields)}")
+    out = {}
+    for name, value in values.items():
+        kind = fields[name].metadata.get("kind")
+        if value is None or kind is None:
+            out[name] = value
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name == "budget":
+            value = str(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise KdataError(f"{where}: {name} = {value!r}: expected {kind.__name__}")
+        out[name] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path``; a missing or malformed file is one KdataError line."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise KdataError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise KdataError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise KdataError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def select_config(values: dict, *, where: str = "config") -> SelectConfig:
+    """A validated ``SelectConfig`` from a mapping (config file section, flow parameter, CLI values)."""
+    cfg = SelectConfig(**check_types(SelectConfig, values, where=where))
+    if "pool" not in values and cfg.scores:
+        cfg.pool = None  # --scores without --pool: shards without payload
+    validate(cfg, where=where)
+    return cfg
+
+
+def run_options(values: dict, *, where: str = "config") -> RunOptions:
+    opts = RunOptions(**check_types(RunOptions, values, where=where))
+    validate_run(opts, where=where)
+    return opts
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def pool_limits(cfg: SelectConfig) -> PoolLimits:
+    """What readers agree to read (``--follow-symlinks``, ``--max-file-mb``), checked."""
+    return PoolLimits(follow_symlinks=cfg.follow_symlinks, max_file_mb=cfg.max_file_mb)
+
+
+def validate(cfg: SelectConfig, *, where: str = "config") -> None:
+    """Every value of ``cfg`` checked before any work starts (one KdataError line each)."""
+    from kdata.dedup.faiss_dedup import check_options as check_dedup
+    from kdata.selection.run import check_budget, parse_methods
+
+    if not cfg.pool and not cfg.scores:
+        raise KdataError("--pool: give a pool to score (precomputed predictions: kdata select --scores FILE)")
+    methods = [] if cfg.is_default_recipe else parse_methods(cfg.method)
+    check_budget(cfg.budget)
+    if not isinstance(cfg.topk, int) or not 1 <= cfg.topk <= 1024:
+        raise KdataError(f"--topk {cfg.topk}: expected an integer from 1 to 1024 (soft labels kept per row)")
+    if not _finite(cfg.temperature) or cfg.temperature <= 0:
+        raise KdataError(f"--temperature {cfg.temperature}: must be a finite number > 0")
+    if cfg.balance is not None and cfg.balance not in BALANCES:
+        raise KdataError(f"--balance '{cfg.balance}': expected one of {', '.join(BALANCES)}")
+    check_dedup(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
+    if not isinstance(cfg.hard, int) or cfg.hard < 0:
+        raise KdataError(f"--hard {cfg.hard}: must be ≥ 0 (an integer: generated rows per kept row)")
+    if cfg.critic_recall is not None and not (_finite(cfg.critic_recall) and 0 < cfg.critic_recall <= 1):
+        raise KdataError(f"--critic-recall {cfg.critic_recall}: expected a recall in (0, 1]")
+    if "critic" in methods and not cfg.critic:
+        raise KdataError("--method critic needs a fitted critic: --critic DIR (from `kdata critic fit`)")
+    if cfg.critic and not Path(cfg.critic).exists():
+        raise KdataError(f"{cfg.critic}: --critic directory not found")
+    if cfg.scores and not Path(cfg.scores).exists():
+        raise KdataError(f"{cfg.scores}: --scores file not found")
+    pool_limits(cfg)
+    check_max_pixels(cfg.max_pixels)
+    for name in ("rows_per_shard", "row_group_rows"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise KdataError(f"--{name.replace('_', '-')} {v}: must be an integer ≥ 1")
+    if not isinstance(cfg.method_options, dict):
+        raise KdataError(f"{where}: method_options must be a mapping of method name → options")
+
+
+def validate_run(opts: RunOptions, *, where: str = "config") -> None:
+    if not isinstance(opts.batch_size, int) or opts.batch_size < 1:
+        raise KdataError(f"--batch-size {opts.batch_size}: must be an integer ≥ 1")
+    if not isinstance(opts.num_workers, int) or opts.num_workers < 0:
+        raise KdataError(f"--workers {opts.num_workers}: must be an integer ≥ 0")
+    dev = str(opts.device)
+    if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        raise KdataError(f"--device '{dev}': unknown device (auto, cpu, cuda or cuda:N)")

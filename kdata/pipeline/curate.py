@@ -1,0 +1,129 @@
+"""The curation core: scores → selection → decisions → curated rows (+ HARD) → ``write_output``.
+
+``finish`` is the one place where a selection becomes a dataset; ``kdata select``, the demo's
+random baseline, the trainer's re-selection, the ``curate`` flow and the quality benchmark all
+call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kdata.augment.hard import EXCLUDED_FILE, manifest_section, pipeline_hard, write_excluded
+from kdata.core.errors import KdataError
+from kdata.core.lock import exclusive
+from kdata.dataset.decisions import build_decisions
+from kdata.dataset.schema import KEPT, REJECTED, SHARD_SCHEMA, conform
+from kdata.dedup.faiss_dedup import pipeline_dedup
+from kdata.pipeline.needs import Context, method_options
+from kdata.pipeline.output import Output, RunReport, already_complete, write_output
+from kdata.pipeline.prepare import Prepared
+from kdata.pools.spec import Pool
+from kdata.selection.balance import attach_domain
+from kdata.selection.run import Selection, parse_budget, select
+
+
+@dataclass
+class Scored:
+    """The scores of a pool: one row per readable sample, the quarantined, and how scoring went."""
+
+    scores: pa.Table
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # n_in, units, cache_hits
+
+
+def check_unique_ids(scores: pa.Table, quarantined: list[tuple[str, str]], *, pool: str) -> None:
+    ids = pa.concat_arrays([scores.column("sample_id").combine_chunks(),
+                            pa.array([q[0] for q in quarantined], pa.string())])
+    if len(pc.unique(ids)) != len(ids):
+        vc = pc.value_counts(ids)
+        dup = next(v["values"] for v in vc.to_pylist() if v["counts"] > 1)
+        raise KdataError(f"{pool}: sample_id '{dup}' occurs more than once; sample ids must be unique")
+
+
+def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
+    """Kept rows: pool payload + provenance + teacher soft labels + student prediction + scores, best first."""
+    keep_idx = np.flatnonzero(sel.kept)
+    kept = scores.take(pa.array(keep_idx)).append_column("rank", pa.array(sel.rank[keep_idx], pa.int32()))
+    for name, arr in sel.scores.items():
+        kept = kept.append_column(name, pa.array(arr[keep_idx], pa.float32()))
+    kept = kept.sort_by("rank")
+    wanted = kept.column("sample_id").combine_chunks()
+    parts = []
+    for unit in pool.units:
+        t = unit.read()
+        parts.append(t.filter(pc.is_in(t.column("sample_id"), value_set=wanted)))
+    if not parts:  # --scores without --pool: the curated rows carry no payload
+        return conform(kept.append_column("kind", pa.array(["original"] * kept.num_rows)), SHARD_SCHEMA)
+    payload = pa.concat_tables(parts)
+    # line payload rows up with the (rank-ordered) scores; pyarrow's join has no list columns
+    pos = pc.index_in(payload.column("sample_id"), value_set=wanted).to_numpy(zero_copy_only=False)
+    payload = payload.take(pa.array(np.argsort(pos, kind="stable")))
+    if payload.num_rows != kept.num_rows:
+        raise KdataError(f"{pool.spec}: {kept.num_rows - payload.num_rows} kept sample ids are missing from the pool")
+    for name in payload.column_names:
+        if name not in kept.column_names:
+            kept = kept.append_column(name, payload.column(name))
+    kind = kept.column("kind")
+    if kind.null_count:
+        kept = kept.set_column(kept.schema.get_field_index("kind"), "kind", pc.fill_null(kind, "original"))
+    return conform(kept, SHARD_SCHEMA)
+
+
+def finish(prep: Prepared, scored: Scored, *, out: str, progress=None, before_commit=None) -> RunReport:
+    """Select over the scores and write the curated dataset (shards, decisions, card, manifest) to ``out``."""
+    with exclusive(out):
+        return _finish(prep, scored, out=out, progress=progress, before_commit=before_commit)
+
+
+def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit) -> RunReport:
+    cfg, teacher = prep.cfg, prep.teacher
+    config_hash = cfg.hash()
+    done = already_complete(out, config_hash)
+    if done is not None:
+        return done
+    n_in = scored.info.get("n_in", scored.scores.num_rows + len(scored.quarantined))
+    if n_in == 0:
+        raise KdataError(f"{cfg.pool or cfg.scores}: the pool is empty")
+    check_unique_ids(scored.scores, scored.quarantined, pool=cfg.pool or cfg.scores)
+    budget = parse_budget(cfg.budget, n_in)
+    scores = attach_domain(scored.scores, prep.pool) if prep.balance == "domain" else scored.scores
+    if progress:
+        progress("selecting")
+    ctx = Context(cfg=cfg, pool=prep.pool, teacher=teacher, student=prep.student, device=prep.device)
+    sel = select(scores, methods=prep.methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
+                 temperature=cfg.temperature, balance=prep.balance, options=method_options(prep.methods, ctx),
+                 dedup=pipeline_dedup(cfg, prep.pool))
+    decisions = build_decisions(scores, decision=np.where(sel.kept, KEPT, REJECTED), reason=sel.reason,
+                                stage=sel.stage, class_names=teacher.class_names, scores=sel.scores,
+                                quarantined=scored.quarantined)
+    if decisions.num_rows != n_in:
+        raise RuntimeError(f"accounting broken: pool has {n_in} samples, decisions cover {decisions.num_rows}")
+    rows = curated_table(prep.pool, scores, sel)
+    extra = {"methods": prep.methods, "balance": prep.balance, "budget_rows": budget,
+             "temperature": cfg.temperature, "topk": cfg.topk, "class_names": teacher.class_names,
+             "pool": {"spec": cfg.pool, "units": len(prep.pool.units), "description": prep.pool.description},
+             "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0)}
+    extra_files = {}
+    if cfg.hard:  # HARD: K generated rows per kept row, critic-filtered, appended (kdata.augment.hard)
+        n_kept = rows.num_rows
+        rows, hard = pipeline_hard(rows, cfg=cfg, teacher=teacher, student=prep.student, device=prep.device,
+                                   counts={})
+        extra["hard"] = manifest_section(hard)
+        extra_files[EXCLUDED_FILE] = lambda path: write_excluded(hard, path)
+        assert rows.num_rows >= n_kept
+    output = Output(rows=rows, decisions=decisions, config=cfg.to_dict(),
+                    config_hash=config_hash,
+                    models={"teacher": teacher.describe(), "student": prep.student.describe()},
+                    meta={"temperature": cfg.temperature, "topk": cfg.topk, "class_names": teacher.class_names,
+                          "teacher": teacher.spec, "student": prep.student.spec},
+                    extra=extra, extra_files=extra_files, rows_per_shard=cfg.rows_per_shard,
+                    row_group_rows=cfg.row_group_rows, pool=prep.pool,
+                    info={"methods": prep.methods, "balance": prep.balance, "budget_rows": budget,
+                          "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0),
+                          "units": scored.info.get("units", 0)})
+    return write_output(out, output, progress=progress, before_commit=before_commit)

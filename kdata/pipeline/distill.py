@@ -1,0 +1,82 @@
+"""Distil a student on curated shards, with KD³-style re-selection through the curation core.
+
+KD³ (arXiv 2307.11469) selects dynamically as the student learns: with ``--reselect-every E``
+the pool is re-scored with the current student every E epochs and the budget re-selected; each
+re-selection is written by ``finish`` as a full dataset (manifest, decisions, card) under
+``OUT/reselect/epochNNN``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kdata.core.errors import KdataError
+from kdata.dataset.schema import KEPT
+from kdata.models.spec import Model, load_model
+from kdata.pipeline.config import SelectConfig
+from kdata.pipeline.curate import Scored, finish
+from kdata.pipeline.prepare import Prepared
+from kdata.pools.spec import open_pool
+from kdata.scoring.score import ScoreConfig, check_models, score_table
+from kdata.selection.methods import available
+from kdata.training.shard_dataset import ShardDataset
+from kdata.training.train import TrainConfig, run_train
+
+
+def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int = 0, device="cpu",
+                    topk: int = 5, temperature: float = 1.0, method: str = "kd3"):
+    """``fn(student, *, epoch, budget) -> (dataset dir, info)``: re-score POOL with the current student
+    and re-select ``budget`` rows with ``method``, written through the curation core."""
+    if method not in available():
+        raise KdataError(f"--reselect-every needs the '{method}' selection method, which is not available")
+    the_pool = open_pool(pool)
+    table = the_pool.read_all()
+    t_model = load_model(teacher, device=device)
+    work_dir = Path(work_dir)
+    score_cfg = ScoreConfig(topk=topk, temperature=temperature, embeddings=False)
+
+    def reselect(student: Model, *, epoch: int, budget: int):
+        check_models(t_model, student)
+        was = student.module.training
+        current = dataclasses.replace(student, spec=f"{student.spec}@epoch{epoch}", checksum=f"training:{epoch}")
+        student.module.eval()
+        scores, quarantined = score_table(table, t_model, current, config=score_cfg, device=device)
+        student.module.train(was)
+        cfg = SelectConfig(pool=pool, teacher=teacher, student=current.spec, method=method,
+                           budget=str(min(budget, scores.num_rows)), seed=seed, topk=topk, temperature=temperature)
+        prep = Prepared(cfg=cfg, pool=the_pool, teacher=t_model, student=current, methods=[method], balance=None,
+                        score_cfg=score_cfg, device=device)
+        out = work_dir / f"reselect-epoch{epoch:03d}"
+        report = finish(prep, Scored(scores=scores, quarantined=quarantined,
+                                     info={"n_in": table.num_rows, "units": len(the_pool.units)}), out=str(out))
+        dec = pq.read_table(out / "decisions.parquet", columns=["sample_id", "decision"])
+        kept_ids = dec.filter(pc.equal(dec.column("decision"), KEPT)).column("sample_id")
+        kept = pc.is_in(scores.column("sample_id"), value_set=kept_ids.combine_chunks()).to_numpy(zero_copy_only=False)
+        agree = float(np.mean(scores.column("agree").to_numpy(zero_copy_only=False)[kept])) if kept.any() else None
+        return out, {"rows": report.counts["kept"], "method": method, "agree_frac_kept": agree}
+
+    return reselect
+
+
+def train_student(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
+                  pool: str | None = None, teacher: str | None = None, quiet: bool = True,
+                  verify: bool = True) -> dict:
+    """``kdata train``: distil ``student`` on ``shards``; with ``config.reselect_every``, re-select from ``pool``.
+    ``verify=False`` skips checking ``shards`` against its manifest first (``--no-verify``)."""
+    factory = None
+    if config.reselect_every:
+        if not pool or not teacher:
+            raise KdataError("--reselect-every needs --pool and --teacher (the pool to re-select from)")
+
+        def factory(model: Model, *, work_dir: Path, device):
+            temperature = ShardDataset(shards, input_size=model.input_size, mean=model.mean, std=model.std).temperature
+            return make_reselector(pool=pool, teacher=teacher, work_dir=work_dir, seed=config.seed, device=device,
+                                   temperature=temperature)
+
+    return run_train(shards=shards, student=student, eval=eval, config=config, out=out, quiet=quiet,
+                     reselector_for=factory, verify=verify)

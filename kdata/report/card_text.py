@@ -1,0 +1,355 @@
+"""The data card's text: Hugging Face front matter and the Markdown body, one function per section.
+
+Everything is read back from what the run wrote (``kdata.report.inspect.Run``), so the same run
+always renders the same bytes. The card holds no absolute paths and no wall-clock time except the
+manifest's creation time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.compute as pc
+import yaml
+
+from kdata.core.errors import KdataError
+from kdata.core.jsonable import jsonable
+from kdata.dataset.schema import KEPT, REJECTED
+from kdata.report.inspect import (Run, agreement, balance_highlights, class_balance, decision_counts, primary_score,
+                                  quarantined_rows, score_columns, score_quantiles)
+
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+                   (10 ** 10, "1B<n<10B"), (10 ** 11, "10B<n<100B"), (10 ** 12, "100B<n<1T")]
+
+
+def size_category(n: int) -> str:
+    """Hugging Face ``size_categories`` bucket of ``n`` rows."""
+    for bound, name in SIZE_CATEGORIES:
+        if n < bound:
+            return name
+    return "n>1T"
+
+
+# ------------------------------------------------------------------------------------------------
+# Front matter
+
+def _task(run: Run) -> str:
+    def has(col: str) -> bool:
+        return run.shards is not None and col in run.shards.column_names and \
+            run.shards.column(col).null_count < run.shards.num_rows
+
+    return "image-classification" if has("image") else "text-classification" if has("text") else "other"
+
+
+def _provenance(m: dict, cfg: dict, pool) -> dict:
+    """The front matter's ``kdata`` block: the recipe, its models and settings, counts and files."""
+    models = m.get("models") or {}
+    counts = m.get("counts") or {}
+    return {
+        "schema_version": m.get("schema_version"),
+        "kdata_version": m.get("kdata_version"),
+        "config_hash": m.get("config_hash"),
+        "created": _created(m),
+        "teacher": {"id": (models.get("teacher") or {}).get("spec", cfg.get("teacher")),
+                    "checksum": (models.get("teacher") or {}).get("checksum")},
+        "student": {"id": (models.get("student") or {}).get("spec", cfg.get("student")),
+                    "checksum": (models.get("student") or {}).get("checksum")},
+        "pool": pool,
+        "methods": list(m.get("methods") or []),
+        "method_info": m.get("method_info") or {},
+        "method_options": cfg.get("method_options") or {},
+        "critic": {"path": cfg.get("critic"), "recall": cfg.get("critic_recall")},
+        "budget": {"spec": cfg.get("budget"), "rows": m.get("budget_rows")},
+        "balance": m.get("balance", cfg.get("balance")),
+        "dedup": {"method": cfg.get("dedup"), "threshold": cfg.get("dedup_threshold"),
+                  "frac": cfg.get("dedup_frac")},
+        "hard": cfg.get("hard"),
+        "seed": m.get("seed", cfg.get("seed")),
+        "temperature": m.get("temperature", cfg.get("temperature")),
+        "topk": m.get("topk", cfg.get("topk")),
+        "counts": {k: counts.get(k) for k in ("n_in", "kept", "rejected", "quarantined")},
+        "rejected_by_reason": dict(counts.get("rejected_by_reason") or {}),
+        "files": [{"path": f["path"], "rows": f["rows"], "sha256": f["sha256"]} for f in m.get("files", [])],
+    }
+
+
+def front_matter(run: Run, *, name: str) -> dict:
+    """Hugging Face dataset-card fields plus a ``kdata`` block with the recipe and its provenance."""
+    m = run.manifest
+    cfg = m.get("config") or {}
+    kept = int((m.get("counts") or {}).get("kept") or 0)
+    pool = (m.get("pool") or {}).get("spec") or cfg.get("pool")
+    splits = sorted({Path(f["path"]).name.split("-", 1)[0] for f in m.get("files", [])}) or ["train"]
+    fm = {
+        "pretty_name": f"{name} (kdata-curated distillation set)",
+        "license": cfg.get("license") or "unknown",
+        "task_categories": [_task(run)],
+        "size_categories": [size_category(kept)],
+        "source_datasets": [str(pool)] if pool else [],
+        "annotations_creators": ["machine-generated"],
+        "tags": ["knowledge-distillation", "data-curation", "kdata"],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}],
+        "kdata": _provenance(m, cfg, pool),
+    }
+    return jsonable(fm)  # plain values only, so yaml.safe_dump and safe_load round-trip
+
+
+def _created(m: dict) -> str | None:
+    t = m.get("created_unix")
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def read_front_matter(text: str) -> dict:
+    """Parse the YAML front matter of a card (between the leading ``---`` lines)."""
+    if not text.startswith("---\n"):
+        raise KdataError("card: no YAML front matter")
+    end = text.find("\n---\n", 4)
+    if end < 0:
+        raise KdataError("card: unterminated YAML front matter")
+    return yaml.safe_load(text[4:end])
+
+
+# ------------------------------------------------------------------------------------------------
+# Body
+
+def fmt(x, nd: int = 3) -> str:
+    """A card cell: ``–`` for None, floats to ``nd`` decimals, anything else its ``str``."""
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table's lines (cells through ``fmt``)."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return out
+
+
+@dataclass
+class CardContext:
+    """What every section reads: the run, its front matter and decision counts, plot links and notes."""
+
+    run: Run
+    fm: dict
+    dc: dict
+    plots: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def m(self) -> dict:
+        return self.run.manifest
+
+    @property
+    def cfg(self) -> dict:
+        return self.m.get("config") or {}
+
+    @property
+    def k(self) -> dict:
+        return self.fm["kdata"]
+
+    @property
+    def methods(self) -> str:
+        return ", ".join(self.k["methods"]) or "?"
+
+
+def _header(c: CardContext) -> list[str]:
+    return ["---", yaml.safe_dump(c.fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+            f"# {c.fm['pretty_name']}", ""]
+
+
+def _summary(c: CardContext) -> list[str]:
+    k, dc = c.k, c.dc
+    n_in, kept = dc["n_in"] or 0, dc["kept"] or 0
+    return ["## Summary", "",
+            f"{kept:,} of {n_in:,} candidate samples from `{k['pool']}` were kept to distil "
+            f"`{k['teacher']['id']}` into `{k['student']['id']}`, selected with `{c.methods}` under a budget of "
+            f"`{k['budget']['spec']}` ({fmt(k['budget']['rows'])} rows). Every row carries the teacher's "
+            f"top-{k['topk']} soft labels (temperature {k['temperature']}), the student's prediction and the "
+            f"selection scores. {dc['rejected'] or 0:,} samples were rejected (each with a machine-readable "
+            f"reason) and {dc['quarantined'] or 0:,} quarantined as unreadable; the decision of every input "
+            f"sample is in `decisions.parquet`.", ""]
+
+
+def _sources(c: CardContext) -> list[str]:
+    k, pool_info = c.k, c.m.get("pool") or {}
+    pool_desc = pool_info.get("description")
+    L = ["## Sources", "",
+         f"- Pool: `{k['pool']}`" + (f" — {pool_desc}" if pool_desc else "") +
+         f" ({pool_info.get('units', '?')} unit(s)).",
+         f"- Teacher: `{k['teacher']['id']}` (`{k['teacher']['checksum']}`).",
+         f"- Student: `{k['student']['id']}` (`{k['student']['checksum']}`).",
+         f"- Licence: `{c.fm['license']}` — kdata does not know the pool's licence; set `license` in the front "
+         f"matter before publishing. Labels and soft labels are machine-generated by the teacher."]
+    shards = c.run.shards
+    if shards is not None and "source" in shards.column_names:
+        src = pc.value_counts(shards.column("source").combine_chunks()).to_pylist()
+        src = sorted(((s["values"], s["counts"]) for s in src), key=lambda x: (-x[1], str(x[0])))
+        if src and not (len(src) == 1 and src[0][0] is None):
+            L.append("- Kept rows by source: " + ", ".join(f"`{s}` {n}" for s, n in src[:20]) + ".")
+    return L + [""]
+
+
+def _recipe(c: CardContext) -> list[str]:
+    k, cfg = c.k, c.cfg
+    steps = [f"Score every pool sample with teacher and student (top-{k['topk']} probabilities, KL, "
+             f"confidences, margins, entropies).",
+             f"Run the method chain `{c.methods}`: filters drop rows with their own reason, the last ranker "
+             f"orders the rest."]
+    if k["dedup"]["method"] not in (None, "none"):
+        steps.append(f"Remove duplicates (`{k['dedup']['method']}`, threshold {fmt(k['dedup']['threshold'])}, "
+                     f"frac {fmt(k['dedup']['frac'])}) before the budget; the better-ranked copy survives.")
+    L = ["## Curation recipe", ""] + [f"{i}. {s}" for i, s in enumerate(steps, 1)]
+    L.append(f"{len(steps) + 1}. Keep the top `{k['budget']['spec']}` "
+             f"({fmt(k['budget']['rows'])} rows)" + (f", balanced by `{k['balance']}`" if k["balance"] else "") +
+             f"; ties broken with seed {k['seed']}.")
+    if k["hard"]:
+        L.append(f"- HARD augmentation: {k['hard']} generated samples requested.")
+    if cfg.get("critic"):
+        L.append(f"- Critic: `{cfg['critic']}` (recall target {fmt(cfg.get('critic_recall'))}).")
+    return L + ["", "Method settings and thresholds (from the run):", "", "```yaml",
+                yaml.safe_dump({"method_info": k["method_info"], "method_options": k["method_options"]},
+                               sort_keys=True).rstrip(), "```", "",
+                f"Configuration hash `{k['config_hash']}`, kdata {k['kdata_version']}, schema "
+                f"{k['schema_version']}, created {k['created']}.", ""]
+
+
+def _counts(c: CardContext) -> list[str]:
+    dc = c.dc
+    n_in = dc["n_in"] or 0
+    rows = [["in (pool samples)", n_in], ["quarantined (unreadable)", dc["quarantined"]],
+            ["scored", n_in - (dc["quarantined"] or 0)]]
+    for r, n in dc["rejected_by_reason_group"].items():
+        rows.append([f"rejected: `{r}`", n])
+    rows += [["rejected (total)", dc["rejected"]], ["critic-rejected", dc["critic_rejected"]],
+             ["generated (HARD)", dc["generated"]],
+             ["generated rejected (critic, teacher flip)", dc["generated_rejected"]],
+             ["generated kept (in shards)", dc["generated_kept"]], ["**kept**", dc["kept"] or 0]]
+    L = ["## Counts at each stage", ""] + md_table(["stage", "samples"], rows) + [""]
+    quarantined = quarantined_rows(c.run, limit=10)
+    if quarantined:
+        L += [f"Quarantined samples ({dc['quarantined']}; first {len(quarantined)} shown):", ""]
+        L += [f"- `{q['sample_id']}`: {q['error']}" for q in quarantined] + [""]
+    if dc["by_stage"]:
+        L += ["Decisions by the stage that made them: " +
+              "; ".join(f"`{s}`: " + ", ".join(f"{d} {n}" for d, n in sorted(v.items()))
+                        for s, v in dc["by_stage"].items()) + ".", ""]
+    return L
+
+
+def _class_balance(c: CardContext) -> list[str]:
+    L = ["## Class balance before and after", ""]
+    bal = class_balance(c.run)
+    tot = {col: sum(r[col] or 0 for r in bal) for col in ("pool_label", "pool_teacher", "kept_teacher")}
+
+    def share(v, col):
+        return None if v is None or not tot[col] else f"{v} ({100 * v / tot[col]:.1f}%)"
+
+    shown, line = balance_highlights(bal)  # above 40 classes: a summary and the classes that moved most
+    if line:
+        L += [line, ""]
+    L += md_table(["class", "pool, web label", "pool, teacher prediction", "kept, teacher prediction"],
+                  [[r["class"], share(r["pool_label"], "pool_label"), share(r["pool_teacher"], "pool_teacher"),
+                    share(r["kept_teacher"], "kept_teacher")] for r in shown]) + [""]
+    if c.plots.get("balance"):
+        L += [f"![class balance before and after]({c.plots['balance']})", ""]
+    return L
+
+
+def _scores(c: CardContext) -> list[str]:
+    L = ["## Score distributions", "",
+         "Quantiles over every scored input sample (from `decisions.parquet`), kept vs rejected:", ""]
+    q = score_quantiles(c.run)
+    qrows = []
+    for col in score_columns(c.run) + [col for col in q if col not in score_columns(c.run)]:
+        for d in (KEPT, REJECTED):
+            v = q.get(col, {}).get(d)
+            if v:
+                qrows.append([f"`{col}`", d, v["n"], v["min"], v["p05"], v["p50"], v["p95"], v["max"], v["mean"]])
+    L += md_table(["score", "decision", "n", "min", "p05", "median", "p95", "max", "mean"], qrows) + [""]
+    ag = agreement(c.run)
+    if ag:
+        L += md_table(["rows", "n", "teacher = student (top-1)", "teacher = web label"],
+                      [[r, v["n"], v["teacher_student"], v["teacher_label"]] for r, v in ag.items()]) + [""]
+    if c.plots.get("scores"):
+        L += [f"![score histograms, kept vs rejected]({c.plots['scores']})", ""]
+    return L
+
+
+def _examples(c: CardContext) -> list[str]:
+    L = ["## Examples", ""]
+    if c.plots.get("thumbnails"):
+        L += [f"![best-ranked kept and most clearly rejected samples]({c.plots['thumbnails']})", "",
+              "Blue: the best-ranked kept samples (rank, teacher class `T`, teacher confidence `p`). Red: the most "
+              f"clearly rejected samples (lowest `{primary_score(c.run) or 'score'}` first), spread over the "
+              "rejection reasons (reason, teacher class `T`, score `s`).", ""]
+    if c.notes.get("thumbnails"):
+        L += [c.notes["thumbnails"], ""]
+    return L
+
+
+def _biases(c: CardContext) -> list[str]:
+    return ["## Biases teacher-based selection can introduce", "",
+            "- **The teacher's blind spots become the data's blind spots.** Rows are kept by what the teacher "
+            "predicts confidently; classes, styles or domains the teacher is weak on are under-kept (compare the "
+            "class-balance table), and the student inherits the teacher's mistakes through its soft labels.",
+            "- **Labels are the teacher's, not the web's.** `teacher_pred` and the soft labels can disagree with "
+            "the original label (`label`); a high teacher/web-label disagreement on kept rows is teacher "
+            "override, not ground truth.",
+            "- **Easy-example drift.** Confidence-weighted selection (e.g. KD³) prefers prototypical samples; rare "
+            "but valid variants (shifted, unusual) are dropped more often than their share of the pool.",
+            "- **Student coupling.** Disagreement-based scores depend on this particular student checkpoint; a "
+            "different student would select differently.",
+            "- **Duplicates and sources.** Over-represented sources or near-duplicates can dominate unless dedup "
+            "or balancing was enabled (see the recipe).", ""]
+
+
+def _uses(c: CardContext) -> list[str]:
+    return ["## Intended and out-of-scope uses", "",
+            f"- Intended: distilling `{c.k['teacher']['id']}` into `{c.k['student']['id']}` or similar students "
+            "with a KD loss on the stored soft labels; auditing what the curation kept and dropped.",
+            "- Out of scope: evaluation or benchmarking (the selection used the teacher and student, so scores on "
+            "this set are biased), training models whose labels must be human-verified, and any use the pool's "
+            "licence does not allow.", ""]
+
+
+def _how_to_load(c: CardContext) -> list[str]:
+    split = c.fm["configs"][0]["data_files"][0]["path"]
+    return ["## How to load", "",
+            "From this directory (paths are relative to it):", "",
+            "```python", "import pandas as pd", "df = pd.read_parquet(\"data\")", "",
+            "import pyarrow.dataset as ds", "table = ds.dataset(\"data\", format=\"parquet\").to_table()", "",
+            "from datasets import load_dataset",
+            f"train = load_dataset(\"parquet\", data_files=\"{split}\", split=\"train\")",
+            "# or, using the `configs` of this card: load_dataset(\".\", split=\"train\")",
+            "```", "",
+            "Train the student with the kdata trainer:", "", "```bash",
+            f"kdata train --shards . --student {c.k['student']['id']}",
+            "kdata inspect .          # counts, reasons, scores, checksum verification", "```", "",
+            "Each row: `sample_id`, the payload (`image` bytes or `text`), `label` (original), `teacher_pred`, "
+            "`teacher_topk_idx`/`teacher_topk_prob`/`teacher_topk_logit` (soft labels), `student_pred`, "
+            "confidences, `kl_ts`, `rank` and `score_<method>`.", ""]
+
+
+def _files(c: CardContext) -> list[str]:
+    rows = [[f"`{f['path']}`", f["rows"], f"`{f['sha256'][:16]}…`"] for f in c.m.get("files", [])]
+    return ["## Files", ""] + md_table(["file", "rows", "sha256"], rows) + [
+        "", "`decisions.parquet` holds one row per input sample; `manifest.json` the checksums, config and "
+        "counts. Regenerate this card with `kdata card DIR`.", ""]
+
+
+SECTIONS = (_header, _summary, _sources, _recipe, _counts, _class_balance, _scores, _examples, _biases, _uses,
+            _how_to_load, _files)
+
+
+def render_card(run: Run, *, name: str, plots: dict[str, str | None], notes: dict | None = None) -> str:
+    """The card's Markdown. ``plots`` maps plot keys to relative links (None: not drawn)."""
+    c = CardContext(run=run, fm=front_matter(run, name=name), dc=decision_counts(run), plots=plots,
+                    notes=notes or {})
+    return "\n".join(line for section in SECTIONS for line in section(c))

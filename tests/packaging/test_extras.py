@@ -1,0 +1,68 @@
+"""Packaging: a lean core with optional extras, and one line naming the extra when one is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONAL = ("prefect", "prefect-dask", "dask", "open-clip-torch", "open_clip_torch", "timm", "faiss-gpu", "fastapi")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(ROOT)], check=True, capture_output=True)
+    return next(out.glob("kdata-*.whl"))
+
+
+def _requires(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return [line.split(":", 1)[1].strip() for line in z.read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+
+
+def test_core_install_pulls_no_optional_package(wheel):
+    core = [r for r in _requires(wheel) if "extra ==" not in r]
+    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for r in core}
+    assert "torch" in names and "pyarrow" in names
+    assert not names & set(OPTIONAL), f"optional packages in the core dependencies: {names & set(OPTIONAL)}"
+    extras = {r.split("extra ==")[1].strip().strip("'\"") for r in _requires(wheel) if "extra ==" in r}
+    assert {"flows", "clip", "timm", "gpu", "dev"} <= extras
+
+
+def test_wheel_ships_the_flows_and_the_native_kernel(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+    assert {"kdata/flows/curate.py", "kdata/flows/distill.py", "kdata/flows/serve.py",
+            "kdata/core/row_stats.c"} <= names
+
+
+def _without(modules: list[str], *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the kdata CLI in a process where ``modules`` cannot be imported (``sys.modules[m] = None``)."""
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules) +
+            "from kdata.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=cwd)
+
+
+def test_serve_without_the_flows_extra_is_one_line(tmp_path):
+    (tmp_path / "config.yaml").write_text((ROOT / "flows" / "config.yaml").read_text())
+    proc = _without(["prefect", "prefect_dask"], "serve", "--config", "config.yaml", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'kdata[flows]'" in lines[0], proc.stderr
+
+
+def test_select_runs_without_any_extra(tmp_path, builtin_models):
+    proc = _without(["prefect", "prefect_dask", "dask", "distributed", "open_clip", "timm"], "select",
+                    "--method", "random", "--budget", "20", "--out", str(tmp_path / "out"), "--quiet",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "manifest.json").exists()
+    assert "prefect" not in proc.stderr.lower()

@@ -1,0 +1,91 @@
+"""Options defined once: SelectConfig drives the CLI options, ``--config run.yaml`` and the checks
+that run before any work starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdata.cli import build_parser, main
+from kdata.pipeline.config import RunOptions, SelectConfig, cli_fields, flag_of, select_config
+
+
+def _help(cmd: str) -> str:
+    sub = next(a for a in build_parser()._actions if a.dest == "command" or getattr(a, "choices", None))
+    return sub.choices[cmd].format_help()
+
+
+def test_every_config_field_is_a_select_option_with_its_default_shown():
+    text = " ".join(_help("select").split())
+    for cls in (SelectConfig, RunOptions):
+        for f in cli_fields(cls):
+            assert flag_of(f) in text, f.name
+    assert "(default: 0.3)" in text and "(default: builtin:digits-web)" in text
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--budget", "abc"], "--budget 'abc'"),
+    (["--budget", "150%"], "--budget '150%'"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--temperature", "nan"], "--temperature nan"),
+    (["--temperature", "-1"], "--temperature -1"),
+    (["--temperature", "0"], "--temperature 0"),
+    (["--topk", "0"], "--topk 0"),
+    (["--topk", "-3"], "--topk -3"),
+    (["--rows-per-shard", "0"], "--rows-per-shard 0"),
+    (["--rows-per-shard", "-1"], "--rows-per-shard -1"),
+    (["--dedup-frac", "0.2"], "--dedup-threshold/--dedup-frac need --dedup"),
+    (["--method", "critic"], "--method critic needs a fitted critic"),
+])
+def test_bad_options_fail_before_any_work(tmp_path, capsys, args, match):
+    """A fresh cache stays empty: no model is trained or loaded, no pool unit scored."""
+    cache = tmp_path / "cache"
+    os.environ["KDATA_CACHE_SAVED"] = os.environ.get("KDATA_CACHE", "")
+    os.environ["KDATA_CACHE"] = str(cache)
+    try:
+        code = main(["select", "--out", str(tmp_path / "out"), "--quiet", *args])
+    finally:
+        os.environ["KDATA_CACHE"] = os.environ.pop("KDATA_CACHE_SAVED")
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and err.count("\n") == 1, err
+    assert not (cache / "scores").exists() and not (tmp_path / "out").exists()
+
+
+def test_config_file_drives_select_and_flags_override_it(tmp_path, builtin_models):
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump({"method": "random", "budget": 40, "seed": 3, "rows_per_shard": 15,
+                                        "batch_size": 64}))
+    out = tmp_path / "out"
+    code = main(["select", "--config", str(run_yaml), "--seed", "4", "--out", str(out), "--quiet", "--json"])
+    assert code == 0
+    cfg = json.loads((out / "manifest.json").read_text())["config"]
+    assert (cfg["method"], cfg["budget"], cfg["seed"], cfg["rows_per_shard"]) == ("random", "40", 4, 15)
+
+
+def test_config_file_with_unknown_or_mistyped_keys_is_one_line(tmp_path, capsys):
+    for body, match in (({"budgett": "0.3"}, "unknown option(s) ['budgett']"),
+                        ({"topk": "five"}, "topk = 'five': expected int")):
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(body))
+        code = main(["select", "--config", str(path), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err and str(path) in err and err.count("\n") == 1, err
+
+
+def test_select_config_checks_types_from_any_source():
+    with pytest.raises(Exception, match="expected float"):
+        select_config({"temperature": "hot"}, where="flow parameter select")
+    assert select_config({"budget": 0.2}).budget == "0.2"
+
+
+def test_cli_help_is_generated_in_a_subprocess_too():
+    out = subprocess.run([sys.executable, "-m", "kdata.cli", "select", "--help"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0 and "--rows-per-shard" in out.stdout and "--config" in out.stdout

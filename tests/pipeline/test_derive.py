@@ -1,0 +1,76 @@
+"""Every dataset-producing command goes through the one writer: the same manifest, decisions, card
+and report for ``select``, ``dedup`` and ``augment``; provenance names what actually ran."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from kdata.dataset.writer import verify
+from kdata.pipeline import RunOptions, SelectConfig, run_select
+from kdata.pipeline.derive import augment_dataset, dedup_dataset
+from kdata.pipeline.output import RunReport
+
+
+def _manifest(out) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _front_matter(out) -> dict:
+    import yaml
+
+    text = (out / "README.md").read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, builtin_models):
+    out = tmp_path_factory.mktemp("default") / "out"
+    run_select(SelectConfig(budget="0.3"), out=str(out), opts=RunOptions(device="cpu"))
+    return out
+
+
+def test_default_recipe_records_the_chain_and_balance_it_ran(default_run):
+    m = _manifest(default_run)
+    assert m["methods"] == ["rad"] and m["balance"] == "class"
+    assert _front_matter(default_run)["kdata"]["balance"] == "class"
+
+
+def test_decisions_carry_labels(default_run):
+    dec = pq.read_table(default_run / "decisions.parquet")
+    labelled = dec.filter(pc.greater_equal(dec.column("label_idx"), 0))
+    assert labelled.num_rows > 0 and labelled.column("label").null_count == 0
+    names = _manifest(default_run)["class_names"]
+    for label, idx in zip(labelled.column("label").to_pylist()[:50], labelled.column("label_idx").to_pylist()[:50]):
+        assert label == names[idx]
+
+
+def test_dedup_output_is_a_full_dataset_with_a_card(default_run, tmp_path):
+    report = dedup_dataset(str(default_run), out=str(tmp_path / "d"), level="near")
+    assert isinstance(report, RunReport) and report.status == "written"
+    out = tmp_path / "d"
+    m = _manifest(out)
+    assert m["card"]["path"] == "README.md" and (out / "README.md").exists()
+    assert m["counts"]["n_in"] == _manifest(default_run)["counts"]["kept"]
+    assert m["counts"]["n_in"] == m["counts"]["kept"] + m["counts"]["rejected"]
+    assert verify(str(out)) == []
+    again = dedup_dataset(str(default_run), out=str(tmp_path / "d"), level="near")
+    assert again.status == "already complete" and again.counts == report.counts
+
+
+def test_augment_output_is_a_full_dataset_with_a_card(default_run, tmp_path):
+    from kdata.augment.hard import HardConfig
+
+    report = augment_dataset(str(default_run), teacher="builtin:digits-teacher", student="builtin:digits-student",
+                             out=str(tmp_path / "a"), config=HardConfig(per_sample=1, steps=2, seed=0))
+    out = tmp_path / "a"
+    m = _manifest(out)
+    assert (out / "README.md").exists() and m["card"]["path"] == "README.md"
+    c = report.counts
+    assert c["n_in"] == c["kept"] == _manifest(default_run)["counts"]["kept"]
+    assert c["generated"] == c["generated_kept"] + c["generated_rejected"]
+    rows = sum(f["rows"] for f in m["files"])
+    assert rows == c["kept"] + c["generated_kept"]
