@@ -43,7 +43,8 @@ from kdata.pipeline.config import RunOptions, SelectConfig  # noqa: E402
 from kdata.pipeline.curate import Scored, finish  # noqa: E402
 from kdata.pipeline.prepare import prepare, resolve_balance, resolve_methods  # noqa: E402
 from kdata.scoring.score import score_pool  # noqa: E402
-from kdata.training.train import EvalSet, TrainConfig, train  # noqa: E402
+from kdata.training.evaluate import EvalSet
+from kdata.training.train import TrainConfig, train  # noqa: E402
 
 # methods that need inputs the benchmark cannot supply from the built-in pool and models
 NEEDS_EXTRA = {"critic": "needs a fitted critic (kdata critic fit) trained on human accept/reject labels"}

@@ -26,7 +26,8 @@ def compare_training(cfg: SelectConfig, *, out: str, n_kept: int, eval_spec: str
     import torch
 
     from kdata.models.spec import load_model
-    from kdata.training.train import EvalSet, TrainConfig, train
+    from kdata.training.evaluate import EvalSet
+    from kdata.training.train import TrainConfig, train
 
     tc = TrainConfig(device="cpu", seed=cfg.seed, eval_every_epoch=False)
     if epochs:

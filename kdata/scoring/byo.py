@@ -211,14 +211,46 @@ def _topk_batches(ti, tp, si, sp, C: int):
         # stored top-k is taken from the given probabilities at T = 1
 
 
+def _one_class_columns(n: int) -> dict[str, pa.Array]:
+    """Score columns of one trivial pseudo-class (``teacher_logprob``/``reference_logprob`` files)."""
+    one = {"teacher_conf": 1.0, "student_conf": 1.0, "teacher_margin": 1.0, "student_margin": 1.0,
+           "teacher_entropy": 0.0, "student_entropy": 0.0, "kl_ts": 0.0, "kl_st": 0.0,
+           "teacher_label_prob": float("nan")}
+    cols = {name: pa.array(np.full(n, v, np.float32)) for name, v in one.items()}
+    cols["teacher_pred"] = cols["student_pred"] = pa.array(np.zeros(n, np.int32))
+    cols["agree"] = pa.array(np.ones(n, bool))
+    for name in ("teacher_topk_idx", "student_topk_idx"):
+        cols[name] = pa.array([[0]] * n, pa.list_(pa.int32()))
+    for name in ("teacher_topk_prob", "student_topk_prob", "teacher_topk_logit"):
+        cols[name] = pa.array([[1.0 if "prob" in name else 0.0]] * n, pa.list_(pa.float32()))
+    return cols
+
+
+def _statistics_columns(batches, label: np.ndarray, *, C: int, n: int, temperature: float, topk: int,
+                        keep_logits: bool) -> dict[str, pa.Array]:
+    """The disagreement statistics of streamed (row offset, teacher, student) logit batches."""
+    import torch
+
+    from kdata.core.stats import choose_backend, disagreement
+    from kdata.scoring.score import score_columns
+
+    backend = choose_backend("cpu", C, n * C)  # by the whole file: a compile pays off on large ones
+    parts: dict[str, list] = {}
+    with torch.inference_mode():
+        for i, t, s in batches:
+            li = torch.tensor(label[i:i + len(t)])
+            st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li, backend=backend)
+            if keep_logits:
+                st["teacher_logits"], st["student_logits"] = t, s
+            for k, v in st.items():
+                parts.setdefault(k, []).append(v.numpy())
+    return score_columns(parts)
+
+
 def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
                 num_classes: int | None = None) -> tuple[pa.Table, int, list[str]]:
     """Read and validate a bring-your-own predictions file; return (scores table, C, class names)."""
     import pyarrow.parquet as pq
-    import torch
-
-    from kdata.scoring.score import score_columns
-    from kdata.core.stats import choose_backend, disagreement
 
     where = str(path)
     if not Path(path).exists():
@@ -273,31 +305,11 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
         label[(label < -1) | (label >= max(C, 1))] = -1  # out-of-range labels count as unknown
     cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
     if mode == "logprob":  # trivial one-class predictions; only miniplm (and random) say anything here
-        one = {"teacher_conf": 1.0, "student_conf": 1.0, "teacher_margin": 1.0, "student_margin": 1.0,
-               "teacher_entropy": 0.0, "student_entropy": 0.0, "kl_ts": 0.0, "kl_st": 0.0,
-               "teacher_label_prob": float("nan")}
-        for name, v in one.items():
-            cols[name] = pa.array(np.full(n, v, np.float32))
-        cols["teacher_pred"] = cols["student_pred"] = pa.array(np.zeros(n, np.int32))
-        cols["agree"] = pa.array(np.ones(n, bool))
-        for name in ("teacher_topk_idx", "student_topk_idx"):
-            cols[name] = pa.array([[0]] * n, pa.list_(pa.int32()))
-        for name in ("teacher_topk_prob", "student_topk_prob", "teacher_topk_logit"):
-            cols[name] = pa.array([[1.0 if "prob" in name else 0.0]] * n, pa.list_(pa.float32()))
+        cols.update(_one_class_columns(n))
     else:
-        keep_logits = mode == "logits" and C <= 128
-        backend = choose_backend("cpu", C, n * C)  # by the whole file: a compile pays off on large ones
-        parts: dict[str, list] = {}
-        with torch.inference_mode():
-            for i, t, s in (_logit_batches(pfile, where, ids, C) if mode == "logits" else
-                            _topk_batches(ti, tp, si, sp, C)):
-                li = torch.tensor(label[i:i + len(t)])
-                st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li, backend=backend)
-                if keep_logits:
-                    st["teacher_logits"], st["student_logits"] = t, s
-                for k, v in st.items():
-                    parts.setdefault(k, []).append(v.numpy())
-        cols.update(score_columns(parts))
+        batches = (_logit_batches(pfile, where, ids, C) if mode == "logits" else _topk_batches(ti, tp, si, sp, C))
+        cols.update(_statistics_columns(batches, label, C=C, n=n, temperature=temperature, topk=topk,
+                                        keep_logits=mode == "logits" and C <= 128))
     out = pa.table({k: cols[k] for k in [f.name for f in SCORES_SCHEMA] + [k for k in SCORES_OPTIONAL if k in cols]})
     if "embedding" in names and "embedding" not in out.column_names:
         emb = check_list_column(table, "embedding", where=where)

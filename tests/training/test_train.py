@@ -10,7 +10,9 @@ import torch
 
 from kdata.cli import main
 from kdata.models.spec import load_model
-from kdata.training.train import EvalSet, TrainConfig, kd_loss, nkd_loss, soft_targets, train
+from kdata.training.evaluate import EvalSet
+from kdata.training.train import TrainConfig, train
+from kdata.training.losses import kd_loss, nkd_loss, soft_targets
 
 
 def _softmax(v):

@@ -1,0 +1,70 @@
+"""Accuracy of a model on a labelled image set (the trainer's evaluation)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from kdata.core.errors import KdataError
+from kdata.models.images import decode_image
+from kdata.models.spec import Model
+from kdata.pools.spec import open_pool
+from kdata.scoring.score import label_indices
+
+class EvalSet:
+    """Labelled images to measure accuracy on: ``builtin:digits-test``, an image folder or a Parquet pool.
+
+    Decoded once (with the student's preprocessing) and kept as tensors, so per-epoch evaluation
+    costs only a forward pass.
+    """
+
+    def __init__(self, spec: str, *, model: Model, max_rows: int = 200_000):
+        pool = open_pool(spec)
+        xs, ys, n_unlabelled = [], [], 0
+        for unit in pool.units:
+            t = unit.read()
+            if t.num_rows == 0:
+                continue
+            if t.column("image").null_count == t.num_rows:
+                raise KdataError(f"{spec}: evaluation set has no images")
+            labels = label_indices(t.column("label"), model.class_names)
+            n_unlabelled += int((labels < 0).sum())
+            for data, y in zip(t.column("image").to_pylist(), labels):
+                if y < 0:
+                    continue
+                try:
+                    xs.append(decode_image(data, input_size=model.input_size, mean=model.mean, std=model.std,
+                                           interpolation=model.interpolation))
+                except Exception:
+                    continue
+                ys.append(int(y))
+                if len(ys) > max_rows:
+                    raise KdataError(f"{spec}: evaluation set larger than {max_rows} labelled images")
+        if not ys:
+            raise KdataError(f"{spec}: evaluation set has no labelled images whose labels are among the "
+                             f"student's class names")
+        self.spec = spec
+        self.x = torch.stack(xs)
+        self.y = torch.tensor(ys, dtype=torch.long)
+        self.n_unlabelled = n_unlabelled
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def accuracy(self, model: Model, *, device=None, batch_size: int = 512) -> float:
+        device = device or next(iter(model.module.parameters()), torch.empty(0)).device
+        was = model.module.training
+        model.module.eval()
+        correct = 0
+        with torch.inference_mode(), autocast(torch.device(device)):
+            for i in range(0, len(self.y), batch_size):
+                logits, _ = model.forward(self.x[i:i + batch_size].to(device))
+                correct += int((logits.float().argmax(1).cpu() == self.y[i:i + batch_size]).sum())
+        model.module.train(was)
+        return correct / len(self.y)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, nothing on CPU (fp32 on CPU gives the reference results)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
