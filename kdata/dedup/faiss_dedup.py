@@ -19,12 +19,7 @@ Inputs are always in *rank order* (best first), so "the survivor is the one the 
 higher" is simply the lower index. Each level returns ``dup_of``: -1 for survivors, else the
 index of the surviving sample the row duplicates (reason ``duplicate_of:<sample_id>``).
 
-Similarity search (``similar_pairs``): exact ``faiss.IndexFlatIP`` range search up to
-``EXACT_MAX`` rows; above that, cluster-then-compare: spherical k-means (faiss) into ~√N cells,
-each row is compared (one BLAS matrix product per cell, chunked) with the rows whose nearest
-centroid is one of its ``nprobe`` nearest — an IVF range search with dense per-cell products.
-Found pairs always carry their exact cosine, so approximation can only miss pairs, never invent
-them. faiss GPU is used for k-means and centroid search only when a subprocess probe succeeds.
+Similarity search and spherical k-means run on faiss (``kdata.core.vectors``).
 """
 
 from __future__ import annotations

@@ -10,13 +10,12 @@ one line and exit 2, never a failure after the pool was scored.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdata.core.errors import KdataError
+from kdata.core.jsonable import config_hash
 from kdata.models.images import check_max_pixels
 from kdata.pools.base import PoolLimits
 
@@ -82,8 +81,8 @@ class SelectConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
+        """The identity of the run's output (``kdata.core.jsonable.config_hash``)."""
+        return config_hash(self.to_dict())
 
     @property
     def is_default_recipe(self) -> bool:
