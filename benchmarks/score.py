@@ -1,28 +1,37 @@
-"""Scoring throughput: the kdata pipeline against the bare teacher+student forward pass, same process.
+"""Scoring throughput against its two limits: the bare forward pass and the decode capacity.
 
-Two cases, each printing samples/s and the ratio pipeline / bare (1.0 = the pipeline costs nothing
-beyond the models' own forward passes):
+The pipeline (``kdata.scoring.score.score_pool``: read files, fingerprint, decode, forward,
+statistics, write the per-unit cache) cannot beat the slower of
 
-* ``builtin``: ``builtin:digits-web`` (1,457 32×32 PNGs) with the built-in teacher and student,
-  through ``kdata.scoring.score.score_table``.
-* ``real``: a temporary ImageFolder of JPEGs cropped from scikit-learn's two sample photos (4
-  classes), scored by a small randomly initialised open_clip ViT image tower used as a zero-shot
-  teacher over the folder names, and a CNN student exported to ``.pt2`` — decoded by 2 DataLoader
-  workers. Reported for ``score_table`` on the pool's bytes (decode + forward + statistics) and for
-  ``score_pool`` end to end (read files, fingerprint, score, write the cache Parquet).
+* **bare forward**: teacher + student on pre-decoded tensors already on the device, same batch
+  size, precision and memory format as the pipeline;
+* **decode capacity**: workers × what one core decodes and preprocesses per second (0 workers:
+  one core, in the scoring process) — and, on CUDA, the batched nvJPEG decode + preprocessing rate
+  on the GPU, which is what JPEGs go through there.
 
-The bare baseline forwards the same pre-decoded tensors (decoded before the clock starts) with the
-same batch size under ``torch.inference_mode``. Measurements alternate for ``--repeat`` rounds and
-the best of each is kept, so a busy machine distorts the ratio less.
+It prints both, the pipeline's samples/s over a JPEG image folder cut into ≥ 3 units (one decode
+pipeline serves them all), and the ratio pipeline / min(bare, decode capacity). Rounds alternate
+and the best of each is kept (timeit's rule), so load from other processes hits every figure.
 
-    python benchmarks/score.py            # both cases, 2,000 JPEGs
-    python benchmarks/score.py --quick    # small run (400 JPEGs), for a smoke test
+The JPEGs are crops of scikit-learn's two sample photos (4 classes by region). The teacher is an
+open_clip image tower used as a zero-shot classifier over the folder names, randomly initialised
+(``--teacher-arch``: ``bench-clip``, a 4-layer ViT at 96 px small enough for a 2-core CPU, or any
+open_clip architecture such as ``ViT-B-32``); the student is exported to ``.pt2``
+(``--student-arch``: ``digitsnet``, a small CNN at 64 px, or a timm architecture such as
+``resnet18`` at its own input size). Nothing is downloaded.
+
+    python benchmarks/score.py --quick --workers 2          # 400 JPEGs, 3 units
+    python benchmarks/score.py                              # built-in digits + 2,000 JPEGs in 4 units
+    python benchmarks/score.py --device cuda --teacher-arch ViT-B-32 --student-arch resnet18 \\
+        --n 12000 --sizes 224,400 --batch-size 256 --workers auto
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
 import tempfile
@@ -32,15 +41,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The teacher: a ViT image tower small enough for a 2-core CPU, text tower only for the zero-shot head.
+# The default teacher: a ViT image tower small enough for a 2-core CPU, text tower only for the zero-shot head.
 TINY_CLIP = {"embed_dim": 128,
              "vision_cfg": {"image_size": 96, "layers": 4, "width": 192, "patch_size": 16, "head_width": 64},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
 CLASSES = ["china_sky", "china_ground", "flower_left", "flower_right"]
 
 
-def make_jpeg_folder(root: Path, n: int, *, seed: int = 0) -> None:
-    """``n`` JPEGs: random crops (96–320 px) of sklearn's sample photos, 4 classes by region."""
+def make_jpeg_folder(root: Path, n: int, *, sizes: tuple[int, int] = (96, 320), seed: int = 0) -> None:
+    """``n`` JPEGs: random square crops (``sizes`` px) of sklearn's sample photos, 4 classes by region."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -52,175 +61,270 @@ def make_jpeg_folder(root: Path, n: int, *, seed: int = 0) -> None:
         k = i % len(CLASSES)
         img = photos[0 if k < 2 else 1]
         h, w = img.shape[:2]
-        size = int(rng.integers(96, 321))
-        if k == 0:
-            y0, x0 = int(rng.integers(0, h // 2 - size // 2 + 1)), int(rng.integers(0, w - size + 1))
-        elif k == 1:
-            y0, x0 = int(rng.integers(h // 2 - size // 2, h - size + 1)), int(rng.integers(0, w - size + 1))
-        else:
+        size = int(rng.integers(sizes[0], min(sizes[1], h) + 1))
+        half_h, half_w = max(0, h // 2 - size // 2), max(0, w // 2 - size // 2)
+        if k < 2:  # sky: upper half, ground: lower half (overlapping when the crop is large)
+            y0 = int(rng.integers(0, min(half_h, h - size) + 1)) if k == 0 else int(rng.integers(min(half_h, h - size), h - size + 1))
+            x0 = int(rng.integers(0, w - size + 1))
+        else:  # flower: left or right half
             y0 = int(rng.integers(0, h - size + 1))
-            x0 = int(rng.integers(0, w // 2 - size // 2 + 1)) if k == 2 else int(rng.integers(w // 2 - size // 2,
-                                                                                             w - size + 1))
+            x0 = int(rng.integers(0, min(half_w, w - size) + 1)) if k == 2 else int(rng.integers(min(half_w, w - size), w - size + 1))
         crop = img[y0:y0 + size, x0:x0 + size]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         Image.fromarray(np.ascontiguousarray(crop)).save(root / CLASSES[k] / f"{i:06d}.jpg", quality=90)
 
 
-def make_models(work: Path) -> tuple[str, str]:
-    """Write the open_clip config + random weights, and an exported CNN student (.pt2)."""
+def make_teacher(work: Path, arch: str) -> str:
+    """An open_clip model with random weights saved locally → its ``open_clip:`` spec."""
     import open_clip
 
-    from kdata.models.builtin import DigitsNet
+    torch.manual_seed(0)
+    logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights": random init is the point here
+    if arch == "bench-clip":
+        cfg = work / "bench-clip.json"
+        cfg.write_text(json.dumps(TINY_CLIP))
+        open_clip.add_model_config(str(cfg))
+        name, spec_arch = "bench-clip", str(cfg)
+    else:
+        name, spec_arch = arch, arch
+    clip = open_clip.create_model(name, pretrained=None)
+    weights = work / f"{name}-random.pt"
+    torch.save(clip.state_dict(), weights)
+    return f"open_clip:{spec_arch}:{weights}"
+
+
+def make_student(work: Path, arch: str) -> str:
+    """A student exported to ``.pt2``: the small DigitsNet at 64 px, or a timm architecture at its input size."""
     from kdata.models.files import export_model
 
     torch.manual_seed(0)
-    cfg = work / "bench-clip.json"
-    cfg.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(str(cfg))
-    import logging
+    names = sorted(CLASSES)  # ImageFolder order: sorted folder names
+    if arch == "digitsnet":
+        from kdata.models.builtin import DigitsNet
 
-    logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights": random init is the point here
-    clip = open_clip.create_model("bench-clip", pretrained=None)
-    torch.save(clip.state_dict(), work / "bench-clip.pt")
-    student = DigitsNet((32, 64, 128), num_classes=len(CLASSES), in_ch=3)
-    export_model(student, work / "student.pt2", input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.25,) * 3,
-                 class_names=sorted(CLASSES))  # ImageFolder order: sorted folder names
-    return f"open_clip:{cfg}:{work / 'bench-clip.pt'}", str(work / "student.pt2")
+        net, size, mean, std = DigitsNet((32, 64, 128), num_classes=len(CLASSES), in_ch=3), (3, 64, 64), (0.5,) * 3, (0.25,) * 3
+    else:
+        import timm
+
+        net = timm.create_model(arch, pretrained=False, num_classes=len(CLASSES))
+        cfg = net.pretrained_cfg
+        size, mean, std = tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
+    return str(export_model(net.eval(), work / f"student-{arch}.pt2", input_size=size, mean=mean, std=std,
+                            class_names=names))
 
 
-def bare_rate(images: list, teacher, student, *, batch_size: int) -> float:
-    """Samples/s of teacher+student forward on tensors decoded before timing."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_rate(images: list, teacher, student, *, batch_size: int, device: torch.device, precision: str) -> float:
+    """Samples/s of teacher + student forward on tensors decoded (and moved to the device) before timing."""
     from kdata.models.images import decode_multi
+    from kdata.scoring.score import precision_mode
 
     keys = list(dict.fromkeys([teacher.preprocess_key, student.preprocess_key]))
-    t0 = time.perf_counter()
     dec = [decode_multi(b, keys) for b in images]
-    bare_rate.decode_per_s = len(images) / (time.perf_counter() - t0)  # one core, for the GPU estimate
-    batches = [{k: torch.stack([d[k] for d in dec[i:i + batch_size]]) for k in keys}
+    batches = [{k: torch.stack([d[k] for d in dec[i:i + batch_size]]).to(device) for k in keys}
                for i in range(0, len(dec), batch_size)]
-    with torch.inference_mode():
-        teacher.forward(batches[0][teacher.preprocess_key][:8])
+    if device.type == "cuda":
+        batches = [{k: v.contiguous(memory_format=torch.channels_last) for k, v in b.items()} for b in batches]
+    with torch.inference_mode(), precision_mode(precision, device):
+        teacher.forward(batches[0][teacher.preprocess_key][:8])  # warm-up (cuDNN autotune, lazy init)
         student.forward(batches[0][student.preprocess_key][:8])
+        _sync(device)
         t0 = time.perf_counter()
         for b in batches:
             teacher.forward(b[teacher.preprocess_key])
             student.forward(b[student.preprocess_key])
-        dt = time.perf_counter() - t0
-    return len(dec) / dt
+        _sync(device)
+    return len(dec) / (time.perf_counter() - t0)
+
+
+def cpu_decode_rate(images: list, keys: list) -> float:
+    """Images/s one core reads → decodes → preprocesses (every key) → normalises, as a worker and the loop do."""
+    from kdata.models.images import decode_multi_u8, normalise
+
+    t0 = time.perf_counter()
+    for b in images:
+        for k, v in decode_multi_u8(b, keys).items():
+            normalise(v, k[1], k[2])
+    return len(images) / (time.perf_counter() - t0)
+
+
+def gpu_decode_rate(images: list, keys: list, *, device: torch.device, batch_size: int) -> float:
+    """Images/s of batched nvJPEG decode + preprocessing on the device (what the pipeline does with JPEGs)."""
+    from kdata.models.gpu_decode import decode_jpegs, preprocess
+
+    gray = all(k[0][0] == 1 for k in keys)
+    raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in images]
+    preprocess(decode_jpegs(raw[:8], device=device, gray=gray), keys)  # warm-up: nvJPEG handles, kernels
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(raw), batch_size):
+        preprocess([im for im in decode_jpegs(raw[i:i + batch_size], device=device, gray=gray) if im is not None], keys)
+    _sync(device)
+    return len(raw) / (time.perf_counter() - t0)
+
+
+def pipeline_rate(pool, teacher, student, *, config, device: torch.device) -> tuple[float, dict]:
+    """Samples/s of ``score_pool`` end to end over every unit (no cache reuse), and its run info."""
+    from kdata.scoring.score import score_pool
+
+    t0 = time.perf_counter()
+    scores, quarantined, info = score_pool(pool, teacher, student, config=config, device=device, cache=False)
+    return (scores.num_rows + len(quarantined)) / (time.perf_counter() - t0), info
 
 
 def gflops_per_sample(model) -> float:
     """Forward FLOPs of one sample (torch's FLOP counter: matmuls and convolutions), in GFLOP."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros((1, *model.input_size))
+    p = next(iter(model.module.parameters()), None)
+    x = torch.zeros((1, *model.input_size), device=p.device if p is not None else "cpu")
     # grad mode on: in inference mode nn.MultiheadAttention takes a fused fast path the counter misses
     with torch.enable_grad(), FlopCounterMode(display=False) as fc:
         model.forward(x)
     return fc.get_total_flops() / 1e9
 
 
-def table_rate(tables: list, teacher, student, *, batch_size: int, workers: int) -> tuple[float, int]:
-    from kdata.scoring.score import ScoreConfig, score_table
-
-    cfg = ScoreConfig(batch_size=batch_size, num_workers=workers)
-    t0 = time.perf_counter()
-    n = q = 0
-    for t in tables:
-        scores, quarantined = score_table(t, teacher, student, config=cfg)
-        n += scores.num_rows + len(quarantined)
-        q += len(quarantined)
-    return n / (time.perf_counter() - t0), q
+def _best(rounds: int, fn):
+    """Run ``fn`` ``rounds`` times; keep the best of each returned figure (they alternate with the others')."""
+    return [fn() for _ in range(rounds)]
 
 
-def case_builtin(*, batch_size: int, workers: int, repeat: int) -> dict:
-    from kdata.models.spec import load_model
-    from kdata.pools.spec import open_pool
-
-    teacher, student = load_model("builtin:digits-teacher"), load_model("builtin:digits-student")
-    tables = [u.read() for u in open_pool("builtin:digits-web").units]
-    images = [b for t in tables for b in t.column("image").to_pylist()]
-    bare = pipe = 0.0
-    for _ in range(repeat):  # alternate and keep the best of each: load on a shared box only slows runs down
-        bare = max(bare, bare_rate(images, teacher, student, batch_size=batch_size))
-        pipe = max(pipe, table_rate(tables, teacher, student, batch_size=batch_size, workers=workers)[0])
-    return {"case": "builtin", "n": len(images), "workers": workers, "bare_per_s": bare, "pipeline_per_s": pipe,
-            "ratio": pipe / bare}
-
-
-def case_real(*, n: int, batch_size: int, workers: int, repeat: int) -> dict:
+def case_jpeg(args, device: torch.device) -> dict:
+    from kdata.models.decode_pool import resolve_workers
     from kdata.models.files import pool_class_names
+    from kdata.models.gpu_decode import gpu_decodable
     from kdata.models.spec import load_model
-    from kdata.pools.spec import open_pool
-    from kdata.scoring.score import ScoreConfig, score_pool
+    from kdata.pools.readers import open_image_folder
+    from kdata.scoring.score import ScoreConfig, resolve_precision
 
     with tempfile.TemporaryDirectory(prefix="kdata-bench-") as tmp:
         work = Path(tmp)
         os.environ["KDATA_CACHE"] = str(work / "cache")
         t0 = time.perf_counter()
-        make_jpeg_folder(work / "pool", n)
-        t_spec, s_spec = make_models(work)
-        pool = open_pool(str(work / "pool"))
+        make_jpeg_folder(work / "pool", args.n, sizes=args.sizes)
+        t_spec, s_spec = make_teacher(work, args.teacher_arch), make_student(work, args.student_arch)
+        pool = open_image_folder(str(work / "pool"), unit_files=math.ceil(args.n / args.units))
         with pool_class_names(pool.class_names):
-            teacher, student = load_model(t_spec), load_model(s_spec)
+            teacher, student = load_model(t_spec, device=device), load_model(s_spec, device=device)
         setup = time.perf_counter() - t0
-        tables = [u.read() for u in pool.units]
-        images = [b for t in tables for b in t.column("image").to_pylist()]
-        nbytes = sum(len(b) for b in images)
-        bare = pipe = full = 0.0
-        for _ in range(repeat):  # alternate the three and keep the best of each (timeit's rule)
-            bare = max(bare, bare_rate(images, teacher, student, batch_size=batch_size))
-            rate, q = table_rate(tables, teacher, student, batch_size=batch_size, workers=workers)
-            pipe = max(pipe, rate)
-            t1 = time.perf_counter()
-            scores, quarantined, _ = score_pool(pool, teacher, student,
-                                                config=ScoreConfig(batch_size=batch_size, num_workers=workers),
-                                                cache=False)
-            full = max(full, (scores.num_rows + len(quarantined)) / (time.perf_counter() - t1))
-        tp = sum(p.numel() for p in teacher.module.parameters())
-        sp = sum(p.numel() for p in student.module.parameters()) if list(student.module.parameters()) else None
-        return {"case": "real", "n": len(images), "mean_jpeg_kb": nbytes / len(images) / 1024, "workers": workers,
+        images = [b for u in pool.units for b in u.read().column("image").to_pylist()]
+        keys = list(dict.fromkeys([teacher.preprocess_key, student.preprocess_key]))
+        precision = resolve_precision(args.precision, device)
+        workers = resolve_workers(args.workers, rows=len(images), device=device)
+        config = ScoreConfig(batch_size=args.batch_size, num_workers=workers, precision=precision)
+        bare_imgs = images[:min(len(images), 8 * args.batch_size)]
+        bare = per_core = gpu = pipe = 0.0
+        info: dict = {}
+        for _ in range(args.repeat):  # alternate and keep the best of each: load only ever slows a figure down
+            bare = max(bare, bare_rate(bare_imgs, teacher, student, batch_size=args.batch_size, device=device,
+                                       precision=precision))
+            per_core = max(per_core, cpu_decode_rate(images[:args.decode_sample], keys))
+            if device.type == "cuda" and gpu_decodable(keys):
+                gpu = max(gpu, gpu_decode_rate(images, keys, device=device, batch_size=args.batch_size))
+            rate, run_info = pipeline_rate(pool, teacher, student, config=config, device=device)
+            if rate > pipe:
+                pipe, info = rate, run_info
+        capacity = gpu if gpu else max(workers, 1) * per_core
+        return {"case": "jpeg", "n": len(images), "units": len(pool.units), "device": str(device),
+                "precision": precision, "workers": workers, "batch_size": args.batch_size,
+                "sizes": list(args.sizes), "mean_jpeg_kb": sum(map(len, images)) / len(images) / 1024,
+                "teacher": f"open_clip {args.teacher_arch} (random init), {teacher.input_size} {teacher.interpolation}",
+                "student": f"{args.student_arch} .pt2, {student.input_size} {student.interpolation}",
                 "gflops_per_sample": {"teacher": gflops_per_sample(teacher), "student": gflops_per_sample(student)},
-                "decode_per_s_one_core": bare_rate.decode_per_s,
-                "teacher": f"open_clip ViT {TINY_CLIP['vision_cfg']} ({tp:,} params incl. zero-shot head)",
-                "student": f"DigitsNet(32,64,128) 3x64x64 .pt2 ({sp} params)" if sp else "DigitsNet .pt2",
-                "bare_per_s": bare, "pipeline_per_s": pipe, "ratio": pipe / bare, "quarantined": q,
-                "score_pool_per_s": full, "score_pool_ratio": full / bare, "setup_s": setup}
+                "bare_per_s": bare, "decode_per_s_one_core": per_core, "gpu_decode_per_s": gpu or None,
+                "decode_capacity_per_s": capacity, "pipeline_per_s": pipe, "ratio": pipe / min(bare, capacity),
+                "decode_pids": info.get("decode_pids"), "gpu_jpegs": info.get("gpu_jpegs"),
+                "cuda_peak_bytes": info.get("cuda_peak_bytes"), "setup_s": setup}
+
+
+def case_builtin(args, device: torch.device) -> dict:
+    from kdata.models.spec import load_model
+    from kdata.pools.spec import open_pool
+    from kdata.scoring.score import ScoreConfig, resolve_precision
+
+    teacher, student = load_model("builtin:digits-teacher", device=device), load_model("builtin:digits-student",
+                                                                                       device=device)
+    pool = open_pool("builtin:digits-web")
+    images = [b for u in pool.units for b in u.read().column("image").to_pylist()]
+    keys = list(dict.fromkeys([teacher.preprocess_key, student.preprocess_key]))
+    precision = resolve_precision(args.precision, device)
+    config = ScoreConfig(batch_size=args.batch_size, num_workers=0, precision=precision)
+    bare = per_core = pipe = 0.0
+    for _ in range(args.repeat):
+        bare = max(bare, bare_rate(images, teacher, student, batch_size=args.batch_size, device=device,
+                                   precision=precision))
+        per_core = max(per_core, cpu_decode_rate(images, keys))
+        pipe = max(pipe, pipeline_rate(pool, teacher, student, config=config, device=device)[0])
+    return {"case": "builtin", "n": len(images), "units": len(pool.units), "device": str(device),
+            "precision": precision, "workers": 0, "batch_size": args.batch_size, "bare_per_s": bare,
+            "decode_per_s_one_core": per_core, "gpu_decode_per_s": None, "decode_capacity_per_s": per_core,
+            "pipeline_per_s": pipe, "ratio": pipe / min(bare, per_core)}
+
+
+def report(r: dict, repeat: int) -> None:
+    print(f"[{r['case']}] {r['n']} images in {r['units']} units, {r['device']} {r['precision']}, "
+          f"batch {r['batch_size']}, {r['workers']} decode worker(s), best of {repeat}")
+    if r["case"] == "jpeg":
+        g = r["gflops_per_sample"]
+        print(f"  teacher {r['teacher']}\n  student {r['student']}")
+        print(f"  JPEGs {r['sizes'][0]}–{r['sizes'][1]} px, mean {r['mean_jpeg_kb']:.1f} KiB; forward GFLOP/sample: "
+              f"teacher {g['teacher']:.3f}, student {g['student']:.3f}")
+    print(f"  bare forward (pre-decoded, on the device)   {r['bare_per_s']:10.1f} samples/s")
+    print(f"  decode, one core                            {r['decode_per_s_one_core']:10.1f} images/s")
+    if r["gpu_decode_per_s"]:
+        print(f"  decode on the GPU (nvJPEG + preprocessing)  {r['gpu_decode_per_s']:10.1f} images/s")
+    else:
+        print(f"  decode capacity ({max(r['workers'], 1)} × one core)              "
+              f"{r['decode_capacity_per_s']:10.1f} images/s")
+    print(f"  pipeline score_pool ({r['units']} units, files → cache) {r['pipeline_per_s']:10.1f} samples/s")
+    print(f"  ratio pipeline / min(bare, decode capacity) {r['ratio']:10.2f}")
+    if r.get("cuda_peak_bytes"):
+        print(f"  peak GPU memory {r['cuda_peak_bytes'] / 2**30:.2f} GiB; JPEGs decoded on the GPU: {r['gpu_jpegs']}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small run: 400 JPEGs")
-    ap.add_argument("--n", type=int, default=2000, help="JPEGs in the real-image case (default 2000)")
-    ap.add_argument("--workers", type=int, default=2, help="decode workers in the real-image case")
+    ap.add_argument("--quick", action="store_true", help="small run: 3 units of one batch (3 × --batch-size JPEGs)")
+    ap.add_argument("--n", type=int, default=2000, help="JPEGs in the pool (default 2000)")
+    ap.add_argument("--units", type=int, default=4, help="pool units (≥ 3; default 4)")
+    ap.add_argument("--sizes", type=lambda s: tuple(int(v) for v in s.split(",")), default=(96, 320),
+                    help="smallest,largest JPEG side in px (default 96,320)")
+    ap.add_argument("--workers", default="2", help="decode workers: a number or auto (default 2)")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--case", choices=["all", "builtin", "real"], default="all")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--teacher-arch", default="bench-clip", help="open_clip architecture, randomly initialised "
+                    "(default bench-clip: a 4-layer ViT at 96 px), e.g. ViT-B-32")
+    ap.add_argument("--student-arch", default="digitsnet", help="timm architecture exported to .pt2, randomly "
+                    "initialised (default digitsnet: a small CNN at 64 px), e.g. resnet18")
+    ap.add_argument("--case", choices=["all", "builtin", "jpeg"], default="jpeg")
     ap.add_argument("--repeat", type=int, default=2, help="alternating rounds; the best of each is kept")
+    ap.add_argument("--decode-sample", type=int, default=400, help="images timed for the one-core decode rate")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the scoring process "
+                    "(default: the cores, at most 2 on a CPU device)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    n = 400 if args.quick else args.n
+    from kdata.models.spec import pick_device
+
+    device = pick_device(args.device)
+    if args.quick:
+        args.units, args.n = 3, 3 * args.batch_size
+    if args.units < 3:
+        ap.error("--units: at least 3 (the pipeline must serve several units)")
+    torch.set_num_threads(args.threads or (max(1, min(2, os.cpu_count() or 1)) if device.type == "cpu"
+                                           else (os.cpu_count() or 1)))
     results = []
     if args.case in ("all", "builtin"):
-        results.append(case_builtin(batch_size=args.batch_size, workers=0, repeat=args.repeat))
-    if args.case in ("all", "real"):
-        results.append(case_real(n=n, batch_size=args.batch_size, workers=args.workers, repeat=args.repeat))
+        results.append(case_builtin(args, device))
+    if args.case in ("all", "jpeg"):
+        results.append(case_jpeg(args, device))
     for r in results:
-        if args.json:
-            print(json.dumps(r))
-            continue
-        print(f"[{r['case']}] {r['n']} samples, {r['workers']} decode worker(s), best of {args.repeat}")
-        if r["case"] == "real":
-            g = r["gflops_per_sample"]
-            print(f"  teacher {r['teacher']}\n  student {r['student']}\n  mean JPEG {r['mean_jpeg_kb']:.1f} KiB")
-            print(f"  forward GFLOP/sample: teacher {g['teacher']:.3f}  student {g['student']:.3f}; "
-                  f"decode+preprocess {r['decode_per_s_one_core']:.0f} images/s on one core")
-        print(f"  bare forward (pre-decoded)   {r['bare_per_s']:9.1f} samples/s")
-        print(f"  pipeline score_table         {r['pipeline_per_s']:9.1f} samples/s   ratio {r['ratio']:.2f}")
-        if "score_pool_per_s" in r:
-            print(f"  pipeline score_pool (files)  {r['score_pool_per_s']:9.1f} samples/s   "
-                  f"ratio {r['score_pool_ratio']:.2f}")
+        print(json.dumps(r, default=str)) if args.json else report(r, args.repeat)
     return 0
 
 

@@ -7,16 +7,46 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import errno
 import os
 import sys
 
 from kdata.core.errors import KdataError
 
 # module names under kdata.cli, in the order ``kdata --help`` lists them
-COMMANDS = ["select", "inspect", "demo", "train", "critic", "augment", "dedup", "card", "serve"]
+COMMANDS = ["select", "methods", "inspect", "demo", "train", "critic", "augment", "dedup", "card", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):
+    """One convention for every command: defaults shown in ``--help``, shared options always have
+    help, a command without a description gets its one-line help as one, usage errors are one line."""
+
+    def __init__(self, *args, **kwargs):
+        from kdata.cli.common import HelpFormatter
+
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        from kdata.cli.common import COMMON_HELP
+
+        shared = next((COMMON_HELP[a] for a in args if a in COMMON_HELP), None)
+        if kwargs.get("help") is None and shared:
+            kwargs["help"] = shared
+        return super().add_argument(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        add_parser = action.add_parser
+
+        def add_with_description(name, **kw):
+            if kw.get("description") is None and kw.get("help"):
+                kw["description"] = kw["help"][0].upper() + kw["help"][1:] + "."
+            return add_parser(name, **kw)
+
+        action.add_parser = add_with_description
+        return action
+
     def error(self, message):  # usage errors: one line, exit 2
         self.exit(2, f"kdata: error: {message}\n")
 
@@ -56,11 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdata: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # unexpected: still one line unless KDATA_DEBUG is set
-        if os.environ.get("KDATA_DEBUG"):
-            raise
-        print(f"kdata: error: {type(exc).__name__}: {exc} (set KDATA_DEBUG=1 for the traceback)", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or os.environ.get("KDATA_DEBUG"):
+            return _unexpected(exc)
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"kdata: error: {where}no space left on device (free space and rerun)", file=sys.stderr)
         return 1
+    except Exception as exc:  # unexpected: still one line unless KDATA_DEBUG is set
+        return _unexpected(exc)
+
+
+def _unexpected(exc: BaseException) -> int:
+    if os.environ.get("KDATA_DEBUG"):
+        raise exc
+    print(f"kdata: error: {type(exc).__name__}: {exc} (set KDATA_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -2,42 +2,50 @@
 
 from __future__ import annotations
 
-from kdata.cli.common import emit_json, summary_lines
+from kdata.cli.common import (
+    add_dataset_dir,
+    dataset_dir,
+    emit_json,
+    progress_printer,
+    stage,
+    summary_lines,
+)
 
 
 def register(sub) -> None:
     p = sub.add_parser("augment", help="generate hard augmentations where teacher and student disagree",
-                       description="Read the curated shards in SHARDS, generate PER_SAMPLE augmented rows per "
+                       description="Read the curated dataset DIR, generate PER_SAMPLE augmented rows per "
                                    "original row that maximise the teacher-student KL (HARD, arXiv 2305.14890) "
                                    "while the teacher keeps its class, filter them with a critic, and write the "
                                    "original rows plus the accepted generated rows to OUT.")
-    p.add_argument("--shards", required=True, metavar="DIR", help="a curated dataset written by kdata select")
+    add_dataset_dir(p, help="a curated dataset written by kdata select / demo / dedup")
     p.add_argument("--teacher", default="builtin:digits-teacher", help="teacher model spec")
     p.add_argument("--student", default="builtin:digits-student", help="student model spec")
     p.add_argument("--per-sample", type=int, default=1, metavar="K", help="generated rows per original row")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for the augmented dataset")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation search")
     p.add_argument("--critic", default=None, metavar="DIR", help="fitted critic (kdata critic fit) instead of "
                    "the default critic")
     p.add_argument("--critic-recall", type=float, default=None,
-                   help="re-choose the fitted critic's cut for this recall")
+                   help="re-choose the fitted critic's cut for this recall (default: the cut it was fitted with)")
     p.add_argument("--critic-threshold", type=float, default=None,
-                   help="default critic: accept when its score is at least this (default 0.5)")
+                   help="default critic: accept when its score is at least this (default: 0.5)")
     p.add_argument("--random-search", action="store_true", help="gradient-free search even for differentiable models")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=256, help="generated samples per optimisation batch")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from kdata.core.errors import KdataError
     from kdata.augment.hard import HardConfig
-    from kdata.pipeline.derive import augment_dataset
+    from kdata.core.errors import KdataError
     from kdata.models.spec import pick_device
+    from kdata.pipeline.derive import augment_dataset
 
+    shards = dataset_dir(args, "augment")
     if args.per_sample < 1:
         raise KdataError(f"--per-sample {args.per_sample}: must be at least 1")
     if args.steps is not None and args.steps < 0:
@@ -50,9 +58,10 @@ def run(args) -> int:
         opts["steps"] = args.steps
     if args.critic_threshold is not None:
         opts["critic_threshold"] = args.critic_threshold
-    report = augment_dataset(args.shards, teacher=args.teacher, student=args.student, out=args.out,
-                             config=HardConfig(**opts), critic=args.critic, critic_recall=args.critic_recall,
-                             device=pick_device(args.device))
+    with stage(progress_printer(args.quiet or args.json), "augmenting"):
+        report = augment_dataset(shards, teacher=args.teacher, student=args.student, out=args.out,
+                                 config=HardConfig(**opts), critic=args.critic, critic_recall=args.critic_recall,
+                                 device=pick_device(args.device))
     if args.json:
         emit_json(report.to_dict())
     else:

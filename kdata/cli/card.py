@@ -6,11 +6,12 @@ from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("card", help="(re)write the data card (README.md + PNG plots) of a curated dataset",
+    p = sub.add_parser("card", help="(re)write the data card (README.md, PNG plots, report.html) of a dataset",
                        description="Regenerate DIR/README.md (Hugging Face dataset-card front matter, recipe, counts, "
-                                   "class balance, scores, biases, how to load) and its plots from manifest.json, "
+                                   "class balance, scores, biases, how to load), its plots and DIR/report.html (a "
+                                   "static page to browse kept and rejected samples) from manifest.json, "
                                    "decisions.parquet and the shards; record their checksums in the manifest.")
-    p.add_argument("dir", help="a directory written by kdata select / kdata demo")
+    p.add_argument("dir", metavar="DIR", help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--card-dir", default=None, metavar="DIR", help="also copy the card to DIR/<dataset-name>.md")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
@@ -23,7 +24,7 @@ def run(args) -> int:
     if args.json:
         emit_json(result)
     else:
-        print(f"kdata: card {result['card']} ({len(result['files']) - 1} plot(s))")
+        print(f"kdata: card {result['card']} ({len(result['files']) - 2} plot(s)), report {result['report']}")
         if result.get("published"):
             print(f"  copied to {result['published']}")
     return 0

@@ -1,9 +1,72 @@
-"""Shared CLI helpers: output, progress and the options of ``kdata select``."""
+"""Shared CLI helpers: help formatting, the dataset-directory argument, output and progress."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+# help for options that many commands share, used where a command gives none
+COMMON_HELP = {
+    "--seed": "random seed of every randomised choice",
+    "--batch-size": "samples per forward pass",
+    "--quiet": "no progress bars on stderr (they are also off when stderr is not a terminal)",
+    "--json": "print one JSON object on stdout",
+    "--device": "auto, cpu, cuda or cuda:N",
+    "--teacher": "teacher model spec (.pt2, .pt, open_clip:…, timm:…, builtin:…)",
+    "--student": "student model spec (.pt2, .pt, open_clip:…, timm:…, builtin:…)",
+    "--budget": "rows to keep: a count (200), a fraction (0.3) or a percentage (30%%) of the pool",
+    "--out": "output directory",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default: ``(default: X)``, ``(default: none)`` for an option
+    left unset, nothing for switches or where the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or "%(default)" in text or action.nargs == 0 or action.required \
+                or action.default == argparse.SUPPRESS:
+            return text
+        if action.default is None:
+            return text + " (default: none)" if action.option_strings else text
+        return super()._get_help_string(action)
+
+
+def add_dataset_dir(p, *, help: str) -> None:
+    """The dataset directory as the first positional argument, with the old ``--shards DIR`` kept as
+    a hidden alias for a release (``dataset_dir`` resolves the two)."""
+    p.add_argument("dir", nargs="?", default=None, metavar="DIR", help=help)
+    p.add_argument("--shards", dest="shards_alias", default=None, metavar="DIR", help=argparse.SUPPRESS)
+
+
+def dataset_dir(args, command: str) -> str:
+    """The dataset directory of ``kdata COMMAND DIR`` (or of the deprecated ``--shards DIR``)."""
+    from kdata.core.errors import KdataError
+
+    old = getattr(args, "shards_alias", None)
+    if old is not None:
+        if args.dir is not None and args.dir != old:
+            raise KdataError(f"kdata {command}: give the dataset directory once (DIR {args.dir} or --shards {old})")
+        print(f"kdata: note: --shards is deprecated; write `kdata {command} {old} …`", file=sys.stderr)
+        return old
+    if args.dir is None:
+        raise KdataError(f"kdata {command}: give the dataset directory: kdata {command} DIR …")
+    return args.dir
+
+
+def alias_value(args, new: str, old: str, *, flag: str, old_flag: str):
+    """The value of option ``flag``, or of its deprecated hidden alias ``old_flag`` (one note on stderr)."""
+    from kdata.core.errors import KdataError
+
+    value, legacy = getattr(args, new), getattr(args, old)
+    if legacy is None:
+        return value
+    if value is not None and value != legacy:
+        raise KdataError(f"{flag} {value} and {old_flag} {legacy}: give {flag} once")
+    print(f"kdata: note: {old_flag} is deprecated; write {flag} {legacy}", file=sys.stderr)
+    return legacy
 
 
 def emit_json(obj) -> None:
@@ -40,8 +103,14 @@ class ProgressBars:
 
     def __call__(self, stage: str, done: int | None = None, total: int | None = None) -> None:
         if self._progress is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(),
                                       MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
@@ -88,3 +157,20 @@ def run_options(args):
     opts = run_options_from_args(args)
     opts.progress = progress_printer(getattr(args, "quiet", False))
     return opts
+
+
+class stage:
+    """``with stage(progress, "deduplicating"):`` a pulsing bar while a step without counts runs."""
+
+    def __init__(self, progress, name: str):
+        self.progress, self.name = progress, name
+
+    def __enter__(self):
+        if self.progress:
+            self.progress(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress(self.name, 1, 1)
+        return False

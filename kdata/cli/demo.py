@@ -1,4 +1,4 @@
-"""``kdata demo --out DIR``: the whole job on the embedded default, in well under a minute."""
+"""``kdata demo --out DIR``: the whole job on the embedded default, in about 15 s on 2 cores."""
 
 from __future__ import annotations
 
@@ -6,22 +6,36 @@ from kdata.cli.common import emit_json, progress_printer, summary_lines
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the whole job on the built-in digits pool and models")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--budget", default="0.3")
-    p.add_argument("--seed", type=int, default=0)
+    from kdata.pipeline.demo import DEMO_EPOCHS
+
+    p = sub.add_parser("demo", help="run the whole job on the built-in digits pool and models",
+                       description="Curate the built-in digits pool (scikit-learn digits made to look like web "
+                                   "data: label noise, shift, junk, duplicates) with the built-in teacher and "
+                                   "student into DIR, then distil the student on the curated rows and on a random "
+                                   "set of the same size and print both accuracies next to the teacher's. "
+                                   "Nothing is downloaded; the models' weights ship with kdata.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for the curated dataset")
+    p.add_argument("--budget", default="0.3",
+                   help="rows to keep: a count (200), a fraction (0.3) or a percentage (30%%) of the pool")
+    p.add_argument("--seed", type=int, default=0, help="seed of the selection and of the students' training")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
+                   help="epochs of distillation for each of the two students")
     p.add_argument("--no-train", action="store_true",
                    help="skip distilling the student on the curated set and on a random set of the same size")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars on stderr (they are also off when stderr is not a terminal)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from kdata.core.errors import KdataError
     from kdata.pipeline.demo import run_demo
 
-    result = run_demo(out=args.out, budget=args.budget, seed=args.seed, progress=progress_printer(args.quiet),
-                      train=not args.no_train)
+    if args.epochs < 1:
+        raise KdataError(f"--epochs {args.epochs}: must be at least 1")
+    result = run_demo(out=args.out, budget=args.budget, seed=args.seed, epochs=args.epochs,
+                      progress=progress_printer(args.quiet), train=not args.no_train)
     if args.json:
         emit_json(result)
         return 0

@@ -10,8 +10,12 @@ from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="summarise a curated dataset: counts, reasons, classes, scores, checksums")
-    p.add_argument("dir", help="a directory written by kdata select / kdata demo")
+    p = sub.add_parser("inspect", help="summarise a curated dataset: counts, reasons, classes, scores, checksums",
+                       description="Summarise the curated dataset DIR: counts by decision and reason, class "
+                                   "balance, score quantiles, teacher/student agreement, the sha256 of every shard "
+                                   "checked against the manifest (exit 1 when one fails), the data card's state "
+                                   "and example rows.")
+    p.add_argument("dir", metavar="DIR", help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--examples", type=int, default=5, help="example rows to show (kept and rejected)")
     p.add_argument("--sample-id", default=None, metavar="ID", help="show one sample: its decision, reason and scores")
@@ -54,9 +58,14 @@ def run(args) -> int:
 
 
 def _console():
+    """A terminal gets tables that fit its width; a pipe or file gets them whole (no truncated
+    column names): rich would otherwise assume 80 columns."""
+    import sys
+
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    wide = None if sys.stdout.isatty() else 400
+    return Console(highlight=False, soft_wrap=False, width=wide)
 
 
 # column headings of the example tables (narrow terminals)

@@ -1,40 +1,69 @@
-"""``kdata train``: distil a student from curated shards (the teacher's stored soft labels are the targets)."""
+"""``kdata train DIR``: distil a student from curated shards (the teacher's stored soft labels are the targets).
+
+Nothing is thrown away: without ``--out`` the student is saved beside the dataset (``DIR-student``),
+and with an eval set the best checkpoint on it is the one kept.
+"""
 
 from __future__ import annotations
 
-from kdata.cli.common import emit_json
+from kdata.cli.common import add_dataset_dir, dataset_dir, emit_json, progress_printer
+
+BUILTIN_EVAL = "builtin:digits-test"
 
 
 def register(sub) -> None:
+    from kdata.training.train import TrainConfig
+
+    d = TrainConfig()
     p = sub.add_parser("train", help="distil a student on curated shards and measure its accuracy",
-                       description="Train STUDENT on the curated shards in SHARDS with the teacher's stored top-k "
-                                   "soft labels (loss α·T²·KL + (1−α)·CE on web labels), evaluate on EVAL, and "
-                                   "save OUT/student.pt2 (+ sidecar) and OUT/train_log.json.")
-    p.add_argument("--shards", required=True, help="a curated dataset directory written by kdata select/demo")
+                       description="Train STUDENT on the curated dataset DIR with the teacher's stored top-k soft "
+                                   "labels (loss α·T²·KL + (1−α)·CE on web labels). With an eval set, measure "
+                                   "accuracy before training and after every epoch and keep the best weights. "
+                                   "Save OUT/student.pt2 (+ sidecar) and OUT/train_log.json; OUT defaults to "
+                                   "DIR-student beside DIR.")
+    add_dataset_dir(p, help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--student", default="builtin:digits-student",
                    help="student spec: builtin:…, a .pt2/.pt export or timm:ARCH:CKPT (its weights are the start)")
-    p.add_argument("--eval", default=None,
-                   help="labelled evaluation set: builtin:digits-test, an image folder or a Parquet pool with labels")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None, help="distillation temperature (default 1.0)")
-    p.add_argument("--alpha", type=float, default=None, help="weight of the KD term vs CE on web labels (default 0.9)")
-    p.add_argument("--loss", choices=["kd", "nkd"], default=None, help="kd (Hinton) or nkd (normalized KD, arXiv 2303.13005)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval", default=None, metavar="EVAL",
+                   help="labelled evaluation set: builtin:digits-test, an image folder or a Parquet pool with labels; "
+                        f"`none` for no evaluation (default: {BUILTIN_EVAL} for a builtin:digits-* student, "
+                        "else none)")
+    p.add_argument("--epochs", type=int, default=None, help=f"passes over the shards (default: {d.epochs})")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"distillation temperature (default: {d.temperature})")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"weight of the KD term vs CE on web labels (default: {d.alpha})")
+    p.add_argument("--loss", choices=["kd", "nkd"], default=None,
+                   help=f"kd (Hinton) or nkd (normalized KD, arXiv 2303.13005) (default: {d.loss})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"rows per optimiser step (default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate of AdamW (default: {d.lr})")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of the shuffling, the jitter and --reinit (default: {d.seed})")
     p.add_argument("--reinit", action="store_true", help="start from freshly initialised weights instead of STUDENT's")
-    p.add_argument("--out", default=None, help="directory for student.pt2, student.json and train_log.json")
+    p.add_argument("--keep-last", action="store_true",
+                   help="keep the last epoch's weights even when an earlier epoch (or the start) scored better "
+                        "on the eval set")
+    p.add_argument("--out", default=None, metavar="OUT",
+                   help="directory for student.pt2, student.json and train_log.json (default: DIR-student beside "
+                        "DIR; -2, -3… when that is taken)")
     p.add_argument("--reselect-every", type=int, default=0, metavar="K",
-                   help="every K epochs re-score --pool with the current student and re-select with KD³")
+                   help="every K epochs re-score --pool with the current student and re-select with KD³ (0: never)")
     p.add_argument("--pool", default=None, help="pool to re-select from (with --reselect-every)")
     p.add_argument("--teacher", default=None, help="teacher spec for re-scoring (with --reselect-every)")
-    p.add_argument("--workers", default="auto", help="decode worker processes (default auto: 0 for small sets)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", default="auto", help="decode worker processes (auto: 0 for small sets)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-verify", action="store_true",
-                   help="skip checking SHARDS against its manifest (checksums and counts) before training")
+                   help="skip checking DIR against its manifest (checksums and counts) before training")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
+
+
+def eval_spec(given: str | None, student: str) -> str | None:
+    """``--eval``: as given, ``none`` → no evaluation, unset → the built-in test set for a built-in student."""
+    if given is not None:
+        return None if given.strip().lower() == "none" else given
+    return BUILTIN_EVAL if student.startswith("builtin:digits") else None
 
 
 def run(args) -> int:
@@ -42,6 +71,7 @@ def run(args) -> int:
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
 
+    shards = dataset_dir(args, "train")
     workers = args.workers
     if workers != "auto":
         try:
@@ -53,21 +83,40 @@ def run(args) -> int:
     given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "temperature", "alpha", "loss", "seed")
              if getattr(args, k) is not None}  # unset options keep TrainConfig's defaults
     cfg = TrainConfig(**given, reinit=args.reinit, workers=workers, device=args.device,
-                      reselect_every=args.reselect_every)
-    log = train_student(shards=args.shards, student=args.student, eval=args.eval, config=cfg, out=args.out,
-                    pool=args.pool, teacher=args.teacher, quiet=args.quiet or args.json,
-                    verify=not args.no_verify)
+                      reselect_every=args.reselect_every, keep_best=not args.keep_last)
+    log = train_student(shards=shards, student=args.student, eval=eval_spec(args.eval, args.student), config=cfg,
+                        out=args.out, pool=args.pool, teacher=args.teacher, verify=not args.no_verify,
+                        progress=progress_printer(args.quiet or args.json))
     if args.json:
         emit_json(log)
         return 0
-    acc = log["accuracy"]
-    before = log["accuracy_before"]
-    line = f"kdata: trained {log['student']} on {log['n_train']} rows for {log['epochs']} epochs in {log['seconds']:.1f}s"
-    print(line)
-    if acc is not None:
-        print(f"  accuracy on {log['eval']}: {acc:.4f} (before training {before:.4f}, {log['n_eval']} images)")
-    for r in log["reselections"]:
-        print(f"  re-selected {r['rows']} rows with {r['method']} at epoch {r['epoch']}")
-    for k, v in log.get("files", {}).items():
-        print(f"  {k}: {v}")
+    print("\n".join(summary(log)))
     return 0
+
+
+def summary(log: dict) -> list[str]:
+    """What a person needs after training: accuracy before → after, which weights were kept, where."""
+    lines = [(f"kdata: trained {log['student']} on {log['n_train']} rows for {log['epochs']} epochs "
+              f"in {log['seconds']:.1f}s")]
+    if log.get("accuracy") is not None:
+        last = log.get("accuracy_last", log["accuracy"])
+        lines.append(f"  accuracy on {log['eval']} ({log['n_eval']} images): before training "
+                     f"{log['accuracy_before']:.4f} → after the last epoch {last:.4f}")
+        per_epoch = [h["accuracy"] for h in log["history"] if "accuracy" in h]
+        if len(per_epoch) > 1:
+            lines.append("  by epoch: " + " ".join(f"{a:.4f}" for a in per_epoch))
+        if log.get("worse_than_before"):
+            lines.append(f"kdata: warning: training made the student worse on {log['eval']} "
+                         f"({log['accuracy_before']:.4f} before, {last:.4f} after)")
+        note = (log.get("kept") or {}).get("note") or "kept the last epoch's weights"
+        lines.append(f"  {note}; saved accuracy {log['accuracy']:.4f}")
+    else:
+        lines.append("  no eval set: accuracy not measured (give --eval EVAL)")
+    for r in log["reselections"]:
+        lines.append(f"  re-selected {r['rows']} rows with {r['method']} at epoch {r['epoch']}")
+    files = log.get("files") or {}
+    if files:
+        lines.append(f"  saved to {log.get('out')}" + ("  (the default beside the dataset; --out DIR to choose)"
+                                                      if log.get("out_default") else ""))
+        lines += [f"    {k}: {v}" for k, v in files.items()]
+    return lines

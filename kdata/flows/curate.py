@@ -14,9 +14,12 @@ results live under ``$KDATA_CACHE/prefect-results`` next to the score files they
 A unit that keeps failing is quarantined with its error (its rows count as ``quarantined``) and
 the flow finishes with the rest. Run once from a shell with the options of ``kdata select``::
 
-    python flows/curate.py --pool builtin:digits-web --out runs/curated-v1 --method kd3
-    python flows/curate.py --config flows/config.yaml
+    python flows/curate.py --pool builtin:digits-web --out runs/curated-v1
+    python flows/curate.py --config flows/config.yaml          # writes runs/curated-<UTC timestamp>
     python flows/curate.py --pool DIR --out OUT --runner dask --dask-workers 2
+
+Outputs go under ``runs/`` (git-ignored) unless ``--out`` says otherwise; ``python flows/distill.py
+--data 'runs/curated-*'`` then trains on the newest complete version.
 """
 
 from __future__ import annotations
@@ -28,44 +31,18 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from kdata.core.version import __version__
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
-from kdata.flows.runners import env_runner, task_runner
+from kdata.core.version import __version__
+from kdata.flows.config import DEFAULT_OUT, expand_out, load_config
+from kdata.flows.runners import env_runner, retryable, task_runner
 from kdata.flows.summary import summary
-
-# ------------------------------------------------------------------------------------------------
-# Config
-
-SECTIONS = ("select", "run", "runner", "curate", "distill")
-
-
-def load_config(path: str | os.PathLike) -> dict:
-    """Read a flow config YAML (see ``flows/config.yaml``); its ``select:`` and ``run:`` sections are
-    checked against the options of ``kdata select`` (kdata.pipeline.config) before anything runs."""
-    from kdata.pipeline.config import load_yaml, run_options, select_config
-
-    data = load_yaml(path)
-    bad = sorted(set(data) - set(SECTIONS))
-    if bad:
-        raise KdataError(f"{path}: unknown section(s) {bad}; known: {list(SECTIONS)}")
-    select_config(dict(data.get("select") or {}), where=f"{path}: select")
-    run_options({k: v for k, v in (data.get("run") or {}).items()}, where=f"{path}: run")
-    return data
-
-
-def expand_out(out: str, *, now: datetime | None = None) -> str:
-    """``{version}`` in OUT becomes a UTC timestamp, so each scheduled run writes a new dataset version."""
-    now = now or datetime.now(timezone.utc)
-    return out.replace("{version}", now.strftime("%Y%m%dT%H%M%SZ"))
-
 
 # ------------------------------------------------------------------------------------------------
 # Per-process caches: models (spec, device, checksum) and the test hook
@@ -102,7 +79,7 @@ def _run_options(run: dict):
 # Tasks
 
 @task(name="prepare", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=1),
-      retry_condition_fn=lambda task, run, state: _retryable(state))
+      retry_condition_fn=lambda task, run, state: retryable(state))
 def prepare_task(select: dict, out: str, run: dict) -> dict:
     """Check OUT, open the pool, load the models: returns unit names/paths/fingerprints and checksums."""
     from kdata.pipeline.output import already_complete
@@ -130,17 +107,6 @@ def score_cache_key(context, parameters: dict) -> str:
     return "kdata-score-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _retryable(state) -> bool:
-    """Retry I/O and unexpected errors, not bad input (``KdataError``): that fails the same way again."""
-    try:
-        state.result()
-    except KdataError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
 def _result_storage() -> Path:
     """Where Prefect keeps scoring results and cache records: beside the score files they name."""
     from kdata.core.paths import cache_dir
@@ -150,7 +116,7 @@ def _result_storage() -> Path:
 
 @task(name="score-unit", cache_key_fn=score_cache_key, persist_result=True,
       retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=1),
-      retry_condition_fn=lambda task, run, state: _retryable(state))
+      retry_condition_fn=lambda task, run, state: retryable(state))
 def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dict, device: str,
                     cache: bool = True) -> dict:
     """Score one pool unit into the per-unit score cache; returns its path, quarantine list and row count."""
@@ -203,7 +169,7 @@ def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:
 
 
 @task(name="finish", retries=1, retry_delay_seconds=2,
-      retry_condition_fn=lambda task, run, state: _retryable(state))
+      retry_condition_fn=lambda task, run, state: retryable(state))
 def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: list[dict],
                 failed: list[dict]) -> dict:
     """Select, dedup and write the curated dataset from the per-unit score files (``pipeline.curate.finish``)."""
@@ -248,14 +214,10 @@ def _pause_hook():
 
 
 # ------------------------------------------------------------------------------------------------
-# Report
-
-
-# ------------------------------------------------------------------------------------------------
 # The flow
 
 @flow(name="curate", log_prints=True)
-def curate(select: dict | None = None, out: str = "runs/curated-{version}", run: dict | None = None,
+def curate(select: dict | None = None, out: str = DEFAULT_OUT, run: dict | None = None,
            gpu: bool | None = None) -> dict:
     """Score the pool (one cached task per unit), select, dedup, write shards + manifest + artifacts.
 
@@ -281,8 +243,8 @@ def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
     cache = bool(run.get("cache", True))
     scorer = score_unit_task.with_options(result_storage=_result_storage(), refresh_cache=not cache)
     use_gpu = device.startswith("cuda") if gpu is None else gpu
-    args = dict(checksums=prepared.get("checksums"), score_config=prepared.get("score_config"), device=device,
-                cache=cache)
+    args = {"checksums": prepared.get("checksums"), "score_config": prepared.get("score_config"),
+            "device": device, "cache": cache}
     if use_gpu:
         import dask
 
@@ -332,45 +294,63 @@ if os.environ.get("KDATA_FLOW_RUNNER") and env_runner() is not None:
     curate = curate.with_options(task_runner=env_runner())
 
 
-def config_params(data: dict) -> dict:
-    """Flow parameters (select, out, run) from a loaded config file."""
-    curate_cfg = data.get("curate") or {}
-    return {"select": dict(data.get("select") or {}), "out": curate_cfg.get("out", "runs/curated-{version}"),
-            "run": dict(data.get("run") or {})}
+def check_inputs(select: dict, run: dict) -> None:
+    """Every check that needs no scoring, before a flow run starts, so bad input is one line and no
+    Prefect traceback: the options, the pool and the models (loaded into this process's model cache,
+    which the flow's tasks reuse); with ``--scores``, that the predictions file exists."""
+    from kdata.pipeline.prepare import prepare
+
+    cfg, opts = _select_config(select), _run_options(run)
+    if cfg.scores:
+        if not Path(cfg.scores).is_file():
+            raise KdataError(f"{cfg.scores}: no such predictions file (--scores)")
+        return
+    prepare(cfg, opts=opts, load=_model)
+
+
+def _runner(args, data: dict) -> dict:
+    """The task runner of a one-off run: the config's ``runner:`` section, overridden by the flags."""
+    runner = dict(data.get("runner") or {})
+    if args.runner:
+        runner["kind"] = args.runner
+    if args.address:
+        runner["address"] = args.address
+    if args.dask_workers:
+        runner["workers"] = args.dask_workers
+    if runner.get("kind") is None and (args.address or args.dask_workers):
+        runner["kind"] = "dask"
+    return runner
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python flows/curate.py``: the options of ``kdata select`` (or ``--config`` with select/run/runner
     sections), plus the task runner."""
-    from kdata.pipeline.arguments import add_select_options, config_from_args, run_options_from_args
+    from kdata.pipeline.arguments import (
+        add_select_options,
+        config_from_args,
+        run_options_from_args,
+    )
 
     p = argparse.ArgumentParser(prog="flows/curate.py", description="Run the kdata curate flow once.")
     add_select_options(p)
     for a in p._actions:
         if a.dest == "out":
-            a.required = False
-    p.add_argument("--runner", choices=["local", "dask"], default=None)
+            a.required, a.default = False, None
+            a.help = (f"output directory; {{version}} becomes a UTC timestamp (default: the config's "
+                      f"curate: out:, else {DEFAULT_OUT})")
+    p.add_argument("--runner", choices=["local", "dask"], default=None, help="task runner (default: local)")
     p.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--dask-workers", type=int, default=None, help="LocalCluster worker processes (--runner dask)")
     args = p.parse_args(argv)
     try:
         data = load_config(args.config) if args.config else {}
-        out = args.out or (data.get("curate") or {}).get("out")
-        if not out:
-            p.error("--out is required (or a curate: out: entry in --config)")
+        out = args.out or (data.get("curate") or {}).get("out") or DEFAULT_OUT
         opts = run_options_from_args(args)
         run = {"device": opts.device, "batch_size": opts.batch_size, "num_workers": opts.num_workers,
                "cache": opts.cache, "card_dir": opts.card_dir}
-        runner = dict(data.get("runner") or {})
-        if args.runner:
-            runner["kind"] = args.runner
-        if args.address:
-            runner["address"] = args.address
-        if args.dask_workers:
-            runner["workers"] = args.dask_workers
-        if runner.get("kind") is None and (args.address or args.dask_workers):
-            runner["kind"] = "dask"
-        result = run_curate(config_from_args(args).to_dict(), out=out, run=run, runner=runner)
+        select = config_from_args(args).to_dict()
+        check_inputs(select, run)
+        result = run_curate(select, out=out, run=run, runner=_runner(args, data))
     except KdataError as exc:
         print(f"curate: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,17 +1,20 @@
 """The ``distill`` Prefect flow: train a student on a curated dataset version and record its accuracy.
 
-Thin by design: it calls the trainer (``kdata.pipeline.distill.train_student``, the function behind ``kdata train``)
-and publishes the accuracy as a Prefect artifact. ``data`` may be a dataset directory or a glob
-such as ``runs/curated-*``, in which case the newest *complete* version (one with a manifest) is
-used, so a nightly schedule trains on what last night's curate run wrote.
+Thin by design: it calls the trainer (``kdata.pipeline.distill.train_student``, the function behind
+``kdata train``) with the trainer's own defaults (``kdata.training.train.TrainConfig``: enough epochs,
+and the best weights on the eval set kept) and publishes the accuracy before and after as a Prefect
+artifact that says plainly when training made the student worse. ``data`` may be a dataset
+directory or a glob such as ``runs/curated-*``, in which case the newest *complete* version (one
+with a manifest) is used, so a nightly schedule trains on what last night's curate run wrote. The
+student is saved beside the dataset (``runs/curated-X-student/``), never inside it.
 
-    python flows/distill.py --data runs/curated-* --eval builtin:digits-test --epochs 3
+    python flows/curate.py --pool builtin:digits-web --out runs/curated-v1
+    python flows/distill.py --data 'runs/curated-*' --eval builtin:digits-test
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -21,68 +24,146 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from kdata.core.errors import KdataError
+from kdata.flows.config import DEFAULT_DATA, latest_dataset
+from kdata.flows.runners import retryable
+
+RESULT_KEYS = ("accuracy", "accuracy_before", "accuracy_last", "kept", "worse_than_before", "n_train", "epochs",
+               "seconds", "files")
 
 
-def latest_dataset(data: str) -> str:
-    """``data`` itself when it holds a manifest, else the newest complete match of the glob."""
-    if (Path(data) / "manifest.json").exists():
-        return data
-    done = [p for p in glob.glob(data.replace("{version}", "*")) if (Path(p) / "manifest.json").exists()]
-    if not done:
-        raise KdataError(f"{data}: no complete curated dataset (no manifest.json) found")
-    return max(done, key=lambda p: (Path(p) / "manifest.json").stat().st_mtime)
+def train_options(*, epochs: int | None = None, seed: int | None = None, device: str | None = None) -> dict:
+    """The TrainConfig fields the flow sets; the rest (and ``epochs`` when None) are the trainer's defaults.
+    Checked here, so a bad value is one line before any work."""
+    from kdata.training.train import TrainConfig, check_config
+
+    given = {k: v for k, v in {"epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
+    check_config(TrainConfig(**given))
+    return given
 
 
-@task(name="train-student", retries=1, retry_delay_seconds=5)
-def train_task(shards: str, *, student: str, eval: str | None, epochs: int, seed: int, device: str,
-               out: str | None) -> dict:
-    """Train with the library trainer (the function behind ``kdata train``)."""
+def student_dir(shards: str, out: str | None) -> str:
+    """``out``, or ``DATASET-student`` beside the dataset (``kdata.pipeline.distill.default_out``, as
+    ``kdata train`` saves); never inside the curated dataset, whose files the manifest lists."""
+    from kdata.pipeline.distill import default_out
+
+    target = Path(out).resolve() if out else default_out(shards)
+    if target.is_relative_to(Path(shards).resolve()):
+        raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
+                         f"(the default: {default_out(shards)})")
+    if not Path(shards).is_absolute() and target.is_relative_to(Path.cwd()):
+        return os.path.relpath(target)
+    return str(target)
+
+
+def outcome(result: dict, *, eval: str | None) -> dict:
+    """``verdict`` (improved / no gain / worse / not evaluated), ``worse`` and one plain ``message``.
+
+    ``worse``: the saved student scores below the starting one. ``no gain`` with
+    ``training_made_worse``: the last epoch scored below the start and the trainer kept the
+    starting weights, so nothing was learnt (e.g. too few epochs)."""
+    before, after, last = result.get("accuracy_before"), result.get("accuracy"), result.get("accuracy_last")
+    if before is None or after is None:
+        return {"verdict": "not evaluated", "worse": None, "training_made_worse": None,
+                "message": "not evaluated: no eval set, so it is unknown whether the student improved"}
+    made_worse = last is not None and last < before
+    line = f"accuracy on {eval}: {before:.4f} before → {after:.4f} after ({after - before:+.4f})"
+    if after < before:
+        verdict, msg = "worse", f"WORSE: the student got worse; {line}. Do not use it; train longer or curate again."
+    elif after > before:
+        verdict, msg = "improved", f"improved: {line}"
+    elif made_worse:
+        verdict, msg = "no gain", (f"NOT improved: training made the student worse (last epoch {last:.4f} < "
+                                   f"{before:.4f} before), so its starting weights were kept; {line}")
+    else:
+        verdict, msg = "no gain", f"NOT improved: {line}"
+    note = (result.get("kept") or {}).get("note")
+    if note and verdict == "improved" and (result.get("kept") or {}).get("epoch") != result.get("epochs"):
+        msg += f" ({note})"
+    return {"verdict": verdict, "worse": after < before, "training_made_worse": made_worse, "message": msg}
+
+
+def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | None, seed: int, device: str,
+                 out: str | None) -> str:
+    """Every check that needs no training, before a flow run starts (one line, no Prefect traceback):
+    the dataset ``data`` names (returned), the options, where the student goes, the student model
+    and the eval set's source."""
+    from kdata.models.spec import load_model
+    from kdata.pools.spec import open_pool
+
+    shards = latest_dataset(data)
+    train_options(epochs=epochs, seed=seed, device=device)
+    student_dir(shards, out)
+    load_model(student, device="cpu")
+    if eval:
+        open_pool(eval)
+    return shards
+
+
+@task(name="train-student", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=lambda task, run, state: retryable(state))
+def train_task(shards: str, *, student: str, eval: str | None, train: dict, out: str) -> dict:
+    """Train with the library trainer (the function behind ``kdata train``); a small JSON-able summary."""
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, seed=seed, device=device)
-    log = train_student(shards=shards, student=student, eval=eval, config=cfg, out=out, quiet=True)
-    return {k: log.get(k) for k in ("accuracy", "accuracy_before", "epochs", "seconds", "files") if k in log}
+    log = train_student(shards=shards, student=student, eval=eval, config=TrainConfig(**train), out=out)
+    return {k: log[k] for k in RESULT_KEYS if k in log}
 
 
 @flow(name="distill", log_prints=True)
-def distill(data: str = "runs/curated-{version}", student: str = "builtin:digits-student",
-            eval: str | None = "builtin:digits-test", epochs: int = 3, seed: int = 0, device: str = "auto",
-            out: str | None = None) -> dict:
-    """Train ``student`` on the newest curated dataset matching ``data``; record accuracy before/after."""
+def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
+            eval: str | None = "builtin:digits-test", epochs: int | None = None, seed: int = 0,
+            device: str = "auto", out: str | None = None) -> dict:
+    """Train ``student`` on the newest curated dataset matching ``data``; record accuracy before/after.
+
+    ``epochs`` None: the trainer's default. ``out`` None: ``DATASET-student`` beside the dataset.
+    """
     logger = get_run_logger()
     shards = latest_dataset(data)
-    target = out or str(Path(shards) / "student")
-    result = train_task(shards, student=student, eval=eval, epochs=epochs, seed=seed, device=device, out=target)
-    acc, before = result.get("accuracy"), result.get("accuracy_before")
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    md = (f"# kdata distill\n\n- dataset: `{shards}`\n- student: `{student}` → `{target}`\n"
-          f"- eval: `{eval}`\n- accuracy: {fmt(before)} → **{fmt(acc)}** after {epochs} epoch(s)\n")
+    train = train_options(epochs=epochs, seed=seed, device=device)
+    target = student_dir(shards, out)
+    result = train_task(shards, student=student, eval=eval, train=train, out=target)
+    verdict = outcome(result, eval=eval)
+    md = (f"# kdata distill: {verdict['verdict']}\n\n**{verdict['message']}**\n\n- dataset: `{shards}`\n"
+          f"- student: `{student}` → `{target}`\n- eval: `{eval}`\n- epochs: {result.get('epochs')} on "
+          f"{result.get('n_train')} rows\n")
     create_markdown_artifact(md, key="distill-summary", description="student accuracy on the eval set")
-    logger.info("distilled on %s: accuracy %s → %s", shards, fmt(before), fmt(acc))
-    return {"data": shards, "out": target, **result}
+    (logger.info if verdict["verdict"] == "improved" else logger.warning)("distill %s: %s", shards,
+                                                                         verdict["message"])
+    return {"data": shards, "out": target, **result, **verdict}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="flows/distill.py", description="Run the kdata distill flow once.")
-    p.add_argument("--data", required=True, help="curated dataset dir, or a glob (newest complete one is used)")
-    p.add_argument("--student", default="builtin:digits-student")
-    p.add_argument("--eval", default="builtin:digits-test")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None)
+    """``python flows/distill.py``: check the input, then run the flow once."""
+    from kdata.training.train import TrainConfig
+
+    p = argparse.ArgumentParser(prog="flows/distill.py", description="Run the kdata distill flow once: train the "
+                                "student on the newest complete curated dataset and report its accuracy.")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="curated dataset dir, or a glob whose newest complete match is used (default: %(default)s)")
+    p.add_argument("--student", default="builtin:digits-student", help="student model spec (default: %(default)s)")
+    p.add_argument("--eval", default="builtin:digits-test", help="eval set (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs (default: the trainer's, {TrainConfig().epochs})")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--out", default=None, help="where to save the student (default: DATASET-student beside it)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
     try:
-        r = distill(data=a.data, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed, device=a.device,
+        shards = check_inputs(data=a.data, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed,
+                              device=a.device, out=a.out)
+        r = distill(data=shards, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed, device=a.device,
                     out=a.out)
     except KdataError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(json.dumps(r, default=str))
+    if a.json:
+        print(json.dumps(r, default=str))
+    else:
+        print(f"distill: {r['data']} → {r['out']}\n  {r['message']}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     sys.exit(main())

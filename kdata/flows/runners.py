@@ -1,4 +1,5 @@
-"""Task runners of the flows: Prefect's default thread pool, or Dask (a scheduler address or a LocalCluster)."""
+"""Task runners of the flows (Prefect's default thread pool, or Dask: a scheduler address or a
+LocalCluster) and their retry rule."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ import json
 import os
 
 from kdata.core.errors import KdataError
+
+
+def retryable(state) -> bool:
+    """Retry I/O and unexpected errors, not bad input (``KdataError``): that fails the same way again."""
+    try:
+        state.result()
+    except KdataError:
+        return False
+    except Exception:
+        return True
+    return False
+
 
 def task_runner(kind: str = "local", *, address: str | None = None, workers: int | None = None,
                 threads_per_worker: int = 1, gpus_per_worker: int = 0):
@@ -23,7 +36,6 @@ def task_runner(kind: str = "local", *, address: str | None = None, workers: int
     if gpus_per_worker:
         kwargs["resources"] = {"GPU": gpus_per_worker}
     return DaskTaskRunner(cluster_kwargs=kwargs)
-
 
 
 def env_runner():

@@ -37,16 +37,17 @@ def deployments(config: str | os.PathLike) -> list:
     """The two RunnerDeployments (curate, distill) described by ``config``."""
     from kdata.flows import curate as curate_mod
     from kdata.flows import distill as distill_mod
+    from kdata.flows.config import config_params, load_config
 
-    data = curate_mod.load_config(config)
-    params = curate_mod.config_params(data)
+    data = load_config(config)
+    params = config_params(data)
     c = data.get("curate") or {}
     d = dict(data.get("distill") or {})
     out = [curate_mod.curate.to_deployment(name=c.get("name", "nightly"), parameters=params,
                                            tags=["kdata"], **_schedule(c))]
     if d.get("enabled", True):
         dparams = {k: d[k] for k in ("student", "eval", "epochs", "seed", "device", "out") if k in d}
-        dparams["data"] = d.get("data", params["out"])
+        dparams["data"] = d.get("data", params["out"])  # curate's output pattern: its newest complete version
         out.append(distill_mod.distill.to_deployment(name=d.get("name", "nightly"), parameters=dparams,
                                                      tags=["kdata"], **_schedule(d)))
     return out
@@ -56,9 +57,9 @@ def serve_config(config: str | os.PathLike, *, limit: int | None = None) -> None
     """Serve both deployments until interrupted (blocks)."""
     from prefect import serve
 
-    from kdata.flows import curate as curate_mod
+    from kdata.flows.config import load_config
 
-    runner = curate_mod.load_config(config).get("runner")
+    runner = load_config(config).get("runner")
     if runner and runner.get("kind", "local") != "local":
         os.environ["KDATA_FLOW_RUNNER"] = json.dumps(runner)  # inherited by the flow-run subprocesses
     deps = deployments(config)

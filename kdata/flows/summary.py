@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+
 def summary(report: dict, *, units: list[dict], states: dict, failed: list[dict]) -> tuple[str, list[dict]]:
     """Markdown summary and table rows (counts by decision and reason, class balance, shard paths)."""
     import pyarrow.parquet as pq
@@ -25,8 +26,8 @@ def summary(report: dict, *, units: list[dict], states: dict, failed: list[dict]
     rows += [{"kind": "shard", "name": str(out / f["path"]), "count": f["rows"]} for f in report["files"]]
     n_cached = sum(1 for s in states.values() if s == "Cached")
     lines = [f"# kdata curate: {report['status']}", "",
-             f"- output: `{out}`", f"- pool units: {len(units)} (scoring tasks cached: {n_cached}, "
-             f"scored: {len(states) - n_cached - len(failed)}, quarantined units: {len(failed)})",
+             f"- output: `{out}`", (f"- pool units: {len(units)} (scoring tasks cached: {n_cached}, "
+                                    f"scored: {len(states) - n_cached - len(failed)}, quarantined units: {len(failed)})"),
              f"- in {c['n_in']} · kept {c['kept']} · rejected {c['rejected']} · quarantined {c['quarantined']}", ""]
     if c.get("rejected_by_reason"):
         lines += ["| rejected reason | rows |", "|---|---|"]

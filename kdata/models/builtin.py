@@ -1,104 +1,50 @@
 """Built-in models ``builtin:digits-teacher`` and ``builtin:digits-student``.
 
-Trained on first use on the clean ``train`` split of scikit-learn's digits (disjoint from the
-pool and the test split), cached under ``$KDATA_CACHE/models`` and reused. The teacher is a small
-CNN (~94k parameters, ~97% test accuracy); the student a much smaller one (~3.8k parameters,
-~83%) that has seen only 150
-clean images, so there is something to distil.
+Their weights ship inside the package (``kdata/models/builtin_weights/*.safetensors``, with their
+sha256 and provenance in ``weights.json``), so first use loads ~400 KB and trains nothing, and
+every machine gets the same weights and the same predictions. The files are tensors only
+(safetensors: no pickle, no code runs on load) and are checked against ``weights.json`` before
+use; a model's manifest checksum is its file's sha256.
+
+Both were trained on the clean ``train`` split of scikit-learn's digits (disjoint from the pool
+and the test split). The teacher is a small CNN (~94k parameters, ~97% test accuracy); the
+student a much smaller one (~3.8k parameters, ~83%) that has seen only 150 clean images, so there
+is something to distil.
+
+Retraining stays available:
+
+* ``KDATA_BUILTIN_RETRAIN=1``: train both models on first use (about 25 s of CPU; the recipe is
+  ``kdata.models.digits_net``) into ``$KDATA_CACHE/models/*-retrained-v1.safetensors`` and use
+  those instead of the shipped files;
+* ``python -m kdata.models.builtin --retrain --write-package-weights``: regenerate the shipped
+  files and ``weights.json`` (same seeds, one intra-op thread: the same torch build on the same
+  CPU family reproduces them byte for byte; ``--check`` retrains and only compares);
+* ``python -m kdata.models.builtin``: print the test accuracy and checksum of each model.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-import torch.nn.functional as F
 
-from kdata.pools import builtin
-from kdata.core.atomic import atomic_path, sha256_file, write_json
+from kdata.core.atomic import sha256_file
 from kdata.core.errors import KdataError
-from kdata.models.base import Model, register_loader
-from kdata.models.safe_load import load_state_file
-from kdata.models.sidecar import first_line
 from kdata.core.paths import cache_dir
+from kdata.models.base import Model, register_loader
+from kdata.models.digits_net import (  # noqa: F401  (DigitsNet, MODEL_VERSION… re-exported)
+    INPUT_SIZE, MEAN, MODEL_VERSION, SPECS, STD, THREADS, DigitsNet, normalise, save_weights, train_builtin)
+from kdata.models.sidecar import first_line
+from kdata.pools import builtin
 
-MODEL_VERSION = "v1"
-INPUT_SIZE = (1, builtin.SIZE, builtin.SIZE)
-MEAN, STD = (0.5,), (0.5,)
-
-
-class DigitsNet(nn.Module):
-    """A plain CNN: conv blocks → global average pool → linear head. ``features`` is penultimate."""
-
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 10, in_ch: int = 1):
-        super().__init__()
-        self.widths = tuple(widths)
-        layers: list[nn.Module] = []
-        c = in_ch
-        for i, w in enumerate(widths):
-            layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            if i < len(widths) - 1:
-                layers.append(nn.MaxPool2d(2))
-            c = w
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-SPECS = {
-    "digits-teacher": {"widths": (32, 64, 128), "split": "train", "epochs": 20, "seed": 1},
-    "digits-student": {"widths": (8, 16, 16), "split": "student", "epochs": 100, "seed": 2},
-}
-
-
-def _normalise(x_uint8: torch.Tensor) -> torch.Tensor:
-    return (x_uint8.float() / 255.0 - MEAN[0]) / STD[0]
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small random affine jitter, batched (keeps the teacher a little robust)."""
-    n = x.shape[0]
-    ang = (torch.rand(n, generator=gen) - 0.5) * 2 * 0.26  # ±15°
-    scale = 1 + (torch.rand(n, generator=gen) - 0.5) * 0.2
-    tx, ty = [(torch.rand(n, generator=gen) - 0.5) * 0.2 for _ in range(2)]
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="border")
-
-
-def train_builtin(name: str) -> DigitsNet:
-    cfg = SPECS[name]
-    torch.manual_seed(cfg["seed"])
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    arrs, ys = builtin.split_arrays(cfg["split"])
-    x = _normalise(torch.from_numpy(arrs).unsqueeze(1))
-    y = torch.from_numpy(ys)
-    net = DigitsNet(cfg["widths"])
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps_per_epoch = max(1, len(y) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=cfg["epochs"] * steps_per_epoch)
-    net.train()
-    for _ in range(cfg["epochs"]):
-        perm = torch.randperm(len(y), generator=gen)
-        for s in range(steps_per_epoch):
-            idx = perm[s * 64:(s + 1) * 64]
-            loss = F.cross_entropy(net(_augment(x[idx], gen)), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
-    return net
+RETRAIN_ENV = "KDATA_BUILTIN_RETRAIN"
+WEIGHTS_DIR = "builtin_weights"
+METADATA_FILE = "weights.json"
+COMMAND = "python -m kdata.models.builtin --retrain --write-package-weights"
 
 
 def sidecar(name: str) -> dict:
@@ -107,26 +53,68 @@ def sidecar(name: str) -> dict:
             "arch": {"widths": list(SPECS[name]["widths"])}}
 
 
-def builtin_checkpoint(name: str) -> str:
-    """Path of the cached state dict of a built-in model, training it on first use."""
-    path = cache_dir("models") / f"{name}-{MODEL_VERSION}.pt"
-    if not path.exists():
-        t0 = time.perf_counter()
-        net = train_builtin(name)
-        with atomic_path(path) as tmp:
-            torch.save(net.state_dict(), tmp)
-        write_json(path.with_suffix(".json"), {**sidecar(name), "trained_seconds": time.perf_counter() - t0})
-    return str(path)
+# ------------------------------------------------------------------------------------------------
+# Where the weights come from: the package (default) or a retrained copy in the cache
 
 
-def load_digits_net(path: str, widths, *, device) -> DigitsNet:
-    """A cached DigitsNet state dict, loaded like any user file (inspected, weights only)."""
-    state = load_state_file(path)
+def package_weights_dir() -> Path:
+    """The folder of the shipped weights (a real directory: the package is installed unzipped)."""
+    return Path(str(resources.files("kdata.models").joinpath(WEIGHTS_DIR)))
+
+
+def shipped_metadata() -> dict:
+    """``weights.json``: per model its file, sha256, size, architecture and recorded test accuracy."""
+    path = package_weights_dir() / METADATA_FILE
     try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KdataError(f"{path}: cannot read the built-in models' metadata ({first_line(exc)}); "
+                         "reinstall kdata") from None
+
+
+def retrain_requested() -> bool:
+    return os.environ.get(RETRAIN_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """The shipped safetensors file of a built-in model, after checking its sha256 against ``weights.json``."""
+    entry = shipped_metadata().get("models", {}).get(name)
+    if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry):
+        raise KdataError(f"{package_weights_dir() / METADATA_FILE}: no entry for {name}; reinstall kdata")
+    path = package_weights_dir() / entry["file"]
+    if not path.is_file():
+        raise KdataError(f"{path}: the built-in weights are missing; reinstall kdata or set {RETRAIN_ENV}=1")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise KdataError(f"{path}: sha256 {digest[:12]}… differs from {METADATA_FILE} ({entry['sha256'][:12]}…); "
+                         f"reinstall kdata or set {RETRAIN_ENV}=1")
+    return path
+
+
+def retrained_checkpoint(name: str) -> Path:
+    """A copy trained on this machine on first use (``KDATA_BUILTIN_RETRAIN=1``), cached and reused."""
+    path = cache_dir("models") / f"{name}-retrained-{MODEL_VERSION}.safetensors"
+    if not path.exists():
+        save_weights(train_builtin(name), path, name=name)
+    return path
+
+
+def builtin_checkpoint(name: str) -> str:
+    """Path of the weights of a built-in model: the shipped file, or a retrained one on request."""
+    return str(retrained_checkpoint(name) if retrain_requested() else shipped_checkpoint(name))
+
+
+def load_digits_net(path: str | os.PathLike, widths, *, device) -> DigitsNet:
+    """A DigitsNet from a safetensors file (tensors only: nothing in the file can run)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
         net = DigitsNet(tuple(widths))
         net.load_state_dict(state)
-    except Exception as exc:  # corrupt or foreign cache file: one line, not a traceback
-        raise KdataError(f"{path}: cannot load checkpoint ({first_line(exc)})", exit_code=2) from None
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # corrupt or foreign file: one line
+        raise KdataError(f"{path}: cannot load the weights ({first_line(exc)})", exit_code=2) from None
     return net.to(device).eval()
 
 
@@ -140,7 +128,8 @@ def model_from_net(net: DigitsNet, *, spec: str, checksum: str, class_names=None
 
 
 @register_loader(lambda s: s.startswith("builtin:"))
-def _load_builtin(spec: str, *, device="cpu") -> Model:
+def load_builtin(spec: str, *, device="cpu") -> Model:
+    """``builtin:digits-teacher`` / ``builtin:digits-student`` (shipped weights; see the module docstring)."""
     name = spec.split(":", 1)[1]
     if name not in SPECS:
         raise KdataError(f"unknown built-in model '{spec}' (builtin:digits-teacher, builtin:digits-student)")
@@ -151,13 +140,82 @@ def _load_builtin(spec: str, *, device="cpu") -> Model:
 
 def accuracy(model: Model, images_uint8: np.ndarray, labels: np.ndarray) -> float:
     with torch.inference_mode():
-        x = _normalise(torch.from_numpy(images_uint8).unsqueeze(1))
+        x = normalise(torch.from_numpy(images_uint8).unsqueeze(1))
         logits, _ = model.forward(x)
     return float((logits.argmax(1).numpy() == labels).mean())
 
 
-if __name__ == "__main__":  # python -m kdata.builtin_models: train both and print accuracies
-    arrs, ys = builtin.split_arrays("test")
-    for n in SPECS:
-        m = _load_builtin(f"builtin:{n}")
-        print(n, f"test accuracy {accuracy(m, arrs, ys):.3f}", json.dumps(m.describe()), os.getpid())
+# ------------------------------------------------------------------------------------------------
+# The script that regenerates the shipped files
+
+
+def write_package_weights(out_dir: Path | None = None) -> dict:
+    """Retrain both models and write them and ``weights.json`` into ``out_dir`` (default: the package)."""
+    import platform
+    import time
+
+    from kdata.core.atomic import write_json
+
+    out_dir = Path(out_dir) if out_dir is not None else package_weights_dir()
+    test_x, test_y = builtin.split_arrays("test")
+    models = {}
+    for name, cfg in SPECS.items():
+        t0 = time.perf_counter()
+        net = train_builtin(name)
+        seconds = time.perf_counter() - t0
+        path = out_dir / f"{name}.safetensors"
+        save_weights(net, path, name=name)
+        digest = sha256_file(path)
+        m = model_from_net(load_digits_net(path, cfg["widths"], device="cpu"), spec=f"builtin:{name}",
+                           checksum="sha256:" + digest)
+        models[name] = {"file": path.name, "sha256": digest, "bytes": path.stat().st_size,
+                        "params": sum(p.numel() for p in net.parameters()),
+                        "test_accuracy": round(accuracy(m, test_x, test_y), 4),
+                        "train": {"split": cfg["split"], "epochs": cfg["epochs"], "seed": cfg["seed"]},
+                        **sidecar(name)}
+        print(f"{name}: test accuracy {models[name]['test_accuracy']:.4f}, sha256 {digest[:16]}…, "
+              f"trained in {seconds:.1f}s", flush=True)
+    meta = {"format": 1, "version": MODEL_VERSION, "produced_by": COMMAND, "threads": THREADS,
+            "torch": torch.__version__, "machine": platform.machine(), "models": models}
+    write_json(out_dir / METADATA_FILE, meta)
+    return meta
+
+
+def main(argv: list[str]) -> int:
+    """``python -m kdata.models.builtin [--retrain (--write-package-weights | --check)]``."""
+    import argparse
+    import tempfile
+
+    p = argparse.ArgumentParser(prog="python -m kdata.models.builtin",
+                                description="The built-in digits models: report them, or retrain them and "
+                                            "regenerate (or check) the shipped weights.")
+    p.add_argument("--retrain", action="store_true", help="train both models from scratch (seeded, one thread)")
+    p.add_argument("--write-package-weights", action="store_true",
+                   help="with --retrain: overwrite kdata/models/builtin_weights/ and weights.json")
+    p.add_argument("--check", action="store_true",
+                   help="with --retrain: only say whether the retrained files match the shipped sha256")
+    args = p.parse_args(argv)
+    if not args.retrain:
+        test_x, test_y = builtin.split_arrays("test")
+        for name in SPECS:
+            m = load_builtin(f"builtin:{name}")
+            print(f"{name}: test accuracy {accuracy(m, test_x, test_y):.4f}  {m.checksum}")
+        return 0
+    if args.write_package_weights == args.check:
+        p.error("--retrain needs exactly one of --write-package-weights and --check")
+    if args.write_package_weights:
+        write_package_weights()
+        print(f"wrote {package_weights_dir()}")
+        return 0
+    shipped = shipped_metadata()["models"]
+    with tempfile.TemporaryDirectory(prefix="kdata-builtin-check-") as tmp:
+        models = write_package_weights(Path(tmp))["models"]
+    match = {n: shipped.get(n, {}).get("sha256") == models[n]["sha256"] for n in models}
+    print(json.dumps(match))
+    return 0 if all(match.values()) else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

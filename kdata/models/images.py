@@ -64,9 +64,26 @@ def decode_image(data: bytes | None, *, input_size, mean, std, interpolation: st
     return decode_multi(data, [key], max_pixels=max_pixels)[key]
 
 
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 pixels (C, H, W) or (N, C, H, W) → ``(x / 255 − mean) / std`` in float32.
+
+    Element by element the same IEEE operations whether one image or a batch, on any device, so a
+    batch normalised after collation is bit-identical to its images normalised one by one."""
+    shape = (-1, 1, 1) if x.ndim == 3 else (1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).reshape(shape)
+    sd = torch.tensor(std, dtype=torch.float32, device=x.device).reshape(shape)
+    return (x.float().div_(255.0) - m) / sd
+
+
 def decode_multi(data: bytes | None, keys: list[tuple], *,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[tuple, torch.Tensor]:
-    """Decode once, preprocess once per key ``(input_size, mean, std, interpolation)``.
+    """Decode once, preprocess once per key ``(input_size, mean, std, interpolation)`` (float, normalised)."""
+    return {k: normalise(v, k[1], k[2]) for k, v in decode_multi_u8(data, keys, max_pixels=max_pixels).items()}
+
+
+def decode_multi_u8(data: bytes | None, keys: list[tuple], *,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[tuple, torch.Tensor]:
+    """Decode once, resize once per key ``(input_size, mean, std, interpolation)``: uint8 (C, H, W).
 
     An image over ``max_pixels`` (from its header) is refused before decoding (ValueError).
     JPEGs are decoded at a reduced DCT scale (``Image.draft``) when the largest target is at most
@@ -82,17 +99,26 @@ def decode_multi(data: bytes | None, keys: list[tuple], *,
             im.draft(mode, (max(k[0][2] for k in keys), max(k[0][1] for k in keys)))
         im.load()
         for key in keys:
-            (c, h, w), mean, std, interpolation = key
+            (c, h, w), _, _, interpolation = key
             img = im.convert("L" if c == 1 else "RGB")
             if img.size != (w, h):
                 img = img.resize((w, h), _INTERP.get(interpolation, Image.BILINEAR))
-            arr = np.asarray(img, dtype=np.uint8)
-            t = torch.from_numpy(arr.copy()).float().div_(255.0)
-            t = t[None] if c == 1 else t.permute(2, 0, 1)
-            m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-            sd = torch.tensor(std, dtype=torch.float32)[:, None, None]
-            out[key] = (t - m) / sd
+            t = torch.from_numpy(np.array(img, dtype=np.uint8))
+            out[key] = t[None] if c == 1 else t.permute(2, 0, 1)
     return out
+
+
+def gpu_jpeg_candidate(data: bytes | None, max_pixels: int | None) -> bool:
+    """True for a JPEG that nvJPEG can decode as PIL would (baseline/progressive, RGB or grey) and that
+    is within ``max_pixels``; anything else (PNG, WebP, CMYK, oversize, unreadable) is decoded on the CPU,
+    where it is refused or quarantined with its error exactly as without a GPU."""
+    if not data or data[:3] != b"\xff\xd8\xff":
+        return False
+    try:
+        with _open_capped(data, max_pixels) as im:  # the header only
+            return im.format == "JPEG" and im.mode in ("RGB", "L")
+    except Exception:  # noqa: BLE001  (the CPU decode reports it)
+        return False
 
 
 _OBJ_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-f]+>")
@@ -134,17 +160,28 @@ def _collate(items):
     return idx, batch, bad
 
 
+# Modules a decode worker needs, imported once by the fork server instead of by every worker it starts
+# (importing torch costs seconds per process; a fork of a server that has it costs milliseconds).
+WORKER_PRELOAD = ("torch", "numpy", "PIL.Image", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "kdata.models.decode_pool",
+                  "kdata.pools.spec")
+
+
 def worker_context(num_workers: int):
     """Start decode workers from a fork server, not by forking this process.
 
     Forking a process that runs other threads (a Prefect flow, a served deployment, a Dask
-    worker) can kill or hang the child; a fork server is a clean single-threaded parent.
+    worker) can kill or hang the child; a fork server is a clean single-threaded parent. It
+    preloads ``WORKER_PRELOAD`` (when this process starts it), so a worker starts in milliseconds.
     """
     import multiprocessing as mp
 
     if not num_workers:
         return None
-    return mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else None
+    if "forkserver" not in mp.get_all_start_methods():
+        return None
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", *WORKER_PRELOAD])
+    return ctx
 
 
 def iter_decoded(images: list, keys: list[tuple], *, batch_size: int, num_workers: int, pin: bool = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def add_config_options(p, cls) -> None:
     """Add one option per command-line field of the config dataclass ``cls`` (kdata.pipeline.config).
 
@@ -16,7 +17,7 @@ def add_config_options(p, cls) -> None:
         kind = f.metadata.get("kind")
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = "" if default is None else f" (default: {default})"
-        kwargs = {"dest": f.name, "default": None, "help": f.metadata["help"] + shown}
+        kwargs = {"dest": f.name, "default": None, "help": f.metadata["help"] + _extra_help(f.name) + shown}
         if f.metadata.get("choices"):
             kwargs["choices"] = list(f.metadata["choices"])
         if f.metadata.get("metavar"):
@@ -27,6 +28,15 @@ def add_config_options(p, cls) -> None:
             kwargs.update(action="store_const", const=True, help=f.metadata["help"])
         p.add_argument(flag_of(f), **kwargs)
 
+
+
+def _extra_help(name: str) -> str:
+    """What a field's help adds on the command line: the registered methods for ``--method``."""
+    if name != "method":
+        return ""
+    from kdata.selection.methods import available
+
+    return f"; one of {', '.join(available())} (`kdata methods` says what each does)"
 
 
 def add_select_options(p) -> None:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from kdata.core.errors import KdataError
 from kdata.core.jsonable import config_hash
+from kdata.models.decode_pool import check_workers
 from kdata.models.images import check_max_pixels
 from kdata.pools.base import PoolLimits
+from kdata.scoring.score import PRECISIONS, check_precision
 
 DEFAULT_METHOD = "default"
 DEFAULT_POOL = "builtin:digits-web"
@@ -73,6 +75,9 @@ class SelectConfig:
     max_file_mb: float = opt(64.0, "files over this many MiB are quarantined, not read", kind=float)
     max_pixels: int = opt(64_000_000, "images over this many pixels are quarantined from their header, "
                           "not decoded", kind=int)
+    precision: str = opt("auto", "forward-pass precision, recorded in the manifest and the score cache key: "
+                         "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 (on a GPU also without TF32, "
+                         "to match a CPU run), bf16", choices=PRECISIONS, kind=str)
     rows_per_shard: int = opt(10_000, "rows per Parquet shard", kind=int)
     row_group_rows: int = opt(1_000, "rows per Parquet row group", kind=int)
     method_options: dict = opt({}, "per-method options (config file only)", cli=False, kind=dict)
@@ -94,7 +99,9 @@ class RunOptions:
     """How to run (not hashed): device, decode workers, batch size, caching, progress."""
 
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", kind=str)
-    num_workers: int = opt(0, "image decode worker processes", flag="--workers", kind=int)
+    num_workers: int | str = opt("auto", "image decode worker processes, started once per run: a number, or "
+                                 "auto (none for pools under 2,000 rows, else one per core but one, at most 8 "
+                                 "on CPU, 12 with CUDA)", flag="--workers", metavar="N|auto", kind=str)
     batch_size: int = opt(256, "samples per forward pass", kind=int)
     cache: bool = opt(True, "reuse cached scores", cli=False, kind=bool)
     progress: object = opt(None, "callable(stage, done=None, total=None)", cli=False)
@@ -124,7 +131,8 @@ def check_types(cls, values: dict, *, where: str) -> dict:
             continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name == "budget":
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                name in ("budget", "num_workers"):  # numbers written in a config file, kept as their text
             value = str(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise KdataError(f"{where}: {name} = {value!r}: expected {kind.__name__}")
@@ -160,6 +168,7 @@ def select_config(values: dict, *, where: str = "config") -> SelectConfig:
 def run_options(values: dict, *, where: str = "config") -> RunOptions:
     opts = RunOptions(**check_types(RunOptions, values, where=where))
     validate_run(opts, where=where)
+    opts.num_workers = check_workers(opts.num_workers)  # "2" from a command line or a config file → 2
     return opts
 
 
@@ -200,6 +209,7 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
         raise KdataError(f"{cfg.scores}: --scores file not found")
     pool_limits(cfg)
     check_max_pixels(cfg.max_pixels)
+    check_precision(cfg.precision)
     for name in ("rows_per_shard", "row_group_rows"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -211,8 +221,7 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
 def validate_run(opts: RunOptions, *, where: str = "config") -> None:
     if not isinstance(opts.batch_size, int) or opts.batch_size < 1:
         raise KdataError(f"--batch-size {opts.batch_size}: must be an integer ≥ 1")
-    if not isinstance(opts.num_workers, int) or opts.num_workers < 0:
-        raise KdataError(f"--workers {opts.num_workers}: must be an integer ≥ 0")
+    check_workers(opts.num_workers)
     dev = str(opts.device)
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise KdataError(f"--device '{dev}': unknown device (auto, cpu, cuda or cuda:N)")

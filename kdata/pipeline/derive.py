@@ -54,12 +54,12 @@ def read_source(shards: str, *, out: str) -> Source:
     """The dataset in ``shards`` (checked: a kdata dataset, every shard present and valid, ids unique)."""
     src = Path(shards)
     if not src.is_dir():
-        raise KdataError(f"{shards}: --shards is not a directory")
+        raise KdataError(f"{shards}: not a directory (expected a curated dataset)")
     manifest = read_manifest(src)
     if manifest is None:
-        raise KdataError(f"{shards}: no {MANIFEST}; --shards must be a curated dataset written by kdata")
+        raise KdataError(f"{shards}: no {MANIFEST}; expected a curated dataset written by kdata")
     if src.resolve() == Path(out).resolve():
-        raise KdataError(f"{out}: --out must differ from --shards")
+        raise KdataError(f"{out}: --out must differ from the dataset directory")
     paths = shard_paths(src)
     for p in paths:
         if not p.exists():
@@ -89,7 +89,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         t0 = time.perf_counter()
         level = check_options(level, threshold=threshold, frac=frac)
         if level is None:
-            raise KdataError("kdata dedup: give --dedup exact, near or semantic")
+            raise KdataError("kdata dedup: give --level exact, near or semantic")
         source = read_source(shards, out=out)
         teacher = teacher or (source.manifest.get("config") or {}).get("teacher")
         cfg = {"command": "dedup", "shards": str(source.path.resolve()), "source_config_hash": source.identity,

@@ -63,11 +63,30 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
     return reselect
 
 
+def default_out(shards: str | Path) -> Path:
+    """Where ``kdata train DIR`` saves without ``--out``: ``DIR-student`` beside DIR (never inside it),
+    or ``DIR-student-2``, ``-3``… when that already holds something. ``DIR/data`` counts as DIR."""
+    p = Path(shards).resolve()
+    if p.name == "data" and (p.parent / "manifest.json").is_file():
+        p = p.parent
+    base = p.parent / f"{p.name}-student"
+    out, n = base, 1
+    while out.exists() and (not out.is_dir() or any(out.iterdir())):
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
 def train_student(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
-                  pool: str | None = None, teacher: str | None = None, quiet: bool = True,
+                  pool: str | None = None, teacher: str | None = None, quiet: bool = True, progress=None,
                   verify: bool = True) -> dict:
     """``kdata train``: distil ``student`` on ``shards``; with ``config.reselect_every``, re-select from ``pool``.
-    ``verify=False`` skips checking ``shards`` against its manifest first (``--no-verify``)."""
+
+    The student is always saved: to ``out``, or to ``default_out(shards)`` beside the dataset
+    (``log["out"]``, with ``log["out_default"]`` true). ``progress(stage, done, total)`` follows the
+    epochs (``quiet`` is kept for older callers; it does nothing). ``verify=False`` skips checking
+    ``shards`` against its manifest first (``--no-verify``).
+    """
     factory = None
     if config.reselect_every:
         if not pool or not teacher:
@@ -78,5 +97,11 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
             return make_reselector(pool=pool, teacher=teacher, work_dir=work_dir, seed=config.seed, device=device,
                                    temperature=temperature)
 
-    return run_train(shards=shards, student=student, eval=eval, config=config, out=out, quiet=quiet,
-                     reselector_for=factory, verify=verify)
+    if out and Path(out).resolve().is_relative_to(Path(shards).resolve()):
+        raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
+                         f"(the default: {default_out(shards)})")
+    target = out or str(default_out(shards))
+    log = run_train(shards=shards, student=student, eval=eval, config=config, out=target, progress=progress,
+                    reselector_for=factory, verify=verify)
+    log["out_default"] = out is None
+    return log

@@ -1,4 +1,4 @@
-"""The one way a dataset is written: shards, decisions, extra files, data card, manifest — atomically.
+"""The one way a dataset is written: shards, decisions, extra files, data card + report.html, manifest — atomically.
 
 Every command that produces a dataset (``select``, ``demo``, ``dedup``, ``augment``, the trainer's
 re-selection, the flows, the benchmarks) ends here, so every output has the same manifest,
@@ -7,6 +7,7 @@ decisions table, card and ``RunReport``.
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Callable
 import pyarrow as pa
 
 from kdata.core.atomic import write_json
+from kdata.core.errors import RuntimeFailure
 from kdata.core.jsonable import jsonable
 from kdata.core.version import __version__
 from kdata.dataset.decisions import Decisions
@@ -93,6 +95,7 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
                                   models=output.models, counts=counts, extra=jsonable(output.extra),
                                   decisions=decisions)
         _step(progress, 1)
+        # the card, its plots and report.html, recorded with their checksums in manifest["card"]
         manifest["card"] = card_entry(write_card(staging.path, manifest=manifest, name=Path(out).resolve().name,
                                                  pool=output.pool))
         _step(progress, 2)
@@ -101,6 +104,12 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
             before_commit(staging.path)
         staging.commit()
         _step(progress, 3)
+    except OSError as exc:
+        staging.abort()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RuntimeFailure(f"{out}: no space left on device while writing the dataset; nothing was "
+                                 "written (free space and rerun)") from None
+        raise
     except BaseException:
         staging.abort()
         raise

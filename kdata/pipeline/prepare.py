@@ -15,7 +15,7 @@ from kdata.models.spec import Model, load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
 from kdata.pools.spec import Pool, open_pool
 from kdata.scoring.byo import ByoModel, load_with_checksum
-from kdata.scoring.score import ScoreConfig, check_models
+from kdata.scoring.score import ScoreConfig, check_models, resolve_precision
 from kdata.selection.recipes import DEFAULT_BALANCE, default_recipe
 from kdata.selection.run import parse_methods
 
@@ -62,7 +62,8 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
     check_models(teacher, student)
     pool.check_labels(teacher.class_names)
     score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
-                            num_workers=opts.num_workers, max_pixels=cfg.max_pixels)
+                            num_workers=opts.num_workers, max_pixels=cfg.max_pixels,
+                            precision=resolve_precision(cfg.precision, device))
     return Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,
                     score_cfg=score_cfg, device=device)
 

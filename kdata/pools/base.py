@@ -46,6 +46,43 @@ class PoolLimits:
 DEFAULT_LIMITS = PoolLimits()
 
 
+class UnitRows:
+    """A unit's rows addressable by range, so a decode worker reads the bytes of its own batch.
+
+    Instances are small and picklable (paths, offsets, row counts; no image bytes): a scoring run
+    ships one to a worker with each batch task, and the worker calls ``read_rows(start, stop)``
+    itself (a file per row, a tar member per row, a Parquet row range). ``part`` narrows what a
+    task carries; readers that address rows on disk carry the whole (small) plan.
+    """
+
+    num_rows: int = 0
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        """Rows ``[start, stop)`` as a pool-schema table (plus ``read_error``), like ``PoolUnit.read``."""
+        raise NotImplementedError
+
+    def part(self, start: int, stop: int) -> UnitRows:
+        """What a task for rows ``[start, stop)`` ships to a worker (it still reads with the unit's row numbers)."""
+        return self
+
+
+class TableRows(UnitRows):
+    """The default plan of a reader that cannot address rows: the unit read once, in memory.
+
+    ``part`` ships only the task's rows (copied: Arrow pickles a slice with its whole buffer), so
+    bytes cross to a worker once, in the task that decodes them."""
+
+    def __init__(self, table: pa.Table, *, offset: int = 0):
+        self.table, self.offset, self.num_rows = table, offset, offset + table.num_rows
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        return self.table.slice(start - self.offset, stop - start)
+
+    def part(self, start: int, stop: int) -> UnitRows:
+        rows = self.table.take(pa.array(range(start - self.offset, stop - self.offset), pa.int64()))
+        return TableRows(rows, offset=start)
+
+
 @dataclass
 class PoolUnit:
     name: str  # readable, unique within the pool
@@ -53,6 +90,18 @@ class PoolUnit:
     fingerprint: Callable[[], str]  # content hash of the unit
     path: str | None = None
     labels: Callable[[], set[str]] | None = None  # the distinct web labels, read cheaply (None: unknown)
+    rows: Callable[[], UnitRows] | None = None  # addressable rows for decode workers (None: read() in memory)
+
+    def plan(self) -> UnitRows:
+        """The unit's rows as a picklable, range-addressable reader (``TableRows(read())`` by default).
+
+        Raises ``KdataError`` for what can be checked before any row is decoded (an unreadable
+        Parquet footer, a duplicate tar key)."""
+        return self.rows() if self.rows is not None else TableRows(self.read())
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        """Rows ``[start, stop)`` of the unit (pool schema plus ``read_error``)."""
+        return self.plan().read_rows(start, stop)
 
 
 @dataclass

@@ -6,8 +6,10 @@ the sha256 of every file's bytes), so the score cache is invalidated exactly whe
 
 ``sample_id`` is the file's path relative to POOL (POSIX separators) for folders and the sample
 key for tars. Two files with identical bytes stay two samples: duplicates are dedup's business.
-Images are read as raw bytes here and decoded later in DataLoader workers, where a corrupt,
-truncated or empty file is quarantined with its error.
+Images are read as raw bytes and decoded later in DataLoader workers, where a corrupt,
+truncated or empty file is quarantined with its error. Each unit also has a range-addressable
+plan (``FolderRows``: a file per row; ``TarRows``: member offsets from the shard's headers) so a
+scoring worker reads its own batch's bytes.
 
 Files are read under ``PoolLimits`` (``kdata.pools.files``): regular files only, symlinks only
 inside the pool, a size cap per file. What a reader refuses (or a name that is not UTF-8) stays
@@ -28,7 +30,14 @@ import pyarrow as pa
 
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_SCHEMA, READ_ERROR
-from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
+from kdata.pools.base import (
+    DEFAULT_LIMITS,
+    Pool,
+    PoolLimits,
+    PoolUnit,
+    UnitRows,
+    register_reader,
+)
 from kdata.pools.files import check_entry, escaped, is_utf8, over_cap, read_capped
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -124,33 +133,45 @@ def _read_labels_csv(path: Path) -> dict[str, str]:
     return labels
 
 
+class FolderRows(UnitRows):
+    """A folder unit's files by position, read (under the pool's limits) by the worker that decodes them."""
+
+    def __init__(self, root: Path, files: list[str], labels: list[str | None], *, source: str, limits: PoolLimits):
+        self.root, self.root_real = Path(root), os.path.realpath(root)
+        self.files, self.labels, self.source, self.limits = files, labels, source, limits
+        self.num_rows = len(files)
+
+    def load(self, f: str) -> tuple[bytes | None, str | None]:
+        if not is_utf8(f):
+            return None, BAD_NAME
+        return read_capped(self.root / f, root_real=self.root_real, limits=self.limits)
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        files = self.files[start:stop]
+        got = [self.load(f) for f in files]
+        # Arrow strings must be UTF-8: undecodable names are escaped
+        return _pool_table([escaped(f) for f in files], [b for b, _ in got], self.labels[start:stop],
+                           source=self.source, errors=[e for _, e in got])
+
+
 def _folder_unit(root: Path, files: list[str], labels: list[str | None], *, name: str, source: str,
                  limits: PoolLimits) -> PoolUnit:
     memo: dict[str, str] = {}
-    root_real = os.path.realpath(root)
-    ids = [escaped(f) for f in files]  # Arrow strings must be UTF-8: undecodable names are escaped
-
-    def load(f: str) -> tuple[bytes | None, str | None]:
-        if not is_utf8(f):
-            return None, BAD_NAME
-        return read_capped(root / f, root_real=root_real, limits=limits)
-
-    def read() -> pa.Table:
-        got = [load(f) for f in files]
-        return _pool_table(ids, [b for b, _ in got], labels, source=source, errors=[e for _, e in got])
+    rows = FolderRows(root, files, labels, source=source, limits=limits)
 
     def fingerprint() -> str:
         if "fp" not in memo:
             h = hashlib.sha256(b"kdata-folder-unit-v1\0")
-            for sid, f, lab in zip(ids, files, labels):
-                data, err = load(f)
+            for f, lab in zip(files, labels):
+                data, err = rows.load(f)
                 digest = hashlib.sha256(data).hexdigest() if data is not None else f"unreadable: {err}"
-                h.update(f"{sid}\0{lab}\0{digest}\0".encode())
+                h.update(f"{escaped(f)}\0{lab}\0{digest}\0".encode())
             memo["fp"] = "sha256:" + h.hexdigest()
         return memo["fp"]
 
     present = {lab for lab in labels if lab is not None}
-    return PoolUnit(name=name, read=read, fingerprint=fingerprint, path=str(root), labels=lambda: set(present))
+    return PoolUnit(name=name, read=lambda: rows.read_rows(0, rows.num_rows), fingerprint=fingerprint,
+                    path=str(root), labels=lambda: set(present), rows=lambda: rows)
 
 
 def _is_image_folder(spec: str) -> bool:
@@ -256,41 +277,75 @@ def _tar_members(tf: tarfile.TarFile):
             yield (m, *_split_key(m.name))
 
 
+TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")  # the first present is the sample's image
+
+
+class TarRows(UnitRows):
+    """A WebDataset shard's samples in archive order, by member offsets read once from its headers.
+
+    The scan (``__init__``) reads headers only and refuses what ``read_tar`` refuses: an unreadable
+    shard or a key repeated with one extension is one line. A sample with a member over the size
+    cap, a key that is not UTF-8 or a sparse member is kept as a row with the reason. Workers then
+    read their batch's members by offset (``read_rows``)."""
+
+    def __init__(self, path: Path, *, limits: PoolLimits = DEFAULT_LIMITS):
+        self.path, self.limits = Path(path), limits
+        samples: dict[str, dict[str, tuple[int, int]]] = {}
+        refused: dict[str, str] = {}
+        try:
+            with tarfile.open(path, "r:*") as tf:
+                for m, key, ext in _tar_members(tf):
+                    parts = samples.setdefault(key, {})
+                    if ext in parts:
+                        raise KdataError(f"{path}: key '{escaped(key)}' occurs twice (two '.{escaped(ext)}' "
+                                         "members); keys must be unique within a shard")
+                    parts[ext] = (m.offset_data, m.size)
+                    if not is_utf8(key):
+                        refused.setdefault(key, BAD_NAME.replace("file name", "key"))
+                    if m.size > limits.max_file_bytes:
+                        refused.setdefault(key, f"member {escaped(m.name)}: " + over_cap(m.size, limits))
+                    elif m.issparse():
+                        refused.setdefault(key, f"member {escaped(m.name)}: sparse tar member (not read)")
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise KdataError(f"{path}: cannot read tar shard ({type(exc).__name__}: {exc})") from None
+        self.keys = list(samples)
+        self.image = [next((parts[e] for e in TAR_IMAGE_EXTS if e in parts), None) for parts in samples.values()]
+        self.cls = [parts.get("cls") for parts in samples.values()]
+        self.refused = [refused.get(k) for k in self.keys]
+        self.num_rows = len(self.keys)
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        ids, images, labels, errors = [], [], [], []
+        try:
+            with tarfile.open(self.path, "r:*") as tf:
+                fh = tf.fileobj  # the (decompressed) archive stream: member offsets index into it
+
+                def member(where: tuple[int, int] | None) -> bytes | None:
+                    if where is None:
+                        return None
+                    fh.seek(where[0])
+                    return fh.read(where[1])
+
+                for i in range(start, stop):
+                    bad = self.refused[i]
+                    img, cls = (None, None) if bad else (member(self.image[i]), member(self.cls[i]))
+                    ids.append(escaped(self.keys[i]))
+                    images.append(img)
+                    labels.append(cls.decode("utf-8", "replace").strip() if cls is not None else None)
+                    errors.append(bad)
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise KdataError(f"{self.path}: cannot read tar shard ({type(exc).__name__}: {exc})") from None
+        return _pool_table(ids, images, labels, source=self.path.name, errors=errors)
+
+
 def read_tar(path: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> pa.Table:
     """One WebDataset shard → pool table, samples in archive order; one-line error when unreadable.
 
     Only regular members are read (links and devices inside the archive are skipped). A key that
     appears twice with the same extension stops the run: one of the two would be lost. A member
     over the size cap, or a key that is not UTF-8, quarantines its sample with the reason."""
-    samples: dict[str, dict[str, bytes]] = {}
-    refused: dict[str, str] = {}
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for m, key, ext in _tar_members(tf):
-                parts = samples.setdefault(key, {})
-                if ext in parts:
-                    raise KdataError(f"{path}: key '{escaped(key)}' occurs twice (two '.{escaped(ext)}' members); "
-                                     "keys must be unique within a shard")
-                if not is_utf8(key):
-                    refused.setdefault(key, BAD_NAME.replace("file name", "key"))
-                if m.size > limits.max_file_bytes:
-                    refused.setdefault(key, f"member {escaped(m.name)}: " + over_cap(m.size, limits))
-                    parts[ext] = b""
-                    continue
-                fh = tf.extractfile(m)
-                parts[ext] = fh.read() if fh else b""
-    except (OSError, tarfile.TarError, EOFError) as exc:
-        raise KdataError(f"{path}: cannot read tar shard ({type(exc).__name__}: {exc})") from None
-    ids, images, labels, errors = [], [], [], []
-    for key, parts in samples.items():
-        bad = refused.get(key)
-        img = next((parts[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in parts), None)
-        cls = parts.get("cls")
-        ids.append(escaped(key))
-        images.append(None if bad else img)
-        labels.append(cls.decode("utf-8", "replace").strip() if cls is not None and not bad else None)
-        errors.append(bad)
-    return _pool_table(ids, images, labels, source=path.name, errors=errors)
+    rows = TarRows(path, limits=limits)
+    return rows.read_rows(0, rows.num_rows)
 
 
 def tar_labels(path: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> set[str]:
@@ -339,7 +394,7 @@ def open_tar(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
         # reported by the pipeline's unique-id check, never silently renamed
         return PoolUnit(name=p.name, read=lambda: read_tar(p, limits=limits),
                         fingerprint=lambda: f"sha256:{sha256_file(p)}{limits.tag()}", path=str(p),
-                        labels=lambda: tar_labels(p, limits=limits))
+                        labels=lambda: tar_labels(p, limits=limits), rows=lambda: TarRows(p, limits=limits))
 
     return Pool(spec=spec, units=[unit(p) for p in paths],
                 description=f"WebDataset tar pool at {spec} ({len(paths)} shard(s))", extra={"layout": "webdataset"})

@@ -2,7 +2,8 @@
 
 A unit is a file or a chunk of files. Units are the grain of scoring, caching and fan-out (the
 Prefect flow maps one task over them): each has a ``fingerprint`` (a content hash) so a rerun
-scores only units it has not seen.
+scores only units it has not seen, and a range-addressable ``plan`` (``ParquetRows`` here) so a
+scoring worker reads its own batch.
 
 Specs: ``builtin:digits-web``, ``builtin:digits-test``, a Parquet file or a directory of Parquet
 files. Other readers (image folders, WebDataset tars) register with ``register_reader``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import os
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from kdata.pools.base import (
     Pool,
     PoolLimits,
     PoolUnit,
+    UnitRows,
     readers,
     register_reader,
 )
@@ -53,6 +56,57 @@ def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
 # ------------------------------------------------------------------------------------------------
 # Parquet
 
+def _finish_parquet(table: pa.Table, *, name: str, path: Path, offset: int = 0) -> pa.Table:
+    """Rows read from a Parquet pool file → pool schema: ``<file>:<row>`` ids where the file has none."""
+    if "sample_id" not in table.column_names:  # readable, stable ids: <file>:<row>
+        ids = pa.array([f"{name}:{i}" for i in range(offset, offset + table.num_rows)], pa.string())
+        table = table.append_column("sample_id", ids)
+    validate_pool(table.schema, where=str(path))
+    if "kind" not in table.column_names:
+        table = table.append_column("kind", pa.array(["original"] * table.num_rows, pa.string()))
+    return conform(table, POOL_SCHEMA, keep_extra_prefix=None)
+
+
+class ParquetRows(UnitRows):
+    """A Parquet pool file by row range: a worker reads the row groups its batch spans.
+
+    Opening it reads the footer and the ``sample_id`` column only, and checks what ``read`` checks
+    (the schema, null ids), so a bad file is one line before any decoding starts. A worker keeps
+    the last row groups it read: consecutive batches inside one row group read it once."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name = Path(path), name
+        try:
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
+            ids = pq.read_table(path, columns=["sample_id"]) if "sample_id" in schema.names else None
+        except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
+            raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
+        if "sample_id" not in schema.names:
+            schema = schema.append(pa.field("sample_id", pa.string()))
+        validate_pool(schema, where=str(path))
+        if ids is not None:
+            check_pool_ids(ids, where=str(path))
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        self.bounds = [0, *itertools.accumulate(sizes)]  # row group g holds rows [bounds[g], bounds[g + 1])
+        self.num_rows = meta.num_rows
+        self._last: tuple[tuple[int, ...], pa.Table] | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_last": None}  # a task ships the plan, never a cached row group
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        groups = tuple(g for g in range(len(self.bounds) - 1) if self.bounds[g] < stop and self.bounds[g + 1] > start)
+        if self._last is None or self._last[0] != groups:
+            try:
+                self._last = (groups, pq.ParquetFile(self.path).read_row_groups(list(groups)))
+            except Exception as exc:  # noqa: BLE001
+                raise KdataError(f"{self.path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
+        first = self.bounds[groups[0]] if groups else start
+        table = self._last[1].slice(start - first, stop - start)
+        return _finish_parquet(table, name=self.name, path=self.path, offset=start)
+
+
 def _parquet_unit(path: Path, root: Path | None) -> PoolUnit:
     name = str(path.relative_to(root)) if root else path.name
 
@@ -61,17 +115,13 @@ def _parquet_unit(path: Path, root: Path | None) -> PoolUnit:
             table = pq.read_table(path)
         except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
             raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
-        if "sample_id" not in table.column_names:  # readable, stable ids: <file>:<row>
-            ids = pa.array([f"{name}:{i}" for i in range(table.num_rows)])
-            table = table.append_column("sample_id", ids)
-        validate_pool(table.schema, where=str(path))
-        check_pool_ids(table, where=str(path))
-        if "kind" not in table.column_names:
-            table = table.append_column("kind", pa.array(["original"] * table.num_rows))
-        return conform(table, POOL_SCHEMA, keep_extra_prefix=None)
+        if "sample_id" in table.column_names:
+            validate_pool(table.schema, where=str(path))
+            check_pool_ids(table, where=str(path))
+        return _finish_parquet(table, name=name, path=path)
 
     return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file(path), path=str(path),
-                    labels=lambda: parquet_labels(path))
+                    labels=lambda: parquet_labels(path), rows=lambda: ParquetRows(path, name))
 
 
 def parquet_labels(path: Path) -> set[str]:

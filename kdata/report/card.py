@@ -1,4 +1,4 @@
-"""Data cards: ``README.md`` with Hugging Face dataset-card front matter, plus PNG plots, beside the shards.
+"""Data cards: ``README.md`` with Hugging Face dataset-card front matter, PNG plots and ``report.html``.
 
 Everything on the card is read back from what the run wrote (``manifest.json``, ``decisions.parquet``,
 the shards), so ``kdata card DIR`` regenerates the same card, byte for byte, that the run wrote.
@@ -10,23 +10,28 @@ the pictures in ``kdata.report.card_plots``:
 
 * ``card-scores.png``        score histograms, kept vs rejected, for every scored row;
 * ``card-class-balance.png`` class shares before (pool) and after (kept) curation;
-* ``card-thumbnails.png``    the best-ranked kept images and the most clearly rejected images with
-  their reasons (rejected payloads are read back from the pool recorded in the manifest).
+* ``card-thumbnails.png``    the best-ranked kept images, a random sample of kept images per class and
+  the most clearly rejected images with their reasons (rejected payloads are read back from the
+  pool recorded in the manifest);
+* ``report.html``            a static page to browse kept and rejected samples (``kdata.report.html``).
 
-This module writes, regenerates and publishes cards.
+The pool is read once for the thumbnails of both. This module writes, regenerates and publishes cards.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from kdata.core.atomic import sha256_file
 from kdata.core.errors import KdataError
-from kdata.report.card_plots import N_THUMBS, fetch_payloads, plot_balance, plot_scores, thumbnail_grid
+from kdata.report.card_plots import (N_THUMBS, fetch_payloads, plot_balance, plot_scores, thumbnail_blocks,
+                                     thumbnail_grid)
 from kdata.report.card_text import SIZE_CATEGORIES, front_matter, read_front_matter, render_card, size_category
+from kdata.report.html import REPORT, report_rows, write_report
 from kdata.report.inspect import load_run
 
-__all__ = ["CARD", "N_THUMBS", "PLOTS", "SIZE_CATEGORIES", "card_entry", "fetch_payloads", "front_matter",
+__all__ = ["CARD", "N_THUMBS", "PLOTS", "REPORT", "SIZE_CATEGORIES", "card_entry", "fetch_payloads", "front_matter",
            "plot_balance", "plot_scores", "publish", "read_front_matter", "regenerate", "render_card",
            "size_category", "thumbnail_grid", "write_card"]
 
@@ -35,17 +40,22 @@ PLOTS = {"scores": "card-scores.png", "balance": "card-class-balance.png", "thum
 
 def write_card(out: str | Path, *, manifest: dict | None = None, name: str | None = None, pool=None,
                dest: str | Path | None = None, prefix: str = "") -> list[dict]:
-    """Write the card and its plots for the dataset in ``out`` into ``dest`` (default: ``out``).
+    """Write the card, its plots and ``report.html`` for the dataset in ``out`` into ``dest`` (default: ``out``).
 
     ``name`` is the dataset name (default: the directory's name); ``manifest`` and ``pool`` can be
     passed by the pipeline, which writes the card inside its staging directory before the manifest.
-    ``prefix`` prefixes the plot file names (used when several cards share one directory). Returns
-    the written files as manifest entries (path relative to ``dest``, bytes, sha256), card first.
+    ``prefix`` prefixes the plot and report file names (used when several cards share one
+    directory). Returns the written files as manifest entries (path relative to ``dest``, bytes,
+    sha256), card first.
     """
     out = Path(out)
     dest = Path(dest) if dest is not None else out
     dest.mkdir(parents=True, exist_ok=True)
     name = name or out.resolve().name
+    if manifest is not None:
+        # the manifest as manifest.json will hold it (sorted keys, JSON values): the run's card and
+        # ``kdata card DIR``'s, which reads manifest.json back, are then the same bytes
+        manifest = json.loads(json.dumps(manifest, sort_keys=True, default=str))
     run = load_run(out, manifest=manifest)
     if run.shard_error:
         raise KdataError(f"{out}: cannot write a card: {run.shard_error}")
@@ -57,15 +67,22 @@ def write_card(out: str | Path, *, manifest: dict | None = None, name: str | Non
         links[key] = fname if fn(run, dest / fname) else None
         if links[key]:
             written.append(fname)
+    blocks, rows = thumbnail_blocks(run), report_rows(run)
+    ids = sorted({r["sample_id"] for _, b, _ in blocks for r in b} |  # quarantined: unreadable payloads
+                 {r["id"] for r in rows if r["decision"] != "quarantined"})
+    images, fetch_note = fetch_payloads(run, ids, pool=pool)  # one pass over the pool for both
     fname = prefix + PLOTS["thumbnails"]
-    ok, note = thumbnail_grid(run, dest / fname, pool=pool)
+    ok, note = thumbnail_grid(run, dest / fname, blocks=blocks, images=images, note=fetch_note)
     links["thumbnails"] = fname if ok else None
     if ok:
         written.append(fname)
     if note:
         notes["thumbnails"] = note
-    text = render_card(run, name=name, plots=links, notes=notes)
     card_name = f"{prefix}{CARD}" if not prefix else f"{prefix.rstrip('-_')}.md"
+    links["report"] = prefix + REPORT
+    write_report(run, dest / links["report"], name=name, rows=rows, images=images, card=card_name, note=fetch_note)
+    written.append(links["report"])
+    text = render_card(run, name=name, plots=links, notes=notes)
     from kdata.core.atomic import write_bytes
 
     write_bytes(dest / card_name, text.encode("utf-8"))
@@ -79,7 +96,8 @@ def card_entry(files: list[dict]) -> dict:
 
 
 def publish(out: str | Path, card_dir: str | Path, *, name: str | None = None) -> Path:
-    """Copy the card of ``out`` to ``card_dir/<name>.md`` with its plots as ``<name>-card-*.png``."""
+    """Copy the card of ``out`` to ``card_dir/<name>.md`` with its plots as ``<name>-card-*.png`` and
+    its report as ``<name>-report.html``."""
     out = Path(out)
     name = name or out.resolve().name
     files = write_card(out, dest=card_dir, name=name, prefix=f"{name}-")
@@ -105,7 +123,7 @@ def regenerate(out: str | Path, *, card_dir: str | Path | None = None) -> dict:
         (out / p).unlink(missing_ok=True)
     if manifest.get("card") != card_entry(files):
         write_json(out / MANIFEST, {**manifest, "card": card_entry(files)})
-    result = {"card": str(out / files[0]["path"]), "files": [f["path"] for f in files]}
+    result = {"card": str(out / files[0]["path"]), "report": str(out / REPORT), "files": [f["path"] for f in files]}
     if card_dir is not None:
         result["published"] = str(publish(out, card_dir))
     return result

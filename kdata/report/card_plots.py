@@ -16,10 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.dataset.schema import KEPT, REJECTED
-from kdata.report.card_text import fmt
-from kdata.report.inspect import MAX_BALANCE_ROWS, Run, class_balance, pick_rejected, primary_score, score_columns
+from kdata.report.inspect import MAX_BALANCE_ROWS, Run, class_balance, score_columns
+from kdata.report.markdown import fmt
+from kdata.report.picks import best_kept, random_kept_by_class, rejected_picks
 
-N_THUMBS = 16  # kept and rejected each
+N_THUMBS = 16  # most clearly rejected rows
+N_BEST = 8  # best-ranked kept rows
+PER_CLASS, MAX_CLASSES = 4, 10  # random kept rows per class, for at most this many classes
 
 
 def _figure(w: float, h: float):
@@ -129,9 +132,9 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
     if not missing:
         return found, None
     spec = (run.manifest.get("config") or {}).get("pool")
+    if not spec:  # even when the run passes a pool: ``kdata card DIR`` could not read it, and must draw the same
+        return found, "Rejected samples are not pictured: the run recorded no pool to read their payload from."
     if pool is None:
-        if not spec:
-            return found, "Rejected samples are not pictured: the run recorded no pool to read their payload from."
         try:
             from kdata.pools.spec import open_pool
 
@@ -156,61 +159,73 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
     return found, note
 
 
-def thumbnail_grid(run: Run, path: Path, *, n: int = N_THUMBS, pool=None) -> tuple[bool, str | None]:
-    """Grid of the ``n`` best-ranked kept and ``n`` most clearly rejected images with their reasons.
-
-    Drawn with PIL (one image, no per-tile plotting axes: ~50 ms instead of seconds). Returns
-    (written, note); nothing is written for datasets without image payloads.
-    """
-    kept_rows: list[dict] = []
+def thumbnail_blocks(run: Run, *, n: int = N_THUMBS) -> list[tuple[str, list[dict], tuple[int, int, int]]]:
+    """The grid's blocks: best-ranked kept, a random sample of kept rows per class (the best-ranked
+    alone are not representative: an informative-first ranker puts ambiguous, junk-like rows on
+    top), and the ``n`` most clearly rejected rows by reason. Each row gets its tile ``slot``."""
+    best: list[dict] = []
+    rnd: list[dict] = []
     if run.shards is not None and "image" in run.shards.column_names:
-        t = run.shards
-        if "rank" in t.column_names:
-            t = t.sort_by("rank")
-        cols = [c for c in ("sample_id", "rank", "teacher_pred", "teacher_conf") if c in t.column_names]
-        kept_rows = t.select(cols).slice(0, n).to_pylist()
-    rej_rows: list[dict] = []
-    if run.decisions is not None:
-        picks = pick_rejected(run, n)
-        col = primary_score(run)
-        cols = ["sample_id", "reason", "teacher_pred"] + ([col] if col else [])
-        rej_rows = run.decisions.select(cols).take(pa.array(picks, pa.int64())).to_pylist() if picks else []
-        for r in rej_rows:
-            r["score"] = r.get(col) if col else None
-    images, note = fetch_payloads(run, [r["sample_id"] for r in kept_rows + rej_rows], pool=pool)
-    decoded = {i: _decode(b) for i, b in images.items()}
-    if not any(decoded.get(r["sample_id"]) is not None for r in kept_rows + rej_rows):
+        best = best_kept(run, N_BEST)
+        rnd = random_kept_by_class(run, per_class=PER_CLASS, max_classes=MAX_CLASSES,
+                                   exclude=[r["sample_id"] for r in best])
+        classes: dict = {}
+        for r in rnd:  # each class starts on its own group of PER_CLASS tiles
+            j = classes.setdefault(r["teacher_pred"], [len(classes), 0])
+            r["slot"], j[1] = j[0] * PER_CLASS + j[1], j[1] + 1
+    rej = rejected_picks(run, n)
+    return [("best-ranked kept", best, (31, 119, 180)),
+            (f"random kept rows, up to {PER_CLASS} per class", rnd, (44, 160, 44)),
+            ("most clearly rejected, by reason", rej, (214, 39, 40))]
+
+
+def _caption(run: Run, row: dict, i: int) -> tuple[str, str]:
+    cls = run.class_name(row.get("teacher_pred"))
+    if row.get("random"):
+        return f"random, T={cls}", f"p={fmt(row.get('teacher_conf'), 2)}"
+    if "reason" not in row:
+        return f"kept #{row.get('rank', i)}", f"T={cls} p={fmt(row.get('teacher_conf'), 2)}"
+    reason = str(row.get("reason") or "?")
+    return reason if len(reason) <= 18 else reason[:17] + "…", f"T={cls} s={fmt(row.get('score'), 2)}"
+
+
+def thumbnail_grid(run: Run, path: Path, *, n: int = N_THUMBS, pool=None, blocks=None,
+                   images: dict[str, bytes] | None = None, note: str | None = None) -> tuple[bool, str | None]:
+    """One PNG of ``thumbnail_blocks`` with captions (rank or reason, teacher class, score).
+
+    Drawn with PIL (one image, no per-tile plotting axes: ~50 ms instead of seconds). ``blocks``
+    and ``images`` (payloads by sample_id, with their ``note``) may be passed by a caller that
+    fetched them already. Returns (written, note); nothing is written without image payloads.
+    """
+    blocks = blocks if blocks is not None else thumbnail_blocks(run, n=n)
+    rows_all = [r for _, rows, _ in blocks for r in rows]
+    if images is None:
+        images, note = fetch_payloads(run, [r["sample_id"] for r in rows_all], pool=pool)
+    decoded = {r["sample_id"]: _decode(images.get(r["sample_id"])) for r in rows_all}
+    if not any(v is not None for v in decoded.values()):
         return False, "No thumbnails: the curated rows carry no image payload."
     from PIL import Image, ImageDraw, ImageFont
 
     ncol, tile, cap, pad, head = 8, 96, 30, 6, 26
     cell_w, cell_h = tile + pad, tile + cap + pad
-    blocks = [("best-ranked kept", kept_rows, (31, 119, 180)), ("most clearly rejected, by reason", rej_rows,
-                                                                 (214, 39, 40))]
-    heights = [head + max(1, -(-len(rows) // ncol)) * cell_h for _, rows, _ in blocks]
+    blocks = [b for b in blocks if b[1] or not b[0].startswith("random")]  # no empty random block
+    slots = [[r.get("slot", i) for i, r in enumerate(rows)] for _, rows, _ in blocks]
+    heights = [head + max(1, -(-(max(s, default=0) + 1) // ncol)) * cell_h for s in slots]
     canvas = Image.new("RGB", (pad + ncol * cell_w, sum(heights) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     font, small = ImageFont.load_default(size=13), ImageFont.load_default(size=10)
     y0 = pad
-    for (title, rows, color), h in zip(blocks, heights):
+    for (title, rows, color), h, slot in zip(blocks, heights, slots):
         draw.text((pad, y0 + 4), f"{title} ({len(rows)})" if rows else f"{title}: none", fill=color, font=font)
-        for i, row in enumerate(rows):
-            x = pad + (i % ncol) * cell_w
-            y = y0 + head + (i // ncol) * cell_h
+        for i, (row, s) in enumerate(zip(rows, slot)):
+            x, y = pad + (s % ncol) * cell_w, y0 + head + (s // ncol) * cell_h
             img = decoded.get(row["sample_id"])
             if img is not None:
-                thumb = Image.fromarray(img).resize((tile, tile), Image.NEAREST)
-                canvas.paste(thumb, (x, y))
+                canvas.paste(Image.fromarray(img).resize((tile, tile), Image.NEAREST), (x, y))
             else:
                 draw.text((x + 8, y + tile // 2 - 6), "not available", fill=(90, 90, 90), font=small)
             draw.rectangle((x - 1, y - 1, x + tile, y + tile), outline=color, width=2)
-            cls = run.class_name(row.get("teacher_pred"))
-            if "rank" in row or "reason" not in row:
-                lines = (f"kept #{row.get('rank', i)}", f"T={cls} p={fmt(row.get('teacher_conf'), 2)}")
-            else:
-                reason = str(row.get("reason") or "?")
-                lines = (reason if len(reason) <= 18 else reason[:17] + "…", f"T={cls} s={fmt(row.get('score'), 2)}")
-            for k, line in enumerate(lines):
+            for k, line in enumerate(_caption(run, row, i)):
                 draw.text((x, y + tile + 3 + 12 * k), line, fill=color, font=small)
         y0 += h
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -1,8 +1,10 @@
 """The data card's text: Hugging Face front matter and the Markdown body, one function per section.
 
-Everything is read back from what the run wrote (``kdata.report.inspect.Run``), so the same run
-always renders the same bytes. The card holds no absolute paths and no wall-clock time except the
-manifest's creation time.
+The front matter is ``huggingface_hub``'s ``DatasetCardData`` (written and parsed by ``DatasetCard``),
+with ``configs`` and ``dataset_info.features`` so that ``datasets.load_dataset(DIR)`` finds the
+shards and decodes ``image`` to a ``PIL.Image`` (``kdata.report.hf``). Everything is read back
+from what the run wrote (``kdata.report.inspect.Run``), so the same run always renders the same
+bytes. The card holds no absolute paths and no wall-clock time except the manifest's creation time.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ import yaml
 from kdata.core.errors import KdataError
 from kdata.core.jsonable import jsonable
 from kdata.dataset.schema import KEPT, REJECTED
+from kdata.report.card_biases import bias_lines
+from kdata.report.hf import hf_features
 from kdata.report.inspect import (Run, agreement, balance_highlights, class_balance, decision_counts, primary_score,
                                   quarantined_rows, score_columns, score_quantiles)
+from kdata.report.markdown import fmt, md_table
+
+__all__ = ["SECTIONS", "SIZE_CATEGORIES", "CardContext", "card_data", "fmt", "front_matter", "md_table",
+           "read_front_matter", "render_card", "size_category"]
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
@@ -76,26 +84,38 @@ def _provenance(m: dict, cfg: dict, pool) -> dict:
     }
 
 
-def front_matter(run: Run, *, name: str) -> dict:
-    """Hugging Face dataset-card fields plus a ``kdata`` block with the recipe and its provenance."""
+def card_data(run: Run, *, name: str):
+    """``huggingface_hub.DatasetCardData``: the dataset-card fields, ``configs``, ``dataset_info.features``
+    and a ``kdata`` block with the recipe and its provenance."""
+    from huggingface_hub import DatasetCardData
+
     m = run.manifest
     cfg = m.get("config") or {}
     kept = int((m.get("counts") or {}).get("kept") or 0)
     pool = (m.get("pool") or {}).get("spec") or cfg.get("pool")
     splits = sorted({Path(f["path"]).name.split("-", 1)[0] for f in m.get("files", [])}) or ["train"]
-    fm = {
+    task = _task(run)
+    features = hf_features(run.shards.schema, image_columns=("image",) if task == "image-classification" else ()) \
+        if run.shards is not None else None
+    fields = jsonable({  # plain values only, so the YAML is safe_load-able and round-trips
         "pretty_name": f"{name} (kdata-curated distillation set)",
         "license": cfg.get("license") or "unknown",
-        "task_categories": [_task(run)],
+        "task_categories": [task],
         "size_categories": [size_category(kept)],
         "source_datasets": [str(pool)] if pool else [],
         "annotations_creators": ["machine-generated"],
         "tags": ["knowledge-distillation", "data-curation", "kdata"],
         "configs": [{"config_name": "default",
                      "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}],
+        **({"dataset_info": {"features": features}} if features else {}),
         "kdata": _provenance(m, cfg, pool),
-    }
-    return jsonable(fm)  # plain values only, so yaml.safe_dump and safe_load round-trip
+    })
+    return DatasetCardData(**fields)
+
+
+def front_matter(run: Run, *, name: str) -> dict:
+    """The card's front matter as a plain dict, exactly as written (``card_data(...).to_dict()``)."""
+    return card_data(run, name=name).to_dict()
 
 
 def _created(m: dict) -> str | None:
@@ -104,39 +124,26 @@ def _created(m: dict) -> str | None:
 
 
 def read_front_matter(text: str) -> dict:
-    """Parse the YAML front matter of a card (between the leading ``---`` lines)."""
+    """The front matter of a card, parsed by ``huggingface_hub.DatasetCard``."""
+    from huggingface_hub import DatasetCard
+
     if not text.startswith("---\n"):
         raise KdataError("card: no YAML front matter")
-    end = text.find("\n---\n", 4)
-    if end < 0:
+    if text.find("\n---\n", 4) < 0:
         raise KdataError("card: unterminated YAML front matter")
-    return yaml.safe_load(text[4:end])
+    return DatasetCard(text).data.to_dict()
 
 
 # ------------------------------------------------------------------------------------------------
 # Body
 
-def fmt(x, nd: int = 3) -> str:
-    """A card cell: ``–`` for None, floats to ``nd`` decimals, anything else its ``str``."""
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
-def md_table(header: list[str], rows: list[list]) -> list[str]:
-    """A Markdown table's lines (cells through ``fmt``)."""
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
-    return out
-
-
 @dataclass
 class CardContext:
-    """What every section reads: the run, its front matter and decision counts, plot links and notes."""
+    """What every section reads: the run, its front matter (``DatasetCardData`` and as a dict), decision
+    counts, plot links and notes."""
 
     run: Run
+    card: object  # huggingface_hub.DatasetCardData
     fm: dict
     dc: dict
     plots: dict = field(default_factory=dict)
@@ -160,8 +167,7 @@ class CardContext:
 
 
 def _header(c: CardContext) -> list[str]:
-    return ["---", yaml.safe_dump(c.fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-            f"# {c.fm['pretty_name']}", ""]
+    return ["---", c.card.to_yaml(), "---", "", f"# {c.fm['pretty_name']}", ""]
 
 
 def _summary(c: CardContext) -> list[str]:
@@ -285,29 +291,22 @@ def _scores(c: CardContext) -> list[str]:
 def _examples(c: CardContext) -> list[str]:
     L = ["## Examples", ""]
     if c.plots.get("thumbnails"):
-        L += [f"![best-ranked kept and most clearly rejected samples]({c.plots['thumbnails']})", "",
-              "Blue: the best-ranked kept samples (rank, teacher class `T`, teacher confidence `p`). Red: the most "
-              f"clearly rejected samples (lowest `{primary_score(c.run) or 'score'}` first), spread over the "
-              "rejection reasons (reason, teacher class `T`, score `s`).", ""]
+        L += [f"![best-ranked kept, random kept per class and most clearly rejected samples]({c.plots['thumbnails']})",
+              "", "Blue: the best-ranked kept samples (rank, teacher class `T`, teacher confidence `p`). Green: a "
+              "random sample of the kept rows of each teacher-predicted class — what a typical kept row looks like. "
+              f"Red: the most clearly rejected samples (lowest `{primary_score(c.run) or 'score'}` first), spread "
+              "over the rejection reasons (reason, teacher class `T`, score `s`).", ""]
     if c.notes.get("thumbnails"):
         L += [c.notes["thumbnails"], ""]
+    if c.plots.get("report"):
+        L += [f"Browse kept and rejected samples by reason, class and score in [`{c.plots['report']}`]"
+              f"({c.plots['report']}): a static page with every count and a sample of every decision, "
+              "which opens in a browser without a server or network.", ""]
     return L
 
 
 def _biases(c: CardContext) -> list[str]:
-    return ["## Biases teacher-based selection can introduce", "",
-            "- **The teacher's blind spots become the data's blind spots.** Rows are kept by what the teacher "
-            "predicts confidently; classes, styles or domains the teacher is weak on are under-kept (compare the "
-            "class-balance table), and the student inherits the teacher's mistakes through its soft labels.",
-            "- **Labels are the teacher's, not the web's.** `teacher_pred` and the soft labels can disagree with "
-            "the original label (`label`); a high teacher/web-label disagreement on kept rows is teacher "
-            "override, not ground truth.",
-            "- **Easy-example drift.** Confidence-weighted selection (e.g. KD³) prefers prototypical samples; rare "
-            "but valid variants (shifted, unusual) are dropped more often than their share of the pool.",
-            "- **Student coupling.** Disagreement-based scores depend on this particular student checkpoint; a "
-            "different student would select differently.",
-            "- **Duplicates and sources.** Over-represented sources or near-duplicates can dominate unless dedup "
-            "or balancing was enabled (see the recipe).", ""]
+    return bias_lines(c.k, c.cfg)
 
 
 def _uses(c: CardContext) -> list[str]:
@@ -320,19 +319,22 @@ def _uses(c: CardContext) -> list[str]:
 
 
 def _how_to_load(c: CardContext) -> list[str]:
-    split = c.fm["configs"][0]["data_files"][0]["path"]
+    images = any(f.get("dtype") == "image" for f in (c.fm.get("dataset_info") or {}).get("features", []))
     return ["## How to load", "",
             "From this directory (paths are relative to it):", "",
             "```python", "import pandas as pd", "df = pd.read_parquet(\"data\")", "",
             "import pyarrow.dataset as ds", "table = ds.dataset(\"data\", format=\"parquet\").to_table()", "",
-            "from datasets import load_dataset",
-            f"train = load_dataset(\"parquet\", data_files=\"{split}\", split=\"train\")",
-            "# or, using the `configs` of this card: load_dataset(\".\", split=\"train\")",
+            "import os", "from datasets import load_dataset",
+            "# this directory, read with the `configs` and `dataset_info` of this card (`load_dataset(\".\")` "
+            "cannot name it)",
+            "train = load_dataset(os.getcwd(), split=\"train\")",
+            *(["image = train[0][\"image\"]  # a PIL.Image"] if images else []),
             "```", "",
             "Train the student with the kdata trainer:", "", "```bash",
-            f"kdata train --shards . --student {c.k['student']['id']}",
+            f"kdata train . --student {c.k['student']['id']}",
             "kdata inspect .          # counts, reasons, scores, checksum verification", "```", "",
-            "Each row: `sample_id`, the payload (`image` bytes or `text`), `label` (original), `teacher_pred`, "
+            "Each row: `sample_id`, the payload (`image`, the encoded file — a PIL image through `datasets` — or "
+            "`text`), `label` (original), `teacher_pred`, "
             "`teacher_topk_idx`/`teacher_topk_prob`/`teacher_topk_logit` (soft labels), `student_pred`, "
             "confidences, `kl_ts`, `rank` and `score_<method>`.", ""]
 
@@ -350,6 +352,6 @@ SECTIONS = (_header, _summary, _sources, _recipe, _counts, _class_balance, _scor
 
 def render_card(run: Run, *, name: str, plots: dict[str, str | None], notes: dict | None = None) -> str:
     """The card's Markdown. ``plots`` maps plot keys to relative links (None: not drawn)."""
-    c = CardContext(run=run, fm=front_matter(run, name=name), dc=decision_counts(run), plots=plots,
-                    notes=notes or {})
+    card = card_data(run, name=name)
+    c = CardContext(run=run, card=card, fm=card.to_dict(), dc=decision_counts(run), plots=plots, notes=notes or {})
     return "\n".join(line for section in SECTIONS for line in section(c))

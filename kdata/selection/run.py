@@ -42,8 +42,10 @@ def parse_budget(text: str | int | float, n: int) -> int:
         return count
     if not (frac > 0) or math.isnan(frac):
         raise KdataError(f"--budget '{text}': must be positive")
-    if frac > 1.0:
-        raise KdataError(f"--budget '{text}': a fraction must be at most 1.0 (or give a count ≤ {n})")
+    if frac > 1.0:  # in the user's words: a percentage stays a percentage
+        if s.endswith("%"):
+            raise KdataError(f"--budget {s}: at most 100% of the pool (or give a row count)")
+        raise KdataError(f"--budget {s}: a fraction of the pool is at most 1.0 (or give a row count)")
     return max(1, int(math.floor(frac * n + 1e-9)))
 
 

@@ -12,6 +12,7 @@ from kdata.models.spec import Model
 from kdata.pools.spec import open_pool
 from kdata.scoring.score import label_indices
 
+
 class EvalSet:
     """Labelled images to measure accuracy on: ``builtin:digits-test``, an image folder or a Parquet pool.
 

@@ -46,7 +46,7 @@ def shard_files(source: str | os.PathLike | list) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.is_dir():
-        raise KdataError(f"{p}: --shards not found (expected a curated dataset directory or a Parquet file)")
+        raise KdataError(f"{p}: not found (expected a curated dataset directory or a Parquet file)")
     from kdata.dataset.writer import shard_paths
 
     files = shard_paths(p) if (p / "manifest.json").exists() else []

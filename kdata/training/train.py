@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from kdata.core.atomic import write_json
 from kdata.core.errors import KdataError
-from kdata.models.spec import Model, load_model, pick_device
 from kdata.models.images import worker_context
+from kdata.models.spec import Model, load_model, pick_device
 from kdata.training.evaluate import EvalSet, autocast
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
 from kdata.training.shard_dataset import ShardDataset, verify_source
@@ -46,6 +45,7 @@ class TrainConfig:
     device: str = "auto"
     reselect_every: int = 0
     eval_every_epoch: bool = True
+    keep_best: bool = True  # with an eval set every epoch: end with the best weights on it (start included)
     augment: bool = True  # light random affine jitter of each batch (labels stay valid)
 
 
@@ -108,33 +108,51 @@ def reinit_(module: torch.nn.Module) -> None:
             m.reset_parameters()
 
 
-class _Bar:
-    """A one-line progress bar on stderr; silent when quiet or stderr is not a terminal."""
+class Best:
+    """The weights that scored best on the eval set so far, the starting weights included (epoch 0).
 
-    def __init__(self, quiet: bool):
-        self.on = not quiet and sys.stderr.isatty()
+    A copy lives on the CPU; ties keep the earlier weights, so an epoch must beat the start to be
+    kept. Selecting on the eval set makes its accuracy an optimistic estimate for that set.
+    """
 
-    def update(self, epoch: int, epochs: int, done: int, total: int, loss: float) -> None:
-        if not self.on:
-            return
-        w = 24
-        fill = int(w * done / max(total, 1))
-        sys.stderr.write(f"\r  epoch {epoch}/{epochs} [{'#' * fill}{'.' * (w - fill)}] {done}/{total} rows  "
-                         f"loss {loss:.4f}")
-        sys.stderr.flush()
+    def __init__(self, net: torch.nn.Module, accuracy: float):
+        self.epoch, self.accuracy = 0, accuracy
+        self.state = self._copy(net)
 
-    def end(self, msg: str) -> None:
-        if self.on:
-            sys.stderr.write(f"\r{msg:<78}\n")
-            sys.stderr.flush()
+    @staticmethod
+    def _copy(net: torch.nn.Module) -> dict:
+        return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+    def offer(self, net: torch.nn.Module, *, epoch: int, accuracy: float) -> None:
+        if accuracy > self.accuracy:
+            self.epoch, self.accuracy, self.state = epoch, accuracy, self._copy(net)
+
+    def restore(self, net: torch.nn.Module, *, epochs: int, accuracy_last: float, where: str) -> dict:
+        """Load the best weights into ``net``; what was kept, and why, for the log."""
+        if self.epoch == epochs:
+            return {"epoch": epochs, "accuracy": accuracy_last,
+                    "note": f"kept the last epoch's weights: the best on {where}"}
+        net.load_state_dict(self.state)
+        if self.epoch == 0:
+            note = (f"kept the starting weights ({self.accuracy:.4f}): no epoch beat them on {where} "
+                    f"(last epoch {accuracy_last:.4f})")
+        else:
+            note = (f"kept epoch {self.epoch}'s weights, the best on {where} ({self.accuracy:.4f}; "
+                    f"last epoch {accuracy_last:.4f})")
+        return {"epoch": self.epoch, "accuracy": self.accuracy, "note": note}
 
 
 def train(student: Model, shards, *, config: TrainConfig = TrainConfig(), eval_set: EvalSet | None = None,
-          reselector=None, quiet: bool = True) -> dict:
-    """Distil ``student`` (trained in place) on the curated shards at ``shards``. Returns the training log."""
+          reselector=None, progress=None) -> dict:
+    """Distil ``student`` (trained in place) on the curated shards at ``shards``. Returns the training log.
+
+    With an eval set evaluated every epoch and ``config.keep_best``, ``student`` ends with the weights
+    that scored best on it (possibly its starting weights). ``progress(stage, done, total)`` is told
+    the rows done in each epoch (stage ``epoch E/N``) and the evaluation before training.
+    """
     device = pick_device(config.device)
     with _threads_for(student.module, device):
-        return _train(student, shards, config=config, eval_set=eval_set, reselector=reselector, quiet=quiet)
+        return _train(student, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -176,12 +194,7 @@ def _optimiser(params, config: TrainConfig, *, total: int):
     return opt, sched
 
 
-def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | None, reselector,
-           quiet: bool) -> dict:
-    check_config(config)
-    t0 = time.perf_counter()
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)
+def _open_shards(shards, student: Model, config: TrainConfig) -> ShardDataset:
     ds = ShardDataset(shards, input_size=student.input_size, mean=student.mean, std=student.std,
                       interpolation=student.interpolation, shuffle=True, seed=config.seed)
     if len(ds) == 0:
@@ -190,6 +203,10 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     if names is not None and list(names) != list(student.class_names):
         raise KdataError(f"{shards}: shards were labelled with {len(names)} classes "
                          f"({', '.join(map(str, names[:4]))}…) that differ from the student's")
+    return ds
+
+
+def _trainable(student: Model, device, config: TrainConfig) -> list[torch.nn.Parameter]:
     net = student.module.to(device)
     params = [p for p in net.parameters() if p.is_floating_point()]
     if not params:
@@ -198,13 +215,64 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
         p.requires_grad_(True)
     if config.reinit:
         reinit_(net)
-    acc_before = eval_set.accuracy(student, device=device) if eval_set is not None else None
-    opt, sched = _optimiser(params, config, total=max(1, math.ceil(len(ds) / config.batch_size) * config.epochs))
-    C = student.num_classes
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    bar = _Bar(quiet)
-    epochs_log, reselections = [], []
+    return params
+
+
+def _evaluate(eval_set: EvalSet, student: Model, device, progress, stage: str) -> float:
+    if progress:
+        progress(stage)
+    acc = eval_set.accuracy(student, device=device)
+    if progress:
+        progress(stage, 1, 1)
+    return acc
+
+
+def _epoch(student: Model, ds: ShardDataset, *, epoch: int, config: TrainConfig, opt, sched, gen, device,
+           progress) -> dict:
+    """One pass over ``ds``: its rows seen and mean loss."""
+    workers = _workers(config.workers, len(ds))
     pin = device.type == "cuda"
+    loader = DataLoader(ds, batch_size=config.batch_size, num_workers=workers, pin_memory=pin,
+                        prefetch_factor=4 if workers else None, multiprocessing_context=worker_context(workers))
+    net = student.module
+    net.train()
+    stage = f"epoch {epoch + 1}/{config.epochs}"
+    seen, loss_sum, bn1d = 0, 0.0, _has_bn1d(net)
+    for x, idx, logit, prob, y in loader:
+        if len(y) < 2 and bn1d:
+            continue
+        loss, n = _batch_loss(student, (x, idx, logit, prob, y), config=config, gen=gen, device=device, pin=pin,
+                              num_classes=student.num_classes, score_temperature=ds.temperature)
+        if not torch.isfinite(loss):
+            raise KdataError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen += n
+        loss_sum += float(loss.detach()) * n
+        if progress:
+            progress(stage, seen, len(ds))
+    if progress and seen != len(ds):  # rows skipped (a batch of one with BatchNorm1d): finish the bar
+        progress(stage, len(ds), len(ds))
+    return {"epoch": epoch + 1, "rows": seen, "loss": loss_sum / max(seen, 1)}
+
+
+def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | None, reselector,
+           progress) -> dict:
+    check_config(config)
+    t0 = time.perf_counter()
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    ds = _open_shards(shards, student, config)
+    params = _trainable(student, device, config)
+    net = student.module
+    acc_before = _evaluate(eval_set, student, device, progress, "evaluating") if eval_set is not None else None
+    every = eval_set is not None and config.eval_every_epoch
+    best = Best(net, acc_before) if every and config.keep_best else None
+    opt, sched = _optimiser(params, config, total=max(1, math.ceil(len(ds) / config.batch_size) * config.epochs))
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    epochs_log, reselections = [], []
     for epoch in range(config.epochs):
         if reselector is not None and config.reselect_every and epoch > 0 and epoch % config.reselect_every == 0:
             path, info = reselector(student, epoch=epoch, budget=len(ds))
@@ -212,35 +280,23 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
             ds = ShardDataset(path, input_size=student.input_size, mean=student.mean, std=student.std,
                               interpolation=student.interpolation, shuffle=True, seed=config.seed)
         ds.set_epoch(epoch)
-        workers = _workers(config.workers, len(ds))
-        loader = DataLoader(ds, batch_size=config.batch_size, num_workers=workers, pin_memory=pin,
-                            prefetch_factor=4 if workers else None, multiprocessing_context=worker_context(workers))
-        net.train()
-        seen, loss_sum = 0, 0.0
-        for x, idx, logit, prob, y in loader:
-            if len(y) < 2 and _has_bn1d(net):
-                continue
-            loss, n = _batch_loss(student, (x, idx, logit, prob, y), config=config, gen=gen, device=device, pin=pin,
-                                  num_classes=C, score_temperature=ds.temperature)
-            if not torch.isfinite(loss):
-                raise KdataError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen += n
-            loss_sum += float(loss.detach()) * n
-            bar.update(epoch + 1, config.epochs, seen, len(ds), loss_sum / seen)
-        entry = {"epoch": epoch + 1, "rows": seen, "loss": loss_sum / max(seen, 1)}
-        if eval_set is not None and (config.eval_every_epoch or epoch == config.epochs - 1):
+        entry = _epoch(student, ds, epoch=epoch, config=config, opt=opt, sched=sched, gen=gen, device=device,
+                       progress=progress)
+        if eval_set is not None and (every or epoch == config.epochs - 1):
             entry["accuracy"] = eval_set.accuracy(student, device=device)
+            if best is not None:
+                best.offer(net, epoch=epoch + 1, accuracy=entry["accuracy"])
         epochs_log.append(entry)
-        acc = f"  acc {entry['accuracy']:.4f}" if "accuracy" in entry else ""
-        bar.end(f"  epoch {epoch + 1}/{config.epochs}  loss {entry['loss']:.4f}{acc}")
+    last = epochs_log[-1].get("accuracy")
+    kept = (best.restore(net, epochs=config.epochs, accuracy_last=last, where=eval_set.spec) if best is not None
+            else {"epoch": config.epochs, "accuracy": last, "note": None})
     net.eval()
     return {
-        "accuracy": epochs_log[-1].get("accuracy"),
+        "accuracy": kept["accuracy"],  # of the weights returned (and saved): the best epoch's with keep_best
         "accuracy_before": acc_before,
+        "accuracy_last": last,
+        "kept": kept,
+        "worse_than_before": None if last is None or acc_before is None else last < acc_before,
         "n_train": len(ds),
         "epochs": config.epochs,
         "seconds": time.perf_counter() - t0,
@@ -284,13 +340,16 @@ def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
 
 
 def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
-              quiet: bool = True, reselector_for=None, verify: bool = True) -> dict:
+              progress=None, reselector_for=None, verify: bool = True) -> dict:
     """Load the student, train on ``shards`` (first checked against its manifest unless ``verify=False``),
-    evaluate on ``eval``, save to ``out``. Returns the log.
+    evaluate on ``eval``, save to ``out`` (nothing is saved when ``out`` is None). Returns the log.
+    ``progress(stage, done, total)`` follows the epochs (see ``train``).
 
     ``reselector_for(model, *, work_dir, device)`` builds the re-selector of ``--reselect-every``
     (``kdata.pipeline.distill``, which writes each re-selection through the curation core).
     """
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise KdataError(f"{out}: exists and is not a directory (--out names the directory for the student)")
     verified = verify_source(shards) if verify else False
     device = pick_device(config.device)
     model = load_model(student, device=device)
@@ -302,7 +361,7 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
         work = Path(out) / "reselect" if out else Path(tmp := tempfile.mkdtemp(prefix="kdata-reselect-"))
         reselector = reselector_for(model, work_dir=work, device=device)
     try:
-        log = train(model, shards, config=config, eval_set=eval_set, reselector=reselector, quiet=quiet)
+        log = train(model, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress)
     finally:
         if tmp:
             import shutil
@@ -310,5 +369,6 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
             shutil.rmtree(tmp, ignore_errors=True)
     log["verified"] = verified
     if out:
+        log["out"] = str(out)
         log["files"] = save_student(model, out, log=log)
     return json.loads(json.dumps(log, default=str))

@@ -239,10 +239,10 @@ def test_trained_critic_decides(base, builtin_models, tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, base):
-    rc = main(["augment", "--shards", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    rc = main(["augment", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "manifest" in err
-    rc = main(["augment", "--shards", str(base), "--per-sample", "0", "--out", str(tmp_path / "o"), "--device", "cpu"])
+    rc = main(["augment", str(base), "--per-sample", "0", "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert rc == 2 and not (tmp_path / "o").exists()
 
 

@@ -333,6 +333,14 @@ def test_cheap_commands_and_the_readme_snippet_run(tmp_path, monkeypatch, builti
     c = summary["counts"]
     assert c["n_in"] == 1457 and c["kept"] == 145 and c["n_in"] == c["kept"] + c["rejected"] + c["quarantined"]
     assert summary["integrity"]["ok"] is True
-    # the library call, the CLI and the config file describe the same run: the same bytes
-    assert _shards(tmp_path / "curated") == _shards(tmp_path / "curated-small") \
-        == _shards(tmp_path / "curated-from-config")
+    # the library call and the CLI describe the same run: the same bytes
+    assert _shards(tmp_path / "curated") == _shards(tmp_path / "curated-small")
+    # the config file's select section is the run's config, overridden by the flag given
+    import yaml
+
+    from kdata.dataset.writer import verify
+
+    want = yaml.safe_load((tmp_path / "flows" / "config.yaml").read_text())["select"]
+    got = json.loads((tmp_path / "curated-from-config" / "manifest.json").read_text())["config"]
+    assert {k: got[k] for k in want if k != "budget"} == {k: v for k, v in want.items() if k != "budget"}
+    assert got["budget"] == "0.1" and verify(tmp_path / "curated-from-config") == []

@@ -3,8 +3,6 @@ LocalCluster and real subprocesses (a SIGKILLed flow run; ``kdata serve``)."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,8 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kdata.core.atomic import sha256_file
 from kdata.dataset.writer import read_manifest, read_shards, verify
+from tests.flows.server import api as _api
+from tests.flows.server import artifacts
+from tests.flows.server import subproc_env as _subproc_env
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = ROOT / "flows"
@@ -28,16 +28,6 @@ def _load(name: str):
     import importlib
 
     return importlib.import_module(f"kdata.flows.{name}")
-
-
-@pytest.fixture(scope="session")
-def prefect_api():
-    """One real Prefect server for the whole session; yields its API URL (for subprocesses)."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="module")
@@ -57,27 +47,8 @@ def pool_dir(tmp_path_factory, builtin_models) -> Path:
     return root
 
 
-def _subproc_env(api: str, **extra) -> dict:
-    env = dict(os.environ, PREFECT_API_URL=api, PYTHONWARNINGS="ignore", **extra)
-    env.pop("PREFECT_PROFILES_PATH", None)
-    return env
-
-
 def _shard_hashes(out) -> list[str]:
     return [f["sha256"] for f in read_manifest(out)["files"]]
-
-
-def _api(call):
-    """Run one async Prefect client call against the harness server."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-
-    async def go():
-        async with get_client() as client:
-            return await call(client)
-
-    return asyncio.run(go())
 
 
 def _task_states(flow_run_id, *, name: str = "score-unit", n: int, timeout: float = 30.0) -> list[str]:
@@ -142,15 +113,8 @@ def test_rerun_hits_cache_for_every_unit_and_is_byte_identical(curate_mod, first
 
 
 def _artifact_types(flow_run_id) -> list[str]:
-    """Types of the artifacts the server holds for a flow run (the raw filter endpoint)."""
-    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 50, "offset": 0, "sort": "ID_DESC"}
-
-    async def call(client):
-        r = await client._client.post("/artifacts/filter", json=body)
-        r.raise_for_status()
-        return [a["type"] for a in r.json()]
-
-    return _api(call)
+    """Types of the artifacts the server holds for a flow run."""
+    return [a["type"] for a in artifacts(flow_run_id=flow_run_id)]
 
 
 def test_distill_flow_trains_on_the_newest_version_and_records_accuracy(prefect_api, first_run, tmp_path):

@@ -263,14 +263,16 @@ def test_hostile_timm_checkpoint_is_refused(tmp_path, legacy):
 
 
 def test_hostile_builtin_cache_file_is_refused(tmp_path, monkeypatch):
-    from kdata.models.builtin import MODEL_VERSION
+    """The built-in weights ship as safetensors; a retrained copy in the cache is read as safetensors too."""
+    from kdata.models.builtin import MODEL_VERSION, RETRAIN_ENV
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / "models" / f"digits-student-{MODEL_VERSION}.pt"
+    monkeypatch.setenv(RETRAIN_ENV, "1")
+    cached = tmp_path / "cache" / "models" / f"digits-student-retrained-{MODEL_VERSION}.safetensors"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(torch_save_bytes({"body.0.weight": Payload(marker)}))
-    with pytest.raises(KdataError, match="refused") as err:
+    with pytest.raises(KdataError, match="cannot load the weights") as err:
         load_model("builtin:digits-student")
     assert_refused(err.value, cached)
     assert not marker.exists()

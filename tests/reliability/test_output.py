@@ -302,7 +302,7 @@ def test_the_cli_refuses_a_damaged_dataset_with_one_line(complete_run, tmp_path,
     _flip_shard_byte(out)
     code, so, _ = kdata_here(capsys, "inspect", str(out))
     assert code == 1 and "integrity: FAILED" in so and "sha256 mismatch" in so
-    code, _, se = kdata_here(capsys, "train", "--shards", str(out), "--epochs", "1", "--device", "cpu", "--quiet")
+    code, _, se = kdata_here(capsys, "train", str(out), "--epochs", "1", "--device", "cpu", "--quiet")
     assert code == 2 and "integrity check failed, not training on it" in one_line_error(se)
     code, so, se = kdata_here(capsys, "select", "--out", str(out), *cli_args(A))
     assert code == 2 and "holds this run but it is damaged" in one_line_error(se)
@@ -315,7 +315,7 @@ def test_train_no_verify_skips_the_check(complete_run, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(complete_run, out)
     _edit_manifest(out, lambda m: m["counts"].update(n_in=m["counts"]["n_in"] + 1))  # shards themselves intact
-    code, so, se = kdata_here(capsys, "train", "--shards", str(out), "--epochs", "1", "--device", "cpu", "--json",
+    code, so, se = kdata_here(capsys, "train", str(out), "--epochs", "1", "--device", "cpu", "--json",
                               "--no-verify")
     assert code == 0, se
     log = json.loads(so)

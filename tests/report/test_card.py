@@ -1,5 +1,6 @@
 """Data cards: written by every run beside the shards, parseable front matter, counts that match the
-manifest, real PNG plots, byte-identical regeneration, publishing to a card directory."""
+manifest, real PNG plots, byte-identical regeneration, publishing to a card directory, a biases
+section about the methods that ran and thumbnails that show typical kept rows."""
 
 import json
 import re
@@ -11,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from kdata.report.card import read_front_matter, regenerate, size_category
 from kdata.cli import main
+from kdata.report.card import read_front_matter, regenerate, size_category
 
 
 @pytest.fixture()
@@ -68,8 +69,8 @@ def test_demo_writes_a_card_matching_the_manifest(demo_run):
         assert cell(f"rejected: `{reason}`") == n
     for section in ("## Summary", "## Sources", "## Curation recipe", "## Counts at each stage",
                     "## Class balance before and after", "## Score distributions",
-                    "## Biases teacher-based selection can introduce", "## Intended and out-of-scope uses",
-                    "## How to load", "kdata train --shards", "pd.read_parquet", "load_dataset"):
+                    "## Biases this selection can introduce", "## Intended and out-of-scope uses",
+                    "## How to load", "kdata train .", "pd.read_parquet", "load_dataset", "report.html"):
         assert section in text, section
     # class balance: the kept column adds up to the kept rows
     kept_col = [int(m) for m in re.findall(r"^\| \S+ \| .* \| .* \| (\d+) \([\d.]+%\) \|$", text, re.M)]
@@ -89,7 +90,7 @@ def test_card_plots_exist_open_as_png_and_are_recorded(demo_run):
     card = manifest["card"]
     assert card["path"] == "README.md"
     assert card["files"][0]["path"] == "README.md"
-    assert sorted(f["path"] for f in card["files"][1:]) == sorted(links)
+    assert sorted(f["path"] for f in card["files"][1:]) == sorted(links + ["report.html"])
     from kdata.core.atomic import sha256_file
 
     for f in card["files"]:
@@ -113,6 +114,7 @@ def test_regenerate_is_byte_identical_and_publishes(run_copy, tmp_path, capsys):
         assert link.startswith(f"{run_copy.name}-card-")
         with Image.open(cards / link) as im:
             im.verify()
+    assert f"]({run_copy.name}-report.html)" in text and (cards / f"{run_copy.name}-report.html").stat().st_size
 
 
 def test_card_regenerates_after_deletion_and_rejects_tampered_shards(run_copy, capsys):
@@ -122,6 +124,7 @@ def test_card_regenerates_after_deletion_and_rejects_tampered_shards(run_copy, c
     assert main(["card", str(run_copy), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["files"][0] == "README.md" and (run_copy / "README.md").exists()
+    assert res["files"][-1] == "report.html" and res["report"] == str(run_copy / "report.html")
     assert len(list(run_copy.glob("card-*.png"))) == 3
     shard = next((run_copy / "data").glob("*.parquet"))
     t = pq.read_table(shard)
@@ -243,3 +246,65 @@ def test_card_of_many_classes_summarises_the_balance(tmp_path, capsys):
     printed = " ".join(capsys.readouterr().out.split())
     assert "300 classes. Share of kept rows per class" in printed
     assert "The 40 classes whose share moved most" in printed
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_default_recipe_card_regenerates_byte_identically(rad_run, tmp_path, capsys):
+    """RAD records several ``method_info`` keys in the order it computes them; manifest.json stores them
+    sorted. The run's card and ``kdata card DIR``'s must still be the same bytes (report.html too)."""
+    out = tmp_path / rad_run.name
+    shutil.copytree(rad_run, out)
+    info = json.loads((out / "manifest.json").read_text())["method_info"]["rad"]
+    assert len(info) > 1
+    before = _files(out)
+    assert main(["card", str(out)]) == 0
+    assert "report " in capsys.readouterr().out
+    assert _files(out) == before
+    (out / "README.md").unlink()
+    (out / "report.html").unlink()
+    regenerate(out)
+    assert _files(out) == before
+
+
+def test_thumbnails_show_best_ranked_and_a_random_sample_of_kept_rows_per_class(rad_run):
+    from collections import Counter
+
+    from kdata.report.card_plots import MAX_CLASSES, N_BEST, PER_CLASS, thumbnail_blocks
+    from kdata.report.inspect import load_run
+
+    run = load_run(rad_run)
+    (_, best, _), (title, rnd, _), (_, rej, _) = thumbnail_blocks(run)
+    rank = dict(zip(run.shards.column("sample_id").to_pylist(), run.shards.column("rank").to_pylist()))
+    assert [r["rank"] for r in best] == list(range(N_BEST))
+    assert "random" in title and all(r["sample_id"] in rank for r in rnd)  # kept rows ...
+    assert not {r["sample_id"] for r in rnd} & {r["sample_id"] for r in best}  # ... not the best-ranked again
+    per_class = Counter(r["teacher_pred"] for r in rnd)
+    kept_classes = set(run.shards.column("teacher_pred").to_pylist())
+    assert set(per_class) == kept_classes and len(kept_classes) <= MAX_CLASSES
+    assert set(per_class.values()) == {PER_CLASS}
+    ranks = sorted(rank[r["sample_id"]] for r in rnd)  # a sample over the whole kept set, not its top
+    assert ranks[len(ranks) // 2] > len(rank) // 4 and ranks[-1] > len(rank) // 2
+    assert {r["slot"] // PER_CLASS for r in rnd} == set(range(len(kept_classes)))  # one tile group per class
+    # seeded: the same rows every time, other rows under another seed
+    assert thumbnail_blocks(run)[1][1] == rnd
+    run.manifest["seed"] = 1
+    assert {r["sample_id"] for r in thumbnail_blocks(run)[1][1]} != {r["sample_id"] for r in rnd}
+    decided = dict(zip(run.decisions.column("sample_id").to_pylist(), run.decisions.column("decision").to_pylist()))
+    assert rej and all(decided[r["sample_id"]] == "rejected" for r in rej)
+    text = (rad_run / "README.md").read_text()
+    assert "random sample of the kept rows of each teacher-predicted class" in text
+    with Image.open(rad_run / "card-thumbnails.png") as im:  # three blocks: 1 + 5 + 2 rows of tiles
+        assert im.size[1] > 1000
+
+
+def test_default_recipe_card_names_rad_not_kd3(rad_run, demo_run):
+    def biases(d):
+        return (d / "README.md").read_text().split("## Biases this selection can introduce")[1].split("\n## ")[0]
+
+    rad, kd3 = biases(rad_run), biases(demo_run)
+    assert "Selected with `rad`" in rad and "RAD keeps what the student finds confusing" in rad
+    assert "KD³" not in rad and "Balanced by class" in rad
+    assert "KD³ prefers prototypical rows" in kd3 and "RAD" not in kd3 and "No balancing" in kd3

@@ -33,7 +33,7 @@ def test_render_card_has_every_section_once_in_order_and_parses_back():
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert heads == ["## Summary", "## Sources", "## Curation recipe", "## Counts at each stage",
                      "## Class balance before and after", "## Score distributions", "## Examples",
-                     "## Biases teacher-based selection can introduce", "## Intended and out-of-scope uses",
+                     "## Biases this selection can introduce", "## Intended and out-of-scope uses",
                      "## How to load", "## Files"]
     assert len(SECTIONS) == len(heads) + 1  # the front matter and title come first
     assert "Remove duplicates (`near`, threshold 0.900" in text and "![" not in text
@@ -43,3 +43,50 @@ def test_render_card_has_every_section_once_in_order_and_parses_back():
 def test_md_table_formats_cells():
     assert md_table(["a", "b"], [[None, 0.12345], [3, "x"]]) == ["| a | b |", "|---|---|", "| – | 0.123 |",
                                                                   "| 3 | x |"]
+
+
+def _section(text: str, head: str) -> str:
+    return text.split(head)[1].split("\n## ")[0]
+
+
+def _bias_text(methods, **extra) -> str:
+    run = _run()
+    run.manifest.update({"methods": list(methods), **extra})
+    text = render_card(run, name="tiny", plots={})
+    return _section(text, "## Biases this selection can introduce")
+
+
+def test_front_matter_is_written_and_read_by_huggingface_hub():
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    text = render_card(_run(), name="tiny", plots={})
+    card = DatasetCard(text)
+    assert isinstance(card.data, DatasetCardData)
+    assert card.data.pretty_name == "tiny (kdata-curated distillation set)"
+    assert card.data.to_dict() == front_matter(_run(), name="tiny") == read_front_matter(text)
+    assert str(card) == text  # huggingface_hub writes back the same bytes
+
+
+def test_biases_are_about_the_methods_that_ran():
+    from kdata.report.card_biases import METHOD_BIASES
+    from kdata.selection.methods import available
+
+    assert set(available()) <= set(METHOD_BIASES)  # every registered method has its note
+    rad = _bias_text(["rad"], method_info={"rad": {"teacher_error": 0.25, "mistakes": 12.0}})
+    assert "RAD keeps what the student finds confusing" in rad and "0.250" in rad and "about 12 of the rows" in rad
+    assert "KD³" not in rad and "critic" not in rad.lower()
+    kd3 = _bias_text(["kd3"])
+    assert "KD³ prefers prototypical rows" in kd3 and "RAD" not in kd3
+    chain = _bias_text(["critic", "kd3"], config={"critic_recall": 0.8, "budget": "0.3"})
+    assert chain.index("critic keeps what its labellers accepted") < chain.index("KD³ prefers")
+    assert "recall target (0.800)" in chain
+    assert "Student coupling" in kd3 and "Student coupling" not in _bias_text(["random"])
+    assert "no bias note is recorded" in _bias_text(["my_plugin"])
+
+
+def test_biases_follow_the_recipe_balance_dedup_and_hard():
+    plain = _bias_text(["random"])
+    assert "No balancing" in plain and "Duplicates were not removed" not in plain  # _run() deduplicated (near)
+    assert "Deduplicated (`near`)" in plain
+    rich = _bias_text(["rad"], balance="class", config={"dedup": None, "hard": 2, "budget": "0.3"})
+    assert "Balanced by class" in rich and "Duplicates were not removed" in rich and "2 HARD augmentations" in rich

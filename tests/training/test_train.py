@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,8 +16,8 @@ import torch
 from kdata.cli import main
 from kdata.models.spec import load_model
 from kdata.training.evaluate import EvalSet
-from kdata.training.train import TrainConfig, train
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
+from kdata.training.train import TrainConfig, train
 
 
 def _softmax(v):
@@ -92,7 +97,7 @@ def test_short_training_improves_over_the_untrained_student(balanced_run):
 
 def test_cli_json_saves_a_student_that_kdata_select_can_use(demo_run, tmp_path, capsys, builtin_models):
     out = tmp_path / "student"
-    rc = main(["train", "--shards", str(demo_run), "--eval", "builtin:digits-test", "--epochs", "1",
+    rc = main(["train", str(demo_run), "--eval", "builtin:digits-test", "--epochs", "1",
                "--out", str(out), "--json", "--device", "cpu"])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
@@ -117,7 +122,7 @@ def test_cli_json_saves_a_student_that_kdata_select_can_use(demo_run, tmp_path, 
 
 
 def test_reselect_every_rescoring_with_kd3(demo_run, tmp_path, capsys, builtin_models):
-    rc = main(["train", "--shards", str(demo_run), "--epochs", "2", "--reselect-every", "1", "--pool",
+    rc = main(["train", str(demo_run), "--epochs", "2", "--reselect-every", "1", "--pool",
                "builtin:digits-web", "--teacher", "builtin:digits-teacher", "--json", "--device", "cpu",
                "--out", str(tmp_path / "o")])
     assert rc == 0
@@ -129,19 +134,97 @@ def test_reselect_every_rescoring_with_kd3(demo_run, tmp_path, capsys, builtin_m
 
 @pytest.mark.parametrize("argv, msg", [
     (["--alpha", "1.5"], "--alpha"),
-    (["--shards", "/nonexistent/x"], "not found"),
     (["--reselect-every", "1"], "--pool and --teacher"),
+    (["--out", "FILE"], "exists and is not a directory"),
+    (["--out", "DEMO/student"], "inside the curated dataset"),
 ])
-def test_bad_input_one_line_exit_2(demo_run, capsys, argv, msg):
-    base = ["train", "--shards", str(demo_run), "--epochs", "1", "--device", "cpu"]
-    rc = main(base + argv)
+def test_bad_input_one_line_exit_2(demo_run, tmp_path, capsys, argv, msg):
+    (tmp_path / "FILE").write_text("not a directory")
+    argv = [str(tmp_path / "FILE") if a == "FILE" else a.replace("DEMO", str(demo_run)) for a in argv]
+    rc = main(["train", str(demo_run), "--epochs", "1", "--device", "cpu", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
 
 
+def test_missing_dataset_is_one_line_and_nothing_is_created(tmp_path, capsys):
+    rc = main(["train", str(tmp_path / "nope"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not found" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "nope-student").exists()
+
+
+def run_cli(*args):
+    p = subprocess.run([sys.executable, "-m", "kdata.cli", *args], capture_output=True, text=True,
+                       env=dict(os.environ), timeout=300, check=False)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, builtin_models):
+    """A 10% curation (145 rows) of the built-in pool, written by the real CLI."""
+    out = tmp_path_factory.mktemp("small") / "curated"
+    assert main(["select", "--budget", "0.1", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    return out
+
+
+def test_train_saves_beside_the_dataset_and_keeps_the_better_weights(small_run):
+    """`kdata train DIR` without --out saves to DIR-student beside DIR. Two epochs on 145 rows make the
+    built-in student worse: the CLI says so plainly and saves the starting weights, which scored better."""
+    code, out, err = run_cli("train", str(small_run), "--epochs", "2")
+    assert code == 0 and err == "", err
+    target = small_run.parent / "curated-student"
+    assert (target / "student.pt2").is_file() and not list(small_run.rglob("student*"))
+    assert f"saved to {target}  (the default beside the dataset" in out
+    log = json.loads((target / "train_log.json").read_text())
+    assert log["eval"] == "builtin:digits-test"  # the default eval set of the built-in student
+    assert log["worse_than_before"] and log["accuracy_last"] < log["accuracy_before"] - 0.1
+    assert log["kept"]["epoch"] == 0 and log["accuracy"] == log["accuracy_before"]
+    assert re.search(r"before training 0\.\d{4} → after the last epoch 0\.\d{4}", out)
+    assert "kdata: warning: training made the student worse on builtin:digits-test" in out
+    assert "kept the starting weights" in out
+    saved = load_model(str(target / "student.pt2"))
+    assert EvalSet("builtin:digits-test", model=saved).accuracy(saved) == pytest.approx(log["accuracy_before"],
+                                                                                        abs=0.005)
+    # a second run keeps the first student: it goes to the next free name
+    code, out, err = run_cli("train", str(small_run), "--epochs", "1", "--json", "--eval", "none")
+    rep = json.loads(out)
+    assert code == 0 and rep["out"] == str(small_run.parent / "curated-student-2") and rep["accuracy"] is None
+    assert (target / "student.pt2").is_file()
+
+
+def test_keep_best_ends_with_the_best_epoch_and_reports_progress(small_run):
+    """The weights returned are the best on the eval set (the start included); progress goes through
+    the CLI's rich bars as ``progress(stage, done, total)``."""
+    from rich.console import Console
+
+    from kdata.cli.common import ProgressBars
+
+    buf = io.StringIO()
+    bars = ProgressBars(console=Console(file=buf, force_terminal=True, width=100))
+    calls = []
+
+    def progress(stage, done=None, total=None):
+        calls.append((stage, done, total))
+        bars(stage, done, total)
+
+    student = load_model("builtin:digits-student")
+    ev = EvalSet("builtin:digits-test", model=student)
+    log = train(student, small_run, config=TrainConfig(epochs=5, device="cpu"), eval_set=ev, progress=progress)
+    accs = [log["accuracy_before"]] + [h["accuracy"] for h in log["history"]]
+    assert log["accuracy"] == max(accs) and log["kept"]["epoch"] == accs.index(max(accs))
+    assert ev.accuracy(student) == pytest.approx(log["accuracy"])
+    assert list(dict.fromkeys(c[0] for c in calls)) == ["evaluating"] + [f"epoch {e}/5" for e in range(1, 6)]
+    assert calls[-1] == ("epoch 5/5", 145, 145)
+    assert "epoch 5/5" in buf.getvalue() and "145/145" in buf.getvalue()
+    # keep_best off: the last epoch's weights stay
+    student = load_model("builtin:digits-student")
+    log = train(student, small_run, config=TrainConfig(epochs=2, device="cpu", keep_best=False), eval_set=ev)
+    assert log["kept"]["epoch"] == 2 and ev.accuracy(student) == pytest.approx(log["accuracy_last"])
+
+
 def test_demo_compares_curated_random_and_teacher(demo_run):
-    from kdata.pipeline.demo import compare_training
     from kdata.pipeline.config import SelectConfig
+    from kdata.pipeline.demo import compare_training
 
     acc = compare_training(SelectConfig(), out=str(demo_run), n_kept=437, epochs=2)
     assert acc["rows"] == 437 and acc["epochs"] == 2

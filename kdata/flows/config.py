@@ -1,0 +1,72 @@
+"""The flows' config file (``flows/config.yaml``), output versions and dataset discovery.
+
+No Prefect import here: the entry points check their input with these before any flow run starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kdata.core.errors import KdataError
+
+SECTIONS = ("select", "run", "runner", "curate", "distill")
+# Every flow output lives under runs/ (git-ignored): curate writes a new version per run, distill
+# finds the newest complete one with the glob runs/curated-* and saves the student beside it.
+DEFAULT_OUT = "runs/curated-{version}"
+DEFAULT_DATA = "runs/curated-*"
+SCHEDULE_KEYS = {"name", "cron", "timezone"}
+SECTION_KEYS = {"curate": SCHEDULE_KEYS | {"out"},
+                "distill": SCHEDULE_KEYS | {"enabled", "data", "student", "eval", "epochs", "seed", "device", "out"}}
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a flow config YAML (see ``flows/config.yaml``); its ``select:`` and ``run:`` sections are
+    checked against the options of ``kdata select`` (kdata.pipeline.config), the ``curate:`` and
+    ``distill:`` sections against the flows' parameters, before anything runs."""
+    from kdata.pipeline.config import load_yaml, run_options, select_config
+
+    data = load_yaml(path)
+    bad = sorted(set(data) - set(SECTIONS))
+    if bad:
+        raise KdataError(f"{path}: unknown section(s) {bad}; known: {list(SECTIONS)}")
+    select_config(dict(data.get("select") or {}), where=f"{path}: select")
+    run_options({k: v for k, v in (data.get("run") or {}).items()}, where=f"{path}: run")
+    for name, known in SECTION_KEYS.items():
+        extra = sorted(set(data.get(name) or {}) - known)
+        if extra:
+            raise KdataError(f"{path}: {name}: unknown key(s) {extra}; known: {sorted(known)}")
+    return data
+
+
+def config_params(data: dict) -> dict:
+    """Curate flow parameters (select, out, run) from a loaded config file."""
+    curate_cfg = data.get("curate") or {}
+    return {"select": dict(data.get("select") or {}), "out": curate_cfg.get("out", DEFAULT_OUT),
+            "run": dict(data.get("run") or {})}
+
+
+def expand_out(out: str, *, now: datetime | None = None) -> str:
+    """``{version}`` in OUT becomes a UTC timestamp, so each scheduled run writes a new dataset version."""
+    now = now or datetime.now(UTC)
+    return out.replace("{version}", now.strftime("%Y%m%dT%H%M%SZ"))
+
+
+def latest_dataset(data: str) -> str:
+    """``data`` itself when it holds a manifest, else the newest complete match of the glob (``{version}``
+    counts as ``*``): a nightly distill trains on what last night's curate wrote. Complete means a
+    ``manifest.json``, which the writer renames into place last, so a run still writing never matches
+    (nor does a student directory beside a dataset)."""
+    if (Path(data) / "manifest.json").is_file():
+        return data
+    pattern = data.replace("{version}", "*")
+    if not glob.has_magic(pattern):
+        why = "not a curated dataset (no manifest.json)" if Path(data).exists() else "no such directory"
+        raise KdataError(f"--data {data}: {why}; curate one first: python flows/curate.py --out {data}")
+    done = [p for p in glob.glob(pattern) if (Path(p) / "manifest.json").is_file()]
+    if not done:
+        raise KdataError(f"--data {data}: no complete curated dataset matches (a directory with manifest.json); "
+                         f"curate one first: python flows/curate.py --out {DEFAULT_OUT}")
+    return max(done, key=lambda p: ((Path(p) / "manifest.json").stat().st_mtime, p))

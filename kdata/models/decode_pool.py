@@ -1,0 +1,170 @@
+"""One decode pipeline per scoring run: DataLoader workers that start once and read their own bytes.
+
+A run feeds a stream of ``BatchTask`` (unit, row range, the unit's small picklable plan) to one
+``DataLoader``; its workers start when the first task is needed and stay up until the last unit
+is done, so the worker start-up is paid once per run, not once per unit. Each task is one
+model batch: rows ``[start, stop)`` of one unit, the same batches a per-unit loader would make,
+so scores stay bit-identical. A worker reads the rows itself (``UnitRows.read_rows``: a file, a
+tar member, a Parquet row range), decodes them and returns uint8 pixels per preprocessing key;
+normalising happens after collation, on the scoring device.
+
+With ``gpu_jpeg`` a worker does not decode the JPEGs that nvJPEG can take: it returns their
+bytes, and the scoring process decodes them in one batched call on the GPU
+(``kdata.models.gpu_decode``). Everything else is decoded here, on the CPU, as without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdata.core.errors import KdataError
+from kdata.models.images import (
+    DEFAULT_MAX_PIXELS,
+    decode_error,
+    decode_multi_u8,
+    gpu_jpeg_candidate,
+    worker_context,
+)
+
+AUTO_MIN_ROWS = 2000  # below this many rows to decode, `--workers auto` decodes in-process (no start-up)
+AUTO_MAX_CPU, AUTO_MAX_CUDA = 8, 12  # `auto` caps: CPU runs share the cores with the forward pass
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """Rows ``[start, stop)`` of unit ``unit`` (a position in the run), read through ``rows``."""
+
+    unit: int
+    start: int
+    stop: int
+    rows: object  # kdata.pools.base.UnitRows (picklable)
+    last: bool  # the unit's last batch: its scores can be written once this one is done
+
+
+def check_workers(value) -> int | str:
+    """``--workers``: ``auto`` or a whole number ≥ 0 (``"2"`` from a command line is 2); else one line."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "auto":
+            return "auto"
+        if v.isdigit():
+            return int(v)
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise KdataError(f"--workers {value}: expected auto or a whole number ≥ 0")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_workers(value, *, rows: int, device: torch.device | str = "cpu") -> int:
+    """``auto`` → a worker count: 0 below ``AUTO_MIN_ROWS`` rows (a worker's start costs more than it
+    saves), else one core left to the scoring process and at most ``AUTO_MAX_CPU`` on a CPU run
+    (decode competes with the forward pass for the cores), ``AUTO_MAX_CUDA`` with a GPU (workers
+    only read bytes and decode what nvJPEG cannot). A number is returned as is."""
+    value = check_workers(value)
+    if value != "auto":
+        return value
+    if rows < AUTO_MIN_ROWS:
+        return 0
+    cap = AUTO_MAX_CUDA if torch.device(device).type == "cuda" else AUTO_MAX_CPU
+    return max(0, min(available_cores() - 1, cap))
+
+
+class FailedRows:
+    """The plan of a unit that cannot be read (its reason): reading it reports the reason in order,
+    after the units before it are finished and written, instead of aborting them mid-flight."""
+
+    num_rows = 0
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def read_rows(self, start: int, stop: int):
+        raise KdataError(self.reason)
+
+    def part(self, start: int, stop: int) -> FailedRows:
+        return self
+
+
+class TaskDecoder(Dataset):
+    """``BatchTask`` → one decoded batch (a dict; see ``decode_task``). Runs in the workers."""
+
+    def __init__(self, keys: list[tuple], *, max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False):
+        self.keys, self.max_pixels, self.gpu_jpeg = keys, max_pixels, gpu_jpeg
+
+    def __getitem__(self, task: BatchTask) -> dict:
+        return decode_task(task, self.keys, max_pixels=self.max_pixels, gpu_jpeg=self.gpu_jpeg)
+
+
+def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, gpu_jpeg: bool) -> dict:
+    """Read and decode one task's rows. Row numbers in the result count from ``task.start``.
+
+    Returns ``unit``, ``start``, ``stop``, ``last``, ``pid`` (the process that decoded it),
+    ``ids`` and ``labels`` (every row), ``rows`` (decoded rows, ascending) with ``pixels``
+    ({key: uint8 (n, C, H, W)}), ``jpeg_rows`` with ``jpegs`` (raw bytes as uint8 tensors, for
+    the GPU), ``bad`` ([(row, error)]: quarantined), ``empty`` (rows without any payload) —
+    or ``fatal``: a one-line reason the unit cannot be read at all."""
+    head = {"unit": task.unit, "start": task.start, "stop": task.stop, "last": task.last, "pid": os.getpid()}
+    try:
+        table = task.rows.read_rows(task.start, task.stop)
+    except KdataError as exc:
+        return {**head, "fatal": str(exc)}
+    images = table.column("image").to_pylist()
+    errors = table.column("read_error").to_pylist() if "read_error" in table.column_names else [None] * len(images)
+    rows, decoded, jpeg_rows, jpegs, bad, empty = [], [], [], [], [], 0
+    for j, (data, err) in enumerate(zip(images, errors)):
+        if err:  # the pool reader could not read it: quarantined with its reason
+            bad.append((j, err))
+            continue
+        empty += data is None
+        if gpu_jpeg and gpu_jpeg_candidate(data, max_pixels):
+            jpeg_rows.append(j)
+            jpegs.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            continue
+        try:
+            decoded.append(decode_multi_u8(data, keys, max_pixels=max_pixels))
+        except Exception as exc:  # noqa: BLE001  (quarantined with its error, the run goes on)
+            bad.append((j, decode_error(exc)))
+            continue
+        rows.append(j)
+    pixels = {k: torch.stack([d[k] for d in decoded]) for k in keys} if decoded else {}
+    return {**head, "ids": table.column("sample_id").to_pylist(), "labels": table.column("label").to_pylist(),
+            "rows": torch.tensor(rows, dtype=torch.long), "pixels": pixels,
+            "jpeg_rows": torch.tensor(jpeg_rows, dtype=torch.long), "jpegs": jpegs, "bad": bad, "empty": empty}
+
+
+class TaskStream:
+    """A one-shot sampler: the DataLoader draws tasks from ``tasks`` lazily, in the main process,
+    only as far ahead as its prefetch (so a unit is read, locked or skipped just in time)."""
+
+    def __init__(self, tasks: Iterator[BatchTask]):
+        self.tasks = tasks
+
+    def __iter__(self) -> Iterator[BatchTask]:
+        return self.tasks
+
+
+def _as_is(item):
+    return item
+
+
+def decode_loader(tasks: Iterable[BatchTask], keys: list[tuple], *, num_workers: int, pin: bool = False,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False,
+                  prefetch: int = 2) -> DataLoader:
+    """One DataLoader over a whole run's tasks: ``num_workers`` workers (0: decode in this process)
+    started once, each holding at most ``prefetch`` decoded batches ahead of the consumer."""
+    return DataLoader(TaskDecoder(keys, max_pixels=max_pixels, gpu_jpeg=gpu_jpeg), batch_size=None,
+                      sampler=TaskStream(iter(tasks)), num_workers=num_workers, collate_fn=_as_is,
+                      pin_memory=pin, prefetch_factor=prefetch if num_workers else None,
+                      multiprocessing_context=worker_context(num_workers))

@@ -1,0 +1,204 @@
+"""The scoring run: one decode pipeline over every uncached unit, forward passes, per-unit results.
+
+``ScoringRun`` drives ``kdata.models.decode_pool``: a lazy task stream (in this process) walks the
+units in order, skips cached ones, locks the cache entry of each unit it feeds and cuts it into
+batches; one DataLoader (workers started once) decodes them; the loop below forwards each batch,
+computes the statistics on the scoring device and hands each unit, once its last batch is in, to
+``on_unit`` (write the cache entry, release the lock). A crash loses at most the units in flight.
+
+On CUDA: JPEGs decoded by nvJPEG in batches (``kdata.models.gpu_decode``), pinned host memory and
+non-blocking copies, and one batch in flight — batch k+1 is decoded and launched while batch k's
+results come back — so the forward never waits on host work it could overlap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kdata.core.errors import KdataError
+from kdata.core.stats import disagreement
+from kdata.models.decode_pool import BatchTask, FailedRows, decode_loader
+from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
+from kdata.models.images import decode_error, decode_multi_u8, normalise
+
+
+@dataclass
+class UnitState:
+    """One unit of a run: what was read and scored so far, and where its result goes."""
+
+    index: int
+    name: str
+    lock: object | None = None  # kdata.core.lock.Lock on the unit's cache entry while it is scored
+    n_in: int = 0
+    ids: list = field(default_factory=list)
+    label_idx: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # unit row numbers of scored rows, one array per batch
+    chunks: dict = field(default_factory=dict)
+    quarantined: list = field(default_factory=list)
+    empty: int = 0  # rows with no payload at all (and no reader error)
+    pids: set = field(default_factory=set)  # processes that decoded this unit's rows
+
+
+@dataclass
+class Pending:
+    """A batch whose results are on their way back from the device."""
+
+    state: UnitState
+    rows: np.ndarray
+    results: dict
+    event: object | None
+    last: bool
+
+
+class ScoringRun:
+    """Score a stream of units with one teacher and one student (see the module doc).
+
+    ``plans(i)`` gives unit i's ``UnitRows``; ``claim(state)`` is asked before a unit is fed and
+    returns False to skip it (a cache hit); ``on_unit(state, table)`` receives each finished unit."""
+
+    # long: a plain record of the run's settings
+    def __init__(self, teacher, student, *, config, device: torch.device, precision: str,
+                 on_unit: Callable, gpu_decode: bool):
+        self.teacher, self.student, self.config, self.device = teacher, student, config, device
+        self.precision, self.on_unit = precision, on_unit
+        self.keys = list(dict.fromkeys([teacher.preprocess_key, student.preprocess_key]))
+        self.gpu = device.type == "cuda"
+        # JPEGs decoded in batches here, on ``device`` (nvJPEG on CUDA; on a CPU only for tests)
+        self.gpu_jpeg = bool(gpu_decode and gpu_decodable(self.keys))
+        self.gray = all(k[0][0] == 1 for k in self.keys)
+        self.lookup = {name: i for i, name in enumerate(teacher.class_names)}
+        self.keep_logits = config.keep_logits == "yes" or (config.keep_logits == "auto" and teacher.num_classes <= 128)
+        self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0}
+
+    # -------------------------------------------------------------------------------------------
+    # feeding
+
+    def tasks(self, states: list[UnitState], plans: Callable, claim: Callable) -> Iterator[BatchTask]:
+        """Batch tasks, unit after unit, drawn lazily by the DataLoader (in this process)."""
+        bs = self.config.batch_size
+        for st in states:
+            if not claim(st):
+                continue
+            try:
+                plan = plans(st.index)
+            except KdataError as exc:  # raised when the loop reaches this unit, after the ones before it
+                plan = FailedRows(str(exc))
+            st.n_in = n = plan.num_rows
+            starts = list(range(0, n, bs)) or [0]
+            for s in starts:
+                stop = min(s + bs, n)
+                yield BatchTask(st.index, s, stop, plan.part(s, stop), s == starts[-1])
+
+    def run(self, states: list[UnitState], tasks: Iterator[BatchTask], *, num_workers: int) -> None:
+        """Decode and score every task; each unit goes to ``on_unit`` as soon as its last batch is back."""
+        by_index = {st.index: st for st in states}
+        loader = decode_loader(tasks, self.keys, num_workers=num_workers, pin=self.gpu,
+                               max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg)
+        in_flight = 1 if self.gpu else 0
+        pending: deque[Pending] = deque()
+        for out in loader:
+            if "fatal" in out:
+                raise KdataError(out["fatal"])
+            pending.append(self.step(by_index[out["unit"]], out))
+            while len(pending) > in_flight:
+                self.collect(pending.popleft())
+        while pending:
+            self.collect(pending.popleft())
+
+    # -------------------------------------------------------------------------------------------
+    # one batch
+
+    def step(self, st: UnitState, out: dict) -> Pending:
+        """Account one decoded batch, put its images on the device and launch the forward pass."""
+        st.pids.add(out["pid"])
+        st.empty += out["empty"]
+        ids = out["ids"]
+        st.ids += ids
+        st.label_idx += [self.lookup.get(v, -1) if v is not None else -1 for v in out["labels"]]
+        x, rows, bad = self.inputs(out)
+        st.quarantined += [(ids[j], err) for j, err in bad]
+        rows = np.asarray(rows, dtype=np.int64) + out["start"]
+        self.info["batches"] += 1
+        if not len(rows):
+            return Pending(st, rows, {}, None, out["last"])
+        labels = np.asarray(st.label_idx, dtype=np.int32)[rows]
+        results = self.forward(x, labels)
+        event = None
+        if self.gpu:
+            results = {k: v.to("cpu", non_blocking=True) for k, v in results.items()}  # into pinned memory
+            event = torch.cuda.Event()
+            event.record()
+        return Pending(st, rows, results, event, out["last"])
+
+    def inputs(self, out: dict) -> tuple[dict, list[int], list[tuple[int, str]]]:
+        """The batch's model inputs on the device, in row order: CPU-decoded rows plus, on CUDA, the
+        JPEGs decoded here by nvJPEG (a JPEG nvJPEG refuses is decoded on the CPU, else quarantined)."""
+        rows, bad = out["rows"].tolist(), list(out["bad"])
+        parts = []  # (rows, {key: normalised batch on the device}), each part in ascending row order
+        if rows:
+            parts.append((rows, {k: normalise(out["pixels"][k].to(self.device, non_blocking=self.gpu), k[1], k[2])
+                                 for k in self.keys}))
+        if self.gpu_jpeg and out["jpegs"]:
+            parts += self.gpu_part(out, bad)
+        if len(parts) <= 1:
+            return (parts[0][1] if parts else {}), (parts[0][0] if parts else []), sorted(bad)
+        rows = [r for part_rows, _ in parts for r in part_rows]
+        order = torch.from_numpy(np.argsort(np.asarray(rows), kind="stable")).to(self.device)
+        x = {k: torch.cat([part[k] for _, part in parts])[order] for k in self.keys}
+        return x, sorted(rows), sorted(bad)
+
+    def gpu_part(self, out: dict, bad: list) -> list[tuple[list[int], dict]]:
+        """nvJPEG-decode the batch's JPEGs; each it refuses goes to the CPU decoder, then to ``bad``."""
+        jrows = out["jpeg_rows"].tolist()
+        images = decode_jpegs(out["jpegs"], device=self.device, gray=self.gray)
+        ok = [i for i, im in enumerate(images) if im is not None]
+        fallback_rows, fallback = [], []
+        for i in (i for i, im in enumerate(images) if im is None):
+            try:
+                fallback.append(decode_multi_u8(out["jpegs"][i].numpy().tobytes(), self.keys,
+                                                max_pixels=self.config.max_pixels))
+                fallback_rows.append(jrows[i])
+            except Exception as exc:  # noqa: BLE001  (fails on both decoders: quarantined)
+                bad.append((jrows[i], decode_error(exc)))
+        self.info["gpu_jpegs"] += len(ok)
+        self.info["gpu_jpeg_fallbacks"] += len(images) - len(ok)
+        parts = []
+        if ok:
+            parts.append(([jrows[i] for i in ok], preprocess([images[i] for i in ok], self.keys)))
+        if fallback:
+            parts.append((fallback_rows, {k: normalise(torch.stack([d[k] for d in fallback]).to(self.device),
+                                                       k[1], k[2]) for k in self.keys}))
+        return parts
+
+    def forward(self, x: dict, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        """Teacher and student forward, then the disagreement statistics, all on the scoring device."""
+        xt, xs = x[self.teacher.preprocess_key], x[self.student.preprocess_key]
+        if self.gpu:
+            xt, xs = xt.contiguous(memory_format=torch.channels_last), xs.contiguous(memory_format=torch.channels_last)
+        t_logits, t_feat = self.teacher.forward(xt)
+        s_logits, _ = self.student.forward(xs)
+        li = torch.from_numpy(labels).to(self.device)
+        st = disagreement(t_logits.float(), s_logits.float(), temperature=self.config.temperature,
+                          topk=self.config.topk, label_idx=li)
+        if self.keep_logits:
+            st["teacher_logits"] = t_logits.float()
+            st["student_logits"] = s_logits.float()
+        if self.config.embeddings and t_feat is not None:
+            st["embedding"] = t_feat.float().half()
+        return st
+
+    def collect(self, p: Pending) -> None:
+        """Take a batch's results off the device; hand its unit on when it was the last batch."""
+        if p.event is not None:
+            p.event.synchronize()
+        for k, v in p.results.items():
+            p.state.chunks.setdefault(k, []).append(v.numpy())
+        if len(p.rows):
+            p.state.rows.append(p.rows)
+        if p.last:
+            self.on_unit(p.state)

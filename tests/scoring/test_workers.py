@@ -1,0 +1,257 @@
+"""One decode pipeline per scoring run: workers start once and serve every unit, cached units start
+none, a unit that cannot be read stops the run only after the units before it are written, the
+precision and device type are part of the score cache key, and ``--workers auto`` resolves sensibly."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from kdata.core.errors import KdataError
+from kdata.models.decode_pool import (
+    AUTO_MAX_CPU,
+    AUTO_MAX_CUDA,
+    available_cores,
+    check_workers,
+    resolve_workers,
+)
+from kdata.models.spec import load_model
+from kdata.pools.readers import open_image_folder
+from kdata.pools.spec import open_pool
+from kdata.scoring.score import (
+    ScoreConfig,
+    precision_mode,
+    resolve_precision,
+    score_pool,
+    score_table,
+    unit_cache_key,
+)
+from tests.helpers.real_inputs import (
+    digits,
+    exported_models,
+    make_image_folder,
+    png_bytes,
+)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def models():
+    m = exported_models()
+    return load_model(m["teacher_pt2"]), load_model(m["student_pt"])
+
+
+def test_decode_workers_start_once_per_run_and_serve_every_unit(tmp_path, cache, models):
+    teacher, student = models
+    root = make_image_folder(tmp_path / "pool", n=30, corrupt=True)  # 33 files: 5 units of 8 (the last: 1)
+    pool = open_image_folder(str(root), unit_files=8)
+    assert len(pool.units) == 5
+    scores, quarantined, info = score_pool(pool, teacher, student, cache=False,
+                                           config=ScoreConfig(batch_size=4, num_workers=2))
+    assert info["workers"] == 2 and info["cache_hits"] == 0
+    pids = info["decode_pids"]
+    assert list(pids) == [u.name for u in pool.units]
+    # every unit of ≥ 2 batches was decoded by the same two worker processes, none by this one
+    two_batch_units = [set(pids[u.name]) for u in pool.units[:4]]
+    assert all(p == two_batch_units[0] for p in two_batch_units) and len(two_batch_units[0]) == 2
+    assert set(pids[pool.units[4].name]) <= two_batch_units[0] and os.getpid() not in two_batch_units[0]
+    # …and gave the same scores, bit for bit, as decoding in this process
+    again, q0, info0 = score_pool(pool, teacher, student, cache=False, config=ScoreConfig(batch_size=4))
+    assert info0["workers"] == 0 and set(info0["decode_pids"][pool.units[0].name]) == {os.getpid()}
+    assert scores.equals(again) and quarantined == q0 and len(quarantined) == 3 and scores.num_rows == 30
+
+
+def test_cached_units_start_no_worker(tmp_path, cache, models):
+    teacher, student = models
+    root = make_image_folder(tmp_path / "pool", n=24)
+    pool = open_image_folder(str(root), unit_files=8)
+    cfg = ScoreConfig(batch_size=4, num_workers=2)
+    first, _, info = score_pool(pool, teacher, student, config=cfg)
+    assert info["cache_hits"] == 0 and info["workers"] == 2
+    again, _, info = score_pool(pool, teacher, student, config=cfg)
+    assert info["cache_hits"] == 3 and info["workers"] == 0 and info["decode_pids"] == {}
+    assert again.equals(first)
+    # one unit's entry gone: only that unit is decoded
+    key = unit_cache_key(pool.units[1], teacher, student, cfg)
+    (cache / "scores" / f"{key}.quarantine.json").unlink()
+    third, _, info = score_pool(pool, teacher, student, config=cfg)
+    assert info["cache_hits"] == 2 and list(info["decode_pids"]) == [pool.units[1].name]
+    assert third.equals(first)
+
+
+def test_a_broken_unit_stops_the_run_after_the_units_before_it_are_written(tmp_path, cache, models):
+    teacher, student = models
+    x, y = digits(24)
+    root = tmp_path / "pq"
+    root.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"image": [png_bytes(a) for a in x[i * 8:(i + 1) * 8]],
+                                 "label": [str(v) for v in y[i * 8:(i + 1) * 8]]}), root / f"part-{i}.parquet")
+    good = (root / "part-1.parquet").read_bytes()
+    (root / "part-1.parquet").write_bytes(b"not parquet at all")
+    cfg = ScoreConfig(batch_size=4, num_workers=2)
+    with pytest.raises(KdataError, match=r"part-1.parquet: cannot read Parquet"):
+        score_pool(open_pool(str(root)), teacher, student, config=cfg)
+    (root / "part-1.parquet").write_bytes(good)
+    scores, _, info = score_pool(open_pool(str(root)), teacher, student, config=cfg)
+    assert info["cache_hits"] == 1 and list(info["decode_pids"]) == ["part-1.parquet", "part-2.parquet"]
+    assert scores.num_rows == 24
+
+
+def test_cache_key_changes_with_precision_and_device_type(tmp_path, models):
+    teacher, student = models
+    unit = open_image_folder(str(make_image_folder(tmp_path / "pool", n=4))).units[0]
+
+    def key(precision, device):
+        return unit_cache_key(unit, teacher, student, ScoreConfig(precision=precision), device=device)
+
+    keys = {(p, d): key(p, d) for p in ("fp32", "bf16") for d in ("cpu", "cuda")}
+    assert len(set(keys.values())) == 4  # every (precision, device type) its own entry
+    assert key("auto", "cpu") == keys["fp32", "cpu"] and key("auto", "cuda") == keys["bf16", "cuda"]
+    assert key("fp32", "cuda:1") == keys["fp32", "cuda"]  # the device type, not the card
+    # batch size and worker count do not change what is computed
+    assert unit_cache_key(unit, teacher, student, ScoreConfig(batch_size=7, num_workers=3)) == keys["fp32", "cpu"]
+    assert resolve_precision("auto", "cuda") == "bf16" and resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(KdataError, match="--precision 'fp16'"):
+        ScoreConfig(precision="fp16")
+
+
+def test_precision_is_applied_and_fp32_turns_tf32_off(tmp_path, models):
+    teacher, student = models
+    table = open_pool(str(make_image_folder(tmp_path / "pool", n=16))).read_all()
+    fp32, _ = score_table(table, teacher, student, config=ScoreConfig(precision="fp32"))
+    bf16, _ = score_table(table, teacher, student, config=ScoreConfig(precision="bf16"))
+    a, b = (np.asarray(t.column("kl_ts").to_pylist()) for t in (fp32, bf16))
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.5  # bf16 autocast ran, and stayed close
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with precision_mode("fp32", torch.device("cuda")):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_workers_auto_resolves_from_rows_cores_and_device():
+    cores = available_cores()
+    assert resolve_workers("auto", rows=500) == 0  # a tiny pool decodes in-process: no start-up to pay
+    assert resolve_workers("auto", rows=50_000) == max(0, min(cores - 1, AUTO_MAX_CPU))
+    assert resolve_workers("auto", rows=50_000, device="cuda") == max(0, min(cores - 1, AUTO_MAX_CUDA))
+    assert resolve_workers(3, rows=10) == 3 and resolve_workers("2", rows=10) == 2
+    assert check_workers(" AUTO ") == "auto" and check_workers(0) == 0
+    for bad in (-1, "-1", "many", True, 1.5):
+        with pytest.raises(KdataError, match="--workers"):
+            check_workers(bad)
+
+
+def test_workers_option_on_the_command_line():
+    from kdata.cli import build_parser
+    from kdata.pipeline.arguments import run_options_from_args
+
+    parser = build_parser()
+    for given, want in (([], "auto"), (["--workers", "auto"], "auto"), (["--workers", "2"], 2)):
+        args = parser.parse_args(["select", "--out", "x", *given])
+        assert run_options_from_args(args).num_workers == want
+
+
+def test_tasks_carry_no_image_bytes(tmp_path):
+    """What a worker receives per batch: where to read, not what was read."""
+    root = make_image_folder(tmp_path / "pool", n=12)
+    unit = open_image_folder(str(root)).units[0]
+    plan = unit.plan()
+    images = unit.read().column("image").to_pylist()
+    shipped = pickle.dumps(plan.part(0, plan.num_rows))
+    assert not any(img in shipped for img in images) and len(shipped) < sum(map(len, images)) / 4
+
+
+def _photo_jpegs(n: int, seed: int = 0) -> list[bytes]:
+    """Crops (40–300 px) of scikit-learn's sample photos as JPEGs, one in five greyscale."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos, rng, out = load_sample_images().images, np.random.default_rng(seed), []
+    for i in range(n):
+        p, s = photos[i % 2], int(rng.integers(40, 301))
+        y, x = int(rng.integers(0, p.shape[0] - s)), int(rng.integers(0, p.shape[1] - s))
+        im = Image.fromarray(np.ascontiguousarray(p[y:y + s, x:x + s]))
+        buf = io.BytesIO()
+        (im.convert("L") if i % 5 == 0 else im).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _run_device_decode(table, teacher, student, *, on_device: bool):
+    from kdata.pools.base import TableRows
+    from kdata.scoring.engine import ScoringRun, UnitState
+    from kdata.scoring.score import unit_table
+
+    st, out, plan = UnitState(0, "t"), {}, TableRows(table)
+    run = ScoringRun(teacher, student, config=ScoreConfig(batch_size=8), device=torch.device("cpu"),
+                     precision="fp32", on_unit=lambda s: out.update(table=unit_table(s)), gpu_decode=on_device)
+    with torch.inference_mode():
+        run.run([st], run.tasks([st], lambda i: plan, lambda s: True), num_workers=0)
+    return out["table"], st.quarantined, run.info
+
+
+def test_batched_jpeg_decode_on_the_scoring_device_matches_the_worker_path(tmp_path, models):
+    """The CUDA path's assembly, run on the CPU device (torchvision decodes with libjpeg there):
+    JPEGs decoded in one batched call and preprocessed with torch ops, PNGs from the workers, a JPEG
+    the batched decoder refuses retried on the CPU decoder and quarantined with its error there."""
+    from kdata.models.builtin import DigitsNet
+    from kdata.models.files import export_model
+
+    teacher = models[0]  # 1×32×32 bilinear
+    torch.manual_seed(0)
+    student = load_model(str(export_model(DigitsNet((4, 8, 8), num_classes=10, in_ch=3).eval(), tmp_path / "s.pt2",
+                                          input_size=(3, 48, 48), mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3),
+                                          class_names=teacher.class_names)))
+    student.interpolation = "bicubic"
+    jpegs = _photo_jpegs(20)
+    truncated = jpegs[3][: len(jpegs[3]) // 2]
+    images = jpegs + [png_bytes(a) for a in digits(6)[0]] + [truncated, b"\xff\xd8\xff\xe0 not a jpeg", None]
+    order = np.random.default_rng(1).permutation(len(images))
+    n = len(images)
+    table = pa.table({"sample_id": [f"s{i}" for i in range(n)], "image": [images[i] for i in order],
+                      "label": [str(i % 10) for i in range(n)]})
+    plain, q_plain, _ = _run_device_decode(table, teacher, student, on_device=False)
+    device, q_device, info = _run_device_decode(table, teacher, student, on_device=True)
+    assert info["gpu_jpegs"] == 20 and info["gpu_jpeg_fallbacks"] == 1  # the truncated one: refused, then CPU
+    assert device.column("sample_id").to_pylist() == plain.column("sample_id").to_pylist() and plain.num_rows == 26
+    assert q_device == q_plain and len(q_plain) == 3  # truncated, garbage, empty: same rows, same errors
+    for col in ("teacher_conf", "student_conf", "kl_ts"):
+        a, b = (np.asarray(t.column(col).to_pylist()) for t in (plain, device))
+        assert np.abs(a - b).max() < 0.05, col
+
+
+def test_device_preprocessing_follows_the_cpu_path_pixel_for_pixel_closely():
+    """Resize (bilinear, bicubic), the reduced-scale JPEG decode, grey ↔ RGB: mean |Δ| under one grey level."""
+    from kdata.models.gpu_decode import decode_jpegs, preprocess
+    from kdata.models.images import decode_multi
+
+    datas = _photo_jpegs(24, seed=3)
+    for keys in ([((3, 96, 96), (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), "bicubic"),
+                  ((3, 64, 64), (0.5,) * 3, (0.25,) * 3, "bilinear")],
+                 [((1, 32, 32), (0.5,), (0.5,), "bilinear"), ((3, 224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic")],
+                 [((1, 24, 24), (0.5,), (0.5,), "bilinear")]):
+        gray = all(k[0][0] == 1 for k in keys)
+        images = decode_jpegs([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas],
+                              device=torch.device("cpu"), gray=gray)
+        got = preprocess(images, keys)
+        for k in keys:
+            want = torch.stack([decode_multi(d, keys)[k] for d in datas])
+            levels = ((got[k] - want) * torch.tensor(k[2]).reshape(1, -1, 1, 1) * 255).abs()
+            assert levels.mean() < 1.0, (k, levels.mean())
