@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdata: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kdata … | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or os.environ.get("KDATA_DEBUG"):
             return _unexpected(exc)

@@ -9,6 +9,11 @@ from kdata.cli.common import emit_json
 ARXIV = re.compile(r"\s*\(arXiv (\d{4}\.\d{4,5})\)")
 
 
+# What each need (kdata.pipeline.needs) means to a user
+NEED_WORDS = {"critic": "--critic DIR, required", "reference": "--reference SPEC, else the student",
+              "domains": "the pool's or the --scores file's 'domain' column"}
+
+
 def register(sub) -> None:
     p = sub.add_parser("methods", help="list the selection methods that --method accepts",
                        description="List the registered selection methods (kdata.selection.methods): name, kind "
@@ -42,6 +47,6 @@ def run(args) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         paper = f"arXiv {r['arxiv']}" if r["arxiv"] else ("baseline" if r["kind"] != "recipe" else "see docs/methods.md")
-        needs = f" (needs --{', --'.join(r['needs'])})" if r["needs"] else ""
+        needs = f" (uses {'; '.join(NEED_WORDS.get(n, n) for n in r['needs'])})" if r["needs"] else ""
         print(f"{r['name']:<{width}}  {r['kind']:<6}  {r['text']}{needs} [{paper}]")
     return 0

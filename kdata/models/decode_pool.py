@@ -5,8 +5,8 @@ A run feeds a stream of ``BatchTask`` (unit, row range, the unit's small picklab
 is done, so the worker start-up is paid once per run, not once per unit. Each task is one
 model batch: rows ``[start, stop)`` of one unit, the same batches a per-unit loader would make,
 so scores stay bit-identical. A worker reads the rows itself (``UnitRows.read_rows``: a file, a
-tar member, a Parquet row range), decodes them and returns uint8 pixels per preprocessing key;
-normalising happens after collation, on the scoring device.
+tar member, a Parquet row range), decodes them and returns, per preprocessing key, the batch
+normalised (CPU runs) or as uint8 pixels that the scoring process normalises on the GPU.
 
 With ``gpu_jpeg`` a worker does not decode the JPEGs that nvJPEG can take: it returns their
 bytes, and the scoring process decodes them in one batched call on the GPU
@@ -28,6 +28,7 @@ from kdata.models.images import (
     decode_error,
     decode_multi_u8,
     gpu_jpeg_candidate,
+    normalise,
     worker_context,
 )
 
@@ -100,21 +101,25 @@ class FailedRows:
 class TaskDecoder(Dataset):
     """``BatchTask`` → one decoded batch (a dict; see ``decode_task``). Runs in the workers."""
 
-    def __init__(self, keys: list[tuple], *, max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False):
-        self.keys, self.max_pixels, self.gpu_jpeg = keys, max_pixels, gpu_jpeg
+    def __init__(self, keys: list[tuple], *, max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False,
+                 normalised: bool = True):
+        self.keys, self.max_pixels, self.gpu_jpeg, self.normalised = keys, max_pixels, gpu_jpeg, normalised
 
     def __getitem__(self, task: BatchTask) -> dict:
-        return decode_task(task, self.keys, max_pixels=self.max_pixels, gpu_jpeg=self.gpu_jpeg)
+        return decode_task(task, self.keys, max_pixels=self.max_pixels, gpu_jpeg=self.gpu_jpeg,
+                           normalised=self.normalised)
 
 
-def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, gpu_jpeg: bool) -> dict:
+def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, gpu_jpeg: bool = False,
+                normalised: bool = True) -> dict:
     """Read and decode one task's rows. Row numbers in the result count from ``task.start``.
 
     Returns ``unit``, ``start``, ``stop``, ``last``, ``pid`` (the process that decoded it),
     ``ids`` and ``labels`` (every row), ``rows`` (decoded rows, ascending) with ``pixels``
-    ({key: uint8 (n, C, H, W)}), ``jpeg_rows`` with ``jpegs`` (raw bytes as uint8 tensors, for
-    the GPU), ``bad`` ([(row, error)]: quarantined), ``empty`` (rows without any payload) —
-    or ``fatal``: a one-line reason the unit cannot be read at all."""
+    ({key: (n, C, H, W)}: float32 normalised, or uint8 with ``normalised=False`` — a quarter of
+    the bytes to copy to a GPU, normalised there), ``jpeg_rows`` with ``jpegs`` (raw bytes as
+    uint8 tensors, for the GPU), ``bad`` ([(row, error)]: quarantined), ``empty`` (rows without
+    any payload) — or ``fatal``: a one-line reason the unit cannot be read at all."""
     head = {"unit": task.unit, "start": task.start, "stop": task.stop, "last": task.last, "pid": os.getpid()}
     try:
         table = task.rows.read_rows(task.start, task.stop)
@@ -138,7 +143,14 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
             bad.append((j, decode_error(exc)))
             continue
         rows.append(j)
-    pixels = {k: torch.stack([d[k] for d in decoded]) for k in keys} if decoded else {}
+    pixels = {}
+    for k in keys if decoded else ():
+        if normalised:  # straight into the batch: no uint8 stack to copy first
+            pixels[k] = torch.empty((len(decoded), *k[0]), dtype=torch.float32)
+            for i, d in enumerate(decoded):
+                normalise(d[k], k[1], k[2], out=pixels[k][i])
+        else:
+            pixels[k] = torch.stack([d[k] for d in decoded])
     return {**head, "ids": table.column("sample_id").to_pylist(), "labels": table.column("label").to_pylist(),
             "rows": torch.tensor(rows, dtype=torch.long), "pixels": pixels,
             "jpeg_rows": torch.tensor(jpeg_rows, dtype=torch.long), "jpegs": jpegs, "bad": bad, "empty": empty}
@@ -160,11 +172,13 @@ def _as_is(item):
 
 
 def decode_loader(tasks: Iterable[BatchTask], keys: list[tuple], *, num_workers: int, pin: bool = False,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False, normalised: bool = True,
                   prefetch: int = 2) -> DataLoader:
     """One DataLoader over a whole run's tasks: ``num_workers`` workers (0: decode in this process)
     started once, each holding at most ``prefetch`` decoded batches ahead of the consumer."""
-    return DataLoader(TaskDecoder(keys, max_pixels=max_pixels, gpu_jpeg=gpu_jpeg), batch_size=None,
+    decoder = TaskDecoder(keys, max_pixels=max_pixels, gpu_jpeg=gpu_jpeg, normalised=normalised)
+    return DataLoader(decoder, batch_size=None,
                       sampler=TaskStream(iter(tasks)), num_workers=num_workers, collate_fn=_as_is,
                       pin_memory=pin, prefetch_factor=prefetch if num_workers else None,
                       multiprocessing_context=worker_context(num_workers))
+

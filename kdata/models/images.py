@@ -6,6 +6,7 @@ decode; models with the same preprocessing share one decode per batch.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import warnings
@@ -64,15 +65,35 @@ def decode_image(data: bytes | None, *, input_size, mean, std, interpolation: st
     return decode_multi(data, [key], max_pixels=max_pixels)[key]
 
 
-def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 pixels (C, H, W) or (N, C, H, W) → ``(x / 255 − mean) / std`` in float32.
+def normalise(x: torch.Tensor, mean, std, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 pixels (C, H, W) or (N, C, H, W) → ``(x / 255 − mean) / std`` in float32 (into ``out`` if given).
 
     Element by element the same IEEE operations whether one image or a batch, on any device, so a
-    batch normalised after collation is bit-identical to its images normalised one by one."""
+    batch normalised after collation is bit-identical to its images normalised one by one. On a
+    CPU the 256 possible results per channel are computed once with those operations and looked
+    up (``levels``): the same bits at a third of the cost."""
+    if x.dtype == torch.uint8 and x.device.type == "cpu":
+        table, a = levels(tuple(mean), tuple(std)), x.numpy()
+        o = out.numpy() if out is not None else np.empty(a.shape, np.float32)
+        for c in range(a.shape[-3]):
+            np.take(table[c], a[..., c, :, :], out=o[..., c, :, :], mode="clip")  # clip: no buffering
+        return out if out is not None else torch.from_numpy(o)
+    y = normalise_arithmetic(x, mean, std)
+    return out.copy_(y) if out is not None else y
+
+
+def normalise_arithmetic(x: torch.Tensor, mean, std) -> torch.Tensor:
     shape = (-1, 1, 1) if x.ndim == 3 else (1, -1, 1, 1)
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).reshape(shape)
     sd = torch.tensor(std, dtype=torch.float32, device=x.device).reshape(shape)
     return (x.float().div_(255.0) - m) / sd
+
+
+@functools.lru_cache(maxsize=64)
+def levels(mean: tuple, std: tuple) -> np.ndarray:
+    """(C, 256) float32: each uint8 level normalised per channel by ``normalise_arithmetic``."""
+    v = torch.arange(256, dtype=torch.uint8).repeat(len(mean), 1)[:, None, :]
+    return normalise_arithmetic(v, mean, std)[:, 0, :].numpy()
 
 
 def decode_multi(data: bytes | None, keys: list[tuple], *,

@@ -41,8 +41,8 @@ BLOCKED_EVENTS = frozenset({
     "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.startfile",
     "subprocess.Popen", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle",
     "ctypes.call_function", "socket.connect", "socket.bind", "socket.sendto", "urllib.Request",
-    "webbrowser.open", "os.kill", "os.killpg",
-})
+    "webbrowser.open",
+})  # not os.kill: the garbage collector may stop an old DataLoader's workers during a load
 
 _ACTIVE: contextvars.ContextVar[list | None] = contextvars.ContextVar("kdata_untrusted_load", default=None)
 _LOCK = threading.Lock()

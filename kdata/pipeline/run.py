@@ -6,9 +6,12 @@ A run's report has counts that add up: ``n_in == kept + rejected + quarantined``
 
 from __future__ import annotations
 
+import errno
 import time
 
+from kdata.core.errors import RuntimeFailure
 from kdata.core.lock import exclusive
+from kdata.core.paths import cache_dir
 from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_run
 from kdata.pipeline.curate import Scored, finish
 from kdata.pipeline.output import RunReport, already_complete, publish_card
@@ -20,8 +23,14 @@ def score(prep: Prepared, *, opts: RunOptions = RunOptions()) -> Scored:
     """Score the pool with teacher and student (cached per unit); ``--scores`` predictions pass through."""
     if prep.byo is not None:
         return Scored(scores=prep.byo, info={"n_in": prep.byo.num_rows, "units": 1, "cache_hits": 0})
-    scores, quarantined, info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
-                                           device=prep.device, cache=opts.cache, progress=opts.progress)
+    try:
+        scores, quarantined, info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
+                                               device=prep.device, cache=opts.cache, progress=opts.progress)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise RuntimeFailure(f"{cache_dir('scores')}: no space left on device while caching scores "
+                             "(free space, or point KDATA_CACHE elsewhere, and rerun)") from None
     return Scored(scores=scores, quarantined=quarantined, info=info)
 
 

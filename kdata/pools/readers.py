@@ -283,10 +283,9 @@ TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")  # the first present is t
 class TarRows(UnitRows):
     """A WebDataset shard's samples in archive order, by member offsets read once from its headers.
 
-    The scan (``__init__``) reads headers only and refuses what ``read_tar`` refuses: an unreadable
-    shard or a key repeated with one extension is one line. A sample with a member over the size
-    cap, a key that is not UTF-8 or a sparse member is kept as a row with the reason. Workers then
-    read their batch's members by offset (``read_rows``)."""
+    The scan (``__init__``) reads headers only; an unreadable shard or a key repeated with one
+    extension is one line. A member over the size cap, a key that is not UTF-8 or a sparse member
+    keeps its sample as a row with the reason. Workers read their batch's members by offset."""
 
     def __init__(self, path: Path, *, limits: PoolLimits = DEFAULT_LIMITS):
         self.path, self.limits = Path(path), limits

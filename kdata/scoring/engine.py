@@ -13,6 +13,9 @@ results come back — so the forward never waits on host work it could overlap.
 
 from __future__ import annotations
 
+import itertools
+import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.stats import disagreement
-from kdata.models.decode_pool import BatchTask, FailedRows, decode_loader
+from kdata.models.decode_pool import BatchTask, FailedRows, decode_loader, decode_task
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise
 
@@ -74,6 +77,7 @@ class ScoringRun:
         self.lookup = {name: i for i, name in enumerate(teacher.class_names)}
         self.keep_logits = config.keep_logits == "yes" or (config.keep_logits == "auto" and teacher.num_classes <= 128)
         self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0}
+        self.first_batch_at: float | None = None  # perf_counter() when the first batch reached the models
 
     # -------------------------------------------------------------------------------------------
     # feeding
@@ -97,14 +101,20 @@ class ScoringRun:
     def run(self, states: list[UnitState], tasks: Iterator[BatchTask], *, num_workers: int) -> None:
         """Decode and score every task; each unit goes to ``on_unit`` as soon as its last batch is back."""
         by_index = {st.index: st for st in states}
-        loader = decode_loader(tasks, self.keys, num_workers=num_workers, pin=self.gpu,
-                               max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg)
+        tasks = iter(tasks)
+        head = [t for t in [next(tasks, None)] if t is not None] if num_workers else []
+        loader = iter(decode_loader(tasks, self.keys, num_workers=num_workers, pin=self.gpu,
+                                    max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
+                                    normalised=not self.gpu))  # the workers start now, in the background
+        # ...while this process decodes the first batch itself, so the forward pass starts at once
+        first = (decode_task(t, self.keys, max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
+                             normalised=not self.gpu) for t in head)
         in_flight = 1 if self.gpu else 0
         pending: deque[Pending] = deque()
-        for out in loader:
+        for out in itertools.chain(first, loader):
             if "fatal" in out:
                 raise KdataError(out["fatal"])
-            pending.append(self.step(by_index[out["unit"]], out))
+            pending.append(self.step(by_index[out["unit"]], out, worker=bool(num_workers)))
             while len(pending) > in_flight:
                 self.collect(pending.popleft())
         while pending:
@@ -113,9 +123,13 @@ class ScoringRun:
     # -------------------------------------------------------------------------------------------
     # one batch
 
-    def step(self, st: UnitState, out: dict) -> Pending:
-        """Account one decoded batch, put its images on the device and launch the forward pass."""
-        st.pids.add(out["pid"])
+    def step(self, st: UnitState, out: dict, *, worker: bool = False) -> Pending:
+        """Account one decoded batch, put its images on the device and launch the forward pass.
+
+        ``st.pids`` records the worker processes that decoded the unit (with ``worker``; the batch
+        this process decodes while they start is not theirs), else this process."""
+        if not worker or out["pid"] != os.getpid():
+            st.pids.add(out["pid"])
         st.empty += out["empty"]
         ids = out["ids"]
         st.ids += ids
@@ -127,6 +141,8 @@ class ScoringRun:
         if not len(rows):
             return Pending(st, rows, {}, None, out["last"])
         labels = np.asarray(st.label_idx, dtype=np.int32)[rows]
+        if self.first_batch_at is None:
+            self.first_batch_at = time.perf_counter()
         results = self.forward(x, labels)
         event = None
         if self.gpu:
@@ -140,9 +156,9 @@ class ScoringRun:
         JPEGs decoded here by nvJPEG (a JPEG nvJPEG refuses is decoded on the CPU, else quarantined)."""
         rows, bad = out["rows"].tolist(), list(out["bad"])
         parts = []  # (rows, {key: normalised batch on the device}), each part in ascending row order
-        if rows:
-            parts.append((rows, {k: normalise(out["pixels"][k].to(self.device, non_blocking=self.gpu), k[1], k[2])
-                                 for k in self.keys}))
+        if rows:  # normalised by the worker on a CPU run; uint8, normalised here, for a GPU
+            px = {k: out["pixels"][k].to(self.device, non_blocking=self.gpu) for k in self.keys}
+            parts.append((rows, {k: v if v.is_floating_point() else normalise(v, k[1], k[2]) for k, v in px.items()}))
         if self.gpu_jpeg and out["jpegs"]:
             parts += self.gpu_part(out, bad)
         if len(parts) <= 1:

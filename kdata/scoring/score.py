@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,21 +204,29 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
 
 class UnitCache:
     """The score cache entries of one run's units: hits, the lock of each unit being scored, and
-    the write of each finished unit (its Parquet file, then the quarantine JSON that marks it complete)."""
+    the write of each finished unit (its Parquet file, then the quarantine JSON that marks it complete).
+
+    Unit fingerprints (a hash of every byte of a folder unit) are computed in order by one
+    background thread, ahead of the scoring loop that needs them, so hashing the next units
+    overlaps the forward passes instead of stalling the thread that drives the device."""
 
     def __init__(self, units: list[PoolUnit], teacher: Model, student: Model, *, config: ScoreConfig,
                  device: torch.device, cache: bool, progress=None):
-        self.units, self.teacher, self.student, self.config = units, teacher, student, config
-        self.device, self.cache, self.progress = device, cache, progress
+        self.units, self.cache, self.progress = units, cache, progress
         self.root = cache_dir("scores")
-        self.keys: dict[int, str] = {}
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdata-unit-keys")
+        self.keys = [self.hasher.submit(unit_cache_key, u, teacher, student, config, device=device) for u in units]
         self.results: dict[int, tuple[Path, list[tuple[str, str]], int, bool]] = {}
         self.states: list[UnitState] = [UnitState(i, u.name) for i, u in enumerate(units)]
 
     def entry(self, i: int) -> tuple[Path, Path]:
-        if i not in self.keys:
-            self.keys[i] = unit_cache_key(self.units[i], self.teacher, self.student, self.config, device=self.device)
-        return self.root / f"{self.keys[i]}.parquet", self.root / f"{self.keys[i]}.quarantine.json"
+        key = self.keys[i].result()
+        return self.root / f"{key}.parquet", self.root / f"{key}.quarantine.json"
+
+    def close(self) -> None:
+        self.hasher.shutdown(wait=False, cancel_futures=True)
+        for st in self.states:
+            self.release(st)
 
     def hit(self, i: int) -> bool:
         """Whether unit i is cached (then its result is recorded and counted)."""
@@ -269,31 +279,34 @@ def score_units(units: list[PoolUnit], teacher: Model, student: Model, *, config
     device = torch.device(device)
     precision = resolve_precision(config.precision, device)
     units = list(units)
+    t0 = time.perf_counter()
     store = UnitCache(units, teacher, student, config=config, device=device, cache=cache, progress=progress)
     if progress:
         progress("scoring", 0, len(units))
-    first = next((i for i in range(len(units)) if not store.hit(i)), None)
-    workers = 0
-    run = None
-    if first is not None:
-        first_plan = units[first].plan()
-        workers = resolve_workers(config.num_workers, rows=first_plan.num_rows * (len(units) - first), device=device)
-        run = ScoringRun(teacher, student, config=config, device=device, precision=precision,
-                         on_unit=store.finish, gpu_decode=config.gpu_decode and device.type == "cuda")
-        todo = store.states[first:]
-        tasks = run.tasks(todo, lambda i: first_plan if i == first else units[i].plan(), store.claim)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
+    workers, run = 0, None
+    try:
+        first = next((i for i in range(len(units)) if not store.hit(i)), None)
+        if first is not None:
+            first_plan = units[first].plan()
+            rows = first_plan.num_rows * (len(units) - first)  # an estimate: later units are not opened yet
+            workers = resolve_workers(config.num_workers, rows=rows, device=device)
+            run = ScoringRun(teacher, student, config=config, device=device, precision=precision,
+                             on_unit=store.finish, gpu_decode=config.gpu_decode and device.type == "cuda")
+            todo = store.states[first:]
+            tasks = run.tasks(todo, lambda i: first_plan if i == first else units[i].plan(), store.claim)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             with torch.inference_mode(), precision_mode(precision, device):
                 run.run(todo, tasks, num_workers=workers)
-        finally:
-            for st in todo:
-                store.release(st)
+    finally:
+        store.close()
     results = [store.results[i] for i in range(len(units))]
     info = {"units": len(units), "cache_hits": sum(r[3] for r in results), "n_in": sum(r[2] for r in results),
             "device": device.type, "precision": precision, "workers": workers,
-            "decode_pids": {st.name: sorted(st.pids) for st in store.states if st.pids}}
+            "decode_pids": {st.name: sorted(st.pids) for st in store.states if st.pids},
+            "seconds": time.perf_counter() - t0}
+    if run is not None and run.first_batch_at is not None:
+        info["seconds_to_first_batch"] = run.first_batch_at - t0
     if run is not None and device.type == "cuda":
         info.update(gpu_jpegs=run.info["gpu_jpegs"], gpu_jpeg_fallbacks=run.info["gpu_jpeg_fallbacks"],
                     cuda_peak_bytes=int(torch.cuda.max_memory_allocated(device)))

@@ -31,7 +31,7 @@ def test_every_config_field_is_a_select_option_with_its_default_shown():
 
 @pytest.mark.parametrize("args,match", [
     (["--budget", "abc"], "--budget 'abc'"),
-    (["--budget", "150%"], "--budget '150%'"),
+    (["--budget", "150%"], "--budget 150%: at most 100% of the pool"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--workers", "-1"], "--workers -1"),
     (["--temperature", "nan"], "--temperature nan"),
