@@ -27,7 +27,7 @@ from kdata.models.images import (
     DEFAULT_MAX_PIXELS,
     decode_error,
     decode_multi_u8,
-    gpu_jpeg_candidate,
+    gpu_jpeg_pixels,
     normalise,
     worker_context,
 )
@@ -118,7 +118,7 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
     ``ids`` and ``labels`` (every row), ``rows`` (decoded rows, ascending) with ``pixels``
     ({key: (n, C, H, W)}: float32 normalised, or uint8 with ``normalised=False`` — a quarter of
     the bytes to copy to a GPU, normalised there), ``jpeg_rows`` with ``jpegs`` (raw bytes as
-    uint8 tensors, for the GPU), ``bad`` ([(row, error)]: quarantined), ``empty`` (rows without
+    uint8 tensors, for the GPU) and ``jpeg_pixels`` (their sizes, from the headers), ``bad`` ([(row, error)]: quarantined), ``empty`` (rows without
     any payload) — or ``fatal``: a one-line reason the unit cannot be read at all."""
     head = {"unit": task.unit, "start": task.start, "stop": task.stop, "last": task.last, "pid": os.getpid()}
     try:
@@ -127,15 +127,16 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
         return {**head, "fatal": str(exc)}
     images = table.column("image").to_pylist()
     errors = table.column("read_error").to_pylist() if "read_error" in table.column_names else [None] * len(images)
-    rows, decoded, jpeg_rows, jpegs, bad, empty = [], [], [], [], [], 0
+    rows, decoded, jpeg_rows, jpegs, jpeg_pixels, bad, empty = [], [], [], [], [], [], 0
     for j, (data, err) in enumerate(zip(images, errors)):
         if err:  # the pool reader could not read it: quarantined with its reason
             bad.append((j, err))
             continue
         empty += data is None
-        if gpu_jpeg and gpu_jpeg_candidate(data, max_pixels):
+        if gpu_jpeg and (pixels := gpu_jpeg_pixels(data, max_pixels)):
             jpeg_rows.append(j)
             jpegs.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            jpeg_pixels.append(pixels)
             continue
         try:
             decoded.append(decode_multi_u8(data, keys, max_pixels=max_pixels))
@@ -153,7 +154,8 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
             pixels[k] = torch.stack([d[k] for d in decoded])
     return {**head, "ids": table.column("sample_id").to_pylist(), "labels": table.column("label").to_pylist(),
             "rows": torch.tensor(rows, dtype=torch.long), "pixels": pixels,
-            "jpeg_rows": torch.tensor(jpeg_rows, dtype=torch.long), "jpegs": jpegs, "bad": bad, "empty": empty}
+            "jpeg_rows": torch.tensor(jpeg_rows, dtype=torch.long), "jpegs": jpegs, "jpeg_pixels": jpeg_pixels,
+            "bad": bad, "empty": empty}
 
 
 class TaskStream:

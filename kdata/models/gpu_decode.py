@@ -19,8 +19,10 @@ lacks (lanczos, box) keep JPEGs on the CPU path.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,18 +43,41 @@ def decode_jpegs(jpegs: list[torch.Tensor], *, device: torch.device, gray: bool)
     if not jpegs:
         return []
     mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec
-        try:
-            return list(decode_jpeg(jpegs, mode=mode, device=device))
-        except RuntimeError:  # one bad image fails the whole call: retry one by one
-            out = []
-            for j in jpegs:
-                try:
-                    out.append(decode_jpeg([j], mode=mode, device=device)[0])
-                except RuntimeError:
-                    out.append(None)
-            return out
+
+    def decode() -> list[torch.Tensor | None]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision 0.29 marks its decoders deprecated (TorchCodec)
+            try:
+                return list(decode_jpeg(jpegs, mode=mode, device=device))
+            except RuntimeError:  # one bad image fails the whole call: retry one by one
+                out = []
+                for j in jpegs:
+                    try:
+                        out.append(decode_jpeg([j], mode=mode, device=device)[0])
+                    except RuntimeError:
+                        out.append(None)
+                return out
+
+    if device.type != "cuda":
+        return decode()
+    # nvJPEG writes its outputs from its own stream as soon as they are allocated: allocating them
+    # on the compute stream could hand it memory that kernels still queued there are using. On a
+    # side stream they come from that stream's own pool; the compute stream then waits for the
+    # decode, and each image is marked as used there so its memory is not reused too early.
+    compute, side = torch.cuda.current_stream(device), decode_stream(device)
+    with torch.cuda.stream(side):
+        images = decode()
+    compute.wait_stream(side)
+    for im in images:
+        if im is not None:
+            im.record_stream(compute)
+    return images
+
+
+@functools.lru_cache(maxsize=8)
+def decode_stream(device: torch.device):
+    """The side CUDA stream JPEGs are decoded on (one per device)."""
+    return torch.cuda.Stream(device=device)
 
 
 def draft_scale(height: int, width: int, keys: list[tuple]) -> int:
@@ -76,20 +101,19 @@ def preprocess(images: list[torch.Tensor], keys: list[tuple]) -> dict[tuple, tor
     """Decoded uint8 images (C0, H, W), all on one device → {key: float32 (N, C, H, W)} normalised.
 
     Images of one size are processed together (one kernel per step per size, not per image)."""
-    from kdata.models.images import normalise
+    from kdata.models.images import normalise, to_device
 
-    n = len(images)
-    device = images[0].device if images else torch.device("cpu")
-    out = {k: torch.empty((n, *k[0]), dtype=torch.float32, device=device) for k in keys}
+    if not images:
+        return {k: torch.empty((0, *k[0]), dtype=torch.float32) for k in keys}
     groups: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault(tuple(im.shape), []).append(i)
+    parts: dict[tuple, list[torch.Tensor]] = {k: [] for k in keys}
     for (_, height, width), idx in groups.items():
         x = torch.stack([images[i] for i in idx])
         scale = draft_scale(height, width, keys)
         if scale > 1:  # Image.draft's reduced-scale decode ≈ a box reduction, rounded to pixel levels
             x = F.avg_pool2d(x.float(), scale, scale, ceil_mode=True).round_().to(torch.uint8)
-        where = torch.tensor(idx, device=device)
         for key in keys:
             (c, h, w), mean, std, interpolation = key
             y = to_channels(x, c)
@@ -97,5 +121,9 @@ def preprocess(images: list[torch.Tensor], keys: list[tuple]) -> dict[tuple, tor
                 mode = GPU_INTERPOLATIONS[interpolation]
                 aa = {"antialias": True, "align_corners": False} if mode != "nearest-exact" else {}
                 y = F.interpolate(y.float(), size=(h, w), mode=mode, **aa).round_().clamp_(0, 255)
-            out[key].index_copy_(0, where, normalise(y, mean, std))
-    return out
+            parts[key].append(normalise(y, mean, std))
+    order = [i for idx in groups.values() for i in idx]  # the images' positions, group after group
+    if len(groups) == 1:
+        return {k: v[0] for k, v in parts.items()}
+    back = to_device(torch.from_numpy(np.argsort(np.asarray(order), kind="stable")), images[0].device)
+    return {k: torch.cat(v)[back] for k, v in parts.items()}

@@ -84,9 +84,24 @@ def normalise(x: torch.Tensor, mean, std, *, out: torch.Tensor | None = None) ->
 
 def normalise_arithmetic(x: torch.Tensor, mean, std) -> torch.Tensor:
     shape = (-1, 1, 1) if x.ndim == 3 else (1, -1, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).reshape(shape)
-    sd = torch.tensor(std, dtype=torch.float32, device=x.device).reshape(shape)
-    return (x.float().div_(255.0) - m) / sd
+    m, sd = channel_constants(tuple(mean), tuple(std), x.device)
+    return (x.float().div_(255.0) - m.reshape(shape)) / sd.reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def channel_constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 tensors on ``device``, made once: building them per batch would
+    be a blocking host-to-GPU copy, which waits for every kernel already queued."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device),
+            torch.tensor(std, dtype=torch.float32, device=device))
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without stalling a GPU: pinned, then copied asynchronously
+    (a plain copy from pageable memory synchronises the stream, ending the overlap of host and GPU)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,17 +144,17 @@ def decode_multi_u8(data: bytes | None, keys: list[tuple], *,
     return out
 
 
-def gpu_jpeg_candidate(data: bytes | None, max_pixels: int | None) -> bool:
-    """True for a JPEG that nvJPEG can decode as PIL would (baseline/progressive, RGB or grey) and that
-    is within ``max_pixels``; anything else (PNG, WebP, CMYK, oversize, unreadable) is decoded on the CPU,
-    where it is refused or quarantined with its error exactly as without a GPU."""
+def gpu_jpeg_pixels(data: bytes | None, max_pixels: int | None) -> int:
+    """The pixel count of a JPEG that nvJPEG can decode as Pillow would (baseline/progressive, RGB or
+    grey) within ``max_pixels``, read from its header; 0 for anything else (PNG, WebP, CMYK, oversize,
+    unreadable), which is decoded on the CPU, refused or quarantined there exactly as without a GPU."""
     if not data or data[:3] != b"\xff\xd8\xff":
-        return False
+        return 0
     try:
         with _open_capped(data, max_pixels) as im:  # the header only
-            return im.format == "JPEG" and im.mode in ("RGB", "L")
+            return im.size[0] * im.size[1] if im.format == "JPEG" and im.mode in ("RGB", "L") else 0
     except Exception:  # noqa: BLE001  (the CPU decode reports it)
-        return False
+        return 0
 
 
 _OBJ_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-f]+>")

@@ -27,7 +27,21 @@ from kdata.core.errors import KdataError
 from kdata.core.stats import disagreement
 from kdata.models.decode_pool import BatchTask, FailedRows, decode_loader, decode_task
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
-from kdata.models.images import decode_error, decode_multi_u8, normalise
+from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
+
+GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes
+
+
+def pixel_chunks(pixels: list[int], budget: int) -> list[list[int]]:
+    """Consecutive index runs whose pixel counts sum to at most ``budget`` (a larger image: alone)."""
+    chunks, run, total = [], [], 0
+    for i, n in enumerate(pixels):
+        if run and total + n > budget:
+            chunks.append(run)
+            run, total = [], 0
+        run.append(i)
+        total += n
+    return chunks + ([run] if run else [])
 
 
 @dataclass
@@ -134,7 +148,8 @@ class ScoringRun:
         ids = out["ids"]
         st.ids += ids
         st.label_idx += [self.lookup.get(v, -1) if v is not None else -1 for v in out["labels"]]
-        x, rows, bad = self.inputs(out)
+        with torch.autocast(self.device.type, enabled=False):  # pixels in fp32, whatever the precision
+            x, rows, bad = self.inputs(out)
         st.quarantined += [(ids[j], err) for j, err in bad]
         rows = np.asarray(rows, dtype=np.int64) + out["start"]
         self.info["batches"] += 1
@@ -164,30 +179,31 @@ class ScoringRun:
         if len(parts) <= 1:
             return (parts[0][1] if parts else {}), (parts[0][0] if parts else []), sorted(bad)
         rows = [r for part_rows, _ in parts for r in part_rows]
-        order = torch.from_numpy(np.argsort(np.asarray(rows), kind="stable")).to(self.device)
+        order = to_device(torch.from_numpy(np.argsort(np.asarray(rows), kind="stable")), self.device)
         x = {k: torch.cat([part[k] for _, part in parts])[order] for k in self.keys}
         return x, sorted(rows), sorted(bad)
 
     def gpu_part(self, out: dict, bad: list) -> list[tuple[list[int], dict]]:
-        """nvJPEG-decode the batch's JPEGs; each it refuses goes to the CPU decoder, then to ``bad``."""
-        jrows = out["jpeg_rows"].tolist()
-        images = decode_jpegs(out["jpegs"], device=self.device, gray=self.gray)
-        ok = [i for i, im in enumerate(images) if im is not None]
-        fallback_rows, fallback = [], []
-        for i in (i for i, im in enumerate(images) if im is None):
-            try:
-                fallback.append(decode_multi_u8(out["jpegs"][i].numpy().tobytes(), self.keys,
-                                                max_pixels=self.config.max_pixels))
-                fallback_rows.append(jrows[i])
-            except Exception as exc:  # noqa: BLE001  (fails on both decoders: quarantined)
-                bad.append((jrows[i], decode_error(exc)))
-        self.info["gpu_jpegs"] += len(ok)
-        self.info["gpu_jpeg_fallbacks"] += len(images) - len(ok)
-        parts = []
-        if ok:
-            parts.append(([jrows[i] for i in ok], preprocess([images[i] for i in ok], self.keys)))
+        """nvJPEG-decode the batch's JPEGs, in chunks of at most ``GPU_DECODE_PIXELS`` decoded pixels
+        (a batch of huge images cannot exhaust GPU memory); each JPEG nvJPEG refuses goes to the CPU
+        decoder, then, failing there too, to ``bad``."""
+        jrows, parts, fallback_rows, fallback = out["jpeg_rows"].tolist(), [], [], []
+        for chunk in pixel_chunks(out["jpeg_pixels"], GPU_DECODE_PIXELS):
+            images = decode_jpegs([out["jpegs"][i] for i in chunk], device=self.device, gray=self.gray)
+            ok = [i for i, im in zip(chunk, images) if im is not None]
+            for i in (i for i, im in zip(chunk, images) if im is None):
+                try:
+                    fallback.append(decode_multi_u8(out["jpegs"][i].numpy().tobytes(), self.keys,
+                                                    max_pixels=self.config.max_pixels))
+                    fallback_rows.append(jrows[i])
+                except Exception as exc:  # noqa: BLE001  (fails on both decoders: quarantined)
+                    bad.append((jrows[i], decode_error(exc)))
+            self.info["gpu_jpegs"] += len(ok)
+            self.info["gpu_jpeg_fallbacks"] += len(chunk) - len(ok)
+            if ok:
+                parts.append(([jrows[i] for i in ok], preprocess([im for im in images if im is not None], self.keys)))
         if fallback:
-            parts.append((fallback_rows, {k: normalise(torch.stack([d[k] for d in fallback]).to(self.device),
+            parts.append((fallback_rows, {k: normalise(to_device(torch.stack([d[k] for d in fallback]), self.device),
                                                        k[1], k[2]) for k in self.keys}))
         return parts
 
@@ -198,7 +214,7 @@ class ScoringRun:
             xt, xs = xt.contiguous(memory_format=torch.channels_last), xs.contiguous(memory_format=torch.channels_last)
         t_logits, t_feat = self.teacher.forward(xt)
         s_logits, _ = self.student.forward(xs)
-        li = torch.from_numpy(labels).to(self.device)
+        li = to_device(torch.from_numpy(labels), self.device)
         st = disagreement(t_logits.float(), s_logits.float(), temperature=self.config.temperature,
                           topk=self.config.topk, label_idx=li)
         if self.keep_logits:

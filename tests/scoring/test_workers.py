@@ -233,6 +233,22 @@ def test_batched_jpeg_decode_on_the_scoring_device_matches_the_worker_path(tmp_p
     for col in ("teacher_conf", "student_conf", "kl_ts"):
         a, b = (np.asarray(t.column(col).to_pylist()) for t in (plain, device))
         assert np.abs(a - b).max() < 0.05, col
+    # GPU memory is bounded by decoding in chunks of at most GPU_DECODE_PIXELS: many chunks, same scores
+    from kdata.scoring import engine
+
+    saved, engine.GPU_DECODE_PIXELS = engine.GPU_DECODE_PIXELS, 60_000
+    try:
+        chunked, q_chunked, _ = _run_device_decode(table, teacher, student, on_device=True)
+    finally:
+        engine.GPU_DECODE_PIXELS = saved
+    assert chunked.equals(device) and q_chunked == q_device
+
+
+def test_pixel_chunks_bound_each_decode_call():
+    from kdata.scoring.engine import pixel_chunks
+
+    assert pixel_chunks([5, 5, 5, 20, 1, 1], 10) == [[0, 1], [2], [3], [4, 5]]
+    assert pixel_chunks([], 10) == []
 
 
 def test_device_preprocessing_follows_the_cpu_path_pixel_for_pixel_closely():
