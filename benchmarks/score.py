@@ -43,8 +43,12 @@ from pathlib import Path
 # OpenMP threads that spin while they wait hold their cores against the decode workers, and a
 # worker that preempts one of them leaves the other spinning: measured here, passive waiting lifts
 # the pipeline from about 0.65 to about 0.8 of the bare forward on 2 cores. Set before torch loads
-# OpenMP; it applies to the bare forward too. OMP_WAIT_POLICY=ACTIVE in the environment overrides it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP; it applies to the bare forward too. OMP_WAIT_POLICY=ACTIVE in the environment overrides
+# it; OMP_WAIT_POLICY=default leaves the variable unset (OpenMP's own default).
+if os.environ.get("OMP_WAIT_POLICY") == "default":
+    del os.environ["OMP_WAIT_POLICY"]
+else:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch

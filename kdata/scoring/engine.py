@@ -163,7 +163,7 @@ class ScoringRun:
         if self.gpu:
             results = {k: v.to("cpu", non_blocking=True) for k, v in results.items()}  # into pinned memory
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))  # the scoring device's stream (cuda:N too)
         return Pending(st, rows, results, event, out["last"])
 
     def inputs(self, out: dict) -> tuple[dict, list[int], list[tuple[int, str]]]:
