@@ -11,6 +11,9 @@ import errno
 import os
 import sys
 
+# idle OpenMP threads sleep instead of spinning: decode workers and the forward pass share the cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from kdata.core.errors import KdataError
 
 # module names under kdata.cli, in the order ``kdata --help`` lists them

@@ -103,7 +103,8 @@ def score_cache_key(context, parameters: dict) -> str:
     from kdata.scoring.score import ScoreConfig
 
     payload = {"unit": parameters["unit"]["fingerprint"], "models": parameters["checksums"],
-               "config": ScoreConfig(**parameters["score_config"]).key(), "kdata": __version__}
+               "config": ScoreConfig(**parameters["score_config"]).key(), "kdata": __version__,
+               "device": str(parameters.get("device", "cpu")).split(":")[0]}  # cpu/cuda scores differ
     return "kdata-score-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

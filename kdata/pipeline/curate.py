@@ -107,7 +107,9 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     extra = {"methods": prep.methods, "balance": prep.balance, "budget_rows": budget,
              "temperature": cfg.temperature, "topk": cfg.topk, "class_names": teacher.class_names,
              "pool": {"spec": cfg.pool, "units": len(prep.pool.units), "description": prep.pool.description},
-             "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0)}
+             "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0),
+             "scoring": {k: scored.info[k] for k in ("device", "precision", "workers", "cuda_peak_bytes")
+                         if k in scored.info}}  # what the recorded choices resolved to
     extra_files = {}
     if cfg.hard:  # HARD: K generated rows per kept row, critic-filtered, appended (kdata.augment.hard)
         n_kept = rows.num_rows

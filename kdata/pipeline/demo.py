@@ -18,30 +18,14 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
+from kdata.core.threads import one_thread
 from kdata.pipeline.config import RunOptions, SelectConfig, validate
 from kdata.pipeline.run import run_select
 
 DEMO_EPOCHS = 12
 EVAL_SPEC = "builtin:digits-test"
-
-
-@contextmanager
-def one_thread():
-    """One torch intra-op thread for the body. The demo's models are tiny (94k and 4k parameters):
-    scoring the 1,457-row pool took 1.1–1.4 s of CPU on one thread, 2.7–3.2 s on two (OpenMP
-    threads spinning on ops too small to split), and was slower in wall time too on a busy 2-core
-    machine; the two students train in parallel threads instead (``compare_training``)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def random_like(cfg: SelectConfig, *, n: int, out: str | Path) -> Path:

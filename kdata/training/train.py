@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from kdata.core.atomic import write_json
 from kdata.core.errors import KdataError
+from kdata.core.threads import one_thread
 from kdata.models.images import worker_context
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.training.evaluate import EvalSet, autocast
@@ -77,12 +78,8 @@ def _threads_for(net: torch.nn.Module, device: torch.device):
     if device.type != "cpu" or not small:
         yield
         return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def jitter(x: torch.Tensor, gen: torch.Generator, *, degrees: float = 10.0, scale: float = 0.08,
