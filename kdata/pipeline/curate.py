@@ -112,12 +112,10 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                          if k in scored.info}}  # what the recorded choices resolved to
     extra_files = {}
     if cfg.hard:  # HARD: K generated rows per kept row, critic-filtered, appended (kdata.augment.hard)
-        n_kept = rows.num_rows
         rows, hard = pipeline_hard(rows, cfg=cfg, teacher=teacher, student=prep.student, device=prep.device,
                                    counts={})
         extra["hard"] = manifest_section(hard)
         extra_files[EXCLUDED_FILE] = lambda path: write_excluded(hard, path)
-        assert rows.num_rows >= n_kept
     output = Output(rows=rows, decisions=decisions, config=cfg.to_dict(),
                     config_hash=config_hash,
                     models={"teacher": teacher.describe(), "student": prep.student.describe()},
@@ -125,7 +123,7 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                           "teacher": teacher.spec, "student": prep.student.spec},
                     extra=extra, extra_files=extra_files, rows_per_shard=cfg.rows_per_shard,
                     row_group_rows=cfg.row_group_rows, pool=prep.pool,
-                    info={"methods": prep.methods, "balance": prep.balance, "budget_rows": budget,
-                          "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0),
+                    info={**{k: extra[k] for k in ("methods", "balance", "budget_rows", "method_info",
+                                                   "score_cache_hits")},
                           "units": scored.info.get("units", 0)})
     return write_output(out, output, progress=progress, before_commit=before_commit)
