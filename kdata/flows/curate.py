@@ -123,7 +123,7 @@ def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dic
     """Score one pool unit into the per-unit score cache; returns its path, quarantine list and row count."""
     from kdata.pipeline.config import pool_limits
     from kdata.pools.spec import open_pool
-    from kdata.scoring.score import ScoreConfig, score_unit
+    from kdata.scoring.score import ScoreConfig, score_units
 
     if os.environ.get("KDATA_FLOW_FAIL_UNIT") and unit["name"] == os.environ["KDATA_FLOW_FAIL_UNIT"]:
         raise OSError(f"{unit['name']}: injected failure (KDATA_FLOW_FAIL_UNIT)")
@@ -139,10 +139,11 @@ def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dic
     u = dataclasses.replace(u, fingerprint=lambda: fp)
     teacher = _model(select["teacher"], device=device, checksum=checksums["teacher"])
     student = _model(select["student"], device=device, checksum=checksums["student"])
-    path, quarantined, n_in, hit = score_unit(u, teacher, student, config=ScoreConfig(**score_config),
-                                              device=device, cache=cache)
+    # the process's decode workers (kdata.models.decode_pool.DecodeService) serve every unit's task
+    [(path, quarantined, n_in, hit)], info = score_units([u], teacher, student, config=ScoreConfig(**score_config),
+                                                         device=device, cache=cache)
     return {"unit": unit["name"], "path": str(path), "quarantined": [list(q) for q in quarantined],
-            "n_in": n_in, "score_cache_hit": hit}
+            "n_in": n_in, "score_cache_hit": hit, "decode_pids": info["decode_pids"].get(u.name, [])}
 
 
 def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:
@@ -253,13 +254,14 @@ def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
             futures = [scorer.submit(select, u, **args) for u in units]
     else:
         futures = [scorer.submit(select, u, **args) for u in units]
-    scored, failed, states = [], [], {}
+    scored, failed, states, pids = [], [], {}, {}
     for u, fut in zip(units, futures):
         fut.wait()
         state = fut.state
         states[u["name"]] = state.name
         if state.is_completed():
             scored.append(fut.result())
+            pids[u["name"]] = scored[-1].get("decode_pids", [])
         else:
             try:
                 fut.result()
@@ -275,7 +277,8 @@ def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
     create_table_artifact(rows, key=key + "-counts", description="counts by decision/reason, class balance, shards")
     print(md)
     return {"out": report["out"], "status": report["status"], "counts": report["counts"], "files": report["files"],
-            "units": states, "failed": [{"unit": f["unit"], "error": f["error"]} for f in failed]}
+            "units": states, "failed": [{"unit": f["unit"], "error": f["error"]} for f in failed],
+            "decode_pids": pids}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""One decode pipeline per scoring run: DataLoader workers that start once and read their own bytes.
+"""One decode pipeline per process: DataLoader workers that start once and read their own bytes.
 
 A run feeds a stream of ``BatchTask`` (unit, row range, the unit's small picklable plan) to one
-``DataLoader``; its workers start when the first task is needed and stay up until the last unit
-is done, so the worker start-up is paid once per run, not once per unit. Each task is one
+``DataLoader`` with persistent workers (``DecodeService``); they start when the first task is
+needed and stay up for every later unit and every later scoring call of the process (a flow's
+per-unit tasks), so the worker start-up is paid once, not once per unit. Each task is one
 model batch: rows ``[start, stop)`` of one unit, the same batches a per-unit loader would make,
 so scores stay bit-identical. A worker reads the rows itself (``UnitRows.read_rows``: a file, a
 tar member, a Parquet row range), decodes them and returns, per preprocessing key, the batch
@@ -16,6 +17,7 @@ bytes, and the scoring process decodes them in one batched call on the GPU
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -169,18 +171,62 @@ class TaskStream:
         return self.tasks
 
 
+class DecodeService:
+    """Decode workers kept up across the scoring calls of one process.
+
+    A flow scores one pool unit per task (units are the grain of Prefect's caching and retries);
+    without this, every task would start its own workers. The service's DataLoader has persistent
+    workers: ``iterate(tasks)`` points its task stream at the next call's tasks and resumes the same
+    processes. One call at a time (``lock``): concurrent tasks of a thread-pool runner take turns,
+    which costs nothing since they would share the same cores. A call that fails ``discard``s it."""
+
+    def __init__(self, keys: list[tuple], *, num_workers: int, pin: bool, max_pixels: int | None,
+                 gpu_jpeg: bool, normalised: bool, prefetch: int = 2):
+        self.stream = TaskStream(iter(()))
+        decoder = TaskDecoder(keys, max_pixels=max_pixels, gpu_jpeg=gpu_jpeg, normalised=normalised)
+        self.loader = DataLoader(decoder, batch_size=None, sampler=self.stream, num_workers=num_workers,
+                                 collate_fn=_as_is, pin_memory=pin, prefetch_factor=prefetch,
+                                 persistent_workers=True, multiprocessing_context=worker_context(num_workers))
+        self.lock = threading.Lock()
+        self.started = False
+
+    def iterate(self, tasks: Iterable[BatchTask]) -> Iterator[dict]:
+        """Decoded batches of ``tasks``, by this service's workers (started by the first call)."""
+        self.stream.tasks = iter(tasks)
+        it = iter(self.loader)
+        self.started = True
+        return it
+
+    def close(self) -> None:
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None:
+            it._shutdown_workers()  # noqa: SLF001  (torch offers no public way to stop persistent workers)
+            self.loader._iterator = None
+
+
+_SERVICES: dict[tuple, DecodeService] = {}
+_SERVICES_LOCK = threading.Lock()
+
+
+def decode_service(keys: list[tuple], *, num_workers: int, pin: bool = False,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False,
+                   normalised: bool = True) -> DecodeService:
+    """This process's ``DecodeService`` for these settings (created on first use, then reused)."""
+    key = (tuple(keys), num_workers, pin, max_pixels, gpu_jpeg, normalised)
+    with _SERVICES_LOCK:
+        if key not in _SERVICES:
+            _SERVICES[key] = DecodeService(keys, num_workers=num_workers, pin=pin, max_pixels=max_pixels,
+                                           gpu_jpeg=gpu_jpeg, normalised=normalised)
+        return _SERVICES[key]
+
+
+def discard_service(service: DecodeService) -> None:
+    """Stop a service whose call failed (its workers may be mid-task or dead); the next call starts anew."""
+    with _SERVICES_LOCK:
+        for key in [k for k, v in _SERVICES.items() if v is service]:
+            del _SERVICES[key]
+    service.close()
+
+
 def _as_is(item):
     return item
-
-
-def decode_loader(tasks: Iterable[BatchTask], keys: list[tuple], *, num_workers: int, pin: bool = False,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False, normalised: bool = True,
-                  prefetch: int = 2) -> DataLoader:
-    """One DataLoader over a whole run's tasks: ``num_workers`` workers (0: decode in this process)
-    started once, each holding at most ``prefetch`` decoded batches ahead of the consumer."""
-    decoder = TaskDecoder(keys, max_pixels=max_pixels, gpu_jpeg=gpu_jpeg, normalised=normalised)
-    return DataLoader(decoder, batch_size=None,
-                      sampler=TaskStream(iter(tasks)), num_workers=num_workers, collate_fn=_as_is,
-                      pin_memory=pin, prefetch_factor=prefetch if num_workers else None,
-                      multiprocessing_context=worker_context(num_workers))
-

@@ -2,7 +2,7 @@
 
 ``ScoringRun`` drives ``kdata.models.decode_pool``: a lazy task stream (in this process) walks the
 units in order, skips cached ones, locks the cache entry of each unit it feeds and cuts it into
-batches; one DataLoader (workers started once) decodes them; the loop below forwards each batch,
+batches; one DataLoader (workers started once per process, ``DecodeService``) decodes them; the loop below forwards each batch,
 computes the statistics on the scoring device and hands each unit, once its last batch is in, to
 ``on_unit`` (write the cache entry, release the lock). A crash loses at most the units in flight.
 
@@ -25,7 +25,7 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.stats import disagreement
-from kdata.models.decode_pool import BatchTask, FailedRows, decode_loader, decode_task
+from kdata.models.decode_pool import BatchTask, FailedRows, decode_service, decode_task, discard_service
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
 
@@ -113,22 +113,38 @@ class ScoringRun:
                 yield BatchTask(st.index, s, stop, plan.part(s, stop), s == starts[-1])
 
     def run(self, states: list[UnitState], tasks: Iterator[BatchTask], *, num_workers: int) -> None:
-        """Decode and score every task; each unit goes to ``on_unit`` as soon as its last batch is back."""
+        """Decode and score every task; each unit goes to ``on_unit`` as soon as its last batch is back.
+
+        Workers belong to this process's ``DecodeService`` (started by the first run that needs them,
+        resumed by every later one: a flow's per-unit tasks share them). While they start, this
+        process decodes the first batch itself, so the forward pass starts at once."""
+        if not num_workers:
+            self.consume(states, (decode_task(t, self.keys, max_pixels=self.config.max_pixels,
+                                              gpu_jpeg=self.gpu_jpeg, normalised=not self.gpu) for t in tasks),
+                         worker=False)
+            return
+        service = decode_service(self.keys, num_workers=num_workers, pin=self.gpu, max_pixels=self.config.max_pixels,
+                                 gpu_jpeg=self.gpu_jpeg, normalised=not self.gpu)
+        with service.lock:
+            tasks = iter(tasks)
+            head = [] if service.started else [t for t in [next(tasks, None)] if t is not None]
+            try:
+                loader = service.iterate(tasks)  # workers start (or resume) now, in the background
+                first = (decode_task(t, self.keys, max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
+                                     normalised=not self.gpu) for t in head)
+                self.consume(states, itertools.chain(first, loader), worker=True)
+            except BaseException:
+                discard_service(service)
+                raise
+
+    def consume(self, states: list[UnitState], batches: Iterator[dict], *, worker: bool) -> None:
         by_index = {st.index: st for st in states}
-        tasks = iter(tasks)
-        head = [t for t in [next(tasks, None)] if t is not None] if num_workers else []
-        loader = iter(decode_loader(tasks, self.keys, num_workers=num_workers, pin=self.gpu,
-                                    max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
-                                    normalised=not self.gpu))  # the workers start now, in the background
-        # ...while this process decodes the first batch itself, so the forward pass starts at once
-        first = (decode_task(t, self.keys, max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
-                             normalised=not self.gpu) for t in head)
         in_flight = 1 if self.gpu else 0
         pending: deque[Pending] = deque()
-        for out in itertools.chain(first, loader):
+        for out in batches:
             if "fatal" in out:
                 raise KdataError(out["fatal"])
-            pending.append(self.step(by_index[out["unit"]], out, worker=bool(num_workers)))
+            pending.append(self.step(by_index[out["unit"]], out, worker=worker))
             while len(pending) > in_flight:
                 self.collect(pending.popleft())
         while pending:

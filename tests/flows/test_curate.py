@@ -207,6 +207,20 @@ def test_curate_on_a_two_worker_dask_local_cluster(curate_mod, first_run, tmp_pa
     assert _shard_hashes(tmp_path / "dask") == _shard_hashes(first_run)
 
 
+def test_flow_units_share_one_set_of_decode_workers(curate_mod, first_run, tmp_path):
+    """One Prefect task per unit, yet the decode workers start once: every unit's batches come from
+    the same two worker processes (kdata.models.decode_pool.DecodeService), and the dataset is the same."""
+    import os
+
+    cfg = read_manifest(first_run)["config"]
+    result = curate_mod.run_curate(cfg, out=str(tmp_path / "w2"), run={"device": "cpu", "cache": False, "num_workers": 2})
+    pids = result["decode_pids"]
+    assert len(pids) == 4 and set(result["units"].values()) == {"Completed"}
+    seen = {pid for unit_pids in pids.values() for pid in unit_pids}  # a restart would bring new PIDs
+    assert len(seen) == 2 and os.getpid() not in seen and all(pids.values()), pids
+    assert _shard_hashes(tmp_path / "w2") == _shard_hashes(first_run)
+
+
 def test_serve_with_schedule_and_run_deployment(prefect_api, first_run, pool_dir, tmp_path):
     import yaml
     from prefect.deployments import run_deployment

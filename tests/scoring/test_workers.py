@@ -269,3 +269,19 @@ def test_device_preprocessing_follows_the_cpu_path_pixel_for_pixel_closely():
             want = torch.stack([decode_multi(d, keys)[k] for d in datas])
             levels = ((got[k] - want) * torch.tensor(k[2]).reshape(1, -1, 1, 1) * 255).abs()
             assert levels.mean() < 1.0, (k, levels.mean())
+
+
+def test_successive_scoring_calls_reuse_the_decode_workers(tmp_path, cache, models):
+    """A flow scores one unit per task: the process's decode workers serve every call, none restarts."""
+    from kdata.scoring.score import score_units
+
+    teacher, student = models
+    root = make_image_folder(tmp_path / "pool", n=24)
+    pool = open_image_folder(str(root), unit_files=8)
+    cfg = ScoreConfig(batch_size=4, num_workers=2)
+    seen = []
+    for u in pool.units:
+        _, info = score_units([u], teacher, student, config=cfg, cache=False)
+        seen.append(set(info["decode_pids"][u.name]))
+    workers = set().union(*seen)
+    assert len(workers) == 2 and os.getpid() not in workers and all(seen)
