@@ -26,6 +26,9 @@ def register(sub) -> None:
     g.add_argument("--precision", type=float, default=None, help="target precision instead of recall")
     f.add_argument("--val-frac", type=float, default=0.3, help="validation fraction for the threshold (default 0.3)")
     f.add_argument("--no-embedding", action="store_true", help="use only the score features, not the embedding")
+    f.add_argument("--embedder", default=None, metavar="hf:PATH",
+                   help="text: a local transformers encoder (or sentence-transformers directory) whose mean-pooled "
+                        "hidden states join the teacher/student statistics as features")
     f.add_argument("--out", required=True, help="directory for critic.npz + critic.json")
     f.set_defaults(func=run_fit)
     a = cs.add_parser("apply", help="score samples with a fitted critic")
@@ -45,7 +48,38 @@ def _source_options(p) -> None:
     p.add_argument("--student", default="builtin:digits-student")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--model-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="text models' weights: auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def is_text(args) -> bool:
+    """A text critic: the teacher is a text model (hf:PATH, builtin:text-*)."""
+    from kdata.models.hf import is_text_spec
+
+    return is_text_spec(args.teacher)
+
+
+def load_text_source(args):
+    """(text scores table, texts, quarantined) of the pool ``--scores-from`` under --teacher/--student
+    (causal LMs, scored as ``kdata select`` scores a text pool, cached per unit)."""
+    from kdata.models.base import pick_device
+    from kdata.models.hf import load_text_model
+    from kdata.pools.spec import open_pool
+    from kdata.scoring.text import TextScoreConfig, score_text_pool, text_models
+    from kdata.selection.critic_text import texts_from_pool
+
+    pool = open_pool(args.scores_from)
+    device = pick_device(args.device)
+    models = text_models(*(load_text_model(s, device=device, precision=args.model_precision)
+                           for s in (args.teacher, args.student)))
+    if models.kind != "causal_lm":
+        from kdata.core.errors import KdataError
+
+        raise KdataError(f"--teacher {args.teacher}: a text critic scores generated text with causal LMs")
+    scores, quarantined, _ = score_text_pool(pool, models, config=TextScoreConfig(batch_size=args.batch_size),
+                                             device=device)
+    return scores, texts_from_pool(pool, scores.column("sample_id").to_pylist()), quarantined
 
 
 def load_source(args):
@@ -63,8 +97,7 @@ def load_source(args):
         from kdata.scoring.byo import load_scores
 
         return load_scores(str(path))[0]
-    from kdata.models.spec import pick_device
-    from kdata.models.spec import load_model
+    from kdata.models.spec import load_model, pick_device
     from kdata.pools.spec import open_pool
     from kdata.scoring.score import ScoreConfig, check_models, score_pool
 
@@ -80,21 +113,33 @@ def run_fit(args) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from kdata.selection.critic_model import feature_matrix, fit_critic, read_labels
     from kdata.core.errors import KdataError
+    from kdata.selection.critic_model import feature_matrix, fit_critic, read_labels
 
     labels = read_labels(args.labels)
-    scores = load_source(args)
+    text = is_text(args)
+    scores, texts, _ = load_text_source(args) if text else (load_source(args), None, None)
     ids = scores.column("sample_id").to_pylist()
     rows = [i for i, s in enumerate(ids) if s in labels]
     missing = len(labels) - len(rows)
     if not rows:
         raise KdataError(f"{args.labels}: none of the labelled sample ids are in {args.scores_from}")
     sub = scores.take(pa.array(rows))
-    X, names = feature_matrix(sub, embedding=False if args.no_embedding else None)
+    if text:
+        from kdata.selection.critic_text import text_feature_matrix
+
+        X, names = text_feature_matrix(sub, embedder=args.embedder, texts=[texts[i] for i in rows],
+                                       device=_device(args))
+    else:
+        X, names = feature_matrix(sub, embedding=False if args.no_embedding else None)
     y = np.array([labels[ids[i]] for i in rows])
     recall = args.recall if args.recall is not None or args.precision is not None else 0.8
     crit = fit_critic(X, y, feature_names=names, recall=recall, precision=args.precision, val_frac=args.val_frac)
+    if text:
+        from kdata.selection.critic_text import embedder_info
+
+        crit.text = {"kind": "text", "teacher": args.teacher, "student": args.student,
+                     **(embedder_info(args.embedder, device=_device(args)) if args.embedder else {})}
     crit.save(args.out)
     out = {"out": args.out, "n_labelled": len(rows), "n_missing": missing, "features": len(names),
            "threshold": crit.threshold, "target": crit.target, **crit.metrics}
@@ -116,11 +161,17 @@ def run_apply(args) -> int:
     from kdata.selection.critic_model import load_critic
 
     crit = load_critic(args.critic).with_target(recall=args.recall, precision=args.precision)
-    scores = load_source(args)
-    prob = crit.score(scores)
+    if crit.is_text:
+        if not is_text(args):  # the models the critic was fitted with, unless others are given
+            args.teacher, args.student = crit.text.get("teacher"), crit.text.get("student")
+        scores, texts, _ = load_text_source(args)
+        prob = crit.score(scores, texts=texts, device=_device(args))
+    else:
+        scores, texts = load_source(args), None
+        prob = crit.score(scores)
     acc = prob >= crit.threshold
     table = pa.table({"sample_id": scores.column("sample_id"), "p_accept": pa.array(prob, pa.float32()),
-                      "accept": pa.array(acc)})
+                      "accept": pa.array(acc), **({"text": pa.array(texts, pa.string())} if texts is not None else {})})
     if str(args.out).endswith(".csv"):
         import pyarrow.csv as pcsv
 
@@ -136,3 +187,9 @@ def run_apply(args) -> int:
     else:
         print(f"kdata: {int(acc.sum())} of {len(prob)} accepted (threshold {crit.threshold:.4f}) → {args.out}")
     return 0
+
+
+def _device(args):
+    from kdata.models.base import pick_device
+
+    return pick_device(args.device)

@@ -33,6 +33,10 @@ def register(sub) -> None:
                    help="semantic: remove this fraction of the rows instead of using a threshold")
     p.add_argument("--out", required=True, help="output directory for the deduplicated dataset")
     p.add_argument("--teacher", default=None, help="model for semantic embeddings (default: the manifest's teacher)")
+    p.add_argument("--embedder", default=None, metavar="hf:PATH",
+                   help="text datasets: sentence-embedding model for near/semantic (a local sentence-transformers "
+                        "or transformers directory); exact text dedup compares NFKC, case-folded, "
+                        "whitespace-collapsed text")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the similarity search (near) and the k-means clustering (semantic)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -54,7 +58,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     with stage(progress_printer(args.quiet or args.json), "deduplicating"):
         report = dedup_dataset(shards, out=args.out, level=level, threshold=args.dedup_threshold,
-                               frac=args.dedup_frac, seed=args.seed, teacher=args.teacher, device=args.device)
+                               frac=args.dedup_frac, seed=args.seed, teacher=args.teacher, device=args.device,
+                               embedder=args.embedder)
     report.seconds = report.seconds or time.perf_counter() - t0  # "already complete" runs report 0
     if args.json:
         emit_json(report.to_dict())

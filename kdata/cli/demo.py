@@ -18,10 +18,15 @@ def register(sub) -> None:
     p.add_argument("--budget", default="0.3",
                    help="rows to keep: a count (200), a fraction (0.3) or a percentage (30%%) of the pool")
     p.add_argument("--seed", type=int, default=0, help="seed of the selection and of the students' training")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
-                   help="epochs of distillation for each of the two students")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs of distillation for each of the two students (default: {DEMO_EPOCHS}); "
+                        "6 with --text")
     p.add_argument("--no-train", action="store_true",
                    help="skip distilling the student on the curated set and on a random set of the same size")
+    p.add_argument("--text", action="store_true",
+                   help="the text job instead: builtin:text-web (Python docstrings shaped like web text) with the "
+                        "built-in teacher/student/reference LMs (trained on first use, well under a minute); "
+                        "prints held-out perplexity of students distilled on the curated and a random set")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars on stderr (they are also off when stderr is not a terminal)")
@@ -30,11 +35,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from kdata.core.errors import KdataError
-    from kdata.pipeline.demo import run_demo
+    from kdata.pipeline.demo import DEMO_EPOCHS, run_demo
 
-    if args.epochs < 1:
-        raise KdataError(f"--epochs {args.epochs}: must be at least 1")
-    result = run_demo(out=args.out, budget=args.budget, seed=args.seed, epochs=args.epochs,
+    if args.text:
+        from kdata.pipeline.demo_text import DEMO_EPOCHS as TEXT_EPOCHS
+        from kdata.pipeline.demo_text import run_text_demo as run_demo  # the text job
+    epochs = args.epochs if args.epochs is not None else (TEXT_EPOCHS if args.text else DEMO_EPOCHS)
+    if epochs < 1:
+        raise KdataError(f"--epochs {epochs}: must be at least 1")
+    result = run_demo(out=args.out, budget=args.budget, seed=args.seed, epochs=epochs,
                       progress=progress_printer(args.quiet), train=not args.no_train)
     if args.json:
         emit_json(result)

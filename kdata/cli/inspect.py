@@ -84,8 +84,45 @@ def _f(v, nd: int = 3) -> str:
 def render(s: dict, console) -> None:
     """The terminal summary: a header line, then rich tables."""
     for part in (_header, _decisions, _class_balance, _score_quantiles, _agreement, _integrity, _card, _examples,
-                 _grid):
+                 _text, _grid):
         part(s, console)
+
+
+def _text(s: dict, console) -> None:
+    """Text runs (``kdata.report.text_run``): kept/rejected texts, domain mixture, perplexity quantiles."""
+    from rich.table import Table
+
+    tx = s.get("text")
+    if not tx:
+        return
+    for title, rows, first in (("kept texts (best ranked)", tx["kept_texts"], "rank"),
+                               ("rejected texts (by reason)", tx["rejected_texts"], "reason")):
+        if rows:
+            t = Table(title=title, title_justify="left")
+            for col in (first, "sample_id", "text"):
+                t.add_column(col, overflow="fold")
+            for r in rows:
+                t.add_row(_f(r.get(first)), r["sample_id"], _f(r.get("text")))
+            console.print(t)
+    if tx["domain_mixture"]:
+        t = Table(title="domain mixture, pool → kept", title_justify="left")
+        for col in ("domain", "pool", "pool %", "kept", "kept %"):
+            t.add_column(col, justify="left" if col == "domain" else "right")
+        for r in tx["domain_mixture"]:
+            pct = [None if v is None else 100 * v for v in (r["pool_share"], r["kept_share"])]
+            t.add_row(r["domain"], _f(r["pool"]), _f(pct[0], 1), _f(r["kept"]), _f(pct[1], 1))
+        console.print(t)
+    if tx["perplexity"]:
+        t = Table(title="perplexity (exp mean token NLL), pool vs kept", title_justify="left")
+        for col in ("model", "rows", "n", "p10", "p50", "p90"):
+            t.add_column(col, justify="left" if col in ("model", "rows") else "right")
+        for who, v in tx["perplexity"].items():
+            for where in ("pool", "kept"):
+                q = v.get(where) or {}
+                t.add_row(who, where, _f(q.get("n")), *(_f(q.get(k), 2) for k in ("p10", "p50", "p90")))
+        console.print(t)
+    if tx.get("note"):
+        console.print(f"note: {tx['note']}", markup=False)
 
 
 def _header(s: dict, console) -> None:

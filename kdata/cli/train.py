@@ -23,7 +23,8 @@ def register(sub) -> None:
                                    "DIR-student beside DIR.")
     add_dataset_dir(p, help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--student", default="builtin:digits-student",
-                   help="student spec: builtin:…, a .pt2/.pt export or timm:ARCH:CKPT (its weights are the start)")
+                   help="student spec: builtin:…, a .pt2/.pt export or timm:ARCH:CKPT (its weights are the start); "
+                        "text shards: hf:PATH or builtin:text-student (the default for causal-LM shards)")
     p.add_argument("--eval", default=None, metavar="EVAL",
                    help="labelled evaluation set: builtin:digits-test, an image folder or a Parquet pool with labels; "
                         f"`none` for no evaluation (default: {BUILTIN_EVAL} for a builtin:digits-* student, "
@@ -32,7 +33,11 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help=f"distillation temperature (default: {d.temperature})")
     p.add_argument("--alpha", type=float, default=None,
-                   help=f"weight of the KD term vs CE on web labels (default: {d.alpha})")
+                   help="weight of the KD term vs CE on web labels (default: chosen by the kept fraction in DIR's "
+                        "manifest, larger for smaller subsets; see docs/training.md)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="train for exactly N optimiser steps whatever the data size (equal-steps comparisons); "
+                        "the epochs follow and --epochs is ignored")
     p.add_argument("--loss", choices=["kd", "nkd"], default=None,
                    help=f"kd (Hinton) or nkd (normalized KD, arXiv 2303.13005) (default: {d.loss})")
     p.add_argument("--batch-size", type=int, default=None, help=f"rows per optimiser step (default: {d.batch_size})")
@@ -72,6 +77,10 @@ def run(args) -> int:
     from kdata.training.train import TrainConfig
 
     shards = dataset_dir(args, "train")
+    from kdata.cli.train_text import is_text_run, run_text
+
+    if is_text_run(args.student, shards):  # hf:/builtin:text-* student or text shards
+        return run_text(args, shards)
     workers = args.workers
     if workers != "auto":
         try:
@@ -80,8 +89,8 @@ def run(args) -> int:
             raise KdataError(f"--workers {workers}: expected a number or auto") from None
     if args.reselect_every < 0:
         raise KdataError("--reselect-every must be ≥ 0")
-    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "temperature", "alpha", "loss", "seed")
-             if getattr(args, k) is not None}  # unset options keep TrainConfig's defaults
+    names = ("epochs", "batch_size", "lr", "temperature", "alpha", "loss", "seed", "steps")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}  # unset: the defaults
     cfg = TrainConfig(**given, reinit=args.reinit, workers=workers, device=args.device,
                       reselect_every=args.reselect_every, keep_best=not args.keep_last)
     log = train_student(shards=shards, student=args.student, eval=eval_spec(args.eval, args.student), config=cfg,
@@ -97,7 +106,9 @@ def run(args) -> int:
 def summary(log: dict) -> list[str]:
     """What a person needs after training: accuracy before → after, which weights were kept, where."""
     lines = [(f"kdata: trained {log['student']} on {log['n_train']} rows for {log['epochs']} epochs "
-              f"in {log['seconds']:.1f}s")]
+              f"({log.get('steps', '?')} optimiser steps) in {log['seconds']:.1f}s")]
+    if log.get("alpha"):
+        lines.append(f"  α = {log['alpha']['value']}: {log['alpha']['reason']}")
     if log.get("accuracy") is not None:
         last = log.get("accuracy_last", log["accuracy"])
         lines.append(f"  accuracy on {log['eval']} ({log['n_eval']} images): before training "

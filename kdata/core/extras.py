@@ -11,6 +11,7 @@ EXTRAS = {
     "clip": "open_clip models (open_clip:ARCH:WEIGHTS)",
     "timm": "timm models (timm:ARCH:CHECKPOINT)",
     "gpu": "faiss GPU indexes",
+    "text": "Hugging Face text models (hf:PATH, builtin:text-*)",
 }
 
 

@@ -39,6 +39,8 @@ def check_accounting(counts: dict) -> None:
 
 
 CARRIED = ("label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts")
+# causal-LM text runs: the sequence NLLs of every scored row (the card's pool perplexity quantiles)
+CARRIED += ("teacher_nll", "student_nll", "reference_nll")
 
 
 def build_decisions(rows: pa.Table, *, decision, reason, stage, class_names: list[str] | None = None,

@@ -185,6 +185,9 @@ def _check_shard_rows(out: Path, paths: list[Path], decisions: pa.Table, manifes
     shard_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
     synthetic = pc.fill_null(pc.equal(pa.concat_arrays(kinds), SYNTHETIC), False) if kinds \
         else pa.array([], pa.bool_())
+    # teacher-written rows that are input samples themselves (``kdata generate``) have a decision: not HARD rows
+    decided = pc.is_in(shard_ids, value_set=decisions.column("sample_id").cast(pa.string()).combine_chunks())
+    synthetic = pc.and_(synthetic, pc.invert(decided))
     original = pc.filter(shard_ids, pc.invert(synthetic))
     n_synth = len(shard_ids) - len(original)
     where = out / "manifest.json"

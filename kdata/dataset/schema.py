@@ -104,6 +104,18 @@ SHARD_SCHEMA = pa.schema(
         pa.field("rank", pa.int32()),  # 0 = best ranked by the selection
     ]
 )
+# Causal-LM text runs: sequence-level and per-token columns of the scores table and the shards
+# (docs/text.md). Per token, over the teacher's tokens: ``input_ids`` (L), the teacher's top-k next
+# tokens after input_ids[:t+1] with their log-probs (L−1 lists of k) and the leftover mass (L−1).
+TEXT_LM_COLUMNS = {
+    **{name: _f32 for name in ("teacher_nll", "student_nll", "reference_nll", "teacher_nll_sum",
+                               "student_nll_sum", "reference_nll_sum", "teacher_entropy", "kl_ts")},
+    "n_tokens": pa.int32(),
+    "input_ids": pa.list_(pa.int32()),
+    "teacher_topk_ids": pa.list_(pa.list_(pa.int32())),
+    "teacher_topk_logprobs": pa.list_(pa.list_(pa.float16())),
+    "teacher_rest_mass": pa.list_(pa.float16()),
+}
 # Per-method scores ride along as extra float32 columns named ``score_<method>``.
 SCORE_PREFIX = "score_"
 
@@ -124,6 +136,8 @@ DECISIONS_SCHEMA = pa.schema(
         pa.field("kl_ts", _f32),
     ]
 )
+# Optional decisions columns: the sequence NLLs of causal-LM text runs (pool perplexity in the card).
+DECISIONS_OPTIONAL = {"teacher_nll": _f32, "student_nll": _f32, "reference_nll": _f32}
 
 
 def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:

@@ -37,6 +37,7 @@ from kdata.core.lock import Lock, acquire, current, pid_alive
 from kdata.core.version import __version__
 from kdata.dataset.integrity import DECISIONS_FILE, check_dataset, file_entry
 from kdata.dataset.schema import (
+    DECISIONS_OPTIONAL,
     DECISIONS_SCHEMA,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
@@ -282,7 +283,7 @@ def write_decisions(table: pa.Table, path: str | os.PathLike, *, rel: str | None
     """Write the decisions table (atomic) and return its manifest entry {path, rows, bytes, sha256}
     for ``build_manifest(decisions=...)``; ``rel`` is its path inside OUT (default: its name)."""
     path = Path(path)
-    table = conform(table, DECISIONS_SCHEMA, keep_extra_prefix="score_")
+    table = conform(table, DECISIONS_SCHEMA, keep_extra_prefix="score_", extra=DECISIONS_OPTIONAL)
     write_parquet(path, table, row_group_size=8192)
     entry = file_entry(path, rel=rel or path.name)
     if entry["rows"] != table.num_rows:

@@ -32,6 +32,7 @@ import numpy as np
 
 from kdata.core.errors import KdataError
 from kdata.core.vectors import l2_normalize, rows_per_block, similar_pairs, spherical_kmeans
+from kdata.dedup.text import NEAR_SKIPPED, TEXT_DEFAULTS, pool_texts, text_embeddings, text_hash
 
 LEVELS = ("exact", "near", "semantic")
 PIXEL_SIZE = 16
@@ -75,7 +76,8 @@ def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool =
 
 
 def text_features(text: str | None) -> str:
-    return hashlib.sha256(b"text:" + (text or "").strip().encode()).hexdigest()
+    """Exact-dedup hash of a text: NFKC, case folded, whitespace collapsed (``kdata.dedup.text``)."""
+    return text_hash(text)
 
 
 def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | None]:
@@ -263,11 +265,13 @@ def check_options(level: str | None, *, threshold: float | None = None, frac: fl
 
 def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, embeddings: np.ndarray | None = None,
                  threshold: float | None = None, frac: float | None = None, seed: int = 0,
-                 n_clusters: int | None = None) -> DedupResult:
+                 n_clusters: int | None = None, near_default: float = NEAR_THRESHOLD,
+                 semantic_default: float = SEMANTIC_THRESHOLD) -> DedupResult:
     """Deduplicate rows given in rank order (best first) at ``level`` (and the levels before).
 
     ``hashes`` for exact, plus ``pixels`` (near-dup embeddings) for near, plus ``embeddings``
-    (model features) for semantic. ``threshold`` applies to the deepest level (near or semantic).
+    (model features) for semantic. ``threshold`` applies to the deepest level (near or semantic);
+    the others use ``near_default`` / ``semantic_default`` (text: ``kdata.dedup.text``).
     """
     level = check_options(level, threshold=threshold, frac=frac)
     n = len(hashes)
@@ -276,7 +280,7 @@ def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, e
     info: dict = {"level": level, "n_in": n, "removed": {"exact": int((dup_of >= 0).sum())}}
     if level in ("near", "semantic"):
         alive = np.flatnonzero(dup_of < 0)
-        t = NEAR_THRESHOLD if (threshold is None or level != "near") else float(threshold)
+        t = near_default if (threshold is None or level != "near") else float(threshold)
         i, j, s = similar_pairs(l2_normalize(pixels[alive]), threshold=t, seed=seed)
         sub = greedy_survivors(len(alive), i, j, s)
         hit = sub >= 0
@@ -295,7 +299,7 @@ def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, e
             removed = sub >= 0
             t = float(best[removed].min()) if removed.any() else None
         else:
-            t = SEMANTIC_THRESHOLD if threshold is None else float(threshold)
+            t = semantic_default if threshold is None else float(threshold)
             sub = semdedup_survivors(best, arg, threshold=t, n_remove=None)
         hit = sub >= 0
         dup_of[alive[hit]] = alive[sub[hit]]
@@ -315,12 +319,17 @@ def pipeline_dedup(cfg, pool):
     """The ``dedup`` callable ``selection.select`` runs on the alive candidates in rank order.
 
     Exact/near read payloads unit by unit from ``pool`` (hash + 16×16 pixel vector per candidate,
-    ~1 KB each); semantic also takes the scores table's ``embedding`` column.
-    Returns None when ``cfg.dedup`` is off.
+    ~1 KB each); semantic also takes the scores table's ``embedding`` column. Text pools hash
+    normalised text and embed the candidates with ``cfg.embedder`` for near/semantic
+    (``kdata.dedup.text``). Returns None when ``cfg.dedup`` is off.
     """
     level = check_options(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
     if level is None:
         return None
+    from kdata.pools.text import payload_kind
+
+    if payload_kind(pool) == "text":
+        return _text_run(cfg, pool, level)
 
     def run(view, order: np.ndarray) -> tuple[np.ndarray, dict]:
         ids = view.sample_ids[order]
@@ -333,6 +342,29 @@ def pipeline_dedup(cfg, pool):
             emb = view.col("embedding")[order]
         res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb,
                            threshold=cfg.dedup_threshold, frac=cfg.dedup_frac, seed=cfg.seed)
+        return res.dup_of, res.info
+
+    return run
+
+
+def _text_run(cfg, pool, level: str):
+    """The text pool's dedup callable: normalised-text hashes, embedder vectors for near/semantic."""
+    embedder = getattr(cfg, "embedder", None)
+
+    def run(view, order: np.ndarray) -> tuple[np.ndarray, dict]:
+        texts = pool_texts(pool, view.sample_ids[order])
+        hashes = [text_hash(t) for t in texts]
+        if level == "exact" or not embedder:
+            res = dedup_ranked(level="exact", hashes=hashes)
+            if level != "exact":
+                res.info.update(level=level, near=NEAR_SKIPPED)
+            return res.dup_of, res.info
+        from kdata.models.base import pick_device
+
+        vec = text_embeddings(texts, embedder, device=pick_device("auto"))
+        res = dedup_ranked(level=level, hashes=hashes, pixels=vec, embeddings=vec, threshold=cfg.dedup_threshold,
+                           frac=cfg.dedup_frac, seed=cfg.seed, **TEXT_DEFAULTS)
+        res.info["embedder"] = embedder
         return res.dup_of, res.info
 
     return run

@@ -41,6 +41,7 @@ from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
 from kdata.core.version import __version__
 from kdata.flows.config import DEFAULT_OUT, expand_out, load_config
+from kdata.flows.curate_text import empty_scores, score_text_unit_files, text_info, text_load
 from kdata.flows.runners import env_runner, retryable, task_runner
 from kdata.flows.summary import summary
 
@@ -50,13 +51,15 @@ from kdata.flows.summary import summary
 _MODELS: dict = {}
 
 
-def _model(spec: str, *, device, checksum: str | None = None):
+def _model(spec: str, *, device, checksum: str | None = None, **kw):
+    """``load_model`` through the per-process cache; ``kw`` (text models: precision, trust_remote_code,
+    max_length) is part of the key."""
     from kdata.models.spec import load_model
 
-    key = (spec, str(device))
+    key = (spec, str(device), *sorted(kw.items()))
     m = _MODELS.get(key)
     if m is None or (checksum and m.checksum != checksum):
-        m = load_model(spec, device=device)
+        m = load_model(spec, device=device, **kw)
         if checksum and m.checksum != checksum:
             raise KdataError(f"{spec}: model changed while the flow ran (checksum {m.checksum[:12]} != {checksum[:12]})")
         _MODELS[key] = m
@@ -93,17 +96,25 @@ def prepare_task(select: dict, out: str, run: dict) -> dict:
         return {"done": False, "units": [], "byo": True}
     prep = prepare(cfg, opts=_run_options(run), load=_model)
     units = [{"name": u.name, "path": u.path, "fingerprint": u.fingerprint()} for u in prep.pool.units]
-    return {"done": False, "units": units, "device": str(prep.device), "byo": False,
-            "checksums": {"teacher": prep.teacher.checksum, "student": prep.student.checksum},
-            "score_config": dataclasses.asdict(prep.score_cfg), "methods": prep.methods}
+    checksums = {"teacher": prep.teacher.checksum, "student": prep.student.checksum}
+    text = prep.extra.get("text_models")
+    if text is not None and text.reference is not None:
+        checksums["reference"] = text.reference.checksum
+    return {"done": False, "units": units, "device": str(prep.device), "byo": False, "checksums": checksums,
+            "score_config": dataclasses.asdict(prep.score_cfg), "methods": prep.methods,
+            "kind": "text" if text is not None else "image"}
 
 
 def score_cache_key(context, parameters: dict) -> str:
     """Prefect cache key of a scoring task: unit content, model checksums, scoring config, kdata version."""
     from kdata.scoring.score import ScoreConfig
+    from kdata.scoring.text import TextScoreConfig
 
+    text = parameters.get("kind") == "text"
+    config = (TextScoreConfig if text else ScoreConfig)(**parameters["score_config"]).key()
     payload = {"unit": parameters["unit"]["fingerprint"], "models": parameters["checksums"],
-               "config": ScoreConfig(**parameters["score_config"]).key(), "kdata": __version__,
+               "config": config, "kdata": __version__,
+               **({"kind": "text", "load": parameters.get("load")} if text else {}),
                "device": str(parameters.get("device", "cpu")).split(":")[0]}  # cpu/cuda scores differ
     return "kdata-score-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -119,8 +130,11 @@ def _result_storage() -> Path:
       retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=1),
       retry_condition_fn=lambda task, run, state: retryable(state))
 def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dict, device: str,
-                    cache: bool = True) -> dict:
-    """Score one pool unit into the per-unit score cache; returns its path, quarantine list and row count."""
+                    cache: bool = True, kind: str = "image", load: dict | None = None) -> dict:
+    """Score one pool unit into the per-unit score cache; returns its path, quarantine list and row count.
+
+    ``kind="text"``: Hugging Face text models (``load``: their precision / max_length / remote-code
+    options) through ``kdata.scoring.text.score_text_unit``, the scorer ``kdata select`` uses."""
     from kdata.pipeline.config import pool_limits
     from kdata.pools.spec import open_pool
     from kdata.scoring.score import ScoreConfig, score_units
@@ -137,6 +151,9 @@ def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dic
     if fp != unit["fingerprint"]:
         raise KdataError(f"{unit['name']}: changed while the flow ran (content hash differs)")
     u = dataclasses.replace(u, fingerprint=lambda: fp)
+    if kind == "text":
+        return score_text_unit_files(select, u, checksums, score_config, device, cache=cache, load=load or {},
+                                     model=_model)
     teacher = _model(select["teacher"], device=device, checksum=checksums["teacher"])
     student = _model(select["student"], device=device, checksum=checksums["student"])
     # the process's decode workers (kdata.models.decode_pool.DecodeService) serve every unit's task
@@ -178,7 +195,6 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kdata.dataset.schema import SCORES_SCHEMA
     from kdata.pipeline.curate import Scored, finish
     from kdata.pipeline.output import publish_card
     from kdata.pipeline.prepare import prepare
@@ -193,10 +209,14 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
         prep.pool = dataclasses.replace(prep.pool, units=[u for u in prep.pool.units if u.name in ok])
         tables = [pq.read_table(s["path"]) for s in scored]
         unit_q = [tuple(q) for f in failed for q in f["records"]]
-        result = Scored(scores=pa.concat_tables(tables) if tables else SCORES_SCHEMA.empty_table(),
-                        quarantined=[tuple(q) for s in scored for q in s["quarantined"]] + unit_q,
-                        info={"n_in": sum(s["n_in"] for s in scored) + len(unit_q), "units": len(units),
-                              "cache_hits": sum(bool(s["score_cache_hit"]) for s in scored)})
+        info = {"n_in": sum(s["n_in"] for s in scored) + len(unit_q), "units": len(units),
+                "cache_hits": sum(bool(s["score_cache_hit"]) for s in scored)}
+        if "text_models" in prep.extra:  # as kdata.scoring.text.score_text_pool concatenates and reports
+            tables = [t for t in tables if t.num_rows] or tables[:1]
+            info.update(text_info(prep))
+        result = Scored(scores=pa.concat_tables(tables, promote_options="default") if tables
+                        else empty_scores(prep),
+                        quarantined=[tuple(q) for s in scored for q in s["quarantined"]] + unit_q, info=info)
     report = finish(prep, result, out=out, before_commit=_pause_hook())
     return publish_card(report, opts.card_dir).to_dict()
 
@@ -247,6 +267,8 @@ def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
     use_gpu = device.startswith("cuda") if gpu is None else gpu
     args = {"checksums": prepared.get("checksums"), "score_config": prepared.get("score_config"),
             "device": device, "cache": cache}
+    if prepared.get("kind") == "text":
+        args.update(kind="text", load=text_load(_select_config(select), run))
     if use_gpu:
         import dask
 
@@ -351,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or (data.get("curate") or {}).get("out") or DEFAULT_OUT
         opts = run_options_from_args(args)
         run = {"device": opts.device, "batch_size": opts.batch_size, "num_workers": opts.num_workers,
-               "cache": opts.cache, "card_dir": opts.card_dir}
+               "cache": opts.cache, "card_dir": opts.card_dir, "trust_remote_code": opts.trust_remote_code}
         select = config_from_args(args).to_dict()
         check_inputs(select, run)
         result = run_curate(select, out=out, run=run, runner=_runner(args, data))

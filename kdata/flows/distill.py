@@ -10,6 +10,12 @@ student is saved beside the dataset (``runs/curated-X-student/``), never inside 
 
     python flows/curate.py --pool builtin:digits-web --out runs/curated-v1
     python flows/distill.py --data 'runs/curated-*' --eval builtin:digits-test
+
+Text datasets (shards with per-token soft labels, or a ``hf:PATH`` / ``builtin:text-*`` student) train
+with the text trainer (``kdata.training.text.train_text``, the function behind ``kdata train`` on
+text shards); the artifact then reports held-out perplexity (lower is better) or, for text
+classifiers, accuracy. The image defaults become ``builtin:text-student`` / ``builtin:text-test``
+on causal-LM shards.
 """
 
 from __future__ import annotations
@@ -29,6 +35,47 @@ from kdata.flows.runners import retryable
 
 RESULT_KEYS = ("accuracy", "accuracy_before", "accuracy_last", "kept", "worse_than_before", "n_train", "epochs",
                "seconds", "files")
+TEXT_RESULT_KEYS = ("kind", "metric", "perplexity", "perplexity_before", "perplexity_after", "accuracy",
+                    "accuracy_before", "accuracy_after", "worse_than_before", "n_train", "epochs", "steps",
+                    "seconds", "files", "eval", "n_eval")
+IMAGE_STUDENT, IMAGE_EVAL = "builtin:digits-student", "builtin:digits-test"
+TEXT_STUDENT, TEXT_EVAL = "builtin:text-student", "builtin:text-test"
+
+
+def text_run(shards: str, student: str, eval: str | None) -> tuple[str, str | None] | None:
+    """(student, eval) of a text run — the image defaults swapped for the text ones on causal-LM
+    shards — or None when ``shards`` and ``student`` are an image run."""
+    from kdata.models.hf import is_text_spec
+    from kdata.training.text_data import shard_kind
+
+    kind = shard_kind(shards)
+    if kind == "image" and not is_text_spec(student):
+        return None
+    if student == IMAGE_STUDENT:
+        if kind != "causal_lm":
+            raise KdataError(f"{shards}: text classifier shards: give the student (--student hf:PATH)")
+        student = TEXT_STUDENT
+    if eval == IMAGE_EVAL:
+        eval = TEXT_EVAL if kind == "causal_lm" else None
+    return student, eval
+
+
+def text_outcome(result: dict, *, eval: str | None) -> dict:
+    """``outcome`` for a text student: held-out perplexity (lower is better) or accuracy."""
+    metric = result.get("metric", "perplexity")
+    if metric != "perplexity":
+        return outcome({"accuracy": result.get("accuracy_after"), "accuracy_before": result.get("accuracy_before")},
+                       eval=eval)
+    before, after = result.get("perplexity_before"), result.get("perplexity_after")
+    if before is None or after is None:
+        return {"verdict": "not evaluated", "worse": None, "training_made_worse": None,
+                "message": "not evaluated: no eval set, so it is unknown whether the student improved"}
+    line = f"perplexity on {eval}: {before:.2f} before → {after:.2f} after ({after - before:+.2f})"
+    if after > before:
+        verdict, msg = "worse", f"WORSE: the student got worse; {line}. Do not use it; train longer or curate again."
+    else:
+        verdict, msg = ("improved", f"improved: {line}") if after < before else ("no gain", f"NOT improved: {line}")
+    return {"verdict": verdict, "worse": after > before, "training_made_worse": after > before, "message": msg}
 
 
 def train_options(*, epochs: int | None = None, seed: int | None = None, device: str | None = None) -> dict:
@@ -91,7 +138,13 @@ def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | Non
     from kdata.pools.spec import open_pool
 
     shards = latest_dataset(data)
-    train_options(epochs=epochs, seed=seed, device=device)
+    text = text_run(shards, student, eval)
+    if text is not None:
+        student, eval = text
+        if epochs is not None and epochs < 1:
+            raise KdataError(f"--epochs {epochs}: must be at least 1")
+    else:
+        train_options(epochs=epochs, seed=seed, device=device)
     student_dir(shards, out)
     load_model(student, device="cpu")
     if eval:
@@ -110,6 +163,16 @@ def train_task(shards: str, *, student: str, eval: str | None, train: dict, out:
     return {k: log[k] for k in RESULT_KEYS if k in log}
 
 
+@task(name="train-text-student", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=lambda task, run, state: retryable(state))
+def train_text_task(shards: str, *, student: str, eval: str | None, train: dict, out: str) -> dict:
+    """Train with the text trainer (the function behind ``kdata train`` on text shards); a JSON-able summary."""
+    from kdata.training.text import TextTrainConfig, train_text
+
+    log = train_text(shards=shards, student=student, eval=eval, config=TextTrainConfig(**train), out=out)
+    return {k: log[k] for k in TEXT_RESULT_KEYS if k in log}
+
+
 @flow(name="distill", log_prints=True)
 def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
             eval: str | None = "builtin:digits-test", epochs: int | None = None, seed: int = 0,
@@ -120,14 +183,21 @@ def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
     """
     logger = get_run_logger()
     shards = latest_dataset(data)
-    train = train_options(epochs=epochs, seed=seed, device=device)
+    text = text_run(shards, student, eval)
     target = student_dir(shards, out)
-    result = train_task(shards, student=student, eval=eval, train=train, out=target)
-    verdict = outcome(result, eval=eval)
+    if text is not None:  # a text student (kdata.training.text)
+        student, eval = text
+        train = {k: v for k, v in {"epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
+        result = train_text_task(shards, student=student, eval=eval, train=train, out=target)
+        verdict = text_outcome(result, eval=eval)
+    else:
+        train = train_options(epochs=epochs, seed=seed, device=device)
+        result = train_task(shards, student=student, eval=eval, train=train, out=target)
+        verdict = outcome(result, eval=eval)
     md = (f"# kdata distill: {verdict['verdict']}\n\n**{verdict['message']}**\n\n- dataset: `{shards}`\n"
           f"- student: `{student}` → `{target}`\n- eval: `{eval}`\n- epochs: {result.get('epochs')} on "
           f"{result.get('n_train')} rows\n")
-    create_markdown_artifact(md, key="distill-summary", description="student accuracy on the eval set")
+    create_markdown_artifact(md, key="distill-summary", description="student accuracy (text: perplexity) on the eval set")
     (logger.info if verdict["verdict"] == "improved" else logger.warning)("distill %s: %s", shards,
                                                                          verdict["message"])
     return {"data": shards, "out": target, **result, **verdict}

@@ -67,7 +67,16 @@ class SelectConfig:
                              kind=str)
     critic_recall: float | None = opt(None, "re-choose the critic's cut for this recall on its validation split",
                                       kind=float)
-    reference: str | None = opt(None, "reference model spec for --method miniplm", kind=str)
+    reference: str | None = opt(None, "reference model spec for --method miniplm (text: a causal LM, hf:PATH)",
+                                kind=str)
+    token_topk: int = opt(8, "text (causal LMs): teacher next-token soft labels kept per token", kind=int)
+    max_length: int | None = opt(None, "text: tokens per sample at most (default: min(512, the model's limit))",
+                                 kind=int)
+    max_text_chars: int = opt(200_000, "text: samples longer than this many characters are quarantined",
+                              kind=int)
+    embedder: str | None = opt(None, "text: sentence-embedding model for --dedup near/semantic on text (a local "
+                               "transformers or sentence-transformers directory; exact dedup needs none)",
+                               metavar="hf:PATH", kind=str)
     scores: str | None = opt(None, "bring-your-own predictions instead of models: sample_id + teacher/student "
                              "logits or top-k probabilities (docs/methods.md)", metavar="FILE.parquet", kind=str)
     follow_symlinks: bool = opt(False, "follow symlinks that leave the pool directory (devices are never read)",
@@ -105,6 +114,8 @@ class RunOptions:
     batch_size: int = opt(256, "samples per forward pass", kind=int)
     cache: bool = opt(True, "reuse cached scores", cli=False, kind=bool)
     progress: object = opt(None, "callable(stage, done=None, total=None)", cli=False)
+    trust_remote_code: bool = opt(False, "text models: allow a model directory's own Python code (auto_map); "
+                                  "refused otherwise", kind=bool)
     card_dir: str | None = opt(None, "also copy the data card to DIR/<dataset-name>.md", metavar="DIR", kind=str)
 
 
@@ -207,6 +218,7 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
         raise KdataError(f"{cfg.critic}: --critic directory not found")
     if cfg.scores and not Path(cfg.scores).exists():
         raise KdataError(f"{cfg.scores}: --scores file not found")
+    _validate_text(cfg)
     pool_limits(cfg)
     check_max_pixels(cfg.max_pixels)
     check_precision(cfg.precision)
@@ -216,6 +228,20 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
             raise KdataError(f"--{name.replace('_', '-')} {v}: must be an integer ≥ 1")
     if not isinstance(cfg.method_options, dict):
         raise KdataError(f"{where}: method_options must be a mapping of method name → options")
+
+
+def _validate_text(cfg: SelectConfig) -> None:
+    """The text options (``--token-topk``, ``--max-length``, ``--max-text-chars``)."""
+    for name, lo in (("token_topk", 1), ("max_text_chars", 1)):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise KdataError(f"--{name.replace('_', '-')} {v}: must be an integer ≥ {lo}")
+    if cfg.token_topk > 1024:
+        raise KdataError(f"--token-topk {cfg.token_topk}: at most 1024 soft labels per token")
+    if cfg.max_length is not None and (not isinstance(cfg.max_length, int) or cfg.max_length < 2):
+        raise KdataError(f"--max-length {cfg.max_length}: must be an integer ≥ 2 (tokens per sample)")
+    if cfg.embedder is not None and not str(cfg.embedder).startswith(("hf:", "builtin:text-")):
+        raise KdataError(f"--embedder {cfg.embedder}: expected a text model spec (hf:PATH or builtin:text-*)")
 
 
 def validate_run(opts: RunOptions, *, where: str = "config") -> None:

@@ -7,7 +7,7 @@ call it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -17,11 +17,11 @@ from kdata.augment.hard import EXCLUDED_FILE, manifest_section, pipeline_hard, w
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
 from kdata.dataset.decisions import build_decisions
-from kdata.dataset.schema import KEPT, REJECTED, SHARD_SCHEMA, conform
+from kdata.dataset.schema import KEPT, REJECTED, SHARD_SCHEMA, TEXT_LM_COLUMNS, conform
 from kdata.dedup.faiss_dedup import pipeline_dedup
 from kdata.pipeline.needs import Context, method_options
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
-from kdata.pipeline.prepare import Prepared
+from kdata.pipeline.prepare import Prepared, resolve_dedup
 from kdata.pools.spec import Pool
 from kdata.selection.balance import attach_domain
 from kdata.selection.run import Selection, parse_budget, select
@@ -58,7 +58,8 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
         t = unit.read()
         parts.append(t.filter(pc.is_in(t.column("sample_id"), value_set=wanted)))
     if not parts:  # --scores without --pool: the curated rows carry no payload
-        return conform(kept.append_column("kind", pa.array(["original"] * kept.num_rows)), SHARD_SCHEMA)
+        return conform(kept.append_column("kind", pa.array(["original"] * kept.num_rows)), SHARD_SCHEMA,
+                       extra=TEXT_LM_COLUMNS)
     payload = pa.concat_tables(parts)
     # line payload rows up with the (rank-ordered) scores; pyarrow's join has no list columns
     pos = pc.index_in(payload.column("sample_id"), value_set=wanted).to_numpy(zero_copy_only=False)
@@ -71,7 +72,13 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
     kind = kept.column("kind")
     if kind.null_count:
         kept = kept.set_column(kept.schema.get_field_index("kind"), "kind", pc.fill_null(kind, "original"))
-    return conform(kept, SHARD_SCHEMA)
+    return conform(kept, SHARD_SCHEMA, extra=TEXT_LM_COLUMNS)  # causal-LM text rows keep their token columns
+
+
+def _reference_model(prep: Prepared) -> dict:
+    """The text run's reference model for the manifest's ``models`` (none otherwise)."""
+    ref = getattr(prep.extra.get("text_models"), "reference", None)
+    return {"reference": ref.describe()} if ref is not None else {}
 
 
 def finish(prep: Prepared, scored: Scored, *, out: str, progress=None, before_commit=None) -> RunReport:
@@ -97,18 +104,19 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     ctx = Context(cfg=cfg, pool=prep.pool, teacher=teacher, student=prep.student, device=prep.device)
     sel = select(scores, methods=prep.methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
                  temperature=cfg.temperature, balance=prep.balance, options=method_options(prep.methods, ctx),
-                 dedup=pipeline_dedup(cfg, prep.pool))
+                 dedup=pipeline_dedup(replace(cfg, dedup=resolve_dedup(cfg)), prep.pool))
     decisions = build_decisions(scores, decision=np.where(sel.kept, KEPT, REJECTED), reason=sel.reason,
                                 stage=sel.stage, class_names=teacher.class_names, scores=sel.scores,
                                 quarantined=scored.quarantined)
     if decisions.num_rows != n_in:
         raise RuntimeError(f"accounting broken: pool has {n_in} samples, decisions cover {decisions.num_rows}")
     rows = curated_table(prep.pool, scores, sel)
-    extra = {"methods": prep.methods, "balance": prep.balance, "budget_rows": budget,
+    extra = {"methods": prep.methods, "balance": prep.balance, "dedup_level": resolve_dedup(cfg), "budget_rows": budget,
              "temperature": cfg.temperature, "topk": cfg.topk, "class_names": teacher.class_names,
              "pool": {"spec": cfg.pool, "units": len(prep.pool.units), "description": prep.pool.description},
              "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0),
-             "scoring": {k: scored.info[k] for k in ("device", "precision", "workers", "cuda_peak_bytes")
+             "scoring": {k: scored.info[k] for k in ("device", "precision", "workers", "cuda_peak_bytes", "kind",
+                                                     "max_length", "token_topk", "tokenizer_shared")
                          if k in scored.info}}  # what the recorded choices resolved to
     extra_files = {}
     if cfg.hard:  # HARD: K generated rows per kept row, critic-filtered, appended (kdata.augment.hard)
@@ -118,7 +126,8 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
         extra_files[EXCLUDED_FILE] = lambda path: write_excluded(hard, path)
     output = Output(rows=rows, decisions=decisions, config=cfg.to_dict(),
                     config_hash=config_hash,
-                    models={"teacher": teacher.describe(), "student": prep.student.describe()},
+                    models={"teacher": teacher.describe(), "student": prep.student.describe(),
+                            **_reference_model(prep)},
                     meta={"temperature": cfg.temperature, "topk": cfg.topk, "class_names": teacher.class_names,
                           "teacher": teacher.spec, "student": prep.student.spec},
                     extra=extra, extra_files=extra_files, rows_per_shard=cfg.rows_per_shard,

@@ -22,6 +22,7 @@ from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, validate_shard
 from kdata.dataset.writer import MANIFEST, read_manifest, read_shards, shard_meta, shard_paths
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images, payload_features
+from kdata.dedup.text import TEXT_DEFAULTS, text_embeddings
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.scoring.score import check_models
@@ -79,11 +80,13 @@ def _rows_per_shard(source: Source) -> int:
 
 
 def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None = None, frac: float | None = None,
-                  seed: int = 0, teacher: str | None = None, device: str = "auto") -> RunReport:
+                  seed: int = 0, teacher: str | None = None, device: str = "auto",
+                  embedder: str | None = None) -> RunReport:
     """``kdata dedup``: deduplicate a curated dataset into a new one; the better-ranked copy survives.
 
     Every input row is kept or rejected ``duplicate_of:<id>`` at stage ``dedup``. Semantic dedup
-    embeds the images with the source manifest's teacher (or ``teacher``).
+    embeds the images with the source manifest's teacher (or ``teacher``); a text dataset is hashed
+    on normalised text and, for near/semantic, embedded with ``embedder`` (``kdata.dedup.text``).
     """
     with exclusive(out):
         t0 = time.perf_counter()
@@ -95,13 +98,21 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         cfg = {"command": "dedup", "shards": str(source.path.resolve()), "source_config_hash": source.identity,
                "dedup": level, "dedup_threshold": threshold, "dedup_frac": frac, "seed": seed,
                "teacher": teacher if level == "semantic" else None}
+        table = source.rows
+        text = _is_text(table)
+        if text:
+            cfg.update(teacher=None, embedder=_text_embedder(embedder, level, shards=shards))
+        elif embedder:
+            raise KdataError(f"--embedder {embedder}: {shards} holds images; sentence embeddings dedup text")
         chash = hash_config(cfg)
         if (done := already_complete(out, chash)) is not None:
             return done
-        table = source.rows
-        hashes, pixels = payload_features(table, pixels=level != "exact")
-        emb = None
-        if level == "semantic":
+        hashes, pixels = payload_features(table, pixels=level != "exact" and not text)
+        emb, defaults = None, {}
+        if text and level != "exact":
+            emb = pixels = text_embeddings(table.column("text").to_pylist(), embedder, device=pick_device(device))
+            defaults = TEXT_DEFAULTS
+        elif level == "semantic":
             if not teacher:
                 raise KdataError(f"{shards}: the manifest names no teacher; pass --teacher SPEC for semantic dedup")
             if "image" not in table.column_names or table.column("image").null_count:
@@ -109,7 +120,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
             dev = pick_device(device)
             emb = embed_images(table.column("image").to_pylist(), load_model(teacher, device=dev), device=dev)
         res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb, threshold=threshold,
-                           frac=frac, seed=seed)
+                           frac=frac, seed=seed, **defaults)
         dup = res.dup_of >= 0
         ids = table.column("sample_id").to_pylist()
         decisions = build_decisions(table, decision=np.where(dup, REJECTED, KEPT),
@@ -126,6 +137,21 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         report = write_output(out, output)
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def _is_text(table: pa.Table) -> bool:
+    """Text rows (a ``text`` payload and no image payload)."""
+    has = lambda c: c in table.column_names and table.column(c).null_count < table.num_rows  # noqa: E731
+    return has("text") and not has("image")
+
+
+def _text_embedder(embedder: str | None, level: str, *, shards: str) -> str | None:
+    if level == "exact":
+        return None
+    if not embedder:
+        raise KdataError(f"{shards}: --level {level} on text compares sentence embeddings: give --embedder hf:PATH "
+                         "(or --level exact)")
+    return embedder
 
 
 def augment_dataset(shards: str, *, teacher: str, student: str, out: str, config: HardConfig = HardConfig(),

@@ -6,6 +6,8 @@ module maps every need to a provider that builds the method's extra options from
 * ``critic``    ← ``--critic DIR`` (path) and ``--critic-recall`` (re-chosen cut)
 * ``reference`` ← ``--reference SPEC``: the pool scored with the reference model (cached)
 * ``domains``   ← the pool's ``domain`` column as a sample_id → domain table
+* ``lm_domains`` ← the same, for causal-LM runs only (``coverage`` stratifies LM text by domain,
+  image runs by predicted class, so image pools are not read for it)
 
 Per-method ``SelectConfig.method_options`` override what the providers give.
 """
@@ -44,11 +46,13 @@ def pool_domains(pool) -> pa.Table | None:
 
 
 def _critic(ctx: Context) -> dict:
-    return {"path": ctx.cfg.critic, "recall": ctx.cfg.critic_recall}
+    return {"path": ctx.cfg.critic, "recall": ctx.cfg.critic_recall, "pool": ctx.pool}
 
 
 def _reference(ctx: Context) -> dict:
     cfg = ctx.cfg
+    if getattr(ctx.teacher, "kind", None) == "causal_lm":
+        return {}  # text: the reference's NLL is a column of the scores (kdata.scoring.text)
     if not cfg.reference:
         return {}  # miniplm falls back to per-token columns of --scores, or the student as reference
     if cfg.scores:
@@ -66,7 +70,11 @@ def _domains(ctx: Context) -> dict:
     return {"domains": dom} if dom is not None else {}
 
 
-PROVIDERS = {"critic": _critic, "reference": _reference, "domains": _domains}
+def _lm_domains(ctx: Context) -> dict:
+    return _domains(ctx) if getattr(ctx.teacher, "kind", None) == "causal_lm" else {}
+
+
+PROVIDERS = {"critic": _critic, "reference": _reference, "domains": _domains, "lm_domains": _lm_domains}
 
 
 def method_options(methods: list[str], ctx: Context) -> dict[str, dict]:

@@ -13,10 +13,11 @@ from kdata.core.errors import KdataError
 from kdata.models.files import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
+from kdata.pipeline.text import check_image_pool, is_text_run, prepare_text
 from kdata.pools.spec import Pool, open_pool
 from kdata.scoring.byo import ByoModel, load_with_checksum
 from kdata.scoring.score import ScoreConfig, check_models, resolve_precision
-from kdata.selection.recipes import DEFAULT_BALANCE, default_recipe
+from kdata.selection.recipes import DEFAULT_BALANCE, default_dedup, default_recipe
 from kdata.selection.run import parse_methods
 
 
@@ -48,14 +49,30 @@ def resolve_balance(cfg: SelectConfig) -> str | None:
     return None if cfg.balance in (None, "none") else cfg.balance
 
 
+def resolve_dedup(cfg: SelectConfig) -> str | None:
+    """``cfg.dedup``, or the default recipe's (exact + near when a pool is read) when both are left unset."""
+    if cfg.dedup is None and cfg.is_default_recipe:
+        return default_dedup(cfg)
+    return cfg.dedup
+
+
 def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_model) -> Prepared:
-    """Open the pool and load the models (``load(spec, device=)``; the flow passes a cached loader)."""
+    """Open the pool and load the models (``load(spec, device=)``, text models also with ``precision=``,
+    ``trust_remote_code=``, ``max_length=``; the flow passes a cached loader)."""
     methods, balance = resolve_methods(cfg), resolve_balance(cfg)
     if cfg.scores:
         return _prepare_byo(cfg, opts=opts, methods=methods, balance=balance)
+    if is_text_run(cfg):  # Hugging Face text models (kdata.pipeline.text)
+        check_text_dedup(cfg)
+        return prepare_text(cfg, opts=opts, methods=methods, balance=balance, prepared=Prepared,
+                            load=load)
+    if cfg.embedder:
+        raise KdataError(f"--embedder {cfg.embedder}: sentence embeddings dedup text pools; this run scores "
+                         "images (near/semantic image dedup uses pixels and the teacher's features)")
     pool = open_pool(cfg.pool, limits=pool_limits(cfg))
     if not pool.units:
         raise KdataError(f"{cfg.pool}: the pool is empty")
+    check_image_pool(pool, spec=cfg.pool)
     device = pick_device(opts.device)
     with pool_class_names(pool.class_names):  # zero-shot / sidecar-less models use the pool's classes
         teacher, student = load(cfg.teacher, device=device), load(cfg.student, device=device)
@@ -66,6 +83,18 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
                             precision=resolve_precision(cfg.precision, device))
     return Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,
                     score_cfg=score_cfg, device=device)
+
+
+def check_text_dedup(cfg: SelectConfig) -> None:
+    """An explicit ``--dedup near|semantic`` on text needs ``--embedder`` (one line, before any work);
+    the embedder directory must exist (``kdata.dedup.text``)."""
+    from kdata.models.hf import text_model_path
+
+    if cfg.dedup in ("near", "semantic") and not cfg.embedder:
+        raise KdataError(f"--dedup {cfg.dedup} on text compares sentence embeddings: give --embedder hf:PATH "
+                         "(a local sentence-transformers or transformers encoder), or --dedup exact")
+    if cfg.embedder and cfg.embedder.startswith("hf:") and not text_model_path(cfg.embedder).is_dir():
+        raise KdataError(f"--embedder {cfg.embedder}: model directory not found")
 
 
 def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], balance: str | None) -> Prepared:

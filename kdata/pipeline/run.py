@@ -16,6 +16,7 @@ from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_r
 from kdata.pipeline.curate import Scored, finish
 from kdata.pipeline.output import RunReport, already_complete, publish_card
 from kdata.pipeline.prepare import Prepared, prepare
+from kdata.pipeline.text import score_text
 from kdata.scoring.score import score_pool
 
 
@@ -24,6 +25,8 @@ def score(prep: Prepared, *, opts: RunOptions = RunOptions()) -> Scored:
     if prep.byo is not None:
         return Scored(scores=prep.byo, info={"n_in": prep.byo.num_rows, "units": 1, "cache_hits": 0})
     try:
+        if "text_models" in prep.extra:  # Hugging Face text models (kdata.pipeline.text)
+            return Scored(*score_text(prep, opts=opts))
         scores, quarantined, info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
                                                device=prep.device, cache=opts.cache, progress=opts.progress)
     except OSError as exc:

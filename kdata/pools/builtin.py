@@ -36,6 +36,7 @@ from PIL import Image, ImageFilter
 
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_SCHEMA
+from kdata.pools import builtin_text  # noqa: F401  (registers builtin:text-web and builtin:text-test)
 
 SIZE = 32
 CLASS_NAMES = [str(i) for i in range(10)]

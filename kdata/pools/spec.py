@@ -26,6 +26,7 @@ from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
 from kdata.dataset.schema import POOL_SCHEMA, check_pool_ids, conform, validate_pool
 from kdata.pools import readers as _readers  # noqa: F401  (image folders, WebDataset register themselves)
+from kdata.pools import text as _text  # noqa: F401  (JSONL, saved Hugging Face datasets)
 from kdata.pools.base import (
     DEFAULT_LIMITS,
     Pool,
@@ -50,7 +51,7 @@ def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     if not spec.startswith("builtin:") and not os.path.exists(spec):
         raise KdataError(f"{spec}: pool not found (no such file or directory)")
     raise KdataError(f"{spec}: unrecognised pool (expected builtin:digits-web, a Parquet file/directory, "
-                     "an image folder or WebDataset .tar shards)")
+                     "an image folder, WebDataset .tar shards, JSONL text or a saved Hugging Face dataset)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def open_parquet(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     if p.is_file():
         units = [_parquet_unit(p, None)]
     else:
-        files = sorted(f for f in p.rglob("*.parquet") if not f.name.startswith("."))
+        files = dataset_shards(p) or sorted(f for f in p.rglob("*.parquet") if not f.name.startswith("."))
         root_real = os.path.realpath(p)
         for f in files:
             reason = check_entry(f, root_real=root_real, limits=limits)
@@ -163,6 +164,23 @@ def open_parquet(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
                 raise KdataError(f"{f}: {reason}")
         units = [_parquet_unit(f, p) for f in files]
     return Pool(spec=spec, units=units, description=f"Parquet pool at {spec} ({len(units)} file(s))")
+
+
+def dataset_shards(p: Path) -> list[Path] | None:
+    """The shards a kdata dataset directory's ``manifest.json`` lists (so its ``decisions.parquet`` and
+    ``excluded.parquet`` are not read as pool files); None for any other directory."""
+    import json
+
+    try:
+        files = json.loads((p / "manifest.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(files, list) or not files:
+        return None
+    paths = [p / f["path"] for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)]
+    root = os.path.realpath(p)
+    inside = [f for f in paths if os.path.realpath(f).startswith(root + os.sep) and f.suffix == ".parquet"]
+    return inside if len(inside) == len(files) else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,6 +209,9 @@ def _materialise_builtin(name: str, *, seed: int = 0, n_units: int = 4) -> Path:
 def open_builtin(spec: str) -> Pool:
     name = spec.split(":", 1)[1]
     if name not in BUILTIN_POOLS:
+        other = _other_builtin(spec)
+        if other is not None:
+            return other
         raise KdataError(f"unknown built-in pool '{spec}' (builtin:digits-web, builtin:digits-test)")
     from kdata.pools import builtin
 
@@ -201,6 +222,17 @@ def open_builtin(spec: str) -> Pool:
     pool.description = ("scikit-learn digits shaped like web data: clean, label noise, shift, junk, duplicates"
                         if name == "digits-web" else "400 clean held-out scikit-learn digits")
     return pool
+
+
+def _other_builtin(spec: str) -> Pool | None:
+    """A built-in pool that another module registers when ``kdata.pools.builtin`` is imported
+    (``builtin:text-*``), or None."""
+    from kdata.pools import builtin  # noqa: F401  (its imports register further built-in readers)
+
+    for claims, fn in readers():
+        if fn is not open_builtin and claims(spec):
+            return fn(spec)
+    return None
 
 
 def fingerprint_of(strings: list[str]) -> str:

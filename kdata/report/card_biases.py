@@ -18,12 +18,16 @@ METHOD_BIASES = {
            "confident, so rare but valid variants (shifted, unusual, hard) are dropped more often than their share "
            "of the pool, and classes both models find easy are over-kept. A row both models are confidently wrong "
            "about scores high and is kept with the teacher's wrong soft label.",
-    "rad": "**RAD keeps what the student finds confusing.** Rows are drawn with a probability that grows with "
-           "the student's uncertainty (1 − margin), capped so that the budget is spread out; ambiguous, blurred, "
-           "off-domain and junk-like inputs are therefore over-represented among the kept rows (see the "
-           "best-ranked thumbnails) and clean, typical rows under-represented. RAD selects from the student "
-           "alone: the teacher's soft labels are trusted as they are, and its mistakes concentrate on exactly "
-           "these confusing rows{rad_error}.",
+    "rad": "**RAD keeps what the student finds confusing and the teacher is sure of.** Rows are drawn with a "
+           "probability that grows with the student's uncertainty (1 − margin) times the teacher's confidence, "
+           "capped so that the budget is spread out; rows the student already knows are under-kept, and so are "
+           "hard rows the teacher is unsure of, valid ones included. A row the teacher is confidently wrong about "
+           "is still drawn, with the teacher's wrong soft label{rad_error}.",
+    "coverage": "**The default recipe keeps a spread of typical rows.** A small tail the teacher finds least "
+                "confident, most at odds with the student or far from its class centroid is cut first (junk, "
+                "off-domain, but also rare valid variants), then every teacher-predicted class x difficulty "
+                "stratum is sampled, easier strata favoured for small budgets and harder ones for large budgets; "
+                "class shares follow the teacher's predictions.",
     "critic": "**The critic keeps what its labellers accepted.** A classifier fitted on a small human-labelled "
               "accept/reject set decides; styles and sources like its accepted examples pass, valid rows unlike "
               "them are rejected, and at the chosen recall target{critic_recall} a share of acceptable rows is "
@@ -46,6 +50,8 @@ METHOD_BIASES = {
                     "confidently wrong about.",
 }
 # methods whose choice depends on the student's predictions
+RAD_ERROR_FROM = {"teacher_confidence": "the teacher's confidence", "student_confidence": "the student's confidence",
+                  "given": "the value given as teacher_error"}
 STUDENT_COUPLED = {"kd3", "rad", "student_entropy", "disagreement", "ddk"}
 
 
@@ -55,7 +61,8 @@ def _method_line(name: str, info: dict, cfg: dict) -> str:
         return f"- **`{name}`**: no bias note is recorded for this method; see its documentation."
     rad = info.get("rad") or {}
     rad_error = (f" (this run planned for a teacher error rate of up to {fmt(rad.get('teacher_error'))}, about "
-                 f"{fmt(rad.get('mistakes'), 0)} of the rows it drew, estimated from the student's own error)"
+                 f"{fmt(rad.get('mistakes'), 0)} of the rows it drew, estimated from "
+                 f"{RAD_ERROR_FROM.get(rad.get('teacher_error_from'), 'the teacher confidence')})"
                  if rad.get("teacher_error") is not None else "")
     recall = cfg.get("critic_recall")
     return "- " + text.format(rad_error=rad_error, critic_recall=f" ({fmt(recall)})" if recall is not None else "")
@@ -85,8 +92,9 @@ def bias_lines(k: dict, cfg: dict) -> list[str]:
     if dedup in (None, "none"):
         L.append("- **Duplicates were not removed.** Near-duplicates and over-represented sources can dominate.")
     else:
-        L.append(f"- **Deduplicated (`{dedup}`).** The better-ranked copy of each duplicate group survived, so the "
-                 "ranker's preferences decide which variant remains.")
+        L.append(f"- **Deduplicated (`{dedup}`).** One copy of each duplicate group survived: the better-ranked one "
+                 "(the default recipe: the one with the smaller permanent random number), so the ranker's "
+                 "preferences decide which variant remains.")
     if k.get("hard"):
         L.append(f"- **Generated rows.** {k['hard']} HARD augmentations were requested where teacher and student "
                  "disagree; they over-represent the augmentation model's transforms.")

@@ -20,10 +20,12 @@ from kdata.core.errors import KdataError
 from kdata.core.jsonable import jsonable
 from kdata.dataset.schema import KEPT, REJECTED
 from kdata.report.card_biases import bias_lines
+from kdata.report.card_generate import generate_lines
 from kdata.report.hf import hf_features
-from kdata.report.inspect import (Run, agreement, balance_highlights, class_balance, decision_counts, primary_score,
-                                  quarantined_rows, score_columns, score_quantiles)
+from kdata.report.inspect import (Run, agreement, balance_highlights, class_balance, decision_counts, pick_rejected,
+                                  primary_score, quarantined_rows, score_columns, score_quantiles)
 from kdata.report.markdown import fmt, md_table
+from kdata.report.text_run import text_card_lines, text_summary
 
 __all__ = ["SECTIONS", "SIZE_CATEGORIES", "CardContext", "card_data", "fmt", "front_matter", "md_table",
            "read_front_matter", "render_card", "size_category"]
@@ -49,7 +51,14 @@ def _task(run: Run) -> str:
         return run.shards is not None and col in run.shards.column_names and \
             run.shards.column(col).null_count < run.shards.num_rows
 
+    if has("teacher_topk_ids"):  # causal-LM text: per-token soft labels
+        return "text-generation"
     return "image-classification" if has("image") else "text-classification" if has("text") else "other"
+
+
+def _token_labels(c) -> bool:
+    """Whether the curated rows are causal-LM text with per-token soft labels (docs/text.md)."""
+    return c.run.shards is not None and "teacher_topk_ids" in c.run.shards.column_names
 
 
 def _provenance(m: dict, cfg: dict, pool) -> dict:
@@ -72,7 +81,7 @@ def _provenance(m: dict, cfg: dict, pool) -> dict:
         "critic": {"path": cfg.get("critic"), "recall": cfg.get("critic_recall")},
         "budget": {"spec": cfg.get("budget"), "rows": m.get("budget_rows")},
         "balance": m.get("balance", cfg.get("balance")),
-        "dedup": {"method": cfg.get("dedup"), "threshold": cfg.get("dedup_threshold"),
+        "dedup": {"method": m.get("dedup_level", cfg.get("dedup")), "threshold": cfg.get("dedup_threshold"),
                   "frac": cfg.get("dedup_frac")},
         "hard": cfg.get("hard"),
         "seed": m.get("seed", cfg.get("seed")),
@@ -173,14 +182,18 @@ def _header(c: CardContext) -> list[str]:
 def _summary(c: CardContext) -> list[str]:
     k, dc = c.k, c.dc
     n_in, kept = dc["n_in"] or 0, dc["kept"] or 0
+    carries = (f"top-{k['topk']} soft labels (temperature {k['temperature']}), the student's prediction and the "
+               "selection scores")
+    if _token_labels(c):
+        carries = (f"per-token top-{(c.m.get('scoring') or {}).get('token_topk', '?')} log-probabilities with the "
+                   "leftover mass, the teacher/student (and reference) NLL and the selection scores")
     return ["## Summary", "",
             f"{kept:,} of {n_in:,} candidate samples from `{k['pool']}` were kept to distil "
             f"`{k['teacher']['id']}` into `{k['student']['id']}`, selected with `{c.methods}` under a budget of "
             f"`{k['budget']['spec']}` ({fmt(k['budget']['rows'])} rows). Every row carries the teacher's "
-            f"top-{k['topk']} soft labels (temperature {k['temperature']}), the student's prediction and the "
-            f"selection scores. {dc['rejected'] or 0:,} samples were rejected (each with a machine-readable "
+            f"{carries}. {dc['rejected'] or 0:,} samples were rejected (each with a machine-readable "
             f"reason) and {dc['quarantined'] or 0:,} quarantined as unreadable; the decision of every input "
-            f"sample is in `decisions.parquet`.", ""]
+            f"sample is in `decisions.parquet`.", ""] + generate_lines(c.m)  # generated datasets: ## Generation
 
 
 def _sources(c: CardContext) -> list[str]:
@@ -210,7 +223,7 @@ def _recipe(c: CardContext) -> list[str]:
              f"orders the rest."]
     if k["dedup"]["method"] not in (None, "none"):
         steps.append(f"Remove duplicates (`{k['dedup']['method']}`, threshold {fmt(k['dedup']['threshold'])}, "
-                     f"frac {fmt(k['dedup']['frac'])}) before the budget; the better-ranked copy survives.")
+                     f"frac {fmt(k['dedup']['frac'])}) before the budget; the better-ranked copy survives (the default recipe: a random one).")
     L = ["## Curation recipe", ""] + [f"{i}. {s}" for i, s in enumerate(steps, 1)]
     L.append(f"{len(steps) + 1}. Keep the top `{k['budget']['spec']}` "
              f"({fmt(k['budget']['rows'])} rows)" + (f", balanced by `{k['balance']}`" if k["balance"] else "") +
@@ -250,7 +263,11 @@ def _counts(c: CardContext) -> list[str]:
 
 
 def _class_balance(c: CardContext) -> list[str]:
-    L = ["## Class balance before and after", ""]
+    # text runs: texts, domain mixture, perplexity (kdata.report.text_run); [] for image runs
+    text = text_card_lines(text_summary(c.run, pick=lambda n: pick_rejected(c.run, n)))
+    if _token_labels(c):  # causal LMs predict tokens, not classes
+        return text
+    L = text + ["## Class balance before and after", ""]
     bal = class_balance(c.run)
     tot = {col: sum(r[col] or 0 for r in bal) for col in ("pool_label", "pool_teacher", "kept_teacher")}
 
@@ -296,7 +313,12 @@ def _examples(c: CardContext) -> list[str]:
               "random sample of the kept rows of each teacher-predicted class — what a typical kept row looks like. "
               f"Red: the most clearly rejected samples (lowest `{primary_score(c.run) or 'score'}` first), spread "
               "over the rejection reasons (reason, teacher class `T`, score `s`).", ""]
-    if c.notes.get("thumbnails"):
+    texts = c.run.shards.column("text").to_pylist()[:5] if c.run.shards is not None and \
+        "text" in c.run.shards.column_names else []
+    if any(texts):  # text rows: snippets of the best-ranked kept rows instead of thumbnails
+        L += ["Best-ranked kept texts (first 120 characters):", ""]
+        L += ["- `" + " ".join(t.split())[:120].replace("`", "'") + "`" for t in texts if t] + [""]
+    elif c.notes.get("thumbnails"):
         L += [c.notes["thumbnails"], ""]
     if c.plots.get("report"):
         L += [f"Browse kept and rejected samples by reason, class and score in [`{c.plots['report']}`]"

@@ -106,7 +106,9 @@ def decision_counts(run: Run) -> dict:
     out["critic_rejected"] = sum(n for r, n in out["rejected_by_reason"].items() if r.startswith("critic"))
     in_shards = c.get("generated_kept")
     if in_shards is None and run.shards is not None and "kind" in run.shards.column_names:
-        in_shards = sum(1 for k in run.shards.column("kind").to_pylist() if k == "synthetic")
+        decided = set(run.decisions.column("sample_id").to_pylist()) if run.decisions is not None else set()
+        in_shards = sum(1 for k, s in zip(run.shards.column("kind").to_pylist(), run.shards.column("sample_id").to_pylist())
+                        if k == "synthetic" and s not in decided)  # rows with a decision are inputs (kdata generate)
     out["generated"] = int(c.get("generated") or in_shards or 0)  # HARD rows generated
     out["generated_kept"] = int(in_shards or 0)  # ... of which accepted by the critic (in the shards)
     out["generated_rejected"] = int(c.get("generated_rejected") or 0)
@@ -355,7 +357,14 @@ def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True) -> di
         "card": card_status(run),
         "examples": examples(run, n_examples),
         "rejected_examples": rejected_examples(run, n_examples),
+        "text": _text_summary(run, n_examples),
     }
+
+
+def _text_summary(run: Run, n: int) -> dict | None:
+    from kdata.report.text_run import text_summary  # text runs: examples, domain mixture, perplexity
+
+    return text_summary(run, n=n, pick=lambda k: pick_rejected(run, k))
 
 
 def sample(out: str | Path, sample_id: str) -> dict:

@@ -276,6 +276,9 @@ def score_units(units: list[PoolUnit], teacher: Model, student: Model, *, config
     unit, run info). Cached units are skipped before any worker starts; workers start only when the
     first uncached unit is found, and serve every unit after it."""
     check_models(teacher, student)
+    if any(getattr(m, "kind", None) in ("causal_lm", "classifier") for m in (teacher, student)):
+        raise KdataError("text models (hf:PATH, builtin:text-*) are scored by kdata.scoring.text (kdata select); "
+                         "this scorer takes image models")
     device = torch.device(device)
     precision = resolve_precision(config.precision, device)
     units = list(units)

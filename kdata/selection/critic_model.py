@@ -112,21 +112,38 @@ class Critic:
     val_prob: np.ndarray = field(default_factory=lambda: np.zeros(0))
     val_label: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     metrics: dict = field(default_factory=dict)
+    text: dict = field(default_factory=dict)  # text critics: {"kind": "text", "embedder", "embedder_checksum"}
 
     @property
     def uses_embedding(self) -> bool:
         return any(n.startswith("embedding_") for n in self.feature_names)
 
-    def features(self, source) -> np.ndarray:
-        X, names = feature_matrix(source, embedding=self.uses_embedding)
+    @property
+    def is_text(self) -> bool:
+        return self.text.get("kind") == "text"
+
+    def features(self, source, *, pool=None, texts=None, device="cpu") -> np.ndarray:
+        """The critic's feature matrix of ``source``; a text critic reads the texts from ``texts``, a
+        ``text`` column or ``pool`` (``kdata.selection.critic_text``)."""
+        if self.is_text:
+            from kdata.selection.critic_text import text_feature_matrix
+            from kdata.selection.methods.view import ScoreView
+
+            table = source.table if isinstance(source, ScoreView) else source
+            X, names = text_feature_matrix(table, embedder=self.text.get("embedder"), texts=texts, pool=pool,
+                                           device=device, embedder_checksum=self.text.get("embedder_checksum"))
+        else:
+            X, names = feature_matrix(source, embedding=self.uses_embedding)
         if names != self.feature_names:
             raise KdataError(f"critic: feature mismatch (fitted on {len(self.feature_names)} features, "
                              f"got {len(names)}); score with the same teacher as at fit time")
         return X
 
-    def score(self, features) -> np.ndarray:
-        """P(accept) per row; ``features`` is a matrix or anything ``critic_features`` accepts."""
-        X = features if isinstance(features, np.ndarray) else self.features(features)
+    def score(self, features, *, pool=None, texts=None, device="cpu") -> np.ndarray:
+        """P(accept) per row; ``features`` is a matrix or anything ``critic_features`` accepts
+        (``pool``/``texts``: where a text critic finds the texts)."""
+        X = features if isinstance(features, np.ndarray) else \
+            self.features(features, pool=pool, texts=texts, device=device)
         if X.shape[1] != len(self.coef):
             raise KdataError(f"critic: expected {len(self.coef)} features, got {X.shape[1]}")
         z = ((X - self.mean) / self.scale) @ self.coef + self.intercept
@@ -154,7 +171,8 @@ class Critic:
                  val_prob=self.val_prob, val_label=self.val_label.astype(np.uint8))
         tmp.replace(d / "critic.npz")
         write_json(d / "critic.json", {"format": FORMAT, "feature_names": self.feature_names,
-                                       "threshold": self.threshold, "target": self.target, "metrics": self.metrics})
+                                       "threshold": self.threshold, "target": self.target, "metrics": self.metrics,
+                                       **({"text": self.text} if self.text else {})})
         return d
 
 
@@ -213,7 +231,8 @@ def load_critic(path: str | Path) -> Critic:
     return Critic(coef=arrays["coef"], intercept=float(arrays["intercept"][0]), mean=arrays["mean"],
                   scale=arrays["scale"], feature_names=list(meta["feature_names"]), threshold=float(meta["threshold"]),
                   target=meta.get("target", {}), val_prob=arrays["val_prob"],
-                  val_label=arrays["val_label"].astype(bool), metrics=meta.get("metrics", {}))
+                  val_label=arrays["val_label"].astype(bool), metrics=meta.get("metrics", {}),
+                  text=meta.get("text") or {})
 
 
 def read_labels(path: str | Path) -> dict[str, bool]:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-def top_k(score: np.ndarray, k: int, *, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+from kdata.selection.prn import prn
+
+
+def top_k(score: np.ndarray, k: int, *, seed: int, groups: np.ndarray | None = None,
+          ids: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``k`` highest scores; ties broken by a seeded random key, then by index.
+
+    With ``ids`` (the rows' sample ids) the tie key is each row's permanent random number
+    (``kdata.selection.prn``), so ties resolve the same whatever the row order; without, a seeded
+    generator over positions (kept for callers that have no ids).
 
     With ``groups``, the budget is split as evenly as possible over the groups present (a group
     with too few rows gives its share to the others) — class-balanced selection.
     """
     n = len(score)
     k = min(k, n)
-    tie = np.random.default_rng(seed).random(n)
+    tie = prn(ids, seed=seed) if ids is not None else np.random.default_rng(seed).random(n)
     s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
     order = np.lexsort((np.arange(n), tie, -s))  # best first
     if groups is None:

@@ -1,19 +1,41 @@
 """The default recipe: what ``--method`` omitted (registry name ``default``) runs.
 
-Evidence (``python benchmarks/quality.py``, builtin:digits-web, 3 seeds, student clean-test
-accuracy; the table is in docs/benchmarks/quality.md): Robust Active Distillation (``rad``) with the budget
-spread evenly over the teacher's predicted classes is the best chain at 10% and 30% of the pool
-(0.832 and 0.884 vs random 0.783 and 0.869). ``kd3`` keeps the most *clean* rows
-(``benchmarks/precision.py``) but they are the easy ones and pile onto a few classes, so a
-student trained on them learns less. Class balance alone gives most of the 10% gain.
+Step by step (issue #17; the rationale and references are in docs/methods.md, "The default recipe"):
+
+1. **Dedup, exact + near** (``DEFAULT_DEDUP``): duplicates must not take budget. The pipeline turns
+   it on when ``--dedup`` is left unset and the run has a pool to read payloads from; with
+   ``--scores`` and no ``--pool`` there is nothing to compare and the step is skipped and recorded
+   (``method_info.coverage.skipped``).
+2. **Cut a small likely-junk tail** from teacher signals (low teacher max-probability, teacher–student
+   KL, distance to the teacher-predicted class centroid in the teacher embedding when the scores
+   have embeddings); the fraction depends on the budget (CCS, Zheng et al. 2023) and is recorded.
+3. **Stratified sampling**: strata = teacher-predicted class × equal-width difficulty bins (CCS),
+   every stratum with rows gets a pick when the budget allows, the rest spread with a bias toward
+   easier bins for small budgets and harder bins for large ones (Sorscher et al. 2022), rows inside
+   a stratum chosen by their permanent random number (stable under small score changes).
+
+Steps 2–3 are the ``coverage`` sampler (``kdata/selection/methods/coverage.py``), every parameter
+recorded in its ``info`` (manifest ``method_info`` and the card). No class balance on top: the
+strata already spread the budget over the predicted classes.
+
+Why not the previous default (``rad`` + class balance): on pools it was not tuned on it lost to
+random and kept more junk than random (issue #17); ranking by one score loses coverage, while
+coverage-preserving sampling (CCS, D2-Pruning) is what beats random robustly, and with KD soft
+labels random is itself strong (Ben-Baruch et al., ICML 2025).
 """
 
 from __future__ import annotations
 
-DEFAULT_CHAIN = ["rad"]
-DEFAULT_BALANCE = "class"  # used when --balance is not given
+DEFAULT_CHAIN = ["coverage"]
+DEFAULT_BALANCE = None  # used when --balance is not given: the strata already cover the classes
+DEFAULT_DEDUP = "near"  # exact + near duplicates, used when --dedup is not given and a pool is there
 
 
 def default_recipe(cfg) -> list[str]:
     """Method chain of the default recipe."""
     return list(DEFAULT_CHAIN)
+
+
+def default_dedup(cfg) -> str | None:
+    """Dedup level of the default recipe: ``near`` (exact + near) when the run reads a pool, else None."""
+    return DEFAULT_DEDUP if getattr(cfg, "pool", None) else None

@@ -2,8 +2,10 @@
 
 ``--method critic,kd3 --budget 0.3``: filters run first (each drops rows with its own reason),
 the last ranker orders what is left and the top ``budget`` rows are kept; the others are
-rejected as ``<ranker>_over_budget``. Every scored row ends kept or rejected; quarantined rows
-come from scoring. ``balance="class"`` splits the budget evenly over predicted classes.
+rejected as ``<ranker>_over_budget``. A last method of kind ``sampler`` (``coverage``, the default
+recipe) runs after dedup and picks its own rows. Every scored row ends kept or rejected; quarantined
+rows come from scoring. ``balance="class"`` splits the budget evenly over predicted classes. Ties
+and every random choice use permanent random numbers (``kdata.selection.prn``).
 """
 
 from __future__ import annotations
@@ -82,59 +84,83 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
 
     ``dedup(view, order) -> (dup_of, info)`` (``kdata.dedup.faiss_dedup.pipeline_dedup``) runs after the
     filters on the alive rows in ranker order (best first), before the budget: a row with
-    ``dup_of >= 0`` is rejected as ``duplicate_of:<id of order[dup_of]>`` (stage ``dedup``).
+    ``dup_of >= 0`` is rejected as ``duplicate_of:<id of order[dup_of]>`` (stage ``dedup``). A last
+    method of kind ``sampler`` (the default recipe's ``coverage``) runs *after* dedup, on the rows
+    left, and dedup then visits rows in permanent-random-number order (which copy survives does not
+    depend on the scores, so it is stable).
     """
     view = ScoreView(scores, num_classes=num_classes, temperature=temperature)
     n = len(view)
-    alive = np.ones(n, dtype=bool)
-    reason = np.full(n, None, dtype=object)
-    stage = np.full(n, None, dtype=object)
-    score_cols: dict[str, np.ndarray] = {}
-    info: dict = {}
+    st = _State(alive=np.ones(n, dtype=bool), reason=np.full(n, None, dtype=object),
+                stage=np.full(n, None, dtype=object))
     options = options or {}
-    ranker_score = None
-    ranker_name = methods[-1]
-    for name in methods:
-        m = get_method(name)
-        res = m.fn(view, budget=budget, seed=seed, alive=alive.copy(), **options.get(name, {}))
-        sc = np.asarray(res.score, dtype=np.float64)
-        if sc.shape != (n,):
-            raise RuntimeError(f"method {name} returned {sc.shape} scores for {n} rows")
-        score_cols[f"score_{name}"] = sc
-        if res.info:
-            info[name] = res.info
-        if res.keep is not None:  # a filter (or a ranker that also excludes rows)
-            drop = alive & ~np.asarray(res.keep, dtype=bool)
-            r = res.reason if res.reason is not None else f"{name}_reject"
-            reason[drop] = r[drop] if isinstance(r, np.ndarray) else r
-            stage[drop] = name
-            alive &= ~drop
-        if m.kind == "ranker" or name == methods[-1]:
-            ranker_score, ranker_name = sc, name
+    sampler = get_method(methods[-1]).kind == "sampler"
+    for name in methods[:-1] if sampler else methods:
+        _apply(st, view, name, budget=budget, seed=seed, options=options.get(name, {}), last=name == methods[-1])
     if dedup is not None:  # duplicates must not take budget; the better-ranked copy survives
-        cand = np.flatnonzero(alive)
-        order = cand[top_k(ranker_score[cand], len(cand), seed=seed)]
-        dup_of, info["dedup"] = dedup(view, order)
+        cand = np.flatnonzero(st.alive)
+        key = -view.prn(seed)[cand] if sampler or st.ranker_score is None else st.ranker_score[cand]
+        order = cand[top_k(key, len(cand), seed=seed, ids=view.sample_ids[cand])]
+        dup_of, st.info["dedup"] = dedup(view, order)
         hit = np.flatnonzero(dup_of >= 0)
         ids = view.sample_ids
-        reason[order[hit]] = [f"duplicate_of:{ids[order[d]]}" for d in dup_of[hit]]
-        stage[order[hit]] = "dedup"
-        alive[order[hit]] = False
-    cand = np.flatnonzero(alive)
+        st.reason[order[hit]] = [f"duplicate_of:{ids[order[d]]}" for d in dup_of[hit]]
+        st.stage[order[hit]] = "dedup"
+        st.alive[order[hit]] = False
+    if sampler:
+        opts = {"deduped": dedup is not None, **options.get(methods[-1], {})}
+        _apply(st, view, methods[-1], budget=budget, seed=seed, options=opts, last=True)
+    return _finish(st, view, budget=budget, seed=seed, balance=balance)
+
+
+@dataclass
+class _State:
+    alive: np.ndarray
+    reason: np.ndarray
+    stage: np.ndarray
+    scores: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    ranker_score: np.ndarray | None = None
+    ranker_name: str = ""
+
+
+def _apply(st: _State, view: ScoreView, name: str, *, budget: int, seed: int, options: dict, last: bool) -> None:
+    """Run one method on the alive rows; a filter's drops get its reason and stage."""
+    n = len(view)
+    m = get_method(name)
+    res = m.fn(view, budget=budget, seed=seed, alive=st.alive.copy(), **options)
+    sc = np.asarray(res.score, dtype=np.float64)
+    if sc.shape != (n,):
+        raise RuntimeError(f"method {name} returned {sc.shape} scores for {n} rows")
+    st.scores[f"score_{name}"] = sc
+    if res.info:
+        st.info[name] = res.info
+    if res.keep is not None:  # a filter (or a ranker that also excludes rows)
+        drop = st.alive & ~np.asarray(res.keep, dtype=bool)
+        r = res.reason if res.reason is not None else f"{name}_reject"
+        st.reason[drop] = r[drop] if isinstance(r, np.ndarray) else r
+        st.stage[drop] = name
+        st.alive &= ~drop
+    if m.kind in ("ranker", "sampler") or last:
+        st.ranker_score, st.ranker_name = sc, name
+
+
+def _finish(st: _State, view: ScoreView, *, budget: int, seed: int, balance: str | None) -> Selection:
+    """The top ``budget`` alive rows by the ranker's score (per group under ``balance``) are kept."""
+    n = len(view)
+    cand = np.flatnonzero(st.alive)
     groups = None
     if balance == "class":
         groups = view.col("teacher_pred")[cand]
     elif balance not in (None, "none"):
         from kdata.selection.balance import groups_for  # cluster / domain balance live with their stage
         groups = groups_for(balance, view, cand, seed=seed)
-    chosen = cand[top_k(ranker_score[cand], budget, seed=seed, groups=groups)]
+    chosen = cand[top_k(st.ranker_score[cand], budget, seed=seed, groups=groups, ids=view.sample_ids[cand])]
     kept = np.zeros(n, dtype=bool)
     kept[chosen] = True
-    over = alive & ~kept
-    reason[over] = f"{ranker_name}_over_budget"
-    stage[over] = ranker_name
+    over = st.alive & ~kept
+    st.reason[over] = f"{st.ranker_name}_over_budget"
+    st.stage[over] = st.ranker_name
     rank = np.full(n, -1, dtype=np.int32)
     rank[chosen] = np.arange(len(chosen), dtype=np.int32)
-    return Selection(kept=kept, reason=reason, stage=stage, rank=rank, scores=score_cols, info=info)
-
-
+    return Selection(kept=kept, reason=st.reason, stage=st.stage, rank=rank, scores=st.scores, info=st.info)

@@ -11,7 +11,7 @@ import math
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,9 +23,11 @@ from kdata.core.errors import KdataError
 from kdata.core.threads import one_thread
 from kdata.models.images import worker_context
 from kdata.models.spec import Model, load_model, pick_device
+from kdata.training.budget import plan_steps, resolve_alpha
 from kdata.training.evaluate import EvalSet, autocast
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
-from kdata.training.shard_dataset import ShardDataset, verify_source
+from kdata.training.shard_dataset import ShardDataset, dataset_root, verify_source
+from kdata.training.weights import Best, reinit_  # noqa: F401  (re-exported: callers import them from here)
 
 
 @dataclass
@@ -37,7 +39,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     temperature: float = 1.0
-    alpha: float = 0.9
+    alpha: float | None = None  # None: chosen by the kept fraction (kdata.training.budget.alpha_for_fraction)
     loss: str = "kd"  # "kd" | "nkd"
     nkd_gamma: float = 1.5
     seed: int = 0
@@ -48,6 +50,7 @@ class TrainConfig:
     eval_every_epoch: bool = True
     keep_best: bool = True  # with an eval set every epoch: end with the best weights on it (start included)
     augment: bool = True  # light random affine jitter of each batch (labels stay valid)
+    steps: int = 0  # > 0: stop after exactly this many optimiser steps (equal-steps training); epochs follow
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,47 +101,6 @@ def jitter(x: torch.Tensor, gen: torch.Generator, *, degrees: float = 10.0, scal
     return F.grid_sample(x, grid, align_corners=False, padding_mode="border")
 
 
-def reinit_(module: torch.nn.Module) -> None:
-    """Reset every layer's parameters (``--reinit``: train from scratch)."""
-    for m in module.modules():
-        if m is not module and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-
-
-class Best:
-    """The weights that scored best on the eval set so far, the starting weights included (epoch 0).
-
-    A copy lives on the CPU; ties keep the earlier weights, so an epoch must beat the start to be
-    kept. Selecting on the eval set makes its accuracy an optimistic estimate for that set.
-    """
-
-    def __init__(self, net: torch.nn.Module, accuracy: float):
-        self.epoch, self.accuracy = 0, accuracy
-        self.state = self._copy(net)
-
-    @staticmethod
-    def _copy(net: torch.nn.Module) -> dict:
-        return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
-    def offer(self, net: torch.nn.Module, *, epoch: int, accuracy: float) -> None:
-        if accuracy > self.accuracy:
-            self.epoch, self.accuracy, self.state = epoch, accuracy, self._copy(net)
-
-    def restore(self, net: torch.nn.Module, *, epochs: int, accuracy_last: float, where: str) -> dict:
-        """Load the best weights into ``net``; what was kept, and why, for the log."""
-        if self.epoch == epochs:
-            return {"epoch": epochs, "accuracy": accuracy_last,
-                    "note": f"kept the last epoch's weights: the best on {where}"}
-        net.load_state_dict(self.state)
-        if self.epoch == 0:
-            note = (f"kept the starting weights ({self.accuracy:.4f}): no epoch beat them on {where} "
-                    f"(last epoch {accuracy_last:.4f})")
-        else:
-            note = (f"kept epoch {self.epoch}'s weights, the best on {where} ({self.accuracy:.4f}; "
-                    f"last epoch {accuracy_last:.4f})")
-        return {"epoch": self.epoch, "accuracy": self.accuracy, "note": note}
-
-
 def train(student: Model, shards, *, config: TrainConfig = TrainConfig(), eval_set: EvalSet | None = None,
           reselector=None, progress=None) -> dict:
     """Distil ``student`` (trained in place) on the curated shards at ``shards``. Returns the training log.
@@ -156,8 +118,10 @@ def check_config(config: TrainConfig) -> None:
     """Every training option checked before any work (one KdataError line each)."""
     if config.loss not in ("kd", "nkd"):
         raise KdataError(f"--loss {config.loss}: expected kd or nkd")
-    if not 0.0 <= config.alpha <= 1.0:
+    if config.alpha is not None and not 0.0 <= config.alpha <= 1.0:
         raise KdataError(f"--alpha {config.alpha}: must be within [0, 1]")
+    if config.steps < 0:
+        raise KdataError(f"--steps {config.steps}: must be ≥ 0 (0: train for --epochs)")
     if not (math.isfinite(config.temperature) and config.temperature > 0):
         raise KdataError(f"--temperature {config.temperature}: must be a finite number > 0")
     if config.epochs < 1 or config.batch_size < 1:
@@ -224,18 +188,20 @@ def _evaluate(eval_set: EvalSet, student: Model, device, progress, stage: str) -
     return acc
 
 
-def _epoch(student: Model, ds: ShardDataset, *, epoch: int, config: TrainConfig, opt, sched, gen, device,
-           progress) -> dict:
-    """One pass over ``ds``: its rows seen and mean loss."""
+def _epoch(student: Model, ds: ShardDataset, *, epoch: int, epochs: int, max_steps: int, config: TrainConfig, opt,
+           sched, gen, device, progress) -> dict:
+    """One pass over ``ds``, stopped early after ``max_steps`` optimiser steps: rows seen, steps, mean loss."""
     workers = _workers(config.workers, len(ds))
     pin = device.type == "cuda"
     loader = DataLoader(ds, batch_size=config.batch_size, num_workers=workers, pin_memory=pin,
                         prefetch_factor=4 if workers else None, multiprocessing_context=worker_context(workers))
     net = student.module
     net.train()
-    stage = f"epoch {epoch + 1}/{config.epochs}"
-    seen, loss_sum, bn1d = 0, 0.0, _has_bn1d(net)
+    stage = f"epoch {epoch + 1}/{epochs}"
+    seen, steps, loss_sum, bn1d = 0, 0, 0.0, _has_bn1d(net)
     for x, idx, logit, prob, y in loader:
+        if steps >= max_steps:
+            break
         if len(y) < 2 and bn1d:
             continue
         loss, n = _batch_loss(student, (x, idx, logit, prob, y), config=config, gen=gen, device=device, pin=pin,
@@ -246,13 +212,13 @@ def _epoch(student: Model, ds: ShardDataset, *, epoch: int, config: TrainConfig,
         loss.backward()
         opt.step()
         sched.step()
-        seen += n
+        seen, steps = seen + n, steps + 1
         loss_sum += float(loss.detach()) * n
         if progress:
             progress(stage, seen, len(ds))
-    if progress and seen != len(ds):  # rows skipped (a batch of one with BatchNorm1d): finish the bar
+    if progress and seen != len(ds):  # rows skipped (a batch of one with BatchNorm1d) or steps done: finish the bar
         progress(stage, len(ds), len(ds))
-    return {"epoch": epoch + 1, "rows": seen, "loss": loss_sum / max(seen, 1)}
+    return {"epoch": epoch + 1, "rows": seen, "steps": steps, "loss": loss_sum / max(seen, 1)}
 
 
 def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | None, reselector,
@@ -262,31 +228,37 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     ds = _open_shards(shards, student, config)
+    alpha = resolve_alpha(config.alpha, dataset_root(shards))
+    config = replace(config, alpha=alpha["value"])
     params = _trainable(student, device, config)
     net = student.module
     acc_before = _evaluate(eval_set, student, device, progress, "evaluating") if eval_set is not None else None
     every = eval_set is not None and config.eval_every_epoch
     best = Best(net, acc_before) if every and config.keep_best else None
-    opt, sched = _optimiser(params, config, total=max(1, math.ceil(len(ds) / config.batch_size) * config.epochs))
+    epochs, total = plan_steps(len(ds), batch_size=config.batch_size, epochs=config.epochs, steps=config.steps)
+    opt, sched = _optimiser(params, config, total=total)
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    epochs_log, reselections = [], []
-    for epoch in range(config.epochs):
+    epochs_log, reselections, done, epoch = [], [], 0, 0
+    while (done < total if config.steps else epoch < epochs) and epoch < 100 * epochs:
         if reselector is not None and config.reselect_every and epoch > 0 and epoch % config.reselect_every == 0:
             path, info = reselector(student, epoch=epoch, budget=len(ds))
             reselections.append({"epoch": epoch, **info})
             ds = ShardDataset(path, input_size=student.input_size, mean=student.mean, std=student.std,
                               interpolation=student.interpolation, shuffle=True, seed=config.seed)
         ds.set_epoch(epoch)
-        entry = _epoch(student, ds, epoch=epoch, config=config, opt=opt, sched=sched, gen=gen, device=device,
-                       progress=progress)
-        if eval_set is not None and (every or epoch == config.epochs - 1):
+        entry = _epoch(student, ds, epoch=epoch, epochs=max(epochs, epoch + 1), max_steps=total - done,
+                       config=config, opt=opt, sched=sched, gen=gen, device=device, progress=progress)
+        done += entry["steps"]
+        epoch += 1
+        last_one = done >= total if config.steps else epoch == epochs
+        if eval_set is not None and (every or last_one):
             entry["accuracy"] = eval_set.accuracy(student, device=device)
             if best is not None:
-                best.offer(net, epoch=epoch + 1, accuracy=entry["accuracy"])
+                best.offer(net, epoch=epoch, accuracy=entry["accuracy"])
         epochs_log.append(entry)
     last = epochs_log[-1].get("accuracy")
-    kept = (best.restore(net, epochs=config.epochs, accuracy_last=last, where=eval_set.spec) if best is not None
-            else {"epoch": config.epochs, "accuracy": last, "note": None})
+    kept = (best.restore(net, epochs=epoch, accuracy_last=last, where=eval_set.spec) if best is not None
+            else {"epoch": epoch, "accuracy": last, "note": None})
     net.eval()
     return {
         "accuracy": kept["accuracy"],  # of the weights returned (and saved): the best epoch's with keep_best
@@ -295,7 +267,12 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
         "kept": kept,
         "worse_than_before": None if last is None or acc_before is None else last < acc_before,
         "n_train": len(ds),
-        "epochs": config.epochs,
+        "epochs": epoch,
+        "steps": done,
+        "protocol": {"kind": "equal-steps" if config.steps else "epochs", "steps_requested": config.steps or None,
+                     "epochs_requested": None if config.steps else config.epochs,
+                     "steps_per_epoch": math.ceil(len(ds) / config.batch_size)},
+        "alpha": alpha,
         "seconds": time.perf_counter() - t0,
         "loss": epochs_log[-1]["loss"],
         "history": epochs_log,

@@ -35,8 +35,8 @@ def default_run(tmp_path_factory, builtin_models):
 
 def test_default_recipe_records_the_chain_and_balance_it_ran(default_run):
     m = _manifest(default_run)
-    assert m["methods"] == ["rad"] and m["balance"] == "class"
-    assert _front_matter(default_run)["kdata"]["balance"] == "class"
+    assert m["methods"] == ["coverage"] and m["balance"] is None and m["dedup_level"] == "near"
+    assert _front_matter(default_run)["kdata"]["balance"] is None
 
 
 def test_decisions_carry_labels(default_run):

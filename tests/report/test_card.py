@@ -305,6 +305,6 @@ def test_default_recipe_card_names_rad_not_kd3(rad_run, demo_run):
         return (d / "README.md").read_text().split("## Biases this selection can introduce")[1].split("\n## ")[0]
 
     rad, kd3 = biases(rad_run), biases(demo_run)
-    assert "Selected with `rad`" in rad and "RAD keeps what the student finds confusing" in rad
+    assert "Selected with `rad`" in rad and "RAD keeps what the student finds confusing and the teacher is sure of" in rad
     assert "KD³" not in rad and "Balanced by class" in rad
     assert "KD³ prefers prototypical rows" in kd3 and "RAD" not in kd3 and "No balancing" in kd3

@@ -19,13 +19,13 @@ REASON = "critic_reject"
 
 @register("critic", kind="filter", needs=("critic",), doc="critic filter: reject what a fitted accept/reject classifier rejects (arXiv 2110.07178)")
 def critic(view: ScoreView, *, budget, seed, path: str | None = None, recall: float | None = None,
-           precision: float | None = None, **_) -> MethodResult:
+           precision: float | None = None, pool=None, **_) -> MethodResult:
     from kdata.selection.critic_model import load_critic
 
     if not path:
         raise KdataError("method 'critic' needs a fitted critic: --critic DIR (from `kdata critic fit`)")
     crit = load_critic(path).with_target(recall=recall, precision=precision)
-    prob = crit.score(view)
+    prob = crit.score(view, pool=pool)  # a text critic reads the texts from the pool
     keep = prob >= crit.threshold
     return MethodResult(score=prob, keep=keep, reason=REASON,
                         info={"threshold": crit.threshold, "target": crit.target, "accepted": int(keep.sum()),

@@ -1,28 +1,38 @@
 """DDK domain mixture (Liu et al., "DDK: Distilling Domain Knowledge for Efficient LLMs", arXiv 2407.16154).
 
-DDK re-weights the distillation data across domains by where the student lags the teacher most:
-per domain d, the discrepancy ψ_d is the ratio of the student's loss to the teacher's loss on that
-domain; the sampling proportions are a softmax of ψ, smoothed towards the previous proportions
-so that the mixture does not oscillate:
+DDK re-weights the distillation data across domains by where the student lags the teacher most.
+Per domain i, ℓ_S[i] and ℓ_T[i] are the student's and the teacher's perplexity on that domain
+(exp of the mean cross-entropy); the *domain discrepancy factor* is a softmax of their ratio
+(the paper's Eq. 1), and between distillation intervals it is updated smoothly (Eq. 2):
 
-    ψ_d = mean_{i∈d} L_S(i) / mean_{i∈d} L_T(i)
-    r_d ← α · softmax(ψ)_d + (1 − α) · r_d^prev        (r^prev = uniform 1/D at the start)
+    r_0[i]     = exp(ℓ_S[i]/ℓ_T[i]) / Σ_j exp(ℓ_S[j]/ℓ_T[j])                    (Eq. 1)
+    ψ_{t+1}[i] = r_t[i] · exp(ℓ_S[i]/ℓ_T[i])                                   (Eq. 2)
+    r_{t+1}[i] = α · ψ_{t+1}[i] / Σ_j ψ_{t+1}[j] + (1 − α)/N,   α = 0.5
+
+The constant (1 − α)/N guarantees every domain a floor; ψ carries the previous mixture. A
+one-shot selection is the first update from a uniform r_t (then ψ/Σψ is Eq. 1, smoothed towards
+uniform); ``previous=`` {domain: r_t} gives the repeated, dynamic use between training intervals.
+``info["domains"][d]["psi"]`` reports the ratio ℓ_S/ℓ_T.
 
 kdata allocates the budget b across the pool's ``domain`` column in proportion r (largest
 remainder rounding; a domain with too few rows gives its surplus to the others by r), and
 inside each domain keeps the rows with the highest teacher–student KL (where the student has
 most to learn).
 
-Losses for classification (no ground truth in a web pool; the teacher is the target):
-L_T(i) = −log max p_T(i) (the teacher's loss on its own prediction) and
+Losses (the paper uses each domain's validation split; kdata uses the pool's rows of that domain,
+the mean of the per-row losses). Classification (no ground truth in a web pool; the teacher is
+the target): L_T(i) = −log max p_T(i) (the teacher's loss on its own prediction) and
 L_S(i) = −log p_S(teacher_pred(i)) (the student's loss on the teacher's prediction). With
 bring-your-own LLM scores, give per-row losses in columns ``teacher_loss``/``student_loss``
-(e.g. per-token mean negative log-likelihood) and they are used as is.
+(e.g. per-token mean negative log-likelihood) and they are used as is; causal LMs scored by kdata
+give ``teacher_nll``/``student_nll`` (mean token NLL per sequence, ``kdata.scoring.text``), used
+the same way, with the within-domain order by ``kl_ts`` (or |student_nll − teacher_nll| when the
+tokenizers differ, ``kdata.selection.methods.view``).
 
-Defaults: α = 0.5 (``alpha``), r^prev uniform (``previous=`` {domain: proportion} for the
-dynamic, repeated use), within-domain order by ``kl_ts``. Rows without a domain form one
-domain ``"(none)"``. The domain comes from the scores view's ``domain`` column (bring-your-own
-scores) or from the pool (the pipeline passes ``domains=`` a sample_id → domain table).
+Defaults: α = 0.5 (``alpha``, the paper's value), r_t uniform (``previous=``), within-domain order
+by ``kl_ts``. Rows without a domain form one domain ``"(none)"``. The domain comes from the scores
+view's ``domain`` column (bring-your-own scores) or from the pool (the pipeline passes
+``domains=`` a sample_id → domain table).
 """
 
 from __future__ import annotations
@@ -37,13 +47,19 @@ from kdata.selection.methods.view import ScoreView
 NONE_DOMAIN = "(none)"
 
 
-def domain_proportions(psi: np.ndarray, *, alpha: float = 0.5, previous: np.ndarray | None = None) -> np.ndarray:
-    """r = α·softmax(ψ) + (1 − α)·r_prev (uniform r_prev by default)."""
-    psi = np.asarray(psi, dtype=np.float64)
-    e = np.exp(psi - psi.max())
-    soft = e / e.sum()
-    prev = np.full(len(psi), 1.0 / len(psi)) if previous is None else np.asarray(previous, dtype=np.float64)
-    return alpha * soft + (1 - alpha) * prev / prev.sum()
+def domain_proportions(ratio: np.ndarray, *, alpha: float = 0.5, previous: np.ndarray | None = None) -> np.ndarray:
+    """DDK's smoothed factor (Eq. 2): r = α·ψ/Σψ + (1 − α)/N with ψ = r_prev·exp(ratio).
+
+    ``ratio`` = ℓ_S/ℓ_T per domain (perplexity ratio); ``previous`` r_prev (uniform by default,
+    which makes ψ/Σψ the softmax of Eq. 1).
+    """
+    ratio = np.asarray(ratio, dtype=np.float64)
+    n = len(ratio)
+    prev = np.full(n, 1.0 / n) if previous is None else np.asarray(previous, dtype=np.float64)
+    prev = prev / prev.sum()
+    log_psi = np.log(np.maximum(prev, 1e-300)) + ratio  # ψ in log space: exp(ratio) may overflow
+    psi = np.exp(log_psi - log_psi.max())
+    return alpha * psi / psi.sum() + (1 - alpha) / n
 
 
 def allocate(budget: int, proportions: np.ndarray, capacity: np.ndarray) -> np.ndarray:
@@ -82,7 +98,8 @@ def _domains(view: ScoreView, domains: pa.Table | None) -> np.ndarray:
     return np.array([NONE_DOMAIN if v is None else str(v) for v in d], dtype=object)
 
 
-@register("ddk", needs=("domains",), doc="DDK: budget split over domains by softmax of student/teacher loss ratio (arXiv 2407.16154)")
+@register("ddk", needs=("domains",), doc="DDK: budget split over domains by the smoothed softmax of the "
+                                      "student/teacher perplexity ratio (arXiv 2407.16154)")
 def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previous: dict | None = None,
         domains: pa.Table | None = None, **_) -> MethodResult:
     n = len(view)
@@ -91,16 +108,22 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     if view.has("teacher_loss") and view.has("student_loss"):
         lt = view.col("teacher_loss").astype(np.float64)
         ls = view.col("student_loss").astype(np.float64)
+    elif view.has("teacher_nll") and view.has("student_nll"):  # causal-LM text: mean token NLL per sequence
+        lt = view.col("teacher_nll").astype(np.float64)
+        ls = view.col("student_nll").astype(np.float64)
+        ls = np.where(np.isnan(ls), lt, ls)  # a text the student's tokenizer gives < 2 tokens: no gap
     else:
         lt = -np.log(np.maximum(view.col("teacher_conf").astype(np.float64), 1e-12))
         pred = view.col("teacher_pred").astype(np.int64)
         ls = -np.log(np.maximum(view.prob_at("student", pred), 1e-12))
     within = view.col("kl_ts").astype(np.float64) if view.has("kl_ts") else ls - lt
+    if np.isnan(within).all():  # text with different tokenizers: no kl_ts, rank by the loss gap instead
+        within = ls - lt
     names, inv = np.unique(dom[rows], return_inverse=True)
     cnt = np.bincount(inv, minlength=len(names)).astype(np.float64)
     mean_t = np.bincount(inv, weights=lt[rows], minlength=len(names)) / np.maximum(cnt, 1)
     mean_s = np.bincount(inv, weights=ls[rows], minlength=len(names)) / np.maximum(cnt, 1)
-    psi = mean_s / np.maximum(mean_t, 1e-6)
+    psi = np.exp(mean_s - mean_t)  # ℓ_S/ℓ_T: the ratio of the perplexities exp(mean loss)
     prev = None if previous is None else np.array([float(previous.get(d, 0.0)) for d in names])
     if prev is not None and prev.sum() <= 0:
         prev = None

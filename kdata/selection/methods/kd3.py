@@ -32,6 +32,11 @@ is high exactly when both networks are confident *and* agree, and it needs no ex
 Defaults: λ = 0.5 (the paper combines both networks' predictions with equal weight),
 threshold = None (the budget alone decides; the paper's threshold is a confidence cut that the
 budget makes unnecessary), chunked over rows so memory is O(chunk × C).
+
+Causal LMs (sequence-level statistics, ``kdata.selection.methods.view``): the confidence of a
+network on a text is its geometric-mean token probability exp(−NLL), so the combined confidence is
+s(x) = λ · exp(−teacher_nll) + (1 − λ) · exp(−student_nll): high exactly when both networks find the
+text predictable (in-distribution for both), low for junk or text only the teacher can model.
 """
 
 from __future__ import annotations
@@ -75,7 +80,10 @@ def kd3_select(p_teacher: np.ndarray, p_student: np.ndarray, budget: int, *, wei
 @register("kd3", doc="KD³: confidence of the combined teacher+student prediction (arXiv 2307.11469)")
 def kd3(view: ScoreView, *, budget, seed, weight: float = 0.5, threshold: float | None = None,
         **_) -> MethodResult:
-    if view.topk_dense():
+    if view.sequence_level:  # causal LMs: geometric-mean token probabilities (module docstring)
+        s = weight * view.col("teacher_conf").astype(np.float64) + \
+            (1 - weight) * view.col("student_conf").astype(np.float64)
+    elif view.topk_dense():
         s = kd3_score_topk(view, weight=weight)
     else:
         s = _kd3_dense(view, weight)

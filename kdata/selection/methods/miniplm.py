@@ -19,6 +19,10 @@ scores the pool with it (cached like every scoring) and passes its log-probabili
 ``reference=`` (a table of ``sample_id`` + ``ref_logits``). Without ``--reference`` the student
 serves as the reference (the paper's reference is a small model of the student's size).
 
+Causal LMs scored by kdata (``hf:PATH`` models, ``kdata.scoring.text``): the scores carry
+``teacher_nll`` and ``reference_nll`` (mean token NLL per sequence) and the score is
+``reference_nll − teacher_nll``, MiniPLM's per-instance difference (``text_difference``).
+
 Bring-your-own (text/LLM): a ``--scores`` Parquet with per-token log-probabilities in columns
 ``teacher_logprob`` and ``reference_logprob`` (a number per row, or a list per row = one value
 per token) is scored directly with the per-token mean, no class structure needed.
@@ -85,6 +89,8 @@ def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, te
 
 @register("miniplm", needs=("reference",), doc="MiniPLM: log p_teacher − log p_reference, top fraction (arXiv 2410.17215)")
 def miniplm(view: ScoreView, *, budget, seed, reference: pa.Table | None = None, **_) -> MethodResult:
+    if view.has("teacher_nll"):  # causal-LM text scored by kdata (kdata.scoring.text)
+        return text_difference(view)
     if view.has("teacher_logprob") and view.has("reference_logprob"):
         s = token_mean(view.table, "teacher_logprob") - token_mean(view.table, "reference_logprob")
         return MethodResult(score=np.nan_to_num(s, nan=-np.inf), info={"source": "per-token logprob columns"})
@@ -99,6 +105,24 @@ def miniplm(view: ScoreView, *, budget, seed, reference: pa.Table | None = None,
         lr = _label_logprob(view, "student", y)
         src = "student as reference"
     return MethodResult(score=lt - lr, info={"reference": src, "label_known": int((label >= 0).sum())})
+
+
+def text_difference(view: ScoreView) -> MethodResult:
+    """Causal-LM rows: score = loss_ref − loss_teacher with loss = mean token NLL of the sequence.
+
+    This is the difference MiniPLM's code computes per instance (thu-coai/MiniPLM:
+    ``scripts/miniplm/difference_sampling/compute_difference_scores.py`` takes ``small_scores −
+    large_scores`` over per-sequence LM losses, ``construct_pretrain_data.py`` sorts them descending
+    and keeps the top ``ratio``), i.e. mean log p_T − mean log p_ref. Without a ``reference_nll``
+    column the student's NLL stands in (the default recipe without --reference)."""
+    lt = view.col("teacher_nll").astype(np.float64)
+    if view.has("reference_nll"):
+        lr, src = view.col("reference_nll").astype(np.float64), "reference model (mean token NLL)"
+    else:
+        lr, src = view.col("student_nll").astype(np.float64), "student as reference (mean token NLL)"
+    s = lr - lt
+    return MethodResult(score=np.nan_to_num(s, nan=-np.inf), info={"reference": src,
+                                                                    "mean_score": float(np.nanmean(s)) if len(s) else 0.0})
 
 
 def reference_scores(pool, model, *, device, batch_size: int = 256, cache: bool = True) -> pa.Table:

@@ -1,4 +1,24 @@
-"""``ScoreView``: the scores table as numpy columns, plus full probabilities when available."""
+"""``ScoreView``: the scores table as numpy columns, plus full probabilities when available.
+
+Causal-LM runs (``kdata.scoring.text``) give sequence-level statistics instead of class
+probabilities. For them the view derives, once and in this one place, the columns the class-based
+methods read (``kd3``, ``rad``, ``coverage``, the baselines), each from per-sequence mean token
+NLLs (nats) and the teacher's mean token entropy H_T:
+
+* ``teacher_conf`` = exp(−teacher_nll): the teacher's geometric-mean token probability of the
+  text (its "max probability" on the sequence it would have to label);
+* ``student_conf`` = exp(−student_nll), likewise for the student;
+* ``student_margin`` = clip(H_T / student_nll, 0, 1), so the student's uncertainty
+  1 − margin = clip(1 − H_T / student_nll, 0, 1) is the share of the student's loss that the text's
+  own uncertainty under the teacher does not explain (0 when the student is as sure as the teacher
+  can be, → 1 when it is lost on text the teacher finds predictable);
+* ``student_entropy`` = student_nll, the student's mean token cross-entropy on the text;
+* ``kl_ts`` = mean token KL(teacher ‖ student) when the tokenizers are shared, else (null in the
+  scores) |student_nll − teacher_nll|.
+
+A student NLL that is missing (a text its own tokenizer gives < 2 tokens) is taken as the
+teacher's: no gap. Image and classifier tables are read as they are.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +40,41 @@ def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
     return values.reshape(len(col), width)
 
 
+LM_DERIVED = ("teacher_conf", "student_conf", "student_margin", "student_entropy", "kl_ts")
+
+
+def is_sequence_level(table: pa.Table) -> bool:
+    """A causal-LM scores table: per-sequence NLLs, no class probabilities."""
+    names = table.column_names
+    return "teacher_nll" in names and "student_nll" in names and "teacher_topk_prob" not in names
+
+
+def _float(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def lm_column(table: pa.Table, name: str) -> np.ndarray:
+    """One of ``LM_DERIVED`` for a causal-LM scores table (module docstring), float32."""
+    t = _float(table, "teacher_nll")
+    s = _float(table, "student_nll")
+    s = np.where(np.isnan(s), t, s)
+    if name == "teacher_conf":
+        out = np.exp(-t)
+    elif name == "student_conf":
+        out = np.exp(-s)
+    elif name == "student_margin":
+        h = _float(table, "teacher_entropy") if "teacher_entropy" in table.column_names else t
+        out = np.clip(h / np.maximum(s, 1e-9), 0.0, 1.0)
+    elif name == "student_entropy":
+        out = s
+    elif name == "kl_ts":
+        kl = _float(table, "kl_ts") if "kl_ts" in table.column_names else np.full(len(t), np.nan)
+        out = np.where(np.isnan(kl), np.abs(s - t), kl)
+    else:
+        raise KeyError(name)
+    return out.astype(np.float32)
+
+
 @dataclass
 class ScoreView:
     table: pa.Table
@@ -30,8 +85,19 @@ class ScoreView:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    @property
+    def sequence_level(self) -> bool:
+        """True for causal-LM scores (sequence statistics; class columns derived, module docstring)."""
+        key = "_sequence_level"
+        if key not in self._cache:
+            self._cache[key] = is_sequence_level(self.table)
+        return self._cache[key]
+
     def col(self, name: str) -> np.ndarray:
         if name not in self._cache:
+            if name in LM_DERIVED and self.sequence_level:
+                self._cache[name] = lm_column(self.table, name)
+                return self._cache[name]
             if name not in self.table.column_names:
                 raise KeyError(name)
             arr = self.table.column(name)
@@ -43,7 +109,7 @@ class ScoreView:
         return self._cache[name]
 
     def has(self, name: str) -> bool:
-        return name in self.table.column_names
+        return name in self.table.column_names or (name in LM_DERIVED and self.sequence_level)
 
     @property
     def sample_ids(self) -> np.ndarray:
@@ -104,16 +170,18 @@ class ScoreView:
         return not (self.has("teacher_logits") and self.has("student_logits")) and self.num_classes > 64
 
     def row_uniform(self, seed: int, salt: str = "") -> np.ndarray:
-        """A uniform [0, 1) number per row derived from (seed, salt, sample_id), not from row position,
-        so seeded randomness is invariant to row order."""
-        import hashlib
+        """A uniform [0, 1) number per row from (seed, salt, sample_id) — a permanent random number
+        (``kdata.selection.prn``), so seeded randomness is invariant to row order."""
+        from kdata.selection.prn import prn
 
-        import pandas as pd
+        key = f"_prn_{seed}_{salt}"
+        if key not in self._cache:
+            self._cache[key] = prn(self.sample_ids, seed=seed, salt=salt)
+        return self._cache[key]
 
-        key = hashlib.md5(f"{seed}:{salt}".encode()).hexdigest()[:16]
-        ids = np.asarray(self.sample_ids, dtype=object)
-        h = pd.util.hash_array(ids, hash_key=key, categorize=False)
-        return (h >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+    def prn(self, seed: int) -> np.ndarray:
+        """The permanent random number of each row under ``seed`` (shared by random, rad, the recipe)."""
+        return self.row_uniform(seed)
 
     def probs(self, who: str) -> np.ndarray:
         """Full probabilities of ``teacher``/``student`` (from logits, else top-k with the rest spread)."""

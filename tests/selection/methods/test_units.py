@@ -6,7 +6,8 @@ import pytest
 from kdata.core.errors import KdataError
 from kdata.selection.methods.ddk import allocate, domain_proportions
 from kdata.selection.methods.kd3 import kd3_score, kd3_select
-from kdata.selection.methods.rad import rad_probabilities, systematic_sample
+from kdata.selection.methods.rad import rad_probabilities
+from kdata.selection.prn import order_sample
 from kdata.selection.run import select
 from tests.helpers.methods import scores_from_probs
 
@@ -48,10 +49,11 @@ def test_rad_probabilities_by_hand():
     assert t == pytest.approx(1 / 3)
 
 
-def test_systematic_sample_exact_size_and_certain_points():
+def test_order_sample_exact_size_and_certain_points():
     p = np.array([1.0, 0.5, 0.5, 0.0, 1.0])
     for seed in range(20):
-        got = systematic_sample(p, 3, keys=np.arange(5) / 5, seed=seed)
+        u = np.random.default_rng(seed).random(5)
+        got = order_sample(p, 3, u=u)
         assert len(got) == 3 and {0, 4} <= set(got.tolist()) and 3 not in got
 
 

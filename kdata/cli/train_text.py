@@ -1,0 +1,79 @@
+"""The text branch of ``kdata train DIR``: a causal-LM or text-classifier student on curated text shards.
+
+Taken when ``--student`` is a text model (``hf:PATH``, ``builtin:text-*``) or when DIR's shards
+carry text soft labels (``teacher_topk_ids`` per token, or text with class soft labels).
+"""
+
+from __future__ import annotations
+
+from kdata.cli.common import emit_json, progress_printer
+
+LM_EVAL = "builtin:text-test"
+LM_STUDENT = "builtin:text-student"
+IMAGE_DEFAULT_STUDENT = "builtin:digits-student"
+
+
+def is_text_run(student: str, shards: str) -> bool:
+    """Whether ``kdata train`` takes the text branch (see the module doc)."""
+    from kdata.models.hf import is_text_spec
+    from kdata.training.text_data import shard_kind
+
+    if is_text_spec(student):
+        return True
+    if student != IMAGE_DEFAULT_STUDENT:
+        return False
+    return shard_kind(shards) != "image"
+
+
+def run_text(args, shards: str) -> int:
+    """``kdata train DIR`` on text shards: options → ``TextTrainConfig``, train, print or emit the log."""
+    from kdata.core.errors import KdataError
+    from kdata.pipeline.distill import default_out
+    from kdata.training.text import TextTrainConfig, train_text
+    from kdata.training.text_data import shard_kind
+
+    kind = shard_kind(shards)
+    student = args.student
+    if student == IMAGE_DEFAULT_STUDENT:  # --student not given
+        if kind != "causal_lm":
+            raise KdataError(f"{shards}: text classifier shards: give the student, --student hf:PATH")
+        student = LM_STUDENT
+    for flag, bad in (("--reselect-every", args.reselect_every), ("--reinit", args.reinit),
+                      ("--loss nkd", args.loss == "nkd"), ("--pool", args.pool), ("--teacher", args.teacher)):
+        if bad:
+            raise KdataError(f"{flag}: not available for text students (image students only)")
+    names = ("epochs", "steps", "batch_size", "lr", "alpha", "seed", "temperature")
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    cfg = TextTrainConfig(**given, device=args.device)
+    if args.eval is not None:
+        ev = None if args.eval.strip().lower() == "none" else args.eval
+    else:
+        ev = LM_EVAL if kind == "causal_lm" else None
+    out = args.out or str(default_out(shards))
+    log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,
+                     progress=progress_printer(args.quiet or args.json),
+                     trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
+    log["out_default"] = args.out is None
+    if args.json:
+        emit_json(log)
+        return 0
+    print("\n".join(text_summary(log)))
+    return 0
+
+
+def text_summary(log: dict) -> list[str]:
+    """Held-out perplexity (LM) or accuracy (classifier) before → after, and where the student went."""
+    lines = [f"kdata: trained {log['student']} ({log['kind'].replace('_', ' ')}) on {log['n_train']} rows for "
+             f"{log['epochs']} epochs ({log['steps']} optimiser steps) in {log['seconds']:.1f}s"]
+    metric = log["metric"]
+    if log.get(f"{metric}_after") is not None:
+        fmt = "{:.2f}" if metric == "perplexity" else "{:.4f}"
+        lines.append(f"  {metric} on {log['eval']} ({log['n_eval']} texts): before training "
+                     f"{fmt.format(log[f'{metric}_before'])} → after {fmt.format(log[f'{metric}_after'])}")
+        if log.get("worse_than_before"):
+            lines.append(f"kdata: warning: training made the student worse on {log['eval']}")
+    else:
+        lines.append(f"  no eval set: {metric} not measured (give --eval EVAL)")
+    lines.append(f"  saved to {log['out']}" + ("  (the default beside the dataset; --out DIR to choose)"
+                                               if log.get("out_default") else ""))
+    return lines

@@ -1,0 +1,237 @@
+"""The ``generate`` Prefect flow: generate (one cached task per prompt shard) → critic → write → select → distill.
+
+It calls the same stage functions as ``kdata generate`` (``kdata.pipeline.generate``,
+``kdata.pipeline.generate_output``), ``kdata select`` (``kdata.pipeline.run.run_select``) and the
+text trainer (``kdata.training.text.train_text``). Tasks pass paths, keys and small dicts, never
+tables or models; each task loads its models through a per-process cache.
+
+Each prompt shard's task is cached by Prefect on the shard key (its prompts, the teacher's
+checksum, the decoding settings, precision, device type, kdata version — ``shard_key``); its
+candidates live under ``$KDATA_CACHE/generate`` (like score files), so a rerun — after a crash,
+or into a new output with the same prompts and settings — shows those tasks as ``Cached``.
+
+Outputs: ``OUT`` (the candidates dataset with its card), with a student: ``OUT-curated`` (the
+accepted candidates with the teacher's per-token soft labels) and ``OUT-student``::
+
+    python flows/generate.py --prompts prompts.jsonl --out runs/generated-v1 \\
+        --student builtin:text-student --critic critic/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from kdata.core.errors import KdataError
+
+_MODELS: dict = {}
+
+
+def _model(spec: str, *, device: str, precision: str = "auto"):
+    from kdata.pipeline.generate_run import load_generator
+
+    key = (spec, device, precision)
+    if key not in _MODELS:
+        _MODELS[key] = load_generator(spec, device=device, precision=precision)
+    return _MODELS[key]
+
+
+def _cfg(params: dict):
+    from kdata.models.hf_generate import DecodeConfig
+    from kdata.pipeline.generate import GenerateConfig
+
+    p = dict(params)
+    return GenerateConfig(**{**p, "decode": DecodeConfig(**(p.get("decode") or {}))})
+
+
+def _store() -> Path:
+    from kdata.core.paths import cache_dir
+
+    return cache_dir("generate")
+
+
+def _results() -> Path:
+    from kdata.core.paths import cache_dir
+
+    return cache_dir("prefect-results")
+
+
+def shard_cache_key(context, parameters: dict) -> str:
+    """Prefect cache key of a shard task: the shard key (what its candidates depend on)."""
+    return "generate-shard-" + parameters["key"]
+
+
+@task(name="generate-shard", cache_key_fn=shard_cache_key, persist_result=True, retries=1)
+def generate_shard_task(params: dict, index: int, key: str, device: str, batch_size: int = 16) -> dict:
+    """Generate one prompt shard into the generate cache; returns its path."""
+    from kdata.pipeline.generate import generate_shard, prompt_shards, read_prompts
+
+    cfg = _cfg(params)
+    shard = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)[index]
+    model = _model(cfg.teacher, device=device, precision=cfg.precision)
+    path = generate_shard(model, shard, index=index, key=key, work=_store(), cfg=cfg, batch_size=batch_size)
+    return {"index": index, "key": key, "path": str(path)}
+
+
+@task(name="critic")
+def critic_task(params: dict, paths: list[str], device: str) -> dict | None:
+    """P(accept) of every non-empty candidate (teacher/student statistics + embedder); None without a critic."""
+    import pyarrow as pa
+
+    from kdata.core.atomic import write_parquet
+    from kdata.pipeline.generate import read_candidates
+    from kdata.pipeline.generate_output import critic_scores
+
+    cfg = _cfg(params)
+    if not cfg.critic:
+        return None
+    cands = read_candidates([Path(p) for p in paths])
+    nonempty = cands.filter([bool((t or "").strip()) for t in cands.column("text").to_pylist()])
+    prob, quarantined, crit = critic_scores(nonempty, critic=cfg.critic, teacher=_model(cfg.teacher, device=device),
+                                            student=_model(cfg.student, device=device), device=device,
+                                            recall=cfg.critic_recall, precision=cfg.critic_precision)
+    import hashlib
+
+    key = json.dumps([paths, str(Path(cfg.critic).resolve()), crit.threshold, crit.feature_names[:8]])
+    path = _store() / f"critic-{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
+    write_parquet(path, pa.table({"sample_id": nonempty.column("sample_id"), "p": pa.array(prob, pa.float64())}))
+    return {"path": str(path), "quarantined": quarantined, "threshold": crit.threshold}
+
+
+@task(name="write")
+def write_task(params: dict, paths: list[str], critic: dict | None, out: str, device: str) -> dict:
+    """Account for every candidate and write the candidates dataset (``finish_generate``)."""
+    import numpy as np
+
+    from kdata.core.atomic import read_parquet
+    from kdata.models.base import pick_device
+    from kdata.pipeline.generate import read_candidates, read_prompts
+    from kdata.pipeline.generate_output import finish_generate
+    from kdata.pipeline.generate_run import run_config
+    from kdata.selection.critic_model import load_critic
+
+    cfg = _cfg(params)
+    teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
+    student = _model(cfg.student, device=device, precision=cfg.precision) if cfg.critic else None
+    prompts = read_prompts(cfg.prompts)
+    cands = read_candidates([Path(p) for p in paths])
+    prob = crit = None
+    if critic is not None:
+        t = read_parquet(critic["path"])
+        by_id = dict(zip(t.column("sample_id").to_pylist(), t.column("p").to_pylist()))
+        prob = np.array([by_id.get(i, np.nan) for i in cands.column("sample_id").to_pylist()], dtype=np.float64)
+        crit = load_critic(cfg.critic).with_target(recall=cfg.critic_recall, precision=cfg.critic_precision)
+    models = {"teacher": teacher.describe(), **({"student": student.describe()} if student is not None else {})}
+    report = finish_generate(cands, prompts=prompts, cfg=cfg, out=out, models=models, crit=crit, prob=prob,
+                             quarantined=(critic or {}).get("quarantined") or {},
+                             config=run_config(cfg, prompts, teacher, student, device=pick_device(device)),
+                             extra={"shards": {"n": len(paths)}})
+    return report.to_dict()
+
+
+@task(name="select")
+def select_task(pool: str, teacher: str, student: str, out: str, device: str, select: dict | None = None) -> dict:
+    """Score the accepted candidates with the teacher (per-token soft labels): ``kdata select``."""
+    from kdata.pipeline.config import RunOptions, SelectConfig
+    from kdata.pipeline.run import run_select
+
+    cfg = SelectConfig(**{"method": "random", "budget": "100%", **(select or {}), "pool": pool, "teacher": teacher,
+                          "student": student})
+    return run_select(cfg, out=out, opts=RunOptions(device=device)).to_dict()
+
+
+@task(name="distill")
+def distill_task(curated: str, student: str, out: str, device: str, distill: dict | None = None) -> dict:
+    """Train the student on the curated candidates (the text trainer)."""
+    from kdata.pipeline.generate_rounds import distill as train
+
+    d = dict(distill or {})
+    ev = d.pop("eval", None)
+    from kdata.training.text import TextTrainConfig
+
+    log = train(Path(curated), student=student, out=Path(out), device=device,
+                train_config=TextTrainConfig(**d), eval_spec=ev)
+    return {k: log.get(k) for k in ("out", "n_train", "steps", "perplexity_before", "perplexity_after")}
+
+
+@flow(name="generate", log_prints=True)
+def generate(params: dict, out: str, run: dict | None = None, select: dict | None = None,
+             distill: dict | None = None) -> dict:
+    """Generate candidates per prompt shard (cached), filter with the critic, write, select, distill.
+
+    ``params``: GenerateConfig fields (teacher, prompts, per_prompt, decode {temperature, top_p,
+    max_new_tokens, seed}, shard_size, precision, student, critic, critic_recall); ``run``: device,
+    batch_size; ``select``: extra SelectConfig fields; ``distill``: TextTrainConfig fields + eval.
+    """
+    from kdata.models.base import pick_device
+    from kdata.pipeline.generate import (
+        check_config,
+        prompt_shards,
+        read_prompts,
+        shard_key,
+    )
+
+    logger = get_run_logger()
+    cfg, run = _cfg(params), dict(run or {})
+    check_config(cfg)
+    device = str(pick_device(run.get("device", "auto")))
+    teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
+    shards = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)
+    keys = [shard_key(s, teacher_checksum=teacher.checksum, cfg=cfg, device_type=device.split(":")[0])
+            for s in shards]
+    tasks = generate_shard_task.with_options(result_storage=_results())
+    states = [tasks(params, i, k, device, int(run.get("batch_size", 16)), return_state=True)
+              for i, k in enumerate(keys)]
+    done = [s.result() for s in states]
+    for i, d in enumerate(done):  # a cached result whose file was removed since: generate it again
+        if not Path(d["path"]).is_file():
+            done[i] = tasks.with_options(refresh_cache=True)(params, i, keys[i], device, int(run.get("batch_size", 16)))
+    paths = [d["path"] for d in done]
+    critic = critic_task(params, paths, device)
+    report = write_task(params, paths, critic, out, device)
+    result = {"out": out, "counts": report["counts"], "status": report["status"],
+              "shards": {s.name: sum(1 for x in states if x.name == s.name) for s in states}}
+    logger.info("candidates: %s", report["counts"])
+    if cfg.student and report["counts"]["kept"]:
+        curated, student_out = f"{out}-curated", f"{out}-student"
+        result["curated"] = select_task(out, cfg.teacher, cfg.student, curated, device, select)["counts"]
+        if distill is not None:
+            result["student"] = distill_task(curated, cfg.student, student_out, device, distill)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python flows/generate.py``: the main options of ``kdata generate``, run as the flow."""
+    p = argparse.ArgumentParser(prog="flows/generate.py", description="Run the kdata generate flow once.")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--teacher", default="builtin:text-teacher")
+    p.add_argument("--per-prompt", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--student", default=None)
+    p.add_argument("--critic", default=None)
+    p.add_argument("--distill", action="store_true", help="train the student on the curated candidates")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    params = {"teacher": args.teacher, "prompts": args.prompts, "per_prompt": args.per_prompt,
+              "student": args.student, "critic": args.critic,
+              "decode": {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+                         "seed": args.seed}}
+    try:
+        from kdata.pipeline.generate import read_prompts
+
+        read_prompts(args.prompts)
+        result = generate(params=params, out=args.out, run={"device": args.device},
+                          distill={} if args.distill else None)
+    except KdataError as exc:
+        print(f"generate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(result, default=str))
+    return 0

@@ -1,0 +1,216 @@
+"""Hugging Face ``transformers`` models from local directories: ``hf:PATH`` (and ``builtin:text-*``).
+
+A directory holds ``config.json``, a tokenizer and weights. What it is comes from the config's
+``architectures``: ``…ForCausalLM``/``…LMHeadModel`` → a causal LM, ``…ForSequenceClassification``
+→ a classifier (class names from ``id2label``). Nothing in the directory runs code
+(``kdata.models.hf_safety``): ``model.safetensors`` (or its sharded index) is preferred; a
+``pytorch_model.bin`` is read only by a weights-only load after its pickle was checked; a config
+that asks for custom code (``auto_map``) is refused unless ``--trust-remote-code``.
+
+Precision: fp32 on a CPU, bf16 weights on CUDA (``auto``); ``max_length`` is the smaller of the
+asked length and the model's position limit, and is recorded with the scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kdata.core.errors import KdataError
+from kdata.core.extras import require
+from kdata.models.hf_safety import check_remote_code, read_config, weight_files, weights_checksum
+
+DEFAULT_MAX_LENGTH = 512
+KINDS = ("causal_lm", "classifier")
+
+
+@dataclass
+class HFModel:
+    """A loaded transformers model with its tokenizer and what the manifest records."""
+
+    spec: str
+    kind: str  # causal_lm | classifier
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    checksum: str
+    max_length: int
+    class_names: list[str] = field(default_factory=list)  # classifier: id2label in id order; LM: []
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.kind == "classifier" else self.vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for v in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+            if v is not None:
+                return int(v)
+        return 0
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "checksum": self.checksum, "kind": self.kind, "name": self.name,
+                "max_length": self.max_length, "num_classes": len(self.class_names),
+                "vocab_size": self.vocab_size, "precision": self.precision}
+
+
+def kind_of(config: dict, *, where: str) -> str:
+    """``causal_lm`` or ``classifier`` from config.json's ``architectures`` (one line otherwise)."""
+    archs = config.get("architectures") or []
+    for a in archs:
+        if a.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal_lm"
+        if a.endswith("ForSequenceClassification"):
+            return "classifier"
+    raise KdataError(f"{where}: config.json architectures {archs or 'missing'}: expected a causal LM "
+                     "(…ForCausalLM) or a sequence classifier (…ForSequenceClassification)")
+
+
+def resolve_max_length(config: dict, tokenizer, asked: int | None) -> int:
+    """min(asked or DEFAULT_MAX_LENGTH, the model's position limit, the tokenizer's limit when sane)."""
+    limits = [asked or DEFAULT_MAX_LENGTH]
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        v = config.get(key)
+        if isinstance(v, int) and v > 0:
+            limits.append(v)
+            break
+    tl = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tl, int) and 0 < tl < 10**7:
+        limits.append(tl)
+    return int(min(limits))
+
+
+def _load_tokenizer(path: Path, *, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001  (a missing or broken tokenizer: one line)
+        msg = str(exc).strip().splitlines()
+        raise KdataError(f"{path}: cannot load the tokenizer ({type(exc).__name__}: {msg[0][:160] if msg else ''})") from None
+    return tok
+
+
+def _load_module(path: Path, kind: str, *, trust_remote_code: bool) -> torch.nn.Module:
+    """The model in fp32 on the CPU, from safetensors or a checked weights-only ``.bin``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
+    files, fmt = weight_files(path)
+    try:
+        if fmt == "safetensors":
+            model = auto.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                         trust_remote_code=trust_remote_code, dtype=torch.float32)
+        else:
+            from kdata.models.safe_load import load_state_file
+
+            state = {}
+            for f in files:  # each file's pickle checked, then loaded weights-only under the guard
+                state.update(load_state_file(f))
+            cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+            model = auto.from_config(cfg, trust_remote_code=trust_remote_code, dtype=torch.float32)
+            missing, _ = model.load_state_dict(state, strict=False)
+            model.tie_weights()
+            tied = {k for k, _ in model.named_parameters(remove_duplicate=False)} - \
+                {k for k, _ in model.named_parameters()}
+            missing = [k for k in missing if k not in tied and "lm_head" not in k]
+            if missing:
+                raise KdataError(f"{files[0]}: weights lack {len(missing)} parameter(s) of the model, e.g. '{missing[0]}'")
+    except KdataError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (transformers' many errors: one line)
+        msg = str(exc).strip().splitlines()
+        raise KdataError(f"{path}: cannot load the model ({type(exc).__name__}: {msg[0][:200] if msg else ''})") from None
+    return model.float().eval()
+
+
+def load_hf(path: str | os.PathLike, *, device: torch.device | str = "cpu", precision: str = "auto",
+            trust_remote_code: bool = False, max_length: int | None = None, spec: str | None = None) -> HFModel:
+    """Load a local transformers directory as an ``HFModel`` (see the module docstring)."""
+    require("text", "transformers", "tokenizers")
+    quiet_transformers()
+    path, device = Path(path), torch.device(device)
+    where = str(path)
+    if not path.is_dir():
+        raise KdataError(f"{where}: model directory not found")
+    config = read_config(path)
+    check_remote_code(path, config, trust_remote_code=trust_remote_code)
+    kind = kind_of(config, where=where)
+    weight_files(path)  # a directory without weights is one line before the tokenizer loads
+    tokenizer = _load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model = _load_module(path, kind, trust_remote_code=trust_remote_code)
+    prec = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
+    model = model.to(device=device, dtype=torch.bfloat16 if prec == "bf16" else torch.float32)
+    class_names = []
+    if kind == "classifier":
+        id2label = getattr(model.config, "id2label", None) or {}
+        class_names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(model.config.num_labels)]
+    h = hashlib.sha256(weights_checksum(path).encode())
+    return HFModel(spec=spec or f"hf:{path}", kind=kind, model=model, tokenizer=tokenizer, name=path.name,
+                   checksum="sha256:" + h.hexdigest(), max_length=resolve_max_length(config, tokenizer, max_length),
+                   class_names=class_names, device=device, precision=prec,
+                   extra={"architectures": config.get("architectures"), "model_type": config.get("model_type")})
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advisory log lines from transformers on kdata's stderr."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+TEXT_PREFIXES = ("hf:", "builtin:text-")
+
+
+def is_text_spec(spec: str | None) -> bool:
+    """True for the model specs this module loads (``hf:PATH``, ``builtin:text-*``)."""
+    return isinstance(spec, str) and spec.startswith(TEXT_PREFIXES)
+
+
+def text_model_path(spec: str) -> Path:
+    """The local directory of a text model spec (``builtin:text-*`` trained on first use)."""
+    if spec.startswith("hf:"):
+        rest = spec[3:]
+        if not rest:
+            raise KdataError("hf: give a local transformers directory, e.g. hf:models/my-lm")
+        return Path(rest).expanduser()
+    from kdata.models import builtin_text  # written by the built-in text models (trains them on first use)
+
+    return Path(builtin_text.model_dir(spec.split(":", 1)[1]))
+
+
+def load_text_model(spec: str, *, device="cpu", precision: str = "auto", trust_remote_code: bool = False,
+                    max_length: int | None = None) -> HFModel:
+    """Load ``hf:PATH`` or ``builtin:text-*`` (one KdataError line when it cannot)."""
+    return load_hf(text_model_path(spec), device=device, precision=precision, trust_remote_code=trust_remote_code,
+                   max_length=max_length, spec=spec)
+
+
+def same_tokenizer(a: HFModel, b: HFModel) -> bool:
+    """Whether two models tokenise alike: equal vocabularies (token → id) and equal special tokens."""
+    if a.tokenizer is b.tokenizer:
+        return True
+    try:
+        return a.tokenizer.get_vocab() == b.tokenizer.get_vocab() and \
+            json.dumps(a.tokenizer.special_tokens_map, sort_keys=True) == \
+            json.dumps(b.tokenizer.special_tokens_map, sort_keys=True)
+    except Exception:  # noqa: BLE001
+        return False

@@ -1,0 +1,116 @@
+"""``kdata generate`` end to end: prompts → candidate shards (resumable) → critic → candidates dataset.
+
+The stage functions live in ``kdata.pipeline.generate`` (prompts, shards) and
+``kdata.pipeline.generate_output`` (accounting, writing); the ``generate`` flow calls the same ones
+with one Prefect task per prompt shard. ``run_generate`` holds OUT's lock for the whole run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kdata.core.errors import KdataError
+from kdata.core.jsonable import config_hash
+from kdata.core.lock import exclusive
+from kdata.models.base import pick_device
+from kdata.models.hf import load_text_model
+from kdata.pipeline.generate import (
+    GenerateConfig,
+    check_config,
+    generate_shard,
+    prompt_shards,
+    prompts_checksum,
+    read_candidates,
+    read_prompts,
+    shard_done,
+    shard_key,
+    work_dir,
+)
+from kdata.pipeline.generate_output import critic_scores, finish_generate
+from kdata.pipeline.output import RunReport, already_complete
+
+
+def load_generator(spec: str, *, device, precision: str = "auto", role: str = "teacher"):
+    """A causal LM for generation or scoring (one line when it is not one)."""
+    model = load_text_model(spec, device=device, precision=precision)
+    if model.kind != "causal_lm":
+        raise KdataError(f"--{role} {spec}: a {model.kind.replace('_', ' ')}; generation needs a causal LM "
+                         "(…ForCausalLM)")
+    return model
+
+
+def run_config(cfg: GenerateConfig, prompts: list[dict], teacher, student, *, device) -> dict:
+    """What defines the output (hashed): prompts, models by checksum, decoding, critic and its cut."""
+    crit = None
+    if cfg.critic:
+        from kdata.selection.critic_model import load_critic
+
+        c = load_critic(cfg.critic).with_target(recall=cfg.critic_recall, precision=cfg.critic_precision)
+        crit = {"name": Path(cfg.critic).name, "threshold": c.threshold, "features": len(c.feature_names),
+                "coef_sum": float(c.coef.sum())}
+    return {"command": "generate", "teacher": cfg.teacher, "teacher_checksum": teacher.checksum,
+            "prompts_file": Path(cfg.prompts).name, "prompts_checksum": prompts_checksum(prompts),
+            "n_prompts": len(prompts), "per_prompt": cfg.per_prompt, "decoding": cfg.decode.to_dict(),
+            "seed": cfg.decode.seed, "shard_size": cfg.shard_size, "precision": teacher.precision,
+            "device": device.type, "student": cfg.student, "critic_teacher": cfg.critic_teacher, "student_checksum": student.checksum if student else None,
+            "critic": crit}
+
+
+def generate_shards(teacher, prompts: list[dict], *, cfg: GenerateConfig, out, device, batch_size: int = 16,
+                    on_shard=None) -> tuple[list[Path], int]:
+    """Every prompt shard's candidate file (generating those without a done marker); (paths, reused)."""
+    work = work_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    paths, reused = [], 0
+    for i, shard in enumerate(prompt_shards(prompts, cfg.shard_size)):
+        key = shard_key(shard, teacher_checksum=teacher.checksum, cfg=cfg, device_type=device.type)
+        reused += shard_done(work, i, key) is not None
+        paths.append(generate_shard(teacher, shard, index=i, key=key, work=work, cfg=cfg, batch_size=batch_size))
+        if on_shard is not None:
+            on_shard(i, paths[-1])
+    return paths, reused
+
+
+def run_generate(cfg: GenerateConfig, *, out: str | Path, device: str = "auto", batch_size: int = 16,
+                 on_shard=None, before_commit=None) -> RunReport:
+    """Generate, filter and write the candidates dataset (module doc). ``on_shard(i, path)`` runs after
+    each finished shard (tests use it to stop a run part-way)."""
+    check_config(cfg)
+    prompts = read_prompts(cfg.prompts)
+    dev = pick_device(device)
+    with exclusive(out):
+        teacher = load_generator(cfg.teacher, device=dev, precision=cfg.precision)
+        student = load_generator(cfg.student, device=dev, precision=cfg.precision, role="student") \
+            if cfg.critic else None
+        config = run_config(cfg, prompts, teacher, student, device=dev)
+        done = already_complete(out, config_hash(config))
+        if done is not None:
+            return done
+        paths, reused = generate_shards(teacher, prompts, cfg=cfg, out=out, device=dev, batch_size=batch_size,
+                                        on_shard=on_shard)
+        scorer = teacher if not cfg.critic or cfg.critic_teacher in (None, cfg.teacher) else \
+            load_generator(cfg.critic_teacher, device=dev, precision=cfg.precision)
+        report = write_candidates(read_candidates(paths), prompts=prompts, cfg=cfg, out=out, teacher=scorer,
+                                  student=student, config=config, device=dev,
+                                  extra={"shards": {"n": len(paths), "reused": reused}}, before_commit=before_commit)
+        shutil.rmtree(work_dir(out), ignore_errors=True)
+        return report
+
+
+def write_candidates(cands, *, prompts, cfg: GenerateConfig, out, teacher, student, config: dict, device,
+                     extra: dict | None = None, before_commit=None) -> RunReport:
+    """Critic (when given) then ``finish_generate``."""
+    prob = crit = None
+    quarantined: dict = {}
+    if cfg.critic:
+        nonempty = cands.filter([bool((t or "").strip()) for t in cands.column("text").to_pylist()])
+        p, quarantined, crit = critic_scores(nonempty, critic=cfg.critic, teacher=teacher, student=student,
+                                             device=device, recall=cfg.critic_recall, precision=cfg.critic_precision)
+        by_id = dict(zip(nonempty.column("sample_id").to_pylist(), p))
+        import numpy as np
+
+        prob = np.array([by_id.get(i, np.nan) for i in cands.column("sample_id").to_pylist()], dtype=np.float64)
+    models = {"teacher": teacher.describe(), **({"student": student.describe()} if student is not None else {})}
+    return finish_generate(cands, prompts=prompts, cfg=cfg, out=out, models=models, config=config, crit=crit,
+                           prob=prob, quarantined=quarantined, extra=extra, before_commit=before_commit)

@@ -1,0 +1,123 @@
+"""The text branch of a curation run: Hugging Face models (``hf:PATH``, ``builtin:text-*``) on a text pool.
+
+``prepare_text`` does every check that needs no scoring (a text pool, text models of one kind,
+the method chain and balance a causal LM supports, ``--reference`` where MiniPLM needs it) and
+says once on stderr when the student tokenises differently (``kl_ts`` is then left null);
+``score_text`` scores through ``kdata.scoring.text``. Selection, decisions and writing are the
+image path's (``kdata.pipeline.curate.finish``).
+
+Default recipe on causal LMs: MiniPLM difference sampling (``miniplm``; the student stands in for
+the reference when none is given), the budget spread over domains when the pool has them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kdata.core.errors import KdataError
+from kdata.models.hf import is_text_spec
+from kdata.models.spec import load_model, pick_device
+from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
+from kdata.pools.spec import open_pool
+from kdata.pools.text import payload_kind
+from kdata.scoring.text import TextScoreConfig, score_text_pool, text_models
+
+LM_METHODS = ("miniplm", "ddk", "random", "disagreement", "critic",  # methods that read causal-LM sequence columns
+              # (critic: a text critic from `kdata critic fit` on text, kdata.selection.critic_text)
+              "kd3", "rad", "coverage", "teacher_confidence", "student_entropy")
+# (kd3/rad/coverage/baselines: class columns derived from sequence statistics, kdata.selection.methods.view)
+TEXT_DEFAULT_CHAIN = ["miniplm"]
+
+
+def is_text_run(cfg: SelectConfig) -> bool:
+    """A run whose teacher or student is a text model spec."""
+    return not cfg.scores and (is_text_spec(cfg.teacher) or is_text_spec(cfg.student))
+
+
+def check_specs(cfg: SelectConfig) -> None:
+    """Teacher, student and reference all text specs (one line naming the odd one)."""
+    for role in ("teacher", "student", "reference"):
+        spec = getattr(cfg, role)
+        if spec is not None and not is_text_spec(spec):
+            raise KdataError(f"--{role} {spec}: a text run needs text models for teacher, student and reference "
+                             "(hf:PATH or builtin:text-*)")
+
+
+def check_text_pool(pool, *, spec: str) -> None:
+    kind = payload_kind(pool)
+    if kind == "image":
+        raise KdataError(f"{spec}: the pool holds images; text models score a `text` column (JSONL, Parquet "
+                         "with `text`, a saved Hugging Face dataset or builtin:text-web)")
+
+
+def check_image_pool(pool, *, spec: str) -> None:
+    """An image model given a text pool: one line before any work."""
+    if payload_kind(pool) == "text":
+        raise KdataError(f"{spec}: the pool holds text; image models cannot score it (give text models: "
+                         "--teacher hf:PATH --student hf:PATH, or precomputed predictions with --scores)")
+
+
+def _lm_methods(cfg: SelectConfig, methods: list[str], *, has_reference: bool) -> list[str]:
+    if cfg.is_default_recipe:
+        return list(TEXT_DEFAULT_CHAIN)
+    odd = [m for m in methods if m not in LM_METHODS]
+    if odd:
+        raise KdataError(f"--method {odd[0]}: needs class probabilities, which causal LMs do not give; "
+                         f"on causal-LM text use {', '.join(LM_METHODS)}")
+    if "miniplm" in methods and not has_reference:
+        raise KdataError("--method miniplm on causal LMs needs a reference model: --reference hf:PATH "
+                         "(MiniPLM scores loss_reference − loss_teacher)")
+    return methods
+
+
+def _lm_balance(cfg: SelectConfig, balance: str | None, pool) -> str | None:
+    if cfg.balance in ("class", "cluster"):
+        raise KdataError(f"--balance {cfg.balance}: causal LMs give no classes or embeddings; use domain or none")
+    if balance == "class" or (cfg.balance is None and cfg.is_default_recipe):
+        return "domain" if _has_domains(pool) else None  # the default recipe: spread over domains
+    return balance
+
+
+def _has_domains(pool) -> bool:
+    for unit in pool.units:
+        t = unit.read()
+        if "domain" in t.column_names and t.column("domain").null_count < t.num_rows:
+            return True
+    return False
+
+
+def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], balance: str | None, prepared,
+                 load=load_model):
+    """The ``Prepared`` of a text run (``prepared`` is the pipeline's ``Prepared`` class; ``load`` as
+    ``load_model``: the curate flow passes its per-process model cache)."""
+    check_specs(cfg)
+    if cfg.hard:
+        raise KdataError("--hard: HARD augments images; text runs cannot use it")
+    pool = open_pool(cfg.pool, limits=pool_limits(cfg))
+    if not pool.units:
+        raise KdataError(f"{cfg.pool}: the pool is empty")
+    check_text_pool(pool, spec=cfg.pool)
+    device = pick_device(opts.device)
+    kw = {"device": device, "precision": cfg.precision, "trust_remote_code": bool(opts.trust_remote_code),
+          "max_length": cfg.max_length}
+    teacher, student = load(cfg.teacher, **kw), load(cfg.student, **kw)
+    reference = load(cfg.reference, **kw) if cfg.reference else None
+    models = text_models(teacher, student, reference)
+    if teacher.kind == "causal_lm":
+        methods = _lm_methods(cfg, methods, has_reference=reference is not None)
+        balance = _lm_balance(cfg, balance, pool)
+        if not models.shared:
+            print(f"kdata: note: teacher {teacher.spec} and student {student.spec} tokenise differently; "
+                  "kl_ts is left null (sequence-level scores only)", file=sys.stderr)
+    else:
+        pool.check_labels(teacher.class_names)
+    score_cfg = TextScoreConfig(batch_size=opts.batch_size, token_topk=cfg.token_topk, topk=cfg.topk,
+                                temperature=cfg.temperature, max_text_chars=cfg.max_text_chars)
+    return prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,
+                    score_cfg=score_cfg, device=device, extra={"text_models": models})
+
+
+def score_text(prep, *, opts: RunOptions):
+    """Score a prepared text run: (scores, quarantined, info) for ``kdata.pipeline.curate.Scored``."""
+    return score_text_pool(prep.pool, prep.extra["text_models"], config=prep.score_cfg, device=prep.device,
+                           cache=opts.cache, progress=opts.progress)

@@ -1,0 +1,261 @@
+"""Text pools: JSONL files, directories of them, and Hugging Face datasets saved with ``save_to_disk``.
+
+Rows follow the pool schema with the payload in ``text`` (plus optional ``label``, ``domain``,
+``source``); Parquet files with a ``text`` column are read by the Parquet reader
+(``kdata.pools.spec``) and go through the same checks here.
+
+* JSONL: one JSON object per line with a ``text`` string; ``sample_id`` (or ``id``) when given,
+  else ``<file>:<line>``. One unit per file, fingerprinted by the file's sha256.
+* ``save_to_disk`` directories (a ``Dataset``: ``state.json`` + Arrow stream files; a
+  ``DatasetDict``: ``dataset_dict.json`` + one such directory per split): one unit per Arrow file,
+  read with pyarrow (no ``datasets`` import); integer ``ClassLabel`` labels become their names.
+
+What cannot be used is kept as a row with the reason in ``read_error`` and quarantined by
+scoring (``text_problems``): ``empty_text``, ``undecodable_text: …`` (a line that is not UTF-8 or
+not JSON, a ``text`` that is not a string) and ``too_long: N chars > M`` (``--max-text-chars``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kdata.core.atomic import sha256_file
+from kdata.core.errors import KdataError
+from kdata.dataset.schema import POOL_SCHEMA, READ_ERROR
+from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
+from kdata.pools.files import check_entry
+
+DEFAULT_MAX_TEXT_CHARS = 200_000  # longer texts are quarantined as too_long (--max-text-chars)
+TEXT_FIELDS = ("label", "domain", "source")
+_TEXT_SCHEMA = POOL_SCHEMA.append(pa.field(READ_ERROR, pa.string()))
+
+
+def text_table(ids: list[str], texts: list[str | None], *, errors: list[str | None], source: str,
+               fields: dict[str, list] | None = None) -> pa.Table:
+    """A pool-schema text table plus ``read_error``; ``fields`` holds label/domain/source values."""
+    n, fields = len(ids), fields or {}
+
+    def col(name: str, default=None):
+        vals = fields.get(name)
+        return pa.array(vals if vals is not None else [default] * n, pa.string())
+
+    return pa.table({"sample_id": pa.array(ids, pa.string()), "image": pa.nulls(n, pa.binary()),
+                     "text": pa.array(texts, pa.string()), "label": col("label"),
+                     "source": col("source", source), "domain": col("domain"),
+                     "parent_id": pa.nulls(n, pa.string()), "kind": pa.array(["original"] * n, pa.string()),
+                     READ_ERROR: pa.array(errors, pa.string())}, schema=_TEXT_SCHEMA)
+
+
+def _str_or_none(v) -> str | None:
+    return None if v is None else v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _parse_line(raw: bytes, lineno: int) -> tuple[dict | None, str | None]:
+    """(object, None) or (None, reason) for one JSONL line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"undecodable_text: line {lineno} is not valid UTF-8 (byte {exc.start})"
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        return None, f"undecodable_text: line {lineno} is not JSON ({str(exc).splitlines()[0][:80]})"
+    if not isinstance(obj, dict):
+        return None, f"undecodable_text: line {lineno} is a JSON {type(obj).__name__}, not an object"
+    return obj, None
+
+
+def read_jsonl(path: Path, *, name: str) -> pa.Table:
+    """One JSONL file → pool table (blank lines skipped); bad lines stay rows with their reason."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KdataError(f"{path}: cannot read ({exc.strerror})") from None
+    ids, texts, errors = [], [], []
+    fields: dict[str, list] = {k: [] for k in TEXT_FIELDS}
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        obj, err = _parse_line(raw.rstrip(b"\r"), lineno)
+        obj = obj or {}
+        sid = obj.get("sample_id", obj.get("id"))
+        ids.append(f"{name}:{lineno}" if sid is None else _str_or_none(sid))
+        text = obj.get("text")
+        if err is None and text is not None and not isinstance(text, str):
+            err = f"undecodable_text: line {lineno}: 'text' is a JSON {type(text).__name__}, not a string"
+        if err is None and "text" not in obj:
+            err = f"undecodable_text: line {lineno} has no 'text' field"
+        texts.append(text if isinstance(text, str) and err is None else None)
+        errors.append(err)
+        for k in TEXT_FIELDS:
+            fields[k].append(_str_or_none(obj.get(k)))
+    if not any(v is not None for v in fields["source"]):
+        fields["source"] = None
+    return text_table(ids, texts, errors=errors, source=Path(path).name, fields=fields)
+
+
+def _labels_of(read):
+    def labels() -> set[str]:
+        t = read()
+        return set(pc.unique(t.column("label")).drop_null().to_pylist())
+    return labels
+
+
+def _jsonl_unit(path: Path, root: Path | None) -> PoolUnit:
+    name = path.relative_to(root).as_posix() if root else path.name
+    memo: dict = {}
+
+    def read() -> pa.Table:
+        if "t" not in memo:  # small and read a few times per run (scoring, curation, the card)
+            memo["t"] = read_jsonl(path, name=name)
+        return memo["t"]
+
+    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file(path), path=str(path),
+                    labels=_labels_of(read))
+
+
+# ------------------------------------------------------------------------------------------------
+# Hugging Face ``save_to_disk`` directories
+
+def _is_hf_dataset(p: Path) -> bool:
+    return p.is_dir() and ((p / "dataset_dict.json").is_file()
+                           or ((p / "state.json").is_file() and (p / "dataset_info.json").is_file()))
+
+
+def _hf_files(p: Path) -> list[tuple[Path, Path]]:
+    """(split directory, Arrow file) pairs of a saved Dataset or DatasetDict, in the saved order."""
+    if (p / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KdataError(f"{p / 'dataset_dict.json'}: cannot read the split list ({exc})") from None
+        return [f for s in splits for f in _hf_files(p / s)]
+    try:
+        files = [d["filename"] for d in json.loads((p / "state.json").read_text())["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KdataError(f"{p / 'state.json'}: cannot read the data file list ({exc})") from None
+    return [(p, p / f) for f in files]
+
+
+def _class_label_names(split_dir: Path) -> list[str] | None:
+    try:
+        feats = json.loads((split_dir / "dataset_info.json").read_text()).get("features") or {}
+        lab = feats.get("label") or {}
+        return list(lab["names"]) if lab.get("_type") == "ClassLabel" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def read_hf_arrow(path: Path, *, name: str, split_dir: Path) -> pa.Table:
+    """One Arrow stream file of a saved dataset → pool table (``text`` required)."""
+    try:
+        with pa.memory_map(str(path)) as src:
+            table = pa.ipc.open_stream(src).read_all()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise KdataError(f"{path}: cannot read the saved dataset's Arrow file ({str(exc).splitlines()[0]})") from None
+    if "text" not in table.column_names or not pa.types.is_string(table.schema.field("text").type) \
+            and not pa.types.is_large_string(table.schema.field("text").type):
+        raise KdataError(f"{path}: a text pool needs a string column 'text' (have: {', '.join(table.column_names)})")
+    n = table.num_rows
+    sid = table.column("sample_id") if "sample_id" in table.column_names else \
+        table.column("id") if "id" in table.column_names else None
+    ids = [f"{name}:{i}" for i in range(n)] if sid is None else [_str_or_none(v) for v in sid.to_pylist()]
+    fields = {k: [_str_or_none(v) for v in table.column(k).to_pylist()] for k in TEXT_FIELDS if k in table.column_names}
+    names = _class_label_names(split_dir)
+    if names is not None and "label" in table.column_names and pa.types.is_integer(table.schema.field("label").type):
+        idx = table.column("label").to_numpy(zero_copy_only=False)
+        fields["label"] = [names[int(i)] if i is not None and 0 <= i < len(names) else None for i in idx]
+    texts = table.column("text").cast(pa.string()).to_pylist()
+    return text_table(ids, texts, errors=[None] * n, source=split_dir.name, fields=fields)
+
+
+def _hf_unit(split_dir: Path, path: Path, root: Path) -> PoolUnit:
+    name = path.relative_to(root).as_posix()
+    memo: dict = {}
+
+    def read() -> pa.Table:
+        if "t" not in memo:
+            memo["t"] = read_hf_arrow(path, name=name, split_dir=split_dir)
+        return memo["t"]
+
+    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file(path), path=str(path),
+                    labels=_labels_of(read))
+
+
+# ------------------------------------------------------------------------------------------------
+
+def _is_text_pool(spec: str) -> bool:
+    p = Path(spec)
+    if p.is_file():
+        return p.suffix == ".jsonl"
+    if not p.is_dir():
+        return False
+    return _is_hf_dataset(p) or (any(p.rglob("*.jsonl")) and not any(p.rglob("*.parquet")))
+
+
+@register_reader(_is_text_pool)
+def open_text(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
+    """A JSONL file, every ``*.jsonl`` under a directory (sorted; hidden skipped), or a saved HF dataset."""
+    p = Path(spec)
+    if _is_hf_dataset(p):
+        units = [_hf_unit(d, f, p) for d, f in _hf_files(p)]
+        for u in units:
+            if not Path(u.path).is_file():
+                raise KdataError(f"{u.path}: listed in the saved dataset but missing")
+        layout = "Hugging Face dataset (save_to_disk)"
+    elif p.is_file():
+        units, layout = [_jsonl_unit(p, None)], "JSONL"
+    else:
+        files = sorted(f for f in p.rglob("*.jsonl") if not any(x.startswith(".") for x in f.relative_to(p).parts))
+        root_real = os.path.realpath(p)
+        for f in files:
+            reason = check_entry(f, root_real=root_real, limits=limits)
+            if reason is not None:
+                raise KdataError(f"{f}: {reason}")
+        units, layout = [_jsonl_unit(f, p) for f in files], "JSONL directory"
+    return Pool(spec=spec, units=units, description=f"{layout} text pool at {spec} ({len(units)} file(s))",
+                extra={"layout": layout, "payload": "text"})
+
+
+def text_problems(table: pa.Table, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[str | None]:
+    """Per row, why its text cannot be scored (reader error, ``empty_text``, ``too_long``), else None."""
+    n = table.num_rows
+    errs = table.column(READ_ERROR).to_pylist() if READ_ERROR in table.column_names else [None] * n
+    text = table.column("text") if "text" in table.column_names else pa.nulls(n, pa.string())
+    text = text.cast(pa.string())
+    lengths = np.nan_to_num(np.asarray(pc.utf8_length(text).to_numpy(zero_copy_only=False), dtype=np.float64))
+    stripped = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(text, "")))
+    empty = np.asarray(pc.equal(stripped, 0).to_numpy(zero_copy_only=False), dtype=bool)
+    out: list[str | None] = []
+    for i in range(n):
+        if errs[i] is not None:
+            out.append(errs[i])
+        elif empty[i]:
+            out.append("empty_text")
+        elif lengths[i] > max_chars:
+            out.append(f"too_long: {int(lengths[i])} chars > {max_chars}")
+        else:
+            out.append(None)
+    return out
+
+
+def payload_kind(pool: Pool, *, probe_rows: int = 64) -> str | None:
+    """``text`` or ``image``: which payload the pool carries (from the reader, else its first rows)."""
+    if pool.extra.get("payload"):
+        return pool.extra["payload"]
+    for unit in pool.units[:1]:
+        try:
+            plan = unit.plan()
+            t = plan.read_rows(0, min(probe_rows, plan.num_rows))
+        except KdataError:
+            return None
+        has_text = "text" in t.column_names and t.column("text").null_count < t.num_rows
+        has_image = "image" in t.column_names and t.column("image").null_count < t.num_rows
+        return "text" if has_text and not has_image else "image" if has_image else None
+    return None

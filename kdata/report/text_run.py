@@ -1,0 +1,169 @@
+"""What a text run's card and ``kdata inspect`` show: text examples, domain mixture, perplexity quantiles.
+
+* **examples** — the best-ranked kept texts (from the shards) and rejected texts with their reasons,
+  spread over the reasons like the image card's thumbnails (``kdata.report.inspect.pick_rejected``);
+  rejected texts are read back from the pool (its spec is in the manifest); ``run`` is a
+  ``kdata.report.inspect.Run`` and ``pick(n)`` its ``pick_rejected`` (passed in: inspect imports this);
+* **domain mixture** — rows per ``domain`` in the pool (every input sample) and in the kept set;
+* **perplexity quantiles** — exp(mean token NLL) of teacher, student and reference at 10 / 50 / 90 %
+  over the scored pool (``decisions.parquet`` carries the NLLs of every scored row) and the kept set.
+
+A pool that can no longer be read (moved, deleted) leaves the pool columns empty with a note: the
+rest comes from what the run wrote.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kdata.dataset.schema import QUARANTINED
+from kdata.report.markdown import fmt, md_table
+
+NLL_COLUMNS = (("teacher", "teacher_nll"), ("student", "student_nll"), ("reference", "reference_nll"))
+PPL_QUANTILES = (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))
+SNIPPET = 160
+
+
+def is_text_run(run) -> bool:
+    """The curated rows carry text (and no images)."""
+    s = run.shards
+    return s is not None and "text" in s.column_names and s.column("text").null_count < s.num_rows and \
+        not ("image" in s.column_names and s.column("image").null_count < s.num_rows)
+
+
+def _pool_rows(run) -> tuple[dict | None, str | None]:
+    """sample_id → (text, domain) over the run's pool, or (None, why not)."""
+    from kdata.pools.spec import open_pool
+
+    spec = (run.manifest.get("pool") or {}).get("spec") or (run.manifest.get("config") or {}).get("pool")
+    if not spec:
+        return None, "no pool recorded in the manifest"
+    try:
+        rows: dict = {}
+        for unit in open_pool(spec).units:
+            t = unit.read()
+            text = t.column("text").to_pylist() if "text" in t.column_names else [None] * t.num_rows
+            dom = t.column("domain").to_pylist() if "domain" in t.column_names else [None] * t.num_rows
+            rows.update(zip(t.column("sample_id").to_pylist(), zip(text, dom)))
+        return rows, None
+    except Exception as exc:  # noqa: BLE001  (the pool is gone or changed: the card says so, once)
+        return None, f"pool `{spec}` could not be read back ({type(exc).__name__}); pool columns left empty"
+
+
+def _ppl(nll: np.ndarray) -> dict | None:
+    v = nll[~np.isnan(nll)]
+    if not len(v):
+        return None
+    q = np.exp(np.quantile(v, [p for _, p in PPL_QUANTILES]))
+    return {**{k: float(x) for (k, _), x in zip(PPL_QUANTILES, q)}, "n": int(len(v))}
+
+
+def _float_col(t: pa.Table | None, name: str) -> np.ndarray | None:
+    if t is None or name not in t.column_names:
+        return None
+    return t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def perplexity_quantiles(run) -> dict:
+    """{model: {"pool": {p10, p50, p90, n}, "kept": {...}}} for the models whose NLL the run stored."""
+    out = {}
+    dec = run.decisions
+    scored = None if dec is None else dec.filter(pc.not_equal(dec.column("decision"), QUARANTINED))
+    for who, col in NLL_COLUMNS:
+        pool, kept = _float_col(scored, col), _float_col(run.shards, col)
+        if pool is None and kept is None:
+            continue
+        out[who] = {"pool": _ppl(pool) if pool is not None else None, "kept": _ppl(kept) if kept is not None else None}
+    return out
+
+
+def domain_mixture(run, pool_rows: dict | None) -> list[dict]:
+    """Rows per domain in the pool (all input samples) and in the kept set, with shares."""
+    kept = run.shards.column("domain").to_pylist() if "domain" in run.shards.column_names else []
+    before = [d for _, d in pool_rows.values()] if pool_rows is not None else []
+    if not any(x is not None for x in kept + before):
+        return []
+    names = sorted({str(d) for d in kept + before}, key=lambda s: (s == "None", s))
+    nb, nk = len(before), len(kept)
+    rows = []
+    for name in names:
+        b = sum(str(d) == name for d in before) if pool_rows is not None else None
+        k = sum(str(d) == name for d in kept)
+        rows.append({"domain": "(none)" if name == "None" else name, "pool": b,
+                     "pool_share": b / nb if b is not None and nb else None, "kept": k,
+                     "kept_share": k / nk if nk else None})
+    return rows
+
+
+def _snippet(text: str | None) -> str:
+    """Whitespace collapsed, control characters shown as ``\\xNN``, at most ``SNIPPET`` characters."""
+    flat = " ".join((text or "").split())[:SNIPPET]
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in flat)
+
+
+def text_examples(run, pool_rows: dict | None, *, n: int = 5, pick=None) -> tuple[list[dict], list[dict]]:
+    """(best-ranked kept texts, rejected texts with reasons — spread over the reasons by ``pick(n)``)."""
+    s = run.shards
+    cols = [c for c in ("sample_id", "rank", "domain", "text") if c in s.column_names]
+    kept = [{**r, "text": _snippet(r.get("text"))} for r in s.select(cols).slice(0, n).to_pylist()]
+    rejected = []
+    if run.decisions is not None and pick is not None:
+        picks = pick(n)
+        for r in run.decisions.select(["sample_id", "reason"]).take(pa.array(picks, pa.int64())).to_pylist():
+            text = (pool_rows or {}).get(r["sample_id"], (None, None))[0]
+            rejected.append({**r, "text": _snippet(text) if text is not None else None})
+    return kept, rejected
+
+
+def text_summary(run, *, n: int = 5, pick=None) -> dict | None:
+    """The text sections of a run (None for image runs): examples, domain mixture, perplexity quantiles."""
+    if not is_text_run(run):
+        return None
+    pool_rows, note = _pool_rows(run)
+    kept, rejected = text_examples(run, pool_rows, n=n, pick=pick)
+    return {"kept_texts": kept, "rejected_texts": rejected, "domain_mixture": domain_mixture(run, pool_rows),
+            "perplexity": perplexity_quantiles(run), "note": note}
+
+
+def text_card_lines(s: dict | None) -> list[str]:
+    """The card's Markdown for a text run's ``text_summary`` (empty for image runs: None)."""
+    if not s:
+        return []
+    L = ["## Text examples", "", "Best-ranked kept texts (first 160 characters, whitespace collapsed):", ""]
+    L += md_table(["rank", "sample_id", "text"], [[r.get("rank"), f"`{r['sample_id']}`", _cell(r["text"])]
+                                                  for r in s["kept_texts"]]) + [""]
+    if s["rejected_texts"]:
+        L += ["Rejected texts, spread over the reasons (most clearly rejected first):", ""]
+        L += md_table(["reason", "sample_id", "text"], [[f"`{r['reason']}`", f"`{r['sample_id']}`", _cell(r["text"])]
+                                                        for r in s["rejected_texts"]]) + [""]
+    if s["domain_mixture"]:
+        L += ["## Domain mixture before and after", ""]
+        L += md_table(["domain", "pool", "kept"], [[r["domain"], _share(r["pool"], r["pool_share"]),
+                                                     _share(r["kept"], r["kept_share"])] for r in s["domain_mixture"]])
+        L += [""]
+    if s["perplexity"]:
+        L += ["## Perplexity", "", "Perplexity exp(mean token NLL) per text at 10 / 50 / 90 %, the scored pool vs "
+              "the kept set:", ""]
+        rows = []
+        for who, v in s["perplexity"].items():
+            for where in ("pool", "kept"):
+                q = v.get(where) or {}
+                rows.append([who, where, q.get("n"), *(fmt(q.get(k), 2) if q else None for k, _ in PPL_QUANTILES)])
+        L += md_table(["model", "rows", "n", "p10", "p50", "p90"], rows) + [""]
+    if s.get("note"):
+        L += [f"Note: {s['note']}.", ""]
+    return L
+
+
+def _cell(text: str | None) -> str:
+    return "–" if text is None else "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+
+
+def _share(n, share) -> str | None:
+    return None if n is None else f"{n} ({100 * share:.1f}%)" if share is not None else str(n)
+
+
+__all__ = ["domain_mixture", "is_text_run", "perplexity_quantiles", "text_card_lines", "text_examples",
+           "text_summary"]

@@ -1,0 +1,58 @@
+"""Tokenising and batching text for scoring: length buckets, dynamic padding, a token budget.
+
+Rows of a unit are tokenised once per distinct tokenizer, sorted by length and cut into batches
+of at most ``batch_size`` rows whose padded size (rows × longest row) stays under a token
+budget; each batch is padded only to its own longest row. Results are written back by row
+number, so the unit's order is restored. The budget also bounds the logits a causal LM returns
+(rows × length × vocabulary ≤ ``LOGIT_ELEMS``), whatever the vocabulary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+LOGIT_ELEMS = 1 << 25  # float32 logits per batch (128 MiB per tensor) for a causal LM
+
+
+def tokenize(model, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text with the model's tokenizer, truncated to its ``max_length``."""
+    if not texts:
+        return []
+    enc = model.tokenizer(texts, truncation=True, max_length=model.max_length, add_special_tokens=True)
+    return [list(x) for x in enc["input_ids"]]
+
+
+def token_budget(tokens_per_batch: int, *, max_length: int, vocab: int | None) -> int:
+    """Tokens per batch: ``tokens_per_batch``, lowered so that a causal LM's logits stay under
+    ``LOGIT_ELEMS``, never below one full-length row."""
+    budget = tokens_per_batch
+    if vocab:
+        budget = min(budget, LOGIT_ELEMS // max(vocab, 1))
+    return max(budget, max_length)
+
+
+def length_batches(lengths: np.ndarray, *, batch_size: int, tokens: int) -> list[np.ndarray]:
+    """Row indices grouped into batches by ascending length: each batch ≤ ``batch_size`` rows and
+    rows × its longest length ≤ ``tokens`` (a single longer row goes alone)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < batch_size and (stop - start + 1) * lengths[order[stop]] <= tokens:
+            stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
+def pad(ids: list[list[int]], *, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask) of a batch, padded to its longest row."""
+    width = max((len(x) for x in ids), default=0)
+    out = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for i, x in enumerate(ids):
+        out[i, :len(x)] = x
+        mask[i, :len(x)] = 1
+    return torch.from_numpy(out).to(device), torch.from_numpy(mask).to(device)

@@ -1,0 +1,46 @@
+"""The weights a training run ends with: the best on the eval set so far (``Best``), or fresh ones (``reinit_``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def reinit_(module: torch.nn.Module) -> None:
+    """Reset every layer's parameters (``--reinit``: train from scratch)."""
+    for m in module.modules():
+        if m is not module and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+class Best:
+    """The weights that scored best on the eval set so far, the starting weights included (epoch 0).
+
+    A copy lives on the CPU; ties keep the earlier weights, so an epoch must beat the start to be
+    kept. Selecting on the eval set makes its accuracy an optimistic estimate for that set.
+    """
+
+    def __init__(self, net: torch.nn.Module, accuracy: float):
+        self.epoch, self.accuracy = 0, accuracy
+        self.state = self._copy(net)
+
+    @staticmethod
+    def _copy(net: torch.nn.Module) -> dict:
+        return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+    def offer(self, net: torch.nn.Module, *, epoch: int, accuracy: float) -> None:
+        if accuracy > self.accuracy:
+            self.epoch, self.accuracy, self.state = epoch, accuracy, self._copy(net)
+
+    def restore(self, net: torch.nn.Module, *, epochs: int, accuracy_last: float, where: str) -> dict:
+        """Load the best weights into ``net``; what was kept, and why, for the log."""
+        if self.epoch == epochs:
+            return {"epoch": epochs, "accuracy": accuracy_last,
+                    "note": f"kept the last epoch's weights: the best on {where}"}
+        net.load_state_dict(self.state)
+        if self.epoch == 0:
+            note = (f"kept the starting weights ({self.accuracy:.4f}): no epoch beat them on {where} "
+                    f"(last epoch {accuracy_last:.4f})")
+        else:
+            note = (f"kept epoch {self.epoch}'s weights, the best on {where} ({self.accuracy:.4f}; "
+                    f"last epoch {accuracy_last:.4f})")
+        return {"epoch": self.epoch, "accuracy": self.accuracy, "note": note}

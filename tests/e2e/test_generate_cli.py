@@ -1,0 +1,149 @@
+"""Symbolic-KD from the command line on tiny real transformers models built in the test:
+``kdata generate`` → label → ``kdata critic fit`` → ``kdata generate --critic`` / ``kdata critic apply`` →
+``kdata select --method critic,…`` → ``kdata train``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from kdata.cli import main
+from kdata.dataset.writer import read_manifest, read_shards, verify
+from tests.helpers.text_models import tiny_lm
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("gen-lms")
+    return {"teacher": tiny_lm(root / "teacher", seed=0), "student": tiny_lm(root / "student", seed=1),
+            "embedder": tiny_lm(root / "embedder", seed=2)}
+
+
+def write_prompts(path: Path, n: int = 12) -> Path:
+    words = ("the cat", "import os", "def add(a, b):", "Return the", "a dog ran", "Open the file")
+    path.write_text("\n".join(json.dumps({"id": f"p{i:02d}", "prompt": f"{words[i % len(words)]} {i}"})
+                              for i in range(n)) + "\n")
+    return path
+
+
+def label_by_rule(gen: Path, path: Path) -> Path:
+    """Stand-in for human labels: accept a candidate when the teacher found it likelier than the median."""
+    t = read_shards(gen)
+    nll = t.column("gen_teacher_nll").to_numpy(zero_copy_only=False)
+    med = float(np.median(nll))
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sample_id", "accept"])
+        for sid, v in zip(t.column("sample_id").to_pylist(), nll):
+            w.writerow([sid, int(v < med)])
+    return path
+
+
+def test_generate_critic_select_train(lms, tmp_path, capsys):
+    T, S, E = (f"hf:{lms[k]}" for k in ("teacher", "student", "embedder"))
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    gen = tmp_path / "gen"
+    common = ["--prompts", str(prompts), "--per-prompt", "4", "--max-new-tokens", "10", "--device", "cpu"]
+    assert main(["generate", "--teacher", T, *common, "--out", str(gen), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["n_in"] == 48 and verify(gen) == []
+    labels = label_by_rule(gen, tmp_path / "labels.csv")
+
+    crit = tmp_path / "critic"
+    assert main(["critic", "fit", "--scores-from", str(gen), "--teacher", T, "--student", S, "--labels", str(labels),
+                 "--embedder", E, "--recall", "0.8", "--out", str(crit), "--device", "cpu", "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    meta = json.loads((crit / "critic.json").read_text())
+    assert meta["text"]["embedder"] == E and fit["val_recall"] >= 0.8
+    assert any(n.startswith("emb_") for n in meta["feature_names"]) and "teacher_nll" in meta["feature_names"]
+
+    # apply: every scored candidate gets P(accept); accepted ⇔ ≥ threshold
+    applied = tmp_path / "applied.parquet"
+    assert main(["critic", "apply", str(crit), "--scores-from", str(gen), "--out", str(applied),
+                 "--device", "cpu", "--json"]) == 0
+    capsys.readouterr()
+    a = pq.read_table(applied)
+    p, acc = a.column("p_accept").to_numpy(), a.column("accept").to_numpy(zero_copy_only=False)
+    assert np.array_equal(acc, p >= np.float32(meta["threshold"])) and "text" in a.column_names
+
+    # generation with the critic: every candidate kept (≥ cut), rejected with its score (< cut) or quarantined
+    gen2 = tmp_path / "gen2"
+    assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--out", str(gen2),
+                 "--seed", "7"]) == 0
+    capsys.readouterr()
+    dec = pq.read_table(gen2 / "decisions.parquet")
+    m = read_manifest(gen2)
+    c = m["counts"]
+    assert c["n_in"] == 48 == c["kept"] + c["rejected"] + c["quarantined"]
+    thr = m["generate"]["critic"]["threshold"]
+    kept = dec.filter(pc.equal(dec.column("decision"), "kept"))
+    rej = dec.filter(pc.equal(dec.column("decision"), "rejected"))
+    assert (kept.column("score_critic").to_numpy() >= np.float32(thr) - 1e-6).all()
+    assert (rej.column("score_critic").to_numpy() < np.float32(thr) + 1e-6).all()
+    assert set(rej.column("reason").to_pylist()) <= {"critic_reject"}
+    excluded = pq.read_table(gen2 / "excluded.parquet")
+    assert excluded.num_rows == c["rejected"] + c["quarantined"] and "text" in excluded.column_names
+    assert "## Generation" in (gen2 / "README.md").read_text()
+
+    # select on the candidates as a text pool with the critic, then train
+    sel = tmp_path / "sel"
+    assert main(["select", "--pool", str(gen), "--teacher", T, "--student", S, "--method", "critic,random",
+                 "--critic", str(crit), "--budget", "100%", "--out", str(sel), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    sdec = pq.read_table(sel / "decisions.parquet")
+    assert "score_critic" in sdec.column_names and sdec.num_rows == read_manifest(gen)["counts"]["kept"]
+    skept = sdec.filter(pc.equal(sdec.column("decision"), "kept"))
+    assert (skept.column("score_critic").to_numpy() >= np.float32(meta["threshold"]) - 1e-6).all()
+    assert set(sdec.filter(pc.equal(sdec.column("decision"), "rejected")).column("reason").to_pylist()) <= \
+        {"critic_reject"}
+    student_out = tmp_path / "student"
+    assert main(["train", str(sel), "--student", S, "--eval", "none", "--epochs", "1", "--device", "cpu",
+                 "--out", str(student_out), "--json"]) == 0
+    log = json.loads(capsys.readouterr().out)
+    assert log["n_train"] == read_manifest(sel)["counts"]["kept"] and (student_out / "model.safetensors").is_file()
+
+
+def test_bad_prompts_file_is_one_line_exit_2(lms, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
+    rc = main(["generate", "--teacher", f"hf:{lms['teacher']}", "--prompts", str(bad), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "bad.jsonl: line 2: duplicate id 'a'" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, capsys):
+    """I2D2: round 1 from the teacher, round 2 from the student trained in round 1."""
+    T, S = f"hf:{lms['teacher']}", f"hf:{lms['student']}"
+    prompts = write_prompts(tmp_path / "prompts.jsonl", n=8)
+    common = ["--prompts", str(prompts), "--per-prompt", "4", "--max-new-tokens", "8", "--device", "cpu"]
+    assert main(["generate", "--teacher", T, *common, "--out", str(tmp_path / "gen")]) == 0
+    crit = tmp_path / "critic"
+    assert main(["critic", "fit", "--scores-from", str(tmp_path / "gen"), "--teacher", T, "--student", S,
+                 "--labels", str(label_by_rule(tmp_path / "gen", tmp_path / "l.csv")), "--recall", "0.9",
+                 "--out", str(crit), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    rounds = tmp_path / "rounds"
+    assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "2",
+                 "--epochs", "1", "--eval", "none", "--out", str(rounds), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    r1, r2 = result["rounds"]
+    assert r1["generator"] == T and r2["generator"] == f"hf:{rounds / 'round-1-student'}"
+    assert result["student"] == f"hf:{rounds / 'round-2-student'}"
+    for r in (1, 2):
+        d = rounds / f"round-{r}"
+        m = read_manifest(d)
+        assert verify(d) == [] and "## Generation" in (d / "README.md").read_text()
+        assert m["generate"]["critic"]["threshold"] > 0 and m["config"]["critic_teacher"] == T
+        assert (rounds / f"round-{r}-student" / "model.safetensors").is_file()
+        assert read_manifest(rounds / f"round-{r}-curated")["counts"]["kept"] == m["counts"]["kept"]
+    # rerun: every step is found complete and reused
+    assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "2",
+                 "--epochs", "1", "--eval", "none", "--out", str(rounds), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rounds"] == result["rounds"]

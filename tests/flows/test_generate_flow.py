@@ -1,0 +1,79 @@
+"""The ``generate`` flow end to end against the session's real Prefect server, on tiny real GPT-2 models:
+shards cached per prompt shard, critic → write → select → distill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from kdata.cli import main
+from kdata.dataset.writer import read_manifest, read_shards, verify
+from tests.helpers.text_models import tiny_lm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def flow_mod(prefect_api):
+    import importlib
+
+    return importlib.import_module("kdata.flows.generate")
+
+
+def _labels(gen: Path, path: Path) -> Path:
+    """Stand-in for human labels: accept when the teacher found the candidate likelier than the median."""
+    t = read_shards(gen)
+    nll = t.column("gen_teacher_nll").to_numpy(zero_copy_only=False)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sample_id", "accept"])
+        w.writerows([s, int(v < np.median(nll))] for s, v in zip(t.column("sample_id").to_pylist(), nll))
+    return path
+
+
+def test_generate_flow_end_to_end_with_cached_shards(flow_mod, tmp_path):
+    T, S, E = (f"hf:{tiny_lm(tmp_path / n, seed=i)}" for i, n in enumerate(("teacher", "student", "embedder")))
+    prompts = tmp_path / "prompts.jsonl"
+    tag = uuid.uuid4().hex[:6]  # new prompts per session: the first run cannot hit an earlier session's cache
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"the cat {tag} {i}"}) + "\n" for i in range(10)))
+    params = {"teacher": T, "prompts": str(prompts), "per_prompt": 4, "shard_size": 4, "student": S,
+              "decode": {"max_new_tokens": 8, "seed": 3}}
+    first = flow_mod.generate(params=params, out=str(tmp_path / "a"), run={"device": "cpu"})
+    assert first["counts"]["n_in"] == 40 and first["shards"].get("Completed") == 3
+    assert verify(tmp_path / "a") == [] and first["curated"]["n_in"] == first["counts"]["kept"]
+
+    crit = tmp_path / "critic"
+    assert main(["critic", "fit", "--scores-from", str(tmp_path / "a"), "--teacher", T, "--student", S,
+                 "--labels", str(_labels(tmp_path / "a", tmp_path / "labels.csv")), "--embedder", E,
+                 "--out", str(crit), "--device", "cpu"]) == 0
+
+    second = flow_mod.generate(params={**params, "critic": str(crit)}, out=str(tmp_path / "b"),
+                               run={"device": "cpu"}, distill={"epochs": 1, "eval": ""})
+    assert second["shards"] == {"Cached": 3}  # same prompts and settings: no shard generated again
+    b = tmp_path / "b"
+    assert [f["sha256"] for f in read_manifest(b)["files"]] != [] and verify(b) == []
+    c = second["counts"]
+    assert c["n_in"] == 40 == c["kept"] + c["rejected"] + c["quarantined"]
+    thr = read_manifest(b)["generate"]["critic"]["threshold"]
+    dec = pq.read_table(b / "decisions.parquet")
+    kept = dec.filter(pc.equal(dec.column("decision"), "kept"))
+    assert (kept.column("score_critic").to_numpy() >= np.float32(thr) - 1e-6).all()
+    assert second["curated"]["kept"] == c["kept"]
+    assert Path(second["student"]["out"]).joinpath("model.safetensors").is_file()
+    assert second["student"]["n_train"] == c["kept"]
+
+
+def test_prefect_yaml_entry_point_loads():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flows_generate", ROOT / "flows" / "generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.generate.name == "generate"

@@ -1,0 +1,94 @@
+"""Text pools: JSONL files and directories, saved Hugging Face datasets, Parquet with text; quarantine reasons."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kdata.core.errors import KdataError
+from kdata.pools.spec import open_pool
+from kdata.pools.text import payload_kind, text_problems
+
+
+def _lines(path, objs, raw=()):
+    path.write_bytes(b"\n".join([json.dumps(o).encode() for o in objs] + list(raw)) + b"\n")
+    return path
+
+
+def test_jsonl_rows_ids_fields_and_quarantine_reasons(tmp_path):
+    p = _lines(tmp_path / "a.jsonl", [{"id": 7, "text": "hello", "label": "pos", "domain": "web"},
+                                      {"text": "no id here"}, {"text": ""}, {"text": 3}, {"label": "x"},
+                                      {"text": "x" * 50}],
+               raw=[b"", b"{not json", b'{"text": "\xff\xfe"}', b"[1, 2]"])
+    pool = open_pool(str(p))
+    assert pool.extra["payload"] == "text" and len(pool.units) == 1
+    t = pool.units[0].read()
+    assert t.num_rows == 9  # the blank line is skipped, every other line is a row
+    ids = t.column("sample_id").to_pylist()
+    assert ids[:2] == ["7", "a.jsonl:2"] and len(set(ids)) == len(ids)
+    assert t.column("label").to_pylist()[0] == "pos" and t.column("domain").to_pylist()[0] == "web"
+    why = text_problems(t, max_chars=40)
+    assert why[0] is None and why[1] is None
+    assert why[2] == "empty_text"
+    assert why[3].startswith("undecodable_text:") and "int" in why[3]
+    assert why[4].startswith("undecodable_text:") and "no 'text'" in why[4]
+    assert why[5] == "too_long: 50 chars > 40"
+    assert why[6].startswith("undecodable_text: line 8 is not JSON")
+    assert why[7].startswith("undecodable_text: line 9 is not valid UTF-8")
+    assert why[8].startswith("undecodable_text:") and "list" in why[8]
+    assert pool.labels() == ["pos", "x"]
+
+
+def test_jsonl_directory_units_and_fingerprints(tmp_path):
+    d = tmp_path / "pool"
+    (d / "sub").mkdir(parents=True)
+    (d / ".hidden").mkdir()
+    _lines(d / "b.jsonl", [{"text": "b"}])
+    _lines(d / "sub" / "a.jsonl", [{"text": "a"}, {"text": "aa"}])
+    _lines(d / ".hidden" / "c.jsonl", [{"text": "c"}])
+    pool = open_pool(str(d))
+    assert [u.name for u in pool.units] == ["b.jsonl", "sub/a.jsonl"]
+    assert pool.units[1].read().column("sample_id").to_pylist() == ["sub/a.jsonl:1", "sub/a.jsonl:2"]
+    before = pool.units[0].fingerprint()
+    _lines(d / "b.jsonl", [{"text": "changed"}])
+    assert open_pool(str(d)).units[0].fingerprint() != before
+
+
+def test_parquet_text_pool_and_payload_kind(tmp_path):
+    pq.write_table(pa.table({"sample_id": ["x", "y"], "text": ["one", ""]}), tmp_path / "t.parquet")
+    pool = open_pool(str(tmp_path / "t.parquet"))
+    assert payload_kind(pool) == "text"
+    t = pool.units[0].read()
+    assert text_problems(t) == [None, "empty_text"]
+    assert payload_kind(open_pool("builtin:digits-test")) == "image"
+
+
+def test_saved_hugging_face_dataset_and_dataset_dict(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    feats = datasets.Features({"text": datasets.Value("string"),
+                               "label": datasets.ClassLabel(names=["neg", "pos"]),
+                               "domain": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad", ""], "label": [1, 0, 1], "domain": ["a", "b", "a"]},
+                                    features=feats)
+    ds.save_to_disk(str(tmp_path / "one"))
+    pool = open_pool(str(tmp_path / "one"))
+    t = pool.read_all()
+    assert t.column("text").to_pylist() == ["good", "bad", ""]
+    assert t.column("label").to_pylist() == ["pos", "neg", "pos"]  # ClassLabel ids → names
+    assert text_problems(t) == [None, None, "empty_text"]
+    dd = datasets.DatasetDict({"train": ds, "extra": ds.select([0])})
+    dd.save_to_disk(str(tmp_path / "two"))
+    pool2 = open_pool(str(tmp_path / "two"))
+    assert len(pool2.units) == 2 and pool2.read_all().num_rows == 4
+    ids = pool2.read_all().column("sample_id").to_pylist()
+    assert len(set(ids)) == 4 and all(i.startswith(("train/", "extra/")) for i in ids)
+
+
+def test_saved_dataset_without_text_is_one_line(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(KdataError, match="string column 'text'"):
+        open_pool(str(tmp_path / "d")).read_all()

@@ -1,0 +1,73 @@
+"""The default recipe's sampler (kdata.selection.methods.coverage): tail cut, strata, allocation."""
+
+import numpy as np
+import pytest
+
+from kdata.selection.methods.coverage import allocate, bias_gamma, pick_in_strata, tail_fraction
+from kdata.selection.run import select
+from tests.helpers.methods import random_scores
+
+
+def test_tail_fraction_grows_as_the_budget_shrinks():
+    assert tail_fraction(0.1) == pytest.approx(0.3)
+    assert tail_fraction(0.5) == pytest.approx(0.1)
+    assert tail_fraction(0.9) == pytest.approx(0.05)
+    assert bias_gamma(0.1) < 0 < bias_gamma(0.9) and bias_gamma(0.5) == 0
+
+
+def test_allocate_fills_small_strata_first_and_covers_every_stratum():
+    q = allocate(np.array([1, 5, 10, 0]), np.ones(4), 9)
+    assert q.tolist() == [1, 4, 4, 0]
+    # easier strata weighted up: more picks, still one for every stratum
+    q = allocate(np.array([50, 50, 50]), np.array([4.0, 2.0, 1.0]), 21)
+    assert q.sum() == 21 and (q >= 1).all() and q[0] > q[1] > q[2]
+    # budget below the number of strata: no stratum gets two
+    q = allocate(np.array([3, 3, 3, 3]), np.ones(4), 2)
+    assert q.sum() == 2 and q.max() == 1
+
+
+def test_pick_in_strata_takes_the_smallest_numbers():
+    strata = np.array([0, 0, 0, 1, 1])
+    u = np.array([0.5, 0.1, 0.9, 0.3, 0.2])
+    assert pick_in_strata(strata, np.array([2, 1]), u).tolist() == [0, 1, 4]
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.3, 0.6])
+def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
+    rng = np.random.default_rng(5)
+    scores = random_scores(tmp_path, rng, 400, 4, name=f"c{frac}.parquet")
+    budget = int(frac * 400)
+    sel = select(scores, methods=["coverage"], budget=budget, seed=2, num_classes=4)
+    info = sel.info["coverage"]
+    assert int(sel.kept.sum()) == budget
+    n_tail = int((sel.reason == "coverage_tail").sum())
+    assert info["tail_cut"] == n_tail == int(np.floor(tail_fraction(budget / 400) * 400))
+    assert info["tail_fraction"] == pytest.approx(tail_fraction(budget / 400))
+    # every class x bin stratum with rows got a pick (the budget allows it here)
+    assert info["strata_nonempty"] <= budget and info["strata_picked"] == info["strata_nonempty"]
+    left = sel.reason != "coverage_tail"
+    pred = scores.column("teacher_pred").to_numpy()
+    assert set(pred[sel.kept]) == set(pred[left])
+    # the tail is the most junk-like: higher outlier score than every kept row
+    typical = sel.scores["score_coverage"] - sel.kept  # 1 - outlier score
+    assert typical[sel.reason == "coverage_tail"].max() <= typical[sel.kept].min()
+
+
+def test_coverage_without_embeddings_or_dedup_skips_and_records(tmp_path):
+    scores = random_scores(tmp_path, np.random.default_rng(0), 60, 3)
+    assert "embedding" not in scores.column_names
+    sel = select(scores, methods=["coverage"], budget=59, seed=0, num_classes=3)  # no dedup hook given
+    info = sel.info["coverage"]
+    assert any(s.startswith("tail_signal_centroid_distance") for s in info["skipped"])
+    assert any(s.startswith("dedup") for s in info["skipped"])
+    assert info["tail_cut"] <= 1 and int(sel.kept.sum()) == 59  # never cut below the budget
+
+
+def test_coverage_on_scores_without_teacher_signals_skips_the_tail():
+    import pyarrow as pa
+
+    scores = pa.table({"sample_id": [f"t{i}" for i in range(30)]})  # e.g. sequence scores with no class columns
+    sel = select(scores, methods=["coverage"], budget=10, seed=0, num_classes=1)
+    info = sel.info["coverage"]
+    assert int(sel.kept.sum()) == 10 and info["tail_cut"] == 0 and info["difficulty"] == "none"
+    assert any(s.startswith("tail_cut") for s in info["skipped"])

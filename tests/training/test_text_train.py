@@ -1,0 +1,132 @@
+"""The text trainer on curated text shards written from a real teacher (tests/helpers/text_shards.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kdata.core.errors import KdataError
+from kdata.models.builtin_text import model_dir
+from kdata.pools.builtin_text import text_web
+from kdata.training.text import TextTrainConfig, train_text
+from kdata.training.text_data import TextShards, shard_kind
+from kdata.training.text_losses import bucket_kl
+from tests.helpers.text_models import tiny_classifier, tiny_lm
+from tests.helpers.text_shards import write_classifier_shards, write_lm_shards
+
+
+@pytest.fixture(scope="module")
+def lm_shards(tmp_path_factory):
+    pool = text_web(seed=0)
+    texts = [t for t, s in zip(pool.column("text").to_pylist(), pool.column("source").to_pylist()) if s == "clean"]
+    out = tmp_path_factory.mktemp("lm") / "curated"
+    with torch.inference_mode():
+        return write_lm_shards(out, texts[:240], teacher_dir=model_dir("text-teacher"), max_length=64)
+
+
+def test_teacher_matches_its_own_stored_soft_labels(lm_shards):
+    from transformers import AutoModelForCausalLM
+
+    data = TextShards(lm_shards, kind="causal_lm", batch_size=8, pad_id=0)
+    batch = next(data.batches(epoch=0))
+    assert shard_kind(lm_shards) == "causal_lm"
+    assert batch["topk_ids"].shape[:2] == (8, batch["input_ids"].shape[1] - 1)
+    kls = {}
+    for name in ("text-teacher", "text-student"):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir(name))).eval()
+        with torch.inference_mode():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        kls[name] = float(bucket_kl(logits, batch))
+    assert kls["text-teacher"] < 1e-3 < kls["text-student"]  # float16 storage: not exactly 0
+
+
+def test_distillation_lowers_held_out_perplexity_and_saves_a_loadable_student(lm_shards, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "student"
+    log = train_text(shards=lm_shards, student="builtin:text-student", eval="builtin:text-test",
+                     config=TextTrainConfig(epochs=6, batch_size=16), out=out)
+    assert log["kind"] == "causal_lm" and log["n_train"] == 240 and log["steps"] == 90
+    assert log["perplexity_after"] < 0.8 * log["perplexity_before"]
+    assert not log["worse_than_before"]
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert json.loads((out / "train_log.json").read_text())["perplexity_after"] == log["perplexity_after"]
+    assert model.config.n_layer == 1
+    # --steps: exactly that many optimiser steps, whatever the data size
+    log2 = train_text(shards=lm_shards, student="builtin:text-student", eval=None,
+                      config=TextTrainConfig(steps=7, batch_size=16), out=tmp_path / "s2")
+    assert log2["steps"] == 7 and log2["perplexity_before"] is None
+
+
+def test_a_student_with_another_tokenizer_is_refused(lm_shards, tmp_path):
+    other = tiny_lm(tmp_path / "bytes-lm")
+    with pytest.raises(KdataError, match="tokeni"):
+        train_text(shards=lm_shards, student=f"hf:{other}", eval=None, config=TextTrainConfig(steps=1),
+                   out=tmp_path / "o")
+
+
+def test_classifier_student_learns_from_stored_class_soft_labels(tmp_path):
+    words = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "sad"]}
+    gen = torch.Generator().manual_seed(0)
+    texts, labels, probs = [], [], []
+    for i in range(96):
+        cls = i % 2
+        name = ("neg", "pos")[cls]
+        picks = torch.randint(0, 4, (3,), generator=gen).tolist()
+        texts.append(" ".join(words[name][j] for j in picks))
+        labels.append(cls if i % 10 else 1 - cls)  # some wrong web labels: the teacher's soft labels are right
+        probs.append([0.9, 0.1] if cls == 0 else [0.1, 0.9])
+    shards = write_classifier_shards(tmp_path / "cls", texts, labels, probs)
+    (tmp_path / "eval.jsonl").write_text("".join(
+        json.dumps({"text": " ".join(words[n][j] for j in (k % 4, (k + 1) % 4)), "label": n}) + "\n"
+        for k in range(20) for n in ("neg", "pos")))
+    student = tiny_classifier(tmp_path / "clf", labels=("neg", "pos"))
+    assert shard_kind(shards) == "classifier"
+    log = train_text(shards=shards, student=f"hf:{student}", eval=str(tmp_path / "eval.jsonl"),
+                     config=TextTrainConfig(epochs=15, batch_size=16, lr=3e-3, alpha=0.9), out=tmp_path / "out")
+    assert log["kind"] == "classifier" and log["n_eval"] == 40
+    assert log["accuracy_after"] >= 0.9 > log["accuracy_before"] - 0.05
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "out")).config.num_labels == 2
+
+
+def test_image_shards_and_a_wrong_student_kind_are_one_line(lm_shards, tmp_path):
+    student = tiny_classifier(tmp_path / "clf")
+    with pytest.raises(KdataError, match="causal lm soft labels"):
+        train_text(shards=lm_shards, student=f"hf:{student}", eval=None, config=TextTrainConfig(steps=1),
+                   out=tmp_path / "o")
+
+
+def test_kdata_train_takes_the_text_branch_for_text_shards(lm_shards, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli-student"
+    proc = subprocess.run([sys.executable, "-m", "kdata.cli", "train", str(lm_shards), "--steps", "3", "--eval", "none",
+                           "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    log = json.loads(proc.stdout)
+    assert log["student"] == "builtin:text-student" and log["kind"] == "causal_lm" and log["steps"] == 3
+    assert (out / "model.safetensors").exists()
+    bad = subprocess.run([sys.executable, "-m", "kdata.cli", "train", str(lm_shards), "--reselect-every", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--reselect-every" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_shard_kind_reads_what_the_shards_hold(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(name, image, text):
+        d = tmp_path / name / "data"
+        d.mkdir(parents=True)
+        pq.write_table(pa.table({"sample_id": ["a", "b"], "image": pa.array(image, pa.binary()),
+                                 "text": pa.array(text, pa.string())}), d / "train-00000-of-00001.parquet")
+        return tmp_path / name
+
+    assert shard_kind(write("img", [b"\x89PNG", b"\x89PNG"], [None, None])) == "image"
+    assert shard_kind(write("txt", [None, None], ["good", "bad"])) == "classifier"  # kdata's text shards
