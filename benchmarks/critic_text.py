@@ -20,8 +20,11 @@ random --budget 100%`` (the teacher's per-token soft labels) and the text traine
 epoch budget: equal rows, equal epochs); the number is the student's perplexity on
 ``builtin:text-test``. Seeds change the unfiltered draw and the training shuffle.
 
-    python benchmarks/critic_text.py --quick     # ~3 minutes on 2 CPU cores
+    python benchmarks/critic_text.py --quick     # ~3 minutes on 2 CPU cores; writes nothing
     python benchmarks/critic_text.py             # the full table (more prompts, epochs)
+
+Unless ``--quick`` or ``--no-write``, the table is spliced into ``docs/benchmarks/critic_text.md``
+(``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import os
 import re
+import runpy
+import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +51,8 @@ from kdata.core.atomic import write_parquet
 from kdata.dataset.writer import read_shards
 
 WORD = re.compile(r"[A-Za-z]+")
+HERE = Path(__file__).resolve().parent
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def judge(texts: list[str], vocab: set[str], *, rate: float) -> np.ndarray:
@@ -111,6 +121,35 @@ def fit_critic(gen: Path, work: Path, *, label_frac: float, rate: float) -> tupl
     return crit, {"n_labelled": int(labelled.sum()), "judge_accept_rate": float(y.mean()), "labels": y}
 
 
+def t_interval(x: np.ndarray) -> str:
+    """mean ± half-width of a 95% t-interval (``n/a`` with one value)."""
+    if len(x) < 2:
+        return f"{x.mean():+.2f} (n/a)"
+    return f"{x.mean():+.2f} ± {T975.get(len(x) - 1, 1.96) * x.std(ddof=1) / math.sqrt(len(x)):.2f}"
+
+
+def markdown(r: dict) -> str:
+    """The docs block: setup (candidates, critic, seeds, cores, command), per-seed rows, mean ± std, paired Δ."""
+    a = r["args"]
+    c = np.array([t[2] for t in r["table"]])
+    u = np.array([t[3] for t in r["table"]])
+    sd = (lambda x: x.std(ddof=1) if len(x) > 1 else 0.0)
+    lines = [f"{a['prompts']} prompts × {a['per_prompt']} continuations (temperature {a['temperature']}) = "
+             f"{r['candidates']} candidates; the judge accepts {r['judge_accept_rate']:.0%}; the critic, fitted on "
+             f"{r['n_labelled']} judge labels, accepts {r['accepted']} (judge precision of those "
+             f"{r['precision']:.0%}). Student: {a['epochs']} epochs per arm, perplexity on `builtin:text-test` "
+             f"(lower is better; {r['before']:.2f} before training). Seeds {r['seeds']}. Measured in "
+             f"{r['seconds']:.0f} s on {r['cpus']} CPU cores with:", "", f"    {r['command']}", "",
+             "| seed | rows per arm | perplexity, critic | perplexity, unfiltered | unfiltered − critic |",
+             "|---|---|---|---|---|"]
+    for seed, n, pc, pu in r["table"]:
+        lines.append(f"| {seed} | {n} | {pc:.2f} | {pu:.2f} | {pu - pc:+.2f} |")
+    lines.append(f"| **mean ± std** | {r['accepted']} | {c.mean():.2f} ± {sd(c):.2f} | {u.mean():.2f} ± {sd(u):.2f} | "
+                 f"{t_interval(u - c)} (95% t-interval) |")
+    lines += ["", "Positive differences mean the critic-filtered set trains the better student."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few prompts and epochs (a smoke-sized table)")
@@ -122,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-frac", type=float, default=0.4)
     p.add_argument("--judge-rate", type=float, default=0.45)
     p.add_argument("--work", default=None, help="keep the intermediate datasets here")
+    p.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/critic_text.md")
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.epochs = 60, 2
@@ -146,25 +186,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {rows.num_rows} candidates, judge accepts {info['judge_accept_rate']:.2f}; critic fitted on "
           f"{info['n_labelled']} labels accepts {len(accepted)} (judge precision of accepted "
           f"{np.mean([judged[s] for s in accepted]):.2f})", file=sys.stderr)
-    table = [("seed", "n", "ppl critic", "ppl unfiltered", "unfiltered − critic")]
-    diffs = []
+    nonempty = [s for s, t in zip(rows.column("sample_id").to_pylist(), rows.column("text").to_pylist())
+                if t and t.strip()]
+    table = [("seed", "n", "ppl critic", "ppl unfiltered")]
     for seed in range(args.seeds):
+        s0 = time.perf_counter()
         rng = np.random.default_rng(100 + seed)
-        rand = list(rng.choice(ids, size=len(accepted), replace=False))
+        rand = list(rng.choice(nonempty, size=len(accepted), replace=False))
         before, ppl_c = train_ppl(subset_pool(rows, accepted, work / f"c{seed}"), work / f"c{seed}-sel", seed=seed,
                              epochs=args.epochs)
         _, ppl_u = train_ppl(subset_pool(rows, rand, work / f"u{seed}"), work / f"u{seed}-sel", seed=seed,
                              epochs=args.epochs)
-        diffs.append(ppl_u - ppl_c)
-        table.append((seed, len(accepted), f"{ppl_c:.2f}", f"{ppl_u:.2f}", f"{ppl_u - ppl_c:+.2f}"))
-    print(f"# the student before training: perplexity {before:.2f}", file=sys.stderr)
-    d = np.array(diffs)
-    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    print("| " + " | ".join(table[0]) + " |\n|" + "---|" * len(table[0]))
-    for r in table[1:]:
-        print("| " + " | ".join(str(v) for v in r) + " |")
-    print(f"\nmean difference (unfiltered − critic, positive = the critic helps): {d.mean():+.2f} ± {half:.2f} "
-          f"(95% normal interval over {len(d)} seeds); {time.perf_counter() - t0:.0f} s; work dir {work}")
+        table.append((seed, len(accepted), ppl_c, ppl_u))
+        print(f"# seed {seed}: critic {ppl_c:.2f}, unfiltered {ppl_u:.2f} ({time.perf_counter() - s0:.0f} s; "
+              f"{s0 - t0:.0f} s before the first seed)", file=sys.stderr, flush=True)
+    report = {"command": "python benchmarks/critic_text.py" + "".join(
+                  " " + shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
+              "seconds": time.perf_counter() - t0, "cpus": os.cpu_count(), "seeds": list(range(args.seeds)),
+              "candidates": rows.num_rows, "judge_accept_rate": info["judge_accept_rate"],
+              "n_labelled": info["n_labelled"], "accepted": len(accepted), "before": before,
+              "precision": float(np.mean([judged[s] for s in accepted])) if accepted else float("nan"),
+              "args": vars(args), "table": table[1:]}
+    md = markdown(report)
+    print(md)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    if not (args.quick or args.no_write):
+        runpy.run_path(str(HERE / "doc_tables.py"))["splice"]("critic_text", md)
     return 0
 
 

@@ -10,8 +10,11 @@ the leftover bucket + CE), then measured by perplexity on the clean held-out ``b
 and random at one seed are paired. Printed per cell: mean ± std over seeds, the paired difference
 to random with a 95% t-interval, and the share of kept rows by kind (the pool's ``source``).
 
-    python benchmarks/text_quality.py --quick     # smoke: seeds 0–1, 10% and 30%, default vs random
+    python benchmarks/text_quality.py --quick     # smoke: seeds 0–1, 10% and 30%, default vs random; writes nothing
     python benchmarks/text_quality.py             # full: 3 seeds, default, miniplm and random
+
+Unless ``--quick`` or ``--no-write``, the table is spliced into ``docs/benchmarks/text_quality.md``
+(``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
+import runpy  # noqa: E402
+import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -45,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                    "default,random)")
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the trainer's)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write every run's numbers to FILE")
+    p.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/text_quality.md")
     return p.parse_args(argv)
 
 
@@ -72,9 +79,9 @@ def interval(diffs: list[float]) -> str:
     """mean ± half-width of a 95% t-interval over seeds (``n/a`` with one seed)."""
     d = np.asarray(diffs, dtype=float)
     if len(d) < 2:
-        return f"{d.mean():+.1f} (n/a)"
+        return f"{d.mean():+.2f} (n/a)"
     half = T975.get(len(d) - 1, 1.96) * d.std(ddof=1) / math.sqrt(len(d))
-    return f"{d.mean():+.1f} ± {half:.1f}"
+    return f"{d.mean():+.2f} ± {half:.2f}"
 
 
 def table(runs: list[dict], *, budgets: list[str], methods: list[str]) -> list[str]:
@@ -93,15 +100,29 @@ def table(runs: list[dict], *, budgets: list[str], methods: list[str]) -> list[s
             junk = sum(r["kinds"].get("junk", 0) for r in cell) / kept
             near = sum(r["kinds"].get("near_duplicate", 0) for r in cell) / kept
             sd = ppl.std(ddof=1) if len(ppl) > 1 else 0.0
-            lines.append(f"| {float(b):.0%} | {m} | {cell[0]['kept']} | {ppl.mean():.1f} ± {sd:.1f} | {diff} | "
+            lines.append(f"| {float(b):.0%} | {m} | {cell[0]['kept']} | {ppl.mean():.2f} ± {sd:.2f} | {diff} | "
                          f"{junk:.1%} | {near:.1%} |")
     return lines
+
+
+def markdown(report: dict) -> str:
+    """The docs block: setup line (seeds, cores, time, command) and the table."""
+    runs = report["runs"]
+    head = (f"Pool `builtin:text-web` → student `builtin:text-student`, perplexity on `builtin:text-test` "
+            f"(lower is better; the teacher {report['teacher']:.1f}, the student before training "
+            f"{runs[0]['ppl_before']:.1f}). Seeds {report['seeds']}; {min(r['steps'] for r in runs)}–"
+            f"{max(r['steps'] for r in runs)} optimiser steps per run ({report['epochs']} epochs). Measured in "
+            f"{report['seconds']:.0f} s on {report['cpus']} CPU cores with:\n\n    {report['command']}\n\n"
+            "Δ is the method's perplexity minus random's at the same seed (negative = the method is better), "
+            "mean ± half-width of a 95% t-interval over seeds.\n")
+    return head + "\n" + "\n".join(table(runs, budgets=report["budgets"], methods=report["methods"])) + "\n"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from kdata.core.threads import one_thread
     from kdata.pipeline.demo_text import teacher_perplexity
+    from kdata.training.text import TextTrainConfig
 
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     methods = (args.methods or ("default,random" if args.quick else "default,miniplm,random")).split(",")
@@ -112,16 +133,24 @@ def main(argv=None) -> int:
         for b in budgets:
             for seed in seeds:
                 for m in methods:
+                    c0 = time.perf_counter()
                     r = one_run(m, b, seed, work=Path(tmp), epochs=args.epochs)
                     runs.append(r)
                     print(f"  {m:8s} budget {b} seed {seed}: {r['kept']} rows, perplexity {r['ppl_before']:.1f} → "
-                          f"{r['ppl']:.1f} ({r['steps']} steps, {r['seconds']:.0f}s)", file=sys.stderr, flush=True)
+                          f"{r['ppl']:.1f} ({r['steps']} steps, training {r['seconds']:.0f}s, cell "
+                          f"{time.perf_counter() - c0:.0f}s)", file=sys.stderr, flush=True)
         teacher = teacher_perplexity()
-    print(f"builtin:text-web → builtin:text-student, perplexity on builtin:text-test (teacher {teacher:.1f}, "
-          f"student before {runs[0]['ppl_before']:.1f}); seeds {seeds}; {time.perf_counter() - t0:.0f}s\n")
-    print("\n".join(table(runs, budgets=budgets, methods=methods)))
+    cmd = "python benchmarks/text_quality.py" + "".join(" " + shlex.quote(a) for a in
+                                                        (sys.argv[1:] if argv is None else argv))
+    report = {"command": cmd, "seconds": time.perf_counter() - t0, "seeds": seeds, "budgets": budgets,
+              "methods": methods, "cpus": os.cpu_count(), "epochs": args.epochs or TextTrainConfig().epochs,
+              "teacher": teacher, "runs": runs}
+    md = markdown(report)
+    print(md)
     if args.json:
-        Path(args.json).write_text(json.dumps({"teacher": teacher, "runs": runs}, indent=1))
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if not (args.quick or args.no_write):
+        runpy.run_path(str(HERE / "doc_tables.py"))["splice"]("text_quality", md)
     return 0
 
 

@@ -8,10 +8,12 @@ Step by step (issue #17; the rationale and references are in docs/methods.md, "T
    (``method_info.coverage.skipped``).
 2. **Cut a small likely-junk tail** from teacher signals (low teacher max-probability, teacher–student
    KL, distance to the teacher-predicted class centroid in the teacher embedding when the scores
-   have embeddings); the fraction depends on the budget (CCS, Zheng et al. 2023) and is recorded.
+   have embeddings); the fraction grows as the budget shrinks (CCS, Zheng et al. 2023) and is never
+   below the teacher's expected error rate; it is recorded.
 3. **Stratified sampling**: strata = teacher-predicted class × equal-width difficulty bins (CCS),
-   every stratum with rows gets a pick when the budget allows, the rest spread with a bias toward
-   easier bins for small budgets and harder bins for large ones (Sorscher et al. 2022), rows inside
+   every stratum with rows gets a pick when the budget allows, the rest spread in proportion to the
+   strata's sizes with a bias toward easier bins for small budgets and harder bins for large ones
+   (Sorscher et al. 2022), rows inside
    a stratum chosen by their permanent random number (stable under small score changes).
 
 Steps 2–3 are the ``coverage`` sampler (``kdata/selection/methods/coverage.py``), every parameter

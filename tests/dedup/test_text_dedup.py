@@ -125,3 +125,13 @@ def test_text_near_without_an_embedder_is_one_line(dup_pool, tmp_path, capsys):
     assert _select(dup_pool, tmp_path / "x", "--dedup", "near") == 2
     err = capsys.readouterr().err.strip()
     assert "--embedder" in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_default_recipe_on_text_without_an_embedder_dedups_exact_and_says_near_was_skipped(dup_pool, tmp_path):
+    d = text_assets()
+    out = tmp_path / "default"
+    assert main(["select", "--pool", str(dup_pool), "--teacher", f"hf:{d / 't'}", "--student", f"hf:{d / 's'}",
+                 "--budget", "1.0", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    info = json.loads((out / "manifest.json").read_text())["method_info"]["dedup"]
+    assert info["removed"] == {"exact": 2} and "--embedder" in info["near"]
+    assert set(_removed(out)) & {"d1", "e1"} and set(_removed(out)) & {"d8", "e8"} and len(_removed(out)) == 2

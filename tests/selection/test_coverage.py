@@ -12,6 +12,9 @@ def test_tail_fraction_grows_as_the_budget_shrinks():
     assert tail_fraction(0.1) == pytest.approx(0.3)
     assert tail_fraction(0.5) == pytest.approx(0.1)
     assert tail_fraction(0.9) == pytest.approx(0.05)
+    # …and is never below the teacher's expected error rate (clipped to [0.05, 0.3])
+    assert tail_fraction(0.5, 0.13) == pytest.approx(0.13) and tail_fraction(0.1, 0.13) == pytest.approx(0.3)
+    assert tail_fraction(0.9, 0.6) == pytest.approx(0.3) and tail_fraction(0.5, 0.01) == pytest.approx(0.1)
     assert bias_gamma(0.1) < 0 < bias_gamma(0.9) and bias_gamma(0.5) == 0
 
 
@@ -41,8 +44,11 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     info = sel.info["coverage"]
     assert int(sel.kept.sum()) == budget
     n_tail = int((sel.reason == "coverage_tail").sum())
-    assert info["tail_cut"] == n_tail == int(np.floor(tail_fraction(budget / 400) * 400))
-    assert info["tail_fraction"] == pytest.approx(tail_fraction(budget / 400))
+    eps = float(np.mean(1.0 - scores.column("teacher_conf").to_numpy()))
+    assert info["teacher_error"] == pytest.approx(eps)
+    beta = tail_fraction(budget / 400, eps)
+    assert info["tail_cut"] == n_tail == min(int(np.floor(beta * 400)), 400 - budget)
+    assert info["tail_fraction"] == pytest.approx(beta)
     # every class x bin stratum with rows got a pick (the budget allows it here)
     assert info["strata_nonempty"] <= budget and info["strata_picked"] == info["strata_nonempty"]
     left = sel.reason != "coverage_tail"

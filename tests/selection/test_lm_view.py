@@ -101,3 +101,28 @@ def test_class_methods_run_on_causal_lm_text(method, tmp_path):
     assert c["n_in"] == 62 and c["kept"] == 18 and c["n_in"] == c["kept"] + c["rejected"] + c["quarantined"]
     if method == "coverage":
         assert report.info["method_info"]["coverage"]["strata"] == "domain x difficulty"
+
+
+def test_ddk_follows_the_papers_smoothed_update():
+    """DDK (arXiv 2407.16154) Eq. 2: r = α·ψ/Σψ + (1 − α)/N, ψ = r_prev·exp(ℓ_S/ℓ_T); Eq. 1 from uniform r_prev."""
+    from kdata.selection.methods.ddk import domain_proportions
+
+    e = np.e
+    np.testing.assert_allclose(domain_proportions(np.array([2.0, 1.0])),
+                               [0.5 * e / (e + 1) + 0.25, 0.5 / (e + 1) + 0.25])  # softmax of Eq. 1, smoothed
+    psi = np.array([0.2 * e ** 2, 0.8 * e])
+    np.testing.assert_allclose(domain_proportions(np.array([2.0, 1.0]), previous=np.array([0.2, 0.8])),
+                               0.5 * psi / psi.sum() + 0.25)
+    r = domain_proportions(np.array([50.0, 0.0, 0.0]), alpha=0.5)
+    assert r.min() >= 0.5 / 3 - 1e-12 and abs(r.sum() - 1) < 1e-12  # the (1 − α)/N floor; no overflow
+
+
+def test_ddk_on_lm_text_uses_the_perplexity_ratio():
+    # domain a: student 1 nat worse than the teacher (ppl ratio e); domain b: no gap (ratio 1)
+    t = lm_table([1.0] * 8, [2.0] * 4 + [1.0] * 4, [1.0] * 8, domain=["a"] * 4 + ["b"] * 4)
+    sel = select(t, methods=["ddk"], budget=4, seed=0, num_classes=260)
+    d = sel.info["ddk"]["domains"]
+    np.testing.assert_allclose([d["a"]["psi"], d["b"]["psi"]], [np.e, 1.0], rtol=1e-6)
+    want = 0.5 * np.exp(np.e) / (np.exp(np.e) + np.e) + 0.25
+    np.testing.assert_allclose(d["a"]["proportion"], want, rtol=1e-6)
+    assert d["a"]["quota"] == 3 and d["b"]["quota"] == 1
