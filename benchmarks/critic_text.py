@@ -15,13 +15,13 @@ of the candidates with these labels, is fitted by ``kdata critic fit`` (teacher/
 embedding, cut for recall 0.8 on its validation split), and filters all candidates.
 
 Arms, per seed: *critic* = every candidate the critic accepts; *unfiltered* = as many candidates
-drawn at random (seeded) from all non-empty ones. Each arm goes through ``kdata select --method
-random --budget 100%`` (the teacher's per-token soft labels) and the text trainer (same steps per
-epoch budget: equal rows, equal epochs); the number is the student's perplexity on
+drawn at random (seeded) from all the candidates the critic scored (non-empty, scorable). Each arm
+goes through ``kdata select --method random --budget 100%`` (the teacher's per-token soft labels)
+and the text trainer (equal rows, equal epochs); the number is the student's perplexity on
 ``builtin:text-test``. Seeds change the unfiltered draw and the training shuffle.
 
-    python benchmarks/critic_text.py --quick     # ~3 minutes on 2 CPU cores; writes nothing
-    python benchmarks/critic_text.py             # the full table (more prompts, epochs)
+    python benchmarks/critic_text.py --quick     # ~20 s on 2 CPU cores; writes nothing
+    python benchmarks/critic_text.py             # the full table (more prompts, epochs; ~1 minute)
 
 Unless ``--quick`` or ``--no-write``, the table is spliced into ``docs/benchmarks/critic_text.md``
 (``benchmarks/doc_tables.py``).
@@ -133,19 +133,23 @@ def markdown(r: dict) -> str:
     a = r["args"]
     c = np.array([t[2] for t in r["table"]])
     u = np.array([t[3] for t in r["table"]])
-    sd = (lambda x: x.std(ddof=1) if len(x) > 1 else 0.0)
-    lines = [f"{a['prompts']} prompts × {a['per_prompt']} continuations (temperature {a['temperature']}) = "
+
+    def sd(x: np.ndarray) -> float:
+        return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+    setup = (f"{a['prompts']} prompts × {a['per_prompt']} continuations (temperature {a['temperature']}) = "
              f"{r['candidates']} candidates; the judge accepts {r['judge_accept_rate']:.0%}; the critic, fitted on "
-             f"{r['n_labelled']} judge labels, accepts {r['accepted']} (judge precision of those "
-             f"{r['precision']:.0%}). Student: {a['epochs']} epochs per arm, perplexity on `builtin:text-test` "
-             f"(lower is better; {r['before']:.2f} before training). Seeds {r['seeds']}. Measured in "
-             f"{r['seconds']:.0f} s on {r['cpus']} CPU cores with:", "", f"    {r['command']}", "",
-             "| seed | rows per arm | perplexity, critic | perplexity, unfiltered | unfiltered − critic |",
+             f"{r['n_labelled']} judge labels, accepts {r['accepted']} of the {r['scored']} it scored (judge "
+             f"precision of those {r['precision']:.0%}). Student: {a['epochs']} epochs per arm, perplexity on "
+             f"`builtin:text-test` (lower is better; {r['before']:.2f} before training). Seeds {r['seeds']}. Measured in "
+             f"{r['seconds']:.0f} s on {r['cpus']} CPU cores with:")
+    header = "| seed | rows per arm | perplexity, critic | perplexity, unfiltered | unfiltered − critic |"
+    lines = [setup, "", f"    {r['command']}", "", header,
              "|---|---|---|---|---|"]
     for seed, n, pc, pu in r["table"]:
         lines.append(f"| {seed} | {n} | {pc:.2f} | {pu:.2f} | {pu - pc:+.2f} |")
-    lines.append(f"| **mean ± std** | {r['accepted']} | {c.mean():.2f} ± {sd(c):.2f} | {u.mean():.2f} ± {sd(u):.2f} | "
-                 f"{t_interval(u - c)} (95% t-interval) |")
+    lines.append(f"| **mean ± std** | {r['accepted']} | {c.mean():.2f} ± {sd(c):.2f} | "
+                 f"{u.mean():.2f} ± {sd(u):.2f} | {t_interval(u - c)} (95% t-interval) |")
     lines += ["", "Positive differences mean the critic-filtered set trains the better student."]
     return "\n".join(lines) + "\n"
 
@@ -186,13 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {rows.num_rows} candidates, judge accepts {info['judge_accept_rate']:.2f}; critic fitted on "
           f"{info['n_labelled']} labels accepts {len(accepted)} (judge precision of accepted "
           f"{np.mean([judged[s] for s in accepted]):.2f})", file=sys.stderr)
-    nonempty = [s for s, t in zip(rows.column("sample_id").to_pylist(), rows.column("text").to_pylist())
-                if t and t.strip()]
     table = [("seed", "n", "ppl critic", "ppl unfiltered")]
     for seed in range(args.seeds):
         s0 = time.perf_counter()
         rng = np.random.default_rng(100 + seed)
-        rand = list(rng.choice(nonempty, size=len(accepted), replace=False))
+        rand = list(rng.choice(ids, size=len(accepted), replace=False))
         before, ppl_c = train_ppl(subset_pool(rows, accepted, work / f"c{seed}"), work / f"c{seed}-sel", seed=seed,
                              epochs=args.epochs)
         _, ppl_u = train_ppl(subset_pool(rows, rand, work / f"u{seed}"), work / f"u{seed}-sel", seed=seed,
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                   " " + shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
               "seconds": time.perf_counter() - t0, "cpus": os.cpu_count(), "seeds": list(range(args.seeds)),
               "candidates": rows.num_rows, "judge_accept_rate": info["judge_accept_rate"],
-              "n_labelled": info["n_labelled"], "accepted": len(accepted), "before": before,
+              "n_labelled": info["n_labelled"], "accepted": len(accepted), "scored": len(ids), "before": before,
               "precision": float(np.mean([judged[s] for s in accepted])) if accepted else float("nan"),
               "args": vars(args), "table": table[1:]}
     md = markdown(report)

@@ -53,6 +53,9 @@ def register(sub) -> None:
                         "DIR; -2, -3… when that is taken)")
     p.add_argument("--reselect-every", type=int, default=0, metavar="K",
                    help="every K epochs re-score --pool with the current student and re-select with KD³ (0: never)")
+    p.add_argument("--reselect-threshold", type=float, default=None, metavar="TAU",
+                   help="KD³'s confidence cut for each re-selection: rows whose combined teacher+student "
+                        "confidence is below TAU are dropped even under the budget (with --reselect-every)")
     p.add_argument("--pool", default=None, help="pool to re-select from (with --reselect-every)")
     p.add_argument("--teacher", default=None, help="teacher spec for re-scoring (with --reselect-every)")
     p.add_argument("--workers", default="auto", help="decode worker processes (auto: 0 for small sets)")
@@ -89,10 +92,13 @@ def run(args) -> int:
             raise KdataError(f"--workers {workers}: expected a number or auto") from None
     if args.reselect_every < 0:
         raise KdataError("--reselect-every must be ≥ 0")
+    if args.reselect_threshold is not None and not (0.0 <= args.reselect_threshold <= 1.0 and args.reselect_every):
+        raise KdataError("--reselect-threshold: a confidence in [0, 1], used with --reselect-every K")
     names = ("epochs", "batch_size", "lr", "temperature", "alpha", "loss", "seed", "steps")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}  # unset: the defaults
     cfg = TrainConfig(**given, reinit=args.reinit, workers=workers, device=args.device,
-                      reselect_every=args.reselect_every, keep_best=not args.keep_last)
+                      reselect_every=args.reselect_every, reselect_threshold=args.reselect_threshold,
+                      keep_best=not args.keep_last)
     log = train_student(shards=shards, student=args.student, eval=eval_spec(args.eval, args.student), config=cfg,
                         out=args.out, pool=args.pool, teacher=args.teacher, verify=not args.no_verify,
                         progress=progress_printer(args.quiet or args.json))

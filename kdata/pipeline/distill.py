@@ -29,9 +29,12 @@ from kdata.training.train import TrainConfig, run_train
 
 
 def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int = 0, device="cpu",
-                    topk: int = 5, temperature: float = 1.0, method: str = "kd3"):
+                    topk: int = 5, temperature: float = 1.0, method: str = "kd3", threshold: float | None = None):
     """``fn(student, *, epoch, budget) -> (dataset dir, info)``: re-score POOL with the current student
-    and re-select ``budget`` rows with ``method``, written through the curation core."""
+    and re-select ``budget`` rows with ``method``, written through the curation core. ``threshold``:
+    KD³'s confidence cut τ — rows whose combined teacher+student confidence is below it are rejected
+    (``kd3_low_confidence``) even under the budget, so the kept set can shrink or grow as the student
+    learns, as in the paper."""
     if method not in available():
         raise KdataError(f"--reselect-every needs the '{method}' selection method, which is not available")
     the_pool = open_pool(pool)
@@ -48,7 +51,8 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
         scores, quarantined = score_table(table, t_model, current, config=score_cfg, device=device)
         student.module.train(was)
         cfg = SelectConfig(pool=pool, teacher=teacher, student=current.spec, method=method,
-                           budget=str(min(budget, scores.num_rows)), seed=seed, topk=topk, temperature=temperature)
+                           budget=str(min(budget, scores.num_rows)), seed=seed, topk=topk, temperature=temperature,
+                           method_options={method: {"threshold": threshold}} if threshold is not None else {})
         prep = Prepared(cfg=cfg, pool=the_pool, teacher=t_model, student=current, methods=[method], balance=None,
                         score_cfg=score_cfg, device=device)
         out = work_dir / f"reselect-epoch{epoch:03d}"
@@ -58,7 +62,8 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
         kept_ids = dec.filter(pc.equal(dec.column("decision"), KEPT)).column("sample_id")
         kept = pc.is_in(scores.column("sample_id"), value_set=kept_ids.combine_chunks()).to_numpy(zero_copy_only=False)
         agree = float(np.mean(scores.column("agree").to_numpy(zero_copy_only=False)[kept])) if kept.any() else None
-        return out, {"rows": report.counts["kept"], "method": method, "agree_frac_kept": agree}
+        return out, {"rows": report.counts["kept"], "method": method, "threshold": threshold,
+                     "agree_frac_kept": agree}
 
     return reselect
 
@@ -95,7 +100,7 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
         def factory(model: Model, *, work_dir: Path, device):
             temperature = ShardDataset(shards, input_size=model.input_size, mean=model.mean, std=model.std).temperature
             return make_reselector(pool=pool, teacher=teacher, work_dir=work_dir, seed=config.seed, device=device,
-                                   temperature=temperature)
+                                   temperature=temperature, threshold=config.reselect_threshold)
 
     if out and Path(out).resolve().is_relative_to(Path(shards).resolve()):
         raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "

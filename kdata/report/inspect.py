@@ -211,8 +211,11 @@ def score_quantiles(run: Run) -> dict:
 
 
 def agreement(run: Run) -> dict:
-    """Teacher/student top-1 agreement (and teacher/web-label agreement) on kept and on all scored rows."""
+    """Teacher/student top-1 agreement (and teacher/web-label agreement) on kept and on all scored rows.
+    None of it for causal LMs: a sequence has no top-1 class (its per-token scores are elsewhere)."""
     out = {}
+    if (run.manifest.get("scoring") or {}).get("kind") == "causal_lm":
+        return out
     if run.decisions is not None:
         d = run.decisions.filter(pc.not_equal(run.decisions.column("decision"), QUARANTINED))
         dec = np.array(d.column("decision").to_pylist(), dtype=object)

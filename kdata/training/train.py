@@ -47,6 +47,7 @@ class TrainConfig:
     workers: int | str = "auto"
     device: str = "auto"
     reselect_every: int = 0
+    reselect_threshold: float | None = None  # KD³'s confidence cut τ for the re-selections
     eval_every_epoch: bool = True
     keep_best: bool = True  # with an eval set every epoch: end with the best weights on it (start included)
     augment: bool = True  # light random affine jitter of each batch (labels stay valid)

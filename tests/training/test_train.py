@@ -132,9 +132,26 @@ def test_reselect_every_rescoring_with_kd3(demo_run, tmp_path, capsys, builtin_m
     assert (tmp_path / "o" / "reselect" / "reselect-epoch001" / "data").is_dir()
 
 
+def test_reselect_threshold_is_kd3s_confidence_cut(demo_run, tmp_path, capsys, builtin_models):
+    """KD³ as the paper runs it: each re-selection also drops rows below the confidence cut τ."""
+    import pyarrow.parquet as pq
+
+    rc = main(["train", str(demo_run), "--epochs", "2", "--reselect-every", "1", "--reselect-threshold", "0.9",
+               "--pool", "builtin:digits-web", "--teacher", "builtin:digits-teacher", "--json", "--device", "cpu",
+               "--out", str(tmp_path / "o")])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)["reselections"][0]
+    assert r["threshold"] == 0.9 and 0 < r["rows"] < 437
+    dec = pq.read_table(tmp_path / "o" / "reselect" / "reselect-epoch001" / "decisions.parquet").to_pylist()
+    low = [d for d in dec if d["reason"] == "kd3_low_confidence"]
+    assert low and all(d["score_kd3"] < 0.9 for d in low)
+    assert all(d["score_kd3"] >= 0.9 for d in dec if d["decision"] == "kept")
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--alpha", "1.5"], "--alpha"),
     (["--reselect-every", "1"], "--pool and --teacher"),
+    (["--reselect-threshold", "0.5"], "--reselect-threshold"),
     (["--out", "FILE"], "exists and is not a directory"),
     (["--out", "DEMO/student"], "inside the curated dataset"),
 ])
