@@ -11,7 +11,7 @@ Models: GPT-2-style causal LMs randomly initialised here (teacher 4 layers × 25
 2 layers × 128) with a byte-level tokenizer built with ``tokenizers``; texts: docstrings of the
 Python standard library (nothing is downloaded).
 
-    python benchmarks/score_text.py            # ~1 minute on 2 CPU cores
+    python benchmarks/score_text.py            # ~1 minute on 2 CPU cores; writes docs/benchmarks/score_text.md
     python benchmarks/score_text.py --n 600 --max-length 256 --rounds 3   # ~5 minutes
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+HERE = Path(__file__).resolve().parent
 
 def stdlib_texts(n: int) -> list[str]:
     """Docstrings of standard-library modules, functions and classes (≥ 40 characters)."""
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/score_text.md")
     args = ap.parse_args(argv)
     os.environ.setdefault("KDATA_CACHE", tempfile.mkdtemp(prefix="kdata-bench-text-"))
     from kdata.models.hf import load_hf, quiet_transformers
@@ -131,7 +133,24 @@ def main(argv=None) -> int:
         print(f"bare teacher+student forward: {res['bare_tokens_per_s']:,.0f} tokens/s")
         print(f"pipeline (score_text_pool):   {res['pipeline_tokens_per_s']:,.0f} tokens/s")
         print(f"ratio pipeline / bare: {res['ratio']:.2f} (target >= 0.8 on CPU)")
+    if not args.no_write:
+        write_docs(res, argv)
     return 0
+
+
+def write_docs(res: dict, argv) -> None:
+    """The table of docs/benchmarks/score_text.md, from this run (``benchmarks/doc_tables.splice``)."""
+    import runpy
+
+    cmd = " ".join(["python benchmarks/score_text.py", *(argv if argv is not None else sys.argv[1:])])
+    md = (f"{res['texts']} texts ({res['tokens']:,} teacher tokens), {res['threads']} torch threads, "
+          f"{os.cpu_count()} CPU cores, best of the rounds:\n\n    {cmd.strip()}\n\n"
+          "| what | tokens/s |\n|---|---:|\n"
+          f"| bare teacher + student forward on the same batches | {res['bare_tokens_per_s']:,.0f} |\n"
+          f"| pipeline (`score_text_pool`: read, tokenise, bucket, forward, statistics, top-k) | "
+          f"{res['pipeline_tokens_per_s']:,.0f} |\n"
+          f"| **ratio pipeline / bare** (target ≥ 0.8 on a CPU) | **{res['ratio']:.2f}** |\n")
+    runpy.run_path(str(HERE / "doc_tables.py"))["splice"]("score_text", md)
 
 
 if __name__ == "__main__":
