@@ -44,7 +44,7 @@ def run_text(args, shards: str) -> int:
             raise KdataError(f"{flag}: not available for text students (image students only)")
     names = ("epochs", "steps", "batch_size", "lr", "alpha", "seed", "temperature")
     given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    cfg = TextTrainConfig(**given, device=args.device)
+    cfg = TextTrainConfig(**given, device=args.device, keep_best=not args.keep_last)
     if args.eval is not None:
         ev = None if args.eval.strip().lower() == "none" else args.eval
     else:
@@ -70,6 +70,10 @@ def text_summary(log: dict) -> list[str]:
         fmt = "{:.2f}" if metric == "perplexity" else "{:.4f}"
         lines.append(f"  {metric} on {log['eval']} ({log['n_eval']} texts): before training "
                      f"{fmt.format(log[f'{metric}_before'])} → after {fmt.format(log[f'{metric}_after'])}")
+        if "kept_epoch" in log and log["kept_epoch"] != log["epochs"]:
+            kept = log["kept_epoch"]
+            lines.append(f"  kept the weights of {'the start (no epoch did better)' if kept == 0 else f'epoch {kept}'}; "
+                         f"the last epoch scored {fmt.format(log[f'{metric}_last'])} (--keep-last keeps it instead)")
         if log.get("worse_than_before"):
             lines.append(f"kdata: warning: training made the student worse on {log['eval']}")
     else:

@@ -132,6 +132,15 @@ def lr_at(step: int, *, steps: int, lr: float, warmup: int = 10) -> float:
 
 
 def _train(name: str, out: Path) -> None:
+    """Train ``name`` into ``out`` — with gradients on, whatever the caller's mode (a first use can come
+    from inside ``torch.inference_mode()``, e.g. while scoring)."""
+    import torch
+
+    with torch.inference_mode(False), torch.enable_grad():
+        _train_model(name, out)
+
+
+def _train_model(name: str, out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging

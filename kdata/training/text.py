@@ -51,6 +51,26 @@ class TextTrainConfig:
     max_length: int = 512  # capped by the student's position limit (64 for builtin:text-student)
     seed: int = 0
     device: str = "auto"
+    keep_best: bool = False  # with an eval set: measure every epoch, end with the best weights (start included)
+
+
+class BestWeights:
+    """The best weights seen on the eval set (the starting weights count), kept in memory."""
+
+    def __init__(self, module: torch.nn.Module, start: float, *, lower_is_better: bool):
+        self.module, self.lower = module, lower_is_better
+        self.value, self.epoch, self.history = start, 0, []
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def offer(self, value: float, *, epoch: int) -> None:
+        self.history.append((epoch, value))
+        if (value < self.value) if self.lower else (value > self.value):
+            self.value, self.epoch = value, epoch
+            self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def restore(self) -> float:
+        self.module.load_state_dict(self.state)
+        return self.value
 
 
 def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
@@ -112,8 +132,10 @@ def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device) ->
     return loss, {}
 
 
-def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, device, progress) -> dict:
-    """The training loop: AdamW, warm-up + cosine schedule, gradient clipping; returns counts and losses."""
+def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, device, progress,
+              on_epoch=None) -> dict:
+    """The training loop: AdamW, warm-up + cosine schedule, gradient clipping; returns counts and losses.
+    ``on_epoch(epoch)`` runs after each (possibly partial) epoch."""
     per_epoch = shards.steps_per_epoch()
     total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
     opt = torch.optim.AdamW(student.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -135,6 +157,10 @@ def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, devi
             if step >= total:
                 break
         epoch += 1
+        if on_epoch is not None:
+            student.model.eval()
+            on_epoch(epoch)
+            student.model.train()
     student.model.eval()
     last = losses[-min(len(losses), per_epoch):]
     return {"steps": step, "epochs": epoch, "loss_last_epoch": sum(x["loss"] for x in last) / max(1, len(last))}
@@ -171,8 +197,13 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
     ev = _eval_set(eval, model, kind, cfg)
     with one_thread() if device.type == "cpu" else nullcontext():
         before = _measure(model, kind, ev, cfg)
-        run = _optimise(model, data, kind, cfg, device, progress)
-        after = _measure(model, kind, ev, cfg)
+        best = BestWeights(model.model, before, lower_is_better=kind == "causal_lm") if cfg.keep_best and ev else None
+        on_epoch = (lambda e: best.offer(_measure(model, kind, ev, cfg), epoch=e)) if best else None
+        run = _optimise(model, data, kind, cfg, device, progress, on_epoch=on_epoch)
+        last = after = _measure(model, kind, ev, cfg) if best is None else best.history[-1][1]
+        if best is not None:
+            after = best.restore()
+            run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.model.save_pretrained(str(out), safe_serialization=True)
@@ -180,7 +211,8 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
     metric = "perplexity" if kind == "causal_lm" else "accuracy"
     log = {"student": student, "kind": kind, "n_train": len(data), **run, "seconds": time.perf_counter() - t0,
            "eval": ev["spec"] if ev else None, "n_eval": ev["n"] if ev else 0, "metric": metric,
-           f"{metric}_before": before, f"{metric}_after": after, metric: after, "verified": verified,
+           f"{metric}_before": before, f"{metric}_after": after, metric: after, f"{metric}_last": last,
+           "verified": verified,
            "out": str(out), "config": asdict(cfg), "device": str(device)}
     if before is not None and after is not None:
         log["worse_than_before"] = after > before if kind == "causal_lm" else after < before

@@ -61,6 +61,26 @@ def test_distillation_lowers_held_out_perplexity_and_saves_a_loadable_student(lm
     assert log2["steps"] == 7 and log2["perplexity_before"] is None
 
 
+def test_keep_best_ends_with_the_best_epoch_and_saves_it(lm_shards, tmp_path):
+    """With an eval set and keep_best (the CLI's default), the saved student is the best of the start and
+    every epoch — a too-high learning rate that ruins the student leaves it as it was."""
+    from kdata.models.hf import load_text_model
+    from kdata.training.text_data import eval_texts
+    from kdata.training.text_losses import encode, perplexity
+
+    log = train_text(shards=lm_shards, student="builtin:text-student", eval="builtin:text-test",
+                     config=TextTrainConfig(epochs=2, batch_size=16, lr=0.5, keep_best=True), out=tmp_path / "b")
+    assert [e["epoch"] for e in log["per_epoch"]] == [1, 2]
+    best = min([log["perplexity_before"]] + [e["metric"] for e in log["per_epoch"]])
+    assert log["perplexity_after"] == best and log["perplexity_last"] == log["per_epoch"][-1]["metric"]
+    if log["kept_epoch"] == 0:
+        assert log["perplexity_after"] == log["perplexity_before"] and not log["worse_than_before"]
+    # the directory holds the kept weights: measured again from disk, the same perplexity
+    saved = load_text_model(f"hf:{tmp_path / 'b'}", device="cpu", precision="fp32")
+    seqs = encode(saved.tokenizer, eval_texts("builtin:text-test")[0], max_length=saved.max_length)
+    assert perplexity(saved.model, seqs, pad_id=saved.pad_id) == pytest.approx(log["perplexity_after"], rel=1e-4)
+
+
 def test_a_student_with_another_tokenizer_is_refused(lm_shards, tmp_path):
     other = tiny_lm(tmp_path / "bytes-lm")
     with pytest.raises(KdataError, match="tokeni"):
