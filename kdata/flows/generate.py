@@ -91,8 +91,10 @@ def critic_task(params: dict, paths: list[str], device: str) -> dict | None:
         return None
     cands = read_candidates([Path(p) for p in paths])
     nonempty = cands.filter([bool((t or "").strip()) for t in cands.column("text").to_pylist()])
-    prob, quarantined, crit = critic_scores(nonempty, critic=cfg.critic, teacher=_model(cfg.teacher, device=device),
-                                            student=_model(cfg.student, device=device), device=device,
+    teacher = _model(cfg.critic_teacher or cfg.teacher, device=device, precision=cfg.precision)  # as run_generate
+    prob, quarantined, crit = critic_scores(nonempty, critic=cfg.critic, teacher=teacher,
+                                            student=_model(cfg.student, device=device, precision=cfg.precision),
+                                            device=device,
                                             recall=cfg.critic_recall, precision=cfg.critic_precision)
     import hashlib
 

@@ -77,6 +77,7 @@ def read_jsonl(path: Path, *, name: str) -> pa.Table:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise KdataError(f"{path}: cannot read ({exc.strerror})") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors) is not part of line 1
     ids, texts, errors = [], [], []
     fields: dict[str, list] = {k: [] for k in TEXT_FIELDS}
     for lineno, raw in enumerate(data.split(b"\n"), start=1):

@@ -51,7 +51,8 @@ METHOD_BIASES = {
 }
 # methods whose choice depends on the student's predictions
 RAD_ERROR_FROM = {"teacher_confidence": "the teacher's confidence", "student_confidence": "the student's confidence",
-                  "given": "the value given as teacher_error"}
+                  "given": "the value given as teacher_error",
+                  "fixed_for_sequences": "a fixed share for text sequences, which have no per-row error rate"}
 STUDENT_COUPLED = {"kd3", "rad", "student_entropy", "disagreement", "ddk"}
 
 

@@ -42,6 +42,14 @@ def test_jsonl_rows_ids_fields_and_quarantine_reasons(tmp_path):
     assert pool.labels() == ["pos", "x"]
 
 
+def test_a_byte_order_mark_does_not_cost_the_first_row(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "text": "first"}\n{"id": "b", "text": "second"}\n')
+    t = open_pool(str(p)).units[0].read()
+    assert t.column("sample_id").to_pylist() == ["a", "b"] and t.column("text").to_pylist() == ["first", "second"]
+    assert text_problems(t, max_chars=100) == [None, None]
+
+
 def test_jsonl_directory_units_and_fingerprints(tmp_path):
     d = tmp_path / "pool"
     (d / "sub").mkdir(parents=True)

@@ -67,6 +67,8 @@ def test_baselines_and_rad_on_sequence_statistics():
     info = sel.info["rad"]
     assert info["gain"] == "student_margin_x_teacher_conf" and not sel.kept[2]
     assert sel.kept[1]
+    # exp(−NLL) is a token probability, not a sequence error rate: RAD plans for a fixed mistake share
+    assert info["teacher_error_from"] == "fixed_for_sequences" and info["teacher_error"] == pytest.approx(0.1)
 
 
 def test_coverage_stratifies_lm_text_by_domain():

@@ -91,6 +91,10 @@ from kdata.selection.methods.view import ScoreView
 from kdata.selection.prn import pareto_key
 
 
+# causal LMs: a sequence has no "teacher mistake" probability to average, so RAD plans for a fixed share
+LM_TEACHER_ERROR = 0.1
+
+
 def student_gain(view: ScoreView, rows: np.ndarray) -> np.ndarray:
     """g_i = 1 − student margin (from the scores table's ``student_margin``)."""
     return np.clip(1.0 - view.col("student_margin")[rows].astype(np.float64), 0.0, 1.0)
@@ -171,9 +175,12 @@ def rad(view: ScoreView, *, budget, seed, alive=None, teacher_error: float | Non
     else:
         conf = np.clip(view.col("student_conf")[rows].astype(np.float64), 0.0, 1.0)
         source = "student_confidence"
-    eps = float(np.mean(1.0 - conf)) if teacher_error is None else float(teacher_error)
     if teacher_error is not None:
-        source = "given"
+        eps, source = float(teacher_error), "given"
+    elif view.sequence_level:  # exp(−NLL) is a per-token probability, not a sequence's chance of being wrong
+        eps, source = LM_TEACHER_ERROR, "fixed_for_sequences"
+    else:
+        eps = float(np.mean(1.0 - conf))
     k = eps * b
     p, t = rad_probabilities(g, b, mistakes=k)
     key = pareto_key(view.prn(seed)[rows], p)
