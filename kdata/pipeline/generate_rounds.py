@@ -18,9 +18,10 @@ Each step is idempotent (a finished dataset is verified and reused; a trained st
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from kdata.core.atomic import write_json
 from kdata.core.errors import KdataError
 from kdata.pipeline.config import RunOptions, SelectConfig
 from kdata.pipeline.generate import GenerateConfig
@@ -37,12 +38,28 @@ def distill(curated: Path, *, student: str, out: Path, device: str, train_config
     """Train ``student`` on a curated text dataset into ``out`` (reused when its log is there)."""
     from kdata.training.text import DEFAULT_EVAL, TextTrainConfig, train_text
 
-    log_path = out / "train_log.json"
-    if log_path.is_file():
-        return json.loads(log_path.read_text())
     cfg = replace(train_config or TextTrainConfig(), device=device)
-    return train_text(shards=str(curated), student=student, out=out, config=cfg,
-                      eval=DEFAULT_EVAL if eval_spec is None else (eval_spec or None))
+    log_path = out / "train_log.json"
+    if log_path.is_file():  # a finished student: reused only when it was trained the same way on the same data
+        log = json.loads(log_path.read_text())
+        same = {k: v for k, v in log.get("config", {}).items() if k != "max_length"} == \
+            {k: v for k, v in asdict(cfg).items() if k != "max_length"}  # max_length: capped by the student
+        if log.get("student") == student and same and log.get("dataset_hash") == _dataset_hash(curated):
+            return log
+    log = train_text(shards=str(curated), student=student, out=out, config=cfg,
+                     eval=DEFAULT_EVAL if eval_spec is None else (eval_spec or None))
+    log["dataset_hash"] = _dataset_hash(curated)
+    write_json(log_path, {k: v for k, v in log.items() if k != "files"})
+    return log
+
+
+def _dataset_hash(curated: Path) -> str | None:
+    """The curated dataset's identity: its manifest's config hash and shard checksums."""
+    try:
+        m = json.loads((Path(curated) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return json.dumps([m.get("config_hash"), [f.get("sha256") for f in m.get("files", [])]])
 
 
 def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: str, device: str = "auto",

@@ -10,6 +10,9 @@ tokenizer, with ``train_log.json`` beside them.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -52,6 +55,31 @@ class TextTrainConfig:
     seed: int = 0
     device: str = "auto"
     keep_best: bool = False  # with an eval set: measure every epoch, end with the best weights (start included)
+
+
+WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def save_student(model, out: Path) -> None:
+    """``save_pretrained`` into a temporary sibling, then each file renamed into ``out``. The old
+    ``train_log.json`` (the mark of a finished run that ``kdata generate --rounds`` reuses) goes first and is
+    written again last, and weight files the new save lacks are removed: a crash never leaves a log beside
+    other weights, nor a stale single-file checkpoint beside a sharded one."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_log.json").unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.model.save_pretrained(str(tmp), safe_serialization=True)
+        model.tokenizer.save_pretrained(str(tmp))
+        new = {f.name for f in tmp.iterdir()}
+        for pattern in WEIGHT_FILES:
+            for old in out.glob(pattern):
+                if old.name not in new:
+                    old.unlink()
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class BestWeights:
@@ -205,9 +233,7 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
             after = best.restore()
             run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.model.save_pretrained(str(out), safe_serialization=True)
-    model.tokenizer.save_pretrained(str(out))
+    save_student(model, out)
     metric = "perplexity" if kind == "causal_lm" else "accuracy"
     log = {"student": student, "kind": kind, "n_train": len(data), **run, "seconds": time.perf_counter() - t0,
            "eval": ev["spec"] if ev else None, "n_eval": ev["n"] if ev else 0, "metric": metric,

@@ -143,7 +143,16 @@ def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, 
         assert m["generate"]["critic"]["threshold"] > 0 and m["config"]["critic_teacher"] == T
         assert (rounds / f"round-{r}-student" / "model.safetensors").is_file()
         assert read_manifest(rounds / f"round-{r}-curated")["counts"]["kept"] == m["counts"]["kept"]
-    # rerun: every step is found complete and reused
+    # rerun: every step is found complete and reused (the students are not trained again)
+    weights = [rounds / f"round-{r}-student" / "model.safetensors" for r in (1, 2)]
+    stamps = [w.stat().st_mtime_ns for w in weights]
     assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "2",
                  "--epochs", "1", "--eval", "none", "--out", str(rounds), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rounds"] == result["rounds"]
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    # …but a student trained another way is not reused: another --epochs retrains round 1's
+    assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "1",
+                 "--epochs", "2", "--eval", "none", "--out", str(rounds), "--json"]) == 0
+    capsys.readouterr()
+    assert weights[0].stat().st_mtime_ns != stamps[0]
+    assert json.loads((weights[0].parent / "train_log.json").read_text())["config"]["epochs"] == 2
