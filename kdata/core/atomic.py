@@ -103,3 +103,11 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20, stop: threadin
                 return ""
             h.update(block)
     return h.hexdigest()
+
+
+def drop_partial_writes(*paths: str | os.PathLike) -> None:
+    """Remove the temporary files a killed writer left beside these paths (``atomic_path`` names them
+    ``.NAME.<random>.tmp``). Call it holding the paths' lock, so that no live writer owns them."""
+    for p in map(Path, paths):
+        for tmp in p.parent.glob(f".{p.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from kdata.core.atomic import read_parquet, write_json, write_parquet
+from kdata.core.atomic import drop_partial_writes, read_parquet, write_json, write_parquet
 from kdata.core.errors import KdataError
 from kdata.core.lock import acquire
 from kdata.core.paths import cache_dir
@@ -247,6 +247,7 @@ class UnitCache:
         if self.hit(st.index):
             self.release(st)
             return False
+        drop_partial_writes(*self.entry(st.index))
         return True
 
     def finish(self, st: UnitState) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from kdata.core.atomic import read_parquet, write_json, write_parquet
+from kdata.core.atomic import drop_partial_writes, read_parquet, write_json, write_parquet
 from kdata.core.errors import KdataError
 from kdata.core.lock import acquire
 from kdata.core.paths import cache_dir
@@ -166,6 +166,7 @@ def score_text_unit(unit, models: TextModels, *, config: TextScoreConfig, device
         hit = _cached(path, qpath) if cache else None
         if hit is not None:
             return path, hit[0], hit[1], True
+        drop_partial_writes(path, qpath)
         table = unit.read()
         scores, quarantined = score_text_table(table, models, config=config, device=device)
         _write_unit(path, qpath, scores, quarantined, table.num_rows, unit.name)
