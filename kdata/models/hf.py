@@ -29,6 +29,14 @@ DEFAULT_MAX_LENGTH = 512
 KINDS = ("causal_lm", "classifier")
 
 
+def pad_token_id(tok) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end-of-text, else unknown, else 0."""
+    for v in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+        if v is not None:
+            return int(v)
+    return 0
+
+
 @dataclass
 class HFModel:
     """A loaded transformers model with its tokenizer and what the manifest records."""
@@ -59,11 +67,7 @@ class HFModel:
 
     @property
     def pad_id(self) -> int:
-        tok = self.tokenizer
-        for v in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
-            if v is not None:
-                return int(v)
-        return 0
+        return pad_token_id(self.tokenizer)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "checksum": self.checksum, "kind": self.kind, "name": self.name,

@@ -19,7 +19,7 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.extras import require
-from kdata.models.hf import quiet_transformers, resolve_max_length, text_model_path
+from kdata.models.hf import pad_token_id, quiet_transformers, resolve_max_length, text_model_path
 from kdata.models.hf_safety import (
     check_remote_code,
     read_config,
@@ -71,17 +71,10 @@ def load_embedder(spec: str, *, device="cpu", precision: str = "auto", trust_rem
                         max_length=resolve_max_length(config, tok, max_length), device=device)
 
 
-def _pad_id(tok) -> int:
-    for v in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
-        if v is not None:
-            return int(v)
-    return 0
-
-
 @torch.inference_mode()
 def embed_texts(emb: TextEmbedder, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
     """(len(texts), hidden) float32: mean-pooled, L2-normalised last hidden states (module doc)."""
-    enc = [emb.tokenizer.encode(t or " ", add_special_tokens=True)[:emb.max_length] or [_pad_id(emb.tokenizer)]
+    enc = [emb.tokenizer.encode(t or " ", add_special_tokens=True)[:emb.max_length] or [pad_token_id(emb.tokenizer)]
            for t in texts]
     out = np.zeros((len(texts), 0), dtype=np.float32)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
@@ -89,7 +82,7 @@ def embed_texts(emb: TextEmbedder, texts: list[str], *, batch_size: int = 64) ->
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), _pad_id(emb.tokenizer), dtype=torch.long)
+        ids = torch.full((len(idx), width), pad_token_id(emb.tokenizer), dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for r, i in enumerate(idx):
             ids[r, :len(enc[i])] = torch.tensor(enc[i])

@@ -122,19 +122,18 @@ def score_text_table(table: pa.Table, models: TextModels, *, config: TextScoreCo
     quarantined = [(ids[i], problems[i]) for i in np.flatnonzero(~ok)]
     rows = table.filter(pa.array(ok))
     texts = rows.column("text").to_pylist()
+    label_idx = (np.full(rows.num_rows, -1, np.int32) if models.kind == "causal_lm"
+                 else label_indices(rows.column("label"), models.teacher.class_names))
     with torch.inference_mode():
         if models.kind == "causal_lm":
             cols, bad = lm_rows(texts, models, config=config, device=device)
         else:
-            labels = label_indices(rows.column("label"), models.teacher.class_names)
-            cols, bad = classifier_rows(texts, labels, models, config=config, device=device)
+            cols, bad = classifier_rows(texts, label_idx, models, config=config, device=device)
     keep = np.ones(rows.num_rows, dtype=bool)
     kept_ids = rows.column("sample_id").to_pylist()
     for i, reason in bad:
         keep[i] = False
         quarantined.append((kept_ids[i], reason))
-    label_idx = (np.full(rows.num_rows, -1, np.int32) if models.kind == "causal_lm"
-                 else label_indices(rows.column("label"), models.teacher.class_names))
     out = pa.table({"sample_id": rows.column("sample_id").cast(pa.string()),
                     "label_idx": pa.array(label_idx, pa.int32()), **cols})
     return out.filter(pa.array(keep)), quarantined
