@@ -23,11 +23,13 @@ METHOD_BIASES = {
            "capped so that the budget is spread out; rows the student already knows are under-kept, and so are "
            "hard rows the teacher is unsure of, valid ones included. A row the teacher is confidently wrong about "
            "is still drawn, with the teacher's wrong soft label{rad_error}.",
-    "coverage": "**The default recipe keeps the pool's own mix, minus a tail.** A tail the teacher finds least "
-                "confident, most at odds with the student or far from its class centroid is cut first (junk, "
-                "off-domain, but also rare valid variants), then every teacher-predicted class x difficulty "
-                "stratum gets a row and the rest follows the strata's sizes, easier strata favoured for small "
-                "budgets and harder ones for large budgets; class shares follow the teacher's predictions.",
+    "coverage": "**The default recipe keeps the pool's own mix, minus a tail.** The rows whose label the teacher "
+                "believes least are cut first (mislabelled, junk, off-domain, but also valid rows the teacher gets "
+                "wrong, so its blind spots are under-kept); rows without a label are cut when the teacher is least "
+                "confident, most at odds with the student or far from its class centroid (rare valid variants "
+                "too). Then every teacher-predicted class x difficulty stratum gets a row and the rest follows the "
+                "strata's sizes, easier strata favoured for small budgets and harder ones for large budgets; class "
+                "shares follow the teacher's predictions.",
     "critic": "**The critic keeps what its labellers accepted.** A classifier fitted on a small human-labelled "
               "accept/reject set decides; styles and sources like its accepted examples pass, valid rows unlike "
               "them are rejected, and at the chosen recall target{critic_recall} a share of acceptable rows is "

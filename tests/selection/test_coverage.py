@@ -5,7 +5,7 @@ import pytest
 
 from kdata.selection.methods.coverage import allocate, bias_gamma, pick_in_strata, tail_fraction
 from kdata.selection.run import select
-from tests.helpers.methods import random_scores
+from tests.helpers.methods import random_scores, scores_from_probs
 
 
 def test_tail_fraction_grows_as_the_budget_shrinks():
@@ -44,9 +44,14 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     info = sel.info["coverage"]
     assert int(sel.kept.sum()) == budget
     n_tail = int((sel.reason == "coverage_tail").sum())
-    eps = float(np.mean(1.0 - scores.column("teacher_conf").to_numpy()))
-    assert info["teacher_error"] == pytest.approx(eps)
-    beta = tail_fraction(budget / 400, eps)
+    conf = scores.column("teacher_conf").to_numpy()
+    eps = float(np.mean(1.0 - conf))
+    lp = scores.column("teacher_label_prob").to_numpy(zero_copy_only=False)
+    labelled = np.isfinite(lp)
+    assert 0 < labelled.sum() < 400  # some rows carry no label (-1): they fall back to the label-free score
+    eta = float(np.mean(conf[labelled] - lp[labelled]))
+    assert info["teacher_error"] == pytest.approx(eps) and info["label_noise"] == pytest.approx(eta)
+    beta = tail_fraction(budget / 400, eps, label_noise=eta)
     assert info["tail_cut"] == n_tail == min(int(np.floor(beta * 400)), 400 - budget)
     assert info["tail_fraction"] == pytest.approx(beta)
     # every class x bin stratum with rows got a pick (the budget allows it here)
@@ -57,6 +62,43 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     # the tail is the most junk-like: higher outlier score than every kept row
     typical = sel.scores["score_coverage"] - sel.kept  # 1 - outlier score
     assert typical[sel.reason == "coverage_tail"].max() <= typical[sel.kept].min()
+
+
+def test_tail_fraction_with_labels_follows_the_label_noise_estimate():
+    assert tail_fraction(0.5, 0.13, label_noise=0.36) == pytest.approx(0.36)
+    assert tail_fraction(0.1, 0.6, label_noise=0.2) == pytest.approx(0.3)  # the budget term; ε̂ ignored
+    assert tail_fraction(0.5, None, label_noise=0.9) == pytest.approx(0.5)  # at most half the pool
+    assert tail_fraction(0.9, None, label_noise=0.0) == pytest.approx(0.05)
+
+
+def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
+    """Mislabelled rows (teacher confident in another class) form the tail; without labels the
+    label-free signals decide and the rule falls back to the teacher's error rate."""
+    rng = np.random.default_rng(3)
+    n, c = 300, 3
+    true = rng.integers(0, c, n)
+    conf = rng.uniform(0.5, 0.95, n)
+    p_t = np.full((n, c), 0.0)
+    p_t[np.arange(n), true] = conf
+    p_t += ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
+    p_s = 0.7 * p_t + 0.3 / c
+    label = true.copy()
+    flipped = rng.random(n) < 0.2
+    label[flipped] = (true[flipped] + 1) % c
+    scores = scores_from_probs(tmp_path, p_t, p_s, label=label)
+    sel = select(scores, methods=["coverage"], budget=90, seed=0, num_classes=c)
+    info = sel.info["coverage"]
+    assert info["tail_signals"] == ["teacher_label_disagreement"]
+    eta = info["label_noise"]
+    # η̂ = mean(max p_T − p_T(label)): zero on the clean rows, conf − (1 − conf)/2 on the flipped ones
+    assert eta == pytest.approx(float(np.sum(conf[flipped] - (1 - conf[flipped]) / 2)) / n, abs=1e-4)
+    tail = sel.reason == "coverage_tail"
+    assert info["tail_cut"] == int(tail.sum()) == int(np.floor(tail_fraction(0.3, label_noise=eta) * n))
+    assert tail[flipped].all() and not sel.kept[flipped].any()  # every mislabelled row cut
+    unlabelled = scores_from_probs(tmp_path, p_t, p_s, name="u.parquet")
+    info = select(unlabelled, methods=["coverage"], budget=90, seed=0, num_classes=c).info["coverage"]
+    assert info["label_noise"] is None and "teacher_label_disagreement" not in info["tail_signals"]
+    assert any(s.startswith("tail_signal_label_agreement") for s in info["skipped"])
 
 
 def test_coverage_without_embeddings_or_dedup_skips_and_records(tmp_path):
