@@ -1,11 +1,14 @@
 """Quality benchmark: does a curated subset train a better student than a random subset of the same size?
 
-Two pools, each with its own teacher, student and clean held-out test split:
+Three pools, each with its own teacher, student and clean held-out test split:
 
 * ``digits`` — ``builtin:digits-web`` (1,457 rows), ``builtin:digits-teacher/-student``, ``builtin:digits-test``;
 * ``openclipart`` — real clip art from Debian's ``openclipart-png`` made into a webly collected pool, with a
-  teacher and student trained on separate clean splits (``benchmarks/pools/openclipart.py``; built and
-  cached on first use, skipped with one line where apt is unavailable).
+  teacher and student trained on separate clean splits (``benchmarks/pools/openclipart.py``);
+* ``icons`` — real icons from Debian's ``oxygen-icon-theme``, their category folders as classes, made into a
+  pool the same way (``benchmarks/pools/icons.py``).
+
+The two Debian pools are built and cached on first use and skipped with one line where apt is unavailable.
 
 For every pool, method, budget (10%, 30%, 50% of the pool) and seed, the selection is written by the
 curation core (``kdata.pipeline.curate.finish``, exactly as ``kdata select``) and the pool's student is
@@ -21,7 +24,10 @@ training, so method and random at the same seed are paired. Two protocols:
 
 Printed per cell: mean ± std over seeds and the paired difference to random (same seed) with a 95%
 t-interval over seeds; and a precision table: the fraction of kept rows that are junk or shifted
-(ground truth from each pool's truth table; selection never reads it).
+(ground truth from each pool's truth table; selection never reads it). An **oracle** row
+(``--no-oracle`` leaves it out) is a reference, not a method: random among the rows the ground truth
+calls good (clean and duplicates), as many as every method keeps, trained with the same α and both
+protocols — how much a perfect junk/shift/label-noise filter would gain on that pool.
 
     python benchmarks/quality.py --quick --pool all     # smoke: 1 seed, 10% and 30%, 4 epochs
     python benchmarks/quality.py --pool all             # full: 3 seeds; writes docs/benchmarks/quality.md
@@ -54,12 +60,15 @@ sys.path.insert(0, str(HERE / "pools"))
 
 NEEDS_EXTRA = {"critic": "needs a fitted critic (kdata critic fit) trained on human accept/reject labels"}
 BAD_KINDS = ("junk", "shift")
+GOOD_KINDS = ("clean", "near_dup", "exact_dup")
+POOLS = ("digits", "openclipart", "icons")
+ORACLE = "oracle (good rows only)"  # a reference, not a method: it reads the ground truth
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", choices=["digits", "openclipart", "all"], default="all")
+    ap.add_argument("--pool", choices=[*POOLS, "all"], default="all")
     ap.add_argument("--quick", action="store_true",
                     help="smoke: 1 seed, budgets 0.1 and 0.3, methods random and default, 4 epochs; writes nothing")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 3; --quick: 1)")
@@ -70,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps-methods", default="random,default",
                     help="methods also trained with equal optimiser steps (all: every method)")
     ap.add_argument("--protocols", default="epochs,steps", help="epochs, steps or both")
+    ap.add_argument("--no-oracle", dest="oracle", action="store_false",
+                    help="leave out the oracle reference (random among the rows the ground truth calls good)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--alpha", type=float, default=None, help="fixed KD weight (default: the trainer's rule)")
@@ -83,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json-out", default=str(ROOT / "benchmarks/results/quality.json"))
     args = ap.parse_args(argv)
     if args.quick:
-        args.no_write = True
+        args.no_write, args.oracle = True, False
         args.methods = "random,default" if args.methods == "auto" else args.methods
         args.epochs = args.epochs or 4
     args.seeds = args.seeds or (1 if args.quick else 3)
@@ -97,12 +108,13 @@ def say(*parts) -> None:
 
 def load_bench(name: str):
     """The pool's Bench record, or None (with a printed reason) when it cannot be built here."""
-    import digits
-    import openclipart
+    import importlib
+
+    from webpool import Unavailable
 
     try:
-        return (digits if name == "digits" else openclipart).build(log=lambda *a, **k: say(*a))
-    except openclipart.Unavailable as exc:
+        return importlib.import_module(name).build(log=lambda *a, **k: say(*a))
+    except Unavailable as exc:
         say(str(exc))
         return None
 
@@ -144,17 +156,28 @@ class PoolRun:
 
     def curate(self, method: str, budget: float, seed: int) -> tuple[Path, dict]:
         """Write the selection; (its directory, what it kept: rows and the fractions of each bad kind)."""
+        import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         from kdata.pipeline.curate import Scored, finish
         from kdata.pipeline.prepare import resolve_balance, resolve_methods
 
-        cfg = replace(self.base, method=method, budget=str(budget), seed=seed)
+        from kdata.selection.run import parse_budget
+
+        scores, quarantined = self.scores, self.quarantined
+        if method == ORACLE:  # random among the rows the ground truth calls good, same row count
+            ids = scores.column("sample_id").to_pylist()
+            good = pa.array([self.kind.get(i) in GOOD_KINDS for i in ids])
+            scores, quarantined = scores.filter(good), []
+            count = min(parse_budget(str(budget), self.n_pool), scores.num_rows)
+            cfg = replace(self.base, method="random", budget=str(count), seed=seed)
+        else:
+            cfg = replace(self.base, method=method, budget=str(budget), seed=seed)
         run = replace(self.prep, cfg=cfg, methods=resolve_methods(cfg), balance=resolve_balance(cfg))
-        out = self.work / f"{self.bench.name}-{method}-{budget}-{seed}"
+        out = self.work / f"{self.bench.name}-{'oracle' if method == ORACLE else method}-{budget}-{seed}"
         if not (out / "manifest.json").is_file():
-            finish(run, Scored(scores=self.scores, quarantined=self.quarantined), out=str(out))
+            finish(run, Scored(scores=scores, quarantined=quarantined), out=str(out))
         dec = pq.read_table(out / "decisions.parquet", columns=["sample_id", "decision"])
         kept = dec.filter(pc.equal(dec.column("decision"), "kept")).column("sample_id").to_pylist()
         kinds = [self.kind.get(i, "unknown") for i in kept]
@@ -163,12 +186,17 @@ class PoolRun:
                      "junk": kinds.count("junk") / n, "shift": kinds.count("shift") / n,
                      "label_noise": kinds.count("label_noise") / n}
 
-    def train(self, out: Path, seed: int, steps: int = 0) -> dict:
+    def train(self, out: Path, seed: int, steps: int = 0, *, kept_rows: int | None = None) -> dict:
+        """Distil the student on the selection at ``out``. ``kept_rows`` (the oracle, whose manifest
+        counts only the good rows): α from kept_rows / the pool's rows, as every method gets it."""
         from kdata.models.spec import load_model
+        from kdata.training.budget import alpha_for_fraction
         from kdata.training.train import train
 
-        log = train(load_model(self.bench.student), out, config=replace(self.tc, seed=seed, steps=steps),
-                    eval_set=self.eval)
+        cfg = replace(self.tc, seed=seed, steps=steps)
+        if kept_rows is not None and cfg.alpha is None:
+            cfg = replace(cfg, alpha=alpha_for_fraction(kept_rows / self.n_pool))
+        log = train(load_model(self.bench.student), out, config=cfg, eval_set=self.eval)
         return {"accuracy": log["accuracy"], "epochs": log["epochs"], "steps": log["steps"],
                 "alpha": log["alpha"]["value"], "train_seconds": round(log["seconds"], 2)}
 
@@ -181,6 +209,8 @@ def run_pool(bench, args, tc, work: Path) -> dict:
     budgets = [float(b) for b in args.budgets.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",")]
     steps_methods = methods if args.steps_methods == "all" else args.steps_methods.split(",")
+    if args.oracle:
+        methods, steps_methods = [*methods, ORACLE], [*steps_methods, ORACLE]
     say(f"[{bench.name}] teacher {pr.teacher_acc:.4f}  student before training {pr.student_acc:.4f}  "
         f"pool {pr.n_pool} rows  (scored in {time.perf_counter() - t0:.0f}s)")
     cells, full_steps = [], None
@@ -202,7 +232,8 @@ def run_pool(bench, args, tc, work: Path) -> dict:
                 for protocol in protocols:
                     if protocol == "steps" and method not in steps_methods:
                         continue
-                    res = pr.train(out, seed, steps=full_steps if protocol == "steps" else 0)
+                    res = pr.train(out, seed, steps=full_steps if protocol == "steps" else 0,
+                                   kept_rows=kept["rows"] if method == ORACLE else None)
                     cells.append({"pool": bench.name, "method": method, "budget": budget, "seed": seed,
                                   "protocol": protocol, **kept, **res})
                     say(f"[{bench.name}] {method:<18} {budget:>4} seed {seed} {protocol:<6}: {res['accuracy']:.4f}  "
@@ -374,7 +405,7 @@ def main(argv=None) -> int:
     over = {k: getattr(args, k) for k in ("epochs", "lr", "alpha", "temperature", "loss") if getattr(args, k) is not None}
     tc = replace(TrainConfig(eval_every_epoch=False, device="cpu"), reinit=args.reinit, **over)
     t0 = time.perf_counter()
-    pools = run_all(["digits", "openclipart"] if args.pool == "all" else [args.pool], args, tc)
+    pools = run_all(list(POOLS) if args.pool == "all" else [args.pool], args, tc)
     cmd = "python benchmarks/quality.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     report = {"command": cmd, "seconds": time.perf_counter() - t0, "seeds": list(range(args.seeds)),
               "budgets": [float(b) for b in args.budgets.split(",")], "train_config": tc.__dict__,

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from kdata.selection.methods.coverage import allocate, bias_gamma, pick_in_strata, tail_fraction
+from kdata.selection.methods.coverage import (allocate, bias_gamma, label_tail_fraction, pick_in_strata,
+                                             tail_fraction)
 from kdata.selection.run import select
 from tests.helpers.methods import random_scores, scores_from_probs
 
@@ -48,12 +49,18 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     eps = float(np.mean(1.0 - conf))
     lp = scores.column("teacher_label_prob").to_numpy(zero_copy_only=False)
     labelled = np.isfinite(lp)
-    assert 0 < labelled.sum() < 400  # some rows carry no label (-1): they fall back to the label-free score
+    assert 0 < labelled.sum() < 400  # some rows carry no label (-1): only the label-free stage sees them
     eta = float(np.mean(conf[labelled] - lp[labelled]))
     assert info["teacher_error"] == pytest.approx(eps) and info["label_noise"] == pytest.approx(eta)
-    beta = tail_fraction(budget / 400, eps, label_noise=eta)
-    assert info["tail_cut"] == n_tail == min(int(np.floor(beta * 400)), 400 - budget)
-    assert info["tail_fraction"] == pytest.approx(beta)
+    room = 400 - budget
+    n_label = min(int(np.floor(label_tail_fraction(eta) * labelled.sum())), room)
+    n_ood = min(int(np.floor(tail_fraction(budget / 400) * (400 - n_label))), room - n_label)
+    assert (info["label_cut"], info["ood_cut"]) == (n_label, n_ood)
+    assert info["tail_cut"] == n_tail == n_label + n_ood
+    # the label stage cut the labelled rows the teacher believes least
+    cut_lp = lp[(sel.reason == "coverage_tail") & labelled]
+    if n_label:
+        assert np.sort(lp[labelled])[n_label - 1] >= cut_lp.min()
     # every class x bin stratum with rows got a pick (the budget allows it here)
     assert info["strata_nonempty"] <= budget and info["strata_picked"] == info["strata_nonempty"]
     left = sel.reason != "coverage_tail"
@@ -64,11 +71,10 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     assert typical[sel.reason == "coverage_tail"].max() <= typical[sel.kept].min()
 
 
-def test_tail_fraction_with_labels_follows_the_label_noise_estimate():
-    assert tail_fraction(0.5, 0.13, label_noise=0.36) == pytest.approx(0.36)
-    assert tail_fraction(0.1, 0.6, label_noise=0.2) == pytest.approx(0.3)  # the budget term; ε̂ ignored
-    assert tail_fraction(0.5, None, label_noise=0.9) == pytest.approx(0.5)  # at most half the pool
-    assert tail_fraction(0.9, None, label_noise=0.0) == pytest.approx(0.05)
+def test_label_tail_fraction_follows_the_label_noise_estimate():
+    assert label_tail_fraction(0.36) == pytest.approx(0.36)
+    assert label_tail_fraction(0.9) == pytest.approx(0.5)  # at most half the labelled rows
+    assert label_tail_fraction(0.0) == pytest.approx(0.05)
 
 
 def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
@@ -88,13 +94,18 @@ def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
     scores = scores_from_probs(tmp_path, p_t, p_s, label=label)
     sel = select(scores, methods=["coverage"], budget=90, seed=0, num_classes=c)
     info = sel.info["coverage"]
-    assert info["tail_signals"] == ["teacher_label_disagreement"]
+    assert info["tail_signals"] == ["teacher_label_disagreement", "teacher_low_confidence", "kl_ts"]
     eta = info["label_noise"]
     # η̂ = mean(max p_T − p_T(label)): zero on the clean rows, conf − (1 − conf)/2 on the flipped ones
     assert eta == pytest.approx(float(np.sum(conf[flipped] - (1 - conf[flipped]) / 2)) / n, abs=1e-4)
     tail = sel.reason == "coverage_tail"
-    assert info["tail_cut"] == int(tail.sum()) == int(np.floor(tail_fraction(0.3, label_noise=eta) * n))
-    assert tail[flipped].all() and not sel.kept[flipped].any()  # every mislabelled row cut
+    n_label = int(np.floor(label_tail_fraction(eta) * n))
+    assert info["label_cut"] == n_label > 0
+    # the label stage takes the rows the teacher believes least, all of them mislabelled here (η̂
+    # counts the probability gap, so with a teacher this unsure it cuts fewer rows than are flipped)
+    least = np.argsort(scores.column("teacher_label_prob").to_numpy(), kind="stable")[:n_label]
+    assert flipped[least].all() and tail[least].all()
+    assert flipped[sel.kept].mean() < flipped.mean() / 2
     unlabelled = scores_from_probs(tmp_path, p_t, p_s, name="u.parquet")
     info = select(unlabelled, methods=["coverage"], budget=90, seed=0, num_classes=c).info["coverage"]
     assert info["label_noise"] is None and "teacher_label_disagreement" not in info["tail_signals"]

@@ -3,31 +3,35 @@
 A *sampler* (``kind="sampler"``) runs after the filters and after dedup (``selection.select``), on
 the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in ``info``):
 
-1. **Tail cut** (CCS, Zheng et al., ICLR 2023, prune the hardest β first; here the tail most likely
-   to be junk, out of distribution or mislabelled). When the rows carry a label (web label, folder
-   name), the outlier score is the teacher's disagreement with it, ``1 − p_T(label)``: Confident
-   Learning's *self-confidence* label-quality score (Northcutt, Jiang & Chuang, JAIR 2021), which is
-   also what CLIP-score filtering of web data ranks by (DataComp, Gadre et al., NeurIPS 2023).
-   Measured (``benchmarks/quality.py`` pools, AUROC against clean rows for junk + shifted +
-   mislabelled): 0.89 on digits-web and 0.75 on openclipart, against 0.84 and 0.54 for the
-   label-free mean rank below — which only that score had ever been tested on, and which
-   catches no mislabelled rows at all (0.47 and 0.53). Rows without a label fall back to the
-   label-free score: the mean of the percentile ranks of the signals available — low teacher
-   max-probability ``1 − max p_T``; the teacher–student KL ``kl_ts`` (CCS's "hardest"); the cosine
-   distance of the teacher embedding to the centroid of the teacher-predicted class, the centroid
-   taken over that class's more confident half (needs an ``embedding`` column). A signal whose
-   column is missing (bring-your-own ``--scores``) is skipped and recorded in ``info["skipped"]``;
-   with no signal at all no tail is cut. Energy −log Σ exp z_T was measured and left out: on
-   builtin:digits-web it does not separate junk (AUC ≈ 0.5).
-   The fraction cut is β = max(clip(0.6 − r, 0.05, 0.3), clip(η̂, 0.05, 0.5)) at kept ratio
-   r = budget / candidates. The first term follows CCS's finding that smaller budgets want a larger
-   cut (their CIFAR-10 settings: no cut at 50% kept, up to 30% at 10% kept). The second is the share
-   of rows the pool itself gives reason to cut: with labels, η̂ = mean(max p_T − p_T(label)), the
-   expected probability gap between the teacher's belief and the given label (for a calibrated
-   teacher, the rate at which the label disagrees with it beyond the teacher's own uncertainty;
-   a simple stand-in for Confident Learning's noise-rate estimate), capped at half the pool;
-   without labels, ε̂ = mean(1 − max p_T), the teacher's expected error rate (the estimate RAD uses),
-   capped at 0.3. The cut never leaves fewer candidates than the budget.
+1. **Tail cut**, in two stages (all counts and fractions recorded).
+
+   a. *Label issues* (Confident Learning, Northcutt, Jiang & Chuang, JAIR 2021). On rows that carry
+      a label (web label, folder name) the teacher's disagreement with it, ``1 − p_T(label)``, is
+      CL's *self-confidence* label-quality score and what CLIP-score filtering of web data ranks by
+      (DataComp, Gadre et al., NeurIPS 2023). It finds junk, shifted and mislabelled rows alike
+      (``benchmarks/tail_signals.py``: AUROC 0.89, 0.75 and 0.74 for the three kinds together on
+      the quality pools digits, openclipart and icons, against 0.76, 0.62 and 0.65 for the label-free
+      score below, which finds no mislabelled rows at all: 0.47–0.51). The labelled rows the teacher believes least are cut, a share
+      clip(η̂, 0.05, 0.5) of them, with η̂ = mean(max p_T − p_T(label)): the expected gap between the
+      teacher's belief and the given label, which for a calibrated teacher is the rate at which it
+      rejects the label beyond its own uncertainty (a simple stand-in for CL's noise-rate estimate;
+      it errs low when the teacher is unsure, high when it is wrong on shifted rows).
+   b. *The hardest tail* (CCS, Zheng et al., ICLR 2023: prune the hardest β first, β growing as the
+      budget shrinks — their CIFAR-10 settings: no cut at 50% kept, up to 30% at 10% kept). Of the
+      rows left, a share clip(0.6 − r, 0.05, 0.3) (r = budget / candidates) with the highest
+      label-free outlier score is cut: the mean of the percentile ranks of low teacher
+      max-probability ``1 − max p_T``, the teacher–student KL ``kl_ts`` (CCS's "hardest") and the
+      cosine distance of the teacher embedding to the centroid of the teacher-predicted class
+      (centroid over that class's more confident half; needs an ``embedding`` column). Without any
+      labelled row, stage a is skipped and this stage cuts max(clip(0.6 − r, 0.05, 0.3),
+      clip(ε̂, 0.05, 0.3)) with ε̂ = mean(1 − max p_T), the teacher's expected error rate (the
+      estimate RAD uses): at 50% kept on builtin:digits-web the budget term alone left more junk +
+      shifted rows than random sampling.
+
+   A signal whose column is missing (bring-your-own ``--scores``) is skipped and recorded in
+   ``info["skipped"]``; with no signal at all no tail is cut. Energy −log Σ exp z_T was measured and
+   left out: on builtin:digits-web it does not separate junk (AUC ≈ 0.5). The two stages together
+   never leave fewer candidates than the budget.
 2. **Strata** = teacher-predicted class × equal-width difficulty bins over the remaining rows
    (CCS bins difficulty into 50 equal-width bins; kdata uses min(50, max(1, n / (20 C))) bins per
    class, about 20 rows per stratum). Difficulty = log(1 + ``kl_ts``) (else student entropy).
@@ -45,8 +49,9 @@ the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in 
 4. **Inside a stratum**: the rows with the smallest permanent random numbers (``kdata.selection.prn``),
    so small score changes move few rows.
 
-Scores: chosen rows 1 + typicality, others typicality (1 − outlier percentile), so the kept rows
-rank most-typical first. Tail rows are rejected as ``coverage_tail``.
+Scores: chosen rows 1 + typicality, others typicality, tail rows typicality − 1, where typicality is
+1 − the outlier percentile (the mean of the label-disagreement and label-free ranks where a row has
+both), so the kept rows rank most-typical first. Tail rows are rejected as ``coverage_tail``.
 
 Causal LMs have no predicted class: the strata are **domain × difficulty** (the pool's ``domain``
 column, passed as ``domains=``; one stratum row when the pool has none), the tail signals and the
@@ -66,16 +71,19 @@ LABEL_TAIL_MAX = 0.5  # a label-disagreement cut may take up to half the candida
 MAX_BINS, ROWS_PER_STRATUM = 50, 20
 
 
-def tail_fraction(r: float, teacher_error: float | None = None, *, label_noise: float | None = None) -> float:
-    """β at kept ratio r: max(clip(0.6 − r, 0.05, 0.3), the pool's own term). The pool's term is
-    clip(η̂, 0.05, 0.5) when a label-noise estimate ``label_noise`` is given, else clip(ε̂, 0.05, 0.3)
-    for the teacher's expected error rate ``teacher_error`` (None for both: the budget term alone)."""
+def tail_fraction(r: float, teacher_error: float | None = None) -> float:
+    """β = max(clip(0.6 − r, 0.05, 0.3), clip(ε̂, 0.05, 0.3)): the share of candidates cut as likely
+    junk at kept ratio r, given the teacher's expected error rate ε̂ (None: the budget term alone)."""
     beta = float(np.clip(TAIL_AT_ZERO - r, TAIL_MIN, TAIL_MAX))
-    if label_noise is not None and np.isfinite(label_noise):
-        return max(beta, float(np.clip(label_noise, TAIL_MIN, LABEL_TAIL_MAX)))
     if teacher_error is not None and np.isfinite(teacher_error):
         beta = max(beta, float(np.clip(teacher_error, TAIL_MIN, TAIL_MAX)))
     return beta
+
+
+def label_tail_fraction(label_noise: float) -> float:
+    """clip(η̂, 0.05, 0.5): the share of labelled candidates cut for the teacher's disagreement with
+    their label, given the label-noise estimate η̂."""
+    return float(np.clip(label_noise, TAIL_MIN, LABEL_TAIL_MAX))
 
 
 def bias_gamma(r: float) -> float:
@@ -147,19 +155,17 @@ def label_prob(view: ScoreView, rows: np.ndarray) -> np.ndarray | None:
     return lp if np.isfinite(lp).any() else None
 
 
-def outlier_score(view: ScoreView, rows: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
-    """Higher = more likely junk, out of distribution or mislabelled: the percentile rank of
-    ``1 − p_T(label)`` on labelled rows (Confident Learning's self-confidence), the label-free mean
-    rank on the others (all rows when none has a label)."""
-    free, used, skipped = label_free_score(view, rows)
-    lp = label_prob(view, rows)
-    if lp is None:
-        return free, used, skipped + ["tail_signal_label_agreement (no labelled rows)"]
+def label_noise_estimate(view: ScoreView, rows: np.ndarray, lp: np.ndarray) -> float | None:
+    """η̂ = mean(max p_T − p_T(label)) over the labelled rows (None without ``teacher_conf``)."""
+    if not view.has("teacher_conf"):
+        return None
     has = np.isfinite(lp)
-    out = free.copy() if used else np.zeros(len(rows))
-    out[has] = pct_rank(1.0 - lp[has])
-    signals = ["teacher_label_disagreement"] + ([f"{u} (rows without a label)" for u in used] if not has.all() else [])
-    return out, signals, skipped if not has.all() else []
+    return float(np.mean(view.col("teacher_conf")[rows][has].astype(np.float64) - lp[has]))
+
+
+def lowest_first(score: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` positions of ``among`` with the highest ``score`` (ties by position: exact size)."""
+    return among[np.lexsort((among, -score[among]))][:max(k, 0)]
 
 
 def difficulty(view: ScoreView, rows: np.ndarray) -> tuple[np.ndarray, str]:
@@ -218,31 +224,50 @@ def pick_in_strata(strata: np.ndarray, quota: np.ndarray, u: np.ndarray) -> np.n
 
 
 def cut_tail(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float | None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(kept mask over ``rows``, outlier score, info): the β most junk-like rows cut, never below the budget."""
+    """(kept mask over ``rows``, outlier score, info): the label tail, then the label-free tail, cut
+    (module docstring, step 1), never below the budget. ``tail``: one cut of that fraction instead,
+    labelled rows ranked by label disagreement, the others by the label-free score."""
     n = len(rows)
     r = budget / max(n, 1)
     eps = float(np.mean(1.0 - view.col("teacher_conf")[rows].astype(np.float64))) \
         if view.has("teacher_conf") and n and not view.sequence_level else None  # LM: exp(−nll) is no error rate
+    free, used, skipped = label_free_score(view, rows)
     lp = label_prob(view, rows) if n else None
-    eta = None
-    if lp is not None and view.has("teacher_conf"):
-        has = np.isfinite(lp)
-        eta = float(np.mean(view.col("teacher_conf")[rows][has].astype(np.float64) - lp[has]))
-    beta = tail_fraction(r, eps, label_noise=eta) if tail is None else float(tail)
-    score, used, skipped = outlier_score(view, rows)
-    n_cut = int(min(np.floor(beta * n), max(n - budget, 0))) if used else 0
-    if not used:
-        skipped.append("tail_cut (no teacher signal in the scores)")
+    has = np.isfinite(lp) if lp is not None else np.zeros(n, dtype=bool)
+    eta = label_noise_estimate(view, rows, lp) if lp is not None else None
+    if lp is None:
+        skipped.append("tail_signal_label_agreement (no labelled rows)")
+    disagree = np.zeros(n)
+    disagree[has] = pct_rank(1.0 - lp[has]) if has.any() else 0.0
+    # the outlier score the kept rows are ranked by: the mean of both ranks where a row has both
+    score = np.where(has, (disagree + free) / 2.0, free) if used else disagree
     keep = np.ones(n, dtype=bool)
-    if n_cut > 0:  # the highest outlier scores; ties by position so the cut size is exact
-        keep[np.lexsort((np.arange(n), -score))[:n_cut]] = False
-    rule = ("max(clip(0.6 - r, 0.05, 0.3), clip(label_noise, 0.05, 0.5))" if eta is not None else
-            "max(clip(0.6 - r, 0.05, 0.3), clip(teacher_error, 0.05, 0.3))")
-    info = {"tail_rule": rule if tail is None else "given",
-            "kept_ratio_r": r, "teacher_error": eps, "label_noise": eta,
+    room = max(n - budget, 0)
+    signals = (["teacher_label_disagreement"] if eta is not None else []) + used
+    if tail is not None:
+        one = np.where(has, disagree, free) if used else disagree
+        cut = lowest_first(one, np.arange(n), min(int(np.floor(float(tail) * n)), room) if signals else 0)
+        keep[cut] = False
+        info = {"tail_rule": "given", "tail_fraction": float(tail), "label_cut": None, "ood_cut": None}
+    else:
+        label_beta = label_tail_fraction(eta) if eta is not None else None
+        n_label = min(int(np.floor(label_beta * has.sum())), room) if label_beta is not None else 0
+        keep[lowest_first(disagree, np.flatnonzero(has), n_label)] = False
+        ood_beta = tail_fraction(r) if eta is not None else tail_fraction(r, eps)
+        alive = np.flatnonzero(keep)
+        n_ood = min(int(np.floor(ood_beta * len(alive))), room - n_label) if used else 0
+        keep[lowest_first(free, alive, n_ood)] = False
+        info = {"tail_rule": ("labelled rows: clip(label_noise, 0.05, 0.5) by label disagreement; then "
+                              "clip(0.6 - r, 0.05, 0.3) of the rest by the label-free score") if eta is not None else
+                             "max(clip(0.6 - r, 0.05, 0.3), clip(teacher_error, 0.05, 0.3)) by the label-free score",
+                "label_tail_fraction": label_beta, "label_cut": n_label,
+                "ood_tail_fraction": ood_beta, "ood_cut": n_ood}
+    n_cut = int((~keep).sum())
+    if not signals:
+        skipped.append("tail_cut (no teacher signal in the scores)")
+    info = {"kept_ratio_r": r, "teacher_error": eps, "label_noise": eta,
             "label_noise_estimate": "mean(max p_T - p_T(label)) over labelled rows" if eta is not None else None,
-            "tail_fraction": beta, "tail_cut": n_cut, "tail_signals": used,
-            "tail_threshold": float(score[~keep].min()) if n_cut else None}
+            **info, "tail_cut": n_cut, "tail_fraction_cut": n_cut / max(n, 1), "tail_signals": signals}
     return keep, score, {**info, "skipped": skipped}
 
 
@@ -310,7 +335,7 @@ def coverage(view: ScoreView, *, budget, seed, alive=None, deduped: bool | None 
         return MethodResult(score=typical, keep=keep, info={**info, "skipped": skipped})
     tail_keep, out_score, tail_info = cut_tail(view, rows, b, tail=tail)
     skipped += tail_info.pop("skipped")
-    typical[rows] = 1.0 - out_score
+    typical[rows] = 1.0 - out_score - (~tail_keep)  # tail rows below every candidate left
     keep[rows[~tail_keep]] = False
     left = rows[tail_keep]
     u = view.prn(seed)[left]
