@@ -30,7 +30,7 @@ calls good (clean and duplicates), as many as every method keeps, trained with t
 protocols — how much a perfect junk/shift/label-noise filter would gain on that pool.
 
     python benchmarks/quality.py --quick --pool all     # smoke: 1 seed, 10% and 30%, 4 epochs
-    python benchmarks/quality.py --pool all             # full: 3 seeds; writes docs/benchmarks/quality.md
+    python benchmarks/quality.py --pool all --jobs 3    # full: 5 seeds; writes docs/benchmarks/quality.md
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--pool", choices=[*POOLS, "all"], default="all")
     ap.add_argument("--quick", action="store_true",
                     help="smoke: 1 seed, budgets 0.1 and 0.3, methods random and default, 4 epochs; writes nothing")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 3; --quick: 1)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 5; --quick: 1)")
     ap.add_argument("--budgets", default=None,
                     help="fractions of the pool (default: 0.1,0.3,0.5; --quick: 0.1,0.3); the full pool always runs")
     ap.add_argument("--methods", default="auto",
@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.no_write, args.oracle = True, False
         args.methods = "random,default" if args.methods == "auto" else args.methods
         args.epochs = args.epochs or 4
-    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.seeds = args.seeds or (1 if args.quick else 5)
     args.budgets = args.budgets or ("0.1,0.3" if args.quick else "0.1,0.3,0.5")
     return args
 
