@@ -29,7 +29,7 @@ METHOD_BIASES = {
                 "confident, most at odds with the student or far from its class centroid (rare valid variants "
                 "too). Then every teacher-predicted class x difficulty stratum gets a row and the rest follows the "
                 "strata's sizes, easier strata favoured for small budgets and harder ones for large budgets; class "
-                "shares follow the teacher's predictions.",
+                "shares follow the teacher's predictions.{coverage_cut}",
     "critic": "**The critic keeps what its labellers accepted.** A classifier fitted on a small human-labelled "
               "accept/reject set decides; styles and sources like its accepted examples pass, valid rows unlike "
               "them are rejected, and at the chosen recall target{critic_recall} a share of acceptable rows is "
@@ -68,7 +68,19 @@ def _method_line(name: str, info: dict, cfg: dict) -> str:
                  f"{RAD_ERROR_FROM.get(rad.get('teacher_error_from'), 'the teacher confidence')})"
                  if rad.get("teacher_error") is not None else "")
     recall = cfg.get("critic_recall")
-    return "- " + text.format(rad_error=rad_error, critic_recall=f" ({fmt(recall)})" if recall is not None else "")
+    return "- " + text.format(rad_error=rad_error, critic_recall=f" ({fmt(recall)})" if recall is not None else "",
+                              coverage_cut=_coverage_cut(info.get("coverage") or {}))
+
+
+def _coverage_cut(cov: dict) -> str:
+    """This run's tail in numbers (empty when the run recorded none)."""
+    if not cov.get("tail_cut"):
+        return ""
+    if cov.get("label_cut") is not None and cov.get("label_noise") is not None:
+        return (f" In this run {cov['tail_cut']:,} candidates were cut: {cov['label_cut']:,} for the teacher's "
+                f"disagreement with their label (estimated label noise {fmt(cov['label_noise'])}), then "
+                f"{cov.get('ood_cut') or 0:,} of the rest as the least typical.")
+    return f" In this run {cov['tail_cut']:,} candidates were cut as the least typical."
 
 
 def bias_lines(k: dict, cfg: dict) -> list[str]:

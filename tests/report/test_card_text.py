@@ -82,6 +82,14 @@ def test_biases_are_about_the_methods_that_ran():
     assert "recall target (0.800)" in chain
     assert "Student coupling" in kd3 and "Student coupling" not in _bias_text(["random"])
     assert "no bias note is recorded" in _bias_text(["my_plugin"])
+    cov = _bias_text(["coverage"], method_info={"coverage": {"tail_cut": 659, "label_cut": 467, "ood_cut": 192,
+                                                             "label_noise": 0.376}})
+    assert "659 candidates were cut: 467 for the teacher's disagreement with their label" in cov
+    assert "estimated label noise 0.376" in cov and "192 of the rest" in cov
+    unlabelled = _bias_text(["coverage"], method_info={"coverage": {"tail_cut": 40, "label_cut": 0, "ood_cut": 40,
+                                                                    "label_noise": None}})
+    assert "40 candidates were cut as the least typical" in unlabelled
+    assert "were cut" not in _bias_text(["coverage"], method_info={"coverage": {"tail_cut": 0}})
 
 
 def test_biases_follow_the_recipe_balance_dedup_and_hard():
