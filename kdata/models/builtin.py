@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdata.core.atomic import sha256_file
+from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
 from kdata.models.base import Model, register_loader
@@ -84,7 +84,7 @@ def shipped_checkpoint(name: str) -> Path:
     path = package_weights_dir() / entry["file"]
     if not path.is_file():
         raise KdataError(f"{path}: the built-in weights are missing; reinstall kdata or set {RETRAIN_ENV}=1")
-    digest = sha256_file(path)
+    digest = sha256_file_memo(path)
     if digest != entry["sha256"]:
         raise KdataError(f"{path}: sha256 {digest[:12]}… differs from {METADATA_FILE} ({entry['sha256'][:12]}…); "
                          f"reinstall kdata or set {RETRAIN_ENV}=1")
@@ -135,7 +135,7 @@ def load_builtin(spec: str, *, device="cpu") -> Model:
         raise KdataError(f"unknown built-in model '{spec}' (builtin:digits-teacher, builtin:digits-student)")
     path = builtin_checkpoint(name)
     net = load_digits_net(path, SPECS[name]["widths"], device=device)
-    return model_from_net(net, spec=spec, checksum="sha256:" + sha256_file(path))
+    return model_from_net(net, spec=spec, checksum="sha256:" + sha256_file_memo(path))
 
 
 def accuracy(model: Model, images_uint8: np.ndarray, labels: np.ndarray) -> float:
@@ -165,7 +165,7 @@ def write_package_weights(out_dir: Path | None = None) -> dict:
         seconds = time.perf_counter() - t0
         path = out_dir / f"{name}.safetensors"
         save_weights(net, path, name=name)
-        digest = sha256_file(path)
+        digest = sha256_file_memo(path)
         m = model_from_net(load_digits_net(path, cfg["widths"], device="cpu"), spec=f"builtin:{name}",
                            checksum="sha256:" + digest)
         models[name] = {"file": path.name, "sha256": digest, "bytes": path.stat().st_size,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdata.core.atomic import sha256_file
+from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.models.base import Model, register_loader
 from kdata.models.forward import channels_last, model_checksum, probe_outputs
@@ -143,7 +143,7 @@ def open_clip_model(spec: str):
         raise KdataError(f"{spec}: cannot load {where} into open_clip {arch} ({first_line(exc)}){hint}") from None
     finally:
         logging.getLogger().setLevel(prev)
-    digest = sha256_file(weights) if is_file else f"tag:{weights}"
+    digest = sha256_file_memo(weights) if is_file else f"tag:{weights}"
     return model.eval(), arch, model_checksum(digest, arch_json, arch), _clip_sidecar(weights) if is_file else None
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdata.core.atomic import sha256_file, write_json
+from kdata.core.atomic import write_json
+from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.models.base import Model, register_loader
 from kdata.models.clip import (TEMPLATES, ZeroShotCLIP, class_text_embeddings, load_open_clip,
@@ -67,7 +68,7 @@ def _file_model(spec: str, *, device, kind: str) -> Model:
     if with_feats and fdim is None:
         raise KdataError(f"{sidecar_path(path)}: field 'outputs' declares features but the model returns logits only")
     names = resolve_class_names(cfg.get("class_names"), n_out, where=spec)
-    checksum = model_checksum(sha256_file(path), cfg["_raw"], json.dumps(names))
+    checksum = model_checksum(sha256_file_memo(path), cfg["_raw"], json.dumps(names))
     return Model(spec=spec, module=module, input_size=cfg["input_size"], mean=cfg["mean"], std=cfg["std"],
                  class_names=names, checksum=checksum, interpolation=cfg["interpolation"], forward_fn=fwd,
                  differentiable=False, extra={"format": kind, "feature_dim": fdim})
@@ -214,7 +215,7 @@ def load_timm(spec: str, *, device="cpu") -> Model:
     wrapped = LogitsAndFeatures(net, "timm")
     n_out, fdim = probe_outputs(wrapped, cfg["input_size"], device, where=spec)
     names = resolve_class_names(cfg.get("class_names"), n_out, where=spec)
-    checksum = model_checksum(sha256_file(ckpt), cfg["_raw"], arch, json.dumps(names))
+    checksum = model_checksum(sha256_file_memo(ckpt), cfg["_raw"], arch, json.dumps(names))
     return Model(spec=spec, module=net, input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
                  std=tuple(cfg["std"]), class_names=names, checksum=checksum, interpolation=cfg["interpolation"],
                  forward_fn=wrapped, differentiable=True, extra={"format": "timm", "feature_dim": fdim})

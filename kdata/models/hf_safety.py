@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from kdata.core.atomic import sha256_file
+from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 
 CONFIG_FILES = ("config.json", "tokenizer_config.json")
@@ -87,5 +87,5 @@ def weights_checksum(path: Path) -> str:
              *weight_files(path)[0]]
     h = hashlib.sha256()
     for f in files:
-        h.update(f"{f.name}\0{sha256_file(f)}\0".encode())
+        h.update(f"{f.name}\0{sha256_file_memo(f)}\0".encode())
     return h.hexdigest()
