@@ -163,7 +163,7 @@ def label_noise_estimate(view: ScoreView, rows: np.ndarray, lp: np.ndarray) -> f
     return float(np.mean(view.col("teacher_conf")[rows][has].astype(np.float64) - lp[has]))
 
 
-def lowest_first(score: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
+def most_outlying(score: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` positions of ``among`` with the highest ``score`` (ties by position: exact size)."""
     return among[np.lexsort((among, -score[among]))][:max(k, 0)]
 
@@ -246,17 +246,17 @@ def cut_tail(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float | No
     signals = (["teacher_label_disagreement"] if eta is not None else []) + used
     if tail is not None:
         one = np.where(has, disagree, free) if used else disagree
-        cut = lowest_first(one, np.arange(n), min(int(np.floor(float(tail) * n)), room) if signals else 0)
+        cut = most_outlying(one, np.arange(n), min(int(np.floor(float(tail) * n)), room) if signals else 0)
         keep[cut] = False
         info = {"tail_rule": "given", "tail_fraction": float(tail), "label_cut": None, "ood_cut": None}
     else:
         label_beta = label_tail_fraction(eta) if eta is not None else None
         n_label = min(int(np.floor(label_beta * has.sum())), room) if label_beta is not None else 0
-        keep[lowest_first(disagree, np.flatnonzero(has), n_label)] = False
+        keep[most_outlying(disagree, np.flatnonzero(has), n_label)] = False
         ood_beta = tail_fraction(r) if eta is not None else tail_fraction(r, eps)
         alive = np.flatnonzero(keep)
         n_ood = min(int(np.floor(ood_beta * len(alive))), room - n_label) if used else 0
-        keep[lowest_first(free, alive, n_ood)] = False
+        keep[most_outlying(free, alive, n_ood)] = False
         info = {"tail_rule": ("labelled rows: clip(label_noise, 0.05, 0.5) by label disagreement; then "
                               "clip(0.6 - r, 0.05, 0.3) of the rest by the label-free score") if eta is not None else
                              "max(clip(0.6 - r, 0.05, 0.3), clip(teacher_error, 0.05, 0.3)) by the label-free score",
