@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -84,67 +85,134 @@ class TextShards:
         return -(-len(self) // self.batch_size)
 
     def batches(self, *, epoch: int):
-        """Batches of one epoch (every row once): dicts of tensors, see ``lm_batch`` / ``classifier_batch``."""
+        """Batches of one epoch (every row once): dicts of tensors, see ``lm_batch`` / ``classifier_batch``.
+        A shard is open only while one of its row groups is read (no handle per shard held across the
+        epoch); rows stay in Arrow until a batch is gathered, so no per-row Python objects are made."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.groups))
-        pending: list[dict] = []
+        pending: list[pa.Table] = []  # row-shuffled pieces of groups, oldest first
+        waiting = 0
         for gi in order:
             g = self.groups[int(gi)]
-            table = pq.ParquetFile(g.path).read_row_group(g.index, columns=self.columns)
-            rows = table.to_pylist()
-            pending += [rows[int(i)] for i in rng.permutation(len(rows))]
-            while len(pending) >= self.batch_size:
-                yield self._collate(pending[:self.batch_size])
-                pending = pending[self.batch_size:]
-        if pending:
-            yield self._collate(pending)
+            with pq.ParquetFile(g.path) as pf:  # one open file at a time, however many shards
+                table = pf.read_row_group(g.index, columns=self.columns)
+            pending.append(table.take(rng.permutation(table.num_rows)))
+            waiting += table.num_rows
+            while waiting >= self.batch_size:
+                batch, pending = _split(pending, self.batch_size)
+                waiting -= self.batch_size
+                yield self._collate(batch)
+        if waiting:
+            yield self._collate(_concat(pending))
 
-    def _collate(self, rows: list[dict]) -> dict:
+    def _collate(self, table: pa.Table) -> dict:
         if self.kind == "causal_lm":
-            return lm_batch(rows, pad_id=self.pad_id, max_length=self.max_length)
-        return classifier_batch(rows)
+            return lm_batch(table, pad_id=self.pad_id, max_length=self.max_length)
+        return classifier_batch(table)
 
 
-def lm_batch(rows: list[dict], *, pad_id: int, max_length: int | None = None) -> dict:
+def _concat(pieces: list[pa.Table]) -> pa.Table:
+    """One table of the pieces; shards whose column types differ (float16 vs float32 log-probs) are
+    promoted to a common type rather than refused."""
+    return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="permissive")
+
+
+def _split(pieces: list[pa.Table], n: int) -> tuple[pa.Table, list[pa.Table]]:
+    """The first ``n`` rows of the pieces as one table, and the pieces left after them."""
+    head, rest, need = [], list(pieces), n
+    while need:
+        t = rest.pop(0)
+        head.append(t.slice(0, need))
+        if t.num_rows > need:
+            rest.insert(0, t.slice(need))
+        need -= head[-1].num_rows
+    return _concat(head), rest
+
+
+def _lists(table: pa.Table, name: str) -> pa.ListArray:
+    """Column ``name`` as one list array; a null at any nesting level is refused (one line)."""
+    col = arr = table.column(name).combine_chunks()
+    while True:
+        if arr.null_count:
+            raise KdataError(f"column {name} holds nulls: not valid causal-LM text shards")
+        if not pa.types.is_list(arr.type) and not pa.types.is_large_list(arr.type):
+            return col
+        arr = arr.flatten()
+
+
+def _lengths(col: pa.ListArray) -> np.ndarray:
+    return np.diff(col.offsets.to_numpy()).astype(np.int64)
+
+
+def _at(col: pa.ListArray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Index into ``col.values`` of entry ``pos`` of list ``rows`` (the list offsets, vectorised)."""
+    return col.offsets.to_numpy()[rows].astype(np.int64) + pos
+
+
+def _used(col: pa.ListArray, name: str, m: np.ndarray) -> None:
+    if (_lengths(col) < m).any():
+        raise KdataError(f"column {name} is shorter than teacher_topk_ids: not valid causal-LM text shards")
+
+
+def _topk(col: pa.ListArray, name: str, rows: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+    """The (P, k) top-k values at positions ``pos`` of ``rows``; every used inner list must hold k."""
+    at, inner = _at(col, rows, pos), col.values
+    if (_lengths(inner)[at] != k).any():
+        raise KdataError(f"column {name}: top-k lists of different lengths in one batch (expected {k})")
+    start = inner.offsets.to_numpy()[at].astype(np.int64)
+    return inner.values.to_numpy(zero_copy_only=False)[start[:, None] + np.arange(k)]
+
+
+def lm_batch(table: pa.Table, *, pad_id: int, max_length: int | None = None) -> dict:
     """Pad rows to the longest: ``input_ids``/``attention_mask`` (B, L); per next-token position
-    ``topk_ids`` (B, L−1, k), ``topk_logprobs`` (B, L−1, k), ``rest_mass`` and ``valid`` (B, L−1)."""
-    seqs = [r["input_ids"][:max_length] if max_length else r["input_ids"] for r in rows]
-    length = max(2, max(len(s) for s in seqs))
-    k = next((len(r["teacher_topk_ids"][0]) for r in rows if r["teacher_topk_ids"]), 1)
-    b = len(rows)
+    ``topk_ids`` (B, L−1, k), ``topk_logprobs`` (B, L−1, k), ``rest_mass`` and ``valid`` (B, L−1).
+    Built from the Arrow list offsets and flat values (no per-row Python lists); unused positions
+    hold ``pad_id`` / id 0 / log-prob −30 / rest mass 0."""
+    cols = {c: _lists(table, c) for c in LM_COLUMNS}
+    inp, tk, b = cols["input_ids"], cols["teacher_topk_ids"], table.num_rows
+    n = _lengths(inp)
+    if max_length:
+        n = np.minimum(n, max_length)
+    length = max(2, int(n.max()))
+    m = np.clip(np.minimum(n - 1, _lengths(tk)), 0, None)  # next-token positions with soft labels
+    first = np.flatnonzero(_lengths(tk))  # k: the first row that has soft labels
+    k = int(_lengths(tk.values)[tk.offsets.to_numpy()[first[0]]]) if len(first) else 1
+    for name in ("teacher_topk_logprobs", "teacher_rest_mass"):
+        _used(cols[name], name, m)
+    mask = np.arange(length)[None, :] < n[:, None]
     ids = np.full((b, length), pad_id, dtype=np.int64)
-    mask = np.zeros((b, length), dtype=np.int64)
+    ids[mask] = inp.values.to_numpy(zero_copy_only=False)[_at(inp, *np.nonzero(mask))]
+    valid = np.arange(length - 1)[None, :] < m[:, None]
+    rows, pos = np.nonzero(valid)
     tk_ids = np.zeros((b, length - 1, k), dtype=np.int64)
     tk_lp = np.full((b, length - 1, k), -30.0, dtype=np.float32)
     rest = np.zeros((b, length - 1), dtype=np.float32)
-    valid = np.zeros((b, length - 1), dtype=bool)
-    for i, (r, s) in enumerate(zip(rows, seqs)):
-        n = len(s)
-        ids[i, :n], mask[i, :n] = s, 1
-        m = min(n - 1, len(r["teacher_topk_ids"]))
-        if m <= 0:
-            continue
-        tk_ids[i, :m] = np.asarray(r["teacher_topk_ids"][:m], dtype=np.int64)
-        tk_lp[i, :m] = np.asarray(r["teacher_topk_logprobs"][:m], dtype=np.float32)
-        rest[i, :m] = np.asarray(r["teacher_rest_mass"][:m], dtype=np.float32)
-        valid[i, :m] = True
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+    tk_ids[rows, pos] = _topk(tk, "teacher_topk_ids", rows, pos, k)
+    tk_lp[rows, pos] = _topk(cols["teacher_topk_logprobs"], "teacher_topk_logprobs", rows, pos, k)
+    rm = cols["teacher_rest_mass"]
+    rest[rows, pos] = rm.values.to_numpy(zero_copy_only=False)[_at(rm, rows, pos)]
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64)),
             "topk_ids": torch.from_numpy(tk_ids), "topk_logprobs": torch.from_numpy(tk_lp),
             "rest_mass": torch.from_numpy(rest), "valid": torch.from_numpy(valid)}
 
 
-def classifier_batch(rows: list[dict]) -> dict:
+def _values_or_none(table: pa.Table, name: str) -> list:
+    """A column as Python values; all None where the shards lack it (e.g. no stored logits)."""
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+
+def classifier_batch(table: pa.Table) -> dict:
     """Texts, the teacher's top-k class indices, logits and probabilities (B, k), the web label index
     (−1 unknown). Without stored logits the log-probabilities stand in (they differ by a constant)."""
-    prob = torch.tensor([r["teacher_topk_prob"] for r in rows], dtype=torch.float32)
-    logits = [r.get("teacher_topk_logit") for r in rows]
+    col = partial(_values_or_none, table)
+    prob = torch.tensor(col("teacher_topk_prob"), dtype=torch.float32)
+    logits = col("teacher_topk_logit")
     logit = (torch.tensor(logits, dtype=torch.float32) if all(x is not None for x in logits)
              else prob.clamp_min(1e-12).log())
-    return {"text": [r["text"] or "" for r in rows],
-            "topk_idx": torch.tensor([r["teacher_topk_idx"] for r in rows], dtype=torch.long),
+    return {"text": [t or "" for t in col("text")],
+            "topk_idx": torch.tensor(col("teacher_topk_idx"), dtype=torch.long),
             "topk_prob": prob, "topk_logit": logit,
-            "labels": torch.tensor([(-1 if r.get("label_idx") is None else r["label_idx"]) for r in rows],
-                                   dtype=torch.long)}
+            "labels": torch.tensor([-1 if x is None else x for x in col("label_idx")], dtype=torch.long)}
 
 
 def eval_texts(spec: str, *, labelled: bool = False, max_rows: int = 100_000) -> tuple[list[str], list[str | None]]:
