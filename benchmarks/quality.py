@@ -38,7 +38,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# benchmarks/select.py would shadow the standard library's ``select`` module for scripts run from here
+# a script here named like a standard-library module (a select.py once) would shadow it for every script
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 

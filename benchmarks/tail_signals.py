@@ -74,8 +74,7 @@ def measure(name: str) -> dict | None:
     rows = np.arange(len(view))
     kind = np.array([kind_of.get(s, "unknown") for s in view.sample_ids])
     good = np.isin(kind, GOOD)
-    eta = cut_tail(view, rows, int(0.3 * len(rows)), tail=None)[2]["label_noise"]
-    out = {"pool": name, "rows": len(rows), "label_noise_estimate": eta,
+    out = {"pool": name, "rows": len(rows), "label_noise_estimate": None,
            "true_label_issue_share": float(np.isin(kind, ("junk", "label_noise")).mean()),
            "base": {k: float(np.isin(kind, v).mean()) for k, v in BAD.items()}, "signals": {}, "cuts": {}}
     for sig, score in signals(view, rows).items():
@@ -83,6 +82,7 @@ def measure(name: str) -> dict | None:
                                for k, v in BAD.items()}
     for r in (0.1, 0.3, 0.5):  # what the default recipe's two-stage cut leaves
         keep, _, info = cut_tail(view, rows, int(r * len(rows)), tail=None)
+        out["label_noise_estimate"] = info["label_noise"]  # the same at every budget
         left = kind[keep]
         out["cuts"][r] = {"label_cut": info["label_cut"], "ood_cut": info["ood_cut"], "left": int(keep.sum()),
                           **{k: float(np.isin(left, v).mean()) for k, v in BAD.items()}}
