@@ -66,12 +66,15 @@ def shard_cache_key(context, parameters: dict) -> str:
 
 
 @task(name="generate-shard", cache_key_fn=shard_cache_key, persist_result=True, retries=1)
-def generate_shard_task(params: dict, index: int, key: str, device: str, batch_size: int = 16) -> dict:
-    """Generate one prompt shard into the generate cache; returns its path."""
+def generate_shard_task(params: dict, index: int, key: str, device: str, batch_size: int = 16,
+                        shard: list[dict] | None = None) -> dict:
+    """Generate one prompt shard (``shard``: its prompts, read once by the flow) into the generate cache;
+    returns its path. Without ``shard`` the task reads its slice of the prompts file itself."""
     from kdata.pipeline.generate import generate_shard, prompt_shards, read_prompts
 
     cfg = _cfg(params)
-    shard = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)[index]
+    if shard is None:
+        shard = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)[index]
     model = _model(cfg.teacher, device=device, precision=cfg.precision)
     path = generate_shard(model, shard, index=index, key=key, work=_store(), cfg=cfg, batch_size=batch_size)
     return {"index": index, "key": key, "path": str(path)}
@@ -186,12 +189,12 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     keys = [shard_key(s, teacher_checksum=teacher.checksum, cfg=cfg, device_type=device.split(":")[0])
             for s in shards]
     tasks = generate_shard_task.with_options(result_storage=_results())
-    states = [tasks(params, i, k, device, int(run.get("batch_size", 16)), return_state=True)
-              for i, k in enumerate(keys)]
+    batch = int(run.get("batch_size", 16))
+    states = [tasks(params, i, k, device, batch, shards[i], return_state=True) for i, k in enumerate(keys)]
     done = [s.result() for s in states]
     for i, d in enumerate(done):  # a cached result whose file was removed since: generate it again
         if not Path(d["path"]).is_file():
-            done[i] = tasks.with_options(refresh_cache=True)(params, i, keys[i], device, int(run.get("batch_size", 16)))
+            done[i] = tasks.with_options(refresh_cache=True)(params, i, keys[i], device, batch, shards[i])
     paths = [d["path"] for d in done]
     critic = critic_task(params, paths, device)
     report = write_task(params, paths, critic, out, device)

@@ -70,6 +70,18 @@ def test_generate_flow_end_to_end_with_cached_shards(flow_mod, tmp_path):
     assert second["student"]["n_train"] == c["kept"]
 
 
+def test_shard_task_uses_the_shard_it_is_given_without_reading_the_prompts_file(flow_mod, tmp_path):
+    """The flow reads the prompts once and hands each task its shard: with hundreds of shards, a task
+    that parsed the whole file again would make the flow quadratic in the prompts."""
+    teacher = f"hf:{tiny_lm(tmp_path / 'teacher', seed=0)}"
+    params = {"teacher": teacher, "prompts": str(tmp_path / "gone.jsonl"), "per_prompt": 2, "shard_size": 2,
+              "decode": {"max_new_tokens": 4, "seed": 1}}
+    shard = [{"id": f"q{i}", "prompt": f"a dog {uuid.uuid4().hex[:6]}"} for i in range(2)]
+    out = flow_mod.generate_shard_task.fn(params, 0, uuid.uuid4().hex, "cpu", 2, shard)
+    rows = pq.read_table(out["path"], columns=["parent_id"]).column("parent_id").to_pylist()
+    assert sorted(rows) == ["q0", "q0", "q1", "q1"]
+
+
 def test_prefect_yaml_entry_point_loads():
     import importlib.util
 
