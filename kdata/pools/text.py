@@ -17,6 +17,7 @@ not JSON, a ``text`` that is not a string) and ``too_long: N chars > M`` (``--ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kdata.core.atomic import sha256_file
+from kdata.core.atomic import atomic_path
+from kdata.core.digests import sha256_file_memo
+from kdata.core.paths import cache_dir
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_SCHEMA, READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
@@ -108,16 +111,46 @@ def _labels_of(read):
     return labels
 
 
+UNIT_CACHE_VERSION = 1  # bump when the parsed table of a unit changes for the same file
+
+
+def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:
+    """A text unit's pool table, parsed once per file content and kept as an Arrow file in
+    ``$KDATA_CACHE/text-units``; every read memory-maps it (zero-copy).
+
+    A unit is read several times per run (scoring, curation's payload, the card) and across reruns.
+    Keeping each parsed unit on the Python heap would hold the whole pool in memory; a mapped file
+    costs only pages the OS can drop and re-reads without parsing JSON again. The key is the file's
+    sha256 (memoised by stat, ``kdata.core.digests``) with ``key_parts`` (the unit name, which
+    the default sample ids use). Where the cache cannot be written (read-only), the parsed table is
+    returned as it is; an unreadable entry is parsed again and replaced."""
+    key = json.dumps([UNIT_CACHE_VERSION, sha256_file_memo(path), *key_parts], sort_keys=True)
+    try:
+        entry = cache_dir("text-units") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.arrow"
+    except OSError:
+        return parse()
+    if entry.is_file():
+        try:
+            return pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
+        except (OSError, pa.ArrowInvalid):
+            pass  # torn or foreign file: parse again and replace it
+    table = parse()
+    try:
+        with atomic_path(entry) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        return pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
+    except (OSError, pa.ArrowInvalid):
+        return table
+
+
 def _jsonl_unit(path: Path, root: Path | None) -> PoolUnit:
     name = path.relative_to(root).as_posix() if root else path.name
-    memo: dict = {}
 
     def read() -> pa.Table:
-        if "t" not in memo:  # small and read a few times per run (scoring, curation, the card)
-            memo["t"] = read_jsonl(path, name=name)
-        return memo["t"]
+        return cached_unit_table(path, lambda: read_jsonl(path, name=name), key_parts=["jsonl", name])
 
-    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file(path), path=str(path),
+    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file_memo(path), path=str(path),
                     labels=_labels_of(read))
 
 
@@ -178,14 +211,12 @@ def read_hf_arrow(path: Path, *, name: str, split_dir: Path) -> pa.Table:
 
 def _hf_unit(split_dir: Path, path: Path, root: Path) -> PoolUnit:
     name = path.relative_to(root).as_posix()
-    memo: dict = {}
 
-    def read() -> pa.Table:
-        if "t" not in memo:
-            memo["t"] = read_hf_arrow(path, name=name, split_dir=split_dir)
-        return memo["t"]
+    def read() -> pa.Table:  # the label names come from dataset_info.json: part of the key
+        return cached_unit_table(path, lambda: read_hf_arrow(path, name=name, split_dir=split_dir),
+                                 key_parts=["hf", name, split_dir.name, _class_label_names(split_dir)])
 
-    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file(path), path=str(path),
+    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file_memo(path), path=str(path),
                     labels=_labels_of(read))
 
 

@@ -100,3 +100,37 @@ def test_saved_dataset_without_text_is_one_line(tmp_path):
     datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(tmp_path / "d"))
     with pytest.raises(KdataError, match="string column 'text'"):
         open_pool(str(tmp_path / "d")).read_all()
+
+
+def test_a_text_unit_is_parsed_once_per_content_and_memory_mapped_after(tmp_path, monkeypatch):
+    """Reads after the first come from an Arrow file in the cache (no JSON parsed, no copy kept per
+    unit); a changed file is parsed again; a torn entry is replaced; a read-only cache still reads."""
+    import os
+
+    import kdata.pools.text as text_mod
+
+    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
+    p = _lines(tmp_path / "a.jsonl", [{"id": i, "text": f"row {i}"} for i in range(5)])
+    parses = []
+    real = text_mod.read_jsonl
+    monkeypatch.setattr(text_mod, "read_jsonl", lambda *a, **k: parses.append(1) or real(*a, **k))
+    unit = open_pool(str(p)).units[0]
+    first, second = unit.read(), unit.read()
+    assert first.equals(second) and len(parses) == 1
+    entries = list((tmp_path / "cache" / "text-units").glob("*.arrow"))
+    assert len(entries) == 1
+    assert open_pool(str(p)).units[0].read().equals(first) and len(parses) == 1  # a rerun: no parse either
+    _lines(p, [{"id": i, "text": f"new {i}"} for i in range(3)])  # new content: new entry
+    os.utime(p, ns=(1, 1))  # a different stat signature even on a coarse clock
+    changed = open_pool(str(p)).units[0].read()
+    assert changed.column("text").to_pylist() == ["new 0", "new 1", "new 2"] and len(parses) == 2
+    for e in (tmp_path / "cache" / "text-units").glob("*.arrow"):  # replaced, as kdata itself writes entries:
+        torn = e.with_suffix(".torn")                                  # tables mapped from it stay valid
+        torn.write_bytes(b"torn")
+        os.replace(torn, e)
+    assert open_pool(str(p)).units[0].read().equals(changed) and len(parses) == 3
+    blocked = tmp_path / "not-a-dir"  # a cache that cannot be created (a file in the way; root ignores modes)
+    blocked.write_text("")
+    monkeypatch.setenv("KDATA_CACHE", str(blocked))
+    q = _lines(tmp_path / "b.jsonl", [{"text": "only"}])
+    assert open_pool(str(q)).units[0].read().column("text").to_pylist() == ["only"] and len(parses) == 4
