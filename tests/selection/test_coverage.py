@@ -9,13 +9,13 @@ from kdata.selection.run import select
 from tests.helpers.methods import random_scores, scores_from_probs
 
 
-def test_tail_fraction_grows_as_the_budget_shrinks():
-    assert tail_fraction(0.1) == pytest.approx(0.3)
-    assert tail_fraction(0.5) == pytest.approx(0.1)
+def test_tail_fraction_holds_up_to_half_then_shrinks_as_the_budget_nears_every_row():
+    assert tail_fraction(0.1) == pytest.approx(0.3) and tail_fraction(0.5) == pytest.approx(0.3)
+    assert tail_fraction(0.7) == pytest.approx(0.1)
     assert tail_fraction(0.9) == pytest.approx(0.05)
     # …and is never below the teacher's expected error rate (clipped to [0.05, 0.3])
-    assert tail_fraction(0.5, 0.13) == pytest.approx(0.13) and tail_fraction(0.1, 0.13) == pytest.approx(0.3)
-    assert tail_fraction(0.9, 0.6) == pytest.approx(0.3) and tail_fraction(0.5, 0.01) == pytest.approx(0.1)
+    assert tail_fraction(0.7, 0.13) == pytest.approx(0.13) and tail_fraction(0.1, 0.13) == pytest.approx(0.3)
+    assert tail_fraction(0.9, 0.6) == pytest.approx(0.3) and tail_fraction(0.7, 0.01) == pytest.approx(0.1)
     assert bias_gamma(0.1) < 0 < bias_gamma(0.9) and bias_gamma(0.5) == 0
 
 
