@@ -224,7 +224,7 @@ def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:
         return parse()
     if entry.is_file():
         try:
-            return pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
+            return _mapped(entry)
         except (OSError, pa.ArrowInvalid):
             pass  # torn or foreign file: parse again and replace it
     table = parse()
@@ -232,9 +232,17 @@ def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:
         with atomic_path(entry) as tmp:
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
-        return pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
+        return _mapped(entry)
     except (OSError, pa.ArrowInvalid):
         return table
+
+
+def _mapped(entry: Path) -> pa.Table:
+    """The Arrow file as a table over its memory map. The file is closed at once (no descriptor held
+    per unit: a pool of thousands of files stays under the open-files limit); the mapping lives as
+    long as the table's buffers."""
+    with pa.memory_map(str(entry)) as src:
+        return pa.ipc.open_file(src).read_all()
 
 
 def _jsonl_unit(path: Path, root: Path | None) -> PoolUnit:

@@ -185,3 +185,20 @@ def test_fast_jsonl_reader_gives_the_per_line_table_or_steps_aside(tmp_path, see
         assert _read_jsonl_arrow(data.removeprefix(b"\xef\xbb\xbf"), name="f.jsonl", source="f.jsonl") is not None
     every = b"".join(b'{"sample_id": "s-%d", "id": %d, "text": "t"}\n' % (i, i) for i in range(3))
     assert _read_jsonl_arrow(every, name="f", source="f").column("sample_id").to_pylist() == ["s-0", "s-1", "s-2"]
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc")
+def test_mapped_units_hold_no_file_descriptor(tmp_path, monkeypatch):
+    """A pool of many files whose unit tables are all alive at once must not run out of descriptors."""
+    import os
+
+    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "p").mkdir()
+    for i in range(60):
+        _lines(tmp_path / "p" / f"{i:03d}.jsonl", [{"text": f"row {i}"}])
+    pool = open_pool(str(tmp_path / "p"))
+    [u.read() for u in pool.units]  # parse and write every entry
+    before = len(os.listdir("/proc/self/fd"))
+    tables = [u.read() for u in pool.units]  # every one memory-mapped, all alive
+    assert len(os.listdir("/proc/self/fd")) < before + 10
+    assert [t.column("text")[0].as_py() for t in tables[:2]] == ["row 0", "row 1"]
