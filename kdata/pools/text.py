@@ -297,17 +297,60 @@ def read_hf_arrow(path: Path, *, name: str, split_dir: Path) -> pa.Table:
     if "text" not in table.column_names or not pa.types.is_string(table.schema.field("text").type) \
             and not pa.types.is_large_string(table.schema.field("text").type):
         raise KdataError(f"{path}: a text pool needs a string column 'text' (have: {', '.join(table.column_names)})")
-    n = table.num_rows
-    sid = table.column("sample_id") if "sample_id" in table.column_names else \
+    names = _class_label_names(split_dir)
+    return (_hf_table_arrow(table, name=name, source=split_dir.name, names=names)
+            or _hf_table_rows(table, name=name, source=split_dir.name, names=names))
+
+
+def _id_column(table: pa.Table):
+    return table.column("sample_id") if "sample_id" in table.column_names else \
         table.column("id") if "id" in table.column_names else None
+
+
+def _hf_table_arrow(table: pa.Table, *, name: str, source: str, names: list[str] | None) -> pa.Table | None:
+    """The pool table by Arrow casts alone, or None where they could differ from ``_hf_table_rows``
+    (ids or fields of types other than strings and integers, null ids)."""
+    def plain(col, ints: bool) -> bool:
+        t = col.type
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t) \
+            or (ints and pa.types.is_integer(t))
+
+    n, sid = table.num_rows, _id_column(table)
+    if sid is not None and (not plain(sid, True) or sid.null_count):
+        return None
+    ids = pa.array([f"{name}:{i}" for i in range(n)], pa.string()) if sid is None else pc.cast(sid, pa.string())
+    cols = {}
+    for k in TEXT_FIELDS:
+        if k not in table.column_names:
+            continue
+        col = table.column(k)
+        if k == "label" and names is not None and pa.types.is_integer(col.type):
+            idx = pc.cast(col, pa.int64())
+            ok = pc.and_(pc.greater_equal(idx, 0), pc.less(idx, len(names)))
+            safe = pc.if_else(ok, idx, 0)
+            cols[k] = pc.if_else(ok, pc.take(pa.array(names, pa.string()), safe), pa.scalar(None, pa.string()))
+        elif plain(col, True):
+            cols[k] = pc.cast(col, pa.string())
+        else:
+            return None
+    nulls = pa.nulls(n, pa.string())
+    return pa.table({"sample_id": ids, "image": pa.nulls(n, pa.binary()), "text": pc.cast(table.column("text"), pa.string()),
+                     "label": cols.get("label", nulls),
+                     "source": cols.get("source", pa.repeat(pa.scalar(source, pa.string()), n)),
+                     "domain": cols.get("domain", nulls), "parent_id": nulls,
+                     "kind": pa.repeat(pa.scalar("original"), n), READ_ERROR: nulls}, schema=_TEXT_SCHEMA)
+
+
+def _hf_table_rows(table: pa.Table, *, name: str, source: str, names: list[str] | None) -> pa.Table:
+    """The pool table through Python values (any id or field type)."""
+    n, sid = table.num_rows, _id_column(table)
     ids = [f"{name}:{i}" for i in range(n)] if sid is None else [_str_or_none(v) for v in sid.to_pylist()]
     fields = {k: [_str_or_none(v) for v in table.column(k).to_pylist()] for k in TEXT_FIELDS if k in table.column_names}
-    names = _class_label_names(split_dir)
     if names is not None and "label" in table.column_names and pa.types.is_integer(table.schema.field("label").type):
         idx = table.column("label").to_numpy(zero_copy_only=False)
         fields["label"] = [names[int(i)] if i is not None and 0 <= i < len(names) else None for i in idx]
     texts = table.column("text").cast(pa.string()).to_pylist()
-    return text_table(ids, texts, errors=[None] * n, source=split_dir.name, fields=fields)
+    return text_table(ids, texts, errors=[None] * n, source=source, fields=fields)
 
 
 def _hf_unit(split_dir: Path, path: Path, root: Path) -> PoolUnit:
