@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from kdata.core.atomic import atomic_path
 from kdata.core.digests import sha256_file_memo
 from kdata.core.paths import cache_dir
+from kdata.core.version import __version__
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_SCHEMA, READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
@@ -214,10 +215,10 @@ def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:
     A unit is read several times per run (scoring, curation's payload, the card) and across reruns.
     Keeping each parsed unit on the Python heap would hold the whole pool in memory; a mapped file
     costs only pages the OS can drop and re-reads without parsing JSON again. The key is the file's
-    sha256 (memoised by stat, ``kdata.core.digests``) with ``key_parts`` (the unit name, which
-    the default sample ids use). Where the cache cannot be written (read-only), the parsed table is
+    sha256 (memoised by stat, ``kdata.core.digests``) with kdata's version and ``key_parts`` (the
+    unit name, which the default sample ids use). Where the cache cannot be written (read-only), the parsed table is
     returned as it is; an unreadable entry is parsed again and replaced."""
-    key = json.dumps([UNIT_CACHE_VERSION, sha256_file_memo(path), *key_parts], sort_keys=True)
+    key = json.dumps([UNIT_CACHE_VERSION, __version__, sha256_file_memo(path), *key_parts], sort_keys=True)
     try:
         entry = cache_dir("text-units") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.arrow"
     except OSError:

@@ -23,10 +23,11 @@ the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in 
       all of them. On clean CIFAR the hardest rows are informative; on a web pool they are mostly
       junk and shifted rows whatever the budget: at 50% kept, CCS's smaller cut (0.6 − r, 10%) kept
       more shifted rows than random on the openclipart and icons pools of ``benchmarks/quality.py``
-      and lost to random there with equal epochs. The outlier score: the mean of the percentile ranks of low teacher
-      max-probability ``1 − max p_T``, the teacher–student KL ``kl_ts`` (CCS's "hardest") and the
-      cosine distance of the teacher embedding to the centroid of the teacher-predicted class
-      (centroid over that class's more confident half; needs an ``embedding`` column). Without any
+      and lost to random there with equal epochs. The outlier score: the mean of the percentile
+      ranks of low teacher max-probability ``1 − max p_T``, the teacher–student KL ``kl_ts`` (CCS's
+      "hardest") and the cosine distance of the teacher embedding to the centroid of the
+      teacher-predicted class (centroid over that class's more confident half; needs an
+      ``embedding`` column). Without any
       labelled row, stage a is skipped and this stage cuts max(clip(0.8 − r, 0.05, 0.3),
       clip(ε̂, 0.05, 0.3)) with ε̂ = mean(1 − max p_T), the teacher's expected error rate (the
       estimate RAD uses), so a teacher that errs on many rows cuts at least that share.
