@@ -7,7 +7,7 @@ Writes one synthetic JSONL file (integer ``id``, ``text`` of 5–80 words with s
 ``label``, a ``domain``) and times, in the same process, best of ``--repeat``:
 
 * **raw read** — ``pyarrow.json.read_json`` of the file (the baseline);
-* **kdata parse** — ``kdata.pools.text.read_jsonl``: the pool table (ids, text, fields, reasons);
+* **kdata parse** — ``kdata.pools.jsonl.read_jsonl``: the pool table (ids, text, fields, reasons);
 * **per-line parser** — the same with ``fast=False``: ``json.loads`` line by line, which kdata
   falls back to for any file it cannot take whole (a bad line, a blank line, a non-string text);
 * **first unit read** — ``open_pool(file).units[0].read()`` on an empty cache: hash the file, parse,
@@ -66,7 +66,7 @@ def measure(*, rows: int, repeat: int) -> dict:
     import pyarrow.json as pj
 
     from kdata.pools.spec import open_pool
-    from kdata.pools.text import read_jsonl
+    from kdata.pools.jsonl import read_jsonl
 
     with tempfile.TemporaryDirectory(prefix="kdata-textread-") as tmp:
         path = Path(tmp) / "pool.jsonl"

@@ -10,7 +10,6 @@ import pytest
 
 from kdata.core.errors import KdataError
 from kdata.pools.spec import open_pool
-from kdata.dataset.schema import READ_ERROR
 from kdata.pools.text import payload_kind, text_problems
 
 
@@ -101,107 +100,6 @@ def test_saved_dataset_without_text_is_one_line(tmp_path):
     datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(tmp_path / "d"))
     with pytest.raises(KdataError, match="string column 'text'"):
         open_pool(str(tmp_path / "d")).read_all()
-
-
-def test_a_text_unit_is_parsed_once_per_content_and_memory_mapped_after(tmp_path, monkeypatch):
-    """Reads after the first come from an Arrow file in the cache (no JSON parsed, no copy kept per
-    unit); a changed file is parsed again; a torn entry is replaced; a read-only cache still reads."""
-    import os
-
-    import kdata.pools.text as text_mod
-
-    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
-    p = _lines(tmp_path / "a.jsonl", [{"id": i, "text": f"row {i}"} for i in range(5)])
-    parses = []
-    real = text_mod.read_jsonl
-    monkeypatch.setattr(text_mod, "read_jsonl", lambda *a, **k: parses.append(1) or real(*a, **k))
-    unit = open_pool(str(p)).units[0]
-    first, second = unit.read(), unit.read()
-    assert first.equals(second) and len(parses) == 1
-    entries = list((tmp_path / "cache" / "text-units").glob("*.arrow"))
-    assert len(entries) == 1
-    assert open_pool(str(p)).units[0].read().equals(first) and len(parses) == 1  # a rerun: no parse either
-    _lines(p, [{"id": i, "text": f"new {i}"} for i in range(3)])  # new content: new entry
-    os.utime(p, ns=(1, 1))  # a different stat signature even on a coarse clock
-    changed = open_pool(str(p)).units[0].read()
-    assert changed.column("text").to_pylist() == ["new 0", "new 1", "new 2"] and len(parses) == 2
-    for e in (tmp_path / "cache" / "text-units").glob("*.arrow"):  # replaced, as kdata itself writes entries:
-        torn = e.with_suffix(".torn")                                  # tables mapped from it stay valid
-        torn.write_bytes(b"torn")
-        os.replace(torn, e)
-    assert open_pool(str(p)).units[0].read().equals(changed) and len(parses) == 3
-    blocked = tmp_path / "not-a-dir"  # a cache that cannot be created (a file in the way; root ignores modes)
-    blocked.write_text("")
-    monkeypatch.setenv("KDATA_CACHE", str(blocked))
-    q = _lines(tmp_path / "b.jsonl", [{"text": "only"}])
-    assert open_pool(str(q)).units[0].read().column("text").to_pylist() == ["only"] and len(parses) == 4
-
-
-_LINES = [  # (line, the fast reader may take a file made only of such lines)
-    (b'{"id": 7, "text": "hello", "label": "pos", "domain": "web"}', True),
-    (b'{"id": 8, "text": "caf\\u00e9 \xc3\xa9 \xe2\x9c\x93", "meta": {"x": [1, 2]}, "source": "crawl"}', True),
-    (b'  {"text": "no id", "label": null}  ', True),
-    (b'{"id": 9, "text": ""}', True),
-    (b'{"id": 10, "text": "x", "extra": NaN}\r', True),
-    (b'{"sample_id": "s-1", "id": 3, "text": "both ids"}', False),  # beside lines without one: lines decide
-    (b'{"sample_id": null, "id": 4, "text": "null sample_id"}', False),
-    (b'{"id": "str-id", "text": "string id"}', False),  # mixed with int ids in one file: lines decide
-    (b'{"text": 3}', False), (b'{"label": "no text"}', False), (b'{"text": null}', False),
-    (b'{"text": "a", "label": 3}', False), (b'{"text": "a", "text": "b"}', False),
-    (b'{"text": "a"} {"text": "b"}', False), (b'{not json', False), (b'[1, 2]', False),
-    (b'{"text": "\xff\xfe"}', False), (b'{"text": "tab\there"}', False), (b"", False), (b"   ", False),
-    (b'{"id": 1.5, "text": "float id"}', False), (b'{"id": true, "text": "bool id"}', False),
-    (b'{"text": "ok", "meta": "\xff"}', False), (b'{"text": "lone \\ud800"}', False),
-    (b'{"id": "x\\udc00", "text": "surrogate in the id", "label": "l\\ud800"}', False),
-]
-
-
-def test_an_unpaired_surrogate_escape_is_a_quarantine_reason_not_a_crash(tmp_path):
-    p = _lines(tmp_path / "s.jsonl", [], raw=[b'{"text": "a\\ud800"}', b'{"id": "x\\udc00", "text": "fine", "label": "l\\ud800"}'])
-    t = open_pool(str(p)).units[0].read()
-    assert t.column(READ_ERROR).to_pylist()[0] == "undecodable_text: line 1: 'text' holds an unpaired UTF-16 surrogate escape"
-    assert t.column("sample_id").to_pylist()[1] == "x\\udc00" and t.column("label").to_pylist()[1] == "l\\ud800"
-    assert text_problems(t)[1] is None
-
-
-@pytest.mark.parametrize("seed", range(60))
-def test_fast_jsonl_reader_gives_the_per_line_table_or_steps_aside(tmp_path, seed):
-    """pyarrow's JSON reader is used only where it yields exactly the per-line parser's table."""
-    import random
-
-    from kdata.pools.text import _read_jsonl_arrow, read_jsonl
-
-    rng = random.Random(seed)
-    clean = [line for line, ok in _LINES if ok and b'"id": 8' not in line or seed % 2 and ok]
-    pick = rng.sample(clean, k=min(len(clean), rng.randint(1, 4))) * rng.randint(1, 3)
-    if seed % 3 == 0:  # some files carry one line only the per-line parser reads right
-        pick.insert(rng.randrange(len(pick) + 1), rng.choice([line for line, ok in _LINES if not ok]))
-    data = (b"\xef\xbb\xbf" if seed % 5 == 0 else b"") + b"\n".join(pick) + (b"\n" if seed % 4 else b"")
-    p = tmp_path / "f.jsonl"
-    p.write_bytes(data)
-    fast, slow = read_jsonl(p, name="f.jsonl"), read_jsonl(p, name="f.jsonl", fast=False)
-    assert fast.equals(slow), (seed, data)
-    if seed % 3:  # only lines it can take: it does take them
-        assert _read_jsonl_arrow(data.removeprefix(b"\xef\xbb\xbf"), name="f.jsonl", source="f.jsonl") is not None
-    every = b"".join(b'{"sample_id": "s-%d", "id": %d, "text": "t"}\n' % (i, i) for i in range(3))
-    assert _read_jsonl_arrow(every, name="f", source="f").column("sample_id").to_pylist() == ["s-0", "s-1", "s-2"]
-
-
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc")
-def test_mapped_units_hold_no_file_descriptor(tmp_path, monkeypatch):
-    """A pool of many files whose unit tables are all alive at once must not run out of descriptors."""
-    import os
-
-    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "p").mkdir()
-    for i in range(60):
-        _lines(tmp_path / "p" / f"{i:03d}.jsonl", [{"text": f"row {i}"}])
-    pool = open_pool(str(tmp_path / "p"))
-    [u.read() for u in pool.units]  # parse and write every entry
-    before = len(os.listdir("/proc/self/fd"))
-    tables = [u.read() for u in pool.units]  # every one memory-mapped, all alive
-    assert len(os.listdir("/proc/self/fd")) < before + 10
-    assert [t.column("text")[0].as_py() for t in tables[:2]] == ["row 0", "row 1"]
 
 
 @pytest.mark.parametrize("case", ["string ids", "int ids", "no ids", "class labels", "plain fields", "large text",
