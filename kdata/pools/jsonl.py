@@ -15,12 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
-from kdata.dataset.schema import READ_ERROR
 from kdata.pools.text_rows import (
     TEXT_FIELDS,
-    TEXT_SCHEMA,
     str_or_none,
     text_table,
+    text_table_arrow,
     utf8_ok,
 )
 
@@ -90,11 +89,8 @@ def _read_jsonl_arrow(data: bytes, *, name: str, source: str) -> pa.Table | None
     ids = pc.cast(sid if has_sid else t.column("id"), pa.string())
     if ids.null_count:
         ids = pc.if_else(pc.is_null(ids), pa.array([f"{name}:{i}" for i in range(1, n + 1)], pa.string()), ids)
-    src = t.column("source") if t.column("source").null_count < n else pa.repeat(pa.scalar(source, pa.string()), n)
-    return pa.table({"sample_id": ids, "image": pa.nulls(n, pa.binary()), "text": t.column("text"),
-                     "label": t.column("label"), "source": src, "domain": t.column("domain"),
-                     "parent_id": pa.nulls(n, pa.string()), "kind": pa.repeat(pa.scalar("original"), n),
-                     READ_ERROR: pa.nulls(n, pa.string())}, schema=TEXT_SCHEMA)
+    return text_table_arrow(ids, t.column("text"), source=source, label=t.column("label"), domain=t.column("domain"),
+                            source_col=t.column("source") if t.column("source").null_count < n else None)
 
 
 def _valid_utf8(data: bytes) -> bool:

@@ -33,7 +33,12 @@ from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
 from kdata.pools.files import check_entry
 from kdata.pools.jsonl import read_jsonl
-from kdata.pools.text_rows import TEXT_FIELDS, TEXT_SCHEMA, str_or_none, text_table
+from kdata.pools.text_rows import (
+    TEXT_FIELDS,
+    str_or_none,
+    text_table,
+    text_table_arrow,
+)
 from kdata.pools.unit_cache import cached_unit_table
 
 __all__ = ["DEFAULT_MAX_TEXT_CHARS", "TEXT_FIELDS", "open_text", "payload_kind", "read_hf_arrow", "read_jsonl",
@@ -114,13 +119,12 @@ def _id_column(table: pa.Table):
 def _hf_table_arrow(table: pa.Table, *, name: str, source: str, names: list[str] | None) -> pa.Table | None:
     """The pool table by Arrow casts alone, or None where they could differ from ``_hf_table_rows``
     (ids or fields of types other than strings and integers, null ids)."""
-    def plain(col, ints: bool) -> bool:
+    def plain(col) -> bool:
         t = col.type
-        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t) \
-            or (ints and pa.types.is_integer(t))
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t) or pa.types.is_integer(t)
 
     n, sid = table.num_rows, _id_column(table)
-    if sid is not None and (not plain(sid, True) or sid.null_count):
+    if sid is not None and (not plain(sid) or sid.null_count):
         return None
     ids = pa.array([f"{name}:{i}" for i in range(n)], pa.string()) if sid is None else pc.cast(sid, pa.string())
     cols = {}
@@ -133,16 +137,12 @@ def _hf_table_arrow(table: pa.Table, *, name: str, source: str, names: list[str]
             ok = pc.and_(pc.greater_equal(idx, 0), pc.less(idx, len(names)))
             safe = pc.if_else(ok, idx, 0)
             cols[k] = pc.if_else(ok, pc.take(pa.array(names, pa.string()), safe), pa.scalar(None, pa.string()))
-        elif plain(col, True):
+        elif plain(col):
             cols[k] = pc.cast(col, pa.string())
         else:
             return None
-    nulls = pa.nulls(n, pa.string())
-    return pa.table({"sample_id": ids, "image": pa.nulls(n, pa.binary()), "text": pc.cast(table.column("text"), pa.string()),
-                     "label": cols.get("label", nulls),
-                     "source": cols.get("source", pa.repeat(pa.scalar(source, pa.string()), n)),
-                     "domain": cols.get("domain", nulls), "parent_id": nulls,
-                     "kind": pa.repeat(pa.scalar("original"), n), READ_ERROR: nulls}, schema=TEXT_SCHEMA)
+    return text_table_arrow(ids, pc.cast(table.column("text"), pa.string()), source=source, label=cols.get("label"),
+                            domain=cols.get("domain"), source_col=cols.get("source"))
 
 
 def _hf_table_rows(table: pa.Table, *, name: str, source: str, names: list[str] | None) -> pa.Table:

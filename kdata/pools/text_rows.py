@@ -18,17 +18,27 @@ TEXT_SCHEMA = POOL_SCHEMA.append(pa.field(READ_ERROR, pa.string()))
 def text_table(ids: list[str], texts: list[str | None], *, errors: list[str | None], source: str,
                fields: dict[str, list] | None = None) -> pa.Table:
     """A pool-schema text table plus ``read_error``; ``fields`` holds label/domain/source values."""
-    n, fields = len(ids), fields or {}
+    fields = fields or {}
 
-    def col(name: str, default=None):
-        vals = fields.get(name)
-        return pa.array(vals if vals is not None else [default] * n, pa.string())
+    def col(name: str):
+        return None if fields.get(name) is None else pa.array(fields[name], pa.string())
 
-    return pa.table({"sample_id": pa.array(ids, pa.string()), "image": pa.nulls(n, pa.binary()),
-                     "text": pa.array(texts, pa.string()), "label": col("label"),
-                     "source": col("source", source), "domain": col("domain"),
-                     "parent_id": pa.nulls(n, pa.string()), "kind": pa.array(["original"] * n, pa.string()),
-                     READ_ERROR: pa.array(errors, pa.string())}, schema=TEXT_SCHEMA)
+    return text_table_arrow(pa.array(ids, pa.string()), pa.array(texts, pa.string()), source=source,
+                            label=col("label"), domain=col("domain"), source_col=col("source"),
+                            errors=pa.array(errors, pa.string()))
+
+
+def text_table_arrow(ids, texts, *, source: str, label=None, domain=None, source_col=None, errors=None) -> pa.Table:
+    """``text_table`` from Arrow string columns (arrays or chunked): a field left None is all null,
+    ``source_col`` None is ``source`` on every row, ``errors`` None is no reader error."""
+    n = len(ids)
+    nulls = pa.nulls(n, pa.string())
+    return pa.table({"sample_id": ids, "image": pa.nulls(n, pa.binary()), "text": texts,
+                     "label": nulls if label is None else label,
+                     "source": pa.repeat(pa.scalar(source, pa.string()), n) if source_col is None else source_col,
+                     "domain": nulls if domain is None else domain, "parent_id": nulls,
+                     "kind": pa.repeat(pa.scalar("original"), n), READ_ERROR: nulls if errors is None else errors},
+                    schema=TEXT_SCHEMA)
 
 
 def str_or_none(v) -> str | None:
