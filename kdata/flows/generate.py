@@ -66,15 +66,13 @@ def shard_cache_key(context, parameters: dict) -> str:
 
 
 @task(name="generate-shard", cache_key_fn=shard_cache_key, persist_result=True, retries=1)
-def generate_shard_task(params: dict, index: int, key: str, device: str, batch_size: int = 16,
-                        shard: list[dict] | None = None) -> dict:
+def generate_shard_task(params: dict, index: int, key: str, device: str, batch_size: int,
+                        shard: list[dict]) -> dict:
     """Generate one prompt shard (``shard``: its prompts, read once by the flow) into the generate cache;
-    returns its path. Without ``shard`` the task reads its slice of the prompts file itself."""
-    from kdata.pipeline.generate import generate_shard, prompt_shards, read_prompts
+    returns its path."""
+    from kdata.pipeline.generate import generate_shard
 
     cfg = _cfg(params)
-    if shard is None:
-        shard = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)[index]
     model = _model(cfg.teacher, device=device, precision=cfg.precision)
     path = generate_shard(model, shard, index=index, key=key, work=_store(), cfg=cfg, batch_size=batch_size)
     return {"index": index, "key": key, "path": str(path)}
