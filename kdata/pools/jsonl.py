@@ -45,10 +45,11 @@ _BLANK_FIRST, _BLANK_LATER = re.compile(rb"[ \t\r\x0b\x0c]*(?:\n|$)"), re.compil
 def read_jsonl(path: Path, *, name: str, fast: bool = True) -> pa.Table:
     """One JSONL file → pool table (blank lines skipped); bad lines stay rows with their reason.
 
-    ``fast``: parse with pyarrow's JSON reader (C++; about 5× the per-line parser, `benchmarks/text_pool_read.py`) when the file is one
-    the per-line parser would read without a problem; anything else — a bad line, a blank line, a
-    ``text`` that is missing, null or not a string, ids or fields of other JSON types — is read line
-    by line, so the table is the same either way (pinned by tests/pools/test_text.py)."""
+    ``fast``: parse with pyarrow's JSON reader (about 5× the per-line parser:
+    ``benchmarks/text_pool_read.py``) when the file is one the per-line parser would read without a
+    problem; anything else — a bad line, a blank line, a ``text`` that is missing, null or not a
+    string, ids or fields of other JSON types — is read line by line, so the table is the same
+    either way (pinned by tests/pools/test_jsonl.py)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
