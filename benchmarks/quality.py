@@ -92,7 +92,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print every cell as one JSON object on stdout")
     ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/quality.md or results")
     ap.add_argument("--json-out", default=str(ROOT / "benchmarks/results/quality.json"))
+    ap.add_argument("--clean", action="store_true",
+                    help="each pool without its noisy rows (ground truth: clean rows and duplicates only); "
+                         "random and the default; run by benchmarks/quality_clean.py")
     args = ap.parse_args(argv)
+    if args.clean:
+        args.oracle = False
+        args.methods = "random,default" if args.methods == "auto" else args.methods
     if args.quick:
         args.no_write, args.oracle = True, False
         args.methods = "random,default" if args.methods == "auto" else args.methods
@@ -132,7 +138,8 @@ def method_list(args, prep) -> tuple[list[str], dict[str, str]]:
 class PoolRun:
     """One pool scored once; selections written through the curation core; students trained on them."""
 
-    def __init__(self, bench, tc, work: Path):
+    def __init__(self, bench, tc, work: Path, *, clean: bool = False):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from kdata.models.spec import load_model
@@ -152,6 +159,12 @@ class PoolRun:
         self.student_acc = self.eval.accuracy(load_model(bench.student))
         truth = pq.read_table(bench.truth, columns=["sample_id", "truth"]).to_pydict()
         self.kind = dict(zip(truth["sample_id"], truth["truth"]))
+        if clean:  # the pool without its noise: only the rows the ground truth calls good
+            ids = self.scores.column("sample_id").to_pylist()
+            self.scores = self.scores.filter(pa.array([self.kind.get(i) in GOOD_KINDS for i in ids]))
+            self.quarantined, self.n_pool = [], self.scores.num_rows
+            kept = set(self.scores.column("sample_id").to_pylist())
+            self.kind = {i: k for i, k in self.kind.items() if i in kept}
         self.base_rates = {k: float(np.mean([v == k for v in self.kind.values()])) for k in set(self.kind.values())}
 
     def curate(self, method: str, budget: float, seed: int) -> tuple[Path, dict]:
@@ -204,7 +217,7 @@ class PoolRun:
 def run_pool(bench, args, tc, work: Path) -> dict:
     """Every cell of one pool: full pool per seed, then methods × budgets × seeds × protocols."""
     t0 = time.perf_counter()
-    pr = PoolRun(bench, tc, work)
+    pr = PoolRun(bench, tc, work, clean=getattr(args, "clean", False))
     methods, skipped = method_list(args, pr.prep)
     budgets = [float(b) for b in args.budgets.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",")]
@@ -350,6 +363,8 @@ def pool_markdown(pool: dict, rows: list[dict], budgets: list[float]) -> str:
             lines.append(f"| full pool (100%) | {full['mean']:.3f} ± {full['std']:.3f} |" + " |" * (len(budgets) - 1))
         lines.append("")
     lines += verdicts(rows, methods)
+    if not any(pool["base_rates"].get(k, 0) for k in BAD_KINDS):  # a clean pool: nothing to count
+        return "\n".join(lines) + "\n"
     lines.append("**Junk + shifted rows kept** (fraction of the kept rows; the pool's own rate: "
                  f"{sum(pool['base_rates'].get(k, 0) for k in BAD_KINDS):.2f})\n")
     lines.append("| method | " + " | ".join(f"{b:.0%}" for b in budgets) + " |")
@@ -383,10 +398,10 @@ def verdicts(rows: list[dict], methods: list[str]) -> list[str]:
     return out + [""]
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, *, title: str = "Quality: student accuracy by training data") -> str:
     budgets = report["budgets"]
     tc = report["train_config"]
-    parts = ["## Quality: student accuracy by training data\n",
+    parts = [f"## {title}\n",
              f"Seeds {report['seeds']}; trainer: {tc['epochs']} epochs (equal-epochs protocol), batch "
              f"{tc['batch_size']}, lr {tc['lr']}, α {'by kept fraction' if tc['alpha'] is None else tc['alpha']}, "
              f"T {tc['temperature']}, loss {tc['loss']}, "
@@ -398,18 +413,24 @@ def markdown(report: dict) -> str:
     return "\n".join(parts)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def measure(args, script: str, argv: list[str]) -> dict:
+    """Every pool of ``args`` measured; the report (command, timing, config, cells, summary)."""
     from kdata.training.train import TrainConfig
 
     over = {k: getattr(args, k) for k in ("epochs", "lr", "alpha", "temperature", "loss") if getattr(args, k) is not None}
     tc = replace(TrainConfig(eval_every_epoch=False, device="cpu"), reinit=args.reinit, **over)
     t0 = time.perf_counter()
     pools = run_all(list(POOLS) if args.pool == "all" else [args.pool], args, tc)
-    cmd = "python benchmarks/quality.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    report = {"command": cmd, "seconds": time.perf_counter() - t0, "seeds": list(range(args.seeds)),
-              "budgets": [float(b) for b in args.budgets.split(",")], "train_config": tc.__dict__,
-              "pools": pools, "summary": {p["name"]: summarise(p) for p in pools}, "cpus": os.cpu_count()}
+    cmd = f"python {script}" + "".join(" " + shlex.quote(a) for a in argv)
+    return {"command": cmd, "seconds": time.perf_counter() - t0, "seeds": list(range(args.seeds)),
+            "budgets": [float(b) for b in args.budgets.split(",")], "train_config": tc.__dict__,
+            "pools": pools, "summary": {p["name"]: summarise(p) for p in pools}, "cpus": os.cpu_count()}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    report = measure(args, "benchmarks/quality.py", argv)
     md = markdown(report)
     if args.json:
         print(json.dumps(report, default=str))

@@ -16,6 +16,10 @@ def test_tail_fraction_holds_up_to_half_then_shrinks_as_the_budget_nears_every_r
     # …and is never below the teacher's expected error rate (clipped to [0.05, 0.3])
     assert tail_fraction(0.7, 0.13) == pytest.approx(0.13) and tail_fraction(0.1, 0.13) == pytest.approx(0.3)
     assert tail_fraction(0.9, 0.6) == pytest.approx(0.3) and tail_fraction(0.7, 0.01) == pytest.approx(0.1)
+    # with labels: at most the label-noise estimate (clipped to [0.05, 0.3]), whatever the teacher's error
+    assert tail_fraction(0.1, label_noise=0.12) == pytest.approx(0.12)
+    assert tail_fraction(0.1, 0.6, label_noise=0.01) == pytest.approx(0.05)
+    assert tail_fraction(0.1, label_noise=0.5) == pytest.approx(0.3) and tail_fraction(0.7, label_noise=0.2) == pytest.approx(0.1)
     assert bias_gamma(0.1) < 0 < bias_gamma(0.9) and bias_gamma(0.5) == 0
 
 
@@ -54,7 +58,7 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     assert info["teacher_error"] == pytest.approx(eps) and info["label_noise"] == pytest.approx(eta)
     room = 400 - budget
     n_label = min(int(np.floor(label_tail_fraction(eta) * labelled.sum())), room)
-    n_ood = min(int(np.floor(tail_fraction(budget / 400) * (400 - n_label))), room - n_label)
+    n_ood = min(int(np.floor(tail_fraction(budget / 400, label_noise=eta) * (400 - n_label))), room - n_label)
     assert (info["label_cut"], info["ood_cut"]) == (n_label, n_ood)
     assert info["tail_cut"] == n_tail == n_label + n_ood
     # the label stage cut the labelled rows the teacher believes least
@@ -110,6 +114,27 @@ def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
     info = select(unlabelled, methods=["coverage"], budget=90, seed=0, num_classes=c).info["coverage"]
     assert info["label_noise"] is None and "teacher_label_disagreement" not in info["tail_signals"]
     assert any(s.startswith("tail_signal_label_agreement") for s in info["skipped"])
+
+
+def test_a_pool_whose_labels_the_teacher_confirms_loses_few_rows(tmp_path):
+    """Clean labelled pool: the label-free stage takes only the small label-noise estimate, not the
+    budget term's 30% — on a clean pool the hardest rows are informative. Unlabelled, the same scores
+    give no such evidence and the budget term cuts its 30%."""
+    rng = np.random.default_rng(4)
+    n, c = 400, 4
+    true = rng.integers(0, c, n)
+    conf = rng.uniform(0.85, 0.99, n)
+    p_t = np.zeros((n, c))
+    p_t[np.arange(n), true] = conf
+    p_t += ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
+    p_s = 0.6 * p_t + 0.4 / c
+    clean = scores_from_probs(tmp_path, p_t, p_s, label=true)
+    info = select(clean, methods=["coverage"], budget=100, seed=0, num_classes=c).info["coverage"]
+    assert info["label_noise"] < 0.05 and info["ood_tail_fraction"] == pytest.approx(0.05)
+    assert info["tail_cut"] == info["label_cut"] + info["ood_cut"] <= 0.1 * n
+    unlabelled = scores_from_probs(tmp_path, p_t, p_s, name="u.parquet")
+    info = select(unlabelled, methods=["coverage"], budget=100, seed=0, num_classes=c).info["coverage"]
+    assert info["ood_tail_fraction"] == pytest.approx(0.3) and info["tail_cut"] == int(0.3 * n)
 
 
 def test_coverage_without_embeddings_or_dedup_skips_and_records(tmp_path):

@@ -20,10 +20,14 @@ the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in 
       settings cut 30% at 10% kept and nothing at 50%). Of the rows left, a share
       clip(0.8 − r, 0.05, 0.3) (r = budget / candidates) with the highest label-free outlier score
       is cut — 30% for every budget up to half the candidates, shrinking to 5% as the budget nears
-      all of them. On clean CIFAR the hardest rows are informative; on a web pool they are mostly
-      junk and shifted rows whatever the budget: at 50% kept, CCS's smaller cut (0.6 − r, 10%) kept
-      more shifted rows than random on the openclipart and icons pools of ``benchmarks/quality.py``
-      and lost to random there with equal epochs. The outlier score: the mean of the percentile
+      all of them — but never more than clip(η̂, 0.05, 0.3) of stage a's label-noise estimate. On
+      clean CIFAR the hardest rows are informative; on a web pool they are mostly junk and shifted
+      rows whatever the budget: at 50% kept, CCS's smaller cut (0.6 − r, 10%) kept more shifted rows
+      than random on the openclipart and icons pools of ``benchmarks/quality.py`` and lost to random
+      there with equal epochs. How much of a pool is junk shows in η̂ too (junk and shifted rows
+      carry labels the teacher rejects), and a pool whose labels the teacher confirms is one where
+      the hardest rows are informative again; without the cap the stage would cut 30% of a clean
+      pool's hardest, correct rows (``benchmarks/quality_clean.py`` measures the recipe there). The outlier score: the mean of the percentile
       ranks of low teacher max-probability ``1 − max p_T``, the teacher–student KL ``kl_ts`` (CCS's
       "hardest") and the cosine distance of the teacher embedding to the centroid of the
       teacher-predicted class (centroid over that class's more confident half; needs an
@@ -75,10 +79,16 @@ LABEL_TAIL_MAX = 0.5  # a label-disagreement cut may take up to half the candida
 MAX_BINS, ROWS_PER_STRATUM = 50, 20
 
 
-def tail_fraction(r: float, teacher_error: float | None = None) -> float:
-    """β = max(clip(0.8 − r, 0.05, 0.3), clip(ε̂, 0.05, 0.3)): the share of candidates cut as likely
-    junk at kept ratio r, given the teacher's expected error rate ε̂ (None: the budget term alone)."""
+def tail_fraction(r: float, teacher_error: float | None = None, *, label_noise: float | None = None) -> float:
+    """The share of candidates cut as likely junk by the label-free score at kept ratio r.
+
+    The budget term clip(0.8 − r, 0.05, 0.3), then: with a label-noise estimate η̂ (labelled pools),
+    at most clip(η̂, 0.05, 0.3) — a pool whose labels the teacher confirms shows little junk, and on a
+    clean pool the hardest rows are informative; without labels, at least clip(ε̂, 0.05, 0.3) for
+    the teacher's expected error rate ε̂ (None: the budget term alone)."""
     beta = float(np.clip(TAIL_AT_ZERO - r, TAIL_MIN, TAIL_MAX))
+    if label_noise is not None and np.isfinite(label_noise):
+        return min(beta, float(np.clip(label_noise, TAIL_MIN, TAIL_MAX)))
     if teacher_error is not None and np.isfinite(teacher_error):
         beta = max(beta, float(np.clip(teacher_error, TAIL_MIN, TAIL_MAX)))
     return beta
@@ -257,12 +267,12 @@ def cut_tail(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float | No
         label_beta = label_tail_fraction(eta) if eta is not None else None
         n_label = min(int(np.floor(label_beta * has.sum())), room) if label_beta is not None else 0
         keep[most_outlying(disagree, np.flatnonzero(has), n_label)] = False
-        ood_beta = tail_fraction(r) if eta is not None else tail_fraction(r, eps)
+        ood_beta = tail_fraction(r, label_noise=eta) if eta is not None else tail_fraction(r, eps)
         alive = np.flatnonzero(keep)
         n_ood = min(int(np.floor(ood_beta * len(alive))), room - n_label) if used else 0
         keep[most_outlying(free, alive, n_ood)] = False
         info = {"tail_rule": ("labelled rows: clip(label_noise, 0.05, 0.5) by label disagreement; then "
-                              "clip(0.8 - r, 0.05, 0.3) of the rest by the label-free score") if eta is not None else
+                              "min(clip(0.8 - r, 0.05, 0.3), clip(label_noise, 0.05, 0.3)) of the rest by the label-free score") if eta is not None else
                              "max(clip(0.8 - r, 0.05, 0.3), clip(teacher_error, 0.05, 0.3)) by the label-free score",
                 "label_tail_fraction": label_beta, "label_cut": n_label,
                 "ood_tail_fraction": ood_beta, "ood_cut": n_ood}
