@@ -27,12 +27,12 @@ the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in 
       there with equal epochs. How much of a pool is junk shows in η̂ too (junk and shifted rows
       carry labels the teacher rejects), and a pool whose labels the teacher confirms is one where
       the hardest rows are informative again; without the cap the stage would cut 30% of a clean
-      pool's hardest, correct rows (``benchmarks/quality_clean.py`` measures the recipe there). The outlier score: the mean of the percentile
-      ranks of low teacher max-probability ``1 − max p_T``, the teacher–student KL ``kl_ts`` (CCS's
-      "hardest") and the cosine distance of the teacher embedding to the centroid of the
-      teacher-predicted class (centroid over that class's more confident half; needs an
-      ``embedding`` column). Without any
-      labelled row, stage a is skipped and this stage cuts max(clip(0.8 − r, 0.05, 0.3),
+      pool's hardest, correct rows (``benchmarks/quality_clean.py`` measures the recipe there).
+      The outlier score: the mean of the percentile ranks of low teacher max-probability
+      ``1 − max p_T``, the teacher–student KL ``kl_ts`` (CCS's "hardest") and the cosine distance of
+      the teacher embedding to the centroid of the teacher-predicted class (centroid over that
+      class's more confident half; needs an ``embedding`` column). Without any labelled row, stage a
+      is skipped and this stage cuts max(clip(0.8 − r, 0.05, 0.3),
       clip(ε̂, 0.05, 0.3)) with ε̂ = mean(1 − max p_T), the teacher's expected error rate (the
       estimate RAD uses), so a teacher that errs on many rows cuts at least that share.
 
@@ -272,7 +272,8 @@ def cut_tail(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float | No
         n_ood = min(int(np.floor(ood_beta * len(alive))), room - n_label) if used else 0
         keep[most_outlying(free, alive, n_ood)] = False
         info = {"tail_rule": ("labelled rows: clip(label_noise, 0.05, 0.5) by label disagreement; then "
-                              "min(clip(0.8 - r, 0.05, 0.3), clip(label_noise, 0.05, 0.3)) of the rest by the label-free score") if eta is not None else
+                              "min(clip(0.8 - r, 0.05, 0.3), clip(label_noise, 0.05, 0.3)) of the rest "
+                              "by the label-free score") if eta is not None else
                              "max(clip(0.8 - r, 0.05, 0.3), clip(teacher_error, 0.05, 0.3)) by the label-free score",
                 "label_tail_fraction": label_beta, "label_cut": n_label,
                 "ood_tail_fraction": ood_beta, "ood_cut": n_ood}
