@@ -217,7 +217,7 @@ class PoolRun:
 def run_pool(bench, args, tc, work: Path) -> dict:
     """Every cell of one pool: full pool per seed, then methods × budgets × seeds × protocols."""
     t0 = time.perf_counter()
-    pr = PoolRun(bench, tc, work, clean=getattr(args, "clean", False))
+    pr = PoolRun(bench, tc, work, clean=args.clean)
     methods, skipped = method_list(args, pr.prep)
     budgets = [float(b) for b in args.budgets.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",")]
