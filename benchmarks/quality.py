@@ -427,18 +427,23 @@ def measure(args, script: str, argv: list[str]) -> dict:
             "pools": pools, "summary": {p["name"]: summarise(p) for p in pools}, "cpus": os.cpu_count()}
 
 
+def publish(report: dict, md: str, args) -> bool:
+    """Print the tables (or the report as JSON); unless ``--no-write``, save the report to ``--json-out``.
+    True when the caller should splice ``md`` into its page."""
+    print(json.dumps(report, default=str) if args.json else md)
+    if args.no_write:
+        return False
+    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return True
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     report = measure(args, "benchmarks/quality.py", argv)
     md = markdown(report)
-    if args.json:
-        print(json.dumps(report, default=str))
-    else:
-        print(md)
-    if not args.no_write:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    if publish(report, md, args):
         import runpy
 
         runpy.run_path(str(HERE / "doc_tables.py"))["splice"]("quality", md)

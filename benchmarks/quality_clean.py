@@ -21,7 +21,6 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # as quality.py: no shadowing
 sys.path.insert(0, str(HERE))
 
-import json  # noqa: E402
 import runpy  # noqa: E402
 
 import quality  # noqa: E402
@@ -35,10 +34,7 @@ def main(argv=None) -> int:
     args = quality.parse_args(["--json-out", str(JSON_OUT), *argv, "--clean"])  # a --json-out given wins
     report = quality.measure(args, "benchmarks/quality_clean.py", argv)
     md = quality.markdown(report, title=TITLE)
-    print(json.dumps(report, default=str) if args.json else md)
-    if not args.no_write:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    if quality.publish(report, md, args):
         runpy.run_path(str(HERE / "doc_tables.py"))["splice"]("quality_clean", md)
     return 0
 
