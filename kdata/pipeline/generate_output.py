@@ -32,18 +32,27 @@ CRITIC_REJECT = "critic_reject"
 N_EXAMPLES = 3
 
 
-def critic_scores(cands: pa.Table, *, critic: str, teacher, student, device, recall=None, precision=None):
+def load_text_critic(path, *, recall=None, precision=None):
+    """The fitted text critic at ``path`` cut at the recall or precision target (one line when it is
+    an image-score critic)."""
+    from kdata.selection.critic_model import load_critic
+
+    crit = load_critic(path).with_target(recall=recall, precision=precision)
+    if not crit.is_text:
+        raise KdataError(f"{path}: an image-score critic; fit a text critic on generated rows "
+                         "(kdata critic fit --scores-from CANDIDATES --teacher hf:… --student hf:…)")
+    return crit
+
+
+def critic_scores(cands: pa.Table, *, critic, teacher, student, device, recall=None, precision=None):
     """(P(accept) per candidate — NaN where not scored —, {sample_id: quarantine reason}, the critic).
+    ``critic``: a critic directory (cut at ``recall`` / ``precision``) or an already loaded ``Critic``.
 
     The candidates' texts are scored by teacher and student exactly as ``kdata select`` scores a
     text pool, so the critic sees the features it was fitted on."""
     from kdata.scoring.text import TextScoreConfig, score_text_table, text_models
-    from kdata.selection.critic_model import load_critic
 
-    crit = load_critic(critic).with_target(recall=recall, precision=precision)
-    if not crit.is_text:
-        raise KdataError(f"{critic}: an image-score critic; fit a text critic on generated rows "
-                         "(kdata critic fit --scores-from CANDIDATES --teacher hf:… --student hf:…)")
+    crit = load_text_critic(critic, recall=recall, precision=precision) if isinstance(critic, (str, Path)) else critic
     if not cands.num_rows:  # every candidate empty: nothing to score
         return np.zeros(0), {}, crit
     pool_rows = cands.select(["sample_id", "text"])

@@ -27,7 +27,7 @@ from kdata.pipeline.generate import (
     shard_key,
     work_dir,
 )
-from kdata.pipeline.generate_output import critic_scores, finish_generate
+from kdata.pipeline.generate_output import critic_scores, finish_generate, load_text_critic
 from kdata.pipeline.output import RunReport, already_complete
 
 
@@ -40,13 +40,18 @@ def load_generator(spec: str, *, device, precision: str = "auto", role: str = "t
     return model
 
 
-def run_config(cfg: GenerateConfig, prompts: list[dict], teacher, student, *, device) -> dict:
-    """What defines the output (hashed): prompts, models by checksum, decoding, critic and its cut."""
-    crit = None
-    if cfg.critic:
-        from kdata.selection.critic_model import load_critic
+def target_critic(cfg: GenerateConfig):
+    """The fitted critic at ``cfg.critic`` cut at the run's recall or precision target (None without one)."""
+    return load_text_critic(cfg.critic, recall=cfg.critic_recall, precision=cfg.critic_precision) \
+        if cfg.critic else None
 
-        c = load_critic(cfg.critic).with_target(recall=cfg.critic_recall, precision=cfg.critic_precision)
+
+def run_config(cfg: GenerateConfig, prompts: list[dict], teacher, student, *, device, critic=None) -> dict:
+    """What defines the output (hashed): prompts, models by checksum, decoding, critic and its cut
+    (``critic``: the run's ``target_critic``, loaded here when not given)."""
+    crit = None
+    c = critic if critic is not None else target_critic(cfg)
+    if c is not None:
         crit = {"name": Path(cfg.critic).name, "threshold": c.threshold, "features": len(c.feature_names),
                 "coef_sum": float(c.coef.sum())}
     return {"command": "generate", "teacher": cfg.teacher, "teacher_checksum": teacher.checksum,
@@ -79,11 +84,12 @@ def run_generate(cfg: GenerateConfig, *, out: str | Path, device: str = "auto", 
     check_config(cfg)
     prompts = read_prompts(cfg.prompts)
     dev = pick_device(device)
+    critic = target_critic(cfg)  # loaded once, before any model: hashed into the config, then it scores
     with exclusive(out):
         teacher = load_generator(cfg.teacher, device=dev, precision=cfg.precision)
         student = load_generator(cfg.student, device=dev, precision=cfg.precision, role="student") \
             if cfg.critic else None
-        config = run_config(cfg, prompts, teacher, student, device=dev)
+        config = run_config(cfg, prompts, teacher, student, device=dev, critic=critic)
         done = already_complete(out, config_hash(config))
         if done is not None:
             return done
@@ -92,20 +98,20 @@ def run_generate(cfg: GenerateConfig, *, out: str | Path, device: str = "auto", 
         scorer = teacher if not cfg.critic or cfg.critic_teacher in (None, cfg.teacher) else \
             load_generator(cfg.critic_teacher, device=dev, precision=cfg.precision)
         report = write_candidates(read_candidates(paths), prompts=prompts, cfg=cfg, out=out, teacher=scorer,
-                                  student=student, config=config, device=dev,
+                                  student=student, config=config, device=dev, critic=critic,
                                   extra={"shards": {"n": len(paths), "reused": reused}}, before_commit=before_commit)
         shutil.rmtree(work_dir(out), ignore_errors=True)
         return report
 
 
 def write_candidates(cands, *, prompts, cfg: GenerateConfig, out, teacher, student, config: dict, device,
-                     extra: dict | None = None, before_commit=None) -> RunReport:
-    """Critic (when given) then ``finish_generate``."""
+                     critic=None, extra: dict | None = None, before_commit=None) -> RunReport:
+    """Critic (when given; ``critic``: the loaded ``target_critic``) then ``finish_generate``."""
     prob = crit = None
     quarantined: dict = {}
     if cfg.critic:
         nonempty = cands.filter([bool((t or "").strip()) for t in cands.column("text").to_pylist()])
-        p, quarantined, crit = critic_scores(nonempty, critic=cfg.critic, teacher=teacher, student=student,
+        p, quarantined, crit = critic_scores(nonempty, critic=critic or cfg.critic, teacher=teacher, student=student,
                                              device=device, recall=cfg.critic_recall, precision=cfg.critic_precision)
         by_id = dict(zip(nonempty.column("sample_id").to_pylist(), p))
         import numpy as np

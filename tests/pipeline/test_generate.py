@@ -146,6 +146,24 @@ def stats_critic(path: Path, *, recall: float = 0.8) -> Path:
     return crit.save(path)
 
 
+def test_an_image_score_critic_is_refused_before_any_work(teacher, tmp_path, capsys):
+    import numpy as np
+
+    from kdata.selection.critic_model import fit_critic
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, 3))
+    image_critic = fit_critic(X, X[:, 0] > 0, feature_names=["teacher_conf", "kl_ts", "student_entropy"],
+                              recall=0.8).save(tmp_path / "image-critic")
+    student = tiny_lm(tmp_path / "student", seed=8)
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    rc = main(["generate", "--teacher", f"hf:{teacher}", "--student", f"hf:{student}", "--prompts", str(prompts),
+               "--critic", str(image_critic), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{image_critic}: an image-score critic" in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_with_a_critic_every_candidate_is_kept_rejected_or_quarantined(teacher, tmp_path):
     import numpy as np
 
