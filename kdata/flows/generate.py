@@ -114,24 +114,23 @@ def write_task(params: dict, paths: list[str], critic: dict | None, out: str, de
     from kdata.models.base import pick_device
     from kdata.pipeline.generate import read_candidates, read_prompts
     from kdata.pipeline.generate_output import finish_generate
-    from kdata.pipeline.generate_run import run_config
-    from kdata.selection.critic_model import load_critic
+    from kdata.pipeline.generate_run import run_config, target_critic
 
     cfg = _cfg(params)
     teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
     student = _model(cfg.student, device=device, precision=cfg.precision) if cfg.critic else None
     prompts = read_prompts(cfg.prompts)
     cands = read_candidates([Path(p) for p in paths])
-    prob = crit = None
+    prob = None
     if critic is not None:
         t = read_parquet(critic["path"])
         by_id = dict(zip(t.column("sample_id").to_pylist(), t.column("p").to_pylist()))
         prob = np.array([by_id.get(i, np.nan) for i in cands.column("sample_id").to_pylist()], dtype=np.float64)
-        crit = load_critic(cfg.critic).with_target(recall=cfg.critic_recall, precision=cfg.critic_precision)
+    crit = target_critic(cfg)  # once: the cut the decisions use and the config hash
     models = {"teacher": teacher.describe(), **({"student": student.describe()} if student is not None else {})}
     report = finish_generate(cands, prompts=prompts, cfg=cfg, out=out, models=models, crit=crit, prob=prob,
                              quarantined=(critic or {}).get("quarantined") or {},
-                             config=run_config(cfg, prompts, teacher, student, device=pick_device(device)),
+                             config=run_config(cfg, prompts, teacher, student, device=pick_device(device), critic=crit),
                              extra={"shards": {"n": len(paths)}})
     return report.to_dict()
 
@@ -177,10 +176,12 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
         read_prompts,
         shard_key,
     )
+    from kdata.pipeline.generate_run import target_critic
 
     logger = get_run_logger()
     cfg, run = _cfg(params), dict(run or {})
     check_config(cfg)
+    target_critic(cfg)  # an unreadable or image-score critic: one line before any model or shard
     device = str(pick_device(run.get("device", "auto")))
     teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
     shards = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)
