@@ -27,7 +27,9 @@ t-interval over seeds; and a precision table: the fraction of kept rows that are
 (ground truth from each pool's truth table; selection never reads it). An **oracle** row
 (``--no-oracle`` leaves it out) is a reference, not a method: random among the rows the ground truth
 calls good (clean and duplicates), as many as every method keeps, trained with the same α and both
-protocols — how much a perfect junk/shift/label-noise filter would gain on that pool.
+protocols — how much a perfect junk/shift/label-noise filter would gain on that pool. ``--hard-rows``
+adds two more references: the oracle less the 30% of its rows with the highest teacher–student KL
+(the rows the student has most to learn from), and less the 30% with the lowest.
 
     python benchmarks/quality.py --quick --pool all     # smoke: 1 seed, 10% and 30%, 4 epochs
     python benchmarks/quality.py --pool all --jobs 3    # full: 5 seeds; writes docs/benchmarks/quality.md
@@ -63,6 +65,12 @@ BAD_KINDS = ("junk", "shift")
 GOOD_KINDS = ("clean", "near_dup", "exact_dup")
 POOLS = ("digits", "openclipart", "icons")
 ORACLE = "oracle (good rows only)"  # a reference, not a method: it reads the ground truth
+# --hard-rows: the oracle without the 30% of its good rows where the student disagrees most with the
+# teacher (highest kl_ts), or least — what the informative "hard" rows are worth on a pool
+NO_HARDEST = "oracle without its hardest 30%"
+NO_EASIEST = "oracle without its easiest 30%"
+REFERENCES = {ORACLE: None, NO_HARDEST: "hardest", NO_EASIEST: "easiest"}
+HARD_SHARE = 0.3
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
@@ -81,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--protocols", default="epochs,steps", help="epochs, steps or both")
     ap.add_argument("--no-oracle", dest="oracle", action="store_false",
                     help="leave out the oracle reference (random among the rows the ground truth calls good)")
+    ap.add_argument("--hard-rows", action="store_true",
+                    help="two more references: the oracle without the 30%% of its rows with the highest "
+                         "teacher-student KL, and without the 30%% with the lowest (what hard rows are worth)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--alpha", type=float, default=None, help="fixed KD weight (default: the trainer's rule)")
@@ -179,16 +190,23 @@ class PoolRun:
         from kdata.selection.run import parse_budget
 
         scores, quarantined = self.scores, self.quarantined
-        if method == ORACLE:  # random among the rows the ground truth calls good, same row count
+        if method in REFERENCES:  # random among the rows the ground truth calls good, same row count
             ids = scores.column("sample_id").to_pylist()
-            good = pa.array([self.kind.get(i) in GOOD_KINDS for i in ids])
-            scores, quarantined = scores.filter(good), []
+            good = np.array([self.kind.get(i) in GOOD_KINDS for i in ids])
+            if REFERENCES[method]:  # less the good rows with the highest (or lowest) teacher-student KL
+                from kdata.selection.methods.coverage import pct_rank
+
+                rank = np.zeros(len(ids))
+                rank[good] = pct_rank(scores.column("kl_ts").to_numpy(zero_copy_only=False)[good])
+                good &= (rank <= 1 - HARD_SHARE) if REFERENCES[method] == "hardest" else (rank > HARD_SHARE)
+            scores, quarantined = scores.filter(pa.array(good)), []
             count = min(parse_budget(str(budget), self.n_pool), scores.num_rows)
             cfg = replace(self.base, method="random", budget=str(count), seed=seed)
         else:
             cfg = replace(self.base, method=method, budget=str(budget), seed=seed)
         run = replace(self.prep, cfg=cfg, methods=resolve_methods(cfg), balance=resolve_balance(cfg))
-        out = self.work / f"{self.bench.name}-{'oracle' if method == ORACLE else method}-{budget}-{seed}"
+        tag = "oracle" + (f"-no-{REFERENCES[method]}" if REFERENCES[method] else "") if method in REFERENCES else method
+        out = self.work / f"{self.bench.name}-{tag}-{budget}-{seed}"
         if not (out / "manifest.json").is_file():
             finish(run, Scored(scores=scores, quarantined=quarantined), out=str(out))
         dec = pq.read_table(out / "decisions.parquet", columns=["sample_id", "decision"])
@@ -222,8 +240,8 @@ def run_pool(bench, args, tc, work: Path) -> dict:
     budgets = [float(b) for b in args.budgets.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",")]
     steps_methods = methods if args.steps_methods == "all" else args.steps_methods.split(",")
-    if args.oracle:
-        methods, steps_methods = [*methods, ORACLE], [*steps_methods, ORACLE]
+    refs = ([ORACLE] if args.oracle else []) + ([NO_HARDEST, NO_EASIEST] if args.hard_rows else [])
+    methods, steps_methods = [*methods, *refs], [*steps_methods, *refs]
     say(f"[{bench.name}] teacher {pr.teacher_acc:.4f}  student before training {pr.student_acc:.4f}  "
         f"pool {pr.n_pool} rows  (scored in {time.perf_counter() - t0:.0f}s)")
     cells, full_steps = [], None
@@ -246,7 +264,7 @@ def run_pool(bench, args, tc, work: Path) -> dict:
                     if protocol == "steps" and method not in steps_methods:
                         continue
                     res = pr.train(out, seed, steps=full_steps if protocol == "steps" else 0,
-                                   kept_rows=kept["rows"] if method == ORACLE else None)
+                                   kept_rows=kept["rows"] if method in REFERENCES else None)
                     cells.append({"pool": bench.name, "method": method, "budget": budget, "seed": seed,
                                   "protocol": protocol, **kept, **res})
                     say(f"[{bench.name}] {method:<18} {budget:>4} seed {seed} {protocol:<6}: {res['accuracy']:.4f}  "
