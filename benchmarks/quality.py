@@ -106,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--clean", action="store_true",
                     help="each pool without its noisy rows (ground truth: clean rows and duplicates only); "
                          "random and the default; run by benchmarks/quality_clean.py")
+    ap.add_argument("--clean-only", action="store_true",
+                    help="with --clean: the clean rows alone (the duplicates dropped too: they copy noisy "
+                         "rows as well, wrong labels included)")
     args = ap.parse_args(argv)
     if args.clean:
         args.oracle = False
@@ -149,7 +152,7 @@ def method_list(args, prep) -> tuple[list[str], dict[str, str]]:
 class PoolRun:
     """One pool scored once; selections written through the curation core; students trained on them."""
 
-    def __init__(self, bench, tc, work: Path, *, clean: bool = False):
+    def __init__(self, bench, tc, work: Path, *, clean: tuple[str, ...] = ()):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -170,9 +173,9 @@ class PoolRun:
         self.student_acc = self.eval.accuracy(load_model(bench.student))
         truth = pq.read_table(bench.truth, columns=["sample_id", "truth"]).to_pydict()
         self.kind = dict(zip(truth["sample_id"], truth["truth"]))
-        if clean:  # the pool without its noise: only the rows the ground truth calls good
+        if clean:  # the pool without its noise: only the rows of these ground-truth kinds
             ids = self.scores.column("sample_id").to_pylist()
-            self.scores = self.scores.filter(pa.array([self.kind.get(i) in GOOD_KINDS for i in ids]))
+            self.scores = self.scores.filter(pa.array([self.kind.get(i) in clean for i in ids]))
             self.quarantined, self.n_pool = [], self.scores.num_rows
             kept = set(self.scores.column("sample_id").to_pylist())
             self.kind = {i: k for i, k in self.kind.items() if i in kept}
@@ -235,7 +238,8 @@ class PoolRun:
 def run_pool(bench, args, tc, work: Path) -> dict:
     """Every cell of one pool: full pool per seed, then methods × budgets × seeds × protocols."""
     t0 = time.perf_counter()
-    pr = PoolRun(bench, tc, work, clean=args.clean)
+    kinds = (("clean",) if args.clean_only else GOOD_KINDS) if args.clean else ()
+    pr = PoolRun(bench, tc, work, clean=kinds)
     methods, skipped = method_list(args, pr.prep)
     budgets = [float(b) for b in args.budgets.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",")]
@@ -269,7 +273,8 @@ def run_pool(bench, args, tc, work: Path) -> dict:
                                   "protocol": protocol, **kept, **res})
                     say(f"[{bench.name}] {method:<18} {budget:>4} seed {seed} {protocol:<6}: {res['accuracy']:.4f}  "
                         f"rows {kept['rows']}  junk+shift {kept['junk_shift']:.2f}  α {res['alpha']}")
-    return {"name": bench.name, "pool": bench.pool, "eval": bench.eval, "teacher": bench.teacher,
+    return {"name": bench.name + (" (clean rows only)" if args.clean and args.clean_only else ""),
+            "pool": bench.pool, "eval": bench.eval, "teacher": bench.teacher,
             "student": bench.student, "teacher_accuracy": pr.teacher_acc, "student_accuracy_before": pr.student_acc,
             "pool_rows": pr.n_pool, "eval_rows": len(pr.eval), "base_rates": pr.base_rates, "full_steps": full_steps,
             "skipped": skipped, "cells": cells, "seconds": time.perf_counter() - t0, "info": bench.info}

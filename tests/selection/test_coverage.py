@@ -16,9 +16,10 @@ def test_tail_fraction_holds_up_to_half_then_shrinks_as_the_budget_nears_every_r
     # …and is never below the teacher's expected error rate (clipped to [0.05, 0.3])
     assert tail_fraction(0.7, 0.13) == pytest.approx(0.13) and tail_fraction(0.1, 0.13) == pytest.approx(0.3)
     assert tail_fraction(0.9, 0.6) == pytest.approx(0.3) and tail_fraction(0.7, 0.01) == pytest.approx(0.1)
-    # with labels: at most the label-noise estimate (clipped to [0.05, 0.3]), whatever the teacher's error
+    # with labels: at most the label-noise estimate (clipped to [0, 0.3]), whatever the teacher's error
     assert tail_fraction(0.1, label_noise=0.12) == pytest.approx(0.12)
-    assert tail_fraction(0.1, 0.6, label_noise=0.01) == pytest.approx(0.05)
+    assert tail_fraction(0.1, 0.6, label_noise=0.01) == pytest.approx(0.01)
+    assert tail_fraction(0.1, label_noise=0.0) == 0.0
     assert tail_fraction(0.1, label_noise=0.5) == pytest.approx(0.3) and tail_fraction(0.7, label_noise=0.2) == pytest.approx(0.1)
     assert bias_gamma(0.1) < 0 < bias_gamma(0.9) and bias_gamma(0.5) == 0
 
@@ -78,7 +79,7 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
 def test_label_tail_fraction_follows_the_label_noise_estimate():
     assert label_tail_fraction(0.36) == pytest.approx(0.36)
     assert label_tail_fraction(0.9) == pytest.approx(0.5)  # at most half the labelled rows
-    assert label_tail_fraction(0.0) == pytest.approx(0.05)
+    assert label_tail_fraction(0.02) == pytest.approx(0.02) and label_tail_fraction(0.0) == 0.0  # no floor
 
 
 def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
@@ -117,7 +118,7 @@ def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
 
 
 def test_a_pool_whose_labels_the_teacher_confirms_loses_few_rows(tmp_path):
-    """Clean labelled pool: the label-free stage takes only the small label-noise estimate, not the
+    """Clean labelled pool: both stages take only the small label-noise estimate (no floor), not the
     budget term's 30% — on a clean pool the hardest rows are informative. Unlabelled, the same scores
     give no such evidence and the budget term cuts its 30%."""
     rng = np.random.default_rng(4)
@@ -128,10 +129,14 @@ def test_a_pool_whose_labels_the_teacher_confirms_loses_few_rows(tmp_path):
     p_t[np.arange(n), true] = conf
     p_t += ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
     p_s = 0.6 * p_t + 0.4 / c
-    clean = scores_from_probs(tmp_path, p_t, p_s, label=true)
+    label = true.copy()
+    label[:12] = (true[:12] + 1) % c  # 3% of the labels wrong
+    clean = scores_from_probs(tmp_path, p_t, p_s, label=label)
     info = select(clean, methods=["coverage"], budget=100, seed=0, num_classes=c).info["coverage"]
-    assert info["label_noise"] < 0.05 and info["ood_tail_fraction"] == pytest.approx(0.05)
-    assert info["tail_cut"] == info["label_cut"] + info["ood_cut"] <= 0.1 * n
+    eta = info["label_noise"]
+    assert 0.02 < eta < 0.05 and info["ood_tail_fraction"] == pytest.approx(eta)
+    assert info["label_cut"] == int(np.floor(eta * n))
+    assert info["tail_cut"] == info["label_cut"] + info["ood_cut"] <= 2 * eta * n
     unlabelled = scores_from_probs(tmp_path, p_t, p_s, name="u.parquet")
     info = select(unlabelled, methods=["coverage"], budget=100, seed=0, num_classes=c).info["coverage"]
     assert info["ood_tail_fraction"] == pytest.approx(0.3) and info["tail_cut"] == int(0.3 * n)

@@ -12,7 +12,7 @@ the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in 
       (``benchmarks/tail_signals.py``: AUROC 0.89, 0.75 and 0.74 for the three kinds together on
       the quality pools digits, openclipart and icons, against 0.76, 0.62 and 0.65 for the label-free
       score below, which finds no mislabelled rows at all: 0.47–0.51). The labelled rows the teacher believes least are cut, a share
-      clip(η̂, 0.05, 0.5) of them, with η̂ = mean(max p_T − p_T(label)): the expected gap between the
+      clip(η̂, 0, 0.5) of them, with η̂ = mean(max p_T − p_T(label)): the expected gap between the
       teacher's belief and the given label, which for a calibrated teacher is the rate at which it
       rejects the label beyond its own uncertainty (a simple stand-in for CL's noise-rate estimate;
       it errs low when the teacher is unsure, high when it is wrong on shifted rows).
@@ -20,7 +20,7 @@ the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in 
       settings cut 30% at 10% kept and nothing at 50%). Of the rows left, a share
       clip(0.8 − r, 0.05, 0.3) (r = budget / candidates) with the highest label-free outlier score
       is cut — 30% for every budget up to half the candidates, shrinking to 5% as the budget nears
-      all of them — but never more than clip(η̂, 0.05, 0.3) of stage a's label-noise estimate. On
+      all of them — but never more than clip(η̂, 0, 0.3) of stage a's label-noise estimate. On
       clean CIFAR the hardest rows are informative; on a web pool they are mostly junk and shifted
       rows whatever the budget: at 50% kept, CCS's smaller cut (0.6 − r, 10%) kept more shifted rows
       than random on the openclipart and icons pools of ``benchmarks/quality.py`` and lost to random
@@ -83,21 +83,24 @@ def tail_fraction(r: float, teacher_error: float | None = None, *, label_noise: 
     """The share of candidates cut as likely junk by the label-free score at kept ratio r.
 
     The budget term clip(0.8 − r, 0.05, 0.3), then: with a label-noise estimate η̂ (labelled pools),
-    at most clip(η̂, 0.05, 0.3) — a pool whose labels the teacher confirms shows little junk, and on a
-    clean pool the hardest rows are informative; without labels, at least clip(ε̂, 0.05, 0.3) for
-    the teacher's expected error rate ε̂ (None: the budget term alone)."""
+    at most clip(η̂, 0, 0.3) — a pool whose labels the teacher confirms shows little junk, and on a
+    clean pool the hardest rows are informative (no floor: a clean pool loses no more than η̂ says);
+    without labels, at least clip(ε̂, 0.05, 0.3) for the teacher's expected error rate ε̂ (None: the
+    budget term alone)."""
     beta = float(np.clip(TAIL_AT_ZERO - r, TAIL_MIN, TAIL_MAX))
     if label_noise is not None and np.isfinite(label_noise):
-        return min(beta, float(np.clip(label_noise, TAIL_MIN, TAIL_MAX)))
+        return min(beta, float(np.clip(label_noise, 0.0, TAIL_MAX)))
     if teacher_error is not None and np.isfinite(teacher_error):
         beta = max(beta, float(np.clip(teacher_error, TAIL_MIN, TAIL_MAX)))
     return beta
 
 
 def label_tail_fraction(label_noise: float) -> float:
-    """clip(η̂, 0.05, 0.5): the share of labelled candidates cut for the teacher's disagreement with
-    their label, given the label-noise estimate η̂."""
-    return float(np.clip(label_noise, TAIL_MIN, LABEL_TAIL_MAX))
+    """clip(η̂, 0, 0.5): the share of labelled candidates cut for the teacher's disagreement with
+    their label, given the label-noise estimate η̂ (no floor: on a pool whose labels the teacher
+    confirms, the rows it doubts most are its hardest correct rows, which distillation learns most
+    from — ``benchmarks/quality_clean.py``)."""
+    return float(np.clip(label_noise, 0.0, LABEL_TAIL_MAX))
 
 
 def bias_gamma(r: float) -> float:
@@ -271,8 +274,8 @@ def cut_tail(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float | No
         alive = np.flatnonzero(keep)
         n_ood = min(int(np.floor(ood_beta * len(alive))), room - n_label) if used else 0
         keep[most_outlying(free, alive, n_ood)] = False
-        info = {"tail_rule": ("labelled rows: clip(label_noise, 0.05, 0.5) by label disagreement; then "
-                              "min(clip(0.8 - r, 0.05, 0.3), clip(label_noise, 0.05, 0.3)) of the rest "
+        info = {"tail_rule": ("labelled rows: clip(label_noise, 0, 0.5) by label disagreement; then "
+                              "min(clip(0.8 - r, 0.05, 0.3), clip(label_noise, 0, 0.3)) of the rest "
                               "by the label-free score") if eta is not None else
                              "max(clip(0.8 - r, 0.05, 0.3), clip(teacher_error, 0.05, 0.3)) by the label-free score",
                 "label_tail_fraction": label_beta, "label_cut": n_label,
