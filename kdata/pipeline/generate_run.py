@@ -46,14 +46,11 @@ def target_critic(cfg: GenerateConfig):
         if cfg.critic else None
 
 
-def run_config(cfg: GenerateConfig, prompts: list[dict], teacher, student, *, device, critic=None) -> dict:
+def run_config(cfg: GenerateConfig, prompts: list[dict], teacher, student, *, device, critic) -> dict:
     """What defines the output (hashed): prompts, models by checksum, decoding, critic and its cut
-    (``critic``: the run's ``target_critic``, loaded here when not given)."""
-    crit = None
-    c = critic if critic is not None else target_critic(cfg)
-    if c is not None:
-        crit = {"name": Path(cfg.critic).name, "threshold": c.threshold, "features": len(c.feature_names),
-                "coef_sum": float(c.coef.sum())}
+    (``critic``: the run's ``target_critic``, None without one)."""
+    crit = None if critic is None else {"name": Path(cfg.critic).name, "threshold": critic.threshold,
+                                        "features": len(critic.feature_names), "coef_sum": float(critic.coef.sum())}
     return {"command": "generate", "teacher": cfg.teacher, "teacher_checksum": teacher.checksum,
             "prompts_file": Path(cfg.prompts).name, "prompts_checksum": prompts_checksum(prompts),
             "n_prompts": len(prompts), "per_prompt": cfg.per_prompt, "decoding": cfg.decode.to_dict(),
@@ -111,7 +108,7 @@ def write_candidates(cands, *, prompts, cfg: GenerateConfig, out, teacher, stude
     quarantined: dict = {}
     if cfg.critic:
         nonempty = cands.filter([bool((t or "").strip()) for t in cands.column("text").to_pylist()])
-        p, quarantined, crit = critic_scores(nonempty, critic=critic or cfg.critic, teacher=teacher, student=student,
+        p, quarantined, crit = critic_scores(nonempty, critic=critic if critic is not None else cfg.critic, teacher=teacher, student=student,
                                              device=device, recall=cfg.critic_recall, precision=cfg.critic_precision)
         by_id = dict(zip(nonempty.column("sample_id").to_pylist(), p))
         import numpy as np
