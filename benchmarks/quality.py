@@ -29,7 +29,9 @@ t-interval over seeds; and a precision table: the fraction of kept rows that are
 calls good (clean and duplicates), as many as every method keeps, trained with the same α and both
 protocols — how much a perfect junk/shift/label-noise filter would gain on that pool. ``--hard-rows``
 adds two more references: the oracle less the 30% of its rows with the highest teacher–student KL
-(the rows the student has most to learn from), and less the 30% with the lowest.
+(the rows the student has most to learn from), and less the 30% with the lowest. ``--swap-noisy``
+adds the default's own kept set with its junk, shifted and mislabelled rows exchanged for good rows
+it did not keep: what a perfect tail cut would add to the recipe.
 
     python benchmarks/quality.py --quick --pool all     # smoke: 1 seed, 10% and 30%, 4 epochs
     python benchmarks/quality.py --pool all --jobs 3    # full: 5 seeds; writes docs/benchmarks/quality.md
@@ -69,7 +71,10 @@ ORACLE = "oracle (good rows only)"  # a reference, not a method: it reads the gr
 # teacher (highest kl_ts), or least — what the informative "hard" rows are worth on a pool
 NO_HARDEST = "oracle without its hardest 30%"
 NO_EASIEST = "oracle without its easiest 30%"
-REFERENCES = {ORACLE: None, NO_HARDEST: "hardest", NO_EASIEST: "easiest"}
+# --swap-noisy: the default recipe's own kept set with every junk, shifted and mislabelled row replaced
+# by a good row it did not keep (nor reject as a duplicate) — what a perfect tail cut would add to it
+SWAPPED = "default, noisy rows swapped for good"
+REFERENCES = {ORACLE: None, NO_HARDEST: "hardest", NO_EASIEST: "easiest", SWAPPED: "swapped"}
 HARD_SHARE = 0.3
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -92,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--hard-rows", action="store_true",
                     help="two more references: the oracle without the 30%% of its rows with the highest "
                          "teacher-student KL, and without the 30%% with the lowest (what hard rows are worth)")
+    ap.add_argument("--swap-noisy", action="store_true",
+                    help="one more reference: the default's kept set with its junk, shifted and mislabelled rows "
+                         "replaced by good rows it did not keep (what a perfect tail cut would add)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--alpha", type=float, default=None, help="fixed KD weight (default: the trainer's rule)")
@@ -193,7 +201,11 @@ class PoolRun:
         from kdata.selection.run import parse_budget
 
         scores, quarantined = self.scores, self.quarantined
-        if method in REFERENCES:  # random among the rows the ground truth calls good, same row count
+        if method == SWAPPED:
+            scores = self.swapped(budget, seed)
+            cfg = replace(self.base, method="random", budget=str(scores.num_rows), seed=seed)
+            quarantined = []
+        elif method in REFERENCES:  # random among the rows the ground truth calls good, same row count
             ids = scores.column("sample_id").to_pylist()
             good = np.array([self.kind.get(i) in GOOD_KINDS for i in ids])
             if REFERENCES[method]:  # less the good rows with the highest (or lowest) teacher-student KL
@@ -208,7 +220,8 @@ class PoolRun:
         else:
             cfg = replace(self.base, method=method, budget=str(budget), seed=seed)
         run = replace(self.prep, cfg=cfg, methods=resolve_methods(cfg), balance=resolve_balance(cfg))
-        tag = "oracle" + (f"-no-{REFERENCES[method]}" if REFERENCES[method] else "") if method in REFERENCES else method
+        tag = ("default-swapped" if method == SWAPPED else
+               "oracle" + (f"-no-{REFERENCES[method]}" if REFERENCES[method] else "")) if method in REFERENCES else method
         out = self.work / f"{self.bench.name}-{tag}-{budget}-{seed}"
         if not (out / "manifest.json").is_file():
             finish(run, Scored(scores=scores, quarantined=quarantined), out=str(out))
@@ -219,6 +232,26 @@ class PoolRun:
         return out, {"rows": len(kept), "junk_shift": sum(k in BAD_KINDS for k in kinds) / n,
                      "junk": kinds.count("junk") / n, "shift": kinds.count("shift") / n,
                      "label_noise": kinds.count("label_noise") / n}
+
+    def swapped(self, budget: float, seed: int):
+        """The scores of the default's kept rows at (budget, seed), its noisy rows (not clean, not a
+        duplicate) exchanged for as many good rows drawn at random among those it neither kept nor
+        rejected as duplicates."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        out, _ = self.curate("default", budget, seed)
+        dec = pq.read_table(out / "decisions.parquet", columns=["sample_id", "decision", "reason"]).to_pydict()
+        kept = {i for i, d in zip(dec["sample_id"], dec["decision"]) if d == "kept"}
+        dups = {i for i, r in zip(dec["sample_id"], dec["reason"]) if (r or "").startswith("duplicate")}
+        noisy = sorted(i for i in kept if self.kind.get(i) not in GOOD_KINDS)
+        spare = sorted(i for i in self.scores.column("sample_id").to_pylist()
+                       if self.kind.get(i) in GOOD_KINDS and i not in kept and i not in dups)
+        rng = np.random.default_rng(seed)
+        extra = rng.choice(np.array(spare, dtype=object), min(len(noisy), len(spare)), replace=False) if spare else []
+        chosen = (kept - set(noisy)) | set(extra)
+        return self.scores.filter(pc.is_in(self.scores.column("sample_id"), value_set=pa.array(sorted(chosen))))
 
     def train(self, out: Path, seed: int, steps: int = 0, *, kept_rows: int | None = None) -> dict:
         """Distil the student on the selection at ``out``. ``kept_rows`` (the oracle, whose manifest
@@ -244,7 +277,8 @@ def run_pool(bench, args, tc, work: Path) -> dict:
     budgets = [float(b) for b in args.budgets.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",")]
     steps_methods = methods if args.steps_methods == "all" else args.steps_methods.split(",")
-    refs = ([ORACLE] if args.oracle else []) + ([NO_HARDEST, NO_EASIEST] if args.hard_rows else [])
+    refs = ([ORACLE] if args.oracle else []) + ([NO_HARDEST, NO_EASIEST] if args.hard_rows else []) \
+        + ([SWAPPED] if args.swap_noisy else [])
     methods, steps_methods = [*methods, *refs], [*steps_methods, *refs]
     say(f"[{bench.name}] teacher {pr.teacher_acc:.4f}  student before training {pr.student_acc:.4f}  "
         f"pool {pr.n_pool} rows  (scored in {time.perf_counter() - t0:.0f}s)")
