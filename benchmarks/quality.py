@@ -1,12 +1,15 @@
 """Quality benchmark: does a curated subset train a better student than a random subset of the same size?
 
-Three pools, each with its own teacher, student and clean held-out test split:
+Four pools, each with its own teacher, student and clean held-out test split:
 
 * ``digits`` — ``builtin:digits-web`` (1,457 rows), ``builtin:digits-teacher/-student``, ``builtin:digits-test``;
 * ``openclipart`` — real clip art from Debian's ``openclipart-png`` made into a webly collected pool, with a
   teacher and student trained on separate clean splits (``benchmarks/pools/openclipart.py``);
 * ``icons`` — real icons from Debian's ``oxygen-icon-theme``, their category folders as classes, made into a
-  pool the same way (``benchmarks/pools/icons.py``).
+  pool the same way (``benchmarks/pools/icons.py``);
+* ``digits2`` — scikit-learn's digits split again with another seed, the same kinds of noise as
+  ``builtin:digits-web`` in other proportions, a teacher and a (weak) student trained by the script
+  (``benchmarks/pools/digits2.py``): a check on a pool the recipe was not tuned on.
 
 The two Debian pools are built and cached on first use and skipped with one line where apt is unavailable.
 
@@ -34,7 +37,7 @@ adds the default's own kept set with its junk, shifted and mislabelled rows exch
 it did not keep: what a perfect tail cut would add to the recipe.
 
     python benchmarks/quality.py --quick --pool all     # smoke: 1 seed, 10% and 30%, 4 epochs
-    python benchmarks/quality.py --pool all --jobs 3    # full: 5 seeds; writes docs/benchmarks/quality.md
+    python benchmarks/quality.py --pool all --jobs 4    # full: 5 seeds; writes docs/benchmarks/quality.md
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ sys.path.insert(0, str(HERE / "pools"))
 NEEDS_EXTRA = {"critic": "needs a fitted critic (kdata critic fit) trained on human accept/reject labels"}
 BAD_KINDS = ("junk", "shift")
 GOOD_KINDS = ("clean", "near_dup", "exact_dup")
-POOLS = ("digits", "openclipart", "icons")
+POOLS = ("digits", "openclipart", "icons", "digits2")
 ORACLE = "oracle (good rows only)"  # a reference, not a method: it reads the ground truth
 # --hard-rows: the oracle without the 30% of its good rows where the student disagrees most with the
 # teacher (highest kl_ts), or least — what the informative "hard" rows are worth on a pool
@@ -477,7 +480,7 @@ def measure(args, script: str, argv: list[str]) -> dict:
     over = {k: getattr(args, k) for k in ("epochs", "lr", "alpha", "temperature", "loss") if getattr(args, k) is not None}
     tc = replace(TrainConfig(eval_every_epoch=False, device="cpu"), reinit=args.reinit, **over)
     t0 = time.perf_counter()
-    pools = run_all(list(POOLS) if args.pool == "all" else [args.pool], args, tc)
+    pools = run_all(list(getattr(args, "all_pools", POOLS)) if args.pool == "all" else [args.pool], args, tc)
     cmd = f"python {script}" + "".join(" " + shlex.quote(a) for a in argv)
     return {"command": cmd, "seconds": time.perf_counter() - t0, "seeds": list(range(args.seeds)),
             "budgets": [float(b) for b in args.budgets.split(",")], "train_config": tc.__dict__,

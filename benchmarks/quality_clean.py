@@ -1,6 +1,6 @@
 """Quality on clean pools: does the default recipe lose to random when the pool has no noise to remove?
 
-The three pools of ``benchmarks/quality.py`` (digits, openclipart, icons), each reduced twice, with the
+Three pools of ``benchmarks/quality.py`` (digits, openclipart, icons), each reduced twice, with the
 same teachers, students, test splits, trainer and both protocols: to the rows its ground truth calls
 good (clean rows and their duplicates; the junk, shifted and mislabelled rows dropped before anything
 is selected), and to its clean rows alone (the duplicates copy noisy rows too, wrong labels included,
@@ -28,12 +28,14 @@ import runpy  # noqa: E402
 import quality  # noqa: E402
 
 JSON_OUT = HERE / "results" / "quality_clean.json"
+CLEAN_POOLS = ("digits", "openclipart", "icons")  # --pool all here: the three pools above (not digits2)
 TITLE = "Quality on the clean pools: student accuracy by training data"
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = quality.parse_args(["--json-out", str(JSON_OUT), *argv, "--clean"])  # a --json-out given wins
+    args.all_pools = CLEAN_POOLS
     report = quality.measure(args, "benchmarks/quality_clean.py", argv)
     args.clean_only = True  # the same pools again, their duplicates dropped too: one report, one page
     only = quality.measure(args, "benchmarks/quality_clean.py", argv)

@@ -59,7 +59,11 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     assert info["teacher_error"] == pytest.approx(eps) and info["label_noise"] == pytest.approx(eta)
     room = 400 - budget
     n_label = min(int(np.floor(label_tail_fraction(eta) * labelled.sum())), room)
-    n_ood = min(int(np.floor(tail_fraction(budget / 400, label_noise=eta) * (400 - n_label))), room - n_label)
+    label_cut = np.flatnonzero(labelled)[np.argsort(lp[labelled], kind="stable")[:n_label]]
+    left = np.setdiff1d(np.arange(400), label_cut)
+    assert info["teacher_error_left"] == pytest.approx(float(np.mean(1.0 - conf[left])))
+    beta = tail_fraction(budget / 400, label_noise=eta, error_left=info["teacher_error_left"])
+    n_ood = min(int(np.floor(beta * (400 - n_label))), room - n_label)
     assert (info["label_cut"], info["ood_cut"]) == (n_label, n_ood)
     assert info["tail_cut"] == n_tail == n_label + n_ood
     # the label stage cut the labelled rows the teacher believes least
@@ -74,6 +78,37 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     # the tail is the most junk-like: higher outlier score than every kept row
     typical = sel.scores["score_coverage"] - sel.kept  # 1 - outlier score
     assert typical[sel.reason == "coverage_tail"].max() <= typical[sel.kept].min()
+
+
+def test_tail_fraction_is_capped_by_twice_the_teacher_error_left_after_the_label_stage():
+    assert tail_fraction(0.1, label_noise=0.3, error_left=0.05) == pytest.approx(0.1)
+    assert tail_fraction(0.1, label_noise=0.2, error_left=0.4) == pytest.approx(0.2)  # η̂ binds
+    assert tail_fraction(0.7, label_noise=0.3, error_left=0.4) == pytest.approx(0.1)  # the budget term binds
+    assert tail_fraction(0.1, label_noise=0.3, error_left=0.0) == 0.0
+    assert tail_fraction(0.1, 0.02, error_left=0.01) == pytest.approx(0.3)  # unlabelled: no such cap
+
+
+def test_a_teacher_sure_of_the_rows_left_cuts_few_of_them(tmp_path):
+    """Labels 20% wrong, a teacher confident and right everywhere: the label stage takes the wrong
+    labels (η̂ ≈ 0.2), and the label-free stage, capped at twice the teacher's expected error on the
+    rows left (≈ 2 × 0.03), no longer takes another η̂ of good rows."""
+    rng = np.random.default_rng(6)
+    n, c = 400, 4
+    true = rng.integers(0, c, n)
+    conf = rng.uniform(0.94, 0.99, n)
+    p_t = np.zeros((n, c))
+    p_t[np.arange(n), true] = conf
+    p_t += ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
+    p_s = 0.5 * p_t + 0.5 / c
+    label = true.copy()
+    flipped = rng.random(n) < 0.2
+    label[flipped] = (true[flipped] + 1) % c
+    info = select(scores_from_probs(tmp_path, p_t, p_s, label=label), methods=["coverage"], budget=100, seed=0,
+                  num_classes=c).info["coverage"]
+    eta, left = info["label_noise"], info["teacher_error_left"]
+    assert 0.15 < eta < 0.25 and 0.01 < left < 0.06
+    assert info["ood_tail_fraction"] == pytest.approx(2 * left) and info["ood_tail_fraction"] < eta / 2
+    assert info["ood_cut"] <= 2 * left * (n - info["label_cut"])
 
 
 def test_label_tail_fraction_follows_the_label_noise_estimate():
