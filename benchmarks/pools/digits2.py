@@ -7,8 +7,8 @@ scikit-learn's 1,797 digits are split again with another seed (teacher's 700 / t
 blurred / inverted / noisy digits with their right label, photo crops, noise and strokes with a random
 label, near and exact copies) in **other proportions**: 18% of the base images mislabelled (built-in:
 25%), 160 shifted rows (350), 260 junk rows (200), 110 near and 30 exact duplicates (150, 60).
-Teacher and student are trained here, not shipped: a ``DigitsNet`` of other widths and schedule than
-the built-in pair (teacher 24-48-96, 30 epochs on the 700; student 8-16-32, 60 epochs on 120 of
+Teacher and student are trained here (``webpool.train_net``, no flips), not shipped: a ``DigitsNet``
+of other widths and schedule than the built-in pair (teacher 24-48-96, 30 epochs on the 700; student 8-16-32, 60 epochs on 120 of
 them), exported as ``.pt2`` + sidecar, so ``kdata select --teacher/--student`` load them like any
 user model. Cached under ``$KDATA_CACHE/bench-digits2/<version>/``; ``info.json`` is written last.
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from webpool import SITE_P, SITES, Bench  # noqa: E402
+from webpool import SITE_P, SITES, Bench, accuracy, train_net  # noqa: E402
 
 VERSION = "digits2-v1"
 SEED = 90210
@@ -94,43 +94,6 @@ def tables(rows: list[dict], rng: np.random.Generator, *, prefix: str):
     return pool, truth
 
 
-def train(arrs: np.ndarray, ys: np.ndarray, *, widths, epochs: int, seed: int):
-    """A 1-channel DigitsNet trained from scratch with the built-in pair's affine jitter (one thread)."""
-    import torch
-    import torch.nn.functional as F
-
-    from kdata.models.digits_net import DigitsNet, augment, fixed_threads, normalise
-
-    with fixed_threads(1):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        x, y = normalise(torch.from_numpy(arrs).unsqueeze(1)), torch.from_numpy(ys.astype(np.int64))
-        net, batch = DigitsNet(tuple(widths)), 64
-        steps = max(1, len(y) // batch)
-        opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=epochs * steps)
-        net.train()
-        for _ in range(epochs):
-            perm = torch.randperm(len(y), generator=gen)
-            for s in range(steps):
-                idx = perm[s * batch:(s + 1) * batch]
-                loss = F.cross_entropy(net(augment(x[idx], gen)), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-    return net.eval()
-
-
-def accuracy(net, arrs: np.ndarray, ys: np.ndarray) -> float:
-    import torch
-
-    from kdata.models.digits_net import normalise
-
-    with torch.inference_mode():
-        return float((net(normalise(torch.from_numpy(arrs).unsqueeze(1))).argmax(1).numpy() == ys).mean())
-
-
 def bench(out: Path, info: dict) -> Bench:
     return Bench(name="digits2", pool=str(out / "pool.parquet"), eval=str(out / "test.parquet"),
                  teacher=str(out / "teacher.pt2"), student=str(out / "student.pt2"), truth=out / "truth.parquet",
@@ -156,7 +119,8 @@ def build(*, log=print) -> Bench:
     write_parquet(out / "truth.parquet", truth)
     models = {}
     for name, cfg in (("teacher", TEACHER), ("student", STUDENT)):
-        net = train(*img[name], widths=cfg["widths"], epochs=cfg["epochs"], seed=cfg["seed"])
+        net = train_net(*img[name], widths=cfg["widths"], epochs=cfg["epochs"], seed=cfg["seed"], num_classes=10,
+                        flip=False)  # a flipped digit is another digit
         export_model(net, out / f"{name}.pt2", input_size=(1, 32, 32), mean=(0.5,), std=(0.5,), class_names=NAMES)
         models[name] = {**cfg, "widths": list(cfg["widths"]), "train_rows": len(img[name][1]),
                         "params": sum(p.numel() for p in net.parameters()),

@@ -355,14 +355,18 @@ def pool_tables(rows: list[dict], rng: np.random.Generator, *, prefix: str, name
 # models
 
 def to_tensor(arrs: np.ndarray):
+    """(N, H, W, 3) or grayscale (N, H, W) uint8 → (N, C, H, W) in the models' range."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(arrs)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(arrs))
+    x = (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)).float() / 255.0
     return (x - 0.5) / 0.5
 
 
-def train_net(arrs: np.ndarray, ys: np.ndarray, *, widths, epochs: int, seed: int, num_classes: int):
-    """A DigitsNet with 3 input channels, trained from scratch with flips and affine jitter (one thread)."""
+def train_net(arrs: np.ndarray, ys: np.ndarray, *, widths, epochs: int, seed: int, num_classes: int,
+              flip: bool = True):
+    """A DigitsNet (3 input channels, or 1 for grayscale arrays) trained from scratch with affine
+    jitter and, with ``flip``, horizontal flips (one thread)."""
     import torch
     import torch.nn.functional as F
 
@@ -372,7 +376,7 @@ def train_net(arrs: np.ndarray, ys: np.ndarray, *, widths, epochs: int, seed: in
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         x, y = to_tensor(arrs), torch.from_numpy(ys.astype(np.int64))
-        net = DigitsNet(tuple(widths), num_classes=num_classes, in_ch=3)
+        net = DigitsNet(tuple(widths), num_classes=num_classes, in_ch=x.shape[1])
         batch = 64
         steps = max(1, len(y) // batch)
         opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
@@ -383,8 +387,9 @@ def train_net(arrs: np.ndarray, ys: np.ndarray, *, widths, epochs: int, seed: in
             for s in range(steps):
                 idx = perm[s * batch:(s + 1) * batch]
                 xb = augment(x[idx], gen)
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+                if flip:
+                    flipped = torch.rand(len(idx), generator=gen) < 0.5
+                    xb = torch.where(flipped[:, None, None, None], xb.flip(3), xb)
                 loss = F.cross_entropy(net(xb), y[idx])
                 opt.zero_grad()
                 loss.backward()
