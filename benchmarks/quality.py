@@ -223,8 +223,7 @@ class PoolRun:
         else:
             cfg = replace(self.base, method=method, budget=str(budget), seed=seed)
         run = replace(self.prep, cfg=cfg, methods=resolve_methods(cfg), balance=resolve_balance(cfg))
-        tag = ("default-swapped" if method == SWAPPED else
-               "oracle" + (f"-no-{REFERENCES[method]}" if REFERENCES[method] else "")) if method in REFERENCES else method
+        tag = f"reference-{REFERENCES[method] or 'oracle'}" if method in REFERENCES else method
         out = self.work / f"{self.bench.name}-{tag}-{budget}-{seed}"
         if not (out / "manifest.json").is_file():
             finish(run, Scored(scores=scores, quarantined=quarantined), out=str(out))

@@ -80,6 +80,13 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     assert typical[sel.reason == "coverage_tail"].max() <= typical[sel.kept].min()
 
 
+def teacher_probs(true: np.ndarray, conf: np.ndarray, c: int) -> np.ndarray:
+    """Teacher probabilities: ``conf`` on the true class, the rest spread evenly over the others."""
+    p_t = np.zeros((len(true), c))
+    p_t[np.arange(len(true)), true] = conf
+    return p_t + ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
+
+
 def test_tail_fraction_is_capped_by_twice_the_teacher_error_left_after_the_label_stage():
     assert tail_fraction(0.1, label_noise=0.3, error_left=0.05) == pytest.approx(0.1)
     assert tail_fraction(0.1, label_noise=0.2, error_left=0.4) == pytest.approx(0.2)  # η̂ binds
@@ -96,9 +103,7 @@ def test_a_teacher_sure_of_the_rows_left_cuts_few_of_them(tmp_path):
     n, c = 400, 4
     true = rng.integers(0, c, n)
     conf = rng.uniform(0.94, 0.99, n)
-    p_t = np.zeros((n, c))
-    p_t[np.arange(n), true] = conf
-    p_t += ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
+    p_t = teacher_probs(true, conf, c)
     p_s = 0.5 * p_t + 0.5 / c
     label = true.copy()
     flipped = rng.random(n) < 0.2
@@ -124,9 +129,7 @@ def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
     n, c = 300, 3
     true = rng.integers(0, c, n)
     conf = rng.uniform(0.5, 0.95, n)
-    p_t = np.full((n, c), 0.0)
-    p_t[np.arange(n), true] = conf
-    p_t += ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
+    p_t = teacher_probs(true, conf, c)
     p_s = 0.7 * p_t + 0.3 / c
     label = true.copy()
     flipped = rng.random(n) < 0.2
@@ -160,9 +163,7 @@ def test_a_pool_whose_labels_the_teacher_confirms_loses_few_rows(tmp_path):
     n, c = 400, 4
     true = rng.integers(0, c, n)
     conf = rng.uniform(0.85, 0.99, n)
-    p_t = np.zeros((n, c))
-    p_t[np.arange(n), true] = conf
-    p_t += ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
+    p_t = teacher_probs(true, conf, c)
     p_s = 0.6 * p_t + 0.4 / c
     label = true.copy()
     label[:12] = (true[:12] + 1) % c  # 3% of the labels wrong
