@@ -22,6 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdata.core.crashpoints import crash_after
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -36,8 +38,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        crash_after(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
+        crash_after(path)
     finally:
         if tmp.exists():
             tmp.unlink()

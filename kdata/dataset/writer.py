@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdata.core.atomic import fsync_dir, write_parquet
+from kdata.core.crashpoints import crash_after
 from kdata.core.errors import KdataError, RuntimeFailure
 from kdata.core.lock import Lock, acquire, current, pid_alive
 from kdata.core.version import __version__
@@ -153,6 +154,7 @@ class Staging:
             self.path.mkdir()
             (self.path / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                             "started_unix": time.time()}))
+            crash_after(self.path)
         except BaseException:
             self._release()
             raise

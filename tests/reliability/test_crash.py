@@ -1,14 +1,12 @@
 """Crash safety: ``kdata select`` SIGKILLed at each stage of a run, then run again.
 
-A real ``python -m kdata.cli select`` process is started and the filesystem watched (every 2 ms);
-it is killed with SIGKILL as soon as a stage is seen: mid-scoring (the first score-cache entry of
-a unit written, in a fresh cache so scoring really happens), the staging directory created, the
-first shard, ``decisions.parquet``, the data card and ``manifest.json`` written in staging. After
-each kill OUT is absent or complete (never half-written), ``kdata inspect`` says ok on nothing
-partial, and a rerun completes with shards and decisions byte-identical to an uninterrupted run.
-
-The kill timing is racy: when the run finishes before the stage was observed it is tried once
-more, then the test is skipped saying so (never passed silently).
+A real ``python -m kdata.cli select`` process kills itself with SIGKILL at a chosen point
+(``KDATA_CRASH_AFTER``, ``kdata.core.crashpoints``): mid-scoring (the first score-cache entry of a
+unit written, in a fresh cache so scoring really happens), the staging directory created, a shard
+half-written (its temporary file complete, not yet renamed), the first shard, ``decisions.parquet``,
+the data card and ``manifest.json`` written in staging. After each kill OUT is absent (the rename
+into place never happened), ``kdata inspect`` says ok on nothing partial, and a rerun completes with
+shards and decisions byte-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +26,6 @@ from kdata.core.lock import lock_path
 from kdata.dataset.writer import MANIFEST, STAGING_INFIX, staging_dirs, verify
 
 ARGS = ["--method", "kd3", "--budget", "0.3", "--device", "cpu", "--quiet"]
-POLL_S = 0.002
 CACHE_PARTS = ("models", "pools", "native")  # what a fresh cache is given: no scores
 
 
@@ -81,100 +76,51 @@ def reference(tmp_path_factory, builtin_models):
 
 
 # ------------------------------------------------------------------------------------------------
-# Stages: each a predicate over (OUT, cache) that is true once the stage has been reached.
+# Stages: each a KDATA_CRASH_AFTER pattern, matched against absolute paths (``*`` also matches ``/``).
 
-def _staging(out: Path) -> Path | None:
-    prefix = f".{out.name}{STAGING_INFIX}"
-    try:
-        with os.scandir(out.parent) as it:
-            for e in it:
-                if e.name.startswith(prefix):
-                    return Path(e.path)
-    except FileNotFoundError:
-        pass
-    return None
-
-
-def _in_staging(name: str) -> Callable[[Path, Path], bool]:
-    def seen(out: Path, cache: Path) -> bool:
-        st = _staging(out)
-        return st is not None and (st / name).exists()
-    return seen
-
-
-def _first_shard(out: Path, cache: Path) -> bool:
-    st = _staging(out)
-    return st is not None and any(not p.name.startswith(".") for p in st.glob("data/*.parquet"))
-
-
-def _scoring(out: Path, cache: Path) -> bool:
-    scores = cache / "scores"
-    return scores.is_dir() and any(not p.name.startswith(".") for p in scores.glob("*.parquet"))
-
-
-STAGES: dict[str, tuple[str, Callable[[Path, Path], bool]]] = {
-    "scoring": ("the first score-cache entry of a unit written", _scoring),
-    "staging": ("the staging directory created", lambda out, cache: _staging(out) is not None),
-    "shard": ("the first shard written in staging", _first_shard),
-    "decisions": ("decisions.parquet written in staging", _in_staging("decisions.parquet")),
-    "card": ("README.md (the data card) written in staging", _in_staging("README.md")),
-    "manifest": ("manifest.json written in staging, before the rename", _in_staging(MANIFEST)),
+STAGING = f"*/.out{STAGING_INFIX}*"
+STAGES: dict[str, tuple[str, str]] = {
+    "scoring": ("the first score-cache entry of a unit written", "*/scores/*.parquet"),
+    "staging": ("the staging directory created", STAGING),
+    "shard-tmp": ("a shard written under its temporary name, not yet renamed", f"{STAGING}/data/.*.parquet.*.tmp"),
+    "shard": ("the first shard written in staging", f"{STAGING}/data/*.parquet"),
+    "decisions": ("decisions.parquet written in staging", f"{STAGING}/decisions.parquet"),
+    "card": ("README.md (the data card) written in staging", f"{STAGING}/README.md"),
+    "manifest": ("manifest.json written in staging, before the rename", f"{STAGING}/{MANIFEST}"),
 }
 
 
-def kill_when(seen: Callable[[Path, Path], bool], out: Path, cache: Path) -> tuple[bool, str]:
-    """Start ``kdata select`` into ``out`` and SIGKILL it once ``seen(out, cache)``; (killed, stderr
-    of a run that ended by itself)."""
-    env = {**os.environ, "KDATA_CACHE": str(cache)}
-    proc = subprocess.Popen([sys.executable, "-m", "kdata.cli", "select", "--out", str(out), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 300
-    try:
-        while proc.poll() is None:
-            if seen(out, cache):
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True, ""
-            assert time.monotonic() < deadline, "kdata select neither reached the stage nor ended in 300 s"
-            time.sleep(POLL_S)
-        return False, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+def run_killed(pattern: str, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    """``kdata select`` into ``out`` with ``KDATA_CRASH_AFTER=pattern``."""
+    env = {**os.environ, "KDATA_CACHE": str(cache), "KDATA_CRASH_AFTER": pattern}
+    return subprocess.run([sys.executable, "-m", "kdata.cli", "select", "--out", str(out), *ARGS],
+                          check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                          timeout=300)
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_sigkill_at_each_stage_then_rerun_gives_the_reference_result(reference, stage, tmp_path, capsys):
-    what, seen = STAGES[stage]
-    for attempt in (1, 2):
-        cache = reference["warm"]
-        if stage == "scoring":  # a cache without scores, so that this run really scores
-            cache = fresh_cache(reference["template"], tmp_path / f"cache{attempt}")
-        out = tmp_path / f"out{attempt}"
-        killed, err = kill_when(seen, out, cache)
-        if killed:
-            break
-        assert not err.strip(), err  # it finished by itself: cleanly
-    else:
-        pytest.skip(f"kill at '{what}' not tried: the run finished twice before the stage was observed "
-                    f"(polling every {POLL_S * 1000:.0f} ms); the timing is racy on this machine")
+    what, pattern = STAGES[stage]
+    cache = reference["warm"]
+    if stage == "scoring":  # a cache without scores, so that this run really scores
+        cache = fresh_cache(reference["template"], tmp_path / "cache")
+    out = tmp_path / "out"
+    done = run_killed(pattern, out, cache)
+    assert done.returncode == -signal.SIGKILL, f"not killed at '{what}' (exit {done.returncode}): {done.stderr}"
 
-    # OUT is absent or complete, never half-written
-    if out.exists():  # the rename won the race with the kill
-        assert stage == "manifest", f"{out} exists after a kill at '{what}'"
-        assert verify(out) == [] and digests(out) == reference["ref"]
+    # OUT is absent: a kill before the rename into place leaves nothing there
+    assert not out.exists(), f"{out} exists after a kill at '{what}'"
     leftovers = staging_dirs(out)
     if stage == "scoring":  # killed before anything of OUT was written
         assert not leftovers and not out.exists(), leftovers
     else:  # the dead run's staging directory stays beside OUT until the next run removes it
-        assert len(leftovers) == (0 if out.exists() else 1), leftovers
+        assert len(leftovers) == 1, leftovers
+        if stage == "shard-tmp":  # the half-written shard is there under its temporary name only
+            assert list(leftovers[0].glob("data/.*.tmp")) and not list(leftovers[0].glob("data/*.parquet"))
 
     # `kdata inspect` says ok on nothing partial
     code, stdout, _ = cli_here(capsys, cache, "inspect", "--json", str(out))
-    if not out.exists():
-        assert code == 2
+    assert code == 2
     for partial in leftovers:
         code, stdout, _ = cli_here(capsys, cache, "inspect", "--json", str(partial))
         if stage == "manifest":  # the manifest is written last: a staged manifest means a whole dataset
