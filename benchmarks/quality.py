@@ -34,7 +34,9 @@ protocols — how much a perfect junk/shift/label-noise filter would gain on tha
 adds two more references: the oracle less the 30% of its rows with the highest teacher–student KL
 (the rows the student has most to learn from), and less the 30% with the lowest. ``--swap-noisy``
 adds the default's own kept set with its junk, shifted and mislabelled rows exchanged for good rows
-it did not keep: what a perfect tail cut would add to the recipe.
+it did not keep: what a perfect tail cut would add to the recipe. ``--noise-kinds`` adds the oracle
+with every row of one noisy kind let in (mislabelled, shifted or junk): what that kind costs a
+distilled student. ``benchmarks/quality_refs.py`` runs them all and writes their page.
 
     python benchmarks/quality.py --quick --pool all     # smoke: 1 seed, 10% and 30%, 4 epochs
     python benchmarks/quality.py --pool all --jobs 4    # full: 5 seeds; writes docs/benchmarks/quality.md
@@ -77,7 +79,11 @@ NO_EASIEST = "oracle without its easiest 30%"
 # --swap-noisy: the default recipe's own kept set with every junk, shifted and mislabelled row replaced
 # by a good row it did not keep (nor reject as a duplicate) — what a perfect tail cut would add to it
 SWAPPED = "default, noisy rows swapped for good"
-REFERENCES = {ORACLE: None, NO_HARDEST: "hardest", NO_EASIEST: "easiest", SWAPPED: "swapped"}
+# --noise-kinds: random among the good rows *and* every row of one noisy kind — what that kind of noise
+# costs a distilled student, against the oracle at the same size
+WITH_KIND = {"label_noise": "oracle + mislabelled rows", "shift": "oracle + shifted rows", "junk": "oracle + junk rows"}
+REFERENCES = {ORACLE: None, NO_HARDEST: "hardest", NO_EASIEST: "easiest", SWAPPED: "swapped",
+              **{name: f"with-{kind}" for kind, name in WITH_KIND.items()}}
 HARD_SHARE = 0.3
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -103,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--swap-noisy", action="store_true",
                     help="one more reference: the default's kept set with its junk, shifted and mislabelled rows "
                          "replaced by good rows it did not keep (what a perfect tail cut would add)")
+    ap.add_argument("--noise-kinds", action="store_true",
+                    help="three more references: random among the good rows and every mislabelled (or shifted, "
+                         "or junk) row, as many rows as the others keep (what each kind of noise costs)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--alpha", type=float, default=None, help="fixed KD weight (default: the trainer's rule)")
@@ -208,15 +217,17 @@ class PoolRun:
             scores = self.swapped(budget, seed)
             cfg = replace(self.base, method="random", budget=str(scores.num_rows), seed=seed)
             quarantined = []
-        elif method in REFERENCES:  # random among the rows the ground truth calls good, same row count
+        elif method in REFERENCES:  # random among the rows the ground truth calls good (+ one noisy kind)
             ids = scores.column("sample_id").to_pylist()
-            good = np.array([self.kind.get(i) in GOOD_KINDS for i in ids])
-            if REFERENCES[method]:  # less the good rows with the highest (or lowest) teacher-student KL
+            ref = REFERENCES[method] or ""
+            kinds = GOOD_KINDS + ((ref.removeprefix("with-"),) if ref.startswith("with-") else ())
+            good = np.array([self.kind.get(i) in kinds for i in ids])
+            if ref in ("hardest", "easiest"):  # less the good rows with the highest (or lowest) teacher-student KL
                 from kdata.selection.methods.coverage import pct_rank
 
                 rank = np.zeros(len(ids))
                 rank[good] = pct_rank(scores.column("kl_ts").to_numpy(zero_copy_only=False)[good])
-                good &= (rank <= 1 - HARD_SHARE) if REFERENCES[method] == "hardest" else (rank > HARD_SHARE)
+                good &= (rank <= 1 - HARD_SHARE) if ref == "hardest" else (rank > HARD_SHARE)
             scores, quarantined = scores.filter(pa.array(good)), []
             count = min(parse_budget(str(budget), self.n_pool), scores.num_rows)
             cfg = replace(self.base, method="random", budget=str(count), seed=seed)
@@ -280,7 +291,7 @@ def run_pool(bench, args, tc, work: Path) -> dict:
     protocols = [p.strip() for p in args.protocols.split(",")]
     steps_methods = methods if args.steps_methods == "all" else args.steps_methods.split(",")
     refs = ([ORACLE] if args.oracle else []) + ([NO_HARDEST, NO_EASIEST] if args.hard_rows else []) \
-        + ([SWAPPED] if args.swap_noisy else [])
+        + ([SWAPPED] if args.swap_noisy else []) + (list(WITH_KIND.values()) if args.noise_kinds else [])
     methods, steps_methods = [*methods, *refs], [*steps_methods, *refs]
     say(f"[{bench.name}] teacher {pr.teacher_acc:.4f}  student before training {pr.student_acc:.4f}  "
         f"pool {pr.n_pool} rows  (scored in {time.perf_counter() - t0:.0f}s)")
