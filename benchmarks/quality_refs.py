@@ -55,13 +55,12 @@ def table(report: dict, columns: list[tuple[str, str | None]], header: list[str]
         index = {(r["method"], r["budget"]): r for r in quality.summarise(pool) if r["protocol"] == "steps"}
         for b in report["budgets"]:
             rnd = index.get(("random", b))
-            cells = []
+            cells = [f"{rnd['mean']:.3f}" if rnd else "—"]
             for method, kind in columns:
                 r = index.get((method, b))
                 share = None if kind is None or r is None else r["label_noise" if kind == "label_noise" else "junk_shift"]
                 cells.append(cell(r, share=share))
-            lines.append(f"| {pool['name']} | {b:.0%} | {rnd['mean']:.3f} | " + " | ".join(cells) + " |"
-                         if rnd else f"| {pool['name']} | {b:.0%} | — | " + " | ".join(cells) + " |")
+            lines.append(f"| {pool['name']} | {b:.0%} | " + " | ".join(cells) + " |")
     return lines
 
 
