@@ -80,6 +80,14 @@ def test_coverage_records_the_tail_cut_and_covers_strata(tmp_path, frac):
     assert typical[sel.reason == "coverage_tail"].max() <= typical[sel.kept].min()
 
 
+def flip_labels(rng: np.random.Generator, true: np.ndarray, c: int, rate: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, flipped mask): a ``rate`` share of the rows labelled with the next class instead of their own."""
+    flipped = rng.random(len(true)) < rate
+    label = true.copy()
+    label[flipped] = (true[flipped] + 1) % c
+    return label, flipped
+
+
 def teacher_probs(true: np.ndarray, conf: np.ndarray, c: int) -> np.ndarray:
     """Teacher probabilities: ``conf`` on the true class, the rest spread evenly over the others."""
     p_t = np.zeros((len(true), c))
@@ -105,9 +113,7 @@ def test_a_teacher_sure_of_the_rows_left_cuts_few_of_them(tmp_path):
     conf = rng.uniform(0.94, 0.99, n)
     p_t = teacher_probs(true, conf, c)
     p_s = 0.5 * p_t + 0.5 / c
-    label = true.copy()
-    flipped = rng.random(n) < 0.2
-    label[flipped] = (true[flipped] + 1) % c
+    label, flipped = flip_labels(rng, true, c)
     info = select(scores_from_probs(tmp_path, p_t, p_s, label=label), methods=["coverage"], budget=100, seed=0,
                   num_classes=c).info["coverage"]
     eta, left = info["label_noise"], info["teacher_error_left"]
@@ -131,9 +137,7 @@ def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
     conf = rng.uniform(0.5, 0.95, n)
     p_t = teacher_probs(true, conf, c)
     p_s = 0.7 * p_t + 0.3 / c
-    label = true.copy()
-    flipped = rng.random(n) < 0.2
-    label[flipped] = (true[flipped] + 1) % c
+    label, flipped = flip_labels(rng, true, c)
     scores = scores_from_probs(tmp_path, p_t, p_s, label=label)
     sel = select(scores, methods=["coverage"], budget=90, seed=0, num_classes=c)
     info = sel.info["coverage"]
