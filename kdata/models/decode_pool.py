@@ -16,11 +16,13 @@ bytes, and the scoring process decodes them in one batched call on the GPU
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -119,9 +121,11 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
     Returns ``unit``, ``start``, ``stop``, ``last``, ``pid`` (the process that decoded it),
     ``ids`` and ``labels`` (every row), ``rows`` (decoded rows, ascending) with ``pixels``
     ({key: (n, C, H, W)}: float32 normalised, or uint8 with ``normalised=False`` — a quarter of
-    the bytes to copy to a GPU, normalised there), ``jpeg_rows`` with ``jpegs`` (raw bytes as
-    uint8 tensors, for the GPU) and ``jpeg_pixels`` (their sizes, from the headers), ``bad`` ([(row, error)]: quarantined), ``empty`` (rows without
-    any payload) — or ``fatal``: a one-line reason the unit cannot be read at all."""
+    the bytes to copy to a GPU, normalised there), ``jpeg_rows`` with ``jpegs`` (their raw bytes, for
+    the GPU, end to end in one uint8 tensor — one shared-memory handle per batch, not one per image:
+    per-image handles capped a 16-core H200 at about 2,000 images/s) cut at ``jpeg_offsets`` and
+    ``jpeg_pixels`` (their sizes, from the headers), ``bad`` ([(row, error)]: quarantined), ``empty``
+    (rows without any payload) — or ``fatal``: a one-line reason the unit cannot be read at all."""
     head = {"unit": task.unit, "start": task.start, "stop": task.stop, "last": task.last, "pid": os.getpid()}
     try:
         table = task.rows.read_rows(task.start, task.stop)
@@ -137,7 +141,7 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
         empty += data is None
         if gpu_jpeg and (pixels := gpu_jpeg_pixels(data, max_pixels)):
             jpeg_rows.append(j)
-            jpegs.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            jpegs.append(data)
             jpeg_pixels.append(pixels)
             continue
         try:
@@ -156,7 +160,9 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
             pixels[k] = torch.stack([d[k] for d in decoded])
     return {**head, "ids": table.column("sample_id").to_pylist(), "labels": table.column("label").to_pylist(),
             "rows": torch.tensor(rows, dtype=torch.long), "pixels": pixels,
-            "jpeg_rows": torch.tensor(jpeg_rows, dtype=torch.long), "jpegs": jpegs, "jpeg_pixels": jpeg_pixels,
+            "jpeg_rows": torch.tensor(jpeg_rows, dtype=torch.long), "jpeg_pixels": jpeg_pixels,
+            "jpegs": torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8) if jpegs else torch.empty(0, dtype=torch.uint8),
+            "jpeg_offsets": np.cumsum([0, *map(len, jpegs)]).tolist(),
             "bad": bad, "empty": empty}
 
 
@@ -218,6 +224,19 @@ def decode_service(keys: list[tuple], *, num_workers: int, pin: bool = False,
             _SERVICES[key] = DecodeService(keys, num_workers=num_workers, pin=pin, max_pixels=max_pixels,
                                            gpu_jpeg=gpu_jpeg, normalised=normalised)
         return _SERVICES[key]
+
+
+def close_services() -> None:
+    """Stop every service's workers; registered to run at exit, so that they are stopped before the
+    interpreter's teardown rather than during it."""
+    with _SERVICES_LOCK:
+        services = list(_SERVICES.values())
+        _SERVICES.clear()
+    for service in services:
+        service.close()
+
+
+atexit.register(close_services)
 
 
 def discard_service(service: DecodeService) -> None:

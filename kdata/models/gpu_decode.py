@@ -97,33 +97,111 @@ def to_channels(x: torch.Tensor, c: int) -> torch.Tensor:
     return ((w[:, 0] * 19595 + w[:, 1] * 38470 + w[:, 2] * 7471 + 0x8000) >> 16).to(torch.uint8)[:, None]
 
 
+PREPROCESS_PIXELS = 1 << 25  # padded pixels per batched resize: ≤ 400 MB of float32 RGB on the device
+FILTER_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
+
+
+def resize_filter(x: torch.Tensor, interpolation: str) -> torch.Tensor:
+    """Pillow's resampling filters: the triangle (bilinear) and Keys' cubic with a = −0.5 (bicubic)."""
+    x = x.abs()
+    if interpolation == "bilinear":
+        return (1 - x).clamp_(min=0)
+    a = -0.5
+    return torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                       torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
+
+
+def resize_weights(sizes: torch.Tensor, out: int, width: int, interpolation: str) -> torch.Tensor:
+    """(n, out, width) matrices resizing rows of ``sizes[i]`` valid pixels (zero-padded to ``width``)
+    to ``out`` pixels: ``y = W @ x``.
+
+    The weights of Pillow's antialiased resampling (what ``F.interpolate(antialias=True)`` computes):
+    output pixel k centred at c = s (k + ½), s = size / out, takes input pixel j with weight
+    f((j − c + ½) / max(s, 1)) normalised over the row; nearest-exact takes pixel ⌊s (k + ½)⌋. A size
+    equal to ``out`` gives the identity, exactly."""
+    size = sizes.to(torch.float32)[:, None, None]
+    k = torch.arange(out, dtype=torch.float32, device=sizes.device)[None, :, None]
+    j = torch.arange(width, dtype=torch.float32, device=sizes.device)[None, None, :]
+    scale = size / out
+    if interpolation == "nearest":
+        return (j == torch.minimum(torch.floor((k + 0.5) * scale), size - 1)).to(torch.float32)
+    w = resize_filter((j - scale * (k + 0.5) + 0.5) / scale.clamp(min=1), interpolation) * (j < size)
+    return w / w.sum(-1, keepdim=True)
+
+
+def box_weights(sizes: torch.Tensor, factors: torch.Tensor, out: int, width: int) -> torch.Tensor:
+    """(n, out, width) matrices averaging blocks of ``factors[i]`` pixels (the last block clipped to
+    ``sizes[i]``, as ``F.avg_pool2d(ceil_mode=True)``); a factor of 1 gives the identity."""
+    size, f = sizes[:, None, None], factors[:, None, None]
+    k = torch.arange(out, device=sizes.device)[None, :, None]
+    j = torch.arange(width, device=sizes.device)[None, None, :]
+    inside = (torch.div(j, f, rounding_mode="floor") == k) & (j < size)
+    count = torch.clamp(torch.minimum(f, size - k * f), min=1)
+    return inside.to(torch.float32) / count.to(torch.float32)
+
+
+def separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(n, C, H, W) → (n, C, h, w) = rows[i] @ x[i] @ cols[i]ᵀ: two batched matrix products in full
+    fp32 (no TF32: the results are rounded to pixel levels)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return torch.matmul(rows[:, None], torch.matmul(x, cols.transpose(1, 2)[:, None]))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def padded_chunks(order: list[int], sizes: list[tuple[int, int]], limit: int) -> list[list[int]]:
+    """Cut ``order`` into runs whose zero-padded batch (count × max height × max width) stays within
+    ``limit`` pixels (a single image may exceed it alone)."""
+    chunks, cur, top_h, top_w = [], [], 0, 0
+    for i in order:
+        h, w = sizes[i]
+        nh, nw = max(top_h, h), max(top_w, w)
+        if cur and (len(cur) + 1) * nh * nw > limit:
+            chunks.append(cur)
+            cur, nh, nw = [], h, w
+        cur.append(i)
+        top_h, top_w = nh, nw
+    return chunks + ([cur] if cur else [])
+
+
 def preprocess(images: list[torch.Tensor], keys: list[tuple]) -> dict[tuple, torch.Tensor]:
     """Decoded uint8 images (C0, H, W), all on one device → {key: float32 (N, C, H, W)} normalised.
 
-    Images of one size are processed together (one kernel per step per size, not per image)."""
+    Images of every size are processed together: sorted by area, zero-padded into a batch, and each
+    step (the reduced-scale decode's box reduction, the resize) is a pair of batched matrix products
+    with per-image weight matrices (``resize_weights``, ``box_weights``). Grouping by size instead cost
+    one kernel per step per distinct size: on an H200, 10,300 images/s for 224–400 px crops against
+    284,700/s for one size."""
     from kdata.models.images import normalise, to_device
 
     if not images:
         return {k: torch.empty((0, *k[0]), dtype=torch.float32) for k in keys}
-    groups: dict[tuple, list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault(tuple(im.shape), []).append(i)
+    device, c0 = images[0].device, images[0].shape[0]
+    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    order = sorted(range(len(images)), key=lambda i: (sizes[i][0] * sizes[i][1], sizes[i]))
     parts: dict[tuple, list[torch.Tensor]] = {k: [] for k in keys}
-    for (_, height, width), idx in groups.items():
-        x = torch.stack([images[i] for i in idx])
-        scale = draft_scale(height, width, keys)
-        if scale > 1:  # Image.draft's reduced-scale decode ≈ a box reduction, rounded to pixel levels
-            x = F.avg_pool2d(x.float(), scale, scale, ceil_mode=True).round_().to(torch.uint8)
+    for chunk in padded_chunks(order, sizes, PREPROCESS_PIXELS):
+        top_h, top_w = max(sizes[i][0] for i in chunk), max(sizes[i][1] for i in chunk)
+        x = torch.zeros((len(chunk), c0, top_h, top_w), dtype=torch.float32, device=device)
+        for n, i in enumerate(chunk):
+            x[n, :, :sizes[i][0], :sizes[i][1]] = images[i]
+        dims = np.asarray([sizes[i] for i in chunk], dtype=np.int64)
+        factors = np.asarray([draft_scale(h, w, keys) for h, w in dims], dtype=np.int64)
+        hs, ws = to_device(torch.from_numpy(dims[:, 0]), device), to_device(torch.from_numpy(dims[:, 1]), device)
+        if (factors > 1).any():  # Image.draft's reduced-scale decode ≈ a box reduction, rounded to pixel levels
+            f = to_device(torch.from_numpy(factors), device)
+            out_h, out_w = -(-dims[:, 0] // factors), -(-dims[:, 1] // factors)
+            x = separable(x, box_weights(hs, f, int(out_h.max()), top_h),
+                          box_weights(ws, f, int(out_w.max()), top_w)).round_()
+            hs, ws = to_device(torch.from_numpy(out_h), device), to_device(torch.from_numpy(out_w), device)
+            top_h, top_w = int(out_h.max()), int(out_w.max())
         for key in keys:
             (c, h, w), mean, std, interpolation = key
-            y = to_channels(x, c)
-            if tuple(y.shape[-2:]) != (h, w):
-                mode = GPU_INTERPOLATIONS[interpolation]
-                aa = {"antialias": True, "align_corners": False} if mode != "nearest-exact" else {}
-                y = F.interpolate(y.float(), size=(h, w), mode=mode, **aa).round_().clamp_(0, 255)
-            parts[key].append(normalise(y, mean, std))
-    order = [i for idx in groups.values() for i in idx]  # the images' positions, group after group
-    if len(groups) == 1:
-        return {k: v[0] for k, v in parts.items()}
-    back = to_device(torch.from_numpy(np.argsort(np.asarray(order), kind="stable")), images[0].device)
+            y = to_channels(x, c).to(torch.float32)
+            mode = "nearest" if GPU_INTERPOLATIONS[interpolation] == "nearest-exact" else interpolation
+            y = separable(y, resize_weights(hs, h, top_h, mode), resize_weights(ws, w, top_w, mode))
+            parts[key].append(normalise(y.round_().clamp_(0, 255), mean, std))
+    back = to_device(torch.from_numpy(np.argsort(np.asarray(order), kind="stable")), device)
     return {k: torch.cat(v)[back] for k, v in parts.items()}

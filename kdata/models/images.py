@@ -144,11 +144,38 @@ def decode_multi_u8(data: bytes | None, keys: list[tuple], *,
     return out
 
 
+# Marker codes that may follow a 0xFF byte once the first scan has started (ITU T.81 B.1.1.2, B.2.4):
+# stuffing (0x00), fill bytes, restarts, the end of the image, and the tables, scans, comments and
+# application segments that separate the scans of a progressive JPEG. Anything else there — a
+# second SOI, a frame header — is a broken file that libjpeg refuses.
+_SCAN_MARKERS = np.zeros(256, dtype=bool)
+_SCAN_MARKERS[[0x00, 0xFF, *range(0xD0, 0xD8), 0xD9, 0xDA, 0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)]] = True
+
+
+def jpeg_structure_ok(data: bytes) -> bool:
+    """Whether a JPEG's marker structure is intact: it ends with its end-of-image marker (trailing
+    zero padding allowed) and no stray marker sits inside its scans.
+
+    nvJPEG decodes files with either fault without an error (seen on an H200: a truncated JPEG, a
+    frame marker inside the scan), where Pillow refuses them; such files go to the CPU decoder
+    instead, so they are quarantined on a GPU exactly as on a CPU. One vectorised pass over the
+    bytes, in the decode workers."""
+    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return False
+    sos = data.find(b"\xff\xda")
+    if sos < 0:
+        return False
+    a = np.frombuffer(data, dtype=np.uint8)
+    ff = np.flatnonzero(a[sos + 2:-1] == 0xFF) + sos + 2
+    return bool(_SCAN_MARKERS[a[ff + 1]].all())
+
+
 def gpu_jpeg_pixels(data: bytes | None, max_pixels: int | None) -> int:
     """The pixel count of a JPEG that nvJPEG can decode as Pillow would (baseline/progressive, RGB or
-    grey) within ``max_pixels``, read from its header; 0 for anything else (PNG, WebP, CMYK, oversize,
-    unreadable), which is decoded on the CPU, refused or quarantined there exactly as without a GPU."""
-    if not data or data[:3] != b"\xff\xd8\xff":
+    grey, an intact marker structure: ``jpeg_structure_ok``) within ``max_pixels``, read from its
+    header; 0 for anything else (PNG, WebP, CMYK, oversize, truncated, unreadable), which is decoded
+    on the CPU, refused or quarantined there exactly as without a GPU."""
+    if not data or data[:3] != b"\xff\xd8\xff" or not jpeg_structure_ok(data):
         return 0
     try:
         with _open_capped(data, max_pixels) as im:  # the header only

@@ -190,7 +190,7 @@ class ScoringRun:
         if rows:  # normalised by the worker on a CPU run; uint8, normalised here, for a GPU
             px = {k: out["pixels"][k].to(self.device, non_blocking=self.gpu) for k in self.keys}
             parts.append((rows, {k: v if v.is_floating_point() else normalise(v, k[1], k[2]) for k, v in px.items()}))
-        if self.gpu_jpeg and out["jpegs"]:
+        if self.gpu_jpeg and out["jpeg_pixels"]:
             parts += self.gpu_part(out, bad)
         if len(parts) <= 1:
             return (parts[0][1] if parts else {}), (parts[0][0] if parts else []), sorted(bad)
@@ -204,12 +204,14 @@ class ScoringRun:
         (a batch of huge images cannot exhaust GPU memory); each JPEG nvJPEG refuses goes to the CPU
         decoder, then, failing there too, to ``bad``."""
         jrows, parts, fallback_rows, fallback = out["jpeg_rows"].tolist(), [], [], []
+        offsets = out["jpeg_offsets"]
+        jpegs = [out["jpegs"][offsets[i]:offsets[i + 1]] for i in range(len(jrows))]  # views of the one buffer
         for chunk in pixel_chunks(out["jpeg_pixels"], GPU_DECODE_PIXELS):
-            images = decode_jpegs([out["jpegs"][i] for i in chunk], device=self.device, gray=self.gray)
+            images = decode_jpegs([jpegs[i] for i in chunk], device=self.device, gray=self.gray)
             ok = [i for i, im in zip(chunk, images) if im is not None]
             for i in (i for i, im in zip(chunk, images) if im is None):
                 try:
-                    fallback.append(decode_multi_u8(out["jpegs"][i].numpy().tobytes(), self.keys,
+                    fallback.append(decode_multi_u8(jpegs[i].numpy().tobytes(), self.keys,
                                                     max_pixels=self.config.max_pixels))
                     fallback_rows.append(jrows[i])
                 except Exception as exc:  # noqa: BLE001  (fails on both decoders: quarantined)

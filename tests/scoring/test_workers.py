@@ -192,56 +192,75 @@ def _photo_jpegs(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def _run_device_decode(table, teacher, student, *, on_device: bool):
+# The device-decode tests run on the CPU everywhere (torchvision decodes with libjpeg there) and
+# also on CUDA (nvJPEG) where a GPU is present: `pytest tests/scoring/test_workers.py -k device`.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+def _run_device_decode(table, teacher, student, *, on_device: bool, device: str = "cpu"):
     from kdata.pools.base import TableRows
     from kdata.scoring.engine import ScoringRun, UnitState
     from kdata.scoring.score import unit_table
 
     st, out, plan = UnitState(0, "t"), {}, TableRows(table)
-    run = ScoringRun(teacher, student, config=ScoreConfig(batch_size=8), device=torch.device("cpu"),
+    run = ScoringRun(teacher, student, config=ScoreConfig(batch_size=8), device=torch.device(device),
                      precision="fp32", on_unit=lambda s: out.update(table=unit_table(s)), gpu_decode=on_device)
     with torch.inference_mode():
         run.run([st], run.tasks([st], lambda i: plan, lambda s: True), num_workers=0)
     return out["table"], st.quarantined, run.info
 
 
-def test_batched_jpeg_decode_on_the_scoring_device_matches_the_worker_path(tmp_path, models):
-    """The CUDA path's assembly, run on the CPU device (torchvision decodes with libjpeg there):
-    JPEGs decoded in one batched call and preprocessed with torch ops, PNGs from the workers, a JPEG
-    the batched decoder refuses retried on the CPU decoder and quarantined with its error there."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_jpeg_decode_on_the_scoring_device_matches_the_worker_path(tmp_path, device):
+    """The CUDA path's assembly (on the CPU device too, where torchvision decodes with libjpeg):
+    JPEGs decoded in one batched call and preprocessed with torch ops, PNGs from the workers, a
+    truncated JPEG and one with a frame marker inside its scan (both decoded by nvJPEG without an
+    error) sent to the CPU decoder up front, a JPEG with a bogus Huffman table that the batched
+    decoder refuses retried on the CPU decoder — all three quarantined with the CPU decoder's
+    errors, exactly as without batched decoding."""
     from kdata.models.builtin import DigitsNet
     from kdata.models.files import export_model
 
-    teacher = models[0]  # 1×32×32 bilinear
+    teacher = load_model(exported_models()["teacher_pt2"], device=device)  # 1×32×32 bilinear
     torch.manual_seed(0)
     student = load_model(str(export_model(DigitsNet((4, 8, 8), num_classes=10, in_ch=3).eval(), tmp_path / "s.pt2",
                                           input_size=(3, 48, 48), mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3),
-                                          class_names=teacher.class_names)))
+                                          class_names=teacher.class_names)), device=device)
     student.interpolation = "bicubic"
     jpegs = _photo_jpegs(20)
     truncated = jpegs[3][: len(jpegs[3]) // 2]
-    images = jpegs + [png_bytes(a) for a in digits(6)[0]] + [truncated, b"\xff\xd8\xff\xe0 not a jpeg", None]
+    sos = jpegs[4].index(b"\xff\xda")  # a frame marker inside the scan: header and end marker intact
+    broken = jpegs[4][:sos + 20] + b"\xff\xc0\x00\x02" + jpegs[4][sos + 24:]
+    dht = jpegs[5].index(b"\xff\xc4")  # a Huffman table whose 16 code counts sum far above 256
+    bogus = jpegs[5][:dht + 5] + b"\xff" * 16 + jpegs[5][dht + 21:]
+    images = jpegs + [png_bytes(a) for a in digits(6)[0]] + [truncated, broken, bogus, b"\xff\xd8\xff\xe0 not a jpeg",
+                                                             None]
     order = np.random.default_rng(1).permutation(len(images))
     n = len(images)
     table = pa.table({"sample_id": [f"s{i}" for i in range(n)], "image": [images[i] for i in order],
                       "label": [str(i % 10) for i in range(n)]})
-    plain, q_plain, _ = _run_device_decode(table, teacher, student, on_device=False)
-    device, q_device, info = _run_device_decode(table, teacher, student, on_device=True)
-    assert info["gpu_jpegs"] == 20 and info["gpu_jpeg_fallbacks"] == 1  # the truncated one: refused, then CPU
-    assert device.column("sample_id").to_pylist() == plain.column("sample_id").to_pylist() and plain.num_rows == 26
-    assert q_device == q_plain and len(q_plain) == 3  # truncated, garbage, empty: same rows, same errors
+    plain, q_plain, _ = _run_device_decode(table, teacher, student, on_device=False, device=device)
+    batched, q_device, info = _run_device_decode(table, teacher, student, on_device=True, device=device)
+    assert info["gpu_jpegs"] == 20 and info["gpu_jpeg_fallbacks"] == 1  # the bogus one: refused, then CPU
+    assert batched.column("sample_id").to_pylist() == plain.column("sample_id").to_pylist() and plain.num_rows == 26
+    assert q_device == q_plain and len(q_plain) == 5  # truncated, broken, bogus, garbage, empty: same rows and errors
     for col in ("teacher_conf", "student_conf", "kl_ts"):
-        a, b = (np.asarray(t.column(col).to_pylist()) for t in (plain, device))
+        a, b = (np.asarray(t.column(col).to_pylist()) for t in (plain, batched))
         assert np.abs(a - b).max() < 0.05, col
     # GPU memory is bounded by decoding in chunks of at most GPU_DECODE_PIXELS: many chunks, same scores
     from kdata.scoring import engine
 
     saved, engine.GPU_DECODE_PIXELS = engine.GPU_DECODE_PIXELS, 60_000
     try:
-        chunked, q_chunked, _ = _run_device_decode(table, teacher, student, on_device=True)
+        chunked, q_chunked, _ = _run_device_decode(table, teacher, student, on_device=True, device=device)
     finally:
         engine.GPU_DECODE_PIXELS = saved
-    assert chunked.equals(device) and q_chunked == q_device
+    # same rows and quarantine; the scores agree to float rounding (the padded batches differ, so
+    # may a pixel's rounding at an exact half level)
+    assert chunked.column("sample_id").equals(batched.column("sample_id")) and q_chunked == q_device
+    for col in ("teacher_conf", "student_conf", "kl_ts"):
+        a, b = (np.asarray(t.column(col).to_pylist()) for t in (chunked, batched))
+        assert np.abs(a - b).max() < 1e-3, col
 
 
 def test_pixel_chunks_bound_each_decode_call():
@@ -251,7 +270,8 @@ def test_pixel_chunks_bound_each_decode_call():
     assert pixel_chunks([], 10) == []
 
 
-def test_device_preprocessing_follows_the_cpu_path_pixel_for_pixel_closely():
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_preprocessing_follows_the_cpu_path_pixel_for_pixel_closely(device):
     """Resize (bilinear, bicubic), the reduced-scale JPEG decode, grey ↔ RGB: mean |Δ| under one grey level."""
     from kdata.models.gpu_decode import decode_jpegs, preprocess
     from kdata.models.images import decode_multi
@@ -263,8 +283,8 @@ def test_device_preprocessing_follows_the_cpu_path_pixel_for_pixel_closely():
                  [((1, 24, 24), (0.5,), (0.5,), "bilinear")]):
         gray = all(k[0][0] == 1 for k in keys)
         images = decode_jpegs([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas],
-                              device=torch.device("cpu"), gray=gray)
-        got = preprocess(images, keys)
+                              device=torch.device(device), gray=gray)
+        got = {k: v.cpu() for k, v in preprocess(images, keys).items()}
         for k in keys:
             want = torch.stack([decode_multi(d, keys)[k] for d in datas])
             levels = ((got[k] - want) * torch.tensor(k[2]).reshape(1, -1, 1, 1) * 255).abs()
