@@ -10,8 +10,9 @@ following the CPU path (``kdata.models.images.decode_multi_u8``) step by step so
 close pixels: the reduced-scale JPEG decode the CPU path gets from ``Image.draft`` is emulated by
 a box reduction by the same power of two (what the scaled inverse DCT approximates), RGB → grey
 uses Pillow's integer weights, and the resize is the antialiased bilinear/bicubic filter Pillow
-uses (``F.interpolate(antialias=True)``, Keys a = −0.5 for bicubic), rounded to whole pixel levels
-before normalising. Measured against the CPU path on 80 JPEG crops (CPU device, where torchvision
+uses (what ``F.interpolate(antialias=True)`` computes, Keys a = −0.5 for bicubic; applied as
+batched products with per-image weight matrices, so images of every size go through together),
+rounded to whole pixel levels before normalising. Measured against the CPU path on 80 JPEG crops (CPU device, where torchvision
 decodes with libjpeg like Pillow): mean |difference| 0.54 of 255 where the draft scale applies
 (2.8 without its emulation), about 0.1 where it does not. Interpolations Pillow has and torch
 lacks (lanczos, box) keep JPEGs on the CPU path.
@@ -24,7 +25,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 GPU_INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
 
@@ -98,7 +98,6 @@ def to_channels(x: torch.Tensor, c: int) -> torch.Tensor:
 
 
 PREPROCESS_PIXELS = 1 << 25  # padded pixels per batched resize: ≤ 400 MB of float32 RGB on the device
-FILTER_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 
 
 def resize_filter(x: torch.Tensor, interpolation: str) -> torch.Tensor:
