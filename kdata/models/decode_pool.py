@@ -161,7 +161,7 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
     return {**head, "ids": table.column("sample_id").to_pylist(), "labels": table.column("label").to_pylist(),
             "rows": torch.tensor(rows, dtype=torch.long), "pixels": pixels,
             "jpeg_rows": torch.tensor(jpeg_rows, dtype=torch.long), "jpeg_pixels": jpeg_pixels,
-            "jpegs": torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8) if jpegs else torch.empty(0, dtype=torch.uint8),
+            "jpegs": torch.frombuffer(bytearray().join(jpegs), dtype=torch.uint8) if jpegs else torch.empty(0, dtype=torch.uint8),
             "jpeg_offsets": np.cumsum([0, *map(len, jpegs)]).tolist(),
             "bad": bad, "empty": empty}
 

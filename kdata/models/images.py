@@ -153,14 +153,14 @@ _SCAN_MARKERS[[0x00, 0xFF, *range(0xD0, 0xD8), 0xD9, 0xDA, 0xC4, 0xCC, 0xDB, 0xD
 
 
 def jpeg_structure_ok(data: bytes) -> bool:
-    """Whether a JPEG's marker structure is intact: it ends with its end-of-image marker (trailing
-    zero padding allowed) and no stray marker sits inside its scans.
+    """Whether a JPEG's marker structure is intact: it ends with its end-of-image marker (up to 4 KiB
+    of trailing zero padding allowed) and no stray marker sits inside its scans.
 
     nvJPEG decodes files with either fault without an error (seen on an H200: a truncated JPEG, a
     frame marker inside the scan), where Pillow refuses them; such files go to the CPU decoder
     instead, so they are quarantined on a GPU exactly as on a CPU. One vectorised pass over the
     bytes, in the decode workers."""
-    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+    if data[-4096:].rstrip(b"\x00")[-2:] != b"\xff\xd9":  # the tail only: no copy of the whole file
         return False
     sos = data.find(b"\xff\xda")
     if sos < 0:
