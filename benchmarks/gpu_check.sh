@@ -8,7 +8,8 @@
 #
 # 1. Scoring throughput (benchmarks/score.py): an open_clip ViT-B-32 teacher and a timm ResNet-18
 #    student (.pt2), both randomly initialised, 60,000 JPEGs of 224–400 px in 12 units, batch 256,
-#    bf16, --workers auto: bare forward, nvJPEG decode rate, the pipeline and their ratio.
+#    bf16, --workers auto: bare forward, nvJPEG decode rate, the pipeline and their ratio, and one
+#    more round timed stage by stage (host and device seconds: where the time goes).
 # 2. `kdata select` on builtin:digits-web on the CPU (fp32) and on the GPU at fp32 and at bf16:
 #    the kept sets compared with the CPU's.
 # 3. `kdata train`, `kdata augment` and `kdata inspect` on the GPU's fp32 selection.
@@ -17,7 +18,7 @@
 # bare forward and ≥ 10,000 samples/s; the fp32 GPU kept set identical to the CPU's.
 set -uo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 DEVICE=cuda DRY=0 OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,7 +61,7 @@ run() {  # run a command (its stdout to $1 when given as OUT=FILE); with --dry-r
 
 T0=$SECONDS
 step "1/3 scoring throughput on $DEVICE"
-run OUT="$OUT/score.json" python benchmarks/score.py "${BENCH[@]}" --json
+run OUT="$OUT/score.json" python benchmarks/score.py "${BENCH[@]}" --stages --json
 
 step "2/3 kdata select on builtin:digits-web: CPU fp32, $DEVICE fp32, $DEVICE bf16"
 SELECT=(kdata select --pool builtin:digits-web --quiet --json)
@@ -108,6 +109,9 @@ if r:
           f"pipeline {r['pipeline_per_s']:,.0f}/s (after its first batch {r['after_first_batch_per_s']:,.0f}/s), "
           f"ratio {r['ratio']:.2f}" + (f"; peak GPU memory {r['cuda_peak_bytes'] / 2**30:.2f} GiB, "
                                        f"{r['gpu_jpegs']} JPEGs decoded by nvJPEG" if r.get("cuda_peak_bytes") else ""))
+for name, row in (r or {}).get("stages", {}).items():
+    dev = f", device {row['device_s']:.2f} s" if "device_s" in row else ""
+    print(f"  stage {name:<18} {row['calls']:>6} calls, host {row['host_s']:.2f} s{dev}")
 targets["pipeline ≥ 0.8 × min(bare forward, decode capacity)"] = bool(r) and r["ratio"] >= 0.8
 if device != "cpu":  # the GPU figure means nothing on a CPU
     targets["pipeline ≥ 10,000 samples/s"] = bool(r) and r["pipeline_per_s"] >= 10_000

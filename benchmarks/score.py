@@ -251,6 +251,14 @@ def measure(args, pool, teacher, student, device: torch.device, *, workers: int,
         if rate > r["pipeline_per_s"]:
             r["pipeline_per_s"], info = rate, run_info
     r["paired_ratios"] = [round(x, 3) for x in paired]
+    if args.stages:  # one more round, timed stage by stage (kept apart: the CUDA events cost a little)
+        from kdata.scoring.stage_clock import stage_clock
+
+        t0 = time.perf_counter()
+        with stage_clock() as clock:
+            r["stages_round_per_s"], _ = pipeline_rate(pool, teacher, student, config=config, device=device)
+            r["stages"] = clock.summary()
+        r["stages_round_s"] = time.perf_counter() - t0
     capacity = r["gpu_decode_per_s"] or max(workers, 1) * r["decode_per_s_one_core"]
     if device.type == "cpu":  # decode and forward share the cores: each decoded image costs forward time
         from kdata.models.decode_pool import available_cores
@@ -336,6 +344,18 @@ def report(r: dict, repeat: int) -> None:
               f"(1 / (1/bare + 1/(cores × one-core decode))); pipeline / that bound {r['pipeline_per_s'] / b:.2f}")
     if r.get("cuda_peak_bytes"):
         print(f"  peak GPU memory {r['cuda_peak_bytes'] / 2**30:.2f} GiB; JPEGs decoded on the GPU: {r['gpu_jpegs']}")
+    if r.get("stages"):
+        report_stages(r)
+
+
+def report_stages(r: dict) -> None:
+    """The stage table of the ``--stages`` round (kdata.scoring.stage_clock): host and device seconds."""
+    print(f"  stages of one more round ({r['stages_round_per_s']:.1f} samples/s, {r['stages_round_s']:.2f} s; "
+          f"host = wall time of the scoring thread, device = CUDA stream time between the stage's events):")
+    print(f"    {'stage':<20}{'calls':>7}{'host s':>10}{'share':>8}{'device s':>10}")
+    for name, row in r["stages"].items():
+        dev = f"{row['device_s']:10.3f}" if "device_s" in row else f"{'':>10}"
+        print(f"    {name:<20}{row['calls']:>7}{row['host_s']:>10.3f}{row['host_s'] / r['stages_round_s']:>8.0%}{dev}")
 
 
 def main(argv=None) -> int:
@@ -358,6 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-sample", type=int, default=400, help="images timed for the one-core decode rate")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the scoring process "
                     "(default: the cores, at most 2 on a CPU device)")
+    ap.add_argument("--stages", action="store_true", help="one more pipeline round timed stage by stage "
+                    "(host seconds; on CUDA also device seconds): where the time goes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     from kdata.models.spec import pick_device

@@ -28,6 +28,7 @@ from kdata.core.stats import disagreement
 from kdata.models.decode_pool import BatchTask, FailedRows, decode_service, decode_task, discard_service
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
+from kdata.scoring.stage_clock import active_clock, timed
 
 GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes
 
@@ -92,6 +93,7 @@ class ScoringRun:
         self.keep_logits = config.keep_logits == "yes" or (config.keep_logits == "auto" and teacher.num_classes <= 128)
         self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0}
         self.first_batch_at: float | None = None  # perf_counter() when the first batch reached the models
+        self.clock = active_clock()  # per-stage timing, only inside ``stage_clock()`` (kdata.scoring.stage_clock)
 
     # -------------------------------------------------------------------------------------------
     # feeding
@@ -141,7 +143,12 @@ class ScoringRun:
         by_index = {st.index: st for st in states}
         in_flight = 1 if self.gpu else 0
         pending: deque[Pending] = deque()
-        for out in batches:
+        batches = iter(batches)
+        while True:
+            with timed(self.clock, "wait_for_batch"):
+                out = next(batches, None)
+            if out is None:
+                break
             if "fatal" in out:
                 raise KdataError(out["fatal"])
             pending.append(self.step(by_index[out["unit"]], out, worker=worker))
@@ -164,8 +171,8 @@ class ScoringRun:
         ids = out["ids"]
         st.ids += ids
         st.label_idx += [self.lookup.get(v, -1) if v is not None else -1 for v in out["labels"]]
-        with torch.autocast(self.device.type, enabled=False):  # pixels in fp32, whatever the precision
-            x, rows, bad = self.inputs(out)
+        with torch.autocast(self.device.type, enabled=False), timed(self.clock, "inputs", self.device):
+            x, rows, bad = self.inputs(out)  # pixels in fp32, whatever the precision
         st.quarantined += [(ids[j], err) for j, err in bad]
         rows = np.asarray(rows, dtype=np.int64) + out["start"]
         self.info["batches"] += 1
@@ -174,10 +181,12 @@ class ScoringRun:
         labels = np.asarray(st.label_idx, dtype=np.int32)[rows]
         if self.first_batch_at is None:
             self.first_batch_at = time.perf_counter()
-        results = self.forward(x, labels)
+        with timed(self.clock, "forward", self.device):
+            results = self.forward(x, labels)
         event = None
         if self.gpu:
-            results = {k: v.to("cpu", non_blocking=True) for k, v in results.items()}  # into pinned memory
+            with timed(self.clock, "to_host", self.device):
+                results = {k: v.to("cpu", non_blocking=True) for k, v in results.items()}  # into pinned memory
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))  # the scoring device's stream (cuda:N too)
         return Pending(st, rows, results, event, out["last"])
@@ -207,7 +216,8 @@ class ScoringRun:
         offsets = out["jpeg_offsets"]
         jpegs = [out["jpegs"][offsets[i]:offsets[i + 1]] for i in range(len(jrows))]  # views of the one buffer
         for chunk in pixel_chunks(out["jpeg_pixels"], GPU_DECODE_PIXELS):
-            images = decode_jpegs([jpegs[i] for i in chunk], device=self.device, gray=self.gray)
+            with timed(self.clock, "inputs/nvjpeg", self.device):
+                images = decode_jpegs([jpegs[i] for i in chunk], device=self.device, gray=self.gray)
             ok = [i for i, im in zip(chunk, images) if im is not None]
             for i in (i for i, im in zip(chunk, images) if im is None):
                 try:
@@ -219,7 +229,9 @@ class ScoringRun:
             self.info["gpu_jpegs"] += len(ok)
             self.info["gpu_jpeg_fallbacks"] += len(chunk) - len(ok)
             if ok:
-                parts.append(([jrows[i] for i in ok], preprocess([im for im in images if im is not None], self.keys)))
+                with timed(self.clock, "inputs/preprocess", self.device):
+                    x = preprocess([im for im in images if im is not None], self.keys)
+                parts.append(([jrows[i] for i in ok], x))
         if fallback:
             parts.append((fallback_rows, {k: normalise(to_device(torch.stack([d[k] for d in fallback]), self.device),
                                                        k[1], k[2]) for k in self.keys}))
@@ -245,10 +257,12 @@ class ScoringRun:
     def collect(self, p: Pending) -> None:
         """Take a batch's results off the device; hand its unit on when it was the last batch."""
         if p.event is not None:
-            p.event.synchronize()
+            with timed(self.clock, "wait_for_device"):
+                p.event.synchronize()
         for k, v in p.results.items():
             p.state.chunks.setdefault(k, []).append(v.numpy())
         if len(p.rows):
             p.state.rows.append(p.rows)
         if p.last:
-            self.on_unit(p.state)
+            with timed(self.clock, "write_unit"):
+                self.on_unit(p.state)
