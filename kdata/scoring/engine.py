@@ -28,7 +28,7 @@ from kdata.core.stats import disagreement
 from kdata.models.decode_pool import BatchTask, FailedRows, decode_service, decode_task, discard_service
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
-from kdata.scoring.stage_clock import active_clock, timed
+from kdata.scoring.stage_clock import active_clock, timed, timed_iter
 
 GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes
 
@@ -143,12 +143,7 @@ class ScoringRun:
         by_index = {st.index: st for st in states}
         in_flight = 1 if self.gpu else 0
         pending: deque[Pending] = deque()
-        batches = iter(batches)
-        while True:
-            with timed(self.clock, "wait_for_batch"):
-                out = next(batches, None)
-            if out is None:
-                break
+        for out in timed_iter(self.clock, "wait_for_batch", batches):
             if "fatal" in out:
                 raise KdataError(out["fatal"])
             pending.append(self.step(by_index[out["unit"]], out, worker=worker))

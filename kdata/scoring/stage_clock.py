@@ -92,3 +92,18 @@ def active_clock() -> StageClock | None:
 def timed(clock: StageClock | None, name: str, device: torch.device | None = None):
     """``clock.stage(name, device)``, or a no-op context without a clock."""
     return nullcontext() if clock is None else clock.stage(name, device)
+
+
+_END = object()
+
+
+def timed_iter(clock: StageClock | None, name: str, items):
+    """``items`` in turn, each wait for the next one timed as stage ``name`` (the last wait, which
+    finds the end, too)."""
+    it = iter(items)
+    while True:
+        with timed(clock, name):
+            item = next(it, _END)
+        if item is _END:
+            return
+        yield item
