@@ -88,9 +88,14 @@ HARD_SHARE = 0.3
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", choices=[*POOLS, "all"], default="all")
+def parse_args(argv=None, *, description: str | None = None, extend=None) -> argparse.Namespace:
+    """The options (``extend(parser)``: a script built on this one adds its own; ``description``: its doc)."""
+    ap = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if extend is None:
+        ap.add_argument("--pool", choices=[*POOLS, "all"], default="all")
+    else:
+        extend(ap)
+        ap.set_defaults(pool="all")
     ap.add_argument("--quick", action="store_true",
                     help="smoke: 1 seed, budgets 0.1 and 0.3, methods random and default, 4 epochs; writes nothing")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 5; --quick: 1)")
@@ -147,13 +152,16 @@ def say(*parts) -> None:
 
 
 def load_bench(name: str):
-    """The pool's Bench record, or None (with a printed reason) when it cannot be built here."""
+    """The pool's Bench record (``name``: a module of ``benchmarks/pools``, or ``module:variant``), or None
+    (with a printed reason) when it cannot be built here."""
     import importlib
 
     from webpool import Unavailable
 
+    module, _, variant = name.partition(":")  # "digits_mix:junk": one variant of a pool module
     try:
-        return importlib.import_module(name).build(log=lambda *a, **k: say(*a))
+        build = importlib.import_module(module).build
+        return build(variant, log=lambda *a, **k: say(*a)) if variant else build(log=lambda *a, **k: say(*a))
     except Unavailable as exc:
         say(str(exc))
         return None

@@ -51,21 +51,26 @@ def splits(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return {k: (np.stack([upsample(images[i]) for i in v]), target[v]) for k, v in idx.items()}
 
 
-def web_rows(base: tuple[np.ndarray, np.ndarray], rng: np.random.Generator) -> list[dict]:
+def web_rows(base: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, *, label_noise: float = LABEL_NOISE,
+             n_shift: int = N_SHIFT, n_junk: int = N_JUNK, n_near: int = N_NEAR, n_exact: int = N_EXACT,
+             copy_from: int | None = None) -> list[dict]:
+    """The web-like rows: every base image (a share ``label_noise`` of them with a wrong label), then
+    shifted, junk, near- and exact-duplicate rows; copies are drawn from the first ``copy_from`` base
+    rows (all of them by default)."""
     from kdata.pools.builtin import _junk, _near_copy, _shift
 
     rows = []
     for arr, y in zip(*base):
-        wrong = rng.random() < LABEL_NOISE
+        wrong = rng.random() < label_noise
         label = (int(y) + int(rng.integers(1, 10))) % 10 if wrong else int(y)
         rows.append({"arr": arr, "label": label, "truth": "label_noise" if wrong else "clean", "true": int(y)})
-    for _ in range(N_SHIFT):
+    for _ in range(n_shift):
         i = int(rng.integers(0, len(base[1])))
         rows.append({"arr": _shift(base[0][i], rng), "label": int(base[1][i]), "truth": "shift", "true": int(base[1][i])})
-    for _ in range(N_JUNK):
+    for _ in range(n_junk):
         rows.append({"arr": _junk(rng), "label": int(rng.integers(0, 10)), "truth": "junk", "true": -1})
-    originals = len(base[1])
-    for kind, n in (("near_dup", N_NEAR), ("exact_dup", N_EXACT)):
+    originals = len(base[1]) if copy_from is None else min(copy_from, len(base[1]))
+    for kind, n in (("near_dup", n_near), ("exact_dup", n_exact)):
         for _ in range(n):
             r = rows[int(rng.integers(0, originals))]
             arr = _near_copy(r["arr"], rng) if kind == "near_dup" else r["arr"]
