@@ -340,7 +340,7 @@ def run_named(name: str, args, tc) -> dict | None:
     import torch
 
     torch.set_num_threads(1)  # tiny models: one thread is fastest and fair on a shared machine
-    work = Path(tempfile.mkdtemp(prefix=f"kdata-quality-{name}-"))
+    work = Path(tempfile.mkdtemp(prefix="kdata-quality-" + "".join(c if c.isalnum() else "-" for c in name) + "-"))
     try:
         bench = load_bench(name)
         return None if bench is None else run_pool(bench, args, tc, work)

@@ -2,13 +2,14 @@
 
 Five pools from ``benchmarks/pools/digits_mix.py`` — ``digits2``'s images, teacher, student and test
 split, made web-like again with one kind of noise dominating (junk, shifted rows, wrong labels,
-duplicates) or with little noise at all — measured as ``benchmarks/quality.py`` measures its pools:
+duplicates) or with little noise at all — each with digits2's weak student and with a stronger one,
+measured as ``benchmarks/quality.py`` measures its pools:
 random, the default recipe and the oracle (random among the good rows), 10/30/50%, 5 seeds, equal
 epochs and equal optimiser steps, paired differences to random with 95% t-intervals.
 
     python benchmarks/quality_mix.py --quick                 # smoke: 1 seed, 10% and 30%; writes nothing
     python benchmarks/quality_mix.py --jobs 2                # full: writes docs/benchmarks/quality_mix.md
-    python benchmarks/quality_mix.py --mixes junk,light --seeds 3 --no-write
+    python benchmarks/quality_mix.py --mixes junk,light --students strong --seeds 3 --no-write
 
 Every option of ``benchmarks/quality.py`` applies except ``--pool`` (``--mixes`` here).
 """
@@ -34,6 +35,8 @@ TITLE = "Quality by noise mix: student accuracy by training data"
 
 def add_mixes(ap) -> None:
     ap.add_argument("--mixes", default=",".join(MIXES), help=f"comma list of mixes (default: all: {', '.join(MIXES)})")
+    ap.add_argument("--students", default="weak,strong",
+                    help="weak (digits2's, 0.50 before distillation), strong (0.92) or both (default)")
 
 
 def main(argv=None) -> int:
@@ -44,8 +47,12 @@ def main(argv=None) -> int:
     if unknown:
         print(f"quality_mix: unknown mix {unknown[0]!r} (one of {', '.join(MIXES)})", file=sys.stderr)
         return 2
+    students = [x.strip() for x in args.students.split(",") if x.strip()]
+    if not students or set(students) - {"weak", "strong"}:
+        print(f"quality_mix: --students takes weak, strong or both, not {args.students!r}", file=sys.stderr)
+        return 2
     args.methods = "random,default" if args.methods == "auto" else args.methods
-    args.all_pools = [f"digits_mix:{m}" for m in mixes]
+    args.all_pools = [f"digits_mix:{m}" + ("/strong" if s == "strong" else "") for s in students for m in mixes]
     report = quality.measure(args, "benchmarks/quality_mix.py", argv)
     md = quality.markdown(report, title=TITLE)
     if quality.publish(report, md, args):
