@@ -159,9 +159,10 @@ def load_bench(name: str):
     from webpool import Unavailable
 
     module, _, variant = name.partition(":")  # "digits_mix:junk": one variant of a pool module
+    log = lambda *a, **k: say(*a)  # noqa: E731
     try:
         build = importlib.import_module(module).build
-        return build(variant, log=lambda *a, **k: say(*a)) if variant else build(log=lambda *a, **k: say(*a))
+        return build(variant, log=log) if variant else build(log=log)
     except Unavailable as exc:
         say(str(exc))
         return None

@@ -54,11 +54,12 @@ def out_dir(mix: str) -> Path:
     return root / "bench-digits-mix" / VERSION / mix
 
 
-def strong_student(d2: Bench, *, log=print) -> tuple[str, dict]:
+def strong_student(*, log=print) -> tuple[str, dict]:
     """(spec, info) of the stronger student (module docstring), trained once and cached."""
+    from webpool import accuracy, train_net
+
     from kdata.core.atomic import write_json
     from kdata.models.files import export_model
-    from webpool import accuracy, train_net
 
     out = out_dir("strong-student")
     if not (out / "info.json").is_file():
@@ -102,7 +103,7 @@ def build(variant: str = "junk", *, log=print) -> Bench:
     info = json.loads(info_path.read_text())
     spec = d2.student
     if student:
-        spec, models = strong_student(d2, log=log)
+        spec, models = strong_student(log=log)
         info, name = {**info, "models": {**info["models"], "student": models}}, f"{name} (strong student)"
     return Bench(name=name, pool=str(out / "pool.parquet"), eval=d2.eval, teacher=d2.teacher, student=spec,
                  truth=out / "truth.parquet", info=info)
