@@ -486,10 +486,35 @@ def markdown(report: dict, *, title: str = "Quality: student accuracy by trainin
              f"T {tc['temperature']}, loss {tc['loss']}, "
              f"{'from scratch' if tc['reinit'] else 'from the pool student weights'}; the last epoch's weights "
              f"(no checkpoint picked on the test set). Measured in {report['seconds']:.0f} s on "
-             f"{report['cpus']} CPU cores with:\n", f"    {report['command']}\n"]
+             f"{report['cpus']} CPU cores{software_line(report)} with:\n", f"    {report['command']}\n"]
     for pool in report["pools"]:
         parts.append(pool_markdown(pool, summarise(pool), budgets))
     return "\n".join(parts)
+
+
+SOFTWARE = ("torch", "numpy", "pillow", "scikit-learn", "pyarrow", "faiss-cpu")
+
+
+def software() -> dict:
+    """Python and the versions of the packages the figures depend on (pool rendering, training, dedup):
+    the same command under other versions gives other figures."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def software_line(report: dict) -> str:
+    """" (Python 3.11.7, torch 2.14.1, …)" from a report (empty for reports written before it was recorded)."""
+    sw = report.get("software") or {}
+    names = {"python": "Python"}
+    return " (" + ", ".join(f"{names.get(k, k)} {v}" for k, v in sw.items()) + ")" if sw else ""
 
 
 def measure(args, script: str, argv: list[str]) -> dict:
@@ -503,7 +528,8 @@ def measure(args, script: str, argv: list[str]) -> dict:
     cmd = f"python {script}" + "".join(" " + shlex.quote(a) for a in argv)
     return {"command": cmd, "seconds": time.perf_counter() - t0, "seeds": list(range(args.seeds)),
             "budgets": [float(b) for b in args.budgets.split(",")], "train_config": tc.__dict__,
-            "pools": pools, "summary": {p["name"]: summarise(p) for p in pools}, "cpus": os.cpu_count()}
+            "pools": pools, "summary": {p["name"]: summarise(p) for p in pools}, "cpus": os.cpu_count(),
+            "software": software()}
 
 
 def publish(report: dict, md: str, args) -> bool:

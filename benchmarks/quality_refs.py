@@ -71,7 +71,7 @@ def markdown(report: dict) -> str:
         f"Seeds {report['seeds']}; the trainer of [the quality benchmark](quality.md) with equal optimiser steps "
         f"(as many as the full pool's epochs give). Each cell: accuracy (mean over seeds) and, in brackets, "
         f"the paired difference to random (points, 95% t-interval over seeds). Measured in "
-        f"{report['seconds']:.0f} s on {report['cpus']} CPU cores with:\n", f"    {report['command']}\n",
+        f"{report['seconds']:.0f} s on {report['cpus']} CPU cores{quality.software_line(report)} with:\n", f"    {report['command']}\n",
         "### What each kind of noise costs\n",
         "The oracle, then the oracle with every row of one noisy kind let in; after `·`, the share of the "
         "kept rows that are of that kind.\n",
