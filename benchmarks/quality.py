@@ -511,7 +511,8 @@ def software() -> dict:
 
 
 def software_line(report: dict) -> str:
-    """" (Python 3.11.7, torch 2.14.1, …)" from a report (empty for reports written before it was recorded)."""
+    """The versions a report was measured with, as a suffix for its header — ``" (Python 3.11.7, torch
+    2.14.1, …)"`` — or "" for a report written before they were recorded."""
     sw = report.get("software") or {}
     names = {"python": "Python"}
     return " (" + ", ".join(f"{names.get(k, k)} {v}" for k, v in sw.items()) + ")" if sw else ""
