@@ -9,7 +9,9 @@
 # 1. Scoring throughput (benchmarks/score.py): an open_clip ViT-B-32 teacher and a timm ResNet-18
 #    student (.pt2), both randomly initialised, 60,000 JPEGs of 224–400 px in 12 units, batch 256,
 #    bf16, --workers auto: bare forward, nvJPEG decode rate, the pipeline and their ratio, and one
-#    more round timed stage by stage (host and device seconds: where the time goes).
+#    more round timed stage by stage (host and device seconds: where the time goes); on CUDA also
+#    one round with each batch's inputs made two batches ahead on a thread of their own
+#    (--prepare-ahead 2), and benchmarks/gpu_overlap.py (each part alone, in turn, side by side).
 # 2. `kdata select` on builtin:digits-web on the CPU (fp32) and on the GPU at fp32 and at bf16:
 #    the kept sets compared with the CPU's.
 # 3. `kdata train`, `kdata augment` and `kdata inspect` on the GPU's fp32 selection.
@@ -62,6 +64,10 @@ run() {  # run a command (its stdout to $1 when given as OUT=FILE); with --dry-r
 T0=$SECONDS
 step "1/3 scoring throughput on $DEVICE"
 run OUT="$OUT/score.json" python benchmarks/score.py "${BENCH[@]}" --stages --json
+if [ "$DEVICE" != cpu ]; then
+  run OUT="$OUT/score-ahead.json" python benchmarks/score.py "${BENCH[@]}" --repeat 1 --prepare-ahead 2 --json
+  run OUT="$OUT/overlap.json" python benchmarks/gpu_overlap.py --json
+fi
 
 step "2/3 kdata select on builtin:digits-web: CPU fp32, $DEVICE fp32, $DEVICE bf16"
 SELECT=(kdata select --pool builtin:digits-web --quiet --json)
@@ -112,6 +118,15 @@ if r:
 for name, row in (r or {}).get("stages", {}).items():
     dev = f", device {row['device_s']:.2f} s" if "device_s" in row else ""
     print(f"  stage {name:<18} {row['calls']:>6} calls, host {row['host_s']:.2f} s{dev}")
+ahead = load("score-ahead.json")
+if ahead:
+    print(f"  with inputs made 2 batches ahead on a thread (--prepare-ahead 2): pipeline {ahead['pipeline_per_s']:,.0f}/s "
+          f"(after its first batch {ahead['after_first_batch_per_s']:,.0f}/s)")
+overlap = load("overlap.json")
+for name in ("forward", "nvjpeg", "preprocess", "decode+preprocess", "in turn", "ahead, 1 thread", "side by side"):
+    if overlap and name in overlap:
+        print(f"  gpu_overlap {name:<18} {overlap[name]['per_s']:>8,.0f}/s (host {overlap[name]['host_s']:.2f} s "
+              f"of {overlap[name]['total_s']:.2f} s)")
 targets["pipeline ≥ 0.8 × min(bare forward, decode capacity)"] = bool(r) and r["ratio"] >= 0.8
 if device != "cpu":  # the GPU figure means nothing on a CPU
     targets["pipeline ≥ 10,000 samples/s"] = bool(r) and r["pipeline_per_s"] >= 10_000

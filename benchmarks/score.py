@@ -184,17 +184,18 @@ def cpu_decode_rate(images: list, keys: list) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
-def gpu_decode_rate(images: list, keys: list, *, device: torch.device, batch_size: int) -> float:
+def gpu_decode_rate(images: list, keys: list, *, device: torch.device, batch_size: int, precision: str) -> float:
     """Images/s of batched nvJPEG decode + preprocessing on the device (what the pipeline does with JPEGs)."""
     from kdata.models.gpu_decode import decode_jpegs, preprocess
 
     gray = all(k[0][0] == 1 for k in keys)
     raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in images]
-    preprocess(decode_jpegs(raw[:8], device=device, gray=gray), keys)  # warm-up: nvJPEG handles, kernels
+    preprocess(decode_jpegs(raw[:8], device=device, gray=gray), keys, precision=precision)  # warm-up: nvJPEG, kernels
     _sync(device)
     t0 = time.perf_counter()
     for i in range(0, len(raw), batch_size):
-        preprocess([im for im in decode_jpegs(raw[i:i + batch_size], device=device, gray=gray) if im is not None], keys)
+        preprocess([im for im in decode_jpegs(raw[i:i + batch_size], device=device, gray=gray) if im is not None], keys,
+                   precision=precision)
     _sync(device)
     return len(raw) / (time.perf_counter() - t0)
 
@@ -238,8 +239,8 @@ def measure(args, pool, teacher, student, device: torch.device, *, workers: int,
     for round_ in range(args.repeat):
         bare_before = bare_after
         one_core = cpu_decode_rate(images[:args.decode_sample], keys)
-        gpu = gpu_decode_rate(images[:32 * args.batch_size], keys, device=device, batch_size=args.batch_size) \
-            if gpu_jpegs else 0.0
+        gpu = gpu_decode_rate(images[:32 * args.batch_size], keys, device=device, batch_size=args.batch_size,
+                              precision=precision) if gpu_jpegs else 0.0
         rate, run_info = pipeline_rate(pool, teacher, student, config=config, device=device)
         bare_after = bare_rate(batches, teacher, student, device=device, precision=precision)
         paired.append(rate / min((bare_before + bare_after) / 2, gpu or max(workers, 1) * one_core))
@@ -269,12 +270,20 @@ def measure(args, pool, teacher, student, device: torch.device, *, workers: int,
     steady = len(images) / max(info.get("seconds", 0.0) - startup, 1e-9)
     return {**r, "n": len(images), "units": len(pool.units), "device": str(device), "precision": precision,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "workers": workers, "batch_size": args.batch_size, "decode_capacity_per_s": capacity,
+            "workers": workers, "batch_size": args.batch_size, "prepare_ahead": prepare_ahead(device),
+            "decode_capacity_per_s": capacity,
             "ratio": r["pipeline_per_s"] / min(r["bare_per_s"], capacity),
             "seconds_to_first_batch": startup, "after_first_batch_per_s": steady,
             "ratio_after_first_batch": steady / min(r["bare_per_s"], capacity),
             "decode_pids": info.get("decode_pids"), "gpu_jpegs": info.get("gpu_jpegs"),
             "cuda_peak_bytes": info.get("cuda_peak_bytes"), "gpu_decode_per_s": r["gpu_decode_per_s"] or None}
+
+
+def prepare_ahead(device: torch.device) -> int:
+    """Batches made ahead on the preparing thread (CUDA with decode workers; 0 elsewhere)."""
+    from kdata.scoring import engine
+
+    return engine.PREPARE_AHEAD if device.type == "cuda" else 0
 
 
 def case_jpeg(args, device: torch.device) -> dict:
@@ -316,7 +325,8 @@ def case_builtin(args, device: torch.device) -> dict:
 def report(r: dict, repeat: int) -> None:
     print(f"[{r['case']}] {r['n']} images in {r['units']} units, {r['device']} {r['precision']}, "
           f"batch {r['batch_size']}, {r['workers']} decode worker(s), best of {repeat}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+          + (f", inputs made {r['prepare_ahead']} batches ahead" if r.get("prepare_ahead") else ""))
     if r["case"] == "jpeg":
         g = r["gflops_per_sample"]
         print(f"  teacher {r['teacher']}\n  student {r['student']}")
@@ -380,8 +390,15 @@ def main(argv=None) -> int:
                     "(default: the cores, at most 2 on a CPU device)")
     ap.add_argument("--stages", action="store_true", help="one more pipeline round timed stage by stage "
                     "(host seconds; on CUDA also device seconds): where the time goes")
+    ap.add_argument("--prepare-ahead", type=int, default=None, metavar="N",
+                    help="CUDA: batches whose inputs a thread of their own makes ahead of the forward pass "
+                    "(default: kdata's, 0: in turn, on the scoring thread)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.prepare_ahead is not None:
+        from kdata.scoring import engine
+
+        engine.PREPARE_AHEAD = args.prepare_ahead
     from kdata.models.spec import pick_device
 
     device = pick_device(args.device)

@@ -20,11 +20,15 @@ lacks (lanczos, box) keep JPEGs on the CPU path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import warnings
 
 import numpy as np
 import torch
+
+from kdata.models.images import normalise, to_device
 
 GPU_INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
 
@@ -110,44 +114,97 @@ def resize_filter(x: torch.Tensor, interpolation: str) -> torch.Tensor:
                        torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
 
 
-def resize_weights(sizes: torch.Tensor, out: int, width: int, interpolation: str) -> torch.Tensor:
+def host_sizes(sizes) -> np.ndarray:
+    """Sizes as a host int64 array (a tensor is read once; the band widths below need no device sync)."""
+    return (sizes.cpu().numpy() if isinstance(sizes, torch.Tensor) else np.asarray(sizes)).astype(np.int64)
+
+
+def banded(taps: torch.Tensor, weights: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n, out, K) column indices and weights → the (n, out, width) matrix holding them (zeros elsewhere).
+
+    Only each row's K taps are computed, not all ``width`` columns: on an H200 the dense formula's
+    elementwise kernels cost more device time than the resize's matrix products. Taps outside the
+    image carry a zero weight (their clamped index adds exactly 0)."""
+    n, out, _ = taps.shape
+    dense = torch.zeros((n, out, width), dtype=dtype, device=weights.device)
+    return dense.scatter_add_(2, taps.clamp(0, width - 1).long(), weights.to(dtype))
+
+
+def resize_weights(sizes, out: int, width: int, interpolation: str, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(n, out, width) matrices resizing rows of ``sizes[i]`` valid pixels (zero-padded to ``width``)
-    to ``out`` pixels: ``y = W @ x``.
+    to ``out`` pixels: ``y = W @ x``. ``sizes``: host ints (or a tensor); ``device``: where the
+    matrices go (default: the tensor's, else the CPU).
 
     The weights of Pillow's antialiased resampling (what ``F.interpolate(antialias=True)`` computes):
     output pixel k centred at c = s (k + ½), s = size / out, takes input pixel j with weight
     f((j − c + ½) / max(s, 1)) normalised over the row; nearest-exact takes pixel ⌊s (k + ½)⌋. A size
-    equal to ``out`` gives the identity, exactly."""
-    size = sizes.to(torch.float32)[:, None, None]
-    k = torch.arange(out, dtype=torch.float32, device=sizes.device)[None, :, None]
-    j = torch.arange(width, dtype=torch.float32, device=sizes.device)[None, None, :]
+    equal to ``out`` gives the identity, exactly. f vanishes beyond its support (1 for the triangle,
+    2 for the cubic) times max(s, 1), so each row has at most ⌈2 · support · max(s, 1)⌉ + 1 taps."""
+    dims = host_sizes(sizes)
+    device = device if device is not None else (sizes.device if isinstance(sizes, torch.Tensor) else "cpu")
+    size = to_device(torch.from_numpy(dims.astype(np.float32)), torch.device(device))[:, None, None]
+    k = torch.arange(out, dtype=torch.float32, device=device)[None, :, None]
     scale = size / out
     if interpolation == "nearest":
-        return (j == torch.minimum(torch.floor((k + 0.5) * scale), size - 1)).to(torch.float32)
-    w = resize_filter((j - scale * (k + 0.5) + 0.5) / scale.clamp(min=1), interpolation) * (j < size)
-    return w / w.sum(-1, keepdim=True)
+        j = torch.minimum(torch.floor((k + 0.5) * scale), size - 1)
+        return banded(j, torch.ones_like(j), width, dtype)
+    support = 1.0 if interpolation == "bilinear" else 2.0
+    taps = int(np.ceil(2 * support * max(float(dims.max(initial=1)) / out, 1.0))) + 2
+    stretch = scale.clamp(min=1)
+    centre = scale * (k + 0.5)
+    j = torch.floor(centre - 0.5 - support * stretch) + torch.arange(taps, dtype=torch.float32, device=device)
+    w = resize_filter((j - centre + 0.5) / stretch, interpolation) * ((j >= 0) & (j < size))
+    return banded(j, w / w.sum(-1, keepdim=True), width, dtype)
 
 
-def box_weights(sizes: torch.Tensor, factors: torch.Tensor, out: int, width: int) -> torch.Tensor:
+def box_weights(sizes, factors, out: int, width: int, *, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(n, out, width) matrices averaging blocks of ``factors[i]`` pixels (the last block clipped to
-    ``sizes[i]``, as ``F.avg_pool2d(ceil_mode=True)``); a factor of 1 gives the identity."""
-    size, f = sizes[:, None, None], factors[:, None, None]
-    k = torch.arange(out, device=sizes.device)[None, :, None]
-    j = torch.arange(width, device=sizes.device)[None, None, :]
-    inside = (torch.div(j, f, rounding_mode="floor") == k) & (j < size)
+    ``sizes[i]``, as ``F.avg_pool2d(ceil_mode=True)``); a factor of 1 gives the identity. ``sizes`` and
+    ``factors``: host ints (or tensors)."""
+    dims, fs = host_sizes(sizes), host_sizes(factors)
+    device = device if device is not None else (sizes.device if isinstance(sizes, torch.Tensor) else "cpu")
+    dev = torch.device(device)
+    size = to_device(torch.from_numpy(dims), dev)[:, None, None]
+    f = to_device(torch.from_numpy(fs), dev)[:, None, None]
+    k = torch.arange(out, device=device)[None, :, None]
+    t = torch.arange(int(fs.max(initial=1)), device=device)[None, None, :]
+    j = k * f + t
     count = torch.clamp(torch.minimum(f, size - k * f), min=1)
-    return inside.to(torch.float32) / count.to(torch.float32)
+    return banded(j, ((t < f) & (j < size)).to(torch.float32) / count.to(torch.float32), width, dtype)
 
 
 def separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """(n, C, H, W) → (n, C, h, w) = rows[i] @ x[i] @ cols[i]ᵀ: two batched matrix products in full
-    fp32 (no TF32: the results are rounded to pixel levels)."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """(n, C, H, W) → (n, C, h, w) = rows[i] @ x[i] @ cols[i]ᵀ in ``x``'s dtype; float32 in full fp32
+    (no TF32: the results are rounded to pixel levels). One batched product over all channels'
+    rows, then one per channel (a broadcast product would first copy ``rows`` once per channel)."""
+    n, c, h0, w0 = x.shape
+    with full_fp32():
+        y = torch.bmm(x.reshape(n, c * h0, w0), cols.transpose(1, 2)).view(n, c, h0, -1)
+        return torch.stack([torch.bmm(rows, y[:, i]) for i in range(c)], 1)
+
+
+_FP32_LOCK = threading.Lock()
+_FP32_USERS = [0, False]  # threads inside ``full_fp32``, the TF32 setting they found
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for CUDA matmuls inside the block, restored when the last thread inside leaves
+    (the setting is process-wide; the inputs may be prepared on a thread of their own)."""
+    with _FP32_LOCK:
+        if not _FP32_USERS[0]:
+            _FP32_USERS[1] = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+        _FP32_USERS[0] += 1
     try:
-        return torch.matmul(rows[:, None], torch.matmul(x, cols.transpose(1, 2)[:, None]))
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        with _FP32_LOCK:
+            _FP32_USERS[0] -= 1
+            if not _FP32_USERS[0]:
+                torch.backends.cuda.matmul.allow_tf32 = _FP32_USERS[1]
 
 
 def padded_chunks(order: list[int], sizes: list[tuple[int, int]], limit: int) -> list[list[int]]:
@@ -165,42 +222,63 @@ def padded_chunks(order: list[int], sizes: list[tuple[int, int]], limit: int) ->
     return chunks + ([cur] if cur else [])
 
 
-def preprocess(images: list[torch.Tensor], keys: list[tuple]) -> dict[tuple, torch.Tensor]:
-    """Decoded uint8 images (C0, H, W), all on one device → {key: float32 (N, C, H, W)} normalised.
+def padded(images: list[torch.Tensor], height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (C, h, w) images → (n, C, height, width) in ``dtype``, zero-padded at the bottom and right:
+    one concatenation, one conversion and one padding kernel (a nested tensor), not a copy per image."""
+    shape = (len(images), images[0].shape[0], height, width)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "nested tensors are in prototype stage"
+            return torch.nested.as_nested_tensor(images).to(dtype).to_padded_tensor(0.0, output_size=shape)
+    except (RuntimeError, NotImplementedError):  # a torch build without this nested-tensor path: image by image
+        x = torch.zeros(shape, dtype=dtype, device=images[0].device)
+        for n, im in enumerate(images):
+            x[n, :, :im.shape[1], :im.shape[2]] = im
+        return x
+
+
+def resize_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The resize's arithmetic for a run at ``precision``: float32 for fp32 runs (the CPU path's
+    pixels to rounding) and on a CPU; float16 for bf16 runs on CUDA, whose tensor-core products move
+    about one pixel in twenty by one grey level — less than the half grey level to which bf16
+    autocast itself rounds a normalised pixel (8 significant bits over about ±2.5 standard
+    deviations)."""
+    return torch.float16 if precision == "bf16" and device.type == "cuda" else torch.float32
+
+
+def preprocess(images: list[torch.Tensor], keys: list[tuple], *, precision: str = "fp32") -> dict[tuple, torch.Tensor]:
+    """Decoded uint8 images (C0, H, W), all on one device → {key: float32 (N, C, H, W)} normalised;
+    the resize computed at the run's ``precision`` (``resize_dtype``).
 
     Images of every size are processed together: sorted by area, zero-padded into a batch, and each
     step (the reduced-scale decode's box reduction, the resize) is a pair of batched matrix products
     with per-image weight matrices (``resize_weights``, ``box_weights``). Grouping by size instead cost
     one kernel per step per distinct size: on an H200, 10,300 images/s for 224–400 px crops against
     284,700/s for one size."""
-    from kdata.models.images import normalise, to_device
-
     if not images:
         return {k: torch.empty((0, *k[0]), dtype=torch.float32) for k in keys}
-    device, c0 = images[0].device, images[0].shape[0]
+    device = images[0].device
+    dtype = resize_dtype(precision, device)
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
     order = sorted(range(len(images)), key=lambda i: (sizes[i][0] * sizes[i][1], sizes[i]))
     parts: dict[tuple, list[torch.Tensor]] = {k: [] for k in keys}
     for chunk in padded_chunks(order, sizes, PREPROCESS_PIXELS):
         top_h, top_w = max(sizes[i][0] for i in chunk), max(sizes[i][1] for i in chunk)
-        x = torch.zeros((len(chunk), c0, top_h, top_w), dtype=torch.float32, device=device)
-        for n, i in enumerate(chunk):
-            x[n, :, :sizes[i][0], :sizes[i][1]] = images[i]
+        x = padded([images[i] for i in chunk], top_h, top_w, dtype)
         dims = np.asarray([sizes[i] for i in chunk], dtype=np.int64)
         factors = np.asarray([draft_scale(h, w, keys) for h, w in dims], dtype=np.int64)
-        hs, ws = to_device(torch.from_numpy(dims[:, 0]), device), to_device(torch.from_numpy(dims[:, 1]), device)
+        hs, ws = dims[:, 0], dims[:, 1]  # host-side: the weight matrices' shapes need no device sync
         if (factors > 1).any():  # Image.draft's reduced-scale decode ≈ a box reduction, rounded to pixel levels
-            f = to_device(torch.from_numpy(factors), device)
-            out_h, out_w = -(-dims[:, 0] // factors), -(-dims[:, 1] // factors)
-            x = separable(x, box_weights(hs, f, int(out_h.max()), top_h),
-                          box_weights(ws, f, int(out_w.max()), top_w)).round_()
-            hs, ws = to_device(torch.from_numpy(out_h), device), to_device(torch.from_numpy(out_w), device)
-            top_h, top_w = int(out_h.max()), int(out_w.max())
+            out_h, out_w = -(-hs // factors), -(-ws // factors)
+            x = separable(x, box_weights(hs, factors, int(out_h.max()), top_h, device=device, dtype=dtype),
+                          box_weights(ws, factors, int(out_w.max()), top_w, device=device, dtype=dtype)).round_()
+            hs, ws, top_h, top_w = out_h, out_w, int(out_h.max()), int(out_w.max())
         for key in keys:
             (c, h, w), mean, std, interpolation = key
-            y = to_channels(x, c).to(torch.float32)
+            y = to_channels(x, c).to(dtype)
             mode = "nearest" if GPU_INTERPOLATIONS[interpolation] == "nearest-exact" else interpolation
-            y = separable(y, resize_weights(hs, h, top_h, mode), resize_weights(ws, w, top_w, mode))
+            y = separable(y, resize_weights(hs, h, top_h, mode, device=device, dtype=dtype),
+                          resize_weights(ws, w, top_w, mode, device=device, dtype=dtype))
             parts[key].append(normalise(y.round_().clamp_(0, 255), mean, std))
     back = to_device(torch.from_numpy(np.argsort(np.asarray(order), kind="stable")), device)
     return {k: torch.cat(v)[back] for k, v in parts.items()}

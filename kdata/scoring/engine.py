@@ -7,14 +7,22 @@ computes the statistics on the scoring device and hands each unit, once its last
 ``on_unit`` (write the cache entry, release the lock). A crash loses at most the units in flight.
 
 On CUDA: JPEGs decoded by nvJPEG in batches (``kdata.models.gpu_decode``), pinned host memory and
-non-blocking copies, and one batch in flight — batch k+1 is decoded and launched while batch k's
-results come back — so the forward never waits on host work it could overlap.
+non-blocking copies, and one batch in flight — batch k+1 is launched while batch k's results come
+back. With ``PREPARE_AHEAD`` > 0 and decode workers, each batch's model inputs (nvJPEG decode,
+resize, normalise) are made up to that many batches ahead on a thread and CUDA stream of their own
+(``ScoringRun.prepare_ahead``), so nvJPEG's host phase and the preprocessing's kernel launches can
+overlap the forward pass. It is off by default: on an H200 it did not beat making the inputs in
+turn while the preprocessing's kernels kept the GPU busy (docs/gpu.md); ``benchmarks/score.py
+--prepare-ahead 2`` and ``benchmarks/gpu_overlap.py`` measure it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -30,6 +38,7 @@ from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
 from kdata.scoring.stage_clock import active_clock, timed, timed_iter
 
+PREPARE_AHEAD = 0  # CUDA with decode workers: batches whose inputs are made ahead on their own thread (0: in turn)
 GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes
 
 
@@ -60,6 +69,16 @@ class UnitState:
     quarantined: list = field(default_factory=list)
     empty: int = 0  # rows with no payload at all (and no reader error)
     pids: set = field(default_factory=set)  # processes that decoded this unit's rows
+
+
+@dataclass
+class Ready:
+    """A batch's model inputs made ahead on the preparing thread's stream (``event``: when they are done)."""
+
+    x: dict
+    rows: list
+    bad: list
+    event: object | None  # CUDA event on the preparing stream (None on a CPU)
 
 
 @dataclass
@@ -143,20 +162,75 @@ class ScoringRun:
         by_index = {st.index: st for st in states}
         in_flight = 1 if self.gpu else 0
         pending: deque[Pending] = deque()
-        for out in timed_iter(self.clock, "wait_for_batch", batches):
-            if "fatal" in out:
-                raise KdataError(out["fatal"])
-            pending.append(self.step(by_index[out["unit"]], out, worker=worker))
-            while len(pending) > in_flight:
-                self.collect(pending.popleft())
+        # inputs made ahead where this process decodes (nvJPEG; the batched decode on a CPU is for tests)
+        ahead = PREPARE_AHEAD if worker and (self.gpu or self.gpu_jpeg) else 0
+        prepared = self.prepare_ahead(batches, depth=ahead) if ahead else ((out, None) for out in batches)
+        try:
+            for out, ready in timed_iter(self.clock, "wait_for_batch", prepared):
+                if "fatal" in out:
+                    raise KdataError(out["fatal"])
+                pending.append(self.step(by_index[out["unit"]], out, worker=worker, ready=ready))
+                while len(pending) > in_flight:
+                    self.collect(pending.popleft())
+        finally:
+            prepared.close()  # stops and joins the preparing thread, whatever ended the loop
         while pending:
             self.collect(pending.popleft())
+
+    def prepare_ahead(self, batches: Iterator[dict], *, depth: int) -> Iterator[tuple[dict, Ready | None]]:
+        """``(batch, Ready)`` pairs whose inputs a thread of their own makes on a CUDA stream of its own,
+        at most ``depth`` batches ahead of the forward pass (bounded GPU memory). The thread also
+        draws the batches from the decode workers; its errors are raised here, in order."""
+        done = object()
+        q: queue.Queue = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+        stream = torch.cuda.Stream(device=self.device) if self.gpu else None
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                with torch.inference_mode(), (torch.cuda.stream(stream) if stream else contextlib.nullcontext()):
+                    for out in batches:
+                        ready = None
+                        if "fatal" not in out:
+                            with torch.autocast(self.device.type, enabled=False), \
+                                    timed(self.clock, "inputs", self.device):
+                                x, rows, bad = self.inputs(out)
+                            event = torch.cuda.Event() if stream else None
+                            if event is not None:
+                                event.record(stream)
+                            ready = Ready(x, rows, bad, event)
+                        if stop.is_set() or not put((out, ready)):
+                            return
+            except BaseException as exc:  # noqa: BLE001  (handed to the scoring thread, raised there)
+                put(exc)
+            put(done)
+
+        thread = threading.Thread(target=work, name="kdata-prepare-inputs", daemon=True)
+        thread.start()
+        try:
+            while (item := q.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
 
     # -------------------------------------------------------------------------------------------
     # one batch
 
-    def step(self, st: UnitState, out: dict, *, worker: bool = False) -> Pending:
-        """Account one decoded batch, put its images on the device and launch the forward pass.
+    def step(self, st: UnitState, out: dict, *, worker: bool = False, ready: Ready | None = None) -> Pending:
+        """Account one decoded batch, put its images on the device (or take the inputs ``ready`` made
+        ahead: the compute stream waits for their event) and launch the forward pass.
 
         ``st.pids`` records the worker processes that decoded the unit (with ``worker``; the batch
         this process decodes while they start is not theirs), else this process."""
@@ -166,8 +240,16 @@ class ScoringRun:
         ids = out["ids"]
         st.ids += ids
         st.label_idx += [self.lookup.get(v, -1) if v is not None else -1 for v in out["labels"]]
-        with torch.autocast(self.device.type, enabled=False), timed(self.clock, "inputs", self.device):
-            x, rows, bad = self.inputs(out)  # pixels in fp32, whatever the precision
+        if ready is None:
+            with torch.autocast(self.device.type, enabled=False), timed(self.clock, "inputs", self.device):
+                x, rows, bad = self.inputs(out)  # pixels in fp32, whatever the precision
+        else:
+            x, rows, bad = ready.x, ready.rows, ready.bad
+            if ready.event is not None:
+                compute = torch.cuda.current_stream(self.device)
+                compute.wait_event(ready.event)
+                for v in x.values():
+                    v.record_stream(compute)  # made on the preparing stream: not reused before the forward ends
         st.quarantined += [(ids[j], err) for j, err in bad]
         rows = np.asarray(rows, dtype=np.int64) + out["start"]
         self.info["batches"] += 1
@@ -225,7 +307,7 @@ class ScoringRun:
             self.info["gpu_jpeg_fallbacks"] += len(chunk) - len(ok)
             if ok:
                 with timed(self.clock, "inputs/preprocess", self.device):
-                    x = preprocess([im for im in images if im is not None], self.keys)
+                    x = preprocess([im for im in images if im is not None], self.keys, precision=self.precision)
                 parts.append(([jrows[i] for i in ok], x))
         if fallback:
             parts.append((fallback_rows, {k: normalise(to_device(torch.stack([d[k] for d in fallback]), self.device),

@@ -100,3 +100,36 @@ def test_jpeg_structure_check_sends_damaged_files_to_the_cpu_decoder():
     progressive = io.BytesIO()
     Image.open(io.BytesIO(good)).save(progressive, format="JPEG", progressive=True, quality=85)
     assert jpeg_structure_ok(progressive.getvalue())  # tables and scans between scans are fine
+
+
+def test_padding_in_one_kernel_matches_copying_each_image():
+    from kdata.models.gpu_decode import padded
+
+    rng = np.random.default_rng(4)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in [(5, 9), (12, 4), (7, 7)]]
+    want = torch.zeros((3, 3, 12, 10))
+    for n, im in enumerate(images):
+        want[n, :, :im.shape[1], :im.shape[2]] = im
+    for dtype in (torch.float32, torch.float16):
+        got = padded(images, 12, 10, dtype)
+        assert got.dtype == dtype and torch.equal(got.float(), want)
+
+
+def test_half_precision_resize_stays_within_a_grey_level_of_fp32():
+    """bf16 runs on CUDA resize in float16 (``resize_dtype``): at most one level off, on few pixels."""
+    from kdata.models.gpu_decode import resize_dtype
+
+    assert resize_dtype("bf16", torch.device("cuda")) == torch.float16
+    assert resize_dtype("bf16", torch.device("cpu")) == resize_dtype("fp32", torch.device("cuda")) == torch.float32
+    rng = np.random.default_rng(5)
+    sizes = [(90, 120), (64, 64), (130, 70)]
+    x = torch.zeros((3, 3, 130, 120))
+    for n, (h, w) in enumerate(sizes):
+        x[n, :, :h, :w] = torch.from_numpy(rng.integers(0, 256, (3, h, w)).astype(np.float32))
+    hs, ws = [s[0] for s in sizes], [s[1] for s in sizes]
+    for interpolation in ("bilinear", "bicubic"):
+        full = separable(x, resize_weights(hs, 48, 130, interpolation), resize_weights(ws, 40, 120, interpolation))
+        half = separable(x.half(), resize_weights(hs, 48, 130, interpolation, dtype=torch.float16),
+                         resize_weights(ws, 40, 120, interpolation, dtype=torch.float16))
+        off = (full.round() - half.float().round()).abs()
+        assert off.max() <= 1 and (off > 0).float().mean() < 0.15, (interpolation, (off > 0).float().mean())

@@ -305,3 +305,85 @@ def test_successive_scoring_calls_reuse_the_decode_workers(tmp_path, cache, mode
         seen.append(set(info["decode_pids"][u.name]))
     workers = set().union(*seen)
     assert len(workers) == 2 and os.getpid() not in workers and all(seen)
+
+
+def _score_batched(tables, teacher, student, *, workers: int, on_unit=None, device: str = "cpu"):
+    """Units (tables; None: a unit that cannot be read) through the batched-decode path with workers."""
+    import threading
+
+    from kdata.pools.base import TableRows
+    from kdata.scoring.engine import ScoringRun, UnitState
+    from kdata.scoring.score import unit_table
+
+    states, out = [UnitState(i, f"u{i}") for i in range(len(tables))], {}
+
+    def plans(i):
+        if tables[i] is None:
+            raise KdataError(f"u{i}: cannot read")
+        return TableRows(tables[i])
+
+    def finish(st):
+        out[st.index] = (unit_table(st), st.quarantined, {t.name for t in threading.enumerate()})
+        if on_unit:
+            on_unit(st)
+
+    run = ScoringRun(teacher, student, config=ScoreConfig(batch_size=6), device=torch.device(device),
+                     precision="fp32", on_unit=finish, gpu_decode=True)
+    with torch.inference_mode():
+        run.run(states, run.tasks(states, plans, lambda s: True), num_workers=workers)
+    return out
+
+
+def _jpeg_units(n_units: int, per_unit: int = 14):
+    jpegs = _photo_jpegs(n_units * per_unit, seed=5)
+    jpegs[3] = jpegs[3][: len(jpegs[3]) // 2]  # truncated: quarantined by the CPU decoder
+    return [pa.table({"sample_id": [f"s{u}-{i}" for i in range(per_unit)],
+                      "image": jpegs[u * per_unit:(u + 1) * per_unit],
+                      "label": [str(i % 10) for i in range(per_unit)]}) for u in range(n_units)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inputs_made_ahead_on_their_own_thread_give_the_same_scores(device, monkeypatch):
+    """With ``PREPARE_AHEAD`` > 0 and decode workers, the batched-decode path makes each batch's inputs
+    on a thread (and, on CUDA, a stream) of its own, ahead of the forward pass: same rows, quarantine
+    and scores as making them in turn, and the thread is gone once the run returns."""
+    import threading
+
+    from kdata.scoring import engine
+
+    teacher = load_model(exported_models()["teacher_pt2"], device=device)
+    student = load_model(exported_models()["student_pt"], device=device)
+    tables = _jpeg_units(3)
+    in_turn = _score_batched(tables, teacher, student, workers=2, device=device)  # the default: in turn
+    monkeypatch.setattr(engine, "PREPARE_AHEAD", 2)
+    ahead = _score_batched(tables, teacher, student, workers=2, device=device)
+    assert "kdata-prepare-inputs" in ahead[0][2]  # alive while the first unit was handed on
+    assert not any("kdata-prepare-inputs" in names for _, _, names in in_turn.values())
+    for u in range(3):
+        assert ahead[u][0].equals(in_turn[u][0]) and ahead[u][1] == in_turn[u][1]
+    assert len(ahead[0][1]) == 1 and sum(ahead[u][0].num_rows for u in range(3)) == 41
+    assert "kdata-prepare-inputs" not in {t.name for t in threading.enumerate()}
+
+
+def test_errors_on_either_side_of_the_preparing_thread_stop_the_run_cleanly(monkeypatch):
+    """A unit that cannot be read (met by the preparing thread) stops the run after the units before
+    it are handed on; an error in the scoring thread stops the preparing one. Neither leaves it running."""
+    import threading
+
+    from kdata.scoring import engine
+
+    monkeypatch.setattr(engine, "PREPARE_AHEAD", 2)
+    m = exported_models()
+    teacher, student = load_model(m["teacher_pt2"]), load_model(m["student_pt"])
+    tables = _jpeg_units(2)
+    seen = []
+    with pytest.raises(KdataError, match="u1: cannot read"):
+        _score_batched([tables[0], None, tables[1]], teacher, student, workers=2, on_unit=lambda st: seen.append(st.index))
+    assert seen == [0]
+
+    def fail(st):
+        raise RuntimeError(f"disk full writing unit {st.index}")
+
+    with pytest.raises(RuntimeError, match="disk full writing unit 0"):
+        _score_batched(tables + tables, teacher, student, workers=2, on_unit=fail)
+    assert "kdata-prepare-inputs" not in {t.name for t in threading.enumerate()}
