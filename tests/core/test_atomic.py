@@ -29,3 +29,23 @@ def test_a_killed_writers_temporary_file_is_dropped_and_nothing_else(tmp_path):
     with atomic_path(target) as t:  # the next writer completes as usual
         t.write_text("whole")
     assert target.read_text() == "whole"
+
+
+def test_parquet_dictionary_encoding_only_where_values_repeat(tmp_path):
+    """Labels, classes and ids are dictionary-encoded; floats, payloads and embeddings are not
+    (trying it on them first doubles the write time of a scores unit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdata.core.atomic import write_parquet
+
+    table = pa.table({"label": ["cat", "dog"] * 50, "idx": pa.array(range(100), pa.int32()),
+                      "kl": pa.array([0.5] * 100, pa.float32()), "image": pa.array([b"\xff\xd8"] * 100),
+                      "embedding": pa.array([[0.25, 0.5]] * 100, pa.list_(pa.float16()))})
+    write_parquet(tmp_path / "t.parquet", table)
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0)
+    dictionary = {meta.column(i).path_in_schema: meta.column(i).has_dictionary_page for i in range(meta.num_columns)}
+    assert dictionary["label"] and dictionary["idx"]
+    assert not dictionary["kl"] and not dictionary["image"] and not any(v for k, v in dictionary.items()
+                                                                          if k.startswith("embedding"))
+    assert pq.read_table(tmp_path / "t.parquet").equals(table)
