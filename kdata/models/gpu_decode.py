@@ -124,8 +124,8 @@ def banded(taps: torch.Tensor, weights: torch.Tensor, width: int, dtype: torch.d
     """(n, out, K) column indices and weights → the (n, out, width) matrix holding them (zeros elsewhere).
 
     Only each row's K taps are computed, not all ``width`` columns: on an H200 the dense formula's
-    elementwise kernels cost more device time than the resize's matrix products. Taps outside the
-    image carry a zero weight (their clamped index adds exactly 0)."""
+    elementwise kernels cost about as much device time as the resize's matrix products. Taps
+    outside the image carry a zero weight (their clamped index adds exactly 0)."""
     n, out, _ = taps.shape
     dense = torch.zeros((n, out, width), dtype=dtype, device=weights.device)
     return dense.scatter_add_(2, taps.clamp(0, width - 1).long(), weights.to(dtype))
