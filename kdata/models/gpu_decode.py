@@ -120,6 +120,13 @@ def host_sizes(sizes) -> np.ndarray:
     return (sizes.cpu().numpy() if isinstance(sizes, torch.Tensor) else np.asarray(sizes)).astype(np.int64)
 
 
+def weights_device(sizes, device) -> torch.device:
+    """Where weight matrices go: ``device`` if given, else the sizes tensor's device, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return sizes.device if isinstance(sizes, torch.Tensor) else torch.device("cpu")
+
+
 def banded(taps: torch.Tensor, weights: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(n, out, K) column indices and weights → the (n, out, width) matrix holding them (zeros elsewhere).
 
@@ -142,9 +149,8 @@ def resize_weights(sizes, out: int, width: int, interpolation: str, *, device: t
     f((j − c + ½) / max(s, 1)) normalised over the row; nearest-exact takes pixel ⌊s (k + ½)⌋. A size
     equal to ``out`` gives the identity, exactly. f vanishes beyond its support (1 for the triangle,
     2 for the cubic) times max(s, 1), so each row has at most ⌈2 · support · max(s, 1)⌉ + 1 taps."""
-    dims = host_sizes(sizes)
-    device = device if device is not None else (sizes.device if isinstance(sizes, torch.Tensor) else "cpu")
-    size = to_device(torch.from_numpy(dims.astype(np.float32)), torch.device(device))[:, None, None]
+    dims, device = host_sizes(sizes), weights_device(sizes, device)
+    size = to_device(torch.from_numpy(dims.astype(np.float32)), device)[:, None, None]
     k = torch.arange(out, dtype=torch.float32, device=device)[None, :, None]
     scale = size / out
     if interpolation == "nearest":
@@ -164,11 +170,9 @@ def box_weights(sizes, factors, out: int, width: int, *, device: torch.device | 
     """(n, out, width) matrices averaging blocks of ``factors[i]`` pixels (the last block clipped to
     ``sizes[i]``, as ``F.avg_pool2d(ceil_mode=True)``); a factor of 1 gives the identity. ``sizes`` and
     ``factors``: host ints (or tensors)."""
-    dims, fs = host_sizes(sizes), host_sizes(factors)
-    device = device if device is not None else (sizes.device if isinstance(sizes, torch.Tensor) else "cpu")
-    dev = torch.device(device)
-    size = to_device(torch.from_numpy(dims), dev)[:, None, None]
-    f = to_device(torch.from_numpy(fs), dev)[:, None, None]
+    dims, fs, device = host_sizes(sizes), host_sizes(factors), weights_device(sizes, device)
+    size = to_device(torch.from_numpy(dims), device)[:, None, None]
+    f = to_device(torch.from_numpy(fs), device)[:, None, None]
     k = torch.arange(out, device=device)[None, :, None]
     t = torch.arange(int(fs.max(initial=1)), device=device)[None, None, :]
     j = k * f + t
