@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KdataError as exc:
-        print(f"kdata: error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("kdata: interrupted", file=sys.stderr)
@@ -102,10 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         return _unexpected(exc)
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line a failure prints: a KdataError's message with any wrapped library text joined onto
+    it; for anything unexpected, its type and the first line of its message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, KdataError):
+        return f"kdata: error: {' '.join(lines)}"
+    return f"kdata: error: {type(exc).__name__}: {lines[0] if lines else ''} (set KDATA_DEBUG=1 for the traceback)"
+
+
 def _unexpected(exc: BaseException) -> int:
     if os.environ.get("KDATA_DEBUG"):
         raise exc
-    print(f"kdata: error: {type(exc).__name__}: {exc} (set KDATA_DEBUG=1 for the traceback)", file=sys.stderr)
+    print(error_line(exc), file=sys.stderr)
     return 1
 
 

@@ -19,8 +19,8 @@ def register(sub) -> None:
                                    "while the teacher keeps its class, filter them with a critic, and write the "
                                    "original rows plus the accepted generated rows to OUT.")
     add_dataset_dir(p, help="a curated dataset written by kdata select / demo / dedup")
-    p.add_argument("--teacher", default="builtin:digits-teacher", help="teacher model spec")
-    p.add_argument("--student", default="builtin:digits-student", help="student model spec")
+    p.add_argument("--teacher", default=None, help="teacher model spec (default: the manifest's teacher)")
+    p.add_argument("--student", default=None, help="student model spec (default: the manifest's student)")
     p.add_argument("--per-sample", type=int, default=1, metavar="K", help="generated rows per original row")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for the augmented dataset")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: 10)")

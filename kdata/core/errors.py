@@ -12,3 +12,9 @@ class KdataError(Exception):
 class RuntimeFailure(KdataError):
     def __init__(self, message: str):
         super().__init__(message, exit_code=1)
+
+
+def brief(items, *, n: int = 4) -> str:
+    """``a, b, c, …``: the first ``n`` of ``items`` for a one-line message, with an ellipsis only when cut."""
+    items = [str(x) for x in items]
+    return ", ".join(items[:n]) + (", …" if len(items) > n else "")

@@ -85,10 +85,11 @@ def _run_options(run: dict):
       retry_condition_fn=lambda task, run, state: retryable(state))
 def prepare_task(select: dict, out: str, run: dict) -> dict:
     """Check OUT, open the pool, load the models: returns unit names/paths/fingerprints and checksums."""
-    from kdata.pipeline.output import already_complete
+    from kdata.pipeline.output import already_complete, check_out_outside_pool
     from kdata.pipeline.prepare import prepare
 
     cfg = _select_config(select)
+    check_out_outside_pool(out, cfg.pool)
     done = already_complete(out, cfg.hash())
     if done is not None:
         return {"done": True, "report": done.to_dict()}

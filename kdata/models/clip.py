@@ -81,11 +81,23 @@ class ZeroShotCLIP(nn.Module):
 
 @contextlib.contextmanager
 def _offline():
+    """No hub request while a tag loads: only a locally cached tag loads. huggingface_hub reads its
+    offline switch once, at import, so its module constant is set too (else each file is retried
+    five times over 23 s before the tag is found missing)."""
     old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     try:
+        from huggingface_hub import constants as hub
+    except ImportError:
+        hub = None
+    was = getattr(hub, "HF_HUB_OFFLINE", None)
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
+    try:
         yield
     finally:
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = was
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -130,7 +142,7 @@ def open_clip_model(spec: str):
         check_checkpoint_file(weights, where=f"{spec}: cannot load {weights}")
     prev = logging.getLogger().level
     try:
-        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs a failed download before raising it
         with _offline(), warnings.catch_warnings(), untrusted_load(weights):
             warnings.simplefilter("ignore")
             model = open_clip.create_model(arch, pretrained=weights, weights_only=True, require_pretrained=True,
@@ -138,6 +150,9 @@ def open_clip_model(spec: str):
     except KdataError:
         raise
     except Exception as exc:
+        if not is_file and "download" in str(exc).lower():
+            raise KdataError(f"{spec}: pretrained tag '{weights}' is not in the local cache (kdata never downloads "
+                             "weights: fetch them once with open_clip, or pass a local checkpoint file)") from None
         where = weights if is_file else f"pretrained tag '{weights}'"
         hint = "" if is_file else " (not cached locally? pass a local checkpoint file)"
         raise KdataError(f"{spec}: cannot load {where} into open_clip {arch} ({first_line(exc)}){hint}") from None

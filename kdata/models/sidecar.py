@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, brief
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box")
 OUTPUTS = (["logits"], ["logits", "features"])
@@ -172,6 +172,6 @@ def resolve_class_names(declared: list[str] | None, n_out: int, *, where: str) -
     if hint is not None:
         if len(hint) != n_out:
             raise KdataError(f"{where}: class-count mismatch: the model outputs {n_out} classes but the pool "
-                             f"has {len(hint)} ({', '.join(hint[:5])}{', …' if len(hint) > 5 else ''})")
+                             f"has {len(hint)} ({brief(hint, n=5)})")
         return list(hint)
     return [str(i) for i in range(n_out)]

@@ -67,11 +67,13 @@ def config_file_values(args) -> tuple[dict, dict, str]:
     path = getattr(args, "config", None)
     if not path:
         return {}, {}, "command line"
-    from kdata.pipeline.config import RunOptions, SelectConfig, load_yaml
+    from kdata.pipeline.config import RunOptions, SelectConfig, canonical_names, load_yaml
 
     data = load_yaml(path)
     if set(data) & {"select", "run"}:
-        return dict(data.get("select") or {}), dict(data.get("run") or {}), str(path)
+        return (canonical_names(SelectConfig, dict(data.get("select") or {}), where=str(path)),
+                canonical_names(RunOptions, dict(data.get("run") or {}), where=str(path)), str(path))
+    data = canonical_names(RunOptions, canonical_names(SelectConfig, data, where=str(path)), where=str(path))
     sel_names = {f for f in SelectConfig.__dataclass_fields__}
     run_names = {f for f in RunOptions.__dataclass_fields__}
     return ({k: v for k, v in data.items() if k not in run_names},

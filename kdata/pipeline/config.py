@@ -128,9 +128,20 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def canonical_names(cls, values: dict, *, where: str) -> dict:
+    """``values`` with an option's command-line name (``workers`` for ``--workers``) turned into its
+    field name (``num_workers``), so a config file may use either."""
+    alias = {flag_of(f)[2:].replace("-", "_"): f.name for f in dataclasses.fields(cls) if f.metadata.get("flag")}
+    both = sorted(k for k in values if k in alias and alias[k] in values)
+    if both:
+        raise KdataError(f"{where}: {both[0]} and {alias[both[0]]} name the same option; give one")
+    return {alias.get(k, k): v for k, v in values.items()}
+
+
 def check_types(cls, values: dict, *, where: str) -> dict:
     """``values`` with every key a field of ``cls`` and every value of the field's kind (ints stay ints)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = canonical_names(cls, values, where=where)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise KdataError(f"{where}: unknown option(s) {unknown}; known: {sorted(fields)}")

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdata.augment.hard import EXCLUDED_FILE, HardConfig, combine, generate, manifest_section, write_excluded
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, brief
 from kdata.core.lock import exclusive
 from kdata.core.jsonable import config_hash as hash_config
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, validate_shard
-from kdata.dataset.writer import MANIFEST, read_manifest, read_shards, shard_meta, shard_paths
+from kdata.dataset.writer import MANIFEST, read_manifest, read_shards, shard_meta, shard_paths, verify
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images, payload_features
 from kdata.dedup.text import TEXT_DEFAULTS, text_embeddings
 from kdata.models.spec import load_model, pick_device
@@ -52,7 +52,8 @@ class Source:
 
 
 def read_source(shards: str, *, out: str) -> Source:
-    """The dataset in ``shards`` (checked: a kdata dataset, every shard present and valid, ids unique)."""
+    """The dataset in ``shards`` (checked: a kdata dataset whose files match its manifest's checksums
+    and counts, every shard valid, ids unique)."""
     src = Path(shards)
     if not src.is_dir():
         raise KdataError(f"{shards}: not a directory (expected a curated dataset)")
@@ -61,6 +62,11 @@ def read_source(shards: str, *, out: str) -> Source:
         raise KdataError(f"{shards}: no {MANIFEST}; expected a curated dataset written by kdata")
     if src.resolve() == Path(out).resolve():
         raise KdataError(f"{out}: --out must differ from the dataset directory")
+    problems = verify(src)  # every checksum and count, as train and card check them
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise KdataError(f"{shards}: integrity check failed, not deriving from it: {problems[0]}{more}; "
+                         f"kdata inspect {shards} lists every problem")
     paths = shard_paths(src)
     for p in paths:
         if not p.exists():
@@ -73,6 +79,23 @@ def read_source(shards: str, *, out: str) -> Source:
     if len(set(ids)) != len(ids):
         raise KdataError(f"{shards}: sample ids are not unique")
     return Source(path=src, manifest=manifest, rows=rows, meta=dict(shard_meta(paths[0])) if paths else {})
+
+
+def _manifest_model(source: Source, role: str, spec: str | None) -> str:
+    """``spec``, else the model the source dataset was selected with (its manifest's config)."""
+    spec = spec or (source.manifest.get("config") or {}).get(role)
+    if not spec:
+        raise KdataError(f"{source.path}: the manifest names no {role} (a --scores run?); pass --{role} SPEC")
+    return spec
+
+
+def _check_source_classes(source: Source, class_names: list[str], *, spec: str) -> None:
+    """The models must predict the classes the dataset's soft labels index (one line otherwise)."""
+    have = source.manifest.get("class_names")
+    if have and list(have) != list(class_names):
+        raise KdataError(f"--teacher {spec}: predicts {len(class_names)} classes ({brief(class_names)}), but "
+                         f"{source.path} holds soft labels over {len(have)} ({brief(have)}); "
+                         "use the models the dataset was selected with")
 
 
 def _rows_per_shard(source: Source) -> int:
@@ -154,18 +177,22 @@ def _text_embedder(embedder: str | None, level: str, *, shards: str) -> str | No
     return embedder
 
 
-def augment_dataset(shards: str, *, teacher: str, student: str, out: str, config: HardConfig = HardConfig(),
-                    critic: str | None = None, critic_recall: float | None = None, device="cpu") -> RunReport:
+def augment_dataset(shards: str, *, teacher: str | None = None, student: str | None = None, out: str,
+                    config: HardConfig = HardConfig(), critic: str | None = None, critic_recall: float | None = None,
+                    device="cpu") -> RunReport:
     """``kdata augment``: a curated dataset + its accepted HARD rows, written as a new dataset.
 
     Parents are the non-synthetic rows of ``shards``; every input row is kept (``n_in == kept``)
-    and the generated rows are accounted separately under ``hard`` (kdata.augment.hard).
+    and the generated rows are accounted separately under ``hard`` (kdata.augment.hard). The
+    models default to the ones the source manifest names, and must predict its classes.
     """
     with exclusive(out):
         t0 = time.perf_counter()
         source = read_source(shards, out=out)
-        tm, sm = load_model(teacher, device=device), load_model(student, device=device)
+        tm, sm = (load_model(_manifest_model(source, role, spec), device=device)
+                  for role, spec in (("teacher", teacher), ("student", student)))
         check_models(tm, sm)
+        _check_source_classes(source, tm.class_names, spec=tm.spec)
         temperature, topk = float(source.manifest.get("temperature", 1.0)), int(source.manifest.get("topk", 5))
         cfg = {"op": "augment", "source": source.identity, "source_files": [f["sha256"] for f in source.manifest["files"]],
                "teacher": tm.checksum, "student": sm.checksum, "critic": critic, "critic_recall": critic_recall,

@@ -16,7 +16,7 @@ from typing import Callable
 import pyarrow as pa
 
 from kdata.core.atomic import write_json
-from kdata.core.errors import RuntimeFailure
+from kdata.core.errors import KdataError, RuntimeFailure
 from kdata.core.jsonable import jsonable
 from kdata.core.version import __version__
 from kdata.dataset.decisions import Decisions
@@ -57,6 +57,17 @@ class Output:
     row_group_rows: int = 1_000
     pool: object = None  # for the card's examples
     info: dict = field(default_factory=dict)  # RunReport.info
+
+
+def check_out_outside_pool(out: str | Path, pool: str | None) -> None:
+    """Refuse an OUT at or inside a pool directory: the next run over that pool would read the
+    curated shards and decisions as pool files (one line, before any work)."""
+    if not pool or not Path(pool).is_dir():
+        return
+    root, target = Path(pool).resolve(), Path(out).resolve()
+    if target == root or root in target.parents:
+        raise KdataError(f"{out}: --out lies inside the pool {pool}; a later run over that pool would read "
+                         "the curated files as pool files — choose a directory outside it")
 
 
 def already_complete(out: str | Path, config_hash: str) -> RunReport | None:

@@ -14,7 +14,7 @@ from kdata.core.lock import exclusive
 from kdata.core.paths import cache_dir
 from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_run
 from kdata.pipeline.curate import Scored, finish
-from kdata.pipeline.output import RunReport, already_complete, publish_card
+from kdata.pipeline.output import RunReport, already_complete, check_out_outside_pool, publish_card
 from kdata.pipeline.prepare import Prepared, prepare
 from kdata.pipeline.text import score_text
 from kdata.scoring.score import score_pool
@@ -42,6 +42,7 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     t0 = time.perf_counter()
     validate(cfg)
     validate_run(opts)
+    check_out_outside_pool(out, cfg.pool)
     with exclusive(out):  # a second run into OUT fails at once, naming this one
         report = already_complete(out, cfg.hash())
         if report is None:

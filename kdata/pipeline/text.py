@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from kdata.core.errors import KdataError
-from kdata.models.hf import is_text_spec
+from kdata.models.hf import is_text_spec, text_model_path
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
 from kdata.pools.spec import open_pool
@@ -36,8 +36,11 @@ def is_text_run(cfg: SelectConfig) -> bool:
 
 def check_specs(cfg: SelectConfig) -> None:
     """Teacher, student and reference all text specs (one line naming the odd one)."""
-    for role in ("teacher", "student", "reference"):
-        spec = getattr(cfg, role)
+    roles = [(role, getattr(cfg, role)) for role in ("teacher", "student", "reference")]
+    for role, spec in roles:  # a missing local model first: it is the likelier mistake than the mix
+        if spec and spec.startswith("hf:") and not text_model_path(spec).exists():
+            raise KdataError(f"--{role} {spec}: model directory not found")
+    for role, spec in roles:
         if spec is not None and not is_text_spec(spec):
             raise KdataError(f"--{role} {spec}: a text run needs text models for teacher, student and reference "
                              "(hf:PATH or builtin:text-*)")

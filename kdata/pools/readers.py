@@ -95,7 +95,7 @@ def _list_images(root: Path, *, follow_symlinks: bool = False) -> list[str]:
     return sorted(out)
 
 
-def _has_images(root: Path, *, depth: int = 2) -> bool:
+def has_images(root: Path, *, depth: int = 2) -> bool:
     """True when ``root`` holds image files at its top level or one folder down (cheap probe)."""
     try:
         with os.scandir(root) as it:
@@ -106,7 +106,7 @@ def _has_images(root: Path, *, depth: int = 2) -> bool:
         if e.is_file() and _is_image(e.name):
             return True
     if depth > 1:
-        return any(e.is_dir() and not e.name.startswith(".") and _has_images(Path(e.path), depth=depth - 1)
+        return any(e.is_dir() and not e.name.startswith(".") and has_images(Path(e.path), depth=depth - 1)
                    for e in entries)
     return False
 
@@ -176,7 +176,7 @@ def _folder_unit(root: Path, files: list[str], labels: list[str | None], *, name
 
 def _is_image_folder(spec: str) -> bool:
     p = Path(spec)
-    return p.is_dir() and _has_images(p) and not any(p.rglob("*.parquet"))
+    return p.is_dir() and has_images(p) and not any(p.rglob("*.parquet"))
 
 
 def _folder_label(f: str) -> str | None:
@@ -260,7 +260,7 @@ def _is_tar_pool(spec: str) -> bool:
     if spec.endswith(".tar") and (Path(spec).is_file() or _BRACE.search(spec) or "*" in spec):
         return True
     p = Path(spec)
-    return p.is_dir() and any(p.glob("*.tar")) and not any(p.rglob("*.parquet")) and not _has_images(p)
+    return p.is_dir() and any(p.glob("*.tar")) and not any(p.rglob("*.parquet")) and not has_images(p)
 
 
 def _split_key(member: str) -> tuple[str, str]:

@@ -50,8 +50,22 @@ def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
             return fn(spec)
     if not spec.startswith("builtin:") and not os.path.exists(spec):
         raise KdataError(f"{spec}: pool not found (no such file or directory)")
+    mixed = _mixed_folder(Path(spec))
+    if mixed:
+        raise KdataError(mixed)
     raise KdataError(f"{spec}: unrecognised pool (expected builtin:digits-web, a Parquet file/directory, "
                      "an image folder, WebDataset .tar shards, JSONL text or a saved Hugging Face dataset)")
+
+
+def _mixed_folder(p: Path) -> str | None:
+    """The one-line refusal for a directory that holds image files and Parquet files alike."""
+    if not (p.is_dir() and _readers.has_images(p)):
+        return None
+    parquet = min(p.rglob("*.parquet"), default=None)
+    if parquet is None:
+        return None
+    return (f"{p}: holds image files and Parquet files ({parquet}), so it is neither an image folder nor a "
+            "Parquet pool; move the Parquet files out (or the images), or point --pool at one kind")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,8 +156,12 @@ def parquet_labels(path: Path) -> set[str]:
 
 
 def _is_parquet(spec: str) -> bool:
+    """A ``.parquet`` file, a kdata dataset directory, or a directory of Parquet files and no images
+    (a folder holding both is ambiguous: ``open_pool`` refuses it, naming one file of each kind)."""
     p = Path(spec)
-    return (p.is_file() and p.suffix == ".parquet") or (p.is_dir() and any(p.rglob("*.parquet")))
+    if p.is_file():
+        return p.suffix == ".parquet"
+    return p.is_dir() and any(p.rglob("*.parquet")) and (dataset_shards(p) is not None or not _readers.has_images(p))
 
 
 @register_reader(_is_parquet)

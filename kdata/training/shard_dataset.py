@@ -14,6 +14,7 @@ tensor (C, H, W), the teacher's stored top-k class indices (int64), raw logits a
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,22 @@ def dataset_root(source) -> Path | None:
     if p.name == "data":  # OUT/data or a shard inside it
         cands.append(p.parent)
     return next((c for c in cands if (c / "manifest.json").is_file()), None)
+
+
+def shard_class_names(source) -> list[str] | None:
+    """The class names the soft labels of ``source`` index: its manifest's, else its first shard's metadata."""
+    root = dataset_root(source)
+    try:
+        manifest = json.loads((root / "manifest.json").read_text()) if root else {}
+    except (OSError, ValueError):
+        manifest = {}
+    names = manifest.get("class_names") if isinstance(manifest, dict) else None
+    if names is None:
+        try:  # an unreadable source is reported, with its file, when the trainer opens it
+            names = kdata_metadata(pq.read_schema(shard_files(source)[0])).get("class_names")
+        except Exception:
+            return None
+    return list(names) if isinstance(names, list) else None
 
 
 def verify_source(source) -> bool:

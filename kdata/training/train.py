@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kdata.core.atomic import write_json
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, brief
 from kdata.core.threads import one_thread
 from kdata.models.images import worker_context
+from kdata.models.sidecar import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.training.budget import plan_steps, resolve_alpha
 from kdata.training.evaluate import EvalSet, autocast
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
-from kdata.training.shard_dataset import ShardDataset, dataset_root, verify_source
+from kdata.training.shard_dataset import ShardDataset, dataset_root, shard_class_names, verify_source
 from kdata.training.weights import Best, reinit_  # noqa: F401  (re-exported: callers import them from here)
 
 
@@ -163,8 +164,9 @@ def _open_shards(shards, student: Model, config: TrainConfig) -> ShardDataset:
         raise KdataError(f"{shards}: the curated shards hold no rows")
     names = ds.class_names
     if names is not None and list(names) != list(student.class_names):
-        raise KdataError(f"{shards}: shards were labelled with {len(names)} classes "
-                         f"({', '.join(map(str, names[:4]))}…) that differ from the student's")
+        raise KdataError(f"{shards}: shards were labelled with {len(names)} classes ({brief(names)}) but the "
+                         f"student {student.spec} predicts {len(student.class_names)} ({brief(student.class_names)}); "
+                         "give the student a sidecar with the shards' class_names (docs/pools-and-models.md)")
     return ds
 
 
@@ -297,16 +299,18 @@ def _has_bn1d(net: torch.nn.Module) -> bool:
 
 
 def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
-    """Write ``OUT/student.pt2`` (+ sidecar ``student.json``) and ``OUT/train_log.json``."""
+    """Write ``OUT/student.pt2`` (+ sidecar ``student.json``) and ``OUT/train_log.json``; a TorchScript
+    student (``.pt``) is written back as TorchScript, ``OUT/student.pt`` (torch.export cannot trace it)."""
     from kdata.models.files import export_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     net = student.module
+    kind = "pt" if isinstance(getattr(net, "program", net), torch.jit.ScriptModule) else "pt2"
     device = next(iter(net.parameters()), torch.empty(0)).device
     net.to("cpu").eval()
-    path = export_model(net, out / "student.pt2", input_size=student.input_size, mean=student.mean,
-                        std=student.std, class_names=student.class_names, kind="pt2")
+    path = export_model(net, out / f"student.{kind}", input_size=student.input_size, mean=student.mean,
+                        std=student.std, class_names=student.class_names, kind=kind)
     net.to(device)
     files = {"student": str(path), "sidecar": str(Path(path).with_suffix(".json")),
              "log": str(out / "train_log.json")}
@@ -327,7 +331,8 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
         raise KdataError(f"{out}: exists and is not a directory (--out names the directory for the student)")
     verified = verify_source(shards) if verify else False
     device = pick_device(config.device)
-    model = load_model(student, device=device)
+    with pool_class_names(shard_class_names(shards)):  # a sidecar-less student takes the shards' classes
+        model = load_model(student, device=device)
     eval_set = EvalSet(eval, model=model) if eval else None
     reselector, tmp = None, None
     if config.reselect_every:

@@ -127,3 +127,14 @@ def test_corrupt_images_are_quarantined_and_counted(tmp_path, builtin_models, ca
     q = json.loads(capsys.readouterr().out)["quarantined"]
     assert {x["sample_id"] for x in q} == {pool.column("sample_id")[i].as_py() for i in (3, 7, 9)}
     assert all(x["error"] for x in q)
+
+
+def test_a_failure_is_one_line_even_when_a_library_message_spans_several():
+    from kdata.cli import error_line
+    from kdata.core.errors import KdataError
+
+    wrapped = KdataError("m.pt2: cannot load (Constraints violated (batch)!\n  - Not all values of batch\n\nfix)")
+    assert error_line(wrapped) == ("kdata: error: m.pt2: cannot load (Constraints violated (batch)! "
+                                   "- Not all values of batch fix)")
+    line = error_line(RuntimeError("\ntorch said this\nand a long story after it"))
+    assert line == "kdata: error: RuntimeError: torch said this (set KDATA_DEBUG=1 for the traceback)"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kdata.cli import build_parser, main
+from kdata.core.errors import KdataError
 from kdata.pipeline.config import RunOptions, SelectConfig, cli_fields, flag_of, select_config
 
 
@@ -43,6 +44,8 @@ def test_every_config_field_is_a_select_option_with_its_default_shown():
     (["--rows-per-shard", "-1"], "--rows-per-shard -1"),
     (["--dedup-frac", "0.2"], "--dedup-threshold/--dedup-frac need --dedup"),
     (["--method", "critic"], "--method critic needs a fitted critic"),
+    (["--teacher", "hf:/nonexistent/lm", "--student", "builtin:digits-student"],
+     "--teacher hf:/nonexistent/lm: model directory not found"),
 ])
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, match):
     """A fresh cache stays empty: no model is trained or loaded, no pool unit scored."""
@@ -89,3 +92,17 @@ def test_cli_help_is_generated_in_a_subprocess_too():
     out = subprocess.run([sys.executable, "-m", "kdata.cli", "select", "--help"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0 and "--rows-per-shard" in out.stdout and "--config" in out.stdout
+
+
+@pytest.mark.parametrize("body", [{"workers": 0, "budget": 40}, {"run": {"workers": 0}, "select": {"budget": 40}}])
+def test_config_file_takes_the_command_line_names_too(tmp_path, body):
+    """``workers`` (the flag ``--workers``) and ``num_workers`` (its field) both work in a config file."""
+    from kdata.pipeline.arguments import config_from_args, run_options_from_args
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(body))
+    args = build_parser().parse_args(["select", "--config", str(path), "--out", str(tmp_path / "o")])
+    assert run_options_from_args(args).num_workers == 0 and config_from_args(args).budget == "40"
+    path.write_text(yaml.safe_dump({"workers": 0, "num_workers": 2}))
+    with pytest.raises(KdataError, match="workers and num_workers name the same option"):
+        run_options_from_args(build_parser().parse_args(["select", "--config", str(path), "--out", "o"]))

@@ -4,11 +4,13 @@ and report for ``select``, ``dedup`` and ``augment``; provenance names what actu
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from kdata.core.errors import KdataError
 from kdata.dataset.writer import verify
 from kdata.pipeline import RunOptions, SelectConfig, run_select
 from kdata.pipeline.derive import augment_dataset, dedup_dataset
@@ -74,3 +76,37 @@ def test_augment_output_is_a_full_dataset_with_a_card(default_run, tmp_path):
     assert c["generated"] == c["generated_kept"] + c["generated_rejected"]
     rows = sum(f["rows"] for f in m["files"])
     assert rows == c["kept"] + c["generated_kept"]
+
+
+def test_augment_defaults_to_the_models_the_manifest_names(default_run, tmp_path):
+    from kdata.augment.hard import HardConfig
+
+    report = augment_dataset(str(default_run), out=str(tmp_path / "a"), config=HardConfig(per_sample=1, steps=1))
+    models = _manifest(tmp_path / "a")["models"]
+    assert report.status == "written"
+    assert (models["teacher"]["spec"], models["student"]["spec"]) == ("builtin:digits-teacher", "builtin:digits-student")
+
+
+def test_augment_refuses_models_of_other_classes(default_run, tmp_path):
+    from tests.helpers.real_inputs import exported_models
+
+    four = exported_models()["student4_pt2"]
+    with pytest.raises(KdataError, match=r"predicts 4 classes \(0, 1, 2, 3\), but .* over 10 \(0, 1, 2, 3, …\)"):
+        augment_dataset(str(default_run), teacher=four, student=four, out=str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("command", ["dedup", "augment"])
+def test_derived_datasets_refuse_a_source_changed_since_it_was_written(default_run, tmp_path, command):
+    src = tmp_path / "src"
+    shutil.copytree(default_run, src)
+    shard = next((src / "data").glob("*.parquet"))
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(KdataError, match="integrity check failed.*sha256 mismatch"):
+        if command == "dedup":
+            dedup_dataset(str(src), out=str(tmp_path / "o"), level="exact")
+        else:
+            augment_dataset(str(src), out=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()

@@ -145,3 +145,26 @@ def test_corrupt_files_quarantined_end_to_end(tmp_path, builtin_models, capsys):
     dec = pq.read_table(out / "decisions.parquet").to_pylist()
     assert {d["sample_id"] for d in dec if d["decision"] == "quarantined"} == set(listed)
     assert all(d["error"] for d in dec if d["decision"] == "quarantined")
+
+
+def test_a_folder_of_images_and_parquet_files_is_refused_naming_both(tmp_path, demo_run):
+    root = make_image_folder(tmp_path / "pool", n=12)
+    stray = root / "3" / "extra.parquet"
+    pq.write_table(pa.table({"image": [png_bytes(digits(1)[0][0])], "label": ["3"]}), stray)
+    with pytest.raises(KdataError, match="holds image files and Parquet files") as err:
+        open_pool(str(root))
+    assert str(stray) in str(err.value)
+    # a kdata dataset (its card PNGs beside its shards) still reads as Parquet: its manifest lists the shards
+    assert list(demo_run.glob("card-*.png"))
+    kept = json.loads((demo_run / "manifest.json").read_text())["counts"]["kept"]
+    assert open_pool(str(demo_run)).read_all().num_rows == kept
+
+
+def test_out_inside_the_pool_is_refused_before_any_work(tmp_path, builtin_models, capsys):
+    root = make_image_folder(tmp_path / "pool", n=12)
+    code = main(["select", "--pool", str(root), "--budget", "4", "--device", "cpu",
+                 "--out", str(root / "3" / "curated"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "lies inside the pool" in err
+    assert not (root / "3" / "curated").exists()
+    assert open_pool(str(root)).read_all().num_rows == 12  # the pool still reads as images

@@ -248,3 +248,26 @@ def test_demo_compares_curated_random_and_teacher(demo_run):
     assert acc["teacher"] > 0.9 and acc["student_before"] == pytest.approx(0.83, abs=0.05)
     for key in ("student_curated", "student_random"):
         assert 0.0 < acc[key] <= 1.0
+
+
+def test_a_torchscript_student_trains_and_is_saved_as_torchscript(demo_run, tmp_path, capsys):
+    """A `.pt` student cannot go through torch.export; it is written back as TorchScript, and loads."""
+    from tests.helpers.real_inputs import exported_models
+
+    out = tmp_path / "ts-student"
+    rc = main(["train", str(demo_run), "--student", exported_models()["student_pt"], "--epochs", "1",
+               "--eval", "builtin:digits-test", "--out", str(out), "--json", "--quiet", "--device", "cpu"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rc == 0 and rep["files"]["student"] == str(out / "student.pt") and not (out / "student.pt2").exists()
+    saved = load_model(str(out / "student.pt"))
+    assert EvalSet("builtin:digits-test", model=saved).accuracy(saved) == pytest.approx(rep["accuracy"], abs=0.005)
+
+
+def test_a_student_of_other_classes_is_one_line_naming_both(demo_run, tmp_path, capsys):
+    from tests.helpers.real_inputs import exported_models
+
+    rc = main(["train", str(demo_run), "--student", exported_models()["student4_pt2"], "--epochs", "1",
+               "--eval", "none", "--out", str(tmp_path / "s"), "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "labelled with 10 classes (0, 1, 2, 3, …)" in err and "predicts 4 (0, 1, 2, 3)" in err
