@@ -12,9 +12,10 @@ BUILTIN_EVAL = "builtin:digits-test"
 
 
 def register(sub) -> None:
+    from kdata.training.text import TextTrainConfig
     from kdata.training.train import TrainConfig
 
-    d = TrainConfig()
+    d, dt = TrainConfig(), TextTrainConfig()
     p = sub.add_parser("train", help="distil a student on curated shards and measure its accuracy",
                        description="Train STUDENT on the curated dataset DIR with the teacher's stored top-k soft "
                                    "labels (loss α·T²·KL + (1−α)·CE on web labels). With an eval set, measure "
@@ -22,14 +23,17 @@ def register(sub) -> None:
                                    "Save OUT/student.pt2 (+ sidecar) and OUT/train_log.json; OUT defaults to "
                                    "DIR-student beside DIR.")
     add_dataset_dir(p, help="a curated dataset directory written by kdata select / demo / dedup / augment")
-    p.add_argument("--student", default="builtin:digits-student",
+    p.add_argument("--student", default=None,
                    help="student spec: builtin:…, a .pt2/.pt export or timm:ARCH:CKPT (its weights are the start); "
-                        "text shards: hf:PATH or builtin:text-student (the default for causal-LM shards)")
+                        "text shards: hf:PATH or builtin:text-student (default: the student DIR was selected with, "
+                        "from its manifest; else builtin:digits-student, or builtin:text-student for causal-LM shards)")
     p.add_argument("--eval", default=None, metavar="EVAL",
                    help="labelled evaluation set: builtin:digits-test, an image folder or a Parquet pool with labels; "
-                        f"`none` for no evaluation (default: {BUILTIN_EVAL} for a builtin:digits-* student, "
-                        "else none)")
-    p.add_argument("--epochs", type=int, default=None, help=f"passes over the shards (default: {d.epochs})")
+                        "text: a JSONL/Parquet text pool; `none` for no evaluation (default: "
+                        f"{BUILTIN_EVAL} for a builtin:digits-* student, builtin:text-test for a builtin:text-* "
+                        "student, else none)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"passes over the shards (default: {d.epochs}; text students: {dt.epochs})")
     p.add_argument("--temperature", type=float, default=None,
                    help=f"distillation temperature (default: {d.temperature})")
     p.add_argument("--alpha", type=float, default=None,
@@ -79,9 +83,10 @@ def run(args) -> int:
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
 
-    shards = dataset_dir(args, "train")
-    from kdata.cli.train_text import is_text_run, run_text
+    from kdata.cli.train_text import default_student, is_text_run, run_text
 
+    shards = dataset_dir(args, "train")
+    args.student, args.student_default = default_student(args.student, shards)
     if is_text_run(args.student, shards):  # hf:/builtin:text-* student or text shards
         return run_text(args, shards)
     workers = args.workers
@@ -102,6 +107,7 @@ def run(args) -> int:
     log = train_student(shards=shards, student=args.student, eval=eval_spec(args.eval, args.student), config=cfg,
                         out=args.out, pool=args.pool, teacher=args.teacher, verify=not args.no_verify,
                         progress=progress_printer(args.quiet or args.json))
+    log["student_default"] = args.student_default
     if args.json:
         emit_json(log)
         return 0
@@ -113,6 +119,8 @@ def summary(log: dict) -> list[str]:
     """What a person needs after training: accuracy before → after, which weights were kept, where."""
     lines = [(f"kdata: trained {log['student']} on {log['n_train']} rows for {log['epochs']} epochs "
               f"({log.get('steps', '?')} optimiser steps) in {log['seconds']:.1f}s")]
+    if log.get("student_default"):
+        lines.append(f"  --student not given: {log['student_default']}")
     if log.get("alpha"):
         lines.append(f"  α = {log['alpha']['value']}: {log['alpha']['reason']}")
     if log.get("accuracy") is not None:

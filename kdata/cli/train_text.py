@@ -13,31 +13,45 @@ LM_STUDENT = "builtin:text-student"
 IMAGE_DEFAULT_STUDENT = "builtin:digits-student"
 
 
+def default_student(given: str | None, shards: str) -> tuple[str, str | None]:
+    """(the student spec, where a default came from): ``--student`` as given; else the student the
+    dataset was made with (its manifest); else the built-in student for its kind of shards."""
+    from kdata.core.errors import KdataError
+    from kdata.dataset.writer import manifest_model, read_manifest
+    from kdata.training.shard_dataset import dataset_root
+    from kdata.training.text_data import shard_kind
+
+    if given:
+        return given, None
+    root = dataset_root(shards)
+    spec = manifest_model(read_manifest(root), "student") if root else None
+    if spec:
+        return spec, f"the student {root} was selected with (its manifest)"
+    kind = shard_kind(shards)
+    if kind == "image":
+        return IMAGE_DEFAULT_STUDENT, "the built-in image student"
+    if kind == "causal_lm":
+        return LM_STUDENT, "the built-in text student"
+    raise KdataError(f"{shards}: text classifier shards: give the student, --student hf:PATH")
+
+
 def is_text_run(student: str, shards: str) -> bool:
     """Whether ``kdata train`` takes the text branch (see the module doc)."""
     from kdata.models.hf import is_text_spec
     from kdata.training.text_data import shard_kind
 
-    if is_text_spec(student):
-        return True
-    if student != IMAGE_DEFAULT_STUDENT:
-        return False
-    return shard_kind(shards) != "image"
+    return is_text_spec(student) or shard_kind(shards) != "image"
 
 
 def run_text(args, shards: str) -> int:
     """``kdata train DIR`` on text shards: options → ``TextTrainConfig``, train, print or emit the log."""
     from kdata.core.errors import KdataError
-    from kdata.pipeline.distill import default_out
+    from kdata.pipeline.distill import student_dir
     from kdata.training.text import TextTrainConfig, train_text
     from kdata.training.text_data import shard_kind
 
     kind = shard_kind(shards)
     student = args.student
-    if student == IMAGE_DEFAULT_STUDENT:  # --student not given
-        if kind != "causal_lm":
-            raise KdataError(f"{shards}: text classifier shards: give the student, --student hf:PATH")
-        student = LM_STUDENT
     for flag, bad in (("--reselect-every", args.reselect_every), ("--reinit", args.reinit),
                       ("--loss nkd", args.loss == "nkd"), ("--pool", args.pool), ("--teacher", args.teacher)):
         if bad:
@@ -48,12 +62,13 @@ def run_text(args, shards: str) -> int:
     if args.eval is not None:
         ev = None if args.eval.strip().lower() == "none" else args.eval
     else:
-        ev = LM_EVAL if kind == "causal_lm" else None
-    out = args.out or str(default_out(shards))
+        ev = LM_EVAL if kind == "causal_lm" and student.startswith("builtin:text") else None
+    out = student_dir(shards, args.out)
     log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,
                      progress=progress_printer(args.quiet or args.json),
                      trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
     log["out_default"] = args.out is None
+    log["student_default"] = args.student_default
     if args.json:
         emit_json(log)
         return 0
@@ -65,6 +80,8 @@ def text_summary(log: dict) -> list[str]:
     """Held-out perplexity (LM) or accuracy (classifier) before → after, and where the student went."""
     lines = [f"kdata: trained {log['student']} ({log['kind'].replace('_', ' ')}) on {log['n_train']} rows for "
              f"{log['epochs']} epochs ({log['steps']} optimiser steps) in {log['seconds']:.1f}s"]
+    if log.get("student_default"):
+        lines.append(f"  --student not given: {log['student_default']}")
     metric = log["metric"]
     if log.get(f"{metric}_after") is not None:
         fmt = "{:.2f}" if metric == "perplexity" else "{:.4f}"

@@ -61,6 +61,13 @@ def read_manifest(out: str | os.PathLike) -> dict | None:
         raise KdataError(f"{path}: unreadable manifest ({exc})") from None
 
 
+def manifest_model(manifest: dict | None, role: str) -> str | None:
+    """The spec of the ``role`` model (teacher, student, reference) a dataset was made with, as its
+    manifest records it; None when it names none or only bring-your-own predictions (``byo:``)."""
+    spec = (((manifest or {}).get("models") or {}).get(role) or {}).get("spec")
+    return spec if isinstance(spec, str) and spec and not spec.startswith("byo:") else None
+
+
 def check_output_dir(out: str | os.PathLike, *, config_hash: str, check: bool = True) -> str:
     """Decide what to do with OUT: ``"write"`` (absent/empty) or ``"done"`` (same run complete).
 

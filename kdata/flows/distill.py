@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact
 from kdata.core.errors import KdataError
 from kdata.flows.config import DEFAULT_DATA, latest_dataset
 from kdata.flows.runners import retryable
+from kdata.pipeline.distill import student_dir
 
 RESULT_KEYS = ("accuracy", "accuracy_before", "accuracy_last", "kept", "worse_than_before", "n_train", "epochs",
                "seconds", "files")
@@ -86,20 +86,6 @@ def train_options(*, epochs: int | None = None, seed: int | None = None, device:
     given = {k: v for k, v in {"epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
     check_config(TrainConfig(**given))
     return given
-
-
-def student_dir(shards: str, out: str | None) -> str:
-    """``out``, or ``DATASET-student`` beside the dataset (``kdata.pipeline.distill.default_out``, as
-    ``kdata train`` saves); never inside the curated dataset, whose files the manifest lists."""
-    from kdata.pipeline.distill import default_out
-
-    target = Path(out).resolve() if out else default_out(shards)
-    if target.is_relative_to(Path(shards).resolve()):
-        raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
-                         f"(the default: {default_out(shards)})")
-    if not Path(shards).is_absolute() and target.is_relative_to(Path.cwd()):
-        return os.path.relpath(target)
-    return str(target)
 
 
 def outcome(result: dict, *, eval: str | None) -> dict:

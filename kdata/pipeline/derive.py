@@ -20,7 +20,7 @@ from kdata.core.lock import exclusive
 from kdata.core.jsonable import config_hash as hash_config
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, validate_shard
-from kdata.dataset.writer import MANIFEST, read_manifest, read_shards, shard_meta, shard_paths, verify
+from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_shards, shard_meta, shard_paths, verify
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images, payload_features
 from kdata.dedup.text import TEXT_DEFAULTS, text_embeddings
 from kdata.models.spec import load_model, pick_device
@@ -82,8 +82,8 @@ def read_source(shards: str, *, out: str) -> Source:
 
 
 def _manifest_model(source: Source, role: str, spec: str | None) -> str:
-    """``spec``, else the model the source dataset was selected with (its manifest's config)."""
-    spec = spec or (source.manifest.get("config") or {}).get(role)
+    """``spec``, else the model the source dataset was made with (its manifest's ``models``)."""
+    spec = spec or manifest_model(source.manifest, role)
     if not spec:
         raise KdataError(f"{source.path}: the manifest names no {role} (a --scores run?); pass --{role} SPEC")
     return spec
@@ -117,7 +117,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         if level is None:
             raise KdataError("kdata dedup: give --level exact, near or semantic")
         source = read_source(shards, out=out)
-        teacher = teacher or (source.manifest.get("config") or {}).get("teacher")
+        teacher = teacher or manifest_model(source.manifest, "teacher")
         cfg = {"command": "dedup", "shards": str(source.path.resolve()), "source_config_hash": source.identity,
                "dedup": level, "dedup_threshold": threshold, "dedup_frac": frac, "seed": seed,
                "teacher": teacher if level == "semantic" else None}

@@ -9,6 +9,7 @@ re-selection is written by ``finish`` as a full dataset (manifest, decisions, ca
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,18 @@ def default_out(shards: str | Path) -> Path:
     return out
 
 
+def student_dir(shards: str, out: str | None) -> str:
+    """``out``, or ``DATASET-student`` beside the dataset (``default_out``); never inside the curated
+    dataset, whose files its manifest lists (one line naming both, before any work)."""
+    target = Path(out).resolve() if out else default_out(shards)
+    if target.is_relative_to(Path(shards).resolve()):
+        raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
+                         f"(the default: {default_out(shards)})")
+    if not Path(shards).is_absolute() and target.is_relative_to(Path.cwd()):
+        return os.path.relpath(target)
+    return str(target)
+
+
 def train_student(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
                   pool: str | None = None, teacher: str | None = None, quiet: bool = True, progress=None,
                   verify: bool = True) -> dict:
@@ -102,10 +115,7 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
             return make_reselector(pool=pool, teacher=teacher, work_dir=work_dir, seed=config.seed, device=device,
                                    temperature=temperature, threshold=config.reselect_threshold)
 
-    if out and Path(out).resolve().is_relative_to(Path(shards).resolve()):
-        raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
-                         f"(the default: {default_out(shards)})")
-    target = out or str(default_out(shards))
+    target = student_dir(shards, out)
     log = run_train(shards=shards, student=student, eval=eval, config=config, out=target, progress=progress,
                     reselector_for=factory, verify=verify)
     log["out_default"] = out is None

@@ -172,12 +172,13 @@ def score_table(pool: pa.Table, teacher: Model, student: Model, *, config: Score
 
 def unit_cache_key(unit: PoolUnit, teacher: Model, student: Model, config: ScoreConfig, *,
                    device: torch.device | str = "cpu") -> str:
-    """The score cache key of a unit: its content, the models, the scoring config, the precision as
-    resolved for ``device`` and the device type (never a bf16 GPU score for an fp32 CPU run)."""
+    """The score cache key of a unit: its content and name (default sample ids are made from the name,
+    so a copied or renamed file is scored under its own ids), the models, the scoring config, the
+    precision as resolved for ``device`` and the device type (never a bf16 GPU score for an fp32 CPU run)."""
     device = torch.device(device)
     cfg = {**config.key(), "precision": resolve_precision(config.precision, device),
            "gpu_decode": bool(config.gpu_decode and device.type == "cuda")}
-    payload = {"unit": unit.fingerprint(), "teacher": teacher.checksum, "student": student.checksum,
+    payload = {"unit": unit.fingerprint(), "name": unit.name, "teacher": teacher.checksum, "student": student.checksum,
                "config": cfg, "device": device.type, "kdata": __version__, "temperature": config.temperature,
                "decode": DECODE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]

@@ -96,12 +96,12 @@ def text_models(teacher, student, reference=None) -> TextModels:
 
 
 def text_unit_key(unit, models: TextModels, config: TextScoreConfig, *, device) -> str:
-    """Cache key: the unit's content, each model's checksum, precision and max_length, the device
-    type, the scoring options and the kdata version."""
+    """Cache key: the unit's content and name (the default sample ids' basis), each model's checksum,
+    precision and max_length, the device type, the scoring options and the kdata version."""
     def who(m):
         return None if m is None else [m.checksum, m.precision, m.max_length]
 
-    payload = {"unit": unit.fingerprint(), "teacher": who(models.teacher), "student": who(models.student),
+    payload = {"unit": unit.fingerprint(), "name": unit.name, "teacher": who(models.teacher), "student": who(models.student),
                "reference": who(models.reference), "config": config.key(), "device": torch.device(device).type,
                "kdata": __version__, "version": TEXT_SCORING_VERSION, "kind": models.kind}
     return "text-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]

@@ -79,7 +79,7 @@ def test_help_of_the_real_cli_shows_defaults_and_hides_the_old_flags():
     code, out, _ = run_cli("train", "--help")
     text = " ".join(out.split())
     assert "usage: kdata train [-h] [--student STUDENT]" in text and "DIR" in text and "--shards" not in text
-    assert "--epochs EPOCHS passes over the shards (default: 12)" in text
+    assert "--epochs EPOCHS passes over the shards (default: 12; text students: 6)" in text
     code, out, _ = run_cli("dedup", "--help")
     assert "--level {exact,near,semantic}" in out and "--dedup " not in out and "--quiet" in out
 

@@ -185,3 +185,20 @@ def test_select_on_webdataset_tar_and_parquet(tmp_path, capsys):
         assert (c["n_in"], c["kept"], c["quarantined"]) == (n_in, 10, q)
         ids = pq.read_table(out / "decisions.parquet").column("sample_id").to_pylist()
         assert ("bad" in ids) == (q == 1) and len(ids) == n_in
+
+
+def test_a_copied_pool_file_is_scored_under_its_own_sample_ids(tmp_path, builtin_models, capsys):
+    """Default ids are made from the file name (``pool.parquet:3``): a copy under another name has the
+    same content, but its cached scores must not carry the first file's ids."""
+    x, y = digits(24)
+    table = pa.table({"image": [png_bytes(a) for a in x], "label": [str(v) for v in y]})
+    first, copy = tmp_path / "first.parquet", tmp_path / "copy.parquet"
+    pq.write_table(table, first)
+    pq.write_table(table, copy)
+    for pool in (first, copy):
+        out = tmp_path / f"out-{pool.stem}"
+        assert main(["select", "--pool", str(pool), "--method", "random", "--budget", "8", "--device", "cpu",
+                     "--out", str(out), "--quiet", "--json"]) == 0, capsys.readouterr().err
+        ids = pq.read_table(out / "decisions.parquet").column("sample_id").to_pylist()
+        assert len(ids) == 24 and all(i.startswith(f"{pool.name}:") for i in ids)
+    capsys.readouterr()

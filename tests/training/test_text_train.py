@@ -150,3 +150,12 @@ def test_shard_kind_reads_what_the_shards_hold(tmp_path):
 
     assert shard_kind(write("img", [b"\x89PNG", b"\x89PNG"], [None, None])) == "image"
     assert shard_kind(write("txt", [None, None], ["good", "bad"])) == "classifier"  # kdata's text shards
+
+
+def test_a_text_student_is_never_saved_inside_the_dataset(lm_shards, capsys):
+    from kdata.cli import main
+
+    code = main(["train", str(lm_shards), "--steps", "1", "--eval", "none", "--out", str(lm_shards / "student")])
+    err = capsys.readouterr().err
+    assert code == 2 and "inside the curated dataset" in err and err.count("\n") == 1
+    assert not (lm_shards / "student").exists()

@@ -271,3 +271,17 @@ def test_a_student_of_other_classes_is_one_line_naming_both(demo_run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err
     assert "labelled with 10 classes (0, 1, 2, 3, …)" in err and "predicts 4 (0, 1, 2, 3)" in err
+
+
+def test_without_student_it_trains_the_student_the_dataset_was_selected_with(tmp_path, capsys, builtin_models):
+    from tests.helpers.real_inputs import exported_models
+
+    student = exported_models()["student_pt2"]
+    sel = tmp_path / "sel"
+    assert main(["select", "--student", student, "--method", "random", "--budget", "40", "--out", str(sel),
+                 "--quiet", "--device", "cpu"]) == 0
+    assert main(["train", str(sel), "--epochs", "1", "--out", str(tmp_path / "s"), "--device", "cpu",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"kdata: trained {student} on 40 rows" in out
+    assert f"--student not given: the student {sel} was selected with (its manifest)" in out
