@@ -10,7 +10,8 @@ ARXIV = re.compile(r"\s*\(arXiv (\d{4}\.\d{4,5})\)")
 
 
 # What each need (kdata.pipeline.needs) means to a user
-NEED_WORDS = {"critic": "--critic DIR, required", "reference": "--reference SPEC, else the student",
+NEED_WORDS = {"critic": "--critic DIR, required",
+              "reference": "--reference SPEC (required for causal-LM text; for class predictions, else the student)",
               "domains": "the pool's or the --scores file's 'domain' column",
               "lm_domains": "causal-LM text: the pool's 'domain' column as strata"}
 

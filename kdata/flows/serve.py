@@ -53,11 +53,34 @@ def deployments(config: str | os.PathLike) -> list:
     return out
 
 
+def check_api(*, timeout: float = 5.0) -> str | None:
+    """The Prefect API the deployments will register with, checked before serving: an address where
+    no server answers is one line naming it; None when none is set (Prefect then starts a
+    temporary server that lives only as long as this process)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not url:
+        return None
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise KdataError(f"PREFECT_API_URL {url}: no Prefect server answers there ({type(exc).__name__}); start one "
+                         "with `prefect server start`, or unset PREFECT_API_URL") from None
+    return url
+
+
 def serve_config(config: str | os.PathLike, *, limit: int | None = None) -> None:
     """Serve both deployments until interrupted (blocks)."""
     from prefect import serve
 
     from kdata.flows.config import load_config
+
+    if check_api() is None:
+        print("kdata serve: warning: PREFECT_API_URL is not set, so the deployments live on a temporary server "
+              "that ends with this process; for lasting schedules run `prefect server start` and set "
+              "PREFECT_API_URL (docs/flows.md)", file=sys.stderr)
 
     runner = load_config(config).get("runner")
     if runner and runner.get("kind", "local") != "local":

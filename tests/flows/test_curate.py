@@ -275,6 +275,20 @@ def test_shipped_config_and_prefect_yaml_are_valid(curate_mod):
     assert declared[0]["parameters"]["select"] == params["select"]
 
 
+def test_serve_checks_the_prefect_api_before_serving(prefect_api):
+    """A server that answers is accepted; an address where none answers is one line naming it, exit 2."""
+    import os
+
+    from kdata.flows.serve import check_api
+
+    assert check_api() == prefect_api
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    proc = subprocess.run([sys.executable, "-m", "kdata.cli", "serve", "--config", str(FLOWS / "config.yaml")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "PREFECT_API_URL http://127.0.0.1:9/api: no Prefect server answers there" in proc.stderr
+
+
 def test_flow_with_scores_equals_kdata_select_scores(curate_mod, tmp_path):
     """Bring-your-own predictions: the flow honours --scores and writes what `kdata select --scores` writes."""
     import numpy as np
