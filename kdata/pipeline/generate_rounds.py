@@ -89,4 +89,16 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
                         "curated_rows": sel.counts["kept"], "perplexity_before": log.get("perplexity_before"),
                         "perplexity_after": log.get("perplexity_after")})
         current = generator = f"hf:{stu_dir}"
-    return {"out": str(out), "rounds": summary, "student": current}
+    return {"out": str(out), "rounds": summary, "student": current, "best": best_round(summary)}
+
+
+def best_round(summary: list[dict]) -> dict | None:
+    """The round whose student scored the lowest held-out perplexity, with ``worse_rounds``: the rounds
+    that raised it (self-training can drift; the last student is not always the best); None without
+    an eval set."""
+    scored = [r for r in summary if r.get("perplexity_after") is not None]
+    if not scored:
+        return None
+    best = min(scored, key=lambda r: r["perplexity_after"])
+    return {"round": best["round"], "student": f"hf:{best['student']}", "perplexity": best["perplexity_after"],
+            "worse_rounds": [r["round"] for r in scored if r["perplexity_after"] > r["perplexity_before"]]}

@@ -187,3 +187,13 @@ def test_with_a_critic_every_candidate_is_kept_rejected_or_quarantined(teacher, 
     c = run_generate(_cfg(silent, prompts, student=f"hf:{student}", critic=cfg.critic), out=tmp_path / "empty",
                      device="cpu").counts
     assert c == {**c, "n_in": 24, "kept": 0, "rejected": 0, "quarantined": 24}
+
+
+def test_best_round_names_the_lowest_perplexity_and_the_rounds_that_raised_it():
+    from kdata.pipeline.generate_rounds import best_round
+
+    summary = [{"round": 1, "student": "o/round-1-student", "perplexity_before": 400.0, "perplexity_after": 300.7},
+               {"round": 2, "student": "o/round-2-student", "perplexity_before": 300.7, "perplexity_after": 326.7}]
+    assert best_round(summary) == {"round": 1, "student": "hf:o/round-1-student", "perplexity": 300.7,
+                                   "worse_rounds": [2]}
+    assert best_round([{**r, "perplexity_after": None} for r in summary]) is None
