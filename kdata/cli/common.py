@@ -139,6 +139,10 @@ def summary_lines(report) -> list[str]:
              f"  in {c['n_in']}  kept {c['kept']}  rejected {c['rejected']}  quarantined {c['quarantined']}"]
     for reason, n in c.get("rejected_by_reason", {}).items():
         lines.append(f"    rejected {reason}: {n}")
+    budget = (report.info or {}).get("budget_rows")
+    if isinstance(budget, int) and c["kept"] < budget:
+        lines.append(f"  note: the budget was {budget} rows; only {c['kept']} were left to keep after the "
+                     "filters, dedup and quarantine (decisions.parquet says why each row went)")
     if "generated" in c:  # HARD rows, accounted apart from the pool (docs: hard)
         lines.append(f"  generated {c['generated']}  kept {c['generated_kept']}  rejected {c['generated_rejected']}")
         for reason, n in c.get("generated_rejected_by_reason", {}).items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import json
 import math
 import os
@@ -83,6 +84,9 @@ def check_class_names(names, *, bad) -> list[str]:
     return list(names)
 
 
+SIDECAR_FIELDS = ("input_size", "mean", "std", "interpolation", "class_names", "outputs")
+
+
 def validate_sidecar(cfg: object, *, where: str, require_class_names: bool = False) -> dict:
     """Check a sidecar dict; return it normalised. Errors name the file and the field."""
     if not isinstance(cfg, dict):
@@ -91,6 +95,10 @@ def validate_sidecar(cfg: object, *, where: str, require_class_names: bool = Fal
     def bad(field: str, why: str):
         raise KdataError(f"{where}: field '{field}' {why}")
 
+    for key in cfg:  # a misspelt field would otherwise be ignored silently (other extra keys are allowed)
+        near = difflib.get_close_matches(str(key), SIDECAR_FIELDS, n=1, cutoff=0.8)
+        if key not in SIDECAR_FIELDS and near:
+            bad(str(key)[:40], f"is not a sidecar field; did you mean '{near[0]}'?")
     if "input_size" not in cfg:
         bad("input_size", "is missing (expected [C, H, W])")
     size = cfg["input_size"]
@@ -113,6 +121,9 @@ def validate_sidecar(cfg: object, *, where: str, require_class_names: bool = Fal
             bad(name, f"must hold finite numbers, got {str(v)[:60]}")
         if name == "std" and any(x <= 0 for x in nums):
             bad(name, f"must be positive, got {v!r}")
+        if name == "mean" and any(abs(x) > 1 for x in nums):
+            bad(name, f"is on the 0–255 scale ({str(v)[:60]}); pixels are scaled to [0, 1] before normalising, "
+                      "so give mean and std on that scale (123.675 → 0.485)")
         out[name] = tuple(nums)
     interp = cfg.get("interpolation", "bilinear")
     if interp not in INTERPOLATIONS:

@@ -76,7 +76,7 @@ def already_complete(out: str | Path, config_hash: str) -> RunReport | None:
         return None
     m = read_manifest(out)
     return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete",
-                     info={k: m[k] for k in ("methods", "balance", "dedup", "hard") if k in m})
+                     info={k: m[k] for k in ("methods", "balance", "dedup", "hard", "budget_rows") if k in m})
 
 
 def write_output(out: str | Path, output: Output, *, progress=None, before_commit=None) -> RunReport:

@@ -138,3 +138,15 @@ def test_a_failure_is_one_line_even_when_a_library_message_spans_several():
                                    "- Not all values of batch fix)")
     line = error_line(RuntimeError("\ntorch said this\nand a long story after it"))
     assert line == "kdata: error: RuntimeError: torch said this (set KDATA_DEBUG=1 for the traceback)"
+
+
+def test_a_budget_the_pool_cannot_fill_is_said_plainly(tmp_path, builtin_models, capsys):
+    """Exact duplicates leave fewer rows than the budget: the summary says so, on a rerun too."""
+    argv = ["select", "--method", "kd3", "--budget", "1450", "--dedup", "exact",
+            "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"]
+    for status in ("written", "already complete"):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        kept = int(out.split("kept ")[1].split()[0])
+        assert f"kdata: {status}" in out and kept < 1450
+        assert f"note: the budget was 1450 rows; only {kept} were left to keep" in out

@@ -66,6 +66,9 @@ BAD_SIDECARS = [
     ({"input_size": [1, 32, 32], "mean": [0.5], "std": [0.5], "class_names": CLASSES[:9]}, "class-count mismatch"),
     ({"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
      "forward pass on a batch of shape (2, 3, 32, 32)"),
+    ({"input_size": [1, 32, 32], "mean": [0.5], "std": [0.5], "class_name": CLASSES},
+     "field 'class_name' is not a sidecar field; did you mean 'class_names'?"),
+    ({"input_size": [1, 32, 32], "mean": [123.675], "std": [58.395]}, "field 'mean' is on the 0–255 scale"),
 ]
 
 
@@ -204,3 +207,11 @@ def test_class_order_mismatch_is_refused(tmp_path):
                        class_names=CLASSES[::-1])
     with pytest.raises(KdataError, match="class order differs"):
         check_models(load_model(m["teacher_pt2"]), load_model(str(rev)))
+
+
+def test_sidecar_keys_other_than_misspelt_fields_are_allowed():
+    from kdata.models.sidecar import validate_sidecar
+
+    cfg = validate_sidecar({"input_size": [1, 32, 32], "mean": [0.5], "std": [0.5], "crop_pct": 0.875,
+                            "notes": "exported from timm's pretrained_cfg"}, where="m.json")
+    assert cfg["input_size"] == (1, 32, 32) and "notes" not in cfg
