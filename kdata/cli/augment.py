@@ -44,6 +44,7 @@ def run(args) -> int:
     from kdata.core.errors import KdataError
     from kdata.models.spec import pick_device
     from kdata.pipeline.derive import augment_dataset
+    from kdata.selection.critic_model import check_target
 
     shards = dataset_dir(args, "augment")
     if args.per_sample < 1:
@@ -52,6 +53,9 @@ def run(args) -> int:
         raise KdataError(f"--steps {args.steps}: must be at least 0")
     if args.batch_size < 1:
         raise KdataError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_target(recall=args.critic_recall, option="--critic-{}")
+    if args.critic_recall is not None and not args.critic:
+        raise KdataError("--critic-recall re-chooses a fitted critic's cut: give --critic DIR")
     opts = {"per_sample": args.per_sample, "seed": args.seed, "batch_size": args.batch_size,
             "random_search": args.random_search}
     if args.steps is not None:

@@ -34,8 +34,9 @@ def register(sub) -> None:
     a = cs.add_parser("apply", help="score samples with a fitted critic")
     a.add_argument("critic", help="critic directory (from `kdata critic fit`)")
     _source_options(a)
-    a.add_argument("--recall", type=float, default=None, help="re-choose the cut for this recall")
-    a.add_argument("--precision", type=float, default=None, help="re-choose the cut for this precision")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--recall", type=float, default=None, help="re-choose the cut for this recall")
+    g.add_argument("--precision", type=float, default=None, help="re-choose the cut for this precision")
     a.add_argument("--out", required=True, help="output .csv or .parquet: sample_id, p_accept, accept")
     a.set_defaults(func=run_apply)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
@@ -53,6 +54,47 @@ def _source_options(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def check_options(args) -> None:
+    """The option values of ``critic fit`` / ``apply``, one line each before any work."""
+    from kdata.core.errors import KdataError
+    from kdata.selection.critic_model import check_target, check_val_frac
+
+    check_target(recall=args.recall, precision=args.precision, option="--{}")
+    if getattr(args, "val_frac", None) is not None:
+        check_val_frac(args.val_frac, option="--val-frac")
+    if args.batch_size < 1:
+        raise KdataError(f"--batch-size {args.batch_size}: must be an integer ≥ 1")
+
+
+def open_source_pool(args, *, text: bool, critic: str | None = None):
+    """The pool ``--scores-from`` (None for a scores Parquet), checked against the models' kind: one
+    line for text models on images, image models (or an image critic) on text."""
+    from kdata.core.errors import KdataError
+    from kdata.pipeline.text import check_text_pool
+    from kdata.pools.spec import open_pool
+    from kdata.pools.text import payload_kind
+
+    if not text and _is_scores_file(args.scores_from):
+        return None
+    pool = open_pool(args.scores_from)
+    if text:
+        check_text_pool(pool, spec=args.scores_from)
+    elif payload_kind(pool) == "text":
+        if critic:
+            raise KdataError(f"{critic}: an image-score critic cannot score the text pool {args.scores_from} "
+                             "(fit a text critic: kdata critic fit --teacher hf:PATH --student hf:PATH)")
+        raise KdataError(f"{args.scores_from}: the pool holds text; image models cannot score it (give text "
+                         "models: --teacher hf:PATH --student hf:PATH, or builtin:text-teacher / "
+                         "builtin:text-student)")
+    return pool
+
+
+def _is_scores_file(src: str) -> bool:
+    from pathlib import Path
+
+    return Path(src).is_file() and Path(src).suffix == ".parquet"
+
+
 def is_text(args) -> bool:
     """A text critic: the teacher is a text model (hf:PATH, builtin:text-*)."""
     from kdata.models.hf import is_text_spec
@@ -60,16 +102,15 @@ def is_text(args) -> bool:
     return is_text_spec(args.teacher)
 
 
-def load_text_source(args):
-    """(text scores table, texts, quarantined) of the pool ``--scores-from`` under --teacher/--student
-    (causal LMs, scored as ``kdata select`` scores a text pool, cached per unit)."""
+def load_text_source(args, pool=None):
+    """(text scores table, texts, quarantined) of the pool ``--scores-from`` (``pool``: already open)
+    under --teacher/--student (causal LMs, scored as ``kdata select`` scores a text pool, cached per unit)."""
     from kdata.models.base import pick_device
     from kdata.models.hf import load_text_model
-    from kdata.pools.spec import open_pool
     from kdata.scoring.text import TextScoreConfig, score_text_pool, text_models
     from kdata.selection.critic_text import texts_from_pool
 
-    pool = open_pool(args.scores_from)
+    pool = pool if pool is not None else open_source_pool(args, text=True)
     device = pick_device(args.device)
     models = text_models(*(load_text_model(s, device=device, precision=args.model_precision)
                            for s in (args.teacher, args.student)))
@@ -82,15 +123,15 @@ def load_text_source(args):
     return scores, texts_from_pool(pool, scores.column("sample_id").to_pylist()), quarantined
 
 
-def load_source(args):
-    """Scores table for ``--scores-from``."""
+def load_source(args, pool=None):
+    """Scores table for ``--scores-from`` (``pool``: already open by ``open_source_pool``)."""
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
     src = args.scores_from
     path = Path(src)
-    if path.is_file() and path.suffix == ".parquet":
+    if pool is None and _is_scores_file(src):
         schema = pq.read_schema(path)
         if "kl_ts" in schema.names:
             return pq.read_table(path)
@@ -98,10 +139,9 @@ def load_source(args):
 
         return load_scores(str(path))[0]
     from kdata.models.spec import load_model, pick_device
-    from kdata.pools.spec import open_pool
     from kdata.scoring.score import ScoreConfig, check_models, score_pool
 
-    pool = open_pool(src)
+    pool = pool if pool is not None else open_source_pool(args, text=False)
     device = pick_device(args.device)
     teacher, student = load_model(args.teacher, device=device), load_model(args.student, device=device)
     check_models(teacher, student)
@@ -114,11 +154,14 @@ def run_fit(args) -> int:
     import pyarrow as pa
 
     from kdata.core.errors import KdataError
-    from kdata.selection.critic_model import feature_matrix, fit_critic, read_labels
+    from kdata.selection.critic_model import check_val_frac, feature_matrix, fit_critic, read_labels
 
+    check_options(args)
     labels = read_labels(args.labels)
+    check_val_frac(args.val_frac, n=len(labels), option="--val-frac")  # ≥ the labelled rows found in the pool
     text = is_text(args)
-    scores, texts, _ = load_text_source(args) if text else (load_source(args), None, None)
+    pool = open_source_pool(args, text=text)
+    scores, texts, _ = load_text_source(args, pool) if text else (load_source(args, pool), None, None)
     ids = scores.column("sample_id").to_pylist()
     rows = [i for i, s in enumerate(ids) if s in labels]
     missing = len(labels) - len(rows)
@@ -160,14 +203,15 @@ def run_apply(args) -> int:
     from kdata.core.atomic import write_parquet
     from kdata.selection.critic_model import load_critic
 
+    check_options(args)
     crit = load_critic(args.critic).with_target(recall=args.recall, precision=args.precision)
     if crit.is_text:
         if not is_text(args):  # the models the critic was fitted with, unless others are given
             args.teacher, args.student = crit.text.get("teacher"), crit.text.get("student")
-        scores, texts, _ = load_text_source(args)
+        scores, texts, _ = load_text_source(args, open_source_pool(args, text=True))
         prob = crit.score(scores, texts=texts, device=_device(args))
     else:
-        scores, texts = load_source(args), None
+        scores, texts = load_source(args, open_source_pool(args, text=False, critic=args.critic)), None
         prob = crit.score(scores)
     acc = prob >= crit.threshold
     table = pa.table({"sample_id": scores.column("sample_id"), "p_accept": pa.array(prob, pa.float32()),

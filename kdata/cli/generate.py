@@ -66,8 +66,12 @@ def _config(args):
 def run(args) -> int:
     from kdata.core.errors import KdataError
     from kdata.pipeline.generate import check_config, read_prompts
+    from kdata.selection.critic_model import check_target
 
     cfg = _config(args)
+    check_target(recall=cfg.critic_recall, precision=cfg.critic_precision, option="--critic-{}")
+    if not cfg.critic and (cfg.critic_recall is not None or cfg.critic_precision is not None):
+        raise KdataError("--critic-recall/--critic-precision re-choose a fitted critic's cut: give --critic DIR")
     check_config(cfg)
     read_prompts(cfg.prompts)  # a bad prompts file is one line before any model loads
     if args.rounds:
@@ -112,4 +116,8 @@ def _rounds(args, cfg) -> int:
         print(f"kdata: round {r['round']}: {c['n_in']} candidates, {c['kept']} accepted → {r['student']}"
               + (f" (held-out perplexity {r['perplexity_before']:.1f} → {ppl:.1f})" if ppl is not None else ""))
     print(f"  final student: {result['student']}")
+    best = result.get("best")
+    if best and best["worse_rounds"]:
+        print(f"kdata: warning: round(s) {', '.join(map(str, best['worse_rounds']))} raised the held-out perplexity; "
+              f"the lowest ({best['perplexity']:.1f}) is round {best['round']}'s student, {best['student']}")
     return 0

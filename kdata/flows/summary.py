@@ -20,7 +20,9 @@ def summary(report: dict, *, units: list[dict], states: dict, failed: list[dict]
     for f in report["files"]:
         preds = pq.read_table(out / f["path"], columns=["teacher_pred"]).column("teacher_pred").to_pylist()
         for p in preds:
-            key = names[p] if p is not None and 0 <= p < len(names) else str(p)
+            if p is None:  # causal-LM rows have no class: no balance table
+                continue
+            key = names[p] if 0 <= p < len(names) else str(p)
             balance[key] = balance.get(key, 0) + 1
     rows += [{"kind": "class_balance", "name": k, "count": n} for k, n in sorted(balance.items())]
     rows += [{"kind": "shard", "name": str(out / f["path"]), "count": f["rows"]} for f in report["files"]]

@@ -206,6 +206,7 @@ def pool_limits(cfg: SelectConfig) -> PoolLimits:
 def validate(cfg: SelectConfig, *, where: str = "config") -> None:
     """Every value of ``cfg`` checked before any work starts (one KdataError line each)."""
     from kdata.dedup.faiss_dedup import check_options as check_dedup
+    from kdata.selection.critic_model import check_target
     from kdata.selection.run import check_budget, parse_methods
 
     if not cfg.pool and not cfg.scores:
@@ -221,8 +222,7 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
     check_dedup(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
     if not isinstance(cfg.hard, int) or cfg.hard < 0:
         raise KdataError(f"--hard {cfg.hard}: must be ≥ 0 (an integer: generated rows per kept row)")
-    if cfg.critic_recall is not None and not (_finite(cfg.critic_recall) and 0 < cfg.critic_recall <= 1):
-        raise KdataError(f"--critic-recall {cfg.critic_recall}: expected a recall in (0, 1]")
+    check_target(recall=cfg.critic_recall, option="--critic-{}")
     if "critic" in methods and not cfg.critic:
         raise KdataError("--method critic needs a fitted critic: --critic DIR (from `kdata critic fit`)")
     if cfg.critic and not Path(cfg.critic).exists():

@@ -13,7 +13,8 @@ Saved as two plain files, no pickle: ``critic.npz`` (weights, scaler, validation
 labels so the cut can be re-chosen for another target) and ``critic.json`` (feature names,
 threshold, target, validation metrics).
 
-Public API: ``fit_critic``, ``Critic.score(features) -> P(accept)``, ``Critic.threshold``,
+Public API: ``fit_critic``, ``check_target`` / ``check_val_frac`` (the option checks every entry point
+shares), ``Critic.score(features) -> P(accept)``, ``Critic.threshold``,
 ``Critic.accept(features) -> bool mask``, ``Critic.with_target(recall=|precision=)``,
 ``Critic.save(dir)``, ``load_critic(dir)``, ``critic_features(view_or_table) -> (X, names)``
 (``Critic.score`` also takes the table/view directly).
@@ -22,6 +23,8 @@ Public API: ``fit_critic``, ``Critic.score(features) -> P(accept)``, ``Critic.th
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +36,29 @@ from kdata.core.errors import KdataError
 STAT_FEATURES = ("teacher_conf", "student_conf", "teacher_margin", "student_margin", "teacher_entropy",
                  "student_entropy", "kl_ts", "kl_st")
 FORMAT = "kdata-critic-1"
+
+
+def _real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_target(*, recall=None, precision=None, option: str = "critic {}") -> None:
+    """A recall / precision target in (0, 1], else one line; ``option`` names it (``"--critic-{}"``)."""
+    for name, v in (("recall", recall), ("precision", precision)):
+        if v is not None and not (_real(v) and 0 < v <= 1):
+            raise KdataError(f"{option.format(name)} {v}: expected a {name} in (0, 1]")
+
+
+def check_val_frac(val_frac, *, n: int | None = None, option: str = "critic val_frac") -> None:
+    """A validation fraction in (0, 1); with ``n`` labelled rows, one that leaves ≥ 2 rows (one per class)
+    on each side of the stratified split."""
+    if not (_real(val_frac) and 0 < val_frac < 1):
+        raise KdataError(f"{option} {val_frac}: expected a fraction in (0, 1)")
+    if n is not None:
+        n_val = math.ceil(val_frac * n)  # as train_test_split rounds
+        if min(n_val, n - n_val) < 2:
+            raise KdataError(f"{option} {val_frac}: splits {n} labelled samples into {n - n_val} training and "
+                             f"{n_val} validation; each side needs ≥ 2 (one per class)")
 
 
 def critic_features(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
@@ -78,6 +104,7 @@ def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray
 def pick_threshold(prob: np.ndarray, y: np.ndarray, *, recall: float | None = None,
                    precision: float | None = None) -> float:
     """The cut on P(accept): the highest one with recall ≥ target, or the lowest with precision ≥ target."""
+    check_target(recall=recall, precision=precision)
     prob = np.asarray(prob, dtype=np.float64)
     y = np.asarray(y, dtype=bool)
     if y.sum() == 0:
@@ -190,11 +217,14 @@ def fit_critic(features: np.ndarray, labels: np.ndarray, *, feature_names: list[
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
+    check_target(recall=recall, precision=precision)
+    check_val_frac(val_frac)
     X = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
     if len(y) < 10 or y.sum() < 2 or (~y).sum() < 2:
         raise KdataError(f"critic: need at least 10 labelled samples with ≥ 2 accepted and ≥ 2 rejected "
                          f"(got {len(y)}: {int(y.sum())} accepted)")
+    check_val_frac(val_frac, n=len(y))
     if precision is not None:
         recall = None
     Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=val_frac, random_state=seed, stratify=y)

@@ -244,6 +244,12 @@ def test_bad_input_is_one_line(tmp_path, capsys, base):
     assert rc == 2 and err.count("\n") == 1 and "manifest" in err
     rc = main(["augment", str(base), "--per-sample", "0", "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert rc == 2 and not (tmp_path / "o").exists()
+    capsys.readouterr()
+    for extra, match in ((["--critic-recall", "1.5"], "--critic-recall 1.5: expected a recall in (0, 1]"),
+                         (["--critic-recall", "0.5"], "--critic-recall re-chooses a fitted critic's cut")):
+        rc = main(["augment", str(base), *extra, "--out", str(tmp_path / "o"), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert rc == 2 and match in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
 def test_new_ids_never_reuse_existing(base, builtin_models):

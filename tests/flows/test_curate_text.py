@@ -62,6 +62,11 @@ def test_curate_flow_on_text_matches_kdata_select(prefect_api, text_pool, tmp_pa
     result = state.result()
     assert set(result["units"].values()) == {"Cached"} and len(result["units"]) == 2
     assert [f["sha256"] for f in read_manifest(tmp_path / "again")["files"]] == [f["sha256"] for f in mf["files"]]
+    from kdata.flows.summary import summary  # causal-LM rows have no class: the run summary shows no class table
+
+    markdown, rows = summary(result, units=[], states={}, failed=[])
+    assert "class (teacher)" not in markdown and not [r for r in rows if r["kind"] == "class_balance"]
+    assert f"kept {mf['counts']['kept']}" in markdown
 
 
 def test_distill_flow_trains_a_text_student_and_reports_perplexity(prefect_api, text_pool, tmp_path):

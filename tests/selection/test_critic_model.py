@@ -1,13 +1,14 @@
 """The critic: threshold choice, target recall on validation, safe save/load, CLI and chaining."""
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from kdata.cli import main
-from kdata.selection.critic_model import Critic, fit_critic, load_critic, pick_threshold
+from kdata.selection.critic_model import STAT_FEATURES, Critic, fit_critic, load_critic, pick_threshold
 from kdata.core.errors import KdataError
 
 
@@ -83,3 +84,115 @@ def test_critic_cli_and_chain_on_builtin(tmp_path, builtin_models):
     tr = digits_web_truth().to_pandas().set_index("sample_id").truth
     kept_junk = (tr.loc[dec[dec.decision == "kept"].sample_id] == "junk").mean()
     assert kept_junk < (tr == "junk").mean()
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"recall": 1.5}, "critic recall 1.5: expected a recall in (0, 1]"),
+    ({"recall": -1.0}, "critic recall -1.0"),
+    ({"recall": float("nan")}, "critic recall nan"),
+    ({"recall": None, "precision": 2.0}, "critic precision 2.0: expected a precision in (0, 1]"),
+    ({"recall": None, "precision": 0.0}, "critic precision 0.0"),
+    ({"val_frac": 0.0}, "critic val_frac 0.0: expected a fraction in (0, 1)"),
+    ({"val_frac": 1.0}, "critic val_frac 1.0"),
+    ({"val_frac": 0.01}, "splits 40 labelled samples into 39 training and 1 validation"),
+])
+def test_fit_and_with_target_reject_out_of_range_targets(kw, match):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = X[:, 0] > 0
+    with pytest.raises(KdataError, match=re.escape(match)):
+        fit_critic(X, y, feature_names=["a", "b", "c"], **kw)
+    crit = fit_critic(X, y, feature_names=["a", "b", "c"], recall=1.0, val_frac=0.5)  # the closed ends are valid
+    assert crit.metrics["val_recall"] == 1.0 and crit.metrics["val_n"] == 20
+    target = {k: v for k, v in kw.items() if k in ("recall", "precision") and v is not None}
+    if target:  # re-choosing the cut of a fitted critic is checked the same way
+        with pytest.raises(KdataError, match=re.escape(match)):
+            crit.with_target(**target)
+    assert crit.with_target(precision=1.0).metrics["val_precision"] == 1.0
+
+
+def _fresh_cache_run(tmp_path, monkeypatch, capsys, argv: list[str]) -> str:
+    """``main(argv)`` under an empty cache: exit 2, one line on stderr, nothing scored or trained."""
+    cache = tmp_path / "fresh-cache"
+    monkeypatch.setenv("KDATA_CACHE", str(cache))
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors (mutually exclusive options)
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert not cache.exists() or not any(cache.iterdir()), list(cache.rglob("*"))
+    return err
+
+
+@pytest.mark.parametrize("opts,match", [
+    (["--recall", "1.5"], "--recall 1.5: expected a recall in (0, 1]"),
+    (["--recall", "-1"], "--recall -1.0: expected a recall in (0, 1]"),
+    (["--precision", "2"], "--precision 2.0: expected a precision in (0, 1]"),
+    (["--val-frac", "0"], "--val-frac 0.0: expected a fraction in (0, 1)"),
+    (["--val-frac", "1.5"], "--val-frac 1.5: expected a fraction in (0, 1)"),
+    (["--val-frac", "0.05"], "--val-frac 0.05: splits 12 labelled samples into 11 training and 1 validation"),
+    (["--batch-size", "0"], "--batch-size 0: must be an integer ≥ 1"),
+])
+def test_critic_fit_options_fail_before_any_work(tmp_path, monkeypatch, capsys, opts, match):
+    lab = tmp_path / "labels.csv"
+    lab.write_text("sample_id,accept\n" + "".join(f"s{i},{i % 2}\n" for i in range(12)))
+    err = _fresh_cache_run(tmp_path, monkeypatch, capsys, [
+        "critic", "fit", "--scores-from", "builtin:digits-web", "--labels", str(lab), "--out",
+        str(tmp_path / "c"), "--device", "cpu", *opts])
+    assert match in err
+    assert not (tmp_path / "c").exists()
+
+
+def _text_pool(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"s{i}", "text": f"the cat sat on mat {i}"}) + "\n" for i in range(12)))
+    lab = tmp_path / "labels.csv"
+    lab.write_text("sample_id,accept\n" + "".join(f"s{i},{i % 2}\n" for i in range(12)))
+    return pool, lab
+
+
+def test_critic_on_a_text_pool_without_text_models_asks_for_them(tmp_path, monkeypatch, capsys):
+    """As ``kdata select``: image models (the default) on a text pool are one line naming text models,
+    before any model loads; an image critic on a text pool says it cannot score text."""
+    pool, lab = _text_pool(tmp_path)
+    err = _fresh_cache_run(tmp_path, monkeypatch, capsys, [
+        "critic", "fit", "--scores-from", str(pool), "--labels", str(lab), "--out", str(tmp_path / "c"),
+        "--device", "cpu"])
+    assert f"{pool}: the pool holds text; image models cannot score it" in err
+    assert "--teacher hf:PATH --student hf:PATH, or builtin:text-teacher / builtin:text-student" in err
+    assert "--scores FILE.parquet" not in err
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 9))
+
+    fit_critic(X, X[:, 0] > 0, feature_names=[*STAT_FEATURES, "agree"]).save(tmp_path / "img")
+    err = _fresh_cache_run(tmp_path, monkeypatch, capsys, [
+        "critic", "apply", str(tmp_path / "img"), "--scores-from", str(pool), "--out", str(tmp_path / "a.csv"),
+        "--device", "cpu"])
+    assert f"an image-score critic cannot score the text pool {pool}" in err and "--teacher hf:PATH" in err
+    assert not (tmp_path / "a.csv").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["critic", "apply", "{crit}", "--recall", "1.5"], "--recall 1.5: expected a recall in (0, 1]"),
+    (["critic", "apply", "{crit}", "--precision", "0"], "--precision 0.0: expected a precision in (0, 1]"),
+    (["critic", "apply", "{crit}", "--recall", "0.5", "--precision", "0.5"], "not allowed with argument --recall"),
+    (["generate", "--prompts", "{prompts}", "--critic", "{crit}", "--student", "builtin:text-student",
+      "--critic-recall", "1.5"], "--critic-recall 1.5: expected a recall in (0, 1]"),
+    (["generate", "--prompts", "{prompts}", "--critic", "{crit}", "--student", "builtin:text-student",
+      "--critic-precision", "-0.1"], "--critic-precision -0.1: expected a precision in (0, 1]"),
+    (["generate", "--prompts", "{prompts}", "--critic-recall", "0.5"], "give --critic DIR"),
+])
+def test_critic_targets_of_apply_and_generate_fail_before_any_work(tmp_path, monkeypatch, capsys, argv, match):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    fit_critic(X, X[:, 0] > 0, feature_names=["a", "b", "c"]).save(tmp_path / "crit")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "p0", "prompt": "Once"}\n')
+    argv = [a.format(crit=tmp_path / "crit", prompts=prompts) for a in argv]
+    src = ["--scores-from", "builtin:digits-web"] if argv[0] == "critic" else []
+    err = _fresh_cache_run(tmp_path, monkeypatch, capsys, [*argv, *src, "--out", str(tmp_path / "o"),
+                                                           "--device", "cpu"])
+    assert match in err
+    assert not (tmp_path / "o").exists()
