@@ -109,7 +109,24 @@ def _load_tokenizer(path: Path, *, trust_remote_code: bool):
     except Exception as exc:  # noqa: BLE001  (a missing or broken tokenizer: one line)
         msg = str(exc).strip().splitlines()
         raise KdataError(f"{path}: cannot load the tokenizer ({type(exc).__name__}: {msg[0][:160] if msg else ''})") from None
+    check_tokenizer(path, tok)
     return tok
+
+
+def check_tokenizer(path: Path, tok) -> None:
+    """Refuse a tokenizer with no vocabulary beyond its special tokens (one line naming ``path``).
+
+    A directory without tokenizer files (no ``tokenizer.json``, ``vocab.json``/``merges.txt``,
+    ``vocab.txt``, ``*.model``) still loads: transformers builds the config's tokenizer class with
+    no vocabulary (GPT-2: one entry, ``<|endoftext|>``), which turns every text into zero tokens."""
+    try:
+        vocab = tok.get_vocab()
+        special = set(tok.all_special_tokens)
+    except Exception:  # noqa: BLE001  (a tokenizer that cannot list its vocabulary: judged by use, not here)
+        return
+    if not any(t not in special for t in vocab):
+        raise KdataError(f"{path}: no tokenizer (tokenizer.json / vocab files) found (without them transformers "
+                         f"builds one of {len(vocab)} special token(s)); save the tokenizer there with save_pretrained")
 
 
 def _load_module(path: Path, kind: str, *, trust_remote_code: bool) -> torch.nn.Module:

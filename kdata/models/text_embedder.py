@@ -19,7 +19,7 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.extras import require
-from kdata.models.hf import pad_token_id, quiet_transformers, resolve_max_length, text_model_path
+from kdata.models.hf import check_tokenizer, pad_token_id, quiet_transformers, resolve_max_length, text_model_path
 from kdata.models.hf_safety import (
     check_remote_code,
     read_config,
@@ -64,6 +64,7 @@ def load_embedder(spec: str, *, device="cpu", precision: str = "auto", trust_rem
         msg = str(exc).strip().splitlines()
         raise KdataError(f"--embedder {spec}: cannot load ({type(exc).__name__}: {msg[0][:160] if msg else ''})") \
             from None
+    check_tokenizer(path, tok)
     prec = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
     model = model.to(device=device, dtype=torch.bfloat16 if prec == "bf16" else torch.float32).eval()
     checksum = "sha256:" + hashlib.sha256(weights_checksum(path).encode()).hexdigest()

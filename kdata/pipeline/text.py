@@ -19,7 +19,7 @@ from kdata.models.hf import is_text_spec, text_model_path
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
 from kdata.pools.spec import open_pool
-from kdata.pools.text import payload_kind
+from kdata.pools.text import check_text_units, payload_kind
 from kdata.scoring.text import TextScoreConfig, score_text_pool, text_models
 
 LM_METHODS = ("miniplm", "ddk", "random", "disagreement", "critic",  # methods that read causal-LM sequence columns
@@ -51,6 +51,7 @@ def check_text_pool(pool, *, spec: str) -> None:
     if kind == "image":
         raise KdataError(f"{spec}: the pool holds images; text models score a `text` column (JSONL, Parquet "
                          "with `text`, a saved Hugging Face dataset or builtin:text-web)")
+    check_text_units(pool)  # a JSONL file with no 'text' on any line: one line before any model loads
 
 
 def check_image_pool(pool, *, spec: str) -> None:

@@ -2,6 +2,9 @@
 
 One JSON object per line with a ``text`` string; ``sample_id`` (or ``id``) when given, else
 ``<file>:<line>``; blank lines skipped; a line that cannot be used stays a row with its reason.
+A file none of whose lines holds a string ``text`` (objects with other keys, JSON arrays or
+strings, text of another type) is of the wrong shape as a whole: one line, like a Parquet file
+without a ``text`` column.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def read_jsonl(path: Path, *, name: str, fast: bool = True) -> pa.Table:
         raise KdataError(f"{path}: cannot read ({exc.strerror})") from None
     data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors) is not part of line 1
     table = _read_jsonl_arrow(data, name=name, source=Path(path).name) if fast else None
-    return table if table is not None else _read_jsonl_lines(data, name=name, source=Path(path).name)
+    return table if table is not None else _read_jsonl_lines(data, name=name, source=Path(path).name, where=str(path))
 
 
 def _read_jsonl_arrow(data: bytes, *, name: str, source: str) -> pa.Table | None:
@@ -120,13 +123,17 @@ def _id_types(first_line: bytes) -> list[tuple[pa.DataType, pa.DataType]]:
     return [guess] + [t for t in both if t != guess]
 
 
-def _read_jsonl_lines(data: bytes, *, name: str, source: str) -> pa.Table:
+def _read_jsonl_lines(data: bytes, *, name: str, source: str, where: str | None = None) -> pa.Table:
     ids, texts, errors = [], [], []
     fields: dict[str, list] = {k: [] for k in TEXT_FIELDS}
+    first: tuple[dict | None, str | None] | None = None  # the first line: what the file looks like
+    any_text = False  # some line holds a string 'text' (else the whole file is of the wrong shape)
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
         obj, err = _parse_line(raw.rstrip(b"\r"), lineno)
+        first = first or (obj, err)
+        any_text = any_text or isinstance((obj or {}).get("text"), str)
         obj = obj or {}
         sid = obj.get("sample_id", obj.get("id"))
         ids.append(f"{name}:{lineno}" if sid is None else str_or_none(sid))
@@ -141,6 +148,21 @@ def _read_jsonl_lines(data: bytes, *, name: str, source: str) -> pa.Table:
         errors.append(err)
         for k in TEXT_FIELDS:
             fields[k].append(str_or_none(obj.get(k)))
+    if first is not None and not any_text:
+        raise KdataError(f"{where or source}: no line holds a string 'text' field ({_shape(*first)}); "
+                         "a JSONL text pool needs one JSON object per line with a 'text' string")
     if not any(v is not None for v in fields["source"]):
         fields["source"] = None
     return text_table(ids, texts, errors=errors, source=source, fields=fields)
+
+
+def _shape(obj: dict | None, err: str | None) -> str:
+    """What the first non-blank line holds, for the message refusing a file of the wrong shape."""
+    if obj is None:
+        return (err or "").removeprefix("undecodable_text: ")  # "line 1 is a JSON list, not an object", …
+    if "text" in obj:
+        kind = "null" if obj["text"] is None else f"a JSON {type(obj['text']).__name__}"
+        return f"first line's 'text' is {kind}"
+    keys = [str(k) for k in obj]
+    more = f", … ({len(keys)} in all)" if len(keys) > 8 else ""
+    return f"first line's keys: {', '.join(keys[:8]) + more if keys else 'none'}"

@@ -41,10 +41,11 @@ from kdata.pools.text_rows import (
 )
 from kdata.pools.unit_cache import cached_unit_table
 
-__all__ = ["DEFAULT_MAX_TEXT_CHARS", "TEXT_FIELDS", "open_text", "payload_kind", "read_hf_arrow", "read_jsonl",
-           "text_problems", "text_table"]
+__all__ = ["DEFAULT_MAX_TEXT_CHARS", "TEXT_FIELDS", "check_text_units", "open_text", "payload_kind", "read_hf_arrow",
+           "read_jsonl", "text_problems", "text_table"]
 
 DEFAULT_MAX_TEXT_CHARS = 200_000  # longer texts are quarantined as too_long (--max-text-chars)
+TEXT_LAYOUTS = ("Hugging Face dataset (save_to_disk)", "JSONL", "JSONL directory")  # pool.extra["layout"] of open_text
 
 
 def _labels_of(read):
@@ -188,9 +189,9 @@ def open_text(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
         for u in units:
             if not Path(u.path).is_file():
                 raise KdataError(f"{u.path}: listed in the saved dataset but missing")
-        layout = "Hugging Face dataset (save_to_disk)"
+        layout = TEXT_LAYOUTS[0]
     elif p.is_file():
-        units, layout = [_jsonl_unit(p, None)], "JSONL"
+        units, layout = [_jsonl_unit(p, None)], TEXT_LAYOUTS[1]
     else:
         files = sorted(f for f in p.rglob("*.jsonl") if not any(x.startswith(".") for x in f.relative_to(p).parts))
         root_real = os.path.realpath(p)
@@ -198,9 +199,21 @@ def open_text(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
             reason = check_entry(f, root_real=root_real, limits=limits)
             if reason is not None:
                 raise KdataError(f"{f}: {reason}")
-        units, layout = [_jsonl_unit(f, p) for f in files], "JSONL directory"
+        units, layout = [_jsonl_unit(f, p) for f in files], TEXT_LAYOUTS[2]
     return Pool(spec=spec, units=units, description=f"{layout} text pool at {spec} ({len(units)} file(s))",
                 extra={"layout": layout, "payload": "text"})
+
+
+def check_text_units(pool: Pool) -> None:
+    """Read each unit of a JSONL or saved-dataset pool before any scoring, so a file of the wrong
+    shape (no line with a string ``text``; a saved dataset without a ``text`` column) is one line up
+    front rather than mid-run or, on a rerun, hidden behind cached scores. Parsed units are cached
+    (``kdata.pools.unit_cache``): scoring's reads map them instead of parsing again. Parquet pools
+    are checked from their footers when opened; other pools are left alone."""
+    if pool.extra.get("layout") not in TEXT_LAYOUTS:
+        return
+    for unit in pool.units:
+        unit.read()
 
 
 def text_problems(table: pa.Table, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[str | None]:

@@ -13,7 +13,7 @@ from kdata.core.digests import sha256_file_memo
 from kdata.core.paths import cache_dir
 from kdata.core.version import __version__
 
-UNIT_CACHE_VERSION = 1  # bump when the parsed table of a unit changes for the same file
+UNIT_CACHE_VERSION = 2  # bump when the parsed table of a unit changes for the same file (2: no-text files refused)
 
 
 def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:

@@ -81,6 +81,29 @@ def test_directory_without_weights_or_config_is_one_line(tmp_path):
         load_model(f"hf:{tmp_path / 'missing'}")
 
 
+def test_directory_without_tokenizer_files_is_one_line_at_load(tmp_path):
+    # config.json + weights only: transformers builds GPT2Tokenizer with one entry; every text would be 0 tokens
+    d = tmp_path / "notok"
+    d.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(text_assets() / "t" / f, d / f)
+    for spec in (f"hf:{d}", f"hf:{d}/"):
+        with pytest.raises(KdataError, match="no tokenizer \\(tokenizer.json / vocab files\\) found") as exc:
+            load_model(spec)
+        assert str(d) in str(exc.value) and "\n" not in str(exc.value)
+    # a tokenizer_config.json naming a slow class whose vocab files are absent: refused alike
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    with pytest.raises(KdataError, match="no tokenizer"):
+        load_hf(d)
+    # the tokenizer files back: it loads and tokenises
+    (d / "tokenizer_config.json").unlink()
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (text_assets() / "t" / f).exists():
+            shutil.copy(text_assets() / "t" / f, d / f)
+    m = load_hf(d)
+    assert len(m.tokenizer("hello")["input_ids"]) == 5 and m.vocab_size > 256
+
+
 def test_custom_code_is_refused_without_trust_remote_code(tmp_path):
     d = tmp_path / "remote"
     shutil.copytree(text_assets() / "t", d)
@@ -112,3 +135,29 @@ def test_same_tokenizer_compares_vocabularies():
 def test_missing_text_extra_names_the_install():
     with pytest.raises(KdataError, match=r"pip install 'kdata\[text\]'"):
         require("text", "transformers", "kdata_no_such_module")
+
+
+def test_select_and_generate_refuse_a_model_without_tokenizer_files(tmp_path, capsys):
+    """Teacher or student without tokenizer files: exit 2 and one line at load, not a run of 0-token rows."""
+    from kdata.cli import main
+    from tests.helpers.text_models import write_jsonl
+
+    d = text_assets()
+    notok = tmp_path / "notok"
+    notok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(d / "t" / f, notok / f)
+    pool = write_jsonl(tmp_path / "pool.jsonl", n=6)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "p0", "prompt": "the cat"}\n')
+    capsys.readouterr()
+    runs = [["select", "--pool", str(pool), "--teacher", f"hf:{notok}", "--student", f"hf:{d / 's'}"],
+            ["select", "--pool", str(pool), "--teacher", f"hf:{d / 't'}", "--student", f"hf:{notok}"],
+            ["generate", "--teacher", f"hf:{notok}", "--prompts", str(prompts), "--max-new-tokens", "2"]]
+    for i, args in enumerate(runs):
+        out = tmp_path / f"out{i}"
+        code = main([*args, "--out", str(out)] + (["--method", "random", "--budget", "2"] if i < 2 else []))
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and not out.exists(), err
+        assert err == (f"kdata: error: {notok}: no tokenizer (tokenizer.json / vocab files) found (without them "
+                       "transformers builds one of 1 special token(s)); save the tokenizer there with save_pretrained")

@@ -64,3 +64,36 @@ def test_fast_jsonl_reader_gives_the_per_line_table_or_steps_aside(tmp_path, see
         assert _read_jsonl_arrow(data.removeprefix(b"\xef\xbb\xbf"), name="f.jsonl", source="f.jsonl") is not None
     every = b"".join(b'{"sample_id": "s-%d", "id": %d, "text": "t"}\n' % (i, i) for i in range(3))
     assert _read_jsonl_arrow(every, name="f", source="f").column("sample_id").to_pylist() == ["s-0", "s-1", "s-2"]
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b'{"id": 0, "body": "hello"}\n{"id": 1, "body": "world"}\n', "first line's keys: id, body"),
+    (b'[{"text": "a list, not an object"}]\n"a string"\n', "line 1 is a JSON list, not an object"),
+    (b'\n"only strings"\n"here"\n', "line 2 is a JSON str, not an object"),
+    (b'{"text": 3}\n{"text": [1]}\n', "first line's 'text' is a JSON int"),
+    (b'{"text": null}\n', "first line's 'text' is null"),
+    ('{"text": "utf-16"}\n'.encode("utf-16"), "line 1 is not valid UTF-8"),
+])
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_file_without_text_on_any_line_is_one_line_naming_it(tmp_path, raw, why, fast):
+    from kdata.core.errors import KdataError
+    from kdata.pools.jsonl import read_jsonl
+
+    p = tmp_path / "wrong.jsonl"
+    p.write_bytes(raw)
+    with pytest.raises(KdataError) as exc:
+        read_jsonl(p, name=p.name, fast=fast)
+    msg = str(exc.value)
+    assert msg.startswith(f"{p}: no line holds a string 'text' field (") and why in msg and "\n" not in msg
+
+
+def test_a_file_where_only_some_lines_lack_text_keeps_them_as_quarantine_rows(tmp_path):
+    p = _lines(tmp_path / "some.jsonl", [{"body": "x"}, {"text": "kept"}, {"text": None}], raw=[b"[1]"])
+    t = open_pool(str(p)).units[0].read()
+    assert t.column("text").to_pylist() == [None, "kept", None, None]
+    why = text_problems(t)
+    assert why[0] == "undecodable_text: line 1 has no 'text' field" and why[1] is None
+    assert why[2] == "empty_text" and why[3] == "undecodable_text: line 4 is a JSON list, not an object"
+    blank = tmp_path / "blank.jsonl"  # nothing but blank lines: an empty unit, not a wrong shape
+    blank.write_bytes(b"\n  \n")
+    assert open_pool(str(blank)).units[0].read().num_rows == 0

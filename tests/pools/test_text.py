@@ -133,3 +133,37 @@ def test_saved_dataset_tables_by_arrow_casts_equal_the_row_by_row_ones(case):
         assert fast is None  # Python's str() and Arrow's cast spell these differently: row by row
         return
     assert fast is not None and fast.equals(_hf_table_rows(table, name="train/data.arrow", source="train", names=names))
+
+
+def test_a_run_refuses_a_jsonl_pool_without_text_before_any_model_loads(tmp_path, capsys):
+    """A pool file of the wrong shape is one line, exit 2, nothing written; the check runs before the
+    models load (the teacher here has no tokenizer, which would otherwise be the error)."""
+    import shutil
+
+    from kdata.cli import main
+    from tests.helpers.text_models import text_assets
+
+    d = text_assets()
+    notok = tmp_path / "notok"
+    notok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(d / "t" / f, notok / f)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    _lines(pool / "a.jsonl", [{"text": "fine"}, {"body": "this row alone is quarantined"}])
+    _lines(pool / "b.jsonl", [{"id": i, "body": f"hello {i}"} for i in range(3)])
+    capsys.readouterr()  # building the tiny models prints progress bars
+    for teacher in (notok, d / "t"):
+        out = tmp_path / f"out-{teacher.name}"
+        code = main(["select", "--pool", str(pool), "--teacher", f"hf:{teacher}", "--student", f"hf:{d / 's'}",
+                     "--method", "random", "--budget", "1", "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and not out.exists(), err
+        assert err.count("\n") == 0 and "Traceback" not in err
+        assert f"{pool / 'b.jsonl'}: no line holds a string 'text' field (first line's keys: id, body)" in err
+    (pool / "b.jsonl").unlink()  # only some lines without text: the run goes on, those rows quarantined
+    out = tmp_path / "ok"
+    assert main(["select", "--pool", str(pool), "--teacher", f"hf:{d / 't'}", "--student", f"hf:{d / 's'}",
+                 "--method", "random", "--budget", "1", "--out", str(out), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert counts["n_in"] == 2 and counts["kept"] == 1 and counts["quarantined"] == 1
