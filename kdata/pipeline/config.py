@@ -220,6 +220,9 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
     if cfg.balance is not None and cfg.balance not in BALANCES:
         raise KdataError(f"--balance '{cfg.balance}': expected one of {', '.join(BALANCES)}")
     check_dedup(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
+    if cfg.scores and not cfg.pool and cfg.dedup not in (None, "none"):
+        raise KdataError(f"--dedup {cfg.dedup}: dedup compares the rows' images or texts, and --scores without "
+                         "--pool gives none; add --pool for the payloads, or leave --dedup out")
     if not isinstance(cfg.hard, int) or cfg.hard < 0:
         raise KdataError(f"--hard {cfg.hard}: must be ≥ 0 (an integer: generated rows per kept row)")
     check_target(recall=cfg.critic_recall, option="--critic-{}")

@@ -123,6 +123,10 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
                "teacher": teacher if level == "semantic" else None}
         table = source.rows
         text = _is_text(table)
+        if table.num_rows and not text and ("image" not in table.column_names
+                                            or table.column("image").null_count == table.num_rows):
+            raise KdataError(f"{shards}: its rows carry no image or text (selected from --scores without --pool), "
+                             "so dedup has nothing to compare; select again with --pool to carry the payloads")
         if text:
             cfg.update(teacher=None, embedder=_text_embedder(embedder, level, shards=shards))
         elif embedder:

@@ -3,7 +3,7 @@
 KD³ (arXiv 2307.11469) selects dynamically as the student learns: with ``--reselect-every E``
 the pool is re-scored with the current student every E epochs and the budget re-selected; each
 re-selection is written by ``finish`` as a full dataset (manifest, decisions, card) under
-``OUT/reselect/epochNNN``.
+``OUT/reselect/reselect-epochNNN``.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ def already_complete(out: str | Path, config_hash: str) -> RunReport | None:
         return None
     m = read_manifest(out)
     return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete",
-                     info={k: m[k] for k in ("methods", "balance", "dedup", "hard", "budget_rows") if k in m})
+                     info={k: m[k] for k in ("methods", "balance", "dedup", "hard", "budget_rows") if k in m
+                           and (k != "budget_rows" or "budget" in (m.get("config") or {}))})  # a selection's own budget
 
 
 def write_output(out: str | Path, output: Output, *, progress=None, before_commit=None) -> RunReport:

@@ -61,6 +61,7 @@ def test_dedup_output_is_a_full_dataset_with_a_card(default_run, tmp_path):
     assert verify(str(out)) == []
     again = dedup_dataset(str(default_run), out=str(tmp_path / "d"), level="near")
     assert again.status == "already complete" and again.counts == report.counts
+    assert "budget_rows" not in again.info  # the source's budget is not dedup's: no "budget not filled" note
 
 
 def test_augment_output_is_a_full_dataset_with_a_card(default_run, tmp_path):

@@ -152,3 +152,23 @@ def test_large_file_is_streamed_and_errors_name_the_row_in_the_file(tmp_path, ba
     pq.write_table(table(t_rows, s_rows), bad, row_group_size=50_000)
     with pytest.raises(KdataError, match=match):
         load_scores(str(bad))
+
+
+def test_dedup_without_payloads_is_one_line_not_a_crash_or_a_wipe(tmp_path, capsys):
+    """--scores without --pool carries no images or texts: an explicit --dedup is refused up front, and
+    `kdata dedup` of such a dataset is refused instead of calling every row a duplicate of one."""
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=(40, 4)) * 3
+    path = write_predictions(tmp_path / "p.parquet", t, t + rng.normal(size=(40, 4)))
+    for level in ("exact", "near", "semantic"):
+        assert main(["select", "--scores", path, "--dedup", level, "--budget", "10",
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"--dedup {level}: dedup compares the rows' images or texts" in err
+        assert not (tmp_path / "o").exists()
+    out = tmp_path / "curated"
+    assert main(["select", "--scores", path, "--method", "kd3", "--budget", "12", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["dedup", str(out), "--level", "exact", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "its rows carry no image or text" in err and not (tmp_path / "d").exists()
