@@ -139,7 +139,11 @@ def summary_lines(report) -> list[str]:
              f"  in {c['n_in']}  kept {c['kept']}  rejected {c['rejected']}  quarantined {c['quarantined']}"]
     for reason, n in c.get("rejected_by_reason", {}).items():
         lines.append(f"    rejected {reason}: {n}")
-    budget = (report.info or {}).get("budget_rows")
+    info = report.info or {}
+    if report.status == "written" and info.get("units"):  # none for --scores predictions
+        hits = int(info.get("score_cache_hits") or 0)
+        lines.append(f"  pool units {info['units']}: {hits} with cached scores, {info['units'] - hits} scored now")
+    budget = info.get("budget_rows")
     if isinstance(budget, int) and c["kept"] < budget:
         lines.append(f"  note: the budget was {budget} rows; only {c['kept']} were left to keep after the "
                      "filters, dedup and quarantine (decisions.parquet says why each row went)")

@@ -99,9 +99,49 @@ def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | No
     return hashes, (np.stack(vecs) if vecs else np.zeros((0, PIXEL_SIZE * PIXEL_SIZE), np.float32))
 
 
+FEATURES_VERSION = 1  # bump when image_features / payload_features change what they compute
+
+
+def unit_features(unit, *, pixels: bool):
+    """``sample_id``, ``hash`` (and ``pixels``, the near-dup embedding) of every row of a pool unit,
+    cached per unit content and name in ``$KDATA_CACHE/dedup-features``: decoding every image again is
+    most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdata.core.atomic import write_parquet
+    from kdata.core.paths import cache_dir
+
+    key = json.dumps([FEATURES_VERSION, unit.fingerprint(), unit.name, bool(pixels), PIXEL_SIZE])
+    try:
+        path = cache_dir("dedup-features") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
+    except OSError:
+        path = None
+    if path is not None and path.is_file():
+        try:
+            return pq.read_table(path)
+        except (OSError, pa.ArrowInvalid):
+            pass  # torn or foreign file: compute again and replace it
+    t = unit.read()
+    h, v = payload_features(t, pixels=pixels)
+    cols = {"sample_id": t.column("sample_id"), "hash": pa.array(h, pa.string())}
+    if pixels:
+        cols["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.float32()),
+                                                           PIXEL_SIZE * PIXEL_SIZE)
+    table = pa.table(cols)
+    if path is not None:
+        try:
+            write_parquet(path, table)
+        except OSError:
+            pass
+    return table
+
+
 def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Hashes and pixel embeddings for ``ids``, streamed unit by unit over the pool (memory: only
-    the small per-sample features are kept, never the payloads of more than one unit)."""
+    """Hashes and pixel embeddings for ``ids``, unit by unit over the pool (``unit_features``, cached;
+    memory: only the small per-sample features are kept, never the payloads of more than one unit)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -111,15 +151,15 @@ def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, n
     vecs = np.zeros((len(ids), PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
     wanted = pa.array(ids.tolist(), pa.string())
     for unit in pool.units:
-        t = unit.read()
+        t = unit_features(unit, pixels=pixels)
         t = t.filter(pc.is_in(t.column("sample_id"), value_set=wanted))
         if not t.num_rows:
             continue
-        h, v = payload_features(t, pixels=pixels)
         where = np.array([pos_of[s] for s in t.column("sample_id").to_pylist()], dtype=np.int64)
-        hashes[where] = h
+        hashes[where] = t.column("hash").to_pylist()
         if pixels:
-            vecs[where] = v
+            flat = t.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            vecs[where] = flat.reshape(-1, PIXEL_SIZE * PIXEL_SIZE)
     missing = int(sum(h is None for h in hashes))
     if missing:
         raise RuntimeError(f"dedup: {missing} candidates not found in the pool")

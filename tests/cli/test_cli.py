@@ -150,3 +150,10 @@ def test_a_budget_the_pool_cannot_fill_is_said_plainly(tmp_path, builtin_models,
         kept = int(out.split("kept ")[1].split()[0])
         assert f"kdata: {status}" in out and kept < 1450
         assert f"note: the budget was 1450 rows; only {kept} were left to keep" in out
+
+
+def test_the_summary_says_how_many_units_were_scored_and_how_many_reused(tmp_path, builtin_models, capsys):
+    for name in ("a", "b"):  # the second run finds every unit's scores in the cache
+        assert main(["select", "--method", "random", "--budget", "20", "--out", str(tmp_path / name),
+                     "--device", "cpu", "--quiet"]) == 0
+    assert "  pool units 4: 4 with cached scores, 0 scored now" in capsys.readouterr().out

@@ -250,3 +250,34 @@ def test_semantic_dedup_of_shards_uses_the_manifest_teacher(demo_run, tmp_path):
     n = read_shards(demo_run).num_rows
     assert rep.counts["n_in"] == n and rep.counts["rejected"] == round(0.25 * n)
     assert rep.info["dedup"]["removed"]["semantic"] > 0 and verify(tmp_path / "sem") == []
+
+
+def test_pool_features_are_cached_per_unit_and_follow_its_content(tmp_path, monkeypatch):
+    """A rerun reads the hashes and pixel embeddings from the cache instead of decoding every image
+    again; a unit whose bytes change is computed afresh."""
+    from kdata.pools.base import PoolUnit
+    from kdata.pools.readers import open_image_folder
+    from tests.helpers.real_inputs import digits, make_image_folder, png_bytes
+
+    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "pool", n=20)
+    pool = open_image_folder(str(root), unit_files=8)
+    ids = np.array(pool.read_all().column("sample_id").to_pylist()[::-1], dtype=object)  # any order
+    hashes, vecs = D.pool_features(pool, ids, pixels=True)
+    direct_h, direct_v = D.payload_features(pool.read_all(), pixels=True)
+    order = {s: i for i, s in enumerate(pool.read_all().column("sample_id").to_pylist())}
+    back = [order[s] for s in ids]
+    assert list(hashes) == [direct_h[i] for i in back] and np.array_equal(vecs, direct_v[back])
+
+    def unreadable():
+        raise AssertionError("decoded again although the unit's features are cached")
+
+    cached = [PoolUnit(name=u.name, read=unreadable, fingerprint=u.fingerprint) for u in pool.units]
+    again = D.pool_features(type(pool)(spec=pool.spec, units=cached), ids, pixels=True)
+    assert list(again[0]) == list(hashes) and np.array_equal(again[1], vecs)
+    victim = pool.units[1].read().column("sample_id")[0].as_py()
+    (root / victim).write_bytes(png_bytes(np.rot90(digits(1, offset=300)[0][0])))
+    fresh = open_image_folder(str(root), unit_files=8)
+    h2, _ = D.pool_features(fresh, ids, pixels=True)
+    changed = [s for s, a, b in zip(ids, hashes, h2) if a != b]
+    assert changed == [victim]
