@@ -65,7 +65,9 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
     pos = pc.index_in(payload.column("sample_id"), value_set=wanted).to_numpy(zero_copy_only=False)
     payload = payload.take(pa.array(np.argsort(pos, kind="stable")))
     if payload.num_rows != kept.num_rows:
-        raise KdataError(f"{pool.spec}: {kept.num_rows - payload.num_rows} kept sample ids are missing from the pool")
+        absent = pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=payload.column("sample_id").combine_chunks())))
+        raise KdataError(f"{pool.spec}: {kept.num_rows - payload.num_rows} kept sample ids are missing from the pool "
+                         f"(e.g. '{absent[0].as_py()}'); the predictions and the pool must name the same samples")
     for name in payload.column_names:
         if name not in kept.column_names:
             kept = kept.append_column(name, payload.column(name))

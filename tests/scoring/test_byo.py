@@ -172,3 +172,19 @@ def test_dedup_without_payloads_is_one_line_not_a_crash_or_a_wipe(tmp_path, caps
     assert main(["dedup", str(out), "--level", "exact", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "its rows carry no image or text" in err and not (tmp_path / "d").exists()
+
+
+def test_a_pool_without_some_predicted_ids_is_one_line_naming_one(tmp_path, capsys):
+    from tests.helpers.real_inputs import digits, png_bytes
+
+    rng = np.random.default_rng(2)
+    t = rng.normal(size=(40, 10)) * 3
+    path = write_predictions(tmp_path / "p.parquet", t, t + rng.normal(size=(40, 10)))
+    x, _ = digits(30)
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(30)], "image": [png_bytes(a) for a in x]}),
+                   tmp_path / "pool.parquet")
+    code = main(["select", "--scores", path, "--pool", str(tmp_path / "pool.parquet"), "--method", "random",
+                 "--budget", "40", "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and not (tmp_path / "o").exists()
+    assert "10 kept sample ids are missing from the pool (e.g. 's3" in err
