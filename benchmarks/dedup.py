@@ -103,7 +103,7 @@ def benchmark(n: int, *, n_pairs: int, sklearn_queries: int | None, seed: int = 
 def thresholds() -> None:
     """The measurements behind the default near/semantic thresholds (builtin:digits-web)."""
     from kdata.pools.builtin import digits_web, digits_web_truth
-    from kdata.dedup.faiss_dedup import payload_features
+    from kdata.dedup.features import payload_features
     from kdata.selection.methods.view import ScoreView
     from kdata.pipeline.config import SelectConfig
     from kdata.pipeline.prepare import prepare
@@ -147,7 +147,8 @@ def levels_table() -> None:
     """Each level on builtin:digits-web, candidates in kd3 rank order (what ``kdata select --method kd3``
     dedups): planted copies found and distinct clean digits wrongly removed, against the truth table."""
     from kdata.pools.builtin import digits_web_truth
-    from kdata.dedup.faiss_dedup import dedup_ranked, pool_features
+    from kdata.dedup.faiss_dedup import dedup_ranked
+    from kdata.dedup.features import pool_features
     from kdata.selection.methods import get_method
     from kdata.selection.methods.view import ScoreView
     from kdata.pipeline.config import SelectConfig

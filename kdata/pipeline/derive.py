@@ -21,7 +21,8 @@ from kdata.core.jsonable import config_hash as hash_config
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, validate_shard
 from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_shards, shard_meta, shard_paths, verify
-from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images, payload_features
+from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
+from kdata.dedup.features import payload_features
 from kdata.dedup.text import TEXT_DEFAULTS, text_embeddings
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output

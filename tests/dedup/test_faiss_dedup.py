@@ -11,6 +11,7 @@ from PIL import Image
 
 from kdata.core import vectors as V
 from kdata.dedup import faiss_dedup as D
+from kdata.dedup import features as F
 
 
 def planted(n: int, d: int, n_pairs: int, *, seed: int = 0, noise: float = 0.01, centres: int = 200):
@@ -81,13 +82,13 @@ def test_exact_hash_is_on_decoded_pixels_and_near_embedding_tolerates_noise():
     arr = (255 * ring).astype(np.uint8)
     b1, b2 = _png(arr, compress_level=0), _png(arr, compress_level=9)
     assert b1 != b2
-    (h1, v1), (h2, _) = D.image_features(b1), D.image_features(b2)
-    assert h1 == h2 and v1.shape == (D.PIXEL_SIZE ** 2,)
+    (h1, v1), (h2, _) = F.image_features(b1), F.image_features(b2)
+    assert h1 == h2 and v1.shape == (F.PIXEL_SIZE ** 2,)
     other = arr.copy()
     other[0, 0] ^= 1
-    assert D.image_features(_png(other))[0] != h1
+    assert F.image_features(_png(other))[0] != h1
     noisy = np.clip(arr + rng.normal(0, 6, arr.shape), 0, 255).astype(np.uint8)
-    _, vn = D.image_features(_png(noisy))
+    _, vn = F.image_features(_png(noisy))
     assert float(v1 @ vn) >= D.NEAR_THRESHOLD
     res = D.dedup_ranked(level="exact", hashes=[h1, "x", h2])
     assert res.dup_of.tolist() == [-1, -1, 0] and res.level_of[2] == "exact"
@@ -190,7 +191,7 @@ def test_kdata_dedup_cli_on_curated_shards(demo_run, tmp_path, capsys):
     for s, r in zip(dec.sample_id, dec.reason):
         if isinstance(r, str):
             assert r.startswith("duplicate_of:") and rank[r.split(":", 1)[1]] < rank[s]
-    kept_hashes, _ = D.payload_features(got, pixels=False)
+    kept_hashes, _ = F.payload_features(got, pixels=False)
     assert len(set(kept_hashes)) == len(kept_hashes)
     assert main(["dedup", "--shards", str(demo_run), "--dedup", "near", "--out", str(out)]) == 0  # idempotent
     assert "already complete" in capsys.readouterr().out
@@ -263,8 +264,8 @@ def test_pool_features_are_cached_per_unit_and_follow_its_content(tmp_path, monk
     root = make_image_folder(tmp_path / "pool", n=20)
     pool = open_image_folder(str(root), unit_files=8)
     ids = np.array(pool.read_all().column("sample_id").to_pylist()[::-1], dtype=object)  # any order
-    hashes, vecs = D.pool_features(pool, ids, pixels=True)
-    direct_h, direct_v = D.payload_features(pool.read_all(), pixels=True)
+    hashes, vecs = F.pool_features(pool, ids, pixels=True)
+    direct_h, direct_v = F.payload_features(pool.read_all(), pixels=True)
     order = {s: i for i, s in enumerate(pool.read_all().column("sample_id").to_pylist())}
     back = [order[s] for s in ids]
     assert list(hashes) == [direct_h[i] for i in back] and np.array_equal(vecs, direct_v[back])
@@ -273,11 +274,11 @@ def test_pool_features_are_cached_per_unit_and_follow_its_content(tmp_path, monk
         raise AssertionError("decoded again although the unit's features are cached")
 
     cached = [PoolUnit(name=u.name, read=unreadable, fingerprint=u.fingerprint) for u in pool.units]
-    again = D.pool_features(type(pool)(spec=pool.spec, units=cached), ids, pixels=True)
+    again = F.pool_features(type(pool)(spec=pool.spec, units=cached), ids, pixels=True)
     assert list(again[0]) == list(hashes) and np.array_equal(again[1], vecs)
     victim = pool.units[1].read().column("sample_id")[0].as_py()
     (root / victim).write_bytes(png_bytes(np.rot90(digits(1, offset=300)[0][0])))
     fresh = open_image_folder(str(root), unit_files=8)
-    h2, _ = D.pool_features(fresh, ids, pixels=True)
+    h2, _ = F.pool_features(fresh, ids, pixels=True)
     changed = [s for s, a, b in zip(ids, hashes, h2) if a != b]
     assert changed == [victim]

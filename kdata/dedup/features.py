@@ -1,0 +1,134 @@
+"""The per-sample features exact and near dedup compare: a hash of the decoded payload and, for
+images, a small pixel embedding made for copy detection (16×16 grayscale, box filter,
+mean-centred, L2-normalised; imagededup/fastdup style), computed once per pool unit and cached
+(``unit_features``)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+
+from kdata.dedup.text import text_hash
+
+PIXEL_SIZE = 16
+
+
+def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool = True) -> tuple[str, np.ndarray | None]:
+    """(hash of the decoded pixels, near-dup pixel embedding or None) of one image.
+
+    The hash covers mode, size and raw pixels, so the same picture saved twice (different PNG
+    settings or metadata) hashes the same. The embedding is the image as ``size``×``size``
+    grayscale (box filter), mean-centred and L2-normalised, so brightness offsets, light noise and
+    lossy re-encoding barely move it. Undecodable payloads hash their bytes and get a zero vector.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data or b"")) as im:
+            im.load()
+            h = hashlib.sha256(f"{im.mode}:{im.size}:".encode() + im.tobytes()).hexdigest()
+            if not pixels:
+                return h, None
+            small = im.convert("L").resize((size, size), Image.BOX)
+        v = np.asarray(small, dtype=np.float32).reshape(-1)
+        v = v - v.mean()
+        n = float(np.linalg.norm(v))
+        return h, (v / n if n > 0 else v)
+    except Exception:
+        h = hashlib.sha256(b"raw:" + (data or b"")).hexdigest()
+        return h, (np.zeros(size * size, np.float32) if pixels else None)
+
+
+def text_features(text: str | None) -> str:
+    """Exact-dedup hash of a text: NFKC, case folded, whitespace collapsed (``kdata.dedup.text``)."""
+    return text_hash(text)
+
+
+def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | None]:
+    """Hashes (and pixel embeddings) of a pool/shard table's payloads, row-aligned."""
+    n = table.num_rows
+    images = table.column("image").to_pylist() if "image" in table.column_names else [None] * n
+    texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * n
+    hashes, vecs = [], []
+    for img, txt in zip(images, texts):
+        if img is None:
+            hashes.append(text_features(txt))
+            vecs.append(np.zeros(PIXEL_SIZE * PIXEL_SIZE, np.float32))
+        else:
+            h, v = image_features(img, pixels=pixels)
+            hashes.append(h)
+            vecs.append(v)
+    if not pixels:
+        return hashes, None
+    return hashes, (np.stack(vecs) if vecs else np.zeros((0, PIXEL_SIZE * PIXEL_SIZE), np.float32))
+
+
+FEATURES_VERSION = 1  # bump when image_features / payload_features change what they compute
+
+
+def unit_features(unit, *, pixels: bool):
+    """``sample_id``, ``hash`` (and ``pixels``, the near-dup embedding) of every row of a pool unit,
+    cached per unit content and name in ``$KDATA_CACHE/dedup-features``: decoding every image again is
+    most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdata.core.atomic import write_parquet
+    from kdata.core.paths import cache_dir
+
+    key = json.dumps([FEATURES_VERSION, unit.fingerprint(), unit.name, bool(pixels), PIXEL_SIZE])
+    try:
+        path = cache_dir("dedup-features") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
+    except OSError:
+        path = None
+    if path is not None and path.is_file():
+        try:
+            return pq.read_table(path)
+        except (OSError, pa.ArrowInvalid):
+            pass  # torn or foreign file: compute again and replace it
+    t = unit.read()
+    h, v = payload_features(t, pixels=pixels)
+    cols = {"sample_id": t.column("sample_id"), "hash": pa.array(h, pa.string())}
+    if pixels:
+        cols["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.float32()),
+                                                           PIXEL_SIZE * PIXEL_SIZE)
+    table = pa.table(cols)
+    if path is not None:
+        try:
+            write_parquet(path, table)
+        except OSError:
+            pass
+    return table
+
+
+def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Hashes and pixel embeddings for ``ids``, unit by unit over the pool (``unit_features``, cached;
+    memory: only the small per-sample features are kept, never the payloads of more than one unit)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = np.asarray(ids, dtype=object)
+    pos_of = {s: i for i, s in enumerate(ids.tolist())}
+    hashes = np.full(len(ids), None, dtype=object)
+    vecs = np.zeros((len(ids), PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
+    wanted = pa.array(ids.tolist(), pa.string())
+    for unit in pool.units:
+        t = unit_features(unit, pixels=pixels)
+        t = t.filter(pc.is_in(t.column("sample_id"), value_set=wanted))
+        if not t.num_rows:
+            continue
+        where = np.array([pos_of[s] for s in t.column("sample_id").to_pylist()], dtype=np.int64)
+        hashes[where] = t.column("hash").to_pylist()
+        if pixels:
+            flat = t.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            vecs[where] = flat.reshape(-1, PIXEL_SIZE * PIXEL_SIZE)
+    missing = int(sum(h is None for h in hashes))
+    if missing:
+        raise RuntimeError(f"dedup: {missing} candidates not found in the pool")
+    return hashes, vecs
+
+
