@@ -133,12 +133,36 @@ class ProgressBars:
             self._progress = None
 
 
+def quarantine_lines(out, n: int, *, top: int = 3) -> list[str]:
+    """The commonest quarantine errors of OUT (details such as byte counts in brackets folded
+    together), so a run says why rows were set aside without a trip to ``kdata inspect``."""
+    import collections
+    import re
+    from pathlib import Path
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(out) / "decisions.parquet"
+    if not n or not path.is_file():
+        return []
+    dec = pq.read_table(path, columns=["decision", "error"])
+    errors = dec.filter(pc.equal(dec.column("decision"), "quarantined")).column("error").to_pylist()
+    kinds = collections.Counter(re.sub(r"\s+\([^()]*\)$", "", e or "unknown error")[:100] for e in errors)
+    lines = [f"    quarantined {kind}: {k}" for kind, k in kinds.most_common(top)]
+    if len(kinds) > top:
+        rest = sum(kinds.values()) - sum(k for _, k in kinds.most_common(top))
+        lines.append(f"    quarantined, {len(kinds) - top} other kind(s) of error: {rest} (kdata inspect {out} lists each)")
+    return lines
+
+
 def summary_lines(report) -> list[str]:
     c = report.counts
     lines = [f"kdata: {report.status} {report.out}",
              f"  in {c['n_in']}  kept {c['kept']}  rejected {c['rejected']}  quarantined {c['quarantined']}"]
     for reason, n in c.get("rejected_by_reason", {}).items():
         lines.append(f"    rejected {reason}: {n}")
+    lines += quarantine_lines(report.out, c.get("quarantined", 0))
     info = report.info or {}
     if report.status == "written" and info.get("units"):  # none for --scores predictions
         hits = int(info.get("score_cache_hits") or 0)

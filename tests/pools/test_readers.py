@@ -168,3 +168,12 @@ def test_out_inside_the_pool_is_refused_before_any_work(tmp_path, builtin_models
     assert code == 2 and err.count("\n") == 0 and "lies inside the pool" in err
     assert not (root / "3" / "curated").exists()
     assert open_pool(str(root)).read_all().num_rows == 12  # the pool still reads as images
+
+
+def test_the_summary_names_the_commonest_quarantine_errors(tmp_path, builtin_models, capsys):
+    root = make_image_folder(tmp_path / "pool", n=12, corrupt=True)
+    assert main(["select", "--pool", str(root), "--method", "random", "--budget", "4", "--device", "cpu",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "quarantined 3" in out and "    quarantined ValueError: empty image: 1" in out
+    assert out.count("    quarantined ") == 3  # one line per kind of error, three kinds
