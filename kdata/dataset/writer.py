@@ -91,8 +91,7 @@ def check_output_dir(out: str | os.PathLike, *, config_hash: str, check: bool = 
                          f"this run {config_hash[:12]}); choose another directory or delete it")
     problems = check_dataset(out, manifest) if check else []
     if problems:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise KdataError(f"{out}: --out holds this run but it is damaged: {problems[0]}{more}; "
+        raise KdataError(f"{out}: --out holds this run but it is damaged: {first_problem(problems)}; "
                          f"delete {out} and rerun to write it again (kdata inspect {out} lists every problem)")
     return "done"
 
@@ -270,6 +269,20 @@ def verify(out: str | os.PathLike) -> list[str]:
     if not isinstance(manifest, dict):
         return [f"{out / MANIFEST}: not a JSON object"]
     return check_dataset(out, manifest)
+
+
+def first_problem(problems: list[str]) -> str:
+    """``problems[0]`` and how many more there are, for a one-line message."""
+    return problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
+
+
+def require_intact(out: str | os.PathLike, *, refusal: str, hint: str = "") -> None:
+    """``verify(out)``, or one KdataError line naming the first problem: ``OUT: integrity check failed,
+    <refusal>: …; kdata inspect OUT lists every problem<hint>`` (train, dedup and augment refuse so)."""
+    problems = verify(out)
+    if problems:
+        raise KdataError(f"{out}: integrity check failed, {refusal}: {first_problem(problems)}; "
+                         f"kdata inspect {out} lists every problem{hint}")
 
 
 def shard_paths(out: str | os.PathLike) -> list[Path]:

@@ -20,7 +20,8 @@ from kdata.core.lock import exclusive
 from kdata.core.jsonable import config_hash as hash_config
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, validate_shard
-from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_shards, shard_meta, shard_paths, verify
+from kdata.dataset.writer import (MANIFEST, manifest_model, read_manifest, read_shards, require_intact, shard_meta,
+                                  shard_paths)
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import payload_features
 from kdata.dedup.text import TEXT_DEFAULTS, text_embeddings
@@ -63,11 +64,7 @@ def read_source(shards: str, *, out: str) -> Source:
         raise KdataError(f"{shards}: no {MANIFEST}; expected a curated dataset written by kdata")
     if src.resolve() == Path(out).resolve():
         raise KdataError(f"{out}: --out must differ from the dataset directory")
-    problems = verify(src)  # every checksum and count, as train and card check them
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise KdataError(f"{shards}: integrity check failed, not deriving from it: {problems[0]}{more}; "
-                         f"kdata inspect {shards} lists every problem")
+    require_intact(shards, refusal="not deriving from it")  # every checksum and count, as train checks them
     paths = shard_paths(src)
     for p in paths:
         if not p.exists():

@@ -95,13 +95,9 @@ def verify_source(source) -> bool:
     root = dataset_root(source)
     if root is None:
         return False
-    from kdata.dataset.writer import verify
+    from kdata.dataset.writer import require_intact
 
-    problems = verify(root)
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise KdataError(f"{root}: integrity check failed, not training on it: {problems[0]}{more}; "
-                         f"kdata inspect {root} lists every problem, --no-verify trains anyway")
+    require_intact(root, refusal="not training on it", hint=", --no-verify trains anyway")
     return True
 
 
