@@ -54,7 +54,8 @@ def register(sub) -> None:
                         "on the eval set")
     p.add_argument("--out", default=None, metavar="OUT",
                    help="directory for student.pt2, student.json and train_log.json (default: DIR-student beside "
-                        "DIR; -2, -3… when that is taken)")
+                        "DIR; -2, -3… when that is taken); a student already there is refused without --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace a student already saved in --out")
     p.add_argument("--reselect-every", type=int, default=0, metavar="K",
                    help="every K epochs re-score --pool with the current student and re-select with KD³ (0: never)")
     p.add_argument("--reselect-threshold", type=float, default=None, metavar="TAU",
@@ -106,7 +107,7 @@ def run(args) -> int:
                       keep_best=not args.keep_last)
     log = train_student(shards=shards, student=args.student, eval=eval_spec(args.eval, args.student), config=cfg,
                         out=args.out, pool=args.pool, teacher=args.teacher, verify=not args.no_verify,
-                        progress=progress_printer(args.quiet or args.json))
+                        overwrite=args.overwrite, progress=progress_printer(args.quiet or args.json))
     log["student_default"] = args.student_default
     if args.json:
         emit_json(log)

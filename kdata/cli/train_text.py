@@ -47,6 +47,7 @@ def run_text(args, shards: str) -> int:
     """``kdata train DIR`` on text shards: options → ``TextTrainConfig``, train, print or emit the log."""
     from kdata.core.errors import KdataError
     from kdata.pipeline.distill import student_dir
+    from kdata.core.lock import exclusive
     from kdata.training.text import TextTrainConfig, train_text
     from kdata.training.text_data import shard_kind
 
@@ -63,10 +64,11 @@ def run_text(args, shards: str) -> int:
         ev = None if args.eval.strip().lower() == "none" else args.eval
     else:
         ev = LM_EVAL if kind == "causal_lm" and student.startswith("builtin:text") else None
-    out = student_dir(shards, args.out)
-    log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,
-                     progress=progress_printer(args.quiet or args.json),
-                     trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
+    out = student_dir(shards, args.out, overwrite=args.overwrite)
+    with exclusive(out):
+        log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,
+                         progress=progress_printer(args.quiet or args.json),
+                         trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
     log["out_default"] = args.out is None
     log["student_default"] = args.student_default
     if args.json:

@@ -131,7 +131,7 @@ def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | Non
             raise KdataError(f"--epochs {epochs}: must be at least 1")
     else:
         train_options(epochs=epochs, seed=seed, device=device)
-    student_dir(shards, out)
+    student_dir(shards, out, overwrite=True)  # a scheduled run replaces the last run's student in OUT
     load_model(student, device="cpu")
     if eval:
         open_pool(eval)
@@ -145,7 +145,8 @@ def train_task(shards: str, *, student: str, eval: str | None, train: dict, out:
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
 
-    log = train_student(shards=shards, student=student, eval=eval, config=TrainConfig(**train), out=out)
+    log = train_student(shards=shards, student=student, eval=eval, config=TrainConfig(**train), out=out,
+                        overwrite=True)
     return {k: log[k] for k in RESULT_KEYS if k in log}
 
 
@@ -165,12 +166,13 @@ def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
             device: str = "auto", out: str | None = None) -> dict:
     """Train ``student`` on the newest curated dataset matching ``data``; record accuracy before/after.
 
-    ``epochs`` None: the trainer's default. ``out`` None: ``DATASET-student`` beside the dataset.
+    ``epochs`` None: the trainer's default. ``out`` None: ``DATASET-student`` beside the dataset; given,
+    each run replaces the student the last one saved there.
     """
     logger = get_run_logger()
     shards = latest_dataset(data)
     text = text_run(shards, student, eval)
-    target = student_dir(shards, out)
+    target = student_dir(shards, out, overwrite=True)
     if text is not None:  # a text student (kdata.training.text)
         student, eval = text
         train = {k: v for k, v in {"epochs": epochs, "seed": seed, "device": device}.items() if v is not None}

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
+from kdata.core.lock import exclusive
 from kdata.dataset.schema import KEPT
 from kdata.models.spec import Model, load_model
 from kdata.pipeline.config import SelectConfig
@@ -83,13 +84,21 @@ def default_out(shards: str | Path) -> Path:
     return out
 
 
-def student_dir(shards: str, out: str | None) -> str:
+STUDENT_FILES = ("train_log.json", "student.pt2", "student.pt", "student.json", "model.safetensors", "config.json")
+
+
+def student_dir(shards: str, out: str | None, *, overwrite: bool = False) -> str:
     """``out``, or ``DATASET-student`` beside the dataset (``default_out``); never inside the curated
-    dataset, whose files its manifest lists (one line naming both, before any work)."""
+    dataset, whose files its manifest lists, and never over a student already saved in ``out`` unless
+    ``overwrite`` (one line naming both, before any work)."""
     target = Path(out).resolve() if out else default_out(shards)
     if target.is_relative_to(Path(shards).resolve()):
         raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
                          f"(the default: {default_out(shards)})")
+    held = [n for n in STUDENT_FILES if (target / n).exists()] if target.is_dir() else []
+    if held and not overwrite:
+        raise KdataError(f"--out {out}: already holds a trained student ({held[0]}); choose another directory, "
+                         "delete it, or pass --overwrite to replace it")
     if not Path(shards).is_absolute() and target.is_relative_to(Path.cwd()):
         return os.path.relpath(target)
     return str(target)
@@ -97,13 +106,14 @@ def student_dir(shards: str, out: str | None) -> str:
 
 def train_student(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
                   pool: str | None = None, teacher: str | None = None, quiet: bool = True, progress=None,
-                  verify: bool = True) -> dict:
+                  verify: bool = True, overwrite: bool = False) -> dict:
     """``kdata train``: distil ``student`` on ``shards``; with ``config.reselect_every``, re-select from ``pool``.
 
     The student is always saved: to ``out``, or to ``default_out(shards)`` beside the dataset
     (``log["out"]``, with ``log["out_default"]`` true). ``progress(stage, done, total)`` follows the
     epochs (``quiet`` is kept for older callers; it does nothing). ``verify=False`` skips checking
-    ``shards`` against its manifest first (``--no-verify``).
+    ``shards`` against its manifest first (``--no-verify``). A student already in ``out`` is refused
+    unless ``overwrite``; OUT is locked for the run, so a second ``kdata train`` into it fails at once.
     """
     factory = None
     if config.reselect_every:
@@ -115,8 +125,9 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
             return make_reselector(pool=pool, teacher=teacher, work_dir=work_dir, seed=config.seed, device=device,
                                    temperature=temperature, threshold=config.reselect_threshold)
 
-    target = student_dir(shards, out)
-    log = run_train(shards=shards, student=student, eval=eval, config=config, out=target, progress=progress,
-                    reselector_for=factory, verify=verify)
+    target = student_dir(shards, out, overwrite=overwrite)
+    with exclusive(target):
+        log = run_train(shards=shards, student=student, eval=eval, config=config, out=target, progress=progress,
+                        reselector_for=factory, verify=verify)
     log["out_default"] = out is None
     return log

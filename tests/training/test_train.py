@@ -209,6 +209,30 @@ def test_train_saves_beside_the_dataset_and_keeps_the_better_weights(small_run):
     assert (target / "student.pt2").is_file()
 
 
+def test_an_explicit_out_holding_a_student_is_refused_without_overwrite(small_run, tmp_path):
+    """`--out` never replaces a saved student by accident: the second run is one line, exit 2, and the
+    first student is untouched; `--overwrite` replaces it; a second run while one holds OUT fails at once."""
+    from kdata.core.lock import exclusive
+
+    target = tmp_path / "student"
+    code, _, err = run_cli("train", str(small_run), "--epochs", "1", "--eval", "none", "--out", str(target))
+    assert code == 0, err
+    before = (target / "student.pt2").read_bytes()
+    code, out, err = run_cli("train", str(small_run), "--epochs", "1", "--eval", "none", "--out", str(target),
+                             "--seed", "3")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "already holds a trained student (train_log.json)" in err and "--overwrite" in err
+    assert (target / "student.pt2").read_bytes() == before
+    with exclusive(target):
+        code, _, err = run_cli("train", str(small_run), "--epochs", "1", "--eval", "none", "--out", str(target),
+                               "--overwrite")
+    assert code == 2 and "in use by another kdata run" in err
+    code, out, err = run_cli("train", str(small_run), "--epochs", "1", "--eval", "none", "--out", str(target),
+                             "--seed", "3", "--overwrite", "--json")
+    assert code == 0 and json.loads(out)["config"]["seed"] == 3, err
+    assert json.loads((target / "train_log.json").read_text())["config"]["seed"] == 3
+
+
 def test_keep_best_ends_with_the_best_epoch_and_reports_progress(small_run):
     """The weights returned are the best on the eval set (the start included); progress goes through
     the CLI's rich bars as ``progress(stage, done, total)``."""
