@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
 from kdata.models.files import pool_class_names
@@ -34,6 +35,7 @@ class Prepared:
     score_cfg: ScoreConfig
     device: object
     byo: pa.Table | None = None  # the loaded predictions of --scores, already scored
+    byo_quarantined: list[tuple[str, str]] = field(default_factory=list)  # scored ids --pool lacks
     extra: dict = field(default_factory=dict)
 
 
@@ -105,6 +107,25 @@ def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
     student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
     pool = open_pool(cfg.pool, limits=pool_limits(cfg)) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")
+    scores, missing = match_pool(scores, pool, scores_file=cfg.scores)
     score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature)
     return Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,
-                    score_cfg=score_cfg, device="cpu", byo=scores)
+                    score_cfg=score_cfg, device="cpu", byo=scores, byo_quarantined=missing)
+
+
+def match_pool(scores: pa.Table, pool: Pool, *, scores_file: str) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Split ``--scores`` rows into those ``--pool`` holds and the rest, quarantined (they have no payload
+    to write). A pool holding none of them is the wrong pool: one line naming an id of each, before any work."""
+    if not pool.units:
+        return scores, []
+    pool_ids = pa.chunked_array([u.read().column("sample_id") for u in pool.units]).combine_chunks()
+    found = pc.is_in(scores.column("sample_id"), value_set=pool_ids)
+    if pc.all(found).as_py():
+        return scores, []
+    if not pc.any(found).as_py():
+        raise KdataError(f"{pool.spec}: holds none of the {scores.num_rows} sample ids of {scores_file} (e.g. "
+                         f"'{scores.column('sample_id')[0].as_py()}' there, '{pool_ids[0].as_py() if len(pool_ids) else None}' "
+                         "here); --pool must be the pool the predictions were made on")
+    absent = scores.filter(pc.invert(found)).column("sample_id").to_pylist()
+    reason = f"not in --pool {pool.spec}: no payload to write"
+    return scores.filter(found), [(sid, reason) for sid in absent]

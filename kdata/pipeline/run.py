@@ -23,7 +23,9 @@ from kdata.scoring.score import score_pool
 def score(prep: Prepared, *, opts: RunOptions = RunOptions()) -> Scored:
     """Score the pool with teacher and student (cached per unit); ``--scores`` predictions pass through."""
     if prep.byo is not None:
-        return Scored(scores=prep.byo, info={"n_in": prep.byo.num_rows, "units": 0, "cache_hits": 0})
+        n_in = prep.byo.num_rows + len(prep.byo_quarantined)
+        return Scored(scores=prep.byo, quarantined=prep.byo_quarantined,
+                      info={"n_in": n_in, "units": 0, "cache_hits": 0})
     try:
         if "text_models" in prep.extra:  # Hugging Face text models (kdata.pipeline.text)
             return Scored(*score_text(prep, opts=opts))

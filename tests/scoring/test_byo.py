@@ -1,5 +1,7 @@
 """``--scores FILE.parquet``: bring-your-own predictions, their errors, and the pipeline without models."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -174,7 +176,10 @@ def test_dedup_without_payloads_is_one_line_not_a_crash_or_a_wipe(tmp_path, caps
     assert err.count("\n") == 0 and "its rows carry no image or text" in err and not (tmp_path / "d").exists()
 
 
-def test_a_pool_without_some_predicted_ids_is_one_line_naming_one(tmp_path, capsys):
+def test_predicted_ids_the_pool_lacks_are_quarantined_and_a_wrong_pool_is_one_line(tmp_path, capsys):
+    """Rows of --scores that --pool does not hold have no payload: quarantined with the reason, whatever
+    the method (the default recipe's dedup included), counts adding up; a pool holding none of the ids
+    is the wrong pool: one line, exit 2, nothing written."""
     from tests.helpers.real_inputs import digits, png_bytes
 
     rng = np.random.default_rng(2)
@@ -183,8 +188,23 @@ def test_a_pool_without_some_predicted_ids_is_one_line_naming_one(tmp_path, caps
     x, _ = digits(30)
     pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(30)], "image": [png_bytes(a) for a in x]}),
                    tmp_path / "pool.parquet")
-    code = main(["select", "--scores", path, "--pool", str(tmp_path / "pool.parquet"), "--method", "random",
-                 "--budget", "40", "--out", str(tmp_path / "o"), "--quiet"])
+    for method in ("random", "default"):
+        out = tmp_path / f"o-{method}"
+        code = main(["select", "--scores", path, "--pool", str(tmp_path / "pool.parquet"), "--method", method,
+                     "--budget", "40", "--out", str(out), "--quiet", "--json"])
+        rep = json.loads(capsys.readouterr().out)
+        assert code == 0 and rep["counts"]["quarantined"] == 10 and rep["counts"]["n_in"] == 40
+        dec = pq.read_table(out / "decisions.parquet").to_pandas()
+        q = dec[dec.decision == "quarantined"]
+        assert sorted(q.sample_id) == sorted(f"s{i}" for i in range(30, 40))
+        assert q.error.str.contains("not in --pool").all()
+        kept = pq.read_table(out / "data").column("image")
+        assert kept.null_count == 0 and len(kept) == rep["counts"]["kept"] > 0
+    pq.write_table(pa.table({"sample_id": [f"other{i}" for i in range(30)], "image": [png_bytes(a) for a in x]}),
+                   tmp_path / "wrong.parquet")
+    code = main(["select", "--scores", path, "--pool", str(tmp_path / "wrong.parquet"), "--method", "random",
+                 "--budget", "40", "--out", str(tmp_path / "w"), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and not (tmp_path / "o").exists()
-    assert "10 kept sample ids are missing from the pool (e.g. 's3" in err
+    assert code == 2 and err.count("\n") == 0 and not (tmp_path / "w").exists()
+    assert "holds none of the 40 sample ids" in err and "'s0' there, 'other0' here" in err
+
