@@ -6,7 +6,7 @@ from kdata.cli.common import emit_json, progress_printer, summary_lines
 
 
 def register(sub) -> None:
-    from kdata.pipeline.demo import DEMO_EPOCHS
+    from kdata.training.config import TrainConfig  # the demo trains with the trainer's default epochs
 
     p = sub.add_parser("demo", help="run the whole job on the built-in digits pool and models",
                        description="Curate the built-in digits pool (scikit-learn digits made to look like web "
@@ -19,7 +19,7 @@ def register(sub) -> None:
                    help="rows to keep: a count (200), a fraction (0.3) or a percentage (30%%) of the pool")
     p.add_argument("--seed", type=int, default=0, help="seed of the selection and of the students' training")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs of distillation for each of the two students (default: {DEMO_EPOCHS}); "
+                   help=f"epochs of distillation for each of the two students (default: {TrainConfig.epochs}); "
                         "6 with --text")
     p.add_argument("--no-train", action="store_true",
                    help="skip distilling the student on the curated set and on a random set of the same size")

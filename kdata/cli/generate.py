@@ -11,7 +11,7 @@ from kdata.cli.common import emit_json
 
 
 def register(sub) -> None:
-    from kdata.models.hf_generate import DecodeConfig
+    from kdata.models.decoding import DecodeConfig
 
     d = DecodeConfig()
     p = sub.add_parser("generate", help="sample candidates from a teacher LM per prompt, optionally critic-filtered",

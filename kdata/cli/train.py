@@ -12,8 +12,7 @@ BUILTIN_EVAL = "builtin:digits-test"
 
 
 def register(sub) -> None:
-    from kdata.training.text import TextTrainConfig
-    from kdata.training.train import TrainConfig
+    from kdata.training.config import TextTrainConfig, TrainConfig
 
     d, dt = TrainConfig(), TextTrainConfig()
     p = sub.add_parser("train", help="distil a student on curated shards and measure its accuracy",

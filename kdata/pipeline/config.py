@@ -16,10 +16,8 @@ from pathlib import Path
 
 from kdata.core.errors import KdataError
 from kdata.core.jsonable import config_hash
-from kdata.models.decode_pool import check_workers
-from kdata.models.images import check_max_pixels
 from kdata.pools.base import PoolLimits
-from kdata.scoring.score import PRECISIONS, check_precision
+from kdata.scoring.precision import PRECISIONS, check_precision
 
 DEFAULT_METHOD = "default"
 DEFAULT_POOL = "builtin:digits-web"
@@ -190,6 +188,8 @@ def select_config(values: dict, *, where: str = "config") -> SelectConfig:
 def run_options(values: dict, *, where: str = "config") -> RunOptions:
     opts = RunOptions(**check_types(RunOptions, values, where=where))
     validate_run(opts, where=where)
+    from kdata.models.decode_pool import check_workers  # torch: loaded when a run is checked, not for --help
+
     opts.num_workers = check_workers(opts.num_workers)  # "2" from a command line or a config file → 2
     return opts
 
@@ -234,6 +234,8 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
         raise KdataError(f"{cfg.scores}: --scores file not found")
     _validate_text(cfg)
     pool_limits(cfg)
+    from kdata.models.images import check_max_pixels  # torch: loaded when a run is checked, not for --help
+
     check_max_pixels(cfg.max_pixels)
     check_precision(cfg.precision)
     for name in ("rows_per_shard", "row_group_rows"):
@@ -261,6 +263,8 @@ def _validate_text(cfg: SelectConfig) -> None:
 def validate_run(opts: RunOptions, *, where: str = "config") -> None:
     if not isinstance(opts.batch_size, int) or opts.batch_size < 1:
         raise KdataError(f"--batch-size {opts.batch_size}: must be an integer ≥ 1")
+    from kdata.models.decode_pool import check_workers
+
     check_workers(opts.num_workers)
     dev = str(opts.device)
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):

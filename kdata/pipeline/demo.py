@@ -23,8 +23,9 @@ from pathlib import Path
 from kdata.core.threads import one_thread
 from kdata.pipeline.config import RunOptions, SelectConfig, validate
 from kdata.pipeline.run import run_select
+from kdata.training.config import TrainConfig
 
-DEMO_EPOCHS = 12
+DEMO_EPOCHS = TrainConfig.epochs
 EVAL_SPEC = "builtin:digits-test"
 
 
@@ -73,7 +74,7 @@ def compare_training(cfg: SelectConfig, *, out: str, n_kept: int, eval_spec: str
     """
     from kdata.models.spec import load_model
     from kdata.training.evaluate import EvalSet
-    from kdata.training.train import TrainConfig, train
+    from kdata.training.train import train
 
     tc = TrainConfig(device="cpu", seed=cfg.seed, eval_every_epoch=False, epochs=epochs)
     with one_thread(), tempfile.TemporaryDirectory(prefix="kdata-demo-random-") as tmp:

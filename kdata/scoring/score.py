@@ -42,9 +42,9 @@ from kdata.models.spec import Model
 from kdata.pools.base import TableRows
 from kdata.pools.spec import Pool, PoolUnit
 from kdata.scoring.engine import ScoringRun, UnitState
+from kdata.scoring.precision import PRECISIONS, check_precision  # noqa: F401  (re-exported)
 
 DECODE_VERSION = 2  # bump when decoding changes what a model sees (invalidates cached scores)
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,6 @@ class ScoreConfig:
         d.pop("batch_size")
         d.pop("num_workers")
         return d
-
-
-def check_precision(precision) -> str:
-    """``--precision``: auto, fp32 or bf16; else one line."""
-    if precision not in PRECISIONS:
-        raise KdataError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    return precision
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

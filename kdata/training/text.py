@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from kdata.core.threads import one_thread
 from kdata.models.base import pick_device
 from kdata.models.builtin_text import lr_at
 from kdata.models.hf import load_text_model
+from kdata.training.config import TextTrainConfig  # noqa: F401  (re-exported)
 from kdata.training.losses import kd_loss, soft_targets
 from kdata.training.shard_dataset import verify_source
 from kdata.training.text_data import TextShards, eval_texts, shard_kind
@@ -38,23 +39,6 @@ from kdata.training.text_losses import (
 )
 
 DEFAULT_EVAL = "builtin:text-test"
-
-
-@dataclass
-class TextTrainConfig:
-    """Hyper-parameters of a text distillation run."""
-
-    epochs: int = 6
-    steps: int = 0  # > 0: exactly this many optimiser steps (epochs follow)
-    batch_size: int = 16
-    lr: float = 1e-2  # measured on a 350-row curated builtin:text-web set, 6 epochs: 121 ppl; 2e-2: 153; α=0: 175
-    weight_decay: float = 0.01
-    alpha: float = 0.5
-    temperature: float = 1.0  # classifier targets only (LM top-k log-probs are stored at T = 1)
-    max_length: int = 512  # capped by the student's position limit (64 for builtin:text-student)
-    seed: int = 0
-    device: str = "auto"
-    keep_best: bool = False  # with an eval set: measure every epoch, end with the best weights (start included)
 
 
 WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")

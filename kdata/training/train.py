@@ -11,7 +11,7 @@ import math
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,34 +25,11 @@ from kdata.models.images import worker_context
 from kdata.models.sidecar import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.training.budget import plan_steps, resolve_alpha
+from kdata.training.config import TrainConfig  # noqa: F401  (re-exported)
 from kdata.training.evaluate import EvalSet, autocast
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
 from kdata.training.shard_dataset import ShardDataset, dataset_root, shard_class_names, verify_source
 from kdata.training.weights import Best, reinit_  # noqa: F401  (re-exported: callers import them from here)
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of a distillation run (defaults tuned by ``benchmarks/quality.py``)."""
-
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    temperature: float = 1.0
-    alpha: float | None = None  # None: chosen by the kept fraction (kdata.training.budget.alpha_for_fraction)
-    loss: str = "kd"  # "kd" | "nkd"
-    nkd_gamma: float = 1.5
-    seed: int = 0
-    reinit: bool = False
-    workers: int | str = "auto"
-    device: str = "auto"
-    reselect_every: int = 0
-    reselect_threshold: float | None = None  # KD³'s confidence cut τ for the re-selections
-    eval_every_epoch: bool = True
-    keep_best: bool = True  # with an eval set every epoch: end with the best weights on it (start included)
-    augment: bool = True  # light random affine jitter of each batch (labels stay valid)
-    steps: int = 0  # > 0: stop after exactly this many optimiser steps (equal-steps training); epochs follow
 
 
 # ------------------------------------------------------------------------------------------------

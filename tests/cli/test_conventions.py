@@ -84,6 +84,19 @@ def test_help_of_the_real_cli_shows_defaults_and_hides_the_old_flags():
     assert "--level {exact,near,semantic}" in out and "--dedup " not in out and "--quiet" in out
 
 
+def test_help_of_every_command_loads_neither_torch_nor_the_pipeline():
+    """`kdata --help` and `kdata COMMAND --help` answer at once: building the parser imports no torch
+    (its defaults come from torch-free config modules), and a bad option is refused the same way."""
+    code = ("import sys\nfrom kdata.cli import build_parser\np = build_parser()\n"
+            "for argv in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
+            "    try:\n        p.parse_args(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('transformers', 'prefect'))))")
+    commands = sorted(build_parser()._subparsers._group_actions[0].choices)
+    assert {"select", "train", "demo", "generate"} <= set(commands)
+    p = subprocess.run([sys.executable, "-c", code, *commands], capture_output=True, text=True, check=True)
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout[-300:]
+
+
 def test_methods_lists_every_registered_method_with_its_kind_and_paper():
     from kdata.selection.methods import available
 
