@@ -1,7 +1,7 @@
 """Readers for image pools on disk: ImageFolder trees, flat folders (+ ``labels.csv``), WebDataset tars.
 
 Each reader turns a spec into a ``Pool`` of units of bounded size (``UNIT_FILES`` files per unit
-for folders, one unit per tar shard), each with a content fingerprint (relative paths, labels and
+on average for folders, boundaries set by content; one unit per tar shard), each with a content fingerprint (relative paths, labels and
 the sha256 of every file's bytes), so the score cache is invalidated exactly when content changes.
 
 ``sample_id`` is the file's path relative to POOL (POSIX separators) for folders and the sample
@@ -38,10 +38,11 @@ from kdata.pools.base import (
     UnitRows,
     register_reader,
 )
+from kdata.pools.chunking import content_cuts, fixed_cuts
 from kdata.pools.files import check_entry, escaped, is_utf8, over_cap, read_capped
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-UNIT_FILES = 1000  # files per unit of a folder pool: the grain of caching and fan-out
+UNIT_FILES = 1000  # mean files per unit of a folder pool: the grain of caching and fan-out
 LABELS_CSV = "labels.csv"
 
 
@@ -188,8 +189,9 @@ def _folder_label(f: str) -> str | None:
 
 
 @register_reader(_is_image_folder)
-def open_image_folder(spec: str, *, unit_files: int = UNIT_FILES, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
-    """An ImageFolder tree (label = top folder name) or a flat folder (labels from ``labels.csv``).
+def open_image_folder(spec: str, *, unit_files: int | None = None, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
+    """An ImageFolder tree (label = top folder name) or a flat folder (labels from ``labels.csv``), in units
+    of ``UNIT_FILES`` files on average cut by content (``kdata.pools.chunking``; ``unit_files``: fixed runs).
 
     Files are read under ``limits`` (regular files, symlinks inside the pool, a size cap); a file
     refused there, or with a name that is not UTF-8, is quarantined with the reason."""
@@ -212,9 +214,8 @@ def open_image_folder(spec: str, *, unit_files: int = UNIT_FILES, limits: PoolLi
         class_names = folders or None
         layout = "ImageFolder" if folders else "flat folder (no labels)"
     units = []
-    for i in range(0, len(files), unit_files):
-        chunk = files[i:i + unit_files]
-        units.append(_folder_unit(root, chunk, labels[i:i + unit_files], name=f"{escaped(chunk[0])}..{escaped(chunk[-1])}",
+    for i, j in fixed_cuts(len(files), size=unit_files) if unit_files else content_cuts(files, mean=UNIT_FILES):
+        units.append(_folder_unit(root, files[i:j], labels[i:j], name=f"{escaped(files[i])}..{escaped(files[j - 1])}",
                                   source=root.name, limits=limits))
     return Pool(spec=spec, units=units, class_names=class_names,
                 description=f"{layout} at {spec}: {len(files)} images, {len(units)} unit(s)",

@@ -57,6 +57,30 @@ def test_units_are_bounded_and_fingerprints_track_content(tmp_path):
     assert [a != b for a, b in zip(fp, fp2)] == [False, False, True, False, False, False]
 
 
+def test_folder_units_are_cut_by_content_so_an_early_insert_rescores_one_unit(tmp_path):
+    """By default a folder's unit boundaries are content-defined (about 1,000 files each): a new image
+    in the first class folder changes the fingerprint of the unit that takes it and no other, where
+    fixed runs of 1,000 files would move every later boundary."""
+    root = tmp_path / "pool"
+    data = png_bytes(digits(1)[0][0])
+    for c in range(4):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(900):
+            (root / f"class{c}" / f"img{i:04d}.png").write_bytes(data)
+    pool = open_pool(str(root))
+    sizes = [len(u.read()) for u in pool.units]
+    assert len(sizes) >= 2 and sum(sizes) == 3600 and all(250 <= n <= 4000 for n in sizes[:-1])
+    ids = [i for u in pool.units for i in u.read().column("sample_id").to_pylist()]
+    assert ids == sorted(ids) and len(set(ids)) == 3600
+    before = {u.fingerprint() for u in pool.units}
+    fixed_before = {u.fingerprint() for u in open_image_folder(str(root), unit_files=1000).units}
+    (root / "class0" / "img0000a.png").write_bytes(data)  # sorts second
+    after = [u.fingerprint() for u in open_pool(str(root)).units]
+    assert len([f for f in after if f not in before]) == 1 and len(after) == len(before)
+    fixed_after = [u.fingerprint() for u in open_image_folder(str(root), unit_files=1000).units]
+    assert len([f for f in fixed_after if f not in fixed_before]) == 4  # every fixed unit moved
+
+
 def test_flat_folder_with_labels_csv(tmp_path):
     root = tmp_path / "flat"
     root.mkdir()
