@@ -67,7 +67,9 @@ def generated_kept(manifest: dict) -> int:
 def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
     """Every integrity problem of the dataset in ``out`` described by ``manifest`` (empty: intact)."""
     out = Path(out)
-    problems = _check_counts(out, manifest)
+    if not isinstance(manifest, dict):
+        return [f"{out / 'manifest.json'}: not a JSON object"]
+    problems = _check_counts(out, manifest) or _check_card(out, manifest)
     if problems:
         return problems
     counts = manifest["counts"]
@@ -82,7 +84,8 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
         path, problem = _check_file(out, f, what="shard")
         problems += [problem] if problem else []
         shard_paths.append(path)
-    listed = sum(int(f.get("rows", 0) or 0) for f in files if isinstance(f, dict))
+    listed = sum(f.get("rows", 0) for f in files if isinstance(f, dict) and _count(f.get("rows", 0)))
+    problems += _unlisted_shards(out, shard_paths)
     if not problems and listed != expected_rows:
         problems.append(f"{out / 'manifest.json'}: its shards hold {listed} rows but its counts say {expected_rows} "
                         f"(kept {counts['kept']} + generated {expected_rows - counts['kept']})")
@@ -96,15 +99,59 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
 def _check_counts(out: Path, manifest: dict) -> list[str]:
     where = out / "manifest.json"
     counts = manifest.get("counts")
-    if not isinstance(counts, dict) or any(not isinstance(counts.get(k), int) or counts[k] < 0 for k in COUNT_KEYS):
+    if not isinstance(counts, dict) or any(not _count(counts.get(k)) for k in COUNT_KEYS):
         return [f"{where}: 'counts' must give whole numbers ≥ 0 for {', '.join(COUNT_KEYS)}"]
     total = counts["kept"] + counts["rejected"] + counts["quarantined"]
     if total != counts["n_in"]:
         return [f"{where}: counts do not add up: n_in {counts['n_in']} but kept + rejected + quarantined = {total}"]
     reasons = counts.get("rejected_by_reason") or {}
+    if not isinstance(reasons, dict) or any(not _count(n) for n in reasons.values()):
+        return [f"{where}: 'rejected_by_reason' must map each reason to a whole number ≥ 0"]
+    for n in (counts.get("generated_kept"), ((manifest.get("hard") or {}).get("counts") or {}).get("generated_kept")
+              if isinstance(manifest.get("hard"), dict) else None):
+        if n is not None and not _count(n):
+            return [f"{where}: 'generated_kept' must be a whole number ≥ 0"]
     if sum(reasons.values()) != counts["rejected"]:
         return [f"{where}: rejection reasons add up to {sum(reasons.values())}, not to rejected {counts['rejected']}"]
     return []
+
+
+def _count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _check_card(out: Path, manifest: dict) -> list[str]:
+    """The ``card`` entry, when there is one: files directly in OUT (a card may be edited: its checksums
+    are reported by ``kdata inspect``, not checked here)."""
+    card = manifest.get("card")
+    if card is None:
+        return []
+    where = out / "manifest.json"
+    if not isinstance(card, dict) or not isinstance(card.get("files", []), list):
+        return [f"{where}: 'card' is not a data card entry (path and files)"]
+    for f in card.get("files", []):
+        rel = f.get("path") if isinstance(f, dict) else None
+        if inside(out, rel) is None or "/" in rel or not isinstance(f.get("sha256"), str):
+            return [f"{where}: card entry {f!r:.80} does not name a file of the dataset's own folder"]
+    return []
+
+
+def _unlisted_shards(out: Path, listed: list[Path | None]) -> list[str]:
+    """Parquet files under ``data/`` that the manifest does not list: readers of ``data/*.parquet``
+    (pandas, Hugging Face datasets) would read them as rows of the dataset."""
+    known = {p.resolve() for p in listed if p is not None}
+    data = out / "data"
+    extra = sorted(p for p in data.rglob("*.parquet") if not p.name.startswith(".") and p.resolve() not in known
+                   and _rows(p) != 0) if data.is_dir() else []
+    return [f"{extra[0]}: not listed in the manifest (readers of data/ would read its rows as the dataset's)"] \
+        if extra else []
+
+
+def _rows(path: Path) -> int | None:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def inside(out: Path, rel) -> Path | None:
@@ -118,6 +165,8 @@ def _check_file(out: Path, entry, *, what: str) -> tuple[Path | None, str | None
     """(path, problem or None) for one manifest file entry: inside OUT, present, size, sha256, rows."""
     if not isinstance(entry, dict) or not {"path", "bytes", "sha256"} <= set(entry):
         return None, f"{out / 'manifest.json'}: a {what} entry lacks path, bytes or sha256: {entry!r:.80}"
+    if not _count(entry["bytes"]) or not isinstance(entry["sha256"], str) or not _count(entry.get("rows", 0)):
+        return None, f"{out / 'manifest.json'}: a {what} entry's bytes, rows or sha256 has the wrong type: {entry!r:.80}"
     path = inside(out, entry["path"])
     if path is None:
         return None, f"{out / 'manifest.json'}: {what} path {entry['path']!r} points outside the dataset"

@@ -56,9 +56,12 @@ def read_manifest(out: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise KdataError(f"{path}: unreadable manifest ({exc})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise KdataError(f"{path}: unreadable manifest ({str(exc).splitlines()[0]})") from None
+    if not isinstance(manifest, dict):
+        raise KdataError(f"{path}: not a kdata manifest (a JSON {type(manifest).__name__}, not an object)")
+    return manifest
 
 
 def manifest_model(manifest: dict | None, role: str) -> str | None:
@@ -266,8 +269,6 @@ def verify(out: str | os.PathLike) -> list[str]:
         return [str(exc)]
     if manifest is None:
         return [f"{out}: no {MANIFEST}"]
-    if not isinstance(manifest, dict):
-        return [f"{out / MANIFEST}: not a JSON object"]
     return check_dataset(out, manifest)
 
 

@@ -119,7 +119,7 @@ def regenerate(out: str | Path, *, card_dir: str | Path | None = None) -> dict:
     base = {k: v for k, v in manifest.items() if k != "card"}
     files = write_card(out, manifest=base)
     stale = {f["path"] for f in (manifest.get("card") or {}).get("files", [])} - {f["path"] for f in files}
-    for p in stale:  # a plot that is no longer drawn
+    for p in stale & set(PLOTS.values()):  # a plot no longer drawn; never a name the card does not write
         (out / p).unlink(missing_ok=True)
     if manifest.get("card") != card_entry(files):
         write_json(out / MANIFEST, {**manifest, "card": card_entry(files)})

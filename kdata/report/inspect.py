@@ -239,14 +239,14 @@ def card_status(run: Run) -> dict:
     A changed card is reported but is not an integrity failure: cards are meant to be edited.
     """
     card = run.manifest.get("card")
-    if not card:
+    if not card or not isinstance(card, dict):
         return {"present": (run.out / "README.md").exists(), "recorded": False, "changed": []}
     changed = []
-    for f in card.get("files", []):
-        p = run.out / f["path"]
-        if not p.exists() or sha256_file(p) != f["sha256"]:
-            changed.append(f["path"])
-    return {"present": (run.out / card.get("path", "README.md")).exists(), "recorded": True, "changed": changed}
+    for f in card.get("files", []) if isinstance(card.get("files"), list) else []:
+        p = inside(run.out, f.get("path")) if isinstance(f, dict) else None
+        if p is None or not p.is_file() or sha256_file(p) != f.get("sha256"):
+            changed.append(str(f.get("path") if isinstance(f, dict) else f))
+    return {"present": (run.out / "README.md").exists(), "recorded": True, "changed": changed}
 
 
 def examples(run: Run, n: int) -> list[dict]:

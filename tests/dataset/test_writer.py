@@ -283,6 +283,13 @@ def test_kept_ids_swapped_with_counts_intact_are_caught(tmp_path):
     (lambda m: m["counts"].update(generated_kept=0), "its shards hold 7 rows but its counts say 5"),
     (lambda m: m["counts"].update(kept=7, rejected=1, generated_kept=0, rejected_by_reason={"duplicate_of": 1}),
      "holds 5 kept but the manifest says 7"),
+    (lambda m: m["files"][0].update(rows="abc"), "bytes, rows or sha256 has the wrong type"),
+    (lambda m: m["counts"].update(rejected_by_reason={"x": "1"}), "'rejected_by_reason' must map each reason"),
+    (lambda m: m["counts"].update(rejected_by_reason=["x"]), "'rejected_by_reason' must map each reason"),
+    (lambda m: m["counts"].update(generated_kept="x"), "'generated_kept' must be a whole number"),
+    (lambda m: m.update(card=5), "'card' is not a data card entry"),
+    (lambda m: m.update(card={"path": "README.md", "files": [{"path": "/tmp/x", "sha256": "0"}]}),
+     "does not name a file of the dataset's own folder"),
     (lambda m: m.pop("decisions"), None),  # an older manifest: no checksum, counts still checked → intact
 ])
 def test_manifest_tampering_is_caught(tmp_path, tamper, expected):
@@ -294,6 +301,22 @@ def test_manifest_tampering_is_caught(tmp_path, tamper, expected):
         assert problems == []
     else:
         assert problems and any(expected in p for p in problems), problems
+
+
+def test_an_unlisted_shard_and_a_manifest_that_is_not_an_object_are_caught(tmp_path):
+    """A copied shard under data/ would be read by pandas or HF datasets as more rows; a manifest that is
+    valid JSON but not an object, or not UTF-8, is one line naming it."""
+    out = tmp_path / "out"
+    m = write_dataset(out)
+    shard = out / m["files"][0]["path"]
+    (shard.parent / "train-00000-of-00002.parquet").write_bytes(shard.read_bytes())
+    assert verify(out) == [f"{shard.parent / 'train-00000-of-00002.parquet'}: not listed in the manifest (readers of "
+                           "data/ would read its rows as the dataset's)"]
+    (out / "manifest.json").write_text("[]")
+    assert verify(out) == [f"{out / 'manifest.json'}: not a kdata manifest (a JSON list, not an object)"]
+    (out / "manifest.json").write_bytes(b"\xff\xfe garbage")
+    [problem] = verify(out)
+    assert problem.startswith(f"{out / 'manifest.json'}: unreadable manifest ('utf-8' codec")
 
 
 def test_a_missing_decisions_table_fails_even_without_a_checksum_entry(tmp_path):

@@ -135,6 +135,28 @@ def test_card_regenerates_after_deletion_and_rejects_tampered_shards(run_copy, c
     assert main(["card", str(run_copy.parent / "nope")]) == 2
 
 
+def test_card_never_deletes_a_file_it_did_not_write(run_copy, tmp_path, capsys):
+    """The card's stale-plot cleanup trusts no path from the manifest: an entry naming a file outside the
+    dataset is an integrity failure (nothing deleted), and a stale entry naming a file of the dataset
+    that is not a card plot is left alone."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    for path in (str(victim), "../victim.txt"):
+        m = json.loads(json.dumps(manifest))
+        m["card"]["files"].append({"path": path, "bytes": 8, "sha256": "x"})
+        (run_copy / "manifest.json").write_text(json.dumps(m))
+        assert main(["card", str(run_copy)]) == 1
+        err = capsys.readouterr().err
+        assert "does not name a file of the dataset's own folder" in err and victim.read_text() == "precious"
+    (run_copy / "notes.md").write_text("mine")
+    m = json.loads(json.dumps(manifest))
+    m["card"]["files"].append({"path": "notes.md", "bytes": 4, "sha256": "x"})
+    (run_copy / "manifest.json").write_text(json.dumps(m))
+    assert main(["card", str(run_copy)]) == 0
+    assert (run_copy / "notes.md").read_text() == "mine"
+
+
 def test_card_says_so_when_the_pool_is_unreachable(run_copy):
     mpath = run_copy / "manifest.json"
     m = json.loads(mpath.read_text())
