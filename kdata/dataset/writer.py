@@ -85,6 +85,9 @@ def check_output_dir(out: str | os.PathLike, *, config_hash: str, check: bool = 
     if current(out) is not None:
         remove_stale_staging(out)
     if not out.exists() or not any(out.iterdir()):
+        if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise KdataError(f"{out}: --out is the current directory (or holds it); the finished dataset replaces "
+                             "OUT whole, which would pull the directory from under this shell — name a new one")
         return "write"
     manifest = read_manifest(out)
     if manifest is None:

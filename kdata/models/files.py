@@ -86,15 +86,22 @@ def load_torchscript(spec: str, *, device="cpu") -> Model:
 
 @contextlib.contextmanager
 def _atomic_same_suffix(path: Path):
-    """Like ``atomic_path`` but the temporary name keeps the suffix (torch.export.save checks it)."""
+    """Like ``atomic_path`` (ordinary permissions, fsynced, renamed into place) but the temporary name
+    keeps the suffix (torch.export.save checks it)."""
     import tempfile
+
+    from kdata.core.atomic import _umask, fsync_dir
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

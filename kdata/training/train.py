@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from kdata.core.atomic import write_json
+from kdata.core.atomic import sha256_file, write_json
 from kdata.core.errors import KdataError, brief
 from kdata.core.threads import one_thread
 from kdata.models.images import worker_context
@@ -277,11 +278,15 @@ def _has_bn1d(net: torch.nn.Module) -> bool:
 
 def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
     """Write ``OUT/student.pt2`` (+ sidecar ``student.json``) and ``OUT/train_log.json``; a TorchScript
-    student (``.pt``) is written back as TorchScript, ``OUT/student.pt`` (torch.export cannot trace it)."""
+    student (``.pt``) is written back as TorchScript, ``OUT/student.pt`` (torch.export cannot trace it).
+
+    The log, which records the student's sha256, goes first and is written again last: a crash in
+    between leaves weights without a log, never a log beside weights it does not describe."""
     from kdata.models.files import export_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "train_log.json").unlink(missing_ok=True)
     net = student.module
     kind = "pt" if isinstance(getattr(net, "program", net), torch.jit.ScriptModule) else "pt2"
     device = next(iter(net.parameters()), torch.empty(0)).device
@@ -291,7 +296,7 @@ def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
     net.to(device)
     files = {"student": str(path), "sidecar": str(Path(path).with_suffix(".json")),
              "log": str(out / "train_log.json")}
-    write_json(out / "train_log.json", {**log, "files": files})
+    write_json(out / "train_log.json", {**log, "files": files, "student_sha256": sha256_file(path)})
     return files
 
 
@@ -316,13 +321,13 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
         if reselector_for is None:
             raise KdataError("--reselect-every needs a pool to re-select from (kdata.pipeline.distill.train_student)")
         work = Path(out) / "reselect" if out else Path(tmp := tempfile.mkdtemp(prefix="kdata-reselect-"))
+        if out:  # an earlier run's re-selections were made by another student: never reused
+            shutil.rmtree(work, ignore_errors=True)
         reselector = reselector_for(model, work_dir=work, device=device)
     try:
         log = train(model, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress)
     finally:
         if tmp:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     log["verified"] = verified
     if out:

@@ -360,3 +360,15 @@ def test_another_threads_live_staging_is_not_removed(tmp_path):
         t.join()
         assert seen == ["write"] and st.path.is_dir()  # not this thread's lock: nothing removed
         st.abort()
+
+
+def test_out_that_is_the_current_directory_is_refused(tmp_path, monkeypatch):
+    """An empty OUT is replaced whole by the finished dataset: OUT = . would leave the shell in a
+    deleted directory, so it is one line before any work (a finished dataset in . stays readable)."""
+    out = tmp_path / "here"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    with pytest.raises(KdataError, match=r"--out is the current directory \(or holds it\)"):
+        check_output_dir(".", config_hash="h" * 64)
+    monkeypatch.chdir(tmp_path)
+    assert check_output_dir(out, config_hash="h" * 64) == "write"

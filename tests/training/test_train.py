@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from kdata.cli import main
+from kdata.core.atomic import _umask as current_umask
 from kdata.models.spec import load_model
 from kdata.training.evaluate import EvalSet
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
@@ -130,6 +132,17 @@ def test_reselect_every_rescoring_with_kd3(demo_run, tmp_path, capsys, builtin_m
     assert [r["epoch"] for r in rep["reselections"]] == [1]
     assert rep["reselections"][0]["rows"] == 437 and rep["n_train"] == 437
     assert (tmp_path / "o" / "reselect" / "reselect-epoch001" / "data").is_dir()
+    first = json.loads((tmp_path / "o" / "reselect" / "reselect-epoch001" / "manifest.json").read_text())
+    # --overwrite with another seed: the re-selections are this run's, not the first student's
+    rc = main(["train", str(demo_run), "--epochs", "2", "--reselect-every", "1", "--pool", "builtin:digits-web",
+               "--teacher", "builtin:digits-teacher", "--json", "--device", "cpu", "--out", str(tmp_path / "o"),
+               "--seed", "7", "--overwrite"])
+    assert rc == 0, capsys.readouterr().err
+    again = json.loads((tmp_path / "o" / "reselect" / "reselect-epoch001" / "manifest.json").read_text())
+    assert again["config"]["seed"] == 7 and again["config_hash"] != first["config_hash"]
+    log = json.loads((tmp_path / "o" / "train_log.json").read_text())
+    assert log["student_sha256"] == hashlib.sha256((tmp_path / "o" / "student.pt2").read_bytes()).hexdigest()
+    assert (tmp_path / "o" / "student.pt2").stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
 
 def test_reselect_threshold_is_kd3s_confidence_cut(demo_run, tmp_path, capsys, builtin_models):
