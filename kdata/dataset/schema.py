@@ -176,7 +176,8 @@ def validate(schema: pa.Schema, expected: pa.Schema, *, where: str, required: tu
         if f.name.startswith(SCORE_PREFIX) and not (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)):
             raise KdataError(f"{where}: score column '{f.name}' has type {f.type}, expected a number")
     if need_one_of and not names.intersection(need_one_of):
-        raise KdataError(f"{where}: needs one payload column of {', '.join(need_one_of)}")
+        raise KdataError(f"{where}: needs one payload column of {', '.join(need_one_of)} (have: "
+                         f"{', '.join(schema.names) or 'no columns'}); rename the column that holds the payload")
 
 
 def validate_pool(schema: pa.Schema, *, where: str) -> None:

@@ -14,8 +14,9 @@ def test_pool_validation_names_file_and_column():
     t = pa.table({"sample_id": ["a"], "image": [1]})
     with pytest.raises(KdataError, match=r"pool.parquet: column 'image' has type int64"):
         validate_pool(t.schema, where="pool.parquet")
-    t = pa.table({"sample_id": ["a"], "label": ["x"]})
-    with pytest.raises(KdataError, match="payload"):
+    t = pa.table({"sample_id": ["a"], "label": ["x"], "content": ["some text"]})
+    with pytest.raises(KdataError, match=r"pool.parquet: needs one payload column of image, text \(have: sample_id, "
+                                         r"label, content\); rename the column that holds the payload"):
         validate_pool(t.schema, where="pool.parquet")
 
 
