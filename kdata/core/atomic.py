@@ -33,7 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get ordinary permissions
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; finished files get ordinary permissions
     try:
         yield tmp
         with open(tmp, "rb") as fh:
@@ -47,7 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask, read without setting it where /proc allows (setting it races other threads)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -90,12 +90,12 @@ def _atomic_same_suffix(path: Path):
     keeps the suffix (torch.export.save checks it)."""
     import tempfile
 
-    from kdata.core.atomic import _umask, fsync_dir
+    from kdata.core.atomic import current_umask, fsync_dir
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600
     try:
         yield Path(tmp)
         with open(tmp, "rb") as fh:

@@ -25,7 +25,8 @@ from kdata.core.atomic import sha256_file, write_parquet
 from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
 from kdata.dataset.schema import POOL_SCHEMA, check_pool_ids, conform, validate_pool
-from kdata.pools import readers as _readers  # noqa: F401  (image folders, WebDataset register themselves)
+from kdata.pools import readers as _readers  # noqa: F401  (image folders register themselves)
+from kdata.pools import tar as _tar  # noqa: F401  (WebDataset tar shards)
 from kdata.pools import text as _text  # noqa: F401  (JSONL, saved Hugging Face datasets)
 from kdata.pools.base import (
     DEFAULT_LIMITS,

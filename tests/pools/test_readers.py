@@ -9,7 +9,7 @@ import pytest
 
 from kdata.cli import main
 from kdata.core.errors import KdataError
-from kdata.pools.readers import open_image_folder
+from kdata.pools.readers import has_images, open_image_folder
 from kdata.pools.spec import open_pool
 
 from tests.helpers.real_inputs import digits, make_image_folder, make_tar, png_bytes
@@ -201,3 +201,31 @@ def test_the_summary_names_the_commonest_quarantine_errors(tmp_path, builtin_mod
     out = capsys.readouterr().out
     assert "quarantined 3" in out and "    quarantined ValueError: empty image: 1" in out
     assert out.count("    quarantined ") == 3  # one line per kind of error, three kinds
+
+
+def test_has_images_steps_over_symlink_loops(tmp_path):
+    root = tmp_path / "pool"
+    (root / "3").mkdir(parents=True)
+    (root / "3" / "x.png").symlink_to("x.png")  # ELOOP when followed
+    (root / "z").symlink_to("z")
+    assert not has_images(root / "3") and not has_images(root)
+    (root / "4").mkdir()
+    (root / "4" / "a.png").write_bytes(png_bytes(digits(1)[0][0]))
+    assert has_images(root)
+
+
+def test_symlink_loops_in_an_image_folder_are_quarantined_and_the_run_goes_on(tmp_path, builtin_models, capsys):
+    root = make_image_folder(tmp_path / "pool", n=12)
+    (root / "3" / "x.png").symlink_to("x.png")
+    (root / "y.png").symlink_to("y.png")  # at the top level: probed before any folder
+    (root / "z").symlink_to("z")  # a looping "folder"
+    out = tmp_path / "out"
+    assert main(["select", "--pool", str(root), "--method", "kd3", "--budget", "0.5", "--device", "cpu",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    dec = {d["sample_id"]: d for d in pq.read_table(out / "decisions.parquet").to_pylist()}
+    assert len(dec) == 14
+    for sid in ("3/x.png", "y.png"):
+        assert dec[sid]["decision"] == "quarantined"
+        assert "cannot read" in dec[sid]["error"] and "symbolic links" in dec[sid]["error"]
+    assert sum(d["decision"] == "quarantined" for d in dec.values()) == 2

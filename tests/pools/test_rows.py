@@ -13,8 +13,9 @@ import pytest
 
 from kdata.core.errors import KdataError
 from kdata.pools.base import PoolLimits, PoolUnit, TableRows
-from kdata.pools.readers import open_image_folder, open_tar
+from kdata.pools.readers import open_image_folder
 from kdata.pools.spec import open_pool
+from kdata.pools.tar import open_tar
 from tests.helpers.real_inputs import digits, make_image_folder, make_tar, png_bytes
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kdata.cli import main
-from kdata.core.atomic import _umask as current_umask
+from kdata.core.atomic import current_umask
 from kdata.models.spec import load_model
 from kdata.training.evaluate import EvalSet
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
