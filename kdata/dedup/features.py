@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 
 import numpy as np
 
@@ -71,38 +72,84 @@ FEATURES_VERSION = 1  # bump when image_features / payload_features change what 
 def unit_features(unit, *, pixels: bool):
     """``sample_id``, ``hash`` (and ``pixels``, the near-dup embedding) of every row of a pool unit,
     cached per unit content and name in ``$KDATA_CACHE/dedup-features``: decoding every image again is
-    most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept."""
-    import json
+    most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept.
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from kdata.core.atomic import write_parquet
+    An entry is ``<key>.parquet`` and, written after it, ``<key>.json`` recording the file's rows,
+    size and CRC-32 (``kdata.scoring.cache_entries``). One that does not match is a miss: dropped
+    under the entry's lock with a warning line naming the file, computed again and rewritten."""
+    from kdata.core.errors import KdataError
+    from kdata.core.lock import acquire
     from kdata.core.paths import cache_dir
+    from kdata.scoring.cache_entries import write_entry
 
     key = json.dumps([FEATURES_VERSION, unit.fingerprint(), unit.name, bool(pixels), PIXEL_SIZE])
     try:
         path = cache_dir("dedup-features") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
     except OSError:
-        path = None
-    if path is not None and path.is_file():
+        return _unit_features(unit, pixels)
+    marker = path.with_suffix(".json")
+    table = _cached_features(path, marker, pixels)
+    if table is not None:
+        return table
+    try:
+        lock = acquire(path, wait=True)
+    except KdataError:  # read-only cache
+        return _unit_features(unit, pixels)
+    try:
+        table = _cached_features(path, marker, pixels, lock=lock)
+        if table is not None:
+            return table
+        table = _unit_features(unit, pixels)
         try:
-            return pq.read_table(path)
-        except (OSError, pa.ArrowInvalid):
-            pass  # torn or foreign file: compute again and replace it
+            write_entry(path, marker, table, {"unit": unit.name})
+        except OSError:
+            pass
+        return table
+    finally:
+        lock.release()
+
+
+def _cached_features(path, marker, pixels: bool, *, lock=None):
+    """The cached features table, or None on a miss; with the entry's ``lock`` held, a damaged entry
+    (``DamagedEntry``) is also dropped with a warning line."""
+    from kdata.scoring.cache_entries import DamagedEntry, check_parquet, drop_entry, read_marker, warn_dropped
+
+    try:
+        fields = read_marker(marker)
+        if fields is None:
+            return None  # no entry, or one a killed run left unfinished: computed and written again
+        return check_parquet(path, fields, lambda schema: _check_schema(schema, pixels, path), read=True)
+    except DamagedEntry as damage:
+        if lock is not None:
+            drop_entry(lock, path, marker)
+            warn_dropped(damage, "dedup feature cache entry")
+        return None
+
+
+def _check_schema(schema, pixels: bool, path) -> None:
+    import pyarrow as pa
+
+    from kdata.scoring.cache_entries import DamagedEntry
+
+    want = {"sample_id": pa.string(), "hash": pa.string()}
+    if pixels:
+        want["pixels"] = pa.list_(pa.float32(), PIXEL_SIZE * PIXEL_SIZE)
+    got = {f.name: f.type for f in schema}
+    if list(got) != list(want) or any(not got[k].equals(t) for k, t in want.items()):
+        raise DamagedEntry(path, f"has columns {schema.names} of types {[str(t) for t in got.values()]}, "
+                                 f"expected {list(want)}")
+
+
+def _unit_features(unit, pixels: bool):
+    import pyarrow as pa
+
     t = unit.read()
     h, v = payload_features(t, pixels=pixels)
-    cols = {"sample_id": t.column("sample_id"), "hash": pa.array(h, pa.string())}
+    cols = {"sample_id": t.column("sample_id").cast(pa.string()), "hash": pa.array(h, pa.string())}
     if pixels:
         cols["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.float32()),
                                                            PIXEL_SIZE * PIXEL_SIZE)
-    table = pa.table(cols)
-    if path is not None:
-        try:
-            write_parquet(path, table)
-        except OSError:
-            pass
-    return table
+    return pa.table(cols)
 
 
 def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:

@@ -8,8 +8,10 @@ CUDA, JPEGs are decoded by nvJPEG on the GPU. Undecodable samples are quarantine
 Each pool unit's scores are cached under ``$KDATA_CACHE/scores`` keyed by (unit fingerprint,
 model checksums, scoring config, precision, device type, kdata version) and written as soon as
 the unit is complete: a rerun after a crash, or over a pool that only grew, scores only what is
-new, and cached units start no worker at all. A run on one device type or precision never reuses
-another's scores (bf16 autocast moves ``kl_ts`` by up to 0.09 against fp32).
+new, and cached units start no worker at all. An entry is trusted only when it matches what its
+quarantine JSON records (rows, size, CRC-32; ``kdata.scoring.cache_entries``): a damaged one is
+dropped under its lock, named in a warning line and scored again. A run on one device type or
+precision never reuses another's scores (bf16 autocast moves ``kl_ts`` by up to 0.09 against fp32).
 
 Precision is a recorded choice (``--precision``): ``auto`` is bf16 autocast on CUDA and fp32
 elsewhere; ``fp32`` on a GPU also turns TF32 off for the run, so its matmuls and convolutions
@@ -30,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from kdata.core.atomic import drop_partial_writes, read_parquet, write_json, write_parquet
+from kdata.core.atomic import drop_partial_writes, read_parquet
 from kdata.core.errors import KdataError
 from kdata.core.lock import acquire
 from kdata.core.paths import cache_dir
@@ -41,6 +43,7 @@ from kdata.models.images import DEFAULT_MAX_PIXELS
 from kdata.models.spec import Model
 from kdata.pools.base import TableRows
 from kdata.pools.spec import Pool, PoolUnit
+from kdata.scoring.cache_entries import DamagedEntry, drop_entry, read_unit_entry, warn_dropped, write_entry
 from kdata.scoring.engine import ScoringRun, UnitState
 from kdata.scoring.precision import PRECISIONS, check_precision  # noqa: F401  (re-exported)
 
@@ -198,7 +201,8 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
 
 class UnitCache:
     """The score cache entries of one run's units: hits, the lock of each unit being scored, and
-    the write of each finished unit (its Parquet file, then the quarantine JSON that marks it complete).
+    the write of each finished unit (its Parquet file, then the quarantine JSON that marks it complete
+    and records the file's rows, size and CRC-32, checked on every hit).
 
     Unit fingerprints (a hash of every byte of a folder unit) are computed in order by one
     background thread, ahead of the scoring loop that needs them, so hashing the next units
@@ -222,13 +226,22 @@ class UnitCache:
         for st in self.states:
             self.release(st)
 
-    def hit(self, i: int) -> bool:
-        """Whether unit i is cached (then its result is recorded and counted)."""
-        path, qpath = self.entry(i)
-        if not (self.cache and path.exists() and qpath.exists()):
+    def hit(self, i: int, *, locked: bool = False) -> bool:
+        """Whether unit i is cached (then its result is recorded and counted). A damaged entry is a
+        miss; ``locked`` (the caller holds the entry's lock) also drops it, with a warning line."""
+        if not self.cache:
             return False
-        done = json.loads(qpath.read_text())
-        self.results[i] = (path, [tuple(x) for x in done["quarantined"]], done["n_in"], True)
+        path, qpath = self.entry(i)
+        try:
+            found = read_unit_entry(path, qpath, self.units[i].name)
+        except DamagedEntry as damage:
+            if locked:
+                drop_entry(self.states[i].lock, path, qpath)
+                warn_dropped(damage, "score cache entry")
+            return False
+        if found is None:
+            return False
+        self.results[i] = (path, found[0], found[1], True)
         self.report()
         return True
 
@@ -238,7 +251,7 @@ class UnitCache:
         if self.hit(st.index):
             return False
         st.lock = acquire(self.entry(st.index)[0], wait=True)
-        if self.hit(st.index):
+        if self.hit(st.index, locked=True):
             self.release(st)
             return False
         drop_partial_writes(*self.entry(st.index))
@@ -247,9 +260,9 @@ class UnitCache:
     def finish(self, st: UnitState) -> None:
         """Write a scored unit's entry as soon as its last batch is in, then release its lock."""
         path, qpath = self.entry(st.index)
-        write_parquet(path, unit_table(st), row_group_size=4096)
-        # written last: its presence marks the unit complete
-        write_json(qpath, {"n_in": st.n_in, "quarantined": st.quarantined, "unit": st.name})
+        # the quarantine JSON, written last, marks the unit complete and records the file's rows, size, CRC-32
+        write_entry(path, qpath, unit_table(st), {"n_in": st.n_in, "quarantined": st.quarantined, "unit": st.name},
+                    row_group_size=4096)
         self.results[st.index] = (path, st.quarantined, st.n_in, False)
         self.release(st)
         self.report()
