@@ -124,7 +124,8 @@ def load_text_source(args, pool=None):
 
 
 def load_source(args, pool=None):
-    """Scores table for ``--scores-from`` (``pool``: already open by ``open_source_pool``)."""
+    """(scores table, quarantined [(sample_id, reason)]) for ``--scores-from`` (``pool``: already open by
+    ``open_source_pool``; a scores Parquet has no quarantined rows)."""
     from pathlib import Path
 
     import pyarrow.parquet as pq
@@ -134,10 +135,10 @@ def load_source(args, pool=None):
     if pool is None and _is_scores_file(src):
         schema = pq.read_schema(path)
         if "kl_ts" in schema.names:
-            return pq.read_table(path)
+            return pq.read_table(path), []
         from kdata.scoring.byo import load_scores
 
-        return load_scores(str(path))[0]
+        return load_scores(str(path))[0], []
     from kdata.models.spec import load_model, pick_device
     from kdata.scoring.score import ScoreConfig, check_models, score_pool
 
@@ -145,15 +146,26 @@ def load_source(args, pool=None):
     device = pick_device(args.device)
     teacher, student = load_model(args.teacher, device=device), load_model(args.student, device=device)
     check_models(teacher, student)
-    scores, _, _ = score_pool(pool, teacher, student, config=ScoreConfig(batch_size=args.batch_size), device=device)
-    return scores
+    scores, quarantined, _ = score_pool(pool, teacher, student, config=ScoreConfig(batch_size=args.batch_size),
+                                        device=device)
+    return scores, quarantined
+
+
+def by_reason(quarantined) -> dict[str, int]:
+    """Quarantined rows counted by the kind of their reason (``too_long: N chars > M`` → ``too_long``)."""
+    from collections import Counter
+
+    return dict(Counter(str(r).split(":", 1)[0] for _, r in quarantined).most_common())
+
+
+def _reasons_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def run_fit(args) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from kdata.core.errors import KdataError
     from kdata.selection.critic_model import check_val_frac, feature_matrix, fit_critic, read_labels
 
     check_options(args)
@@ -161,12 +173,13 @@ def run_fit(args) -> int:
     check_val_frac(args.val_frac, n=len(labels), option="--val-frac")  # ≥ the labelled rows found in the pool
     text = is_text(args)
     pool = open_source_pool(args, text=text)
-    scores, texts, _ = load_text_source(args, pool) if text else (load_source(args, pool), None, None)
+    if text:
+        scores, texts, quarantined = load_text_source(args, pool)
+    else:
+        (scores, quarantined), texts = load_source(args, pool), None
     ids = scores.column("sample_id").to_pylist()
     rows = [i for i, s in enumerate(ids) if s in labels]
-    missing = len(labels) - len(rows)
-    if not rows:
-        raise KdataError(f"{args.labels}: none of the labelled sample ids are in {args.scores_from}")
+    unscored = _labelled_unscored(args, labels, quarantined, found=len(rows))
     sub = scores.take(pa.array(rows))
     if text:
         from kdata.selection.critic_text import text_feature_matrix
@@ -184,22 +197,43 @@ def run_fit(args) -> int:
         crit.text = {"kind": "text", "teacher": args.teacher, "student": args.student,
                      **(embedder_info(args.embedder, device=_device(args)) if args.embedder else {})}
     crit.save(args.out)
-    out = {"out": args.out, "n_labelled": len(rows), "n_missing": missing, "features": len(names),
+    out = {"out": args.out, "n_labelled": len(rows), **unscored, "features": len(names),
            "threshold": crit.threshold, "target": crit.target, **crit.metrics}
     if args.json:
         emit_json(out)
     else:
         print(f"kdata: critic written to {args.out}")
         print(f"  fitted on {len(rows)} labelled samples ({int(y.sum())} accept), {len(names)} features"
-              + (f"; {missing} labelled ids not found" if missing else ""))
+              + _unscored_text(unscored))
         print(f"  threshold {crit.threshold:.4f} for {crit.target}: validation recall {crit.metrics['val_recall']:.3f}, "
               f"precision {crit.metrics['val_precision']:.3f} on {crit.metrics['val_n']} samples")
     return 0
 
 
-def run_apply(args) -> int:
-    import pyarrow as pa
+def _labelled_unscored(args, labels: dict, quarantined, *, found: int) -> dict:
+    """The labelled ids that were not scored: ``n_quarantined`` (in the pool, quarantined: by reason)
+    and ``n_missing`` (not in it at all); one line when no labelled id was scored."""
+    from kdata.core.errors import KdataError
 
+    q = [(sid, r) for sid, r in (quarantined or []) if sid in labels]
+    out = {"n_quarantined": len(q), "quarantined_by_reason": by_reason(q),
+           "n_missing": len(labels) - found - len({sid for sid, _ in q})}
+    if not found:
+        if q:
+            raise KdataError(f"{args.labels}: none of the labelled sample ids could be scored in {args.scores_from}: "
+                             f"{len(q)} quarantined ({_reasons_text(out['quarantined_by_reason'])}), "
+                             f"{out['n_missing']} not found")
+        raise KdataError(f"{args.labels}: none of the labelled sample ids are in {args.scores_from}")
+    return out
+
+
+def _unscored_text(unscored: dict) -> str:
+    q, m = unscored["n_quarantined"], unscored["n_missing"]
+    return ((f"; {q} labelled ids quarantined ({_reasons_text(unscored['quarantined_by_reason'])}), not used"
+             if q else "") + (f"; {m} labelled ids not found" if m else ""))
+
+
+def run_apply(args) -> int:
     from kdata.core.atomic import write_parquet
     from kdata.selection.critic_model import load_critic
 
@@ -208,14 +242,15 @@ def run_apply(args) -> int:
     if crit.is_text:
         if not is_text(args):  # the models the critic was fitted with, unless others are given
             args.teacher, args.student = crit.text.get("teacher"), crit.text.get("student")
-        scores, texts, _ = load_text_source(args, open_source_pool(args, text=True))
+        pool = open_source_pool(args, text=True)
+        scores, texts, quarantined = load_text_source(args, pool)
         prob = crit.score(scores, texts=texts, device=_device(args))
     else:
-        scores, texts = load_source(args, open_source_pool(args, text=False, critic=args.critic)), None
+        pool = open_source_pool(args, text=False, critic=args.critic)
+        (scores, quarantined), texts = load_source(args, pool), None
         prob = crit.score(scores)
     acc = prob >= crit.threshold
-    table = pa.table({"sample_id": scores.column("sample_id"), "p_accept": pa.array(prob, pa.float32()),
-                      "accept": pa.array(acc), **({"text": pa.array(texts, pa.string())} if texts is not None else {})})
+    table = apply_table(scores, prob, acc, texts=texts, quarantined=quarantined, pool=pool)
     if str(args.out).endswith(".csv"):
         import pyarrow.csv as pcsv
 
@@ -225,12 +260,48 @@ def run_apply(args) -> int:
             pcsv.write_csv(table, tmp)
     else:
         write_parquet(args.out, table)
-    out = {"out": args.out, "n": len(prob), "accepted": int(acc.sum()), "threshold": crit.threshold}
+    q = by_reason(quarantined)
+    out = {"out": args.out, "n": table.num_rows, "scored": len(prob), "accepted": int(acc.sum()),
+           "quarantined": len(quarantined), "quarantined_by_reason": q, "threshold": crit.threshold}
     if args.json:
         emit_json(out)
     else:
-        print(f"kdata: {int(acc.sum())} of {len(prob)} accepted (threshold {crit.threshold:.4f}) → {args.out}")
+        print(f"kdata: {int(acc.sum())} of {len(prob)} scored accepted (threshold {crit.threshold:.4f}) → {args.out}"
+              + (f"; {len(quarantined)} not scored, written with p_accept null ({_reasons_text(q)})"
+                 if quarantined else ""))
     return 0
+
+
+def apply_table(scores, prob, acc, *, texts, quarantined, pool):
+    """``critic apply``'s rows: every scored candidate (``reason`` null if accepted, else ``critic_reject``),
+    then every quarantined one (``p_accept`` null, ``accept`` false, ``reason`` its quarantine reason);
+    ``text`` for text pools (null where the pool holds none)."""
+    import numpy as np
+    import pyarrow as pa
+
+    qids = [str(sid) for sid, _ in quarantined]
+    cols = {"sample_id": pa.concat_arrays([scores.column("sample_id").combine_chunks().cast(pa.string()),
+                                           pa.array(qids, pa.string())]),
+            "p_accept": pa.concat_arrays([pa.array(prob, pa.float32()), pa.nulls(len(qids), pa.float32())]),
+            "accept": pa.concat_arrays([pa.array(np.asarray(acc, dtype=bool)),
+                                        pa.array([False] * len(qids), pa.bool_())]),
+            "reason": pa.array([None if a else "critic_reject" for a in acc] + [str(r) for _, r in quarantined],
+                               pa.string())}
+    if texts is not None:
+        cols["text"] = pa.array(list(texts) + _pool_texts(pool, qids), pa.string())
+    return pa.table(cols)
+
+
+def _pool_texts(pool, ids: list[str]) -> list[str | None]:
+    """The ``text`` of each id in the pool (None where the pool holds no text for it)."""
+    want, found = set(ids), {}
+    if want:
+        for unit in pool.units:
+            t = unit.read()
+            if "text" in t.column_names:
+                found.update((sid, txt) for sid, txt in zip(t.column("sample_id").to_pylist(),
+                                                            t.column("text").to_pylist()) if sid in want)
+    return [found.get(i) for i in ids]
 
 
 def _device(args):

@@ -119,5 +119,5 @@ def _rounds(args, cfg) -> int:
     best = result.get("best")
     if best and best["worse_rounds"]:
         print(f"kdata: warning: round(s) {', '.join(map(str, best['worse_rounds']))} raised the held-out perplexity; "
-              f"the lowest ({best['perplexity']:.1f}) is round {best['round']}'s student, {best['student']}")
+              f"{best['message']}")
     return 0

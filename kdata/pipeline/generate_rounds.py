@@ -93,12 +93,21 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
 
 
 def best_round(summary: list[dict]) -> dict | None:
-    """The round whose student scored the lowest held-out perplexity, with ``worse_rounds``: the rounds
-    that raised it (self-training can drift; the last student is not always the best); None without
-    an eval set."""
+    """The student with the lowest held-out perplexity, the starting one included (round 0: round 1's
+    ``student_in`` at its ``perplexity_before``), with ``worse_rounds`` (the rounds that raised it:
+    self-training can drift, the last student is not always the best) and a one-line ``message``;
+    None without an eval set."""
     scored = [r for r in summary if r.get("perplexity_after") is not None]
     if not scored:
         return None
-    best = min(scored, key=lambda r: r["perplexity_after"])
-    return {"round": best["round"], "student": f"hf:{best['student']}", "perplexity": best["perplexity_after"],
-            "worse_rounds": [r["round"] for r in scored if r["perplexity_after"] > r["perplexity_before"]]}
+    cands = [(r["round"], f"hf:{r['student']}", r["perplexity_after"]) for r in scored]
+    first = summary[0]
+    if first.get("perplexity_before") is not None and first.get("student_in"):
+        cands.insert(0, (0, first["student_in"], first["perplexity_before"]))  # ties: keep the original
+    rnd, student, ppl = min(cands, key=lambda c: c[2])
+    message = (f"no round's student beat the starting one's held-out perplexity ({ppl:.1f}): keep the original "
+               f"student, {student}"
+               if rnd == 0 else f"the lowest held-out perplexity ({ppl:.1f}) is round {rnd}'s student, {student}")
+    return {"round": rnd, "student": student, "perplexity": ppl,
+            "worse_rounds": [r["round"] for r in scored if r["perplexity_after"] > r["perplexity_before"]],
+            "message": message}

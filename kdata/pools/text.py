@@ -4,8 +4,11 @@ Rows follow the pool schema with the payload in ``text`` (plus optional ``label`
 ``source``); Parquet files with a ``text`` column are read by the Parquet reader
 (``kdata.pools.spec``) and go through the same checks here.
 
-* JSONL: one JSON object per line with a ``text`` string; ``sample_id`` (or ``id``) when given,
-  else ``<file>:<line>`` (``kdata.pools.jsonl``). One unit per file, fingerprinted by the file's sha256.
+* JSONL (``*.jsonl``, ``*.ndjson``): one JSON object per line with a ``text`` string; ``sample_id``
+  (or ``id``) when given, else ``<file>:<line>`` (``kdata.pools.jsonl``). One unit per file,
+  fingerprinted by the file's sha256. A directory of them that also holds Parquet files, or files
+  that look like data but would not be read (``*.json``, compressed: ``*.gz``, ``*.bz2``, ``*.xz``,
+  ``*.zst``, ``*.zip``), is one line naming one; so is such a file given as the pool.
 * ``save_to_disk`` directories (a ``Dataset``: ``state.json`` + Arrow stream files; a
   ``DatasetDict``: ``dataset_dict.json`` + one such directory per split): one unit per Arrow file,
   read with pyarrow (no ``datasets`` import); integer ``ClassLabel`` labels become their names.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,18 +175,69 @@ def _hf_unit(split_dir: Path, path: Path, root: Path) -> PoolUnit:
 
 # ------------------------------------------------------------------------------------------------
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")  # read as JSONL (one JSON object per line)
+_COMPRESSED = r"\.(gz|bz2|xz|zst|zstd|zip)$"
+_UNREAD = re.compile(r"\.json$|" + _COMPRESSED, re.IGNORECASE)  # look like data, not read: refused
+_JSONL_LIKE = re.compile(r"\.(jsonl|ndjson)$|\.(jsonl|ndjson)" + _COMPRESSED, re.IGNORECASE)
+
+
+def _visible_files(p: Path) -> list[Path]:
+    """Every entry under ``p`` (sorted) with no hidden part in its path below ``p``."""
+    return sorted(f for f in p.rglob("*") if not any(x.startswith(".") for x in f.relative_to(p).parts))
+
+
 def _is_text_pool(spec: str) -> bool:
+    """A JSONL file (a ``.json`` or compressed one too: refused when opened), a saved HF dataset, or a
+    directory holding JSONL files, compressed or not (refused when opened if it also holds Parquet
+    files or files it would not read). A kdata dataset directory (``manifest.json`` + Parquet) is not."""
     p = Path(spec)
     if p.is_file():
-        return p.suffix == ".jsonl"
+        return bool(_JSONL_LIKE.search(p.name) or _UNREAD.search(p.name) and ".json" in p.name.lower())
     if not p.is_dir():
         return False
-    return _is_hf_dataset(p) or (any(p.rglob("*.jsonl")) and not any(p.rglob("*.parquet")))
+    if _is_hf_dataset(p):
+        return True
+    files = _visible_files(p)
+    if (p / "manifest.json").is_file() and any(f.suffix == ".parquet" for f in files):
+        return False  # a kdata dataset directory: the Parquet reader reads the shards its manifest lists
+    return any(_JSONL_LIKE.search(f.name) for f in files)
+
+
+def _unread_refusal(f: Path, pool: Path | None) -> str:
+    """The one-line refusal of a file that looks like data but is not read as JSONL."""
+    where = f" in the JSONL text pool {pool}" if pool else ""
+    if f.suffix.lower() == ".json":
+        return (f"{f}: a .json file{where} is not read (text pools read JSONL: *.jsonl or *.ndjson); rename it "
+                "to .jsonl if it holds one JSON object per line, else move it out")
+    return (f"{f}: a compressed file{where} is not read (text pools read uncompressed *.jsonl or *.ndjson); "
+            "decompress it (e.g. gunzip) or move it out")
+
+
+def _jsonl_dir_files(p: Path, *, limits: PoolLimits) -> list[Path]:
+    """The JSONL files of a pool directory, checked: Parquet files beside them, or files that look like
+    data but would not be read (``*.json``, compressed), are one line naming one (module doc)."""
+    entries = _visible_files(p)
+    jsonl = next((f for f in entries if _JSONL_LIKE.search(f.name)), None)
+    parquet = next((f for f in entries if f.suffix == ".parquet"), None)
+    if parquet is not None and jsonl is not None:
+        raise KdataError(f"{p}: holds JSONL files ({jsonl}) and Parquet files ({parquet}), so it is neither a "
+                         "JSONL text pool nor a Parquet pool; move one kind out, or point --pool at one kind")
+    unread = next((f for f in entries if _UNREAD.search(f.name) and f.is_file()), None)
+    if unread is not None:
+        raise KdataError(_unread_refusal(unread, p))
+    files = [f for f in entries if f.suffix.lower() in JSONL_SUFFIXES]
+    root_real = os.path.realpath(p)
+    for f in files:
+        reason = check_entry(f, root_real=root_real, limits=limits)
+        if reason is not None:
+            raise KdataError(f"{f}: {reason}")
+    return files
 
 
 @register_reader(_is_text_pool)
 def open_text(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
-    """A JSONL file, every ``*.jsonl`` under a directory (sorted; hidden skipped), or a saved HF dataset."""
+    """A JSONL file, every ``*.jsonl`` / ``*.ndjson`` under a directory (sorted; hidden skipped), or a
+    saved HF dataset."""
     p = Path(spec)
     if _is_hf_dataset(p):
         units = [_hf_unit(d, f, p) for d, f in _hf_files(p)]
@@ -191,15 +246,11 @@ def open_text(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
                 raise KdataError(f"{u.path}: listed in the saved dataset but missing")
         layout = TEXT_LAYOUTS[0]
     elif p.is_file():
+        if p.suffix.lower() not in JSONL_SUFFIXES:
+            raise KdataError(_unread_refusal(p, None))
         units, layout = [_jsonl_unit(p, None)], TEXT_LAYOUTS[1]
     else:
-        files = sorted(f for f in p.rglob("*.jsonl") if not any(x.startswith(".") for x in f.relative_to(p).parts))
-        root_real = os.path.realpath(p)
-        for f in files:
-            reason = check_entry(f, root_real=root_real, limits=limits)
-            if reason is not None:
-                raise KdataError(f"{f}: {reason}")
-        units, layout = [_jsonl_unit(f, p) for f in files], TEXT_LAYOUTS[2]
+        units, layout = [_jsonl_unit(f, p) for f in _jsonl_dir_files(p, limits=limits)], TEXT_LAYOUTS[2]
     return Pool(spec=spec, units=units, description=f"{layout} text pool at {spec} ({len(units)} file(s))",
                 extra={"layout": layout, "payload": "text"})
 

@@ -94,6 +94,9 @@ def text_feature_matrix(table: pa.Table, *, embedder: str | None = None, texts: 
         raise RuntimeError(f"critic: {len(texts)} texts for {table.num_rows} rows")
     from kdata.models.text_embedder import embed_texts
 
-    E = embed_texts(_embedder(embedder, device=device, checksum=embedder_checksum), [t or "" for t in texts],
-                    batch_size=batch_size).astype(np.float64)
-    return np.concatenate([X, E.reshape(table.num_rows, -1)], axis=1), names + [f"emb_{j}" for j in range(E.shape[1])]
+    emb = _embedder(embedder, device=device, checksum=embedder_checksum)
+    if not texts:  # no row: the width (the embedder's) from one blank text, so the names still match
+        E = embed_texts(emb, [""])[:0].astype(np.float64)
+    else:
+        E = embed_texts(emb, [t or "" for t in texts], batch_size=batch_size).astype(np.float64)
+    return np.concatenate([X, E], axis=1), names + [f"emb_{j}" for j in range(E.shape[1])]

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from kdata.cli import main
 from kdata.dataset.writer import read_manifest, read_shards, verify
@@ -156,3 +157,48 @@ def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, 
     capsys.readouterr()
     assert weights[0].stat().st_mtime_ns != stamps[0]
     assert json.loads((weights[0].parent / "train_log.json").read_text())["config"]["epochs"] == 2
+
+
+def fitted_student(path: Path, texts: list[str], *, steps: int = 60) -> Path:
+    """A tiny LM trained on ``texts`` (the held-out set below): a starting student that distilling the
+    random teacher's babble can only make worse on it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tiny_lm(path, seed=1)
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    ids = [torch.tensor([tok(t)["input_ids"]]) for t in texts]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for s in range(steps):
+        loss = model(input_ids=ids[s % len(ids)], labels=ids[s % len(ids)]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(path)
+    return path
+
+
+def test_rounds_that_only_raise_the_perplexity_name_the_starting_student_best(lms, tmp_path, capsys):
+    """I2D2's ``best`` counts the input student as round 0: when every round raises the held-out perplexity,
+    the JSON says to keep it (round 0, the input spec)."""
+    texts = ["the cat sat on the mat", "the cat sat on the hat", "a cat sat on the mat", "the dog sat on the mat"]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    T, S = f"hf:{lms['teacher']}", f"hf:{fitted_student(tmp_path / 'student', texts)}"
+    prompts = write_prompts(tmp_path / "prompts.jsonl", n=8)
+    common = ["--prompts", str(prompts), "--per-prompt", "4", "--max-new-tokens", "8", "--device", "cpu"]
+    assert main(["generate", "--teacher", T, *common, "--out", str(tmp_path / "gen")]) == 0
+    crit = tmp_path / "critic"
+    assert main(["critic", "fit", "--scores-from", str(tmp_path / "gen"), "--teacher", T, "--student", S,
+                 "--labels", str(label_by_rule(tmp_path / "gen", tmp_path / "l.csv")), "--recall", "0.9",
+                 "--out", str(crit), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "2",
+                 "--epochs", "1", "--eval", str(heldout), "--out", str(tmp_path / "rounds"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    r1, r2 = result["rounds"]
+    start = r1["perplexity_before"]
+    assert r1["perplexity_after"] > start and r2["perplexity_after"] > start  # both rounds drifted away
+    best = result["best"]
+    assert (best["round"], best["student"], best["perplexity"]) == (0, S, start)
+    assert best["worse_rounds"] == [1, 2] and f"keep the original student, {S}" in best["message"]

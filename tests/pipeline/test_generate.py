@@ -192,8 +192,27 @@ def test_with_a_critic_every_candidate_is_kept_rejected_or_quarantined(teacher, 
 def test_best_round_names_the_lowest_perplexity_and_the_rounds_that_raised_it():
     from kdata.pipeline.generate_rounds import best_round
 
-    summary = [{"round": 1, "student": "o/round-1-student", "perplexity_before": 400.0, "perplexity_after": 300.7},
-               {"round": 2, "student": "o/round-2-student", "perplexity_before": 300.7, "perplexity_after": 326.7}]
+    summary = [{"round": 1, "student_in": "hf:s", "student": "o/round-1-student", "perplexity_before": 400.0,
+                "perplexity_after": 300.7},
+               {"round": 2, "student_in": "hf:o/round-1-student", "student": "o/round-2-student",
+                "perplexity_before": 300.7, "perplexity_after": 326.7}]
     assert best_round(summary) == {"round": 1, "student": "hf:o/round-1-student", "perplexity": 300.7,
-                                   "worse_rounds": [2]}
+                                   "worse_rounds": [2], "message": "the lowest held-out perplexity (300.7) is "
+                                                                   "round 1's student, hf:o/round-1-student"}
     assert best_round([{**r, "perplexity_after": None} for r in summary]) is None
+
+
+def test_best_round_is_the_starting_student_when_every_round_raised_the_perplexity():
+    """The reviewer's run: 203.2 → 235.6 → 306.3; the input student (round 0) is the best, and a tie keeps it."""
+    from kdata.pipeline.generate_rounds import best_round
+
+    summary = [{"round": 1, "student_in": "hf:models/student", "student": "o/round-1-student",
+                "perplexity_before": 203.2, "perplexity_after": 235.6},
+               {"round": 2, "student_in": "hf:o/round-1-student", "student": "o/round-2-student",
+                "perplexity_before": 235.6, "perplexity_after": 306.3}]
+    best = best_round(summary)
+    assert (best["round"], best["student"], best["perplexity"], best["worse_rounds"]) == \
+        (0, "hf:models/student", 203.2, [1, 2])
+    assert "keep the original student, hf:models/student" in best["message"]
+    tie = [{**summary[0], "perplexity_after": 203.2}]
+    assert best_round(tie)["round"] == 0

@@ -55,6 +55,8 @@ def domain_proportions(ratio: np.ndarray, *, alpha: float = 0.5, previous: np.nd
     """
     ratio = np.asarray(ratio, dtype=np.float64)
     n = len(ratio)
+    if n == 0:  # no row reached the method (an empty pool, or a filter before it dropped every row)
+        return np.zeros(0)
     prev = np.full(n, 1.0 / n) if previous is None else np.asarray(previous, dtype=np.float64)
     prev = prev / prev.sum()
     log_psi = np.log(np.maximum(prev, 1e-300)) + ratio  # ψ in log space: exp(ratio) may overflow

@@ -135,7 +135,7 @@ class ScoreView:
     def _probs_rows(self, who: str, r: np.ndarray) -> np.ndarray:
         if self.has(f"{who}_logits"):
             z = self.col(f"{who}_logits")[r].astype(np.float64) / self.temperature
-            z -= z.max(1, keepdims=True)
+            z -= z.max(1, keepdims=True, initial=-np.inf)
             p = np.exp(z)
             p /= p.sum(1, keepdims=True)
             return p
@@ -155,7 +155,7 @@ class ScoreView:
             z_all = self.col(f"{who}_logits")
             for i in range(0, len(self), chunk):
                 z = z_all[i:i + chunk].astype(np.float64) / self.temperature
-                m = z.max(1, keepdims=True)
+                m = z.max(1, keepdims=True, initial=-np.inf)
                 lse = np.log(np.exp(z - m).sum(1)) + m[:, 0]
                 out[i:i + chunk] = np.exp(z[np.arange(len(z)), cls[i:i + chunk]] - lse)
             return out
@@ -189,7 +189,7 @@ class ScoreView:
         if key not in self._cache:
             if self.has(f"{who}_logits"):
                 z = self.col(f"{who}_logits").astype(np.float64) / self.temperature
-                z = z - z.max(1, keepdims=True)
+                z = z - z.max(1, keepdims=True, initial=-np.inf)
                 p = np.exp(z)
                 p /= p.sum(1, keepdims=True)
             else:
