@@ -44,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--loss", choices=["kd", "nkd"], default=None,
                    help=f"kd (Hinton) or nkd (normalized KD, arXiv 2303.13005) (default: {d.loss})")
     p.add_argument("--batch-size", type=int, default=None, help=f"rows per optimiser step (default: {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate of AdamW (default: {d.lr})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate of AdamW (default: {d.lr}; text students: {dt.lr})")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed of the shuffling, the jitter and --reinit (default: {d.seed})")
     p.add_argument("--reinit", action="store_true", help="start from freshly initialised weights instead of STUDENT's")

@@ -57,6 +57,9 @@ def run_text(args, shards: str) -> int:
                       ("--loss nkd", args.loss == "nkd"), ("--pool", args.pool), ("--teacher", args.teacher)):
         if bad:
             raise KdataError(f"{flag}: not available for text students (image students only)")
+    if kind == "causal_lm" and args.temperature not in (None, 1.0):
+        raise KdataError(f"--temperature {args.temperature:g}: causal-LM shards store the teacher's token "
+                         "log-probabilities at temperature 1 (text classifier and image students only)")
     names = ("epochs", "steps", "batch_size", "lr", "alpha", "seed", "temperature")
     given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     cfg = TextTrainConfig(**given, device=args.device, keep_best=not args.keep_last)

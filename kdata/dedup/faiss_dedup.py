@@ -31,7 +31,7 @@ import numpy as np
 from kdata.core.errors import KdataError
 from kdata.core.vectors import l2_normalize, rows_per_block, similar_pairs, spherical_kmeans
 from kdata.dedup.features import pool_features
-from kdata.dedup.text import NEAR_SKIPPED, TEXT_DEFAULTS, pool_texts, text_embeddings, text_hash
+from kdata.dedup.text import NEAR_SKIPPED, TEXT_DEFAULTS, collapse_warning, pool_texts, text_embeddings, text_hash
 
 LEVELS = ("exact", "near", "semantic")
 # Defaults chosen on builtin:digits-web (see the README's dedup section for the measurement command).
@@ -278,6 +278,7 @@ def _text_run(cfg, pool, level: str):
         res = dedup_ranked(level=level, hashes=hashes, pixels=vec, embeddings=vec, threshold=cfg.dedup_threshold,
                            frac=cfg.dedup_frac, seed=cfg.seed, **TEXT_DEFAULTS)
         res.info["embedder"] = embedder
+        collapse_warning(res.info, embedder=embedder, frac=cfg.dedup_frac)
         return res.dup_of, res.info
 
     return run

@@ -16,18 +16,26 @@ records that near was skipped. The thresholds are kdata's choices, not measured 
 here (no weights can be downloaded on the development machine): 0.95 is the cosine above which
 sentence encoders put re-punctuated or one-word-edited copies, 0.90 (SemDeDup's ε = 0.1) a
 semantic cut; pass ``--dedup-threshold`` to change them.
+
+An embedder that does not separate texts (e.g. a tiny causal LM: nearly every vector alike) makes
+near/semantic dedup remove almost everything. ``collapse_warning`` flags a run where they removed
+more than ``COLLAPSE_SHARE`` (half) of the texts exact dedup left: in a real pool most texts are not
+small edits of another, while a collapsed embedder removes nearly all of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import unicodedata
 
 import numpy as np
 
 TEXT_NEAR_THRESHOLD = 0.95
 TEXT_SEMANTIC_THRESHOLD = 0.90
+COLLAPSE_SHARE = 0.5  # near + semantic removing more than this share of the distinct texts: warn
+COLLAPSE_MIN_TEXTS = 20  # below this many distinct candidates the share says little
 _SPACE = re.compile(r"\s+")
 
 
@@ -74,3 +82,19 @@ def text_embeddings(texts, spec: str, *, device="cpu", batch_size: int = 64) -> 
 
 TEXT_DEFAULTS = {"near_default": TEXT_NEAR_THRESHOLD, "semantic_default": TEXT_SEMANTIC_THRESHOLD}
 NEAR_SKIPPED = "skipped: near dedup of text compares sentence embeddings (give --embedder hf:PATH)"
+
+
+def collapse_warning(info: dict, *, embedder: str, frac: float | None = None) -> str | None:
+    """When near/semantic dedup (``dedup_ranked``'s ``info``) removed more than ``COLLAPSE_SHARE`` of
+    the candidates exact dedup left, record ``info["warning"]`` and print it once on stderr; the
+    semantic removals ``--dedup-frac`` asked for do not count. Returns the warning or None."""
+    removed = info.get("removed") or {}
+    distinct = int(info.get("n_in", 0)) - int(removed.get("exact", 0))
+    n = int(removed.get("near", 0)) + (0 if frac is not None else int(removed.get("semantic", 0)))
+    if distinct < COLLAPSE_MIN_TEXTS or n <= COLLAPSE_SHARE * distinct:
+        return None
+    info["warning"] = (f"near/semantic dedup removed {n:,} of {distinct:,} distinct candidates (more than "
+                       f"{COLLAPSE_SHARE:.0%}): the embedder {embedder} may not separate the texts (use a sentence "
+                       "encoder, or raise --dedup-threshold)")
+    print(f"kdata: warning: {info['warning']}", file=sys.stderr)
+    return info["warning"]

@@ -36,7 +36,9 @@ def text_info(prep) -> dict:
     info = {"device": str(prep.device).split(":")[0], "precision": models.teacher.precision, "workers": 0,
             "kind": models.kind, "max_length": models.teacher.max_length, "tokenizer_shared": models.shared}
     if models.kind == "causal_lm":
-        info["token_topk"] = prep.score_cfg.token_topk
+        info["token_topk"] = prep.score_cfg.token_topk  # capped at the teacher's vocabulary by prepare_text
+        if models.reference is not None:
+            info["reference_tokenizer_shared"] = models.ref_shared
     return info
 
 

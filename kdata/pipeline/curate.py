@@ -118,7 +118,8 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
              "pool": {"spec": cfg.pool, "units": len(prep.pool.units), "description": prep.pool.description},
              "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0),
              "scoring": {k: scored.info[k] for k in ("device", "precision", "workers", "cuda_peak_bytes", "kind",
-                                                     "max_length", "token_topk", "tokenizer_shared")
+                                                     "max_length", "token_topk", "tokenizer_shared",
+                                                     "reference_tokenizer_shared")
                          if k in scored.info}}  # what the recorded choices resolved to
     extra_files = {}
     if cfg.hard:  # HARD: K generated rows per kept row, critic-filtered, appended (kdata.augment.hard)

@@ -24,7 +24,7 @@ from kdata.dataset.writer import (MANIFEST, manifest_model, read_manifest, read_
                                   shard_paths)
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import payload_features
-from kdata.dedup.text import TEXT_DEFAULTS, text_embeddings
+from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.scoring.score import check_models
@@ -146,6 +146,8 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
             emb = embed_images(table.column("image").to_pylist(), load_model(teacher, device=dev), device=dev)
         res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb, threshold=threshold,
                            frac=frac, seed=seed, **defaults)
+        if text and level != "exact":
+            collapse_warning(res.info, embedder=embedder, frac=frac)
         dup = res.dup_of >= 0
         ids = table.column("sample_id").to_pylist()
         decisions = build_decisions(table, decision=np.where(dup, REJECTED, KEPT),

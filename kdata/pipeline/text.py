@@ -2,7 +2,9 @@
 
 ``prepare_text`` does every check that needs no scoring (a text pool, text models of one kind,
 the method chain and balance a causal LM supports, ``--reference`` where MiniPLM needs it) and
-says once on stderr when the student tokenises differently (``kl_ts`` is then left null);
+says once on stderr when the student or reference tokenises differently (their NLL is then
+compared per byte, ``kl_ts`` left null for the student); ``--token-topk`` is capped at the
+teacher's vocabulary (what the shards store and the manifest records);
 ``score_text`` scores through ``kdata.scoring.text``. Selection, decisions and writing are the
 image path's (``kdata.pipeline.curate.finish``).
 
@@ -20,7 +22,7 @@ from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
 from kdata.pools.spec import open_pool
 from kdata.pools.text import check_text_units, payload_kind
-from kdata.scoring.text import TextScoreConfig, score_text_pool, text_models
+from kdata.scoring.text import TextScoreConfig, effective_token_topk, score_text_pool, text_models
 
 LM_METHODS = ("miniplm", "ddk", "random", "disagreement", "critic",  # methods that read causal-LM sequence columns
               # (critic: a text critic from `kdata critic fit` on text, kdata.selection.critic_text)
@@ -90,6 +92,19 @@ def _has_domains(pool) -> bool:
     return False
 
 
+def tokenizer_note(models) -> str | None:
+    """The one stderr line of a causal-LM run whose student or reference tokenises unlike the teacher."""
+    other = [f"{role} {m.spec}" for role, m, same in (("student", models.student, models.shared),
+                                                      ("reference", models.reference, models.ref_shared))
+             if m is not None and not same]
+    if not other:
+        return None
+    names = [f"teacher {models.teacher.spec}", *other]
+    whose = f"the {other[0].split()[0]}'s" if len(other) == 1 else "their"
+    return (f"kdata: note: {', '.join(names[:-1])} and {names[-1]} tokenise differently; {whose} NLL is compared "
+            "per UTF-8 byte of the text (in teacher-token units)" + ("; kl_ts is left null" if not models.shared else ""))
+
+
 def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], balance: str | None, prepared,
                  load=load_model):
     """The ``Prepared`` of a text run (``prepared`` is the pipeline's ``Prepared`` class; ``load`` as
@@ -110,12 +125,13 @@ def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     if teacher.kind == "causal_lm":
         methods = _lm_methods(cfg, methods, has_reference=reference is not None)
         balance = _lm_balance(cfg, balance, pool)
-        if not models.shared:
-            print(f"kdata: note: teacher {teacher.spec} and student {student.spec} tokenise differently; "
-                  "kl_ts is left null (sequence-level scores only)", file=sys.stderr)
+        note = tokenizer_note(models)
+        if note:
+            print(note, file=sys.stderr)
     else:
         pool.check_labels(teacher.class_names)
-    score_cfg = TextScoreConfig(batch_size=opts.batch_size, token_topk=cfg.token_topk, topk=cfg.topk,
+    token_topk = effective_token_topk(cfg.token_topk, teacher) if teacher.kind == "causal_lm" else cfg.token_topk
+    score_cfg = TextScoreConfig(batch_size=opts.batch_size, token_topk=token_topk, topk=cfg.topk,
                                 temperature=cfg.temperature, max_text_chars=cfg.max_text_chars)
     return prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,
                     score_cfg=score_cfg, device=device, extra={"text_models": models})

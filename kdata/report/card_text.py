@@ -215,10 +215,23 @@ def _sources(c: CardContext) -> list[str]:
     return L + [""]
 
 
+def _scoring_step(c: CardContext) -> str:
+    """Step 1 of the recipe: what scoring stored (causal LMs: per-token soft labels and sequence NLLs)."""
+    sc = c.m.get("scoring") or {}
+    if sc.get("kind") != "causal_lm":
+        return (f"Score every pool sample with teacher and student (top-{c.k['topk']} probabilities, KL, "
+                "confidences, margins, entropies).")
+    ref = "reference" in (c.m.get("models") or {})
+    kl = "the mean token KL(teacher ‖ student)" if sc.get("tokenizer_shared", True) else \
+        "no token KL (the student tokenises differently; its NLL is compared per byte)"
+    return (f"Score every pool text with the teacher, student{' and reference' if ref else ''} causal LMs: the "
+            f"teacher's per-token top-{sc.get('token_topk', '?')} log-probabilities with the leftover mass, each "
+            f"model's sequence NLL (mean and summed over the tokens), the teacher's token entropy and {kl}.")
+
+
 def _recipe(c: CardContext) -> list[str]:
     k, cfg = c.k, c.cfg
-    steps = [f"Score every pool sample with teacher and student (top-{k['topk']} probabilities, KL, "
-             f"confidences, margins, entropies).",
+    steps = [_scoring_step(c),
              f"Run the method chain `{c.methods}`: filters drop rows with their own reason, the last ranker "
              f"orders the rest."]
     if k["dedup"]["method"] not in (None, "none"):

@@ -7,7 +7,8 @@ Two kinds of model pair (``kdata.models.hf``):
   C ≤ 128), so every selection method works unchanged;
 * **causal LMs** give per sequence the mean and summed token NLL of teacher, student and the
   optional reference, the teacher's mean token entropy, ``kl_ts`` (mean token KL(teacher‖student),
-  only when both tokenise alike; null otherwise) and ``n_tokens``; per token the teacher's top-k
+  only when both tokenise alike; null otherwise) and ``n_tokens`` (a model that tokenises otherwise:
+  its NLL per byte in the teacher's units, ``kdata.scoring.text_lm``); per token the teacher's top-k
   next-token ids, log-probs (float16) and leftover mass over the stored ``input_ids``
   (``kdata.scoring.text_stats``, column contract in docs/text.md).
 
@@ -40,7 +41,7 @@ from kdata.scoring.score import check_models, label_indices
 from kdata.scoring.text_classifier import classifier_rows
 from kdata.scoring.text_lm import LM_SCHEMA, lm_rows
 
-TEXT_SCORING_VERSION = 1  # bump when what a text row's scores mean changes (invalidates the cache)
+TEXT_SCORING_VERSION = 2  # bump when what a text row's scores mean changes (invalidates the cache)
 
 
 @dataclass(frozen=True)
@@ -196,5 +197,12 @@ def score_text_pool(pool, models: TextModels, *, config: TextScoreConfig = TextS
             "max_length": models.teacher.max_length, "tokenizer_shared": models.shared,
             "seconds": time.perf_counter() - t0}
     if models.kind == "causal_lm":
-        info["token_topk"] = config.token_topk
+        info["token_topk"] = effective_token_topk(config.token_topk, models.teacher)  # what the shards hold
+        if models.reference is not None:
+            info["reference_tokenizer_shared"] = models.ref_shared
     return scores, quarantined, info
+
+
+def effective_token_topk(token_topk: int, teacher) -> int:
+    """The k a causal-LM teacher's rows store per token: ``token_topk`` capped at its vocabulary."""
+    return min(int(token_topk), teacher.vocab_size)

@@ -23,6 +23,26 @@ def tokenize(model, texts: list[str]) -> list[list[int]]:
     return [list(x) for x in enc["input_ids"]]
 
 
+def tokenize_bytes(model, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+    """``tokenize``'s ids and, per text, the UTF-8 bytes its predicted tokens (positions 1…L−1) cover:
+    the text from the end of the first token to the end of the last (a truncated text: its kept
+    part). Needs a fast tokenizer's offsets; else the bytes of the decoded tokens after the first."""
+    if not texts:
+        return [], np.zeros(0, dtype=np.int64)
+    tok = model.tokenizer
+    if not getattr(tok, "is_fast", False):
+        ids = tokenize(model, texts)
+        return ids, np.array([len(tok.decode(x[1:], skip_special_tokens=True).encode("utf-8", "replace"))
+                              for x in ids], dtype=np.int64)
+    enc = tok(texts, truncation=True, max_length=model.max_length, add_special_tokens=True,
+              return_offsets_mapping=True)
+    n = []
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        first, last = (offsets[0][1], max(e for _, e in offsets)) if len(offsets) else (0, 0)
+        n.append(len(text[first:max(first, last)].encode("utf-8", "surrogatepass")))
+    return [list(x) for x in enc["input_ids"]], np.array(n, dtype=np.int64)
+
+
 def token_budget(tokens_per_batch: int, *, max_length: int, vocab: int | None) -> int:
     """Tokens per batch: ``tokens_per_batch``, lowered so that a causal LM's logits stay under
     ``LOGIT_ELEMS``, never below one full-length row."""

@@ -98,3 +98,18 @@ def test_biases_follow_the_recipe_balance_dedup_and_hard():
     assert "Deduplicated (`near`)" in plain
     rich = _bias_text(["rad"], balance="class", config={"dedup": None, "hard": 2, "budget": "0.3"})
     assert "Balanced by class" in rich and "Duplicates were not removed" in rich and "2 HARD augmentations" in rich
+
+
+def test_recipe_of_a_causal_lm_run_says_what_scoring_stored():
+    run = _run()
+    run.manifest.update(methods=["miniplm"], scoring={"kind": "causal_lm", "token_topk": 8, "tokenizer_shared": True},
+                        models={"teacher": {}, "student": {}, "reference": {}})
+    step = _section(render_card(run, name="tiny", plots={}), "## Curation recipe").split("\n2. ")[0]
+    assert "per-token top-8 log-probabilities with the leftover mass" in step and "sequence NLL" in step
+    assert "teacher, student and reference causal LMs" in step and "KL(teacher ‖ student)" in step
+    assert "probabilities, KL, confidences, margins" not in step  # the image wording
+    run.manifest.update(scoring={"kind": "causal_lm", "token_topk": 8, "tokenizer_shared": False}, models={})
+    step = _section(render_card(run, name="tiny", plots={}), "## Curation recipe").split("\n2. ")[0]
+    assert "no token KL" in step and "student causal LMs" in step and "reference" not in step.split(":")[0]
+    image = _section(render_card(_run(), name="tiny", plots={}), "## Curation recipe")
+    assert "probabilities, KL, confidences, margins, entropies" in image

@@ -159,3 +159,25 @@ def test_a_text_student_is_never_saved_inside_the_dataset(lm_shards, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "inside the curated dataset" in err and err.count("\n") == 1
     assert not (lm_shards / "student").exists()
+
+
+def test_temperature_is_refused_for_causal_lm_shards(lm_shards, tmp_path, capsys):
+    """Causal-LM shards hold token log-probs at T = 1 and the LM loss never reads --temperature: one line."""
+    from kdata.cli import main
+
+    code = main(["train", str(lm_shards), "--steps", "1", "--eval", "none", "--temperature", "2",
+                 "--out", str(tmp_path / "t2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--temperature 2" in err and err.count("\n") == 1 and not (tmp_path / "t2").exists()
+    assert main(["train", str(lm_shards), "--steps", "1", "--eval", "none", "--temperature", "1", "--quiet",
+                 "--out", str(tmp_path / "t1")]) == 0  # the value the shards hold is fine
+
+
+def test_train_help_gives_both_learning_rate_defaults(capsys):
+    from kdata.cli import main
+    from kdata.training.config import TextTrainConfig, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {TrainConfig().lr}; text students: {TextTrainConfig().lr})" in out

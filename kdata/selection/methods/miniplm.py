@@ -20,8 +20,9 @@ scores the pool with it (cached like every scoring) and passes its log-probabili
 serves as the reference (the paper's reference is a small model of the student's size).
 
 Causal LMs scored by kdata (``hf:PATH`` models, ``kdata.scoring.text``): the scores carry
-``teacher_nll`` and ``reference_nll`` (mean token NLL per sequence) and the score is
-``reference_nll − teacher_nll``, MiniPLM's per-instance difference (``text_difference``).
+``teacher_nll`` and ``reference_nll`` (mean NLL per teacher token; a reference with another
+tokenizer is measured per byte and put in the teacher's units, ``kdata.scoring.text_lm``) and the
+score is ``reference_nll − teacher_nll``, MiniPLM's per-instance difference (``text_difference``).
 
 Bring-your-own (text/LLM): a ``--scores`` Parquet with per-token log-probabilities in columns
 ``teacher_logprob`` and ``reference_logprob`` (a number per row, or a list per row = one value
@@ -117,9 +118,9 @@ def text_difference(view: ScoreView) -> MethodResult:
     column the student's NLL stands in (the default recipe without --reference)."""
     lt = view.col("teacher_nll").astype(np.float64)
     if view.has("reference_nll"):
-        lr, src = view.col("reference_nll").astype(np.float64), "reference model (mean token NLL)"
+        lr, src = view.col("reference_nll").astype(np.float64), "reference model (mean NLL per teacher token)"
     else:
-        lr, src = view.col("student_nll").astype(np.float64), "student as reference (mean token NLL)"
+        lr, src = view.col("student_nll").astype(np.float64), "student as reference (mean NLL per teacher token)"
     s = lr - lt
     return MethodResult(score=np.nan_to_num(s, nan=-np.inf), info={"reference": src,
                                                                     "mean_score": float(np.nanmean(s)) if len(s) else 0.0})
