@@ -101,9 +101,11 @@ def check_parquet(path: Path, fields: dict, check_schema: Callable[[pa.Schema], 
         raise DamagedEntry(path, f"is not a readable entry ({_line(exc)})") from None
 
 
-def read_unit_entry(path: Path, qpath: Path, unit: str) -> tuple[list[tuple[str, str]], int] | None:
-    """A score cache entry of pool unit ``unit`` (``kdata.scoring.score.UnitCache``): its
-    (quarantined, n_in), None when it is absent or unfinished, ``DamagedEntry`` when damaged."""
+def read_unit_entry(path: Path, qpath: Path, unit: str, *, check_schema: Callable[[pa.Schema], None] | None = None
+                    ) -> tuple[list[tuple[str, str]], int] | None:
+    """A score cache entry of pool unit ``unit`` (``kdata.scoring.score.UnitCache``, text scoring): its
+    (quarantined, n_in), None when it is absent or unfinished, ``DamagedEntry`` when damaged.
+    ``check_schema`` checks the Parquet schema (default: the image scores schema)."""
     fields = read_marker(qpath)
     if fields is None:
         return None
@@ -113,7 +115,7 @@ def read_unit_entry(path: Path, qpath: Path, unit: str) -> tuple[list[tuple[str,
         raise DamagedEntry(qpath, "does not record the unit's n_in and quarantined samples")
     if fields.get("unit") != unit:
         raise DamagedEntry(qpath, f"belongs to unit {fields.get('unit')!r}, not {unit!r}")
-    check_parquet(path, fields, lambda schema: validate_scores(schema, where=str(path)))
+    check_parquet(path, fields, check_schema or (lambda schema: validate_scores(schema, where=str(path))))
     return [(a, b) for a, b in quarantined], fields["n_in"]
 
 

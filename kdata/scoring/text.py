@@ -31,12 +31,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from kdata.core.atomic import drop_partial_writes, read_parquet, write_json, write_parquet
+from kdata.core.atomic import drop_partial_writes, read_parquet
 from kdata.core.errors import KdataError
 from kdata.core.lock import acquire
 from kdata.core.paths import cache_dir
 from kdata.core.version import __version__
 from kdata.pools.text import DEFAULT_MAX_TEXT_CHARS, text_problems
+from kdata.scoring.cache_entries import DamagedEntry, drop_entry, read_unit_entry, warn_dropped, write_entry
 from kdata.scoring.score import check_models, label_indices
 from kdata.scoring.text_classifier import classifier_rows
 from kdata.scoring.text_lm import LM_SCHEMA, lm_rows
@@ -140,16 +141,22 @@ def score_text_table(table: pa.Table, models: TextModels, *, config: TextScoreCo
     return out.filter(pa.array(keep)), quarantined
 
 
-def _write_unit(path: Path, qpath: Path, table: pa.Table, quarantined, n_in: int, name: str) -> None:
-    write_parquet(path, table, row_group_size=1024)
-    write_json(qpath, {"n_in": n_in, "quarantined": quarantined, "unit": name})  # last: marks it complete
+def _text_schema(schema: pa.Schema) -> None:
+    """A text scores entry holds one row per scored sample, keyed by ``sample_id``."""
+    if "sample_id" not in schema.names:
+        raise KdataError("no sample_id column")
 
 
-def _cached(path: Path, qpath: Path):
-    if path.exists() and qpath.exists():
-        done = json.loads(qpath.read_text())
-        return [tuple(x) for x in done["quarantined"]], done["n_in"]
-    return None
+def _cached(path: Path, qpath: Path, name: str, lock=None):
+    """The entry's (quarantined, n_in), or None: absent, unfinished or damaged (then, holding ``lock``,
+    dropped with a warning line and scored again, as ``kdata.scoring.score.UnitCache`` does)."""
+    try:
+        return read_unit_entry(path, qpath, name, check_schema=_text_schema)
+    except DamagedEntry as damage:
+        if lock is not None:
+            drop_entry(lock, path, qpath)
+            warn_dropped(damage, "score cache entry")
+        return None
 
 
 def score_text_unit(unit, models: TextModels, *, config: TextScoreConfig, device, cache: bool = True
@@ -158,18 +165,19 @@ def score_text_unit(unit, models: TextModels, *, config: TextScoreConfig, device
     key = text_unit_key(unit, models, config, device=device)
     root = cache_dir("scores")
     path, qpath = root / f"{key}.parquet", root / f"{key}.quarantine.json"
-    hit = _cached(path, qpath) if cache else None
+    hit = _cached(path, qpath, unit.name) if cache else None
     if hit is not None:
         return path, hit[0], hit[1], True
     lock = acquire(path, wait=True)
     try:
-        hit = _cached(path, qpath) if cache else None
+        hit = _cached(path, qpath, unit.name, lock) if cache else None
         if hit is not None:
             return path, hit[0], hit[1], True
         drop_partial_writes(path, qpath)
         table = unit.read()
         scores, quarantined = score_text_table(table, models, config=config, device=device)
-        _write_unit(path, qpath, scores, quarantined, table.num_rows, unit.name)
+        # the quarantine JSON, written last, marks the unit complete and records the file's rows, size, CRC-32
+        write_entry(path, qpath, scores, {"n_in": table.num_rows, "quarantined": quarantined, "unit": unit.name})
         return path, quarantined, table.num_rows, False
     finally:
         lock.release()

@@ -127,3 +127,34 @@ def test_units_are_cached_and_keys_follow_the_options(lms, tmp_path, monkeypatch
     assert info1["n_in"] == first.num_rows + len(q1) == 62
     other, _, info3 = score_text_pool(pool, m, config=TextScoreConfig(token_topk=2), cache=True)
     assert info3["cache_hits"] == 0 and len(other.column("teacher_topk_ids")[0].as_py()[0]) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_json", "no_sample_id"])
+def test_a_damaged_text_cache_entry_is_scored_again_with_a_warning(lms, tmp_path, monkeypatch, capsys, damage):
+    """A text unit's cache entry is checked like an image unit's (kdata.scoring.cache_entries): damaged,
+    it is dropped, scored again and rewritten, with one warning line naming the file."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
+    t, s, _ = lms
+    pool = open_pool(str(text_assets() / "pool.jsonl"))
+    m = text_models(t, s)
+    first, q1, _ = score_text_pool(pool, m, cache=True)
+    [path] = (tmp_path / "cache" / "scores").glob("text-*.parquet")
+    qpath = path.with_name(path.name.replace(".parquet", ".quarantine.json"))
+    if damage == "truncated":
+        os.truncate(path, path.stat().st_size // 2)
+    elif damage == "bad_json":
+        qpath.write_text('{"n_in": 62, "quarantined": [')
+    else:
+        pq.write_table(pq.read_table(path).drop_columns(["sample_id"]), path)
+    capsys.readouterr()
+    again, q2, info = score_text_pool(pool, m, cache=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info["cache_hits"] == 0 and again.equals(first) and q1 == q2
+    named = qpath if damage == "bad_json" else path
+    assert len(err) == 1 and err[0].startswith(f"kdata: warning: score cache entry {named}: ")
+    _, _, info = score_text_pool(pool, m, cache=True)
+    assert info["cache_hits"] == 1 and capsys.readouterr().err == ""
