@@ -217,22 +217,30 @@ def classifier_batch(table: pa.Table) -> dict:
 
 def eval_texts(spec: str, *, labelled: bool = False, max_rows: int = 100_000) -> tuple[list[str], list[str | None]]:
     """Texts (and labels) of an evaluation set: a pool spec (``builtin:text-test``, Parquet, JSONL…)
-    read through ``open_pool``; rows without text are skipped."""
+    read through ``open_pool``; rows without text are skipped, and their number said on stderr."""
+    import sys
+
     from kdata.pools.spec import open_pool
 
     texts: list[str] = []
     labels: list[str | None] = []
+    skipped = 0
     for unit in open_pool(spec).units:
         t: pa.Table = unit.read()
         if "text" not in t.column_names or t.column("text").null_count == t.num_rows:
             raise KdataError(f"{spec}: evaluation set has no text")
         lab = t.column("label").to_pylist() if "label" in t.column_names else [None] * t.num_rows
         for x, y in zip(t.column("text").to_pylist(), lab):
-            if x:
+            if x and isinstance(x, str) and x.strip():
                 texts.append(x)
                 labels.append(y)
+            else:
+                skipped += 1
         if len(texts) > max_rows:
             raise KdataError(f"{spec}: evaluation set larger than {max_rows} texts")
     if not texts:
         raise KdataError(f"{spec}: evaluation set has no text")
+    if skipped:
+        print(f"kdata: note: {spec}: {skipped} evaluation row(s) without text skipped; evaluating on {len(texts)}",
+              file=sys.stderr)
     return texts, labels

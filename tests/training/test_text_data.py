@@ -215,3 +215,20 @@ def test_null_or_ragged_soft_labels_are_one_clear_error(lm_shards, tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "ragged" / "a.parquet")
     with pytest.raises(KdataError, match="top-k lists of different lengths"):
         list(TextShards(tmp_path / "ragged", kind="causal_lm", batch_size=64).batches(epoch=0))
+
+
+def test_eval_rows_without_text_are_skipped_and_counted(tmp_path, capsys):
+    """An evaluation JSONL with empty, blank or non-string texts evaluates on the rest and says how many
+    rows it skipped (one line on stderr), instead of silently reporting fewer texts."""
+    import json
+
+    from kdata.training.text_data import eval_texts
+
+    rows = [{"text": "a real sentence here"}, {"text": ""}, {"text": "   "}, {"text": 5}, {"other": "x"},
+            {"text": "another real sentence"}]
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts, _ = eval_texts(str(path))
+    assert texts == ["a real sentence here", "another real sentence"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"kdata: note: {path}: 4 evaluation row(s) without text skipped; evaluating on 2"]
