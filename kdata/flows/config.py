@@ -19,26 +19,69 @@ DEFAULT_OUT = "runs/curated-{version}"
 DEFAULT_DATA = "runs/curated-*"
 SCHEDULE_KEYS = {"name", "cron", "timezone"}
 SECTION_KEYS = {"curate": SCHEDULE_KEYS | {"out"},
-                "distill": SCHEDULE_KEYS | {"enabled", "data", "student", "eval", "epochs", "seed", "device", "out"}}
+                "distill": SCHEDULE_KEYS | {"enabled", "data", "student", "eval", "epochs", "seed", "device", "out"},
+                # the keyword arguments of kdata.flows.runners.task_runner
+                "runner": {"kind", "address", "workers", "threads_per_worker", "gpus_per_worker"}}
+RUNNER_KINDS = ("local", "dask")
 
 
 def load_config(path: str | os.PathLike) -> dict:
     """Read a flow config YAML (see ``flows/config.yaml``); its ``select:`` and ``run:`` sections are
-    checked against the options of ``kdata select`` (kdata.pipeline.config), the ``curate:`` and
-    ``distill:`` sections against the flows' parameters, before anything runs."""
+    checked against the options of ``kdata select`` (kdata.pipeline.config), the ``runner:``,
+    ``curate:`` and ``distill:`` sections against the flows' parameters, before anything runs.
+
+    A flat file (the ``kdata select`` option names at the top level, no sections) is read as
+    ``kdata select --config`` reads it: its keys become the ``select:`` and ``run:`` sections."""
     from kdata.pipeline.config import load_yaml, run_options, select_config
 
     data = load_yaml(path)
+    if data and not set(data) & set(SECTIONS):
+        data = flat_sections(path, data)
     bad = sorted(set(data) - set(SECTIONS))
     if bad:
         raise KdataError(f"{path}: unknown section(s) {bad}; known: {list(SECTIONS)}")
+    for name in SECTIONS:
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            raise KdataError(f"{path}: {name}: expected a mapping of keys, got {type(data[name]).__name__}")
     select_config(dict(data.get("select") or {}), where=f"{path}: select")
     run_options({k: v for k, v in (data.get("run") or {}).items()}, where=f"{path}: run")
     for name, known in SECTION_KEYS.items():
         extra = sorted(set(data.get(name) or {}) - known)
         if extra:
             raise KdataError(f"{path}: {name}: unknown key(s) {extra}; known: {sorted(known)}")
+    check_runner(data.get("runner") or {}, where=f"{path}: runner")
     return data
+
+
+def flat_sections(path: str | os.PathLike, data: dict) -> dict:
+    """A flat config file as ``select:`` and ``run:`` sections, split the way ``kdata select --config``
+    splits it (kdata.pipeline.arguments.config_file_values); unknown keys are left in ``select``,
+    whose check names them."""
+    from types import SimpleNamespace
+
+    from kdata.pipeline.arguments import config_file_values
+
+    select, run, _ = config_file_values(SimpleNamespace(config=str(path)))
+    return {"select": select, "run": run}
+
+
+def check_runner(runner: dict, *, where: str = "runner") -> dict:
+    """The ``runner:`` section (or ``--runner``/``--address``/``--dask-workers``): a known ``kind``,
+    whole numbers of workers, threads and GPUs (workers and threads at least 1). Returns it."""
+    kind = runner.get("kind")
+    if kind not in (None, *RUNNER_KINDS):
+        raise KdataError(f"{where}: kind {kind!r}: unknown; known: {list(RUNNER_KINDS)}")
+    for key, least in (("workers", 1), ("threads_per_worker", 1), ("gpus_per_worker", 0)):
+        value = runner.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise KdataError(f"{where}: {key} {value!r}: must be a whole number ≥ {least}")
+    address = runner.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise KdataError(f"{where}: address {address!r}: give a Dask scheduler address, e.g. tcp://host:8786")
+    if kind in (None, "local") and (address or runner.get("workers")):
+        what = "address" if address else "workers"
+        raise KdataError(f"{where}: {what} is a Dask setting: set kind: dask (the local runner takes none)")
+    return runner
 
 
 def config_params(data: dict) -> dict:

@@ -85,6 +85,7 @@ def _run_options(run: dict):
       retry_condition_fn=lambda task, run, state: retryable(state))
 def prepare_task(select: dict, out: str, run: dict) -> dict:
     """Check OUT, open the pool, load the models: returns unit names/paths/fingerprints and checksums."""
+    from kdata.flows.inputs import check_parquet_units
     from kdata.pipeline.output import already_complete, check_out_outside_pool
     from kdata.pipeline.prepare import prepare
 
@@ -96,6 +97,7 @@ def prepare_task(select: dict, out: str, run: dict) -> dict:
     if cfg.scores:  # bring-your-own predictions: nothing to score, finish loads them
         return {"done": False, "units": [], "byo": True}
     prep = prepare(cfg, opts=_run_options(run), load=_model)
+    check_parquet_units(prep.pool)  # an unreadable Parquet file stops the run, as in kdata select
     units = [{"name": u.name, "path": u.path, "fingerprint": u.fingerprint()} for u in prep.pool.units]
     checksums = {"teacher": prep.teacher.checksum, "student": prep.student.checksum}
     text = prep.extra.get("text_models")
@@ -321,42 +323,19 @@ if os.environ.get("KDATA_FLOW_RUNNER") and env_runner() is not None:
     curate = curate.with_options(task_runner=env_runner())
 
 
-def check_inputs(select: dict, run: dict) -> None:
+def check_inputs(select: dict, run: dict, out: str = DEFAULT_OUT) -> None:
     """Every check that needs no scoring, before a flow run starts, so bad input is one line and no
-    Prefect traceback: the options, the pool and the models (loaded into this process's model cache,
-    which the flow's tasks reuse); with ``--scores``, that the predictions file exists."""
-    from kdata.pipeline.prepare import prepare
+    Prefect traceback (``kdata.flows.inputs.check_curate``): the options, OUT, the pool, the models
+    (loaded into this process's model cache, which the flow's tasks reuse) or the ``--scores`` file."""
+    from kdata.flows.inputs import check_curate
 
-    cfg, opts = _select_config(select), _run_options(run)
-    if cfg.scores:
-        if not Path(cfg.scores).is_file():
-            raise KdataError(f"{cfg.scores}: no such predictions file (--scores)")
-        return
-    prepare(cfg, opts=opts, load=_model)
-
-
-def _runner(args, data: dict) -> dict:
-    """The task runner of a one-off run: the config's ``runner:`` section, overridden by the flags."""
-    runner = dict(data.get("runner") or {})
-    if args.runner:
-        runner["kind"] = args.runner
-    if args.address:
-        runner["address"] = args.address
-    if args.dask_workers:
-        runner["workers"] = args.dask_workers
-    if runner.get("kind") is None and (args.address or args.dask_workers):
-        runner["kind"] = "dask"
-    return runner
+    check_curate(select, run, out, load=_model)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python flows/curate.py``: the options of ``kdata select`` (or ``--config`` with select/run/runner
     sections), plus the task runner."""
-    from kdata.pipeline.arguments import (
-        add_select_options,
-        config_from_args,
-        run_options_from_args,
-    )
+    from kdata.pipeline.arguments import add_select_options
 
     p = argparse.ArgumentParser(prog="flows/curate.py", description="Run the kdata curate flow once.")
     add_select_options(p)
@@ -370,14 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dask-workers", type=int, default=None, help="LocalCluster worker processes (--runner dask)")
     args = p.parse_args(argv)
     try:
+        from kdata.flows.inputs import check_prefect_api, runner_from_args, select_and_run
+
         data = load_config(args.config) if args.config else {}
         out = args.out or (data.get("curate") or {}).get("out") or DEFAULT_OUT
-        opts = run_options_from_args(args)
-        run = {"device": opts.device, "batch_size": opts.batch_size, "num_workers": opts.num_workers,
-               "cache": opts.cache, "card_dir": opts.card_dir, "trust_remote_code": opts.trust_remote_code}
-        select = config_from_args(args).to_dict()
-        check_inputs(select, run)
-        result = run_curate(select, out=out, run=run, runner=_runner(args, data))
+        select, run = select_and_run(args, data, where=args.config or "command line")
+        runner = runner_from_args(args, data, config=args.config)
+        check_prefect_api()
+        check_inputs(select, run, out)
+        result = run_curate(select, out=out, run=run, runner=runner)
     except KdataError as exc:
         print(f"curate: error: {exc}", file=sys.stderr)
         return exc.exit_code

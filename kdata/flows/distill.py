@@ -120,15 +120,16 @@ def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | Non
     """Every check that needs no training, before a flow run starts (one line, no Prefect traceback):
     the dataset ``data`` names (returned), the options, where the student goes, the student model
     and the eval set's source."""
-    from kdata.models.spec import load_model
+    from kdata.models.spec import load_model, pick_device
     from kdata.pools.spec import open_pool
 
+    if epochs is not None and epochs < 1:  # named alone: this command has no --batch-size
+        raise KdataError(f"--epochs {epochs}: must be at least 1")
+    pick_device(device)  # an unknown device, or cuda without one: one line
     shards = latest_dataset(data)
     text = text_run(shards, student, eval)
     if text is not None:
         student, eval = text
-        if epochs is not None and epochs < 1:
-            raise KdataError(f"--epochs {epochs}: must be at least 1")
     else:
         train_options(epochs=epochs, seed=seed, device=device)
     student_dir(shards, out, overwrite=True)  # a scheduled run replaces the last run's student in OUT
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
     try:
+        from kdata.flows.inputs import check_prefect_api
+
+        check_prefect_api()
         shards = check_inputs(data=a.data, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed,
                               device=a.device, out=a.out)
         r = distill(data=shards, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed, device=a.device,

@@ -157,7 +157,9 @@ def distill_task(curated: str, student: str, out: str, device: str, distill: dic
 
     log = train(Path(curated), student=student, out=Path(out), device=device,
                 train_config=TextTrainConfig(**d), eval_spec=ev)
-    return {k: log.get(k) for k in ("out", "n_train", "steps", "perplexity_before", "perplexity_after")}
+    keys = ("out", "n_train", "steps", "perplexity_before", "perplexity_after", "accuracy_before", "accuracy_after",
+            "eval")
+    return {**{k: log.get(k) for k in keys}, "metric": log.get("metric") or "perplexity"}
 
 
 @flow(name="generate", log_prints=True)
@@ -181,6 +183,7 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     logger = get_run_logger()
     cfg, run = _cfg(params), dict(run or {})
     check_config(cfg)
+    check_distill(cfg, distill)
     target_critic(cfg)  # an unreadable or image-score critic: one line before any model or shard
     device = str(pick_device(run.get("device", "auto")))
     teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
@@ -204,7 +207,13 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
         curated, student_out = f"{out}-curated", f"{out}-student"
         result["curated"] = select_task(out, cfg.teacher, cfg.student, curated, device, select)["counts"]
         if distill is not None:
-            result["student"] = distill_task(curated, cfg.student, student_out, device, distill)
+            from kdata.flows.distill import text_outcome
+
+            trained = distill_task(curated, cfg.student, student_out, device, distill)
+            result["student"] = {**trained, **text_outcome(trained, eval=trained.get("eval"))}
+            verdict = result["student"]
+            (logger.info if verdict["verdict"] == "improved" else logger.warning)("distill %s: %s", student_out,
+                                                                                 verdict["message"])
     return result
 
 
@@ -229,13 +238,45 @@ def main(argv: list[str] | None = None) -> int:
               "decode": {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
                          "seed": args.seed}}
     try:
-        from kdata.pipeline.generate import read_prompts
-
-        read_prompts(args.prompts)
+        check_inputs(params, device=args.device, distill=args.distill)
         result = generate(params=params, out=args.out, run={"device": args.device},
                           distill={} if args.distill else None)
     except KdataError as exc:
         print(f"generate: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(json.dumps(result, default=str))
+    if "student" in result:
+        print(f"generate: student {result['student']['out']}: {result['student']['message']}", file=sys.stderr)
     return 0
+
+
+def check_inputs(params: dict, *, device: str, distill: bool = False) -> None:
+    """Every check that needs no generation, before a flow run starts (one line, no Prefect traceback):
+    the Prefect API, the options (``check_config``), the critic and its cut, the device, the prompts
+    file, the teacher (loaded into this process's model cache, which the flow then reuses) and the
+    student's spec."""
+    from kdata.flows.inputs import check_prefect_api
+    from kdata.models.base import pick_device
+    from kdata.models.hf import text_model_path
+    from kdata.pipeline.generate import check_config, read_prompts
+    from kdata.pipeline.generate_run import target_critic
+
+    check_prefect_api()
+    cfg = _cfg(params)
+    check_config(cfg)
+    check_distill(cfg, {} if distill else None)
+    target_critic(cfg)
+    dev = str(pick_device(device))
+    read_prompts(cfg.prompts)
+    _model(cfg.teacher, device=dev, precision=cfg.precision)
+    if cfg.student:
+        path = text_model_path(cfg.student)
+        if not path.is_dir():
+            raise KdataError(f"--student {cfg.student}: model directory not found")
+
+
+def check_distill(cfg, distill: dict | None) -> None:
+    """Distilling needs a student to train (``--distill`` without ``--student`` is a usage error)."""
+    if distill is not None and not cfg.student:
+        raise KdataError("--distill trains the student on the curated candidates: give --student "
+                         "(hf:PATH or builtin:text-student)")

@@ -18,6 +18,7 @@ import os
 import sys
 
 from kdata.core.errors import KdataError
+from kdata.flows.inputs import check_api
 
 DEFAULT_CONFIG = "flows/config.yaml"
 
@@ -53,24 +54,6 @@ def deployments(config: str | os.PathLike) -> list:
     return out
 
 
-def check_api(*, timeout: float = 5.0) -> str | None:
-    """The Prefect API the deployments will register with, checked before serving: an address where
-    no server answers is one line naming it; None when none is set (Prefect then starts a
-    temporary server that lives only as long as this process)."""
-    import httpx
-    from prefect.settings import PREFECT_API_URL
-
-    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if not url:
-        return None
-    try:
-        httpx.get(url.rstrip("/") + "/health", timeout=timeout).raise_for_status()
-    except httpx.HTTPError as exc:
-        raise KdataError(f"PREFECT_API_URL {url}: no Prefect server answers there ({type(exc).__name__}); start one "
-                         "with `prefect server start`, or unset PREFECT_API_URL") from None
-    return url
-
-
 def serve_config(config: str | os.PathLike, *, limit: int | None = None) -> None:
     """Serve both deployments until interrupted (blocks)."""
     from prefect import serve
@@ -84,6 +67,9 @@ def serve_config(config: str | os.PathLike, *, limit: int | None = None) -> None
 
     runner = load_config(config).get("runner")
     if runner and runner.get("kind", "local") != "local":
+        from kdata.flows.inputs import check_runner_ready
+
+        check_runner_ready(runner, where=f"{config}: runner: address")
         os.environ["KDATA_FLOW_RUNNER"] = json.dumps(runner)  # inherited by the flow-run subprocesses
     deps = deployments(config)
     names = ", ".join(f"{dep.flow_name}/{dep.name}" for dep in deps)

@@ -213,6 +213,8 @@ def text_model_path(spec: str) -> Path:
         if not rest:
             raise KdataError("hf: give a local transformers directory, e.g. hf:models/my-lm")
         return Path(rest).expanduser()
+    if not is_text_spec(spec):
+        raise KdataError(f"{spec}: not a text model spec (hf:PATH or builtin:text-*)")
     from kdata.models import builtin_text  # written by the built-in text models (trains them on first use)
 
     return Path(builtin_text.model_dir(spec.split(":", 1)[1]))

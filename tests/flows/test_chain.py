@@ -168,7 +168,8 @@ def test_bad_curate_pool_is_one_line_exit_2(prefect_api, tmp_path):
     (["--out", "runs/curated-v1/student"], "inside the curated dataset runs/curated-v1"),
     (["--student", "builtin:nope"], "unknown built-in model 'builtin:nope'"),
     (["--eval", "no-such-eval-set"], "no-such-eval-set: pool not found"),
-    (["--epochs", "0"], "--epochs and --batch-size must be at least 1"),
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),  # only what was given: distill has no --batch-size
+    (["--device", "bogus"], "unknown device 'bogus'"),
     (["--data", "runs/curated-v9"], "--data runs/curated-v9: no such directory"),
 ])
 def test_bad_distill_input_is_one_line_before_any_flow_run(chained, capsys, monkeypatch, flags, says):

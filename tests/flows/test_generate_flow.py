@@ -15,7 +15,7 @@ import pytest
 
 from kdata.cli import main
 from kdata.dataset.writer import read_manifest, read_shards, verify
-from tests.helpers.text_models import tiny_lm
+from tests.helpers.text_models import tiny_lm, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,8 +54,9 @@ def test_generate_flow_end_to_end_with_cached_shards(flow_mod, tmp_path):
                  "--labels", str(_labels(tmp_path / "a", tmp_path / "labels.csv")), "--embedder", E,
                  "--out", str(crit), "--device", "cpu"]) == 0
 
+    held_out = write_jsonl(tmp_path / "held-out.jsonl", n=12)
     second = flow_mod.generate(params={**params, "critic": str(crit)}, out=str(tmp_path / "b"),
-                               run={"device": "cpu"}, distill={"epochs": 1, "eval": ""})
+                               run={"device": "cpu"}, distill={"epochs": 1, "eval": str(held_out)})
     assert second["shards"] == {"Cached": 3}  # same prompts and settings: no shard generated again
     b = tmp_path / "b"
     assert [f["sha256"] for f in read_manifest(b)["files"]] != [] and verify(b) == []
@@ -68,6 +69,13 @@ def test_generate_flow_end_to_end_with_cached_shards(flow_mod, tmp_path):
     assert second["curated"]["kept"] == c["kept"]
     assert Path(second["student"]["out"]).joinpath("model.safetensors").is_file()
     assert second["student"]["n_train"] == c["kept"]
+    # the student's verdict, worded as the distill flow words it (a worse student says WORSE)
+    st = second["student"]
+    before, after = st["perplexity_before"], st["perplexity_after"]
+    assert before is not None and after is not None and st["eval"] == str(held_out)
+    assert st["verdict"] == ("worse" if after > before else "improved" if after < before else "no gain")
+    assert st["worse"] is (after > before)
+    assert st["message"].startswith("WORSE: the student got worse" if after > before else ("improved", "NOT improved"))
 
 
 def test_shard_task_uses_the_shard_it_is_given_without_reading_the_prompts_file(flow_mod, tmp_path):
