@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdata.cli.common import emit_json
+from kdata.cli.common import add_dataset_dir, dataset_dir, emit_json
 
 
 def register(sub) -> None:
@@ -11,7 +11,7 @@ def register(sub) -> None:
                                    "class balance, scores, biases, how to load), its plots and DIR/report.html (a "
                                    "static page to browse kept and rejected samples) from manifest.json, "
                                    "decisions.parquet and the shards; record their checksums in the manifest.")
-    p.add_argument("dir", metavar="DIR", help="a curated dataset directory written by kdata select / demo / dedup / augment")
+    add_dataset_dir(p, help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--card-dir", default=None, metavar="DIR", help="also copy the card to DIR/<dataset-name>.md")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
@@ -20,7 +20,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from kdata.report.card import regenerate
 
-    result = regenerate(args.dir, card_dir=args.card_dir)
+    result = regenerate(dataset_dir(args, "card"), card_dir=args.card_dir)
     if args.json:
         emit_json(result)
     else:

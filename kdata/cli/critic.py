@@ -155,7 +155,7 @@ def by_reason(quarantined) -> dict[str, int]:
     """Quarantined rows counted by the kind of their reason (``too_long: N chars > M`` → ``too_long``)."""
     from collections import Counter
 
-    return dict(Counter(str(r).split(":", 1)[0] for _, r in quarantined).most_common())
+    return dict(Counter(str(r).split(":", 1)[0] for _, r, *_ in quarantined).most_common())
 
 
 def _reasons_text(counts: dict[str, int]) -> str:
@@ -215,7 +215,7 @@ def _labelled_unscored(args, labels: dict, quarantined, *, found: int) -> dict:
     and ``n_missing`` (not in it at all); one line when no labelled id was scored."""
     from kdata.core.errors import KdataError
 
-    q = [(sid, r) for sid, r in (quarantined or []) if sid in labels]
+    q = [(sid, r) for sid, r, *_ in (quarantined or []) if sid in labels]
     out = {"n_quarantined": len(q), "quarantined_by_reason": by_reason(q),
            "n_missing": len(labels) - found - len({sid for sid, _ in q})}
     if not found:
@@ -279,13 +279,13 @@ def apply_table(scores, prob, acc, *, texts, quarantined, pool):
     import numpy as np
     import pyarrow as pa
 
-    qids = [str(sid) for sid, _ in quarantined]
+    qids = [str(sid) for sid, *_ in quarantined]
     cols = {"sample_id": pa.concat_arrays([scores.column("sample_id").combine_chunks().cast(pa.string()),
                                            pa.array(qids, pa.string())]),
             "p_accept": pa.concat_arrays([pa.array(prob, pa.float32()), pa.nulls(len(qids), pa.float32())]),
             "accept": pa.concat_arrays([pa.array(np.asarray(acc, dtype=bool)),
                                         pa.array([False] * len(qids), pa.bool_())]),
-            "reason": pa.array([None if a else "critic_reject" for a in acc] + [str(r) for _, r in quarantined],
+            "reason": pa.array([None if a else "critic_reject" for a in acc] + [str(r) for _, r, *_ in quarantined],
                                pa.string())}
     if texts is not None:
         cols["text"] = pa.array(list(texts) + _pool_texts(pool, qids), pa.string())

@@ -6,7 +6,7 @@ unreadable); exit 2 for usage errors (no dataset at DIR, unknown ``--sample-id``
 
 from __future__ import annotations
 
-from kdata.cli.common import emit_json
+from kdata.cli.common import add_dataset_dir, dataset_dir, emit_json
 
 
 def register(sub) -> None:
@@ -15,9 +15,9 @@ def register(sub) -> None:
                                    "balance, score quantiles, teacher/student agreement, the sha256 of every shard "
                                    "checked against the manifest (exit 1 when one fails), the data card's state "
                                    "and example rows.")
-    p.add_argument("dir", metavar="DIR", help="a curated dataset directory written by kdata select / demo / dedup / augment")
+    add_dataset_dir(p, help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--examples", type=int, default=5, help="example rows to show (kept and rejected)")
+    p.add_argument("--examples", type=int, default=5, metavar="N", help="example rows to show (kept and rejected; ≥ 0)")
     p.add_argument("--sample-id", default=None, metavar="ID", help="show one sample: its decision, reason and scores")
     p.add_argument("--grid", default=None, metavar="OUT.png",
                    help="write a thumbnail grid of the best-ranked kept and most clearly rejected images")
@@ -28,6 +28,9 @@ def run(args) -> int:
     from kdata.core.errors import KdataError
     from kdata.report.inspect import sample, summarise
 
+    if args.examples < 0:
+        raise KdataError(f"--examples {args.examples}: must be a whole number ≥ 0 (example rows per table)")
+    args.dir = dataset_dir(args, "inspect")
     if args.sample_id is not None:
         row = sample(args.dir, args.sample_id)
         if args.json:
@@ -170,13 +173,15 @@ def _class_balance(s: dict, console) -> None:
     from kdata.report.inspect import balance_highlights
 
     t = Table(title="class balance (teacher prediction; web label where known)", title_justify="left")
-    for col in ("class", "pool label", "pool teacher", "kept", "kept share"):
+    generated = any(r.get("generated_teacher") is not None for r in bal)  # HARD rows, apart from the kept samples
+    for col in ("class", "pool label", "pool teacher", "kept", "kept share") + (("generated",) if generated else ()):
         t.add_column(col, justify="right")
     kept_total = sum(r["kept_teacher"] or 0 for r in bal) or 1
     shown, line = balance_highlights(bal)  # above 40 classes: the ones that moved most (--json has all)
     for r in shown:
         t.add_row(r["class"], _f(r["pool_label"]), _f(r["pool_teacher"]), _f(r["kept_teacher"]),
-                  f"{100 * (r['kept_teacher'] or 0) / kept_total:.1f}%")
+                  f"{100 * (r['kept_teacher'] or 0) / kept_total:.1f}%",
+                  *((_f(r["generated_teacher"]),) if generated else ()))
     if line:
         console.print(line)
     console.print(t)
@@ -185,7 +190,8 @@ def _class_balance(s: dict, console) -> None:
 def _score_quantiles(s: dict, console) -> None:
     from rich.table import Table
 
-    t = Table(title="score quantiles (kept | rejected)", title_justify="left")
+    generated = any(by.get("generated") for by in s["score_quantiles"].values())
+    t = Table(title="score quantiles (kept | rejected" + (" | generated)" if generated else ")"), title_justify="left")
     t.add_column("score")
     t.add_column("rows")
     for name in ("n", "min", "p05", "p50", "p95", "max"):

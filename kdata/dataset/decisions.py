@@ -44,13 +44,14 @@ CARRIED += ("teacher_nll", "student_nll", "reference_nll")
 
 
 def build_decisions(rows: pa.Table, *, decision, reason, stage, class_names: list[str] | None = None,
-                    scores: dict | None = None, quarantined: list[tuple[str, str]] = ()) -> pa.Table:
+                    scores: dict | None = None, quarantined: list[tuple] = ()) -> pa.Table:
     """The decisions table of any run: one row per row of ``rows``, then one per quarantined sample.
 
     ``decision``/``reason``/``stage`` are per-row sequences; the rows' labels and predictions are
     carried along (``label`` from ``label`` or from ``label_idx`` and ``class_names``), plus
-    per-method ``scores`` as float32 columns. Quarantined samples get ``reason = unreadable`` and
-    their error.
+    per-method ``scores`` as float32 columns. Quarantined samples are ``(sample_id, error)`` or
+    ``(sample_id, error, label)``: they get ``reason = unreadable``, their error and, where the pool
+    reader knew it (an ImageFolder's folder name), their web ``label`` and ``label_idx``.
     """
     import numpy as np
 
@@ -77,9 +78,15 @@ def build_decisions(rows: pa.Table, *, decision, reason, stage, class_names: lis
     if not quarantined:
         return table
     q = len(quarantined)
-    qt = pa.table({"sample_id": pa.array([s for s, _ in quarantined], pa.string()),
-                   "decision": pa.array([QUARANTINED] * q, pa.string()),
-                   "reason": pa.array(["unreadable"] * q, pa.string()),
-                   "stage": pa.array(["score"] * q, pa.string()),
-                   "error": pa.array([e for _, e in quarantined], pa.string())})
-    return pa.concat_tables([table, qt], promote_options="default")
+    labels = [e[2] if len(e) > 2 else None for e in quarantined]
+    qt = {"sample_id": pa.array([e[0] for e in quarantined], pa.string()),
+          "decision": pa.array([QUARANTINED] * q, pa.string()),
+          "reason": pa.array(["unreadable"] * q, pa.string()),
+          "stage": pa.array(["score"] * q, pa.string()),
+          "error": pa.array([e[1] for e in quarantined], pa.string())}
+    if any(v is not None for v in labels):
+        index = {c: i for i, c in enumerate(class_names or ())}  # a label the classes lack: −1, as when scored
+        qt["label"] = pa.array(labels, pa.string())
+        qt["label_idx"] = pa.array([None if v is None else index.get(v, -1) for v in labels],
+                                   table.schema.field("label_idx").type if "label_idx" in cols else pa.int32())
+    return pa.concat_tables([table, pa.table(qt)], promote_options="default")

@@ -7,7 +7,9 @@ so they get the same manifest, decisions table, data card and ``RunReport`` as `
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +73,11 @@ def read_source(shards: str, *, out: str) -> Source:
             raise KdataError(f"{p}: shard listed in the manifest is missing")
         validate_shard(pq.read_schema(p), where=str(p))
     rows = read_shards(src)
-    if "rank" in rows.column_names and rows.column("rank").null_count == 0:
-        rows = rows.take(pa.array(np.argsort(rows.column("rank").to_numpy(), kind="stable")))
+    if "rank" in rows.column_names and rows.column("rank").null_count < rows.num_rows:
+        # rank order; unranked rows (HARD's generated rows) after the ranked ones, in shard order
+        unranked = rows.column("rank").is_null().to_numpy(zero_copy_only=False)
+        rank = np.nan_to_num(rows.column("rank").to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
+        rows = rows.take(pa.array(np.lexsort((rank, unranked))))  # stable: ties keep their shard order
     ids = rows.column("sample_id").to_pylist()
     if len(set(ids)) != len(ids):
         raise KdataError(f"{shards}: sample ids are not unique")
@@ -144,26 +149,123 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
                 raise KdataError(f"{shards}: semantic dedup of shards needs image payloads")
             dev = pick_device(device)
             emb = embed_images(table.column("image").to_pylist(), load_model(teacher, device=dev), device=dev)
-        res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb, threshold=threshold,
-                           frac=frac, seed=seed, **defaults)
+        ranked = partial(_ranked_rows, level=level, hashes=hashes, pixels=pixels, embeddings=emb, seed=seed,
+                         defaults=defaults)
+        reason, info = _dedup_reasons(table, ranked, threshold=threshold, frac=frac)
         if text and level != "exact":
-            collapse_warning(res.info, embedder=embedder, frac=frac)
-        dup = res.dup_of >= 0
-        ids = table.column("sample_id").to_pylist()
-        decisions = build_decisions(table, decision=np.where(dup, REJECTED, KEPT),
-                                    reason=[f"duplicate_of:{ids[d]}" if d >= 0 else None for d in res.dup_of],
-                                    stage=["dedup" if d else None for d in dup])
-        kept = table.filter(pa.array(~dup))
-        if "rank" in kept.column_names:
-            kept = kept.set_column(kept.schema.get_field_index("rank"), "rank",
-                                   pa.array(np.arange(kept.num_rows, dtype=np.int32)))
-        output = Output(rows=kept, decisions=decisions, config=cfg, config_hash=chash,
-                        models=source.manifest.get("models", {}), meta=source.meta,
-                        extra={**source.carried(), "dedup": res.info}, rows_per_shard=_rows_per_shard(source),
-                        info={"dedup": res.info})
+            collapse_warning(info, embedder=embedder, frac=frac)
+        gone = np.array([r is not None for r in reason], dtype=bool)
+        decisions = build_decisions(table, decision=np.where(gone, REJECTED, KEPT), reason=reason,
+                                    stage=["dedup" if g else None for g in gone])
+        extra = {**source.carried(), "dedup": info}
+        if (hard := _carried_hard(source.manifest, table, reason)) is not None:
+            extra["hard"] = hard
+        output = Output(rows=_renumber(table.filter(pa.array(~gone))), decisions=decisions, config=cfg,
+                        config_hash=chash, models=source.manifest.get("models", {}), meta=source.meta,
+                        extra=extra, rows_per_shard=_rows_per_shard(source), info={"dedup": info})
         report = write_output(out, output)
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def _dedup_reasons(table: pa.Table, ranked, *, threshold: float | None, frac: float | None
+                   ) -> tuple[list[str | None], dict]:
+    """Each row's rejection reason (None: kept) and what dedup did; ``ranked(rows, threshold=, frac=)``
+    deduplicates the rows ``rows`` (``dedup_ranked`` on their features, in rank order).
+
+    Without HARD rows, one pass: the better-ranked copy survives (``duplicate_of:<id>``). A HARD row is
+    derived from its parent (``parent_id``), so with them the originals are deduplicated first, on
+    their own; a generated row whose parent went is removed with it (``parent_removed``); the other
+    generated rows are then compared with the surviving originals and each other (the threshold
+    ``--dedup-frac`` resolved to on the originals), and only they can go in that second pass. So every
+    ``duplicate_of`` names a kept row, and no kept row points at a parent outside the dataset.
+    """
+    ids = table.column("sample_id").to_pylist()
+    n = len(ids)
+    child, parent = _hard_children(table, ids)
+    originals = np.flatnonzero(~child)
+    dup, level_of, info = _pass(ranked, originals, n, threshold=threshold, frac=frac)
+    reason = [f"duplicate_of:{ids[d]}" if d >= 0 else None for d in dup]
+    if not child.any():
+        return reason, info
+    orphan = child & (dup[np.maximum(parent, 0)] >= 0)
+    rest = np.flatnonzero((dup < 0) & ~orphan)
+    t = info.get("semantic_threshold")
+    dup2, level2, _ = _pass(ranked, rest, n, threshold=threshold if frac is None else t,
+                            frac=None if frac is None or t is not None else 0.0)
+    for i in np.flatnonzero(child & (dup2 >= 0)):  # second pass: only generated rows can go
+        reason[i], level_of[i] = f"duplicate_of:{ids[dup2[i]]}", level2[i]
+    for i in np.flatnonzero(orphan):
+        reason[i] = "parent_removed"
+    info["removed"] = {lv: int(sum(x == lv for x in level_of)) for lv in info["removed"]}
+    info.update(n_in=n, kept=sum(r is None for r in reason),
+                hard_rows={"generated": int(child.sum()), "parent_removed": int(orphan.sum()),
+                           "duplicates": int((child & (dup2 >= 0)).sum())})
+    return reason, info
+
+
+def _ranked_rows(rows: np.ndarray, *, threshold, frac, level: str, hashes: list, pixels, embeddings, seed: int,
+                 defaults: dict):
+    """``dedup_ranked`` over the rows ``rows`` of the table's features."""
+    def pick(a):
+        return None if a is None else a[rows]
+
+    return dedup_ranked(level=level, hashes=[hashes[i] for i in rows], pixels=pick(pixels), embeddings=pick(embeddings),
+                        threshold=threshold, frac=frac, seed=seed, **defaults)
+
+
+def _pass(ranked, rows: np.ndarray, n: int, *, threshold, frac) -> tuple[np.ndarray, list, dict]:
+    """One dedup pass over ``rows`` (ascending = rank order): ``dup_of`` and the level that removed each
+    row, indexed like the whole table (−1 / None outside ``rows``), and the pass's info."""
+    res = ranked(rows, threshold=threshold, frac=frac)
+    dup, level_of = np.full(n, -1, np.int64), [None] * n
+    hit = res.dup_of >= 0
+    dup[rows[hit]] = rows[res.dup_of[hit]]
+    for i, lv in zip(rows[hit].tolist(), res.level_of[hit].tolist()):
+        level_of[i] = lv
+    return dup, level_of, res.info
+
+
+def _hard_children(table: pa.Table, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows HARD generated from a parent that is in ``table`` too, and that parent's row (−1: none)."""
+    n = len(ids)
+    if "kind" not in table.column_names or "parent_id" not in table.column_names:
+        return np.zeros(n, bool), np.full(n, -1)
+    row = {s: i for i, s in enumerate(ids)}
+    parent = np.array([row.get(p, -1) if k == "synthetic" and p is not None else -1 for k, p in
+                       zip(table.column("kind").to_pylist(), table.column("parent_id").to_pylist())], dtype=np.int64)
+    return parent >= 0, parent
+
+
+def _renumber(kept: pa.Table) -> pa.Table:
+    """Ranks 0, 1, … over the kept ranked rows, in order; unranked rows (HARD's generated rows) stay null.
+    A dataset none of whose rows is ranked is ranked in shard order, as it always was."""
+    if "rank" not in kept.column_names:
+        return kept
+    ranked = ~kept.column("rank").is_null().to_numpy(zero_copy_only=False)
+    ranked |= not ranked.any()
+    rank = np.full(kept.num_rows, -1, np.int32)
+    rank[ranked] = np.arange(int(ranked.sum()), dtype=np.int32)
+    return kept.set_column(kept.schema.get_field_index("rank"), "rank",
+                           pa.array(rank, mask=None if ranked.all() else ~ranked))
+
+
+def _carried_hard(manifest: dict, table: pa.Table, reason: list[str | None]) -> dict | None:
+    """The manifest's ``hard`` section of a dataset deduplicated from one with HARD rows: how they were
+    generated (mode, ``param_names`` — the order of ``hard_params`` —, bounds and ranges, config, critic
+    and threshold, rates), the generated-row counts of the source (``source_counts``) and the synthetic
+    rows as they stand now (``rows``). No ``counts``: that key accounts for rows a run generated, and
+    dedup generates none (the synthetic rows it read are inputs, with a decision each)."""
+    hard = manifest.get("hard")
+    if not isinstance(hard, dict):
+        return None
+    kinds = table.column("kind").to_pylist() if "kind" in table.column_names else []
+    synth = [r for k, r in zip(kinds, reason) if k == "synthetic"]
+    by = Counter(r.split(":", 1)[0] for r in synth if r is not None)
+    return {**{k: v for k, v in hard.items() if k not in ("counts", "excluded_file", "rows")},
+            "source_counts": hard.get("source_counts", hard.get("counts")),
+            "rows": {"synthetic": len(synth), "kept": len(synth) - sum(by.values()), "removed": sum(by.values()),
+                     "removed_by_reason": dict(sorted(by.items()))}}
 
 
 def _is_text(table: pa.Table) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kdata.report.markdown import fmt
 
-__all__ = ["METHOD_BIASES", "bias_lines"]
+__all__ = ["METHOD_BIASES", "bias_lines", "hard_count"]
 
 # method → what it over- and under-keeps (the algorithm is in kdata.selection.methods.<name>)
 METHOD_BIASES = {
@@ -83,6 +83,18 @@ def _coverage_cut(cov: dict) -> str:
     return f" In this run {cov['tail_cut']:,} candidates were cut as the least typical."
 
 
+def hard_count(m: dict) -> int | None:
+    """K, the generated rows HARD was asked for per original row: ``kdata select --hard K`` records
+    ``config.hard`` as K, ``kdata augment`` as its whole HARD config (K is its ``per_sample``); both
+    record K in the manifest's ``hard.config.per_sample``, which a dataset derived from a HARD one keeps."""
+    h = (m.get("config") or {}).get("hard")
+    if isinstance(h, dict):
+        h = h.get("per_sample")
+    if h is None and isinstance(m.get("hard"), dict):
+        h = (m["hard"].get("config") or {}).get("per_sample")
+    return h if isinstance(h, int) and not isinstance(h, bool) else None
+
+
 def bias_lines(k: dict, cfg: dict) -> list[str]:
     """The section's lines from the card's ``kdata`` block ``k`` and the run's config ``cfg``."""
     methods = list(k.get("methods") or [])
@@ -111,6 +123,6 @@ def bias_lines(k: dict, cfg: dict) -> list[str]:
                  "(the default recipe: the one with the smaller permanent random number), so the ranker's "
                  "preferences decide which variant remains.")
     if k.get("hard"):
-        L.append(f"- **Generated rows.** {k['hard']} HARD augmentations were requested where teacher and student "
-                 "disagree; they over-represent the augmentation model's transforms.")
+        L.append(f"- **Generated rows.** {k['hard']} HARD augmentations per original row were requested where "
+                 "teacher and student disagree; they over-represent the augmentation model's transforms.")
     return L + [""]

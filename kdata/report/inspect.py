@@ -21,6 +21,13 @@ from kdata.dataset.schema import KEPT, QUARANTINED, REJECTED, SCORE_PREFIX
 from kdata.core.errors import KdataError
 from kdata.dataset.integrity import inside
 from kdata.dataset.writer import read_manifest, shard_paths, verify
+# class balance and the generated (HARD) rows live beside the card's table; summaries here use them
+from kdata.report.card_balance import MAX_BALANCE_ROWS, balance_highlights, class_balance, generated_rows
+
+__all__ = ["MAX_BALANCE_ROWS", "Run", "agreement", "balance_highlights", "card_status", "class_balance",
+           "decision_counts", "examples", "generated_rows", "load_run", "pick_rejected", "primary_score",
+           "quarantined_rows", "reason_group", "rejected_examples", "sample", "score_columns", "score_quantiles",
+           "summarise"]
 
 QUANTILES = (("min", 0.0), ("p05", 0.05), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("p95", 0.95), ("max", 1.0))
 # score columns decisions.parquet holds for every scored row (besides score_<method>)
@@ -105,10 +112,8 @@ def decision_counts(run: Run) -> dict:
     out["rejected_by_reason_group"] = dict(sorted(grouped.items(), key=lambda kv: (-kv[1], kv[0])))
     out["critic_rejected"] = sum(n for r, n in out["rejected_by_reason"].items() if r.startswith("critic"))
     in_shards = c.get("generated_kept")
-    if in_shards is None and run.shards is not None and "kind" in run.shards.column_names:
-        decided = set(run.decisions.column("sample_id").to_pylist()) if run.decisions is not None else set()
-        in_shards = sum(1 for k, s in zip(run.shards.column("kind").to_pylist(), run.shards.column("sample_id").to_pylist())
-                        if k == "synthetic" and s not in decided)  # rows with a decision are inputs (kdata generate)
+    if in_shards is None and run.shards is not None:
+        in_shards = int(generated_rows(run).sum())
     out["generated"] = int(c.get("generated") or in_shards or 0)  # HARD rows generated
     out["generated_kept"] = int(in_shards or 0)  # ... of which accepted by the critic (in the shards)
     out["generated_rejected"] = int(c.get("generated_rejected") or 0)
@@ -122,56 +127,6 @@ def decision_counts(run: Run) -> dict:
             by_stage.setdefault(key or "?", Counter())[d] += n
     out["by_stage"] = {k: dict(v) for k, v in by_stage.items()}
     return out
-
-
-def class_balance(run: Run) -> list[dict]:
-    """Per class: web label in the pool, teacher prediction in the pool (scored rows), kept rows."""
-    n_cls = len(run.class_names)
-    pool_label = pool_pred = None
-    if run.decisions is not None:
-        scored = run.decisions.filter(pc.not_equal(run.decisions.column("decision"), QUARANTINED))
-        if "label_idx" in scored.column_names:
-            li = _col(scored, "label_idx")
-            li = li[~_isnull(scored, "label_idx")].astype(np.int64)
-            li = li[li >= 0]
-            pool_label = np.bincount(li, minlength=n_cls) if len(li) else None
-        tp = _col(scored, "teacher_pred")
-        tp = tp[~_isnull(scored, "teacher_pred")].astype(np.int64)
-        pool_pred = np.bincount(tp, minlength=n_cls)
-    kept = None
-    if run.shards is not None:
-        kp = _col(run.shards, "teacher_pred")
-        kp = kp[~_isnull(run.shards, "teacher_pred")].astype(np.int64)
-        kept = np.bincount(kp, minlength=n_cls)
-    n = max([len(x) for x in (pool_label, pool_pred, kept) if x is not None] + [n_cls])
-    rows = []
-    for i in range(n):
-        get = (lambda a: int(a[i]) if a is not None and i < len(a) else None)
-        rows.append({"class": run.class_name(i), "pool_label": get(pool_label), "pool_teacher": get(pool_pred),
-                     "kept_teacher": get(kept)})
-    return rows
-
-
-MAX_BALANCE_ROWS = 40  # above this many classes, summaries show the classes that moved most
-
-
-def balance_highlights(bal: list[dict], *, limit: int = MAX_BALANCE_ROWS) -> tuple[list[dict], str | None]:
-    """The class-balance rows worth printing: all of them up to ``limit`` classes; above that the
-    ``limit`` classes whose share of kept rows moved most against the pool (teacher prediction, in
-    class order) and a one-line summary of the spread. A table of thousands of classes says less."""
-    tot_k = sum(r["kept_teacher"] or 0 for r in bal)
-    tot_p = sum(r["pool_teacher"] or 0 for r in bal)
-    if len(bal) <= limit or not tot_k or not tot_p:
-        return bal, None
-    kept = np.array([r["kept_teacher"] or 0 for r in bal], np.float64) / tot_k
-    pool = np.array([r["pool_teacher"] or 0 for r in bal], np.float64) / tot_p
-    order = np.argsort(kept - pool, kind="stable")
-    shown = [bal[i] for i in sorted(set(order[:limit // 2].tolist()) | set(order[-(limit - limit // 2):].tolist()))]
-    line = (f"{len(bal)} classes. Share of kept rows per class (teacher prediction): min {100 * kept.min():.2f}%, "
-            f"median {100 * np.median(kept):.2f}%, max {100 * kept.max():.2f}%; {int((kept == 0).sum())} classes "
-            f"with no kept row (in the pool by teacher prediction: {int((pool == 0).sum())}). "
-            f"The {len(shown)} classes whose share moved most:")
-    return shown, line
 
 
 def _isnull(t: pa.Table, name: str) -> np.ndarray:
@@ -202,35 +157,47 @@ def score_quantiles(run: Run) -> dict:
         for c in score_columns(run):
             v = _col(run.decisions, c).astype(np.float64)
             out[c] = {d: _quantiles(v[dec == d]) for d in (KEPT, REJECTED)}
-    if run.shards is not None:
+    if run.shards is not None:  # kept-only statistics from the shards: the kept inputs, generated rows apart
+        g = generated_rows(run)
         extra = [c for c in run.shards.column_names if c.startswith(SCORE_PREFIX) and c not in out]
-        for c in extra + [c for c in SHARD_SCORES + DECISION_SCORES if c not in out]:
+        for c in list(out) + extra + [c for c in SHARD_SCORES + DECISION_SCORES if c not in out]:
             if c in run.shards.column_names:
-                out[c] = {KEPT: _quantiles(_col(run.shards, c).astype(np.float64)), REJECTED: None}
+                v = _col(run.shards, c).astype(np.float64)
+                out[c] = out.get(c) or {KEPT: _quantiles(v[~g]), REJECTED: None}
+                if g.any():
+                    out[c]["generated"] = _quantiles(v[g])
     return out
 
 
 def agreement(run: Run) -> dict:
-    """Teacher/student top-1 agreement (and teacher/web-label agreement) on kept and on all scored rows.
-    None of it for causal LMs: a sequence has no top-1 class (its per-token scores are elsewhere)."""
+    """Teacher/student top-1 agreement (and teacher/web-label agreement) on all scored, kept and rejected
+    rows, and on the generated rows apart (their label is their parent's web label). None of it for
+    causal LMs: a sequence has no top-1 class (its per-token scores are elsewhere)."""
     out = {}
     if (run.manifest.get("scoring") or {}).get("kind") == "causal_lm":
         return out
+    g = generated_rows(run)
     if run.decisions is not None:
         d = run.decisions.filter(pc.not_equal(run.decisions.column("decision"), QUARANTINED))
         dec = np.array(d.column("decision").to_pylist(), dtype=object)
-        tp, sp = _col(d, "teacher_pred"), _col(d, "student_pred")
-        li = _col(d, "label_idx") if "label_idx" in d.column_names else np.full(len(tp), -1)
-        li = np.where(_isnull(d, "label_idx"), -1, li) if "label_idx" in d.column_names else li
         for name, m in (("all_scored", np.ones(len(dec), bool)), (KEPT, dec == KEPT), (REJECTED, dec == REJECTED)):
-            has_label = m & (li >= 0)
-            out[name] = {"n": int(m.sum()),
-                         "teacher_student": float(np.mean(tp[m] == sp[m])) if m.any() else None,
-                         "teacher_label": float(np.mean(tp[has_label] == li[has_label])) if has_label.any() else None}
+            out[name] = _agree(d, m)
+        if g.any():
+            out["generated"] = _agree(run.shards, g)
     elif run.shards is not None:
-        a = _col(run.shards, "agree")
+        a = _col(run.shards, "agree")[~g]
         out[KEPT] = {"n": len(a), "teacher_student": float(np.mean(a)) if len(a) else None, "teacher_label": None}
     return out
+
+
+def _agree(t: pa.Table, m: np.ndarray) -> dict:
+    """Agreement over the rows ``m`` of ``t`` (decisions or shards)."""
+    tp, sp = _col(t, "teacher_pred"), _col(t, "student_pred")
+    li = np.where(_isnull(t, "label_idx"), -1, _col(t, "label_idx")) if "label_idx" in t.column_names \
+        else np.full(len(tp), -1)
+    has_label = m & (li >= 0)
+    return {"n": int(m.sum()), "teacher_student": float(np.mean(tp[m] == sp[m])) if m.any() else None,
+            "teacher_label": float(np.mean(tp[has_label] == li[has_label])) if has_label.any() else None}
 
 
 def card_status(run: Run) -> dict:
@@ -255,7 +222,8 @@ def examples(run: Run, n: int) -> list[dict]:
     cols = [c for c in ("sample_id", "label", "teacher_pred", "student_pred", "teacher_conf", "kl_ts", "rank")
             if c in run.shards.column_names]
     cols += [c for c in run.shards.column_names if c.startswith(SCORE_PREFIX)]
-    return run.shards.select(cols).slice(0, n).to_pylist()
+    kept = run.shards.select(cols).filter(pa.array(~generated_rows(run)))  # not the rows HARD generated
+    return kept.slice(0, n).to_pylist()
 
 
 def rejected_examples(run: Run, n: int) -> list[dict]:
@@ -390,7 +358,7 @@ def sample(out: str | Path, sample_id: str) -> dict:
                 if row.get(k) is not None:
                     row[k] = f"<{len(row[k])} bytes>"
             found["shard_row"] = row
-            found.setdefault("decision", KEPT)
+            found.setdefault("decision", "generated" if row.get("kind") == "synthetic" else KEPT)  # HARD rows
     if "decision" not in found:
         raise KdataError(f"{run.out}: no sample with id '{sample_id}' in decisions.parquet or the shards")
     tp = (found.get("shard_row") or found.get("decision_row") or {}).get("teacher_pred")

@@ -111,12 +111,13 @@ def read_unit_entry(path: Path, qpath: Path, unit: str, *, check_schema: Callabl
         return None
     quarantined = fields.get("quarantined")
     if not _count(fields.get("n_in")) or not isinstance(quarantined, list) or \
-            not all(isinstance(q, list) and len(q) == 2 and all(isinstance(x, str) for x in q) for q in quarantined):
+            not all(isinstance(q, list) and len(q) in (2, 3) and all(isinstance(x, str) for x in q[:2])
+                    and (len(q) == 2 or q[2] is None or isinstance(q[2], str)) for q in quarantined):
         raise DamagedEntry(qpath, "does not record the unit's n_in and quarantined samples")
     if fields.get("unit") != unit:
         raise DamagedEntry(qpath, f"belongs to unit {fields.get('unit')!r}, not {unit!r}")
     check_parquet(path, fields, check_schema or (lambda schema: validate_scores(schema, where=str(path))))
-    return [(a, b) for a, b in quarantined], fields["n_in"]
+    return [tuple(q) for q in quarantined], fields["n_in"]  # (sample_id, error[, web label])
 
 
 def drop_entry(lock: Lock, path: Path, marker: Path) -> None:

@@ -250,7 +250,7 @@ class ScoringRun:
                 compute.wait_event(ready.event)
                 for v in x.values():
                     v.record_stream(compute)  # made on the preparing stream: not reused before the forward ends
-        st.quarantined += [(ids[j], err) for j, err in bad]
+        st.quarantined += [(ids[j], err, out["labels"][j]) for j, err in bad]  # the web label stays on record
         rows = np.asarray(rows, dtype=np.int64) + out["start"]
         self.info["batches"] += 1
         if not len(rows):

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -165,3 +166,32 @@ def test_critic_apply_reads_its_critic_positionally():
     args = build_parser().parse_args(["critic", "apply", "crit/", "--scores-from", "builtin:digits-web",
                                       "--out", "a.csv"])
     assert args.critic == "crit/"
+
+
+@pytest.mark.parametrize("command", ["inspect", "card"])
+def test_inspect_and_card_still_take_the_old_shards_spelling(small_run, tmp_path, capsys, command):
+    """docs/cli.md: ``--shards DIR`` still works for the commands that read a dataset, with one note."""
+    data = tmp_path / "curated"
+    shutil.copytree(small_run, data)
+    capsys.readouterr()
+    assert main([command, "--shards", str(data), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"kdata: note: --shards is deprecated; write `kdata {command} {data} …`\n"
+    assert json.loads(out)
+    assert main([command, str(data), "--shards", str(small_run)]) == 2
+    assert "give the dataset directory once" in capsys.readouterr().err
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kdata: error: kdata {command}: give the dataset directory: kdata {command} DIR …\n"
+    p = next(sub for name, sub in _commands(build_parser()) if name == (command,))
+    assert "--shards" not in p.format_help()
+
+
+def test_inspect_refuses_a_negative_example_count(small_run, capsys):
+    capsys.readouterr()
+    assert main(["inspect", str(small_run), "--examples", "-3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "kdata: error: --examples -3: must be a whole number ≥ 0 (example rows per table)\n"
+    assert main(["inspect", str(small_run), "--examples", "0", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["examples"] == [] and s["rejected_examples"] == []
