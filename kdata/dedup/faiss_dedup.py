@@ -176,25 +176,75 @@ def check_options(level: str | None, *, threshold: float | None = None, frac: fl
     return level
 
 
+def _rows(name: str, value, *, vectors: bool) -> tuple[int, object]:
+    """(rows, value as a float32 matrix for ``vectors``): one KdataError line for a bad input."""
+    if not vectors:
+        try:
+            return len(value), value
+        except TypeError:
+            raise KdataError(f"dedup: {name} must be a sequence (one per row), got {type(value).__name__}") from None
+    try:
+        x = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise KdataError(f"dedup: {name} must be a numeric array, rows × dims ({str(exc).splitlines()[0]})") from None
+    if x.ndim != 2 or (len(x) and not x.shape[1]):
+        raise KdataError(f"dedup: {name} must be a 2-D array, rows × dims (got shape {x.shape})")
+    bad = ~np.isfinite(x).all(1)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise KdataError(f"dedup: {name} row {r} is not finite ({x[r][~np.isfinite(x[r])][0]}); "
+                         f"NaN/inf in {int(bad.sum())} of {len(x)} rows, which cosine similarity cannot compare")
+    return len(x), x
+
+
+def _check_inputs(level: str, given: dict) -> tuple[int, dict, list[str]]:
+    """(n, the inputs checked, levels skipped): the deepest level's input is required, the levels
+    before it run when their input is given; every input given has one row per ranked row."""
+    need = {"exact": "hashes", "near": "pixels", "semantic": "embeddings"}
+    if given[need[level]] is None:
+        what = {"hashes": "hashes (one per row, e.g. sha256 of the payload)", "pixels": "pixels (a vector per row)",
+                "embeddings": "embeddings (a model-feature vector per row)"}[need[level]]
+        raise KdataError(f"dedup: level '{level}' needs {what}")
+    rows, checked, skipped = {}, {}, []
+    for lvl in LEVELS[:LEVELS.index(level) + 1]:
+        name = need[lvl]
+        if given[name] is None:
+            skipped.append(f"{lvl} (no {name} given)")
+            continue
+        rows[name], checked[name] = _rows(name, given[name], vectors=name != "hashes")
+    if len(set(rows.values())) > 1:
+        raise KdataError("dedup: inputs differ in length (" + ", ".join(f"{k} {v} rows" for k, v in rows.items())
+                         + "); give one entry per ranked row")
+    return next(iter(rows.values())), checked, skipped
+
+
 def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, embeddings: np.ndarray | None = None,
                  threshold: float | None = None, frac: float | None = None, seed: int = 0,
                  n_clusters: int | None = None, near_default: float = NEAR_THRESHOLD,
                  semantic_default: float = SEMANTIC_THRESHOLD) -> DedupResult:
     """Deduplicate rows given in rank order (best first) at ``level`` (and the levels before).
 
-    ``hashes`` for exact, plus ``pixels`` (near-dup embeddings) for near, plus ``embeddings``
-    (model features) for semantic. ``threshold`` applies to the deepest level (near or semantic);
-    the others use ``near_default`` / ``semantic_default`` (text: ``kdata.dedup.text``).
+    ``hashes`` for exact, ``pixels`` (near-dup vectors) for near, ``embeddings`` (model features) for
+    semantic. The deepest level's input is required; a level before it whose input is left out
+    (``None``) is skipped and listed in ``info["skipped"]`` — so ``dedup_ranked(level="semantic",
+    embeddings=E)`` is SemDeDup alone on your own embeddings. Inputs given must have one entry per
+    row; vectors must be finite 2-D arrays (else one KdataError line naming the input and row).
+    ``threshold`` applies to the deepest level (near or semantic); the others use ``near_default`` /
+    ``semantic_default`` (text: ``kdata.dedup.text``).
     """
     level = check_options(level, threshold=threshold, frac=frac)
-    n = len(hashes)
-    dup_of = exact_groups(hashes)
+    if level is None:
+        raise KdataError("dedup: level must be one of exact, near, semantic")
+    n, given, skipped = _check_inputs(level, {"hashes": hashes, "pixels": pixels, "embeddings": embeddings})
+    dup_of = exact_groups(given["hashes"]) if "hashes" in given else np.full(n, -1, dtype=np.int64)
     level_of = np.where(dup_of >= 0, "exact", None).astype(object)
-    info: dict = {"level": level, "n_in": n, "removed": {"exact": int((dup_of >= 0).sum())}}
-    if level in ("near", "semantic"):
+    info: dict = {"level": level, "n_in": n, "removed": {}}
+    if "hashes" in given:
+        info["removed"]["exact"] = int((dup_of >= 0).sum())
+    if "pixels" in given:
         alive = np.flatnonzero(dup_of < 0)
         t = near_default if (threshold is None or level != "near") else float(threshold)
-        i, j, s = similar_pairs(l2_normalize(pixels[alive]), threshold=t, seed=seed)
+        i, j, s = similar_pairs(l2_normalize(given["pixels"][alive]), threshold=t, seed=seed)
         sub = greedy_survivors(len(alive), i, j, s)
         hit = sub >= 0
         dup_of[alive[hit]] = alive[sub[hit]]
@@ -202,27 +252,35 @@ def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, e
         info["removed"]["near"] = int(hit.sum())
         info["near_threshold"] = t
     if level == "semantic":
-        if embeddings is None:
-            raise KdataError("--dedup semantic needs model embeddings (the scores table has no 'embedding' column)")
-        alive = np.flatnonzero(dup_of < 0)
-        best, arg, sinfo = semdedup_scores(embeddings[alive], n_clusters=n_clusters, seed=seed)
-        if frac is not None:
-            n_remove = max(0, int(round(float(frac) * n)) - int((dup_of >= 0).sum()))
-            sub = semdedup_survivors(best, arg, threshold=None, n_remove=n_remove)
-            removed = sub >= 0
-            t = float(best[removed].min()) if removed.any() else None
-        else:
-            t = semantic_default if threshold is None else float(threshold)
-            sub = semdedup_survivors(best, arg, threshold=t, n_remove=None)
-        hit = sub >= 0
-        dup_of[alive[hit]] = alive[sub[hit]]
-        level_of[alive[hit]] = "semantic"
-        info["removed"]["semantic"] = int(hit.sum())
-        info["semantic_threshold"] = t
-        info["semantic_clusters"] = sinfo["clusters"]
+        _semantic(given["embeddings"], dup_of, level_of, info, threshold=threshold, frac=frac, seed=seed,
+                  n_clusters=n_clusters, default=semantic_default)
+    if skipped:
+        info["skipped"] = skipped
     _point_at_survivors(dup_of)
     info["kept"] = int((dup_of < 0).sum())
     return DedupResult(dup_of=dup_of, level_of=level_of, info=info)
+
+
+def _semantic(embeddings: np.ndarray, dup_of: np.ndarray, level_of: np.ndarray, info: dict, *,
+              threshold, frac, seed: int, n_clusters, default: float) -> None:
+    """SemDeDup over the rows still alive, in place (``dup_of``, ``level_of``, ``info``)."""
+    n = len(dup_of)
+    alive = np.flatnonzero(dup_of < 0)
+    best, arg, sinfo = semdedup_scores(embeddings[alive], n_clusters=n_clusters, seed=seed)
+    if frac is not None:
+        n_remove = max(0, int(round(float(frac) * n)) - int((dup_of >= 0).sum()))
+        sub = semdedup_survivors(best, arg, threshold=None, n_remove=n_remove)
+        removed = sub >= 0
+        t = float(best[removed].min()) if removed.any() else None
+    else:
+        t = default if threshold is None else float(threshold)
+        sub = semdedup_survivors(best, arg, threshold=t, n_remove=None)
+    hit = sub >= 0
+    dup_of[alive[hit]] = alive[sub[hit]]
+    level_of[alive[hit]] = "semantic"
+    info["removed"]["semantic"] = int(hit.sum())
+    info["semantic_threshold"] = t
+    info["semantic_clusters"] = sinfo["clusters"]
 
 
 # ------------------------------------------------------------------------------------------------

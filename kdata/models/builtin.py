@@ -111,7 +111,8 @@ def load_digits_net(path: str | os.PathLike, widths, *, device) -> DigitsNet:
 
     try:
         state = load_file(str(path))
-        net = DigitsNet(tuple(widths))
+        with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG alone
+            net = DigitsNet(tuple(widths))
         net.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # corrupt or foreign file: one line
         raise KdataError(f"{path}: cannot load the weights ({first_line(exc)})", exit_code=2) from None

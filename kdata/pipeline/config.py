@@ -213,6 +213,8 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
         raise KdataError("--pool: give a pool to score (precomputed predictions: kdata select --scores FILE)")
     methods = [] if cfg.is_default_recipe else parse_methods(cfg.method)
     check_budget(cfg.budget)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not -2**63 <= cfg.seed < 2**63:
+        raise KdataError(f"--seed {cfg.seed!r}: must be an integer (from -2**63 to 2**63 - 1)")
     if not isinstance(cfg.topk, int) or not 1 <= cfg.topk <= 1024:
         raise KdataError(f"--topk {cfg.topk}: expected an integer from 1 to 1024 (soft labels kept per row)")
     if not _finite(cfg.temperature) or cfg.temperature <= 0:
@@ -244,6 +246,19 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
             raise KdataError(f"--{name.replace('_', '-')} {v}: must be an integer ≥ 1")
     if not isinstance(cfg.method_options, dict):
         raise KdataError(f"{where}: method_options must be a mapping of method name → options")
+    _validate_method_options(cfg, methods, where=where)
+
+
+def _validate_method_options(cfg: SelectConfig, methods: list[str], *, where: str) -> None:
+    """``method_options`` against the resolved chain (the default recipe's when ``--method`` is left
+    at ``default``): only methods of the chain, and only options their functions take."""
+    from kdata.selection.methods import check_chain_options
+    from kdata.selection.recipes import default_recipe
+
+    chain = default_recipe(cfg) if cfg.is_default_recipe else methods
+    check_chain_options(chain, cfg.method_options,
+                        where="method_options" if where == "config" else f"{where}: method_options",
+                        chain=f"{','.join(chain)}: the default recipe" if cfg.is_default_recipe else None)
 
 
 def _validate_text(cfg: SelectConfig) -> None:

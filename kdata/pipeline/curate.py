@@ -113,8 +113,10 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     if decisions.num_rows != n_in:
         raise RuntimeError(f"accounting broken: pool has {n_in} samples, decisions cover {decisions.num_rows}")
     rows = curated_table(prep.pool, scores, sel)
+    # the soft labels written per row: at most one per class (the hashed config keeps the request)
+    topk = min(cfg.topk, teacher.num_classes) if teacher.num_classes else cfg.topk
     extra = {"methods": prep.methods, "balance": prep.balance, "dedup_level": resolve_dedup(cfg), "budget_rows": budget,
-             "temperature": cfg.temperature, "topk": cfg.topk, "class_names": teacher.class_names,
+             "temperature": cfg.temperature, "topk": topk, "class_names": teacher.class_names,
              "pool": {"spec": cfg.pool, "units": len(prep.pool.units), "description": prep.pool.description},
              "method_info": sel.info, "score_cache_hits": scored.info.get("cache_hits", 0),
              "scoring": {k: scored.info[k] for k in ("device", "precision", "workers", "cuda_peak_bytes", "kind",
@@ -131,7 +133,7 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                     config_hash=config_hash,
                     models={"teacher": teacher.describe(), "student": prep.student.describe(),
                             **_reference_model(prep)},
-                    meta={"temperature": cfg.temperature, "topk": cfg.topk, "class_names": teacher.class_names,
+                    meta={"temperature": cfg.temperature, "topk": topk, "class_names": teacher.class_names,
                           "teacher": teacher.spec, "student": prep.student.spec},
                     extra=extra, extra_files=extra_files, rows_per_shard=cfg.rows_per_shard,
                     row_group_rows=cfg.row_group_rows, pool=prep.pool,

@@ -9,7 +9,9 @@ module maps every need to a provider that builds the method's extra options from
 * ``lm_domains`` ← the same, for causal-LM runs only (``coverage`` stratifies LM text by domain,
   image runs by predicted class, so image pools are not read for it)
 
-Per-method ``SelectConfig.method_options`` override what the providers give.
+Per-method ``SelectConfig.method_options`` override what the providers give; they must name
+methods of the chain and options those methods take (checked by ``validate`` before any work, and
+again here).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow as pa
 
 from kdata.core.errors import KdataError
 from kdata.models.spec import load_model
-from kdata.selection.methods import get_method
+from kdata.selection.methods import check_chain_options, get_method
 from kdata.selection.methods.miniplm import reference_scores
 
 
@@ -78,8 +80,12 @@ PROVIDERS = {"critic": _critic, "reference": _reference, "domains": _domains, "l
 
 
 def method_options(methods: list[str], ctx: Context) -> dict[str, dict]:
-    """Options per method: what its declared needs resolve to, overridden by ``cfg.method_options``."""
-    given = {k: dict(v) for k, v in (getattr(ctx.cfg, "method_options", None) or {}).items()}
+    """Options per method: what its declared needs resolve to, overridden by ``cfg.method_options``
+    (checked against the chain first: a method outside it, or an option its function does not take,
+    is one KdataError line — ``kdata.selection.methods.check_chain_options``)."""
+    raw = getattr(ctx.cfg, "method_options", None) or {}
+    check_chain_options(methods, raw)
+    given = {k: dict(v) for k, v in raw.items()}
     out: dict[str, dict] = {}
     for name in methods:
         extra: dict = {}

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from kdata.core.errors import KdataError
 from kdata.models.files import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
-from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
+from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits, validate, validate_run
 from kdata.pipeline.text import check_image_pool, is_text_run, prepare_text
 from kdata.pools.spec import Pool, open_pool
 from kdata.scoring.byo import ByoModel, load_with_checksum
@@ -60,7 +60,13 @@ def resolve_dedup(cfg: SelectConfig) -> str | None:
 
 def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_model) -> Prepared:
     """Open the pool and load the models (``load(spec, device=)``, text models also with ``precision=``,
-    ``trust_remote_code=``, ``max_length=``; the flow passes a cached loader)."""
+    ``trust_remote_code=``, ``max_length=``; the flow passes a cached loader).
+
+    ``cfg`` and ``opts`` are checked first (``validate``, ``validate_run``: the options, the method
+    chain and its ``method_options``), so the stage-by-stage API (prepare → score → finish) refuses
+    what ``run_select`` refuses, before any work."""
+    validate(cfg)
+    validate_run(opts)
     methods, balance = resolve_methods(cfg), resolve_balance(cfg)
     if cfg.scores:
         return _prepare_byo(cfg, opts=opts, methods=methods, balance=balance)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdata.core.errors import KdataError
 from kdata.selection.prn import prn
+
+
+def check_count(k, *, what: str = "k") -> int:
+    """``k`` as a row count: an integer ≥ 0 (Python or numpy, not bool), else one KdataError line.
+    A negative count would slice from the end (keep all rows but a few) and a float would fail later."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise KdataError(f"{what} {k!r}: must be an integer ≥ 0 (rows to keep)")
+    return int(k)
 
 
 def top_k(score: np.ndarray, k: int, *, seed: int, groups: np.ndarray | None = None,
@@ -19,7 +28,7 @@ def top_k(score: np.ndarray, k: int, *, seed: int, groups: np.ndarray | None = N
     with too few rows gives its share to the others) — class-balanced selection.
     """
     n = len(score)
-    k = min(k, n)
+    k = max(0, min(check_count(k), n))
     tie = prn(ids, seed=seed) if ids is not None else np.random.default_rng(seed).random(n)
     s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
     order = np.lexsort((np.arange(n), tie, -s))  # best first

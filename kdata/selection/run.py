@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from kdata.core.errors import KdataError
-from kdata.selection.methods import get_method
-from kdata.selection.ranking import top_k
+from kdata.selection.methods import check_chain_options, get_method
+from kdata.selection.ranking import check_count, top_k
 from kdata.selection.methods.view import ScoreView
 
 
@@ -88,7 +88,22 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
     method of kind ``sampler`` (the default recipe's ``coverage``) runs *after* dedup, on the rows
     left, and dedup then visits rows in permanent-random-number order (which copy survives does not
     depend on the scores, so it is stable).
+
+    ``scores`` needs ``sample_id`` (string, unique) plus what the methods read: a kdata scores table
+    (``kdata.scoring``, ``kdata.scoring.byo.load_scores``) has every statistic; a table of your own
+    with ``teacher_logits`` and ``student_logits`` (lists of ``num_classes`` floats, the bring-your-own
+    shape) is enough for every class-based method, since the view derives the statistics
+    (``teacher_conf``, ``student_entropy``, ``kl_ts``, margins…) from the logits with
+    ``kdata.core.stats.logit_stats`` at ``temperature``, as ``load_scores`` does. A column that is
+    missing and cannot be derived is one KdataError line. ``budget`` is a row count (an integer ≥ 0);
+    ``options`` maps method name → its options (``kdata.selection.methods.check_options``: an
+    unknown option of a method in the chain is refused; entries for other methods are ignored).
     """
+    if "sample_id" not in scores.column_names:
+        raise KdataError(f"select: the scores table has no 'sample_id' column (have: {', '.join(scores.column_names)})")
+    methods = parse_methods(methods)
+    budget = check_count(budget, what="select: budget")
+    check_chain_options(methods, options or {}, where="select: options", others_ok=True)
     view = ScoreView(scores, num_classes=num_classes, temperature=temperature)
     n = len(view)
     st = _State(alive=np.ones(n, dtype=bool), reason=np.full(n, None, dtype=object),

@@ -90,8 +90,22 @@ def train(student: Model, shards, *, config: TrainConfig = TrainConfig(), eval_s
     the rows done in each epoch (stage ``epoch E/N``) and the evaluation before training.
     """
     device = pick_device(config.device)
-    with _threads_for(student.module, device):
+    with _threads_for(student.module, device), _seeded_rng(config.seed, device):
         return _train(student, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress)
+
+
+@contextmanager
+def _seeded_rng(seed: int, device: torch.device):
+    """torch's global RNG seeded with ``seed`` for training (as ``torch.manual_seed`` did: the CPU
+    generator, and every CUDA one on a CUDA run) and the caller's state restored afterwards, so a
+    library call to ``train`` leaves the caller's random stream where it was. A CPU run does not
+    touch CUDA (``torch.manual_seed`` would queue a lazy seed of every CUDA generator)."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        torch.random.default_generator.manual_seed(int(seed))
+        if cuda:
+            torch.cuda.manual_seed_all(int(seed))
+        yield
 
 
 def check_config(config: TrainConfig) -> None:
@@ -207,7 +221,6 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     check_config(config)
     t0 = time.perf_counter()
     device = pick_device(config.device)
-    torch.manual_seed(config.seed)
     ds = _open_shards(shards, student, config)
     alpha = resolve_alpha(config.alpha, dataset_root(shards))
     config = replace(config, alpha=alpha["value"])

@@ -119,6 +119,48 @@ def test_bad_options_are_one_line_errors():
             D.check_options(level, **kw)
 
 
+def test_semantic_dedup_on_your_own_embeddings_alone():
+    """dedup_ranked(level="semantic", embeddings=E) was a TypeError (it needed hashes and pixels): the
+    levels before the requested one run when their input is given and are skipped, and recorded, when not."""
+    x, a, b = planted(600, 32, 20, seed=5, noise=0.01, centres=10)
+    alone = D.dedup_ranked(level="semantic", embeddings=x, threshold=0.99)
+    removed = np.flatnonzero(alone.dup_of >= 0)
+    assert len(removed) >= 19 and set(removed.tolist()) <= set(a.tolist()) | set(b.tolist())
+    assert alone.info["skipped"] == ["exact (no hashes given)", "near (no pixels given)"]
+    assert set(alone.info["removed"]) == {"semantic"} and (alone.level_of[removed] == "semantic").all()
+    hashes = [str(k) for k in range(len(x))]
+    hashes[7] = hashes[3]  # one exact copy, found when the hashes are given
+    with_hashes = D.dedup_ranked(level="semantic", hashes=hashes, embeddings=x, threshold=0.99)
+    assert with_hashes.dup_of[7] == 3 and with_hashes.info["skipped"] == ["near (no pixels given)"]
+    pixels = np.random.default_rng(0).standard_normal((len(x), 16)).astype(np.float32)  # no near copies
+    full = D.dedup_ranked(level="semantic", hashes=hashes, pixels=pixels, embeddings=x, threshold=0.99)
+    assert "skipped" not in full.info and full.info["removed"]["exact"] == 1 and full.info["removed"]["near"] == 0
+    assert full.dup_of.tolist() == with_hashes.dup_of.tolist()
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"level": "semantic"}, r"^dedup: level 'semantic' needs embeddings"),
+    ({"level": "near", "embeddings": np.ones((4, 2))}, r"^dedup: level 'near' needs pixels"),
+    ({"level": "exact"}, r"^dedup: level 'exact' needs hashes"),
+    ({"level": "semantic", "embeddings": np.where(np.arange(6)[:, None] == 3, np.nan, np.ones((6, 3)))},
+     r"^dedup: embeddings row 3 is not finite \(nan\)"),
+    ({"level": "near", "hashes": list("abcdef"), "pixels": np.full((6, 3), np.inf)}, r"^dedup: pixels row 0 is not finite"),
+    ({"level": "semantic", "hashes": list("abcdef"), "embeddings": np.ones((5, 3))},
+     r"^dedup: inputs differ in length \(hashes 6 rows, embeddings 5 rows\)"),
+    ({"level": "near", "hashes": list("abc"), "pixels": np.ones((4, 2)), "embeddings": np.ones((9, 2))},
+     r"^dedup: inputs differ in length \(hashes 3 rows, pixels 4 rows\)"),  # embeddings: not used by near
+    ({"level": "semantic", "embeddings": np.ones(6)}, r"^dedup: embeddings must be a 2-D array"),
+    ({"level": "semantic", "embeddings": [["a", "b"]]}, r"^dedup: embeddings must be a numeric array"),
+])
+def test_bad_dedup_inputs_are_one_line_errors(kw, match):
+    """A NaN row was a multi-line faiss RuntimeError, arrays of the wrong length an IndexError."""
+    from kdata.core.errors import KdataError
+
+    with pytest.raises(KdataError, match=match) as err:
+        D.dedup_ranked(**kw)
+    assert "\n" not in str(err.value)
+
+
 def test_gpu_probe_falls_back_on_cpu():
     import faiss
 

@@ -40,6 +40,20 @@ def test_shipped_weights_load_without_training(empty_cache):
         assert not m.module.training and isinstance(m.module, DigitsNet)
 
 
+def test_loading_leaves_the_callers_torch_rng_alone(empty_cache):
+    """DigitsNet was built with a random init (then overwritten) from the caller's global RNG."""
+    import torch
+
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    models = [load_model(f"builtin:{n}") for n in NAMES]
+    assert torch.equal(torch.rand(3), want)
+    again = load_model(f"builtin:{NAMES[0]}")  # and the weights are the shipped ones, whatever the RNG
+    for a, b in zip(models[0].module.state_dict().values(), again.module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_shipped_files_match_their_recorded_sha256_and_accuracy():
     meta = shipped_metadata()
     assert sorted(meta["models"]) == NAMES and meta["threads"] == 1

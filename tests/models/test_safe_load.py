@@ -145,3 +145,55 @@ def test_exported_program_with_symbolic_sizes_and_guards_loads(tmp_path):
     with torch.inference_mode():
         got, want = program(x), ep.module()(x)
     torch.testing.assert_close(got[0], want[0])
+
+
+def test_concurrent_loads_from_threads_all_succeed_and_leave_logging_and_warnings_alone(tmp_path):
+    """torch.export.load is not thread-safe and the silenced logger levels / warnings filters are
+    process-wide: threads loading the same and different archives at once must all get their model,
+    and the process's torch logger levels and warnings filters must be as before."""
+    import logging
+    import threading
+    import warnings
+
+    from kdata.models.safe_load import load_torchscript_program
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    paths, want = [], []
+    for i in range(3):
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3 + i))
+        path = tmp_path / f"m{i}.pt2"
+        torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},)), str(path))
+        paths.append(path)
+        want.append(net(x).detach())
+    script = tmp_path / "m.pt"
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    torch.jit.save(torch.jit.trace(net, x), str(script))
+    want_script = net(x).detach()
+    loggers = [logging.getLogger("torch")] + [lg for n, lg in list(logging.root.manager.loggerDict.items())
+                                              if n.startswith("torch.") and isinstance(lg, logging.Logger)]
+    levels, filters = [lg.level for lg in loggers], list(warnings.filters)
+    jobs = [i % 3 for i in range(9)] + [0, 0, 0, "script", "script"]  # the same file and different files
+    start, results = threading.Barrier(len(jobs)), {}
+
+    def load(k, job):
+        start.wait()
+        try:
+            if job == "script":
+                results[k] = load_torchscript_program(script, probe_shape=(2, 1, 8, 8))(x)
+            else:
+                results[k] = load_exported_program(paths[job], probe_shape=(2, 1, 8, 8))(x)
+        except Exception as exc:  # noqa: BLE001 - the assertion below names it
+            results[k] = exc
+
+    for _ in range(2):
+        threads = [threading.Thread(target=load, args=(k, job)) for k, job in enumerate(jobs)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        failed = {k: r for k, r in results.items() if isinstance(r, Exception)}
+        assert not failed, failed
+        for k, job in enumerate(jobs):
+            torch.testing.assert_close(results[k].detach(), want_script if job == "script" else want[job])
+        assert [lg.level for lg in loggers] == levels
+        assert logging.getLogger("torch").getEffectiveLevel() < logging.CRITICAL
+        assert list(warnings.filters) == filters

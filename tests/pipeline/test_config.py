@@ -106,3 +106,59 @@ def test_config_file_takes_the_command_line_names_too(tmp_path, body):
     path.write_text(yaml.safe_dump({"workers": 0, "num_workers": 2}))
     with pytest.raises(KdataError, match="workers and num_workers name the same option"):
         run_options_from_args(build_parser().parse_args(["select", "--config", str(path), "--out", "o"]))
+
+
+@pytest.mark.parametrize("seed", ["1", 1.5, None, True, 2**70])
+def test_seed_must_be_an_integer(seed):
+    """A string seed hashes to another run than the int, None failed late in the permanent random numbers."""
+    from kdata.pipeline.config import validate
+
+    with pytest.raises(KdataError, match=r"^--seed .*: must be an integer") as err:
+        validate(SelectConfig(seed=seed))
+    assert "\n" not in str(err.value)
+    validate(SelectConfig(seed=-3))  # any integer is a seed
+    assert build_parser().parse_args(["select", "--seed", "7", "--out", "o"]).seed == 7  # the CLI parses an int
+
+
+def test_seed_from_a_config_file_must_be_an_integer(tmp_path, capsys):
+    for body in ({"seed": None}, {"seed": 1.5}, {"seed": "1"}):
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(body))
+        code = main(["select", "--config", str(path), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and "seed" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"method": "kd3", "method_options": {"kd3": {"treshold": 0.99}}},
+     r"^method_options: kd3 has no option 'treshold' \(known: threshold, weight\)$"),
+    ({"method": "kd3", "method_options": {"rad": {"threshold": 0.99}}},
+     r"^method_options: rad is not in the method chain \(kd3\)$"),
+    ({"method": "kd3", "method_options": {"kd3": 0.99}}, r"^method_options: kd3: expected a mapping"),
+    ({"method": "critic,kd3", "critic": ".", "method_options": {"kd3": {"alive": 1}}},
+     r"^method_options: kd3 has no option 'alive'"),  # what the chain runner passes itself is not an option
+    ({"method_options": {"kd3": {"threshold": 0.99}}},  # the default recipe resolves to its chain
+     r"^method_options: kd3 is not in the method chain \(coverage: the default recipe\)$"),
+    ({"method_options": {"coverage": {"tial": 0.1}}}, r"^method_options: coverage has no option 'tial' \(known: bins, domains, tail\)$"),
+])
+def test_method_options_are_checked_against_the_chain_before_any_work(cfg, match):
+    from kdata.pipeline.config import validate
+
+    with pytest.raises(KdataError, match=match):
+        validate(SelectConfig(**cfg))
+    validate(SelectConfig(method="kd3", method_options={"kd3": {"threshold": 0.9, "weight": 0.3}}))
+    validate(SelectConfig(method_options={"coverage": {"tail": 0.1}}))
+
+
+def test_method_options_typo_in_a_config_file_is_one_line_and_no_work(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KDATA_CACHE", str(cache))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"select": {"method": "kd3", "budget": 300,
+                                               "method_options": {"kd3": {"treshold": 0.99}}}}))
+    code = main(["select", "--config", str(path), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{path}: method_options: kd3 has no option 'treshold' (known: threshold, weight)" in err, err
+    assert not (cache / "scores").exists() and not (tmp_path / "o").exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from kdata.core.errors import KdataError
 from kdata.selection.methods.view import ScoreView, is_sequence_level
 from kdata.selection.run import select
 
@@ -40,7 +41,7 @@ def test_image_tables_are_read_as_they_are():
                   "teacher_topk_prob": pa.array([[0.9]], pa.list_(pa.float32()))})
     v = ScoreView(t, num_classes=2)
     assert not v.sequence_level and not v.has("student_margin")
-    with pytest.raises(KeyError):
+    with pytest.raises(KdataError, match=r"^scores table: no column 'student_margin'"):  # one line, not a bare KeyError
         v.col("student_margin")
 
 

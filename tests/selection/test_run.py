@@ -67,3 +67,95 @@ def test_select_accounts_for_every_row():
     conf = t.column("teacher_conf").to_numpy()
     assert set(np.flatnonzero(sel.kept)) == set(np.argsort(-conf)[:4])
     assert sorted(sel.rank[sel.kept].tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("budget", [-1, -200, 10.5, 10.0, "10", True, None])
+def test_a_budget_that_is_not_a_row_count_is_one_line(budget):
+    """A negative budget sliced from the end (budget -1 kept 199 of 200 rows); a float was a bare TypeError."""
+    t = _scores(20)
+    with pytest.raises(KdataError, match=r"^select: budget .*: must be an integer ≥ 0") as err:
+        select(t, methods=["kd3"], budget=budget, num_classes=3)
+    assert "\n" not in str(err.value)
+    assert select(t, methods=["kd3"], budget=0, num_classes=3).kept.sum() == 0
+    assert select(t, methods=["kd3"], budget=np.int64(5), num_classes=3).kept.sum() == 5
+    assert select(t, methods=["kd3"], budget=50, num_classes=3).kept.sum() == 20  # more than the rows: all
+
+
+def test_top_k_refuses_a_negative_or_fractional_k():
+    score = np.arange(5.0)
+    for k in (-1, 2.5):
+        with pytest.raises(KdataError, match="must be an integer ≥ 0"):
+            top_k(score, k, seed=0)
+    assert top_k(score, 0, seed=0).tolist() == [] and top_k(score, 9, seed=0).tolist() == [4, 3, 2, 1, 0]
+
+
+def _own_logits(n=200, c=10, *, label=False):
+    rng = np.random.default_rng(0)
+    tl = (rng.normal(size=(n, c)) * 3).astype(np.float32)
+    sl = (tl + rng.normal(size=(n, c))).astype(np.float32)
+    cols = {"sample_id": [f"s{i}" for i in range(n)], "teacher_logits": pa.array(list(tl)),
+            "student_logits": pa.array(list(sl))}
+    if label:
+        cols["label_idx"] = pa.array(np.where(np.arange(n) % 3 == 0, -1, rng.integers(0, c, n)), pa.int32())
+    return pa.table(cols)
+
+
+@pytest.mark.parametrize("method", ["rad", "disagreement", "teacher_confidence", "student_entropy", "kd3",
+                                    "coverage", "random"])
+def test_select_on_your_own_logits_table_matches_the_loaded_scores(method, tmp_path):
+    """The documented bring-your-own shape (sample_id, teacher_logits, student_logits) given straight to
+    select(): the statistics are derived from the logits exactly as kdata.scoring.byo.load_scores
+    derives them, so the kept rows are the same."""
+    import pyarrow.parquet as pq
+
+    from kdata.scoring.byo import load_scores
+
+    own = _own_logits(label=True)
+    pq.write_table(own, tmp_path / "p.parquet")
+    loaded, c, _ = load_scores(str(tmp_path / "p.parquet"), temperature=2.0)
+    for table in (own, loaded):
+        assert "sample_id" in table.column_names
+    a = select(own, methods=[method], budget=30, num_classes=c, temperature=2.0, seed=1)
+    b = select(loaded, methods=[method], budget=30, num_classes=c, temperature=2.0, seed=1)
+    assert a.kept.sum() == 30
+    assert a.kept.tolist() == b.kept.tolist() and a.reason.tolist() == b.reason.tolist()
+    for name, score in b.scores.items():
+        np.testing.assert_allclose(a.scores[name], score, rtol=1e-5, atol=1e-6)
+
+
+def test_the_view_derives_the_loaded_statistics_from_logits(tmp_path):
+    import pyarrow.parquet as pq
+
+    from kdata.scoring.byo import load_scores
+    from kdata.selection.methods.view import LOGIT_DERIVED, ScoreView
+
+    own = _own_logits(label=True)
+    pq.write_table(own, tmp_path / "p.parquet")
+    loaded, c, _ = load_scores(str(tmp_path / "p.parquet"), temperature=0.5)
+    mine, ref = ScoreView(own, num_classes=c, temperature=0.5), ScoreView(loaded, num_classes=c, temperature=0.5)
+    for name in LOGIT_DERIVED:
+        assert mine.has(name)
+        np.testing.assert_allclose(mine.col(name).astype(np.float64), ref.col(name).astype(np.float64),
+                                   rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)
+
+
+def test_a_column_select_cannot_derive_is_one_line_naming_it():
+    ids = [f"s{i}" for i in range(5)]
+    topk_only = pa.table({"sample_id": ids, "teacher_topk_idx": pa.array([[0, 1]] * 5),
+                          "teacher_topk_prob": pa.array([[0.6, 0.3]] * 5)})
+    with pytest.raises(KdataError, match=r"^scores table: no column 'kl_ts' .*kdata\.scoring\.byo\.load_scores") as err:
+        select(topk_only, methods=["disagreement"], budget=2, num_classes=3)
+    assert "\n" not in str(err.value)
+    no_ids = _own_logits(5).drop(["sample_id"])
+    with pytest.raises(KdataError, match=r"^select: the scores table has no 'sample_id' column"):
+        select(no_ids, methods=["rad"], budget=2, num_classes=10)
+
+
+def test_select_refuses_an_option_the_method_does_not_take():
+    t = _own_logits(20)
+    with pytest.raises(KdataError, match=r"^select: options: kd3 has no option 'treshold' \(known: threshold, weight\)$"):
+        select(t, methods=["kd3"], budget=5, num_classes=10, options={"kd3": {"treshold": 0.9}})
+    # one mapping shared over several chains: entries for methods outside this chain are left alone
+    sel = select(t, methods=["kd3"], budget=5, num_classes=10, options={"kd3": {"threshold": 0.0},
+                                                                          "rad": {"teacher_error": 0.1}})
+    assert sel.kept.sum() == 5 and sel.info["kd3"]["threshold"] == 0.0

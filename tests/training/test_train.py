@@ -97,6 +97,27 @@ def test_short_training_improves_over_the_untrained_student(balanced_run):
     assert log["history"][-1]["loss"] < log["history"][0]["loss"]
 
 
+def test_training_is_seeded_by_its_config_and_leaves_the_callers_rng_alone(balanced_run):
+    """train() seeded torch's global RNG with torch.manual_seed and left it there: a library caller's
+    random stream moved. Now it runs in a fork of the RNG: the same seed gives the same weights whatever
+    the caller's RNG state, and the caller's stream continues as if train() had not run."""
+    config = TrainConfig(epochs=1, seed=7, device="cpu", workers=0, eval_every_epoch=False)
+    weights = []
+    for caller_seed in (0, 123):
+        torch.manual_seed(caller_seed)
+        want = torch.rand(3)
+        torch.manual_seed(caller_seed)
+        student = load_model("builtin:digits-student", device="cpu")
+        train(student, balanced_run, config=config)
+        assert torch.equal(torch.rand(3), want)
+        weights.append({k: v.clone() for k, v in student.module.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+    start = load_model("builtin:digits-student", device="cpu").module.state_dict()
+    assert any(not torch.equal(start[k], weights[0][k]) for k in start)  # it did train
+
+
 def test_cli_json_saves_a_student_that_kdata_select_can_use(demo_run, tmp_path, capsys, builtin_models):
     out = tmp_path / "student"
     rc = main(["train", str(demo_run), "--eval", "builtin:digits-test", "--epochs", "1",

@@ -69,12 +69,14 @@ def kd3_select(p_teacher: np.ndarray, p_student: np.ndarray, budget: int, *, wei
 
     Call between epochs with the current student's probabilities (rows aligned with the
     teacher's); ties are broken by a seeded random key. With ``threshold`` fewer rows may return.
+    ``budget`` is a row count, an integer ≥ 0 (anything else is one KdataError line).
     """
-    from kdata.selection.ranking import top_k
+    from kdata.selection.ranking import check_count, top_k
 
+    budget = check_count(budget, what="kd3_select: budget")
     s = kd3_score(p_teacher, p_student, weight=weight)
     cand = np.arange(len(s)) if threshold is None else np.flatnonzero(s >= threshold)
-    return cand[top_k(s[cand], int(budget), seed=seed)]
+    return cand[top_k(s[cand], budget, seed=seed)]
 
 
 @register("kd3", doc="KD³: confidence of the combined teacher+student prediction (arXiv 2307.11469)")

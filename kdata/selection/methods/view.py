@@ -18,6 +18,13 @@ NLLs (nats) and the teacher's mean token entropy H_T:
 
 A student NLL that is missing (a text its own tokenizer gives < 2 tokens) is taken as the
 teacher's: no gap. Image and classifier tables are read as they are.
+
+A table of one's own with only ``sample_id``, ``teacher_logits`` and ``student_logits`` (the
+bring-your-own shape, given straight to ``kdata.selection.run.select``) lacks the per-row
+statistics; the view derives them (``LOGIT_DERIVED``) once, on first use, from the logits at the
+view's temperature with ``kdata.core.stats.logit_stats`` — the kernel ``kdata.scoring.byo.load_scores``
+runs — plus ``agree`` and ``teacher_label_prob`` (from ``label_idx`` when given). Any other missing
+column is one KdataError line naming it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from kdata.core.errors import KdataError
 
 
 def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
@@ -41,6 +50,10 @@ def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
 
 
 LM_DERIVED = ("teacher_conf", "student_conf", "student_margin", "student_entropy", "kl_ts")
+# derived from teacher_logits + student_logits when absent: kdata.core.stats.STAT_NAMES + these two
+LOGIT_DERIVED = ("teacher_pred", "student_pred", "teacher_conf", "student_conf", "teacher_margin",
+                 "student_margin", "teacher_entropy", "student_entropy", "kl_ts", "kl_st", "agree",
+                 "teacher_label_prob")
 
 
 def is_sequence_level(table: pa.Table) -> bool:
@@ -99,7 +112,10 @@ class ScoreView:
                 self._cache[name] = lm_column(self.table, name)
                 return self._cache[name]
             if name not in self.table.column_names:
-                raise KeyError(name)
+                if self._from_logits(name):
+                    self._derive_from_logits()
+                    return self._cache[name]
+                raise self._missing(name)
             arr = self.table.column(name)
             t = arr.type
             if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
@@ -109,7 +125,38 @@ class ScoreView:
         return self._cache[name]
 
     def has(self, name: str) -> bool:
-        return name in self.table.column_names or (name in LM_DERIVED and self.sequence_level)
+        return (name in self.table.column_names or (name in LM_DERIVED and self.sequence_level)
+                or self._from_logits(name))
+
+    def _from_logits(self, name: str) -> bool:
+        """``name`` is absent but derivable from both networks' logits (module docstring)."""
+        names = self.table.column_names
+        return (name in LOGIT_DERIVED and name not in names and "teacher_logits" in names
+                and "student_logits" in names and not self.sequence_level)
+
+    def _derive_from_logits(self) -> None:
+        """Every missing ``LOGIT_DERIVED`` column, from the logits at the view's temperature."""
+        from kdata.core.stats import logit_stats
+
+        st = logit_stats(self.col("teacher_logits"), self.col("student_logits"), temperature=self.temperature)
+        st["agree"] = st["teacher_pred"] == st["student_pred"]
+        label = np.full(len(self), -1, dtype=np.int64)
+        if "label_idx" in self.table.column_names:  # null or out of range: unknown
+            label = np.nan_to_num(self.col("label_idx").astype(np.float64), nan=-1).astype(np.int64)
+        ok = (label >= 0) & (label < self.col("teacher_logits").shape[1])
+        lp = self.prob_at("teacher", np.where(ok, label, 0))
+        st["teacher_label_prob"] = np.where(ok, lp, np.nan).astype(np.float32)
+        for k, v in st.items():
+            if k not in self.table.column_names:
+                self._cache.setdefault(k, v)
+
+    def _missing(self, name: str) -> KdataError:
+        have = ", ".join(self.table.column_names)
+        if name == "sample_id":
+            return KdataError(f"scores table: no 'sample_id' column (have: {have}); every row needs its unique id")
+        return KdataError(f"scores table: no column '{name}' (have: {have}); give teacher_logits and "
+                          "student_logits to derive it, or build the table with kdata.scoring.byo.load_scores "
+                          "(statistics: kdata.core.stats.disagreement)")
 
     @property
     def sample_ids(self) -> np.ndarray:

@@ -31,6 +31,15 @@ def test_kd3_score_and_select_by_hand():
     assert kd3_select(np.array(PT), ps2, 2).tolist() == [1, 3]  # s1 now .945 > s3 .925
 
 
+@pytest.mark.parametrize("budget", [-1, 2.5, "2", None])
+def test_kd3_select_budget_is_a_row_count(budget):
+    """budget -1 returned all rows but one; 2.5 was truncated."""
+    with pytest.raises(KdataError, match=r"^kd3_select: budget .*: must be an integer ≥ 0"):
+        kd3_select(np.array(PT), np.array(PS), budget)
+    assert kd3_select(np.array(PT), np.array(PS), 0).tolist() == []
+    assert kd3_select(np.array(PT), np.array(PS), np.int32(9)).tolist() == [3, 0, 2, 1]
+
+
 def test_kd3_in_select_with_threshold_names_reasons(tmp_path):
     scores = scores_from_probs(tmp_path, PT, PS)
     sel = select(scores, methods=["kd3"], budget=2, seed=0, num_classes=2, options={"kd3": {"threshold": 0.58}})
