@@ -45,6 +45,9 @@ def groups_for(balance: str, view, cand: np.ndarray, *, seed: int) -> np.ndarray
         if not view.has("domain"):
             raise KdataError("--balance domain needs a 'domain' column in the pool")
         dom = view.col("domain")[cand]
+        if len(dom) and all(d is None for d in dom):
+            raise KdataError("--balance domain: no candidate has a domain (the pool's 'domain' column is empty); "
+                             "give the pool a domain per row, or balance by class")
         return np.array(["" if d is None else str(d) for d in dom], dtype=object)
     raise KdataError(f"--balance '{balance}': expected none, class, cluster or domain")
 

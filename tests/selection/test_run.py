@@ -159,3 +159,15 @@ def test_select_refuses_an_option_the_method_does_not_take():
     sel = select(t, methods=["kd3"], budget=5, num_classes=10, options={"kd3": {"threshold": 0.0},
                                                                           "rad": {"teacher_error": 0.1}})
     assert sel.kept.sum() == 5 and sel.info["kd3"]["threshold"] == 0.0
+
+
+def test_domain_balance_on_a_pool_without_domains_is_one_line():
+    """A folder pool has a 'domain' column that is all null: --balance domain used to put every row in
+    one group and record a balance that never happened."""
+    t = _scores(10)
+    empty = t.append_column("domain", pa.nulls(10, pa.string()))
+    with pytest.raises(KdataError, match=r"--balance domain: no candidate has a domain"):
+        select(empty, methods=["teacher_confidence"], budget=4, seed=0, num_classes=3, balance="domain")
+    some = t.append_column("domain", pa.array(["a", None] * 5))
+    sel = select(some, methods=["teacher_confidence"], budget=4, seed=0, num_classes=3, balance="domain")
+    assert sel.kept.sum() == 4
