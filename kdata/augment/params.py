@@ -12,6 +12,7 @@ One learnable vector θ ∈ R^P per generated sample is squashed by tanh into th
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,9 @@ class HardConfig:
     consistency_draws: int = 4
     random_search: bool = False  # force the gradient-free path
 
+    def __post_init__(self):  # a plain float: recorded in the manifest as a JSON number
+        object.__setattr__(self, "critic_threshold", check_critic_threshold(self.critic_threshold))
+
     def bound_values(self) -> dict[str, float]:
         """``DEFAULT_BOUNDS`` with this config's overrides, each checked (one clear line if wrong)."""
         b = dict(DEFAULT_BOUNDS)
@@ -57,6 +61,15 @@ class HardConfig:
                 raise KdataError(f"HARD bounds: '{name}' must be > {1 if PARAM_KIND[name] == 'log' else 0}, got {v}")
             b[name] = float(v)
         return b
+
+
+def check_critic_threshold(value) -> float:
+    """The default critic's cut: a finite number in [0, 1] (NaN would accept every row), else one line."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and 0 <= value <= 1):
+        shown = f"{float(value):g}" if real else repr(value)
+        raise KdataError(f"--critic-threshold {shown}: must be a finite number in [0, 1]")
+    return float(value)
 
 
 def param_ranges(bounds: dict[str, float] | None = None) -> dict[str, tuple[float, float]]:

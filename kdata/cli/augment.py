@@ -41,6 +41,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from kdata.augment.hard import HardConfig
+    from kdata.augment.params import check_critic_threshold
     from kdata.core.errors import KdataError
     from kdata.models.spec import pick_device
     from kdata.pipeline.derive import augment_dataset
@@ -54,6 +55,8 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise KdataError(f"--batch-size {args.batch_size}: must be at least 1")
     check_target(recall=args.critic_recall, option="--critic-{}")
+    if args.critic_threshold is not None:
+        check_critic_threshold(args.critic_threshold)
     if args.critic_recall is not None and not args.critic:
         raise KdataError("--critic-recall re-chooses a fitted critic's cut: give --critic DIR")
     opts = {"per_sample": args.per_sample, "seed": args.seed, "batch_size": args.batch_size,

@@ -19,17 +19,22 @@ PIXEL_SIZE = 16
 def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool = True) -> tuple[str, np.ndarray | None]:
     """(hash of the decoded pixels, near-dup pixel embedding or None) of one image.
 
-    The hash covers mode, size and raw pixels, so the same picture saved twice (different PNG
-    settings or metadata) hashes the same. The embedding is the image as ``size``×``size``
-    grayscale (box filter), mean-centred and L2-normalised, so brightness offsets, light noise and
-    lossy re-encoding barely move it. Undecodable payloads hash their bytes and get a zero vector.
+    The hash covers mode, size and raw pixels (full depth, upright: the EXIF orientation applied), so
+    the same picture saved twice (different PNG settings or metadata) hashes the same. The embedding
+    is the image as scoring sees it (``kdata.models.images.upright_8bit``: upright, 16-bit greys
+    scaled) at ``size``×``size`` grayscale (box filter), mean-centred and L2-normalised, so brightness
+    offsets, light noise and lossy re-encoding barely move it. Undecodable payloads hash their bytes
+    and get a zero vector.
     """
     from PIL import Image
 
+    from kdata.models.pixels import upright_8bit
+
     try:
-        with Image.open(io.BytesIO(data or b"")) as im:
-            im.load()
-            h = hashlib.sha256(f"{im.mode}:{im.size}:".encode() + im.tobytes()).hexdigest()
+        with Image.open(io.BytesIO(data or b"")) as stored:
+            stored.load()
+            im = upright_8bit(stored)  # as scoring sees it: upright, 16-bit greys scaled (not clipped)
+            h = hashlib.sha256(f"{stored.mode}:{im.size}:".encode() + _hashed(stored, im).tobytes()).hexdigest()
             if not pixels:
                 return h, None
             small = im.convert("L").resize((size, size), Image.BOX)
@@ -40,6 +45,14 @@ def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool =
     except Exception:
         h = hashlib.sha256(b"raw:" + (data or b"")).hexdigest()
         return h, (np.zeros(size * size, np.float32) if pixels else None)
+
+
+def _hashed(stored, im):
+    """The pixels exact dedup hashes: ``stored`` upright at its full depth (``im`` is ``stored`` made
+    upright and 8-bit; a 16-bit image keeps its low bytes in the hash)."""
+    from PIL import ImageOps
+
+    return im if im.mode == stored.mode else ImageOps.exif_transpose(stored)
 
 
 def text_features(text: str | None) -> str:
@@ -66,7 +79,7 @@ def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | No
     return hashes, (np.stack(vecs) if vecs else np.zeros((0, PIXEL_SIZE * PIXEL_SIZE), np.float32))
 
 
-FEATURES_VERSION = 1  # bump when image_features / payload_features change what they compute
+FEATURES_VERSION = 2  # bump when image_features / payload_features change what they compute (2: upright, 16-bit)
 
 
 def unit_features(unit, *, pixels: bool):

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from kdata.core.errors import KdataError
+from kdata.models.pixels import SWAPPED, orientation, upright_8bit  # noqa: F401  (re-exported)
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
            "lanczos": Image.LANCZOS, "box": Image.BOX}
@@ -124,16 +125,19 @@ def decode_multi_u8(data: bytes | None, keys: list[tuple], *,
     An image over ``max_pixels`` (from its header) is refused before decoding (ValueError).
     JPEGs are decoded at a reduced DCT scale (``Image.draft``) when the largest target is at most
     half the stored size: libjpeg then skips most of the inverse DCT work; the result is still
-    at least the target size before the (antialiased) resize, and deterministic.
+    at least the target size before the (antialiased) resize, and deterministic. The decoded image is
+    then made upright and 8-bit (``upright_8bit``: EXIF orientation, 16-bit/``I``/``F`` greys scaled).
     """
     if not data:
         raise ValueError("empty image")
     out = {}
-    with _open_capped(data, max_pixels) as im:
-        if im.format == "JPEG":
+    with _open_capped(data, max_pixels) as stored:
+        if stored.format == "JPEG":
             mode = "L" if all(k[0][0] == 1 for k in keys) else "RGB"
-            im.draft(mode, (max(k[0][2] for k in keys), max(k[0][1] for k in keys)))
-        im.load()
+            size = (max(k[0][2] for k in keys), max(k[0][1] for k in keys))
+            stored.draft(mode, size[::-1] if orientation(stored) in SWAPPED else size)  # the stored axes
+        stored.load()
+        im = upright_8bit(stored)
         for key in keys:
             (c, h, w), _, _, interpolation = key
             img = im.convert("L" if c == 1 else "RGB")
@@ -172,14 +176,16 @@ def jpeg_structure_ok(data: bytes) -> bool:
 
 def gpu_jpeg_pixels(data: bytes | None, max_pixels: int | None) -> int:
     """The pixel count of a JPEG that nvJPEG can decode as Pillow would (baseline/progressive, RGB or
-    grey, an intact marker structure: ``jpeg_structure_ok``) within ``max_pixels``, read from its
-    header; 0 for anything else (PNG, WebP, CMYK, oversize, truncated, unreadable), which is decoded
-    on the CPU, refused or quarantined there exactly as without a GPU."""
+    grey, an intact marker structure: ``jpeg_structure_ok``, no EXIF rotation, which nvJPEG ignores)
+    within ``max_pixels``, read from its header; 0 for anything else (PNG, WebP, CMYK, rotated,
+    oversize, truncated, unreadable), which is decoded on the CPU, refused or quarantined there
+    exactly as without a GPU."""
     if not data or data[:3] != b"\xff\xd8\xff" or not jpeg_structure_ok(data):
         return 0
     try:
         with _open_capped(data, max_pixels) as im:  # the header only
-            return im.size[0] * im.size[1] if im.format == "JPEG" and im.mode in ("RGB", "L") else 0
+            ok = im.format == "JPEG" and im.mode in ("RGB", "L") and orientation(im) == 1  # nvJPEG: no EXIF
+            return im.size[0] * im.size[1] if ok else 0
     except Exception:  # noqa: BLE001  (the CPU decode reports it)
         return 0
 

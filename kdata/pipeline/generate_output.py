@@ -14,6 +14,7 @@ holds what was not kept with its prompt, text, reason and critic score (the excl
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,14 @@ def decide(cands: pa.Table, *, prob: np.ndarray | None, threshold: float | None,
 
 def _examples(table: pa.Table, n: int = N_EXAMPLES) -> list[dict]:
     cols = [c for c in ("sample_id", "prompt", "text", "score_critic", "reason") if c in table.column_names]
-    return [{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in r.items()}
+    return [{k: (_finite(v) if isinstance(v, float) else v) for k, v in r.items()}
             for r in table.select(cols).slice(0, n).to_pylist()]
+
+
+def _finite(v: float) -> float | None:
+    """A score rounded for the manifest; None (JSON null) where there is none (NaN: an empty or
+    quarantined candidate the critic did not score), since NaN is not JSON."""
+    return round(v, 4) if math.isfinite(v) else None
 
 
 def _section(cands, prompts, cfg, kept, excluded, crit, counts) -> dict:

@@ -111,10 +111,12 @@ def _decode(data: bytes | None):
         return None
     from PIL import Image
 
+    from kdata.models.pixels import upright_8bit
+
     try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-        return np.asarray(im.convert("RGB"))
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(upright_8bit(im).convert("RGB"))  # as scoring sees it: upright, 8-bit
     except Exception:  # an unreadable payload is shown as a blank tile
         return None
 

@@ -46,10 +46,14 @@ def thumb_uri(data: bytes | None) -> str | None:
         return None
     from PIL import Image
 
+    from kdata.models.pixels import upright_8bit
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at reduced size
-            im = im.convert("L" if im.mode in ("1", "L", "I;16") else "RGB")
+        with Image.open(io.BytesIO(data)) as stored:
+            stored.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at reduced size
+            stored.load()
+            im = upright_8bit(stored)  # as scoring sees it: upright, 16-bit greys scaled (not clipped)
+            im = im.convert("L" if im.mode in ("1", "L") else "RGB")
             im.thumbnail((THUMB_PX, THUMB_PX), Image.LANCZOS)
             best = None
             for fmt_, kw in (("PNG", {}), ("JPEG", {"quality": 80})):

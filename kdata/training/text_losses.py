@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdata.core.errors import KdataError
+
 
 def bucket_kl(logits: torch.Tensor, batch: dict) -> torch.Tensor:
     """Mean KL over valid positions between the stored teacher top-k + rest and the student (see module doc).
@@ -90,7 +92,10 @@ def perplexity(model, seqs: list[list[int]], *, pad_id: int, batch_size: int = 3
             total += float((ce * keep).sum())
             count += int(keep.sum())
     model.train(was)
-    return math.exp(total / count) if count else float("nan")
+    if not count:  # NaN would reach train_log.json (kdata writes no NaN into JSON)
+        raise KdataError("evaluation set: no text is two tokens or longer once tokenised, so there is nothing "
+                         "to predict; give an eval set of real sentences")
+    return math.exp(total / count)
 
 
 def accuracy(model, tokenizer, texts: list[str], labels: list[int], *, max_length: int, pad_id: int,

@@ -19,6 +19,7 @@ from kdata.pipeline.run import run_select
 from kdata.models.images import decode_image
 from kdata.core.stats import disagreement
 from kdata.dataset.writer import read_manifest, read_shards, verify
+from kdata.core.errors import KdataError
 
 
 def _rescore(images: list[bytes], teacher: Model, student: Model) -> dict[str, np.ndarray]:
@@ -250,6 +251,22 @@ def test_bad_input_is_one_line(tmp_path, capsys, base):
         rc = main(["augment", str(base), *extra, "--out", str(tmp_path / "o"), "--device", "cpu"])
         err = capsys.readouterr().err
         assert rc == 2 and match in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1.5", "-1", "1.0000001"])
+def test_critic_threshold_outside_0_1_is_one_line(tmp_path, capsys, base, value):
+    """NaN used to accept every generated row and write ``"critic_threshold": NaN`` (not JSON)."""
+    out = tmp_path / "o"
+    rc = main(["augment", str(base), f"--critic-threshold={value}", "--out", str(out), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    shown = f"{float(value):g}"
+    assert rc == 2 and err.count("\n") == 1 and not out.exists()
+    assert f"--critic-threshold {shown}: must be a finite number in [0, 1]" in err
+    for bad in (float(value), np.float32(value), "0.5", None, True):
+        with pytest.raises(KdataError, match=r"^--critic-threshold .*: must be a finite number in \[0, 1\]$"):
+            HardConfig(critic_threshold=bad)  # library callers too
+    for ok in (0, 0.0, 0.5, 1, np.float32(1.0)):
+        assert type(HardConfig(critic_threshold=ok).critic_threshold) is float
 
 
 def test_new_ids_never_reuse_existing(base, builtin_models):

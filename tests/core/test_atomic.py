@@ -49,3 +49,22 @@ def test_parquet_dictionary_encoding_only_where_values_repeat(tmp_path):
     assert not dictionary["kl"] and not dictionary["image"] and not any(v for k, v in dictionary.items()
                                                                           if k.startswith("embedding"))
     assert pq.read_table(tmp_path / "t.parquet").equals(table)
+
+
+def test_write_json_refuses_nan_and_infinity(tmp_path):
+    """NaN/Infinity are not JSON: a bug that would record one fails loudly instead of writing a file
+    that strict readers (``jq``, browsers, other languages) refuse; the old file is kept."""
+    import json
+    import math
+
+    import pytest
+
+    from kdata.core.atomic import write_json
+
+    path = tmp_path / "manifest.json"
+    write_json(path, {"critic_threshold": 0.5, "none": None})
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+            write_json(path, {"hard": {"critic_threshold": bad}})
+    assert json.loads(path.read_text()) == {"critic_threshold": 0.5, "none": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary file left behind

@@ -120,3 +120,27 @@ def test_many_reasons_share_the_row_cap():
     counts = Counter(r["group"] for r in rows)
     assert len(rows) <= MAX_ROWS and len(counts) == n_groups and set(counts.values()) == {MAX_ROWS // n_groups}
     assert report_sample(run, per_group=PER_REASON, max_rows=MAX_ROWS) == rows  # seeded, stable
+
+
+def _uri_pixels(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("L"), dtype=int)
+
+
+def test_thumbnails_show_deep_and_rotated_images_as_scoring_sees_them():
+    """report.html's thumbnails and the card's thumbnail grid: a 16-bit / 32-bit / float twin looks like
+    its 8-bit original (not a black-and-white clip), an EXIF-rotated JPEG like its upright original."""
+    from kdata.report.card_plots import _decode
+    from kdata.report.html import thumb_uri
+    from tests.models.deep_images import digits, encode, pgm16, png8, png16, stored_with_orientation, tiff_float, wide
+
+    for a in digits(6)[0]:
+        for deep in (png16, pgm16, tiff_float):
+            assert thumb_uri(deep(a)) == thumb_uri(png8(a))
+            assert (_decode(deep(a)) == _decode(png8(a))).all()
+        upright = encode(wide(a, 4), "JPEG", quality=95)
+        for o in (3, 6, 8):
+            rotated = stored_with_orientation(wide(a, 4), o, "JPEG", quality=95)
+            ref, got = _uri_pixels(thumb_uri(upright)), _uri_pixels(thumb_uri(rotated))
+            assert got.shape == ref.shape == (43, 64) and np.abs(got - ref).mean() < 2
+            ref, got = _decode(upright).astype(int), _decode(rotated).astype(int)
+            assert got.shape == ref.shape == (128, 192, 3) and np.abs(got - ref).mean() < 2

@@ -1,0 +1,43 @@
+"""How a decoded image is meant to be seen (upright, 8-bit), free of torch so reports can use it."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ORIENTATION = 0x0112  # the EXIF Orientation tag; 5–8 swap width and height
+SWAPPED = frozenset({5, 6, 7, 8})
+
+
+def orientation(im: Image.Image) -> int:
+    """An image's EXIF (or XMP) Orientation, 1 (upright) when absent, invalid or unreadable.
+
+    Read from the header for a JPEG (before ``Image.draft``/``load``); a PNG may load itself to find
+    an ``eXIf`` chunk stored after its pixels."""
+    try:
+        value = im.getexif().get(ORIENTATION, 1)
+    except Exception:  # noqa: BLE001  (a broken EXIF block: shown as stored)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_8bit(im: Image.Image) -> Image.Image:
+    """A loaded image as it is meant to be seen: upright and at most 8 bits per channel.
+
+    The one step every decode shares (scoring, training, HARD, dedup, thumbnails). The EXIF/XMP
+    Orientation is applied (``ImageOps.exif_transpose``; an image without one is returned as is, at
+    no cost), then deeper greys are reduced to ``L`` by their type's full range: 16-bit (``I;16*``)
+    keeps its high byte (``>> 8``), 32-bit ``I`` is read as 16-bit data (how Pillow opens a 16-bit
+    PGM; clipped to 0…65535, then ``>> 8``), float ``F`` as 0…1 (clipped, NaN → 0, ×255 rounded).
+    Pillow's own ``convert`` would instead clip every level above 255 to white."""
+    if orientation(im) != 1:
+        im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8))
+    if mode == "I":
+        return Image.fromarray((np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8))
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return Image.fromarray(np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8))
+    return im
