@@ -16,6 +16,7 @@ import pytest
 from kdata.dedup import features as F
 from kdata.pools.base import PoolUnit
 from kdata.pools.readers import open_image_folder
+from tests.helpers.damage import garbage_inside, rewrite_parquet
 from tests.helpers.real_inputs import digits, exported_models, make_image_folder, png_bytes
 
 
@@ -25,23 +26,12 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def _garbage_inside(path):
-    data = bytearray(path.read_bytes())
-    mid = len(data) // 2
-    data[mid:mid + 128] = bytes((b ^ 0x5A) for b in data[mid:mid + 128])  # same size, footer intact
-    path.write_bytes(bytes(data))
-
-
-def _rewrite(path, change):
-    pq.write_table(change(pq.read_table(path)), path)
-
-
 DAMAGE = {
     "truncated": (lambda p, m: os.truncate(p, p.stat().st_size // 3), "parquet"),
-    "garbage_inside": (lambda p, m: _garbage_inside(p), "parquet"),
+    "garbage_inside": (lambda p, m: garbage_inside(p, n=128, key=0x5A), "parquet"),
     "not_parquet": (lambda p, m: p.write_bytes(b"PAR1" + os.urandom(500)), "parquet"),
-    "fewer_rows": (lambda p, m: _rewrite(p, lambda t: t.slice(0, 2)), "parquet"),
-    "wrong_schema": (lambda p, m: _rewrite(p, lambda t: t.drop_columns(["pixels"])), "parquet"),
+    "fewer_rows": (lambda p, m: rewrite_parquet(p, lambda t: t.slice(0, 2)), "parquet"),
+    "wrong_schema": (lambda p, m: rewrite_parquet(p, lambda t: t.drop_columns(["pixels"])), "parquet"),
     "parquet_missing": (lambda p, m: p.unlink(), "parquet"),
     "bad_json": (lambda p, m: m.write_text('{"rows": 8, "bytes": '), "json"),
     "json_without_checksum": (lambda p, m: m.write_text('{"unit": "x"}'), "json"),
@@ -116,7 +106,7 @@ def test_cli_select_with_near_dedup_survives_damaged_feature_entries(tmp_path, c
     _, a = select("a")
     entries = _entries(cache)
     assert sorted(entries) == [f"part-{i}.parquet" for i in range(3)]
-    _garbage_inside(entries["part-0.parquet"][0])
+    garbage_inside(entries["part-0.parquet"][0])
     entries["part-2.parquet"][1].write_text("{not json")
     err, b = select("b")
     warned = _warnings(err)

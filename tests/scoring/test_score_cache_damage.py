@@ -15,46 +15,21 @@ import pytest
 
 from kdata.cli import main
 from kdata.core.lock import acquire
-from kdata.models.spec import load_model
 from kdata.pools.readers import open_image_folder
 from kdata.scoring.cache_entries import read_unit_entry
 from kdata.scoring.score import ScoreConfig, score_pool, unit_cache_key
+from tests.helpers.damage import garbage_inside, rewrite_parquet
 from tests.helpers.real_inputs import digits, exported_models, make_image_folder, png_bytes
 
 CFG = ScoreConfig(batch_size=8)
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture(scope="module")
-def models():
-    m = exported_models()
-    return load_model(m["teacher_pt2"]), load_model(m["student_pt"])
-
-
-def _garbage_inside(path):
-    data = bytearray(path.read_bytes())
-    mid = len(data) // 2
-    data[mid:mid + 256] = bytes((b ^ 0xA5) for b in data[mid:mid + 256])  # same size, footer intact
-    path.write_bytes(bytes(data))
-
-
-def _rewrite(path, change):
-    table = pq.read_table(path)
-    pq.write_table(change(table), path)
-
-
-# damage → which file the warning must name ("parquet" or "json")
 DAMAGE = {
     "truncated": (lambda p, q: os.truncate(p, p.stat().st_size // 2), "parquet"),
-    "garbage_inside": (lambda p, q: _garbage_inside(p), "parquet"),
+    "garbage_inside": (lambda p, q: garbage_inside(p), "parquet"),
     "not_parquet": (lambda p, q: p.write_bytes(os.urandom(p.stat().st_size)), "parquet"),
-    "fewer_rows": (lambda p, q: _rewrite(p, lambda t: t.slice(0, 3)), "parquet"),
-    "wrong_schema": (lambda p, q: _rewrite(p, lambda t: t.drop_columns(["kl_ts", "teacher_pred"])), "parquet"),
+    "fewer_rows": (lambda p, q: rewrite_parquet(p, lambda t: t.slice(0, 3)), "parquet"),
+    "wrong_schema": (lambda p, q: rewrite_parquet(p, lambda t: t.drop_columns(["kl_ts", "teacher_pred"])), "parquet"),
     "parquet_missing": (lambda p, q: p.unlink(), "parquet"),
     "bad_json": (lambda p, q: q.write_text('{"n_in": 8, "quarantined": ['), "json"),
     "json_not_an_object": (lambda p, q: q.write_text("[8, []]\n"), "json"),

@@ -40,18 +40,6 @@ from tests.helpers.real_inputs import (
 )
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture(scope="module")
-def models():
-    m = exported_models()
-    return load_model(m["teacher_pt2"]), load_model(m["student_pt"])
-
-
 def test_decode_workers_start_once_per_run_and_serve_every_unit(tmp_path, cache, models):
     teacher, student = models
     root = make_image_folder(tmp_path / "pool", n=30, corrupt=True)  # 33 files: 3 units of 11, 3 batches each
