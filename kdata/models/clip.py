@@ -25,7 +25,7 @@ from kdata.core.errors import KdataError
 from kdata.models.base import Model, register_loader
 from kdata.models.forward import channels_last, model_checksum, probe_outputs
 from kdata.models.pickle_scan import check_checkpoint_file
-from kdata.models.safe_load import untrusted_load
+from kdata.models.safe_load import LOAD_LOCK, untrusted_load
 from kdata.models.sidecar import (INTERPOLATIONS, check_class_names, current_pool_class_names, first_line,
                                   read_json_file, sidecar_path)
 
@@ -140,6 +140,12 @@ def open_clip_model(spec: str):
                              "pretrained tag)")
     elif Path(weights).suffix not in (".safetensors", ".npz", ".npy"):
         check_checkpoint_file(weights, where=f"{spec}: cannot load {weights}")
+    with LOAD_LOCK:  # the root logger level and the warnings filters are process-wide: one load at a time
+        return _create(open_clip, arch, weights, arch_json, spec=spec, is_file=is_file)
+
+
+def _create(open_clip, arch: str, weights: str, arch_json: bytes, *, spec: str, is_file: bool):
+    """``open_clip.create_model`` offline, quiet and through ``untrusted_load``; the caller holds ``LOAD_LOCK``."""
     prev = logging.getLogger().level
     try:
         logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs a failed download before raising it

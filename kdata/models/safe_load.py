@@ -16,7 +16,7 @@ Two layers, both always on:
 torch's own log records and warnings are silenced during the call, so a damaged file gives
 kdata's one line and no traceback from torch's logger before it.
 
-One load at a time per process (``_LOAD_LOCK``, re-entrant): ``torch.export.load`` keeps its
+One load at a time per process (``LOAD_LOCK``, re-entrant): ``torch.export.load`` keeps its
 deserialiser in a module global (a second thread's load fails with "_CURRENT_DESERIALIZER is
 already set"), and the logger levels and the ``warnings`` filters silenced around a load are
 process-wide, so two overlapping loads would restore each other's silenced state and leave the
@@ -54,7 +54,7 @@ BLOCKED_EVENTS = frozenset({
 
 _ACTIVE: contextvars.ContextVar[list | None] = contextvars.ContextVar("kdata_untrusted_load", default=None)
 _LOCK = threading.Lock()
-_LOAD_LOCK = threading.RLock()  # one guarded load at a time (module docstring)
+LOAD_LOCK = threading.RLock()  # one guarded load at a time (module docstring)
 _STATE = {"hook": False, "depth": 0, "torch_load": None}
 
 
@@ -104,9 +104,9 @@ def _patched_torch_load():
 
 @contextlib.contextmanager
 def _quiet_torch_logs():
-    """torch's loggers and all warnings silenced, restored after (under ``_LOAD_LOCK``: both are
+    """torch's loggers and all warnings silenced, restored after (under ``LOAD_LOCK``: both are
     process-wide, so overlapping save/restore pairs from two threads would leave them silenced)."""
-    with _LOAD_LOCK:
+    with LOAD_LOCK:
         known = list(logging.root.manager.loggerDict.items())
         loggers = [logging.getLogger("torch")] + [lg for n, lg in known
                                                   if n.startswith("torch.") and isinstance(lg, logging.Logger)]
@@ -127,7 +127,7 @@ def untrusted_load(where: str):
     """Guard a block that deserialises a user's file (see the module docstring); raise KdataError
     naming ``where`` when anything in it tried to run code."""
     refused: list[str] = []
-    with _LOAD_LOCK:  # torch.export.load, logger levels and warnings filters are process-wide
+    with LOAD_LOCK:  # torch.export.load, logger levels and warnings filters are process-wide
         token = _ACTIVE.set(refused)
         try:
             with _patched_torch_load(), _quiet_torch_logs():

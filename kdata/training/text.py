@@ -29,6 +29,7 @@ from kdata.models.hf import load_text_model
 from kdata.training.config import TextTrainConfig  # noqa: F401  (re-exported)
 from kdata.training.losses import kd_loss, soft_targets
 from kdata.training.shard_dataset import verify_source
+from kdata.training.train import seeded_rng
 from kdata.training.text_data import TextShards, eval_texts, shard_kind
 from kdata.training.text_losses import (
     accuracy,
@@ -193,29 +194,30 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
                          "pool and hf:/builtin:text-* models)")
     verified = verify_source(shards) if verify else False
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
-    want = "causal_lm" if kind == "causal_lm" else "classifier"
-    if model.kind != want:
-        raise KdataError(f"{student}: a {model.kind.replace('_', ' ')}, but the shards hold {want.replace('_', ' ')} "
-                         "soft labels")
-    cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length))  # the student's position limit
-    data = TextShards(shards, kind=kind, batch_size=cfg.batch_size, pad_id=model.pad_id, seed=cfg.seed,
-                      max_length=cfg.max_length)
-    if kind == "causal_lm":
-        check_tokenizer(data, model)
-    if not len(data):
-        raise KdataError(f"{shards}: no rows to train on")
-    ev = _eval_set(eval, model, kind, cfg)
-    with one_thread() if device.type == "cpu" else nullcontext():
-        before = _measure(model, kind, ev, cfg)
-        best = BestWeights(model.model, before, lower_is_better=kind == "causal_lm") if cfg.keep_best and ev else None
-        on_epoch = (lambda e: best.offer(_measure(model, kind, ev, cfg), epoch=e)) if best else None
-        run = _optimise(model, data, kind, cfg, device, progress, on_epoch=on_epoch)
-        last = after = _measure(model, kind, ev, cfg) if best is None else best.history[-1][1]
-        if best is not None:
-            after = best.restore()
-            run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
+    with seeded_rng(cfg.seed, device):  # seeded for this run; the caller's torch RNG is restored after
+        model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
+        want = "causal_lm" if kind == "causal_lm" else "classifier"
+        if model.kind != want:
+            raise KdataError(f"{student}: a {model.kind.replace('_', ' ')}, but the shards hold "
+                             f"{want.replace('_', ' ')} soft labels")
+        cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length))  # the student's position limit
+        data = TextShards(shards, kind=kind, batch_size=cfg.batch_size, pad_id=model.pad_id, seed=cfg.seed,
+                          max_length=cfg.max_length)
+        if kind == "causal_lm":
+            check_tokenizer(data, model)
+        if not len(data):
+            raise KdataError(f"{shards}: no rows to train on")
+        ev = _eval_set(eval, model, kind, cfg)
+        with one_thread() if device.type == "cpu" else nullcontext():
+            before = _measure(model, kind, ev, cfg)
+            best = (BestWeights(model.model, before, lower_is_better=kind == "causal_lm")
+                    if cfg.keep_best and ev else None)
+            on_epoch = (lambda e: best.offer(_measure(model, kind, ev, cfg), epoch=e)) if best else None
+            run = _optimise(model, data, kind, cfg, device, progress, on_epoch=on_epoch)
+            last = after = _measure(model, kind, ev, cfg) if best is None else best.history[-1][1]
+            if best is not None:
+                after = best.restore()
+                run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
     out = Path(out)
     save_student(model, out)
     metric = "perplexity" if kind == "causal_lm" else "accuracy"

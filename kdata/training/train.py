@@ -90,12 +90,12 @@ def train(student: Model, shards, *, config: TrainConfig = TrainConfig(), eval_s
     the rows done in each epoch (stage ``epoch E/N``) and the evaluation before training.
     """
     device = pick_device(config.device)
-    with _threads_for(student.module, device), _seeded_rng(config.seed, device):
+    with _threads_for(student.module, device), seeded_rng(config.seed, device):
         return _train(student, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress)
 
 
 @contextmanager
-def _seeded_rng(seed: int, device: torch.device):
+def seeded_rng(seed: int, device: torch.device):
     """torch's global RNG seeded with ``seed`` for training (as ``torch.manual_seed`` did: the CPU
     generator, and every CUDA one on a CUDA run) and the caller's state restored afterwards, so a
     library call to ``train`` leaves the caller's random stream where it was. A CPU run does not

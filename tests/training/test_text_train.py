@@ -181,3 +181,20 @@ def test_train_help_gives_both_learning_rate_defaults(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert f"(default: {TrainConfig().lr}; text students: {TextTrainConfig().lr})" in out
+
+
+def test_text_training_is_seeded_by_its_config_and_leaves_the_callers_rng_alone(lm_shards, tmp_path):
+    """The text trainer used to call torch.manual_seed: a library caller's random stream moved. The run is
+    still seeded by its config (same seed, same weights) and the caller's stream is where it was."""
+    import hashlib
+
+    def run(out, caller_seed):
+        torch.manual_seed(caller_seed)
+        train_text(shards=lm_shards, student="builtin:text-student", eval=None,
+                   config=TextTrainConfig(steps=2, seed=5, device="cpu"), out=tmp_path / out)
+        return torch.rand(3), hashlib.sha256((tmp_path / out / "model.safetensors").read_bytes()).hexdigest()
+
+    after_a, weights_a = run("a", 0)
+    after_b, weights_b = run("b", 123)
+    torch.manual_seed(0)
+    assert torch.equal(after_a, torch.rand(3)) and weights_a == weights_b
