@@ -179,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     crit, info = fit_critic(gen, work, label_frac=args.label_frac, rate=args.judge_rate)
     applied = work / "applied.parquet"
     run(["critic", "apply", str(crit), "--scores-from", str(gen), "--out", str(applied), "--device", "cpu", "--json"])
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     a = pq.read_table(applied)
+    a = a.filter(pc.is_valid(a.column("p_accept")))  # the scored rows (apply also lists the quarantined ones)
     ids = a.column("sample_id").to_pylist()
     acc = a.column("accept").to_numpy(zero_copy_only=False)
     accepted = [s for s, k in zip(ids, acc) if k]

@@ -106,9 +106,9 @@ def main() -> None:
     for thr in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8):
         acc = (~flipped) & (score >= thr)
         rej = (~flipped) & ~acc
-        a = (pred[acc & known] == tl[acc & known]).mean() if (acc & known).any() else float("nan")
-        r = (pred[rej & known] == tl[rej & known]).mean() if (rej & known).any() else float("nan")
-        print(f"{thr:9.1f} {acc.sum() / max(1, (~flipped).sum()):7.3f} {a:32.3f} {r:11.3f}")
+        a = f"{(pred[acc & known] == tl[acc & known]).mean():.3f}" if (acc & known).any() else "—"
+        r = f"{(pred[rej & known] == tl[rej & known]).mean():.3f}" if (rej & known).any() else "—"  # none rejected
+        print(f"{thr:9.1f} {acc.sum() / max(1, (~flipped).sum()):7.3f} {a:>32s} {r:>11s}")
 
 
 if __name__ == "__main__":
