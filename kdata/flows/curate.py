@@ -349,13 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dask-workers", type=int, default=None, help="LocalCluster worker processes (--runner dask)")
     args = p.parse_args(argv)
     try:
-        from kdata.flows.inputs import check_prefect_api, runner_from_args, select_and_run
+        from kdata.flows.inputs import check_api, runner_from_args, select_and_run
 
         data = load_config(args.config) if args.config else {}
         out = args.out or (data.get("curate") or {}).get("out") or DEFAULT_OUT
         select, run = select_and_run(args, data, where=args.config or "command line")
         runner = runner_from_args(args, data, config=args.config)
-        check_prefect_api()
+        check_api()
         check_inputs(select, run, out)
         result = run_curate(select, out=out, run=run, runner=runner)
     except KdataError as exc:

@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
     try:
-        from kdata.flows.inputs import check_prefect_api
+        from kdata.flows.inputs import check_api
 
-        check_prefect_api()
+        check_api()
         shards = check_inputs(data=a.data, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed,
                               device=a.device, out=a.out)
         r = distill(data=shards, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed, device=a.device,

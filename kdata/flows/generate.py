@@ -255,13 +255,13 @@ def check_inputs(params: dict, *, device: str, distill: bool = False) -> None:
     the Prefect API, the options (``check_config``), the critic and its cut, the device, the prompts
     file, the teacher (loaded into this process's model cache, which the flow then reuses) and the
     student's spec."""
-    from kdata.flows.inputs import check_prefect_api
+    from kdata.flows.inputs import check_api
     from kdata.models.base import pick_device
     from kdata.models.hf import text_model_path
     from kdata.pipeline.generate import check_config, read_prompts
     from kdata.pipeline.generate_run import target_critic
 
-    check_prefect_api()
+    check_api()
     cfg = _cfg(params)
     check_config(cfg)
     check_distill(cfg, {} if distill else None)

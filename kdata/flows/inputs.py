@@ -34,12 +34,6 @@ def check_api(*, timeout: float = 5.0) -> str | None:
     return url
 
 
-def check_prefect_api() -> str | None:
-    """When ``PREFECT_API_URL`` is set, a Prefect server must answer there (``check_api``, the check
-    ``kdata serve`` makes); without it Prefect starts a temporary server: None."""
-    return check_api()
-
-
 def probe_dask(address: str, *, where: str = "--address", timeout: float = 5.0) -> None:
     """A Dask scheduler must listen at ``address`` (a TCP connect, at most ``timeout`` s), else one line
     naming it — instead of Dask's 30 s of retries and a traceback inside the flow run."""

@@ -160,12 +160,12 @@ def test_unreachable_prefect_api_is_one_line(prefect_api, tmp_path, name, argv):
 def test_no_prefect_api_url_leaves_the_temporary_server_to_prefect(prefect_api, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from kdata.flows.inputs import check_prefect_api
+    from kdata.flows.inputs import check_api
 
-    assert check_prefect_api() == prefect_api
+    assert check_api() == prefect_api
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(updates={PREFECT_API_URL: None}):
-        assert check_prefect_api() is None
+        assert check_api() is None
 
 
 def test_unreachable_dask_address_is_one_line_at_once(one_line, pool_dir, tmp_path):
