@@ -119,9 +119,9 @@ def test_bad_prompts_file_is_one_line_exit_2(lms, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, capsys):
-    """I2D2: round 1 from the teacher, round 2 from the student trained in round 1."""
-    T, S = f"hf:{lms['teacher']}", f"hf:{lms['student']}"
+def generated_with_critic(T: str, S: str, tmp_path):
+    """Candidates of 8 prompts written by T into tmp_path/gen and a critic fitted on them: (the generate
+    options the rounds reuse, the critic directory)."""
     prompts = write_prompts(tmp_path / "prompts.jsonl", n=8)
     common = ["--prompts", str(prompts), "--per-prompt", "4", "--max-new-tokens", "8", "--device", "cpu"]
     assert main(["generate", "--teacher", T, *common, "--out", str(tmp_path / "gen")]) == 0
@@ -129,6 +129,13 @@ def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, 
     assert main(["critic", "fit", "--scores-from", str(tmp_path / "gen"), "--teacher", T, "--student", S,
                  "--labels", str(label_by_rule(tmp_path / "gen", tmp_path / "l.csv")), "--recall", "0.9",
                  "--out", str(crit), "--device", "cpu"]) == 0
+    return common, crit
+
+
+def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, capsys):
+    """I2D2: round 1 from the teacher, round 2 from the student trained in round 1."""
+    T, S = f"hf:{lms['teacher']}", f"hf:{lms['student']}"
+    common, crit = generated_with_critic(T, S, tmp_path)
     capsys.readouterr()
     rounds = tmp_path / "rounds"
     assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "2",
@@ -185,13 +192,7 @@ def test_rounds_that_only_raise_the_perplexity_name_the_starting_student_best(lm
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     T, S = f"hf:{lms['teacher']}", f"hf:{fitted_student(tmp_path / 'student', texts)}"
-    prompts = write_prompts(tmp_path / "prompts.jsonl", n=8)
-    common = ["--prompts", str(prompts), "--per-prompt", "4", "--max-new-tokens", "8", "--device", "cpu"]
-    assert main(["generate", "--teacher", T, *common, "--out", str(tmp_path / "gen")]) == 0
-    crit = tmp_path / "critic"
-    assert main(["critic", "fit", "--scores-from", str(tmp_path / "gen"), "--teacher", T, "--student", S,
-                 "--labels", str(label_by_rule(tmp_path / "gen", tmp_path / "l.csv")), "--recall", "0.9",
-                 "--out", str(crit), "--device", "cpu"]) == 0
+    common, crit = generated_with_critic(T, S, tmp_path)
     capsys.readouterr()
     assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "2",
                  "--epochs", "1", "--eval", str(heldout), "--out", str(tmp_path / "rounds"), "--json"]) == 0
