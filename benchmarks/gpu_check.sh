@@ -10,8 +10,9 @@
 #    student (.pt2), both randomly initialised, 60,000 JPEGs of 224–400 px in 12 units, batch 256,
 #    bf16, --workers auto: bare forward, nvJPEG decode rate, the pipeline and their ratio, and one
 #    more round timed stage by stage (host and device seconds: where the time goes); on CUDA also
-#    one round with each batch's inputs made two batches ahead on a thread of their own
-#    (--prepare-ahead 2), and benchmarks/gpu_overlap.py (each part alone, in turn, side by side).
+#    the engine's variants (--variants: units written on the scoring thread; inputs made 2 batches
+#    ahead on one thread, 3 ahead on two), and benchmarks/gpu_overlap.py (each part alone, in turn,
+#    side by side).
 # 2. `kdata select` on builtin:digits-web on the CPU (fp32) and on the GPU at fp32 and at bf16:
 #    the kept sets compared with the CPU's.
 # 3. `kdata train`, `kdata augment` and `kdata inspect` on the GPU's fp32 selection.
@@ -63,10 +64,11 @@ run() {  # run a command (its stdout to $1 when given as OUT=FILE); with --dry-r
 
 T0=$SECONDS
 step "1/3 scoring throughput on $DEVICE"
-run OUT="$OUT/score.json" python benchmarks/score.py "${BENCH[@]}" --stages --json
+run OUT="$OUT/score.json" timeout 330 python benchmarks/score.py "${BENCH[@]}" --stages --json
 if [ "$DEVICE" != cpu ]; then
-  run OUT="$OUT/score-ahead.json" python benchmarks/score.py "${BENCH[@]}" --repeat 1 --prepare-ahead 2 --json
-  run OUT="$OUT/overlap.json" python benchmarks/gpu_overlap.py --json
+  run OUT="$OUT/variants.json" timeout 300 python benchmarks/score.py "${BENCH[@]}" --repeat 1 --n 36000 --units 6 \
+    --variants 0x1,0x1i,2x1,3x2 --json
+  run OUT="$OUT/overlap.json" timeout 240 python benchmarks/gpu_overlap.py --json
 fi
 
 step "2/3 kdata select on builtin:digits-web: CPU fp32, $DEVICE fp32, $DEVICE bf16"
@@ -118,11 +120,13 @@ if r:
 for name, row in (r or {}).get("stages", {}).items():
     dev = f", device {row['device_s']:.2f} s" if "device_s" in row else ""
     print(f"  stage {name:<18} {row['calls']:>6} calls, host {row['host_s']:.2f} s{dev}")
-ahead = load("score-ahead.json")
-if ahead:
-    print(f"  with inputs made 2 batches ahead on a thread (--prepare-ahead 2): pipeline {ahead['pipeline_per_s']:,.0f}/s "
-          f"(after its first batch {ahead['after_first_batch_per_s']:,.0f}/s)")
+variants = load("variants.json")
+for spec, rate in (variants or {}).get("variants", {}).items():
+    print(f"  engine variant {spec:<5} (score.py --variants: AxT = inputs A batches ahead on T threads, "
+          f"i = units written on the scoring thread; {variants['n']} JPEGs): {rate:,.0f}/s")
 overlap = load("overlap.json")
+if overlap:
+    print(f"  nvJPEG hardware backend: {overlap.get('nvjpeg_hardware_backend')}")
 for name in ("forward", "nvjpeg", "preprocess", "decode+preprocess", "in turn", "ahead, 1 thread", "side by side"):
     if overlap and name in overlap:
         print(f"  gpu_overlap {name:<18} {overlap[name]['per_s']:>8,.0f}/s (host {overlap[name]['host_s']:.2f} s "

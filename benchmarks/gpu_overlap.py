@@ -64,6 +64,30 @@ def main(argv=None) -> int:
     return 0
 
 
+def nvjpeg_hardware() -> str:
+    """Whether the nvJPEG library torchvision loads can open its hardware backend (the JPEG engines
+    of A100/H100-class GPUs; torchvision batch-decodes baseline JPEGs there when it can, else decodes
+    one image at a time with the Huffman stage on the host): ``nvjpegCreateEx`` with
+    NVJPEG_BACKEND_HARDWARE (3), by ctypes; status 0 = available, 7 = NVJPEG_STATUS_ARCH_MISMATCH."""
+    import ctypes
+    import glob
+
+    import torchvision
+
+    base = Path(torchvision.__file__).resolve().parent
+    found = sorted(glob.glob(str(base.parent / "torchvision.libs" / "libnvjpeg*.so*"))
+                   + glob.glob(str(base.parent / "nvidia" / "*" / "lib" / "libnvjpeg*.so*")))
+    for name in [*found, "libnvjpeg.so"]:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        handle = ctypes.c_void_p()
+        status = lib.nvjpegCreateEx(3, None, None, 0, ctypes.byref(handle))
+        return f"{Path(name).name}: nvjpegCreateEx(HARDWARE) status {status}"
+    return "no libnvjpeg found"
+
+
 def measure(args) -> dict:
     import score as bench
 
@@ -106,7 +130,7 @@ def measure(args) -> dict:
     made = [inputs(d) for d in decoded]
     torch.cuda.synchronize()
     r: dict = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "n": n, "batch_size": bs,
-               "precision": p, "sizes": list(args.sizes)}
+               "precision": p, "sizes": list(args.sizes), "nvjpeg_hardware_backend": nvjpeg_hardware()}
 
     def timed(name, fn, reps=2):
         best = None

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -252,6 +253,9 @@ def measure(args, pool, teacher, student, device: torch.device, *, workers: int,
         if rate > r["pipeline_per_s"]:
             r["pipeline_per_s"], info = rate, run_info
     r["paired_ratios"] = [round(x, 3) for x in paired]
+    if args.variants:
+        r["variants"] = measure_variants(args.variants, repeat=args.repeat, rate=lambda: pipeline_rate(
+            pool, teacher, student, config=config, device=device)[0])
     if args.stages:  # one more round, timed stage by stage (kept apart: the CUDA events cost a little)
         from kdata.scoring.stage_clock import stage_clock
 
@@ -277,6 +281,40 @@ def measure(args, pool, teacher, student, device: torch.device, *, workers: int,
             "ratio_after_first_batch": steady / min(r["bare_per_s"], capacity),
             "decode_pids": info.get("decode_pids"), "gpu_jpegs": info.get("gpu_jpegs"),
             "cuda_peak_bytes": info.get("cuda_peak_bytes"), "gpu_decode_per_s": r["gpu_decode_per_s"] or None}
+
+
+VARIANT = re.compile(r"(\d+)x(\d+)(?:c(\d+))?(i?)")
+SETTINGS = ("PREPARE_AHEAD", "PREPARE_THREADS", "CPU_JPEG_SHARE", "WRITE_BEHIND")
+
+
+def variant_settings(spec: str) -> dict:
+    """``AxT`` (inputs made A batches ahead by T threads; A = 0: in turn), then optionally ``cP``
+    (CUDA: the decode workers decode P% of the JPEGs nvJPEG would take) and ``i`` (units written
+    in turn on the scoring thread instead of by the writing thread)."""
+    m = VARIANT.fullmatch(spec)
+    if not m or int(m[3] or 0) > 100:
+        raise SystemExit(f"score.py: --variants: {spec!r} is not AxT[cP][i] (e.g. 0x1,2x1,3x2c20,0x1i)")
+    return {"PREPARE_AHEAD": int(m[1]), "PREPARE_THREADS": max(1, int(m[2])),
+            "CPU_JPEG_SHARE": int(m[3] or 0) / 100, "WRITE_BEHIND": not m[4]}
+
+
+def measure_variants(specs: list[str], *, repeat: int, rate) -> dict[str, float]:
+    """Best pipeline samples/s of each engine variant over ``repeat`` alternating rounds (same pool,
+    models and process as the main figure)."""
+    from kdata.scoring import engine
+
+    saved = {k: getattr(engine, k) for k in SETTINGS}
+    best = dict.fromkeys(specs, 0.0)
+    try:
+        for _ in range(max(1, repeat)):
+            for spec in specs:
+                for k, v in variant_settings(spec).items():
+                    setattr(engine, k, v)
+                best[spec] = max(best[spec], rate())
+    finally:
+        for k, v in saved.items():
+            setattr(engine, k, v)
+    return best
 
 
 def prepare_ahead(device: torch.device) -> int:
@@ -354,6 +392,12 @@ def report(r: dict, repeat: int) -> None:
               f"(1 / (1/bare + 1/(cores × one-core decode))); pipeline / that bound {r['pipeline_per_s'] / b:.2f}")
     if r.get("cuda_peak_bytes"):
         print(f"  peak GPU memory {r['cuda_peak_bytes'] / 2**30:.2f} GiB; JPEGs decoded on the GPU: {r['gpu_jpegs']}")
+    for spec, rate in r.get("variants", {}).items():
+        v = variant_settings(spec)
+        how = (f"inputs {v['PREPARE_AHEAD']} batches ahead on {v['PREPARE_THREADS']} thread(s)" if v["PREPARE_AHEAD"]
+               else "inputs in turn") + (", units written on the scoring thread" if not v["WRITE_BEHIND"] else "") \
+            + (f", {v['CPU_JPEG_SHARE']:.0%} of the JPEGs decoded by the workers" if v["CPU_JPEG_SHARE"] else "")
+        print(f"    variant {spec:<6}{rate:>10.1f} samples/s  ({how})")
     if r.get("stages"):
         report_stages(r)
 
@@ -393,8 +437,20 @@ def main(argv=None) -> int:
     ap.add_argument("--prepare-ahead", type=int, default=None, metavar="N",
                     help="CUDA: batches whose inputs a thread of their own makes ahead of the forward pass "
                     "(default: kdata's, 0: in turn, on the scoring thread)")
+    ap.add_argument("--prepare-threads", type=int, default=None, metavar="T",
+                    help="threads making inputs ahead, each on a CUDA stream of its own (default: kdata's)")
+    ap.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v], default=[],
+                    help="also time these engine variants, best of --repeat rounds each: AxT = inputs A batches "
+                    "ahead on T threads (0x1: in turn), then cP = CUDA: P%% of nvJPEG's JPEGs decoded by the "
+                    "workers, i = units written on the scoring thread (e.g. 0x1,0x1i,2x1,3x2,3x2c20)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    for spec in args.variants:
+        variant_settings(spec)
+    if args.prepare_threads is not None:
+        from kdata.scoring import engine
+
+        engine.PREPARE_THREADS = args.prepare_threads
     if args.prepare_ahead is not None:
         from kdata.scoring import engine
 

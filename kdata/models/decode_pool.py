@@ -12,6 +12,9 @@ normalised (CPU runs) or as uint8 pixels that the scoring process normalises on 
 With ``gpu_jpeg`` a worker does not decode the JPEGs that nvJPEG can take: it returns their
 bytes, and the scoring process decodes them in one batched call on the GPU
 (``kdata.models.gpu_decode``). Everything else is decoded here, on the CPU, as without a GPU.
+With ``cpu_share`` > 0 the workers also decode that share of those JPEGs themselves (rows picked
+by their number in the unit, so a run's split does not depend on batching or worker count): CPU
+cores that would otherwise wait take part of nvJPEG's serial host work (``cpu_jpeg_rows``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ from kdata.models.images import (
 
 AUTO_MIN_ROWS = 2000  # below this many rows to decode, `--workers auto` decodes in-process (no start-up)
 AUTO_MAX_CPU, AUTO_MAX_CUDA = 8, 12  # `auto` caps: CPU runs share the cores with the forward pass
+GOLDEN = (5 ** 0.5 - 1) / 2  # a low-discrepancy step: any share of rows is spread evenly over a unit
+
+
+def cpu_jpeg_rows(start: int, n: int, share: float) -> np.ndarray:
+    """Which of unit rows ``[start, start + n)`` a worker decodes itself although nvJPEG could take
+    them: about ``share`` of them, evenly spread (row r when frac(r · golden ratio) < share)."""
+    if share <= 0:
+        return np.zeros(n, dtype=bool)
+    return (np.arange(start, start + n, dtype=np.float64) * GOLDEN) % 1.0 < share
 
 
 @dataclass(frozen=True)
@@ -106,16 +118,17 @@ class TaskDecoder(Dataset):
     """``BatchTask`` → one decoded batch (a dict; see ``decode_task``). Runs in the workers."""
 
     def __init__(self, keys: list[tuple], *, max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False,
-                 normalised: bool = True):
+                 normalised: bool = True, cpu_share: float = 0.0):
         self.keys, self.max_pixels, self.gpu_jpeg, self.normalised = keys, max_pixels, gpu_jpeg, normalised
+        self.cpu_share = cpu_share
 
     def __getitem__(self, task: BatchTask) -> dict:
         return decode_task(task, self.keys, max_pixels=self.max_pixels, gpu_jpeg=self.gpu_jpeg,
-                           normalised=self.normalised)
+                           normalised=self.normalised, cpu_share=self.cpu_share)
 
 
 def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, gpu_jpeg: bool = False,
-                normalised: bool = True) -> dict:
+                normalised: bool = True, cpu_share: float = 0.0) -> dict:
     """Read and decode one task's rows. Row numbers in the result count from ``task.start``.
 
     Returns ``unit``, ``start``, ``stop``, ``last``, ``pid`` (the process that decoded it),
@@ -125,7 +138,8 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
     the GPU, end to end in one uint8 tensor — one shared-memory handle per batch, not one per image:
     per-image handles capped a 16-core H200 at about 2,000 images/s) cut at ``jpeg_offsets`` and
     ``jpeg_pixels`` (their sizes, from the headers), ``bad`` ([(row, error)]: quarantined), ``empty``
-    (rows without any payload) — or ``fatal``: a one-line reason the unit cannot be read at all."""
+    (rows without any payload) — or ``fatal``: a one-line reason the unit cannot be read at all.
+    ``cpu_share``: the share of nvJPEG's JPEGs decoded here all the same (``cpu_jpeg_rows``)."""
     head = {"unit": task.unit, "start": task.start, "stop": task.stop, "last": task.last, "pid": os.getpid()}
     try:
         table = task.rows.read_rows(task.start, task.stop)
@@ -134,12 +148,13 @@ def decode_task(task: BatchTask, keys: list[tuple], *, max_pixels: int | None, g
     images = table.column("image").to_pylist()
     errors = table.column("read_error").to_pylist() if "read_error" in table.column_names else [None] * len(images)
     rows, decoded, jpeg_rows, jpegs, jpeg_pixels, bad, empty = [], [], [], [], [], [], 0
+    on_cpu = cpu_jpeg_rows(task.start, len(images), cpu_share if gpu_jpeg else 0.0).tolist()
     for j, (data, err) in enumerate(zip(images, errors)):
         if err:  # the pool reader could not read it: quarantined with its reason
             bad.append((j, err))
             continue
         empty += data is None
-        if gpu_jpeg and (pixels := gpu_jpeg_pixels(data, max_pixels)):
+        if gpu_jpeg and not on_cpu[j] and (pixels := gpu_jpeg_pixels(data, max_pixels)):
             jpeg_rows.append(j)
             jpegs.append(data)
             jpeg_pixels.append(pixels)
@@ -187,9 +202,10 @@ class DecodeService:
     which costs nothing since they would share the same cores. A call that fails ``discard``s it."""
 
     def __init__(self, keys: list[tuple], *, num_workers: int, pin: bool, max_pixels: int | None,
-                 gpu_jpeg: bool, normalised: bool, prefetch: int = 2):
+                 gpu_jpeg: bool, normalised: bool, prefetch: int = 2, cpu_share: float = 0.0):
         self.stream = TaskStream(iter(()))
-        decoder = TaskDecoder(keys, max_pixels=max_pixels, gpu_jpeg=gpu_jpeg, normalised=normalised)
+        decoder = TaskDecoder(keys, max_pixels=max_pixels, gpu_jpeg=gpu_jpeg, normalised=normalised,
+                              cpu_share=cpu_share)
         self.loader = DataLoader(decoder, batch_size=None, sampler=self.stream, num_workers=num_workers,
                                  collate_fn=_as_is, pin_memory=pin, prefetch_factor=prefetch,
                                  persistent_workers=True, multiprocessing_context=worker_context(num_workers))
@@ -216,13 +232,13 @@ _SERVICES_LOCK = threading.Lock()
 
 def decode_service(keys: list[tuple], *, num_workers: int, pin: bool = False,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu_jpeg: bool = False,
-                   normalised: bool = True) -> DecodeService:
+                   normalised: bool = True, cpu_share: float = 0.0) -> DecodeService:
     """This process's ``DecodeService`` for these settings (created on first use, then reused)."""
-    key = (tuple(keys), num_workers, pin, max_pixels, gpu_jpeg, normalised)
+    key = (tuple(keys), num_workers, pin, max_pixels, gpu_jpeg, normalised, cpu_share)
     with _SERVICES_LOCK:
         if key not in _SERVICES:
             _SERVICES[key] = DecodeService(keys, num_workers=num_workers, pin=pin, max_pixels=max_pixels,
-                                           gpu_jpeg=gpu_jpeg, normalised=normalised)
+                                           gpu_jpeg=gpu_jpeg, normalised=normalised, cpu_share=cpu_share)
         return _SERVICES[key]
 
 

@@ -4,7 +4,9 @@
 units in order, skips cached ones, locks the cache entry of each unit it feeds and cuts it into
 batches; one DataLoader (workers started once per process, ``DecodeService``) decodes them; the loop below forwards each batch,
 computes the statistics on the scoring device and hands each unit, once its last batch is in, to
-``on_unit`` (write the cache entry, release the lock). A crash loses at most the units in flight.
+``on_unit`` (write the cache entry, release the lock) on a thread of its own (``WRITE_BEHIND``), while
+the next batches are scored; a run returns once every unit it scored is written. A crash loses at
+most the units in flight.
 
 On CUDA: JPEGs decoded by nvJPEG in batches (``kdata.models.gpu_decode``), pinned host memory and
 non-blocking copies, and one batch in flight — batch k+1 is launched while batch k's results come
@@ -21,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -39,6 +41,9 @@ from kdata.models.images import decode_error, decode_multi_u8, normalise, to_dev
 from kdata.scoring.stage_clock import active_clock, timed, timed_iter
 
 PREPARE_AHEAD = 0  # CUDA with decode workers: batches whose inputs are made ahead on their own thread (0: in turn)
+PREPARE_THREADS = 1  # threads making inputs ahead (each on a CUDA stream of its own)
+CPU_JPEG_SHARE = 0.0  # CUDA: share of nvJPEG's JPEGs the decode workers decode on the CPU instead
+WRITE_BEHIND = True  # finished units written by a thread of their own while the next batches are scored
 GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes
 
 
@@ -113,6 +118,8 @@ class ScoringRun:
         self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0}
         self.first_batch_at: float | None = None  # perf_counter() when the first batch reached the models
         self.clock = active_clock()  # per-stage timing, only inside ``stage_clock()`` (kdata.scoring.stage_clock)
+        self.writer: ThreadPoolExecutor | None = None  # writes finished units (``WRITE_BEHIND``)
+        self.writes: deque = deque()  # their futures, oldest first
 
     # -------------------------------------------------------------------------------------------
     # feeding
@@ -145,14 +152,14 @@ class ScoringRun:
                          worker=False)
             return
         service = decode_service(self.keys, num_workers=num_workers, pin=self.gpu, max_pixels=self.config.max_pixels,
-                                 gpu_jpeg=self.gpu_jpeg, normalised=not self.gpu)
+                                 gpu_jpeg=self.gpu_jpeg, normalised=not self.gpu, cpu_share=CPU_JPEG_SHARE)
         with service.lock:
             tasks = iter(tasks)
             head = [] if service.started else [t for t in [next(tasks, None)] if t is not None]
             try:
                 loader = service.iterate(tasks)  # workers start (or resume) now, in the background
                 first = (decode_task(t, self.keys, max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
-                                     normalised=not self.gpu) for t in head)
+                                     normalised=not self.gpu, cpu_share=CPU_JPEG_SHARE) for t in head)
                 self.consume(states, itertools.chain(first, loader), worker=True)
             except BaseException:
                 discard_service(service)
@@ -164,66 +171,78 @@ class ScoringRun:
         pending: deque[Pending] = deque()
         # inputs made ahead where this process decodes (nvJPEG; the batched decode on a CPU is for tests)
         ahead = PREPARE_AHEAD if worker and (self.gpu or self.gpu_jpeg) else 0
-        prepared = self.prepare_ahead(batches, depth=ahead) if ahead else ((out, None) for out in batches)
+        prepared = self.prepare_ahead(batches, depth=ahead, threads=PREPARE_THREADS) if ahead else \
+            ((out, None) for out in batches)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdata-write-units") if WRITE_BEHIND else None
         try:
-            for out, ready in timed_iter(self.clock, "wait_for_batch", prepared):
-                if "fatal" in out:
-                    raise KdataError(out["fatal"])
-                pending.append(self.step(by_index[out["unit"]], out, worker=worker, ready=ready))
-                while len(pending) > in_flight:
-                    self.collect(pending.popleft())
-        finally:
-            prepared.close()  # stops and joins the preparing thread, whatever ended the loop
-        while pending:
-            self.collect(pending.popleft())
-
-    def prepare_ahead(self, batches: Iterator[dict], *, depth: int) -> Iterator[tuple[dict, Ready | None]]:
-        """``(batch, Ready)`` pairs whose inputs a thread of their own makes on a CUDA stream of its own,
-        at most ``depth`` batches ahead of the forward pass (bounded GPU memory). The thread also
-        draws the batches from the decode workers; its errors are raised here, in order."""
-        done = object()
-        q: queue.Queue = queue.Queue(maxsize=depth)
-        stop = threading.Event()
-        stream = torch.cuda.Stream(device=self.device) if self.gpu else None
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def work() -> None:
             try:
-                with torch.inference_mode(), (torch.cuda.stream(stream) if stream else contextlib.nullcontext()):
-                    for out in batches:
-                        ready = None
-                        if "fatal" not in out:
-                            with torch.autocast(self.device.type, enabled=False), \
-                                    timed(self.clock, "inputs", self.device):
-                                x, rows, bad = self.inputs(out)
-                            event = torch.cuda.Event() if stream else None
-                            if event is not None:
-                                event.record(stream)
-                            ready = Ready(x, rows, bad, event)
-                        if stop.is_set() or not put((out, ready)):
-                            return
-            except BaseException as exc:  # noqa: BLE001  (handed to the scoring thread, raised there)
-                put(exc)
-            put(done)
+                for out, ready in timed_iter(self.clock, "wait_for_batch", prepared):
+                    if "fatal" in out:
+                        raise KdataError(out["fatal"])
+                    pending.append(self.step(by_index[out["unit"]], out, worker=worker, ready=ready))
+                    while len(pending) > in_flight:
+                        self.collect(pending.popleft())
+            finally:
+                prepared.close()  # stops and joins the preparing threads, whatever ended the loop
+            while pending:
+                self.collect(pending.popleft())
+        except BaseException:
+            self.drain_writes(quiet=True)  # the units scored in full are still written; the first error stands
+            raise
+        self.drain_writes()
 
-        thread = threading.Thread(target=work, name="kdata-prepare-inputs", daemon=True)
-        thread.start()
+    def drain_writes(self, *, block: bool = True, quiet: bool = False) -> None:
+        """Raise the first error of the unit writes done so far (``quiet``: wait for them, raise
+        nothing); with ``block``, wait for every write (a failed one cancels those not started) and
+        stop the writing thread."""
         try:
-            while (item := q.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while self.writes and (block or self.writes[0].done()):
+                f = self.writes.popleft()
+                if not quiet or f.exception() is None:
+                    f.result()
         finally:
-            stop.set()
-            thread.join()
+            if block and self.writer is not None:
+                self.writer.shutdown(wait=True, cancel_futures=True)
+                self.writer = None
+                self.writes.clear()
+
+    def prepare_ahead(self, batches: Iterator[dict], *, depth: int,
+                      threads: int = 1) -> Iterator[tuple[dict, Ready | None]]:
+        """``(batch, Ready)`` pairs, in order, whose inputs ``threads`` threads of their own make, each on
+        a CUDA stream of its own, at most ``depth`` batches ahead of the forward pass (bounded GPU
+        memory). Batches are drawn from the decode workers here; a thread's error is raised here, in
+        order; the threads are gone when this generator is closed."""
+        local = threading.local()
+
+        def make(out: dict) -> tuple[dict, Ready | None]:
+            if "fatal" in out:
+                return out, None
+            if self.gpu and getattr(local, "stream", None) is None:
+                local.stream = torch.cuda.Stream(device=self.device)
+            stream = getattr(local, "stream", None)
+            with torch.inference_mode(), (torch.cuda.stream(stream) if stream else contextlib.nullcontext()), \
+                    torch.autocast(self.device.type, enabled=False), timed(self.clock, "inputs", self.device):
+                x, rows, bad = self.inputs(out)
+                event = torch.cuda.Event() if stream else None
+                if event is not None:
+                    event.record(stream)
+            return out, Ready(x, rows, bad, event)
+
+        pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kdata-prepare-inputs")
+        futures: deque = deque()
+        try:
+            for out in batches:
+                futures.append(pool.submit(make, out))
+                if "fatal" in out:
+                    break
+                while len(futures) > depth:
+                    yield futures.popleft().result()
+            while futures:
+                yield futures.popleft().result()
+        finally:
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True)
 
     # -------------------------------------------------------------------------------------------
     # one batch
@@ -341,5 +360,12 @@ class ScoringRun:
         if len(p.rows):
             p.state.rows.append(p.rows)
         if p.last:
-            with timed(self.clock, "write_unit"):
-                self.on_unit(p.state)
+            if self.writer is None:
+                self.write_unit(p.state)
+            else:  # the next batches are scored meanwhile; a failed write is raised at the next batch
+                self.writes.append(self.writer.submit(self.write_unit, p.state))
+                self.drain_writes(block=False)
+
+    def write_unit(self, state: UnitState) -> None:
+        with timed(self.clock, "write_unit"):
+            self.on_unit(state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -330,11 +331,16 @@ def _jpeg_units(n_units: int, per_unit: int = 14):
                       "label": [str(i % 10) for i in range(per_unit)]}) for u in range(n_units)]
 
 
+def _preparing(names) -> bool:
+    return any(n.startswith("kdata-prepare-inputs") for n in names)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_inputs_made_ahead_on_their_own_thread_give_the_same_scores(device, monkeypatch):
     """With ``PREPARE_AHEAD`` > 0 and decode workers, the batched-decode path makes each batch's inputs
-    on a thread (and, on CUDA, a stream) of its own, ahead of the forward pass: same rows, quarantine
-    and scores as making them in turn, and the thread is gone once the run returns."""
+    on threads (and, on CUDA, streams) of their own, ahead of the forward pass: same rows, quarantine
+    and scores as making them in turn, with one preparing thread or two, and the threads are gone
+    once the run returns."""
     import threading
 
     from kdata.scoring import engine
@@ -343,14 +349,49 @@ def test_inputs_made_ahead_on_their_own_thread_give_the_same_scores(device, monk
     student = load_model(exported_models()["student_pt"], device=device)
     tables = _jpeg_units(3)
     in_turn = _score_batched(tables, teacher, student, workers=2, device=device)  # the default: in turn
+    assert not any(_preparing(names) for _, _, names in in_turn.values())
     monkeypatch.setattr(engine, "PREPARE_AHEAD", 2)
-    ahead = _score_batched(tables, teacher, student, workers=2, device=device)
-    assert "kdata-prepare-inputs" in ahead[0][2]  # alive while the first unit was handed on
-    assert not any("kdata-prepare-inputs" in names for _, _, names in in_turn.values())
+    for threads in (1, 2):
+        monkeypatch.setattr(engine, "PREPARE_THREADS", threads)
+        ahead = _score_batched(tables, teacher, student, workers=2, device=device)
+        assert _preparing(ahead[0][2])  # alive while the first unit was handed on
+        for u in range(3):
+            assert ahead[u][0].equals(in_turn[u][0]) and ahead[u][1] == in_turn[u][1]
+        assert len(ahead[0][1]) == 1 and sum(ahead[u][0].num_rows for u in range(3)) == 41
+        assert not _preparing(t.name for t in threading.enumerate())
+
+
+def test_finished_units_are_written_on_a_thread_of_their_own_and_all_before_the_run_returns(monkeypatch):
+    """``WRITE_BEHIND``: each finished unit goes to ``on_unit`` on the writing thread while later
+    batches are scored; the tables equal those written in turn, and every unit is written (the thread
+    gone) when the run returns — also when the run fails after some units are finished."""
+    import threading
+
+    from kdata.scoring import engine
+
+    m = exported_models()
+    teacher, student = load_model(m["teacher_pt2"]), load_model(m["student_pt"])
+    tables = _jpeg_units(3)
+    where: dict[int, str] = {}
+
+    def note(st):
+        where[st.index] = threading.current_thread().name
+
+    behind = _score_batched(tables, teacher, student, workers=2, on_unit=note)
+    assert set(where) == {0, 1, 2} and all(n.startswith("kdata-write-units") for n in where.values())
+    assert not any(t.name.startswith("kdata-write-units") for t in threading.enumerate())
+    monkeypatch.setattr(engine, "WRITE_BEHIND", False)
+    where.clear()
+    in_turn = _score_batched(tables, teacher, student, workers=2, on_unit=note)
+    assert set(where.values()) == {threading.current_thread().name}
     for u in range(3):
-        assert ahead[u][0].equals(in_turn[u][0]) and ahead[u][1] == in_turn[u][1]
-    assert len(ahead[0][1]) == 1 and sum(ahead[u][0].num_rows for u in range(3)) == 41
-    assert "kdata-prepare-inputs" not in {t.name for t in threading.enumerate()}
+        assert behind[u][0].equals(in_turn[u][0]) and behind[u][1] == in_turn[u][1]
+    monkeypatch.setattr(engine, "WRITE_BEHIND", True)
+    written = []
+    with pytest.raises(KdataError, match="u2: cannot read"):
+        _score_batched([tables[0], tables[1], None], teacher, student, workers=2,
+                       on_unit=lambda st: (time.sleep(0.2), written.append(st.index)))
+    assert written == [0, 1]  # both finished units written, though the run failed before their writes ended
 
 
 def test_errors_on_either_side_of_the_preparing_thread_stop_the_run_cleanly(monkeypatch):
@@ -374,4 +415,40 @@ def test_errors_on_either_side_of_the_preparing_thread_stop_the_run_cleanly(monk
 
     with pytest.raises(RuntimeError, match="disk full writing unit 0"):
         _score_batched(tables + tables, teacher, student, workers=2, on_unit=fail)
-    assert "kdata-prepare-inputs" not in {t.name for t in threading.enumerate()}
+    assert not _preparing(t.name for t in threading.enumerate())
+
+
+def test_a_share_of_the_gpu_jpegs_is_decoded_by_the_workers_by_row_number(monkeypatch):
+    """``cpu_share``: the workers decode about that share of the JPEGs nvJPEG would take, chosen by
+    the row's number in the unit (the same rows whatever the batching); every row is still decoded
+    once, and a run with a share scores the same rows, quarantine and (to the two paths' pixel
+    rounding) scores as without."""
+    from kdata.models.decode_pool import BatchTask, cpu_jpeg_rows, decode_task
+    from kdata.pools.base import TableRows
+    from kdata.scoring import engine
+
+    tables = _jpeg_units(3)
+    keys = [((3, 32, 32), (0.5,) * 3, (0.25,) * 3, "bilinear")]
+    plan = TableRows(tables[0])
+    on_cpu = cpu_jpeg_rows(0, 14, 0.4)
+    assert 3 <= on_cpu.sum() <= 8 and not cpu_jpeg_rows(0, 14, 0.0).any() and cpu_jpeg_rows(0, 14, 1.0).all()
+    for cuts in ([0, 14], [0, 5, 9, 14]):  # one batch, or three: the same rows go to the CPU
+        seen_cpu, seen_gpu = [], []
+        for a, b in zip(cuts, cuts[1:]):
+            out = decode_task(BatchTask(0, a, b, plan.part(a, b), b == 14), keys, max_pixels=None, gpu_jpeg=True,
+                              normalised=False, cpu_share=0.4)
+            seen_cpu += [a + r for r in out["rows"].tolist()]
+            seen_gpu += [a + r for r in out["jpeg_rows"].tolist()]
+        assert sorted(seen_cpu) == [r for r in range(14) if on_cpu[r] and r != 3]  # row 3: truncated, quarantined
+        assert sorted(seen_gpu) == [r for r in range(14) if not on_cpu[r] and r != 3]
+    m = exported_models()
+    teacher, student = load_model(m["teacher_pt2"]), load_model(m["student_pt"])
+    plain = _score_batched(tables, teacher, student, workers=2)
+    monkeypatch.setattr(engine, "CPU_JPEG_SHARE", 0.5)
+    shared = _score_batched(tables, teacher, student, workers=2)
+    for u in range(3):
+        assert shared[u][0].column("sample_id").equals(plain[u][0].column("sample_id"))
+        assert shared[u][1] == plain[u][1]
+        for col in ("teacher_conf", "kl_ts"):
+            a, b = (np.asarray(t.column(col).to_pylist()) for t in (plain[u][0], shared[u][0]))
+            assert np.abs(a - b).max() < 0.05, col
