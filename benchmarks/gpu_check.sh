@@ -11,7 +11,7 @@
 #    bf16, --workers auto: bare forward, nvJPEG decode rate, the pipeline and their ratio, and one
 #    more round timed stage by stage (host and device seconds: where the time goes); on CUDA also
 #    the engine's variants (--variants: units written on the scoring thread; inputs made 2 batches
-#    ahead on one thread, 3 ahead on two), and benchmarks/gpu_overlap.py (each part alone, in turn,
+#    ahead on one thread, 3 ahead on two, and with 15% of the JPEGs decoded by the workers), and benchmarks/gpu_overlap.py (each part alone, in turn,
 #    side by side).
 # 2. `kdata select` on builtin:digits-web on the CPU (fp32) and on the GPU at fp32 and at bf16:
 #    the kept sets compared with the CPU's.
@@ -67,7 +67,7 @@ step "1/3 scoring throughput on $DEVICE"
 run OUT="$OUT/score.json" timeout 330 python benchmarks/score.py "${BENCH[@]}" --stages --json
 if [ "$DEVICE" != cpu ]; then
   run OUT="$OUT/variants.json" timeout 300 python benchmarks/score.py "${BENCH[@]}" --repeat 1 --n 36000 --units 6 \
-    --variants 0x1,0x1i,2x1,3x2 --json
+    --variants 0x1,0x1i,2x1,3x2,3x2c15 --json
   run OUT="$OUT/overlap.json" timeout 240 python benchmarks/gpu_overlap.py --json
 fi
 
