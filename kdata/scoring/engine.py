@@ -40,8 +40,8 @@ from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
 from kdata.scoring.stage_clock import active_clock, timed, timed_iter
 
-PREPARE_AHEAD = 0  # CUDA with decode workers: batches whose inputs are made ahead on their own thread (0: in turn)
-PREPARE_THREADS = 1  # threads making inputs ahead (each on a CUDA stream of its own)
+PREPARE_AHEAD = 3  # CUDA with decode workers: batches whose inputs are made ahead on threads of their own (0: in turn)
+PREPARE_THREADS = 2  # threads making inputs ahead (each on a CUDA stream of its own)
 CPU_JPEG_SHARE = 0.0  # CUDA: share of nvJPEG's JPEGs the decode workers decode on the CPU instead
 WRITE_BEHIND = True  # finished units written by a thread of their own while the next batches are scored
 GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes

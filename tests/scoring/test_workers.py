@@ -348,7 +348,8 @@ def test_inputs_made_ahead_on_their_own_thread_give_the_same_scores(device, monk
     teacher = load_model(exported_models()["teacher_pt2"], device=device)
     student = load_model(exported_models()["student_pt"], device=device)
     tables = _jpeg_units(3)
-    in_turn = _score_batched(tables, teacher, student, workers=2, device=device)  # the default: in turn
+    monkeypatch.setattr(engine, "PREPARE_AHEAD", 0)
+    in_turn = _score_batched(tables, teacher, student, workers=2, device=device)
     assert not any(_preparing(names) for _, _, names in in_turn.values())
     monkeypatch.setattr(engine, "PREPARE_AHEAD", 2)
     for threads in (1, 2):
