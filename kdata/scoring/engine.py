@@ -115,6 +115,7 @@ class ScoringRun:
         self.lookup = {name: i for i, name in enumerate(teacher.class_names)}
         self.keep_logits = config.keep_logits == "yes" or (config.keep_logits == "auto" and teacher.num_classes <= 128)
         self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0}
+        self.info_lock = threading.Lock()
         self.first_batch_at: float | None = None  # perf_counter() when the first batch reached the models
         self.clock = active_clock()  # per-stage timing, only inside ``stage_clock()`` (kdata.scoring.stage_clock)
         self.writer: ThreadPoolExecutor | None = None  # writes finished units (``WRITE_BEHIND``)
@@ -321,8 +322,9 @@ class ScoringRun:
                     fallback_rows.append(jrows[i])
                 except Exception as exc:  # noqa: BLE001  (fails on both decoders: quarantined)
                     bad.append((jrows[i], decode_error(exc)))
-            self.info["gpu_jpegs"] += len(ok)
-            self.info["gpu_jpeg_fallbacks"] += len(chunk) - len(ok)
+            with self.info_lock:  # the inputs may be made by several threads
+                self.info["gpu_jpegs"] += len(ok)
+                self.info["gpu_jpeg_fallbacks"] += len(chunk) - len(ok)
             if ok:
                 with timed(self.clock, "inputs/preprocess", self.device):
                     x = preprocess([im for im in images if im is not None], self.keys, precision=self.precision)

@@ -35,7 +35,9 @@ def test_a_scoring_run_inside_the_clock_reports_its_stages(tmp_path, monkeypatch
     assert got["write_unit"]["calls"] == 3
     assert got["wait_for_batch"]["calls"] == 7  # one per batch, then the end of the stream
     assert all(row["host_s"] > 0 and "device_s" not in row for row in got.values())  # a CPU run: host only
-    assert sum(row["host_s"] for row in got.values()) <= wall
+    # the scoring thread's stages fit in the run; units are written by a thread of their own, meanwhile
+    assert sum(row["host_s"] for name, row in got.items() if name != "write_unit") <= wall
+    assert got["write_unit"]["host_s"] <= wall
     # a run outside the block adds nothing to the clock
     score_pool(pool, teacher, student, config=cfg, cache=False)
     assert clock.summary() == got
