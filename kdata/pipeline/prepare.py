@@ -124,7 +124,7 @@ def match_pool(scores: pa.Table, pool: Pool, *, scores_file: str) -> tuple[pa.Ta
     to write). A pool holding none of them is the wrong pool: one line naming an id of each, before any work."""
     if not pool.units:
         return scores, []
-    pool_ids = pa.chunked_array([u.read().column("sample_id") for u in pool.units]).combine_chunks()
+    pool_ids = pa.chunked_array([u.sample_ids() for u in pool.units], pa.string()).combine_chunks()
     found = pc.is_in(scores.column("sample_id"), value_set=pool_ids)
     if pc.all(found).as_py():
         return scores, []

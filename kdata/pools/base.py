@@ -65,6 +65,10 @@ class UnitRows:
         """What a task for rows ``[start, stop)`` ships to a worker (it still reads with the unit's row numbers)."""
         return self
 
+    def sample_ids(self) -> pa.Array:
+        """The unit's sample ids in row order (readers that know them without reading payloads say so)."""
+        return self.read_rows(0, self.num_rows).column("sample_id").combine_chunks()
+
 
 class TableRows(UnitRows):
     """The default plan of a reader that cannot address rows: the unit read once, in memory.
@@ -102,6 +106,10 @@ class PoolUnit:
     def read_rows(self, start: int, stop: int) -> pa.Table:
         """Rows ``[start, stop)`` of the unit (pool schema plus ``read_error``)."""
         return self.plan().read_rows(start, stop)
+
+    def sample_ids(self) -> pa.Array:
+        """The unit's sample ids in row order; an image folder's without reading a file."""
+        return self.rows().sample_ids() if self.rows is not None else self.read().column("sample_id").combine_chunks()
 
 
 @dataclass

@@ -154,6 +154,9 @@ class FolderRows(UnitRows):
             return None, BAD_NAME
         return read_capped(self.root / f, root_real=self.root_real, limits=self.limits)
 
+    def sample_ids(self) -> pa.Array:
+        return pa.array([escaped(f) for f in self.files], pa.string())  # as ``read_rows`` names them
+
     def read_rows(self, start: int, stop: int) -> pa.Table:
         files = self.files[start:stop]
         got = [self.load(f) for f in files]

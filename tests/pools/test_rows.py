@@ -21,6 +21,7 @@ from tests.helpers.real_inputs import digits, make_image_folder, make_tar, png_b
 
 def _same_rows(unit: PoolUnit, ranges) -> None:
     whole = unit.read()
+    assert unit.sample_ids().equals(whole.column("sample_id").combine_chunks())
     plan = pickle.loads(pickle.dumps(unit.plan()))  # what a worker gets
     assert plan.num_rows == whole.num_rows
     for a, b in ranges:
@@ -33,6 +34,10 @@ def test_folder_rows(tmp_path):
     (root / "3" / "fifo.png").unlink(missing_ok=True)
     unit = open_image_folder(str(root), unit_files=50).units[0]
     _same_rows(unit, [(0, 23), (0, 5), (5, 16), (22, 23), (7, 7)])
+    ids = unit.sample_ids()
+    for f in root.rglob("*.png"):  # an image folder's ids come from its listing: no file is read
+        f.unlink()
+    assert unit.sample_ids().equals(ids) and len(ids) == 23
 
 
 def test_tar_rows_read_members_by_offset(tmp_path):
