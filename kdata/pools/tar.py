@@ -3,7 +3,9 @@
 The image is the first of jpg/jpeg/png/webp/bmp present, the label the text of ``.cls`` (a class
 name, or an index written as the class name, e.g. '3'); ``sample_id`` is the key. A shard's plan
 (``TarRows``) holds member offsets read once from its headers, so a scoring worker reads only its
-batch's members. The fingerprint is the shard's sha256.
+batch's members. The fingerprint is the shard's sha256 with the reader's version (``TAR_READER``:
+a score cache entry records the reader's quarantine reasons, so a reader that reads a member
+differently must not reuse it).
 
 A shard is checked whole when it is planned: unreadable, cut short (Python's ``tarfile`` reads a
 truncated header, or a missing end-of-archive marker, as a normal end), or a key repeated with one
@@ -29,6 +31,7 @@ from kdata.pools.readers import BAD_NAME, has_images, pool_table
 
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")  # the first present is the sample's image
 SAMPLE_EXTS = (*TAR_IMAGE_EXTS, "cls")  # the members a sample is read from
+TAR_READER = "tar-reader-v2"  # bump when a shard is read differently (v2: link and directory members named as such)
 END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks close every tar (POSIX; GNU tar and tarfile pad further)
 _NOT_FILES = ((tarfile.TarInfo.issym, "a symlink"), (tarfile.TarInfo.islnk, "a hard link"),
               (tarfile.TarInfo.isdir, "a directory"), (tarfile.TarInfo.isfifo, "a FIFO"),
@@ -244,7 +247,7 @@ def open_tar(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
         # keys are kept as written (the sample_id); a key repeated across shards is
         # reported by the pipeline's unique-id check, never silently renamed
         return PoolUnit(name=p.name, read=lambda: read_tar(p, limits=limits),
-                        fingerprint=lambda: f"sha256:{sha256_file(p)}{limits.tag()}", path=str(p),
+                        fingerprint=lambda: f"sha256:{sha256_file(p)}{limits.tag()}:{TAR_READER}", path=str(p),
                         labels=lambda: tar_labels(p, limits=limits), rows=lambda: TarRows(p, limits=limits))
 
     return Pool(spec=spec, units=[unit(p) for p in paths],

@@ -164,3 +164,15 @@ def test_link_members_reach_the_decisions_with_their_error(tmp_path, builtin_mod
     assert main(["inspect", str(tmp_path / "o"), "--json"]) == 0
     listed = {q["sample_id"] for q in json.loads(capsys.readouterr().out)["quarantined"]}
     assert listed == {"s001", "h001", "d001", "f001"}
+
+
+def test_a_new_tar_reader_version_changes_the_shard_fingerprint(tmp_path, monkeypatch):
+    """Score and dedup cache entries are keyed by the unit fingerprint and keep the reader's
+    quarantine reasons: a reader that reads members differently (``TAR_READER``) must not reuse them."""
+    from kdata.pools import tar
+
+    path = _links_tar(tmp_path / "s.tar", _samples(4))
+    before = open_pool(str(path)).units[0].fingerprint()
+    assert before.endswith(tar.TAR_READER) and open_pool(str(path)).units[0].fingerprint() == before
+    monkeypatch.setattr(tar, "TAR_READER", "tar-reader-test")
+    assert open_pool(str(path)).units[0].fingerprint() != before
