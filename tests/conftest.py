@@ -16,6 +16,15 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def one_head_batch(monkeypatch):
+    """While a cold run's decode workers start, the scoring process decodes batches itself until
+    they draw their first task (``kdata.scoring.engine.HEAD_BATCHES`` at most). Tests pin that to
+    one batch, so which process decodes which unit does not depend on how fast this machine starts
+    them; ``tests/scoring/test_workers.py`` tests the unpinned head."""
+    monkeypatch.setattr("kdata.scoring.engine.HEAD_BATCHES", 1)
+
+
 @pytest.fixture(scope="session")
 def builtin_models():
     """(teacher, student) built-in models, trained once per session."""

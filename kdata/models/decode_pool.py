@@ -192,6 +192,35 @@ class TaskStream:
         return self.tasks
 
 
+class HeadFirst:
+    """One task stream shared by the scoring process, while a cold run's workers start, and the
+    workers after: ``head`` hands tasks to the process until the workers have taken their first
+    one (or ``ready()``), under one lock, so every task the process decodes precedes every task the
+    workers decode and the batches stay in order."""
+
+    def __init__(self, tasks: Iterable[BatchTask]):
+        self.tasks, self.lock, self.taken = iter(tasks), threading.Lock(), False
+
+    def __iter__(self) -> Iterator[BatchTask]:
+        return self
+
+    def __next__(self) -> BatchTask:  # the DataLoader's draws
+        with self.lock:
+            self.taken = True
+            return next(self.tasks)
+
+    def head(self, *, ready, limit: int) -> Iterator[BatchTask]:
+        """At most ``limit`` tasks for this process, none once ``ready()`` or the workers drew one."""
+        for _ in range(limit):
+            if ready():
+                return
+            with self.lock:
+                task = None if self.taken else next(self.tasks, None)
+            if task is None:
+                return
+            yield task
+
+
 class DecodeService:
     """Decode workers kept up across the scoring calls of one process.
 

@@ -19,14 +19,15 @@ overlap the forward pass: on an H200, 8,561 samples/s against 6,679 in turn (doc
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.stats import disagreement
-from kdata.models.decode_pool import BatchTask, FailedRows, decode_service, decode_task, discard_service
+from kdata.models.decode_pool import BatchTask, FailedRows, HeadFirst, decode_service, decode_task, discard_service
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
 from kdata.scoring.stage_clock import active_clock, timed, timed_iter
@@ -42,8 +43,14 @@ from kdata.scoring.stage_clock import active_clock, timed, timed_iter
 PREPARE_AHEAD = 3  # CUDA with decode workers: batches whose inputs are made ahead on threads of their own (0: in turn)
 PREPARE_THREADS = 2  # threads making inputs ahead (each on a CUDA stream of its own)
 CPU_JPEG_SHARE = 0.0  # CUDA: share of nvJPEG's JPEGs the decode workers decode on the CPU instead
-WRITE_BEHIND = True  # finished units written by a thread of their own while the next batches are scored
+WRITE_BEHIND = True
+HEAD_BATCHES = 256  # batches a cold run decodes in this process at most while its workers start  # finished units written by a thread of their own while the next batches are scored
 GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes
+
+
+def started(future: concurrent.futures.Future) -> Iterator[dict]:
+    """The batches of a DataLoader iterator being started on another thread (waits for it)."""
+    yield from future.result()
 
 
 def pixel_chunks(pixels: list[int], budget: int) -> list[list[int]]:
@@ -140,12 +147,13 @@ class ScoringRun:
                 stop = min(s + bs, n)
                 yield BatchTask(st.index, s, stop, plan.part(s, stop), s == starts[-1])
 
+    # long: the in-process, warm and cold paths, each with its clean-up
     def run(self, states: list[UnitState], tasks: Iterator[BatchTask], *, num_workers: int) -> None:
         """Decode and score every task; each unit goes to ``on_unit`` as soon as its last batch is back.
 
         Workers belong to this process's ``DecodeService`` (started by the first run that needs them,
         resumed by every later one: a flow's per-unit tasks share them). While they start, this
-        process decodes the first batch itself, so the forward pass starts at once."""
+        process decodes batches itself (at most ``HEAD_BATCHES``), so the forward pass starts at once."""
         if not num_workers:
             self.consume(states, (decode_task(t, self.keys, max_pixels=self.config.max_pixels,
                                               gpu_jpeg=self.gpu_jpeg, normalised=not self.gpu) for t in tasks),
@@ -154,14 +162,24 @@ class ScoringRun:
         service = decode_service(self.keys, num_workers=num_workers, pin=self.gpu, max_pixels=self.config.max_pixels,
                                  gpu_jpeg=self.gpu_jpeg, normalised=not self.gpu, cpu_share=CPU_JPEG_SHARE)
         with service.lock:
-            tasks = iter(tasks)
-            head = [] if service.started else [t for t in [next(tasks, None)] if t is not None]
+            starting = None
             try:
-                loader = service.iterate(tasks)  # workers start (or resume) now, in the background
-                first = (decode_task(t, self.keys, max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
-                                     normalised=not self.gpu, cpu_share=CPU_JPEG_SHARE) for t in head)
-                self.consume(states, itertools.chain(first, loader), worker=True)
+                if service.started:  # warm: the workers resume at once
+                    self.consume(states, service.iterate(tasks), worker=True)
+                    return
+                # cold: the workers start on a thread (a fork server's start takes seconds) while
+                # this process decodes the first batches itself, until the workers draw their first task
+                feed = HeadFirst(tasks)
+                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdata-start-workers")
+                starting = pool.submit(service.iterate, feed)
+                pool.shutdown(wait=False)  # its one thread ends once the workers are up
+                head = (decode_task(t, self.keys, max_pixels=self.config.max_pixels, gpu_jpeg=self.gpu_jpeg,
+                                    normalised=not self.gpu, cpu_share=CPU_JPEG_SHARE)
+                        for t in feed.head(ready=starting.done, limit=HEAD_BATCHES))
+                self.consume(states, itertools.chain(head, started(starting)), worker=True)
             except BaseException:
+                if starting is not None:
+                    concurrent.futures.wait([starting])  # workers half started are stopped with the service
                 discard_service(service)
                 raise
 

@@ -453,3 +453,38 @@ def test_a_share_of_the_gpu_jpegs_is_decoded_by_the_workers_by_row_number(monkey
         for col in ("teacher_conf", "kl_ts"):
             a, b = (np.asarray(t.column(col).to_pylist()) for t in (plain[u][0], shared[u][0]))
             assert np.abs(a - b).max() < 0.05, col
+
+
+def test_a_cold_run_decodes_in_this_process_until_its_workers_take_over(monkeypatch):
+    """Starting the workers (a fork server's start: seconds) happens on a thread of its own while
+    the scoring process decodes the first batches itself; the tasks it takes all precede the
+    workers' (``HeadFirst``), so the units are the same, in order, as with warm workers, and every
+    batch is decoded exactly once."""
+    from kdata.models.decode_pool import HeadFirst, close_services
+    from kdata.scoring import engine
+
+    feed = HeadFirst(iter(range(10)))
+    head = feed.head(ready=lambda: False, limit=100)
+    assert [next(head), next(head)] == [0, 1]
+    assert next(feed) == 2  # the workers drew a task: the head takes none after it
+    assert list(head) == [] and list(feed) == list(range(3, 10))
+    assert list(HeadFirst(iter(range(5))).head(ready=lambda: False, limit=3)) == [0, 1, 2]
+    assert list(HeadFirst(iter(range(5))).head(ready=lambda: True, limit=3)) == []
+
+    m = exported_models()
+    teacher, student = load_model(m["teacher_pt2"]), load_model(m["student_pt"])
+    tables = _jpeg_units(3)
+    warm = _score_batched(tables, teacher, student, workers=2)  # the service is up from here on
+    monkeypatch.setattr(engine, "HEAD_BATCHES", 256)
+    close_services()  # cold again: this process decodes until the new workers draw their first task
+    cold = _score_batched(tables, teacher, student, workers=2)
+    for u in range(3):
+        assert cold[u][0].equals(warm[u][0]) and cold[u][1] == warm[u][1]
+    assert sum(cold[u][0].num_rows for u in range(3)) == 41
+    close_services()
+
+    def fail(st):
+        raise RuntimeError(f"disk full writing unit {st.index}")
+
+    with pytest.raises(RuntimeError, match="disk full writing unit 0"):  # an error while the workers start
+        _score_batched(tables, teacher, student, workers=2, on_unit=fail)
