@@ -39,6 +39,7 @@ from kdata.models.decode_pool import BatchTask, FailedRows, HeadFirst, decode_se
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
 from kdata.scoring.stage_clock import active_clock, timed, timed_iter
+from kdata.scoring.unit_writer import UnitWriter
 
 PREPARE_AHEAD = 3  # CUDA with decode workers: batches whose inputs are made ahead on threads of their own (0: in turn)
 PREPARE_THREADS = 2  # threads making inputs ahead (each on a CUDA stream of its own)
@@ -121,12 +122,11 @@ class ScoringRun:
         self.gray = all(k[0][0] == 1 for k in self.keys)
         self.lookup = {name: i for i, name in enumerate(teacher.class_names)}
         self.keep_logits = config.keep_logits == "yes" or (config.keep_logits == "auto" and teacher.num_classes <= 128)
-        self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0}
+        self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0, "head_batches": 0}
         self.info_lock = threading.Lock()
         self.first_batch_at: float | None = None  # perf_counter() when the first batch reached the models
         self.clock = active_clock()  # per-stage timing, only inside ``stage_clock()`` (kdata.scoring.stage_clock)
-        self.writer: ThreadPoolExecutor | None = None  # writes finished units (``WRITE_BEHIND``)
-        self.writes: deque = deque()  # their futures, oldest first
+        self.writer = UnitWriter(self.write_unit, behind=False)  # a run's own, made by ``consume``
 
     # -------------------------------------------------------------------------------------------
     # feeding
@@ -191,11 +191,13 @@ class ScoringRun:
         ahead = PREPARE_AHEAD if worker and (self.gpu or self.gpu_jpeg) else 0
         prepared = self.prepare_ahead(batches, depth=ahead, threads=PREPARE_THREADS) if ahead else \
             ((out, None) for out in batches)
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdata-write-units") if WRITE_BEHIND else None
+        self.writer = UnitWriter(self.write_unit, behind=WRITE_BEHIND)
         try:
             try:
                 for out, ready in timed_iter(self.clock, "wait_for_batch", prepared):
-                    if "fatal" in out:
+                    if "fatal" in out:  # the batches in flight finish first: their units are written
+                        while pending:
+                            self.collect(pending.popleft())
                         raise KdataError(out["fatal"])
                     pending.append(self.step(by_index[out["unit"]], out, worker=worker, ready=ready))
                     while len(pending) > in_flight:
@@ -204,25 +206,12 @@ class ScoringRun:
                 prepared.close()  # stops and joins the preparing threads, whatever ended the loop
             while pending:
                 self.collect(pending.popleft())
-        except BaseException:
-            self.drain_writes(quiet=True)  # the units scored in full are still written; the first error stands
+        except BaseException as exc:
+            ends = self.writer.close_after(exc)  # the units scored in full are still written
+            if ends is not exc:
+                raise ends from exc
             raise
-        self.drain_writes()
-
-    def drain_writes(self, *, block: bool = True, quiet: bool = False) -> None:
-        """Raise the first error of the unit writes done so far (``quiet``: wait for them, raise
-        nothing); with ``block``, wait for every write (a failed one cancels those not started) and
-        stop the writing thread."""
-        try:
-            while self.writes and (block or self.writes[0].done()):
-                f = self.writes.popleft()
-                if not quiet or f.exception() is None:
-                    f.result()
-        finally:
-            if block and self.writer is not None:
-                self.writer.shutdown(wait=True, cancel_futures=True)
-                self.writer = None
-                self.writes.clear()
+        self.writer.close()
 
     def prepare_ahead(self, batches: Iterator[dict], *, depth: int,
                       threads: int = 1) -> Iterator[tuple[dict, Ready | None]]:
@@ -248,8 +237,17 @@ class ScoringRun:
 
         pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kdata-prepare-inputs")
         futures: deque = deque()
+        batches = iter(batches)
         try:
-            for out in batches:
+            while True:
+                try:
+                    out = next(batches, None)
+                except Exception:  # a batch that cannot be drawn: the ones already made are handed on first
+                    while futures:
+                        yield futures.popleft().result()
+                    raise
+                if out is None:
+                    break
                 futures.append(pool.submit(make, out))
                 if "fatal" in out:
                     break
@@ -273,6 +271,8 @@ class ScoringRun:
         this process decodes while they start is not theirs), else this process."""
         if not worker or out["pid"] != os.getpid():
             st.pids.add(out["pid"])
+        else:
+            self.info["head_batches"] += 1
         st.empty += out["empty"]
         ids = out["ids"]
         st.ids += ids
@@ -379,11 +379,7 @@ class ScoringRun:
         if len(p.rows):
             p.state.rows.append(p.rows)
         if p.last:
-            if self.writer is None:
-                self.write_unit(p.state)
-            else:  # the next batches are scored meanwhile; a failed write is raised at the next batch
-                self.writes.append(self.writer.submit(self.write_unit, p.state))
-                self.drain_writes(block=False)
+            self.writer.submit(p.state)  # behind: the next batches are scored meanwhile
 
     def write_unit(self, state: UnitState) -> None:
         with timed(self.clock, "write_unit"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -190,7 +191,9 @@ def score_unit(unit: PoolUnit, teacher: Model, student: Model, *, config: ScoreC
 def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfig = ScoreConfig(),
                device="cpu", cache: bool = True, progress=None) -> tuple[pa.Table, list[tuple[str, str]], dict]:
     """Score every unit of ``pool``. Returns (scores, quarantined, info: n_in, units, cache_hits, workers,
-    decode_pids per unit, device, precision, GPU decode counts and peak GPU memory on CUDA)."""
+    decode_pids per unit (the worker processes that decoded it), head_batches (batches this process
+    decoded while a cold run's workers started), device, precision, GPU decode counts and peak GPU
+    memory on CUDA)."""
     results, info = score_units(pool.units, teacher, student, config=config, device=device, cache=cache,
                                 progress=progress)
     tables = [read_parquet(path) for path, _, _, _ in results]
@@ -216,6 +219,7 @@ class UnitCache:
         self.keys = [self.hasher.submit(unit_cache_key, u, teacher, student, config, device=device) for u in units]
         self.results: dict[int, tuple[Path, list[tuple[str, str]], int, bool]] = {}
         self.states: list[UnitState] = [UnitState(i, u.name) for i, u in enumerate(units)]
+        self.report_lock = threading.Lock()
 
     def entry(self, i: int) -> tuple[Path, Path]:
         key = self.keys[i].result()
@@ -273,8 +277,10 @@ class UnitCache:
             st.lock = None
 
     def report(self) -> None:
+        """Progress, from whichever thread finished or found a unit: one report at a time, never backwards."""
         if self.progress:
-            self.progress("scoring", len(self.results), len(self.units))
+            with self.report_lock:
+                self.progress("scoring", len(self.results), len(self.units))
 
 
 def score_units(units: list[PoolUnit], teacher: Model, student: Model, *, config: ScoreConfig = ScoreConfig(),
@@ -315,6 +321,7 @@ def score_units(units: list[PoolUnit], teacher: Model, student: Model, *, config
     info = {"units": len(units), "cache_hits": sum(r[3] for r in results), "n_in": sum(r[2] for r in results),
             "device": device.type, "precision": precision, "workers": workers,
             "decode_pids": {st.name: sorted(st.pids) for st in store.states if st.pids},
+            "head_batches": run.info["head_batches"] if run is not None else 0,
             "seconds": time.perf_counter() - t0}
     if run is not None and run.first_batch_at is not None:
         info["seconds_to_first_batch"] = run.first_batch_at - t0

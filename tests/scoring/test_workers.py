@@ -31,6 +31,7 @@ from kdata.scoring.score import (
     resolve_precision,
     score_pool,
     score_table,
+    score_units,
     unit_cache_key,
 )
 from tests.helpers.real_inputs import (
@@ -488,3 +489,76 @@ def test_a_cold_run_decodes_in_this_process_until_its_workers_take_over(monkeypa
 
     with pytest.raises(RuntimeError, match="disk full writing unit 0"):  # an error while the workers start
         _score_batched(tables, teacher, student, workers=2, on_unit=fail)
+
+
+class FailingRows:
+    """A unit plan whose rows fail in the worker with an error that is not kdata's (a disk gone)."""
+
+    num_rows = 6
+
+    def part(self, start, stop):
+        return self
+
+    def read_rows(self, start, stop):
+        raise OSError("disk went away")
+
+
+def test_a_batch_that_cannot_be_drawn_leaves_the_units_before_it_written(monkeypatch):
+    """With inputs made ahead, the batches already made are handed on before the error of the next
+    one is raised, so a finished unit is written as it is in turn; an earlier unit's failed write
+    stays the error of a run that a later unit then ends."""
+    from kdata.pools.base import TableRows
+    from kdata.scoring import engine
+    from kdata.scoring.engine import ScoringRun, UnitState
+
+    m = exported_models()
+    teacher, student = load_model(m["teacher_pt2"]), load_model(m["student_pt"])
+    plans = [TableRows(_jpeg_units(1, per_unit=6)[0]), FailingRows()]
+    for ahead in (0, 3):
+        monkeypatch.setattr(engine, "PREPARE_AHEAD", ahead)
+        states, written = [UnitState(i, f"u{i}") for i in range(2)], []
+        run = ScoringRun(teacher, student, config=ScoreConfig(batch_size=6), device=torch.device("cpu"),
+                         precision="fp32", on_unit=lambda st: written.append(st.index), gpu_decode=True)
+        with pytest.raises(OSError, match="disk went away"), torch.inference_mode():
+            run.run(states, run.tasks(states, lambda i: plans[i], lambda s: True), num_workers=2)
+        assert written == [0], ahead
+
+    def fail(st):
+        time.sleep(0.05)
+        raise RuntimeError(f"disk full writing unit {st.index}")
+
+    tables = _jpeg_units(1)
+    with pytest.raises(RuntimeError, match="disk full writing unit 0"):
+        _score_batched([tables[0], None], teacher, student, workers=2, on_unit=fail)
+
+
+def test_progress_comes_one_report_at_a_time_and_never_goes_back(tmp_path, cache, models, monkeypatch):
+    """Units are found cached on the thread that starts the workers and written on the writing
+    thread, beside the scoring thread: the progress callback is never entered twice at once and
+    its counts only grow."""
+    import threading
+
+    from kdata.models.decode_pool import close_services
+    from kdata.scoring import engine
+
+    teacher, student = models
+    pool = open_image_folder(str(make_image_folder(tmp_path / "pool", n=40)), unit_files=5)
+    cfg = ScoreConfig(batch_size=4, num_workers=2)
+    score_units(pool.units[::2], teacher, student, config=cfg)  # every other unit cached
+    calls, inside, lock = [], [0], threading.Lock()
+
+    def progress(stage, done=None, total=None):
+        with lock:
+            inside[0] += 1
+            assert inside[0] == 1, "entered twice at once"
+        time.sleep(0.01)
+        calls.append((done, threading.current_thread().name))
+        with lock:
+            inside[0] -= 1
+
+    close_services()
+    monkeypatch.setattr(engine, "HEAD_BATCHES", 256)
+    results, info = score_units(pool.units, teacher, student, config=cfg, progress=progress)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == len(pool.units) == 8
+    assert info["cache_hits"] == 4 and len({name for _, name in calls}) >= 2
