@@ -1,6 +1,7 @@
 """What each selection method keeps on ``builtin:digits-web``, against the ground truth.
 
     python benchmarks/precision.py            # 3 seeds, budgets 10% and 30%; updates the table in docs/benchmarks/precision.md
+    python benchmarks/precision.py --seeds 1 --no-write   # one seed, print only (a smoke run)
 
 For each seed s the web pool is rebuilt with ``digits_web(seed=s)`` (different corruptions,
 label noise and duplicates), scored with the built-in teacher and student, and every method
@@ -90,7 +91,8 @@ def table(rows, seeds) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", default=None, help="also write the Markdown to this file (docs/benchmarks/precision.md is always updated)")
+    ap.add_argument("--out", default=None, help="also write the Markdown to this file")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks/precision.md alone")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     seeds = tuple(range(args.seeds))
@@ -116,9 +118,10 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(doc)
-    import runpy
+    if not args.no_write:
+        import runpy
 
-    runpy.run_path(str(Path(__file__).with_name("doc_tables.py")))["splice"]("precision", doc)
+        runpy.run_path(str(Path(__file__).with_name("doc_tables.py")))["splice"]("precision", doc)
     return 0
 
 
