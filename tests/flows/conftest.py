@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 
@@ -13,3 +16,15 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory, builtin_models) -> Path:
+    """The built-in web pool as a directory of its 4 Parquet units (a copy per test module)."""
+    from kdata.pools.spec import open_pool
+
+    root = tmp_path_factory.mktemp("flowpool") / "pool"
+    root.mkdir()
+    for u in open_pool("builtin:digits-web").units:
+        shutil.copy(u.path, root / Path(u.path).name)
+    return root

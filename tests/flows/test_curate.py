@@ -35,18 +35,6 @@ def curate_mod(prefect_api, builtin_models):
     return _load("curate")
 
 
-@pytest.fixture(scope="module")
-def pool_dir(tmp_path_factory, builtin_models) -> Path:
-    """The built-in web pool as a directory of 4 Parquet units."""
-    from kdata.pools.spec import open_pool
-
-    root = tmp_path_factory.mktemp("flowpool") / "pool"
-    root.mkdir()
-    for u in open_pool("builtin:digits-web").units:
-        shutil.copy(u.path, root / Path(u.path).name)
-    return root
-
-
 def _shard_hashes(out) -> list[str]:
     return [f["sha256"] for f in read_manifest(out)["files"]]
 

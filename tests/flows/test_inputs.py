@@ -57,18 +57,6 @@ def script(api_url: str, argv: list[str], cwd: Path, *, says: str, **env) -> str
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def pool_dir(tmp_path_factory, builtin_models) -> Path:
-    """The built-in web pool as a directory of Parquet units."""
-    from kdata.pools.spec import open_pool
-
-    root = tmp_path_factory.mktemp("inputs") / "pool"
-    root.mkdir()
-    for u in open_pool("builtin:digits-web").units:
-        shutil.copy(u.path, root / Path(u.path).name)
-    return root
-
-
 @pytest.fixture
 def other_run(tmp_path) -> Path:
     """An OUT holding another run's dataset (a manifest with a different config hash)."""

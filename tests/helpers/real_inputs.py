@@ -55,6 +55,19 @@ def make_image_folder(root: Path, n: int = 40, *, corrupt: bool = False) -> Path
     return root
 
 
+def make_parquet_units(root: Path, *, units: int, rows: int) -> Path:
+    """A pool folder of ``units`` Parquet files part-i.parquet, ``rows`` digit PNGs with labels each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = digits(units * rows)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(units):
+        pq.write_table(pa.table({"image": [png_bytes(a) for a in x[i * rows:(i + 1) * rows]],
+                                 "label": [str(v) for v in y[i * rows:(i + 1) * rows]]}), root / f"part-{i}.parquet")
+    return root
+
+
 def make_tar(path: Path, keys_labels_images: list[tuple[str, str | None, bytes | None]]) -> Path:
     with tarfile.open(path, "w") as tf:
         for key, label, img in keys_labels_images:

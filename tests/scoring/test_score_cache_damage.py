@@ -9,8 +9,6 @@ import os
 import threading
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from kdata.cli import main
@@ -19,7 +17,7 @@ from kdata.pools.readers import open_image_folder
 from kdata.scoring.cache_entries import read_unit_entry
 from kdata.scoring.score import ScoreConfig, score_pool, unit_cache_key
 from tests.helpers.damage import garbage_inside, rewrite_parquet
-from tests.helpers.real_inputs import digits, exported_models, make_image_folder, png_bytes
+from tests.helpers.real_inputs import exported_models, make_image_folder, make_parquet_units
 
 CFG = ScoreConfig(batch_size=8)
 
@@ -118,12 +116,7 @@ def test_cli_select_survives_a_truncated_entry_and_a_malformed_marker(tmp_path, 
     """The reported repro: ``kdata select``, one entry truncated, rerun into a new --out: exit 0, the
     same dataset, the file named; then a malformed quarantine JSON, the same."""
     m = exported_models()
-    x, y = digits(36)
-    root = tmp_path / "pq"
-    root.mkdir()
-    for i in range(3):
-        pq.write_table(pa.table({"image": [png_bytes(a) for a in x[i * 12:(i + 1) * 12]],
-                                 "label": [str(v) for v in y[i * 12:(i + 1) * 12]]}), root / f"part-{i}.parquet")
+    root = make_parquet_units(tmp_path / "pq", units=3, rows=12)
     args = ["select", "--pool", str(root), "--teacher", m["teacher_pt"], "--student", m["student_pt2"],
             "--method", "kd3", "--budget", "10", "--device", "cpu", "--json"]
 

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -38,6 +37,7 @@ from tests.helpers.real_inputs import (
     digits,
     exported_models,
     make_image_folder,
+    make_parquet_units,
     png_bytes,
 )
 
@@ -80,12 +80,7 @@ def test_cached_units_start_no_worker(tmp_path, cache, models):
 
 def test_a_broken_unit_stops_the_run_after_the_units_before_it_are_written(tmp_path, cache, models):
     teacher, student = models
-    x, y = digits(24)
-    root = tmp_path / "pq"
-    root.mkdir()
-    for i in range(3):
-        pq.write_table(pa.table({"image": [png_bytes(a) for a in x[i * 8:(i + 1) * 8]],
-                                 "label": [str(v) for v in y[i * 8:(i + 1) * 8]]}), root / f"part-{i}.parquet")
+    root = make_parquet_units(tmp_path / "pq", units=3, rows=8)
     good = (root / "part-1.parquet").read_bytes()
     (root / "part-1.parquet").write_bytes(b"not parquet at all")
     cfg = ScoreConfig(batch_size=4, num_workers=2)
