@@ -44,8 +44,8 @@ from kdata.scoring.unit_writer import UnitWriter
 PREPARE_AHEAD = 3  # CUDA with decode workers: batches whose inputs are made ahead on threads of their own (0: in turn)
 PREPARE_THREADS = 2  # threads making inputs ahead (each on a CUDA stream of its own)
 CPU_JPEG_SHARE = 0.0  # CUDA: share of nvJPEG's JPEGs the decode workers decode on the CPU instead
-WRITE_BEHIND = True
-HEAD_BATCHES = 256  # batches a cold run decodes in this process at most while its workers start  # finished units written by a thread of their own while the next batches are scored
+WRITE_BEHIND = True  # finished units written by a thread of their own while the next batches are scored
+HEAD_BATCHES = 256  # batches a cold run decodes in this process at most while its workers start
 GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB, whatever the images' sizes
 
 
