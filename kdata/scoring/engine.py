@@ -178,9 +178,9 @@ class ScoringRun:
                         for t in feed.head(ready=starting.done, limit=HEAD_BATCHES))
                 self.consume(states, itertools.chain(head, started(starting)), worker=True)
             except BaseException:
-                if starting is not None:
-                    concurrent.futures.wait([starting])  # workers half started are stopped with the service
                 discard_service(service)
+                if starting is not None:  # workers still starting are stopped once they are up, not waited for
+                    starting.add_done_callback(lambda _: service.close())
                 raise
 
     def consume(self, states: list[UnitState], batches: Iterator[dict], *, worker: bool) -> None:

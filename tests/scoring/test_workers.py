@@ -557,3 +557,34 @@ def test_progress_comes_one_report_at_a_time_and_never_goes_back(tmp_path, cache
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == len(pool.units) == 8
     assert info["cache_hits"] == 4 and len({name for _, name in calls}) >= 2
+
+
+def test_a_cold_run_that_fails_while_its_workers_start_does_not_wait_for_them_nor_leave_them(monkeypatch):
+    """An error in the head (here: the first unit cannot be read) ends the run at once, without
+    waiting for the workers' start; the workers are stopped as soon as they are up."""
+    import multiprocessing
+
+    from kdata.models import decode_pool
+    from kdata.models.decode_pool import close_services
+    from kdata.scoring import engine
+
+    slow = decode_pool.DecodeService.iterate
+
+    def slow_start(self, tasks):
+        time.sleep(3)
+        return slow(self, tasks)
+
+    m = exported_models()
+    teacher, student = load_model(m["teacher_pt2"]), load_model(m["student_pt"])
+    close_services()
+    monkeypatch.setattr(decode_pool.DecodeService, "iterate", slow_start)
+    monkeypatch.setattr(engine, "HEAD_BATCHES", 256)
+    tables = [None, *_jpeg_units(2)]
+    t0 = time.perf_counter()
+    with pytest.raises(KdataError, match="u0: cannot read"):
+        _score_batched(tables, teacher, student, workers=2)
+    assert time.perf_counter() - t0 < 2.0  # the error did not wait for the 3 s start
+    deadline = time.monotonic() + 30
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not multiprocessing.active_children()  # stopped once they were up
