@@ -108,7 +108,7 @@ class PoolUnit:
         return self.plan().read_rows(start, stop)
 
     def sample_ids(self) -> pa.Array:
-        """The unit's sample ids in row order; an image folder's without reading a file."""
+        """The unit's sample ids in row order; image folders, tar shards and Parquet files without reading a payload."""
         return self.rows().sample_ids() if self.rows is not None else self.read().column("sample_id").combine_chunks()
 
 

@@ -106,10 +106,22 @@ class ParquetRows(UnitRows):
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.bounds = [0, *itertools.accumulate(sizes)]  # row group g holds rows [bounds[g], bounds[g + 1])
         self.num_rows = meta.num_rows
+        self.has_ids = ids is not None
+        self._ids = ids.column("sample_id").combine_chunks().cast(pa.string()) if ids is not None else None
         self._last: tuple[tuple[int, ...], pa.Table] | None = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_last": None}  # a task ships the plan, never a cached row group
+        # a task ships the plan, never a cached row group nor the id column
+        return {**self.__dict__, "_last": None, "_ids": None}
+
+    def sample_ids(self) -> pa.Array:
+        """The ids from the ``sample_id`` column read on opening (``<file>:<row>`` where there is none):
+        no payload is read."""
+        if self.has_ids:
+            if self._ids is None:  # a shipped plan: read the column again
+                self._ids = pq.read_table(self.path, columns=["sample_id"]).column("sample_id").combine_chunks()
+            return self._ids.cast(pa.string())
+        return pa.array([f"{self.name}:{i}" for i in range(self.num_rows)], pa.string())
 
     def read_rows(self, start: int, stop: int) -> pa.Table:
         groups = tuple(g for g in range(len(self.bounds) - 1) if self.bounds[g] < stop and self.bounds[g + 1] > start)

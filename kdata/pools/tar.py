@@ -168,6 +168,9 @@ class TarRows(UnitRows):
         self.refused = [refused.get(k) for k in self.keys]
         self.num_rows = len(self.keys)
 
+    def sample_ids(self) -> pa.Array:
+        return pa.array([escaped(k) for k in self.keys], pa.string())  # from the headers, as ``read_rows`` names them
+
     def read_rows(self, start: int, stop: int) -> pa.Table:
         ids, images, labels, errors = [], [], [], []
         try:

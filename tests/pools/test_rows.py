@@ -53,6 +53,11 @@ def test_tar_rows_read_members_by_offset(tmp_path):
     t = unit.read_rows(12, 14)
     assert t.column("sample_id").to_pylist() == ["nolabel", "big"] and t.column("label").to_pylist() == [None, None]
     assert t.column("read_error")[1].as_py().startswith("member big.png: file is")
+    plan = unit.plan()
+    tar.unlink()  # ids come from the headers read when the plan was made: the shard is not opened again
+    assert plan.sample_ids().to_pylist() == [f"s{i:02d}" for i in range(12)] + ["nolabel", "big"]
+    with pytest.raises(KdataError, match="cannot read tar shard"):
+        plan.read_rows(0, 1)
 
 
 def test_tar_duplicate_key_is_refused_when_the_plan_is_made(tmp_path):
@@ -70,6 +75,27 @@ def test_parquet_rows_span_row_groups_and_name_id_less_rows(tmp_path):
     assert len(unit.plan().bounds) == 6  # five row groups
     _same_rows(unit, [(0, 30), (5, 16), (14, 21), (29, 30), (0, 0)])
     assert unit.read_rows(8, 10).column("sample_id").to_pylist() == ["pool.parquet:8", "pool.parquet:9"]
+
+
+def test_parquet_ids_come_from_the_id_column_alone(tmp_path):
+    x, _ = digits(40)
+    path = tmp_path / "pool.parquet"
+    ids = [f"img-{i:03d}" for i in range(40)]
+    pq.write_table(pa.table({"sample_id": ids, "image": [png_bytes(a) for a in x]}), path,
+                   compression="none", column_encoding={"image": "PLAIN"}, use_dictionary=False)
+    unit = open_pool(str(path)).units[0]
+    _same_rows(unit, [(0, 40)])
+    meta = pq.read_metadata(path).row_group(0)
+    image = next(meta.column(c) for c in range(meta.num_columns) if meta.column(c).path_in_schema == "image")
+    data = bytearray(path.read_bytes())  # damage the image column's pages: reading payloads now fails
+    middle = image.data_page_offset + image.total_compressed_size // 2
+    data[middle - 1024:middle + 1024] = b"\xff" * 2048  # spans length prefixes: each PNG is under 1 KiB
+    path.write_bytes(bytes(data))
+    plan = open_pool(str(path)).units[0].plan()
+    assert plan.sample_ids().to_pylist() == ids
+    assert pickle.loads(pickle.dumps(plan)).sample_ids().to_pylist() == ids  # a shipped plan reads the column again
+    with pytest.raises(pa.ArrowInvalid):
+        pq.read_table(path, columns=["image"])
 
 
 def test_parquet_plan_checks_ids_and_footer_up_front(tmp_path):
