@@ -220,6 +220,8 @@ class UnitCache:
         self.results: dict[int, tuple[Path, list[tuple[str, str]], int, bool]] = {}
         self.states: list[UnitState] = [UnitState(i, u.name) for i, u in enumerate(units)]
         self.report_lock = threading.Lock()
+        self.claimed: dict[str, int] = {}  # cache key → the unit of this run scoring it
+        self.copies: dict[int, int] = {}  # a unit whose content another unit of this run scores → that unit
 
     def entry(self, i: int) -> tuple[Path, Path]:
         key = self.keys[i].result()
@@ -251,15 +253,29 @@ class UnitCache:
 
     def claim(self, st: UnitState) -> bool:
         """Lock unit ``st`` for scoring (waiting for another run scoring it, then reusing its entry);
-        False when it is cached."""
+        False when it is cached, or when an earlier unit of this run with the same content is being
+        scored (its result is then this unit's, see ``copy_results``)."""
         if self.hit(st.index):
+            return False
+        key = self.keys[st.index].result()
+        if key in self.claimed:
+            self.copies[st.index] = self.claimed[key]
             return False
         st.lock = acquire(self.entry(st.index)[0], wait=True)
         if self.hit(st.index, locked=True):
             self.release(st)
             return False
         drop_partial_writes(*self.entry(st.index))
+        self.claimed[key] = st.index
         return True
+
+    def copy_results(self) -> None:
+        """Units that had the content of an earlier unit of this run get its entry, as a cache hit."""
+        for i, j in self.copies.items():
+            path, quarantined, n_in, _ = self.results[j]
+            self.results[i] = (path, quarantined, n_in, True)
+        if self.copies:
+            self.report()
 
     def finish(self, st: UnitState) -> None:
         """Write a scored unit's entry as soon as its last batch is in, then release its lock."""
@@ -315,6 +331,7 @@ def score_units(units: list[PoolUnit], teacher: Model, student: Model, *, config
                 torch.cuda.reset_peak_memory_stats(device)
             with torch.inference_mode(), precision_mode(precision, device):
                 run.run(todo, tasks, num_workers=workers)
+        store.copy_results()
     finally:
         store.close()
     results = [store.results[i] for i in range(len(units))]

@@ -78,6 +78,17 @@ def test_cached_units_start_no_worker(tmp_path, cache, models):
     assert third.equals(first)
 
 
+def test_a_unit_given_twice_is_scored_once(tmp_path, cache, models):
+    """The second copy of a unit in one run reuses the first one's entry (a cache hit), also while
+    that entry is still being written behind the scoring loop."""
+    teacher, student = models
+    pool = open_image_folder(str(make_image_folder(tmp_path / "pool", n=16)), unit_files=8)
+    a, b = pool.units
+    results, info = score_units([a, b, a], teacher, student, config=ScoreConfig(batch_size=4, num_workers=2))
+    assert [r[3] for r in results] == [False, False, True] and results[2][:3] == results[0][:3]
+    assert info["n_in"] == 24 and list(info["decode_pids"]) == [a.name, b.name]
+
+
 def test_a_broken_unit_stops_the_run_after_the_units_before_it_are_written(tmp_path, cache, models):
     teacher, student = models
     root = make_parquet_units(tmp_path / "pq", units=3, rows=8)
