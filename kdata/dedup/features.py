@@ -6,7 +6,6 @@ mean-centred, L2-normalised; imagededup/fastdup style), computed once per pool u
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import numpy as np
@@ -28,10 +27,10 @@ def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool =
     """
     from PIL import Image
 
-    from kdata.models.pixels import upright_8bit
+    from kdata.models.pixels import open_image, upright_8bit
 
     try:
-        with Image.open(io.BytesIO(data or b"")) as stored:
+        with open_image(data) as stored:
             stored.load()
             im = upright_8bit(stored)  # as scoring sees it: upright, 16-bit greys scaled (not clipped)
             h = hashlib.sha256(f"{stored.mode}:{im.size}:".encode() + _hashed(stored, im).tobytes()).hexdigest()
@@ -79,7 +78,7 @@ def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | No
     return hashes, (np.stack(vecs) if vecs else np.zeros((0, PIXEL_SIZE * PIXEL_SIZE), np.float32))
 
 
-FEATURES_VERSION = 2  # bump when image_features / payload_features change what they compute (2: upright, 16-bit)
+FEATURES_VERSION = 3  # bump when image_features / payload_features change what they compute (2: upright, 16-bit; 3: formats)
 
 
 def unit_features(unit, *, pixels: bool):

@@ -7,7 +7,6 @@ decode; models with the same preprocessing share one decode per batch.
 from __future__ import annotations
 
 import functools
-import io
 import re
 import warnings
 
@@ -17,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from kdata.core.errors import KdataError
-from kdata.models.pixels import SWAPPED, orientation, upright_8bit  # noqa: F401  (re-exported)
+from kdata.models.pixels import SWAPPED, open_image, orientation, upright_8bit  # noqa: F401  (re-exported)
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
            "lanczos": Image.LANCZOS, "box": Image.BOX}
@@ -40,14 +39,14 @@ def _open_capped(data: bytes, max_pixels: int | None) -> Image.Image:
     20 KB on disk and ~500 MB once decoded to RGB. PIL's own decompression-bomb limit is raised
     to the cap when the cap is higher (never lowered), so it cannot refuse what the cap allows."""
     if max_pixels is None:
-        return Image.open(io.BytesIO(data))
+        return open_image(data)
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
     over = f"over the {max_pixels / 1e6:g}-megapixel cap (--max-pixels)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below anyway
-            im = Image.open(io.BytesIO(data))
+            im = open_image(data)
     except Image.DecompressionBombError as exc:
         m = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(m.group(1)) / 1e6:.3g} megapixels" if m else "too many pixels"

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import functools
+import io
+
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The formats a payload may be opened as. Pillow picks the plugin from the bytes, not the name, and
+# some plugins run programs (EPS and PostScript call Ghostscript): a pool file is never one of them.
+# PPM: also PGM/PBM; MPO (the JPEGs many cameras write) where a Pillow registers it apart from JPEG.
+READABLE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+NOT_READABLE = "not an image in a format kdata reads (PNG, JPEG, WebP, BMP, GIF, TIFF, PPM/PGM)"
 
 ORIENTATION = 0x0112  # the EXIF Orientation tag; 5–8 swap width and height
 SWAPPED = frozenset({5, 6, 7, 8})
+
+
+def open_image(data: bytes | None) -> Image.Image:
+    """``Image.open`` of payload bytes, only as one of ``READABLE_FORMATS`` (the header is read, no pixel).
+
+    Raises ``ValueError`` naming the formats for bytes none of them reads."""
+    try:
+        return Image.open(io.BytesIO(data or b""), formats=registered_formats())
+    except UnidentifiedImageError:
+        raise ValueError(NOT_READABLE) from None
+
+
+@functools.cache
+def registered_formats() -> tuple[str, ...]:
+    """``READABLE_FORMATS`` this Pillow has an opener for (``Image.open`` refuses unknown names)."""
+    Image.init()
+    return tuple(f for f in READABLE_FORMATS if f in Image.OPEN)
 
 
 def orientation(im: Image.Image) -> int:

@@ -7,7 +7,6 @@ than one matplotlib axes per tile; rejected payloads are read back from the pool
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -111,10 +110,10 @@ def _decode(data: bytes | None):
         return None
     from PIL import Image
 
-    from kdata.models.pixels import upright_8bit
+    from kdata.models.pixels import open_image, upright_8bit
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data) as im:
             im.load()
             return np.asarray(upright_8bit(im).convert("RGB"))  # as scoring sees it: upright, 8-bit
     except Exception:  # an unreadable payload is shown as a blank tile

@@ -46,10 +46,10 @@ def thumb_uri(data: bytes | None) -> str | None:
         return None
     from PIL import Image
 
-    from kdata.models.pixels import upright_8bit
+    from kdata.models.pixels import open_image, upright_8bit
 
     try:
-        with Image.open(io.BytesIO(data)) as stored:
+        with open_image(data) as stored:
             stored.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at reduced size
             stored.load()
             im = upright_8bit(stored)  # as scoring sees it: upright, 16-bit greys scaled (not clipped)

@@ -48,7 +48,7 @@ from kdata.scoring.cache_entries import DamagedEntry, drop_entry, read_unit_entr
 from kdata.scoring.engine import ScoringRun, UnitState
 from kdata.scoring.precision import PRECISIONS, check_precision  # noqa: F401  (re-exported)
 
-DECODE_VERSION = 3  # bump when decoding changes what a model sees (invalidates cached scores); 3: upright, 16-bit
+DECODE_VERSION = 4  # bump when decoding changes what a model sees (invalidates cached scores); 4: formats
 
 
 @dataclass(frozen=True)
