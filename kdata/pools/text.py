@@ -35,7 +35,7 @@ from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
-from kdata.pools.files import check_entry
+from kdata.pools.files import check_entry, escaped
 from kdata.pools.jsonl import read_jsonl
 from kdata.pools.text_rows import (
     TEXT_FIELDS,
@@ -77,19 +77,81 @@ def _is_hf_dataset(p: Path) -> bool:
                            or ((p / "state.json").is_file() and (p / "dataset_info.json").is_file()))
 
 
-def _hf_files(p: Path) -> list[tuple[Path, Path]]:
-    """(split directory, Arrow file) pairs of a saved Dataset or DatasetDict, in the saved order."""
-    if (p / "dataset_dict.json").is_file():
-        try:
-            splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise KdataError(f"{p / 'dataset_dict.json'}: cannot read the split list ({exc})") from None
-        return [f for s in splits for f in _hf_files(p / s)]
+def _hf_files(p: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> list[tuple[Path, Path]]:
+    """(split directory, Arrow file) pairs of a saved Dataset or DatasetDict, in the saved order. Names
+    in the JSON files are checked (``_hf_split_dir``, ``_hf_data_file``): a hostile dataset must not
+    make kdata read files outside the pool."""
+    root_real = os.path.realpath(p)
+    index = p / "dataset_dict.json"
+    if not index.is_file():
+        return _hf_split_files(p, root_real=root_real, limits=limits)
     try:
-        files = [d["filename"] for d in json.loads((p / "state.json").read_text())["_data_files"]]
+        splits = json.loads(index.read_text())["splits"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise KdataError(f"{p / 'state.json'}: cannot read the data file list ({exc})") from None
-    return [(p, p / f) for f in files]
+        raise KdataError(f"{index}: cannot read the split list ({exc})") from None
+    if not isinstance(splits, list):
+        raise KdataError(f"{index}: 'splits' must be a list of split names, not {type(splits).__name__}")
+    dirs = [_hf_split_dir(p, s, index=index, root_real=root_real, limits=limits) for s in splits]
+    return [f for d in dirs for f in _hf_split_files(d, root_real=root_real, limits=limits)]
+
+
+def _within(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _plain_name(name, *, single: bool) -> bool:
+    """A relative name with no ``.``/``..``/empty part (one part only when ``single``)."""
+    if not isinstance(name, str) or not name or "\0" in name or os.path.isabs(name):
+        return False
+    parts = name.split("/")
+    return all(x not in ("", ".", "..") for x in parts) and (len(parts) == 1 or not single)
+
+
+def _hf_split_dir(p: Path, split, *, index: Path, root_real: str, limits: PoolLimits) -> Path:
+    """The directory of one split named in ``dataset_dict.json``: a single path component that is an
+    existing subdirectory of the pool (inside it unless ``--follow-symlinks``). Not recursed into."""
+    where = f"{index}: split {split!r}"
+    if not _plain_name(split, single=True):
+        raise KdataError(f"{where} is not a plain directory name (one path component, no '.' or '..')")
+    d = p / split
+    if not d.is_dir():
+        raise KdataError(f"{where}: no such subdirectory {d}")
+    real = os.path.realpath(d)
+    if real == root_real:
+        raise KdataError(f"{where}: leads back to the pool directory itself")
+    if not limits.follow_symlinks and not _within(real, root_real):
+        raise KdataError(f"{where}: symlink to {escaped(real)}, outside the pool (--follow-symlinks reads it)")
+    return d
+
+
+def _hf_split_files(d: Path, *, root_real: str, limits: PoolLimits) -> list[tuple[Path, Path]]:
+    """(``d``, Arrow file) pairs listed in ``d/state.json``, each checked by ``_hf_data_file``."""
+    state = d / "state.json"
+    try:
+        entries = json.loads(state.read_text())["_data_files"]
+        names = [e["filename"] for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KdataError(f"{state}: cannot read the data file list ({exc})") from None
+    return [(d, _hf_data_file(d, f, state=state, root_real=root_real, limits=limits)) for f in names]
+
+
+def _hf_data_file(d: Path, name, *, state: Path, root_real: str, limits: PoolLimits) -> Path:
+    """``d / name`` for a plain relative ``name`` that stays inside the pool (through symlinks too,
+    unless ``--follow-symlinks``) and is a regular file, checked like other whole pool files."""
+    where = f"{state}: data file {name!r}"
+    if not _plain_name(name, single=False):
+        raise KdataError(f"{where} is not a plain relative name inside the dataset directory (no absolute "
+                         "path, no '.' or '..')")
+    f = d / name
+    real = os.path.realpath(f)
+    if not limits.follow_symlinks and not _within(real, root_real):
+        raise KdataError(f"{where}: symlink to {escaped(real)}, outside the pool (--follow-symlinks reads it)")
+    if not os.path.lexists(f):
+        raise KdataError(f"{where}: listed in the saved dataset but missing ({f})")
+    reason = check_entry(f, root_real=root_real, limits=limits)
+    if reason is not None:
+        raise KdataError(f"{where}: {reason}")
+    return f
 
 
 def _class_label_names(split_dir: Path) -> list[str] | None:
@@ -240,10 +302,7 @@ def open_text(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     saved HF dataset."""
     p = Path(spec)
     if _is_hf_dataset(p):
-        units = [_hf_unit(d, f, p) for d, f in _hf_files(p)]
-        for u in units:
-            if not Path(u.path).is_file():
-                raise KdataError(f"{u.path}: listed in the saved dataset but missing")
+        units = [_hf_unit(d, f, p) for d, f in _hf_files(p, limits=limits)]
         layout = TEXT_LAYOUTS[0]
     elif p.is_file():
         if p.suffix.lower() not in JSONL_SUFFIXES:
