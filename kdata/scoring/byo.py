@@ -264,7 +264,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     if "sample_id" not in names:
         raise KdataError(f"{where}: missing required column 'sample_id' (have: {', '.join(names)})")
     ids = table.column("sample_id").combine_chunks()
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+    if not pa.types.is_string(ids.type):  # large_string (pandas 3's default), ints…: one id type downstream
         ids = ids.cast(pa.string())
         table = table.set_column(names.index("sample_id"), "sample_id", ids)
     if ids.null_count:

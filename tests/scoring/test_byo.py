@@ -208,3 +208,28 @@ def test_predicted_ids_the_pool_lacks_are_quarantined_and_a_wrong_pool_is_one_li
     assert code == 2 and err.count("\n") == 0 and not (tmp_path / "w").exists()
     assert "holds none of the 40 sample ids" in err and "'s0' there, 'other0' here" in err
 
+
+
+@pytest.mark.parametrize("method", ["kd3", "default"])
+def test_a_file_written_by_pandas_runs_like_the_same_file_written_by_pyarrow(tmp_path, capsys, method):
+    """pandas 3 writes string columns as ``large_string``: the ids are one string type downstream."""
+    import pandas as pd
+    rs = np.random.RandomState(0)
+    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(60)],
+                          "teacher_logits": list(rs.randn(60, 4).astype("float32")),
+                          "student_logits": list(rs.randn(60, 4).astype("float32"))})
+    big, small = tmp_path / "large.parquet", tmp_path / "small.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).cast(pa.schema([
+        ("sample_id", pa.large_string()), ("teacher_logits", pa.list_(pa.float32())),
+        ("student_logits", pa.list_(pa.float32()))])), big)
+    pq.write_table(pa.table({"sample_id": frame.sample_id.tolist(),
+                             "teacher_logits": pa.array(frame.teacher_logits.tolist(), pa.list_(pa.float32())),
+                             "student_logits": pa.array(frame.student_logits.tolist(), pa.list_(pa.float32()))}), small)
+    kept = []
+    for path in (big, small):
+        out = tmp_path / f"out-{path.stem}"
+        assert main(["select", "--scores", str(path), "--method", method, "--budget", "12", "--out", str(out),
+                     "--quiet"]) == 0, capsys.readouterr().err
+        dec = pq.read_table(out / "decisions.parquet")
+        kept.append(sorted(r["sample_id"] for r in dec.to_pylist() if r["decision"] == "kept"))
+    assert len(kept[0]) == 12 and kept[0] == kept[1]
