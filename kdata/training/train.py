@@ -169,8 +169,10 @@ def _trainable(student: Model, device, config: TrainConfig) -> list[torch.nn.Par
         raise KdataError(f"{student.spec}: the student has no trainable parameters")
     for p in params:
         p.requires_grad_(True)
-    if config.reinit:
-        reinit_(net)
+    if config.reinit and not reinit_(net):
+        raise KdataError(f"{student.spec}: --reinit: this student has no layers to initialise afresh (an exported "
+                         ".pt2 or TorchScript file keeps weights, not initialisers); train it from its weights, or "
+                         "give a builtin: or timm: student")
     return params
 
 

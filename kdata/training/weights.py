@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 
 
-def reinit_(module: torch.nn.Module) -> None:
-    """Reset every layer's parameters (``--reinit``: train from scratch)."""
+def reinit_(module: torch.nn.Module) -> int:
+    """Reset every layer's parameters (``--reinit``: train from scratch); returns how many layers were
+    reset. An exported program or TorchScript module has none to reset: its layers' initialisers are
+    not part of the file."""
+    reset = 0
     for m in module.modules():
         if m is not module and hasattr(m, "reset_parameters"):
             m.reset_parameters()
+            reset += 1
+    return reset
 
 
 class Best:

@@ -16,6 +16,7 @@ import torch
 
 from kdata.cli import main
 from kdata.core.atomic import current_umask
+from kdata.core.errors import KdataError
 from kdata.models.spec import load_model
 from kdata.training.evaluate import EvalSet
 from kdata.training.losses import kd_loss, nkd_loss, soft_targets
@@ -95,6 +96,25 @@ def test_short_training_improves_over_the_untrained_student(balanced_run):
     assert log["accuracy_before"] < 0.3  # re-initialised: about chance
     assert log["accuracy"] > log["accuracy_before"] + 0.15
     assert log["history"][-1]["loss"] < log["history"][0]["loss"]
+
+
+@pytest.mark.parametrize("kind", ["pt2", "pt"])
+def test_reinit_of_a_student_file_is_refused_not_ignored(balanced_run, tmp_path, kind, capsys):
+    """An exported program keeps weights, not initialisers: ``--reinit`` would train from the given
+    weights while the log said otherwise. It is one line, exit 2."""
+    from kdata.models.files import export_model
+
+    builtin = load_model("builtin:digits-student")
+    path = tmp_path / f"student.{kind}"
+    export_model(builtin.module, path, input_size=builtin.input_size, mean=builtin.mean, std=builtin.std,
+                 class_names=builtin.class_names, kind=kind)
+    with pytest.raises(KdataError, match="--reinit: this student has no layers to initialise afresh"):
+        train(load_model(str(path)), balanced_run, config=TrainConfig(epochs=1, reinit=True, device="cpu"))
+    rc = main(["train", str(balanced_run), "--student", str(path), "--reinit", "--epochs", "1",
+               "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"kdata: error: {path}: --reinit")
+    assert not (tmp_path / "o" / "student.pt2").exists()
 
 
 def test_training_is_seeded_by_its_config_and_leaves_the_callers_rng_alone(balanced_run):
