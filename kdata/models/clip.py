@@ -4,6 +4,12 @@ WEIGHTS is a local checkpoint (checked by :mod:`kdata.models.pickle_scan` unless
 ``.safetensors``, then loaded under :func:`kdata.models.safe_load.untrusted_load`) or an
 open_clip pretrained tag already in the local cache. An optional ``<weights stem>.json`` lists
 ``class_names`` and prompt ``templates``.
+
+ARCH may be a model config ``.json``. Its ``text_cfg`` is checked when it is read: open_clip hands
+``hf_tokenizer_name`` / ``hf_model_name`` and ``tokenizer_kwargs`` to transformers, which would fetch
+a repo id from the Hub or run a directory's Python (``auto_map``, ``trust_remote_code``). So those
+names must be local directories without ``auto_map``, and ``tokenizer_kwargs`` may hold only
+:data:`TOKENIZER_OPTIONS`. There is no opt-in: ``--trust-remote-code`` applies to text models only.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.models.base import Model, register_loader
 from kdata.models.forward import channels_last, model_checksum, probe_outputs
+from kdata.models.hf_safety import remote_code_file
 from kdata.models.pickle_scan import check_checkpoint_file
 from kdata.models.safe_load import LOAD_LOCK, untrusted_load
 from kdata.models.sidecar import (INTERPOLATIONS, check_class_names, current_pool_class_names, first_line,
@@ -39,6 +46,13 @@ TEMPLATES = (
     "a low resolution photo of a {}.",
     "a picture of the {}.",
 )
+
+# ``text_cfg.tokenizer_kwargs`` a config may set: the options of open_clip's own tokenizers (text
+# clean-up, SEP stripping, language, token masking), each a plain value. Anything else would reach
+# ``AutoTokenizer.from_pretrained`` (trust_remote_code, revision, token, cache_dir, ...) or make
+# open_clip read another file (bpe_path).
+TOKENIZER_OPTIONS = {"clean": str, "strip_sep_token": bool, "language": str, "reduction_mask": str}
+HF_DIR_FIELDS = ("hf_tokenizer_name", "hf_model_name")  # text_cfg fields transformers loads from
 
 
 def parse_spec(spec: str, prefix: str, what: str) -> tuple[str, str]:
@@ -106,7 +120,7 @@ def _offline():
 
 
 def _arch_config(spec: str, arch: str) -> tuple[str, bytes]:
-    """A ``.json`` model config registered with open_clip → (arch name, its bytes); else unchanged."""
+    """A ``.json`` model config, checked and registered with open_clip → (arch name, its bytes); else unchanged."""
     import open_clip
 
     if not arch.endswith(".json"):
@@ -115,11 +129,56 @@ def _arch_config(spec: str, arch: str) -> tuple[str, bytes]:
         raise KdataError(f"{spec}: model config {arch} not found")
     try:
         arch_json = Path(arch).read_bytes()
-        json.loads(arch_json)
+        cfg = json.loads(arch_json)
     except (OSError, ValueError, RecursionError) as exc:
         raise KdataError(f"{arch}: cannot read open_clip model config ({first_line(exc)})") from None
+    check_model_config(arch, cfg)
     open_clip.add_model_config(arch)
     return Path(arch).stem, arch_json
+
+
+def check_model_config(path: str, cfg) -> None:
+    """Refuse a model config whose text tower or tokenizer would make transformers download or run
+    a directory's Python (module docstring); one line naming ``path`` and the field."""
+    def bad(field: str, why: str):
+        raise KdataError(f"{path}: field '{field}' {why}")
+
+    if not isinstance(cfg, dict):
+        raise KdataError(f"{path}: expected a JSON object")
+    text = cfg.get("text_cfg", {})
+    if not isinstance(text, dict):
+        bad("text_cfg", "must be a JSON object")
+    _check_tokenizer_kwargs(text.get("tokenizer_kwargs"), bad=bad)
+    for field in HF_DIR_FIELDS:
+        if text.get(field):
+            _check_hf_dir(text[field], field=f"text_cfg.{field}", bad=bad)
+
+
+def _check_tokenizer_kwargs(kwargs, *, bad) -> None:
+    """Only :data:`TOKENIZER_OPTIONS`, each of its type: no trust_remote_code, revision, token, paths."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        bad("text_cfg.tokenizer_kwargs", "must be a JSON object")
+    for key, value in kwargs.items():
+        want = TOKENIZER_OPTIONS.get(key)
+        if want is None:
+            bad(f"text_cfg.tokenizer_kwargs.{key}", f"is not allowed (kdata passes only {', '.join(TOKENIZER_OPTIONS)} "
+                "to the tokenizer; it never runs a tokenizer's own code or fetches one)")
+        if not isinstance(value, want):
+            bad(f"text_cfg.tokenizer_kwargs.{key}", f"must be a {'boolean' if want is bool else 'string'}")
+
+
+def _check_hf_dir(value, *, field: str, bad) -> None:
+    """A transformers name must be a local directory with no ``auto_map`` (kdata never downloads, and
+    runs no code from a model file)."""
+    if not isinstance(value, str) or not Path(value).is_dir():
+        bad(field, f"names {value!r}, not a local directory (kdata never downloads: point it at a local "
+            "transformers directory)")
+    found = remote_code_file(Path(value))
+    if found is not None:
+        bad(field, f"names {value}, whose {found.name} maps classes to the directory's own Python code "
+            "(auto_map); refused: kdata runs no code from an open_clip model config")
 
 
 def open_clip_model(spec: str):
@@ -201,12 +260,27 @@ def preprocess_of(model) -> tuple[tuple[int, int, int], tuple, tuple, str]:
     return (3, int(h), int(w)), tuple(float(v) for v in pp["mean"]), tuple(float(v) for v in pp["std"]), interp
 
 
-def class_text_embeddings(model, arch: str, class_names: Sequence[str], *, templates: Sequence[str] = TEMPLATES,
-                          device="cpu", chunk: int = 512) -> torch.Tensor:
-    """(K, D) zero-shot weights: per class, the mean of its normalised prompt embeddings, renormalised."""
+def _tokenizer(arch: str, *, where: str):
+    """``open_clip.get_tokenizer(arch)`` offline and under ``untrusted_load``; a transformers tokenizer gets
+    ``trust_remote_code=False`` and ``local_files_only=True`` (open_clip lets them override the config's)."""
     import open_clip
 
-    tokenizer = open_clip.get_tokenizer(arch)
+    text = (open_clip.get_model_config(arch) or {}).get("text_cfg") or {}
+    kw = {"trust_remote_code": False, "local_files_only": True} if text.get("hf_tokenizer_name") else {}
+    try:
+        with LOAD_LOCK, _offline(), untrusted_load(where):  # _offline sets process-wide switches
+            return open_clip.get_tokenizer(arch, **kw)
+    except KdataError:
+        raise
+    except Exception as exc:
+        raise KdataError(f"{where}: cannot load the tokenizer of open_clip {arch} ({first_line(exc)})") from None
+
+
+def class_text_embeddings(model, arch: str, class_names: Sequence[str], *, templates: Sequence[str] = TEMPLATES,
+                          device="cpu", chunk: int = 512, where: str | None = None) -> torch.Tensor:
+    """(K, D) zero-shot weights: per class, the mean of its normalised prompt embeddings, renormalised.
+    ``where`` names the model in errors (default: ``arch``)."""
+    tokenizer = _tokenizer(arch, where=where or arch)
     prompts = [t.format(name.replace("_", " ")) for name in class_names for t in templates]
     embs = []
     with torch.inference_mode():
@@ -229,7 +303,7 @@ def load_open_clip(spec: str, *, device="cpu") -> Model:
     templates = side.get("templates") or list(TEMPLATES)
     device = torch.device(device)
     model = model.to(device)
-    weights = class_text_embeddings(model, arch, names, templates=templates, device=device)
+    weights = class_text_embeddings(model, arch, names, templates=templates, device=device, where=spec)
     bias = getattr(model, "logit_bias", None)
     head = ZeroShotCLIP(model.visual, weights, float(model.logit_scale.detach().exp()),
                         float(bias.detach()) if bias is not None else None).eval()

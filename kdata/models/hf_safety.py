@@ -38,13 +38,20 @@ def read_config(path: Path) -> dict:
 
 def check_remote_code(path: Path, config: dict, *, trust_remote_code: bool) -> None:
     """Refuse a directory whose config or tokenizer config maps classes to its own Python code."""
-    if trust_remote_code:
-        return
+    found = None if trust_remote_code else remote_code_file(path, config=config)
+    if found is not None:
+        raise KdataError(f"{found}: the model needs custom code from its directory (auto_map); "
+                         "refused: pass --trust-remote-code to run it")
+
+
+def remote_code_file(path: Path, *, config: dict | None = None) -> Path | None:
+    """The config file (``config.json`` — ``config`` when already read — or ``tokenizer_config.json``)
+    that maps classes to the directory's own Python code (``auto_map``), else None."""
     for name in CONFIG_FILES:
-        data = config if name == "config.json" else _json_or_empty(Path(path) / name)
+        data = config if name == "config.json" and config is not None else _json_or_empty(Path(path) / name)
         if data.get("auto_map") or data.get("trust_remote_code"):
-            raise KdataError(f"{Path(path) / name}: the model needs custom code from its directory (auto_map); "
-                             "refused: pass --trust-remote-code to run it")
+            return Path(path) / name
+    return None
 
 
 def _json_or_empty(p: Path) -> dict:
