@@ -20,7 +20,7 @@ import torch
 
 from kdata.augment.filtering import class_centroids, default_critic_scores
 from kdata.augment.params import PARAM_NAMES, HardConfig, init_theta, squash
-from kdata.augment.search import optimise
+from kdata.augment.search import not_differentiable, optimise
 from kdata.augment.transforms import decode_batch, png_bytes, render, to_pixels
 from kdata.core.stats import disagreement
 from kdata.models.spec import Model
@@ -105,7 +105,8 @@ def generate_rows(pp: ParentPass, teacher: Model, student: Model, *, config: Har
     Raises ``RuntimeError`` when a model fails on a batch (the caller names the models).
     """
     k = config.per_sample
-    out = Generated(src=np.repeat(np.arange(pp.n), k), copy=np.tile(np.arange(k), pp.n), mode=mode)
+    out = Generated(src=np.repeat(np.arange(pp.n), k), copy=np.tile(np.arange(k), pp.n), mode=mode,
+                    fallback=not_differentiable(config, teacher, student))
     per = max(1, config.batch_size // k)
     for a in range(0, pp.n, per):
         pidx = np.arange(a, min(pp.n, a + per))

@@ -97,6 +97,15 @@ def search_mode(config: HardConfig, teacher: Model, student: Model) -> str:
     return GRADIENT
 
 
+def not_differentiable(config: HardConfig, teacher: Model, student: Model) -> str | None:
+    """Why ``search_mode`` chose the random search without being asked to (a model flagged not
+    differentiable), else None."""
+    if config.random_search:
+        return None
+    flagged = [m.spec for m in (teacher, student) if not m.differentiable]
+    return f"not differentiable: {', '.join(flagged)}" if flagged else None
+
+
 def optimise(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfig, bounds: dict,
              gen: torch.Generator, *, mode: str) -> tuple[torch.Tensor, str, str | None]:
     """The best θ for one batch: (best, mode for the next batch, fallback reason or None).

@@ -71,7 +71,7 @@ def _file_model(spec: str, *, device, kind: str) -> Model:
     checksum = model_checksum(sha256_file_memo(path), cfg["_raw"], json.dumps(names))
     return Model(spec=spec, module=module, input_size=cfg["input_size"], mean=cfg["mean"], std=cfg["std"],
                  class_names=names, checksum=checksum, interpolation=cfg["interpolation"], forward_fn=fwd,
-                 differentiable=False, extra={"format": kind, "feature_dim": fdim})
+                 differentiable=True, extra={"format": kind, "feature_dim": fdim})  # HARD falls back if not
 
 
 @register_loader(lambda s: s.endswith(".pt2") and not s.startswith(("open_clip:", "timm:")))

@@ -193,7 +193,9 @@ def test_random_search_fallback(base, builtin_models, flag):
     info = res.info
     assert info["mode"] == "random_search"
     if flag:  # flagged differentiable but is not: detected at run time, reason recorded
-        assert "fallback_reason" in info
+        assert "fallback_reason" in info and not info["fallback_reason"].startswith("not differentiable")
+    else:  # flagged: the reason names the model
+        assert info["fallback_reason"] == f"not differentiable: {student.spec}#script"
     assert info["median_kl_generated"] > info["median_kl_parents"]
     kept = res.accepted
     kl = _rescore(kept.column("image").to_pylist(), teacher, student)["kl"]
@@ -277,3 +279,21 @@ def test_new_ids_never_reuse_existing(base, builtin_models):
                    existing_ids=pid + [f"{pid[0]}#hard0"])
     ids = res.accepted.column("sample_id").to_pylist() + res.excluded.column("sample_id").to_pylist()
     assert f"{pid[0]}#hard1" in ids and f"{pid[0]}#hard0" not in ids and f"{pid[1]}#hard0" in ids
+
+
+@pytest.mark.parametrize("kind", ["pt2", "pt"])
+def test_exported_models_take_the_gradient_path(base, builtin_models, tmp_path, kind):
+    """A .pt2 or TorchScript file passes gradients to its input: HARD optimises θ with Adam, as for
+    the built-in models, instead of the random search."""
+    from kdata.models.files import export_model
+    from kdata.models.spec import load_model
+
+    teacher, student = builtin_models
+    paths = {}
+    for name, m in (("teacher", teacher), ("student", student)):
+        paths[name] = export_model(m.module, tmp_path / f"{name}.{kind}", input_size=m.input_size, mean=m.mean,
+                                   std=m.std, class_names=m.class_names, kind=kind)
+    t, s_ = load_model(str(paths["teacher"])), load_model(str(paths["student"]))
+    info = generate(read_shards(base).slice(0, 8), t, s_, config=HardConfig(per_sample=1, steps=3)).info
+    assert info["mode"] == "gradient" and "fallback_reason" not in info
+    assert info["median_kl_generated"] > info["median_kl_parents"]
