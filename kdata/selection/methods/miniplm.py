@@ -59,7 +59,7 @@ def token_mean(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _label_logprob(view: ScoreView, who: str, y: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(view.prob_at(who, y), FLOOR))
+    return view.log_prob_at(who, y, floor=FLOOR)
 
 
 def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, temperature: float) -> np.ndarray:

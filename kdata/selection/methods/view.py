@@ -196,16 +196,27 @@ class ScoreView:
 
     def prob_at(self, who: str, cls: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:
         """p_who(cls_i | x_i) per row, O(N·k) from top-k (rest spread evenly) or chunked from logits."""
-        cls = np.asarray(cls, dtype=np.int64)
-        out = np.empty(len(self), dtype=np.float64)
         if self.has(f"{who}_logits"):
-            z_all = self.col(f"{who}_logits")
-            for i in range(0, len(self), chunk):
-                z = z_all[i:i + chunk].astype(np.float64) / self.temperature
-                m = z.max(1, keepdims=True, initial=-np.inf)
-                lse = np.log(np.exp(z - m).sum(1)) + m[:, 0]
-                out[i:i + chunk] = np.exp(z[np.arange(len(z)), cls[i:i + chunk]] - lse)
-            return out
+            return np.exp(self.log_prob_at(who, cls, chunk=chunk))
+        return self._topk_prob_at(who, np.asarray(cls, dtype=np.int64))
+
+    def log_prob_at(self, who: str, cls: np.ndarray, *, chunk: int = 65_536, floor: float = 1e-12) -> np.ndarray:
+        """log p_who(cls_i | x_i) per row: exact log-softmax from logits (no floor, however small the
+        probability); from top-k the log of ``prob_at``, floored at ``floor`` (a class outside the top-k
+        of a top-k that sums to 1 has no mass left)."""
+        cls = np.asarray(cls, dtype=np.int64)
+        if not self.has(f"{who}_logits"):
+            return np.log(np.maximum(self._topk_prob_at(who, cls), floor))
+        out = np.empty(len(self), dtype=np.float64)
+        z_all = self.col(f"{who}_logits")
+        for i in range(0, len(self), chunk):
+            z = z_all[i:i + chunk].astype(np.float64) / self.temperature
+            m = z.max(1, keepdims=True, initial=-np.inf)
+            lse = np.log(np.exp(z - m).sum(1)) + m[:, 0]
+            out[i:i + chunk] = z[np.arange(len(z)), cls[i:i + chunk]] - lse
+        return out
+
+    def _topk_prob_at(self, who: str, cls: np.ndarray) -> np.ndarray:
         idx = self.col(f"{who}_topk_idx")
         val = self.col(f"{who}_topk_prob").astype(np.float64)
         rest = np.clip(1 - val.sum(1), 0, None) / max(self.num_classes - idx.shape[1], 1)

@@ -84,6 +84,26 @@ def test_miniplm_by_hand(tmp_path):
     assert kept_ids(scores, sel) == ["s0", "s2"]
 
 
+def test_miniplm_is_exact_in_the_low_tail():
+    """From logits the score is log-softmax difference however small the probabilities (a floor at
+    1e-12 moved scores of rows the teacher gives under 1e-12 by up to 24 nats)."""
+    import pyarrow as pa
+
+    t = np.array([[40.0, 0.0], [0.0, 40.0], [30.0, 0.0]])  # label 1, 0, 1: p_T(label) = e^-40, e^-40, e^-30
+    s = np.array([[0.0, 0.0], [0.0, 0.0], [60.0, 0.0]])
+    table = pa.table({"sample_id": ["a", "b", "c"], "teacher_logits": pa.array(t.tolist(), pa.list_(pa.float32())),
+                      "student_logits": pa.array(s.tolist(), pa.list_(pa.float32())), "label_idx": [1, 0, 1]})
+    sel = select(table, methods=["miniplm"], budget=1, seed=0, num_classes=2)
+
+    def log_softmax(z):
+        return z - np.logaddexp(z[:, 0], z[:, 1])[:, None]
+
+    want = log_softmax(t)[np.arange(3), [1, 0, 1]] - log_softmax(s)[np.arange(3), [1, 0, 1]]
+    np.testing.assert_allclose(sel.scores["score_miniplm"], want, rtol=1e-6)
+    assert want[2] == pytest.approx(-30 + 60, abs=1e-6)  # both far below 1e-12: only the exact logs rank it first
+    assert kept_ids(table, sel) == ["c"]
+
+
 def test_miniplm_per_token_logprob_columns(tmp_path):
     import pyarrow as pa
 
