@@ -175,7 +175,7 @@ def _finish(st: _State, view: ScoreView, *, budget: int, seed: int, balance: str
     kept[chosen] = True
     over = st.alive & ~kept
     st.reason[over] = f"{st.ranker_name}_over_budget"
-    st.stage[over] = st.ranker_name
+    st.stage[st.alive] = st.ranker_name  # kept and over budget alike: the last ranker decided them
     rank = np.full(n, -1, dtype=np.int32)
     rank[chosen] = np.arange(len(chosen), dtype=np.int32)
     return Selection(kept=kept, reason=st.reason, stage=st.stage, rank=rank, scores=st.scores, info=st.info)

@@ -67,6 +67,9 @@ def test_select_accounts_for_every_row():
     conf = t.column("teacher_conf").to_numpy()
     assert set(np.flatnonzero(sel.kept)) == set(np.argsort(-conf)[:4])
     assert sorted(sel.rank[sel.kept].tolist()) == [0, 1, 2, 3]
+    assert set(sel.stage) == {"teacher_confidence"}  # every row names the stage that decided it, kept ones too
+    chained = select(t, methods=["kd3", "coverage"], budget=4, seed=0, num_classes=3)
+    assert None not in set(chained.stage) and set(chained.stage[chained.kept]) == {"coverage"}
 
 
 @pytest.mark.parametrize("budget", [-1, -200, 10.5, 10.0, "10", True, None])

@@ -45,7 +45,7 @@ def test_kd3_in_select_with_threshold_names_reasons(tmp_path):
     sel = select(scores, methods=["kd3"], budget=2, seed=0, num_classes=2, options={"kd3": {"threshold": 0.58}})
     assert kept_ids(scores, sel) == ["s0", "s3"]
     assert sel.reason.tolist() == [None, "kd3_low_confidence", "kd3_over_budget", None]
-    assert sel.stage.tolist() == [None, "kd3", "kd3", None]
+    assert sel.stage.tolist() == ["kd3"] * 4  # kept rows too: the ranker decided them
 
 
 def test_rad_probabilities_by_hand():
