@@ -12,30 +12,105 @@ truncated header, or a missing end-of-archive marker, as a normal end), or a key
 extension stops the run with one line. A member that must not be read (over the size cap,
 sparse, a link, a directory or a device where a sample's image or label should be) quarantines its
 sample with the reason; links are never followed, inside the tar or out of it.
+
+``tarfile`` reads a GNU long-name/long-link or PAX header whole before any member is seen, so
+the archive stream it reads (``_Stream``: the shard, gzip/bz2/xz content decompressed here)
+refuses a read over ``HEADER_MAX`` while headers are scanned, and a compressed shard that
+expands past ``max(EXPAND_FLOOR, EXPAND_RATIO`` × its size on disk): one line naming the shard.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import glob
+import gzip
+import lzma
 import os
 import re
 import tarfile
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
 
 from kdata.core.errors import KdataError
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, UnitRows, register_reader
-from kdata.pools.files import check_entry, escaped, is_utf8, over_cap
+from kdata.pools.files import check_entry, escaped, is_utf8, mib, over_cap
 from kdata.pools.readers import BAD_NAME, has_images, pool_table
 
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")  # the first present is the sample's image
 SAMPLE_EXTS = (*TAR_IMAGE_EXTS, "cls")  # the members a sample is read from
-TAR_READER = "tar-reader-v2"  # bump when a shard is read differently (v2: link and directory members named as such)
+TAR_READER = "tar-reader-v3"  # bump when a shard is read differently (v3: extended headers and expansion bounded)
 END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks close every tar (POSIX; GNU tar and tarfile pad further)
 _NOT_FILES = ((tarfile.TarInfo.issym, "a symlink"), (tarfile.TarInfo.islnk, "a hard link"),
               (tarfile.TarInfo.isdir, "a directory"), (tarfile.TarInfo.isfifo, "a FIFO"),
               (tarfile.TarInfo.ischr, "a character device"), (tarfile.TarInfo.isblk, "a block device"))
+
+HEADER_MAX = 64 << 10  # the most one header read may take (GNU long names and PAX records are far smaller)
+EXPAND_FLOOR, EXPAND_RATIO = 256 << 20, 100  # a compressed shard expands to at most max(floor, ratio × on disk)
+_MAGIC = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", bz2.BZ2File),
+          (b"\xfd7zXZ\x00", lzma.LZMAFile))  # what ``tarfile``'s "r:*" would decompress
+_BROKEN = (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)  # what a damaged shard raises
+
+
+class _Refused(Exception):
+    """A read that ``_Stream`` will not do (its message names the problem, not the shard)."""
+
+
+class _Stream:
+    """The archive stream ``tarfile`` reads: the shard's bytes, decompressed here when gzip, bz2 or xz.
+
+    One read takes at most ``max_read`` bytes (``tarfile`` reads an extended header whole: a
+    declared size must not become an allocation), and a compressed shard is never expanded past
+    ``limit`` (a few MiB must not stand for hours of decompression)."""
+
+    def __init__(self, path: Path, *, max_read: int = HEADER_MAX):
+        self._raw = open(path, "rb")  # noqa: SIM115  (closed by ``close``)
+        head, size = self._raw.read(6), os.fstat(self._raw.fileno()).st_size
+        self._raw.seek(0)
+        opener = next((fn for magic, fn in _MAGIC if head.startswith(magic)), None)
+        self._f = opener(self._raw) if opener else self._raw
+        self.max_read = max_read
+        self.limit = max(EXPAND_FLOOR, EXPAND_RATIO * size) if opener else None
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self.max_read:
+            raise _Refused(f"tar header declares {mib(n or 0)} of extended header (a GNU long name or PAX "
+                           f"record), over the {self.max_read >> 10} KiB kdata reads in one header")
+        data = self._f.read(n)
+        self._check(self._f.tell())
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if self.limit is not None and whence == 0 and pos > self.limit:
+            self._f.seek(self.limit + 1)  # decompress up to the bound, no further
+            self._check(self._f.tell())
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+        self._raw.close()
+
+    def _check(self, pos: int) -> None:
+        if self.limit is not None and pos > self.limit:
+            raise _Refused(f"compressed shard expands past {mib(self.limit)} ({EXPAND_RATIO}x its size on "
+                           "disk): refused as a decompression bomb")
+
+
+@contextlib.contextmanager
+def _open_tar(path: Path, *, max_read: int = HEADER_MAX):
+    """``tarfile`` over a ``_Stream`` of the shard (both closed on leaving)."""
+    stream = _Stream(path, max_read=max_read)
+    try:
+        with tarfile.open(fileobj=stream, mode="r:") as tf:
+            yield tf
+    finally:
+        stream.close()
+
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -126,6 +201,8 @@ def _check_end(tf: tarfile.TarFile, last: str | None, path: Path) -> None:
 
 def _unreadable(path: Path, exc: BaseException) -> KdataError:
     """One line (``tarfile`` lists each decompressor it tried on a line of its own)."""
+    if isinstance(exc, _Refused):
+        return KdataError(f"{path}: {exc}")
     return KdataError(f"{path}: cannot read tar shard ({type(exc).__name__}: {' '.join(str(exc).split())})")
 
 
@@ -142,7 +219,7 @@ class TarRows(UnitRows):
         samples: dict[str, dict[str, tuple[int, int] | None]] = {}
         refused: dict[str, str] = {}
         try:
-            with tarfile.open(path, "r:*") as tf:
+            with _open_tar(path) as tf:
                 last = None
                 for m in tf:
                     last, named = m.name, _sample_member(m)
@@ -160,7 +237,7 @@ class TarRows(UnitRows):
                     if reason is not None:
                         refused.setdefault(key, reason)
                 _check_end(tf, last, self.path)
-        except (OSError, tarfile.TarError, EOFError) as exc:
+        except (*_BROKEN, _Refused) as exc:
             raise _unreadable(path, exc) from None
         self.keys = list(samples)
         self.image = [next((parts[e] for e in TAR_IMAGE_EXTS if e in parts), None) for parts in samples.values()]
@@ -174,7 +251,7 @@ class TarRows(UnitRows):
     def read_rows(self, start: int, stop: int) -> pa.Table:
         ids, images, labels, errors = [], [], [], []
         try:
-            with tarfile.open(self.path, "r:*") as tf:
+            with _open_tar(self.path, max_read=max(HEADER_MAX, self.limits.max_file_bytes)) as tf:
                 fh = tf.fileobj  # the (decompressed) archive stream: member offsets index into it
 
                 def member(where: tuple[int, int] | None) -> bytes | None:
@@ -190,7 +267,7 @@ class TarRows(UnitRows):
                     images.append(img)
                     labels.append(cls.decode("utf-8", "replace").strip() if cls is not None else None)
                     errors.append(bad)
-        except (OSError, tarfile.TarError, EOFError) as exc:
+        except (*_BROKEN, _Refused) as exc:
             raise _unreadable(self.path, exc) from None
         return pool_table(ids, images, labels, source=self.path.name, errors=errors)
 
@@ -210,15 +287,15 @@ def tar_labels(path: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> set[str]:
     none; reading it later gives the error)."""
     out: set[str] = set()
     try:
-        with tarfile.open(path, "r:*") as tf:
+        with _open_tar(path) as tf:
             for m, key, ext in _tar_members(tf):
                 if ext == "cls" and m.size <= min(limits.max_file_bytes, 1 << 16) and is_utf8(key):
                     fh = tf.extractfile(m)
                     label = (fh.read() if fh else b"").decode("utf-8", "replace").strip()
                     if label:
                         out.add(label)
-    except (OSError, tarfile.TarError, EOFError):
-        pass
+    except (*_BROKEN, _Refused):
+        pass  # an unreadable or hostile shard: planning it names the problem
     return out
 
 
