@@ -15,6 +15,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kdata.core.errors import KdataError
+from kdata.report.markdown import printable
 
 # module names under kdata.cli, in the order ``kdata --help`` lists them
 COMMANDS = ["select", "methods", "inspect", "demo", "train", "generate", "critic", "augment", "dedup", "card", "serve"]
@@ -51,7 +52,7 @@ class _Parser(argparse.ArgumentParser):
         return action
 
     def error(self, message):  # usage errors: one line, exit 2
-        self.exit(2, f"kdata: error: {message}\n")
+        self.exit(2, f"kdata: error: {printable(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or os.environ.get("KDATA_DEBUG"):
             return _unexpected(exc)
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        where = f"{printable(exc.filename)}: " if getattr(exc, "filename", None) else ""
         print(f"kdata: error: {where}no space left on device (free space and rerun)", file=sys.stderr)
         return 1
     except Exception as exc:  # unexpected: still one line unless KDATA_DEBUG is set
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 def error_line(exc: BaseException) -> str:
     """The one line a failure prints: a KdataError's message with any wrapped library text joined onto
     it; for anything unexpected, its type and the first line of its message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [printable(line.strip()) for line in str(exc).splitlines() if line.strip()]  # a file name: no ESC/BEL
     if isinstance(exc, KdataError):
         return f"kdata: error: {' '.join(lines)}"
     return f"kdata: error: {type(exc).__name__}: {lines[0] if lines else ''} (set KDATA_DEBUG=1 for the traceback)"

@@ -7,6 +7,7 @@ unreadable); exit 2 for usage errors (no dataset at DIR, unknown ``--sample-id``
 from __future__ import annotations
 
 from kdata.cli.common import add_dataset_dir, dataset_dir, emit_json
+from kdata.report.markdown import fmt, printable
 
 
 def register(sub) -> None:
@@ -77,11 +78,11 @@ SHORT = {"teacher_pred": "T", "student_pred": "S", "teacher_conf": "T conf", "la
 
 
 def _f(v, nd: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+    """A value for a rich table or markup line: ``fmt``, control characters shown as ``\\xNN`` (``printable``:
+    a sample id cannot send terminal escape sequences) and rich markup escaped (nor style or link text)."""
+    from rich.markup import escape
+
+    return escape(printable(fmt(v, nd)))
 
 
 def render(s: dict, console) -> None:
@@ -105,7 +106,7 @@ def _text(s: dict, console) -> None:
             for col in (first, "sample_id", "text"):
                 t.add_column(col, overflow="fold")
             for r in rows:
-                t.add_row(_f(r.get(first)), r["sample_id"], _f(r.get("text")))
+                t.add_row(_f(r.get(first)), _f(r["sample_id"]), _f(r.get("text")))
             console.print(t)
     if tx["domain_mixture"]:
         t = Table(title="domain mixture, pool → kept", title_justify="left")
@@ -113,7 +114,7 @@ def _text(s: dict, console) -> None:
             t.add_column(col, justify="left" if col == "domain" else "right")
         for r in tx["domain_mixture"]:
             pct = [None if v is None else 100 * v for v in (r["pool_share"], r["kept_share"])]
-            t.add_row(r["domain"], _f(r["pool"]), _f(pct[0], 1), _f(r["kept"]), _f(pct[1], 1))
+            t.add_row(_f(r["domain"]), _f(r["pool"]), _f(pct[0], 1), _f(r["kept"]), _f(pct[1], 1))
         console.print(t)
     if tx["perplexity"]:
         t = Table(title="perplexity (exp mean token NLL), pool vs kept", title_justify="left")
@@ -125,14 +126,14 @@ def _text(s: dict, console) -> None:
                 t.add_row(who, where, _f(q.get("n")), *(_f(q.get(k), 2) for k in ("p10", "p50", "p90")))
         console.print(t)
     if tx.get("note"):
-        console.print(f"note: {tx['note']}", markup=False)
+        console.print(f"note: {printable(tx['note'])}", markup=False)
 
 
 def _header(s: dict, console) -> None:
     c = s["counts"] or {}
-    console.print(f"[bold]{s['out']}[/bold]: {_f(s['rows'])} curated rows in {len(s['files'])} shard(s); "
-                  f"methods {', '.join(s.get('methods') or [])}; pool {s['pool']}; "
-                  f"teacher {s['teacher']} → student {s['student']}")
+    console.print(f"[bold]{_f(s['out'])}[/bold]: {_f(s['rows'])} curated rows in {len(s['files'])} shard(s); "
+                  f"methods {_f(', '.join(s.get('methods') or []))}; pool {_f(s['pool'])}; "
+                  f"teacher {_f(s['teacher'])} → student {_f(s['student'])}")
     console.print(f"in {c.get('n_in')}  kept {c.get('kept')}  rejected {c.get('rejected')}  "
                   f"quarantined {c.get('quarantined')}")
 
@@ -153,7 +154,7 @@ def _decisions(s: dict, console) -> None:
 
     t.add_row("[green]kept[/green]", str(c.get("kept")), pct(c.get("kept") or 0))
     for r, n in (c.get("rejected_by_reason") or {}).items():
-        t.add_row(f"[red]rejected[/red] {r}", str(n), pct(n))
+        t.add_row(f"[red]rejected[/red] {_f(r)}", str(n), pct(n))
     t.add_row("[yellow]quarantined[/yellow]", str(c.get("quarantined")), pct(c.get("quarantined") or 0))
     if d.get("generated"):
         t.add_row("generated (HARD)", str(d["generated"]), "")
@@ -161,7 +162,7 @@ def _decisions(s: dict, console) -> None:
         t.add_row("  generated rejected (critic, teacher flip)", str(d["generated_rejected"]), "")
     console.print(t)
     for q in s["quarantined"][:10]:
-        console.print(f"  quarantined {q['sample_id']}: {q['error']}")
+        console.print(f"  quarantined {_f(q['sample_id'])}: {_f(q['error'])}")
 
 
 def _class_balance(s: dict, console) -> None:
@@ -179,7 +180,7 @@ def _class_balance(s: dict, console) -> None:
     kept_total = sum(r["kept_teacher"] or 0 for r in bal) or 1
     shown, line = balance_highlights(bal)  # above 40 classes: the ones that moved most (--json has all)
     for r in shown:
-        t.add_row(r["class"], _f(r["pool_label"]), _f(r["pool_teacher"]), _f(r["kept_teacher"]),
+        t.add_row(_f(r["class"]), _f(r["pool_label"]), _f(r["pool_teacher"]), _f(r["kept_teacher"]),
                   f"{100 * (r['kept_teacher'] or 0) / kept_total:.1f}%",
                   *((_f(r["generated_teacher"]),) if generated else ()))
     if line:
@@ -199,7 +200,8 @@ def _score_quantiles(s: dict, console) -> None:
     for name, by in s["score_quantiles"].items():
         for dec, q in by.items():
             if q:
-                t.add_row(name, dec, str(q["n"]), *[_f(q[k], 4) for k in ("min", "p05", "p50", "p95", "max")])
+                t.add_row(_f(name), _f(dec), str(q["n"]),
+                          *[_f(q[k], 4) for k in ("min", "p05", "p50", "p95", "max")])
     console.print(t)
 
 
@@ -212,7 +214,7 @@ def _agreement(s: dict, console) -> None:
     for col in ("rows", "n", "teacher = student", "teacher = web label"):
         t.add_column(col, justify="right")
     for name, a in s["agreement"].items():
-        t.add_row(name, str(a["n"]), _f(a["teacher_student"]), _f(a["teacher_label"]))
+        t.add_row(_f(name), str(a["n"]), _f(a["teacher_student"]), _f(a["teacher_label"]))
     console.print(t)
 
 
@@ -223,14 +225,14 @@ def _integrity(s: dict, console) -> None:
     else:
         console.print("integrity: [red]FAILED[/red]")
         for p in integ["problems"]:
-            console.print(f"  {p}", markup=False, soft_wrap=True)
+            console.print(f"  {printable(p)}", markup=False, soft_wrap=True)
 
 
 def _card(s: dict, console) -> None:
     card = s["card"]
     if card["recorded"]:
         state = "changed since written: " + ", ".join(card["changed"]) if card["changed"] else "matches the manifest"
-        console.print(f"data card: README.md ({state})")
+        console.print(f"data card: README.md ({printable(state)})", markup=False)
     elif not card["present"]:
         console.print("data card: none (write one with `kdata card DIR`)", markup=False)
 
@@ -255,19 +257,19 @@ def _examples(s: dict, console) -> None:
 def _grid(s: dict, console) -> None:
     if s.get("grid"):
         g = s["grid"]
-        console.print(f"grid: {g['path']}" if g["path"] else "grid: not written", markup=False)
+        console.print(f"grid: {printable(g['path'])}" if g["path"] else "grid: not written", markup=False)
         if g["note"]:
-            console.print(f"  {g['note']}", markup=False)
+            console.print(f"  {printable(g['note'])}", markup=False)
 
 
 def render_sample(row: dict):
     """One sample as a two-column table: decision first, then every score and field."""
     from rich.table import Table
 
-    t = Table(title=f"sample {row['sample_id']}", title_justify="left", show_header=False)
+    t = Table(title=f"sample {_f(row['sample_id'])}", title_justify="left", show_header=False)
     t.add_column("field")
     t.add_column("value", overflow="fold")
-    t.add_row("decision", row["decision"])
+    t.add_row("decision", _f(row["decision"]))
     t.add_row("reason", _f(row.get("reason")))
     t.add_row("teacher class", _f(row.get("teacher_class")))
     merged = {**(row.get("decision_row") or {}), **(row.get("shard_row") or {})}
@@ -276,5 +278,5 @@ def render_sample(row: dict):
             continue
         if isinstance(v, list):
             v = "[" + ", ".join(_f(x, 4) for x in v) + "]"
-        t.add_row(k, _f(v, 4))
+        t.add_row(_f(k), _f(v, 4))
     return t

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kdata.core.atomic import sha256_file, write_parquet
+from kdata.core.atomic import write_parquet
+from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
 from kdata.dataset.schema import POOL_PAYLOADS, POOL_SCHEMA, READ_ERROR, check_pool_ids, conform, validate_pool
@@ -254,7 +255,7 @@ def _parquet_unit(path: Path, root: Path | None, *, limits: PoolLimits = DEFAULT
         return rows.read_rows(0, rows.num_rows)
 
     return PoolUnit(name=name, read=read, path=str(path),
-                    fingerprint=lambda: f"sha256:{sha256_file(path)}{limits.tag()}:{PARQUET_READER}",
+                    fingerprint=lambda: f"sha256:{sha256_file_memo(path)}{limits.tag()}:{PARQUET_READER}",
                     labels=lambda: parquet_labels(path), rows=lambda: ParquetRows(path, name, limits=limits))
 
 

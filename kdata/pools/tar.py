@@ -322,12 +322,12 @@ def open_tar(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     _check_shards(spec, paths, limits=limits)
 
     def unit(p: Path) -> PoolUnit:
-        from kdata.core.atomic import sha256_file
+        from kdata.core.digests import sha256_file_memo
 
         # keys are kept as written (the sample_id); a key repeated across shards is
         # reported by the pipeline's unique-id check, never silently renamed
         return PoolUnit(name=p.name, read=lambda: read_tar(p, limits=limits),
-                        fingerprint=lambda: f"sha256:{sha256_file(p)}{limits.tag()}:{TAR_READER}", path=str(p),
+                        fingerprint=lambda: f"sha256:{sha256_file_memo(p)}{limits.tag()}:{TAR_READER}", path=str(p),
                         labels=lambda: tar_labels(p, limits=limits), rows=lambda: TarRows(p, limits=limits))
 
     return Pool(spec=spec, units=[unit(p) for p in paths],

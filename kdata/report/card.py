@@ -12,7 +12,7 @@ the pictures in ``kdata.report.card_plots``:
 * ``card-class-balance.png`` class shares before (pool) and after (kept) curation;
 * ``card-thumbnails.png``    the best-ranked kept images, a random sample of kept images per class and
   the most clearly rejected images with their reasons (rejected payloads are read back from the
-  pool recorded in the manifest);
+  run's own pool: a recorded spec only while its unit fingerprints match, ``kdata.report.pool_source``);
 * ``report.html``            a static page to browse kept and rejected samples (``kdata.report.html``).
 
 The pool is read once for the thumbnails of both. This module writes, regenerates and publishes cards.
@@ -30,6 +30,7 @@ from kdata.report.card_plots import (N_THUMBS, fetch_payloads, plot_balance, plo
 from kdata.report.card_text import SIZE_CATEGORIES, front_matter, read_front_matter, render_card, size_category
 from kdata.report.html import REPORT, report_rows, write_report
 from kdata.report.inspect import load_run
+from kdata.report.pool_source import record_fingerprints
 
 __all__ = ["CARD", "N_THUMBS", "PLOTS", "REPORT", "SIZE_CATEGORIES", "card_entry", "fetch_payloads", "front_matter",
            "plot_balance", "plot_scores", "publish", "read_front_matter", "regenerate", "render_card",
@@ -43,7 +44,8 @@ def write_card(out: str | Path, *, manifest: dict | None = None, name: str | Non
     """Write the card, its plots and ``report.html`` for the dataset in ``out`` into ``dest`` (default: ``out``).
 
     ``name`` is the dataset name (default: the directory's name); ``manifest`` and ``pool`` can be
-    passed by the pipeline, which writes the card inside its staging directory before the manifest.
+    passed by the pipeline, which writes the card inside its staging directory before the manifest:
+    then the pool's unit fingerprints are recorded in ``manifest["pool"]`` (``pool_source``).
     ``prefix`` prefixes the plot and report file names (used when several cards share one
     directory). Returns the written files as manifest entries (path relative to ``dest``, bytes,
     sha256), card first.
@@ -52,11 +54,14 @@ def write_card(out: str | Path, *, manifest: dict | None = None, name: str | Non
     dest = Path(dest) if dest is not None else out
     dest.mkdir(parents=True, exist_ok=True)
     name = name or out.resolve().name
+    if manifest is not None and pool is not None:  # the pipeline writes manifest.json after the card
+        record_fingerprints(manifest, pool)  # what ``kdata card DIR`` checks before reading the pool back
     if manifest is not None:
         # the manifest as manifest.json will hold it (sorted keys, JSON values): the run's card and
         # ``kdata card DIR``'s, which reads manifest.json back, are then the same bytes
         manifest = json.loads(json.dumps(manifest, sort_keys=True, default=str))
     run = load_run(out, manifest=manifest)
+    run.pool = pool
     if run.shard_error:
         raise KdataError(f"{out}: cannot write a card: {run.shard_error}")
     links: dict[str, str | None] = {}

@@ -8,7 +8,7 @@ depend on the rest of the recipe: balancing, deduplication, HARD generation, the
 
 from __future__ import annotations
 
-from kdata.report.markdown import fmt
+from kdata.report.markdown import fmt, md_code
 
 __all__ = ["METHOD_BIASES", "bias_lines", "hard_count"]
 
@@ -61,7 +61,7 @@ STUDENT_COUPLED = {"kd3", "rad", "student_entropy", "disagreement", "ddk"}
 def _method_line(name: str, info: dict, cfg: dict) -> str:
     text = METHOD_BIASES.get(name)
     if text is None:
-        return f"- **`{name}`**: no bias note is recorded for this method; see its documentation."
+        return f"- **{md_code(name)}**: no bias note is recorded for this method; see its documentation."
     rad = info.get("rad") or {}
     rad_error = (f" (this run planned for a teacher error rate of up to {fmt(rad.get('teacher_error'))}, about "
                  f"{fmt(rad.get('mistakes'), 0)} of the rows it drew, estimated from "
@@ -99,19 +99,20 @@ def bias_lines(k: dict, cfg: dict) -> list[str]:
     """The section's lines from the card's ``kdata`` block ``k`` and the run's config ``cfg``."""
     methods = list(k.get("methods") or [])
     L = ["## Biases this selection can introduce", "",
-         f"Selected with `{', '.join(methods) or '?'}`. What each step tends to over- and under-keep:", ""]
+         f"Selected with {md_code(', '.join(methods) or '?')}. What each step tends to over- and under-keep:", ""]
     L += [_method_line(m, k.get("method_info") or {}, cfg) for m in methods]
     L.append("- **Labels are the teacher's, not the web's.** The soft labels and `teacher_pred` can disagree with "
              "the original `label`; where they do, the kept row carries the teacher's opinion, not ground truth, "
              "and the student inherits the teacher's blind spots.")
     if any(m in STUDENT_COUPLED for m in methods):
-        L.append(f"- **Student coupling.** The scores depend on this student checkpoint (`{k['student']['id']}`); "
+        L.append("- **Student coupling.** The scores depend on this student checkpoint "
+                 f"({md_code(k['student']['id'])}); "
                  "another student would select other rows.")
     if k.get("balance") == "class":
         L.append("- **Balanced by class.** The budget was spread evenly over the classes the teacher predicts: "
                  "class shares follow the teacher's predictions, not the true labels.")
     elif k.get("balance"):
-        L.append(f"- **Balanced by `{k['balance']}`.** The budget was spread evenly over these groups; how they "
+        L.append(f"- **Balanced by {md_code(k['balance'])}.** The budget was spread evenly over these groups; how they "
                  "are defined decides what is over- and under-kept within them.")
     else:
         L.append("- **No balancing.** Class shares follow the method's scores; compare the class-balance table.")
@@ -119,7 +120,8 @@ def bias_lines(k: dict, cfg: dict) -> list[str]:
     if dedup in (None, "none"):
         L.append("- **Duplicates were not removed.** Near-duplicates and over-represented sources can dominate.")
     else:
-        L.append(f"- **Deduplicated (`{dedup}`).** One copy of each duplicate group survived: the better-ranked one "
+        L.append(f"- **Deduplicated ({md_code(dedup)}).** One copy of each duplicate group survived: the better-ranked "
+                 "one "
                  "(the default recipe: the one with the smaller permanent random number), so the ranker's "
                  "preferences decide which variant remains.")
     if k.get("hard"):

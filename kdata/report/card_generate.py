@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import math
 
+from kdata.report.markdown import md_code, md_table, md_text
+
 N_CHARS = 160
 
 
 def _clip(text) -> str:
-    s = str(text if text is not None else "").replace("\n", " ").replace("|", "\\|").replace("`", "'")
+    """One line of at most ``N_CHARS`` characters (raw: ``md_table`` / ``md_text`` escape it)."""
+    s = str(text if text is not None else "").replace("\n", " ")
     return s if len(s) <= N_CHARS else s[:N_CHARS - 1] + "…"
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
-    return out
-
-
 def _row(r: dict, *, score: bool, reason: bool) -> list:
-    cells = [f"`{r['sample_id']}`", _clip(r.get("prompt")), _clip(r.get("text"))]
+    cells = [md_code(r["sample_id"]), _clip(r.get("prompt")), _clip(r.get("text"))]
     if score:
         v = r.get("score_critic")
         cells.append(f"{v:.3f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–")
@@ -39,7 +36,7 @@ def _examples(title: str, rows: list[dict], *, score: bool) -> list[str]:
     reason = "reason" in rows[0]
     head = ["id", "prompt", "text"] + (["P(accept)"] if score else []) + (["reason"] if reason else [])
     body = [_row(r, score=score, reason=reason) for r in rows]
-    return [f"**{title}**", "", *_table(head, body), ""]
+    return [f"**{title}**", "", *md_table(head, body), ""]
 
 
 def generate_lines(manifest: dict) -> list[str]:
@@ -48,23 +45,24 @@ def generate_lines(manifest: dict) -> list[str]:
     if not g:
         return []
     d, c, crit = g["decoding"], g["counts"], g.get("critic")
-    wrote = (f"The teacher `{g['teacher']}` wrote {g['n_candidates']} candidates: {g['per_prompt']} per prompt for "
+    wrote = (f"The teacher {md_code(g['teacher'])} wrote {g['n_candidates']} candidates: {g['per_prompt']} per prompt for "
              f"{g['prompts']['n']} prompts (Symbolic Knowledge Distillation, arXiv 2110.07178).")
     decoding = (f"Decoding: temperature {d['temperature']}, top-p {d['top_p']}, at most {d['max_new_tokens']} new "
                 f"tokens, seed {d['seed']} (each candidate's sampler seeded from seed, prompt id and its index).")
     L = ["## Generation", "", wrote, "", decoding, ""]
     if g.get("finish"):
-        L += ["Stopped by: " + ", ".join(f"{k} {v}" for k, v in sorted(g["finish"].items())) + ".", ""]
-    L += ["Example prompts:", ""] + [f"- `{p['id']}`: {_clip(p['prompt'])}" for p in g["prompts"]["examples"]] + [""]
+        L += ["Stopped by: " + ", ".join(f"{md_text(k)} {v}" for k, v in sorted(g["finish"].items())) + ".", ""]
+    L += ["Example prompts:", ""] + [f"- {md_code(p['id'])}: {md_text(_clip(p['prompt']))}" for p in g["prompts"]["examples"]] + [""]
     if crit:
         target = ", ".join(f"{k} {v}" for k, v in (crit.get("target") or {}).items()) or "default"
-        L += [f"Critic `{crit['path']}`" + (f" (embedder `{crit['embedder']}`)" if crit.get("embedder") else "")
+        embedder = f" (embedder {md_code(crit['embedder'])})" if crit.get("embedder") else ""
+        L += [f"Critic {md_code(crit['path'])}{embedder}"
               + f": threshold {crit['threshold']:.4f} on P(accept), chosen for {target} on its validation split "
               f"({crit.get('val_n')} labelled rows: precision {crit['val_precision']:.3f}, "
               f"recall {crit['val_recall']:.3f}).", ""]
     else:
         L += ["No critic: every non-empty candidate is kept.", ""]
-    L += _table(["candidates", "accepted (kept)", "rejected by the critic", "quarantined"],
+    L += md_table(["candidates", "accepted (kept)", "rejected by the critic", "quarantined"],
                 [[c["candidates"], c["kept"], c["rejected"], c["quarantined"]]]) + [""]
     ex = g.get("examples") or {}
     L += _examples("Accepted", ex.get("accepted") or [], score=bool(crit))

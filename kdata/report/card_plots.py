@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 
 from kdata.dataset.schema import KEPT, REJECTED
 from kdata.report.inspect import MAX_BALANCE_ROWS, Run, class_balance, score_columns
-from kdata.report.markdown import fmt
+from kdata.report.markdown import fmt, md_code, printable
 from kdata.report.picks import best_kept, random_kept_by_class, rejected_picks
+from kdata.report.pool_source import run_pool
 
 N_THUMBS = 16  # most clearly rejected rows
 N_BEST = 8  # best-ranked kept rows
@@ -96,7 +97,7 @@ def plot_balance(run: Run, path: Path) -> bool:
         ax.set_xlabel(f"class, ranked by {ref.replace('_', ' ')} share ({len(bal)} classes)")
     else:
         ax.set_xticks(x)
-        ax.set_xticklabels([r["class"] for r in bal], fontsize=7, rotation=90 if len(bal) > 20 else 0)
+        ax.set_xticklabels([printable(r["class"]) for r in bal], fontsize=7, rotation=90 if len(bal) > 20 else 0)
     ax.set_ylabel("share of rows")
     ax.set_title("class balance before and after curation", fontsize=10)
     ax.legend(fontsize=7)
@@ -121,7 +122,8 @@ def _decode(data: bytes | None):
 
 
 def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, bytes], str | None]:
-    """Image bytes for ``ids``: from the shards, then from the run's pool. Returns (found, note)."""
+    """Image bytes for ``ids``: from the shards, then from the run's own pool (``pool``, else the recorded spec
+    when ``pool_source.run_pool`` finds it unchanged). Returns (found, note)."""
     found: dict[str, bytes] = {}
     if not ids:
         return found, None
@@ -135,14 +137,9 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
     spec = (run.manifest.get("config") or {}).get("pool")
     if not spec:  # even when the run passes a pool: ``kdata card DIR`` could not read it, and must draw the same
         return found, "Rejected samples are not pictured: the run recorded no pool to read their payload from."
-    if pool is None:
-        try:
-            from kdata.pools.spec import open_pool
-
-            pool = open_pool(spec)
-        except Exception as exc:  # pool moved or deleted: the card says so instead of failing
-            return found, (f"Rejected samples are not pictured: the pool `{spec}` is not reachable "
-                           f"({type(exc).__name__}: {str(exc)[:120]}).")
+    pool, why = (pool, None) if pool is not None else run_pool(run, spec)
+    if pool is None:  # moved, deleted or not the run's own pool: the card says so instead of failing
+        return found, f"Rejected samples are not pictured: the pool {md_code(spec)} {why}."
     want = pa.array(missing, pa.string())
     try:
         for unit in pool.units:
@@ -154,9 +151,11 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
             if all(i in found for i in missing):
                 break
     except Exception as exc:
-        return found, f"Some rejected samples are not pictured: reading the pool `{spec}` failed ({type(exc).__name__})."
+        return found, (f"Some rejected samples are not pictured: reading the pool {md_code(spec)} failed "
+                       f"({type(exc).__name__}).")
     lost = [i for i in missing if i not in found]
-    note = f"{len(lost)} rejected sample(s) are not pictured: no image payload in the pool `{spec}`." if lost else None
+    note = f"{len(lost)} rejected sample(s) are not pictured: no image payload in the pool {md_code(spec)}." if lost \
+        else None
     return found, note
 
 

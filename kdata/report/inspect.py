@@ -45,6 +45,7 @@ class Run:
     decisions: pa.Table | None
     shards: pa.Table | None
     shard_error: str | None = None
+    pool: object = None  # the run's own pool, when the pipeline writes the card (else: kdata.report.pool_source)
 
     @property
     def class_names(self) -> list[str]:

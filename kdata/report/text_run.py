@@ -2,7 +2,7 @@
 
 * **examples** — the best-ranked kept texts (from the shards) and rejected texts with their reasons,
   spread over the reasons like the image card's thumbnails (``kdata.report.inspect.pick_rejected``);
-  rejected texts are read back from the pool (its spec is in the manifest); ``run`` is a
+  rejected texts are read back from the run's own pool (``kdata.report.pool_source``); ``run`` is a
   ``kdata.report.inspect.Run`` and ``pick(n)`` its ``pick_rejected`` (passed in: inspect imports this);
 * **domain mixture** — rows per ``domain`` in the pool (every input sample) and in the kept set;
 * **perplexity quantiles** — exp(mean token NLL) of teacher, student and reference at 10 / 50 / 90 %
@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.dataset.schema import QUARANTINED
-from kdata.report.markdown import fmt, md_table
+from kdata.report.markdown import Md, fmt, md_code, md_table, printable
+from kdata.report.pool_source import run_pool
 
 NLL_COLUMNS = (("teacher", "teacher_nll"), ("student", "student_nll"), ("reference", "reference_nll"))
 PPL_QUANTILES = (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))
@@ -34,22 +35,23 @@ def is_text_run(run) -> bool:
 
 
 def _pool_rows(run) -> tuple[dict | None, str | None]:
-    """sample_id → (text, domain) over the run's pool, or (None, why not)."""
-    from kdata.pools.spec import open_pool
-
+    """sample_id → (text, domain) over the run's own pool (``pool_source.run_pool``), or (None, why not)."""
     spec = (run.manifest.get("pool") or {}).get("spec") or (run.manifest.get("config") or {}).get("pool")
     if not spec:
         return None, "no pool recorded in the manifest"
+    pool, why = run_pool(run, spec)
+    if pool is None:
+        return None, f"pool {md_code(spec)} could not be read back: it {why}; pool columns left empty"
     try:
         rows: dict = {}
-        for unit in open_pool(spec).units:
+        for unit in pool.units:
             t = unit.read()
             text = t.column("text").to_pylist() if "text" in t.column_names else [None] * t.num_rows
             dom = t.column("domain").to_pylist() if "domain" in t.column_names else [None] * t.num_rows
             rows.update(zip(t.column("sample_id").to_pylist(), zip(text, dom)))
         return rows, None
     except Exception as exc:  # noqa: BLE001  (the pool is gone or changed: the card says so, once)
-        return None, f"pool `{spec}` could not be read back ({type(exc).__name__}); pool columns left empty"
+        return None, f"pool {md_code(spec)} could not be read back ({type(exc).__name__}); pool columns left empty"
 
 
 def _ppl(nll: np.ndarray) -> dict | None:
@@ -99,8 +101,7 @@ def domain_mixture(run, pool_rows: dict | None) -> list[dict]:
 
 def _snippet(text: str | None) -> str:
     """Whitespace collapsed, control characters shown as ``\\xNN``, at most ``SNIPPET`` characters."""
-    flat = " ".join((text or "").split())[:SNIPPET]
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in flat)
+    return printable(" ".join((text or "").split())[:SNIPPET])
 
 
 def text_examples(run, pool_rows: dict | None, *, n: int = 5, pick=None) -> tuple[list[dict], list[dict]]:
@@ -132,11 +133,11 @@ def text_card_lines(s: dict | None) -> list[str]:
     if not s:
         return []
     L = ["## Text examples", "", "Best-ranked kept texts (first 160 characters, whitespace collapsed):", ""]
-    L += md_table(["rank", "sample_id", "text"], [[r.get("rank"), f"`{r['sample_id']}`", _cell(r["text"])]
+    L += md_table(["rank", "sample_id", "text"], [[r.get("rank"), md_code(r["sample_id"]), _cell(r["text"])]
                                                   for r in s["kept_texts"]]) + [""]
     if s["rejected_texts"]:
         L += ["Rejected texts, spread over the reasons (most clearly rejected first):", ""]
-        L += md_table(["reason", "sample_id", "text"], [[f"`{r['reason']}`", f"`{r['sample_id']}`", _cell(r["text"])]
+        L += md_table(["reason", "sample_id", "text"], [[md_code(r["reason"]), md_code(r["sample_id"]), _cell(r["text"])]
                                                         for r in s["rejected_texts"]]) + [""]
     if s["domain_mixture"]:
         L += ["## Domain mixture before and after", ""]
@@ -157,8 +158,8 @@ def text_card_lines(s: dict | None) -> list[str]:
     return L
 
 
-def _cell(text: str | None) -> str:
-    return "–" if text is None else "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+def _cell(text: str | None) -> Md:
+    return Md("–") if text is None else md_code(text)
 
 
 def _share(n, share) -> str | None:
