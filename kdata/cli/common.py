@@ -156,6 +156,15 @@ def quarantine_lines(out, n: int, *, top: int = 3) -> list[str]:
     return lines
 
 
+def budget_note(report) -> str | None:
+    """Why fewer rows were kept than the budget asked for, or None."""
+    budget, kept = (report.info or {}).get("budget_rows"), report.counts["kept"]
+    if isinstance(budget, int) and kept < budget:
+        return (f"the budget was {budget} rows; only {kept} were left to keep after the filters, dedup and "
+                "quarantine (decisions.parquet says why each row went)")
+    return None
+
+
 def summary_lines(report) -> list[str]:
     c = report.counts
     lines = [f"kdata: {report.status} {report.out}",
@@ -167,10 +176,9 @@ def summary_lines(report) -> list[str]:
     if report.status == "written" and info.get("units"):  # none for --scores predictions
         hits = int(info.get("score_cache_hits") or 0)
         lines.append(f"  pool units {info['units']}: {hits} with cached scores, {info['units'] - hits} scored now")
-    budget = info.get("budget_rows")
-    if isinstance(budget, int) and c["kept"] < budget:
-        lines.append(f"  note: the budget was {budget} rows; only {c['kept']} were left to keep after the "
-                     "filters, dedup and quarantine (decisions.parquet says why each row went)")
+    note = budget_note(report)
+    if note:
+        lines.append(f"  note: {note}")
     if "generated" in c:  # HARD rows, accounted apart from the pool (docs: hard)
         lines.append(f"  generated {c['generated']}  kept {c['generated_kept']}  rejected {c['generated_rejected']}")
         for reason, n in c.get("generated_rejected_by_reason", {}).items():

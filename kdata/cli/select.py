@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kdata.cli.common import emit_json, run_options, summary_lines
+import sys
+
+from kdata.cli.common import budget_note, emit_json, run_options, summary_lines
 from kdata.pipeline.arguments import add_select_options, config_from_args
 
 
@@ -18,7 +20,9 @@ def run(args) -> int:
     from kdata.pipeline.run import run_select
 
     report = run_select(config_from_args(args), out=args.out, opts=run_options(args))
-    if args.json:
+    if args.json:  # stdout is the JSON; a budget that could not be met is still said, on stderr
+        if note := budget_note(report):
+            print(f"kdata: note: {note}", file=sys.stderr)
         emit_json(report.to_dict())
     else:
         print("\n".join(summary_lines(report)))

@@ -150,6 +150,12 @@ def test_a_budget_the_pool_cannot_fill_is_said_plainly(tmp_path, builtin_models,
         kept = int(out.split("kept ")[1].split()[0])
         assert f"kdata: {status}" in out and kept < 1450
         assert f"note: the budget was 1450 rows; only {kept} were left to keep" in out
+    assert main(argv + ["--json"]) == 0  # with --json, stdout is the JSON and the note goes to stderr
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)
+    assert rep["counts"]["kept"] == kept and rep["info"]["budget_rows"] == 1450
+    assert cap.err.strip() == f"kdata: note: the budget was 1450 rows; only {kept} were left to keep after the " \
+        "filters, dedup and quarantine (decisions.parquet says why each row went)"
 
 
 def test_the_summary_says_how_many_units_were_scored_and_how_many_reused(tmp_path, builtin_models, capsys):
