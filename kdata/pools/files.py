@@ -47,12 +47,17 @@ def over_cap(n: int | None, limits: PoolLimits) -> str:
     return f"file is {size}over the {limits.max_file_mb:g} MiB cap per file (--max-file-mb)"
 
 
+def is_inside(real: str, root_real: str) -> bool:
+    """Whether the resolved path ``real`` is ``root_real`` or below it."""
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
 def outside(path: Path, root_real: str) -> str | None:
     """The symlink target of ``path`` when ``path`` is a symlink leading outside ``root_real``, else None."""
     if not path.is_symlink():
         return None
     target = os.path.realpath(path)
-    return None if target == root_real or target.startswith(root_real.rstrip(os.sep) + os.sep) else target
+    return None if is_inside(target, root_real) else target
 
 
 def check_entry(path: Path, *, root_real: str, limits: PoolLimits) -> str | None:

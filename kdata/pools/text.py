@@ -35,7 +35,7 @@ from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
-from kdata.pools.files import check_entry, escaped
+from kdata.pools.files import check_entry, escaped, is_inside
 from kdata.pools.jsonl import read_jsonl
 from kdata.pools.text_rows import (
     TEXT_FIELDS,
@@ -95,10 +95,6 @@ def _hf_files(p: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> list[tuple[Pat
     return [f for d in dirs for f in _hf_split_files(d, root_real=root_real, limits=limits)]
 
 
-def _within(path: str, root_real: str) -> bool:
-    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
-
-
 def _plain_name(name, *, single: bool) -> bool:
     """A relative name with no ``.``/``..``/empty part (one part only when ``single``)."""
     if not isinstance(name, str) or not name or "\0" in name or os.path.isabs(name):
@@ -119,7 +115,7 @@ def _hf_split_dir(p: Path, split, *, index: Path, root_real: str, limits: PoolLi
     real = os.path.realpath(d)
     if real == root_real:
         raise KdataError(f"{where}: leads back to the pool directory itself")
-    if not limits.follow_symlinks and not _within(real, root_real):
+    if not limits.follow_symlinks and not is_inside(real, root_real):
         raise KdataError(f"{where}: symlink to {escaped(real)}, outside the pool (--follow-symlinks reads it)")
     return d
 
@@ -144,7 +140,7 @@ def _hf_data_file(d: Path, name, *, state: Path, root_real: str, limits: PoolLim
                          "path, no '.' or '..')")
     f = d / name
     real = os.path.realpath(f)
-    if not limits.follow_symlinks and not _within(real, root_real):
+    if not limits.follow_symlinks and not is_inside(real, root_real):
         raise KdataError(f"{where}: symlink to {escaped(real)}, outside the pool (--follow-symlinks reads it)")
     if not os.path.lexists(f):
         raise KdataError(f"{where}: listed in the saved dataset but missing ({f})")
