@@ -125,7 +125,7 @@ def test_ddk_on_lm_text_uses_the_perplexity_ratio():
     t = lm_table([1.0] * 8, [2.0] * 4 + [1.0] * 4, [1.0] * 8, domain=["a"] * 4 + ["b"] * 4)
     sel = select(t, methods=["ddk"], budget=4, seed=0, num_classes=260)
     d = sel.info["ddk"]["domains"]
-    np.testing.assert_allclose([d["a"]["psi"], d["b"]["psi"]], [np.e, 1.0], rtol=1e-6)
+    np.testing.assert_allclose([d["a"]["perplexity_ratio"], d["b"]["perplexity_ratio"]], [np.e, 1.0], rtol=1e-6)
     want = 0.5 * np.exp(np.e) / (np.exp(np.e) + np.e) + 0.25
     np.testing.assert_allclose(d["a"]["proportion"], want, rtol=1e-6)
     assert d["a"]["quota"] == 3 and d["b"]["quota"] == 1

@@ -12,7 +12,8 @@ Per domain i, ℓ_S[i] and ℓ_T[i] are the student's and the teacher's perplexi
 The constant (1 − α)/N guarantees every domain a floor; ψ carries the previous mixture. A
 one-shot selection is the first update from a uniform r_t (then ψ/Σψ is Eq. 1, smoothed towards
 uniform); ``previous=`` {domain: r_t} gives the repeated, dynamic use between training intervals.
-``info["domains"][d]["psi"]`` reports the ratio ℓ_S/ℓ_T.
+``info["domains"][d]["perplexity_ratio"]`` reports the ratio ℓ_S/ℓ_T (the exponent of Eq. 2), and
+``proportion`` the resulting r_{t+1}.
 
 kdata allocates the budget b across the pool's ``domain`` column in proportion r (largest
 remainder rounding; a domain with too few rows gives its surplus to the others by r), and
@@ -125,11 +126,11 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     cnt = np.bincount(inv, minlength=len(names)).astype(np.float64)
     mean_t = np.bincount(inv, weights=lt[rows], minlength=len(names)) / np.maximum(cnt, 1)
     mean_s = np.bincount(inv, weights=ls[rows], minlength=len(names)) / np.maximum(cnt, 1)
-    psi = np.exp(mean_s - mean_t)  # ℓ_S/ℓ_T: the ratio of the perplexities exp(mean loss)
+    ratio = np.exp(mean_s - mean_t)  # ℓ_S/ℓ_T: the ratio of the perplexities exp(mean loss)
     prev = None if previous is None else np.array([float(previous.get(d, 0.0)) for d in names])
     if prev is not None and prev.sum() <= 0:
         prev = None
-    r = domain_proportions(psi, alpha=alpha, previous=prev)
+    r = domain_proportions(ratio, alpha=alpha, previous=prev)
     quota = allocate(int(min(budget, len(rows))), r, cnt.astype(np.int64))
     score = np.full(n, -np.inf)
     rank_key = np.nan_to_num(within[rows], nan=-np.inf)
@@ -147,6 +148,7 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     ranks = np.arange(len(order), dtype=np.float64)
     score[rows[order]] = np.where(chosen, 2.0 - ranks / max(len(order), 1), 1.0 - ranks / max(len(order), 1) - 1e-9)
     taken = np.bincount(inv_o[chosen], minlength=len(names))
-    info = {"domains": {str(d): {"psi": float(p), "proportion": float(x), "quota": int(q), "kept": int(k)}
-                        for d, p, x, q, k in zip(names, psi, r, quota, taken)}, "alpha": alpha}
+    info = {"domains": {str(d): {"perplexity_ratio": float(p), "proportion": float(x), "quota": int(q),
+                                 "kept": int(k)} for d, p, x, q, k in zip(names, ratio, r, quota, taken)},
+            "alpha": alpha}
     return MethodResult(score=score, info=info)
