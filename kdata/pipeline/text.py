@@ -3,7 +3,10 @@
 ``prepare_text`` does every check that needs no scoring (a text pool, text models of one kind,
 the method chain and balance a causal LM supports, ``--reference`` where MiniPLM needs it) and
 says once on stderr when the student or reference tokenises differently (their NLL is then
-compared per byte, ``kl_ts`` left null for the student); ``--token-topk`` is capped at the
+compared per byte, ``kl_ts`` left null for the student) and when a student or reference sharing
+the teacher's tokenizer has fewer positions (every model sharing it is then scored on the first
+``max_length`` tokens of that shortest one, ``kdata.scoring.text.text_models``, recorded as the
+run's ``scoring.max_length``); ``--token-topk`` is capped at the
 teacher's vocabulary (what the shards store and the manifest records);
 ``score_text`` scores through ``kdata.scoring.text``. Selection, decisions and writing are the
 image path's (``kdata.pipeline.curate.finish``).
@@ -105,6 +108,19 @@ def tokenizer_note(models) -> str | None:
             "per UTF-8 byte of the text (in teacher-token units)" + ("; kl_ts is left null" if not models.shared else ""))
 
 
+def length_note(models) -> str | None:
+    """The one stderr line of a run whose shared-tokenizer models are truncated below the teacher's limit."""
+    if models.length_limited_by is None:
+        return None
+    role, spec, own = models.length_limited_by
+    same = [f"teacher {models.teacher.spec}", *(f"{r} {m.spec}" for r, m, s in (
+        ("student", models.student, models.shared), ("reference", models.reference, models.ref_shared)) if s)]
+    n = models.max_length
+    return (f"kdata: note: {role} {spec} takes at most {n} tokens (teacher: {own}); {', '.join(same[:-1])} and "
+            f"{same[-1]} share a tokenizer and score the same ids, so each text is truncated to {n} tokens "
+            "(scoring.max_length)")
+
+
 def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], balance: str | None, prepared,
                  load=load_model):
     """The ``Prepared`` of a text run (``prepared`` is the pipeline's ``Prepared`` class; ``load`` as
@@ -122,6 +138,9 @@ def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     teacher, student = load(cfg.teacher, **kw), load(cfg.student, **kw)
     reference = load(cfg.reference, **kw) if cfg.reference else None
     models = text_models(teacher, student, reference)
+    note = length_note(models)
+    if note:
+        print(note, file=sys.stderr)
     if teacher.kind == "causal_lm":
         methods = _lm_methods(cfg, methods, has_reference=reference is not None)
         balance = _lm_balance(cfg, balance, pool)

@@ -15,8 +15,12 @@ Two kinds of model pair (``kdata.models.hf``):
 Rows are tokenised, bucketed by length and padded per batch (``kdata.scoring.text_batches``).
 A row whose text cannot be scored is quarantined with the reason (``kdata.pools.text.text_problems``:
 ``empty_text``, ``undecodable_text: …``, ``too_long: …``; a causal LM also needs two tokens).
-Each unit's scores are cached under ``$KDATA_CACHE/scores`` keyed by the unit's fingerprint, the
-models' checksums, their precision and ``max_length``, the device type and the scoring options.
+Models that share the teacher's tokenizer are scored on the same ids, so ``text_models`` truncates
+them all to the smallest ``max_length`` among them (``TextModels.max_length``: what the run info
+records as ``max_length``; ``length_limited_by`` names the model that set it when that is below
+the teacher's own limit). Each unit's scores are cached under ``$KDATA_CACHE/scores`` keyed by the
+unit's fingerprint, the models' checksums, their precision and ``max_length``, the effective
+``max_length``, the device type and the scoring options.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,17 +68,27 @@ class TextScoreConfig:
 
 @dataclass
 class TextModels:
-    """The models of a text run and whether the student / reference share the teacher's tokenizer."""
+    """The models of a text run and whether the student / reference share the teacher's tokenizer.
+
+    ``teacher`` (and a student / reference sharing its tokenizer) carry the effective ``max_length``:
+    the smallest among them, since they are all run on the teacher's ids. ``length_limited_by``:
+    ``(role, spec, teacher's own max_length)`` when another model lowered it, else None."""
 
     teacher: object
     student: object
     reference: object = None
     shared: bool = False
     ref_shared: bool = False
+    length_limited_by: tuple | None = None
 
     @property
     def kind(self) -> str:
         return self.teacher.kind
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per text at most for the teacher and every model sharing its tokenizer."""
+        return self.teacher.max_length
 
 
 def text_models(teacher, student, reference=None) -> TextModels:
@@ -93,13 +107,38 @@ def text_models(teacher, student, reference=None) -> TextModels:
             raise KdataError("--reference: a reference model is used with causal LMs (MiniPLM), not classifiers")
     elif reference is not None and reference.kind != "causal_lm":
         raise KdataError(f"--reference {reference.spec}: expected a causal LM, got a {reference.kind}")
-    return TextModels(teacher, student, reference, shared=same_tokenizer(teacher, student),
-                      ref_shared=reference is not None and same_tokenizer(teacher, reference))
+    shared = same_tokenizer(teacher, student)
+    ref_shared = reference is not None and same_tokenizer(teacher, reference)
+    group = [("student", student, shared), ("reference", reference, ref_shared)]
+    own = teacher.max_length
+    limit = min([own, *(m.max_length for _, m, same in group if same)])
+    limited_by = None
+    if limit < own:  # a shorter model fed the teacher's ids would index past its position table
+        role, m = next((r, m) for r, m, same in group if same and m.max_length == limit)
+        limited_by = (role, m.spec, own)
+        teacher = _with_max_length(teacher, limit)
+    if shared:
+        student = _with_max_length(student, limit)
+    if ref_shared:
+        reference = _with_max_length(reference, limit)
+    return TextModels(teacher, student, reference, shared=shared, ref_shared=ref_shared,
+                      length_limited_by=limited_by)
+
+
+def _with_max_length(model, n: int):
+    """``model`` with ``max_length`` ``n`` (a copy sharing its weights and tokenizer; the loaded one,
+    which a per-process model cache may hand to another run, is left as it is)."""
+    if model.max_length == n:
+        return model
+    if not is_dataclass(model):
+        raise KdataError(f"{model.spec}: cannot limit its max_length to {n} (shared tokenizer, shorter model)")
+    return replace(model, max_length=n)
 
 
 def text_unit_key(unit, models: TextModels, config: TextScoreConfig, *, device) -> str:
     """Cache key: the unit's content and name (the default sample ids' basis), each model's checksum,
-    precision and max_length, the device type, the scoring options and the kdata version."""
+    precision and max_length (the teacher's: the effective one, ``TextModels.max_length``), the device
+    type, the scoring options and the kdata version."""
     def who(m):
         return None if m is None else [m.checksum, m.precision, m.max_length]
 
@@ -202,7 +241,7 @@ def score_text_pool(pool, models: TextModels, *, config: TextScoreConfig = TextS
     quarantined = [q for _, qs, _, _ in results for q in qs]
     info = {"units": len(results), "cache_hits": sum(r[3] for r in results), "n_in": sum(r[2] for r in results),
             "device": device.type, "precision": models.teacher.precision, "workers": 0, "kind": models.kind,
-            "max_length": models.teacher.max_length, "tokenizer_shared": models.shared,
+            "max_length": models.max_length, "tokenizer_shared": models.shared,
             "seconds": time.perf_counter() - t0}
     if models.kind == "causal_lm":
         info["token_topk"] = effective_token_topk(config.token_topk, models.teacher)  # what the shards hold
