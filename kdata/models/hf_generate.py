@@ -37,16 +37,27 @@ def candidate_seed(seed: int, prompt_id: str, j: int) -> int:
 
 
 def prompt_ids(model, prompt: str, *, max_new_tokens: int) -> tuple[list[int], bool]:
-    """Token ids of a prompt (its last tokens when too long; BOS/EOS alone when empty) and whether it was cut."""
+    """Token ids of a prompt, tokenised as scoring does (special tokens as the tokenizer adds them by
+    default, e.g. a leading BOS: ``kdata.models.text_tokens.encode_texts``), and whether it was cut.
+    A too-long prompt keeps its leading special tokens and its last text tokens; an empty one is the
+    tokenizer's BOS (else EOS, else pad) alone."""
+    from kdata.models.text_tokens import encode_texts
+
     limit = model.max_length - max_new_tokens
     if limit < 1:
         raise KdataError(f"--max-new-tokens {max_new_tokens}: the model {model.spec} has a context of "
                          f"{model.max_length} tokens; leave room for the prompt")
-    ids = model.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+    tok = model.tokenizer
+    ids = encode_texts(tok, [prompt], max_length=10**9)[0] if prompt else []
     if not ids:
-        tok = model.tokenizer
         ids = [next(v for v in (tok.bos_token_id, tok.eos_token_id, model.pad_id) if v is not None)]
-    return (ids[-limit:], True) if len(ids) > limit else (ids, False)
+    if len(ids) <= limit:
+        return ids, False
+    special = set(getattr(tok, "all_special_ids", None) or ())
+    head = 0
+    while head < len(ids) - 1 and head < limit - 1 and ids[head] in special:
+        head += 1  # a leading BOS (or other special prefix) stays in front of the kept tail
+    return ids[:head] + ids[len(ids) - (limit - head):], True
 
 
 def draw(logits: torch.Tensor, u: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:

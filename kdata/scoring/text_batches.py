@@ -12,15 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kdata.models.text_tokens import SPECIAL_TOKENS, encode_texts
+
 LOGIT_ELEMS = 1 << 25  # float32 logits per batch (128 MiB per tensor) for a causal LM
 
 
 def tokenize(model, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text with the model's tokenizer, truncated to its ``max_length``."""
-    if not texts:
-        return []
-    enc = model.tokenizer(texts, truncation=True, max_length=model.max_length, add_special_tokens=True)
-    return [list(x) for x in enc["input_ids"]]
+    """Token ids of each text with the model's tokenizer, truncated to its ``max_length`` (``encode_texts``)."""
+    return encode_texts(model.tokenizer, texts, max_length=model.max_length)
 
 
 def tokenize_bytes(model, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
@@ -34,7 +33,7 @@ def tokenize_bytes(model, texts: list[str]) -> tuple[list[list[int]], np.ndarray
         ids = tokenize(model, texts)
         return ids, np.array([len(tok.decode(x[1:], skip_special_tokens=True).encode("utf-8", "replace"))
                               for x in ids], dtype=np.int64)
-    enc = tok(texts, truncation=True, max_length=model.max_length, add_special_tokens=True,
+    enc = tok(texts, truncation=True, max_length=model.max_length, add_special_tokens=SPECIAL_TOKENS,
               return_offsets_mapping=True)
     n = []
     for text, offsets in zip(texts, enc["offset_mapping"]):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kdata.core.errors import KdataError
+from kdata.models.text_tokens import encode_texts
 
 
 def bucket_kl(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -56,9 +57,9 @@ def lm_distill_loss(logits: torch.Tensor, batch: dict, *, alpha: float) -> tuple
 
 
 def encode(tokenizer, texts: list[str], *, max_length: int) -> list[list[int]]:
-    """Token ids of each text, truncated to ``max_length`` (no special tokens added)."""
-    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)
-    return [ids[:max_length] for ids in enc["input_ids"]]
+    """Token ids of each text, truncated to ``max_length``, tokenised exactly as scoring does (special
+    tokens as the tokenizer adds them by default: ``kdata.models.text_tokens.encode_texts``)."""
+    return encode_texts(tokenizer, texts, max_length=max_length)
 
 
 def pad(seqs: list[list[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
