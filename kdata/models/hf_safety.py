@@ -3,6 +3,11 @@
 * ``config.json`` (and ``tokenizer_config.json``) read as JSON: an ``auto_map`` (custom model or
   tokenizer classes shipped as Python files) is refused unless the user passes
   ``--trust-remote-code``; transformers would import and run those files.
+* Every JSON file read here (``config.json``, ``tokenizer_config.json``, a sharded index) goes through
+  :func:`read_json`: a regular file of at most :data:`MAX_JSON_BYTES`, valid and not nested too deeply
+  (the sidecar reader's check), holding an object — else one line naming the file.
+* A sharded index's ``weight_map`` maps tensor names to plain file names (one path component) of
+  regular files inside the directory (a symlink leaving it is refused): nothing outside is read.
 * weights: ``model.safetensors`` (or a sharded ``model.safetensors.index.json``) — tensors only —
   preferred; else ``pytorch_model.bin`` (or its index), read later by ``kdata.models.safe_load``
   (pickle opcodes checked, weights-only load under the audit guard). No weights: one line.
@@ -11,29 +16,45 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import stat
 from pathlib import Path
 
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
+from kdata.models.sidecar import first_line, read_json_file
+from kdata.pools.files import escaped, is_inside
 
 CONFIG_FILES = ("config.json", "tokenizer_config.json")
+MAX_JSON_BYTES = 16 << 20  # config, tokenizer config, index: real ones are KBs (a 405B model's index ~100 KB)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "generation_config.json")
 
 
+def read_json(p: Path) -> dict:
+    """The JSON object in ``p``, or one line naming ``p``: not a regular file, over
+    :data:`MAX_JSON_BYTES`, unreadable, not valid JSON, nested too deeply, or not an object."""
+    p = Path(p)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise KdataError(f"{p}: cannot read ({first_line(exc)})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KdataError(f"{p}: not a regular file")
+    if st.st_size > MAX_JSON_BYTES:
+        raise KdataError(f"{p}: JSON file is over {MAX_JSON_BYTES >> 20} MiB")
+    data, _ = read_json_file(p)  # one line for unreadable, invalid or too deeply nested JSON
+    if not isinstance(data, dict):
+        raise KdataError(f"{p}: expected a JSON object, not {type(data).__name__}")
+    return data
+
+
 def read_config(path: Path) -> dict:
-    """config.json as a dict (one line when missing or not JSON)."""
+    """config.json as a dict (one line when missing or not a JSON object)."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         raise KdataError(f"{path}: not a transformers model directory (no config.json)")
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise KdataError(f"{cfg}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise KdataError(f"{cfg}: expected a JSON object")
-    return data
+    return read_json(cfg)
 
 
 def check_remote_code(path: Path, config: dict, *, trust_remote_code: bool) -> None:
@@ -55,21 +76,55 @@ def remote_code_file(path: Path, *, config: dict | None = None) -> Path | None:
 
 
 def _json_or_empty(p: Path) -> dict:
-    try:
-        data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """{} when ``p`` is absent, else :func:`read_json` (a bad file is one line, never skipped)."""
+    return read_json(p) if os.path.lexists(p) else {}
+
+
+def _plain_file_name(name) -> bool:
+    """One path component: a non-empty string, no '/', not '.' or '..', not absolute, no NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+            and not os.path.isabs(name))
+
+
+def _weight_roots(path: Path) -> list[str]:
+    """Where a model directory's weight files may resolve to: the directory itself and, for a Hugging
+    Face cache snapshot (``models--org--name/snapshots/<rev>/``, whose files link to ``../../blobs/``),
+    that repository's ``blobs`` folder."""
+    roots = [os.path.realpath(path)]
+    real = Path(roots[0])
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        roots.append(os.path.realpath(real.parent.parent / "blobs"))
+    return roots
 
 
 def _indexed(path: Path, index: str) -> list[Path]:
-    idx = _json_or_empty(path / index)
-    names = sorted(set((idx.get("weight_map") or {}).values()))
+    """The weight files a sharded index names: plain file names of regular files inside ``path``."""
+    where = path / index
+    weight_map = read_json(where).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise KdataError(f"{where}: 'weight_map' must be an object of tensor name -> weight file name, "
+                         f"not {type(weight_map).__name__}")
+    bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise KdataError(f"{where}: weight_map[{bad[0]!r}] must be a file name, not {type(bad[1]).__name__}")
+    names = sorted(set(weight_map.values()))
     if not names:
-        raise KdataError(f"{path / index}: names no weight files (weight_map is empty)")
-    missing = [n for n in names if not (path / n).is_file()]
+        raise KdataError(f"{where}: names no weight files (weight_map is empty)")
+    roots = _weight_roots(path)
+    for n in names:
+        what = f"{where}: weight file {escaped(n)!r}"
+        if not _plain_file_name(n):
+            raise KdataError(f"{what} is not a plain file name in the model directory (one path component: "
+                             "no '/', no '..', not absolute)")
+        real = os.path.realpath(path / n)
+        if not any(is_inside(real, r) for r in roots):
+            raise KdataError(f"{what}: symlink to {escaped(real)}, outside the model directory")
+    missing = [n for n in names if not os.path.lexists(path / n)]
     if missing:
         raise KdataError(f"{path / missing[0]}: listed in {index} but missing")
+    odd = next((n for n in names if not (path / n).is_file()), None)
+    if odd is not None:
+        raise KdataError(f"{where}: weight file {escaped(odd)!r} is not a regular file")
     return [path / n for n in names]
 
 
