@@ -199,6 +199,62 @@ def _timm_config(spec: str, arch: str, ckpt: str, cfg: dict | None, head_w) -> t
     return cfg, num_classes
 
 
+# No image classifier kdata would score with has more classes than this: ImageNet-21k has 21,843 and
+# the largest face-identity heads about a million. Past it the head alone (N x features) is gigabytes,
+# so a class count read from a file is refused rather than allocated.
+MAX_TIMM_CLASSES = 1_000_000
+
+
+def _timm_shapes(arch: str, num_classes: int, in_chans: int) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of ``arch``'s state dict, built on the ``meta`` device (no memory for weights).
+    An architecture that cannot be built there is built on the CPU: its size is then the named
+    architecture's own (``num_classes`` has been checked against the checkpoint by then)."""
+    import timm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        except Exception:
+            net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _check_timm_state(spec: str, arch: str, ckpt: str, state: dict, head: str, num_classes: int,
+                      in_chans: int) -> None:
+    """Refuse, in one line naming the first bad tensor, a checkpoint whose tensors are not exactly what
+    ``arch`` holds, before the model is built: a class count read from the file never becomes memory
+    the file does not itself hold (a ``[N, 0]`` classifier costs nothing on disk)."""
+    def bad(problem: str):
+        return KdataError(f"{spec}: checkpoint {ckpt} does not fit {arch} ({problem})")
+
+    head_w = state.get(f"{head}.weight")
+    if head_w is not None:
+        try:
+            want = _timm_shapes(arch, 1, in_chans).get(f"{head}.weight")
+        except Exception as exc:
+            raise bad(first_line(exc)) from None
+        if want is not None and (head_w.ndim != len(want) or tuple(head_w.shape[1:]) != want[1:]):
+            raise bad(f"tensor '{head}.weight' has shape {tuple(head_w.shape)}, "
+                      f"{arch} expects ({int(head_w.shape[0]) if head_w.ndim else 'N'}, "
+                      f"{', '.join(map(str, want[1:]))})")
+    if not 0 < num_classes <= MAX_TIMM_CLASSES:
+        raise bad(f"{num_classes} classes; at most {MAX_TIMM_CLASSES:,} are accepted")
+    try:
+        expected = _timm_shapes(arch, num_classes, in_chans)
+    except Exception as exc:
+        raise bad(first_line(exc)) from None
+    for name, tensor in state.items():
+        if name not in expected:
+            raise bad(f"unexpected tensor '{name}'")
+        if tuple(tensor.shape) != expected[name]:
+            raise bad(f"tensor '{name}' has shape {tuple(tensor.shape)}, {arch} expects {expected[name]}")
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise bad(f"missing tensor '{missing[0]}'" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+
+
 @register_loader(lambda s: s.startswith("timm:"))
 def load_timm(spec: str, *, device="cpu") -> Model:
     import timm
@@ -210,7 +266,11 @@ def load_timm(spec: str, *, device="cpu") -> Model:
     state = _load_state(ckpt, spec=spec)
     classifier = _timm_default_cfg(arch).get("classifier", "head")
     classifier = classifier[0] if isinstance(classifier, (list, tuple)) else classifier
-    cfg, num_classes = _timm_config(spec, arch, ckpt, sidecar, state.get(f"{classifier}.weight"))
+    head_w = state.get(f"{classifier}.weight")
+    if head_w is not None and head_w.ndim == 0:
+        raise KdataError(f"{spec}: checkpoint {ckpt} does not fit {arch} (tensor '{classifier}.weight' is a scalar)")
+    cfg, num_classes = _timm_config(spec, arch, ckpt, sidecar, head_w)
+    _check_timm_state(spec, arch, ckpt, state, classifier, num_classes, int(cfg["input_size"][0]))
     try:
         net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=cfg["input_size"][0])
         net.load_state_dict(state, strict=True)
