@@ -24,6 +24,7 @@ import torch
 from kdata.core.errors import KdataError
 from kdata.core.extras import require
 from kdata.models.hf_safety import check_remote_code, read_config, weight_files, weights_checksum
+from kdata.models.hf_weights import FATAL, check_safetensors
 
 DEFAULT_MAX_LENGTH = 512
 KINDS = ("causal_lm", "classifier")
@@ -52,6 +53,7 @@ class HFModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     extra: dict = field(default_factory=dict)
+    path: str = ""  # the model directory (its tokenizer.json named in tokenizer errors)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -101,16 +103,104 @@ def resolve_max_length(config: dict, tokenizer, asked: int | None) -> int:
     return int(min(limits))
 
 
+PROBE_TEXTS = ["Probe text 123 aaaa\n\tend.", "hello world", "x", "héllo wörld 世界 🙂 0x1f !!", "a" * 64 + " 99"]
+
+
+def tokenizer_file(path) -> str:
+    """The file a tokenizer error names: ``tokenizer.json`` when there is one, else the directory."""
+    path = Path(path)
+    return str(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else str(path)
+
+
+def tokenizer_failure(path, exc: BaseException, what: str) -> KdataError:
+    """One line for a tokenizer that raised or panicked (pyo3 ``PanicException`` is a BaseException)."""
+    msg = str(exc).strip().splitlines()
+    return KdataError(f"{tokenizer_file(path)}: {what} ({type(exc).__name__}: {msg[0][:160] if msg else ''})")
+
+
+class _RustPanicQuiet:
+    """fd 2 into a temporary file while a tokenizer loads and probes: the Rust panic hook writes
+    its ``thread … panicked at …`` lines straight to fd 2. Kept output is replayed unless it panicked."""
+
+    def __enter__(self):
+        import sys
+        import tempfile
+
+        self.tmp, self.saved = None, None
+        try:
+            sys.stderr.flush()
+            self.tmp = tempfile.TemporaryFile()
+            self.saved = os.dup(2)
+            os.dup2(self.tmp.fileno(), 2)
+        except (OSError, ValueError, AttributeError):
+            self.saved = None
+        return self
+
+    def __exit__(self, et, ev, tb):
+        import sys
+
+        if self.saved is None:
+            return False
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if et is None:  # no failure: what was written goes where it would have gone
+            self.tmp.seek(0)
+            data = self.tmp.read()
+            if data:
+                os.write(2, data)
+        self.tmp.close()
+        return False
+
+
 def _load_tokenizer(path: Path, *, trust_remote_code: bool):
+    with _RustPanicQuiet():
+        return _load_tokenizer_checked(path, trust_remote_code=trust_remote_code)
+
+
+def _load_tokenizer_checked(path: Path, *, trust_remote_code: bool):
     from transformers import AutoTokenizer
+
+    from kdata.models.text_tokens import encode_texts
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # noqa: BLE001  (a missing or broken tokenizer: one line)
+    except FATAL:
+        raise
+    except BaseException as exc:  # noqa: BLE001  (a missing, broken or panicking tokenizer: one line)
         msg = str(exc).strip().splitlines()
-        raise KdataError(f"{path}: cannot load the tokenizer ({type(exc).__name__}: {msg[0][:160] if msg else ''})") from None
+        raise KdataError(f"{tokenizer_file(path)}: cannot load the tokenizer "
+                         f"({type(exc).__name__}: {msg[0][:160] if msg else ''})") from None
     check_tokenizer(path, tok)
+    try:  # a trial encode as scoring encodes (special tokens on): a tokenizer that fails here fails before any work
+        encode_texts(tok, PROBE_TEXTS, max_length=64)
+    except FATAL:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        raise tokenizer_failure(path, exc, "the tokenizer fails on a sample text") from None
     return tok
+
+
+def token_ids_max(tok) -> int:
+    """The largest id the tokenizer can produce: its vocabulary, added tokens, and len − 1."""
+    ids = [len(tok) - 1]
+    try:
+        ids.extend(int(v) for v in tok.get_vocab().values())
+        ids.extend(int(k) for k in getattr(tok, "added_tokens_decoder", {}) or {})
+    except Exception:  # noqa: BLE001
+        pass
+    return max(ids)
+
+
+def check_token_ids(path: Path, tok, rows: int) -> None:
+    """Refuse a tokenizer whose ids reach past the model's input embedding rows (one line)."""
+    top = token_ids_max(tok)
+    if top >= rows:
+        raise KdataError(f"{tokenizer_file(path)}: the tokenizer has token id {top}, but the model's input "
+                         f"embedding has {rows} row(s) (config.json vocab_size); tokenizer and model do not match")
 
 
 def check_tokenizer(path: Path, tok) -> None:
@@ -130,15 +220,21 @@ def check_tokenizer(path: Path, tok) -> None:
 
 
 def _load_module(path: Path, kind: str, *, trust_remote_code: bool) -> torch.nn.Module:
-    """The model in fp32 on the CPU, from safetensors or a checked weights-only ``.bin``."""
+    """The model in fp32 on the CPU, from safetensors (headers checked first) or a checked weights-only ``.bin``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
     files, fmt = weight_files(path)
     try:
         if fmt == "safetensors":
-            model = auto.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                         trust_remote_code=trust_remote_code, dtype=torch.float32)
+            check_safetensors(path, files, auto, trust_remote_code=trust_remote_code)
+            model, info = auto.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                               trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                               output_loading_info=True)
+            bad = list(info.get("missing_keys") or []) + [str(m) for m in info.get("mismatched_keys") or []]
+            if bad:  # what the header check could not see (renamed checkpoints): never a random parameter
+                raise KdataError(f"{files[0]}: weights lack or mis-shape {len(bad)} parameter(s) of the model, "
+                                 f"e.g. '{bad[0]}'")
         else:
             from kdata.models.safe_load import load_state_file
 
@@ -177,6 +273,9 @@ def load_hf(path: str | os.PathLike, *, device: torch.device | str = "cpu", prec
     weight_files(path)  # a directory without weights is one line before the tokenizer loads
     tokenizer = _load_tokenizer(path, trust_remote_code=trust_remote_code)
     model = _load_module(path, kind, trust_remote_code=trust_remote_code)
+    emb = model.get_input_embeddings()
+    if emb is not None and getattr(emb, "num_embeddings", None):
+        check_token_ids(path, tokenizer, int(emb.num_embeddings))
     prec = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
     model = model.to(device=device, dtype=torch.bfloat16 if prec == "bf16" else torch.float32)
     class_names = []
@@ -186,7 +285,7 @@ def load_hf(path: str | os.PathLike, *, device: torch.device | str = "cpu", prec
     h = hashlib.sha256(weights_checksum(path).encode())
     return HFModel(spec=spec or f"hf:{path}", kind=kind, model=model, tokenizer=tokenizer, name=path.name,
                    checksum="sha256:" + h.hexdigest(), max_length=resolve_max_length(config, tokenizer, max_length),
-                   class_names=class_names, device=device, precision=prec,
+                   class_names=class_names, device=device, precision=prec, path=str(path),
                    extra={"architectures": config.get("architectures"), "model_type": config.get("model_type")})
 
 

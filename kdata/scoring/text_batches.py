@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kdata.core.errors import KdataError
+from kdata.models.hf_weights import FATAL
 from kdata.models.text_tokens import SPECIAL_TOKENS, encode_texts
 
 LOGIT_ELEMS = 1 << 25  # float32 logits per batch (128 MiB per tensor) for a causal LM
@@ -19,10 +21,32 @@ LOGIT_ELEMS = 1 << 25  # float32 logits per batch (128 MiB per tensor) for a cau
 
 def tokenize(model, texts: list[str]) -> list[list[int]]:
     """Token ids of each text with the model's tokenizer, truncated to its ``max_length`` (``encode_texts``)."""
-    return encode_texts(model.tokenizer, texts, max_length=model.max_length)
+    try:
+        return encode_texts(model.tokenizer, texts, max_length=model.max_length)
+    except (*FATAL, KdataError):
+        raise
+    except BaseException as exc:  # noqa: BLE001  (a tokenizer panic on some text: one line naming its file)
+        raise _tokenizer_error(model, exc) from None
+
+
+def _tokenizer_error(model, exc: BaseException):
+    from kdata.models.hf import tokenizer_failure
+
+    return tokenizer_failure(getattr(model, "path", "") or getattr(model, "spec", "tokenizer"), exc,
+                             "the tokenizer fails on a text of the pool")
 
 
 def tokenize_bytes(model, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+    """See ``_tokenize_bytes``; a tokenizer that raises or panics on a text is one line naming its file."""
+    try:
+        return _tokenize_bytes(model, texts)
+    except (*FATAL, KdataError):
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        raise _tokenizer_error(model, exc) from None
+
+
+def _tokenize_bytes(model, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
     """``tokenize``'s ids and, per text, the UTF-8 bytes its predicted tokens (positions 1…L−1) cover:
     the text from the end of the first token to the end of the last (a truncated text: its kept
     part). Needs a fast tokenizer's offsets; else the bytes of the decoded tokens after the first."""
