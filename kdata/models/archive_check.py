@@ -26,7 +26,8 @@ import zipfile
 from pathlib import Path
 
 from kdata.core.errors import KdataError
-from kdata.models.pickle_scan import check_pickle, check_torch_payload, printable, torchscript_global_ok
+from kdata.models.pickle_scan import (MAX_PICKLE_BYTES, OpcodeBudget, bounded, check_pickle, check_torch_payload,
+                                      printable, torchscript_global_ok)
 
 # Where torch.export.save puts things, relative to the archive's root folder.
 _PT2_LAYOUT = re.compile(r"(archive_format|archive_version|byteorder|\.data/[\w.]+|models/[\w.-]+\.json|"
@@ -40,7 +41,63 @@ _TORCH_SYM = re.compile(r"torch\.(_?sym_[a-z_]+|_assert|_check|_check_is_size)\Z
 _TS_DENIED = re.compile(r"(torch|aten)\.(save|from_file)\b|from_file|load_tensor|debugprims|\.load_library")
 _SYMBOL = re.compile(r"[a-z]+[0-9]+\Z")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-MAX_GRAPH_JSON = 512 << 20
+# Size bounds, checked on every member's declared size before anything is read and enforced while
+# reading (a lying header cannot pass them). torch.export.save stores every member uncompressed, so a
+# .pt2 may hold no compressed member and its members together no more bytes than the file; json.loads
+# makes ~20x the text in objects, so its JSON members are capped far below what that would cost.
+# torch.jit.save deflates code/ and debug members (a few KB each): each may expand to at most
+# MAX_TS_MEMBER, all of them to MAX_TS_EXPANDED.
+MAX_GRAPH_JSON = 32 << 20
+MAX_CONFIG_JSON = 32 << 20
+MAX_SMALL_MEMBER = 64
+MAX_TS_MEMBER = 32 << 20
+MAX_TS_EXPANDED = 256 << 20
+_ZIP_SLACK = 1 << 20
+
+
+def _check_sizes(path: Path, zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], *, stored_only: bool) -> None:
+    """Refuse, from the central directory alone, an archive whose members expand past the bounds."""
+    try:
+        disk = path.stat().st_size
+    except OSError as exc:
+        raise KdataError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    stored = expanded = 0
+    for name, info in members.items():
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size:
+                raise KdataError(f"{path}: refused: member {printable(name)!r} declares {info.file_size} bytes but "
+                                 f"stores {info.compress_size} (a damaged or crafted archive)")
+            stored += info.file_size
+        elif stored_only:
+            raise KdataError(f"{path}: refused: member {printable(name)!r} is compressed (torch.export.save stores "
+                             "every member uncompressed; a compressed one may be a zip bomb)")
+        elif info.compress_type != zipfile.ZIP_DEFLATED:
+            raise KdataError(f"{path}: refused: member {printable(name)!r} uses a compression torch does not write")
+        elif info.file_size > MAX_TS_MEMBER:
+            raise KdataError(f"{path}: refused: compressed member {printable(name)!r} expands to "
+                             f"{info.file_size >> 20} MiB, over the {MAX_TS_MEMBER >> 20} MiB cap (a zip bomb?)")
+        else:
+            expanded += info.file_size
+    if stored > disk + _ZIP_SLACK:
+        raise KdataError(f"{path}: refused: members declare {stored >> 20} MiB of stored bytes in a "
+                         f"{disk >> 20} MiB file (overlapping members: a zip bomb?)")
+    if expanded > MAX_TS_EXPANDED:
+        raise KdataError(f"{path}: refused: compressed members expand to {expanded >> 20} MiB in all, over the "
+                         f"{MAX_TS_EXPANDED >> 20} MiB cap (a zip bomb?)")
+
+
+def _read(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limit: int) -> bytes:
+    """A member's bytes, refused past ``limit`` whatever its header declares."""
+    if info.file_size > limit:
+        raise KdataError(f"{path}: refused: {printable(name)} is {info.file_size} bytes, over the {limit}-byte cap")
+    try:
+        with zf.open(info) as member:
+            data = member.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise KdataError(f"{path}: cannot read member {printable(name)!r} ({type(exc).__name__})") from None
+    if len(data) > limit:
+        raise KdataError(f"{path}: refused: {printable(name)} is over the {limit}-byte cap")
+    return data
 
 
 def _open_zip(path: Path, what: str) -> zipfile.ZipFile:
@@ -77,11 +134,14 @@ def check_pt2_archive(path: Path) -> None:
                                  "only exported graphs (torch.export.save)")
             if not _PT2_LAYOUT.match(name):
                 raise KdataError(f"{path}: refused: unexpected member {name!r} (not written by torch.export.save)")
-        if "archive_format" not in members or zf.read(members["archive_format"]).strip() != b"pt2":
+        _check_sizes(path, zf, members, stored_only=True)
+        if ("archive_format" not in members
+                or _read(path, zf, members["archive_format"], "archive_format", MAX_SMALL_MEMBER).strip() != b"pt2"):
             raise KdataError(f"{path}: not a torch.export archive of the current format (re-export it with "
                              "torch.export.save, torch ≥ 2.6)")
         raw: set[str] = set()
         pickled: set[str] = set()
+        budget = OpcodeBudget()
         for name, info in members.items():
             if name.startswith(("data/weights/", "data/constants/")) and name.endswith("_config.json"):
                 _payload_members(path, zf, info, name.rsplit("/", 1)[0], raw, pickled)
@@ -90,7 +150,7 @@ def check_pt2_archive(path: Path) -> None:
                 _check_graph_json(path, zf, info, name)
             elif name.startswith("data/") and not name.endswith(".json") and (name not in raw or name in pickled):
                 with zf.open(info) as member:  # a torch.save payload torch will torch.load
-                    check_torch_payload(member, where=f"{path}: {name}")
+                    check_torch_payload(member, where=f"{path}: {name}", budget=budget)
 
 
 def _payload_members(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, folder: str,
@@ -98,7 +158,7 @@ def _payload_members(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, fol
     """Sort the members a payload config names into raw tensor bytes (read with frombuffer, never
     unpickled) and pickled ones; a member any config marks pickled is checked as a pickle."""
     try:
-        for e in json.loads(zf.read(info))["config"].values():
+        for e in json.loads(_read(path, zf, info, info.filename, MAX_CONFIG_JSON))["config"].values():
             name = str(e["path_name"])
             if not re.fullmatch(r"[\w.-]+", name) or ".." in name:
                 raise KdataError(f"{path}: refused: {info.filename} names member {name[:60]!r}")
@@ -113,10 +173,9 @@ def _payload_members(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, fol
 
 
 def _check_graph_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> None:
-    if info.file_size > MAX_GRAPH_JSON:
-        raise KdataError(f"{path}: {name} is {info.file_size >> 20} MiB, over the {MAX_GRAPH_JSON >> 20} MiB cap")
+    text = _read(path, zf, info, name, MAX_GRAPH_JSON)
     try:
-        doc = json.loads(zf.read(info))
+        doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise KdataError(f"{path}: {name} is not valid JSON ({type(exc).__name__})") from None
     where = f"{path}: {name}"
@@ -215,12 +274,18 @@ def check_torchscript_archive(path: Path) -> None:
         if not any(n.startswith("code/") for n in members) or "data.pkl" not in members:
             raise KdataError(f"{path}: cannot load as a TorchScript archive: no code/ folder (a torch.save checkpoint? "
                              "load it as timm:ARCH:CHECKPOINT, or save the model with torch.jit.save)")
+        _check_sizes(path, zf, members, stored_only=False)
+        budget = OpcodeBudget()
         for name, info in members.items():
             if name.endswith(("pkl", ".debug_pkl")):
+                if info.file_size > MAX_PICKLE_BYTES:
+                    raise KdataError(f"{path}: refused: {printable(name)} is {info.file_size >> 20} MiB, over the "
+                                     f"{MAX_PICKLE_BYTES >> 20} MiB cap")
                 with zf.open(info) as member:
-                    check_pickle(member, where=f"{path}: {printable(name)}", allowed=torchscript_global_ok)
+                    check_pickle(bounded(member, info.file_size), where=f"{path}: {printable(name)}",
+                                 allowed=torchscript_global_ok, budget=budget)
             elif name.startswith("code/") and name.endswith(".py"):
-                code = re.sub(r"[\s\\]+", "", zf.read(info).decode("utf-8", "replace"))
+                code = re.sub(r"[\s\\]+", "", _read(path, zf, info, name, MAX_TS_MEMBER).decode("utf-8", "replace"))
                 hit = _TS_DENIED.search(code)
                 if hit:
                     raise KdataError(f"{path}: refused: {printable(name)} calls {hit.group(0)!r} (file access "

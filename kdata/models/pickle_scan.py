@@ -41,7 +41,47 @@ _PUBLIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
                "BINUNICODE8"}
 _MARK = object()
-MAX_OPCODES = 50_000_000  # a state dict of 100k tensors needs ~2M; beyond this the file is hostile
+_DATA_PKL = re.compile(r"([^/]+/)?data\.pkl\Z")
+MAX_OPCODES = 5_000_000  # per file, all its pickles together: a state dict of 100k tensors needs ~2M
+MAX_PICKLE_BYTES = 64 << 20  # uncompressed size of one pickle member (torch.save's data.pkl: ~100 B a tensor)
+
+
+class BoundedReader(io.RawIOBase):
+    """A raw stream over ``inner`` that refuses (ValueError) to yield more than ``limit`` bytes: a zip
+    member whose header lies about its size cannot make a reader go past its bound. Wrap it in an
+    ``io.BufferedReader``: the opcode scan reads one byte at a time."""
+
+    def __init__(self, inner: IO[bytes], limit: int):
+        self._inner, self._limit, self._pos = inner, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self._limit + 1 - self._pos)
+        if want <= 0:
+            raise ValueError(f"member longer than its {self._limit}-byte bound")
+        data = self._inner.read(want)
+        if self._pos + len(data) > self._limit:
+            raise ValueError(f"member longer than its {self._limit}-byte bound")
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def bounded(inner: IO[bytes], limit: int) -> io.BufferedReader:
+    """``inner`` behind :class:`BoundedReader` and a read buffer."""
+    return io.BufferedReader(BoundedReader(inner, limit), 1 << 16)
+
+
+class OpcodeBudget:
+    """Opcodes left to scan in one file, shared by all its pickles."""
+
+    def __init__(self, total: int = MAX_OPCODES):
+        self.left = total
 
 
 def printable(text: object, limit: int = 80) -> str:
@@ -75,9 +115,11 @@ def torchscript_global_ok(module: str, name: str) -> bool:
     return (module, name) in (("builtins", "complex"), ("__builtin__", "complex")) or weights_global_ok(module, name)
 
 
-def pickle_globals(stream: IO[bytes]) -> list[tuple[str, str]]:
+def pickle_globals(stream: IO[bytes], budget: OpcodeBudget | None = None) -> list[tuple[str, str]]:
     """The (module, name) globals one pickle (read up to its STOP) references; ValueError if the
-    bytes are not a well-formed pickle or hide a global's name where it cannot be read."""
+    bytes are not a well-formed pickle, hide a global's name where it cannot be read, or hold more
+    opcodes than ``budget`` (shared by a file's pickles; default: :data:`MAX_OPCODES`) has left."""
+    budget = budget if budget is not None else OpcodeBudget()
     stack: list = []
     memo: dict = {}
     found: list[tuple[str, str]] = []
@@ -87,9 +129,11 @@ def pickle_globals(stream: IO[bytes]) -> list[tuple[str, str]]:
             raise ValueError("stack underflow")
         return stack.pop()
 
-    for count, (op, arg, _pos) in enumerate(pickletools.genops(stream)):
-        if count > MAX_OPCODES:
-            raise ValueError(f"more than {MAX_OPCODES} opcodes")
+    limit = budget.left
+    count = 0
+    for count, (op, arg, _pos) in enumerate(pickletools.genops(stream), 1):
+        if count > limit:
+            raise ValueError(f"more than {MAX_OPCODES} opcodes in one file")
         name = op.name
         if name in _STRING_OPS:
             stack.append(arg)
@@ -121,6 +165,7 @@ def pickle_globals(stream: IO[bytes]) -> list[tuple[str, str]]:
             raise ValueError("a global named through the copyreg extension registry")
         else:
             _apply_stack_effect(stack, op, pop)
+    budget.left = limit - count
     return found
 
 
@@ -139,10 +184,11 @@ def _apply_stack_effect(stack: list, op, pop) -> None:
         stack.append(_MARK if item is pickletools.markobject else None)
 
 
-def check_pickle(stream: IO[bytes], *, where: str, allowed=weights_global_ok) -> None:
+def check_pickle(stream: IO[bytes], *, where: str, allowed=weights_global_ok,
+                 budget: OpcodeBudget | None = None) -> None:
     """Refuse (one line naming ``where``) a pickle that is malformed or names a global not allowed."""
     try:
-        names = pickle_globals(stream)
+        names = pickle_globals(stream, budget)
     except Exception as exc:  # noqa: BLE001  any decoding failure is a refusal
         raise KdataError(f"{where}: not a readable pickle ({type(exc).__name__}: {str(exc)[:120]})") from None
     for module, name in names:
@@ -155,21 +201,33 @@ def _zip_members(zf: zipfile.ZipFile) -> Iterable[zipfile.ZipInfo]:
     return (i for i in zf.infolist() if not i.is_dir())
 
 
-def check_torch_payload(data: IO[bytes], *, where: str, allowed=weights_global_ok) -> None:
-    """Check a ``torch.save`` payload (zip format: every ``*.pkl`` member; legacy: its five
-    leading pickles) without unpickling anything; raise KdataError on anything not allowed."""
+def check_torch_payload(data: IO[bytes], *, where: str, allowed=weights_global_ok,
+                        budget: OpcodeBudget | None = None) -> None:
+    """Check a ``torch.save`` payload (zip format: its ``<root>/data.pkl``, the one pickle torch.load
+    reads; legacy: its five leading pickles) without unpickling anything; raise KdataError on
+    anything not allowed. Other ``*.pkl`` members (torch.save writes none) are refused, and all
+    pickles of a file share one opcode budget."""
     data.seek(0)
     head = data.read(4)
     data.seek(0)
+    budget = budget if budget is not None else OpcodeBudget()
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(data) as zf:
                 pickles = [i for i in _zip_members(zf) if i.filename.endswith(".pkl")]
+                for info in pickles:
+                    if not _DATA_PKL.match(info.filename):
+                        raise KdataError(f"{where}: refused: unexpected pickle member {printable(info.filename)!r} "
+                                         "(torch.save writes only <root>/data.pkl)")
                 if not pickles:
                     raise KdataError(f"{where}: cannot read checkpoint (a zip file without data.pkl)")
                 for info in pickles:
+                    if info.file_size > MAX_PICKLE_BYTES:
+                        raise KdataError(f"{where}: refused: {printable(info.filename)} declares "
+                                         f"{info.file_size >> 20} MiB, over the {MAX_PICKLE_BYTES >> 20} MiB cap")
                     with zf.open(info) as member:
-                        check_pickle(member, where=f"{where}: {info.filename}", allowed=allowed)
+                        check_pickle(bounded(member, info.file_size), where=f"{where}: {printable(info.filename)}",
+                                     allowed=allowed, budget=budget)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
             raise KdataError(f"{where}: cannot read checkpoint: damaged zip archive ({type(exc).__name__}: "
                              f"{str(exc)[:120]})") from None
@@ -180,7 +238,7 @@ def check_torch_payload(data: IO[bytes], *, where: str, allowed=weights_global_o
         if data.read(1) != b"\x80":
             break
         data.seek(-1, io.SEEK_CUR)
-        check_pickle(data, where=where, allowed=allowed)
+        check_pickle(data, where=where, allowed=allowed, budget=budget)
 
 
 def check_checkpoint_file(path, *, where: str | None = None) -> None:
