@@ -14,8 +14,7 @@ import sys
 # idle OpenMP threads sleep instead of spinning: decode workers and the forward pass share the cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from kdata.core.errors import KdataError
-from kdata.report.markdown import printable
+from kdata.core.errors import KdataError, printable
 
 # module names under kdata.cli, in the order ``kdata --help`` lists them
 COMMANDS = ["select", "methods", "inspect", "demo", "train", "generate", "critic", "augment", "dedup", "card", "serve"]

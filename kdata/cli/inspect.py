@@ -7,7 +7,8 @@ unreadable); exit 2 for usage errors (no dataset at DIR, unknown ``--sample-id``
 from __future__ import annotations
 
 from kdata.cli.common import add_dataset_dir, dataset_dir, emit_json
-from kdata.report.markdown import fmt, printable
+from kdata.core.errors import printable
+from kdata.report.markdown import fmt
 
 
 def register(sub) -> None:

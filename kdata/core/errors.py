@@ -18,3 +18,9 @@ def brief(items, *, n: int = 4) -> str:
     """``a, b, c, …``: the first ``n`` of ``items`` for a one-line message, with an ellipsis only when cut."""
     items = [str(x) for x in items]
     return ", ".join(items[:n]) + (", …" if len(items) > n else "")
+
+
+def printable(text) -> str:
+    """``str(text)`` with every non-printable character (ESC, BEL, newline…) shown as ``\\xNN``: values
+    from a pool, a model or a manifest must not drive a terminal or break a one-line message."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in str(text))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from kdata.core.errors import printable
+
 __all__ = ["Md", "fmt", "md_code", "md_table", "md_text", "printable"]
 
 _MD_PUNCT = re.compile(r"([\\`*_\[\]!~])")  # inline Markdown syntax: emphasis, code, links, images
@@ -21,11 +23,6 @@ _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 class Md(str):
     """Markdown that kdata wrote or already escaped: ``md_table`` puts it in a cell as it is."""
-
-
-def printable(text) -> str:
-    """``str(text)`` with every non-printable character (ESC, BEL, newline…) shown as ``\\xNN``."""
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in str(text))
 
 
 def fmt(x, nd: int = 3) -> str:
