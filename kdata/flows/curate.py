@@ -166,6 +166,24 @@ def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dic
             "n_in": n_in, "score_cache_hit": hit, "decode_pids": info["decode_pids"].get(u.name, [])}
 
 
+def _stale(future) -> bool:
+    """Whether a completed scoring task's result names a score cache entry that is gone or damaged —
+    a Prefect cache record outlives the file it points at when ``$KDATA_CACHE/scores`` is cleared
+    or pruned (``kdata cache prune``) — so the unit must be scored again."""
+    from kdata.scoring.cache_entries import DamagedEntry, read_unit_entry
+
+    future.wait()
+    if not future.state.is_completed():
+        return False
+    result = future.result()
+    path = Path(result["path"])
+    try:
+        return read_unit_entry(path, path.with_name(path.stem + ".quarantine.json"), result["unit"],
+                               check_schema=lambda schema: None) is None
+    except DamagedEntry:
+        return True
+
+
 def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:
     """The (sample_id, error) records of a unit that could not be scored.
 
@@ -279,6 +297,14 @@ def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
             futures = [scorer.submit(select, u, **args) for u in units]
     else:
         futures = [scorer.submit(select, u, **args) for u in units]
+    stale = [i for i, fut in enumerate(futures) if _stale(fut)]
+    if stale:  # Prefect's record names a score file that is gone or damaged: score those units again
+        logger.warning("%d unit(s) had a Prefect cache record whose score file is gone or damaged (%s); scoring "
+                       "them again", len(stale), ", ".join(units[i]["name"] for i in stale[:3]) +
+                       (", …" if len(stale) > 3 else ""))
+        again = scorer.with_options(refresh_cache=True)
+        for i in stale:
+            futures[i] = again.submit(select, units[i], **args)
     scored, failed, states, pids = [], [], {}, {}
     for u, fut in zip(units, futures):
         fut.wait()

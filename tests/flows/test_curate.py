@@ -294,3 +294,29 @@ def test_flow_with_scores_equals_kdata_select_scores(curate_mod, tmp_path):
     assert result["status"] == "written" and result["counts"] == direct.counts
     assert _shard_hashes(tmp_path / "flow") == _shard_hashes(tmp_path / "cli")
     assert read_manifest(tmp_path / "flow")["config"]["scores"] == path
+
+
+def test_a_score_file_gone_behind_a_cache_record_is_scored_again(curate_mod, first_run, tmp_path):
+    """Clearing ``$KDATA_CACHE/scores`` (or pruning it) leaves Prefect's cache records naming files that
+    are gone: those units are scored again, not a FileNotFoundError in the finish task."""
+    import json
+    import os
+
+    scores = Path(os.environ["KDATA_CACHE"]) / "scores"
+    markers = {m: json.loads(m.read_text())["unit"] for m in scores.glob("*.quarantine.json")}
+    gone = [m for m, unit in markers.items() if unit == "part-00000.parquet"]
+    damaged = [m for m, unit in markers.items() if unit == "part-00001.parquet"]
+    assert gone and damaged
+    for m in gone:
+        m.with_name(m.name.replace(".quarantine.json", ".parquet")).unlink()
+    for m in damaged:
+        p = m.with_name(m.name.replace(".quarantine.json", ".parquet"))
+        p.write_bytes(p.read_bytes()[:-10] + b"0123456789")
+    cfg = read_manifest(first_run)["config"]
+    state = curate_mod.curate(select=cfg, out=str(tmp_path / "again"), run={"device": "cpu"}, return_state=True)
+    assert state.is_completed()
+    units = state.result()["units"]
+    assert units.pop("part-00000.parquet") == "Completed" and units.pop("part-00001.parquet") == "Completed"
+    assert set(units.values()) == {"Cached"}
+    assert _shard_hashes(tmp_path / "again") == _shard_hashes(first_run)
+    assert verify(tmp_path / "again") == []
