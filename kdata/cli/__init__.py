@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from kdata.core.errors import KdataError, printable
 
 # module names under kdata.cli, in the order ``kdata --help`` lists them
-COMMANDS = ["select", "methods", "inspect", "demo", "train", "generate", "critic", "augment", "dedup", "card", "serve"]
+COMMANDS = ["select", "methods", "inspect", "demo", "train", "generate", "critic", "augment", "dedup", "card", "cache", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):

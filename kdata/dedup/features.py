@@ -124,13 +124,16 @@ def unit_features(unit, *, pixels: bool):
 def _cached_features(path, marker, pixels: bool, *, lock=None):
     """The cached features table, or None on a miss; with the entry's ``lock`` held, a damaged entry
     (``DamagedEntry``) is also dropped with a warning line."""
+    from kdata.core.cache_admin import touch_used
     from kdata.scoring.cache_entries import DamagedEntry, check_parquet, drop_entry, read_marker, warn_dropped
 
     try:
         fields = read_marker(marker)
         if fields is None:
             return None  # no entry, or one a killed run left unfinished: computed and written again
-        return check_parquet(path, fields, lambda schema: _check_schema(schema, pixels, path), read=True)
+        table = check_parquet(path, fields, lambda schema: _check_schema(schema, pixels, path), read=True)
+        touch_used(marker)  # `kdata cache prune` removes entries by last use
+        return table
     except DamagedEntry as damage:
         if lock is not None:
             drop_entry(lock, path, marker)

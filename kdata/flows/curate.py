@@ -167,21 +167,12 @@ def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dic
 
 
 def _stale(future) -> bool:
-    """Whether a completed scoring task's result names a score cache entry that is gone or damaged —
-    a Prefect cache record outlives the file it points at when ``$KDATA_CACHE/scores`` is cleared
-    or pruned (``kdata cache prune``) — so the unit must be scored again."""
-    from kdata.scoring.cache_entries import DamagedEntry, read_unit_entry
+    """A completed scoring task whose result names a score entry that is gone or damaged: a Prefect
+    cache record outlives ``$KDATA_CACHE/scores`` cleared or pruned (``kdata cache prune``)."""
+    from kdata.scoring.cache_entries import entry_intact
 
     future.wait()
-    if not future.state.is_completed():
-        return False
-    result = future.result()
-    path = Path(result["path"])
-    try:
-        return read_unit_entry(path, path.with_name(path.stem + ".quarantine.json"), result["unit"],
-                               check_schema=lambda schema: None) is None
-    except DamagedEntry:
-        return True
+    return future.state.is_completed() and not entry_intact(Path(future.result()["path"]), future.result()["unit"])
 
 
 def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:

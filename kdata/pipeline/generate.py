@@ -31,6 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from kdata.core.atomic import read_parquet, write_json, write_parquet
+from kdata.core.cache_admin import touch_used
 from kdata.core.errors import KdataError
 from kdata.core.version import __version__
 from kdata.models.hf_generate import DecodeConfig, check_decode, sample
@@ -136,7 +137,10 @@ def shard_paths(work: Path, index: int, key: str) -> tuple[Path, Path]:
 
 def shard_done(work: Path, index: int, key: str) -> Path | None:
     path, marker = shard_paths(work, index, key)
-    return path if path.is_file() and marker.is_file() else None
+    if not (path.is_file() and marker.is_file()):
+        return None
+    touch_used(marker)  # `kdata cache prune` removes the flows' shards by last use
+    return path
 
 
 def candidate_table(results: list[dict], shard: list[dict], *, cfg: GenerateConfig, teacher_spec: str) -> pa.Table:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from kdata.core.atomic import atomic_path
+from kdata.core.cache_admin import touch_used
 from kdata.core.digests import sha256_file_memo
 from kdata.core.paths import cache_dir
 from kdata.core.version import __version__
@@ -33,7 +34,9 @@ def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:
         return parse()
     if entry.is_file():
         try:
-            return _mapped(entry)
+            table = _mapped(entry)
+            touch_used(entry)  # `kdata cache prune` removes entries by last use
+            return table
         except (OSError, pa.ArrowInvalid):
             pass  # torn or foreign file: parse again and replace it
     table = parse()

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdata.core.atomic import write_json, write_parquet
+from kdata.core.cache_admin import touch_used
 from kdata.core.errors import KdataError
 from kdata.core.lock import Lock
 from kdata.dataset.schema import validate_scores
@@ -117,7 +118,18 @@ def read_unit_entry(path: Path, qpath: Path, unit: str, *, check_schema: Callabl
     if fields.get("unit") != unit:
         raise DamagedEntry(qpath, f"belongs to unit {fields.get('unit')!r}, not {unit!r}")
     check_parquet(path, fields, check_schema or (lambda schema: validate_scores(schema, where=str(path))))
+    touch_used(qpath)  # `kdata cache prune` removes entries by last use
     return [tuple(q) for q in quarantined], fields["n_in"]  # (sample_id, error[, web label])
+
+
+def entry_intact(path: Path, unit: str) -> bool:
+    """Whether the score entry ``path`` (its ``.quarantine.json`` marker beside it) is complete and
+    matches its marker (size, CRC-32, rows), whatever its schema."""
+    try:
+        return read_unit_entry(path, path.with_name(path.stem + ".quarantine.json"), unit,
+                               check_schema=lambda schema: None) is not None
+    except DamagedEntry:
+        return False
 
 
 def drop_entry(lock: Lock, path: Path, marker: Path) -> None:
