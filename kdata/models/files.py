@@ -86,25 +86,27 @@ def load_torchscript(spec: str, *, device="cpu") -> Model:
 
 @contextlib.contextmanager
 def _atomic_same_suffix(path: Path):
-    """Like ``atomic_path`` (ordinary permissions, fsynced, renamed into place) but the temporary name
-    keeps the suffix (torch.export.save checks it)."""
+    """Like ``atomic_path`` (ordinary permissions, fsynced, renamed into place), but the temporary file
+    has the final file's very name, in a temporary directory beside it: torch.export.save checks the
+    suffix, and both archive formats name their root folder after the file, so the same weights give
+    the same bytes (a reproducible ``student_sha256``)."""
+    import shutil
     import tempfile
 
     from kdata.core.atomic import current_umask, fsync_dir
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600
+    work = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
+    tmp = work / path.name
     try:
-        yield Path(tmp)
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # ordinary permissions, as every finished file
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def export_model(module: nn.Module, path, *, input_size, mean, std, class_names, kind="pt2"):

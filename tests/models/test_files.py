@@ -54,6 +54,23 @@ def test_logits_only_module_exports_without_features(tmp_path):
         export_model(net, tmp_path / "x.pt2", input_size=INPUT, mean=MEAN, std=STD, class_names=list("ab"))
 
 
+@pytest.mark.parametrize("kind", ["pt2"])  # TorchScript (.pt) writes a random serialization id into every archive
+def test_the_same_weights_export_to_the_same_bytes(tmp_path, kind):
+    """A .pt2 archive names its root folder after the file, never a random temporary name, so a student's
+    sha256 shows that two runs gave the same weights; nothing temporary is left beside it."""
+    import hashlib
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 3)).eval()
+    digests = []
+    for d in ("a", "b"):
+        path = export_model(net, tmp_path / d / f"student.{kind}", input_size=INPUT, mean=MEAN, std=STD,
+                            class_names=["x", "y", "z"], kind=kind)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        assert sorted(p.name for p in path.parent.iterdir()) == ["student.json", f"student.{kind}"]
+    assert digests[0] == digests[1]
+
+
 BAD_SIDECARS = [
     ({"mean": [0.5], "std": [0.5], "class_names": CLASSES}, "field 'input_size' is missing"),
     ({"input_size": [1, 32], "mean": [0.5], "std": [0.5]}, "field 'input_size' must be"),
