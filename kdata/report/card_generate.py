@@ -70,3 +70,36 @@ def generate_lines(manifest: dict) -> list[str]:
     L += _examples("Quarantined", ex.get("quarantined") or [], score=False)
     L += ["Rows not kept are in `excluded.parquet` with their prompt, text, reason and critic score.", ""]
     return L
+
+
+def generated_summary(manifest: dict, *, pool: str) -> list[str]:
+    """The ``## Summary`` of a generated dataset: what its rows carry (the generated text, its prompt and
+    the teacher's sampled tokens — no soft labels until ``kdata select`` scores it)."""
+    g, c = manifest["generate"], manifest["generate"]["counts"]
+    how = "kept by the critic" if g.get("critic") else "kept (no critic: every non-empty candidate)"
+    return ["## Summary", "",
+            f"{c['kept']:,} of {c['candidates']:,} candidates that {md_code(g['teacher'])} wrote for the prompts "
+            f"of {md_code(pool)} were {how}. Every row carries the generated text with its prompt, the teacher's "
+            f"sampled token ids and log-probabilities and how decoding stopped; it holds no soft labels yet: "
+            f"`kdata select --pool DIR` scores the rows with the teacher's per-token soft labels for training. "
+            f"{c['rejected']:,} candidates were rejected by the critic and {c['quarantined']:,} quarantined (empty "
+            f"or unscorable); the decision of every candidate is in `decisions.parquet`.", ""]
+
+
+def generated_recipe(manifest: dict) -> list[str]:
+    """The ``## Curation recipe`` of a generated dataset: generate, then filter with the critic."""
+    g = manifest["generate"]
+    d, crit = g["decoding"], g.get("critic")
+    steps = [f"The teacher {md_code(g['teacher'])} writes {g['per_prompt']} continuations per prompt "
+             f"(temperature {d['temperature']}, top-p {d['top_p']}, at most {d['max_new_tokens']} new tokens, "
+             f"seed {d['seed']}); an empty continuation (and, with a critic, one it cannot score) is quarantined."]
+    if crit:
+        steps.append(f"The critic {md_code(crit['path'])} scores every candidate; those with P(accept) under "
+                     f"{crit['threshold']:.4f} are rejected (`critic_reject`).")
+    return (["## Curation recipe", ""] + [f"{i}. {s}" for i, s in enumerate(steps, 1)] +
+            ["", f"Configuration hash {md_code(manifest.get('config_hash'))}, kdata {manifest.get('kdata_version')}.", ""])
+
+
+def critic_name(critic) -> str:
+    """A critic as the config records it (its path, or a dict naming it) → its name."""
+    return str(critic.get("name") or critic.get("path")) if isinstance(critic, dict) else str(critic)

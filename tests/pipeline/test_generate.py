@@ -100,6 +100,9 @@ def test_every_candidate_is_kept_or_quarantined_and_counts_add_up(teacher, tmp_p
     assert sorted(excluded.column("sample_id").to_pylist()) == sorted(q.column("sample_id").to_pylist())
     card = (out / "README.md").read_text()
     assert "## Generation" in card and "temperature 1.0, top-p 0.95" in card and "prompt number 0" in card
+    # the card says what a generated dataset is: no budget, no soft labels yet, a text-generation task
+    assert "None" not in card and "top-None" not in card and "budget of" not in card
+    assert "holds no soft labels yet" in card and "- text-generation" in card
     m = read_manifest(out)
     assert m["generate"]["prompts"]["n"] == 6 and m["generate"]["counts"]["quarantined"] == c["quarantined"]
 
