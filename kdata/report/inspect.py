@@ -175,8 +175,8 @@ def agreement(run: Run) -> dict:
     rows, and on the generated rows apart (their label is their parent's web label). None of it for
     causal LMs: a sequence has no top-1 class (its per-token scores are elsewhere)."""
     out = {}
-    if (run.manifest.get("scoring") or {}).get("kind") == "causal_lm":
-        return out
+    if (run.manifest.get("scoring") or {}).get("kind") == "causal_lm" or run.manifest.get("generate"):
+        return out  # generated candidates carry no predictions either
     g = generated_rows(run)
     if run.decisions is not None:
         d = run.decisions.filter(pc.not_equal(run.decisions.column("decision"), QUARANTINED))
@@ -224,7 +224,16 @@ def examples(run: Run, n: int) -> list[dict]:
             if c in run.shards.column_names]
     cols += [c for c in run.shards.column_names if c.startswith(SCORE_PREFIX)]
     kept = run.shards.select(cols).filter(pa.array(~generated_rows(run)))  # not the rows HARD generated
-    return kept.slice(0, n).to_pylist()
+    return best_first(run, kept).slice(0, n).to_pylist()
+
+
+def best_first(run: Run, rows: pa.Table) -> pa.Table:
+    """Rows in shard order (best ranked first), or by the ranker's score, highest first, where the rows carry
+    no rank (a generated dataset: the critic's P(accept))."""
+    score = primary_score(run)
+    if ("rank" in rows.column_names and rows.column("rank").null_count < rows.num_rows) or score not in rows.column_names:
+        return rows
+    return rows.sort_by([(score, "descending")])
 
 
 def rejected_examples(run: Run, n: int) -> list[dict]:

@@ -106,16 +106,37 @@ def _snippet(text: str | None) -> str:
 
 def text_examples(run, pool_rows: dict | None, *, n: int = 5, pick=None) -> tuple[list[dict], list[dict]]:
     """(best-ranked kept texts, rejected texts with reasons — spread over the reasons by ``pick(n)``)."""
+    from kdata.report.inspect import best_first
+
     s = run.shards
     cols = [c for c in ("sample_id", "rank", "domain", "text") if c in s.column_names]
-    kept = [{**r, "text": _snippet(r.get("text"))} for r in s.select(cols).slice(0, n).to_pylist()]
+    score = [c for c in s.column_names if c.startswith("score_")]
+    kept = [{k: v for k, v in r.items() if not k.startswith("score_")} | {"text": _snippet(r.get("text"))}
+            for r in best_first(run, s.select(cols + score)).slice(0, n).to_pylist()]
     rejected = []
     if run.decisions is not None and pick is not None:
         picks = pick(n)
-        for r in run.decisions.select(["sample_id", "reason"]).take(pa.array(picks, pa.int64())).to_pylist():
-            text = (pool_rows or {}).get(r["sample_id"], (None, None))[0]
+        rows = run.decisions.select(["sample_id", "reason"]).take(pa.array(picks, pa.int64())).to_pylist()
+        texts = _excluded_texts(run, [r["sample_id"] for r in rows]) if pool_rows is None else {}
+        for r in rows:
+            text = (pool_rows or {}).get(r["sample_id"], (texts.get(r["sample_id"]), None))[0]
             rejected.append({**r, "text": _snippet(text) if text is not None else None})
     return kept, rejected
+
+
+def _excluded_texts(run, ids: list[str]) -> dict:
+    """The texts of rows not kept, from the dataset's own exclusion file (``kdata generate`` writes
+    ``excluded.parquet`` with every candidate it did not keep); {} where there is none."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = run.out / "excluded.parquet"
+    try:
+        t = pq.read_table(path, columns=["sample_id", "text"])
+    except (OSError, KeyError, pa.ArrowException):
+        return {}
+    t = t.filter(pc.is_in(t.column("sample_id"), value_set=pa.array(ids, pa.string())))
+    return dict(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
 
 
 def text_summary(run, *, n: int = 5, pick=None) -> dict | None:

@@ -167,8 +167,12 @@ def test_an_image_score_critic_is_refused_before_any_work(teacher, tmp_path, cap
     assert not (tmp_path / "o").exists()
 
 
-def test_with_a_critic_every_candidate_is_kept_rejected_or_quarantined(teacher, tmp_path):
+def test_with_a_critic_every_candidate_is_kept_rejected_or_quarantined(teacher, tmp_path, capsys):
+    import json
+
     import numpy as np
+
+    from kdata.cli import main
 
     student = tiny_lm(tmp_path / "student", seed=8)
     prompts = write_prompts(tmp_path / "p.jsonl", n=6)
@@ -185,6 +189,16 @@ def test_with_a_critic_every_candidate_is_kept_rejected_or_quarantined(teacher, 
     excluded = pq.read_table(out / "excluded.parquet")
     assert excluded.num_rows == c["rejected"] + c["quarantined"]
     assert set(excluded.column("reason").to_pylist()) <= {"critic_reject", "empty_generation", "too_short"}
+    # inspect: no top-1 agreement without predictions, kept rows by P(accept), rejected texts from excluded.parquet
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["agreement"] == {} and c["rejected"] > 0
+    p = [r["score_critic"] for r in info["examples"]]
+    assert p == sorted(p, reverse=True) and p[0] == by["kept"].column("score_critic").to_numpy().max()
+    texts = dict(zip(excluded.column("sample_id").to_pylist(), excluded.column("text").to_pylist()))
+    shown = info["text"]["rejected_texts"]
+    assert shown and all(r["text"] == " ".join(texts[r["sample_id"]].split())[:len(r["text"])] for r in shown)
     # everything empty: nothing to score, every candidate quarantined
     silent = eos_prone_lm(tmp_path / "silent", eos_logit=400.0)
     c = run_generate(_cfg(silent, prompts, student=f"hf:{student}", critic=cfg.critic), out=tmp_path / "empty",
