@@ -23,8 +23,8 @@ from kdata.report.card_biases import bias_lines, hard_count
 from kdata.report.card_generate import critic_name, generate_lines, generated_recipe, generated_summary
 from kdata.report.card_usage import files, how_to_load, uses
 from kdata.report.hf import hf_features
-from kdata.report.inspect import (Run, agreement, balance_highlights, class_balance, decision_counts, pick_rejected,
-                                  primary_score, quarantined_rows, score_columns, score_quantiles)
+from kdata.report.inspect import (Run, agreement, balance_highlights, best_first, class_balance, decision_counts,
+                                  pick_rejected, primary_score, quarantined_rows, score_columns, score_quantiles)
 from kdata.report.markdown import Md, fmt, md_code, md_table, md_text, printable
 from kdata.report.text_run import text_card_lines, text_summary
 
@@ -282,7 +282,8 @@ def _counts(c: CardContext) -> list[str]:
 
 def _class_balance(c: CardContext) -> list[str]:
     # text runs: texts, domain mixture, perplexity (kdata.report.text_run); [] for image runs
-    text = text_card_lines(text_summary(c.run, pick=lambda n: pick_rejected(c.run, n)))
+    text = text_card_lines(text_summary(c.run, pick=lambda n: pick_rejected(c.run, n),
+                                        order=lambda rows: best_first(c.run, rows)))
     if _token_labels(c):  # causal LMs predict tokens, not classes
         return text
     L = text + ["## Class balance before and after", ""]

@@ -345,7 +345,7 @@ def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True) -> di
 def _text_summary(run: Run, n: int) -> dict | None:
     from kdata.report.text_run import text_summary  # text runs: examples, domain mixture, perplexity
 
-    return text_summary(run, n=n, pick=lambda k: pick_rejected(run, k))
+    return text_summary(run, n=n, pick=lambda k: pick_rejected(run, k), order=lambda rows: best_first(run, rows))
 
 
 def sample(out: str | Path, sample_id: str) -> dict:

@@ -104,15 +104,14 @@ def _snippet(text: str | None) -> str:
     return printable(" ".join((text or "").split())[:SNIPPET])
 
 
-def text_examples(run, pool_rows: dict | None, *, n: int = 5, pick=None) -> tuple[list[dict], list[dict]]:
-    """(best-ranked kept texts, rejected texts with reasons — spread over the reasons by ``pick(n)``)."""
-    from kdata.report.inspect import best_first
-
+def text_examples(run, pool_rows: dict | None, *, n: int = 5, pick=None, order=None) -> tuple[list[dict], list[dict]]:
+    """(best-ranked kept texts — ``order(rows)`` sorts them where they carry no rank —, rejected texts with
+    reasons — spread over the reasons by ``pick(n)``)."""
     s = run.shards
     cols = [c for c in ("sample_id", "rank", "domain", "text") if c in s.column_names]
     score = [c for c in s.column_names if c.startswith("score_")]
     kept = [{k: v for k, v in r.items() if not k.startswith("score_")} | {"text": _snippet(r.get("text"))}
-            for r in best_first(run, s.select(cols + score)).slice(0, n).to_pylist()]
+            for r in (order or (lambda t: t))(s.select(cols + score)).slice(0, n).to_pylist()]
     rejected = []
     if run.decisions is not None and pick is not None:
         picks = pick(n)
@@ -139,12 +138,12 @@ def _excluded_texts(run, ids: list[str]) -> dict:
     return dict(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
 
 
-def text_summary(run, *, n: int = 5, pick=None) -> dict | None:
+def text_summary(run, *, n: int = 5, pick=None, order=None) -> dict | None:
     """The text sections of a run (None for image runs): examples, domain mixture, perplexity quantiles."""
     if not is_text_run(run):
         return None
     pool_rows, note = _pool_rows(run)
-    kept, rejected = text_examples(run, pool_rows, n=n, pick=pick)
+    kept, rejected = text_examples(run, pool_rows, n=n, pick=pick, order=order)
     return {"kept_texts": kept, "rejected_texts": rejected, "domain_mixture": domain_mixture(run, pool_rows),
             "perplexity": perplexity_quantiles(run), "note": note}
 
