@@ -6,6 +6,8 @@ carry text soft labels (``teacher_topk_ids`` per token, or text with class soft 
 
 from __future__ import annotations
 
+import sys
+
 from kdata.cli.common import emit_json, progress_printer
 
 LM_EVAL = "builtin:text-test"
@@ -76,9 +78,30 @@ def run_text(args, shards: str) -> int:
     log["student_default"] = args.student_default
     if args.json:
         emit_json(log)
-        return 0
-    print("\n".join(text_summary(log)))
+    else:
+        print("\n".join(text_summary(log)))
+    for line in text_warnings(log):
+        print(line, file=sys.stderr)
     return 0
+
+
+def saved_weights(log: dict) -> str:
+    """Which weights were saved: the start's, an epoch's (keep_best) or the last epoch's."""
+    kept = log.get("kept_epoch", log["epochs"])
+    if kept == log["epochs"]:
+        return "the last epoch's weights"
+    return "the starting weights (no epoch did better)" if kept == 0 else f"epoch {kept}'s weights"
+
+
+def text_warnings(log: dict) -> list[str]:
+    """What went wrong without stopping the run, for stderr: the last epoch scored worse than the start."""
+    if not log.get("worse_than_before"):
+        return []
+    metric = log["metric"]
+    fmt = "{:.2f}" if metric == "perplexity" else "{:.4f}"
+    return [f"kdata: warning: training made the student worse on {log['eval']} ({metric} "
+            f"{fmt.format(log[f'{metric}_before'])} before, {fmt.format(log[f'{metric}_last'])} after the last "
+            f"epoch); saved {saved_weights(log)}: {metric} {fmt.format(log[f'{metric}_after'])}"]
 
 
 def text_summary(log: dict) -> list[str]:
@@ -93,11 +116,8 @@ def text_summary(log: dict) -> list[str]:
         lines.append(f"  {metric} on {log['eval']} ({log['n_eval']} texts): before training "
                      f"{fmt.format(log[f'{metric}_before'])} → after {fmt.format(log[f'{metric}_after'])}")
         if "kept_epoch" in log and log["kept_epoch"] != log["epochs"]:
-            kept = log["kept_epoch"]
-            lines.append(f"  kept the weights of {'the start (no epoch did better)' if kept == 0 else f'epoch {kept}'}; "
-                         f"the last epoch scored {fmt.format(log[f'{metric}_last'])} (--keep-last keeps it instead)")
-        if log.get("worse_than_before"):
-            lines.append(f"kdata: warning: training made the student worse on {log['eval']}")
+            lines.append(f"  kept {saved_weights(log)}; the last epoch scored "
+                         f"{fmt.format(log[f'{metric}_last'])} (--keep-last keeps it instead)")
     else:
         lines.append(f"  no eval set: {metric} not measured (give --eval EVAL)")
     lines.append(f"  saved to {log['out']}" + ("  (the default beside the dataset; --out DIR to choose)"

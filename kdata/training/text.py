@@ -3,9 +3,14 @@
 Causal-LM shards (``teacher_topk_ids``): α · KL over the stored top-k plus the leftover bucket +
 (1 − α) · CE on the text (``kdata.training.text_losses``); held-out perplexity before and after.
 Classifier shards: the image trainer's loss (``kdata.training.losses``: the teacher's distribution
-rebuilt from stored top-k, α·T²·KL + (1 − α)·CE on web labels); held-out accuracy before and after.
+rebuilt from stored top-k at the shards' scoring temperature, α·T²·KL + (1 − α)·CE on web labels);
+held-out accuracy before and after. The shards' class names must be the student's, in the same order
+(its ``id2label``): the stored class indices are used as the student's logit indices.
 The teacher never runs. The student is saved with ``save_pretrained`` (safetensors) and its
-tokenizer, with ``train_log.json`` beside them.
+tokenizer, with ``train_log.json`` beside them. With an eval set and ``keep_best`` the saved weights
+are the best of the start and every epoch (``kept_epoch``, 0 = the starting weights; without
+``keep_best``, the last epoch's); ``worse_than_before`` compares the *last epoch* with the start,
+whichever weights were saved, so it says when training itself made the student worse.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kdata.core.atomic import write_json
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, brief
 from kdata.core.threads import one_thread
 from kdata.models.base import pick_device
 from kdata.models.builtin_text import lr_at
@@ -108,6 +113,17 @@ def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
                              "that wrote the shards; token-level distillation needs the same tokenizer")
 
 
+def check_classes(shards: TextShards, student, spec: str, where) -> None:
+    """Refuse a classifier student whose class names (``id2label`` in id order) are not the shards'
+    ``class_names`` in the same order: the stored top-k class indices and web labels index the
+    shards' classes and are used as the student's logit indices."""
+    names, mine = shards.class_names, [str(n) for n in student.class_names]
+    if names is not None and names != mine:
+        raise KdataError(f"{where}: shards were labelled with {len(names)} classes ({brief(names)}) but the "
+                         f"student {spec} predicts {len(mine)} ({brief(mine)}); give a student whose id2label "
+                         "(config.json) lists the shards' class_names in the same order")
+
+
 def _measure(student, kind: str, ev: dict | None, cfg: TextTrainConfig) -> float | None:
     if ev is None:
         return None
@@ -130,7 +146,8 @@ def _eval_set(spec: str | None, student, kind: str, cfg: TextTrainConfig) -> dic
     return {"spec": spec, "n": len(keep), "texts": [t for t, _ in keep], "labels": [y for _, y in keep]}
 
 
-def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device) -> tuple[torch.Tensor, dict]:
+def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device, *,
+               score_temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
     if kind == "causal_lm":
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = student.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -140,7 +157,8 @@ def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device) ->
                     device=device)
     logits = student.model(input_ids=ids, attention_mask=mask).logits.float()
     target = soft_targets(batch["topk_idx"].to(device), batch["topk_logit"].to(device), batch["topk_prob"].to(device),
-                          num_classes=logits.shape[1], temperature=cfg.temperature)
+                          num_classes=logits.shape[1], temperature=cfg.temperature,
+                          score_temperature=score_temperature)
     loss = kd_loss(logits, target, batch["labels"].to(device), temperature=cfg.temperature, alpha=cfg.alpha)
     return loss, {}
 
@@ -158,7 +176,7 @@ def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, devi
         for batch in shards.batches(epoch=epoch):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps=total, lr=cfg.lr, warmup=min(10, max(1, total // 10)))
-            loss, parts = _step_loss(student, batch, kind, cfg, device)
+            loss, parts = _step_loss(student, batch, kind, cfg, device, score_temperature=shards.temperature)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.model.parameters(), 1.0)
             opt.step()
@@ -205,6 +223,8 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
                           max_length=cfg.max_length)
         if kind == "causal_lm":
             check_tokenizer(data, model)
+        else:
+            check_classes(data, model, student, shards)
         if not len(data):
             raise KdataError(f"{shards}: no rows to train on")
         ev = _eval_set(eval, model, kind, cfg)
@@ -226,8 +246,10 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
            f"{metric}_before": before, f"{metric}_after": after, metric: after, f"{metric}_last": last,
            "verified": verified,
            "out": str(out), "config": asdict(cfg), "device": str(device)}
-    if before is not None and after is not None:
-        log["worse_than_before"] = after > before if kind == "causal_lm" else after < before
+    if kind == "classifier":
+        log["score_temperature"] = data.temperature
+    if before is not None and last is not None:  # the last epoch against the start, whichever weights were kept
+        log["worse_than_before"] = last > before if kind == "causal_lm" else last < before
     write_json(out / "train_log.json", log)
     log["files"] = {"model": str(out / "model.safetensors"), "log": str(out / "train_log.json")}
     return log

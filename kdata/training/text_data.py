@@ -3,8 +3,10 @@
 Causal-LM shards (they carry ``teacher_topk_ids``) give per row the teacher-tokenised
 ``input_ids`` and, per next-token position, the teacher's top-k token ids, their log-probs and
 the leftover mass (docs/text.md). Classifier shards give the ``text`` and the teacher's stored
-top-k class probabilities, like image shards. Memory stays bounded by a row group: each epoch
-the row groups are shuffled with a seeded generator and the rows within each group.
+top-k class probabilities, like image shards, with the class names they index (``class_names``)
+and the temperature they were scored at (``temperature``), which the trainer checks and uses.
+Memory stays bounded by a row group: each epoch the row groups are shuffled with a seeded
+generator and the rows within each group.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import kdata_metadata
-from kdata.training.shard_dataset import shard_files
+from kdata.training.shard_dataset import shard_class_names, shard_files
 
 LM_COLUMNS = ("input_ids", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_mass")
 CLASSIFIER_COLUMNS = ("text", "teacher_topk_idx", "teacher_topk_prob")
@@ -59,7 +61,7 @@ class TextShards:
 
     def __init__(self, source, *, kind: str, batch_size: int, pad_id: int = 0, seed: int = 0,
                  max_length: int | None = None):
-        self.files = shard_files(source)
+        self.source, self.files = source, shard_files(source)
         self.kind, self.batch_size, self.pad_id, self.seed = kind, batch_size, pad_id, seed
         self.max_length = max_length
         need = LM_COLUMNS if kind == "causal_lm" else CLASSIFIER_COLUMNS
@@ -80,6 +82,20 @@ class TextShards:
 
     def __len__(self) -> int:
         return sum(g.rows for g in self.groups)
+
+    @property
+    def temperature(self) -> float:
+        """The scoring temperature of the stored class probabilities (shard metadata, default 1)."""
+        return float(self.meta.get("temperature", 1.0))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names the stored class indices refer to: the shards' metadata, else the dataset's
+        manifest; None when neither says."""
+        names = self.meta.get("class_names")
+        if names is None:
+            names = shard_class_names(self.source)
+        return [str(n) for n in names] if isinstance(names, list) else None
 
     def steps_per_epoch(self) -> int:
         return -(-len(self) // self.batch_size)
@@ -108,7 +124,7 @@ class TextShards:
     def _collate(self, table: pa.Table) -> dict:
         if self.kind == "causal_lm":
             return lm_batch(table, pad_id=self.pad_id, max_length=self.max_length)
-        return classifier_batch(table)
+        return classifier_batch(table, score_temperature=self.temperature)
 
 
 def _concat(pieces: list[pa.Table]) -> pa.Table:
@@ -201,14 +217,19 @@ def _values_or_none(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
 
-def classifier_batch(table: pa.Table) -> dict:
+def classifier_batch(table: pa.Table, *, score_temperature: float = 1.0) -> dict:
     """Texts, the teacher's top-k class indices, logits and probabilities (B, k), the web label index
-    (−1 unknown). Without stored logits the log-probabilities stand in (they differ by a constant)."""
+    (−1 unknown). Without stored logits the log-probabilities scaled by the scoring temperature stand
+    in (T_s · log p differs from the raw logits by a constant), as for image shards."""
     col = partial(_values_or_none, table)
     prob = torch.tensor(col("teacher_topk_prob"), dtype=torch.float32)
     logits = col("teacher_topk_logit")
-    logit = (torch.tensor(logits, dtype=torch.float32) if all(x is not None for x in logits)
-             else prob.clamp_min(1e-12).log())
+    if all(x is not None for x in logits):
+        logit = torch.tensor(logits, dtype=torch.float32)
+    else:
+        logit = prob.clamp_min(1e-12).log()
+        if score_temperature != 1.0:
+            logit = logit * score_temperature
     return {"text": [t or "" for t in col("text")],
             "topk_idx": torch.tensor(col("teacher_topk_idx"), dtype=torch.long),
             "topk_prob": prob, "topk_logit": logit,

@@ -1,0 +1,134 @@
+"""The text-classifier trainer against shards written by a real ``kdata select``: a tiny GPT-2 sequence
+classifier built in the test scores a JSONL pool at ``--temperature 2`` keeping its top 2 of 3 classes.
+
+The shards' class order must be the student's (refused in one line otherwise), the teacher's distribution
+is rebuilt at the shards' scoring temperature (the teacher trained on its own shards sees no distillation
+loss), and ``worse_than_before`` compares the last epoch with the start even when the start is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from kdata.cli import main  # noqa: E402
+from kdata.core.errors import KdataError  # noqa: E402
+from kdata.training.text import TextTrainConfig, train_text  # noqa: E402
+from kdata.training.text_data import TextShards  # noqa: E402
+from tests.helpers.text_models import tiny_classifier  # noqa: E402
+
+WORDS = ("alpha beta", "gamma delta", "the cat sat", "open the file", "sum two numbers", "a dog ran")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """``abc`` (the teacher: classes a, b, c, a sharpened head so its distributions are far from uniform,
+    no dropout so training forward passes equal scoring ones), ``cba`` (the classes reversed), the pool
+    and ``sel``: every pool row selected with ``--topk 2 --temperature 2``."""
+    from transformers import AutoModelForSequenceClassification
+
+    d = tmp_path_factory.mktemp("textcls")
+    tiny_classifier(d / "abc", labels=("a", "b", "c"))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(d / "abc"), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
+    with torch.no_grad():
+        model.score.weight.mul_(30.0)
+    model.save_pretrained(d / "abc")
+    tiny_classifier(d / "cba", labels=("c", "b", "a"))
+    (d / "pool.jsonl").write_text("".join(
+        json.dumps({"sample_id": f"r{i:03d}", "text": f"{WORDS[i % 6]} {i}", "label": "abc"[i % 3]}) + "\n"
+        for i in range(48)))
+    code = main(["select", "--pool", str(d / "pool.jsonl"), "--teacher", f"hf:{d / 'abc'}", "--student",
+                 f"hf:{d / 'abc'}", "--method", "random", "--budget", "1.0", "--topk", "2", "--temperature", "2",
+                 "--out", str(d / "sel"), "--quiet", "--device", "cpu"])
+    assert code == 0
+    meta = TextShards(d / "sel", kind="classifier", batch_size=8)
+    assert meta.class_names == ["a", "b", "c"] and meta.temperature == 2.0 and len(meta) == 48
+    return d
+
+
+def test_a_student_whose_classes_are_in_another_order_is_refused_in_one_line(assets, tmp_path, capsys):
+    """The stored class indices are the student's logit indices: a student listing the shards' classes
+    reversed used to train silently on reversed labels (exit 0). Now: one line, exit 2, nothing saved."""
+    sel = assets / "sel"
+    for student, order in ((assets / "cba", "3 (c, b, a)"), (tiny_classifier(tmp_path / "np"), "2 (neg, pos)")):
+        out = tmp_path / f"out-{student.name}"
+        code = main(["train", str(sel), "--student", f"hf:{student}", "--steps", "1", "--eval", "none",
+                     "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"kdata: error: {sel}: shards were labelled with 3 classes (a, b, c) but the "
+                              f"student hf:{student} predicts {order}"), err
+        assert not out.exists()
+    assert main(["train", str(sel), "--student", f"hf:{assets / 'abc'}", "--steps", "1", "--eval", "none",
+                 "--out", str(tmp_path / "same"), "--quiet"]) == 0  # the shards' own order trains
+
+
+def test_the_class_names_come_from_the_manifest_when_the_shards_metadata_lacks_them(assets, tmp_path):
+    sel = tmp_path / "sel"
+    shutil.copytree(assets / "sel", sel)
+    for f in (sel / "data").glob("*.parquet"):
+        table = pq.read_table(f)
+        pq.write_table(table.replace_schema_metadata({}), f)
+    data = TextShards(sel, kind="classifier", batch_size=8)
+    assert data.meta == {} and data.class_names == ["a", "b", "c"]
+    with pytest.raises(KdataError, match=r"3 classes \(a, b, c\) but the student .* predicts 3 \(c, b, a\)"):
+        train_text(shards=sel, student=f"hf:{assets / 'cba'}", eval=None, config=TextTrainConfig(steps=1),
+                   out=tmp_path / "o", verify=False)
+
+
+@pytest.mark.parametrize("logits", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_teacher_trained_on_its_own_shards_sees_no_distillation_loss(assets, tmp_path, logits, temperature):
+    """With top-2 of 3 classes one class is missing, so the teacher's distribution rebuilt at the shards'
+    scoring temperature (T_s = 2) is exact at any training temperature: the teacher as its own student
+    has KL 0. Rebuilt as if T_s were 1 (the old text trainer), the loss was 0.08 at T = 1, 0.33 at T = 2.
+    Without stored logits, T_s · log p stands in for them (as for image shards)."""
+    sel = assets / "sel"
+    if not logits:
+        sel = tmp_path / "sel"
+        shutil.copytree(assets / "sel", sel)
+        for f in (sel / "data").glob("*.parquet"):
+            pq.write_table(pq.read_table(f).drop_columns(["teacher_topk_logit"]), f)
+        assert "teacher_topk_logit" not in TextShards(sel, kind="classifier", batch_size=8).columns
+    log = train_text(shards=sel, student=f"hf:{assets / 'abc'}", eval=None, verify=logits, out=tmp_path / "o",
+                     config=TextTrainConfig(steps=1, batch_size=64, alpha=1.0, temperature=temperature, device="cpu"))
+    assert log["score_temperature"] == 2.0 and log["steps"] == 1
+    assert abs(log["loss_last_epoch"]) < 1e-4, log["loss_last_epoch"]
+
+
+def test_worse_than_before_compares_the_last_epoch_even_when_the_start_is_kept(assets, tmp_path, capsys):
+    """The eval labels are the teacher's own predictions (accuracy 1 before training); training on the
+    web labels alone (α = 0) at a high learning rate moves it away, so keep_best keeps the start. The
+    flag used to compare the restored start with itself and never fired; it now compares the last
+    epoch, and the warning (stderr) says which weights were saved."""
+    shards = pq.read_table(assets / "sel" / "data").to_pylist()
+    (tmp_path / "eval.jsonl").write_text("".join(
+        json.dumps({"text": r["text"], "label": "abc"[r["teacher_pred"]]}) + "\n" for r in shards))
+    out = tmp_path / "student"
+    code = main(["train", str(assets / "sel"), "--student", f"hf:{assets / 'abc'}", "--eval",
+                 str(tmp_path / "eval.jsonl"), "--epochs", "2", "--alpha", "0", "--lr", "0.05", "--batch-size", "8",
+                 "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["accuracy_before"] == 1.0 and log["accuracy_last"] < 1.0
+    assert log["kept_epoch"] == 0 and log["accuracy_after"] == log["accuracy_before"]
+    assert log["worse_than_before"] is True
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning == [f"kdata: warning: training made the student worse on {tmp_path / 'eval.jsonl'} (accuracy "
+                       f"1.0000 before, {log['accuracy_last']:.4f} after the last epoch); saved the starting "
+                       "weights (no epoch did better): accuracy 1.0000"]
+    assert "kept the starting weights" in captured.out and "warning" not in captured.out
+    # --keep-last: the last epoch's weights are saved, and the flag is the same comparison
+    keep_last = train_text(shards=assets / "sel", student=f"hf:{assets / 'abc'}", eval=str(tmp_path / "eval.jsonl"),
+                           config=TextTrainConfig(epochs=2, alpha=0.0, lr=0.05, batch_size=8, keep_best=False),
+                           out=tmp_path / "last")
+    assert keep_last["accuracy_after"] == keep_last["accuracy_last"] == log["accuracy_last"]
+    assert keep_last["worse_than_before"] is True and "kept_epoch" not in keep_last
