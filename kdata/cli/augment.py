@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--critic-recall", type=float, default=None,
                    help="re-choose the fitted critic's cut for this recall (default: the cut it was fitted with)")
     p.add_argument("--critic-threshold", type=float, default=None,
-                   help="default critic: accept when its score is at least this (default: 0.5)")
+                   help="default critic: accept when its score is at least this (default: 0.5); not with --critic")
     p.add_argument("--random-search", action="store_true", help="gradient-free search even for differentiable models")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=256, help="generated samples per optimisation batch")
@@ -59,6 +59,9 @@ def run(args) -> int:
         check_critic_threshold(args.critic_threshold)
     if args.critic_recall is not None and not args.critic:
         raise KdataError("--critic-recall re-chooses a fitted critic's cut: give --critic DIR")
+    if args.critic_threshold is not None and args.critic:
+        raise KdataError(f"--critic-threshold {args.critic_threshold}: the default critic's cut; the fitted critic "
+                         f"{args.critic} decides at its own cut (re-choose it with --critic-recall)")
     opts = {"per_sample": args.per_sample, "seed": args.seed, "batch_size": args.batch_size,
             "random_search": args.random_search}
     if args.steps is not None:

@@ -102,9 +102,10 @@ def is_text(args) -> bool:
     return is_text_spec(args.teacher)
 
 
-def load_text_source(args, pool=None):
+def load_text_source(args, pool=None, *, on_models=None):
     """(text scores table, texts, quarantined) of the pool ``--scores-from`` (``pool``: already open)
-    under --teacher/--student (causal LMs, scored as ``kdata select`` scores a text pool, cached per unit)."""
+    under --teacher/--student (causal LMs, scored as ``kdata select`` scores a text pool, cached per unit);
+    ``on_models(teacher, student)`` runs once they are loaded, before any scoring."""
     from kdata.models.base import pick_device
     from kdata.models.hf import load_text_model
     from kdata.scoring.text import TextScoreConfig, score_text_pool, text_models
@@ -118,14 +119,17 @@ def load_text_source(args, pool=None):
         from kdata.core.errors import KdataError
 
         raise KdataError(f"--teacher {args.teacher}: a text critic scores generated text with causal LMs")
+    if on_models is not None:
+        on_models(models.teacher, models.student)
     scores, quarantined, _ = score_text_pool(pool, models, config=TextScoreConfig(batch_size=args.batch_size),
                                              device=device)
     return scores, texts_from_pool(pool, scores.column("sample_id").to_pylist()), quarantined
 
 
-def load_source(args, pool=None):
+def load_source(args, pool=None, *, on_models=None):
     """(scores table, quarantined [(sample_id, reason)]) for ``--scores-from`` (``pool``: already open by
-    ``open_source_pool``; a scores Parquet has no quarantined rows)."""
+    ``open_source_pool``; a scores Parquet has no quarantined rows, and no models: ``on_models(teacher,
+    student)`` runs only when they are loaded, before any scoring)."""
     from pathlib import Path
 
     import pyarrow.parquet as pq
@@ -146,6 +150,8 @@ def load_source(args, pool=None):
     device = pick_device(args.device)
     teacher, student = load_model(args.teacher, device=device), load_model(args.student, device=device)
     check_models(teacher, student)
+    if on_models is not None:
+        on_models(teacher, student)
     scores, quarantined, _ = score_pool(pool, teacher, student, config=ScoreConfig(batch_size=args.batch_size),
                                         device=device)
     return scores, quarantined
@@ -166,6 +172,7 @@ def run_fit(args) -> int:
     import numpy as np
     import pyarrow as pa
 
+    from kdata.selection.critic_checks import model_record
     from kdata.selection.critic_model import check_val_frac, feature_matrix, fit_critic, read_labels
 
     check_options(args)
@@ -173,10 +180,16 @@ def run_fit(args) -> int:
     check_val_frac(args.val_frac, n=len(labels), option="--val-frac")  # ≥ the labelled rows found in the pool
     text = is_text(args)
     pool = open_source_pool(args, text=text)
+    fitted_with = {"scores_file": args.scores_from}  # a scores Parquet: kdata cannot know its models
+
+    def record(teacher, student) -> None:  # the models' specs and checksums, once loaded
+        fitted_with.clear()
+        fitted_with.update(model_record(teacher, student))
+
     if text:
-        scores, texts, quarantined = load_text_source(args, pool)
+        scores, texts, quarantined = load_text_source(args, pool, on_models=record)
     else:
-        (scores, quarantined), texts = load_source(args, pool), None
+        (scores, quarantined), texts = load_source(args, pool, on_models=record), None
     ids = scores.column("sample_id").to_pylist()
     rows = [i for i, s in enumerate(ids) if s in labels]
     unscored = _labelled_unscored(args, labels, quarantined, found=len(rows))
@@ -194,8 +207,10 @@ def run_fit(args) -> int:
     if text:
         from kdata.selection.critic_text import embedder_info
 
-        crit.text = {"kind": "text", "teacher": args.teacher, "student": args.student,
+        crit.text = {"kind": "text", **fitted_with,
                      **(embedder_info(args.embedder, device=_device(args)) if args.embedder else {})}
+    else:
+        crit.models = fitted_with
     crit.save(args.out)
     out = {"out": args.out, "n_labelled": len(rows), **unscored, "features": len(names),
            "threshold": crit.threshold, "target": crit.target, **crit.metrics}
@@ -235,19 +250,21 @@ def _unscored_text(unscored: dict) -> str:
 
 def run_apply(args) -> int:
     from kdata.core.atomic import write_parquet
+    from kdata.selection.critic_checks import check_fitted_models
     from kdata.selection.critic_model import load_critic
 
     check_options(args)
     crit = load_critic(args.critic).with_target(recall=args.recall, precision=args.precision)
+    fitted = lambda t, s: check_fitted_models(args.critic, crit, teacher=t, student=s)  # noqa: E731
     if crit.is_text:
         if not is_text(args):  # the models the critic was fitted with, unless others are given
             args.teacher, args.student = crit.text.get("teacher"), crit.text.get("student")
         pool = open_source_pool(args, text=True)
-        scores, texts, quarantined = load_text_source(args, pool)
+        scores, texts, quarantined = load_text_source(args, pool, on_models=fitted)
         prob = crit.score(scores, texts=texts, device=_device(args))
     else:
         pool = open_source_pool(args, text=False, critic=args.critic)
-        (scores, quarantined), texts = load_source(args, pool), None
+        (scores, quarantined), texts = load_source(args, pool, on_models=fitted), None
         prob = crit.score(scores)
     acc = prob >= crit.threshold
     table = apply_table(scores, prob, acc, texts=texts, quarantined=quarantined, pool=pool)

@@ -93,8 +93,15 @@ class SelectConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """The identity of the run's output (``kdata.core.jsonable.config_hash``)."""
-        return config_hash(self.to_dict())
+        """The identity of the run's output (``kdata.core.jsonable.config_hash``). With ``--critic``, the
+        sha256 of the critic's files too: a critic refitted in place is another run, never one found
+        "already complete" (runs without a critic hash as they always did)."""
+        from kdata.selection.critic_checks import critic_digest
+
+        values = self.to_dict()
+        if self.critic:
+            values["critic_sha256"] = critic_digest(self.critic)
+        return config_hash(values)
 
     @property
     def is_default_recipe(self) -> bool:

@@ -27,9 +27,11 @@ from kdata.dataset.writer import (MANIFEST, manifest_model, read_manifest, read_
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import payload_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
-from kdata.models.spec import load_model, pick_device
+from kdata.models.spec import is_text_spec, load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.scoring.score import check_models
+from kdata.selection.critic_checks import check_fitted_models, critic_digest, require_image_critic
+from kdata.selection.critic_model import load_critic
 
 
 @dataclass
@@ -59,13 +61,7 @@ def read_source(shards: str, *, out: str) -> Source:
     """The dataset in ``shards`` (checked: a kdata dataset whose files match its manifest's checksums
     and counts, every shard valid, ids unique)."""
     src = Path(shards)
-    if not src.is_dir():
-        raise KdataError(f"{shards}: not a directory (expected a curated dataset)")
-    manifest = read_manifest(src)
-    if manifest is None:
-        raise KdataError(f"{shards}: no {MANIFEST}; expected a curated dataset written by kdata")
-    if src.resolve() == Path(out).resolve():
-        raise KdataError(f"{out}: --out must differ from the dataset directory")
+    manifest = check_paths(shards, out)
     require_intact(shards, refusal="not deriving from it")  # every checksum and count, as train checks them
     paths = shard_paths(src)
     for p in paths:
@@ -82,6 +78,26 @@ def read_source(shards: str, *, out: str) -> Source:
     if len(set(ids)) != len(ids):
         raise KdataError(f"{shards}: sample ids are not unique")
     return Source(path=src, manifest=manifest, rows=rows, meta=dict(shard_meta(paths[0])) if paths else {})
+
+
+def check_paths(shards: str, out: str) -> dict:
+    """The manifest of the dataset ``shards``, once it is a kdata dataset directory and OUT is neither it
+    nor inside it (its files are the dataset's, listed in its manifest, as ``kdata train`` refuses to save
+    a student there): one line otherwise, before any work (callers check before taking OUT's lock, whose
+    file lands beside OUT)."""
+    src = Path(shards)
+    if not src.is_dir():
+        raise KdataError(f"{shards}: not a directory (expected a curated dataset)")
+    manifest = read_manifest(src)
+    if manifest is None:
+        raise KdataError(f"{shards}: no {MANIFEST}; expected a curated dataset written by kdata")
+    src, target = src.resolve(), Path(out).resolve()
+    if target == src:
+        raise KdataError(f"{out}: --out must differ from the dataset directory")
+    if target.is_relative_to(src):
+        raise KdataError(f"{out}: --out lies inside the dataset {shards}; write the new dataset beside it "
+                         f"(e.g. {src.parent / (src.name + '-' + target.name)})")
+    return manifest
 
 
 def _manifest_model(source: Source, role: str, spec: str | None) -> str:
@@ -101,6 +117,30 @@ def _check_source_classes(source: Source, class_names: list[str], *, spec: str) 
                          "use the models the dataset was selected with")
 
 
+def _check_source_teacher(source: Source, teacher) -> None:
+    """The teacher must be the one whose soft labels the dataset's rows carry (its manifest's checksum):
+    augmenting with another would mix two teachers' labels in one dataset. One line otherwise."""
+    spec = manifest_model(source.manifest, "teacher")  # None: bring-your-own predictions, nothing to compare
+    recorded = ((source.manifest.get("models") or {}).get("teacher") or {}).get("checksum")
+    if spec and recorded and teacher.checksum != recorded:
+        raise KdataError(f"--teacher {teacher.spec}: its checksum {str(teacher.checksum)[:19]} differs from the "
+                         f"teacher whose soft labels {source.path} holds ({spec}, {str(recorded)[:19]}); augment "
+                         "with the dataset's teacher (leave --teacher out), or select again with this one")
+
+
+def _augment_critic(source: Source, critic: str | None):
+    """The fitted critic of ``--critic`` (None: the default critic), after the checks that need no model:
+    HARD augments images, so the dataset must hold images and the critic must be an image critic."""
+    if _is_text(source.rows) or is_text_spec(manifest_model(source.manifest, "teacher") or ""):
+        raise KdataError(f"{source.path}: holds text; kdata augment generates HARD image augmentations and needs "
+                         "an image dataset (grow a text dataset with kdata generate)")
+    if not critic:
+        return None
+    crit = load_critic(critic)
+    require_image_critic(critic, crit, why="kdata augment (HARD filters generated images)")
+    return crit
+
+
 def _rows_per_shard(source: Source) -> int:
     return int((source.manifest.get("config") or {}).get("rows_per_shard") or 10_000)
 
@@ -114,6 +154,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
     embeds the images with the source manifest's teacher (or ``teacher``); a text dataset is hashed
     on normalised text and, for near/semantic, embedded with ``embedder`` (``kdata.dedup.text``).
     """
+    check_paths(shards, out)  # before the lock, whose file would land inside the dataset
     with exclusive(out):
         t0 = time.perf_counter()
         level = check_options(level, threshold=threshold, frac=frac)
@@ -292,17 +333,24 @@ def augment_dataset(shards: str, *, teacher: str | None = None, student: str | N
     and the generated rows are accounted separately under ``hard`` (kdata.augment.hard). The
     models default to the ones the source manifest names, and must predict its classes.
     """
+    check_paths(shards, out)  # before the lock, whose file would land inside the dataset
     with exclusive(out):
         t0 = time.perf_counter()
         source = read_source(shards, out=out)
+        crit = _augment_critic(source, critic)
         tm, sm = (load_model(_manifest_model(source, role, spec), device=device)
                   for role, spec in (("teacher", teacher), ("student", student)))
         check_models(tm, sm)
         _check_source_classes(source, tm.class_names, spec=tm.spec)
+        _check_source_teacher(source, tm)
+        if crit is not None:
+            check_fitted_models(critic, crit, teacher=tm, student=sm)
         temperature, topk = float(source.manifest.get("temperature", 1.0)), int(source.manifest.get("topk", 5))
         cfg = {"op": "augment", "source": source.identity, "source_files": [f["sha256"] for f in source.manifest["files"]],
                "teacher": tm.checksum, "student": sm.checksum, "critic": critic, "critic_recall": critic_recall,
                "hard": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}}
+        if critic:  # the critic's files, not only its path: a critic refitted in place is another run
+            cfg["critic_sha256"] = critic_digest(critic)
         chash = hash_config(cfg)
         if (done := already_complete(out, chash)) is not None:
             return done

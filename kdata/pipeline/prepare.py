@@ -72,8 +72,8 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
         return _prepare_byo(cfg, opts=opts, methods=methods, balance=balance)
     if is_text_run(cfg):  # Hugging Face text models (kdata.pipeline.text)
         check_text_dedup(cfg)
-        return prepare_text(cfg, opts=opts, methods=methods, balance=balance, prepared=Prepared,
-                            load=load)
+        return check_critic(prepare_text(cfg, opts=opts, methods=methods, balance=balance, prepared=Prepared,
+                                         load=load))
     if cfg.embedder:
         raise KdataError(f"--embedder {cfg.embedder}: sentence embeddings dedup text pools; this run scores "
                          "images (near/semantic image dedup uses pixels and the teacher's features)")
@@ -89,8 +89,32 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
     score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
                             num_workers=opts.num_workers, max_pixels=cfg.max_pixels,
                             precision=resolve_precision(cfg.precision, device))
-    return Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,
-                    score_cfg=score_cfg, device=device)
+    return check_critic(Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods,
+                                 balance=balance, score_cfg=score_cfg, device=device))
+
+
+def check_critic(prep: Prepared) -> Prepared:
+    """``prep``, once the critic of ``--critic`` (when ``--method critic`` or ``--hard`` uses it) is known to
+    fit the run: a text critic for a text run, an image critic for images and HARD, and fitted on the
+    statistics of these teacher and student (their checksums; ``kdata.selection.critic_checks``). One
+    line otherwise, before any scoring."""
+    from kdata.selection.critic_checks import check_fitted_models, require_image_critic
+    from kdata.selection.critic_model import load_critic
+
+    cfg = prep.cfg
+    if not cfg.critic or not ("critic" in prep.methods or cfg.hard):
+        return prep
+    crit = load_critic(cfg.critic)
+    if cfg.hard:
+        require_image_critic(cfg.critic, crit, why="--hard (it filters generated images)")
+    text = "text_models" in prep.extra
+    if text != crit.is_text:
+        kind = "a text critic cannot score images" if crit.is_text else \
+            "an image-score critic cannot score a text pool"
+        raise KdataError(f"{cfg.critic}: {kind} ({cfg.pool}); fit one on this run's kind of pool with "
+                         "kdata critic fit --teacher/--student as here")
+    check_fitted_models(cfg.critic, crit, teacher=prep.teacher, student=prep.student)
+    return prep
 
 
 def check_text_dedup(cfg: SelectConfig) -> None:

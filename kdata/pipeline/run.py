@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import errno
 import time
+from pathlib import Path
 
-from kdata.core.errors import RuntimeFailure
+from kdata.core.errors import KdataError, RuntimeFailure
 from kdata.core.lock import exclusive
 from kdata.core.paths import cache_dir
 from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_run
@@ -47,8 +48,55 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     check_out_outside_pool(out, cfg.pool)
     with exclusive(out):  # a second run into OUT fails at once, naming this one
         report = already_complete(out, cfg.hash())
-        if report is None:
+        if report is not None:
+            check_same_weights(out, scores=cfg.scores)
+        else:
             prep = prepare(cfg, opts=opts)
             report = finish(prep, score(prep, opts=opts), out=out, progress=opts.progress)
             report.seconds = time.perf_counter() - t0
     return publish_card(report, opts.card_dir)
+
+
+def check_same_weights(out: str, *, scores: str | None = None) -> None:
+    """One line when a model the finished run in ``out`` was made with has other weights now than its
+    manifest records (a file or directory replaced in place: the spec, so the config hash, is the same).
+    ``scores``: the ``--scores`` file, whose checksum stands for bring-your-own models. Built-in models
+    are not re-read, nor models that can no longer be loaded (nothing to compare)."""
+    from kdata.dataset.writer import read_manifest
+
+    manifest = read_manifest(out) or {}
+    models = manifest.get("models") or {}
+    for role in sorted(models, key=lambda r: (r not in ("teacher", "student"), r != "teacher", r)):
+        spec, recorded = (models[role] or {}).get("spec"), (models[role] or {}).get("checksum")
+        if not isinstance(spec, str) or not recorded:
+            continue
+        now = current_checksum(spec, class_names=manifest.get("class_names"), scores=scores)
+        if now is not None and now != recorded:
+            what = "the predictions file's checksum is" if spec.startswith("byo:") else "its weights are"
+            raise KdataError(f"{out}: --out holds this run, made with {role} {spec} at {str(recorded)[:19]}, but "
+                             f"{what} now {now[:19]}; choose another directory, or delete it to select again")
+
+
+def current_checksum(spec: str, *, class_names=None, scores: str | None = None) -> str | None:
+    """The checksum ``spec`` loads with now (as the manifest records it), or None when it cannot be
+    known without work the rerun does not need: built-in models, a model that no longer loads."""
+    import hashlib
+
+    from kdata.core.digests import sha256_file_memo
+    from kdata.models.files import pool_class_names
+    from kdata.models.hf import is_text_spec, text_model_path
+    from kdata.models.hf_safety import weights_checksum
+    from kdata.models.spec import load_model
+
+    if spec.startswith("builtin:"):
+        return None
+    try:
+        if spec.startswith("byo:"):
+            return sha256_file_memo(scores) if scores and Path(scores).is_file() else None
+        if is_text_spec(spec):  # as kdata.models.hf.load_hf computes it, without loading the weights
+            path = text_model_path(spec)
+            return "sha256:" + hashlib.sha256(weights_checksum(path).encode()).hexdigest() if path.is_dir() else None
+        with pool_class_names(class_names):
+            return load_model(spec, device="cpu").checksum
+    except (KdataError, OSError, RuntimeError):  # gone or unreadable now: nothing to compare
+        return None

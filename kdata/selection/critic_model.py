@@ -139,7 +139,9 @@ class Critic:
     val_prob: np.ndarray = field(default_factory=lambda: np.zeros(0))
     val_label: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     metrics: dict = field(default_factory=dict)
-    text: dict = field(default_factory=dict)  # text critics: {"kind": "text", "embedder", "embedder_checksum"}
+    text: dict = field(default_factory=dict)  # text critics: {"kind": "text", "teacher", "teacher_checksum",
+    #                                            "student", "student_checksum", "embedder", "embedder_checksum"}
+    models: dict | None = None  # image critics: the models fitted with (kdata.selection.critic_checks); None: unknown
 
     @property
     def uses_embedding(self) -> bool:
@@ -199,7 +201,8 @@ class Critic:
         tmp.replace(d / "critic.npz")
         write_json(d / "critic.json", {"format": FORMAT, "feature_names": self.feature_names,
                                        "threshold": self.threshold, "target": self.target, "metrics": self.metrics,
-                                       **({"text": self.text} if self.text else {})})
+                                       **({"text": self.text} if self.text else {}),
+                                       **({"models": self.models} if self.models is not None else {})})
         return d
 
 
@@ -262,27 +265,52 @@ def load_critic(path: str | Path) -> Critic:
                   scale=arrays["scale"], feature_names=list(meta["feature_names"]), threshold=float(meta["threshold"]),
                   target=meta.get("target", {}), val_prob=arrays["val_prob"],
                   val_label=arrays["val_label"].astype(bool), metrics=meta.get("metrics", {}),
-                  text=meta.get("text") or {})
+                  text=meta.get("text") or {}, models=meta.get("models"))
 
 
 def read_labels(path: str | Path) -> dict[str, bool]:
-    """A CSV of ``sample_id,accept`` (accept: 1/0, true/false, yes/no, accept/reject)."""
+    """A CSV of ``sample_id,accept`` (accept: 1/0, true/false, yes/no, accept/reject), UTF-8 with or without
+    a BOM. An id labelled twice is one line naming both lines when the labels differ; when they agree it
+    counts once, with one warning on stderr for all such repeats."""
     import csv
+    import sys
 
     p = Path(path)
     if not p.exists():
         raise KdataError(f"{path}: no such labels file")
     truthy, falsy = {"1", "true", "yes", "accept", "y", "t"}, {"0", "false", "no", "reject", "n", "f"}
     out: dict[str, bool] = {}
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "sample_id" not in reader.fieldnames or "accept" not in reader.fieldnames:
-            raise KdataError(f"{path}: expected a header 'sample_id,accept'")
-        for line, row in enumerate(reader, start=2):
-            v = (row["accept"] or "").strip().lower()
-            if v not in truthy | falsy:
-                raise KdataError(f"{path}: line {line}: accept must be 1/0 or true/false, got {row['accept']!r}")
-            out[row["sample_id"]] = v in truthy
+    first_line: dict[str, int] = {}
+    repeats: list[tuple[str, int, int]] = []
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's BOM is not the header
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "sample_id" not in reader.fieldnames or "accept" not in reader.fieldnames:
+                raise KdataError(f"{path}: expected a header 'sample_id,accept'")
+            for row in reader:
+                line, sid = reader.line_num, row["sample_id"]
+                v = (row["accept"] or "").strip().lower()
+                if v not in truthy | falsy:
+                    raise KdataError(f"{path}: line {line}: accept must be 1/0 or true/false, got {row['accept']!r}")
+                if sid in out:
+                    if out[sid] != (v in truthy):
+                        raise KdataError(f"{path}: lines {first_line[sid]} and {line} both label {sid!r}, as "
+                                         f"{_word(out[sid])} and {_word(v in truthy)}; keep one label per sample")
+                    repeats.append((sid, first_line[sid], line))
+                    continue
+                out[sid], first_line[sid] = v in truthy, line
+    except UnicodeDecodeError as exc:
+        raise KdataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise KdataError(f"{path}: not a readable CSV ({exc})") from None
     if not out:
         raise KdataError(f"{path}: no labelled rows")
+    if repeats:
+        sid, a, b = repeats[0]
+        print(f"kdata: warning: {path}: {len(repeats)} row(s) repeat a sample id with the same label (e.g. {sid!r} "
+              f"on lines {a} and {b}); each id counted once", file=sys.stderr)
     return out
+
+
+def _word(accept: bool) -> str:
+    return "accept" if accept else "reject"
