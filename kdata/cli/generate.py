@@ -7,6 +7,8 @@ pool: ``kdata select --pool OUT --teacher … --student … --method critic,…`
 
 from __future__ import annotations
 
+import sys
+
 from kdata.cli.common import emit_json
 
 
@@ -35,8 +37,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="model weights: auto = bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--student", default=None, help="student LM (hf:PATH / builtin:text-student): the critic's "
-                                                   "student statistics; with --rounds, the student to train")
+    p.add_argument("--student", default=None, help="student LM (hf:PATH / builtin:text-student): with --critic, "
+                                                   "the student it was fitted with (its statistics are critic "
+                                                   "features); with --rounds, the student to train")
     p.add_argument("--critic", default=None, metavar="DIR", help="text critic from `kdata critic fit` (filters)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--critic-recall", type=float, default=None, help="re-choose the critic's cut for this recall")
@@ -72,6 +75,7 @@ def run(args) -> int:
     check_target(recall=cfg.critic_recall, precision=cfg.critic_precision, option="--critic-{}")
     if not cfg.critic and (cfg.critic_recall is not None or cfg.critic_precision is not None):
         raise KdataError("--critic-recall/--critic-precision re-choose a fitted critic's cut: give --critic DIR")
+    check_unused(args)
     check_config(cfg)
     read_prompts(cfg.prompts)  # a bad prompts file is one line before any model loads
     if args.rounds:
@@ -81,10 +85,12 @@ def run(args) -> int:
     from kdata.pipeline.generate_run import run_generate
 
     report = run_generate(cfg, out=args.out, device=args.device, batch_size=args.batch_size)
+    c = report.counts
     if args.json:
         emit_json(report.to_dict())
+        if not c["kept"]:
+            print(nothing_kept(c), file=sys.stderr)
         return 0
-    c = report.counts
     print(f"kdata: {report.status}: {args.out}")
     print(f"  {c['n_in']} candidates: {c['kept']} kept, {c['rejected']} rejected, {c['quarantined']} quarantined"
           + (f" ({', '.join(f'{k} {v}' for k, v in c['rejected_by_reason'].items())})" if c['rejected'] else ""))
@@ -92,9 +98,36 @@ def run(args) -> int:
     if crit:
         print(f"  critic threshold {crit['threshold']:.4f} (validation precision {crit['val_precision']:.3f}, "
               f"recall {crit['val_recall']:.3f})")
+    if not c["kept"]:
+        print(nothing_kept(c), file=sys.stderr)
+        return 0
     print(f"  next: kdata select --pool {args.out} --teacher {args.teacher} --student "
           f"{args.student or 'STUDENT'} --method random --budget 100%")
     return 0
+
+
+def check_unused(args) -> None:
+    """Options a run would ignore are one line, never silently dropped (nor hashed into the output)."""
+    from kdata.core.errors import KdataError
+
+    if args.rounds:
+        return
+    if args.student and not args.critic:
+        raise KdataError(f"--student {args.student}: one generate run uses the student only for the critic's "
+                         "features; give --critic DIR (or --rounds R to train it), or drop --student")
+    used = [f for f, v in (("--epochs", args.epochs), ("--eval", args.eval)) if v is not None]
+    if used:
+        raise KdataError(f"{'/'.join(used)}: only --rounds R trains a student (--epochs) and measures it (--eval); "
+                         f"give --rounds, or drop {' and '.join(used)}")
+
+
+def nothing_kept(c: dict) -> str:
+    """The warning of a run that kept no candidate (instead of the next step's hint)."""
+    why = [f"{c.get(k, 0)} {k}" + (f" ({', '.join(f'{r} {n}' for r, n in (c.get(f'{k}_by_reason') or {}).items())})"
+                                     if c.get(f"{k}_by_reason") else "") for k in ("rejected", "quarantined")]
+    return (f"kdata: warning: no candidate was kept ({'; '.join(why)} of {c['n_in']}); there is nothing to "
+            "select or train on — check the teacher's generations (excluded.parquet), lower the critic's cut "
+            "(--critic-recall) or generate more (--per-prompt)")
 
 
 def _rounds(args, cfg) -> int:
@@ -114,9 +147,11 @@ def _rounds(args, cfg) -> int:
         c = r["counts"]
         ppl = r["perplexity_after"]
         print(f"kdata: round {r['round']}: {c['n_in']} candidates, {c['kept']} accepted → {r['student']}"
-              + (f" (held-out perplexity {r['perplexity_before']:.1f} → {ppl:.1f})" if ppl is not None else ""))
-    print(f"  final student: {result['student']}")
+              + (f" (perplexity on {r['eval']}: {r['perplexity_before']:.1f} → {ppl:.1f})" if ppl is not None else ""))
     best = result.get("best")
+    print(f"  last student: {result['last_student']}")
+    if best:
+        print(f"  best student: {best['student']} (round {best['round']}, perplexity {best['perplexity']:.1f})")
     if best and best["worse_rounds"]:
         print(f"kdata: warning: round(s) {', '.join(map(str, best['worse_rounds']))} raised the held-out perplexity; "
               f"{best['message']}")

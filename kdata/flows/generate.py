@@ -187,6 +187,7 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     target_critic(cfg)  # an unreadable or image-score critic: one line before any model or shard
     device = str(pick_device(run.get("device", "auto")))
     teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
+    check_critic(cfg, device=device)
     shards = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)
     keys = [shard_key(s, teacher_checksum=teacher.checksum, cfg=cfg, device_type=device.split(":")[0])
             for s in shards]
@@ -273,6 +274,19 @@ def check_inputs(params: dict, *, device: str, distill: bool = False) -> None:
         path = text_model_path(cfg.student)
         if not path.is_dir():
             raise KdataError(f"--student {cfg.student}: model directory not found")
+    check_critic(cfg, device=dev)
+
+
+def check_critic(cfg, *, device: str) -> None:
+    """With a critic: the teacher and student whose statistics feed it must be the ones it was fitted
+    with (``kdata.pipeline.generate_run.check_critic_models``; one line, before any shard)."""
+    from kdata.pipeline.generate_run import check_critic_models, target_critic
+
+    if not cfg.critic:
+        return
+    check_critic_models(cfg.critic, target_critic(cfg),
+                        teacher=_model(cfg.critic_teacher or cfg.teacher, device=device, precision=cfg.precision),
+                        student=_model(cfg.student, device=device, precision=cfg.precision))
 
 
 def check_distill(cfg, distill: dict | None) -> None:

@@ -3,8 +3,8 @@
 Stages (each a plain function; the CLI and the ``generate`` flow call the same ones):
 
 1. ``read_prompts`` — the prompts JSONL, validated before any work: one JSON object per line with
-   a string ``id`` (or number) and a string ``prompt``; a bad line is one line naming the file and
-   the line (exit 2).
+   a string ``id`` (or number) and a string ``prompt``; a bad line (also a string holding an unpaired
+   surrogate, which no tokenizer or Parquet file takes) is one line naming the file and the line (exit 2).
 2. ``generate_shard`` — prompts in shards of ``shard_size`` (64); each shard's candidates are
    written atomically to ``.OUT.kdata-generate/`` beside OUT, then a done marker, under a key
    hashing the shard's prompts, the teacher's checksum and the decoding settings
@@ -50,7 +50,8 @@ class GenerateConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     shard_size: int = 64
     precision: str = "auto"
-    student: str | None = None  # with a critic: the student's statistics are critic features
+    student: str | None = None  # with a critic: whose statistics are the critic's student features (the
+    #                             student it was fitted with; I2D2 rounds: that one too, not the one they train)
     critic: str | None = None
     critic_recall: float | None = None
     critic_precision: float | None = None
@@ -102,6 +103,11 @@ def read_prompts(path: str | Path) -> list[dict]:
         if not isinstance(obj["prompt"], str):
             raise KdataError(f"{path}: line {lineno}: 'prompt' must be a string")
         pid = str(pid)
+        for key in ("id", "prompt", "domain"):
+            bad = unpaired_surrogate(obj.get(key) if key != "id" else pid)
+            if bad is not None:
+                raise KdataError(f"{path}: line {lineno}: '{key}' holds an unpaired surrogate (U+{ord(bad[1]):04X} at "
+                                 f"character {bad[0] + 1}), which is not text; fix or drop the line")
         if pid in seen:
             raise KdataError(f"{path}: line {lineno}: duplicate id {pid!r} (first on line {seen[pid]})")
         seen[pid] = lineno
@@ -110,6 +116,18 @@ def read_prompts(path: str | Path) -> list[dict]:
     if not out:
         raise KdataError(f"{path}: no prompts (one JSON object per line: {{\"id\": ..., \"prompt\": ...}})")
     return out
+
+
+def unpaired_surrogate(value) -> tuple[int, str] | None:
+    """(index, character) of the first lone UTF-16 surrogate in a string (JSON ``"\\ud800"`` decodes to one;
+    no tokenizer or Parquet file takes it), None when ``value`` is valid text or not a string."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start, value[exc.start]
+    return None
 
 
 def prompt_shards(prompts: list[dict], size: int) -> list[list[dict]]:

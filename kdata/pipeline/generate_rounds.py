@@ -8,25 +8,39 @@ Each round is a dataset version of its own under OUT:
 * ``round-N-curated/``  the accepted candidates scored by the teacher (``kdata select --method random
   --budget 100%``: every accepted row, with the teacher's per-token soft labels for distillation);
 * ``round-N-student/``  the student distilled on it (``kdata.training.text.train_text``), the next
-  round's generator and student.
+  round's generator.
 
-The critic's statistics always come from the real teacher (``critic_teacher``), whoever generates.
-Each step is idempotent (a finished dataset is verified and reused; a trained student with its
-``train_log.json`` is reused), so a rerun resumes at the first unfinished step.
+The critic's features always come from the models it was fitted with, whoever generates: the real
+teacher (``critic_teacher``) and the critic's fitted student (``critic_student``: ``--student`` when it
+is that one), never the student a round trained.
+
+``OUT/rounds.json`` records the run's settings (models by checksum, prompts, decoding, critic, training;
+not ``--rounds`` nor ``--eval``) and each finished dataset step's config hash. A rerun holds OUT's lock
+for the whole run and, before any work, refuses settings that differ from the recorded ones ("holds a
+different run"): a finished round is never overwritten. With the same settings every finished step is
+reused (found through ``rounds.json``, so a moved or copied OUT reruns too), and a student whose eval
+set changed is measured again on the new one, not retrained.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from kdata.core.atomic import write_json
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, printable
+from kdata.core.lock import exclusive
 from kdata.pipeline.config import RunOptions, SelectConfig
-from kdata.pipeline.generate import GenerateConfig
-from kdata.pipeline.generate_run import run_generate
+from kdata.pipeline.generate import GenerateConfig, prompts_checksum, read_prompts
+from kdata.pipeline.generate_run import critic_student, run_generate, same_spec, spec_checksum, target_critic
+from kdata.pipeline.output import already_complete
 from kdata.pipeline.run import run_select
+
+ROUNDS_FILE = "rounds.json"
+ROUNDS_VERSION = 2  # 2: the critic's student features from its fitted student in every round
 
 
 def round_dirs(out: str | Path, r: int) -> tuple[Path, Path, Path]:
@@ -34,23 +48,97 @@ def round_dirs(out: str | Path, r: int) -> tuple[Path, Path, Path]:
     return out / f"round-{r}", out / f"round-{r}-curated", out / f"round-{r}-student"
 
 
+def eval_fingerprint(spec: str | None) -> str | None:
+    """``sha256:`` of an eval set's texts (what its perplexity is measured on); None without one."""
+    if spec is None:
+        return None
+    from kdata.training.text_data import eval_texts
+
+    return "sha256:" + hashlib.sha256(json.dumps(eval_texts(spec)[0]).encode()).hexdigest()
+
+
+def held_out_perplexity(spec: str, eval_spec: str, cfg) -> tuple[float, int]:
+    """(perplexity, texts) of the causal LM ``spec`` on ``eval_spec``, measured as ``train_text`` measures it."""
+    from kdata.core.threads import one_thread
+    from kdata.models.base import pick_device
+    from kdata.models.hf import load_text_model
+    from kdata.training.text_data import eval_texts
+    from kdata.training.text_losses import encode, perplexity
+
+    dev = pick_device(cfg.device)
+    model = load_text_model(spec, device=dev, precision="fp32")
+    texts, _ = eval_texts(eval_spec)
+    seqs = encode(model.tokenizer, texts, max_length=min(cfg.max_length, model.max_length))
+    with one_thread() if dev.type == "cpu" else nullcontext():
+        return perplexity(model.model, seqs, pad_id=model.pad_id), len(texts)
+
+
+def _training(cfg) -> dict:
+    """A training config as compared between runs (``max_length`` is capped by the student, ``device``
+    does not make another student)."""
+    return {k: v for k, v in (cfg if isinstance(cfg, dict) else asdict(cfg)).items()
+            if k not in ("max_length", "device")}
+
+
+def student_difference(log: dict, *, student: str, cfg, curated: Path) -> str | None:
+    """How a finished student's ``train_log.json`` differs from this training (None: the same)."""
+    ck = log.get("student_checksum")
+    if (ck != spec_checksum(student)) if ck else not same_spec(log.get("student"), student):
+        return f"trained from {printable(log.get('student'))}, this run from {printable(student)}"
+    old, new = _training(log.get("config") or {}), _training(cfg)
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            return f"trained with {k} {old.get(k)}, this run {new.get(k)}"
+    if log.get("dataset_hash") != _dataset_hash(curated):
+        return f"trained on another {curated.name}"
+    return None
+
+
+def remeasure(log: dict, out: Path, *, student: str, cfg, eval_spec: str | None, fingerprint: str | None) -> dict:
+    """A finished student's log measured on another eval set (before: ``student``; after: the trained
+    weights in ``out``), written back to ``train_log.json``; the weights are not touched."""
+    before = after = None
+    n = 0
+    if eval_spec is not None:
+        before, n = held_out_perplexity(student, eval_spec, cfg)
+        after, _ = held_out_perplexity(f"hf:{out}", eval_spec, cfg)
+    log = {**log, "eval": eval_spec, "n_eval": n, "eval_fingerprint": fingerprint, "metric": "perplexity",
+           "perplexity_before": before, "perplexity_after": after, "perplexity": after, "perplexity_last": after,
+           "remeasured": True}
+    log.pop("worse_than_before", None)
+    if before is not None:
+        log["worse_than_before"] = after > before
+    write_json(out / "train_log.json", log)
+    return log
+
+
 def distill(curated: Path, *, student: str, out: Path, device: str, train_config=None, eval_spec=None) -> dict:
-    """Train ``student`` on a curated text dataset into ``out`` (reused when its log is there)."""
+    """Train ``student`` on a curated text dataset into ``out`` under ``out``'s lock. A finished student
+    (its ``train_log.json``) is reused when it was trained the same way from the same student on the same
+    data (measured again when the eval set changed), and refused in one line otherwise: never retrained
+    over. ``eval_spec``: None = the default eval set, ``""`` = none."""
     from kdata.training.text import DEFAULT_EVAL, TextTrainConfig, train_text
 
     cfg = replace(train_config or TextTrainConfig(), device=device)
+    ev = DEFAULT_EVAL if eval_spec is None else (eval_spec or None)
+    out = Path(out)
     log_path = out / "train_log.json"
-    if log_path.is_file():  # a finished student: reused only when it was trained the same way on the same data
-        log = json.loads(log_path.read_text())
-        same = {k: v for k, v in log.get("config", {}).items() if k != "max_length"} == \
-            {k: v for k, v in asdict(cfg).items() if k != "max_length"}  # max_length: capped by the student
-        if log.get("student") == student and same and log.get("dataset_hash") == _dataset_hash(curated):
+    with exclusive(out):
+        fingerprint = eval_fingerprint(ev)
+        if log_path.is_file():
+            log = json.loads(log_path.read_text())
+            why = student_difference(log, student=student, cfg=cfg, curated=Path(curated))
+            if why is not None:
+                raise KdataError(f"{out}: holds a different run (a student {why}); choose another --out or "
+                                 f"delete {out}")
+            if log.get("eval_fingerprint") != fingerprint or (fingerprint is None and log.get("eval")):
+                log = remeasure(log, out, student=student, cfg=cfg, eval_spec=ev, fingerprint=fingerprint)
             return log
-    log = train_text(shards=str(curated), student=student, out=out, config=cfg,
-                     eval=DEFAULT_EVAL if eval_spec is None else (eval_spec or None))
-    log["dataset_hash"] = _dataset_hash(curated)
-    write_json(log_path, {k: v for k, v in log.items() if k != "files"})
-    return log
+        checksum = spec_checksum(student)
+        log = train_text(shards=str(curated), student=student, out=out, config=cfg, eval=ev)
+        log.update(dataset_hash=_dataset_hash(curated), student_checksum=checksum, eval_fingerprint=fingerprint)
+        write_json(log_path, {k: v for k, v in log.items() if k != "files"})
+        return log
 
 
 def _dataset_hash(curated: Path) -> str | None:
@@ -62,6 +150,74 @@ def _dataset_hash(curated: Path) -> str | None:
     return json.dumps([m.get("config_hash"), [f.get("sha256") for f in m.get("files", [])]])
 
 
+def rounds_settings(cfg: GenerateConfig, *, student: str, crit_student: str, crit, train_config, device) -> dict:
+    """What every round's output depends on, path-free (models by checksum): compared on a rerun."""
+    from kdata.models.base import pick_device
+    from kdata.selection.critic_checks import critic_digest
+    from kdata.training.text import TextTrainConfig
+
+    return {"version": ROUNDS_VERSION, "teacher": spec_checksum(cfg.teacher), "student": spec_checksum(student),
+            "critic_student": spec_checksum(crit_student), "critic": critic_digest(cfg.critic),
+            "critic_threshold": crit.threshold, "prompts": prompts_checksum(read_prompts(cfg.prompts)),
+            "per_prompt": cfg.per_prompt, "decoding": cfg.decode.to_dict(), "shard_size": cfg.shard_size,
+            "precision": cfg.precision, "device": pick_device(device).type,
+            "train": _training(train_config or TextTrainConfig())}
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str | None:
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            if (d := _first_difference(a, b, f"{prefix}{k}.")) is not None:
+                return d
+        elif a != b:
+            return f"{prefix}{k} {printable(a)[:24]} there, {printable(b)[:24]} now"
+    return None
+
+
+def open_rounds(out: Path, settings: dict) -> dict:
+    """OUT's ``rounds.json`` record for this run, checked before any work (call under OUT's lock):
+    new, or the recorded one when its settings are this run's; otherwise one line."""
+    if out.exists() and not out.is_dir():
+        raise KdataError(f"{out}: --out exists and is not a directory")
+    path = out / ROUNDS_FILE
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            raise KdataError(f"{path}: not JSON; delete {out} and rerun") from None
+        diff = _first_difference(record.get("settings") or {}, settings)
+        if diff is not None:
+            raise KdataError(f"{out}: holds a different run ({ROUNDS_FILE}: {diff}); a rerun never overwrites a "
+                             "finished round — give another --out, or delete it")
+        return record
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if any(n.startswith("round-") for n in held):
+        raise KdataError(f"{out}: holds a different run (round directories without {ROUNDS_FILE}: written by an "
+                         "older kdata, whose rounds ≥ 2 fed the critic the trained student's statistics); give "
+                         "another --out, or delete it")
+    if held:
+        raise KdataError(f"{out}: --out is not empty and holds no {ROUNDS_FILE} (e.g. {printable(held[0])}); "
+                         "--rounds writes its rounds into a directory of their own")
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"settings": settings, "steps": {}}
+    write_json(path, record)
+    return record
+
+
+def _step(out: Path, record: dict, name: str, run):
+    """A dataset step: reused when ``rounds.json`` records it finished (by config hash), else ``run()``
+    and recorded."""
+    h = record["steps"].get(name)
+    done = already_complete(out / name, h) if h else None
+    if done is not None:
+        return done
+    report = run()
+    record["steps"][name] = json.loads((out / name / "manifest.json").read_text())["config_hash"]
+    write_json(out / ROUNDS_FILE, record)
+    return report
+
+
 def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: str, device: str = "auto",
                batch_size: int = 16, train_config=None, eval_spec: str | None = None) -> dict:
     """Run ``rounds`` I2D2 rounds into ``out`` (module doc); returns a summary per round."""
@@ -69,27 +225,38 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
         raise KdataError(f"--rounds {rounds}: must be ≥ 1")
     if not cfg.critic:
         raise KdataError("--rounds needs --critic: each round keeps what the critic accepts")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    generator, current, summary = cfg.teacher, student, []
-    for r in range(1, rounds + 1):
-        gen_dir, cur_dir, stu_dir = round_dirs(out, r)
-        rcfg = replace(cfg, teacher=generator, student=current, critic_teacher=cfg.teacher,
-                       decode=replace(cfg.decode, seed=cfg.decode.seed + r - 1))
-        gen = run_generate(rcfg, out=gen_dir, device=device, batch_size=batch_size)
-        if not gen.counts["kept"]:
-            raise KdataError(f"{gen_dir}: the critic accepted no candidate in round {r}; lower its cut "
-                             "(--critic-recall) or generate more (--per-prompt)")
-        sel = run_select(SelectConfig(pool=str(gen_dir), teacher=cfg.teacher, student=current, method="random",
-                                      budget="100%", seed=cfg.decode.seed, precision=cfg.precision),
-                         out=str(cur_dir), opts=RunOptions(device=device))
-        log = distill(cur_dir, student=current, out=stu_dir, device=device, train_config=train_config,
-                      eval_spec=eval_spec)
-        summary.append({"round": r, "generator": generator, "student_in": current, "candidates": str(gen_dir),
-                        "curated": str(cur_dir), "student": str(stu_dir), "counts": gen.counts,
-                        "curated_rows": sel.counts["kept"], "perplexity_before": log.get("perplexity_before"),
-                        "perplexity_after": log.get("perplexity_after")})
-        current = generator = f"hf:{stu_dir}"
-    return {"out": str(out), "rounds": summary, "student": current, "best": best_round(summary)}
+    crit = target_critic(cfg)
+    scorer = critic_student(crit, student)
+    settings = rounds_settings(cfg, student=student, crit_student=scorer, crit=crit, train_config=train_config,
+                               device=device)
+    out = Path(out)
+    with exclusive(out):  # the whole run, training included: one writer of OUT at a time
+        record = open_rounds(out, settings)
+        generator, current, summary = cfg.teacher, student, []
+        for r in range(1, rounds + 1):
+            gen_dir, cur_dir, stu_dir = round_dirs(out, r)
+            rcfg = replace(cfg, teacher=generator, student=scorer, critic_teacher=cfg.teacher,
+                           decode=replace(cfg.decode, seed=cfg.decode.seed + r - 1))
+            gen = _step(out, record, gen_dir.name,
+                        lambda: run_generate(rcfg, out=gen_dir, device=device, batch_size=batch_size))
+            if not gen.counts["kept"]:
+                raise KdataError(f"{gen_dir}: the critic accepted no candidate in round {r}; lower its cut "
+                                 "(--critic-recall) or generate more (--per-prompt)")
+            scfg = SelectConfig(pool=str(gen_dir), teacher=cfg.teacher, student=current, method="random",
+                                budget="100%", seed=cfg.decode.seed, precision=cfg.precision)
+            sel = _step(out, record, cur_dir.name,
+                        lambda: run_select(scfg, out=str(cur_dir), opts=RunOptions(device=device)))
+            log = distill(cur_dir, student=current, out=stu_dir, device=device, train_config=train_config,
+                          eval_spec=eval_spec)
+            summary.append({"round": r, "generator": generator, "student_in": current, "critic_student": scorer,
+                            "candidates": str(gen_dir), "curated": str(cur_dir), "student": str(stu_dir),
+                            "counts": gen.counts, "curated_rows": sel.counts["kept"], "eval": log.get("eval"),
+                            "perplexity_before": log.get("perplexity_before"),
+                            "perplexity_after": log.get("perplexity_after")})
+            current = generator = f"hf:{stu_dir}"
+    best = best_round(summary)
+    return {"out": str(out), "rounds": summary, "student": best["student"] if best else current,
+            "last_student": current, "best": best}
 
 
 def best_round(summary: list[dict]) -> dict | None:

@@ -143,7 +143,8 @@ def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, 
     result = json.loads(capsys.readouterr().out)
     r1, r2 = result["rounds"]
     assert r1["generator"] == T and r2["generator"] == f"hf:{rounds / 'round-1-student'}"
-    assert result["student"] == f"hf:{rounds / 'round-2-student'}" and result["best"] is None  # no eval set
+    assert result["student"] == result["last_student"] == f"hf:{rounds / 'round-2-student'}"
+    assert result["best"] is None  # no eval set: the last student is the one to use
     for r in (1, 2):
         d = rounds / f"round-{r}"
         m = read_manifest(d)
@@ -158,12 +159,14 @@ def test_rounds_each_round_a_dataset_with_its_card_and_a_student(lms, tmp_path, 
                  "--epochs", "1", "--eval", "none", "--out", str(rounds), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rounds"] == result["rounds"]
     assert [w.stat().st_mtime_ns for w in weights] == stamps
-    # …but a student trained another way is not reused: another --epochs retrains round 1's
+    # …and a rerun with other settings never overwrites a finished round: another --epochs is one line,
+    # before any work, and round 1's student is left as it was
     assert main(["generate", "--teacher", T, *common, "--student", S, "--critic", str(crit), "--rounds", "1",
-                 "--epochs", "2", "--eval", "none", "--out", str(rounds), "--json"]) == 0
-    capsys.readouterr()
-    assert weights[0].stat().st_mtime_ns != stamps[0]
-    assert json.loads((weights[0].parent / "train_log.json").read_text())["config"]["epochs"] == 2
+                 "--epochs", "2", "--eval", "none", "--out", str(rounds), "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{rounds}: holds a different run (rounds.json: train.epochs 1 there, 2 now)" in err[0]
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    assert json.loads((weights[0].parent / "train_log.json").read_text())["config"]["epochs"] == 1
 
 
 def fitted_student(path: Path, texts: list[str], *, steps: int = 60) -> Path:
@@ -203,3 +206,6 @@ def test_rounds_that_only_raise_the_perplexity_name_the_starting_student_best(lm
     best = result["best"]
     assert (best["round"], best["student"], best["perplexity"]) == (0, S, start)
     assert best["worse_rounds"] == [1, 2] and f"keep the original student, {S}" in best["message"]
+    # the JSON's student is the one to use (the best, here the starting one); the last is named apart
+    assert result["student"] == S and result["last_student"] == f"hf:{tmp_path / 'rounds' / 'round-2-student'}"
+    assert r1["eval"] == r2["eval"] == str(heldout)  # each round names the eval set its perplexities are on

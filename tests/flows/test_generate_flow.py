@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdata.cli import main
+from kdata.core.errors import KdataError
 from kdata.dataset.writer import read_manifest, read_shards, verify
 from tests.helpers.text_models import tiny_lm, write_jsonl
 
@@ -97,3 +98,31 @@ def test_prefect_yaml_entry_point_loads():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.generate.name == "generate"
+
+
+def test_a_student_the_critic_was_not_fitted_with_is_one_line_before_the_flow_runs(flow_mod, tmp_path, capsys):
+    """As ``kdata generate``: the critic's student features must come from the student it was fitted with."""
+    from kdata.pipeline.generate_run import spec_checksum
+    from kdata.selection.critic_model import fit_critic
+    from kdata.selection.critic_text import TEXT_STATS
+
+    T, S, O = (f"hf:{tiny_lm(tmp_path / n, seed=i)}" for i, n in enumerate(("teacher", "student", "other")))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, len(TEXT_STATS) + 1))
+    crit = fit_critic(X, X[:, 0] > 0, feature_names=[*TEXT_STATS, "nll_gap"], recall=0.8)
+    crit.text = {"kind": "text", "teacher": T, "teacher_checksum": spec_checksum(T), "student": S,
+                 "student_checksum": spec_checksum(S)}
+    crit.save(tmp_path / "critic")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "p0", "prompt": "the cat"}\n')
+    argv = ["--prompts", str(prompts), "--teacher", T, "--critic", str(tmp_path / "critic"), "--device", "cpu",
+            "--max-new-tokens", "4"]
+    assert flow_mod.main([*argv, "--student", O, "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the critic was fitted on the statistics of student {S}" in err[0], err
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(KdataError, match=f"the student in use, {O}"):  # the flow itself, called directly
+        flow_mod.generate(params={"teacher": T, "prompts": str(prompts), "student": O,
+                                  "critic": str(tmp_path / "critic"), "decode": {"max_new_tokens": 4}},
+                          out=str(tmp_path / "g"), run={"device": "cpu"})
+    assert not (tmp_path / "g").exists()

@@ -1,0 +1,127 @@
+"""The text critic's features come from the models it was fitted with (review S1), on tiny real GPT-2 models:
+a single ``kdata generate --critic`` refuses another student (by checksum; by spec for a critic that records
+none, with one note), and I2D2 rounds ≥ 2 feed the critic the fitted student's statistics while the student
+trained in the round before generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kdata.cli import main
+from kdata.dataset.writer import read_manifest
+from kdata.models.hf import load_text_model
+from kdata.pipeline.generate import work_dir
+from kdata.pipeline.generate_run import spec_checksum
+from tests.e2e.test_generate_cli import label_by_rule, write_prompts
+from tests.helpers.text_models import tiny_lm
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """Teacher T, student S, another student O, the prompts, and a critic fitted with T and S."""
+    root = tmp_path_factory.mktemp("critic-models")
+    T, S, O = (f"hf:{tiny_lm(root / n, seed=i)}" for i, n in enumerate(("teacher", "student", "other")))
+    prompts = write_prompts(root / "prompts.jsonl", n=8)
+    common = ["--prompts", str(prompts), "--per-prompt", "4", "--max-new-tokens", "8", "--device", "cpu"]
+    assert main(["generate", "--teacher", T, *common, "--out", str(root / "gen")]) == 0
+    crit = root / "critic"
+    assert main(["critic", "fit", "--scores-from", str(root / "gen"), "--teacher", T, "--student", S,
+                 "--labels", str(label_by_rule(root / "gen", root / "l.csv")), "--recall", "0.9",
+                 "--out", str(crit), "--device", "cpu"]) == 0
+    return {"root": root, "T": T, "S": S, "O": O, "common": common, "critic": crit}
+
+
+def critic_copy(setup, name: str, *, checksums: bool) -> Path:
+    """The fitted critic, its ``critic.json`` recording the models' checksums (as ``kdata critic fit`` does)
+    or not (a critic fitted by an older kdata: specs only)."""
+    dest = setup["root"] / name
+    if not dest.exists():
+        shutil.copytree(setup["critic"], dest)
+        meta = json.loads((dest / "critic.json").read_text())
+        text = meta["text"]
+        for role in ("teacher", "student"):
+            text.pop(f"{role}_checksum", None)
+            if checksums:
+                text[f"{role}_checksum"] = spec_checksum(setup[role[0].upper()])
+        (dest / "critic.json").write_text(json.dumps(meta))
+    return dest
+
+
+def generate(setup, out: Path, *extra: str) -> int:
+    return main(["generate", "--teacher", setup["T"], *setup["common"], "--out", str(out), *extra])
+
+
+def test_spec_checksum_is_the_loaded_models_checksum(setup):
+    assert spec_checksum(setup["S"]) == load_text_model(setup["S"]).checksum != spec_checksum(setup["O"])
+
+
+def test_a_student_the_critic_was_not_fitted_with_is_refused_before_any_work(setup, tmp_path, capsys):
+    crit = critic_copy(setup, "crit-ck", checksums=True)
+    capsys.readouterr()
+    out = tmp_path / "g"
+    assert generate(setup, out, "--student", setup["O"], "--critic", str(crit)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"kdata: error: {crit}: the critic was fitted on the statistics of "
+                                               f"student {setup['S']}"), err
+    assert f"the student in use, {setup['O']}" in err[0]
+    assert not out.exists() and not work_dir(out).exists()
+
+
+def test_the_same_weights_at_another_path_are_accepted_by_checksum(setup, tmp_path, capsys):
+    crit = critic_copy(setup, "crit-ck", checksums=True)
+    copy = tmp_path / "student-copy"
+    shutil.copytree(setup["S"][3:], copy)
+    assert generate(setup, tmp_path / "g", "--student", f"hf:{copy}", "--critic", str(crit), "--json") == 0
+    out = capsys.readouterr()
+    assert "kdata: note" not in out.err
+    m = read_manifest(tmp_path / "g")
+    assert m["config"]["student_checksum"] == spec_checksum(setup["S"])
+
+
+def test_an_older_critic_is_matched_by_spec_with_one_note(setup, tmp_path, capsys):
+    crit = critic_copy(setup, "crit-old", checksums=False)
+    copy = tmp_path / "student-copy"
+    shutil.copytree(setup["S"][3:], copy)
+    capsys.readouterr()
+    assert generate(setup, tmp_path / "a", "--student", f"hf:{copy}", "--critic", str(crit)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{crit}: the critic was fitted on the statistics of student {setup['S']}" in err[0]
+    assert not (tmp_path / "a").exists()
+    assert generate(setup, tmp_path / "b", "--student", setup["S"], "--critic", str(crit), "--json") == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("kdata: note")]
+    assert len(notes) == 1 and "the teacher and student were matched by spec only" in notes[0], notes
+
+
+def test_rounds_feed_the_critic_the_fitted_students_statistics_in_every_round(setup, tmp_path, capsys):
+    """Round 2 is generated by round 1's student, but the critic scores it with S (the student it was
+    fitted with), as round 1: the cut keeps the meaning it was fitted with."""
+    crit = critic_copy(setup, "crit-ck", checksums=True)
+    out = tmp_path / "rounds"
+    assert generate(setup, out, "--student", setup["S"], "--critic", str(crit), "--rounds", "2", "--epochs", "1",
+                    "--eval", "none", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    fitted = spec_checksum(setup["S"])
+    for r in (1, 2):
+        m = read_manifest(out / f"round-{r}")
+        assert m["config"]["student_checksum"] == fitted and m["models"]["student"]["checksum"] == fitted
+        assert result["rounds"][r - 1]["critic_student"] == setup["S"]
+    assert read_manifest(out / "round-2")["config"]["teacher_checksum"] == spec_checksum(f"hf:{out / 'round-1-student'}")
+    assert result["rounds"][1]["generator"] == f"hf:{out / 'round-1-student'}"
+
+
+def test_rounds_training_another_student_still_score_with_the_fitted_one(setup, tmp_path, capsys):
+    crit = critic_copy(setup, "crit-ck", checksums=True)
+    out = tmp_path / "rounds"
+    assert generate(setup, out, "--student", setup["O"], "--critic", str(crit), "--rounds", "1", "--epochs", "1",
+                    "--eval", "none", "--json") == 0
+    cap = capsys.readouterr()
+    result = json.loads(cap.out)
+    assert f"the critic's student statistics come from the student it was fitted with, {setup['S']}" in cap.err
+    assert result["rounds"][0]["critic_student"] == setup["S"] and result["rounds"][0]["student_in"] == setup["O"]
+    assert read_manifest(out / "round-1")["config"]["student_checksum"] == spec_checksum(setup["S"])
+    log = json.loads((out / "round-1-student" / "train_log.json").read_text())
+    assert log["student"] == setup["O"] and log["student_checksum"] == spec_checksum(setup["O"])
