@@ -10,7 +10,8 @@ combined by geometric mean:
 
 * ``conf`` — the teacher's top probability (T = 1);
 * ``consistency`` — fraction of ``consistency_draws`` small extra perturbations (±4° rotation,
-  ±3% translation, noise std 0.02) under which the teacher still predicts the parent's class;
+  ±3% translation, noise std 0.02) under which the teacher still predicts the parent's class
+  (each row's perturbations drawn from that row's own generator);
 * ``typicality`` — ``d_other / (d_own + d_other)`` with ``d_own`` the cosine distance of the
   teacher's penultimate features of the generated image to the centroid of the parent class
   (centroids over the parents' features, grouped by the teacher's prediction) and ``d_other`` the
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from kdata.augment.params import PARAM_NAMES
-from kdata.augment.transforms import render, to_model
+from kdata.augment.transforms import forward_blocks, render, to_model
 from kdata.models.spec import Model
 
 FLIP, CRITIC_REJECT = "hard_teacher_flip", "critic_reject"
@@ -64,18 +65,19 @@ def class_centroids(feat: torch.Tensor, pred: np.ndarray) -> tuple[np.ndarray, t
 
 def default_critic_scores(*, gen_pix: torch.Tensor, y: np.ndarray, t_probs: torch.Tensor,
                           t_feat: torch.Tensor | None, centroids, teacher: Model, draws: int,
-                          gen: torch.Generator, device) -> dict[str, np.ndarray]:
-    """conf, consistency, typicality and their geometric mean ``score`` for each generated row."""
+                          gens: list[torch.Generator], device) -> dict[str, np.ndarray]:
+    """conf, consistency, typicality and their geometric mean ``score`` for each generated row
+    (row i's jitter drawn from ``gens[i]``, so a row's score does not depend on the other rows)."""
     n = len(y)
     conf = t_probs.max(1).values.cpu().numpy().astype(np.float64)
     agree = np.zeros(n)
     yt = torch.from_numpy(y).long()
     with torch.no_grad():
         for _ in range(max(1, draws)):
-            v = jitter_values(n, gen).to(device)
-            noise = torch.randn(gen_pix.shape, generator=gen).to(device)
+            v = torch.cat([jitter_values(1, g) for g in gens]).to(device)
+            noise = torch.stack([torch.randn(tuple(gen_pix.shape[1:]), generator=g) for g in gens]).to(device)
             xa = render(gen_pix, v, noise, max_sigma=0.5)
-            zt, _ = teacher.forward(to_model(xa, teacher))
+            zt, _ = forward_blocks(teacher, to_model(xa, teacher))
             agree += (zt.argmax(1).cpu() == yt).numpy()
     consistency = agree / max(1, draws)
     parts = [conf, consistency]
@@ -83,7 +85,8 @@ def default_critic_scores(*, gen_pix: torch.Tensor, y: np.ndarray, t_probs: torc
     if t_feat is not None and centroids is not None:
         classes, cent = centroids
         gf = F.normalize(t_feat.float().cpu(), dim=1)
-        dist = (1 - gf @ cent.T).clamp_min(0).numpy()  # (n, classes) cosine distances
+        # (n, classes) cosine distances, one fixed-shape product per row: a row's value never depends on n
+        dist = (1 - torch.stack([cent @ row for row in gf])).clamp_min(0).numpy()
         own = np.searchsorted(classes, y)
         d_own = dist[np.arange(n), own]
         if len(classes) > 1:

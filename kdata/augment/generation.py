@@ -6,7 +6,10 @@ Pass 1 (streamed) runs both models on each parent as scoring decodes it: the tea
 
 Pass 2 works per chunk of ``batch_size // per_sample`` parents, so memory does not grow with the
 dataset: optimise θ (``kdata.augment.search``), render, write the PNG, re-run both models on the
-decoded PNG (exactly what the shards hold) and compute the default critic's scores.
+decoded PNG (exactly what the shards hold) and compute the default critic's scores. Every random
+draw of a generated row (its starting θ, its noise pattern, its random-search proposals, the
+critic's jitter) comes from that row's own generators (``kdata.augment.params.row_seeds``), so the
+chunking (``batch_size``) does not change what a row becomes.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import pyarrow as pa
 import torch
 
 from kdata.augment.filtering import class_centroids, default_critic_scores
-from kdata.augment.params import PARAM_NAMES, HardConfig, init_theta, squash
+from kdata.augment.params import PARAM_NAMES, HardConfig, generators, row_normal, squash, start_theta
 from kdata.augment.search import not_differentiable, optimise
-from kdata.augment.transforms import decode_batch, png_bytes, render, to_pixels
+from kdata.augment.transforms import decode_batch, forward_blocks, png_bytes, render, to_pixels
 from kdata.core.stats import disagreement
 from kdata.models.spec import Model
 from kdata.scoring.score import label_indices
@@ -48,7 +51,7 @@ class Generated:
     """Pass 2's output, one entry per generated row (``src[i]`` is its parent's position)."""
 
     src: np.ndarray
-    copy: np.ndarray  # which of the parent's ``per_sample`` copies
+    copy: np.ndarray  # the row's final copy index: it is named ``<parent>#hard<copy>``
     pngs: list[bytes] = field(default_factory=list)
     values: list = field(default_factory=list)  # bounded parameter values per chunk
     zt: list = field(default_factory=list)  # teacher logits on the decoded PNG, per chunk
@@ -80,8 +83,8 @@ def score_parents(parents: pa.Table, images: list, cand: np.ndarray, teacher: Mo
                     xt, xs = xt[:len(ok)], xs[:len(ok)]
             if not ok:
                 continue
-            zt, ft = teacher.forward(torch.stack(xt).to(device))
-            zs, _ = student.forward(torch.stack(xs).to(device))
+            zt, ft = forward_blocks(teacher, torch.stack(xt).to(device))
+            zs, _ = forward_blocks(student, torch.stack(xs).to(device))
             keep_idx += ok
             kl_parts.append(disagreement(zt.float(), zs.float(), temperature=temperature)["kl_ts"].cpu().numpy())
             pred_parts.append(zt.argmax(1).cpu().numpy())
@@ -98,26 +101,30 @@ def score_parents(parents: pa.Table, images: list, cand: np.ndarray, teacher: Mo
 
 
 def generate_rows(pp: ParentPass, teacher: Model, student: Model, *, config: HardConfig, bounds: dict,
-                  mode: str, gen: torch.Generator, crit_gen: torch.Generator, device,
+                  mode: str, copy: np.ndarray, seeds: list[int], critic_seeds: list[int], device,
                   default_critic: bool) -> Generated:
     """Pass 2: ``config.per_sample`` augmentations of every parent, chunk by chunk.
 
+    Row ``i`` (parent ``i // per_sample``) is named with copy index ``copy[i]``; ``seeds[i]`` seeds its
+    search draws and ``critic_seeds[i]`` its default-critic jitter (``kdata.augment.params.row_seeds``).
     Raises ``RuntimeError`` when a model fails on a batch (the caller names the models).
     """
     k = config.per_sample
-    out = Generated(src=np.repeat(np.arange(pp.n), k), copy=np.tile(np.arange(k), pp.n), mode=mode,
+    out = Generated(src=np.repeat(np.arange(pp.n), k), copy=np.asarray(copy, dtype=np.int64), mode=mode,
                     fallback=not_differentiable(config, teacher, student))
     per = max(1, config.batch_size // k)
     for a in range(0, pp.n, per):
         pidx = np.arange(a, min(pp.n, a + per))
         rows = np.repeat(np.arange(len(pidx)), k)
+        span = slice(a * k, (a + len(pidx)) * k)  # this chunk's generated rows
         pix = to_pixels(decode_batch([pp.images[i] for i in pidx], teacher), teacher)[rows].to(device)
         y_np = pp.pred[pidx][rows]
         y = torch.from_numpy(y_np).long().to(device)
-        theta = init_theta(len(rows), gen).to(device)
-        noise = torch.randn(pix.shape, generator=gen).to(device)
+        gens = generators(seeds[span])
+        theta = start_theta(gens).to(device)
+        noise = row_normal(gens, pix.shape[1:]).to(device)
         t_opt = time.perf_counter()
-        best, out.mode, fallback = optimise(theta, pix, noise, y, teacher, student, config, bounds, gen,
+        best, out.mode, fallback = optimise(theta, pix, noise, y, teacher, student, config, bounds, gens,
                                             mode=out.mode)
         out.fallback = fallback or out.fallback
         out.optimise_seconds += time.perf_counter() - t_opt
@@ -125,8 +132,8 @@ def generate_rows(pp: ParentPass, teacher: Model, student: Model, *, config: Har
             values = squash(best.detach(), bounds)
             gen_pix = render(pix, values, noise, max_sigma=bounds["blur_sigma"])
             chunk = png_bytes(gen_pix)
-            zt, ft = teacher.forward(decode_batch(chunk, teacher).to(device))
-            zs, _ = student.forward(decode_batch(chunk, student).to(device))
+            zt, ft = forward_blocks(teacher, decode_batch(chunk, teacher).to(device))
+            zs, _ = forward_blocks(student, decode_batch(chunk, student).to(device))
         out.pngs += chunk
         out.values.append(values.cpu())
         out.zt.append(zt.float().cpu())
@@ -135,7 +142,7 @@ def generate_rows(pp: ParentPass, teacher: Model, student: Model, *, config: Har
         if default_critic:
             out.critic_parts.append(default_critic_scores(
                 gen_pix=gen_pix, y=y_np, t_probs=torch.softmax(zt.float(), -1), t_feat=ft, centroids=pp.centroids,
-                teacher=teacher, draws=config.consistency_draws, gen=crit_gen, device=device))
+                teacher=teacher, draws=config.consistency_draws, gens=generators(critic_seeds[span]), device=device))
     return out
 
 

@@ -11,7 +11,10 @@ section); the parts live beside it:
 
 * ``kdata.augment.params``     — the parameter space: one learnable θ ∈ R^P per generated sample
   (``per_sample`` copies per parent, each from a different seeded start), squashed by tanh into
-  ``DEFAULT_BOUNDS``; ``HardConfig``;
+  ``DEFAULT_BOUNDS``; ``HardConfig``; the per-row seeds: every random draw of a generated row comes
+  from generators seeded by sha256(seed, parent id, final copy index), so the output does not depend
+  on the batch size, and augmenting an augmented dataset (ids moved on to ``#hard<k+K>``) draws new
+  augmentations instead of repeating the earlier ones;
 * ``kdata.augment.transforms`` — the differentiable augmentation (affine, blur, contrast,
   brightness, noise) and pixel/model-input/PNG conversions;
 * ``kdata.augment.search``     — maximising KL(teacher ‖ student) under a teacher-flip hinge, by
@@ -40,8 +43,8 @@ import torch
 from kdata.augment.filtering import (CRITIC_REJECT, FLIP, CriticOutcome, check_generated_accounting,
                                      class_centroids, critic_filter, default_critic_scores, generated_counts)
 from kdata.augment.generation import Generated, ParentPass, Rescored, generate_rows, rescore, score_parents
-from kdata.augment.params import DEFAULT_BOUNDS, PARAM_NAMES, HardConfig, param_ranges, squash
-from kdata.augment.rows import HARD_COLUMNS, scores_like, shard_rows, split_rows
+from kdata.augment.params import DEFAULT_BOUNDS, PARAM_NAMES, HardConfig, param_ranges, row_seeds, squash
+from kdata.augment.rows import HARD_COLUMNS, final_copies, scores_like, shard_rows, split_rows
 from kdata.augment.search import search_mode
 from kdata.augment.transforms import decode_batch, png_bytes, render, to_model
 from kdata.core.errors import KdataError
@@ -86,14 +89,17 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
         raise KdataError("HARD needs image rows; the curated table has no images")
     images = parents.column("image").to_pylist()
     cand = np.flatnonzero([b is not None and len(b) > 0 for b in images])
-    gen = torch.Generator().manual_seed(config.seed)
-    crit_gen = torch.Generator().manual_seed(config.seed + 7919)
     pp = score_parents(parents, images, cand, teacher, student, batch_size=config.batch_size,
                        temperature=temperature, device=device)
+    k, par_ids = config.per_sample, pp.table.column("sample_id").to_pylist()
+    src = np.repeat(np.arange(pp.n), k)
+    copy = final_copies(par_ids, src, np.tile(np.arange(k), pp.n), k, taken=existing_ids)
+    row_parents = [par_ids[p] for p in src]
     try:
         g = generate_rows(pp, teacher, student, config=config, bounds=bounds,
-                          mode=search_mode(config, teacher, student), gen=gen, crit_gen=crit_gen, device=device,
-                          default_critic=not critic)
+                          mode=search_mode(config, teacher, student), copy=copy, device=device,
+                          seeds=row_seeds(config.seed, row_parents, copy, "search"),
+                          critic_seeds=row_seeds(config.seed, row_parents, copy, "critic"), default_critic=not critic)
     except RuntimeError as exc:
         raise KdataError(f"HARD: generation failed on {teacher.spec}/{student.spec}: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}", exit_code=1) from None
@@ -101,7 +107,7 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
     r = rescore(pp, g, teacher, temperature=temperature, topk=topk)
     outcome = critic_filter(r.flipped, threshold=config.critic_threshold, default_parts=g.critic_parts,
                             critic=critic, critic_recall=critic_recall, scores_table=lambda: scores_like(pp, g, r))
-    table = shard_rows(pp, g, r, outcome.score, per_sample=config.per_sample, existing_ids=existing_ids)
+    table = shard_rows(pp, g, r, outcome.score)
     accepted, excluded = split_rows(table, outcome, r.parent_pred)
     counts = generated_counts(outcome, r.flipped, n_parents=pp.n, skipped=pp.skipped)
     info = _info(pp, g, r, outcome, counts=counts, config=config, bounds=bounds, temperature=temperature,

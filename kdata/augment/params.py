@@ -11,9 +11,11 @@ One learnable vector θ ∈ R^P per generated sample is squashed by tanh into th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +30,13 @@ PARAM_KIND = {"rotation_deg": "sym", "shear_deg": "sym", "translate_x": "sym", "
 DEFAULT_BOUNDS = {"rotation_deg": 20.0, "scale": 1.15, "shear_deg": 15.0, "translate_x": 0.1,
                   "translate_y": 0.1, "brightness": 0.15, "contrast": 1.4, "blur_sigma": 1.0,
                   "noise_std": 0.05}
+# How a generated row's random draws are seeded (recorded as ``HardConfig.seeding``, so it is part of
+# the run's identity: outputs made under another scheme are never taken for this one's). "per-row-v2":
+# each row has its own generators, seeded from sha256(seed, parent id, final copy index, stream), and
+# every model call runs on blocks of ``kdata.augment.transforms.MODEL_BLOCK`` rows; the earlier scheme
+# drew every row from one generator in chunk order (batch-size dependent, and repeated byte for byte
+# when an augmented dataset was augmented again).
+SEEDING = "per-row-v2"
 
 
 @dataclass(frozen=True)
@@ -47,9 +56,12 @@ class HardConfig:
     critic_threshold: float = 0.5
     consistency_draws: int = 4
     random_search: bool = False  # force the gradient-free path
+    seeding: str = field(default=SEEDING, init=False)  # the seeding scheme (``SEEDING``), not settable
 
     def __post_init__(self):  # a plain float: recorded in the manifest as a JSON number
         object.__setattr__(self, "critic_threshold", check_critic_threshold(self.critic_threshold))
+        # in the instance's __dict__ (the run's hashed config, the manifest's ``hard.config``), not only the class's
+        object.__setattr__(self, "seeding", SEEDING)
 
     def bound_values(self) -> dict[str, float]:
         """``DEFAULT_BOUNDS`` with this config's overrides, each checked (one clear line if wrong)."""
@@ -96,6 +108,37 @@ def squash(theta: torch.Tensor, bounds: dict[str, float]) -> torch.Tensor:
         else:
             cols.append(b * (t[:, j] + 1) / 2)
     return torch.stack(cols, 1)
+
+
+def row_seeds(seed: int, parent_ids: list[str], copies, stream: str) -> list[int]:
+    """One 63-bit seed per generated row: sha256 of (scheme, ``seed``, parent id, final copy index, stream).
+
+    The copy index is the final one (after an id already in the dataset moved it to ``#hard<c+K>``),
+    so a row's draws depend only on which row it is: not on the batch size, the chunking or the
+    other rows, and a new copy of a parent is a new augmentation, never a repeat of an earlier one.
+    ``stream`` separates independent uses (the search, the default critic's jitter).
+    """
+    out = []
+    for pid, c in zip(parent_ids, copies):
+        key = json.dumps([SEEDING, int(seed), str(pid), int(c), stream])  # ASCII: json escapes the rest
+        out.append(int.from_bytes(hashlib.sha256(key.encode("ascii")).digest()[:8], "big") >> 1)
+    return out
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """A CPU ``torch.Generator`` per seed (make them per chunk: each holds a few KB of state)."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def start_theta(gens: list[torch.Generator]) -> torch.Tensor:
+    """Starting θ (len(gens), P): row i drawn from ``gens[i]`` alone (``init_theta`` of one sample)."""
+    return torch.cat([init_theta(1, g) for g in gens]) if gens else torch.zeros(0, len(PARAM_NAMES))
+
+
+def row_normal(gens: list[torch.Generator], shape) -> torch.Tensor:
+    """A standard normal tensor (len(gens), *shape): row i drawn from ``gens[i]`` alone."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens]) if gens \
+        else torch.zeros(0, *shape)
 
 
 def init_theta(n: int, gen: torch.Generator) -> torch.Tensor:

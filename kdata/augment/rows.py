@@ -23,17 +23,23 @@ def fixed_list(arr: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1]).cast(typ)
 
 
-def new_ids(ids: list[str], src: np.ndarray, copy: np.ndarray, k: int, *, taken=None) -> list[str]:
-    """``<parent>#hard<c>``; an id already in ``taken`` (an earlier augmentation) moves to c + k, c + 2k, …"""
+def final_copies(ids: list[str], src: np.ndarray, copy: np.ndarray, k: int, *, taken=None) -> np.ndarray:
+    """The copy index ``c`` each generated row is named with (``<parent>#hard<c>``): its own, or, when that
+    id is already in ``taken`` (an earlier augmentation), c + k, c + 2k, … (each id is used once)."""
     taken = set(taken or ())
-    out = []
-    for p, c in zip(src, copy):
+    out = np.zeros(len(src), dtype=np.int64)
+    for i, (p, c) in enumerate(zip(src, copy)):
         c = int(c)
         while (name := f"{ids[p]}#hard{c}") in taken:
             c += k
         taken.add(name)
-        out.append(name)
+        out[i] = c
     return out
+
+
+def new_ids(ids: list[str], src: np.ndarray, copy: np.ndarray, k: int, *, taken=None) -> list[str]:
+    """``<parent>#hard<c>``; an id already in ``taken`` (an earlier augmentation) moves to c + k, c + 2k, …"""
+    return [f"{ids[p]}#hard{c}" for p, c in zip(src, final_copies(ids, src, copy, k, taken=taken))]
 
 
 def scores_like(pp: ParentPass, g: Generated, r: Rescored) -> pa.Table:
@@ -52,13 +58,13 @@ def scores_like(pp: ParentPass, g: Generated, r: Rescored) -> pa.Table:
     return pa.table(cols)
 
 
-def shard_rows(pp: ParentPass, g: Generated, r: Rescored, critic_score: np.ndarray, *, per_sample: int,
-               existing_ids=None) -> pa.Table:
-    """Every generated row in the shard schema plus ``HARD_COLUMNS`` (``kind`` = synthetic)."""
+def shard_rows(pp: ParentPass, g: Generated, r: Rescored, critic_score: np.ndarray) -> pa.Table:
+    """Every generated row in the shard schema plus ``HARD_COLUMNS`` (``kind`` = synthetic), named
+    ``<parent>#hard<c>`` with ``c`` its final copy index (``g.copy``, from ``final_copies``)."""
     par, src, n_gen = pp.table, g.src, g.n
     ids = par.column("sample_id").to_pylist()
     cols = {
-        "sample_id": pa.array(new_ids(ids, src, g.copy, per_sample, taken=existing_ids), pa.string()),
+        "sample_id": pa.array([f"{ids[p]}#hard{int(c)}" for p, c in zip(src, g.copy)], pa.string()),
         "image": pa.array(g.pngs, pa.binary()),
         "parent_id": pa.array([ids[p] for p in src], pa.string()),
         "kind": pa.array(["synthetic"] * n_gen, pa.string()),

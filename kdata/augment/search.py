@@ -8,7 +8,8 @@ p^T are temperature-softened softmaxes, z the teacher logits, y the teacher's pr
 parent, x' the parent rendered with ``squash(θ)``. The hinge keeps the teacher's class from
 flipping. Among all evaluated θ the best is the one with the highest KL whose teacher prediction
 did not flip. Differentiable models get Adam on θ; models without an autograd path get a seeded
-random search that proposes ``search_candidates`` perturbations of the current best per step.
+random search that proposes ``search_candidates`` perturbations of the current best per step, each
+row's proposals drawn from that row's own generator (so they do not depend on the batch).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kdata.augment.params import HardConfig, squash
-from kdata.augment.transforms import render, to_model
+from kdata.augment.transforms import forward_blocks, render, to_model
 from kdata.models.spec import Model
 
 GRADIENT, RANDOM_SEARCH = "gradient", "random_search"
@@ -26,8 +27,8 @@ GRADIENT, RANDOM_SEARCH = "gradient", "random_search"
 def evaluate(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfig, bounds: dict):
     """Objective J, KL and teacher flip for each row of θ (graph kept when θ requires grad)."""
     xa = render(x, squash(theta, bounds), noise, max_sigma=bounds["blur_sigma"])
-    zt, _ = teacher.forward(to_model(xa, teacher))
-    zs, _ = student.forward(to_model(xa, student))
+    zt, _ = forward_blocks(teacher, to_model(xa, teacher))
+    zs, _ = forward_blocks(student, to_model(xa, student))
     if theta.requires_grad:
         for m, z in ((teacher, zt), (student, zs)):
             if not z.requires_grad:  # e.g. TorchScript run under inference mode
@@ -66,8 +67,9 @@ def gradient_ascent(theta0, x, noise, y, teacher, student, cfg, bounds):
 
 
 @torch.no_grad()
-def random_search(theta0, x, noise, y, teacher, student, cfg, bounds, gen):
-    """Gradient-free: per step, ``search_candidates`` seeded perturbations of the best θ (shrinking σ)."""
+def random_search(theta0, x, noise, y, teacher, student, cfg, bounds, gens: list[torch.Generator]):
+    """Gradient-free: per step, ``search_candidates`` seeded perturbations of the best θ (shrinking σ);
+    row i's proposals come from ``gens[i]``."""
     n, p = theta0.shape
     r = max(1, cfg.search_candidates)
     best = theta0.clone()
@@ -80,7 +82,8 @@ def random_search(theta0, x, noise, y, teacher, student, cfg, bounds, gen):
     xr, nr, yr = rep(x), rep(noise), rep(y)
     for step in range(cfg.steps):
         sigma = 0.6 * (1 - step / max(1, cfg.steps)) + 0.1
-        cand = rep(best) + sigma * torch.randn(n * r, p, generator=gen).to(theta0.device)
+        step_noise = torch.cat([torch.randn(r, p, generator=g) for g in gens])  # (n * r, p), row by row
+        cand = rep(best) + sigma * step_noise.to(theta0.device)
         _, kl, flipped = evaluate(cand, xr, nr, yr, teacher, student, cfg, bounds)
         kl = torch.where(flipped, torch.full_like(kl, float("-inf")), kl).view(n, r)
         top, arg = kl.max(1)
@@ -107,9 +110,10 @@ def not_differentiable(config: HardConfig, teacher: Model, student: Model) -> st
 
 
 def optimise(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfig, bounds: dict,
-             gen: torch.Generator, *, mode: str) -> tuple[torch.Tensor, str, str | None]:
+             gens: list[torch.Generator], *, mode: str) -> tuple[torch.Tensor, str, str | None]:
     """The best θ for one batch: (best, mode for the next batch, fallback reason or None).
 
+    ``gens``: one generator per row of θ (the random search's proposals).
     A ``gradient`` search whose models turn out to have no autograd path falls back to the
     random search, for this batch and every later one.
     """
@@ -118,5 +122,5 @@ def optimise(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfig
             return gradient_ascent(theta, x, noise, y, teacher, student, cfg, bounds), mode, None
         except RuntimeError as exc:  # the models have no autograd path after all
             fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-            return random_search(theta, x, noise, y, teacher, student, cfg, bounds, gen), RANDOM_SEARCH, fallback
-    return random_search(theta, x, noise, y, teacher, student, cfg, bounds, gen), mode, None
+            return random_search(theta, x, noise, y, teacher, student, cfg, bounds, gens), RANDOM_SEARCH, fallback
+    return random_search(theta, x, noise, y, teacher, student, cfg, bounds, gens), mode, None

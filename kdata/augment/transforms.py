@@ -6,6 +6,9 @@ sampling matrix ``R(rot)·Shear(shear)/scale`` plus translation (border padding)
 blur whose kernel weights are a differentiable function of σ, contrast ``(x − mean)·c + mean``,
 brightness ``x + b`` and a fixed seeded noise pattern times the learned std. Every step is a torch
 op, so gradients flow to the parameters.
+
+Every model call of HARD goes through ``forward_blocks``: blocks of exactly ``MODEL_BLOCK`` rows, so
+a row's logits (and the gradients through them) do not depend on how many rows came with it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,25 @@ from kdata.models.images import decode_image
 from kdata.models.spec import Model
 
 _IDX = {n: i for i, n in enumerate(PARAM_NAMES)}
+# Rows per model call in HARD. Matrix and convolution kernels round differently for other batch shapes,
+# so a fixed shape keeps each row's numbers independent of the batch it came in (``--batch-size``).
+# Part of the seeding scheme: changing it changes the outputs, so bump ``kdata.augment.params.SEEDING`` with it.
+MODEL_BLOCK = 32
+
+
+def forward_blocks(model: Model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model.forward(x)`` computed in blocks of exactly ``MODEL_BLOCK`` rows (the last one padded with
+    zeros, whose outputs are dropped): (logits, features or None). Gradients flow to ``x``."""
+    n = len(x)
+    if n == 0:
+        return model.forward(x)
+    pad = -n % MODEL_BLOCK
+    if pad:
+        x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+    outs = [model.forward(x[a:a + MODEL_BLOCK]) for a in range(0, len(x), MODEL_BLOCK)]
+    logits = torch.cat([z for z, _ in outs])[:n]
+    feats = None if any(f is None for _, f in outs) else torch.cat([f for _, f in outs])[:n]
+    return logits, feats
 
 
 def _affine(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

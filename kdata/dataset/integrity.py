@@ -11,7 +11,11 @@ What ``check_dataset`` verifies (each failure is one line naming the file and th
   re-derived and must equal the manifest's;
 - the shards hold exactly the kept samples of the decisions table (same sample ids) plus the
   HARD-generated rows (``kind == "synthetic"``), whose number the manifest records as
-  ``generated_kept`` (in ``counts`` or ``hard.counts``).
+  ``generated_kept`` (in ``counts`` or ``hard.counts``);
+- each file written beside the shards (``excluded.parquet``, ``excluded_synthetic.parquet``: the
+  only record of what a run rejected) exists with the size, sha256 and row count recorded under
+  ``extra_files``. Datasets written before the manifest recorded them have no ``extra_files`` key;
+  their extra files are not checked.
 
 Checksums alone cannot catch a manifest edited by hand (n_in changed) or a decisions table
 rewritten with a fresh checksum; the re-derived counts and ids do.
@@ -30,6 +34,7 @@ from kdata.core.atomic import sha256_file
 from kdata.dataset.schema import DECISIONS, KEPT, QUARANTINED, REJECTED
 
 DECISIONS_FILE = "decisions.parquet"
+EXTRA_FILES = "extra_files"  # manifest key: entries of the files written beside the shards
 SYNTHETIC = "synthetic"
 COUNT_KEYS = ("n_in", "kept", "rejected", "quarantined")
 
@@ -39,6 +44,15 @@ def file_entry(path: str | os.PathLike, *, rel: str) -> dict:
     path = Path(path)
     return {"path": rel, "rows": pq.ParquetFile(path).metadata.num_rows, "bytes": path.stat().st_size,
             "sha256": sha256_file(path)}
+
+
+def extra_file_entry(path: str | os.PathLike, *, rel: str) -> dict:
+    """The manifest entry of a file written beside the shards: path, bytes, sha256, and rows when it
+    is a Parquet file (``file_entry``)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return file_entry(path, rel=rel)
+    return {"path": rel, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def derive_counts(decisions: pa.Table) -> dict:
@@ -90,7 +104,7 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
         problems.append(f"{out / 'manifest.json'}: its shards hold {listed} rows but its counts say {expected_rows} "
                         f"(kept {counts['kept']} + generated {expected_rows - counts['kept']})")
     decisions, dec_problems = _check_decisions(out, manifest)
-    problems += dec_problems
+    problems += dec_problems + _check_extra_files(out, manifest)
     if problems or decisions is None:
         return problems
     return _check_shard_rows(out, shard_paths, decisions, manifest)
@@ -185,6 +199,20 @@ def _check_file(out: Path, entry, *, what: str) -> tuple[Path | None, str | None
         if rows != entry["rows"]:
             return path, f"{path}: holds {rows} rows, manifest says {entry['rows']}"
     return path, None
+
+
+def _check_extra_files(out: Path, manifest: dict) -> list[str]:
+    """The files recorded under ``extra_files`` (written beside the shards): present, size, sha256, rows."""
+    entries = manifest.get(EXTRA_FILES)
+    if entries is None:  # written before extra files were recorded: nothing to compare them with
+        return []
+    if not isinstance(entries, list):
+        return [f"{out / 'manifest.json'}: '{EXTRA_FILES}' is not a list of file entries"]
+    problems = []
+    for entry in entries:
+        _, problem = _check_file(out, entry, what="extra file")
+        problems += [problem] if problem else []
+    return problems
 
 
 def _check_decisions(out: Path, manifest: dict) -> tuple[pa.Table | None, list[str]]:

@@ -4,6 +4,7 @@ Layout of an output directory::
 
     OUT/data/train-00000-of-00002.parquet   curated rows (kept), bounded row groups
     OUT/decisions.parquet                   one row per input sample: kept/rejected/quarantined
+    OUT/excluded*.parquet                   (some runs) the rejected candidates / generated rows
     OUT/manifest.json                       files, rows, bytes, sha256, config, models, counts
 
 The whole dataset is first written into a staging directory beside OUT and renamed into place
@@ -36,7 +37,7 @@ from kdata.core.crashpoints import crash_after
 from kdata.core.errors import KdataError, RuntimeFailure
 from kdata.core.lock import Lock, acquire, current, pid_alive
 from kdata.core.version import __version__
-from kdata.dataset.integrity import DECISIONS_FILE, check_dataset, file_entry
+from kdata.dataset.integrity import DECISIONS_FILE, EXTRA_FILES, check_dataset, extra_file_entry, file_entry
 from kdata.dataset.schema import (
     DECISIONS_OPTIONAL,
     DECISIONS_SCHEMA,
@@ -242,9 +243,11 @@ def write_shards(table: pa.Table, out_dir: str | os.PathLike, *, meta: dict, row
 
 
 def build_manifest(*, files: list[dict], config: dict, config_hash: str, models: dict, counts: dict,
-                   extra: dict | None = None, decisions: dict | None = None) -> dict:
+                   extra: dict | None = None, decisions: dict | None = None,
+                   extra_files: list[dict] | None = None) -> dict:
     """The manifest: what was written (``files``; ``decisions``, the entry ``write_decisions``
-    returns, checksums the decisions table), how (config, models, seed) and the counts."""
+    returns, checksums the decisions table; ``extra_files``, the entries ``extra_file_entries``
+    returns for the files written beside the shards), how (config, models, seed) and the counts."""
     return {
         "kdata_version": __version__,
         "schema_version": SCHEMA_VERSION,
@@ -257,14 +260,29 @@ def build_manifest(*, files: list[dict], config: dict, config_hash: str, models:
         "files": files,
         "decisions_file": (decisions or {}).get("path", DECISIONS_FILE),
         **({"decisions": decisions} if decisions is not None else {}),
+        **({EXTRA_FILES: extra_files} if extra_files is not None else {}),
         **(extra or {}),
     }
 
 
+def extra_file_entries(root: str | os.PathLike, names) -> list[dict]:
+    """The manifest entries (path, bytes, sha256, rows for Parquet) of the files ``names`` written in
+    ``root`` beside the shards, in name order; a file a writer did not produce is an error."""
+    root = Path(root)
+    entries = []
+    for name in sorted(names):
+        path = root / name
+        if not path.is_file():
+            raise RuntimeFailure(f"{path}: the writer of this extra file wrote nothing")
+        entries.append(extra_file_entry(path, rel=name))
+    return entries
+
+
 def verify(out: str | os.PathLike) -> list[str]:
-    """Every integrity problem of OUT, one line each (empty: intact): each shard and the decisions
-    table present with its recorded size, sha256 and rows, and every count of the manifest
-    re-derived from the decisions table and the shards (``kdata.dataset.integrity``)."""
+    """Every integrity problem of OUT, one line each (empty: intact): each shard, the decisions table
+    and each recorded extra file (``excluded*.parquet``) present with its recorded size, sha256 and
+    rows, and every count of the manifest re-derived from the decisions table and the shards
+    (``kdata.dataset.integrity``)."""
     out = Path(out)
     try:
         manifest = read_manifest(out)

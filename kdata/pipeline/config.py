@@ -101,6 +101,10 @@ class SelectConfig:
         values = self.to_dict()
         if self.critic:
             values["critic_sha256"] = critic_digest(self.critic)
+        if self.hard:  # HARD's draws changed scheme: an output of another scheme is another run
+            from kdata.augment.params import HardConfig
+
+            values["hard_seeding"] = HardConfig().seeding
         return config_hash(values)
 
     @property

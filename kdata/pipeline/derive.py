@@ -348,7 +348,8 @@ def augment_dataset(shards: str, *, teacher: str | None = None, student: str | N
         temperature, topk = float(source.manifest.get("temperature", 1.0)), int(source.manifest.get("topk", 5))
         cfg = {"op": "augment", "source": source.identity, "source_files": [f["sha256"] for f in source.manifest["files"]],
                "teacher": tm.checksum, "student": sm.checksum, "critic": critic, "critic_recall": critic_recall,
-               "hard": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}}
+               "hard": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()
+                        if k != "batch_size"}}  # throughput only: the rows do not depend on it
         if critic:  # the critic's files, not only its path: a critic refitted in place is another run
             cfg["critic_sha256"] = critic_digest(critic)
         chash = hash_config(cfg)

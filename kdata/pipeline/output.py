@@ -21,8 +21,8 @@ from kdata.core.jsonable import jsonable
 from kdata.core.version import __version__
 from kdata.dataset.decisions import Decisions
 from kdata.dataset.schema import SCHEMA_VERSION
-from kdata.dataset.writer import (MANIFEST, Staging, build_manifest, check_output_dir, read_manifest,
-                                  write_decisions, write_shards)
+from kdata.dataset.writer import (MANIFEST, Staging, build_manifest, check_output_dir, extra_file_entries,
+                                  read_manifest, write_decisions, write_shards)
 from kdata.report.card import card_entry, publish, write_card
 
 
@@ -52,7 +52,8 @@ class Output:
     models: dict  # {"teacher": describe(), "student": describe()}
     meta: dict  # Arrow schema metadata of every shard (temperature, topk, class_names, teacher, student…)
     extra: dict = field(default_factory=dict)  # further manifest keys
-    extra_files: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # name → writer(path)
+    # name → writer(path): files beside the shards (excluded*.parquet), checksummed in manifest["extra_files"]
+    extra_files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
     rows_per_shard: int = 10_000
     row_group_rows: int = 1_000
     pool: object = None  # for the card's examples
@@ -71,7 +72,10 @@ def check_out_outside_pool(out: str | Path, pool: str | None) -> None:
 
 
 def already_complete(out: str | Path, config_hash: str) -> RunReport | None:
-    """The report of a finished identical run in ``out``, or None when ``out`` must be written."""
+    """The report of a finished identical run in ``out``, or None when ``out`` must be written.
+
+    The run is verified first (``check_output_dir``: shards, decisions table and the recorded extra
+    files); a damaged one is an error naming the first problem, never reported complete."""
     if check_output_dir(out, config_hash=config_hash) != "done":
         return None
     m = read_manifest(out)
@@ -105,7 +109,8 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
             writer(staging.path / name)
         manifest = build_manifest(files=files, config=jsonable(output.config), config_hash=output.config_hash,
                                   models=output.models, counts=counts, extra=jsonable(output.extra),
-                                  decisions=decisions)
+                                  decisions=decisions,
+                                  extra_files=extra_file_entries(staging.path, output.extra_files))
         _step(progress, 1)
         # the card, its plots and report.html, recorded with their checksums in manifest["card"]
         manifest["card"] = card_entry(write_card(staging.path, manifest=manifest, name=Path(out).resolve().name,

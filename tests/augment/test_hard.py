@@ -155,6 +155,26 @@ def test_rerun_is_idempotent(augmented, base):
                  "--device", "cpu", "--quiet"]) == 0
 
 
+def test_augmenting_an_augmented_dataset_adds_new_images(augmented, tmp_path):
+    """``kdata augment`` of its own output with the default seed: the ids move on to ``#hard2``/``#hard3``
+    and the new rows are new augmentations (they used to be byte copies of ``#hard0``/``#hard1``)."""
+    import hashlib
+
+    src, _ = augmented
+    out = tmp_path / "again"
+    assert main(["augment", str(src), "--per-sample", "2", "--steps", "4", "--out", str(out), "--device", "cpu",
+                 "--quiet"]) == 0
+    assert verify(out) == []
+    _, gen_before = _split(read_shards(src))
+    _, gen = _split(read_shards(out))
+    new = gen.filter(pa.array([i not in set(gen_before.column("sample_id").to_pylist())
+                               for i in gen.column("sample_id").to_pylist()]))
+    assert new.num_rows > 0 and {i.rsplit("#hard", 1)[1] for i in new.column("sample_id").to_pylist()} & {"2", "3"}
+    digests = [hashlib.sha256(b).hexdigest() for b in gen.column("image").to_pylist()]
+    assert len(set(digests)) == len(digests), "a generated image repeats"
+    assert read_manifest(out)["hard"]["config"]["seeding"] == HardConfig().seeding
+
+
 def test_deterministic_under_seed(base, builtin_models):
     teacher, student = builtin_models
     parents = read_shards(base).slice(0, 8)
@@ -242,7 +262,8 @@ def test_trained_critic_decides(base, builtin_models, tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, base):
-    rc = main(["augment", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    (tmp_path / "empty").mkdir()  # not a dataset (and OUT beside it, not inside it)
+    rc = main(["augment", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "manifest" in err
     rc = main(["augment", str(base), "--per-sample", "0", "--out", str(tmp_path / "o"), "--device", "cpu"])
