@@ -6,6 +6,8 @@ and with an eval set the best checkpoint on it is the one kept.
 
 from __future__ import annotations
 
+import sys
+
 from kdata.cli.common import add_dataset_dir, dataset_dir, emit_json, progress_printer
 
 BUILTIN_EVAL = "builtin:digits-test"
@@ -110,9 +112,20 @@ def run(args) -> int:
     log["student_default"] = args.student_default
     if args.json:
         emit_json(log)
-        return 0
-    print("\n".join(summary(log)))
+    else:
+        print("\n".join(summary(log)))
+    for line in warning_lines(log):
+        print(line, file=sys.stderr)
     return 0
+
+
+def warning_lines(log: dict) -> list[str]:
+    """What went wrong without stopping the run, for stderr."""
+    if not log.get("worse_than_before"):
+        return []
+    last = log.get("accuracy_last", log["accuracy"])
+    return [f"kdata: warning: training made the student worse on {log['eval']} "
+            f"({log['accuracy_before']:.4f} before, {last:.4f} after the last epoch)"]
 
 
 def summary(log: dict) -> list[str]:
@@ -130,15 +143,14 @@ def summary(log: dict) -> list[str]:
         per_epoch = [h["accuracy"] for h in log["history"] if "accuracy" in h]
         if len(per_epoch) > 1:
             lines.append("  by epoch: " + " ".join(f"{a:.4f}" for a in per_epoch))
-        if log.get("worse_than_before"):
-            lines.append(f"kdata: warning: training made the student worse on {log['eval']} "
-                         f"({log['accuracy_before']:.4f} before, {last:.4f} after)")
         note = (log.get("kept") or {}).get("note") or "kept the last epoch's weights"
         lines.append(f"  {note}; saved accuracy {log['accuracy']:.4f}")
     else:
         lines.append("  no eval set: accuracy not measured (give --eval EVAL)")
     for r in log["reselections"]:
-        lines.append(f"  re-selected {r['rows']} rows with {r['method']} at epoch {r['epoch']}")
+        lines.append(f"  re-selected {r['rows']} rows with {r['method']} at epoch {r['epoch']}"
+                     + (f" (budget {r['budget']}, τ {r['threshold']})" if r.get("threshold") is not None else ""))
+    lines += [f"  note: {n}" for n in log.get("notes") or []]
     files = log.get("files") or {}
     if files:
         lines.append(f"  saved to {log.get('out')}" + ("  (the default beside the dataset; --out DIR to choose)"

@@ -127,7 +127,8 @@ def run_demo(*, out: str, budget: str = "0.3", seed: int = 0, epochs: int = DEMO
                    f"{acc['rows']} rows:"),
                   (f"    curated {acc['student_curated']:.3f}   random (same size) {acc['student_random']:.3f}   "
                    f"teacher {acc['teacher']:.3f}   student before {acc['student_before']:.3f}"),
-                  f"  train it yourself: kdata train {out} --eval {EVAL_SPEC}"]
+                  f"  train it yourself (the last epoch's weights, as above): kdata train {out} --eval {EVAL_SPEC} "
+                  f"--keep-last{'' if epochs == DEMO_EPOCHS else f' --epochs {epochs}'}"]
     result["demo_seconds"] = time.perf_counter() - t0  # ``seconds`` is the curation run's own time
     lines.append(f"  demo done in {result['demo_seconds']:.1f}s")
     result["lines"] = lines

@@ -87,7 +87,7 @@ def run_text_demo(*, out: str, budget: str = "0.3", seed: int = 0, epochs: int =
                    f"{ppl['rows']} rows (lower is better):"),
                   (f"    curated {ppl['student_curated']:.1f}   random (same size) {ppl['student_random']:.1f}   "
                    f"teacher {ppl['teacher']:.1f}   student before {ppl['student_before']:.1f}"),
-                  f"  train it yourself: kdata train {out} --student {STUDENT} --eval {EVAL}"]
+                  f"  train it yourself (the last epoch's weights, as above): kdata train {out} --student {STUDENT} --eval {EVAL} --keep-last"]
     result["demo_seconds"] = time.perf_counter() - t0
     lines.append(f"  demo done in {result['demo_seconds']:.1f}s")
     result["lines"] = lines

@@ -33,10 +33,11 @@ from kdata.training.train import TrainConfig, run_train
 def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int = 0, device="cpu",
                     topk: int = 5, temperature: float = 1.0, method: str = "kd3", threshold: float | None = None):
     """``fn(student, *, epoch, budget) -> (dataset dir, info)``: re-score POOL with the current student
-    and re-select ``budget`` rows with ``method``, written through the curation core. ``threshold``:
-    KD³'s confidence cut τ — rows whose combined teacher+student confidence is below it are rejected
-    (``kd3_low_confidence``) even under the budget, so the kept set can shrink or grow as the student
-    learns, as in the paper."""
+    and re-select ``budget`` rows with ``method``, written through the curation core. The trainer passes
+    the same budget every time: the size of the set training started from. ``threshold``: KD³'s
+    confidence cut τ — rows whose combined teacher+student confidence is below it are rejected
+    (``kd3_low_confidence``) even under the budget, so the kept set can shrink or grow back as the
+    student learns, as in the paper. A re-selection that keeps no row is one ``KdataError``."""
     if method not in available():
         raise KdataError(f"--reselect-every needs the '{method}' selection method, which is not available")
     the_pool = open_pool(pool)
@@ -60,6 +61,10 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
         out = work_dir / f"reselect-epoch{epoch:03d}"
         report = finish(prep, Scored(scores=scores, quarantined=quarantined,
                                      info={"n_in": table.num_rows, "units": len(the_pool.units)}), out=str(out))
+        if not report.counts["kept"]:
+            why = (f"--reselect-threshold {threshold}: every row's KD³ confidence is below it; lower it"
+                   if threshold is not None else "nothing was kept")
+            raise KdataError(f"{out}: the re-selection at epoch {epoch} kept no row of {pool} ({why})")
         dec = pq.read_table(out / "decisions.parquet", columns=["sample_id", "decision"])
         kept_ids = dec.filter(pc.equal(dec.column("decision"), KEPT)).column("sample_id")
         kept = pc.is_in(scores.column("sample_id"), value_set=kept_ids.combine_chunks()).to_numpy(zero_copy_only=False)

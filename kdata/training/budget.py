@@ -13,7 +13,9 @@ formula; the rule here is ours and piecewise linear in f:
 It is non-increasing in f, meets the trainer's former fixed default (0.9) from half the pool up, and
 reaches its largest value at 10% and below. The endpoints were checked on ``builtin:digits-web``
 (see docs/training.md). f comes from the curated dataset's manifest: kept rows / input rows
-(``counts.kept / counts.n_in``); without a manifest the rule cannot apply and α is ALPHA_LARGE.
+(``counts.kept / counts.n_in``), followed back through the sources of a derived dataset (dedup,
+augment) to the original pool; without a manifest the rule cannot apply and α is ALPHA_LARGE. KD³
+re-selections keep the α of the dataset training started from.
 
 **Equal optimiser steps.** ``--steps N`` trains for exactly N optimiser steps whatever the data
 size, so a small kept set is compared with the full pool at equal compute (Sorscher et al. 2022 and
@@ -51,19 +53,56 @@ def alpha_for_fraction(fraction: float | None) -> float:
 
 
 def kept_fraction(root: Path | None) -> tuple[float | None, str]:
-    """(kept rows / input rows, where it came from) from the manifest of the curated dataset at ``root``;
-    (None, why) when there is no manifest or it holds no counts."""
+    """(kept rows / input rows of the original pool, where it came from) from the manifest of the curated
+    dataset at ``root``; (None, why) when there is no manifest or it holds no counts.
+
+    A derived dataset (``kdata dedup`` / ``kdata augment``) counts from its source's rows, not the pool's;
+    its manifest records the source (``source.counts``, ``source.path``), so the fraction is followed back
+    to the pool: the product of kept / input at every step (a dedup keeping 400 of a 437-row selection
+    of 1,457 is 400 / 1,457; an augment keeps every input row and adds generated ones, so it is its
+    source's fraction)."""
     if root is None:
         return None, "no manifest.json beside the shards"
     path = Path(root) / "manifest.json"
     try:
-        counts = json.loads(path.read_text()).get("counts") or {}
-        kept, n_in = int(counts["kept"]), int(counts["n_in"])
+        manifest = json.loads(path.read_text())
+        kept, n_in = _counts(manifest.get("counts"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None, f"{path}: no counts.kept / counts.n_in"
     if n_in <= 0:
         return None, f"{path}: counts.n_in is 0"
-    return kept / n_in, f"{path}: counts.kept {kept} / counts.n_in {n_in}"
+    fraction, where = kept / n_in, [f"{path}: counts.kept {kept} / counts.n_in {n_in}"]
+    for source in _sources(manifest):
+        fraction *= source[0] / source[1]
+        where.append(f"× its source {source[2]}: {source[0]} / {source[1]}")
+    return fraction, " ".join(where)
+
+
+def _counts(counts) -> tuple[int, int]:
+    return int(counts["kept"]), int(counts["n_in"])
+
+
+def _sources(manifest: dict, depth: int = 16):
+    """(kept, n_in, path) of each dataset up the chain of ``manifest``'s sources, nearest first. A source
+    manifest is followed further only while it is still there and is the dataset recorded (config hash)."""
+    src = manifest.get("source")
+    for _ in range(depth):
+        if not isinstance(src, dict):
+            return
+        try:
+            kept, n_in = _counts(src.get("counts"))
+        except (KeyError, TypeError, ValueError):
+            return
+        if n_in <= 0:
+            return
+        yield kept, n_in, src.get("path")
+        try:
+            parent = json.loads((Path(str(src.get("path"))) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(parent, dict) or parent.get("config_hash") != src.get("config_hash"):
+            return
+        src = parent.get("source")
 
 
 def resolve_alpha(given: float | None, root: Path | None) -> dict:
@@ -88,3 +127,34 @@ def plan_steps(n_rows: int, *, batch_size: int, epochs: int, steps: int) -> tupl
     if steps <= 0:
         return epochs, per_epoch * epochs
     return max(1, math.ceil(steps / per_epoch)), steps
+
+
+class Schedule:
+    """The learning-rate factor of each optimiser step: a linear warm-up over the first 5% of the planned
+    steps, then cosine decay to zero at the last planned step.
+
+    ``replan(done, remaining)`` changes the number of steps still to come (a KD³ re-selection changed the
+    set's size) without a jump: the cosine goes on from where it is and reaches zero after ``remaining``
+    more steps. ``total`` is the number of steps planned in all.
+    """
+
+    def __init__(self, total: int):
+        self.total = max(1, int(total))
+        self.warm = max(1, self.total // 20)
+        self._at, self._phase, self._left = 0, 0.0, self.total  # the cosine phase (0…1) at step _at
+
+    def phase(self, step: int) -> float:
+        return self._phase + (1 - self._phase) * min(step - self._at, self._left) / self._left
+
+    def factor(self, step: int) -> float:
+        if self._at == 0:  # a plan never changed: the same arithmetic as ever, so runs stay bit-identical
+            angle = math.pi * min(step, self._left) / self._left
+        else:
+            angle = math.pi * self.phase(step)
+        return min(1.0, (step + 1) / self.warm) * 0.5 * (1 + math.cos(angle))
+
+    def replan(self, done: int, remaining: int) -> None:
+        if done + remaining == self.total:
+            return
+        self._phase, self._at, self._left = self.phase(done), done, max(1, int(remaining))
+        self.total = done + self._left

@@ -23,13 +23,20 @@ temperature T is then softmax([z_1..z_k, z_r, …, z_r] / T). At T = T_s this re
 probabilities exactly with the remainder spread uniformly; at other T it re-tempers the same
 logits; with k = C it is the teacher's full distribution. (Renormalising over the top-k instead
 would throw away the teacher's "everything else" mass and make the target over-confident.)
+
+``batch_loss`` is the trainer's loss of one batch: the light random affine ``jitter`` of its images,
+the student's forward pass, the targets rebuilt and the loss chosen by the config.
 """
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
+
+from kdata.training.evaluate import autocast
+
 
 def soft_targets(topk_idx: torch.Tensor, topk_logit: torch.Tensor, topk_prob: torch.Tensor, *, num_classes: int,
                  temperature: float, score_temperature: float = 1.0) -> torch.Tensor:
@@ -48,14 +55,12 @@ def soft_targets(topk_idx: torch.Tensor, topk_logit: torch.Tensor, topk_prob: to
     return torch.softmax(full / temperature, dim=1)
 
 
-
 def kd_loss(student_logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, *, temperature: float,
             alpha: float) -> torch.Tensor:
     """α·T²·KL(target ‖ softmax(s/T)) (batch mean) + (1−α)·CE(s, labels) over rows with labels ≥ 0."""
     log_ps = torch.log_softmax(student_logits.float() / temperature, dim=1)
     kl = (target * (target.clamp_min(1e-12).log() - log_ps)).sum(1).mean()
     return alpha * temperature ** 2 * kl + (1 - alpha) * ce(student_logits, labels)
-
 
 
 def nkd_loss(student_logits: torch.Tensor, target_t1: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, *,
@@ -76,9 +81,43 @@ def nkd_loss(student_logits: torch.Tensor, target_t1: torch.Tensor, target: torc
     return alpha * nkd + (1 - alpha) * ce(student_logits, labels)
 
 
-
 def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     have = labels >= 0
     if not bool(have.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float()[have], labels[have].long())
+
+
+def jitter(x: torch.Tensor, gen: torch.Generator, *, degrees: float = 10.0, scale: float = 0.08,
+           shift: float = 0.08) -> torch.Tensor:
+    """Batched small random affine jitter (rotation ±degrees, scale ±scale, shift ±shift of the size)."""
+    n = x.shape[0]
+
+    def u(lim):
+        return (torch.rand(n, generator=gen, device=x.device) * 2 - 1) * lim
+
+    ang = u(math.radians(degrees))
+    sc = 1 + u(scale)
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos, -sin, u(2 * shift)], 1), torch.stack([sin, cos, u(2 * shift)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="border")
+
+
+def batch_loss(student, batch, *, config, gen, device, pin: bool, num_classes: int,
+               score_temperature: float) -> tuple[torch.Tensor, int]:
+    """The distillation loss of one batch of ``student`` (a ``Model``; soft targets rebuilt from the stored
+    top-k, ``config`` a ``TrainConfig``) and its row count."""
+    x, idx, logit, prob, y = (t.to(device, non_blocking=pin) for t in batch)
+    if config.augment:
+        x = jitter(x, gen)
+    with autocast(device):
+        s_logits, _ = student.forward(x)
+    s_logits = s_logits.float()
+    target = soft_targets(idx, logit, prob, num_classes=num_classes, temperature=config.temperature,
+                          score_temperature=score_temperature)
+    if config.loss == "kd":
+        return kd_loss(s_logits, target, y, temperature=config.temperature, alpha=config.alpha), len(y)
+    t1 = soft_targets(idx, logit, prob, num_classes=num_classes, temperature=1.0, score_temperature=score_temperature)
+    return nkd_loss(s_logits, t1, target, y, temperature=config.temperature, alpha=config.alpha,
+                    gamma=config.nkd_gamma), len(y)

@@ -1,7 +1,10 @@
 """Distil a student from curated shards: the teacher's stored top-k soft labels are the targets.
 
 No teacher forward runs during training; the losses and the reconstruction of the teacher's
-distribution from top-k are in ``kdata.training.losses``.
+distribution from top-k are in ``kdata.training.losses``. Each epoch is the batches of one seeded
+order (``ShardDataset.batches``), so the student does not depend on ``--workers``; the learning rate
+follows the steps really planned (``kdata.training.budget.Schedule``), re-planned when a KD³
+re-selection changes the set's size.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kdata.core.atomic import sha256_file, write_json
@@ -25,26 +27,19 @@ from kdata.core.threads import one_thread
 from kdata.models.images import worker_context
 from kdata.models.sidecar import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
-from kdata.training.budget import plan_steps, resolve_alpha
+from kdata.training.budget import Schedule, plan_steps, resolve_alpha
 from kdata.training.config import TrainConfig  # noqa: F401  (re-exported)
-from kdata.training.evaluate import EvalSet, autocast
-from kdata.training.losses import kd_loss, nkd_loss, soft_targets
-from kdata.training.shard_dataset import ShardDataset, dataset_root, shard_class_names, verify_source
+from kdata.training.evaluate import EvalSet, check_class_order
+from kdata.training.losses import batch_loss
+from kdata.training.shard_dataset import (EpochBatches, ShardDataset, dataset_root, shard_class_names,
+                                           verify_source)
 from kdata.training.weights import Best, reinit_  # noqa: F401  (re-exported: callers import them from here)
 
+MAX_UNDECODABLE = 0.10  # an epoch with a larger share of rows whose image cannot be decoded is refused
 
-# ------------------------------------------------------------------------------------------------
-# Targets and losses
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-# ------------------------------------------------------------------------------------------------
-# Training
 
 def _workers(setting, n_rows: int) -> int:
+    """Decode worker processes for an epoch (they change the speed only, never the batches)."""
     if setting != "auto":
         return int(setting)
     import os
@@ -63,22 +58,6 @@ def _threads_for(net: torch.nn.Module, device: torch.device):
         return
     with one_thread():
         yield
-
-
-def jitter(x: torch.Tensor, gen: torch.Generator, *, degrees: float = 10.0, scale: float = 0.08,
-           shift: float = 0.08) -> torch.Tensor:
-    """Batched small random affine jitter (rotation ±degrees, scale ±scale, shift ±shift of the size)."""
-    n = x.shape[0]
-
-    def u(lim):
-        return (torch.rand(n, generator=gen, device=x.device) * 2 - 1) * lim
-
-    ang = u(math.radians(degrees))
-    sc = 1 + u(scale)
-    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-    theta = torch.stack([torch.stack([cos, -sin, u(2 * shift)], 1), torch.stack([sin, cos, u(2 * shift)], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="border")
 
 
 def train(student: Model, shards, *, config: TrainConfig = TrainConfig(), eval_set: EvalSet | None = None,
@@ -122,44 +101,32 @@ def check_config(config: TrainConfig) -> None:
         raise KdataError("--epochs and --batch-size must be at least 1")
 
 
-def _batch_loss(student: Model, batch, *, config: TrainConfig, gen, device, pin: bool, num_classes: int,
-                score_temperature: float) -> tuple[torch.Tensor, int]:
-    """The distillation loss of one batch (soft targets rebuilt from the stored top-k)."""
-    x, idx, logit, prob, y = (t.to(device, non_blocking=pin) for t in batch)
-    if config.augment:
-        x = jitter(x, gen)
-    with autocast(device):
-        s_logits, _ = student.forward(x)
-    s_logits = s_logits.float()
-    target = soft_targets(idx, logit, prob, num_classes=num_classes, temperature=config.temperature,
-                          score_temperature=score_temperature)
-    if config.loss == "kd":
-        return kd_loss(s_logits, target, y, temperature=config.temperature, alpha=config.alpha), len(y)
-    t1 = soft_targets(idx, logit, prob, num_classes=num_classes, temperature=1.0, score_temperature=score_temperature)
-    return nkd_loss(s_logits, t1, target, y, temperature=config.temperature, alpha=config.alpha,
-                    gamma=config.nkd_gamma), len(y)
-
-
-def _optimiser(params, config: TrainConfig, *, total: int):
-    """AdamW with a 5% linear warm-up, then cosine decay to zero over ``total`` steps."""
+def _optimiser(params, config: TrainConfig, schedule: Schedule):
+    """AdamW, its learning rate scaled at each step by ``schedule`` (warm-up, then cosine decay to zero)."""
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    return opt, sched
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor)
 
 
-def _open_shards(shards, student: Model, config: TrainConfig) -> ShardDataset:
-    ds = ShardDataset(shards, input_size=student.input_size, mean=student.mean, std=student.std,
-                      interpolation=student.interpolation, shuffle=True, seed=config.seed)
+def _open(path, student: Model, config: TrainConfig) -> ShardDataset:
+    return ShardDataset(path, input_size=student.input_size, mean=student.mean, std=student.std,
+                        interpolation=student.interpolation, shuffle=True, seed=config.seed,
+                        num_classes=student.num_classes)
+
+
+def _open_shards(shards, student: Model, config: TrainConfig) -> tuple[ShardDataset, list[str]]:
+    """The shards, their class order checked against the student's; notes for the log."""
+    ds = _open(shards, student, config)
     if len(ds) == 0:
         raise KdataError(f"{shards}: the curated shards hold no rows")
-    names = ds.class_names
-    if names is not None and list(names) != list(student.class_names):
+    names = ds.class_names if ds.class_names is not None else shard_class_names(shards)
+    if names is None:
+        note = check_class_order(ds, student)
+        return ds, [note] if note else []
+    if list(names) != list(student.class_names):
         raise KdataError(f"{shards}: shards were labelled with {len(names)} classes ({brief(names)}) but the "
                          f"student {student.spec} predicts {len(student.class_names)} ({brief(student.class_names)}); "
                          "give the student a sidecar with the shards' class_names (docs/pools-and-models.md)")
-    return ds
+    return ds, []
 
 
 def _trainable(student: Model, device, config: TrainConfig) -> list[torch.nn.Parameter]:
@@ -185,37 +152,78 @@ def _evaluate(eval_set: EvalSet, student: Model, device, progress, stage: str) -
     return acc
 
 
-def _epoch(student: Model, ds: ShardDataset, *, epoch: int, epochs: int, max_steps: int, config: TrainConfig, opt,
-           sched, gen, device, progress) -> dict:
-    """One pass over ``ds``, stopped early after ``max_steps`` optimiser steps: rows seen, steps, mean loss."""
-    workers = _workers(config.workers, len(ds))
+def _epoch(student: Model, plan: EpochBatches, *, stage: str, max_steps: float, config: TrainConfig, opt, sched,
+           gen, device, progress, done: int) -> dict:
+    """One pass over the epoch's batches, stopped early after ``max_steps`` optimiser steps (``--steps``):
+    rows trained on, steps, mean loss, and the rows left out because their image cannot be decoded."""
+    n, ds = int(plan.starts[-1]), plan.ds
+    workers = _workers(config.workers, n)
     pin = device.type == "cuda"
-    loader = DataLoader(ds, batch_size=config.batch_size, num_workers=workers, pin_memory=pin,
-                        prefetch_factor=4 if workers else None, multiprocessing_context=worker_context(workers))
+    loader = DataLoader(plan, batch_size=None, num_workers=workers, pin_memory=pin,
+                        prefetch_factor=2 if workers else None, multiprocessing_context=worker_context(workers))
     net = student.module
     net.train()
-    stage = f"epoch {epoch + 1}/{epochs}"
-    seen, steps, loss_sum, bn1d = 0, 0, 0.0, _has_bn1d(net)
-    for x, idx, logit, prob, y in loader:
-        if steps >= max_steps:
+    out = {"rows": 0, "steps": 0, "loss": 0.0, "undecodable": 0, "first_undecodable": None, "read": 0}
+    bn1d = _has_bn1d(net)
+    for b in loader:
+        if b.error:
+            raise KdataError(b.error)
+        if out["steps"] >= max_steps:
             break
-        if len(y) < 2 and bn1d:
-            continue
-        loss, n = _batch_loss(student, (x, idx, logit, prob, y), config=config, gen=gen, device=device, pin=pin,
-                              num_classes=student.num_classes, score_temperature=ds.temperature)
-        if not torch.isfinite(loss):
-            raise KdataError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        seen, steps = seen + n, steps + 1
-        loss_sum += float(loss.detach()) * n
+        out["read"] += len(b.y) + b.undecodable
+        out["undecodable"] += b.undecodable
+        out["first_undecodable"] = out["first_undecodable"] or b.first_undecodable or None
+        if len(b.y) and not (len(b.y) < 2 and bn1d):
+            loss, k = batch_loss(student, b[:5], config=config, gen=gen, device=device, pin=pin,
+                                  num_classes=student.num_classes, score_temperature=ds.temperature)
+            if not torch.isfinite(loss):
+                raise KdataError(_diverged(student, loss, stage=stage, done=done + out["steps"], config=config))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            out["rows"], out["steps"] = out["rows"] + k, out["steps"] + 1
+            out["loss"] += float(loss.detach()) * k
         if progress:
-            progress(stage, seen, len(ds))
-    if progress and seen != len(ds):  # rows skipped (a batch of one with BatchNorm1d) or steps done: finish the bar
-        progress(stage, len(ds), len(ds))
-    return {"epoch": epoch + 1, "rows": seen, "steps": steps, "loss": loss_sum / max(seen, 1)}
+            progress(stage, out["read"], n)
+    if progress and out["read"] != n:  # stopped after --steps: finish the bar
+        progress(stage, n, n)
+    out["loss"] /= max(out["rows"], 1)
+    return out
+
+
+def _diverged(student: Model, loss, *, stage: str, done: int, config: TrainConfig) -> str:
+    """The message for a non-finite loss. The soft labels were checked as they were read, so it is the student."""
+    if done == 0:
+        return (f"{student.spec}: non-finite loss ({loss.item()}) on the first batch, before any update: the soft "
+                "labels were checked and are finite, so the student's own outputs are not (check its weights)")
+    return (f"non-finite loss ({loss.item()}) in {stage} after {done} optimiser steps at --lr {config.lr}: the soft "
+            "labels were checked and are finite, so the student's weights diverged in training")
+
+
+def _check_epoch(entry: dict, *, n: int, shards, capped: bool) -> None:
+    """Refuse an epoch that trained on nothing, or whose images mostly cannot be decoded (one line each)."""
+    bad, read = entry["undecodable"], entry["read"]
+    if bad and bad > MAX_UNDECODABLE * read:
+        path, _, row = entry["first_undecodable"].rpartition(" row ")
+        raise KdataError(f"{path}: {bad} of the {read} rows read in epoch {entry['epoch']} have an image that cannot "
+                         f"be decoded (the first: row {row}); more than {MAX_UNDECODABLE:.0%}, not training on them")
+    if entry["steps"] == 0 and not capped:
+        why = ("every batch held a single row, which a student with BatchNorm1d cannot train on"
+               if read else "it read no rows")
+        raise KdataError(f"{shards}: epoch {entry['epoch']} of {n} rows took no optimiser step: {why}")
+
+
+def _reselect(reselector, student: Model, *, epoch: int, budget: int, config: TrainConfig):
+    """KD³: re-select ``budget`` rows (always the size of the set training started from) with the current
+    student; the new set and the log entry. A re-selection that keeps no row stops the run (one line)."""
+    path, info = reselector(student, epoch=epoch, budget=budget)
+    ds = _open(path, student, config)
+    if len(ds) == 0:
+        tau = config.reselect_threshold
+        why = (f"--reselect-threshold {tau} rejects every row; lower it" if tau is not None else "nothing to train on")
+        raise KdataError(f"{path}: the re-selection at epoch {epoch} kept no row: {why}")
+    return ds, {"epoch": epoch, "budget": budget, **info}
 
 
 def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | None, reselector,
@@ -223,7 +231,7 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     check_config(config)
     t0 = time.perf_counter()
     device = pick_device(config.device)
-    ds = _open_shards(shards, student, config)
+    ds, notes = _open_shards(shards, student, config)
     alpha = resolve_alpha(config.alpha, dataset_root(shards))
     config = replace(config, alpha=alpha["value"])
     params = _trainable(student, device, config)
@@ -231,19 +239,26 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     acc_before = _evaluate(eval_set, student, device, progress, "evaluating") if eval_set is not None else None
     every = eval_set is not None and config.eval_every_epoch
     best = Best(net, acc_before) if every and config.keep_best else None
-    epochs, total = plan_steps(len(ds), batch_size=config.batch_size, epochs=config.epochs, steps=config.steps)
-    opt, sched = _optimiser(params, config, total=total)
+    n0, per_epoch = len(ds), math.ceil(len(ds) / config.batch_size)
+    epochs, total = plan_steps(n0, batch_size=config.batch_size, epochs=config.epochs, steps=config.steps)
+    schedule = Schedule(total)
+    opt, sched = _optimiser(params, config, schedule)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     epochs_log, reselections, done, epoch = [], [], 0, 0
     while (done < total if config.steps else epoch < epochs) and epoch < 100 * epochs:
         if reselector is not None and config.reselect_every and epoch > 0 and epoch % config.reselect_every == 0:
-            path, info = reselector(student, epoch=epoch, budget=len(ds))
-            reselections.append({"epoch": epoch, **info})
-            ds = ShardDataset(path, input_size=student.input_size, mean=student.mean, std=student.std,
-                              interpolation=student.interpolation, shuffle=True, seed=config.seed)
+            ds, info = _reselect(reselector, student, epoch=epoch, budget=n0, config=config)
+            reselections.append(info)
+        if not config.steps:  # the steps still to come, from the set trained on now
+            schedule.replan(done, (epochs - epoch) * math.ceil(len(ds) / config.batch_size))
         ds.set_epoch(epoch)
-        entry = _epoch(student, ds, epoch=epoch, epochs=max(epochs, epoch + 1), max_steps=total - done,
-                       config=config, opt=opt, sched=sched, gen=gen, device=device, progress=progress)
+        stage = f"epoch {epoch + 1}/{max(epochs, epoch + 1)}"
+        entry = {"epoch": epoch + 1, **_epoch(student, ds.batches(config.batch_size), stage=stage,
+                                              max_steps=total - done if config.steps else math.inf, config=config,
+                                              opt=opt, sched=sched, gen=gen, device=device, progress=progress,
+                                              done=done)}
+        _check_epoch(entry, n=len(ds), shards=shards, capped=bool(config.steps) and done + entry["steps"] >= total)
+        del entry["read"]
         done += entry["steps"]
         epoch += 1
         last_one = done >= total if config.steps else epoch == epochs
@@ -256,23 +271,47 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     kept = (best.restore(net, epochs=epoch, accuracy_last=last, where=eval_set.spec) if best is not None
             else {"epoch": epoch, "accuracy": last, "note": None})
     net.eval()
+    return _log(config, kept=kept, before=acc_before, last=last, history=epochs_log, done=done, n0=n0,
+                per_epoch=per_epoch, schedule=schedule, alpha=alpha, reselections=reselections, notes=notes,
+                ds=ds, student=student, eval_set=eval_set, device=device, seconds=time.perf_counter() - t0)
+
+
+def _notes(history: list[dict], eval_set: EvalSet | None) -> list[str]:
+    """Rows left out of training or of the evaluation, in words (the counts are in the log too)."""
+    notes, worst = [], max(history, key=lambda h: h["undecodable"])
+    if worst["undecodable"]:
+        notes.append(f"{worst['undecodable']} rows left out of training in epoch {worst['epoch']} (the most in one "
+                     f"epoch): their image cannot be decoded (the first: {worst['first_undecodable']})")
+    if eval_set is not None and (eval_set.n_unlabelled or eval_set.n_undecodable):
+        notes.append(f"{eval_set.spec}: {eval_set.n_unlabelled} rows left out of the evaluation because their "
+                     f"labels are not among the student's classes, {eval_set.n_undecodable} because their image "
+                     f"cannot be decoded; {len(eval_set)} evaluated")
+    return notes
+
+
+def _log(config: TrainConfig, *, kept, before, last, history, done, n0, per_epoch, schedule, alpha, reselections,
+         notes, ds, student, eval_set, device, seconds) -> dict:
+    """The training log (``train_log.json``, the CLI's ``--json``)."""
     return {
         "accuracy": kept["accuracy"],  # of the weights returned (and saved): the best epoch's with keep_best
-        "accuracy_before": acc_before,
+        "accuracy_before": before,
         "accuracy_last": last,
         "kept": kept,
-        "worse_than_before": None if last is None or acc_before is None else last < acc_before,
-        "n_train": len(ds),
-        "epochs": epoch,
+        "worse_than_before": None if last is None or before is None else last < before,
+        "n_train": n0,  # the set training started from; a KD³ re-selection's size is in its entry
+        "n_train_last": len(ds),
+        "n_undecodable": max(h["undecodable"] for h in history),  # rows left out of an epoch (the most in one)
+        "epochs": len(history),
         "steps": done,
         "protocol": {"kind": "equal-steps" if config.steps else "epochs", "steps_requested": config.steps or None,
                      "epochs_requested": None if config.steps else config.epochs,
-                     "steps_per_epoch": math.ceil(len(ds) / config.batch_size)},
+                     "steps_per_epoch": per_epoch, "steps_planned": schedule.total},
         "alpha": alpha,
-        "seconds": time.perf_counter() - t0,
-        "loss": epochs_log[-1]["loss"],
-        "history": epochs_log,
+        "seconds": seconds,
+        "loss": history[-1]["loss"],
+        "history": history,
         "reselections": reselections,
+        "notes": notes + _notes(history, eval_set),
         "config": {k: v for k, v in asdict(config).items()},
         "device": str(device),
         "shards": [str(f) for f in ds.files],
@@ -280,6 +319,8 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
         "student": student.spec,
         "eval": eval_set.spec if eval_set is not None else None,
         "n_eval": len(eval_set) if eval_set is not None else 0,
+        "n_eval_unlabelled": eval_set.n_unlabelled if eval_set is not None else 0,
+        "n_eval_undecodable": eval_set.n_undecodable if eval_set is not None else 0,
     }
 
 
@@ -291,12 +332,13 @@ def _has_bn1d(net: torch.nn.Module) -> bool:
 # Dynamic re-selection (KD³) and saving
 
 
-def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
+def save_student(student: Model, out: str | Path, *, log: dict) -> tuple[dict, str]:
     """Write ``OUT/student.pt2`` (+ sidecar ``student.json``) and ``OUT/train_log.json``; a TorchScript
     student (``.pt``) is written back as TorchScript, ``OUT/student.pt`` (torch.export cannot trace it).
 
     The log, which records the student's sha256, goes first and is written again last: a crash in
-    between leaves weights without a log, never a log beside weights it does not describe."""
+    between leaves weights without a log, never a log beside weights it does not describe. Returns the
+    files written and the student's sha256."""
     from kdata.models.files import export_model
 
     out = Path(out)
@@ -311,8 +353,9 @@ def save_student(student: Model, out: str | Path, *, log: dict) -> dict:
     net.to(device)
     files = {"student": str(path), "sidecar": str(Path(path).with_suffix(".json")),
              "log": str(out / "train_log.json")}
-    write_json(out / "train_log.json", {**log, "files": files, "student_sha256": sha256_file(path)})
-    return files
+    sha = sha256_file(path)
+    write_json(out / "train_log.json", {**log, "files": files, "student_sha256": sha})
+    return files, sha
 
 
 def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
@@ -347,5 +390,5 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
     log["verified"] = verified
     if out:
         log["out"] = str(out)
-        log["files"] = save_student(model, out, log=log)
+        log["files"], log["student_sha256"] = save_student(model, out, log=log)
     return json.loads(json.dumps(log, default=str))

@@ -158,7 +158,7 @@ def test_augment_and_train_take_the_dataset_positionally(small_run, tmp_path):
     assert args.shards_alias == "X" and args.dir is None
     # train: positional, and in a pipe no progress output at all on stderr
     code, out, err = run_cli("train", str(small_run), "--epochs", "1", "--out", str(tmp_path / "st"))
-    assert code == 0 and err == "", err
+    assert code == 0 and all(line.startswith("kdata: warning: ") for line in err.splitlines()), err  # no progress
     assert (tmp_path / "st" / "student.pt2").is_file() and "before training" in out
 
 

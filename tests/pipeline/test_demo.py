@@ -51,6 +51,14 @@ def test_demo_cli_on_an_empty_cache_writes_a_verified_dataset_and_prints_accurac
     assert 0.0 < acc["curated"] <= 1.0 and 0.0 < acc["random"] <= 1.0
     assert "demo done in" in text
     assert proc.stderr == ""  # stderr is not a terminal: no progress bars
+    # the hint it prints reproduces the curated student's figure
+    hint = next(ln for ln in text.splitlines() if "train it yourself" in ln).split(": ", 1)[1].split()
+    assert hint[:2] == ["kdata", "train"] and "--keep-last" in hint
+    env = dict(os.environ, KDATA_CACHE=str(cache))
+    again = subprocess.run([sys.executable, "-m", "kdata.cli", *hint[1:], "--json", "--out", str(out) + "-hint"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["accuracy"] == pytest.approx(acc["curated"], abs=1e-3)
 
 
 class Recorder:

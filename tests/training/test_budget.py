@@ -88,7 +88,7 @@ def test_steps_stops_after_exactly_n_optimiser_steps(selections):
     assert [h["steps"] for h in log["history"]] == [3, 2]
     assert [h["rows"] for h in log["history"]] == [145, 128]
     assert log["protocol"] == {"kind": "equal-steps", "steps_requested": 5, "epochs_requested": None,
-                               "steps_per_epoch": 3}
+                               "steps_per_epoch": 3, "steps_planned": 5}
     assert any(not (before[k] == v).all() for k, v in student.module.state_dict().items())
     # the epochs protocol counts its steps too
     log = train(load_model("builtin:digits-student"), selections["0.1"], config=TrainConfig(epochs=2, device="cpu"))

@@ -102,3 +102,52 @@ def test_bad_input_is_one_clear_error(tmp_path):
     pq.write_table(pa.table({"sample_id": ["a"], "image": [b"x"]}), tmp_path / "bad.parquet")
     with pytest.raises(KdataError, match="bad.parquet: missing required column"):
         ShardDataset(tmp_path / "bad.parquet", **INPUT)
+
+
+def _epoch_batches(ds, batch_size, workers):
+    loader = DataLoader(ds.batches(batch_size), batch_size=None, num_workers=workers,
+                        multiprocessing_context=worker_context(workers))
+    return list(loader)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on a 2-core machine
+def test_an_epochs_batches_are_one_seeded_order_whatever_the_workers(tmp_path):
+    """Batches are planned in the main process from one order (row groups shuffled, rows permuted per row
+    group by their own generator); workers only decode them. So a batch holds the same rows with 0, 2 or 3
+    workers, an epoch is ceil(n / B) batches, and every row is in exactly one of them."""
+    a = _shard(tmp_path / "a.parquet", 90, row_group=7)
+    b = _shard(tmp_path / "b.parquet", 50, row_group=7, seed=1)
+    ds = ShardDataset([tmp_path / "a.parquet", tmp_path / "b.parquet"], shuffle=True, seed=3, num_classes=10, **INPUT)
+    ds.set_epoch(1)
+    runs = {w: _epoch_batches(ds, 16, w) for w in (0, 2, 3)}
+    assert [len(bt.y) for bt in runs[0]] == [16] * 8 + [12]
+    for w in (2, 3):
+        assert len(runs[w]) == 9
+        for b0, bw in zip(runs[0], runs[w]):
+            assert all(torch.equal(u, v) for u, v in zip(b0[:5], bw[:5])), w
+    logits = sorted(map(tuple, torch.cat([bt.logit for bt in runs[0]]).tolist()))
+    want = sorted(tuple(r) for r in a.column("teacher_topk_logit").to_pylist() + b.column("teacher_topk_logit").to_pylist())
+    assert logits == pytest.approx(want)
+    # the rows one by one come in the same order
+    assert torch.equal(torch.cat([bt.y for bt in runs[0]]), torch.stack([row[4] for row in ds]))
+    ds.set_epoch(2)
+    assert not torch.equal(torch.cat([bt.y for bt in _epoch_batches(ds, 16, 0)]), torch.cat([bt.y for bt in runs[0]]))
+
+
+def test_soft_labels_are_checked_as_each_row_group_is_read(tmp_path):
+    t = _shard(tmp_path / "a.parquet", 30, row_group=10)
+    probs = t.column("teacher_topk_prob").to_pylist()
+    probs[14] = [float("nan")] * 3
+    i = t.schema.get_field_index("teacher_topk_prob")
+    pq.write_table(t.set_column(i, t.schema.field(i), pa.array(probs, t.schema.field(i).type)), tmp_path / "a.parquet",
+                   row_group_size=10)
+    ds = ShardDataset(tmp_path / "a.parquet", shuffle=False, num_classes=10, **INPUT)
+    batches = _epoch_batches(ds, 8, 2)  # a worker hands the problem back, it does not raise it
+    bad = [bt.error for bt in batches if bt.error]
+    assert bad and bad[0] == (f"{tmp_path / 'a.parquet'}: column 'teacher_topk_prob' holds non-finite "
+                              "probabilities (row 14)")
+    with pytest.raises(KdataError, match=r"a.parquet: column 'teacher_topk_prob' holds non-finite probabilities"):
+        list(ds)
+    # the class indices are bounded by the student's classes when given
+    with pytest.raises(KdataError, match=r"column 'teacher_topk_idx' holds class indices outside \[0, 2\)"):
+        list(ShardDataset(tmp_path / "a.parquet", shuffle=False, num_classes=2, **INPUT))
