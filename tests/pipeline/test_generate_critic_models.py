@@ -16,7 +16,7 @@ from kdata.dataset.writer import read_manifest
 from kdata.models.hf import load_text_model
 from kdata.pipeline.generate import work_dir
 from kdata.pipeline.generate_run import spec_checksum
-from tests.e2e.test_generate_cli import label_by_rule, write_prompts
+from tests.e2e.test_generate_cli import generated_with_critic
 from tests.helpers.text_models import tiny_lm
 
 
@@ -25,13 +25,7 @@ def setup(tmp_path_factory) -> dict:
     """Teacher T, student S, another student O, the prompts, and a critic fitted with T and S."""
     root = tmp_path_factory.mktemp("critic-models")
     T, S, O = (f"hf:{tiny_lm(root / n, seed=i)}" for i, n in enumerate(("teacher", "student", "other")))
-    prompts = write_prompts(root / "prompts.jsonl", n=8)
-    common = ["--prompts", str(prompts), "--per-prompt", "4", "--max-new-tokens", "8", "--device", "cpu"]
-    assert main(["generate", "--teacher", T, *common, "--out", str(root / "gen")]) == 0
-    crit = root / "critic"
-    assert main(["critic", "fit", "--scores-from", str(root / "gen"), "--teacher", T, "--student", S,
-                 "--labels", str(label_by_rule(root / "gen", root / "l.csv")), "--recall", "0.9",
-                 "--out", str(crit), "--device", "cpu"]) == 0
+    common, crit = generated_with_critic(T, S, root)
     return {"root": root, "T": T, "S": S, "O": O, "common": common, "critic": crit}
 
 
