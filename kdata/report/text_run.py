@@ -87,12 +87,15 @@ def domain_mixture(run, pool_rows: dict | None) -> list[dict]:
     before = [d for _, d in pool_rows.values()] if pool_rows is not None else []
     if not any(x is not None for x in kept + before):
         return []
-    names = sorted({str(d) for d in kept + before}, key=lambda s: (s == "None", s))
+    from collections import Counter
+
+    by_pool, by_kept = Counter(map(str, before)), Counter(map(str, kept))  # one pass each, not one per domain
+    names = sorted(set(by_pool) | set(by_kept), key=lambda s: (s == "None", s))
     nb, nk = len(before), len(kept)
     rows = []
     for name in names:
-        b = sum(str(d) == name for d in before) if pool_rows is not None else None
-        k = sum(str(d) == name for d in kept)
+        b = by_pool[name] if pool_rows is not None else None
+        k = by_kept[name]
         rows.append({"domain": "(none)" if name == "None" else name, "pool": b,
                      "pool_share": b / nb if b is not None and nb else None, "kept": k,
                      "kept_share": k / nk if nk else None})
