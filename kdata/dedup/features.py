@@ -170,17 +170,15 @@ def _unit_features(unit, pixels: bool):
 def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Hashes and pixel embeddings for ``ids``, unit by unit over the pool (``unit_features``, cached;
     memory: only the small per-sample features are kept, never the payloads of more than one unit)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    from kdata.core.ids import member_mask
 
     ids = np.asarray(ids, dtype=object)
     pos_of = {s: i for i, s in enumerate(ids.tolist())}
     hashes = np.full(len(ids), None, dtype=object)
     vecs = np.zeros((len(ids), PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
-    wanted = pa.array(ids.tolist(), pa.string())
     for unit in pool.units:
         t = unit_features(unit, pixels=pixels)
-        t = t.filter(pc.is_in(t.column("sample_id"), value_set=wanted))
+        t = t.filter(member_mask(t.column("sample_id"), pos_of))
         if not t.num_rows:
             continue
         where = np.array([pos_of[s] for s in t.column("sample_id").to_pylist()], dtype=np.int64)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from kdata.augment.hard import EXCLUDED_FILE, manifest_section, pipeline_hard, write_excluded
 from kdata.core.errors import KdataError
+from kdata.core.ids import member_mask
 from kdata.core.lock import exclusive
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, SHARD_SCHEMA, TEXT_LM_COLUMNS, conform
@@ -53,10 +54,11 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
         kept = kept.append_column(name, pa.array(arr[keep_idx], pa.float32()))
     kept = kept.sort_by("rank")
     wanted = kept.column("sample_id").combine_chunks()
+    wanted_set = set(wanted.to_pylist()) if pool.units else set()
     parts = []
     for unit in pool.units:
         t = unit.read()
-        parts.append(t.filter(pc.is_in(t.column("sample_id"), value_set=wanted)))
+        parts.append(t.filter(member_mask(t.column("sample_id"), wanted_set)))
     if not parts:  # --scores without --pool: the curated rows carry no payload
         return conform(kept.append_column("kind", pa.array(["original"] * kept.num_rows)), SHARD_SCHEMA,
                        extra=TEXT_LM_COLUMNS)
