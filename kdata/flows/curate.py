@@ -172,7 +172,10 @@ def _stale(future) -> bool:
     from kdata.scoring.cache_entries import entry_intact
 
     future.wait()
-    return future.state.is_completed() and not entry_intact(Path(future.result()["path"]), future.result()["unit"])
+    if not future.state.is_completed():
+        return False
+    result = future.result()
+    return not entry_intact(Path(result["path"]), result["unit"])
 
 
 def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:

@@ -13,7 +13,6 @@ asked length and the model's position limit, and is recorded with the scores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.extras import require
-from kdata.models.hf_safety import check_remote_code, read_config, weight_files, weights_checksum
+from kdata.models.hf_safety import check_remote_code, model_checksum, read_config, weight_files
 from kdata.models.hf_weights import FATAL, check_safetensors
 
 DEFAULT_MAX_LENGTH = 512
@@ -282,9 +281,8 @@ def load_hf(path: str | os.PathLike, *, device: torch.device | str = "cpu", prec
     if kind == "classifier":
         id2label = getattr(model.config, "id2label", None) or {}
         class_names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(model.config.num_labels)]
-    h = hashlib.sha256(weights_checksum(path).encode())
     return HFModel(spec=spec or f"hf:{path}", kind=kind, model=model, tokenizer=tokenizer, name=path.name,
-                   checksum="sha256:" + h.hexdigest(), max_length=resolve_max_length(config, tokenizer, max_length),
+                   checksum=model_checksum(path), max_length=resolve_max_length(config, tokenizer, max_length),
                    class_names=class_names, device=device, precision=prec, path=str(path),
                    extra={"architectures": config.get("architectures"), "model_type": config.get("model_type")})
 

@@ -142,6 +142,12 @@ def weight_files(path: Path) -> tuple[list[Path], str]:
     raise KdataError(f"{path}: no model weights (model.safetensors or pytorch_model.bin) in the directory")
 
 
+def model_checksum(path: Path) -> str:
+    """The checksum a loaded text model reports (``sha256:`` of ``weights_checksum``): computed here without
+    loading the weights, so a rerun or a critic can compare models by what their files hold."""
+    return "sha256:" + hashlib.sha256(weights_checksum(path).encode()).hexdigest()
+
+
 def weights_checksum(path: Path) -> str:
     """sha256 over the config, tokenizer files and weight files (names and contents)."""
     path = Path(path)

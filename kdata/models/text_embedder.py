@@ -10,7 +10,6 @@ Loading follows ``kdata.models.hf``'s rules: safetensors weights only, no custom
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from kdata.core.extras import require
 from kdata.models.hf import check_tokenizer, pad_token_id, quiet_transformers, resolve_max_length, text_model_path
 from kdata.models.hf_safety import (
     check_remote_code,
+    model_checksum,
     read_config,
     weight_files,
-    weights_checksum,
 )
 
 
@@ -67,7 +66,7 @@ def load_embedder(spec: str, *, device="cpu", precision: str = "auto", trust_rem
     check_tokenizer(path, tok)
     prec = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
     model = model.to(device=device, dtype=torch.bfloat16 if prec == "bf16" else torch.float32).eval()
-    checksum = "sha256:" + hashlib.sha256(weights_checksum(path).encode()).hexdigest()
+    checksum = model_checksum(path)
     return TextEmbedder(spec=spec, model=model, tokenizer=tok, checksum=checksum,
                         max_length=resolve_max_length(config, tok, max_length), device=device)
 

@@ -13,7 +13,6 @@ its work directory.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -57,12 +56,12 @@ def target_critic(cfg: GenerateConfig):
 def spec_checksum(spec: str) -> str:
     """The checksum ``load_text_model(spec).checksum`` would report, without loading the model."""
     from kdata.models.hf import text_model_path
-    from kdata.models.hf_safety import weights_checksum
+    from kdata.models.hf_safety import model_checksum
 
     path = text_model_path(spec)
     if not path.is_dir():
         raise KdataError(f"{printable(spec)}: model directory not found")
-    return "sha256:" + hashlib.sha256(weights_checksum(path).encode()).hexdigest()
+    return model_checksum(path)
 
 
 def same_spec(a: str | None, b: str | None) -> bool:

@@ -80,12 +80,10 @@ def check_same_weights(out: str, *, scores: str | None = None) -> None:
 def current_checksum(spec: str, *, class_names=None, scores: str | None = None) -> str | None:
     """The checksum ``spec`` loads with now (as the manifest records it), or None when it cannot be
     known without work the rerun does not need: built-in models, a model that no longer loads."""
-    import hashlib
-
     from kdata.core.digests import sha256_file_memo
     from kdata.models.files import pool_class_names
     from kdata.models.hf import is_text_spec, text_model_path
-    from kdata.models.hf_safety import weights_checksum
+    from kdata.models.hf_safety import model_checksum
     from kdata.models.spec import load_model
 
     if spec.startswith("builtin:"):
@@ -95,7 +93,7 @@ def current_checksum(spec: str, *, class_names=None, scores: str | None = None) 
             return sha256_file_memo(scores) if scores and Path(scores).is_file() else None
         if is_text_spec(spec):  # as kdata.models.hf.load_hf computes it, without loading the weights
             path = text_model_path(spec)
-            return "sha256:" + hashlib.sha256(weights_checksum(path).encode()).hexdigest() if path.is_dir() else None
+            return model_checksum(path) if path.is_dir() else None
         with pool_class_names(class_names):
             return load_model(spec, device="cpu").checksum
     except (KdataError, OSError, RuntimeError):  # gone or unreadable now: nothing to compare
