@@ -15,7 +15,6 @@ import pyarrow.compute as pc
 
 from kdata.augment.hard import EXCLUDED_FILE, manifest_section, pipeline_hard, write_excluded
 from kdata.core.errors import KdataError
-from kdata.core.ids import member_mask
 from kdata.core.lock import exclusive
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, SHARD_SCHEMA, TEXT_LM_COLUMNS, conform
@@ -55,10 +54,7 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
     kept = kept.sort_by("rank")
     wanted = kept.column("sample_id").combine_chunks()
     wanted_set = set(wanted.to_pylist()) if pool.units else set()
-    parts = []
-    for unit in pool.units:
-        t = unit.read()
-        parts.append(t.filter(member_mask(t.column("sample_id"), wanted_set)))
+    parts = [unit.take_ids(wanted_set) for unit in pool.units]  # kept rows' payloads alone (not whole files)
     if not parts:  # --scores without --pool: the curated rows carry no payload
         return conform(kept.append_column("kind", pa.array(["original"] * kept.num_rows)), SHARD_SCHEMA,
                        extra=TEXT_LM_COLUMNS)

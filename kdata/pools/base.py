@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from kdata.core.errors import KdataError
@@ -69,6 +70,22 @@ class UnitRows:
         """The unit's sample ids in row order (readers that know them without reading payloads say so)."""
         return self.read_rows(0, self.num_rows).column("sample_id").combine_chunks()
 
+    def take(self, rows) -> pa.Table:
+        """The rows at positions ``rows`` (ascending, no repeats), read without the others' payloads
+        where the reader can address them: a Parquet file reads only the row groups holding them, a
+        folder only their files. The default reads each run of consecutive positions."""
+        rows = np.asarray(rows, np.int64)
+        if not rows.size:
+            return self.read_rows(0, 0)
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts, stops = rows[np.r_[0, cuts]], rows[np.r_[cuts - 1, rows.size - 1]] + 1
+        return pa.concat_tables([self.read_rows(int(a), int(b)) for a, b in zip(starts, stops)])
+
+    def read_column(self, name: str) -> pa.ChunkedArray | None:
+        """One pool-schema column of every row (None where the unit lacks it); Parquet reads it alone."""
+        t = self.read_rows(0, self.num_rows)
+        return t.column(name) if name in t.column_names else None
+
 
 class TableRows(UnitRows):
     """The default plan of a reader that cannot address rows: the unit read once, in memory.
@@ -85,6 +102,9 @@ class TableRows(UnitRows):
     def part(self, start: int, stop: int) -> UnitRows:
         rows = self.table.take(pa.array(range(start - self.offset, stop - self.offset), pa.int64()))
         return TableRows(rows, offset=start)
+
+    def take(self, rows) -> pa.Table:
+        return self.table.take(pa.array(np.asarray(rows, np.int64) - self.offset, pa.int64()))
 
 
 @dataclass
@@ -110,6 +130,22 @@ class PoolUnit:
     def sample_ids(self) -> pa.Array:
         """The unit's sample ids in row order; image folders, tar shards and Parquet files without reading a payload."""
         return self.rows().sample_ids() if self.rows is not None else self.read().column("sample_id").combine_chunks()
+
+    def take(self, rows) -> pa.Table:
+        """Rows at positions ``rows`` (ascending), reading only what holds them where the reader can
+        (``UnitRows.take``): a run that needs a few rows of a large file does not decode all of it."""
+        return self.plan().take(rows)
+
+    def read_column(self, name: str) -> pa.ChunkedArray | None:
+        """Column ``name`` of every row, or None; a Parquet file reads that column alone."""
+        return self.plan().read_column(name)
+
+    def take_ids(self, wanted) -> pa.Table:
+        """The rows whose ``sample_id`` is in ``wanted`` (a set or dict built once per run), found from
+        the unit's ids (no payload read) and read with ``take``."""
+        ids = self.sample_ids()
+        hit = np.fromiter((i in wanted for i in ids.to_pylist()), bool, count=len(ids))
+        return self.take(np.flatnonzero(hit))
 
 
 @dataclass

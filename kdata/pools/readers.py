@@ -158,10 +158,16 @@ class FolderRows(UnitRows):
         return pa.array([escaped(f) for f in self.files], pa.string())  # as ``read_rows`` names them
 
     def read_rows(self, start: int, stop: int) -> pa.Table:
-        files = self.files[start:stop]
+        return self._read(range(start, min(stop, self.num_rows)))
+
+    def take(self, rows) -> pa.Table:
+        return self._read([int(i) for i in rows])
+
+    def _read(self, at) -> pa.Table:
+        files = [self.files[i] for i in at]
         got = [self.load(f) for f in files]
         # Arrow strings must be UTF-8: undecodable names are escaped
-        return pool_table([escaped(f) for f in files], [b for b, _ in got], self.labels[start:stop],
+        return pool_table([escaped(f) for f in files], [b for b, _ in got], [self.labels[i] for i in at],
                            source=self.source, errors=[e for _, e in got])
 
 

@@ -23,6 +23,7 @@ import itertools
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -179,11 +180,12 @@ def _expand(table: pa.Table, *, path: Path, limits: PoolLimits) -> tuple[pa.Tabl
     return table, errors
 
 
-def _finish_parquet(table: pa.Table, *, name: str, path: Path, offset: int = 0) -> pa.Table:
+def _finish_parquet(table: pa.Table, *, name: str, path: Path, offset: int = 0, rows=None) -> pa.Table:
     """Rows read from a Parquet pool file → pool schema (plus ``read_error``): ``<file>:<row>`` ids
-    where the file has none."""
+    where the file has none (rows ``offset…``, or the positions ``rows``)."""
     if "sample_id" not in table.column_names:  # readable, stable ids: <file>:<row>
-        ids = pa.array([f"{name}:{i}" for i in range(offset, offset + table.num_rows)], pa.string())
+        rows = range(offset, offset + table.num_rows) if rows is None else rows
+        ids = pa.array([f"{name}:{i}" for i in rows], pa.string())
         table = table.append_column("sample_id", ids)
     validate_pool(table.schema, where=str(path))
     if "kind" not in table.column_names:
@@ -245,6 +247,31 @@ class ParquetRows(UnitRows):
         table, errors = _expand(self._last[1].slice(start - first, stop - start), path=self.path, limits=self.limits)
         table = table.append_column(READ_ERROR, pa.array(errors, pa.string()))
         return _finish_parquet(table, name=self.name, path=self.path, offset=start)
+
+    def take(self, rows) -> pa.Table:
+        """Rows at positions ``rows``, reading only the row groups that hold them, one at a time
+        (memory: one row group plus the rows taken, not the file)."""
+        rows = np.asarray(rows, np.int64)
+        bounds = np.asarray(self.bounds, np.int64)
+        group_of = np.searchsorted(bounds, rows, side="right") - 1
+        parts = []
+        for g in np.unique(group_of):
+            local = rows[group_of == g] - bounds[g]
+            t = _bounded_read(self.path, self.columns, [int(g)]).take(pa.array(local))
+            t, errors = _expand(t, path=self.path, limits=self.limits)
+            parts.append(t.append_column(READ_ERROR, pa.array(errors, pa.string())))
+        if not parts:
+            return self.read_rows(0, 0)
+        return _finish_parquet(pa.concat_tables(parts), name=self.name, path=self.path, rows=rows.tolist())
+
+    def read_column(self, name: str) -> pa.ChunkedArray | None:
+        """Column ``name`` alone, read within bounds and decoded (None when the file has no such column)."""
+        if name == "sample_id":
+            return pa.chunked_array([self.sample_ids()])
+        if name not in self.columns:
+            return None
+        col, _ = _expand(_bounded_read(self.path, [name]), path=self.path, limits=self.limits)
+        return col.column(name)
 
 
 def _parquet_unit(path: Path, root: Path | None, *, limits: PoolLimits = DEFAULT_LIMITS) -> PoolUnit:

@@ -249,6 +249,13 @@ class TarRows(UnitRows):
         return pa.array([escaped(k) for k in self.keys], pa.string())  # from the headers, as ``read_rows`` names them
 
     def read_rows(self, start: int, stop: int) -> pa.Table:
+        return self._read(range(start, min(stop, self.num_rows)))
+
+    def take(self, rows) -> pa.Table:
+        return self._read([int(i) for i in rows])
+
+    def _read(self, at) -> pa.Table:
+        """The samples at positions ``at``, their members read by offset with the shard opened once."""
         ids, images, labels, errors = [], [], [], []
         try:
             with _open_tar(self.path, max_read=max(HEADER_MAX, self.limits.max_file_bytes)) as tf:
@@ -260,7 +267,7 @@ class TarRows(UnitRows):
                     fh.seek(where[0])
                     return fh.read(where[1])
 
-                for i in range(start, stop):
+                for i in at:
                     bad = self.refused[i]
                     img, cls = (None if bad else member(self.image[i])), member(self.cls[i])
                     ids.append(escaped(self.keys[i]))

@@ -1,0 +1,89 @@
+"""Reading a few rows of a unit (``PoolUnit.take`` / ``take_ids`` / ``read_column``): the same rows as
+``read()`` gives, without reading the payloads of the others — a Parquet file's other row groups,
+a folder's other files, a tar shard's other members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kdata.core.errors import KdataError
+from kdata.pools.base import PoolUnit, TableRows
+from kdata.pools.readers import open_image_folder
+from kdata.pools.spec import open_pool
+from kdata.pools.tar import open_tar
+from tests.helpers.real_inputs import digits, make_image_folder, make_tar, png_bytes
+
+
+def _same(unit: PoolUnit, rows) -> None:
+    whole = unit.read()
+    got = unit.take(rows)
+    assert got.equals(whole.take(pa.array(rows, pa.int64()))), rows
+    ids = set(whole.column("sample_id").take(pa.array(rows, pa.int64())).to_pylist())
+    assert unit.take_ids(ids).equals(got)
+
+
+def _parquet(path, n=30, *, ids=True, group=10):
+    x, y = digits(n)
+    t = {"image": [png_bytes(x[i]) for i in range(n)], "label": [str(v) for v in y[:n]],
+         "domain": [f"d{i % 3}" for i in range(n)]}
+    if ids:
+        t = {"sample_id": [f"s{i:03d}" for i in range(n)], **t}
+    pq.write_table(pa.table(t), path, row_group_size=group, compression="NONE")
+    return path
+
+
+def test_parquet_take_matches_read_and_names_id_less_rows(tmp_path):
+    unit = open_pool(str(_parquet(tmp_path / "a.parquet"))).units[0]
+    for rows in ([0, 1, 2], [3, 17, 18, 29], [29], [], list(range(30))):
+        _same(unit, rows)
+    bare = open_pool(str(_parquet(tmp_path / "b.parquet", ids=False))).units[0]
+    _same(bare, [2, 11, 25])
+    assert bare.take([2, 25]).column("sample_id").to_pylist() == ["b.parquet:2", "b.parquet:25"]
+    assert unit.read_column("domain").to_pylist() == [f"d{i % 3}" for i in range(30)]
+    assert unit.read_column("text") is None  # not in the file
+    assert unit.read_column("parent_id") is None
+
+
+def test_parquet_take_reads_only_the_row_groups_it_needs(tmp_path):
+    path = _parquet(tmp_path / "a.parquet")
+    meta = pq.read_metadata(path)
+    col = meta.row_group(1).column(meta.schema.to_arrow_schema().get_field_index("image"))
+    start = col.dictionary_page_offset or col.data_page_offset
+    with open(path, "r+b") as fh:  # wreck row group 1's image chunk: reading it must fail
+        fh.seek(start)
+        fh.write(b"\xff" * col.total_compressed_size)
+    unit = open_pool(str(path)).units[0]
+    got = unit.take([0, 5, 25])
+    assert got.column("sample_id").to_pylist() == ["s000", "s005", "s025"]
+    assert got.column("image").null_count == 0
+    for wrecked in (lambda: unit.take([12]), unit.read):  # the wrecked group is read only when asked for
+        with pytest.raises(KdataError, match="a.parquet"):
+            wrecked()
+
+
+def test_folder_take_reads_only_its_files(tmp_path):
+    root = make_image_folder(tmp_path / "pool", n=20)
+    unit = open_image_folder(str(root), unit_files=50).units[0]
+    ids = unit.sample_ids().to_pylist()
+    _same(unit, [0, 4, 5, 19])
+    (root / ids[7]).unlink()  # gone after listing: a row of read(), never of a take without it
+    assert unit.read().column("read_error").null_count == len(ids) - 1
+    assert unit.take([6, 8]).column("read_error").null_count == 2
+
+
+def test_tar_take_reads_members_by_offset(tmp_path):
+    x, y = digits(12)
+    tar = make_tar(tmp_path / "pool.tar", [(f"s{i:02d}", str(y[i]), png_bytes(x[i])) for i in range(12)])
+    unit = open_tar(str(tar)).units[0]
+    _same(unit, [0, 3, 4, 11])
+
+
+def test_in_memory_units_take_by_position():
+    t = pa.table({"sample_id": ["a", "b", "c", "d"], "v": [1, 2, 3, 4]})
+    assert TableRows(t).take(np.array([1, 3])).column("v").to_pylist() == [2, 4]
+    unit = PoolUnit(name="m", read=lambda: t, fingerprint=lambda: "x")
+    assert unit.take_ids({"d", "a", "zz"}).column("sample_id").to_pylist() == ["a", "d"]
+    assert unit.read_column("v").to_pylist() == [1, 2, 3, 4] and unit.read_column("w") is None
