@@ -8,31 +8,25 @@ scoring worker reads its own batch.
 Specs: ``builtin:digits-web``, ``builtin:digits-test``, a Parquet file or a directory of Parquet
 files. Other readers (image folders, WebDataset tars) register with ``register_reader``.
 
-A Parquet file is read within bounds (``_bounded_read``): its footer must not declare more to
-decode than ``max(READ_FLOOR, READ_RATIO`` × its size on disk) — a few KiB of zstd can declare
-gigabytes — and byte columns are read dictionary-encoded, their decoded sizes checked before they
-are expanded. A payload value over ``--max-file-mb`` becomes a row with a null payload and the reason
-in ``read_error``, as a folder file or tar member over the cap does.
+A Parquet file is read within bounds (``kdata.pools.parquet_rows``): a footer declaring more to
+decode than a multiple of its size on disk is refused unread, and a payload value over
+``--max-file-mb`` becomes a row with a null payload and the reason in ``read_error``, as a folder
+file or tar member over the cap does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import itertools
 import os
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from kdata.core.atomic import write_parquet
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
-from kdata.dataset.schema import POOL_PAYLOADS, POOL_SCHEMA, READ_ERROR, check_pool_ids, conform, validate_pool
 from kdata.pools import readers as _readers  # noqa: F401  (image folders register themselves)
 from kdata.pools import tar as _tar  # noqa: F401  (WebDataset tar shards)
 from kdata.pools import text as _text  # noqa: F401  (JSONL, saved Hugging Face datasets)
@@ -41,15 +35,13 @@ from kdata.pools.base import (
     Pool,
     PoolLimits,
     PoolUnit,
-    UnitRows,
     readers,
     register_reader,
 )
-from kdata.pools.files import check_entry, mib, over_cap
+from kdata.pools.files import check_entry
+from kdata.pools.parquet_rows import ParquetRows, parquet_labels
 
 PARQUET_READER = "parquet-reader-v2"  # bump when a file is read differently (v2: bounded, cap per value)
-READ_FLOOR, READ_RATIO = 256 << 20, 64  # a file may decode to max(floor, ratio × its size on disk), no more
-ROW_BYTES = 16  # what Arrow spends per row and column (offsets, validity, indices) beyond the footer's sizes
 
 
 def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
@@ -84,196 +76,6 @@ def _mixed_folder(p: Path) -> str | None:
 # ------------------------------------------------------------------------------------------------
 # Parquet
 
-def _is_bytes(t: pa.DataType) -> bool:
-    return any(f(t) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
-                              pa.types.is_large_binary, pa.types.is_string_view, pa.types.is_binary_view))
-
-
-def _budget(path: Path) -> int:
-    """The most kdata decodes from one Parquet file (images barely compress; a bomb compresses ~10^5x)."""
-    return max(READ_FLOOR, READ_RATIO * os.path.getsize(path))
-
-
-def _check_footer(path: Path, meta: pq.FileMetaData, columns: list[str]) -> None:
-    """Refuse, before any page is read, a file whose footer declares more to decode for ``columns``
-    than ``_budget`` (sizes as the footer states them, plus Arrow's per-row cost)."""
-    cost = meta.num_rows * ROW_BYTES * len(columns)
-    for g in range(meta.num_row_groups):
-        rg = meta.row_group(g)
-        cost += sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)
-                    if rg.column(i).path_in_schema.split(".")[0] in columns)
-    if cost > _budget(path):
-        raise KdataError(f"{path}: Parquet file declares {mib(cost)} to decode ({', '.join(columns)}) from "
-                         f"{os.path.getsize(path):,} bytes on disk, over the {mib(_budget(path))} kdata decodes "
-                         "from one file (a decompression bomb?); refused unread")
-
-
-def _dictionary_columns(meta: pq.FileMetaData, columns: list[str], groups: list[int]) -> list[str]:
-    """The byte columns with a dictionary page in ``groups``: read as dictionaries, since one value
-    there may stand for any number of rows (plain pages hold what the footer declares)."""
-    schema = meta.schema.to_arrow_schema()
-    found = {rg.column(i).path_in_schema for rg in map(meta.row_group, groups) for i in range(rg.num_columns)
-             if rg.column(i).has_dictionary_page}
-    return [c for c in columns if c in found and _is_bytes(schema.field(c).type)]
-
-
-def _bounded_read(path: Path, columns: list[str], groups: list[int] | None = None) -> pa.Table:
-    """``columns`` of row ``groups`` (all: None) after ``_check_footer``, byte columns still
-    dictionary-encoded (``_expand`` decodes them within bounds); one line naming the file on failure."""
-    try:
-        meta = pq.read_metadata(path)
-        _check_footer(path, meta, columns)
-        groups = list(range(meta.num_row_groups)) if groups is None else groups
-        pf = pq.ParquetFile(path, read_dictionary=_dictionary_columns(meta, columns, groups))
-        return pf.read_row_groups(groups, columns=columns)
-    except KdataError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
-        raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
-
-
-def _sizes(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Each value's decoded byte length (null for null), without decoding a dictionary column."""
-    if pa.types.is_dictionary(col.type):
-        return pa.chunked_array([pc.take(pc.binary_length(c.dictionary).cast(pa.int64()), c.indices)
-                                 for c in col.chunks], pa.int64())
-    return pc.binary_length(col).cast(pa.int64())
-
-
-def _null_where(col: pa.ChunkedArray, over: pa.ChunkedArray) -> pa.ChunkedArray:
-    """``col`` with the values where ``over`` holds nulled (a dictionary column: its indices)."""
-    if not pa.types.is_dictionary(col.type):
-        return pc.if_else(over, pa.scalar(None, col.type), col)
-    over = over.combine_chunks()
-    out, at = [], 0
-    for c in col.chunks:
-        hit = over.slice(at, len(c))
-        out.append(pa.DictionaryArray.from_arrays(pc.if_else(hit, pa.scalar(None, c.indices.type), c.indices),
-                                                  c.dictionary))
-        at += len(c)
-    return pa.chunked_array(out, col.type)
-
-
-def _expand(table: pa.Table, *, path: Path, limits: PoolLimits) -> tuple[pa.Table, list[str | None]]:
-    """Decode a ``_bounded_read`` table: payload values over ``limits.max_file_bytes`` nulled with
-    the reason (per row, else None), and the file refused if what is left decodes past ``_budget``."""
-    errors: list[str | None] = [None] * table.num_rows
-    total, cap = 0, limits.max_file_bytes
-    for name in table.column_names:
-        col = table.column(name)
-        if not _is_bytes(col.type.value_type if pa.types.is_dictionary(col.type) else col.type):
-            continue
-        sizes = _sizes(col)
-        if name in POOL_PAYLOADS and (pc.max(sizes).as_py() or 0) > cap:
-            over = pc.fill_null(pc.greater(sizes, cap), False)
-            for i, n in enumerate(sizes.to_pylist()):
-                if n is not None and n > cap and errors[i] is None:
-                    errors[i] = f"column '{name}': " + over_cap(n, limits)
-            col, sizes = _null_where(col, over), pc.if_else(over, 0, sizes)
-        total += pc.sum(sizes).as_py() or 0
-        if total > _budget(path):
-            raise KdataError(f"{path}: Parquet rows decode to over {mib(total)} from {os.path.getsize(path):,} "
-                             f"bytes on disk, over the {mib(_budget(path))} kdata decodes from one file; refused")
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        table = table.set_column(table.column_names.index(name), name, col)
-    return table, errors
-
-
-def _finish_parquet(table: pa.Table, *, name: str, path: Path, offset: int = 0, rows=None) -> pa.Table:
-    """Rows read from a Parquet pool file → pool schema (plus ``read_error``): ``<file>:<row>`` ids
-    where the file has none (rows ``offset…``, or the positions ``rows``)."""
-    if "sample_id" not in table.column_names:  # readable, stable ids: <file>:<row>
-        rows = range(offset, offset + table.num_rows) if rows is None else rows
-        ids = pa.array([f"{name}:{i}" for i in rows], pa.string())
-        table = table.append_column("sample_id", ids)
-    validate_pool(table.schema, where=str(path))
-    if "kind" not in table.column_names:
-        table = table.append_column("kind", pa.array(["original"] * table.num_rows, pa.string()))
-    return conform(table, POOL_SCHEMA, keep_extra_prefix=None, extra={READ_ERROR: pa.string()})
-
-
-class ParquetRows(UnitRows):
-    """A Parquet pool file by row range: a worker reads the row groups its batch spans.
-
-    Opening it reads the footer and the ``sample_id`` column only, and checks what ``read`` checks
-    (the schema, null ids, the footer's sizes against ``_budget``), so a bad file is one line before
-    any decoding starts. A worker keeps the last row groups it read (still dictionary-encoded):
-    consecutive batches inside one row group read it once."""
-
-    def __init__(self, path: Path, name: str, *, limits: PoolLimits = DEFAULT_LIMITS):
-        self.path, self.name, self.limits = Path(path), name, limits
-        try:
-            meta = pq.read_metadata(path)
-            schema = meta.schema.to_arrow_schema()
-        except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
-            raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
-        self.columns = [n for n in schema.names if n in POOL_SCHEMA.names]
-        if "sample_id" not in schema.names:
-            schema = schema.append(pa.field("sample_id", pa.string()))
-        validate_pool(schema, where=str(path))
-        _check_footer(self.path, meta, self.columns)
-        self.has_ids = "sample_id" in self.columns
-        self._ids = self._read_ids() if self.has_ids else None
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self.bounds = [0, *itertools.accumulate(sizes)]  # row group g holds rows [bounds[g], bounds[g + 1])
-        self.num_rows = meta.num_rows
-        self._last: tuple[tuple[int, ...], pa.Table] | None = None
-
-    def __getstate__(self):
-        # a task ships the plan, never a cached row group nor the id column
-        return {**self.__dict__, "_last": None, "_ids": None}
-
-    def _read_ids(self) -> pa.Array:
-        """The ``sample_id`` column, decoded within ``_budget``; a null id is one line."""
-        ids, _ = _expand(_bounded_read(self.path, ["sample_id"]), path=self.path, limits=self.limits)
-        check_pool_ids(ids, where=str(self.path))
-        return ids.column("sample_id").combine_chunks().cast(pa.string())
-
-    def sample_ids(self) -> pa.Array:
-        """The ids from the ``sample_id`` column read on opening (``<file>:<row>`` where there is none):
-        no payload is read."""
-        if self.has_ids:
-            if self._ids is None:  # a shipped plan: read the column again
-                self._ids = self._read_ids()
-            return self._ids
-        return pa.array([f"{self.name}:{i}" for i in range(self.num_rows)], pa.string())
-
-    def read_rows(self, start: int, stop: int) -> pa.Table:
-        groups = tuple(g for g in range(len(self.bounds) - 1) if self.bounds[g] < stop and self.bounds[g + 1] > start)
-        if self._last is None or self._last[0] != groups:
-            self._last = (groups, _bounded_read(self.path, self.columns, list(groups)))
-        first = self.bounds[groups[0]] if groups else start
-        table, errors = _expand(self._last[1].slice(start - first, stop - start), path=self.path, limits=self.limits)
-        table = table.append_column(READ_ERROR, pa.array(errors, pa.string()))
-        return _finish_parquet(table, name=self.name, path=self.path, offset=start)
-
-    def take(self, rows) -> pa.Table:
-        """Rows at positions ``rows``, reading only the row groups that hold them, one at a time
-        (memory: one row group plus the rows taken, not the file)."""
-        rows = np.asarray(rows, np.int64)
-        bounds = np.asarray(self.bounds, np.int64)
-        group_of = np.searchsorted(bounds, rows, side="right") - 1
-        parts = []
-        for g in np.unique(group_of):
-            local = rows[group_of == g] - bounds[g]
-            t = _bounded_read(self.path, self.columns, [int(g)]).take(pa.array(local))
-            t, errors = _expand(t, path=self.path, limits=self.limits)
-            parts.append(t.append_column(READ_ERROR, pa.array(errors, pa.string())))
-        if not parts:
-            return self.read_rows(0, 0)
-        return _finish_parquet(pa.concat_tables(parts), name=self.name, path=self.path, rows=rows.tolist())
-
-    def read_column(self, name: str) -> pa.ChunkedArray | None:
-        """Column ``name`` alone, read within bounds and decoded (None when the file has no such column)."""
-        if name == "sample_id":
-            return pa.chunked_array([self.sample_ids()])
-        if name not in self.columns:
-            return None
-        col, _ = _expand(_bounded_read(self.path, [name]), path=self.path, limits=self.limits)
-        return col.column(name)
-
-
 def _parquet_unit(path: Path, root: Path | None, *, limits: PoolLimits = DEFAULT_LIMITS) -> PoolUnit:
     name = str(path.relative_to(root)) if root else path.name
 
@@ -284,27 +86,6 @@ def _parquet_unit(path: Path, root: Path | None, *, limits: PoolLimits = DEFAULT
     return PoolUnit(name=name, read=read, path=str(path),
                     fingerprint=lambda: f"sha256:{sha256_file_memo(path)}{limits.tag()}:{PARQUET_READER}",
                     labels=lambda: parquet_labels(path), rows=lambda: ParquetRows(path, name, limits=limits))
-
-
-def parquet_labels(path: Path) -> set[str]:
-    """The distinct non-null values of a Parquet file's ``label`` column, reading only that column and
-    decoding only its distinct values (none when it has no such column, cannot be read or is over
-    ``_budget``: reading the unit reports the problem)."""
-    try:
-        if "label" not in pq.read_schema(path).names:
-            return set()
-        col = _bounded_read(path, ["label"]).column("label")
-        vt = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-        if not (pa.types.is_string(vt) or pa.types.is_large_string(vt) or pa.types.is_string_view(vt)):
-            return set()  # a wrongly typed label column: validate_pool names it when the unit is read
-        if not pa.types.is_dictionary(col.type):
-            return set(pc.unique(col.cast(pa.string())).drop_null().to_pylist())
-        values = set()
-        for c in col.chunks:
-            values.update(c.dictionary.take(pc.unique(c.indices).drop_null()).cast(pa.string()).to_pylist())
-    except Exception:  # noqa: BLE001
-        return set()
-    return values
 
 
 def _is_parquet(spec: str) -> bool:
