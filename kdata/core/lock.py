@@ -121,8 +121,11 @@ def acquire(target: str | os.PathLike, *, wait: bool = False) -> Lock:
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_unix": round(time.time(), 3),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "argv": [os.path.basename(a) for a in sys.argv[:1]]
               + sys.argv[1:8]}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    try:  # who holds it, for the message a second run prints; a full disk leaves it unrecorded
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    except OSError:
+        pass  # the flock holds all the same, and release() still removes the file
     lock = Lock(target=Path(target).resolve(), path=path, holder=holder, fd=fd,
                 thread=threading.get_ident())
     with _MUTEX:

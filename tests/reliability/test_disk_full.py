@@ -143,3 +143,24 @@ def test_cache_on_a_full_disk_fails_with_one_line_and_trusts_no_partial_entry(re
         code, stdout, stderr = cli_here(capsys, cache, "select", "--out", str(out), *ARGS)
         assert code == 0 and stdout.startswith("kdata: written"), stderr
         assert verify(out) == [] and digests(out) == ref["digests"]
+
+
+def test_a_lock_taken_on_a_full_disk_holds_and_leaves_no_file(tmp_path):
+    """Recording the holder in a lock file needs a block; on a full disk the lock is still taken
+    (unrecorded) and its file removed on release — before, ENOSPC escaped ``acquire`` with the
+    descriptor open and ``.<name>.kdata-lock`` left in the cache."""
+    from kdata.core.lock import acquire, lock_path
+
+    with tmpfs(tmp_path / "full", 64) as disk:
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        with pytest.raises(OSError, match="No space"):
+            while True:
+                os.write(fd, b"\0" * PAGE)
+        os.close(fd)
+        lock = acquire(disk / "entry.parquet")
+        assert lock.held and lock_path(disk / "entry.parquet").exists()
+        child = subprocess.run([sys.executable, "-c", "import sys; from kdata.core.lock import acquire\n"
+                                f"acquire({str(disk / 'entry.parquet')!r})"], capture_output=True, text=True)
+        assert "in use by another kdata run" in child.stderr  # the flock is real
+        lock.release()
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
