@@ -88,11 +88,13 @@ def prepare_task(select: dict, out: str, run: dict) -> dict:
     from kdata.flows.inputs import check_parquet_units
     from kdata.pipeline.output import already_complete, check_out_outside_pool
     from kdata.pipeline.prepare import prepare
+    from kdata.pipeline.run import check_same_weights
 
     cfg = _select_config(select)
     check_out_outside_pool(out, cfg.pool)
     done = already_complete(out, cfg.hash())
     if done is not None:
+        check_same_weights(out, scores=cfg.scores)  # a model or --scores file replaced in place: one line
         return {"done": True, "report": done.to_dict()}
     if cfg.scores:  # bring-your-own predictions: nothing to score, finish loads them
         return {"done": False, "units": [], "byo": True}

@@ -277,7 +277,7 @@ def test_serve_checks_the_prefect_api_before_serving(prefect_api):
     assert "PREFECT_API_URL http://127.0.0.1:9/api: no Prefect server answers there" in proc.stderr
 
 
-def test_flow_with_scores_equals_kdata_select_scores(curate_mod, tmp_path):
+def test_flow_with_scores_equals_kdata_select_scores(curate_mod, tmp_path, capsys):
     """Bring-your-own predictions: the flow honours --scores and writes what `kdata select --scores` writes."""
     import numpy as np
 
@@ -294,6 +294,14 @@ def test_flow_with_scores_equals_kdata_select_scores(curate_mod, tmp_path):
     assert result["status"] == "written" and result["counts"] == direct.counts
     assert _shard_hashes(tmp_path / "flow") == _shard_hashes(tmp_path / "cli")
     assert read_manifest(tmp_path / "flow")["config"]["scores"] == path
+    # the same flow again is "already complete"; with the predictions file replaced in place it is
+    # refused in one line (as kdata select is), not answered with the old selection
+    again = ["--scores", path, "--method", "kd3", "--budget", "0.3", "--out", str(tmp_path / "flow"), "--json"]
+    assert curate_mod.main(again) == 0
+    write_predictions(tmp_path / "preds.parquet", t, t[::-1], label=rng.integers(0, 6, 300))
+    capsys.readouterr()
+    assert curate_mod.main(again) == 2
+    assert "the predictions file's checksum is now" in capsys.readouterr().err
 
 
 def test_a_score_file_gone_behind_a_cache_record_is_scored_again(curate_mod, first_run, tmp_path):
