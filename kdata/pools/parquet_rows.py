@@ -7,8 +7,10 @@ A payload value over ``--max-file-mb`` becomes a row with a null payload and the
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,15 @@ from kdata.pools.files import mib, over_cap
 
 READ_FLOOR, READ_RATIO = 256 << 20, 64  # a file may decode to max(floor, ratio × its size on disk), no more
 ROW_BYTES = 16  # what Arrow spends per row and column (offsets, validity, indices) beyond the footer's sizes
+STREAM_BYTES = 32 << 20  # rows are decoded in batches of about this many bytes (as the footer states sizes)
+
+
+def _batch_rows(rg: pq.RowGroupMetaData, columns: list[str]) -> int:
+    """Rows per decoded batch in row group ``rg``: about ``STREAM_BYTES``, between 64 and 65,536 rows."""
+    size = sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)
+               if rg.column(i).path_in_schema.split(".")[0] in columns)
+    per_row = max(1, size // max(1, rg.num_rows))
+    return int(min(65_536, max(64, STREAM_BYTES // per_row)))
 
 def _is_bytes(t: pa.DataType) -> bool:
     return any(f(t) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
@@ -134,12 +145,15 @@ def _finish_parquet(table: pa.Table, *, name: str, path: Path, offset: int = 0, 
 
 
 class ParquetRows(UnitRows):
-    """A Parquet pool file by row range: a worker reads the row groups its batch spans.
+    """A Parquet pool file by row range or by positions, streamed: only the rows asked for are kept.
 
     Opening it reads the footer and the ``sample_id`` column only, and checks what ``read`` checks
     (the schema, null ids, the footer's sizes against ``_budget``), so a bad file is one line before
-    any decoding starts. A worker keeps the last row groups it read (still dictionary-encoded):
-    consecutive batches inside one row group read it once."""
+    any decoding starts. Rows are decoded in batches of about ``STREAM_BYTES`` from the row group
+    that holds them (pages read as they are reached, not a row group pre-buffered whole: writers'
+    defaults put up to a million rows, many GB of images, in one row group). A cursor continues
+    where the last call stopped, so a worker's increasing batches, or ``take`` over sorted
+    positions, read the file once and hold one batch at a time."""
 
     def __init__(self, path: Path, name: str, *, limits: PoolLimits = DEFAULT_LIMITS):
         self.path, self.name, self.limits = Path(path), name, limits
@@ -158,11 +172,17 @@ class ParquetRows(UnitRows):
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.bounds = [0, *itertools.accumulate(sizes)]  # row group g holds rows [bounds[g], bounds[g + 1])
         self.num_rows = meta.num_rows
-        self._last: tuple[tuple[int, ...], pa.Table] | None = None
+        self.batch_rows = [_batch_rows(meta.row_group(g), self.columns) for g in range(meta.num_row_groups)]
+        self.dictionary = _dictionary_columns(meta, self.columns, list(range(meta.num_row_groups)))
+        self.__setstate__(self.__dict__)
 
     def __getstate__(self):
-        # a task ships the plan, never a cached row group nor the id column
-        return {**self.__dict__, "_last": None, "_ids": None}
+        # a task ships the plan, never an open file, a decoded batch nor the id column
+        return {k: v for k, v in self.__dict__.items() if k not in ("_file", "_cursor", "_lock")} | {"_ids": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._file, self._cursor, self._lock = None, None, threading.Lock()
 
     def _read_ids(self) -> pa.Array:
         """The ``sample_id`` column, decoded within ``_budget``; a null id is one line."""
@@ -179,30 +199,56 @@ class ParquetRows(UnitRows):
             return self._ids
         return pa.array([f"{self.name}:{i}" for i in range(self.num_rows)], pa.string())
 
-    def read_rows(self, start: int, stop: int) -> pa.Table:
-        groups = tuple(g for g in range(len(self.bounds) - 1) if self.bounds[g] < stop and self.bounds[g + 1] > start)
-        if self._last is None or self._last[0] != groups:
-            self._last = (groups, _bounded_read(self.path, self.columns, list(groups)))
-        first = self.bounds[groups[0]] if groups else start
-        table, errors = _expand(self._last[1].slice(start - first, stop - start), path=self.path, limits=self.limits)
+    def _batch_at(self, pos: int) -> tuple[int, pa.RecordBatch]:
+        """(first row, batch) of the decoded (still dictionary-encoded) batch holding row ``pos``: the
+        cursor moves forward within its row group, or restarts at the start of ``pos``'s group."""
+        g = bisect.bisect_right(self.bounds, pos) - 1
+        cur = self._cursor
+        if cur is None or cur[0] != g or cur[1] > pos:
+            if self._file is None:
+                self._file = pq.ParquetFile(self.path, read_dictionary=self.dictionary, pre_buffer=False,
+                                            buffer_size=1 << 20)
+            it = self._file.iter_batches(batch_size=self.batch_rows[g], row_groups=[g], columns=self.columns,
+                                         use_threads=False)
+            cur = self._cursor = [g, self.bounds[g], next(it), it]
+        while pos >= cur[1] + cur[2].num_rows:
+            cur[1], cur[2] = cur[1] + cur[2].num_rows, next(cur[3])
+        return cur[1], cur[2]
+
+    def _gather(self, rows: np.ndarray) -> pa.Table:
+        """The decoded rows at sorted positions ``rows`` (dictionary-encoded), one batch held at a time."""
+        parts, i = [], 0
+        try:
+            with self._lock:
+                while i < rows.size:
+                    first, batch = self._batch_at(int(rows[i]))
+                    j = int(np.searchsorted(rows, first + batch.num_rows, side="left"))
+                    parts.append(batch.take(pa.array(rows[i:j] - first)))
+                    i = j
+        except KdataError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a damaged page, a short row group: one line naming the file)
+            self._cursor = None
+            raise KdataError(f"{self.path}: cannot read Parquet ({(str(exc) or type(exc).__name__).splitlines()[0]})") \
+                from None
+        if not parts:
+            return _bounded_read(self.path, self.columns, [])
+        return pa.Table.from_batches(parts)
+
+    def _finish(self, table: pa.Table, rows: np.ndarray) -> pa.Table:
+        table, errors = _expand(table, path=self.path, limits=self.limits)
         table = table.append_column(READ_ERROR, pa.array(errors, pa.string()))
-        return _finish_parquet(table, name=self.name, path=self.path, offset=start)
+        return _finish_parquet(table, name=self.name, path=self.path, rows=rows.tolist())
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        rows = np.arange(start, min(stop, self.num_rows), dtype=np.int64)
+        return self._finish(self._gather(rows), rows)
 
     def take(self, rows) -> pa.Table:
-        """Rows at positions ``rows``, reading only the row groups that hold them, one at a time
-        (memory: one row group plus the rows taken, not the file)."""
+        """Rows at sorted positions ``rows``: only the batches holding them are kept (memory: one batch
+        plus the rows taken, whatever the file's or its row groups' size)."""
         rows = np.asarray(rows, np.int64)
-        bounds = np.asarray(self.bounds, np.int64)
-        group_of = np.searchsorted(bounds, rows, side="right") - 1
-        parts = []
-        for g in np.unique(group_of):
-            local = rows[group_of == g] - bounds[g]
-            t = _bounded_read(self.path, self.columns, [int(g)]).take(pa.array(local))
-            t, errors = _expand(t, path=self.path, limits=self.limits)
-            parts.append(t.append_column(READ_ERROR, pa.array(errors, pa.string())))
-        if not parts:
-            return self.read_rows(0, 0)
-        return _finish_parquet(pa.concat_tables(parts), name=self.name, path=self.path, rows=rows.tolist())
+        return self._finish(self._gather(rows), rows)
 
     def read_column(self, name: str) -> pa.ChunkedArray | None:
         """Column ``name`` alone, read within bounds and decoded (None when the file has no such column)."""

@@ -87,3 +87,34 @@ def test_in_memory_units_take_by_position():
     unit = PoolUnit(name="m", read=lambda: t, fingerprint=lambda: "x")
     assert unit.take_ids({"d", "a", "zz"}).column("sample_id").to_pylist() == ["a", "d"]
     assert unit.read_column("v").to_pylist() == [1, 2, 3, 4] and unit.read_column("w") is None
+
+
+def test_one_huge_row_group_is_streamed_not_read_whole(tmp_path, monkeypatch):
+    """Writers' defaults put up to a million rows in one row group: rows are decoded batch by batch
+    as pages are reached, so a few early rows never touch the end of the group (wrecked here)."""
+    import os
+
+    from kdata.pools import parquet_rows
+
+    monkeypatch.setattr(parquet_rows, "STREAM_BYTES", 64 << 10)  # ~30 rows of 2 KiB per batch (64 at least)
+    n = 2000
+    path = tmp_path / "one_group.parquet"
+    pq.write_table(pa.table({"sample_id": [f"s{i:04d}" for i in range(n)],
+                             "image": [os.urandom(2048) for _ in range(n)]}),
+                   path, compression="NONE", data_page_size=16 << 10, write_batch_size=8)
+    meta = pq.read_metadata(path)
+    assert meta.num_row_groups == 1
+    col = meta.row_group(0).column(1)
+    assert col.path_in_schema == "image"
+    start = col.dictionary_page_offset or col.data_page_offset
+    with open(path, "r+b") as fh:  # wreck the last 30% of the image pages
+        fh.seek(start + int(col.total_compressed_size * 0.7))
+        fh.write(b"\xff" * int(col.total_compressed_size * 0.3))
+    unit = open_pool(str(path)).units[0]
+    got = unit.take([0, 10, 100, 700])
+    assert got.column("sample_id").to_pylist() == ["s0000", "s0010", "s0100", "s0700"]
+    assert unit.read_rows(64, 200).num_rows == 136
+    for wrecked in (lambda: unit.take([1990]), unit.read):
+        with pytest.raises(KdataError, match="one_group.parquet: cannot read Parquet"):
+            wrecked()
+    assert unit.take([5]).column("sample_id").to_pylist() == ["s0005"]  # the cursor recovers
