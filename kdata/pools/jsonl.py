@@ -4,13 +4,16 @@ One JSON object per line with a ``text`` string; ``sample_id`` (or ``id``) when 
 ``<file>:<line>``; blank lines skipped; a line that cannot be used stays a row with its reason.
 A file none of whose lines holds a string ``text`` (objects with other keys, JSON arrays or
 strings, text of another type) is of the wrong shape as a whole: one line, like a Parquet file
-without a ``text`` column.
+without a ``text`` column. ``parse_jsonl`` parses any stretch of whole lines (a byte range of a large
+file, ``kdata.pools.jsonl_split``) with the line number it starts after, and says what the file-wide
+rules above need from it (``JsonlFacts``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,18 @@ def _parse_line(raw: bytes, lineno: int) -> tuple[dict | None, str | None]:
 _BLANK_FIRST, _BLANK_LATER = re.compile(rb"[ \t\r\x0b\x0c]*(?:\n|$)"), re.compile(rb"\n[ \t\r\x0b\x0c]*(?:\n|$)")
 
 
+@dataclass(frozen=True)
+class JsonlFacts:
+    """What parsed lines say about their file as a whole: the first non-blank line's (object, reason)
+    (None: no such line; left None by the fast reader, which takes only lines that all hold text),
+    whether some line holds a string ``text`` (a file with none is refused) and whether some line
+    holds a ``source`` (else every row's source is the file name)."""
+
+    first: tuple[dict | None, str | None] | None
+    any_text: bool
+    any_source: bool
+
+
 def read_jsonl(path: Path, *, name: str, fast: bool = True) -> pa.Table:
     """One JSONL file → pool table (blank lines skipped); bad lines stay rows with their reason.
 
@@ -58,12 +73,37 @@ def read_jsonl(path: Path, *, name: str, fast: bool = True) -> pa.Table:
     except OSError as exc:
         raise KdataError(f"{path}: cannot read ({exc.strerror})") from None
     data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors) is not part of line 1
-    table = _read_jsonl_arrow(data, name=name, source=Path(path).name) if fast else None
-    return table if table is not None else _read_jsonl_lines(data, name=name, source=Path(path).name, where=str(path))
+    table, facts = parse_jsonl(data, name=name, source=Path(path).name, fast=fast)
+    if facts.first is not None and not facts.any_text:
+        raise wrong_shape(str(path), facts.first)
+    return table
 
 
-def _read_jsonl_arrow(data: bytes, *, name: str, source: str) -> pa.Table | None:
+def parse_jsonl(data: bytes, *, name: str, source: str, line0: int = 0,
+                fast: bool = True) -> tuple[pa.Table, JsonlFacts]:
+    """Whole JSONL lines (``data`` starts a line; its first is line ``line0 + 1`` of the file) → their
+    pool table and ``JsonlFacts``. The table's ``source`` column falls back to ``source`` when no line
+    holds one; refusing a file without text is the caller's (``wrong_shape``): it knows the file."""
+    got = _arrow_table(data, name=name, source=source, line0=line0) if fast else None
+    if got is not None:  # every line holds a string text
+        return got[0], JsonlFacts(None, True, got[1])
+    return _read_jsonl_lines(data, name=name, source=source, line0=line0)
+
+
+def wrong_shape(where: str, first: tuple[dict | None, str | None]) -> KdataError:
+    """The one-line refusal of a JSONL file none of whose lines holds a string ``text``."""
+    return KdataError(f"{where}: no line holds a string 'text' field ({_shape(*first)}); "
+                      "a JSONL text pool needs one JSON object per line with a 'text' string")
+
+
+def _read_jsonl_arrow(data: bytes, *, name: str, source: str, line0: int = 0) -> pa.Table | None:
     """The pool table from pyarrow's JSON reader, or None where it could differ from the per-line parser."""
+    got = _arrow_table(data, name=name, source=source, line0=line0)
+    return None if got is None else got[0]
+
+
+def _arrow_table(data: bytes, *, name: str, source: str, line0: int) -> tuple[pa.Table, bool] | None:
+    """(``_read_jsonl_arrow``'s table, whether some line holds a ``source``), or None."""
     import pyarrow.json as pj
 
     end = len(data) - 1 if data.endswith(b"\n") else len(data)  # the last line's end (no copy of the bytes)
@@ -92,9 +132,11 @@ def _read_jsonl_arrow(data: bytes, *, name: str, source: str) -> pa.Table | None
         return None
     ids = pc.cast(sid if has_sid else t.column("id"), pa.string())
     if ids.null_count:
-        ids = pc.if_else(pc.is_null(ids), pa.array([f"{name}:{i}" for i in range(1, n + 1)], pa.string()), ids)
+        ids = pc.if_else(pc.is_null(ids), pa.array([f"{name}:{i}" for i in range(line0 + 1, line0 + n + 1)],
+                                                   pa.string()), ids)
+    has_source = t.column("source").null_count < n
     return text_table_arrow(ids, t.column("text"), source=source, label=t.column("label"), domain=t.column("domain"),
-                            source_col=t.column("source") if t.column("source").null_count < n else None)
+                            source_col=t.column("source") if has_source else None), has_source
 
 
 def _valid_utf8(data: bytes) -> bool:
@@ -123,12 +165,12 @@ def _id_types(first_line: bytes) -> list[tuple[pa.DataType, pa.DataType]]:
     return [guess] + [t for t in both if t != guess]
 
 
-def _read_jsonl_lines(data: bytes, *, name: str, source: str, where: str | None = None) -> pa.Table:
+def _read_jsonl_lines(data: bytes, *, name: str, source: str, line0: int = 0) -> tuple[pa.Table, JsonlFacts]:
     ids, texts, errors = [], [], []
     fields: dict[str, list] = {k: [] for k in TEXT_FIELDS}
     first: tuple[dict | None, str | None] | None = None  # the first line: what the file looks like
     any_text = False  # some line holds a string 'text' (else the whole file is of the wrong shape)
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    for lineno, raw in enumerate(data.split(b"\n"), start=line0 + 1):
         if not raw.strip():
             continue
         obj, err = _parse_line(raw.rstrip(b"\r"), lineno)
@@ -148,12 +190,10 @@ def _read_jsonl_lines(data: bytes, *, name: str, source: str, where: str | None 
         errors.append(err)
         for k in TEXT_FIELDS:
             fields[k].append(str_or_none(obj.get(k)))
-    if first is not None and not any_text:
-        raise KdataError(f"{where or source}: no line holds a string 'text' field ({_shape(*first)}); "
-                         "a JSONL text pool needs one JSON object per line with a 'text' string")
-    if not any(v is not None for v in fields["source"]):
+    any_source = any(v is not None for v in fields["source"])
+    if not any_source:
         fields["source"] = None
-    return text_table(ids, texts, errors=errors, source=source, fields=fields)
+    return text_table(ids, texts, errors=errors, source=source, fields=fields), JsonlFacts(first, any_text, any_source)
 
 
 def _shape(obj: dict | None, err: str | None) -> str:

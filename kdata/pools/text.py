@@ -6,9 +6,11 @@ Rows follow the pool schema with the payload in ``text`` (plus optional ``label`
 
 * JSONL (``*.jsonl``, ``*.ndjson``): one JSON object per line with a ``text`` string; ``sample_id``
   (or ``id``) when given, else ``<file>:<line>`` (``kdata.pools.jsonl``). One unit per file,
-  fingerprinted by the file's sha256. A directory of them that also holds Parquet files, or files
-  that look like data but would not be read (``*.json``, compressed: ``*.gz``, ``*.bz2``, ``*.xz``,
-  ``*.zst``, ``*.zip``), is one line naming one; so is such a file given as the pool.
+  fingerprinted by the file's sha256; a file over ``kdata.pools.jsonl_split.SPLIT_BYTES`` is one unit
+  per byte range (``<file>#bytes=<start>-<stop>``), each read alone, with the whole file's rows.
+  A directory of them that also holds Parquet files, or files that look like data but would not
+  be read (``*.json``, compressed: ``*.gz``, ``*.bz2``, ``*.xz``, ``*.zst``, ``*.zip``), is one
+  line naming one; so is such a file given as the pool.
 * ``save_to_disk`` directories (a ``Dataset``: ``state.json`` + Arrow stream files; a
   ``DatasetDict``: ``dataset_dict.json`` + one such directory per split): one unit per Arrow file,
   read with pyarrow (no ``datasets`` import); integer ``ClassLabel`` labels become their names.
@@ -37,6 +39,7 @@ from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
 from kdata.pools.files import check_entry, escaped, is_inside
 from kdata.pools.jsonl import read_jsonl
+from kdata.pools.jsonl_split import jsonl_cuts, jsonl_parts, part_fingerprint, read_jsonl_part
 from kdata.pools.text_rows import (
     TEXT_FIELDS,
     str_or_none,
@@ -59,13 +62,33 @@ def _labels_of(read):
     return labels
 
 
-def _jsonl_unit(path: Path, root: Path | None) -> PoolUnit:
+def _jsonl_units(path: Path, root: Path | None) -> list[PoolUnit]:
+    """One unit for a JSONL file, or one per byte range of a large one (``kdata.pools.jsonl_split``)."""
     name = path.relative_to(root).as_posix() if root else path.name
+    cuts = jsonl_cuts(path)
+    if len(cuts) == 1:
+        return [_jsonl_unit(path, name)]
+    return [_jsonl_part_unit(path, name, cuts, k) for k in range(len(cuts))]
 
+
+def _jsonl_unit(path: Path, name: str) -> PoolUnit:
     def read() -> pa.Table:
         return cached_unit_table(path, lambda: read_jsonl(path, name=name), key_parts=["jsonl", name])
 
     return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file_memo(path), path=str(path),
+                    labels=_labels_of(read))
+
+
+def _jsonl_part_unit(path: Path, name: str, cuts: list[tuple[int, int]], k: int) -> PoolUnit:
+    def fingerprint() -> str:
+        return part_fingerprint(name, jsonl_parts(path, cuts), k)
+
+    def read() -> pa.Table:  # the fingerprint covers the range's bytes and what else decides its rows
+        return cached_unit_table(path, lambda: read_jsonl_part(path, name=name, parts=jsonl_parts(path, cuts), k=k),
+                                 key_parts=["jsonl-range", name], digest=fingerprint())
+
+    start, stop = cuts[k]
+    return PoolUnit(name=f"{name}#bytes={start}-{stop}", read=read, fingerprint=fingerprint, path=str(path),
                     labels=_labels_of(read))
 
 
@@ -303,10 +326,11 @@ def open_text(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     elif p.is_file():
         if p.suffix.lower() not in JSONL_SUFFIXES:
             raise KdataError(_unread_refusal(p, None))
-        units, layout = [_jsonl_unit(p, None)], TEXT_LAYOUTS[1]
+        units, layout = _jsonl_units(p, None), TEXT_LAYOUTS[1]
     else:
-        units, layout = [_jsonl_unit(f, p) for f in _jsonl_dir_files(p, limits=limits)], TEXT_LAYOUTS[2]
-    return Pool(spec=spec, units=units, description=f"{layout} text pool at {spec} ({len(units)} file(s))",
+        units, layout = [u for f in _jsonl_dir_files(p, limits=limits) for u in _jsonl_units(f, p)], TEXT_LAYOUTS[2]
+    files = len({u.path for u in units})  # a large JSONL file is several units
+    return Pool(spec=spec, units=units, description=f"{layout} text pool at {spec} ({files} file(s))",
                 extra={"layout": layout, "payload": "text"})
 
 

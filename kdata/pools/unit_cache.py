@@ -17,7 +17,7 @@ from kdata.core.version import __version__
 UNIT_CACHE_VERSION = 2  # bump when the parsed table of a unit changes for the same file (2: no-text files refused)
 
 
-def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:
+def cached_unit_table(path: Path, parse, *, key_parts: list, digest: str | None = None) -> pa.Table:
     """A text unit's pool table, parsed once per file content and kept as an Arrow file in
     ``$KDATA_CACHE/text-units``; every read memory-maps it (zero-copy).
 
@@ -25,9 +25,11 @@ def cached_unit_table(path: Path, parse, *, key_parts: list) -> pa.Table:
     Keeping each parsed unit on the Python heap would hold the whole pool in memory; a mapped file
     costs only pages the OS can drop and re-reads without parsing JSON again. The key is the file's
     sha256 (memoised by stat, ``kdata.core.digests``) with kdata's version and ``key_parts`` (the
-    unit name, which the default sample ids use). Where the cache cannot be written (read-only), the parsed table is
-    returned as it is; an unreadable entry is parsed again and replaced."""
-    key = json.dumps([UNIT_CACHE_VERSION, __version__, sha256_file_memo(path), *key_parts], sort_keys=True)
+    unit name, which the default sample ids use); ``digest`` replaces the file's sha256 where ``parse``
+    reads part of the file (a byte range of a large JSONL file: its fingerprint). Where the cache
+    cannot be written (read-only), the parsed table is returned as it is; an unreadable entry is
+    parsed again and replaced."""
+    key = json.dumps([UNIT_CACHE_VERSION, __version__, digest or sha256_file_memo(path), *key_parts], sort_keys=True)
     try:
         entry = cache_dir("text-units") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.arrow"
     except OSError:
