@@ -310,14 +310,13 @@ def apply_table(scores, prob, acc, *, texts, quarantined, pool):
 
 
 def _pool_texts(pool, ids: list[str]) -> list[str | None]:
-    """The ``text`` of each id in the pool (None where the pool holds no text for it)."""
+    """The ``text`` of each id in the pool (None where the pool holds no text for it); only their rows are read."""
     want, found = set(ids), {}
     if want:
         for unit in pool.units:
-            t = unit.read()
+            t = unit.take_ids(want)
             if "text" in t.column_names:
-                found.update((sid, txt) for sid, txt in zip(t.column("sample_id").to_pylist(),
-                                                            t.column("text").to_pylist()) if sid in want)
+                found.update(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
     return [found.get(i) for i in ids]
 
 

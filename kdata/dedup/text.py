@@ -50,16 +50,16 @@ def text_hash(text: str | None) -> str:
 
 
 def pool_texts(pool, ids: np.ndarray) -> np.ndarray:
-    """The ``text`` of each of ``ids`` (object array, row-aligned), streamed unit by unit over the pool."""
-    from kdata.core.ids import member_mask
-
+    """The ``text`` of each of ``ids`` (object array, row-aligned), unit by unit over the pool: only the
+    rows of ``ids`` are read (``PoolUnit.take_ids``), and no unit after the last of them is found."""
     ids = np.asarray(ids, dtype=object)
     pos_of = {s: i for i, s in enumerate(ids.tolist())}
     out = np.full(len(ids), None, dtype=object)
     found = np.zeros(len(ids), dtype=bool)
     for unit in pool.units:
-        t = unit.read()
-        t = t.filter(member_mask(t.column("sample_id"), pos_of))
+        if found.all():
+            break
+        t = unit.take_ids(pos_of)
         if not t.num_rows or "text" not in t.column_names:
             continue
         where = np.array([pos_of[s] for s in t.column("sample_id").to_pylist()], dtype=np.int64)

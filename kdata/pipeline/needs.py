@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from kdata.core.errors import KdataError
 from kdata.models.spec import load_model
+from kdata.selection.balance import unit_domains
 from kdata.selection.methods import check_chain_options, get_method
 from kdata.selection.methods.miniplm import reference_scores
 
@@ -38,12 +39,10 @@ class Context:
 
 
 def pool_domains(pool) -> pa.Table | None:
-    """sample_id → domain over the pool's units (None when the pool has no units or no domains)."""
-    parts = []
-    for unit in getattr(pool, "units", None) or []:
-        t = unit.read()
-        if "domain" in t.column_names:
-            parts.append(t.select(["sample_id", "domain"]))
+    """sample_id → domain over the pool's units (None when the pool has no units), read without the
+    payloads where the reader can (``selection.balance.unit_domains``: Parquet reads two columns)."""
+    parts = [pa.table(dict(zip(("sample_id", "domain"), unit_domains(u))))
+             for u in getattr(pool, "units", None) or []]
     return pa.concat_tables(parts) if parts else None
 
 

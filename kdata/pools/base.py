@@ -142,10 +142,12 @@ class PoolUnit:
 
     def take_ids(self, wanted) -> pa.Table:
         """The rows whose ``sample_id`` is in ``wanted`` (a set or dict built once per run), found from
-        the unit's ids (no payload read) and read with ``take``."""
-        ids = self.sample_ids()
+        the unit's ids (no payload read) and read with ``take``, both from one ``plan`` (a unit without
+        addressable rows is read once, a Parquet footer and id column once)."""
+        plan = self.plan()
+        ids = plan.sample_ids()
         hit = np.fromiter((i in wanted for i in ids.to_pylist()), bool, count=len(ids))
-        return self.take(np.flatnonzero(hit))
+        return plan.take(np.flatnonzero(hit))
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 * **examples** — the best-ranked kept texts (from the shards) and rejected texts with their reasons,
   spread over the reasons like the image card's thumbnails (``kdata.report.inspect.pick_rejected``);
-  rejected texts are read back from the run's own pool (``kdata.report.pool_source``); ``run`` is a
+  rejected texts are read back from the run's own pool (``kdata.report.pool_source``; only their rows); ``run`` is a
   ``kdata.report.inspect.Run`` and ``pick(n)`` its ``pick_rejected`` (passed in: inspect imports this);
-* **domain mixture** — rows per ``domain`` in the pool (every input sample) and in the kept set;
+* **domain mixture** — rows per ``domain`` in the pool (every input sample; its domain column read
+  alone) and in the kept set;
 * **perplexity quantiles** — exp(mean token NLL) of teacher, student and reference at 10 / 50 / 90 %
   over the scored pool (``decisions.parquet`` carries the NLLs of every scored row) and the kept set.
 
@@ -29,29 +30,55 @@ SNIPPET = 160
 
 def is_text_run(run) -> bool:
     """The curated rows carry text (and no images)."""
-    s = run.shards
-    return s is not None and "text" in s.column_names and s.column("text").null_count < s.num_rows and \
-        not ("image" in s.column_names and s.column("image").null_count < s.num_rows)
+    return run.shards is not None and run.has_values("text") and not run.has_values("image")  # payloads unread
 
 
-def _pool_rows(run) -> tuple[dict | None, str | None]:
-    """sample_id → (text, domain) over the run's own pool (``pool_source.run_pool``), or (None, why not)."""
-    spec = (run.manifest.get("pool") or {}).get("spec") or (run.manifest.get("config") or {}).get("pool")
+def _run_pool(run) -> tuple[object | None, dict | None, str | None]:
+    """(the run's own pool — ``pool_source.run_pool`` —, rows per domain value over it (None: no domain),
+    None), or (None, None, why not). Only the ``domain`` column is read (``PoolUnit.read_column``)."""
+    spec = _spec(run)
     if not spec:
-        return None, "no pool recorded in the manifest"
+        return None, None, "no pool recorded in the manifest"
     pool, why = run_pool(run, spec)
     if pool is None:
-        return None, f"pool {md_code(spec)} could not be read back: it {why}; pool columns left empty"
+        return None, None, f"pool {md_code(spec)} could not be read back: it {why}; pool columns left empty"
     try:
-        rows: dict = {}
+        counts: dict = {}
         for unit in pool.units:
-            t = unit.read()
-            text = t.column("text").to_pylist() if "text" in t.column_names else [None] * t.num_rows
-            dom = t.column("domain").to_pylist() if "domain" in t.column_names else [None] * t.num_rows
-            rows.update(zip(t.column("sample_id").to_pylist(), zip(text, dom)))
-        return rows, None
+            plan = unit.plan()
+            dom = plan.read_column("domain")
+            if dom is None:
+                vc = [(None, plan.num_rows)] if plan.num_rows else []
+            else:
+                v = pc.value_counts(dom.cast(pa.string()))
+                vc = zip(v.field("values").to_pylist(), v.field("counts").to_pylist())
+            for value, n in vc:
+                counts[value] = counts.get(value, 0) + n
+        return pool, counts, None
     except Exception as exc:  # noqa: BLE001  (the pool is gone or changed: the card says so, once)
-        return None, f"pool {md_code(spec)} could not be read back ({type(exc).__name__}); pool columns left empty"
+        return None, None, _unreadable(spec, exc)
+
+
+def _spec(run) -> str | None:
+    return (run.manifest.get("pool") or {}).get("spec") or (run.manifest.get("config") or {}).get("pool")
+
+
+def _unreadable(spec: str, exc: Exception) -> str:
+    return f"pool {md_code(spec)} could not be read back ({type(exc).__name__}); pool columns left empty"
+
+
+def _pool_texts(pool, ids: list[str]) -> dict:
+    """sample_id → text of ``ids`` in the pool, reading only their rows (``PoolUnit.take_ids``);
+    stops at the unit where the last of them is found."""
+    want, found = set(ids), {}
+    for unit in pool.units:
+        if not want:
+            break
+        t = unit.take_ids(want)
+        if "text" in t.column_names:
+            found.update(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
+        want -= found.keys()
+    return found
 
 
 def _ppl(nll: np.ndarray) -> dict | None:
@@ -81,20 +108,22 @@ def perplexity_quantiles(run) -> dict:
     return out
 
 
-def domain_mixture(run, pool_rows: dict | None) -> list[dict]:
-    """Rows per domain in the pool (all input samples) and in the kept set, with shares."""
+def domain_mixture(run, pool_counts: dict | None) -> list[dict]:
+    """Rows per domain in the pool (all input samples; ``pool_counts``: rows per domain value, None
+    for none) and in the kept set, with shares."""
     kept = run.shards.column("domain").to_pylist() if "domain" in run.shards.column_names else []
-    before = [d for _, d in pool_rows.values()] if pool_rows is not None else []
-    if not any(x is not None for x in kept + before):
+    if not any(x is not None for x in kept) and not any(d is not None for d in pool_counts or {}):
         return []
     from collections import Counter
 
-    by_pool, by_kept = Counter(map(str, before)), Counter(map(str, kept))  # one pass each, not one per domain
+    by_pool, by_kept = Counter(), Counter(map(str, kept))  # one pass each, not one per domain
+    for value, n in (pool_counts or {}).items():
+        by_pool[str(value)] += n
     names = sorted(set(by_pool) | set(by_kept), key=lambda s: (s == "None", s))
-    nb, nk = len(before), len(kept)
+    nb, nk = sum(by_pool.values()), len(kept)
     rows = []
     for name in names:
-        b = by_pool[name] if pool_rows is not None else None
+        b = by_pool[name] if pool_counts is not None else None
         k = by_kept[name]
         rows.append({"domain": "(none)" if name == "None" else name, "pool": b,
                      "pool_share": b / nb if b is not None and nb else None, "kept": k,
@@ -107,21 +136,26 @@ def _snippet(text: str | None) -> str:
     return printable(" ".join((text or "").split())[:SNIPPET])
 
 
-def text_examples(run, pool_rows: dict | None, *, n: int = 5, pick=None, order=None) -> tuple[list[dict], list[dict]]:
+def text_examples(run, texts_of=None, *, n: int = 5, pick=None, order=None) -> tuple[list[dict], list[dict]]:
     """(best-ranked kept texts — ``order(rows)`` sorts them where they carry no rank —, rejected texts with
-    reasons — spread over the reasons by ``pick(n)``)."""
+    reasons — spread over the reasons by ``pick(n)``, their texts from ``texts_of(ids)`` (a dict; by
+    default the dataset's ``excluded.parquet``)."""
     s = run.shards
-    cols = [c for c in ("sample_id", "rank", "domain", "text") if c in s.column_names]
+    cols = [c for c in ("sample_id", "rank", "domain") if c in s.column_names]
     score = [c for c in s.column_names if c.startswith("score_")]
-    kept = [{k: v for k, v in r.items() if not k.startswith("score_")} | {"text": _snippet(r.get("text"))}
-            for r in (order or (lambda t: t))(s.select(cols + score)).slice(0, n).to_pylist()]
+    rows = (order or (lambda t: t))(s.select(cols + score).append_column("__row", pa.array(np.arange(s.num_rows))))
+    rows = rows.slice(0, n).to_pylist()
+    texts = run.payload("text", [r.pop("__row") for r in rows])  # the shown rows' texts alone
+    kept = [{k: v for k, v in r.items() if not k.startswith("score_")} | {"text": _snippet(t)}
+            for r, t in zip(rows, texts)]
     rejected = []
     if run.decisions is not None and pick is not None:
         picks = pick(n)
         rows = run.decisions.select(["sample_id", "reason"]).take(pa.array(picks, pa.int64())).to_pylist()
-        texts = _excluded_texts(run, [r["sample_id"] for r in rows]) if pool_rows is None else {}
+        ids = [r["sample_id"] for r in rows]
+        texts = texts_of(ids) if texts_of is not None else _excluded_texts(run, ids)
         for r in rows:
-            text = (pool_rows or {}).get(r["sample_id"], (texts.get(r["sample_id"]), None))[0]
+            text = texts.get(r["sample_id"])
             rejected.append({**r, "text": _snippet(text) if text is not None else None})
     return kept, rejected
 
@@ -145,9 +179,20 @@ def text_summary(run, *, n: int = 5, pick=None, order=None) -> dict | None:
     """The text sections of a run (None for image runs): examples, domain mixture, perplexity quantiles."""
     if not is_text_run(run):
         return None
-    pool_rows, note = _pool_rows(run)
-    kept, rejected = text_examples(run, pool_rows, n=n, pick=pick, order=order)
-    return {"kept_texts": kept, "rejected_texts": rejected, "domain_mixture": domain_mixture(run, pool_rows),
+    pool, counts, note = _run_pool(run)
+    failed: list[Exception] = []
+
+    def texts_of(ids: list[str]) -> dict:
+        try:
+            return _pool_texts(pool, ids)
+        except Exception as exc:  # noqa: BLE001  (a rejected row's payload cannot be read back: said once)
+            failed.append(exc)
+            return _excluded_texts(run, ids)
+
+    kept, rejected = text_examples(run, texts_of if pool is not None else None, n=n, pick=pick, order=order)
+    if failed:
+        counts, note = None, _unreadable(_spec(run), failed[0])
+    return {"kept_texts": kept, "rejected_texts": rejected, "domain_mixture": domain_mixture(run, counts),
             "perplexity": perplexity_quantiles(run), "note": note}
 
 

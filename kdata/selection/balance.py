@@ -52,17 +52,25 @@ def groups_for(balance: str, view, cand: np.ndarray, *, seed: int) -> np.ndarray
     raise KdataError(f"--balance '{balance}': expected none, class, cluster or domain")
 
 
+def unit_domains(unit) -> tuple[pa.Array, pa.Array]:
+    """(sample ids, ``domain`` as strings, null where none) of one pool unit, without reading its
+    payloads where the reader can address columns (a Parquet file reads its id and domain columns
+    alone; a unit without addressable rows is read once)."""
+    plan = unit.plan()
+    ids = plan.sample_ids()
+    dom = plan.read_column("domain")
+    return ids, pa.nulls(len(ids), pa.string()) if dom is None else dom.combine_chunks().cast(pa.string())
+
+
 def attach_domain(scores: pa.Table, pool) -> pa.Table:
-    """The scores table plus the pool's ``domain`` column (read unit by unit), for domain balance."""
+    """The scores table plus the pool's ``domain`` column (``unit_domains``, unit by unit), for domain balance."""
     if "domain" in scores.column_names:
         return scores
     ids, doms = [], []
     for unit in pool.units:
-        t = unit.read()
-        if "domain" not in t.column_names:
-            continue
-        ids.append(t.column("sample_id").combine_chunks())
-        doms.append(t.column("domain").combine_chunks().cast(pa.string()))
+        i, d = unit_domains(unit)
+        ids.append(i)
+        doms.append(d)
     if not ids:
         raise KdataError(f"{pool.spec}: --balance domain needs a 'domain' column in the pool")
     all_ids, all_dom = pa.concat_arrays(ids), pa.concat_arrays(doms)

@@ -48,15 +48,14 @@ def embedder_info(spec: str, *, device="cpu") -> dict:
 
 
 def texts_from_pool(pool, ids: list[str]) -> list[str]:
-    """The ``text`` of each id, read from the pool's units (one line when an id is missing)."""
+    """The ``text`` of each id, read from the pool's units, only the rows of ``ids`` (``PoolUnit.take_ids``;
+    one line when an id is missing)."""
     want, found = set(ids), {}
     for unit in pool.units:
-        t = unit.read()
+        t = unit.take_ids(want)
         if "text" not in t.column_names:
             continue
-        for sid, txt in zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()):
-            if sid in want:
-                found[sid] = txt
+        found.update(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
     missing = [i for i in ids if i not in found]
     if missing:
         raise KdataError(f"{pool.spec}: text of {len(missing)} scored row(s) not found, e.g. {missing[0]!r}")
