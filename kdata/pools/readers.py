@@ -163,6 +163,13 @@ class FolderRows(UnitRows):
     def take(self, rows) -> pa.Table:
         return self._read([int(i) for i in rows])
 
+    def read_column(self, name: str) -> pa.ChunkedArray | None:
+        """Every column but ``image`` comes from the listing (ids, labels) or is null: no file is read."""
+        if name == "image" or name not in POOL_SCHEMA.names:
+            return super().read_column(name)
+        ids = [escaped(f) for f in self.files]
+        return pool_table(ids, [None] * len(ids), self.labels, source=self.source).column(name)
+
     def _read(self, at) -> pa.Table:
         files = [self.files[i] for i in at]
         got = [self.load(f) for f in files]

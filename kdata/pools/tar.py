@@ -254,6 +254,12 @@ class TarRows(UnitRows):
     def take(self, rows) -> pa.Table:
         return self._read([int(i) for i in rows])
 
+    def read_column(self, name: str) -> pa.ChunkedArray | None:
+        """``text``, ``domain`` and ``parent_id`` are null in a WebDataset shard: known without reading a member."""
+        if name not in ("text", "domain", "parent_id"):
+            return super().read_column(name)
+        return pa.chunked_array([pa.nulls(self.num_rows, pa.string())])
+
     def _read(self, at) -> pa.Table:
         """The samples at positions ``at``, their members read by offset with the shard opened once."""
         ids, images, labels, errors = [], [], [], []

@@ -118,3 +118,20 @@ def test_one_huge_row_group_is_streamed_not_read_whole(tmp_path, monkeypatch):
         with pytest.raises(KdataError, match="one_group.parquet: cannot read Parquet"):
             wrecked()
     assert unit.take([5]).column("sample_id").to_pylist() == ["s0005"]  # the cursor recovers
+
+
+def test_folder_and_tar_columns_without_payloads_read_no_file(tmp_path):
+    root = make_image_folder(tmp_path / "pool", n=12)
+    unit = open_image_folder(str(root), unit_files=50).units[0]
+    whole = unit.read()
+    for f in root.rglob("*.png"):  # columns other than the image come from the listing
+        f.write_bytes(b"")
+    for name in ("sample_id", "label", "domain", "text", "source", "kind"):
+        assert unit.read_column(name).to_pylist() == whole.column(name).to_pylist(), name
+    x, y = digits(6)
+    tar = make_tar(tmp_path / "pool.tar", [(f"s{i}", str(y[i]), png_bytes(x[i])) for i in range(6)])
+    tunit = open_tar(str(tar)).units[0]
+    assert tunit.read_column("label").to_pylist() == [str(v) for v in y[:6]]
+    plan = tunit.plan()
+    tar.unlink()
+    assert plan.read_column("domain").to_pylist() == [None] * 6  # no member read (the shard is gone)
