@@ -9,12 +9,14 @@ re-selection is written by ``finish`` as a full dataset (manifest, decisions, ca
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
@@ -23,11 +25,23 @@ from kdata.models.spec import Model, load_model
 from kdata.pipeline.config import SelectConfig
 from kdata.pipeline.curate import Scored, finish
 from kdata.pipeline.prepare import Prepared
+from kdata.pipeline.run import score
 from kdata.pools.spec import open_pool
-from kdata.scoring.score import ScoreConfig, check_models, score_table
+from kdata.scoring.score import ScoreConfig, check_models
 from kdata.selection.methods import available
 from kdata.training.shard_dataset import ShardDataset
 from kdata.training.train import TrainConfig, run_train
+
+
+def weights_checksum(module: torch.nn.Module) -> str:
+    """A checksum of a module's parameters and buffers (names, dtypes, shapes, bytes): the score cache
+    key of a student mid-training, so a cached unit is reused only for these very weights."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return "weights-sha256:" + h.hexdigest()
 
 
 def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int = 0, device="cpu",
@@ -37,11 +51,14 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
     the same budget every time: the size of the set training started from. ``threshold``: KD³'s
     confidence cut τ — rows whose combined teacher+student confidence is below it are rejected
     (``kd3_low_confidence``) even under the budget, so the kept set can shrink or grow back as the
-    student learns, as in the paper. A re-selection that keeps no row is one ``KdataError``."""
+    student learns, as in the paper. A re-selection that keeps no row is one ``KdataError``.
+
+    The pool is never held in memory: each re-selection scores it unit by unit through the per-unit
+    score cache (``kdata.scoring.score.score_pool``), the student keyed by a checksum of its current
+    weights (``weights_checksum``), so only scores, not payloads, stay in memory while training."""
     if method not in available():
         raise KdataError(f"--reselect-every needs the '{method}' selection method, which is not available")
     the_pool = open_pool(pool)
-    table = the_pool.read_all()
     t_model = load_model(teacher, device=device)
     work_dir = Path(work_dir)
     score_cfg = ScoreConfig(topk=topk, temperature=temperature, embeddings=False)
@@ -51,16 +68,23 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
         was = student.module.training
         current = dataclasses.replace(student, spec=f"{student.spec}@epoch{epoch}", checksum=f"training:{epoch}")
         student.module.eval()
-        scores, quarantined = score_table(table, t_model, current, config=score_cfg, device=device)
-        student.module.train(was)
-        cfg = SelectConfig(pool=pool, teacher=teacher, student=current.spec, method=method,
-                           budget=str(min(budget, scores.num_rows)), seed=seed, topk=topk, temperature=temperature,
-                           method_options={method: {"threshold": threshold}} if threshold is not None else {})
-        prep = Prepared(cfg=cfg, pool=the_pool, teacher=t_model, student=current, methods=[method], balance=None,
+        keyed = dataclasses.replace(current, checksum=weights_checksum(student.module))
+        opts = {method: {"threshold": threshold}} if threshold is not None else {}
+        cfg = SelectConfig(pool=pool, teacher=teacher, student=current.spec, method=method, budget=str(budget),
+                           seed=seed, topk=topk, temperature=temperature, method_options=opts)
+        prep = Prepared(cfg=cfg, pool=the_pool, teacher=t_model, student=keyed, methods=[method], balance=None,
                         score_cfg=score_cfg, device=device)
+        try:
+            scored = score(prep)  # unit by unit, cached under these weights
+        finally:
+            student.module.train(was)
+        scores, n_in = scored.scores, scored.info["n_in"]
+        cfg = dataclasses.replace(cfg, budget=str(min(budget, scores.num_rows)))
+        prep = dataclasses.replace(prep, cfg=cfg, student=current)
         out = work_dir / f"reselect-epoch{epoch:03d}"
-        report = finish(prep, Scored(scores=scores, quarantined=quarantined,
-                                     info={"n_in": table.num_rows, "units": len(the_pool.units)}), out=str(out))
+        report = finish(prep, Scored(scores=scores, quarantined=scored.quarantined,
+                                     info={"n_in": n_in, "units": len(the_pool.units),
+                                           "cache_hits": scored.info["cache_hits"]}), out=str(out))
         if not report.counts["kept"]:
             why = (f"--reselect-threshold {threshold}: every row's KD³ confidence is below it; lower it"
                    if threshold is not None else "nothing was kept")

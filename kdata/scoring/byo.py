@@ -219,10 +219,11 @@ def _one_class_columns(n: int) -> dict[str, pa.Array]:
     cols = {name: pa.array(np.full(n, v, np.float32)) for name, v in one.items()}
     cols["teacher_pred"] = cols["student_pred"] = pa.array(np.zeros(n, np.int32))
     cols["agree"] = pa.array(np.ones(n, bool))
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32))  # one item per row, built in Arrow (no Python lists)
     for name in ("teacher_topk_idx", "student_topk_idx"):
-        cols[name] = pa.array([[0]] * n, pa.list_(pa.int32()))
+        cols[name] = pa.ListArray.from_arrays(offsets, pa.array(np.zeros(n, np.int32)))
     for name in ("teacher_topk_prob", "student_topk_prob", "teacher_topk_logit"):
-        cols[name] = pa.array([[1.0 if "prob" in name else 0.0]] * n, pa.list_(pa.float32()))
+        cols[name] = pa.ListArray.from_arrays(offsets, pa.array(np.full(n, 1.0 if "prob" in name else 0.0, np.float32)))
     return cols
 
 

@@ -17,19 +17,26 @@ def check_count(k, *, what: str = "k") -> int:
 
 
 def top_k(score: np.ndarray, k: int, *, seed: int, groups: np.ndarray | None = None,
-          ids: np.ndarray | None = None) -> np.ndarray:
+          ids: np.ndarray | None = None, tie: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``k`` highest scores; ties broken by a seeded random key, then by index.
 
-    With ``ids`` (the rows' sample ids) the tie key is each row's permanent random number
-    (``kdata.selection.prn``), so ties resolve the same whatever the row order; without, a seeded
-    generator over positions (kept for callers that have no ids).
+    ``tie``: the rows' permanent random numbers under ``seed``, already computed (the view's cached
+    ``ScoreView.prn(seed)`` sliced to these rows), so a run hashes its ids once, not once per call.
+    Else with ``ids`` (the rows' sample ids) the tie key is computed here (``kdata.selection.prn``);
+    either way ties resolve the same whatever the row order. Without both, a seeded generator over
+    positions (kept for callers that have no ids).
 
     With ``groups``, the budget is split as evenly as possible over the groups present (a group
     with too few rows gives its share to the others) — class-balanced selection.
     """
     n = len(score)
     k = max(0, min(check_count(k), n))
-    tie = prn(ids, seed=seed) if ids is not None else np.random.default_rng(seed).random(n)
+    if tie is not None:
+        tie = np.asarray(tie, dtype=np.float64)
+        if tie.shape != (n,):
+            raise ValueError(f"top_k: tie has shape {tie.shape} for {n} scores")
+    else:
+        tie = prn(ids, seed=seed) if ids is not None else np.random.default_rng(seed).random(n)
     s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
     order = np.lexsort((np.arange(n), tie, -s))  # best first
     if groups is None:

@@ -115,7 +115,7 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
     if dedup is not None:  # duplicates must not take budget; the better-ranked copy survives
         cand = np.flatnonzero(st.alive)
         key = -view.prn(seed)[cand] if sampler or st.ranker_score is None else st.ranker_score[cand]
-        order = cand[top_k(key, len(cand), seed=seed, ids=view.sample_ids[cand])]
+        order = cand[top_k(key, len(cand), seed=seed, tie=view.prn(seed)[cand])]
         dup_of, st.info["dedup"] = dedup(view, order)
         hit = np.flatnonzero(dup_of >= 0)
         ids = view.sample_ids
@@ -170,7 +170,7 @@ def _finish(st: _State, view: ScoreView, *, budget: int, seed: int, balance: str
     elif balance not in (None, "none"):
         from kdata.selection.balance import groups_for  # cluster / domain balance live with their stage
         groups = groups_for(balance, view, cand, seed=seed)
-    chosen = cand[top_k(st.ranker_score[cand], budget, seed=seed, groups=groups, ids=view.sample_ids[cand])]
+    chosen = cand[top_k(st.ranker_score[cand], budget, seed=seed, groups=groups, tie=view.prn(seed)[cand])]
     kept = np.zeros(n, dtype=bool)
     kept[chosen] = True
     over = st.alive & ~kept

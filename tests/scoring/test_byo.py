@@ -233,3 +233,26 @@ def test_a_file_written_by_pandas_runs_like_the_same_file_written_by_pyarrow(tmp
         dec = pq.read_table(out / "decisions.parquet")
         kept.append(sorted(r["sample_id"] for r in dec.to_pylist() if r["decision"] == "kept"))
     assert len(kept[0]) == 12 and kept[0] == kept[1]
+
+
+@pytest.mark.parametrize("n", [1, 3, 70_000])
+def test_logprob_only_files_get_the_one_class_top_k_columns_built_in_arrow(tmp_path, n):
+    """A logprob-only file's trivial one-class top-k columns (built from offsets and values, not one
+    Python list per row) are exactly the list<…> columns of one item per row, in memory and on disk."""
+    p = tmp_path / "lp.parquet"
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(n)],
+                             "teacher_logprob": pa.array(np.full(n, -1.0)),
+                             "reference_logprob": pa.array(np.full(n, -2.0))}), p)
+    scores, C, _ = load_scores(str(p), topk=5, temperature=1.0)
+    assert C == 1 and scores.num_rows == n
+    want = {"teacher_topk_idx": pa.array([[0]] * n, pa.list_(pa.int32())),
+            "student_topk_idx": pa.array([[0]] * n, pa.list_(pa.int32())),
+            "teacher_topk_prob": pa.array([[1.0]] * n, pa.list_(pa.float32())),
+            "student_topk_prob": pa.array([[1.0]] * n, pa.list_(pa.float32())),
+            "teacher_topk_logit": pa.array([[0.0]] * n, pa.list_(pa.float32()))}
+    pq.write_table(scores, tmp_path / "scores.parquet")
+    back = pq.read_table(tmp_path / "scores.parquet")
+    for name, col in want.items():
+        got = scores.column(name).combine_chunks()
+        assert got.type == col.type and got.null_count == 0 and got.equals(col), name
+        assert back.column(name).combine_chunks().equals(col), name

@@ -1,6 +1,7 @@
 """Permanent random numbers and Pareto order sampling (kdata.selection.prn)."""
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from kdata.selection.prn import order_sample, prn
@@ -57,3 +58,59 @@ def test_order_sample_moves_few_rows_when_one_probability_moves():
     q[0] *= 1.05
     b = set(order_sample(q, 100, u=u).tolist())
     assert len(a ^ b) <= 2  # one row in, one row out at most
+
+
+def _ids_hashed(fn):
+    """``fn()``, and the number of sample ids of each call to ``prn`` it made (a profile hook, no patching)."""
+    import sys
+
+    calls = []
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code is prn.__code__:
+            calls.append(len(frame.f_locals["sample_ids"]))
+
+    sys.setprofile(hook)
+    try:
+        out = fn()
+    finally:
+        sys.setprofile(None)
+    return out, calls
+
+
+def _byo_scores(n: int, *, c: int = 4):
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    t = np.round(rng.normal(size=(n, c)), 1).astype(np.float32)  # rounded: many tied scores
+    s = np.round(rng.normal(size=(n, c)), 1).astype(np.float32)
+    return pa.table({"sample_id": [f"r{i:05d}" for i in range(n)],
+                     "teacher_logits": pa.array(list(t), pa.list_(pa.float32())),
+                     "student_logits": pa.array(list(s), pa.list_(pa.float32()))})
+
+
+@pytest.mark.parametrize("methods, dedup", [(["rad"], False), (["random"], False), (["coverage"], True),
+                                            (["kd3"], True)])
+def test_a_selection_hashes_each_sample_id_once(methods, dedup):
+    """The permanent random numbers of a run are computed once, on the view, and sliced for the
+    budget's tie-break and the dedup order (not re-hashed per call: 5 s per million ids)."""
+    from kdata.selection.run import select
+
+    n, budget = 3000, 700
+    no_dups = (lambda view, order: (np.full(len(order), -1), {})) if dedup else None
+    sel, calls = _ids_hashed(lambda: select(_byo_scores(n), methods=methods, budget=budget, seed=3,
+                                            num_classes=4, dedup=no_dups))
+    assert sum(calls) <= n, calls
+    assert int(sel.kept.sum()) == budget
+
+
+def test_top_k_given_the_rows_prns_breaks_ties_as_from_their_ids():
+    from kdata.selection.ranking import top_k
+
+    ids = np.array([f"r{i:05d}" for i in range(5000)], dtype=object)
+    score = np.random.default_rng(2).integers(0, 5, size=5000).astype(float)  # a thousand rows per tied score
+    rows = np.flatnonzero(score != 3)
+    u = prn(ids, seed=11)
+    for groups in (None, (np.arange(5000) % 7)[rows]):
+        np.testing.assert_array_equal(top_k(score[rows], 1234, seed=11, groups=groups, tie=u[rows]),
+                                      top_k(score[rows], 1234, seed=11, groups=groups, ids=ids[rows]))
