@@ -19,8 +19,6 @@ import numpy as np
 
 EXACT_MAX = 20_000  # up to this many rows the pair search is exact (flat index)
 
-EXACT_MAX = 20_000  # up to this many rows the pair search is exact (flat index)
-
 
 _PROBE = """
 import numpy as np, faiss
@@ -50,12 +48,17 @@ def faiss_gpu_ok() -> bool:
 
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32, C-contiguous); all-zero rows stay zero."""
+def l2_normalize(x: np.ndarray, *, inplace: bool = False, chunk: int = 8192) -> np.ndarray:
+    """Rows scaled to unit length (float32, C-contiguous); all-zero rows stay zero. Worked ``chunk``
+    rows at a time (no N × dims temporary); ``inplace``: scale ``x`` itself when it already is a
+    float32 C-contiguous array (a copy the caller owns), so a large matrix is not held twice. The
+    values are the same either way."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norm > 0, norm, 1.0), dtype=np.float32)
-
+    out = x if inplace else np.empty_like(x)
+    for s in range(0, len(x), chunk):
+        norm = np.linalg.norm(x[s:s + chunk], axis=1, keepdims=True)
+        np.divide(x[s:s + chunk], np.where(norm > 0, norm, 1.0), out=out[s:s + chunk])
+    return out
 
 
 def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
@@ -134,9 +137,8 @@ def _cell_pairs(x, threshold, *, seed, nprobe, chunk):
     centroids = _train_centroids(x, k, seed=seed, niter=10, max_points_per_centroid=32)
     _, probe = _centroid_search(centroids, x, nprobe)
     home = probe[:, 0]
-    order = np.argsort(home, kind="stable")
+    order = np.argsort(home, kind="stable")  # rows grouped by home cell, as positions (no copy of x)
     bounds = np.searchsorted(home[order], np.arange(k + 1))
-    xs = x[order]  # rows grouped by home cell: each cell is a contiguous slice
     flat = probe.ravel()
     qorder = np.argsort(flat, kind="stable")
     qbounds = np.searchsorted(flat[qorder], np.arange(k + 1))
@@ -146,11 +148,12 @@ def _cell_pairs(x, threshold, *, seed, nprobe, chunk):
         if hi == lo:
             continue
         members = order[lo:hi]
+        xs = x[members]  # this cell's rows, gathered once (one cell at a time)
         queries = qorder[qbounds[c]:qbounds[c + 1]] // nprobe
         step = rows_per_block(chunk, hi - lo)
         for s in range(0, len(queries), step):
             q = queries[s:s + step]
-            sim = x[q] @ xs[lo:hi].T
+            sim = x[q] @ xs.T
             a, b = np.nonzero(sim >= threshold)
             qi, mj = q[a], members[b]
             keep = qi != mj
@@ -173,3 +176,36 @@ def _cell_pairs(x, threshold, *, seed, nprobe, chunk):
 def rows_per_block(chunk: int, width: int, *, max_cells: int = 1 << 25) -> int:
     """Rows per similarity block so a block stays ≤ ``max_cells`` floats (128 MB) however big a cell."""
     return int(max(16, min(chunk, max_cells // max(1, width))))
+
+
+def group_cosine(x: np.ndarray, groups: np.ndarray, *, ref: np.ndarray | None = None,
+                 chunk: int = 16384) -> np.ndarray:
+    """cos(x_i, centroid of i's group), float64 per row; the centroid is the mean of the group's unit
+    rows that ``ref`` marks (all by default), NaN for a group with none.
+
+    Rows are sorted by group once, summed per segment with ``np.add.reduceat`` and normalised
+    ``chunk`` rows at a time in float64: memory O(chunk·D + groups·D), time O(N·D) for any number of
+    groups, where a loop over groups costs O(N·groups) and a float64 copy of ``x`` 8·D bytes a row."""
+    n = len(groups)
+    order = np.argsort(groups, kind="stable")
+    seg = np.cumsum(np.r_[False, np.diff(np.asarray(groups)[order]) != 0]) if n else np.zeros(0, np.int64)
+    marked = np.ones(n, bool) if ref is None else np.asarray(ref, bool)[order]
+    sums = np.zeros((int(seg[-1]) + 1 if n else 0, x.shape[1]))
+    for s in range(0, n, chunk):
+        g, rows = seg[s:s + chunk][marked[s:s + chunk]], order[s:s + chunk][marked[s:s + chunk]]
+        if len(g):
+            first = np.flatnonzero(np.r_[True, np.diff(g) != 0])
+            sums[g[first]] += np.add.reduceat(_unit_rows64(x, rows), first, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a group with no marked row: NaN
+        cen = sums / np.bincount(seg[marked], minlength=len(sums))[:, None]
+    cen /= np.maximum(np.sqrt(np.einsum("ij,ij->i", cen, cen)), 1e-12)[:, None]
+    out = np.zeros(n)
+    for s in range(0, n, chunk):
+        out[order[s:s + chunk]] = np.einsum("ij,ij->i", _unit_rows64(x, order[s:s + chunk]), cen[seg[s:s + chunk]])
+    return out
+
+
+def _unit_rows64(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``x`` in float64, scaled to unit length (all-zero rows stay zero)."""
+    e = np.asarray(x[rows], dtype=np.float64)
+    return e / np.maximum(np.sqrt(np.einsum("ij,ij->i", e, e)), 1e-12)[:, None]

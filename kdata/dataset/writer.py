@@ -217,7 +217,7 @@ def check_shard_options(*, rows_per_shard, row_group_rows) -> None:
 
 def write_shards(table: pa.Table, out_dir: str | os.PathLike, *, meta: dict, rows_per_shard: int = 10_000,
                  row_group_rows: int = 1_000, split: str = "train") -> list[dict]:
-    """Write ``table`` as ``data/<split>-0000i-of-0000N.parquet`` shards (atomic each).
+    """Write ``table`` (or a ``ShardRows``) as ``data/<split>-0000i-of-0000N.parquet`` shards (atomic each).
 
     Returns the manifest entries: path (relative), rows, bytes, sha256. Every row given is
     written exactly once (checked against the files' footers).
@@ -231,7 +231,10 @@ def write_shards(table: pa.Table, out_dir: str | os.PathLike, *, meta: dict, row
     for i in range(n_shards):
         part = table.slice(i * rows_per_shard, rows_per_shard)
         rel = f"{DATA_DIR}/{shard_name(i, n_shards, split=split)}"
-        write_parquet(out_dir / rel, part, row_group_size=row_group_rows)
+        if isinstance(part, pa.Table):
+            write_parquet(out_dir / rel, part, row_group_size=row_group_rows)
+        else:  # a ShardRows (kdata.dataset.shard_rows): read and written one row group at a time
+            part.write_parquet(out_dir / rel, row_group_size=row_group_rows)
         entry = file_entry(out_dir / rel, rel=rel)
         if entry["rows"] != part.num_rows:
             raise RuntimeFailure(f"{out_dir / rel}: wrote {entry['rows']} rows of {part.num_rows}")
@@ -316,11 +319,15 @@ def shard_paths(out: str | os.PathLike) -> list[Path]:
     return sorted((out / DATA_DIR).glob("*.parquet"))
 
 
-def read_shards(out: str | os.PathLike) -> pa.Table:
+def read_shards(out: str | os.PathLike, *, columns=None) -> pa.Table:
+    """Every shard of OUT as one table; with ``columns``, only those of them the shards hold."""
     paths = shard_paths(out)
     if not paths:
         raise KdataError(f"{out}: no curated shards found")
-    return pa.concat_tables([pq.read_table(p) for p in paths], promote_options="default")
+    if columns is None:
+        return pa.concat_tables([pq.read_table(p) for p in paths], promote_options="default")
+    return pa.concat_tables([pq.read_table(p, columns=[c for c in pq.read_schema(p).names if c in columns])
+                             for p in paths], promote_options="default")
 
 
 def write_decisions(table: pa.Table, path: str | os.PathLike, *, rel: str | None = None) -> dict:

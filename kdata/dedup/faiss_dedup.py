@@ -82,15 +82,16 @@ def greedy_survivors(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> n
 
 
 def semdedup_scores(emb: np.ndarray, *, n_clusters: int | None = None, seed: int = 0,
-                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, dict]:
+                    chunk: int = 2048, inplace: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """SemDeDup within-cluster scores: for each row its highest cosine to a better-ranked row of
     its cluster, and that row's index (-1 when it is the best of its cluster).
 
     Clusters: spherical k-means (faiss) with ``n_clusters`` (default: clusters of ~max(100, √N)
     rows, so k-means and the per-cluster products both cost O(N^1.5·d)). Pairwise cosine per cluster in row chunks (memory
-    ``chunk`` × cluster size).
+    ``chunk`` × cluster size). ``inplace``: ``emb`` is a float32 copy the caller owns, normalised in
+    place rather than copied.
     """
-    x = l2_normalize(emb)
+    x = l2_normalize(emb, inplace=inplace)
     n = len(x)
     k = n_clusters or max(1, int(round(n / max(100.0, np.sqrt(n)))))
     _, assign = spherical_kmeans(x, k, seed=seed) if n > 1 else (None, np.zeros(n, np.int64))
@@ -189,7 +190,9 @@ def _rows(name: str, value, *, vectors: bool) -> tuple[int, object]:
         raise KdataError(f"dedup: {name} must be a numeric array, rows × dims ({str(exc).splitlines()[0]})") from None
     if x.ndim != 2 or (len(x) and not x.shape[1]):
         raise KdataError(f"dedup: {name} must be a 2-D array, rows × dims (got shape {x.shape})")
-    bad = ~np.isfinite(x).all(1)
+    bad = np.zeros(len(x), dtype=bool)
+    for s in range(0, len(x), 8192):  # a block at a time: no N × dims mask
+        bad[s:s + 8192] = ~np.isfinite(x[s:s + 8192]).all(1)
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         raise KdataError(f"dedup: {name} row {r} is not finite ({x[r][~np.isfinite(x[r])][0]}); "
@@ -244,7 +247,8 @@ def dedup_ranked(*, level: str, hashes=None, pixels: np.ndarray | None = None, e
     if "pixels" in given:
         alive = np.flatnonzero(dup_of < 0)
         t = near_default if (threshold is None or level != "near") else float(threshold)
-        i, j, s = similar_pairs(l2_normalize(given["pixels"][alive]), threshold=t, seed=seed)
+        # one copy of the rows left ([alive]), normalised in place
+        i, j, s = similar_pairs(l2_normalize(given["pixels"][alive], inplace=True), threshold=t, seed=seed)
         sub = greedy_survivors(len(alive), i, j, s)
         hit = sub >= 0
         dup_of[alive[hit]] = alive[sub[hit]]
@@ -266,7 +270,8 @@ def _semantic(embeddings: np.ndarray, dup_of: np.ndarray, level_of: np.ndarray, 
     """SemDeDup over the rows still alive, in place (``dup_of``, ``level_of``, ``info``)."""
     n = len(dup_of)
     alive = np.flatnonzero(dup_of < 0)
-    best, arg, sinfo = semdedup_scores(embeddings[alive], n_clusters=n_clusters, seed=seed)
+    best, arg, sinfo = semdedup_scores(np.ascontiguousarray(embeddings[alive], dtype=np.float32),
+                                       n_clusters=n_clusters, seed=seed, inplace=True)  # one copy
     if frac is not None:
         n_remove = max(0, int(round(float(frac) * n)) - int((dup_of >= 0).sum()))
         sub = semdedup_survivors(best, arg, threshold=None, n_remove=n_remove)
@@ -345,15 +350,15 @@ def _text_run(cfg, pool, level: str):
 # ------------------------------------------------------------------------------------------------
 # Already curated shards (``kdata dedup``)
 
-def embed_images(images: list, model, *, batch_size: int = 256, device="cpu") -> np.ndarray:
-    """Penultimate features of ``model`` for image payloads (for semantic dedup of shards)."""
+def embed_images(images, model, *, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """Penultimate features of ``model`` for image payloads (for semantic dedup of shards): a sequence
+    (``kdata.dataset.shard_rows.ShardColumn`` reads a row group at a time), decoded in order."""
     import torch
 
     from kdata.models.images import iter_decoded
 
     key = model.preprocess_key
     out = np.zeros((len(images), 0), np.float32)
-    parts: dict[int, np.ndarray] = {}
     with torch.inference_mode():
         for idx, batch, bad in iter_decoded(images, [key], batch_size=batch_size, num_workers=0):
             if bad:
@@ -361,10 +366,8 @@ def embed_images(images: list, model, *, batch_size: int = 256, device="cpu") ->
             _, feat = model.forward(batch[key].to(device))
             if feat is None:
                 raise KdataError(f"{model.spec}: the model gives no penultimate features for semantic dedup")
-            for i, f in zip(idx.tolist(), feat.float().cpu().numpy()):
-                parts[i] = f
-    if parts:
-        out = np.stack([parts[i] for i in range(len(images))])
+            feat = feat.float().cpu().numpy()
+            if not out.shape[1]:
+                out = np.zeros((len(images), feat.shape[1]), np.float32)
+            out[idx.numpy()] = feat
     return out
-
-

@@ -64,27 +64,54 @@ def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | No
     n = table.num_rows
     images = table.column("image").to_pylist() if "image" in table.column_names else [None] * n
     texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * n
-    hashes, vecs = [], []
-    for img, txt in zip(images, texts):
+    hashes = []
+    vecs = np.zeros((n, PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
+    for r, (img, txt) in enumerate(zip(images, texts)):
         if img is None:
             hashes.append(text_features(txt))
-            vecs.append(np.zeros(PIXEL_SIZE * PIXEL_SIZE, np.float32))
         else:
             h, v = image_features(img, pixels=pixels)
             hashes.append(h)
-            vecs.append(v)
-    if not pixels:
-        return hashes, None
-    return hashes, (np.stack(vecs) if vecs else np.zeros((0, PIXEL_SIZE * PIXEL_SIZE), np.float32))
+            if pixels:
+                vecs[r] = v
+    return hashes, vecs
+
+
+def file_features(paths, *, pixels: bool, at: np.ndarray | None = None) -> tuple[list[str], np.ndarray | None]:
+    """``payload_features`` of every row of the Parquet files ``paths`` (a dataset's shards), read a
+    row group at a time and only the ``image``/``text`` columns, so memory holds the features
+    (~1 KB a row with pixels) and one row group's payloads, never the files'. Row ``r`` in file order
+    (rows numbered across the files) lands at ``at[r]`` (default: ``r``)."""
+    import pyarrow.parquet as pq
+
+    n = sum(pq.read_metadata(p).num_rows for p in paths)
+    at = np.arange(n) if at is None else np.asarray(at, dtype=np.int64)
+    hashes: list = [None] * n
+    vecs = np.zeros((n, PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
+    done = 0
+    for p in paths:
+        f = pq.ParquetFile(p)
+        cols = [c for c in ("image", "text") if c in f.schema_arrow.names]
+        for g in range(f.num_row_groups):
+            h, v = payload_features(f.read_row_group(g, columns=cols), pixels=pixels)
+            where = at[done:done + len(h)]
+            for i, x in zip(where.tolist(), h):
+                hashes[i] = x
+            if pixels:
+                vecs[where] = v
+            done += len(h)
+    return hashes, vecs
 
 
 FEATURES_VERSION = 3  # bump when image_features / payload_features change what they compute (2: upright, 16-bit; 3: formats)
 
 
-def unit_features(unit, *, pixels: bool):
+def unit_features(unit, *, pixels: bool, wanted=None):
     """``sample_id``, ``hash`` (and ``pixels``, the near-dup embedding) of every row of a pool unit,
     cached per unit content and name in ``$KDATA_CACHE/dedup-features``: decoding every image again is
-    most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept.
+    most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept. With
+    ``wanted`` (a set or dict of ids), a unit that is not cached and holds none of them is neither
+    read nor computed (an empty table comes back).
 
     An entry is ``<key>.parquet`` and, written after it, ``<key>.json`` recording the file's rows,
     size and CRC-32 (``kdata.scoring.cache_entries``). One that does not match is a miss: dropped
@@ -98,7 +125,7 @@ def unit_features(unit, *, pixels: bool):
     try:
         path = cache_dir("dedup-features") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
     except OSError:
-        return _unit_features(unit, pixels)
+        return _unit_features(unit, pixels, wanted) or _features_table([], [], pixels)
     marker = path.with_suffix(".json")
     table = _cached_features(path, marker, pixels)
     if table is not None:
@@ -106,12 +133,14 @@ def unit_features(unit, *, pixels: bool):
     try:
         lock = acquire(path, wait=True)
     except KdataError:  # read-only cache
-        return _unit_features(unit, pixels)
+        return _unit_features(unit, pixels, wanted) or _features_table([], [], pixels)
     try:
         table = _cached_features(path, marker, pixels, lock=lock)
         if table is not None:
             return table
-        table = _unit_features(unit, pixels)
+        table = _unit_features(unit, pixels, wanted)
+        if table is None:  # holds none of ``wanted``: nothing computed, nothing cached
+            return _features_table([], [], pixels)
         try:
             write_entry(path, marker, table, {"unit": unit.name})
         except OSError:
@@ -155,40 +184,61 @@ def _check_schema(schema, pixels: bool, path) -> None:
                                  f"expected {list(want)}")
 
 
-def _unit_features(unit, pixels: bool):
+def _unit_features(unit, pixels: bool, wanted=None, *, chunk: int = 1024):
+    """Features of every row of ``unit``, read ``chunk`` rows at a time from its row plan (a unit's
+    payloads are never all held); None when ``wanted`` is given and the unit holds none of its ids."""
     import pyarrow as pa
 
-    t = unit.read()
-    h, v = payload_features(t, pixels=pixels)
-    cols = {"sample_id": t.column("sample_id").cast(pa.string()), "hash": pa.array(h, pa.string())}
+    plan = unit.plan()
+    if wanted is not None and not any(i in wanted for i in plan.sample_ids().to_pylist()):
+        return None
+    ids, hashes, vecs = [], [], []
+    for s in range(0, plan.num_rows, chunk):
+        t = plan.read_rows(s, min(plan.num_rows, s + chunk))
+        h, v = payload_features(t, pixels=pixels)
+        ids += t.column("sample_id").cast(pa.string()).to_pylist()
+        hashes += h
+        vecs.append(v)
+    return _features_table(ids, hashes, pixels, np.concatenate(vecs) if pixels and vecs else None)
+
+
+def _features_table(ids: list, hashes: list, pixels: bool, vecs: np.ndarray | None = None):
+    """The cached features table: ``sample_id``, ``hash`` and, with ``pixels``, the embeddings."""
+    import pyarrow as pa
+
+    cols = {"sample_id": pa.array(ids, pa.string()), "hash": pa.array(hashes, pa.string())}
     if pixels:
-        cols["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.float32()),
-                                                           PIXEL_SIZE * PIXEL_SIZE)
+        flat = np.zeros(0, np.float32) if vecs is None else vecs.reshape(-1)
+        cols["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), PIXEL_SIZE * PIXEL_SIZE)
     return pa.table(cols)
 
 
 def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Hashes and pixel embeddings for ``ids``, unit by unit over the pool (``unit_features``, cached;
-    memory: only the small per-sample features are kept, never the payloads of more than one unit)."""
-    from kdata.core.ids import member_mask
-
+    memory: only the small per-sample features are kept, never the payloads of more than ``chunk``
+    rows of one unit). A unit not cached that holds none of ``ids`` is not read; no unit after the
+    one holding the last of them is visited."""
     ids = np.asarray(ids, dtype=object)
     pos_of = {s: i for i, s in enumerate(ids.tolist())}
     hashes = np.full(len(ids), None, dtype=object)
     vecs = np.zeros((len(ids), PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
+    found, left = np.zeros(len(ids), dtype=bool), len(pos_of)
     for unit in pool.units:
-        t = unit_features(unit, pixels=pixels)
-        t = t.filter(member_mask(t.column("sample_id"), pos_of))
-        if not t.num_rows:
+        if not left:
+            break
+        t = unit_features(unit, pixels=pixels, wanted=pos_of)
+        got = [(r, pos_of[s]) for r, s in enumerate(t.column("sample_id").to_pylist()) if s in pos_of]
+        if not got:
             continue
-        where = np.array([pos_of[s] for s in t.column("sample_id").to_pylist()], dtype=np.int64)
-        hashes[where] = t.column("hash").to_pylist()
+        rows, where = (np.array(x, dtype=np.int64) for x in zip(*got))
+        h = t.column("hash").to_pylist()
+        hashes[where] = [h[r] for r in rows.tolist()]
+        left -= int((~found[where]).sum())
+        found[where] = True
         if pixels:
             flat = t.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            vecs[where] = flat.reshape(-1, PIXEL_SIZE * PIXEL_SIZE)
+            vecs[where] = flat.reshape(-1, PIXEL_SIZE * PIXEL_SIZE)[rows]
     missing = int(sum(h is None for h in hashes))
     if missing:
         raise RuntimeError(f"dedup: {missing} candidates not found in the pool")
     return hashes, vecs
-
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -20,12 +20,13 @@ from kdata.augment.hard import EXCLUDED_FILE, HardConfig, combine, generate, man
 from kdata.core.errors import KdataError, brief
 from kdata.core.lock import exclusive
 from kdata.core.jsonable import config_hash as hash_config
-from kdata.dataset.decisions import build_decisions
+from kdata.dataset.decisions import CARRIED, build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, validate_shard
+from kdata.dataset.shard_rows import ShardColumn, ShardRows, non_null_rows
 from kdata.dataset.writer import (MANIFEST, manifest_model, read_manifest, read_shards, require_intact, shard_meta,
                                   shard_paths)
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
-from kdata.dedup.features import payload_features
+from kdata.dedup.features import file_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
 from kdata.models.spec import is_text_spec, load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
@@ -36,12 +37,15 @@ from kdata.selection.critic_model import load_critic
 
 @dataclass
 class Source:
-    """A curated dataset read back: its manifest, its rows in rank order, its shard metadata."""
+    """A curated dataset read back: its manifest, its rows in rank order (all columns, or those asked
+    for), its shard metadata, its shard files and where each row lies in them."""
 
     path: Path
     manifest: dict
     rows: pa.Table
     meta: dict
+    paths: list[Path] = field(default_factory=list)
+    order: np.ndarray | None = None  # rows[i] is row order[i] of the shards (rows numbered across the files)
 
     @property
     def identity(self) -> str:
@@ -57,9 +61,9 @@ class Source:
                            "counts": m.get("counts")}}
 
 
-def read_source(shards: str, *, out: str) -> Source:
+def read_source(shards: str, *, out: str, columns=None) -> Source:
     """The dataset in ``shards`` (checked: a kdata dataset whose files match its manifest's checksums
-    and counts, every shard valid, ids unique)."""
+    and counts, every shard valid, ids unique); with ``columns``, only those columns are read."""
     src = Path(shards)
     manifest = check_paths(shards, out)
     require_intact(shards, refusal="not deriving from it")  # every checksum and count, as train checks them
@@ -68,16 +72,19 @@ def read_source(shards: str, *, out: str) -> Source:
         if not p.exists():
             raise KdataError(f"{p}: shard listed in the manifest is missing")
         validate_shard(pq.read_schema(p), where=str(p))
-    rows = read_shards(src)
+    rows = read_shards(src, columns=columns)
+    order = np.arange(rows.num_rows)
     if "rank" in rows.column_names and rows.column("rank").null_count < rows.num_rows:
         # rank order; unranked rows (HARD's generated rows) after the ranked ones, in shard order
         unranked = rows.column("rank").is_null().to_numpy(zero_copy_only=False)
         rank = np.nan_to_num(rows.column("rank").to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
-        rows = rows.take(pa.array(np.lexsort((rank, unranked))))  # stable: ties keep their shard order
+        order = np.lexsort((rank, unranked))  # stable: ties keep their shard order
+        rows = rows.take(pa.array(order))
     ids = rows.column("sample_id").to_pylist()
     if len(set(ids)) != len(ids):
         raise KdataError(f"{shards}: sample ids are not unique")
-    return Source(path=src, manifest=manifest, rows=rows, meta=dict(shard_meta(paths[0])) if paths else {})
+    return Source(path=src, manifest=manifest, rows=rows, meta=dict(shard_meta(paths[0])) if paths else {},
+                  paths=paths, order=order)
 
 
 def check_paths(shards: str, out: str) -> dict:
@@ -145,6 +152,10 @@ def _rows_per_shard(source: Source) -> int:
     return int((source.manifest.get("config") or {}).get("rows_per_shard") or 10_000)
 
 
+# what kdata dedup reads of every row besides the payload features: ids, rank, HARD provenance, labels
+DEDUP_COLUMNS = ("sample_id", "rank", "kind", "parent_id", "label", *CARRIED)
+
+
 def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None = None, frac: float | None = None,
                   seed: int = 0, teacher: str | None = None, device: str = "auto",
                   embedder: str | None = None) -> RunReport:
@@ -153,6 +164,8 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
     Every input row is kept or rejected ``duplicate_of:<id>`` at stage ``dedup``. Semantic dedup
     embeds the images with the source manifest's teacher (or ``teacher``); a text dataset is hashed
     on normalised text and, for near/semantic, embedded with ``embedder`` (``kdata.dedup.text``).
+    Memory: the rows' small columns and features (``file_features``), and the payloads of one row
+    group at a time — the shards are read a row group at a time, and so are the kept rows written.
     """
     check_paths(shards, out)  # before the lock, whose file would land inside the dataset
     with exclusive(out):
@@ -160,15 +173,15 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         level = check_options(level, threshold=threshold, frac=frac)
         if level is None:
             raise KdataError("kdata dedup: give --level exact, near or semantic")
-        source = read_source(shards, out=out)
+        source = read_source(shards, out=out, columns=DEDUP_COLUMNS)
         teacher = teacher or manifest_model(source.manifest, "teacher")
         cfg = {"command": "dedup", "shards": str(source.path.resolve()), "source_config_hash": source.identity,
                "dedup": level, "dedup_threshold": threshold, "dedup_frac": frac, "seed": seed,
                "teacher": teacher if level == "semantic" else None}
-        table = source.rows
-        text = _is_text(table)
-        if table.num_rows and not text and ("image" not in table.column_names
-                                            or table.column("image").null_count == table.num_rows):
+        table, n = source.rows, source.rows.num_rows
+        images, texts = (non_null_rows(source.paths, c) for c in ("image", "text"))
+        text = texts > 0 and not images
+        if n and not text and not images:
             raise KdataError(f"{shards}: its rows carry no image or text (selected from --scores without --pool), "
                              "so dedup has nothing to compare; select again with --pool to carry the payloads")
         if text:
@@ -178,18 +191,22 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         chash = hash_config(cfg)
         if (done := already_complete(out, chash)) is not None:
             return done
-        hashes, pixels = payload_features(table, pixels=level != "exact" and not text)
+        at = np.empty(n, np.int64)
+        at[source.order] = np.arange(n)  # shard row → rank position
+        hashes, pixels = file_features(source.paths, pixels=level != "exact" and not text, at=at)
         emb, defaults = None, {}
         if text and level != "exact":
-            emb = pixels = text_embeddings(table.column("text").to_pylist(), embedder, device=pick_device(device))
+            emb = pixels = text_embeddings(ShardColumn(source.paths, "text", source.order), embedder,
+                                           device=pick_device(device))
             defaults = TEXT_DEFAULTS
         elif level == "semantic":
             if not teacher:
                 raise KdataError(f"{shards}: the manifest names no teacher; pass --teacher SPEC for semantic dedup")
-            if "image" not in table.column_names or table.column("image").null_count:
+            if images < n:
                 raise KdataError(f"{shards}: semantic dedup of shards needs image payloads")
             dev = pick_device(device)
-            emb = embed_images(table.column("image").to_pylist(), load_model(teacher, device=dev), device=dev)
+            emb = embed_images(ShardColumn(source.paths, "image", source.order), load_model(teacher, device=dev),
+                               device=dev)
         ranked = partial(_ranked_rows, level=level, hashes=hashes, pixels=pixels, embeddings=emb, seed=seed,
                          defaults=defaults)
         reason, info = _dedup_reasons(table, ranked, threshold=threshold, frac=frac)
@@ -201,9 +218,10 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         extra = {**source.carried(), "dedup": info}
         if (hard := _carried_hard(source.manifest, table, reason)) is not None:
             extra["hard"] = hard
-        output = Output(rows=_renumber(table.filter(pa.array(~gone))), decisions=decisions, config=cfg,
-                        config_hash=chash, models=source.manifest.get("models", {}), meta=source.meta,
-                        extra=extra, rows_per_shard=_rows_per_shard(source), info={"dedup": info})
+        rows = ShardRows(source.paths, source.order[~gone], replace=_renumbered(table.filter(pa.array(~gone))))
+        output = Output(rows=rows, decisions=decisions, config=cfg, config_hash=chash,
+                        models=source.manifest.get("models", {}), meta=source.meta, extra=extra,
+                        rows_per_shard=_rows_per_shard(source), info={"dedup": info})
         report = write_output(out, output)
         report.seconds = time.perf_counter() - t0
         return report
@@ -278,17 +296,17 @@ def _hard_children(table: pa.Table, ids: list[str]) -> tuple[np.ndarray, np.ndar
     return parent >= 0, parent
 
 
-def _renumber(kept: pa.Table) -> pa.Table:
-    """Ranks 0, 1, … over the kept ranked rows, in order; unranked rows (HARD's generated rows) stay null.
-    A dataset none of whose rows is ranked is ranked in shard order, as it always was."""
+def _renumbered(kept: pa.Table) -> dict:
+    """The ``rank`` column of the kept rows (``{}`` when they have none): 0, 1, … over the ranked rows,
+    in order; unranked rows (HARD's generated rows) stay null. A dataset none of whose rows is ranked
+    is ranked in shard order, as it always was."""
     if "rank" not in kept.column_names:
-        return kept
+        return {}
     ranked = ~kept.column("rank").is_null().to_numpy(zero_copy_only=False)
     ranked |= not ranked.any()
     rank = np.full(kept.num_rows, -1, np.int32)
     rank[ranked] = np.arange(int(ranked.sum()), dtype=np.int32)
-    return kept.set_column(kept.schema.get_field_index("rank"), "rank",
-                           pa.array(rank, mask=None if ranked.all() else ~ranked))
+    return {"rank": pa.array(rank, mask=None if ranked.all() else ~ranked)}
 
 
 def _carried_hard(manifest: dict, table: pa.Table, reason: list[str | None]) -> dict | None:

@@ -324,3 +324,58 @@ def test_pool_features_are_cached_per_unit_and_follow_its_content(tmp_path, monk
     h2, _ = F.pool_features(fresh, ids, pixels=True)
     changed = [s for s, a, b in zip(ids, hashes, h2) if a != b]
     assert changed == [victim]
+
+
+def test_pool_features_never_read_a_unit_holding_none_of_the_candidates(tmp_path, monkeypatch):
+    """A unit without a candidate is found from its ids alone (no payload read, nothing cached): its
+    image pages are wrecked on disk and the features of the others still come back, equal to those
+    of the undamaged pool; a unit that holds candidates is read and cached whole, row range by row
+    range, so a later run with other candidates finds it cached."""
+    import pyarrow.parquet as pq
+
+    from kdata.pools.spec import open_pool
+    from tests.dataset.test_shard_rows import _wreck
+    from tests.helpers.real_inputs import make_parquet_units
+
+    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
+    root = make_parquet_units(tmp_path / "pool", units=3, rows=30)
+    pool = open_pool(str(root))
+    ids = np.array([s for u in pool.units[:2] for s in u.sample_ids().to_pylist()[::3]], dtype=object)
+    want = F.payload_features(pool.read_all(), pixels=True)
+    at = {s: i for i, s in enumerate(pool.read_all().column("sample_id").to_pylist())}
+    _wreck(root / "part-2.parquet", 0, "image")
+    with pytest.raises(Exception):
+        pq.read_table(root / "part-2.parquet")
+    hashes, vecs = F.pool_features(open_pool(str(root)), ids, pixels=True)
+    rows = [at[s] for s in ids]
+    assert list(hashes) == [want[0][r] for r in rows] and np.array_equal(vecs, want[1][rows])
+    assert len(list((tmp_path / "cache" / "dedup-features").glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("level", ["near", "semantic"])
+def test_near_and_semantic_dedup_hold_one_copy_of_their_vectors(level):
+    """The rows left after exact dedup are gathered once and normalised in place; the pair search
+    groups rows by cell through positions, not a reordered copy (numpy's allocations, traced): a
+    10M-row run needs about one more matrix, not three. The caller's arrays are left as they were,
+    and the result is the one a normalised copy gives."""
+    import tracemalloc
+
+    from kdata.core.vectors import l2_normalize
+
+    rng = np.random.default_rng(0)
+    n, d = 40_000, 256 if level == "near" else 128  # above EXACT_MAX: the cell search
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x[rng.integers(0, n, n // 20)] = x[rng.integers(0, n, n // 20)] * 1.001  # near copies
+    hashes = [str(i % (n - 400)) for i in range(n)]  # and 400 exact ones
+    kept = x.copy()
+    kw = {"pixels": x} if level == "near" else {"embeddings": x, "frac": 0.1}
+    tracemalloc.start()
+    try:
+        res = D.dedup_ranked(level=level, hashes=hashes, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * x.nbytes, f"{peak / x.nbytes:.2f} × the input"
+    assert np.array_equal(x, kept) and res.info["removed"][level] > 0
+    y = kept[:500].copy()
+    assert l2_normalize(y, inplace=True) is y and np.array_equal(y, l2_normalize(kept[:500]))

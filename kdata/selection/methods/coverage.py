@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdata.core.vectors import group_cosine
 from kdata.selection.methods import MethodResult, register
 from kdata.selection.methods.view import ScoreView
 
@@ -143,17 +144,22 @@ def pct_rank(x: np.ndarray) -> np.ndarray:
 
 
 def centroid_distance(emb: np.ndarray, pred: np.ndarray, conf: np.ndarray) -> np.ndarray:
-    """1 − cos(e_i, centroid of i's predicted class), centroids over each class's more confident half."""
-    e = np.asarray(emb, dtype=np.float64)
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    out = np.zeros(len(e))
-    for c in np.unique(pred):
-        m = pred == c
-        ref = m & (conf >= np.median(conf[m]))
-        cen = e[ref].mean(0)
-        cen /= max(np.linalg.norm(cen), 1e-12)
-        out[m] = 1.0 - e[m] @ cen
-    return out
+    """1 − cos(e_i, centroid of i's predicted class), centroids over each class's more confident half.
+
+    One sort by (class, confidence) gives every class's median; the centroids and cosines come from
+    ``group_cosine`` (chunked, no float64 copy of the embeddings): O(N·D) whatever the class count."""
+    conf = np.asarray(conf, dtype=np.float64)
+    if not len(conf):
+        return np.zeros(0)
+    order = np.lexsort((conf, pred))
+    v, seg = conf[order], np.cumsum(np.r_[False, np.diff(np.asarray(pred)[order]) != 0])
+    starts = np.searchsorted(seg, np.arange(seg[-1] + 1))
+    ends = np.r_[starts[1:], len(v)]
+    med = (v[(starts + ends - 1) // 2] + v[(starts + ends) // 2]) / 2.0  # np.median of each class…
+    med[np.add.reduceat(np.isnan(v), starts) > 0] = np.nan  # …NaN when it holds a NaN
+    ref = np.empty(len(v), bool)
+    ref[order] = v >= med[seg]
+    return 1.0 - group_cosine(emb, pred, ref=ref)
 
 
 def label_free_score(view: ScoreView, rows: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
