@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kdata.dataset.schema import KEPT, QUARANTINED, REJECTED
 
@@ -17,17 +19,22 @@ class Decisions:
 
     @property
     def counts(self) -> dict:
-        dec = self.table.column("decision").to_pylist()
-        reasons: dict[str, int] = {}
-        for d, r in zip(dec, self.table.column("reason").to_pylist()):
-            if d == REJECTED:
-                key = r.split(":", 1)[0] if r and r.startswith("duplicate_of:") else r
-                reasons[key] = reasons.get(key, 0) + 1
-        out = {"n_in": len(dec), "kept": dec.count(KEPT), "rejected": dec.count(REJECTED),
-               "quarantined": dec.count(QUARANTINED), "rejected_by_reason": dict(sorted(reasons.items()))}
+        """Rows per decision and rejected rows per reason (``duplicate_of:<id>`` counted as ``duplicate_of``)."""
+        dec = self.table.column("decision").cast(pa.string())
+        by = _value_counts(dec)
+        reason = self.table.column("reason").cast(pa.string()).filter(pc.equal(dec, REJECTED))
+        grouped = pc.if_else(pc.starts_with(reason, "duplicate_of:"), "duplicate_of", reason)
+        out = {"n_in": self.table.num_rows, "kept": by.get(KEPT, 0), "rejected": by.get(REJECTED, 0),
+               "quarantined": by.get(QUARANTINED, 0),
+               "rejected_by_reason": dict(sorted(_value_counts(grouped).items()))}
         check_accounting(out)
         return out
 
+
+def _value_counts(col) -> dict:
+    """{value: rows} of a string column (null: None), counted in Arrow rather than a Python loop."""
+    vc = pc.value_counts(col)
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
 
 
 def check_accounting(counts: dict) -> None:
@@ -53,13 +60,9 @@ def build_decisions(rows: pa.Table, *, decision, reason, stage, class_names: lis
     ``(sample_id, error, label)``: they get ``reason = unreadable``, their error and, where the pool
     reader knew it (an ImageFolder's folder name), their web ``label`` and ``label_idx``.
     """
-    import numpy as np
-
     n = rows.num_rows
     cols = {"sample_id": rows.column("sample_id"),
-            "decision": pa.array(list(decision), pa.string()),
-            "reason": pa.array(list(reason), pa.string()),
-            "stage": pa.array(list(stage), pa.string()),
+            "decision": _strings(decision), "reason": _strings(reason), "stage": _strings(stage),
             "error": pa.nulls(n, pa.string())}
     if "label" in rows.column_names:
         cols["label"] = rows.column("label").cast(pa.string())
@@ -90,3 +93,9 @@ def build_decisions(rows: pa.Table, *, decision, reason, stage, class_names: lis
         qt["label_idx"] = pa.array([None if v is None else index.get(v, -1) for v in labels],
                                    table.schema.field("label_idx").type if "label_idx" in cols else pa.int32())
     return pa.concat_tables([table, pa.table(qt)], promote_options="default")
+
+
+def _strings(values) -> pa.Array:
+    """A per-row sequence as a string array: numpy arrays and lists converted as they are, in C (no
+    Python list of a million ``str`` built first)."""
+    return pa.array(values if isinstance(values, (np.ndarray, list)) else list(values), pa.string())

@@ -127,10 +127,11 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
     found: dict[str, bytes] = {}
     if not ids:
         return found, None
-    want = pa.array(ids, pa.string())
-    if run.shards is not None and "image" in run.shards.column_names:
-        t = run.shards.filter(pc.is_in(run.shards.column("sample_id"), value_set=want)).select(["sample_id", "image"])
-        found.update({r["sample_id"]: r["image"] for r in t.to_pylist() if r["image"] is not None})
+    if run.shards is not None and "image" in run.shard_columns:  # the shards' row groups holding them, image alone
+        hit = pc.is_in(run.shards.column("sample_id"), value_set=pa.array(ids, pa.string()))
+        at = np.flatnonzero(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
+        shard_ids = run.shards.column("sample_id").take(pa.array(at, pa.int64())).to_pylist()
+        found.update({i: v for i, v in zip(shard_ids, run.payload("image", at)) if v is not None})
     missing = [i for i in ids if i not in found]
     if not missing:
         return found, None
@@ -140,14 +141,14 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
     pool, why = (pool, None) if pool is not None else run_pool(run, spec)
     if pool is None:  # moved, deleted or not the run's own pool: the card says so instead of failing
         return found, f"Rejected samples are not pictured: the pool {md_code(spec)} {why}."
-    want = pa.array(missing, pa.string())
+    want = set(missing)
     try:
-        for unit in pool.units:
-            t = unit.read()
+        for unit in pool.units:  # only the rows wanted: ``take_ids`` finds them from the unit's ids
+            t = unit.take_ids(want)
             if "image" not in t.column_names:
                 continue
-            t = t.filter(pc.is_in(t.column("sample_id"), value_set=want)).select(["sample_id", "image"])
-            found.update({r["sample_id"]: r["image"] for r in t.to_pylist() if r["image"] is not None})
+            found.update({i: v for i, v in zip(t.column("sample_id").to_pylist(), t.column("image").to_pylist())
+                          if v is not None})
             if all(i in found for i in missing):
                 break
     except Exception as exc:
@@ -165,7 +166,7 @@ def thumbnail_blocks(run: Run, *, n: int = N_THUMBS) -> list[tuple[str, list[dic
     top), and the ``n`` most clearly rejected rows by reason. Each row gets its tile ``slot``."""
     best: list[dict] = []
     rnd: list[dict] = []
-    if run.shards is not None and "image" in run.shards.column_names:
+    if run.shards is not None and "image" in run.shard_columns:
         best = best_kept(run, N_BEST)
         rnd = random_kept_by_class(run, per_class=PER_CLASS, max_classes=MAX_CLASSES,
                                    exclude=[r["sample_id"] for r in best])

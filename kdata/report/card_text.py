@@ -48,10 +48,7 @@ def size_category(n: int) -> str:
 # Front matter
 
 def _task(run: Run) -> str:
-    def has(col: str) -> bool:
-        return run.shards is not None and col in run.shards.column_names and \
-            run.shards.column(col).null_count < run.shards.num_rows
-
+    has = run.has_values  # a payload column: from the shards' statistics
     if has("teacher_topk_ids") or has("gen_token_ids"):  # causal-LM text: soft labels or generated tokens
         return "text-generation"
     return "image-classification" if has("image") else "text-classification" if has("text") else "other"
@@ -105,7 +102,7 @@ def card_data(run: Run, *, name: str):
     pool = (m.get("pool") or {}).get("spec") or cfg.get("pool")
     splits = sorted({Path(f["path"]).name.split("-", 1)[0] for f in m.get("files", [])}) or ["train"]
     task = _task(run)
-    features = hf_features(run.shards.schema, image_columns=("image",) if task == "image-classification" else ()) \
+    features = hf_features(run.shard_schema, image_columns=("image",) if task == "image-classification" else ()) \
         if run.shards is not None else None
     fields = jsonable({  # plain values only, so the YAML is safe_load-able and round-trips
         "pretty_name": f"{name} (kdata-curated distillation set)",
@@ -335,8 +332,8 @@ def _examples(c: CardContext) -> list[str]:
               "random sample of the kept rows of each teacher-predicted class — what a typical kept row looks like. "
               f"Red: the most clearly rejected samples (lowest {md_code(primary_score(c.run) or 'score')} first), spread "
               "over the rejection reasons (reason, teacher class `T`, score `s`).", ""]
-    texts = c.run.shards.column("text").to_pylist()[:5] if c.run.shards is not None and \
-        "text" in c.run.shards.column_names else []
+    texts = c.run.payload("text", range(min(5, c.run.shards.num_rows))) if c.run.shards is not None and \
+        "text" in c.run.shard_columns else []
     if any(texts):  # text rows: snippets of the best-ranked kept rows instead of thumbnails
         L += ["Best-ranked kept texts (first 120 characters):", ""]
         L += ["- " + md_code(" ".join(t.split())[:120]) for t in texts if t] + [""]

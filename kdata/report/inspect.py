@@ -23,6 +23,7 @@ from kdata.dataset.integrity import inside
 from kdata.dataset.writer import read_manifest, shard_paths, verify
 # class balance and the generated (HARD) rows live beside the card's table; summaries here use them
 from kdata.report.card_balance import MAX_BALANCE_ROWS, balance_highlights, class_balance, generated_rows
+from kdata.report.card_payloads import ShardFiles
 
 __all__ = ["MAX_BALANCE_ROWS", "Run", "agreement", "balance_highlights", "card_status", "class_balance",
            "decision_counts", "examples", "generated_rows", "load_run", "pick_rejected", "primary_score",
@@ -38,7 +39,8 @@ SHARD_SCORES = ("student_conf", "teacher_margin", "teacher_entropy", "student_en
 
 @dataclass
 class Run:
-    """A curated dataset read back: its manifest, decisions (or None) and shards (or None)."""
+    """A curated dataset read back: its manifest, decisions (or None) and shards (or None): every shard
+    column but the ``image`` / ``text`` payloads, which ``payload`` reads for the rows a summary shows."""
 
     out: Path
     manifest: dict
@@ -46,6 +48,29 @@ class Run:
     shards: pa.Table | None
     shard_error: str | None = None
     pool: object = None  # the run's own pool, when the pipeline writes the card (else: kdata.report.pool_source)
+    files: ShardFiles | None = None  # the shards on disk (payloads); None: ``shards`` holds every column
+
+    @property
+    def shard_schema(self) -> pa.Schema | None:
+        """Every shard column, payloads included."""
+        return self.files.schema if self.files is not None else self.shards.schema if self.shards is not None else None
+
+    @property
+    def shard_columns(self) -> list[str]:
+        return self.shard_schema.names if self.shard_schema is not None else []
+
+    def has_values(self, name: str) -> bool:
+        """The shards hold a non-null ``name`` (a payload: told by the shards' statistics, not read)."""
+        if self.shards is not None and name in self.shards.column_names:
+            return self.shards.column(name).null_count < self.shards.num_rows
+        return self.files is not None and self.files.has_values(name)
+
+    def payload(self, name: str, positions) -> list:
+        """Shard column ``name`` at the rows ``positions`` of ``shards``; a payload is read for those rows'
+        row groups only. Raises ``KdataError`` for a shard whose payload cannot be read."""
+        if self.shards is not None and name in self.shards.column_names:
+            return self.shards.column(name).take(pa.array(positions, pa.int64())).to_pylist()
+        return self.files.take(name, positions) if self.files is not None else [None] * len(positions)
 
     @property
     def class_names(self) -> list[str]:
@@ -74,18 +99,18 @@ def load_run(out: str | Path, *, manifest: dict | None = None) -> Run:
             decisions = pq.read_table(dec_path)
         except (OSError, pa.ArrowException) as exc:
             raise KdataError(f"{dec_path}: unreadable decisions table ({exc})") from None
-    shards, err = None, None
+    shards, shard_files, err = None, None, None
     files = manifest.get("files")
     if isinstance(files, list):  # entries that are malformed or point outside OUT are left to verify() to report
         paths = [p for f in files if isinstance(f, dict) and (p := inside(out, f.get("path"))) is not None]
     else:
         paths = shard_paths(out) if files is None else []
-    try:
-        tables = [pq.read_table(p) for p in paths]
-        shards = pa.concat_tables(tables, promote_options="default") if tables else None
+    try:  # payloads are left on disk: ``Run.payload`` reads the few rows a summary pictures
+        shard_files = ShardFiles.open(paths) if paths else None
+        shards = shard_files.scalars() if shard_files is not None else None
     except (OSError, pa.ArrowException) as exc:
-        err = f"unreadable shard ({exc})"
-    return Run(out=out, manifest=manifest, decisions=decisions, shards=shards, shard_error=err)
+        shard_files, err = None, f"unreadable shard ({exc})"
+    return Run(out=out, manifest=manifest, decisions=decisions, shards=shards, shard_error=err, files=shard_files)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,16 +384,15 @@ def sample(out: str | Path, sample_id: str) -> dict:
             found["decision_row"] = rows[0]
             found["decision"] = rows[0]["decision"]
             found["reason"] = rows[0].get("reason")
-    if run.shards is not None:
-        m = pc.equal(run.shards.column("sample_id"), sample_id)
-        t = run.shards.filter(m)
-        if t.num_rows:
-            row = t.to_pylist()[0]
-            for k in ("image",):
-                if row.get(k) is not None:
-                    row[k] = f"<{len(row[k])} bytes>"
-            found["shard_row"] = row
-            found.setdefault("decision", "generated" if row.get("kind") == "synthetic" else KEPT)  # HARD rows
+    hit = np.flatnonzero(pc.fill_null(pc.equal(run.shards.column("sample_id"), sample_id), False)
+                         .to_numpy(zero_copy_only=False)) if run.shards is not None else []
+    if len(hit):  # the first row with that id, every column in shard order (its payloads read for it alone)
+        got = run.shards.slice(int(hit[0]), 1).to_pylist()[0]
+        row = {c: got[c] if c in got else run.payload(c, hit[:1])[0] for c in run.shard_columns}
+        if row.get("image") is not None:
+            row["image"] = f"<{len(row['image'])} bytes>"
+        found["shard_row"] = row
+        found.setdefault("decision", "generated" if row.get("kind") == "synthetic" else KEPT)  # HARD rows
     if "decision" not in found:
         raise KdataError(f"{run.out}: no sample with id '{sample_id}' in decisions.parquet or the shards")
     tp = (found.get("shard_row") or found.get("decision_row") or {}).get("teacher_pred")

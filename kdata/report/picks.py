@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.dataset.schema import KEPT, QUARANTINED, REJECTED
-from kdata.report.inspect import Run, pick_rejected, primary_score, reason_group
+from kdata.report.inspect import Run, pick_rejected, primary_score
 
 __all__ = ["best_kept", "id_uniform", "random_kept_by_class", "rejected_picks", "report_sample", "run_seed"]
 
@@ -46,9 +46,8 @@ def best_kept(run: Run, n: int) -> list[dict]:
     t = run.shards
     if t is None or n <= 0:
         return []
-    if "rank" in t.column_names:
-        t = t.sort_by("rank")
-    return t.select(_cols(t, ("sample_id", "rank", "teacher_pred", "teacher_conf"))).slice(0, n).to_pylist()
+    t = t.select(_cols(t, ("sample_id", "rank", "teacher_pred", "teacher_conf")))  # before sorting: no copy of the rest
+    return (t.sort_by("rank") if "rank" in t.column_names else t).slice(0, n).to_pylist()
 
 
 def random_kept_by_class(run: Run, *, per_class: int, max_classes: int, exclude=()) -> list[dict]:
@@ -96,11 +95,19 @@ def _num(v, nd: int = 4):
     return None if not np.isfinite(v) else round(v, nd)
 
 
+def _group_array(dec: pa.Table) -> pa.Array:
+    """Per decisions row: ``kept``, ``quarantined`` or the grouped rejection reason (``inspect.reason_group``,
+    in Arrow: the reason up to its first ``:``, ``none`` for a null one)."""
+    d = dec.column("decision").cast(pa.string())
+    reason = dec.column("reason").cast(pa.string()) if "reason" in dec.column_names \
+        else pa.nulls(dec.num_rows, pa.string())
+    grouped = pc.fill_null(pc.replace_substring_regex(reason, pattern="(?s):.*", replacement=""), "none")
+    return pc.if_else(pc.equal(d, REJECTED), grouped, d).combine_chunks()
+
+
 def _groups(dec: pa.Table) -> np.ndarray:
-    """Per decisions row: ``kept``, ``quarantined`` or the grouped rejection reason."""
-    d = np.asarray(dec.column("decision").to_pylist(), dtype=object)
-    reasons = dec.column("reason").to_pylist() if "reason" in dec.column_names else [None] * len(d)
-    return np.array([reason_group(r) if x == REJECTED else x for x, r in zip(d, reasons)], dtype=object)
+    """``_group_array`` as an object array."""
+    return _group_array(dec).to_numpy(zero_copy_only=False)
 
 
 def report_sample(run: Run, *, per_group: int, max_rows: int) -> list[dict]:
@@ -112,24 +119,23 @@ def report_sample(run: Run, *, per_group: int, max_rows: int) -> list[dict]:
         if run.shards is None:
             return []
         dec = run.shards.append_column("decision", pa.array([KEPT] * run.shards.num_rows, pa.string()))
-    groups = _groups(dec)
-    names, counts = np.unique(groups, return_counts=True)
-    order = sorted(zip(names.tolist(), counts.tolist()),
+    enc = pc.dictionary_encode(_group_array(dec), null_encoding="encode")  # one code per group, no object sort
+    codes, names = enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+    order = sorted(zip(names, np.bincount(codes, minlength=len(names)).tolist(), range(len(names))),
                    key=lambda g: (g[0] != KEPT, g[0] == QUARANTINED, -g[1], g[0]))
     per = max(1, min(per_group, max_rows // max(1, len(order))))
-    ids = np.asarray(dec.column("sample_id").to_pylist(), dtype=object)
+    ids = dec.column("sample_id").to_numpy(zero_copy_only=False)
     u = id_uniform(ids, seed=run_seed(run), salt="report")
     take: list[int] = []
-    for name, _ in order:
-        idx = np.flatnonzero(groups == name)
-        take += idx[np.lexsort((ids[idx], u[idx]))][:per].tolist()
+    for _, _, code in order:
+        take += _first(np.flatnonzero(codes == code), u, ids, per)
     col = primary_score(run)
     want = ("sample_id", "decision", "reason", "error", "label", "label_idx", "teacher_pred", "student_pred",
             "teacher_conf", "kl_ts") + ((col,) if col else ())
     rows = dec.select(_cols(dec, want)).take(pa.array(take, pa.int64())).to_pylist()
     ranks = _kept_ranks(run, [r["sample_id"] for r in rows if r["decision"] == KEPT])
     out = []
-    for r, g in zip(rows, groups[take].tolist()):
+    for r, g in zip(rows, [names[c] for c in codes[take]]):
         li = r.get("label_idx")
         label = r.get("label") or (run.class_name(li) if li is not None and li >= 0 else None)
         out.append({"id": r["sample_id"], "decision": r["decision"], "group": g,
@@ -140,10 +146,18 @@ def report_sample(run: Run, *, per_group: int, max_rows: int) -> list[dict]:
                     "conf": _num(r.get("teacher_conf")), "kl": _num(r.get("kl_ts")),
                     "rank": ranks.get(r["sample_id"])})
     # within a group: best-ranked kept first, most clearly rejected (lowest score) first
-    pos = {name: i for i, (name, _) in enumerate(order)}
+    pos = {name: i for i, (name, _, _) in enumerate(order)}
     inf = float("inf")
     return sorted(out, key=lambda r: (pos[r["group"]], inf if r["rank"] is None else r["rank"],
                                       inf if r["score"] is None else r["score"], r["id"]))
+
+
+def _first(idx: np.ndarray, u: np.ndarray, ids: np.ndarray, k: int) -> list[int]:
+    """The ``k`` rows of ``idx`` with the smallest (``u``, ``ids``): the rows with one of the ``k``
+    smallest ``u`` (ties included) sorted, not the whole group."""
+    if len(idx) > k:
+        idx = idx[u[idx] <= np.partition(u[idx], k - 1)[k - 1]]
+    return idx[np.lexsort((ids[idx], u[idx]))][:k].tolist()
 
 
 def _kept_ranks(run: Run, ids: list[str]) -> dict[str, int]:

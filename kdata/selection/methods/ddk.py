@@ -13,7 +13,9 @@ The constant (1 − α)/N guarantees every domain a floor; ψ carries the previo
 one-shot selection is the first update from a uniform r_t (then ψ/Σψ is Eq. 1, smoothed towards
 uniform); ``previous=`` {domain: r_t} gives the repeated, dynamic use between training intervals.
 ``info["domains"][d]["perplexity_ratio"]`` reports the ratio ℓ_S/ℓ_T (the exponent of Eq. 2), and
-``proportion`` the resulting r_{t+1}.
+``proportion`` the resulting r_{t+1}. The manifest carries this info, so above ``MAX_LISTED_DOMAINS``
+domains (web hosts: 10^5 and more) only that many are listed, those with the largest proportion, and
+``other_domains`` sums the rest (``domains_total`` counts them all).
 
 kdata allocates the budget b across the pool's ``domain`` column in proportion r (largest
 remainder rounding; a domain with too few rows gives its surplus to the others by r), and
@@ -46,6 +48,7 @@ from kdata.selection.methods import MethodResult, register
 from kdata.selection.methods.view import ScoreView
 
 NONE_DOMAIN = "(none)"
+MAX_LISTED_DOMAINS = 100  # per-domain entries in ``info`` (the manifest and the card): a bounded size
 
 
 def domain_proportions(ratio: np.ndarray, *, alpha: float = 0.5, previous: np.ndarray | None = None) -> np.ndarray:
@@ -148,7 +151,24 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     ranks = np.arange(len(order), dtype=np.float64)
     score[rows[order]] = np.where(chosen, 2.0 - ranks / max(len(order), 1), 1.0 - ranks / max(len(order), 1) - 1e-9)
     taken = np.bincount(inv_o[chosen], minlength=len(names))
-    info = {"domains": {str(d): {"perplexity_ratio": float(p), "proportion": float(x), "quota": int(q),
-                                 "kept": int(k)} for d, p, x, q, k in zip(names, ratio, r, quota, taken)},
-            "alpha": alpha}
-    return MethodResult(score=score, info=info)
+    return MethodResult(score=score, info={**domain_info(names, ratio, r, quota, taken), "alpha": alpha})
+
+
+def domain_info(names, ratio, r, quota, taken, *, limit: int = MAX_LISTED_DOMAINS) -> dict:
+    """``{"domains": {name: {perplexity_ratio, proportion, quota, kept}}}`` for every domain, or above
+    ``limit`` domains for the ``limit`` with the largest proportion (ties: by name), plus
+    ``other_domains`` (the rest: how many, their summed proportion, quota and kept rows, and the
+    range of their perplexity ratios) and ``domains_total``: one manifest entry per web host would
+    weigh hundreds of MB, read back by every ``kdata inspect`` and ``kdata card``."""
+    listed = np.arange(len(names))
+    if len(names) > limit:
+        listed = np.sort(np.lexsort((np.arange(len(names)), -np.asarray(r)))[:limit])
+    info = {"domains": {str(names[i]): {"perplexity_ratio": float(ratio[i]), "proportion": float(r[i]),
+                                        "quota": int(quota[i]), "kept": int(taken[i])} for i in listed}}
+    if len(listed) < len(names):
+        rest = np.setdiff1d(np.arange(len(names)), listed)
+        info["domains_total"] = len(names)
+        info["other_domains"] = {"count": len(rest), "proportion": float(np.sum(r[rest])),
+                                 "quota": int(quota[rest].sum()), "kept": int(taken[rest].sum()),
+                                 "perplexity_ratio": {"min": float(ratio[rest].min()), "max": float(ratio[rest].max())}}
+    return info
