@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ from kdata.models.decode_pool import BatchTask, FailedRows, HeadFirst, decode_se
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
 from kdata.models.images import decode_error, decode_multi_u8, normalise, to_device
 from kdata.scoring.stage_clock import active_clock, timed, timed_iter
-from kdata.scoring.unit_writer import UnitWriter
+from kdata.scoring.unit_state import UnitState
+from kdata.scoring.unit_writer import UnitWriter, trim_heap
 
 PREPARE_AHEAD = 3  # CUDA with decode workers: batches whose inputs are made ahead on threads of their own (0: in turn)
 PREPARE_THREADS = 2  # threads making inputs ahead (each on a CUDA stream of its own)
@@ -64,23 +65,6 @@ def pixel_chunks(pixels: list[int], budget: int) -> list[list[int]]:
         run.append(i)
         total += n
     return chunks + ([run] if run else [])
-
-
-@dataclass
-class UnitState:
-    """One unit of a run: what was read and scored so far, and where its result goes."""
-
-    index: int
-    name: str
-    lock: object | None = None  # kdata.core.lock.Lock on the unit's cache entry while it is scored
-    n_in: int = 0
-    ids: list = field(default_factory=list)
-    label_idx: list = field(default_factory=list)
-    rows: list = field(default_factory=list)  # unit row numbers of scored rows, one array per batch
-    chunks: dict = field(default_factory=dict)
-    quarantined: list = field(default_factory=list)
-    empty: int = 0  # rows with no payload at all (and no reader error)
-    pids: set = field(default_factory=set)  # processes that decoded this unit's rows
 
 
 @dataclass
@@ -276,7 +260,8 @@ class ScoringRun:
         st.empty += out["empty"]
         ids = out["ids"]
         st.ids += ids
-        st.label_idx += [self.lookup.get(v, -1) if v is not None else -1 for v in out["labels"]]
+        labels = [self.lookup.get(v, -1) if v is not None else -1 for v in out["labels"]]
+        st.label_idx += labels
         if ready is None:
             with torch.autocast(self.device.type, enabled=False), timed(self.clock, "inputs", self.device):
                 x, rows, bad = self.inputs(out)  # pixels in fp32, whatever the precision
@@ -292,7 +277,7 @@ class ScoringRun:
         self.info["batches"] += 1
         if not len(rows):
             return Pending(st, rows, {}, None, out["last"])
-        labels = np.asarray(st.label_idx, dtype=np.int32)[rows]
+        labels = np.asarray(labels, dtype=np.int32)[rows - out["start"]]  # this batch's rows (not the unit's so far)
         if self.first_batch_at is None:
             self.first_batch_at = time.perf_counter()
         with timed(self.clock, "forward", self.device):
@@ -374,13 +359,19 @@ class ScoringRun:
         if p.event is not None:
             with timed(self.clock, "wait_for_device"):
                 p.event.synchronize()
-        for k, v in p.results.items():
-            p.state.chunks.setdefault(k, []).append(v.numpy())
+        # copied into the unit's arrays: the batch's own are freed with it (kdata.scoring.unit_state)
+        p.state.add_results({k: v.numpy() for k, v in p.results.items()})
         if len(p.rows):
             p.state.rows.append(p.rows)
         if p.last:
             self.writer.submit(p.state)  # behind: the next batches are scored meanwhile
 
     def write_unit(self, state: UnitState) -> None:
-        with timed(self.clock, "write_unit"):
-            self.on_unit(state)
+        """Hand a finished unit to ``on_unit``, then drop its per-row results (what it wrote) and
+        return the heap's free pages (``trim_heap``)."""
+        try:
+            with timed(self.clock, "write_unit"):
+                self.on_unit(state)
+        finally:
+            state.drop_rows()
+            trim_heap()

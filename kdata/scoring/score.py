@@ -45,8 +45,9 @@ from kdata.models.spec import Model
 from kdata.pools.base import TableRows
 from kdata.pools.spec import Pool, PoolUnit
 from kdata.scoring.cache_entries import DamagedEntry, drop_entry, read_unit_entry, warn_dropped, write_entry
-from kdata.scoring.engine import ScoringRun, UnitState
+from kdata.scoring.engine import ScoringRun
 from kdata.scoring.precision import PRECISIONS, check_precision  # noqa: F401  (re-exported)
+from kdata.scoring.unit_state import UnitState
 
 DECODE_VERSION = 4  # bump when decoding changes what a model sees (invalidates cached scores); 4: formats
 
@@ -121,7 +122,7 @@ def score_columns(chunks: dict[str, list[np.ndarray]]) -> dict[str, pa.Array]:
     types.update(SCORES_OPTIONAL)
     cols = {}
     for k, parts in chunks.items():
-        arr = np.concatenate(parts)
+        arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if arr.ndim == 2:
             cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1]).cast(types[k])
         else:
@@ -142,7 +143,7 @@ def unit_table(st: UnitState) -> pa.Table:
         "sample_id": pa.array([st.ids[i] for i in order], pa.string()),
         "label_idx": pa.array(labels[order], pa.int32()),
     }
-    cols.update(score_columns(st.chunks))
+    cols.update(score_columns(st.results()))
     names = [f.name for f in SCORES_SCHEMA] + [k for k in SCORES_OPTIONAL if k in cols]
     return pa.table({k: cols[k] for k in names})
 

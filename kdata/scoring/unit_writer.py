@@ -4,14 +4,42 @@ Writing a unit's cache entry (Parquet, then the quarantine JSON, then the lock r
 about a tenth of the scoring thread's time on a GPU; on a thread of its own it overlaps the next
 batches. Errors keep the order they would have had in turn: a failed write is raised to the
 scoring loop at its next batch, and on a run's error path the units scored in full are still
-written and an earlier unit's failed write stays the error the run ends with.
+written and an earlier unit's failed write stays the error the run ends with. After each write,
+``trim_heap`` hands the C heap's free pages back to the system.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+
+
+def libc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+MALLOC_TRIM = libc_trim()
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (a no-op without glibc).
+
+    A CPU forward pass allocates tens of MB of transient buffers per batch; once glibc has freed one
+    mmapped block it raises its mmap threshold (up to 32 MB), so later ones come from the heap, and
+    their space ends up in holes between longer-lived blocks that glibc never returns by itself
+    (it trims only the heap's top): a run's RSS grew by 10–20 KB per scored image while the bytes
+    in use stayed flat. Called after each unit is written; it returns free pages only and moves
+    nothing (about 1 ms per 2 MB returned, on the writing thread)."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 class UnitWriter:
