@@ -8,6 +8,7 @@ A payload value over ``--max-file-mb`` becomes a row with a null payload and the
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import os
 import threading
@@ -174,11 +175,18 @@ class ParquetRows(UnitRows):
         self.num_rows = meta.num_rows
         self.batch_rows = [_batch_rows(meta.row_group(g), self.columns) for g in range(meta.num_row_groups)]
         self.dictionary = _dictionary_columns(meta, self.columns, list(range(meta.num_row_groups)))
+        st = os.stat(self.path)
+        self.signature = (str(self.path), name, limits, st.st_size, st.st_mtime_ns)  # which file, as it is now
         self.__setstate__(self.__dict__)
 
     def __getstate__(self):
         # a task ships the plan, never an open file, a decoded batch nor the id column
         return {k: v for k, v in self.__dict__.items() if k not in ("_file", "_cursor", "_lock")} | {"_ids": None}
+
+    def __reduce__(self):
+        # unpickled in a worker as the plan that worker already reads from, if any: its cursor goes on
+        # where the worker's last task stopped instead of decoding the row group from its start again
+        return _live_plan, (self.__getstate__(),)
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -258,6 +266,25 @@ class ParquetRows(UnitRows):
             return None
         col, _ = _expand(_bounded_read(self.path, [name]), path=self.path, limits=self.limits)
         return col.column(name)
+
+
+_LIVE: collections.OrderedDict = collections.OrderedDict()  # per process: the plans read from last
+LIVE_PLANS = 4  # at most this many kept (each holds at most one decoded batch)
+
+
+def _live_plan(state: dict) -> ParquetRows:
+    """The plan a process already reads file ``state`` from (its cursor where the last task left it),
+    else a new one; a changed file (size, mtime) is a new plan."""
+    plan = _LIVE.get(state["signature"])
+    if plan is None:
+        plan = ParquetRows.__new__(ParquetRows)
+        plan.__setstate__(state)
+        _LIVE[state["signature"]] = plan
+        while len(_LIVE) > LIVE_PLANS:
+            _LIVE.popitem(last=False)
+    else:
+        _LIVE.move_to_end(state["signature"])
+    return plan
 
 
 def parquet_labels(path: Path) -> set[str]:

@@ -4,6 +4,8 @@ a folder's other files, a tar shard's other members."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -135,3 +137,20 @@ def test_folder_and_tar_columns_without_payloads_read_no_file(tmp_path):
     plan = tunit.plan()
     tar.unlink()
     assert plan.read_column("domain").to_pylist() == [None] * 6  # no member read (the shard is gone)
+
+
+def test_a_worker_goes_on_reading_where_its_last_task_stopped(tmp_path):
+    """Tasks ship a Parquet plan pickled; a process unpickles it as the plan it already reads from
+    (its cursor where the last task left it), and as a new plan once the file has changed."""
+    import pickle
+
+    path = _parquet(tmp_path / "a.parquet", n=300, group=300)
+    plan = open_pool(str(path)).units[0].plan()
+    first = pickle.loads(pickle.dumps(plan))
+    assert first.read_rows(0, 64).column("sample_id")[0].as_py() == "s000"
+    again = pickle.loads(pickle.dumps(plan))
+    assert again is first and again.read_rows(64, 128).num_rows == 64
+    _parquet(path, n=40, group=40)  # the same path, other contents
+    os.utime(path, ns=(1, 1))
+    fresh = pickle.loads(pickle.dumps(open_pool(str(path)).units[0].plan()))
+    assert fresh is not first and fresh.num_rows == 40
