@@ -1,9 +1,9 @@
 """Parquet pool files read within bounds: a footer may not declare more to decode than
 ``max(READ_FLOOR, READ_RATIO`` × the file's size on disk) — a few KiB of zstd can declare gigabytes —
-and byte columns are read dictionary-encoded, their decoded sizes checked before they are expanded.
-A payload value over ``--max-file-mb`` becomes a row with a null payload and the reason in
-``read_error``. ``ParquetRows`` addresses a file by row range (scoring workers) or by positions
-(``take``: only the row groups holding them are read)."""
+and a byte column that could be a dictionary bomb is read dictionary-encoded, its decoded sizes
+checked before it is expanded (``ParquetRows._mode``). A payload value over ``--max-file-mb``
+becomes a row with a null payload and the reason in ``read_error``. ``ParquetRows`` streams a file
+by row range (scoring workers) or by positions (``take``), a batch at a time."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ ROW_BYTES = 16  # what Arrow spends per row and column (offsets, validity, indic
 STREAM_BYTES = 32 << 20  # rows are decoded in batches of about this many bytes (as the footer states sizes)
 
 
-def _batch_rows(rg: pq.RowGroupMetaData, columns: list[str]) -> int:
-    """Rows per decoded batch in row group ``rg``: about ``STREAM_BYTES``, between 64 and 65,536 rows."""
+def _per_row(rg: pq.RowGroupMetaData, columns: list[str]) -> int:
+    """Bytes per row of ``columns`` in row group ``rg``, as its footer states them."""
     size = sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)
                if rg.column(i).path_in_schema.split(".")[0] in columns)
-    per_row = max(1, size // max(1, rg.num_rows))
-    return int(min(65_536, max(64, STREAM_BYTES // per_row)))
+    return max(1, size // max(1, rg.num_rows))
+
 
 def _is_bytes(t: pa.DataType) -> bool:
     return any(f(t) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
@@ -173,15 +173,16 @@ class ParquetRows(UnitRows):
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.bounds = [0, *itertools.accumulate(sizes)]  # row group g holds rows [bounds[g], bounds[g + 1])
         self.num_rows = meta.num_rows
-        self.batch_rows = [_batch_rows(meta.row_group(g), self.columns) for g in range(meta.num_row_groups)]
-        self.dictionary = _dictionary_columns(meta, self.columns, list(range(meta.num_row_groups)))
+        self.per_row = [_per_row(meta.row_group(g), self.columns) for g in range(meta.num_row_groups)]
+        self.dictionary = [_dictionary_columns(meta, self.columns, [g]) for g in range(meta.num_row_groups)]
+        self.modes: dict[int, tuple[tuple[str, ...], int]] = {}  # row group -> (read as dictionaries, rows per batch)
         st = os.stat(self.path)
         self.signature = (str(self.path), name, limits, st.st_size, st.st_mtime_ns)  # which file, as it is now
         self.__setstate__(self.__dict__)
 
     def __getstate__(self):
         # a task ships the plan, never an open file, a decoded batch nor the id column
-        return {k: v for k, v in self.__dict__.items() if k not in ("_file", "_cursor", "_lock")} | {"_ids": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_cursor", "_lock")} | {"_ids": None}
 
     def __reduce__(self):
         # unpickled in a worker as the plan that worker already reads from, if any: its cursor goes on
@@ -190,7 +191,7 @@ class ParquetRows(UnitRows):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._file, self._cursor, self._lock = None, None, threading.Lock()
+        self._files, self._cursor, self._lock = {}, None, threading.Lock()
 
     def _read_ids(self) -> pa.Array:
         """The ``sample_id`` column, decoded within ``_budget``; a null id is one line."""
@@ -207,17 +208,44 @@ class ParquetRows(UnitRows):
             return self._ids
         return pa.array([f"{self.name}:{i}" for i in range(self.num_rows)], pa.string())
 
+    def _mode(self, g: int) -> tuple[tuple[str, ...], int]:
+        """How row group ``g`` is streamed: (byte columns read as dictionaries, rows per batch).
+
+        A byte column with a dictionary page could be a dictionary bomb (one large value referenced
+        by every row: the footer declares only the indices). Its dictionary is read once (bounded by
+        the footer) for the longest value V: where rows × V fits ``_budget`` no bomb is possible and
+        the column is read plain, in batches of at most ``STREAM_BYTES`` / V rows; otherwise it is read
+        as a dictionary, so ``_expand`` checks its decoded sizes before expanding. (Reading every
+        dictionary column as a dictionary is not an option: where a writer fell back to plain pages,
+        Arrow grows one dictionary of every value in the row group, 3× the column.)"""
+        if g not in self.modes:
+            rows, budget, exact, longest = self.bounds[g + 1] - self.bounds[g], _budget(self.path), [], 0
+            for c in self.dictionary[g]:
+                pf = pq.ParquetFile(self.path, read_dictionary=[c], pre_buffer=False, buffer_size=1 << 20)
+                col = next(pf.iter_batches(batch_size=1, row_groups=[g], columns=[c], use_threads=False)).column(0)
+                values = col.dictionary if pa.types.is_dictionary(col.type) else col
+                v = max(1, pc.max(pc.binary_length(values)).as_py() or 1)
+                if rows * v > budget:
+                    exact.append(c)
+                else:
+                    longest = max(longest, v)
+            batch = STREAM_BYTES // max(self.per_row[g], longest)
+            self.modes[g] = (tuple(exact), int(min(65_536, max(1, batch))))
+        return self.modes[g]
+
     def _batch_at(self, pos: int) -> tuple[int, pa.RecordBatch]:
-        """(first row, batch) of the decoded (still dictionary-encoded) batch holding row ``pos``: the
-        cursor moves forward within its row group, or restarts at the start of ``pos``'s group."""
+        """(first row, batch) of the decoded batch holding row ``pos`` (columns that could be a bomb
+        still dictionary-encoded): the cursor moves forward within its row group, or restarts at the
+        start of ``pos``'s group."""
         g = bisect.bisect_right(self.bounds, pos) - 1
         cur = self._cursor
         if cur is None or cur[0] != g or cur[1] > pos:
-            if self._file is None:
-                self._file = pq.ParquetFile(self.path, read_dictionary=self.dictionary, pre_buffer=False,
-                                            buffer_size=1 << 20)
-            it = self._file.iter_batches(batch_size=self.batch_rows[g], row_groups=[g], columns=self.columns,
-                                         use_threads=False)
+            exact, batch = self._mode(g)
+            if exact not in self._files:
+                self._files[exact] = pq.ParquetFile(self.path, read_dictionary=list(exact), pre_buffer=False,
+                                                    buffer_size=1 << 20)
+            it = self._files[exact].iter_batches(batch_size=batch, row_groups=[g], columns=self.columns,
+                                                 use_threads=False)
             cur = self._cursor = [g, self.bounds[g], next(it), it]
         while pos >= cur[1] + cur[2].num_rows:
             cur[1], cur[2] = cur[1] + cur[2].num_rows, next(cur[3])

@@ -154,3 +154,33 @@ def test_a_worker_goes_on_reading_where_its_last_task_stopped(tmp_path):
     os.utime(path, ns=(1, 1))
     fresh = pickle.loads(pickle.dumps(open_pool(str(path)).units[0].plan()))
     assert fresh is not first and fresh.num_rows == 40
+
+
+def test_a_dictionary_that_fell_back_to_plain_pages_is_streamed_plain(tmp_path):
+    """pyarrow writes a dictionary page for every column and falls back to plain pages once it is
+    full: read as a dictionary, Arrow would grow one dictionary of every value in the row group
+    (3× the column). Such a column is read plain, a batch at a time (Arrow's peak memory stays a
+    few batches, in a fresh process), while a real dictionary bomb is still read as a dictionary."""
+    import subprocess
+    import sys
+
+    n = 8000
+    path = tmp_path / "fallback.parquet"
+    pq.write_table(pa.table({"sample_id": [f"s{i:04d}" for i in range(n)],
+                             "image": [os.urandom(4096) for _ in range(n)]}), path, compression="NONE")
+    code = ("import sys, pyarrow as pa\nfrom kdata.pools import parquet_rows\n"
+            "parquet_rows.STREAM_BYTES = 256 << 10\nfrom kdata.pools.spec import open_pool\n"
+            "plan = open_pool(sys.argv[1]).units[0].plan()\nt = plan.take([0, 4000, 7999])\n"
+            "print(t.num_rows, plan.modes[0], pa.default_memory_pool().max_memory())")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    rows, mode, peak = out.split(" ", 1)[0], out.split(" ", 1)[1].rsplit(" ", 1)[0], int(out.rsplit(" ", 1)[1])
+    assert rows == "3" and mode.startswith("((), 6"), out  # no column read as a dictionary; ~64 rows a batch
+    assert peak < (n * 4096) // 2, peak  # the column is 32 MiB; its dictionary page (the probe) about 4 MiB
+    bomb = tmp_path / "bomb.parquet"  # one 1 MiB value, 300 rows: 300 MiB decoded, over the 256 MiB floor
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(300)], "image": [b"\0" * (1 << 20)] * 300}), bomb,
+                   compression="zstd")
+    unit = open_pool(str(bomb)).units[0]
+    assert unit.take([0]).column("image")[0].as_py() == b"\0" * (1 << 20)  # one row: 1 MiB, fine
+    with pytest.raises(KdataError, match="bomb.parquet: Parquet rows decode to over"):
+        unit.read()  # all of them: refused from the dictionary's sizes, before expanding
+    assert unit.plan()._mode(0)[0] == ("image",)
