@@ -216,6 +216,7 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
     from kdata.pipeline.output import publish_card
     from kdata.pipeline.prepare import prepare
     from kdata.pipeline.run import score
+    from kdata.scoring.score import unit_scores
 
     cfg, opts = _select_config(select), _run_options(run)
     prep = prepare(cfg, opts=opts, load=_model)  # models come from this process's cache
@@ -224,7 +225,8 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
     else:
         ok = {s["unit"] for s in scored} & {u["name"] for u in units}
         prep.pool = dataclasses.replace(prep.pool, units=[u for u in prep.pool.units if u.name in ok])
-        tables = [pq.read_table(s["path"]) for s in scored]
+        keep = getattr(prep.score_cfg, "load_embeddings", True)  # text runs: their own config, all columns
+        tables = [unit_scores(Path(s["path"]), embedding=keep) for s in scored]
         unit_q = [tuple(q) for f in failed for q in f["records"]]
         info = {"n_in": sum(s["n_in"] for s in scored) + len(unit_q), "units": len(units),
                 "cache_hits": sum(bool(s["score_cache_hit"]) for s in scored)}

@@ -9,6 +9,10 @@ module maps every need to a provider that builds the method's extra options from
 * ``lm_domains`` ← the same, for causal-LM runs only (``coverage`` stratifies LM text by domain,
   image runs by predicted class, so image pools are not read for it)
 
+Whether the run's scores table carries the teacher embeddings is decided here too
+(``needs_embeddings``): the score cache keeps them for every unit, the run loads them only for a step
+that reads them.
+
 Per-method ``SelectConfig.method_options`` override what the providers give; they must name
 methods of the chain and options those methods take (checked by ``validate`` before any work, and
 again here).
@@ -23,6 +27,7 @@ import pyarrow as pa
 from kdata.core.errors import KdataError
 from kdata.models.spec import load_model
 from kdata.selection.balance import unit_domains
+from kdata.selection.critic_model import load_critic
 from kdata.selection.methods import check_chain_options, get_method
 from kdata.selection.methods.miniplm import reference_scores
 
@@ -73,6 +78,39 @@ def _domains(ctx: Context) -> dict:
 
 def _lm_domains(ctx: Context) -> dict:
     return _domains(ctx) if getattr(ctx.teacher, "kind", None) == "causal_lm" else {}
+
+
+# built-in methods that never read the ``embedding`` column; any other (coverage's centroid signal,
+# a method registered outside kdata) gets it, and ``critic`` when its critic was fitted on it
+NO_EMBEDDING = frozenset({"kd3", "rad", "random", "ddk", "miniplm", "teacher_confidence", "disagreement",
+                          "student_entropy"})
+
+
+def needs_embeddings(cfg, methods: list[str], *, balance: str | None, dedup: str | None) -> bool:
+    """Whether a step of this run reads the scores' ``embedding`` column (the teacher's features,
+    260 B to 4 KB a row): a method outside ``NO_EMBEDDING``, a ``--critic`` fitted with embeddings,
+    ``--balance cluster`` or ``--dedup semantic``. When none does, the run's scores table is read
+    without it; the cache entries are the same either way (``ScoreConfig.load_embeddings``)."""
+    if balance == "cluster" or dedup == "semantic":
+        return True
+    for name in methods:
+        if name == "critic":
+            given = (getattr(cfg, "method_options", None) or {}).get("critic") or {}
+            path = given.get("path") or getattr(cfg, "critic", None)  # as method_options resolves it
+            if path is None or _critic_uses_embedding(path):
+                return True
+        elif name not in NO_EMBEDDING:
+            return True
+    return False
+
+
+def _critic_uses_embedding(path: str) -> bool:
+    """Whether the critic at ``path`` scores the embedding; True when it cannot be read (the
+    critic method then fails with its own line, with the column there as before)."""
+    try:
+        return load_critic(path).uses_embedding
+    except (KdataError, KeyError, OSError, ValueError):
+        return True
 
 
 PROVIDERS = {"critic": _critic, "reference": _reference, "domains": _domains, "lm_domains": _lm_domains}

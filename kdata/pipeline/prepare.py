@@ -14,6 +14,7 @@ from kdata.core.errors import KdataError
 from kdata.models.files import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits, validate, validate_run
+from kdata.pipeline.needs import needs_embeddings
 from kdata.pipeline.text import check_image_pool, is_text_run, prepare_text
 from kdata.pools.spec import Pool, open_pool
 from kdata.scoring.byo import ByoModel, load_with_checksum
@@ -88,7 +89,8 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
     pool.check_labels(teacher.class_names)
     score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
                             num_workers=opts.num_workers, max_pixels=cfg.max_pixels,
-                            precision=resolve_precision(cfg.precision, device))
+                            precision=resolve_precision(cfg.precision, device),
+                            load_embeddings=needs_embeddings(cfg, methods, balance=balance, dedup=resolve_dedup(cfg)))
     return check_critic(Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods,
                                  balance=balance, score_cfg=score_cfg, device=device))
 
@@ -138,7 +140,8 @@ def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
     pool = open_pool(cfg.pool, limits=pool_limits(cfg)) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")
     scores, missing = match_pool(scores, pool, scores_file=cfg.scores)
-    score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature)
+    score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
+                            num_workers=opts.num_workers)  # nothing to decode for scores: dedup features use it
     return Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,
                     score_cfg=score_cfg, device="cpu", byo=scores, byo_quarantined=missing)
 

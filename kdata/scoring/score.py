@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from kdata.core.atomic import drop_partial_writes, read_parquet
@@ -59,6 +60,9 @@ class ScoreConfig:
     temperature: float = 1.0
     num_workers: int | str = 0  # decode worker processes, or "auto" (kdata.models.decode_pool.resolve_workers)
     embeddings: bool = True  # keep the teacher's penultimate features (float16) for dedup/critic
+    # read the cached ``embedding`` column into the run's scores table (``score_pool``); not part of the
+    # key: entries are computed and cached alike, only a run no step of which reads them leaves them on disk
+    load_embeddings: bool = True
     keep_logits: str = "auto"  # "auto" (when C ≤ 128), "yes", "no"
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are quarantined before decoding (--max-pixels)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere), fp32, bf16 (--precision)
@@ -70,8 +74,8 @@ class ScoreConfig:
 
     def key(self) -> dict:
         d = asdict(self)
-        d.pop("batch_size")
-        d.pop("num_workers")
+        for run_only in ("batch_size", "num_workers", "load_embeddings"):
+            d.pop(run_only)
         return d
 
 
@@ -194,13 +198,24 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
     """Score every unit of ``pool``. Returns (scores, quarantined, info: n_in, units, cache_hits, workers,
     decode_pids per unit (the worker processes that decoded it), head_batches (batches this process
     decoded while a cold run's workers started), device, precision, GPU decode counts and peak GPU
-    memory on CUDA)."""
+    memory on CUDA). ``config.load_embeddings=False`` leaves each entry's ``embedding`` column on disk
+    (``unit_scores``): 260 B to 4 KB a row that no step of the run reads."""
     results, info = score_units(pool.units, teacher, student, config=config, device=device, cache=cache,
                                 progress=progress)
-    tables = [read_parquet(path) for path, _, _, _ in results]
+    tables = [unit_scores(path, embedding=config.load_embeddings) for path, _, _, _ in results]
     scores = pa.concat_tables(tables) if tables else SCORES_SCHEMA.empty_table()
     quarantined = [q for _, qs, _, _ in results for q in qs]
     return scores, quarantined, info
+
+
+def unit_scores(path: Path, *, embedding: bool = True) -> pa.Table:
+    """A unit's cached scores; without ``embedding``, every column but ``embedding`` (Parquet reads
+    those alone), through one descriptor as ``read_parquet`` does."""
+    if embedding:
+        return read_parquet(path)
+    with pa.OSFile(str(path)) as fh:
+        pf = pq.ParquetFile(fh)
+        return pf.read(columns=[n for n in pf.schema_arrow.names if n != "embedding"])
 
 
 class UnitCache:
