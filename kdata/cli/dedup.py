@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the similarity search (near) and the k-means clustering (semantic)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", default="auto", metavar="N|auto",
+                   help="processes computing image features, started once per run (auto: none under 10,000 rows, "
+                        "else one per core)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
@@ -59,7 +62,7 @@ def run(args) -> int:
     with stage(progress_printer(args.quiet or args.json), "deduplicating"):
         report = dedup_dataset(shards, out=args.out, level=level, threshold=args.dedup_threshold,
                                frac=args.dedup_frac, seed=args.seed, teacher=args.teacher, device=args.device,
-                               embedder=args.embedder)
+                               embedder=args.embedder, workers=args.workers)
     report.seconds = report.seconds or time.perf_counter() - t0  # "already complete" runs report 0
     if args.json:
         emit_json(report.to_dict())

@@ -291,13 +291,14 @@ def _semantic(embeddings: np.ndarray, dup_of: np.ndarray, level_of: np.ndarray, 
 # ------------------------------------------------------------------------------------------------
 # Pipeline hook
 
-def pipeline_dedup(cfg, pool):
+def pipeline_dedup(cfg, pool, *, workers="auto"):
     """The ``dedup`` callable ``selection.select`` runs on the alive candidates in rank order.
 
     Exact/near read payloads unit by unit from ``pool`` (hash + 16×16 pixel vector per candidate,
     ~1 KB each); semantic also takes the scores table's ``embedding`` column. Text pools hash
     normalised text and embed the candidates with ``cfg.embedder`` for near/semantic
-    (``kdata.dedup.text``). Returns None when ``cfg.dedup`` is off.
+    (``kdata.dedup.text``). ``workers`` (``--workers``) compute the image features. Returns None when
+    ``cfg.dedup`` is off.
     """
     level = check_options(cfg.dedup, threshold=cfg.dedup_threshold, frac=cfg.dedup_frac)
     if level is None:
@@ -309,7 +310,7 @@ def pipeline_dedup(cfg, pool):
 
     def run(view, order: np.ndarray) -> tuple[np.ndarray, dict]:
         ids = view.sample_ids[order]
-        hashes, pixels = pool_features(pool, ids, pixels=level != "exact")
+        hashes, pixels = pool_features(pool, ids, pixels=level != "exact", workers=workers)
         emb = None
         if level == "semantic":
             if not view.has("embedding"):

@@ -77,23 +77,27 @@ def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | No
     return hashes, vecs
 
 
-def file_features(paths, *, pixels: bool, at: np.ndarray | None = None) -> tuple[list[str], np.ndarray | None]:
+def file_features(paths, *, pixels: bool, at: np.ndarray | None = None,
+                  workers=0) -> tuple[list[str], np.ndarray | None]:
     """``payload_features`` of every row of the Parquet files ``paths`` (a dataset's shards), read a
     row group at a time and only the ``image``/``text`` columns, so memory holds the features
-    (~1 KB a row with pixels) and one row group's payloads, never the files'. Row ``r`` in file order
-    (rows numbered across the files) lands at ``at[r]`` (default: ``r``)."""
+    (~1 KB a row with pixels) and one row group's payloads per worker, never the files'. Row ``r`` in
+    file order (rows numbered across the files) lands at ``at[r]`` (default: ``r``). ``workers``: a
+    count, ``auto`` or open ``FeatureWorkers`` (``kdata.dedup.feature_workers``); each task is one
+    (file, row group), results in order, so the features do not depend on it."""
     import pyarrow.parquet as pq
 
-    n = sum(pq.read_metadata(p).num_rows for p in paths)
+    from kdata.dedup.feature_workers import feature_workers
+
+    metas = [pq.read_metadata(p) for p in paths]
+    n = sum(m.num_rows for m in metas)
     at = np.arange(n) if at is None else np.asarray(at, dtype=np.int64)
     hashes: list = [None] * n
     vecs = np.zeros((n, PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
     done = 0
-    for p in paths:
-        f = pq.ParquetFile(p)
-        cols = [c for c in ("image", "text") if c in f.schema_arrow.names]
-        for g in range(f.num_row_groups):
-            h, v = payload_features(f.read_row_group(g, columns=cols), pixels=pixels)
+    tasks = ((str(p), g, pixels) for p, m in zip(paths, metas) for g in range(m.num_row_groups))
+    with feature_workers(workers, rows=n) as fw:
+        for h, v in fw.map(row_group_features, tasks):
             where = at[done:done + len(h)]
             for i, x in zip(where.tolist(), h):
                 hashes[i] = x
@@ -103,15 +107,27 @@ def file_features(paths, *, pixels: bool, at: np.ndarray | None = None) -> tuple
     return hashes, vecs
 
 
+def row_group_features(task: tuple) -> tuple[list[str], np.ndarray | None]:
+    """``payload_features`` of row group ``g`` of shard ``path`` (``task``: path, g, pixels), reading only
+    its ``image``/``text`` columns; run by a feature worker (or in-process)."""
+    import pyarrow.parquet as pq
+
+    path, g, pixels = task
+    f = pq.ParquetFile(path)
+    cols = [c for c in ("image", "text") if c in f.schema_arrow.names]
+    return payload_features(f.read_row_group(g, columns=cols), pixels=pixels)
+
+
 FEATURES_VERSION = 3  # bump when image_features / payload_features change what they compute (2: upright, 16-bit; 3: formats)
 
 
-def unit_features(unit, *, pixels: bool, wanted=None):
+def unit_features(unit, *, pixels: bool, wanted=None, workers=0):
     """``sample_id``, ``hash`` (and ``pixels``, the near-dup embedding) of every row of a pool unit,
     cached per unit content and name in ``$KDATA_CACHE/dedup-features``: decoding every image again is
     most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept. With
     ``wanted`` (a set or dict of ids), a unit that is not cached and holds none of them is neither
-    read nor computed (an empty table comes back).
+    read nor computed (an empty table comes back). ``workers``: a count, ``auto`` or the run's open
+    ``FeatureWorkers`` computing the rows (``_unit_features``).
 
     An entry is ``<key>.parquet`` and, written after it, ``<key>.json`` recording the file's rows,
     size and CRC-32 (``kdata.scoring.cache_entries``). One that does not match is a miss: dropped
@@ -125,7 +141,7 @@ def unit_features(unit, *, pixels: bool, wanted=None):
     try:
         path = cache_dir("dedup-features") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
     except OSError:
-        return _unit_features(unit, pixels, wanted) or _features_table([], [], pixels)
+        return _unit_features(unit, pixels, wanted, workers) or _features_table([], [], pixels)
     marker = path.with_suffix(".json")
     table = _cached_features(path, marker, pixels)
     if table is not None:
@@ -133,12 +149,12 @@ def unit_features(unit, *, pixels: bool, wanted=None):
     try:
         lock = acquire(path, wait=True)
     except KdataError:  # read-only cache
-        return _unit_features(unit, pixels, wanted) or _features_table([], [], pixels)
+        return _unit_features(unit, pixels, wanted, workers) or _features_table([], [], pixels)
     try:
         table = _cached_features(path, marker, pixels, lock=lock)
         if table is not None:
             return table
-        table = _unit_features(unit, pixels, wanted)
+        table = _unit_features(unit, pixels, wanted, workers)
         if table is None:  # holds none of ``wanted``: nothing computed, nothing cached
             return _features_table([], [], pixels)
         try:
@@ -184,22 +200,46 @@ def _check_schema(schema, pixels: bool, path) -> None:
                                  f"expected {list(want)}")
 
 
-def _unit_features(unit, pixels: bool, wanted=None, *, chunk: int = 1024):
-    """Features of every row of ``unit``, read ``chunk`` rows at a time from its row plan (a unit's
-    payloads are never all held); None when ``wanted`` is given and the unit holds none of its ids."""
-    import pyarrow as pa
+def _unit_features(unit, pixels: bool, wanted=None, workers=0, *, chunk: int = 1024):
+    """Features of every row of ``unit``, ``chunk`` rows at a time from its row plan (a unit's payloads
+    are never all held); None when ``wanted`` is given and the unit holds none of its ids.
+
+    With workers, each task ships the plan for its rows (``plan.part``: a file list, a Parquet or tar
+    path; only an in-memory unit's own rows), in chunks small enough for every worker to take some;
+    a unit without addressable rows and without images (a text file) is hashed here."""
+    from kdata.dedup.feature_workers import feature_workers
 
     plan = unit.plan()
     if wanted is not None and not any(i in wanted for i in plan.sample_ids().to_pylist()):
         return None
-    ids, hashes, vecs = [], [], []
-    for s in range(0, plan.num_rows, chunk):
-        t = plan.read_rows(s, min(plan.num_rows, s + chunk))
-        h, v = payload_features(t, pixels=pixels)
-        ids += t.column("sample_id").cast(pa.string()).to_pylist()
-        hashes += h
-        vecs.append(v)
+    n = plan.num_rows
+    with feature_workers(workers, rows=n) as fw:
+        shipped = bool(fw.workers) and (unit.rows is not None or _has_images(plan.read_rows(0, n)))  # in memory
+        if shipped:
+            chunk = max(64, min(chunk, -(-n // (4 * fw.workers))))
+        tasks = ((plan.part(s, min(n, s + chunk)) if shipped else plan, s, min(n, s + chunk), pixels)
+                 for s in range(0, n, chunk))
+        ids, hashes, vecs = [], [], []
+        for i, h, v in fw.map(rows_features, tasks, inline=not shipped):
+            ids += i
+            hashes += h
+            vecs.append(v)
     return _features_table(ids, hashes, pixels, np.concatenate(vecs) if pixels and vecs else None)
+
+
+def _has_images(table) -> bool:
+    return "image" in table.column_names and table.column("image").null_count < table.num_rows
+
+
+def rows_features(task: tuple) -> tuple[list[str], list[str], np.ndarray | None]:
+    """``sample_id``s, hashes and pixel embeddings of rows ``[start, stop)`` of a unit's row plan
+    (``task``: plan, start, stop, pixels); run by a feature worker (or in-process)."""
+    import pyarrow as pa
+
+    plan, start, stop, pixels = task
+    t = plan.read_rows(start, stop)
+    h, v = payload_features(t, pixels=pixels)
+    return t.column("sample_id").cast(pa.string()).to_pylist(), h, v
 
 
 def _features_table(ids: list, hashes: list, pixels: bool, vecs: np.ndarray | None = None):
@@ -213,31 +253,36 @@ def _features_table(ids: list, hashes: list, pixels: bool, vecs: np.ndarray | No
     return pa.table(cols)
 
 
-def pool_features(pool, ids: np.ndarray, *, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def pool_features(pool, ids: np.ndarray, *, pixels: bool, workers=0) -> tuple[np.ndarray, np.ndarray | None]:
     """Hashes and pixel embeddings for ``ids``, unit by unit over the pool (``unit_features``, cached;
     memory: only the small per-sample features are kept, never the payloads of more than ``chunk``
     rows of one unit). A unit not cached that holds none of ``ids`` is not read; no unit after the
-    one holding the last of them is visited."""
+    one holding the last of them is visited. ``workers`` (a count or ``auto``, ``--workers``; or open
+    ``FeatureWorkers``): processes computing the features, started with the first unit not cached and
+    kept for every later one (``kdata.dedup.feature_workers``); results do not depend on them."""
+    from kdata.dedup.feature_workers import feature_workers
+
     ids = np.asarray(ids, dtype=object)
     pos_of = {s: i for i, s in enumerate(ids.tolist())}
     hashes = np.full(len(ids), None, dtype=object)
     vecs = np.zeros((len(ids), PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
     found, left = np.zeros(len(ids), dtype=bool), len(pos_of)
-    for unit in pool.units:
-        if not left:
-            break
-        t = unit_features(unit, pixels=pixels, wanted=pos_of)
-        got = [(r, pos_of[s]) for r, s in enumerate(t.column("sample_id").to_pylist()) if s in pos_of]
-        if not got:
-            continue
-        rows, where = (np.array(x, dtype=np.int64) for x in zip(*got))
-        h = t.column("hash").to_pylist()
-        hashes[where] = [h[r] for r in rows.tolist()]
-        left -= int((~found[where]).sum())
-        found[where] = True
-        if pixels:
-            flat = t.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            vecs[where] = flat.reshape(-1, PIXEL_SIZE * PIXEL_SIZE)[rows]
+    with feature_workers(workers, rows=len(ids)) as fw:
+        for unit in pool.units:
+            if not left:
+                break
+            t = unit_features(unit, pixels=pixels, wanted=pos_of, workers=fw)
+            got = [(r, pos_of[s]) for r, s in enumerate(t.column("sample_id").to_pylist()) if s in pos_of]
+            if not got:
+                continue
+            rows, where = (np.array(x, dtype=np.int64) for x in zip(*got))
+            h = t.column("hash").to_pylist()
+            hashes[where] = [h[r] for r in rows.tolist()]
+            left -= int((~found[where]).sum())
+            found[where] = True
+            if pixels:
+                flat = t.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                vecs[where] = flat.reshape(-1, PIXEL_SIZE * PIXEL_SIZE)[rows]
     missing = int(sum(h is None for h in hashes))
     if missing:
         raise RuntimeError(f"dedup: {missing} candidates not found in the pool")

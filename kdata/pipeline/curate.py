@@ -104,7 +104,8 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     ctx = Context(cfg=cfg, pool=prep.pool, teacher=teacher, student=prep.student, device=prep.device)
     sel = select(scores, methods=prep.methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
                  temperature=cfg.temperature, balance=prep.balance, options=method_options(prep.methods, ctx),
-                 dedup=pipeline_dedup(replace(cfg, dedup=resolve_dedup(cfg)), prep.pool))
+                 dedup=pipeline_dedup(replace(cfg, dedup=resolve_dedup(cfg)), prep.pool,
+                                      workers=getattr(prep.score_cfg, "num_workers", "auto")))
     decisions = build_decisions(scores, decision=np.where(sel.kept, KEPT, REJECTED), reason=sel.reason,
                                 stage=sel.stage, class_names=teacher.class_names, scores=sel.scores,
                                 quarantined=scored.quarantined)

@@ -158,7 +158,7 @@ DEDUP_COLUMNS = ("sample_id", "rank", "kind", "parent_id", "label", *CARRIED)
 
 def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None = None, frac: float | None = None,
                   seed: int = 0, teacher: str | None = None, device: str = "auto",
-                  embedder: str | None = None) -> RunReport:
+                  embedder: str | None = None, workers: int | str = "auto") -> RunReport:
     """``kdata dedup``: deduplicate a curated dataset into a new one; the better-ranked copy survives.
 
     Every input row is kept or rejected ``duplicate_of:<id>`` at stage ``dedup``. Semantic dedup
@@ -166,6 +166,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
     on normalised text and, for near/semantic, embedded with ``embedder`` (``kdata.dedup.text``).
     Memory: the rows' small columns and features (``file_features``), and the payloads of one row
     group at a time — the shards are read a row group at a time, and so are the kept rows written.
+    ``workers`` (``auto`` or a count) compute the payload features, a row group per task.
     """
     check_paths(shards, out)  # before the lock, whose file would land inside the dataset
     with exclusive(out):
@@ -193,7 +194,8 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
             return done
         at = np.empty(n, np.int64)
         at[source.order] = np.arange(n)  # shard row → rank position
-        hashes, pixels = file_features(source.paths, pixels=level != "exact" and not text, at=at)
+        hashes, pixels = file_features(source.paths, pixels=level != "exact" and not text, at=at,
+                                       workers=workers)
         emb, defaults = None, {}
         if text and level != "exact":
             emb = pixels = text_embeddings(ShardColumn(source.paths, "text", source.order), embedder,

@@ -252,7 +252,7 @@ def test_balance_cluster_spreads_the_budget(builtin_models):
     from kdata.scoring.score import score_pool
     from kdata.selection.run import select
 
-    prep = prepare(SelectConfig(method="kd3"))
+    prep = prepare(SelectConfig(method="kd3", balance="cluster"))  # a run that balances by cluster loads embeddings
     scores, _, _ = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg)
     view = ScoreView(scores, num_classes=10)
     cand = np.arange(len(view))
