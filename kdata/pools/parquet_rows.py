@@ -220,9 +220,16 @@ class ParquetRows(UnitRows):
         Arrow grows one dictionary of every value in the row group, 3× the column.)"""
         if g not in self.modes:
             rows, budget, exact, longest = self.bounds[g + 1] - self.bounds[g], _budget(self.path), [], 0
-            for c in self.dictionary[g]:
-                pf = pq.ParquetFile(self.path, read_dictionary=[c], pre_buffer=False, buffer_size=1 << 20)
-                col = next(pf.iter_batches(batch_size=1, row_groups=[g], columns=[c], use_threads=False)).column(0)
+            cols = self.dictionary[g]
+            if cols:  # one row of them, read as dictionaries: their dictionary pages, decoded once
+                key = ("probe", *cols)
+                if key not in self._files:
+                    self._files[key] = pq.ParquetFile(self.path, read_dictionary=cols, pre_buffer=False,
+                                                      buffer_size=1 << 20)
+                first = next(self._files[key].iter_batches(batch_size=1, row_groups=[g], columns=cols,
+                                                           use_threads=False))
+            for c in cols:
+                col = first.column(c)
                 values = col.dictionary if pa.types.is_dictionary(col.type) else col
                 v = max(1, pc.max(pc.binary_length(values)).as_py() or 1)
                 if rows * v > budget:
