@@ -36,9 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from doc_tables import splice  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 # runs a command as its child and reports (wall seconds, peak RSS of that child in MB, exit code)
 _MEASURE = ("import resource, subprocess, sys, time\n"
             "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
@@ -160,7 +158,9 @@ def main(argv=None) -> int:
           f"{args.lines:,} JSONL lines of {args.words:,} words ({text.stat().st_size / 1e9:.2f} GB); "
           f"{os.cpu_count()} cores.\n\n" + "\n".join(table))
     print(md)
-    if splice("memory", md):
+    import runpy
+
+    if runpy.run_path(str(ROOT / "benchmarks" / "doc_tables.py"))["splice"]("memory", md):
         print("(written into docs/benchmarks/memory.md)")
     if not args.dir:
         shutil.rmtree(folder, ignore_errors=True)
