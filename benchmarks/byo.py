@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +30,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# runs a command as its child and reports (wall seconds, peak RSS of that child in MB)
-_MEASURE = ("import resource, subprocess, sys, time\n"
-            "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:]).returncode\n"
-            "print(f'MEASURE {time.perf_counter() - t:.2f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} {rc}')")
 
 _READ = ("import sys, numpy as np, pyarrow.parquet as pq\n"
          "f = pq.ParquetFile(sys.argv[1], pre_buffer=False); n = 0\n"
@@ -78,13 +73,11 @@ def write_file(path: Path, n: int, c: int, *, topk: int = 0, group: int = 16_384
     os.replace(tmp, path)
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("MEASURE")), None)
-    if line is None or line.split()[3] != "0":
-        sys.exit(f"failed: {' '.join(cmd)}\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    _, sec, rss, _ = line.split()
-    return float(sec), float(rss)
+def measure(cmd: list[str], *, env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of ``cmd`` run as a child (``benchmarks/child_rss.py``)."""
+    import runpy
+
+    return runpy.run_path(str(Path(__file__).resolve().parent / "child_rss.py"))["measure"](cmd, env=env)
 
 
 def main(argv=None) -> int:

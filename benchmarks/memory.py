@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,10 +36,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-# runs a command as its child and reports (wall seconds, peak RSS of that child in MB, exit code)
-_MEASURE = ("import resource, subprocess, sys, time\n"
-            "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-            "print(f'MEASURE {time.perf_counter() - t:.2f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} {rc}')")
 _READ_PARQUET = "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]); print(t.num_rows)"
 _READ_JSONL = "import sys, pyarrow.json as pj; t = pj.read_json(sys.argv[1]); print(t.num_rows)"
 WORDS = "alpha beta gamma delta data model teacher student token score pool shard cat dog".split()
@@ -90,13 +85,11 @@ def write_text(folder: Path, lines: int, words: int) -> tuple[Path, Path]:
     return pool, preds
 
 
-def measure(cmd: list[str], *, env: dict) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("MEASURE")), None)
-    if line is None or line.split()[3] != "0":
-        sys.exit(f"failed: {' '.join(cmd)}\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    _, sec, rss, _ = line.split()
-    return float(sec), float(rss)
+def measure(cmd: list[str], *, env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of ``cmd`` run as a child (``benchmarks/child_rss.py``)."""
+    import runpy
+
+    return runpy.run_path(str(Path(__file__).resolve().parent / "child_rss.py"))["measure"](cmd, env=env)
 
 
 def main(argv=None) -> int:
