@@ -266,17 +266,17 @@ class ParquetRows(UnitRows):
                 while i < rows.size:
                     first, batch = self._batch_at(int(rows[i]))
                     j = int(np.searchsorted(rows, first + batch.num_rows, side="left"))
-                    parts.append(batch.take(pa.array(rows[i:j] - first)))
+                    parts.append(_unviewed(batch).take(pa.array(rows[i:j] - first)))
                     i = j
+            if not parts:
+                return _bounded_read(self.path, self.columns, [])
+            return pa.Table.from_batches(_same_types(parts))
         except KdataError:
             raise
         except Exception as exc:  # noqa: BLE001  (a damaged page, a short row group: one line naming the file)
             self._cursor = None
             raise KdataError(f"{self.path}: cannot read Parquet ({(str(exc) or type(exc).__name__).splitlines()[0]})") \
                 from None
-        if not parts:
-            return _bounded_read(self.path, self.columns, [])
-        return pa.Table.from_batches(parts)
 
     def _finish(self, table: pa.Table, rows: np.ndarray) -> pa.Table:
         table, errors = _expand(table, path=self.path, limits=self.limits)
@@ -301,6 +301,32 @@ class ParquetRows(UnitRows):
             return None
         col, _ = _expand(_bounded_read(self.path, [name]), path=self.path, limits=self.limits)
         return col.column(name)
+
+
+def _unviewed(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with string/binary view columns (polars' newest Arrow) as plain string/binary, which
+    Arrow's ``take`` and kdata's schema use (a batch holds at most ``STREAM_BYTES`` or one value)."""
+    views = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+    if not any(f.type in views for f in batch.schema):
+        return batch
+    return pa.RecordBatch.from_arrays([c.cast(views[c.type]) if c.type in views else c for c in batch.columns],
+                                      names=batch.schema.names)
+
+
+def _same_types(parts: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """Batches of row groups streamed in different modes (``ParquetRows._mode``: a column read as a
+    dictionary in one group, plain in another) made one schema: the plain ones dictionary-encoded, so
+    ``_expand`` still sees every dictionary's sizes before expanding it."""
+    if len({b.schema for b in parts}) == 1:
+        return parts
+    dict_cols = {f.name: f.type for b in parts for f in b.schema if pa.types.is_dictionary(f.type)}
+    out = []
+    for b in parts:
+        cols = [c if n not in dict_cols or pa.types.is_dictionary(c.type)
+                else pc.dictionary_encode(c.cast(dict_cols[n].value_type)).cast(dict_cols[n])
+                for n, c in zip(b.schema.names, b.columns)]
+        out.append(pa.RecordBatch.from_arrays(cols, names=b.schema.names))
+    return out
 
 
 _LIVE: collections.OrderedDict = collections.OrderedDict()  # per process: the plans read from last

@@ -184,3 +184,24 @@ def test_a_dictionary_that_fell_back_to_plain_pages_is_streamed_plain(tmp_path):
     with pytest.raises(KdataError, match="bomb.parquet: Parquet rows decode to over"):
         unit.read()  # all of them: refused from the dictionary's sizes, before expanding
     assert unit.plan()._mode(0)[0] == ("image",)
+
+
+def test_row_groups_streamed_in_different_modes_and_view_columns_read_as_pyarrow_does(tmp_path):
+    """A long value in one row group's dictionary makes that group's column a possible bomb (read as a
+    dictionary) while the next group's is read plain: their batches still make one table. String/binary
+    view columns (polars' newest Arrow) are read as strings/bytes."""
+    texts = ["x" * (1 << 20)] + [f"short {i}" for i in range(599)]
+    mixed = tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({"sample_id": [f"s{i:03d}" for i in range(600)], "text": texts}), mixed,
+                   row_group_size=300)
+    plan = open_pool(str(mixed)).units[0].plan()
+    got = plan.read_rows(0, 600)
+    assert plan.modes[0][0] == ("text",) and plan.modes[1][0] == ()  # 300 rows × 1 MiB could pass the budget
+    assert got.column("text").to_pylist() == texts
+    assert plan.take([0, 299, 300, 599]).column("text").to_pylist() == [texts[0], texts[299], texts[300], texts[599]]
+    views = tmp_path / "views.parquet"
+    pq.write_table(pa.table({"sample_id": pa.array([f"v{i}" for i in range(50)], pa.string_view()),
+                             "image": pa.array([bytes([i]) * 10 for i in range(50)], pa.binary_view())}), views)
+    unit = open_pool(str(views)).units[0]
+    assert unit.take([3, 40]).column("image").to_pylist() == [bytes([3]) * 10, bytes([40]) * 10]
+    assert unit.read().column("sample_id").to_pylist() == [f"v{i}" for i in range(50)]
