@@ -1,9 +1,6 @@
-"""Summaries of a curated dataset directory: counts, class balance, score quantiles, examples.
-
-Everything here is read back from what a run wrote — ``manifest.json``, ``decisions.parquet``
-(one row per input sample, with the scores of every scored row) and the curated shards — so the
-same numbers feed ``kdata inspect`` (terminal and ``--json``) and the data card (``kdata.report.card``).
-"""
+"""Summaries of a curated dataset directory: counts, class balance, score quantiles, examples. All
+read back from what a run wrote (``manifest.json``, ``decisions.parquet``, the curated shards), so the
+same numbers feed ``kdata inspect`` (terminal and ``--json``) and the data card (``kdata.report.card``)."""
 
 from __future__ import annotations
 
@@ -55,9 +52,7 @@ class Run:
         """Every shard column, payloads included."""
         return self.files.schema if self.files is not None else self.shards.schema if self.shards is not None else None
 
-    @property
-    def shard_columns(self) -> list[str]:
-        return self.shard_schema.names if self.shard_schema is not None else []
+    shard_columns = property(lambda self: self.shard_schema.names if self.shard_schema is not None else [])
 
     def has_values(self, name: str) -> bool:
         """The shards hold a non-null ``name`` (a payload: told by the shards' statistics, not read)."""
@@ -66,11 +61,15 @@ class Run:
         return self.files is not None and self.files.has_values(name)
 
     def payload(self, name: str, positions) -> list:
-        """Shard column ``name`` at the rows ``positions`` of ``shards``; a payload is read for those rows'
-        row groups only. Raises ``KdataError`` for a shard whose payload cannot be read."""
+        """Shard column ``name`` at the rows ``positions`` of ``shards`` (payloads: those row groups only);
+        an unreadable shard gives None and is noted in ``shard_error``, so the summary goes on."""
         if self.shards is not None and name in self.shards.column_names:
             return self.shards.column(name).take(pa.array(positions, pa.int64())).to_pylist()
-        return self.files.take(name, positions) if self.files is not None else [None] * len(positions)
+        try:
+            return self.files.take(name, positions) if self.files is not None else [None] * len(positions)
+        except KdataError as exc:
+            self.shard_error = self.shard_error or str(exc).split(": ", 1)[-1]
+            return [None] * len(positions)
 
     @property
     def class_names(self) -> list[str]:

@@ -116,3 +116,15 @@ def test_rejected_thumbnails_read_only_their_pool_rows(tmp_path):
     run = Run(out=tmp_path, manifest={"config": {"pool": str(path)}}, decisions=None, shards=None)
     found, note = fetch_payloads(run, want, pool=open_pool(str(path)))
     assert note is None and found == {i: _png(int(i[1:])) for i in want}
+
+
+def test_inspect_of_a_shard_whose_shown_texts_are_damaged_reports_and_exits_1(tmp_path, capsys):
+    """The texts inspect shows lie in a damaged page: the summary is still printed, with the shard
+    under integrity, and the exit code is 1 (it was one error line, exit 2, no report)."""
+    out = _text_run(tmp_path)
+    shard = next((out / "data").glob("*.parquet"))
+    _wreck(shard, "text", [0])  # the best-ranked rows' group
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "integrity: FAILED" in printed and "curated rows in 1 shard" in printed
