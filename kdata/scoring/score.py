@@ -203,7 +203,9 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
     results, info = score_units(pool.units, teacher, student, config=config, device=device, cache=cache,
                                 progress=progress)
     tables = [unit_scores(path, embedding=config.load_embeddings) for path, _, _, _ in results]
-    scores = pa.concat_tables(tables) if tables else SCORES_SCHEMA.empty_table()
+    # a unit whose rows were all quarantined wrote no embedding column (its width comes from a row)
+    tables = [t for t in tables if t.num_rows] or tables[:1]
+    scores = pa.concat_tables(tables, promote_options="default") if tables else SCORES_SCHEMA.empty_table()
     quarantined = [q for _, qs, _, _ in results for q in qs]
     return scores, quarantined, info
 

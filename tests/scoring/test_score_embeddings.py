@@ -49,3 +49,25 @@ def test_unit_scores_reads_every_other_column(cache, builtin_models, tmp_path):
     assert full.column_names[-1] == "embedding" and len(full.column("embedding")[0]) == 128
     assert slim.column_names == full.column_names[:-1]
     assert slim.equals(full.drop_columns(["embedding"]))
+
+
+def test_a_unit_whose_rows_are_all_quarantined_scores_with_the_others(tmp_path):
+    """Its cache entry has no embedding column (the width comes from a row): the pool's scores still
+    concatenate (it was ``ArrowInvalid: Schema at index 1 was different``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdata.models.spec import load_model
+    from kdata.pools.spec import open_pool
+    from kdata.scoring.score import ScoreConfig, score_pool
+    from tests.helpers.real_inputs import digits, png_bytes
+
+    x, y = digits(30)
+    (tmp_path / "pool").mkdir()
+    pq.write_table(pa.table({"sample_id": [f"g{i}" for i in range(30)], "image": [png_bytes(x[i]) for i in range(30)],
+                             "label": [str(v) for v in y[:30]]}), tmp_path / "pool" / "a.parquet")
+    pq.write_table(pa.table({"sample_id": [f"b{i}" for i in range(5)], "image": [b"not an image"] * 5,
+                             "label": ["1"] * 5}), tmp_path / "pool" / "b.parquet")
+    teacher, student = load_model("builtin:digits-teacher"), load_model("builtin:digits-student")
+    scores, quarantined, _ = score_pool(open_pool(str(tmp_path / "pool")), teacher, student, config=ScoreConfig())
+    assert scores.num_rows == 30 and len(quarantined) == 5 and "embedding" in scores.column_names
