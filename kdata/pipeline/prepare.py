@@ -152,6 +152,10 @@ def match_pool(scores: pa.Table, pool: Pool, *, scores_file: str) -> tuple[pa.Ta
     if not pool.units:
         return scores, []
     pool_ids = pa.chunked_array([u.sample_ids() for u in pool.units], pa.string()).combine_chunks()
+    if len(pc.unique(pool_ids)) != len(pool_ids):  # which payload would a kept id get?
+        dup = pc.filter(pc.value_counts(pool_ids).field("values"), pc.greater(pc.value_counts(pool_ids).field("counts"), 1))
+        raise KdataError(f"{pool.spec}: sample_id '{dup[0].as_py()}' occurs more than once in the pool; "
+                         "sample ids must be unique")
     found = pc.is_in(scores.column("sample_id"), value_set=pool_ids)
     if pc.all(found).as_py():
         return scores, []

@@ -148,3 +148,24 @@ def test_text_card_reads_the_domain_column_and_the_picked_texts_only(tmp_path):
     assert "could not be read back (KdataError)" in s["note"]
     assert [r["text"] for r in s["rejected_texts"]] == [None, None]
     assert {r["pool"] for r in s["domain_mixture"]} == {None}
+
+
+def test_a_pool_naming_one_id_twice_is_refused_before_any_work(tmp_path, capsys):
+    """With --scores, two pool rows with one id would give a kept id two payloads (it was an IndexError)."""
+    import json
+
+    import numpy as np
+
+    from kdata.cli import main
+
+    lines = [json.dumps({"sample_id": f"q{i % 9}", "text": f"text {i}"}) for i in range(10)]  # q0 twice
+    (tmp_path / "dup.jsonl").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"sample_id": [f"q{i}" for i in range(9)],
+                             "teacher_logprob": rng.normal(-2, 0.5, 9).astype(np.float32),
+                             "reference_logprob": rng.normal(-2.5, 0.5, 9).astype(np.float32)}), tmp_path / "s.parquet")
+    assert main(["select", "--scores", str(tmp_path / "s.parquet"), "--pool", str(tmp_path / "dup.jsonl"),
+                 "--method", "miniplm", "--budget", "0.5", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sample_id 'q0' occurs more than once in the pool" in err
+    assert not (tmp_path / "o").exists()
