@@ -104,6 +104,17 @@ def _domains(view: ScoreView, domains: pa.Table | None) -> np.ndarray:
     return np.array([NONE_DOMAIN if v is None else str(v) for v in d], dtype=object)
 
 
+def _previous(previous: dict, names) -> np.ndarray:
+    """r_prev per domain from ``previous`` {domain: r}; the mass it leaves (a manifest lists at most
+    ``MAX_LISTED_DOMAINS`` domains and sums the rest) is shared evenly by the domains it does not name."""
+    prev = np.array([float(previous.get(str(d), 0.0)) for d in names])
+    unnamed = np.array([str(d) not in previous for d in names])
+    left = 1.0 - float(sum(float(v) for v in previous.values()))
+    if unnamed.any() and left > 0:
+        prev[unnamed] = left / unnamed.sum()
+    return prev
+
+
 @register("ddk", needs=("domains",), doc="DDK: budget split over domains by the smoothed softmax of the "
                                       "student/teacher perplexity ratio (arXiv 2407.16154)")
 def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previous: dict | None = None,
@@ -130,7 +141,7 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     mean_t = np.bincount(inv, weights=lt[rows], minlength=len(names)) / np.maximum(cnt, 1)
     mean_s = np.bincount(inv, weights=ls[rows], minlength=len(names)) / np.maximum(cnt, 1)
     ratio = np.exp(mean_s - mean_t)  # ℓ_S/ℓ_T: the ratio of the perplexities exp(mean loss)
-    prev = None if previous is None else np.array([float(previous.get(d, 0.0)) for d in names])
+    prev = None if previous is None else _previous(previous, names)
     if prev is not None and prev.sum() <= 0:
         prev = None
     r = domain_proportions(ratio, alpha=alpha, previous=prev)

@@ -44,3 +44,15 @@ def test_many_domains_keep_the_manifest_small(tmp_path):
     listed = min(d["proportion"] for d in info["domains"].values())
     assert info["other_domains"]["proportion"] <= listed * (hosts - MAX_LISTED_DOMAINS)
     assert (out / "manifest.json").stat().st_size < 40_000 and "domains_total: 400" in (out / "README.md").read_text()
+
+
+def test_a_capped_domain_list_fed_back_as_previous_shares_the_rest_evenly():
+    """``previous=`` from a manifest that lists 3 of 5 domains: the 2 it does not name share the mass
+    the listed ones leave (they got a prior of 0 before)."""
+    from kdata.selection.methods.ddk import _previous
+
+    names = np.array(["a", "b", "c", "d", "e"], dtype=object)
+    listed = {"b": 0.3, "c": 0.2, "d": 0.3}
+    np.testing.assert_allclose(_previous(listed, names), [0.1, 0.3, 0.2, 0.3, 0.1])
+    whole = {"a": 0.1, "b": 0.3, "c": 0.2, "d": 0.3, "e": 0.1}
+    np.testing.assert_allclose(_previous(whole, names), [0.1, 0.3, 0.2, 0.3, 0.1])  # as before
