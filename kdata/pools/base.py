@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from kdata.core.errors import KdataError
+from kdata.core.ids import member_mask
 from kdata.dataset.schema import POOL_SCHEMA
 
 DEFAULT_MAX_FILE_MB = 64.0
@@ -146,8 +147,7 @@ class PoolUnit:
         addressable rows is read once, a Parquet footer and id column once)."""
         plan = self.plan()
         ids = plan.sample_ids()
-        hit = np.fromiter((i in wanted for i in ids.to_pylist()), bool, count=len(ids))
-        return plan.take(np.flatnonzero(hit))
+        return plan.take(np.flatnonzero(member_mask(ids, wanted).to_numpy(zero_copy_only=False)))
 
 
 @dataclass
