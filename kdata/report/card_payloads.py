@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
+from kdata.dataset.shard_rows import non_null_rows
 
 __all__ = ["PAYLOADS", "ShardFiles"]
 
@@ -51,20 +52,12 @@ class ShardFiles:
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
     def has_values(self, name: str) -> bool:
-        """Column ``name`` exists and holds a non-null value (row-group statistics; a row group without
-        them is read, that column alone)."""
-        for k, meta in enumerate(self.metas):
-            if name not in self.schemas[k].names:
-                continue
-            leaf = next((j for j in range(meta.num_columns) if meta.schema.column(j).path == name), None)
-            for g in range(meta.num_row_groups):
-                rg = meta.row_group(g)
-                stats = rg.column(leaf).statistics if leaf is not None else None  # None: a nested column
-                nulls = stats.null_count if stats is not None and stats.has_null_count else \
-                    self._group(k, g, name).null_count
-                if nulls < rg.num_rows:
-                    return True
-        return False
+        """Column ``name`` exists and holds a non-null value (``non_null_rows``: row-group statistics,
+        a row group without them read, that column alone)."""
+        try:
+            return non_null_rows(self.paths, name) > 0
+        except (OSError, pa.ArrowException) as exc:
+            raise KdataError(f"{self.paths[0].parent}: unreadable shard ({exc})") from None
 
     def take(self, name: str, positions) -> list:
         """The values of column ``name`` at global row ``positions`` (any order), as Python objects;
