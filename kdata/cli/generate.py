@@ -49,7 +49,11 @@ def register(sub) -> None:
                         "--student and --critic); each round OUT/round-N/ with its card")
     p.add_argument("--epochs", type=int, default=None, help="with --rounds: training epochs per round")
     p.add_argument("--eval", default=None, help="with --rounds: held-out text for perplexity "
-                                                "(default builtin:text-test; `none` to skip)")
+                                                "(default builtin:text-test; `none` to skip): it chooses "
+                                                "the best round")
+    p.add_argument("--test", default=None, metavar="TEXT", help="with --rounds: other held-out text, never used to "
+                                                                "choose, for unbiased perplexities of the chosen, "
+                                                                "last and starting students")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
 
@@ -115,9 +119,10 @@ def check_unused(args) -> None:
     if args.student and not args.critic:
         raise KdataError(f"--student {args.student}: one generate run uses the student only for the critic's "
                          "features; give --critic DIR (or --rounds R to train it), or drop --student")
-    used = [f for f, v in (("--epochs", args.epochs), ("--eval", args.eval)) if v is not None]
+    used = [f for f, v in (("--epochs", args.epochs), ("--eval", args.eval), ("--test", args.test)) if v is not None]
     if used:
-        raise KdataError(f"{'/'.join(used)}: only --rounds R trains a student (--epochs) and measures it (--eval); "
+        raise KdataError(f"{'/'.join(used)}: only --rounds R trains a student (--epochs) and measures it "
+                         "(--eval, --test); "
                          f"give --rounds, or drop {' and '.join(used)}")
 
 
@@ -139,7 +144,7 @@ def _rounds(args, cfg) -> int:
     tc = TextTrainConfig() if args.epochs is None else replace(TextTrainConfig(), epochs=args.epochs)
     ev = None if args.eval is None else ("" if args.eval == "none" else args.eval)
     result = run_rounds(cfg, out=args.out, rounds=args.rounds, student=args.student, device=args.device,
-                        batch_size=args.batch_size, train_config=tc, eval_spec=ev)
+                        batch_size=args.batch_size, train_config=tc, eval_spec=ev, test_spec=args.test)
     if args.json:
         emit_json(result)
         return 0
@@ -151,7 +156,16 @@ def _rounds(args, cfg) -> int:
     best = result.get("best")
     print(f"  last student: {result['last_student']}")
     if best:
-        print(f"  best student: {best['student']} (round {best['round']}, perplexity {best['perplexity']:.1f})")
+        print(f"  best student: {best['student']} (round {best['round']}, perplexity {best['perplexity']:.1f} on "
+              f"{best['chosen_on']}, the set that chose it)")
+    test = result.get("test")
+    if test:
+        print(f"  perplexity on {test['spec']} ({test['n']} texts, chose nothing): start "
+              f"{test['perplexity_start']:.1f}, last {test['perplexity_last']:.1f}"
+              + (f", best {test['perplexity_best']:.1f}" if "perplexity_best" in test else ""))
+    elif best:
+        print("  note: a figure on the set that chose the round is optimistic; --test TEXT measures the students "
+              "on texts that chose nothing")
     if best and best["worse_rounds"]:
         print(f"kdata: warning: round(s) {', '.join(map(str, best['worse_rounds']))} raised the held-out perplexity; "
               f"{best['message']}")

@@ -219,10 +219,14 @@ def _step(out: Path, record: dict, name: str, run):
 
 
 def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: str, device: str = "auto",
-               batch_size: int = 16, train_config=None, eval_spec: str | None = None) -> dict:
-    """Run ``rounds`` I2D2 rounds into ``out`` (module doc); returns a summary per round."""
+               batch_size: int = 16, train_config=None, eval_spec: str | None = None,
+               test_spec: str | None = None) -> dict:
+    """Run ``rounds`` I2D2 rounds into ``out`` (module doc); returns a summary per round. ``eval_spec``
+    chooses the best round (a validation set); ``test_spec``, texts that chose nothing, gives the
+    chosen, last and starting students' perplexities without the bias of that choice (``unbiased_perplexities``)."""
     if rounds < 1:
         raise KdataError(f"--rounds {rounds}: must be ≥ 1")
+    check_test_set(test_spec, eval_spec)
     if not cfg.critic:
         raise KdataError("--rounds needs --critic: each round keeps what the critic accepts")
     crit = target_critic(cfg)
@@ -255,8 +259,38 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
                             "perplexity_after": log.get("perplexity_after")})
             current = generator = f"hf:{stu_dir}"
     best = best_round(summary)
-    return {"out": str(out), "rounds": summary, "student": best["student"] if best else current,
-            "last_student": current, "best": best}
+    result = {"out": str(out), "rounds": summary, "student": best["student"] if best else current,
+              "last_student": current, "best": best}
+    if test_spec:
+        from kdata.training.text import TextTrainConfig
+
+        tcfg = replace(train_config or TextTrainConfig(), device=device)
+        result["test"] = unbiased_perplexities(test_spec, start=student, best=best, last=current, cfg=tcfg)
+    return result
+
+
+def check_test_set(test_spec: str | None, eval_spec: str | None) -> None:
+    """A test set must not be the eval set that chooses the round (its figure would carry the choice's
+    bias): refused in one line, before any work."""
+    from kdata.training.text import DEFAULT_EVAL
+
+    if not test_spec:
+        return
+    ev = DEFAULT_EVAL if eval_spec is None else (eval_spec or None)
+    if ev is not None and eval_fingerprint(test_spec) == eval_fingerprint(ev):
+        raise KdataError(f"--test {test_spec}: holds the same texts as the eval set ({ev}) that chooses the best "
+                         "round; give texts the rounds never saw")
+
+
+def unbiased_perplexities(test_spec: str, *, start: str, best: dict | None, last: str, cfg) -> dict:
+    """Perplexities on ``test_spec`` of the starting, the last and the chosen student (each measured once)."""
+    roles = {"start": start, "last": last, **({"best": best["student"]} if best else {})}
+    measured: dict[str, float] = {}
+    n = 0
+    for spec in dict.fromkeys(roles.values()):
+        measured[spec], n = held_out_perplexity(spec, test_spec, cfg)
+    return {"spec": test_spec, "n": n, "fingerprint": eval_fingerprint(test_spec),
+            **{f"perplexity_{role}": measured[spec] for role, spec in roles.items()}}
 
 
 def best_round(summary: list[dict]) -> dict | None:
@@ -275,6 +309,6 @@ def best_round(summary: list[dict]) -> dict | None:
     message = (f"no round's student beat the starting one's held-out perplexity ({ppl:.1f}): keep the original "
                f"student, {student}"
                if rnd == 0 else f"the lowest held-out perplexity ({ppl:.1f}) is round {rnd}'s student, {student}")
-    return {"round": rnd, "student": student, "perplexity": ppl,
+    return {"round": rnd, "student": student, "perplexity": ppl, "chosen_on": summary[0].get("eval"),
             "worse_rounds": [r["round"] for r in scored if r["perplexity_after"] > r["perplexity_before"]],
             "message": message}

@@ -210,11 +210,11 @@ def test_best_round_names_the_lowest_perplexity_and_the_rounds_that_raised_it():
     from kdata.pipeline.generate_rounds import best_round
 
     summary = [{"round": 1, "student_in": "hf:s", "student": "o/round-1-student", "perplexity_before": 400.0,
-                "perplexity_after": 300.7},
+                "perplexity_after": 300.7, "eval": "val.jsonl"},
                {"round": 2, "student_in": "hf:o/round-1-student", "student": "o/round-2-student",
                 "perplexity_before": 300.7, "perplexity_after": 326.7}]
     assert best_round(summary) == {"round": 1, "student": "hf:o/round-1-student", "perplexity": 300.7,
-                                   "worse_rounds": [2], "message": "the lowest held-out perplexity (300.7) is "
+                                   "chosen_on": "val.jsonl", "worse_rounds": [2], "message": "the lowest held-out perplexity (300.7) is "
                                                                    "round 1's student, hf:o/round-1-student"}
     assert best_round([{**r, "perplexity_after": None} for r in summary]) is None
 

@@ -189,3 +189,40 @@ def test_a_moved_out_reruns_every_finished_step(base, tmp_path, capsys):
     orig = json.loads((base["out"] / "round-1-student" / "train_log.json").read_text())
     assert result["rounds"][0]["perplexity_after"] == orig["perplexity_after"]
     assert result["rounds"][0]["student"] == str(moved / "round-1-student")
+
+
+def test_test_texts_give_the_chosen_students_perplexity_without_the_choice(base, tmp_path, capsys):
+    """--eval chooses the best round; --test (texts that chose nothing) measures the starting, last and chosen
+    students on other texts, without retraining; the eval set itself is refused as a test set."""
+    out = copy_of(base, tmp_path)
+    before = weights(out)
+    capsys.readouterr()
+    assert rerun(base, out, "--eval", str(base["eval"]["A"]), "--test", str(base["eval"]["B"])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert weights(out) == before
+    assert result["best"]["chosen_on"] == str(base["eval"]["A"])
+    cfg = replace(TextTrainConfig(), epochs=1, device="cpu")
+    start, n = held_out_perplexity(base["S"], str(base["eval"]["B"]), cfg)
+    last, _ = held_out_perplexity(f"hf:{out / 'round-1-student'}", str(base["eval"]["B"]), cfg)
+    t = result["test"]
+    assert (t["spec"], t["n"], t["perplexity_start"], t["perplexity_last"]) == (str(base["eval"]["B"]), n, start, last)
+    assert t["perplexity_best"] == (start if result["best"]["round"] == 0 else last)
+    assert result["best"]["perplexity"] != t["perplexity_best"]  # other texts, another figure
+    # the human summary says which set chose, and how to get a figure that is not biased by the choice
+    human = [a for a in base["argv"] if a != "--json"]
+    assert main([*human, "--out", str(out), "--eval", str(base["eval"]["A"])]) == 0
+    printed = capsys.readouterr().out
+    assert "the set that chose it" in printed and "--test TEXT" in printed
+    # a copy of the eval set under another name is still the eval set: refused before any work
+    same = tmp_path / "same.jsonl"
+    same.write_bytes(base["eval"]["A"].read_bytes())
+    assert main([*base["argv"], "--out", str(out), "--eval", str(base["eval"]["A"]), "--test", str(same)]) == 2
+    assert "same texts as the eval set" in capsys.readouterr().err
+    assert weights(out) == before
+
+
+def test_test_without_rounds_is_refused(base, tmp_path, capsys):
+    argv = base["argv"][:base["argv"].index("--student")]
+    assert main([*argv, "--out", str(tmp_path / "x"), "--test", str(base["eval"]["B"])]) == 2
+    assert "--test: only --rounds R" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
