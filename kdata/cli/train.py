@@ -55,7 +55,9 @@ def register(sub) -> None:
                         "on the eval set")
     p.add_argument("--out", default=None, metavar="OUT",
                    help="directory for student.pt2, student.json and train_log.json (default: DIR-student beside "
-                        "DIR; -2, -3… when that is taken); a student already there is refused without --overwrite")
+                        "DIR; -2, -3… when that is taken); a student already there is refused without --overwrite. "
+                        "The state after each epoch is kept in OUT/.resume/: the same command run again after a "
+                        "kill goes on from the last finished epoch")
     p.add_argument("--overwrite", action="store_true", help="replace a student already saved in --out")
     p.add_argument("--reselect-every", type=int, default=0, metavar="K",
                    help="every K epochs re-score --pool with the current student and re-select with KD³ (0: never)")
@@ -134,6 +136,9 @@ def summary(log: dict) -> list[str]:
               f"({log.get('steps', '?')} optimiser steps) in {log['seconds']:.1f}s")]
     if log.get("student_default"):
         lines.append(f"  --student not given: {log['student_default']}")
+    if log.get("resumed_from_epoch"):
+        lines.append(f"  resumed after epoch {log['resumed_from_epoch']} (the state a killed run left in "
+                     f"{log.get('out')}/.resume)")
     if log.get("alpha"):
         lines.append(f"  α = {log['alpha']['value']}: {log['alpha']['reason']}")
     if log.get("accuracy") is not None:

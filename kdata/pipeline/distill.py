@@ -9,14 +9,12 @@ re-selection is written by ``finish`` as a full dataset (manifest, decisions, ca
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
@@ -29,19 +27,9 @@ from kdata.pipeline.run import score
 from kdata.pools.spec import open_pool
 from kdata.scoring.score import ScoreConfig, check_models
 from kdata.selection.methods import available
+from kdata.training.checkpoint import unfinished, weights_checksum
 from kdata.training.shard_dataset import ShardDataset
 from kdata.training.train import TrainConfig, run_train
-
-
-def weights_checksum(module: torch.nn.Module) -> str:
-    """A checksum of a module's parameters and buffers (names, dtypes, shapes, bytes): the score cache
-    key of a student mid-training, so a cached unit is reused only for these very weights."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return "weights-sha256:" + h.hexdigest()
 
 
 def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int = 0, device="cpu",
@@ -119,13 +107,14 @@ STUDENT_FILES = ("train_log.json", "student.pt2", "student.pt", "student.json", 
 def student_dir(shards: str, out: str | None, *, overwrite: bool = False) -> str:
     """``out``, or ``DATASET-student`` beside the dataset (``default_out``); never inside the curated
     dataset, whose files its manifest lists, and never over a student already saved in ``out`` unless
-    ``overwrite`` (one line naming both, before any work)."""
+    ``overwrite`` (one line naming both, before any work). A run killed before its student was saved in
+    full (``kdata.training.checkpoint.unfinished``) is not a saved student: its rerun goes on into ``out``."""
     target = Path(out).resolve() if out else default_out(shards)
     if target.is_relative_to(Path(shards).resolve()):
         raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
                          f"(the default: {default_out(shards)})")
     held = [n for n in STUDENT_FILES if (target / n).exists()] if target.is_dir() else []
-    if held and not overwrite:
+    if held and not overwrite and not unfinished(target):
         raise KdataError(f"--out {out}: already holds a trained student ({held[0]}); choose another directory, "
                          "delete it, or pass --overwrite to replace it")
     if not Path(shards).is_absolute() and target.is_relative_to(Path.cwd()):
@@ -143,6 +132,7 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
     epochs (``quiet`` is kept for older callers; it does nothing). ``verify=False`` skips checking
     ``shards`` against its manifest first (``--no-verify``). A student already in ``out`` is refused
     unless ``overwrite``; OUT is locked for the run, so a second ``kdata train`` into it fails at once.
+    A run killed mid-training goes on from its last finished epoch when run again (``run_train``).
     """
     factory = None
     if config.reselect_every:
@@ -157,6 +147,7 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
     target = student_dir(shards, out, overwrite=overwrite)
     with exclusive(target):
         log = run_train(shards=shards, student=student, eval=eval, config=config, out=target, progress=progress,
-                        reselector_for=factory, verify=verify)
+                        reselector_for=factory, verify=verify,
+                        resume_key={"pool": pool, "teacher": teacher} if config.reselect_every else None)
     log["out_default"] = out is None
     return log

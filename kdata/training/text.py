@@ -11,6 +11,8 @@ tokenizer, with ``train_log.json`` beside them. With an eval set and ``keep_best
 are the best of the start and every epoch (``kept_epoch``, 0 = the starting weights; without
 ``keep_best``, the last epoch's); ``worse_than_before`` compares the *last epoch* with the start,
 whichever weights were saved, so it says when training itself made the student worse.
+The state after each epoch is kept in ``OUT/.resume/`` until the student is saved: a rerun after a
+kill goes on from the last finished epoch (``kdata.training.checkpoint``).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import torch
 
 from kdata.core.atomic import write_json
 from kdata.core.errors import KdataError, brief
+from kdata.core.lock import exclusive
 from kdata.core.threads import one_thread
 from kdata.models.base import pick_device
 from kdata.models.builtin_text import lr_at
 from kdata.models.hf import load_text_model
+from kdata.training.checkpoint import (Checkpoints, cpu_state, kept_rng, rng_state, seeded_rng, set_rng_state,
+                                       shards_fingerprint, weights_checksum)
 from kdata.training.config import TextTrainConfig  # noqa: F401  (re-exported)
 from kdata.training.losses import kd_loss, soft_targets
-from kdata.training.shard_dataset import verify_source
-from kdata.training.train import seeded_rng
+from kdata.training.shard_dataset import dataset_root, verify_source
 from kdata.training.text_data import TextShards, eval_texts, shard_kind
 from kdata.training.text_losses import (
     accuracy,
@@ -164,14 +168,22 @@ def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device, *,
 
 
 def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, device, progress,
-              on_epoch=None) -> dict:
+              on_epoch=None, resume=None) -> dict:
     """The training loop: AdamW, warm-up + cosine schedule, gradient clipping; returns counts and losses.
-    ``on_epoch(epoch)`` runs after each (possibly partial) epoch."""
+    ``on_epoch(epoch)`` runs after each (possibly partial) epoch. ``resume``: (``Checkpoints``, the state
+    to go on from or None, what else to save) — the state after each epoch is saved there."""
     per_epoch = shards.steps_per_epoch()
     total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
     opt = torch.optim.AdamW(student.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    student.model.train()
     step, epoch, losses = 0, 0, []
+    checkpoints, state, extra = resume or (None, None, dict)
+    if state:  # a killed run's last finished epoch: go on from there
+        student.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        set_rng_state(state["rng"], device)
+        step, epoch, losses = state["step"], state["epoch"], state["losses"]
+        checkpoints.announce(state, epochs=-(-total // per_epoch))
+    student.model.train()
     while step < total:
         for batch in shards.batches(epoch=epoch):
             for group in opt.param_groups:
@@ -192,6 +204,10 @@ def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, devi
             student.model.eval()
             on_epoch(epoch)
             student.model.train()
+        if checkpoints is not None:
+            losses = losses[-per_epoch:]  # all the log needs: the last epoch's
+            checkpoints.save({"epoch": epoch, "step": step, "losses": losses, "model": cpu_state(student.model),
+                              "opt": opt.state_dict(), "rng": rng_state(device), **extra()})
     student.model.eval()
     last = losses[-min(len(losses), per_epoch):]
     return {"steps": step, "epochs": epoch, "loss_last_epoch": sum(x["loss"] for x in last) / max(1, len(last))}
@@ -199,21 +215,33 @@ def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, devi
 
 def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config: TextTrainConfig | None = None,
                out: str | Path, verify: bool = True, progress=None, trust_remote_code: bool = False) -> dict:
-    """Distil ``student`` on text ``shards`` (see the module doc); save it to ``out``; return the log."""
+    """Distil ``student`` on text ``shards`` (see the module doc); save it to ``out``; return the log.
+
+    OUT is locked for the run and the state after each epoch kept in ``OUT/.resume/``: the same call
+    after a kill goes on from the last finished epoch (``kdata.training.checkpoint``)."""
     cfg = config or TextTrainConfig()
     if cfg.epochs < 1 and cfg.steps < 1:
         raise KdataError("--epochs must be at least 1 (or give --steps)")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise KdataError(f"--alpha {cfg.alpha}: must be between 0 and 1")
-    t0 = time.perf_counter()
     kind = shard_kind(shards)
     if kind == "image":
         raise KdataError(f"{shards}: image shards; a text student trains on text shards (kdata select with a text "
                          "pool and hf:/builtin:text-* models)")
+    with exclusive(out):
+        return _train_text(shards=shards, student=student, eval=eval, cfg=cfg, kind=kind, out=Path(out),
+                           verify=verify, progress=progress, trust_remote_code=trust_remote_code)
+
+
+def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, out: Path, verify: bool, progress,
+                trust_remote_code: bool) -> dict:
+    t0 = time.perf_counter()
     verified = verify_source(shards) if verify else False
     device = pick_device(cfg.device)
+    checkpoints = Checkpoints(out)
     with seeded_rng(cfg.seed, device):  # seeded for this run; the caller's torch RNG is restored after
-        model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
+        with kept_rng(device):  # a built-in student built on first use seeds torch itself: not the run's stream
+            model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
         want = "causal_lm" if kind == "causal_lm" else "classifier"
         if model.kind != want:
             raise KdataError(f"{student}: a {model.kind.replace('_', ' ')}, but the shards hold "
@@ -228,29 +256,40 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
         if not len(data):
             raise KdataError(f"{shards}: no rows to train on")
         ev = _eval_set(eval, model, kind, cfg)
+        state = checkpoints.open({"shards": shards_fingerprint(data.files, dataset_root(shards)), "student": student,
+                                  "weights": weights_checksum(model.model), "kind": kind,
+                                  "config": {k: v for k, v in asdict(cfg).items() if k != "device"},
+                                  "eval": ev and [ev["spec"], ev["n"]]}, device)
         with one_thread() if device.type == "cpu" else nullcontext():
-            before = _measure(model, kind, ev, cfg)
+            before = state["before"] if state else _measure(model, kind, ev, cfg)
             best = (BestWeights(model.model, before, lower_is_better=kind == "causal_lm")
                     if cfg.keep_best and ev else None)
+            if best is not None and state:
+                vars(best).update(state["best"])
             on_epoch = (lambda e: best.offer(_measure(model, kind, ev, cfg), epoch=e)) if best else None
-            run = _optimise(model, data, kind, cfg, device, progress, on_epoch=on_epoch)
+
+            def extra() -> dict:  # what else the state after an epoch holds
+                return {"before": before, "best": best and {"value": best.value, "epoch": best.epoch,
+                                                            "history": best.history, "state": best.state}}
+
+            run = _optimise(model, data, kind, cfg, device, progress, on_epoch=on_epoch,
+                            resume=(checkpoints, state, extra))
             last = after = _measure(model, kind, ev, cfg) if best is None else best.history[-1][1]
             if best is not None:
                 after = best.restore()
                 run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
-    out = Path(out)
     save_student(model, out)
     metric = "perplexity" if kind == "causal_lm" else "accuracy"
     log = {"student": student, "kind": kind, "n_train": len(data), **run, "seconds": time.perf_counter() - t0,
            "eval": ev["spec"] if ev else None, "n_eval": ev["n"] if ev else 0, "metric": metric,
            f"{metric}_before": before, f"{metric}_after": after, metric: after, f"{metric}_last": last,
-           "verified": verified,
+           "verified": verified, "resumed_from_epoch": state["epoch"] if state else None,
            "out": str(out), "config": asdict(cfg), "device": str(device)}
     if kind == "classifier":
         log["score_temperature"] = data.temperature
     if before is not None and last is not None:  # the last epoch against the start, whichever weights were kept
         log["worse_than_before"] = last > before if kind == "causal_lm" else last < before
     write_json(out / "train_log.json", log)
+    checkpoints.clear()
     log["files"] = {"model": str(out / "model.safetensors"), "log": str(out / "train_log.json")}
     return log
-

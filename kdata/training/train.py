@@ -4,7 +4,8 @@ No teacher forward runs during training; the losses and the reconstruction of th
 distribution from top-k are in ``kdata.training.losses``. Each epoch is the batches of one seeded
 order (``ShardDataset.batches``), so the student does not depend on ``--workers``; the learning rate
 follows the steps really planned (``kdata.training.budget.Schedule``), re-planned when a KD³
-re-selection changes the set's size.
+re-selection changes the set's size. With an output directory the state after each epoch is kept
+in ``OUT/.resume/`` and a rerun after a kill goes on from it (``kdata.training.checkpoint``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -23,16 +24,21 @@ from torch.utils.data import DataLoader
 
 from kdata.core.atomic import sha256_file, write_json
 from kdata.core.errors import KdataError, brief
+from kdata.core.lock import exclusive
 from kdata.core.threads import one_thread
 from kdata.models.images import worker_context
 from kdata.models.sidecar import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.training.budget import Schedule, plan_steps, resolve_alpha
+from kdata.training.checkpoint import (Checkpoints, kept_rng, loop_state, restore_loop, shards_fingerprint,
+                                       weights_checksum)
+from kdata.training.checkpoint import seeded_rng  # noqa: F401  (re-exported: callers import it from here)
 from kdata.training.config import TrainConfig  # noqa: F401  (re-exported)
 from kdata.training.evaluate import EvalSet, check_class_order
 from kdata.training.losses import batch_loss
 from kdata.training.shard_dataset import (EpochBatches, ShardDataset, dataset_root, shard_class_names,
                                            verify_source)
+from kdata.training.train_log import training_log
 from kdata.training.weights import Best, reinit_  # noqa: F401  (re-exported: callers import them from here)
 
 MAX_UNDECODABLE = 0.10  # an epoch with a larger share of rows whose image cannot be decoded is refused
@@ -61,30 +67,19 @@ def _threads_for(net: torch.nn.Module, device: torch.device):
 
 
 def train(student: Model, shards, *, config: TrainConfig = TrainConfig(), eval_set: EvalSet | None = None,
-          reselector=None, progress=None) -> dict:
+          reselector=None, progress=None, checkpoints: Checkpoints | None = None) -> dict:
     """Distil ``student`` (trained in place) on the curated shards at ``shards``. Returns the training log.
 
     With an eval set evaluated every epoch and ``config.keep_best``, ``student`` ends with the weights
     that scored best on it (possibly its starting weights). ``progress(stage, done, total)`` is told
-    the rows done in each epoch (stage ``epoch E/N``) and the evaluation before training.
+    the rows done in each epoch (stage ``epoch E/N``) and the evaluation before training. With
+    ``checkpoints`` the state after each epoch is saved there, and a run killed before the end goes on
+    from its last one (``kdata.training.checkpoint``).
     """
     device = pick_device(config.device)
     with _threads_for(student.module, device), seeded_rng(config.seed, device):
-        return _train(student, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress)
-
-
-@contextmanager
-def seeded_rng(seed: int, device: torch.device):
-    """torch's global RNG seeded with ``seed`` for training (as ``torch.manual_seed`` did: the CPU
-    generator, and every CUDA one on a CUDA run) and the caller's state restored afterwards, so a
-    library call to ``train`` leaves the caller's random stream where it was. A CPU run does not
-    touch CUDA (``torch.manual_seed`` would queue a lazy seed of every CUDA generator)."""
-    cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
-        torch.random.default_generator.manual_seed(int(seed))
-        if cuda:
-            torch.cuda.manual_seed_all(int(seed))
-        yield
+        return _train(student, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress,
+                      checkpoints=checkpoints)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -214,10 +209,12 @@ def _check_epoch(entry: dict, *, n: int, shards, capped: bool) -> None:
         raise KdataError(f"{shards}: epoch {entry['epoch']} of {n} rows took no optimiser step: {why}")
 
 
-def _reselect(reselector, student: Model, *, epoch: int, budget: int, config: TrainConfig):
+def _reselect(reselector, student: Model, *, epoch: int, budget: int, config: TrainConfig, device):
     """KD³: re-select ``budget`` rows (always the size of the set training started from) with the current
-    student; the new set and the log entry. A re-selection that keeps no row stops the run (one line)."""
-    path, info = reselector(student, epoch=epoch, budget=budget)
+    student; the new set and the log entry. A re-selection that keeps no row stops the run (one line).
+    It leaves the global random generators where they were (``kept_rng``)."""
+    with kept_rng(device):
+        path, info = reselector(student, epoch=epoch, budget=budget)
     ds = _open(path, student, config)
     if len(ds) == 0:
         tau = config.reselect_threshold
@@ -227,7 +224,7 @@ def _reselect(reselector, student: Model, *, epoch: int, budget: int, config: Tr
 
 
 def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | None, reselector,
-           progress) -> dict:
+           progress, checkpoints: Checkpoints | None) -> dict:
     check_config(config)
     t0 = time.perf_counter()
     device = pick_device(config.device)
@@ -236,18 +233,27 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     config = replace(config, alpha=alpha["value"])
     params = _trainable(student, device, config)
     net = student.module
-    acc_before = _evaluate(eval_set, student, device, progress, "evaluating") if eval_set is not None else None
-    every = eval_set is not None and config.eval_every_epoch
-    best = Best(net, acc_before) if every and config.keep_best else None
     n0, per_epoch = len(ds), math.ceil(len(ds) / config.batch_size)
     epochs, total = plan_steps(n0, batch_size=config.batch_size, epochs=config.epochs, steps=config.steps)
     schedule = Schedule(total)
     opt, sched = _optimiser(params, config, schedule)
     gen = torch.Generator(device=device).manual_seed(config.seed)
+    state = checkpoints.open(_key_parts(shards, ds, student, config, eval_set), device) if checkpoints else None
+    acc_before = (state["acc_before"] if state else
+                  _evaluate(eval_set, student, device, progress, "evaluating") if eval_set is not None else None)
+    every = eval_set is not None and config.eval_every_epoch
+    best = Best(net, acc_before) if every and config.keep_best else None
+    objects = {"net": net, "opt": opt, "sched": sched, "schedule": schedule, "gen": gen, "best": best,
+               "device": device}
     epochs_log, reselections, done, epoch = [], [], 0, 0
+    if state:  # a killed run's last finished epoch: go on from there
+        restore_loop(state, **objects)
+        epochs_log, reselections, done, epoch = state["history"], state["reselections"], state["done"], state["epoch"]
+        ds = _open(state["ds"], student, config) if state["ds"] else ds
+        checkpoints.announce(state, epochs=epochs)
     while (done < total if config.steps else epoch < epochs) and epoch < 100 * epochs:
         if reselector is not None and config.reselect_every and epoch > 0 and epoch % config.reselect_every == 0:
-            ds, info = _reselect(reselector, student, epoch=epoch, budget=n0, config=config)
+            ds, info = _reselect(reselector, student, epoch=epoch, budget=n0, config=config, device=device)
             reselections.append(info)
         if not config.steps:  # the steps still to come, from the set trained on now
             schedule.replan(done, (epochs - epoch) * math.ceil(len(ds) / config.batch_size))
@@ -267,61 +273,27 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
             if best is not None:
                 best.offer(net, epoch=epoch, accuracy=entry["accuracy"])
         epochs_log.append(entry)
+        if checkpoints is not None:
+            checkpoints.save(loop_state(epoch=epoch, done=done, history=epochs_log, reselections=reselections,
+                                        acc_before=acc_before, ds=[str(f) for f in ds.files] if reselections else None,
+                                        **objects))
     last = epochs_log[-1].get("accuracy")
     kept = (best.restore(net, epochs=epoch, accuracy_last=last, where=eval_set.spec) if best is not None
             else {"epoch": epoch, "accuracy": last, "note": None})
     net.eval()
-    return _log(config, kept=kept, before=acc_before, last=last, history=epochs_log, done=done, n0=n0,
-                per_epoch=per_epoch, schedule=schedule, alpha=alpha, reselections=reselections, notes=notes,
-                ds=ds, student=student, eval_set=eval_set, device=device, seconds=time.perf_counter() - t0)
+    return {**training_log(config, kept=kept, before=acc_before, last=last, history=epochs_log, done=done, n0=n0,
+                   per_epoch=per_epoch, schedule=schedule, alpha=alpha, reselections=reselections, notes=notes,
+                   ds=ds, student=student, eval_set=eval_set, device=device, seconds=time.perf_counter() - t0),
+            "resumed_from_epoch": state["epoch"] if state else None}
 
 
-def _notes(history: list[dict], eval_set: EvalSet | None) -> list[str]:
-    """Rows left out of training or of the evaluation, in words (the counts are in the log too)."""
-    notes, worst = [], max(history, key=lambda h: h["undecodable"])
-    if worst["undecodable"]:
-        notes.append(f"{worst['undecodable']} rows left out of training in epoch {worst['epoch']} (the most in one "
-                     f"epoch): their image cannot be decoded (the first: {worst['first_undecodable']})")
-    if eval_set is not None and (eval_set.n_unlabelled or eval_set.n_undecodable):
-        notes.append(f"{eval_set.spec}: {eval_set.n_unlabelled} rows left out of the evaluation because their "
-                     f"labels are not among the student's classes, {eval_set.n_undecodable} because their image "
-                     f"cannot be decoded; {len(eval_set)} evaluated")
-    return notes
-
-
-def _log(config: TrainConfig, *, kept, before, last, history, done, n0, per_epoch, schedule, alpha, reselections,
-         notes, ds, student, eval_set, device, seconds) -> dict:
-    """The training log (``train_log.json``, the CLI's ``--json``)."""
-    return {
-        "accuracy": kept["accuracy"],  # of the weights returned (and saved): the best epoch's with keep_best
-        "accuracy_before": before,
-        "accuracy_last": last,
-        "kept": kept,
-        "worse_than_before": None if last is None or before is None else last < before,
-        "n_train": n0,  # the set training started from; a KD³ re-selection's size is in its entry
-        "n_train_last": len(ds),
-        "n_undecodable": max(h["undecodable"] for h in history),  # rows left out of an epoch (the most in one)
-        "epochs": len(history),
-        "steps": done,
-        "protocol": {"kind": "equal-steps" if config.steps else "epochs", "steps_requested": config.steps or None,
-                     "epochs_requested": None if config.steps else config.epochs,
-                     "steps_per_epoch": per_epoch, "steps_planned": schedule.total},
-        "alpha": alpha,
-        "seconds": seconds,
-        "loss": history[-1]["loss"],
-        "history": history,
-        "reselections": reselections,
-        "notes": notes + _notes(history, eval_set),
-        "config": {k: v for k, v in asdict(config).items()},
-        "device": str(device),
-        "shards": [str(f) for f in ds.files],
-        "score_temperature": ds.temperature,
-        "student": student.spec,
-        "eval": eval_set.spec if eval_set is not None else None,
-        "n_eval": len(eval_set) if eval_set is not None else 0,
-        "n_eval_unlabelled": eval_set.n_unlabelled if eval_set is not None else 0,
-        "n_eval_undecodable": eval_set.n_undecodable if eval_set is not None else 0,
-    }
+def _key_parts(shards, ds: ShardDataset, student: Model, config: TrainConfig, eval_set: EvalSet | None) -> dict:
+    """What decides a run's result, for its resume key (the decode workers change the speed only; the
+    device counts as resolved, ``run_key``)."""
+    return {"shards": shards_fingerprint(ds.files, dataset_root(shards)), "student": student.spec,
+            "weights": weights_checksum(student.module),
+            "config": {k: v for k, v in asdict(config).items() if k not in ("workers", "device")},
+            "eval": None if eval_set is None else [eval_set.spec, len(eval_set)]}
 
 
 def _has_bn1d(net: torch.nn.Module) -> bool:
@@ -359,31 +331,43 @@ def save_student(student: Model, out: str | Path, *, log: dict) -> tuple[dict, s
 
 
 def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
-              progress=None, reselector_for=None, verify: bool = True) -> dict:
+              progress=None, reselector_for=None, verify: bool = True, resume_key: dict | None = None) -> dict:
     """Load the student, train on ``shards`` (first checked against its manifest unless ``verify=False``),
     evaluate on ``eval``, save to ``out`` (nothing is saved when ``out`` is None). Returns the log.
     ``progress(stage, done, total)`` follows the epochs (see ``train``).
+
+    With ``out``, OUT is locked for the run and the state after each epoch is kept in ``OUT/.resume/``:
+    the same call after a kill goes on from the last finished epoch (``kdata.training.checkpoint``;
+    ``resume_key``: what else decides the result, e.g. the re-selection pool and teacher). The states
+    are removed once the student is saved.
 
     ``reselector_for(model, *, work_dir, device)`` builds the re-selector of ``--reselect-every``
     (``kdata.pipeline.distill``, which writes each re-selection through the curation core).
     """
     if out and Path(out).exists() and not Path(out).is_dir():
         raise KdataError(f"{out}: exists and is not a directory (--out names the directory for the student)")
+    with exclusive(out) if out else nullcontext():
+        return _run_train(shards=shards, student=student, eval=eval, config=config, out=out, progress=progress,
+                          reselector_for=reselector_for, verify=verify, resume_key=resume_key)
+
+
+def _run_train(*, shards, student, eval, config, out, progress, reselector_for, verify, resume_key) -> dict:
     verified = verify_source(shards) if verify else False
     device = pick_device(config.device)
     with pool_class_names(shard_class_names(shards)):  # a sidecar-less student takes the shards' classes
         model = load_model(student, device=device)
     eval_set = EvalSet(eval, model=model) if eval else None
-    reselector, tmp = None, None
+    reselector, tmp, work = None, None, None
     if config.reselect_every:
         if reselector_for is None:
             raise KdataError("--reselect-every needs a pool to re-select from (kdata.pipeline.distill.train_student)")
         work = Path(out) / "reselect" if out else Path(tmp := tempfile.mkdtemp(prefix="kdata-reselect-"))
-        if out:  # an earlier run's re-selections were made by another student: never reused
-            shutil.rmtree(work, ignore_errors=True)
         reselector = reselector_for(model, work_dir=work, device=device)
+    checkpoints = (Checkpoints(out, extra=resume_key, on_start=lambda epoch: drop_reselections(work, epoch))
+                   if out else None)
     try:
-        log = train(model, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress)
+        log = train(model, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress,
+                    checkpoints=checkpoints)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -391,4 +375,20 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
     if out:
         log["out"] = str(out)
         log["files"], log["student_sha256"] = save_student(model, out, log=log)
+        checkpoints.clear()
     return json.loads(json.dumps(log, default=str))
+
+
+def drop_reselections(work: Path | None, epoch: int) -> None:
+    """Remove the re-selections under ``work`` made at epoch ``epoch`` or later: by an earlier run into the
+    same OUT (another student's, when training starts afresh: ``epoch`` 0), or by a killed run after the
+    state it resumes from. Those before ``epoch`` are the sets a resumed run trained on: kept."""
+    if work is None or not work.is_dir():
+        return
+    if epoch == 0:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for d in work.glob("reselect-epoch*"):
+        number = d.name.removeprefix("reselect-epoch")
+        if number.isdigit() and int(number) >= epoch:
+            shutil.rmtree(d, ignore_errors=True)
