@@ -215,15 +215,36 @@ def check_shard_options(*, rows_per_shard, row_group_rows) -> None:
             raise KdataError(f"{flag} {v!r}: must be a whole number ≥ 1")
 
 
+SCRATCH_DIR = ".kdata-scratch"  # inside the staging directory: rows binned by shard while written
+
+
 def write_shards(table: pa.Table, out_dir: str | os.PathLike, *, meta: dict, rows_per_shard: int = 10_000,
                  row_group_rows: int = 1_000, split: str = "train") -> list[dict]:
-    """Write ``table`` (or a ``ShardRows``) as ``data/<split>-0000i-of-0000N.parquet`` shards (atomic each).
+    """Write ``table`` as ``data/<split>-0000i-of-0000N.parquet`` shards (atomic each).
 
+    ``table`` is a table, a ``ShardRows`` (kdata.dataset.shard_rows), or a lazy source of rows with
+    ``num_rows`` and ``staged(scratch, rows_per_shard=…)``, a context manager giving the rows binned
+    by shard (``kdata.dataset.shard_bins.StagedRows``; scratch files live in ``out_dir/.kdata-scratch``
+    and are removed before this returns): each of the last two holds one shard's payloads at a time.
     Returns the manifest entries: path (relative), rows, bytes, sha256. Every row given is
     written exactly once (checked against the files' footers).
     """
     check_shard_options(rows_per_shard=rows_per_shard, row_group_rows=row_group_rows)
     out_dir = Path(out_dir)
+    if not isinstance(table, pa.Table) and hasattr(table, "staged"):
+        scratch = out_dir / SCRATCH_DIR
+        try:
+            with table.staged(scratch, rows_per_shard=rows_per_shard) as rows:
+                return _write_shards(rows, out_dir, meta=meta, rows_per_shard=rows_per_shard,
+                                     row_group_rows=row_group_rows, split=split)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return _write_shards(table, out_dir, meta=meta, rows_per_shard=rows_per_shard, row_group_rows=row_group_rows,
+                         split=split)
+
+
+def _write_shards(table, out_dir: Path, *, meta: dict, rows_per_shard: int, row_group_rows: int,
+                  split: str) -> list[dict]:
     n_shards = max(1, -(-table.num_rows // rows_per_shard))
     schema = with_kdata_metadata(table.schema, meta)
     table = table.replace_schema_metadata(schema.metadata)
@@ -233,7 +254,7 @@ def write_shards(table: pa.Table, out_dir: str | os.PathLike, *, meta: dict, row
         rel = f"{DATA_DIR}/{shard_name(i, n_shards, split=split)}"
         if isinstance(part, pa.Table):
             write_parquet(out_dir / rel, part, row_group_size=row_group_rows)
-        else:  # a ShardRows (kdata.dataset.shard_rows): read and written one row group at a time
+        else:  # a ShardRows or a StagedRows shard: read and written one row group at a time
             part.write_parquet(out_dir / rel, row_group_size=row_group_rows)
         entry = file_entry(out_dir / rel, rel=rel)
         if entry["rows"] != part.num_rows:

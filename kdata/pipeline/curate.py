@@ -19,6 +19,7 @@ from kdata.core.lock import exclusive
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, SHARD_SCHEMA, TEXT_LM_COLUMNS, conform
 from kdata.dedup.faiss_dedup import pipeline_dedup
+from kdata.pipeline.curated_rows import CuratedRows, assemble, kept_scores, missing_ids
 from kdata.pipeline.needs import Context, method_options
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.pipeline.prepare import Prepared, resolve_dedup
@@ -46,12 +47,11 @@ def check_unique_ids(scores: pa.Table, quarantined: list[tuple[str, str]], *, po
 
 
 def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
-    """Kept rows: pool payload + provenance + teacher soft labels + student prediction + scores, best first."""
-    keep_idx = np.flatnonzero(sel.kept)
-    kept = scores.take(pa.array(keep_idx)).append_column("rank", pa.array(sel.rank[keep_idx], pa.int32()))
-    for name, arr in sel.scores.items():
-        kept = kept.append_column(name, pa.array(arr[keep_idx], pa.float32()))
-    kept = kept.sort_by("rank")
+    """Kept rows: pool payload + provenance + teacher soft labels + student prediction + scores, best first.
+
+    One table holding every kept payload: for HARD, which generates from it; ``curated_rows`` writes
+    the same rows holding one shard at a time."""
+    kept = kept_scores(scores, sel)
     wanted = kept.column("sample_id").combine_chunks()
     wanted_set = set(wanted.to_pylist()) if pool.units else set()
     parts = [unit.take_ids(wanted_set) for unit in pool.units]  # kept rows' payloads alone (not whole files)
@@ -63,16 +63,19 @@ def curated_table(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table:
     pos = pc.index_in(payload.column("sample_id"), value_set=wanted).to_numpy(zero_copy_only=False)
     payload = payload.take(pa.array(np.argsort(pos, kind="stable")))
     if payload.num_rows != kept.num_rows:
-        absent = pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=payload.column("sample_id").combine_chunks())))
-        raise KdataError(f"{pool.spec}: {kept.num_rows - payload.num_rows} kept sample ids are missing from the pool "
-                         f"(e.g. '{absent[0].as_py()}'); the predictions and the pool must name the same samples")
-    for name in payload.column_names:
-        if name not in kept.column_names:
-            kept = kept.append_column(name, payload.column(name))
-    kind = kept.column("kind")
-    if kind.null_count:
-        kept = kept.set_column(kept.schema.get_field_index("kind"), "kind", pc.fill_null(kind, "original"))
-    return conform(kept, SHARD_SCHEMA, extra=TEXT_LM_COLUMNS)  # causal-LM text rows keep their token columns
+        found = pc.is_in(wanted, value_set=payload.column("sample_id").combine_chunks()).to_numpy(zero_copy_only=False)
+        if found.all():
+            raise KdataError(f"{pool.spec}: a kept sample id occurs more than once in the pool; ids must be unique")
+        raise missing_ids(pool.spec, wanted, found)
+    return assemble(kept, payload)
+
+
+def curated_rows(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table | CuratedRows:
+    """The rows ``curated_table`` gives, for ``write_output``: with pool payloads to read, a
+    ``CuratedRows`` that reads them a shard at a time when written (a table otherwise)."""
+    if not pool.units or not np.any(sel.kept):
+        return curated_table(pool, scores, sel)
+    return CuratedRows(pool, kept_scores(scores, sel))
 
 
 def _reference_model(prep: Prepared) -> dict:
@@ -111,7 +114,8 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                                 quarantined=scored.quarantined)
     if decisions.num_rows != n_in:
         raise RuntimeError(f"accounting broken: pool has {n_in} samples, decisions cover {decisions.num_rows}")
-    rows = curated_table(prep.pool, scores, sel)
+    # HARD generates from every kept row at once; otherwise payloads stay in the pool until written
+    rows = curated_table(prep.pool, scores, sel) if cfg.hard else curated_rows(prep.pool, scores, sel)
     # the soft labels written per row: at most one per class (the hashed config keeps the request)
     topk = min(cfg.topk, teacher.num_classes) if teacher.num_classes else cfg.topk
     extra = {"methods": prep.methods, "balance": prep.balance, "dedup_level": resolve_dedup(cfg), "budget_rows": budget,

@@ -11,7 +11,7 @@ import errno
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -45,7 +45,9 @@ class RunReport:
 class Output:
     """Everything a dataset holds, handed to ``write_output``."""
 
-    rows: pa.Table  # the curated rows (shard schema), best first
+    # the curated rows (shard schema), best first: a table, or a source ``write_shards`` reads a shard
+    # at a time (``ShardRows``, ``CuratedRows``), so a dataset is written without holding its payloads
+    rows: pa.Table | Any
     decisions: pa.Table  # one row per input sample
     config: dict  # what defines the output (hashed)
     config_hash: str
