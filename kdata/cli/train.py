@@ -33,6 +33,10 @@ def register(sub) -> None:
                         "text: a JSONL/Parquet text pool; `none` for no evaluation (default: "
                         f"{BUILTIN_EVAL} for a builtin:digits-* student, builtin:text-test for a builtin:text-* "
                         "student, else none)")
+    p.add_argument("--test", default=None, metavar="TEST",
+                   help="another labelled set (same kinds as --eval), never used to choose weights: the saved "
+                        "student is measured on it once, after training — the figure to report when --eval chose "
+                        "the best epoch")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"passes over the shards (default: {d.epochs}; text students: {dt.epochs})")
     p.add_argument("--temperature", type=float, default=None,
@@ -87,7 +91,7 @@ def run(args) -> int:
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
 
-    from kdata.cli.train_text import default_student, is_text_run, run_text
+    from kdata.cli.train_text import check_test, default_student, is_text_run, run_text
 
     shards = dataset_dir(args, "train")
     args.student, args.student_default = default_student(args.student, shards)
@@ -108,7 +112,9 @@ def run(args) -> int:
     cfg = TrainConfig(**given, reinit=args.reinit, workers=workers, device=args.device,
                       reselect_every=args.reselect_every, reselect_threshold=args.reselect_threshold,
                       keep_best=not args.keep_last)
-    log = train_student(shards=shards, student=args.student, eval=eval_spec(args.eval, args.student), config=cfg,
+    ev = eval_spec(args.eval, args.student)
+    check_test(args.test, ev)
+    log = train_student(shards=shards, student=args.student, eval=ev, test=args.test, config=cfg,
                         out=args.out, pool=args.pool, teacher=args.teacher, verify=not args.no_verify,
                         overwrite=args.overwrite, progress=progress_printer(args.quiet or args.json))
     log["student_default"] = args.student_default
@@ -150,8 +156,15 @@ def summary(log: dict) -> list[str]:
             lines.append("  by epoch: " + " ".join(f"{a:.4f}" for a in per_epoch))
         note = (log.get("kept") or {}).get("note") or "kept the last epoch's weights"
         lines.append(f"  {note}; saved accuracy {log['accuracy']:.4f}")
+        if not log.get("test") and (log.get("kept") or {}).get("epoch") != log.get("epochs"):
+            lines.append("  note: an accuracy on the set that chose the weights is optimistic; --test TEST measures "
+                         "them on a set that chose nothing")
     else:
         lines.append("  no eval set: accuracy not measured (give --eval EVAL)")
+    if log.get("test"):
+        t = log["test"]
+        lines.append(f"  accuracy of the saved weights on {t['spec']} ({t['n']} images, chose nothing): "
+                     f"{t['accuracy']:.4f}")
     for r in log["reselections"]:
         lines.append(f"  re-selected {r['rows']} rows with {r['method']} at epoch {r['epoch']}"
                      + (f" (budget {r['budget']}, τ {r['threshold']})" if r.get("threshold") is not None else ""))

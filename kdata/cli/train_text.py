@@ -45,6 +45,14 @@ def is_text_run(student: str, shards: str) -> bool:
     return is_text_spec(student) or shard_kind(shards) != "image"
 
 
+def check_test(test: str | None, eval: str | None) -> None:
+    """``--test`` must be another set than the one choosing the weights (one line otherwise)."""
+    from kdata.core.errors import KdataError
+
+    if test is not None and eval is not None and test.strip() == eval.strip():
+        raise KdataError(f"--test {test}: the eval set that chooses the weights; give a set that chooses nothing")
+
+
 def run_text(args, shards: str) -> int:
     """``kdata train DIR`` on text shards: options → ``TextTrainConfig``, train, print or emit the log."""
     from kdata.core.errors import KdataError
@@ -69,11 +77,12 @@ def run_text(args, shards: str) -> int:
         ev = None if args.eval.strip().lower() == "none" else args.eval
     else:
         ev = LM_EVAL if kind == "causal_lm" and student.startswith("builtin:text") else None
+    check_test(args.test, ev)
     out = student_dir(shards, args.out, overwrite=args.overwrite)
     with exclusive(out):
         log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,
                          progress=progress_printer(args.quiet or args.json),
-                         trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
+                         trust_remote_code=bool(getattr(args, "trust_remote_code", False)), test=args.test)
     log["out_default"] = args.out is None
     log["student_default"] = args.student_default
     if args.json:
@@ -123,6 +132,10 @@ def text_summary(log: dict) -> list[str]:
                          f"{fmt.format(log[f'{metric}_last'])} (--keep-last keeps it instead)")
     else:
         lines.append(f"  no eval set: {metric} not measured (give --eval EVAL)")
+    if log.get("test"):
+        t, fmt = log["test"], "{:.2f}" if metric == "perplexity" else "{:.4f}"
+        lines.append(f"  {metric} of the saved weights on {t['spec']} ({t['n']} texts, chose nothing): "
+                     f"{fmt.format(t[metric])}")
     lines.append(f"  saved to {log['out']}" + ("  (the default beside the dataset; --out DIR to choose)"
                                                if log.get("out_default") else ""))
     return lines

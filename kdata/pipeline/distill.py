@@ -122,7 +122,8 @@ def student_dir(shards: str, out: str | None, *, overwrite: bool = False) -> str
     return str(target)
 
 
-def train_student(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
+def train_student(*, shards, student: str, eval: str | None, config: TrainConfig, test: str | None = None,
+                  out: str | None = None,
                   pool: str | None = None, teacher: str | None = None, quiet: bool = True, progress=None,
                   verify: bool = True, overwrite: bool = False) -> dict:
     """``kdata train``: distil ``student`` on ``shards``; with ``config.reselect_every``, re-select from ``pool``.
@@ -146,7 +147,8 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
 
     target = student_dir(shards, out, overwrite=overwrite)
     with exclusive(target):
-        log = run_train(shards=shards, student=student, eval=eval, config=config, out=target, progress=progress,
+        log = run_train(shards=shards, student=student, eval=eval, test=test, config=config, out=target,
+                        progress=progress,
                         reselector_for=factory, verify=verify,
                         resume_key={"pool": pool, "teacher": teacher} if config.reselect_every else None)
     log["out_default"] = out is None

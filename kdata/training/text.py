@@ -214,11 +214,13 @@ def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, devi
 
 
 def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config: TextTrainConfig | None = None,
-               out: str | Path, verify: bool = True, progress=None, trust_remote_code: bool = False) -> dict:
+               out: str | Path, verify: bool = True, progress=None, trust_remote_code: bool = False,
+               test: str | None = None) -> dict:
     """Distil ``student`` on text ``shards`` (see the module doc); save it to ``out``; return the log.
 
     OUT is locked for the run and the state after each epoch kept in ``OUT/.resume/``: the same call
-    after a kill goes on from the last finished epoch (``kdata.training.checkpoint``)."""
+    after a kill goes on from the last finished epoch (``kdata.training.checkpoint``). ``test``: another
+    set, never used to choose weights, on which the saved weights are measured once (``log["test"]``)."""
     cfg = config or TextTrainConfig()
     if cfg.epochs < 1 and cfg.steps < 1:
         raise KdataError("--epochs must be at least 1 (or give --steps)")
@@ -230,11 +232,11 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
                          "pool and hf:/builtin:text-* models)")
     with exclusive(out):
         return _train_text(shards=shards, student=student, eval=eval, cfg=cfg, kind=kind, out=Path(out),
-                           verify=verify, progress=progress, trust_remote_code=trust_remote_code)
+                           verify=verify, progress=progress, trust_remote_code=trust_remote_code, test=test)
 
 
 def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, out: Path, verify: bool, progress,
-                trust_remote_code: bool) -> dict:
+                trust_remote_code: bool, test: str | None) -> dict:
     t0 = time.perf_counter()
     verified = verify_source(shards) if verify else False
     device = pick_device(cfg.device)
@@ -256,6 +258,7 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
         if not len(data):
             raise KdataError(f"{shards}: no rows to train on")
         ev = _eval_set(eval, model, kind, cfg)
+        tv = _eval_set(test, model, kind, cfg) if test else None  # opened (and checked) before any training
         state = checkpoints.open({"shards": shards_fingerprint(data.files, dataset_root(shards)), "student": student,
                                   "weights": weights_checksum(model.model), "kind": kind,
                                   "config": {k: v for k, v in asdict(cfg).items() if k != "device"},
@@ -278,13 +281,15 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
             if best is not None:
                 after = best.restore()
                 run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
+            tested = _measure(model, kind, tv, cfg) if tv else None  # the saved weights, on a set that chose nothing
     save_student(model, out)
     metric = "perplexity" if kind == "causal_lm" else "accuracy"
     log = {"student": student, "kind": kind, "n_train": len(data), **run, "seconds": time.perf_counter() - t0,
            "eval": ev["spec"] if ev else None, "n_eval": ev["n"] if ev else 0, "metric": metric,
            f"{metric}_before": before, f"{metric}_after": after, metric: after, f"{metric}_last": last,
            "verified": verified, "resumed_from_epoch": state["epoch"] if state else None,
-           "out": str(out), "config": asdict(cfg), "device": str(device)}
+           "out": str(out), "config": asdict(cfg), "device": str(device),
+           **({"test": {"spec": tv["spec"], "n": tv["n"], metric: tested}} if tv else {})}
     if kind == "classifier":
         log["score_temperature"] = data.temperature
     if before is not None and last is not None:  # the last epoch against the start, whichever weights were kept

@@ -331,7 +331,8 @@ def save_student(student: Model, out: str | Path, *, log: dict) -> tuple[dict, s
 
 
 def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
-              progress=None, reselector_for=None, verify: bool = True, resume_key: dict | None = None) -> dict:
+              progress=None, reselector_for=None, verify: bool = True, resume_key: dict | None = None,
+              test: str | None = None) -> dict:
     """Load the student, train on ``shards`` (first checked against its manifest unless ``verify=False``),
     evaluate on ``eval``, save to ``out`` (nothing is saved when ``out`` is None). Returns the log.
     ``progress(stage, done, total)`` follows the epochs (see ``train``).
@@ -348,15 +349,16 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
         raise KdataError(f"{out}: exists and is not a directory (--out names the directory for the student)")
     with exclusive(out) if out else nullcontext():
         return _run_train(shards=shards, student=student, eval=eval, config=config, out=out, progress=progress,
-                          reselector_for=reselector_for, verify=verify, resume_key=resume_key)
+                          reselector_for=reselector_for, verify=verify, resume_key=resume_key, test=test)
 
 
-def _run_train(*, shards, student, eval, config, out, progress, reselector_for, verify, resume_key) -> dict:
+def _run_train(*, shards, student, eval, config, out, progress, reselector_for, verify, resume_key, test) -> dict:
     verified = verify_source(shards) if verify else False
     device = pick_device(config.device)
     with pool_class_names(shard_class_names(shards)):  # a sidecar-less student takes the shards' classes
         model = load_model(student, device=device)
     eval_set = EvalSet(eval, model=model) if eval else None
+    test_set = EvalSet(test, model=model) if test else None  # opened (and checked) before any training
     reselector, tmp, work = None, None, None
     if config.reselect_every:
         if reselector_for is None:
@@ -372,6 +374,8 @@ def _run_train(*, shards, student, eval, config, out, progress, reselector_for, 
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     log["verified"] = verified
+    if test_set is not None:  # the weights kept, on a set that chose nothing
+        log["test"] = {"spec": test, "n": len(test_set), "accuracy": test_set.accuracy(model, device=device)}
     if out:
         log["out"] = str(out)
         log["files"], log["student_sha256"] = save_student(model, out, log=log)

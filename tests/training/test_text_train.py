@@ -200,3 +200,21 @@ def test_text_training_is_seeded_by_its_config_and_leaves_the_callers_rng_alone(
     after_b, weights_b = run("b", 123)
     torch.manual_seed(0)
     assert torch.equal(after_a, torch.rand(3)) and weights_a == weights_b
+
+
+def test_a_test_set_measures_the_saved_lm_on_texts_that_chose_nothing(lm_shards, tmp_path):
+    from kdata.models.hf import load_text_model
+    from kdata.training.text_data import eval_texts
+    from kdata.training.text_losses import encode, perplexity
+
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"text": t}) + "\n" for t in eval_texts("builtin:text-test")[0][:40]))
+    log = train_text(shards=lm_shards, student="builtin:text-student", eval="builtin:text-test", test=str(test),
+                     config=TextTrainConfig(epochs=1, keep_best=True), out=tmp_path / "s")
+    saved = load_text_model(f"hf:{tmp_path / 's'}", device=torch.device("cpu"), precision="fp32")
+    texts = [json.loads(line)["text"] for line in test.read_text().splitlines()]
+    want = perplexity(saved.model, encode(saved.tokenizer, texts, max_length=min(saved.max_length, 256)),
+                      pad_id=saved.pad_id)
+    assert log["test"]["spec"] == str(test) and log["test"]["n"] == 40
+    assert log["test"]["perplexity"] == pytest.approx(want, rel=1e-5)
+    assert json.loads((tmp_path / "s" / "train_log.json").read_text())["test"] == log["test"]

@@ -308,3 +308,29 @@ def test_eval_rows_left_out_are_counted_and_noted(demo_run, tmp_path, capsys):
     assert "1 because their image cannot be decoded; 39 evaluated" in so
     log = json.loads((tmp_path / "s" / "train_log.json").read_text())
     assert log["n_eval_unlabelled"] == 360 and log["n_eval_undecodable"] == 1 and log["n_eval"] == 39
+
+
+def test_test_set_measures_the_saved_weights_on_a_set_that_chose_nothing(demo_run, tmp_path, capsys):
+    """--eval chooses the kept epoch; --test (other images) measures the saved weights once, after training:
+    the figure equals the saved student's accuracy there. The eval set given as --test is refused up front."""
+    from kdata.pools.spec import open_pool
+
+    t = open_pool("builtin:digits-test").read_all()
+    half = t.num_rows // 2
+    (tmp_path / "val").mkdir()
+    (tmp_path / "test").mkdir()
+    pq.write_table(t.slice(0, half), tmp_path / "val" / "val.parquet")
+    pq.write_table(t.slice(half), tmp_path / "test" / "test.parquet")
+    val, test = tmp_path / "val" / "val.parquet", tmp_path / "test" / "test.parquet"
+    code, so, se = _cli(capsys, "train", demo_run, "--epochs", 2, "--eval", val, "--test", test,
+                        "--device", "cpu", "--out", tmp_path / "s", "--quiet")
+    assert code == 0, se
+    log = json.loads((tmp_path / "s" / "train_log.json").read_text())
+    saved = load_model(str(tmp_path / "s" / "student.pt2"))
+    want = EvalSet(str(test), model=saved).accuracy(saved, device=torch.device("cpu"))
+    assert log["test"] == {"spec": str(test), "n": t.num_rows - half, "accuracy": pytest.approx(want, abs=1e-9)}
+    assert log["eval"] == str(val) and f"on {test} ({t.num_rows - half} images, chose nothing)" in so
+    code, so, se = _cli(capsys, "train", demo_run, "--epochs", 1, "--eval", val, "--test", val,
+                        "--device", "cpu", "--out", tmp_path / "s2", "--quiet")
+    assert code == 2 and "the eval set that chooses the weights" in _one_line(se)
+    assert not (tmp_path / "s2").exists()
