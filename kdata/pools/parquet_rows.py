@@ -23,10 +23,12 @@ from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_PAYLOADS, POOL_SCHEMA, READ_ERROR, check_pool_ids, conform, validate_pool
 from kdata.pools.base import DEFAULT_LIMITS, PoolLimits, UnitRows
 from kdata.pools.files import mib, over_cap
+from kdata.pools.parquet_batches import same_types, unviewed
 
 READ_FLOOR, READ_RATIO = 256 << 20, 64  # a file may decode to max(floor, ratio × its size on disk), no more
 ROW_BYTES = 16  # what Arrow spends per row and column (offsets, validity, indices) beyond the footer's sizes
 STREAM_BYTES = 32 << 20  # rows are decoded in batches of about this many bytes (as the footer states sizes)
+SMALL_GROUPS = 4  # row groups of up to STREAM_BYTES / this (footer sizes) are probed together (``ParquetRows._mode``)
 
 
 def _per_row(rg: pq.RowGroupMetaData, columns: list[str]) -> int:
@@ -60,13 +62,19 @@ def _check_footer(path: Path, meta: pq.FileMetaData, columns: list[str]) -> None
                          "from one file (a decompression bomb?); refused unread")
 
 
-def _dictionary_columns(meta: pq.FileMetaData, columns: list[str], groups: list[int]) -> list[str]:
-    """The byte columns with a dictionary page in ``groups``: read as dictionaries, since one value
-    there may stand for any number of rows (plain pages hold what the footer declares)."""
-    schema = meta.schema.to_arrow_schema()
-    found = {rg.column(i).path_in_schema for rg in map(meta.row_group, groups) for i in range(rg.num_columns)
-             if rg.column(i).has_dictionary_page}
-    return [c for c in columns if c in found and _is_bytes(schema.field(c).type)]
+def _group_dictionaries(meta: pq.FileMetaData, columns: list[str]) -> list[tuple[str, ...]]:
+    """Per row group, the byte ``columns`` with a dictionary page: read as dictionaries, since one value
+    there may stand for any number of rows (plain pages hold what the footer declares). Equal tuples
+    are shared, so a plan of thousands of row groups pickles small."""
+    schema, shared = meta.schema.to_arrow_schema(), {}
+    byte_cols = {c for c in columns if _is_bytes(schema.field(c).type)}
+    out = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        found = {rg.column(i).path_in_schema for i in range(rg.num_columns) if rg.column(i).has_dictionary_page}
+        cols = tuple(c for c in columns if c in found and c in byte_cols)
+        out.append(shared.setdefault(cols, cols))
+    return out
 
 
 def _bounded_read(path: Path, columns: list[str], groups: list[int] | None = None) -> pa.Table:
@@ -76,7 +84,9 @@ def _bounded_read(path: Path, columns: list[str], groups: list[int] | None = Non
         meta = pq.read_metadata(path)
         _check_footer(path, meta, columns)
         groups = list(range(meta.num_row_groups)) if groups is None else groups
-        pf = pq.ParquetFile(path, read_dictionary=_dictionary_columns(meta, columns, groups))
+        per_group = _group_dictionaries(meta, columns)
+        found = {c for g in groups for c in per_group[g]}
+        pf = pq.ParquetFile(path, read_dictionary=[c for c in columns if c in found])
         return pf.read_row_groups(groups, columns=columns)
     except KdataError:
         raise
@@ -174,7 +184,7 @@ class ParquetRows(UnitRows):
         self.bounds = [0, *itertools.accumulate(sizes)]  # row group g holds rows [bounds[g], bounds[g + 1])
         self.num_rows = meta.num_rows
         self.per_row = [_per_row(meta.row_group(g), self.columns) for g in range(meta.num_row_groups)]
-        self.dictionary = [_dictionary_columns(meta, self.columns, [g]) for g in range(meta.num_row_groups)]
+        self.dictionary = _group_dictionaries(meta, self.columns)
         self.modes: dict[int, tuple[tuple[str, ...], int]] = {}  # row group -> (read as dictionaries, rows per batch)
         st = os.stat(self.path)
         self.signature = (str(self.path), name, limits, st.st_size, st.st_mtime_ns)  # which file, as it is now
@@ -182,7 +192,8 @@ class ParquetRows(UnitRows):
 
     def __getstate__(self):
         # a task ships the plan, never an open file, a decoded batch nor the id column
-        return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_cursor", "_lock")} | {"_ids": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_cursor", "_lock", "_last_probe")} \
+            | {"_ids": None, "modes": {}}
 
     def __reduce__(self):
         # unpickled in a worker as the plan that worker already reads from, if any: its cursor goes on
@@ -191,7 +202,7 @@ class ParquetRows(UnitRows):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._files, self._cursor, self._lock = {}, None, threading.Lock()
+        self._files, self._cursor, self._lock, self._last_probe = {}, None, threading.Lock(), (-1, 0)
 
     def _read_ids(self) -> pa.Array:
         """The ``sample_id`` column, decoded within ``_budget``; a null id is one line."""
@@ -219,41 +230,86 @@ class ParquetRows(UnitRows):
         dictionary column as a dictionary is not an option: where a writer fell back to plain pages,
         Arrow grows one dictionary of every value in the row group, 3× the column.)"""
         if g not in self.modes:
-            rows, budget, exact, longest = self.bounds[g + 1] - self.bounds[g], _budget(self.path), [], 0
-            cols = self.dictionary[g]
-            if cols:  # one row of them, read as dictionaries: their dictionary pages, decoded once
-                key = ("probe", *cols)
-                if key not in self._files:
-                    self._files[key] = pq.ParquetFile(self.path, read_dictionary=cols, pre_buffer=False,
-                                                      buffer_size=1 << 20)
-                first = next(self._files[key].iter_batches(batch_size=1, row_groups=[g], columns=cols,
-                                                           use_threads=False))
-            for c in cols:
-                col = first.column(c)
-                values = col.dictionary if pa.types.is_dictionary(col.type) else col
-                v = max(1, pc.max(pc.binary_length(values)).as_py() or 1)
-                if rows * v > budget:
-                    exact.append(c)
-                else:
-                    longest = max(longest, v)
-            batch = STREAM_BYTES // max(self.per_row[g], longest)
-            self.modes[g] = (tuple(exact), int(min(65_536, max(1, batch))))
+            self._probe_groups([g])
         return self.modes[g]
+
+    def _probe_groups(self, groups) -> None:
+        """``_probe`` the row groups ``groups`` (ascending) not probed yet: a large one by its first row,
+        consecutive small ones with the same dictionary columns together, up to ``STREAM_BYTES`` /
+        ``SMALL_GROUPS`` a read. A scan going on where the last probe ended probes ahead, twice as far
+        each time: thousands of tiny row groups cost a few reads, a sparse ``take`` only what it needs
+        (and a damaged row group ahead fails only the read that needs it)."""
+        todo, i, small = [int(g) for g in groups if g not in self.modes], 0, STREAM_BYTES // SMALL_GROUPS
+        size_of = lambda h: self.per_row[h] * (self.bounds[h + 1] - self.bounds[h])  # noqa: E731
+        while i < len(todo):
+            g, cols = todo[i], self.dictionary[todo[i]]
+            if size_of(g) > small:
+                self._probe(g, g + 1, first_row=True)
+                i += 1
+                continue
+            ahead = min(small, 2 * self._last_probe[1]) if g == self._last_probe[0] else 0
+            end = needed = g
+            size = 0
+            while (end < len(self.per_row) and end not in self.modes and self.dictionary[end] == cols
+                   and size + size_of(end) <= small and (i < len(todo) and todo[i] == end or size < ahead)):
+                i, needed = (i + 1, end + 1) if i < len(todo) and todo[i] == end else (i, needed)
+                size, end = size + size_of(end), end + 1
+            try:
+                self._probe(g, end)
+            except Exception:  # noqa: BLE001  (a row group read ahead may be damaged: probe those needed)
+                if end == needed:
+                    raise
+                self._probe(g, end := needed)
+            self._last_probe = (end, size)
+
+    def _file(self, key: tuple, read_dictionary: tuple[str, ...]) -> pq.ParquetFile:
+        if key not in self._files:  # pages read as reached, not a row group pre-buffered whole
+            self._files[key] = pq.ParquetFile(self.path, read_dictionary=list(read_dictionary), pre_buffer=False,
+                                              buffer_size=1 << 20)
+        return self._files[key]
+
+    def _probe(self, g: int, end: int, *, first_row: bool = False) -> None:
+        """``_mode`` of row groups ``g…end`` (the same dictionary columns): those columns read as
+        dictionaries in one call (only the first row of a large group) for each group's longest value."""
+        cols, groups = self.dictionary[g], list(range(g, end))
+        longest = np.ones((end - g, len(cols)), np.int64)
+        if cols:
+            pf = self._file(("probe", *cols), cols)
+            table = (pa.Table.from_batches([next(pf.iter_batches(batch_size=1, row_groups=groups, columns=list(cols),
+                                                                 use_threads=False))]) if first_row
+                     else pf.read_row_groups(groups, columns=list(cols), use_threads=False))
+        for j, c in enumerate(cols):  # each chunk's longest value (Arrow reads a chunk per row group)
+            chunks = [ch for ch in table.column(c).chunks if len(ch)]
+            values = [ch.dictionary if pa.types.is_dictionary(ch.type) else ch for ch in chunks]
+            lengths = np.nan_to_num(pc.binary_length(pa.concat_arrays(values)).to_numpy(zero_copy_only=False)) \
+                if values else np.zeros(0)
+            cut, rows = np.cumsum([0, *map(len, values)]), np.cumsum([0, *map(len, chunks)]) + self.bounds[g]
+            for a, b, k in zip(np.searchsorted(self.bounds, rows[:-1], side="right") - 1 - g,
+                               np.searchsorted(self.bounds, rows[1:] - 1, side="right") - 1 - g, range(len(chunks))):
+                longest[a:b + 1, j] = np.maximum(longest[a:b + 1, j], lengths[cut[k]:cut[k + 1]].max(initial=1))
+        budget = _budget(self.path)
+        for k, h in enumerate(groups):
+            exact = tuple(c for j, c in enumerate(cols) if (self.bounds[h + 1] - self.bounds[h]) * longest[k, j] > budget)
+            v = max([1, *(int(longest[k, j]) for j, c in enumerate(cols) if c not in exact)])
+            self.modes[h] = (exact, int(min(65_536, max(1, STREAM_BYTES // max(self.per_row[h], v)))))
 
     def _batch_at(self, pos: int) -> tuple[int, pa.RecordBatch]:
         """(first row, batch) of the decoded batch holding row ``pos`` (columns that could be a bomb
-        still dictionary-encoded): the cursor moves forward within its row group, or restarts at the
-        start of ``pos``'s group."""
+        still dictionary-encoded). The cursor, one iterator over ``pos``'s row group and the probed
+        ones after it read in the same mode, moves forward; it restarts at ``pos``'s group when ``pos``
+        is behind it, past its groups or over a whole group ahead (groups between are not decoded)."""
         g = bisect.bisect_right(self.bounds, pos) - 1
         cur = self._cursor
-        if cur is None or cur[0] != g or cur[1] > pos:
-            exact, batch = self._mode(g)
-            if exact not in self._files:
-                self._files[exact] = pq.ParquetFile(self.path, read_dictionary=list(exact), pre_buffer=False,
-                                                    buffer_size=1 << 20)
-            it = self._files[exact].iter_batches(batch_size=batch, row_groups=[g], columns=self.columns,
-                                                 use_threads=False)
-            cur = self._cursor = [g, self.bounds[g], next(it), it]
+        if cur is not None and (cur[1] > pos or g >= cur[0]
+                                or g > bisect.bisect_right(self.bounds, cur[1] + cur[2].num_rows)):
+            cur = None
+        if cur is None:
+            (exact, batch), end = self._mode(g), g + 1
+            while end < len(self.per_row) and self.modes.get(end, (None,))[0] == exact:
+                batch, end = min(batch, self.modes[end][1]), end + 1
+            it = self._file(exact, exact).iter_batches(batch_size=batch, row_groups=list(range(g, end)),
+                                                       columns=self.columns, use_threads=False)
+            cur = self._cursor = [end, self.bounds[g], next(it), it]
         while pos >= cur[1] + cur[2].num_rows:
             cur[1], cur[2] = cur[1] + cur[2].num_rows, next(cur[3])
         return cur[1], cur[2]
@@ -263,14 +319,15 @@ class ParquetRows(UnitRows):
         parts, i = [], 0
         try:
             with self._lock:
+                self._probe_groups(np.unique(np.searchsorted(self.bounds, rows, side="right") - 1))
                 while i < rows.size:
                     first, batch = self._batch_at(int(rows[i]))
                     j = int(np.searchsorted(rows, first + batch.num_rows, side="left"))
-                    parts.append(_unviewed(batch).take(pa.array(rows[i:j] - first)))
+                    parts.append(unviewed(batch).take(pa.array(rows[i:j] - first)))
                     i = j
             if not parts:
                 return _bounded_read(self.path, self.columns, [])
-            return pa.Table.from_batches(_same_types(parts))
+            return pa.Table.from_batches(same_types(parts))
         except KdataError:
             raise
         except Exception as exc:  # noqa: BLE001  (a damaged page, a short row group: one line naming the file)
@@ -301,32 +358,6 @@ class ParquetRows(UnitRows):
             return None
         col, _ = _expand(_bounded_read(self.path, [name]), path=self.path, limits=self.limits)
         return col.column(name)
-
-
-def _unviewed(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """``batch`` with string/binary view columns (polars' newest Arrow) as plain string/binary, which
-    Arrow's ``take`` and kdata's schema use (a batch holds at most ``STREAM_BYTES`` or one value)."""
-    views = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
-    if not any(f.type in views for f in batch.schema):
-        return batch
-    return pa.RecordBatch.from_arrays([c.cast(views[c.type]) if c.type in views else c for c in batch.columns],
-                                      names=batch.schema.names)
-
-
-def _same_types(parts: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
-    """Batches of row groups streamed in different modes (``ParquetRows._mode``: a column read as a
-    dictionary in one group, plain in another) made one schema: the plain ones dictionary-encoded, so
-    ``_expand`` still sees every dictionary's sizes before expanding it."""
-    if len({b.schema for b in parts}) == 1:
-        return parts
-    dict_cols = {f.name: f.type for b in parts for f in b.schema if pa.types.is_dictionary(f.type)}
-    out = []
-    for b in parts:
-        cols = [c if n not in dict_cols or pa.types.is_dictionary(c.type)
-                else pc.dictionary_encode(c.cast(dict_cols[n].value_type)).cast(dict_cols[n])
-                for n, c in zip(b.schema.names, b.columns)]
-        out.append(pa.RecordBatch.from_arrays(cols, names=b.schema.names))
-    return out
 
 
 _LIVE: collections.OrderedDict = collections.OrderedDict()  # per process: the plans read from last
