@@ -177,9 +177,11 @@ def run_fit(args) -> int:
 
     check_options(args)
     labels = read_labels(args.labels)
-    check_val_frac(args.val_frac, n=len(labels), option="--val-frac")  # ≥ the labelled rows found in the pool
     text = is_text(args)
     pool = open_source_pool(args, text=text)
+    # before any model loads: labels from another pool are named as such, then the split is checked on
+    # the labelled rows the source holds (those scored can only be fewer: checked again when fitting)
+    check_val_frac(args.val_frac, n=_labelled_found(args, pool, labels), option="--val-frac")
     fitted_with = {"scores_file": args.scores_from}  # a scores Parquet: kdata cannot know its models
 
     def record(teacher, student) -> None:  # the models' specs and checksums, once loaded
@@ -221,8 +223,28 @@ def run_fit(args) -> int:
         print(f"  fitted on {len(rows)} labelled samples ({int(y.sum())} accept), {len(names)} features"
               + _unscored_text(unscored))
         print(f"  threshold {crit.threshold:.4f} for {crit.target}: validation recall {crit.metrics['val_recall']:.3f}, "
-              f"precision {crit.metrics['val_precision']:.3f} on {crit.metrics['val_n']} samples")
+              f"precision {crit.metrics['val_precision']:.3f} on {crit.metrics['val_n']} samples "
+              f"({crit.metrics['estimate']})")
     return 0
+
+
+def _labelled_found(args, pool, labels: dict) -> int:
+    """How many labelled ids the source holds, read without payloads; one line when it holds none."""
+    import pyarrow.parquet as pq
+
+    from kdata.core.errors import KdataError
+
+    try:
+        if pool is None:  # a scores Parquet
+            ids = pq.read_table(args.scores_from, columns=["sample_id"]).column("sample_id").to_pylist()
+        else:
+            ids = [i for u in pool.units for i in u.sample_ids().to_pylist()]
+    except (OSError, ValueError, KeyError, KdataError):
+        return len(labels)  # unreadable here: the scoring step says why in its own line
+    found = len(set(labels) & {str(i) for i in ids})
+    if not found:
+        raise KdataError(f"{args.labels}: none of the labelled sample ids are in {args.scores_from}")
+    return found
 
 
 def _labelled_unscored(args, labels: dict, quarantined, *, found: int) -> dict:

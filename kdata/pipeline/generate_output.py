@@ -103,7 +103,8 @@ def _section(cands, prompts, cfg, kept, excluded, crit, counts) -> dict:
     if crit is not None:
         critic = {"path": Path(cfg.critic).name, "threshold": crit.threshold, "target": crit.target,
                   "val_precision": crit.metrics.get("val_precision"), "val_recall": crit.metrics.get("val_recall"),
-                  "val_n": crit.metrics.get("val_n"), "embedder": crit.text.get("embedder")}
+                  "val_n": crit.metrics.get("val_n"), "estimate": crit.metrics.get("estimate"),
+                  "embedder": crit.text.get("embedder")}
     rejected = excluded.filter(pc.equal(excluded.column("decision"), REJECTED))
     if crit is not None and rejected.num_rows:  # the clearest rejections first
         rejected = rejected.take(pc.sort_indices(rejected, [("score_critic", "ascending")]))

@@ -59,7 +59,7 @@ def generate_lines(manifest: dict) -> list[str]:
         L += [f"Critic {md_code(crit['path'])}{embedder}"
               + f": threshold {crit['threshold']:.4f} on P(accept), chosen for {target} on its validation split "
               f"({crit.get('val_n')} labelled rows: precision {crit['val_precision']:.3f}, "
-              f"recall {crit['val_recall']:.3f}).", ""]
+              f"recall {crit['val_recall']:.3f}" + (f", {crit['estimate']}" if crit.get("estimate") else "") + ").", ""]
     else:
         L += ["No critic: every non-empty candidate is kept.", ""]
     L += md_table(["candidates", "accepted (kept)", "rejected by the critic", "quarantined"],

@@ -61,7 +61,8 @@ def test_generate_critic_select_train(lms, tmp_path, capsys):
                  "--embedder", E, "--recall", "0.8", "--out", str(crit), "--device", "cpu", "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)
     meta = json.loads((crit / "critic.json").read_text())
-    assert meta["text"]["embedder"] == E and fit["val_recall"] >= 0.8
+    assert meta["text"]["embedder"] == E and fit["threshold_split_recall"] >= 0.8  # the cut chosen for it
+    assert fit["estimate"].startswith("cross-fitted") and 0 <= fit["val_recall"] <= 1  # the figure reported
     assert any(n.startswith("emb_") for n in meta["feature_names"]) and "teacher_nll" in meta["feature_names"]
 
     # apply: every scored candidate gets P(accept); accepted ⇔ ≥ threshold

@@ -178,3 +178,21 @@ def test_labels_with_a_utf8_bom_and_not_utf8(tmp_path):
     p.write_bytes(b"sample_id,accept\n\xff\xfe,1\n")
     with pytest.raises(KdataError, match=r"bom\.csv: not UTF-8 text"):
         read_labels(p)
+
+
+@pytest.mark.parametrize("source", ["text", "image"])
+def test_labels_from_another_pool_are_named_before_the_split_or_any_model(source, tmp_path, capsys):
+    """Two labelled ids the pool does not hold: the real mistake (ids from another file), not a --val-frac split
+    of 2 rows; the ids present decide the split check, and no model is loaded."""
+    labels = _labels(tmp_path / "l.csv", ["zz", "yy"], [1, 0])
+    if source == "text":
+        d = text_assets()
+        argv = ["--scores-from", str(d / "pool.jsonl"), "--teacher", f"hf:{d / 't'}", "--student", f"hf:{d / 's'}"]
+    else:
+        argv = ["--scores-from", "builtin:digits-web", "--teacher", "builtin:digits-teacher",
+                "--student", "builtin:digits-student"]
+    capsys.readouterr()
+    assert main(["critic", "fit", *argv, "--labels", labels, "--device", "cpu", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"kdata: error: {labels}: none of the labelled sample ids are in {argv[1]}"]
+    assert not (tmp_path / "c").exists()

@@ -31,7 +31,8 @@ def test_fit_meets_target_recall_on_validation(tmp_path, target):
     acc = crit.val_prob >= crit.threshold
     recall = (acc & crit.val_label).sum() / crit.val_label.sum()
     assert recall >= target
-    assert crit.metrics["val_recall"] == pytest.approx(recall)
+    assert crit.metrics["threshold_split_recall"] == pytest.approx(recall)
+    assert crit.metrics["estimate"] == "cross-fitted on the validation split"
     assert crit.metrics["val_precision"] > 0.6  # better than the 0.5 base rate
     crit.save(tmp_path / "c")
     meta = json.loads((tmp_path / "c" / "critic.json").read_text())
@@ -66,7 +67,7 @@ def test_critic_cli_and_chain_on_builtin(tmp_path, builtin_models):
     assert main(["critic", "fit", "--scores-from", "builtin:digits-web", "--labels", str(lab), "--recall", "0.8",
                  "--out", str(cdir), "--device", "cpu"]) == 0
     meta = json.loads((cdir / "critic.json").read_text())
-    assert meta["metrics"]["val_recall"] >= 0.8
+    assert meta["metrics"]["threshold_split_recall"] >= 0.8 and 0.5 < meta["metrics"]["val_recall"] <= 1
     applied = tmp_path / "applied.parquet"
     assert main(["critic", "apply", str(cdir), "--scores-from", "builtin:digits-web", "--out", str(applied),
                  "--device", "cpu"]) == 0
@@ -103,16 +104,23 @@ def test_fit_and_with_target_reject_out_of_range_targets(kw, match):
     with pytest.raises(KdataError, match=re.escape(match)):
         fit_critic(X, y, feature_names=["a", "b", "c"], **kw)
     crit = fit_critic(X, y, feature_names=["a", "b", "c"], recall=1.0, val_frac=0.5)  # the closed ends are valid
-    assert crit.metrics["val_recall"] == 1.0 and crit.metrics["val_n"] == 20
+    assert crit.metrics["threshold_split_recall"] == 1.0 and crit.metrics["val_n"] == 20
     target = {k: v for k, v in kw.items() if k in ("recall", "precision") and v is not None}
     if target:  # re-choosing the cut of a fitted critic is checked the same way
         with pytest.raises(KdataError, match=re.escape(match)):
             crit.with_target(**target)
-    assert crit.with_target(precision=1.0).metrics["val_precision"] == 1.0
+    assert crit.with_target(precision=1.0).metrics["threshold_split_precision"] == 1.0
+
+
+def _digits_ids(n: int) -> list[str]:
+    from kdata.pools.spec import open_pool
+
+    return open_pool("builtin:digits-web").units[0].sample_ids().to_pylist()[:n]
 
 
 def _fresh_cache_run(tmp_path, monkeypatch, capsys, argv: list[str]) -> str:
-    """``main(argv)`` under an empty cache: exit 2, one line on stderr, nothing scored or trained."""
+    """``main(argv)`` under an empty cache: exit 2, one line on stderr, nothing scored or trained (the
+    built-in pool may be materialised: the labelled ids are looked up in it before the split is checked)."""
     cache = tmp_path / "fresh-cache"
     monkeypatch.setenv("KDATA_CACHE", str(cache))
     capsys.readouterr()
@@ -122,7 +130,7 @@ def _fresh_cache_run(tmp_path, monkeypatch, capsys, argv: list[str]) -> str:
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert not cache.exists() or not any(cache.iterdir()), list(cache.rglob("*"))
+    assert not cache.exists() or {p.name for p in cache.iterdir()} <= {"pools"}, list(cache.rglob("*"))
     return err
 
 
@@ -137,7 +145,7 @@ def _fresh_cache_run(tmp_path, monkeypatch, capsys, argv: list[str]) -> str:
 ])
 def test_critic_fit_options_fail_before_any_work(tmp_path, monkeypatch, capsys, opts, match):
     lab = tmp_path / "labels.csv"
-    lab.write_text("sample_id,accept\n" + "".join(f"s{i},{i % 2}\n" for i in range(12)))
+    lab.write_text("sample_id,accept\n" + "".join(f"{i},{n % 2}\n" for n, i in enumerate(_digits_ids(12))))
     err = _fresh_cache_run(tmp_path, monkeypatch, capsys, [
         "critic", "fit", "--scores-from", "builtin:digits-web", "--labels", str(lab), "--out",
         str(tmp_path / "c"), "--device", "cpu", *opts])

@@ -43,7 +43,7 @@ def test_threshold_meets_target_recall_and_accepted_scores_clear_it(embedder, tm
         crit = fit_critic(X, y, feature_names=names, recall=target)
         acc_val = crit.val_prob >= crit.threshold
         recall = (acc_val & crit.val_label).sum() / crit.val_label.sum()
-        assert recall >= target and crit.metrics["val_recall"] == pytest.approx(recall)
+        assert recall >= target and crit.metrics["threshold_split_recall"] == pytest.approx(recall)
         # the cut is the highest that reaches the target: one step up misses it
         higher = crit.val_prob[crit.val_prob > crit.threshold]
         if len(higher):
