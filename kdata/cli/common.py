@@ -133,25 +133,30 @@ class ProgressBars:
             self._progress = None
 
 
-def quarantine_lines(out, n: int, *, top: int = 3) -> list[str]:
-    """The commonest quarantine errors of OUT (details such as byte counts in brackets folded
-    together), so a run says why rows were set aside without a trip to ``kdata inspect``."""
-    import collections
-    import re
+def quarantine_lines(out, n: int, *, top: int = 3, by_reason: dict | None = None) -> list[str]:
+    """The commonest kinds of quarantine error of OUT (``quarantine_kind``: what differs per row, such
+    as a line number or a size, left out), so a run says why rows were set aside without a trip to
+    ``kdata inspect``. ``by_reason``: the manifest's ``quarantined_by_reason`` (else read from
+    OUT's decisions table, as for a dataset written before the manifest had it)."""
     from pathlib import Path
 
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from kdata.dataset.decisions import quarantined_by_reason
+
     path = Path(out) / "decisions.parquet"
-    if not n or not path.is_file():
+    if not n:
         return []
-    dec = pq.read_table(path, columns=["decision", "error"])
-    errors = dec.filter(pc.equal(dec.column("decision"), "quarantined")).column("error").to_pylist()
-    kinds = collections.Counter(re.sub(r"\s+\([^()]*\)$", "", e or "unknown error")[:100] for e in errors)
-    lines = [f"    quarantined {kind}: {k}" for kind, k in kinds.most_common(top)]
+    if by_reason is None:
+        if not path.is_file():
+            return []
+        names = pq.read_schema(path).names
+        by_reason = quarantined_by_reason(pq.read_table(path, columns=[c for c in ("decision", "reason", "error")
+                                                                        if c in names]))
+    kinds = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    lines = [f"    quarantined {kind}: {k}" for kind, k in kinds[:top]]
     if len(kinds) > top:
-        rest = sum(kinds.values()) - sum(k for _, k in kinds.most_common(top))
+        rest = sum(k for _, k in kinds[top:])
         lines.append(f"    quarantined, {len(kinds) - top} other kind(s) of error: {rest} (kdata inspect {out} lists each)")
     return lines
 
@@ -171,7 +176,7 @@ def summary_lines(report) -> list[str]:
              f"  in {c['n_in']}  kept {c['kept']}  rejected {c['rejected']}  quarantined {c['quarantined']}"]
     for reason, n in c.get("rejected_by_reason", {}).items():
         lines.append(f"    rejected {reason}: {n}")
-    lines += quarantine_lines(report.out, c.get("quarantined", 0))
+    lines += quarantine_lines(report.out, c.get("quarantined", 0), by_reason=c.get("quarantined_by_reason"))
     info = report.info or {}
     if report.status == "written" and info.get("units"):  # none for --scores predictions
         hits = int(info.get("score_cache_hits") or 0)

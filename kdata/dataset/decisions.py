@@ -19,16 +19,48 @@ class Decisions:
 
     @property
     def counts(self) -> dict:
-        """Rows per decision and rejected rows per reason (``duplicate_of:<id>`` counted as ``duplicate_of``)."""
+        """Rows per decision, rejected rows per reason (``duplicate_of:<id>`` counted as ``duplicate_of``)
+        and quarantined rows per kind of error (``quarantine_kind``)."""
         dec = self.table.column("decision").cast(pa.string())
         by = _value_counts(dec)
         reason = self.table.column("reason").cast(pa.string()).filter(pc.equal(dec, REJECTED))
         grouped = pc.if_else(pc.starts_with(reason, "duplicate_of:"), "duplicate_of", reason)
         out = {"n_in": self.table.num_rows, "kept": by.get(KEPT, 0), "rejected": by.get(REJECTED, 0),
                "quarantined": by.get(QUARANTINED, 0),
-               "rejected_by_reason": dict(sorted(_value_counts(grouped).items()))}
+               "rejected_by_reason": dict(sorted(_value_counts(grouped).items())),
+               "quarantined_by_reason": quarantined_by_reason(self.table)}
         check_accounting(out)
         return out
+
+
+def quarantine_kind(error: str | None) -> str:
+    """A quarantine error without what differs from row to row: its trailing bracketed detail (a
+    line number, a byte offset, a size, a member name, nested brackets included) cut off, at most
+    100 characters. Readers write ``<kind>: <message> (<detail>)``, e.g. ``undecodable_text: no 'text'
+    field (line 3)`` → ``undecodable_text: no 'text' field``; the full error stays in the row."""
+    e = (error or "unknown error").rstrip()
+    if e.endswith(")"):
+        depth = 0
+        for i in range(len(e) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(e[i], 0)
+            if depth == 0:
+                if i > 0 and e[i - 1].isspace() and e[:i].strip():
+                    e = e[:i].rstrip()
+                break
+    return e[:100]
+
+
+def quarantined_by_reason(decisions: pa.Table) -> dict[str, int]:
+    """{``quarantine_kind`` of the error (else the reason): rows} of the quarantined rows, most first."""
+    dec = decisions.column("decision").cast(pa.string())
+    q = decisions.filter(pc.equal(dec, QUARANTINED))
+    col = q.column("error") if "error" in q.column_names else pa.nulls(q.num_rows, pa.string())
+    why = pc.coalesce(col.cast(pa.string()), q.column("reason").cast(pa.string()))
+    kinds: dict[str, int] = {}
+    for e, n in _value_counts(why).items():
+        k = quarantine_kind(e)
+        kinds[k] = kinds.get(k, 0) + n
+    return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _value_counts(col) -> dict:
@@ -43,6 +75,8 @@ def check_accounting(counts: dict) -> None:
         raise RuntimeError(f"accounting broken: n_in={counts['n_in']} but kept+rejected+quarantined={total}")
     if sum(counts.get("rejected_by_reason", {}).values()) != counts["rejected"]:
         raise RuntimeError("accounting broken: rejection reasons do not add up to the rejected count")
+    if "quarantined_by_reason" in counts and sum(counts["quarantined_by_reason"].values()) != counts["quarantined"]:
+        raise RuntimeError("accounting broken: quarantine reasons do not add up to the quarantined count")
 
 
 CARRIED = ("label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts")

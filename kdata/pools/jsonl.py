@@ -29,19 +29,24 @@ from kdata.pools.text_rows import (
     utf8_ok,
 )
 
+JSONL_READER = "jsonl-reader-v2"  # in unit fingerprints: bump when a file is read differently (scores are re-made)
+#                                   v2: the line number of a read error in trailing brackets
+
 
 def _parse_line(raw: bytes, lineno: int) -> tuple[dict | None, str | None]:
-    """(object, None) or (None, reason) for one JSONL line."""
+    """(object, None) or (None, reason) for one JSONL line. A reason is ``undecodable_text: <what>
+    (line N…)``: the position in the trailing brackets, so equal problems group as one kind
+    (``kdata.dataset.decisions.quarantine_kind``) and the row's error still says where."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, f"undecodable_text: line {lineno} is not valid UTF-8 (byte {exc.start})"
+        return None, f"undecodable_text: not valid UTF-8 (line {lineno}, byte {exc.start})"
     try:
         obj = json.loads(line)
     except ValueError as exc:
-        return None, f"undecodable_text: line {lineno} is not JSON ({str(exc).splitlines()[0][:80]})"
+        return None, f"undecodable_text: not JSON (line {lineno}: {str(exc).splitlines()[0][:80]})"
     if not isinstance(obj, dict):
-        return None, f"undecodable_text: line {lineno} is a JSON {type(obj).__name__}, not an object"
+        return None, f"undecodable_text: a JSON {type(obj).__name__}, not an object (line {lineno})"
     return obj, None
 
 
@@ -181,11 +186,11 @@ def _read_jsonl_lines(data: bytes, *, name: str, source: str, line0: int = 0) ->
         ids.append(f"{name}:{lineno}" if sid is None else str_or_none(sid))
         text = obj.get("text")
         if err is None and text is not None and not isinstance(text, str):
-            err = f"undecodable_text: line {lineno}: 'text' is a JSON {type(text).__name__}, not a string"
+            err = f"undecodable_text: 'text' is a JSON {type(text).__name__}, not a string (line {lineno})"
         if err is None and "text" not in obj:
-            err = f"undecodable_text: line {lineno} has no 'text' field"
+            err = f"undecodable_text: no 'text' field (line {lineno})"
         if err is None and isinstance(text, str) and not utf8_ok(text):
-            err = f"undecodable_text: line {lineno}: 'text' holds an unpaired UTF-16 surrogate escape"
+            err = f"undecodable_text: 'text' holds an unpaired UTF-16 surrogate escape (line {lineno})"
         texts.append(text if isinstance(text, str) and err is None else None)
         errors.append(err)
         for k in TEXT_FIELDS:
@@ -198,8 +203,9 @@ def _read_jsonl_lines(data: bytes, *, name: str, source: str, line0: int = 0) ->
 
 def _shape(obj: dict | None, err: str | None) -> str:
     """What the first non-blank line holds, for the message refusing a file of the wrong shape."""
-    if obj is None:
-        return (err or "").removeprefix("undecodable_text: ")  # "line 1 is a JSON list, not an object", …
+    if obj is None:  # "undecodable_text: not valid UTF-8 (line 1, byte 0)" → "line 1: not valid UTF-8 (byte 0)"
+        m = re.fullmatch(r"undecodable_text: (.*) \(line (\d+)(?:(?:, |: )(.*))?\)", err or "", re.DOTALL)
+        return f"line {m[2]}: {m[1]}" + (f" ({m[3]})" if m[3] else "") if m else (err or "")
     if "text" in obj:
         kind = "null" if obj["text"] is None else f"a JSON {type(obj['text']).__name__}"
         return f"first line's 'text' is {kind}"

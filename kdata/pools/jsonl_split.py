@@ -17,10 +17,11 @@ another range holds one. Both look at other ranges one at a time (bounded memory
 files.
 
 A range's fingerprint is the sha256 of its bytes plus the file's name, the range, the line number
-it starts after and the hashes of other ranges that may hold a ``source`` (they decide its
-``source`` column): appending lines to a file without ``source`` keeps the earlier ranges' scores.
-The per-range hashes and line counts take one pass over the file, remembered by the file's stat
-signature in the process and in ``$KDATA_CACHE/text-units`` (the rule ``kdata.core.digests`` uses).
+it starts after, the hashes of other ranges that may hold a ``source`` (they decide its
+``source`` column) and the reader's version (``JSONL_READER``): appending lines to a file without
+``source`` keeps the earlier ranges' scores. The per-range hashes and line counts take one pass
+over the file, remembered by the file's stat signature in the process and in
+``$KDATA_CACHE/text-units`` (the rule ``kdata.core.digests`` uses).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from kdata.core.cache_admin import touch_used
 from kdata.core.digests import MIN_BYTES, RACY_NS, signature
 from kdata.core.errors import KdataError
 from kdata.core.paths import cache_dir
-from kdata.pools.jsonl import parse_jsonl, wrong_shape
+from kdata.pools.jsonl import JSONL_READER, parse_jsonl, wrong_shape
 
 # 64 MiB: parsing a range peaks at about 3× its bytes (~200 MB), whatever the file's size; a range
 # holds thousands of ordinary documents, so per-unit costs (a cache entry, a score task, a
@@ -207,7 +208,8 @@ def part_fingerprint(name: str, parts: list[JsonlPart], k: int) -> str:
     p = parts[k]
     others = [q.sha256 for i, q in enumerate(parts) if i != k and q.maybe_source]
     dep = hashlib.sha256(",".join(others).encode()).hexdigest()[:16] if others else "none"
-    return f"sha256:{p.sha256}:jsonl-range({json.dumps(name)},{p.start}-{p.stop},line0={p.line0},source={dep})"
+    return (f"sha256:{p.sha256}:jsonl-range({json.dumps(name)},{p.start}-{p.stop},line0={p.line0},source={dep})"
+            f":{JSONL_READER}")
 
 
 def read_jsonl_part(path: Path, *, name: str, parts: list[JsonlPart], k: int, fast: bool = True) -> pa.Table:

@@ -41,7 +41,8 @@ from kdata.pools.readers import BAD_NAME, has_images, pool_table
 
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")  # the first present is the sample's image
 SAMPLE_EXTS = (*TAR_IMAGE_EXTS, "cls")  # the members a sample is read from
-TAR_READER = "tar-reader-v3"  # bump when a shard is read differently (v3: extended headers and expansion bounded)
+TAR_READER = "tar-reader-v4"  # bump when a shard is read differently (v3: extended headers and expansion bounded;
+#                               v4: a refused member's name last, in brackets)
 END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks close every tar (POSIX; GNU tar and tarfile pad further)
 _NOT_FILES = ((tarfile.TarInfo.issym, "a symlink"), (tarfile.TarInfo.islnk, "a hard link"),
               (tarfile.TarInfo.isdir, "a directory"), (tarfile.TarInfo.isfifo, "a FIFO"),
@@ -177,11 +178,11 @@ def _refusal(m: tarfile.TarInfo, limits: PoolLimits) -> str | None:
     """Why member ``m`` must not be read (a link, a directory or device, over the cap, sparse), or None."""
     if not m.isfile():
         what = next((kind for test, kind in _NOT_FILES if test(m)), f"of tar type {m.type.decode('latin-1')!r}")
-        return f"tar member {escaped(m.name)} is {what}, not a file"
+        return f"tar member is {what}, not a file ({escaped(m.name)})"  # the name last: one kind per problem
     if m.size > limits.max_file_bytes:
         return f"member {escaped(m.name)}: " + over_cap(m.size, limits)
     if m.issparse():
-        return f"member {escaped(m.name)}: sparse tar member (not read)"
+        return f"tar member is sparse, not read ({escaped(m.name)})"
     return None
 
 

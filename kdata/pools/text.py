@@ -6,20 +6,24 @@ Rows follow the pool schema with the payload in ``text`` (plus optional ``label`
 
 * JSONL (``*.jsonl``, ``*.ndjson``): one JSON object per line with a ``text`` string; ``sample_id``
   (or ``id``) when given, else ``<file>:<line>`` (``kdata.pools.jsonl``). One unit per file,
-  fingerprinted by the file's sha256; a file over ``kdata.pools.jsonl_split.SPLIT_BYTES`` is one unit
-  per byte range (``<file>#bytes=<start>-<stop>``), each read alone, with the whole file's rows.
+  fingerprinted by the file's sha256 and the reader's version (``JSONL_READER``); a file over
+  ``kdata.pools.jsonl_split.SPLIT_BYTES`` is one unit per byte range (``<file>#bytes=<start>-<stop>``),
+  each read alone, with the whole file's rows.
   A directory of them that also holds Parquet files, or files that look like data but would not
   be read (``*.json``, compressed: ``*.gz``, ``*.bz2``, ``*.xz``, ``*.zst``, ``*.zip``), is one
   line naming one; so is such a file given as the pool.
-* ``save_to_disk`` directories (a ``Dataset``: ``state.json`` + Arrow stream files; a
-  ``DatasetDict``: ``dataset_dict.json`` + one such directory per split): one unit per Arrow file,
-  read with pyarrow (no ``datasets`` import); integer ``ClassLabel`` labels become their names.
+* ``save_to_disk`` directories (a ``Dataset``: ``state.json`` + Arrow stream files): one unit per
+  Arrow file, read with pyarrow (no ``datasets`` import); integer ``ClassLabel`` labels become their
+  names. A ``DatasetDict`` root (``dataset_dict.json`` + one such directory per split) is refused in
+  one line naming its splits: read whole, it would merge train and test. ``DIR/train`` is read.
 
 Each unit is parsed once per content and memory-mapped after (``kdata.pools.unit_cache``).
 
 What cannot be used is kept as a row with the reason in ``read_error`` and quarantined by
 scoring (``text_problems``): ``empty_text``, ``undecodable_text: …`` (a line that is not UTF-8 or
-not JSON, a ``text`` that is not a string) and ``too_long: N chars > M`` (``--max-text-chars``).
+not JSON, a ``text`` that is not a string) and ``too_long: over M chars (N chars)``
+(``--max-text-chars``). What differs per row (a line number, a length) is in the trailing brackets,
+so equal problems count as one kind (``kdata.dataset.decisions.quarantine_kind``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from kdata.core.errors import KdataError
 from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
 from kdata.pools.files import check_entry, escaped, is_inside
-from kdata.pools.jsonl import read_jsonl
+from kdata.pools.jsonl import JSONL_READER, read_jsonl
 from kdata.pools.jsonl_split import jsonl_cuts, jsonl_parts, part_fingerprint, read_jsonl_part
 from kdata.pools.text_rows import (
     TEXT_FIELDS,
@@ -75,8 +79,8 @@ def _jsonl_unit(path: Path, name: str) -> PoolUnit:
     def read() -> pa.Table:
         return cached_unit_table(path, lambda: read_jsonl(path, name=name), key_parts=["jsonl", name])
 
-    return PoolUnit(name=name, read=read, fingerprint=lambda: "sha256:" + sha256_file_memo(path), path=str(path),
-                    labels=_labels_of(read))
+    return PoolUnit(name=name, read=read, fingerprint=lambda: f"sha256:{sha256_file_memo(path)}:{JSONL_READER}",
+                    path=str(path), labels=_labels_of(read))
 
 
 def _jsonl_part_unit(path: Path, name: str, cuts: list[tuple[int, int]], k: int) -> PoolUnit:
@@ -101,9 +105,10 @@ def _is_hf_dataset(p: Path) -> bool:
 
 
 def _hf_files(p: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> list[tuple[Path, Path]]:
-    """(split directory, Arrow file) pairs of a saved Dataset or DatasetDict, in the saved order. Names
-    in the JSON files are checked (``_hf_split_dir``, ``_hf_data_file``): a hostile dataset must not
-    make kdata read files outside the pool."""
+    """(directory, Arrow file) pairs of a saved Dataset, in the saved order. Names in the JSON files are
+    checked (``_hf_split_dir``, ``_hf_data_file``): a hostile dataset must not make kdata read files
+    outside the pool. A DatasetDict root is refused once its split names are checked
+    (``_dataset_dict_refusal``): one split's directory is a saved Dataset, read as such."""
     root_real = os.path.realpath(p)
     index = p / "dataset_dict.json"
     if not index.is_file():
@@ -115,7 +120,16 @@ def _hf_files(p: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> list[tuple[Pat
     if not isinstance(splits, list):
         raise KdataError(f"{index}: 'splits' must be a list of split names, not {type(splits).__name__}")
     dirs = [_hf_split_dir(p, s, index=index, root_real=root_real, limits=limits) for s in splits]
-    return [f for d in dirs for f in _hf_split_files(d, root_real=root_real, limits=limits)]
+    raise KdataError(_dataset_dict_refusal(p, [d.name for d in dirs]))
+
+
+def _dataset_dict_refusal(p: Path, splits: list[str]) -> str:
+    """The one line refusing a saved ``DatasetDict`` root: reading it whole would merge its splits (test
+    rows into a pool, train rows into a held-out set), so one split's directory is asked for."""
+    if not splits:
+        return f"{p}: a DatasetDict with no splits: give one split's directory (a saved Dataset)"
+    shown = [s if s.isprintable() else repr(s) for s in splits]  # still one line
+    return f"{p}: a DatasetDict with splits {', '.join(shown)}: give one split's directory, e.g. {p / shown[0]}"
 
 
 def _plain_name(name, *, single: bool) -> bool:
@@ -362,7 +376,7 @@ def text_problems(table: pa.Table, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -
         elif empty[i]:
             out.append("empty_text")
         elif lengths[i] > max_chars:
-            out.append(f"too_long: {int(lengths[i])} chars > {max_chars}")
+            out.append(f"too_long: over {max_chars} chars ({int(lengths[i])} chars)")
         else:
             out.append(None)
     return out

@@ -14,7 +14,8 @@ from kdata.core.digests import sha256_file_memo
 from kdata.core.paths import cache_dir
 from kdata.core.version import __version__
 
-UNIT_CACHE_VERSION = 2  # bump when the parsed table of a unit changes for the same file (2: no-text files refused)
+UNIT_CACHE_VERSION = 3  # bump when the parsed table of a unit changes for the same file (2: no-text files refused;
+#                          3: read errors put the line number in trailing brackets)
 
 
 def cached_unit_table(path: Path, parse, *, key_parts: list, digest: str | None = None) -> pa.Table:

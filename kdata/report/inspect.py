@@ -21,6 +21,7 @@ from kdata.dataset.writer import read_manifest, shard_paths, verify
 # class balance and the generated (HARD) rows live beside the card's table; summaries here use them
 from kdata.report.card_balance import MAX_BALANCE_ROWS, balance_highlights, class_balance, generated_rows
 from kdata.report.card_payloads import ShardFiles
+from kdata.report.quarantine import quarantine_kinds, quarantined_rows
 
 __all__ = ["MAX_BALANCE_ROWS", "Run", "agreement", "balance_highlights", "card_status", "class_balance",
            "decision_counts", "examples", "generated_rows", "load_run", "pick_rejected", "primary_score",
@@ -130,7 +131,8 @@ def decision_counts(run: Run) -> dict:
     """Counts by decision, by (grouped) reason and by stage, plus generated and critic-rejected."""
     c = dict(run.manifest.get("counts") or {})
     out = {"n_in": c.get("n_in"), "kept": c.get("kept"), "rejected": c.get("rejected"),
-           "quarantined": c.get("quarantined"), "rejected_by_reason": dict(c.get("rejected_by_reason") or {})}
+           "quarantined": c.get("quarantined"), "rejected_by_reason": dict(c.get("rejected_by_reason") or {}),
+           "quarantined_by_reason": quarantine_kinds(run)}
     grouped: Counter = Counter()
     for r, n in out["rejected_by_reason"].items():
         grouped[reason_group(r)] += n
@@ -310,15 +312,6 @@ def pick_rejected(run: Run, n: int) -> list[int]:
             if by_reason[r] and len(picks) < n:
                 picks.append(by_reason[r].pop(0))
     return picks
-
-
-def quarantined_rows(run: Run, limit: int = 50) -> list[dict]:
-    if run.decisions is None:
-        return []
-    d = run.decisions
-    m = pc.equal(d.column("decision"), QUARANTINED)
-    q = d.filter(m).select(["sample_id", "error"]).slice(0, limit)
-    return q.to_pylist()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from kdata.dataset.decisions import Decisions, build_decisions
+from kdata.dataset.decisions import Decisions, build_decisions, quarantine_kind
 
 REASONS = ["rad_over_budget", "duplicate_of:s1", "duplicate_of:s2:x", "a:b\nc", "unreadable", None, "dup:of"]
 
@@ -24,12 +24,16 @@ def _table(n: int, seed: int) -> pa.Table:
 def _by_rows(t: pa.Table) -> dict:
     dec, reasons = t.column("decision").to_pylist(), t.column("reason").to_pylist()
     by: dict = {}
+    q: dict = {}  # no error column here: a quarantined row's kind comes from its reason
     for d, r in zip(dec, reasons):
         if d == "rejected":
             key = r.split(":", 1)[0] if r and r.startswith("duplicate_of:") else r
             by[key] = by.get(key, 0) + 1
+        elif d == "quarantined":
+            q[quarantine_kind(r)] = q.get(quarantine_kind(r), 0) + 1
     return {"n_in": len(dec), "kept": dec.count("kept"), "rejected": dec.count("rejected"),
-            "quarantined": dec.count("quarantined"), "rejected_by_reason": dict(sorted(by.items()))}
+            "quarantined": dec.count("quarantined"), "rejected_by_reason": dict(sorted(by.items())),
+            "quarantined_by_reason": q}
 
 
 def test_counts_equal_a_row_by_row_count():

@@ -38,7 +38,8 @@ _LINES = [  # (line, the fast reader may take a file made only of such lines)
 def test_an_unpaired_surrogate_escape_is_a_quarantine_reason_not_a_crash(tmp_path):
     p = _lines(tmp_path / "s.jsonl", [], raw=[b'{"text": "a\\ud800"}', b'{"id": "x\\udc00", "text": "fine", "label": "l\\ud800"}'])
     t = open_pool(str(p)).units[0].read()
-    assert t.column(READ_ERROR).to_pylist()[0] == "undecodable_text: line 1: 'text' holds an unpaired UTF-16 surrogate escape"
+    assert t.column(READ_ERROR).to_pylist()[0] == ("undecodable_text: 'text' holds an unpaired UTF-16 surrogate "
+                                                   "escape (line 1)")
     assert t.column("sample_id").to_pylist()[1] == "x\\udc00" and t.column("label").to_pylist()[1] == "l\\ud800"
     assert text_problems(t)[1] is None
 
@@ -68,11 +69,11 @@ def test_fast_jsonl_reader_gives_the_per_line_table_or_steps_aside(tmp_path, see
 
 @pytest.mark.parametrize(("raw", "why"), [
     (b'{"id": 0, "body": "hello"}\n{"id": 1, "body": "world"}\n', "first line's keys: id, body"),
-    (b'[{"text": "a list, not an object"}]\n"a string"\n', "line 1 is a JSON list, not an object"),
-    (b'\n"only strings"\n"here"\n', "line 2 is a JSON str, not an object"),
+    (b'[{"text": "a list, not an object"}]\n"a string"\n', "line 1: a JSON list, not an object"),
+    (b'\n"only strings"\n"here"\n', "line 2: a JSON str, not an object"),
     (b'{"text": 3}\n{"text": [1]}\n', "first line's 'text' is a JSON int"),
     (b'{"text": null}\n', "first line's 'text' is null"),
-    ('{"text": "utf-16"}\n'.encode("utf-16"), "line 1 is not valid UTF-8"),
+    ('{"text": "utf-16"}\n'.encode("utf-16"), "line 1: not valid UTF-8"),
 ])
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_file_without_text_on_any_line_is_one_line_naming_it(tmp_path, raw, why, fast):
@@ -92,8 +93,8 @@ def test_a_file_where_only_some_lines_lack_text_keeps_them_as_quarantine_rows(tm
     t = open_pool(str(p)).units[0].read()
     assert t.column("text").to_pylist() == [None, "kept", None, None]
     why = text_problems(t)
-    assert why[0] == "undecodable_text: line 1 has no 'text' field" and why[1] is None
-    assert why[2] == "empty_text" and why[3] == "undecodable_text: line 4 is a JSON list, not an object"
+    assert why[0] == "undecodable_text: no 'text' field (line 1)" and why[1] is None
+    assert why[2] == "empty_text" and why[3] == "undecodable_text: a JSON list, not an object (line 4)"
     blank = tmp_path / "blank.jsonl"  # nothing but blank lines: an empty unit, not a wrong shape
     blank.write_bytes(b"\n  \n")
     assert open_pool(str(blank)).units[0].read().num_rows == 0

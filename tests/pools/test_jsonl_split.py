@@ -12,7 +12,7 @@ import pytest
 
 import kdata.pools.jsonl_split as split
 from kdata.core.errors import KdataError
-from kdata.pools.jsonl import read_jsonl
+from kdata.pools.jsonl import JSONL_READER, read_jsonl
 from kdata.pools.spec import open_pool
 
 OLD_NS = 1_600_000_000 * 10**9  # an mtime far from "now": the file's index is remembered by its signature
@@ -85,8 +85,9 @@ def test_a_bad_line_right_at_a_cut_is_the_same_row(tmp_path, monkeypatch):
     whole = read_jsonl(p, name="cut.jsonl")
     assert parts.equals(whole)
     errors = parts.column("read_error").to_pylist()
-    assert errors[2].startswith("undecodable_text: line 3 is not JSON") and "line 4: 'text' is a JSON int" in errors[3]
-    assert errors[6].startswith("undecodable_text: line 7 is not valid UTF-8")
+    assert errors[2].startswith("undecodable_text: not JSON (line 3: ")
+    assert "'text' is a JSON int, not a string (line 4)" in errors[3]
+    assert errors[6].startswith("undecodable_text: not valid UTF-8 (line 7, byte")
 
 
 def test_each_range_reads_only_its_own_bytes(tmp_path, monkeypatch):
@@ -115,7 +116,8 @@ def test_a_file_under_the_size_stays_one_unit_with_todays_name_and_fingerprint(t
     p = _write(tmp_path / "small.jsonl", _mixed_lines())
     monkeypatch.setattr(split, "SPLIT_BYTES", os.path.getsize(p))
     [u] = open_pool(str(p)).units
-    assert u.name == "small.jsonl" and u.fingerprint() == "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    assert u.name == "small.jsonl"
+    assert u.fingerprint() == f"sha256:{hashlib.sha256(p.read_bytes()).hexdigest()}:{JSONL_READER}"
     assert u.read().equals(read_jsonl(p, name="small.jsonl"))
     one_line = _write(tmp_path / "one.jsonl", [b'{"text": "%s"}' % (b"y" * 5000)])  # no newline to cut at
     monkeypatch.setattr(split, "SPLIT_BYTES", 100)

@@ -145,10 +145,10 @@ def test_link_directory_and_device_members_are_quarantined_with_what_they_are(tm
     t = open_pool(str(_links_tar(tmp_path / "s.tar", samples))).read_all()
     rows = {r["sample_id"]: r for r in t.to_pylist()}
     assert list(rows) == ["k000", "k001", "k002", "s001", "h001", "d001", "f001"]
-    assert rows["s001"]["read_error"] == "tar member s001.png is a symlink, not a file"
-    assert rows["h001"]["read_error"] == "tar member h001.png is a hard link, not a file"
-    assert rows["d001"]["read_error"] == "tar member d001.png is a directory, not a file"
-    assert rows["f001"]["read_error"] == "tar member f001.png is a FIFO, not a file"
+    assert rows["s001"]["read_error"] == "tar member is a symlink, not a file (s001.png)"
+    assert rows["h001"]["read_error"] == "tar member is a hard link, not a file (h001.png)"
+    assert rows["d001"]["read_error"] == "tar member is a directory, not a file (d001.png)"
+    assert rows["f001"]["read_error"] == "tar member is a FIFO, not a file (f001.png)"
     for key in ("s001", "h001", "d001", "f001"):
         assert rows[key]["image"] is None and rows[key]["label"] == "3"  # never followed; the label kept
     assert rows["k000"]["image"] == samples[0][2] and rows["k000"]["read_error"] is None

@@ -35,9 +35,9 @@ def test_jsonl_rows_ids_fields_and_quarantine_reasons(tmp_path):
     assert why[2] == "empty_text"
     assert why[3].startswith("undecodable_text:") and "int" in why[3]
     assert why[4].startswith("undecodable_text:") and "no 'text'" in why[4]
-    assert why[5] == "too_long: 50 chars > 40"
-    assert why[6].startswith("undecodable_text: line 8 is not JSON")
-    assert why[7].startswith("undecodable_text: line 9 is not valid UTF-8")
+    assert why[5] == "too_long: over 40 chars (50 chars)"
+    assert why[6].startswith("undecodable_text: not JSON (line 8: ")
+    assert why[7].startswith("undecodable_text: not valid UTF-8 (line 9, byte")
     assert why[8].startswith("undecodable_text:") and "list" in why[8]
     assert pool.labels() == ["pos", "x"]
 
@@ -89,10 +89,11 @@ def test_saved_hugging_face_dataset_and_dataset_dict(tmp_path):
     assert text_problems(t) == [None, None, "empty_text"]
     dd = datasets.DatasetDict({"train": ds, "extra": ds.select([0])})
     dd.save_to_disk(str(tmp_path / "two"))
-    pool2 = open_pool(str(tmp_path / "two"))
-    assert len(pool2.units) == 2 and pool2.read_all().num_rows == 4
-    ids = pool2.read_all().column("sample_id").to_pylist()
-    assert len(set(ids)) == 4 and all(i.startswith(("train/", "extra/")) for i in ids)
+    with pytest.raises(KdataError, match="a DatasetDict with splits train, extra"):  # not merged
+        open_pool(str(tmp_path / "two"))
+    pool2 = open_pool(str(tmp_path / "two" / "extra"))  # one split: a saved Dataset
+    assert len(pool2.units) == 1 and pool2.read_all().column("text").to_pylist() == ["good"]
+    assert pool2.read_all().column("label").to_pylist() == ["pos"]
 
 
 def test_saved_dataset_without_text_is_one_line(tmp_path):

@@ -34,7 +34,9 @@ def test_quarantined_samples_carry_the_label_the_reader_knew():
         ("zz/odd.png", "zz", -1, "empty"), ("old.png", None, None, "ValueError: y")]
     assert t.column("label").to_pylist()[:2] == ["3", "7"]  # the scored rows' labels, as before
     assert Decisions(t).counts == {"n_in": 6, "kept": 1, "rejected": 1, "quarantined": 4,
-                                   "rejected_by_reason": {"kd3_over_budget": 1}}
+                                   "rejected_by_reason": {"kd3_over_budget": 1},
+                                   "quarantined_by_reason": {"empty": 2, "UnidentifiedImageError: x": 1,
+                                                             "ValueError: y": 1}}
 
 
 def test_a_select_run_records_the_folder_label_of_a_quarantined_image(tmp_path, builtin_models, capsys):
