@@ -127,6 +127,12 @@ def _check_counts(out: Path, manifest: dict) -> list[str]:
             return [f"{where}: 'generated_kept' must be a whole number ≥ 0"]
     if sum(reasons.values()) != counts["rejected"]:
         return [f"{where}: rejection reasons add up to {sum(reasons.values())}, not to rejected {counts['rejected']}"]
+    kinds = counts.get("quarantined_by_reason")  # absent from older manifests
+    if kinds is not None and (not isinstance(kinds, dict) or any(not _count(n) for n in kinds.values())):
+        return [f"{where}: 'quarantined_by_reason' must map each kind to a whole number ≥ 0"]
+    if kinds is not None and sum(kinds.values()) != counts["quarantined"]:
+        return [f"{where}: quarantine kinds add up to {sum(kinds.values())}, not to quarantined "
+                f"{counts['quarantined']}"]
     return []
 
 

@@ -46,6 +46,11 @@ def test_select_summary_manifest_and_inspect_group_quarantine_reasons(tmp_path, 
     s = summarise(out)
     assert s["integrity"]["ok"] and s["decisions"]["quarantined_by_reason"] == c["quarantined_by_reason"]
 
+    # kinds that do not add up to the quarantined count: verify says so
+    bad = json.loads(json.dumps(manifest))
+    bad["counts"]["quarantined_by_reason"] = {"undecodable_text: no 'text' field": 9}
+    (out / "manifest.json").write_text(json.dumps(bad))
+    assert verify(out) == [f"{out / 'manifest.json'}: quarantine kinds add up to 9, not to quarantined 10"]
     # a manifest written before quarantined_by_reason: still verifies, still summarised by kind
     del manifest["counts"]["quarantined_by_reason"]
     (out / "manifest.json").write_text(json.dumps(manifest))
