@@ -30,6 +30,8 @@ from kdata.dedup.features import file_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
 from kdata.models.spec import is_text_spec, load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
+from kdata.pipeline.rerun import embedder_model
+from kdata.pipeline.run import check_same_weights
 from kdata.scoring.score import check_models
 from kdata.selection.critic_checks import check_fitted_models, critic_digest, require_image_critic
 from kdata.selection.critic_model import load_critic
@@ -191,6 +193,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
             raise KdataError(f"--embedder {embedder}: {shards} holds images; sentence embeddings dedup text")
         chash = hash_config(cfg)
         if (done := already_complete(out, chash)) is not None:
+            check_same_weights(out, roles=("embedder",) if cfg.get("embedder") else ())  # replaced in place
             return done
         at = np.empty(n, np.int64)
         at[source.order] = np.arange(n)  # shard row → rank position
@@ -221,8 +224,8 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         if (hard := _carried_hard(source.manifest, table, reason)) is not None:
             extra["hard"] = hard
         rows = ShardRows(source.paths, source.order[~gone], replace=_renumbered(table.filter(pa.array(~gone))))
-        output = Output(rows=rows, decisions=decisions, config=cfg, config_hash=chash,
-                        models=source.manifest.get("models", {}), meta=source.meta, extra=extra,
+        output = Output(rows=rows, decisions=decisions, config=cfg, config_hash=chash, meta=source.meta, extra=extra,
+                        models={**source.manifest.get("models", {}), **embedder_model(cfg.get("embedder"))},
                         rows_per_shard=_rows_per_shard(source), info={"dedup": info})
         report = write_output(out, output)
         report.seconds = time.perf_counter() - t0

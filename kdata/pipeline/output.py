@@ -23,6 +23,7 @@ from kdata.dataset.decisions import Decisions
 from kdata.dataset.schema import SCHEMA_VERSION
 from kdata.dataset.writer import (MANIFEST, Staging, build_manifest, check_output_dir, extra_file_entries,
                                   read_manifest, write_decisions, write_shards)
+from kdata.pipeline.rerun import embedder_model, record_pool_state
 from kdata.report.card import card_entry, publish, write_card
 
 
@@ -110,9 +111,13 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
         for name, writer in output.extra_files.items():
             writer(staging.path / name)
         manifest = build_manifest(files=files, config=jsonable(output.config), config_hash=output.config_hash,
-                                  models=output.models, counts=counts, extra=jsonable(output.extra),
-                                  decisions=decisions,
+                                  models=with_embedder(output.models, output.extra), counts=counts,
+                                  extra=jsonable(output.extra), decisions=decisions,
                                   extra_files=extra_file_entries(staging.path, output.extra_files))
+        if output.pool is not None:  # what a rerun compares before answering "already complete"
+            if not isinstance(manifest.get("pool"), dict):
+                manifest["pool"] = {}
+            record_pool_state(manifest["pool"], output.pool, config=manifest["config"])
         _step(progress, 1)
         # the card, its plots and report.html, recorded with their checksums in manifest["card"]
         manifest["card"] = card_entry(write_card(staging.path, manifest=manifest, name=Path(out).resolve().name,
@@ -134,6 +139,16 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
         raise
     return RunReport(out=str(out), counts=counts, files=files, seconds=time.perf_counter() - t0,
                      info=jsonable(output.info))
+
+
+def with_embedder(models: dict, extra: dict) -> dict:
+    """``models`` plus the sentence embedder the run's dedup used (``method_info.dedup.embedder``) with its
+    checksum, so a rerun refuses an embedder replaced in place as it refuses a replaced teacher."""
+    info = (extra.get("method_info") or {}) if isinstance(extra.get("method_info"), dict) else {}
+    spec = (info.get("dedup") or {}).get("embedder") if isinstance(info.get("dedup"), dict) else None
+    if not isinstance(spec, str) or "embedder" in models:
+        return models
+    return {**models, **embedder_model(spec)}
 
 
 def publish_card(report: RunReport, card_dir: str | None) -> RunReport:

@@ -17,6 +17,7 @@ from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_r
 from kdata.pipeline.curate import Scored, finish
 from kdata.pipeline.output import RunReport, already_complete, check_out_outside_pool, publish_card
 from kdata.pipeline.prepare import Prepared, prepare
+from kdata.pipeline.rerun import pool_change
 from kdata.pipeline.text import score_text
 from kdata.scoring.score import score_pool
 
@@ -57,15 +58,17 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     return publish_card(report, opts.card_dir)
 
 
-def check_same_weights(out: str, *, scores: str | None = None) -> None:
+def check_same_weights(out: str, *, scores: str | None = None, roles: tuple[str, ...] | None = None) -> None:
     """One line when a model the finished run in ``out`` was made with has other weights now than its
-    manifest records (a file or directory replaced in place: the spec, so the config hash, is the same).
-    ``scores``: the ``--scores`` file, whose checksum stands for bring-your-own models. Built-in models
-    are not re-read, nor models that can no longer be loaded (nothing to compare)."""
+    manifest records (a file or directory replaced in place: the spec, so the config hash, is the same),
+    or when its pool's content is not the one recorded (``kdata.pipeline.rerun.pool_change``).
+    ``scores``: the ``--scores`` file, whose checksum stands for bring-your-own models; ``roles``: only
+    these models (and not the pool). Built-in models are not re-read, nor models that can no longer be
+    loaded (nothing to compare)."""
     from kdata.dataset.writer import read_manifest
 
     manifest = read_manifest(out) or {}
-    models = manifest.get("models") or {}
+    models = {r: m for r, m in (manifest.get("models") or {}).items() if roles is None or r in roles}
     for role in sorted(models, key=lambda r: (r not in ("teacher", "student"), r != "teacher", r)):
         spec, recorded = (models[role] or {}).get("spec"), (models[role] or {}).get("checksum")
         if not isinstance(spec, str) or not recorded:
@@ -75,6 +78,9 @@ def check_same_weights(out: str, *, scores: str | None = None) -> None:
             what = "the predictions file's checksum is" if spec.startswith("byo:") else "its weights are"
             raise KdataError(f"{out}: --out holds this run, made with {role} {spec} at {str(recorded)[:19]}, but "
                              f"{what} now {now[:19]}; choose another directory, or delete it to select again")
+    if roles is None and (change := pool_change(manifest)) is not None:
+        raise KdataError(f"{out}: --out holds this run, made from pool {(manifest.get('config') or {}).get('pool')} as it "
+                         f"was then; since then {change}; choose another directory, or delete it to select again")
 
 
 def current_checksum(spec: str, *, class_names=None, scores: str | None = None) -> str | None:
