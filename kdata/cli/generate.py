@@ -128,7 +128,7 @@ def check_unused(args) -> None:
 
 def nothing_kept(c: dict) -> str:
     """The warning of a run that kept no candidate (instead of the next step's hint)."""
-    why = [f"{c.get(k, 0)} {k}" + (f" ({', '.join(f'{r} {n}' for r, n in (c.get(f'{k}_by_reason') or {}).items())})"
+    why = [f"{c.get(k, 0)} {k}" + (f" ({', '.join(f'{r}: {n}' for r, n in (c.get(f'{k}_by_reason') or {}).items())})"
                                      if c.get(f"{k}_by_reason") else "") for k in ("rejected", "quarantined")]
     return (f"kdata: warning: no candidate was kept ({'; '.join(why)} of {c['n_in']}); there is nothing to "
             "select or train on — check the teacher's generations (excluded.parquet), lower the critic's cut "

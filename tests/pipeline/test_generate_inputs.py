@@ -60,8 +60,8 @@ def test_a_run_that_fails_before_its_first_shard_leaves_no_work_directory(teache
 @pytest.mark.parametrize("extra, says", [
     (["--student", "builtin:text-student"], "--student builtin:text-student: one generate run uses the student "
                                             "only for the critic's features"),
-    (["--epochs", "2"], "--epochs: only --rounds R trains a student (--epochs) and measures it (--eval); give "
-                        "--rounds, or drop --epochs"),
+    (["--epochs", "2"], "--epochs: only --rounds R trains a student (--epochs) and measures it (--eval, "
+                        "--test); give --rounds, or drop --epochs"),
     (["--eval", "none"], "--eval: only --rounds R trains"),
     (["--epochs", "2", "--eval", "x.jsonl"], "--epochs/--eval: only --rounds R trains"),
 ])
@@ -94,7 +94,8 @@ def test_a_run_that_keeps_nothing_warns_instead_of_pointing_at_select(tmp_path, 
     out, err = capsys.readouterr()
     assert "next: kdata select" not in out and "6 candidates: 0 kept" in out
     warn = [ln for ln in err.splitlines() if ln.startswith("kdata: warning:")]
-    assert len(warn) == 1 and "no candidate was kept (0 rejected; 6 quarantined of 6)" in warn[0], err
+    assert len(warn) == 1 and "no candidate was kept (0 rejected; 6 quarantined (the generation holds no text: 6) of 6)" \
+        in warn[0], err
     assert main([*argv, "--out", str(tmp_path / "b"), "--json"]) == 0  # stdout stays the JSON
     out, err = capsys.readouterr()
     assert json.loads(out)["counts"]["kept"] == 0 and "kdata: warning: no candidate was kept" in err
