@@ -19,7 +19,8 @@ DEFAULT_OUT = "runs/curated-{version}"
 DEFAULT_DATA = "runs/curated-*"
 SCHEDULE_KEYS = {"name", "cron", "timezone"}
 SECTION_KEYS = {"curate": SCHEDULE_KEYS | {"out"},
-                "distill": SCHEDULE_KEYS | {"enabled", "data", "student", "eval", "epochs", "seed", "device", "out"},
+                "distill": SCHEDULE_KEYS | {"enabled", "data", "student", "eval", "epochs", "seed", "device", "out",
+                                             "keep_last"},
                 # the keyword arguments of kdata.flows.runners.task_runner
                 "runner": {"kind", "address", "workers", "threads_per_worker", "gpus_per_worker"}}
 RUNNER_KINDS = ("local", "dask")

@@ -15,7 +15,8 @@ Text datasets (shards with per-token soft labels, or a ``hf:PATH`` / ``builtin:t
 with the text trainer (``kdata.training.text.train_text``, the function behind ``kdata train`` on
 text shards); the artifact then reports held-out perplexity (lower is better) or, for text
 classifiers, accuracy. The image defaults become ``builtin:text-student`` / ``builtin:text-test``
-on causal-LM shards.
+on causal-LM shards. Text students, like image ones, end with the weights that score best on the eval
+set, as ``kdata train`` does (``keep_last`` / ``--keep-last``: the last epoch's).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from kdata.pipeline.distill import student_dir
 
 RESULT_KEYS = ("accuracy", "accuracy_before", "accuracy_last", "kept", "worse_than_before", "n_train", "epochs",
                "seconds", "files")
-TEXT_RESULT_KEYS = ("kind", "metric", "perplexity", "perplexity_before", "perplexity_after", "accuracy",
-                    "accuracy_before", "accuracy_after", "worse_than_before", "n_train", "epochs", "steps",
-                    "seconds", "files", "eval", "n_eval")
+TEXT_RESULT_KEYS = ("kind", "metric", "perplexity", "perplexity_before", "perplexity_after", "perplexity_last",
+                    "accuracy", "accuracy_before", "accuracy_after", "accuracy_last", "kept_epoch",
+                    "worse_than_before", "n_train", "epochs", "steps", "seconds", "files", "eval", "n_eval")
 IMAGE_STUDENT, IMAGE_EVAL = "builtin:digits-student", "builtin:digits-test"
 TEXT_STUDENT, TEXT_EVAL = "builtin:text-student", "builtin:text-test"
 
@@ -64,18 +65,24 @@ def text_outcome(result: dict, *, eval: str | None) -> dict:
     """``outcome`` for a text student: held-out perplexity (lower is better) or accuracy."""
     metric = result.get("metric", "perplexity")
     if metric != "perplexity":
-        return outcome({"accuracy": result.get("accuracy_after"), "accuracy_before": result.get("accuracy_before")},
-                       eval=eval)
-    before, after = result.get("perplexity_before"), result.get("perplexity_after")
+        return outcome({"accuracy": result.get("accuracy_after"), "accuracy_before": result.get("accuracy_before"),
+                        "accuracy_last": result.get("accuracy_last")}, eval=eval)
+    before, after, last = result.get("perplexity_before"), result.get("perplexity_after"), result.get("perplexity_last")
     if before is None or after is None:
         return {"verdict": "not evaluated", "worse": None, "training_made_worse": None,
                 "message": "not evaluated: no eval set, so it is unknown whether the student improved"}
+    made_worse = after > before or (last is not None and last > before)
     line = f"perplexity on {eval}: {before:.2f} before → {after:.2f} after ({after - before:+.2f})"
     if after > before:
         verdict, msg = "worse", f"WORSE: the student got worse; {line}. Do not use it; train longer or curate again."
+    elif after < before:
+        verdict, msg = "improved", f"improved: {line}"
+    elif made_worse:
+        verdict, msg = "no gain", (f"NOT improved: training made the student worse (last epoch {last:.2f} > "
+                                   f"{before:.2f} before), so its starting weights were kept; {line}")
     else:
-        verdict, msg = ("improved", f"improved: {line}") if after < before else ("no gain", f"NOT improved: {line}")
-    return {"verdict": verdict, "worse": after > before, "training_made_worse": after > before, "message": msg}
+        verdict, msg = "no gain", f"NOT improved: {line}"
+    return {"verdict": verdict, "worse": after > before, "training_made_worse": made_worse, "message": msg}
 
 
 def train_options(*, epochs: int | None = None, seed: int | None = None, device: str | None = None) -> dict:
@@ -116,27 +123,62 @@ def outcome(result: dict, *, eval: str | None) -> dict:
 
 
 def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | None, seed: int, device: str,
-                 out: str | None) -> str:
+                 out: str | None, dataset_optional: bool = False) -> str | None:
     """Every check that needs no training, before a flow run starts (one line, no Prefect traceback):
     the dataset ``data`` names (returned), the options, where the student goes, the student model
-    and the eval set's source."""
+    (a text student as ``kdata train`` checks it: ``check_text_student``) and the eval set's source.
+
+    ``dataset_optional`` (``kdata serve``: the curate flow writes the dataset at run time): with no
+    complete dataset yet, the student and eval set the config names are checked alone; None is returned."""
     from kdata.models.spec import load_model, pick_device
     from kdata.pools.spec import open_pool
 
     if epochs is not None and epochs < 1:  # named alone: this command has no --batch-size
         raise KdataError(f"--epochs {epochs}: must be at least 1")
     pick_device(device)  # an unknown device, or cuda without one: one line
-    shards = latest_dataset(data)
+    try:
+        shards = latest_dataset(data)
+    except KdataError:
+        if not dataset_optional:
+            raise
+        # the kind of student is unknown until the data exists: the image defaults (swapped for the text
+        # ones on text shards) are not loaded; what the config names is
+        if student != IMAGE_STUDENT:
+            load_model(student, device="cpu")
+        if eval and eval != IMAGE_EVAL:
+            open_pool(eval)
+        return None
     text = text_run(shards, student, eval)
     if text is not None:
         student, eval = text
     else:
         train_options(epochs=epochs, seed=seed, device=device)
     student_dir(shards, out, overwrite=True)  # a scheduled run replaces the last run's student in OUT
-    load_model(student, device="cpu")
+    if text is not None:
+        check_text_student(shards, student)
+    else:
+        load_model(student, device="cpu")
     if eval:
         open_pool(eval)
     return shards
+
+
+def check_text_student(shards: str, student: str) -> None:
+    """What ``kdata train`` checks before training a text student (``kdata.training.text``): the kind of
+    student matches the shards' soft labels, and then ``check_tokenizer`` (causal LM: the tokenizer of the
+    teacher that wrote the shards) or ``check_classes`` (classifier: the shards' classes, in order)."""
+    from kdata.models.hf import load_text_model
+    from kdata.training.text import check_classes, check_student_kind, check_tokenizer, text_shard_kind
+    from kdata.training.text_data import TextShards
+
+    kind = text_shard_kind(shards)
+    model = load_text_model(student, device="cpu", precision="fp32")
+    check_student_kind(model, kind, student)
+    data = TextShards(shards, kind=kind, batch_size=1, pad_id=model.pad_id)
+    if kind == "causal_lm":
+        check_tokenizer(data, model)
+    else:
+        check_classes(data, model, student, shards)
 
 
 @task(name="train-student", retries=1, retry_delay_seconds=5,
@@ -164,11 +206,13 @@ def train_text_task(shards: str, *, student: str, eval: str | None, train: dict,
 @flow(name="distill", log_prints=True)
 def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
             eval: str | None = "builtin:digits-test", epochs: int | None = None, seed: int = 0,
-            device: str = "auto", out: str | None = None) -> dict:
+            device: str = "auto", out: str | None = None, keep_last: bool = False) -> dict:
     """Train ``student`` on the newest curated dataset matching ``data``; record accuracy before/after.
 
     ``epochs`` None: the trainer's default. ``out`` None: ``DATASET-student`` beside the dataset; given,
-    each run replaces the student the last one saved there.
+    each run replaces the student the last one saved there. The weights that score best on the eval set
+    (the starting ones included) are saved, as ``kdata train`` saves them; ``keep_last``: the last epoch's
+    (``kdata train --keep-last``).
     """
     logger = get_run_logger()
     shards = latest_dataset(data)
@@ -177,10 +221,11 @@ def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
     if text is not None:  # a text student (kdata.training.text)
         student, eval = text
         train = {k: v for k, v in {"epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
+        train["keep_best"] = not keep_last  # TextTrainConfig's default is False: kdata train's choice, set here
         result = train_text_task(shards, student=student, eval=eval, train=train, out=target)
         verdict = text_outcome(result, eval=eval)
     else:
-        train = train_options(epochs=epochs, seed=seed, device=device)
+        train = {**train_options(epochs=epochs, seed=seed, device=device), "keep_best": not keep_last}
         result = train_task(shards, student=student, eval=eval, train=train, out=target)
         verdict = outcome(result, eval=eval)
     md = (f"# kdata distill: {verdict['verdict']}\n\n**{verdict['message']}**\n\n- dataset: `{shards}`\n"
@@ -207,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     p.add_argument("--out", default=None, help="where to save the student (default: DATASET-student beside it)")
+    p.add_argument("--keep-last", action="store_true",
+                   help="keep the last epoch's weights even when an earlier epoch (or the start) scored better "
+                        "on the eval set (as kdata train --keep-last)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
     try:
@@ -216,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         shards = check_inputs(data=a.data, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed,
                               device=a.device, out=a.out)
         r = distill(data=shards, student=a.student, eval=a.eval, epochs=a.epochs, seed=a.seed, device=a.device,
-                    out=a.out)
+                    out=a.out, keep_last=a.keep_last)
     except KdataError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -148,17 +148,17 @@ def select_task(pool: str, teacher: str, student: str, out: str, device: str, se
 
 @task(name="distill")
 def distill_task(curated: str, student: str, out: str, device: str, distill: dict | None = None) -> dict:
-    """Train the student on the curated candidates (the text trainer)."""
+    """Train the student on the curated candidates (the text trainer), keeping the weights that score best
+    on the eval set as ``kdata train`` does unless ``distill`` sets ``keep_best: false`` (``--keep-last``)."""
     from kdata.pipeline.generate_rounds import distill as train
-
-    d = dict(distill or {})
-    ev = d.pop("eval", None)
     from kdata.training.text import TextTrainConfig
 
+    d = {"keep_best": True, **(distill or {})}  # TextTrainConfig's own default (False) is I2D2 rounds'
+    ev = d.pop("eval", None)
     log = train(Path(curated), student=student, out=Path(out), device=device,
                 train_config=TextTrainConfig(**d), eval_spec=ev)
-    keys = ("out", "n_train", "steps", "perplexity_before", "perplexity_after", "accuracy_before", "accuracy_after",
-            "eval")
+    keys = ("out", "n_train", "steps", "perplexity_before", "perplexity_after", "perplexity_last", "accuracy_before",
+            "accuracy_after", "accuracy_last", "eval")
     return {**{k: log.get(k) for k in keys}, "metric": log.get("metric") or "perplexity"}
 
 
@@ -169,7 +169,8 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
 
     ``params``: GenerateConfig fields (teacher, prompts, per_prompt, decode {temperature, top_p,
     max_new_tokens, seed}, shard_size, precision, student, critic, critic_recall); ``run``: device,
-    batch_size; ``select``: extra SelectConfig fields; ``distill``: TextTrainConfig fields + eval.
+    batch_size; ``select``: extra SelectConfig fields; ``distill``: TextTrainConfig fields + eval (``keep_best``
+    defaults to True here, as in ``kdata train``).
     """
     from kdata.models.base import pick_device
     from kdata.pipeline.generate import (
@@ -231,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--student", default=None)
     p.add_argument("--critic", default=None)
-    p.add_argument("--distill", action="store_true", help="train the student on the curated candidates")
+    p.add_argument("--distill", action="store_true", help="train the student on the curated candidates, keeping "
+                   "the weights that score best on the eval set (as kdata train)")
+    p.add_argument("--keep-last", action="store_true",
+                   help="with --distill: keep the last epoch's weights instead (as kdata train --keep-last)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     params = {"teacher": args.teacher, "prompts": args.prompts, "per_prompt": args.per_prompt,
@@ -239,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
               "decode": {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
                          "seed": args.seed}}
     try:
+        if args.keep_last and not args.distill:
+            raise KdataError("--keep-last: a --distill option (which weights of the trained student to save)")
         check_inputs(params, device=args.device, distill=args.distill)
         result = generate(params=params, out=args.out, run={"device": args.device},
-                          distill={} if args.distill else None)
+                          distill=({"keep_best": not args.keep_last} if args.distill else None))
     except KdataError as exc:
         print(f"generate: error: {exc}", file=sys.stderr)
         return exc.exit_code

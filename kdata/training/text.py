@@ -213,6 +213,23 @@ def _optimise(student, shards: TextShards, kind: str, cfg: TextTrainConfig, devi
     return {"steps": step, "epochs": epoch, "loss_last_epoch": sum(x["loss"] for x in last) / max(1, len(last))}
 
 
+def text_shard_kind(shards) -> str:
+    """The shards' kind (``causal_lm`` or ``classifier``); image shards are one line."""
+    kind = shard_kind(shards)
+    if kind == "image":
+        raise KdataError(f"{shards}: image shards; a text student trains on text shards (kdata select with a text "
+                         "pool and hf:/builtin:text-* models)")
+    return kind
+
+
+def check_student_kind(model, kind: str, student: str) -> None:
+    """A causal-LM student for causal-LM shards, a classifier for classifier shards; else one line."""
+    want = "causal_lm" if kind == "causal_lm" else "classifier"
+    if model.kind != want:
+        raise KdataError(f"{student}: a {model.kind.replace('_', ' ')}, but the shards hold "
+                         f"{want.replace('_', ' ')} soft labels")
+
+
 def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config: TextTrainConfig | None = None,
                out: str | Path, verify: bool = True, progress=None, trust_remote_code: bool = False,
                test: str | None = None) -> dict:
@@ -226,10 +243,7 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
         raise KdataError("--epochs must be at least 1 (or give --steps)")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise KdataError(f"--alpha {cfg.alpha}: must be between 0 and 1")
-    kind = shard_kind(shards)
-    if kind == "image":
-        raise KdataError(f"{shards}: image shards; a text student trains on text shards (kdata select with a text "
-                         "pool and hf:/builtin:text-* models)")
+    kind = text_shard_kind(shards)
     with exclusive(out):
         return _train_text(shards=shards, student=student, eval=eval, cfg=cfg, kind=kind, out=Path(out),
                            verify=verify, progress=progress, trust_remote_code=trust_remote_code, test=test)
@@ -244,10 +258,7 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
     with seeded_rng(cfg.seed, device):  # seeded for this run; the caller's torch RNG is restored after
         with kept_rng(device):  # a built-in student built on first use seeds torch itself: not the run's stream
             model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
-        want = "causal_lm" if kind == "causal_lm" else "classifier"
-        if model.kind != want:
-            raise KdataError(f"{student}: a {model.kind.replace('_', ' ')}, but the shards hold "
-                             f"{want.replace('_', ' ')} soft labels")
+        check_student_kind(model, kind, student)
         cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length))  # the student's position limit
         data = TextShards(shards, kind=kind, batch_size=cfg.batch_size, pad_id=model.pad_id, seed=cfg.seed,
                           max_length=cfg.max_length)

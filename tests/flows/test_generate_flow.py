@@ -73,6 +73,9 @@ def test_generate_flow_end_to_end_with_cached_shards(flow_mod, tmp_path):
     # the student's verdict, worded as the distill flow words it (a worse student says WORSE)
     st = second["student"]
     before, after = st["perplexity_before"], st["perplexity_after"]
+    # the weights that score best on the eval set are kept, as kdata train keeps them (never worse than the start)
+    trained = json.loads((Path(st["out"]) / "train_log.json").read_text())
+    assert trained["config"]["keep_best"] is True and after <= before
     assert before is not None and after is not None and st["eval"] == str(held_out)
     assert st["verdict"] == ("worse" if after > before else "improved" if after < before else "no gain")
     assert st["worse"] is (after > before)
