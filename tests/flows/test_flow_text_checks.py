@@ -17,29 +17,13 @@ import yaml
 pytest.importorskip("transformers")
 
 from tests.flows.server import api  # noqa: E402
-from tests.helpers.text_models import EOS, text_assets, write_jsonl  # noqa: E402
+from tests.helpers.text_models import text_assets, tiny_lm, write_jsonl  # noqa: E402
 
 
 def other_tokenizer_lm(path: Path) -> Path:
     """A tiny GPT-2 whose byte tokenizer numbers the bytes in reverse order: every text splits into as
     many tokens as with the teacher's, but into other ids (a student ``kdata train`` refuses)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=True))}
-    vocab[EOS] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                  model_max_length=1024)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=len(tok), n_positions=128,
-                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                               pad_token_id=tok.eos_token_id)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_lm(path, n_embd=16, reverse_bytes=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,14 @@ import torch
 EOS = "<|endoftext|>"
 
 
-def byte_tokenizer(*, extra: tuple[str, ...] = ()):
-    """A fast tokenizer over the 256 byte symbols of ByteLevel (no merges), EOS as pad."""
+def byte_tokenizer(*, extra: tuple[str, ...] = (), reverse: bool = False):
+    """A fast tokenizer over the 256 byte symbols of ByteLevel (no merges), EOS as pad; ``reverse``
+    numbers the bytes the other way round (the same splits into other ids)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet, reverse=reverse))}
     for tok in (EOS, *extra):
         vocab[tok] = len(vocab)
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
@@ -34,11 +35,11 @@ def byte_tokenizer(*, extra: tuple[str, ...] = ()):
 
 
 def tiny_lm(path: Path, *, seed: int = 0, n_embd: int = 32, n_layer: int = 1, extra_tokens: tuple[str, ...] = (),
-            n_positions: int = 128) -> Path:
+            n_positions: int = 128, reverse_bytes: bool = False) -> Path:
     """A randomly initialised GPT-2 causal LM + byte tokenizer saved at ``path``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = byte_tokenizer(extra=extra_tokens)
+    tok = byte_tokenizer(extra=extra_tokens, reverse=reverse_bytes)
     torch.manual_seed(seed)
     cfg = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, vocab_size=len(tok), n_positions=n_positions,
                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)

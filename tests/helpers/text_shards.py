@@ -74,3 +74,14 @@ def write_classifier_shards(out: Path, texts: list[str], labels: list[int], prob
     data.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, data / "train-00000-of-00001.parquet", row_group_size=32)
     return Path(out)
+
+
+def clean_lm_shards(out: Path, n: int) -> Path:
+    """Causal-LM shards of the first ``n`` clean texts of ``builtin:text-web``, written by the built-in teacher."""
+    from kdata.models.builtin_text import model_dir
+    from kdata.pools.builtin_text import text_web
+
+    pool = text_web(seed=0)
+    texts = [t for t, s in zip(pool.column("text").to_pylist(), pool.column("source").to_pylist()) if s == "clean"]
+    with torch.inference_mode():
+        return write_lm_shards(out, texts[:n], teacher_dir=model_dir("text-teacher"), max_length=64)

@@ -180,17 +180,9 @@ def test_run_train_into_an_out_another_run_holds_is_refused_before_any_state_is_
 
 @pytest.fixture(scope="module")
 def lm_shards(tmp_path_factory):
-    import torch
+    from tests.helpers.text_shards import clean_lm_shards
 
-    from kdata.models.builtin_text import model_dir
-    from kdata.pools.builtin_text import text_web
-    from tests.helpers.text_shards import write_lm_shards
-
-    pool = text_web(seed=0)
-    texts = [t for t, s in zip(pool.column("text").to_pylist(), pool.column("source").to_pylist()) if s == "clean"]
-    out = tmp_path_factory.mktemp("lm") / "curated"
-    with torch.inference_mode():
-        return write_lm_shards(out, texts[:64], teacher_dir=model_dir("text-teacher"), max_length=64)
+    return clean_lm_shards(tmp_path_factory.mktemp("lm") / "curated", 64)
 
 
 def test_a_stopped_text_student_resumes_to_the_uninterrupted_weights(lm_shards, tmp_path, capsys):

@@ -9,21 +9,16 @@ import torch
 
 from kdata.core.errors import KdataError
 from kdata.models.builtin_text import model_dir
-from kdata.pools.builtin_text import text_web
 from kdata.training.text import TextTrainConfig, train_text
 from kdata.training.text_data import TextShards, shard_kind
 from kdata.training.text_losses import bucket_kl
 from tests.helpers.text_models import tiny_classifier, tiny_lm
-from tests.helpers.text_shards import write_classifier_shards, write_lm_shards
+from tests.helpers.text_shards import clean_lm_shards, write_classifier_shards
 
 
 @pytest.fixture(scope="module")
 def lm_shards(tmp_path_factory):
-    pool = text_web(seed=0)
-    texts = [t for t, s in zip(pool.column("text").to_pylist(), pool.column("source").to_pylist()) if s == "clean"]
-    out = tmp_path_factory.mktemp("lm") / "curated"
-    with torch.inference_mode():
-        return write_lm_shards(out, texts[:240], teacher_dir=model_dir("text-teacher"), max_length=64)
+    return clean_lm_shards(tmp_path_factory.mktemp("lm") / "curated", 240)
 
 
 def test_teacher_matches_its_own_stored_soft_labels(lm_shards):
