@@ -40,7 +40,9 @@ def record_pool_state(section: dict, pool, *, config: dict) -> None:
     if pool is None or not getattr(pool, "units", None) or not spec:
         return
     section[UNIT_NAMES] = [u.name for u in pool.units]
-    digest = stat_digest(spec, limits=limits_of(config), trusted_before_ns=time.time_ns())
+    # a file changed since the pool was opened is not what this run read: no digest, a rerun compares content
+    opened = getattr(pool, "opened_ns", None)
+    digest = stat_digest(spec, limits=limits_of(config), trusted_before_ns=opened or time.time_ns())
     if digest is not None:
         section[STAT_DIGEST] = digest
 

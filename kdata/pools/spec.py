@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,12 +48,14 @@ PARQUET_READER = "parquet-reader-v2"  # bump when a file is read differently (v2
 def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     """Open a pool spec; a missing path or unknown format is one clear KdataError.
 
-    ``limits`` (symlinks, size cap per file) go to every reader that takes them."""
+    ``limits`` (symlinks, size cap per file) go to every reader that takes them. The pool carries
+    ``opened_ns``, when it was opened: a file changed after that is not the one this run read."""
+    opened = time.time_ns()
     for claims, fn in readers():
         if claims(spec):
-            if "limits" in inspect.signature(fn).parameters:
-                return fn(spec, limits=limits)
-            return fn(spec)
+            pool = fn(spec, limits=limits) if "limits" in inspect.signature(fn).parameters else fn(spec)
+            pool.opened_ns = opened
+            return pool
     if not spec.startswith("builtin:") and not os.path.exists(spec):
         raise KdataError(f"{spec}: pool not found (no such file or directory)")
     mixed = _mixed_folder(Path(spec))

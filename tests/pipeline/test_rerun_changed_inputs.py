@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,25 @@ def test_an_embedder_replaced_in_place_is_refused_by_select_and_dedup(tmp_path, 
     del m["models"]["embedder"]  # a manifest from before the embedder was recorded: nothing to compare
     (tmp_path / "near" / "manifest.json").write_text(json.dumps(m))
     assert _complete(near, capsys)
+
+
+def test_a_pool_file_changed_after_the_pool_was_opened_gets_no_stat_digest(tmp_path):
+    """The digest is taken when the dataset is written; a file changed after the run opened the pool is not
+    what it read, so no digest is recorded and a rerun compares content."""
+    from kdata.pipeline.rerun import record_pool_state
+    from kdata.pools.spec import open_pool
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    f = _write(pool / "a.jsonl", _lines("a", 10))  # written long before the run
+    opened = open_pool(str(pool))
+    section: dict = {}
+    record_pool_state(section, opened, config={"pool": str(pool)})
+    assert "stat_digest" in section  # untouched since it was opened
+    now = time.time_ns()
+    opened.opened_ns = now - 30 * 10**9  # a run that opened the pool 30 s ago…
+    f.write_text(_lines("b", 10))
+    os.utime(f, ns=(now - 20 * 10**9, now - 20 * 10**9))  # …and whose pool was edited 10 s into it
+    section = {}
+    record_pool_state(section, opened, config={"pool": str(pool)})
+    assert "stat_digest" not in section and section["unit_names"]
