@@ -247,9 +247,23 @@ def _check_decisions(out: Path, manifest: dict) -> tuple[pa.Table | None, list[s
     if not problems and derived["rejected_by_reason"] != dict(sorted((stated.get("rejected_by_reason") or {}).items())):
         problems.append(f"{path}: rejection reasons {derived['rejected_by_reason']} differ from the manifest's "
                         f"{stated.get('rejected_by_reason')}")
+    kinds = stated.get("quarantined_by_reason")  # absent from older manifests
+    if not problems and isinstance(kinds, dict) and derived["quarantined"]:
+        found = _quarantine_kinds(path)
+        if found != dict(sorted(kinds.items())):
+            problems.append(f"{path}: quarantine kinds {found} differ from the manifest's {kinds}")
     if pc.count_distinct(table.column("sample_id")).as_py() != table.num_rows or table.column("sample_id").null_count:
         problems.append(f"{path}: sample ids are not unique")
     return table, problems
+
+
+def _quarantine_kinds(path: Path) -> dict:
+    """{kind: rows} of a decisions table's quarantined rows, as ``Decisions.counts`` states them."""
+    from kdata.dataset.decisions import quarantined_by_reason
+
+    names = pq.read_schema(path).names
+    table = pq.read_table(path, columns=[c for c in ("decision", "reason", "error") if c in names])
+    return dict(sorted(quarantined_by_reason(table).items()))
 
 
 def _check_shard_rows(out: Path, paths: list[Path], decisions: pa.Table, manifest: dict) -> list[str]:

@@ -51,6 +51,11 @@ def test_select_summary_manifest_and_inspect_group_quarantine_reasons(tmp_path, 
     bad["counts"]["quarantined_by_reason"] = {"undecodable_text: no 'text' field": 9}
     (out / "manifest.json").write_text(json.dumps(bad))
     assert verify(out) == [f"{out / 'manifest.json'}: quarantine kinds add up to 9, not to quarantined 10"]
+    # kinds that add up but are not the decisions table's: verify says so too
+    bad["counts"]["quarantined_by_reason"] = {"undecodable_text: not JSON": 10}
+    (out / "manifest.json").write_text(json.dumps(bad))
+    assert verify(out) == [f"{out / 'decisions.parquet'}: quarantine kinds {c['quarantined_by_reason']} differ from "
+                           f"the manifest's {bad['counts']['quarantined_by_reason']}"]
     # a manifest written before quarantined_by_reason: still verifies, still summarised by kind
     del manifest["counts"]["quarantined_by_reason"]
     (out / "manifest.json").write_text(json.dumps(manifest))
