@@ -31,6 +31,7 @@ import torch
 
 from kdata.core.atomic import atomic_path, sha256_file
 from kdata.core.version import __version__
+from kdata.training.weights import cpu_state
 
 RESUME_DIR = ".resume"
 FORMAT = 1
@@ -111,10 +112,6 @@ def kept_rng(device: torch.device):
         yield
     finally:
         set_rng_state(state, device)
-
-
-def cpu_state(module: torch.nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 class Checkpoints:

@@ -17,6 +17,11 @@ def reinit_(module: torch.nn.Module) -> int:
     return reset
 
 
+def cpu_state(module: torch.nn.Module) -> dict:
+    """A copy of ``module``'s parameters and buffers on the CPU (kept while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
 class Best:
     """The weights that scored best on the eval set so far, the starting weights included (epoch 0).
 
@@ -30,7 +35,7 @@ class Best:
 
     @staticmethod
     def _copy(net: torch.nn.Module) -> dict:
-        return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        return cpu_state(net)
 
     def offer(self, net: torch.nn.Module, *, epoch: int, accuracy: float) -> None:
         if accuracy > self.accuracy:
