@@ -90,6 +90,15 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, *, row_group_size: i
                        use_dictionary=dictionary_columns(table.schema))
 
 
+def write_row_groups(path: str | os.PathLike, schema: pa.Schema, groups, *, compression: str = "zstd") -> None:
+    """Write the tables ``groups`` yields to ``path`` (atomic), each as one row group: a shard written
+    a row group at a time holds one group in memory, not the shard."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression=compression,
+                                                     use_dictionary=dictionary_columns(schema)) as w:
+        for table in groups:
+            w.write_table(table, row_group_size=max(table.num_rows, 1))
+
+
 def dictionary_columns(schema: pa.Schema) -> list[str]:
     """The columns worth dictionary-encoding: flat strings, integers and booleans (labels, classes,
     kinds, sources). Floats, binary payloads and lists (embeddings, logits, images) are nearly all

@@ -13,32 +13,38 @@ each shard is read back alone and written a row group at a time, with the bytes
 
 from __future__ import annotations
 
-import collections
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from kdata.core.atomic import atomic_path, dictionary_columns
+from kdata.core.atomic import write_row_groups
 
 RANK = "__kdata_rank"  # the row's position in the output, carried beside it while binned
-OPEN_FILES = 64  # shard files held open at once while binning (more shards: a file is reopened as a new part)
+OPEN_FILES = 64  # bin files open at once; more output shards than this share a bin, split on first read
 
 
 class ShardBins:
     """Rows of an output of ``num_rows`` rows binned by shard (``rows_per_shard`` rows each) as they
-    arrive; ``rows(i)`` gives shard ``i``'s rows back (any order, with ``RANK``)."""
+    arrive; ``rows(i)`` gives shard ``i``'s rows back (any order, with ``RANK``).
+
+    At most ``OPEN_FILES`` files are written while the rows arrive, each holding a run of consecutive
+    shards (one shard each when there are no more shards than files): a file is never closed and
+    reopened, so a pool read in many batches leaves one file per bin, not one per batch. A bin of
+    several shards is split into one file per shard when its first shard is read (a bucket sort in two
+    passes): every row is written at most twice, and one record batch is held at a time."""
 
     def __init__(self, scratch: str | os.PathLike, *, num_rows: int, rows_per_shard: int):
         self.scratch, self.num_rows, self.rows_per_shard = Path(scratch), num_rows, rows_per_shard
         self.n_shards = max(1, -(-num_rows // rows_per_shard))
+        self.per_bin = max(1, -(-self.n_shards // OPEN_FILES))  # consecutive shards per bin file
         self.schema: pa.Schema | None = None  # of the rows added (with RANK)
         self._held: list[pa.Table] = []  # one shard: its rows, in memory
-        self._open: collections.OrderedDict[int, tuple] = collections.OrderedDict()
-        self._files: dict[int, list[Path]] = collections.defaultdict(list)
+        self._open: dict[int, tuple] = {}  # bin -> (writer, sink) while rows arrive
+        self._bins: dict[int, Path] = {}  # bin -> its file
+        self._shards: dict[int, Path] = {}  # shard -> its own file, once its bin is split
 
     def add(self, table: pa.Table, ranks: np.ndarray) -> None:
         """Bin ``table``'s rows, whose output positions are ``ranks``."""
@@ -50,53 +56,86 @@ class ShardBins:
         if self.n_shards == 1:
             self._held.append(table)
             return
-        shard = np.asarray(ranks, np.int64) // self.rows_per_shard
-        order = np.argsort(shard, kind="stable")
-        if (np.diff(order) != 1).any():
-            table, shard = table.take(pa.array(order)), shard[order]
-        edges = np.flatnonzero(np.r_[True, np.diff(shard) != 0, True])
-        for a, b in zip(edges[:-1], edges[1:]):
-            self._writer(int(shard[a])).write_table(table.slice(int(a), int(b - a)))
+        for b, part in _groups(table, np.asarray(ranks, np.int64) // (self.rows_per_shard * self.per_bin)):
+            self._writer(b).write_table(part)
 
-    def _writer(self, shard: int) -> pa.ipc.RecordBatchFileWriter:
-        if shard in self._open:
-            self._open.move_to_end(shard)
-            return self._open[shard][0]
-        if len(self._open) >= OPEN_FILES:
-            self._close(next(iter(self._open)))
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        path = self.scratch / f"shard-{shard:05d}-{len(self._files[shard]):05d}.arrow"
-        sink = pa.OSFile(str(path), "wb")
-        writer = pa.ipc.new_file(sink, self.schema)
-        self._files[shard].append(path)
-        self._open[shard] = (writer, sink)
-        return writer
+    def _writer(self, b: int) -> pa.ipc.RecordBatchFileWriter:
+        if b not in self._open:
+            if b in self._bins:
+                raise RuntimeError(f"bin {b}: rows added after it was read")
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            path = self._bins[b] = self.scratch / f"bin-{b:05d}.arrow"
+            sink = pa.OSFile(str(path), "wb")
+            self._open[b] = (pa.ipc.new_file(sink, self.schema), sink)
+        return self._open[b][0]
 
-    def _close(self, shard: int) -> None:
-        writer, sink = self._open.pop(shard)
-        writer.close()
-        sink.close()
+    def _close(self, b: int) -> None:
+        if b in self._open:
+            writer, sink = self._open.pop(b)
+            writer.close()
+            sink.close()
 
     def close(self) -> None:
-        """Close the files still open (``rows`` closes a shard's own)."""
-        for shard in list(self._open):
-            self._close(shard)
+        """Close the files still open (``rows`` closes a bin's own)."""
+        for b in list(self._open):
+            self._close(b)
+
+    def _split(self, b: int) -> None:
+        """Bin ``b``'s rows into one file per shard, read a record batch at a time; the bin file goes."""
+        self._close(b)
+        path = self._bins.pop(b)
+        writers = {}
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            for i in range(reader.num_record_batches):
+                batch = pa.Table.from_batches([reader.get_batch(i)])
+                for shard, part in _groups(batch, batch.column(RANK).to_numpy() // self.rows_per_shard):
+                    if shard not in writers:
+                        out = self._shards[shard] = self.scratch / f"shard-{shard:05d}.arrow"
+                        sink = pa.OSFile(str(out), "wb")
+                        writers[shard] = (pa.ipc.new_file(sink, self.schema), sink)
+                    writers[shard][0].write_table(part)
+            del reader, batch
+        finally:
+            for writer, sink in writers.values():
+                writer.close()
+                sink.close()
+        path.unlink(missing_ok=True)
 
     def rows(self, shard: int) -> pa.Table:
         """Shard ``shard``'s rows as binned (arrival order, with ``RANK``); files are memory-mapped."""
         if self.n_shards == 1:
             return pa.concat_tables(self._held) if self._held else self.schema.empty_table()
-        if shard in self._open:
-            self._close(shard)
-        tables = [pa.ipc.open_file(pa.memory_map(str(p))).read_all() for p in self._files.get(shard, [])]
-        return pa.concat_tables(tables) if tables else self.schema.empty_table()
+        b = shard // self.per_bin
+        if self.per_bin == 1:
+            self._close(b)
+            path = self._bins.get(b)
+        else:
+            if b in self._bins:
+                self._split(b)
+            path = self._shards.get(shard)
+        if path is None:
+            return self.schema.empty_table()
+        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
     def drop(self, shard: int) -> None:
-        """Forget shard ``shard``'s rows (written): memory released, its files removed."""
+        """Forget shard ``shard``'s rows (written): memory released, its file removed."""
         if self.n_shards == 1:
             self._held = []
-        for p in self._files.pop(shard, []):
-            p.unlink(missing_ok=True)
+        path = self._bins.pop(shard, None) if self.per_bin == 1 else self._shards.pop(shard, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def _groups(table: pa.Table, keys: np.ndarray):
+    """(key, the rows of ``table`` with that key, in arrival order) for each key present: slices of
+    ``table``, put in key order first (one copy) when its rows are not in key order already."""
+    order = np.argsort(keys, kind="stable")
+    if (np.diff(order) != 1).any():
+        table, keys = table.take(pa.array(order)), keys[order]
+    edges = np.flatnonzero(np.r_[True, np.diff(keys) != 0, True])
+    for a, b in zip(edges[:-1], edges[1:]):
+        yield int(keys[a]), table.slice(int(a), int(b - a))
 
 
 def gather(table: pa.Table, where: np.ndarray) -> pa.Table:
@@ -156,11 +195,12 @@ class StagedShard:
             raise RuntimeError(f"shard {self.shard}: {binned.num_rows} rows binned for {self.num_rows} positions")
         where = np.empty(self.num_rows, np.int64)
         where[rank] = np.arange(binned.num_rows)
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression=compression,
-                                                         use_dictionary=dictionary_columns(schema)) as w:
+
+        def groups():
             for s in range(0, max(self.num_rows, 1), row_group_size):
                 part = gather(binned, where[s:s + row_group_size]).drop_columns([RANK])
-                out = self.rows.finish(self.start + s, part)
-                w.write_table(pa.Table.from_arrays(out.columns, schema=schema), row_group_size=row_group_size)
-        del binned, part
+                yield pa.Table.from_arrays(self.rows.finish(self.start + s, part).columns, schema=schema)
+
+        write_row_groups(path, schema, groups(), compression=compression)
+        del binned
         bins.drop(self.shard)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kdata.core.atomic import atomic_path, dictionary_columns
+from kdata.core.atomic import write_row_groups
 
 
 def shard_schema(paths) -> pa.Schema:
@@ -127,10 +127,9 @@ class ShardRows:
 
     def write_parquet(self, path: str | os.PathLike, *, row_group_size: int, compression: str = "zstd") -> None:
         """Write these rows to ``path`` (atomic), one row group of ``row_group_size`` rows at a time."""
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, self.schema, compression=compression,
-                                                         use_dictionary=dictionary_columns(self.schema)) as w:
-            for s in range(0, max(self.num_rows, 1), row_group_size):
-                w.write_table(self.slice(s, row_group_size).read(), row_group_size=row_group_size)
+        write_row_groups(path, self.schema, (self.slice(s, row_group_size).read()
+                                             for s in range(0, max(self.num_rows, 1), row_group_size)),
+                         compression=compression)
 
 
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
