@@ -5,6 +5,7 @@ No Prefect import here: the entry points check their input with these before any
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from datetime import UTC, datetime
@@ -96,6 +97,25 @@ def expand_out(out: str, *, now: datetime | None = None) -> str:
     """``{version}`` in OUT becomes a UTC timestamp, so each scheduled run writes a new dataset version."""
     now = now or datetime.now(UTC)
     return out.replace("{version}", now.strftime("%Y%m%dT%H%M%SZ"))
+
+
+def written_into(out: str, data: str) -> bool:
+    """Whether the datasets the curate flow writes to ``out`` (``{version}`` expanded per run) are what
+    ``data`` names (the same pattern, or a glob that matches them): a ``distill.data`` that does not
+    name them waits on datasets nothing writes."""
+    def norm(p: str) -> str:
+        return os.path.normpath(os.path.abspath(os.path.expanduser(p)))
+
+    return norm(out) == norm(data) or fnmatch.fnmatchcase(norm(expand_out(out)), norm(data).replace("{version}", "*"))
+
+
+def has_dataset(data: str) -> bool:
+    """Whether ``data`` names a complete curated dataset now (``latest_dataset`` finds one)."""
+    try:
+        latest_dataset(data)
+    except KdataError:
+        return False
+    return True
 
 
 def latest_dataset(data: str) -> str:

@@ -92,7 +92,7 @@ def check_inputs(config: str | os.PathLike, data: dict) -> None:
     import gc
 
     from kdata.flows import distill as distill_mod
-    from kdata.flows.config import config_params, expand_out
+    from kdata.flows.config import config_params, expand_out, has_dataset, written_into
     from kdata.flows.inputs import check_curate, check_out
     from kdata.models.spec import load_model
     from kdata.pipeline.config import select_config
@@ -107,10 +107,15 @@ def check_inputs(config: str | os.PathLike, data: dict) -> None:
         if (data.get("distill") or {}).get("enabled", True):
             p = distill_params(data)
             with _named(config, "distill"):
+                feeds = written_into(params["out"], p["data"])
+                if not feeds and not has_dataset(p["data"]):
+                    raise KdataError(f"data {p['data']}: holds no curated dataset, and the curate flow writes "
+                                     f"{params['out']}, which it does not name; leave data out to train on what "
+                                     "curate writes")
                 distill_mod.check_inputs(data=p["data"], student=p.get("student", distill_mod.IMAGE_STUDENT),
                                          eval=p.get("eval", distill_mod.IMAGE_EVAL), epochs=p.get("epochs"),
                                          seed=p.get("seed", 0), device=p.get("device", "auto"), out=p.get("out"),
-                                         dataset_optional=True)
+                                         dataset_optional=feeds)
     finally:
         gc.collect()
         _release_gpu()
