@@ -23,8 +23,7 @@ from kdata.core.jsonable import config_hash as hash_config
 from kdata.dataset.decisions import CARRIED, build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, validate_shard
 from kdata.dataset.shard_rows import ShardColumn, ShardRows, non_null_rows
-from kdata.dataset.writer import (MANIFEST, manifest_model, read_manifest, read_shards, require_intact, shard_meta,
-                                  shard_paths)
+from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_shards, require_intact, shard_meta, shard_paths
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import file_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
@@ -193,7 +192,8 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
             raise KdataError(f"--embedder {embedder}: {shards} holds images; sentence embeddings dedup text")
         chash = hash_config(cfg)
         if (done := already_complete(out, chash)) is not None:
-            check_same_weights(out, roles=("embedder",) if cfg.get("embedder") else ())  # replaced in place
+            if cfg.get("embedder"):
+                check_same_weights(out, roles=("embedder",))  # an embedder replaced in place: one line
             return done
         at = np.empty(n, np.int64)
         at[source.order] = np.arange(n)  # shard row → rank position
