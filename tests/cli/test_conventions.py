@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from kdata.cli import build_parser, main
+from tests.helpers.cli import kdata
 
 HIDDEN_ALIASES = {"--shards", "--dedup"}  # kept for a release, hidden from --help
 
@@ -131,11 +132,11 @@ def test_inspect_in_a_pipe_does_not_truncate_column_names(small_run):
 
 
 def test_dedup_takes_the_dataset_positionally_with_level_quiet_and_time(small_run, tmp_path):
-    code, out, err = run_cli("dedup", str(small_run), "--level", "exact", "--out", str(tmp_path / "a"), "--quiet")
+    code, out, err = kdata("dedup", str(small_run), "--level", "exact", "--out", str(tmp_path / "a"), "--quiet")
     assert code == 0 and err == "", err
     assert "removed at exact" in out and re.search(r"^\s+\d+\.\ds$", out, re.MULTILINE)
     # the old spelling still works, with one note per old flag, and writes the same dataset
-    code, _, err = run_cli("dedup", "--shards", str(small_run), "--dedup", "exact", "--out", str(tmp_path / "b"))
+    code, _, err = kdata("dedup", "--shards", str(small_run), "--dedup", "exact", "--out", str(tmp_path / "b"))
     assert code == 0, err
     notes = err.strip().splitlines()
     assert len(notes) == 2 and all(n.startswith("kdata: note:") and "deprecated" in n for n in notes)
@@ -143,21 +144,21 @@ def test_dedup_takes_the_dataset_positionally_with_level_quiet_and_time(small_ru
     files = [{f["path"]: f["sha256"] for f in json.loads((tmp_path / d / "manifest.json").read_text())["files"]}
              for d in "ab"]
     assert files[0] == files[1]
-    code, _, err = run_cli("dedup", "--out", str(tmp_path / "c"), "--level", "near")
+    code, _, err = kdata("dedup", "--out", str(tmp_path / "c"), "--level", "near")
     assert code == 2 and err == "kdata: error: kdata dedup: give the dataset directory: kdata dedup DIR …\n"
-    code, _, err = run_cli("dedup", str(small_run), "--out", str(tmp_path / "c"))
+    code, _, err = kdata("dedup", str(small_run), "--out", str(tmp_path / "c"))
     assert code == 2 and "give --level exact, near or semantic" in err and not (tmp_path / "c").exists()
 
 
 def test_augment_and_train_take_the_dataset_positionally(small_run, tmp_path):
-    code, out, err = run_cli("augment", str(small_run), "--steps", "1", "--out", str(tmp_path / "aug"), "--quiet")
+    code, out, err = kdata("augment", str(small_run), "--steps", "1", "--out", str(tmp_path / "aug"), "--quiet")
     assert code == 0 and err == "", err
     manifest = json.loads((tmp_path / "aug" / "manifest.json").read_text())
     assert manifest["counts"]["n_in"] == 145 and "generated" in out
     args = build_parser().parse_args(["augment", "--shards", "X", "--out", "Y"])
     assert args.shards_alias == "X" and args.dir is None
     # train: positional, and in a pipe no progress output at all on stderr
-    code, out, err = run_cli("train", str(small_run), "--epochs", "1", "--out", str(tmp_path / "st"))
+    code, out, err = kdata("train", str(small_run), "--epochs", "1", "--out", str(tmp_path / "st"))
     assert code == 0 and all(line.startswith("kdata: warning: ") for line in err.splitlines()), err  # no progress
     assert (tmp_path / "st" / "student.pt2").is_file() and "before training" in out
 

@@ -13,6 +13,7 @@ import pytest
 
 from kdata.core.cache_admin import MIN_IDLE_S, entries, parse_age, parse_size, prune, usage
 from kdata.core.errors import KdataError
+from tests.helpers.cli import kdata
 
 DAY = 86400.0
 
@@ -99,10 +100,7 @@ def test_bad_sizes_and_ages_are_one_line(bad):
 
 
 def _kdata(*args, cache):
-    env = dict(os.environ, KDATA_CACHE=str(cache))
-    p = subprocess.run([sys.executable, "-m", "kdata.cli", *args], capture_output=True, text=True, env=env,
-                       timeout=600, check=False)
-    return p.returncode, p.stdout, p.stderr
+    return kdata(*args, env={"KDATA_CACHE": str(cache)})
 
 
 def _age_all(root, section, days):

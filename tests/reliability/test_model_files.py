@@ -39,6 +39,7 @@ from kdata.core.errors import KdataError
 from kdata.models.safe_load import untrusted_load
 from kdata.models.sidecar import MAX_SIDE
 from kdata.models.spec import load_model
+from tests.helpers.cli import kdata
 from tests.helpers.real_inputs import CLASSES, exported_models, make_image_folder
 
 
@@ -299,13 +300,11 @@ def _garbage(kind: str, tmp_path: Path) -> Path:
 def test_garbage_pt2_is_one_line_on_stderr(tmp_path, kind):
     bad = _garbage(kind, tmp_path)
     pool = make_image_folder(tmp_path / "pool", n=8)
-    proc = subprocess.run([sys.executable, "-m", "kdata.cli", "select", "--pool", str(pool), "--teacher", str(bad),
-                           "--student", exported_models()["student_pt"], "--method", "kd3", "--budget", "4",
-                           "--device", "cpu", "--out", str(tmp_path / "out")],
-                          check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kdata: error:") and bad.name in lines[0], proc.stderr
+    code, _, err = kdata("select", "--pool", pool, "--teacher", bad, "--student", exported_models()["student_pt"],
+                         "--method", "kd3", "--budget", "4", "--device", "cpu", "--out", tmp_path / "out")
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdata: error:") and bad.name in lines[0], err
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -224,10 +225,19 @@ def test_missing_dataset_is_one_line_and_nothing_is_created(tmp_path, capsys):
     assert not (tmp_path / "nope-student").exists()
 
 
-def run_cli(*args):
+def run_proc(*args):
     p = subprocess.run([sys.executable, "-m", "kdata.cli", *args], capture_output=True, text=True,
                        env=dict(os.environ), timeout=300, check=False)
     return p.returncode, p.stdout, p.stderr
+
+
+def run_cli(*args):
+    """``kdata ARGS`` in this process (the entry point's own process is tested in tests/cli): (exit code,
+    stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +288,8 @@ def test_an_explicit_out_holding_a_student_is_refused_without_overwrite(small_ru
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "already holds a trained student (train_log.json)" in err and "--overwrite" in err
     assert (target / "student.pt2").read_bytes() == before
-    with exclusive(target):
-        code, _, err = run_cli("train", str(small_run), "--epochs", "1", "--eval", "none", "--out", str(target),
+    with exclusive(target):  # held here, so the run is another process, as a concurrent run would be
+        code, _, err = run_proc("train", str(small_run), "--epochs", "1", "--eval", "none", "--out", str(target),
                                "--overwrite")
     assert code == 2 and "in use by another kdata run" in err
     code, out, err = run_cli("train", str(small_run), "--epochs", "1", "--eval", "none", "--out", str(target),
