@@ -13,7 +13,12 @@ if not os.environ.get("KDATA_CACHE"):
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# torch threads per test process: the cores shared among the xdist workers (two workers on two cores,
+# each with two threads, spin against each other), at most 2
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))  # the CLI and flow subprocesses the tests start
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +47,4 @@ def demo_run(tmp_path_factory, builtin_models) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
     run_select(SelectConfig(method="kd3", budget="0.3"), out=str(out), opts=RunOptions(device="cpu"))
     return out
+

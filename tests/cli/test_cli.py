@@ -43,14 +43,6 @@ def test_select_json_and_inspect(tmp_path, builtin_models, capsys):
     assert "kept 200" in text
 
 
-def test_demo_end_to_end(tmp_path):
-    code, out, err = run_cli("demo", "--out", str(tmp_path / "demo"))
-    assert code == 0, err
-    assert "kept" in out and "rejected" in out and "quarantined" in out
-    assert (tmp_path / "demo" / "manifest.json").exists()
-    assert str(tmp_path / "demo") in out
-
-
 @pytest.mark.parametrize("args,match", [
     (["--pool", "/no/such/pool"], "/no/such/pool: pool not found"),
     (["--method", "nope"], "unknown method 'nope'"),

@@ -42,6 +42,7 @@ def test_demo_cli_on_an_empty_cache_writes_a_verified_dataset_and_prints_accurac
         assert manifest["models"][role]["checksum"] == "sha256:" + shipped[name]["sha256"]
     assert not (cache / "models").exists()
     text = proc.stdout
+    assert "kept" in text and "rejected" in text and "quarantined" in text and str(out) in text
     assert f"after {EPOCHS} epochs of distillation on {c['kept']} rows" in text
     line = next(ln for ln in text.splitlines() if "curated" in ln and "random (same size)" in ln)
     acc = dict(zip(("curated", "random", "teacher", "before"),
