@@ -42,7 +42,8 @@ def _open_capped(data: bytes, max_pixels: int | None) -> Image.Image:
         return open_image(data)
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
-    over = f"over the {max_pixels / 1e6:g}-megapixel cap (--max-pixels)"
+    over = f"image is over the {max_pixels / 1e6:g}-megapixel cap (--max-pixels; "  # the size in the brackets:
+    #                                                        one kind of error for every such row
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below anyway
@@ -50,11 +51,11 @@ def _open_capped(data: bytes, max_pixels: int | None) -> Image.Image:
     except Image.DecompressionBombError as exc:
         m = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(m.group(1)) / 1e6:.3g} megapixels" if m else "too many pixels"
-        raise ValueError(f"image is {size}, {over}") from None
+        raise ValueError(f"{over}{size})") from None
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise ValueError(f"image is {w}×{h} = {w * h / 1e6:.3g} megapixels, {over}")
+        raise ValueError(f"{over}{w}×{h} = {w * h / 1e6:.3g} megapixels)")
     return im
 
 

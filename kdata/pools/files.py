@@ -42,9 +42,11 @@ def mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def over_cap(n: int | None, limits: PoolLimits) -> str:
-    size = f"{mib(n)}, " if n is not None else ""
-    return f"file is {size}over the {limits.max_file_mb:g} MiB cap per file (--max-file-mb)"
+def over_cap(n: int | None, limits: PoolLimits, *, where: str | None = None) -> str:
+    """The reason a payload over the size cap is not read: what differs from row to row (``where``, the
+    size) in the trailing brackets, so every such row is one kind of error in ``quarantined_by_reason``."""
+    detail = "; ".join(x for x in (where, mib(n) if n is not None else None) if x)
+    return f"file is over the {limits.max_file_mb:g} MiB cap per file (--max-file-mb{'; ' + detail if detail else ''})"
 
 
 def is_inside(real: str, root_real: str) -> bool:

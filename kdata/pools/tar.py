@@ -180,7 +180,7 @@ def _refusal(m: tarfile.TarInfo, limits: PoolLimits) -> str | None:
         what = next((kind for test, kind in _NOT_FILES if test(m)), f"of tar type {m.type.decode('latin-1')!r}")
         return f"tar member is {what}, not a file ({escaped(m.name)})"  # the name last: one kind per problem
     if m.size > limits.max_file_bytes:
-        return f"member {escaped(m.name)}: " + over_cap(m.size, limits)
+        return "tar " + over_cap(m.size, limits, where=f"member {escaped(m.name)}")
     if m.issparse():
         return f"tar member is sparse, not read ({escaped(m.name)})"
     return None

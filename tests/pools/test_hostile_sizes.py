@@ -76,8 +76,7 @@ def test_parquet_values_over_the_cap_are_quarantined_with_the_reason(tmp_path):
         rows = {r["sample_id"]: r for r in table.to_pylist()}
         assert list(rows) == ["a", "b", "c"] and rows["b"]["label"] == "2"
         assert rows["b"]["image"] is None
-        assert rows["b"]["read_error"] == ("column 'image': file is 0.3 MiB, over the 0.25 MiB cap per file "
-                                           "(--max-file-mb)")
+        assert rows["b"]["read_error"] == "column 'image': file is over the 0.25 MiB cap per file (--max-file-mb; 0.3 MiB)"
         assert rows["a"]["image"] == small and rows["a"]["read_error"] is None and rows["c"]["read_error"] is None
 
 

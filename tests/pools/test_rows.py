@@ -52,7 +52,7 @@ def test_tar_rows_read_members_by_offset(tmp_path):
     _same_rows(unit, [(0, 14), (3, 9), (12, 14)])
     t = unit.read_rows(12, 14)
     assert t.column("sample_id").to_pylist() == ["nolabel", "big"] and t.column("label").to_pylist() == [None, None]
-    assert t.column("read_error")[1].as_py().startswith("member big.png: file is")
+    assert t.column("read_error")[1].as_py().startswith("tar file is over the ") and "member big.png" in t.column("read_error")[1].as_py()
     plan = unit.plan()
     tar.unlink()  # ids come from the headers read when the plan was made: the shard is not opened again
     assert plan.sample_ids().to_pylist() == [f"s{i:02d}" for i in range(12)] + ["nolabel", "big"]

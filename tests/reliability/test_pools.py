@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -200,8 +201,8 @@ def _hostile_folder(root: Path, outside: Path) -> dict[str, str]:
             "1/z.png": "symlink to /dev/zero, outside the pool",
             "2/out.png": "outside the pool (--follow-symlinks reads it)",
             "3/bad\\xff.png": "not valid UTF-8",
-            "4/huge.png": "65.0 MiB, over the 64 MiB cap",
-            "5/big.png": "13000×13000 = 169 megapixels, over the 64-megapixel cap"}
+            "4/huge.png": "file is over the 64 MiB cap per file (--max-file-mb; 65.0 MiB)",
+            "5/big.png": "image is over the 64-megapixel cap (--max-pixels; 13000×13000 = 169 megapixels)"}
 
 
 def test_special_files_are_quarantined_with_the_reason_and_the_run_goes_on(tmp_path, builtin_models, capsys):
@@ -264,7 +265,27 @@ def test_tar_member_over_the_size_cap_is_quarantined_not_read(tmp_path):
     cap = len(png_bytes(np.tile(x[1], (8, 8)))) / 2 / 2**20
     rows = {r["sample_id"]: r for r in open_pool(str(tar), limits=PoolLimits(max_file_mb=cap)).read_all().to_pylist()}
     assert rows["a"]["read_error"] is None and rows["a"]["image"] == png_bytes(x[0])
-    assert rows["b"]["image"] is None and "member b.png: file is" in rows["b"]["read_error"]
+    assert rows["b"]["image"] is None and re.fullmatch(
+        r"tar file is over the [\d.]+ MiB cap per file \(--max-file-mb; member b\.png; [\d.]+ MiB\)", rows["b"]["read_error"])
+
+
+def test_payloads_over_a_cap_are_one_kind_of_error_whatever_their_size(tmp_path):
+    """What differs from row to row (size, dimensions, member) sits in the trailing brackets, so the
+    manifest's ``quarantined_by_reason`` counts one kind per cap, not one per row."""
+    from kdata.dataset.decisions import quarantine_kind
+    from kdata.pools.files import over_cap
+
+    limits = PoolLimits(max_file_mb=2)
+    sizes = [over_cap(n, limits) for n in (3 << 20, 5 << 20, None)] + \
+        ["tar " + over_cap(n, limits, where=f"member {m}") for n, m in ((3 << 20, "a.png"), (9 << 20, "b.png"))]
+    assert {quarantine_kind(e) for e in sizes[:3]} == {"file is over the 2 MiB cap per file"}
+    assert {quarantine_kind(e) for e in sizes[3:]} == {"tar file is over the 2 MiB cap per file"}
+    errors = []
+    for w, h in ((120, 100), (130, 100)):
+        with pytest.raises(ValueError) as err:
+            decode_multi(png_bytes(np.zeros((h, w), np.uint8)), [KEY], max_pixels=10_000)
+        errors.append(str(err.value))
+    assert {quarantine_kind(e) for e in errors} == {"image is over the 0.01-megapixel cap"}
 
 
 def test_tar_and_parquet_files_that_are_not_regular_files_are_refused_up_front(tmp_path):
@@ -316,12 +337,12 @@ def test_names_that_are_not_utf8_are_quarantined_under_their_escaped_name(tmp_pa
 def test_pixel_cap_refuses_before_decoding(tmp_path):
     assert DEFAULT_MAX_PIXELS == 64_000_000
     small = png_bytes(np.zeros((100, 120), np.uint8))
-    with pytest.raises(ValueError, match=r"image is 120×100 = 0.012 megapixels, over the 0.01-megapixel cap"):
+    with pytest.raises(ValueError, match=r"image is over the 0.01-megapixel cap \(--max-pixels; 120×100 = 0.012 megapixels\)"):
         decode_multi(small, [KEY], max_pixels=10_000)
     assert decode_multi(small, [KEY], max_pixels=12_000)[KEY].shape == (1, 32, 32)
     # beyond PIL's own bomb limit (2 × 89.5 MP) PIL refuses in open(): still our one reason
     huge = big_png(tmp_path / "huge.png", 15_000, 15_000).read_bytes()
-    with pytest.raises(ValueError, match=r"image is 225 megapixels, over the 64-megapixel cap"):
+    with pytest.raises(ValueError, match=r"image is over the 64-megapixel cap \(--max-pixels; 225 megapixels\)"):
         decode_multi(huge, [KEY])
     for bad in (0, -5, 1.5, True):
         with pytest.raises(KdataError, match="--max-pixels"):
