@@ -170,6 +170,9 @@ def budget_note(report) -> str | None:
     return None
 
 
+MAX_FILES_LISTED = 8  # shards named one per line in a run's summary; more are summed in one line
+
+
 def summary_lines(report) -> list[str]:
     c = report.counts
     lines = [f"kdata: {report.status} {report.out}",
@@ -188,8 +191,14 @@ def summary_lines(report) -> list[str]:
         lines.append(f"  generated {c['generated']}  kept {c['generated_kept']}  rejected {c['generated_rejected']}")
         for reason, n in c.get("generated_rejected_by_reason", {}).items():
             lines.append(f"    rejected {reason}: {n}")
-    for f in report.files:
+    files = list(report.files)
+    shown = files if len(files) <= MAX_FILES_LISTED else files[:MAX_FILES_LISTED - 1]
+    for f in shown:
         lines.append(f"  {f['path']}  {f['rows']} rows  {f['bytes']:,} bytes")
+    if len(shown) < len(files):  # 10,000 shards are not 10,000 lines: the manifest lists them
+        rest = files[len(shown):]
+        lines.append(f"  … {len(rest)} more files  {sum(f['rows'] for f in rest)} rows  "
+                     f"{sum(f['bytes'] for f in rest):,} bytes  (every file: {report.out}/manifest.json)")
     if report.seconds:
         lines.append(f"  {report.seconds:.1f}s")
     return lines

@@ -155,3 +155,17 @@ def test_the_summary_says_how_many_units_were_scored_and_how_many_reused(tmp_pat
         assert main(["select", "--method", "random", "--budget", "20", "--out", str(tmp_path / name),
                      "--device", "cpu", "--quiet"]) == 0
     assert "  pool units 4: 4 with cached scores, 0 scored now" in capsys.readouterr().out
+
+
+def test_a_run_of_many_shards_names_a_few_and_sums_the_rest(tmp_path, builtin_models, capsys):
+    from kdata.cli.common import MAX_FILES_LISTED
+
+    out = tmp_path / "out"
+    assert main(["select", "--method", "random", "--budget", "60", "--rows-per-shard", "5", "--out", str(out),
+                 "--quiet", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    named = [ln for ln in lines if ln.strip().startswith("data/train-")]
+    assert len(named) == MAX_FILES_LISTED - 1 and named[0].strip().startswith("data/train-00000-of-00012.parquet")
+    rest = 12 - len(named)
+    assert any(ln.startswith(f"  … {rest} more files  {5 * rest} rows  ") and ln.endswith(f"(every file: {out}/manifest.json)")
+               for ln in lines)
