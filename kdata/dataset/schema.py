@@ -78,6 +78,9 @@ SCORES_OPTIONAL = {
     "teacher_logits": pa.list_(pa.float32()),
     "student_logits": pa.list_(pa.float32()),
     "embedding": pa.list_(pa.float16()),
+    # exact per-row probabilities where the logits are not kept (kdata.core.exact_probs)
+    "teacher_y_logprob": pa.float32(), "student_y_logprob": pa.float32(),
+    "student_pred_logprob": pa.float32(), "kd3_half": pa.float32(),
 }
 
 # ---------------------------------------------------------------------------------------------

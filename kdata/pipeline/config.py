@@ -245,6 +245,10 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
         raise KdataError(f"{cfg.critic}: --critic directory not found")
     if cfg.scores and not Path(cfg.scores).exists():
         raise KdataError(f"{cfg.scores}: --scores file not found")
+    for role in ("teacher", "student"):  # the predictions stand in for both: a model given too would be ignored
+        if cfg.scores and getattr(cfg, role) != SelectConfig.__dataclass_fields__[role].default:
+            raise KdataError(f"--{role} {getattr(cfg, role)}: --scores {cfg.scores} holds the {role}'s predictions; "
+                             f"give one or the other")
     _validate_text(cfg)
     pool_limits(cfg)
     from kdata.models.images import check_max_pixels  # torch: loaded when a run is checked, not for --help

@@ -131,11 +131,21 @@ def check_text_dedup(cfg: SelectConfig) -> None:
         raise KdataError(f"--embedder {cfg.embedder}: model directory not found")
 
 
+LOGPROB_METHODS = ("miniplm", "random")  # what a file of log-probabilities alone can rank by
+
+
 def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], balance: str | None) -> Prepared:
     """``--scores FILE``: the predictions stand in for the models (kdata.scoring.byo)."""
     if cfg.hard:
         raise KdataError("--hard needs teacher and student models (it cannot run on --scores predictions)")
     scores, C, class_names, digest = load_with_checksum(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
+    if C == 1 and "teacher_logprob" in scores.column_names:  # log-probabilities only: no classes to compare
+        others = [m for m in methods if m not in LOGPROB_METHODS]
+        if others or cfg.balance:
+            what = f"--balance {cfg.balance}" if not others else (
+                "the default recipe" if cfg.is_default_recipe else f"--method {','.join(others)}")
+            raise KdataError(f"--scores {cfg.scores}: holds teacher_logprob/reference_logprob, no class "
+                             f"predictions, so {what} has nothing to rank by; use --method miniplm (or random)")
     teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
     student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
     pool = open_pool(cfg.pool, limits=pool_limits(cfg)) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")

@@ -163,9 +163,18 @@ def read_topk(table: pa.Table, *, where: str, ids: pa.Array, num_classes: int | 
         bad = np.flatnonzero((v < 0).any(1))
         if len(bad):
             _fail(where, name, int(bad[0]), ids, "negative class index")
+        srt = np.sort(v, axis=1)
+        bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(1))
+        if len(bad):  # one class named twice: its probabilities would be overwritten, not added
+            _fail(where, name, int(bad[0]), ids, f"class {int(_first_repeat(v[bad[0]]))} appears twice in the row")
     C = topk_class_count(where, ids, {"teacher_topk_idx": ti, "student_topk_idx": si},
                          declared=num_classes, meta=meta)
     return ti, tp, si, sp, C
+
+
+def _first_repeat(row: np.ndarray) -> int:
+    seen = set()
+    return next(c for c in row.tolist() if c in seen or seen.add(c))
 
 
 def _topk_logprobs(idx: np.ndarray, val: np.ndarray, num_classes: int):
@@ -232,6 +241,7 @@ def _statistics_columns(batches, label: np.ndarray, *, C: int, n: int, temperatu
     """The disagreement statistics of streamed (row offset, teacher, student) logit batches."""
     import torch
 
+    from kdata.core.exact_probs import exact_columns
     from kdata.core.stats import choose_backend, disagreement
     from kdata.scoring.score import score_columns
 
@@ -243,6 +253,8 @@ def _statistics_columns(batches, label: np.ndarray, *, C: int, n: int, temperatu
             st = disagreement(t, s, temperature=temperature, topk=topk, label_idx=li, backend=backend)
             if keep_logits:
                 st["teacher_logits"], st["student_logits"] = t, s
+            else:
+                st.update(exact_columns(t, s, temperature=temperature, label_idx=li))
             for k, v in st.items():
                 parts.setdefault(k, []).append(v.numpy())
     return score_columns(parts)
@@ -301,8 +313,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
 
     label = np.full(n, -1, dtype=np.int32)
     if "label_idx" in names:
-        li = table.column("label_idx").combine_chunks()
-        label = np.array(pc.fill_null(li.cast(pa.int32()), -1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        label = _label_column(table, where=where, ids=ids)
         label[(label < -1) | (label >= max(C, 1))] = -1  # out-of-range labels count as unknown
     cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
     if mode == "logprob":  # trivial one-class predictions; only miniplm (and random) say anything here
@@ -318,9 +329,45 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
             pa.array(emb.reshape(-1).astype(np.float16)), emb.shape[1]).cast(SCORES_OPTIONAL["embedding"]))
     for name, typ in PASSTHROUGH.items():
         if name in names:
-            col = table.column(name)
-            out = out.append_column(name, col.cast(typ) if typ is not None else col)
+            out = out.append_column(name, _passthrough(table, name, typ, where=where, ids=ids))
     return out, C, class_names
+
+
+def _label_column(table: pa.Table, *, where: str, ids: pa.Array) -> np.ndarray:
+    """``label_idx`` as int32 (null: -1), or one line naming the first row that is not a whole number."""
+    li = table.column("label_idx").combine_chunks()
+    if not (pa.types.is_integer(li.type) or pa.types.is_floating(li.type) or pa.types.is_null(li.type)):
+        _fail(where, "label_idx", None, None, f"expected a class index (integer) per row, got {li.type}")
+    v = li.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isnan(v) & ((v != np.round(v)) | (np.abs(v) > 2**31 - 1)))
+    if len(bad):
+        _fail(where, "label_idx", int(bad[0]), ids, f"{float(v[bad[0]])!r} is not a class index (a whole number)")
+    return np.nan_to_num(v, nan=-1).astype(np.int32)
+
+
+def _passthrough(table: pa.Table, name: str, typ, *, where: str, ids: pa.Array) -> pa.Array:
+    """A column the methods read as given (``PASSTHROUGH``): cast, and numbers checked finite, so a
+    bad value is one line naming the row, not a crash after the selection (a NaN loss cannot be
+    written to the manifest) or a silent −inf score."""
+    col = table.column(name).combine_chunks()
+    if name == "domain":
+        try:
+            return col.cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            _fail(where, name, None, None, f"expected a string per row, got {col.type}")
+    flat = pc.list_flatten(col) if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) else col
+    if not (pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type)):
+        _fail(where, name, None, None, f"expected numbers{' (or lists of numbers)' if typ is None else ''}, got {col.type}")
+    values = flat.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        if flat is col:
+            row = int(bad[0])
+        else:
+            starts = col.offsets.to_numpy()[:-1] - col.offsets[0].as_py()
+            row = int(np.searchsorted(starts, bad[0], side="right") - 1)
+        _fail(where, name, row, ids, f"non-finite value {values[bad[0]]} (NaN/inf, or null)")
+    return col.cast(typ) if typ is not None else col
 
 
 def load_with_checksum(path: str, *, topk: int, temperature: float) -> tuple[pa.Table, int, list[str], str]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from kdata.core.errors import KdataError
+from kdata.core.exact_probs import exact_columns
 from kdata.core.stats import disagreement
 from kdata.models.decode_pool import BatchTask, FailedRows, HeadFirst, decode_service, decode_task, discard_service
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
@@ -350,6 +351,8 @@ class ScoringRun:
         if self.keep_logits:
             st["teacher_logits"] = t_logits.float()
             st["student_logits"] = s_logits.float()
+        else:  # the methods' exact probabilities, while the logits are here
+            st.update(exact_columns(t_logits, s_logits, temperature=self.config.temperature, label_idx=li))
         if self.config.embeddings and t_feat is not None:
             st["embedding"] = t_feat.float().half()
         return st

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from kdata.core.exact_probs import exact_columns
 from kdata.core.stats import disagreement
 from kdata.scoring.score import score_columns
 from kdata.scoring.text_batches import length_batches, pad, token_budget, tokenize
@@ -38,6 +39,8 @@ def classifier_rows(texts: list[str], labels: np.ndarray, models, *, config, dev
         st = disagreement(zt, zs, temperature=config.temperature, topk=config.topk, label_idx=li)
         if keep_logits:
             st.update(teacher_logits=zt, student_logits=zs)
+        else:
+            st.update(exact_columns(zt, zs, temperature=config.temperature, label_idx=li))
         for k, v in st.items():
             chunks.setdefault(k, []).append(v.cpu().numpy())
         order.append(rows)

@@ -132,7 +132,8 @@ def ddk(view: ScoreView, *, budget, seed, alive=None, alpha: float = 0.5, previo
     else:
         lt = -np.log(np.maximum(view.col("teacher_conf").astype(np.float64), 1e-12))
         pred = view.col("teacher_pred").astype(np.int64)
-        ls = -np.log(np.maximum(view.prob_at("student", pred), 1e-12))
+        ls = (-view.col("student_pred_logprob").astype(np.float64) if view.exact("student_pred_logprob")
+              else -np.log(np.maximum(view.prob_at("student", pred), 1e-12)))
     within = view.col("kl_ts").astype(np.float64) if view.has("kl_ts") else ls - lt
     if np.isnan(within).all():  # text with different tokenizers: no kl_ts, rank by the loss gap instead
         within = ls - lt

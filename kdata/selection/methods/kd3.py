@@ -85,6 +85,8 @@ def kd3(view: ScoreView, *, budget, seed, weight: float = 0.5, threshold: float 
     if view.sequence_level:  # causal LMs: geometric-mean token probabilities (module docstring)
         s = weight * view.col("teacher_conf").astype(np.float64) + \
             (1 - weight) * view.col("student_conf").astype(np.float64)
+    elif weight == 0.5 and view.exact("kd3_half"):  # kept top-k only: the exact score stored at scoring
+        s = view.col("kd3_half").astype(np.float64)
     elif view.topk_dense():
         s = kd3_score_topk(view, weight=weight)
     else:

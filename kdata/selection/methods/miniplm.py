@@ -59,6 +59,10 @@ def token_mean(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _label_logprob(view: ScoreView, who: str, y: np.ndarray) -> np.ndarray:
+    """log p_who(y | x): from the logits, else the exact value stored at scoring (y is the same: the
+    label when known, else the teacher's prediction), else from the top-k soft labels."""
+    if view.exact(f"{who}_y_logprob"):
+        return view.col(f"{who}_y_logprob").astype(np.float64)
     return view.log_prob_at(who, y, floor=FLOOR)
 
 

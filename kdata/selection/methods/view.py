@@ -223,6 +223,11 @@ class ScoreView:
         hit = idx == cls[:, None]
         return np.where(hit.any(1), (val * hit).sum(1), rest)
 
+    def exact(self, name: str) -> bool:
+        """Whether the exact per-row column ``name`` (``kdata.core.exact_probs``) stands in for the
+        logits: it is there, and the logits are not (with the logits, the methods compute it)."""
+        return self.has(name) and not (self.has("teacher_logits") and self.has("student_logits"))
+
     def topk_dense(self) -> bool:
         """True when full logits are absent and C is large: use the top-k fast paths."""
         return not (self.has("teacher_logits") and self.has("student_logits")) and self.num_classes > 64
