@@ -29,6 +29,7 @@ shards carry the ids, the teacher's soft labels and the scores only.
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -166,15 +167,11 @@ def read_topk(table: pa.Table, *, where: str, ids: pa.Array, num_classes: int | 
         srt = np.sort(v, axis=1)
         bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(1))
         if len(bad):  # one class named twice: its probabilities would be overwritten, not added
-            _fail(where, name, int(bad[0]), ids, f"class {int(_first_repeat(v[bad[0]]))} appears twice in the row")
+            row = np.sort(v[bad[0]])
+            _fail(where, name, int(bad[0]), ids, f"class {int(row[1:][row[1:] == row[:-1]][0])} appears twice in the row")
     C = topk_class_count(where, ids, {"teacher_topk_idx": ti, "student_topk_idx": si},
                          declared=num_classes, meta=meta)
     return ti, tp, si, sp, C
-
-
-def _first_repeat(row: np.ndarray) -> int:
-    seen = set()
-    return next(c for c in row.tolist() if c in seen or seen.add(c))
 
 
 def _topk_logprobs(idx: np.ndarray, val: np.ndarray, num_classes: int):
@@ -205,8 +202,21 @@ def _logit_batches(pfile, where: str, ids: pa.Array, C: int):
         with warnings.catch_warnings():  # read-only Arrow buffers; nothing writes to them
             warnings.simplefilter("ignore", UserWarning)
             t, s = torch.from_numpy(tl), torch.from_numpy(sl)
+        if offset == 0:
+            _warn_if_probabilities(where, tl, sl)
         yield offset, t, s
         offset += b.num_rows
+
+
+def _warn_if_probabilities(where: str, *matrices: np.ndarray) -> None:
+    """One warning when the "logits" of the first batch look like probabilities (every row in [0, 1],
+    summing to 1): a softmax of them is nearly uniform, so the soft labels written would be."""
+    for name, m in zip(LOGITS, matrices):
+        if m.size and m.min() >= 0 and m.max() <= 1 and np.allclose(m.sum(1), 1, atol=1e-3):
+            print(f"kdata: warning: {where}: column '{name}' looks like probabilities (rows in [0, 1] summing "
+                  "to 1), but it is read as logits; give log-probabilities (or the top-k columns) instead",
+                  file=sys.stderr)
+            return
 
 
 def _topk_batches(ti, tp, si, sp, C: int):

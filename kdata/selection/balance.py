@@ -71,8 +71,9 @@ def attach_domain(scores: pa.Table, pool) -> pa.Table:
         i, d = unit_domains(unit)
         ids.append(i)
         doms.append(d)
-    if not ids:
-        raise KdataError(f"{pool.spec}: --balance domain needs a 'domain' column in the pool")
+    if not ids:  # --scores without --pool: the file is the only place a domain can come from
+        raise KdataError("--balance domain needs a 'domain' column: in the pool, or in the --scores file when "
+                         "there is no --pool")
     all_ids, all_dom = pa.concat_arrays(ids), pa.concat_arrays(doms)
     pos = pc.index_in(scores.column("sample_id"), value_set=all_ids)
     return scores.append_column("domain", pc.take(all_dom, pos))

@@ -118,3 +118,27 @@ def test_cli_refuses_what_a_predictions_file_cannot_drive(tmp_path, capsys):
         assert not (tmp_path / "o").exists()
     assert main(["select", "--scores", str(lp), "--method", "miniplm", "--budget", "5", "--out", str(tmp_path / "o"),
                  "--quiet"]) == 0
+
+
+def test_balance_by_domain_without_a_domain_anywhere_names_where_it_can_come_from(tmp_path, capsys):
+    path = _logits_file(tmp_path)
+    code = main(["select", "--scores", path, "--method", "kd3", "--balance", "domain", "--budget", "4",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--balance domain needs a 'domain' column: in the pool, or in the --scores file" in err and ": :" not in err
+
+
+def test_probabilities_given_as_logits_are_read_as_logits_with_one_warning(tmp_path, capsys):
+    p = np.full((6, 3), 0.1, np.float32)
+    p[:, 0] = 0.8
+    path = _logits_file(tmp_path)
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(6)], "teacher_logits": list(p),
+                             "student_logits": list(np.log(p))}), path)
+    load_scores(path)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "column 'teacher_logits' looks like probabilities" in err[0], err
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(6)], "teacher_logits": list(np.log(p)),
+                             "student_logits": list(np.log(p))}), path)
+    load_scores(path)
+    assert capsys.readouterr().err == ""
