@@ -141,8 +141,8 @@ def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     scores, C, class_names, digest = load_with_checksum(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
     if C == 1 and "teacher_logprob" in scores.column_names:  # log-probabilities only: no classes to compare
         others = [m for m in methods if m not in LOGPROB_METHODS]
-        if others or cfg.balance:
-            what = f"--balance {cfg.balance}" if not others else (
+        if others or balance == "class":
+            what = "--balance class" if not others else (
                 "the default recipe" if cfg.is_default_recipe else f"--method {','.join(others)}")
             raise KdataError(f"--scores {cfg.scores}: holds teacher_logprob/reference_logprob, no class "
                              f"predictions, so {what} has nothing to rank by; use --method miniplm (or random)")

@@ -142,3 +142,14 @@ def test_probabilities_given_as_logits_are_read_as_logits_with_one_warning(tmp_p
                              "student_logits": list(np.log(p))}), path)
     load_scores(path)
     assert capsys.readouterr().err == ""
+
+
+def test_a_log_prob_only_file_balances_by_domain_but_not_by_class(tmp_path, capsys):
+    lp = tmp_path / "lp.parquet"
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(20)], "teacher_logprob": [-1.0 - i / 10 for i in range(20)],
+                             "reference_logprob": [-2.0] * 20, "domain": [f"d{i % 2}" for i in range(20)]}), lp)
+    args = ["select", "--scores", str(lp), "--method", "miniplm", "--budget", "6"]
+    assert main([*args, "--balance", "domain", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--balance", "class", "--out", str(tmp_path / "b")]) == 2
+    assert "so --balance class has nothing to rank by" in capsys.readouterr().err
