@@ -99,7 +99,8 @@ def card_data(run: Run, *, name: str):
     m = run.manifest
     cfg = m.get("config") or {}
     kept = int((m.get("counts") or {}).get("kept") or 0)
-    pool = (m.get("pool") or {}).get("spec") or cfg.get("pool")
+    pool = (m.get("pool") or {}).get("spec") or cfg.get("pool") or (
+        f"predictions {cfg['scores']}" if cfg.get("scores") else None)  # --scores without --pool
     splits = sorted({Path(f["path"]).name.split("-", 1)[0] for f in m.get("files", [])}) or ["train"]
     task = _task(run)
     features = hf_features(run.shard_schema, image_columns=("image",) if task == "image-classification" else ()) \
@@ -218,6 +219,10 @@ def _sources(c: CardContext) -> list[str]:
 def _scoring_step(c: CardContext) -> str:
     """Step 1 of the recipe: what scoring stored (causal LMs: per-token soft labels and sequence NLLs)."""
     sc = c.m.get("scoring") or {}
+    scores = (c.m.get("config") or {}).get("scores")
+    if scores:  # bring-your-own predictions: nothing was scored here
+        return (f"Read the teacher's and student's predictions for every sample from {md_code(scores)} (their "
+                f"top-{c.k['topk']} probabilities, KL, confidences, margins, entropies derived from them).")
     if sc.get("kind") != "causal_lm":
         return (f"Score every pool sample with teacher and student (top-{c.k['topk']} probabilities, KL, "
                 "confidences, margins, entropies).")
