@@ -18,6 +18,13 @@ import torch
 
 EXACT_COLUMNS = ("teacher_y_logprob", "student_y_logprob", "student_pred_logprob", "kd3_half")
 EXACT_VERSION = 1  # in the score cache key of runs that keep no logits: bump when these columns change
+MAX_KEPT_CLASSES = 128  # ``keep_logits="auto"`` keeps both networks' logits up to this many classes
+
+
+def keeps_logits(option: str, num_classes: int) -> bool:
+    """Whether scoring keeps the full logits (``keep_logits`` ``yes``, or ``auto`` up to ``MAX_KEPT_CLASSES``);
+    when it does not, it stores ``EXACT_COLUMNS`` instead."""
+    return option == "yes" or (option == "auto" and num_classes <= MAX_KEPT_CLASSES)
 
 
 def exact_columns(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, temperature: float = 1.0,

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.core.atomic import sha256_file
+from kdata.core.exact_probs import keeps_logits
 from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA, kdata_metadata
 from kdata.core.errors import KdataError
 
@@ -331,7 +332,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     else:
         batches = (_logit_batches(pfile, where, ids, C) if mode == "logits" else _topk_batches(ti, tp, si, sp, C))
         cols.update(_statistics_columns(batches, label, C=C, n=n, temperature=temperature, topk=topk,
-                                        keep_logits=mode == "logits" and C <= 128))
+                                        keep_logits=mode == "logits" and keeps_logits("auto", C)))
     out = pa.table({k: cols[k] for k in [f.name for f in SCORES_SCHEMA] + [k for k in SCORES_OPTIONAL if k in cols]})
     if "embedding" in names and "embedding" not in out.column_names:
         emb = check_list_column(table, "embedding", where=where)

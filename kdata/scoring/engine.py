@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from kdata.core.errors import KdataError
-from kdata.core.exact_probs import exact_columns
+from kdata.core.exact_probs import exact_columns, keeps_logits
 from kdata.core.stats import disagreement
 from kdata.models.decode_pool import BatchTask, FailedRows, HeadFirst, decode_service, decode_task, discard_service
 from kdata.models.gpu_decode import decode_jpegs, gpu_decodable, preprocess
@@ -106,7 +106,7 @@ class ScoringRun:
         self.gpu_jpeg = bool(gpu_decode and gpu_decodable(self.keys))
         self.gray = all(k[0][0] == 1 for k in self.keys)
         self.lookup = {name: i for i, name in enumerate(teacher.class_names)}
-        self.keep_logits = config.keep_logits == "yes" or (config.keep_logits == "auto" and teacher.num_classes <= 128)
+        self.keep_logits = keeps_logits(config.keep_logits, teacher.num_classes)
         self.info = {"gpu_jpegs": 0, "gpu_jpeg_fallbacks": 0, "batches": 0, "head_batches": 0}
         self.info_lock = threading.Lock()
         self.first_batch_at: float | None = None  # perf_counter() when the first batch reached the models

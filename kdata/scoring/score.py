@@ -36,7 +36,7 @@ import torch
 
 from kdata.core.atomic import drop_partial_writes, read_parquet
 from kdata.core.errors import KdataError
-from kdata.core.exact_probs import EXACT_VERSION
+from kdata.core.exact_probs import EXACT_VERSION, keeps_logits
 from kdata.core.lock import acquire
 from kdata.core.paths import cache_dir
 from kdata.core.version import __version__
@@ -184,7 +184,7 @@ def unit_cache_key(unit: PoolUnit, teacher: Model, student: Model, config: Score
     payload = {"unit": unit.fingerprint(), "name": unit.name, "teacher": teacher.checksum, "student": student.checksum,
                "config": cfg, "device": device.type, "kdata": __version__, "temperature": config.temperature,
                "decode": DECODE_VERSION}
-    if not (config.keep_logits == "yes" or (config.keep_logits == "auto" and teacher.num_classes <= 128)):
+    if not keeps_logits(config.keep_logits, teacher.num_classes):
         payload["exact"] = EXACT_VERSION  # the entries hold kdata.core.exact_probs' columns
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -37,7 +37,7 @@ import torch
 
 from kdata.core.atomic import drop_partial_writes, read_parquet
 from kdata.core.errors import KdataError
-from kdata.core.exact_probs import EXACT_VERSION
+from kdata.core.exact_probs import EXACT_VERSION, keeps_logits
 from kdata.core.lock import acquire
 from kdata.core.paths import cache_dir
 from kdata.core.version import __version__
@@ -146,8 +146,7 @@ def text_unit_key(unit, models: TextModels, config: TextScoreConfig, *, device) 
     payload = {"unit": unit.fingerprint(), "name": unit.name, "teacher": who(models.teacher), "student": who(models.student),
                "reference": who(models.reference), "config": config.key(), "device": torch.device(device).type,
                "kdata": __version__, "version": TEXT_SCORING_VERSION, "kind": models.kind}
-    if models.kind != "causal_lm" and not (config.keep_logits == "yes" or (
-            config.keep_logits == "auto" and models.teacher.num_classes <= 128)):
+    if models.kind != "causal_lm" and not keeps_logits(config.keep_logits, models.teacher.num_classes):
         payload["exact"] = EXACT_VERSION  # the entries hold kdata.core.exact_probs' columns
     return "text-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from kdata.core.exact_probs import exact_columns
+from kdata.core.exact_probs import exact_columns, keeps_logits
 from kdata.core.stats import disagreement
 from kdata.scoring.score import score_columns
 from kdata.scoring.text_batches import length_batches, pad, token_budget, tokenize
@@ -28,7 +28,7 @@ def classifier_rows(texts: list[str], labels: np.ndarray, models, *, config, dev
     t, s = models.teacher, models.student
     ids_t = tokenize(t, texts)
     ids_s = ids_t if models.shared else tokenize(s, texts)
-    keep_logits = config.keep_logits == "yes" or (config.keep_logits == "auto" and t.num_classes <= 128)
+    keep_logits = keeps_logits(config.keep_logits, t.num_classes)
     budget = token_budget(config.tokens_per_batch, max_length=max(t.max_length, s.max_length), vocab=None)
     chunks: dict[str, list[np.ndarray]] = {}
     order = []
