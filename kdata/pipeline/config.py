@@ -249,6 +249,9 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
         if cfg.scores and getattr(cfg, role) != SelectConfig.__dataclass_fields__[role].default:
             raise KdataError(f"--{role} {getattr(cfg, role)}: --scores {cfg.scores} holds the {role}'s predictions; "
                              f"give one or the other")
+    if cfg.scores and cfg.precision != SelectConfig.__dataclass_fields__["precision"].default:
+        raise KdataError(f"--precision {cfg.precision}: --scores {cfg.scores} holds predictions already made; "
+                         "nothing runs a model to take a precision")
     _validate_text(cfg)
     pool_limits(cfg)
     from kdata.models.images import check_max_pixels  # torch: loaded when a run is checked, not for --help

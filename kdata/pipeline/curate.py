@@ -132,7 +132,10 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                                    counts={})
         extra["hard"] = manifest_section(hard)
         extra_files[EXCLUDED_FILE] = lambda path: write_excluded(hard, path)
-    output = Output(rows=rows, decisions=decisions, config=cfg.to_dict(),
+    config = cfg.to_dict()
+    if prep.byo is not None:  # the predictions file stands in for both models: no model was loaded
+        config.update(teacher=None, student=None, precision=None)
+    output = Output(rows=rows, decisions=decisions, config=config,
                     config_hash=config_hash,
                     models={"teacher": teacher.describe(), "student": prep.student.describe(),
                             **_reference_model(prep)},

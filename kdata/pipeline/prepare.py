@@ -158,7 +158,9 @@ def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
 
 def match_pool(scores: pa.Table, pool: Pool, *, scores_file: str) -> tuple[pa.Table, list[tuple[str, str]]]:
     """Split ``--scores`` rows into those ``--pool`` holds and the rest, quarantined (they have no payload
-    to write). A pool holding none of them is the wrong pool: one line naming an id of each, before any work."""
+    to write); the pool's rows the file has no prediction for are quarantined too (nothing to rank them
+    by), so every id of either input is counted. A pool holding none of the ids is the wrong pool: one
+    line naming an id of each, before any work."""
     if not pool.units:
         return scores, []
     pool_ids = pa.chunked_array([u.sample_ids() for u in pool.units], pa.string()).combine_chunks()
@@ -167,12 +169,14 @@ def match_pool(scores: pa.Table, pool: Pool, *, scores_file: str) -> tuple[pa.Ta
         raise KdataError(f"{pool.spec}: sample_id '{dup[0].as_py()}' occurs more than once in the pool; "
                          "sample ids must be unique")
     found = pc.is_in(scores.column("sample_id"), value_set=pool_ids)
-    if pc.all(found).as_py():
-        return scores, []
-    if not pc.any(found).as_py():
+    if not pc.any(found).as_py() and scores.num_rows:
         raise KdataError(f"{pool.spec}: holds none of the {scores.num_rows} sample ids of {scores_file} (e.g. "
                          f"'{scores.column('sample_id')[0].as_py()}' there, '{pool_ids[0].as_py() if len(pool_ids) else None}' "
                          "here); --pool must be the pool the predictions were made on")
+    unscored = pool_ids.filter(pc.invert(pc.is_in(pool_ids, value_set=scores.column("sample_id")))).to_pylist()
+    quarantined = [(sid, f"no prediction in --scores {scores_file}: nothing to rank it by") for sid in unscored]
+    if pc.all(found).as_py():
+        return scores, quarantined
     absent = scores.filter(pc.invert(found)).column("sample_id").to_pylist()
     reason = f"not in --pool {pool.spec}: no payload to write"
-    return scores.filter(found), [(sid, reason) for sid in absent]
+    return scores.filter(found), [(sid, reason) for sid in absent] + quarantined

@@ -44,9 +44,9 @@ from kdata.core.atomic import sha256_file
 from kdata.core.exact_probs import keeps_logits
 from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA, kdata_metadata
 from kdata.core.errors import KdataError
+from kdata.scoring.byo_columns import (PASSTHROUGH, check_list_column, check_token_lengths, fail_at, label_column,
+                                       passthrough_column)
 
-PASSTHROUGH = {"domain": pa.string(), "teacher_loss": pa.float32(), "student_loss": pa.float32(),
-               "teacher_logprob": None, "reference_logprob": None}
 LOGITS = ("teacher_logits", "student_logits")
 
 
@@ -63,58 +63,6 @@ class ByoModel:
     def describe(self) -> dict:
         return {"spec": self.spec, "checksum": self.checksum, "num_classes": self.num_classes,
                 "source": "bring-your-own predictions", **self.extra}
-
-
-def _fail(where: str, col: str, row: int | None, ids: pa.Array | None, msg: str):
-    at = ""
-    if row is not None:
-        sid = ids[row].as_py() if ids is not None and row < len(ids) else None
-        at = f" row {row}" + (f" (sample_id '{sid}')" if sid is not None else "")
-    raise KdataError(f"{where}: column '{col}'{at}: {msg}")
-
-
-def check_list_column(table: pa.Table, name: str, *, where: str, width: int | None = None,
-                      width_of: str | None = None, integer: bool = False, offset: int = 0,
-                      ids: pa.Array | None = None) -> np.ndarray:
-    """A list-of-numbers column as a (rows × width) array, or a one-line error on the first bad row.
-
-    For a batch of a larger file, ``offset`` is the batch's first row and ``ids`` the file's ids,
-    so that errors name the row in the file; ``width`` without ``width_of`` is row 0's width."""
-    if ids is None:
-        ids = table.column("sample_id").combine_chunks()
-    col = table.column(name).combine_chunks()
-    t = col.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        _fail(where, name, None, None, f"expected a list of numbers per row, got {t}")
-    vt = t.value_type
-    if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
-        _fail(where, name, None, None, f"expected numbers in the lists, got {vt}")
-    if col.null_count:
-        _fail(where, name, offset + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]), ids,
-              "null list")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if len(lengths):
-        w = int(lengths[0]) if width is None else width
-        bad = np.flatnonzero(lengths != w)
-        if len(bad):
-            r = int(bad[0])
-            if width_of is None:
-                _fail(where, name, offset + r, ids, f"ragged lists: {lengths[r]} values, but row 0 has {w}")
-            _fail(where, name, offset + r, ids, f"mismatched class counts: {lengths[r]} values, but {width_of} has {w}")
-        if w == 0:
-            _fail(where, name, offset, ids, "empty list")
-    flat = pc.list_flatten(col)
-    if flat.null_count:
-        i = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
-        _fail(where, name, offset + i // max(int(lengths[0]), 1), ids, "null value inside the list")
-    values = flat.to_numpy(zero_copy_only=False)
-    values = values.astype(np.int64 if integer else np.float32, copy=False)
-    if not integer:
-        bad = ~np.isfinite(values)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            _fail(where, name, offset + i // int(lengths[0]), ids, f"non-finite value {values[i]} (NaN/inf)")
-    return values.reshape(len(col), int(lengths[0]) if len(col) else 0)
 
 
 MAX_CLASSES = 2**20  # above every real label set or vocabulary (≈ 262k); a dense row is then 4 MiB
@@ -141,7 +89,7 @@ def topk_class_count(where: str, ids: pa.Array, idx: dict[str, np.ndarray], *, d
         bad = np.flatnonzero((v >= limit).any(1))
         if len(bad):
             r = int(bad[0])
-            _fail(where, name, r, ids, f"class index {int(v[r].max())} {why}")
+            fail_at(where, name, r, ids, f"class index {int(v[r].max())} {why}")
     return int(declared) if declared is not None else int(max(v.max() for v in idx.values()) + 1)
 
 
@@ -160,16 +108,16 @@ def read_topk(table: pa.Table, *, where: str, ids: pa.Array, num_classes: int | 
     for name, v in (("teacher_topk_prob", tp), ("student_topk_prob", sp)):
         bad = np.flatnonzero((v < 0).any(1) | (v > 1).any(1) | (v.sum(1) > 1 + 1e-3))
         if len(bad):
-            _fail(where, name, int(bad[0]), ids, "probabilities must lie in [0, 1] and sum to at most 1")
+            fail_at(where, name, int(bad[0]), ids, "probabilities must lie in [0, 1] and sum to at most 1")
     for name, v in (("teacher_topk_idx", ti), ("student_topk_idx", si)):
         bad = np.flatnonzero((v < 0).any(1))
         if len(bad):
-            _fail(where, name, int(bad[0]), ids, "negative class index")
+            fail_at(where, name, int(bad[0]), ids, "negative class index")
         srt = np.sort(v, axis=1)
         bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(1))
         if len(bad):  # one class named twice: its probabilities would be overwritten, not added
             row = np.sort(v[bad[0]])
-            _fail(where, name, int(bad[0]), ids, f"class {int(row[1:][row[1:] == row[:-1]][0])} appears twice in the row")
+            fail_at(where, name, int(bad[0]), ids, f"class {int(row[1:][row[1:] == row[:-1]][0])} appears twice in the row")
     C = topk_class_count(where, ids, {"teacher_topk_idx": ti, "student_topk_idx": si},
                          declared=num_classes, meta=meta)
     return ti, tp, si, sp, C
@@ -292,7 +240,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
         ids = ids.cast(pa.string())
         table = table.set_column(names.index("sample_id"), "sample_id", ids)
     if ids.null_count:
-        _fail(where, "sample_id", int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]), None, "null id")
+        fail_at(where, "sample_id", int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]), None, "null id")
     if table.num_rows == 0:
         raise KdataError(f"{where}: no rows")
     if len(pc.unique(ids)) != len(ids):
@@ -324,8 +272,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
 
     label = np.full(n, -1, dtype=np.int32)
     if "label_idx" in names:
-        label = _label_column(table, where=where, ids=ids)
-        label[(label < -1) | (label >= max(C, 1))] = -1  # out-of-range labels count as unknown
+        label = label_column(table, where=where, ids=ids, num_classes=None if mode == "logprob" else C)
     cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
     if mode == "logprob":  # trivial one-class predictions; only miniplm (and random) say anything here
         cols.update(_one_class_columns(n))
@@ -340,45 +287,10 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
             pa.array(emb.reshape(-1).astype(np.float16)), emb.shape[1]).cast(SCORES_OPTIONAL["embedding"]))
     for name, typ in PASSTHROUGH.items():
         if name in names:
-            out = out.append_column(name, _passthrough(table, name, typ, where=where, ids=ids))
+            out = out.append_column(name, passthrough_column(table, name, typ, where=where, ids=ids))
+    if "teacher_logprob" in names and "reference_logprob" in names:
+        check_token_lengths(table, where=where, ids=ids)
     return out, C, class_names
-
-
-def _label_column(table: pa.Table, *, where: str, ids: pa.Array) -> np.ndarray:
-    """``label_idx`` as int32 (null: -1), or one line naming the first row that is not a whole number."""
-    li = table.column("label_idx").combine_chunks()
-    if not (pa.types.is_integer(li.type) or pa.types.is_floating(li.type) or pa.types.is_null(li.type)):
-        _fail(where, "label_idx", None, None, f"expected a class index (integer) per row, got {li.type}")
-    v = li.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(~np.isnan(v) & ((v != np.round(v)) | (np.abs(v) > 2**31 - 1)))
-    if len(bad):
-        _fail(where, "label_idx", int(bad[0]), ids, f"{float(v[bad[0]])!r} is not a class index (a whole number)")
-    return np.nan_to_num(v, nan=-1).astype(np.int32)
-
-
-def _passthrough(table: pa.Table, name: str, typ, *, where: str, ids: pa.Array) -> pa.Array:
-    """A column the methods read as given (``PASSTHROUGH``): cast, and numbers checked finite, so a
-    bad value is one line naming the row, not a crash after the selection (a NaN loss cannot be
-    written to the manifest) or a silent −inf score."""
-    col = table.column(name).combine_chunks()
-    if name == "domain":
-        try:
-            return col.cast(typ)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            _fail(where, name, None, None, f"expected a string per row, got {col.type}")
-    flat = pc.list_flatten(col) if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) else col
-    if not (pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type)):
-        _fail(where, name, None, None, f"expected numbers{' (or lists of numbers)' if typ is None else ''}, got {col.type}")
-    values = flat.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if len(bad):
-        if flat is col:
-            row = int(bad[0])
-        else:
-            starts = col.offsets.to_numpy()[:-1] - col.offsets[0].as_py()
-            row = int(np.searchsorted(starts, bad[0], side="right") - 1)
-        _fail(where, name, row, ids, f"non-finite value {values[bad[0]]} (NaN/inf, or null)")
-    return col.cast(typ) if typ is not None else col
 
 
 def load_with_checksum(path: str, *, topk: int, temperature: float) -> tuple[pa.Table, int, list[str], str]:

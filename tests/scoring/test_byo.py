@@ -177,30 +177,32 @@ def test_dedup_without_payloads_is_one_line_not_a_crash_or_a_wipe(tmp_path, caps
 
 
 def test_predicted_ids_the_pool_lacks_are_quarantined_and_a_wrong_pool_is_one_line(tmp_path, capsys):
-    """Rows of --scores that --pool does not hold have no payload: quarantined with the reason, whatever
-    the method (the default recipe's dedup included), counts adding up; a pool holding none of the ids
-    is the wrong pool: one line, exit 2, nothing written."""
+    """Rows of --scores that --pool does not hold have no payload, and rows of --pool the file has no
+    prediction for have nothing to rank them by: both quarantined with the reason, whatever the method
+    (the default recipe's dedup included), counts adding up; a pool holding none of the ids is the wrong
+    pool: one line, exit 2, nothing written."""
     from tests.helpers.real_inputs import digits, png_bytes
 
     rng = np.random.default_rng(2)
     t = rng.normal(size=(40, 10)) * 3
     path = write_predictions(tmp_path / "p.parquet", t, t + rng.normal(size=(40, 10)))
-    x, _ = digits(30)
-    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(30)], "image": [png_bytes(a) for a in x]}),
-                   tmp_path / "pool.parquet")
+    x, _ = digits(34)
+    pool_ids = [f"s{i}" for i in range(30)] + [f"extra{i}" for i in range(4)]  # 4 the file has no prediction for
+    pq.write_table(pa.table({"sample_id": pool_ids, "image": [png_bytes(a) for a in x]}), tmp_path / "pool.parquet")
     for method in ("random", "default"):
         out = tmp_path / f"o-{method}"
         code = main(["select", "--scores", path, "--pool", str(tmp_path / "pool.parquet"), "--method", method,
                      "--budget", "40", "--out", str(out), "--quiet", "--json"])
         rep = json.loads(capsys.readouterr().out)
-        assert code == 0 and rep["counts"]["quarantined"] == 10 and rep["counts"]["n_in"] == 40
+        assert code == 0 and rep["counts"]["quarantined"] == 14 and rep["counts"]["n_in"] == 44
         dec = pq.read_table(out / "decisions.parquet").to_pandas()
         q = dec[dec.decision == "quarantined"]
-        assert sorted(q.sample_id) == sorted(f"s{i}" for i in range(30, 40))
-        assert q.error.str.contains("not in --pool").all()
+        assert sorted(q.sample_id) == sorted([f"s{i}" for i in range(30, 40)] + [f"extra{i}" for i in range(4)])
+        assert q[q.sample_id.str.startswith("s")].error.str.contains("not in --pool").all()
+        assert q[q.sample_id.str.startswith("extra")].error.str.contains("no prediction in --scores").all()
         kept = pq.read_table(out / "data").column("image")
         assert kept.null_count == 0 and len(kept) == rep["counts"]["kept"] > 0
-    pq.write_table(pa.table({"sample_id": [f"other{i}" for i in range(30)], "image": [png_bytes(a) for a in x]}),
+    pq.write_table(pa.table({"sample_id": [f"other{i}" for i in range(34)], "image": [png_bytes(a) for a in x]}),
                    tmp_path / "wrong.parquet")
     code = main(["select", "--scores", path, "--pool", str(tmp_path / "wrong.parquet"), "--method", "random",
                  "--budget", "40", "--out", str(tmp_path / "w"), "--quiet"])

@@ -153,3 +153,40 @@ def test_a_log_prob_only_file_balances_by_domain_but_not_by_class(tmp_path, caps
     capsys.readouterr()
     assert main([*args, "--balance", "class", "--out", str(tmp_path / "b")]) == 2
     assert "so --balance class has nothing to rank by" in capsys.readouterr().err
+
+
+def test_a_label_outside_the_predictions_classes_is_one_line_naming_the_row(tmp_path):
+    path = _logits_file(tmp_path, label_idx=[0, 1, 2, 3, -1, 4] + [0] * 6)  # 4 classes: 0..3, -1 unknown
+    with pytest.raises(KdataError) as err:
+        load_scores(path)
+    assert str(err.value) == (f"{path}: column 'label_idx' row 5 (sample_id 's5'): 4 is not a class of the "
+                              "predictions (0 to 3, or -1 for unknown)")
+    path = _logits_file(tmp_path, label_idx=[0, 1, 2, 3, -1, 3] + [0] * 6)
+    assert load_scores(path)[0].column("label_idx").to_pylist()[:6] == [0, 1, 2, 3, -1, 3]
+
+
+def test_per_token_logprob_lists_of_different_lengths_are_refused(tmp_path):
+    path = tmp_path / "lp.parquet"
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_logprob": [[-1.0, -2.0], [-1.0, -2.0, -0.5]],
+                             "reference_logprob": [[-1.5, -2.5], [-1.0, -2.0]]}), path)
+    with pytest.raises(KdataError, match=r"column 'reference_logprob' row 1 \(sample_id 'b'\): 2 per-token values, "
+                                         r"but teacher_logprob has 3 in that row"):
+        load_scores(str(path))
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_logprob": [[-1.0, -2.0], [-1.0, -2.0, -0.5]],
+                             "reference_logprob": [[-1.5, -2.5], [-1.0, -2.0, -3.0]]}), path)
+    load_scores(str(path))
+
+
+def test_a_scores_run_refuses_a_precision_and_records_no_model_it_did_not_load(tmp_path, capsys):
+    import json
+
+    path = _logits_file(tmp_path)
+    code = main(["select", "--scores", path, "--precision", "bf16", "--method", "kd3", "--budget", "4",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--precision bf16: --scores" in err, err
+    assert main(["select", "--scores", path, "--method", "kd3", "--budget", "4", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["config"]["teacher"] is None and m["config"]["student"] is None and m["config"]["precision"] is None
+    assert m["models"]["teacher"]["source"] == "bring-your-own predictions"
