@@ -89,10 +89,23 @@ def open_source_pool(args, *, text: bool, critic: str | None = None):
     return pool
 
 
+SCORE_COLUMNS = ("kl_ts", "teacher_logits", "teacher_topk_idx", "teacher_logprob")  # a scores table or predictions
+
+
 def _is_scores_file(src: str) -> bool:
+    """A Parquet file of scores (``kl_ts``) or bring-your-own predictions, whatever its name; a Parquet
+    pool (images or text, no such column) is scored."""
     from pathlib import Path
 
-    return Path(src).is_file() and Path(src).suffix == ".parquet"
+    import pyarrow.parquet as pq
+
+    if not Path(src).is_file():
+        return False
+    try:
+        names = pq.read_schema(src).names
+    except Exception:  # not Parquet: a pool file (JSONL…), opened as one
+        return False
+    return any(c in names for c in SCORE_COLUMNS)
 
 
 def is_text(args) -> bool:
@@ -276,6 +289,10 @@ def run_apply(args) -> int:
     from kdata.selection.critic_model import load_critic
 
     check_options(args)
+    if not str(args.out).endswith((".csv", ".parquet")):
+        from kdata.core.errors import KdataError
+
+        raise KdataError(f"--out {args.out}: expected a .csv or .parquet file name (it decides the format)")
     crit = load_critic(args.critic).with_target(recall=args.recall, precision=args.precision)
     fitted = lambda t, s: check_fitted_models(args.critic, crit, teacher=t, student=s)  # noqa: E731
     if crit.is_text:

@@ -204,3 +204,24 @@ def test_critic_targets_of_apply_and_generate_fail_before_any_work(tmp_path, mon
                                                            "--device", "cpu"])
     assert match in err
     assert not (tmp_path / "o").exists()
+
+
+def test_critic_reads_a_predictions_file_whatever_its_suffix(tmp_path):
+    """``--scores-from`` is a predictions file by its columns, not its name: ``preds.pq`` is read as
+    predictions (it used to be opened as a pool and refused)."""
+    from tests.helpers.methods import write_predictions
+
+    rng = np.random.default_rng(4)
+    n = 120
+    t = rng.normal(size=(n, 5)) * 3
+    accept = rng.random(n) < 0.6
+    s = t + rng.normal(size=(n, 5)) * np.where(accept, 0.3, 4.0)[:, None]  # rejected rows: the student disagrees
+    path = write_predictions(tmp_path / "preds.pq", t, s)
+    lab = tmp_path / "labels.csv"
+    lab.write_text("sample_id,accept\n" + "".join(f"s{i},{int(a)}\n" for i, a in enumerate(accept)))
+    assert main(["critic", "fit", "--scores-from", path, "--labels", str(lab), "--out", str(tmp_path / "c")]) == 0
+    out = tmp_path / "applied.parquet"
+    assert main(["critic", "apply", str(tmp_path / "c"), "--scores-from", path, "--out", str(out)]) == 0
+    assert pq.read_table(out).num_rows == n
+    assert main(["critic", "apply", str(tmp_path / "c"), "--scores-from", path, "--out", str(tmp_path / "a.txt")]) == 2
+    assert not (tmp_path / "a.txt").exists()
