@@ -232,7 +232,7 @@ class PoolRun:
             kinds = GOOD_KINDS + ((ref.removeprefix("with-"),) if ref.startswith("with-") else ())
             good = np.array([self.kind.get(i) in kinds for i in ids])
             if ref in ("hardest", "easiest"):  # less the good rows with the highest (or lowest) teacher-student KL
-                from kdata.selection.methods.coverage import pct_rank
+                from kdata.selection.tail import pct_rank
 
                 rank = np.zeros(len(ids))
                 rank[good] = pct_rank(scores.column("kl_ts").to_numpy(zero_copy_only=False)[good])

@@ -1,14 +1,15 @@
 """Which teacher signal finds the junk, shifted and mislabelled rows the default recipe cuts first?
 
-    python benchmarks/tail_signals.py            # the three quality pools; updates docs/benchmarks/tail_signals.md
+    python benchmarks/tail_signals.py            # the four quality pools; updates docs/benchmarks/tail_signals.md
     python benchmarks/tail_signals.py --pool digits --no-write
 
-The pools, teachers and students are the quality benchmark's (``benchmarks/quality.py``: digits-web
-and the openclipart and icons web pools, built on first use). Each pool is scored once through
+The pools, teachers and students are the quality benchmark's (``benchmarks/quality.py``: digits-web,
+the openclipart and icons web pools and digits2, built on first use). Each pool is scored once through
 ``kdata.scoring.score.score_pool`` and every signal the ``coverage`` sampler can rank by is compared
 with the pool's ground truth: AUROC of the signal for each bad kind against the good rows (clean
 and duplicates; 0.5 = no better than chance), and the composition of what the default recipe's
-two-stage tail cut leaves at 10%, 30% and 50% kept. It also prints the label-noise estimate
+three-stage tail cut leaves at 10%, 30% and 50% kept, with what its last stage (the student's
+confident contradictions of the teacher) cut and its false-discovery estimate q̂. It also prints the label-noise estimate
 η̂ = mean(max p_T − p_T(label)) next to the pool's true share of mislabelled and junk rows. No method reads the ground truth; this benchmark only judges them.
 """
 
@@ -31,7 +32,7 @@ BAD = {"junk": ("junk",), "shift": ("shift",), "label noise": ("label_noise",),
 
 def auroc(bad: np.ndarray, score: np.ndarray) -> float:
     """Probability that a random bad row scores above a random good one (ties count half)."""
-    from kdata.selection.methods.coverage import pct_rank
+    from kdata.selection.tail import pct_rank
 
     r = pct_rank(score) * len(score)
     n_bad, n_good = int(bad.sum()), int((~bad).sum())
@@ -40,7 +41,7 @@ def auroc(bad: np.ndarray, score: np.ndarray) -> float:
 
 def signals(view, rows) -> dict[str, np.ndarray]:
     """Every tail signal the coverage sampler knows, higher = more likely bad."""
-    from kdata.selection.methods.coverage import centroid_distance, label_free_score
+    from kdata.selection.tail import centroid_distance, label_free_score
 
     conf = view.col("teacher_conf")[rows].astype(np.float64)
     return {"1 − p_T(label) (label disagreement)": 1.0 - view.col("teacher_label_prob")[rows].astype(np.float64),
@@ -58,7 +59,7 @@ def measure(name: str) -> dict | None:
     from kdata.pipeline.config import RunOptions, SelectConfig
     from kdata.pipeline.prepare import prepare
     from kdata.scoring.score import score_pool
-    from kdata.selection.methods.coverage import cut_tail
+    from kdata.selection.tail import tail_stages
     from kdata.selection.methods.view import ScoreView
 
     torch.set_num_threads(1)
@@ -81,10 +82,12 @@ def measure(name: str) -> dict | None:
         out["signals"][sig] = {k: auroc(np.isin(kind, v)[good | np.isin(kind, v)], score[good | np.isin(kind, v)])
                                for k, v in BAD.items()}
     for r in (0.1, 0.3, 0.5):  # what the default recipe's two-stage cut leaves
-        keep, _, info = cut_tail(view, rows, int(r * len(rows)), tail=None)
+        stage, _, info = tail_stages(view, rows, int(r * len(rows)), tail=None)
         out["label_noise_estimate"] = info["label_noise"]  # the same at every budget
-        left = kind[keep]
-        out["cuts"][r] = {"label_cut": info["label_cut"], "ood_cut": info["ood_cut"], "left": int(keep.sum()),
+        left, contra = kind[stage == 0], kind[stage == 3]
+        out["cuts"][r] = {"label_cut": info["label_cut"], "ood_cut": info["ood_cut"], "left": int((stage == 0).sum()),
+                          "contradiction_cut": int(len(contra)), "contradiction_fdr": info.get("contradiction_fdr"),
+                          "contradiction_bad": int(np.isin(contra, ("junk", "shift", "label_noise")).sum()),
                           **{k: float(np.isin(left, v).mean()) for k, v in BAD.items()}}
     return out
 
@@ -102,22 +105,24 @@ def markdown(results: list[dict], seconds: float) -> str:
         for sig, m in r["signals"].items():
             lines.append(f"| {sig} | {m['junk']:.3f} | {m['shift']:.3f} | {m['label noise']:.3f} | {m['all three']:.3f} |")
         lines += ["", "What the default recipe's tail cut leaves (before stratified sampling):", "",
-                  "| kept ratio r | cut by label disagreement | then by the label-free score | rows left | "
-                  "junk + shifted left | mislabelled left |", "|---:|---:|---:|---:|---:|---:|"]
+                  "| kept ratio r | cut by label disagreement | then by the label-free score | then the student's "
+                  "contradictions (q̂; of them junk, shifted or mislabelled) | rows left | junk + shifted left | "
+                  "mislabelled left |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for b, c in r["cuts"].items():
-            lines.append(f"| {float(b):.0%} | {c['label_cut']} | {c['ood_cut']} | {c['left']} | "
-                         f"{c['junk'] + c['shift']:.2f} | {c['label noise']:.2f} |")
+            q = "no contradiction" if c["contradiction_fdr"] is None else f"q̂ {c['contradiction_fdr']:.2f}"
+            lines.append(f"| {float(b):.0%} | {c['label_cut']} | {c['ood_cut']} | {c['contradiction_cut']} ({q}; "
+                         f"{c['contradiction_bad']}) | {c['left']} | {c['junk'] + c['shift']:.2f} | {c['label noise']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", choices=["digits", "openclipart", "icons", "all"], default="all")
+    ap.add_argument("--pool", choices=["digits", "openclipart", "icons", "digits2", "all"], default="all")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks/tail_signals.md alone")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    names = ["digits", "openclipart", "icons"] if args.pool == "all" else [args.pool]
+    names = ["digits", "openclipart", "icons", "digits2"] if args.pool == "all" else [args.pool]
     results = [r for r in map(measure, names) if r is not None]
     md = markdown(results, time.perf_counter() - t0)
     print(md)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kdata.selection.methods.coverage import (allocate, bias_gamma, label_tail_fraction, pick_in_strata,
-                                             tail_fraction)
+from kdata.selection.methods.coverage import allocate, bias_gamma, pick_in_strata
+from kdata.selection.tail import label_tail_fraction, tail_fraction
 from kdata.selection.run import select
 from tests.helpers.methods import random_scores, scores_from_probs
 
@@ -238,7 +238,7 @@ def _centroid_distance_per_class(emb, pred, conf):
 
 
 def test_centroid_distance_reads_the_embeddings_a_block_at_a_time_and_matches_the_per_class_definition():
-    from kdata.selection.methods.coverage import centroid_distance
+    from kdata.selection.tail import centroid_distance
 
     rng = np.random.default_rng(0)
     for trial in range(40):
