@@ -260,6 +260,9 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     elif "teacher_topk_idx" in names:
         ti, tp, si, sp, C = read_topk(table, where=where, ids=ids, num_classes=num_classes, meta=meta)
         mode = "topk"
+        if topk > ti.shape[1] and C > ti.shape[1]:
+            print(f"kdata: warning: {where}: --topk {topk} is above the {ti.shape[1]} classes per row the file "
+                  "gives; the soft labels past them are the rest of the mass spread evenly", file=sys.stderr)
     elif "teacher_logprob" in names and "reference_logprob" in names:
         C, mode = 1, "logprob"  # no classes: one pseudo-class, so class-based code stays well-defined
     else:

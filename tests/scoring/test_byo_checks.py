@@ -190,3 +190,15 @@ def test_a_scores_run_refuses_a_precision_and_records_no_model_it_did_not_load(t
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["config"]["teacher"] is None and m["config"]["student"] is None and m["config"]["precision"] is None
     assert m["models"]["teacher"]["source"] == "bring-your-own predictions"
+
+
+def test_a_topk_above_the_files_k_warns_once(tmp_path, capsys):
+    path = tmp_path / "topk.parquet"
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_topk_idx": [[0, 1], [2, 3]],
+                             "teacher_topk_prob": [[0.6, 0.3], [0.6, 0.3]], "student_topk_idx": [[0, 1], [0, 1]],
+                             "student_topk_prob": [[0.5, 0.4], [0.5, 0.4]]}), path)
+    load_scores(str(path), topk=2)
+    assert capsys.readouterr().err == ""
+    load_scores(str(path), topk=3)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--topk 3 is above the 2 classes per row the file gives" in err[0], err
