@@ -8,8 +8,7 @@ the openclipart and icons web pools and digits2, built on first use). Each pool 
 ``kdata.scoring.score.score_pool`` and every signal the ``coverage`` sampler can rank by is compared
 with the pool's ground truth: AUROC of the signal for each bad kind against the good rows (clean
 and duplicates; 0.5 = no better than chance), and the composition of what the default recipe's
-three-stage tail cut leaves at 10%, 30% and 50% kept, with what its last stage (the student's
-confident contradictions of the teacher) cut and its false-discovery estimate q̂. It also prints the label-noise estimate
+two-stage tail cut leaves at 10%, 30% and 50% kept. It also prints the label-noise estimate
 η̂ = mean(max p_T − p_T(label)) next to the pool's true share of mislabelled and junk rows. No method reads the ground truth; this benchmark only judges them.
 """
 
@@ -59,7 +58,7 @@ def measure(name: str) -> dict | None:
     from kdata.pipeline.config import RunOptions, SelectConfig
     from kdata.pipeline.prepare import prepare
     from kdata.scoring.score import score_pool
-    from kdata.selection.tail import tail_stages
+    from kdata.selection.tail import cut_tail
     from kdata.selection.methods.view import ScoreView
 
     torch.set_num_threads(1)
@@ -82,12 +81,10 @@ def measure(name: str) -> dict | None:
         out["signals"][sig] = {k: auroc(np.isin(kind, v)[good | np.isin(kind, v)], score[good | np.isin(kind, v)])
                                for k, v in BAD.items()}
     for r in (0.1, 0.3, 0.5):  # what the default recipe's two-stage cut leaves
-        stage, _, info = tail_stages(view, rows, int(r * len(rows)), tail=None)
+        keep, _, info = cut_tail(view, rows, int(r * len(rows)), tail=None)
         out["label_noise_estimate"] = info["label_noise"]  # the same at every budget
-        left, contra = kind[stage == 0], kind[stage == 3]
-        out["cuts"][r] = {"label_cut": info["label_cut"], "ood_cut": info["ood_cut"], "left": int((stage == 0).sum()),
-                          "contradiction_cut": int(len(contra)), "contradiction_fdr": info.get("contradiction_fdr"),
-                          "contradiction_bad": int(np.isin(contra, ("junk", "shift", "label_noise")).sum()),
+        left = kind[keep]
+        out["cuts"][r] = {"label_cut": info["label_cut"], "ood_cut": info["ood_cut"], "left": int(keep.sum()),
                           **{k: float(np.isin(left, v).mean()) for k, v in BAD.items()}}
     return out
 
@@ -105,13 +102,11 @@ def markdown(results: list[dict], seconds: float) -> str:
         for sig, m in r["signals"].items():
             lines.append(f"| {sig} | {m['junk']:.3f} | {m['shift']:.3f} | {m['label noise']:.3f} | {m['all three']:.3f} |")
         lines += ["", "What the default recipe's tail cut leaves (before stratified sampling):", "",
-                  "| kept ratio r | cut by label disagreement | then by the label-free score | then the student's "
-                  "contradictions (q̂; of them junk, shifted or mislabelled) | rows left | junk + shifted left | "
-                  "mislabelled left |", "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| kept ratio r | cut by label disagreement | then by the label-free score | rows left | "
+                  "junk + shifted left | mislabelled left |", "|---:|---:|---:|---:|---:|---:|"]
         for b, c in r["cuts"].items():
-            q = "no contradiction" if c["contradiction_fdr"] is None else f"q̂ {c['contradiction_fdr']:.2f}"
-            lines.append(f"| {float(b):.0%} | {c['label_cut']} | {c['ood_cut']} | {c['contradiction_cut']} ({q}; "
-                         f"{c['contradiction_bad']}) | {c['left']} | {c['junk'] + c['shift']:.2f} | {c['label noise']:.2f} |")
+            lines.append(f"| {float(b):.0%} | {c['label_cut']} | {c['ood_cut']} | {c['left']} | "
+                         f"{c['junk'] + c['shift']:.2f} | {c['label noise']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -27,9 +27,7 @@ METHOD_BIASES = {
                 "believes least are cut first (mislabelled, junk, off-domain, but also valid rows the teacher gets "
                 "wrong, so its blind spots are under-kept); rows without a label are cut when the teacher is least "
                 "confident, most at odds with the student or far from its class centroid (rare valid variants "
-                "too), and atypical rows the student confidently puts in another class than the teacher are cut "
-                "where the typical rows show the two models agree (a valid variant the student reads its own way "
-                "goes with them). Then every teacher-predicted class x difficulty stratum gets a row and the rest follows the "
+                "too). Then every teacher-predicted class x difficulty stratum gets a row and the rest follows the "
                 "strata's sizes, easier strata favoured for small budgets and harder ones for large budgets; class "
                 "shares follow the teacher's predictions.{coverage_cut}",
     "critic": "**The critic keeps what its labellers accepted.** A classifier fitted on a small human-labelled "
@@ -78,16 +76,10 @@ def _coverage_cut(cov: dict) -> str:
     """This run's tail in numbers (empty when the run recorded none)."""
     if not cov.get("tail_cut"):
         return ""
-    contra = cov.get("contradiction_cut") or 0
-    also = (f", and {contra:,} atypical ones the student confidently assigned to another class than the teacher "
-            f"(estimated false-discovery rate {fmt(cov.get('contradiction_fdr'))})") if contra else ""
     if cov.get("label_cut") is not None and cov.get("label_noise") is not None:
         return (f" In this run {cov['tail_cut']:,} candidates were cut: {cov['label_cut']:,} for the teacher's "
                 f"disagreement with their label (estimated label noise {fmt(cov['label_noise'])}), then "
-                f"{cov.get('ood_cut') or 0:,} of the rest as the least typical{also}.")
-    if contra:
-        return (f" In this run {cov['tail_cut']:,} candidates were cut: {cov.get('ood_cut') or 0:,} as the least "
-                f"typical{also}.")
+                f"{cov.get('ood_cut') or 0:,} of the rest as the least typical.")
     return f" In this run {cov['tail_cut']:,} candidates were cut as the least typical."
 
 

@@ -1,6 +1,6 @@
 """The default recipe's tail cut: the candidates most likely junk, out of distribution or mislabelled,
-cut before ``coverage`` samples (``kdata.selection.methods.coverage``), in three stages, every
-count, fraction and rule recorded.
+cut before ``coverage`` samples (``kdata.selection.methods.coverage``), in two stages, every count,
+fraction and rule recorded.
 
 a. *Label issues* (Confident Learning, Northcutt, Jiang & Chuang, JAIR 2021). On rows that carry
    a label (web label, folder name) the teacher's disagreement with it, ``1 − p_T(label)``, is
@@ -45,28 +45,7 @@ b. *The hardest tail* (CCS, Zheng et al., ICLR 2023: prune the hardest β first;
 
 A signal whose column is missing (bring-your-own ``--scores``) is skipped and recorded in
 ``info["skipped"]``; with no signal at all no tail is cut. Energy −log Σ exp z_T was measured and
-left out: on builtin:digits-web it does not separate junk (AUC ≈ 0.5). The two stages together
-never leave fewer candidates than the budget.
-
-c. *The student's confident contradictions* (after a and b, pools with classes and embeddings):
-   rows where the student — before distillation — puts more than half its probability on another
-   class than the teacher's. Two models trained apart agree in distribution and part ways out of it
-   (disagreement as an out-of-distribution signal: Lakshminarayanan et al., NeurIPS 2017), but a
-   weak student also contradicts the teacher on hard in-distribution rows, and those teach most.
-   So the cut is gated by an estimate of its false-discovery rate from an *empirical null* (Efron,
-   JASA 2004): the rows left are split at the median class-centroid distance in the teacher's
-   embedding (the teacher's view alone, independent of the student); the typical half's
-   contradiction rate c_T (add-one smoothed) is what in-distribution rows show, so among the n_A
-   contradictions of the atypical half about c_T |A| would be there anyway: q̂ = c_T |A| / n_A.
-   Those n_A rows are cut when q̂ ≤ 0.2 (Efron's usual threshold for a local fdr, 2007), and
-   nothing otherwise. On the quality pools with a reliable teacher the typical half has no
-   contradiction at all and the atypical half's are junk or shifted rows (``benchmarks/tail_signals.py``;
-   builtin:digits-web: 45 of 47, q̂ 0.04); where the teacher is weak the student contradicts it on
-   typical rows as often (openclipart q̂ 0.5, icons 1.7) and nothing is cut.
-
-A signal whose column is missing (bring-your-own ``--scores``) is skipped and recorded in
-``info["skipped"]``; with no signal at all no tail is cut. Energy −log Σ exp z_T was measured and
-left out: on builtin:digits-web it does not separate junk (AUC ≈ 0.5). The stages together never
+left out: on builtin:digits-web it does not separate junk (AUC ≈ 0.5). The two stages together never
 leave fewer candidates than the budget.
 """
 
@@ -80,8 +59,6 @@ from kdata.selection.methods.view import ScoreView
 TAIL_MIN, TAIL_MAX, TAIL_AT_ZERO = 0.05, 0.3, 0.8
 LABEL_TAIL_MAX = 0.5  # a label-disagreement cut may take up to half the candidates
 ERROR_LEFT_SCALE = 2.0  # stage b cuts at most 2 ε̃′ (1 cut too little on the icons pool: benchmarks/quality.py)
-CONTRA_STUDENT_CONF = 0.5  # the student's top class holds more than half its probability
-CONTRA_MAX_FDR = 0.2  # Efron's (2007) usual threshold for a local false-discovery rate
 
 
 def tail_fraction(r: float, teacher_error: float | None = None, *, label_noise: float | None = None,
@@ -191,45 +168,10 @@ def most_outlying(score: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
     return among[np.lexsort((among, -score[among]))][:max(k, 0)]
 
 
-def contradiction_cut(view: ScoreView, rows: np.ndarray, alive: np.ndarray, room: int) -> tuple[np.ndarray, dict]:
-    """(positions of ``alive`` to cut, info): stage c — the student's confident contradictions of the
-    teacher in the atypical half of ``alive`` (positions into ``rows``), when the empirical-null
-    false-discovery estimate q̂ allows (module docstring); at most ``room`` rows, most atypical first."""
-    rate = lambda k, n: float(k) / n if n else None  # noqa: E731
-    tp, sp = view.col("teacher_pred")[rows[alive]], view.col("student_pred")[rows[alive]]
-    conf = view.col("teacher_conf")[rows[alive]].astype(np.float64)
-    contra = (sp != tp) & (view.col("student_conf")[rows[alive]].astype(np.float64) > CONTRA_STUDENT_CONF)
-    dist = centroid_distance(view.col("embedding")[rows[alive]], tp, conf)
-    atypical = dist > np.median(dist) if len(dist) else np.zeros(0, bool)
-    n_t, n_a = int((~atypical).sum()), int(atypical.sum())
-    c_t, c_a = int((contra & ~atypical).sum()), int((contra & atypical).sum())
-    fdr = (c_t + 1) / (n_t + 1) * n_a / c_a if c_a else None
-    cut = np.flatnonzero(contra & atypical) if fdr is not None and fdr <= CONTRA_MAX_FDR else np.zeros(0, np.int64)
-    cut = cut[np.lexsort((cut, -dist[cut]))][:max(room, 0)]
-    return alive[cut], {"contradiction_rate_typical": rate(c_t, n_t), "contradiction_rate_atypical": rate(c_a, n_a),
-                        "contradiction_fdr": fdr, "contradiction_cut": len(cut)}
-
-
-def _can_contradict(view: ScoreView) -> bool:
-    """Stage c needs both models' classes and confidences and the teacher embedding."""
-    return not view.sequence_level and all(view.has(c) for c in ("teacher_pred", "student_pred", "teacher_conf",
-                                                                  "student_conf", "embedding"))
-
-
-STAGES = ("kept", "label", "outlier", "contradiction")  # tail_stages' codes 0..3
-
-
 def cut_tail(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float | None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(kept mask over ``rows``, outlier score, info): the rows ``tail_stages`` leaves."""
-    stage, score, info = tail_stages(view, rows, budget, tail=tail)
-    return stage == 0, score, info
-
-
-def tail_stages(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float | None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(stage per row of ``rows`` — an index into ``STAGES``, 0 = kept —, outlier score, info): the label
-    tail, the label-free tail, then the student's confident contradictions, cut (module docstring),
-    never below the budget. ``tail``: one cut of that fraction instead (stage 1), labelled rows ranked
-    by label disagreement, the others by the label-free score."""
+    """(kept mask over ``rows``, outlier score, info): the label tail, then the label-free tail, cut
+    (module docstring), never below the budget. ``tail``: one cut of that fraction instead, labelled
+    rows ranked by label disagreement, the others by the label-free score."""
     n = len(rows)
     r = budget / max(n, 1)
     eps = float(np.mean(1.0 - view.col("teacher_conf")[rows].astype(np.float64))) \
@@ -245,49 +187,34 @@ def tail_stages(view: ScoreView, rows: np.ndarray, budget: int, *, tail: float |
     # the outlier score the kept rows are ranked by: the mean of both ranks where a row has both
     score = np.where(has, (disagree + free) / 2.0, free) if used else disagree
     keep = np.ones(n, dtype=bool)
-    stage = np.zeros(n, dtype=np.int8)
     room = max(n - budget, 0)
     signals = (["teacher_label_disagreement"] if eta is not None else []) + used
     if tail is not None:
         one = np.where(has, disagree, free) if used else disagree
         cut = most_outlying(one, np.arange(n), min(int(np.floor(float(tail) * n)), room) if signals else 0)
         keep[cut] = False
-        stage[cut] = 1
-        info = {"tail_rule": "given", "tail_fraction": float(tail), "label_cut": None, "ood_cut": None,
-                "contradiction_cut": None}
+        info = {"tail_rule": "given", "tail_fraction": float(tail), "label_cut": None, "ood_cut": None}
     else:
         label_beta = label_tail_fraction(eta) if eta is not None else None
         n_label = min(int(np.floor(label_beta * has.sum())), room) if label_beta is not None else 0
         keep[most_outlying(disagree, np.flatnonzero(has), n_label)] = False
-        stage[~keep] = 1
         alive = np.flatnonzero(keep)
         eps_left = float(np.median(1.0 - view.col("teacher_conf")[rows[alive]].astype(np.float64))) \
             if eps is not None and len(alive) else None
         ood_beta = tail_fraction(r, label_noise=eta, error_left=eps_left) if eta is not None else tail_fraction(r, eps)
         n_ood = min(int(np.floor(ood_beta * len(alive))), room - n_label) if used else 0
         keep[most_outlying(free, alive, n_ood)] = False
-        stage[~keep & (stage == 0)] = 2
-        c_info = {"contradiction_cut": 0}
-        if _can_contradict(view):
-            c_cut, c_info = contradiction_cut(view, rows, np.flatnonzero(keep), room - n_label - n_ood)
-            keep[c_cut] = False
-            stage[c_cut] = 3
-        else:
-            skipped.append("tail_stage_contradictions (needs teacher and student predictions and an embedding column)")
         info = {"tail_rule": ("labelled rows: clip(label_noise, 0, 0.5) by label disagreement; then "
                               "min(clip(0.8 - r, 0.05, 0.3), clip(label_noise, 0, 0.3), clip(2 teacher_error_left, 0, 0.3)) "
                               "of the rest by the label-free score; teacher_error_left = median(1 - max p_T) "
                               "over the rows the label stage left") if eta is not None else
                              "max(clip(0.8 - r, 0.05, 0.3), clip(teacher_error, 0.05, 0.3)) by the label-free score",
                 "label_tail_fraction": label_beta, "label_cut": n_label, "teacher_error_left": eps_left,
-                "ood_tail_fraction": ood_beta, "ood_cut": n_ood,
-                "contradiction_rule": ("student_pred != teacher_pred and student_conf > 0.5, in the half of the rows "
-                                       "left farther from their class centroid; cut when (c_typical + 1) / "
-                                       "(n_typical + 1) x n_atypical / c_atypical <= 0.2"), **c_info}
+                "ood_tail_fraction": ood_beta, "ood_cut": n_ood}
     n_cut = int((~keep).sum())
     if not signals:
         skipped.append("tail_cut (no teacher signal in the scores)")
     info = {"kept_ratio_r": r, "teacher_error": eps, "label_noise": eta,
             "label_noise_estimate": "mean(max p_T - p_T(label)) over labelled rows" if eta is not None else None,
             **info, "tail_cut": n_cut, "tail_fraction_cut": n_cut / max(n, 1), "tail_signals": signals}
-    return stage, score, {**info, "skipped": skipped}
+    return keep, score, {**info, "skipped": skipped}

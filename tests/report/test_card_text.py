@@ -89,11 +89,6 @@ def test_biases_are_about_the_methods_that_ran():
     unlabelled = _bias_text(["coverage"], method_info={"coverage": {"tail_cut": 40, "label_cut": 0, "ood_cut": 40,
                                                                     "label_noise": None}})
     assert "40 candidates were cut as the least typical" in unlabelled
-    contra = _bias_text(["coverage"], method_info={"coverage": {"tail_cut": 80, "label_cut": 50, "ood_cut": 20,
-                                                                "contradiction_cut": 10, "contradiction_fdr": 0.04,
-                                                                "label_noise": 0.2}})
-    assert "then 20 of the rest as the least typical, and 10 atypical ones the student confidently" in contra
-    assert "(estimated false-discovery rate 0.040)" in contra
     assert "were cut" not in _bias_text(["coverage"], method_info={"coverage": {"tail_cut": 0}})
 
 

@@ -1,69 +1,76 @@
-"""The default recipe's tail cut (kdata.selection.tail): stage c, the student's confident
-contradictions of the teacher, cut only where the typical rows say they mark atypical ones."""
+"""The default recipe's tail cut (kdata.selection.tail): how much each stage may cut, and the
+class-centroid distance its label-free score ranks by."""
 
 import numpy as np
 import pytest
 
-from kdata.selection.methods.view import ScoreView
-from kdata.selection.run import select
-from kdata.selection.tail import cut_tail
-from tests.helpers.methods import scores_from_probs
+from kdata.selection.tail import centroid_distance, label_tail_fraction, tail_fraction
 
 
-def _pool(tmp_path, *, contra_typical: int, contra_atypical: int, embedding: bool = True, name="p.parquet"):
-    """400 rows, 4 classes, a sure teacher whose labels agree with it (stages a and b cut nothing).
-    Half the rows sit on their class direction in the embedding, half far from it; the student agrees
-    with the teacher except on ``contra_*`` rows of each half, where it puts 0.8 on another class."""
-    import pyarrow as pa
-
-    rng = np.random.default_rng(3)
-    n, c = 400, 4
-    pred = np.arange(n) % c
-    atypical = np.arange(n) >= n // 2
-    p_t = np.full((n, c), 0.1 / (c - 1))
-    p_t[np.arange(n), pred] = 0.9
-    s_cls = pred.copy()
-    flip = np.r_[np.flatnonzero(~atypical)[:contra_typical], np.flatnonzero(atypical)[:contra_atypical]]
-    s_cls[flip] = (pred[flip] + 1) % c
-    p_s = np.full((n, c), 0.2 / (c - 1))
-    p_s[np.arange(n), s_cls] = 0.8
-    emb = np.eye(8)[pred] + rng.normal(size=(n, 8)) * np.where(atypical, 0.8, 0.05)[:, None]
-    extra = {"embedding": pa.array(emb.astype(np.float32).tolist(), pa.list_(pa.float32()))} if embedding else None
-    table = scores_from_probs(tmp_path, p_t, p_s, name=name, label=pred, extra=extra)
-    return table, {f"s{i}" for i in flip if atypical[i]}
+def test_tail_fraction_is_capped_by_twice_the_teacher_error_left_after_the_label_stage():
+    assert tail_fraction(0.1, label_noise=0.3, error_left=0.05) == pytest.approx(0.1)
+    assert tail_fraction(0.1, label_noise=0.2, error_left=0.4) == pytest.approx(0.2)  # η̂ binds
+    assert tail_fraction(0.7, label_noise=0.3, error_left=0.4) == pytest.approx(0.1)  # the budget term binds
+    assert tail_fraction(0.1, label_noise=0.3, error_left=0.0) == 0.0
+    assert tail_fraction(0.1, 0.02, error_left=0.01) == pytest.approx(0.3)  # unlabelled: no such cap
 
 
-def test_contradictions_of_atypical_rows_are_cut_when_typical_rows_show_none(tmp_path):
-    table, want = _pool(tmp_path, contra_typical=0, contra_atypical=30)
-    view = ScoreView(table, num_classes=4)
-    keep, _, info = cut_tail(view, np.arange(len(view)), 100, tail=None)
-    assert (info["label_cut"], info["ood_cut"]) == (0, 0)  # labels confirmed: only stage c cuts
-    assert info["contradiction_cut"] == 30 == info["tail_cut"]
-    assert set(view.sample_ids[~keep]) == want
-    assert info["contradiction_rate_typical"] == 0.0 and info["contradiction_rate_atypical"] == pytest.approx(0.15)
-    assert info["contradiction_fdr"] == pytest.approx(1 / 201 * 200 / 30)
-    sel = select(table, methods=["coverage"], budget=100, seed=0, num_classes=4)  # rejected as the tail
-    assert set(view.sample_ids[sel.reason == "coverage_tail"]) == want
+def test_label_tail_fraction_follows_the_label_noise_estimate():
+    assert label_tail_fraction(0.36) == pytest.approx(0.36)
+    assert label_tail_fraction(0.9) == pytest.approx(0.5)  # at most half the labelled rows
+    assert label_tail_fraction(0.02) == pytest.approx(0.02) and label_tail_fraction(0.0) == 0.0  # no floor
 
 
-def test_contradictions_as_common_on_typical_rows_are_kept(tmp_path):
-    table, _ = _pool(tmp_path, contra_typical=25, contra_atypical=30)
-    keep, _, info = cut_tail(ScoreView(table, num_classes=4), np.arange(400), 100, tail=None)
-    assert info["contradiction_fdr"] == pytest.approx(26 / 201 * 200 / 30) and info["contradiction_fdr"] > 0.2
-    assert info["contradiction_cut"] == 0 and keep.all()
+class _RowsOnly:
+    """Embeddings readable only a block of rows at a time (as a memory map of a huge matrix is best
+    read): converting the whole matrix at once is refused."""
+
+    def __init__(self, x: np.ndarray, most: int):
+        self.x, self.most, self.shape, self.dtype = x, most, x.shape, x.dtype
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, rows):
+        assert len(np.atleast_1d(np.arange(len(self.x))[rows])) <= self.most, "read more than a block of rows"
+        return self.x[rows]
+
+    def __array__(self, *a, **k):
+        raise AssertionError("the whole embedding matrix was converted at once")
 
 
-def test_the_contradiction_cut_never_goes_below_the_budget_and_takes_the_most_atypical_first(tmp_path):
-    table, want = _pool(tmp_path, contra_typical=0, contra_atypical=30)
-    view = ScoreView(table, num_classes=4)
-    keep, _, info = cut_tail(view, np.arange(400), 390, tail=None)
-    assert info["contradiction_cut"] == 10 and keep.sum() == 390
-    cut = np.flatnonzero(~keep)
-    assert set(view.sample_ids[cut]) <= want
+def _centroid_distance_per_class(emb, pred, conf):
+    """The definition, one class at a time in float64 (what centroid_distance computed before)."""
+    import warnings
+
+    e = np.asarray(emb, dtype=np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    out = np.zeros(len(e))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class without reference rows: NaN
+        for c in np.unique(pred):
+            m = pred == c
+            cen = e[m & (conf >= np.median(conf[m]))].mean(0)
+            cen /= max(np.linalg.norm(cen), 1e-12)
+            out[m] = 1.0 - e[m] @ cen
+    return out
 
 
-def test_without_embeddings_the_stage_is_skipped_and_recorded(tmp_path):
-    table, _ = _pool(tmp_path, contra_typical=0, contra_atypical=30, embedding=False)
-    keep, _, info = cut_tail(ScoreView(table, num_classes=4), np.arange(400), 100, tail=None)
-    assert info["contradiction_cut"] == 0 and keep.all()
-    assert any(s.startswith("tail_stage_contradictions") for s in info["skipped"])
+def test_centroid_distance_reads_the_embeddings_a_block_at_a_time_and_matches_the_per_class_definition():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n, d = int(rng.integers(1, 400)), int(rng.integers(1, 9))
+        emb = rng.normal(size=(n, d)).astype([np.float16, np.float32, np.float64][trial % 3])
+        emb[0] = 0  # an all-zero row stays at distance 1
+        pred = rng.integers(0, int(rng.integers(1, 30)), n) * 7 - 5  # sparse, negative class ids
+        conf = np.round(rng.random(n), 1)  # ties at the median
+        if trial % 4 == 0:
+            conf[rng.integers(0, n)] = np.nan  # a class whose median is NaN has no centroid: NaN
+        want = _centroid_distance_per_class(emb, pred, conf)
+        got = centroid_distance(emb, pred, conf)
+        assert np.allclose(got, want, rtol=0, atol=1e-12, equal_nan=True), trial
+    emb = rng.normal(size=(50_000, 16)).astype(np.float16)
+    pred, conf = rng.integers(0, 1000, len(emb)), rng.random(len(emb))
+    got = centroid_distance(_RowsOnly(emb, most=16384), pred, conf)
+    assert np.allclose(got, _centroid_distance_per_class(emb, pred, conf), rtol=0, atol=1e-12)
+    assert centroid_distance(np.zeros((0, 4)), np.zeros(0, int), np.zeros(0)).shape == (0,)

@@ -6,8 +6,7 @@ the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in 
 1. **Tail cut** (``kdata.selection.tail``): the labelled rows whose label the teacher believes least
    (Confident Learning's self-confidence), then the least typical of the rest by a label-free
    outlier score (CCS's hardest-first cut, capped by the label-noise estimate and the teacher's
-   typical uncertainty), then the student's confident contradictions of the teacher where an
-   empirical-null false-discovery estimate says they mark atypical rows. Never below the budget.
+   typical uncertainty). Never below the budget.
 2. **Strata** = teacher-predicted class × equal-width difficulty bins over the remaining rows
    (CCS bins difficulty into 50 equal-width bins; kdata uses min(50, max(1, n / (20 C))) bins per
    class, about 20 rows per stratum). Difficulty = log(1 + ``kl_ts``) (else student entropy).
