@@ -40,6 +40,9 @@ def run(args) -> int:
         else:
             _console().print(render_sample(row))
         return 0
+    bad = manifest_problem(args.dir)
+    if bad:  # a field of the wrong type: nothing to summarise from (the readers below would trip on it)
+        raise KdataError(f"integrity: FAILED: {bad}", exit_code=1)
     s = summarise(args.dir, n_examples=args.examples)
     if args.grid:
         if not args.grid.lower().endswith(".png"):
@@ -60,6 +63,18 @@ def run(args) -> int:
     else:
         render(s, _console())
     return 0 if s["integrity"]["ok"] else 1
+
+
+def manifest_problem(out) -> str | None:
+    """The first manifest field of the wrong type (``kdata.dataset.manifest_checks``), or None."""
+    from pathlib import Path
+
+    from kdata.dataset.manifest_checks import check_fields
+    from kdata.dataset.writer import read_manifest
+
+    manifest = read_manifest(out)
+    problems = check_fields(Path(out), manifest) if manifest is not None else []
+    return problems[0] if problems else None
 
 
 def _console():

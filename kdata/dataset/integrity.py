@@ -15,7 +15,10 @@ What ``check_dataset`` verifies (each failure is one line naming the file and th
 - each file written beside the shards (``excluded.parquet``, ``excluded_synthetic.parquet``: the
   only record of what a run rejected) exists with the size, sha256 and row count recorded under
   ``extra_files``. Datasets written before the manifest recorded them have no ``extra_files`` key;
-  their extra files are not checked.
+  their extra files are not checked;
+- the manifest's fields have the types readers expect, and its provenance (teacher, student, class
+  names, config hash, methods) agrees with the shards' Arrow metadata and its own config
+  (``kdata.dataset.manifest_checks``).
 
 Checksums alone cannot catch a manifest edited by hand (n_in changed) or a decisions table
 rewritten with a fresh checksum; the re-derived counts and ids do.
@@ -31,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdata.core.atomic import sha256_file
+from kdata.dataset.manifest_checks import check_fields, check_provenance
 from kdata.dataset.schema import DECISIONS, KEPT, QUARANTINED, REJECTED
 
 DECISIONS_FILE = "decisions.parquet"
@@ -83,7 +87,7 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
     out = Path(out)
     if not isinstance(manifest, dict):
         return [f"{out / 'manifest.json'}: not a JSON object"]
-    problems = _check_counts(out, manifest) or _check_card(out, manifest)
+    problems = check_fields(out, manifest) or _check_counts(out, manifest) or _check_card(out, manifest)
     if problems:
         return problems
     counts = manifest["counts"]
@@ -107,7 +111,8 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
     problems += dec_problems + _check_extra_files(out, manifest)
     if problems or decisions is None:
         return problems
-    return _check_shard_rows(out, shard_paths, decisions, manifest)
+    return _check_shard_rows(out, shard_paths, decisions, manifest) \
+        or check_provenance(out, manifest, shard_paths[0] if shard_paths else None)
 
 
 def _check_counts(out: Path, manifest: dict) -> list[str]:

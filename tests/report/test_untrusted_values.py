@@ -119,8 +119,8 @@ def test_error_line_naming_a_file_holds_no_control_bytes(tmp_path, capsys):
 def _copy_with_pool(out: Path, dest: Path, spec: str | None, *, drop_fingerprints: bool = False) -> Path:
     shutil.copytree(out, dest)
     m = json.loads((dest / "manifest.json").read_text())
-    if spec is not None:
-        m["pool"]["spec"] = m["config"]["pool"] = spec
+    if spec is not None:  # pool.spec alone: config.pool edited too fails the config-hash check first
+        m["pool"]["spec"] = spec
     if drop_fingerprints:  # a manifest written before kdata recorded them
         m["pool"].pop("unit_fingerprints")
     (dest / "manifest.json").write_text(json.dumps(m))
@@ -140,13 +140,20 @@ def test_card_does_not_copy_a_file_the_manifest_was_edited_to_name(text_run, tmp
         assert why in card and "victim_private.jsonl" in card, name
 
 
-def test_image_card_does_not_read_an_edited_pool(image_run, tmp_path):
+def test_image_card_does_not_read_an_edited_pool(image_run, tmp_path, capsys):
+    """The config repointed at another pool fails the config-hash check: no card is written from it."""
     t = pq.read_table(image_run.parent / "pool.parquet")
     pq.write_table(t.slice(1), tmp_path / "other.parquet")  # another local file with the same ids
     d = _copy_with_pool(image_run, tmp_path / "edited", str(tmp_path / "other.parquet"))
-    assert main(["card", str(d)]) == 0
-    assert "Rejected samples are not pictured: the pool" in (text := (d / "README.md").read_text())
-    assert "not the pool this dataset was made from" in text
+    m = json.loads((d / "manifest.json").read_text())
+    m["config"]["pool"] = str(tmp_path / "other.parquet")
+    (d / "manifest.json").write_text(json.dumps(m))
+    before = (d / "README.md").read_bytes()
+    capsys.readouterr()
+    assert main(["card", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'config_hash' is not the hash of its 'config'" in err, err
+    assert (d / "README.md").read_bytes() == before
 
 
 def test_card_finds_a_relative_pool_beside_the_dataset_from_another_directory(tmp_path, monkeypatch):
