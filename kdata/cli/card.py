@@ -13,6 +13,10 @@ def register(sub) -> None:
                                    "decisions.parquet and the shards; record their checksums in the manifest.")
     add_dataset_dir(p, help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--card-dir", default=None, metavar="DIR", help="also copy the card to DIR/<dataset-name>.md")
+    p.add_argument("--license", default=None, metavar="ID",
+                   help="the pool's licence as a Hugging Face licence id (e.g. cc-by-4.0), recorded in the manifest "
+                        "and stated by the card; without it, a licence set before (here, or by hand in the card's "
+                        "front matter) is kept")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
 
@@ -20,7 +24,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from kdata.report.card import regenerate
 
-    result = regenerate(dataset_dir(args, "card"), card_dir=args.card_dir)
+    result = regenerate(dataset_dir(args, "card"), card_dir=args.card_dir, license_id=args.license)
     if args.json:
         emit_json(result)
     else:

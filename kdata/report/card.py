@@ -21,6 +21,7 @@ The pool is read once for the thumbnails of both. This module writes, regenerate
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from kdata.core.atomic import sha256_file
@@ -109,8 +110,32 @@ def publish(out: str | Path, card_dir: str | Path, *, name: str | None = None) -
     return Path(card_dir) / files[0]["path"]
 
 
-def regenerate(out: str | Path, *, card_dir: str | Path | None = None) -> dict:
-    """``kdata card DIR``: rewrite the card beside the shards, record it in the manifest, optionally publish."""
+LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")  # Hugging Face licence ids: cc-by-4.0, mit, other…
+
+
+def card_license(out: Path, manifest: dict, *, given: str | None) -> str | None:
+    """The licence the rewritten card states: ``given`` (``kdata card --license``), else the one already
+    recorded in the manifest, else one set by hand in the current card's front matter (the card asks
+    for that, so a rewrite keeps it); None when none is known."""
+    if given is not None:
+        if not LICENSE_ID.fullmatch(given):
+            raise KdataError(f"--license {given!r}: expected a licence id as the Hugging Face Hub writes it "
+                             "(lowercase, e.g. cc-by-4.0, mit, other)")
+        return given
+    if isinstance(manifest.get("license"), str) and LICENSE_ID.fullmatch(manifest["license"]):
+        return manifest["license"]
+    card = out / ((manifest.get("card") or {}).get("path") or CARD)
+    try:
+        lic = read_front_matter(card.read_text(encoding="utf-8")).get("license")
+    except (OSError, UnicodeDecodeError, KdataError, ValueError):
+        return None  # no card, or one past reading: nothing set by hand to keep
+    return lic if isinstance(lic, str) and lic != "unknown" and LICENSE_ID.fullmatch(lic) else None
+
+
+def regenerate(out: str | Path, *, card_dir: str | Path | None = None, license_id: str | None = None) -> dict:
+    """``kdata card DIR``: rewrite the card beside the shards, record it in the manifest, optionally publish.
+    The licence (``license_id``, or one already set: ``card_license``) is recorded in the manifest and stated
+    by the card."""
     from kdata.core.atomic import write_json
     from kdata.dataset.writer import MANIFEST, read_manifest, verify
 
@@ -121,12 +146,15 @@ def regenerate(out: str | Path, *, card_dir: str | Path | None = None) -> dict:
     problems = verify(out)
     if problems:
         raise KdataError(f"{out}: integrity check failed, not writing a card: {problems[0]}", exit_code=1)
+    lic = card_license(out, manifest, given=license_id)
+    if lic is not None:
+        manifest = {**manifest, "license": lic}
     base = {k: v for k, v in manifest.items() if k != "card"}
     files = write_card(out, manifest=base)
     stale = {f["path"] for f in (manifest.get("card") or {}).get("files", [])} - {f["path"] for f in files}
     for p in stale & set(PLOTS.values()):  # a plot no longer drawn; never a name the card does not write
         (out / p).unlink(missing_ok=True)
-    if manifest.get("card") != card_entry(files):
+    if manifest.get("card") != card_entry(files) or manifest != read_manifest(out):
         write_json(out / MANIFEST, {**manifest, "card": card_entry(files)})
     result = {"card": str(out / files[0]["path"]), "report": str(out / REPORT), "files": [f["path"] for f in files]}
     if card_dir is not None:

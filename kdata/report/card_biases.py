@@ -8,9 +8,9 @@ depend on the rest of the recipe: balancing, deduplication, HARD generation, the
 
 from __future__ import annotations
 
-from kdata.report.markdown import fmt, md_code
+from kdata.report.markdown import fmt, md_code, md_text
 
-__all__ = ["METHOD_BIASES", "bias_lines", "hard_count"]
+__all__ = ["DEDUP_LEVELS", "METHOD_BIASES", "bias_lines", "dedup_summary", "dedup_text", "hard_count"]
 
 # method → what it over- and under-keeps (the algorithm is in kdata.selection.methods.<name>)
 METHOD_BIASES = {
@@ -56,6 +56,41 @@ RAD_ERROR_FROM = {"teacher_confidence": "the teacher's confidence", "student_con
                   "given": "the value given as teacher_error",
                   "fixed_for_sequences": "a fixed share for text sequences, which have no per-row error rate"}
 STUDENT_COUPLED = {"kd3", "rad", "student_entropy", "disagreement", "ddk"}
+DEDUP_LEVELS = ("exact", "near", "semantic")  # each level runs the ones before it
+
+
+def dedup_summary(m: dict, cfg: dict) -> dict:
+    """What deduplication did, from the manifest's ``method_info.dedup`` (the config as fallback):
+    ``method`` the deepest level that ran (None: none), ``threshold``/``frac`` those used, and
+    ``requested``, ``removed`` and ``skipped`` (level → why) for the card's text."""
+    requested = m.get("dedup_level", cfg.get("dedup"))
+    info = (m.get("method_info") or {}).get("dedup")
+    if requested in (None, "none") or not isinstance(info, dict):
+        return {"method": None if requested == "none" else requested, "threshold": cfg.get("dedup_threshold"),
+                "frac": cfg.get("dedup_frac"), "requested": requested, "removed": {}, "skipped": {}}
+    removed = {lvl: n for lvl, n in (info.get("removed") or {}).items() if lvl in DEDUP_LEVELS}
+    ran = [lvl for lvl in DEDUP_LEVELS if lvl in removed]
+    wanted = DEDUP_LEVELS[:DEDUP_LEVELS.index(requested) + 1] if requested in DEDUP_LEVELS else ()
+    listed = [str(s) for s in info.get("skipped") or []]  # "near (no pixels given)"
+    skipped = {}
+    for lvl in wanted:
+        if lvl in removed:
+            continue
+        why = info.get(lvl) if isinstance(info.get(lvl), str) else next((s for s in listed if s.startswith(lvl)), "")
+        skipped[lvl] = why.split(":", 1)[1].strip() if why.startswith("skipped:") else why or "not run"
+    deepest = ran[-1] if ran else None
+    threshold = info.get(f"{deepest}_threshold") if deepest in ("near", "semantic") else None
+    return {"method": deepest, "requested": requested, "removed": removed, "skipped": skipped,
+            "threshold": threshold if threshold is not None else
+            (cfg.get("dedup_threshold") if deepest in ("near", "semantic") else None),
+            "frac": info.get("frac", cfg.get("dedup_frac")) if deepest == "semantic" else None}
+
+
+def dedup_text(d: dict) -> str:
+    """One phrase: the levels that ran with their removals, then those skipped and why."""
+    ran = ", ".join(f"{md_code(lvl)} removed {n:,} rows" for lvl, n in (d.get("removed") or {}).items())
+    skipped = "; ".join(f"{md_code(lvl)} was skipped — {md_text(why)}" for lvl, why in (d.get("skipped") or {}).items())
+    return "; ".join(x for x in (ran, skipped) if x)
 
 
 def _method_line(name: str, info: dict, cfg: dict) -> str:
@@ -95,16 +130,45 @@ def hard_count(m: dict) -> int | None:
     return h if isinstance(h, int) and not isinstance(h, bool) else None
 
 
-def bias_lines(k: dict, cfg: dict) -> list[str]:
-    """The section's lines from the card's ``kdata`` block ``k`` and the run's config ``cfg``."""
+def _student_coupled(methods: list, info: dict) -> bool:
+    """The selection depends on the student: a student-coupled method, or MiniPLM with the student as reference."""
+    ref = str((info.get("miniplm") or {}).get("reference") or "")
+    return any(m in STUDENT_COUPLED for m in methods) or ("miniplm" in methods and ref.startswith("student"))
+
+
+LABELS_NOTE = ("- **Labels are the teacher's, not the web's.** The soft labels and `teacher_pred` can disagree with "
+               "the original `label`; where they do, the kept row carries the teacher's opinion, not ground truth, "
+               "and the student inherits the teacher's blind spots.")
+LM_LABELS_NOTE = ("- **Soft labels are the teacher's next-token guesses.** The rows are causal-LM text with no "
+                  "class label (`label` and `teacher_pred` are empty); the per-token soft labels are the teacher's "
+                  "top-k next-token log-probabilities, which can be wrong or skewed to its style, and the student "
+                  "inherits the teacher's blind spots.")
+
+
+def _dedup_line(d: dict) -> str:
+    what = dedup_text(d)
+    if d.get("method") is None:
+        return ("- **Duplicates were not removed.** Near-duplicates and over-represented sources can dominate." +
+                (f" ({what}.)" if what else ""))
+    near = "" if d["method"] != "exact" else (" Only exact copies were removed: near-duplicates (re-encoded, "
+                                              "re-worded or lightly edited copies) remain.")
+    return (f"- **Deduplicated ({md_code(d['method'])}).** " + (f"{what[0].upper()}{what[1:]}. " if what else "") +
+            "One copy of each duplicate group survived: the better-ranked "
+            "one (the default recipe: the one with the smaller permanent random number), so the ranker's "
+            "preferences decide which variant remains." + near)
+
+
+def bias_lines(k: dict, cfg: dict, m: dict | None = None) -> list[str]:
+    """The section's lines from the card's ``kdata`` block ``k``, the run's config ``cfg`` and its
+    manifest ``m`` (the dedup that ran, the scoring kind)."""
+    m = m or {}
     methods = list(k.get("methods") or [])
+    info = k.get("method_info") or {}
     L = ["## Biases this selection can introduce", "",
          f"Selected with {md_code(', '.join(methods) or '?')}. What each step tends to over- and under-keep:", ""]
-    L += [_method_line(m, k.get("method_info") or {}, cfg) for m in methods]
-    L.append("- **Labels are the teacher's, not the web's.** The soft labels and `teacher_pred` can disagree with "
-             "the original `label`; where they do, the kept row carries the teacher's opinion, not ground truth, "
-             "and the student inherits the teacher's blind spots.")
-    if any(m in STUDENT_COUPLED for m in methods):
+    L += [_method_line(name, info, cfg) for name in methods]
+    L.append(LM_LABELS_NOTE if (m.get("scoring") or {}).get("kind") == "causal_lm" else LABELS_NOTE)
+    if _student_coupled(methods, info):
         L.append("- **Student coupling.** The scores depend on this student checkpoint "
                  f"({md_code(k['student']['id'])}); "
                  "another student would select other rows.")
@@ -116,14 +180,8 @@ def bias_lines(k: dict, cfg: dict) -> list[str]:
                  "are defined decides what is over- and under-kept within them.")
     else:
         L.append("- **No balancing.** Class shares follow the method's scores; compare the class-balance table.")
-    dedup = (k.get("dedup") or {}).get("method")
-    if dedup in (None, "none"):
-        L.append("- **Duplicates were not removed.** Near-duplicates and over-represented sources can dominate.")
-    else:
-        L.append(f"- **Deduplicated ({md_code(dedup)}).** One copy of each duplicate group survived: the better-ranked "
-                 "one "
-                 "(the default recipe: the one with the smaller permanent random number), so the ranker's "
-                 "preferences decide which variant remains.")
+    L.append(_dedup_line(dedup_summary({**m, "method_info": info, "dedup_level": m.get("dedup_level", k.get(
+        "dedup", {}).get("method"))}, cfg)))
     if k.get("hard"):
         L.append(f"- **Generated rows.** {k['hard']} HARD augmentations per original row were requested where "
                  "teacher and student disagree; they over-represent the augmentation model's transforms.")

@@ -13,18 +13,19 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
 from kdata.core.errors import KdataError
 from kdata.core.jsonable import jsonable
 from kdata.dataset.schema import KEPT, REJECTED
-from kdata.report.card_biases import bias_lines, hard_count
+from kdata.report.card_biases import bias_lines, dedup_summary, dedup_text, hard_count
 from kdata.report.card_generate import critic_name, generate_lines, generated_recipe, generated_summary
 from kdata.report.card_usage import files, how_to_load, uses
 from kdata.report.hf import hf_features
 from kdata.report.inspect import (Run, agreement, balance_highlights, best_first, class_balance, decision_counts,
-                                  pick_rejected, primary_score, quarantined_rows, score_columns, score_quantiles)
+                                  generated_rows, pick_rejected, primary_score, quarantined_rows, score_columns, score_quantiles)
 from kdata.report.markdown import Md, fmt, md_code, md_table, md_text, printable
 from kdata.report.text_run import text_card_lines, text_summary
 
@@ -51,7 +52,13 @@ def _task(run: Run) -> str:
     has = run.has_values  # a payload column: from the shards' statistics
     if has("teacher_topk_ids") or has("gen_token_ids"):  # causal-LM text: soft labels or generated tokens
         return "text-generation"
-    return "image-classification" if has("image") else "text-classification" if has("text") else "other"
+    if has("image") or has("text"):
+        return "image-classification" if has("image") else "text-classification"
+    # no payload kept (e.g. every row quarantined): the pool's kind, from what scored it
+    if (run.manifest.get("scoring") or {}).get("kind") == "causal_lm":
+        return "text-generation"
+    teacher = (run.manifest.get("models") or {}).get("teacher") or {}
+    return "image-classification" if "image" in run.shard_columns and teacher.get("input_size") else "other"
 
 
 def _token_labels(c) -> bool:
@@ -63,6 +70,7 @@ def _provenance(m: dict, cfg: dict, pool) -> dict:
     """The front matter's ``kdata`` block: the recipe, its models and settings, counts and files."""
     models = m.get("models") or {}
     counts = m.get("counts") or {}
+    dedup = dedup_summary(m, cfg)
     return {
         "schema_version": m.get("schema_version"),
         "kdata_version": m.get("kdata_version"),
@@ -79,16 +87,23 @@ def _provenance(m: dict, cfg: dict, pool) -> dict:
         "critic": {"path": cfg.get("critic"), "recall": cfg.get("critic_recall")},
         "budget": {"spec": cfg.get("budget"), "rows": m.get("budget_rows")},
         "balance": m.get("balance", cfg.get("balance")),
-        "dedup": {"method": m.get("dedup_level", cfg.get("dedup")), "threshold": cfg.get("dedup_threshold"),
-                  "frac": cfg.get("dedup_frac")},
+        "dedup": {key: dedup[key] for key in ("method", "threshold", "frac")},  # what ran, not what was asked
         "hard": hard_count(m),
         "seed": m.get("seed", cfg.get("seed")),
         "temperature": m.get("temperature", cfg.get("temperature")),
-        "topk": m.get("topk", cfg.get("topk")),
+        "topk": _topk(m, cfg),
         "counts": {k: counts.get(k) for k in ("n_in", "kept", "rejected", "quarantined")},
         "rejected_by_reason": dict(counts.get("rejected_by_reason") or {}),
         "files": [{"path": f["path"], "rows": f["rows"], "sha256": f["sha256"]} for f in m.get("files", [])],
     }
+
+
+def _topk(m: dict, cfg: dict):
+    """The soft labels' k: per token for causal-LM text (``scoring.token_topk``), else per row."""
+    sc = m.get("scoring") or {}
+    if sc.get("kind") == "causal_lm" and sc.get("token_topk") is not None:
+        return sc["token_topk"]
+    return m.get("topk", cfg.get("topk"))
 
 
 def card_data(run: Run, *, name: str):
@@ -107,7 +122,7 @@ def card_data(run: Run, *, name: str):
         if run.shards is not None else None
     fields = jsonable({  # plain values only, so the YAML is safe_load-able and round-trips
         "pretty_name": f"{name} (kdata-curated distillation set)",
-        "license": cfg.get("license") or "unknown",
+        "license": m.get("license") or cfg.get("license") or "unknown",
         "task_categories": [task],
         "size_categories": [size_category(kept)],
         "source_datasets": [str(pool)] if pool else [],
@@ -205,15 +220,24 @@ def _sources(c: CardContext) -> list[str]:
          f" ({md_text(pool_info.get('units', '?'))} unit(s)).",
          f"- Teacher: {md_code(k['teacher']['id'])} ({md_code(k['teacher']['checksum'])}).",
          *([f"- Student: {md_code(k['student']['id'])} ({md_code(k['student']['checksum'])})."] if k["student"]["id"] else []),
-         f"- Licence: {md_code(c.fm['license'])} — kdata does not know the pool's licence; set `license` in the front "
-         f"matter before publishing. Labels and soft labels are machine-generated by the teacher."]
+         f"- Licence: {md_code(c.fm['license'])} — kdata does not know the pool's licence: `kdata card DIR --license ID` "
+         f"(or `license` in the front matter) sets it. Labels and soft labels are machine-generated by the teacher."]
     shards = c.run.shards
     if shards is not None and "source" in shards.column_names:
-        src = pc.value_counts(shards.column("source").combine_chunks()).to_pylist()
-        src = sorted(((s["values"], s["counts"]) for s in src), key=lambda x: (-x[1], str(x[0])))
-        if src and not (len(src) == 1 and src[0][0] is None):
-            L.append("- Kept rows by source: " + ", ".join(f"{md_code(s)} {n}" for s, n in src[:20]) + ".")
+        gen = generated_rows(c.run)  # HARD rows: counted apart, not as kept pool rows
+        L += _by_source("Kept rows by source", shards.filter(pa.array(~gen)))
+        if gen.any():
+            L += _by_source("Rows generated by HARD, by their parent's source", shards.filter(pa.array(gen)))
     return L + [""]
+
+
+def _by_source(title: str, rows) -> list[str]:
+    """One line: the rows' counts by ``source``, largest first (none: no line)."""
+    src = pc.value_counts(rows.column("source").combine_chunks()).to_pylist()
+    src = sorted(((s["values"], s["counts"]) for s in src), key=lambda x: (-x[1], str(x[0])))
+    if not src or (len(src) == 1 and src[0][0] is None):
+        return []
+    return [f"- {title}: " + ", ".join(f"{md_code(s)} {n}" for s, n in src[:20]) + "."]
 
 
 def _scoring_step(c: CardContext) -> str:
@@ -241,9 +265,16 @@ def _recipe(c: CardContext) -> list[str]:
     steps = [_scoring_step(c),
              f"Run the method chain {md_code(c.methods)}: filters drop rows with their own reason, the last ranker "
              f"orders the rest."]
-    if k["dedup"]["method"] not in (None, "none"):
-        steps.append(f"Remove duplicates ({md_code(k['dedup']['method'])}, threshold {fmt(k['dedup']['threshold'])}, "
-                     f"frac {fmt(k['dedup']['frac'])}) before the budget; the better-ranked copy survives (the default recipe: a random one).")
+    dedup = dedup_summary(c.m, cfg)
+    if dedup["method"] is not None:
+        used = ", ".join([md_code(k["dedup"]["method"])] + [f"{name} {fmt(k['dedup'][name])}"
+                                                           for name in ("threshold", "frac")
+                                                           if k["dedup"][name] is not None])
+        what = dedup_text(dedup)
+        steps.append(f"Remove duplicates ({used}) before the budget; the better-ranked copy survives (the default "
+                     "recipe: a random one)." + (f" In this run {what}." if what else ""))
+    elif dedup["skipped"]:
+        steps.append(f"Duplicates were not removed: {dedup_text(dedup)}.")
     L = ["## Curation recipe", ""] + [f"{i}. {s}" for i, s in enumerate(steps, 1)]
     L.append(f"{len(steps) + 1}. Keep the top {md_code(k['budget']['spec'])} "
              f"({fmt(k['budget']['rows'])} rows)" + (f", balanced by {md_code(k['balance'])}" if k["balance"] else "") +
@@ -342,6 +373,8 @@ def _examples(c: CardContext) -> list[str]:
     if any(texts):  # text rows: snippets of the best-ranked kept rows instead of thumbnails
         L += ["Best-ranked kept texts (first 120 characters):", ""]
         L += ["- " + md_code(" ".join(t.split())[:120]) for t in texts if t] + [""]
+    elif not c.dc["kept"] and not (c.run.shards is not None and c.run.shards.num_rows):
+        L += ["No examples: no row was kept (the counts above and `decisions.parquet` say why each row went).", ""]
     elif c.notes.get("thumbnails"):
         L += [c.notes["thumbnails"], ""]
     if c.plots.get("report"):
@@ -352,7 +385,7 @@ def _examples(c: CardContext) -> list[str]:
 
 
 def _biases(c: CardContext) -> list[str]:
-    return bias_lines(c.k, c.cfg)
+    return bias_lines(c.k, c.cfg, c.m)
 
 
 SECTIONS = (_header, _summary, _sources, _recipe, _counts, _class_balance, _scores, _examples, _biases, uses,

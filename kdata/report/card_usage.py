@@ -33,8 +33,12 @@ def how_to_load(c) -> list[str]:
 
 
 def _next_curated(c) -> list[str]:
-    return ["Train the student with the kdata trainer:", "", "```bash",
-            f"kdata train . --student {printable(c.k['student']['id'])}",
+    student = str(c.k["student"]["id"] or "")
+    byo = not student or student.startswith("byo:")  # predictions read from a file: no model kdata can load
+    return ["Train the student with the kdata trainer" + (" (`STUDENT`: your own student model, any model spec "
+                                                          "`kdata train` loads; the predictions file holds none):"
+                                                          if byo else ":"), "", "```bash",
+            f"kdata train . --student {'STUDENT' if byo else printable(student)}",
             "kdata inspect .          # counts, reasons, scores, checksum verification", "```", "",
             "Each row: `sample_id`, the payload (`image`, the encoded file — a PIL image through `datasets` — or "
             "`text`), `label` (original), `teacher_pred`, "

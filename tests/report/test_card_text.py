@@ -113,3 +113,20 @@ def test_recipe_of_a_causal_lm_run_says_what_scoring_stored():
     assert "no token KL" in step and "student causal LMs" in step and "reference" not in step.split(":")[0]
     image = _section(render_card(_run(), name="tiny", plots={}), "## Curation recipe")
     assert "probabilities, KL, confidences, margins, entropies" in image
+
+
+def test_miniplm_is_student_coupled_only_with_the_student_as_reference():
+    student_ref = _bias_text(["miniplm"], method_info={"miniplm": {"reference": "student as reference (mean NLL)"}})
+    assert "Student coupling" in student_ref
+    assert "Student coupling" not in _bias_text(["miniplm"], method_info={"miniplm": {"reference": "hf:ref"}})
+
+
+def test_dedup_summary_reads_what_ran_from_the_manifest():
+    from kdata.report.card_biases import dedup_summary
+
+    info = {"level": "near", "removed": {"exact": 5}, "near": "skipped: no embedder"}
+    d = dedup_summary({"dedup_level": "near", "method_info": {"dedup": info}}, {"dedup": "near"})
+    assert d["method"] == "exact" and d["skipped"] == {"near": "no embedder"} and d["threshold"] is None
+    d = dedup_summary({"dedup_level": "near", "method_info": {"dedup": {"removed": {"exact": 1, "near": 2},
+                                                                        "near_threshold": 0.99}}}, {})
+    assert d["method"] == "near" and d["threshold"] == 0.99
