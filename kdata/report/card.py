@@ -147,14 +147,15 @@ def regenerate(out: str | Path, *, card_dir: str | Path | None = None, license_i
     if problems:
         raise KdataError(f"{out}: integrity check failed, not writing a card: {problems[0]}", exit_code=1)
     lic = card_license(out, manifest, given=license_id)
-    if lic is not None:
+    new_license = lic is not None and manifest.get("license") != lic
+    if new_license:
         manifest = {**manifest, "license": lic}
     base = {k: v for k, v in manifest.items() if k != "card"}
     files = write_card(out, manifest=base)
     stale = {f["path"] for f in (manifest.get("card") or {}).get("files", [])} - {f["path"] for f in files}
     for p in stale & set(PLOTS.values()):  # a plot no longer drawn; never a name the card does not write
         (out / p).unlink(missing_ok=True)
-    if manifest.get("card") != card_entry(files) or manifest != read_manifest(out):
+    if manifest.get("card") != card_entry(files) or new_license:
         write_json(out / MANIFEST, {**manifest, "card": card_entry(files)})
     result = {"card": str(out / files[0]["path"]), "report": str(out / REPORT), "files": [f["path"] for f in files]}
     if card_dir is not None:
