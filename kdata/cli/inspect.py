@@ -53,8 +53,11 @@ def run(args) -> int:
         from kdata.report.inspect import load_run
 
         run_ = load_run(args.dir)
-        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        ok, note = thumbnail_grid(run_, Path(args.grid))
+        try:
+            Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+            ok, note = thumbnail_grid(run_, Path(args.grid))
+        except OSError as exc:  # the user's path: one line, exit 2
+            raise KdataError(f"--grid {args.grid}: cannot write the grid there ({exc.strerror or exc})") from None
         if not ok:
             raise KdataError(f"{args.dir}: no grid written to {args.grid}: {note}")
         s["grid"] = {"path": args.grid, "note": note}

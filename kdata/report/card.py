@@ -106,7 +106,10 @@ def publish(out: str | Path, card_dir: str | Path, *, name: str | None = None) -
     its report as ``<name>-report.html``."""
     out = Path(out)
     name = name or out.resolve().name
-    files = write_card(out, dest=card_dir, name=name, prefix=f"{name}-")
+    try:
+        files = write_card(out, dest=card_dir, name=name, prefix=f"{name}-")
+    except OSError as exc:  # a card directory that cannot be made or written: the user's path, one line
+        raise KdataError(f"--card-dir {card_dir}: cannot write the card there ({exc.strerror or exc})") from None
     return Path(card_dir) / files[0]["path"]
 
 
