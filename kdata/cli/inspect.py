@@ -69,14 +69,12 @@ def run(args) -> int:
 
 
 def manifest_problem(out) -> str | None:
-    """The first manifest field of the wrong type (``kdata.dataset.manifest_checks``), or None."""
-    from pathlib import Path
-
-    from kdata.dataset.manifest_checks import check_fields
+    """The manifest's first own problem (``kdata.dataset.integrity.manifest_shape``), or None."""
+    from kdata.dataset.integrity import manifest_shape
     from kdata.dataset.writer import read_manifest
 
     manifest = read_manifest(out)
-    problems = check_fields(Path(out), manifest) if manifest is not None else []
+    problems = manifest_shape(out, manifest) if manifest is not None else []
     return problems[0] if problems else None
 
 

@@ -87,7 +87,7 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
     out = Path(out)
     if not isinstance(manifest, dict):
         return [f"{out / 'manifest.json'}: not a JSON object"]
-    problems = check_fields(out, manifest) or _check_counts(out, manifest) or _check_card(out, manifest)
+    problems = manifest_shape(out, manifest) or _check_card(out, manifest)
     if problems:
         return problems
     counts = manifest["counts"]
@@ -113,6 +113,12 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
         return problems
     return _check_shard_rows(out, shard_paths, decisions, manifest) \
         or check_provenance(out, manifest, shard_paths[0] if shard_paths else None)
+
+
+def manifest_shape(out: str | os.PathLike, manifest: dict) -> list[str]:
+    """The manifest's own problems, no file read: fields of the wrong type, counts that do not add up
+    (what every reader of the manifest relies on; ``kdata inspect`` checks it before summarising)."""
+    return check_fields(Path(out), manifest) or _check_counts(Path(out), manifest)
 
 
 def _check_counts(out: Path, manifest: dict) -> list[str]:

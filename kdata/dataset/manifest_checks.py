@@ -26,7 +26,6 @@ DEFAULT_METHODS = (None, "", "default")  # ``--method`` values that resolve to t
 DICT_FIELDS = ("models", "pool", "config", "scoring", "method_info", "hard", "generate", "source", "dedup")
 STR_FIELDS = ("config_hash", "kdata_version", "schema_version", "balance", "dedup_level", "decisions_file",
               "license")
-COUNT_KEYS = ("n_in", "kept", "rejected", "quarantined")
 META_KEYS = ("class_names", "topk", "temperature")  # compared as the manifest's top-level fields
 
 
@@ -51,12 +50,6 @@ def _field_problem(m: dict) -> str | None:
     for key in STR_FIELDS:
         if m.get(key) is not None and not isinstance(m[key], str):
             return f"'{key}' must be a string (or null), not {type(m[key]).__name__}"
-    if m.get("counts") is not None and not isinstance(m["counts"], dict):
-        return f"'counts' must be an object, not {type(m['counts']).__name__}"
-    for key in COUNT_KEYS:
-        v = (m.get("counts") or {}).get(key)
-        if v is not None and not _int(v, minimum=0):
-            return f"'counts.{key}' must be a whole number ≥ 0, not {v!r:.40}"
     for role, entry in (m.get("models") or {}).items():
         if entry is not None and not isinstance(entry, dict):
             return f"'models.{role}' must be an object (or null), not {type(entry).__name__}"

@@ -94,13 +94,19 @@ def test_bad_values_in_optional_columns_are_one_line_naming_the_row(tmp_path, co
     assert str(err.value).startswith(f"{path}: {says}"), str(err.value)
 
 
-def test_a_class_named_twice_in_a_top_k_row_is_refused(tmp_path):
+def _topk_file(tmp_path, teacher_idx) -> str:
+    """Two rows of top-2 predictions, the teacher's classes ``teacher_idx``."""
     path = tmp_path / "topk.parquet"
-    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_topk_idx": [[0, 1], [2, 2]],
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_topk_idx": teacher_idx,
                              "teacher_topk_prob": [[0.6, 0.3], [0.6, 0.3]], "student_topk_idx": [[0, 1], [0, 1]],
                              "student_topk_prob": [[0.5, 0.4], [0.5, 0.4]]}), path)
+    return str(path)
+
+
+def test_a_class_named_twice_in_a_top_k_row_is_refused(tmp_path):
+    path = _topk_file(tmp_path, [[0, 1], [2, 2]])
     with pytest.raises(KdataError, match=r"column 'teacher_topk_idx' row 1 \(sample_id 'b'\): class 2 appears twice"):
-        load_scores(str(path))
+        load_scores(path)
 
 
 def test_cli_refuses_what_a_predictions_file_cannot_drive(tmp_path, capsys):
@@ -193,12 +199,9 @@ def test_a_scores_run_refuses_a_precision_and_records_no_model_it_did_not_load(t
 
 
 def test_a_topk_above_the_files_k_warns_once(tmp_path, capsys):
-    path = tmp_path / "topk.parquet"
-    pq.write_table(pa.table({"sample_id": ["a", "b"], "teacher_topk_idx": [[0, 1], [2, 3]],
-                             "teacher_topk_prob": [[0.6, 0.3], [0.6, 0.3]], "student_topk_idx": [[0, 1], [0, 1]],
-                             "student_topk_prob": [[0.5, 0.4], [0.5, 0.4]]}), path)
-    load_scores(str(path), topk=2)
+    path = _topk_file(tmp_path, [[0, 1], [2, 3]])
+    load_scores(path, topk=2)
     assert capsys.readouterr().err == ""
-    load_scores(str(path), topk=3)
+    load_scores(path, topk=3)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "--topk 3 is above the 2 classes per row the file gives" in err[0], err
