@@ -186,3 +186,20 @@ def test_coverage_on_scores_without_teacher_signals_skips_the_tail():
     info = sel.info["coverage"]
     assert int(sel.kept.sum()) == 10 and info["tail_cut"] == 0 and info["difficulty"] == "none"
     assert any(s.startswith("tail_cut") for s in info["skipped"])
+
+
+def test_rows_dedup_removed_before_the_sampler_have_no_coverage_score(tmp_path):
+    """A duplicate never reached the sampler: its score_coverage is NaN, not 0.0 (which skewed the
+    rejected rows' score quantiles in inspect and the card)."""
+    scores = random_scores(tmp_path, np.random.default_rng(1), 80, 3)
+
+    def every_fifth_is_a_copy(view, order):  # the select() dedup hook's contract: dup_of per visited row
+        dup_of = np.full(len(order), -1)
+        dup_of[5::5] = 0
+        return dup_of, {"removed": int((dup_of >= 0).sum())}
+
+    sel = select(scores, methods=["coverage"], budget=20, seed=0, num_classes=3, dedup=every_fifth_is_a_copy)
+    dup = sel.stage == "dedup"
+    cov = sel.scores["score_coverage"]
+    assert dup.sum() == 15 and np.isnan(cov[dup]).all() and np.isfinite(cov[~dup]).all()
+    assert int(sel.kept.sum()) == 20

@@ -165,7 +165,7 @@ def coverage(view: ScoreView, *, budget, seed, alive=None, deduped: bool | None 
     n = len(view)
     rows = np.arange(n) if alive is None else np.flatnonzero(alive)
     b = int(min(budget, len(rows)))
-    typical = np.zeros(n)
+    typical = np.full(n, np.nan)  # rows an earlier stage removed (dedup, filters) were never ranked here
     keep = np.ones(n, dtype=bool) if alive is None else np.asarray(alive, dtype=bool).copy()
     info: dict = {"steps": ["dedup", "tail_cut", "stratified_prn"], "seed": seed, "budget": b,
                   "candidates": len(rows)}
