@@ -32,6 +32,7 @@ from kdata.report.card_text import SIZE_CATEGORIES, front_matter, read_front_mat
 from kdata.report.html import REPORT, report_rows, write_report
 from kdata.report.inspect import load_run
 from kdata.report.pool_source import record_fingerprints
+from kdata.report.text_run import is_text_run, report_texts
 
 __all__ = ["CARD", "N_THUMBS", "PLOTS", "REPORT", "SIZE_CATEGORIES", "card_entry", "fetch_payloads", "front_matter",
            "plot_balance", "plot_scores", "publish", "read_front_matter", "regenerate", "render_card",
@@ -76,7 +77,13 @@ def write_card(out: str | Path, *, manifest: dict | None = None, name: str | Non
     blocks, rows = thumbnail_blocks(run), report_rows(run)
     ids = sorted({r["sample_id"] for _, b, _ in blocks for r in b} |  # quarantined: unreadable payloads
                  {r["id"] for r in rows if r["decision"] != "quarantined"})
-    images, fetch_note = fetch_payloads(run, ids, pool=pool)  # one pass over the pool for both
+    texts: dict[str, str] = {}
+    if is_text_run(run):  # the report's tiles show each row's text; the card's text tables read their own
+        images, fetch_note = {}, None
+        texts, text_note = report_texts(run, [r["id"] for r in rows if r["decision"] != "quarantined"], pool=pool)
+    else:
+        images, fetch_note = fetch_payloads(run, ids, pool=pool)  # one pass over the pool for both
+        text_note = None
     fname = prefix + PLOTS["thumbnails"]
     ok, note = thumbnail_grid(run, dest / fname, blocks=blocks, images=images, note=fetch_note)
     links["thumbnails"] = fname if ok else None
@@ -86,7 +93,8 @@ def write_card(out: str | Path, *, manifest: dict | None = None, name: str | Non
         notes["thumbnails"] = note
     card_name = f"{prefix}{CARD}" if not prefix else f"{prefix.rstrip('-_')}.md"
     links["report"] = prefix + REPORT
-    write_report(run, dest / links["report"], name=name, rows=rows, images=images, card=card_name, note=fetch_note)
+    write_report(run, dest / links["report"], name=name, rows=rows, images=images, texts=texts, card=card_name,
+                 note=fetch_note or text_note)
     written.append(links["report"])
     text = render_card(run, name=name, plots=links, notes=notes)
     from kdata.core.atomic import write_bytes

@@ -93,17 +93,19 @@ def _embed(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_report(run: Run, *, name: str, rows: list[dict], images: dict[str, bytes], card: str = "README.md",
-                  note: str | None = None) -> str:
-    """The page's HTML for ``rows`` (from ``report_rows``) with thumbnails from ``images``; ``card`` is
-    the relative link to the data card, ``note`` says why some rows have no thumbnail."""
+def render_report(run: Run, *, name: str, rows: list[dict], images: dict[str, bytes], texts: dict[str, str] | None = None,
+                  card: str = "README.md", note: str | None = None) -> str:
+    """The page's HTML for ``rows`` (from ``report_rows``) with thumbnails from ``images`` or, for text runs,
+    snippets from ``texts`` (sample_id → text); ``card`` is the relative link to the data card, ``note``
+    says why some rows have neither."""
     m, dc = run.manifest, decision_counts(run)
     models = m.get("models") or {}
     cfg = m.get("config") or {}
     groups: dict[str, int] = {"kept": int(dc["kept"] or 0), **dc["rejected_by_reason_group"]}
     if dc["quarantined"]:
         groups["quarantined"] = int(dc["quarantined"])
-    rows = [{**r, "thumb": thumb_uri(images.get(r["id"]))} for r in rows]
+    texts = texts or {}
+    rows = [{**r, "thumb": thumb_uri(images.get(r["id"])), "text": texts.get(r["id"])} for r in rows]
     shown: dict[str, int] = {}
     for r in rows:
         shown[r["group"]] = shown.get(r["group"], 0) + 1
@@ -116,7 +118,7 @@ def render_report(run: Run, *, name: str, rows: list[dict], images: dict[str, by
             ("budget", f"{cfg.get('budget')} ({m.get('budget_rows')} rows)"),
             ("balance", m.get("balance", cfg.get("balance"))), ("config hash", m.get("config_hash"))]
     data = {"groups": groups, "shown": shown, "rows": rows, "score": primary_score(run),
-            "classes": [b["class"] for b in balance], "note": note}
+            "classes": [b["class"] for b in balance], "note": note, "text": bool(texts)}
     sections = {
         "__TITLE__": html.escape(f"{name}: kdata curation report"),
         "__NAME__": html.escape(name),
@@ -134,8 +136,8 @@ def render_report(run: Run, *, name: str, rows: list[dict], images: dict[str, by
 
 
 def write_report(run: Run, path: Path, *, name: str, rows: list[dict], images: dict[str, bytes],
-                 card: str = "README.md", note: str | None = None) -> None:
+                 texts: dict[str, str] | None = None, card: str = "README.md", note: str | None = None) -> None:
     """Write ``report.html`` (atomically)."""
-    page = render_report(run, name=name, rows=rows, images=images, card=card, note=note)
+    page = render_report(run, name=name, rows=rows, images=images, texts=texts, card=card, note=note)
     write_bytes(path, page.encode("utf-8"))
 

@@ -26,6 +26,7 @@ tr[data-key="kept"] td { font-weight: bold; }
 .filters { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; margin: 8px 0 12px;
            position: sticky; top: 0; background: #fff; padding: 8px 0; border-bottom: 1px solid #eee; }
 #grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(132px, 1fr)); gap: 10px; }
+#grid.texts { grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); }
 .tile { display: flex; flex-direction: column; margin: 0; border: 2px solid #ccc; border-radius: 4px; padding: 4px;
         font-size: 11px; overflow-wrap: anywhere; }
 .tile.kept { border-color: #1f77b4; } .tile.rejected { border-color: #d62728; }
@@ -33,6 +34,8 @@ tr[data-key="kept"] td { font-weight: bold; }
 .tile img, .tile .noimg { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated;
                            align-self: center; background: #f4f4f4; }
 .tile .noimg { display: flex; align-items: center; justify-content: center; color: #888; }
+.tile .snippet { margin: 0 0 4px; max-height: 12em; overflow: auto; white-space: pre-wrap; font-family: serif;
+                 font-size: 12px; }
 .tile b { font-size: 12px; } .tile code { color: #666; }
 [hidden] { display: none !important; }
 #sampling, #shown-count { color: #555; }
@@ -80,6 +83,7 @@ __BALANCE__
   var $ = function (id) { return document.getElementById(id); };
   var fDec = $("f-decision"), fReason = $("f-reason"), fClass = $("f-class"), fSort = $("f-sort"), fId = $("f-id");
   var grid = $("grid"), order = ["kept", "rejected", "quarantined"];
+  if (data.text) { grid.className = "texts"; }
 
   function add(select, value, label) {
     var o = document.createElement("option");
@@ -109,7 +113,8 @@ __BALANCE__
     fig.dataset.decision = r.decision; fig.dataset.group = r.group; fig.dataset.cls = r.cls === null ? "" : r.cls;
     if (r.thumb) {
       var img = document.createElement("img"); img.src = r.thumb; img.alt = r.id; fig.appendChild(img);
-    } else { text(fig, "div", "no image").className = "noimg"; }
+    } else if (r.text !== null && r.text !== undefined) { text(fig, "p", r.text).className = "snippet";
+    } else { text(fig, "div", data.text ? "no text" : "no image").className = "noimg"; }
     var cap = document.createElement("figcaption");
     text(cap, "b", r.decision === "kept" ? "kept" + (r.rank === null ? "" : " #" + r.rank) : (r.reason || r.decision));
     text(cap, "div", "teacher: " + (r.cls === null ? "–" : r.cls) + (r.label ? " · label: " + r.label : ""));

@@ -26,6 +26,7 @@ from kdata.report.pool_source import run_pool
 NLL_COLUMNS = (("teacher", "teacher_nll"), ("student", "student_nll"), ("reference", "reference_nll"))
 PPL_QUANTILES = (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))
 SNIPPET = 160
+REPORT_SNIPPET = 400  # characters of each row's text on report.html's tiles
 
 
 def is_text_run(run) -> bool:
@@ -175,6 +176,36 @@ def _excluded_texts(run, ids: list[str]) -> dict:
     return dict(zip(t.column("sample_id").to_pylist(), t.column("text").to_pylist()))
 
 
+def report_texts(run, ids: list[str], *, pool=None, chars: int = REPORT_SNIPPET) -> tuple[dict[str, str], str | None]:
+    """sample_id → a snippet of its text for the report's tiles (``ids``: the sampled rows): kept rows from the
+    shards, the others from the run's own pool (``pool``, else the recorded spec while unchanged) or, for a
+    generated dataset, its ``excluded.parquet``. Returns (texts, note — why some have none)."""
+    found: dict[str, str] = {}
+    if not ids:
+        return found, None
+    if run.shards is not None:
+        hit = pc.fill_null(pc.is_in(run.shards.column("sample_id"), value_set=pa.array(ids, pa.string())), False)
+        at = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+        shard_ids = run.shards.column("sample_id").take(pa.array(at, pa.int64())).to_pylist()
+        found.update({i: t for i, t in zip(shard_ids, run.payload("text", at)) if t is not None})
+    missing = [i for i in ids if i not in found]
+    note = None
+    if missing:
+        spec = _spec(run)
+        if pool is None and spec:
+            pool, why = run_pool(run, spec)
+            note = None if pool is not None else f"the pool {spec} could not be read back: it {why}"
+        try:
+            more = _pool_texts(pool, missing) if pool is not None else _excluded_texts(run, missing)
+        except Exception as exc:  # noqa: BLE001  (the pool is gone or changed: the page says so, once)
+            more, note = _excluded_texts(run, missing), f"reading the pool {spec} failed ({type(exc).__name__})"
+        found.update({i: t for i, t in more.items() if t is not None})
+        lost = sum(i not in found for i in missing)
+        if lost and note is None:
+            note = f"{lost} sampled row(s) have no text to show"
+    return {i: printable(" ".join(t.split())[:chars]) for i, t in found.items()}, note and f"Texts: {note}."
+
+
 def text_summary(run, *, n: int = 5, pick=None, order=None) -> dict | None:
     """The text sections of a run (None for image runs): examples, domain mixture, perplexity quantiles."""
     if not is_text_run(run):
@@ -234,5 +265,5 @@ def _share(n, share) -> str | None:
     return None if n is None else f"{n} ({100 * share:.1f}%)" if share is not None else str(n)
 
 
-__all__ = ["domain_mixture", "is_text_run", "perplexity_quantiles", "text_card_lines", "text_examples",
+__all__ = ["domain_mixture", "is_text_run", "perplexity_quantiles", "report_texts", "text_card_lines", "text_examples",
            "text_summary"]

@@ -124,3 +124,23 @@ def test_a_person_sees_the_counts_thumbnails_and_a_working_filter(browser, run_d
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+
+
+def test_a_text_runs_tiles_show_the_texts(browser, tmp_path):
+    """A causal-LM text run's page: each tile shows its row's text (not "no image"), on screen."""
+    pytest.importorskip("transformers")
+    from tests.helpers.text_models import text_assets
+
+    d = text_assets()
+    out = tmp_path / "text-run"
+    assert main(["select", "--pool", str(d / "pool.jsonl"), "--teacher", f"hf:{d / 't'}", "--student",
+                 f"hf:{d / 's'}", "--method", "teacher_confidence", "--budget", "0.3", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    browser.get((out / "report.html").as_uri())
+    tiles = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#grid .tile')).filter(e => e.getClientRects().length > 0)"
+        ".map(e => ({decision: e.dataset.decision, snippet: (e.querySelector('.snippet') || {}).innerText,"
+        " noimg: !!e.querySelector('.noimg')}));")
+    assert {t["decision"] for t in tiles} >= {"kept", "rejected"}
+    assert all(t["snippet"] and not t["noimg"] for t in tiles if t["decision"] != "quarantined")
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -97,3 +97,31 @@ def test_moved_pool_leaves_a_note_not_an_error(text_run, tmp_path):
     s = _summary(copy)
     assert "could not be read back" in s["note"] and all(r["text"] is None for r in s["rejected_texts"])
     assert s["perplexity"]["teacher"]["pool"]["n"] == 60  # from decisions.parquet, not the pool
+
+
+def test_the_html_report_shows_each_sampled_rows_text(text_run, tmp_path):
+    """report.html of a text run: every sampled kept and rejected row carries its own text (kept from the
+    shards, rejected from the run's pool), whitespace collapsed; with the pool gone the page says why."""
+    import re
+    import shutil
+
+    out, d = text_run
+    page = (out / "report.html").read_text()
+    data = json.loads(re.search(r'id="kdata-data">(.*?)</script>', page, re.DOTALL).group(1))
+    pool = {json.loads(x).get("sample_id"): json.loads(x)["text"] for x in (d / "pool.jsonl").read_text().splitlines()}
+    rows = [r for r in data["rows"] if r["decision"] != "quarantined"]
+    assert data["text"] and {r["decision"] for r in rows} == {"kept", "rejected"}
+    for r in rows:
+        want = " ".join(pool[r["id"]].split())[:400].replace("\x07", "\\x07")
+        assert r["text"] == want and r["thumb"] is None, r["id"]
+    m = json.loads((out / "manifest.json").read_text())
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    m["pool"]["spec"] = str(tmp_path / "gone.jsonl")
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert main(["card", str(copy)]) == 0
+    data = json.loads(re.search(r'id="kdata-data">(.*?)</script>', (copy / "report.html").read_text(),
+                                re.DOTALL).group(1))
+    assert all(r["text"] for r in data["rows"] if r["decision"] == "kept")
+    assert all(r["text"] is None for r in data["rows"] if r["decision"] == "rejected")
+    assert "could not be read back" in data["note"]
