@@ -104,7 +104,8 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     scores = attach_domain(scored.scores, prep.pool) if prep.balance == "domain" else scored.scores
     if progress:
         progress("selecting")
-    ctx = Context(cfg=cfg, pool=prep.pool, teacher=teacher, student=prep.student, device=prep.device)
+    ctx = Context(cfg=cfg, pool=prep.pool, teacher=teacher, student=prep.student, device=prep.device,
+                  score_cfg=prep.score_cfg)
     sel = select(scores, methods=prep.methods, budget=budget, seed=cfg.seed, num_classes=teacher.num_classes,
                  temperature=cfg.temperature, balance=prep.balance, options=method_options(prep.methods, ctx),
                  dedup=pipeline_dedup(replace(cfg, dedup=resolve_dedup(cfg)), prep.pool,

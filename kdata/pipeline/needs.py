@@ -41,6 +41,7 @@ class Context:
     teacher: object = None
     student: object = None
     device: object = "cpu"
+    score_cfg: object = None  # the run's ScoreConfig: a reference model is scored as teacher and student are
 
 
 def pool_domains(pool) -> pa.Table | None:
@@ -68,7 +69,7 @@ def _reference(ctx: Context) -> dict:
     if ctx.teacher is not None and ref.num_classes != ctx.teacher.num_classes:
         raise KdataError(f"--reference {cfg.reference}: {ref.num_classes} classes, the teacher has "
                          f"{ctx.teacher.num_classes}")
-    return {"reference": reference_scores(ctx.pool, ref, device=ctx.device)}
+    return {"reference": reference_scores(ctx.pool, ref, device=ctx.device, like=ctx.score_cfg)}
 
 
 def _domains(ctx: Context) -> dict:

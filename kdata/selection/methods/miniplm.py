@@ -66,8 +66,11 @@ def _label_logprob(view: ScoreView, who: str, y: np.ndarray) -> np.ndarray:
     return view.log_prob_at(who, y, floor=FLOOR)
 
 
-def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, temperature: float) -> np.ndarray:
-    """log p_ref(y | x) for ``ids`` from a table of sample_id + ref_logits (list<float>)."""
+def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, temperature: float,
+                      label_known: np.ndarray | None = None) -> np.ndarray:
+    """log p_ref(y | x) for ``ids`` from ``reference_scores``' table: from ``ref_logits`` (list<float>) at
+    ``temperature``; above 128 classes ``ref_y_logprob`` where ``label_known`` (y is the label there), else
+    the reference's top-20 with the rest of the mass spread evenly."""
     from kdata.selection.methods.view import list_column
 
     pos = {s: i for i, s in enumerate(reference.column("sample_id").to_pylist())}
@@ -75,13 +78,17 @@ def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, te
         idx = np.array([pos[s] for s in ids], dtype=np.int64)
     except KeyError as exc:
         raise KdataError(f"miniplm: the reference scores have no row for sample '{exc.args[0]}'") from None
-    if "ref_logits" not in reference.column_names:  # large C: the reference's top-k, rest spread evenly
+    if "ref_logits" not in reference.column_names:  # large C: exact where the label is known, else top-k
         ti = list_column(reference, "ref_topk_idx", dtype=np.int64)[idx]
         tv = list_column(reference, "ref_topk_prob", dtype=np.float64)[idx]
         c = int(reference.schema.metadata.get(b"num_classes", b"0")) if reference.schema.metadata else 0
         rest = np.clip(1 - tv.sum(1), 0, None) / max(c - ti.shape[1], 1)
         hit = ti == y[:, None]
-        return np.log(np.maximum(np.where(hit.any(1), (tv * hit).sum(1), rest), FLOOR))
+        out = np.log(np.maximum(np.where(hit.any(1), (tv * hit).sum(1), rest), FLOOR))
+        if label_known is not None and "ref_y_logprob" in reference.column_names:
+            exact = reference.column("ref_y_logprob").to_numpy(zero_copy_only=False).astype(np.float64)[idx]
+            out = np.where(label_known, exact, out)
+        return out
     out = np.empty(len(ids))
     logits = list_column(reference, "ref_logits")
     for i in range(0, len(ids), 65_536):
@@ -104,7 +111,8 @@ def miniplm(view: ScoreView, *, budget, seed, reference: pa.Table | None = None,
     y = np.where((label >= 0) & (label < view.num_classes), label, pred)
     lt = _label_logprob(view, "teacher", y)
     if reference is not None:
-        lr = reference_logprob(reference, view.sample_ids, y, temperature=view.temperature)
+        lr = reference_logprob(reference, view.sample_ids, y, temperature=view.temperature,
+                               label_known=(label >= 0) & (label < view.num_classes))
         src = "reference model"
     else:
         lr = _label_logprob(view, "student", y)
@@ -130,15 +138,25 @@ def text_difference(view: ScoreView) -> MethodResult:
                                                                     "mean_score": float(np.nanmean(s)) if len(s) else 0.0})
 
 
-def reference_scores(pool, model, *, device, batch_size: int = 256, cache: bool = True) -> pa.Table:
-    """Score ``pool`` with the reference ``model``: a table of sample_id + ref_logits (cached)."""
+def reference_scores(pool, model, *, device, batch_size: int = 256, cache: bool = True, like=None) -> pa.Table:
+    """Score ``pool`` with the reference ``model``: a table of sample_id + ref_logits (cached).
+
+    ``like`` is the run's ``ScoreConfig``: the reference is scored at its precision, temperature, batch
+    size, workers and pixel cap (an fp32 run's reference is fp32 too). Above 128 classes the table holds
+    the reference's top-20 and ``ref_y_logprob``, log p_ref(label) exact from the full logits where the
+    row's label is known (``kdata.core.exact_probs``: y is the label then, as in ``miniplm``)."""
+    from dataclasses import replace
+
     from kdata.scoring.score import ScoreConfig, score_pool
 
     cfg = ScoreConfig(batch_size=batch_size, topk=20, embeddings=False, keep_logits="auto")
+    if like is not None:
+        cfg = replace(like, topk=20, embeddings=False, load_embeddings=False, keep_logits="auto")
     scores, _, _ = score_pool(pool, model, model, config=cfg, device=device, cache=cache)
     if "teacher_logits" in scores.column_names:  # C ≤ 128: exact
         return pa.table({"sample_id": scores.column("sample_id"), "ref_logits": scores.column("teacher_logits")})
-    # large C: the reference's top-20 (memory N × 20 instead of N × C)
+    # large C: the reference's top-20 (memory N × 20 instead of N × C) and the exact log p_ref(label)
     t = pa.table({"sample_id": scores.column("sample_id"), "ref_topk_idx": scores.column("teacher_topk_idx"),
-                  "ref_topk_prob": scores.column("teacher_topk_prob")})
-    return t.replace_schema_metadata({"num_classes": str(model.num_classes)})
+                  "ref_topk_prob": scores.column("teacher_topk_prob"),
+                  "ref_y_logprob": scores.column("teacher_y_logprob")})
+    return t.replace_schema_metadata({"num_classes": str(model.num_classes), "temperature": str(cfg.temperature)})
