@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--examples", type=int, default=5, metavar="N", help="example rows to show (kept and rejected; ≥ 0)")
     p.add_argument("--sample-id", default=None, metavar="ID", help="show one sample: its decision, reason and scores")
     p.add_argument("--grid", default=None, metavar="OUT.png",
-                   help="write a thumbnail grid of the best-ranked kept and most clearly rejected images")
+                   help="write the card's thumbnail grid: best-ranked kept, random kept per class, most clearly "
+                        "rejected images")
     p.set_defaults(func=run)
 
 

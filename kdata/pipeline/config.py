@@ -53,7 +53,8 @@ class SelectConfig:
     balance: str | None = opt(None, "spread the budget over predicted classes, embedding clusters or domains "
                               "(default: the recipe's choice)", choices=BALANCES, kind=str)
     dedup: str | None = opt(None, "remove duplicates before the budget: exact (decoded-pixel hash), near "
-                            "(+ pixel cosine), semantic (+ SemDeDup on teacher embeddings)", choices=DEDUP_LEVELS,
+                            "(+ pixel cosine), semantic (+ SemDeDup on teacher embeddings) (default: near for the "
+                            "default recipe, none for other methods)", choices=DEDUP_LEVELS,
                             kind=str)
     dedup_threshold: float | None = opt(None, "cosine threshold of the deepest dedup level "
                                         "(defaults: near 0.996, semantic 0.995)", kind=float)
