@@ -7,6 +7,7 @@ written by kdata, or a bring-your-own predictions Parquet (see ``kdata/byo.py``)
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from kdata.cli.common import emit_json
 
@@ -196,6 +197,10 @@ def run_fit(args) -> int:
     # the labelled rows the source holds (those scored can only be fewer: checked again when fitting)
     check_val_frac(args.val_frac, n=_labelled_found(args, pool, labels), option="--val-frac")
     fitted_with = {"scores_file": args.scores_from}  # a scores Parquet: kdata cannot know its models
+    if Path(args.scores_from).is_file():  # …but records which file it was, byte for byte
+        from kdata.core.atomic import sha256_file
+
+        fitted_with["scores_sha256"] = sha256_file(args.scores_from)
 
     def record(teacher, student) -> None:  # the models' specs and checksums, once loaded
         fitted_with.clear()

@@ -5,7 +5,7 @@ A critic's features are the teacher's and the student's statistics of a sample (
 records their checksums in ``critic.json``: under ``text`` (``teacher_checksum`` /
 ``student_checksum``, beside the ``teacher`` / ``student`` specs) for a text critic, under
 ``models`` (the same four keys) for an image critic scored with models (``{"scores_file": …}``
-when it was fitted on a scores Parquet, whose models kdata cannot know). Every consumer that
+and ``scores_sha256`` when it was fitted on a scores Parquet, whose models kdata cannot know). Every consumer that
 feeds the critic statistics of loaded models compares their checksums with the recorded ones
 and refuses a mismatch in one line (``check_fitted_models``); a critic written before the
 checksums were recorded keeps working, with one note on stderr.

@@ -220,6 +220,11 @@ def test_critic_reads_a_predictions_file_whatever_its_suffix(tmp_path):
     lab = tmp_path / "labels.csv"
     lab.write_text("sample_id,accept\n" + "".join(f"s{i},{int(a)}\n" for i, a in enumerate(accept)))
     assert main(["critic", "fit", "--scores-from", path, "--labels", str(lab), "--out", str(tmp_path / "c")]) == 0
+    import hashlib
+    import json
+
+    rec = json.loads((tmp_path / "c" / "critic.json").read_text())["models"]  # which file, byte for byte
+    assert rec == {"scores_file": path, "scores_sha256": hashlib.sha256(open(path, "rb").read()).hexdigest()}
     out = tmp_path / "applied.parquet"
     assert main(["critic", "apply", str(tmp_path / "c"), "--scores-from", path, "--out", str(out)]) == 0
     assert pq.read_table(out).num_rows == n
