@@ -78,6 +78,23 @@ def curated_rows(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table | Cur
     return CuratedRows(pool, kept_scores(scores, sel))
 
 
+def with_pool_labels(scores: pa.Table, pool: Pool) -> pa.Table:
+    """``scores`` plus the pool's web ``label`` (as strings, null where none), read unit by unit without
+    the payloads where the reader can: text scores carry no label (a causal LM has no classes; a
+    classifier's ``label_idx`` is −1 for labels it lacks), yet the decisions table records every row's."""
+    if "label" in scores.column_names or not pool.units:
+        return scores
+    ids, labels = [], []
+    for unit in pool.units:
+        plan = unit.plan()
+        i = plan.sample_ids()
+        lab = plan.read_column("label")
+        ids.append(i)
+        labels.append(pa.nulls(len(i), pa.string()) if lab is None else lab.combine_chunks().cast(pa.string()))
+    pos = pc.index_in(scores.column("sample_id"), value_set=pa.concat_arrays(ids))
+    return scores.append_column("label", pc.take(pa.concat_arrays(labels), pos))
+
+
 def _reference_model(prep: Prepared) -> dict:
     """The text run's reference model for the manifest's ``models`` (none otherwise)."""
     ref = getattr(prep.extra.get("text_models"), "reference", None)
@@ -110,7 +127,8 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                  temperature=cfg.temperature, balance=prep.balance, options=method_options(prep.methods, ctx),
                  dedup=pipeline_dedup(replace(cfg, dedup=resolve_dedup(cfg)), prep.pool,
                                       workers=getattr(prep.score_cfg, "num_workers", "auto")))
-    decisions = build_decisions(scores, decision=np.where(sel.kept, KEPT, REJECTED), reason=sel.reason,
+    labelled = with_pool_labels(scores, prep.pool) if "text_models" in prep.extra else scores
+    decisions = build_decisions(labelled, decision=np.where(sel.kept, KEPT, REJECTED), reason=sel.reason,
                                 stage=sel.stage, class_names=teacher.class_names, scores=sel.scores,
                                 quarantined=scored.quarantined)
     if decisions.num_rows != n_in:

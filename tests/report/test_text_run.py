@@ -125,3 +125,17 @@ def test_the_html_report_shows_each_sampled_rows_text(text_run, tmp_path):
     assert all(r["text"] for r in data["rows"] if r["decision"] == "kept")
     assert all(r["text"] is None for r in data["rows"] if r["decision"] == "rejected")
     assert "could not be read back" in data["note"]
+
+
+def test_the_decisions_table_of_a_text_run_carries_every_rows_web_label(text_run):
+    """A causal LM has no classes, so the scores carry no label: the decisions table reads the pool's
+    (it was null on every row, while the shards had it)."""
+    out, d = text_run
+    pool = {}
+    for i, line in enumerate((d / "pool.jsonl").read_text().splitlines()):
+        r = json.loads(line)
+        pool[r.get("sample_id", f"pool.jsonl:{i}")] = r.get("label")
+    dec = pq.read_table(out / "decisions.parquet").to_pylist()
+    scored = [r for r in dec if r["decision"] != "quarantined"]
+    assert sum(r["label"] is not None for r in scored) >= 50
+    assert all(r["label"] == pool[r["sample_id"]] for r in scored)
