@@ -23,6 +23,7 @@ from kdata.pipeline.curated_rows import CuratedRows, assemble, kept_scores, miss
 from kdata.pipeline.needs import Context, method_options
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.pipeline.prepare import Prepared, resolve_dedup
+from kdata.pools.label_column import labels_for
 from kdata.pools.spec import Pool
 from kdata.selection.balance import attach_domain
 from kdata.selection.run import Selection, parse_budget, select
@@ -79,20 +80,12 @@ def curated_rows(pool: Pool, scores: pa.Table, sel: Selection) -> pa.Table | Cur
 
 
 def with_pool_labels(scores: pa.Table, pool: Pool) -> pa.Table:
-    """``scores`` plus the pool's web ``label`` (as strings, null where none), read unit by unit without
-    the payloads where the reader can: text scores carry no label (a causal LM has no classes; a
-    classifier's ``label_idx`` is −1 for labels it lacks), yet the decisions table records every row's."""
+    """``scores`` plus the pool's web ``label`` (``kdata.pools.label_column``): text scores carry no label (a
+    causal LM has no classes; a classifier's ``label_idx`` is −1 for labels it lacks), yet the decisions
+    table records every row's."""
     if "label" in scores.column_names or not pool.units:
         return scores
-    ids, labels = [], []
-    for unit in pool.units:
-        plan = unit.plan()
-        i = plan.sample_ids()
-        lab = plan.read_column("label")
-        ids.append(i)
-        labels.append(pa.nulls(len(i), pa.string()) if lab is None else lab.combine_chunks().cast(pa.string()))
-    pos = pc.index_in(scores.column("sample_id"), value_set=pa.concat_arrays(ids))
-    return scores.append_column("label", pc.take(pa.concat_arrays(labels), pos))
+    return scores.append_column("label", labels_for(scores.column("sample_id"), pool))
 
 
 def _reference_model(prep: Prepared) -> dict:

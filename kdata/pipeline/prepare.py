@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
+from kdata.core.main_guard import check_not_importing_main
 from kdata.models.files import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
+from kdata.pipeline.byo_labels import pool_label_resolver
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits, validate, validate_run
 from kdata.pipeline.needs import needs_embeddings
 from kdata.pipeline.text import check_image_pool, is_text_run, prepare_text
@@ -66,6 +68,7 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
     ``cfg`` and ``opts`` are checked first (``validate``, ``validate_run``: the options, the method
     chain and its ``method_options``), so the stage-by-stage API (prepare → score → finish) refuses
     what ``run_select`` refuses, before any work."""
+    check_not_importing_main()
     validate(cfg)
     validate_run(opts)
     methods, balance = resolve_methods(cfg), resolve_balance(cfg)
@@ -138,7 +141,9 @@ def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     """``--scores FILE``: the predictions stand in for the models (kdata.scoring.byo)."""
     if cfg.hard:
         raise KdataError("--hard needs teacher and student models (it cannot run on --scores predictions)")
-    scores, C, class_names, digest = load_with_checksum(cfg.scores, topk=cfg.topk, temperature=cfg.temperature)
+    pool = open_pool(cfg.pool, limits=pool_limits(cfg)) if cfg.pool else None
+    scores, C, class_names, digest = load_with_checksum(cfg.scores, topk=cfg.topk, temperature=cfg.temperature,
+                                                        labels=pool_label_resolver(pool, where=cfg.scores))
     if C == 1 and "teacher_logprob" in scores.column_names:  # log-probabilities only: no classes to compare
         others = [m for m in methods if m not in LOGPROB_METHODS]
         if others or balance == "class":
@@ -148,7 +153,7 @@ def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
                              f"predictions, so {what} has nothing to rank by; use --method miniplm (or random)")
     teacher = ByoModel(spec=f"byo:{cfg.scores}#teacher", num_classes=C, class_names=class_names, checksum=digest)
     student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
-    pool = open_pool(cfg.pool, limits=pool_limits(cfg)) if cfg.pool else Pool(spec="", units=[], description="no payload (--scores without --pool)")
+    pool = pool or Pool(spec="", units=[], description="no payload (--scores without --pool)")
     scores, missing = match_pool(scores, pool, scores_file=cfg.scores)
     score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
                             num_workers=opts.num_workers)  # nothing to decode for scores: dedup features use it

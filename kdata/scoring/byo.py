@@ -219,9 +219,13 @@ def _statistics_columns(batches, label: np.ndarray, *, C: int, n: int, temperatu
     return score_columns(parts)
 
 
-def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
-                num_classes: int | None = None) -> tuple[pa.Table, int, list[str]]:
-    """Read and validate a bring-your-own predictions file; return (scores table, C, class names)."""
+def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_classes: int | None = None,
+                labels=None) -> tuple[pa.Table, int, list[str]]:
+    """Read and validate a bring-your-own predictions file; return (scores table, C, class names).
+
+    ``labels(ids, class_names, declared, C, file_label)`` (optional; ``--pool``'s web labels) returns
+    ``(label_idx, class_names)`` to score with, before any statistic reads the labels: ``declared`` says
+    whether the file named its classes, ``file_label`` is its ``label_idx`` column (None without one)."""
     import pyarrow.parquet as pq
 
     where = str(path)
@@ -269,13 +273,14 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
         raise KdataError(f"{where}: needs teacher_logits and student_logits (lists), or teacher_topk_idx/"
                          "teacher_topk_prob and student_topk_idx/student_topk_prob, or teacher_logprob and "
                          "reference_logprob")
-    class_names = list(meta.get("class_names") or [str(i) for i in range(C)])
-    if len(class_names) != C:
-        class_names = [str(i) for i in range(C)]
+    declared = bool(meta.get("class_names")) and len(meta["class_names"]) == C
+    class_names = list(meta["class_names"]) if declared else [str(i) for i in range(C)]
 
     label = np.full(n, -1, dtype=np.int32)
     if "label_idx" in names:
         label = label_column(table, where=where, ids=ids, num_classes=None if mode == "logprob" else C)
+    if labels is not None and mode != "logprob":
+        label, class_names = labels(ids, class_names, declared, C, label if "label_idx" in names else None)
     cols: dict[str, pa.Array] = {"sample_id": ids, "label_idx": pa.array(label, pa.int32())}
     if mode == "logprob":  # trivial one-class predictions; only miniplm (and random) say anything here
         cols.update(_one_class_columns(n))
@@ -296,7 +301,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0,
     return out, C, class_names
 
 
-def load_with_checksum(path: str, *, topk: int, temperature: float) -> tuple[pa.Table, int, list[str], str]:
+def load_with_checksum(path: str, *, topk: int, temperature: float, labels=None) -> tuple[pa.Table, int, list[str], str]:
     """``load_scores`` plus the file's sha256: (scores, C, class_names, digest).
 
     The checksum (5 s for an 8 GB file) runs beside the load, since hashlib releases the GIL; a bad
@@ -306,7 +311,7 @@ def load_with_checksum(path: str, *, topk: int, temperature: float) -> tuple[pa.
     with ThreadPoolExecutor(1, thread_name_prefix="kdata-sha256") as ex:
         pending = ex.submit(sha256_file, path, stop=stop) if Path(path).is_file() else None
         try:
-            scores, C, class_names = load_scores(path, topk=topk, temperature=temperature)
+            scores, C, class_names = load_scores(path, topk=topk, temperature=temperature, labels=labels)
         except BaseException:
             stop.set()
             raise

@@ -27,11 +27,11 @@ from tests.helpers.real_inputs import digits, make_image_folder, make_tar, png_b
 SHARDS = ["--rows-per-shard", "7", "--row-group-rows", "3"]  # several shards (binned on disk), several row groups
 
 
-def _preds(path: Path, ids: list[str], *, seed: int = 0) -> str:
+def _preds(path: Path, ids: list[str], *, seed: int = 0, label=None) -> str:
     rng = np.random.default_rng(seed)
     t = rng.normal(size=(len(ids), 10)) * 3
     return write_predictions(path, t, t + rng.normal(size=t.shape) * 2, ids=ids,
-                             label=rng.integers(0, 10, len(ids)))
+                             label=rng.integers(0, 10, len(ids)) if label is None else label)
 
 
 def _select(out: Path, args: list[str]) -> None:
@@ -87,7 +87,9 @@ def test_image_folder_and_tar_pools_give_the_table_paths_bytes(tmp_path, monkeyp
     folder = make_image_folder(tmp_path / "folder", 30)
     ids = open_pool(str(folder)).units[0].sample_ids().to_pylist()
     _assert_same_as_table_path(tmp_path / "f", monkeypatch,
-                               ["--scores", _preds(tmp_path / "pf.parquet", ids), "--pool", str(folder),
+                               ["--scores", _preds(tmp_path / "pf.parquet", ids,  # labels agree with the folders
+                                                   label=np.array([int(i.split("/")[0]) for i in ids])),
+                                "--pool", str(folder),
                                 "--method", "rad", "--budget", "0.6", *SHARDS])
     x, y = digits(30)
     tar = make_tar(tmp_path / "pool.tar", [(f"k{i:02d}", str(y[i]), png_bytes(x[i])) for i in range(30)])
