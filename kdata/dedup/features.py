@@ -287,3 +287,25 @@ def pool_features(pool, ids: np.ndarray, *, pixels: bool, workers=0) -> tuple[np
     if missing:
         raise RuntimeError(f"dedup: {missing} candidates not found in the pool")
     return hashes, vecs
+
+
+def warm_features(pool, *, pixels: bool, workers="auto", stop=None) -> int:
+    """Compute and cache every unit's features (``unit_features``) before dedup asks for them: on a GPU
+    run the pipeline calls this on a thread while the GPU scores, so the CPU decodes the images for dedup
+    while it would otherwise wait, and dedup then reads the cache. ``stop`` (a ``threading.Event``) ends
+    it between units. Returns how many units it visited; the features are those dedup computes itself."""
+    rows = 0
+    for unit in pool.units:
+        if stop is not None and stop.is_set():
+            return 0
+        rows += len(unit.sample_ids())
+    from kdata.dedup.feature_workers import feature_workers
+
+    done = 0
+    with feature_workers(workers, rows=rows) as fw:
+        for unit in pool.units:
+            if stop is not None and stop.is_set():
+                break
+            unit_features(unit, pixels=pixels, workers=fw)
+            done += 1
+    return done

@@ -246,6 +246,9 @@ def worker_context(num_workers: int):
 
     if not num_workers:
         return None
+    from kdata.core.main_guard import check_not_importing_main
+
+    check_not_importing_main()  # a script without a __main__ guard, re-run by the fork server: say so
     if "forkserver" not in mp.get_all_start_methods():
         return None
     ctx = mp.get_context("forkserver")

@@ -7,23 +7,29 @@ A run's report has counts that add up: ``n_in == kept + rejected + quarantined``
 from __future__ import annotations
 
 import errno
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from kdata.core.errors import KdataError, RuntimeFailure
 from kdata.core.lock import exclusive
+from kdata.core.main_guard import check_not_importing_main
 from kdata.core.paths import cache_dir
 from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_run
 from kdata.pipeline.curate import Scored, finish
 from kdata.pipeline.output import RunReport, already_complete, check_out_outside_pool, publish_card
-from kdata.pipeline.prepare import Prepared, prepare
+from kdata.pipeline.prepare import Prepared, prepare, resolve_dedup
 from kdata.pipeline.rerun import pool_change
 from kdata.pipeline.text import score_text
 from kdata.scoring.score import score_pool
 
 
-def score(prep: Prepared, *, opts: RunOptions = RunOptions()) -> Scored:
-    """Score the pool with teacher and student (cached per unit); ``--scores`` predictions pass through."""
+def score(prep: Prepared, *, opts: RunOptions = RunOptions(), overlap_features: bool | None = None) -> Scored:
+    """Score the pool with teacher and student (cached per unit); ``--scores`` predictions pass through.
+
+    ``overlap_features`` (default: on CUDA): compute image dedup's features on a thread while the pool is
+    scored (``features_ahead``)."""
     if prep.byo is not None:
         n_in = prep.byo.num_rows + len(prep.byo_quarantined)
         return Scored(scores=prep.byo, quarantined=prep.byo_quarantined,
@@ -31,8 +37,9 @@ def score(prep: Prepared, *, opts: RunOptions = RunOptions()) -> Scored:
     try:
         if "text_models" in prep.extra:  # Hugging Face text models (kdata.pipeline.text)
             return Scored(*score_text(prep, opts=opts))
-        scores, quarantined, info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
-                                               device=prep.device, cache=opts.cache, progress=opts.progress)
+        with features_ahead(prep, on=overlap_features):
+            scores, quarantined, info = score_pool(prep.pool, prep.teacher, prep.student, config=prep.score_cfg,
+                                                   device=prep.device, cache=opts.cache, progress=opts.progress)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -41,9 +48,44 @@ def score(prep: Prepared, *, opts: RunOptions = RunOptions()) -> Scored:
     return Scored(scores=scores, quarantined=quarantined, info=info)
 
 
+@contextmanager
+def features_ahead(prep: Prepared, *, on: bool | None = None):
+    """While the body scores the pool, compute and cache the features image dedup will read
+    (``kdata.dedup.features.warm_features``) on a thread — by default on CUDA only, where the GPU runs
+    the models and the CPU cores would otherwise wait (on a CPU run both would share the cores). A
+    failure there is left for dedup, which computes what is missing itself and reports it."""
+    level = resolve_dedup(prep.cfg)
+    if on is None:
+        on = getattr(prep.device, "type", str(prep.device)) == "cuda"
+    if not on or level not in ("exact", "near", "semantic") or not prep.pool.units or "text_models" in prep.extra:
+        yield
+        return
+    from kdata.dedup.features import warm_features
+
+    stop = threading.Event()
+    workers = getattr(prep.score_cfg, "num_workers", "auto")
+
+    def warm() -> None:
+        try:
+            warm_features(prep.pool, pixels=level != "exact", workers=workers, stop=stop)
+        except Exception:  # noqa: BLE001 -- dedup recomputes (and reports) whatever this left undone
+            pass
+
+    thread = threading.Thread(target=warm, name="kdata-dedup-features", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        thread.join()
+
+
 def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) -> RunReport:
     """Score, select and write a curated dataset to ``out``. Idempotent for the same config."""
     t0 = time.perf_counter()
+    check_not_importing_main()
     validate(cfg)
     validate_run(opts)
     check_out_outside_pool(out, cfg.pool)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, RuntimeFailure
 from kdata.core.exact_probs import exact_columns, keeps_logits
 from kdata.core.stats import disagreement
 from kdata.models.decode_pool import BatchTask, FailedRows, HeadFirst, decode_service, decode_task, discard_service
@@ -52,8 +52,17 @@ GPU_DECODE_PIXELS = 1 << 28  # decoded pixels per nvJPEG call: ≤ 805 MB of RGB
 
 
 def started(future: concurrent.futures.Future) -> Iterator[dict]:
-    """The batches of a DataLoader iterator being started on another thread (waits for it)."""
-    yield from future.result()
+    """The batches of a DataLoader iterator being started on another thread (waits for it). Workers that
+    died because the fork server re-ran a script without a ``__main__`` guard: one line saying so."""
+    from kdata.core.main_guard import HINT, unguarded_script
+
+    try:
+        yield from future.result()
+    except RuntimeError as exc:
+        script = unguarded_script() if "exited unexpectedly" in str(exc) else None
+        if script is None:
+            raise
+        raise RuntimeFailure(f"{script}: decode workers stopped ({exc}); {HINT}") from None
 
 
 def pixel_chunks(pixels: list[int], budget: int) -> list[list[int]]:
