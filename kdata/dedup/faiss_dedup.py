@@ -319,6 +319,8 @@ def pipeline_dedup(cfg, pool, *, workers="auto"):
             emb = view.col("embedding")[order]
         res = dedup_ranked(level=level, hashes=hashes, pixels=pixels, embeddings=emb,
                            threshold=cfg.dedup_threshold, frac=cfg.dedup_frac, seed=cfg.seed)
+        if level != "exact":
+            collapse_warning(res.info, embedder=cfg.teacher, frac=cfg.dedup_frac, images=True)
         return res.dup_of, res.info
 
     return run

@@ -82,17 +82,24 @@ TEXT_DEFAULTS = {"near_default": TEXT_NEAR_THRESHOLD, "semantic_default": TEXT_S
 NEAR_SKIPPED = "skipped: near dedup of text compares sentence embeddings (give --embedder hf:PATH)"
 
 
-def collapse_warning(info: dict, *, embedder: str, frac: float | None = None) -> str | None:
+def collapse_warning(info: dict, *, embedder: str, frac: float | None = None, images: bool = False) -> str | None:
     """When near/semantic dedup (``dedup_ranked``'s ``info``) removed more than ``COLLAPSE_SHARE`` of
     the candidates exact dedup left, record ``info["warning"]`` and print it once on stderr; the
-    semantic removals ``--dedup-frac`` asked for do not count. Returns the warning or None."""
+    semantic removals ``--dedup-frac`` asked for do not count. ``images``: ``embedder`` is the model
+    whose penultimate features semantic dedup compared (near compares 16×16 pixel vectors). Returns the
+    warning or None."""
     removed = info.get("removed") or {}
     distinct = int(info.get("n_in", 0)) - int(removed.get("exact", 0))
     n = int(removed.get("near", 0)) + (0 if frac is not None else int(removed.get("semantic", 0)))
     if distinct < COLLAPSE_MIN_TEXTS or n <= COLLAPSE_SHARE * distinct:
         return None
+    if images:
+        cause = (f"the teacher {embedder}'s features may not separate the images (raise --dedup-threshold, or "
+                 "remove a chosen share with --dedup-frac)" if removed.get("semantic") else
+                 "the pool's images may be near-copies of few pictures (raise --dedup-threshold to keep more)")
+    else:
+        cause = f"the embedder {embedder} may not separate the texts (use a sentence encoder, or raise --dedup-threshold)"
     info["warning"] = (f"near/semantic dedup removed {n:,} of {distinct:,} distinct candidates (more than "
-                       f"{COLLAPSE_SHARE:.0%}): the embedder {embedder} may not separate the texts (use a sentence "
-                       "encoder, or raise --dedup-threshold)")
+                       f"{COLLAPSE_SHARE:.0%}): {cause}")
     print(f"kdata: warning: {info['warning']}", file=sys.stderr)
     return info["warning"]

@@ -215,8 +215,8 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         ranked = partial(_ranked_rows, level=level, hashes=hashes, pixels=pixels, embeddings=emb, seed=seed,
                          defaults=defaults)
         reason, info = _dedup_reasons(table, ranked, threshold=threshold, frac=frac)
-        if text and level != "exact":
-            collapse_warning(info, embedder=embedder, frac=frac)
+        if level != "exact":
+            collapse_warning(info, embedder=embedder if text else teacher, frac=frac, images=not text)
         gone = np.array([r is not None for r in reason], dtype=bool)
         decisions = build_decisions(table, decision=np.where(gone, REJECTED, KEPT), reason=reason,
                                     stage=["dedup" if g else None for g in gone])

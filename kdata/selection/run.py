@@ -128,6 +128,19 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
     return _finish(st, view, budget=budget, seed=seed, balance=balance)
 
 
+def balance_info(balance: str, groups: np.ndarray, kept: np.ndarray, *, listed: int = 64) -> dict:
+    """What ``--balance`` did, for the manifest's ``method_info.balance``: the groups the candidates fell
+    in, and the candidates and kept rows of each (the ``listed`` largest groups by name; every count
+    summed in ``kept_min``/``kept_max``)."""
+    names, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    cand_n = np.bincount(inv, minlength=len(names))
+    kept_n = np.bincount(inv[kept], minlength=len(names))
+    top = np.argsort(-cand_n, kind="stable")[:listed]
+    return {"kind": balance, "groups": int(len(names)), "kept_min": int(kept_n.min()) if len(names) else 0,
+            "kept_max": int(kept_n.max()) if len(names) else 0,
+            "per_group": {str(names[i]): {"candidates": int(cand_n[i]), "kept": int(kept_n[i])} for i in sorted(top)}}
+
+
 @dataclass
 class _State:
     alive: np.ndarray
@@ -173,6 +186,8 @@ def _finish(st: _State, view: ScoreView, *, budget: int, seed: int, balance: str
     chosen = cand[top_k(st.ranker_score[cand], budget, seed=seed, groups=groups, tie=view.prn(seed)[cand])]
     kept = np.zeros(n, dtype=bool)
     kept[chosen] = True
+    if groups is not None:
+        st.info["balance"] = balance_info(balance, groups, np.isin(cand, chosen))
     over = st.alive & ~kept
     st.reason[over] = f"{st.ranker_name}_over_budget"
     st.stage[st.alive] = st.ranker_name  # kept and over budget alike: the last ranker decided them

@@ -271,6 +271,9 @@ def test_balance_cluster_spreads_the_budget(builtin_models):
     assert (per_bal >= np.minimum(sizes, budget // k - 1)).all()
     assert per_bal.max() < per_plain.max()
     assert (per_bal > 0).sum() >= (per_plain > 0).sum()
+    info = bal.info["balance"]  # recorded for the manifest: the clusters and what each kept
+    assert info["kind"] == "cluster" and info["groups"] == k and info["kept_max"] == per_bal.max()
+    assert sum(v["kept"] for v in info["per_group"].values()) == budget and "balance" not in plain.info
 
 
 def test_select_cli_with_dedup_and_cluster_balance(builtin_models, tmp_path):
