@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,6 +70,8 @@ def pool_table(ids: list[str], images: list[bytes | None], labels: list[str | No
 # Folders: ImageFolder layout (POOL/<label>/<file>) and flat folders with an optional labels.csv
 
 BAD_NAME = "file name is not valid UTF-8 (shown with backslash escapes)"
+STRAY = ("file at the top of an ImageFolder pool, not in a class folder: it has no label (move it into its "
+         "class folder, or out of the pool)")
 
 
 def _list_images(root: Path, *, follow_symlinks: bool = False) -> list[str]:
@@ -144,15 +147,20 @@ def _read_labels_csv(path: Path) -> dict[str, str]:
 class FolderRows(UnitRows):
     """A folder unit's files by position, read (under the pool's limits) by the worker that decodes them."""
 
-    def __init__(self, root: Path, files: list[str], labels: list[str | None], *, source: str, limits: PoolLimits):
+    def __init__(self, root: Path, files: list[str], labels: list[str | None], *, source: str, limits: PoolLimits,
+                 stray_top: bool = False):
         self.root, self.root_real = Path(root), os.path.realpath(root)
         self.files, self.labels, self.source, self.limits = files, labels, source, limits
         self.num_rows = len(files)
+        self.stray_top = stray_top  # ImageFolder: a file beside the class folders is quarantined, not read
 
     def load(self, f: str) -> tuple[bytes | None, str | None]:
         if not is_utf8(f):
             return None, BAD_NAME
-        return read_capped(self.root / f, root_real=self.root_real, limits=self.limits)
+        data, err = read_capped(self.root / f, root_real=self.root_real, limits=self.limits)
+        if self.stray_top and "/" not in f and err is None:  # what cannot be read says so first
+            return None, STRAY
+        return data, err
 
     def sample_ids(self) -> pa.Array:
         return pa.array([escaped(f) for f in self.files], pa.string())  # as ``read_rows`` names them
@@ -179,9 +187,9 @@ class FolderRows(UnitRows):
 
 
 def _folder_unit(root: Path, files: list[str], labels: list[str | None], *, name: str, source: str,
-                 limits: PoolLimits) -> PoolUnit:
+                 limits: PoolLimits, stray_top: bool = False) -> PoolUnit:
     memo: dict[str, str] = {}
-    rows = FolderRows(root, files, labels, source=source, limits=limits)
+    rows = FolderRows(root, files, labels, source=source, limits=limits, stray_top=stray_top)
 
     def fingerprint() -> str:
         if "fp" not in memo:
@@ -204,11 +212,12 @@ def _is_image_folder(spec: str) -> bool:
 
 
 def _folder_label(f: str) -> str | None:
-    """ImageFolder: the top folder is the (web) label; none for top-level files or undecodable names."""
+    """ImageFolder: the top folder is the (web) label, in Unicode NFC (macOS writes names decomposed, NFD: the
+    same class either way); none for top-level files or undecodable names."""
     if "/" not in f:
         return None
     top = f.split("/", 1)[0]
-    return top if is_utf8(top) else None
+    return unicodedata.normalize("NFC", top) if is_utf8(top) else None
 
 
 @register_reader(_is_image_folder)
@@ -239,7 +248,7 @@ def open_image_folder(spec: str, *, unit_files: int | None = None, limits: PoolL
     units = []
     for i, j in fixed_cuts(len(files), size=unit_files) if unit_files else content_cuts(files, mean=UNIT_FILES):
         units.append(_folder_unit(root, files[i:j], labels[i:j], name=f"{escaped(files[i])}..{escaped(files[j - 1])}",
-                                  source=root.name, limits=limits))
+                                  source=root.name, limits=limits, stray_top=bool(folders) and csv_labels is None))
     return Pool(spec=spec, units=units, class_names=class_names,
                 description=f"{layout} at {spec}: {len(files)} images, {len(units)} unit(s)",
                 extra={"layout": layout, "n_files": len(files)})
