@@ -20,6 +20,7 @@ import difflib
 import json
 import math
 import os
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
@@ -173,12 +174,13 @@ def read_sidecar(model_path: str | os.PathLike, *, required: bool = True) -> dic
 
 
 def resolve_class_names(declared: list[str] | None, n_out: int, *, where: str) -> list[str]:
-    """Class names for a model with ``n_out`` outputs: its own, else the pool's, else indices."""
+    """Class names for a model with ``n_out`` outputs: its own (in Unicode NFC, as pool folder labels are:
+    names copied from folders macOS wrote decomposed still match), else the pool's, else indices."""
     if declared is not None:
         if len(declared) != n_out:
             raise KdataError(f"{where}: class-count mismatch: the model outputs {n_out} classes but its "
                              f"sidecar lists {len(declared)} class_names")
-        return declared
+        return [unicodedata.normalize("NFC", c) if isinstance(c, str) else c for c in declared]
     hint = _POOL_CLASSES.get()
     if hint is not None:
         if len(hint) != n_out:

@@ -41,3 +41,22 @@ def test_a_file_beside_the_class_folders_is_quarantined_with_the_reason(tmp_path
     flat.mkdir()
     (flat / "a.png").write_bytes(png_bytes(x[0]))
     assert open_pool(str(flat)).units[0].read().column("read_error").to_pylist() == [None]
+
+
+def test_a_model_whose_class_names_are_nfd_scores_an_nfc_pool(tmp_path):
+    """Class names copied from NFD folder names into a sidecar: loaded as NFC, so the pool's labels match."""
+    from kdata.models.files import export_model
+    from kdata.models.spec import load_model
+    from tests.helpers.real_inputs import INPUT, MEAN, STD, train_cnn
+
+    nfd = [unicodedata.normalize("NFD", n) for n in ("ñandú", "über")]
+    net = train_cnn((4, 8, 8), steps=1, seed=0, num_classes=2)
+    spec = str(export_model(net, tmp_path / "m.pt2", input_size=INPUT, mean=MEAN, std=STD, class_names=nfd, kind="pt2"))
+    assert load_model(spec).class_names == ["ñandú", "über"]
+    x, _ = digits(6)
+    for i in range(6):
+        d = tmp_path / "pool" / ("ñandú", "über")[i % 2]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i}.png").write_bytes(png_bytes(x[i]))
+    assert main(["select", "--pool", str(tmp_path / "pool"), "--teacher", spec, "--student", spec, "--method", "kd3",
+                 "--budget", "3", "--out", str(tmp_path / "out"), "--quiet"]) == 0
