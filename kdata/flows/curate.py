@@ -198,7 +198,7 @@ def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:
                 ids = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
             else:
                 ids = [f"{unit['name']}:{i}" for i in range(f.metadata.num_rows)]
-            return [(i, msg) for i in ids]
+            return [(None if i is None else str(i), msg) for i in ids]  # integer ids read as the reader gives them
         except Exception:
             pass
     return [(unit["name"], msg)]

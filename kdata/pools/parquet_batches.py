@@ -1,5 +1,6 @@
 """Batches streamed from a Parquet pool file (``kdata.pools.parquet_rows``) made fit to take rows from
-and to concatenate: view columns as plain ones, batches read in different modes as one schema."""
+and to concatenate: view columns as plain ones, batches read in different modes as one schema; the
+decoded sizes of byte columns, dictionary-encoded ones included, read without expanding them."""
 
 from __future__ import annotations
 
@@ -31,3 +32,30 @@ def same_types(parts: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
                 for n, c in zip(b.schema.names, b.columns)]
         out.append(pa.RecordBatch.from_arrays(cols, names=b.schema.names))
     return out
+
+
+def is_bytes(t: pa.DataType) -> bool:
+    return any(f(t) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                              pa.types.is_large_binary, pa.types.is_string_view, pa.types.is_binary_view))
+
+
+def value_sizes(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each value's decoded byte length (null for null), without decoding a dictionary column."""
+    if pa.types.is_dictionary(col.type):
+        return pa.chunked_array([pc.take(pc.binary_length(c.dictionary).cast(pa.int64()), c.indices)
+                                 for c in col.chunks], pa.int64())
+    return pc.binary_length(col).cast(pa.int64())
+
+
+def null_where(col: pa.ChunkedArray, over: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``col`` with the values where ``over`` holds nulled (a dictionary column: its indices)."""
+    if not pa.types.is_dictionary(col.type):
+        return pc.if_else(over, pa.scalar(None, col.type), col)
+    over = over.combine_chunks()
+    out, at = [], 0
+    for c in col.chunks:
+        hit = over.slice(at, len(c))
+        out.append(pa.DictionaryArray.from_arrays(pc.if_else(hit, pa.scalar(None, c.indices.type), c.indices),
+                                                  c.dictionary))
+        at += len(c)
+    return pa.chunked_array(out, col.type)

@@ -3,7 +3,9 @@
 and a byte column that could be a dictionary bomb is read dictionary-encoded, its decoded sizes
 checked before it is expanded (``ParquetRows._mode``). A payload value over ``--max-file-mb``
 becomes a row with a null payload and the reason in ``read_error``. ``ParquetRows`` streams a file
-by row range (scoring workers) or by positions (``take``), a batch at a time."""
+by row range (scoring workers) or by positions (``take``), a batch at a time. Columns in the shapes
+other tools write (a Hugging Face image struct, ClassLabel ids, integer ids, pandas categories) are
+read as the pool schema types them, on every path alike (``kdata.pools.parquet_shapes``)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_PAYLOADS, POOL_SCHEMA, READ_ERROR, check_pool_ids, conform, validate_pool
 from kdata.pools.base import DEFAULT_LIMITS, PoolLimits, UnitRows
 from kdata.pools.files import mib, over_cap
-from kdata.pools.parquet_batches import same_types, unviewed
+from kdata.pools.parquet_batches import is_bytes, null_where, same_types, unviewed, value_sizes
+from kdata.pools.parquet_shapes import Shapes
 
 READ_FLOOR, READ_RATIO = 256 << 20, 64  # a file may decode to max(floor, ratio × its size on disk), no more
 ROW_BYTES = 16  # what Arrow spends per row and column (offsets, validity, indices) beyond the footer's sizes
@@ -36,11 +39,6 @@ def _per_row(rg: pq.RowGroupMetaData, columns: list[str]) -> int:
     size = sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)
                if rg.column(i).path_in_schema.split(".")[0] in columns)
     return max(1, size // max(1, rg.num_rows))
-
-
-def _is_bytes(t: pa.DataType) -> bool:
-    return any(f(t) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
-                              pa.types.is_large_binary, pa.types.is_string_view, pa.types.is_binary_view))
 
 
 def _budget(path: Path) -> int:
@@ -67,53 +65,34 @@ def _group_dictionaries(meta: pq.FileMetaData, columns: list[str]) -> list[tuple
     there may stand for any number of rows (plain pages hold what the footer declares). Equal tuples
     are shared, so a plan of thousands of row groups pickles small."""
     schema, shared = meta.schema.to_arrow_schema(), {}
-    byte_cols = {c for c in columns if _is_bytes(schema.field(c).type)}
+    shapes = Shapes.of(schema)  # an image struct: its ``image.bytes`` leaf (``kdata.pools.parquet_shapes``)
+    byte_cols = {c for c in columns if is_bytes(schema.field(c).type) or shapes.is_payload_struct(c)}
     out = []
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
         found = {rg.column(i).path_in_schema for i in range(rg.num_columns) if rg.column(i).has_dictionary_page}
-        cols = tuple(c for c in columns if c in found and c in byte_cols)
+        cols = tuple(c for c in columns if shapes.leaf(c) in found and c in byte_cols)
         out.append(shared.setdefault(cols, cols))
     return out
 
 
 def _bounded_read(path: Path, columns: list[str], groups: list[int] | None = None) -> pa.Table:
     """``columns`` of row ``groups`` (all: None) after ``_check_footer``, byte columns still
-    dictionary-encoded (``_expand`` decodes them within bounds); one line naming the file on failure."""
+    dictionary-encoded (``_expand`` decodes them within bounds), an image struct ``Shapes.flat``;
+    one line naming the file on failure."""
     try:
         meta = pq.read_metadata(path)
         _check_footer(path, meta, columns)
         groups = list(range(meta.num_row_groups)) if groups is None else groups
-        per_group = _group_dictionaries(meta, columns)
+        per_group, shapes = _group_dictionaries(meta, columns), Shapes.of(meta.schema.to_arrow_schema())
         found = {c for g in groups for c in per_group[g]}
-        pf = pq.ParquetFile(path, read_dictionary=[c for c in columns if c in found])
-        return pf.read_row_groups(groups, columns=columns)
+        pf = pq.ParquetFile(path, read_dictionary=[shapes.leaf(c) for c in columns if c in found]
+                            + shapes.dictionary_leaves(columns))
+        return shapes.flat(shapes.read_groups(pf, groups, columns))
     except KdataError:
         raise
     except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
         raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
-
-
-def _sizes(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Each value's decoded byte length (null for null), without decoding a dictionary column."""
-    if pa.types.is_dictionary(col.type):
-        return pa.chunked_array([pc.take(pc.binary_length(c.dictionary).cast(pa.int64()), c.indices)
-                                 for c in col.chunks], pa.int64())
-    return pc.binary_length(col).cast(pa.int64())
-
-
-def _null_where(col: pa.ChunkedArray, over: pa.ChunkedArray) -> pa.ChunkedArray:
-    """``col`` with the values where ``over`` holds nulled (a dictionary column: its indices)."""
-    if not pa.types.is_dictionary(col.type):
-        return pc.if_else(over, pa.scalar(None, col.type), col)
-    over = over.combine_chunks()
-    out, at = [], 0
-    for c in col.chunks:
-        hit = over.slice(at, len(c))
-        out.append(pa.DictionaryArray.from_arrays(pc.if_else(hit, pa.scalar(None, c.indices.type), c.indices),
-                                                  c.dictionary))
-        at += len(c)
-    return pa.chunked_array(out, col.type)
 
 
 def _expand(table: pa.Table, *, path: Path, limits: PoolLimits) -> tuple[pa.Table, list[str | None]]:
@@ -123,15 +102,15 @@ def _expand(table: pa.Table, *, path: Path, limits: PoolLimits) -> tuple[pa.Tabl
     total, cap = 0, limits.max_file_bytes
     for name in table.column_names:
         col = table.column(name)
-        if not _is_bytes(col.type.value_type if pa.types.is_dictionary(col.type) else col.type):
+        if not is_bytes(col.type.value_type if pa.types.is_dictionary(col.type) else col.type):
             continue
-        sizes = _sizes(col)
+        sizes = value_sizes(col)
         if name in POOL_PAYLOADS and (pc.max(sizes).as_py() or 0) > cap:
             over = pc.fill_null(pc.greater(sizes, cap), False)
             for i, n in enumerate(sizes.to_pylist()):
                 if n is not None and n > cap and errors[i] is None:
                     errors[i] = f"column '{name}': " + over_cap(n, limits)
-            col, sizes = _null_where(col, over), pc.if_else(over, 0, sizes)
+            col, sizes = null_where(col, over), pc.if_else(over, 0, sizes)
         total += pc.sum(sizes).as_py() or 0
         if total > _budget(path):
             raise KdataError(f"{path}: Parquet rows decode to over {mib(total)} from {os.path.getsize(path):,} "
@@ -140,6 +119,12 @@ def _expand(table: pa.Table, *, path: Path, limits: PoolLimits) -> tuple[pa.Tabl
             col = col.cast(col.type.value_type)
         table = table.set_column(table.column_names.index(name), name, col)
     return table, errors
+
+
+def _decoded(path: Path, columns: list[str], *, limits: PoolLimits) -> pa.Table:
+    """``columns`` of every row, read within bounds, as the pool schema types them (``Shapes.convert``)."""
+    table, _ = Shapes.of(pq.read_schema(path)).convert(_bounded_read(path, columns))
+    return _expand(table, path=path, limits=limits)[0]
 
 
 def _finish_parquet(table: pa.Table, *, name: str, path: Path, offset: int = 0, rows=None) -> pa.Table:
@@ -174,9 +159,10 @@ class ParquetRows(UnitRows):
         except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
             raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
         self.columns = [n for n in schema.names if n in POOL_SCHEMA.names]
+        self.shapes = Shapes.of(schema)  # how other tools' column types are read (``kdata.pools.parquet_shapes``)
         if "sample_id" not in schema.names:
             schema = schema.append(pa.field("sample_id", pa.string()))
-        validate_pool(schema, where=str(path))
+        validate_pool(self.shapes.pool_types(schema), where=str(path))
         _check_footer(self.path, meta, self.columns)
         self.has_ids = "sample_id" in self.columns
         self._ids = self._read_ids() if self.has_ids else None
@@ -206,7 +192,7 @@ class ParquetRows(UnitRows):
 
     def _read_ids(self) -> pa.Array:
         """The ``sample_id`` column, decoded within ``_budget``; a null id is one line."""
-        ids, _ = _expand(_bounded_read(self.path, ["sample_id"]), path=self.path, limits=self.limits)
+        ids = _decoded(self.path, ["sample_id"], limits=self.limits)
         check_pool_ids(ids, where=str(self.path))
         return ids.column("sample_id").combine_chunks().cast(pa.string())
 
@@ -264,7 +250,8 @@ class ParquetRows(UnitRows):
 
     def _file(self, key: tuple, read_dictionary: tuple[str, ...]) -> pq.ParquetFile:
         if key not in self._files:  # pages read as reached, not a row group pre-buffered whole
-            self._files[key] = pq.ParquetFile(self.path, read_dictionary=list(read_dictionary), pre_buffer=False,
+            read_dictionary = [*map(self.shapes.leaf, read_dictionary), *self.shapes.dictionary_leaves(self.columns)]
+            self._files[key] = pq.ParquetFile(self.path, read_dictionary=read_dictionary, pre_buffer=False,
                                               buffer_size=1 << 20)
         return self._files[key]
 
@@ -275,9 +262,10 @@ class ParquetRows(UnitRows):
         longest = np.ones((end - g, len(cols)), np.int64)
         if cols:
             pf = self._file(("probe", *cols), cols)
-            table = (pa.Table.from_batches([next(pf.iter_batches(batch_size=1, row_groups=groups, columns=list(cols),
-                                                                 use_threads=False))]) if first_row
-                     else pf.read_row_groups(groups, columns=list(cols), use_threads=False))
+            table = self.shapes.flat(
+                pa.Table.from_batches([next(pf.iter_batches(batch_size=1, row_groups=groups, columns=list(cols),
+                                                            use_threads=False))]) if first_row
+                else self.shapes.read_groups(pf, groups, list(cols), use_threads=False))
         for j, c in enumerate(cols):  # each chunk's longest value (Arrow reads a chunk per row group)
             chunks = [ch for ch in table.column(c).chunks if len(ch)]
             values = [ch.dictionary if pa.types.is_dictionary(ch.type) else ch for ch in chunks]
@@ -295,7 +283,7 @@ class ParquetRows(UnitRows):
 
     def _batch_at(self, pos: int) -> tuple[int, pa.RecordBatch]:
         """(first row, batch) of the decoded batch holding row ``pos`` (columns that could be a bomb
-        still dictionary-encoded). The cursor, one iterator over ``pos``'s row group and the probed
+        still dictionary-encoded, an image struct ``Shapes.flat``). The cursor, one iterator over ``pos``'s row group and the probed
         ones after it read in the same mode, moves forward; it restarts at ``pos``'s group when ``pos``
         is behind it, past its groups or over a whole group ahead (groups between are not decoded)."""
         g = bisect.bisect_right(self.bounds, pos) - 1
@@ -307,8 +295,8 @@ class ParquetRows(UnitRows):
             (exact, batch), end = self._mode(g), g + 1
             while end < len(self.per_row) and self.modes.get(end, (None,))[0] == exact:
                 batch, end = min(batch, self.modes[end][1]), end + 1
-            it = self._file(exact, exact).iter_batches(batch_size=batch, row_groups=list(range(g, end)),
-                                                       columns=self.columns, use_threads=False)
+            it = map(self.shapes.flat, self.shapes.iter_batches(self._file(exact, exact), list(range(g, end)),
+                                                                batch_size=batch, columns=self.columns))
             cur = self._cursor = [end, self.bounds[g], next(it), it]
         while pos >= cur[1] + cur[2].num_rows:
             cur[1], cur[2] = cur[1] + cur[2].num_rows, next(cur[3])
@@ -336,7 +324,9 @@ class ParquetRows(UnitRows):
                 from None
 
     def _finish(self, table: pa.Table, rows: np.ndarray) -> pa.Table:
+        table, shape_errors = self.shapes.convert(table)
         table, errors = _expand(table, path=self.path, limits=self.limits)
+        errors = [a or b for a, b in zip(shape_errors, errors)]
         table = table.append_column(READ_ERROR, pa.array(errors, pa.string()))
         return _finish_parquet(table, name=self.name, path=self.path, rows=rows.tolist())
 
@@ -356,8 +346,7 @@ class ParquetRows(UnitRows):
             return pa.chunked_array([self.sample_ids()])
         if name not in self.columns:
             return None
-        col, _ = _expand(_bounded_read(self.path, [name]), path=self.path, limits=self.limits)
-        return col.column(name)
+        return _decoded(self.path, [name], limits=self.limits).column(name)
 
 
 _LIVE: collections.OrderedDict = collections.OrderedDict()  # per process: the plans read from last
@@ -384,9 +373,10 @@ def parquet_labels(path: Path) -> set[str]:
     decoding only its distinct values (none when it has no such column, cannot be read or is over
     ``_budget``: reading the unit reports the problem)."""
     try:
-        if "label" not in pq.read_schema(path).names:
+        schema = pq.read_schema(path)
+        if "label" not in schema.names:
             return set()
-        col = _bounded_read(path, ["label"]).column("label")
+        col = Shapes.of(schema).convert(_bounded_read(path, ["label"]))[0].column("label")  # ClassLabel ids: names
         vt = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
         if not (pa.types.is_string(vt) or pa.types.is_large_string(vt) or pa.types.is_string_view(vt)):
             return set()  # a wrongly typed label column: validate_pool names it when the unit is read

@@ -41,6 +41,7 @@ from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
 from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
+from kdata.pools.class_labels import class_label_names, class_label_strings
 from kdata.pools.files import check_entry, escaped, is_inside
 from kdata.pools.jsonl import JSONL_READER, read_jsonl
 from kdata.pools.jsonl_split import jsonl_cuts, jsonl_parts, part_fingerprint, read_jsonl_part
@@ -189,10 +190,8 @@ def _hf_data_file(d: Path, name, *, state: Path, root_real: str, limits: PoolLim
 
 def _class_label_names(split_dir: Path) -> list[str] | None:
     try:
-        feats = json.loads((split_dir / "dataset_info.json").read_text()).get("features") or {}
-        lab = feats.get("label") or {}
-        return list(lab["names"]) if lab.get("_type") == "ClassLabel" else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return class_label_names(json.loads((split_dir / "dataset_info.json").read_text()).get("features") or {})
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -233,10 +232,7 @@ def _hf_table_arrow(table: pa.Table, *, name: str, source: str, names: list[str]
             continue
         col = table.column(k)
         if k == "label" and names is not None and pa.types.is_integer(col.type):
-            idx = pc.cast(col, pa.int64())
-            ok = pc.and_(pc.greater_equal(idx, 0), pc.less(idx, len(names)))
-            safe = pc.if_else(ok, idx, 0)
-            cols[k] = pc.if_else(ok, pc.take(pa.array(names, pa.string()), safe), pa.scalar(None, pa.string()))
+            cols[k] = class_label_strings(col, names)
         elif plain(col):
             cols[k] = pc.cast(col, pa.string())
         else:
