@@ -22,7 +22,7 @@ from kdata.dedup.faiss_dedup import pipeline_dedup
 from kdata.pipeline.curated_rows import CuratedRows, assemble, kept_scores, missing_ids
 from kdata.pipeline.needs import Context, method_options
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
-from kdata.pipeline.prepare import Prepared, resolve_dedup
+from kdata.pipeline.prepare import NO_PREDICTION, Prepared, resolve_dedup
 from kdata.pools.label_column import labels_for
 from kdata.pools.spec import Pool
 from kdata.selection.balance import attach_domain
@@ -110,7 +110,10 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     if n_in == 0:
         raise KdataError(f"{cfg.pool or cfg.scores}: the pool is empty")
     check_unique_ids(scored.scores, scored.quarantined, pool=cfg.pool or cfg.scores)
-    budget = parse_budget(cfg.budget, n_in)
+    # a fraction is of the candidates: with --scores and --pool, the predicted rows (a pool row without a
+    # prediction is counted, quarantined, but was never a candidate)
+    no_pred = sum(why.startswith(NO_PREDICTION) for _, why in scored.quarantined) if prep.byo is not None else 0
+    budget = parse_budget(cfg.budget, n_in - no_pred)
     scores = attach_domain(scored.scores, prep.pool) if prep.balance == "domain" else scored.scores
     if progress:
         progress("selecting")

@@ -134,6 +134,7 @@ def check_text_dedup(cfg: SelectConfig) -> None:
         raise KdataError(f"--embedder {cfg.embedder}: model directory not found")
 
 
+NO_PREDICTION = "no prediction in --scores"  # a pool row the predictions file lacks: not a candidate
 LOGPROB_METHODS = ("miniplm", "random")  # what a file of log-probabilities alone can rank by
 
 
@@ -179,7 +180,7 @@ def match_pool(scores: pa.Table, pool: Pool, *, scores_file: str) -> tuple[pa.Ta
                          f"'{scores.column('sample_id')[0].as_py()}' there, '{pool_ids[0].as_py() if len(pool_ids) else None}' "
                          "here); --pool must be the pool the predictions were made on")
     unscored = pool_ids.filter(pc.invert(pc.is_in(pool_ids, value_set=scores.column("sample_id")))).to_pylist()
-    quarantined = [(sid, f"no prediction in --scores {scores_file}: nothing to rank it by") for sid in unscored]
+    quarantined = [(sid, f"{NO_PREDICTION} {scores_file}: nothing to rank it by") for sid in unscored]
     if pc.all(found).as_py():
         return scores, quarantined
     absent = scores.filter(pc.invert(found)).column("sample_id").to_pylist()

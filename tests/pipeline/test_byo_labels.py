@@ -64,3 +64,20 @@ def test_a_label_idx_that_contradicts_the_pool_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "out2"), "--quiet"]) == 0
     dec = pq.read_table(tmp_path / "out2" / "decisions.parquet").to_pylist()
     assert all(r["label_idx"] >= 0 for r in dec if r["decision"] != "quarantined")
+
+
+def test_a_fraction_budget_is_of_the_predicted_rows_not_the_whole_pool(tmp_path):
+    """Predictions for 20 of a 60-image pool: ``--budget 0.5`` keeps 10 (it kept all 20, the budget taken of
+    the pool's 60 rows); the 40 without a prediction are still counted, quarantined."""
+    from tests.helpers.methods import write_predictions
+
+    pool = make_image_folder(tmp_path / "pool", n=60)
+    ids = sorted(str(p.relative_to(pool)) for p in pool.rglob("*") if p.is_file())[:20]
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=(20, 10))
+    preds = write_predictions(tmp_path / "p.parquet", t, t + rng.normal(size=t.shape), ids=ids)
+    out = tmp_path / "out"
+    assert main(["select", "--scores", preds, "--pool", str(pool), "--method", "kd3", "--budget", "0.5",
+                 "--out", str(out), "--quiet"]) == 0
+    c = json.loads((out / "manifest.json").read_text())["counts"]
+    assert c["kept"] == 10 and c["n_in"] == 60 and c["quarantined"] == 40 and c["rejected"] == 10
