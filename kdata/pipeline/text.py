@@ -144,6 +144,9 @@ def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     if note:
         print(note, file=sys.stderr)
     if teacher.kind == "causal_lm":
+        if cfg.temperature != 1.0:  # the manifest's temperature says how to read the soft labels: it would lie
+            raise KdataError(f"--temperature {cfg.temperature:g}: a causal-LM teacher's per-token soft labels are "
+                             "stored at temperature 1 (kdata train softens them); leave --temperature at 1")
         methods = _lm_methods(cfg, methods, has_reference=reference is not None)
         balance = _lm_balance(cfg, balance, pool)
         note = tokenizer_note(models)

@@ -44,3 +44,13 @@ def test_manifest_and_card_record_the_stored_token_topk(tmp_path):
     assert {len(p) for row in shards.column("teacher_topk_ids").to_pylist() for p in row} == {vocab}
     card = (out / "README.md").read_text()
     assert f"per-token top-{vocab} log-probabilities" in card and "top-1000" not in card
+
+
+def test_a_temperature_other_than_1_is_refused_for_a_causal_lm(tmp_path):
+    """The per-token soft labels are stored at temperature 1: a run may not record another as theirs."""
+    from kdata.core.errors import KdataError
+
+    with pytest.raises(KdataError, match=r"--temperature 2: a causal-LM teacher's per-token soft labels are stored "
+                                         r"at temperature 1"):
+        _select(tmp_path, "t2", temperature=2.0)
+    assert not (tmp_path / "t2").exists()
