@@ -23,7 +23,7 @@ from kdata.dataset.decisions import Decisions
 from kdata.dataset.schema import SCHEMA_VERSION
 from kdata.dataset.writer import (MANIFEST, Staging, build_manifest, check_output_dir, extra_file_entries,
                                   read_manifest, write_decisions, write_shards)
-from kdata.pipeline.rerun import embedder_model, record_pool_state
+from kdata.pipeline.rerun import embedder_model, record_pool_from_out, record_pool_state
 from kdata.report.card import card_entry, publish, write_card
 
 
@@ -118,6 +118,7 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
             if not isinstance(manifest.get("pool"), dict):
                 manifest["pool"] = {}
             record_pool_state(manifest["pool"], output.pool, config=manifest["config"])
+            record_pool_from_out(manifest["pool"], manifest["config"].get("pool"), out=out)
         _step(progress, 1)
         # the card, its plots and report.html, recorded with their checksums in manifest["card"]
         manifest["card"] = card_entry(write_card(staging.path, manifest=manifest, name=Path(out).resolve().name,

@@ -30,6 +30,7 @@ from kdata.pools.base import DEFAULT_LIMITS, PoolLimits
 
 STAT_DIGEST = "stat_digest"  # keys in manifest["pool"] (beside pool_source.FINGERPRINTS)
 UNIT_NAMES = "unit_names"
+FROM_OUT = "from_out"
 SHOWN = 3  # names listed per kind of change
 
 
@@ -45,6 +46,14 @@ def record_pool_state(section: dict, pool, *, config: dict) -> None:
     digest = stat_digest(spec, limits=limits_of(config), trusted_before_ns=opened or time.time_ns())
     if digest is not None:
         section[STAT_DIGEST] = digest
+
+
+def record_pool_from_out(section: dict, spec, *, out) -> None:
+    """A relative pool spec, as seen from OUT (``from_out``): ``kdata card``/``inspect`` run from another
+    directory read the pool back from there (``kdata.report.pool_source``), and the two can move together."""
+    if isinstance(spec, str) and spec and not spec.startswith("builtin:") and not os.path.isabs(spec) \
+            and os.path.exists(spec):
+        section[FROM_OUT] = os.path.relpath(os.path.abspath(spec), os.path.abspath(out))
 
 
 def stat_digest(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS, trusted_before_ns: int | None = None

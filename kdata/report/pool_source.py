@@ -41,12 +41,16 @@ def recorded_fingerprints(manifest: dict) -> list[str] | None:
     return fps if ok else None
 
 
-def _candidates(out: Path, spec: str) -> list[str]:
-    """Where a recorded spec may be: beside DIR first (a relative spec), then as written (from the cwd)."""
+def _candidates(out: Path, spec: str, from_out=None) -> list[str]:
+    """Where a recorded spec may be: where the run saw it from DIR (``from_out``, a relative spec), beside
+    DIR, then as written (from the cwd)."""
     if spec.startswith("builtin:") or os.path.isabs(spec):
         return [spec]
-    beside = str(Path(out).resolve().parent / spec)
-    return [beside] if os.path.realpath(beside) == os.path.realpath(spec) else [beside, spec]
+    found = [str(Path(out).resolve() / from_out)] if isinstance(from_out, str) and from_out else []
+    for cand in (str(Path(out).resolve().parent / spec), spec):
+        if all(os.path.realpath(cand) != os.path.realpath(c) for c in found):
+            found.append(cand)
+    return found
 
 
 def run_pool(run, spec: str) -> tuple[object | None, str | None]:
@@ -63,7 +67,8 @@ def run_pool(run, spec: str) -> tuple[object | None, str | None]:
         return None, ("cannot be checked: the manifest records no unit fingerprints of the pool the dataset was "
                       "made from, so no pool is read back")
     why = None
-    for cand in _candidates(run.out, str(spec)):
+    section = run.manifest.get("pool") if isinstance(run.manifest.get("pool"), dict) else {}
+    for cand in _candidates(run.out, str(spec), section.get("from_out")):
         try:
             if unit_fingerprints(pool := open_pool(cand)) == want:
                 return pool, None
