@@ -86,6 +86,25 @@ def eval_spec(given: str | None, student: str) -> str | None:
     return BUILTIN_EVAL if student.startswith("builtin:digits") else None
 
 
+def check_has_soft_labels(shards) -> None:
+    """Shards selected from bring-your-own log-probabilities alone (``teacher_logprob``/``reference_logprob``,
+    no class or token distribution) hold no teacher distribution to distil: one line saying what would."""
+    import json
+    from pathlib import Path
+
+    from kdata.core.errors import KdataError
+
+    try:
+        m = json.loads((Path(shards) / "manifest.json").read_text())
+        teacher = (m.get("models") or {}).get("teacher") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # the dataset's own checks say what is wrong with it
+    if str(teacher.get("spec", "")).startswith("byo:") and teacher.get("num_classes") == 1:
+        raise KdataError(f"{shards}: selected from log-probabilities alone (--scores with teacher_logprob/"
+                         "reference_logprob): the shards carry no teacher distribution to distil; score the pool "
+                         "with the teacher (kdata select --pool P --teacher hf:PATH) to write per-token soft labels")
+
+
 def run(args) -> int:
     from kdata.core.errors import KdataError
     from kdata.pipeline.distill import train_student
@@ -94,6 +113,7 @@ def run(args) -> int:
     from kdata.cli.train_text import check_test, default_student, is_text_run, run_text
 
     shards = dataset_dir(args, "train")
+    check_has_soft_labels(shards)
     args.student, args.student_default = default_student(args.student, shards)
     if is_text_run(args.student, shards):  # hf:/builtin:text-* student or text shards
         return run_text(args, shards)

@@ -298,7 +298,26 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_class
             out = out.append_column(name, passthrough_column(table, name, typ, where=where, ids=ids))
     if "teacher_logprob" in names and "reference_logprob" in names:
         check_token_lengths(table, where=where, ids=ids)
+        _note_sums(table, where=where)
     return out, C, class_names
+
+
+SUM_LIKE = -20.0  # a per-token mean log-probability below this is rare: the column more likely holds sums
+
+
+def _note_sums(table: pa.Table, *, where: str) -> None:
+    """One warning when a number-per-row log-probability column looks like per-sequence sums: MiniPLM
+    compares per-token means, and a sum ranks mostly by length."""
+    for name in ("teacher_logprob", "reference_logprob"):
+        col = table.column(name)
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or not len(col):
+            continue
+        med = float(np.median(col.to_numpy(zero_copy_only=False).astype(np.float64)))
+        if med < SUM_LIKE:
+            print(f"kdata: warning: {where}: column '{name}' has median {med:.1f}; MiniPLM compares per-token mean "
+                  "log-probabilities, and per-sequence sums rank mostly by length (divide by the token count, or "
+                  "give one value per token as a list)", file=sys.stderr)
+            return
 
 
 def load_with_checksum(path: str, *, topk: int, temperature: float, labels=None) -> tuple[pa.Table, int, list[str], str]:

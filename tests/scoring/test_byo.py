@@ -107,6 +107,11 @@ def test_text_logprob_only_file_runs_miniplm(tmp_path):
     # differences: a .5, b −.1, c −2, d 1.5 → keep d then a
     assert shard.sample_id.tolist() == ["d", "a"]
     assert shard.score_miniplm.tolist() == [1.5, 0.5]
+    # such shards rank rows but carry no teacher distribution: kdata train says so in one line
+    from tests.helpers.cli import kdata
+
+    rc, _, err = kdata("train", str(out), "--student", "builtin:digits-student")
+    assert rc == 2 and "carry no teacher distribution to distil" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("bad_row,match", [
@@ -258,3 +263,19 @@ def test_logprob_only_files_get_the_one_class_top_k_columns_built_in_arrow(tmp_p
         got = scores.column(name).combine_chunks()
         assert got.type == col.type and got.null_count == 0 and got.equals(col), name
         assert back.column(name).combine_chunks().equals(col), name
+
+
+def test_logprob_columns_that_look_like_sums_get_one_warning(tmp_path, capsys):
+    """A number per row with a median below −20 is most likely a per-sequence sum: said once on stderr."""
+    p = tmp_path / "sums.parquet"
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(10)],
+                             "teacher_logprob": np.linspace(-80, -30, 10), "reference_logprob": np.linspace(-90, -20, 10)}), p)
+    assert main(["select", "--scores", str(p), "--method", "miniplm", "--budget", "3", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("per-sequence sums rank mostly by length") == 1
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(10)],
+                             "teacher_logprob": np.linspace(-4, -1, 10), "reference_logprob": np.linspace(-5, -1, 10)}), p)
+    assert main(["select", "--scores", str(p), "--method", "miniplm", "--budget", "3", "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+    assert "sums" not in capsys.readouterr().err
