@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -236,37 +237,51 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
     out = Path(out)
     with exclusive(out):  # the whole run, training included: one writer of OUT at a time
         record = open_rounds(out, settings)
-        generator, current, summary = cfg.teacher, student, []
+        generator, current, summary, stopped = cfg.teacher, student, [], None
         for r in range(1, rounds + 1):
-            gen_dir, cur_dir, stu_dir = round_dirs(out, r)
-            rcfg = replace(cfg, teacher=generator, student=scorer, critic_teacher=cfg.teacher,
-                           decode=replace(cfg.decode, seed=cfg.decode.seed + r - 1))
-            gen = _step(out, record, gen_dir.name,
-                        lambda: run_generate(rcfg, out=gen_dir, device=device, batch_size=batch_size))
-            if not gen.counts["kept"]:
-                raise KdataError(f"{gen_dir}: the critic accepted no candidate in round {r}; lower its cut "
-                                 "(--critic-recall) or generate more (--per-prompt)")
-            scfg = SelectConfig(pool=str(gen_dir), teacher=cfg.teacher, student=current, method="random",
-                                budget="100%", seed=cfg.decode.seed, precision=cfg.precision)
-            sel = _step(out, record, cur_dir.name,
-                        lambda: run_select(scfg, out=str(cur_dir), opts=RunOptions(device=device)))
-            log = distill(cur_dir, student=current, out=stu_dir, device=device, train_config=train_config,
-                          eval_spec=eval_spec)
-            summary.append({"round": r, "generator": generator, "student_in": current, "critic_student": scorer,
-                            "candidates": str(gen_dir), "curated": str(cur_dir), "student": str(stu_dir),
-                            "counts": gen.counts, "curated_rows": sel.counts["kept"], "eval": log.get("eval"),
-                            "perplexity_before": log.get("perplexity_before"),
-                            "perplexity_after": log.get("perplexity_after")})
-            current = generator = f"hf:{stu_dir}"
+            entry, stopped = _one_round(r, cfg, out=out, record=record, generator=generator, current=current,
+                                        scorer=scorer, device=device, batch_size=batch_size,
+                                        train_config=train_config, eval_spec=eval_spec)
+            if stopped is not None:  # self-training drifted: choose among the rounds that ran
+                print(f"kdata: warning: {stopped['why']}; stopped after round {r - 1}", file=sys.stderr)
+                break
+            summary.append(entry)
+            current = generator = f"hf:{entry['student']}"
     best = best_round(summary)
     result = {"out": str(out), "rounds": summary, "student": best["student"] if best else current,
-              "last_student": current, "best": best}
+              "last_student": current, "best": best, **({"stopped": stopped} if stopped else {})}
     if test_spec:
         from kdata.training.text import TextTrainConfig
 
         tcfg = replace(train_config or TextTrainConfig(), device=device)
         result["test"] = unbiased_perplexities(test_spec, start=student, best=best, last=current, cfg=tcfg)
     return result
+
+
+def _one_round(r: int, cfg: GenerateConfig, *, out: Path, record: dict, generator: str, current: str, scorer,
+               device: str, batch_size: int, train_config, eval_spec) -> tuple[dict | None, dict | None]:
+    """Round ``r``: generate with ``generator``, keep what the critic accepts, train ``current`` on it.
+    Returns (the round's summary, None), or (None, why it stopped) when a later round's candidates were
+    all rejected (round 1's are one line: there is nothing to train on at all)."""
+    gen_dir, cur_dir, stu_dir = round_dirs(out, r)
+    rcfg = replace(cfg, teacher=generator, student=scorer, critic_teacher=cfg.teacher,
+                   decode=replace(cfg.decode, seed=cfg.decode.seed + r - 1))
+    gen = _step(out, record, gen_dir.name, lambda: run_generate(rcfg, out=gen_dir, device=device, batch_size=batch_size))
+    if not gen.counts["kept"]:
+        if r == 1:
+            raise KdataError(f"{gen_dir}: the critic accepted no candidate in round 1; lower its cut "
+                             "(--critic-recall) or generate more (--per-prompt), into another --out")
+        return None, {"round": r, "candidates": str(gen_dir), "counts": gen.counts,
+                      "why": f"the critic accepted none of round {r}'s candidates (written by {generator})"}
+    scfg = SelectConfig(pool=str(gen_dir), teacher=cfg.teacher, student=current, method="random",
+                        budget="100%", seed=cfg.decode.seed, precision=cfg.precision)
+    sel = _step(out, record, cur_dir.name, lambda: run_select(scfg, out=str(cur_dir), opts=RunOptions(device=device)))
+    log = distill(cur_dir, student=current, out=stu_dir, device=device, train_config=train_config,
+                  eval_spec=eval_spec)
+    return {"round": r, "generator": generator, "student_in": current, "critic_student": scorer,
+            "candidates": str(gen_dir), "curated": str(cur_dir), "student": str(stu_dir),
+            "counts": gen.counts, "curated_rows": sel.counts["kept"], "eval": log.get("eval"),
+            "perplexity_before": log.get("perplexity_before"), "perplexity_after": log.get("perplexity_after")}, None
 
 
 def check_test_set(test_spec: str | None, eval_spec: str | None) -> None:

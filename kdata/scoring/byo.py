@@ -222,10 +222,8 @@ def _statistics_columns(batches, label: np.ndarray, *, C: int, n: int, temperatu
 def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_classes: int | None = None,
                 labels=None) -> tuple[pa.Table, int, list[str]]:
     """Read and validate a bring-your-own predictions file; return (scores table, C, class names).
-
-    ``labels(ids, class_names, declared, C, file_label)`` (optional; ``--pool``'s web labels) returns
-    ``(label_idx, class_names)`` to score with, before any statistic reads the labels: ``declared`` says
-    whether the file named its classes, ``file_label`` is its ``label_idx`` column (None without one)."""
+    ``labels(ids, class_names, declared, C, file_label)`` (``--pool``'s web labels) returns the
+    ``(label_idx, class_names)`` the statistics read (``kdata.pipeline.byo_labels``)."""
     import pyarrow.parquet as pq
 
     where = str(path)
