@@ -153,6 +153,9 @@ def _rounds(args, cfg) -> int:
         ppl = r["perplexity_after"]
         print(f"kdata: round {r['round']}: {c['n_in']} candidates, {c['kept']} accepted → {r['student']}"
               + (f" (perplexity on {r['eval']}: {r['perplexity_before']:.1f} → {ppl:.1f})" if ppl is not None else ""))
+    if result.get("stopped"):
+        st = result["stopped"]
+        print(f"kdata: round {st['round']}: {st['counts']['n_in']} candidates, 0 accepted — stopped ({st['why']})")
     best = result.get("best")
     print(f"  last student: {result['last_student']}")
     if best:
