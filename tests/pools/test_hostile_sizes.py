@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -32,34 +30,10 @@ from kdata.core.errors import KdataError
 from kdata.pools import spec
 from kdata.pools.base import PoolLimits
 from kdata.pools.spec import open_pool
+from tests.helpers.peak_memory import peak_lines
 from tests.helpers.real_inputs import digits, make_tar, png_bytes
 
 DECLARED = 300_000_000  # bytes a hostile file declares: cheap when refused, a clear peak when read
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _peak(path: Path, body: str) -> list[str]:
-    """Run ``body`` (``unit`` is the first unit of ``open_pool(path)``) in a fresh process; its printed
-    lines, then its peak RSS growth in MiB over the process after imports and opening.
-
-    The peak is ``VmHWM`` (this process's own high-water mark): ``getrusage``'s ``ru_maxrss`` keeps
-    the forking parent's RSS across ``exec``, and this test's parent has just written a large file."""
-    code = f"""
-from kdata.core.errors import KdataError
-from kdata.pools.spec import open_pool
-def hwm():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-unit = open_pool({str(path)!r}).units[0]
-before = hwm()
-try:
-{body}
-except KdataError as exc:
-    print("refused", exc)
-print((hwm() - before) // 1024)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout.strip().split("\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,7 +72,7 @@ def test_a_parquet_compression_bomb_is_one_line_and_costs_no_memory(tmp_path):
             value = bytes(DECLARED // 3 - 1) + bytes([i])
             w.write_table(pa.table({"sample_id": [f"s{i}"], "image": [value], "label": ["3"]}, schema=schema))
     assert path.stat().st_size < 100_000
-    out = _peak(path, "    unit.plan()\n    print('read', unit.read().num_rows)")
+    out = peak_lines(path, "    unit.plan()\n    print('read', unit.read().num_rows)")
     assert out[0].startswith("refused") and "bomb.parquet: Parquet file declares" in out[0], out
     assert int(out[-1]) < 64, f"peak RSS grew by {out[-1]} MiB"
 
@@ -113,7 +87,7 @@ def test_a_parquet_dictionary_bomb_is_one_line_and_costs_no_memory(tmp_path, col
     path = tmp_path / "bomb.parquet"
     pq.write_table(pa.table(cols), path, compression="zstd", store_schema=False, dictionary_pagesize_limit=1 << 24)
     assert path.stat().st_size < 1_000_000
-    out = _peak(path, "    unit.plan()\n    print('read', unit.read().num_rows)")
+    out = peak_lines(path, "    unit.plan()\n    print('read', unit.read().num_rows)")
     assert out[0].startswith("refused") and "bomb.parquet: Parquet rows decode to over" in out[0], out
     assert int(out[-1]) < 64, f"peak RSS grew by {out[-1]} MiB"
 
@@ -148,7 +122,7 @@ def test_a_huge_extended_tar_header_is_one_line_and_costs_no_memory(tmp_path, ki
     """``tarfile`` reads a long-name or PAX header whole: 300 MB declared in a ~300 KB gzip shard."""
     path = _shard(tmp_path / "bomb.tar", _header("././@LongLink", kind, DECLARED), DECLARED)
     assert path.stat().st_size < 2_000_000
-    out = _peak(path, "    print('planned', unit.plan().num_rows)")
+    out = peak_lines(path, "    print('planned', unit.plan().num_rows)")
     assert out[0].startswith("refused") and "bomb.tar: tar header declares 286.1 MiB of extended header" in out[0], out
     assert int(out[-1]) < 64, f"peak RSS grew by {out[-1]} MiB"
     assert open_pool(str(path)).units[0].labels() == set()  # the label scan is guarded too (quietly)

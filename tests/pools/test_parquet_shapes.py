@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +26,9 @@ from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import PoolLimits
 from kdata.pools.parquet_shapes import IMAGE_PATH_ONLY
 from kdata.pools.spec import open_pool
+from tests.helpers.peak_memory import peak_lines
 from tests.helpers.real_inputs import CLASSES, digits, png_bytes
 
-ROOT = Path(__file__).resolve().parents[2]
 N = 24
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -200,23 +198,8 @@ def test_a_dictionary_bomb_inside_an_image_struct_costs_no_memory(tmp_path, leaf
     path = _write(tmp_path / "bomb.parquet", pa.table({"sample_id": [f"s{i}" for i in range(n)], "image": images}),
                   compression="zstd", store_schema=False, dictionary_pagesize_limit=1 << 24)
     assert path.stat().st_size < 1_000_000
-    code = f"""
-from kdata.core.errors import KdataError
-from kdata.pools.spec import open_pool
-def hwm():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-unit = open_pool({str(path)!r}).units[0]
-before = hwm()
-try:
-    unit.plan()
-    print('read', unit.read().num_rows, unit.take([0, 299]).num_rows, len(unit.read_column("image")))
-except KdataError as exc:
-    print("refused", exc)
-print((hwm() - before) // 1024)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().split("\n")
+    lines = peak_lines(path, "    unit.plan()\n    print('read', unit.read().num_rows, unit.take([0, 299]).num_rows, "
+                             "len(unit.read_column('image')))")
     if leaf == "bytes":
         assert lines[0].startswith("refused") and "bomb.parquet: Parquet rows decode to over" in lines[0], lines
     else:
