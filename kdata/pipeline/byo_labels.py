@@ -17,6 +17,7 @@ import unicodedata
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
 from kdata.pools.label_column import labels_for
@@ -32,8 +33,8 @@ def pool_label_resolver(pool, *, where: str):
         return None
 
     def resolve(ids: pa.Array, class_names: list[str], declared: bool, C: int, file_label):
-        web = labels_for(ids, pool).to_pylist()
-        if all(v is None for v in web):
+        web = labels_for(ids, pool)
+        if web.null_count == len(web):
             return (file_label if file_label is not None else np.full(len(web), -1, np.int32)), class_names
         if not declared:
             names = list(pool.class_names or [])
@@ -49,8 +50,7 @@ def pool_label_resolver(pool, *, where: str):
                   "ImageFolder orders them) — put class_names in the file's kdata metadata if your model orders "
                   "them otherwise", file=sys.stderr)
             class_names = names
-        index = {nfc(c): i for i, c in enumerate(class_names)}
-        idx = np.array([-1 if v is None else index.get(nfc(v), -1) for v in web], np.int32)
+        idx = _indices(web, class_names)
         if file_label is None:
             return idx, class_names
         file_label = np.asarray(file_label, np.int32)
@@ -58,9 +58,18 @@ def pool_label_resolver(pool, *, where: str):
         if len(bad):
             i = int(bad[0])
             raise KdataError(f"{where}: row {i} (sample_id '{ids[i].as_py()}'): label_idx {file_label[i]} "
-                             f"({class_names[file_label[i]]!r}) but the pool's label is {web[i]!r} (class "
+                             f"({class_names[file_label[i]]!r}) but the pool's label is {web[i].as_py()!r} (class "
                              f"{idx[i]}); {len(bad)} row(s) disagree — fix the file's label_idx or its class_names, "
                              "or drop label_idx to take the pool's labels")
         return np.where(file_label >= 0, file_label, idx).astype(np.int32), class_names
 
     return resolve
+
+
+def _indices(web: pa.Array, class_names: list[str]) -> np.ndarray:
+    """Class index of each label (−1: none, or not a class), each distinct label looked up once."""
+    index = {nfc(c): i for i, c in enumerate(class_names)}
+    enc = pc.dictionary_encode(web)
+    lookup = np.array([index.get(nfc(v), -1) for v in enc.dictionary.to_pylist()] + [-1], np.int32)
+    codes = pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(zero_copy_only=False)
+    return lookup[codes]
