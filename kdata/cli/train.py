@@ -89,16 +89,15 @@ def eval_spec(given: str | None, student: str) -> str | None:
 def check_has_soft_labels(shards) -> None:
     """Shards selected from bring-your-own log-probabilities alone (``teacher_logprob``/``reference_logprob``,
     no class or token distribution) hold no teacher distribution to distil: one line saying what would."""
-    import json
-    from pathlib import Path
-
     from kdata.core.errors import KdataError
+    from kdata.dataset.writer import read_manifest
 
     try:
-        m = json.loads((Path(shards) / "manifest.json").read_text())
-        teacher = (m.get("models") or {}).get("teacher") or {}
-    except (OSError, ValueError, AttributeError):
+        teacher = ((read_manifest(shards) or {}).get("models") or {}).get("teacher")
+    except (KdataError, AttributeError):
         return  # the dataset's own checks say what is wrong with it
+    if not isinstance(teacher, dict):
+        return
     if str(teacher.get("spec", "")).startswith("byo:") and teacher.get("num_classes") == 1:
         raise KdataError(f"{shards}: selected from log-probabilities alone (--scores with teacher_logprob/"
                          "reference_logprob): the shards carry no teacher distribution to distil; score the pool "

@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from kdata.dataset.schema import KEPT, REJECTED
 from kdata.report.inspect import MAX_BALANCE_ROWS, Run, class_balance, score_columns
@@ -128,10 +126,7 @@ def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, by
     if not ids:
         return found, None
     if run.shards is not None and "image" in run.shard_columns:  # the shards' row groups holding them, image alone
-        hit = pc.is_in(run.shards.column("sample_id"), value_set=pa.array(ids, pa.string()))
-        at = np.flatnonzero(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
-        shard_ids = run.shards.column("sample_id").take(pa.array(at, pa.int64())).to_pylist()
-        found.update({i: v for i, v in zip(shard_ids, run.payload("image", at)) if v is not None})
+        found.update(run.payloads_of("image", ids))
     missing = [i for i in ids if i not in found]
     if not missing:
         return found, None

@@ -72,6 +72,14 @@ class Run:
             self.shard_error = self.shard_error or str(exc).split(": ", 1)[-1]
             return [None] * len(positions)
 
+    def payloads_of(self, name: str, ids: list[str]) -> dict:
+        """sample_id → shard column ``name`` (payloads: their row groups alone) of the kept rows among ``ids``."""
+        if self.shards is None or not ids: return {}  # noqa: E701
+        at = np.flatnonzero(pc.fill_null(pc.is_in(self.shards.column("sample_id"), value_set=pa.array(
+            ids, pa.string())), False).to_numpy(zero_copy_only=False))
+        shard_ids = self.shards.column("sample_id").take(pa.array(at, pa.int64())).to_pylist()
+        return {i: v for i, v in zip(shard_ids, self.payload(name, at)) if v is not None}
+
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest.get("class_names") or [])

@@ -183,11 +183,7 @@ def report_texts(run, ids: list[str], *, pool=None, chars: int = REPORT_SNIPPET)
     found: dict[str, str] = {}
     if not ids:
         return found, None
-    if run.shards is not None:
-        hit = pc.fill_null(pc.is_in(run.shards.column("sample_id"), value_set=pa.array(ids, pa.string())), False)
-        at = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
-        shard_ids = run.shards.column("sample_id").take(pa.array(at, pa.int64())).to_pylist()
-        found.update({i: t for i, t in zip(shard_ids, run.payload("text", at)) if t is not None})
+    found.update(run.payloads_of("text", ids))
     missing = [i for i in ids if i not in found]
     note = None
     if missing:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
+from kdata.pools.label_column import unit_column
 
 CLUSTER_ROWS = 50  # aim for about this many candidates per cluster
 MAX_CLUSTERS = 256
@@ -54,12 +55,8 @@ def groups_for(balance: str, view, cand: np.ndarray, *, seed: int) -> np.ndarray
 
 def unit_domains(unit) -> tuple[pa.Array, pa.Array]:
     """(sample ids, ``domain`` as strings, null where none) of one pool unit, without reading its
-    payloads where the reader can address columns (a Parquet file reads its id and domain columns
-    alone; a unit without addressable rows is read once)."""
-    plan = unit.plan()
-    ids = plan.sample_ids()
-    dom = plan.read_column("domain")
-    return ids, pa.nulls(len(ids), pa.string()) if dom is None else dom.combine_chunks().cast(pa.string())
+    payloads where the reader can address columns (``kdata.pools.label_column.unit_column``)."""
+    return unit_column(unit, "domain")
 
 
 def attach_domain(scores: pa.Table, pool) -> pa.Table:
