@@ -37,8 +37,11 @@ point i returns value g_i per unit of probability up to the cap min(g_i, t), rea
 p_i = min(1, t / g_i). So fill points in decreasing order of g: those with g_i ≥ t get
 p_i = t / g_i (worth t each), those with g_i < t get p_i = 1 (worth g_i), until the mass b is
 spent. With prefix sums over the sorted gains (H_a = Σ_{j<a} 1/g_(j), G_a = Σ_{j<a} g_(j)) the
-value F(t) of each level is O(log n). F is piecewise linear in t, so kdata evaluates it at the
-breakpoints — every gain value and every full-coverage level t = b / H_m — and reads off p.
+value F(t) of each level is O(log n). F is concave (the inner maximum of a function jointly
+concave in p and t) and piecewise linear, so kdata evaluates it at the breakpoints it can list in
+O(n) — every gain value and every full-coverage level t = b / H_m — and runs a ternary search for
+the rest (the levels t = (b − j) / H_a where the leftover mass starts on one more point at
+p = 1: O(n²) of them), then reads off p at the better level.
 
 Consequences, which are the point of RAD: with k = 0 (a perfect teacher) the optimum is t ≥ max g,
 i.e. plain top-b uncertainty sampling; as k grows the optimum lowers t, giving the most
@@ -119,11 +122,27 @@ def _values(ts: np.ndarray, gs: np.ndarray, inv_cum: np.ndarray, g_cum: np.ndarr
     return np.where(cost_a >= b, v1, v2) - k * ts
 
 
+def _ternary_max(f, hi: float, *, steps: int = 200) -> float:
+    """argmax of a concave f on (0, hi]: on a tie the maximum lies between the two probes."""
+    lo = 0.0
+    for _ in range(steps):
+        m1, m2 = lo + (hi - lo) / 3.0, hi - (hi - lo) / 3.0
+        v1, v2 = f(np.array([m1, m2]))
+        if v1 < v2:
+            lo = m1
+        else:
+            hi = m2
+        if hi - lo <= 1e-15 * max(hi, 1e-300):
+            break
+    return max((lo + hi) / 2.0, 1e-300)
+
+
 def rad_probabilities(gain: np.ndarray, budget: int, *, mistakes: float) -> tuple[np.ndarray, float]:
     """Max–min inclusion probabilities p (Σ p = budget, 0 ≤ p ≤ 1) and the optimal level t.
 
-    F(t) is piecewise linear, so its maximum is at a breakpoint; candidates are every gain value
-    and every full-coverage level b / H_m (chunked, O(n log n) overall).
+    F(t) is concave and piecewise linear: every gain value and every full-coverage level b / H_m
+    are scored exactly (chunked, O(n log n) overall), and a ternary search over (0, max g] finds
+    the maximum where it lies between them (checked against a linear-program solve in the tests).
     """
     n = len(gain)
     b = float(min(budget, n))
@@ -143,7 +162,9 @@ def rad_probabilities(gain: np.ndarray, budget: int, *, mistakes: float) -> tupl
             j = int(np.argmax(v))
             if v[j] > best_v + 1e-12:
                 best_v, best_t = float(v[j]), float(c[j])
-    t = best_t
+    t_tern = _ternary_max(lambda ts: _values(ts, gs, inv_cum, g_cum, b, k), float(gs[0]))
+    v_tern = float(_values(np.array([t_tern]), gs, inv_cum, g_cum, b, k)[0])
+    t = t_tern if v_tern > best_v + 1e-12 else best_t
     cap = np.minimum(1.0, t / gs)  # per-point probability cap, in gain order
     before = np.cumsum(cap) - cap
     p_sorted = np.clip(np.minimum(cap, b - before), 0.0, None)
