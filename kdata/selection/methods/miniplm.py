@@ -51,9 +51,8 @@ def token_mean(table: pa.Table, name: str) -> np.ndarray:
 
         lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.float64)
         flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        sums = np.add.reduceat(flat, starts) if len(flat) else np.zeros(len(lengths))
-        sums = np.where(lengths > 0, sums, np.nan)
+        row = np.repeat(np.arange(len(lengths)), lengths.astype(np.int64))
+        sums = np.where(lengths > 0, np.bincount(row, weights=flat, minlength=len(lengths)), np.nan)
         return sums / np.where(lengths > 0, lengths, 1)
     return col.to_numpy(zero_copy_only=False).astype(np.float64)
 

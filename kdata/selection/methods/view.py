@@ -49,6 +49,7 @@ def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
     return values.reshape(len(col), width)
 
 
+LOGITS = ("teacher_logits", "student_logits")
 LM_DERIVED = ("teacher_conf", "student_conf", "student_margin", "student_entropy", "kl_ts")
 # derived from teacher_logits + student_logits when absent: kdata.core.stats.STAT_NAMES + these two
 LOGIT_DERIVED = ("teacher_pred", "student_pred", "teacher_conf", "student_conf", "teacher_margin",
@@ -120,9 +121,21 @@ class ScoreView:
             t = arr.type
             if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
                 self._cache[name] = list_column(self.table, name)
+                if name in LOGITS:
+                    self._check_finite(name)
             else:
                 self._cache[name] = arr.to_numpy(zero_copy_only=False)
         return self._cache[name]
+
+    def _check_finite(self, name: str) -> None:
+        """Logits with NaN/inf would rank rows arbitrarily (or crash a sampler): one line, as
+        ``load_scores`` says it for a file."""
+        bad = ~np.isfinite(self._cache[name]).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
+            raise KdataError(f"scores table: column '{name}' has a non-finite value (NaN/inf) in row {i} "
+                             f"(sample_id {self.sample_ids[i]!r}){more}")
 
     def has(self, name: str) -> bool:
         return (name in self.table.column_names or (name in LM_DERIVED and self.sequence_level)

@@ -198,3 +198,32 @@ def test_rad_probabilities_reach_the_linear_programs_optimum():
         p, _ = rad_probabilities(g, b, mistakes=k)
         assert p.sum() == pytest.approx(b) and p.min() >= -1e-12 and p.max() <= 1 + 1e-12
         assert _game_value(p, g, k) == pytest.approx(_lp_value(g, b, k), abs=1e-7), (n, b, k)
+
+
+def test_miniplm_rows_with_empty_token_lists_rank_last_wherever_they_are(tmp_path):
+    """An empty list as the last row crashed np.add.reduceat (IndexError)."""
+    import pyarrow as pa
+
+    lists = pa.list_(pa.float32())
+    extra = {"teacher_logprob": pa.array([[-1.0, -2.0], [-1.0], []], lists),
+             "reference_logprob": pa.array([[-2.0, -2.0], [-1.0], []], lists)}
+    scores = scores_from_probs(tmp_path, PT[:3], PS[:3], extra=extra)
+    sel = select(scores, methods=["miniplm"], budget=2, seed=0, num_classes=2)
+    got = sel.scores["score_miniplm"]
+    np.testing.assert_allclose(got[:2], [0.5, 0.0], atol=1e-6)
+    assert got[2] == -np.inf and kept_ids(scores, sel) == ["s0", "s1"]
+
+
+@pytest.mark.parametrize("method", ["rad", "kd3", "coverage", "teacher_confidence"])
+def test_non_finite_logits_in_a_library_table_are_one_line(method):
+    """rad raised IndexError and the rankers gave NaN scores; load_scores refuses them for a file."""
+    import pyarrow as pa
+
+    zt = np.random.default_rng(0).normal(size=(6, 3))
+    zt[2, 1] = np.nan
+    zt[4, 0] = np.inf
+    table = pa.table({"sample_id": [f"r{i}" for i in range(6)], "teacher_logits": zt.tolist(),
+                      "student_logits": np.zeros((6, 3)).tolist()})
+    with pytest.raises(KdataError, match=r"^scores table: column 'teacher_logits' has a non-finite value "
+                                         r"\(NaN/inf\) in row 2 \(sample_id 'r2'\) \(and 1 more rows\)$"):
+        select(table, methods=[method], budget=3, seed=0, num_classes=3)
