@@ -39,7 +39,7 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
     the same budget every time: the size of the set training started from. ``threshold``: KD³'s
     confidence cut τ — rows whose combined teacher+student confidence is below it are rejected
     (``kd3_low_confidence``) even under the budget, so the kept set can shrink or grow back as the
-    student learns, as in the paper. A re-selection that keeps no row is one ``KdataError``.
+    student learns (kdata's reading of the paper's dynamic selection). A re-selection that keeps no row is one ``KdataError``.
 
     The pool is never held in memory: each re-selection scores it unit by unit through the per-unit
     score cache (``kdata.scoring.score.score_pool``), the student keyed by a checksum of its current

@@ -29,7 +29,8 @@ b. *The hardest tail* (CCS, Zheng et al., ICLR 2023: prune the hardest β first;
    cap the default lost to random with equal steps on the ``digits2`` quality pool: teacher 0.99,
    student 0.50; a factor 1 cut too little on icons, where the teacher is weak). On
    clean CIFAR the hardest rows are informative; on a web pool they are mostly junk and shifted
-   rows whatever the budget: at 50% kept, CCS's smaller cut (0.6 − r, 10%) kept more shifted rows
+   rows whatever the budget: at 50% kept, kdata's earlier CCS-style cut that shrank with the budget
+   (0.6 − r, so 10%; CCS itself sets its cut by hand per budget) kept more shifted rows
    than random on the openclipart and icons pools of ``benchmarks/quality.py`` and lost to random
    there with equal epochs. How much of a pool is junk shows in η̂ too (junk and shifted rows
    carry labels the teacher rejects), and a pool whose labels the teacher confirms is one where

@@ -29,7 +29,7 @@ The equal-weight average as the combination and its maximum as the usefulness sc
 reading of it: the average is the natural combination of two probability vectors, its maximum
 is high exactly when both networks are confident *and* agree, and it needs no extra parameter.
 
-Defaults: λ = 0.5 (the paper combines both networks' predictions with equal weight),
+Defaults: λ = 0.5 (kdata's reading: equal weight for the two networks' predictions),
 threshold = None (the budget alone decides; the paper's threshold is a confidence cut that the
 budget makes unnecessary), chunked over rows so memory is O(chunk × C).
 
