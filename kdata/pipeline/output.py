@@ -23,7 +23,7 @@ from kdata.dataset.decisions import Decisions
 from kdata.dataset.schema import SCHEMA_VERSION
 from kdata.dataset.writer import (MANIFEST, Staging, build_manifest, check_output_dir, extra_file_entries,
                                   read_manifest, write_decisions, write_shards)
-from kdata.pipeline.rerun import embedder_model, record_pool_from_out, record_pool_state
+from kdata.pipeline.rerun import embedder_model, record_models_from_out, record_pool_from_out, record_pool_state
 from kdata.report.card import card_entry, publish, write_card
 
 
@@ -114,6 +114,7 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
                                   models=with_embedder(output.models, output.extra), counts=counts,
                                   extra=jsonable(output.extra), decisions=decisions,
                                   extra_files=extra_file_entries(staging.path, output.extra_files))
+        record_models_from_out(manifest.get("models"), out=out)
         if output.pool is not None:  # what a rerun compares before answering "already complete"
             if not isinstance(manifest.get("pool"), dict):
                 manifest["pool"] = {}

@@ -56,6 +56,26 @@ def record_pool_from_out(section: dict, spec, *, out) -> None:
         section[FROM_OUT] = os.path.relpath(os.path.abspath(spec), os.path.abspath(out))
 
 
+def spec_from_out(spec, *, out) -> str | None:
+    """A model spec naming a relative file or folder (``student.pt2``, ``hf:models/s``) as seen from OUT,
+    so the card's commands, run from OUT, find it; None for every other spec (``builtin:``, absolute
+    paths, ``timm:``/``open_clip:`` names, a path that does not exist)."""
+    if not isinstance(spec, str):
+        return None
+    prefix, path = ("hf:", spec[3:]) if spec.startswith("hf:") else ("", spec)
+    if not path or ":" in path.split("/")[0] or os.path.isabs(path) or not os.path.exists(path):
+        return None
+    return prefix + os.path.relpath(os.path.abspath(path), os.path.abspath(out))
+
+
+def record_models_from_out(models, *, out) -> None:
+    """``models.<role>.from_out`` for each model given as a relative path (``spec_from_out``)."""
+    for entry in (models or {}).values():
+        seen = spec_from_out(entry.get("spec"), out=out) if isinstance(entry, dict) else None
+        if seen is not None:
+            entry[FROM_OUT] = seen
+
+
 def stat_digest(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS, trusted_before_ns: int | None = None
                 ) -> str | None:
     """sha256 over (relative path, size, mtime ns, inode, device) of every file under the pool path (a

@@ -32,8 +32,15 @@ def how_to_load(c) -> list[str]:
             *(_next_generated(c) if c.m.get("generate") else _next_curated(c))]
 
 
+def _seen_from_here(c, role: str):
+    """The model's spec as seen from the dataset directory (the card's commands run there)."""
+    entry = (c.m.get("models") or {}).get(role)
+    seen = entry.get("from_out") if isinstance(entry, dict) else None
+    return seen if isinstance(seen, str) and seen else c.k[role]["id"]
+
+
 def _next_curated(c) -> list[str]:
-    student = str(c.k["student"]["id"] or "")
+    student = str(_seen_from_here(c, "student") or "")
     byo = not student or student.startswith("byo:")  # predictions read from a file: no model kdata can load
     return ["Train the student with the kdata trainer" + (" (`STUDENT`: your own student model, any model spec "
                                                           "`kdata train` loads; the predictions file holds none):"
@@ -48,9 +55,9 @@ def _next_curated(c) -> list[str]:
 
 def _next_generated(c) -> list[str]:
     """A generated dataset holds candidates, not soft labels: score them, then train."""
-    student = printable(c.k["student"]["id"] or "STUDENT")
+    student = printable(_seen_from_here(c, "student") or "STUDENT")
     return ["Score the kept candidates with the teacher's per-token soft labels, then train a student on them:", "",
-            "```bash", f"kdata select --pool . --teacher {printable(c.k['teacher']['id'])} --student {student} "
+            "```bash", f"kdata select --pool . --teacher {printable(_seen_from_here(c, 'teacher'))} --student {student} "
             "--method random --budget 100% --out ../curated",
             f"kdata train ../curated --student {student}",
             "kdata inspect .          # counts, reasons, critic scores, checksum verification", "```", "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from kdata.cli import main
 from tests.helpers.real_inputs import make_image_folder
@@ -27,3 +28,31 @@ def test_card_from_another_directory_reads_the_relative_pool_back(tmp_path, monk
         card = (run / "README.md").read_text()
         assert "not pictured" not in card and "not reachable" not in card, card[-600:]
     capsys.readouterr()
+
+
+def test_the_cards_train_command_finds_relative_model_files_from_the_dataset_directory(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The card said `kdata train . --student student.pt2`, a path relative to where select ran: exit 2."""
+    import re
+
+    from tests.helpers.real_inputs import exported_models
+
+    work = tmp_path / "work"
+    make_image_folder(work / "pools" / "p", n=40)
+    (work / "models").mkdir()
+    for role in ("teacher", "student"):
+        src = Path(exported_models()[f"{role}_pt2"])
+        shutil.copy(src, work / "models" / f"{role}.pt2")
+        shutil.copy(src.with_suffix(".json"), work / "models" / f"{role}.json")  # the sidecar
+    monkeypatch.chdir(work)
+    assert main(["select", "--pool", "pools/p", "--teacher", "models/teacher.pt2", "--student", "models/student.pt2",
+                 "--method", "kd3", "--budget", "10", "--out", "out/run", "--quiet"]) == 0
+    run = work / "out" / "run"
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["models"]["student"]["from_out"] == "../../models/student.pt2"
+    assert m["models"]["student"]["spec"] == "models/student.pt2"  # what the run was given, unchanged
+    command = re.search(r"^kdata train \. --student (\S+)$", (run / "README.md").read_text(), re.M)
+    assert command and command.group(1) == "../../models/student.pt2"
+    monkeypatch.chdir(run)
+    capsys.readouterr()
+    assert main(["train", ".", "--student", command.group(1), "--epochs", "1", "--out", str(tmp_path / "s")]) == 0
