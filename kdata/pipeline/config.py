@@ -49,7 +49,8 @@ class SelectConfig:
     budget: str = opt("0.3", "rows to keep: a count (200), a fraction (0.3) or a percentage (30%%)", kind=str)
     seed: int = opt(0, "random seed of every randomised choice", kind=int)
     topk: int = opt(5, "teacher soft labels kept per row", kind=int)
-    temperature: float = opt(1.0, "temperature of the stored soft labels (> 0)", kind=float)
+    temperature: float = opt(1.0, "temperature of the stored soft labels and of the statistics the methods rank by "
+                             "(> 0)", kind=float)
     balance: str | None = opt(None, "spread the budget over predicted classes, embedding clusters or domains "
                               "(default: the recipe's choice)", choices=BALANCES, kind=str)
     dedup: str | None = opt(None, "remove duplicates before the budget: exact (decoded-pixel hash), near "

@@ -133,6 +133,9 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     rows = curated_table(prep.pool, scores, sel) if cfg.hard else curated_rows(prep.pool, scores, sel)
     # the soft labels written per row: at most one per class (the hashed config keeps the request)
     topk = min(cfg.topk, teacher.num_classes) if teacher.num_classes else cfg.topk
+    lm = {"kind": "causal_lm", "token_topk": scored.info["token_topk"]} \
+        if scored.info.get("kind") == "causal_lm" and scored.info.get("token_topk") is not None else {}
+    topk = lm.get("token_topk", topk)  # a causal LM's soft labels are per token: that k, not the class top-k
     extra = {"methods": prep.methods, "balance": prep.balance, "dedup_level": resolve_dedup(cfg), "budget_rows": budget,
              "temperature": cfg.temperature, "topk": topk, "class_names": teacher.class_names,
              "pool": {"spec": cfg.pool, "units": len(prep.pool.units), "description": prep.pool.description},
@@ -155,7 +158,7 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                     models={"teacher": teacher.describe(), "student": prep.student.describe(),
                             **_reference_model(prep)},
                     meta={"temperature": cfg.temperature, "topk": topk, "class_names": teacher.class_names,
-                          "teacher": teacher.spec, "student": prep.student.spec},
+                          "teacher": teacher.spec, "student": prep.student.spec, **lm},
                     extra=extra, extra_files=extra_files, rows_per_shard=cfg.rows_per_shard,
                     row_group_rows=cfg.row_group_rows, pool=prep.pool,
                     info={**{k: extra[k] for k in ("methods", "balance", "budget_rows", "method_info",

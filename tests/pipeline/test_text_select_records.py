@@ -40,7 +40,10 @@ def test_manifest_and_card_record_the_stored_token_topk(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["scoring"]["token_topk"] == vocab < 1000
     assert manifest["config"]["token_topk"] == 1000 and manifest["config_hash"] == cfg.hash()
+    assert manifest["topk"] == vocab  # the per-token k, not the class top-k of the config (5)
     shards = pads.dataset(str(out / "data"), format="parquet").to_table()
+    meta = json.loads(shards.schema.metadata[b"kdata"])
+    assert (meta["kind"], meta["token_topk"], meta["topk"]) == ("causal_lm", vocab, vocab)
     assert {len(p) for row in shards.column("teacher_topk_ids").to_pylist() for p in row} == {vocab}
     card = (out / "README.md").read_text()
     assert f"per-token top-{vocab} log-probabilities" in card and "top-1000" not in card

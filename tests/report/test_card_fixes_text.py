@@ -44,7 +44,7 @@ def test_lm_card_topk_labels_and_student_coupling(text_run):
     card = (text_run / "README.md").read_text()
     m = json.loads((text_run / "manifest.json").read_text())
     assert m["method_info"]["miniplm"]["reference"].startswith("student")
-    assert read_front_matter(card)["kdata"]["topk"] == m["scoring"]["token_topk"] != m["topk"]
+    assert read_front_matter(card)["kdata"]["topk"] == m["scoring"]["token_topk"] == m["topk"]
     bias = _bias(card)
     assert "can disagree with the original `label`" not in bias and "next-token" in bias
     assert "**Student coupling.**" in bias
