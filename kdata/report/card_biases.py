@@ -140,7 +140,8 @@ LABELS_NOTE = ("- **Labels are the teacher's, not the web's.** The soft labels a
                "the original `label`; where they do, the kept row carries the teacher's opinion, not ground truth, "
                "and the student inherits the teacher's blind spots.")
 LM_LABELS_NOTE = ("- **Soft labels are the teacher's next-token guesses.** The rows are causal-LM text with no "
-                  "class label (`label` and `teacher_pred` are empty); the per-token soft labels are the teacher's "
+                  "class label (`label_idx` is −1 and `teacher_pred` empty; `label` keeps the pool's label where it has one); the "
+                  "per-token soft labels are the teacher's "
                   "top-k next-token log-probabilities, which can be wrong or skewed to its style, and the student "
                   "inherits the teacher's blind spots.")
 

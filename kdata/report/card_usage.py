@@ -47,7 +47,19 @@ def _next_curated(c) -> list[str]:
                                                           if byo else ":"), "", "```bash",
             f"kdata train . --student {'STUDENT' if byo else printable(student)}",
             "kdata inspect .          # counts, reasons, scores, checksum verification", "```", "",
-            "Each row: `sample_id`, the payload (`image`, the encoded file — a PIL image through `datasets` — or "
+            *(_lm_row_columns() if (c.m.get("scoring") or {}).get("kind") == "causal_lm" else _class_row_columns())]
+
+
+def _lm_row_columns() -> list[str]:
+    return ["Each row: `sample_id`, `text`, `label` (the pool's, where it has one), the teacher's tokens `input_ids`, "
+            "per token the teacher's top-k next tokens `teacher_topk_ids` with their log-probabilities "
+            "`teacher_topk_logprobs` and the leftover mass `teacher_rest_mass` (exp of the log-probabilities plus the "
+            "leftover sum to 1), the mean token NLLs `teacher_nll`/`student_nll` (and `reference_nll`), `n_tokens`, "
+            "`kl_ts`, `rank` and `score_<method>`; the class soft-label columns are null.", ""]
+
+
+def _class_row_columns() -> list[str]:
+    return ["Each row: `sample_id`, the payload (`image`, the encoded file — a PIL image through `datasets` — or "
             "`text`), `label` (original), `teacher_pred`, "
             "`teacher_topk_idx`/`teacher_topk_prob`/`teacher_topk_logit` (soft labels), `student_pred`, "
             "confidences, `kl_ts`, `rank` and `score_<method>`.", ""]

@@ -158,8 +158,7 @@ def decision_counts(run: Run) -> dict:
         g = run.decisions.select(["stage", "decision"]).group_by(["stage", "decision"], use_threads=False)
         g = g.aggregate([([], "count_all")])
         for s, d, n in zip(*(g.column(k).to_pylist() for k in ("stage", "decision", "count_all"))):
-            key = s if d != KEPT else "kept"
-            by_stage.setdefault(key or "?", Counter())[d] += n
+            by_stage.setdefault(s or "?", Counter())[d] += n  # the stage column's value: kept rows too
     out["by_stage"] = {k: dict(v) for k, v in by_stage.items()}
     return out
 

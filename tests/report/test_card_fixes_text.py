@@ -48,3 +48,16 @@ def test_lm_card_topk_labels_and_student_coupling(text_run):
     bias = _bias(card)
     assert "can disagree with the original `label`" not in bias and "next-token" in bias
     assert "**Student coupling.**" in bias
+
+
+def test_lm_card_names_the_per_token_columns_and_the_pools_label(text_run):
+    """The card said `label` was empty (the pool's labels are there) and listed the null class soft-label columns."""
+    import pyarrow.dataset as pads
+
+    card = (text_run / "README.md").read_text()
+    shards = pads.dataset(str(text_run / "data"), format="parquet").to_table()
+    load = card.split("## How to load", 1)[1]
+    for col in ("input_ids", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_mass", "teacher_nll"):
+        assert f"`{col}`" in load and col in shards.column_names
+    assert "`teacher_topk_idx`" not in load and "(`label` and `teacher_pred` are empty)" not in card
+    assert shards.column("label").null_count < shards.num_rows and "keeps the pool's label" in _bias(card)

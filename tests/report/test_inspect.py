@@ -141,3 +141,13 @@ def test_progress_quiet_and_bars():
     assert bars._progress is None
     text = buf.getvalue()
     assert "scoring" in text and "4/4" in text and "selecting" in text and "3/3" in text
+
+
+def test_decisions_by_stage_name_the_stages_the_decisions_table_holds(rad_run, capsys):
+    """Kept rows were grouped under a stage 'kept' that no row of decisions.parquet has."""
+    code, s = _inspect_json(rad_run, capsys)
+    dec = pq.read_table(rad_run / "decisions.parquet", columns=["stage", "decision"]).to_pandas()
+    want = {st: g["decision"].value_counts().to_dict() for st, g in dec.groupby("stage")}
+    assert code == 0 and s["decisions"]["by_stage"] == want and "kept" not in s["decisions"]["by_stage"]
+    card = (rad_run / "README.md").read_text()
+    assert "`kept`: kept" not in card and "Decisions by the stage that made them: " in card
