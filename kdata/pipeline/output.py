@@ -25,6 +25,7 @@ from kdata.dataset.writer import (MANIFEST, Staging, build_manifest, check_outpu
                                   read_manifest, write_decisions, write_shards)
 from kdata.pipeline.rerun import embedder_model, record_models_from_out, record_pool_from_out, record_pool_state
 from kdata.report.card import card_entry, publish, write_card
+from kdata.training.budget import kd_weight_entry
 
 
 @dataclass
@@ -115,6 +116,8 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
                                   extra=jsonable(output.extra), decisions=decisions,
                                   extra_files=extra_file_entries(staging.path, output.extra_files))
         record_models_from_out(manifest.get("models"), out=out)
+        if (manifest.get("scoring") or {}).get("kind") != "causal_lm" and not manifest.get("generate"):
+            manifest["kd_weight"] = kd_weight_entry(manifest, path=Path(out) / MANIFEST)  # for trainers of one's own
         if output.pool is not None:  # what a rerun compares before answering "already complete"
             if not isinstance(manifest.get("pool"), dict):
                 manifest["pool"] = {}

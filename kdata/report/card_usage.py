@@ -3,7 +3,7 @@ files with their checksums. ``c`` is the card's ``kdata.report.card_text.CardCon
 
 from __future__ import annotations
 
-from kdata.report.markdown import md_code, md_table, printable
+from kdata.report.markdown import md_code, md_table, md_text, printable
 
 
 def uses(c) -> list[str]:
@@ -47,7 +47,19 @@ def _next_curated(c) -> list[str]:
                                                           if byo else ":"), "", "```bash",
             f"kdata train . --student {'STUDENT' if byo else printable(student)}",
             "kdata inspect .          # counts, reasons, scores, checksum verification", "```", "",
-            *(_lm_row_columns() if (c.m.get("scoring") or {}).get("kind") == "causal_lm" else _class_row_columns())]
+            *(_lm_row_columns() if (c.m.get("scoring") or {}).get("kind") == "causal_lm" else _class_row_columns()),
+            *_kd_weight(c.m.get("kd_weight"))]
+
+
+def _kd_weight(entry) -> list[str]:
+    """The KD weight ``kdata train`` uses here, for a trainer of one's own (manifest ``kd_weight``)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("alpha"), (int, float)):
+        return []
+    f = entry.get("kept_fraction")
+    return [f"KD weight: `kdata train` uses α = {entry['alpha']} on this set"
+            + (f" (kept fraction {f:.3f})" if isinstance(f, (int, float)) else "")
+            + f" — {md_text(str(entry.get('rule', '')))}; a trainer of your own can take the same "
+            "α·T²·KL(teacher ‖ student) + (1 − α)·CE(label) (manifest `kd_weight`).", ""]
 
 
 def _lm_row_columns() -> list[str]:

@@ -66,8 +66,16 @@ def kept_fraction(root: Path | None) -> tuple[float | None, str]:
     path = Path(root) / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, f"{path}: no counts.kept / counts.n_in"
+    return manifest_fraction(manifest, path=path)
+
+
+def manifest_fraction(manifest, *, path) -> tuple[float | None, str]:
+    """``kept_fraction`` of a manifest already read (``path``: where it is, for the explanation)."""
+    try:
         kept, n_in = _counts(manifest.get("counts"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None, f"{path}: no counts.kept / counts.n_in"
     if n_in <= 0:
         return None, f"{path}: counts.n_in is 0"
@@ -103,6 +111,13 @@ def _sources(manifest: dict, depth: int = 16):
         if not isinstance(parent, dict) or parent.get("config_hash") != src.get("config_hash"):
             return
         src = parent.get("source")
+
+
+def kd_weight_entry(manifest: dict, *, path) -> dict:
+    """The manifest's ``kd_weight``: the α ``kdata train`` picks for this dataset, so another trainer can use it."""
+    fraction, _ = manifest_fraction(manifest, path=path)
+    return {"alpha": alpha_for_fraction(fraction), "kept_fraction": None if fraction is None else round(fraction, 6),
+            "rule": RULE}
 
 
 def resolve_alpha(given: float | None, root: Path | None) -> dict:

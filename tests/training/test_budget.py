@@ -63,6 +63,10 @@ def test_alpha_is_chosen_by_the_kept_fraction_and_recorded(selections, tmp_path)
     assert small["value"] > large["value"]  # the smaller subset leans more on the teacher
     assert "kept fraction 0.100" in small["reason"] and "Ben-Baruch" in small["reason"]
     assert logs["0.1"]["config"]["alpha"] == small["value"]  # the α the loss used
+    for b, path in selections.items():  # recorded for a trainer of one's own, and said on the card
+        entry = json.loads((path / "manifest.json").read_text())["kd_weight"]
+        assert entry["alpha"] == logs[b]["alpha"]["value"] and entry["rule"] in logs[b]["alpha"]["reason"]
+        assert f"`kdata train` uses α = {entry['alpha']} on this set" in (path / "README.md").read_text()
 
 
 def test_given_alpha_wins_and_no_manifest_falls_back(selections, tmp_path):
