@@ -118,8 +118,8 @@ def card_data(run: Run, *, name: str):
         f"predictions {cfg['scores']}" if cfg.get("scores") else None)  # --scores without --pool
     splits = sorted({Path(f["path"]).name.split("-", 1)[0] for f in m.get("files", [])}) or ["train"]
     task = _task(run)
-    features = hf_features(run.shard_schema, image_columns=("image",) if task == "image-classification" else ()) \
-        if run.shards is not None else None
+    features = hf_features(run.shard_schema, image_columns=("image",) if task == "image-classification" else (),
+                           class_names=m.get("class_names")) if run.shards is not None else None
     fields = jsonable({  # plain values only, so the YAML is safe_load-able and round-trips
         "pretty_name": f"{name} (kdata-curated distillation set)",
         "license": m.get("license") or cfg.get("license") or "unknown",

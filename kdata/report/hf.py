@@ -22,6 +22,9 @@ _VALUES = {pa.bool_(): "bool", pa.int8(): "int8", pa.int16(): "int16", pa.int32(
            pa.large_string(): "large_string", pa.binary(): "binary", pa.large_binary(): "large_binary"}
 
 
+_MARKUP = set("<>&`")
+
+
 class _Unsupported(Exception):
     """An Arrow type with no plain ``datasets`` feature here (the card then declares no features)."""
 
@@ -40,18 +43,25 @@ def feature_yaml(t: pa.DataType):
     raise _Unsupported(str(t))
 
 
-def hf_features(schema: pa.Schema, *, image_columns: tuple[str, ...] = ()) -> list[dict] | None:
+def hf_features(schema: pa.Schema, *, image_columns: tuple[str, ...] = (), class_names=None) -> list[dict] | None:
     """``dataset_info.features`` for ``schema``: one ``{"name": …, <feature>}`` per column, in order.
 
-    Columns in ``image_columns`` (binary, the encoded image file) are declared ``dtype: image``.
+    Columns in ``image_columns`` (binary, the encoded image file) are declared ``dtype: image``, and
+    an integer ``label_idx`` a ``class_label`` over ``class_names`` (a list of strings; -1, "no label",
+    is the id ``datasets`` itself uses) — unless a name holds markup or a control character: the front
+    matter is YAML, where such names would stand as they are, so ``label_idx`` stays a plain integer.
     None when a column has a type without a plain ``datasets`` feature: the card then declares none
     and ``datasets`` infers them from the files, as it would without a card.
     """
+    names = class_names if isinstance(class_names, list) and class_names and all(
+        isinstance(n, str) and n.isprintable() and not _MARKUP & set(n) for n in class_names) else None
     out = []
     try:
         for f in schema:
             if f.name in image_columns and (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)):
                 out.append({"name": f.name, "dtype": "image"})
+            elif f.name == "label_idx" and names and pa.types.is_integer(f.type):
+                out.append({"name": f.name, "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}})
             else:
                 out.append({"name": f.name, **feature_yaml(f.type)})
     except _Unsupported:

@@ -48,6 +48,22 @@ def test_load_dataset_of_a_run_gives_pil_images(demo_run, tmp_path):
     assert isinstance(pd.read_parquet(demo_run / "data")["image"].iloc[0], bytes)
 
 
+def test_label_idx_is_a_class_label_over_the_class_names(demo_run, tmp_path):
+    """label_idx loaded as a bare int32: the names had to be rebuilt from manifest.json."""
+    import json
+
+    names = json.loads((demo_run / "manifest.json").read_text())["class_names"]
+    ds = datasets.load_dataset(str(demo_run), cache_dir=str(tmp_path / "hf"))["train"]
+    assert ds.features["label_idx"] == datasets.ClassLabel(names=names)
+    assert [ds.features["label_idx"].int2str(i) for i in ds["label_idx"][:20]] == ds["label"][:20]
+    yaml = hf_features(SHARD_SCHEMA, class_names=["a", "b"])
+    assert datasets.Features._from_yaml_list(yaml)["label_idx"] == datasets.ClassLabel(names=["a", "b"])
+    assert hf_features(SHARD_SCHEMA, class_names=None) == hf_features(SHARD_SCHEMA)  # no names: a plain integer
+    # names with markup or control characters would stand raw in the YAML front matter: a plain integer
+    assert hf_features(SHARD_SCHEMA, class_names=["a", "<b>"]) == hf_features(SHARD_SCHEMA)
+    assert hf_features(SHARD_SCHEMA, class_names=["a", "b\x1b"]) == hf_features(SHARD_SCHEMA)
+
+
 def test_the_cards_how_to_load_code_runs_as_written(demo_run, tmp_path):
     out = tmp_path / demo_run.name
     shutil.copytree(demo_run, out)
