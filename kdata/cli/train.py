@@ -14,7 +14,7 @@ BUILTIN_EVAL = "builtin:digits-test"
 
 
 def register(sub) -> None:
-    from kdata.training.config import TextTrainConfig, TrainConfig
+    from kdata.training.config import BUILTIN_TEXT_LR, PRETRAINED_TEXT_LR, TextTrainConfig, TrainConfig
 
     d, dt = TrainConfig(), TextTrainConfig()
     p = sub.add_parser("train", help="distil a student on curated shards and measure its accuracy",
@@ -50,7 +50,9 @@ def register(sub) -> None:
     p.add_argument("--loss", choices=["kd", "nkd"], default=None,
                    help=f"kd (Hinton) or nkd (normalized KD, arXiv 2303.13005) (default: {d.loss})")
     p.add_argument("--batch-size", type=int, default=None, help=f"rows per optimiser step (default: {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate of AdamW (default: {d.lr}; text students: {dt.lr})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate of AdamW (default: {d.lr}; text students: {BUILTIN_TEXT_LR:g} for the built-in "
+                        f"text student, {PRETRAINED_TEXT_LR:g} for a pre-trained one of your own)")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed of the shuffling, the jitter and --reinit (default: {d.seed})")
     p.add_argument("--reinit", action="store_true", help="start from freshly initialised weights instead of STUDENT's")

@@ -119,6 +119,8 @@ def text_summary(log: dict) -> list[str]:
              f"{log['epochs']} epochs ({log['steps']} optimiser steps) in {log['seconds']:.1f}s"]
     if log.get("student_default"):
         lines.append(f"  --student not given: {log['student_default']}")
+    if isinstance(log.get("lr"), dict):
+        lines.append(f"  lr {log['lr']['value']:g}: {log['lr']['reason']}")
     if log.get("resumed_from_epoch"):
         lines.append(f"  resumed after epoch {log['resumed_from_epoch']} (the state a killed run left in "
                      f"{log['out']}/.resume)")

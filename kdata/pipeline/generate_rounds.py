@@ -39,6 +39,7 @@ from kdata.pipeline.generate import GenerateConfig, prompts_checksum, read_promp
 from kdata.pipeline.generate_run import critic_student, run_generate, same_spec, spec_checksum, target_critic
 from kdata.pipeline.output import already_complete
 from kdata.pipeline.run import run_select
+from kdata.training.config import TextTrainConfig, with_text_lr
 
 ROUNDS_FILE = "rounds.json"
 ROUNDS_VERSION = 2  # 2: the critic's student features from its fitted student in every round
@@ -118,9 +119,9 @@ def distill(curated: Path, *, student: str, out: Path, device: str, train_config
     (its ``train_log.json``) is reused when it was trained the same way from the same student on the same
     data (measured again when the eval set changed), and refused in one line otherwise: never retrained
     over. ``eval_spec``: None = the default eval set, ``""`` = none."""
-    from kdata.training.text import DEFAULT_EVAL, TextTrainConfig, train_text
+    from kdata.training.text import DEFAULT_EVAL, train_text
 
-    cfg = replace(train_config or TextTrainConfig(), device=device)
+    cfg = replace(with_text_lr(train_config or TextTrainConfig(), student), device=device)
     ev = DEFAULT_EVAL if eval_spec is None else (eval_spec or None)
     out = Path(out)
     log_path = out / "train_log.json"
@@ -155,7 +156,6 @@ def rounds_settings(cfg: GenerateConfig, *, student: str, crit_student: str, cri
     """What every round's output depends on, path-free (models by checksum): compared on a rerun."""
     from kdata.models.base import pick_device
     from kdata.selection.critic_checks import critic_digest
-    from kdata.training.text import TextTrainConfig
 
     return {"version": ROUNDS_VERSION, "teacher": spec_checksum(cfg.teacher), "student": spec_checksum(student),
             "critic_student": spec_checksum(crit_student), "critic": critic_digest(cfg.critic),
@@ -232,6 +232,7 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
         raise KdataError("--rounds needs --critic: each round keeps what the critic accepts")
     crit = target_critic(cfg)
     scorer = critic_student(crit, student)
+    train_config = with_text_lr(train_config or TextTrainConfig(), student)  # one lr for every round's student
     settings = rounds_settings(cfg, student=student, crit_student=scorer, crit=crit, train_config=train_config,
                                device=device)
     out = Path(out)
@@ -251,8 +252,6 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
     result = {"out": str(out), "rounds": summary, "student": best["student"] if best else current,
               "last_student": current, "best": best, **({"stopped": stopped} if stopped else {})}
     if test_spec:
-        from kdata.training.text import TextTrainConfig
-
         tcfg = replace(train_config or TextTrainConfig(), device=device)
         result["test"] = unbiased_perplexities(test_spec, start=student, best=best, last=current, cfg=tcfg)
     return result

@@ -36,7 +36,7 @@ from kdata.models.builtin_text import lr_at
 from kdata.models.hf import load_text_model
 from kdata.training.checkpoint import (Checkpoints, cpu_state, kept_rng, rng_state, seeded_rng, set_rng_state,
                                        shards_fingerprint, weights_checksum)
-from kdata.training.config import TextTrainConfig  # noqa: F401  (re-exported)
+from kdata.training.config import TextTrainConfig, text_lr  # noqa: F401  (TextTrainConfig re-exported)
 from kdata.training.losses import kd_loss, soft_targets
 from kdata.training.shard_dataset import dataset_root, verify_source
 from kdata.training.text_data import TextShards, eval_texts, shard_kind
@@ -259,7 +259,8 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
         with kept_rng(device):  # a built-in student built on first use seeds torch itself: not the run's stream
             model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
         check_student_kind(model, kind, student)
-        cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length))  # the student's position limit
+        lr, lr_reason = text_lr(cfg.lr, student)
+        cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length), lr=lr)  # the student's position limit
         data = TextShards(shards, kind=kind, batch_size=cfg.batch_size, pad_id=model.pad_id, seed=cfg.seed,
                           max_length=cfg.max_length)
         if kind == "causal_lm":
@@ -299,7 +300,7 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
            "eval": ev["spec"] if ev else None, "n_eval": ev["n"] if ev else 0, "metric": metric,
            f"{metric}_before": before, f"{metric}_after": after, metric: after, f"{metric}_last": last,
            "verified": verified, "resumed_from_epoch": state["epoch"] if state else None,
-           "out": str(out), "config": asdict(cfg), "device": str(device),
+           "out": str(out), "config": asdict(cfg), "lr": {"value": cfg.lr, "reason": lr_reason}, "device": str(device),
            **({"test": {"spec": tv["spec"], "n": tv["n"], metric: tested}} if tv else {})}
     if kind == "classifier":
         log["score_temperature"] = data.temperature

@@ -172,12 +172,27 @@ def test_temperature_is_refused_for_causal_lm_shards(lm_shards, tmp_path, capsys
 
 def test_train_help_gives_both_learning_rate_defaults(capsys):
     from kdata.cli import main
-    from kdata.training.config import TextTrainConfig, TrainConfig
+    from kdata.training.config import BUILTIN_TEXT_LR, PRETRAINED_TEXT_LR, TrainConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert f"(default: {TrainConfig().lr}; text students: {TextTrainConfig().lr})" in out
+    assert (f"(default: {TrainConfig().lr}; text students: {BUILTIN_TEXT_LR:g} for the built-in text student, "
+            f"{PRETRAINED_TEXT_LR:g} for a pre-trained one of your own)") in out
+
+
+def test_the_text_learning_rate_follows_the_student_and_is_recorded(lm_shards, tmp_path):
+    """1e-2 made pre-trained students worse than they started (benchmarks/text_lr.py); a given --lr wins."""
+    from kdata.training.config import BUILTIN_TEXT_LR, PRETRAINED_TEXT_LR, text_lr
+
+    assert text_lr(None, "builtin:text-student")[0] == BUILTIN_TEXT_LR
+    assert text_lr(None, "hf:models/mine") == (PRETRAINED_TEXT_LR, f"default for a pre-trained student "
+                                                                   f"({PRETRAINED_TEXT_LR:g}; --lr to change it)")
+    assert text_lr(3e-3, "builtin:text-student") == (3e-3, "set by --lr")
+    log = train_text(shards=lm_shards, student=f"hf:{model_dir('builtin:text-student')}", eval=None,
+                     config=TextTrainConfig(steps=1), out=tmp_path / "s")
+    assert log["config"]["lr"] == log["lr"]["value"] == PRETRAINED_TEXT_LR
+    assert json.loads((tmp_path / "s" / "train_log.json").read_text())["lr"]["reason"].startswith("default for a pre")
 
 
 def test_text_training_is_seeded_by_its_config_and_leaves_the_callers_rng_alone(lm_shards, tmp_path):
