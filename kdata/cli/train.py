@@ -43,7 +43,7 @@ def register(sub) -> None:
                    help=f"distillation temperature (default: {d.temperature})")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the KD term vs CE on web labels (default: chosen by the kept fraction in DIR's "
-                        "manifest, larger for smaller subsets; see docs/training.md)")
+                        "manifest, larger for smaller subsets; see docs/training.md; text students: 0.5)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="train for exactly N optimiser steps whatever the data size (equal-steps comparisons); "
                         "the epochs follow and --epochs is ignored")

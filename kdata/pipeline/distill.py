@@ -134,7 +134,13 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
     ``shards`` against its manifest first (``--no-verify``). A student already in ``out`` is refused
     unless ``overwrite``; OUT is locked for the run, so a second ``kdata train`` into it fails at once.
     A run killed mid-training goes on from its last finished epoch when run again (``run_train``).
+    Text shards are one line: they train with ``kdata.training.text.train_text``.
     """
+    from kdata.training.text_data import shard_kind
+
+    if (kind := shard_kind(shards)) != "image":
+        raise KdataError(f"{shards}: {kind.replace('_', ' ')} text shards train with "
+                         "kdata.training.text.train_text (what kdata train calls for text), not train_student")
     factory = None
     if config.reselect_every:
         if not pool or not teacher:

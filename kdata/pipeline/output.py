@@ -27,6 +27,8 @@ from kdata.pipeline.rerun import embedder_model, record_models_from_out, record_
 from kdata.report.card import card_entry, publish, write_card
 from kdata.training.budget import kd_weight_entry
 
+TEXT_KINDS = ("causal_lm", "classifier")  # scored as text: the text trainer's α is fixed (no ``kd_weight``)
+
 
 @dataclass
 class RunReport:
@@ -116,7 +118,7 @@ def write_output(out: str | Path, output: Output, *, progress=None, before_commi
                                   extra=jsonable(output.extra), decisions=decisions,
                                   extra_files=extra_file_entries(staging.path, output.extra_files))
         record_models_from_out(manifest.get("models"), out=out)
-        if (manifest.get("scoring") or {}).get("kind") != "causal_lm" and not manifest.get("generate"):
+        if (manifest.get("scoring") or {}).get("kind") not in TEXT_KINDS and not manifest.get("generate"):
             manifest["kd_weight"] = kd_weight_entry(manifest, path=Path(out) / MANIFEST)  # for trainers of one's own
         if output.pool is not None:  # what a rerun compares before answering "already complete"
             if not isinstance(manifest.get("pool"), dict):

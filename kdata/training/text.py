@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from kdata.core.atomic import write_json
-from kdata.core.errors import KdataError, brief
+from kdata.core.errors import KdataError, brief, printable
 from kdata.core.lock import exclusive
 from kdata.core.threads import one_thread
 from kdata.models.base import pick_device
@@ -120,9 +122,12 @@ def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
 def check_classes(shards: TextShards, student, spec: str, where) -> None:
     """Refuse a classifier student whose class names (``id2label`` in id order) are not the shards'
     ``class_names`` in the same order: the stored top-k class indices and web labels index the
-    shards' classes and are used as the student's logit indices."""
+    shards' classes and are used as the student's logit indices. A student that names no classes
+    (``transformers``' defaults ``LABEL_0`` … ``LABEL_{C-1}``) is taken in index order, as ``kdata select``
+    takes it, when it has as many classes."""
     names, mine = shards.class_names, [str(n) for n in student.class_names]
-    if names is not None and names != mine:
+    unnamed = mine == [f"LABEL_{i}" for i in range(len(mine))] and names is not None and len(names) == len(mine)
+    if names is not None and names != mine and not unnamed:
         raise KdataError(f"{where}: shards were labelled with {len(names)} classes ({brief(names)}) but the "
                          f"student {spec} predicts {len(mine)} ({brief(mine)}); give a student whose id2label "
                          "(config.json) lists the shards' class_names in the same order")
@@ -147,7 +152,14 @@ def _eval_set(spec: str | None, student, kind: str, cfg: TextTrainConfig) -> dic
     keep = [(t, index[y]) for t, y in zip(texts, labels) if y in index]
     if not keep:
         raise KdataError(f"{spec}: no evaluation text has a label among the student's classes {student.class_names}")
-    return {"spec": spec, "n": len(keep), "texts": [t for t, _ in keep], "labels": [y for _, y in keep]}
+    dropped = Counter("(no label)" if y is None else str(y) for y in labels if y not in index)
+    if dropped:  # accuracy is over the rest: say which rows it leaves out (a case slip drops a whole class)
+        shown = ", ".join(f"{printable(k)} ×{n}" for k, n in dropped.most_common(5))
+        print(f"kdata: note: {spec}: {sum(dropped.values())} evaluation row(s) not measured, their label is not "
+              f"among the student's classes ({shown}{', …' if len(dropped) > 5 else ''}); accuracy on {len(keep)}",
+              file=sys.stderr)
+    return {"spec": spec, "n": len(keep), "n_not_measured": sum(dropped.values()),
+            "texts": [t for t, _ in keep], "labels": [y for _, y in keep]}
 
 
 def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device, *,
@@ -297,7 +309,8 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
     save_student(model, out)
     metric = "perplexity" if kind == "causal_lm" else "accuracy"
     log = {"student": student, "kind": kind, "n_train": len(data), **run, "seconds": time.perf_counter() - t0,
-           "eval": ev["spec"] if ev else None, "n_eval": ev["n"] if ev else 0, "metric": metric,
+           "eval": ev["spec"] if ev else None, "n_eval": ev["n"] if ev else 0,
+           "n_eval_not_measured": ev.get("n_not_measured", 0) if ev else 0, "metric": metric,
            f"{metric}_before": before, f"{metric}_after": after, metric: after, f"{metric}_last": last,
            "verified": verified, "resumed_from_epoch": state["epoch"] if state else None,
            "out": str(out), "config": asdict(cfg), "lr": {"value": cfg.lr, "reason": lr_reason}, "device": str(device),

@@ -132,3 +132,45 @@ def test_worse_than_before_compares_the_last_epoch_even_when_the_start_is_kept(a
                            out=tmp_path / "last")
     assert keep_last["accuracy_after"] == keep_last["accuracy_last"] == log["accuracy_last"]
     assert keep_last["worse_than_before"] is True and "kept_epoch" not in keep_last
+
+
+def test_a_text_run_states_no_kd_weight_the_text_trainer_does_not_use(assets):
+    """The card said `kdata train` uses α = 0.925 by the kept fraction; the text trainer's α is a fixed 0.5."""
+    manifest = json.loads((assets / "sel" / "manifest.json").read_text())
+    assert manifest["scoring"]["kind"] == "classifier" and "kd_weight" not in manifest
+    assert "KD weight" not in (assets / "sel" / "README.md").read_text()
+
+
+def test_a_student_that_names_no_classes_trains_in_index_order_as_select_took_it(assets, tmp_path):
+    """kdata select accepted a student with transformers' default names (LABEL_0 …); kdata train refused it."""
+    unnamed = tiny_classifier(tmp_path / "unnamed", labels=("LABEL_0", "LABEL_1", "LABEL_2"))
+    assert main(["train", str(assets / "sel"), "--student", f"hf:{unnamed}", "--steps", "1", "--eval", "none",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    two = tiny_classifier(tmp_path / "two", labels=("LABEL_0", "LABEL_1"))  # another class count: refused
+    with pytest.raises(KdataError, match=r"3 classes \(a, b, c\) but the student .* predicts 2"):
+        train_text(shards=assets / "sel", student=f"hf:{two}", eval=None, config=TextTrainConfig(steps=1),
+                   out=tmp_path / "o2", verify=False)
+
+
+def test_eval_rows_with_labels_the_student_lacks_are_said_and_counted(assets, tmp_path, capsys):
+    """They were dropped in silence after a note saying "evaluating on" the larger count (a case slip drops a class)."""
+    ev = tmp_path / "eval.jsonl"
+    rows = [{"text": f"{WORDS[i % 6]} {i}", "label": "abc"[i % 3]} for i in range(9)]
+    rows += [{"text": "the cat 1", "label": "A"}, {"text": "the cat 2", "label": "A"}, {"text": "the cat 3"}]
+    ev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = train_text(shards=assets / "sel", student=f"hf:{assets / 'abc'}", eval=str(ev),
+                     config=TextTrainConfig(steps=1), out=tmp_path / "o", verify=False)
+    err = capsys.readouterr().err
+    assert log["n_eval"] == 9 and log["n_eval_not_measured"] == 3
+    assert (f"kdata: note: {ev}: 3 evaluation row(s) not measured, their label is not among the student's classes "
+            "(A ×2, (no label) ×1); accuracy on 9") in err
+
+
+def test_the_image_library_trainer_refuses_text_shards_in_one_line(assets, tmp_path):
+    """train_student on text shards failed with 'evaluation set has no images' or an AttributeError."""
+    from kdata.pipeline.distill import train_student
+    from kdata.training.config import TrainConfig
+
+    with pytest.raises(KdataError, match=r"classifier text shards train with kdata\.training\.text\.train_text"):
+        train_student(shards=assets / "sel", student=f"hf:{assets / 'abc'}", eval=None, config=TrainConfig(steps=1),
+                      out=str(tmp_path / "o"))

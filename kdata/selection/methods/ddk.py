@@ -100,7 +100,10 @@ def _domains(view: ScoreView, domains: pa.Table | None) -> np.ndarray:
         pos = dict(zip(domains.column("sample_id").to_pylist(), domains.column("domain").to_pylist()))
         d = np.array([pos.get(s) for s in view.sample_ids], dtype=object)
     else:
-        raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file)")
+        d = None
+    if d is None or all(v is None for v in d):  # a pool reader's all-null column is no domain either
+        raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file)"
+                         + ("; every row's domain is empty" if d is not None and len(d) else ""))
     return np.array([NONE_DOMAIN if v is None else str(v) for v in d], dtype=object)
 
 

@@ -227,3 +227,10 @@ def test_non_finite_logits_in_a_library_table_are_one_line(method):
     with pytest.raises(KdataError, match=r"^scores table: column 'teacher_logits' has a non-finite value "
                                          r"\(NaN/inf\) in row 2 \(sample_id 'r2'\) \(and 1 more rows\)$"):
         select(table, methods=[method], budget=3, seed=0, num_classes=3)
+
+
+def test_ddk_refuses_a_domain_column_with_no_domain_in_it(tmp_path):
+    """A JSONL pool without domains gives an all-null column: ddk ran as one domain (= disagreement)."""
+    scores = scores_from_probs(tmp_path, PT, PS, domain=[None] * 4)
+    with pytest.raises(KdataError, match=r"^ddk: needs a 'domain' column .*; every row's domain is empty$"):
+        select(scores, methods=["ddk"], budget=2, seed=0, num_classes=2)
