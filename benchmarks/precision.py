@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 GOOD = ("clean", "near_dup", "exact_dup")
-METHODS = ["random", "teacher_confidence", "student_entropy", "disagreement", "kd3", "rad", "miniplm", "ddk",
+METHODS = ["random", "coverage", "teacher_confidence", "student_entropy", "disagreement", "kd3", "rad", "miniplm", "ddk",
            "critic", "critic,kd3"]
 
 

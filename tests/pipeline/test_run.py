@@ -80,6 +80,9 @@ def test_shards_open_with_other_readers_without_kdata(demo_run):
     assert len(pd.read_parquet(demo_run / "data")) == n
     assert duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall()[0][0] == n
     assert pl.read_parquet(glob).height == n
+    import pyarrow.dataset as pads
+
+    assert pads.dataset(str(demo_run / "data"), format="parquet").count_rows() == n
     hf = load_dataset("parquet", data_files={"train": glob}, split="train",
                       cache_dir=str(demo_run.parent / "hf-cache"))
     assert hf.num_rows == n and "teacher_topk_prob" in hf.column_names
