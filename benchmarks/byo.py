@@ -13,13 +13,17 @@
    array, nothing else.
 3. In a fresh process: ``kdata select --scores FILE --method rad --budget 0.1 --out OUT``, which
    validates, streams and scores every row, selects and writes the curated shards.
-Prints wall seconds and peak RSS of both, and the ratio of the times.
+Prints wall seconds and peak RSS of both, and the ratio of the times; with the default sizes
+(N = 1,000,000, C = 1,000 full logits) and without ``--no-write``, the table is spliced into
+``docs/benchmarks/byo.md`` (``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import runpy
+import shlex
 import shutil
 import sys
 import tempfile
@@ -75,9 +79,23 @@ def write_file(path: Path, n: int, c: int, *, topk: int = 0, group: int = 16_384
 
 def measure(cmd: list[str], *, env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of ``cmd`` run as a child (``benchmarks/child_rss.py``)."""
-    import runpy
-
     return runpy.run_path(str(Path(__file__).resolve().parent / "child_rss.py"))["measure"](cmd, env=env)
+
+
+def markdown(r: dict) -> str:
+    """The docs block: how it was measured (sizes, cores, versions, command) and this run's row."""
+    what = f"top-{r['topk']} of {r['c']:,} classes" if r["topk"] else f"{r['c']:,} full logits"
+    head = (f"N = {r['n']:,} rows × {what} as float32 lists, one file of {r['gb']:.1f} GB in row groups of "
+            f"16,384 rows, read once into the page cache first; each side in a fresh process. pyarrow "
+            f"{pa.__version__}, numpy {np.__version__}. Measured in {r['seconds']:.0f} s (writing the file "
+            f"included) on {r['cpus']} CPU cores (load average {r['load']:.1f} at the start) with:\n\n"
+            f"    {r['command']}\n")
+    rows = ["| input | baseline read | `kdata select --scores` (rad, 10%) | rows/s | peak RSS (read / kdata) |",
+            "|---|---:|---:|---:|---:|",
+            f"| {r['n']:,} × {what}, {r['gb']:.1f} GB | {r['base_s']:.1f} s | {r['kdata_s']:.1f} s "
+            f"({r['kdata_s'] / r['base_s']:.2f}× the read) | {r['n'] / r['kdata_s']:,.0f} | "
+            f"{r['base_rss'] / 1024:.2f} / {r['kdata_rss'] / 1024:.2f} GB |"]
+    return head + "\n" + "\n".join(rows) + "\n"
 
 
 def main(argv=None) -> int:
@@ -87,7 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--topk", type=int, default=0, help="write top-K probabilities instead of full logits")
     ap.add_argument("--dir", default=None, help="where the file is written (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the file for the next run")
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/byo.md")
     args = ap.parse_args(argv)
+    t_start, load = time.perf_counter(), os.getloadavg()[0]
     folder = Path(args.dir or tempfile.mkdtemp(prefix="kdata-bench-byo-"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (f"top{args.topk}-{args.n}x{args.c}.parquet" if args.topk else f"logits-{args.n}x{args.c}.parquet")
@@ -97,7 +117,7 @@ def main(argv=None) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s")
     print(f"# kdata BYO benchmark: N={args.n:,} C={args.c:,} {f'top-{args.topk} probabilities' if args.topk else 'logits'}, "
           f"file {path.stat().st_size / 1e9:.2f} GB "
-          f"load={os.getloadavg()[0]:.1f}")
+          f"load={load:.1f}")
     t0 = time.perf_counter()  # into the page cache first, so that both timings below read from it
     with open(path, "rb") as f:
         while f.read(1 << 23):
@@ -112,9 +132,23 @@ def main(argv=None) -> int:
     sec, rss = measure(kdata)
     print(f"kdata select --scores (rad, 10%)       {sec:7.1f} s  peak RSS {rss:7.0f} MB  "
           f"= {sec / base_s:.2f}x the read, {args.n / sec:,.0f} rows/s")
+    gb = path.stat().st_size / 1e9
     shutil.rmtree(out, ignore_errors=True)
     if not args.keep and not args.dir:
         shutil.rmtree(folder, ignore_errors=True)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if "--dir" in given:  # where the file is kept does not change the figures
+        i = given.index("--dir")
+        given = given[:i] + given[i + 2:]
+    given = [a for a in given if a != "--keep"]
+    report = {"n": args.n, "c": args.c, "topk": args.topk, "gb": gb, "base_s": base_s, "base_rss": base_rss,
+              "kdata_s": sec, "kdata_rss": rss, "load": load, "cpus": os.cpu_count(),
+              "seconds": time.perf_counter() - t_start,
+              "command": "python benchmarks/byo.py" + "".join(" " + shlex.quote(a) for a in given)}
+    md = markdown(report)
+    print("\n" + md)
+    if not args.no_write and (args.n, args.c, args.topk) == (1_000_000, 1000, 0):
+        runpy.run_path(str(Path(__file__).resolve().parent / "doc_tables.py"))["splice"]("byo", md)
     return 0
 
 

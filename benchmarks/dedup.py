@@ -12,17 +12,25 @@ removes that are not planted duplicates (must be 0), and kdata's time at N = 1,0
     python benchmarks/dedup.py --sklearn-queries 20000   # time scikit-learn on a query subset
                                                          # and scale linearly (brute force is linear)
     python benchmarks/dedup.py --thresholds        # the default-threshold measurements on builtin:digits-web
+
+With the default sizes (N = 100,000 against every scikit-learn query, then N = 1,000,000) and
+without ``--no-write``, the table is spliced into ``docs/benchmarks/dedup.md``
+(``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import runpy
+import shlex
 import sys
 import time
 
 # sibling benchmark scripts (e.g. select.py) must not shadow stdlib modules
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -72,7 +80,8 @@ def run_sklearn(x, *, queries: int):
     return secs * (len(x) / queries), qi[keep], qj[keep]
 
 
-def benchmark(n: int, *, n_pairs: int, sklearn_queries: int | None, seed: int = 0) -> None:
+def benchmark(n: int, *, n_pairs: int, sklearn_queries: int | None, seed: int = 0) -> dict:
+    """kdata's search (and scikit-learn's, unless ``sklearn_queries`` is None) on ``n`` planted vectors."""
     x, a, b = planted(n, 512, n_pairs, seed=seed)
     want = pair_set(a, b)
     tk, i, j, dup_of = run_kdata(x, seed=seed)
@@ -83,8 +92,10 @@ def benchmark(n: int, *, n_pairs: int, sklearn_queries: int | None, seed: int = 
     print(f"N={n:,} d=512 planted pairs={n_pairs:,} threshold={THRESHOLD}")
     print(f"  kdata    {tk:8.2f} s  recall(planted) {rec_k:.4f}  pairs {len(found):,}  removed {len(removed):,}"
           f"  non-duplicates removed {wrong}")
+    r = {"n": n, "pairs": n_pairs, "kdata_s": tk, "kdata_recall": rec_k, "found": len(found),
+         "removed": len(removed), "wrong": wrong}
     if sklearn_queries is None:
-        return
+        return r
     q = min(n, sklearn_queries)
     ts, si, sj = run_sklearn(x, queries=q)
     s_all = pair_set(si, sj)
@@ -98,6 +109,8 @@ def benchmark(n: int, *, n_pairs: int, sklearn_queries: int | None, seed: int = 
     note = "" if q == n else f" (timed on {q:,} queries, scaled ×{n / q:.1f})"
     print(f"  sklearn  {ts:8.2f} s  recall(planted) {rec_s:.4f}  pairs {len(s_all):,}{note}")
     print(f"  kdata recall of every pair sklearn finds: {rec_ks:.4f}   speed-up ×{ts / tk:.1f}")
+    return {**r, "sklearn_s": ts, "sklearn_recall": rec_s, "sklearn_pairs": len(s_all), "queries": q,
+            "kdata_recall_of_sklearn": rec_ks}
 
 
 def thresholds() -> None:
@@ -187,25 +200,60 @@ def levels_table() -> None:
               f"{found:>5}/{len(planted_rows)}      {wrong}/{n_clean}")
 
 
-def main() -> None:
+def markdown(r: dict) -> str:
+    """The docs block: how it was measured (sizes, cores, versions, seconds, command) and the table."""
+    import sklearn
+    import threadpoolctl
+
+    a, big = r["runs"][0], r["runs"][1] if len(r["runs"]) > 1 else None
+    scaled = "" if a["queries"] == a["n"] else f" (timed on {a['queries']:,} queries, scaled ×{a['n'] / a['queries']:.1f})"
+    head = (f"N = {a['n']:,} unit vectors, d = 512, {a['pairs']:,} planted pairs, threshold {THRESHOLD}; scikit-learn "
+            f"{sklearn.__version__}, numpy {np.__version__}, {threadpoolctl.threadpool_info()[0]['num_threads']} BLAS "
+            f"threads. Measured in {r['seconds']:.0f} s on {r['cpus']} CPU cores (load average {r['load']:.1f} at the "
+            f"start) with:\n\n    {r['command']}\n")
+    speed = a["sklearn_s"] / a["kdata_s"]
+    met = "met" if speed >= 10 and a["kdata_recall"] >= 0.99 else "**not met**"
+    rows = ["| | time | recall of planted pairs | other |", "|---|---|---|---|",
+            f"| kdata | {a['kdata_s']:.2f} s | {a['kdata_recall']:.4f} | {a['wrong']} non-duplicates removed; finds "
+            f"{a['kdata_recall_of_sklearn']:.2%} of all pairs scikit-learn finds |",
+            f"| scikit-learn exact | {a['sklearn_s']:.1f} s{scaled} | {a['sklearn_recall']:.4f} | |",
+            f"| **speed-up** | **×{speed:.1f}** | | target ≥ 10× at recall ≥ 0.99: {met} |"]
+    if big:
+        rows.append(f"| kdata at N = {big['n']:,} ({big['pairs']:,} planted pairs) | {big['kdata_s']:.0f} s | "
+                    f"{big['kdata_recall']:.4f} | {big['wrong']} non-duplicates removed |")
+    return head + "\n" + "\n".join(rows) + "\n"
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--pairs", type=int, default=2_000)
     ap.add_argument("--sklearn-queries", type=int, default=None, help="default: all N rows")
     ap.add_argument("--skip-1m", action="store_true", help="skip kdata's N=1,000,000 run")
     ap.add_argument("--thresholds", action="store_true", help="only the default-threshold measurements")
-    args = ap.parse_args()
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/dedup.md")
+    args = ap.parse_args(argv)
     if args.thresholds:
         thresholds()
         levels_table()
-        return
+        return 0
     import threadpoolctl
 
+    t_start, load = time.perf_counter(), os.getloadavg()[0]
     print(f"threads: {threadpoolctl.threadpool_info()[0]['num_threads']} BLAS")
-    benchmark(args.n, n_pairs=args.pairs, sklearn_queries=args.sklearn_queries or args.n)
+    runs = [benchmark(args.n, n_pairs=args.pairs, sklearn_queries=args.sklearn_queries or args.n)]
     if not args.skip_1m:
-        benchmark(1_000_000, n_pairs=10 * args.pairs, sklearn_queries=None)
+        runs.append(benchmark(1_000_000, n_pairs=10 * args.pairs, sklearn_queries=None))
+    report = {"runs": runs, "load": load, "cpus": os.cpu_count(), "seconds": time.perf_counter() - t_start,
+              "command": "python benchmarks/dedup.py" + "".join(" " + shlex.quote(a) for a in
+                                                                (sys.argv[1:] if argv is None else argv))}
+    md = markdown(report)
+    print("\n" + md)
+    full = (args.n, args.pairs, args.sklearn_queries in (None, args.n), args.skip_1m) == (100_000, 2_000, True, False)
+    if not args.no_write and full:
+        runpy.run_path(str(Path(__file__).resolve().parent / "doc_tables.py"))["splice"]("dedup", md)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

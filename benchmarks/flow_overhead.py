@@ -15,6 +15,9 @@ KD³ under a 30% budget and write the dataset:
 
     python benchmarks/flow_overhead.py               # 100,000 samples
     python benchmarks/flow_overhead.py --n 10000     # smaller, for a smoke test
+
+With the default sizes (100,000 samples in units of 10,000) and without ``--no-write``, the table is
+spliced into ``docs/benchmarks/flow_overhead.md`` (``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import argparse
 import io
 import json
 import os
+import runpy
+import shlex
 import sys
 import tempfile
 import time
@@ -101,14 +106,34 @@ def direct(cfg, *, out: str, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> int:
+def markdown(r: dict) -> str:
+    """The docs block: how it was measured (pool, cores, versions, seconds, command) and the table."""
+    import prefect
+    import torch
+
+    head = (f"Pool: {r['n']:,} samples in {r['units']} units (built in {r['pool_build_s']:.0f} s, outside the "
+            f"timings), KD³ at 30%, scoring on the CPU from scratch on both sides; prefect {prefect.__version__}, "
+            f"torch {torch.__version__}, {r['threads']} torch threads. Measured in {r['seconds']:.0f} s on "
+            f"{r['cpus']} CPU cores (load average {r['load']:.1f} at the start) with:\n\n    {r['command']}\n")
+    rows = ["| pool | direct stages | curate flow | ratio flow / direct | server start-up (excluded) | "
+            "identical shards |", "|---|---:|---:|---:|---:|---|",
+            f"| {r['n']:,} samples, {r['units']} units | {r['direct_s']:.1f} s | {r['flow_s']:.1f} s | "
+            f"**{r['ratio']:.3f}** (target ≤ {r['target_ratio']}) | {r['server_startup_s']:.1f} s | "
+            f"{'yes' if r['same_shards'] else '**no**'} |"]
+    return head + "\n" + "\n".join(rows) + "\n"
+
+
+# long: one run of both sides, then its report
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="pool samples (default 100,000)")
     ap.add_argument("--unit-rows", type=int, default=10_000, help="rows per pool unit (one scoring task each)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/flow_overhead.md")
+    a = ap.parse_args(argv)
+    t_start, load = time.perf_counter(), os.getloadavg()[0]
 
     work = Path(a.work or tempfile.mkdtemp(prefix="kdata-flow-bench-"))
     os.environ.setdefault("KDATA_CACHE", str(work / "cache"))
@@ -158,6 +183,19 @@ def main() -> int:
         print(f"temporary Prefect server start-up: {t_server:.1f}s (excluded)")
         print(f"direct stage calls: {t_direct:.1f}s   curate flow: {t_flow:.1f}s")
         print(f"ratio flow/direct: {t_flow / t_direct:.3f} (target <= 1.2)   identical shards: {same}")
+    given = sys.argv[1:] if argv is None else list(argv)
+    if "--work" in given:  # where the pool is kept does not change the figures
+        i = given.index("--work")
+        given = given[:i] + given[i + 2:]
+    report.update(seconds=time.perf_counter() - t_start, load=load, cpus=os.cpu_count(),
+                  threads=torch.get_num_threads(),
+                  command="python benchmarks/flow_overhead.py" + "".join(" " + shlex.quote(x) for x in given
+                                                                         if x != "--json"))
+    md = markdown(report)
+    if not a.json:
+        print("\n" + md)
+    if not a.no_write and (a.n, a.unit_rows) == (100_000, 10_000):
+        runpy.run_path(str(ROOT / "benchmarks" / "doc_tables.py"))["splice"]("flow_overhead", md)
     return 0
 
 

@@ -14,6 +14,9 @@ For each: median KL(teacher‖student) of parents and generated rows and the rat
 the teacher-flip rate, the default critic's accept rate and samples/s. Then a sweep of the default
 critic's threshold on the ``hard`` rows: accept rate and how often the teacher's prediction on an
 accepted row equals the parent's true digit (``digits_web_truth``; junk parents left out).
+
+With the default parents and seed (150, 0) and without ``--no-write``, both tables are spliced into
+``docs/benchmarks/hard.md`` (``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
     sys.path.pop(0)
 
 import argparse  # noqa: E402
+import runpy  # noqa: E402
+import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,12 +50,46 @@ def rescore_kl(images, teacher, student) -> np.ndarray:
         return disagreement(zt, zs)["kl_ts"].numpy()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+LABELS = {"random": "random augmentation", "hard": "**HARD (gradient, default)**",
+          "search": "HARD random search (fallback)"}
+
+
+def markdown(r: dict) -> str:
+    """The docs block: how it was measured (parents, seed, cores, versions, seconds, command), the
+    comparison table and the critic-threshold sweep."""
+    base = r["rows"]["random"]
+    head = (f"{r['parents']} parents (seed {r['seed']}) from `kdata select --method kd3 --budget 0.3` on "
+            f"`builtin:digits-web`, K = 1; every KL re-measured on the written PNGs. torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads. Measured in {r['seconds']:.0f} s on {r['cpus']} CPU cores "
+            f"(load average {r['load']:.1f} at the start) with:\n\n    {r['command']}\n")
+    t1 = ["| run | median KL(t‖s) | × random | teacher flip rate | critic accept | samples/s |",
+          "|---|---|---|---|---|---|", f"| parents | {r['parents_kl']:.3f} | | | | |"]
+    for name, x in r["rows"].items():
+        bold = "**" if name == "hard" else ""
+        t1.append(f"| {LABELS[name]} | {bold}{x['median_kl']:.3f}{bold} | {bold}{x['median_kl'] / base['median_kl']:.2f}"
+                  f"{bold} | {x['flip']:.3f} | {x['accept']:.3f} | {x['sps']:.1f} |")
+    sw = r["sweep"]
+    t2 = ["| threshold | accepted | teacher = true digit, accepted | teacher = true digit, rejected |",
+          "|---|---|---|---|"]
+    for row in sw["rows"]:
+        thr = f"**{row['threshold']:.1f}**" if row["threshold"] == 0.5 else f"{row['threshold']:.1f}"
+        t2.append(f"| {thr} | {row['accept']:.3f} | {row['acc_true']} | {row['rej_true']} |")
+    mid = (f"\nThe default critic's threshold swept over the {sw['rows_total']} `hard` rows ({sw['flips']} teacher "
+           f"flips, excluded whatever the threshold; {sw['rejects']} critic rejects at the default 0.5); "
+           "\"teacher = true digit\" is how often the teacher's prediction on a row equals its parent's true "
+           "digit (junk parents left out; — where no row is left):\n\n")
+    return head + "\n" + "\n".join(t1) + "\n" + mid + "\n".join(t2) + "\n"
+
+
+# long: the three generation runs, then the threshold sweep, in the order the docstring lists them
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parents", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/hard.md")
+    args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    t_start, load = time.perf_counter(), os.getloadavg()[0]
 
     from kdata.pools.builtin import digits_web_truth
     from kdata.augment.hard import CRITIC_REJECT, FLIP, HardConfig, generate
@@ -103,13 +142,27 @@ def main() -> None:
     print(f"\ndefault critic on {len(every)} HARD rows ({int(flipped.sum())} teacher flips, "
           f"{int((np.array(every.column('reason').to_pylist()) == CRITIC_REJECT).sum())} critic rejects at 0.5)")
     print(f"{'threshold':>9s} {'accept':>7s} {'teacher = true digit (accepted)':>32s} {'(rejected)':>11s}")
+    sweep = []
     for thr in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8):
         acc = (~flipped) & (score >= thr)
         rej = (~flipped) & ~acc
         a = f"{(pred[acc & known] == tl[acc & known]).mean():.3f}" if (acc & known).any() else "—"
         r = f"{(pred[rej & known] == tl[rej & known]).mean():.3f}" if (rej & known).any() else "—"  # none rejected
         print(f"{thr:9.1f} {acc.sum() / max(1, (~flipped).sum()):7.3f} {a:>32s} {r:>11s}")
+        sweep.append({"threshold": thr, "accept": acc.sum() / max(1, (~flipped).sum()), "acc_true": a,
+                      "rej_true": r})
+    report = {"parents": parents.num_rows, "seed": args.seed, "parents_kl": float(np.median(kl_par)),
+              "rows": rows, "load": load, "cpus": os.cpu_count(), "seconds": time.perf_counter() - t_start,
+              "sweep": {"rows": sweep, "rows_total": len(every), "flips": int(flipped.sum()),
+                        "rejects": int((np.array(every.column("reason").to_pylist()) == CRITIC_REJECT).sum())},
+              "command": "python benchmarks/hard.py" + "".join(" " + shlex.quote(a) for a in
+                                                               (sys.argv[1:] if argv is None else argv))}
+    md = markdown(report)
+    print("\n" + md)
+    if not args.no_write and (args.parents, args.seed) == (150, 0):
+        runpy.run_path(str(Path(__file__).resolve().parent / "doc_tables.py"))["splice"]("hard", md)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

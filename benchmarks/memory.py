@@ -17,7 +17,8 @@
    ``kdata dedup DIR --level near`` of it, and ``kdata select`` on the JSONL pool (``miniplm``, 10%).
 Prints one row per command with its wall seconds, its peak RSS, and what the pool costs it: the
 peak over the same ``select`` without ``--pool`` (torch, the scores, the card), as a fraction of
-the pool file's size; and writes the table into ``docs/benchmarks/memory.md``.
+the pool file's size. With the default sizes (``--n``, ``--px``, ``--lines``, ``--words``) and without
+``--no-write``, the table is spliced into ``docs/benchmarks/memory.md`` (``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import argparse
 import io
 import json
 import os
+import runpy
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +90,25 @@ def write_text(folder: Path, lines: int, words: int) -> tuple[Path, Path]:
 
 def measure(cmd: list[str], *, env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of ``cmd`` run as a child (``benchmarks/child_rss.py``)."""
-    import runpy
-
     return runpy.run_path(str(Path(__file__).resolve().parent / "child_rss.py"))["measure"](cmd, env=env)
 
 
+DEFAULTS = {"n": 20_000, "px": 200, "lines": 50_000, "words": 1500}
+
+
+def markdown(r: dict) -> str:
+    """The docs block: how it was measured (sizes, cores, versions, seconds, command) and the table."""
+    table = ["| command | wall | peak RSS | peak / file size | (peak − fixed cost) / file size |",
+             "|---|---:|---:|---:|---:|"]
+    for label, sec, rss, ref, frac in r["rows"]:
+        table.append(f"| {label} | {sec:.1f} s | {rss / 1024:.2f} GB | {rss / ref:.2f} | "
+                     f"{'' if frac is None else f'{frac:.2f}'} |")
+    return (f"`{r['command']}` — {r['n']:,} images of {r['px']} px in one Parquet row group ({r['gb']:.2f} GB); "
+            f"{r['lines']:,} JSONL lines of {r['words']:,} words ({r['text_gb']:.2f} GB); pyarrow {pa.__version__}; "
+            f"{r['cpus']} cores; {r['seconds']:.0f} s in all (writing the inputs included).\n\n" + "\n".join(table))
+
+
+# long: the inputs, the baselines, then each command in turn
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20_000, help="images in the pool file")
@@ -99,7 +116,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lines", type=int, default=50_000, help="lines in the JSONL text pool")
     ap.add_argument("--words", type=int, default=1500, help="words per line")
     ap.add_argument("--dir", default=None, help="keep the inputs here for the next run (default: a temporary folder)")
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/memory.md")
     args = ap.parse_args(argv)
+    t_start = time.perf_counter()
     folder = Path(args.dir or tempfile.mkdtemp(prefix="kdata-bench-memory-"))
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KDATA_CACHE": str(folder / "cache")}
@@ -137,23 +156,18 @@ def main(argv=None) -> int:
     sec, rss = measure([*tsel, "--pool", str(text), "--out", str(runs / "text")], env=env)
     rows.append(("`kdata select --scores P --pool F.jsonl --method miniplm --budget 0.1`", sec, rss, tsize,
                  (rss - tfixed) / tsize))
-    table = ["| command | wall | peak RSS | peak / file size | (peak − fixed cost) / file size |",
-             "|---|---:|---:|---:|---:|"]
-    for label, sec, rss, ref, frac in rows:
-        table.append(f"| {label} | {sec:.1f} s | {rss / 1024:.2f} GB | {rss / ref:.2f} | "
-                     f"{'' if frac is None else f'{frac:.2f}'} |")
     given = sys.argv[1:] if argv is None else list(argv)
     if "--dir" in given:  # where the inputs are kept does not change the figures
         i = given.index("--dir")
         given = given[:i] + given[i + 2:]
     cmd = " ".join(["python benchmarks/memory.py", *given])
-    md = (f"`{cmd}` — {args.n:,} images of {args.px} px in one Parquet row group ({gb:.2f} GB); "
-          f"{args.lines:,} JSONL lines of {args.words:,} words ({text.stat().st_size / 1e9:.2f} GB); "
-          f"{os.cpu_count()} cores.\n\n" + "\n".join(table))
+    md = markdown({"command": cmd, "n": args.n, "px": args.px, "gb": gb, "lines": args.lines, "words": args.words,
+                   "text_gb": text.stat().st_size / 1e9, "cpus": os.cpu_count(), "rows": rows,
+                   "seconds": time.perf_counter() - t_start})
     print(md)
-    import runpy
-
-    if runpy.run_path(str(ROOT / "benchmarks" / "doc_tables.py"))["splice"]("memory", md):
+    default = all(getattr(args, k) == v for k, v in DEFAULTS.items())
+    if not args.no_write and default and \
+            runpy.run_path(str(ROOT / "benchmarks" / "doc_tables.py"))["splice"]("memory", md):
         print("(written into docs/benchmarks/memory.md)")
     if not args.dir:
         shutil.rmtree(folder, ignore_errors=True)

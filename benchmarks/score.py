@@ -26,6 +26,11 @@ open_clip architecture such as ``ViT-B-32``); the student is exported to ``.pt2`
     python benchmarks/score.py                              # built-in digits + 2,000 JPEGs in 4 units
     python benchmarks/score.py --device cuda --teacher-arch ViT-B-32 --student-arch resnet18 \\
         --n 12000 --sizes 224,400 --batch-size 256 --workers auto
+
+A CPU run of the default JPEG case (default models, 2,000 JPEGs of 96–320 px in 4 units, batch 128;
+any ``--workers``/``--repeat``) splices its figures into ``docs/benchmarks/score.md``
+(``benchmarks/doc_tables.py``) unless ``--no-write``; ``--quick``, other sizes or models, and CUDA runs
+only print (the page quotes the GPU figures apart, with their command).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import logging
 import math
 import os
 import re
+import runpy
+import shlex
 import sys
 import tempfile
 import time
@@ -361,6 +368,14 @@ def case_builtin(args, device: torch.device) -> dict:
 
 
 def report(r: dict, repeat: int) -> None:
+    print("\n".join(report_lines(r, repeat)))
+
+
+# long: one line per figure, in the order the docstring explains them
+def report_lines(r: dict, repeat: int) -> list[str]:
+    """The printed report of one case, line by line."""
+    out = []
+    print = out.append  # noqa: A001 — the lines below were written as prints
     print(f"[{r['case']}] {r['n']} images in {r['units']} units, {r['device']} {r['precision']}, "
           f"batch {r['batch_size']}, {r['workers']} decode worker(s), best of {repeat}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
@@ -399,17 +414,46 @@ def report(r: dict, repeat: int) -> None:
             + (f", {v['CPU_JPEG_SHARE']:.0%} of the JPEGs decoded by the workers" if v["CPU_JPEG_SHARE"] else "")
         print(f"    variant {spec:<6}{rate:>10.1f} samples/s  ({how})")
     if r.get("stages"):
-        report_stages(r)
+        out += report_stages(r)
+    return out
 
 
-def report_stages(r: dict) -> None:
+def report_stages(r: dict) -> list[str]:
     """The stage table of the ``--stages`` round (kdata.scoring.stage_clock): host and device seconds."""
+    out = []
+    print = out.append  # noqa: A001
     print(f"  stages of one more round ({r['stages_round_per_s']:.1f} samples/s, {r['stages_round_s']:.2f} s; "
           f"host = wall time of the scoring thread, device = CUDA stream time between the stage's events):")
     print(f"    {'stage':<20}{'calls':>7}{'host s':>10}{'share':>8}{'device s':>10}")
     for name, row in r["stages"].items():
         dev = f"{row['device_s']:10.3f}" if "device_s" in row else f"{'':>10}"
         print(f"    {name:<20}{row['calls']:>7}{row['host_s']:>10.3f}{row['host_s'] / r['stages_round_s']:>8.0%}{dev}")
+    return out
+
+
+def markdown(r: dict, *, repeat: int, command: str, seconds: float, load: float) -> str:
+    """The docs block of a CPU run: how it was measured (pool, models, threads, versions, seconds,
+    command), the printed report, and its ratios as a table row."""
+    pr = sorted(r["paired_ratios"])
+    bound = r.get("shared_core_bound_per_s")
+    head = (f"{r['n']:,} JPEGs ({r['sizes'][0]}–{r['sizes'][1]} px) in {r['units']} units; teacher {r['teacher']}, "
+            f"student {r['student']}; {r['device']} {r['precision']}, batch {r['batch_size']}, {r['workers']} decode "
+            f"worker(s), best of {repeat} rounds, OMP_WAIT_POLICY={r['omp_wait_policy']}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op threads. Measured in {seconds:.0f} s on {os.cpu_count()} CPU cores "
+            f"(load average {load:.1f} at the start) with:\n\n    {command}\n")
+    rows = ["| run | ratio (best of each) | per-round median / best | of the shared-core bound |",
+            "|---|---:|---:|---:|",
+            f"| `{command.removeprefix('python benchmarks/score.py').strip() or '(defaults)'}` (this block) | "
+            f"{r['ratio']:.2f} | {pr[len(pr) // 2]:.2f} / {pr[-1]:.2f} | "
+            + (f"{r['pipeline_per_s'] / bound:.2f} |" if bound else "— |")]
+    return head + "\n```\n" + "\n".join(report_lines(r, repeat)) + "\n```\n\n" + "\n".join(rows) + "\n"
+
+
+def publishing(args, device: torch.device) -> bool:
+    """Whether this run is the page's configuration: the default JPEG case and models on the CPU."""
+    return (not args.quick and device.type == "cpu" and args.case == "jpeg" and args.teacher_arch == "bench-clip"
+            and args.student_arch == "digitsnet" and (args.n, args.units, tuple(args.sizes), args.batch_size)
+            == (2000, 4, (96, 320), 128))
 
 
 def main(argv=None) -> int:
@@ -444,7 +488,9 @@ def main(argv=None) -> int:
                     "ahead on T threads (0x1: in turn), then cP = CUDA: P%% of nvJPEG's JPEGs decoded by the "
                     "workers, i = units written on the scoring thread (e.g. 0x1,0x1i,2x1,3x2,3x2c20)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/score.md")
     args = ap.parse_args(argv)
+    t_start, load = time.perf_counter(), os.getloadavg()[0]
     for spec in args.variants:
         variant_settings(spec)
     if args.prepare_threads is not None:
@@ -471,6 +517,15 @@ def main(argv=None) -> int:
         results.append(case_jpeg(args, device))
     for r in results:
         print(json.dumps(r, default=str)) if args.json else report(r, args.repeat)
+    if results[-1]["case"] == "jpeg" and device.type == "cpu":
+        command = "python benchmarks/score.py" + "".join(" " + shlex.quote(a) for a in
+                                                         (sys.argv[1:] if argv is None else argv) if a != "--json")
+        md = markdown(results[-1], repeat=args.repeat, command=command, seconds=time.perf_counter() - t_start,
+                      load=load)
+        if not args.json:
+            print("\n" + md)
+        if not args.no_write and publishing(args, device):
+            runpy.run_path(str(Path(__file__).resolve().parent / "doc_tables.py"))["splice"]("score", md)
     return 0
 
 
