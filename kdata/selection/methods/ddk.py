@@ -101,9 +101,11 @@ def _domains(view: ScoreView, domains: pa.Table | None) -> np.ndarray:
         d = np.array([pos.get(s) for s in view.sample_ids], dtype=object)
     else:
         d = None
-    if d is None or all(v is None for v in d):  # a pool reader's all-null column is no domain either
-        raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file)"
-                         + ("; every row's domain is empty" if d is not None and len(d) else ""))
+    if d is None:
+        raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file)")
+    if len(d) and all(v is None for v in d):  # a pool reader's all-null column is no domain either
+        raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file); every row's domain "
+                         "is empty")
     return np.array([NONE_DOMAIN if v is None else str(v) for v in d], dtype=object)
 
 

@@ -130,7 +130,8 @@ class ScoreView:
     def _check_finite(self, name: str) -> None:
         """Logits with NaN/inf would rank rows arbitrarily (or crash a sampler): one line, as
         ``load_scores`` says it for a file."""
-        bad = ~np.isfinite(self._cache[name]).all(axis=1)
+        # one float64 sum per row: NaN/inf anywhere makes it non-finite, and no N × C mask is made
+        bad = ~np.isfinite(self._cache[name].sum(axis=1, dtype=np.float64))
         if bad.any():
             i = int(np.argmax(bad))
             more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
