@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 # benchmarks/text_lr.py: AdamW lr for distilling a causal-LM student on a curated builtin:text-web set
 BUILTIN_TEXT_LR = 1e-2  # the built-in text student, barely pre-trained: the largest gain in perplexity
 PRETRAINED_TEXT_LR = 1e-4  # any other student: 1e-2 made pre-trained students worse than they started
+GIVEN_LR = "given (--lr, or the caller's config: I2D2 rounds fix one rate from their first student)"
 
 
 @dataclass
@@ -55,7 +56,7 @@ def text_lr(given: float | None, student: str) -> tuple[float, str]:
     student was pre-trained for a few steps only and gains most at ``BUILTIN_TEXT_LR``; a model of your
     own is taken to be pre-trained, where that rate undoes what it knew (``PRETRAINED_TEXT_LR``)."""
     if given is not None:
-        return float(given), "set by --lr"
+        return float(given), GIVEN_LR
     if str(student).startswith("builtin:text"):
         return BUILTIN_TEXT_LR, f"default for the built-in text student ({BUILTIN_TEXT_LR:g})"
     return PRETRAINED_TEXT_LR, f"default for a pre-trained student ({PRETRAINED_TEXT_LR:g}; --lr to change it)"

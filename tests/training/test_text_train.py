@@ -183,12 +183,12 @@ def test_train_help_gives_both_learning_rate_defaults(capsys):
 
 def test_the_text_learning_rate_follows_the_student_and_is_recorded(lm_shards, tmp_path):
     """1e-2 made pre-trained students worse than they started (benchmarks/text_lr.py); a given --lr wins."""
-    from kdata.training.config import BUILTIN_TEXT_LR, PRETRAINED_TEXT_LR, text_lr
+    from kdata.training.config import BUILTIN_TEXT_LR, GIVEN_LR, PRETRAINED_TEXT_LR, text_lr
 
     assert text_lr(None, "builtin:text-student")[0] == BUILTIN_TEXT_LR
     assert text_lr(None, "hf:models/mine") == (PRETRAINED_TEXT_LR, f"default for a pre-trained student "
                                                                    f"({PRETRAINED_TEXT_LR:g}; --lr to change it)")
-    assert text_lr(3e-3, "builtin:text-student") == (3e-3, "set by --lr")
+    assert text_lr(3e-3, "builtin:text-student") == (3e-3, GIVEN_LR)
     log = train_text(shards=lm_shards, student=f"hf:{model_dir('builtin:text-student')}", eval=None,
                      config=TextTrainConfig(steps=1), out=tmp_path / "s")
     assert log["config"]["lr"] == log["lr"]["value"] == PRETRAINED_TEXT_LR
