@@ -100,8 +100,6 @@ def _domains(view: ScoreView, domains: pa.Table | None) -> np.ndarray:
         pos = dict(zip(domains.column("sample_id").to_pylist(), domains.column("domain").to_pylist()))
         d = np.array([pos.get(s) for s in view.sample_ids], dtype=object)
     else:
-        d = None
-    if d is None:
         raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file)")
     if len(d) and all(v is None for v in d):  # a pool reader's all-null column is no domain either
         raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file); every row's domain "
