@@ -121,11 +121,14 @@ def _flat_pairs(x, threshold, *, chunk):
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     out_i, out_j, out_s = [], [], []
+    # range_search keeps inner products strictly above its radius: search just below the threshold
+    # and keep ≥ threshold, as the cell-restricted search does
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     for s in range(0, len(x), chunk):
-        lims, dist, lab = index.range_search(x[s:s + chunk], float(threshold))
+        lims, dist, lab = index.range_search(x[s:s + chunk], radius)
         qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
         lab = lab.astype(np.int64)
-        keep = qi < lab
+        keep = (qi < lab) & (dist >= np.float32(threshold))
         out_i.append(qi[keep]), out_j.append(lab[keep]), out_s.append(dist[keep])
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s).astype(np.float32)
 

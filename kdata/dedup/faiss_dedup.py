@@ -11,7 +11,7 @@ Three levels, each including the ones before (``--dedup exact|near|semantic``):
 * **semantic** — SemDeDup (Abbas et al. 2023, arXiv 2303.09540): spherical k-means over
   L2-normalised model embeddings (the scores table's ``embedding`` column, the teacher's
   penultimate features), then pairwise cosine within each cluster, chunked. A sample is removed
-  when its highest similarity to a better-ranked sample of its cluster exceeds the threshold, or,
+  when its highest similarity to a better-ranked sample of its cluster reaches the threshold (≥), or,
   with ``frac``, the samples with the highest such similarity are removed until that fraction of
   the candidates is gone.
 

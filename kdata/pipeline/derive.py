@@ -219,8 +219,8 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
             collapse_warning(info, embedder=embedder if text else teacher, frac=frac, images=not text)
         gone = np.array([r is not None for r in reason], dtype=bool)
         decisions = build_decisions(table, decision=np.where(gone, REJECTED, KEPT), reason=reason,
-                                    stage=["dedup" if g else None for g in gone])
-        extra = {**source.carried(), "dedup": info}
+                                    stage=["dedup"] * n)  # this dataset's one stage decided every row
+        extra = {**source.carried(), "dedup": info, "dedup_level": level, "method_info": {"dedup": info}}
         if (hard := _carried_hard(source.manifest, table, reason)) is not None:
             extra["hard"] = hard
         rows = ShardRows(source.paths, source.order[~gone], replace=_renumbered(table.filter(pa.array(~gone))))

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
 from kdata.core.errors import KdataError
 from kdata.core.jsonable import jsonable
 from kdata.dataset.schema import KEPT, REJECTED
 from kdata.report.card_biases import bias_lines, dedup_summary, dedup_text, hard_count
+from kdata.report.card_derived import derived_kind, derived_recipe, derived_summary, settings_lines
 from kdata.report.card_generate import critic_name, generate_lines, generated_recipe, generated_summary
 from kdata.report.card_usage import files, how_to_load, uses
 from kdata.report.hf import hf_features
@@ -203,6 +203,8 @@ def _summary(c: CardContext) -> list[str]:
     if _token_labels(c):
         carries = (f"per-token top-{(c.m.get('scoring') or {}).get('token_topk', '?')} log-probabilities with the "
                    "leftover mass, the teacher/student (and reference) NLL and the selection scores")
+    if kind := derived_kind(c.m):  # kdata dedup / augment: the source's selection, no budget of its own
+        return derived_summary(c, kind, carries=carries)
     return ["## Summary", "",
             f"{kept:,} of {n_in:,} candidate samples from {md_code(k['pool'])} were kept to distil "
             f"{md_code(k['teacher']['id'])} into {md_code(k['student']['id'])}, selected with {md_code(c.methods)} "
@@ -261,6 +263,8 @@ def _scoring_step(c: CardContext) -> str:
 def _recipe(c: CardContext) -> list[str]:
     if c.m.get("generate"):
         return generated_recipe(c.m)
+    if kind := derived_kind(c.m):
+        return derived_recipe(c, kind)
     k, cfg = c.k, c.cfg
     steps = [_scoring_step(c),
              f"Run the method chain {md_code(c.methods)}: filters drop rows with their own reason, the last ranker "
@@ -283,11 +287,7 @@ def _recipe(c: CardContext) -> list[str]:
         L.append(f"- HARD augmentation: {k['hard']} generated samples requested per original row.")
     if cfg.get("critic"):
         L.append(f"- Critic: {md_code(critic_name(cfg['critic']))} (recall target {fmt(cfg.get('critic_recall'))}).")
-    return L + ["", "Method settings and thresholds (from the run):", "", "```yaml",
-                yaml.safe_dump({"method_info": k["method_info"], "method_options": k["method_options"]},
-                               sort_keys=True).rstrip(), "```", "",
-                f"Configuration hash {md_code(k['config_hash'])}, kdata {k['kdata_version']}, schema "
-                f"{k['schema_version']}, created {k['created']}.", ""]
+    return L + settings_lines(c)
 
 
 def _counts(c: CardContext) -> list[str]:

@@ -40,6 +40,16 @@ def test_exact_pair_search_equals_brute_force():
         assert np.allclose(s, (x[i] * x[j]).sum(1), atol=1e-5)
 
 
+def test_a_pair_at_the_threshold_is_found_by_both_searches():
+    """≥ threshold on both paths: faiss's range search alone keeps only pairs strictly above it."""
+    same = np.zeros((3, 8), np.float32)
+    same[:, 0] = 1.0
+    assert V.similar_pairs(same, threshold=1.0)[0].size == 3
+    v = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)  # cosine exactly 0.6
+    assert V.similar_pairs(v, threshold=0.6)[0].size == 1
+    assert V.similar_pairs(v, threshold=0.6, exact_max=1)[0].size == 1
+
+
 def test_cell_search_recall_and_precision_at_scale():
     """The approximate (k-means cell) path at N=20,000, d=256: planted pairs found with recall ≥ 0.99,
     every reported pair is real, and dedup removes no non-duplicate."""

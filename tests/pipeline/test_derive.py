@@ -62,6 +62,12 @@ def test_dedup_output_is_a_full_dataset_with_a_card(default_run, tmp_path):
     again = dedup_dataset(str(default_run), out=str(tmp_path / "d"), level="near")
     assert again.status == "already complete" and again.counts == report.counts
     assert "budget_rows" not in again.info  # the source's budget is not dedup's: no "budget not filled" note
+    # the manifest says which level ran and what it removed where a selection says it; every row's stage is dedup
+    assert m["dedup_level"] == "near" and m["method_info"]["dedup"]["removed"] == report.info["dedup"]["removed"]
+    assert set(pq.read_table(out / "decisions.parquet").column("stage").to_pylist()) == {"dedup"}
+    card = (out / "README.md").read_text()
+    assert f"rows of the curated dataset `{default_run.name}` were kept after `near` dedup" in card
+    assert "budget of `None`" not in card and "Keep the top" not in card and str(default_run.parent) not in card
 
 
 def test_augment_output_is_a_full_dataset_with_a_card(default_run, tmp_path):
@@ -77,6 +83,9 @@ def test_augment_output_is_a_full_dataset_with_a_card(default_run, tmp_path):
     assert c["generated"] == c["generated_kept"] + c["generated_rejected"]
     rows = sum(f["rows"] for f in m["files"])
     assert rows == c["kept"] + c["generated_kept"]
+    card = (out / "README.md").read_text()  # the card tells an augmented copy, not a budgeted selection
+    assert f"the {c['kept']:,} rows of the curated dataset `{default_run.name}` and {c['generated_kept']:,} HARD" in card
+    assert "budget of `None`" not in card and "Keep the top" not in card
 
 
 def test_augment_defaults_to_the_models_the_manifest_names(default_run, tmp_path):
