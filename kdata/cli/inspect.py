@@ -20,6 +20,9 @@ def register(sub) -> None:
     add_dataset_dir(p, help="a curated dataset directory written by kdata select / demo / dedup / augment")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--examples", type=int, default=5, metavar="N", help="example rows to show (kept and rejected; ≥ 0)")
+    p.add_argument("--quarantined", type=int, default=50, metavar="N",
+                   help="quarantined rows to list, taken in turn from each kind of error (≥ 0; the counts by kind "
+                        "always cover every row)")
     p.add_argument("--sample-id", default=None, metavar="ID", help="show one sample: its decision, reason and scores")
     p.add_argument("--grid", default=None, metavar="OUT.png",
                    help="write the card's thumbnail grid: best-ranked kept, random kept per class, most clearly "
@@ -33,6 +36,8 @@ def run(args) -> int:
 
     if args.examples < 0:
         raise KdataError(f"--examples {args.examples}: must be a whole number ≥ 0 (example rows per table)")
+    if args.quarantined < 0:
+        raise KdataError(f"--quarantined {args.quarantined}: must be a whole number ≥ 0 (quarantined rows to list)")
     args.dir = dataset_dir(args, "inspect")
     if args.sample_id is not None:
         row = sample(args.dir, args.sample_id)
@@ -44,7 +49,7 @@ def run(args) -> int:
     bad = manifest_problem(args.dir)
     if bad:  # a field of the wrong type: nothing to summarise from (the readers below would trip on it)
         raise KdataError(f"integrity: FAILED: {bad}", exit_code=1)
-    s = summarise(args.dir, n_examples=args.examples)
+    s = summarise(args.dir, n_examples=args.examples, n_quarantined=args.quarantined)
     if args.grid:
         if not args.grid.lower().endswith(".png"):
             raise KdataError(f"--grid {args.grid}: expected a .png file name")
@@ -90,6 +95,8 @@ def _console():
     return Console(highlight=False, soft_wrap=False, width=wide)
 
 
+MAX_KINDS = 20  # kinds of quarantine error in the terminal table (--json lists every kind)
+
 # column headings of the example tables (narrow terminals)
 SHORT = {"teacher_pred": "T", "student_pred": "S", "teacher_conf": "T conf", "label_idx": "label",
          "kl_ts": "KL(T‖S)"}
@@ -105,7 +112,7 @@ def _f(v, nd: int = 3) -> str:
 
 def render(s: dict, console) -> None:
     """The terminal summary: a header line, then rich tables."""
-    for part in (_header, _decisions, _class_balance, _score_quantiles, _agreement, _integrity, _card, _examples,
+    for part in (_header, _decisions, _quarantined, _class_balance, _score_quantiles, _agreement, _integrity, _card, _examples,
                  _text, _grid):
         part(s, console)
 
@@ -179,8 +186,39 @@ def _decisions(s: dict, console) -> None:
         t.add_row("  generated kept (in shards)", str(d["generated_kept"]), "")
         t.add_row("  generated rejected (critic, teacher flip)", str(d["generated_rejected"]), "")
     console.print(t)
-    for q in s["quarantined"][:10]:
-        console.print(f"  quarantined {_f(q['sample_id'])}: {_f(q['error'])}")
+
+
+def _quarantined(s: dict, console) -> None:
+    """The quarantined rows by kind of error (every row counted), the listed rows under their kind, and
+    how many are not listed."""
+    from rich.table import Table
+
+    kinds, total = s.get("quarantined_by_kind") or {}, s.get("quarantined_total") or 0
+    if not total:
+        return
+    t = Table(title=f"quarantined by kind of error ({total} rows, {len(kinds)} kind(s))", title_justify="left")
+    t.add_column("kind of error")
+    t.add_column("samples", justify="right")
+    t.add_column("listed", justify="right")
+    listed: dict[str, list] = {}
+    for q in s["quarantined"]:
+        listed.setdefault(q.get("kind"), []).append(q)
+    for kind, n in list(kinds.items())[:MAX_KINDS]:
+        t.add_row(_f(kind), str(n), str(len(listed.get(kind, []))))
+    if len(kinds) > MAX_KINDS:  # --json has every kind
+        rest = list(kinds.values())[MAX_KINDS:]
+        t.add_row(f"… {len(rest)} more kind(s)", str(sum(rest)), str(sum(len(listed.get(k, [])) for k in
+                                                                           list(kinds)[MAX_KINDS:])))
+    console.print(t)
+    for kind, rows in listed.items():
+        console.print(f"  {printable(str(kind))} — {kinds.get(kind, len(rows))} row(s):", markup=False)
+        for q in rows:
+            console.print(f"    {printable(str(q['sample_id']))}: {printable(str(q['error']))}", markup=False,
+                          soft_wrap=True)
+    hidden = total - len(s["quarantined"])
+    if hidden:
+        console.print(f"  … and {hidden} more quarantined row(s) not listed (--quarantined {total} lists them all; "
+                      f"decisions.parquet holds every error)", markup=False)
 
 
 def _class_balance(s: dict, console) -> None:

@@ -75,11 +75,13 @@ def derived_recipe(c, kind: str) -> list[str]:
                      "rejected `duplicate_of:<id>`." + (f" In this run {what}." if what else ""))
     else:
         hard = m.get("hard") or {}
-        per = (hard.get("config") or {}).get("per_sample", k.get("hard"))
-        steps.append(f"Generate {fmt(per)} HARD augmentation(s) per row ({md_code(hard.get('mode', '?'))} search), keep "
+        steps.append(f"Generate HARD augmentations of every row ({md_code(hard.get('mode', '?'))} search) and keep "
                      f"those the critic {md_code(hard.get('critic', '?'))} accepts (threshold "
                      f"{fmt(hard.get('critic_threshold'))}); the source rows are all kept.")
-    return ["## Curation recipe", ""] + [f"{i}. {s}" for i, s in enumerate(steps, 1)] + settings_lines(c)
+    L = ["## Curation recipe", ""] + [f"{i}. {s}" for i, s in enumerate(steps, 1)]
+    if k.get("hard"):
+        L.append(f"- HARD augmentation: {k['hard']} generated samples requested per original row.")
+    return L + settings_lines(c)
 
 
 def settings_lines(c) -> list[str]:

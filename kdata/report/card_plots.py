@@ -17,10 +17,12 @@ from kdata.report.inspect import MAX_BALANCE_ROWS, Run, class_balance, score_col
 from kdata.report.markdown import fmt, md_code, printable
 from kdata.report.picks import best_kept, random_kept_by_class, rejected_picks
 from kdata.report.pool_source import run_pool
+from kdata.report.thumbs import pixel_cap, thumbnail
 
 N_THUMBS = 16  # most clearly rejected rows
 N_BEST = 8  # best-ranked kept rows
 PER_CLASS, MAX_CLASSES = 4, 10  # random kept rows per class, for at most this many classes
+TILE = 96  # a grid tile's side, in pixels
 
 
 def _figure(w: float, h: float):
@@ -104,19 +106,11 @@ def plot_balance(run: Run, path: Path) -> bool:
     return True
 
 
-def _decode(data: bytes | None):
-    if data is None:
-        return None
-    from PIL import Image
-
-    from kdata.models.pixels import open_image, upright_8bit
-
-    try:
-        with open_image(data) as im:
-            im.load()
-            return np.asarray(upright_8bit(im).convert("RGB"))  # as scoring sees it: upright, 8-bit
-    except Exception:  # an unreadable payload is shown as a blank tile
-        return None
+def _decode(data: bytes | None, max_pixels: int | None = None):
+    """A tile's pixels (RGB, at most ``TILE`` a side: ``kdata.report.thumbs.thumbnail``, which refuses an
+    image over the pixel cap from its header), or None: an unreadable payload is a blank tile."""
+    im = thumbnail(data, TILE, rgb=True, max_pixels=max_pixels)
+    return None if im is None else np.asarray(im)
 
 
 def fetch_payloads(run: Run, ids: list[str], *, pool=None) -> tuple[dict[str, bytes], str | None]:
@@ -197,12 +191,13 @@ def thumbnail_grid(run: Run, path: Path, *, n: int = N_THUMBS, pool=None, blocks
     rows_all = [r for _, rows, _ in blocks for r in rows]
     if images is None:
         images, note = fetch_payloads(run, [r["sample_id"] for r in rows_all], pool=pool)
-    decoded = {r["sample_id"]: _decode(images.get(r["sample_id"])) for r in rows_all}
+    cap = pixel_cap(run.manifest)
+    decoded = {r["sample_id"]: _decode(images.get(r["sample_id"]), cap) for r in rows_all}
     if not any(v is not None for v in decoded.values()):
         return False, "No thumbnails: the curated rows carry no image payload."
     from PIL import Image, ImageDraw, ImageFont
 
-    ncol, tile, cap, pad, head = 8, 96, 30, 6, 26
+    ncol, tile, cap, pad, head = 8, TILE, 30, 6, 26
     cell_w, cell_h = tile + pad, tile + cap + pad
     blocks = [b for b in blocks if b[1] or not b[0].startswith("random")]  # no empty random block
     slots = [[r.get("slot", i) for i, r in enumerate(rows)] for _, rows, _ in blocks]

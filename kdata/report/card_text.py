@@ -304,7 +304,8 @@ def _counts(c: CardContext) -> list[str]:
     L = ["## Counts at each stage", ""] + md_table(["stage", "samples"], rows) + [""]
     quarantined = quarantined_rows(c.run, limit=10)
     if quarantined:
-        L += [f"Quarantined samples ({dc['quarantined']}; first {len(quarantined)} shown):", ""]
+        L += [f"Quarantined samples ({dc['quarantined']}; {len(quarantined)} shown, spread over the kinds of error; "
+              "`kdata inspect` lists more):", ""]
         L += [f"- {md_code(q['sample_id'])}: {md_text(q['error'])}" for q in quarantined] + [""]
     if dc["by_stage"]:
         L += ["Decisions by the stage that made them: " +

@@ -20,14 +20,19 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from kdata.core.atomic import write_bytes
+from kdata.dataset.schema import QUARANTINED
 from kdata.report.html_page import PAGE
 from kdata.report.inspect import Run, class_balance, decision_counts, primary_score
 from kdata.report.markdown import fmt
 from kdata.report.picks import report_sample
+from kdata.report.thumbs import pixel_cap, thumbnail
 
-__all__ = ["MAX_ROWS", "PER_REASON", "REPORT", "THUMB_PX", "render_report", "report_rows", "thumb_uri",
-           "write_report"]
+__all__ = ["MAX_ROWS", "PER_REASON", "REPORT", "THUMB_PX", "quarantine_errors", "render_report", "report_rows",
+           "thumb_uri", "write_report"]
 
 REPORT = "report.html"
 PER_REASON = 200  # sampled rows per decision/reason group
@@ -40,30 +45,29 @@ def report_rows(run: Run) -> list[dict]:
     return report_sample(run, per_group=PER_REASON, max_rows=MAX_ROWS)
 
 
-def thumb_uri(data: bytes | None) -> str | None:
-    """A small PNG or JPEG ``data:`` URI of an encoded image (whichever is smaller), or None."""
-    if not data:
+def thumb_uri(data: bytes | None, *, max_pixels: int | None = None) -> str | None:
+    """A small PNG or JPEG ``data:`` URI of an encoded image (whichever is smaller), or None (no payload, an
+    unreadable one, or one over the pixel cap: ``kdata.report.thumbs.thumbnail``)."""
+    im = thumbnail(data, THUMB_PX, max_pixels=max_pixels)
+    if im is None:
         return None
-    from PIL import Image
-
-    from kdata.models.pixels import open_image, upright_8bit
-
-    try:
-        with open_image(data) as stored:
-            stored.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at reduced size
-            stored.load()
-            im = upright_8bit(stored)  # as scoring sees it: upright, 16-bit greys scaled (not clipped)
-            im = im.convert("L" if im.mode in ("1", "L") else "RGB")
-            im.thumbnail((THUMB_PX, THUMB_PX), Image.LANCZOS)
-            best = None
-            for fmt_, kw in (("PNG", {}), ("JPEG", {"quality": 80})):
-                buf = io.BytesIO()
-                im.save(buf, format=fmt_, **kw)
-                if best is None or len(buf.getvalue()) < len(best[1]):
-                    best = (fmt_.lower(), buf.getvalue())
-    except Exception:  # noqa: BLE001 -- any undecodable payload (PIL raises many types) has no thumbnail
-        return None
+    best = None
+    for fmt_, kw in (("PNG", {}), ("JPEG", {"quality": 80})):
+        buf = io.BytesIO()
+        im.save(buf, format=fmt_, **kw)
+        if best is None or len(buf.getvalue()) < len(best[1]):
+            best = (fmt_.lower(), buf.getvalue())
     return f"data:image/{best[0]};base64,{base64.b64encode(best[1]).decode()}"
+
+
+def quarantine_errors(run: Run, ids: list[str]) -> dict[str, str]:
+    """sample_id → the full error of the quarantined rows among ``ids`` (decisions.parquet)."""
+    d = run.decisions
+    if d is None or not ids or "error" not in d.column_names:
+        return {}
+    hit = d.filter(pc.fill_null(pc.is_in(d.column("sample_id"), value_set=pa.array(ids, pa.string())), False))
+    hit = hit.filter(pc.equal(hit.column("decision"), QUARANTINED)).select(["sample_id", "error"])
+    return {r["sample_id"]: r["error"] for r in hit.to_pylist() if r["error"] is not None}
 
 
 def _stages(dc: dict) -> list[tuple[str, int | None, str]]:
@@ -105,7 +109,10 @@ def render_report(run: Run, *, name: str, rows: list[dict], images: dict[str, by
     if dc["quarantined"]:
         groups["quarantined"] = int(dc["quarantined"])
     texts = texts or {}
-    rows = [{**r, "thumb": thumb_uri(images.get(r["id"])), "text": texts.get(r["id"])} for r in rows]
+    errors = quarantine_errors(run, [r["id"] for r in rows if r["decision"] == QUARANTINED])
+    cap = pixel_cap(m)
+    rows = [{**r, "thumb": thumb_uri(images.get(r["id"]), max_pixels=cap), "text": texts.get(r["id"]), "error": errors.get(r["id"])}
+            for r in rows]
     shown: dict[str, int] = {}
     for r in rows:
         shown[r["group"]] = shown.get(r["group"], 0) + 1

@@ -1,9 +1,9 @@
 """The page template of ``report.html`` (``kdata.report.html`` fills the ``__NAME__`` placeholders).
 
 Plain HTML and CSS, and a few lines of vanilla JavaScript that read the embedded JSON, draw one
-tile per sampled row (thumbnail, decision or reason, teacher class, web label, score) and filter
-and sort them. Nothing is fetched: the Content-Security-Policy allows only inline script and
-style and ``data:`` images. Every string from the data goes through ``textContent``, never
+tile per sampled row (thumbnail, decision or reason, teacher class, web label, score, a quarantined
+row's error) and filter and sort them. Nothing is fetched: the Content-Security-Policy allows only
+inline script and style and ``data:`` images. Every string from the data goes through ``textContent``, never
 ``innerHTML``, so sample ids and reasons cannot inject markup.
 """
 
@@ -36,7 +36,7 @@ tr[data-key="kept"] td { font-weight: bold; }
 .tile .noimg { display: flex; align-items: center; justify-content: center; color: #888; }
 .tile .snippet { margin: 0 0 4px; max-height: 12em; overflow: auto; white-space: pre-wrap; font-family: serif;
                  font-size: 12px; }
-.tile b { font-size: 12px; } .tile code { color: #666; }
+.tile b { font-size: 12px; } .tile code { color: #666; } .tile .error { color: #8a1c1c; }
 [hidden] { display: none !important; }
 #sampling, #shown-count { color: #555; }
 </style>
@@ -119,6 +119,7 @@ __BALANCE__
     text(cap, "b", r.decision === "kept" ? "kept" + (r.rank === null ? "" : " #" + r.rank) : (r.reason || r.decision));
     text(cap, "div", "teacher: " + (r.cls === null ? "–" : r.cls) + (r.label ? " · label: " + r.label : ""));
     text(cap, "div", "score " + num(r.score, 3) + " · p " + num(r.conf, 2) + " · KL " + num(r.kl, 2));
+    if (r.error) { text(cap, "div", "error: " + r.error).className = "error"; }
     text(cap, "code", r.id);
     fig.appendChild(cap);
     r.el = fig; r.pos = i;

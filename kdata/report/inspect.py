@@ -21,7 +21,7 @@ from kdata.dataset.writer import read_manifest, shard_paths, verify
 # class balance and the generated (HARD) rows live beside the card's table; summaries here use them
 from kdata.report.card_balance import MAX_BALANCE_ROWS, balance_highlights, class_balance, generated_rows
 from kdata.report.card_payloads import ShardFiles
-from kdata.report.quarantine import quarantine_kinds, quarantined_rows
+from kdata.report.quarantine import MAX_LISTED, quarantine_fields, quarantine_kinds, quarantined_rows
 
 __all__ = ["MAX_BALANCE_ROWS", "Run", "agreement", "balance_highlights", "card_status", "class_balance",
            "decision_counts", "examples", "generated_rows", "load_run", "pick_rejected", "primary_score",
@@ -323,8 +323,8 @@ def pick_rejected(run: Run, n: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------
 
-def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True) -> dict:
-    """A JSON-able summary of OUT (what ``kdata inspect --json`` prints).
+def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True, n_quarantined: int = MAX_LISTED) -> dict:
+    """A JSON-able summary of OUT (what ``kdata inspect --json`` prints; ``n_quarantined`` rows listed).
 
     ``integrity.ok`` is False when a shard or the decisions table is missing, has another size,
     sha256 or row count than the manifest records, cannot be read as Parquet, or when a count
@@ -355,7 +355,7 @@ def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True) -> di
         "score_quantiles": score_quantiles(run),
         "agreement": agree,
         "teacher_student_agreement": (agree.get(KEPT) or {}).get("teacher_student"),
-        "quarantined": quarantined_rows(run),
+        **quarantine_fields(run, n_quarantined),
         "integrity": {"ok": not problems, "problems": problems, "checked": check,
                       "files_checked": len(m.get("files") or []) if isinstance(m.get("files"), list) else 0,
                       "decisions_checksum": bool(m.get("decisions"))},

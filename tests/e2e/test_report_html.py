@@ -126,6 +126,23 @@ def test_a_person_sees_the_counts_thumbnails_and_a_working_filter(browser, run_d
     assert errors == []
 
 
+def test_a_quarantined_tile_shows_its_error_on_screen(browser, run_dir):
+    """The quarantined tiles show each row's error from decisions.parquet (they showed only "unreadable")."""
+    import pyarrow.compute as pc
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    dec = pq.read_table(run_dir / "decisions.parquet")
+    errors = {r["sample_id"]: r["error"] for r in dec.filter(pc.equal(dec.column("decision"), "quarantined")).to_pylist()}
+    assert len(errors) == 2 and all(errors.values())
+    browser.get((run_dir / "report.html").as_uri())
+    Select(browser.find_element(By.ID, "f-decision")).select_by_value("quarantined")
+    shown = {t.find_element(By.TAG_NAME, "code").text: t.find_element(By.CSS_SELECTOR, "figcaption .error").text
+             for t in browser.find_elements(By.CSS_SELECTOR, "#grid .tile") if t.is_displayed()}
+    assert shown == {i: f"error: {e}" for i, e in errors.items()}
+    assert not browser.find_elements(By.CSS_SELECTOR, "#grid .tile.kept .error")  # only quarantined rows have one
+
+
 def test_a_text_runs_tiles_show_the_texts(browser, tmp_path):
     """A causal-LM text run's page: each tile shows its row's text (not "no image"), on screen."""
     pytest.importorskip("transformers")
