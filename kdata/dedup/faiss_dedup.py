@@ -31,6 +31,7 @@ import numpy as np
 from kdata.core.errors import KdataError
 from kdata.core.vectors import l2_normalize, rows_per_block, similar_pairs, spherical_kmeans
 from kdata.dedup.features import pool_features
+from kdata.models.pixels import DEFAULT_MAX_PIXELS
 from kdata.dedup.text import NEAR_SKIPPED, TEXT_DEFAULTS, collapse_warning, pool_texts, text_embeddings, text_hash
 
 LEVELS = ("exact", "near", "semantic")
@@ -310,7 +311,8 @@ def pipeline_dedup(cfg, pool, *, workers="auto"):
 
     def run(view, order: np.ndarray) -> tuple[np.ndarray, dict]:
         ids = view.sample_ids[order]
-        hashes, pixels = pool_features(pool, ids, pixels=level != "exact", workers=workers)
+        hashes, pixels = pool_features(pool, ids, pixels=level != "exact", workers=workers,
+                                       max_pixels=getattr(cfg, "max_pixels", DEFAULT_MAX_PIXELS))
         emb = None
         if level == "semantic":
             if not view.has("embedding"):

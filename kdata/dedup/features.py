@@ -1,7 +1,8 @@
 """The per-sample features exact and near dedup compare: a hash of the decoded payload and, for
 images, a small pixel embedding made for copy detection (16×16 grayscale, box filter,
 mean-centred, L2-normalised; imagededup/fastdup style), computed once per pool unit and cached
-(``unit_features``)."""
+(``unit_features``). Images over ``--max-pixels`` (``max_pixels``, checked on the header as scoring does)
+are never decoded: they hash their bytes and get a zero vector, like undecodable payloads."""
 
 from __future__ import annotations
 
@@ -11,26 +12,29 @@ import json
 import numpy as np
 
 from kdata.dedup.text import text_hash
+from kdata.models.pixels import DEFAULT_MAX_PIXELS
 
 PIXEL_SIZE = 16
 
 
-def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool = True) -> tuple[str, np.ndarray | None]:
+def image_features(data: bytes | None, *, size: int = PIXEL_SIZE, pixels: bool = True,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, np.ndarray | None]:
     """(hash of the decoded pixels, near-dup pixel embedding or None) of one image.
 
     The hash covers mode, size and raw pixels (full depth, upright: the EXIF orientation applied), so
     the same picture saved twice (different PNG settings or metadata) hashes the same. The embedding
     is the image as scoring sees it (``kdata.models.images.upright_8bit``: upright, 16-bit greys
     scaled) at ``size``×``size`` grayscale (box filter), mean-centred and L2-normalised, so brightness
-    offsets, light noise and lossy re-encoding barely move it. Undecodable payloads hash their bytes
-    and get a zero vector.
+    offsets, light noise and lossy re-encoding barely move it. Undecodable payloads, and images over
+    ``max_pixels`` (``--max-pixels``, read from the header: never decoded, ``open_capped``), hash
+    their bytes and get a zero vector, which is near no other.
     """
     from PIL import Image
 
-    from kdata.models.pixels import open_image, upright_8bit
+    from kdata.models.pixels import open_capped, upright_8bit
 
     try:
-        with open_image(data) as stored:
+        with open_capped(data, max_pixels) as stored:
             stored.load()
             im = upright_8bit(stored)  # as scoring sees it: upright, 16-bit greys scaled (not clipped)
             h = hashlib.sha256(f"{stored.mode}:{im.size}:".encode() + _hashed(stored, im).tobytes()).hexdigest()
@@ -59,8 +63,9 @@ def text_features(text: str | None) -> str:
     return text_hash(text)
 
 
-def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | None]:
-    """Hashes (and pixel embeddings) of a pool/shard table's payloads, row-aligned."""
+def payload_features(table, *, pixels: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                     ) -> tuple[list[str], np.ndarray | None]:
+    """Hashes (and pixel embeddings) of a pool/shard table's payloads, row-aligned (``image_features``)."""
     n = table.num_rows
     images = table.column("image").to_pylist() if "image" in table.column_names else [None] * n
     texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * n
@@ -70,15 +75,15 @@ def payload_features(table, *, pixels: bool) -> tuple[list[str], np.ndarray | No
         if img is None:
             hashes.append(text_features(txt))
         else:
-            h, v = image_features(img, pixels=pixels)
+            h, v = image_features(img, pixels=pixels, max_pixels=max_pixels)
             hashes.append(h)
             if pixels:
                 vecs[r] = v
     return hashes, vecs
 
 
-def file_features(paths, *, pixels: bool, at: np.ndarray | None = None,
-                  workers=0) -> tuple[list[str], np.ndarray | None]:
+def file_features(paths, *, pixels: bool, at: np.ndarray | None = None, workers=0,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list[str], np.ndarray | None]:
     """``payload_features`` of every row of the Parquet files ``paths`` (a dataset's shards), read a
     row group at a time and only the ``image``/``text`` columns, so memory holds the features
     (~1 KB a row with pixels) and one row group's payloads per worker, never the files'. Row ``r`` in
@@ -95,7 +100,7 @@ def file_features(paths, *, pixels: bool, at: np.ndarray | None = None,
     hashes: list = [None] * n
     vecs = np.zeros((n, PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
     done = 0
-    tasks = ((str(p), g, pixels) for p, m in zip(paths, metas) for g in range(m.num_row_groups))
+    tasks = ((str(p), g, pixels, max_pixels) for p, m in zip(paths, metas) for g in range(m.num_row_groups))
     with feature_workers(workers, rows=n) as fw:
         for h, v in fw.map(row_group_features, tasks):
             where = at[done:done + len(h)]
@@ -108,26 +113,33 @@ def file_features(paths, *, pixels: bool, at: np.ndarray | None = None,
 
 
 def row_group_features(task: tuple) -> tuple[list[str], np.ndarray | None]:
-    """``payload_features`` of row group ``g`` of shard ``path`` (``task``: path, g, pixels), reading only
-    its ``image``/``text`` columns; run by a feature worker (or in-process)."""
+    """``payload_features`` of row group ``g`` of shard ``path`` (``task``: path, g, pixels[, max_pixels]),
+    reading only its ``image``/``text`` columns; run by a feature worker (or in-process)."""
     import pyarrow.parquet as pq
 
-    path, g, pixels = task
+    path, g, pixels, *cap = task
     f = pq.ParquetFile(path)
     cols = [c for c in ("image", "text") if c in f.schema_arrow.names]
-    return payload_features(f.read_row_group(g, columns=cols), pixels=pixels)
+    return payload_features(f.read_row_group(g, columns=cols), pixels=pixels, max_pixels=_cap(cap))
 
 
-FEATURES_VERSION = 3  # bump when image_features / payload_features change what they compute (2: upright, 16-bit; 3: formats)
+def _cap(rest: list) -> int | None:
+    """A task's optional last item, ``max_pixels`` (the default when absent)."""
+    return rest[0] if rest else DEFAULT_MAX_PIXELS
 
 
-def unit_features(unit, *, pixels: bool, wanted=None, workers=0):
+# bump when image_features / payload_features change what they compute (2: upright, 16-bit; 3: formats; 4: pixel cap)
+FEATURES_VERSION = 4
+
+
+def unit_features(unit, *, pixels: bool, wanted=None, workers=0, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """``sample_id``, ``hash`` (and ``pixels``, the near-dup embedding) of every row of a pool unit,
     cached per unit content and name in ``$KDATA_CACHE/dedup-features``: decoding every image again is
     most of a rerun's time once its scores are cached. Unwritable cache: computed, not kept. With
     ``wanted`` (a set or dict of ids), a unit that is not cached and holds none of them is neither
     read nor computed (an empty table comes back). ``workers``: a count, ``auto`` or the run's open
-    ``FeatureWorkers`` computing the rows (``_unit_features``).
+    ``FeatureWorkers`` computing the rows (``_unit_features``). ``max_pixels`` (``--max-pixels``, part of
+    the key): images over it are not decoded.
 
     An entry is ``<key>.parquet`` and, written after it, ``<key>.json`` recording the file's rows,
     size and CRC-32 (``kdata.scoring.cache_entries``). One that does not match is a miss: dropped
@@ -137,11 +149,11 @@ def unit_features(unit, *, pixels: bool, wanted=None, workers=0):
     from kdata.core.paths import cache_dir
     from kdata.scoring.cache_entries import write_entry
 
-    key = json.dumps([FEATURES_VERSION, unit.fingerprint(), unit.name, bool(pixels), PIXEL_SIZE])
+    key = json.dumps([FEATURES_VERSION, unit.fingerprint(), unit.name, bool(pixels), PIXEL_SIZE, max_pixels])
     try:
         path = cache_dir("dedup-features") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
     except OSError:
-        return _unit_features(unit, pixels, wanted, workers) or _features_table([], [], pixels)
+        return _unit_features(unit, pixels, wanted, workers, max_pixels=max_pixels) or _features_table([], [], pixels)
     marker = path.with_suffix(".json")
     table = _cached_features(path, marker, pixels)
     if table is not None:
@@ -149,12 +161,12 @@ def unit_features(unit, *, pixels: bool, wanted=None, workers=0):
     try:
         lock = acquire(path, wait=True)
     except KdataError:  # read-only cache
-        return _unit_features(unit, pixels, wanted, workers) or _features_table([], [], pixels)
+        return _unit_features(unit, pixels, wanted, workers, max_pixels=max_pixels) or _features_table([], [], pixels)
     try:
         table = _cached_features(path, marker, pixels, lock=lock)
         if table is not None:
             return table
-        table = _unit_features(unit, pixels, wanted, workers)
+        table = _unit_features(unit, pixels, wanted, workers, max_pixels=max_pixels)
         if table is None:  # holds none of ``wanted``: nothing computed, nothing cached
             return _features_table([], [], pixels)
         try:
@@ -200,7 +212,8 @@ def _check_schema(schema, pixels: bool, path) -> None:
                                  f"expected {list(want)}")
 
 
-def _unit_features(unit, pixels: bool, wanted=None, workers=0, *, chunk: int = 1024):
+def _unit_features(unit, pixels: bool, wanted=None, workers=0, *, chunk: int = 1024,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Features of every row of ``unit``, ``chunk`` rows at a time from its row plan (a unit's payloads
     are never all held); None when ``wanted`` is given and the unit holds none of its ids.
 
@@ -217,7 +230,7 @@ def _unit_features(unit, pixels: bool, wanted=None, workers=0, *, chunk: int = 1
         shipped = bool(fw.workers) and (unit.rows is not None or _has_images(plan.read_rows(0, n)))  # in memory
         if shipped:
             chunk = max(64, min(chunk, -(-n // (4 * fw.workers))))
-        tasks = ((plan.part(s, min(n, s + chunk)) if shipped else plan, s, min(n, s + chunk), pixels)
+        tasks = ((plan.part(s, min(n, s + chunk)) if shipped else plan, s, min(n, s + chunk), pixels, max_pixels)
                  for s in range(0, n, chunk))
         ids, hashes, vecs = [], [], []
         for i, h, v in fw.map(rows_features, tasks, inline=not shipped):
@@ -233,12 +246,12 @@ def _has_images(table) -> bool:
 
 def rows_features(task: tuple) -> tuple[list[str], list[str], np.ndarray | None]:
     """``sample_id``s, hashes and pixel embeddings of rows ``[start, stop)`` of a unit's row plan
-    (``task``: plan, start, stop, pixels); run by a feature worker (or in-process)."""
+    (``task``: plan, start, stop, pixels[, max_pixels]); run by a feature worker (or in-process)."""
     import pyarrow as pa
 
-    plan, start, stop, pixels = task
+    plan, start, stop, pixels, *cap = task
     t = plan.read_rows(start, stop)
-    h, v = payload_features(t, pixels=pixels)
+    h, v = payload_features(t, pixels=pixels, max_pixels=_cap(cap))
     return t.column("sample_id").cast(pa.string()).to_pylist(), h, v
 
 
@@ -253,13 +266,15 @@ def _features_table(ids: list, hashes: list, pixels: bool, vecs: np.ndarray | No
     return pa.table(cols)
 
 
-def pool_features(pool, ids: np.ndarray, *, pixels: bool, workers=0) -> tuple[np.ndarray, np.ndarray | None]:
+def pool_features(pool, ids: np.ndarray, *, pixels: bool, workers=0,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
     """Hashes and pixel embeddings for ``ids``, unit by unit over the pool (``unit_features``, cached;
     memory: only the small per-sample features are kept, never the payloads of more than ``chunk``
     rows of one unit). A unit not cached that holds none of ``ids`` is not read; no unit after the
     one holding the last of them is visited. ``workers`` (a count or ``auto``, ``--workers``; or open
     ``FeatureWorkers``): processes computing the features, started with the first unit not cached and
-    kept for every later one (``kdata.dedup.feature_workers``); results do not depend on them."""
+    kept for every later one (``kdata.dedup.feature_workers``); results do not depend on them.
+    ``max_pixels``: the run's ``--max-pixels`` (images over it are not decoded)."""
     from kdata.dedup.feature_workers import feature_workers
 
     ids = np.asarray(ids, dtype=object)
@@ -271,7 +286,7 @@ def pool_features(pool, ids: np.ndarray, *, pixels: bool, workers=0) -> tuple[np
         for unit in pool.units:
             if not left:
                 break
-            t = unit_features(unit, pixels=pixels, wanted=pos_of, workers=fw)
+            t = unit_features(unit, pixels=pixels, wanted=pos_of, workers=fw, max_pixels=max_pixels)
             got = [(r, pos_of[s]) for r, s in enumerate(t.column("sample_id").to_pylist()) if s in pos_of]
             if not got:
                 continue
@@ -289,7 +304,7 @@ def pool_features(pool, ids: np.ndarray, *, pixels: bool, workers=0) -> tuple[np
     return hashes, vecs
 
 
-def warm_features(pool, *, pixels: bool, workers="auto", stop=None) -> int:
+def warm_features(pool, *, pixels: bool, workers="auto", stop=None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
     """Compute and cache every unit's features (``unit_features``) before dedup asks for them: on a GPU
     run the pipeline calls this on a thread while the GPU scores, so the CPU decodes the images for dedup
     while it would otherwise wait, and dedup then reads the cache. ``stop`` (a ``threading.Event``) ends
@@ -306,6 +321,6 @@ def warm_features(pool, *, pixels: bool, workers="auto", stop=None) -> int:
         for unit in pool.units:
             if stop is not None and stop.is_set():
                 break
-            unit_features(unit, pixels=pixels, workers=fw)
+            unit_features(unit, pixels=pixels, workers=fw, max_pixels=max_pixels)
             done += 1
     return done

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import re
-import warnings
 
 import numpy as np
 import torch
@@ -16,13 +15,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from kdata.core.errors import KdataError
-from kdata.models.pixels import SWAPPED, open_image, orientation, upright_8bit  # noqa: F401  (re-exported)
+from kdata.models.pixels import (DEFAULT_MAX_PIXELS, SWAPPED, open_capped, open_image, orientation,  # noqa: F401
+                                 upright_8bit)  # (re-exported)
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
            "lanczos": Image.LANCZOS, "box": Image.BOX}
 
 
-DEFAULT_MAX_PIXELS = 64_000_000  # 8000 × 8000; an RGB decode of that costs ~190 MB before any resize
 
 
 def check_max_pixels(max_pixels) -> int:
@@ -30,33 +29,6 @@ def check_max_pixels(max_pixels) -> int:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise KdataError(f"--max-pixels {max_pixels!r}: must be a whole number of pixels ≥ 1")
     return max_pixels
-
-
-def _open_capped(data: bytes, max_pixels: int | None) -> Image.Image:
-    """``Image.open`` (which reads only the header) refusing more than ``max_pixels`` pixels.
-
-    The check runs on the header's size, before any pixel is decoded: a valid 13,000² PNG is
-    20 KB on disk and ~500 MB once decoded to RGB. PIL's own decompression-bomb limit is raised
-    to the cap when the cap is higher (never lowered), so it cannot refuse what the cap allows."""
-    if max_pixels is None:
-        return open_image(data)
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-    over = f"image is over the {max_pixels / 1e6:g}-megapixel cap (--max-pixels; "  # the size in the brackets:
-    #                                                        one kind of error for every such row
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below anyway
-            im = open_image(data)
-    except Image.DecompressionBombError as exc:
-        m = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(m.group(1)) / 1e6:.3g} megapixels" if m else "too many pixels"
-        raise ValueError(f"{over}{size})") from None
-    w, h = im.size
-    if w * h > max_pixels:
-        im.close()
-        raise ValueError(f"{over}{w}×{h} = {w * h / 1e6:.3g} megapixels)")
-    return im
 
 
 def decode_image(data: bytes | None, *, input_size, mean, std, interpolation: str = "bilinear",
@@ -131,7 +103,7 @@ def decode_multi_u8(data: bytes | None, keys: list[tuple], *,
     if not data:
         raise ValueError("empty image")
     out = {}
-    with _open_capped(data, max_pixels) as stored:
+    with open_capped(data, max_pixels) as stored:
         if stored.format == "JPEG":
             mode = "L" if all(k[0][0] == 1 for k in keys) else "RGB"
             size = (max(k[0][2] for k in keys), max(k[0][1] for k in keys))
@@ -183,7 +155,7 @@ def gpu_jpeg_pixels(data: bytes | None, max_pixels: int | None) -> int:
     if not data or data[:3] != b"\xff\xd8\xff" or not jpeg_structure_ok(data):
         return 0
     try:
-        with _open_capped(data, max_pixels) as im:  # the header only
+        with open_capped(data, max_pixels) as im:  # the header only
             ok = im.format == "JPEG" and im.mode in ("RGB", "L") and orientation(im) == 1  # nvJPEG: no EXIF
             return im.size[0] * im.size[1] if ok else 0
     except Exception:  # noqa: BLE001  (the CPU decode reports it)

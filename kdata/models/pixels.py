@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import io
+import re
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -14,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 READABLE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 NOT_READABLE = "not an image in a format kdata reads (PNG, JPEG, WebP, BMP, GIF, TIFF, PPM/PGM)"
 
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 × 8000; an RGB decode of that costs ~190 MB before any resize
 ORIENTATION = 0x0112  # the EXIF Orientation tag; 5–8 swap width and height
 SWAPPED = frozenset({5, 6, 7, 8})
 
@@ -66,4 +69,32 @@ def upright_8bit(im: Image.Image) -> Image.Image:
     if mode == "F":
         a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         return Image.fromarray(np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8))
+    return im
+
+
+def open_capped(data: bytes | None, max_pixels: int | None) -> Image.Image:
+    """``open_image`` (which reads only the header) refusing more than ``max_pixels`` pixels.
+
+    The check runs on the header's size, before any pixel is decoded: a valid 13,000² PNG is
+    20 KB on disk and ~500 MB once decoded to RGB. PIL's own decompression-bomb limit is raised
+    to the cap when the cap is higher (never lowered), so it cannot refuse what the cap allows.
+    Scoring, dedup and the report's thumbnails all open payloads through it."""
+    if max_pixels is None:
+        return open_image(data)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    over = f"image is over the {max_pixels / 1e6:g}-megapixel cap (--max-pixels; "  # the size in the brackets:
+    #                                                        one kind of error for every such row
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below anyway
+            im = open_image(data)
+    except Image.DecompressionBombError as exc:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(m.group(1)) / 1e6:.3g} megapixels" if m else "too many pixels"
+        raise ValueError(f"{over}{size})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ValueError(f"{over}{w}×{h} = {w * h / 1e6:.3g} megapixels)")
     return im

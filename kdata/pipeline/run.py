@@ -67,7 +67,8 @@ def features_ahead(prep: Prepared, *, on: bool | None = None):
 
     def warm() -> None:
         try:
-            warm_features(prep.pool, pixels=level != "exact", workers=workers, stop=stop)
+            warm_features(prep.pool, pixels=level != "exact", workers=workers, stop=stop,
+                          max_pixels=prep.cfg.max_pixels)
         except Exception:  # noqa: BLE001 -- dedup recomputes (and reports) whatever this left undone
             pass
 

@@ -14,7 +14,8 @@ worker reads its own batch's bytes.
 Files are read under ``PoolLimits`` (``kdata.pools.files``): regular files only, symlinks only
 inside the pool, a size cap per file. What a reader refuses (a dangling link, a symlink loop, a
 name that is not UTF-8) stays a row, with ``image`` null and the reason in ``read_error``; scoring
-quarantines it with that text.
+quarantines it with that text. So does a directory symlink that is not followed
+(``kdata.pools.folder_listing``: the listing, at any depth, class = the top folder).
 """
 
 from __future__ import annotations
@@ -39,14 +40,10 @@ from kdata.pools.base import (
 )
 from kdata.pools.chunking import content_cuts, fixed_cuts
 from kdata.pools.files import escaped, is_utf8, read_capped
+from kdata.pools.folder_listing import IMAGE_EXTS, has_images, is_image, list_folder  # noqa: F401  (re-exported)
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 UNIT_FILES = 1000  # mean files per unit of a folder pool: the grain of caching and fan-out
 LABELS_CSV = "labels.csv"
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTS)
 
 
 def pool_table(ids: list[str], images: list[bytes | None], labels: list[str | None], *, source: str,
@@ -72,54 +69,6 @@ def pool_table(ids: list[str], images: list[bytes | None], labels: list[str | No
 BAD_NAME = "file name is not valid UTF-8 (shown with backslash escapes)"
 STRAY = ("file at the top of an ImageFolder pool, not in a class folder: it has no label (move it into its "
          "class folder, or out of the pool)")
-
-
-def _list_images(root: Path, *, follow_symlinks: bool = False) -> list[str]:
-    """Relative POSIX paths of the image files under ``root``, sorted; hidden entries skipped.
-
-    Names are as the file system gives them (undecodable bytes as surrogate escapes). Directory
-    symlinks are descended only with ``follow_symlinks``, each real directory once (no loops)."""
-    def unlistable(exc: OSError):  # os.walk would skip an unreadable directory silently
-        raise KdataError(f"{escaped(str(exc.filename))}: cannot list the directory ({exc.strerror})")
-
-    out, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=follow_symlinks):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(root)
-        for f in filenames:
-            if not f.startswith(".") and _is_image(f):
-                out.append((rel / f).as_posix())
-    return sorted(out)
-
-
-def has_images(root: Path, *, depth: int = 2) -> bool:
-    """True when ``root`` holds image files at its top level or one folder down (cheap probe)."""
-    try:
-        with os.scandir(root) as it:
-            entries = list(it)
-    except OSError:
-        return False
-    for e in entries:
-        if _is_image(e.name) and _entry_is(e, "file"):
-            return True
-    if depth > 1:
-        return any(not e.name.startswith(".") and _entry_is(e, "dir") and has_images(Path(e.path), depth=depth - 1)
-                   for e in entries)
-    return False
-
-
-def _entry_is(entry: os.DirEntry, kind: str) -> bool:
-    """``entry.is_file()`` / ``is_dir()`` (following links), False when that cannot be told: a symlink
-    loop, say (ELOOP), which the listing keeps and the read quarantines with its error."""
-    try:
-        return entry.is_file() if kind == "file" else entry.is_dir()
-    except OSError:
-        return False
 
 
 def _read_labels_csv(path: Path) -> dict[str, str]:
@@ -148,15 +97,18 @@ class FolderRows(UnitRows):
     """A folder unit's files by position, read (under the pool's limits) by the worker that decodes them."""
 
     def __init__(self, root: Path, files: list[str], labels: list[str | None], *, source: str, limits: PoolLimits,
-                 stray_top: bool = False):
+                 stray_top: bool = False, skipped: dict[str, str] | None = None):
         self.root, self.root_real = Path(root), os.path.realpath(root)
         self.files, self.labels, self.source, self.limits = files, labels, source, limits
         self.num_rows = len(files)
         self.stray_top = stray_top  # ImageFolder: a file beside the class folders is quarantined, not read
+        self.skipped = skipped or {}  # directory links not followed (``folder_listing``): {path: why}
 
     def load(self, f: str) -> tuple[bytes | None, str | None]:
         if not is_utf8(f):
             return None, BAD_NAME
+        if f in self.skipped:
+            return None, self.skipped[f]
         data, err = read_capped(self.root / f, root_real=self.root_real, limits=self.limits)
         if self.stray_top and "/" not in f and err is None:  # what cannot be read says so first
             return None, STRAY
@@ -187,9 +139,10 @@ class FolderRows(UnitRows):
 
 
 def _folder_unit(root: Path, files: list[str], labels: list[str | None], *, name: str, source: str,
-                 limits: PoolLimits, stray_top: bool = False) -> PoolUnit:
+                 limits: PoolLimits, stray_top: bool = False, skipped: dict[str, str] | None = None) -> PoolUnit:
     memo: dict[str, str] = {}
-    rows = FolderRows(root, files, labels, source=source, limits=limits, stray_top=stray_top)
+    skipped = {f: skipped[f] for f in files if f in skipped} if skipped else {}  # this unit's own
+    rows = FolderRows(root, files, labels, source=source, limits=limits, stray_top=stray_top, skipped=skipped)
 
     def fingerprint() -> str:
         if "fp" not in memo:
@@ -211,10 +164,11 @@ def _is_image_folder(spec: str) -> bool:
     return p.is_dir() and has_images(p) and not any(p.rglob("*.parquet"))
 
 
-def _folder_label(f: str) -> str | None:
+def _folder_label(f: str, *, folder: bool = False) -> str | None:
     """ImageFolder: the top folder is the (web) label, in Unicode NFC (macOS writes names decomposed, NFD: the
-    same class either way); none for top-level files or undecodable names."""
-    if "/" not in f:
+    same class either way); none for top-level files or undecodable names. ``folder``: ``f`` is a directory
+    (a link not followed), a class folder itself at the top."""
+    if "/" not in f and not folder:
         return None
     top = f.split("/", 1)[0]
     return unicodedata.normalize("NFC", top) if is_utf8(top) else None
@@ -226,19 +180,20 @@ def open_image_folder(spec: str, *, unit_files: int | None = None, limits: PoolL
     of ``UNIT_FILES`` files on average cut by content (``kdata.pools.chunking``; ``unit_files``: fixed runs).
 
     Files are read under ``limits`` (regular files, symlinks inside the pool, a size cap); a file
-    refused there, or with a name that is not UTF-8, is quarantined with the reason."""
+    refused there, a directory link not followed (``list_folder``), or a name that is not UTF-8, is
+    quarantined with the reason."""
     root = Path(spec)
-    files = _list_images(root, follow_symlinks=limits.follow_symlinks)
+    listing = list_folder(root, follow_symlinks=limits.follow_symlinks, own=(LABELS_CSV,))
+    files, skipped = listing.files, listing.skipped
     csv_labels = _read_labels_csv(root / LABELS_CSV) if (root / LABELS_CSV).is_file() else None
     if csv_labels is not None:
         unknown = sorted(set(csv_labels) - set(files))
         if unknown:
             raise KdataError(f"{root / LABELS_CSV}: lists {len(unknown)} file(s) not in the pool, "
                              f"e.g. '{unknown[0]}'")
-    labels: list[str | None] = []
-    for f in files:
-        labels.append(csv_labels[f] if csv_labels is not None and f in csv_labels else _folder_label(f))
-    folders = sorted({lab for f in files if (lab := _folder_label(f)) is not None})
+    tops = [_folder_label(f, folder=f in skipped) for f in files]
+    labels = [csv_labels[f] if csv_labels is not None and f in csv_labels else top for f, top in zip(files, tops)]
+    folders = sorted({lab for lab in tops if lab is not None})
     if csv_labels is not None:
         class_names = sorted({lab for lab in labels if lab is not None})
         layout = "flat folder + labels.csv" if not folders else "folder + labels.csv"
@@ -248,7 +203,22 @@ def open_image_folder(spec: str, *, unit_files: int | None = None, limits: PoolL
     units = []
     for i, j in fixed_cuts(len(files), size=unit_files) if unit_files else content_cuts(files, mean=UNIT_FILES):
         units.append(_folder_unit(root, files[i:j], labels[i:j], name=f"{escaped(files[i])}..{escaped(files[j - 1])}",
-                                  source=root.name, limits=limits, stray_top=bool(folders) and csv_labels is None))
+                                  source=root.name, limits=limits, stray_top=bool(folders) and csv_labels is None,
+                                  skipped=skipped))
     return Pool(spec=spec, units=units, class_names=class_names,
-                description=f"{layout} at {spec}: {len(files)} images, {len(units)} unit(s)",
-                extra={"layout": layout, "n_files": len(files)})
+                description=f"{layout} at {spec}: {_described(listing)}, {len(units)} unit(s)",
+                extra={"layout": layout, "n_files": len(files), "links_not_followed": len(skipped),
+                       "ignored": dict(listing.ignored)})
+
+
+def _described(listing) -> str:
+    """What the listing holds, for ``Pool.description`` (the manifest's ``pool.description``): the images,
+    the directory links not followed, and the files ignored as not images by extension (five at most)."""
+    n_links, ignored = len(listing.skipped), listing.ignored
+    out = f"{len(listing.files) - n_links} images"
+    if n_links:
+        out += f", {n_links} directory symlink(s) not followed (quarantined)"
+    if ignored:
+        kinds = ", ".join(f"{ext} {n}" for ext, n in list(ignored.items())[:5]) + (", …" if len(ignored) > 5 else "")
+        out += f", {sum(ignored.values())} file(s) ignored as not images ({kinds})"
+    return out

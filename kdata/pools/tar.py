@@ -39,7 +39,7 @@ from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, UnitRow
 from kdata.pools.files import check_entry, escaped, is_utf8, mib, over_cap
 from kdata.pools.readers import BAD_NAME, has_images, pool_table
 
-TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")  # the first present is the sample's image
+TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")  # the first present is the image
 SAMPLE_EXTS = (*TAR_IMAGE_EXTS, "cls")  # the members a sample is read from
 TAR_READER = "tar-reader-v4"  # bump when a shard is read differently (v3: extended headers and expansion bounded;
 #                               v4: a refused member's name last, in brackets)

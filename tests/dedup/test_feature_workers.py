@@ -118,8 +118,9 @@ def test_shard_features_by_row_group_in_workers_are_the_serial_bits(tmp_path):
     assert _bits(*parallel) == _bits(*serial)
 
 
-def test_a_text_unit_is_hashed_in_this_process(tmp_path):
+def test_a_text_unit_is_hashed_in_this_process(tmp_path, monkeypatch):
     """A JSONL text unit has no addressable rows and nothing costly to compute: no worker starts."""
+    monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))  # computed, not found in a shared cache
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps({"sample_id": f"t{i}", "text": f"Text  number {i}"}) + "\n"
                             for i in range(50)))

@@ -372,6 +372,42 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     assert int(out[1]) < 20, f"peak RSS grew by {out[1]} MiB"
 
 
+def test_dedup_features_of_a_13000_square_png_cost_no_memory(tmp_path):
+    """Exact/near dedup reads the same pool and must not decode what ``--max-pixels`` quarantined (it
+    decoded the image whole: ~1.9 GB for a 13,000² RGBA PNG). Measured in a fresh process (VmHWM),
+    for one image and through a pool's units as the pipeline reads them, with an empty cache."""
+    root = tmp_path / "pool"
+    (root / "a").mkdir(parents=True)
+    path = big_png(root / "a" / "big.png", 13_000, 13_000)
+    (root / "a" / "small.png").write_bytes(png_bytes(digits(1)[0][0]))
+    (tmp_path / "warm" / "a").mkdir(parents=True)
+    (tmp_path / "warm" / "a" / "small.png").write_bytes(png_bytes(digits(1)[0][0]))
+    code = f"""
+import hashlib
+import numpy as np
+from kdata.dedup.features import image_features, pool_features
+from kdata.pools.spec import open_pool
+def hwm():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+data = open({str(path)!r}, "rb").read()
+pool = open_pool({str(root)!r})
+pool_features(open_pool({str(tmp_path / "warm")!r}), np.array(["a/small.png"], dtype=object), pixels=True)
+before = hwm()  # after the imports (torch, for the workers' settings) and a first pool's features
+h, v = image_features(data)
+print(h == hashlib.sha256(b"raw:" + data).hexdigest(), bool(v.any()))
+hashes, vecs = pool_features(pool, np.array(["a/big.png", "a/small.png"], dtype=object), pixels=True)
+print(hashes[0] == h, bool(vecs[0].any()), bool(vecs[1].any()))
+print((hwm() - before) // 1024)
+"""
+    env = {**os.environ, "KDATA_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.split("\n")
+    assert lines[:2] == ["True False", "True False True"], lines
+    assert int(lines[2]) < 20, f"peak RSS grew by {lines[2]} MiB"
+
+
 # ------------------------------------------------------------------------------------------------
 # 9. bring-your-own predictions: a top-k index far beyond any class count
 
