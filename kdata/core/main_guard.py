@@ -11,7 +11,6 @@ kdata checks that mark where a run starts and where workers start, and stops wit
 
 from __future__ import annotations
 
-from kdata.core.errors import KdataError
 
 HINT = ("kdata was called while Python imported your script inside a worker process (the fork server "
         "that starts kdata's decode workers imports the main script): put the script's top-level code "
@@ -19,11 +18,15 @@ HINT = ("kdata was called while Python imported your script inside a worker proc
 
 
 def check_not_importing_main() -> None:
-    """Raise ``KdataError(HINT)`` when this process is importing the main script for a child process."""
+    """Stop when this process is importing the main script for a child process: the child prints
+    ``HINT`` as one line and exits (``SystemExit``, which the fork server does not print as a
+    traceback, as it would an exception); the run in the main process reports the workers' end."""
     import multiprocessing
+    import sys
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise KdataError(HINT)
+        print(f"kdata: a worker process could not start: {HINT}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def unguarded_script() -> str | None:
