@@ -30,7 +30,10 @@ def register(sub) -> None:
     f.add_argument("--embedder", default=None, metavar="hf:PATH",
                    help="text: a local transformers encoder (or sentence-transformers directory) whose mean-pooled "
                         "hidden states join the teacher/student statistics as features")
-    f.add_argument("--out", required=True, help="directory for critic.npz + critic.json")
+    f.add_argument("--out", required=True, help="directory for critic.npz + critic.json: new or empty; a critic "
+                                                 "already there is refused unless it is this same fit, or --overwrite")
+    f.add_argument("--overwrite", action="store_true", help="replace a critic fitted otherwise already in --out "
+                                                            "(never a file or a directory of other files)")
     f.set_defaults(func=run_fit)
     a = cs.add_parser("apply", help="score samples with a fitted critic")
     a.add_argument("critic", help="critic directory (from `kdata critic fit`)")
@@ -182,25 +185,37 @@ def _reasons_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
+FIT_OPTIONS = ("teacher", "student", "recall", "precision", "val_frac", "no_embedding", "embedder", "model_precision")
+
+
 def run_fit(args) -> int:
     import numpy as np
     import pyarrow as pa
 
     from kdata.selection.critic_checks import model_record
+    from kdata.selection.critic_files import check_critic_out, fit_key
     from kdata.selection.critic_model import check_val_frac, feature_matrix, fit_critic, read_labels
 
     check_options(args)
-    labels = read_labels(args.labels)
     text = is_text(args)
-    pool = open_source_pool(args, text=text)
-    # before any model loads: labels from another pool are named as such, then the split is checked on
-    # the labelled rows the source holds (those scored can only be fewer: checked again when fitting)
-    check_val_frac(args.val_frac, n=_labelled_found(args, pool, labels), option="--val-frac")
+    if args.embedder and not text:
+        from kdata.core.errors import KdataError
+
+        raise KdataError(f"--embedder {args.embedder}: sentence embeddings are features of a text critic (--teacher "
+                         "hf:PATH / builtin:text-teacher); this critic is fitted on image scores")
+    labels = read_labels(args.labels)
     fitted_with = {"scores_file": args.scores_from}  # a scores Parquet: kdata cannot know its models
     if Path(args.scores_from).is_file():  # …but records which file it was, byte for byte
         from kdata.core.atomic import sha256_file
 
         fitted_with["scores_sha256"] = sha256_file(args.scores_from)
+    fit = fit_key(args.labels, source=args.scores_from, source_sha256=fitted_with.get("scores_sha256"),
+                  options={k: getattr(args, k) for k in FIT_OPTIONS})
+    check_critic_out(args.out, fit=fit, overwrite=args.overwrite)  # before any scoring (a file, a foreign directory…)
+    pool = open_source_pool(args, text=text)
+    # before any model loads: labels from another pool are named as such, then the split is checked on
+    # the labelled rows the source holds (those scored can only be fewer: checked again when fitting)
+    check_val_frac(args.val_frac, n=_labelled_found(args, pool, labels), option="--val-frac")
 
     def record(teacher, student) -> None:  # the models' specs and checksums, once loaded
         fitted_with.clear()
@@ -231,7 +246,7 @@ def run_fit(args) -> int:
                      **(embedder_info(args.embedder, device=_device(args)) if args.embedder else {})}
     else:
         crit.models = fitted_with
-    crit.save(args.out)
+    crit.save(args.out, fit=fit)
     out = {"out": args.out, "n_labelled": len(rows), **unscored, "features": len(names),
            "threshold": crit.threshold, "target": crit.target, **crit.metrics}
     if args.json:

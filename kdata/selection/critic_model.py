@@ -24,7 +24,6 @@ shares), ``Critic.score(features) -> P(accept)``, ``Critic.threshold``,
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -34,10 +33,10 @@ import numpy as np
 import pyarrow as pa
 
 from kdata.core.errors import KdataError
+from kdata.selection.critic_files import FORMAT, feature_mismatch, read_critic_files, write_critic_dir
 
 STAT_FEATURES = ("teacher_conf", "student_conf", "teacher_margin", "student_margin", "teacher_entropy",
                  "student_entropy", "kl_ts", "kl_st")
-FORMAT = "kdata-critic-1"
 
 
 def _real(v) -> bool:
@@ -144,6 +143,7 @@ class Critic:
     text: dict = field(default_factory=dict)  # text critics: {"kind": "text", "teacher", "teacher_checksum",
     #                                            "student", "student_checksum", "embedder", "embedder_checksum"}
     models: dict | None = None  # image critics: the models fitted with (kdata.selection.critic_checks); None: unknown
+    path: str | None = field(default=None, compare=False)  # the directory it was loaded from (named in errors)
 
     @property
     def uses_embedding(self) -> bool:
@@ -166,8 +166,9 @@ class Critic:
         else:
             X, names = feature_matrix(source, embedding=self.uses_embedding)
         if names != self.feature_names:
-            raise KdataError(f"critic: feature mismatch (fitted on {len(self.feature_names)} features, "
-                             f"got {len(names)}); score with the same teacher as at fit time")
+            where = feature_mismatch(self.feature_names, names)
+            raise KdataError(f"{self.path or 'critic'}: feature mismatch: {where}; "
+                             "score with the teacher and student (and embedder) it was fitted with")
         return X
 
     def score(self, features, *, pool=None, texts=None, device="cpu") -> np.ndarray:
@@ -192,20 +193,16 @@ class Critic:
         return Critic(**{**self.__dict__, "threshold": t, "target": target,
                          "metrics": _metrics(self.val_prob, self.val_label, t, recall=recall, precision=precision)})
 
-    def save(self, path: str | Path) -> Path:
-        from kdata.core.atomic import write_json
-
-        d = Path(path)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "critic.npz.tmp.npz"
-        np.savez(tmp, coef=self.coef, intercept=np.array([self.intercept]), mean=self.mean, scale=self.scale,
-                 val_prob=self.val_prob, val_label=self.val_label.astype(np.uint8))
-        tmp.replace(d / "critic.npz")
-        write_json(d / "critic.json", {"format": FORMAT, "feature_names": self.feature_names,
-                                       "threshold": self.threshold, "target": self.target, "metrics": self.metrics,
-                                       **({"text": self.text} if self.text else {}),
-                                       **({"models": self.models} if self.models is not None else {})})
-        return d
+    def save(self, path: str | Path, *, fit: str | None = None) -> Path:
+        """Write ``critic.npz`` + ``critic.json`` into the directory ``path`` atomically (a new or empty
+        directory, or over another critic: ``kdata.selection.critic_files``); ``fit``: the hash of how it
+        was fitted (``kdata critic fit`` records it to recognise a rerun of the same fit)."""
+        arrays = {"coef": self.coef, "intercept": np.array([self.intercept]), "mean": self.mean,
+                  "scale": self.scale, "val_prob": self.val_prob, "val_label": self.val_label.astype(np.uint8)}
+        meta = {"format": FORMAT, "feature_names": self.feature_names, "threshold": self.threshold,
+                "target": self.target, "metrics": self.metrics, **({"text": self.text} if self.text else {}),
+                **({"models": self.models} if self.models is not None else {}), **({"fit": fit} if fit else {})}
+        return write_critic_dir(path, arrays, meta)
 
 
 CROSS_FITTED = "cross-fitted on the validation split"
@@ -287,24 +284,10 @@ def fit_critic(features: np.ndarray, labels: np.ndarray, *, feature_names: list[
 
 
 def load_critic(path: str | Path) -> Critic:
-    d = Path(path)
-    meta_p, arr_p = d / "critic.json", d / "critic.npz"
-    if not meta_p.exists() or not arr_p.exists():
-        raise KdataError(f"{path}: not a critic directory (expected critic.json and critic.npz; "
-                         "fit one with `kdata critic fit`)")
-    try:
-        meta = json.loads(meta_p.read_text())
-        with np.load(arr_p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as exc:
-        raise KdataError(f"{path}: unreadable critic ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise KdataError(f"{path}: unknown critic format {meta.get('format')!r}")
-    return Critic(coef=arrays["coef"], intercept=float(arrays["intercept"][0]), mean=arrays["mean"],
-                  scale=arrays["scale"], feature_names=list(meta["feature_names"]), threshold=float(meta["threshold"]),
-                  target=meta.get("target", {}), val_prob=arrays["val_prob"],
-                  val_label=arrays["val_label"].astype(bool), metrics=_saved_metrics(meta.get("metrics") or {}),
-                  text=meta.get("text") or {}, models=meta.get("models"))
+    """The critic in directory ``path``, every field checked first: one line naming the file and the
+    field when anything is missing, mistyped, non-finite or inconsistent (``read_critic_files``)."""
+    f = read_critic_files(path)
+    return Critic(**{**f, "metrics": _saved_metrics(f["metrics"])}, path=str(path))
 
 
 def _saved_metrics(metrics: dict) -> dict:

@@ -104,7 +104,7 @@ def _fit_image_critic(out: Path, *, invert: bool) -> None:
         for sid, lab in list(zip(t.column("sample_id").to_pylist(), t.column("label").to_pylist()))[:200]:
             w.writerow([sid, int((lab in ("0", "1", "2", "3", "4")) != invert)])
     assert main(["critic", "fit", "--scores-from", "builtin:digits-web", "--labels", str(labels), "--out", str(out),
-                 "--device", "cpu", "--json"]) == 0
+                 "--device", "cpu", "--json", "--overwrite"]) == 0  # a refit in place replaces the critic
 
 
 @pytest.fixture(scope="module")

@@ -114,9 +114,9 @@ def digit_labels(tmp_path_factory):
     return (_labels(tmp / "a.csv", ids, low), _labels(tmp / "b.csv", ids, [not x for x in low]))
 
 
-def _fit_image(labels, out) -> None:
+def _fit_image(labels, out, *extra) -> None:
     assert main(["critic", "fit", "--scores-from", "builtin:digits-web", "--labels", labels, "--out", str(out),
-                 "--device", "cpu", "--json"]) == 0
+                 "--device", "cpu", "--json", *extra]) == 0
 
 
 def test_image_critic_records_its_models_and_apply_refuses_others(digit_labels, builtin_models, tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_select_rerun_after_refitting_the_critic_in_place_is_another_run(digit_l
     capsys.readouterr()
     assert main(args) == 0 and json.loads(capsys.readouterr().out)["status"] == "already complete"
     before = SelectConfig(method="critic,kd3", critic=str(crit)).hash()
-    _fit_image(digit_labels[1], crit)  # refitted in place on the opposite labels
+    _fit_image(digit_labels[1], crit, "--overwrite")  # refitted in place on the opposite labels
     assert SelectConfig(method="critic,kd3", critic=str(crit)).hash() != before
     capsys.readouterr()
     assert main(args) == 2
