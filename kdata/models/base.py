@@ -61,12 +61,27 @@ def loaders() -> list[tuple[Callable[[str], bool], Callable[..., Model]]]:
     return list(_LOADERS)
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
 def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU."""
+    """``auto`` → CUDA when present, else CPU. ``cuda`` and ``cuda:N`` need a CUDA device (N below
+    the device count); anything else is one line naming the accepted forms. Checked here, where the
+    device is chosen, so no command reaches torch's "Found no NVIDIA driver" traceback."""
+    device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise KdataError("--device cuda requested but no CUDA device is available")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise KdataError(f"unknown device '{device}' (auto, cpu, cuda)")
-    return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    kind, colon, index = device.partition(":")
+    if kind != "cuda" or (colon and not (index.isascii() and index.isdigit())):
+        raise KdataError(f"--device '{device}': unknown device ({DEVICES})")
+    if not torch.cuda.is_available():
+        raise KdataError(f"--device {device} requested but no CUDA device is available")
+    if not colon:
+        return torch.device("cuda")
+    count = torch.cuda.device_count()
+    if int(index) >= count:
+        raise KdataError(f"--device {device}: this machine has {count} CUDA device(s) "
+                         f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})")
+    return torch.device("cuda", int(index))

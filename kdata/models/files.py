@@ -46,10 +46,19 @@ __all__ = ["INTERPOLATIONS", "OUTPUTS", "TEMPLATES", "ZeroShotCLIP", "class_text
 # ------------------------------------------------------------------------------------------------
 # .pt2 (torch.export) and .pt (TorchScript)
 
+def _no_directory(path: Path, what: str, *, where: str | None = None) -> None:
+    """One line for a directory given (or found) where ``what`` should be: "not found" would send the
+    user looking for a file that is there."""
+    if path.is_dir():
+        raise KdataError(f"{where or path}: is a directory, not {what}")
+
+
 def _file_model(spec: str, *, device, kind: str) -> Model:
     path = Path(spec)
+    _no_directory(path, "a model file")
     if not path.is_file():
         raise KdataError(f"{spec}: model file not found")
+    _no_directory(sidecar_path(path), f"a sidecar JSON file (the sidecar of {path.name})")
     cfg = read_sidecar(path)  # validated before the model file is touched
     device = torch.device(device)
     load = load_exported_program if kind == "pt2" else load_torchscript_program
@@ -157,6 +166,7 @@ def export_model(module: nn.Module, path, *, input_size, mean, std, class_names,
 # timm:ARCH:CHECKPOINT
 
 def _load_state(path: str, *, spec: str) -> dict:
+    _no_directory(Path(path), "a checkpoint file", where=f"{spec}: checkpoint {path}")
     if not Path(path).is_file():
         raise KdataError(f"{spec}: checkpoint {path} not found")
     state = load_state_file(path)
@@ -264,6 +274,7 @@ def load_timm(spec: str, *, device="cpu") -> Model:
     arch, ckpt = parse_spec(spec, "timm:", "CHECKPOINT")
     if not timm.is_model(arch):
         raise KdataError(f"{spec}: unknown timm architecture '{arch}'")
+    _no_directory(sidecar_path(ckpt), f"a sidecar JSON file (the sidecar of {Path(ckpt).name})")
     sidecar = read_sidecar(ckpt, required=False)  # checked before the checkpoint is read
     state = _load_state(ckpt, spec=spec)
     classifier = _timm_default_cfg(arch).get("classifier", "head")

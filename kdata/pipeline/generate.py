@@ -35,6 +35,7 @@ from kdata.core.cache_admin import touch_used
 from kdata.core.errors import KdataError
 from kdata.core.version import __version__
 from kdata.models.hf_generate import DecodeConfig, check_decode, sample
+from kdata.pools.json_depth import MAX_DEPTH, too_deep
 
 GENERATE_VERSION = 1  # bump when what a candidate row holds changes (invalidates shard keys)
 WORK_SUFFIX = ".kdata-generate"
@@ -88,10 +89,14 @@ def read_prompts(path: str | Path) -> list[dict]:
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
+        if too_deep(line):
+            raise KdataError(f"{path}: line {lineno}: JSON nested more than {MAX_DEPTH} levels deep")
         try:
             obj = json.loads(line)
         except ValueError as exc:
             raise KdataError(f"{path}: line {lineno}: not JSON ({str(exc).splitlines()[0][:80]})") from None
+        except RecursionError:
+            raise KdataError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
         if not isinstance(obj, dict):
             raise KdataError(f"{path}: line {lineno}: a JSON {type(obj).__name__}, expected an object with id and prompt")
         for key in ("id", "prompt"):

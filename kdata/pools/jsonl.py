@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
+from kdata.pools.json_depth import MAX_DEPTH, may_nest_deeper, too_deep
 from kdata.pools.text_rows import (
     TEXT_FIELDS,
     str_or_none,
@@ -29,8 +30,9 @@ from kdata.pools.text_rows import (
     utf8_ok,
 )
 
-JSONL_READER = "jsonl-reader-v2"  # in unit fingerprints: bump when a file is read differently (scores are re-made)
+JSONL_READER = "jsonl-reader-v3"  # in unit fingerprints: bump when a file is read differently (scores are re-made)
 #                                   v2: the line number of a read error in trailing brackets
+#                                   v3: lines nested past MAX_DEPTH, ids that are lists, objects, booleans or ""
 
 
 def _parse_line(raw: bytes, lineno: int) -> tuple[dict | None, str | None]:
@@ -41,10 +43,14 @@ def _parse_line(raw: bytes, lineno: int) -> tuple[dict | None, str | None]:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, f"undecodable_text: not valid UTF-8 (line {lineno}, byte {exc.start})"
+    if too_deep(raw):  # [[[[… 100,000 deep: Python's parser would recurse once per level
+        return None, f"undecodable_text: JSON nested more than {MAX_DEPTH} levels deep (line {lineno})"
     try:
         obj = json.loads(line)
     except ValueError as exc:
         return None, f"undecodable_text: not JSON (line {lineno}: {str(exc).splitlines()[0][:80]})"
+    except RecursionError:  # within MAX_DEPTH, but the caller's stack was already deep
+        return None, f"undecodable_text: JSON nested too deeply to read (line {lineno})"
     if not isinstance(obj, dict):
         return None, f"undecodable_text: a JSON {type(obj).__name__}, not an object (line {lineno})"
     return obj, None
@@ -132,10 +138,14 @@ def _arrow_table(data: bytes, *, name: str, source: str, line0: int) -> tuple[pa
     n = data.count(b"\n", 0, end) + 1
     if t.num_rows != n or t.column("text").null_count:  # two objects on a line; text missing or null
         return None
+    if may_nest_deeper(data, objects=n):  # pyarrow has no depth limit; the per-line parser has MAX_DEPTH
+        return None
     sid = t.column("sample_id")
     if has_sid and sid.null_count:  # a null "sample_id" and an absent one read alike: let the lines decide
         return None
     ids = pc.cast(sid if has_sid else t.column("id"), pa.string())
+    if pc.any(pc.equal(ids, "")).as_py():  # an empty id: the lines quarantine it (``id_problem``)
+        return None
     if ids.null_count:
         ids = pc.if_else(pc.is_null(ids), pa.array([f"{name}:{i}" for i in range(line0 + 1, line0 + n + 1)],
                                                    pa.string()), ids)
@@ -160,7 +170,7 @@ def _id_types(first_line: bytes) -> list[tuple[pa.DataType, pa.DataType]]:
     both = [(pa.string(), pa.string()), (pa.string(), pa.int64()), (pa.int64(), pa.int64())]
     try:
         obj = json.loads(first_line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return both
     if not isinstance(obj, dict):
         return both
@@ -183,7 +193,9 @@ def _read_jsonl_lines(data: bytes, *, name: str, source: str, line0: int = 0) ->
         any_text = any_text or isinstance((obj or {}).get("text"), str)
         obj = obj or {}
         sid = obj.get("sample_id", obj.get("id"))
-        ids.append(f"{name}:{lineno}" if sid is None else str_or_none(sid))
+        if err is None and sid is not None:
+            err = id_problem(obj, lineno)
+        ids.append(f"{name}:{lineno}" if sid is None or err is not None else str_or_none(sid))
         text = obj.get("text")
         if err is None and text is not None and not isinstance(text, str):
             err = f"undecodable_text: 'text' is a JSON {type(text).__name__}, not a string (line {lineno})"
@@ -199,6 +211,20 @@ def _read_jsonl_lines(data: bytes, *, name: str, source: str, line0: int = 0) ->
     if not any_source:
         fields["source"] = None
     return text_table(ids, texts, errors=errors, source=source, fields=fields), JsonlFacts(first, any_text, any_source)
+
+
+def id_problem(obj: dict, lineno: int) -> str | None:
+    """Why a line's id (``sample_id``, else ``id``) cannot name its sample, else None: a JSON list,
+    object or boolean (it became the id ``"[0]"``), or an empty string. Its row is quarantined under
+    ``<file>:<line>``, like a line whose ``text`` is of the wrong type."""
+    key = "sample_id" if obj.get("sample_id") is not None else "id"
+    sid = obj[key]
+    if isinstance(sid, (list, dict, bool)):
+        kind = {list: "list", dict: "object", bool: "boolean"}[type(sid)]
+        return f"undecodable_text: '{key}' is a JSON {kind}, not a string or number (line {lineno})"
+    if sid == "":
+        return f"undecodable_text: '{key}' is an empty string (line {lineno})"
+    return None
 
 
 def _shape(obj: dict | None, err: str | None) -> str:

@@ -25,6 +25,7 @@ from kdata.core.errors import KdataError
 from kdata.dataset.schema import POOL_PAYLOADS, POOL_SCHEMA, READ_ERROR, check_pool_ids, conform, validate_pool
 from kdata.pools.base import DEFAULT_LIMITS, PoolLimits, UnitRows
 from kdata.pools.files import mib, over_cap
+from kdata.pools.hf_label_meta import check_parquet_label_metadata
 from kdata.pools.parquet_batches import is_bytes, null_where, same_types, unviewed, value_sizes
 from kdata.pools.parquet_shapes import Shapes
 
@@ -158,6 +159,7 @@ class ParquetRows(UnitRows):
             schema = meta.schema.to_arrow_schema()
         except Exception as exc:  # noqa: BLE001  (not Parquet, truncated…: one line naming the file)
             raise KdataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
+        check_parquet_label_metadata(schema, where=str(path))  # ClassLabel names: read faithfully or refused
         self.columns = [n for n in schema.names if n in POOL_SCHEMA.names]
         self.shapes = Shapes.of(schema)  # how other tools' column types are read (``kdata.pools.parquet_shapes``)
         if "sample_id" not in schema.names:
@@ -191,10 +193,16 @@ class ParquetRows(UnitRows):
         self._files, self._cursor, self._lock, self._last_probe = {}, None, threading.Lock(), (-1, 0)
 
     def _read_ids(self) -> pa.Array:
-        """The ``sample_id`` column, decoded within ``_budget``; a null id is one line."""
+        """The ``sample_id`` column, decoded within ``_budget``; a null or empty id is one line."""
         ids = _decoded(self.path, ["sample_id"], limits=self.limits)
         check_pool_ids(ids, where=str(self.path))
-        return ids.column("sample_id").combine_chunks().cast(pa.string())
+        ids = ids.column("sample_id").combine_chunks().cast(pa.string())
+        empty = pc.equal(pc.utf8_length(ids), 0)
+        if pc.any(empty).as_py():  # "" names no sample (and two of them would be one id)
+            row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+            raise KdataError(f"{self.path}: column 'sample_id' row {row}: empty id ({pc.sum(empty).as_py()} empty "
+                             "id(s) in all); every sample needs an id")
+        return ids
 
     def sample_ids(self) -> pa.Array:
         """The ids from the ``sample_id`` column read on opening (``<file>:<row>`` where there is none):

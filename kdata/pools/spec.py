@@ -62,7 +62,8 @@ def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     if mixed:
         raise KdataError(mixed)
     raise KdataError(f"{spec}: unrecognised pool (expected builtin:digits-web, a Parquet file/directory, "
-                     "an image folder, WebDataset .tar shards, JSONL text or a saved Hugging Face dataset)")
+                     "an image folder, WebDataset tar shards (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz), JSONL "
+                     "text or a saved Hugging Face dataset)")
 
 
 def _mixed_folder(p: Path) -> str | None:

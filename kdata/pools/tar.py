@@ -1,4 +1,6 @@
-"""WebDataset tar shards: members ``<key>.<ext>`` grouped by key, one unit per shard.
+"""WebDataset tar shards: members ``<key>.<ext>`` grouped by key, one unit per shard. A shard is
+named ``.tar`` or, compressed, ``.tar.gz``/``.tgz``/``.tar.bz2``/``.tbz2``/``.tar.xz``/``.txz``
+(``SHARD_SUFFIXES``); its content decides how it is decompressed, whatever its name.
 
 The image is the first of jpg/jpeg/png/webp/bmp present, the label the text of ``.cls`` (a class
 name, or an index written as the class name, e.g. '3'); ``sample_id`` is the key. A shard's plan
@@ -48,6 +50,7 @@ _NOT_FILES = ((tarfile.TarInfo.issym, "a symlink"), (tarfile.TarInfo.islnk, "a h
               (tarfile.TarInfo.isdir, "a directory"), (tarfile.TarInfo.isfifo, "a FIFO"),
               (tarfile.TarInfo.ischr, "a character device"), (tarfile.TarInfo.isblk, "a block device"))
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")  # gzip/bz2/xz by their bytes
 HEADER_MAX = 64 << 10  # the most one header read may take (GNU long names and PAX records are far smaller)
 EXPAND_FLOOR, EXPAND_RATIO = 256 << 20, 100  # a compressed shard expands to at most max(floor, ratio × on disk)
 _MAGIC = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", bz2.BZ2File),
@@ -129,10 +132,15 @@ def _expand_braces(spec: str) -> list[str]:
     return out
 
 
+def is_shard_name(name: str) -> bool:
+    """A tar shard's name: ``.tar``, or a compressed tar (``SHARD_SUFFIXES``: read by content, not name)."""
+    return name.lower().endswith(SHARD_SUFFIXES)
+
+
 def _tar_paths(spec: str) -> list[Path]:
     p = Path(spec)
     if p.is_dir():
-        return sorted(q for q in p.glob("*.tar") if not q.name.startswith("."))
+        return sorted(q for q in p.iterdir() if is_shard_name(q.name) and not q.name.startswith("."))
     if _BRACE.search(spec) or any(ch in spec for ch in "*?["):
         names = []
         for s in _expand_braces(spec):
@@ -145,10 +153,11 @@ def _tar_paths(spec: str) -> list[Path]:
 
 
 def _is_tar_pool(spec: str) -> bool:
-    if spec.endswith(".tar") and (Path(spec).is_file() or _BRACE.search(spec) or "*" in spec):
+    if is_shard_name(spec) and (Path(spec).is_file() or _BRACE.search(spec) or "*" in spec):
         return True
     p = Path(spec)
-    return p.is_dir() and any(p.glob("*.tar")) and not any(p.rglob("*.parquet")) and not has_images(p)
+    return p.is_dir() and any(is_shard_name(q.name) for q in p.iterdir()) and not any(p.rglob("*.parquet")) \
+        and not has_images(p)
 
 
 def _split_key(member: str) -> tuple[str, str]:
@@ -332,7 +341,7 @@ def _check_shards(spec: str, paths: list[Path], *, limits: PoolLimits) -> None:
 def open_tar(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
     paths = _tar_paths(spec)
     if not paths:
-        raise KdataError(f"{spec}: no .tar shards found")
+        raise KdataError(f"{spec}: no tar shards found ({', '.join('*' + x for x in SHARD_SUFFIXES)})")
     _check_shards(spec, paths, limits=limits)
 
     def unit(p: Path) -> PoolUnit:

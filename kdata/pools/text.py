@@ -42,6 +42,7 @@ from kdata.core.errors import KdataError
 from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
 from kdata.pools.class_labels import class_label_names, class_label_strings
+from kdata.pools.hf_label_meta import read_dataset_info_features
 from kdata.pools.files import check_entry, escaped, is_inside
 from kdata.pools.jsonl import JSONL_READER, read_jsonl
 from kdata.pools.jsonl_split import jsonl_cuts, jsonl_parts, part_fingerprint, read_jsonl_part
@@ -78,7 +79,7 @@ def _jsonl_units(path: Path, root: Path | None) -> list[PoolUnit]:
 
 def _jsonl_unit(path: Path, name: str) -> PoolUnit:
     def read() -> pa.Table:
-        return cached_unit_table(path, lambda: read_jsonl(path, name=name), key_parts=["jsonl", name])
+        return cached_unit_table(path, lambda: read_jsonl(path, name=name), key_parts=["jsonl", name, JSONL_READER])
 
     return PoolUnit(name=name, read=read, fingerprint=lambda: f"sha256:{sha256_file_memo(path)}:{JSONL_READER}",
                     path=str(path), labels=_labels_of(read))
@@ -116,7 +117,7 @@ def _hf_files(p: Path, *, limits: PoolLimits = DEFAULT_LIMITS) -> list[tuple[Pat
         return _hf_split_files(p, root_real=root_real, limits=limits)
     try:
         splits = json.loads(index.read_text())["splits"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise KdataError(f"{index}: cannot read the split list ({exc})") from None
     if not isinstance(splits, list):
         raise KdataError(f"{index}: 'splits' must be a list of split names, not {type(splits).__name__}")
@@ -164,7 +165,7 @@ def _hf_split_files(d: Path, *, root_real: str, limits: PoolLimits) -> list[tupl
     try:
         entries = json.loads(state.read_text())["_data_files"]
         names = [e["filename"] for e in entries]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise KdataError(f"{state}: cannot read the data file list ({exc})") from None
     return [(d, _hf_data_file(d, f, state=state, root_real=root_real, limits=limits)) for f in names]
 
@@ -189,10 +190,8 @@ def _hf_data_file(d: Path, name, *, state: Path, root_real: str, limits: PoolLim
 
 
 def _class_label_names(split_dir: Path) -> list[str] | None:
-    try:
-        return class_label_names(json.loads((split_dir / "dataset_info.json").read_text()).get("features") or {})
-    except (OSError, ValueError, AttributeError):
-        return None
+    features = read_dataset_info_features(split_dir / "dataset_info.json")  # malformed: one line, never a guess
+    return None if features is None else class_label_names(features)
 
 
 def read_hf_arrow(path: Path, *, name: str, split_dir: Path) -> pa.Table:
