@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from kdata.core import native
+from kdata.core.errors import KdataError
 
 COMPILE_MIN = int(os.environ.get("KDATA_COMPILE_MIN", 500_000_000))  # ≈ compile time × eager speed
 CHUNK_ELEMS = 1 << 24  # rows × classes per compiled call (64 MB per side): amortises the call and the
@@ -54,6 +55,24 @@ _KERNELS: dict = {}
 _COMPILE_FAILED: list[str] = []
 STAT_NAMES = ("teacher_pred", "student_pred", "teacher_conf", "student_conf", "teacher_margin",
               "student_margin", "teacher_entropy", "student_entropy", "kl_ts", "kl_st")
+TEMPERATURE_KEY = b"kdata_temperature"  # schema metadata of a scores table: the T its statistics are at
+
+
+def with_temperature(table, temperature: float):
+    """``table`` (a pyarrow Table of statistics) with ``temperature`` recorded in its schema metadata
+    (``TEMPERATURE_KEY``), so a reader can tell the temperature its statistics were computed at."""
+    meta = dict(table.schema.metadata or {})
+    meta[TEMPERATURE_KEY] = repr(float(temperature)).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def recorded_temperature(table) -> float | None:
+    """The temperature ``with_temperature`` recorded on ``table``, or None (not recorded)."""
+    raw = (table.schema.metadata or {}).get(TEMPERATURE_KEY)
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def _exp_neg(x: torch.Tensor) -> torch.Tensor:
@@ -225,18 +244,26 @@ def logit_stats(t_logits, s_logits, *, temperature: float = 1.0, backend: str | 
     (numpy or torch), streamed ``chunk`` rows at a time so memory stays O(chunk × C)."""
     n, c = t_logits.shape
     if tuple(s_logits.shape) != (n, c):
-        raise ValueError(f"teacher logits {tuple(t_logits.shape)} vs student {tuple(s_logits.shape)}")
+        raise KdataError(f"logit_stats: teacher logits {tuple(t_logits.shape)} vs student {tuple(s_logits.shape)}")
     device = t_logits.device if isinstance(t_logits, torch.Tensor) else "cpu"
     backend = choose_backend(device, c, n * c, backend)
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         for i in range(0, n, chunk):
-            t, s = torch.as_tensor(t_logits[i:i + chunk]), torch.as_tensor(s_logits[i:i + chunk])
+            t, s = _tensor(t_logits[i:i + chunk]), _tensor(s_logits[i:i + chunk])
             for k, v in zip(STAT_NAMES, row_stats(t, s, temperature=temperature, backend=backend)):
                 if k not in out:
                     out[k] = np.empty(n, dtype=np.int32 if k.endswith("pred") else np.float32)
                 out[k][i:i + len(t)] = v.cpu().numpy()
     return out
+
+
+def _tensor(a) -> torch.Tensor:
+    """``a`` as a tensor, sharing its memory — except a read-only numpy array (an Arrow buffer's), which
+    torch cannot share without a warning: that chunk is copied (as float32, which the kernels read)."""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        return torch.from_numpy(np.array(a, dtype=np.float32 if a.dtype == np.float64 else a.dtype))
+    return torch.as_tensor(a)
 
 
 def disagreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, temperature: float = 1.0,
@@ -245,9 +272,15 @@ def disagreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, 
     """Per-row statistics for one batch (float32 unless noted), plus the teacher's and student's
     top-k indices/probabilities and the teacher's top-k raw logits (the stored soft labels).
     ``backend`` forces a statistics backend (default: ``choose_backend`` for this batch); the
-    native one also collects the top-k (k ≤ 16) in its pass, other backends use ``torch.topk``."""
+    native one also collects the top-k (k ≤ 16) in its pass, other backends use ``torch.topk``.
+    Numpy arrays: ``logit_stats`` (statistics only) or ``torch.from_numpy`` first."""
+    for name, z in (("teacher_logits", teacher_logits), ("student_logits", student_logits)):
+        if not isinstance(z, torch.Tensor):
+            raise KdataError(f"disagreement: {name} is a {type(z).__module__}.{type(z).__name__}, expected a "
+                             "torch.Tensor of shape (N, C) (for numpy arrays: logit_stats, or torch.from_numpy)")
     if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} vs student {tuple(student_logits.shape)}")
+        raise KdataError(f"disagreement: teacher logits {tuple(teacher_logits.shape)} vs student "
+                         f"{tuple(student_logits.shape)}")
     t, s = teacher_logits.float(), student_logits.float()
     n, c = t.shape
     inv = 1.0 / temperature

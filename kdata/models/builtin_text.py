@@ -133,20 +133,20 @@ def lr_at(step: int, *, steps: int, lr: float, warmup: int = 10) -> float:
 
 def _train(name: str, out: Path) -> None:
     """Train ``name`` into ``out`` — with gradients on, whatever the caller's mode (a first use can come
-    from inside ``torch.inference_mode()``, e.g. while scoring)."""
+    from inside ``torch.inference_mode()``, e.g. while scoring), and in a fork of the caller's torch RNG
+    (the training seeds its own; the caller's global RNG is left as it was). transformers' advisory lines
+    (sequence longer than the model) are silenced by the caller, ``kdata.models.hf.text_model_path``, for
+    the duration of its call only."""
     import torch
 
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
         _train_model(name, out)
 
 
 def _train_model(name: str, out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # no advisory lines (sequence longer than the model) on kdata's stderr
-    hf_logging.disable_progress_bar()
     spec = SPECS[name]
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
     blocks = torch.from_numpy(_blocks(corpus(spec["corpus"]), tokenizer))

@@ -261,7 +261,13 @@ def load_hf(path: str | os.PathLike, *, device: torch.device | str = "cpu", prec
             trust_remote_code: bool = False, max_length: int | None = None, spec: str | None = None) -> HFModel:
     """Load a local transformers directory as an ``HFModel`` (see the module docstring)."""
     require("text", "transformers", "tokenizers")
-    quiet_transformers()
+    with quiet_transformers():
+        return _load_text_model(path, device=device, precision=precision, trust_remote_code=trust_remote_code,
+                                max_length=max_length, spec=spec)
+
+
+def _load_text_model(path, *, device, precision: str, trust_remote_code: bool, max_length: int | None,
+                     spec: str | None) -> HFModel:
     path, device = Path(path), torch.device(device)
     where = str(path)
     if not path.is_dir():
@@ -287,12 +293,37 @@ def load_hf(path: str | os.PathLike, *, device: torch.device | str = "cpu", prec
                    extra={"architectures": config.get("architectures"), "model_type": config.get("model_type")})
 
 
-def quiet_transformers() -> None:
-    """No progress bars or advisory log lines from transformers on kdata's stderr."""
-    from transformers.utils import logging as hf_logging
+def quiet_transformers() -> QuietTransformers:
+    """No progress bars or advisory log lines from transformers on kdata's stderr, for kdata's own calls:
+    ``with quiet_transformers(): ...`` restores the caller's verbosity and progress-bar setting on exit.
+    (Called bare, the settings stay until the process ends.)"""
+    return QuietTransformers()
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+
+class QuietTransformers:
+    """transformers' logging at ERROR and its progress bars off from construction until ``__exit__``,
+    which puts back what was set before (``quiet_transformers``). Without transformers installed: nothing."""
+
+    def __init__(self):
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            self._log = None
+            return
+        self._log = hf_logging
+        self._saved = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __enter__(self) -> QuietTransformers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._log is None:
+            return
+        verbosity, bars = self._saved
+        self._log.set_verbosity(verbosity)
+        (self._log.enable_progress_bar if bars else self._log.disable_progress_bar)()
 
 
 TEXT_PREFIXES = ("hf:", "builtin:text-")
@@ -314,7 +345,8 @@ def text_model_path(spec: str) -> Path:
         raise KdataError(f"{spec}: not a text model spec (hf:PATH or builtin:text-*)")
     from kdata.models import builtin_text  # written by the built-in text models (trains them on first use)
 
-    return Path(builtin_text.model_dir(spec.split(":", 1)[1]))
+    with quiet_transformers():  # training on first use: no advisory lines, the caller's settings put back
+        return Path(builtin_text.model_dir(spec.split(":", 1)[1]))
 
 
 def load_text_model(spec: str, *, device="cpu", precision: str = "auto", trust_remote_code: bool = False,

@@ -21,6 +21,11 @@ from kdata.scoring.precision import PRECISIONS, check_precision
 
 DEFAULT_METHOD = "default"
 DEFAULT_POOL = "builtin:digits-web"
+
+
+class _DefaultPool(str):
+    """``SelectConfig.pool`` left at its default: the built-in pool, or, with ``scores``, no pool (a plain
+    ``str`` after ``__post_init__``, so hashes and dicts see the value only)."""
 BALANCES = ("none", "class", "cluster", "domain")
 DEDUP_LEVELS = ("none", "exact", "near", "semantic")
 
@@ -38,9 +43,9 @@ def opt(default, help: str, *, flag: str | None = None, metavar: str | None = No
 class SelectConfig:
     """Everything that defines a curation run (hashed into ``config_hash``)."""
 
-    pool: str | None = opt(DEFAULT_POOL, "pool: builtin:digits-web, Parquet, image folder, .tar shards; with "
-                           "--scores: where the kept rows' payload comes from (omit for shards without payload)",
-                           kind=str)
+    pool: str | None = opt(_DefaultPool(DEFAULT_POOL), "pool: builtin:digits-web, Parquet, image folder, .tar "
+                           "shards; with --scores: where the kept rows' payload comes from (omit for shards "
+                           "without payload)", kind=str)
     teacher: str = opt("builtin:digits-teacher", "teacher model spec (.pt2, .pt, open_clip:…, timm:…, builtin:…)",
                        kind=str)
     student: str = opt("builtin:digits-student", "student model spec", kind=str)
@@ -91,6 +96,10 @@ class SelectConfig:
     row_group_rows: int = opt(1_000, "rows per Parquet row group", kind=int)
     method_options: dict = opt({}, "per-method options (config file only)", cli=False, kind=dict)
 
+    def __post_init__(self):
+        if type(self.pool) is _DefaultPool:  # left at its default: with --scores, shards without payload
+            self.pool = None if self.scores else DEFAULT_POOL
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -128,6 +137,22 @@ class RunOptions:
     trust_remote_code: bool = opt(False, "text models: allow a model directory's own Python code (auto_map); "
                                   "refused otherwise", kind=bool)
     card_dir: str | None = opt(None, "also copy the data card to DIR/<dataset-name>.md", metavar="DIR", kind=str)
+
+
+def document_fields(cls) -> type:
+    """Append each field's default and help (its ``opt`` metadata) to ``cls.__doc__``, so ``help(cls)``
+    lists the options the CLI and config files show."""
+    import textwrap
+
+    lines = ["", "", "Fields (keyword arguments; the command-line flag in brackets):", ""]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        where = f"  [{flag_of(f)}]" if f.metadata.get("cli") else "  [no command-line flag]"
+        lines.append(f"    {f.name} = {repr(str(default)) if isinstance(default, str) else repr(default)}{where}")
+        lines += textwrap.wrap(f.metadata.get("help", "").replace("%%", "%"), 96, initial_indent=" " * 8,
+                               subsequent_indent=" " * 8)
+    cls.__doc__ = (cls.__doc__ or cls.__name__) + "\n".join(lines)
+    return cls
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:
@@ -304,3 +329,7 @@ def validate_run(opts: RunOptions, *, where: str = "config") -> None:
     dev = str(opts.device)
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise KdataError(f"--device '{dev}': unknown device (auto, cpu, cuda or cuda:N)")
+
+
+document_fields(SelectConfig)
+document_fields(RunOptions)

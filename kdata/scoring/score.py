@@ -39,6 +39,7 @@ from kdata.core.errors import KdataError
 from kdata.core.exact_probs import EXACT_VERSION, keeps_logits
 from kdata.core.lock import acquire
 from kdata.core.paths import cache_dir
+from kdata.core.stats import with_temperature
 from kdata.core.version import __version__
 from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA, read_errors
 from kdata.models.decode_pool import check_workers, resolve_workers
@@ -107,6 +108,21 @@ def precision_mode(precision: str, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@contextmanager
+def eval_mode(*models: Model):
+    """The models' modules in eval mode for the block (dropout off, BatchNorm on its running statistics,
+    which stay as they are), each submodule's own mode restored afterwards."""
+    modules = [m.module for m in models if isinstance(getattr(m, "module", None), torch.nn.Module)]
+    saved = [(sub, sub.training) for mod in modules for sub in mod.modules()]
+    try:
+        for sub, _ in saved:  # what .eval() sets (an exported program's module refuses .eval() itself)
+            sub.training = False
+        yield
+    finally:
+        for sub, training in saved:
+            sub.training = training
+
+
 def check_models(teacher: Model, student: Model) -> None:
     if teacher.num_classes != student.num_classes:
         raise KdataError(f"class-count mismatch: teacher {teacher.spec} has {teacher.num_classes} classes, "
@@ -168,9 +184,9 @@ def score_table(pool: pa.Table, teacher: Model, student: Model, *, config: Score
                      on_unit=lambda s: out.update(table=unit_table(s)),
                      gpu_decode=config.gpu_decode and device.type == "cuda")
     workers = resolve_workers(config.num_workers, rows=n, device=device)
-    with torch.inference_mode(), precision_mode(precision, device):
+    with torch.inference_mode(), precision_mode(precision, device), eval_mode(teacher, student):
         run.run([st], run.tasks([st], lambda i: plan, lambda s: True), num_workers=workers)
-    return out["table"], st.quarantined
+    return with_temperature(out["table"], config.temperature), st.quarantined
 
 
 def unit_cache_key(unit: PoolUnit, teacher: Model, student: Model, config: ScoreConfig, *,
@@ -198,7 +214,9 @@ def score_unit(unit: PoolUnit, teacher: Model, student: Model, *, config: ScoreC
 
 def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfig = ScoreConfig(),
                device="cpu", cache: bool = True, progress=None) -> tuple[pa.Table, list[tuple[str, str]], dict]:
-    """Score every unit of ``pool``. Returns (scores, quarantined, info: n_in, units, cache_hits, workers,
+    """Score every unit of ``pool`` (the modules in eval mode, their modes restored after). Returns
+    (scores — at ``config.temperature``, recorded in the schema metadata: ``kdata.core.stats.with_temperature``
+    —, quarantined, info: n_in, units, cache_hits, workers,
     decode_pids per unit (the worker processes that decoded it), head_batches (batches this process
     decoded while a cold run's workers started), device, precision, GPU decode counts and peak GPU
     memory on CUDA). ``config.load_embeddings=False`` leaves each entry's ``embedding`` column on disk
@@ -210,7 +228,7 @@ def score_pool(pool: Pool, teacher: Model, student: Model, *, config: ScoreConfi
     tables = [t for t in tables if t.num_rows] or tables[:1]
     scores = pa.concat_tables(tables, promote_options="default") if tables else SCORES_SCHEMA.empty_table()
     quarantined = [q for _, qs, _, _ in results for q in qs]
-    return scores, quarantined, info
+    return with_temperature(scores, config.temperature), quarantined, info
 
 
 def unit_scores(path: Path, *, embedding: bool = True) -> pa.Table:
@@ -350,7 +368,7 @@ def score_units(units: list[PoolUnit], teacher: Model, student: Model, *, config
             tasks = run.tasks(todo, lambda i: first_plan if i == first else units[i].plan(), store.claim)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            with torch.inference_mode(), precision_mode(precision, device):
+            with torch.inference_mode(), precision_mode(precision, device), eval_mode(teacher, student):
                 run.run(todo, tasks, num_workers=workers)
         store.copy_results()
     finally:

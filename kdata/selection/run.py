@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, printable
 from kdata.selection.methods import check_chain_options, get_method
 from kdata.selection.ranking import check_count, top_k
 from kdata.selection.methods.view import ScoreView
@@ -94,17 +95,29 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
     with ``teacher_logits`` and ``student_logits`` (lists of ``num_classes`` floats, the bring-your-own
     shape) is enough for every class-based method, since the view derives the statistics
     (``teacher_conf``, ``student_entropy``, ``kl_ts``, margins…) from the logits with
-    ``kdata.core.stats.logit_stats`` at ``temperature``, as ``load_scores`` does. A column that is
-    missing and cannot be derived is one KdataError line. ``budget`` is a row count (an integer ≥ 0);
+    ``kdata.core.stats.logit_stats`` at ``temperature``, as ``load_scores`` does. One temperature
+    governs: a table that records another scoring temperature (``kdata.core.stats.recorded_temperature``)
+    has every statistic re-derived from its logits at ``temperature``, or, without logits, is refused.
+    ``num_classes`` must be the logits' width. A column that is missing and cannot be derived, a
+    ``scores`` that is not a ``pyarrow.Table``, a duplicated ``sample_id``, ragged or mismatched logits:
+    each is one KdataError line. ``budget`` is a row count (an integer ≥ 0);
     ``options`` maps method name → its options (``kdata.selection.methods.check_options``: an
     unknown option of a method in the chain is refused; entries for other methods are ignored).
     """
-    if "sample_id" not in scores.column_names:
-        raise KdataError(f"select: the scores table has no 'sample_id' column (have: {', '.join(scores.column_names)})")
+    check_scores_table(scores)
     methods = parse_methods(methods)
     budget = check_count(budget, what="select: budget")
+    if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise KdataError(f"select: num_classes {num_classes!r}: must be an integer ≥ 1 (the logits' width)")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
+            or not 0 < temperature < math.inf:
+        raise KdataError(f"select: temperature {temperature!r}: must be a finite number > 0")
     check_chain_options(methods, options or {}, where="select: options", others_ok=True)
-    view = ScoreView(scores, num_classes=num_classes, temperature=temperature)
+    try:
+        view = ScoreView(scores, num_classes=num_classes, temperature=temperature)
+        view.check_classes()
+    except KdataError as exc:
+        raise KdataError(f"select: {exc}") from None
     n = len(view)
     st = _State(alive=np.ones(n, dtype=bool), reason=np.full(n, None, dtype=object),
                 stage=np.full(n, None, dtype=object))
@@ -126,6 +139,26 @@ def select(scores: pa.Table, *, methods: list[str], budget: int, seed: int = 0, 
         opts = {"deduped": dedup is not None, **options.get(methods[-1], {})}
         _apply(st, view, methods[-1], budget=budget, seed=seed, options=opts, last=True)
     return _finish(st, view, budget=budget, seed=seed, balance=balance)
+
+
+def check_scores_table(scores) -> None:
+    """What ``select`` needs of ``scores`` before any method runs: a ``pyarrow.Table`` with a ``sample_id``
+    column whose ids are unique (one vectorised hash pass). Each problem is one KdataError line."""
+    if not isinstance(scores, pa.Table):
+        hint = " (pa.Table.from_pandas(df, preserve_index=False))" if type(scores).__name__ == "DataFrame" else ""
+        raise KdataError(f"select: scores is a {type(scores).__module__}.{type(scores).__name__}, expected a "
+                         f"pyarrow.Table{hint}")
+    if "sample_id" not in scores.column_names:
+        raise KdataError(f"select: the scores table has no 'sample_id' column (have: {', '.join(scores.column_names)})")
+    ids = scores.column("sample_id")
+    if ids.null_count:
+        i = int(np.argmax(ids.is_null().to_numpy(zero_copy_only=False)))
+        raise KdataError(f"select: sample_id is null in row {i}; every row needs its unique id")
+    if scores.num_rows and len(pc.unique(ids)) != scores.num_rows:
+        counts = pc.value_counts(ids)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]
+        raise KdataError(f"select: sample_id {printable(dup['values'].as_py())!r} appears "
+                         f"{dup['counts'].as_py()} times; sample ids must be unique")
 
 
 def balance_info(balance: str, groups: np.ndarray, kept: np.ndarray, *, listed: int = 64) -> dict:

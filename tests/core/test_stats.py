@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 import kdata.core.stats as S
 from kdata.core import native
-from kdata.core.stats import chunk_rows, disagreement, logit_stats
+from kdata.core.errors import KdataError
+from kdata.core.stats import chunk_rows, disagreement, logit_stats, recorded_temperature, with_temperature
 
 
 def reference(t: np.ndarray, s: np.ndarray, temperature: float = 1.0) -> dict[str, np.ndarray]:
@@ -204,5 +208,43 @@ def test_backend_choice(monkeypatch):
 
 def test_shape_mismatch_is_a_clear_error():
     t, s = logits(4, 5)
-    with pytest.raises(ValueError, match="teacher logits"):
+    with pytest.raises(KdataError, match=r"^logit_stats: teacher logits \(4, 5\) vs student \(4, 4\)$"):
         logit_stats(t, s[:, :4])
+    with pytest.raises(KdataError, match=r"^disagreement: teacher logits \(4, 5\) vs student \(4, 4\)$"):
+        disagreement(torch.from_numpy(t), torch.from_numpy(s[:, :4]))
+
+
+def test_disagreement_names_what_it_takes_when_given_numpy():
+    """disagreement(numpy, numpy) failed with AttributeError: 'numpy.ndarray' object has no attribute 'float'."""
+    t, s = logits(4, 5)
+    with pytest.raises(KdataError, match=r"^disagreement: teacher_logits is a numpy.ndarray, expected a "
+                                         r"torch.Tensor .*logit_stats, or torch.from_numpy\)$"):
+        disagreement(t, s)
+    got = disagreement(torch.from_numpy(t), torch.from_numpy(s))
+    np.testing.assert_allclose(got["kl_ts"].numpy(), logit_stats(t, s)["kl_ts"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_only_arrow_logits_give_no_warning_and_the_same_statistics(dtype):
+    """Read-only numpy over an Arrow buffer (a table of one's own) made torch warn "The given NumPy array
+    is not writable"; the read-only chunk is now copied, and the statistics are those of a writable copy."""
+    t, s = logits(500, 10, seed=3)
+    tbl = pa.table({"t": pa.FixedSizeListArray.from_arrays(pa.array(t.astype(dtype).ravel()), 10),
+                    "s": pa.FixedSizeListArray.from_arrays(pa.array(s.astype(dtype).ravel()), 10)})
+    rt, rs = (tbl.column(n).combine_chunks().flatten().to_numpy().reshape(500, 10) for n in ("t", "s"))
+    assert not rt.flags.writeable and not rs.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = logit_stats(rt, rs, chunk=128)
+    want = logit_stats(rt.copy(), rs.copy(), chunk=128)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    assert not rt.flags.writeable  # the caller's array is left as it was
+
+
+def test_temperature_is_recorded_in_the_schema_metadata_and_read_back():
+    tbl = pa.table({"x": [1]}).replace_schema_metadata({"kdata": "{}"})
+    assert recorded_temperature(tbl) is None
+    stamped = with_temperature(tbl, 4)
+    assert recorded_temperature(stamped) == 4.0 and stamped.schema.metadata[b"kdata"] == b"{}"
+    assert recorded_temperature(with_temperature(stamped, 0.1)) == 0.1

@@ -34,7 +34,7 @@ class MethodResult:
 class Method:
     name: str
     fn: Callable[..., MethodResult]
-    kind: str  # "ranker" | "filter"
+    kind: str  # "ranker" | "filter" | "sampler"
     doc: str
     needs: tuple[str, ...] = ()
 
@@ -59,6 +59,10 @@ def get_method(name: str) -> Method:
 
 
 def available() -> dict[str, Method]:
+    """Every registered selection method by name (sorted): a ``Method`` with its ``kind`` (``ranker``,
+    ``filter`` or ``sampler``), one-line ``doc`` (naming its paper) and ``fn``; the names
+    ``kdata.selection.run.select`` and ``kdata select --method`` accept, and what ``kdata methods`` lists.
+    A method's options: ``option_names(name)``."""
     _load()
     return dict(sorted(METHODS.items()))
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdata.core.errors import KdataError
 from kdata.selection.methods import MethodResult, register
 from kdata.selection.methods.view import ScoreView
 
@@ -54,13 +55,27 @@ def kd3_score(p_teacher: np.ndarray, p_student: np.ndarray, *, weight: float = 0
     """Confidence of the combined prediction, max_k (λ p_T + (1 − λ) p_S)_k, per row (chunked)."""
     p_teacher = np.asarray(p_teacher)
     p_student = np.asarray(p_student)
-    if p_teacher.shape != p_student.shape:
-        raise ValueError(f"teacher probabilities {p_teacher.shape} vs student {p_student.shape}")
+    if p_teacher.shape != p_student.shape or p_teacher.ndim != 2:
+        raise KdataError(f"kd3: teacher probabilities {p_teacher.shape} vs student {p_student.shape}: expected two "
+                         "(N, C) arrays, rows aligned")
     out = np.empty(len(p_teacher), dtype=np.float64)
     for i in range(0, len(p_teacher), chunk):
         pc = weight * p_teacher[i:i + chunk].astype(np.float64) + (1 - weight) * p_student[i:i + chunk]
         out[i:i + chunk] = pc.max(1)
     return out
+
+
+def check_probabilities(p: np.ndarray, *, name: str, tol: float = 1e-2, chunk: int = 65_536) -> None:
+    """One KdataError line unless every row of ``p`` is a probability vector (finite, ≥ 0, sums to 1
+    within ``tol``): raw logits passed for probabilities would rank rows by a meaningless maximum."""
+    for i in range(0, len(p), chunk):
+        block = np.asarray(p[i:i + chunk], dtype=np.float64)
+        sums = block.sum(1)
+        bad = ~np.isfinite(sums) | (np.abs(sums - 1) > tol) | (block.min(1, initial=0.0) < -1e-6)
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise KdataError(f"kd3_select: {name} row {i + r} is not a probability vector (sum {sums[r]:.4g}, "
+                             f"min {block[r].min(initial=0.0):.4g}); pass softmax(logits / T), not logits")
 
 
 def kd3_select(p_teacher: np.ndarray, p_student: np.ndarray, budget: int, *, weight: float = 0.5,
@@ -69,11 +84,18 @@ def kd3_select(p_teacher: np.ndarray, p_student: np.ndarray, budget: int, *, wei
 
     Call between epochs with the current student's probabilities (rows aligned with the
     teacher's); ties are broken by a seeded random key. With ``threshold`` fewer rows may return.
-    ``budget`` is a row count, an integer ≥ 0 (anything else is one KdataError line).
+    ``budget`` is a row count, an integer ≥ 0; arrays of other shapes, or rows that are not probability
+    vectors (e.g. raw logits), are one KdataError line.
     """
     from kdata.selection.ranking import check_count, top_k
 
     budget = check_count(budget, what="kd3_select: budget")
+    p_teacher, p_student = np.asarray(p_teacher), np.asarray(p_student)
+    if p_teacher.shape != p_student.shape or p_teacher.ndim != 2:
+        raise KdataError(f"kd3_select: teacher probabilities {p_teacher.shape} vs student {p_student.shape}: "
+                         "expected two (N, C) arrays, rows aligned")
+    check_probabilities(p_teacher, name="p_teacher")
+    check_probabilities(p_student, name="p_student")
     s = kd3_score(p_teacher, p_student, weight=weight)
     cand = np.arange(len(s)) if threshold is None else np.flatnonzero(s >= threshold)
     return cand[top_k(s[cand], budget, seed=seed)]

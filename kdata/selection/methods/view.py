@@ -25,6 +25,13 @@ statistics; the view derives them (``LOGIT_DERIVED``) once, on first use, from t
 view's temperature with ``kdata.core.stats.logit_stats`` — the kernel ``kdata.scoring.byo.load_scores``
 runs — plus ``agree`` and ``teacher_label_prob`` (from ``label_idx`` when given). Any other missing
 column is one KdataError line naming it.
+
+One temperature governs a view. A kdata scores table records the temperature its statistics were
+computed at (``kdata.core.stats.recorded_temperature``). Asked for another one, the view re-derives
+every ``LOGIT_DERIVED`` column from the logits at its own temperature, ignoring the stored ones, so a
+scores table and its logits alone give the same selection at any temperature; without both logits
+columns that cannot be done, and the view refuses with one line. A table that records none is read
+as it is (its statistics are taken to be at the view's temperature).
 """
 
 from __future__ import annotations
@@ -33,19 +40,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
 
 
-def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
-    """A fixed-width list column as a 2-D array (rows × width)."""
-    col = table.column(name).combine_chunks()
+def list_width(table: pa.Table, name: str) -> int:
+    """The width of list column ``name`` (0 for an empty table), checked in one vectorised pass: a null
+    or a list of another length than row 0's is one KdataError line naming the row."""
+    col = table.column(name)
     if col.null_count:
-        raise ValueError(f"column '{name}' has nulls")
-    width = len(col[0].as_py()) if len(col) else 0
+        i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+        raise KdataError(f"scores table: column '{name}' is null in row {i}")
+    if pa.types.is_fixed_size_list(col.type):
+        return col.type.list_size
+    if not len(col):
+        return 0
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != lengths[0])
+    if len(bad):
+        raise KdataError(f"scores table: column '{name}' has ragged lists (row {int(bad[0])} has "
+                         f"{int(lengths[bad[0]])} values, row 0 has {int(lengths[0])})")
+    return int(lengths[0])
+
+
+def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
+    """A fixed-width list column as a 2-D array (rows × width); nulls or ragged lists are one KdataError line."""
+    width = list_width(table, name)
+    col = table.column(name).combine_chunks()
     values = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    if len(col) and len(values) != width * len(col):
-        raise ValueError(f"column '{name}' has ragged lists")
     return values.reshape(len(col), width)
 
 
@@ -96,6 +119,24 @@ class ScoreView:
     temperature: float = 1.0
     _cache: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self):
+        self._restat = self._stale_statistics()
+
+    def _stale_statistics(self) -> bool:
+        """True when the table records statistics at another temperature than the view's and has the
+        logits to re-derive them; without the logits, one KdataError line (module docstring)."""
+        from kdata.core.stats import recorded_temperature
+
+        recorded = recorded_temperature(self.table)
+        if recorded is None or recorded == float(self.temperature) or self.sequence_level:
+            return False
+        if all(n in self.table.column_names for n in LOGITS):
+            return True
+        raise KdataError(f"temperature {self.temperature:g}: the scores table's statistics were computed at "
+                         f"temperature {recorded:g} and it has no teacher_logits/student_logits to recompute them "
+                         f"at {self.temperature:g}; select at temperature={recorded:g}, or score again at "
+                         f"{self.temperature:g}")
+
     def __len__(self) -> int:
         return self.table.num_rows
 
@@ -112,7 +153,7 @@ class ScoreView:
             if name in LM_DERIVED and self.sequence_level:
                 self._cache[name] = lm_column(self.table, name)
                 return self._cache[name]
-            if name not in self.table.column_names:
+            if name not in self.table.column_names or (self._restat and name in LOGIT_DERIVED):
                 if self._from_logits(name):
                     self._derive_from_logits()
                     return self._cache[name]
@@ -126,6 +167,25 @@ class ScoreView:
             else:
                 self._cache[name] = arr.to_numpy(zero_copy_only=False)
         return self._cache[name]
+
+    def check_classes(self) -> None:
+        """``num_classes`` against the class columns: both logits ``num_classes`` wide (so each other's
+        width), top-k indices below it. One KdataError line; O(N) (list lengths), no logits are read."""
+        if self.sequence_level or not len(self):
+            return
+        names = self.table.column_names
+        widths = {n: list_width(self.table, n) for n in LOGITS if n in names}
+        if len(set(widths.values())) > 1:
+            raise KdataError(f"scores table: teacher_logits has {widths['teacher_logits']} values per row, "
+                             f"student_logits {widths['student_logits']} (logit i must be class i in both)")
+        for n, w in widths.items():
+            if w != self.num_classes:
+                raise KdataError(f"num_classes={self.num_classes}, but '{n}' has {w} values per row")
+        for n in ("teacher_topk_idx", "student_topk_idx"):
+            if n in names and not widths:
+                top = pc.max(pc.list_flatten(self.table.column(n))).as_py()
+                if top is not None and top >= self.num_classes:
+                    raise KdataError(f"num_classes={self.num_classes}, but '{n}' holds class index {top}")
 
     def _check_finite(self, name: str) -> None:
         """Logits with NaN/inf would rank rows arbitrarily (or crash a sampler): one line, as
@@ -145,11 +205,12 @@ class ScoreView:
     def _from_logits(self, name: str) -> bool:
         """``name`` is absent but derivable from both networks' logits (module docstring)."""
         names = self.table.column_names
-        return (name in LOGIT_DERIVED and name not in names and "teacher_logits" in names
+        return (name in LOGIT_DERIVED and (name not in names or self._restat) and "teacher_logits" in names
                 and "student_logits" in names and not self.sequence_level)
 
     def _derive_from_logits(self) -> None:
-        """Every missing ``LOGIT_DERIVED`` column, from the logits at the view's temperature."""
+        """Every missing ``LOGIT_DERIVED`` column (every one, when the stored ones are at another
+        temperature), from the logits at the view's temperature."""
         from kdata.core.stats import logit_stats
 
         st = logit_stats(self.col("teacher_logits"), self.col("student_logits"), temperature=self.temperature)
@@ -161,7 +222,7 @@ class ScoreView:
         lp = self.prob_at("teacher", np.where(ok, label, 0))
         st["teacher_label_prob"] = np.where(ok, lp, np.nan).astype(np.float32)
         for k, v in st.items():
-            if k not in self.table.column_names:
+            if k not in self.table.column_names or self._restat:
                 self._cache.setdefault(k, v)
 
     def _missing(self, name: str) -> KdataError:
