@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdata.core.errors import KdataError
 from kdata.core.jsonable import config_hash
 from kdata.dataset.schema import kdata_metadata
 
@@ -77,12 +78,13 @@ def check_fields(out: Path, manifest: dict) -> list[str]:
 
 
 def shard_metadata(path: Path) -> dict | None:
-    """The ``kdata`` metadata of a shard's Arrow schema (the schema only; None when unreadable)."""
+    """The ``kdata`` metadata of a shard's Arrow schema (the schema only; None when the file is unreadable,
+    which the shard checks report). A malformed entry is one ``KdataError`` line naming the shard."""
     try:
-        meta = kdata_metadata(pq.read_schema(path))
+        schema = pq.read_schema(path)
     except (OSError, ValueError, pa.ArrowException):
         return None
-    return meta if isinstance(meta, dict) else None
+    return kdata_metadata(schema, where=str(path))
 
 
 def _is_select(config: dict) -> bool:
@@ -131,7 +133,10 @@ def _meta_problem(m: dict, meta: dict) -> str | None:
 def check_provenance(out: Path, manifest: dict, first_shard: Path | None) -> list[str]:
     """The manifest agrees with the first shard's ``kdata`` metadata and with its own config (module doc)."""
     where = out / "manifest.json"
-    meta = shard_metadata(first_shard) if first_shard is not None and first_shard.is_file() else None
+    try:
+        meta = shard_metadata(first_shard) if first_shard is not None and first_shard.is_file() else None
+    except KdataError as exc:  # the shard's 'kdata' metadata is not a JSON object: what readers would trip on
+        return [str(exc)]
     problem = _meta_problem(manifest, meta) if meta else None
     if problem:
         return [f"{where}: {problem}"]

@@ -251,6 +251,17 @@ def with_kdata_metadata(schema: pa.Schema, meta: dict) -> pa.Schema:
     return schema.with_metadata(md)
 
 
-def kdata_metadata(schema: pa.Schema) -> dict:
+def kdata_metadata(schema: pa.Schema, *, where: str | None = None) -> dict:
+    """The ``kdata`` entry of ``schema``'s metadata (``{}`` when absent). An entry that is not a JSON
+    object is one line (``KdataError``) naming ``where``, the file the schema was read from."""
     raw = (schema.metadata or {}).get(b"kdata")
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    name = where or "a Parquet file"
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (nor UTF-8), or nested past Python's parser
+        raise KdataError(f"{name}: schema metadata 'kdata' is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise KdataError(f"{name}: schema metadata 'kdata' is not a JSON object (a {type(meta).__name__})")
+    return meta

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kdata.augment.hard import EXCLUDED_FILE, HardConfig, combine, generate, manifest_section, write_excluded
 from kdata.core.errors import KdataError, brief
 from kdata.core.lock import exclusive
 from kdata.core.jsonable import config_hash as hash_config
 from kdata.dataset.decisions import CARRIED, build_decisions
-from kdata.dataset.schema import KEPT, REJECTED, validate_shard
+from kdata.dataset.schema import KEPT, REJECTED
 from kdata.dataset.shard_rows import ShardColumn, ShardRows, non_null_rows
-from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_shards, require_intact, shard_meta, shard_paths
+from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_shards, require_intact, shard_paths
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import file_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
@@ -31,6 +30,7 @@ from kdata.models.spec import is_text_spec, load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.pipeline.rerun import embedder_model
 from kdata.pipeline.run import check_same_weights
+from kdata.pipeline.source_shards import check_source_shards
 from kdata.scoring.score import check_models
 from kdata.selection.critic_checks import check_fitted_models, critic_digest, require_image_critic
 from kdata.selection.critic_model import load_critic
@@ -69,10 +69,7 @@ def read_source(shards: str, *, out: str, columns=None) -> Source:
     manifest = check_paths(shards, out)
     require_intact(shards, refusal="not deriving from it")  # every checksum and count, as train checks them
     paths = shard_paths(src)
-    for p in paths:
-        if not p.exists():
-            raise KdataError(f"{p}: shard listed in the manifest is missing")
-        validate_shard(pq.read_schema(p), where=str(p))
+    meta = check_source_shards(paths, class_names=manifest.get("class_names"))  # as kdata train checks them
     rows = read_shards(src, columns=columns)
     order = np.arange(rows.num_rows)
     if "rank" in rows.column_names and rows.column("rank").null_count < rows.num_rows:
@@ -84,7 +81,7 @@ def read_source(shards: str, *, out: str, columns=None) -> Source:
     ids = rows.column("sample_id").to_pylist()
     if len(set(ids)) != len(ids):
         raise KdataError(f"{shards}: sample ids are not unique")
-    return Source(path=src, manifest=manifest, rows=rows, meta=dict(shard_meta(paths[0])) if paths else {},
+    return Source(path=src, manifest=manifest, rows=rows, meta=meta,
                   paths=paths, order=order)
 
 

@@ -17,6 +17,7 @@ from kdata.models.spec import Model, load_model, pick_device
 from kdata.pipeline.byo_labels import pool_label_resolver
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits, validate, validate_run
 from kdata.pipeline.needs import needs_embeddings
+from kdata.pipeline.pool_checks import check_budget_fits, check_unique_pool_ids
 from kdata.pipeline.text import check_image_pool, is_text_run, prepare_text
 from kdata.pools.spec import Pool, open_pool
 from kdata.scoring.byo import ByoModel, load_with_checksum
@@ -76,8 +77,9 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
         return _prepare_byo(cfg, opts=opts, methods=methods, balance=balance)
     if is_text_run(cfg):  # Hugging Face text models (kdata.pipeline.text)
         check_text_dedup(cfg)
-        return check_critic(prepare_text(cfg, opts=opts, methods=methods, balance=balance, prepared=Prepared,
-                                         load=load))
+        prep = prepare_text(cfg, opts=opts, methods=methods, balance=balance, prepared=Prepared, load=load)
+        check_budget_fits(cfg.budget, check_unique_pool_ids(prep.pool), where=cfg.pool)
+        return check_critic(prep)
     if cfg.embedder:
         raise KdataError(f"--embedder {cfg.embedder}: sentence embeddings dedup text pools; this run scores "
                          "images (near/semantic image dedup uses pixels and the teacher's features)")
@@ -85,6 +87,9 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
     if not pool.units:
         raise KdataError(f"{cfg.pool}: the pool is empty")
     check_image_pool(pool, spec=cfg.pool)
+    # the pool's size and ids from its id columns alone: a budget over the pool or a repeated id is one
+    # line before any model loads (curate's finish checks both again on what was scored)
+    check_budget_fits(cfg.budget, check_unique_pool_ids(pool), where=cfg.pool)
     device = pick_device(opts.device)
     with pool_class_names(pool.class_names):  # zero-shot / sidecar-less models use the pool's classes
         teacher, student = load(cfg.teacher, device=device), load(cfg.student, device=device)
@@ -156,6 +161,8 @@ def _prepare_byo(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     student = ByoModel(spec=f"byo:{cfg.scores}#student", num_classes=C, class_names=class_names, checksum=digest)
     pool = pool or Pool(spec="", units=[], description="no payload (--scores without --pool)")
     scores, missing = match_pool(scores, pool, scores_file=cfg.scores)
+    no_pred = sum(why.startswith(NO_PREDICTION) for _, why in missing)  # counted as curate's finish counts
+    check_budget_fits(cfg.budget, scores.num_rows + len(missing) - no_pred, where=cfg.pool or cfg.scores)
     score_cfg = ScoreConfig(batch_size=opts.batch_size, topk=cfg.topk, temperature=cfg.temperature,
                             num_workers=opts.num_workers)  # nothing to decode for scores: dedup features use it
     return Prepared(cfg=cfg, pool=pool, teacher=teacher, student=student, methods=methods, balance=balance,

@@ -249,7 +249,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_class
         vc = pc.value_counts(ids).to_pylist()
         dup = next(v["values"] for v in vc if v["counts"] > 1)
         raise KdataError(f"{where}: column 'sample_id': '{dup}' occurs more than once; ids must be unique")
-    meta = kdata_metadata(table.schema)
+    meta = kdata_metadata(table.schema, where=where)  # not a JSON object: one line naming the file
     n = table.num_rows
     if "teacher_logits" in names or "student_logits" in names:
         for c in ("teacher_logits", "student_logits"):
@@ -271,7 +271,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_class
         raise KdataError(f"{where}: needs teacher_logits and student_logits (lists), or teacher_topk_idx/"
                          "teacher_topk_prob and student_topk_idx/student_topk_prob, or teacher_logprob and "
                          "reference_logprob")
-    declared = bool(meta.get("class_names")) and len(meta["class_names"]) == C
+    declared = _declared_class_names(meta, where=where, C=C, mode=mode)
     class_names = list(meta["class_names"]) if declared else [str(i) for i in range(C)]
 
     label = np.full(n, -1, dtype=np.int32)
@@ -298,6 +298,32 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_class
         check_token_lengths(table, where=where, ids=ids)
         _note_sums(table, where=where)
     return out, C, class_names
+
+
+def _declared_class_names(meta: dict, *, where: str, C: int, mode: str) -> bool:
+    """Whether the file's metadata declares ``class_names`` (checked: a list of C distinct strings,
+    else one line naming the file; never dropped silently for ``"0".."C-1"``). A ``logprob`` file has
+    one pseudo-class: names given there are checked as names but not counted against it."""
+    names = meta.get("class_names")
+    if names is None:
+        return False
+    what = f"{where}: the 'kdata' metadata's class_names"
+    if not isinstance(names, list):
+        kind = {str: "string", dict: "object", bool: "boolean"}.get(type(names), "number")
+        raise KdataError(f"{what} must be a list of class names, not a JSON {kind} ({names!r:.60})")
+    bad = next((v for v in names if not isinstance(v, str)), None)
+    if bad is not None or any(v == "" for v in names):
+        raise KdataError(f"{what} must be non-empty strings; got {bad!r:.60}" if bad is not None
+                         else f"{what} must be non-empty strings; got an empty name")
+    seen: set[str] = set()
+    dup = next((v for v in names if v in seen or seen.add(v)), None)
+    if dup is not None:
+        raise KdataError(f"{what} list '{dup}' more than once; class names must be distinct")
+    if mode == "logprob":  # no classes to count: names for its one pseudo-class are kept, others not used
+        return len(names) == C
+    if len(names) != C:
+        raise KdataError(f"{what} list {len(names)} name(s), but the predictions have {C} classes")
+    return True
 
 
 SUM_LIKE = -20.0  # a per-token mean log-probability below this is rare: the column more likely holds sums

@@ -1,0 +1,72 @@
+"""Checks of a pool's size and sample ids made before scoring, from the ids alone.
+
+``--budget`` against the pool's size and the uniqueness of its sample ids need no model: each unit
+gives its ids without reading a payload (a Parquet file its ``sample_id`` column, a tar shard its
+headers, a folder its listing), so a bad budget or a repeated id is one line before any unit is
+scored. Memory stays bounded for pools of millions of rows: ids are hashed to 64 bits a chunk at a
+time and only the hashes are held; a repeated hash is confirmed on the ids themselves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from kdata.core.errors import KdataError
+from kdata.pools.spec import Pool
+from kdata.selection.run import parse_budget
+
+HASH_CHUNK = 1 << 20  # ids hashed at a time (their Python strings are the transient cost)
+
+
+def id_hashes(ids: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each id (nulls hash alike; the readers refuse null ids themselves)."""
+    parts = [pd.util.hash_array(ids.slice(i, HASH_CHUNK).to_numpy(zero_copy_only=False).astype(object))
+             for i in range(0, len(ids), HASH_CHUNK)]
+    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
+
+
+def check_unique_pool_ids(pool: Pool) -> int:
+    """The number of rows of ``pool`` (every row a sample, readable or not, as scoring counts ``n_in``);
+    one line naming the pool, the id and the units holding it when a sample id occurs twice."""
+    hashes = [id_hashes(unit.sample_ids()) for unit in pool.units]
+    every = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+    values, counts = np.unique(every, return_counts=True)
+    repeated = values[counts > 1]
+    del every, values, counts
+    if repeated.size:
+        _raise_on_repeat(pool, hashes, repeated)
+    return int(sum(len(h) for h in hashes))
+
+
+def _raise_on_repeat(pool: Pool, hashes: list[np.ndarray], repeated: np.ndarray) -> None:
+    """Confirm a repeated hash on the ids (a collision of distinct ids passes) and name the first id."""
+    seen: Counter = Counter()
+    where: dict[str, list[str]] = {}
+    for unit, h in zip(pool.units, hashes):
+        rows = np.flatnonzero(np.isin(h, repeated))
+        if not rows.size:
+            continue
+        ids = unit.sample_ids().take(pa.array(rows, pa.int64())).to_pylist()
+        for sid in ids:
+            seen[sid] += 1
+            names = where.setdefault(sid, [])
+            if unit.name not in names:
+                names.append(unit.name)
+    dup = next((sid for sid, n in seen.items() if n > 1), None)
+    if dup is None:
+        return
+    units = where[dup]
+    inside = f" (in {units[0]})" if len(units) == 1 else f" (in {units[0]} and {units[1]})"
+    raise KdataError(f"{pool.spec}: sample_id '{dup}' occurs more than once in the pool{inside}; "
+                     "sample ids must be unique")
+
+
+def check_budget_fits(budget: str, candidates: int, *, where: str) -> int:
+    """``--budget`` as rows of ``candidates``; one line when the pool is empty or smaller than a count."""
+    if candidates == 0:
+        raise KdataError(f"{where}: the pool is empty")
+    return parse_budget(budget, candidates)
