@@ -44,7 +44,6 @@ def load_embedder(spec: str, *, device="cpu", precision: str = "auto", trust_rem
                   max_length: int = 256) -> TextEmbedder:
     """Load ``hf:PATH`` / ``builtin:text-*`` as a mean-pooling sentence embedder (one line when it cannot)."""
     require("text", "transformers", "tokenizers")
-    quiet_transformers()
     from transformers import AutoModel, AutoTokenizer
 
     path, device = text_model_path(spec), torch.device(device)
@@ -56,9 +55,10 @@ def load_embedder(spec: str, *, device="cpu", precision: str = "auto", trust_rem
     if fmt != "safetensors":
         raise KdataError(f"--embedder {spec}: needs safetensors weights (model.safetensors)")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                          trust_remote_code=trust_remote_code, dtype=torch.float32)
+        with quiet_transformers():  # the caller's transformers logging is restored afterwards
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                              trust_remote_code=trust_remote_code, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001  (transformers' many errors: one line)
         msg = str(exc).strip().splitlines()
         raise KdataError(f"--embedder {spec}: cannot load ({type(exc).__name__}: {msg[0][:160] if msg else ''})") \

@@ -44,6 +44,7 @@ from kdata.core.atomic import sha256_file
 from kdata.core.exact_probs import keeps_logits
 from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA, kdata_metadata
 from kdata.core.errors import KdataError
+from kdata.core.stats import with_temperature
 from kdata.scoring.byo_columns import (PASSTHROUGH, check_list_column, check_token_lengths, fail_at, label_column,
                                        passthrough_column)
 
@@ -297,7 +298,7 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_class
     if "teacher_logprob" in names and "reference_logprob" in names:
         check_token_lengths(table, where=where, ids=ids)
         _note_sums(table, where=where)
-    return out, C, class_names
+    return with_temperature(out, temperature), C, class_names  # the statistics' temperature, for select
 
 
 def _declared_class_names(meta: dict, *, where: str, C: int, mode: str) -> bool:

@@ -49,6 +49,7 @@ from kdata.pools.base import TableRows
 from kdata.pools.spec import Pool, PoolUnit
 from kdata.scoring.cache_entries import DamagedEntry, drop_entry, read_unit_entry, warn_dropped, write_entry
 from kdata.scoring.engine import ScoringRun
+from kdata.scoring.model_checks import check_models  # noqa: F401  (re-exported)
 from kdata.scoring.precision import PRECISIONS, check_precision  # noqa: F401  (re-exported)
 from kdata.scoring.unit_state import UnitState
 
@@ -121,15 +122,6 @@ def eval_mode(*models: Model):
     finally:
         for sub, training in saved:
             sub.training = training
-
-
-def check_models(teacher: Model, student: Model) -> None:
-    if teacher.num_classes != student.num_classes:
-        raise KdataError(f"class-count mismatch: teacher {teacher.spec} has {teacher.num_classes} classes, "
-                         f"student {student.spec} has {student.num_classes}")
-    if teacher.class_names != student.class_names and set(teacher.class_names) == set(student.class_names):
-        raise KdataError(f"class order differs: teacher {teacher.spec} and student {student.spec} list the same "
-                         "class names in a different order (logit i must mean the same class in both)")
 
 
 def label_indices(labels: pa.Array, class_names: list[str]) -> np.ndarray:
