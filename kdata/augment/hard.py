@@ -69,6 +69,17 @@ class HardResult:
         return self.info["counts"]
 
 
+MAX_PER_SAMPLE = 256  # generated rows per kept row: more is a typo, not a data set (each costs an optimisation)
+
+
+def check_per_sample(k) -> int:
+    """``--hard`` / ``--per-sample``: an integer from 1 to ``MAX_PER_SAMPLE``, or one line."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_PER_SAMPLE:
+        raise KdataError(f"--hard/--per-sample {k}: must be an integer from 1 to {MAX_PER_SAMPLE} "
+                         "(generated rows per kept row)")
+    return k
+
+
 def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardConfig = HardConfig(),
              critic: str | None = None, critic_recall: float | None = None, temperature: float = 1.0,
              topk: int = 5, device: torch.device | str = "cpu", existing_ids=None) -> HardResult:
@@ -82,8 +93,7 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
     device = torch.device(device)
     if config.temperature is None:
         config = replace(config, temperature=temperature)
-    if config.per_sample < 1:
-        raise KdataError(f"--hard/--per-sample {config.per_sample}: must be at least 1")
+    check_per_sample(config.per_sample)
     bounds = config.bound_values()
     if "image" not in parents.column_names or parents.column("image").null_count == parents.num_rows:
         raise KdataError("HARD needs image rows; the curated table has no images")

@@ -48,8 +48,9 @@ def run(args) -> int:
     from kdata.selection.critic_model import check_target
 
     shards = dataset_dir(args, "augment")
-    if args.per_sample < 1:
-        raise KdataError(f"--per-sample {args.per_sample}: must be at least 1")
+    from kdata.augment.hard import check_per_sample
+
+    check_per_sample(args.per_sample)
     if args.steps is not None and args.steps < 0:
         raise KdataError(f"--steps {args.steps}: must be at least 0")
     if args.batch_size < 1:

@@ -263,8 +263,12 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
     if cfg.scores and not cfg.pool and cfg.dedup not in (None, "none"):
         raise KdataError(f"--dedup {cfg.dedup}: dedup compares the rows' images or texts, and --scores without "
                          "--pool gives none; add --pool for the payloads, or leave --dedup out")
-    if not isinstance(cfg.hard, int) or cfg.hard < 0:
+    if not isinstance(cfg.hard, int) or isinstance(cfg.hard, bool) or cfg.hard < 0:
         raise KdataError(f"--hard {cfg.hard}: must be ≥ 0 (an integer: generated rows per kept row)")
+    if cfg.hard:
+        from kdata.augment.hard import check_per_sample  # torch: loaded when a run is checked
+
+        check_per_sample(cfg.hard)
     check_target(recall=cfg.critic_recall, option="--critic-{}")
     if "critic" in methods and not cfg.critic:
         raise KdataError("--method critic needs a fitted critic: --critic DIR (from `kdata critic fit`)")

@@ -63,6 +63,9 @@ def parse_methods(text: str | list[str]) -> list[str]:
         raise KdataError("--method: give at least one method name")
     for name in names:
         get_method(name)  # raises on unknown
+    if len(set(names)) < len(names):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise KdataError(f"--method {','.join(names)}: {twice} is named twice (each method runs once in a chain)")
     return names
 
 

@@ -44,6 +44,8 @@ def test_every_config_field_is_a_select_option_with_its_default_shown():
     (["--rows-per-shard", "-1"], "--rows-per-shard -1"),
     (["--dedup-frac", "0.2"], "--dedup-threshold/--dedup-frac need --dedup"),
     (["--method", "critic"], "--method critic needs a fitted critic"),
+    (["--hard", "1000000"], "--hard/--per-sample 1000000: must be an integer from 1 to 256"),
+    (["--method", "kd3,kd3"], "kd3 is named twice"),
     (["--teacher", "hf:/nonexistent/lm", "--student", "builtin:digits-student"],
      "--teacher hf:/nonexistent/lm: model directory not found"),
 ])
