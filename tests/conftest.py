@@ -11,6 +11,11 @@ import pytest
 if not os.environ.get("KDATA_CACHE"):
     os.environ["KDATA_CACHE"] = tempfile.mkdtemp(prefix="kdata-test-cache-")
 
+# the tests' own model saves (tiny transformers written by helpers) keep their progress bars off the
+# stderr that tests read; the same defaults `kdata`'s CLI sets for its process
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 import torch  # noqa: E402
 
 # torch threads per test process: the cores shared among the xdist workers (two workers on two cores,

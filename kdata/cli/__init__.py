@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    _quiet_transformers()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -100,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:  # unexpected: still one line unless KDATA_DEBUG is set
         return _unexpected(exc)
+
+
+def _quiet_transformers() -> None:
+    """The command owns its process: transformers' advisory log lines and progress bars (a model
+    saved by ``kdata train``, a tokenizer loaded) stay off its stderr for all of it, as environment
+    defaults read when transformers is imported (a library caller keeps its own settings)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (the command run in-process): set it now
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def error_line(exc: BaseException) -> str:

@@ -43,6 +43,10 @@ def run(args) -> int:
     epochs = args.epochs if args.epochs is not None else (TEXT_EPOCHS if args.text else DEMO_EPOCHS)
     if epochs < 1:
         raise KdataError(f"--epochs {epochs}: must be at least 1")
+    if not args.no_train:  # the students' options, checked before the dataset is written
+        from kdata.training.config import TextTrainConfig, TrainConfig
+
+        (TextTrainConfig if args.text else TrainConfig)(epochs=epochs, seed=args.seed)
     result = run_demo(out=args.out, budget=args.budget, seed=args.seed, epochs=epochs,
                       progress=progress_printer(args.quiet), train=not args.no_train)
     if args.json:

@@ -18,9 +18,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_config(path: str) -> dict:
+    """The flow config read and checked before anything else is said or started (``load_config``): a bad
+    one is one line naming the file, never after the server's warnings."""
+    from kdata.flows.config import load_config
+
+    if not Path(path).is_file():
+        raise KdataError(f"{path}: config file not found" if not Path(path).exists() else f"{path}: not a file")
+    try:
+        return load_config(path)
+    except KdataError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise KdataError(f"{path}: {exc}", exit_code=exc.exit_code) from None
+
+
 def run(args) -> int:
-    if not Path(args.config).exists():
-        raise KdataError(f"{args.config}: config file not found")
+    check_config(args.config)
     require("flows", "prefect", "prefect_dask")
     from kdata.flows.serve import serve_config
 

@@ -106,33 +106,49 @@ def check_has_soft_labels(shards) -> None:
                          "with the teacher (kdata select --pool P --teacher hf:PATH) to write per-token soft labels")
 
 
-def run(args) -> int:
+def image_config(args):
+    """``TrainConfig`` of the command line: every numeric option checked (one line each) before any work."""
     from kdata.core.errors import KdataError
-    from kdata.pipeline.distill import train_student
-    from kdata.training.train import TrainConfig
+    from kdata.models.decode_pool import check_workers
+    from kdata.models.spec import pick_device
+    from kdata.training.config import TrainConfig
 
-    from kdata.cli.train_text import check_test, default_student, is_text_run, run_text
-
-    shards = dataset_dir(args, "train")
-    check_has_soft_labels(shards)
-    args.student, args.student_default = default_student(args.student, shards)
-    if is_text_run(args.student, shards):  # hf:/builtin:text-* student or text shards
-        return run_text(args, shards)
-    workers = args.workers
-    if workers != "auto":
-        try:
-            workers = int(workers)
-        except ValueError:
-            raise KdataError(f"--workers {workers}: expected a number or auto") from None
-    if args.reselect_every < 0:
-        raise KdataError("--reselect-every must be ≥ 0")
+    if args.steps is not None and args.steps < 1:
+        raise KdataError(f"--steps {args.steps}: must be at least 1 (leave it out to train for --epochs)")
     if args.reselect_threshold is not None and not (0.0 <= args.reselect_threshold <= 1.0 and args.reselect_every):
         raise KdataError("--reselect-threshold: a confidence in [0, 1], used with --reselect-every K")
     names = ("epochs", "batch_size", "lr", "temperature", "alpha", "loss", "seed", "steps")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}  # unset: the defaults
-    cfg = TrainConfig(**given, reinit=args.reinit, workers=workers, device=args.device,
+    cfg = TrainConfig(**given, reinit=args.reinit, workers=check_workers(args.workers), device=args.device,
                       reselect_every=args.reselect_every, reselect_threshold=args.reselect_threshold,
                       keep_best=not args.keep_last)
+    pick_device(args.device)  # an unknown or absent device: one line now, not after the checks of DIR
+    return cfg
+
+
+def check_dataset(args, shards: str) -> None:
+    """DIR against its manifest before any of it is read (every checksum and count, shard paths inside
+    DIR); with ``--no-verify`` the manifest's own fields only, so no reader trips over a damaged one."""
+    from kdata.training.source import check_manifest, verify_source
+
+    if args.no_verify:
+        check_manifest(shards)
+    else:
+        verify_source(shards)
+
+
+def run(args) -> int:
+    from kdata.pipeline.distill import train_student
+
+    from kdata.cli.train_text import check_test, default_student, is_text_run, run_text
+
+    shards = dataset_dir(args, "train")
+    cfg = image_config(args)  # the options first: a bad one is one line before DIR is read
+    check_dataset(args, shards)
+    check_has_soft_labels(shards)
+    args.student, args.student_default = default_student(args.student, shards)
+    if is_text_run(args.student, shards):  # hf:/builtin:text-* student or text shards
+        return run_text(args, shards)
     ev = eval_spec(args.eval, args.student)
     check_test(args.test, ev)
     log = train_student(shards=shards, student=args.student, eval=ev, test=args.test, config=cfg,

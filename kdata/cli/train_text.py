@@ -53,6 +53,17 @@ def check_test(test: str | None, eval: str | None) -> None:
         raise KdataError(f"--test {test}: the eval set that chooses the weights; give a set that chooses nothing")
 
 
+def check_text_student(student: str, shards: str, kind: str) -> None:
+    """Text shards train a text student: an image student for them is one line naming the shard."""
+    from kdata.core.errors import KdataError
+    from kdata.models.hf import is_text_spec
+    from kdata.training.shard_dataset import shard_files
+
+    if not is_text_spec(student):
+        raise KdataError(f"{shard_files(shards)[0]}: {kind.replace('_', ' ')} text shards (no 'image' column), but "
+                         f"{student} is an image student; train a text student on them: --student hf:PATH")
+
+
 def run_text(args, shards: str) -> int:
     """``kdata train DIR`` on text shards: options → ``TextTrainConfig``, train, print or emit the log."""
     from kdata.core.errors import KdataError
@@ -63,6 +74,7 @@ def run_text(args, shards: str) -> int:
 
     kind = shard_kind(shards)
     student = args.student
+    check_text_student(student, shards, kind)
     for flag, bad in (("--reselect-every", args.reselect_every), ("--reinit", args.reinit),
                       ("--loss nkd", args.loss == "nkd"), ("--pool", args.pool), ("--teacher", args.teacher)):
         if bad:

@@ -364,8 +364,10 @@ def write_decisions(table: pa.Table, path: str | os.PathLike, *, rel: str | None
 
 
 def shard_meta(table_or_path) -> dict:
-    schema = table_or_path.schema if isinstance(table_or_path, pa.Table) else pq.read_schema(table_or_path)
-    return kdata_metadata(schema)
+    """A shard's ``kdata`` schema metadata (a malformed entry: one line naming the file)."""
+    if isinstance(table_or_path, pa.Table):
+        return kdata_metadata(table_or_path.schema)
+    return kdata_metadata(pq.read_schema(table_or_path), where=str(table_or_path))
 
 
 def conform_shard(table: pa.Table) -> pa.Table:

@@ -144,13 +144,12 @@ def serve_config(config: str | os.PathLike, *, limit: int | None = None) -> None
 
     from kdata.flows.config import load_config
 
+    data = load_config(config)
+    deps = deployments(config)  # the schedules, checked before any model loads (and before any warning)
     if check_api() is None:
         print("kdata serve: warning: PREFECT_API_URL is not set, so the deployments live on a temporary server "
               "that ends with this process; for lasting schedules run `prefect server start` and set "
               "PREFECT_API_URL (docs/flows.md)", file=sys.stderr)
-
-    data = load_config(config)
-    deps = deployments(config)  # the schedules, checked before any model loads
     runner = data.get("runner")
     if runner and runner.get("kind", "local") != "local":
         from kdata.flows.inputs import check_runner_ready

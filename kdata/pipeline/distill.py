@@ -136,8 +136,10 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
     A run killed mid-training goes on from its last finished epoch when run again (``run_train``).
     Text shards are one line: they train with ``kdata.training.text.train_text``.
     """
+    from kdata.training.source import check_manifest, verify_source
     from kdata.training.text_data import shard_kind
 
+    verify_source(shards) if verify else check_manifest(shards)  # a damaged dataset: one line, before any read
     if (kind := shard_kind(shards)) != "image":
         raise KdataError(f"{shards}: {kind.replace('_', ' ')} text shards train with "
                          "kdata.training.text.train_text (what kdata train calls for text), not train_student")

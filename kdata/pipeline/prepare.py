@@ -78,7 +78,6 @@ def prepare(cfg: SelectConfig, *, opts: RunOptions = RunOptions(), load=load_mod
     if is_text_run(cfg):  # Hugging Face text models (kdata.pipeline.text)
         check_text_dedup(cfg)
         prep = prepare_text(cfg, opts=opts, methods=methods, balance=balance, prepared=Prepared, load=load)
-        check_budget_fits(cfg.budget, check_unique_pool_ids(prep.pool), where=cfg.pool)
         return check_critic(prep)
     if cfg.embedder:
         raise KdataError(f"--embedder {cfg.embedder}: sentence embeddings dedup text pools; this run scores "

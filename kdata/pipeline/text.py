@@ -23,6 +23,7 @@ from kdata.core.errors import KdataError
 from kdata.models.hf import is_text_spec, text_model_path
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
+from kdata.pipeline.pool_checks import check_budget_fits, check_unique_pool_ids
 from kdata.pools.spec import open_pool
 from kdata.pools.text import check_text_units, payload_kind
 from kdata.scoring.text import TextScoreConfig, effective_token_topk, score_text_pool, text_models
@@ -134,6 +135,7 @@ def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     if not pool.units:
         raise KdataError(f"{cfg.pool}: the pool is empty")
     check_text_pool(pool, spec=cfg.pool)
+    check_budget_fits(cfg.budget, check_unique_pool_ids(pool), where=cfg.pool)  # before any model loads
     device = pick_device(opts.device)
     kw = {"device": device, "precision": cfg.precision, "trust_remote_code": bool(opts.trust_remote_code),
           "max_length": cfg.max_length}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
+
+from kdata.core.errors import KdataError
 
 # benchmarks/text_lr.py: AdamW lr for distilling a causal-LM student on a curated builtin:text-web set
 BUILTIN_TEXT_LR = 1e-2  # the built-in text student, barely pre-trained: the largest gain in perplexity
@@ -33,6 +37,18 @@ class TrainConfig:
     augment: bool = True  # light random affine jitter of each batch (labels stay valid)
     steps: int = 0  # > 0: stop after exactly this many optimiser steps (equal-steps training); epochs follow
 
+    def __post_init__(self):
+        check_common(self)
+        if self.alpha is not None:
+            check_fraction("--alpha", self.alpha)
+        if self.loss not in ("kd", "nkd"):
+            raise KdataError(f"--loss {self.loss}: expected kd or nkd")
+        check_number("nkd_gamma", self.nkd_gamma, low=0.0)
+        check_workers(self.workers)
+        check_whole("--reselect-every", self.reselect_every, low=0)
+        if self.reselect_threshold is not None:
+            check_fraction("--reselect-threshold", self.reselect_threshold)
+
 
 @dataclass
 class TextTrainConfig:
@@ -49,6 +65,63 @@ class TextTrainConfig:
     seed: int = 0
     device: str = "auto"
     keep_best: bool = False  # with an eval set: measure every epoch, end with the best weights (start included)
+
+    def __post_init__(self):
+        check_common(self, epochs_low=0 if _whole(self.steps) and self.steps >= 1 else 1)
+        check_fraction("--alpha", self.alpha)
+        check_whole("max_length", self.max_length, low=1)
+
+
+SEED_MAX = 2**64 - 1  # the largest seed torch takes
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_whole(name: str, value, *, low: int, high: int | None = None, high_text: str = "") -> None:
+    """``value`` is a whole number in [low, high]: one KdataError line naming the option otherwise."""
+    if high is not None and not (_whole(value) and low <= value <= high):
+        raise KdataError(f"{name} {value!r}: must be a whole number from {low} to {high_text or high}")
+    if not _whole(value):
+        raise KdataError(f"{name} {value!r}: must be a whole number ≥ {low}")
+    if value < low:
+        raise KdataError(f"{name} {value}: must be at least {low}")
+
+
+def check_number(name: str, value, *, low: float, above: bool = False) -> None:
+    """``value`` is a finite number ≥ ``low`` (> ``low`` with ``above``): one KdataError line otherwise."""
+    if not (_real(value) and (value > low if above else value >= low)):
+        raise KdataError(f"{name} {value!r}: must be a finite number {'>' if above else '≥'} {low:g}")
+
+
+def check_fraction(name: str, value) -> None:
+    """``value`` is a number in [0, 1]: one KdataError line otherwise."""
+    if not (_real(value) and 0.0 <= value <= 1.0):
+        raise KdataError(f"{name} {value!r}: must be within [0, 1]")
+
+
+def check_workers(value) -> None:
+    """``workers``: ``auto`` or a whole number ≥ 0 (the form ``--workers`` takes everywhere)."""
+    if value == "auto" or (_whole(value) and value >= 0):
+        return
+    raise KdataError(f"--workers {value}: expected auto or a whole number ≥ 0")
+
+
+def check_common(cfg, *, epochs_low: int = 1) -> None:
+    """The options both trainers take, each checked before any work (one KdataError line each)."""
+    check_whole("--epochs", cfg.epochs, low=epochs_low)
+    check_whole("--steps", cfg.steps, low=0)
+    check_whole("--batch-size", cfg.batch_size, low=1)
+    if cfg.lr is not None:
+        check_number("--lr", cfg.lr, low=0.0, above=True)
+    check_number("weight_decay", cfg.weight_decay, low=0.0)
+    check_number("--temperature", cfg.temperature, low=0.0, above=True)
+    check_whole("--seed", cfg.seed, low=0, high=SEED_MAX, high_text="2**64 - 1")
 
 
 def text_lr(given: float | None, student: str) -> tuple[float, str]:

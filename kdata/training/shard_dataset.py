@@ -43,6 +43,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from kdata.dataset.schema import kdata_metadata, validate_shard
 from kdata.core.errors import KdataError
 from kdata.models.images import decode_image
+from kdata.training.source import dataset_root, verify_source  # noqa: F401  (re-exported)
 
 COLUMNS = ("image", "label_idx", "teacher_topk_idx", "teacher_topk_logit", "teacher_topk_prob")
 
@@ -77,20 +78,6 @@ def shard_files(source: str | os.PathLike | list) -> list[Path]:
     return files
 
 
-def dataset_root(source) -> Path | None:
-    """The curated dataset directory (the one holding ``manifest.json``) that ``source`` belongs to:
-    the directory itself, its ``data/`` folder, or one of its shard files; None otherwise."""
-    if isinstance(source, (list, tuple)):
-        return None
-    p = Path(source)
-    cands = [p] if p.is_dir() else []
-    if p.is_file():
-        p = p.parent
-    if p.name == "data":  # OUT/data or a shard inside it
-        cands.append(p.parent)
-    return next((c for c in cands if (c / "manifest.json").is_file()), None)
-
-
 def shard_class_names(source) -> list[str] | None:
     """The class names the soft labels of ``source`` index: its manifest's, else its first shard's metadata."""
     root = dataset_root(source)
@@ -107,19 +94,6 @@ def shard_class_names(source) -> list[str] | None:
     return list(names) if isinstance(names, list) else None
 
 
-def verify_source(source) -> bool:
-    """Check the curated dataset behind ``source`` against its manifest before training on it
-    (every checksum, every count: ``kdata.dataset.writer.verify``); True when it was checked,
-    False when there is no manifest to check against. A damaged dataset raises ``KdataError``."""
-    root = dataset_root(source)
-    if root is None:
-        return False
-    from kdata.dataset.writer import require_intact
-
-    require_intact(root, refusal="not training on it", hint=", --no-verify trains anyway")
-    return True
-
-
 def row_groups(files: list[Path]) -> tuple[list[RowGroup], dict]:
     """Every row group of ``files`` (from the footers only) and the shards' ``kdata`` metadata."""
     groups: list[RowGroup] = []
@@ -133,7 +107,7 @@ def row_groups(files: list[Path]) -> tuple[list[RowGroup], dict]:
         validate_shard(schema, where=str(f))
         if "image" not in schema.names:
             raise KdataError(f"{f}: the trainer needs an 'image' column (text shards are not supported)")
-        meta = meta or kdata_metadata(schema)
+        meta = meta or kdata_metadata(schema, where=str(f))
         md, first = pf.metadata, 0
         for i in range(md.num_row_groups):
             groups.append(RowGroup(str(f), i, md.row_group(i).num_rows, first))
@@ -256,8 +230,8 @@ class ShardDataset(IterableDataset):
     def _topk(self) -> int:
         for g in self.groups:
             if g.rows:
-                col = pq.ParquetFile(g.path).read_row_group(g.index, columns=["teacher_topk_idx"]).column(0)
-                return len(col[0].as_py())
+                table = pq.ParquetFile(g.path).read_row_group(g.index, columns=["teacher_topk_idx"])
+                return _list2d(table, "teacher_topk_idx", np.int64, g).shape[1]  # nulls: one line naming the shard
         return 0
 
     def __len__(self) -> int:

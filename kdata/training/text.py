@@ -255,16 +255,16 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
         raise KdataError("--epochs must be at least 1 (or give --steps)")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise KdataError(f"--alpha {cfg.alpha}: must be between 0 and 1")
+    verified = verify_source(shards) if verify else False  # before any shard is read
     kind = text_shard_kind(shards)
     with exclusive(out):
         return _train_text(shards=shards, student=student, eval=eval, cfg=cfg, kind=kind, out=Path(out),
-                           verify=verify, progress=progress, trust_remote_code=trust_remote_code, test=test)
+                           verified=verified, progress=progress, trust_remote_code=trust_remote_code, test=test)
 
 
-def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, out: Path, verify: bool, progress,
+def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, out: Path, verified: bool, progress,
                 trust_remote_code: bool, test: str | None) -> dict:
     t0 = time.perf_counter()
-    verified = verify_source(shards) if verify else False
     device = pick_device(cfg.device)
     checkpoints = Checkpoints(out)
     with seeded_rng(cfg.seed, device):  # seeded for this run; the caller's torch RNG is restored after

@@ -46,13 +46,19 @@ def shard_kind(source: str | os.PathLike | list) -> str:
             return "causal_lm"
         if "text" not in names:
             return "image"
-        if "image" not in names or not pf.metadata.num_row_groups:
+        if not pf.metadata.num_row_groups:
             return "classifier" if "image" not in names else "image"
-        first = pf.read_row_group(0, columns=["image", "text"])  # kdata's shards carry both columns
+        first = pf.read_row_group(0, columns=[c for c in ("image", "text") if c in names])  # kdata's: both
     except Exception as exc:  # noqa: BLE001
         raise KdataError(f"{files[0]}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
     n = first.num_rows
-    text_only = n and first.column("image").null_count == n and first.column("text").null_count < n
+    has_text = first.column("text").null_count < n
+    if "image" not in names:
+        if n and not has_text:
+            raise KdataError(f"{files[0]}: no 'image' column, and its 'text' column holds no text: neither image "
+                             "nor text shards, nothing to train on (an image student needs the 'image' column)")
+        return "classifier"
+    text_only = n and first.column("image").null_count == n and has_text
     return "classifier" if text_only else "image"
 
 
@@ -76,7 +82,7 @@ class TextShards:
             missing = [c for c in need if c not in pf.schema_arrow.names]
             if missing:
                 raise KdataError(f"{f}: not {kind} text shards: missing column(s) {', '.join(missing)}")
-            self.meta = self.meta or kdata_metadata(pf.schema_arrow)
+            self.meta = self.meta or kdata_metadata(pf.schema_arrow, where=str(f))
             self.groups += [Group(str(f), i, pf.metadata.row_group(i).num_rows) for i in range(pf.metadata.num_row_groups)]
         self.columns = [c for c in self.columns if c in pq.read_schema(self.files[0]).names]
 
