@@ -29,10 +29,14 @@ def id_hashes(ids: pa.Array) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.uint64)
 
 
-def check_unique_pool_ids(pool: Pool) -> int:
+def check_unique_pool_ids(pool: Pool) -> int | None:
     """The number of rows of ``pool`` (every row a sample, readable or not, as scoring counts ``n_in``);
-    one line naming the pool, the id and the units holding it when a sample id occurs twice."""
-    hashes = [id_hashes(unit.sample_ids()) for unit in pool.units]
+    one line naming the pool, the id and the units holding it when a sample id occurs twice. None when a
+    unit cannot give its ids: scoring quarantines that unit with its error, and the checks run after it."""
+    try:
+        hashes = [id_hashes(unit.sample_ids()) for unit in pool.units]
+    except KdataError:
+        return None
     every = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
     values, counts = np.unique(every, return_counts=True)
     repeated = values[counts > 1]
@@ -65,8 +69,11 @@ def _raise_on_repeat(pool: Pool, hashes: list[np.ndarray], repeated: np.ndarray)
                      "sample ids must be unique")
 
 
-def check_budget_fits(budget: str, candidates: int, *, where: str) -> int:
-    """``--budget`` as rows of ``candidates``; one line when the pool is empty or smaller than a count."""
+def check_budget_fits(budget: str, candidates: int | None, *, where: str) -> int | None:
+    """``--budget`` as rows of ``candidates``; one line when the pool is empty or smaller than a count
+    (None candidates: not known before scoring, checked after it)."""
+    if candidates is None:
+        return None
     if candidates == 0:
         raise KdataError(f"{where}: the pool is empty")
     return parse_budget(budget, candidates)

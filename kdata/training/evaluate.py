@@ -19,12 +19,13 @@ class EvalSet:
 
     Decoded once (with the student's preprocessing) and kept as tensors, so per-epoch evaluation
     costs only a forward pass. Rows left out are counted: ``n_unlabelled`` (no label, or one that is not
-    among the student's class names) and ``n_undecodable`` (an image that cannot be decoded).
+    among the student's class names; ``n_no_label`` of them have none) and ``n_undecodable`` (an image
+    that cannot be decoded).
     """
 
     def __init__(self, spec: str, *, model: Model, max_rows: int = 200_000):
         pool = open_pool(spec)
-        xs, ys, n_unlabelled, n_undecodable = [], [], 0, 0
+        xs, ys, n_unlabelled, n_undecodable, n_no_label = [], [], 0, 0, 0
         for unit in pool.units:
             t = unit.read()
             if t.num_rows == 0:
@@ -33,6 +34,7 @@ class EvalSet:
                 raise KdataError(f"{spec}: evaluation set has no images")
             labels = label_indices(t.column("label"), model.class_names)
             n_unlabelled += int((labels < 0).sum())
+            n_no_label += t.column("label").null_count
             for data, y in zip(t.column("image").to_pylist(), labels):
                 if y < 0:
                     continue
@@ -52,7 +54,7 @@ class EvalSet:
         self.spec = spec
         self.x = torch.stack(xs)
         self.y = torch.tensor(ys, dtype=torch.long)
-        self.n_unlabelled, self.n_undecodable = n_unlabelled, n_undecodable
+        self.n_unlabelled, self.n_undecodable, self.n_no_label = n_unlabelled, n_undecodable, n_no_label
 
     def __len__(self) -> int:
         return len(self.y)

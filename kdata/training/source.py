@@ -65,15 +65,17 @@ def verify_source(source) -> bool:
 
 def check_manifest(source) -> None:
     """The manifest of the dataset behind ``source``, if any, has the fields its readers rely on, of the
-    types kdata writes (``kdata.dataset.integrity.manifest_shape``; no file read): one line otherwise."""
+    types kdata writes (``kdata.dataset.manifest_checks.check_fields``; no file read; counts unchecked): one line otherwise."""
     root = dataset_root(source)
     if root is None:
         return
-    from kdata.dataset.integrity import inside, manifest_shape
+    from kdata.dataset.integrity import inside
+    from kdata.dataset.manifest_checks import check_fields
     from kdata.dataset.writer import read_manifest
 
     manifest = read_manifest(root)
-    problems = manifest_shape(root, manifest) if isinstance(manifest, dict) else []
+    problems = check_fields(root, manifest) if isinstance(manifest, dict) else []  # types only: --no-verify
+    #                                                                  trains on counts that do not add up
     if problems:
         raise KdataError(f"{problems[0]}; kdata inspect {root} lists every problem")
     for f in (manifest or {}).get("files") or []:  # a list of objects: manifest_shape checked it

@@ -14,9 +14,12 @@ def log_notes(history: list[dict], eval_set) -> list[str]:
         notes.append(f"{worst['undecodable']} rows left out of training in epoch {worst['epoch']} (the most in one "
                      f"epoch): their image cannot be decoded (the first: {worst['first_undecodable']})")
     if eval_set is not None and (eval_set.n_unlabelled or eval_set.n_undecodable):
-        notes.append(f"{eval_set.spec}: {eval_set.n_unlabelled} rows left out of the evaluation because their "
-                     f"labels are not among the student's classes, {eval_set.n_undecodable} because their image "
-                     f"cannot be decoded; {len(eval_set)} evaluated")
+        none = getattr(eval_set, "n_no_label", 0)
+        why = [f"{none} because they carry no label"] if none else []
+        if eval_set.n_unlabelled - none:
+            why.append(f"{eval_set.n_unlabelled - none} because their labels are not among the student's classes")
+        why.append(f"{eval_set.n_undecodable} because their image cannot be decoded")
+        notes.append(f"{eval_set.spec}: rows left out of the evaluation: {', '.join(why)}; {len(eval_set)} evaluated")
     return notes
 
 
@@ -50,6 +53,7 @@ def training_log(config: TrainConfig, *, kept, before, last, history, done, n0, 
         "student": student.spec,
         "eval": eval_set.spec if eval_set is not None else None,
         "n_eval": len(eval_set) if eval_set is not None else 0,
-        "n_eval_unlabelled": eval_set.n_unlabelled if eval_set is not None else 0,
+        "n_eval_unlabelled": eval_set.n_unlabelled if eval_set is not None else 0,  # no label or an unknown one
+        "n_eval_no_label": getattr(eval_set, "n_no_label", 0) if eval_set is not None else 0,
         "n_eval_undecodable": eval_set.n_undecodable if eval_set is not None else 0,
     }

@@ -292,7 +292,8 @@ def test_eval_rows_left_out_are_counted_and_noted(demo_run, tmp_path, capsys):
     from kdata.pools.spec import open_pool
 
     t = open_pool("builtin:digits-test").read_all()
-    labels = [v if i % 10 == 0 else f"unknown-{v}" for i, v in enumerate(t.column("label").to_pylist())]
+    labels = [v if i % 10 == 0 else None if i % 10 == 1 else f"unknown-{v}"
+              for i, v in enumerate(t.column("label").to_pylist())]  # 40 rows carry no label, 320 unknown ones
     t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels))
     images = t.column("image").to_pylist()
     images[0] = b"not an image"  # a labelled row whose image cannot be decoded
@@ -304,7 +305,8 @@ def test_eval_rows_left_out_are_counted_and_noted(demo_run, tmp_path, capsys):
     code, so, se = _cli(capsys, "train", demo_run, "--steps", 1, "--eval", tmp_path / "ev" / "eval.parquet",
                         "--device", "cpu", "--out", tmp_path / "s", "--quiet")
     assert code == 0, se
-    assert "360 rows left out of the evaluation because their labels are not among the student's classes" in so
+    assert ("rows left out of the evaluation: 40 because they carry no label, 320 because their labels are not "
+            "among the student's classes") in so
     assert "1 because their image cannot be decoded; 39 evaluated" in so
     log = json.loads((tmp_path / "s" / "train_log.json").read_text())
     assert log["n_eval_unlabelled"] == 360 and log["n_eval_undecodable"] == 1 and log["n_eval"] == 39
