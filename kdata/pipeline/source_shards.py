@@ -7,7 +7,8 @@ instance shards rewritten with their checksums recomputed. A derived dataset wou
 under a new, valid manifest. So every row group of an image dataset goes through the trainer's own
 per-row checks (``kdata.training.shard_dataset.read_group``: probabilities finite, in [0, 1] and
 one softmax, logits finite, top-k indices in [0, C), labels in [-1, C), no nulls, equal-length
-lists), one row group at a time, before any work: one line naming the file, column and row.
+lists), one row group at a time and without the payloads, before any work: one line naming the file,
+column and row.
 """
 
 from __future__ import annotations
@@ -49,5 +50,6 @@ def check_soft_labels(path: Path, *, num_classes: int | None) -> None:
     first = 0
     for i in range(pf.metadata.num_row_groups):
         rows = pf.metadata.row_group(i).num_rows
-        read_group(pf, RowGroup(str(path), i, rows, first), num_classes=num_classes, temperature=1.0)
+        read_group(pf, RowGroup(str(path), i, rows, first), num_classes=num_classes, temperature=1.0,
+                   images=False)  # the soft labels only: the payloads are not re-read
         first += rows

@@ -142,9 +142,12 @@ class Batch(NamedTuple):
     error: str = ""
 
 
-def read_group(pf: pq.ParquetFile, g: RowGroup, *, num_classes: int | None, temperature: float) -> GroupData:
-    """Row group ``g`` of ``pf``, its soft labels checked (``check_group``); a bad one is a ``KdataError``."""
-    table = pf.read_row_group(g.index, columns=[c for c in COLUMNS if c in pf.schema_arrow.names])
+def read_group(pf: pq.ParquetFile, g: RowGroup, *, num_classes: int | None, temperature: float,
+               images: bool = True) -> GroupData:
+    """Row group ``g`` of ``pf``, its soft labels checked (``check_group``); a bad one is a ``KdataError``.
+    ``images=False`` leaves the payloads unread (a check of the soft labels alone: ``images`` is empty)."""
+    table = pf.read_row_group(g.index, columns=[c for c in COLUMNS if c in pf.schema_arrow.names
+                                                and (images or c != "image")])
     n = table.num_rows
     if not n:
         empty = np.zeros((0, 0), np.float32)
@@ -160,7 +163,7 @@ def read_group(pf: pq.ParquetFile, g: RowGroup, *, num_classes: int | None, temp
     check_group(g, idx=idx, logit=logit, prob=prob, labels=labels, num_classes=num_classes)
     if logit is None:  # no raw logits stored: log-probabilities scaled by the scoring temperature
         logit = (np.log(np.clip(prob, 1e-12, None)) * temperature).astype(np.float32)
-    return GroupData(table.column("image").to_pylist(), idx, logit, prob, labels)
+    return GroupData(table.column("image").to_pylist() if images else [], idx, logit, prob, labels)
 
 
 def check_group(g: RowGroup, *, idx, logit, prob, labels, num_classes: int | None) -> None:
