@@ -86,8 +86,8 @@ def config_from_args(args):
     from kdata.pipeline.config import SelectConfig, select_config
 
     file_values, _, where = config_file_values(args)
-    values = {**file_values, **given_values(args, SelectConfig)}
-    return select_config(values, where=where)
+    given = given_values(args, SelectConfig)
+    return _naming_the_file(select_config, {**file_values, **given}, file_values, given, where=where)
 
 
 
@@ -96,7 +96,26 @@ def run_options_from_args(args):
     from kdata.pipeline.config import run_options as make
 
     _, file_values, where = config_file_values(args)
-    values = {**file_values, **given_values(args, RunOptions)}
+    given = given_values(args, RunOptions)
+    values = {**file_values, **given}
     if getattr(args, "no_cache", False):
         values["cache"] = False
-    return make(values, where=where)
+    return _naming_the_file(make, values, file_values, given, where=where)
+
+
+def _naming_the_file(make, values: dict, file_values: dict, given: dict, *, where: str):
+    """``make(values, where=where)``; a refused value that came from the ``--config`` file (not a flag)
+    names the file too: ``run.yaml: --budget 150%: at most 100% of the pool``."""
+    from kdata.core.errors import KdataError
+    from kdata.pipeline.config import RunOptions, SelectConfig, cli_fields, flag_of
+
+    try:
+        return make(values, where=where)
+    except KdataError as exc:
+        msg = str(exc)
+        flag = msg.split(" ", 1)[0].split("/", 1)[0].rstrip(":'")
+        names = {flag_of(f): f.name for cls in (SelectConfig, RunOptions) for f in cli_fields(cls)}
+        name = names.get(flag)
+        if name in file_values and name not in given:
+            raise KdataError(f"{where}: {msg}", exit_code=exc.exit_code) from None
+        raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,10 @@ class SelectConfig:
     def __post_init__(self):
         if type(self.pool) is _DefaultPool:  # left at its default: with --scores, shards without payload
             self.pool = None if self.scores else DEFAULT_POOL
+        if isinstance(self.pool, str) and "://" not in self.pool and os.path.exists(self.pool):
+            norm = os.path.normpath(self.pool)  # ./pool/ and pool: one run, one identity (hash)
+            if os.path.exists(norm) and os.path.samefile(norm, self.pool):  # (a/../b through a symlink: kept)
+                self.pool = norm
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -296,6 +301,31 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
     if not isinstance(cfg.method_options, dict):
         raise KdataError(f"{where}: method_options must be a mapping of method name → options")
     _validate_method_options(cfg, methods, where=where)
+    _validate_unused(cfg, methods)
+
+
+def _validate_unused(cfg: SelectConfig, methods: list[str]) -> None:
+    """``--critic``/``--critic-recall``/``--reference`` given to a run that would not read them: refused,
+    so a user who expects a critic filter or a MiniPLM reference is not silently given neither."""
+    from kdata.selection.methods import get_method
+    from kdata.selection.recipes import default_recipe
+
+    from kdata.models.hf import is_text_spec
+
+    chain = methods
+    if cfg.is_default_recipe:  # causal-LM text runs default to MiniPLM (kdata.pipeline.text), which reads it
+        text = not cfg.scores and (is_text_spec(cfg.teacher) or is_text_spec(cfg.student))
+        chain = default_recipe(cfg) + (["miniplm"] if text else [])
+    needs = {n for name in chain for n in get_method(name).needs}
+    named = f"--method {','.join(chain)}" + (" (the default recipe)" if cfg.is_default_recipe else "")
+    if cfg.critic_recall is not None and not cfg.critic:
+        raise KdataError("--critic-recall re-chooses a fitted critic's cut: give --critic DIR too")
+    if cfg.critic and "critic" not in needs and not cfg.hard:
+        raise KdataError(f"--critic {cfg.critic}: {named} has no critic step and --hard is 0, so the critic "
+                         "would not be used; add critic to --method (e.g. --method critic,coverage)")
+    if cfg.reference and "reference" not in needs:
+        raise KdataError(f"--reference {cfg.reference}: {named} does not use a reference model "
+                         "(MiniPLM does: --method miniplm)")
 
 
 def _validate_method_options(cfg: SelectConfig, methods: list[str], *, where: str) -> None:

@@ -26,8 +26,9 @@ DEMO_EPOCHS = 6  # the text trainer's default (kdata.training.text.TextTrainConf
 
 def text_config(*, budget: str = "0.3", seed: int = 0, method: str = "default") -> SelectConfig:
     """The demo's selection: the built-in text pool and models, ``method`` at ``budget``."""
-    return SelectConfig(pool=POOL, teacher=TEACHER, student=STUDENT, reference=REFERENCE, method=method,
-                        budget=budget, seed=seed)
+    uses_reference = method == "default" or "miniplm" in method.split(",")  # MiniPLM's; refused elsewhere
+    return SelectConfig(pool=POOL, teacher=TEACHER, student=STUDENT, reference=REFERENCE if uses_reference else None,
+                        method=method, budget=budget, seed=seed)
 
 
 def teacher_perplexity(*, eval_spec: str = EVAL, spec: str = TEACHER, max_length: int = 512) -> float:

@@ -46,6 +46,10 @@ def test_every_config_field_is_a_select_option_with_its_default_shown():
     (["--method", "critic"], "--method critic needs a fitted critic"),
     (["--hard", "1000000"], "--hard/--per-sample 1000000: must be an integer from 1 to 256"),
     (["--method", "kd3,kd3"], "kd3 is named twice"),
+    (["--critic", "."], "--critic .: --method coverage (the default recipe) has no critic step and --hard is 0"),
+    (["--method", "kd3", "--critic-recall", "0.8"], "--critic-recall re-chooses a fitted critic's cut: give --critic"),
+    (["--method", "random", "--reference", "builtin:digits-student"],
+     "--reference builtin:digits-student: --method random does not use a reference model"),
     (["--teacher", "hf:/nonexistent/lm", "--student", "builtin:digits-student"],
      "--teacher hf:/nonexistent/lm: model directory not found"),
 ])
@@ -164,3 +168,24 @@ def test_method_options_typo_in_a_config_file_is_one_line_and_no_work(tmp_path, 
     assert code == 2 and err.count("\n") == 1, err
     assert f"{path}: method_options: kd3 has no option 'treshold' (known: threshold, weight)" in err, err
     assert not (cache / "scores").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_bad_value_from_the_config_file_names_the_file_and_a_flag_names_nothing_else(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"select": {"budget": "150%"}, "run": {"workers": -1}}))
+    assert main(["select", "--config", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"kdata: error: {path}: --budget 150%: at most 100% of the pool (or give a row count)\n"
+    assert main(["select", "--config", str(path), "--budget", "0.2", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"kdata: error: {path}: --workers -1:")
+    path.write_text(yaml.safe_dump({"select": {"budget": "0.2"}}))
+    assert main(["select", "--config", str(path), "--budget", "150%", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert capsys.readouterr().err == "kdata: error: --budget 150%: at most 100% of the pool (or give a row count)\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_pool_path_written_two_ways_is_one_run(tmp_path, monkeypatch):
+    (tmp_path / "pool").mkdir()
+    monkeypatch.chdir(tmp_path)
+    a, b, c = SelectConfig(pool="./pool/"), SelectConfig(pool="pool"), SelectConfig(pool=str(tmp_path / "pool"))
+    assert a.pool == b.pool == "pool" and a.hash() == b.hash() != c.hash()  # relative stays relative
+    assert SelectConfig(pool="gone/").pool == "gone/"  # a path that is not there is left for the pool check
