@@ -15,6 +15,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kdata.core.errors import KdataError, printable
+from kdata.core.warn import shown_as_lines
 
 # module names under kdata.cli, in the order ``kdata --help`` lists them
 COMMANDS = ["select", "methods", "inspect", "demo", "train", "generate", "critic", "augment", "dedup", "card", "cache", "serve"]
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with shown_as_lines():  # kdata's warnings: one line each on stderr (kdata.core.warn)
+            return int(args.func(args) or 0)
     except KdataError as exc:
         print(error_line(exc), file=sys.stderr)
         return exc.exit_code

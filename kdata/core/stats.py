@@ -30,13 +30,13 @@ measured by ``benchmarks/select_speed.py``:
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import torch
 
 from kdata.core import native
 from kdata.core.errors import KdataError
+from kdata.core.warn import warn
 
 COMPILE_MIN = int(os.environ.get("KDATA_COMPILE_MIN", 500_000_000))  # ≈ compile time × eager speed
 CHUNK_ELEMS = 1 << 24  # rows × classes per compiled call (64 MB per side): amortises the call and the
@@ -208,8 +208,7 @@ def row_stats(t: torch.Tensor, s: torch.Tensor, *, temperature: float = 1.0,
             return _fix_ties(_chunked(_compiled(), t, s, inv, idx_c), t, s)
         except Exception as exc:  # no C++ compiler, unsupported platform…
             _COMPILE_FAILED.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            print(f"kdata: torch.compile unavailable ({_COMPILE_FAILED[-1][:120]}); "
-                  "using eager statistics", file=sys.stderr)
+            warn(f"torch.compile unavailable ({_COMPILE_FAILED[-1][:120]}); using eager statistics", note=True)
     if t.device.type != "cpu" or n * c <= EAGER_BLOCK:
         return _row_stats_eager(t, s, inv)
     rows = max(1, EAGER_BLOCK // c)  # small blocks: intermediates stay in cache and in malloc's heap

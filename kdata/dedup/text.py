@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 import unicodedata
 
 import numpy as np
+from kdata.core.warn import warn
 
 TEXT_NEAR_THRESHOLD = 0.95
 TEXT_SEMANTIC_THRESHOLD = 0.90
@@ -84,7 +84,7 @@ NEAR_SKIPPED = "skipped: near dedup of text compares sentence embeddings (give -
 
 def collapse_warning(info: dict, *, embedder: str, frac: float | None = None, images: bool = False) -> str | None:
     """When near/semantic dedup (``dedup_ranked``'s ``info``) removed more than ``COLLAPSE_SHARE`` of
-    the candidates exact dedup left, record ``info["warning"]`` and print it once on stderr; the
+    the candidates exact dedup left, record ``info["warning"]`` and issue it once (``kdata.core.warn``); the
     semantic removals ``--dedup-frac`` asked for do not count. ``images``: ``embedder`` is the model
     whose penultimate features semantic dedup compared (near compares 16×16 pixel vectors). Returns the
     warning or None."""
@@ -101,5 +101,5 @@ def collapse_warning(info: dict, *, embedder: str, frac: float | None = None, im
         cause = f"the embedder {embedder} may not separate the texts (use a sentence encoder, or raise --dedup-threshold)"
     info["warning"] = (f"near/semantic dedup removed {n:,} of {distinct:,} distinct candidates (more than "
                        f"{COLLAPSE_SHARE:.0%}): {cause}")
-    print(f"kdata: warning: {info['warning']}", file=sys.stderr)
+    warn(info["warning"])
     return info["warning"]

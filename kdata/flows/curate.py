@@ -40,6 +40,7 @@ from prefect.tasks import exponential_backoff
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
 from kdata.core.version import __version__
+from kdata.core.warn import shows_lines
 from kdata.flows.config import DEFAULT_OUT, expand_out, load_config
 from kdata.flows.curate_text import empty_scores, score_text_unit_files, text_info, text_load
 from kdata.flows.runners import env_runner, retryable, task_runner
@@ -356,6 +357,7 @@ def check_inputs(select: dict, run: dict, out: str = DEFAULT_OUT) -> None:
     check_curate(select, run, out, load=_model)
 
 
+@shows_lines
 def main(argv: list[str] | None = None) -> int:
     """``python flows/curate.py``: the options of ``kdata select`` (or ``--config`` with select/run/runner
     sections), plus the task runner."""

@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import shows_lines
 from kdata.flows.config import DEFAULT_DATA, latest_dataset
 from kdata.flows.runners import retryable
 from kdata.pipeline.distill import student_dir
@@ -237,6 +238,7 @@ def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
     return {"data": shards, "out": target, **result, **verdict}
 
 
+@shows_lines
 def main(argv: list[str] | None = None) -> int:
     """``python flows/distill.py``: check the input, then run the flow once."""
     from kdata.training.train import TrainConfig

@@ -27,6 +27,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import shows_lines
 
 _MODELS: dict = {}
 
@@ -219,6 +220,7 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     return result
 
 
+@shows_lines
 def main(argv: list[str] | None = None) -> int:
     """``python flows/generate.py``: the main options of ``kdata generate``, run as the flow."""
     p = argparse.ArgumentParser(prog="flows/generate.py", description="Run the kdata generate flow once.")

@@ -19,6 +19,7 @@ import sys
 from contextlib import contextmanager
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import shows_lines
 from kdata.flows.inputs import check_api
 
 DEFAULT_CONFIG = "flows/config.yaml"
@@ -163,6 +164,7 @@ def serve_config(config: str | os.PathLike, *, limit: int | None = None) -> None
     serve(*deps, limit=limit, print_starting_message=False)
 
 
+@shows_lines
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flows/serve.py", description="Serve the kdata flows with cron schedules.")
     p.add_argument("--config", default=DEFAULT_CONFIG)

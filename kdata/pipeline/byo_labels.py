@@ -12,7 +12,6 @@ does, names the same class).
 
 from __future__ import annotations
 
-import sys
 import unicodedata
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import warn
 from kdata.pools.label_column import labels_for
 
 
@@ -40,15 +40,15 @@ def pool_label_resolver(pool, *, where: str):
             names = list(pool.class_names or [])
             if len(names) != C:
                 if file_label is None:
-                    print(f"kdata: note: {where}: the predictions name no classes (no class_names in the file's "
-                          f"kdata metadata) and the pool has {len(names) or 'no'} class names for its {C} classes, "
-                          "so the pool's labels cannot be given as class indices: the label statistics are "
-                          "skipped", file=sys.stderr)
+                    warn(f"{where}: the predictions name no classes (no class_names in the file's "
+                         f"kdata metadata) and the pool has {len(names) or 'no'} class names for its {C} classes, "
+                         "so the pool's labels cannot be given as class indices: the label statistics are "
+                         "skipped", note=True)
                 return (file_label if file_label is not None else np.full(len(web), -1, np.int32)), class_names
-            print(f"kdata: note: {where}: the predictions name no classes; class i is taken to be the pool's "
-                  f"i-th class name ({', '.join(names[:4])}{', …' if C > 4 else ''}: sorted, as torchvision's "
-                  "ImageFolder orders them) — put class_names in the file's kdata metadata if your model orders "
-                  "them otherwise", file=sys.stderr)
+            warn(f"{where}: the predictions name no classes; class i is taken to be the pool's "
+                 f"i-th class name ({', '.join(names[:4])}{', …' if C > 4 else ''}: sorted, as torchvision's "
+                 "ImageFolder orders them) — put class_names in the file's kdata metadata if your model orders "
+                 "them otherwise", note=True)
             class_names = names
         idx = _indices(web, class_names)
         if file_label is None:

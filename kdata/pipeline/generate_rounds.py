@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 from kdata.core.atomic import write_json
 from kdata.core.errors import KdataError, printable
 from kdata.core.lock import exclusive
+from kdata.core.warn import warn
 from kdata.pipeline.config import RunOptions, SelectConfig
 from kdata.pipeline.generate import GenerateConfig, prompts_checksum, read_prompts
 from kdata.pipeline.generate_run import critic_student, run_generate, same_spec, spec_checksum, target_critic
@@ -244,7 +244,7 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
                                         scorer=scorer, device=device, batch_size=batch_size,
                                         train_config=train_config, eval_spec=eval_spec)
             if stopped is not None:  # self-training drifted: choose among the rounds that ran
-                print(f"kdata: warning: {stopped['why']}; stopped after round {r - 1}", file=sys.stderr)
+                warn(f"{stopped['why']}; stopped after round {r - 1}")
                 break
             summary.append(entry)
             current = generator = f"hf:{entry['student']}"

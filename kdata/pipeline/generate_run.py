@@ -14,12 +14,12 @@ its work directory.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from kdata.core.errors import KdataError, printable
 from kdata.core.jsonable import config_hash
 from kdata.core.lock import exclusive
+from kdata.core.warn import warn
 from kdata.models.base import pick_device
 from kdata.models.hf import load_text_model
 from kdata.pipeline.generate import (
@@ -78,7 +78,7 @@ _NOTED: set[str] = set()
 
 def check_critic_models(path, crit, *, teacher, student) -> None:
     """One line (exit 2) when the models whose statistics feed the critic are not the ones it was fitted
-    with: by checksum when ``critic.json`` records them, else by spec (with one note on stderr)."""
+    with: by checksum when ``critic.json`` records them, else by spec (with one note, ``kdata.core.warn``)."""
     from kdata.selection.critic_checks import check_fitted_models, recorded_models
 
     if recorded_models(crit) is not None:
@@ -92,10 +92,9 @@ def check_critic_models(path, crit, *, teacher, student) -> None:
     if str(path) in _NOTED:  # once per critic in a process (I2D2 checks it every round)
         return
     _NOTED.add(str(path))
-    print(f"kdata: note: {path}: the critic records no model checksums (fitted before kdata recorded them); "
-          + (f"the {' and '.join(r for r, _, _ in named)} were matched by spec only" if named else
-             "the teacher and student it scores with cannot be checked") + "; refit it to have them checked",
-          file=sys.stderr)
+    warn(f"{path}: the critic records no model checksums (fitted before kdata recorded them); "
+         + (f"the {' and '.join(r for r, _, _ in named)} were matched by spec only" if named else
+             "the teacher and student it scores with cannot be checked") + "; refit it to have them checked", note=True)
 
 
 def critic_student(crit, student: str) -> str:
@@ -107,8 +106,8 @@ def critic_student(crit, student: str) -> str:
     fitted = rec[0] if rec else crit.text.get("student")
     if not fitted or (spec_checksum(student) == rec[1] if rec else same_spec(fitted, student)):
         return student
-    print(f"kdata: note: the critic's student statistics come from the student it was fitted with, "
-          f"{printable(fitted)}; {printable(student)} is the student the rounds train", file=sys.stderr)
+    warn(f"the critic's student statistics come from the student it was fitted with, "
+         f"{printable(fitted)}; {printable(student)} is the student the rounds train", note=True)
     return fitted
 
 

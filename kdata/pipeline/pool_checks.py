@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import warn
 from kdata.pools.spec import Pool
 from kdata.selection.run import parse_budget
 
@@ -33,8 +34,12 @@ def check_unique_pool_ids(pool: Pool) -> int | None:
     """The number of rows of ``pool`` (every row a sample, readable or not, as scoring counts ``n_in``);
     one line naming the pool, the id and the units holding it when a sample id occurs twice. None when a
     unit cannot give its ids: scoring quarantines that unit with its error, and the checks run after it."""
+    hashes, forms = [], {}
     try:
-        hashes = [id_hashes(unit.sample_ids()) for unit in pool.units]
+        for unit in pool.units:
+            ids = unit.sample_ids()
+            hashes.append(id_hashes(ids))
+            _look_alikes(ids, forms, where=pool.spec)
     except KdataError:
         return None
     every = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
@@ -44,6 +49,26 @@ def check_unique_pool_ids(pool: Pool) -> int | None:
     if repeated.size:
         _raise_on_repeat(pool, hashes, repeated)
     return int(sum(len(h) for h in hashes))
+
+
+def _look_alikes(ids: pa.Array, forms: dict, *, where: str) -> None:
+    """One warning per pool when two distinct ids are the same text in another Unicode normal form
+    (``café`` as one code point or as ``e`` + a combining accent: file names from macOS and Linux mixed):
+    two samples to kdata and to a join, printed alike. Only non-ASCII ids are normalised (NFC);
+    ``forms`` maps each normal form seen to its id (``None`` under it once warned)."""
+    import unicodedata
+
+    import pyarrow.compute as pc
+
+    if None in forms or not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        return
+    for sid in ids.filter(pc.invert(pc.fill_null(pc.string_is_ascii(ids), True))).to_pylist():
+        first = forms.setdefault(unicodedata.normalize("NFC", sid), sid)
+        if first != sid:
+            forms[None] = True
+            warn(f"{where}: sample ids {ascii(first)} and {ascii(sid)} differ only in their Unicode form (NFC/NFD); "
+                 "they are kept as two samples, but print alike", stacklevel=3)
+            return
 
 
 def _raise_on_repeat(pool: Pool, hashes: list[np.ndarray], repeated: np.ndarray) -> None:

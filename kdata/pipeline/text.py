@@ -2,7 +2,7 @@
 
 ``prepare_text`` does every check that needs no scoring (a text pool, text models of one kind,
 the method chain and balance a causal LM supports, ``--reference`` where MiniPLM needs it) and
-says once on stderr when the student or reference tokenises differently (their NLL is then
+says once (a ``kdata.core.warn`` note) when the student or reference tokenises differently (their NLL is then
 compared per byte, ``kl_ts`` left null for the student) and when a student or reference sharing
 the teacher's tokenizer has fewer positions (every model sharing it is then scored on the first
 ``max_length`` tokens of that shortest one, ``kdata.scoring.text.text_models``, recorded as the
@@ -17,9 +17,8 @@ the reference when none is given), the budget spread over domains when the pool 
 
 from __future__ import annotations
 
-import sys
-
 from kdata.core.errors import KdataError
+from kdata.core.warn import warn
 from kdata.models.hf import is_text_spec, text_model_path
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
@@ -99,7 +98,7 @@ def _has_domains(pool) -> bool:
 
 
 def tokenizer_note(models) -> str | None:
-    """The one stderr line of a causal-LM run whose student or reference tokenises unlike the teacher."""
+    """The note (``kdata.core.warn``) of a causal-LM run whose student or reference tokenises unlike the teacher."""
     other = [f"{role} {m.spec}" for role, m, same in (("student", models.student, models.shared),
                                                       ("reference", models.reference, models.ref_shared))
              if m is not None and not same]
@@ -107,19 +106,19 @@ def tokenizer_note(models) -> str | None:
         return None
     names = [f"teacher {models.teacher.spec}", *other]
     whose = f"the {other[0].split()[0]}'s" if len(other) == 1 else "their"
-    return (f"kdata: note: {', '.join(names[:-1])} and {names[-1]} tokenise differently; {whose} NLL is compared "
+    return (f"{', '.join(names[:-1])} and {names[-1]} tokenise differently; {whose} NLL is compared "
             "per UTF-8 byte of the text (in teacher-token units)" + ("; kl_ts is left null" if not models.shared else ""))
 
 
 def length_note(models) -> str | None:
-    """The one stderr line of a run whose shared-tokenizer models are truncated below the teacher's limit."""
+    """The note (``kdata.core.warn``) of a run whose shared-tokenizer models are truncated below the teacher's limit."""
     if models.length_limited_by is None:
         return None
     role, spec, own = models.length_limited_by
     same = [f"teacher {models.teacher.spec}", *(f"{r} {m.spec}" for r, m, s in (
         ("student", models.student, models.shared), ("reference", models.reference, models.ref_shared)) if s)]
     n = models.max_length
-    return (f"kdata: note: {role} {spec} takes at most {n} tokens (teacher: {own}); {', '.join(same[:-1])} and "
+    return (f"{role} {spec} takes at most {n} tokens (teacher: {own}); {', '.join(same[:-1])} and "
             f"{same[-1]} share a tokenizer and score the same ids, so each text is truncated to {n} tokens "
             "(scoring.max_length)")
 
@@ -144,7 +143,7 @@ def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     models = text_models(teacher, student, reference)
     note = length_note(models)
     if note:
-        print(note, file=sys.stderr)
+        warn(note, note=True)
     if teacher.kind == "causal_lm":
         if cfg.temperature != 1.0:  # the manifest's temperature says how to read the soft labels: it would lie
             raise KdataError(f"--temperature {cfg.temperature:g}: a causal-LM teacher's per-token soft labels are "
@@ -153,7 +152,7 @@ def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
         balance = _lm_balance(cfg, balance, pool)
         note = tokenizer_note(models)
         if note:
-            print(note, file=sys.stderr)
+            warn(note, note=True)
     else:
         pool.check_labels(teacher.class_names)
     token_topk = effective_token_topk(cfg.token_topk, teacher) if teacher.kind == "causal_lm" else cfg.token_topk

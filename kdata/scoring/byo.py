@@ -29,7 +29,6 @@ shards carry the ids, the teacher's soft labels and the scores only.
 
 from __future__ import annotations
 
-import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ import pyarrow.compute as pc
 
 from kdata.core.atomic import sha256_file
 from kdata.core.exact_probs import keeps_logits
+from kdata.core.warn import warn
 from kdata.dataset.schema import SCORES_OPTIONAL, SCORES_SCHEMA, kdata_metadata
 from kdata.core.errors import KdataError
 from kdata.core.stats import with_temperature
@@ -163,9 +163,8 @@ def _warn_if_probabilities(where: str, *matrices: np.ndarray) -> None:
     summing to 1): a softmax of them is nearly uniform, so the soft labels written would be."""
     for name, m in zip(LOGITS, matrices):
         if m.size and m.min() >= 0 and m.max() <= 1 and np.allclose(m.sum(1), 1, atol=1e-3):
-            print(f"kdata: warning: {where}: column '{name}' looks like probabilities (rows in [0, 1] summing "
-                  "to 1), but it is read as logits; give log-probabilities (or the top-k columns) instead",
-                  file=sys.stderr)
+            warn(f"{where}: column '{name}' looks like probabilities (rows in [0, 1] summing "
+                 "to 1), but it is read as logits; give log-probabilities (or the top-k columns) instead")
             return
 
 
@@ -264,8 +263,8 @@ def load_scores(path: str, *, topk: int = 5, temperature: float = 1.0, num_class
         ti, tp, si, sp, C = read_topk(table, where=where, ids=ids, num_classes=num_classes, meta=meta)
         mode = "topk"
         if topk > ti.shape[1] and C > ti.shape[1]:
-            print(f"kdata: warning: {where}: --topk {topk} is above the {ti.shape[1]} classes per row the file "
-                  "gives; the soft labels past them are the rest of the mass spread evenly", file=sys.stderr)
+            warn(f"{where}: --topk {topk} is above the {ti.shape[1]} classes per row the file "
+                 "gives; the soft labels past them are the rest of the mass spread evenly")
     elif "teacher_logprob" in names and "reference_logprob" in names:
         C, mode = 1, "logprob"  # no classes: one pseudo-class, so class-based code stays well-defined
     else:
@@ -339,9 +338,9 @@ def _note_sums(table: pa.Table, *, where: str) -> None:
             continue
         med = float(np.median(col.to_numpy(zero_copy_only=False).astype(np.float64)))
         if med < SUM_LIKE:
-            print(f"kdata: warning: {where}: column '{name}' has median {med:.1f}; MiniPLM compares per-token mean "
-                  "log-probabilities, and per-sequence sums rank mostly by length (divide by the token count, or "
-                  "give one value per token as a list)", file=sys.stderr)
+            warn(f"{where}: column '{name}' has median {med:.1f}; MiniPLM compares per-token mean "
+                 "log-probabilities, and per-sequence sums rank mostly by length (divide by the token count, or "
+                 "give one value per token as a list)")
             return
 
 

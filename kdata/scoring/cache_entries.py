@@ -19,7 +19,6 @@ It guards against damage, not against an adversary who can write the cache.
 from __future__ import annotations
 
 import json
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from kdata.core.atomic import write_json, write_parquet
 from kdata.core.cache_admin import touch_used
 from kdata.core.errors import KdataError
 from kdata.core.lock import Lock
+from kdata.core.warn import warn
 from kdata.dataset.schema import validate_scores
 
 RECORDED = ("rows", "bytes", "crc32")  # the facts every marker records about its Parquet file
@@ -142,9 +142,8 @@ def drop_entry(lock: Lock, path: Path, marker: Path) -> None:
 
 
 def warn_dropped(damage: DamagedEntry, what: str) -> None:
-    """One line on stderr naming the damaged file: the entry was dropped and is being made again."""
-    print(f"kdata: warning: {what} {damage.path}: {damage.reason}; dropped, computed again and rewritten",
-          file=sys.stderr)
+    """A warning (``kdata.core.warn``) naming the damaged file: the entry was dropped and is being made again."""
+    warn(f"{what} {damage.path}: {damage.reason}; dropped, computed again and rewritten")
 
 
 def _count(value) -> bool:

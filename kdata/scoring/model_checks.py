@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import warn
 from kdata.models.spec import Model
 
 __all__ = ["check_models"]
@@ -35,9 +35,9 @@ def check_models(teacher: Model, student: Model) -> None:
     if not (_unnamed(t) or _unnamed(s)):
         raise KdataError(f"class names differ: teacher {teacher.spec} calls logit {i} {t[i]!r}, student "
                          f"{student.spec} calls it {s[i]!r}; give both the same class_names (the student's sidecar)")
-    print(f"kdata: warning: teacher {teacher.spec} and student {student.spec} name their classes differently "
-          f"(logit {i}: {t[i]!r} and {s[i]!r}); one of them declares none, so logit i is taken as the same class "
-          "in both", file=sys.stderr)
+    warn(f"teacher {teacher.spec} and student {student.spec} name their classes differently "
+         f"(logit {i}: {t[i]!r} and {s[i]!r}); one of them declares none, so logit i is taken as the same class "
+         "in both")
 
 
 def _unnamed(names: list[str]) -> bool:

@@ -8,7 +8,7 @@ records their checksums in ``critic.json``: under ``text`` (``teacher_checksum``
 and ``scores_sha256`` when it was fitted on a scores Parquet, whose models kdata cannot know). Every consumer that
 feeds the critic statistics of loaded models compares their checksums with the recorded ones
 and refuses a mismatch in one line (``check_fitted_models``); a critic written before the
-checksums were recorded keeps working, with one note on stderr.
+checksums were recorded keeps working, with one note (``kdata.core.warn``).
 
 ``critic_digest`` is the sha256 of the critic's files: runs that use a critic hash it into their
 config, so refitting a critic in place is a different run, never "already complete".
@@ -20,10 +20,10 @@ Public API: ``critic_digest(dir)``, ``model_record(teacher, student)``, ``record
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 from kdata.core.errors import KdataError, printable
+from kdata.core.warn import warn
 
 CRITIC_FILES = ("critic.json", "critic.npz")
 ROLES = ("teacher", "student")
@@ -60,15 +60,15 @@ def recorded_models(crit) -> dict | None:
 
 def check_fitted_models(path, crit, *, teacher=None, student=None) -> None:
     """One line (exit 2) when ``teacher`` or ``student`` (loaded models; None: not in use) has another
-    checksum than the model of that role the critic was fitted with; one note on stderr when the
+    checksum than the model of that role the critic was fitted with; one note (``kdata.core.warn``) when the
     critic records no checksums."""
     rec = recorded_models(crit)
     in_use = {r: m for r, m in (("teacher", teacher), ("student", student)) if m is not None}
     if rec is None:
         if in_use:
-            print(f"kdata: note: {path}: the critic records no model checksums (fitted before kdata recorded "
-                  f"them), so the {' and '.join(in_use)} it scores with cannot be checked against the models it "
-                  "was fitted with; refit it to have them checked", file=sys.stderr)
+            warn(f"{path}: the critic records no model checksums (fitted before kdata recorded "
+                 f"them), so the {' and '.join(in_use)} it scores with cannot be checked against the models it "
+                 "was fitted with; refit it to have them checked", note=True)
         return
     for role, model in in_use.items():
         if role not in rec or model.checksum == rec[role][1]:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import warn
 from kdata.selection.critic_files import FORMAT, feature_mismatch, read_critic_files, write_critic_dir
 
 STAT_FEATURES = ("teacher_conf", "student_conf", "teacher_margin", "student_margin", "teacher_entropy",
@@ -298,9 +299,8 @@ def _saved_metrics(metrics: dict) -> dict:
 def read_labels(path: str | Path) -> dict[str, bool]:
     """A CSV of ``sample_id,accept`` (accept: 1/0, true/false, yes/no, accept/reject), UTF-8 with or without
     a BOM. An id labelled twice is one line naming both lines when the labels differ; when they agree it
-    counts once, with one warning on stderr for all such repeats."""
+    counts once, with one warning (``kdata.core.warn``) for all such repeats."""
     import csv
-    import sys
 
     p = Path(path)
     if not p.exists():
@@ -334,8 +334,8 @@ def read_labels(path: str | Path) -> dict[str, bool]:
         raise KdataError(f"{path}: no labelled rows")
     if repeats:
         sid, a, b = repeats[0]
-        print(f"kdata: warning: {path}: {len(repeats)} row(s) repeat a sample id with the same label (e.g. {sid!r} "
-              f"on lines {a} and {b}); each id counted once", file=sys.stderr)
+        warn(f"{path}: {len(repeats)} row(s) repeat a sample id with the same label (e.g. {sid!r} "
+             f"on lines {a} and {b}); each id counted once")
     return out
 
 

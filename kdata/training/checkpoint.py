@@ -31,6 +31,7 @@ import torch
 
 from kdata.core.atomic import atomic_path, sha256_file
 from kdata.core.version import __version__
+from kdata.core.warn import warn
 from kdata.training.weights import cpu_state
 
 RESUME_DIR = ".resume"
@@ -144,7 +145,7 @@ class Checkpoints:
             state = {**got, "path": str(path)}
             break
         if state is None and why:
-            print(f"kdata: note: {why}; not resuming from it, training from the start", file=sys.stderr)
+            warn(f"{why}; not resuming from it, training from the start", note=True)
             self.clear()
         if self.on_start is not None:
             self.on_start(state["epoch"] if state else 0)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from kdata.core.atomic import write_json
 from kdata.core.errors import KdataError, brief, printable
 from kdata.core.lock import exclusive
 from kdata.core.threads import one_thread
+from kdata.core.warn import warn
 from kdata.models.base import pick_device
 from kdata.models.builtin_text import lr_at
 from kdata.models.hf import load_text_model
@@ -155,9 +155,8 @@ def _eval_set(spec: str | None, student, kind: str, cfg: TextTrainConfig) -> dic
     dropped = Counter("(no label)" if y is None else str(y) for y in labels if y not in index)
     if dropped:  # accuracy is over the rest: say which rows it leaves out (a case slip drops a whole class)
         shown = ", ".join(f"{printable(k)} ×{n}" for k, n in dropped.most_common(5))
-        print(f"kdata: note: {spec}: {sum(dropped.values())} evaluation row(s) not measured, their label is not "
-              f"among the student's classes ({shown}{', …' if len(dropped) > 5 else ''}); accuracy on {len(keep)}",
-              file=sys.stderr)
+        warn(f"{spec}: {sum(dropped.values())} evaluation row(s) not measured, their label is not among the "
+             f"student's classes ({shown}{', …' if len(dropped) > 5 else ''}); accuracy on {len(keep)}", note=True)
     return {"spec": spec, "n": len(keep), "n_not_measured": sum(dropped.values()),
             "texts": [t for t, _ in keep], "labels": [y for _, y in keep]}
 

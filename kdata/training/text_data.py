@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import warn
 from kdata.dataset.schema import kdata_metadata
 from kdata.training.shard_dataset import shard_class_names, shard_files
 
@@ -244,9 +245,7 @@ def classifier_batch(table: pa.Table, *, score_temperature: float = 1.0) -> dict
 
 def eval_texts(spec: str, *, labelled: bool = False, max_rows: int = 100_000) -> tuple[list[str], list[str | None]]:
     """Texts (and labels) of an evaluation set: a pool spec (``builtin:text-test``, Parquet, JSONL…)
-    read through ``open_pool``; rows without text are skipped, and their number said on stderr."""
-    import sys
-
+    read through ``open_pool``; rows without text are skipped, and their number said in a note (``kdata.core.warn``)."""
     from kdata.pools.spec import open_pool
 
     texts: list[str] = []
@@ -268,6 +267,5 @@ def eval_texts(spec: str, *, labelled: bool = False, max_rows: int = 100_000) ->
     if not texts:
         raise KdataError(f"{spec}: evaluation set has no text")
     if skipped:
-        print(f"kdata: note: {spec}: {skipped} evaluation row(s) without text skipped; evaluating on {len(texts)}",
-              file=sys.stderr)
+        warn(f"{spec}: {skipped} evaluation row(s) without text skipped; evaluating on {len(texts)}", note=True)
     return texts, labels

@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from kdata.core.warn import shown_as_lines  # noqa: E402
 from kdata.dedup.faiss_dedup import dedup_ranked  # noqa: E402
 from kdata.dedup.text import COLLAPSE_SHARE, TEXT_DEFAULTS, collapse_warning, text_embeddings, text_hash  # noqa: E402
 from tests.helpers.text_models import WORDS, text_assets  # noqa: E402
@@ -28,7 +29,8 @@ def test_near_dedup_with_a_collapsed_embedder_warns_once(lm_vectors, capsys):
     spec, vec = lm_vectors
     res = _dedup(vec, level="near")
     assert res.info["removed"]["near"] > COLLAPSE_SHARE * len(TEXTS)  # the reproduced defect: most texts gone
-    msg = collapse_warning(res.info, embedder=spec)
+    with shown_as_lines():  # as the kdata command shows kdata's warnings
+        msg = collapse_warning(res.info, embedder=spec)
     err = capsys.readouterr().err
     assert msg is not None and res.info["warning"] == msg and spec in msg and "may not separate" in msg
     assert err.count("\n") == 1 and err.startswith("kdata: warning: near/semantic dedup removed")

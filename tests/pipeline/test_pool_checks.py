@@ -132,3 +132,20 @@ def test_scores_budget_over_the_candidates_is_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "--budget 10: larger than the pool (9 samples)" in err, err
     assert main(["select", "--scores", str(tmp_path / "s.parquet"), "--method", "kd3", "--budget", "9",
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_ids_that_differ_only_in_unicode_form_are_two_samples_with_one_warning(tmp_path):
+    import unicodedata
+
+    from PIL import Image
+
+    from kdata.core.warn import KdataWarning
+
+    (tmp_path / "a").mkdir()
+    for i, name in enumerate([unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"), "x",
+                              unicodedata.normalize("NFC", "naïve"), unicodedata.normalize("NFD", "naïve")]):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "a" / f"{name}.png")
+    with pytest.warns(KdataWarning) as got:
+        assert check_unique_pool_ids(open_pool(str(tmp_path))) == 5
+    assert len(got) == 1 and "differ only in their Unicode form" in str(got[0].message)
+    assert "caf\\xe9" in str(got[0].message) and "cafe\\u0301" in str(got[0].message)  # the forms told apart

@@ -14,6 +14,7 @@ import torch
 from kdata.cli import main
 from kdata.core.errors import KdataError
 from kdata.core.exact_probs import exact_columns
+from kdata.core.warn import shown_as_lines
 from kdata.scoring.byo import load_scores
 
 
@@ -141,7 +142,8 @@ def test_probabilities_given_as_logits_are_read_as_logits_with_one_warning(tmp_p
     path = _logits_file(tmp_path)
     pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(6)], "teacher_logits": list(p),
                              "student_logits": list(np.log(p))}), path)
-    load_scores(path)
+    with shown_as_lines():  # as the kdata command shows kdata's warnings
+        load_scores(path)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "column 'teacher_logits' looks like probabilities" in err[0], err
     pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(6)], "teacher_logits": list(np.log(p)),
@@ -202,6 +204,7 @@ def test_a_topk_above_the_files_k_warns_once(tmp_path, capsys):
     path = _topk_file(tmp_path, [[0, 1], [2, 3]])
     load_scores(path, topk=2)
     assert capsys.readouterr().err == ""
-    load_scores(path, topk=3)
+    with shown_as_lines():
+        load_scores(path, topk=3)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "--topk 3 is above the 2 classes per row the file gives" in err[0], err

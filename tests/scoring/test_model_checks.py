@@ -8,6 +8,7 @@ import copy
 import pytest
 
 from kdata.core.errors import KdataError
+from kdata.core.warn import KdataWarning, shown_as_lines
 from kdata.models.spec import load_model
 from kdata.scoring.score import check_models
 
@@ -42,5 +43,8 @@ def test_an_unnamed_side_is_taken_in_index_order(models, capsys):
     t, s = models
     check_models(named(t, [f"LABEL_{i}" for i in range(10)]), s)  # both unnamed: silent
     assert capsys.readouterr().err == ""
-    check_models(named(t, list("abcdefghij")), s)  # one side declares none: accepted, said once
+    with pytest.warns(KdataWarning, match="name their classes differently"):
+        check_models(named(t, list("abcdefghij")), s)  # one side declares none: accepted, said once
+    with shown_as_lines():
+        check_models(named(t, list("abcdefghij")), s)
     assert "name their classes differently (logit 0: 'a' and '0')" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import pytest
 
 from kdata.cli import main
 from kdata.core.errors import KdataError
+from kdata.core.warn import shown_as_lines
 from kdata.selection.critic_model import load_critic, read_labels
 
 pytest.importorskip("transformers")
@@ -166,7 +167,8 @@ def test_labels_conflicting_repeat_is_one_line_naming_both_lines(tmp_path):
 def test_labels_agreeing_repeats_count_once_with_one_warning(tmp_path, capsys):
     p = tmp_path / "l.csv"
     p.write_text("sample_id,accept\na,1\nb,0\na,yes\nb,no\nc,1\n")
-    assert read_labels(p) == {"a": True, "b": False, "c": True}
+    with shown_as_lines():  # as the kdata command shows kdata's warnings
+        assert read_labels(p) == {"a": True, "b": False, "c": True}
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "2 row(s) repeat a sample id with the same label (e.g. 'a' on lines 2 and 4)" in err
 

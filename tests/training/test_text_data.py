@@ -219,16 +219,20 @@ def test_null_or_ragged_soft_labels_are_one_clear_error(lm_shards, tmp_path):
 
 def test_eval_rows_without_text_are_skipped_and_counted(tmp_path, capsys):
     """An evaluation JSONL with empty, blank or non-string texts evaluates on the rest and says how many
-    rows it skipped (one line on stderr), instead of silently reporting fewer texts."""
+    rows it skipped (a KdataNote; one line on stderr under the CLI), instead of silently reporting fewer texts."""
     import json
 
+    from kdata.core.warn import KdataNote, shown_as_lines
     from kdata.training.text_data import eval_texts
 
     rows = [{"text": "a real sentence here"}, {"text": ""}, {"text": "   "}, {"text": 5}, {"other": "x"},
             {"text": "another real sentence"}]
     path = tmp_path / "eval.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    texts, _ = eval_texts(str(path))
+    with pytest.warns(KdataNote, match="4 evaluation row"):
+        texts, _ = eval_texts(str(path))
     assert texts == ["a real sentence here", "another real sentence"]
+    with shown_as_lines():  # as the kdata command shows it
+        eval_texts(str(path))
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"kdata: note: {path}: 4 evaluation row(s) without text skipped; evaluating on 2"]
