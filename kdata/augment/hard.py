@@ -49,6 +49,7 @@ from kdata.augment.search import search_mode
 from kdata.augment.transforms import decode_batch, png_bytes, render, to_model
 from kdata.core.errors import KdataError
 from kdata.models.spec import Model
+from kdata.scoring.score import eval_mode
 
 __all__ = ["CRITIC_REJECT", "DEFAULT_BOUNDS", "EXCLUDED_FILE", "FLIP", "HARD_COLUMNS", "PARAM_NAMES", "HardConfig",
            "HardResult", "check_generated_accounting", "class_centroids", "combine", "decode_batch",
@@ -87,8 +88,17 @@ def generate(parents: pa.Table, teacher: Model, student: Model, *, config: HardC
 
     ``parents`` is a shard-schema table (curated rows). ``temperature``/``topk`` are those of the
     stored soft labels. ``existing_ids``: sample ids the new rows must not reuse (the dataset they
-    join). Returns accepted rows (shard schema + HARD_COLUMNS) and excluded rows.
+    join). Returns accepted rows (shard schema + HARD_COLUMNS) and excluded rows. The models run in eval
+    mode throughout (dropout off, BatchNorm on its running statistics), as scoring runs them; a live
+    module's own modes are restored afterwards.
     """
+    with eval_mode(teacher, student):
+        return _generate(parents, teacher, student, config=config, critic=critic, critic_recall=critic_recall,
+                         temperature=temperature, topk=topk, device=device, existing_ids=existing_ids)
+
+
+def _generate(parents, teacher, student, *, config, critic, critic_recall, temperature, topk, device,
+              existing_ids) -> HardResult:
     t0, c0 = time.perf_counter(), time.process_time()
     device = torch.device(device)
     if config.temperature is None:
