@@ -100,28 +100,17 @@ def test_models_handed_over_in_train_mode_generate_as_in_eval_mode_and_keep_thei
     """HARD's forward passes run the models in eval mode, as scoring does (dropout off, BatchNorm on its
     running statistics, which stay untouched); a live module's own mode is given back."""
     import torch
-    from torch import nn
 
-    from kdata.models.base import Model
     from kdata.models.spec import load_model
+    from tests.helpers.bn_nets import bn_model, bn_net
 
     names = load_model("builtin:digits-teacher").class_names
 
-    def net(seed: int) -> nn.Sequential:
-        torch.manual_seed(seed)
-        n = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, len(names)))
-        with torch.no_grad():
-            n[1].running_mean.uniform_(-1, 1)
-            n[1].running_var.uniform_(0.5, 2)
-        return n
-
-    def model(n: nn.Module, name: str) -> Model:
-        return Model(spec=f"test:{name}", module=n, input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3,
-                     class_names=names, checksum=f"test:{name}:bn")
+    def model(n, name):
+        return bn_model(n, name, names)
 
     cfg = HardConfig(per_sample=1, steps=2, seed=1)
-    t, s = net(0), net(1)
+    t, s = bn_net(0, len(names)), bn_net(1, len(names))
     before = {k: v.clone() for k, v in t.state_dict().items()}
     in_train = generate(parents, model(t, "t"), model(s, "s"), config=cfg)
     assert t.training and s.training and all(torch.equal(v, before[k]) for k, v in t.state_dict().items())

@@ -10,24 +10,19 @@ from torch import nn
 from kdata.models.base import Model
 from kdata.pools.spec import open_pool
 from kdata.scoring.score import ScoreConfig, score_pool, score_table
+from tests.helpers.bn_nets import bn_model
+from tests.helpers.bn_nets import bn_net as helper_net
 from tests.helpers.real_inputs import make_image_folder
 
 NAMES = ["a", "b", "c"]
 
 
-def bn_net(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, len(NAMES)))
-    with torch.no_grad():  # running statistics far from any batch's: train and eval mode differ
-        net[1].running_mean.uniform_(-1, 1)
-        net[1].running_var.uniform_(0.5, 2)
-    return net
+def bn_net(seed: int) -> nn.Module:
+    return helper_net(seed, len(NAMES))
 
 
 def model(net: nn.Module, name: str) -> Model:
-    return Model(spec=f"test:{name}", module=net, input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3,
-                 class_names=NAMES, checksum=f"test:{name}:bn")
+    return bn_model(net, name, NAMES)
 
 
 def test_a_module_in_train_mode_is_scored_in_eval_mode_and_left_as_it_was(tmp_path, cache):
