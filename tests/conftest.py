@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-if not os.environ.get("KDATA_CACHE"):
-    os.environ["KDATA_CACHE"] = tempfile.mkdtemp(prefix="kdata-test-cache-")
+# the suite's own cache, never the user's KDATA_CACHE (KDATA_TEST_CACHE reuses one across sessions); the
+# xdist workers inherit it from the controller, so the built-in models train once per session
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["KDATA_CACHE"] = os.environ.get("KDATA_TEST_CACHE") or tempfile.mkdtemp(prefix="kdata-test-cache-")
+    _home = tempfile.mkdtemp(prefix="kdata-test-home-")  # what Prefect and matplotlib would write under ~
+    os.environ["PREFECT_HOME"] = os.path.join(_home, "prefect")
+    os.environ["MPLCONFIGDIR"] = os.path.join(_home, "matplotlib")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches a hub
 
 # the tests' own model saves (tiny transformers written by helpers) keep their progress bars off the
 # stderr that tests read; the same defaults `kdata`'s CLI sets for its process

@@ -11,6 +11,7 @@ import pytest
 from kdata.core.atomic import write_parquet
 from kdata.dataset.shard_rows import ShardColumn, ShardRows, non_null_rows, shard_schema
 from kdata.dataset.writer import write_shards
+from tests.helpers.damage import wreck_chunks
 
 
 def _table(lo: int, hi: int, *, text: bool) -> pa.Table:
@@ -34,17 +35,6 @@ def shards(tmp_path):
     pq.write_table(_table(0, 10, text=False), paths[0], row_group_size=4)
     pq.write_table(_table(10, 23, text=True), paths[1], row_group_size=4)
     return paths
-
-
-def _wreck(path, row_group: int, column: str) -> None:
-    """Overwrite the pages of one column chunk with garbage: reading that chunk fails, the rest reads."""
-    md = pq.read_metadata(path)
-    rg = md.row_group(row_group)
-    chunk = next(rg.column(j) for j in range(rg.num_columns) if rg.column(j).path_in_schema == column)
-    start = chunk.dictionary_page_offset or chunk.data_page_offset
-    data = bytearray(path.read_bytes())
-    data[start:start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
-    path.write_bytes(bytes(data))
 
 
 def test_shard_rows_write_the_bytes_of_the_same_rows_as_a_table(shards, tmp_path):
@@ -72,7 +62,7 @@ def test_shard_rows_write_the_bytes_of_the_same_rows_as_a_table(shards, tmp_path
 
 
 def test_row_groups_no_row_needs_are_never_read(shards, tmp_path):
-    _wreck(shards[0], 1, "image")  # rows 4–7
+    wreck_chunks(shards[0], "image", [1])  # rows 4–7
     with pytest.raises(Exception):
         pq.read_table(shards[0])
     rows = ShardRows(shards, [0, 1, 8, 9, 10, 22])

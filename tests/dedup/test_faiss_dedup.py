@@ -347,7 +347,7 @@ def test_pool_features_never_read_a_unit_holding_none_of_the_candidates(tmp_path
     import pyarrow.parquet as pq
 
     from kdata.pools.spec import open_pool
-    from tests.dataset.test_shard_rows import _wreck
+    from tests.helpers.damage import wreck_chunks
     from tests.helpers.real_inputs import make_parquet_units
 
     monkeypatch.setenv("KDATA_CACHE", str(tmp_path / "cache"))
@@ -356,7 +356,7 @@ def test_pool_features_never_read_a_unit_holding_none_of_the_candidates(tmp_path
     ids = np.array([s for u in pool.units[:2] for s in u.sample_ids().to_pylist()[::3]], dtype=object)
     want = F.payload_features(pool.read_all(), pixels=True)
     at = {s: i for i, s in enumerate(pool.read_all().column("sample_id").to_pylist())}
-    _wreck(root / "part-2.parquet", 0, "image")
+    wreck_chunks(root / "part-2.parquet", "image", [0])
     with pytest.raises(Exception):
         pq.read_table(root / "part-2.parquet")
     hashes, vecs = F.pool_features(open_pool(str(root)), ids, pixels=True)

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import prefect.main  # noqa: F401  (Prefect's console log handler binds sys.stderr when imported: not a test's capsys)
@@ -157,11 +156,9 @@ def test_no_prefect_api_url_leaves_the_temporary_server_to_prefect(prefect_api, 
 
 
 def test_unreachable_dask_address_is_one_line_at_once(one_line, pool_dir, tmp_path):
-    t0 = time.perf_counter()
     one_line("curate", ["--pool", str(pool_dir), "--out", str(tmp_path / "o"), "--runner", "dask",
-                        "--address", "tcp://127.0.0.1:1"],
-             says="--address tcp://127.0.0.1:1: no Dask scheduler answers there")
-    assert time.perf_counter() - t0 < 20  # Dask itself retries for 30 s before a traceback
+                        "--address", "tcp://127.0.0.1:1"],  # kdata's probe, not Dask's 30 s of retries
+             says="--address tcp://127.0.0.1:1: no Dask scheduler answers there (Connection refused)")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"select": {"pool": str(pool_dir)}, "runner": {"kind": "dask",
                                                                                  "address": "tcp://127.0.0.1:1"}}))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -118,12 +117,10 @@ def test_an_extra_pickle_member_full_of_opcodes_is_refused_at_once(tmp_path):
     bomb = _replace(ckpt, tmp_path / "flood.pth", "extra0.pkl", _fill(b"\x80\x02", b"N0", 2 * n, b"N."))
     from kdata.models.pickle_scan import check_checkpoint_file
 
-    start = time.monotonic()
     with pytest.raises(KdataError) as err:
         check_checkpoint_file(bomb)
-    assert time.monotonic() - start < 5
-    msg = str(err.value)
-    assert str(bomb) in msg and "extra0.pkl" in msg and "\n" not in msg, msg
+    msg = str(err.value)  # refused for being there, before any of its opcodes is scanned
+    assert str(bomb) in msg and "unexpected pickle member 'extra0.pkl'" in msg and "\n" not in msg, msg
     check_checkpoint_file(ckpt)  # the real checkpoint still passes
 
 

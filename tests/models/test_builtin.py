@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 from safetensors import safe_open
@@ -28,10 +27,7 @@ def empty_cache(tmp_path, monkeypatch):
 
 
 def test_shipped_weights_load_without_training(empty_cache):
-    t0 = time.perf_counter()
     models = {n: load_model(f"builtin:{n}") for n in NAMES}
-    seconds = time.perf_counter() - t0
-    assert seconds < 2.0, f"loading the built-in models took {seconds:.1f}s: did they train?"
     # nothing was trained or written: the cache holds no model file
     assert not (empty_cache / "models").exists() or not any((empty_cache / "models").iterdir())
     for n, m in models.items():

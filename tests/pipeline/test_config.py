@@ -4,7 +4,6 @@ that run before any work starts."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,15 +52,11 @@ def test_every_config_field_is_a_select_option_with_its_default_shown():
     (["--teacher", "hf:/nonexistent/lm", "--student", "builtin:digits-student"],
      "--teacher hf:/nonexistent/lm: model directory not found"),
 ])
-def test_bad_options_fail_before_any_work(tmp_path, capsys, args, match):
+def test_bad_options_fail_before_any_work(tmp_path, capsys, monkeypatch, args, match):
     """A fresh cache stays empty: no model is trained or loaded, no pool unit scored."""
     cache = tmp_path / "cache"
-    os.environ["KDATA_CACHE_SAVED"] = os.environ.get("KDATA_CACHE", "")
-    os.environ["KDATA_CACHE"] = str(cache)
-    try:
-        code = main(["select", "--out", str(tmp_path / "out"), "--quiet", *args])
-    finally:
-        os.environ["KDATA_CACHE"] = os.environ.pop("KDATA_CACHE_SAVED")
+    monkeypatch.setenv("KDATA_CACHE", str(cache))
+    code = main(["select", "--out", str(tmp_path / "out"), "--quiet", *args])
     err = capsys.readouterr().err
     assert code == 2 and match in err and err.count("\n") == 1, err
     assert not (cache / "scores").exists() and not (tmp_path / "out").exists()

@@ -89,13 +89,13 @@ def test_dedup_holds_one_row_group_of_payloads_and_writes_what_the_in_memory_pat
 def test_file_features_read_only_the_payload_columns(noisy, tmp_path):
     """Features come from the image/text columns alone: a shard whose other columns are unreadable
     still gives every row's hash and pixels, in the order ``at`` asks for."""
-    from tests.dataset.test_shard_rows import _wreck
+    from tests.helpers.damage import wreck_chunks
 
     paths = sorted((noisy / "data").glob("*.parquet"))
     copy = tmp_path / "shard.parquet"
     copy.write_bytes(paths[0].read_bytes())
     for g in range(pq.read_metadata(copy).num_row_groups):
-        _wreck(copy, g, "teacher_topk_prob.list.element")
+        wreck_chunks(copy, "teacher_topk_prob.list.element", [g])
     with pytest.raises(Exception):
         pq.read_table(copy)
     want_h, want_v = payload_features(pq.read_table(paths[0]), pixels=True)

@@ -21,6 +21,7 @@ from kdata.scoring.byo import load_scores
 from kdata.selection.balance import attach_domain
 from kdata.selection.critic_text import texts_from_pool
 from kdata.selection.run import select
+from tests.helpers.damage import wreck_chunks
 from tests.helpers.methods import write_predictions
 from tests.helpers.real_inputs import digits, png_bytes
 
@@ -47,20 +48,9 @@ def _texts(path, **kw):
     return _write(path, {"text": TEXTS}, **kw)
 
 
-def _wreck(path, column: str, groups) -> None:
-    """Overwrite ``column``'s chunk in row ``groups`` with garbage: reading it must fail."""
-    meta = pq.read_metadata(path)
-    at = meta.schema.to_arrow_schema().get_field_index(column)
-    with open(path, "r+b") as fh:
-        for g in groups:
-            col = meta.row_group(g).column(at)
-            fh.seek(col.dictionary_page_offset or col.data_page_offset)
-            fh.write(b"\xff" * col.total_compressed_size)
-
-
 def test_ddk_domains_are_read_without_the_images(tmp_path):
     path = _images(tmp_path / "pool.parquet")
-    _wreck(path, "image", range(3))
+    wreck_chunks(path, "image", range(3))
     pool = open_pool(str(path))
     with pytest.raises(KdataError, match="pool.parquet"):
         pool.units[0].read()  # the images cannot be read at all
@@ -82,7 +72,7 @@ def test_ddk_domains_are_read_without_the_images(tmp_path):
 def test_pool_without_a_domain_column_gives_null_domains(tmp_path):
     path = _images(tmp_path / "pool.parquet")
     bare = _write(tmp_path / "bare.parquet", {"image": pq.read_table(path).column("image")}, domains=None)
-    _wreck(bare, "image", range(3))
+    wreck_chunks(bare, "image", range(3))
     dom = pool_domains(open_pool(str(bare)))
     assert dom.column("sample_id").to_pylist() == IDS and dom.column("domain").null_count == N
 
@@ -94,14 +84,14 @@ def test_text_default_balance_reads_domains_only_up_to_the_first_unit_with_one(t
     _texts(root / "b.parquet", ids=[f"b{i}" for i in range(N)])
     (root / "c.parquet").write_bytes(b"not parquet at all")  # never reached
     for f in ("a.parquet", "b.parquet"):
-        _wreck(root / f, "text", range(3))
+        wreck_chunks(root / f, "text", range(3))
     assert text_pipeline._has_domains(open_pool(str(root)))
     assert not text_pipeline._has_domains(open_pool(str(root / "a.parquet")))
 
 
 def test_texts_of_a_few_ids_read_only_their_row_groups(tmp_path):
     path = _texts(tmp_path / "pool.parquet")
-    _wreck(path, "text", [1])
+    wreck_chunks(path, "text", [1])
     pool = open_pool(str(path))
     want = [25, 3, 0, 29]
     out = pool_texts(pool, np.array([IDS[i] for i in want], dtype=object))
@@ -136,7 +126,7 @@ def _text_run(tmp_path, path) -> Run:
 
 def test_text_card_reads_the_domain_column_and_the_picked_texts_only(tmp_path):
     path = _texts(tmp_path / "pool.parquet")
-    _wreck(path, "text", [1, 2])
+    wreck_chunks(path, "text", [1, 2])
     run = _text_run(tmp_path, path)
     s = text_summary(run, pick=lambda n: [3, 7])
     assert s["note"] is None

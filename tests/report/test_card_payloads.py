@@ -21,19 +21,7 @@ from kdata.report.card import write_card
 from kdata.report.card_plots import fetch_payloads, thumbnail_blocks
 from kdata.report.html import report_rows
 from kdata.report.inspect import Run, load_run, sample, summarise
-
-
-def _wreck(path: Path, column: str, groups) -> None:
-    """Flip every byte of ``column``'s chunk in row ``groups`` of ``path``: footer intact, that chunk unreadable."""
-    meta = pq.ParquetFile(path).metadata
-    leaf = next(j for j in range(meta.num_columns) if meta.schema.column(j).path == column)
-    data = bytearray(path.read_bytes())
-    for g in groups:
-        c = meta.row_group(int(g)).column(leaf)
-        start = c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset
-        end = start + c.total_compressed_size
-        data[start:end] = bytes(b ^ 0xFF for b in data[start:end])
-    path.write_bytes(bytes(data))
+from tests.helpers.damage import wreck_chunks
 
 
 def _groups_of(path: Path, ids) -> set[int]:
@@ -63,12 +51,12 @@ def test_image_card_and_inspect_read_only_the_pictured_payloads(demo_run, tmp_pa
         {r["id"] for r in report_rows(run)}
     spare = sorted(set(range(pq.ParquetFile(shard).metadata.num_row_groups)) - _groups_of(shard, pictured))
     assert len(spare) >= 50
-    _wreck(shard, "image", spare)
+    wreck_chunks(shard, "image", spare)
     with pytest.raises((OSError, pa.ArrowException)):
         pq.read_table(shard)  # reading every payload fails now
     assert _card_bytes(out, tmp_path / "wrecked") == ref_card
     assert sample(out, best) == ref_sample and ref_sample["shard_row"]["image"].endswith("bytes>")
-    _wreck(shard, "image", sorted(_groups_of(shard, pictured)))  # no image readable at all: summaries need none
+    wreck_chunks(shard, "image", sorted(_groups_of(shard, pictured)))  # no image readable at all: summaries need none
     assert load_run(out).shard_error is None and summarise(out, check=False) == ref_summary
 
 
@@ -93,7 +81,7 @@ def test_text_card_and_inspect_read_only_the_shown_texts(tmp_path):
     shard = next((out / "data").glob("*.parquet"))
     ref_card, ref_summary = _card_bytes(out, tmp_path / "ref"), summarise(out, check=False)
     assert [r["rank"] for r in ref_summary["text"]["kept_texts"]] == [0, 1, 2, 3, 4]  # the first row group
-    _wreck(shard, "text", range(1, pq.ParquetFile(shard).metadata.num_row_groups))
+    wreck_chunks(shard, "text", range(1, pq.ParquetFile(shard).metadata.num_row_groups))
     with pytest.raises((OSError, pa.ArrowException)):
         pq.read_table(shard)
     assert summarise(out, check=False) == ref_summary
@@ -112,7 +100,7 @@ def test_rejected_thumbnails_read_only_their_pool_rows(tmp_path):
     pq.write_table(pa.table({"sample_id": ids, "image": [_png(i) for i in range(100)], "label": ["a"] * 100}), path,
                    row_group_size=10)
     want = ["p023", "p071", "p075"]
-    _wreck(path, "image", sorted(set(range(10)) - _groups_of(path, want)))  # the other row groups' images
+    wreck_chunks(path, "image", sorted(set(range(10)) - _groups_of(path, want)))  # the other row groups' images
     run = Run(out=tmp_path, manifest={"config": {"pool": str(path)}}, decisions=None, shards=None)
     found, note = fetch_payloads(run, want, pool=open_pool(str(path)))
     assert note is None and found == {i: _png(int(i[1:])) for i in want}
@@ -123,7 +111,7 @@ def test_inspect_of_a_shard_whose_shown_texts_are_damaged_reports_and_exits_1(tm
     under integrity, and the exit code is 1 (it was one error line, exit 2, no report)."""
     out = _text_run(tmp_path)
     shard = next((out / "data").glob("*.parquet"))
-    _wreck(shard, "text", [0])  # the best-ranked rows' group
+    wreck_chunks(shard, "text", [0])  # the best-ranked rows' group
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 1
     printed = capsys.readouterr().out
