@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdata.core.atomic import sha256_file
+from kdata.core.errors import KdataError
 from kdata.dataset.manifest_checks import check_fields, check_provenance
 from kdata.dataset.schema import DECISIONS, KEPT, QUARANTINED, REJECTED
 
@@ -186,10 +187,46 @@ def _rows(path: Path) -> int | None:
 
 
 def inside(out: Path, rel) -> Path | None:
-    """``out / rel`` when ``rel`` is a relative path that stays inside ``out`` (no .., not absolute)."""
+    """``out / rel`` when ``rel`` is a relative path that stays inside ``out``: no ``..``, not absolute,
+    and not leaving it through a symlink (a shard linked to a file elsewhere is outside)."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
         return None
-    return out / rel
+    path = out / rel
+    root = os.path.realpath(out)
+    if not os.path.realpath(path).startswith(root.rstrip(os.sep) + os.sep):
+        return None
+    return path
+
+
+def decisions_path(out: Path, manifest: dict) -> Path | None:
+    """The decisions table the manifest names (its checksummed ``decisions`` entry, else the older
+    ``decisions_file``, else ``decisions.parquet``), inside OUT; None when it points outside or the two
+    names disagree (what is checked and what is read must be one file)."""
+    entry = manifest.get("decisions")
+    named = manifest.get("decisions_file")
+    rel = entry.get("path") if isinstance(entry, dict) else None
+    if rel is not None and named is not None and named != rel:
+        return None
+    return inside(out, rel if rel is not None else (named if named is not None else DECISIONS_FILE))
+
+
+def read_decisions(out: Path, manifest: dict) -> pa.Table | None:
+    """The whole decisions table of OUT (``decisions_path``), None when the file is absent; one
+    ``KdataError`` line when it points outside OUT, cannot be read or is not a decisions table."""
+    path = decisions_path(out, manifest)
+    if path is None:
+        raise KdataError(f"{out / 'manifest.json'}: the decisions table it names points outside the dataset "
+                         "(or is not its checksummed one)")
+    if not path.exists():
+        return None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise KdataError(f"{path}: unreadable decisions table ({str(exc).splitlines()[0]})") from None
+    lacking = [c for c in ("sample_id", "decision") if c not in table.column_names]
+    if lacking:
+        raise KdataError(f"{path}: not a decisions table (no {', '.join(map(repr, lacking))} column)")
+    return table
 
 
 def _check_file(out: Path, entry, *, what: str) -> tuple[Path | None, str | None]:
@@ -238,6 +275,9 @@ def _check_decisions(out: Path, manifest: dict) -> tuple[pa.Table | None, list[s
         path, problem = _check_file(out, entry, what="decisions")
         if problem:
             return None, [problem]
+        if decisions_path(out, manifest) != path:
+            return None, [f"{out / 'manifest.json'}: decisions_file {manifest.get('decisions_file')!r:.80} is not the "
+                          f"checksummed decisions table {entry.get('path')!r:.80}"]
     else:  # written before decisions were checksummed: still required, and its counts still checked
         path = inside(out, manifest.get("decisions_file", DECISIONS_FILE))
         if path is None or not path.is_file():
@@ -306,7 +346,7 @@ def _check_shard_rows(out: Path, paths: list[Path], decisions: pa.Table, manifes
                          pc.equal(decisions.column("decision"), KEPT))
     missing = pc.filter(kept_ids, pc.invert(pc.is_in(kept_ids, value_set=original)))
     extra = pc.filter(original, pc.invert(pc.is_in(original, value_set=kept_ids.combine_chunks())))
-    dec_path = out / (manifest.get("decisions") or {}).get("path", manifest.get("decisions_file", DECISIONS_FILE))
+    dec_path = decisions_path(out, manifest) or out / DECISIONS_FILE
     if len(missing):
         problems.append(f"{dec_path}: {len(missing)} kept sample(s) are not in the shards (e.g. "
                         f"'{missing[0].as_py()}')")

@@ -9,7 +9,8 @@ torch's loaders run code from the file in more places than its pickles (torch 2.
 - the graph (``models/<name>.json``) names each node's callable as a dotted path resolved with
   ``getattr`` from ``torch``/``operator``/``math`` (``torch.serialization.os.system`` resolves),
   parses symbolic sizes with ``sympy.sympify`` (``eval``) and ``exec``-s ``guards_code``;
-- a TorchScript program may call ``torch.save``/``torch.from_file`` (files written or mapped).
+- a TorchScript program may call ``torch.save``/``torch.from_file`` (files written or mapped) or
+  ``print`` (checked on its tokens: :mod:`kdata.models.torchscript_code`).
 
 So an archive is accepted only when every member sits where torch.export puts it, every pickled
 member passes :mod:`kdata.models.pickle_scan`, every node target is an operator in an allowed
@@ -28,6 +29,7 @@ from pathlib import Path
 from kdata.core.errors import KdataError
 from kdata.models.pickle_scan import (MAX_PICKLE_BYTES, OpcodeBudget, bounded, check_pickle, check_torch_payload,
                                       printable, torchscript_global_ok)
+from kdata.models.torchscript_code import check_torchscript_code
 
 # Where torch.export.save puts things, relative to the archive's root folder.
 _PT2_LAYOUT = re.compile(r"(archive_format|archive_version|byteorder|\.data/[\w.]+|models/[\w.-]+\.json|"
@@ -38,7 +40,6 @@ _TARGET = re.compile(r"torch\.ops\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)(\.[A-Za-z_]\w*
 _OPERATOR = re.compile(r"_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge|"
                        r"and_|or_|xor|not_|invert|lshift|rshift|matmul|index|truth)\Z")
 _TORCH_SYM = re.compile(r"torch\.(_?sym_[a-z_]+|_assert|_check|_check_is_size)\Z|math\.[a-z][a-z0-9_]*\Z")
-_TS_DENIED = re.compile(r"(torch|aten)\.(save|from_file)\b|from_file|load_tensor|debugprims|\.load_library")
 _SYMBOL = re.compile(r"[a-z]+[0-9]+\Z")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Size bounds, checked on every member's declared size before anything is read and enforced while
@@ -285,8 +286,5 @@ def check_torchscript_archive(path: Path) -> None:
                     check_pickle(bounded(member, info.file_size), where=f"{path}: {printable(name)}",
                                  allowed=torchscript_global_ok, budget=budget)
             elif name.startswith("code/") and name.endswith(".py"):
-                code = re.sub(r"[\s\\]+", "", _read(path, zf, info, name, MAX_TS_MEMBER).decode("utf-8", "replace"))
-                hit = _TS_DENIED.search(code)
-                if hit:
-                    raise KdataError(f"{path}: refused: {printable(name)} calls {hit.group(0)!r} (file access "
-                                     "from a model is not allowed)")
+                check_torchscript_code(_read(path, zf, info, name, MAX_TS_MEMBER).decode("utf-8", "replace"),
+                                       where=f"{path}: {printable(name)}")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from kdata.core.atomic import sha256_file
 from kdata.dataset.schema import KEPT, QUARANTINED, REJECTED, SCORE_PREFIX
 from kdata.core.errors import KdataError
-from kdata.dataset.integrity import inside
+from kdata.dataset.integrity import inside, read_decisions
 from kdata.dataset.writer import read_manifest, shard_paths, verify
 # class balance and the generated (HARD) rows live beside the card's table; summaries here use them
 from kdata.report.card_balance import MAX_BALANCE_ROWS, balance_highlights, class_balance, generated_rows
@@ -100,13 +100,7 @@ def load_run(out: str | Path, *, manifest: dict | None = None) -> Run:
         manifest = read_manifest(out)
         if manifest is None:
             raise KdataError(f"{out}: not a kdata dataset (no manifest.json)")
-    dec_path = out / manifest.get("decisions_file", "decisions.parquet")
-    decisions = None
-    if dec_path.exists():
-        try:
-            decisions = pq.read_table(dec_path)
-        except (OSError, pa.ArrowException) as exc:
-            raise KdataError(f"{dec_path}: unreadable decisions table ({exc})") from None
+    decisions = read_decisions(out, manifest)
     shards, shard_files, err = None, None, None
     files = manifest.get("files")
     if isinstance(files, list):  # entries that are malformed or point outside OUT are left to verify() to report

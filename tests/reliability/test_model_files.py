@@ -231,8 +231,16 @@ def test_hostile_torchscript_archives_are_refused(tmp_path):
         writer = tmp_path / "writer.pt"
         torch.jit.save(scripted, str(writer))
     shutil.copy(Path(src).with_suffix(".json"), tmp_path / "writer.json")
+    # the call split by a comment and a line break (TorchScript's lexer skips both), or reached by an alias
+    split = rewrite(writer, tmp_path / "split.pt", lambda n, d: d.replace(b"torch.save(", b"(torch.#c\n save)(")
+                    if n.startswith("code/") else d)
+    alias = rewrite(writer, tmp_path / "alias.pt", lambda n, d: d.replace(b"torch.save(", b"torch.ops.aten.save(")
+                    if n.startswith("code/") else d)
+    printer = rewrite(writer, tmp_path / "printer.pt", lambda n, d: d.replace(b"torch.save(", b"print(")
+                      if n.startswith("code/") else d)  # raw bytes on the user's terminal
     for path, why in ((planted, "would call posix.system"), (plain, "no code/ folder"),
-                      (writer, "calls 'torch.save'")):
+                      (writer, "calls 'torch.save'"), (split, "calls 'torch.save'"), (alias, "calls 'aten.save'"),
+                      (printer, "calls 'print'")):
         with pytest.raises(KdataError, match=why) as err:
             load_model(str(path))
         assert_refused(err.value, path)
