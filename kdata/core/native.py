@@ -9,8 +9,10 @@ maxima, so no ``torch.topk`` pass is needed. ``benchmarks/select_speed.py`` meas
 
 It is compiled once per machine with the system C compiler (``$CC``, else ``cc``) and
 ``-march=native`` into ``$KDATA_CACHE/native/`` (the file name carries a hash of the source, the
-compiler and the CPU's flags, so a cache shared between machines never loads a foreign build),
-then called through ctypes, which releases the GIL: rows are split over ``torch.get_num_threads()``
+compiler and the CPU's flags, so a cache shared between machines never loads a foreign build; the
+directory is made private, and a library there that another user could have written — the directory or
+file writable by group or others, or not this user's — is never loaded: it is built again in a private
+temporary directory, ``kdata.core.paths.private_cache_dir``), then called through ctypes, which releases the GIL: rows are split over ``torch.get_num_threads()``
 threads. The source targets AVX-512 where the CPU has it, else AVX2 + FMA (x86-64 since 2013;
 ``KDATA_NATIVE_ISA=avx2`` forces that build on an AVX-512 machine). Without a C compiler or either
 instruction set (the source refuses to build) ``available()`` is False and ``kdata.core.stats`` uses its
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from kdata.core.paths import cache_dir
+from kdata.core.paths import only_mine, private_cache_dir
 
 MAX_K = 16  # top-k the kernel collects (KD_MAXK in row_stats.c)
 N_OUT = 12  # float outputs per row, in the order of kdata.core.stats.STAT_NAMES[2:] + (max t, max s, log S t, log S s)
@@ -62,6 +64,17 @@ def _isa(isa: str | None) -> str:
     return isa
 
 
+def _private_tmp() -> str:
+    """A directory of this process's own (0700), removed at exit: where the library is built when the
+    cache cannot be trusted with it (``kdata.core.paths.private_cache_dir``)."""
+    if "tmp" not in _STATE:
+        import atexit
+
+        _STATE["tmp"] = tempfile.mkdtemp(prefix="kdata-native-")
+        atexit.register(shutil.rmtree, _STATE["tmp"], True)
+    return _STATE["tmp"]
+
+
 def _build(isa: str) -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
@@ -69,7 +82,10 @@ def _build(isa: str) -> ctypes.CDLL:
     flags = _FLAGS + (["-mno-avx512f"] if isa == "avx2" else [])
     src = _SOURCE.read_bytes()
     key = hashlib.sha256(src + cc.encode() + " ".join(flags).encode() + _cpu_signature().encode()).hexdigest()[:16]
-    lib_path = cache_dir("native") / f"row_stats-{key}.so"
+    home = private_cache_dir("native")  # None: a cache others can write; build for this process only
+    lib_path = (home or Path(_private_tmp())) / f"row_stats-{key}.so"
+    if lib_path.exists() and not only_mine(lib_path):  # planted or loosened: never loaded
+        lib_path = Path(_private_tmp()) / lib_path.name
     if not lib_path.exists():
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
         os.close(fd)

@@ -26,3 +26,30 @@ def cache_dir(*parts: str) -> Path:
     path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def only_mine(path: Path) -> bool:
+    """Whether no one but this user can change ``path``: owned by the effective uid and not writable by
+    group or others (POSIX; True where there are no uids)."""
+    if not hasattr(os, "geteuid"):
+        return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def private_cache_dir(*parts: str) -> Path | None:
+    """``cache_dir(*parts)`` for what kdata *runs or unpickles* from its cache (a compiled library,
+    Prefect's task results): made private (0700) when this user owns it, and returned only when it and
+    the cache root are ``only_mine``. None otherwise (a cache shared with other users): the caller keeps
+    such content out of it, since whoever can write there could run code as this user."""
+    path = cache_dir(*parts)
+    if hasattr(os, "geteuid"):
+        try:
+            if os.stat(path).st_uid == os.geteuid():
+                path.chmod(0o700)
+        except OSError:
+            return None
+    return path if only_mine(path) and only_mine(path.parent) else None

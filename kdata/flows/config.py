@@ -134,3 +134,16 @@ def latest_dataset(data: str) -> str:
         raise KdataError(f"--data {data}: no complete curated dataset matches (a directory with manifest.json); "
                          f"curate one first: python flows/curate.py --out {DEFAULT_OUT}")
     return max(done, key=lambda p: ((Path(p) / "manifest.json").stat().st_mtime, p))
+
+
+def result_storage() -> Path:
+    """Where the flows' tasks keep Prefect's result records (``$KDATA_CACHE/prefect-results``): Prefect
+    unpickles what it finds there on a cache hit, so the directory must be this user's alone
+    (``kdata.core.paths.private_cache_dir``); one line otherwise."""
+    from kdata.core.paths import cache_dir, private_cache_dir
+
+    path = private_cache_dir("prefect-results")
+    if path is None:
+        raise KdataError(f"{cache_dir('prefect-results')}: other users can write here, and Prefect loads task "
+                         "results from it with pickle; use a cache of your own (KDATA_CACHE) or chmod go-w it")
+    return path

@@ -41,7 +41,7 @@ from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
 from kdata.core.version import __version__
 from kdata.core.warn import shows_lines
-from kdata.flows.config import DEFAULT_OUT, expand_out, load_config
+from kdata.flows.config import DEFAULT_OUT, expand_out, load_config, result_storage
 from kdata.flows.curate_text import empty_scores, score_text_unit_files, text_info, text_load
 from kdata.flows.runners import env_runner, retryable, task_runner
 from kdata.flows.summary import summary
@@ -123,13 +123,6 @@ def score_cache_key(context, parameters: dict) -> str:
                **({"kind": "text", "load": parameters.get("load")} if text else {}),
                "device": str(parameters.get("device", "cpu")).split(":")[0]}  # cpu/cuda scores differ
     return "kdata-score-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _result_storage() -> Path:
-    """Where Prefect keeps scoring results and cache records: beside the score files they name."""
-    from kdata.core.paths import cache_dir
-
-    return cache_dir("prefect-results")
 
 
 @task(name="score-unit", cache_key_fn=score_cache_key, persist_result=True,
@@ -283,7 +276,7 @@ def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
                 "units": {}, "failed": []}
     units, device = prepared["units"], prepared.get("device", "cpu")
     cache = bool(run.get("cache", True))
-    scorer = score_unit_task.with_options(result_storage=_result_storage(), refresh_cache=not cache)
+    scorer = score_unit_task.with_options(result_storage=result_storage(), refresh_cache=not cache)
     use_gpu = device.startswith("cuda") if gpu is None else gpu
     args = {"checksums": prepared.get("checksums"), "score_config": prepared.get("score_config"),
             "device": device, "cache": cache}

@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger, task
 
 from kdata.core.errors import KdataError
 from kdata.core.warn import shows_lines
+from kdata.flows.config import result_storage
 
 _MODELS: dict = {}
 
@@ -53,12 +54,6 @@ def _store() -> Path:
     from kdata.core.paths import cache_dir
 
     return cache_dir("generate")
-
-
-def _results() -> Path:
-    from kdata.core.paths import cache_dir
-
-    return cache_dir("prefect-results")
 
 
 def shard_cache_key(context, parameters: dict) -> str:
@@ -193,7 +188,7 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     shards = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)
     keys = [shard_key(s, teacher_checksum=teacher.checksum, cfg=cfg, device_type=device.split(":")[0])
             for s in shards]
-    tasks = generate_shard_task.with_options(result_storage=_results())
+    tasks = generate_shard_task.with_options(result_storage=result_storage())
     batch = int(run.get("batch_size", 16))
     states = [tasks(params, i, k, device, batch, shards[i], return_state=True) for i, k in enumerate(keys)]
     done = [s.result() for s in states]
