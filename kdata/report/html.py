@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdata.core.atomic import write_bytes
+from kdata.core.errors import printable
 from kdata.dataset.schema import QUARANTINED
 from kdata.report.html_page import PAGE
 from kdata.report.inspect import Run, class_balance, decision_counts, primary_score
@@ -81,12 +82,18 @@ def _stages(dc: dict) -> list[tuple[str, int | None, str]]:
     return rows
 
 
+def _h(text) -> str:
+    """HTML-escaped, with control characters (ESC, BEL…) shown as ``\\xNN``: the page is also read with
+    ``cat`` and ``less``, where a raw escape would drive the terminal."""
+    return html.escape(printable(text))
+
+
 def _table(header: list[str], rows: list[list], *, row_ids: list[str] | None = None, tid: str) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{_h(h)}</th>" for h in header)
     body = []
     for i, r in enumerate(rows):
-        rid = f' data-key="{html.escape(row_ids[i])}"' if row_ids else ""
-        cells = "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r)
+        rid = f' data-key="{html.escape(row_ids[i])}"' if row_ids else ""  # matched by the page's script: as is
+        cells = "".join(f"<td>{_h(fmt(v))}</td>" for v in r)
         body.append(f"<tr{rid}>{cells}</tr>")
     return f'<table id="{tid}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -130,7 +137,7 @@ def render_report(run: Run, *, name: str, rows: list[dict], images: dict[str, by
         "__TITLE__": html.escape(f"{name}: kdata curation report"),
         "__NAME__": html.escape(name),
         "__CARD__": html.escape(card),
-        "__META__": "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(fmt(v))}</dd>" for k, v in meta),
+        "__META__": "".join(f"<dt>{_h(k)}</dt><dd>{_h(fmt(v))}</dd>" for k, v in meta),
         "__COUNTS__": _table(["stage", "samples"], [[s, n] for s, n, _ in stages], row_ids=[k for _, _, k in stages],
                              tid="counts"),
         "__BALANCE__": _table(["class", "pool, web label", "pool, teacher", "kept, teacher"],

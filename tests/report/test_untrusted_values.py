@@ -88,7 +88,9 @@ def test_card_markdown_renders_no_live_html_and_holds_no_control_bytes(which, re
     codes = set(re.findall(r"<code>(.*?)</code>", html, re.S))
     shown = "s0" + EVIL.replace("\x1b", "\\x1b").replace("\x07", "\\x07")
     assert shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in codes or which == "image_run"
-    assert "report.html" in card and "<script>alert(2)</script>" not in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "report.html" in card and "<script>alert(2)</script>" not in page
+    assert not any(m in page for m in MARKERS)  # `cat report.html` drives no terminal either
 
 
 def test_class_names_and_domains_are_text_in_the_tables(text_run):
