@@ -71,7 +71,8 @@ def test_scanner_refuses_what_it_cannot_read():
 
 
 def test_real_checkpoints_pass_in_both_formats(tmp_path):
-    state = {"w": torch.randn(3, 2), "b": torch.zeros(3, dtype=torch.float16), "n": torch.tensor(7),
+    state = {"w": torch.randn(3, 2, generator=torch.Generator().manual_seed(0)),
+             "b": torch.zeros(3, dtype=torch.float16), "n": torch.tensor(7),
              "p": torch.nn.Parameter(torch.ones(2)), "h": torch.ones(2, dtype=torch.bfloat16)}
     for legacy in (False, True):
         path = tmp_path / f"s{legacy}.pt"
