@@ -166,13 +166,34 @@ def load_state_file(path: str | Path, *, where: str | None = None) -> object:
         raise KdataError(f"{where}: cannot read checkpoint ({_one_line(exc)})") from None
 
 
-def _guarded_probe(program, probe_shape) -> None:
+PROBE_SECONDS = 300.0  # a forward pass on zeros that runs longer: a model that loops (KDATA_PROBE_SECONDS)
+
+
+def _guarded_probe(program, probe_shape, *, path) -> None:
     """Run one CPU forward pass inside the guard: code an archive would run on every forward pass
     (exported guards, TorchScript methods) runs here first, where the audit hook refuses it.
-    Ordinary failures are left to the caller's own probe, which reports them."""
-    if probe_shape is not None:
+    Ordinary failures are left to the caller's own probe, which reports them. A pass that never ends
+    (a ``while`` loop in the program) cannot be interrupted inside torch's interpreter: after
+    ``PROBE_SECONDS`` the process prints one line naming the file and exits with status 2."""
+    if probe_shape is None:
+        return
+    import os
+
+    limit = float(os.environ.get("KDATA_PROBE_SECONDS") or PROBE_SECONDS)
+
+    def stuck() -> None:
+        print(f"kdata: error: {printable(str(path))}: a forward pass on zeros ran over {limit:g} s (a model that "
+              "loops forever?); stopped", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    watchdog = threading.Timer(limit, stuck)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
         with contextlib.suppress(Exception), torch.inference_mode():
             program(torch.zeros(probe_shape))
+    finally:
+        watchdog.cancel()
 
 
 def load_exported_program(path: str | Path, *, probe_shape=None):
@@ -183,7 +204,7 @@ def load_exported_program(path: str | Path, *, probe_shape=None):
     try:
         with untrusted_load(str(path)):
             program = torch.export.load(str(path)).module()
-            _guarded_probe(program, probe_shape)
+            _guarded_probe(program, probe_shape, path=path)
             return program
     except KdataError:
         raise
@@ -203,7 +224,7 @@ def load_torchscript_program(path: str | Path, *, probe_shape=None):
         with untrusted_load(str(path)):
             program = torch.jit.load(str(path), map_location="cpu")
             program.eval()
-            _guarded_probe(program, probe_shape)
+            _guarded_probe(program, probe_shape, path=path)
             return program
     except KdataError:
         raise

@@ -250,6 +250,31 @@ def test_hostile_torchscript_archives_are_refused(tmp_path):
     assert not marker.exists()
 
 
+
+class _Loops(torch.nn.Module):
+    def forward(self, x):
+        i = 0
+        while i >= 0:  # never ends; TorchScript's interpreter cannot be interrupted inside it
+            i = i + 1
+        return x.flatten(1)[:, :10]
+
+
+def test_a_torchscript_model_that_loops_forever_is_one_line_not_a_hang(tmp_path):
+    m = exported_models()
+    loops = tmp_path / "loops.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated; still what users have
+        torch.jit.save(torch.jit.script(_Loops()), str(loops))
+    shutil.copy(Path(m["student_pt"]).with_suffix(".json"), loops.with_suffix(".json"))
+    pool = make_image_folder(tmp_path / "pool", n=8)
+    proc = subprocess.run([sys.executable, "-m", "kdata.cli", "select", "--pool", str(pool), "--teacher",
+                           m["teacher_pt2"], "--student", str(loops), "--method", "kd3", "--budget", "4",
+                           "--device", "cpu", "--out", str(tmp_path / "out")], check=False, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "KDATA_PROBE_SECONDS": "3"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "loops.pt: a forward pass on zeros ran over 3 s" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_hostile_timm_checkpoint_is_refused(tmp_path, legacy):
     import timm
