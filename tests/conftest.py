@@ -59,3 +59,13 @@ def demo_run(tmp_path_factory, builtin_models) -> Path:
     run_select(SelectConfig(method="kd3", budget="0.3"), out=str(out), opts=RunOptions(device="cpu"))
     return out
 
+
+
+@pytest.fixture
+def warning_lines():
+    """kdata's warnings printed as the CLI prints them (one ``kdata: warning:`` line on stderr each), for
+    tests that call library functions and read stderr: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    from kdata.core.warn import shown_as_lines
+
+    with shown_as_lines():
+        yield

@@ -19,6 +19,8 @@ from kdata.pools.readers import open_image_folder
 from tests.helpers.damage import garbage_inside, rewrite_parquet
 from tests.helpers.real_inputs import digits, exported_models, make_image_folder, png_bytes
 
+pytestmark = pytest.mark.usefixtures("warning_lines")  # kdata's warnings read from stderr, as the CLI prints them
+
 
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):

@@ -19,6 +19,8 @@ from kdata.pipeline.config import RunOptions, SelectConfig  # noqa: E402
 from kdata.pipeline.run import run_select  # noqa: E402
 from tests.helpers.text_models import text_assets  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("warning_lines")  # kdata's warnings read from stderr, as the CLI prints them
+
 
 def _cfg(method: str, *, reference: bool | None = None, student: str = "s", **kw) -> SelectConfig:
     d = text_assets()

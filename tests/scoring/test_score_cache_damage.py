@@ -19,6 +19,8 @@ from kdata.scoring.score import ScoreConfig, score_pool, unit_cache_key
 from tests.helpers.damage import garbage_inside, rewrite_parquet
 from tests.helpers.real_inputs import exported_models, make_image_folder, make_parquet_units
 
+pytestmark = pytest.mark.usefixtures("warning_lines")  # kdata's warnings read from stderr, as the CLI prints them
+
 CFG = ScoreConfig(batch_size=8)
 
 

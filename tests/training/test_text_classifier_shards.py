@@ -23,6 +23,8 @@ from kdata.training.text import TextTrainConfig, train_text  # noqa: E402
 from kdata.training.text_data import TextShards  # noqa: E402
 from tests.helpers.text_models import tiny_classifier  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("warning_lines")  # kdata's warnings read from stderr, as the CLI prints them
+
 WORDS = ("alpha beta", "gamma delta", "the cat sat", "open the file", "sum two numbers", "a dog ran")
 
 
