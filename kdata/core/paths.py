@@ -42,9 +42,10 @@ def only_mine(path: Path) -> bool:
 
 def private_cache_dir(*parts: str) -> Path | None:
     """``cache_dir(*parts)`` for what kdata *runs or unpickles* from its cache (a compiled library,
-    Prefect's task results): made private (0700) when this user owns it, and returned only when it and
-    the cache root are ``only_mine``. None otherwise (a cache shared with other users): the caller keeps
-    such content out of it, since whoever can write there could run code as this user."""
+    Prefect's task results): made private (0700) when this user owns it, and returned only then. None
+    otherwise (a directory of another user's, in a cache shared with others): the caller keeps such
+    content out of it, since whoever can write there could run code as this user. (A directory swapped
+    in by someone who can write the cache root is theirs, not this user's, so it fails the check too.)"""
     path = cache_dir(*parts)
     if hasattr(os, "geteuid"):
         try:
@@ -52,4 +53,4 @@ def private_cache_dir(*parts: str) -> Path | None:
                 path.chmod(0o700)
         except OSError:
             return None
-    return path if only_mine(path) and only_mine(path.parent) else None
+    return path if only_mine(path) else None

@@ -307,10 +307,9 @@ def validate(cfg: SelectConfig, *, where: str = "config") -> None:
 def _validate_unused(cfg: SelectConfig, methods: list[str]) -> None:
     """``--critic``/``--critic-recall``/``--reference`` given to a run that would not read them: refused,
     so a user who expects a critic filter or a MiniPLM reference is not silently given neither."""
+    from kdata.models.hf import is_text_spec
     from kdata.selection.methods import get_method
     from kdata.selection.recipes import default_recipe
-
-    from kdata.models.hf import is_text_spec
 
     chain = methods
     if cfg.is_default_recipe:  # causal-LM text runs default to MiniPLM (kdata.pipeline.text), which reads it
