@@ -12,7 +12,8 @@ It is compiled once per machine with the system C compiler (``$CC``, else ``cc``
 compiler and the CPU's flags, so a cache shared between machines never loads a foreign build; the
 directory is made private, and a library there that another user could have written — the directory or
 file writable by group or others, or not this user's — is never loaded: it is built again in a private
-temporary directory, ``kdata.core.paths.private_cache_dir``), then called through ctypes, which releases the GIL: rows are split over ``torch.get_num_threads()``
+temporary directory, ``kdata.core.paths.private_cache_dir``), then called through ctypes, which
+releases the GIL: rows are split over ``torch.get_num_threads()``
 threads. The source targets AVX-512 where the CPU has it, else AVX2 + FMA (x86-64 since 2013;
 ``KDATA_NATIVE_ISA=avx2`` forces that build on an AVX-512 machine). Without a C compiler or either
 instruction set (the source refuses to build) ``available()`` is False and ``kdata.core.stats`` uses its
