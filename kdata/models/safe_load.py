@@ -182,7 +182,9 @@ def _guarded_probe(program, probe_shape, *, path) -> None:
     limit = float(os.environ.get("KDATA_PROBE_SECONDS") or PROBE_SECONDS)
 
     def stuck() -> None:
-        print(f"kdata: error: {printable(str(path))}: a forward pass on zeros ran over {limit:g} s (a model that "
+        from kdata.core.errors import printable as escaped  # the whole path (pickle_scan's printable shortens)
+
+        print(f"kdata: error: {escaped(path)}: a forward pass on zeros ran over {limit:g} s (a model that "
               "loops forever?); stopped", file=sys.stderr, flush=True)
         os._exit(2)
 

@@ -120,7 +120,7 @@ def test_an_extra_pickle_member_full_of_opcodes_is_refused_at_once(tmp_path):
     with pytest.raises(KdataError) as err:
         check_checkpoint_file(bomb)
     msg = str(err.value)  # refused for being there, before any of its opcodes is scanned
-    assert str(bomb) in msg and "unexpected pickle member 'extra0.pkl'" in msg and "\n" not in msg, msg
+    assert str(bomb) in msg and "unexpected pickle member" in msg and "extra0.pkl'" in msg and "\n" not in msg, msg
     check_checkpoint_file(ckpt)  # the real checkpoint still passes
 
 

@@ -129,6 +129,7 @@ def test_units_are_cached_and_keys_follow_the_options(lms, tmp_path, monkeypatch
     assert info3["cache_hits"] == 0 and len(other.column("teacher_topk_ids")[0].as_py()[0]) == 2
 
 
+@pytest.mark.usefixtures("warning_lines")  # the warning read from stderr, as the CLI prints it
 @pytest.mark.parametrize("damage", ["truncated", "bad_json", "no_sample_id"])
 def test_a_damaged_text_cache_entry_is_scored_again_with_a_warning(lms, tmp_path, monkeypatch, capsys, damage):
     """A text unit's cache entry is checked like an image unit's (kdata.scoring.cache_entries): damaged,

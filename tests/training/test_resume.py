@@ -91,6 +91,7 @@ def test_a_killed_run_resumes_and_saves_the_uninterrupted_student(sel, reference
     assert code == 2 and "already holds a trained student" in se
 
 
+@pytest.mark.usefixtures("warning_lines")  # the note read from stderr, as the CLI prints it
 def test_a_rerun_with_other_settings_starts_afresh_with_one_note(sel, tmp_path, capsys):
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
