@@ -34,15 +34,17 @@ def check_unique_pool_ids(pool: Pool) -> int | None:
     """The number of rows of ``pool`` (every row a sample, readable or not, as scoring counts ``n_in``);
     one line naming the pool, the id and the units holding it when a sample id occurs twice. None when a
     unit cannot give its ids: scoring quarantines that unit with its error, and the checks run after it."""
-    hashes, forms = [], {}
+    hashes, odd = [], {}
     try:
         for unit in pool.units:
             ids = unit.sample_ids()
             hashes.append(id_hashes(ids))
-            _look_alikes(ids, forms, where=pool.spec)
+            _not_nfc(ids, odd)
     except KdataError:
         return None
     every = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+    if odd:
+        _warn_look_alikes(odd, every, where=pool.spec)
     values, counts = np.unique(every, return_counts=True)
     repeated = values[counts > 1]
     del every, values, counts
@@ -51,24 +53,31 @@ def check_unique_pool_ids(pool: Pool) -> int | None:
     return int(sum(len(h) for h in hashes))
 
 
-def _look_alikes(ids: pa.Array, forms: dict, *, where: str) -> None:
-    """One warning per pool when two distinct ids are the same text in another Unicode normal form
-    (``café`` as one code point or as ``e`` + a combining accent: file names from macOS and Linux mixed):
-    two samples to kdata and to a join, printed alike. Only non-ASCII ids are normalised (NFC);
-    ``forms`` maps each normal form seen to its id (``None`` under it once warned)."""
+def _not_nfc(ids: pa.Array, odd: dict) -> None:
+    """Add to ``odd`` (NFC form → id) the ids not in Unicode normal form C: of two distinct ids that are
+    the same text in another form (``café`` as one code point or as ``e`` + a combining accent: file
+    names from macOS and Linux mixed), at least one is. Only non-ASCII ids are looked at, and only the
+    rare non-NFC ones are held."""
     import unicodedata
 
     import pyarrow.compute as pc
 
-    if None in forms or not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
         return
     for sid in ids.filter(pc.invert(pc.fill_null(pc.string_is_ascii(ids), True))).to_pylist():
-        first = forms.setdefault(unicodedata.normalize("NFC", sid), sid)
-        if first != sid:
-            forms[None] = True
-            warn(f"{where}: sample ids {ascii(first)} and {ascii(sid)} differ only in their Unicode form (NFC/NFD); "
-                 "they are kept as two samples, but print alike", stacklevel=3)
-            return
+        if not unicodedata.is_normalized("NFC", sid):
+            odd.setdefault(unicodedata.normalize("NFC", sid), sid)
+
+
+def _warn_look_alikes(odd: dict, every: np.ndarray, *, where: str) -> None:
+    """One warning when a non-NFC id's NFC form is an id of the pool too (found among the id hashes):
+    two samples to kdata and to a join, printed alike."""
+    forms = list(odd)
+    present = np.isin(id_hashes(pa.array(forms, pa.string())), every)
+    if present.any():
+        nfc = forms[int(np.flatnonzero(present)[0])]
+        warn(f"{where}: sample ids {ascii(nfc)} and {ascii(odd[nfc])} differ only in their Unicode form (NFC/NFD); "
+             "they are kept as two samples, but print alike", stacklevel=3)
 
 
 def _raise_on_repeat(pool: Pool, hashes: list[np.ndarray], repeated: np.ndarray) -> None:
