@@ -279,7 +279,7 @@ def _check_decisions(out: Path, manifest: dict) -> tuple[pa.Table | None, list[s
             return None, [f"{out / 'manifest.json'}: decisions_file {manifest.get('decisions_file')!r:.80} is not the "
                           f"checksummed decisions table {entry.get('path')!r:.80}"]
     else:  # written before decisions were checksummed: still required, and its counts still checked
-        path = inside(out, manifest.get("decisions_file", DECISIONS_FILE))
+        path = decisions_path(out, manifest)
         if path is None or not path.is_file():
             return None, [f"{path or out / DECISIONS_FILE}: missing (every kdata dataset has a decisions table)"]
     try:
