@@ -51,7 +51,8 @@ def train_pair(cfg: SelectConfig, *, out: str, n_kept: int, epochs: int = DEMO_E
     tc = TextTrainConfig(epochs=epochs, seed=cfg.seed, device="cpu")
     logs = {}
     with tempfile.TemporaryDirectory(prefix="kdata-demo-text-") as tmp:
-        rcfg = dataclasses.replace(cfg, method="random", budget=str(n_kept), balance=None, dedup=None, hard=0)
+        rcfg = dataclasses.replace(cfg, method="random", budget=str(n_kept), balance=None, dedup=None, hard=0,
+                                   reference=None)  # random reads no reference model: refused beside it
         _tell(progress, "random set")
         run_select(rcfg, out=str(Path(tmp) / "random"), opts=RunOptions(device="cpu"))
         for name, shards in (("curated", out), ("random", str(Path(tmp) / "random"))):

@@ -25,3 +25,16 @@ def test_demo_text_curates_builtin_text_web_with_token_soft_labels(tmp_path):
     junk = table.column("source").to_pylist().count("junk") / table.num_rows
     assert junk < 0.12  # the pool has ~12% junk; the recipe keeps less of it
     assert "training" not in result
+
+
+def test_demo_text_trains_both_students_as_the_readme_runs_it(tmp_path, capsys):
+    """The README's command with training: the random baseline is selected from the same pool without the
+    curated run's reference model (random reads none, and select refuses one it does not read)."""
+    from kdata.cli import main
+
+    assert main(["demo", "--text", "--epochs", "1", "--out", str(tmp_path / "demo"), "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ppl = result["training"]
+    assert ppl["rows"] == result["counts"]["kept"] and ppl["epochs"] == 1
+    assert {"student_curated", "student_random"} <= set(ppl), ppl
+    assert all(0 < ppl[k] < ppl["student_before"] for k in ("student_curated", "student_random")), ppl
