@@ -7,8 +7,9 @@ instance shards rewritten with their checksums recomputed. A derived dataset wou
 under a new, valid manifest. So every row group of an image dataset goes through the trainer's own
 per-row checks (``kdata.training.shard_dataset.read_group``: probabilities finite, in [0, 1] and
 one softmax, logits finite, top-k indices in [0, C), labels in [-1, C), no nulls, equal-length
-lists), one row group at a time and without the payloads, before any work: one line naming the file,
-column and row.
+lists), and every row group of a text dataset through the text trainer's
+(``kdata.training.text_checks``), one row group at a time and without the payloads, before any work:
+one line naming the file, column and row.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from kdata.core.errors import KdataError
 from kdata.dataset.schema import kdata_metadata, validate_shard
 from kdata.dataset.shard_rows import non_null_rows
 from kdata.training.shard_dataset import RowGroup, read_group
+from kdata.training.text_checks import check_text_shard
 
 
 def check_source_shards(paths: list[Path], *, class_names=None) -> dict:
     """Every shard present, of the shard schema, with a readable ``kdata`` metadata entry and, where it
-    holds images, soft labels the trainer accepts over ``len(class_names)`` classes (when known). Returns
+    holds images or text, soft labels the trainer accepts over ``len(class_names)`` classes (when known). Returns
     the first shard's ``kdata`` metadata (``{}`` without shards); one ``KdataError`` line otherwise."""
     meta: dict | None = None
     for p in paths:
@@ -42,14 +44,18 @@ def check_source_shards(paths: list[Path], *, class_names=None) -> dict:
 
 
 def check_soft_labels(path: Path, *, num_classes: int | None) -> None:
-    """The soft labels of an image shard, row group by row group, as ``kdata train`` reads them (a shard
-    without image payloads — text, or selected from ``--scores`` alone — is not the trainer's to check)."""
+    """The soft labels of one shard, row group by row group, as ``kdata train`` reads them: image rows by
+    the image trainer's checks, text rows by the text trainer's (``kdata.training.text_checks``). A shard
+    without payloads (selected from ``--scores`` alone) is not a trainer's to check."""
     pf = pq.ParquetFile(path)
-    if "image" not in pf.schema_arrow.names or not non_null_rows([path], "image"):
-        return
-    first = 0
-    for i in range(pf.metadata.num_row_groups):
-        rows = pf.metadata.row_group(i).num_rows
-        read_group(pf, RowGroup(str(path), i, rows, first), num_classes=num_classes, temperature=1.0,
-                   images=False)  # the soft labels only: the payloads are not re-read
-        first += rows
+    names = pf.schema_arrow.names
+    if "image" in names and non_null_rows([path], "image"):
+        first = 0
+        for i in range(pf.metadata.num_row_groups):
+            rows = pf.metadata.row_group(i).num_rows
+            read_group(pf, RowGroup(str(path), i, rows, first), num_classes=num_classes, temperature=1.0,
+                       images=False)  # the soft labels only: the payloads are not re-read
+            first += rows
+    elif "text" in names and non_null_rows([path], "text"):
+        kind = "causal_lm" if "teacher_topk_ids" in names else "classifier"
+        check_text_shard(path, kind=kind, num_classes=num_classes)

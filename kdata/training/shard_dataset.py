@@ -152,10 +152,10 @@ def read_group(pf: pq.ParquetFile, g: RowGroup, *, num_classes: int | None, temp
     if not n:
         empty = np.zeros((0, 0), np.float32)
         return GroupData([], empty.astype(np.int64), empty, empty, np.zeros(0, np.int64))
-    idx = _list2d(table, "teacher_topk_idx", np.int64, g)
-    prob = _list2d(table, "teacher_topk_prob", np.float32, g)
+    idx = list_matrix(table, "teacher_topk_idx", np.int64, g)
+    prob = list_matrix(table, "teacher_topk_prob", np.float32, g)
     has_logit = "teacher_topk_logit" in table.column_names and table.column("teacher_topk_logit").null_count == 0
-    logit = _list2d(table, "teacher_topk_logit", np.float32, g) if has_logit else None
+    logit = list_matrix(table, "teacher_topk_logit", np.float32, g) if has_logit else None
     if "label_idx" in table.column_names:
         labels = table.column("label_idx").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     else:
@@ -194,7 +194,8 @@ def check_group(g: RowGroup, *, idx, logit, prob, labels, num_classes: int | Non
                          f"({', '.join(map(str, ks.values()))}) in row group {g.index}")
 
 
-def _list2d(table: pa.Table, name: str, dtype, g: RowGroup) -> np.ndarray:
+def list_matrix(table: pa.Table, name: str, dtype, g: RowGroup) -> np.ndarray:
+    """Column ``name`` of fixed-length lists as an (n, k) array; nulls or ragged lists are one line."""
     col = table.column(name).combine_chunks()
     values = col.flatten()
     if col.null_count or values.null_count:
@@ -234,7 +235,7 @@ class ShardDataset(IterableDataset):
         for g in self.groups:
             if g.rows:
                 table = pq.ParquetFile(g.path).read_row_group(g.index, columns=["teacher_topk_idx"])
-                return _list2d(table, "teacher_topk_idx", np.int64, g).shape[1]  # nulls: one line naming the shard
+                return list_matrix(table, "teacher_topk_idx", np.int64, g).shape[1]  # nulls: one line naming the shard
         return 0
 
     def __len__(self) -> int:

@@ -119,6 +119,13 @@ def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
                              "that wrote the shards; token-level distillation needs the same tokenizer")
 
 
+def _logit_width(model) -> int | None:
+    """How many next-token logits the student gives: the stored top-k ids must index them."""
+    head = model.model.get_output_embeddings() if hasattr(model.model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
+
+
 def check_classes(shards: TextShards, student, spec: str, where) -> None:
     """Refuse a classifier student whose class names (``id2label`` in id order) are not the shards'
     ``class_names`` in the same order: the stored top-k class indices and web labels index the
@@ -273,7 +280,7 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
         lr, lr_reason = text_lr(cfg.lr, student)
         cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length), lr=lr)  # the student's position limit
         data = TextShards(shards, kind=kind, batch_size=cfg.batch_size, pad_id=model.pad_id, seed=cfg.seed,
-                          max_length=cfg.max_length)
+                          max_length=cfg.max_length, vocab=_logit_width(model) if kind == "causal_lm" else None)
         if kind == "causal_lm":
             check_tokenizer(data, model)
         else:

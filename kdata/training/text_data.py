@@ -12,7 +12,6 @@ generator and the rows within each group.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -23,17 +22,10 @@ import torch
 from kdata.core.errors import KdataError
 from kdata.core.warn import warn
 from kdata.dataset.schema import kdata_metadata
-from kdata.training.shard_dataset import shard_class_names, shard_files
+from kdata.training.shard_dataset import RowGroup, shard_class_names, shard_files
+from kdata.training.text_checks import LM_COLUMNS, check_classifier_group, check_lm_group
 
-LM_COLUMNS = ("input_ids", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_mass")
 CLASSIFIER_COLUMNS = ("text", "teacher_topk_idx", "teacher_topk_prob")
-
-
-@dataclass(frozen=True)
-class Group:
-    path: str
-    index: int
-    rows: int
 
 
 def shard_kind(source: str | os.PathLike | list) -> str:
@@ -64,16 +56,19 @@ def shard_kind(source: str | os.PathLike | list) -> str:
 
 
 class TextShards:
-    """The row groups of curated text shards of one kind; ``batches(epoch=…)`` yields padded batches."""
+    """The row groups of curated text shards of one kind; ``batches(epoch=…)`` yields padded batches.
+    Each row group's soft labels are checked as it is read (``kdata.training.text_checks``), token ids
+    against ``vocab`` (the student's vocabulary size) when given."""
 
     def __init__(self, source, *, kind: str, batch_size: int, pad_id: int = 0, seed: int = 0,
-                 max_length: int | None = None):
+                 max_length: int | None = None, vocab: int | None = None):
         self.source, self.files = source, shard_files(source)
         self.kind, self.batch_size, self.pad_id, self.seed = kind, batch_size, pad_id, seed
-        self.max_length = max_length
+        self.max_length, self.vocab = max_length, vocab
+        self._k: int | None = None  # the top-k width of the LM rows read so far
         need = LM_COLUMNS if kind == "causal_lm" else CLASSIFIER_COLUMNS
         self.columns = list(need) + (["label_idx", "teacher_topk_logit"] if kind == "classifier" else ["text"])
-        self.groups: list[Group] = []
+        self.groups: list[RowGroup] = []
         self.meta: dict = {}
         for f in self.files:
             try:
@@ -84,8 +79,14 @@ class TextShards:
             if missing:
                 raise KdataError(f"{f}: not {kind} text shards: missing column(s) {', '.join(missing)}")
             self.meta = self.meta or kdata_metadata(pf.schema_arrow, where=str(f))
-            self.groups += [Group(str(f), i, pf.metadata.row_group(i).num_rows) for i in range(pf.metadata.num_row_groups)]
+            first = 0
+            for i in range(pf.metadata.num_row_groups):
+                rows = pf.metadata.row_group(i).num_rows
+                self.groups.append(RowGroup(str(f), i, rows, first))
+                first += rows
         self.columns = [c for c in self.columns if c in pq.read_schema(self.files[0]).names]
+        names = self.class_names if kind == "classifier" else None
+        self._num_classes = len(names) if names else None  # what the stored class indices must stay below
 
     def __len__(self) -> int:
         return sum(g.rows for g in self.groups)
@@ -119,6 +120,7 @@ class TextShards:
             g = self.groups[int(gi)]
             with pq.ParquetFile(g.path) as pf:  # one open file at a time, however many shards
                 table = pf.read_row_group(g.index, columns=self.columns)
+            self._check(table, g)
             pending.append(table.take(rng.permutation(table.num_rows)))
             waiting += table.num_rows
             while waiting >= self.batch_size:
@@ -127,6 +129,12 @@ class TextShards:
                 yield self._collate(batch)
         if waiting:
             yield self._collate(_concat(pending))
+
+    def _check(self, table: pa.Table, g: RowGroup) -> None:
+        if self.kind == "causal_lm":
+            self._k = check_lm_group(table, g, k=self._k, vocab=self.vocab)
+        else:
+            check_classifier_group(table, g, num_classes=self._num_classes)
 
     def _collate(self, table: pa.Table) -> dict:
         if self.kind == "causal_lm":

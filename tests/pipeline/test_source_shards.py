@@ -100,3 +100,29 @@ def test_malformed_shard_metadata_is_one_line_naming_the_shard(demo_run, tmp_pat
         assert main([*command, "--out", str(out), "--quiet"]) == 2
         assert line in _one_line(capsys)
         assert not (out / MANIFEST).exists() and not (out / "student.pt2").exists()
+
+
+def test_a_text_dataset_with_a_damaged_lm_row_is_refused_by_dedup_and_train(tmp_path, capsys):
+    """The same for causal-LM text shards: per-token soft labels checked as the text trainer reads them."""
+    pytest.importorskip("transformers")
+    from tests.helpers.text_models import text_assets
+
+    d = text_assets()
+    text = tmp_path / "text"
+    assert main(["select", "--pool", str(d / "pool.jsonl"), "--teacher", f"hf:{d / 't'}", "--student",
+                 f"hf:{d / 's'}", "--method", "random", "--budget", "10", "--out", str(text), "--device", "cpu",
+                 "--quiet"]) == 0
+
+    def nan_logprob(t: pa.Table) -> pa.Table:
+        return _set_row(t, "teacher_topk_logprobs", 2, lambda r: [[float("nan")] * len(p) for p in r])
+
+    src = _resealed(text, tmp_path / "src", edit=nan_logprob)
+    shard = src / json.loads((src / MANIFEST).read_text())["files"][0]["path"]
+    line = f"{shard}: column 'teacher_topk_logprobs' holds non-finite or positive log-probabilities (row 2)"
+    capsys.readouterr()
+    assert main(["dedup", str(src), "--level", "exact", "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert line in _one_line(capsys)
+    assert not (tmp_path / "d").exists()
+    assert main(["train", str(src), "--student", f"hf:{d / 's'}", "--epochs", "1", "--device", "cpu", "--eval",
+                 "none", "--out", str(tmp_path / "student"), "--quiet"]) == 2
+    assert line in _one_line(capsys)

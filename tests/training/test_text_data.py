@@ -207,13 +207,13 @@ def test_null_or_ragged_soft_labels_are_one_clear_error(lm_shards, tmp_path):
     rows[3]["teacher_rest_mass"] = None
     (tmp_path / "nulls").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "nulls" / "a.parquet")
-    with pytest.raises(KdataError, match="teacher_rest_mass holds nulls"):
+    with pytest.raises(KdataError, match=r"a.parquet: column 'teacher_rest_mass' holds nulls \(row 3\)"):
         list(TextShards(tmp_path / "nulls", kind="causal_lm", batch_size=64).batches(epoch=0))
     rows = table.to_pylist()
     rows[3]["teacher_topk_ids"] = [ids[:3] for ids in rows[3]["teacher_topk_ids"]]
     (tmp_path / "ragged").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "ragged" / "a.parquet")
-    with pytest.raises(KdataError, match="top-k lists of different lengths"):
+    with pytest.raises(KdataError, match=r"a.parquet: column 'teacher_topk_ids' holds top-k lists of another length than 8 .*\(row 3\)"):
         list(TextShards(tmp_path / "ragged", kind="causal_lm", batch_size=64).batches(epoch=0))
 
 

@@ -1,0 +1,111 @@
+"""The soft labels of curated text shards, checked one row group at a time: one line naming the file,
+column and row.
+
+A causal-LM row holds ``input_ids`` (L) and, per next-token position, the teacher's top-k token ids
+and log-probabilities (P × k) and the leftover mass (P) (docs/text.md). Usable means: no nulls at
+any level; P equal across the three soft-label columns; one k for every position of the dataset;
+token ids ≥ 0 (and below the student's vocabulary when it is known); log-probabilities finite and
+≤ 0 with exp-sum ≤ 1 + slack (one softmax); leftover mass finite and in [0, 1]. A text-classifier
+row holds class soft labels like an image row and gets the image rows' checks
+(``kdata.training.shard_dataset.check_group``). Vectorised over Arrow's flat values: no per-row Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kdata.core.errors import KdataError
+from kdata.training.shard_dataset import PROB_SLACK, RowGroup, check_group, list_matrix
+
+LM_COLUMNS = ("input_ids", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_mass")
+CLASSIFIER_CHECKED = ("teacher_topk_idx", "teacher_topk_prob", "teacher_topk_logit", "label_idx")
+
+
+def _fail(g: RowGroup, name: str, problem: str, rows: np.ndarray) -> None:
+    rows = np.unique(rows)
+    if len(rows):
+        more = f" and {len(rows) - 1} more in its row group" if len(rows) > 1 else ""
+        raise KdataError(f"{g.path}: column '{name}' {problem} (row {g.first + int(rows[0])}{more}): "
+                         "not causal-LM text shards kdata can train on")
+
+
+def _levels(table: pa.Table, name: str, g: RowGroup) -> list[tuple[pa.Array, np.ndarray]]:
+    """Column ``name`` level by level, outermost first, each with the table row of every entry; a null at
+    any level is refused."""
+    arr, rows = table.column(name).combine_chunks(), np.arange(table.num_rows)
+    levels = []
+    while True:
+        if arr.null_count:
+            _fail(g, name, "holds nulls", rows[np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))])
+        levels.append((arr, rows))
+        if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+            return levels
+        rows = rows[pc.list_parent_indices(arr).to_numpy()]
+        arr = arr.flatten()
+
+
+def _lengths(arr: pa.Array) -> np.ndarray:
+    return pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def check_lm_group(table: pa.Table, g: RowGroup, *, k: int | None = None, vocab: int | None = None) -> int | None:
+    """One row group of causal-LM shards (the ``LM_COLUMNS`` of ``table``) is usable; ``k`` is the top-k
+    width of the rows checked before (None: none yet). Returns the width of this group's rows (or ``k``)."""
+    ids, topk, logp, rest = (_levels(table, c, g) for c in LM_COLUMNS)
+    positions = _lengths(topk[0][0])
+    for name, col in (("teacher_topk_logprobs", logp), ("teacher_rest_mass", rest)):
+        _fail(g, name, "holds a different number of positions than 'teacher_topk_ids'",
+              np.flatnonzero(_lengths(col[0][0]) != positions))
+    widths, lp_widths = _lengths(topk[1][0]), _lengths(logp[1][0])
+    k = int(widths[0]) if k is None and len(widths) else k
+    _fail(g, "teacher_topk_ids", f"holds top-k lists of another length than {k} (the first rows')",
+          topk[1][1][widths != k])
+    _fail(g, "teacher_topk_logprobs", "holds lists of another length than 'teacher_topk_ids'",
+          logp[1][1][lp_widths != widths])
+    limit = f"[0, {vocab})" if vocab else "[0, …)"
+    for name, (values, rows) in (("input_ids", ids[-1]), ("teacher_topk_ids", topk[-1])):
+        v = values.to_numpy(zero_copy_only=False)
+        _fail(g, name, f"holds token ids outside {limit}" + (" (the student's vocabulary)" if vocab else ""),
+              rows[(v < 0) | (v >= vocab if vocab else False)])
+    lp_values, lp_rows = logp[-1]
+    lp = lp_values.to_numpy(zero_copy_only=False).astype(np.float64)
+    _fail(g, "teacher_topk_logprobs", "holds non-finite or positive log-probabilities", lp_rows[~(np.isfinite(lp) & (lp <= 0))])
+    position = pc.list_parent_indices(logp[1][0]).to_numpy()  # the position of every log-prob
+    mass = np.bincount(position, weights=np.exp(lp), minlength=len(logp[1][0]))
+    _fail(g, "teacher_topk_logprobs", f"holds top-k probabilities that sum to more than 1 (+{PROB_SLACK}): "
+          "not one softmax", logp[1][1][mass > 1 + PROB_SLACK])
+    r_values, r_rows = rest[-1]
+    r = r_values.to_numpy(zero_copy_only=False).astype(np.float64)
+    _fail(g, "teacher_rest_mass", "holds values that are not finite or outside [0, 1]", r_rows[~((r >= 0) & (r <= 1))])
+    return k
+
+
+def check_classifier_group(table: pa.Table, g: RowGroup, *, num_classes: int | None) -> None:
+    """One row group of text-classifier shards: the class soft-label checks of image rows."""
+    has_logit = "teacher_topk_logit" in table.column_names and table.column("teacher_topk_logit").null_count == 0
+    labels = (table.column("label_idx").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+              if "label_idx" in table.column_names else np.full(table.num_rows, -1, np.int64))
+    check_group(g, idx=list_matrix(table, "teacher_topk_idx", np.int64, g),
+                prob=list_matrix(table, "teacher_topk_prob", np.float32, g),
+                logit=list_matrix(table, "teacher_topk_logit", np.float32, g) if has_logit else None,
+                labels=labels, num_classes=num_classes)
+
+
+def check_text_shard(path, *, kind: str, num_classes: int | None = None) -> None:
+    """Every row group of one text shard (``kind`` ``causal_lm`` or ``classifier``), its soft-label columns
+    only: what ``kdata dedup`` and ``kdata augment`` check before they carry rows into a new dataset."""
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    columns = [c for c in (LM_COLUMNS if kind == "causal_lm" else CLASSIFIER_CHECKED) if c in names]
+    first, k = 0, None
+    for i in range(pf.metadata.num_row_groups):
+        table = pf.read_row_group(i, columns=columns)
+        g = RowGroup(str(path), i, table.num_rows, first)
+        if kind == "causal_lm":
+            k = check_lm_group(table, g, k=k)
+        else:
+            check_classifier_group(table, g, num_classes=num_classes)
+        first += table.num_rows
