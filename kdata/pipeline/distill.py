@@ -89,13 +89,14 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
 
 def default_out(shards: str | Path) -> Path:
     """Where ``kdata train DIR`` saves without ``--out``: ``DIR-student`` beside DIR (never inside it),
-    or ``DIR-student-2``, ``-3``… when that already holds something. ``DIR/data`` counts as DIR."""
+    or ``DIR-student-2``, ``-3``… when that already holds something other than a run killed before its
+    student was saved (``unfinished``: the same command run again goes on there). ``DIR/data`` counts as DIR."""
     p = Path(shards).resolve()
     if p.name == "data" and (p.parent / "manifest.json").is_file():
         p = p.parent
     base = p.parent / f"{p.name}-student"
     out, n = base, 1
-    while out.exists() and (not out.is_dir() or any(out.iterdir())):
+    while out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out.is_dir() and unfinished(out)):
         n += 1
         out = base.with_name(f"{base.name}-{n}")
     return out

@@ -91,6 +91,27 @@ def test_a_killed_run_resumes_and_saves_the_uninterrupted_student(sel, reference
     assert code == 2 and "already holds a trained student" in se
 
 
+def test_a_killed_run_without_out_resumes_in_its_default_directory(sel, reference, tmp_path, capsys):
+    """``kdata train DIR`` saves to ``DIR-student``; killed there, the same command goes on there (it
+    used to start again in ``DIR-student-2``, leaving the half-trained run behind)."""
+    import shutil
+
+    data = tmp_path / "sel"
+    shutil.copytree(sel, data)
+    env = {**os.environ, "KDATA_CRASH_AFTER": "*/sel-student/.resume/epoch-0002.pt"}
+    done = subprocess.run([sys.executable, "-m", "kdata.cli", "train", str(data), *ARGS], check=False,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    code, so, se = _cli(capsys, "train", data, *ARGS)
+    assert code == 0, se
+    assert f"kdata: resuming from epoch 2/4 ({tmp_path / 'sel-student' / '.resume' / 'epoch-0002.pt'})" in se
+    _same_run(json.loads(so), reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sel", "sel-student"]
+    code, so, se = _cli(capsys, "train", data, *ARGS)  # finished: the next run gets a directory of its own
+    assert code == 0, se
+    assert (tmp_path / "sel-student-2" / "train_log.json").is_file()
+
+
 @pytest.mark.usefixtures("warning_lines")  # the note read from stderr, as the CLI prints it
 def test_a_rerun_with_other_settings_starts_afresh_with_one_note(sel, tmp_path, capsys):
     from kdata.pipeline.distill import train_student
