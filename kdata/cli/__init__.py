@@ -111,7 +111,7 @@ def _quiet_transformers() -> None:
     defaults read when transformers is imported (a library caller keeps its own settings)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if "transformers" in sys.modules:  # imported already (the command run in-process): set it now
+    if sys.modules.get("transformers") is not None:  # imported already (the command run in-process): set it now
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

@@ -4,8 +4,25 @@ Importable by name, so Dask workers and ``prefect deploy`` find them; the top-le
 directory keeps the runnable entry points and ``prefect.yaml``.
 """
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 # The temporary Prefect server a flow starts (no PREFECT_API_URL) would try to send usage telemetry and log
 # an ERROR line on every machine without internet access; kdata's flows send none unless the user opts in.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# A flow run as a program (``python flows/curate.py``, ``python -m kdata.flows.curate``: while -m locates
+# the module, argv[0] is "-m") without Prefect installed: one line naming the extra and exit 2, not the
+# ModuleNotFoundError traceback of the flow modules' imports. Imported as a library, nothing happens here.
+def _has_prefect() -> bool:
+    try:
+        return importlib.util.find_spec("prefect") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["prefect"] is None
+        return False
+
+
+if sys.argv and (sys.argv[0] == "-m" or Path(sys.argv[0]).parent.name == "flows") and not _has_prefect():
+    print("kdata: error: the Prefect flows need prefect: pip install 'kdata[flows]'", file=sys.stderr)
+    raise SystemExit(2)

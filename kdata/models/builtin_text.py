@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kdata.core.errors import KdataError
+from kdata.core.extras import require
 from kdata.core.lock import exclusive
 from kdata.core.paths import cache_dir
 from kdata.core.threads import one_thread
@@ -179,6 +180,7 @@ def _train_model(name: str, out: Path) -> None:
 def model_dir(name: str) -> Path:
     """The directory of a built-in text model (``builtin:text-teacher|student|reference``): a
     ``transformers`` causal LM with its tokenizer, trained on first use and cached (see module doc)."""
+    require("text", "transformers", "tokenizers")  # they train and load it
     bare = _name(name)
     path = cache_dir("models") / f"{bare}-{MODEL_VERSION}-py{python_version()}"
     return _cached(path, lambda tmp: _train(bare, tmp))

@@ -28,6 +28,7 @@ from torch import nn
 
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
+from kdata.core.extras import require
 from kdata.models.base import Model, register_loader
 from kdata.models.forward import channels_last, model_checksum, probe_outputs
 from kdata.models.hf_safety import remote_code_file
@@ -183,6 +184,7 @@ def _check_hf_dir(value, *, field: str, bad) -> None:
 
 def open_clip_model(spec: str):
     """→ (open_clip model on the CPU, arch name, weights digest, sidecar dict or None)."""
+    require("clip", "open_clip")
     import open_clip
 
     arch, weights = parse_spec(spec, "open_clip:", "WEIGHTS")

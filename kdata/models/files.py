@@ -28,6 +28,7 @@ from torch import nn
 from kdata.core.atomic import write_json
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
+from kdata.core.extras import require
 from kdata.models.base import Model, register_loader
 from kdata.models.clip import (TEMPLATES, ZeroShotCLIP, class_text_embeddings, load_open_clip,
                                open_clip_model, parse_spec, preprocess_of)
@@ -269,6 +270,7 @@ def _check_timm_state(spec: str, arch: str, ckpt: str, state: dict, head: str, n
 
 @register_loader(lambda s: s.startswith("timm:"))
 def load_timm(spec: str, *, device="cpu") -> Model:
+    require("timm", "timm")
     import timm
 
     arch, ckpt = parse_spec(spec, "timm:", "CHECKPOINT")

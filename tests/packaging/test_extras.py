@@ -66,3 +66,35 @@ def test_select_runs_without_any_extra(tmp_path, builtin_models):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "manifest.json").exists()
     assert "prefect" not in proc.stderr.lower()
+
+
+@pytest.mark.parametrize("blocked,argv,extra", [
+    (["open_clip"], ["select", "--teacher", "open_clip:ViT-B-32:openai"], "clip"),
+    (["timm"], ["select", "--student", "timm:resnet18:student.pth"], "timm"),
+    (["transformers"], ["demo", "--text", "--no-train"], "text"),
+    (["transformers"], ["select", "--pool", "builtin:text-web", "--teacher", "builtin:text-teacher", "--student",
+                        "builtin:text-student"], "text"),
+])
+def test_a_model_whose_extra_is_missing_is_one_line_naming_it(tmp_path, blocked, argv, extra):
+    proc = _without(blocked, *argv, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"need {blocked[0]}: pip install 'kdata[{extra}]'"), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("entry", [["-m", "kdata.flows.curate"], [str(ROOT / "flows" / "distill.py")],
+                                   [str(ROOT / "flows" / "generate.py")]])
+def test_a_flow_run_without_prefect_is_one_line_naming_the_extra(tmp_path, entry):
+    """Prefect made unimportable by a meta-path finder (as if not installed) in a real interpreter."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class NoPrefect:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('prefect', 'prefect_dask'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, NoPrefect())\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    proc = subprocess.run([sys.executable, *entry, "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "kdata: error: the Prefect flows need prefect: pip install 'kdata[flows]'\n"
