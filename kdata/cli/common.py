@@ -205,11 +205,11 @@ def summary_lines(report) -> list[str]:
 
 
 def run_options(args):
-    """The validated RunOptions of a command line, with progress bars unless ``--quiet``."""
+    """The validated RunOptions of a command line, with progress bars unless ``--quiet`` or ``--json``."""
     from kdata.pipeline.arguments import run_options_from_args
 
     opts = run_options_from_args(args)
-    opts.progress = progress_printer(getattr(args, "quiet", False))
+    opts.progress = progress_printer(getattr(args, "quiet", False) or getattr(args, "json", False))
     return opts
 
 

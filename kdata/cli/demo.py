@@ -48,7 +48,7 @@ def run(args) -> int:
 
         (TextTrainConfig if args.text else TrainConfig)(epochs=epochs, seed=args.seed)
     result = run_demo(out=args.out, budget=args.budget, seed=args.seed, epochs=epochs,
-                      progress=progress_printer(args.quiet), train=not args.no_train)
+                      progress=progress_printer(args.quiet or args.json), train=not args.no_train)
     if args.json:
         emit_json(result)
         return 0
