@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -19,15 +20,17 @@ def register(sub) -> None:
     p.set_defaults(func=run_info)
     cs = p.add_subparsers(dest="cache_command", metavar="{info,prune}")
     i = cs.add_parser("info", help="entries and size per section (the default)")
-    i.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    i.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object on stdout")
     i.set_defaults(func=run_info)
     r = cs.add_parser("prune", help="remove derived entries by last use and size")
     r.add_argument("--older-than", metavar="AGE", default=None,
                    help="remove entries unused for AGE: 30d, 12h, 90m (a bare number is days)")
     r.add_argument("--max-size", metavar="SIZE", default=None,
-                   help="then remove the least recently used until the whole cache is at most SIZE: 500M, 20G")
+                   help="then remove the least recently used until the whole cache is at most SIZE: 500M, 20G "
+                        "(the unit is required; B for bytes)")
     r.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    r.add_argument("--json", action="store_true", default=argparse.SUPPRESS,  # kdata cache --json prune: kept
+                   help="print one JSON object on stdout")
     r.set_defaults(func=run_prune)
 
 

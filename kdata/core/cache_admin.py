@@ -168,17 +168,19 @@ def _unlink_leftovers(e: Entry) -> bool:
 
 
 def parse_size(text: str) -> int:
-    """``500M``, ``20G``, ``1.5T``, ``123456`` (bytes) → bytes; one line for anything else."""
-    t = str(text).strip().lower().removesuffix("ib").removesuffix("b")
+    """``500M``, ``20G``, ``1.5T``, ``123456B`` (bytes) → bytes; one line for anything else, a bare number
+    included (``--older-than 30`` is days: ``--max-size 20`` meaning 20G would have emptied the cache)."""
+    raw = str(text).strip().lower()
+    t = raw.removesuffix("ib").removesuffix("b")
     try:
         if t and t[-1] in UNITS:
             value = float(t[:-1]) * UNITS[t[-1]]
         else:
-            value = float(t)
+            value = float(t) if t != raw else -1.0  # bytes only with their B
     except ValueError:
         value = -1.0
     if not value >= 0 or value != value or value == float("inf"):
-        raise KdataError(f"--max-size {text!r}: give a size such as 500M, 20G or 1.5T")
+        raise KdataError(f"--max-size {text!r}: give a size with its unit, such as 500M, 20G, 1.5T or 4096B")
     return int(value)
 
 

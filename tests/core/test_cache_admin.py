@@ -81,7 +81,7 @@ def test_an_entry_locked_by_a_running_process_is_skipped(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "value"), [("500M", 500 << 20), ("1.5g", int(1.5 * (1 << 30))), ("2GiB", 2 << 30),
-                                             ("123", 123)])
+                                             ("123B", 123), ("5k", 5 << 10)])
 def test_sizes_parse(text, value):
     assert parse_size(text) == value
 
@@ -89,6 +89,12 @@ def test_sizes_parse(text, value):
 @pytest.mark.parametrize(("text", "value"), [("30d", 30 * DAY), ("12h", 12 * 3600.0), ("90m", 5400.0), ("7", 7 * DAY)])
 def test_ages_parse(text, value):
     assert parse_age(text) == value
+
+
+def test_a_size_without_its_unit_is_refused():
+    """``--older-than 30`` is 30 days, so ``--max-size 20`` must not quietly mean 20 bytes."""
+    with pytest.raises(KdataError, match="'20': give a size with its unit"):
+        parse_size("20")
 
 
 @pytest.mark.parametrize("bad", ["", "-1G", "12Q", "nan", "inf"])
@@ -120,6 +126,8 @@ def test_cli_a_hit_keeps_entries_alive_and_a_pruned_cache_is_made_again_identica
     assert _kdata(*args, "--out", str(tmp_path / "b"), cache=cache)[0] == 0  # every unit a hit: touched
     rc, out, _ = _kdata("cache", "prune", "--older-than", "1d", "--json", cache=cache)
     assert rc == 0 and json.loads(out)["by_section"]["scores"] == 0
+    rc, out, _ = _kdata("cache", "--json", "prune", "--older-than", "1d", "--dry-run", cache=cache)  # either place
+    assert rc == 0 and json.loads(out)["dry_run"] is True
     _age_all(cache, "scores", 3)
     _age_all(cache, "dedup-features", 3)
     rc, out, _ = _kdata("cache", "prune", "--older-than", "2d", cache=cache)
