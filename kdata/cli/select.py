@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from kdata.cli.common import budget_note, emit_json, run_options, summary_lines
-from kdata.pipeline.arguments import add_select_options, config_from_args
+from kdata.pipeline.arguments import add_select_options, config_from_args, output_options
 
 
 def register(sub) -> None:
@@ -19,6 +19,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from kdata.pipeline.run import run_select
 
+    output_options(args)
     report = run_select(config_from_args(args), out=args.out, opts=run_options(args))
     if args.json:  # stdout is the JSON; a budget that could not be met is still said, on stderr
         if note := budget_note(report):

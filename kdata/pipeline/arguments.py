@@ -48,7 +48,8 @@ def add_select_options(p) -> None:
                         "sections select: and run: are also accepted); options given on the command line win")
     add_config_options(p, SelectConfig)
     add_config_options(p, RunOptions)
-    p.add_argument("--out", required=True, help="output directory for the curated dataset")
+    p.add_argument("--out", default=None, help="output directory for the curated dataset (required: here or as "
+                                                "out: in the --config file)")
     p.add_argument("--no-cache", action="store_true", help="re-score even when cached scores exist")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -69,7 +70,7 @@ def config_file_values(args) -> tuple[dict, dict, str]:
         return {}, {}, "command line"
     from kdata.pipeline.config import RunOptions, SelectConfig, canonical_names, load_yaml
 
-    data = load_yaml(path)
+    data = {k: v for k, v in load_yaml(path).items() if k not in OUTPUT_KEYS}  # output_options reads those
     if set(data) & {"select", "run"}:
         return (canonical_names(SelectConfig, dict(data.get("select") or {}), where=str(path)),
                 canonical_names(RunOptions, dict(data.get("run") or {}), where=str(path)), str(path))
@@ -79,6 +80,30 @@ def config_file_values(args) -> tuple[dict, dict, str]:
     return ({k: v for k, v in data.items() if k not in run_names},
             {k: v for k, v in data.items() if k in run_names and k not in sel_names}, str(path))
 
+
+
+OUTPUT_KEYS = ("out", "no_cache", "json", "quiet")  # kdata select's options that are not config fields
+
+
+def output_options(args) -> None:
+    """Fill ``args.out``, ``no_cache``, ``json`` and ``quiet`` from the ``--config`` file where the command
+    line left them out, so a run file may name them too; ``--out`` is required from one or the other."""
+    from kdata.core.errors import KdataError
+    from kdata.pipeline.config import load_yaml
+
+    path = getattr(args, "config", None)
+    data = load_yaml(path) if path else {}
+    for key in OUTPUT_KEYS:
+        value = data.get(key)
+        if value is None or getattr(args, key, None):
+            continue
+        if key == "out" and not isinstance(value, str):
+            raise KdataError(f"{path}: out: expected a directory path, got {value!r}")
+        if key != "out" and not isinstance(value, bool):
+            raise KdataError(f"{path}: {key}: expected true or false, got {value!r}")
+        setattr(args, key, value)
+    if not getattr(args, "out", None):
+        raise KdataError("--out: give the output directory for the curated dataset (or out: in the --config file)")
 
 
 def config_from_args(args):

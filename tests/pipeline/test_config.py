@@ -73,6 +73,27 @@ def test_config_file_drives_select_and_flags_override_it(tmp_path, builtin_model
     assert (cfg["method"], cfg["budget"], cfg["seed"], cfg["rows_per_shard"]) == ("random", "40", 4, 15)
 
 
+def test_config_file_names_the_output_options_too(tmp_path, capsys, builtin_models):
+    """``out``, ``no_cache``, ``json`` and ``quiet`` are options too: a run file may hold them; the command
+    line wins; without ``--out`` anywhere the run is refused before any work."""
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump({"method": "random", "budget": 25, "out": str(tmp_path / "a"), "json": True,
+                                        "quiet": True}))
+    capsys.readouterr()
+    assert main(["select", "--config", str(run_yaml)]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["kept"] == 25 and (tmp_path / "a" / "manifest.json").is_file()
+    assert main(["select", "--config", str(run_yaml), "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "manifest.json").is_file()
+    for body, line in (({"method": "random"}, "--out: give the output directory for the curated dataset"),
+                       ({"out": "o", "no_cache": "yes"}, f"{run_yaml}: no_cache: expected true or false")):
+        run_yaml.write_text(yaml.safe_dump(body))
+        capsys.readouterr()
+        assert main(["select", "--config", str(run_yaml)]) == 2
+        err = capsys.readouterr().err
+        assert line in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_config_file_with_unknown_or_mistyped_keys_is_one_line(tmp_path, capsys):
     for body, match in (({"budgett": "0.3"}, "unknown option(s) ['budgett']"),
                         ({"topk": "five"}, "topk = 'five': expected int")):
