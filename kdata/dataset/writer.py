@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from kdata.core.atomic import fsync_dir, write_parquet
 from kdata.core.crashpoints import crash_after
-from kdata.core.errors import KdataError, RuntimeFailure
+from kdata.core.errors import KdataError, RuntimeFailure, printable
 from kdata.core.lock import Lock, acquire, current, pid_alive
 from kdata.core.version import __version__
 from kdata.dataset.integrity import DECISIONS_FILE, EXTRA_FILES, check_dataset, extra_file_entry, file_entry
@@ -72,10 +72,12 @@ def manifest_model(manifest: dict | None, role: str) -> str | None:
     return spec if isinstance(spec, str) and spec and not spec.startswith("byo:") else None
 
 
-def check_output_dir(out: str | os.PathLike, *, config_hash: str, check: bool = True) -> str:
+def check_output_dir(out: str | os.PathLike, *, config_hash: str, check: bool = True,
+                     config: dict | None = None) -> str:
     """Decide what to do with OUT: ``"write"`` (absent/empty) or ``"done"`` (same run complete).
 
-    A directory holding a different run, or files kdata did not write, is a usage error. A
+    A directory holding a different run, or files kdata did not write, is a usage error (naming the
+    options that differ when this run's ``config`` is given and the manifest records its own). A
     complete same-config run is verified first (``check=False`` skips it): a damaged one is an
     error naming the first problem, never silently reported complete nor overwritten. Call it
     while holding ``exclusive(OUT)``; stale staging directories of OUT are then removed here.
@@ -94,13 +96,24 @@ def check_output_dir(out: str | os.PathLike, *, config_hash: str, check: bool = 
     if manifest is None:
         raise KdataError(f"{out}: --out is not empty and holds no kdata manifest; choose another directory")
     if manifest.get("config_hash") != config_hash:
-        raise KdataError(f"{out}: --out already holds a different run (config {str(manifest.get('config_hash', '?'))[:12]}, "
-                         f"this run {config_hash[:12]}); choose another directory or delete it")
+        differs = _differences(manifest.get("config"), config) or \
+            f"config {str(manifest.get('config_hash', '?'))[:12]}, this run {config_hash[:12]}"
+        raise KdataError(f"{out}: --out already holds a different run ({differs}); choose another directory or "
+                         "delete it")
     problems = check_dataset(out, manifest) if check else []
     if problems:
         raise KdataError(f"{out}: --out holds this run but it is damaged: {first_problem(problems)}; "
                          f"delete {out} and rerun to write it again (kdata inspect {out} lists every problem)")
     return "done"
+
+
+def _differences(there, here, *, n: int = 3) -> str:
+    """``budget '0.3' there, '0.5' here; …``: the options on which two recorded configs differ."""
+    if not isinstance(there, dict) or not isinstance(here, dict):
+        return ""
+    keys = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
+    said = [f"{k} {printable(repr(there.get(k)))} there, {printable(repr(here.get(k)))} here" for k in keys[:n]]
+    return "; ".join(said) + (f"; and {len(keys) - n} more" if len(keys) > n else "")
 
 
 STAGING_INFIX = ".kdata-staging-"

@@ -93,7 +93,7 @@ def prepare_task(select: dict, out: str, run: dict) -> dict:
 
     cfg = _select_config(select)
     check_out_outside_pool(out, cfg.pool)
-    done = already_complete(out, cfg.hash())
+    done = already_complete(out, cfg.hash(), config=cfg.recorded())
     if done is not None:
         check_same_weights(out, scores=cfg.scores)  # a model or --scores file replaced in place: one line
         return {"done": True, "report": done.to_dict()}

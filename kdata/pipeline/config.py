@@ -108,6 +108,13 @@ class SelectConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def recorded(self) -> dict:
+        """The options as the manifest records them: a ``--scores`` run loads no model, so it names none."""
+        values = self.to_dict()
+        if self.scores:
+            values.update(teacher=None, student=None, precision=None)
+        return values
+
     def hash(self) -> str:
         """The identity of the run's output (``kdata.core.jsonable.config_hash``). With ``--critic``, the
         sha256 of the critic's files too: a critic refitted in place is another run, never one found

@@ -103,7 +103,7 @@ def finish(prep: Prepared, scored: Scored, *, out: str, progress=None, before_co
 def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit) -> RunReport:
     cfg, teacher = prep.cfg, prep.teacher
     config_hash = cfg.hash()
-    done = already_complete(out, config_hash)
+    done = already_complete(out, config_hash, config=cfg.recorded())
     if done is not None:
         return done
     n_in = scored.info.get("n_in", scored.scores.num_rows + len(scored.quarantined))
@@ -150,9 +150,7 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
                                    counts={})
         extra["hard"] = manifest_section(hard)
         extra_files[EXCLUDED_FILE] = lambda path: write_excluded(hard, path)
-    config = cfg.to_dict()
-    if prep.byo is not None:  # the predictions file stands in for both models: no model was loaded
-        config.update(teacher=None, student=None, precision=None)
+    config = cfg.recorded()  # with --scores the predictions file stands in for both models: none was loaded
     output = Output(rows=rows, decisions=decisions, config=config,
                     config_hash=config_hash,
                     models={"teacher": teacher.describe(), "student": prep.student.describe(),

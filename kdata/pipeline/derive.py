@@ -188,7 +188,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
         elif embedder:
             raise KdataError(f"--embedder {embedder}: {shards} holds images; sentence embeddings dedup text")
         chash = hash_config(cfg)
-        if (done := already_complete(out, chash)) is not None:
+        if (done := already_complete(out, chash, config=cfg)) is not None:
             if cfg.get("embedder"):
                 check_same_weights(out, roles=("embedder",))  # an embedder replaced in place: one line
             return done
@@ -373,7 +373,7 @@ def augment_dataset(shards: str, *, teacher: str | None = None, student: str | N
         if critic:  # the critic's files, not only its path: a critic refitted in place is another run
             cfg["critic_sha256"] = critic_digest(critic)
         chash = hash_config(cfg)
-        if (done := already_complete(out, chash)) is not None:
+        if (done := already_complete(out, chash, config=cfg)) is not None:
             return done
         table = source.rows
         kind = table.column("kind").to_pylist() if "kind" in table.column_names else [None] * table.num_rows

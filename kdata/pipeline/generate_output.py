@@ -124,7 +124,7 @@ def finish_generate(cands: pa.Table, *, prompts: list[dict], cfg, out: str | Pat
                     extra: dict | None = None, before_commit=None) -> RunReport:
     """Decide every candidate and write the dataset (module doc); a finished identical run is returned as is."""
     h = config_hash(config)
-    done = already_complete(out, h)
+    done = already_complete(out, h, config=config)
     if done is not None:
         return done
     dec, why, err = decide(cands, prob=prob, threshold=crit.threshold if crit is not None else None,

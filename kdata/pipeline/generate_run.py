@@ -157,7 +157,7 @@ def run_generate(cfg: GenerateConfig, *, out: str | Path, device: str = "auto", 
         if critic is not None:  # the critic's features come from the models it was fitted with, or nothing runs
             check_critic_models(cfg.critic, critic, teacher=scorer, student=student)
         config = run_config(cfg, prompts, teacher, student, device=dev, critic=critic)
-        done = already_complete(out, config_hash(config))
+        done = already_complete(out, config_hash(config), config=config)
         if done is not None:
             return done
         try:

@@ -77,12 +77,12 @@ def check_out_outside_pool(out: str | Path, pool: str | None) -> None:
                          "the curated files as pool files — choose a directory outside it")
 
 
-def already_complete(out: str | Path, config_hash: str) -> RunReport | None:
+def already_complete(out: str | Path, config_hash: str, *, config: dict | None = None) -> RunReport | None:
     """The report of a finished identical run in ``out``, or None when ``out`` must be written.
 
     The run is verified first (``check_output_dir``: shards, decisions table and the recorded extra
     files); a damaged one is an error naming the first problem, never reported complete."""
-    if check_output_dir(out, config_hash=config_hash) != "done":
+    if check_output_dir(out, config_hash=config_hash, config=config) != "done":
         return None
     m = read_manifest(out)
     return RunReport(out=str(out), counts=m["counts"], files=m["files"], seconds=0.0, status="already complete",

@@ -91,7 +91,7 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     validate_run(opts)
     check_out_outside_pool(out, cfg.pool)
     with exclusive(out):  # a second run into OUT fails at once, naming this one
-        report = already_complete(out, cfg.hash())
+        report = already_complete(out, cfg.hash(), config=cfg.recorded())
         if report is not None:
             check_same_weights(out, scores=cfg.scores)
         else:

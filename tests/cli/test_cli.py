@@ -67,7 +67,9 @@ def test_out_dir_with_a_different_run_is_refused(tmp_path, builtin_models, capsy
     assert main(["select", "--out", str(out), "--method", "random", "--budget", "10"]) == 0
     capsys.readouterr()
     assert main(["select", "--out", str(out), "--method", "random", "--budget", "11"]) == 2
-    assert "already holds a different run" in capsys.readouterr().err
+    assert "already holds a different run (budget '10' there, '11' here)" in capsys.readouterr().err
+    assert main(["select", "--out", str(out), "--method", "random", "--budget", "10", "--precision", "fp32"]) == 2
+    assert "(precision 'auto' there, 'fp32' here)" in capsys.readouterr().err  # the option that differs, named
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main(["select", "--out", str(tmp_path / "other"), "--budget", "10"]) == 2
