@@ -41,7 +41,17 @@ def test_wheel_ships_the_flows_and_the_native_kernel(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     assert {"kdata/flows/curate.py", "kdata/flows/distill.py", "kdata/flows/serve.py",
-            "kdata/core/row_stats.c"} <= names
+            "kdata/core/row_stats.c", "kdata/__main__.py"} <= names
+    licence = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+    with zipfile.ZipFile(wheel) as z:
+        assert b"Apache License" in z.read(licence)
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in meta
+
+
+def test_python_m_kdata_is_the_kdata_command():
+    proc = subprocess.run([sys.executable, "-m", "kdata", "methods", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0 and '"default"' in proc.stdout, proc.stderr
 
 
 def _without(modules: list[str], *argv: str, cwd: Path) -> subprocess.CompletedProcess:
