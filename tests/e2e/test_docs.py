@@ -74,7 +74,8 @@ def prose(page: Path) -> str:
 
 
 def commands() -> list[tuple[str, list[str]]]:
-    """(where, argv) of every command line in the ```bash blocks (continuations joined, env stripped)."""
+    """(where, argv) of every command line in the ```bash blocks (continuations joined, env and output
+    redirections stripped)."""
     out = []
     for page, start, code in blocks("bash"):
         joined, first = "", None
@@ -86,6 +87,10 @@ def commands() -> list[tuple[str, list[str]]]:
             argv = shlex.split(joined + line, comments=True)
             while argv and re.match(r"^[A-Z_][A-Z0-9_]*=", argv[0]):
                 argv = argv[1:]
+            for redirect in (">", ">>"):  # `kdata … > FILE`: the command is what is checked
+                if redirect in argv:
+                    i = argv.index(redirect)
+                    argv = argv[:i] + argv[i + 2:]
             if argv:
                 out.append((f"{page}:{first}", argv))
             joined, first = "", None

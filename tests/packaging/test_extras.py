@@ -41,12 +41,28 @@ def test_wheel_ships_the_flows_and_the_native_kernel(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     assert {"kdata/flows/curate.py", "kdata/flows/distill.py", "kdata/flows/serve.py",
-            "kdata/core/row_stats.c", "kdata/__main__.py"} <= names
+            "kdata/core/row_stats.c", "kdata/__main__.py", "kdata/flows/config.yaml"} <= names
     licence = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
     with zipfile.ZipFile(wheel) as z:
         assert b"Apache License" in z.read(licence)
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in meta
+
+
+def test_serve_prints_the_shipped_example_config_and_says_how_when_the_default_is_missing(tmp_path):
+    """Installed from a wheel there is no flows/config.yaml: the default's absence says how to write it."""
+    from kdata.flows.config import load_config
+
+    proc = subprocess.run([sys.executable, "-m", "kdata", "serve", "--example-config"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == (ROOT / "flows" / "config.yaml").read_text(), proc.stderr
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "config.yaml").write_text(proc.stdout)
+    assert load_config(tmp_path / "flows" / "config.yaml")["curate"]["cron"] == "0 2 * * *"
+    (tmp_path / "flows" / "config.yaml").unlink()
+    proc = subprocess.run([sys.executable, "-m", "kdata", "serve"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "kdata serve --example-config > kdata-flows.yaml" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_python_m_kdata_is_the_kdata_command():
