@@ -27,7 +27,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         if "(default" in text or "%(default)" in text or action.nargs == 0 or action.required \
-                or action.default == argparse.SUPPRESS:
+                or action.default == argparse.SUPPRESS or text.startswith("required"):
             return text
         if action.default is None:
             return text + " (default: none)" if action.option_strings else text

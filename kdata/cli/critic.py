@@ -6,6 +6,7 @@ written by kdata, or a bring-your-own predictions Parquet (see ``kdata/byo.py``)
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def register(sub) -> None:
     f.add_argument("--labels", required=True, help="CSV with header sample_id,accept (1/0, true/false)")
     g = f.add_mutually_exclusive_group()
     g.add_argument("--recall", type=float, default=None, help="target recall of accepted samples (default 0.8)")
-    g.add_argument("--precision", type=float, default=None, help="target precision instead of recall")
+    g.add_argument("--precision", type=_cut_precision, default=None,
+                   help="target precision instead of recall (the models' forward precision: --model-precision)")
     f.add_argument("--val-frac", type=float, default=0.3, help="validation fraction for the threshold (default 0.3)")
     f.add_argument("--no-embedding", action="store_true", help="use only the score features, not the embedding")
     f.add_argument("--embedder", default=None, metavar="hf:PATH",
@@ -40,10 +42,23 @@ def register(sub) -> None:
     _source_options(a)
     g = a.add_mutually_exclusive_group()
     g.add_argument("--recall", type=float, default=None, help="re-choose the cut for this recall")
-    g.add_argument("--precision", type=float, default=None, help="re-choose the cut for this precision")
+    g.add_argument("--precision", type=_cut_precision, default=None,
+                   help="re-choose the cut for this precision (the models' forward precision: --model-precision)")
     a.add_argument("--out", required=True, help="output .csv or .parquet: sample_id, p_accept, accept")
     a.set_defaults(func=run_apply)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+
+def _cut_precision(text: str) -> float:
+    """``kdata critic --precision``: the cut's target precision; ``auto``/``fp32``/``bf16`` name the right flag."""
+    if text in ("auto", "fp32", "bf16"):
+        raise argparse.ArgumentTypeError(f"in kdata critic, --precision is the accept cut's target precision "
+                                         f"(a number in (0, 1]); for the models' {text} forward pass give "
+                                         f"--model-precision {text}")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
 
 
 def _source_options(p) -> None:

@@ -39,7 +39,8 @@ def register(sub) -> None:
                         "whitespace-collapsed text")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the similarity search (near) and the k-means clustering (semantic)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checked at every level; only "
+                                                    "semantic runs a model)")
     p.add_argument("--workers", default="auto", metavar="N|auto",
                    help="processes computing image features, started once per run (auto: none under 10,000 rows, "
                         "else one per core)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from kdata.cli.common import emit_json
+from kdata.core.warn import warn
 
 
 def register(sub) -> None:
@@ -170,6 +171,5 @@ def _rounds(args, cfg) -> int:
         print("  note: a figure on the set that chose the round is optimistic; --test TEXT measures the students "
               "on texts that chose nothing")
     if best and best["worse_rounds"]:
-        print(f"kdata: warning: round(s) {', '.join(map(str, best['worse_rounds']))} raised the held-out perplexity; "
-              f"{best['message']}")
+        warn(f"round(s) {', '.join(map(str, best['worse_rounds']))} raised the held-out perplexity; {best['message']}")
     return 0

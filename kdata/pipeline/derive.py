@@ -167,6 +167,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
     ``workers`` (``auto`` or a count) compute the payload features, a row group per task.
     """
     check_paths(shards, out)  # before the lock, whose file would land inside the dataset
+    pick_device(device)  # a bad --device is refused at every level, not only where a model runs
     with exclusive(out):
         t0 = time.perf_counter()
         level = check_options(level, threshold=threshold, frac=frac)

@@ -241,3 +241,13 @@ def test_the_same_fit_replaces_its_critic_and_another_fit_is_refused(tmp_path, c
     assert main([*argv, "--recall", "0.5", "--overwrite"]) == 0  # as kdata train's --overwrite
     meta = json.loads((out / "critic.json").read_text())
     assert meta["target"] == {"recall": 0.5} and meta["fit"] != fit
+
+
+@pytest.mark.parametrize("command", [["fit", "--scores-from", "builtin:digits-web", "--labels", "l.csv"],
+                                     ["apply", "crit", "--scores-from", "builtin:digits-web"]])
+def test_a_forward_precision_given_as_the_cut_precision_names_the_right_flag(tmp_path, capsys, command):
+    """``--precision`` means the forward pass to select and generate; to critic it is the cut's target."""
+    with pytest.raises(SystemExit) as exc:
+        main(["critic", *command, "--out", str(tmp_path / "o"), "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "give --model-precision bf16" in err and err.count("\n") == 1, err
