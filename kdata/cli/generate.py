@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from kdata.cli.common import emit_json
+from kdata.cli.common import emit_json, progress_printer
 from kdata.core.warn import warn
 
 
@@ -56,6 +56,8 @@ def register(sub) -> None:
                                                                 "choose, for unbiased perplexities of the chosen, "
                                                                 "last and starting students")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar on stderr (it is also off with --json or when stderr is not a terminal)")
     p.set_defaults(func=run)
 
 
@@ -89,7 +91,8 @@ def run(args) -> int:
         return _rounds(args, cfg)
     from kdata.pipeline.generate_run import run_generate
 
-    report = run_generate(cfg, out=args.out, device=args.device, batch_size=args.batch_size)
+    report = run_generate(cfg, out=args.out, device=args.device, batch_size=args.batch_size,
+                          progress=progress_printer(args.quiet or args.json))
     c = report.counts
     if args.json:
         emit_json(report.to_dict())
@@ -145,7 +148,8 @@ def _rounds(args, cfg) -> int:
     tc = TextTrainConfig() if args.epochs is None else replace(TextTrainConfig(), epochs=args.epochs)
     ev = None if args.eval is None else ("" if args.eval == "none" else args.eval)
     result = run_rounds(cfg, out=args.out, rounds=args.rounds, student=args.student, device=args.device,
-                        batch_size=args.batch_size, train_config=tc, eval_spec=ev, test_spec=args.test)
+                        batch_size=args.batch_size, train_config=tc, eval_spec=ev, test_spec=args.test,
+                        progress=progress_printer(args.quiet or args.json))
     if args.json:
         emit_json(result)
         return 0

@@ -221,7 +221,7 @@ def _step(out: Path, record: dict, name: str, run):
 
 def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: str, device: str = "auto",
                batch_size: int = 16, train_config=None, eval_spec: str | None = None,
-               test_spec: str | None = None) -> dict:
+               test_spec: str | None = None, progress=None) -> dict:
     """Run ``rounds`` I2D2 rounds into ``out`` (module doc); returns a summary per round. ``eval_spec``
     chooses the best round (a validation set); ``test_spec``, texts that chose nothing, gives the
     chosen, last and starting students' perplexities without the bias of that choice (``unbiased_perplexities``)."""
@@ -242,7 +242,7 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
         for r in range(1, rounds + 1):
             entry, stopped = _one_round(r, cfg, out=out, record=record, generator=generator, current=current,
                                         scorer=scorer, device=device, batch_size=batch_size,
-                                        train_config=train_config, eval_spec=eval_spec)
+                                        train_config=train_config, eval_spec=eval_spec, progress=progress)
             if stopped is not None:  # self-training drifted: choose among the rounds that ran
                 warn(f"{stopped['why']}; stopped after round {r - 1}")
                 break
@@ -258,14 +258,16 @@ def run_rounds(cfg: GenerateConfig, *, out: str | Path, rounds: int, student: st
 
 
 def _one_round(r: int, cfg: GenerateConfig, *, out: Path, record: dict, generator: str, current: str, scorer,
-               device: str, batch_size: int, train_config, eval_spec) -> tuple[dict | None, dict | None]:
+               device: str, batch_size: int, train_config, eval_spec,
+               progress=None) -> tuple[dict | None, dict | None]:
     """Round ``r``: generate with ``generator``, keep what the critic accepts, train ``current`` on it.
     Returns (the round's summary, None), or (None, why it stopped) when a later round's candidates were
     all rejected (round 1's are one line: there is nothing to train on at all)."""
     gen_dir, cur_dir, stu_dir = round_dirs(out, r)
     rcfg = replace(cfg, teacher=generator, student=scorer, critic_teacher=cfg.teacher,
                    decode=replace(cfg.decode, seed=cfg.decode.seed + r - 1))
-    gen = _step(out, record, gen_dir.name, lambda: run_generate(rcfg, out=gen_dir, device=device, batch_size=batch_size))
+    gen = _step(out, record, gen_dir.name,
+                lambda: run_generate(rcfg, out=gen_dir, device=device, batch_size=batch_size, progress=progress))
     if not gen.counts["kept"]:
         if r == 1:
             raise KdataError(f"{gen_dir}: the critic accepted no candidate in round 1; lower its cut "

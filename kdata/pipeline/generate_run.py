@@ -126,24 +126,31 @@ def run_config(cfg: GenerateConfig, prompts: list[dict], teacher, student, *, de
 
 
 def generate_shards(teacher, prompts: list[dict], *, cfg: GenerateConfig, out, device, batch_size: int = 16,
-                    on_shard=None) -> tuple[list[Path], int]:
-    """Every prompt shard's candidate file (generating those without a done marker); (paths, reused)."""
+                    on_shard=None, progress=None) -> tuple[list[Path], int]:
+    """Every prompt shard's candidate file (generating those without a done marker); (paths, reused).
+    ``progress("generating", done, total)`` after each shard, in prompts."""
     work = work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
-    paths, reused = [], 0
+    paths, reused, done = [], 0, 0
+    if progress is not None:
+        progress("generating", 0, len(prompts))
     for i, shard in enumerate(prompt_shards(prompts, cfg.shard_size)):
         key = shard_key(shard, teacher_checksum=teacher.checksum, cfg=cfg, device_type=device.type)
         reused += shard_done(work, i, key) is not None
         paths.append(generate_shard(teacher, shard, index=i, key=key, work=work, cfg=cfg, batch_size=batch_size))
         if on_shard is not None:
             on_shard(i, paths[-1])
+        done += len(shard)
+        if progress is not None:
+            progress("generating", done, len(prompts))
     return paths, reused
 
 
 def run_generate(cfg: GenerateConfig, *, out: str | Path, device: str = "auto", batch_size: int = 16,
-                 on_shard=None, before_commit=None) -> RunReport:
+                 on_shard=None, before_commit=None, progress=None) -> RunReport:
     """Generate, filter and write the candidates dataset (module doc). ``on_shard(i, path)`` runs after
-    each finished shard (tests use it to stop a run part-way)."""
+    each finished shard (tests use it to stop a run part-way); ``progress("generating", done, total)``
+    counts the prompts generated for."""
     check_config(cfg)
     prompts = read_prompts(cfg.prompts)
     dev = pick_device(device)
@@ -162,7 +169,7 @@ def run_generate(cfg: GenerateConfig, *, out: str | Path, device: str = "auto", 
             return done
         try:
             paths, reused = generate_shards(teacher, prompts, cfg=cfg, out=out, device=dev, batch_size=batch_size,
-                                            on_shard=on_shard)
+                                            on_shard=on_shard, progress=progress)
         except BaseException:
             remove_if_unused(work_dir(out))
             raise

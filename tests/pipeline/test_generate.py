@@ -76,6 +76,13 @@ def test_resume_after_a_killed_shard_gives_the_uninterrupted_result(teacher, tmp
     assert run_generate(cfg, out=out, device="cpu").status == "already complete"
 
 
+def test_progress_counts_the_prompts_generated_for(teacher, tmp_path):
+    heard = []
+    run_generate(_cfg(teacher, write_prompts(tmp_path / "p.jsonl")), out=tmp_path / "gen", device="cpu",
+                 progress=lambda stage, done=None, total=None: heard.append((stage, done, total)))
+    assert heard == [("generating", 0, 5), ("generating", 2, 5), ("generating", 4, 5), ("generating", 5, 5)]
+
+
 def test_every_candidate_is_kept_or_quarantined_and_counts_add_up(teacher, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", n=6)
     out = tmp_path / "gen"
