@@ -50,8 +50,9 @@ def import_graph() -> dict[str, list[tuple[str, list[str], int]]]:
 
 
 def _layer(mod: str) -> str | None:
+    """The subpackage of ``mod``; None for the package's own top level (``kdata``, ``kdata.__main__``)."""
     parts = mod.split(".")
-    return parts[1] if len(parts) > 1 else None
+    return parts[1] if len(parts) > 1 and parts[1] != "__main__" else None
 
 
 GRAPH = import_graph()
