@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 # help for options that many commands share, used where a command gives none
 COMMON_HELP = {
@@ -199,9 +200,16 @@ def summary_lines(report) -> list[str]:
         rest = files[len(shown):]
         lines.append(f"  … {len(rest)} more files  {sum(f['rows'] for f in rest)} rows  "
                      f"{sum(f['bytes'] for f in rest):,} bytes  (every file: {report.out}/manifest.json)")
+    beside = [name for name in BESIDE_SHARDS if (Path(report.out) / name).is_file()]
+    if beside:
+        lines.append("  with " + ", ".join(f"{n} ({BESIDE_SHARDS[n]})" if BESIDE_SHARDS[n] else n for n in beside))
     if report.seconds:
         lines.append(f"  {report.seconds:.1f}s")
     return lines
+
+
+BESIDE_SHARDS = {"manifest.json": "", "decisions.parquet": "every row's decision", "README.md": "data card",
+                 "report.html": ""}  # the files a run writes beside its shards, said in its summary
 
 
 def run_options(args):
