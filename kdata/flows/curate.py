@@ -43,6 +43,7 @@ from kdata.core.version import __version__
 from kdata.core.warn import shows_lines
 from kdata.flows.config import DEFAULT_OUT, expand_out, load_config, result_storage
 from kdata.flows.curate_text import empty_scores, score_text_unit_files, text_info, text_load
+from kdata.flows.run_log import log_warnings
 from kdata.flows.runners import env_runner, retryable, task_runner
 from kdata.flows.summary import summary
 
@@ -86,6 +87,7 @@ def _run_options(run: dict):
       retry_condition_fn=lambda task, run, state: retryable(state))
 def prepare_task(select: dict, out: str, run: dict) -> dict:
     """Check OUT, open the pool, load the models: returns unit names/paths/fingerprints and checksums."""
+    log_warnings()
     from kdata.flows.inputs import check_parquet_units
     from kdata.pipeline.output import already_complete, check_out_outside_pool
     from kdata.pipeline.prepare import prepare
@@ -134,6 +136,7 @@ def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dic
 
     ``kind="text"``: Hugging Face text models (``load``: their precision / max_length / remote-code
     options) through ``kdata.scoring.text.score_text_unit``, the scorer ``kdata select`` uses."""
+    log_warnings()
     from kdata.pipeline.config import pool_limits
     from kdata.pools.spec import open_pool
     from kdata.scoring.score import ScoreConfig, score_units
@@ -203,6 +206,7 @@ def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:
 def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: list[dict],
                 failed: list[dict]) -> dict:
     """Select, dedup and write the curated dataset from the per-unit score files (``pipeline.curate.finish``)."""
+    log_warnings()
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -260,6 +264,7 @@ def curate(select: dict | None = None, out: str = DEFAULT_OUT, run: dict | None 
     num_workers, cache. ``out`` may hold ``{version}`` (a UTC timestamp per run). ``gpu`` asks Dask
     for a worker with a ``GPU`` resource per scoring task (default: when the device is cuda).
     """
+    log_warnings()
     select, run = dict(select or {}), dict(run or {})
     out = expand_out(out)
     with exclusive(out):  # the whole run holds OUT; a second run fails at once, naming this one

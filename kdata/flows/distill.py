@@ -32,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact
 from kdata.core.errors import KdataError
 from kdata.core.warn import shows_lines
 from kdata.flows.config import DEFAULT_DATA, latest_dataset
+from kdata.flows.run_log import log_warnings
 from kdata.flows.runners import retryable
 from kdata.pipeline.distill import student_dir
 
@@ -186,6 +187,7 @@ def check_text_student(shards: str, student: str) -> None:
       retry_condition_fn=lambda task, run, state: retryable(state))
 def train_task(shards: str, *, student: str, eval: str | None, train: dict, out: str) -> dict:
     """Train with the library trainer (the function behind ``kdata train``); a small JSON-able summary."""
+    log_warnings()
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
 
@@ -198,6 +200,7 @@ def train_task(shards: str, *, student: str, eval: str | None, train: dict, out:
       retry_condition_fn=lambda task, run, state: retryable(state))
 def train_text_task(shards: str, *, student: str, eval: str | None, train: dict, out: str) -> dict:
     """Train with the text trainer (the function behind ``kdata train`` on text shards); a JSON-able summary."""
+    log_warnings()
     from kdata.training.text import TextTrainConfig, train_text
 
     log = train_text(shards=shards, student=student, eval=eval, config=TextTrainConfig(**train), out=out)
@@ -215,6 +218,7 @@ def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
     (the starting ones included) are saved, as ``kdata train`` saves them; ``keep_last``: the last epoch's
     (``kdata train --keep-last``).
     """
+    log_warnings()
     logger = get_run_logger()
     shards = latest_dataset(data)
     text = text_run(shards, student, eval)

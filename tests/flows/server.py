@@ -35,6 +35,23 @@ def artifacts(*, flow_run_id=None, key: str | None = None, limit: int = 50) -> l
     return api(call)
 
 
+def run_logs(flow_run_id, *, limit: int = 200) -> list[dict]:
+    """The log records the server holds for one flow run and its task runs, oldest first (the API log
+    handler flushed first: records are shipped in the background)."""
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # drains the shared worker: every handler's records
+    body = {"logs": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": limit, "offset": 0,
+            "sort": "TIMESTAMP_ASC"}
+
+    async def call(client):
+        r = await client._client.post("/logs/filter", json=body)
+        r.raise_for_status()
+        return r.json()
+
+    return api(call)
+
+
 def subproc_env(api_url: str, **extra) -> dict:
     """A flow subprocess's environment: the test server's API, no profile file of the harness."""
     env = dict(os.environ, PREFECT_API_URL=api_url, PYTHONWARNINGS="ignore", **extra)

@@ -17,7 +17,7 @@ import pytest
 
 from kdata.dataset.writer import read_manifest, read_shards, verify
 from tests.flows.server import api as _api
-from tests.flows.server import artifacts
+from tests.flows.server import artifacts, run_logs
 from tests.flows.server import subproc_env as _subproc_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,3 +328,7 @@ def test_a_score_file_gone_behind_a_cache_record_is_scored_again(curate_mod, fir
     assert set(units.values()) == {"Cached"}
     assert _shard_hashes(tmp_path / "again") == _shard_hashes(first_run)
     assert verify(tmp_path / "again") == []
+    # the damaged entry's warning is in the run's Prefect log, as the CLI's one line (kdata.flows.run_log)
+    logged = [(r["level"], r["message"]) for r in run_logs(state.state_details.flow_run_id)]
+    assert any(level == 30 and m.startswith("kdata: warning: score cache entry ") and "dropped, computed again" in m
+               for level, m in logged), logged
