@@ -75,7 +75,7 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     kind, colon, index = device.partition(":")
     if kind != "cuda" or (colon and not (index.isascii() and index.isdigit())):
-        raise KdataError(f"--device: unknown device '{device}' ({DEVICES})")
+        raise KdataError(f"--device '{device}': unknown device ({DEVICES})")
     if not torch.cuda.is_available():
         raise KdataError(f"--device {device} requested but no CUDA device is available")
     if not colon:

@@ -16,6 +16,7 @@ from kdata.core.errors import KdataError, RuntimeFailure
 from kdata.core.lock import exclusive
 from kdata.core.main_guard import check_not_importing_main
 from kdata.core.paths import cache_dir
+from kdata.core.warn import warn
 from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_run
 from kdata.pipeline.curate import Scored, finish
 from kdata.pipeline.output import RunReport, already_complete, check_out_outside_pool, publish_card
@@ -94,6 +95,9 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
         report = already_complete(out, cfg.hash(), config=cfg.recorded())
         if report is not None:
             check_same_weights(out, scores=cfg.scores)
+            if not opts.cache:  # --no-cache asks for fresh scores, but a finished identical run is kept as is
+                warn(f"{out}: already holds this run, complete; --no-cache scored nothing again (delete {out}, "
+                     "or choose another --out, to score afresh)", note=True)
         else:
             prep = prepare(cfg, opts=opts)
             report = finish(prep, score(prep, opts=opts), out=out, progress=opts.progress)

@@ -66,6 +66,8 @@ def test_out_dir_with_a_different_run_is_refused(tmp_path, builtin_models, capsy
     out = tmp_path / "out"
     assert main(["select", "--out", str(out), "--method", "random", "--budget", "10"]) == 0
     capsys.readouterr()
+    assert main(["select", "--out", str(out), "--method", "random", "--budget", "10", "--no-cache"]) == 0
+    assert "--no-cache scored nothing again" in capsys.readouterr().err  # the same run, complete: kept, and said
     assert main(["select", "--out", str(out), "--method", "random", "--budget", "11"]) == 2
     assert "already holds a different run (budget '10' there, '11' here)" in capsys.readouterr().err
     assert main(["select", "--out", str(out), "--method", "random", "--budget", "10", "--precision", "fp32"]) == 2

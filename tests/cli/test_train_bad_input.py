@@ -36,7 +36,7 @@ def run(demo_run, tmp_path):
     (["--temperature", "0"], "--temperature 0.0: must be a finite number > 0"),
     (["--temperature", "inf"], "--temperature inf: must be a finite number > 0"),
     (["--reselect-every", "-1"], "--reselect-every -1: must be at least 0"),
-    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--device", "bogus"], "--device 'bogus': unknown device"),
 ])
 def test_each_bad_train_option_is_one_line_before_the_dataset_is_read(run, tmp_path, flags, says):
     set_manifest(run, lambda m: m.__setitem__("files", "oops"))  # the option must be what is reported

@@ -169,7 +169,7 @@ def test_bad_curate_pool_is_one_line_exit_2(prefect_api, tmp_path):
     (["--student", "builtin:nope"], "unknown built-in model 'builtin:nope'"),
     (["--eval", "no-such-eval-set"], "no-such-eval-set: pool not found"),
     (["--epochs", "0"], "--epochs 0: must be at least 1"),  # only what was given: distill has no --batch-size
-    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--device", "bogus"], "--device 'bogus': unknown device"),
     (["--data", "runs/curated-v9"], "--data runs/curated-v9: no such directory"),
 ])
 def test_bad_distill_input_is_one_line_before_any_flow_run(chained, capsys, monkeypatch, flags, says):

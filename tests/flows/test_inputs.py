@@ -272,7 +272,7 @@ def test_kdata_generate_with_a_non_text_teacher_is_one_line(tmp_path, capsys):
     (["--teacher", "/nope"], "/nope: not a text model spec (hf:PATH or builtin:text-*)"),
     (["--per-prompt", "0"], "--per-prompt 0: must be ≥ 1"),
     (["--critic", "no-critic", "--student", "builtin:text-student"], "no-critic: --critic directory not found"),
-    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--device", "bogus"], "--device 'bogus': unknown device"),
     (["--distill"], "--distill trains the student on the curated candidates: give --student"),
     (["--teacher", "hf:/no/such/lm"], "/no/such/lm"),
 ])
@@ -283,7 +283,7 @@ def test_bad_generate_input_is_one_line_before_any_flow_run(one_line, tmp_path, 
 
 
 @pytest.mark.parametrize("flags,says", [
-    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--device", "bogus"], "--device 'bogus': unknown device"),
     (["--device", "cuda"], "--device cuda requested but no CUDA device is available"),
     (["--epochs", "0"], "--epochs 0: must be at least 1"),
 ])

@@ -19,7 +19,7 @@ NO_CUDA = not torch.cuda.is_available()
 
 @pytest.mark.parametrize("device", ["cuda:x", "tpu", "cuda:", "cuda:-1", "CPU", "cuda:1.0", "cuda:٣", "cpu:0"])
 def test_malformed_devices_are_one_line_naming_the_forms(device):
-    with pytest.raises(KdataError, match=r"unknown device '.*' \(auto, cpu, cuda or cuda:N\)") as exc:
+    with pytest.raises(KdataError, match=r"--device '.*': unknown device \(auto, cpu, cuda or cuda:N\)") as exc:
         pick_device(device)
     assert f"'{device}'" in str(exc.value) and "\n" not in str(exc.value)
 

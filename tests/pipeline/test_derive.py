@@ -125,6 +125,6 @@ def test_derived_datasets_refuse_a_source_changed_since_it_was_written(default_r
 @pytest.mark.parametrize("level", ["exact", "near"])
 def test_dedup_refuses_an_unknown_device_at_every_level(default_run, tmp_path, level):
     """Only semantic dedup runs a model, but a bad --device is a mistake at any level: refused, nothing written."""
-    with pytest.raises(KdataError, match=r"--device: unknown device 'tpu'"):
+    with pytest.raises(KdataError, match=r"--device 'tpu': unknown device"):
         dedup_dataset(str(default_run), out=str(tmp_path / "d"), level=level, device="tpu")
     assert not (tmp_path / "d").exists()
