@@ -124,3 +124,16 @@ def test_a_flow_run_without_prefect_is_one_line_naming_the_extra(tmp_path, entry
     proc = subprocess.run([sys.executable, *entry, "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == "kdata: error: the Prefect flows need prefect: pip install 'kdata[flows]'\n"
+
+
+def test_the_sdist_carries_docs_tests_and_flows_and_its_wheel_no_tests(tmp_path):
+    import tarfile
+
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta as b; b.build_sdist({str(tmp_path)!r})"],
+                   check=True, capture_output=True, cwd=ROOT)
+    sdist = next(tmp_path.glob("kdata-*.tar.gz"))
+    with tarfile.open(sdist) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    assert {"LICENSE", "mkdocs.yml", "docs/index.md", "tests/conftest.py", "flows/config.yaml",
+            "kdata/flows/config.yaml", "benchmarks/quality.py"} <= names
+    assert not any("__pycache__" in n for n in names)
