@@ -9,7 +9,9 @@ Writes causal-LM shards in kdata's shard contract (``input_ids``, per-token ``te
 
 * **raw read** — ``pyarrow.parquet`` reading every row group of the same columns (the baseline);
 * **epoch** — ``kdata.training.text_data.TextShards.batches``: one shuffled epoch of padded batches
-  (``input_ids``, ``attention_mask``, top-k ids and log-probs, rest mass, ``valid``) as torch tensors.
+  (``input_ids``, ``attention_mask``, top-k ids and log-probs, rest mass, ``valid``) as torch tensors;
+  the first epoch also checks each row group's soft labels (``kdata.training.text_checks``), later
+  epochs do not read them again.
 
 It prints rows/s and tokens/s of both and the ratio epoch time / raw-read time: the cost of
 shuffling, padding and building tensors on top of reading the bytes. No model runs.
@@ -44,9 +46,13 @@ def write_shards(root: Path, *, rows: int, k: int, files: int, seed: int = 0) ->
     inner = np.arange(0, (n_pos + 1) * k, k, dtype=np.int32)
     topk_ids = pa.ListArray.from_arrays(pos_off, pa.ListArray.from_arrays(
         inner, pa.array(rng.integers(0, 50_000, n_pos * k, dtype=np.int32))))
-    lp = np.sort(-rng.exponential(2.0, size=(n_pos, k)), axis=1)[:, ::-1].astype(np.float16).ravel()
+    # one softmax over k + 1 outcomes per position (the trainer checks the stored top-k is one): its k
+    # largest as the top-k log-probs, the last as the rest mass
+    e = rng.standard_exponential((n_pos, k + 1), dtype=np.float32)
+    p = -np.sort(-(e / e.sum(1, keepdims=True)), axis=1)
+    lp = np.log(p[:, :k]).astype(np.float16).ravel()
     topk_lp = pa.ListArray.from_arrays(pos_off, pa.ListArray.from_arrays(inner, pa.array(lp)))
-    rest = pa.ListArray.from_arrays(pos_off, pa.array(rng.uniform(0, 0.2, n_pos).astype(np.float16)))
+    rest = pa.ListArray.from_arrays(pos_off, pa.array(p[:, k].astype(np.float16)))
     table = pa.table({"sample_id": [f"s{i:07d}" for i in range(rows)], "input_ids": ids,
                       "teacher_topk_ids": topk_ids, "teacher_topk_logprobs": topk_lp, "teacher_rest_mass": rest,
                       "teacher_nll": pa.array(rng.uniform(1, 5, rows).astype(np.float32))})
@@ -88,16 +94,19 @@ def measure(*, rows: int, k: int, files: int, batch_size: int, repeat: int) -> d
             batches = sum(1 for _ in shards.batches(epoch=r))
             epoch_s.append(time.perf_counter() - t0)
     return {"rows": rows, "tokens": tokens, "k": k, "files": files, "batch_size": batch_size, "batches": batches,
-            "raw_read_s": min(read_s), "epoch_s": min(epoch_s), "ratio": min(epoch_s) / min(read_s)}
+            "raw_read_s": min(read_s), "first_epoch_s": epoch_s[0], "epoch_s": min(epoch_s[1:] or epoch_s),
+            "ratio": min(epoch_s[1:] or epoch_s) / min(read_s)}
 
 
 def markdown(results: list[dict], seconds: float, command: str) -> str:
     lines = [f"Measured in {seconds:.0f} s on one thread with:", "", f"    {command}", "",
-             "| rows | tokens | k | batch | raw read (rows/s) | epoch of batches (rows/s) | tokens/s | epoch / raw read |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| rows | tokens | k | batch | raw read (rows/s) | first epoch, soft labels checked (rows/s) "
+             "| later epoch (rows/s) | tokens/s | later epoch / raw read |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['rows']:,} | {r['tokens']:,} | {r['k']} | {r['batch_size']} | "
-                     f"{r['rows'] / r['raw_read_s']:,.0f} | {r['rows'] / r['epoch_s']:,.0f} | "
+                     f"{r['rows'] / r['raw_read_s']:,.0f} | {r['rows'] / r['first_epoch_s']:,.0f} | "
+                     f"{r['rows'] / r['epoch_s']:,.0f} | "
                      f"{r['tokens'] / r['epoch_s']:,.0f} | {r['ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 

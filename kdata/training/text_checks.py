@@ -5,7 +5,7 @@ A causal-LM row holds ``input_ids`` (L) and, per next-token position, the teache
 and log-probabilities (P × k) and the leftover mass (P) (docs/text.md). Usable means: no nulls at
 any level; P equal across the three soft-label columns; one k for every position of the dataset;
 token ids ≥ 0 (and below the student's vocabulary when it is known); log-probabilities finite and
-≤ 0 with exp-sum ≤ 1 + slack (one softmax); leftover mass finite and in [0, 1]. A text-classifier
+≤ 0 with exp-sum ≤ 1.01 (one softmax, stored in float16); leftover mass finite and in [0, 1]. A text-classifier
 row holds class soft labels like an image row and gets the image rows' checks
 (``kdata.training.shard_dataset.check_group``). Vectorised over Arrow's flat values: no per-row Python.
 """
@@ -18,10 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
-from kdata.training.shard_dataset import PROB_SLACK, RowGroup, check_group, list_matrix
+from kdata.training.shard_dataset import RowGroup, check_group, list_matrix
 
 LM_COLUMNS = ("input_ids", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_mass")
 CLASSIFIER_CHECKED = ("teacher_topk_idx", "teacher_topk_prob", "teacher_topk_logit", "label_idx")
+LM_SLACK = 0.01  # the top-k of one softmax sums to ≤ 1; float16 log-probs round each term by ≤ 0.05%
 
 
 def _fail(g: RowGroup, name: str, problem: str, rows: np.ndarray) -> None:
@@ -32,54 +33,68 @@ def _fail(g: RowGroup, name: str, problem: str, rows: np.ndarray) -> None:
                          "not causal-LM text shards kdata can train on")
 
 
-def _levels(table: pa.Table, name: str, g: RowGroup) -> list[tuple[pa.Array, np.ndarray]]:
-    """Column ``name`` level by level, outermost first, each with the table row of every entry; a null at
-    any level is refused."""
-    arr, rows = table.column(name).combine_chunks(), np.arange(table.num_rows)
-    levels = []
+def _levels(table: pa.Table, name: str, g: RowGroup) -> list[pa.Array]:
+    """Column ``name`` level by level, outermost first (the flat values last); a null at any level is
+    refused, naming its row."""
+    levels = [table.column(name).combine_chunks()]
     while True:
+        arr = levels[-1]
         if arr.null_count:
-            _fail(g, name, "holds nulls", rows[np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))])
-        levels.append((arr, rows))
+            first = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[:1]
+            _fail(g, name, "holds nulls", _rows(levels, len(levels) - 1, first))
         if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
             return levels
-        rows = rows[pc.list_parent_indices(arr).to_numpy()]
-        arr = arr.flatten()
+        levels.append(arr.flatten())
+
+
+def _rows(levels: list[pa.Array], depth: int, index: np.ndarray) -> np.ndarray:
+    """The table rows of entries ``index`` of level ``depth``, up through the list offsets (only for
+    the few entries a check refuses: no per-value row array is ever built)."""
+    index = np.asarray(index, dtype=np.int64)
+    for d in range(depth - 1, -1, -1):
+        offsets = levels[d].offsets.to_numpy()
+        index = np.searchsorted(offsets, index + offsets[0], side="right") - 1
+    return index
 
 
 def _lengths(arr: pa.Array) -> np.ndarray:
     return pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def _values(arr: pa.Array) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False)
+
+
 def check_lm_group(table: pa.Table, g: RowGroup, *, k: int | None = None, vocab: int | None = None) -> int | None:
     """One row group of causal-LM shards (the ``LM_COLUMNS`` of ``table``) is usable; ``k`` is the top-k
     width of the rows checked before (None: none yet). Returns the width of this group's rows (or ``k``)."""
     ids, topk, logp, rest = (_levels(table, c, g) for c in LM_COLUMNS)
-    positions = _lengths(topk[0][0])
+    positions = _lengths(topk[0])
     for name, col in (("teacher_topk_logprobs", logp), ("teacher_rest_mass", rest)):
         _fail(g, name, "holds a different number of positions than 'teacher_topk_ids'",
-              np.flatnonzero(_lengths(col[0][0]) != positions))
-    widths, lp_widths = _lengths(topk[1][0]), _lengths(logp[1][0])
+              np.flatnonzero(_lengths(col[0]) != positions))
+    widths, lp_widths = _lengths(topk[1]), _lengths(logp[1])
     k = int(widths[0]) if k is None and len(widths) else k
     _fail(g, "teacher_topk_ids", f"holds top-k lists of another length than {k} (the first rows')",
-          topk[1][1][widths != k])
+          _rows(topk, 1, np.flatnonzero(widths != k)))
     _fail(g, "teacher_topk_logprobs", "holds lists of another length than 'teacher_topk_ids'",
-          logp[1][1][lp_widths != widths])
+          _rows(logp, 1, np.flatnonzero(lp_widths != widths)))
     limit = f"[0, {vocab})" if vocab else "[0, …)"
-    for name, (values, rows) in (("input_ids", ids[-1]), ("teacher_topk_ids", topk[-1])):
-        v = values.to_numpy(zero_copy_only=False)
+    for name, levels in (("input_ids", ids), ("teacher_topk_ids", topk)):
+        v = _values(levels[-1])
+        bad = (v < 0) | (v >= vocab) if vocab else v < 0
         _fail(g, name, f"holds token ids outside {limit}" + (" (the student's vocabulary)" if vocab else ""),
-              rows[(v < 0) | (v >= vocab if vocab else False)])
-    lp_values, lp_rows = logp[-1]
-    lp = lp_values.to_numpy(zero_copy_only=False).astype(np.float64)
-    _fail(g, "teacher_topk_logprobs", "holds non-finite or positive log-probabilities", lp_rows[~(np.isfinite(lp) & (lp <= 0))])
-    position = pc.list_parent_indices(logp[1][0]).to_numpy()  # the position of every log-prob
-    mass = np.bincount(position, weights=np.exp(lp), minlength=len(logp[1][0]))
-    _fail(g, "teacher_topk_logprobs", f"holds top-k probabilities that sum to more than 1 (+{PROB_SLACK}): "
-          "not one softmax", logp[1][1][mass > 1 + PROB_SLACK])
-    r_values, r_rows = rest[-1]
-    r = r_values.to_numpy(zero_copy_only=False).astype(np.float64)
-    _fail(g, "teacher_rest_mass", "holds values that are not finite or outside [0, 1]", r_rows[~((r >= 0) & (r <= 1))])
+              _rows(levels, len(levels) - 1, np.flatnonzero(bad)[:1]))
+    lp = _values(logp[-1]).astype(np.float32)
+    _fail(g, "teacher_topk_logprobs", "holds non-finite or positive log-probabilities",
+          _rows(logp, 2, np.flatnonzero(~(np.isfinite(lp) & (lp <= 0)))[:1]))
+    if k and len(lp):  # every position holds k of them (checked above): one row of k per position
+        mass = np.exp(lp).reshape(-1, k).sum(1)
+        _fail(g, "teacher_topk_logprobs", f"holds top-k probabilities that sum to more than 1 (+{LM_SLACK}): "
+              "not one softmax", _rows(logp, 1, np.flatnonzero(mass > 1 + LM_SLACK)))
+    r = _values(rest[-1]).astype(np.float32)
+    _fail(g, "teacher_rest_mass", "holds values that are not finite or outside [0, 1]",
+          _rows(rest, 1, np.flatnonzero(~((r >= 0) & (r <= 1)))[:1]))
     return k
 
 

@@ -66,6 +66,7 @@ class TextShards:
         self.kind, self.batch_size, self.pad_id, self.seed = kind, batch_size, pad_id, seed
         self.max_length, self.vocab = max_length, vocab
         self._k: int | None = None  # the top-k width of the LM rows read so far
+        self._checked: set[tuple[str, int]] = set()  # row groups whose soft labels passed
         need = LM_COLUMNS if kind == "causal_lm" else CLASSIFIER_COLUMNS
         self.columns = list(need) + (["label_idx", "teacher_topk_logit"] if kind == "classifier" else ["text"])
         self.groups: list[RowGroup] = []
@@ -131,10 +132,14 @@ class TextShards:
             yield self._collate(_concat(pending))
 
     def _check(self, table: pa.Table, g: RowGroup) -> None:
+        """A row group's soft labels, the first time this object reads it (later epochs read the same bytes)."""
+        if (g.path, g.index) in self._checked:
+            return
         if self.kind == "causal_lm":
             self._k = check_lm_group(table, g, k=self._k, vocab=self.vocab)
         else:
             check_classifier_group(table, g, num_classes=self._num_classes)
+        self._checked.add((g.path, g.index))
 
     def _collate(self, table: pa.Table) -> dict:
         if self.kind == "causal_lm":
