@@ -66,9 +66,13 @@ def check_text_student(student: str, shards: str, kind: str) -> None:
 
 def run_text(args, shards: str) -> int:
     """``kdata train DIR`` on text shards: options → ``TextTrainConfig``, train, print or emit the log."""
+    from dataclasses import asdict
+    from pathlib import Path
+
     from kdata.core.errors import KdataError
     from kdata.pipeline.distill import student_dir
     from kdata.core.lock import exclusive
+    from kdata.training.checkpoint import note_request, request_digest
     from kdata.training.text import TextTrainConfig, train_text
     from kdata.training.text_data import shard_kind
 
@@ -90,8 +94,11 @@ def run_text(args, shards: str) -> int:
     else:
         ev = LM_EVAL if kind == "causal_lm" and student.startswith("builtin:text") else None
     check_test(args.test, ev)
-    out = student_dir(shards, args.out, overwrite=args.overwrite)
+    request = request_digest(shards=str(Path(shards).resolve()), student=student, eval=ev, test=args.test,
+                             config=asdict(cfg))
+    out = student_dir(shards, args.out, overwrite=args.overwrite, request=request)
     with exclusive(out):
+        note_request(out, request)
         log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,
                          progress=progress_printer(args.quiet or args.json),
                          trust_remote_code=bool(getattr(args, "trust_remote_code", False)), test=args.test)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import warnings
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 
 class KdataWarning(UserWarning):
@@ -22,9 +23,30 @@ class KdataNote(KdataWarning):
     """Something a run says so its output reads right (rows left out of a measure, a tokenizer mismatch)."""
 
 
+_ROUTE: ContextVar = ContextVar("kdata_warning_route", default=None)
+
+
 def warn(message: str, *, note: bool = False, stacklevel: int = 2) -> None:
-    """Issue ``message`` as a ``KdataWarning`` (``note=True``: a ``KdataNote``), attributed to the caller."""
-    warnings.warn(message, KdataNote if note else KdataWarning, stacklevel=stacklevel + 1)
+    """Issue ``message`` as a ``KdataWarning`` (``note=True``: a ``KdataNote``), attributed to the caller;
+    within ``routed(to)``, hand it to ``to`` instead."""
+    category = KdataNote if note else KdataWarning
+    route = _ROUTE.get()
+    if route is not None:
+        route(message, category)
+        return
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
+@contextmanager
+def routed(to):
+    """Within it — in this thread or task's context only, other threads and the process's warning
+    filters untouched — kdata warnings go to ``to(message, category)`` instead of the ``warnings``
+    module (a flow run's log: ``kdata.flows.run_log``)."""
+    token = _ROUTE.set(to)
+    try:
+        yield
+    finally:
+        _ROUTE.reset(token)
 
 
 def line(message, category) -> str:

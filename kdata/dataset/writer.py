@@ -112,8 +112,16 @@ def _differences(there, here, *, n: int = 3) -> str:
     if not isinstance(there, dict) or not isinstance(here, dict):
         return ""
     keys = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
-    said = [f"{k} {printable(repr(there.get(k)))} there, {printable(repr(here.get(k)))} here" for k in keys[:n]]
+    said = [f"{k} {_short(there.get(k))} there, {_short(here.get(k))} here" for k in keys[:n]]
     return "; ".join(said) + (f"; and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _short(value, *, width: int = 60) -> str:
+    """A config value for a one-line message: a list or mapping by its size, anything else cut at ``width``."""
+    if isinstance(value, (list, tuple, dict)) and len(repr(value)) > width:
+        return f"<{len(value)} {'keys' if isinstance(value, dict) else 'items'}>"
+    text = printable(repr(value))
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 STAGING_INFIX = ".kdata-staging-"

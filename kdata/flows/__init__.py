@@ -23,6 +23,16 @@ def _has_prefect() -> bool:
         return False
 
 
-if sys.argv and (sys.argv[0] == "-m" or Path(sys.argv[0]).parent.name == "flows") and not _has_prefect():
+ENTRY_POINTS = ("curate.py", "distill.py", "generate.py", "serve.py")  # the repository's flows/*.py
+
+
+def _run_as_a_flow() -> bool:
+    if not sys.argv:
+        return False
+    script = Path(sys.argv[0])
+    return sys.argv[0] == "-m" or (script.parent.name == "flows" and script.name in ENTRY_POINTS)
+
+
+if _run_as_a_flow() and not _has_prefect():
     print("kdata: error: the Prefect flows need prefect: pip install 'kdata[flows]'", file=sys.stderr)
     raise SystemExit(2)

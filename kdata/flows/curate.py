@@ -43,7 +43,7 @@ from kdata.core.version import __version__
 from kdata.core.warn import shows_lines
 from kdata.flows.config import DEFAULT_OUT, expand_out, load_config, result_storage
 from kdata.flows.curate_text import empty_scores, score_text_unit_files, text_info, text_load
-from kdata.flows.run_log import log_warnings
+from kdata.flows.run_log import logs_warnings
 from kdata.flows.runners import env_runner, retryable, task_runner
 from kdata.flows.summary import summary
 
@@ -85,9 +85,9 @@ def _run_options(run: dict):
 
 @task(name="prepare", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=1),
       retry_condition_fn=lambda task, run, state: retryable(state))
+@logs_warnings
 def prepare_task(select: dict, out: str, run: dict) -> dict:
     """Check OUT, open the pool, load the models: returns unit names/paths/fingerprints and checksums."""
-    log_warnings()
     from kdata.flows.inputs import check_parquet_units
     from kdata.pipeline.output import already_complete, check_out_outside_pool
     from kdata.pipeline.prepare import prepare
@@ -130,13 +130,13 @@ def score_cache_key(context, parameters: dict) -> str:
 @task(name="score-unit", cache_key_fn=score_cache_key, persist_result=True,
       retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=1),
       retry_condition_fn=lambda task, run, state: retryable(state))
+@logs_warnings
 def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dict, device: str,
                     cache: bool = True, kind: str = "image", load: dict | None = None) -> dict:
     """Score one pool unit into the per-unit score cache; returns its path, quarantine list and row count.
 
     ``kind="text"``: Hugging Face text models (``load``: their precision / max_length / remote-code
     options) through ``kdata.scoring.text.score_text_unit``, the scorer ``kdata select`` uses."""
-    log_warnings()
     from kdata.pipeline.config import pool_limits
     from kdata.pools.spec import open_pool
     from kdata.scoring.score import ScoreConfig, score_units
@@ -203,10 +203,10 @@ def unit_quarantine(unit: dict, error: str) -> list[tuple[str, str]]:
 
 @task(name="finish", retries=1, retry_delay_seconds=2,
       retry_condition_fn=lambda task, run, state: retryable(state))
+@logs_warnings
 def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: list[dict],
                 failed: list[dict]) -> dict:
     """Select, dedup and write the curated dataset from the per-unit score files (``pipeline.curate.finish``)."""
-    log_warnings()
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -256,6 +256,7 @@ def _pause_hook():
 # The flow
 
 @flow(name="curate", log_prints=True)
+@logs_warnings
 def curate(select: dict | None = None, out: str = DEFAULT_OUT, run: dict | None = None,
            gpu: bool | None = None) -> dict:
     """Score the pool (one cached task per unit), select, dedup, write shards + manifest + artifacts.
@@ -264,7 +265,6 @@ def curate(select: dict | None = None, out: str = DEFAULT_OUT, run: dict | None 
     num_workers, cache. ``out`` may hold ``{version}`` (a UTC timestamp per run). ``gpu`` asks Dask
     for a worker with a ``GPU`` resource per scoring task (default: when the device is cuda).
     """
-    log_warnings()
     select, run = dict(select or {}), dict(run or {})
     out = expand_out(out)
     with exclusive(out):  # the whole run holds OUT; a second run fails at once, naming this one

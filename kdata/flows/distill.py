@@ -32,7 +32,7 @@ from prefect.artifacts import create_markdown_artifact
 from kdata.core.errors import KdataError
 from kdata.core.warn import shows_lines
 from kdata.flows.config import DEFAULT_DATA, latest_dataset
-from kdata.flows.run_log import log_warnings
+from kdata.flows.run_log import logs_warnings
 from kdata.flows.runners import retryable
 from kdata.pipeline.distill import student_dir
 
@@ -185,9 +185,9 @@ def check_text_student(shards: str, student: str) -> None:
 
 @task(name="train-student", retries=1, retry_delay_seconds=5,
       retry_condition_fn=lambda task, run, state: retryable(state))
+@logs_warnings
 def train_task(shards: str, *, student: str, eval: str | None, train: dict, out: str) -> dict:
     """Train with the library trainer (the function behind ``kdata train``); a small JSON-able summary."""
-    log_warnings()
     from kdata.pipeline.distill import train_student
     from kdata.training.train import TrainConfig
 
@@ -198,9 +198,9 @@ def train_task(shards: str, *, student: str, eval: str | None, train: dict, out:
 
 @task(name="train-text-student", retries=1, retry_delay_seconds=5,
       retry_condition_fn=lambda task, run, state: retryable(state))
+@logs_warnings
 def train_text_task(shards: str, *, student: str, eval: str | None, train: dict, out: str) -> dict:
     """Train with the text trainer (the function behind ``kdata train`` on text shards); a JSON-able summary."""
-    log_warnings()
     from kdata.training.text import TextTrainConfig, train_text
 
     log = train_text(shards=shards, student=student, eval=eval, config=TextTrainConfig(**train), out=out)
@@ -208,6 +208,7 @@ def train_text_task(shards: str, *, student: str, eval: str | None, train: dict,
 
 
 @flow(name="distill", log_prints=True)
+@logs_warnings
 def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
             eval: str | None = "builtin:digits-test", epochs: int | None = None, seed: int = 0,
             device: str = "auto", out: str | None = None, keep_last: bool = False) -> dict:
@@ -218,7 +219,6 @@ def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
     (the starting ones included) are saved, as ``kdata train`` saves them; ``keep_last``: the last epoch's
     (``kdata train --keep-last``).
     """
-    log_warnings()
     logger = get_run_logger()
     shards = latest_dataset(data)
     text = text_run(shards, student, eval)

@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger, task
 from kdata.core.errors import KdataError
 from kdata.core.warn import shows_lines
 from kdata.flows.config import result_storage
-from kdata.flows.run_log import log_warnings
+from kdata.flows.run_log import logs_warnings
 
 _MODELS: dict = {}
 
@@ -63,11 +63,11 @@ def shard_cache_key(context, parameters: dict) -> str:
 
 
 @task(name="generate-shard", cache_key_fn=shard_cache_key, persist_result=True, retries=1)
+@logs_warnings
 def generate_shard_task(params: dict, index: int, key: str, device: str, batch_size: int,
                         shard: list[dict]) -> dict:
     """Generate one prompt shard (``shard``: its prompts, read once by the flow) into the generate cache;
     returns its path."""
-    log_warnings()
     from kdata.pipeline.generate import generate_shard
 
     cfg = _cfg(params)
@@ -77,9 +77,9 @@ def generate_shard_task(params: dict, index: int, key: str, device: str, batch_s
 
 
 @task(name="critic")
+@logs_warnings
 def critic_task(params: dict, paths: list[str], device: str) -> dict | None:
     """P(accept) of every non-empty candidate (teacher/student statistics + embedder); None without a critic."""
-    log_warnings()
     import pyarrow as pa
 
     from kdata.core.atomic import write_parquet
@@ -105,9 +105,9 @@ def critic_task(params: dict, paths: list[str], device: str) -> dict | None:
 
 
 @task(name="write")
+@logs_warnings
 def write_task(params: dict, paths: list[str], critic: dict | None, out: str, device: str) -> dict:
     """Account for every candidate and write the candidates dataset (``finish_generate``)."""
-    log_warnings()
     import numpy as np
 
     from kdata.core.atomic import read_parquet
@@ -136,9 +136,9 @@ def write_task(params: dict, paths: list[str], critic: dict | None, out: str, de
 
 
 @task(name="select")
+@logs_warnings
 def select_task(pool: str, teacher: str, student: str, out: str, device: str, select: dict | None = None) -> dict:
     """Score the accepted candidates with the teacher (per-token soft labels): ``kdata select``."""
-    log_warnings()
     from kdata.pipeline.config import RunOptions, SelectConfig
     from kdata.pipeline.run import run_select
 
@@ -148,10 +148,10 @@ def select_task(pool: str, teacher: str, student: str, out: str, device: str, se
 
 
 @task(name="distill")
+@logs_warnings
 def distill_task(curated: str, student: str, out: str, device: str, distill: dict | None = None) -> dict:
     """Train the student on the curated candidates (the text trainer), keeping the weights that score best
     on the eval set as ``kdata train`` does unless ``distill`` sets ``keep_best: false`` (``--keep-last``)."""
-    log_warnings()
     from kdata.pipeline.generate_rounds import distill as train
     from kdata.training.text import TextTrainConfig
 
@@ -165,6 +165,7 @@ def distill_task(curated: str, student: str, out: str, device: str, distill: dic
 
 
 @flow(name="generate", log_prints=True)
+@logs_warnings
 def generate(params: dict, out: str, run: dict | None = None, select: dict | None = None,
              distill: dict | None = None) -> dict:
     """Generate candidates per prompt shard (cached), filter with the critic, write, select, distill.
@@ -174,7 +175,6 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     batch_size; ``select``: extra SelectConfig fields; ``distill``: TextTrainConfig fields + eval (``keep_best``
     defaults to True here, as in ``kdata train``).
     """
-    log_warnings()
     from kdata.models.base import pick_device
     from kdata.pipeline.generate import (
         check_config,

@@ -64,18 +64,26 @@ def loaders() -> list[tuple[Callable[[str], bool], Callable[..., Model]]]:
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 
+def check_device_name(device) -> str:
+    """``device`` as a string when it names a device kdata knows (``DEVICES``), whether or not one is
+    present here; one line otherwise."""
+    device = str(device)
+    kind, colon, index = device.partition(":")
+    if device not in ("auto", "cpu") and (kind != "cuda" or (colon and not (index.isascii() and index.isdigit()))):
+        raise KdataError(f"--device '{device}': unknown device ({DEVICES})")
+    return device
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` → CUDA when present, else CPU. ``cuda`` and ``cuda:N`` need a CUDA device (N below
     the device count); anything else is one line naming the accepted forms. Checked here, where the
     device is chosen, so no command reaches torch's "Found no NVIDIA driver" traceback."""
-    device = str(device)
+    device = check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
-    kind, colon, index = device.partition(":")
-    if kind != "cuda" or (colon and not (index.isascii() and index.isdigit())):
-        raise KdataError(f"--device '{device}': unknown device ({DEVICES})")
+    _, colon, index = device.partition(":")
     if not torch.cuda.is_available():
         raise KdataError(f"--device {device} requested but no CUDA device is available")
     if not colon:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def add_config_options(p, cls) -> None:
     """Add one option per command-line field of the config dataclass ``cls`` (kdata.pipeline.config).
@@ -63,14 +65,16 @@ def given_values(args, cls) -> dict:
 
 
 
-def config_file_values(args) -> tuple[dict, dict, str]:
-    """(select values, run values, where) from ``--config`` (flat, or with select:/run: sections)."""
+def config_file_values(args, *, outputs: bool = False) -> tuple[dict, dict, str]:
+    """(select values, run values, where) from ``--config`` (flat, or with select:/run: sections).
+    ``outputs``: ``kdata select``'s own keys (``OUTPUT_KEYS``, read by ``output_options``) are left out
+    rather than refused as unknown options."""
     path = getattr(args, "config", None)
     if not path:
         return {}, {}, "command line"
     from kdata.pipeline.config import RunOptions, SelectConfig, canonical_names, load_yaml
 
-    data = {k: v for k, v in load_yaml(path).items() if k not in OUTPUT_KEYS}  # output_options reads those
+    data = {k: v for k, v in load_yaml(path).items() if not (outputs and k in OUTPUT_KEYS)}
     if set(data) & {"select", "run"}:
         return (canonical_names(SelectConfig, dict(data.get("select") or {}), where=str(path)),
                 canonical_names(RunOptions, dict(data.get("run") or {}), where=str(path)), str(path))
@@ -99,6 +103,8 @@ def output_options(args) -> None:
             continue
         if key == "out" and not isinstance(value, str):
             raise KdataError(f"{path}: out: expected a directory path, got {value!r}")
+        if key == "out":
+            value = os.path.expanduser(value)  # as a shell expands --out ~/x
         if key != "out" and not isinstance(value, bool):
             raise KdataError(f"{path}: {key}: expected true or false, got {value!r}")
         setattr(args, key, value)
@@ -110,7 +116,7 @@ def config_from_args(args):
     """The validated SelectConfig of a command line (``--config`` file values, overridden by flags)."""
     from kdata.pipeline.config import SelectConfig, select_config
 
-    file_values, _, where = config_file_values(args)
+    file_values, _, where = config_file_values(args, outputs=True)
     given = given_values(args, SelectConfig)
     return _naming_the_file(select_config, {**file_values, **given}, file_values, given, where=where)
 
@@ -120,7 +126,7 @@ def run_options_from_args(args):
     from kdata.pipeline.config import RunOptions
     from kdata.pipeline.config import run_options as make
 
-    _, file_values, where = config_file_values(args)
+    _, file_values, where = config_file_values(args, outputs=True)
     given = given_values(args, RunOptions)
     values = {**file_values, **given}
     if getattr(args, "no_cache", False):

@@ -26,6 +26,7 @@ from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_s
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import file_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
+from kdata.models.base import check_device_name
 from kdata.models.spec import is_text_spec, load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.pipeline.rerun import embedder_model
@@ -167,7 +168,7 @@ def dedup_dataset(shards: str, *, out: str, level: str, threshold: float | None 
     ``workers`` (``auto`` or a count) compute the payload features, a row group per task.
     """
     check_paths(shards, out)  # before the lock, whose file would land inside the dataset
-    pick_device(device)  # a bad --device is refused at every level, not only where a model runs
+    check_device_name(device)  # an unknown --device at every level; whether it is here, where a model runs
     with exclusive(out):
         t0 = time.perf_counter()
         level = check_options(level, threshold=threshold, frac=frac)

@@ -27,7 +27,7 @@ from kdata.pipeline.run import score
 from kdata.pools.spec import open_pool
 from kdata.scoring.score import ScoreConfig, check_models
 from kdata.selection.methods import available
-from kdata.training.checkpoint import unfinished, weights_checksum
+from kdata.training.checkpoint import note_request, request_digest, resumes, unfinished, weights_checksum
 from kdata.training.shard_dataset import ShardDataset
 from kdata.training.train import TrainConfig, run_train
 
@@ -87,16 +87,17 @@ def make_reselector(*, pool: str, teacher: str, work_dir: str | Path, seed: int 
     return reselect
 
 
-def default_out(shards: str | Path) -> Path:
+def default_out(shards: str | Path, *, request: str | None = None) -> Path:
     """Where ``kdata train DIR`` saves without ``--out``: ``DIR-student`` beside DIR (never inside it),
-    or ``DIR-student-2``, ``-3``… when that already holds something other than a run killed before its
-    student was saved (``unfinished``: the same command run again goes on there). ``DIR/data`` counts as DIR."""
+    or ``DIR-student-2``, ``-3``… when that already holds something — unless it is this ``request``
+    killed before its student was saved (``resumes``: the same command run again goes on there; another
+    command leaves it alone). ``DIR/data`` counts as DIR."""
     p = Path(shards).resolve()
     if p.name == "data" and (p.parent / "manifest.json").is_file():
         p = p.parent
     base = p.parent / f"{p.name}-student"
     out, n = base, 1
-    while out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out.is_dir() and unfinished(out)):
+    while out.exists() and (not out.is_dir() or any(out.iterdir())) and not (request and resumes(out, request)):
         n += 1
         out = base.with_name(f"{base.name}-{n}")
     return out
@@ -105,12 +106,13 @@ def default_out(shards: str | Path) -> Path:
 STUDENT_FILES = ("train_log.json", "student.pt2", "student.pt", "student.json", "model.safetensors", "config.json")
 
 
-def student_dir(shards: str, out: str | None, *, overwrite: bool = False) -> str:
+def student_dir(shards: str, out: str | None, *, overwrite: bool = False, request: str | None = None) -> str:
     """``out``, or ``DATASET-student`` beside the dataset (``default_out``); never inside the curated
     dataset, whose files its manifest lists, and never over a student already saved in ``out`` unless
     ``overwrite`` (one line naming both, before any work). A run killed before its student was saved in
-    full (``kdata.training.checkpoint.unfinished``) is not a saved student: its rerun goes on into ``out``."""
-    target = Path(out).resolve() if out else default_out(shards)
+    full (``kdata.training.checkpoint.unfinished``) is not a saved student: its rerun goes on into ``out``
+    (without ``out``, into the default directory a killed run of the same ``request`` left)."""
+    target = Path(out).resolve() if out else default_out(shards, request=request)
     if target.is_relative_to(Path(shards).resolve()):
         raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
                          f"(the default: {default_out(shards)})")
@@ -154,8 +156,11 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
             return make_reselector(pool=pool, teacher=teacher, work_dir=work_dir, seed=config.seed, device=device,
                                    temperature=temperature, threshold=config.reselect_threshold)
 
-    target = student_dir(shards, out, overwrite=overwrite)
+    request = request_digest(shards=str(Path(shards).resolve()), student=student, eval=eval, test=test,
+                             config=dataclasses.asdict(config), pool=pool, teacher=teacher)
+    target = student_dir(shards, out, overwrite=overwrite, request=request)
     with exclusive(target):
+        note_request(target, request)
         log = run_train(shards=shards, student=student, eval=eval, test=test, config=config, out=target,
                         progress=progress,
                         reselector_for=factory, verify=verify,

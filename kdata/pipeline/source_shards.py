@@ -38,15 +38,17 @@ def check_source_shards(paths: list[Path], *, class_names=None) -> dict:
         shard_meta = kdata_metadata(schema, where=str(p))
         meta = shard_meta if meta is None else meta
     num_classes = len(class_names) if isinstance(class_names, list) and class_names else None
+    k = None  # the top-k width of text shards: one for the whole dataset, as the trainer reads them
     for p in paths:
-        check_soft_labels(p, num_classes=num_classes)
+        k = check_soft_labels(p, num_classes=num_classes, k=k)
     return dict(meta or {})
 
 
-def check_soft_labels(path: Path, *, num_classes: int | None) -> None:
+def check_soft_labels(path: Path, *, num_classes: int | None, k: int | None = None) -> int | None:
     """The soft labels of one shard, row group by row group, as ``kdata train`` reads them: image rows by
     the image trainer's checks, text rows by the text trainer's (``kdata.training.text_checks``). A shard
-    without payloads (selected from ``--scores`` alone) is not a trainer's to check."""
+    without payloads (selected from ``--scores`` alone) is not a trainer's to check. ``k``: the causal-LM
+    top-k width of the shards checked before; returns it, as this shard leaves it."""
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     if "image" in names and non_null_rows([path], "image"):
@@ -58,4 +60,5 @@ def check_soft_labels(path: Path, *, num_classes: int | None) -> None:
             first += rows
     elif "text" in names and non_null_rows([path], "text"):
         kind = "causal_lm" if "teacher_topk_ids" in names else "classifier"
-        check_text_shard(path, kind=kind, num_classes=num_classes)
+        return check_text_shard(path, kind=kind, num_classes=num_classes, k=k)
+    return k

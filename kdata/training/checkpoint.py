@@ -172,6 +172,32 @@ def unfinished(out: str | Path) -> bool:
     return not (Path(out) / "train_log.json").exists() and bool(Checkpoints(out).files())
 
 
+REQUEST_FILE = "request.json"  # in RESUME_DIR: which command the resumable states belong to
+
+
+def request_digest(**parts) -> str:
+    """A digest of what a training run was asked to do (data, student, settings), for ``note_request``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def note_request(out: str | Path, request: str) -> None:
+    """Record in ``out`` which request its resumable states will belong to (``resumes``)."""
+    path = Path(out) / RESUME_DIR / REQUEST_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps({"request": request}))
+
+
+def resumes(out: str | Path, request: str) -> bool:
+    """Whether ``out`` holds an unfinished run of this very request: the same command run again goes on
+    there, another command does not take it over (and clear its states)."""
+    try:
+        noted = json.loads((Path(out) / RESUME_DIR / REQUEST_FILE).read_text()).get("request")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return unfinished(out) and noted == request
+
+
 def loop_state(*, net, opt, sched, schedule, gen, best, device, **loop) -> dict:
     """A training loop's state after an epoch: ``loop`` (epoch, done, history…) and every object's."""
     return {**loop, "model": cpu_state(net), "opt": opt.state_dict(), "sched": sched.state_dict(),

@@ -74,8 +74,10 @@ def check_lm_group(table: pa.Table, g: RowGroup, *, k: int | None = None, vocab:
         _fail(g, name, "holds a different number of positions than 'teacher_topk_ids'",
               np.flatnonzero(_lengths(col[0]) != positions))
     widths, lp_widths = _lengths(topk[1]), _lengths(logp[1])
-    k = int(widths[0]) if k is None and len(widths) else k
-    _fail(g, "teacher_topk_ids", f"holds top-k lists of another length than {k} (the first rows')",
+    whose = "the rows read before"
+    if k is None and len(widths):  # the width most positions have: one damaged first row blames itself
+        k, whose = int(np.bincount(widths).argmax()), "most rows'"
+    _fail(g, "teacher_topk_ids", f"holds top-k lists of another length than {k} ({whose})",
           _rows(topk, 1, np.flatnonzero(widths != k)))
     _fail(g, "teacher_topk_logprobs", "holds lists of another length than 'teacher_topk_ids'",
           _rows(logp, 1, np.flatnonzero(lp_widths != widths)))
@@ -109,13 +111,14 @@ def check_classifier_group(table: pa.Table, g: RowGroup, *, num_classes: int | N
                 labels=labels, num_classes=num_classes)
 
 
-def check_text_shard(path, *, kind: str, num_classes: int | None = None) -> None:
+def check_text_shard(path, *, kind: str, num_classes: int | None = None, k: int | None = None) -> int | None:
     """Every row group of one text shard (``kind`` ``causal_lm`` or ``classifier``), its soft-label columns
-    only: what ``kdata dedup`` and ``kdata augment`` check before they carry rows into a new dataset."""
+    only: what ``kdata dedup`` and ``kdata augment`` check before they carry rows into a new dataset.
+    ``k``: the top-k width of the dataset's shards checked before; returns the width after this one."""
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     columns = [c for c in (LM_COLUMNS if kind == "causal_lm" else CLASSIFIER_CHECKED) if c in names]
-    first, k = 0, None
+    first = 0
     for i in range(pf.metadata.num_row_groups):
         table = pf.read_row_group(i, columns=columns)
         g = RowGroup(str(path), i, table.num_rows, first)
@@ -124,3 +127,4 @@ def check_text_shard(path, *, kind: str, num_classes: int | None = None) -> None
         else:
             check_classifier_group(table, g, num_classes=num_classes)
         first += table.num_rows
+    return k

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdata.cli import main
-from kdata.core.warn import KdataNote, KdataWarning, shown_as_lines, warn
+from kdata.core.warn import KdataNote, KdataWarning, routed, shown_as_lines, warn
 
 
 def test_a_library_caller_records_or_silences_them(capsys):
@@ -47,3 +47,30 @@ def test_the_kdata_command_shows_a_warning_as_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
     err = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
     assert len(err) == 1 and err[0].startswith(f"kdata: warning: {scores}: column 'teacher_logits' looks like"), err
+
+
+def test_routed_hands_them_to_a_sink_in_its_own_context_only(capsys):
+    """``routed`` (what the flows use for the run log) takes this context's kdata warnings and nothing
+    else: another thread's warnings and the process's filters are as they were."""
+    import threading
+
+    got, filters = [], list(warnings.filters)
+    with routed(lambda message, category: got.append((message, category))):
+        warn("to the sink")
+        warn("a note", note=True)
+        seen = []
+
+        def other():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                warn("from another thread")
+            seen.extend(str(w.message) for w in caught)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert got == [("to the sink", KdataWarning), ("a note", KdataNote)]
+    assert seen == ["from another thread"] and warnings.filters == filters
+    with pytest.warns(KdataWarning, match="^after$"):  # the route ends with its block
+        warn("after")
+    assert capsys.readouterr().err == ""

@@ -236,6 +236,22 @@ def test_decisions_are_checksummed_and_an_intact_dataset_verifies(tmp_path):
     assert check_output_dir(out, config_hash="h" * 64) == "done"
 
 
+def test_another_run_is_named_by_the_options_that_differ_on_one_short_line(tmp_path):
+    """The refusal names what differs, each value cut short: a list of 500 shard digests (augment's
+    ``source_files``) is its size, not 30 KB of hex."""
+    out = tmp_path / "out"
+    write_dataset(out, synthetic=2)
+    edit_manifest(out, lambda m: m["config"].update(source_files=["a" * 64] * 500))
+    mine = {"seed": 1, "source_files": ["b" * 64] * 500}
+    with pytest.raises(KdataError) as err:
+        check_output_dir(out, config_hash="other", config=mine)
+    line = str(err.value)
+    assert "(seed 0 there, 1 here; source_files <500 items> there, <500 items> here)" in line, line
+    assert len(line) < 300 and "\n" not in line
+    with pytest.raises(KdataError, match=r"\(config hhhhhhhhhhhh, this run other\)"):  # no config given: the hashes
+        check_output_dir(out, config_hash="other")
+
+
 def test_a_byte_flipped_decisions_table_fails_its_checksum(tmp_path):
     out = tmp_path / "out"
     write_dataset(out)

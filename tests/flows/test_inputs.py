@@ -245,6 +245,9 @@ def test_flat_config_file_is_read_as_kdata_select_reads_it(one_line, tmp_path):
     flat.write_text("pool: builtin:digits-web\nbudjet: 0.1\n")
     with pytest.raises(KdataError, match=r"unknown option\(s\) \['budjet'\]"):
         load_config(flat)
+    flat.write_text("pool: builtin:digits-web\nout: elsewhere\n")  # a flow's OUT is curate: out: or --out
+    with pytest.raises(KdataError, match=r"unknown option\(s\) \['out'\]"):
+        load_config(flat)
 
 
 # ------------------------------------------------------------------------------------------------

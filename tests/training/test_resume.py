@@ -93,7 +93,8 @@ def test_a_killed_run_resumes_and_saves_the_uninterrupted_student(sel, reference
 
 def test_a_killed_run_without_out_resumes_in_its_default_directory(sel, reference, tmp_path, capsys):
     """``kdata train DIR`` saves to ``DIR-student``; killed there, the same command goes on there (it
-    used to start again in ``DIR-student-2``, leaving the half-trained run behind)."""
+    used to start again in ``DIR-student-2``, leaving the half-trained run behind), while another
+    command goes to ``DIR-student-2`` and leaves the killed run's states for its own rerun."""
     import shutil
 
     data = tmp_path / "sel"
@@ -102,6 +103,11 @@ def test_a_killed_run_without_out_resumes_in_its_default_directory(sel, referenc
     done = subprocess.run([sys.executable, "-m", "kdata.cli", "train", str(data), *ARGS], check=False,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr
+    other = [a if a != "4" else "3" for a in ARGS]  # another command (3 epochs): leaves the killed run alone
+    code, so, se = _cli(capsys, "train", data, *other)
+    assert code == 0 and json.loads(so)["out"].endswith("sel-student-2"), se
+    assert (tmp_path / "sel-student" / ".resume" / "epoch-0002.pt").is_file()
+    shutil.rmtree(tmp_path / "sel-student-2")
     code, so, se = _cli(capsys, "train", data, *ARGS)
     assert code == 0, se
     assert f"kdata: resuming from epoch 2/4 ({tmp_path / 'sel-student' / '.resume' / 'epoch-0002.pt'})" in se

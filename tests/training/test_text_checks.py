@@ -129,3 +129,28 @@ def test_a_damaged_classifier_row_gets_the_image_rows_checks(tmp_path, prob, pro
     pq.write_table(table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type)), path)
     with pytest.raises(KdataError, match=re.escape(f"{path}: column 'teacher_topk_prob' {problem}")):
         list(TextShards(out, kind="classifier", batch_size=4).batches(epoch=0))
+
+
+def test_a_short_first_list_blames_its_own_row(shard, tmp_path):
+    """The width is what most positions hold, so a damaged row 0 is named, not the good rows after it."""
+    bad = _damaged(shard, tmp_path / "d", _set("teacher_topk_ids", lambda v: [v[0][:3]] + v[1:]), row=0)
+    with pytest.raises(KdataError, match=r"another length than 8 \(most rows'\) \(row 0\)"):
+        check_text_shard(bad, kind="causal_lm")
+
+
+def test_dedup_and_augment_hold_one_top_k_width_across_the_datasets_files(shard, tmp_path):
+    """As the trainer reads them: a second file of top-4 beside a first of top-8 is refused up front."""
+    from kdata.pipeline.source_shards import check_soft_labels
+
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    for r in rows:
+        r["teacher_topk_ids"] = [p[:4] for p in r["teacher_topk_ids"]]
+        r["teacher_topk_logprobs"] = [p[:4] for p in r["teacher_topk_logprobs"]]
+    other = tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), other, row_group_size=16)
+    assert check_soft_labels(other, num_classes=None) == 4  # alone, top-4 is fine
+    k = check_soft_labels(shard, num_classes=None)  # check_source_shards carries it from file to file
+    with pytest.raises(KdataError, match=re.escape(f"{other}: column 'teacher_topk_ids' holds top-k lists of "
+                                                   "another length than 8 (the rows read before) (row 0")):
+        check_soft_labels(other, num_classes=None, k=k)
