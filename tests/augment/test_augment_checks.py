@@ -70,13 +70,9 @@ def test_critic_threshold_beside_a_fitted_critic_is_refused(base, image_critic, 
 
 def test_a_text_dataset_says_hard_needs_images(tmp_path, capsys):
     pytest.importorskip("transformers")
-    from tests.helpers.text_models import text_assets
+    from tests.helpers.text_models import random_text_dataset
 
-    d = text_assets()
-    text = tmp_path / "text"
-    assert main(["select", "--pool", str(d / "pool.jsonl"), "--teacher", f"hf:{d / 't'}", "--student",
-                 f"hf:{d / 's'}", "--method", "random", "--budget", "10", "--out", str(text), "--device", "cpu",
-                 "--quiet"]) == 0
+    text = random_text_dataset(tmp_path / "text")
     capsys.readouterr()
     assert _augment(text, tmp_path / "o") == 2 and not (tmp_path / "o").exists()
     _one_error(capsys, f"{text}: holds text; kdata augment generates HARD image augmentations and needs an image "

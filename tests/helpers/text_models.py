@@ -98,3 +98,15 @@ def text_assets() -> Path:
     tiny_classifier(d / "c2", seed=1)
     write_jsonl(d / "pool.jsonl", n=60, extra_lines=['{"text": "   "}', '{"sample_id": "one", "text": "a"}'])
     return d
+
+
+def random_text_dataset(out: Path, *, rows: int = 10) -> Path:
+    """A causal-LM text dataset written by ``kdata select --method random`` from ``text_assets()``'s pool,
+    teacher and student (CPU, quiet)."""
+    from kdata.cli import main
+
+    d = text_assets()
+    assert main(["select", "--pool", str(d / "pool.jsonl"), "--teacher", f"hf:{d / 't'}", "--student",
+                 f"hf:{d / 's'}", "--method", "random", "--budget", str(rows), "--out", str(out), "--device", "cpu",
+                 "--quiet"]) == 0
+    return out

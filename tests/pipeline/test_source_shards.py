@@ -105,13 +105,10 @@ def test_malformed_shard_metadata_is_one_line_naming_the_shard(demo_run, tmp_pat
 def test_a_text_dataset_with_a_damaged_lm_row_is_refused_by_dedup_and_train(tmp_path, capsys):
     """The same for causal-LM text shards: per-token soft labels checked as the text trainer reads them."""
     pytest.importorskip("transformers")
-    from tests.helpers.text_models import text_assets
+    from tests.helpers.text_models import random_text_dataset, text_assets
 
     d = text_assets()
-    text = tmp_path / "text"
-    assert main(["select", "--pool", str(d / "pool.jsonl"), "--teacher", f"hf:{d / 't'}", "--student",
-                 f"hf:{d / 's'}", "--method", "random", "--budget", "10", "--out", str(text), "--device", "cpu",
-                 "--quiet"]) == 0
+    text = random_text_dataset(tmp_path / "text")
 
     def nan_logprob(t: pa.Table) -> pa.Table:
         return _set_row(t, "teacher_topk_logprobs", 2, lambda r: [[float("nan")] * len(p) for p in r])
