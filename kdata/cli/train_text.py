@@ -72,7 +72,7 @@ def run_text(args, shards: str) -> int:
     from kdata.core.errors import KdataError
     from kdata.pipeline.distill import student_dir
     from kdata.core.lock import exclusive
-    from kdata.training.checkpoint import note_request, request_digest
+    from kdata.training.checkpoint import request_digest
     from kdata.training.text import TextTrainConfig, train_text
     from kdata.training.text_data import shard_kind
 
@@ -98,10 +98,10 @@ def run_text(args, shards: str) -> int:
                              config=asdict(cfg))
     out = student_dir(shards, args.out, overwrite=args.overwrite, request=request)
     with exclusive(out):
-        note_request(out, request)
         log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,
                          progress=progress_printer(args.quiet or args.json),
-                         trust_remote_code=bool(getattr(args, "trust_remote_code", False)), test=args.test)
+                         trust_remote_code=bool(getattr(args, "trust_remote_code", False)), test=args.test,
+                         request=request)
     log["out_default"] = args.out is None
     log["student_default"] = args.student_default
     if args.json:

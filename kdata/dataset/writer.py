@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from kdata.core.atomic import fsync_dir, write_parquet
 from kdata.core.crashpoints import crash_after
 from kdata.core.errors import KdataError, RuntimeFailure, printable
+from kdata.core.jsonable import differences
 from kdata.core.lock import Lock, acquire, current, pid_alive
 from kdata.core.version import __version__
 from kdata.dataset.integrity import DECISIONS_FILE, EXTRA_FILES, check_dataset, extra_file_entry, file_entry
@@ -111,9 +112,9 @@ def _differences(there, here, *, n: int = 3) -> str:
     """``budget '0.3' there, '0.5' here; …``: the options on which two recorded configs differ."""
     if not isinstance(there, dict) or not isinstance(here, dict):
         return ""
-    keys = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
-    said = [f"{k} {_short(there.get(k))} there, {_short(here.get(k))} here" for k in keys[:n]]
-    return "; ".join(said) + (f"; and {len(keys) - n} more" if len(keys) > n else "")
+    found = differences(there, here)
+    said = [f"{k} {_short(a)} there, {_short(b)} here" for k, a, b in found[:n]]
+    return "; ".join(said) + (f"; and {len(found) - n} more" if len(found) > n else "")
 
 
 def _short(value, *, width: int = 60) -> str:

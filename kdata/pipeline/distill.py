@@ -27,7 +27,7 @@ from kdata.pipeline.run import score
 from kdata.pools.spec import open_pool
 from kdata.scoring.score import ScoreConfig, check_models
 from kdata.selection.methods import available
-from kdata.training.checkpoint import note_request, request_digest, resumes, unfinished, weights_checksum
+from kdata.training.checkpoint import request_digest, resumes, unfinished, weights_checksum
 from kdata.training.shard_dataset import ShardDataset
 from kdata.training.train import TrainConfig, run_train
 
@@ -160,8 +160,8 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
                              config=dataclasses.asdict(config), pool=pool, teacher=teacher)
     target = student_dir(shards, out, overwrite=overwrite, request=request)
     with exclusive(target):
-        note_request(target, request)
         log = run_train(shards=shards, student=student, eval=eval, test=test, config=config, out=target,
+                        request=request,
                         progress=progress,
                         reselector_for=factory, verify=verify,
                         resume_key={"pool": pool, "teacher": teacher} if config.reselect_every else None)

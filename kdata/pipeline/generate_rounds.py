@@ -32,6 +32,7 @@ from pathlib import Path
 
 from kdata.core.atomic import write_json
 from kdata.core.errors import KdataError, printable
+from kdata.core.jsonable import differences
 from kdata.core.lock import exclusive
 from kdata.core.warn import warn
 from kdata.pipeline.config import RunOptions, SelectConfig
@@ -165,14 +166,9 @@ def rounds_settings(cfg: GenerateConfig, *, student: str, crit_student: str, cri
             "train": _training(train_config or TextTrainConfig())}
 
 
-def _first_difference(old: dict, new: dict, prefix: str = "") -> str | None:
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            if (d := _first_difference(a, b, f"{prefix}{k}.")) is not None:
-                return d
-        elif a != b:
-            return f"{prefix}{k} {printable(a)[:24]} there, {printable(b)[:24]} now"
+def _first_difference(old: dict, new: dict) -> str | None:
+    for k, a, b in differences(old, new)[:1]:
+        return f"{k} {printable(a)[:24]} there, {printable(b)[:24]} now"
     return None
 
 

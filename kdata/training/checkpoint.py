@@ -121,11 +121,12 @@ class Checkpoints:
     ``open(parts, device)`` fixes the run's key and returns the newest state saved under it (None: start
     afresh); ``save(state)`` writes one after an epoch; ``clear()`` removes them once the student is saved.
     ``on_start(epoch)`` is told where the run starts (0, or the epoch it resumes after), before any work,
-    so the caller can drop what a killed run made after its last state (re-selections)."""
+    so the caller can drop what a killed run made after its last state (re-selections). ``request``
+    (``request_digest``) is recorded beside the first state saved (``resumes``)."""
 
-    def __init__(self, out: str | Path, *, extra: dict | None = None, on_start=None):
+    def __init__(self, out: str | Path, *, extra: dict | None = None, on_start=None, request: str | None = None):
         self.dir = Path(out) / RESUME_DIR
-        self.extra, self.on_start, self.key = dict(extra or {}), on_start, None
+        self.extra, self.on_start, self.key, self.request = dict(extra or {}), on_start, None, request
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob("epoch-*.pt")) if self.dir.is_dir() else []
@@ -155,6 +156,8 @@ class Checkpoints:
         print(f"kdata: resuming from epoch {state['epoch']}/{epochs} ({state['path']})", file=sys.stderr)
 
     def save(self, state: dict) -> None:
+        if self.request is not None:
+            note_request(self.dir.parent, self.request)
         path = self.dir / f"epoch-{int(state['epoch']):04d}.pt"
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, "key": self.key, **state}, tmp)

@@ -152,6 +152,15 @@ def read_group(pf: pq.ParquetFile, g: RowGroup, *, num_classes: int | None, temp
     if not n:
         empty = np.zeros((0, 0), np.float32)
         return GroupData([], empty.astype(np.int64), empty, empty, np.zeros(0, np.int64))
+    idx, logit, prob, labels = checked_soft_labels(table, g, num_classes=num_classes)
+    if logit is None:  # no raw logits stored: log-probabilities scaled by the scoring temperature
+        logit = (np.log(np.clip(prob, 1e-12, None)) * temperature).astype(np.float32)
+    return GroupData(table.column("image").to_pylist() if images else [], idx, logit, prob, labels)
+
+
+def checked_soft_labels(table: pa.Table, g: RowGroup, *, num_classes: int | None):
+    """(top-k indices, logits or None, probabilities, labels) of a row group's table, checked
+    (``check_group``): the class soft labels of image rows and of text-classifier rows alike."""
     idx = list_matrix(table, "teacher_topk_idx", np.int64, g)
     prob = list_matrix(table, "teacher_topk_prob", np.float32, g)
     has_logit = "teacher_topk_logit" in table.column_names and table.column("teacher_topk_logit").null_count == 0
@@ -159,11 +168,9 @@ def read_group(pf: pq.ParquetFile, g: RowGroup, *, num_classes: int | None, temp
     if "label_idx" in table.column_names:
         labels = table.column("label_idx").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     else:
-        labels = np.full(n, -1, dtype=np.int64)
+        labels = np.full(table.num_rows, -1, dtype=np.int64)
     check_group(g, idx=idx, logit=logit, prob=prob, labels=labels, num_classes=num_classes)
-    if logit is None:  # no raw logits stored: log-probabilities scaled by the scoring temperature
-        logit = (np.log(np.clip(prob, 1e-12, None)) * temperature).astype(np.float32)
-    return GroupData(table.column("image").to_pylist() if images else [], idx, logit, prob, labels)
+    return idx, logit, prob, labels
 
 
 def check_group(g: RowGroup, *, idx, logit, prob, labels, num_classes: int | None) -> None:

@@ -250,7 +250,7 @@ def check_student_kind(model, kind: str, student: str) -> None:
 
 def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config: TextTrainConfig | None = None,
                out: str | Path, verify: bool = True, progress=None, trust_remote_code: bool = False,
-               test: str | None = None) -> dict:
+               test: str | None = None, request: str | None = None) -> dict:
     """Distil ``student`` on text ``shards`` (see the module doc); save it to ``out``; return the log.
 
     OUT is locked for the run and the state after each epoch kept in ``OUT/.resume/``: the same call
@@ -265,14 +265,15 @@ def train_text(*, shards, student: str, eval: str | None = DEFAULT_EVAL, config:
     kind = text_shard_kind(shards)
     with exclusive(out):
         return _train_text(shards=shards, student=student, eval=eval, cfg=cfg, kind=kind, out=Path(out),
-                           verified=verified, progress=progress, trust_remote_code=trust_remote_code, test=test)
+                           verified=verified, progress=progress, trust_remote_code=trust_remote_code, test=test,
+                           request=request)
 
 
 def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, out: Path, verified: bool, progress,
-                trust_remote_code: bool, test: str | None) -> dict:
+                trust_remote_code: bool, test: str | None, request: str | None = None) -> dict:
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
-    checkpoints = Checkpoints(out)
+    checkpoints = Checkpoints(out, request=request)
     with seeded_rng(cfg.seed, device):  # seeded for this run; the caller's torch RNG is restored after
         with kept_rng(device):  # a built-in student built on first use seeds torch itself: not the run's stream
             model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
-from kdata.training.shard_dataset import RowGroup, check_group, list_matrix
+from kdata.training.shard_dataset import RowGroup, checked_soft_labels
 
 LM_COLUMNS = ("input_ids", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_mass")
 CLASSIFIER_CHECKED = ("teacher_topk_idx", "teacher_topk_prob", "teacher_topk_logit", "label_idx")
@@ -102,13 +102,8 @@ def check_lm_group(table: pa.Table, g: RowGroup, *, k: int | None = None, vocab:
 
 def check_classifier_group(table: pa.Table, g: RowGroup, *, num_classes: int | None) -> None:
     """One row group of text-classifier shards: the class soft-label checks of image rows."""
-    has_logit = "teacher_topk_logit" in table.column_names and table.column("teacher_topk_logit").null_count == 0
-    labels = (table.column("label_idx").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-              if "label_idx" in table.column_names else np.full(table.num_rows, -1, np.int64))
-    check_group(g, idx=list_matrix(table, "teacher_topk_idx", np.int64, g),
-                prob=list_matrix(table, "teacher_topk_prob", np.float32, g),
-                logit=list_matrix(table, "teacher_topk_logit", np.float32, g) if has_logit else None,
-                labels=labels, num_classes=num_classes)
+    if table.num_rows:
+        checked_soft_labels(table, g, num_classes=num_classes)
 
 
 def check_text_shard(path, *, kind: str, num_classes: int | None = None, k: int | None = None) -> int | None:

@@ -332,7 +332,7 @@ def save_student(student: Model, out: str | Path, *, log: dict) -> tuple[dict, s
 
 def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, out: str | None = None,
               progress=None, reselector_for=None, verify: bool = True, resume_key: dict | None = None,
-              test: str | None = None) -> dict:
+              test: str | None = None, request: str | None = None) -> dict:
     """Load the student, train on ``shards`` (first checked against its manifest unless ``verify=False``),
     evaluate on ``eval``, save to ``out`` (nothing is saved when ``out`` is None). Returns the log.
     ``progress(stage, done, total)`` follows the epochs (see ``train``).
@@ -349,10 +349,12 @@ def run_train(*, shards, student: str, eval: str | None, config: TrainConfig, ou
         raise KdataError(f"{out}: exists and is not a directory (--out names the directory for the student)")
     with exclusive(out) if out else nullcontext():
         return _run_train(shards=shards, student=student, eval=eval, config=config, out=out, progress=progress,
-                          reselector_for=reselector_for, verify=verify, resume_key=resume_key, test=test)
+                          reselector_for=reselector_for, verify=verify, resume_key=resume_key, test=test,
+                          request=request)
 
 
-def _run_train(*, shards, student, eval, config, out, progress, reselector_for, verify, resume_key, test) -> dict:
+def _run_train(*, shards, student, eval, config, out, progress, reselector_for, verify, resume_key, test,
+               request=None) -> dict:
     verified = verify_source(shards) if verify else False
     device = pick_device(config.device)
     with pool_class_names(shard_class_names(shards)):  # a sidecar-less student takes the shards' classes
@@ -365,8 +367,8 @@ def _run_train(*, shards, student, eval, config, out, progress, reselector_for, 
             raise KdataError("--reselect-every needs a pool to re-select from (kdata.pipeline.distill.train_student)")
         work = Path(out) / "reselect" if out else Path(tmp := tempfile.mkdtemp(prefix="kdata-reselect-"))
         reselector = reselector_for(model, work_dir=work, device=device)
-    checkpoints = (Checkpoints(out, extra=resume_key, on_start=lambda epoch: drop_reselections(work, epoch))
-                   if out else None)
+    checkpoints = (Checkpoints(out, extra=resume_key, on_start=lambda epoch: drop_reselections(work, epoch),
+                               request=request) if out else None)
     try:
         log = train(model, shards, config=config, eval_set=eval_set, reselector=reselector, progress=progress,
                     checkpoints=checkpoints)
