@@ -93,7 +93,8 @@ def check_paths(shards: str, out: str) -> dict:
     file lands beside OUT)."""
     src = Path(shards)
     if not src.is_dir():
-        raise KdataError(f"{shards}: not a directory (expected a curated dataset)")
+        raise KdataError(f"{shards}: {'not a directory' if src.exists() else 'no such directory'} "
+                         "(expected a curated dataset)")
     manifest = read_manifest(src)
     if manifest is None:
         raise KdataError(f"{shards}: no {MANIFEST}; expected a curated dataset written by kdata")

@@ -151,7 +151,10 @@ def regenerate(out: str | Path, *, card_dir: str | Path | None = None, license_i
     from kdata.dataset.writer import MANIFEST, read_manifest, verify
 
     out = Path(out)
-    manifest = read_manifest(out) if out.is_dir() else None
+    if not out.is_dir():
+        raise KdataError(f"{out}: {'not a directory' if out.exists() else 'no such directory'} "
+                         "(expected a curated dataset)")
+    manifest = read_manifest(out)
     if manifest is None:
         raise KdataError(f"{out}: not a kdata dataset (no manifest.json)")
     problems = verify(out)

@@ -95,7 +95,8 @@ def load_run(out: str | Path, *, manifest: dict | None = None) -> Run:
     """Read OUT back. Unreadable shards are reported in ``shard_error`` instead of raising."""
     out = Path(out)
     if not out.is_dir():
-        raise KdataError(f"{out}: no such directory")
+        raise KdataError(f"{out}: {'not a directory' if out.exists() else 'no such directory'} "
+                         "(expected a curated dataset)")
     if manifest is None:
         manifest = read_manifest(out)
         if manifest is None:

@@ -173,3 +173,12 @@ def test_a_run_of_many_shards_names_a_few_and_sums_the_rest(tmp_path, builtin_mo
     rest = 12 - len(named)
     assert any(ln.startswith(f"  … {rest} more files  {5 * rest} rows  ") and ln.endswith(f"(every file: {out}/manifest.json)")
                for ln in lines)
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["card"], ["dedup", "--level", "exact", "--out", "OUT"]])
+def test_a_missing_or_file_dataset_is_worded_alike_by_every_command(tmp_path, capsys, command):
+    (tmp_path / "file").write_text("x")
+    for target, why in (("nope", "no such directory"), ("file", "not a directory")):
+        argv = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+        assert main([argv[0], str(tmp_path / target), *argv[1:]]) == 2
+        assert capsys.readouterr().err == f"kdata: error: {tmp_path / target}: {why} (expected a curated dataset)\n"
