@@ -66,9 +66,6 @@ def check_text_student(student: str, shards: str, kind: str) -> None:
 
 def run_text(args, shards: str) -> int:
     """``kdata train DIR`` on text shards: options → ``TextTrainConfig``, train, print or emit the log."""
-    from dataclasses import asdict
-    from pathlib import Path
-
     from kdata.core.errors import KdataError
     from kdata.pipeline.distill import student_dir
     from kdata.core.lock import exclusive
@@ -94,8 +91,7 @@ def run_text(args, shards: str) -> int:
     else:
         ev = LM_EVAL if kind == "causal_lm" and student.startswith("builtin:text") else None
     check_test(args.test, ev)
-    request = request_digest(shards=str(Path(shards).resolve()), student=student, eval=ev, test=args.test,
-                             config=asdict(cfg))
+    request = request_digest(shards=shards, config=cfg, student=student, eval=ev, test=args.test)
     out = student_dir(shards, args.out, overwrite=args.overwrite, request=request)
     with exclusive(out):
         log = train_text(shards=shards, student=student, eval=ev, config=cfg, out=out, verify=not args.no_verify,

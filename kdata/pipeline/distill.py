@@ -156,8 +156,8 @@ def train_student(*, shards, student: str, eval: str | None, config: TrainConfig
             return make_reselector(pool=pool, teacher=teacher, work_dir=work_dir, seed=config.seed, device=device,
                                    temperature=temperature, threshold=config.reselect_threshold)
 
-    request = request_digest(shards=str(Path(shards).resolve()), student=student, eval=eval, test=test,
-                             config=dataclasses.asdict(config), pool=pool, teacher=teacher)
+    request = request_digest(shards=shards, config=config, student=student, eval=eval, test=test, pool=pool,
+                             teacher=teacher)
     target = student_dir(shards, out, overwrite=overwrite, request=request)
     with exclusive(target):
         log = run_train(shards=shards, student=student, eval=eval, test=test, config=config, out=target,

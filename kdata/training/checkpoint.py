@@ -18,6 +18,7 @@ lock (``kdata.core.lock``) for the run, so two runs never write one OUT's states
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -156,8 +157,9 @@ class Checkpoints:
         print(f"kdata: resuming from epoch {state['epoch']}/{epochs} ({state['path']})", file=sys.stderr)
 
     def save(self, state: dict) -> None:
-        if self.request is not None:
-            note_request(self.dir.parent, self.request)
+        if self.request is not None:  # once, beside the first state (a state cleared after open: again)
+            if not (self.dir / REQUEST_FILE).is_file():
+                note_request(self.dir.parent, self.request)
         path = self.dir / f"epoch-{int(state['epoch']):04d}.pt"
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, "key": self.key, **state}, tmp)
@@ -178,8 +180,10 @@ def unfinished(out: str | Path) -> bool:
 REQUEST_FILE = "request.json"  # in RESUME_DIR: which command the resumable states belong to
 
 
-def request_digest(**parts) -> str:
-    """A digest of what a training run was asked to do (data, student, settings), for ``note_request``."""
+def request_digest(*, shards, config, **parts) -> str:
+    """A digest of what a training run was asked to do — the dataset (its resolved path), the config
+    dataclass's fields and the student, eval sets etc. in ``parts`` — for ``note_request``."""
+    parts.update(shards=str(Path(shards).resolve()), config=dataclasses.asdict(config))
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -166,14 +166,8 @@ def _split(pieces: list[pa.Table], n: int) -> tuple[pa.Table, list[pa.Table]]:
 
 
 def _lists(table: pa.Table, name: str) -> pa.ListArray:
-    """Column ``name`` as one list array; a null at any nesting level is refused (one line)."""
-    col = arr = table.column(name).combine_chunks()
-    while True:
-        if arr.null_count:
-            raise KdataError(f"column {name} holds nulls: not valid causal-LM text shards")
-        if not pa.types.is_list(arr.type) and not pa.types.is_large_list(arr.type):
-            return col
-        arr = arr.flatten()
+    """Column ``name`` as one list array (its row groups passed ``check_lm_group``: no nulls, one k)."""
+    return table.column(name).combine_chunks()
 
 
 def _lengths(col: pa.ListArray) -> np.ndarray:
@@ -185,16 +179,9 @@ def _at(col: pa.ListArray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return col.offsets.to_numpy()[rows].astype(np.int64) + pos
 
 
-def _used(col: pa.ListArray, name: str, m: np.ndarray) -> None:
-    if (_lengths(col) < m).any():
-        raise KdataError(f"column {name} is shorter than teacher_topk_ids: not valid causal-LM text shards")
-
-
-def _topk(col: pa.ListArray, name: str, rows: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
-    """The (P, k) top-k values at positions ``pos`` of ``rows``; every used inner list must hold k."""
+def _topk(col: pa.ListArray, rows: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+    """The (P, k) top-k values at positions ``pos`` of ``rows`` (every inner list holds k: checked)."""
     at, inner = _at(col, rows, pos), col.values
-    if (_lengths(inner)[at] != k).any():
-        raise KdataError(f"column {name}: top-k lists of different lengths in one batch (expected {k})")
     start = inner.offsets.to_numpy()[at].astype(np.int64)
     return inner.values.to_numpy(zero_copy_only=False)[start[:, None] + np.arange(k)]
 
@@ -203,7 +190,7 @@ def lm_batch(table: pa.Table, *, pad_id: int, max_length: int | None = None) -> 
     """Pad rows to the longest: ``input_ids``/``attention_mask`` (B, L); per next-token position
     ``topk_ids`` (B, L−1, k), ``topk_logprobs`` (B, L−1, k), ``rest_mass`` and ``valid`` (B, L−1).
     Built from the Arrow list offsets and flat values (no per-row Python lists); unused positions
-    hold ``pad_id`` / id 0 / log-prob −30 / rest mass 0."""
+    hold ``pad_id`` / id 0 / log-prob −30 / rest mass 0. The rows are ones ``check_lm_group`` passed."""
     cols = {c: _lists(table, c) for c in LM_COLUMNS}
     inp, tk, b = cols["input_ids"], cols["teacher_topk_ids"], table.num_rows
     n = _lengths(inp)
@@ -213,8 +200,6 @@ def lm_batch(table: pa.Table, *, pad_id: int, max_length: int | None = None) -> 
     m = np.clip(np.minimum(n - 1, _lengths(tk)), 0, None)  # next-token positions with soft labels
     first = np.flatnonzero(_lengths(tk))  # k: the first row that has soft labels
     k = int(_lengths(tk.values)[tk.offsets.to_numpy()[first[0]]]) if len(first) else 1
-    for name in ("teacher_topk_logprobs", "teacher_rest_mass"):
-        _used(cols[name], name, m)
     mask = np.arange(length)[None, :] < n[:, None]
     ids = np.full((b, length), pad_id, dtype=np.int64)
     ids[mask] = inp.values.to_numpy(zero_copy_only=False)[_at(inp, *np.nonzero(mask))]
@@ -223,8 +208,8 @@ def lm_batch(table: pa.Table, *, pad_id: int, max_length: int | None = None) -> 
     tk_ids = np.zeros((b, length - 1, k), dtype=np.int64)
     tk_lp = np.full((b, length - 1, k), -30.0, dtype=np.float32)
     rest = np.zeros((b, length - 1), dtype=np.float32)
-    tk_ids[rows, pos] = _topk(tk, "teacher_topk_ids", rows, pos, k)
-    tk_lp[rows, pos] = _topk(cols["teacher_topk_logprobs"], "teacher_topk_logprobs", rows, pos, k)
+    tk_ids[rows, pos] = _topk(tk, rows, pos, k)
+    tk_lp[rows, pos] = _topk(cols["teacher_topk_logprobs"], rows, pos, k)
     rm = cols["teacher_rest_mass"]
     rest[rows, pos] = rm.values.to_numpy(zero_copy_only=False)[_at(rm, rows, pos)]
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64)),
