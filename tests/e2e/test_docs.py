@@ -7,8 +7,8 @@
 - ```python blocks compile and their ``kdata`` imports resolve; ```json sidecars validate;
 - inline ``kdata.x.y`` names, ``kdata/…``/``tests/…`` paths (with ``::test``) and relative links
   point at something that exists;
-- a cheap subset runs end to end on the built-in pool (``EXECUTED``), and the README's Python
-  snippet is executed.
+- a cheap subset runs end to end on the built-in pool (``EXECUTED``), and the library's front
+  example (the first Python block of docs/index.md) is executed.
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ def _shards(out: Path) -> dict[str, str]:
     return {f["path"]: f["sha256"] for f in json.loads((out / "manifest.json").read_text())["files"]}
 
 
-def test_cheap_commands_and_the_readme_snippet_run(tmp_path, monkeypatch, builtin_models, capsys):
+def test_cheap_commands_and_the_library_example_run(tmp_path, monkeypatch, builtin_models, capsys):
     from kdata.cli import main
 
     shown = {(w.split(":")[0], shlex.join(a)) for w, a in COMMANDS}
@@ -324,9 +324,9 @@ def test_cheap_commands_and_the_readme_snippet_run(tmp_path, monkeypatch, builti
     (tmp_path / "flows").mkdir()
     (tmp_path / "flows" / "config.yaml").write_text((ROOT / "flows" / "config.yaml").read_text())
 
-    readme = [c for p, _, c in blocks("python") if p == "README.md"]
-    assert len(readme) == 1
-    exec(compile(readme[0], "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 (running it is the test)
+    first = [c for p, _, c in blocks("python") if p == "docs/index.md"][0]  # the library's front example
+    assert "run_select(" in first, first
+    exec(compile(first, "docs/index.md", "exec"), {"__name__": "library"})  # noqa: S102 (running it is the test)
     assert "n_in" in capsys.readouterr().out
 
     outputs = []
