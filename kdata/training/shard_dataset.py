@@ -140,6 +140,7 @@ class Batch(NamedTuple):
     undecodable: int = 0
     first_undecodable: str = ""
     error: str = ""
+    pid: int = 0  # the process that decoded it
 
 
 def read_group(pf: pq.ParquetFile, g: RowGroup, *, num_classes: int | None, temperature: float,
@@ -260,17 +261,17 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def group_order(self) -> list[int]:
-        """This epoch's order of the row groups (indices into ``groups``)."""
+    def group_order(self, epoch: int | None = None) -> list[int]:
+        """An epoch's order of the row groups (indices into ``groups``; default: the current epoch)."""
         order = np.arange(len(self.groups))
         if self.shuffle:
-            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+            np.random.default_rng([self.seed, self.epoch if epoch is None else epoch]).shuffle(order)
         return order.tolist()
 
-    def row_order(self, gi: int) -> np.ndarray:
-        """This epoch's order of the rows of row group ``gi``: its own generator, whoever reads it."""
-        n = self.groups[gi].rows
-        return np.random.default_rng([self.seed, self.epoch, gi, 1]).permutation(n) if self.shuffle else np.arange(n)
+    def row_order(self, gi: int, epoch: int | None = None) -> np.ndarray:
+        """An epoch's order of the rows of row group ``gi``: its own generator, whoever reads it."""
+        n, e = self.groups[gi].rows, self.epoch if epoch is None else epoch
+        return np.random.default_rng([self.seed, e, gi, 1]).permutation(n) if self.shuffle else np.arange(n)
 
     def read(self, gi: int, files: dict) -> GroupData:
         g = self.groups[gi]
@@ -318,15 +319,19 @@ class ShardDataset(IterableDataset):
 
 class EpochBatches(Dataset):
     """One epoch of a ``ShardDataset`` as a map-style dataset of batches: item i holds the rows
-    [i·B, (i+1)·B) of the epoch's order, decoded (``Batch``). The plan is made where it is built
-    (the main process); a worker reads the row groups its batches need, keeping the last two."""
+    [i·B, (i+1)·B) of the epoch's order, decoded (``Batch``); item ``(e, i)`` is batch i of epoch e,
+    so persistent workers serve every epoch (``kdata.training.epoch_loader``). The plan depends on
+    the seed and the epoch only; a worker reads the row groups its batches need, keeping the last two."""
 
     def __init__(self, ds: ShardDataset, batch_size: int):
         self.ds, self.batch_size = ds, int(batch_size)
-        self.order = ds.group_order()
-        self.starts = np.concatenate([[0], np.cumsum([ds.groups[g].rows for g in self.order], dtype=np.int64)])
-        self._cache: dict[int, tuple[GroupData, np.ndarray]] = {}
         self._files: dict[str, pq.ParquetFile] = {}
+        self.plan_epoch(ds.epoch)
+
+    def plan_epoch(self, epoch: int) -> None:
+        self.epoch, self.order = epoch, self.ds.group_order(epoch)
+        self.starts = np.concatenate([[0], np.cumsum([self.ds.groups[g].rows for g in self.order], dtype=np.int64)])
+        self._cache: dict[int, tuple[GroupData, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return math.ceil(int(self.starts[-1]) / self.batch_size)
@@ -350,10 +355,14 @@ class EpochBatches(Dataset):
         if gi not in self._cache:
             if len(self._cache) >= 2:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[gi] = (self.ds.read(gi, self._files), self.ds.row_order(gi))
+            self._cache[gi] = (self.ds.read(gi, self._files), self.ds.row_order(gi, self.epoch))
         return self._cache[gi]
 
-    def __getitem__(self, i: int) -> Batch:
+    def __getitem__(self, i) -> Batch:
+        if isinstance(i, tuple):  # (epoch, batch)
+            if i[0] != self.epoch:
+                self.plan_epoch(i[0])
+            i = i[1]
         xs, parts, bad, first = [], [], 0, ""
         try:
             for gi, lo, hi in self.segments(i):
@@ -381,4 +390,4 @@ class EpochBatches(Dataset):
             return torch.from_numpy(np.concatenate(arrs) if arrs else np.zeros((0, *width), dtype))
 
         return Batch(x, cat("idx", np.int64, (k,)), cat("logit", np.float32, (k,)), cat("prob", np.float32, (k,)),
-                     cat("labels", np.int64, ()), bad, first, error)
+                     cat("labels", np.int64, ()), bad, first, error, os.getpid())

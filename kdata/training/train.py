@@ -20,13 +20,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from kdata.core.atomic import sha256_file, write_json
 from kdata.core.errors import KdataError, brief
 from kdata.core.lock import exclusive
 from kdata.core.threads import one_thread
-from kdata.models.images import worker_context
 from kdata.models.sidecar import pool_class_names
 from kdata.models.spec import Model, load_model, pick_device
 from kdata.training.budget import Schedule, plan_steps, resolve_alpha
@@ -34,24 +32,15 @@ from kdata.training.checkpoint import (Checkpoints, kept_rng, loop_state, restor
                                        weights_checksum)
 from kdata.training.checkpoint import seeded_rng  # noqa: F401  (re-exported: callers import it from here)
 from kdata.training.config import TrainConfig  # noqa: F401  (re-exported)
+from kdata.training.epoch_loader import EpochLoader, auto_workers
 from kdata.training.evaluate import EvalSet, check_class_order
 from kdata.training.losses import batch_loss
-from kdata.training.shard_dataset import (EpochBatches, ShardDataset, dataset_root, shard_class_names,
+from kdata.training.shard_dataset import (ShardDataset, dataset_root, shard_class_names,
                                            verify_source)
 from kdata.training.train_log import training_log
 from kdata.training.weights import Best, reinit_  # noqa: F401  (re-exported: callers import them from here)
 
 MAX_UNDECODABLE = 0.10  # an epoch with a larger share of rows whose image cannot be decoded is refused
-
-
-def _workers(setting, n_rows: int) -> int:
-    """Decode worker processes for an epoch (they change the speed only, never the batches)."""
-    if setting != "auto":
-        return int(setting)
-    import os
-
-    # decoding 32×32 thumbnails is cheaper than forking; use workers for real data sizes
-    return 0 if n_rows < 20_000 else max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 @contextmanager
@@ -147,20 +136,16 @@ def _evaluate(eval_set: EvalSet, student: Model, device, progress, stage: str) -
     return acc
 
 
-def _epoch(student: Model, plan: EpochBatches, *, stage: str, max_steps: float, config: TrainConfig, opt, sched,
-           gen, device, progress, done: int) -> dict:
+def _epoch(student: Model, loader: EpochLoader, epoch: int, *, stage: str, max_steps: float, config: TrainConfig,
+           opt, sched, gen, device, progress, done: int) -> dict:
     """One pass over the epoch's batches, stopped early after ``max_steps`` optimiser steps (``--steps``):
     rows trained on, steps, mean loss, and the rows left out because their image cannot be decoded."""
-    n, ds = int(plan.starts[-1]), plan.ds
-    workers = _workers(config.workers, n)
-    pin = device.type == "cuda"
-    loader = DataLoader(plan, batch_size=None, num_workers=workers, pin_memory=pin,
-                        prefetch_factor=2 if workers else None, multiprocessing_context=worker_context(workers))
+    n, ds, pin = int(loader.plan.starts[-1]), loader.ds, device.type == "cuda"
     net = student.module
     net.train()
     out = {"rows": 0, "steps": 0, "loss": 0.0, "undecodable": 0, "first_undecodable": None, "read": 0}
     bn1d = _has_bn1d(net)
-    for b in loader:
+    for b in loader.epoch(epoch):
         if b.error:
             raise KdataError(b.error)
         if out["steps"] >= max_steps:
@@ -245,7 +230,7 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     best = Best(net, acc_before) if every and config.keep_best else None
     objects = {"net": net, "opt": opt, "sched": sched, "schedule": schedule, "gen": gen, "best": best,
                "device": device}
-    epochs_log, reselections, done, epoch = [], [], 0, 0
+    epochs_log, reselections, done, epoch, loader = [], [], 0, 0, None
     if state:  # a killed run's last finished epoch: go on from there
         restore_loop(state, **objects)
         epochs_log, reselections, done, epoch = state["history"], state["reselections"], state["done"], state["epoch"]
@@ -257,9 +242,12 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
             reselections.append(info)
         if not config.steps:  # the steps still to come, from the set trained on now
             schedule.replan(done, (epochs - epoch) * math.ceil(len(ds) / config.batch_size))
-        ds.set_epoch(epoch)
+        if loader is None or loader.ds is not ds:  # workers start once per training set
+            loader = loader.close() if loader is not None else None
+            loader = EpochLoader(ds, batch_size=config.batch_size, workers=auto_workers(config.workers, len(ds)),
+                                 pin=device.type == "cuda")
         stage = f"epoch {epoch + 1}/{max(epochs, epoch + 1)}"
-        entry = {"epoch": epoch + 1, **_epoch(student, ds.batches(config.batch_size), stage=stage,
+        entry = {"epoch": epoch + 1, **_epoch(student, loader, epoch, stage=stage,
                                               max_steps=total - done if config.steps else math.inf, config=config,
                                               opt=opt, sched=sched, gen=gen, device=device, progress=progress,
                                               done=done)}
@@ -277,6 +265,8 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
             checkpoints.save(loop_state(epoch=epoch, done=done, history=epochs_log, reselections=reselections,
                                         acc_before=acc_before, ds=[str(f) for f in ds.files] if reselections else None,
                                         **objects))
+    if loader is not None:
+        loader.close()
     last = epochs_log[-1].get("accuracy")
     kept = (best.restore(net, epochs=epoch, accuracy_last=last, where=eval_set.spec) if best is not None
             else {"epoch": epoch, "accuracy": last, "note": None})
