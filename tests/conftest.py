@@ -37,7 +37,7 @@ def one_head_batch(monkeypatch):
     """While a cold run's decode workers start, the scoring process decodes batches itself until
     they draw their first task (``kdata.scoring.engine.HEAD_BATCHES`` at most). Tests pin that to
     one batch, so which process decodes which unit does not depend on how fast this machine starts
-    them; ``tests/scoring/test_workers.py`` tests the unpinned head."""
+    them; ``tests/scoring/test_engine.py`` tests the unpinned head."""
     monkeypatch.setattr("kdata.scoring.engine.HEAD_BATCHES", 1)
 
 

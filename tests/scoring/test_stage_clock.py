@@ -13,7 +13,7 @@ from kdata.pools.readers import open_image_folder
 from kdata.scoring.score import ScoreConfig, score_pool
 from kdata.scoring.stage_clock import StageClock, active_clock, stage_clock
 from tests.helpers.real_inputs import exported_models, make_image_folder
-from tests.scoring.test_workers import DEVICES, _photo_jpegs, _run_device_decode
+from tests.scoring.test_engine import DEVICES, _photo_jpegs, _run_device_decode
 
 
 def test_a_scoring_run_inside_the_clock_reports_its_stages(tmp_path, monkeypatch):

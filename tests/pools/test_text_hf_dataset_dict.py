@@ -42,7 +42,7 @@ def test_one_split_directory_is_read_alone(tmp_path):
 
 
 def test_hostile_split_names_are_still_refused_first(tmp_path):
-    """The split list is checked before the refusal names it (tests/pools/test_hf_disk_paths.py)."""
+    """The split list is checked before the refusal names it (tests/pools/test_text_hf_disk_paths.py)."""
     import json
 
     root = _dict(tmp_path / "ds2")

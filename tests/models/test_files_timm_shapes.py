@@ -12,7 +12,7 @@ could name any class count; timm would then allocate and initialise an ``N x 96`
 * real checkpoints, with and without a sidecar, load as before;
 * in ``kdata select`` it is exit 2 with one ``kdata: error:`` line, before anything is written.
 
-Memory is ``VmHWM`` growth in a fresh process (as in ``tests/pools/test_hostile_sizes.py``), run
+Memory is ``VmHWM`` growth in a fresh process (as in ``tests/pools/test_parquet_rows_hostile_sizes.py``), run
 under an address-space limit so that a regression fails the test instead of exhausting the machine.
 """
 

@@ -64,7 +64,7 @@ def test_normal_saved_dataset_and_dataset_dict_split_still_read(tmp_path):
     assert _texts(str(_save(tmp_path / "one", HARMLESS))) == HARMLESS
     ds = datasets.Dataset.from_dict({"text": HARMLESS})
     datasets.DatasetDict({"train": ds, "test": ds.select([0, 1])}).save_to_disk(str(tmp_path / "two"))
-    assert _texts(str(tmp_path / "two" / "train")) == HARMLESS  # the root: test_hf_dataset_dict.py
+    assert _texts(str(tmp_path / "two" / "train")) == HARMLESS  # the root: test_text_hf_dataset_dict.py
 
 
 def test_dotdot_data_file_outside_the_pool_is_refused(tmp_path, secret):

@@ -190,7 +190,7 @@ def _photo_jpegs(n: int, seed: int = 0) -> list[bytes]:
 
 
 # The device-decode tests run on the CPU everywhere (torchvision decodes with libjpeg there) and
-# also on CUDA (nvJPEG) where a GPU is present: `pytest tests/scoring/test_workers.py -k device`.
+# also on CUDA (nvJPEG) where a GPU is present: `pytest tests/scoring/test_engine.py -k device`.
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
