@@ -42,3 +42,15 @@ def random_scores(tmp_path, rng, n, c, *, name="r.parquet", domains=("a", "b", "
     dom = [domains[i] for i in rng.integers(0, len(domains), size=n)]
     path = write_predictions(tmp_path / name, t, s, label=label, domain=dom)
     return load_scores(path)[0]
+
+
+# rows s0..s3, two classes: the hand-computed cases of the methods tests
+PT = [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]]
+PS = [[0.8, 0.2], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95]]
+# combined confidence max((pT + pS)/2): s0 .85, s1 .55 (they disagree), s2 .60, s3 .925
+
+
+def kept_ids(scores, sel) -> list[str]:
+    """The kept rows' sample ids, sorted."""
+    ids = np.array(scores.column("sample_id").to_pylist())
+    return sorted(ids[sel.kept].tolist())

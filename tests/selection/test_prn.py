@@ -114,3 +114,11 @@ def test_top_k_given_the_rows_prns_breaks_ties_as_from_their_ids():
     for groups in (None, (np.arange(5000) % 7)[rows]):
         np.testing.assert_array_equal(top_k(score[rows], 1234, seed=11, groups=groups, tie=u[rows]),
                                       top_k(score[rows], 1234, seed=11, groups=groups, ids=ids[rows]))
+
+
+def test_order_sample_exact_size_and_certain_points():
+    p = np.array([1.0, 0.5, 0.5, 0.0, 1.0])
+    for seed in range(20):
+        u = np.random.default_rng(seed).random(5)
+        got = order_sample(p, 3, u=u)
+        assert len(got) == 3 and {0, 4} <= set(got.tolist()) and 3 not in got

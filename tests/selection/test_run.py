@@ -7,6 +7,7 @@ import pytest
 from kdata.core.errors import KdataError
 from kdata.selection.run import parse_budget, parse_methods, select
 from kdata.selection.ranking import top_k
+from tests.helpers.methods import PS, kept_ids, scores_from_probs
 
 
 @pytest.mark.parametrize("text,n,expected", [("200", 1000, 200), ("0.3", 1000, 300), ("30%", 1000, 300),
@@ -174,3 +175,29 @@ def test_domain_balance_on_a_pool_without_domains_is_one_line():
     some = t.append_column("domain", pa.array(["a", None] * 5))
     sel = select(some, methods=["teacher_confidence"], budget=4, seed=0, num_classes=3, balance="domain")
     assert sel.kept.sum() == 4
+
+
+def test_balance_class_spreads_budget_over_predicted_classes(tmp_path):
+    # teacher predicts class 0 for s0..s2 (very confident) and class 1 for s3; top-2 by confidence
+    # alone would take two class-0 rows, balance takes one of each
+    pt = [[0.95, 0.05], [0.9, 0.1], [0.85, 0.15], [0.3, 0.7]]
+    scores = scores_from_probs(tmp_path, pt, PS)
+    plain = select(scores, methods=["teacher_confidence"], budget=2, seed=0, num_classes=2)
+    assert kept_ids(scores, plain) == ["s0", "s1"]
+    bal = select(scores, methods=["teacher_confidence"], budget=2, seed=0, num_classes=2, balance="class")
+    assert bal.kept.sum() == 2 and bal.kept[3]
+
+
+@pytest.mark.parametrize("method", ["rad", "kd3", "coverage", "teacher_confidence"])
+def test_non_finite_logits_in_a_library_table_are_one_line(method):
+    """rad raised IndexError and the rankers gave NaN scores; load_scores refuses them for a file."""
+    import pyarrow as pa
+
+    zt = np.random.default_rng(0).normal(size=(6, 3))
+    zt[2, 1] = np.nan
+    zt[4, 0] = np.inf
+    table = pa.table({"sample_id": [f"r{i}" for i in range(6)], "teacher_logits": zt.tolist(),
+                      "student_logits": np.zeros((6, 3)).tolist()})
+    with pytest.raises(KdataError, match=r"^scores table: column 'teacher_logits' has a non-finite value "
+                                         r"\(NaN/inf\) in row 2 \(sample_id 'r2'\) \(and 1 more rows\)$"):
+        select(table, methods=[method], budget=3, seed=0, num_classes=3)
