@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from kdata.dataset.manifest import read_manifest
 
 
 def summary(report: dict, *, units: list[dict], states: dict, failed: list[dict]) -> tuple[str, list[dict]]:
@@ -15,7 +16,7 @@ def summary(report: dict, *, units: list[dict], states: dict, failed: list[dict]
     rows = [{"kind": "decision", "name": k, "count": c[k]} for k in ("n_in", "kept", "rejected", "quarantined")]
     rows += [{"kind": "rejected_reason", "name": r, "count": n} for r, n in c.get("rejected_by_reason", {}).items()]
     balance: dict[str, int] = {}
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    manifest = read_manifest(out) or {}
     names = manifest.get("class_names") or []
     for f in report["files"]:
         preds = pq.read_table(out / f["path"], columns=["teacher_pred"]).column("teacher_pred").to_pylist()

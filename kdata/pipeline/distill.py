@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
+from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.schema import KEPT
 from kdata.models.spec import Model, load_model
 from kdata.pipeline.config import SelectConfig
@@ -93,7 +94,7 @@ def default_out(shards: str | Path, *, request: str | None = None) -> Path:
     killed before its student was saved (``resumes``: the same command run again goes on there; another
     command leaves it alone). ``DIR/data`` counts as DIR."""
     p = Path(shards).resolve()
-    if p.name == "data" and (p.parent / "manifest.json").is_file():
+    if p.name == "data" and (p.parent / MANIFEST).is_file():
         p = p.parent
     base = p.parent / f"{p.name}-student"
     out, n = base, 1

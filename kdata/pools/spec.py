@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
+from kdata.dataset.manifest import MANIFEST
 from kdata.pools import readers as _readers  # noqa: F401  (image folders register themselves)
 from kdata.pools import tar as _tar  # noqa: F401  (WebDataset tar shards)
 from kdata.pools import text as _text  # noqa: F401  (JSONL, saved Hugging Face datasets)
@@ -124,7 +125,7 @@ def dataset_shards(p: Path) -> list[Path] | None:
     import json
 
     try:
-        files = json.loads((p / "manifest.json").read_text()).get("files")
+        files = json.loads((p / MANIFEST).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
         return None
     if not isinstance(files, list) or not files:

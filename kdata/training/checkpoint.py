@@ -33,6 +33,7 @@ import torch
 from kdata.core.atomic import atomic_path, sha256_file
 from kdata.core.version import __version__
 from kdata.core.warn import warn
+from kdata.dataset.manifest import MANIFEST
 from kdata.training.weights import cpu_state
 
 RESUME_DIR = ".resume"
@@ -54,8 +55,8 @@ def shards_fingerprint(files, root: Path | None) -> str:
     """The shards a run trains on: the sha256 of their manifest (which lists every shard's sha256) and
     each file's path, size and modification time (a file rewritten in place is another dataset)."""
     h = hashlib.sha256()
-    if root is not None and (Path(root) / "manifest.json").is_file():
-        h.update(sha256_file(Path(root) / "manifest.json").encode())
+    if root is not None and (Path(root) / MANIFEST).is_file():
+        h.update(sha256_file(Path(root) / MANIFEST).encode())
     for f in files:
         st = Path(f).stat()
         h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())

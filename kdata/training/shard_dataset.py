@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.schema import kdata_metadata, validate_shard
 from kdata.core.errors import KdataError
 from kdata.models.images import decode_image
@@ -70,7 +71,7 @@ def shard_files(source: str | os.PathLike | list) -> list[Path]:
         raise KdataError(f"{p}: not found (expected a curated dataset directory or a Parquet file)")
     from kdata.dataset.writer import shard_paths
 
-    files = shard_paths(p) if (p / "manifest.json").exists() else []
+    files = shard_paths(p) if (p / MANIFEST).exists() else []
     if not files:
         files = sorted(f for f in p.rglob("*.parquet") if not f.name.startswith(".") and f.name != "decisions.parquet")
     if not files:
@@ -82,7 +83,7 @@ def shard_class_names(source) -> list[str] | None:
     """The class names the soft labels of ``source`` index: its manifest's, else its first shard's metadata."""
     root = dataset_root(source)
     try:
-        manifest = json.loads((root / "manifest.json").read_text()) if root else {}
+        manifest = json.loads((root / MANIFEST).read_text()) if root else {}
     except (OSError, ValueError):
         manifest = {}
     names = manifest.get("class_names") if isinstance(manifest, dict) else None
