@@ -44,7 +44,6 @@ from kdata.dataset.schema import (
     DECISIONS_OPTIONAL,
     DECISIONS_SCHEMA,
     SCHEMA_VERSION,
-    SHARD_SCHEMA,
     conform,
     kdata_metadata,
     with_kdata_metadata,
@@ -377,7 +376,3 @@ def shard_meta(table_or_path) -> dict:
     if isinstance(table_or_path, pa.Table):
         return kdata_metadata(table_or_path.schema)
     return kdata_metadata(pq.read_schema(table_or_path), where=str(table_or_path))
-
-
-def conform_shard(table: pa.Table) -> pa.Table:
-    return conform(table, SHARD_SCHEMA)

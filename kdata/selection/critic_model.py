@@ -68,10 +68,6 @@ def critic_features(source, *, embedding: bool | None = None) -> tuple[np.ndarra
     return feature_matrix(source, embedding=embedding)
 
 
-def critic_feature_names(source, *, embedding: bool | None = None) -> list[str]:
-    return feature_matrix(source, embedding=embedding)[1]
-
-
 def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
     """Feature matrix (float64, rows × features) and feature names from a ScoreView or Arrow table.
 
