@@ -39,7 +39,7 @@ def load_config(path: str | os.PathLike) -> dict:
 
     data = load_yaml(path)
     if data and not set(data) & set(SECTIONS):
-        data = flat_sections(path, data)
+        data = flat_sections(path)
     bad = sorted(set(data) - set(SECTIONS))
     if bad:
         raise KdataError(f"{path}: unknown section(s) {bad}; known: {list(SECTIONS)}")
@@ -56,7 +56,7 @@ def load_config(path: str | os.PathLike) -> dict:
     return data
 
 
-def flat_sections(path: str | os.PathLike, data: dict) -> dict:
+def flat_sections(path: str | os.PathLike) -> dict:
     """A flat config file as ``select:`` and ``run:`` sections, split the way ``kdata select --config``
     splits it (kdata.pipeline.arguments.config_file_values); unknown keys are left in ``select``,
     whose check names them."""

@@ -241,7 +241,7 @@ def classifier_batch(table: pa.Table, *, score_temperature: float = 1.0) -> dict
             "labels": torch.tensor([-1 if x is None else x for x in col("label_idx")], dtype=torch.long)}
 
 
-def eval_texts(spec: str, *, labelled: bool = False, max_rows: int = 100_000) -> tuple[list[str], list[str | None]]:
+def eval_texts(spec: str, *, max_rows: int = 100_000) -> tuple[list[str], list[str | None]]:
     """Texts (and labels) of an evaluation set: a pool spec (``builtin:text-test``, Parquet, JSONL…)
     read through ``open_pool``; rows without text are skipped, and their number said in a note (``kdata.core.warn``)."""
     from kdata.pools.spec import open_pool
