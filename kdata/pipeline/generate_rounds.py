@@ -67,12 +67,13 @@ def held_out_perplexity(spec: str, eval_spec: str, cfg) -> tuple[float, int]:
     from kdata.models.base import pick_device
     from kdata.models.hf import load_text_model
     from kdata.training.text_data import eval_texts
-    from kdata.training.text_losses import encode, perplexity
+    from kdata.models.text_tokens import encode_texts
+    from kdata.training.text_losses import perplexity
 
     dev = pick_device(cfg.device)
     model = load_text_model(spec, device=dev, precision="fp32")
     texts, _ = eval_texts(eval_spec)
-    seqs = encode(model.tokenizer, texts, max_length=min(cfg.max_length, model.max_length))
+    seqs = encode_texts(model.tokenizer, texts, max_length=min(cfg.max_length, model.max_length))
     with one_thread() if dev.type == "cpu" else nullcontext():
         return perplexity(model.model, seqs, pad_id=model.pad_id), len(texts)
 

@@ -36,6 +36,7 @@ from kdata.core.warn import warn
 from kdata.models.base import pick_device
 from kdata.models.builtin_text import lr_at
 from kdata.models.hf import load_text_model
+from kdata.models.text_tokens import encode_texts
 from kdata.training.checkpoint import (Checkpoints, cpu_state, kept_rng, rng_state, seeded_rng, set_rng_state,
                                        shards_fingerprint, weights_checksum)
 from kdata.training.config import TextTrainConfig, text_lr  # noqa: F401  (TextTrainConfig re-exported)
@@ -44,7 +45,6 @@ from kdata.training.shard_dataset import dataset_root, verify_source
 from kdata.training.text_data import TextShards, eval_texts, shard_kind
 from kdata.training.text_losses import (
     accuracy,
-    encode,
     lm_distill_loss,
     pad,
     perplexity,
@@ -113,7 +113,7 @@ def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
         raise KdataError(f"{g.path}: token ids beyond the student's vocabulary ({vocab}): the shards were "
                          "scored with another tokenizer; give a student that shares the teacher's tokenizer")
     if "text" in cols:
-        mine = encode(student.tokenizer, table.column("text").to_pylist(), max_length=10**9)
+        mine = encode_texts(student.tokenizer, table.column("text").to_pylist(), max_length=10**9)
         if any(m[:len(s)] != s for m, s in zip(mine, ids)):
             raise KdataError(f"{g.path}: the student's tokenizer splits the text differently from the teacher's "
                              "that wrote the shards; token-level distillation needs the same tokenizer")
@@ -154,7 +154,7 @@ def _eval_set(spec: str | None, student, kind: str, cfg: TextTrainConfig) -> dic
         return None
     texts, labels = eval_texts(spec)
     if kind == "causal_lm":
-        return {"spec": spec, "n": len(texts), "seqs": encode(student.tokenizer, texts, max_length=cfg.max_length)}
+        return {"spec": spec, "n": len(texts), "seqs": encode_texts(student.tokenizer, texts, max_length=cfg.max_length)}
     index = {n: i for i, n in enumerate(student.class_names)}
     keep = [(t, index[y]) for t, y in zip(texts, labels) if y in index]
     if not keep:
@@ -175,7 +175,7 @@ def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device, *,
         logits = student.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, kl, ce = lm_distill_loss(logits, batch, alpha=cfg.alpha)
         return loss, {"kl": kl, "ce": ce}
-    ids, mask = pad(encode(student.tokenizer, batch["text"], max_length=cfg.max_length), pad_id=student.pad_id,
+    ids, mask = pad(encode_texts(student.tokenizer, batch["text"], max_length=cfg.max_length), pad_id=student.pad_id,
                     device=device)
     logits = student.model(input_ids=ids, attention_mask=mask).logits.float()
     target = soft_targets(batch["topk_idx"].to(device), batch["topk_logit"].to(device), batch["topk_prob"].to(device),

@@ -56,12 +56,6 @@ def lm_distill_loss(logits: torch.Tensor, batch: dict, *, alpha: float) -> tuple
     return alpha * kl + (1 - alpha) * ce, kl.item(), ce.item()
 
 
-def encode(tokenizer, texts: list[str], *, max_length: int) -> list[list[int]]:
-    """Token ids of each text, truncated to ``max_length``, tokenised exactly as scoring does (special
-    tokens as the tokenizer adds them by default: ``kdata.models.text_tokens.encode_texts``)."""
-    return encode_texts(tokenizer, texts, max_length=max_length)
-
-
 def pad(seqs: list[list[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(1, max(len(s) for s in seqs))
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
@@ -108,7 +102,7 @@ def accuracy(model, tokenizer, texts: list[str], labels: list[int], *, max_lengt
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            ids, mask = pad(encode(tokenizer, texts[i:i + batch_size], max_length=max_length) or [[pad_id]],
+            ids, mask = pad(encode_texts(tokenizer, texts[i:i + batch_size], max_length=max_length) or [[pad_id]],
                             pad_id=pad_id, device=device)
             pred = model(input_ids=ids, attention_mask=mask).logits.float().argmax(-1).cpu()
             correct += int((pred == torch.tensor(labels[i:i + batch_size])).sum())

@@ -31,15 +31,11 @@ class Best:
 
     def __init__(self, net: torch.nn.Module, accuracy: float):
         self.epoch, self.accuracy = 0, accuracy
-        self.state = self._copy(net)
-
-    @staticmethod
-    def _copy(net: torch.nn.Module) -> dict:
-        return cpu_state(net)
+        self.state = cpu_state(net)
 
     def offer(self, net: torch.nn.Module, *, epoch: int, accuracy: float) -> None:
         if accuracy > self.accuracy:
-            self.epoch, self.accuracy, self.state = epoch, accuracy, self._copy(net)
+            self.epoch, self.accuracy, self.state = epoch, accuracy, cpu_state(net)
 
     def restore(self, net: torch.nn.Module, *, epochs: int, accuracy_last: float, where: str) -> dict:
         """Load the best weights into ``net``; what was kept, and why, for the log."""
