@@ -69,7 +69,8 @@ def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray
     Features: the disagreement statistics, ``agree``, then the ``embedding`` columns when present
     (``embedding=False`` leaves them out, ``True`` requires them).
     """
-    from kdata.selection.methods.view import ScoreView, list_column
+    from kdata.core.arrow_lists import list_matrix
+    from kdata.selection.methods.view import ScoreView
 
     table = source.table if isinstance(source, ScoreView) else source
     if not isinstance(table, pa.Table):
@@ -88,7 +89,7 @@ def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray
     if use_emb:
         if "embedding" not in names:
             raise KdataError("critic: it was fitted with embeddings but these scores have no 'embedding' column")
-        E = list_column(table, "embedding", dtype=np.float32).astype(np.float64)
+        E = list_matrix(table, "embedding", where="scores table", dtype=np.float32).astype(np.float64)
         X = np.concatenate([X, E], axis=1)
         feat_names += [f"embedding_{j}" for j in range(E.shape[1])]
     return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0), feat_names

@@ -35,13 +35,13 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.schema import kdata_metadata, validate_shard
+from kdata.core import arrow_lists
 from kdata.core.errors import KdataError
 from kdata.models.images import decode_image
 from kdata.training.source import dataset_root, verify_source  # noqa: F401  (re-exported)
@@ -203,19 +203,16 @@ def check_group(g: RowGroup, *, idx, logit, prob, labels, num_classes: int | Non
 
 
 def list_matrix(table: pa.Table, name: str, dtype, g: RowGroup) -> np.ndarray:
-    """Column ``name`` of fixed-length lists as an (n, k) array; nulls or ragged lists are one line."""
-    col = table.column(name).combine_chunks()
-    values = col.flatten()
-    if col.null_count or values.null_count:
-        nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)) if col.null_count else []
-        where = f" (row {g.first + int(nulls[0])})" if len(nulls) else ""
-        raise KdataError(f"{g.path}: column '{name}' has nulls{where}: not a curated shard kdata can train on")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if (lengths != lengths[0]).any():
-        r = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise KdataError(f"{g.path}: column '{name}' holds lists of different lengths ({lengths[0]} at row "
-                         f"{g.first}, {lengths[r]} at row {g.first + r})")
-    return values.to_numpy(zero_copy_only=False).astype(dtype).reshape(len(col), int(lengths[0]))  # a writable copy
+    """Column ``name`` of fixed-length lists as an (n, k) array (a writable copy); nulls or ragged lists are
+    one line naming the shard and the row (``kdata.core.arrow_lists.list_matrix``)."""
+    try:
+        return arrow_lists.list_matrix(table, name, where=str(g.path), dtype=dtype, copy=True)
+    except arrow_lists.ListColumnError as e:
+        if e.problem == "ragged":
+            raise KdataError(f"{g.path}: column '{name}' holds lists of different lengths ({e.width} at row "
+                             f"{g.first}, {e.length} at row {g.first + e.row})") from None
+        raise KdataError(f"{g.path}: column '{name}' has nulls (row {g.first + e.row}): not a curated shard "
+                         "kdata can train on") from None
 
 
 class ShardDataset(IterableDataset):
