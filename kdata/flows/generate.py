@@ -221,10 +221,11 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
         curated, student_out = f"{out}-curated", f"{out}-student"
         result["curated"] = select_task(out, cfg.teacher, cfg.student, curated, device, select)["counts"]
         if distill is not None:
-            from kdata.flows.distill import text_outcome
+            from kdata.flows.distill import outcome
 
             trained = distill_task(curated, cfg.student, student_out, device, distill)
-            result["student"] = {**trained, **text_outcome(trained, eval=trained.get("eval"))}
+            result["student"] = {**trained, **outcome(trained, eval=trained.get("eval"),
+                                                      lower_is_better=trained["metric"] == "perplexity")}
             verdict = result["student"]
             (logger.info if verdict["verdict"] == "improved" else logger.warning)("distill %s: %s", student_out,
                                                                                  verdict["message"])

@@ -126,7 +126,7 @@ def _logit_width(model) -> int | None:
     return int(weight.shape[0]) if weight is not None else None
 
 
-def check_classes(shards: TextShards, student, spec: str, where) -> None:
+def check_classes(shards: TextShards, student, spec: str, *, where) -> None:
     """Refuse a classifier student whose class names (``id2label`` in id order) are not the shards'
     ``class_names`` in the same order: the stored top-k class indices and web labels index the
     shards' classes and are used as the student's logit indices. A student that names no classes
@@ -240,6 +240,20 @@ def text_shard_kind(shards) -> str:
     return kind
 
 
+def student_shards(shards, model, *, kind: str, spec: str, **options) -> TextShards:
+    """``shards`` as ``TextShards`` for the student ``model`` (``options``: batch size, seed…), once the
+    student fits them — what ``kdata train`` checks before training, and the distill flow before its
+    run: its kind matches the shards' soft labels, then ``check_tokenizer`` (causal LM: the tokenizer of
+    the teacher that wrote the shards) or ``check_classes`` (classifier: the shards' classes, in order)."""
+    check_student_kind(model, kind, spec)
+    data = TextShards(shards, kind=kind, pad_id=model.pad_id, **options)
+    if kind == "causal_lm":
+        check_tokenizer(data, model)
+    else:
+        check_classes(data, model, spec, where=shards)
+    return data
+
+
 def check_student_kind(model, kind: str, student: str) -> None:
     """A causal-LM student for causal-LM shards, a classifier for classifier shards; else one line."""
     want = "causal_lm" if kind == "causal_lm" else "classifier"
@@ -277,15 +291,10 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
     with seeded_rng(cfg.seed, device):  # seeded for this run; the caller's torch RNG is restored after
         with kept_rng(device):  # a built-in student built on first use seeds torch itself: not the run's stream
             model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
-        check_student_kind(model, kind, student)
         lr, lr_reason = text_lr(cfg.lr, student)
         cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length), lr=lr)  # the student's position limit
-        data = TextShards(shards, kind=kind, batch_size=cfg.batch_size, pad_id=model.pad_id, seed=cfg.seed,
-                          max_length=cfg.max_length, vocab=_logit_width(model) if kind == "causal_lm" else None)
-        if kind == "causal_lm":
-            check_tokenizer(data, model)
-        else:
-            check_classes(data, model, student, shards)
+        data = student_shards(shards, model, kind=kind, spec=student, batch_size=cfg.batch_size, seed=cfg.seed,
+                              max_length=cfg.max_length, vocab=_logit_width(model) if kind == "causal_lm" else None)
         if not len(data):
             raise KdataError(f"{shards}: no rows to train on")
         ev = _eval_set(eval, model, kind, cfg)
