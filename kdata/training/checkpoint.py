@@ -210,7 +210,7 @@ def loop_state(*, net, opt, sched, schedule, gen, best, device, **loop) -> dict:
     """A training loop's state after an epoch: ``loop`` (epoch, done, history…) and every object's."""
     return {**loop, "model": cpu_state(net), "opt": opt.state_dict(), "sched": sched.state_dict(),
             "schedule": dict(vars(schedule)), "gen": gen.get_state(), "rng": rng_state(device),
-            "best": None if best is None else {"epoch": best.epoch, "accuracy": best.accuracy, "state": best.state}}
+            "best": None if best is None else {"epoch": best.epoch, "accuracy": best.value, "state": best.state}}
 
 
 def restore_loop(state: dict, *, net, opt, sched, schedule, gen, best, device) -> None:
@@ -223,4 +223,4 @@ def restore_loop(state: dict, *, net, opt, sched, schedule, gen, best, device) -
     set_rng_state(state["rng"], device)
     if best is not None and state["best"] is not None:
         saved = state["best"]
-        best.epoch, best.accuracy, best.state = saved["epoch"], saved["accuracy"], saved["state"]
+        best.epoch, best.value, best.state = saved["epoch"], saved["accuracy"], saved["state"]

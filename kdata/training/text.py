@@ -49,6 +49,7 @@ from kdata.training.text_losses import (
     pad,
     perplexity,
 )
+from kdata.training.weights import Best
 
 DEFAULT_EVAL = "builtin:text-test"
 
@@ -76,25 +77,6 @@ def save_student(model, out: Path) -> None:
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-class BestWeights:
-    """The best weights seen on the eval set (the starting weights count), kept in memory."""
-
-    def __init__(self, module: torch.nn.Module, start: float, *, lower_is_better: bool):
-        self.module, self.lower = module, lower_is_better
-        self.value, self.epoch, self.history = start, 0, []
-        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    def offer(self, value: float, *, epoch: int) -> None:
-        self.history.append((epoch, value))
-        if (value < self.value) if self.lower else (value > self.value):
-            self.value, self.epoch = value, epoch
-            self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-
-    def restore(self) -> float:
-        self.module.load_state_dict(self.state)
-        return self.value
 
 
 def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
@@ -305,11 +287,12 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
                                   "eval": ev and [ev["spec"], ev["n"]]}, device)
         with one_thread() if device.type == "cpu" else nullcontext():
             before = state["before"] if state else _measure(model, kind, ev, cfg)
-            best = (BestWeights(model.model, before, lower_is_better=kind == "causal_lm")
+            best = (Best(model.model, before, lower_is_better=kind == "causal_lm")
                     if cfg.keep_best and ev else None)
             if best is not None and state:
                 vars(best).update(state["best"])
-            on_epoch = (lambda e: best.offer(_measure(model, kind, ev, cfg), epoch=e)) if best else None
+            on_epoch = ((lambda e: best.offer(model.model, epoch=e, value=_measure(model, kind, ev, cfg)))
+                        if best else None)
 
             def extra() -> dict:  # what else the state after an epoch holds
                 return {"before": before, "best": best and {"value": best.value, "epoch": best.epoch,
@@ -319,7 +302,7 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
                             resume=(checkpoints, state, extra))
             last = after = _measure(model, kind, ev, cfg) if best is None else best.history[-1][1]
             if best is not None:
-                after = best.restore()
+                after = best.restore(model.model)
                 run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
             tested = _measure(model, kind, tv, cfg) if tv else None  # the saved weights, on a set that chose nothing
     save_student(model, out)
