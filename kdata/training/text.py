@@ -37,18 +37,14 @@ from kdata.models.base import pick_device
 from kdata.models.builtin_text import lr_at
 from kdata.models.hf import load_text_model
 from kdata.models.text_tokens import encode_texts
+from kdata.scoring.text_batches import pad
 from kdata.training.checkpoint import (Checkpoints, cpu_state, kept_rng, rng_state, seeded_rng, set_rng_state,
                                        shards_fingerprint, weights_checksum)
 from kdata.training.config import TextTrainConfig, text_lr  # noqa: F401  (TextTrainConfig re-exported)
 from kdata.training.losses import kd_loss, soft_targets
 from kdata.training.shard_dataset import dataset_root, verify_source
 from kdata.training.text_data import TextShards, eval_texts, shard_kind
-from kdata.training.text_losses import (
-    accuracy,
-    lm_distill_loss,
-    pad,
-    perplexity,
-)
+from kdata.training.text_losses import accuracy, lm_distill_loss, perplexity
 from kdata.training.weights import Best
 
 DEFAULT_EVAL = "builtin:text-test"
@@ -158,7 +154,7 @@ def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device, *,
         loss, kl, ce = lm_distill_loss(logits, batch, alpha=cfg.alpha)
         return loss, {"kl": kl, "ce": ce}
     ids, mask = pad(encode_texts(student.tokenizer, batch["text"], max_length=cfg.max_length), pad_id=student.pad_id,
-                    device=device)
+                    device=device, min_width=1)
     logits = student.model(input_ids=ids, attention_mask=mask).logits.float()
     target = soft_targets(batch["topk_idx"].to(device), batch["topk_logit"].to(device), batch["topk_prob"].to(device),
                           num_classes=logits.shape[1], temperature=cfg.temperature,
