@@ -55,6 +55,13 @@ LOGIT_DERIVED = ("teacher_pred", "student_pred", "teacher_conf", "student_conf",
                  "teacher_label_prob")
 
 
+def by_sample_id(ids: np.ndarray, table: pa.Table, name: str) -> np.ndarray:
+    """Column ``name`` of ``table`` at each of ``ids``, matched on its ``sample_id`` (None where it has no
+    such row), as an object array: one vectorised join (``pc.index_in`` + ``take``)."""
+    at = pc.index_in(pa.array(ids, pa.string()), value_set=table.column("sample_id").combine_chunks().cast(pa.string()))
+    return pc.take(table.column(name).combine_chunks(), at).to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
 def is_sequence_level(table: pa.Table) -> bool:
     """A causal-LM scores table: per-sequence NLLs, no class probabilities."""
     names = table.column_names
