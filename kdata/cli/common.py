@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from kdata.dataset.manifest import MANIFEST
+
 # help for options that many commands share, used where a command gives none
 COMMON_HELP = {
     "--seed": "random seed of every randomised choice",
@@ -199,7 +201,7 @@ def summary_lines(report) -> list[str]:
     if len(shown) < len(files):  # 10,000 shards are not 10,000 lines: the manifest lists them
         rest = files[len(shown):]
         lines.append(f"  … {len(rest)} more files  {sum(f['rows'] for f in rest)} rows  "
-                     f"{sum(f['bytes'] for f in rest):,} bytes  (every file: {report.out}/manifest.json)")
+                     f"{sum(f['bytes'] for f in rest):,} bytes  (every file: {report.out}/{MANIFEST})")
     beside = [name for name in BESIDE_SHARDS if (Path(report.out) / name).is_file()]
     if beside:
         lines.append("  with " + ", ".join(f"{n} ({BESIDE_SHARDS[n]})" if BESIDE_SHARDS[n] else n for n in beside))
@@ -208,7 +210,7 @@ def summary_lines(report) -> list[str]:
     return lines
 
 
-BESIDE_SHARDS = {"manifest.json": "", "decisions.parquet": "every row's decision", "README.md": "data card",
+BESIDE_SHARDS = {MANIFEST: "", "decisions.parquet": "every row's decision", "README.md": "data card",
                  "report.html": ""}  # the files a run writes beside its shards, said in its summary
 
 

@@ -20,7 +20,8 @@ def brief(items, *, n: int = 4) -> str:
     return ", ".join(items[:n]) + (", …" if len(items) > n else "")
 
 
-def printable(text) -> str:
-    """``str(text)`` with every non-printable character (ESC, BEL, newline…) shown as ``\\xNN``: values
-    from a pool, a model or a manifest must not drive a terminal or break a one-line message."""
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in str(text))
+def printable(text, *, limit: int | None = None) -> str:
+    """``str(text)`` (its first ``limit`` characters, given one) with every non-printable character (ESC,
+    BEL, newline…) shown as ``\\xNN``: values from a pool, a model or a manifest must not drive a terminal
+    or break a one-line message."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in str(text)[:limit])

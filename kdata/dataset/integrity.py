@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from kdata.core.atomic import sha256_file
 from kdata.core.errors import KdataError
+from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.manifest_checks import check_fields, check_provenance
 from kdata.dataset.schema import DECISIONS, KEPT, QUARANTINED, REJECTED
 
@@ -87,17 +88,17 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
     """Every integrity problem of the dataset in ``out`` described by ``manifest`` (empty: intact)."""
     out = Path(out)
     if not isinstance(manifest, dict):
-        return [f"{out / 'manifest.json'}: not a JSON object"]
+        return [f"{out / MANIFEST}: not a JSON object"]
     problems = manifest_shape(out, manifest) or _check_card(out, manifest)
     if problems:
         return problems
     counts = manifest["counts"]
     files = manifest.get("files")
     if not isinstance(files, list):
-        return [f"{out / 'manifest.json'}: 'files' is not a list of shard entries"]
+        return [f"{out / MANIFEST}: 'files' is not a list of shard entries"]
     expected_rows = counts["kept"] + generated_kept(manifest)
     if not files and expected_rows:
-        return [f"{out / 'manifest.json'}: lists no shard files but its counts say {expected_rows} rows were kept"]
+        return [f"{out / MANIFEST}: lists no shard files but its counts say {expected_rows} rows were kept"]
     shard_paths = []
     for f in files:
         path, problem = _check_file(out, f, what="shard")
@@ -106,7 +107,7 @@ def check_dataset(out: str | os.PathLike, manifest: dict) -> list[str]:
     listed = sum(f.get("rows", 0) for f in files if isinstance(f, dict) and _count(f.get("rows", 0)))
     problems += _unlisted_shards(out, shard_paths)
     if not problems and listed != expected_rows:
-        problems.append(f"{out / 'manifest.json'}: its shards hold {listed} rows but its counts say {expected_rows} "
+        problems.append(f"{out / MANIFEST}: its shards hold {listed} rows but its counts say {expected_rows} "
                         f"(kept {counts['kept']} + generated {expected_rows - counts['kept']})")
     decisions, dec_problems = _check_decisions(out, manifest)
     problems += dec_problems + _check_extra_files(out, manifest)
@@ -123,7 +124,7 @@ def manifest_shape(out: str | os.PathLike, manifest: dict) -> list[str]:
 
 
 def _check_counts(out: Path, manifest: dict) -> list[str]:
-    where = out / "manifest.json"
+    where = out / MANIFEST
     counts = manifest.get("counts")
     if not isinstance(counts, dict) or any(not _count(counts.get(k)) for k in COUNT_KEYS):
         return [f"{where}: 'counts' must give whole numbers ≥ 0 for {', '.join(COUNT_KEYS)}"]
@@ -158,7 +159,7 @@ def _check_card(out: Path, manifest: dict) -> list[str]:
     card = manifest.get("card")
     if card is None:
         return []
-    where = out / "manifest.json"
+    where = out / MANIFEST
     if not isinstance(card, dict) or not isinstance(card.get("files", []), list):
         return [f"{where}: 'card' is not a data card entry (path and files)"]
     for f in card.get("files", []):
@@ -215,7 +216,7 @@ def read_decisions(out: Path, manifest: dict) -> pa.Table | None:
     ``KdataError`` line when it points outside OUT, cannot be read or is not a decisions table."""
     path = decisions_path(out, manifest)
     if path is None:
-        raise KdataError(f"{out / 'manifest.json'}: the decisions table it names points outside the dataset "
+        raise KdataError(f"{out / MANIFEST}: the decisions table it names points outside the dataset "
                          "(or is not its checksummed one)")
     if not path.exists():
         return None
@@ -232,12 +233,12 @@ def read_decisions(out: Path, manifest: dict) -> pa.Table | None:
 def _check_file(out: Path, entry, *, what: str) -> tuple[Path | None, str | None]:
     """(path, problem or None) for one manifest file entry: inside OUT, present, size, sha256, rows."""
     if not isinstance(entry, dict) or not {"path", "bytes", "sha256"} <= set(entry):
-        return None, f"{out / 'manifest.json'}: a {what} entry lacks path, bytes or sha256: {entry!r:.80}"
+        return None, f"{out / MANIFEST}: a {what} entry lacks path, bytes or sha256: {entry!r:.80}"
     if not _count(entry["bytes"]) or not isinstance(entry["sha256"], str) or not _count(entry.get("rows", 0)):
-        return None, f"{out / 'manifest.json'}: a {what} entry's bytes, rows or sha256 has the wrong type: {entry!r:.80}"
+        return None, f"{out / MANIFEST}: a {what} entry's bytes, rows or sha256 has the wrong type: {entry!r:.80}"
     path = inside(out, entry["path"])
     if path is None:
-        return None, f"{out / 'manifest.json'}: {what} path {entry['path']!r} points outside the dataset"
+        return None, f"{out / MANIFEST}: {what} path {entry['path']!r} points outside the dataset"
     if not path.is_file():
         return path, f"{path}: missing"
     size = path.stat().st_size
@@ -261,7 +262,7 @@ def _check_extra_files(out: Path, manifest: dict) -> list[str]:
     if entries is None:  # written before extra files were recorded: nothing to compare them with
         return []
     if not isinstance(entries, list):
-        return [f"{out / 'manifest.json'}: '{EXTRA_FILES}' is not a list of file entries"]
+        return [f"{out / MANIFEST}: '{EXTRA_FILES}' is not a list of file entries"]
     problems = []
     for entry in entries:
         _, problem = _check_file(out, entry, what="extra file")
@@ -276,7 +277,7 @@ def _check_decisions(out: Path, manifest: dict) -> tuple[pa.Table | None, list[s
         if problem:
             return None, [problem]
         if decisions_path(out, manifest) != path:
-            return None, [f"{out / 'manifest.json'}: decisions_file {manifest.get('decisions_file')!r:.80} is not the "
+            return None, [f"{out / MANIFEST}: decisions_file {manifest.get('decisions_file')!r:.80} is not the "
                           f"checksummed decisions table {entry.get('path')!r:.80}"]
     else:  # written before decisions were checksummed: still required, and its counts still checked
         path = decisions_path(out, manifest)
@@ -338,7 +339,7 @@ def _check_shard_rows(out: Path, paths: list[Path], decisions: pa.Table, manifes
     synthetic = pc.and_(synthetic, pc.invert(decided))
     original = pc.filter(shard_ids, pc.invert(synthetic))
     n_synth = len(shard_ids) - len(original)
-    where = out / "manifest.json"
+    where = out / MANIFEST
     problems = []
     if n_synth != generated_kept(manifest):
         problems.append(f"{where}: the shards hold {n_synth} generated rows, the manifest says {generated_kept(manifest)}")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
 from kdata.core.jsonable import config_hash
+from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.schema import kdata_metadata
 
 DEFAULT_METHODS = (None, "", "default")  # ``--method`` values that resolve to the default recipe
@@ -74,7 +75,7 @@ def _field_problem(m: dict) -> str | None:
 def check_fields(out: Path, manifest: dict) -> list[str]:
     """The manifest fields readers use have kdata's types: one problem line naming the field, or none."""
     problem = _field_problem(manifest)
-    return [f"{out / 'manifest.json'}: {problem}"] if problem else []
+    return [f"{out / MANIFEST}: {problem}"] if problem else []
 
 
 def shard_metadata(path: Path) -> dict | None:
@@ -132,7 +133,7 @@ def _meta_problem(m: dict, meta: dict) -> str | None:
 
 def check_provenance(out: Path, manifest: dict, first_shard: Path | None) -> list[str]:
     """The manifest agrees with the first shard's ``kdata`` metadata and with its own config (module doc)."""
-    where = out / "manifest.json"
+    where = out / MANIFEST
     try:
         meta = shard_metadata(first_shard) if first_shard is not None and first_shard.is_file() else None
     except KdataError as exc:  # the shard's 'kdata' metadata is not a JSON object: what readers would trip on

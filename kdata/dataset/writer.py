@@ -39,31 +39,17 @@ from kdata.core.jsonable import differences
 from kdata.core.lock import Lock, acquire, current, pid_alive
 from kdata.core.version import __version__
 from kdata.dataset.integrity import DECISIONS_FILE, EXTRA_FILES, check_dataset, extra_file_entry, file_entry
+from kdata.dataset.manifest import MANIFEST, read_manifest
 from kdata.dataset.schema import (
     DECISIONS_OPTIONAL,
     DECISIONS_SCHEMA,
     SCHEMA_VERSION,
-    SHARD_SCHEMA,
     conform,
     kdata_metadata,
     with_kdata_metadata,
 )
 
-MANIFEST = "manifest.json"
 DATA_DIR = "data"
-
-
-def read_manifest(out: str | os.PathLike) -> dict | None:
-    path = Path(out) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise KdataError(f"{path}: unreadable manifest ({str(exc).splitlines()[0]})") from None
-    if not isinstance(manifest, dict):
-        raise KdataError(f"{path}: not a kdata manifest (a JSON {type(manifest).__name__}, not an object)")
-    return manifest
 
 
 def manifest_model(manifest: dict | None, role: str) -> str | None:
@@ -390,7 +376,3 @@ def shard_meta(table_or_path) -> dict:
     if isinstance(table_or_path, pa.Table):
         return kdata_metadata(table_or_path.schema)
     return kdata_metadata(pq.read_schema(table_or_path), where=str(table_or_path))
-
-
-def conform_shard(table: pa.Table) -> pa.Table:
-    return conform(table, SHARD_SCHEMA)

@@ -58,11 +58,6 @@ def _hashed(stored, im):
     return im if im.mode == stored.mode else ImageOps.exif_transpose(stored)
 
 
-def text_features(text: str | None) -> str:
-    """Exact-dedup hash of a text: NFKC, case folded, whitespace collapsed (``kdata.dedup.text``)."""
-    return text_hash(text)
-
-
 def payload_features(table, *, pixels: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS
                      ) -> tuple[list[str], np.ndarray | None]:
     """Hashes (and pixel embeddings) of a pool/shard table's payloads, row-aligned (``image_features``)."""
@@ -73,7 +68,7 @@ def payload_features(table, *, pixels: bool, max_pixels: int | None = DEFAULT_MA
     vecs = np.zeros((n, PIXEL_SIZE * PIXEL_SIZE), np.float32) if pixels else None
     for r, (img, txt) in enumerate(zip(images, texts)):
         if img is None:
-            hashes.append(text_features(txt))
+            hashes.append(text_hash(txt))
         else:
             h, v = image_features(img, pixels=pixels, max_pixels=max_pixels)
             hashes.append(h)

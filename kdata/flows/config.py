@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kdata.core.errors import KdataError
+from kdata.dataset.manifest import MANIFEST
 
 SECTIONS = ("select", "run", "runner", "curate", "distill")
 # Every flow output lives under runs/ (git-ignored): curate writes a new version per run, distill
@@ -38,7 +39,7 @@ def load_config(path: str | os.PathLike) -> dict:
 
     data = load_yaml(path)
     if data and not set(data) & set(SECTIONS):
-        data = flat_sections(path, data)
+        data = flat_sections(path)
     bad = sorted(set(data) - set(SECTIONS))
     if bad:
         raise KdataError(f"{path}: unknown section(s) {bad}; known: {list(SECTIONS)}")
@@ -55,7 +56,7 @@ def load_config(path: str | os.PathLike) -> dict:
     return data
 
 
-def flat_sections(path: str | os.PathLike, data: dict) -> dict:
+def flat_sections(path: str | os.PathLike) -> dict:
     """A flat config file as ``select:`` and ``run:`` sections, split the way ``kdata select --config``
     splits it (kdata.pipeline.arguments.config_file_values); unknown keys are left in ``select``,
     whose check names them."""
@@ -123,17 +124,17 @@ def latest_dataset(data: str) -> str:
     counts as ``*``): a nightly distill trains on what last night's curate wrote. Complete means a
     ``manifest.json``, which the writer renames into place last, so a run still writing never matches
     (nor does a student directory beside a dataset)."""
-    if (Path(data) / "manifest.json").is_file():
+    if (Path(data) / MANIFEST).is_file():
         return data
     pattern = data.replace("{version}", "*")
     if not glob.has_magic(pattern):
-        why = "not a curated dataset (no manifest.json)" if Path(data).exists() else "no such directory"
+        why = f"not a curated dataset (no {MANIFEST})" if Path(data).exists() else "no such directory"
         raise KdataError(f"--data {data}: {why}; curate one first: python flows/curate.py --out {data}")
-    done = [p for p in glob.glob(pattern) if (Path(p) / "manifest.json").is_file()]
+    done = [p for p in glob.glob(pattern) if (Path(p) / MANIFEST).is_file()]
     if not done:
-        raise KdataError(f"--data {data}: no complete curated dataset matches (a directory with manifest.json); "
+        raise KdataError(f"--data {data}: no complete curated dataset matches (a directory with {MANIFEST}); "
                          f"curate one first: python flows/curate.py --out {DEFAULT_OUT}")
-    return max(done, key=lambda p: ((Path(p) / "manifest.json").stat().st_mtime, p))
+    return max(done, key=lambda p: ((Path(p) / MANIFEST).stat().st_mtime, p))
 
 
 def result_storage() -> Path:

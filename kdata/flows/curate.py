@@ -43,30 +43,13 @@ from kdata.core.version import __version__
 from kdata.core.warn import shows_lines
 from kdata.flows.config import DEFAULT_OUT, expand_out, load_config, result_storage
 from kdata.flows.curate_text import empty_scores, score_text_unit_files, text_info, text_load
+from kdata.flows.model_cache import cached_model
 from kdata.flows.run_log import logs_warnings
 from kdata.flows.runners import env_runner, retryable, task_runner
 from kdata.flows.summary import summary
 
 # ------------------------------------------------------------------------------------------------
-# Per-process caches: models (spec, device, checksum) and the test hook
-
-_MODELS: dict = {}
-
-
-def _model(spec: str, *, device, checksum: str | None = None, **kw):
-    """``load_model`` through the per-process cache; ``kw`` (text models: precision, trust_remote_code,
-    max_length) is part of the key."""
-    from kdata.models.spec import load_model
-
-    key = (spec, str(device), *sorted(kw.items()))
-    m = _MODELS.get(key)
-    if m is None or (checksum and m.checksum != checksum):
-        m = load_model(spec, device=device, **kw)
-        if checksum and m.checksum != checksum:
-            raise KdataError(f"{spec}: model changed while the flow ran (checksum {m.checksum[:12]} != {checksum[:12]})")
-        _MODELS[key] = m
-    return m
-
+# Configs from flow parameters
 
 def _select_config(select: dict):
     from kdata.pipeline.config import select_config
@@ -101,7 +84,7 @@ def prepare_task(select: dict, out: str, run: dict) -> dict:
         return {"done": True, "report": done.to_dict()}
     if cfg.scores:  # bring-your-own predictions: nothing to score, finish loads them
         return {"done": False, "units": [], "byo": True}
-    prep = prepare(cfg, opts=_run_options(run), load=_model)
+    prep = prepare(cfg, opts=_run_options(run), load=cached_model)
     check_parquet_units(prep.pool)  # an unreadable Parquet file stops the run, as in kdata select
     units = [{"name": u.name, "path": u.path, "fingerprint": u.fingerprint()} for u in prep.pool.units]
     checksums = {"teacher": prep.teacher.checksum, "student": prep.student.checksum}
@@ -155,9 +138,9 @@ def score_unit_task(select: dict, unit: dict, checksums: dict, score_config: dic
     u = dataclasses.replace(u, fingerprint=lambda: fp)
     if kind == "text":
         return score_text_unit_files(select, u, checksums, score_config, device, cache=cache, load=load or {},
-                                     model=_model)
-    teacher = _model(select["teacher"], device=device, checksum=checksums["teacher"])
-    student = _model(select["student"], device=device, checksum=checksums["student"])
+                                     model=cached_model)
+    teacher = cached_model(select["teacher"], device=device, checksum=checksums["teacher"])
+    student = cached_model(select["student"], device=device, checksum=checksums["student"])
     # the process's decode workers (kdata.models.decode_pool.DecodeService) serve every unit's task
     [(path, quarantined, n_in, hit)], info = score_units([u], teacher, student, config=ScoreConfig(**score_config),
                                                          device=device, cache=cache)
@@ -217,7 +200,7 @@ def finish_task(select: dict, out: str, run: dict, units: list[dict], scored: li
     from kdata.scoring.score import unit_scores
 
     cfg, opts = _select_config(select), _run_options(run)
-    prep = prepare(cfg, opts=opts, load=_model)  # models come from this process's cache
+    prep = prepare(cfg, opts=opts, load=cached_model)  # models come from this process's cache
     if prep.byo is not None:
         result = score(prep, opts=opts)
     else:
@@ -352,7 +335,7 @@ def check_inputs(select: dict, run: dict, out: str = DEFAULT_OUT) -> None:
     (loaded into this process's model cache, which the flow's tasks reuse) or the ``--scores`` file."""
     from kdata.flows.inputs import check_curate
 
-    check_curate(select, run, out, load=_model)
+    check_curate(select, run, out, load=cached_model)
 
 
 @shows_lines

@@ -63,30 +63,6 @@ def text_run(shards: str, student: str, eval: str | None) -> tuple[str, str | No
     return student, eval
 
 
-def text_outcome(result: dict, *, eval: str | None) -> dict:
-    """``outcome`` for a text student: held-out perplexity (lower is better) or accuracy."""
-    metric = result.get("metric", "perplexity")
-    if metric != "perplexity":
-        return outcome({"accuracy": result.get("accuracy_after"), "accuracy_before": result.get("accuracy_before"),
-                        "accuracy_last": result.get("accuracy_last")}, eval=eval)
-    before, after, last = result.get("perplexity_before"), result.get("perplexity_after"), result.get("perplexity_last")
-    if before is None or after is None:
-        return {"verdict": "not evaluated", "worse": None, "training_made_worse": None,
-                "message": "not evaluated: no eval set, so it is unknown whether the student improved"}
-    made_worse = after > before or (last is not None and last > before)
-    line = f"perplexity on {eval}: {before:.2f} before → {after:.2f} after ({after - before:+.2f})"
-    if after > before:
-        verdict, msg = "worse", f"WORSE: the student got worse; {line}. Do not use it; train longer or curate again."
-    elif after < before:
-        verdict, msg = "improved", f"improved: {line}"
-    elif made_worse:
-        verdict, msg = "no gain", (f"NOT improved: training made the student worse (last epoch {last:.2f} > "
-                                   f"{before:.2f} before), so its starting weights were kept; {line}")
-    else:
-        verdict, msg = "no gain", f"NOT improved: {line}"
-    return {"verdict": verdict, "worse": after > before, "training_made_worse": made_worse, "message": msg}
-
-
 def train_options(*, epochs: int | None = None, seed: int | None = None, device: str | None = None) -> dict:
     """The TrainConfig fields the flow sets; the rest (and ``epochs`` when None) are the trainer's defaults.
     Checked here, so a bad value is one line before any work."""
@@ -97,31 +73,42 @@ def train_options(*, epochs: int | None = None, seed: int | None = None, device:
     return given
 
 
-def outcome(result: dict, *, eval: str | None) -> dict:
+def outcome(result: dict, *, eval: str | None, lower_is_better: bool = False) -> dict:
     """``verdict`` (improved / no gain / worse / not evaluated), ``worse`` and one plain ``message``.
 
+    ``result``: the trainer's log, with the eval-set accuracy before training, after it (``accuracy``, or
+    ``accuracy_after`` from the text trainer) and at the last epoch; ``lower_is_better``: perplexity
+    instead (``perplexity_before`` / ``_after`` / ``_last``, a causal-LM text student).
     ``worse``: the saved student scores below the starting one. ``no gain`` with
     ``training_made_worse``: the last epoch scored below the start and the trainer kept the
     starting weights, so nothing was learnt (e.g. too few epochs)."""
-    before, after, last = result.get("accuracy_before"), result.get("accuracy"), result.get("accuracy_last")
+    metric, d = ("perplexity", 2) if lower_is_better else ("accuracy", 4)
+    before, last = result.get(f"{metric}_before"), result.get(f"{metric}_last")
+    after = result.get(f"{metric}_after", result.get(metric))
     if before is None or after is None:
         return {"verdict": "not evaluated", "worse": None, "training_made_worse": None,
                 "message": "not evaluated: no eval set, so it is unknown whether the student improved"}
-    made_worse = last is not None and last < before
-    line = f"accuracy on {eval}: {before:.4f} before → {after:.4f} after ({after - before:+.4f})"
-    if after < before:
+
+    def below(a: float, b: float) -> bool:  # a scores below b
+        return a > b if lower_is_better else a < b
+
+    worse = below(after, before)
+    made_worse = worse or (last is not None and below(last, before))
+    line = f"{metric} on {eval}: {before:.{d}f} before → {after:.{d}f} after ({after - before:+.{d}f})"
+    if worse:
         verdict, msg = "worse", f"WORSE: the student got worse; {line}. Do not use it; train longer or curate again."
-    elif after > before:
+    elif below(before, after):
         verdict, msg = "improved", f"improved: {line}"
     elif made_worse:
-        verdict, msg = "no gain", (f"NOT improved: training made the student worse (last epoch {last:.4f} < "
-                                   f"{before:.4f} before), so its starting weights were kept; {line}")
+        verdict, msg = "no gain", (f"NOT improved: training made the student worse (last epoch {last:.{d}f} "
+                                   f"{'>' if lower_is_better else '<'} {before:.{d}f} before), so its starting "
+                                   f"weights were kept; {line}")
     else:
         verdict, msg = "no gain", f"NOT improved: {line}"
     note = (result.get("kept") or {}).get("note")
     if note and verdict == "improved" and (result.get("kept") or {}).get("epoch") != result.get("epochs"):
         msg += f" ({note})"
-    return {"verdict": verdict, "worse": after < before, "training_made_worse": made_worse, "message": msg}
+    return {"verdict": verdict, "worse": worse, "training_made_worse": made_worse, "message": msg}
 
 
 def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | None, seed: int, device: str,
@@ -166,21 +153,13 @@ def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | Non
 
 
 def check_text_student(shards: str, student: str) -> None:
-    """What ``kdata train`` checks before training a text student (``kdata.training.text``): the kind of
-    student matches the shards' soft labels, and then ``check_tokenizer`` (causal LM: the tokenizer of the
-    teacher that wrote the shards) or ``check_classes`` (classifier: the shards' classes, in order)."""
+    """What ``kdata train`` checks before training a text student (``kdata.training.text.student_shards``)."""
     from kdata.models.hf import load_text_model
-    from kdata.training.text import check_classes, check_student_kind, check_tokenizer, text_shard_kind
-    from kdata.training.text_data import TextShards
+    from kdata.training.text import student_shards, text_shard_kind
 
     kind = text_shard_kind(shards)
-    model = load_text_model(student, device="cpu", precision="fp32")
-    check_student_kind(model, kind, student)
-    data = TextShards(shards, kind=kind, batch_size=1, pad_id=model.pad_id)
-    if kind == "causal_lm":
-        check_tokenizer(data, model)
-    else:
-        check_classes(data, model, student, shards)
+    student_shards(shards, load_text_model(student, device="cpu", precision="fp32"), kind=kind, spec=student,
+                   batch_size=1)
 
 
 @task(name="train-student", retries=1, retry_delay_seconds=5,
@@ -228,7 +207,7 @@ def distill(data: str = DEFAULT_DATA, student: str = "builtin:digits-student",
         train = {k: v for k, v in {"epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
         train["keep_best"] = not keep_last  # TextTrainConfig's default is False: kdata train's choice, set here
         result = train_text_task(shards, student=student, eval=eval, train=train, out=target)
-        verdict = text_outcome(result, eval=eval)
+        verdict = outcome(result, eval=eval, lower_is_better=result.get("metric", "perplexity") == "perplexity")
     else:
         train = {**train_options(epochs=epochs, seed=seed, device=device), "keep_best": not keep_last}
         result = train_task(shards, student=student, eval=eval, train=train, out=target)

@@ -29,18 +29,23 @@ from prefect import flow, get_run_logger, task
 from kdata.core.errors import KdataError
 from kdata.core.warn import shows_lines
 from kdata.flows.config import result_storage
+from kdata.flows.model_cache import cached_model
 from kdata.flows.run_log import logs_warnings
 
-_MODELS: dict = {}
 
-
-def _model(spec: str, *, device: str, precision: str = "auto"):
+def _model(spec: str, *, device: str, precision: str = "auto", checksums: dict | None = None):
+    """``load_generator`` through the flows' model cache; ``checksums`` (spec → checksum, recorded when
+    the flow began) makes a model replaced since then one clear error."""
     from kdata.pipeline.generate_run import load_generator
 
-    key = (spec, device, precision)
-    if key not in _MODELS:
-        _MODELS[key] = load_generator(spec, device=device, precision=precision)
-    return _MODELS[key]
+    return cached_model(spec, device=device, checksum=(checksums or {}).get(spec), load=load_generator,
+                        precision=precision)
+
+
+def _checksums(cfg, *, device: str) -> dict:
+    """spec → checksum of every model the tasks load (already in this process's cache by then)."""
+    specs = [cfg.teacher, *([cfg.critic_teacher or cfg.teacher, cfg.student] if cfg.critic else [])]
+    return {s: _model(s, device=device, precision=cfg.precision).checksum for s in specs}
 
 
 def _cfg(params: dict):
@@ -65,20 +70,20 @@ def shard_cache_key(context, parameters: dict) -> str:
 @task(name="generate-shard", cache_key_fn=shard_cache_key, persist_result=True, retries=1)
 @logs_warnings
 def generate_shard_task(params: dict, index: int, key: str, device: str, batch_size: int,
-                        shard: list[dict]) -> dict:
+                        shard: list[dict], checksums: dict | None = None) -> dict:
     """Generate one prompt shard (``shard``: its prompts, read once by the flow) into the generate cache;
-    returns its path."""
+    returns its path. ``checksums``: spec → checksum the flow began with (``_checksums``)."""
     from kdata.pipeline.generate import generate_shard
 
     cfg = _cfg(params)
-    model = _model(cfg.teacher, device=device, precision=cfg.precision)
+    model = _model(cfg.teacher, device=device, precision=cfg.precision, checksums=checksums)
     path = generate_shard(model, shard, index=index, key=key, work=_store(), cfg=cfg, batch_size=batch_size)
     return {"index": index, "key": key, "path": str(path)}
 
 
 @task(name="critic")
 @logs_warnings
-def critic_task(params: dict, paths: list[str], device: str) -> dict | None:
+def critic_task(params: dict, paths: list[str], device: str, checksums: dict | None = None) -> dict | None:
     """P(accept) of every non-empty candidate (teacher/student statistics + embedder); None without a critic."""
     import pyarrow as pa
 
@@ -91,9 +96,11 @@ def critic_task(params: dict, paths: list[str], device: str) -> dict | None:
         return None
     cands = read_candidates([Path(p) for p in paths])
     nonempty = cands.filter([bool((t or "").strip()) for t in cands.column("text").to_pylist()])
-    teacher = _model(cfg.critic_teacher or cfg.teacher, device=device, precision=cfg.precision)  # as run_generate
+    teacher = _model(cfg.critic_teacher or cfg.teacher, device=device, precision=cfg.precision,
+                     checksums=checksums)  # as run_generate
     prob, quarantined, crit = critic_scores(nonempty, critic=cfg.critic, teacher=teacher,
-                                            student=_model(cfg.student, device=device, precision=cfg.precision),
+                                            student=_model(cfg.student, device=device, precision=cfg.precision,
+                                                           checksums=checksums),
                                             device=device,
                                             recall=cfg.critic_recall, precision=cfg.critic_precision)
     import hashlib
@@ -106,7 +113,8 @@ def critic_task(params: dict, paths: list[str], device: str) -> dict | None:
 
 @task(name="write")
 @logs_warnings
-def write_task(params: dict, paths: list[str], critic: dict | None, out: str, device: str) -> dict:
+def write_task(params: dict, paths: list[str], critic: dict | None, out: str, device: str,
+               checksums: dict | None = None) -> dict:
     """Account for every candidate and write the candidates dataset (``finish_generate``)."""
     import numpy as np
 
@@ -117,8 +125,8 @@ def write_task(params: dict, paths: list[str], critic: dict | None, out: str, de
     from kdata.pipeline.generate_run import run_config, target_critic
 
     cfg = _cfg(params)
-    teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
-    student = _model(cfg.student, device=device, precision=cfg.precision) if cfg.critic else None
+    teacher = _model(cfg.teacher, device=device, precision=cfg.precision, checksums=checksums)
+    student = _model(cfg.student, device=device, precision=cfg.precision, checksums=checksums) if cfg.critic else None
     prompts = read_prompts(cfg.prompts)
     cands = read_candidates([Path(p) for p in paths])
     prob = None
@@ -192,19 +200,20 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     device = str(pick_device(run.get("device", "auto")))
     teacher = _model(cfg.teacher, device=device, precision=cfg.precision)
     check_critic(cfg, device=device)
+    checksums = _checksums(cfg, device=device)
     shards = prompt_shards(read_prompts(cfg.prompts), cfg.shard_size)
     keys = [shard_key(s, teacher_checksum=teacher.checksum, cfg=cfg, device_type=device.split(":")[0])
             for s in shards]
     tasks = generate_shard_task.with_options(result_storage=result_storage())
     batch = int(run.get("batch_size", 16))
-    states = [tasks(params, i, k, device, batch, shards[i], return_state=True) for i, k in enumerate(keys)]
+    states = [tasks(params, i, k, device, batch, shards[i], checksums, return_state=True) for i, k in enumerate(keys)]
     done = [s.result() for s in states]
     for i, d in enumerate(done):  # a cached result whose file was removed since: generate it again
         if not Path(d["path"]).is_file():
-            done[i] = tasks.with_options(refresh_cache=True)(params, i, keys[i], device, batch, shards[i])
+            done[i] = tasks.with_options(refresh_cache=True)(params, i, keys[i], device, batch, shards[i], checksums)
     paths = [d["path"] for d in done]
-    critic = critic_task(params, paths, device)
-    report = write_task(params, paths, critic, out, device)
+    critic = critic_task(params, paths, device, checksums)
+    report = write_task(params, paths, critic, out, device, checksums)
     result = {"out": out, "counts": report["counts"], "status": report["status"],
               "shards": {s.name: sum(1 for x in states if x.name == s.name) for s in states}}
     logger.info("candidates: %s", report["counts"])
@@ -212,10 +221,11 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
         curated, student_out = f"{out}-curated", f"{out}-student"
         result["curated"] = select_task(out, cfg.teacher, cfg.student, curated, device, select)["counts"]
         if distill is not None:
-            from kdata.flows.distill import text_outcome
+            from kdata.flows.distill import outcome
 
             trained = distill_task(curated, cfg.student, student_out, device, distill)
-            result["student"] = {**trained, **text_outcome(trained, eval=trained.get("eval"))}
+            result["student"] = {**trained, **outcome(trained, eval=trained.get("eval"),
+                                                      lower_is_better=trained["metric"] == "perplexity")}
             verdict = result["student"]
             (logger.info if verdict["verdict"] == "improved" else logger.warning)("distill %s: %s", student_out,
                                                                                  verdict["message"])

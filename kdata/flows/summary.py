@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
 def summary(report: dict, *, units: list[dict], states: dict, failed: list[dict]) -> tuple[str, list[dict]]:
     """Markdown summary and table rows (counts by decision and reason, class balance, shard paths)."""
-    import pyarrow.parquet as pq
+    from kdata.report.card_balance import class_balance
+    from kdata.report.inspect import load_run
 
     out = Path(report["out"])
     c = report["counts"]
     rows = [{"kind": "decision", "name": k, "count": c[k]} for k in ("n_in", "kept", "rejected", "quarantined")]
     rows += [{"kind": "rejected_reason", "name": r, "count": n} for r, n in c.get("rejected_by_reason", {}).items()]
-    balance: dict[str, int] = {}
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
-    names = manifest.get("class_names") or []
-    for f in report["files"]:
-        preds = pq.read_table(out / f["path"], columns=["teacher_pred"]).column("teacher_pred").to_pylist()
-        for p in preds:
-            if p is None:  # causal-LM rows have no class: no balance table
-                continue
-            key = names[p] if 0 <= p < len(names) else str(p)
-            balance[key] = balance.get(key, 0) + 1
+    # kept rows per teacher class (causal-LM rows have no class: no balance table)
+    balance = {b["class"]: b["kept_teacher"] for b in class_balance(load_run(out)) if b["kept_teacher"]}
     rows += [{"kind": "class_balance", "name": k, "count": n} for k, n in sorted(balance.items())]
     rows += [{"kind": "shard", "name": str(out / f["path"]), "count": f["rows"]} for f in report["files"]]
     n_cached = sum(1 for s in states.values() if s == "Cached")

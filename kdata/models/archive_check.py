@@ -26,9 +26,9 @@ import re
 import zipfile
 from pathlib import Path
 
-from kdata.core.errors import KdataError
-from kdata.models.pickle_scan import (MAX_PICKLE_BYTES, OpcodeBudget, bounded, check_pickle, check_torch_payload,
-                                      printable, torchscript_global_ok)
+from kdata.core.errors import KdataError, printable
+from kdata.models.pickle_scan import (MAX_PICKLE_BYTES, NAME_LIMIT, OpcodeBudget, bounded, check_pickle,
+                                      check_torch_payload, torchscript_global_ok)
 from kdata.models.torchscript_code import check_torchscript_code
 
 # Where torch.export.save puts things, relative to the archive's root folder.
@@ -64,18 +64,19 @@ def _check_sizes(path: Path, zf: zipfile.ZipFile, members: dict[str, zipfile.Zip
         raise KdataError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     stored = expanded = 0
     for name, info in members.items():
+        shown = printable(name, limit=NAME_LIMIT)
         if info.compress_type == zipfile.ZIP_STORED:
             if info.file_size != info.compress_size:
-                raise KdataError(f"{path}: refused: member {printable(name)!r} declares {info.file_size} bytes but "
+                raise KdataError(f"{path}: refused: member {shown!r} declares {info.file_size} bytes but "
                                  f"stores {info.compress_size} (a damaged or crafted archive)")
             stored += info.file_size
         elif stored_only:
-            raise KdataError(f"{path}: refused: member {printable(name)!r} is compressed (torch.export.save stores "
+            raise KdataError(f"{path}: refused: member {shown!r} is compressed (torch.export.save stores "
                              "every member uncompressed; a compressed one may be a zip bomb)")
         elif info.compress_type != zipfile.ZIP_DEFLATED:
-            raise KdataError(f"{path}: refused: member {printable(name)!r} uses a compression torch does not write")
+            raise KdataError(f"{path}: refused: member {shown!r} uses a compression torch does not write")
         elif info.file_size > MAX_TS_MEMBER:
-            raise KdataError(f"{path}: refused: compressed member {printable(name)!r} expands to "
+            raise KdataError(f"{path}: refused: compressed member {shown!r} expands to "
                              f"{info.file_size >> 20} MiB, over the {MAX_TS_MEMBER >> 20} MiB cap (a zip bomb?)")
         else:
             expanded += info.file_size
@@ -89,15 +90,16 @@ def _check_sizes(path: Path, zf: zipfile.ZipFile, members: dict[str, zipfile.Zip
 
 def _read(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limit: int) -> bytes:
     """A member's bytes, refused past ``limit`` whatever its header declares."""
+    shown = printable(name, limit=NAME_LIMIT)
     if info.file_size > limit:
-        raise KdataError(f"{path}: refused: {printable(name)} is {info.file_size} bytes, over the {limit}-byte cap")
+        raise KdataError(f"{path}: refused: {shown} is {info.file_size} bytes, over the {limit}-byte cap")
     try:
         with zf.open(info) as member:
             data = member.read(limit + 1)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise KdataError(f"{path}: cannot read member {printable(name)!r} ({type(exc).__name__})") from None
+        raise KdataError(f"{path}: cannot read member {shown!r} ({type(exc).__name__})") from None
     if len(data) > limit:
-        raise KdataError(f"{path}: refused: {printable(name)} is over the {limit}-byte cap")
+        raise KdataError(f"{path}: refused: {shown} is over the {limit}-byte cap")
     return data
 
 
@@ -278,13 +280,14 @@ def check_torchscript_archive(path: Path) -> None:
         _check_sizes(path, zf, members, stored_only=False)
         budget = OpcodeBudget()
         for name, info in members.items():
+            shown = printable(name, limit=NAME_LIMIT)
             if name.endswith(("pkl", ".debug_pkl")):
                 if info.file_size > MAX_PICKLE_BYTES:
-                    raise KdataError(f"{path}: refused: {printable(name)} is {info.file_size >> 20} MiB, over the "
+                    raise KdataError(f"{path}: refused: {shown} is {info.file_size >> 20} MiB, over the "
                                      f"{MAX_PICKLE_BYTES >> 20} MiB cap")
                 with zf.open(info) as member:
-                    check_pickle(bounded(member, info.file_size), where=f"{path}: {printable(name)}",
+                    check_pickle(bounded(member, info.file_size), where=f"{path}: {shown}",
                                  allowed=torchscript_global_ok, budget=budget)
             elif name.startswith("code/") and name.endswith(".py"):
                 check_torchscript_code(_read(path, zf, info, name, MAX_TS_MEMBER).decode("utf-8", "replace"),
-                                       where=f"{path}: {printable(name)}")
+                                       where=f"{path}: {shown}")

@@ -23,7 +23,7 @@ from typing import IO, Iterable
 
 import torch
 
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, printable
 
 # (module, name) pairs a weights-only load of a torch checkpoint may reference.
 _TORCH_REBUILD = ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
@@ -42,6 +42,7 @@ _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUN
                "BINUNICODE8"}
 _MARK = object()
 _DATA_PKL = re.compile(r"([^/]+/)?data\.pkl\Z")
+NAME_LIMIT = 80  # characters of a name from a hostile file that an error line shows
 MAX_OPCODES = 5_000_000  # per file, all its pickles together: a state dict of 100k tensors needs ~2M
 MAX_PICKLE_BYTES = 64 << 20  # uncompressed size of one pickle member (torch.save's data.pkl: ~100 B a tensor)
 
@@ -82,13 +83,6 @@ class OpcodeBudget:
 
     def __init__(self, total: int = MAX_OPCODES):
         self.left = total
-
-
-def printable(text: object, limit: int = 80) -> str:
-    """``text`` cut to ``limit`` with control characters escaped: names taken from a hostile file
-    must not break a one-line error."""
-    s = str(text)[:limit]
-    return s if s.isprintable() else s.encode("unicode_escape").decode("ascii")
 
 
 def weights_global_ok(module: str, name: str) -> bool:
@@ -193,7 +187,8 @@ def check_pickle(stream: IO[bytes], *, where: str, allowed=weights_global_ok,
         raise KdataError(f"{where}: not a readable pickle ({type(exc).__name__}: {str(exc)[:120]})") from None
     for module, name in names:
         if not allowed(module, name):
-            raise KdataError(f"{where}: refused: loading it would call {printable(module)}.{printable(name)} "
+            call = f"{printable(module, limit=NAME_LIMIT)}.{printable(name, limit=NAME_LIMIT)}"
+            raise KdataError(f"{where}: refused: loading it would call {call} "
                              "(kdata loads only tensors and never runs code from a model file)")
 
 
@@ -217,16 +212,18 @@ def check_torch_payload(data: IO[bytes], *, where: str, allowed=weights_global_o
                 pickles = [i for i in _zip_members(zf) if i.filename.endswith(".pkl")]
                 for info in pickles:
                     if not _DATA_PKL.match(info.filename):
-                        raise KdataError(f"{where}: refused: unexpected pickle member {printable(info.filename)!r} "
+                        member = printable(info.filename, limit=NAME_LIMIT)
+                        raise KdataError(f"{where}: refused: unexpected pickle member {member!r} "
                                          "(torch.save writes only <root>/data.pkl)")
                 if not pickles:
                     raise KdataError(f"{where}: cannot read checkpoint (a zip file without data.pkl)")
                 for info in pickles:
+                    shown = printable(info.filename, limit=NAME_LIMIT)
                     if info.file_size > MAX_PICKLE_BYTES:
-                        raise KdataError(f"{where}: refused: {printable(info.filename)} declares "
+                        raise KdataError(f"{where}: refused: {shown} declares "
                                          f"{info.file_size >> 20} MiB, over the {MAX_PICKLE_BYTES >> 20} MiB cap")
                     with zf.open(info) as member:
-                        check_pickle(bounded(member, info.file_size), where=f"{where}: {printable(info.filename)}",
+                        check_pickle(bounded(member, info.file_size), where=f"{where}: {shown}",
                                      allowed=allowed, budget=budget)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
             raise KdataError(f"{where}: cannot read checkpoint: damaged zip archive ({type(exc).__name__}: "

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import torch
 
-from kdata.core.errors import KdataError
+from kdata.core.errors import KdataError, printable
 from kdata.models.archive_check import check_pt2_archive, check_torchscript_archive
-from kdata.models.pickle_scan import check_checkpoint_file, printable, weights_global_ok
+from kdata.models.pickle_scan import NAME_LIMIT, check_checkpoint_file, weights_global_ok
 
 # Audit events (https://docs.python.org/3/library/audit_events.html) that loading weights never needs.
 BLOCKED_EVENTS = frozenset({
@@ -66,9 +66,9 @@ def _audit(event: str, args) -> None:
         module, name = str(args[0]), str(args[1])
         if weights_global_ok(module, name):
             return
-        what = f"unpickle {printable(module)}.{printable(name)}"
+        what = f"unpickle {printable(module, limit=NAME_LIMIT)}.{printable(name, limit=NAME_LIMIT)}"
     elif event in BLOCKED_EVENTS:
-        what = f"{event} {printable(args[0], 60) if args else ''}".strip()
+        what = f"{event} {printable(args[0], limit=60) if args else ''}".strip()
     else:
         return
     refused.append(what)
@@ -182,9 +182,7 @@ def _guarded_probe(program, probe_shape, *, path) -> None:
     limit = float(os.environ.get("KDATA_PROBE_SECONDS") or PROBE_SECONDS)
 
     def stuck() -> None:
-        from kdata.core.errors import printable as escaped  # the whole path (pickle_scan's printable shortens)
-
-        print(f"kdata: error: {escaped(path)}: a forward pass on zeros ran over {limit:g} s (a model that "
+        print(f"kdata: error: {printable(path)}: a forward pass on zeros ran over {limit:g} s (a model that "
               "loops forever?); stopped", file=sys.stderr, flush=True)
         os._exit(2)
 

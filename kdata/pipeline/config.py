@@ -237,7 +237,7 @@ def select_config(values: dict, *, where: str = "config") -> SelectConfig:
 
 def run_options(values: dict, *, where: str = "config") -> RunOptions:
     opts = RunOptions(**check_types(RunOptions, values, where=where))
-    validate_run(opts, where=where)
+    validate_run(opts)
     from kdata.models.decode_pool import check_workers  # torch: loaded when a run is checked, not for --help
 
     opts.num_workers = check_workers(opts.num_workers)  # "2" from a command line or a config file → 2
@@ -321,7 +321,7 @@ def _validate_unused(cfg: SelectConfig, methods: list[str]) -> None:
     chain = methods
     if cfg.is_default_recipe:  # causal-LM text runs default to MiniPLM (kdata.pipeline.text), which reads it
         text = not cfg.scores and (is_text_spec(cfg.teacher) or is_text_spec(cfg.student))
-        chain = default_recipe(cfg) + (["miniplm"] if text else [])
+        chain = default_recipe() + (["miniplm"] if text else [])
     needs = {n for name in chain for n in get_method(name).needs}
     named = f"--method {','.join(chain)}" + (" (the default recipe)" if cfg.is_default_recipe else "")
     if cfg.critic_recall is not None and not cfg.critic:
@@ -340,7 +340,7 @@ def _validate_method_options(cfg: SelectConfig, methods: list[str], *, where: st
     from kdata.selection.methods import check_chain_options
     from kdata.selection.recipes import default_recipe
 
-    chain = default_recipe(cfg) if cfg.is_default_recipe else methods
+    chain = default_recipe() if cfg.is_default_recipe else methods
     check_chain_options(chain, cfg.method_options,
                         where="method_options" if where == "config" else f"{where}: method_options",
                         chain=f"{','.join(chain)}: the default recipe" if cfg.is_default_recipe else None)
@@ -360,7 +360,7 @@ def _validate_text(cfg: SelectConfig) -> None:
         raise KdataError(f"--embedder {cfg.embedder}: expected a text model spec (hf:PATH or builtin:text-*)")
 
 
-def validate_run(opts: RunOptions, *, where: str = "config") -> None:
+def validate_run(opts: RunOptions) -> None:
     if not isinstance(opts.batch_size, int) or opts.batch_size < 1:
         raise KdataError(f"--batch-size {opts.batch_size}: must be an integer ≥ 1")
     from kdata.models.decode_pool import check_workers

@@ -35,11 +35,12 @@ def teacher_perplexity(*, eval_spec: str = EVAL, spec: str = TEACHER, max_length
     """The perplexity of a text model on an evaluation set (the mark the students aim at)."""
     from kdata.models.hf import load_text_model
     from kdata.training.text_data import eval_texts
-    from kdata.training.text_losses import encode, perplexity
+    from kdata.models.text_tokens import encode_texts
+    from kdata.training.text_losses import perplexity
 
     model = load_text_model(spec, device="cpu", precision="fp32")
     texts, _ = eval_texts(eval_spec)
-    seqs = encode(model.tokenizer, texts, max_length=min(max_length, model.max_length))
+    seqs = encode_texts(model.tokenizer, texts, max_length=min(max_length, model.max_length))
     return perplexity(model.model, seqs, pad_id=model.pad_id)
 
 

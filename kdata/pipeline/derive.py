@@ -22,7 +22,8 @@ from kdata.core.jsonable import config_hash as hash_config
 from kdata.dataset.decisions import CARRIED, build_decisions
 from kdata.dataset.schema import KEPT, REJECTED
 from kdata.dataset.shard_rows import ShardColumn, ShardRows, non_null_rows
-from kdata.dataset.writer import MANIFEST, manifest_model, read_manifest, read_shards, require_intact, shard_paths
+from kdata.dataset.manifest import curated_manifest
+from kdata.dataset.writer import manifest_model, read_shards, require_intact, shard_paths
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import file_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
@@ -91,14 +92,8 @@ def check_paths(shards: str, out: str) -> dict:
     nor inside it (its files are the dataset's, listed in its manifest, as ``kdata train`` refuses to save
     a student there): one line otherwise, before any work (callers check before taking OUT's lock, whose
     file lands beside OUT)."""
-    src = Path(shards)
-    if not src.is_dir():
-        raise KdataError(f"{shards}: {'not a directory' if src.exists() else 'no such directory'} "
-                         "(expected a curated dataset)")
-    manifest = read_manifest(src)
-    if manifest is None:
-        raise KdataError(f"{shards}: no {MANIFEST}; expected a curated dataset written by kdata")
-    src, target = src.resolve(), Path(out).resolve()
+    manifest = curated_manifest(shards)
+    src, target = Path(shards).resolve(), Path(out).resolve()
     if target == src:
         raise KdataError(f"{out}: --out must differ from the dataset directory")
     if target.is_relative_to(src):

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
+from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.schema import KEPT
 from kdata.models.spec import Model, load_model
 from kdata.pipeline.config import SelectConfig
@@ -93,7 +94,7 @@ def default_out(shards: str | Path, *, request: str | None = None) -> Path:
     killed before its student was saved (``resumes``: the same command run again goes on there; another
     command leaves it alone). ``DIR/data`` counts as DIR."""
     p = Path(shards).resolve()
-    if p.name == "data" and (p.parent / "manifest.json").is_file():
+    if p.name == "data" and (p.parent / MANIFEST).is_file():
         p = p.parent
     base = p.parent / f"{p.name}-student"
     out, n = base, 1
@@ -127,13 +128,13 @@ def student_dir(shards: str, out: str | None, *, overwrite: bool = False, reques
 
 def train_student(*, shards, student: str, eval: str | None, config: TrainConfig, test: str | None = None,
                   out: str | None = None,
-                  pool: str | None = None, teacher: str | None = None, quiet: bool = True, progress=None,
+                  pool: str | None = None, teacher: str | None = None, progress=None,
                   verify: bool = True, overwrite: bool = False) -> dict:
     """``kdata train``: distil ``student`` on ``shards``; with ``config.reselect_every``, re-select from ``pool``.
 
     The student is always saved: to ``out``, or to ``default_out(shards)`` beside the dataset
     (``log["out"]``, with ``log["out_default"]`` true). ``progress(stage, done, total)`` follows the
-    epochs (``quiet`` is kept for older callers; it does nothing). ``verify=False`` skips checking
+    epochs. ``verify=False`` skips checking
     ``shards`` against its manifest first (``--no-verify``). A student already in ``out`` is refused
     unless ``overwrite``; OUT is locked for the run, so a second ``kdata train`` into it fails at once.
     A run killed mid-training goes on from its last finished epoch when run again (``run_train``).

@@ -35,6 +35,7 @@ from kdata.core.errors import KdataError, printable
 from kdata.core.jsonable import differences
 from kdata.core.lock import exclusive
 from kdata.core.warn import warn
+from kdata.dataset.manifest import MANIFEST
 from kdata.pipeline.config import RunOptions, SelectConfig
 from kdata.pipeline.generate import GenerateConfig, prompts_checksum, read_prompts
 from kdata.pipeline.generate_run import critic_student, run_generate, same_spec, spec_checksum, target_critic
@@ -66,12 +67,13 @@ def held_out_perplexity(spec: str, eval_spec: str, cfg) -> tuple[float, int]:
     from kdata.models.base import pick_device
     from kdata.models.hf import load_text_model
     from kdata.training.text_data import eval_texts
-    from kdata.training.text_losses import encode, perplexity
+    from kdata.models.text_tokens import encode_texts
+    from kdata.training.text_losses import perplexity
 
     dev = pick_device(cfg.device)
     model = load_text_model(spec, device=dev, precision="fp32")
     texts, _ = eval_texts(eval_spec)
-    seqs = encode(model.tokenizer, texts, max_length=min(cfg.max_length, model.max_length))
+    seqs = encode_texts(model.tokenizer, texts, max_length=min(cfg.max_length, model.max_length))
     with one_thread() if dev.type == "cpu" else nullcontext():
         return perplexity(model.model, seqs, pad_id=model.pad_id), len(texts)
 
@@ -147,7 +149,7 @@ def distill(curated: Path, *, student: str, out: Path, device: str, train_config
 def _dataset_hash(curated: Path) -> str | None:
     """The curated dataset's identity: its manifest's config hash and shard checksums."""
     try:
-        m = json.loads((Path(curated) / "manifest.json").read_text())
+        m = json.loads((Path(curated) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
     return json.dumps([m.get("config_hash"), [f.get("sha256") for f in m.get("files", [])]])
@@ -210,7 +212,7 @@ def _step(out: Path, record: dict, name: str, run):
     if done is not None:
         return done
     report = run()
-    record["steps"][name] = json.loads((out / name / "manifest.json").read_text())["config_hash"]
+    record["steps"][name] = json.loads((out / name / MANIFEST).read_text())["config_hash"]
     write_json(out / ROUNDS_FILE, record)
     return report
 

@@ -45,7 +45,7 @@ class Prepared:
 
 def resolve_methods(cfg: SelectConfig) -> list[str]:
     """The method chain: the default recipe's when ``--method`` is left at ``default``."""
-    return default_recipe(cfg) if cfg.is_default_recipe else parse_methods(cfg.method)
+    return default_recipe() if cfg.is_default_recipe else parse_methods(cfg.method)
 
 
 def resolve_balance(cfg: SelectConfig) -> str | None:

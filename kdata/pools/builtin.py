@@ -35,8 +35,10 @@ import pyarrow as pa
 from PIL import Image, ImageFilter
 
 from kdata.core.errors import KdataError
+from kdata.core.paths import cache_dir
 from kdata.dataset.schema import POOL_SCHEMA
 from kdata.pools import builtin_text  # noqa: F401  (registers builtin:text-web and builtin:text-test)
+from kdata.pools.materialise import materialise as materialise_shards
 
 SIZE = 32
 CLASS_NAMES = [str(i) for i in range(10)]
@@ -46,6 +48,11 @@ N_TRAIN, N_STUDENT, N_TEST = 700, 150, 400
 N_SHIFT, N_JUNK, N_NEAR, N_EXACT = 350, 200, 150, 60
 LABEL_NOISE = 0.25
 SOURCES = ("site-a", "site-b", "site-c")
+POOLS = ("digits-web", "digits-test")
+DESCRIPTIONS = {
+    "digits-web": "scikit-learn digits shaped like web data: clean, label noise, shift, junk, duplicates",
+    "digits-test": "400 clean held-out scikit-learn digits",
+}
 
 
 def sklearn_data_file(*parts: str) -> Path:
@@ -245,3 +252,10 @@ def digits_test() -> pa.Table:
         "parent_id": pa.nulls(n, pa.string()),
         "kind": ["original"] * n,
     }).cast(POOL_SCHEMA)
+
+
+def materialise(name: str, *, seed: int = 0, n_units: int = 4) -> Path:
+    """Write a built-in digits pool once as Parquet shards in the cache (keyed by ``POOL_VERSION``)."""
+    build = (lambda: digits_web(seed=seed)) if name == "digits-web" else digits_test
+    return materialise_shards(cache_dir("pools", f"{POOL_VERSION}-{name}-seed{seed}"), build,
+                              n_units=n_units if name == "digits-web" else 1)

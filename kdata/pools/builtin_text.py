@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from kdata.core.atomic import read_parquet, sha256_file, write_parquet
-from kdata.core.lock import exclusive
+from kdata.core.atomic import read_parquet, sha256_file
 from kdata.core.paths import cache_dir
 from kdata.dataset.schema import POOL_SCHEMA
 from kdata.pools.base import Pool, PoolUnit, register_reader
+from kdata.pools.materialise import materialise as materialise_shards
 from kdata.pools.stdlib_text import (
     DOMAIN_NAMES,
     code_snippets,
@@ -211,20 +211,9 @@ def version_tag() -> str:
 
 def materialise(name: str, *, seed: int = 0, n_units: int = 4) -> Path:
     """Write a built-in text pool once as Parquet shards in the cache (keyed by ``version_tag``)."""
-    root = cache_dir("pools", f"{version_tag()}-{name}-seed{seed}")
-    done = root / "_SUCCESS"
-    if done.exists():
-        return root
-    with exclusive(root, wait=True):  # a second process waits and reuses the first one's files
-        if done.exists():
-            return root
-        table = text_web(seed=seed) if name == "text-web" else text_test()
-        n_units = n_units if name == "text-web" else 1
-        step = -(-table.num_rows // n_units)
-        for i in range(n_units):
-            write_parquet(root / f"part-{i:05d}.parquet", table.slice(i * step, step), row_group_size=512)
-        done.write_text("ok\n")
-    return root
+    build = (lambda: text_web(seed=seed)) if name == "text-web" else text_test
+    return materialise_shards(cache_dir("pools", f"{version_tag()}-{name}-seed{seed}"), build,
+                              n_units=n_units if name == "text-web" else 1)
 
 
 def _unit(path: Path, *, name: str) -> PoolUnit:

@@ -16,7 +16,6 @@ file or tar member over the cap does.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import time
@@ -24,10 +23,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from kdata.core.atomic import write_parquet
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
-from kdata.core.paths import cache_dir
+from kdata.dataset.manifest import MANIFEST
 from kdata.pools import readers as _readers  # noqa: F401  (image folders register themselves)
 from kdata.pools import tar as _tar  # noqa: F401  (WebDataset tar shards)
 from kdata.pools import text as _text  # noqa: F401  (JSONL, saved Hugging Face datasets)
@@ -127,7 +125,7 @@ def dataset_shards(p: Path) -> list[Path] | None:
     import json
 
     try:
-        files = json.loads((p / "manifest.json").read_text()).get("files")
+        files = json.loads((p / MANIFEST).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
         return None
     if not isinstance(files, list) or not files:
@@ -141,58 +139,29 @@ def dataset_shards(p: Path) -> list[Path] | None:
 # ------------------------------------------------------------------------------------------------
 # Built-in pools: materialised once as Parquet shards in the cache, then read like any Parquet pool.
 
-BUILTIN_POOLS = ("digits-web", "digits-test")
-
-
-def _materialise_builtin(name: str, *, seed: int = 0, n_units: int = 4) -> Path:
-    from kdata.pools import builtin
-
-    root = cache_dir("pools", f"{builtin.POOL_VERSION}-{name}-seed{seed}")
-    done = root / "_SUCCESS"
-    if done.exists():
-        return root
-    table = builtin.digits_web(seed=seed) if name == "digits-web" else builtin.digits_test()
-    n_units = n_units if name == "digits-web" else 1
-    step = -(-table.num_rows // n_units)
-    for i in range(n_units):
-        write_parquet(root / f"part-{i:05d}.parquet", table.slice(i * step, step), row_group_size=512)
-    done.write_text("ok\n")
-    return root
-
-
 @register_reader(lambda s: s.startswith("builtin:"))
 def open_builtin(spec: str) -> Pool:
+    """``builtin:digits-web`` / ``builtin:digits-test`` (materialised once in the cache by
+    ``kdata.pools.builtin.materialise``), or a built-in pool another module registers."""
+    from kdata.pools import builtin  # its imports register further built-in readers (builtin:text-*)
+
     name = spec.split(":", 1)[1]
-    if name not in BUILTIN_POOLS:
+    if name not in builtin.POOLS:
         other = _other_builtin(spec)
         if other is not None:
             return other
         raise KdataError(f"unknown built-in pool '{spec}' (builtin:digits-web, builtin:digits-test)")
-    from kdata.pools import builtin
-
-    root = _materialise_builtin(name)
-    pool = open_parquet(str(root))
+    pool = open_parquet(str(builtin.materialise(name)))
     pool.spec = spec
     pool.class_names = list(builtin.CLASS_NAMES)
-    pool.description = ("scikit-learn digits shaped like web data: clean, label noise, shift, junk, duplicates"
-                        if name == "digits-web" else "400 clean held-out scikit-learn digits")
+    pool.description = builtin.DESCRIPTIONS[name]
     return pool
 
 
 def _other_builtin(spec: str) -> Pool | None:
     """A built-in pool that another module registers when ``kdata.pools.builtin`` is imported
     (``builtin:text-*``), or None."""
-    from kdata.pools import builtin  # noqa: F401  (its imports register further built-in readers)
-
     for claims, fn in readers():
         if fn is not open_builtin and claims(spec):
             return fn(spec)
     return None
-
-
-def fingerprint_of(strings: list[str]) -> str:
-    h = hashlib.sha256()
-    for s in strings:
-        h.update(s.encode())
-        h.update(b"\0")
-    return "sha256:" + h.hexdigest()

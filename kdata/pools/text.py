@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
+from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.schema import READ_ERROR
 from kdata.pools.base import DEFAULT_LIMITS, Pool, PoolLimits, PoolUnit, register_reader
 from kdata.pools.class_labels import class_label_names, class_label_strings
@@ -288,7 +289,7 @@ def _is_text_pool(spec: str) -> bool:
     if _is_hf_dataset(p):
         return True
     files = _visible_files(p)
-    if (p / "manifest.json").is_file() and any(f.suffix == ".parquet" for f in files):
+    if (p / MANIFEST).is_file() and any(f.suffix == ".parquet" for f in files):
         return False  # a kdata dataset directory: the Parquet reader reads the shards its manifest lists
     return any(_JSONL_LIKE.search(f.name) for f in files)
 

@@ -148,15 +148,11 @@ def regenerate(out: str | Path, *, card_dir: str | Path | None = None, license_i
     The licence (``license_id``, or one already set: ``card_license``) is recorded in the manifest and stated
     by the card."""
     from kdata.core.atomic import write_json
-    from kdata.dataset.writer import MANIFEST, read_manifest, verify
+    from kdata.dataset.manifest import MANIFEST, curated_manifest
+    from kdata.dataset.writer import verify
 
     out = Path(out)
-    if not out.is_dir():
-        raise KdataError(f"{out}: {'not a directory' if out.exists() else 'no such directory'} "
-                         "(expected a curated dataset)")
-    manifest = read_manifest(out)
-    if manifest is None:
-        raise KdataError(f"{out}: not a kdata dataset (no manifest.json)")
+    manifest = curated_manifest(out)
     problems = verify(out)
     if problems:
         raise KdataError(f"{out}: integrity check failed, not writing a card: {problems[0]}", exit_code=1)

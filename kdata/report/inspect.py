@@ -17,7 +17,8 @@ from kdata.core.atomic import sha256_file
 from kdata.dataset.schema import KEPT, QUARANTINED, REJECTED, SCORE_PREFIX
 from kdata.core.errors import KdataError
 from kdata.dataset.integrity import inside, read_decisions
-from kdata.dataset.writer import read_manifest, shard_paths, verify
+from kdata.dataset.manifest import curated_manifest
+from kdata.dataset.writer import shard_paths, verify
 # class balance and the generated (HARD) rows live beside the card's table; summaries here use them
 from kdata.report.card_balance import MAX_BALANCE_ROWS, balance_highlights, class_balance, generated_rows
 from kdata.report.card_payloads import ShardFiles
@@ -94,13 +95,10 @@ class Run:
 def load_run(out: str | Path, *, manifest: dict | None = None) -> Run:
     """Read OUT back. Unreadable shards are reported in ``shard_error`` instead of raising."""
     out = Path(out)
-    if not out.is_dir():
-        raise KdataError(f"{out}: {'not a directory' if out.exists() else 'no such directory'} "
-                         "(expected a curated dataset)")
     if manifest is None:
-        manifest = read_manifest(out)
-        if manifest is None:
-            raise KdataError(f"{out}: not a kdata dataset (no manifest.json)")
+        manifest = curated_manifest(out)
+    elif not out.is_dir():
+        curated_manifest(out)  # the one line for a missing directory or a file
     decisions = read_decisions(out, manifest)
     shards, shard_files, err = None, None, None
     files = manifest.get("files")

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kdata.core.arrow_lists import ListColumnError, list_matrix
 from kdata.core.errors import KdataError
 
 PASSTHROUGH = {"domain": pa.string(), "teacher_loss": pa.float32(), "student_loss": pa.float32(),
@@ -37,32 +38,28 @@ def check_list_column(table: pa.Table, name: str, *, where: str, width: int | No
     vt = t.value_type
     if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
         fail_at(where, name, None, None, f"expected numbers in the lists, got {vt}")
-    if col.null_count:
-        fail_at(where, name, offset + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]), ids,
-              "null list")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if len(lengths):
-        w = int(lengths[0]) if width is None else width
-        bad = np.flatnonzero(lengths != w)
-        if len(bad):
-            r = int(bad[0])
-            if width_of is None:
-                fail_at(where, name, offset + r, ids, f"ragged lists: {lengths[r]} values, but row 0 has {w}")
-            fail_at(where, name, offset + r, ids, f"mismatched class counts: {lengths[r]} values, but {width_of} has {w}")
-        if w == 0:
-            fail_at(where, name, offset, ids, "empty list")
-    flat = pc.list_flatten(col)
-    if flat.null_count:
-        i = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
-        fail_at(where, name, offset + i // max(int(lengths[0]), 1), ids, "null value inside the list")
-    values = flat.to_numpy(zero_copy_only=False)
-    values = values.astype(np.int64 if integer else np.float32, copy=False)
+    problem = None
+    try:
+        values = list_matrix(col, name, where=where, dtype=np.int64 if integer else np.float32, width=width)
+    except ListColumnError as e:
+        problem = e
+    if problem is not None:
+        row = offset + problem.row
+        if problem.problem == "null":
+            fail_at(where, name, row, ids, "null list")
+        if problem.problem == "null value":
+            fail_at(where, name, row, ids, "null value inside the list")
+        fail_at(where, name, row, ids, f"ragged lists: {problem.length} values, but row 0 has {problem.width}"
+                if width_of is None else
+                f"mismatched class counts: {problem.length} values, but {width_of} has {problem.width}")
+    if values.size == 0 and len(values):
+        fail_at(where, name, offset, ids, "empty list")
     if not integer:
         bad = ~np.isfinite(values)
         if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            fail_at(where, name, offset + i // int(lengths[0]), ids, f"non-finite value {values[i]} (NaN/inf)")
-    return values.reshape(len(col), int(lengths[0]) if len(col) else 0)
+            r, c = np.argwhere(bad)[0]
+            fail_at(where, name, offset + int(r), ids, f"non-finite value {values[r, c]} (NaN/inf)")
+    return values
 
 
 def label_column(table: pa.Table, *, where: str, ids: pa.Array, num_classes: int | None) -> np.ndarray:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -124,9 +125,15 @@ def eval_mode(*models: Model):
             sub.training = training
 
 
-def label_indices(labels: pa.Array, class_names: list[str]) -> np.ndarray:
-    lookup = {name: i for i, name in enumerate(class_names)}
-    return np.array([lookup.get(v, -1) if v is not None else -1 for v in labels.to_pylist()], dtype=np.int32)
+def label_indices(labels: pa.Array | pa.ChunkedArray, class_names: list[str]) -> np.ndarray:
+    """The index of each web label in ``class_names`` (int32; −1 for a null label, one not among the
+    classes, or a label column that holds no strings)."""
+    if pa.types.is_dictionary(labels.type):
+        labels = labels.cast(labels.type.value_type)
+    if not (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):
+        return np.full(len(labels), -1, dtype=np.int32)
+    idx = pc.index_in(labels, value_set=pa.array([str(n) for n in class_names], labels.type))
+    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 def score_columns(chunks: dict[str, list[np.ndarray]]) -> dict[str, pa.Array]:

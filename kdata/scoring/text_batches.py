@@ -90,9 +90,11 @@ def length_batches(lengths: np.ndarray, *, batch_size: int, tokens: int) -> list
     return batches
 
 
-def pad(ids: list[list[int]], *, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask) of a batch, padded to its longest row."""
-    width = max((len(x) for x in ids), default=0)
+def pad(ids: list[list[int]], *, pad_id: int, device: torch.device, min_width: int = 0
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask) of a batch, padded to its longest row (at least ``min_width``
+    wide: the trainer's batches keep one position even when every text tokenises to nothing)."""
+    width = max(min_width, max((len(x) for x in ids), default=0))
     out = np.full((len(ids), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(ids), width), dtype=np.int64)
     for i, x in enumerate(ids):

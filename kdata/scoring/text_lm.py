@@ -20,12 +20,9 @@ from kdata.scoring.text_batches import length_batches, pad, token_budget, tokeni
 from kdata.scoring.text_stats import lm_logprobs, nll_sums, ragged, teacher_batch
 
 _f32, _i32, _f16 = pa.float32(), pa.int32(), pa.float16()
-SEQUENCE_COLUMNS = ("teacher_nll", "student_nll", "teacher_nll_sum", "student_nll_sum", "teacher_entropy", "kl_ts")
-REFERENCE_COLUMNS = ("reference_nll", "reference_nll_sum")
 LM_COLUMNS = TEXT_LM_COLUMNS  # every column a causal-LM scores table (and its shards) may carry
 LM_SCHEMA = pa.schema([pa.field("sample_id", pa.string()), pa.field("label_idx", _i32),
                        *[pa.field(k, v) for k, v in LM_COLUMNS.items() if not k.startswith("reference")]])
-TOKEN_COLUMNS = ("input_ids", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_mass")
 
 
 def _nll_sums(model, ids: list[list[int]], *, config, device) -> np.ndarray:

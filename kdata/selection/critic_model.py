@@ -18,7 +18,7 @@ chose the cut, recall would meet the target by construction (``metrics["estimate
 Public API: ``fit_critic``, ``check_target`` / ``check_val_frac`` (the option checks every entry point
 shares), ``Critic.score(features) -> P(accept)``, ``Critic.threshold``,
 ``Critic.accept(features) -> bool mask``, ``Critic.with_target(recall=|precision=)``,
-``Critic.save(dir)``, ``load_critic(dir)``, ``critic_features(view_or_table) -> (X, names)``
+``Critic.save(dir)``, ``load_critic(dir)``, ``feature_matrix(view_or_table) -> (X, names)``
 (``Critic.score`` also takes the table/view directly).
 """
 
@@ -63,26 +63,18 @@ def check_val_frac(val_frac, *, n: int | None = None, option: str = "critic val_
                              f"{n_val} validation; each side needs ≥ 2 (one per class)")
 
 
-def critic_features(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
-    """(feature matrix float64 rows × features, feature names) from a ScoreView or scores-like table."""
-    return feature_matrix(source, embedding=embedding)
-
-
-def critic_feature_names(source, *, embedding: bool | None = None) -> list[str]:
-    return feature_matrix(source, embedding=embedding)[1]
-
-
 def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray, list[str]]:
     """Feature matrix (float64, rows × features) and feature names from a ScoreView or Arrow table.
 
     Features: the disagreement statistics, ``agree``, then the ``embedding`` columns when present
     (``embedding=False`` leaves them out, ``True`` requires them).
     """
-    from kdata.selection.methods.view import ScoreView, list_column
+    from kdata.core.arrow_lists import list_matrix
+    from kdata.selection.methods.view import ScoreView
 
     table = source.table if isinstance(source, ScoreView) else source
     if not isinstance(table, pa.Table):
-        raise TypeError("critic_features needs a ScoreView or a pyarrow Table")
+        raise TypeError("feature_matrix needs a ScoreView or a pyarrow Table")
     names = table.column_names
     missing = [c for c in STAT_FEATURES if c not in names]
     if missing:
@@ -97,7 +89,7 @@ def feature_matrix(source, *, embedding: bool | None = None) -> tuple[np.ndarray
     if use_emb:
         if "embedding" not in names:
             raise KdataError("critic: it was fitted with embeddings but these scores have no 'embedding' column")
-        E = list_column(table, "embedding", dtype=np.float32).astype(np.float64)
+        E = list_matrix(table, "embedding", where="scores table", dtype=np.float32).astype(np.float64)
         X = np.concatenate([X, E], axis=1)
         feat_names += [f"embedding_{j}" for j in range(E.shape[1])]
     return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0), feat_names
@@ -173,7 +165,7 @@ class Critic:
         return X
 
     def score(self, features, *, pool=None, texts=None, device="cpu") -> np.ndarray:
-        """P(accept) per row; ``features`` is a matrix or anything ``critic_features`` accepts
+        """P(accept) per row; ``features`` is a matrix or anything ``feature_matrix`` accepts
         (``pool``/``texts``: where a text critic finds the texts)."""
         X = features if isinstance(features, np.ndarray) else \
             self.features(features, pool=pool, texts=texts, device=device)

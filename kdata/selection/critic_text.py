@@ -24,11 +24,6 @@ TEXT_STATS = ("teacher_nll", "student_nll", "teacher_entropy", "kl_ts", "n_token
 _EMBEDDERS: dict = {}
 
 
-def is_text_scores(table: pa.Table) -> bool:
-    """Whether a scores table comes from causal-LM text scoring."""
-    return "teacher_nll" in table.column_names and "teacher_conf" not in table.column_names
-
-
 def _embedder(spec: str, *, device="cpu", checksum: str | None = None):
     from kdata.models.text_embedder import load_embedder
 

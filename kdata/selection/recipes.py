@@ -33,7 +33,7 @@ DEFAULT_BALANCE = None  # used when --balance is not given: the strata already c
 DEFAULT_DEDUP = "near"  # exact + near duplicates, used when --dedup is not given and a pool is there
 
 
-def default_recipe(cfg) -> list[str]:
+def default_recipe() -> list[str]:
     """Method chain of the default recipe."""
     return list(DEFAULT_CHAIN)
 

@@ -30,6 +30,7 @@ import math
 from pathlib import Path
 
 from kdata.core.errors import KdataError
+from kdata.dataset.manifest import MANIFEST
 
 ALPHA_SMALL, ALPHA_LARGE = 0.95, 0.9
 F_SMALL, F_LARGE = 0.10, 0.50
@@ -62,8 +63,8 @@ def kept_fraction(root: Path | None) -> tuple[float | None, str]:
     of 1,457 is 400 / 1,457; an augment keeps every input row and adds generated ones, so it is its
     source's fraction)."""
     if root is None:
-        return None, "no manifest.json beside the shards"
-    path = Path(root) / "manifest.json"
+        return None, f"no {MANIFEST} beside the shards"
+    path = Path(root) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -105,7 +106,7 @@ def _sources(manifest: dict, depth: int = 16):
             return
         yield kept, n_in, src.get("path")
         try:
-            parent = json.loads((Path(str(src.get("path"))) / "manifest.json").read_text())
+            parent = json.loads((Path(str(src.get("path"))) / MANIFEST).read_text())
         except (OSError, ValueError):
             return
         if not isinstance(parent, dict) or parent.get("config_hash") != src.get("config_hash"):

@@ -33,6 +33,7 @@ import torch
 from kdata.core.atomic import atomic_path, sha256_file
 from kdata.core.version import __version__
 from kdata.core.warn import warn
+from kdata.dataset.manifest import MANIFEST
 from kdata.training.weights import cpu_state
 
 RESUME_DIR = ".resume"
@@ -54,8 +55,8 @@ def shards_fingerprint(files, root: Path | None) -> str:
     """The shards a run trains on: the sha256 of their manifest (which lists every shard's sha256) and
     each file's path, size and modification time (a file rewritten in place is another dataset)."""
     h = hashlib.sha256()
-    if root is not None and (Path(root) / "manifest.json").is_file():
-        h.update(sha256_file(Path(root) / "manifest.json").encode())
+    if root is not None and (Path(root) / MANIFEST).is_file():
+        h.update(sha256_file(Path(root) / MANIFEST).encode())
     for f in files:
         st = Path(f).stat()
         h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -209,7 +210,7 @@ def loop_state(*, net, opt, sched, schedule, gen, best, device, **loop) -> dict:
     """A training loop's state after an epoch: ``loop`` (epoch, done, history…) and every object's."""
     return {**loop, "model": cpu_state(net), "opt": opt.state_dict(), "sched": sched.state_dict(),
             "schedule": dict(vars(schedule)), "gen": gen.get_state(), "rng": rng_state(device),
-            "best": None if best is None else {"epoch": best.epoch, "accuracy": best.accuracy, "state": best.state}}
+            "best": None if best is None else {"epoch": best.epoch, "accuracy": best.value, "state": best.state}}
 
 
 def restore_loop(state: dict, *, net, opt, sched, schedule, gen, best, device) -> None:
@@ -222,4 +223,4 @@ def restore_loop(state: dict, *, net, opt, sched, schedule, gen, best, device) -
     set_rng_state(state["rng"], device)
     if best is not None and state["best"] is not None:
         saved = state["best"]
-        best.epoch, best.accuracy, best.state = saved["epoch"], saved["accuracy"], saved["state"]
+        best.epoch, best.value, best.state = saved["epoch"], saved["accuracy"], saved["state"]

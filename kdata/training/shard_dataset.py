@@ -35,12 +35,13 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from kdata.dataset.manifest import MANIFEST
 from kdata.dataset.schema import kdata_metadata, validate_shard
+from kdata.core import arrow_lists
 from kdata.core.errors import KdataError
 from kdata.models.images import decode_image
 from kdata.training.source import dataset_root, verify_source  # noqa: F401  (re-exported)
@@ -70,7 +71,7 @@ def shard_files(source: str | os.PathLike | list) -> list[Path]:
         raise KdataError(f"{p}: not found (expected a curated dataset directory or a Parquet file)")
     from kdata.dataset.writer import shard_paths
 
-    files = shard_paths(p) if (p / "manifest.json").exists() else []
+    files = shard_paths(p) if (p / MANIFEST).exists() else []
     if not files:
         files = sorted(f for f in p.rglob("*.parquet") if not f.name.startswith(".") and f.name != "decisions.parquet")
     if not files:
@@ -82,7 +83,7 @@ def shard_class_names(source) -> list[str] | None:
     """The class names the soft labels of ``source`` index: its manifest's, else its first shard's metadata."""
     root = dataset_root(source)
     try:
-        manifest = json.loads((root / "manifest.json").read_text()) if root else {}
+        manifest = json.loads((root / MANIFEST).read_text()) if root else {}
     except (OSError, ValueError):
         manifest = {}
     names = manifest.get("class_names") if isinstance(manifest, dict) else None
@@ -203,19 +204,16 @@ def check_group(g: RowGroup, *, idx, logit, prob, labels, num_classes: int | Non
 
 
 def list_matrix(table: pa.Table, name: str, dtype, g: RowGroup) -> np.ndarray:
-    """Column ``name`` of fixed-length lists as an (n, k) array; nulls or ragged lists are one line."""
-    col = table.column(name).combine_chunks()
-    values = col.flatten()
-    if col.null_count or values.null_count:
-        nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)) if col.null_count else []
-        where = f" (row {g.first + int(nulls[0])})" if len(nulls) else ""
-        raise KdataError(f"{g.path}: column '{name}' has nulls{where}: not a curated shard kdata can train on")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if (lengths != lengths[0]).any():
-        r = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise KdataError(f"{g.path}: column '{name}' holds lists of different lengths ({lengths[0]} at row "
-                         f"{g.first}, {lengths[r]} at row {g.first + r})")
-    return values.to_numpy(zero_copy_only=False).astype(dtype).reshape(len(col), int(lengths[0]))  # a writable copy
+    """Column ``name`` of fixed-length lists as an (n, k) array (a writable copy); nulls or ragged lists are
+    one line naming the shard and the row (``kdata.core.arrow_lists.list_matrix``)."""
+    try:
+        return arrow_lists.list_matrix(table, name, where=str(g.path), dtype=dtype, copy=True)
+    except arrow_lists.ListColumnError as e:
+        if e.problem == "ragged":
+            raise KdataError(f"{g.path}: column '{name}' holds lists of different lengths ({e.width} at row "
+                             f"{g.first}, {e.length} at row {g.first + e.row})") from None
+        raise KdataError(f"{g.path}: column '{name}' has nulls (row {g.first + e.row}): not a curated shard "
+                         "kdata can train on") from None
 
 
 class ShardDataset(IterableDataset):

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from kdata.core.errors import KdataError
+from kdata.dataset.manifest import MANIFEST
 
 _VERIFIED: dict[Path, tuple] = {}  # dataset root -> what its files were when it was found intact
 
@@ -33,7 +34,7 @@ def dataset_root(source) -> Path | None:
         p = p.parent
     if p.name == "data":  # OUT/data or a shard inside it
         cands.append(p.parent)
-    return next((c for c in cands if (c / "manifest.json").is_file()), None)
+    return next((c for c in cands if (c / MANIFEST).is_file()), None)
 
 
 def _state(root: Path) -> tuple:
@@ -80,5 +81,5 @@ def check_manifest(source) -> None:
         raise KdataError(f"{problems[0]}; kdata inspect {root} lists every problem")
     for f in (manifest or {}).get("files") or []:  # a list of objects: manifest_shape checked it
         if inside(root, f.get("path")) is None:
-            raise KdataError(f"{root / 'manifest.json'}: shard path {f.get('path')!r} points outside the dataset "
+            raise KdataError(f"{root / MANIFEST}: shard path {f.get('path')!r} points outside the dataset "
                              f"(or is no path); kdata inspect {root} lists every problem")

@@ -36,19 +36,16 @@ from kdata.core.warn import warn
 from kdata.models.base import pick_device
 from kdata.models.builtin_text import lr_at
 from kdata.models.hf import load_text_model
+from kdata.models.text_tokens import encode_texts
+from kdata.scoring.text_batches import pad
 from kdata.training.checkpoint import (Checkpoints, cpu_state, kept_rng, rng_state, seeded_rng, set_rng_state,
                                        shards_fingerprint, weights_checksum)
 from kdata.training.config import TextTrainConfig, text_lr  # noqa: F401  (TextTrainConfig re-exported)
 from kdata.training.losses import kd_loss, soft_targets
 from kdata.training.shard_dataset import dataset_root, verify_source
 from kdata.training.text_data import TextShards, eval_texts, shard_kind
-from kdata.training.text_losses import (
-    accuracy,
-    encode,
-    lm_distill_loss,
-    pad,
-    perplexity,
-)
+from kdata.training.text_losses import accuracy, lm_distill_loss, perplexity
+from kdata.training.weights import Best
 
 DEFAULT_EVAL = "builtin:text-test"
 
@@ -78,25 +75,6 @@ def save_student(model, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class BestWeights:
-    """The best weights seen on the eval set (the starting weights count), kept in memory."""
-
-    def __init__(self, module: torch.nn.Module, start: float, *, lower_is_better: bool):
-        self.module, self.lower = module, lower_is_better
-        self.value, self.epoch, self.history = start, 0, []
-        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    def offer(self, value: float, *, epoch: int) -> None:
-        self.history.append((epoch, value))
-        if (value < self.value) if self.lower else (value > self.value):
-            self.value, self.epoch = value, epoch
-            self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-
-    def restore(self) -> float:
-        self.module.load_state_dict(self.state)
-        return self.value
-
-
 def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
     """Refuse a student whose tokenizer is not the teacher's that wrote the shards: every stored token
     id must be in its vocabulary, and the first rows' ``text`` must tokenise to their ``input_ids``."""
@@ -113,7 +91,7 @@ def check_tokenizer(shards: TextShards, student, *, rows: int = 8) -> None:
         raise KdataError(f"{g.path}: token ids beyond the student's vocabulary ({vocab}): the shards were "
                          "scored with another tokenizer; give a student that shares the teacher's tokenizer")
     if "text" in cols:
-        mine = encode(student.tokenizer, table.column("text").to_pylist(), max_length=10**9)
+        mine = encode_texts(student.tokenizer, table.column("text").to_pylist(), max_length=10**9)
         if any(m[:len(s)] != s for m, s in zip(mine, ids)):
             raise KdataError(f"{g.path}: the student's tokenizer splits the text differently from the teacher's "
                              "that wrote the shards; token-level distillation needs the same tokenizer")
@@ -126,7 +104,7 @@ def _logit_width(model) -> int | None:
     return int(weight.shape[0]) if weight is not None else None
 
 
-def check_classes(shards: TextShards, student, spec: str, where) -> None:
+def check_classes(shards: TextShards, student, spec: str, *, where) -> None:
     """Refuse a classifier student whose class names (``id2label`` in id order) are not the shards'
     ``class_names`` in the same order: the stored top-k class indices and web labels index the
     shards' classes and are used as the student's logit indices. A student that names no classes
@@ -154,7 +132,7 @@ def _eval_set(spec: str | None, student, kind: str, cfg: TextTrainConfig) -> dic
         return None
     texts, labels = eval_texts(spec)
     if kind == "causal_lm":
-        return {"spec": spec, "n": len(texts), "seqs": encode(student.tokenizer, texts, max_length=cfg.max_length)}
+        return {"spec": spec, "n": len(texts), "seqs": encode_texts(student.tokenizer, texts, max_length=cfg.max_length)}
     index = {n: i for i, n in enumerate(student.class_names)}
     keep = [(t, index[y]) for t, y in zip(texts, labels) if y in index]
     if not keep:
@@ -175,8 +153,8 @@ def _step_loss(student, batch: dict, kind: str, cfg: TextTrainConfig, device, *,
         logits = student.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, kl, ce = lm_distill_loss(logits, batch, alpha=cfg.alpha)
         return loss, {"kl": kl, "ce": ce}
-    ids, mask = pad(encode(student.tokenizer, batch["text"], max_length=cfg.max_length), pad_id=student.pad_id,
-                    device=device)
+    ids, mask = pad(encode_texts(student.tokenizer, batch["text"], max_length=cfg.max_length), pad_id=student.pad_id,
+                    device=device, min_width=1)
     logits = student.model(input_ids=ids, attention_mask=mask).logits.float()
     target = soft_targets(batch["topk_idx"].to(device), batch["topk_logit"].to(device), batch["topk_prob"].to(device),
                           num_classes=logits.shape[1], temperature=cfg.temperature,
@@ -240,6 +218,20 @@ def text_shard_kind(shards) -> str:
     return kind
 
 
+def student_shards(shards, model, *, kind: str, spec: str, **options) -> TextShards:
+    """``shards`` as ``TextShards`` for the student ``model`` (``options``: batch size, seed…), once the
+    student fits them — what ``kdata train`` checks before training, and the distill flow before its
+    run: its kind matches the shards' soft labels, then ``check_tokenizer`` (causal LM: the tokenizer of
+    the teacher that wrote the shards) or ``check_classes`` (classifier: the shards' classes, in order)."""
+    check_student_kind(model, kind, spec)
+    data = TextShards(shards, kind=kind, pad_id=model.pad_id, **options)
+    if kind == "causal_lm":
+        check_tokenizer(data, model)
+    else:
+        check_classes(data, model, spec, where=shards)
+    return data
+
+
 def check_student_kind(model, kind: str, student: str) -> None:
     """A causal-LM student for causal-LM shards, a classifier for classifier shards; else one line."""
     want = "causal_lm" if kind == "causal_lm" else "classifier"
@@ -277,15 +269,10 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
     with seeded_rng(cfg.seed, device):  # seeded for this run; the caller's torch RNG is restored after
         with kept_rng(device):  # a built-in student built on first use seeds torch itself: not the run's stream
             model = load_text_model(student, device=device, precision="fp32", trust_remote_code=trust_remote_code)
-        check_student_kind(model, kind, student)
         lr, lr_reason = text_lr(cfg.lr, student)
         cfg = replace(cfg, max_length=min(cfg.max_length, model.max_length), lr=lr)  # the student's position limit
-        data = TextShards(shards, kind=kind, batch_size=cfg.batch_size, pad_id=model.pad_id, seed=cfg.seed,
-                          max_length=cfg.max_length, vocab=_logit_width(model) if kind == "causal_lm" else None)
-        if kind == "causal_lm":
-            check_tokenizer(data, model)
-        else:
-            check_classes(data, model, student, shards)
+        data = student_shards(shards, model, kind=kind, spec=student, batch_size=cfg.batch_size, seed=cfg.seed,
+                              max_length=cfg.max_length, vocab=_logit_width(model) if kind == "causal_lm" else None)
         if not len(data):
             raise KdataError(f"{shards}: no rows to train on")
         ev = _eval_set(eval, model, kind, cfg)
@@ -296,11 +283,12 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
                                   "eval": ev and [ev["spec"], ev["n"]]}, device)
         with one_thread() if device.type == "cpu" else nullcontext():
             before = state["before"] if state else _measure(model, kind, ev, cfg)
-            best = (BestWeights(model.model, before, lower_is_better=kind == "causal_lm")
+            best = (Best(model.model, before, lower_is_better=kind == "causal_lm")
                     if cfg.keep_best and ev else None)
             if best is not None and state:
                 vars(best).update(state["best"])
-            on_epoch = (lambda e: best.offer(_measure(model, kind, ev, cfg), epoch=e)) if best else None
+            on_epoch = ((lambda e: best.offer(model.model, epoch=e, value=_measure(model, kind, ev, cfg)))
+                        if best else None)
 
             def extra() -> dict:  # what else the state after an epoch holds
                 return {"before": before, "best": best and {"value": best.value, "epoch": best.epoch,
@@ -310,7 +298,7 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
                             resume=(checkpoints, state, extra))
             last = after = _measure(model, kind, ev, cfg) if best is None else best.history[-1][1]
             if best is not None:
-                after = best.restore()
+                after = best.restore(model.model)
                 run["kept_epoch"], run["per_epoch"] = best.epoch, [{"epoch": e, "metric": m} for e, m in best.history]
             tested = _measure(model, kind, tv, cfg) if tv else None  # the saved weights, on a set that chose nothing
     save_student(model, out)

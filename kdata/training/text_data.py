@@ -12,13 +12,13 @@ generator and the rows within each group.
 from __future__ import annotations
 
 import os
-from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from kdata.core.arrow_lists import list_matrix
 from kdata.core.errors import KdataError
 from kdata.core.warn import warn
 from kdata.dataset.schema import kdata_metadata
@@ -217,31 +217,31 @@ def lm_batch(table: pa.Table, *, pad_id: int, max_length: int | None = None) -> 
             "rest_mass": torch.from_numpy(rest), "valid": torch.from_numpy(valid)}
 
 
-def _values_or_none(table: pa.Table, name: str) -> list:
-    """A column as Python values; all None where the shards lack it (e.g. no stored logits)."""
-    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
-
-
 def classifier_batch(table: pa.Table, *, score_temperature: float = 1.0) -> dict:
     """Texts, the teacher's top-k class indices, logits and probabilities (B, k), the web label index
     (−1 unknown). Without stored logits the log-probabilities scaled by the scoring temperature stand
-    in (T_s · log p differs from the raw logits by a constant), as for image shards."""
-    col = partial(_values_or_none, table)
-    prob = torch.tensor(col("teacher_topk_prob"), dtype=torch.float32)
-    logits = col("teacher_topk_logit")
-    if all(x is not None for x in logits):
-        logit = torch.tensor(logits, dtype=torch.float32)
+    in (T_s · log p differs from the raw logits by a constant), as for image shards. Built from the
+    Arrow lists' flat values (no per-row Python lists); the rows are ones ``check_classifier_group`` passed."""
+    names, n = table.column_names, table.num_rows
+
+    def matrix(name: str, dtype) -> torch.Tensor:
+        return torch.from_numpy(list_matrix(table, name, where="text classifier shards", dtype=dtype, copy=True))
+
+    prob = matrix("teacher_topk_prob", np.float32)
+    if "teacher_topk_logit" in names and table.column("teacher_topk_logit").null_count == 0:
+        logit = matrix("teacher_topk_logit", np.float32)
     else:
         logit = prob.clamp_min(1e-12).log()
         if score_temperature != 1.0:
             logit = logit * score_temperature
-    return {"text": [t or "" for t in col("text")],
-            "topk_idx": torch.tensor(col("teacher_topk_idx"), dtype=torch.long),
-            "topk_prob": prob, "topk_logit": logit,
-            "labels": torch.tensor([-1 if x is None else x for x in col("label_idx")], dtype=torch.long)}
+    labels = (table.column("label_idx").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+              if "label_idx" in names else np.full(n, -1, dtype=np.int64))
+    return {"text": [t or "" for t in table.column("text").to_pylist()] if "text" in names else [""] * n,
+            "topk_idx": matrix("teacher_topk_idx", np.int64),
+            "topk_prob": prob, "topk_logit": logit, "labels": torch.from_numpy(labels)}
 
 
-def eval_texts(spec: str, *, labelled: bool = False, max_rows: int = 100_000) -> tuple[list[str], list[str | None]]:
+def eval_texts(spec: str, *, max_rows: int = 100_000) -> tuple[list[str], list[str | None]]:
     """Texts (and labels) of an evaluation set: a pool spec (``builtin:text-test``, Parquet, JSONL…)
     read through ``open_pool``; rows without text are skipped, and their number said in a note (``kdata.core.warn``)."""
     from kdata.pools.spec import open_pool

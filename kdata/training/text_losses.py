@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from kdata.core.errors import KdataError
 from kdata.models.text_tokens import encode_texts
+from kdata.scoring.text_batches import pad
 
 
 def bucket_kl(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -56,22 +57,6 @@ def lm_distill_loss(logits: torch.Tensor, batch: dict, *, alpha: float) -> tuple
     return alpha * kl + (1 - alpha) * ce, kl.item(), ce.item()
 
 
-def encode(tokenizer, texts: list[str], *, max_length: int) -> list[list[int]]:
-    """Token ids of each text, truncated to ``max_length``, tokenised exactly as scoring does (special
-    tokens as the tokenizer adds them by default: ``kdata.models.text_tokens.encode_texts``)."""
-    return encode_texts(tokenizer, texts, max_length=max_length)
-
-
-def pad(seqs: list[list[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def perplexity(model, seqs: list[list[int]], *, pad_id: int, batch_size: int = 32) -> float:
     """exp(total next-token NLL / tokens predicted) over ``seqs`` (token ids), sorted by length so
     batches pad little; the same number whatever the batch size."""
@@ -85,7 +70,7 @@ def perplexity(model, seqs: list[list[int]], *, pad_id: int, batch_size: int = 3
             chunk = [seqs[j] for j in order[i:i + batch_size] if len(seqs[j]) > 1]
             if not chunk:
                 continue
-            ids, mask = pad(chunk, pad_id=pad_id, device=device)
+            ids, mask = pad(chunk, pad_id=pad_id, device=device, min_width=1)
             logits = model(input_ids=ids, attention_mask=mask).logits
             ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                  reduction="none").view(ids.shape[0], -1)
@@ -108,8 +93,8 @@ def accuracy(model, tokenizer, texts: list[str], labels: list[int], *, max_lengt
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            ids, mask = pad(encode(tokenizer, texts[i:i + batch_size], max_length=max_length) or [[pad_id]],
-                            pad_id=pad_id, device=device)
+            ids, mask = pad(encode_texts(tokenizer, texts[i:i + batch_size], max_length=max_length) or [[pad_id]],
+                            pad_id=pad_id, device=device, min_width=1)
             pred = model(input_ids=ids, attention_mask=mask).logits.float().argmax(-1).cpu()
             correct += int((pred == torch.tensor(labels[i:i + batch_size])).sum())
     model.train(was)

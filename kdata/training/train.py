@@ -259,7 +259,7 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
         if eval_set is not None and (every or last_one):
             entry["accuracy"] = eval_set.accuracy(student, device=device)
             if best is not None:
-                best.offer(net, epoch=epoch, accuracy=entry["accuracy"])
+                best.offer(net, epoch=epoch, value=entry["accuracy"])
         epochs_log.append(entry)
         if checkpoints is not None:
             checkpoints.save(loop_state(epoch=epoch, done=done, history=epochs_log, reselections=reselections,
@@ -268,7 +268,7 @@ def _train(student: Model, shards, *, config: TrainConfig, eval_set: EvalSet | N
     if loader is not None:
         loader.close()
     last = epochs_log[-1].get("accuracy")
-    kept = (best.restore(net, epochs=epoch, accuracy_last=last, where=eval_set.spec) if best is not None
+    kept = (best.kept(net, epochs=epoch, accuracy_last=last, where=eval_set.spec) if best is not None
             else {"epoch": epoch, "accuracy": last, "note": None})
     net.eval()
     return {**training_log(config, kept=kept, before=acc_before, last=last, history=epochs_log, done=done, n0=n0,

@@ -253,7 +253,7 @@ def test_trained_critic_decides(base, builtin_models, tmp_path):
     parents = read_shards(base).slice(0, 15)
     # a critic fitted on 200 scored pool rows (accept = teacher confident), no embedding features
     scores, _ = score_table(digits_web().slice(0, 200), teacher, student)
-    X, names = critic.critic_features(scores, embedding=False)
+    X, names = critic.feature_matrix(scores, embedding=False)
     fitted = critic.fit_critic(X, scores.column("teacher_conf").to_numpy() > 0.9, feature_names=names, recall=0.8)
     fitted.save(tmp_path / "critic")
     res = generate(parents, teacher, student, config=HardConfig(per_sample=2, steps=2), critic=str(tmp_path / "critic"))

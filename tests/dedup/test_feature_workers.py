@@ -15,6 +15,7 @@ import pytest
 
 from kdata.dedup import features as F
 from kdata.dedup.feature_workers import FEATURE_MIN_ROWS, FeatureWorkers, resolve_feature_workers
+from kdata.dedup.text import text_hash
 from kdata.pools.base import PoolUnit
 from kdata.pools.readers import open_image_folder
 from kdata.pools.spec import open_pool
@@ -129,7 +130,7 @@ def test_a_text_unit_is_hashed_in_this_process(tmp_path, monkeypatch):
     with FeatureWorkers(2) as fw:
         hashes, _ = F.pool_features(pool, ids, pixels=False, workers=fw)
         assert fw.pids == [{os.getpid()}] and not fw.started
-    assert list(hashes) == [F.text_features(f"text number {i}") for i in range(50)]
+    assert list(hashes) == [text_hash(f"text number {i}") for i in range(50)]
 
 
 def test_auto_workers_stay_in_process_for_small_inputs():

@@ -129,3 +129,27 @@ def test_a_student_the_critic_was_not_fitted_with_is_one_line_before_the_flow_ru
                                   "critic": str(tmp_path / "critic"), "decode": {"max_new_tokens": 4}},
                           out=str(tmp_path / "g"), run={"device": "cpu"})
     assert not (tmp_path / "g").exists()
+
+
+def test_cached_model_checks_the_checksum_the_flow_began_with():
+    """One cache for the flows' tasks: reused while the checksum matches, reloaded when the cached model
+    is not the expected one, and a model whose files changed mid-flow is one clear error."""
+    from types import SimpleNamespace
+
+    from kdata.flows.model_cache import cached_model
+
+    on_disk = {"sum": "sha256:aaaa"}
+    loads = []
+
+    def load(spec, *, device, precision):
+        loads.append((spec, device, precision))
+        return SimpleNamespace(checksum=on_disk["sum"])
+
+    spec = f"hf:/nowhere/{uuid.uuid4().hex}"
+    first = cached_model(spec, device="cpu", checksum="sha256:aaaa", load=load, precision="fp32")
+    assert cached_model(spec, device="cpu", checksum="sha256:aaaa", load=load, precision="fp32") is first
+    assert len(loads) == 1
+    on_disk["sum"] = "sha256:bbbb"  # replaced while the flow ran
+    with pytest.raises(KdataError, match="model changed while the flow ran"):
+        cached_model(spec, device="cpu", checksum="sha256:bbbb".replace("b", "c"), load=load, precision="fp32")
+    assert cached_model(spec, device="cpu", checksum="sha256:bbbb", load=load, precision="fp32").checksum == "sha256:bbbb"

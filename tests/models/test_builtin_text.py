@@ -10,7 +10,8 @@ import torch
 from kdata.core.errors import KdataError
 from kdata.models import builtin_text
 from kdata.pools.builtin_text import text_test
-from kdata.training.text_losses import encode, perplexity
+from kdata.models.text_tokens import encode_texts
+from kdata.training.text_losses import perplexity
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_models_load_share_a_tokenizer_and_the_teacher_is_best(dirs):
     vocab = toks["text-teacher"].get_vocab()
     assert all(t.get_vocab() == vocab for t in toks.values()) and len(vocab) == builtin_text.VOCAB_SIZE
     texts = text_test().column("text").to_pylist()[::3]
-    seqs = encode(toks["text-teacher"], texts, max_length=builtin_text.N_POSITIONS)
+    seqs = encode_texts(toks["text-teacher"], texts, max_length=builtin_text.N_POSITIONS)
     ppl, sizes = {}, {}
     for n, p in dirs.items():
         model = AutoModelForCausalLM.from_pretrained(str(p))

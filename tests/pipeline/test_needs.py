@@ -22,7 +22,7 @@ from kdata.pipeline.prepare import prepare, resolve_balance, resolve_dedup, reso
 from kdata.pipeline.run import score
 from kdata.pools.builtin import digits_web
 from kdata.scoring.score import score_table
-from kdata.selection.critic_model import critic_features, fit_critic
+from kdata.selection.critic_model import feature_matrix, fit_critic
 from kdata.selection.methods import available
 from kdata.selection.run import select
 
@@ -73,7 +73,7 @@ def test_a_critic_loads_them_only_when_fitted_on_them(builtin_models, tmp_path):
     accept = scores.column("teacher_conf").to_numpy() > 0.9
     paths = {}
     for emb in (True, False):
-        X, names = critic_features(scores, embedding=emb)
+        X, names = feature_matrix(scores, embedding=emb)
         paths[emb] = str(fit_critic(X, accept, feature_names=names, recall=0.8).save(tmp_path / f"critic-{emb}"))
     assert _needs(method="critic,kd3", critic=paths[True]) is True
     assert _needs(method="critic,kd3", critic=paths[False]) is False

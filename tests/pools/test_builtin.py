@@ -48,3 +48,29 @@ def test_builtin_models_teacher_much_better_than_student(builtin_models):
     assert t_acc > 0.93
     assert 0.5 < s_acc < t_acc - 0.05
     assert teacher.checksum.startswith("sha256:") and teacher.checksum != student.checksum
+
+
+def test_materialise_builds_once_when_two_threads_race(tmp_path):
+    """Two takers of one cache entry at once: the second waits on the lock and reuses the shards."""
+    import threading
+    import time
+
+    import pyarrow as pa
+
+    from kdata.pools.materialise import materialise
+
+    builds = []
+
+    def build():
+        builds.append(1)
+        time.sleep(0.2)
+        return pa.table({"x": list(range(10))})
+
+    root = tmp_path / "entry"
+    threads = [threading.Thread(target=materialise, args=(root, build), kwargs={"n_units": 2}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert sorted(p.name for p in root.iterdir()) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]

@@ -56,8 +56,8 @@ def test_an_evaluation_set_that_is_a_dataset_dict_is_refused(tmp_path):
 
     root = _dict(tmp_path / "ds2")
     with pytest.raises(KdataError, match=r"a DatasetDict with splits train, test: give one split's directory"):
-        eval_texts(str(root), labelled=True)
-    texts, labels = eval_texts(str(root / "test"), labelled=True)
+        eval_texts(str(root))
+    texts, labels = eval_texts(str(root / "test"))
     assert texts == TEST and labels == ["a", "b", "a"]
 
 

@@ -61,7 +61,8 @@ def test_keep_best_ends_with_the_best_epoch_and_saves_it(lm_shards, tmp_path):
     every epoch — a too-high learning rate that ruins the student leaves it as it was."""
     from kdata.models.hf import load_text_model
     from kdata.training.text_data import eval_texts
-    from kdata.training.text_losses import encode, perplexity
+    from kdata.models.text_tokens import encode_texts
+    from kdata.training.text_losses import perplexity
 
     log = train_text(shards=lm_shards, student="builtin:text-student", eval="builtin:text-test",
                      config=TextTrainConfig(epochs=2, batch_size=16, lr=0.5, keep_best=True), out=tmp_path / "b")
@@ -73,7 +74,7 @@ def test_keep_best_ends_with_the_best_epoch_and_saves_it(lm_shards, tmp_path):
     assert log["worse_than_before"] == (log["perplexity_last"] > log["perplexity_before"])
     # the directory holds the kept weights: measured again from disk, the same perplexity
     saved = load_text_model(f"hf:{tmp_path / 'b'}", device="cpu", precision="fp32")
-    seqs = encode(saved.tokenizer, eval_texts("builtin:text-test")[0], max_length=saved.max_length)
+    seqs = encode_texts(saved.tokenizer, eval_texts("builtin:text-test")[0], max_length=saved.max_length)
     assert perplexity(saved.model, seqs, pad_id=saved.pad_id) == pytest.approx(log["perplexity_after"], rel=1e-4)
 
 
@@ -214,7 +215,8 @@ def test_text_training_is_seeded_by_its_config_and_leaves_the_callers_rng_alone(
 def test_a_test_set_measures_the_saved_lm_on_texts_that_chose_nothing(lm_shards, tmp_path):
     from kdata.models.hf import load_text_model
     from kdata.training.text_data import eval_texts
-    from kdata.training.text_losses import encode, perplexity
+    from kdata.models.text_tokens import encode_texts
+    from kdata.training.text_losses import perplexity
 
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps({"text": t}) + "\n" for t in eval_texts("builtin:text-test")[0][:40]))
@@ -222,7 +224,7 @@ def test_a_test_set_measures_the_saved_lm_on_texts_that_chose_nothing(lm_shards,
                      config=TextTrainConfig(epochs=1, keep_best=True), out=tmp_path / "s")
     saved = load_text_model(f"hf:{tmp_path / 's'}", device=torch.device("cpu"), precision="fp32")
     texts = [json.loads(line)["text"] for line in test.read_text().splitlines()]
-    want = perplexity(saved.model, encode(saved.tokenizer, texts, max_length=min(saved.max_length, 256)),
+    want = perplexity(saved.model, encode_texts(saved.tokenizer, texts, max_length=min(saved.max_length, 256)),
                       pad_id=saved.pad_id)
     assert log["test"]["spec"] == str(test) and log["test"]["n"] == 40
     assert log["test"]["perplexity"] == pytest.approx(want, rel=1e-5)

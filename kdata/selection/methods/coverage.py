@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from kdata.selection.methods import MethodResult, register
-from kdata.selection.methods.view import ScoreView
+from kdata.selection.methods.view import ScoreView, by_sample_id
 from kdata.selection.tail import cut_tail
 
 MAX_BINS, ROWS_PER_STRATUM = 50, 20
@@ -119,9 +119,7 @@ def strata_groups(view: ScoreView, rows: np.ndarray, *, domains=None) -> tuple[n
     if view.has("domain"):
         dom = view.col("domain")[rows]
     elif domains is not None:
-        pos = dict(zip(domains.column("sample_id").to_pylist(), domains.column("domain").to_pylist()))
-        ids = view.sample_ids[rows]
-        dom = np.array([pos.get(i) for i in ids], dtype=object)
+        dom = by_sample_id(view.sample_ids[rows], domains, "domain")
     else:
         return np.zeros(len(rows), np.int64), 1, "none"
     names, inv = np.unique(np.array(["" if d is None else str(d) for d in dom], dtype=object), return_inverse=True)

@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from kdata.core.errors import KdataError
 from kdata.selection.methods import MethodResult, register
-from kdata.selection.methods.view import ScoreView
+from kdata.selection.methods.view import ScoreView, by_sample_id
 
 NONE_DOMAIN = "(none)"
 MAX_LISTED_DOMAINS = 100  # per-domain entries in ``info`` (the manifest and the card): a bounded size
@@ -97,8 +97,7 @@ def _domains(view: ScoreView, domains: pa.Table | None) -> np.ndarray:
     if view.has("domain"):
         d = view.col("domain")
     elif domains is not None:
-        pos = dict(zip(domains.column("sample_id").to_pylist(), domains.column("domain").to_pylist()))
-        d = np.array([pos.get(s) for s in view.sample_ids], dtype=object)
+        d = by_sample_id(view.sample_ids, domains, "domain")
     else:
         raise KdataError("ddk: needs a 'domain' column (in the pool or the --scores file)")
     if len(d) and all(v is None for v in d):  # a pool reader's all-null column is no domain either

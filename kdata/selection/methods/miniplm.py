@@ -70,7 +70,7 @@ def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, te
     """log p_ref(y | x) for ``ids`` from ``reference_scores``' table: from ``ref_logits`` (list<float>) at
     ``temperature``; above 128 classes ``ref_y_logprob`` where ``label_known`` (y is the label there), else
     the reference's top-20 with the rest of the mass spread evenly."""
-    from kdata.selection.methods.view import list_column
+    from kdata.core.arrow_lists import list_matrix
 
     pos = {s: i for i, s in enumerate(reference.column("sample_id").to_pylist())}
     try:
@@ -78,8 +78,8 @@ def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, te
     except KeyError as exc:
         raise KdataError(f"miniplm: the reference scores have no row for sample '{exc.args[0]}'") from None
     if "ref_logits" not in reference.column_names:  # large C: exact where the label is known, else top-k
-        ti = list_column(reference, "ref_topk_idx", dtype=np.int64)[idx]
-        tv = list_column(reference, "ref_topk_prob", dtype=np.float64)[idx]
+        ti = list_matrix(reference, "ref_topk_idx", where="scores table", dtype=np.int64)[idx]
+        tv = list_matrix(reference, "ref_topk_prob", where="scores table", dtype=np.float64)[idx]
         c = int(reference.schema.metadata.get(b"num_classes", b"0")) if reference.schema.metadata else 0
         rest = np.clip(1 - tv.sum(1), 0, None) / max(c - ti.shape[1], 1)
         hit = ti == y[:, None]
@@ -89,7 +89,7 @@ def reference_logprob(reference: pa.Table, ids: np.ndarray, y: np.ndarray, *, te
             out = np.where(label_known, exact, out)
         return out
     out = np.empty(len(ids))
-    logits = list_column(reference, "ref_logits")
+    logits = list_matrix(reference, "ref_logits", where="scores table")
     for i in range(0, len(ids), 65_536):
         z = logits[idx[i:i + 65_536]].astype(np.float64) / temperature
         z -= z.max(1, keepdims=True)

@@ -42,42 +42,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kdata.core.arrow_lists import list_matrix, list_width
 from kdata.core.errors import KdataError
 
 
-def list_width(table: pa.Table, name: str) -> int:
-    """The width of list column ``name`` (0 for an empty table), checked in one vectorised pass: a null
-    or a list of another length than row 0's is one KdataError line naming the row."""
-    col = table.column(name)
-    if col.null_count:
-        i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
-        raise KdataError(f"scores table: column '{name}' is null in row {i}")
-    if pa.types.is_fixed_size_list(col.type):
-        return col.type.list_size
-    if not len(col):
-        return 0
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(lengths != lengths[0])
-    if len(bad):
-        raise KdataError(f"scores table: column '{name}' has ragged lists (row {int(bad[0])} has "
-                         f"{int(lengths[bad[0]])} values, row 0 has {int(lengths[0])})")
-    return int(lengths[0])
-
-
-def list_column(table: pa.Table, name: str, dtype=np.float32) -> np.ndarray:
-    """A fixed-width list column as a 2-D array (rows × width); nulls or ragged lists are one KdataError line."""
-    width = list_width(table, name)
-    col = table.column(name).combine_chunks()
-    values = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    return values.reshape(len(col), width)
-
-
+SCORES = "scores table"  # how errors name the table a view reads
 LOGITS = ("teacher_logits", "student_logits")
 LM_DERIVED = ("teacher_conf", "student_conf", "student_margin", "student_entropy", "kl_ts")
 # derived from teacher_logits + student_logits when absent: kdata.core.stats.STAT_NAMES + these two
 LOGIT_DERIVED = ("teacher_pred", "student_pred", "teacher_conf", "student_conf", "teacher_margin",
                  "student_margin", "teacher_entropy", "student_entropy", "kl_ts", "kl_st", "agree",
                  "teacher_label_prob")
+
+
+def by_sample_id(ids: np.ndarray, table: pa.Table, name: str) -> np.ndarray:
+    """Column ``name`` of ``table`` at each of ``ids``, matched on its ``sample_id`` (None where it has no
+    such row), as an object array: one vectorised join (``pc.index_in`` + ``take``)."""
+    at = pc.index_in(pa.array(ids, pa.string()), value_set=table.column("sample_id").combine_chunks().cast(pa.string()))
+    return pc.take(table.column(name).combine_chunks(), at).to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
 def is_sequence_level(table: pa.Table) -> bool:
@@ -161,7 +143,7 @@ class ScoreView:
             arr = self.table.column(name)
             t = arr.type
             if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
-                self._cache[name] = list_column(self.table, name)
+                self._cache[name] = list_matrix(self.table, name, where=SCORES)
                 if name in LOGITS:
                     self._check_finite(name)
             else:
@@ -174,7 +156,7 @@ class ScoreView:
         if self.sequence_level or not len(self):
             return
         names = self.table.column_names
-        widths = {n: list_width(self.table, n) for n in LOGITS if n in names}
+        widths = {n: list_width(self.table, n, where=SCORES) for n in LOGITS if n in names}
         if len(set(widths.values())) > 1:
             raise KdataError(f"scores table: teacher_logits has {widths['teacher_logits']} values per row, "
                              f"student_logits {widths['student_logits']} (logit i must be class i in both)")
