@@ -19,7 +19,7 @@ combined by geometric mean:
   own class in the teacher's embedding than any other class.
 
 A row is accepted when the combined score ≥ ``critic_threshold``. With a trained critic
-(``kdata.critic``) its ``accept`` decides instead, at its own (or the requested recall's) cut.
+(``kdata.selection.critic_model``) its ``accept`` decides instead, at its own (or the requested recall's) cut.
 
 Accounting: ``generated == generated_kept + generated_rejected``, rejections by reason.
 """
@@ -101,7 +101,7 @@ def default_critic_scores(*, gen_pix: torch.Tensor, y: np.ndarray, t_probs: torc
 
 def trained_critic(path: str, scores_table: pa.Table, *, recall: float | None = None
                    ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Accept mask, P(accept) and the cut of the fitted critic at ``path`` (``kdata.critic``)."""
+    """Accept mask, P(accept) and the cut of the fitted critic at ``path`` (``kdata.selection.critic_model``)."""
     from kdata.selection.critic_model import load_critic
 
     crit = load_critic(path)

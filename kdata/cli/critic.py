@@ -1,7 +1,7 @@
 """``kdata critic fit`` / ``kdata critic apply``: an accept/reject critic (Symbolic KD, arXiv 2110.07178).
 
 ``--scores-from`` is a pool spec (scored with --teacher/--student, cached), a scores Parquet
-written by kdata, or a bring-your-own predictions Parquet (see ``kdata/byo.py``).
+written by kdata, or a bring-your-own predictions Parquet (see ``kdata/scoring/byo.py``).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ from kdata.core.errors import KdataError
 
 @dataclass
 class Model:
+    """A model kdata can score with: the module, the preprocessing its inputs need (size, mean, std,
+    interpolation), its class names in logit order and a checksum of its weights (the score cache key)."""
+
     spec: str
     module: torch.nn.Module
     input_size: tuple[int, int, int]  # C, H, W

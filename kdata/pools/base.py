@@ -110,6 +110,9 @@ class TableRows(UnitRows):
 
 @dataclass
 class PoolUnit:
+    """A slice of a pool (a file, a share of a folder, a Parquet row range): read on demand, fingerprinted
+    by its content, and the grain of scoring, caching and Prefect tasks."""
+
     name: str  # readable, unique within the pool
     read: Callable[[], pa.Table]  # -> pool-schema table (plus ``read_error`` where a reader could not read)
     fingerprint: Callable[[], str]  # content hash of the unit
@@ -152,6 +155,9 @@ class PoolUnit:
 
 @dataclass
 class Pool:
+    """An opened pool: its units (the grain of scoring, caching and Prefect tasks), the class names a
+    folder layout gives, and a description the manifest records."""
+
     spec: str
     units: list[PoolUnit]
     class_names: list[str] | None = None  # known from the pool itself (folders), else None

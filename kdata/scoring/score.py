@@ -59,6 +59,8 @@ DECODE_VERSION = 4  # bump when decoding changes what a model sees (invalidates 
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    """How a pool is scored; ``key()`` is the part that decides the scores (the score cache key)."""
+
     batch_size: int = 256
     topk: int = 5
     temperature: float = 1.0

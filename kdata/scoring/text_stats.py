@@ -8,7 +8,7 @@ x_{≤t}. Over those L−1 positions (nats, temperature 1):
     kl_ts   = mean_t KL(p_T(· | x_{≤t}) ‖ p_S(· | x_{≤t}))   (same tokenizer only)
 
 and per position the teacher's k most likely next tokens with their log-probabilities and the
-leftover mass 1 − Σ exp(top-k log-probs) (Sparse Logit Sampling, ACL 2025: a top-k cache without
+leftover mass 1 − Σ exp(top-k log-probs) (Anshumann et al., "Sparse Logit Sampling", ACL 2025, arXiv 2503.16870: a top-k cache without
 the rest is biased; the trainer puts the rest in one extra bucket). Log-softmax is taken in
 float32 whatever the forward precision.
 """

@@ -123,6 +123,10 @@ def pick_threshold(prob: np.ndarray, y: np.ndarray, *, recall: float | None = No
 
 @dataclass
 class Critic:
+    """A fitted accept/reject critic (Symbolic KD, arXiv 2110.07178): a standardised logistic regression
+    over score features (and embeddings), its threshold chosen for the requested recall or precision on
+    held-out rows, with the cross-fitted estimates of both; saved as ``critic.npz`` + ``critic.json``."""
+
     coef: np.ndarray
     intercept: float
     mean: np.ndarray

@@ -1,6 +1,6 @@
 """The default recipe: what ``--method`` omitted (registry name ``default``) runs.
 
-Step by step (issue #17; the rationale and references are in docs/methods.md, "The default recipe"):
+Step by step (the rationale and references are in docs/methods.md, "The default recipe"):
 
 1. **Dedup, exact + near** (``DEFAULT_DEDUP``): duplicates must not take budget. The pipeline turns
    it on when ``--dedup`` is left unset and the run has a pool to read payloads from; with
@@ -20,10 +20,12 @@ Steps 2–3 are the ``coverage`` sampler (``kdata/selection/methods/coverage.py`
 recorded in its ``info`` (manifest ``method_info`` and the card). No class balance on top: the
 strata already spread the budget over the predicted classes.
 
-Why not the previous default (``rad`` + class balance): on pools it was not tuned on it lost to
-random and kept more junk than random (issue #17); ranking by one score loses coverage, while
-coverage-preserving sampling (CCS, D2-Pruning) is what beats random robustly, and with KD soft
-labels random is itself strong (Ben-Baruch et al., ICML 2025).
+Why a sampler and not a ranker: ranking by one score loses coverage, and on web pools the top of
+any one difficulty score is junk, shift and wrong labels; coverage-preserving sampling — CCS (Zheng
+et al., "Coverage-centric Coreset Selection for High Pruning Rates", ICLR 2023, arXiv 2210.15809)
+and D2-Pruning (Maharana et al., ICLR 2024, arXiv 2310.07931) — is what beats random robustly, and
+with KD soft labels random is itself strong (Ben-Baruch et al., "Distilling the Knowledge in Data
+Pruning", ICML 2025).
 """
 
 from __future__ import annotations

@@ -19,23 +19,16 @@ b. *The hardest tail* (CCS, Zheng et al., ICLR 2023: prune the hardest β first;
    is cut — 30% for every budget up to half the candidates, shrinking to 5% as the budget nears
    all of them — but never more than clip(η̂, 0, 0.3) of stage a's label-noise estimate, nor
    than clip(2 ε̃′, 0, 0.3) for the teacher's typical uncertainty ε̃′ = median(1 − max p_T) on the
-   rows stage a left — the median, not the mean, which the odd rows this stage is about inflate
-   (builtin:digits-web at 10% kept: mean 0.136, median 0.039; with the mean the default tied with random on
-   the ``digits2`` quality pool at 30% with equal steps, and cut 93 hard, correct rows of the
-   clean digits pool of ``benchmarks/quality_clean.py``): a teacher sure of nearly all of them
-   teaches through its soft labels even on
-   odd-looking rows (distillation transfers a teacher's function outside its training
-   distribution too: Beyer et al., CVPR 2022), so cutting them costs good, hard rows (without this
-   cap the default lost to random with equal steps on the ``digits2`` quality pool: teacher 0.99,
-   student 0.50; a factor 1 cut too little on icons, where the teacher is weak). On
-   clean CIFAR the hardest rows are informative; on a web pool they are mostly junk and shifted
-   rows whatever the budget: at 50% kept, kdata's earlier CCS-style cut that shrank with the budget
-   (0.6 − r, so 10%; CCS itself sets its cut by hand per budget) kept more shifted rows
-   than random on the openclipart and icons pools of ``benchmarks/quality.py`` and lost to random
-   there with equal epochs. How much of a pool is junk shows in η̂ too (junk and shifted rows
-   carry labels the teacher rejects), and a pool whose labels the teacher confirms is one where
-   the hardest rows are informative again; without the cap the stage would cut 30% of a clean
-   pool's hardest, correct rows (``benchmarks/quality_clean.py`` measures the recipe there).
+   rows stage a left — the median, not the mean, which the odd rows this stage is about inflate.
+   A teacher sure of nearly all of them teaches through its soft labels even on odd-looking rows
+   (distillation transfers a teacher's function outside its training distribution too: Beyer et
+   al., CVPR 2022), so cutting them costs good, hard rows. On clean CIFAR the hardest rows are
+   informative; on a web pool they are mostly junk and shifted rows whatever the budget, so the
+   share does not shrink with the budget as CCS's hand-set cut does until the budget nears all the
+   candidates. How much of a pool is junk shows in η̂ too (junk and shifted rows carry labels the
+   teacher rejects), and a pool whose labels the teacher confirms is one where the hardest rows are
+   informative again: the caps keep the stage from cutting a clean pool's hardest, correct rows
+   (``benchmarks/quality_clean.py`` and ``benchmarks/quality.py`` measure the recipe on both kinds).
    The outlier score: the mean of the percentile ranks of low teacher max-probability
    ``1 − max p_T``, the teacher–student KL ``kl_ts`` (CCS's "hardest") and the cosine distance of
    the teacher embedding to the centroid of the teacher-predicted class (centroid over that

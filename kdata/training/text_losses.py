@@ -2,7 +2,7 @@
 
 **Causal LM, offline top-k distillation.** A shard stores, for each next-token position t, the
 teacher's k most likely tokens with their log-probs and the leftover mass r_t = 1 − Σ p_i (caching
-only the top-k biases the target unless the rest is kept: Sparse Logit Sampling, ACL 2025). The
+only the top-k biases the target unless the rest is kept: Anshumann et al., "Sparse Logit Sampling: Accelerating Knowledge Distillation in LLMs", ACL 2025, arXiv 2503.16870). The
 teacher's distribution is the k + 1 buckets (p_1..p_k, r_t); the student's, on the same buckets,
 is its probabilities q_i of the same k ids and the rest 1 − Σ q_i (a log-sum-exp over the other
 ids, computed stably). The loss per position is

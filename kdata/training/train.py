@@ -46,7 +46,7 @@ MAX_UNDECODABLE = 0.10  # an epoch with a larger share of rows whose image canno
 @contextmanager
 def _threads_for(net: torch.nn.Module, device: torch.device):
     """One intra-op thread for tiny models on CPU: their ops are too small to split, and on a
-    shared machine spinning OpenMP threads make them many times slower (measured 16× on 2 busy cores)."""
+    shared machine spinning OpenMP threads make them many times slower."""
     small = sum(p.numel() for p in net.parameters()) < 1_000_000
     if device.type != "cpu" or not small:
         yield

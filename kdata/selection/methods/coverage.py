@@ -1,5 +1,8 @@
 """``coverage``: the default recipe's sampler — cut a small likely-junk tail, then sample every stratum.
 
+After CCS (Zheng et al., "Coverage-centric Coreset Selection for High Pruning Rates", ICLR 2023,
+arXiv 2210.15809).
+
 A *sampler* (``kind="sampler"``) runs after the filters and after dedup (``selection.select``), on
 the rows still alive, and picks its own ``budget`` rows. Steps (all recorded in ``info``):
 

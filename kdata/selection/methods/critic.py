@@ -1,6 +1,6 @@
 """Critic filtering as a selection stage (Symbolic Knowledge Distillation, arXiv 2110.07178).
 
-A filter: rows the fitted critic (``kdata critic fit``, see ``kdata/critic.py``) scores below its
+A filter: rows the fitted critic (``kdata critic fit``, see ``kdata/selection/critic_model.py``) scores below its
 threshold are rejected as ``critic_reject``; its P(accept) is recorded as ``score_critic`` and,
 when the critic is the last method of the chain, ranks what it accepts. ``recall=`` /
 ``precision=`` (``--critic-recall``) re-choose the cut on the critic's stored validation split.

@@ -49,15 +49,15 @@ uncertain points *less* probability (t/g_i) and spreading the budget — the adv
 teacher's mistakes, which concentrate on the most confusing points: junk, shifted, ambiguous
 inputs) can destroy less. No parameter is set by hand.
 
-Why RAD used to keep junk (issue #17), and the fix. The game protects against k teacher mistakes,
-but two inputs made it blind to where the teacher errs on a web pool:
+Why the gain includes the teacher, and k comes from the teacher. The game protects against k teacher
+mistakes, but two natural inputs leave it blind to where the teacher errs on a web pool:
 
-* the gain was the student's uncertainty alone, and on junk / shifted rows a weak student is as
+* with the student's uncertainty alone as the gain: on junk / shifted rows a weak student is as
   unsure as on clean ones (builtin:digits-web: mean 1 − margin 0.59 on junk vs 0.63 on clean), so
-  the max–min distribution could not tell junk from useful rows;
-* k was set from the *student's* expected error, ε̂ = mean(1 − max p_S) ≈ 0.44 there — the
+  the max–min distribution cannot tell junk from useful rows;
+* with k from the *student's* expected error, ε̂ = mean(1 − max p_S) ≈ 0.44 there — the
   student's error, not the teacher's (the teacher's own estimate is ≈ 0.13) — so the level t and
-  with it the whole distribution were planned for a teacher three times worse than it is.
+  with it the whole distribution are planned for a teacher three times worse than it is.
 
 The paper's objective is points that are *informative and correctly labelled by the teacher*. Where
 the scores table has the teacher's confidence (every kdata scores table and ``--scores`` file

@@ -96,6 +96,10 @@ def lm_column(table: pa.Table, name: str) -> np.ndarray:
 
 @dataclass
 class ScoreView:
+    """A scores table as the methods read it: probabilities, statistics and top-k soft labels at the
+    selection temperature, derived once from whatever the table holds (full logits, top-k only, or
+    causal-LM sequence statistics) and cached, so every method of a chain shares one computation."""
+
     table: pa.Table
     num_classes: int
     temperature: float = 1.0
