@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kdata.cli.critic import apply_table
+from kdata.pipeline.critic import apply_table
 from kdata.core.errors import KdataError
 from kdata.dedup.text import pool_texts
 from kdata.pipeline import text as text_pipeline
