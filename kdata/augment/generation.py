@@ -124,8 +124,8 @@ def generate_rows(pp: ParentPass, teacher: Model, student: Model, *, config: Har
         theta = start_theta(gens).to(device)
         noise = row_normal(gens, pix.shape[1:]).to(device)
         t_opt = time.perf_counter()
-        best, out.mode, fallback = optimise(theta, pix, noise, y, teacher, student, config, bounds, gens,
-                                            mode=out.mode)
+        best, out.mode, fallback = optimise(theta, pix, noise, y, teacher=teacher, student=student, cfg=config,
+                                            bounds=bounds, gens=gens, mode=out.mode)
         out.fallback = fallback or out.fallback
         out.optimise_seconds += time.perf_counter() - t_opt
         with torch.no_grad():

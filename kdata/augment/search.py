@@ -24,7 +24,7 @@ from kdata.models.spec import Model
 GRADIENT, RANDOM_SEARCH = "gradient", "random_search"
 
 
-def evaluate(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfig, bounds: dict):
+def evaluate(theta, x, noise, y, *, teacher: Model, student: Model, cfg: HardConfig, bounds: dict):
     """Objective J, KL and teacher flip for each row of θ (graph kept when θ requires grad)."""
     xa = render(x, squash(theta, bounds), noise, max_sigma=bounds["blur_sigma"])
     zt, _ = forward_blocks(teacher, to_model(xa, teacher))
@@ -44,7 +44,7 @@ def evaluate(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfig
     return kl - cfg.flip_weight * hinge, kl, flipped
 
 
-def gradient_ascent(theta0, x, noise, y, teacher, student, cfg, bounds):
+def gradient_ascent(theta0, x, noise, y, *, teacher, student, cfg, bounds):
     """Adam on θ for ``cfg.steps`` steps; the best non-flipping θ seen per sample."""
     theta = theta0.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=cfg.lr)
@@ -52,7 +52,7 @@ def gradient_ascent(theta0, x, noise, y, teacher, student, cfg, bounds):
     best_kl = torch.full((len(theta0),), float("-inf"), device=theta0.device)
     for step in range(cfg.steps + 1):
         with torch.enable_grad():
-            obj, kl, flipped = evaluate(theta, x, noise, y, teacher, student, cfg, bounds)
+            obj, kl, flipped = evaluate(theta, x, noise, y, teacher=teacher, student=student, cfg=cfg, bounds=bounds)
             with torch.no_grad():
                 better = (~flipped) & (kl > best_kl)
                 best[better] = theta.detach()[better]
@@ -67,13 +67,13 @@ def gradient_ascent(theta0, x, noise, y, teacher, student, cfg, bounds):
 
 
 @torch.no_grad()
-def random_search(theta0, x, noise, y, teacher, student, cfg, bounds, gens: list[torch.Generator]):
+def random_search(theta0, x, noise, y, *, teacher, student, cfg, bounds, gens: list[torch.Generator]):
     """Gradient-free: per step, ``search_candidates`` seeded perturbations of the best θ (shrinking σ);
     row i's proposals come from ``gens[i]``."""
     n, p = theta0.shape
     r = max(1, cfg.search_candidates)
     best = theta0.clone()
-    _, kl, flipped = evaluate(best, x, noise, y, teacher, student, cfg, bounds)
+    _, kl, flipped = evaluate(best, x, noise, y, teacher=teacher, student=student, cfg=cfg, bounds=bounds)
     best_kl = torch.where(flipped, torch.full_like(kl, float("-inf")), kl)
 
     def rep(t):
@@ -84,7 +84,7 @@ def random_search(theta0, x, noise, y, teacher, student, cfg, bounds, gens: list
         sigma = 0.6 * (1 - step / max(1, cfg.steps)) + 0.1
         step_noise = torch.cat([torch.randn(r, p, generator=g) for g in gens])  # (n * r, p), row by row
         cand = rep(best) + sigma * step_noise.to(theta0.device)
-        _, kl, flipped = evaluate(cand, xr, nr, yr, teacher, student, cfg, bounds)
+        _, kl, flipped = evaluate(cand, xr, nr, yr, teacher=teacher, student=student, cfg=cfg, bounds=bounds)
         kl = torch.where(flipped, torch.full_like(kl, float("-inf")), kl).view(n, r)
         top, arg = kl.max(1)
         better = top > best_kl
@@ -109,18 +109,19 @@ def not_differentiable(config: HardConfig, teacher: Model, student: Model) -> st
     return f"not differentiable: {', '.join(flagged)}" if flagged else None
 
 
-def optimise(theta, x, noise, y, teacher: Model, student: Model, cfg: HardConfig, bounds: dict,
-             gens: list[torch.Generator], *, mode: str) -> tuple[torch.Tensor, str, str | None]:
+def optimise(theta, x, noise, y, *, teacher: Model, student: Model, cfg: HardConfig, bounds: dict,
+             gens: list[torch.Generator], mode: str) -> tuple[torch.Tensor, str, str | None]:
     """The best θ for one batch: (best, mode for the next batch, fallback reason or None).
 
     ``gens``: one generator per row of θ (the random search's proposals).
     A ``gradient`` search whose models turn out to have no autograd path falls back to the
     random search, for this batch and every later one.
     """
+    opts = {"teacher": teacher, "student": student, "cfg": cfg, "bounds": bounds}
     if mode == GRADIENT:
         try:
-            return gradient_ascent(theta, x, noise, y, teacher, student, cfg, bounds), mode, None
+            return gradient_ascent(theta, x, noise, y, **opts), mode, None
         except RuntimeError as exc:  # the models have no autograd path after all
             fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-            return random_search(theta, x, noise, y, teacher, student, cfg, bounds, gens), RANDOM_SEARCH, fallback
-    return random_search(theta, x, noise, y, teacher, student, cfg, bounds, gens), mode, None
+            return random_search(theta, x, noise, y, **opts, gens=gens), RANDOM_SEARCH, fallback
+    return random_search(theta, x, noise, y, **opts, gens=gens), mode, None
