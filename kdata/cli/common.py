@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from kdata.dataset.manifest import MANIFEST
@@ -223,18 +224,14 @@ def run_options(args):
     return opts
 
 
-class stage:
-    """``with stage(progress, "deduplicating"):`` a pulsing bar while a step without counts runs."""
-
-    def __init__(self, progress, name: str):
-        self.progress, self.name = progress, name
-
-    def __enter__(self):
-        if self.progress:
-            self.progress(self.name)
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress(self.name, 1, 1)
-        return False
+@contextmanager
+def stage(progress, name: str):
+    """``with stage(progress, "deduplicating"):`` a pulsing bar while a step without counts runs (closed
+    when the step ends, however it ends)."""
+    if progress:
+        progress(name)
+    try:
+        yield
+    finally:
+        if progress:
+            progress(name, 1, 1)
