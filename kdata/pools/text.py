@@ -359,23 +359,19 @@ def check_text_units(pool: Pool) -> None:
 def text_problems(table: pa.Table, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[str | None]:
     """Per row, why its text cannot be scored (reader error, ``empty_text``, ``too_long``), else None."""
     n = table.num_rows
-    errs = table.column(READ_ERROR).to_pylist() if READ_ERROR in table.column_names else [None] * n
     text = table.column("text") if "text" in table.column_names else pa.nulls(n, pa.string())
     text = text.cast(pa.string())
     lengths = np.nan_to_num(np.asarray(pc.utf8_length(text).to_numpy(zero_copy_only=False), dtype=np.float64))
     stripped = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(text, "")))
     empty = np.asarray(pc.equal(stripped, 0).to_numpy(zero_copy_only=False), dtype=bool)
-    out: list[str | None] = []
-    for i in range(n):
-        if errs[i] is not None:
-            out.append(errs[i])
-        elif empty[i]:
-            out.append("empty_text")
-        elif lengths[i] > max_chars:
-            out.append(f"too_long: over {max_chars} chars ({int(lengths[i])} chars)")
-        else:
-            out.append(None)
-    return out
+    out = np.full(n, None, dtype=object)
+    long = lengths > max_chars
+    out[long] = [f"too_long: over {max_chars} chars ({int(v)} chars)" for v in lengths[long]]
+    out[empty] = "empty_text"
+    if READ_ERROR in table.column_names:  # a reader's error wins
+        has = np.asarray(table.column(READ_ERROR).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        out[has] = np.asarray(table.column(READ_ERROR).filter(pa.array(has)).to_pylist(), dtype=object)
+    return out.tolist()
 
 
 def payload_kind(pool: Pool, *, probe_rows: int = 64) -> str | None:
