@@ -74,9 +74,10 @@ def prepare_task(select: dict, out: str, run: dict) -> dict:
     from kdata.flows.inputs import check_parquet_units
     from kdata.pipeline.output import already_complete, check_out_outside_pool
     from kdata.pipeline.prepare import prepare
+    from kdata.pipeline.rerun import as_recorded_pool
     from kdata.pipeline.run import check_same_weights
 
-    cfg = _select_config(select)
+    cfg = as_recorded_pool(_select_config(select), out)
     check_out_outside_pool(out, cfg.pool)
     done = already_complete(out, cfg.hash(), config=cfg.recorded())
     if done is not None:

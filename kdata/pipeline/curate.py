@@ -23,6 +23,7 @@ from kdata.pipeline.curated_rows import CuratedRows, assemble, kept_scores, miss
 from kdata.pipeline.needs import Context, method_options
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.pipeline.prepare import NO_PREDICTION, Prepared, resolve_dedup
+from kdata.pipeline.rerun import as_recorded_pool
 from kdata.pools.label_column import labels_for
 from kdata.pools.spec import Pool
 from kdata.selection.balance import attach_domain
@@ -101,7 +102,7 @@ def finish(prep: Prepared, scored: Scored, *, out: str, progress=None, before_co
 
 
 def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit) -> RunReport:
-    cfg, teacher = prep.cfg, prep.teacher
+    cfg, teacher = as_recorded_pool(prep.cfg, out), prep.teacher
     config_hash = cfg.hash()
     done = already_complete(out, config_hash, config=cfg.recorded())
     if done is not None:

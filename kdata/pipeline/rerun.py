@@ -189,3 +189,22 @@ def limits_of(config: dict) -> PoolLimits:
     """The pool limits a run's config recorded (``--follow-symlinks``, ``--max-file-mb``; defaults if absent)."""
     return PoolLimits(follow_symlinks=bool(config.get("follow_symlinks", DEFAULT_LIMITS.follow_symlinks)),
                       max_file_mb=float(config.get("max_file_mb") or DEFAULT_LIMITS.max_file_mb))
+
+
+def as_recorded_pool(cfg, out):
+    """``cfg`` with the pool spelled as OUT's manifest records it, when that spelling names the same pool
+    from here (``--pool photos`` then ``--pool /abs/photos``, or ``../data/photos`` from the same
+    directory): one pool, one run identity, so the rerun finds its finished run rather than a
+    "different run". Any other case returns ``cfg`` unchanged."""
+    import dataclasses
+
+    from kdata.dataset.manifest import MANIFEST, read_manifest
+
+    if not isinstance(cfg.pool, str) or not (Path(out) / MANIFEST).is_file():
+        return cfg
+    try:
+        there = ((read_manifest(out) or {}).get("config") or {}).get("pool")
+        same = isinstance(there, str) and there != cfg.pool and os.path.samefile(there, cfg.pool)
+    except (OSError, KdataError, ValueError, TypeError):
+        return cfg
+    return dataclasses.replace(cfg, pool=there) if same else cfg

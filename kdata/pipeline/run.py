@@ -21,7 +21,7 @@ from kdata.pipeline.config import RunOptions, SelectConfig, validate, validate_r
 from kdata.pipeline.curate import Scored, finish
 from kdata.pipeline.output import RunReport, already_complete, check_out_outside_pool, publish_card
 from kdata.pipeline.prepare import Prepared, prepare, resolve_dedup
-from kdata.pipeline.rerun import pool_change
+from kdata.pipeline.rerun import as_recorded_pool, pool_change
 from kdata.pipeline.text import score_text
 from kdata.scoring.score import score_pool
 
@@ -92,6 +92,7 @@ def run_select(cfg: SelectConfig, *, out: str, opts: RunOptions = RunOptions()) 
     validate_run(opts)
     check_out_outside_pool(out, cfg.pool)
     with exclusive(out):  # a second run into OUT fails at once, naming this one
+        cfg = as_recorded_pool(cfg, out)
         report = already_complete(out, cfg.hash(), config=cfg.recorded())
         if report is not None:
             check_same_weights(out, scores=cfg.scores)
