@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from kdata.augment.hard import EXCLUDED_FILE, manifest_section, pipeline_hard, write_excluded
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
+from kdata.core.warn import warn
 from kdata.dataset.decisions import build_decisions
 from kdata.dataset.schema import KEPT, REJECTED, SHARD_SCHEMA, TEXT_LM_COLUMNS, conform
 from kdata.dedup.faiss_dedup import pipeline_dedup
@@ -24,6 +25,7 @@ from kdata.pipeline.needs import Context, method_options
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.pipeline.prepare import NO_PREDICTION, Prepared, resolve_dedup
 from kdata.pipeline.rerun import as_recorded_pool
+from kdata.scoring.label_order import label_order_problem
 from kdata.pools.label_column import labels_for
 from kdata.pools.spec import Pool
 from kdata.selection.balance import attach_domain
@@ -111,6 +113,8 @@ def _finish(prep: Prepared, scored: Scored, *, out: str, progress, before_commit
     if n_in == 0:
         raise KdataError(f"{cfg.pool or cfg.scores}: the pool is empty")
     check_unique_ids(scored.scores, scored.quarantined, pool=cfg.pool or cfg.scores)
+    if (order := label_order_problem(scored.scores, teacher.class_names)) is not None:
+        warn(f"{cfg.teacher if not cfg.scores else cfg.scores}: {order}")
     # a fraction is of the candidates: with --scores and --pool, the predicted rows (a pool row without a
     # prediction is counted, quarantined, but was never a candidate)
     no_pred = sum(why.startswith(NO_PREDICTION) for _, why in scored.quarantined) if prep.byo is not None else 0
