@@ -168,9 +168,12 @@ def warning_lines(log: dict) -> list[str]:
     """What went wrong without stopping the run, for stderr."""
     if not log.get("worse_than_before"):
         return []
-    last = log.get("accuracy_last", log["accuracy"])
+    last, saved = log.get("accuracy_last", log["accuracy"]), log["accuracy"]
+    kept = (log.get("kept") or {}).get("epoch")
+    after = (f"; the saved weights are epoch {kept}'s ({saved:.4f})" if saved is not None and saved != last
+             and kept is not None else "")
     return [f"kdata: warning: training made the student worse on {log['eval']} "
-            f"({log['accuracy_before']:.4f} before, {last:.4f} after the last epoch)"]
+            f"({log['accuracy_before']:.4f} before, {last:.4f} after the last epoch{after})"]
 
 
 def summary(log: dict) -> list[str]:
