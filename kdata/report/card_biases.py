@@ -179,6 +179,9 @@ def bias_lines(k: dict, cfg: dict, m: dict | None = None) -> list[str]:
     elif k.get("balance"):
         L.append(f"- **Balanced by {md_code(k['balance'])}.** The budget was spread evenly over these groups; how they "
                  "are defined decides what is over- and under-kept within them.")
+    elif SAMPLER in methods:
+        L.append("- **Strata, not balance.** The predicted classes keep their shares of the pool (sampled in "
+                 "proportion, every stratum at least once when the budget allows); rare classes stay rare.")
     else:
         L.append("- **No balancing.** Class shares follow the method's scores; compare the class-balance table.")
     L.append(_dedup_line(dedup_summary({**m, "method_info": info, "dedup_level": m.get("dedup_level", k.get(
@@ -187,3 +190,16 @@ def bias_lines(k: dict, cfg: dict, m: dict | None = None) -> list[str]:
         L.append(f"- **Generated rows.** {k['hard']} HARD augmentations per original row were requested where "
                  "teacher and student disagree; they over-represent the augmentation model's transforms.")
     return L + [""]
+
+
+SAMPLER = "coverage"  # the default recipe's sampler: it takes the budget itself, ranking nothing
+
+
+def keep_step(k: dict) -> str:
+    """The recipe's last step: how the budget was taken (sampled by strata, or the top of the ranking)."""
+    size, seed = f"{md_code(k['budget']['spec'])} ({fmt(k['budget']['rows'])} rows)", k["seed"]
+    if SAMPLER in k["methods"]:
+        return (f"Sample {size} with `{SAMPLER}`: cut the likeliest junk and mislabelled rows, then draw every "
+                f"predicted-class × difficulty stratum in proportion, by permanent random numbers (seed {seed}).")
+    balanced = f", balanced by {md_code(k['balance'])}" if k["balance"] else ""
+    return f"Keep the top {size}{balanced}; ties broken with seed {seed}."

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from kdata.core.errors import KdataError
 from kdata.core.jsonable import jsonable
 from kdata.dataset.schema import KEPT, REJECTED
-from kdata.report.card_biases import bias_lines, dedup_summary, dedup_text, hard_count
+from kdata.report.card_biases import SAMPLER, bias_lines, dedup_summary, dedup_text, hard_count, keep_step
 from kdata.report.card_derived import derived_kind, derived_recipe, derived_summary, settings_lines
 from kdata.report.card_generate import critic_name, generate_lines, generated_recipe, generated_summary
 from kdata.report.card_usage import files, how_to_load, uses
@@ -266,9 +266,9 @@ def _recipe(c: CardContext) -> list[str]:
     if kind := derived_kind(c.m):
         return derived_recipe(c, kind)
     k, cfg = c.k, c.cfg
-    steps = [_scoring_step(c),
-             f"Run the method chain {md_code(c.methods)}: filters drop rows with their own reason, the last ranker "
-             f"orders the rest."]
+    steps = [_scoring_step(c), f"Run the method chain {md_code(c.methods)}: filters drop rows with their own reason, "
+             + ("then the sampler takes the budget (below)." if SAMPLER in k["methods"] else
+                "the last ranker orders the rest.")]
     dedup = dedup_summary(c.m, cfg)
     if dedup["method"] is not None:
         used = ", ".join([md_code(k["dedup"]["method"])] + [f"{name} {fmt(k['dedup'][name])}"
@@ -280,9 +280,7 @@ def _recipe(c: CardContext) -> list[str]:
     elif dedup["skipped"]:
         steps.append(f"Duplicates were not removed: {dedup_text(dedup)}.")
     L = ["## Curation recipe", ""] + [f"{i}. {s}" for i, s in enumerate(steps, 1)]
-    L.append(f"{len(steps) + 1}. Keep the top {md_code(k['budget']['spec'])} "
-             f"({fmt(k['budget']['rows'])} rows)" + (f", balanced by {md_code(k['balance'])}" if k["balance"] else "") +
-             f"; ties broken with seed {k['seed']}.")
+    L.append(f"{len(steps) + 1}. {keep_step(k)}")
     if k["hard"]:
         L.append(f"- HARD augmentation: {k['hard']} generated samples requested per original row.")
     if cfg.get("critic"):
