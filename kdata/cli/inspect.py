@@ -100,6 +100,7 @@ MAX_KINDS = 20  # kinds of quarantine error in the terminal table (--json lists 
 # column headings of the example tables (narrow terminals)
 SHORT = {"teacher_pred": "T", "student_pred": "S", "teacher_conf": "T conf", "label_idx": "label",
          "kl_ts": "KL(T‖S)"}
+PREDICTED = ("teacher_pred", "student_pred")
 
 
 def _f(v, nd: int = 3) -> str:
@@ -303,10 +304,12 @@ def _examples(s: dict, console) -> None:
         t = Table(title=title, title_justify="left")
         cols = list(rows[0].keys())
         for col in cols:
-            text = col in ("sample_id", "reason", "label")
+            text = col in ("sample_id", "reason", "label", *PREDICTED)
             t.add_column(SHORT.get(col, col), justify="left" if text else "right", no_wrap=text)
-        for r in rows:
-            t.add_row(*[_f(r[k]) for k in cols])
+        names = s.get("class_names") or []
+        for r in rows:  # predicted classes by name where the run names its classes
+            t.add_row(*[_f(names[r[k]] if k in PREDICTED and isinstance(r[k], int) and 0 <= r[k] < len(names)
+                           else r[k]) for k in cols])
         console.print(t)
 
 

@@ -343,6 +343,7 @@ def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True, n_qua
         "teacher": (models.get("teacher") or {}).get("spec"),
         "student": (models.get("student") or {}).get("spec"),
         "config_hash": m.get("config_hash"),
+        "class_names": run.class_names,  # teacher_pred / student_pred index them
         "class_balance": balance,
         "class_histogram": {r["class"]: r["kept_teacher"] for r in balance if r["kept_teacher"]},
         "score_quantiles": score_quantiles(run),
