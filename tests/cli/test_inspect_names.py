@@ -35,6 +35,6 @@ def test_examples_name_the_predicted_classes(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["class_names"] == NAMES and isinstance(summary["examples"][0]["teacher_pred"], int)
     assert main(["inspect", str(out), "--examples", "3"]) == 0
-    table = capsys.readouterr().out.split("kept examples (best ranked)")[1]
+    table = capsys.readouterr().out.split("kept examples (best ranked)")[1].split("rejected examples")[0]
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
     assert len(rows) == 3 and all(r[2] in NAMES and r[3] in NAMES for r in rows), rows  # sample_id, label, T, S
