@@ -18,7 +18,8 @@ MIN_ROWS = 20  # labelled rows below which agreement says nothing
 
 def label_order_problem(scores: pa.Table, class_names: list[str], *, max_pairs: int = 3) -> str | None:
     """One sentence when the teacher's predictions match the web labels much better under a permutation of
-    its classes (the best one-to-one assignment, Hungarian algorithm) than as listed, else None."""
+    its classes (the best one-to-one assignment, Hungarian algorithm) than as listed, or worse than chance
+    under every reading; else None."""
     if not class_names or not {"label_idx", "teacher_pred"} <= set(scores.column_names):
         return None
     label = scores.column("label_idx").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -35,6 +36,10 @@ def label_order_problem(scores: pa.Table, class_names: list[str], *, max_pairs: 
     rows, cols = linear_sum_assignment(-confusion)
     best = confusion[rows, cols].sum() / n
     if not (best >= 0.5 and best >= 2 * as_listed and best - as_listed >= 0.25):
+        if as_listed < 1 / c:  # no reading fits, and the listed one is worse than guessing
+            return (f"the teacher agrees with the pool's labels on {as_listed:.0%} of {n} labelled rows, below "
+                    f"chance for {c} classes ({1 / c:.0%}): check that it is the teacher for this pool and that "
+                    "the pool's label names are its class names")
         return None
     moved = [(r, k) for r, k in zip(rows, cols) if r != k]
     moved.sort(key=lambda rk: -confusion[rk])

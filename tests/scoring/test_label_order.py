@@ -24,6 +24,10 @@ def test_a_permuted_reading_that_fits_far_better_is_named():
     said = label_order_problem(_scores(y, np.array([1, 2, 0])[pred]), ["a", "b", "c"])
     assert said.startswith("the teacher agrees with the pool's labels on ") and "'a' rows mostly predicted 'b'" in said
     assert label_order_problem(_scores(y[:10], y[:10] * 0), ["a", "b", "c"]) is None  # too few rows to say
+    # a teacher for another task: no reading fits, and the listed one is below chance
+    y4 = rng.integers(0, 4, 400)
+    said = label_order_problem(_scores(y4, (y4 + rng.integers(1, 4, 400)) % 4), ["a", "b", "c", "d"])
+    assert said.startswith("the teacher agrees with the pool's labels on 0% of 400") and "below chance" in said
 
 
 def test_select_warns_when_the_sidecar_order_is_not_the_logits_order(builtin_models, tmp_path, capsys):
