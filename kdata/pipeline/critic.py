@@ -182,21 +182,17 @@ def fit_critic_on(src: CriticSource, *, labels: str, out: str, recall: float | N
     sub = scores.take(pa.array(rows))
     if text:
         from kdata.models.base import pick_device
-        from kdata.selection.critic_text import text_feature_matrix
+        from kdata.selection.critic_text import embedder_info, text_feature_matrix
 
-        X, names = text_feature_matrix(sub, embedder=embedder, texts=[texts[i] for i in rows],
-                                       device=pick_device(src.device))
+        device = pick_device(src.device)
+        X, names = text_feature_matrix(sub, embedder=embedder, texts=[texts[i] for i in rows], device=device)
     else:
         X, names = feature_matrix(sub, embedding=False if no_embedding else None)
     y = np.array([accept[ids[i]] for i in rows])
     target_recall = recall if recall is not None or precision is not None else 0.8
     crit = fit_critic(X, y, feature_names=names, recall=target_recall, precision=precision, val_frac=val_frac)
     if text:
-        from kdata.models.base import pick_device
-        from kdata.selection.critic_text import embedder_info
-
-        crit.text = {"kind": "text", **fitted_with,
-                     **(embedder_info(embedder, device=pick_device(src.device)) if embedder else {})}
+        crit.text = {"kind": "text", **fitted_with, **(embedder_info(embedder, device=device) if embedder else {})}
     else:
         crit.models = fitted_with
     crit.save(out, fit=fit)

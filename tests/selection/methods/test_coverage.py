@@ -95,16 +95,23 @@ def teacher_probs(true: np.ndarray, conf: np.ndarray, c: int) -> np.ndarray:
     return p_t + ((1 - conf) / (c - 1))[:, None] * (p_t == 0)
 
 
+def teacher_and_student(rng: np.random.Generator, n: int, c: int, *, conf: tuple[float, float],
+                        student_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(true classes, teacher confidence, p_T, p_S): a teacher ``conf``-sure of the true class, a student
+    that mixes it with the uniform distribution (``student_weight`` of the teacher)."""
+    true = rng.integers(0, c, n)
+    confidence = rng.uniform(*conf, n)
+    p_t = teacher_probs(true, confidence, c)
+    return true, confidence, p_t, student_weight * p_t + (1 - student_weight) / c
+
+
 def test_a_teacher_sure_of_the_rows_left_cuts_few_of_them(tmp_path):
     """Labels 20% wrong, a teacher confident and right everywhere: the label stage takes the wrong
     labels (η̂ ≈ 0.2), and the label-free stage, capped at twice the teacher's expected error on the
     rows left (≈ 2 × 0.03), no longer takes another η̂ of good rows."""
     rng = np.random.default_rng(6)
     n, c = 400, 4
-    true = rng.integers(0, c, n)
-    conf = rng.uniform(0.94, 0.99, n)
-    p_t = teacher_probs(true, conf, c)
-    p_s = 0.5 * p_t + 0.5 / c
+    true, conf, p_t, p_s = teacher_and_student(rng, n, c, conf=(0.94, 0.99), student_weight=0.5)
     label, flipped = flip_labels(rng, true, c)
     info = select(scores_from_probs(tmp_path, p_t, p_s, label=label), methods=["coverage"], budget=100, seed=0,
                   num_classes=c).info["coverage"]
@@ -119,10 +126,7 @@ def test_coverage_cuts_the_rows_whose_label_the_teacher_rejects(tmp_path):
     label-free signals decide and the rule falls back to the teacher's error rate."""
     rng = np.random.default_rng(3)
     n, c = 300, 3
-    true = rng.integers(0, c, n)
-    conf = rng.uniform(0.5, 0.95, n)
-    p_t = teacher_probs(true, conf, c)
-    p_s = 0.7 * p_t + 0.3 / c
+    true, conf, p_t, p_s = teacher_and_student(rng, n, c, conf=(0.5, 0.95), student_weight=0.7)
     label, flipped = flip_labels(rng, true, c)
     scores = scores_from_probs(tmp_path, p_t, p_s, label=label)
     sel = select(scores, methods=["coverage"], budget=90, seed=0, num_classes=c)
@@ -151,10 +155,7 @@ def test_a_pool_whose_labels_the_teacher_confirms_loses_few_rows(tmp_path):
     give no such evidence and the budget term cuts its 30%."""
     rng = np.random.default_rng(4)
     n, c = 400, 4
-    true = rng.integers(0, c, n)
-    conf = rng.uniform(0.85, 0.99, n)
-    p_t = teacher_probs(true, conf, c)
-    p_s = 0.6 * p_t + 0.4 / c
+    true, conf, p_t, p_s = teacher_and_student(rng, n, c, conf=(0.85, 0.99), student_weight=0.6)
     label = true.copy()
     label[:12] = (true[:12] + 1) % c  # 3% of the labels wrong
     clean = scores_from_probs(tmp_path, p_t, p_s, label=label)
