@@ -38,16 +38,51 @@ def auroc(bad: np.ndarray, score: np.ndarray) -> float:
     return float((r[bad].sum() - n_bad * (n_bad + 1) / 2) / max(n_bad * n_good, 1))
 
 
-def signals(view, rows) -> dict[str, np.ndarray]:
-    """Every tail signal the coverage sampler knows, higher = more likely bad."""
+def mahalanobis(emb: np.ndarray, pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance to the predicted class's mean under one covariance shared by all
+    classes (Lee et al., NeurIPS 2018), means and covariance over the ``ref`` rows, the covariance
+    shrunk by Ledoit–Wolf. A reference the recipe does not use (measured, not adopted)."""
+    from sklearn.covariance import ledoit_wolf
+
+    emb = np.asarray(emb, dtype=np.float64)
+    means = np.zeros((int(pred.max()) + 1, emb.shape[1]))
+    for c in np.unique(pred):
+        mine = pred == c
+        means[c] = emb[mine & ref].mean(0) if (mine & ref).any() else emb[mine].mean(0)
+    cov, _ = ledoit_wolf(emb[ref] - means[pred[ref]], assume_centered=True)
+    z = np.linalg.solve(cov, (emb - means[pred]).T).T
+    return np.einsum("ij,ij->i", z, emb - means[pred])
+
+
+def signals(view, rows, left: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tail signal the coverage sampler knows, higher = more likely bad, and the Mahalanobis
+    reference (its means and covariance over the more confident half of the rows in ``left``)."""
     from kdata.selection.tail import centroid_distance, label_free_score
 
     conf = view.col("teacher_conf")[rows].astype(np.float64)
+    emb, pred = view.col("embedding")[rows], view.col("teacher_pred")[rows]
     return {"1 − p_T(label) (label disagreement)": 1.0 - view.col("teacher_label_prob")[rows].astype(np.float64),
             "1 − max p_T (low confidence)": 1.0 - conf,
             "kl_ts": view.col("kl_ts")[rows].astype(np.float64),
-            "class-centroid distance": centroid_distance(view.col("embedding")[rows], view.col("teacher_pred")[rows], conf),
-            "label-free mean rank (no labels)": label_free_score(view, rows)[0]}
+            "class-centroid distance": centroid_distance(emb, pred, conf),
+            "label-free mean rank (no labels)": label_free_score(view, rows)[0],
+            "Mahalanobis distance (reference, not used)": mahalanobis(emb, pred, left & (conf >= np.median(conf[left])))}
+
+
+def label_stage_left(view, rows) -> np.ndarray:
+    """Mask of the rows the default recipe's label stage leaves (``cut_tail``'s stage a)."""
+    from kdata.selection.tail import label_noise_estimate, label_prob, label_tail_fraction, most_outlying, pct_rank
+
+    lp = label_prob(view, rows)
+    left = np.ones(len(rows), dtype=bool)
+    if lp is None:
+        return left
+    has = np.isfinite(lp)
+    n_cut = int(np.floor(label_tail_fraction(label_noise_estimate(view, rows, lp)) * has.sum()))
+    disagree = np.zeros(len(rows))
+    disagree[has] = pct_rank(1.0 - lp[has])
+    left[most_outlying(disagree, np.flatnonzero(has), n_cut)] = False
+    return left
 
 
 def measure(name: str) -> dict | None:
@@ -77,9 +112,13 @@ def measure(name: str) -> dict | None:
     out = {"pool": name, "rows": len(rows), "label_noise_estimate": None,
            "true_label_issue_share": float(np.isin(kind, ("junk", "label_noise")).mean()),
            "base": {k: float(np.isin(kind, v).mean()) for k, v in BAD.items()}, "signals": {}, "cuts": {}}
-    for sig, score in signals(view, rows).items():
+    left = label_stage_left(view, rows)
+    odd = np.isin(kind, ("junk", "shift"))
+    for sig, score in signals(view, rows, left).items():
         out["signals"][sig] = {k: auroc(np.isin(kind, v)[good | np.isin(kind, v)], score[good | np.isin(kind, v)])
                                for k, v in BAD.items()}
+        among = left & (good | odd)
+        out["signals"][sig]["after label cut"] = auroc(odd[among], score[among])
     for r in (0.1, 0.3, 0.5):  # what the default recipe's two-stage cut leaves
         keep, _, info = cut_tail(view, rows, int(r * len(rows)), tail=None)
         out["label_noise_estimate"] = info["label_noise"]  # the same at every budget
@@ -97,10 +136,12 @@ def markdown(results: list[dict], seconds: float) -> str:
                   f"Bad rows in the pool: junk {base['junk']:.2f}, shifted {base['shift']:.2f}, mislabelled "
                   f"{base['label noise']:.2f}. Label-noise estimate η̂ = {r['label_noise_estimate']:.2f} (true share "
                   f"of junk + mislabelled rows: {r['true_label_issue_share']:.2f}).", "",
-                  "| signal (AUROC against the good rows) | junk | shifted | mislabelled | all three |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| signal (AUROC against the good rows) | junk | shifted | mislabelled | all three | "
+                  "junk + shifted, rows the label cut leaves |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for sig, m in r["signals"].items():
-            lines.append(f"| {sig} | {m['junk']:.3f} | {m['shift']:.3f} | {m['label noise']:.3f} | {m['all three']:.3f} |")
+            lines.append(f"| {sig} | {m['junk']:.3f} | {m['shift']:.3f} | {m['label noise']:.3f} | {m['all three']:.3f} | "
+                         f"{m['after label cut']:.3f} |")
         lines += ["", "What the default recipe's tail cut leaves (before stratified sampling):", "",
                   "| kept ratio r | cut by label disagreement | then by the label-free score | rows left | "
                   "junk + shifted left | mislabelled left |", "|---:|---:|---:|---:|---:|---:|"]
