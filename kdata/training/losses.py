@@ -30,11 +30,10 @@ the student's forward pass, the targets rebuilt and the loss chosen by the confi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from kdata.training.batch_jitter import jitter
 from kdata.training.evaluate import autocast
 
 
@@ -86,22 +85,6 @@ def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not bool(have.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float()[have], labels[have].long())
-
-
-def jitter(x: torch.Tensor, gen: torch.Generator, *, degrees: float = 10.0, scale: float = 0.08,
-           shift: float = 0.08) -> torch.Tensor:
-    """Batched small random affine jitter (rotation ±degrees, scale ±scale, shift ±shift of the size)."""
-    n = x.shape[0]
-
-    def u(lim):
-        return (torch.rand(n, generator=gen, device=x.device) * 2 - 1) * lim
-
-    ang = u(math.radians(degrees))
-    sc = 1 + u(scale)
-    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-    theta = torch.stack([torch.stack([cos, -sin, u(2 * shift)], 1), torch.stack([sin, cos, u(2 * shift)], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="border")
 
 
 def batch_loss(student, batch, *, config, gen, device, pin: bool, num_classes: int,
