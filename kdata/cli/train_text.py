@@ -60,7 +60,7 @@ def check_text_student(student: str, shards: str, kind: str) -> None:
     from kdata.training.shard_dataset import shard_files
 
     if not is_text_spec(student):
-        raise KdataError(f"{shard_files(shards)[0]}: {kind.replace('_', ' ')} text shards (no 'image' column), but "
+        raise KdataError(f"{shard_files(shards)[0]}: {kind.replace('_', ' ')} text shards (text, no images), but "
                          f"{student} is an image student; train a text student on them: --student hf:PATH")
 
 

@@ -135,7 +135,7 @@ def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | Non
         if student != IMAGE_STUDENT:
             load_model(student, device="cpu")
         if eval and eval != IMAGE_EVAL:
-            open_pool(eval)
+            open_pool(eval, what="evaluation set")
         return None
     text = text_run(shards, student, eval)
     if text is not None:
@@ -148,7 +148,7 @@ def check_inputs(*, data: str, student: str, eval: str | None, epochs: int | Non
     else:
         load_model(student, device="cpu")
     if eval:
-        open_pool(eval)
+        open_pool(eval, what="evaluation set")
     return shards
 
 

@@ -271,7 +271,8 @@ def _load_text_model(path, *, device, precision: str, trust_remote_code: bool, m
     path, device = Path(path), torch.device(device)
     where = str(path)
     if not path.is_dir():
-        raise KdataError(f"{where}: model directory not found")
+        raise KdataError(f"{where}: " + ("not a directory (an hf: model is the folder save_pretrained wrote)"
+                                         if path.exists() else "model directory not found"))
     config = read_config(path)
     check_remote_code(path, config, trust_remote_code=trust_remote_code)
     kind = kind_of(config, where=where)

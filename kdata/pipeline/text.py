@@ -43,8 +43,9 @@ def check_specs(cfg: SelectConfig) -> None:
     """Teacher, student and reference all text specs (one line naming the odd one)."""
     roles = [(role, getattr(cfg, role)) for role in ("teacher", "student", "reference")]
     for role, spec in roles:  # a missing local model first: it is the likelier mistake than the mix
-        if spec and spec.startswith("hf:") and not text_model_path(spec).exists():
-            raise KdataError(f"--{role} {spec}: model directory not found")
+        if spec and spec.startswith("hf:") and not text_model_path(spec).is_dir():
+            raise KdataError(f"--{role} {spec}: " + ("not a directory (an hf: model is the folder save_pretrained wrote)"
+                                                     if text_model_path(spec).exists() else "model directory not found"))
     for role, spec in roles:
         if spec is not None and not is_text_spec(spec):
             raise KdataError(f"--{role} {spec}: a text run needs text models for teacher, student and reference "
@@ -147,12 +148,17 @@ def prepare_text(cfg: SelectConfig, *, opts: RunOptions, methods: list[str], bal
     if teacher.kind == "causal_lm":
         if cfg.temperature != 1.0:  # the manifest's temperature says how to read the soft labels: it would lie
             raise KdataError(f"--temperature {cfg.temperature:g}: a causal-LM teacher's per-token soft labels are "
-                             "stored at temperature 1 (kdata train softens them); leave --temperature at 1")
+                             "stored at temperature 1 and distilled at it (kdata train --temperature is for text-classifier "
+                             "and image students); leave --temperature at 1")
         methods = _lm_methods(cfg, methods, has_reference=reference is not None)
         balance = _lm_balance(cfg, balance, pool)
         note = tokenizer_note(models)
         if note:
             warn(note, note=True)
+        if not models.shared:
+            warn(f"student {student.spec} does not share teacher {teacher.spec}'s tokenizer: the shards' token-level "
+                 "soft labels are in the teacher's vocabulary, so kdata train refuses this student on them; "
+                 "distil a student that shares the teacher's tokenizer")
     else:
         pool.check_labels(teacher.class_names)
     token_topk = effective_token_topk(cfg.token_topk, teacher) if teacher.kind == "causal_lm" else cfg.token_topk

@@ -43,8 +43,9 @@ from kdata.pools.parquet_rows import ParquetRows, parquet_labels
 PARQUET_READER = "parquet-reader-v2"  # bump when a file is read differently (v2: bounded, cap per value)
 
 
-def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
-    """Open a pool spec; a missing path or unknown format is one clear KdataError.
+def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS, what: str = "pool") -> Pool:
+    """Open a pool spec; a missing path or unknown format is one clear KdataError naming it ``what``
+    (an evaluation set is read as a pool too).
 
     ``limits`` (symlinks, size cap per file) go to every reader that takes them. The pool carries
     ``opened_ns``, when it was opened: a file changed after that is not the one this run read."""
@@ -55,11 +56,11 @@ def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS) -> Pool:
             pool.opened_ns = opened
             return pool
     if not spec.startswith("builtin:") and not os.path.exists(spec):
-        raise KdataError(f"{spec}: pool not found (no such file or directory)")
+        raise KdataError(f"{spec}: {what} not found (no such file or directory)")
     mixed = _mixed_folder(Path(spec))
     if mixed:
         raise KdataError(mixed)
-    raise KdataError(f"{spec}: unrecognised pool (expected builtin:digits-web, a Parquet file/directory, "
+    raise KdataError(f"{spec}: unrecognised {what} (expected builtin:digits-web, a Parquet file/directory, "
                      "an image folder, WebDataset tar shards (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz), JSONL "
                      "text or a saved Hugging Face dataset)")
 

@@ -182,6 +182,9 @@ def bias_lines(k: dict, cfg: dict, m: dict | None = None) -> list[str]:
     elif SAMPLER in methods:
         L.append("- **Strata, not balance.** The predicted classes keep their shares of the pool (sampled in "
                  "proportion, every stratum at least once when the budget allows); rare classes stay rare.")
+    elif (m.get("scoring") or {}).get("kind") == "causal_lm":  # a causal LM has no classes; its card has domains
+        L.append("- **No balancing.** Domain shares follow the method's scores; compare the domain mixture before "
+                 "and after (where the pool names domains).")
     else:
         L.append("- **No balancing.** Class shares follow the method's scores; compare the class-balance table.")
     L.append(_dedup_line(dedup_summary({**m, "method_info": info, "dedup_level": m.get("dedup_level", k.get(

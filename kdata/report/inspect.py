@@ -267,14 +267,16 @@ def rejected_examples(run: Run, n: int) -> list[dict]:
     if run.decisions is None or n <= 0:
         return []
     picks = pick_rejected(run, n)
-    cols = [c for c in ("sample_id", "reason", "label_idx", "teacher_pred", "student_pred", "teacher_conf", "kl_ts")
-            if c in run.decisions.column_names] + [c for c in run.decisions.column_names if c.startswith(SCORE_PREFIX)]
+    cols = [c for c in ("sample_id", "reason", "label", "label_idx", "teacher_pred", "student_pred", "teacher_conf",
+                        "kl_ts") if c in run.decisions.column_names]
+    cols += [c for c in run.decisions.column_names if c.startswith(SCORE_PREFIX)]
     rows = run.decisions.select(cols).take(pa.array(picks, pa.int64())).to_pylist() if picks else []
     out = []
-    for r in rows:  # the web label as a class name, like the shards' ``label``
-        li = r.pop("label_idx", None)
+    for r in rows:  # the web label as written (a causal-LM row's has no class index), else as a class name
+        li, given = r.pop("label_idx", None), r.pop("label", None)
         out.append({"sample_id": r.pop("sample_id"), "reason": r.pop("reason"),
-                    "label": run.class_name(li) if li is not None and li >= 0 else None, **r})
+                    "label": given if given is not None else run.class_name(li) if li is not None and li >= 0 else None,
+                    **r})
     return out
 
 

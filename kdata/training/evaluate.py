@@ -24,7 +24,7 @@ class EvalSet:
     """
 
     def __init__(self, spec: str, *, model: Model, max_rows: int = 200_000):
-        pool = open_pool(spec)
+        pool = open_pool(spec, what="evaluation set")
         xs, ys, n_unlabelled, n_undecodable, n_no_label = [], [], 0, 0, 0
         for unit in pool.units:
             t = unit.read()

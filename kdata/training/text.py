@@ -314,7 +314,7 @@ def _train_text(*, shards, student: str, eval, cfg: TextTrainConfig, kind: str, 
         log["score_temperature"] = data.temperature
     if before is not None and last is not None:  # the last epoch against the start, whichever weights were kept
         log["worse_than_before"] = last > before if kind == "causal_lm" else last < before
+    log["files"] = {"model": str(out / "model.safetensors"), "log": str(out / "train_log.json")}
     write_json(out / "train_log.json", log)
     checkpoints.clear()
-    log["files"] = {"model": str(out / "model.safetensors"), "log": str(out / "train_log.json")}
     return log

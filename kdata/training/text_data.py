@@ -249,7 +249,7 @@ def eval_texts(spec: str, *, max_rows: int = 100_000) -> tuple[list[str], list[s
     texts: list[str] = []
     labels: list[str | None] = []
     skipped = 0
-    for unit in open_pool(spec).units:
+    for unit in open_pool(spec, what="evaluation set").units:
         t: pa.Table = unit.read()
         if "text" not in t.column_names or t.column("text").null_count == t.num_rows:
             raise KdataError(f"{spec}: evaluation set has no text")

@@ -89,7 +89,7 @@ def test_text_shards_with_an_image_student_name_the_shard(run, tmp_path):
 
     shard = rewrite_shard(run, as_text)
     line = one_error(*kdata("train", run, "--out", tmp_path / "st", "--student", "builtin:digits-student"))
-    assert line.startswith(f"kdata: error: {shard}: classifier text shards (no 'image' column), but "
+    assert line.startswith(f"kdata: error: {shard}: classifier text shards (text, no images), but "
                            "builtin:digits-student is an image student")
 
 

@@ -93,6 +93,7 @@ def test_different_student_tokenizer_is_said_once_and_kl_left_null(tmp_path, cap
     out, report = _run(_cfg("ddk", student="r", reference=False), tmp_path, "ddk2")
     err = capsys.readouterr().err
     assert err.count("tokenise differently") == 1
+    assert err.count("warning: student") == 1 and "kdata train refuses this student" in err
     shards = pads.dataset(str(out / "data"), format="parquet").to_table()
     assert shards.column("kl_ts").null_count == shards.num_rows == report.counts["kept"]
     assert shards.column("student_nll").null_count == 0

@@ -167,7 +167,7 @@ def test_bad_curate_pool_is_one_line_exit_2(prefect_api, tmp_path):
 @pytest.mark.parametrize("flags,says", [
     (["--out", "runs/curated-v1/student"], "inside the curated dataset runs/curated-v1"),
     (["--student", "builtin:nope"], "unknown built-in model 'builtin:nope'"),
-    (["--eval", "no-such-eval-set"], "no-such-eval-set: pool not found"),
+    (["--eval", "no-such-eval-set"], "no-such-eval-set: evaluation set not found"),
     (["--epochs", "0"], "--epochs 0: must be at least 1"),  # only what was given: distill has no --batch-size
     (["--device", "bogus"], "--device 'bogus': unknown device"),
     (["--data", "runs/curated-v9"], "--data runs/curated-v9: no such directory"),

@@ -51,6 +51,8 @@ def test_every_config_field_is_a_select_option_with_its_default_shown():
      "--reference builtin:digits-student: --method random does not use a reference model"),
     (["--teacher", "hf:/nonexistent/lm", "--student", "builtin:digits-student"],
      "--teacher hf:/nonexistent/lm: model directory not found"),
+    (["--teacher", f"hf:{__file__}", "--student", "builtin:digits-student"],
+     f"--teacher hf:{__file__}: not a directory (an hf: model is the folder save_pretrained wrote)"),
 ])
 def test_bad_options_fail_before_any_work(tmp_path, capsys, monkeypatch, args, match):
     """A fresh cache stays empty: no model is trained or loaded, no pool unit scored."""

@@ -20,3 +20,10 @@ def test_a_ranker_keeps_the_top():
     k = {**K, "methods": ["kd3"], "balance": "class"}
     assert keep_step(k) == "Keep the top `0.3` (437 rows), balanced by `class`; ties broken with seed 0."
     assert "No balancing" in "\n".join(bias_lines({**k, "balance": None}, {}))
+
+
+def test_an_unbalanced_causal_lm_run_points_to_its_domains_not_a_class_table():
+    k = {**K, "methods": ["miniplm"]}
+    lines = "\n".join(bias_lines(k, {}, {"scoring": {"kind": "causal_lm"}}))
+    assert "Domain shares follow" in lines and "class-balance table" not in lines
+    assert "class-balance table" in "\n".join(bias_lines(k, {}, {"scoring": {"kind": "classifier"}}))

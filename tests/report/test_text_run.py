@@ -139,3 +139,15 @@ def test_the_decisions_table_of_a_text_run_carries_every_rows_web_label(text_run
     scored = [r for r in dec if r["decision"] != "quarantined"]
     assert sum(r["label"] is not None for r in scored) >= 50
     assert all(r["label"] == pool[r["sample_id"]] for r in scored)
+
+
+def test_rejected_examples_show_the_web_label_of_a_causal_lm_row(text_run):
+    """A causal-LM row has no class index (label_idx −1): the table shows the label as written."""
+    from kdata.report.inspect import rejected_examples
+
+    out, _ = text_run
+    run = load_run(out)
+    rows = rejected_examples(run, 8)
+    labels = dict(zip(run.decisions.column("sample_id").to_pylist(), run.decisions.column("label").to_pylist()))
+    assert rows and sum(r["label"] is not None for r in rows) >= 4
+    assert all(r["label"] == labels[r["sample_id"]] for r in rows)

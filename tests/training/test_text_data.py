@@ -236,3 +236,10 @@ def test_eval_rows_without_text_are_skipped_and_counted(tmp_path, capsys):
         eval_texts(str(path))
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"kdata: note: {path}: 4 evaluation row(s) without text skipped; evaluating on 2"]
+
+
+def test_a_missing_eval_set_is_named_as_one(tmp_path):
+    from kdata.training.text_data import eval_texts
+
+    with pytest.raises(KdataError, match=r"nosuch.jsonl: evaluation set not found \(no such file or directory\)"):
+        eval_texts(str(tmp_path / "nosuch.jsonl"))

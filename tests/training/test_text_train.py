@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,7 +49,9 @@ def test_distillation_lowers_held_out_perplexity_and_saves_a_loadable_student(lm
     assert not log["worse_than_before"]
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
-    assert json.loads((out / "train_log.json").read_text())["perplexity_after"] == log["perplexity_after"]
+    written = json.loads((out / "train_log.json").read_text())
+    assert written["perplexity_after"] == log["perplexity_after"]
+    assert written["files"] == log["files"] and Path(written["files"]["model"]).is_file()
     assert model.config.n_layer == 1
     # --steps: exactly that many optimiser steps, whatever the data size
     log2 = train_text(shards=lm_shards, student="builtin:text-student", eval=None,
