@@ -148,3 +148,15 @@ def result_storage() -> Path:
         raise KdataError(f"{cache_dir('prefect-results')}: other users can write here, and Prefect loads task "
                          "results from it with pickle; use a cache of your own (KDATA_CACHE) or chmod go-w it")
     return path
+
+
+def mark_records_used(keys) -> None:
+    """Mark the Prefect result records of these task cache keys used now (``kdata cache`` dates an entry
+    by its last use, and Prefect reads a record on a cache hit without touching it), so a prune right
+    after a run keeps what the run just reused."""
+    from kdata.core.cache_admin import touch_used
+
+    base = result_storage()
+    for key in keys:
+        if (base / key).is_file():
+            touch_used(base / key)

@@ -41,7 +41,7 @@ from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
 from kdata.core.version import __version__
 from kdata.core.warn import shows_lines
-from kdata.flows.config import DEFAULT_OUT, expand_out, load_config, result_storage
+from kdata.flows.config import DEFAULT_OUT, expand_out, load_config, mark_records_used, result_storage
 from kdata.flows.curate_text import empty_scores, score_text_unit_files, text_info, text_load
 from kdata.flows.model_cache import cached_model
 from kdata.flows.run_log import logs_warnings
@@ -302,6 +302,7 @@ def _curate(select: dict, out: str, run: dict, gpu: bool | None) -> dict:
                 error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
             failed.append({"unit": u["name"], "error": error, "records": unit_quarantine(u, error)})
             logger.warning("quarantined unit %s: %s", u["name"], error)
+    mark_records_used(score_cache_key(None, {"unit": u, "kind": "image", **args}) for u in units)
     report = finish_task(select, out, run, units, scored, failed)
     md, rows = summary(report, units=units, states=states, failed=failed)
     key = "curate-" + hashlib.sha1(str(Path(report["out"]).resolve()).encode()).hexdigest()[:8]

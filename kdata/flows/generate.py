@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task
 
 from kdata.core.errors import KdataError
 from kdata.core.warn import shows_lines
-from kdata.flows.config import result_storage
+from kdata.flows.config import mark_records_used, result_storage
 from kdata.flows.model_cache import cached_model
 from kdata.flows.run_log import logs_warnings
 
@@ -211,6 +211,7 @@ def generate(params: dict, out: str, run: dict | None = None, select: dict | Non
     for i, d in enumerate(done):  # a cached result whose file was removed since: generate it again
         if not Path(d["path"]).is_file():
             done[i] = tasks.with_options(refresh_cache=True)(params, i, keys[i], device, batch, shards[i], checksums)
+    mark_records_used(shard_cache_key(None, {"key": k}) for k in keys)
     paths = [d["path"] for d in done]
     critic = critic_task(params, paths, device, checksums)
     report = write_task(params, paths, critic, out, device, checksums)

@@ -9,6 +9,7 @@ re-selection is written by ``finish`` as a full dataset (manifest, decisions, ca
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -107,6 +108,22 @@ def default_out(shards: str | Path, *, request: str | None = None) -> Path:
 STUDENT_FILES = ("train_log.json", "student.pt2", "student.pt", "student.json", "model.safetensors", "config.json")
 
 
+def enclosing_dataset(target: Path) -> Path | None:
+    """``target`` or the nearest existing directory above it that holds a kdata manifest (one with
+    ``kdata_version`` and ``files``), else None: a student written there would sit among files the
+    manifest does not list."""
+    for d in (target, *target.parents):
+        m = d / MANIFEST
+        if m.is_file():
+            try:
+                doc = json.loads(m.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(doc, dict) and "kdata_version" in doc and "files" in doc:
+                return d
+    return None
+
+
 def student_dir(shards: str, out: str | None, *, overwrite: bool = False, request: str | None = None) -> str:
     """``out``, or ``DATASET-student`` beside the dataset (``default_out``); never inside the curated
     dataset, whose files its manifest lists, and never over a student already saved in ``out`` unless
@@ -117,6 +134,10 @@ def student_dir(shards: str, out: str | None, *, overwrite: bool = False, reques
     if target.is_relative_to(Path(shards).resolve()):
         raise KdataError(f"--out {out}: inside the curated dataset {shards}; save the student beside it "
                          f"(the default: {default_out(shards)})")
+    other = enclosing_dataset(target)
+    if other is not None:
+        raise KdataError(f"--out {out}: {'is' if other == target else 'inside'} the kdata dataset {other} (its "
+                         f"manifest lists its files); save the student outside it (the default: {default_out(shards)})")
     held = [n for n in STUDENT_FILES if (target / n).exists()] if target.is_dir() else []
     if held and not overwrite and not unfinished(target):
         raise KdataError(f"--out {out}: already holds a trained student ({held[0]}); choose another directory, "

@@ -3,6 +3,7 @@ LocalCluster and real subprocesses (a SIGKILLed flow run; ``kdata serve``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -80,11 +81,19 @@ def test_curate_flow_matches_kdata_select(first_run, pool_dir, tmp_path):
 
 
 def test_rerun_hits_cache_for_every_unit_and_is_byte_identical(curate_mod, first_run, tmp_path):
+    from kdata.flows.config import result_storage
+
     cfg = read_manifest(first_run)["config"]
+    records = sorted(result_storage().glob("kdata-score-*"))
+    day_ago = time.time() - 86400
+    for r in records:  # as if written yesterday: the rerun reads them, so it must mark them used
+        os.utime(r, (day_ago, day_ago))
+    started = time.time()
     state = curate_mod.curate(select=cfg, out=str(tmp_path / "again"), run={"device": "cpu"}, return_state=True)
     assert state.is_completed()
     result = state.result()
     assert set(result["units"].values()) == {"Cached"} and len(result["units"]) == 4
+    assert sum(r.stat().st_mtime >= started - 1 for r in records) >= 4  # kdata cache prune keeps them now
     assert _task_states(state.state_details.flow_run_id, n=4) == ["Cached"] * 4
     assert _shard_hashes(tmp_path / "again") == _shard_hashes(first_run)
     # the artifacts' content: a Markdown summary and table rows (counts/reasons, class balance, shards)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import time
 import uuid
 from pathlib import Path
 
@@ -56,9 +58,16 @@ def test_generate_flow_end_to_end_with_cached_shards(flow_mod, tmp_path):
                  "--out", str(crit), "--device", "cpu"]) == 0
 
     held_out = write_jsonl(tmp_path / "held-out.jsonl", n=12)
+    from kdata.flows.config import result_storage
+
+    records = sorted(result_storage().glob("generate-shard-*"))
+    for r in records:  # as if written yesterday: the cached rerun reads them, so it marks them used
+        os.utime(r, (time.time() - 86400,) * 2)
+    started = time.time()
     second = flow_mod.generate(params={**params, "critic": str(crit)}, out=str(tmp_path / "b"),
                                run={"device": "cpu"}, distill={"epochs": 1, "eval": str(held_out)})
     assert second["shards"] == {"Cached": 3}  # same prompts and settings: no shard generated again
+    assert sum(r.stat().st_mtime >= started - 1 for r in records) >= 3
     b = tmp_path / "b"
     assert [f["sha256"] for f in read_manifest(b)["files"]] != [] and verify(b) == []
     c = second["counts"]

@@ -209,13 +209,22 @@ def test_reselect_threshold_is_kd3s_confidence_cut(demo_run, tmp_path, capsys, b
     (["--reselect-threshold", "0.5"], "--reselect-threshold"),
     (["--out", "FILE"], "exists and is not a directory"),
     (["--out", "DEMO/student"], "inside the curated dataset"),
+    (["--out", "OTHER"], "is the kdata dataset"),  # another curated dataset: its manifest does not list a student
+    (["--out", "OTHER/data"], "inside the kdata dataset"),
 ])
 def test_bad_input_one_line_exit_2(demo_run, tmp_path, capsys, argv, msg):
+    import shutil
+
     (tmp_path / "FILE").write_text("not a directory")
-    argv = [str(tmp_path / "FILE") if a == "FILE" else a.replace("DEMO", str(demo_run)) for a in argv]
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    shutil.copy(demo_run / "manifest.json", other / "manifest.json")
+    argv = [str(tmp_path / "FILE") if a == "FILE" else a.replace("DEMO", str(demo_run)).replace("OTHER", str(other))
+            for a in argv]
     rc = main(["train", str(demo_run), "--epochs", "1", "--device", "cpu", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in other.rglob("*")) == ["data", "manifest.json"]  # nothing written there
 
 
 def test_missing_dataset_is_one_line_and_nothing_is_created(tmp_path, capsys):
