@@ -158,6 +158,8 @@ def quarantine_lines(out, n: int, *, top: int = 3, by_reason: dict | None = None
         by_reason = quarantined_by_reason(pq.read_table(path, columns=[c for c in ("decision", "reason", "error")
                                                                         if c in names]))
     kinds = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(kinds) == top + 1:  # naming the last kind takes the line a summary of it would
+        top += 1
     lines = [f"    quarantined {kind}: {k}" for kind, k in kinds[:top]]
     if len(kinds) > top:
         rest = sum(k for _, k in kinds[top:])

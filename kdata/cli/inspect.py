@@ -159,7 +159,8 @@ def _header(s: dict, console) -> None:
     c = s["counts"] or {}
     console.print(f"[bold]{_f(s['out'])}[/bold]: {_f(s['rows'])} curated rows in {len(s['files'])} shard(s); "
                   f"methods {_f(', '.join(s.get('methods') or []))}; pool {_f(s['pool'])}; "
-                  f"teacher {_f(s['teacher'])} → student {_f(s['student'])}")
+                  f"teacher {_f(s['teacher'])} → student {_f(s['student'])}"
+                  + (f"; reference {_f(s['reference'])}" if s.get("reference") else ""))
     console.print(f"in {c.get('n_in')}  kept {c.get('kept')}  rejected {c.get('rejected')}  "
                   f"quarantined {c.get('quarantined')}")
 

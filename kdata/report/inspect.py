@@ -344,6 +344,7 @@ def summarise(out: str | Path, *, n_examples: int = 5, check: bool = True, n_qua
         "pool": (m.get("pool") or {}).get("spec") or (m.get("config") or {}).get("pool"),
         "teacher": (models.get("teacher") or {}).get("spec"),
         "student": (models.get("student") or {}).get("spec"),
+        "reference": (models.get("reference") or {}).get("spec"),  # MiniPLM's reference model, when one scored
         "config_hash": m.get("config_hash"),
         "class_names": run.class_names,  # teacher_pred / student_pred index them
         "class_balance": balance,

@@ -62,3 +62,13 @@ def test_select_summary_manifest_and_inspect_group_quarantine_reasons(tmp_path, 
     assert verify(out) == []
     assert summarise(out)["decisions"]["quarantined_by_reason"] == {"undecodable_text: no 'text' field": 10}
     assert quarantine_lines(out, 10) == ["    quarantined undecodable_text: no 'text' field: 10"]
+
+
+def test_one_kind_past_the_top_is_named_not_summarised():
+    from kdata.cli.common import quarantine_lines
+
+    four = {"a": 5, "b": 4, "c": 3, "d": 1}
+    lines = quarantine_lines("out", 13, by_reason=four)
+    assert lines == ["    quarantined a: 5", "    quarantined b: 4", "    quarantined c: 3", "    quarantined d: 1"]
+    lines = quarantine_lines("out", 15, by_reason={**four, "e": 2})
+    assert len(lines) == 4 and lines[-1] == "    quarantined, 2 other kind(s) of error: 3 (kdata inspect out lists each)"

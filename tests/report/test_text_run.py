@@ -74,15 +74,17 @@ def test_card_has_text_sections(text_run):
 
 
 def test_inspect_prints_text_tables_and_json(text_run, capsys):
-    out, _ = text_run
+    out, d = text_run
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     for words in ("kept texts (best ranked)", "rejected texts (by reason)", "domain mixture, pool → kept",
                   "perplexity (exp mean token NLL), pool vs kept", "reference"):
         assert words in text, words
+    assert f"; reference hf:{d / 'r'}" in text.splitlines()[0]  # the header names the reference model
     assert main(["inspect", str(out), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["text"]["perplexity"]["student"]["kept"]["n"] == 18 and len(s["text"]["domain_mixture"]) == 4
+    assert s["reference"] == f"hf:{d / 'r'}"
 
 
 def test_moved_pool_leaves_a_note_not_an_error(text_run, tmp_path):
