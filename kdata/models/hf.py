@@ -266,13 +266,18 @@ def load_hf(path: str | os.PathLike, *, device: torch.device | str = "cpu", prec
                                 max_length=max_length, spec=spec)
 
 
+def not_a_model_dir(path: Path) -> str:
+    """Why ``path`` is no ``hf:`` model directory (it is missing, or a file)."""
+    return ("not a directory (an hf: model is the folder save_pretrained wrote)" if path.exists()
+            else "model directory not found")
+
+
 def _load_text_model(path, *, device, precision: str, trust_remote_code: bool, max_length: int | None,
                      spec: str | None) -> HFModel:
     path, device = Path(path), torch.device(device)
     where = str(path)
     if not path.is_dir():
-        raise KdataError(f"{where}: " + ("not a directory (an hf: model is the folder save_pretrained wrote)"
-                                         if path.exists() else "model directory not found"))
+        raise KdataError(f"{where}: {not_a_model_dir(path)}")
     config = read_config(path)
     check_remote_code(path, config, trust_remote_code=trust_remote_code)
     kind = kind_of(config, where=where)

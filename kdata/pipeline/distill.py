@@ -9,7 +9,6 @@ re-selection is written by ``finish`` as a full dataset (manifest, decisions, ca
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from kdata.core.errors import KdataError
 from kdata.core.lock import exclusive
-from kdata.dataset.manifest import MANIFEST
+from kdata.dataset.manifest import MANIFEST, read_manifest
 from kdata.dataset.schema import KEPT
 from kdata.models.spec import Model, load_model
 from kdata.pipeline.config import SelectConfig
@@ -113,14 +112,12 @@ def enclosing_dataset(target: Path) -> Path | None:
     ``kdata_version`` and ``files``), else None: a student written there would sit among files the
     manifest does not list."""
     for d in (target, *target.parents):
-        m = d / MANIFEST
-        if m.is_file():
-            try:
-                doc = json.loads(m.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            if isinstance(doc, dict) and "kdata_version" in doc and "files" in doc:
-                return d
+        try:
+            doc = read_manifest(d)
+        except KdataError:  # not readable as a manifest: not a kdata dataset's
+            continue
+        if doc is not None and "kdata_version" in doc and "files" in doc:
+            return d
     return None
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from kdata.core.errors import KdataError
 from kdata.core.warn import warn
-from kdata.models.hf import is_text_spec, text_model_path
+from kdata.models.hf import is_text_spec, not_a_model_dir, text_model_path
 from kdata.models.spec import load_model, pick_device
 from kdata.pipeline.config import RunOptions, SelectConfig, pool_limits
 from kdata.pipeline.pool_checks import check_budget_fits, check_unique_pool_ids
@@ -44,8 +44,7 @@ def check_specs(cfg: SelectConfig) -> None:
     roles = [(role, getattr(cfg, role)) for role in ("teacher", "student", "reference")]
     for role, spec in roles:  # a missing local model first: it is the likelier mistake than the mix
         if spec and spec.startswith("hf:") and not text_model_path(spec).is_dir():
-            raise KdataError(f"--{role} {spec}: " + ("not a directory (an hf: model is the folder save_pretrained wrote)"
-                                                     if text_model_path(spec).exists() else "model directory not found"))
+            raise KdataError(f"--{role} {spec}: {not_a_model_dir(text_model_path(spec))}")
     for role, spec in roles:
         if spec is not None and not is_text_spec(spec):
             raise KdataError(f"--{role} {spec}: a text run needs text models for teacher, student and reference "
