@@ -154,6 +154,17 @@ def test_a_budget_the_pool_cannot_fill_is_said_plainly(tmp_path, builtin_models,
         "filters, dedup and quarantine (decisions.parquet says why each row went)"
 
 
+def test_budget_1_is_a_count_and_says_so(tmp_path, builtin_models, capsys):
+    """``1`` keeps one row while ``1.0`` keeps the pool: the spelling that reads both ways gets a note."""
+    argv = ["select", "--method", "random", "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet", "--json"]
+    assert main(argv + ["--budget", "1"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["counts"]["kept"] == 1
+    assert cap.err.strip() == "kdata: note: --budget 1 is a count (one row); --budget 1.0 keeps the whole pool"
+    assert main(argv[:4] + [str(tmp_path / "p")] + argv[5:] + ["--budget", "2"]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
 def test_the_summary_says_how_many_units_were_scored_and_how_many_reused(tmp_path, builtin_models, capsys):
     for name in ("a", "b"):  # the second run finds every unit's scores in the cache
         assert main(["select", "--method", "random", "--budget", "20", "--out", str(tmp_path / name),
