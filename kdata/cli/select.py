@@ -20,9 +20,9 @@ def run(args) -> int:
     from kdata.pipeline.run import run_select
 
     output_options(args)
+    report = run_select(config_from_args(args), out=args.out, opts=run_options(args))
     if str(args.budget).strip() == "1":  # the one spelling that reads as both a fraction and a count
         print("kdata: note: --budget 1 is a count (one row); --budget 1.0 keeps the whole pool", file=sys.stderr)
-    report = run_select(config_from_args(args), out=args.out, opts=run_options(args))
     if args.json:  # stdout is the JSON; a budget that could not be met is still said, on stderr
         if note := budget_note(report):
             print(f"kdata: note: {note}", file=sys.stderr)

@@ -28,6 +28,7 @@ class _DefaultPool(str):
     """``SelectConfig.pool`` left at its default: the built-in pool, or, with ``scores``, no pool (a plain
     ``str`` after ``__post_init__``, so hashes and dicts see the value only)."""
 BALANCES = ("none", "class", "cluster", "domain")
+SPEC_FIELDS = ("pool", "scores", "teacher", "student", "reference", "critic", "embedder")
 DEDUP_LEVELS = ("none", "exact", "near", "semantic")
 
 
@@ -98,6 +99,11 @@ class SelectConfig:
     method_options: dict = opt({}, "per-method options (config file only)", cli=False, kind=dict)
 
     def __post_init__(self):
+        for name in SPEC_FIELDS:  # a pathlib.Path works where a path string does (one run, one hash)
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.budget, (int, float)) and not isinstance(self.budget, bool):
+            self.budget = str(self.budget)  # 0.1 and "0.1" (the CLI's and a config file's spelling): one run
         if type(self.pool) is _DefaultPool:  # left at its default: with --scores, shards without payload
             self.pool = None if self.scores else DEFAULT_POOL
         if isinstance(self.pool, str) and "://" not in self.pool and os.path.exists(self.pool):

@@ -49,6 +49,9 @@ def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS, what: str = "po
 
     ``limits`` (symlinks, size cap per file) go to every reader that takes them. The pool carries
     ``opened_ns``, when it was opened: a file changed after that is not the one this run read."""
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
+    if not isinstance(spec, str):
+        raise KdataError(f"{what} spec {spec!r}: expected a path or spec string")
     opened = time.time_ns()
     for claims, fn in readers():
         if claims(spec):

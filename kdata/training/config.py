@@ -7,6 +7,7 @@ import numbers
 from dataclasses import dataclass, replace
 
 from kdata.core.errors import KdataError
+from kdata.models.base import check_device_name
 
 # benchmarks/text_lr.py: AdamW lr for distilling a causal-LM student on a curated builtin:text-web set
 BUILTIN_TEXT_LR = 1e-2  # the built-in text student, barely pre-trained: the largest gain in perplexity
@@ -122,6 +123,7 @@ def check_common(cfg, *, epochs_low: int = 1) -> None:
     check_number("weight_decay", cfg.weight_decay, low=0.0)
     check_number("--temperature", cfg.temperature, low=0.0, above=True)
     check_whole("--seed", cfg.seed, low=0, high=SEED_MAX, high_text="2**64 - 1")
+    check_device_name(cfg.device)
 
 
 def text_lr(given: float | None, student: str) -> tuple[float, str]:

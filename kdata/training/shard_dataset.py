@@ -227,7 +227,12 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, source, *, input_size, mean, std, interpolation: str = "bilinear",
                  shuffle: bool = True, seed: int = 0, num_classes: int | None = None):
+        from kdata.training.text_data import shard_kind
+
         self.files = shard_files(source)
+        if (kind := shard_kind(self.files)) != "image":
+            raise KdataError(f"{self.files[0]}: {kind.replace('_', ' ')} text shards; ShardDataset reads image shards "
+                             "(text shards train with kdata.training.text.train_text)")
         self.groups, self.meta = row_groups(self.files)
         self.input_size, self.mean, self.std = tuple(input_size), tuple(mean), tuple(std)
         self.interpolation = interpolation

@@ -207,3 +207,17 @@ def test_one_pool_path_written_two_ways_is_one_run(tmp_path, monkeypatch):
     a, b, c = SelectConfig(pool="./pool/"), SelectConfig(pool="pool"), SelectConfig(pool=str(tmp_path / "pool"))
     assert a.pool == b.pool == "pool" and a.hash() == b.hash() != c.hash()  # relative stays relative
     assert SelectConfig(pool="gone/").pool == "gone/"  # a path that is not there is left for the pool check
+
+
+def test_a_path_and_a_numeric_budget_are_the_runs_their_strings_are(tmp_path):
+    """From Python, pool=Path(...) and budget=0.1 configure the same run (same dict, same hash) as the
+    strings the CLI and a config file give."""
+    from pathlib import Path
+
+    from kdata.pipeline.config import SelectConfig
+
+    (tmp_path / "pool").mkdir()
+    a = SelectConfig(pool=Path(tmp_path / "pool"), budget=0.1, teacher=Path("t.pt2"))
+    b = SelectConfig(pool=str(tmp_path / "pool"), budget="0.1", teacher="t.pt2")
+    assert a.to_dict() == b.to_dict() and a.budget == "0.1" and isinstance(a.pool, str)
+    assert SelectConfig(budget=200).budget == "200"

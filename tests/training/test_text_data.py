@@ -243,3 +243,11 @@ def test_a_missing_eval_set_is_named_as_one(tmp_path):
 
     with pytest.raises(KdataError, match=r"nosuch.jsonl: evaluation set not found \(no such file or directory\)"):
         eval_texts(str(tmp_path / "nosuch.jsonl"))
+
+
+def test_shard_dataset_names_text_shards_as_text_not_as_damaged(lm_shards):
+    """ShardDataset reads image shards; given causal-LM shards it says what they are and what trains them."""
+    from kdata.training.shard_dataset import ShardDataset
+
+    with pytest.raises(KdataError, match="causal lm text shards; ShardDataset reads image shards"):
+        ShardDataset(lm_shards, input_size=(1, 32, 32), mean=(0.5,), std=(0.5,))

@@ -121,3 +121,11 @@ def test_shards_without_an_image_column_or_any_text_say_so(run):
     with pytest.raises(KdataError) as e:
         shard_kind(run)
     assert str(e.value).startswith(f"{shard}: no 'image' column, and its 'text' column holds no text")
+
+
+@pytest.mark.parametrize("make", ["TrainConfig", "TextTrainConfig"])
+def test_a_trainer_config_refuses_an_unknown_device_when_made(make):
+    import kdata.training.config as config
+
+    with pytest.raises(KdataError, match="--device 'gpu': unknown device"):
+        getattr(config, make)(device="gpu")
