@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from kdata.core.device_names import DEVICES, check_device_name  # noqa: F401  (re-exported)
 from kdata.core.errors import KdataError
 
 @dataclass
@@ -62,19 +63,6 @@ def register_loader(claims: Callable[[str], bool]):
 def loaders() -> list[tuple[Callable[[str], bool], Callable[..., Model]]]:
     """The registered ``(claims, load)`` pairs, in registration order."""
     return list(_LOADERS)
-
-
-DEVICES = "auto, cpu, cuda or cuda:N"
-
-
-def check_device_name(device) -> str:
-    """``device`` as a string when it names a device kdata knows (``DEVICES``), whether or not one is
-    present here; one line otherwise."""
-    device = str(device)
-    kind, colon, index = device.partition(":")
-    if device not in ("auto", "cpu") and (kind != "cuda" or (colon and not (index.isascii() and index.isdigit()))):
-        raise KdataError(f"--device '{device}': unknown device ({DEVICES})")
-    return device
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -6,8 +6,8 @@ import math
 import numbers
 from dataclasses import dataclass, replace
 
+from kdata.core.device_names import check_device_name
 from kdata.core.errors import KdataError
-from kdata.models.base import check_device_name
 
 # benchmarks/text_lr.py: AdamW lr for distilling a causal-LM student on a curated builtin:text-web set
 BUILTIN_TEXT_LR = 1e-2  # the built-in text student, barely pre-trained: the largest gain in perplexity

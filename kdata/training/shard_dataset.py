@@ -227,12 +227,11 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, source, *, input_size, mean, std, interpolation: str = "bilinear",
                  shuffle: bool = True, seed: int = 0, num_classes: int | None = None):
-        from kdata.training.text_data import shard_kind
-
         self.files = shard_files(source)
-        if (kind := shard_kind(self.files)) != "image":
-            raise KdataError(f"{self.files[0]}: {kind.replace('_', ' ')} text shards; ShardDataset reads image shards "
-                             "(text shards train with kdata.training.text.train_text)")
+        names = pq.read_schema(self.files[0]).names
+        if "teacher_topk_ids" in names or "image" not in names:  # per-token soft labels, or no images at all
+            raise KdataError(f"{self.files[0]}: {'causal lm' if 'teacher_topk_ids' in names else 'text'} shards; "
+                             "ShardDataset reads image shards (text shards train with kdata.training.text.train_text)")
         self.groups, self.meta = row_groups(self.files)
         self.input_size, self.mean, self.std = tuple(input_size), tuple(mean), tuple(std)
         self.interpolation = interpolation

@@ -249,5 +249,5 @@ def test_shard_dataset_names_text_shards_as_text_not_as_damaged(lm_shards):
     """ShardDataset reads image shards; given causal-LM shards it says what they are and what trains them."""
     from kdata.training.shard_dataset import ShardDataset
 
-    with pytest.raises(KdataError, match="causal lm text shards; ShardDataset reads image shards"):
+    with pytest.raises(KdataError, match="causal lm shards; ShardDataset reads image shards"):
         ShardDataset(lm_shards, input_size=(1, 32, 32), mean=(0.5,), std=(0.5,))
