@@ -41,7 +41,7 @@ def opt(default, help: str, *, flag: str | None = None, metavar: str | None = No
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SelectConfig:
     """Everything that defines a curation run (hashed into ``config_hash``)."""
 
@@ -141,7 +141,7 @@ class SelectConfig:
         return self.method in (None, "", DEFAULT_METHOD)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunOptions:
     """How to run (not hashed): device, decode workers, batch size, caching, progress."""
 

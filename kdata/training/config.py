@@ -15,7 +15,7 @@ PRETRAINED_TEXT_LR = 1e-4  # any other student: 1e-2 made pre-trained students w
 GIVEN_LR = "given (--lr, or the caller's config: I2D2 rounds fix one rate from their first student)"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Hyper-parameters of a distillation run (defaults tuned by ``benchmarks/quality.py``)."""
 
@@ -51,7 +51,7 @@ class TrainConfig:
             check_fraction("--reselect-threshold", self.reselect_threshold)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TextTrainConfig:
     """Hyper-parameters of a text distillation run."""
 

@@ -221,3 +221,13 @@ def test_a_path_and_a_numeric_budget_are_the_runs_their_strings_are(tmp_path):
     b = SelectConfig(pool=str(tmp_path / "pool"), budget="0.1", teacher="t.pt2")
     assert a.to_dict() == b.to_dict() and a.budget == "0.1" and isinstance(a.pool, str)
     assert SelectConfig(budget=200).budget == "200"
+
+
+def test_configs_take_keywords_only():
+    """``SelectConfig("builtin:digits-web", "kd3")`` set teacher="kd3" silently; the configs take keywords."""
+    from kdata.pipeline.config import RunOptions, SelectConfig
+    from kdata.training.config import TextTrainConfig, TrainConfig
+
+    for make, arg in ((SelectConfig, "builtin:digits-web"), (RunOptions, "cpu"), (TrainConfig, 3), (TextTrainConfig, 3)):
+        with pytest.raises(TypeError, match="positional"):
+            make(arg)
