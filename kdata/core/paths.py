@@ -54,3 +54,15 @@ def private_cache_dir(*parts: str) -> Path | None:
         except OSError:
             return None
     return path if only_mine(path) else None
+
+
+def spec_text(spec, *, what: str) -> str:
+    """A pool or model spec as its string: a ``pathlib.Path`` (any ``os.PathLike``) works where a path
+    string does; anything else is one line naming ``what`` it was meant to be."""
+    if isinstance(spec, os.PathLike):
+        return os.fspath(spec)
+    if not isinstance(spec, str):
+        from kdata.core.errors import KdataError
+
+        raise KdataError(f"{what} spec {spec!r}: expected a path or spec string")
+    return spec

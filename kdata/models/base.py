@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from kdata.core.device_names import DEVICES, check_device_name  # noqa: F401  (re-exported)
+from kdata.core.device_names import check_device_name
 from kdata.core.errors import KdataError
 
 @dataclass

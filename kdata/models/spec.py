@@ -9,14 +9,14 @@ class names and a checksum of its weights, which the manifest records.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from kdata.core.device_names import check_device_name
 from kdata.core.errors import KdataError
+from kdata.core.paths import spec_text
 
 
-from kdata.models.base import Model, check_device_name, loaders, pick_device, register_loader  # noqa: F401  (re-exported)
+from kdata.models.base import Model, loaders, pick_device, register_loader  # noqa: F401  (re-exported)
 from kdata.models import builtin as _builtin  # noqa: F401  (loaders register themselves on import)
 from kdata.models import files as _files  # noqa: F401  (.pt2 / TorchScript / timm)
 from kdata.models import clip as _clip  # noqa: F401  (open_clip)
@@ -29,9 +29,7 @@ def load_model(spec: str, *, device: str | torch.device = "cpu", trust_remote_co
 
     ``hf:PATH`` and ``builtin:text-*`` load as ``kdata.models.hf.HFModel`` (``trust_remote_code``,
     ``max_length`` and ``precision`` apply to them only)."""
-    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
-    if not isinstance(spec, str):
-        raise KdataError(f"model spec {spec!r}: expected a path or spec string (builtin:…, hf:PATH, model.pt2, …)")
+    spec = spec_text(spec, what="model")
     if isinstance(device, str):
         check_device_name(device)
     if is_text_spec(spec):

@@ -27,7 +27,7 @@ from kdata.dataset.writer import manifest_model, read_shards, require_intact, sh
 from kdata.dedup.faiss_dedup import check_options, dedup_ranked, embed_images
 from kdata.dedup.features import file_features
 from kdata.dedup.text import TEXT_DEFAULTS, collapse_warning, text_embeddings
-from kdata.models.base import check_device_name
+from kdata.core.device_names import check_device_name
 from kdata.models.spec import is_text_spec, load_model, pick_device
 from kdata.pipeline.output import Output, RunReport, already_complete, write_output
 from kdata.pipeline.rerun import embedder_model

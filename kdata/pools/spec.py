@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from kdata.core.digests import sha256_file_memo
 from kdata.core.errors import KdataError
+from kdata.core.paths import spec_text
 from kdata.dataset.manifest import MANIFEST
 from kdata.pools import readers as _readers  # noqa: F401  (image folders register themselves)
 from kdata.pools import tar as _tar  # noqa: F401  (WebDataset tar shards)
@@ -49,9 +50,7 @@ def open_pool(spec: str, *, limits: PoolLimits = DEFAULT_LIMITS, what: str = "po
 
     ``limits`` (symlinks, size cap per file) go to every reader that takes them. The pool carries
     ``opened_ns``, when it was opened: a file changed after that is not the one this run read."""
-    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
-    if not isinstance(spec, str):
-        raise KdataError(f"{what} spec {spec!r}: expected a path or spec string")
+    spec = spec_text(spec, what=what)
     opened = time.time_ns()
     for claims, fn in readers():
         if claims(spec):
